@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks (unixODBC and the PostgreSQL, MariaDB and SQLite
+# ODBC drivers) and starts any local service that has stopped. Safe to run repeatedly.
+#   scripts/setup.sh            packages + services (development and CI)
+#   scripts/setup.sh --packages packages only (Docker image build)
+set -euo pipefail
+
+packages=(unixodbc unixodbc-dev odbc-postgresql odbc-mariadb libsqliteodbc)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The Debian packages register their drivers, but older images do not: make sure the
+# three driver names used in configs and tests resolve.
+register_driver() {
+  local name=$1 lib=$2
+  odbcinst -q -d -n "$name" >/dev/null 2>&1 && return 0
+  local path
+  path=$(find /usr/lib -name "$lib" 2>/dev/null | head -n 1)
+  [ -n "$path" ] || { echo "setup: driver library $lib not found" >&2; return 1; }
+  printf '[%s]\nDriver=%s\n' "$name" "$path" | odbcinst -i -d -r >/dev/null
+}
+register_driver "PostgreSQL Unicode" psqlodbcw.so
+register_driver "MariaDB Unicode" libmaodbc.so
+register_driver "SQLite3" libsqlite3odbc.so
+
+[ "${1:-}" = "--packages" ] && exit 0
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  local port=$1 name=$2
+  for _ in $(seq 1 60); do
+    port_open "$port" && return 0
+    sleep 1
+  done
+  echo "setup: $name did not open port $port" >&2
+  return 1
+}
+
+if ! port_open 5432; then
+  echo "setup: starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
+  wait_port 5432 PostgreSQL
+fi
+if ! port_open 3306; then
+  echo "setup: starting MariaDB"
+  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+  wait_port 3306 MariaDB
+fi
+if ! port_open 5672; then
+  echo "setup: starting RabbitMQ"
+  rabbitmq-server -detached
+  wait_port 5672 RabbitMQ
+fi
+if ! port_open 1883; then
+  echo "setup: starting Mosquitto"
+  mosquitto -d -c /etc/mosquitto/mosquitto.conf
+  wait_port 1883 Mosquitto
+fi
+echo "setup: ready"

@@ -1,0 +1,308 @@
+//! The commands: `run`, `check` and `dlq …`, over a loaded configuration.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use crate::broker::mqtt::{MqttSettings, MqttSource, Subscription};
+use crate::config::Config;
+use crate::db::DbSpec;
+use crate::db::worker;
+use crate::dlq;
+use crate::inbound::InboundRoute;
+use crate::routes::{InboundPlan, inbound_plans};
+use crate::state::{DeadLetterFilter, State};
+
+/// A failure of a command, with the exit code it maps to.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Exit code 2: the configuration or the usage is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// Exit code 1: something failed while running.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl AppError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AppError::Usage(_) => 2,
+            AppError::Runtime(_) => 1,
+        }
+    }
+}
+
+/// How long shutdown waits for in-flight batches before releasing them.
+const DRAIN_GRACE: Duration = Duration::from_secs(20);
+
+fn db_specs(config: &Config) -> Result<BTreeMap<String, DbSpec>, AppError> {
+    config
+        .databases
+        .iter()
+        .map(|(name, db)| {
+            Ok((
+                name.clone(),
+                DbSpec::from_config(name, &db.value).map_err(AppError::Usage)?,
+            ))
+        })
+        .collect()
+}
+
+fn broker_settings(config: &Config) -> Result<BTreeMap<String, MqttSettings>, AppError> {
+    config
+        .brokers
+        .iter()
+        .map(|(name, b)| {
+            Ok((
+                name.clone(),
+                MqttSettings::from_config(name, &b.value).map_err(AppError::Usage)?,
+            ))
+        })
+        .collect()
+}
+
+/// `mqdb run`: every route until SIGINT/SIGTERM.
+pub async fn run(config: Config) -> Result<(), AppError> {
+    let plans = inbound_plans(&config).map_err(AppError::Usage)?;
+    let dbs = db_specs(&config)?;
+    let brokers = broker_settings(&config)?;
+    let state = State::open(config.state.as_str())
+        .await
+        .map_err(|e| AppError::Runtime(e.to_string()))?;
+    if plans.is_empty() {
+        warn!("no inbound routes configured; nothing to do");
+    }
+
+    let stop_flag = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut signals = Box::pin(shutdown_signal());
+
+    // Every sink first: subscribing before the tables are reachable would only pile
+    // messages up in memory.
+    let mut starting = tokio::task::JoinSet::new();
+    for plan in plans {
+        let spec = dbs[&plan.database].clone();
+        let stop = stop_flag.clone();
+        starting.spawn(async move {
+            let sink = worker::start(spec, plan.target.clone(), stop).await;
+            (plan, sink)
+        });
+    }
+    let mut ready: Vec<(InboundPlan, worker::Sink)> = Vec::new();
+    loop {
+        tokio::select! {
+            next = starting.join_next() => match next {
+                None => break,
+                Some(Ok((plan, Ok(sink)))) => ready.push((plan, sink)),
+                Some(Ok((plan, Err(e)))) => {
+                    stop_flag.store(true, Ordering::Relaxed);
+                    return Err(AppError::Runtime(format!("route {}: {e}", plan.name)));
+                }
+                Some(Err(e)) => return Err(AppError::Runtime(format!("route start-up failed: {e}"))),
+            },
+            _ = &mut signals => {
+                info!("stopping before all databases were reached");
+                stop_flag.store(true, Ordering::Relaxed);
+                return Ok(());
+            }
+        }
+    }
+
+    let mut subscriptions: BTreeMap<String, Vec<Subscription>> = BTreeMap::new();
+    let mut route_tasks = tokio::task::JoinSet::new();
+    for (plan, sink) in ready {
+        let settings = &brokers[&plan.broker];
+        let (tx, rx) = mpsc::channel(settings.max_in_flight);
+        subscriptions
+            .entry(plan.broker.clone())
+            .or_default()
+            .push(Subscription {
+                filter: plan.filter.clone(),
+                qos: plan.qos,
+                route: tx,
+            });
+        let route = InboundRoute {
+            name: plan.name.clone(),
+            mapper: plan.mapper(&sink.plan),
+            max_rows: plan.target.max_rows,
+            max_delay: plan.max_delay,
+            sink,
+            state: state.clone(),
+        };
+        info!(route = %plan.name, topic = %plan.filter.mqtt_filter(), table = %plan.target.table, "route ready");
+        route_tasks.spawn(route.run(rx, stop_rx.clone()));
+    }
+    let sources: Vec<MqttSource> = subscriptions
+        .into_iter()
+        .map(|(broker, subs)| MqttSource::start(brokers[&broker].clone(), subs))
+        .collect();
+
+    (&mut signals).await;
+    info!("shutting down: intake stopped, finishing in-flight batches");
+    for source in &sources {
+        source.close_intake();
+    }
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(DRAIN_GRACE, async {
+        while route_tasks.join_next().await.is_some() {}
+    })
+    .await;
+    stop_flag.store(true, Ordering::Relaxed);
+    if drained.is_err() {
+        warn!(
+            "in-flight batches did not finish in time; they stay unacknowledged and will be redelivered"
+        );
+        route_tasks.abort_all();
+    }
+    for source in sources {
+        source.shutdown(Duration::from_secs(5)).await;
+    }
+    state.close().await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot listen for SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// `mqdb check`: one line per route; Ok only if every route passes.
+pub async fn check(config: Config) -> Result<(), AppError> {
+    let plans = inbound_plans(&config).map_err(AppError::Usage)?;
+    let dbs = db_specs(&config)?;
+    let brokers = broker_settings(&config)?;
+    let mut broker_status: BTreeMap<String, Result<(), String>> = BTreeMap::new();
+    for (name, settings) in &brokers {
+        broker_status.insert(name.clone(), probe_mqtt(settings).await);
+    }
+    let mut failures = 0;
+    for plan in &plans {
+        let db_result = {
+            let spec = dbs[&plan.database].clone();
+            let target = plan.target.clone();
+            tokio::task::spawn_blocking(move || crate::db::probe::check_table(&spec, &target))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+        };
+        let problem = match (&broker_status[&plan.broker], db_result) {
+            (Err(e), _) => Some(format!("broker {}: {e}", plan.broker)),
+            (Ok(()), Err(e)) => Some(format!("database {}: {e}", plan.database)),
+            (Ok(()), Ok(_)) => None,
+        };
+        match problem {
+            None => println!(
+                "ok    inbound {}: {} → {}.{}",
+                plan.name,
+                plan.filter.mqtt_filter(),
+                plan.database,
+                plan.target.table
+            ),
+            Some(p) => {
+                failures += 1;
+                println!("FAIL  inbound {}: {p}", plan.name);
+            }
+        }
+    }
+    for (name, status) in &broker_status {
+        if let Err(e) = status
+            && !plans.iter().any(|p| &p.broker == name)
+        {
+            failures += 1;
+            println!("FAIL  broker {name}: {e}");
+        }
+    }
+    if failures > 0 {
+        return Err(AppError::Runtime(format!(
+            "{failures} of {} routes failed the check",
+            plans.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Connects with a separate, clean session so a running instance's session is untouched.
+async fn probe_mqtt(settings: &MqttSettings) -> Result<(), String> {
+    let options = settings.options(&format!("{}-check", settings.client_id), true);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(format!("cannot connect to {}: {e}", settings.endpoint())),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(format!(
+            "no answer from {} within 10 s",
+            settings.endpoint()
+        ))
+    });
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
+    outcome
+}
+
+/// `mqdb dlq list`.
+pub async fn dlq_list(
+    config: Config,
+    route: Option<String>,
+    as_json: bool,
+) -> Result<(), AppError> {
+    let state = open_state(&config).await?;
+    let letters = state
+        .list_dead_letters(&DeadLetterFilter { route })
+        .await
+        .map_err(|e| AppError::Runtime(e.to_string()))?;
+    if as_json {
+        for letter in &letters {
+            println!("{}", letter.to_json());
+        }
+    } else if letters.is_empty() {
+        println!("the dead-letter queue is empty");
+    } else {
+        print!("{}", dlq::render_table(&letters));
+    }
+    Ok(())
+}
+
+/// `mqdb dlq show ID`.
+pub async fn dlq_show(config: Config, id: i64) -> Result<(), AppError> {
+    let state = open_state(&config).await?;
+    match state
+        .dead_letter(id)
+        .await
+        .map_err(|e| AppError::Runtime(e.to_string()))?
+    {
+        Some(letter) => {
+            print!("{}", letter.details());
+            Ok(())
+        }
+        None => Err(AppError::Runtime(format!("no dead letter with id {id}"))),
+    }
+}
+
+async fn open_state(config: &Config) -> Result<State, AppError> {
+    State::open(config.state.as_str())
+        .await
+        .map_err(|e| AppError::Runtime(e.to_string()))
+}

@@ -1,0 +1,418 @@
+//! MQTT source on rumqttc: a persistent session with a stable client id, manual
+//! acknowledgements in receive order, reconnection with backoff, and resubscription when
+//! the broker did not keep the session.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::config::{self, Broker, Qos};
+use crate::message::{AckHandle, Message};
+use crate::topic::Filter;
+
+/// MQTT's own ceiling on a packet; rumqttc's default (10 kB) would turn a large payload into
+/// an endless reconnect loop.
+const MAX_PACKET: usize = 268_435_455;
+
+/// Resolved settings of one MQTT broker.
+#[derive(Clone)]
+pub struct MqttSettings {
+    pub name: String,
+    host: String,
+    port: u16,
+    tls: Option<rumqttc::TlsConfiguration>,
+    pub client_id: String,
+    credentials: Option<(String, String)>,
+    keep_alive: Duration,
+    clean_session: bool,
+    pub max_in_flight: usize,
+}
+
+impl MqttSettings {
+    pub fn from_config(name: &str, broker: &Broker) -> Result<Self, String> {
+        let url = broker.url.value.as_str();
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("broker {name}: `{url}` is not a URL"))?;
+        let secure = match scheme {
+            "mqtt" => false,
+            "mqtts" => true,
+            other => return Err(format!("broker {name}: unsupported scheme {other}://")),
+        };
+        let authority = rest.split('/').next().unwrap_or(rest);
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse::<u16>()
+                    .map_err(|_| format!("broker {name}: bad port in `{url}`"))?,
+            ),
+            None => (authority.to_string(), if secure { 8883 } else { 1883 }),
+        };
+        let tls = if secure {
+            Some(tls_configuration(name, broker)?)
+        } else {
+            None
+        };
+        let password = match (&broker.password, &broker.password_file) {
+            (Some(p), _) => Some(p.expose().to_string()),
+            (None, Some(f)) => Some(config::read_secret_file(f.as_str()).map_err(|e| {
+                format!(
+                    "broker {name}: cannot read password_file {}: {e}",
+                    f.as_str()
+                )
+            })?),
+            (None, None) => None,
+        };
+        let credentials = match (&broker.username, password) {
+            (Some(u), p) if !u.as_str().is_empty() => Some((u.0.clone(), p.unwrap_or_default())),
+            (_, Some(p)) => Some((String::new(), p)),
+            _ => None,
+        };
+        Ok(MqttSettings {
+            name: name.to_string(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+            port,
+            tls,
+            client_id: broker
+                .client_id
+                .as_ref()
+                .map(|c| c.0.clone())
+                .unwrap_or_else(|| format!("mqdb-{name}")),
+            credentials,
+            keep_alive: broker.keep_alive,
+            clean_session: broker.clean_session,
+            max_in_flight: broker.max_in_flight,
+        })
+    }
+
+    /// rumqttc options; `client_id` may differ from the configured one (for `check`).
+    pub fn options(&self, client_id: &str, clean_session: bool) -> MqttOptions {
+        let mut options = MqttOptions::new(client_id, &self.host, self.port);
+        options
+            .set_keep_alive(self.keep_alive)
+            .set_clean_session(clean_session)
+            .set_manual_acks(true)
+            .set_max_packet_size(MAX_PACKET, MAX_PACKET)
+            .set_request_channel_capacity(1024);
+        if let Some((user, password)) = &self.credentials {
+            options.set_credentials(user, password);
+        }
+        if let Some(tls) = &self.tls {
+            options.set_transport(Transport::Tls(tls.clone()));
+        }
+        options
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+fn tls_configuration(name: &str, broker: &Broker) -> Result<rumqttc::TlsConfiguration, String> {
+    let tls = broker.tls.as_ref();
+    let read = |what: &str, path: &config::EnvString| {
+        std::fs::read(path.as_str()).map_err(|e| {
+            format!(
+                "broker {name}: cannot read tls.{what} {}: {e}",
+                path.as_str()
+            )
+        })
+    };
+    let client_auth = match (
+        tls.and_then(|t| t.cert_file.as_ref()),
+        tls.and_then(|t| t.key_file.as_ref()),
+    ) {
+        (Some(cert), Some(key)) => Some((read("cert_file", cert)?, read("key_file", key)?)),
+        (None, None) => None,
+        _ => {
+            return Err(format!(
+                "broker {name}: tls needs both cert_file and key_file"
+            ));
+        }
+    };
+    match tls.and_then(|t| t.ca_file.as_ref()) {
+        Some(ca) => Ok(rumqttc::TlsConfiguration::Simple {
+            ca: read("ca_file", ca)?,
+            alpn: None,
+            client_auth,
+        }),
+        None if client_auth.is_none() => Ok(rumqttc::TlsConfiguration::default()),
+        None => Err(format!("broker {name}: tls.cert_file needs tls.ca_file")),
+    }
+}
+
+pub fn qos(q: Qos) -> QoS {
+    match q {
+        Qos::AtMostOnce => QoS::AtMostOnce,
+        Qos::AtLeastOnce => QoS::AtLeastOnce,
+        Qos::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+/// A route's subscription on this broker.
+pub struct Subscription {
+    pub filter: Filter,
+    pub qos: Qos,
+    pub route: mpsc::Sender<Message>,
+}
+
+/// A running MQTT source.
+pub struct MqttSource {
+    client: AsyncClient,
+    intake: watch::Sender<bool>,
+    reader: JoinHandle<()>,
+    sequencer: JoinHandle<()>,
+}
+
+/// What the sequencer must know of each received message.
+struct Registration {
+    seq: u64,
+    ack: Option<Publish>,
+    routes: usize,
+    generation: u64,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl MqttSource {
+    pub fn start(settings: MqttSettings, subscriptions: Vec<Subscription>) -> MqttSource {
+        let options = settings.options(&settings.client_id, settings.clean_session);
+        let (client, eventloop) = AsyncClient::new(options, 1024);
+        let (intake, intake_rx) = watch::channel(true);
+        let generation = Arc::new(AtomicU64::new(0));
+        let (register_tx, register_rx) = mpsc::channel(settings.max_in_flight);
+        let (done_tx, done_rx) = mpsc::channel(settings.max_in_flight);
+        let sequencer = tokio::spawn(sequence_acks(
+            client.clone(),
+            register_rx,
+            done_rx,
+            intake_rx.clone(),
+            generation.clone(),
+        ));
+        let reader = tokio::spawn(read(
+            settings,
+            client.clone(),
+            eventloop,
+            subscriptions,
+            Handoff {
+                intake: intake_rx,
+                generation,
+                register: register_tx,
+                done: done_tx,
+            },
+        ));
+        MqttSource {
+            client,
+            intake,
+            reader,
+            sequencer,
+        }
+    }
+
+    /// Stops handing new messages to routes; what is not yet handed out is never
+    /// acknowledged, so the broker delivers it again later.
+    pub fn close_intake(&self) {
+        let _ = self.intake.send(false);
+    }
+
+    /// Once every route has finished: sends the remaining acknowledgements, then
+    /// disconnects cleanly.
+    pub async fn shutdown(self, grace: Duration) {
+        self.close_intake();
+        if tokio::time::timeout(grace, self.sequencer).await.is_err() {
+            warn!("acknowledgements still pending at shutdown; the broker will redeliver them");
+        }
+        let _ = self.client.disconnect().await;
+        if tokio::time::timeout(grace, self.reader).await.is_err() {
+            warn!("the broker connection did not close in time");
+        }
+    }
+}
+
+/// What the reader shares with the sequencer.
+struct Handoff {
+    intake: watch::Receiver<bool>,
+    generation: Arc<AtomicU64>,
+    register: mpsc::Sender<Registration>,
+    done: mpsc::Sender<u64>,
+}
+
+async fn read(
+    settings: MqttSettings,
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    subscriptions: Vec<Subscription>,
+    handoff: Handoff,
+) {
+    let Handoff {
+        intake,
+        generation: shared_generation,
+        register,
+        done,
+    } = handoff;
+    let broker: Arc<str> = Arc::from(settings.name.as_str());
+    let permits = Arc::new(Semaphore::new(settings.max_in_flight));
+    let filters: Vec<(String, QoS)> = subscriptions
+        .iter()
+        .map(|s| (s.filter.mqtt_filter(), qos(s.qos)))
+        .collect();
+    let mut seq: u64 = 0;
+    let mut generation: u64 = 0;
+    let mut delay = Duration::from_millis(100);
+    let mut disconnecting = false;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                generation += 1;
+                shared_generation.store(generation, Ordering::SeqCst);
+                delay = Duration::from_millis(100);
+                info!(broker = %settings.name, endpoint = %settings.endpoint(), session_present = ack.session_present, "broker connected");
+                if !ack.session_present && !filters.is_empty() {
+                    let client = client.clone();
+                    let topics: Vec<rumqttc::SubscribeFilter> = filters
+                        .iter()
+                        .map(|(f, q)| rumqttc::SubscribeFilter::new(f.clone(), *q))
+                        .collect();
+                    tokio::spawn(async move {
+                        if let Err(e) = client.subscribe_many(topics).await {
+                            warn!(error = %e, "subscribe request failed");
+                        }
+                    });
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if !*intake.borrow() {
+                    continue;
+                }
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                seq += 1;
+                let topic = publish.topic.clone();
+                let matching: Vec<&Subscription> = subscriptions
+                    .iter()
+                    .filter(|s| s.filter.matches(&topic))
+                    .collect();
+                let ack = (publish.qos != QoS::AtMostOnce).then(|| {
+                    let mut bare = Publish::new(topic.as_str(), publish.qos, Vec::new());
+                    bare.pkid = publish.pkid;
+                    bare
+                });
+                let registration = Registration {
+                    seq,
+                    ack,
+                    routes: matching.len(),
+                    generation,
+                    _permit: permit,
+                };
+                if register.send(registration).await.is_err() {
+                    return;
+                }
+                let received_at = Utc::now();
+                for subscription in matching {
+                    let message = Message {
+                        topic: topic.clone(),
+                        payload: publish.payload.to_vec(),
+                        qos: publish.qos as u8,
+                        retain: publish.retain,
+                        received_at,
+                        broker: broker.clone(),
+                        ack: AckHandle::new(seq, done.clone()),
+                    };
+                    if subscription.route.send(message).await.is_err() {
+                        debug!("route closed; message left unacknowledged");
+                    }
+                }
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                disconnecting = true;
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    warn!(broker = %settings.name, "the broker refused a subscription");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if disconnecting || (!*intake.borrow() && register.is_closed()) {
+                    return;
+                }
+                warn!(broker = %settings.name, endpoint = %settings.endpoint(), error = %e, retry_in = ?delay, "broker connection lost");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+        if disconnecting {
+            return;
+        }
+    }
+}
+
+/// Sends acknowledgements in receive order (MQTT 3.1.1 §4.6): a message's ack waits until
+/// every earlier message is done. Messages from an earlier connection are never acked on a
+/// later one: the broker has already redelivered them, and their packet ids may be reused.
+async fn sequence_acks(
+    client: AsyncClient,
+    mut register: mpsc::Receiver<Registration>,
+    mut done: mpsc::Receiver<u64>,
+    mut intake: watch::Receiver<bool>,
+    generation: Arc<AtomicU64>,
+) {
+    let mut pending: VecDeque<Registration> = VecDeque::new();
+    let mut early: HashMap<u64, usize> = HashMap::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            r = register.recv() => match r {
+                Some(mut r) => {
+                    if let Some(n) = early.remove(&r.seq) {
+                        r.routes = r.routes.saturating_sub(n);
+                    }
+                    pending.push_back(r);
+                }
+                None => return,
+            },
+            d = done.recv() => match d {
+                // Sequence numbers are contiguous, so the entry sits at a known offset.
+                Some(seq) => match pending
+                    .front()
+                    .and_then(|f| usize::try_from(seq.wrapping_sub(f.seq)).ok())
+                    .and_then(|i| pending.get_mut(i))
+                    .filter(|r| r.seq == seq)
+                {
+                    Some(r) => r.routes = r.routes.saturating_sub(1),
+                    None => *early.entry(seq).or_default() += 1,
+                },
+                None => return,
+            },
+            changed = intake.changed(), if open => {
+                open = changed.is_ok() && *intake.borrow();
+            }
+        }
+        while pending.front().is_some_and(|r| r.routes == 0) {
+            let r = pending.pop_front().expect("checked");
+            if let Some(publish) = &r.ack
+                && r.generation == generation.load(Ordering::SeqCst)
+                && client.ack(publish).await.is_err()
+            {
+                return;
+            }
+        }
+        if !open && pending.is_empty() && register.is_empty() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The configuration file's serde model. Every block denies unknown keys; every default is a
+//! named function so the README and the code agree on it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::duration;
+use super::env::{EnvString, Secret};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// sqlx URL of the state store holding dead letters and positions.
+    #[serde(default = "default_state")]
+    pub state: EnvString,
+    /// Named broker connections that routes refer to.
+    #[serde(default)]
+    pub brokers: BTreeMap<String, Spanned<Broker>>,
+    /// Named database connections that routes refer to.
+    #[serde(default)]
+    pub databases: BTreeMap<String, Spanned<Database>>,
+    /// Routes from broker topics to database tables.
+    #[serde(default)]
+    pub inbound: Vec<Spanned<Inbound>>,
+}
+
+pub fn default_state() -> EnvString {
+    EnvString("sqlite://mqdb-state.db".into())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Broker {
+    /// `mqtt://host:port` or `mqtts://host:port`.
+    pub url: Spanned<EnvString>,
+    /// MQTT client id; keep it stable so the broker keeps the session between restarts.
+    /// Defaults to `mqdb-<broker name>`.
+    #[serde(default)]
+    pub client_id: Option<EnvString>,
+    /// User name for the broker.
+    #[serde(default)]
+    pub username: Option<EnvString>,
+    /// Password for the broker (prefer `password_file`).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// File holding the password; trailing newlines are removed.
+    #[serde(default)]
+    pub password_file: Option<EnvString>,
+    /// TLS settings for `mqtts://`.
+    #[serde(default)]
+    pub tls: Option<Tls>,
+    /// MQTT keep-alive interval.
+    #[serde(
+        default = "default_keep_alive",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub keep_alive: Duration,
+    /// Start a clean session on every connect (loses messages queued while mqdb was away).
+    #[serde(default)]
+    pub clean_session: bool,
+    /// How many unacknowledged messages the bridge holds from this broker before it stops
+    /// reading from the connection.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+pub fn default_keep_alive() -> Duration {
+    Duration::from_secs(30)
+}
+
+pub fn default_max_in_flight() -> usize {
+    10_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM file with the certificate authorities to trust (default: none but these).
+    #[serde(default)]
+    pub ca_file: Option<EnvString>,
+    /// PEM client certificate, for brokers that require client authentication.
+    #[serde(default)]
+    pub cert_file: Option<EnvString>,
+    /// PEM private key of the client certificate.
+    #[serde(default)]
+    pub key_file: Option<EnvString>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    /// ODBC connection string (`Driver={…};Server=…;…`).
+    #[serde(default)]
+    pub connection_string: Option<Secret>,
+    /// Name of a DSN from odbc.ini, instead of a connection string.
+    #[serde(default)]
+    pub dsn: Option<EnvString>,
+    /// User name, appended as `UID=`.
+    #[serde(default)]
+    pub username: Option<EnvString>,
+    /// Password, appended as `PWD=` (prefer `password_file`).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// File holding the password; trailing newlines are removed.
+    #[serde(default)]
+    pub password_file: Option<EnvString>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Inbound {
+    /// Route name, used in logs and dead letters.
+    pub name: Spanned<String>,
+    /// Name of a broker under `brokers`.
+    pub broker: Spanned<String>,
+    /// MQTT topic filter; `{name}` captures one level, `+` and `#` work as usual.
+    #[serde(default)]
+    pub topic: Option<Spanned<String>>,
+    /// MQTT subscription QoS (0, 1 or 2).
+    #[serde(default = "default_qos")]
+    pub qos: Qos,
+    /// Name of a database under `databases`.
+    pub database: Spanned<String>,
+    /// Target table, `table` or `schema.table`.
+    pub table: Spanned<String>,
+    /// Payload format.
+    #[serde(default)]
+    pub format: Format,
+    /// `column: source` pairs; without it, top-level JSON keys map to same-named columns.
+    #[serde(default)]
+    pub columns: Option<BTreeMap<String, Spanned<String>>>,
+    /// Batching limits.
+    #[serde(default)]
+    pub batch: Batch,
+    /// What to do when a row's key already exists.
+    #[serde(default)]
+    pub on_conflict: OnConflict,
+    /// Key columns for `on_conflict: ignore | update`.
+    #[serde(default)]
+    pub key: Vec<Spanned<String>>,
+}
+
+pub fn default_qos() -> Qos {
+    Qos::AtLeastOnce
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qos {
+    AtMostOnce,
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+impl<'de> Deserialize<'de> for Qos {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u8::deserialize(d)? {
+            0 => Ok(Qos::AtMostOnce),
+            1 => Ok(Qos::AtLeastOnce),
+            2 => Ok(Qos::ExactlyOnce),
+            other => Err(serde::de::Error::custom(format!(
+                "qos {other} is not valid; expected 0, 1 or 2"
+            ))),
+        }
+    }
+}
+
+impl Qos {
+    pub fn level(self) -> u8 {
+        self as u8
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnConflict {
+    /// A duplicate key is a rejected row (a dead letter).
+    #[default]
+    Error,
+    /// Keep the existing row.
+    Ignore,
+    /// Overwrite the existing row's mapped columns.
+    Update,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    /// Most rows written in one transaction.
+    #[serde(default = "default_max_rows")]
+    pub max_rows: usize,
+    /// Longest a row waits for more rows while messages keep arriving.
+    #[serde(
+        default = "default_max_delay",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub max_delay: Duration,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            max_rows: default_max_rows(),
+            max_delay: default_max_delay(),
+        }
+    }
+}
+
+pub fn default_max_rows() -> usize {
+    500
+}
+
+pub fn default_max_delay() -> Duration {
+    Duration::from_millis(100)
+}

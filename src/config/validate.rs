@@ -1,0 +1,206 @@
+//! Cross-checks that serde cannot express: references between blocks, filter and mapping
+//! syntax, and settings that only make sense together.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde_saphyr::Spanned;
+
+use super::{Config, ConfigError, OnConflict};
+use crate::mapping::Source;
+use crate::topic::Filter;
+
+pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
+    let err = |at: &serde_saphyr::Location, msg: String| ConfigError::at(path, at, msg);
+
+    for (name, broker) in &config.brokers {
+        let url = broker.value.url.value.as_str();
+        let scheme = url.split("://").next().unwrap_or("");
+        if !matches!(scheme, "mqtt" | "mqtts") || !url.contains("://") {
+            return Err(err(
+                &broker.value.url.referenced,
+                format!("broker {name}: url `{url}` must start with mqtt:// or mqtts://"),
+            ));
+        }
+        if broker.value.password.is_some() && broker.value.password_file.is_some() {
+            return Err(err(
+                &broker.referenced,
+                format!("broker {name}: set password or password_file, not both"),
+            ));
+        }
+        if broker.value.max_in_flight == 0 {
+            return Err(err(
+                &broker.referenced,
+                format!("broker {name}: max_in_flight must be at least 1"),
+            ));
+        }
+    }
+
+    for (name, db) in &config.databases {
+        let d = &db.value;
+        if d.connection_string.is_some() == d.dsn.is_some() {
+            return Err(err(
+                &db.referenced,
+                format!("database {name}: set exactly one of connection_string or dsn"),
+            ));
+        }
+        if d.password.is_some() && d.password_file.is_some() {
+            return Err(err(
+                &db.referenced,
+                format!("database {name}: set password or password_file, not both"),
+            ));
+        }
+    }
+
+    let mut names = HashSet::new();
+    for route in &config.inbound {
+        let r = &route.value;
+        let name = &r.name.value;
+        if !names.insert(name.clone()) {
+            return Err(err(
+                &r.name.referenced,
+                format!("route name `{name}` is used twice"),
+            ));
+        }
+        exists(
+            path,
+            &r.broker,
+            config.brokers.contains_key(&r.broker.value),
+            "broker",
+            "brokers",
+        )?;
+        exists(
+            path,
+            &r.database,
+            config.databases.contains_key(&r.database.value),
+            "database",
+            "databases",
+        )?;
+        let Some(topic) = &r.topic else {
+            return Err(err(
+                &route.referenced,
+                format!("route {name}: set `topic:` (an MQTT topic filter)"),
+            ));
+        };
+        let filter = Filter::parse(&topic.value)
+            .map_err(|e| err(&topic.referenced, format!("route {name}: {e}")))?;
+        if r.table.value.trim().is_empty() || r.table.value.split('.').count() > 2 {
+            return Err(err(
+                &r.table.referenced,
+                format!("route {name}: table must be `table` or `schema.table`"),
+            ));
+        }
+        if let Some(columns) = &r.columns {
+            if columns.is_empty() {
+                return Err(err(
+                    &route.referenced,
+                    format!(
+                        "route {name}: `columns:` is empty; remove it to map JSON keys to columns"
+                    ),
+                ));
+            }
+            for source in columns.values() {
+                Source::parse(&source.value, Some(&filter))
+                    .map_err(|e| err(&source.referenced, format!("route {name}: {e}")))?;
+            }
+        }
+        if r.batch.max_rows == 0 {
+            return Err(err(
+                &route.referenced,
+                format!("route {name}: batch.max_rows must be at least 1"),
+            ));
+        }
+        match (r.on_conflict, r.key.is_empty()) {
+            (OnConflict::Ignore | OnConflict::Update, true) => {
+                return Err(err(
+                    &route.referenced,
+                    format!(
+                        "route {name}: on_conflict {:?} needs `key:` (the unique columns)",
+                        r.on_conflict
+                    )
+                    .to_lowercase(),
+                ));
+            }
+            (OnConflict::Error, false) => {
+                return Err(err(
+                    &r.key[0].referenced,
+                    format!("route {name}: `key:` is only used with on_conflict ignore or update"),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(columns) = &r.columns {
+            for key in &r.key {
+                if !columns.keys().any(|c| c.eq_ignore_ascii_case(&key.value)) {
+                    return Err(err(
+                        &key.referenced,
+                        format!(
+                            "route {name}: key column `{}` is not under `columns:`",
+                            key.value
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn exists(
+    path: &Path,
+    reference: &Spanned<String>,
+    found: bool,
+    what: &str,
+    block: &str,
+) -> Result<(), ConfigError> {
+    if found {
+        return Ok(());
+    }
+    Err(ConfigError::at(
+        path,
+        &reference.referenced,
+        format!(
+            "{what} `{}` is not defined under `{block}:`",
+            reference.value
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+    use super::*;
+
+    const BASE: &str = "brokers:\n  b:\n    url: mqtt://127.0.0.1:1883\ndatabases:\n  d:\n    connection_string: x\n";
+
+    fn problem(routes: &str) -> ConfigError {
+        let text = format!("{BASE}inbound:\n{routes}");
+        let path = Path::new("c.yaml");
+        let config = parse(path, &text).unwrap();
+        check(path, &config).unwrap_err()
+    }
+
+    #[test]
+    fn unknown_references_name_their_line() {
+        let e =
+            problem("  - name: r\n    broker: nope\n    topic: a\n    database: d\n    table: t\n");
+        assert_eq!(e.line, Some(9), "{e}");
+        assert!(e.message.contains("broker `nope` is not defined"), "{e}");
+    }
+
+    #[test]
+    fn mapping_sources_are_checked() {
+        let e = problem(
+            "  - name: r\n    broker: b\n    topic: a/{x}\n    database: d\n    table: t\n    columns:\n      c: topic.y\n",
+        );
+        assert_eq!(e.line, Some(14), "{e}");
+    }
+
+    #[test]
+    fn conflict_modes_need_keys() {
+        let e = problem(
+            "  - name: r\n    broker: b\n    topic: a\n    database: d\n    table: t\n    on_conflict: ignore\n",
+        );
+        assert!(e.message.contains("needs `key:`"), "{e}");
+    }
+}

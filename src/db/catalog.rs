@@ -1,0 +1,169 @@
+//! Reading a table's columns and their SQL types from the database catalog (`SQLColumns`).
+
+use odbc_api::Connection;
+
+use super::dialect::Dialect;
+use crate::convert::SqlKind;
+use crate::error::DbError;
+
+/// One column of a target table, as the catalog reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogColumn {
+    pub name: String,
+    pub type_name: String,
+    pub kind: SqlKind,
+    /// The column has a default (or is generated), so it may be left out of an insert.
+    pub has_default: bool,
+}
+
+/// Columns of `table` (`table` or `schema.table`) in ordinal order; empty if it does not exist.
+pub fn table_columns(
+    conn: &Connection<'_>,
+    dialect: Dialect,
+    table: &str,
+) -> Result<Vec<CatalogColumn>, DbError> {
+    let (schema, name) = match table.split_once('.') {
+        Some((s, t)) => (Some(s), t),
+        None => (None, table),
+    };
+    let mut columns = read(conn, dialect, schema, name)?;
+    if columns.is_empty() && name.chars().any(|c| c.is_ascii_uppercase()) {
+        // Unquoted identifiers fold to lower case in PostgreSQL.
+        columns = read(
+            conn,
+            dialect,
+            schema.map(str::to_lowercase).as_deref(),
+            &name.to_lowercase(),
+        )?;
+    }
+    Ok(columns)
+}
+
+fn read(
+    conn: &Connection<'_>,
+    dialect: Dialect,
+    schema: Option<&str>,
+    table: &str,
+) -> Result<Vec<CatalogColumn>, DbError> {
+    let (catalog_arg, schema_arg) = match (dialect, schema) {
+        // MySQL's "schema" is a database, which ODBC calls a catalog.
+        (Dialect::MySql, Some(s)) => (s, ""),
+        (_, Some(s)) => ("", s),
+        (_, None) => ("", ""),
+    };
+    let pattern = escape_pattern(table);
+    let mut found: Vec<(String, i32, CatalogColumn)> = Vec::new();
+    let rows = conn
+        .columns(catalog_arg, schema_arg, &pattern, "")
+        .map_err(|e| DbError::from_odbc(&e))?;
+    for row in rows {
+        let row = row.map_err(|e| DbError::from_odbc(&e))?;
+        let text = |v: &odbc_api::parameter::VarCharArray<255>| {
+            v.as_bytes()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
+        let table_name = text(&row.table);
+        // Catalog patterns treat `_` as a wildcard even when escaped by some drivers.
+        if !table_name.eq_ignore_ascii_case(table) {
+            continue;
+        }
+        let schema_name = row
+            .schema
+            .as_bytes()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default();
+        let type_name = row
+            .type_name
+            .as_bytes()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .unwrap_or_default();
+        let default = row
+            .column_default
+            .as_bytes()
+            .map(|b| !b.is_empty())
+            .unwrap_or(false);
+        let name = text(&row.column_name);
+        let kind = kind_of(row.data_type, &type_name);
+        found.push((
+            schema_name,
+            row.ordinal_position,
+            CatalogColumn {
+                name,
+                has_default: default || type_name.to_ascii_lowercase().contains("serial"),
+                type_name,
+                kind,
+            },
+        ));
+    }
+    // Without a schema, several schemas may hold the table: prefer `public`, then the first.
+    if schema.is_none() {
+        let schemas: Vec<&String> = found.iter().map(|(s, _, _)| s).collect();
+        if let Some(chosen) = schemas
+            .iter()
+            .find(|s| s.as_str() == "public")
+            .or(schemas.first())
+            .map(|s| s.to_string())
+        {
+            found.retain(|(s, _, _)| *s == chosen);
+        }
+    }
+    found.sort_by_key(|(_, ordinal, _)| *ordinal);
+    Ok(found.into_iter().map(|(_, _, c)| c).collect())
+}
+
+fn escape_pattern(name: &str) -> String {
+    name.replace('\\', "\\\\")
+        .replace('_', "\\_")
+        .replace('%', "\\%")
+}
+
+/// Maps an ODBC `DATA_TYPE` (and the driver's type name, for what ODBC types loosely) to
+/// the conversion family.
+pub fn kind_of(data_type: i16, type_name: &str) -> SqlKind {
+    let name = type_name.to_ascii_lowercase();
+    match name.as_str() {
+        "bool" | "boolean" => return SqlKind::Bool,
+        "numeric" | "decimal" => return SqlKind::Decimal,
+        "timestamptz" | "timestamp with time zone" | "datetime" | "timestamp" => {
+            return SqlKind::Timestamp;
+        }
+        "date" => return SqlKind::Date,
+        "bytea" | "blob" | "longblob" | "mediumblob" | "tinyblob" => return SqlKind::Binary,
+        _ => {}
+    }
+    match data_type {
+        -7 => SqlKind::Bool,
+        -6 | -5 | 4 | 5 => SqlKind::Integer,
+        2 | 3 => SqlKind::Decimal,
+        6..=8 => SqlKind::Float,
+        9 | 91 => SqlKind::Date,
+        10 | 92 => SqlKind::Time,
+        11 | 93 => SqlKind::Timestamp,
+        -4..=-2 => SqlKind::Binary,
+        _ => SqlKind::Text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn odbc_types_map_to_kinds() {
+        assert_eq!(kind_of(4, "int4"), SqlKind::Integer);
+        assert_eq!(kind_of(-5, "bigint"), SqlKind::Integer);
+        assert_eq!(kind_of(12, "bool"), SqlKind::Bool);
+        assert_eq!(kind_of(2, "numeric"), SqlKind::Decimal);
+        assert_eq!(kind_of(8, "float8"), SqlKind::Float);
+        assert_eq!(kind_of(93, "timestamptz"), SqlKind::Timestamp);
+        assert_eq!(kind_of(-3, "bytea"), SqlKind::Binary);
+        assert_eq!(kind_of(-9, "varchar"), SqlKind::Text);
+        assert_eq!(kind_of(12, "TEXT"), SqlKind::Text);
+    }
+
+    #[test]
+    fn patterns_are_escaped() {
+        assert_eq!(escape_pattern("my_table%"), "my\\_table\\%");
+    }
+}

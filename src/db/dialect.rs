@@ -1,0 +1,90 @@
+//! What differs between databases: identifier quoting, upsert syntax, session set-up and
+//! the insert strategy.
+
+/// The database family behind a connection, from `SQL_DBMS_NAME`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    MySql,
+    Sqlite,
+    /// Any other ODBC database: standard SQL only.
+    Generic,
+}
+
+impl Dialect {
+    pub fn from_dbms_name(name: &str) -> Dialect {
+        let n = name.to_ascii_lowercase();
+        if n.contains("postgres") {
+            Dialect::Postgres
+        } else if n.contains("mysql") || n.contains("mariadb") {
+            Dialect::MySql
+        } else if n.contains("sqlite") {
+            Dialect::Sqlite
+        } else {
+            Dialect::Generic
+        }
+    }
+
+    /// Quotes one identifier, doubling the quote character inside it.
+    pub fn quote(self, ident: &str) -> String {
+        match self {
+            Dialect::MySql => format!("`{}`", ident.replace('`', "``")),
+            _ => format!("\"{}\"", ident.replace('"', "\"\"")),
+        }
+    }
+
+    /// Quotes `table` or `schema.table`.
+    pub fn quote_table(self, table: &str) -> String {
+        table
+            .split('.')
+            .map(|part| self.quote(part))
+            .collect::<Vec<_>>()
+            .join(".")
+    }
+
+    /// Most bound parameters one statement may carry.
+    pub fn max_parameters(self) -> usize {
+        match self {
+            Dialect::Postgres | Dialect::MySql => 65_535,
+            Dialect::Sqlite => 32_766,
+            // SQL Server's limit is 2,100.
+            Dialect::Generic => 2_000,
+        }
+    }
+
+    /// Statements run once per connection so that timestamps are read and written as UTC.
+    pub fn session_setup(self) -> &'static [&'static str] {
+        match self {
+            Dialect::Postgres => &["SET TIME ZONE 'UTC'"],
+            Dialect::MySql => &["SET time_zone = '+00:00'"],
+            Dialect::Sqlite | Dialect::Generic => &[],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_defeats_injection() {
+        assert_eq!(
+            Dialect::Postgres.quote("a\"; DROP TABLE x; --"),
+            "\"a\"\"; DROP TABLE x; --\""
+        );
+        assert_eq!(Dialect::MySql.quote("a`b"), "`a``b`");
+        assert_eq!(Dialect::Postgres.quote_table("s.t"), "\"s\".\"t\"");
+    }
+
+    #[test]
+    fn detection() {
+        assert_eq!(Dialect::from_dbms_name("PostgreSQL"), Dialect::Postgres);
+        assert_eq!(Dialect::from_dbms_name("MariaDB"), Dialect::MySql);
+        assert_eq!(Dialect::from_dbms_name("MySQL"), Dialect::MySql);
+        assert_eq!(Dialect::from_dbms_name("SQLite"), Dialect::Sqlite);
+        assert_eq!(
+            Dialect::from_dbms_name("Microsoft SQL Server"),
+            Dialect::Generic
+        );
+    }
+}

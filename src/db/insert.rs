@@ -1,0 +1,344 @@
+//! Insert statements and their parameters. The strategy depends on the driver: one
+//! multi-row `INSERT … VALUES (…),(…)` per chunk is what PostgreSQL, MariaDB and SQLite
+//! execute fastest through ODBC; other databases get standard SQL.
+
+use odbc_api::parameter::{InputParameter, VarBinaryBox, VarCharBox, WithDataType};
+use odbc_api::sys::{Date, Timestamp};
+use odbc_api::{Bit, DataType, Nullable};
+
+use super::catalog::CatalogColumn;
+use super::dialect::Dialect;
+use crate::config::OnConflict;
+use crate::convert::{SqlKind, Value};
+use crate::mapping::Row;
+
+/// Everything needed to write rows of one route into its table.
+#[derive(Debug, Clone)]
+pub struct TablePlan {
+    pub dialect: Dialect,
+    /// Quoted table name.
+    pub table: String,
+    pub columns: Vec<CatalogColumn>,
+    pub on_conflict: OnConflict,
+    /// Indexes into `columns`.
+    pub key: Vec<usize>,
+    pub max_rows: usize,
+}
+
+impl TablePlan {
+    /// Rows one statement may carry for `width` bound columns.
+    pub fn rows_per_statement(&self, width: usize) -> usize {
+        if self.uses_merge() {
+            return 1;
+        }
+        (self.dialect.max_parameters() / width.max(1)).clamp(1, self.max_rows.max(1))
+    }
+
+    fn uses_merge(&self) -> bool {
+        self.dialect == Dialect::Generic && self.on_conflict != OnConflict::Error
+    }
+
+    /// The statement inserting `rows` rows that bind the columns at `present`.
+    pub fn insert_sql(&self, present: &[usize], rows: usize) -> String {
+        let d = self.dialect;
+        let names: Vec<String> = present
+            .iter()
+            .map(|&i| d.quote(&self.columns[i].name))
+            .collect();
+        if self.uses_merge() {
+            return self.merge_sql(present, &names);
+        }
+        let placeholders = format!("({})", vec!["?"; present.len()].join(","));
+        let mut sql = String::with_capacity(64 + rows * (placeholders.len() + 1));
+        sql.push_str("INSERT INTO ");
+        sql.push_str(&self.table);
+        if present.is_empty() {
+            sql.push_str(" DEFAULT VALUES");
+        } else {
+            sql.push_str(&format!(" ({}) VALUES ", names.join(",")));
+            for i in 0..rows {
+                if i > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&placeholders);
+            }
+        }
+        sql.push_str(&self.conflict_clause(present));
+        sql
+    }
+
+    fn conflict_clause(&self, present: &[usize]) -> String {
+        let d = self.dialect;
+        let q = |i: usize| d.quote(&self.columns[i].name);
+        let updates: Vec<usize> = present
+            .iter()
+            .copied()
+            .filter(|i| !self.key.contains(i))
+            .collect();
+        match (self.on_conflict, d) {
+            (OnConflict::Error, _) | (_, Dialect::Generic) => String::new(),
+            (OnConflict::Ignore, Dialect::Postgres | Dialect::Sqlite) => {
+                format!(" ON CONFLICT ({}) DO NOTHING", self.key_list())
+            }
+            (OnConflict::Update, Dialect::Postgres | Dialect::Sqlite) if !updates.is_empty() => {
+                let set: Vec<String> = updates
+                    .iter()
+                    .map(|&i| format!("{0}=EXCLUDED.{0}", q(i)))
+                    .collect();
+                format!(
+                    " ON CONFLICT ({}) DO UPDATE SET {}",
+                    self.key_list(),
+                    set.join(",")
+                )
+            }
+            (OnConflict::Update, Dialect::Postgres | Dialect::Sqlite) => {
+                format!(" ON CONFLICT ({}) DO NOTHING", self.key_list())
+            }
+            // A no-op update, not INSERT IGNORE: IGNORE would also swallow data errors.
+            (OnConflict::Ignore, Dialect::MySql) => {
+                format!(" ON DUPLICATE KEY UPDATE {0}={0}", q(self.key[0]))
+            }
+            (OnConflict::Update, Dialect::MySql) if !updates.is_empty() => {
+                let set: Vec<String> = updates
+                    .iter()
+                    .map(|&i| format!("{0}=VALUES({0})", q(i)))
+                    .collect();
+                format!(" ON DUPLICATE KEY UPDATE {}", set.join(","))
+            }
+            (OnConflict::Update, Dialect::MySql) => {
+                format!(" ON DUPLICATE KEY UPDATE {0}={0}", q(self.key[0]))
+            }
+        }
+    }
+
+    fn key_list(&self) -> String {
+        self.key
+            .iter()
+            .map(|&i| self.dialect.quote(&self.columns[i].name))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Standard SQL `MERGE`, one row at a time, for databases without a known upsert.
+    fn merge_sql(&self, present: &[usize], names: &[String]) -> String {
+        let source: Vec<String> = names.iter().map(|n| format!("? AS {n}")).collect();
+        let on: Vec<String> = self
+            .key
+            .iter()
+            .map(|&i| {
+                let n = self.dialect.quote(&self.columns[i].name);
+                format!("t.{n} = s.{n}")
+            })
+            .collect();
+        let values: Vec<String> = names.iter().map(|n| format!("s.{n}")).collect();
+        let mut sql = format!(
+            "MERGE INTO {} t USING (SELECT {}) s ON ({})",
+            self.table,
+            source.join(", "),
+            on.join(" AND ")
+        );
+        let updates: Vec<String> = present
+            .iter()
+            .filter(|i| !self.key.contains(i))
+            .map(|&i| {
+                let n = self.dialect.quote(&self.columns[i].name);
+                format!("{n} = s.{n}")
+            })
+            .collect();
+        if self.on_conflict == OnConflict::Update && !updates.is_empty() {
+            sql.push_str(&format!(
+                " WHEN MATCHED THEN UPDATE SET {}",
+                updates.join(", ")
+            ));
+        }
+        sql.push_str(&format!(
+            " WHEN NOT MATCHED THEN INSERT ({}) VALUES ({})",
+            names.join(", "),
+            values.join(", ")
+        ));
+        sql
+    }
+
+    /// Parameters for `rows`, row after row, for the columns at `present`.
+    pub fn parameters(&self, rows: &[&Row], present: &[usize]) -> Vec<Box<dyn InputParameter>> {
+        let mut params: Vec<Box<dyn InputParameter>> =
+            Vec::with_capacity(rows.len() * present.len());
+        for row in rows {
+            for &i in present {
+                params.push(parameter(row[i].as_ref(), self.columns[i].kind));
+            }
+        }
+        params
+    }
+}
+
+/// Which columns a row binds: those whose source produced something.
+pub fn presence(row: &Row) -> Vec<usize> {
+    row.iter()
+        .enumerate()
+        .filter_map(|(i, v)| v.is_some().then_some(i))
+        .collect()
+}
+
+/// Rows grouped by the columns they bind, in order of first appearance, so that each group
+/// is one statement shape.
+pub fn group_by_presence<'a>(
+    rows: impl IntoIterator<Item = &'a Row>,
+) -> Vec<(Vec<usize>, Vec<usize>)> {
+    let mut groups: Vec<(Vec<usize>, Vec<usize>)> = Vec::new();
+    for (index, row) in rows.into_iter().enumerate() {
+        let present = presence(row);
+        match groups.iter_mut().find(|(p, _)| *p == present) {
+            Some((_, members)) => members.push(index),
+            None => groups.push((present, vec![index])),
+        }
+    }
+    groups
+}
+
+/// A NULL keeps the column's type so that typed drivers do not reject it.
+fn parameter(value: Option<&Value>, kind: SqlKind) -> Box<dyn InputParameter> {
+    match value {
+        Some(Value::Int(i)) => Box::new(*i),
+        Some(Value::Float(f)) => Box::new(*f),
+        Some(Value::Bool(b)) => Box::new(Bit::from_bool(*b)),
+        Some(Value::Text(s)) => Box::new(VarCharBox::from_string(s.clone())),
+        Some(Value::Bytes(b)) => Box::new(VarBinaryBox::from_vec(b.clone())),
+        Some(Value::Date(d)) => Box::new(date(d)),
+        Some(Value::Timestamp(t)) => Box::new(typed_timestamp(timestamp(t))),
+        Some(Value::Null) | None => match kind {
+            SqlKind::Integer => Box::new(Nullable::<i64>::null()),
+            SqlKind::Float => Box::new(Nullable::<f64>::null()),
+            SqlKind::Bool => Box::new(Nullable::<Bit>::null()),
+            SqlKind::Date => Box::new(Nullable::<Date>::null()),
+            SqlKind::Timestamp => Box::new(WithDataType {
+                value: Nullable::<Timestamp>::null(),
+                data_type: TIMESTAMP_TYPE,
+            }),
+            SqlKind::Binary => Box::new(VarBinaryBox::null()),
+            SqlKind::Decimal | SqlKind::Text | SqlKind::Time => Box::new(VarCharBox::null()),
+        },
+    }
+}
+
+/// Microsecond precision: the finest PostgreSQL, MariaDB and SQLite keep.
+const TIMESTAMP_TYPE: DataType = DataType::Timestamp { precision: 6 };
+
+fn typed_timestamp(t: Timestamp) -> WithDataType<Timestamp> {
+    WithDataType {
+        value: t,
+        data_type: TIMESTAMP_TYPE,
+    }
+}
+
+fn date(d: &chrono::NaiveDate) -> Date {
+    use chrono::Datelike;
+    Date {
+        year: d.year() as i16,
+        month: d.month() as u16,
+        day: d.day() as u16,
+    }
+}
+
+fn timestamp(t: &chrono::NaiveDateTime) -> Timestamp {
+    use chrono::{Datelike, Timelike};
+    Timestamp {
+        year: t.year() as i16,
+        month: t.month() as u16,
+        day: t.day() as u16,
+        hour: t.hour() as u16,
+        minute: t.minute() as u16,
+        second: t.second() as u16,
+        fraction: t.nanosecond() / 1000 * 1000,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(dialect: Dialect, on_conflict: OnConflict) -> TablePlan {
+        let col = |name: &str| CatalogColumn {
+            name: name.into(),
+            type_name: "int".into(),
+            kind: SqlKind::Integer,
+            has_default: false,
+        };
+        TablePlan {
+            dialect,
+            table: dialect.quote_table("t"),
+            columns: vec![col("id"), col("v")],
+            on_conflict,
+            key: vec![0],
+            max_rows: 500,
+        }
+    }
+
+    #[test]
+    fn multi_row_values() {
+        let p = plan(Dialect::Postgres, OnConflict::Error);
+        assert_eq!(
+            p.insert_sql(&[0, 1], 2),
+            "INSERT INTO \"t\" (\"id\",\"v\") VALUES (?,?),(?,?)"
+        );
+        assert_eq!(p.insert_sql(&[], 1), "INSERT INTO \"t\" DEFAULT VALUES");
+    }
+
+    #[test]
+    fn upserts_per_dialect() {
+        assert!(
+            plan(Dialect::Postgres, OnConflict::Ignore)
+                .insert_sql(&[0, 1], 1)
+                .ends_with("ON CONFLICT (\"id\") DO NOTHING")
+        );
+        assert!(
+            plan(Dialect::Sqlite, OnConflict::Update)
+                .insert_sql(&[0, 1], 1)
+                .ends_with("ON CONFLICT (\"id\") DO UPDATE SET \"v\"=EXCLUDED.\"v\"")
+        );
+        assert!(
+            plan(Dialect::MySql, OnConflict::Ignore)
+                .insert_sql(&[0, 1], 1)
+                .ends_with("ON DUPLICATE KEY UPDATE `id`=`id`")
+        );
+        assert!(
+            plan(Dialect::MySql, OnConflict::Update)
+                .insert_sql(&[0, 1], 1)
+                .ends_with("ON DUPLICATE KEY UPDATE `v`=VALUES(`v`)")
+        );
+        let merge = plan(Dialect::Generic, OnConflict::Update).insert_sql(&[0, 1], 1);
+        assert!(merge.starts_with("MERGE INTO \"t\" t USING (SELECT ? AS \"id\", ? AS \"v\") s ON (t.\"id\" = s.\"id\")"), "{merge}");
+        assert!(
+            merge.contains("WHEN MATCHED THEN UPDATE SET \"v\" = s.\"v\""),
+            "{merge}"
+        );
+    }
+
+    #[test]
+    fn chunks_respect_the_parameter_limit() {
+        let mut p = plan(Dialect::Generic, OnConflict::Error);
+        p.max_rows = 5000;
+        assert_eq!(p.rows_per_statement(2), 1000);
+        assert_eq!(
+            plan(Dialect::Postgres, OnConflict::Error).rows_per_statement(2),
+            500
+        );
+        assert_eq!(
+            plan(Dialect::Generic, OnConflict::Ignore).rows_per_statement(2),
+            1
+        );
+    }
+
+    #[test]
+    fn rows_group_by_bound_columns() {
+        let rows: Vec<Row> = vec![
+            vec![Some(Value::Int(1)), None],
+            vec![Some(Value::Int(2)), Some(Value::Null)],
+            vec![Some(Value::Int(3)), None],
+        ];
+        assert_eq!(
+            group_by_presence(&rows),
+            vec![(vec![0], vec![0, 2]), (vec![0, 1], vec![1])]
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! Database access through ODBC. Every ODBC call runs on a dedicated thread
+//! ([`worker`]); the async side only exchanges batches and outcomes over channels.
+
+pub mod catalog;
+pub mod dialect;
+pub mod insert;
+pub mod probe;
+pub mod worker;
+
+use std::sync::OnceLock;
+
+use odbc_api::{Connection, ConnectionOptions, Environment};
+
+use crate::config::{self, Database};
+use crate::error::DbError;
+
+/// The process-wide ODBC environment.
+pub fn environment() -> Result<&'static Environment, DbError> {
+    static ENV: OnceLock<Environment> = OnceLock::new();
+    if let Some(env) = ENV.get() {
+        return Ok(env);
+    }
+    let env = Environment::new().map_err(|e| DbError::from_odbc(&e))?;
+    Ok(ENV.get_or_init(|| env))
+}
+
+/// How to reach one configured database; the connection string never leaves this type in
+/// clear text.
+#[derive(Clone)]
+pub struct DbSpec {
+    pub name: String,
+    connection_string: String,
+}
+
+impl std::fmt::Debug for DbSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbSpec")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DbSpec {
+    pub fn from_config(name: &str, db: &Database) -> Result<Self, String> {
+        let mut cs = match (&db.connection_string, &db.dsn) {
+            (Some(cs), _) => cs.expose().trim().trim_end_matches(';').to_string(),
+            (None, Some(dsn)) => format!("DSN={}", braced(dsn.as_str())),
+            (None, None) => return Err(format!("database {name}: no connection_string or dsn")),
+        };
+        if let Some(user) = &db.username {
+            cs.push_str(&format!(";UID={}", braced(user.as_str())));
+        }
+        let password = match (&db.password, &db.password_file) {
+            (Some(p), _) => Some(p.expose().to_string()),
+            (None, Some(file)) => Some(config::read_secret_file(file.as_str()).map_err(|e| {
+                format!(
+                    "database {name}: cannot read password_file {}: {e}",
+                    file.as_str()
+                )
+            })?),
+            (None, None) => None,
+        };
+        if let Some(password) = password {
+            cs.push_str(&format!(";PWD={}", braced(&password)));
+        }
+        cs.push(';');
+        Ok(DbSpec {
+            name: name.to_string(),
+            connection_string: cs,
+        })
+    }
+
+    pub fn connect(&self) -> Result<Connection<'static>, DbError> {
+        let env = environment()?;
+        env.connect_with_connection_string(&self.connection_string, ConnectionOptions::default())
+            .map_err(|e| redacted(DbError::from_odbc(&e), &self.connection_string))
+    }
+}
+
+/// ODBC attribute values in braces survive `;` and `=`; a `}` is doubled.
+fn braced(value: &str) -> String {
+    format!("{{{}}}", value.replace('}', "}}"))
+}
+
+/// Drivers sometimes echo the connection string in their messages.
+fn redacted(mut error: DbError, connection_string: &str) -> DbError {
+    for part in connection_string.split(';') {
+        if let Some((key, value)) = part.split_once('=')
+            && key.trim().eq_ignore_ascii_case("pwd")
+            && value.len() > 2
+        {
+            error.message = error.message.replace(value, "***");
+            let inner = value.trim_start_matches('{').trim_end_matches('}');
+            if !inner.is_empty() {
+                error.message = error.message.replace(inner, "***");
+            }
+        }
+    }
+    if error.message.contains(connection_string) {
+        error.message = error
+            .message
+            .replace(connection_string, "<connection string>");
+    }
+    error
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{EnvString, Secret};
+
+    #[test]
+    fn passwords_are_appended_braced() {
+        let db = Database {
+            connection_string: Some(Secret("Driver={X};Server=h;".into())),
+            dsn: None,
+            username: Some(EnvString("u".into())),
+            password: Some(Secret("p;w}d".into())),
+            password_file: None,
+        };
+        let spec = DbSpec::from_config("d", &db).unwrap();
+        assert_eq!(
+            spec.connection_string,
+            "Driver={X};Server=h;UID={u};PWD={p;w}}d};"
+        );
+        assert!(!format!("{spec:?}").contains("p;w"));
+    }
+
+    #[test]
+    fn errors_never_echo_the_password() {
+        let e = redacted(
+            DbError::new("login failed for secret123"),
+            "Driver=x;PWD={secret123};",
+        );
+        assert!(!e.message.contains("secret123"), "{}", e.message);
+    }
+}

@@ -1,0 +1,370 @@
+//! The ODBC sink thread of one route: connects (and reconnects), reads the catalog once,
+//! and writes batches — one transaction each, rejected rows isolated, outages retried.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use odbc_api::Connection;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use super::DbSpec;
+use super::catalog::{self, CatalogColumn};
+use super::dialect::Dialect;
+use super::insert::{TablePlan, group_by_presence};
+use crate::config::OnConflict;
+use crate::error::{Class, DbError};
+use crate::mapping::Row;
+
+/// What the route asks of its table.
+#[derive(Debug, Clone)]
+pub struct SinkTarget {
+    pub route: String,
+    pub table: String,
+    /// Mapped column names; `None` maps every column of the table.
+    pub columns: Option<Vec<String>>,
+    pub on_conflict: OnConflict,
+    pub key: Vec<String>,
+    pub max_rows: usize,
+}
+
+/// A batch of rows to write; the reply comes once it is committed or abandoned.
+pub struct InsertRequest {
+    pub rows: Vec<Row>,
+    pub reply: oneshot::Sender<InsertOutcome>,
+}
+
+#[derive(Debug)]
+pub enum InsertOutcome {
+    /// Committed; the listed rows (by index) were rejected by the database.
+    Committed { rejected: Vec<(usize, DbError)> },
+    /// Shutdown came while the database was unreachable: nothing was written.
+    Abandoned,
+}
+
+/// A started sink: the resolved plan, and where to send batches.
+pub struct Sink {
+    pub plan: TablePlan,
+    pub requests: mpsc::Sender<InsertRequest>,
+}
+
+/// Starts the sink thread and waits until it has connected and resolved the table.
+/// Unreachable databases are retried until `stop`; a missing table or column is an error.
+pub async fn start(
+    spec: DbSpec,
+    target: SinkTarget,
+    stop: Arc<AtomicBool>,
+) -> Result<Sink, DbError> {
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let (tx, rx) = mpsc::channel(1);
+    std::thread::Builder::new()
+        .name(format!("odbc-{}", target.route))
+        .spawn(move || run(spec, target, stop, ready_tx, rx))
+        .map_err(|e| DbError::new(format!("cannot start the database thread: {e}")))?;
+    match ready_rx.await {
+        Ok(Ok(plan)) => Ok(Sink { plan, requests: tx }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(DbError::new("stopped before the database was reached")),
+    }
+}
+
+fn run(
+    spec: DbSpec,
+    target: SinkTarget,
+    stop: Arc<AtomicBool>,
+    ready: oneshot::Sender<Result<TablePlan, DbError>>,
+    mut requests: mpsc::Receiver<InsertRequest>,
+) {
+    let mut ready = Some(ready);
+    let mut plan: Option<TablePlan> = None;
+    let mut pending: Option<InsertRequest> = None;
+    let mut backoff = Backoff::new();
+    loop {
+        if stop.load(Ordering::Relaxed) && plan.is_none() {
+            return;
+        }
+        let conn = match open(&spec) {
+            Ok(conn) => conn,
+            Err(e) => {
+                warn!(route = %target.route, database = %spec.name, error = %e, "database unreachable; retrying");
+                if !backoff.sleep(&stop) {
+                    abandon(pending.take());
+                    return;
+                }
+                continue;
+            }
+        };
+        let dialect = match conn.database_management_system_name() {
+            Ok(name) => Dialect::from_dbms_name(&name),
+            Err(_) => Dialect::Generic,
+        };
+        if let Err(e) = setup_session(&conn, dialect) {
+            warn!(route = %target.route, error = %e, "session set-up failed; reconnecting");
+            if !backoff.sleep(&stop) {
+                abandon(pending.take());
+                return;
+            }
+            continue;
+        }
+        if plan.is_none() {
+            match resolve(&conn, dialect, &target) {
+                Ok(resolved) => {
+                    info!(route = %target.route, database = %spec.name, ?dialect, "database connected");
+                    plan = Some(resolved.clone());
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(Ok(resolved));
+                    }
+                }
+                Err(e) if e.class() == Class::Outage => {
+                    warn!(route = %target.route, error = %e, "catalog read failed; retrying");
+                    if !backoff.sleep(&stop) {
+                        return;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(Err(e));
+                    }
+                    return;
+                }
+            }
+        } else {
+            info!(route = %target.route, database = %spec.name, "database reconnected");
+        }
+        let plan_ref = plan.as_ref().expect("resolved above");
+        match serve(
+            &conn,
+            plan_ref,
+            &mut requests,
+            &mut pending,
+            &mut backoff,
+            &target.route,
+        ) {
+            Served::Closed => return,
+            Served::Outage(e) => {
+                warn!(route = %target.route, error = %e, "database outage; the batch will be retried");
+                let _ = conn.rollback();
+                drop(conn);
+                if !backoff.sleep(&stop) {
+                    abandon(pending.take());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn abandon(request: Option<InsertRequest>) {
+    if let Some(r) = request {
+        let _ = r.reply.send(InsertOutcome::Abandoned);
+    }
+}
+
+/// Opens a connection with autocommit off, so each batch is one transaction.
+pub fn open(spec: &DbSpec) -> Result<Connection<'static>, DbError> {
+    let conn = spec.connect()?;
+    conn.set_autocommit(false)
+        .map_err(|e| DbError::from_odbc(&e))?;
+    Ok(conn)
+}
+
+pub fn setup_session(conn: &Connection<'_>, dialect: Dialect) -> Result<(), DbError> {
+    for sql in dialect.session_setup() {
+        conn.execute(sql, (), None)
+            .map_err(|e| DbError::from_odbc(&e))?;
+    }
+    conn.commit().map_err(|e| DbError::from_odbc(&e))
+}
+
+/// Checks the table and the mapped columns against the catalog and builds the plan.
+pub fn resolve(
+    conn: &Connection<'_>,
+    dialect: Dialect,
+    target: &SinkTarget,
+) -> Result<TablePlan, DbError> {
+    let found = catalog::table_columns(conn, dialect, &target.table)?;
+    let _ = conn.commit();
+    if found.is_empty() {
+        return Err(DbError::new(format!(
+            "table {} does not exist (or has no columns visible to this user)",
+            target.table
+        )));
+    }
+    let pick = |name: &str| -> Result<CatalogColumn, DbError> {
+        found
+            .iter()
+            .find(|c| c.name == name)
+            .or_else(|| found.iter().find(|c| c.name.eq_ignore_ascii_case(name)))
+            .cloned()
+            .ok_or_else(|| {
+                let names: Vec<&str> = found.iter().map(|c| c.name.as_str()).collect();
+                DbError::new(format!(
+                    "table {} has no column `{name}` (it has: {})",
+                    target.table,
+                    names.join(", ")
+                ))
+            })
+    };
+    let columns: Vec<CatalogColumn> = match &target.columns {
+        Some(names) => names.iter().map(|n| pick(n)).collect::<Result<_, _>>()?,
+        None => found.clone(),
+    };
+    let key = target
+        .key
+        .iter()
+        .map(|k| {
+            columns
+                .iter()
+                .position(|c| c.name.eq_ignore_ascii_case(k))
+                .ok_or_else(|| {
+                    DbError::new(format!(
+                        "key column `{k}` is not a mapped column of {}",
+                        target.table
+                    ))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(TablePlan {
+        dialect,
+        table: dialect.quote_table(&target.table),
+        columns,
+        on_conflict: target.on_conflict,
+        key,
+        max_rows: target.max_rows,
+    })
+}
+
+enum Served {
+    Closed,
+    Outage(DbError),
+}
+
+fn serve(
+    conn: &Connection<'_>,
+    plan: &TablePlan,
+    requests: &mut mpsc::Receiver<InsertRequest>,
+    pending: &mut Option<InsertRequest>,
+    backoff: &mut Backoff,
+    route: &str,
+) -> Served {
+    loop {
+        let request = match pending.take() {
+            Some(r) => r,
+            None => match requests.blocking_recv() {
+                Some(r) => r,
+                None => return Served::Closed,
+            },
+        };
+        match write_batch(conn, plan, &request.rows) {
+            Ok(rejected) => {
+                debug!(
+                    route,
+                    rows = request.rows.len(),
+                    rejected = rejected.len(),
+                    "batch committed"
+                );
+                backoff.reset();
+                let _ = request.reply.send(InsertOutcome::Committed { rejected });
+            }
+            Err(e) => {
+                *pending = Some(request);
+                return Served::Outage(e);
+            }
+        }
+    }
+}
+
+/// Writes and commits one batch. Data errors are isolated to their rows, which are
+/// reported back; an outage returns `Err` with nothing committed.
+pub fn write_batch(
+    conn: &Connection<'_>,
+    plan: &TablePlan,
+    rows: &[Row],
+) -> Result<Vec<(usize, DbError)>, DbError> {
+    match insert_rows(conn, plan, rows, &(0..rows.len()).collect::<Vec<_>>())
+        .and_then(|()| commit(conn))
+    {
+        Ok(()) => return Ok(Vec::new()),
+        Err(e) if e.class() == Class::Outage => return Err(e),
+        Err(_) => {
+            let _ = conn.rollback();
+        }
+    }
+    // Row by row inside one transaction: each failed statement rolls back alone in
+    // PostgreSQL (psqlODBC's statement-level rollback), MariaDB and SQLite.
+    let mut rejected = Vec::new();
+    for index in 0..rows.len() {
+        match insert_rows(conn, plan, rows, &[index]) {
+            Ok(()) => {}
+            Err(e) if e.class() == Class::Outage => return Err(e),
+            Err(e) => rejected.push((index, e)),
+        }
+    }
+    commit(conn)?;
+    Ok(rejected)
+}
+
+fn commit(conn: &Connection<'_>) -> Result<(), DbError> {
+    conn.commit().map_err(|e| with_liveness(conn, &e))
+}
+
+fn insert_rows(
+    conn: &Connection<'_>,
+    plan: &TablePlan,
+    rows: &[Row],
+    indexes: &[usize],
+) -> Result<(), DbError> {
+    let selected: Vec<&Row> = indexes.iter().map(|&i| &rows[i]).collect();
+    for (present, members) in group_by_presence(selected.iter().copied()) {
+        let per_statement = plan.rows_per_statement(present.len());
+        for chunk in members.chunks(per_statement) {
+            let chunk_rows: Vec<&Row> = chunk.iter().map(|&i| selected[i]).collect();
+            let sql = plan.insert_sql(&present, chunk_rows.len());
+            let params = plan.parameters(&chunk_rows, &present);
+            conn.execute(&sql, params.as_slice(), None)
+                .map_err(|e| with_liveness(conn, &e))?;
+        }
+    }
+    Ok(())
+}
+
+fn with_liveness(conn: &Connection<'_>, error: &odbc_api::Error) -> DbError {
+    let mut e = DbError::from_odbc(error);
+    e.connection_dead = conn.is_dead().unwrap_or(false);
+    e
+}
+
+/// Capped exponential backoff that wakes early for shutdown.
+struct Backoff {
+    current: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(200);
+    const CAP: Duration = Duration::from_secs(30);
+
+    fn new() -> Self {
+        Backoff {
+            current: Self::FIRST,
+        }
+    }
+
+    /// Sleeps the current delay; false if shutdown came meanwhile.
+    fn sleep(&mut self, stop: &AtomicBool) -> bool {
+        let deadline = std::time::Instant::now() + self.current;
+        while std::time::Instant::now() < deadline {
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.current = (self.current * 2).min(Self::CAP);
+        !stop.load(Ordering::Relaxed)
+    }
+
+    fn reset(&mut self) {
+        self.current = Self::FIRST;
+    }
+}

@@ -1,0 +1,271 @@
+//! Dead letters: what could not be delivered, with the reason, and how operators see them.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Value as Json, json};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    #[allow(dead_code)]
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// A dead letter about to be stored.
+#[derive(Debug, Clone)]
+pub struct NewDeadLetter {
+    pub route: String,
+    pub direction: Direction,
+    pub source: String,
+    pub payload: Vec<u8>,
+    pub headers: Json,
+    pub error_kind: String,
+    pub error: String,
+    pub sqlstate: Option<String>,
+}
+
+/// A stored dead letter.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub route: String,
+    pub direction: String,
+    pub source: String,
+    pub payload: Vec<u8>,
+    pub headers: Json,
+    pub error_kind: String,
+    pub error: String,
+    pub sqlstate: Option<String>,
+    pub attempts: i64,
+    pub first_failed_at: String,
+    pub last_failed_at: String,
+}
+
+pub fn now_rfc3339() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl DeadLetter {
+    /// The `dlq list --json` object: the payload as text when it is UTF-8, else base64.
+    pub fn to_json(&self) -> Json {
+        let mut object = json!({
+            "id": self.id,
+            "route": self.route,
+            "direction": self.direction,
+            "source": self.source,
+            "error": self.error,
+            "error_kind": self.error_kind,
+            "sqlstate": self.sqlstate,
+            "attempts": self.attempts,
+            "first_failed_at": self.first_failed_at,
+            "last_failed_at": self.last_failed_at,
+            "headers": self.headers,
+        });
+        match std::str::from_utf8(&self.payload) {
+            Ok(text) => object["payload"] = json!(text),
+            Err(_) => object["payload_base64"] = json!(base64(&self.payload)),
+        }
+        object
+    }
+
+    /// One line of the `dlq list` table.
+    pub fn table_row(&self, now: DateTime<Utc>) -> [String; 7] {
+        let age = DateTime::parse_from_rfc3339(&self.first_failed_at)
+            .map(|t| human_age(now.signed_duration_since(t.with_timezone(&Utc))))
+            .unwrap_or_else(|_| "?".into());
+        [
+            self.id.to_string(),
+            self.route.clone(),
+            age,
+            self.attempts.to_string(),
+            self.error_kind.clone(),
+            shorten(&self.error, 60),
+            shorten(&payload_preview(&self.payload), 40),
+        ]
+    }
+
+    /// Everything stored, for `dlq show`.
+    pub fn details(&self) -> String {
+        let mut out = String::new();
+        let mut line = |k: &str, v: &str| out.push_str(&format!("{k:<16}{v}\n"));
+        line("id", &self.id.to_string());
+        line("route", &self.route);
+        line("direction", &self.direction);
+        line("source", &self.source);
+        line("error kind", &self.error_kind);
+        line("error", &self.error);
+        line("sqlstate", self.sqlstate.as_deref().unwrap_or("-"));
+        line("attempts", &self.attempts.to_string());
+        line("first failed at", &self.first_failed_at);
+        line("last failed at", &self.last_failed_at);
+        line("headers", &self.headers.to_string());
+        line("payload bytes", &self.payload.len().to_string());
+        match std::str::from_utf8(&self.payload) {
+            Ok(text) => out.push_str(&format!("payload (text):\n{text}\n")),
+            Err(_) => out.push_str(&format!("payload (hex):\n{}\n", hex_dump(&self.payload))),
+        }
+        out
+    }
+}
+
+fn payload_preview(payload: &[u8]) -> String {
+    match std::str::from_utf8(payload) {
+        Ok(text) => text.replace(['\n', '\r', '\t'], " "),
+        Err(_) => format!("<{} bytes, binary>", payload.len()),
+    }
+}
+
+fn shorten(text: &str, max: usize) -> String {
+    let single: String = text.replace(['\n', '\r'], " ");
+    if single.chars().count() <= max {
+        return single;
+    }
+    let cut: String = single.chars().take(max.saturating_sub(1)).collect();
+    format!("{cut}…")
+}
+
+fn human_age(d: chrono::Duration) -> String {
+    let s = d.num_seconds().max(0);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+pub fn render_table(letters: &[DeadLetter]) -> String {
+    let now = Utc::now();
+    let header = ["ID", "ROUTE", "AGE", "ATTEMPTS", "KIND", "ERROR", "PAYLOAD"].map(String::from);
+    let rows: Vec<[String; 7]> = std::iter::once(header)
+        .chain(letters.iter().map(|l| l.table_row(now)))
+        .collect();
+    let widths: Vec<usize> = (0..7)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| {
+                let pad = widths[c] - cell.chars().count();
+                if c == 6 {
+                    cell.clone()
+                } else {
+                    format!("{cell}{}", " ".repeat(pad))
+                }
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn hex_dump(bytes: &[u8]) -> String {
+    bytes
+        .chunks(16)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let hex: Vec<String> = chunk.iter().map(|b| format!("{b:02x}")).collect();
+            let ascii: String = chunk
+                .iter()
+                .map(|&b| {
+                    if b.is_ascii_graphic() || b == b' ' {
+                        b as char
+                    } else {
+                        '.'
+                    }
+                })
+                .collect();
+            format!("{:08x}  {:<47}  {ascii}", i * 16, hex.join(" "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Standard base64 with padding (RFC 4648).
+pub fn base64(bytes: &[u8]) -> String {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letter(payload: &[u8]) -> DeadLetter {
+        DeadLetter {
+            id: 7,
+            route: "r".into(),
+            direction: "inbound".into(),
+            source: "a/b".into(),
+            payload: payload.to_vec(),
+            headers: json!({}),
+            error_kind: "decode".into(),
+            error: "invalid JSON".into(),
+            sqlstate: None,
+            attempts: 1,
+            first_failed_at: now_rfc3339(),
+            last_failed_at: now_rfc3339(),
+        }
+    }
+
+    #[test]
+    fn binary_payloads_travel_as_base64() {
+        let j = letter(&[0xff, 0x00, 0x41]).to_json();
+        assert_eq!(j["payload_base64"], "/wBB");
+        assert!(j.get("payload").is_none());
+        let j = letter(b"{}").to_json();
+        assert_eq!(j["payload"], "{}");
+    }
+
+    #[test]
+    fn base64_matches_rfc4648() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn show_prints_hex_for_binary() {
+        let d = letter(&[0xff, 0x41]).details();
+        assert!(d.contains("payload (hex):\n00000000  ff 41"), "{d}");
+    }
+
+    #[test]
+    fn the_table_shortens_long_errors() {
+        let mut l = letter(b"x");
+        l.error = "e".repeat(200);
+        let t = render_table(&[l]);
+        assert!(t.lines().nth(1).unwrap().contains('…'));
+        assert!(t.starts_with("ID"));
+    }
+}

@@ -1,0 +1,149 @@
+//! The `mqdb` binary under test.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::Duration;
+
+use super::{send_signal, wait_child};
+
+/// The `mqdb` binary cargo built for this test run.
+pub fn mqdb_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mqdb"))
+}
+
+/// A `Command` for the binary with a clean environment for logging and config selection:
+/// `RUST_LOG` and `MQDB_CONFIG` are removed, so tests see the binary's own defaults unless
+/// they set them explicitly on the returned command.
+pub fn mqdb_command() -> Command {
+    let mut cmd = Command::new(mqdb_bin());
+    cmd.env_remove("RUST_LOG").env_remove("MQDB_CONFIG");
+    cmd
+}
+
+/// Runs the binary to completion with `args` (e.g. `["-c", path, "check"]`), stdin closed,
+/// and returns its exit status and output.
+pub fn run_mqdb(args: &[&str]) -> Output {
+    mqdb_command()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {} {args:?}: {e}", mqdb_bin().display()))
+}
+
+/// A running `mqdb -c CONFIG run`.
+///
+/// stdout and stderr go (appended) to `<config without extension>.log` next to the config,
+/// so a restarted bridge keeps one log. The working directory is the config file's directory,
+/// so relative paths such as the default `state: sqlite://mqdb-state.db` stay private to the
+/// test (they never land in the crate root shared by parallel tests).
+pub struct Bridge {
+    pub config: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl Bridge {
+    pub fn start(config_path: &Path) -> Bridge {
+        Bridge::start_with_env(config_path, &[])
+    }
+
+    /// Like [`Bridge::start`] with extra environment variables (e.g. for `${VAR}` in the
+    /// config).
+    pub fn start_with_env(config_path: &Path, env: &[(&str, &str)]) -> Bridge {
+        let config = std::path::absolute(config_path)
+            .unwrap_or_else(|e| panic!("absolute path of {}: {e}", config_path.display()));
+        let dir = config
+            .parent()
+            .expect("config file has a parent directory")
+            .to_path_buf();
+        let log_path = config.with_extension("log");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap_or_else(|e| panic!("open {}: {e}", log_path.display()));
+        let log2 = log.try_clone().expect("clone log file handle");
+        let mut cmd = mqdb_command();
+        cmd.arg("-c")
+            .arg(&config)
+            .arg("run")
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", mqdb_bin().display()));
+        Bridge {
+            config,
+            log_path,
+            child: Some(child),
+        }
+    }
+
+    /// SIGKILL (no drain, no goodbye) and wait. Idempotent.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit (up to 30 s, then SIGKILL and panic with the log).
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("bridge is not running");
+        send_signal(child.id(), "TERM");
+        match wait_child(&mut child, Duration::from_secs(30)) {
+            Some(status) => status,
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "mqdb did not exit within 30 s of SIGTERM; log:\n{}",
+                    self.log()
+                );
+            }
+        }
+    }
+
+    /// The log so far (stdout and stderr interleaved).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `needle`; panics with the log after `timeout`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let start = std::time::Instant::now();
+        while !self.log().contains(needle) {
+            if start.elapsed() >= timeout {
+                panic!(
+                    "mqdb log did not contain {needle:?} within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The process id, while it has not been reaped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

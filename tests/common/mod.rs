@@ -1,0 +1,141 @@
+//! Shared integration-test harness for `mqdb`.
+//!
+//! Every test binary declares `mod common;` and uses the subset it needs. The harness talks to
+//! the real services on loopback (see GUIDE.md, "Test environment"):
+//!
+//! - [`Mosquitto`]: a private broker on a free port that queues QoS 1 without limit and keeps
+//!   sessions across [`Mosquitto::restart`].
+//! - [`TcpProxy`]: a loopback forwarder whose [`TcpProxy::set_down`] simulates a network cut.
+//! - [`Db`]: PostgreSQL, MariaDB and SQLite through ODBC, text results.
+//! - [`Bridge`], [`run_mqdb`], [`mqdb_command`]: the `mqdb` binary under test.
+//! - [`Publisher`], [`Subscriber`]: MQTT clients that run their own event loop thread, so they
+//!   work from sync tests and from `#[tokio::test]` alike.
+//!
+//! Names: [`unique`] gives table, topic, queue and client-id names that never collide across
+//! parallel test threads and processes.
+//!
+//! Waiting: [`wait_until`] is a liveness deadline (a hang detector), never a speed assertion.
+#![allow(dead_code)]
+
+mod bridge;
+mod db;
+mod mqtt;
+mod proxy;
+
+// Each test binary uses a subset of these re-exports.
+#[allow(unused_imports)]
+pub use bridge::{Bridge, mqdb_bin, mqdb_command, run_mqdb};
+#[allow(unused_imports)]
+pub use db::{Db, TempTable, odbc_connect, odbc_env, odbc_exec, odbc_query};
+#[allow(unused_imports)]
+pub use mqtt::{Mosquitto, Publisher, Received, Subscriber};
+#[allow(unused_imports)]
+pub use proxy::TcpProxy;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A name made of `[a-z0-9_]` that is unique across parallel test threads and processes.
+///
+/// Built from the sanitized `prefix` (at most 20 characters, forced to start with a letter),
+/// the process id, a per-process counter and the low bits of the wall clock in nanoseconds.
+/// At most ~50 characters, so it fits PostgreSQL (63) and MariaDB (64) identifier limits and
+/// works as an MQTT topic level, a client id or an AMQP queue name.
+pub fn unique(prefix: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut p: String = prefix
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(20)
+        .collect();
+    if !p.starts_with(|c: char| c.is_ascii_lowercase()) {
+        p.insert(0, 't');
+    }
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    // 36^8 ns ~ 47 minutes of distinct values; pid + counter carry the real uniqueness.
+    format!(
+        "{p}_{}_{n}_{}",
+        std::process::id(),
+        base36(nanos % 36u128.pow(8))
+    )
+}
+
+fn base36(mut v: u128) -> String {
+    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(v % 36) as usize]);
+        v /= 36;
+        if v == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ascii")
+}
+
+/// Polls `f` every 100 ms until it returns true; panics naming `what` after `timeout`.
+///
+/// This is a liveness deadline: pick it generously (it only bounds a hang), never as a speed
+/// assertion.
+pub fn wait_until<F: FnMut() -> bool>(what: &str, timeout: Duration, mut f: F) {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return;
+        }
+        if start.elapsed() >= timeout {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (bind port 0, read it, release it).
+///
+/// Another process could take it before it is used; callers that start servers retry.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().expect("local_addr").port()
+}
+
+/// Sends `signal` (e.g. "TERM", "KILL") to `pid` with the `kill` command.
+pub(crate) fn send_signal(pid: u32, signal: &str) {
+    // A process that already exited makes `kill` fail; that is fine for every caller.
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// Waits for `child` to exit, polling, for at most `timeout`. `None` if it is still running.
+pub(crate) fn wait_child(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) => {}
+            Err(e) => panic!("waiting for child {}: {e}", child.id()),
+        }
+        if start.elapsed() >= timeout {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,0 +1,644 @@
+//! A private Mosquitto and MQTT clients that run their own event loop thread.
+
+use rumqttc::{Client, Connection, Event, MqttOptions, Outgoing, Packet, QoS};
+use std::collections::HashSet;
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{free_port, send_signal, unique, wait_child};
+
+const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+
+/// A private mosquitto on a free `127.0.0.1` port.
+///
+/// Unlike the shared broker on 1883 it never drops QoS 1 messages for slow or offline
+/// clients (`max_queued_messages 0`), allows 1000 in-flight messages per client, and persists
+/// sessions in its own temp dir, so [`Mosquitto::stop`] + [`Mosquitto::restart`] keeps
+/// persistent sessions, their subscriptions and their queued messages.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        let dir = tempfile::Builder::new()
+            .prefix("mqdb-mosquitto-")
+            .tempdir()
+            .expect("temp dir for mosquitto");
+        let mut m = Mosquitto {
+            port: 0,
+            dir,
+            child: None,
+        };
+        let mut last_log = String::new();
+        for _attempt in 0..5 {
+            m.port = free_port();
+            match m.spawn() {
+                Ok(()) => return m,
+                // Most likely the free port was taken in between; try another one.
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("mosquitto did not start after 5 attempts; last log:\n{last_log}");
+    }
+
+    /// Stops the broker with SIGTERM and waits; mosquitto writes its persistence file on the
+    /// way out. Idempotent.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            send_signal(child.id(), "TERM");
+            if wait_child(&mut child, Duration::from_secs(30)).is_none() {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("mosquitto on port {} ignored SIGTERM for 30 s", self.port);
+            }
+        }
+    }
+
+    /// Starts the broker again on the same port, config and persistence (stops it first if it
+    /// is running).
+    pub fn restart(&mut self) {
+        self.stop();
+        // The port was ours a moment ago; retry briefly in case the old socket lingers.
+        let mut last = String::new();
+        for _ in 0..20 {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(log) => last = log,
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        panic!("mosquitto did not restart on port {}:\n{last}", self.port);
+    }
+
+    /// `mqtt://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("mosquitto.log")
+    }
+
+    fn write_config(&self) -> PathBuf {
+        let dir = self.dir.path();
+        let config = format!(
+            "listener {port} 127.0.0.1\n\
+             allow_anonymous true\n\
+             max_queued_messages 0\n\
+             max_queued_bytes 0\n\
+             max_inflight_messages 1000\n\
+             persistence true\n\
+             persistence_location {dir}/\n\
+             autosave_interval 1800\n\
+             log_dest file {log}\n\
+             set_tcp_nodelay true\n\
+             user root\n",
+            port = self.port,
+            dir = dir.display(),
+            log = self.log_path().display(),
+        );
+        let path = dir.join("mosquitto.conf");
+        std::fs::write(&path, config).expect("write mosquitto.conf");
+        path
+    }
+
+    /// Spawns the process and waits until the port accepts. `Err(log)` if it exited.
+    fn spawn(&mut self) -> Result<(), String> {
+        let config = self.write_config();
+        let mut child = Command::new(MOSQUITTO)
+            .arg("-c")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {MOSQUITTO}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("exited with {status}:\n{}", self.log()));
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "mosquitto on port {} did not accept within 20 s:\n{}",
+                    self.port,
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn qos(q: u8) -> QoS {
+    match q {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        2 => QoS::ExactlyOnce,
+        other => panic!("invalid MQTT QoS {other}"),
+    }
+}
+
+fn options(client_id: &str, port: u16, clean_session: bool) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
+    o.set_clean_session(clean_session)
+        .set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(256 << 20, 256 << 20)
+        .set_inflight(100);
+    o
+}
+
+/// State shared between a client handle and its event loop thread.
+struct Shared<S> {
+    state: Mutex<S>,
+    changed: Condvar,
+}
+
+impl<S> Shared<S> {
+    fn new(s: S) -> Arc<Self> {
+        Arc::new(Shared {
+            state: Mutex::new(s),
+            changed: Condvar::new(),
+        })
+    }
+
+    /// Locks, ignoring poison: a test thread that panicked while waiting must not take the
+    /// event loop thread down with a second, confusing panic.
+    fn lock(&self) -> std::sync::MutexGuard<'_, S> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wait_timeout<'a>(
+        &self,
+        guard: std::sync::MutexGuard<'a, S>,
+    ) -> std::sync::MutexGuard<'a, S> {
+        match self.changed.wait_timeout(guard, Duration::from_millis(100)) {
+            Ok((g, _)) => g,
+            Err(e) => e.into_inner().0,
+        }
+    }
+
+    fn update<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
+        let r = f(&mut self.lock());
+        self.changed.notify_all();
+        r
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        f(&self.lock())
+    }
+
+    /// Waits until `done` holds; panics with `what` and `describe(state)` when `progress`
+    /// (a monotonic counter) has not moved for `stall`.
+    fn wait(
+        &self,
+        what: &str,
+        stall: Duration,
+        mut done: impl FnMut(&S) -> bool,
+        progress: impl Fn(&S) -> u64,
+        describe: impl Fn(&S) -> String,
+    ) {
+        let mut guard = self.lock();
+        let mut last = progress(&guard);
+        let mut since = Instant::now();
+        while !done(&guard) {
+            let p = progress(&guard);
+            if p != last {
+                last = p;
+                since = Instant::now();
+            } else if since.elapsed() >= stall {
+                panic!(
+                    "no progress for {stall:?} waiting for {what}: {}",
+                    describe(&guard)
+                );
+            }
+            guard = self.wait_timeout(guard);
+        }
+    }
+}
+
+/// Runs a rumqttc event loop on its own thread with its own current-thread tokio runtime, so
+/// it never depends on (or blocks) the test's runtime. Errors are passed to `on_event` and
+/// the loop reconnects after 200 ms. Stops when `stop` is set or the client is dropped.
+fn spawn_event_loop(
+    name: String,
+    connection: Connection,
+    stop: Arc<AtomicBool>,
+    mut on_event: impl FnMut(Result<&Event, String>) + Send + 'static,
+) {
+    let Connection { mut eventloop, .. } = connection;
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime for the MQTT event loop");
+            rt.block_on(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    // A periodic wake-up to check `stop`; the poll future is only cancelled
+                    // when stopping.
+                    let polled = tokio::select! {
+                        r = eventloop.poll() => Some(r),
+                        _ = wait_for_flag(&stop) => None,
+                    };
+                    match polled {
+                        None => break,
+                        Some(Ok(event)) => on_event(Ok(&event)),
+                        Some(Err(rumqttc::ConnectionError::RequestsDone)) => break,
+                        Some(Err(e)) => {
+                            on_event(Err(e.to_string()));
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+            });
+        })
+        .expect("spawn MQTT event loop thread");
+}
+
+async fn wait_for_flag(flag: &AtomicBool) {
+    while !flag.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[derive(Default)]
+struct PubState {
+    /// Packet ids sent (QoS 1/2) and not yet PUBACKed / PUBCOMPed.
+    outstanding: HashSet<u16>,
+    acked: u64,
+    sent_qos0: u64,
+    /// Unacked publishes known to be discarded on a reconnect without a session.
+    lost: u64,
+    connected: bool,
+    connacks: u64,
+    errors: u64,
+    last_error: Option<String>,
+}
+
+/// An MQTT publisher (clean session, unique client id, up to 100 QoS 1/2 messages in flight)
+/// whose event loop runs on its own thread. Usable from sync and async tests.
+///
+/// Note: with a clean session rumqttc discards unacknowledged publishes when it reconnects,
+/// so a broker restart during [`Publisher::publish_all_confirmed`] makes it panic (reporting
+/// the loss) rather than silently lose messages.
+pub struct Publisher {
+    pub client_id: String,
+    client: Client,
+    shared: Arc<Shared<PubState>>,
+    queued_qos12: AtomicU64,
+    queued_qos0: AtomicU64,
+    stop: Arc<AtomicBool>,
+}
+
+impl Publisher {
+    /// Connects to `127.0.0.1:port` and waits (up to 20 s) for the CONNACK.
+    pub fn connect(port: u16) -> Publisher {
+        let client_id = unique("pub");
+        let (client, connection) = Client::new(options(&client_id, port, true), 1000);
+        let shared = Shared::new(PubState::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = shared.clone();
+        spawn_event_loop(
+            format!("mqtt-{client_id}"),
+            connection,
+            stop.clone(),
+            move |event| {
+                s.update(|st| match event {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        st.connected = true;
+                        st.connacks += 1;
+                        if !ack.session_present {
+                            st.lost += st.outstanding.len() as u64;
+                            st.outstanding.clear();
+                        }
+                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(0))) => st.sent_qos0 += 1,
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        st.outstanding.insert(*pkid);
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if st.outstanding.remove(&ack.pkid) {
+                            st.acked += 1;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubComp(comp))) => {
+                        if st.outstanding.remove(&comp.pkid) {
+                            st.acked += 1;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        st.connected = false;
+                        st.errors += 1;
+                        st.last_error = Some(e);
+                    }
+                })
+            },
+        );
+        let p = Publisher {
+            client_id,
+            client,
+            shared,
+            queued_qos12: AtomicU64::new(0),
+            queued_qos0: AtomicU64::new(0),
+            stop,
+        };
+        p.wait_connected(port);
+        p
+    }
+
+    fn wait_connected(&self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut st = self.shared.lock();
+        while st.connacks == 0 {
+            if Instant::now() > deadline {
+                panic!(
+                    "publisher {} got no CONNACK from 127.0.0.1:{port} in 20 s (last error: {:?})",
+                    self.client_id, st.last_error
+                );
+            }
+            st = self.shared.wait_timeout(st);
+        }
+    }
+
+    /// Queues one publish (blocks only while rumqttc's request channel is full).
+    pub fn publish(&self, topic: &str, qos: u8, payload: impl Into<Vec<u8>>) {
+        let q = self::qos(qos);
+        let counter = if qos == 0 {
+            &self.queued_qos0
+        } else {
+            &self.queued_qos12
+        };
+        counter.fetch_add(1, Ordering::SeqCst);
+        self.client
+            .publish(topic, q, false, payload.into())
+            .unwrap_or_else(|e| panic!("publish to {topic}: {e}"));
+    }
+
+    /// Publishes every message and returns once each is confirmed: PUBACK (QoS 1) or
+    /// PUBCOMP (QoS 2), counted by packet id from the event loop; for QoS 0, once each has
+    /// been written to the socket. At most 100 are in flight at a time.
+    ///
+    /// Also waits for anything queued earlier with [`Publisher::publish`]. Panics if the
+    /// acknowledgements stop progressing for 30 s or publishes were lost on a reconnect.
+    pub fn publish_all_confirmed(&self, msgs: Vec<(String, Vec<u8>)>, qos: u8) {
+        for (topic, payload) in msgs {
+            self.publish(&topic, qos, payload);
+        }
+        self.wait_confirmed();
+    }
+
+    /// Waits until everything published so far is confirmed (see
+    /// [`Publisher::publish_all_confirmed`]).
+    pub fn wait_confirmed(&self) {
+        let want12 = self.queued_qos12.load(Ordering::SeqCst);
+        let want0 = self.queued_qos0.load(Ordering::SeqCst);
+        let id = self.client_id.clone();
+        self.shared.wait(
+            &format!("publisher {id} confirmations"),
+            Duration::from_secs(30),
+            |st| {
+                if st.lost > 0 {
+                    panic!(
+                        "publisher {id}: {} unacknowledged publishes were discarded when the \
+                         connection was re-established without a session (last error: {:?})",
+                        st.lost, st.last_error
+                    );
+                }
+                st.acked >= want12 && st.sent_qos0 >= want0
+            },
+            |st| st.acked + st.sent_qos0,
+            |st| {
+                format!(
+                    "acked {}/{want12} (QoS 1/2), sent {}/{want0} (QoS 0), in flight {}, \
+                     connected {}, connection errors {}, last error {:?}",
+                    st.acked,
+                    st.sent_qos0,
+                    st.outstanding.len(),
+                    st.connected,
+                    st.errors,
+                    st.last_error
+                )
+            },
+        );
+    }
+
+    /// QoS 1/2 publishes confirmed so far.
+    pub fn acked(&self) -> u64 {
+        self.shared.read(|st| st.acked)
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        let _ = self.client.try_disconnect();
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A message a [`Subscriber`] received.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: u8,
+    pub retain: bool,
+    pub dup: bool,
+}
+
+impl Received {
+    pub fn payload_str(&self) -> &str {
+        std::str::from_utf8(&self.payload).expect("UTF-8 payload")
+    }
+}
+
+#[derive(Default)]
+struct SubState {
+    messages: Vec<Received>,
+    connacks: Vec<bool>,
+    subacks: u64,
+    disconnect_sent: bool,
+    connected: bool,
+    errors: u64,
+    last_error: Option<String>,
+}
+
+/// An MQTT subscriber that records every message it receives (acknowledging automatically)
+/// on its own event loop thread.
+pub struct Subscriber {
+    pub client_id: String,
+    /// Whether the broker resumed an existing session on the first CONNACK.
+    pub session_present: bool,
+    client: Client,
+    shared: Arc<Shared<SubState>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Subscriber {
+    /// Clean session with a unique client id, subscribed to `filter` at `qos`.
+    pub fn connect(port: u16, filter: &str, qos: u8) -> Subscriber {
+        Subscriber::connect_with(port, &unique("sub"), true, &[(filter, qos)])
+    }
+
+    /// Connects with `client_id` and `clean_session`, then subscribes to each filter.
+    /// Returns after the CONNACK and every SUBACK (each waited for up to 20 s). A persistent
+    /// session (`clean_session = false`) that already exists needs no filters.
+    pub fn connect_with(
+        port: u16,
+        client_id: &str,
+        clean_session: bool,
+        filters: &[(&str, u8)],
+    ) -> Subscriber {
+        let (client, connection) = Client::new(options(client_id, port, clean_session), 1000);
+        let shared = Shared::new(SubState::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = shared.clone();
+        spawn_event_loop(
+            format!("mqtt-{client_id}"),
+            connection,
+            stop.clone(),
+            move |event| {
+                s.update(|st| match event {
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        st.connected = true;
+                        st.connacks.push(ack.session_present);
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => st.subacks += 1,
+                    Ok(Event::Incoming(Packet::Publish(p))) => st.messages.push(Received {
+                        topic: p.topic.clone(),
+                        payload: p.payload.to_vec(),
+                        qos: p.qos as u8,
+                        retain: p.retain,
+                        dup: p.dup,
+                    }),
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => st.disconnect_sent = true,
+                    Ok(_) => {}
+                    Err(e) => {
+                        st.connected = false;
+                        st.errors += 1;
+                        st.last_error = Some(e);
+                    }
+                })
+            },
+        );
+        let describe = |st: &SubState| {
+            format!(
+                "connacks {:?}, subacks {}, last error {:?}",
+                st.connacks, st.subacks, st.last_error
+            )
+        };
+        shared.wait(
+            &format!("CONNACK for {client_id} from 127.0.0.1:{port}"),
+            Duration::from_secs(20),
+            |st| !st.connacks.is_empty(),
+            |_| 0,
+            describe,
+        );
+        for (filter, q) in filters {
+            client
+                .subscribe(*filter, qos(*q))
+                .unwrap_or_else(|e| panic!("subscribe {filter}: {e}"));
+        }
+        let want = filters.len() as u64;
+        shared.wait(
+            &format!("SUBACKs for {client_id}"),
+            Duration::from_secs(20),
+            |st| st.subacks >= want,
+            |_| 0,
+            describe,
+        );
+        let session_present = shared.read(|st| st.connacks[0]);
+        Subscriber {
+            client_id: client_id.to_owned(),
+            session_present,
+            client,
+            shared,
+            stop,
+        }
+    }
+
+    /// Messages received so far.
+    pub fn count(&self) -> usize {
+        self.shared.read(|st| st.messages.len())
+    }
+
+    /// A copy of every message received so far, in arrival order.
+    pub fn messages(&self) -> Vec<Received> {
+        self.shared.read(|st| st.messages.clone())
+    }
+
+    /// Waits until at least `n` messages arrived; panics after `timeout` (a liveness deadline).
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.shared.lock();
+        while st.messages.len() < n {
+            if Instant::now() > deadline {
+                panic!(
+                    "subscriber {} got {} of {n} messages in {timeout:?} (last error {:?})",
+                    self.client_id,
+                    st.messages.len(),
+                    st.last_error
+                );
+            }
+            st = self.shared.wait_timeout(st);
+        }
+        st.messages.clone()
+    }
+
+    /// Sends DISCONNECT (so a persistent session is kept without a will), waits for it to be
+    /// written (up to 10 s), then stops the event loop.
+    pub fn disconnect(self) {
+        let _ = self.client.disconnect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.shared.read(|st| st.disconnect_sent) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Drop stops the event loop.
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
