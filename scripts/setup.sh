@@ -34,6 +34,12 @@ register_driver "PostgreSQL Unicode" psqlodbcw.so
 register_driver "MariaDB Unicode" libmaodbc.so
 register_driver "SQLite3" libsqlite3odbc.so
 
+# Debian's psqlODBC template turns on CommLog, which writes every protocol exchange to a
+# file in /tmp: a large slowdown and a disk filler on a busy bridge.
+if grep -q '^CommLog=1' /etc/odbcinst.ini 2>/dev/null; then
+  sed -i 's/^CommLog=1/CommLog=0/' /etc/odbcinst.ini
+fi
+
 [ "${1:-}" = "--packages" ] && exit 0
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }

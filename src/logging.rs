@@ -12,7 +12,8 @@ pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
         (false, _) => "trace",
     };
     // Library chatter (sqlx statements, rumqttc internals) only when asked for by name.
-    let default = format!("warn,mqdb={level}");
+    // odbc-api logs every driver diagnostic as a warning; mqdb reports the ones that matter.
+    let default = format!("warn,odbc_api=error,mqdb={level}");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -60,6 +60,20 @@ impl Source {
         }
     }
 
+    /// The expression as written in the configuration.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Payload => "payload".into(),
+            Source::PayloadPath(path) => format!("payload.{}", path.join(".")),
+            Source::TopicLevel(i) => format!("topic.{i}"),
+            Source::MetaReceivedAt => "meta.received_at".into(),
+            Source::MetaTopic => "meta.topic".into(),
+            Source::MetaBroker => "meta.broker".into(),
+            Source::MetaQos => "meta.qos".into(),
+            Source::MetaRetain => "meta.retain".into(),
+        }
+    }
+
     fn needs_json(&self) -> bool {
         matches!(self, Source::PayloadPath(_))
     }
@@ -130,7 +144,11 @@ impl Mapper {
             .iter()
             .map(|column| {
                 self.value(column, message, json.as_ref()).map_err(|e| {
-                    MapError::Convert(format!("column {} ({:?}): {e}", column.name, column.source))
+                    MapError::Convert(format!(
+                        "column {} (from {}): {e}",
+                        column.name,
+                        column.source.describe()
+                    ))
                 })
             })
             .collect()

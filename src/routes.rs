@@ -45,17 +45,17 @@ pub fn inbound_plans(config: &Config) -> Result<Vec<InboundPlan>, String> {
                 None => (None, None),
             };
             Ok(InboundPlan {
-                name: r.name.value.clone(),
-                broker: r.broker.value.clone(),
+                name: r.name.value.to_string(),
+                broker: r.broker.value.to_string(),
                 filter,
                 qos: r.qos,
-                database: r.database.value.clone(),
+                database: r.database.value.to_string(),
                 target: SinkTarget {
-                    route: r.name.value.clone(),
-                    table: r.table.value.clone(),
+                    route: r.name.value.to_string(),
+                    table: r.table.value.to_string(),
                     columns,
                     on_conflict: r.on_conflict,
-                    key: r.key.iter().map(|k| k.value.clone()).collect(),
+                    key: r.key.iter().map(|k| k.value.to_string()).collect(),
                     max_rows: r.batch.max_rows,
                 },
                 sources,

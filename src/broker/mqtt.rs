@@ -372,8 +372,12 @@ async fn sequence_acks(
     generation: Arc<AtomicU64>,
 ) {
     let mut pending: VecDeque<Registration> = VecDeque::new();
+    // Acks that rumqttc's request channel had no room for. Waiting on that channel here
+    // would stall the routes, which would stall the reader that drains the channel.
+    let mut unsent: VecDeque<(Publish, u64)> = VecDeque::new();
     let mut early: HashMap<u64, usize> = HashMap::new();
     let mut open = true;
+    let mut retry = tokio::time::interval(Duration::from_millis(5));
     loop {
         tokio::select! {
             r = register.recv() => match r {
@@ -401,17 +405,28 @@ async fn sequence_acks(
             changed = intake.changed(), if open => {
                 open = changed.is_ok() && *intake.borrow();
             }
+            _ = retry.tick(), if !unsent.is_empty() => {}
         }
+        // A finished message frees its in-flight slot at once, even if its ack must wait
+        // for room: the reader needs that slot to keep polling, and polling sends the acks.
         while pending.front().is_some_and(|r| r.routes == 0) {
             let r = pending.pop_front().expect("checked");
-            if let Some(publish) = &r.ack
-                && r.generation == generation.load(Ordering::SeqCst)
-                && client.ack(publish).await.is_err()
-            {
-                return;
+            if let Some(publish) = r.ack {
+                unsent.push_back((publish, r.generation));
             }
         }
-        if !open && pending.is_empty() && register.is_empty() {
+        let current = generation.load(Ordering::SeqCst);
+        while let Some((publish, publish_generation)) = unsent.front() {
+            if *publish_generation == current {
+                match client.try_ack(publish) {
+                    Ok(()) => {}
+                    Err(rumqttc::ClientError::TryRequest(_)) => break,
+                    Err(_) => return,
+                }
+            }
+            unsent.pop_front();
+        }
+        if !open && pending.is_empty() && unsent.is_empty() && register.is_empty() {
             return;
         }
     }

@@ -6,11 +6,25 @@ use std::fmt;
 use serde::{Deserialize, Deserializer};
 
 /// A string from the config file after environment substitution.
-#[derive(Clone, PartialEq, Eq, Default)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct EnvString(pub String);
+
+impl fmt::Display for EnvString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 impl EnvString {
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for EnvString {
+    type Target = String;
+
+    fn deref(&self) -> &String {
         &self.0
     }
 }

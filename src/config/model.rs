@@ -113,25 +113,25 @@ pub struct Database {
 #[serde(deny_unknown_fields)]
 pub struct Inbound {
     /// Route name, used in logs and dead letters.
-    pub name: Spanned<String>,
+    pub name: Spanned<EnvString>,
     /// Name of a broker under `brokers`.
-    pub broker: Spanned<String>,
+    pub broker: Spanned<EnvString>,
     /// MQTT topic filter; `{name}` captures one level, `+` and `#` work as usual.
     #[serde(default)]
-    pub topic: Option<Spanned<String>>,
+    pub topic: Option<Spanned<EnvString>>,
     /// MQTT subscription QoS (0, 1 or 2).
     #[serde(default = "default_qos")]
     pub qos: Qos,
     /// Name of a database under `databases`.
-    pub database: Spanned<String>,
+    pub database: Spanned<EnvString>,
     /// Target table, `table` or `schema.table`.
-    pub table: Spanned<String>,
+    pub table: Spanned<EnvString>,
     /// Payload format.
     #[serde(default)]
     pub format: Format,
     /// `column: source` pairs; without it, top-level JSON keys map to same-named columns.
     #[serde(default)]
-    pub columns: Option<BTreeMap<String, Spanned<String>>>,
+    pub columns: Option<BTreeMap<String, Spanned<EnvString>>>,
     /// Batching limits.
     #[serde(default)]
     pub batch: Batch,
@@ -140,7 +140,7 @@ pub struct Inbound {
     pub on_conflict: OnConflict,
     /// Key columns for `on_conflict: ignore | update`.
     #[serde(default)]
-    pub key: Vec<Spanned<String>>,
+    pub key: Vec<Spanned<EnvString>>,
 }
 
 pub fn default_qos() -> Qos {

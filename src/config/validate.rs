@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_saphyr::Spanned;
 
-use super::{Config, ConfigError, OnConflict};
+use super::{Config, ConfigError, EnvString, OnConflict};
 use crate::mapping::Source;
 use crate::topic::Filter;
 
@@ -65,14 +65,14 @@ pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
         exists(
             path,
             &r.broker,
-            config.brokers.contains_key(&r.broker.value),
+            config.brokers.contains_key(r.broker.value.as_str()),
             "broker",
             "brokers",
         )?;
         exists(
             path,
             &r.database,
-            config.databases.contains_key(&r.database.value),
+            config.databases.contains_key(r.database.value.as_str()),
             "database",
             "databases",
         )?;
@@ -148,7 +148,7 @@ pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
 
 fn exists(
     path: &Path,
-    reference: &Spanned<String>,
+    reference: &Spanned<EnvString>,
     found: bool,
     what: &str,
     block: &str,

@@ -1,0 +1,1308 @@
+//! `mqdb run` for inbound routes (MQTT → ODBC) against the real local services (SPEC §3, §4):
+//! values and types in PostgreSQL, MariaDB and SQLite (with and without `columns:`, and
+//! `on_conflict: update`); dead letters beside a committed batch; a database outage and a
+//! broker connection cut; SIGKILL in the middle of a batch; SIGTERM in the middle of a batch.
+//!
+//! Most tests create the bridge's persistent session first (its client id, subscribed), so the
+//! broker queues the messages published before the bridge starts; the SIGTERM test lets a
+//! fresh bridge subscribe by itself. Where a test needs the bridge stopped in the middle of a
+//! batch, a PostgreSQL lock held by the test makes that deterministic instead of timed.
+//!
+//! Every test has its own private Mosquitto (which never drops QoS 1 messages), its own temp
+//! dir (config, state store, log), unique table, topic and client-id names, and drops its
+//! tables when it ends. Waits are liveness deadlines, never speed assertions.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, NaiveDateTime, Utc};
+use common::{
+    Bridge, Db, Mosquitto, Publisher, Subscriber, TcpProxy, TempTable, odbc_connect, odbc_exec,
+    run_mqdb, unique,
+};
+use serde_json::Value as Json;
+
+/// How long the bridge may take for anything it must eventually do (a hang detector).
+const LIVENESS: Duration = Duration::from_secs(60);
+
+type Messages = Vec<(String, Vec<u8>)>;
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+/// One test's private world: a temp dir for the config, the state store and the bridge
+/// log, a private broker, and the bridge's (stable, unique) MQTT client id.
+struct World {
+    dir: tempfile::TempDir,
+    broker: Mosquitto,
+    client_id: String,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            dir: tempfile::Builder::new()
+                .prefix("mqdb-inbound-")
+                .tempdir()
+                .expect("temp dir"),
+            broker: Mosquitto::start(),
+            client_id: unique("mqdb_in"),
+        }
+    }
+
+    /// Writes `mqdb.yaml`: broker `b` (this world's broker and client id), database `d`
+    /// (`connection_string`) and the given inbound `routes` (from [`route`]).
+    fn config(&self, connection_string: &str, routes: &[String]) -> PathBuf {
+        self.config_via(&self.broker.url(), connection_string, routes)
+    }
+
+    /// Like [`World::config`] with the broker reached at `url` (e.g. through a proxy).
+    fn config_via(&self, url: &str, connection_string: &str, routes: &[String]) -> PathBuf {
+        let text = format!(
+            "state: \"sqlite://{state}\"\n\
+             brokers:\n  b:\n    url: \"{url}\"\n    client_id: \"{client_id}\"\n\
+             databases:\n  d:\n    connection_string: \"{connection_string}\"\n\
+             inbound:\n{routes}",
+            state = self.dir.path().join("state.db").display(),
+            client_id = self.client_id,
+            routes = routes.concat(),
+        );
+        let path = self.dir.path().join("mqdb.yaml");
+        std::fs::write(&path, text).expect("write mqdb.yaml");
+        path
+    }
+
+    /// Creates the bridge's persistent MQTT session (its client id, `clean_session=false`)
+    /// subscribed to `filter` at QoS 1, then disconnects: from now on the broker queues every
+    /// matching message for the bridge, also before it first starts.
+    fn persistent_session(&self, filter: &str) {
+        Subscriber::connect_with(self.broker.port, &self.client_id, false, &[(filter, 1)])
+            .disconnect();
+    }
+
+    fn publisher(&self) -> Publisher {
+        Publisher::connect(self.broker.port)
+    }
+}
+
+/// One `inbound:` list item with broker `b`, database `d`, QoS 1 and JSON, plus `extra`
+/// lines (e.g. `on_conflict: ignore`) at the route's indentation.
+fn route(name: &str, topic: &str, table: &str, columns: &[(&str, &str)], extra: &[&str]) -> String {
+    let mut yaml = format!(
+        "  - name: {name}\n    broker: b\n    topic: \"{topic}\"\n    qos: 1\n    database: d\n    \
+         table: {table}\n    format: json\n"
+    );
+    if !columns.is_empty() {
+        yaml.push_str("    columns:\n");
+        for (column, source) in columns {
+            yaml.push_str(&format!("      {column}: {source}\n"));
+        }
+    }
+    for line in extra {
+        yaml.push_str(&format!("    {line}\n"));
+    }
+    yaml
+}
+
+/// `CREATE TABLE <unique(prefix)> (columns)`, utf8mb4/InnoDB on MariaDB; dropped on drop.
+fn create_table(db: &Db, prefix: &str, columns: &str) -> TempTable {
+    let name = unique(prefix);
+    let options = match db {
+        Db::MariaDb => " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+        _ => "",
+    };
+    db.exec(&format!("CREATE TABLE {name} ({columns}){options}"));
+    TempTable {
+        db: db.clone(),
+        name,
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().expect("UTF-8 temp path")
+}
+
+/// `mqdb -c CONFIG dlq list --json`: one JSON object per line.
+fn dlq_list(config: &Path) -> Vec<Json> {
+    let out = run_mqdb(&["-c", path_str(config), "dlq", "list", "--json"]);
+    let stdout = String::from_utf8(out.stdout).expect("dlq list prints UTF-8");
+    assert!(
+        out.status.success(),
+        "dlq list failed ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object: {l}: {e}")))
+        .collect()
+}
+
+/// `mqdb -c CONFIG dlq show ID`: the text it prints (exit 0 asserted).
+fn dlq_show(config: &Path, id: i64) -> String {
+    let out = run_mqdb(&["-c", path_str(config), "dlq", "show", &id.to_string()]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "dlq show {id} failed ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The single integer `sql` returns, or `None` while the database cannot answer (e.g. a
+/// locked SQLite file).
+fn try_scalar(db: &Db, sql: &str) -> Option<i64> {
+    let rows = db.try_query(sql).ok()?;
+    rows.first()?.first()?.as_deref()?.trim().parse().ok()
+}
+
+fn scalar(db: &Db, sql: &str) -> i64 {
+    let rows = db.query(sql);
+    let text = rows
+        .first()
+        .and_then(|r| r.first())
+        .and_then(|v| v.as_deref())
+        .unwrap_or_else(|| panic!("{sql}: no value"));
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{sql}: {text:?} is not an integer: {e}"))
+}
+
+/// Polls `check` every 100 ms until it returns `Ok(true)`. Panics with the bridge log when
+/// `check` returns `Err`, when the bridge exits, or after [`LIVENESS`] (a hang detector).
+fn wait_for(bridge: &mut Bridge, what: &str, mut check: impl FnMut() -> Result<bool, String>) {
+    let start = Instant::now();
+    loop {
+        match check() {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => panic!("{what}: {e}; mqdb log:\n{}", bridge.log()),
+        }
+        if !bridge.is_running() {
+            panic!(
+                "mqdb exited while waiting for {what}; log:\n{}",
+                bridge.log()
+            );
+        }
+        if start.elapsed() >= LIVENESS {
+            panic!(
+                "timed out after {LIVENESS:?} waiting for {what}; mqdb log:\n{}",
+                bridge.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until `count_sql` returns exactly `want`; a larger value fails at once (it can only
+/// mean duplicate rows).
+fn wait_for_count(bridge: &mut Bridge, db: &Db, count_sql: &str, want: i64) {
+    let mut last = None;
+    wait_for(bridge, &format!("`{count_sql}` = {want}"), || {
+        let now = try_scalar(db, count_sql);
+        last = now.or(last);
+        match now {
+            Some(n) if n > want => Err(format!("{n} rows, more than the {want} published")),
+            Some(n) => Ok(n == want),
+            None => Ok(false),
+        }
+    });
+}
+
+/// PostgreSQL: how many other sessions wait on a lock in a statement that names `table`.
+fn pg_lock_waiters(table: &str) -> String {
+    format!(
+        "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+         AND query LIKE '%{table}%' AND pid <> pg_backend_pid()"
+    )
+}
+
+/// Stops the bridge with SIGTERM and asserts it exits with status 0.
+fn terminate_ok(bridge: &mut Bridge) {
+    let status = bridge.terminate();
+    assert!(
+        status.success(),
+        "mqdb exited with {status} on SIGTERM; log:\n{}",
+        bridge.log()
+    );
+}
+
+/// Publishes one retained QoS 1 message and waits for its PUBACK, so that the next
+/// subscriber of a matching filter receives it as soon as its subscription is in place.
+fn publish_retained(port: u16, topic: &str, payload: &str) {
+    let mut options = rumqttc::MqttOptions::new(unique("retainer"), "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut connection) = rumqttc::Client::new(options, 10);
+    client
+        .publish(
+            topic,
+            rumqttc::QoS::AtLeastOnce,
+            true,
+            payload.as_bytes().to_vec(),
+        )
+        .expect("queue the retained publish");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match connection.recv_timeout(left) {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("retained publish to {topic}: {e}"),
+            Err(_) => panic!("no PUBACK for the retained publish to {topic} within 20 s"),
+        }
+    }
+    let _ = client.disconnect();
+    while let Ok(Ok(event)) = connection.recv_timeout(Duration::from_secs(2)) {
+        if matches!(
+            event,
+            rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)
+        ) {
+            break;
+        }
+    }
+}
+
+/// A timestamp read back as text (`YYYY-MM-DD HH:MM:SS[.ffffff]`, or with `T`).
+fn parse_ts(text: &str) -> NaiveDateTime {
+    let t = text.trim().replace('T', " ");
+    NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S%.f")
+        .unwrap_or_else(|e| panic!("{text:?} is not a timestamp: {e}"))
+}
+
+fn ts(text: &str) -> NaiveDateTime {
+    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").expect("expected timestamp")
+}
+
+/// A boolean read back as text: PostgreSQL, MariaDB and SQLite spell them differently.
+fn parse_bool(text: &str) -> bool {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "1" | "t" | "true" => true,
+        "0" | "f" | "false" => false,
+        other => panic!("{other:?} is not a boolean"),
+    }
+}
+
+fn parse_f64(text: &str) -> f64 {
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{text:?} is not a number: {e}"))
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Values and types
+// ---------------------------------------------------------------------------------------
+
+/// What differs between the databases in the values test.
+struct TypesCase {
+    db: Db,
+    columns: &'static str,
+    /// How to select `ts` as UTC text.
+    ts_select: &'static str,
+    /// numeric(30,10) keeps every digit (PostgreSQL, MariaDB); SQLite's NUMERIC affinity
+    /// keeps about 15 significant digits.
+    exact_decimals: bool,
+}
+
+fn values_and_types_land(case: TypesCase) {
+    let TypesCase {
+        db,
+        columns,
+        ts_select,
+        exact_decimals,
+    } = case;
+
+    // Given a table with one column per type and a route that maps topic levels, payload
+    // keys, the whole payload and the receive time to it
+    let world = World::new();
+    let table = create_table(&db, "vals", columns);
+    let t = table.name.clone();
+    let root = unique("vals");
+    let config = world.config(
+        &db.connection_string(),
+        &[route(
+            "values",
+            &format!("{root}/{{site}}/{{device}}"),
+            &t,
+            &[
+                ("id", "payload.id"),
+                ("site", "topic.site"),
+                ("device", "topic.device"),
+                ("big", "payload.big"),
+                ("amount", "payload.amount"),
+                ("ratio", "payload.ratio"),
+                ("flag", "payload.flag"),
+                ("label", "payload.label"),
+                ("ts", "payload.ts"),
+                ("dt", "payload.dt"),
+                ("num", "payload.num"),
+                ("dflt", "payload.dflt"),
+                ("raw", "payload"),
+                ("at", "meta.received_at"),
+            ],
+            &[
+                "batch: { max_rows: 500, max_delay: 100ms }",
+                "on_conflict: error",
+            ],
+        )],
+    );
+    world.persistent_session(&format!("{root}/+/+"));
+    let injection = format!("x'); DROP TABLE {t}; --");
+
+    // When messages on several topics, with every kind of value, are published
+    let specials: Vec<(String, String)> = vec![
+        (
+            format!("{root}/north/d1"),
+            r#"{"id":1,"big":9007199254740993,"amount":12345678901234567890.1234567890,"ratio":1.5,"flag":true,"label":"é 日本 🎉","ts":"2024-05-01T12:00:00+02:00","dt":"2024-02-29","num":null}"#.into(),
+        ),
+        (
+            format!("{root}/south/d-2"),
+            r#"{"id":2,"big":-42,"amount":"-0.5","ratio":-0.25,"flag":false,"label":"plain ascii","ts":1714564800,"dt":"2024-12-31","dflt":"given"}"#.into(),
+        ),
+        (
+            format!("{root}/north/{injection}"),
+            r#"{"id":3,"big":"77","amount":3.25,"ratio":"2.5","flag":1,"label":"it's \"quoted\" \\ back","ts":1714564800123,"dt":"2000-01-01","num":5}"#.into(),
+        ),
+        (
+            format!("{root}/east/d4"),
+            r#"{"id":4,"big":9223372036854775807,"amount":0,"ratio":6.02214076e23,"flag":false,"label":"","ts":"2024-05-01T12:00:00.250Z","dt":"1999-12-31","num":-1}"#.into(),
+        ),
+    ];
+    let mut messages: Messages = specials
+        .iter()
+        .map(|(topic, payload)| (topic.clone(), payload.clone().into_bytes()))
+        .collect();
+    for id in 100..300 {
+        messages.push((
+            format!("{root}/fill/f{id}"),
+            format!(
+                r#"{{"id":{id},"big":{},"amount":"1.5","ratio":0.5,"flag":true,"label":"row {id}","ts":{},"dt":"2024-01-01"}}"#,
+                id * 3,
+                1_714_564_800 + id
+            )
+            .into_bytes(),
+        ));
+    }
+    let before = Utc::now().naive_utc();
+    world.publisher().publish_all_confirmed(messages.clone(), 1);
+    let mut bridge = Bridge::start(&config);
+
+    // Then every message becomes exactly one row
+    wait_for_count(
+        &mut bridge,
+        &db,
+        &format!("SELECT COUNT(*) FROM {t}"),
+        messages.len() as i64,
+    );
+    let after = Utc::now().naive_utc();
+    let rows = db.query(&format!(
+        "SELECT id, site, device, big, amount, ratio, flag, label, {ts_select}, dt, num, dflt, raw, at \
+         FROM {t} WHERE id < 100 ORDER BY id"
+    ));
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    let get = |r: usize, c: usize| rows[r][c].as_deref();
+    let text = |r: usize, c: usize| {
+        get(r, c).unwrap_or_else(|| panic!("row {r} column {c} is NULL: {:?}", rows[r]))
+    };
+
+    // And topic captures became columns, the injection-shaped level stored verbatim
+    let sites_devices: Vec<(&str, &str)> = (0..4).map(|r| (text(r, 1), text(r, 2))).collect();
+    assert_eq!(
+        sites_devices,
+        vec![
+            ("north", "d1"),
+            ("south", "d-2"),
+            ("north", injection.as_str()),
+            ("east", "d4")
+        ]
+    );
+    // And integers are exact, also beyond 2^53 and at i64::MAX, also from a JSON string
+    let bigs: Vec<&str> = (0..4).map(|r| text(r, 3).trim()).collect();
+    assert_eq!(
+        bigs,
+        ["9007199254740993", "-42", "77", "9223372036854775807"]
+    );
+    // And decimals keep every digit where the column can hold them
+    if exact_decimals {
+        let amounts: Vec<&str> = (0..4).map(|r| text(r, 4).trim()).collect();
+        assert_eq!(
+            amounts,
+            [
+                "12345678901234567890.1234567890",
+                "-0.5000000000",
+                "3.2500000000",
+                "0.0000000000"
+            ]
+        );
+    } else {
+        let expected = [12_345_678_901_234_567_890.123_456_789_f64, -0.5, 3.25, 0.0];
+        for (r, want) in expected.iter().enumerate() {
+            let got = parse_f64(text(r, 4));
+            assert!(
+                (got - want).abs() <= want.abs() * 1e-12,
+                "row {r}: amount {got} != {want}"
+            );
+        }
+    }
+    // And floats, booleans and text (non-ASCII, quotes, empty) arrive unchanged
+    let ratios: Vec<f64> = (0..4).map(|r| parse_f64(text(r, 5))).collect();
+    assert_eq!(ratios, [1.5, -0.25, 2.5, 6.02214076e23]);
+    let flags: Vec<bool> = (0..4).map(|r| parse_bool(text(r, 6))).collect();
+    assert_eq!(flags, [true, false, true, false]);
+    let labels: Vec<&str> = (0..4).map(|r| text(r, 7)).collect();
+    assert_eq!(
+        labels,
+        ["é 日本 🎉", "plain ascii", "it's \"quoted\" \\ back", ""]
+    );
+    // And timestamps with offsets, epoch seconds and epoch millis are stored as UTC
+    let stamps: Vec<NaiveDateTime> = (0..4).map(|r| parse_ts(text(r, 8))).collect();
+    assert_eq!(
+        stamps,
+        [
+            ts("2024-05-01 10:00:00"),
+            ts("2024-05-01 12:00:00"),
+            ts("2024-05-01 12:00:00.123"),
+            ts("2024-05-01 12:00:00.250"),
+        ]
+    );
+    let dates: Vec<&str> = (0..4).map(|r| text(r, 9).trim()).collect();
+    assert_eq!(
+        dates,
+        ["2024-02-29", "2024-12-31", "2000-01-01", "1999-12-31"]
+    );
+    // And JSON null is NULL (not the default), an absent key leaves the column's default
+    let nums: Vec<Option<&str>> = (0..4).map(|r| get(r, 10).map(str::trim)).collect();
+    assert_eq!(nums, [None, Some("7"), Some("5"), Some("-1")]);
+    let dflts: Vec<&str> = (0..4).map(|r| text(r, 11)).collect();
+    assert_eq!(dflts, ["dflt", "given", "dflt", "dflt"]);
+    // And the whole payload is stored as text, byte for byte
+    for (r, (_, payload)) in specials.iter().enumerate() {
+        assert_eq!(text(r, 12), payload, "raw payload of row {r}");
+    }
+    // And meta.received_at is the (UTC) time the bridge received the message
+    for r in 0..4 {
+        let at = parse_ts(text(r, 13));
+        let slack = chrono::Duration::seconds(2);
+        assert!(
+            at >= before - slack && at <= after + slack,
+            "row {r}: received_at {at} is not between {before} and {after} (UTC)"
+        );
+    }
+    // And the 200 filler rows carry their values and the column defaults
+    assert_eq!(
+        scalar(&db, &format!("SELECT SUM(big) FROM {t} WHERE id >= 100")),
+        3 * (100..300).sum::<i64>()
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            &format!(
+                "SELECT COUNT(*) FROM {t} WHERE id >= 100 AND site = 'fill' AND num = 7 AND dflt = 'dflt'"
+            )
+        ),
+        200
+    );
+    // And nothing was dead-lettered
+    assert_eq!(dlq_list(&config), Vec::<Json>::new());
+    terminate_ok(&mut bridge);
+}
+
+#[test]
+fn values_and_types_land_in_postgres() {
+    values_and_types_land(TypesCase {
+        db: Db::Postgres,
+        columns: "id INTEGER PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
+                  amount NUMERIC(30,10), ratio DOUBLE PRECISION, flag BOOLEAN, label TEXT, \
+                  ts TIMESTAMPTZ, dt DATE, num INTEGER DEFAULT 7, \
+                  dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at TIMESTAMP",
+        ts_select: "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
+        exact_decimals: true,
+    });
+}
+
+#[test]
+fn values_and_types_land_in_mariadb() {
+    values_and_types_land(TypesCase {
+        db: Db::MariaDb,
+        columns: "id INT PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
+                  amount DECIMAL(30,10), ratio DOUBLE, flag BOOLEAN, label TEXT, \
+                  ts DATETIME(6), dt DATE, num INT DEFAULT 7, \
+                  dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at DATETIME(6)",
+        ts_select: "ts",
+        exact_decimals: true,
+    });
+}
+
+#[test]
+fn values_and_types_land_in_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    values_and_types_land(TypesCase {
+        db: Db::Sqlite(dir.path().join("target.db")),
+        columns: "id INTEGER PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
+                  amount NUMERIC(30,10), ratio DOUBLE, flag BOOLEAN, label TEXT, \
+                  ts TIMESTAMP, dt DATE, num INTEGER DEFAULT 7, \
+                  dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at TIMESTAMP",
+        ts_select: "ts",
+        exact_decimals: false,
+    });
+}
+
+#[test]
+fn json_keys_map_to_same_named_columns_without_a_columns_block() {
+    // Given a route without `columns:` and a table with defaults
+    let db = Db::Postgres;
+    let world = World::new();
+    let table = create_table(
+        &db,
+        "keys",
+        "id INTEGER PRIMARY KEY, name TEXT, qty INTEGER DEFAULT 5, note TEXT DEFAULT 'none'",
+    );
+    let t = table.name.clone();
+    let topic = format!("{}/items", unique("keys"));
+    let config = world.config(
+        &db.connection_string(),
+        &[route("keys", &topic, &t, &[], &[])],
+    );
+    world.persistent_session(&topic);
+
+    // When objects with all, some and null keys arrive
+    let payloads = [
+        r#"{"id":1,"name":"all","qty":2,"note":"x"}"#,
+        r#"{"id":2,"name":"some"}"#,
+        r#"{"qty":null,"id":3}"#,
+    ];
+    world.publisher().publish_all_confirmed(
+        payloads
+            .iter()
+            .map(|p| (topic.clone(), p.as_bytes().to_vec()))
+            .collect(),
+        1,
+    );
+    let mut bridge = Bridge::start(&config);
+    wait_for_count(&mut bridge, &db, &format!("SELECT COUNT(*) FROM {t}"), 3);
+
+    // Then keys land in the same-named columns; absent keys keep the defaults
+    let rows = db.query(&format!("SELECT id, name, qty, note FROM {t} ORDER BY id"));
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        rows,
+        vec![
+            vec![s("1"), s("all"), s("2"), s("x")],
+            vec![s("2"), s("some"), s("5"), s("none")],
+            vec![s("3"), None, None, s("none")],
+        ]
+    );
+    assert_eq!(dlq_list(&config), Vec::<Json>::new());
+    terminate_ok(&mut bridge);
+}
+
+/// Rows with the same key in one batch and across batches: the last message wins.
+fn on_conflict_update_keeps_the_last_message(db: Db, columns: &str) {
+    // Given a route with on_conflict: update on key id
+    let world = World::new();
+    let table = create_table(&db, "upsert", columns);
+    let t = table.name.clone();
+    let topic = format!("{}/state", unique("upsert"));
+    let config = world.config(
+        &db.connection_string(),
+        &[route(
+            "upsert",
+            &topic,
+            &t,
+            &[
+                ("id", "payload.id"),
+                ("v", "payload.v"),
+                ("rev", "payload.rev"),
+            ],
+            &[
+                "batch: { max_rows: 500, max_delay: 200ms }",
+                "on_conflict: update",
+                "key: [id]",
+            ],
+        )],
+    );
+    world.persistent_session(&topic);
+    let msg = |id: i64, v: &str, rev: i64| {
+        (
+            topic.clone(),
+            format!(r#"{{"id":{id},"v":"{v}","rev":{rev}}}"#).into_bytes(),
+        )
+    };
+
+    // When several messages per key are queued (so they meet in one batch) ...
+    let publisher = world.publisher();
+    publisher.publish_all_confirmed(
+        vec![
+            msg(1, "a", 1),
+            msg(2, "b", 1),
+            msg(1, "c", 2),
+            msg(3, "d", 1),
+            msg(1, "e", 3),
+            msg(2, "f", 2),
+        ],
+        1,
+    );
+    let mut bridge = Bridge::start(&config);
+    let rows_sql = format!("SELECT id, v, rev FROM {t} ORDER BY id");
+    let s = |v: &str| Some(v.to_string());
+    let last = vec![
+        vec![s("1"), s("e"), s("3")],
+        vec![s("2"), s("f"), s("2")],
+        vec![s("3"), s("d"), s("1")],
+    ];
+    let mut seen = Vec::new();
+    wait_for(&mut bridge, "the last value of every key", || {
+        seen = db.try_query(&rows_sql).unwrap_or_default();
+        Ok(seen == last)
+    });
+
+    // ... and one more arrives for an existing key in a later batch
+    publisher.publish_all_confirmed(vec![msg(3, "g", 2)], 1);
+    let updated = vec![
+        last[0].clone(),
+        last[1].clone(),
+        vec![s("3"), s("g"), s("2")],
+    ];
+    wait_for(&mut bridge, "the later update", || {
+        seen = db.try_query(&rows_sql).unwrap_or_default();
+        Ok(seen == updated)
+    });
+
+    // Then each key holds its last message, and nothing was dead-lettered
+    assert_eq!(db.query(&rows_sql), updated);
+    assert_eq!(dlq_list(&config), Vec::<Json>::new());
+    terminate_ok(&mut bridge);
+}
+
+#[test]
+fn on_conflict_update_keeps_the_last_message_postgres() {
+    on_conflict_update_keeps_the_last_message(
+        Db::Postgres,
+        "id INTEGER PRIMARY KEY, v VARCHAR(10), rev INTEGER",
+    );
+}
+
+#[test]
+fn on_conflict_update_keeps_the_last_message_mariadb() {
+    on_conflict_update_keeps_the_last_message(
+        Db::MariaDb,
+        "id INT PRIMARY KEY, v VARCHAR(10), rev INT",
+    );
+}
+
+#[test]
+fn on_conflict_update_keeps_the_last_message_sqlite() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    on_conflict_update_keeps_the_last_message(
+        Db::Sqlite(dir.path().join("target.db")),
+        "id INTEGER PRIMARY KEY, v VARCHAR(10), rev INTEGER",
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Dead letters beside a committed batch
+// ---------------------------------------------------------------------------------------
+
+/// Invalid UTF-8 (and base64 "//57fQ==").
+const NOT_UTF8: [u8; 4] = [0xff, 0xfe, b'{', b'}'];
+
+/// The SQLSTATEs one database reports for the rejected rows of [`dead_letters_beside_committed_rows`].
+struct Rejections {
+    not_null: &'static str,
+    check: &'static str,
+    duplicate: &'static str,
+    overflow: &'static str,
+}
+
+fn dead_letters_beside_committed_rows(db: Db, columns: &str, states: Rejections) {
+    // Given a table with constraints and a route with on_conflict: error
+    let world = World::new();
+    let table = create_table(&db, "dlq", columns);
+    let t = table.name.clone();
+    let root = unique("dlq");
+    let route_name = format!("dl_{}", db.label());
+    let config = world.config(
+        &db.connection_string(),
+        &[route(
+            &route_name,
+            &format!("{root}/{{kind}}"),
+            &t,
+            &[
+                ("id", "payload.id"),
+                ("v", "payload.v"),
+                ("pct", "payload.pct"),
+                ("amount", "payload.amount"),
+                ("kind", "topic.kind"),
+            ],
+            &[
+                "batch: { max_rows: 500, max_delay: 200ms }",
+                "on_conflict: error",
+            ],
+        )],
+    );
+    world.persistent_session(&format!("{root}/+"));
+
+    // When 60 valid messages are published with bad ones in between: each kind of failure
+    // on its own topic level
+    let bad: Vec<(&str, Vec<u8>, &str, Option<&str>)> = vec![
+        (
+            "bad_json",
+            br#"{"id": 1001, "v": "#.to_vec(),
+            "decode",
+            None,
+        ),
+        ("bad_utf8", NOT_UTF8.to_vec(), "decode", None),
+        (
+            "convert",
+            br#"{"id":1002,"v":"abc"}"#.to_vec(),
+            "convert",
+            None,
+        ),
+        (
+            "not_null",
+            br#"{"id":1003,"v":null}"#.to_vec(),
+            "rejected",
+            Some(states.not_null),
+        ),
+        (
+            "check",
+            br#"{"id":1004,"v":1,"pct":150}"#.to_vec(),
+            "rejected",
+            Some(states.check),
+        ),
+        (
+            "duplicate",
+            br#"{"id":1,"v":999}"#.to_vec(),
+            "rejected",
+            Some(states.duplicate),
+        ),
+        (
+            "overflow",
+            br#"{"id":1005,"v":1,"amount":123456.78}"#.to_vec(),
+            "rejected",
+            Some(states.overflow),
+        ),
+    ];
+    let mut messages: Messages = Vec::new();
+    let mut next_bad = bad.iter();
+    for id in 1..=60 {
+        messages.push((
+            format!("{root}/ok"),
+            format!(
+                r#"{{"id":{id},"v":{},"pct":{},"amount":"12.34"}}"#,
+                id * 10,
+                id % 101
+            )
+            .into_bytes(),
+        ));
+        if id % 8 == 0
+            && let Some((kind, payload, _, _)) = next_bad.next()
+        {
+            messages.push((format!("{root}/{kind}"), payload.clone()));
+        }
+    }
+    assert!(
+        next_bad.next().is_none(),
+        "every bad message is interleaved"
+    );
+    world.publisher().publish_all_confirmed(messages, 1);
+    let mut bridge = Bridge::start(&config);
+
+    // Then every valid row is committed, and exactly the bad messages are dead letters
+    wait_for_count(&mut bridge, &db, &format!("SELECT COUNT(*) FROM {t}"), 60);
+    wait_for(&mut bridge, "7 dead letters", || {
+        let n = dlq_list(&config).len();
+        if n > bad.len() {
+            return Err(format!("{n} dead letters, expected {}", bad.len()));
+        }
+        Ok(n == bad.len())
+    });
+    assert_eq!(
+        scalar(&db, &format!("SELECT SUM(v) FROM {t}")),
+        (1..=60).map(|id| id * 10).sum::<i64>(),
+        "the duplicate did not overwrite row 1 and no bad row slipped in"
+    );
+    assert_eq!(scalar(&db, &format!("SELECT v FROM {t} WHERE id = 1")), 10);
+    assert_eq!(
+        scalar(&db, &format!("SELECT COUNT(*) FROM {t} WHERE kind <> 'ok'")),
+        0
+    );
+
+    let letters = dlq_list(&config);
+    let mut by_source: BTreeMap<String, Json> = BTreeMap::new();
+    for letter in &letters {
+        let source = letter["source"]
+            .as_str()
+            .expect("source is text")
+            .to_string();
+        assert!(
+            by_source.insert(source.clone(), letter.clone()).is_none(),
+            "two dead letters from {source}: {letters:#?}"
+        );
+    }
+    for (kind, payload, error_kind, sqlstate) in &bad {
+        let source = format!("{root}/{kind}");
+        let letter = by_source
+            .get(&source)
+            .unwrap_or_else(|| panic!("no dead letter from {source}: {letters:#?}"));
+        let ctx = format!("{kind}: {letter:#}");
+        assert_eq!(letter["route"], route_name.as_str(), "{ctx}");
+        assert_eq!(letter["direction"], "inbound", "{ctx}");
+        assert_eq!(letter["error_kind"], *error_kind, "{ctx}");
+        assert_eq!(letter["attempts"], 1, "{ctx}");
+        assert!(letter["id"].as_i64().is_some(), "{ctx}");
+        let error = letter["error"].as_str().unwrap_or("");
+        assert!(!error.trim().is_empty(), "{ctx}");
+        for at in ["first_failed_at", "last_failed_at"] {
+            let text = letter[at].as_str().unwrap_or_else(|| panic!("{at}: {ctx}"));
+            let parsed = DateTime::parse_from_rfc3339(text)
+                .unwrap_or_else(|e| panic!("{at} {text:?} is not RFC 3339 ({e}): {ctx}"));
+            assert_eq!(parsed.offset().local_minus_utc(), 0, "{at} in UTC: {ctx}");
+        }
+        match std::str::from_utf8(payload) {
+            Ok(text) => {
+                assert_eq!(letter["payload"], text, "{ctx}");
+                assert!(letter.get("payload_base64").is_none(), "{ctx}");
+            }
+            Err(_) => {
+                assert_eq!(letter["payload_base64"], "//57fQ==", "{ctx}");
+                assert!(letter.get("payload").is_none(), "{ctx}");
+            }
+        }
+        match sqlstate {
+            Some(state) => assert_eq!(letter["sqlstate"], *state, "{ctx}"),
+            None => assert!(letter.get("sqlstate").is_none_or(Json::is_null), "{ctx}"),
+        }
+        if *kind == "convert" {
+            assert!(error.contains("abc"), "the error names the value: {ctx}");
+        }
+    }
+
+    // And `dlq show` prints the error and the payload, in hex when it is binary
+    let compact = |s: &str| -> String {
+        s.chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_ascii_lowercase()
+    };
+    let binary = &by_source[&format!("{root}/bad_utf8")];
+    let shown = dlq_show(&config, binary["id"].as_i64().expect("id"));
+    assert!(
+        shown.contains(binary["error"].as_str().expect("error")),
+        "{shown}"
+    );
+    assert!(compact(&shown).contains("fffe7b7d"), "hex payload: {shown}");
+    let duplicate = &by_source[&format!("{root}/duplicate")];
+    let shown = dlq_show(&config, duplicate["id"].as_i64().expect("id"));
+    assert!(
+        shown.contains(duplicate["error"].as_str().expect("error")),
+        "{shown}"
+    );
+    assert!(shown.contains(r#"{"id":1,"v":999}"#), "{shown}");
+    assert!(shown.contains(states.duplicate), "{shown}");
+    terminate_ok(&mut bridge);
+}
+
+#[test]
+fn dead_letters_beside_committed_rows_postgres() {
+    dead_letters_beside_committed_rows(
+        Db::Postgres,
+        "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, pct INTEGER CHECK (pct BETWEEN 0 AND 100), \
+         amount NUMERIC(5,2), kind VARCHAR(40)",
+        Rejections {
+            not_null: "23502",
+            check: "23514",
+            duplicate: "23505",
+            overflow: "22003",
+        },
+    );
+}
+
+#[test]
+fn dead_letters_beside_committed_rows_mariadb() {
+    dead_letters_beside_committed_rows(
+        Db::MariaDb,
+        "id INT PRIMARY KEY, v INT NOT NULL, pct INT CHECK (pct BETWEEN 0 AND 100), \
+         amount DECIMAL(5,2), kind VARCHAR(40)",
+        Rejections {
+            not_null: "23000",
+            check: "23000",
+            duplicate: "23000",
+            overflow: "22003",
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Database outage
+// ---------------------------------------------------------------------------------------
+
+fn database_outage_loses_nothing(db: Db, port: u16, columns: &str) {
+    // Given a bridge that reaches the database through a proxy
+    let world = World::new();
+    let proxy = TcpProxy::start(([127, 0, 0, 1], port).into());
+    let table = create_table(&db, "outage", columns);
+    let t = table.name.clone();
+    let topic = format!("{}/{{part}}", unique("outage"));
+    let config = world.config(
+        &db.connection_string_via(proxy.port),
+        &[route(
+            "outage",
+            &topic,
+            &t,
+            &[("seq", "payload.seq"), ("part", "topic.part")],
+            &[
+                "batch: { max_rows: 50, max_delay: 50ms }",
+                "on_conflict: ignore",
+                "key: [seq]",
+            ],
+        )],
+    );
+    let filter = topic.replace("{part}", "+");
+    world.persistent_session(&filter);
+    let msgs = |part: &str, seqs: std::ops::Range<i64>| -> Messages {
+        seqs.map(|seq| {
+            (
+                topic.replace("{part}", part),
+                format!(r#"{{"seq":{seq}}}"#).into_bytes(),
+            )
+        })
+        .collect()
+    };
+    let publisher = world.publisher();
+    publisher.publish_all_confirmed(msgs("first", 0..600), 1);
+    let mut bridge = Bridge::start(&config);
+    let count_sql = format!("SELECT COUNT(*) FROM {t}");
+    wait_for(&mut bridge, "the first rows", || {
+        Ok(try_scalar(&db, &count_sql).unwrap_or(0) >= 100)
+    });
+
+    // When the database becomes unreachable while more messages arrive
+    proxy.set_down(true);
+    publisher.publish_all_confirmed(msgs("second", 600..1200), 1);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        bridge.is_running(),
+        "mqdb died in the outage:\n{}",
+        bridge.log()
+    );
+    assert_eq!(
+        dlq_list(&config),
+        Vec::<Json>::new(),
+        "an outage is never a dead letter"
+    );
+    let during = scalar(&db, &count_sql);
+    assert!(
+        during <= 600,
+        "{during} rows, but only 600 were published before the outage"
+    );
+
+    // Then, once it is back, every message becomes exactly one row, none dead-lettered
+    proxy.set_down(false);
+    wait_for_count(&mut bridge, &db, &count_sql, 1200);
+    assert_eq!(
+        scalar(&db, &format!("SELECT COUNT(DISTINCT seq) FROM {t}")),
+        1200
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            &format!("SELECT COUNT(*) FROM {t} WHERE part = 'second'")
+        ),
+        600
+    );
+    assert_eq!(dlq_list(&config), Vec::<Json>::new());
+    assert!(
+        proxy.accepted() >= 2,
+        "the bridge never reconnected, so it never saw the outage"
+    );
+    terminate_ok(&mut bridge);
+    eprintln!("rows before the database came back: {during}");
+}
+
+#[test]
+fn database_outage_loses_nothing_postgres() {
+    database_outage_loses_nothing(
+        Db::Postgres,
+        5432,
+        "seq INTEGER PRIMARY KEY, part VARCHAR(10) NOT NULL",
+    );
+}
+
+#[test]
+fn database_outage_loses_nothing_mariadb() {
+    database_outage_loses_nothing(
+        Db::MariaDb,
+        3306,
+        "seq INT PRIMARY KEY, part VARCHAR(10) NOT NULL",
+    );
+}
+
+#[test]
+fn broker_connection_cut_loses_nothing() {
+    // Given a bridge that reaches its broker through a proxy
+    let db = Db::Postgres;
+    let world = World::new();
+    let proxy = TcpProxy::start(world.broker.addr());
+    let table = create_table(
+        &db,
+        "bcut",
+        "seq INTEGER PRIMARY KEY, part VARCHAR(10) NOT NULL",
+    );
+    let t = table.name.clone();
+    let topic = format!("{}/{{part}}", unique("bcut"));
+    let config = world.config_via(
+        &format!("mqtt://127.0.0.1:{}", proxy.port),
+        &db.connection_string(),
+        &[route(
+            "bcut",
+            &topic,
+            &t,
+            &[("seq", "payload.seq"), ("part", "topic.part")],
+            &[
+                "batch: { max_rows: 50, max_delay: 50ms }",
+                "on_conflict: ignore",
+                "key: [seq]",
+            ],
+        )],
+    );
+    world.persistent_session(&topic.replace("{part}", "+"));
+    let msgs = |part: &str, seqs: std::ops::Range<i64>| -> Messages {
+        seqs.map(|seq| {
+            (
+                topic.replace("{part}", part),
+                format!(r#"{{"seq":{seq}}}"#).into_bytes(),
+            )
+        })
+        .collect()
+    };
+    // And a test transaction that locks the table, so received messages stay uncommitted
+    // and unacknowledged
+    let locker = odbc_connect(&db.connection_string()).expect("connect the locker");
+    locker.set_autocommit(false).expect("autocommit off");
+    odbc_exec(&locker, &format!("LOCK TABLE {t} IN SHARE MODE")).expect("lock the table");
+    let publisher = world.publisher();
+    publisher.publish_all_confirmed(msgs("first", 0..1000), 1);
+    let mut bridge = Bridge::start(&config);
+    wait_for(&mut bridge, "a batch waiting on the table lock", || {
+        Ok(try_scalar(&db, &pg_lock_waiters(&t)).unwrap_or(0) >= 1)
+    });
+
+    // When the broker connection is cut, the held batches commit meanwhile (their
+    // acknowledgements cannot reach the broker) and more messages are published
+    proxy.set_down(true);
+    locker.rollback().expect("release the lock");
+    drop(locker);
+    publisher.publish_all_confirmed(msgs("second", 1000..2000), 1);
+    let count_sql = format!("SELECT COUNT(*) FROM {t}");
+    wait_for(&mut bridge, "the held rows to commit", || {
+        Ok(try_scalar(&db, &count_sql).unwrap_or(0) > 0)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(bridge.is_running(), "mqdb died:\n{}", bridge.log());
+    let during = scalar(&db, &count_sql);
+    assert!(
+        during <= 1000,
+        "{during} rows, but only 1000 were published before the cut"
+    );
+
+    // Then, once the broker is reachable again, every message becomes exactly one row
+    proxy.set_down(false);
+    wait_for_count(&mut bridge, &db, &count_sql, 2000);
+    assert_eq!(
+        scalar(&db, &format!("SELECT COUNT(DISTINCT seq) FROM {t}")),
+        2000
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            &format!("SELECT COUNT(*) FROM {t} WHERE part = 'second'")
+        ),
+        1000
+    );
+    assert_eq!(dlq_list(&config), Vec::<Json>::new());
+    assert!(proxy.accepted() >= 2, "the bridge never reconnected");
+    terminate_ok(&mut bridge);
+    eprintln!("rows before the broker came back: {during}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. SIGKILL in the middle of a batch
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn sigkill_mid_batch_then_restart_loses_and_duplicates_nothing() {
+    // Given 3000 messages queued by the broker for the bridge's persistent session, and a
+    // test transaction holding seq 1500 so the batch containing it cannot commit
+    let db = Db::Postgres;
+    let world = World::new();
+    let table = create_table(&db, "kill", "seq INTEGER PRIMARY KEY, v TEXT NOT NULL");
+    let t = table.name.clone();
+    let topic = format!("{}/data", unique("kill"));
+    let config = world.config(
+        &db.connection_string(),
+        &[route(
+            "kill",
+            &topic,
+            &t,
+            &[("seq", "payload.seq"), ("v", "payload.v")],
+            &[
+                "batch: { max_rows: 100, max_delay: 50ms }",
+                "on_conflict: ignore",
+                "key: [seq]",
+            ],
+        )],
+    );
+    world.persistent_session(&topic);
+    let n = 3000;
+    world.publisher().publish_all_confirmed(
+        (1..=n)
+            .map(|seq| {
+                (
+                    topic.clone(),
+                    format!(r#"{{"seq":{seq},"v":"m{seq}"}}"#).into_bytes(),
+                )
+            })
+            .collect(),
+        1,
+    );
+    let blocker = odbc_connect(&db.connection_string()).expect("connect the blocker");
+    blocker.set_autocommit(false).expect("autocommit off");
+    odbc_exec(
+        &blocker,
+        &format!("INSERT INTO {t} (seq, v) VALUES (1500, 'blocker')"),
+    )
+    .expect("hold seq 1500");
+
+    // When the bridge runs until its batch with seq 1500 waits on that lock, and is killed
+    let mut bridge = Bridge::start(&config);
+    let waiting = pg_lock_waiters(&t);
+    wait_for(&mut bridge, "a batch waiting on the held row", || {
+        Ok(try_scalar(&db, &waiting).unwrap_or(0) >= 1)
+    });
+    let count_sql = format!("SELECT COUNT(*) FROM {t}");
+    let before_kill = scalar(&db, &count_sql);
+    bridge.kill();
+    blocker.rollback().expect("release seq 1500");
+    drop(blocker);
+
+    // Then some but not all rows exist: every batch before the blocked one, none after
+    assert!(
+        (1..1500).contains(&before_kill),
+        "{before_kill} rows committed before the kill"
+    );
+    // And a new bridge with the same config resumes the session and completes the stream
+    let mut bridge = Bridge::start(&config);
+    wait_for_count(&mut bridge, &db, &count_sql, n);
+    assert_eq!(
+        scalar(&db, &format!("SELECT COUNT(DISTINCT seq) FROM {t}")),
+        n
+    );
+    assert_eq!(
+        scalar(&db, &format!("SELECT MIN(seq) + MAX(seq) FROM {t}")),
+        1 + n
+    );
+    assert_eq!(
+        scalar(
+            &db,
+            &format!("SELECT COUNT(*) FROM {t} WHERE v = 'blocker'")
+        ),
+        0
+    );
+    assert_eq!(dlq_list(&config), Vec::<Json>::new());
+    terminate_ok(&mut bridge);
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. SIGTERM
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn sigterm_mid_batch_exits_zero_and_a_restart_completes_without_duplicates() {
+    // Given a fresh bridge (it subscribes itself) and a table without a unique key, so a
+    // redelivered committed message would show up as a second row
+    let db = Db::Postgres;
+    let world = World::new();
+    let table = create_table(&db, "term", "seq INTEGER NOT NULL, kind VARCHAR(10)");
+    let t = table.name.clone();
+    let root = unique("term");
+    let config = world.config(
+        &db.connection_string(),
+        &[route(
+            "term",
+            &format!("{root}/{{kind}}"),
+            &t,
+            &[("seq", "payload.seq"), ("kind", "topic.kind")],
+            &["batch: { max_rows: 100, max_delay: 50ms }"],
+        )],
+    );
+    // A retained probe reaches the bridge as soon as its subscription is in place
+    publish_retained(world.broker.port, &format!("{root}/probe"), r#"{"seq":0}"#);
+    let mut bridge = Bridge::start(&config);
+    wait_for(&mut bridge, "the retained probe row", || {
+        Ok(try_scalar(&db, &format!("SELECT COUNT(*) FROM {t} WHERE seq = 0")).unwrap_or(0) >= 1)
+    });
+
+    // When 2000 messages arrive while a test transaction locks the table against inserts,
+    // and SIGTERM comes while the bridge's batch waits on that lock
+    let locker = odbc_connect(&db.connection_string()).expect("connect the locker");
+    locker.set_autocommit(false).expect("autocommit off");
+    odbc_exec(&locker, &format!("LOCK TABLE {t} IN SHARE MODE")).expect("lock the table");
+    let n = 2000;
+    world.publisher().publish_all_confirmed(
+        (1..=n)
+            .map(|seq| {
+                (
+                    format!("{root}/data"),
+                    format!(r#"{{"seq":{seq}}}"#).into_bytes(),
+                )
+            })
+            .collect(),
+        1,
+    );
+    let waiting = pg_lock_waiters(&t);
+    wait_for(&mut bridge, "a batch waiting on the table lock", || {
+        Ok(try_scalar(&db, &waiting).unwrap_or(0) >= 1)
+    });
+    let data_sql = format!("SELECT COUNT(*) FROM {t} WHERE seq > 0");
+    assert_eq!(scalar(&db, &data_sql), 0, "nothing committed past the lock");
+    let log_before = bridge.log().len();
+    common::send_signal(bridge.pid().expect("running"), "TERM");
+    wait_for(&mut bridge, "the log to mention stopping", || {
+        Ok(bridge_log_since(&config, log_before).contains("stop"))
+    });
+    locker.rollback().expect("release the lock");
+    drop(locker);
+
+    // Then it exits 0, having said it stopped, and what it committed has no duplicates
+    terminate_ok(&mut bridge);
+    let distinct_sql = format!("SELECT COUNT(DISTINCT seq) FROM {t} WHERE seq > 0");
+    let first = scalar(&db, &data_sql);
+    assert!(first <= n, "{first} rows after SIGTERM");
+    assert_eq!(
+        scalar(&db, &distinct_sql),
+        first,
+        "duplicates after SIGTERM"
+    );
+
+    // And a restart delivers the rest: every message exactly once
+    let mut bridge = Bridge::start(&config);
+    wait_for_count(&mut bridge, &db, &data_sql, n);
+    assert_eq!(scalar(&db, &distinct_sql), n);
+    terminate_ok(&mut bridge);
+    assert_eq!(scalar(&db, &data_sql), n, "rows added while draining");
+    assert_eq!(dlq_list(&config), Vec::<Json>::new());
+    eprintln!("rows committed by the SIGTERMed bridge: {first} of {n}");
+}
+
+/// The bridge log (next to `config`) from byte `from` on, lower-cased.
+fn bridge_log_since(config: &Path, from: usize) -> String {
+    let log = std::fs::read_to_string(config.with_extension("log")).unwrap_or_default();
+    log.get(from..).unwrap_or("").to_lowercase()
+}
