@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what is missing, then runs the unit,
+# property and integration tests against the local services, and a small reconciled run of
+# the inbound benchmark (it fails on a lost or extra message, never on speed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test --no-fail-fast
+MQDB_BENCH_MESSAGES=5000 cargo bench --bench inbound
