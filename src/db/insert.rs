@@ -25,11 +25,31 @@ pub struct TablePlan {
     pub max_rows: usize,
 }
 
+/// How the rows of a batch reach the table, chosen per driver by measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// One `INSERT … VALUES (…),(…)` per chunk: fastest through psqlODBC (whose parameter
+    /// arrays run one statement per row) and the SQLite driver.
+    MultiRowValues,
+    /// A single-row statement over column-wise parameter arrays: MariaDB's bulk protocol.
+    ParameterArrays,
+}
+
 impl TablePlan {
+    pub fn strategy(&self) -> Strategy {
+        match self.dialect {
+            Dialect::MySql => Strategy::ParameterArrays,
+            _ => Strategy::MultiRowValues,
+        }
+    }
+
     /// Rows one statement may carry for `width` bound columns.
     pub fn rows_per_statement(&self, width: usize) -> usize {
         if self.uses_merge() {
             return 1;
+        }
+        if self.strategy() == Strategy::ParameterArrays {
+            return self.max_rows.max(1);
         }
         (self.dialect.max_parameters() / width.max(1)).clamp(1, self.max_rows.max(1))
     }
@@ -231,7 +251,7 @@ fn typed_timestamp(t: Timestamp) -> WithDataType<Timestamp> {
     }
 }
 
-fn date(d: &chrono::NaiveDate) -> Date {
+pub fn date(d: &chrono::NaiveDate) -> Date {
     use chrono::Datelike;
     Date {
         year: d.year() as i16,
@@ -240,7 +260,7 @@ fn date(d: &chrono::NaiveDate) -> Date {
     }
 }
 
-fn timestamp(t: &chrono::NaiveDateTime) -> Timestamp {
+pub fn timestamp(t: &chrono::NaiveDateTime) -> Timestamp {
     use chrono::{Datelike, Timelike};
     Timestamp {
         year: t.year() as i16,

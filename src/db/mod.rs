@@ -1,6 +1,7 @@
 //! Database access through ODBC. Every ODBC call runs on a dedicated thread
 //! ([`worker`]); the async side only exchanges batches and outcomes over channels.
 
+pub mod bulk;
 pub mod catalog;
 pub mod dialect;
 pub mod insert;

@@ -10,9 +10,10 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::DbSpec;
+use super::bulk;
 use super::catalog::{self, CatalogColumn};
 use super::dialect::Dialect;
-use super::insert::{TablePlan, group_by_presence};
+use super::insert::{Strategy, TablePlan, group_by_presence};
 use crate::config::OnConflict;
 use crate::error::{Class, DbError};
 use crate::mapping::Row;
@@ -321,10 +322,17 @@ fn insert_rows(
         let per_statement = plan.rows_per_statement(present.len());
         for chunk in members.chunks(per_statement) {
             let chunk_rows: Vec<&Row> = chunk.iter().map(|&i| selected[i]).collect();
-            let sql = plan.insert_sql(&present, chunk_rows.len());
-            let params = plan.parameters(&chunk_rows, &present);
-            conn.execute(&sql, params.as_slice(), None)
-                .map_err(|e| with_liveness(conn, &e))?;
+            let result = if plan.strategy() == Strategy::ParameterArrays
+                && chunk_rows.len() > 1
+                && !present.is_empty()
+            {
+                bulk::insert(conn, plan, &chunk_rows, &present)
+            } else {
+                let sql = plan.insert_sql(&present, chunk_rows.len());
+                let params = plan.parameters(&chunk_rows, &present);
+                conn.execute(&sql, params.as_slice(), None).map(|_| ())
+            };
+            result.map_err(|e| with_liveness(conn, &e))?;
         }
     }
     Ok(())
