@@ -1,5 +1,7 @@
 //! Log set-up: text or JSON lines on stderr, level from -v/-q or `RUST_LOG`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
@@ -15,7 +17,9 @@ pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
     // odbc-api logs every driver diagnostic as a warning; mqdb reports the ones that matter.
     let default = format!("warn,odbc_api=error,mqdb={level}");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colours only for a person at a terminal; log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {

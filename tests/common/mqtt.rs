@@ -23,10 +23,20 @@ pub struct Mosquitto {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Lines appended to the generated config (e.g. a TLS listener).
+    extra_config: String,
 }
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with_extra_config("")
+    }
+
+    /// Like [`Mosquitto::start`], with `extra` appended verbatim to the generated config
+    /// (for example a second `listener PORT 127.0.0.1` block with `cafile`, `certfile`,
+    /// `keyfile` and `require_certificate true`). The main listener stays plain MQTT on
+    /// [`Mosquitto::port`]; a port named in `extra` is the caller's to choose.
+    pub fn start_with_extra_config(extra: &str) -> Mosquitto {
         let dir = tempfile::Builder::new()
             .prefix("mqdb-mosquitto-")
             .tempdir()
@@ -35,6 +45,7 @@ impl Mosquitto {
             port: 0,
             dir,
             child: None,
+            extra_config: extra.to_owned(),
         };
         let mut last_log = String::new();
         for _attempt in 0..5 {
@@ -77,6 +88,20 @@ impl Mosquitto {
         panic!("mosquitto did not restart on port {}:\n{last}", self.port);
     }
 
+    /// Stops the broker, deletes its persistence file, and starts it again on the same port
+    /// and config: every session, subscription, queued and retained message is gone, as if
+    /// the broker had been replaced.
+    pub fn restart_clean(&mut self) {
+        self.stop();
+        let db = self.dir.path().join("mosquitto.db");
+        match std::fs::remove_file(&db) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("remove {}: {e}", db.display()),
+        }
+        self.restart();
+    }
+
     /// `mqtt://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
@@ -115,10 +140,12 @@ impl Mosquitto {
              autosave_interval 1800\n\
              log_dest file {log}\n\
              set_tcp_nodelay true\n\
-             user root\n",
+             user root\n\
+             {extra}\n",
             port = self.port,
             dir = dir.display(),
             log = self.log_path().display(),
+            extra = self.extra_config,
         );
         let path = dir.join("mosquitto.conf");
         std::fs::write(&path, config).expect("write mosquitto.conf");
