@@ -193,7 +193,7 @@ inbound:
         count = db.count(&table);
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let (rss, cpu) = process_stats(pid);
+    let (rss, cpu) = common::process_stats(pid);
     assert_eq!(
         count,
         want,
@@ -207,33 +207,6 @@ inbound:
     let rate = messages.len() as f64 / elapsed;
     println!("mqdb end to end: {rate:.0} msg/s");
     (rate, rss, cpu)
-}
-
-/// Peak resident set (kB) and CPU seconds of a running process, from /proc.
-fn process_stats(pid: u32) -> (u64, f64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
-    (rss, ticks / 100.0)
 }
 
 fn cores() -> usize {

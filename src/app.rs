@@ -8,13 +8,19 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
+use crate::broker::amqp::{AmqpPublisher, AmqpSettings};
 use crate::broker::mqtt::{MqttSettings, MqttSource, Subscription};
+use crate::broker::mqtt_publish::MqttPublisher;
+use crate::broker::publish::Publisher;
+use crate::config::BrokerKind;
 use crate::config::Config;
 use crate::db::DbSpec;
+use crate::db::poll::Poller;
 use crate::db::worker;
 use crate::dlq;
 use crate::inbound::InboundRoute;
-use crate::routes::{InboundPlan, inbound_plans};
+use crate::outbound::{Destination, OutboundRoute};
+use crate::routes::{InboundPlan, OutboundPlan, inbound_plans, outbound_plans};
 use crate::state::{DeadLetterFilter, State};
 
 /// A failure of a command, with the exit code it maps to.
@@ -57,6 +63,7 @@ fn broker_settings(config: &Config) -> Result<BTreeMap<String, MqttSettings>, Ap
     config
         .brokers
         .iter()
+        .filter(|(_, b)| b.value.kind() == Some(BrokerKind::Mqtt))
         .map(|(name, b)| {
             Ok((
                 name.clone(),
@@ -66,16 +73,77 @@ fn broker_settings(config: &Config) -> Result<BTreeMap<String, MqttSettings>, Ap
         .collect()
 }
 
+fn amqp_settings(config: &Config) -> Result<BTreeMap<String, AmqpSettings>, AppError> {
+    config
+        .brokers
+        .iter()
+        .filter(|(_, b)| b.value.kind() == Some(BrokerKind::Amqp))
+        .map(|(name, b)| {
+            Ok((
+                name.clone(),
+                AmqpSettings::from_config(name, &b.value).map_err(AppError::Usage)?,
+            ))
+        })
+        .collect()
+}
+
+/// How many outbound publishes may wait for their broker confirmation at once.
+const PUBLISH_WINDOW: usize = 1000;
+
+fn outbound_route(
+    plan: OutboundPlan,
+    dbs: &BTreeMap<String, DbSpec>,
+    brokers: &BTreeMap<String, MqttSettings>,
+    amqp: &BTreeMap<String, AmqpSettings>,
+    state: &State,
+) -> Result<OutboundRoute, AppError> {
+    let poller = Poller::start(dbs[&plan.database].clone(), plan.poll.clone())
+        .map_err(|e| AppError::Runtime(e.to_string()))?;
+    let publisher = match (brokers.get(&plan.broker), amqp.get(&plan.broker)) {
+        (Some(settings), _) => Publisher::Mqtt(MqttPublisher::start(
+            settings.clone(),
+            format!("{}-{}", settings.client_id, plan.name),
+            crate::broker::mqtt::qos(plan.qos),
+            plan.retain,
+            PUBLISH_WINDOW,
+        )),
+        (None, Some(settings)) => Publisher::Amqp(AmqpPublisher::new(settings.clone())),
+        (None, None) => {
+            return Err(AppError::Usage(format!(
+                "route {}: unknown broker",
+                plan.name
+            )));
+        }
+    };
+    Ok(OutboundRoute {
+        name: plan.name,
+        broker: plan.broker,
+        poller,
+        publisher,
+        state: state.clone(),
+        destination: plan.destination,
+        format: plan.format,
+        csv: plan.csv,
+        start: plan.start,
+        interval: plan.interval,
+        delay: plan.delay,
+        max_rows: plan.poll.max_rows,
+        after_publish: plan.poll.after_publish.is_some(),
+    })
+}
+
 /// `mqdb run`: every route until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> Result<(), AppError> {
     let plans = inbound_plans(&config).map_err(AppError::Usage)?;
+    let outbound = outbound_plans(&config).map_err(AppError::Usage)?;
     let dbs = db_specs(&config)?;
     let brokers = broker_settings(&config)?;
+    let amqp = amqp_settings(&config)?;
     let state = State::open(config.state.as_str())
         .await
         .map_err(|e| AppError::Runtime(e.to_string()))?;
-    if plans.is_empty() {
-        warn!("no inbound routes configured; nothing to do");
+    if plans.is_empty() && outbound.is_empty() {
+        warn!("no routes configured; nothing to do");
     }
 
     let stop_flag = Arc::new(AtomicBool::new(false));
@@ -141,6 +209,10 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         .into_iter()
         .map(|(broker, subs)| MqttSource::start(brokers[&broker].clone(), subs))
         .collect();
+    for plan in outbound {
+        let route = outbound_route(plan, &dbs, &brokers, &amqp, &state)?;
+        route_tasks.spawn(route.run(stop_rx.clone()));
+    }
 
     (&mut signals).await;
     info!("shutting down: intake stopped, finishing in-flight batches");
@@ -185,11 +257,16 @@ async fn shutdown_signal() {
 /// `mqdb check`: one line per route; Ok only if every route passes.
 pub async fn check(config: Config) -> Result<(), AppError> {
     let plans = inbound_plans(&config).map_err(AppError::Usage)?;
+    let outbound = outbound_plans(&config).map_err(AppError::Usage)?;
     let dbs = db_specs(&config)?;
     let brokers = broker_settings(&config)?;
+    let amqp = amqp_settings(&config)?;
     let mut broker_status: BTreeMap<String, Result<(), String>> = BTreeMap::new();
     for (name, settings) in &brokers {
         broker_status.insert(name.clone(), probe_mqtt(settings).await);
+    }
+    for (name, settings) in &amqp {
+        broker_status.insert(name.clone(), settings.connect().await.map(|_| ()));
     }
     let mut failures = 0;
     for plan in &plans {
@@ -220,9 +297,51 @@ pub async fn check(config: Config) -> Result<(), AppError> {
             }
         }
     }
+    for plan in &outbound {
+        let problem = match &broker_status[&plan.broker] {
+            Err(e) => Some(format!("broker {}: {e}", plan.broker)),
+            Ok(()) => {
+                let spec = dbs[&plan.database].clone();
+                let plan_for_db = plan.clone();
+                let db = tokio::task::spawn_blocking(move || {
+                    crate::db::probe::check_query(
+                        &spec,
+                        &plan_for_db.poll,
+                        &plan_for_db.destination.columns(),
+                    )
+                })
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r);
+                match db {
+                    Err(e) => Some(format!("database {}: {e}", plan.database)),
+                    Ok(()) => match (&plan.destination, amqp.get(&plan.broker)) {
+                        (Destination::Amqp { exchange, .. }, Some(settings))
+                            if exchange.columns().count() == 0 =>
+                        {
+                            let name = exchange.render(|_| None).unwrap_or_default();
+                            check_exchange(settings, &name).await.err()
+                        }
+                        _ => None,
+                    },
+                }
+            }
+        };
+        match problem {
+            None => println!(
+                "ok    outbound {}: {} → broker {}",
+                plan.name, plan.database, plan.broker
+            ),
+            Some(p) => {
+                failures += 1;
+                println!("FAIL  outbound {}: {p}", plan.name);
+            }
+        }
+    }
     for (name, status) in &broker_status {
         if let Err(e) = status
             && !plans.iter().any(|p| &p.broker == name)
+            && !outbound.iter().any(|p| &p.broker == name)
         {
             failures += 1;
             println!("FAIL  broker {name}: {e}");
@@ -231,10 +350,34 @@ pub async fn check(config: Config) -> Result<(), AppError> {
     if failures > 0 {
         return Err(AppError::Runtime(format!(
             "{failures} of {} routes failed the check",
-            plans.len()
+            plans.len() + outbound.len()
         )));
     }
     Ok(())
+}
+
+/// The exchange must exist: mqdb publishes to it but never declares it.
+async fn check_exchange(settings: &AmqpSettings, exchange: &str) -> Result<(), String> {
+    if exchange.is_empty() {
+        return Ok(());
+    }
+    let conn = settings.connect().await?;
+    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+    let passive = lapin::options::ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let result = channel
+        .exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Direct,
+            passive,
+            Default::default(),
+        )
+        .await
+        .map_err(|e| format!("exchange {exchange:?} is not usable: {e}"));
+    let _ = conn.close(200, "check done".into()).await;
+    result
 }
 
 /// Connects with a separate, clean session so a running instance's session is untouched.

@@ -6,12 +6,14 @@ use serde_json::{Value as Json, json};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     Inbound,
+    Outbound,
 }
 
 impl Direction {
     pub fn as_str(self) -> &'static str {
         match self {
             Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
         }
     }
 }

@@ -35,7 +35,7 @@ impl DbError {
         match error {
             odbc_api::Error::Diagnostics { record, .. } => DbError {
                 sqlstate: Some(record.state.as_str().to_string()),
-                message: String::from_utf8_lossy(&record.message).trim().to_string(),
+                message: one_line(&String::from_utf8_lossy(&record.message)),
                 connection_dead: false,
             },
             other => DbError::new(other.to_string()),
@@ -49,6 +49,17 @@ impl DbError {
             self.connection_dead,
         )
     }
+}
+
+/// Driver messages may span lines (PostgreSQL's DETAIL and HINT); logs, dead letters and
+/// `check` show one line per problem.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Classifies by SQLSTATE class first, then by a dead connection, then by the message of

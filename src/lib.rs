@@ -26,6 +26,7 @@
 pub mod app;
 pub mod broker;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod convert;
 pub mod db;
@@ -35,6 +36,8 @@ pub mod inbound;
 pub mod logging;
 pub mod mapping;
 pub mod message;
+pub mod outbound;
 pub mod routes;
 pub mod state;
+pub mod template;
 pub mod topic;

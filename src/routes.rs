@@ -3,10 +3,13 @@
 
 use std::time::Duration;
 
-use crate::config::{Config, Qos};
+use crate::config::{Config, CsvOptions, Format, Qos};
 use crate::db::insert::TablePlan;
+use crate::db::poll::PollSpec;
 use crate::db::worker::SinkTarget;
 use crate::mapping::{MappedColumn, Mapper, Source};
+use crate::outbound::Destination;
+use crate::template::Template;
 use crate::topic::Filter;
 
 /// One inbound route, resolved from the configuration.
@@ -91,4 +94,72 @@ impl InboundPlan {
         };
         Mapper::new(columns)
     }
+}
+
+/// One outbound route, resolved from the configuration.
+#[derive(Debug, Clone)]
+pub struct OutboundPlan {
+    pub name: String,
+    pub database: String,
+    pub broker: String,
+    pub poll: PollSpec,
+    pub start: Vec<String>,
+    pub interval: Duration,
+    pub delay: Option<Duration>,
+    pub destination: Destination,
+    pub qos: Qos,
+    pub retain: bool,
+    pub format: Format,
+    pub csv: CsvOptions,
+}
+
+/// Resolves every outbound route. The configuration was validated, so parsing succeeds.
+pub fn outbound_plans(config: &Config) -> Result<Vec<OutboundPlan>, String> {
+    config
+        .outbound
+        .iter()
+        .map(|route| {
+            let r = &route.value;
+            let template = |t: &Option<serde_saphyr::Spanned<crate::config::EnvString>>| {
+                Template::parse(t.as_ref().map(|t| t.value.as_str()).unwrap_or(""))
+            };
+            let destination = match &r.topic {
+                Some(_) => Destination::Mqtt {
+                    topic: template(&r.topic)?,
+                },
+                None => Destination::Amqp {
+                    exchange: template(&r.exchange)?,
+                    routing_key: template(&r.routing_key)?,
+                },
+            };
+            Ok(OutboundPlan {
+                name: r.name.value.to_string(),
+                database: r.database.value.to_string(),
+                broker: r.broker.value.to_string(),
+                poll: PollSpec {
+                    route: r.name.value.to_string(),
+                    query: r.query.value.to_string(),
+                    track: r
+                        .track
+                        .as_ref()
+                        .map(|t| t.value.0.clone())
+                        .unwrap_or_default(),
+                    max_rows: r.max_rows,
+                    after_publish: r.after_publish.as_ref().map(|a| a.value.to_string()),
+                },
+                start: r
+                    .start
+                    .as_ref()
+                    .map(|s| s.value.0.clone())
+                    .unwrap_or_default(),
+                interval: r.interval,
+                delay: r.delay,
+                destination,
+                qos: r.qos,
+                retain: r.retain,
+                format: r.format,
+                csv: r.csv.clone(),
+            })
+        })
+        .collect()
 }

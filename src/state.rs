@@ -58,7 +58,19 @@ impl State {
                 url: url.to_string(),
                 source,
             })?;
-        MIGRATOR.run(&pool).await?;
+        // Another process (a running bridge, a `dlq` command) may be migrating the same
+        // file at this moment; SQLite gives no migration lock, so wait and look again.
+        let mut attempt = 0;
+        loop {
+            match MIGRATOR.run(&pool).await {
+                Ok(()) => break,
+                Err(_) if attempt < 20 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         Ok(State { pool })
     }
 
@@ -74,23 +86,7 @@ impl State {
         let mut tx = self.pool.begin().await?;
         let mut ids = Vec::with_capacity(letters.len());
         for l in letters {
-            let row = sqlx::query(
-                "INSERT INTO dead_letters (route, direction, source, payload, headers, error_kind, error, sqlstate, attempts, first_failed_at, last_failed_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING id",
-            )
-            .bind(&l.route)
-            .bind(l.direction.as_str())
-            .bind(&l.source)
-            .bind(&l.payload)
-            .bind(l.headers.to_string())
-            .bind(&l.error_kind)
-            .bind(&l.error)
-            .bind(&l.sqlstate)
-            .bind(&now)
-            .bind(&now)
-            .fetch_one(&mut *tx)
-            .await?;
-            ids.push(row.get::<i64, _>(0));
+            ids.push(insert_dead_letter(&mut tx, l, &now).await?);
         }
         tx.commit().await?;
         Ok(ids)
@@ -121,9 +117,70 @@ impl State {
         Ok(row.as_ref().map(dead_letter))
     }
 
+    /// The stored position of an outbound route.
+    pub async fn position(&self, route: &str) -> Result<Option<Vec<String>>, StateError> {
+        let row = sqlx::query("SELECT position FROM positions WHERE route = ?")
+            .bind(route)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.and_then(|r| serde_json::from_str(&r.get::<String, _>(0)).ok()))
+    }
+
+    /// Stores a route's position together with the dead letters met on the way, in one
+    /// transaction, so that neither can be lost without the other.
+    pub async fn advance(
+        &self,
+        route: &str,
+        position: Option<&[String]>,
+        letters: &[NewDeadLetter],
+    ) -> Result<(), StateError> {
+        let now = crate::dlq::now_rfc3339();
+        let mut tx = self.pool.begin().await?;
+        for l in letters {
+            insert_dead_letter(&mut tx, l, &now).await?;
+        }
+        if let Some(position) = position {
+            sqlx::query(
+                "INSERT INTO positions (route, position, updated_at) VALUES (?, ?, ?)
+                 ON CONFLICT (route) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+            )
+            .bind(route)
+            .bind(serde_json::to_string(position).unwrap_or_else(|_| "[]".into()))
+            .bind(&now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+async fn insert_dead_letter(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    l: &NewDeadLetter,
+    now: &str,
+) -> Result<i64, StateError> {
+    let row = sqlx::query(
+        "INSERT INTO dead_letters (route, direction, source, payload, headers, error_kind, error, sqlstate, attempts, first_failed_at, last_failed_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING id",
+    )
+    .bind(&l.route)
+    .bind(l.direction.as_str())
+    .bind(&l.source)
+    .bind(&l.payload)
+    .bind(l.headers.to_string())
+    .bind(&l.error_kind)
+    .bind(&l.error)
+    .bind(&l.sqlstate)
+    .bind(now)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(row.get::<i64, _>(0))
 }
 
 fn dead_letter(row: &sqlx::sqlite::SqliteRow) -> DeadLetter {

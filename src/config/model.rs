@@ -25,6 +25,9 @@ pub struct Config {
     /// Routes from broker topics to database tables.
     #[serde(default)]
     pub inbound: Vec<Spanned<Inbound>>,
+    /// Routes from database queries to broker topics or exchanges.
+    #[serde(default)]
+    pub outbound: Vec<Spanned<Outbound>>,
 }
 
 pub fn default_state() -> EnvString {
@@ -65,6 +68,23 @@ pub struct Broker {
     /// reading from the connection.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+}
+
+/// The protocol a broker speaks, from its URL scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    Mqtt,
+    Amqp,
+}
+
+impl Broker {
+    pub fn kind(&self) -> Option<BrokerKind> {
+        match self.url.value.split_once("://").map(|(scheme, _)| scheme) {
+            Some("mqtt" | "mqtts") => Some(BrokerKind::Mqtt),
+            Some("amqp" | "amqps") => Some(BrokerKind::Amqp),
+            _ => None,
+        }
+    }
 }
 
 pub fn default_keep_alive() -> Duration {
@@ -178,6 +198,143 @@ impl Qos {
 pub enum Format {
     #[default]
     Json,
+    Csv,
+}
+
+/// Delimited text settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvOptions {
+    /// Field separator, one character.
+    #[serde(default = "default_delimiter")]
+    pub delimiter: char,
+    /// Quote character, one character.
+    #[serde(default = "default_quote")]
+    pub quote: char,
+}
+
+impl Default for CsvOptions {
+    fn default() -> Self {
+        CsvOptions {
+            delimiter: default_delimiter(),
+            quote: default_quote(),
+        }
+    }
+}
+
+pub fn default_delimiter() -> char {
+    ','
+}
+
+pub fn default_quote() -> char {
+    '"'
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outbound {
+    /// Route name, used in logs, dead letters and the stored position.
+    pub name: Spanned<EnvString>,
+    /// Name of a database under `databases`.
+    pub database: Spanned<EnvString>,
+    /// The SELECT to poll; each `?` is bound to the stored position.
+    pub query: Spanned<EnvString>,
+    /// Column(s) whose last published value is the position.
+    #[serde(default)]
+    pub track: Option<Spanned<OneOrMany>>,
+    /// The first position (one value per track column).
+    #[serde(default)]
+    pub start: Option<Spanned<OneOrMany>>,
+    /// Poll period.
+    #[serde(
+        default = "default_interval",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub interval: Duration,
+    /// Rows read per poll.
+    #[serde(default = "default_poll_rows")]
+    pub max_rows: usize,
+    /// Leave rows whose first track column (a timestamp) is younger than this for later.
+    #[serde(default, deserialize_with = "duration::deserialize_option")]
+    pub delay: Option<Duration>,
+    /// Name of a broker under `brokers`.
+    pub broker: Spanned<EnvString>,
+    /// MQTT topic template; `{column}` is filled from the row.
+    #[serde(default)]
+    pub topic: Option<Spanned<EnvString>>,
+    /// AMQP exchange (template).
+    #[serde(default)]
+    pub exchange: Option<Spanned<EnvString>>,
+    /// AMQP routing key (template).
+    #[serde(default)]
+    pub routing_key: Option<Spanned<EnvString>>,
+    /// MQTT publish QoS.
+    #[serde(default = "default_qos")]
+    pub qos: Qos,
+    /// MQTT retain flag.
+    #[serde(default)]
+    pub retain: bool,
+    /// Message format: one JSON object or one CSV line per row.
+    #[serde(default)]
+    pub format: Format,
+    /// CSV settings for `format: csv`.
+    #[serde(default)]
+    pub csv: CsvOptions,
+    /// Statement run after each confirmed publish; `?` is the row's track value.
+    #[serde(default)]
+    pub after_publish: Option<Spanned<EnvString>>,
+}
+
+pub fn default_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+pub fn default_poll_rows() -> usize {
+    1000
+}
+
+/// A scalar or a list of scalars, kept as text (`track: id`, `start: [0, "2024-01-01"]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneOrMany(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a value or a list of values")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OneOrMany, E> {
+                super::env::expand(v, |n| std::env::var(n).ok())
+                    .map(|s| OneOrMany(vec![s]))
+                    .map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_string()]))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_string()]))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_string()]))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<OneOrMany, E> {
+                Ok(OneOrMany(vec![v.to_string()]))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<OneOrMany, A::Error> {
+                let mut out = Vec::new();
+                while let Some(item) = seq.next_element::<OneOrMany>()? {
+                    out.extend(item.0);
+                }
+                Ok(OneOrMany(out))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_saphyr::Spanned;
 
-use super::{Config, ConfigError, EnvString, OnConflict};
+use super::{BrokerKind, Config, ConfigError, EnvString, Format, OnConflict, Outbound};
 use crate::mapping::Source;
 use crate::topic::Filter;
 
@@ -15,11 +15,12 @@ pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
 
     for (name, broker) in &config.brokers {
         let url = broker.value.url.value.as_str();
-        let scheme = url.split("://").next().unwrap_or("");
-        if !matches!(scheme, "mqtt" | "mqtts") || !url.contains("://") {
+        if broker.value.kind().is_none() {
             return Err(err(
                 &broker.value.url.referenced,
-                format!("broker {name}: url `{url}` must start with mqtt:// or mqtts://"),
+                format!(
+                    "broker {name}: url `{url}` must start with mqtt://, mqtts://, amqp:// or amqps://"
+                ),
             ));
         }
         if broker.value.password.is_some() && broker.value.password_file.is_some() {
@@ -76,6 +77,20 @@ pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
             "database",
             "databases",
         )?;
+        if config.brokers[r.broker.value.as_str()].value.kind() != Some(BrokerKind::Mqtt) {
+            return Err(err(
+                &r.broker.referenced,
+                format!(
+                    "route {name}: inbound routes read from MQTT brokers (mqtt:// or mqtts://)"
+                ),
+            ));
+        }
+        if r.format != Format::Json {
+            return Err(err(
+                &route.referenced,
+                format!("route {name}: inbound routes take format: json"),
+            ));
+        }
         let Some(topic) = &r.topic else {
             return Err(err(
                 &route.referenced,
@@ -142,6 +157,133 @@ pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
                 }
             }
         }
+    }
+    for route in &config.outbound {
+        check_outbound(path, config, route, &mut names)?;
+    }
+    Ok(())
+}
+
+fn check_outbound(
+    path: &Path,
+    config: &Config,
+    route: &serde_saphyr::Spanned<Outbound>,
+    names: &mut HashSet<EnvString>,
+) -> Result<(), ConfigError> {
+    let err = |at: &serde_saphyr::Location, msg: String| ConfigError::at(path, at, msg);
+    let r = &route.value;
+    let name = &r.name.value;
+    if !names.insert(name.clone()) {
+        return Err(err(
+            &r.name.referenced,
+            format!("route name `{name}` is used twice"),
+        ));
+    }
+    exists(
+        path,
+        &r.broker,
+        config.brokers.contains_key(r.broker.value.as_str()),
+        "broker",
+        "brokers",
+    )?;
+    exists(
+        path,
+        &r.database,
+        config.databases.contains_key(r.database.value.as_str()),
+        "database",
+        "databases",
+    )?;
+    if r.query.value.trim().is_empty() {
+        return Err(err(
+            &r.query.referenced,
+            format!("route {name}: the query is empty"),
+        ));
+    }
+    if r.max_rows == 0 {
+        return Err(err(
+            &route.referenced,
+            format!("route {name}: max_rows must be at least 1"),
+        ));
+    }
+    let kind = config.brokers[r.broker.value.as_str()].value.kind();
+    let templates: Vec<&serde_saphyr::Spanned<EnvString>> = match kind {
+        Some(BrokerKind::Mqtt) => {
+            if let Some(x) = r.exchange.as_ref().or(r.routing_key.as_ref()) {
+                return Err(err(
+                    &x.referenced,
+                    format!(
+                        "route {name}: exchange and routing_key are for AMQP brokers; MQTT routes use topic"
+                    ),
+                ));
+            }
+            let Some(topic) = &r.topic else {
+                return Err(err(
+                    &route.referenced,
+                    format!("route {name}: set `topic:` (a template such as alarms/{{device}})"),
+                ));
+            };
+            vec![topic]
+        }
+        _ => {
+            if let Some(topic) = &r.topic {
+                return Err(err(
+                    &topic.referenced,
+                    format!(
+                        "route {name}: topic is for MQTT brokers; AMQP routes use exchange and routing_key"
+                    ),
+                ));
+            }
+            let Some(exchange) = &r.exchange else {
+                return Err(err(
+                    &route.referenced,
+                    format!("route {name}: set `exchange:` (and optionally routing_key)"),
+                ));
+            };
+            std::iter::once(exchange)
+                .chain(r.routing_key.as_ref())
+                .collect()
+        }
+    };
+    for t in templates {
+        crate::template::Template::parse(&t.value)
+            .map_err(|e| err(&t.referenced, format!("route {name}: {e}")))?;
+    }
+    let track_len = r.track.as_ref().map(|t| t.value.0.len()).unwrap_or(0);
+    match (&r.track, &r.start) {
+        (Some(track), Some(start)) if start.value.0.len() != track_len => {
+            return Err(err(
+                &start.referenced,
+                format!(
+                    "route {name}: start has {} values but track names {track_len} columns",
+                    start.value.0.len()
+                ),
+            ));
+        }
+        (Some(track), None) => {
+            return Err(err(
+                &track.referenced,
+                format!("route {name}: track needs `start:` (the first position, e.g. start: 0)"),
+            ));
+        }
+        (None, Some(start)) => {
+            return Err(err(
+                &start.referenced,
+                format!("route {name}: start is only used with track"),
+            ));
+        }
+        _ => {}
+    }
+    if track_len == 0 && (r.after_publish.is_some() || r.delay.is_some()) {
+        return Err(err(
+            &route.referenced,
+            format!("route {name}: after_publish and delay need `track:`"),
+        ));
+    }
+    if r.csv.delimiter == r.csv.quote {
+        return Err(err(
+            &route.referenced,
+            format!("route {name}: csv delimiter and quote must differ"),
+        ));
     }
     Ok(())
 }

@@ -5,6 +5,7 @@ pub mod bulk;
 pub mod catalog;
 pub mod dialect;
 pub mod insert;
+pub mod poll;
 pub mod probe;
 pub mod worker;
 
@@ -64,11 +65,32 @@ impl DbSpec {
         if let Some(password) = password {
             cs.push_str(&format!(";PWD={}", braced(&password)));
         }
+        // psqlODBC reports booleans as text unless told otherwise.
+        if cs.to_ascii_lowercase().contains("postgres")
+            && !cs.to_ascii_lowercase().contains("boolsaschar")
+        {
+            cs.push_str(";BoolsAsChar=0");
+        }
         cs.push(';');
         Ok(DbSpec {
             name: name.to_string(),
             connection_string: cs,
         })
+    }
+
+    /// The same database for reading large results: psqlODBC otherwise buffers a whole
+    /// result set in memory before the first row is read; with a cursor it fetches
+    /// `rows` at a time.
+    pub fn for_reading(&self, rows: usize) -> DbSpec {
+        let lower = self.connection_string.to_ascii_lowercase();
+        let mut spec = self.clone();
+        if lower.contains("postgres") && !lower.contains("usedeclarefetch") {
+            spec.connection_string.push_str(&format!(
+                "UseDeclareFetch=1;Fetch={};",
+                rows.clamp(1, 10_000)
+            ));
+        }
+        spec
     }
 
     pub fn connect(&self) -> Result<Connection<'static>, DbError> {

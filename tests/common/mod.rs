@@ -10,6 +10,8 @@
 //! - [`Bridge`], [`run_mqdb`], [`mqdb_command`]: the `mqdb` binary under test.
 //! - [`Publisher`], [`Subscriber`]: MQTT clients that run their own event loop thread, so they
 //!   work from sync tests and from `#[tokio::test]` alike.
+//! - [`Rabbit`]: the shared RabbitMQ (127.0.0.1:5672) from sync tests: declare exchanges and
+//!   bound queues (deleted on drop) and take what arrived.
 //!
 //! Names: [`unique`] gives table, topic, queue and client-id names that never collide across
 //! parallel test threads and processes.
@@ -21,6 +23,7 @@ mod bridge;
 mod db;
 mod mqtt;
 mod proxy;
+mod rabbit;
 
 // Each test binary uses a subset of these re-exports.
 #[allow(unused_imports)]
@@ -31,6 +34,8 @@ pub use db::{Db, TempTable, odbc_connect, odbc_env, odbc_exec, odbc_query};
 pub use mqtt::{Mosquitto, Publisher, Received, Subscriber};
 #[allow(unused_imports)]
 pub use proxy::TcpProxy;
+#[allow(unused_imports)]
+pub use rabbit::{AmqpMessage, Rabbit};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -138,4 +143,31 @@ pub(crate) fn wait_child(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Peak resident set (kB) and CPU seconds so far of a running process, from /proc.
+pub fn process_stats(pid: u32) -> (u64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    (rss, ticks / 100.0)
 }

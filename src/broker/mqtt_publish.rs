@@ -1,0 +1,141 @@
+//! MQTT publishing with confirmation: each publish counts only once the broker has sent
+//! PUBACK (QoS 1) or PUBCOMP (QoS 2) for its packet id (rumqttc's `publish` only queues).
+//!
+//! rumqttc hands out packet ids in request order and reports each as `Outgoing::Publish`,
+//! so requests are matched to packet ids in that order. On any connection error the
+//! client and its request queue are dropped whole and rebuilt: a request queued for a dead
+//! connection can then never be matched to a later packet id.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{info, warn};
+
+use super::mqtt::MqttSettings;
+use super::publish::{Confirm, Delivery};
+
+struct Request {
+    topic: String,
+    payload: Vec<u8>,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Publishes to one MQTT broker with one QoS and retain flag.
+pub struct MqttPublisher {
+    requests: mpsc::Sender<Request>,
+}
+
+impl MqttPublisher {
+    /// `window` bounds the publishes in flight (sent, not yet confirmed).
+    pub fn start(
+        settings: MqttSettings,
+        client_id: String,
+        qos: QoS,
+        retain: bool,
+        window: usize,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(window);
+        tokio::spawn(run(settings, client_id, qos, retain, window, rx));
+        MqttPublisher { requests: tx }
+    }
+
+    pub async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<Confirm, String> {
+        let (done, answer) = oneshot::channel();
+        self.requests
+            .send(Request {
+                topic: topic.to_string(),
+                payload,
+                done,
+            })
+            .await
+            .map_err(|_| "the MQTT publisher stopped".to_string())?;
+        Ok(Box::pin(async move {
+            match answer.await {
+                Ok(Ok(())) => Ok(Delivery::Confirmed),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err("the MQTT publisher stopped".into()),
+            }
+        }))
+    }
+}
+
+async fn run(
+    settings: MqttSettings,
+    client_id: String,
+    qos: QoS,
+    retain: bool,
+    window: usize,
+    mut requests: mpsc::Receiver<Request>,
+) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        // A clean session: what was in flight on a lost connection is published again by
+        // the route, never silently by the client.
+        let mut options = settings.options(&client_id, true);
+        options.set_inflight(u16::try_from(window).unwrap_or(u16::MAX).max(1));
+        let (client, mut eventloop) = AsyncClient::new(options, window.max(1));
+        let mut connected = false;
+        let mut sent: VecDeque<oneshot::Sender<Result<(), String>>> = VecDeque::new();
+        let mut unconfirmed: HashMap<u16, oneshot::Sender<Result<(), String>>> = HashMap::new();
+        let failure = loop {
+            tokio::select! {
+                event = eventloop.poll() => match event {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        connected = true;
+                        delay = Duration::from_millis(100);
+                        info!(broker = %settings.name, endpoint = %settings.endpoint(), "publisher connected");
+                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        if let Some(done) = sent.pop_front() {
+                            if qos == QoS::AtMostOnce {
+                                let _ = done.send(Ok(()));
+                            } else {
+                                unconfirmed.insert(pkid, done);
+                            }
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if let Some(done) = unconfirmed.remove(&ack.pkid) {
+                            let _ = done.send(Ok(()));
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubComp(comp))) => {
+                        if let Some(done) = unconfirmed.remove(&comp.pkid) {
+                            let _ = done.send(Ok(()));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => break e.to_string(),
+                },
+                request = requests.recv(), if connected && sent.len() + unconfirmed.len() < window => {
+                    let Some(request) = request else {
+                        let _ = client.try_disconnect();
+                        return;
+                    };
+                    // Take whatever else is already waiting, up to the window, in one turn.
+                    let mut next = Some(request);
+                    while let Some(request) = next.take() {
+                        match client.try_publish(request.topic, qos, retain, request.payload) {
+                            Ok(()) => sent.push_back(request.done),
+                            Err(e) => {
+                                let _ = request.done.send(Err(e.to_string()));
+                            }
+                        }
+                        if sent.len() + unconfirmed.len() < window {
+                            next = requests.try_recv().ok();
+                        }
+                    }
+                }
+            }
+        };
+        let lost = sent.len() + unconfirmed.len();
+        for done in sent.drain(..).chain(unconfirmed.drain().map(|(_, d)| d)) {
+            let _ = done.send(Err(format!("broker connection lost: {failure}")));
+        }
+        warn!(broker = %settings.name, endpoint = %settings.endpoint(), error = %failure, unconfirmed = lost, retry_in = ?delay, "publisher connection lost");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}

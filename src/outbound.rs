@@ -1,0 +1,326 @@
+//! The outbound route loop: poll the query from the stored position, publish each row,
+//! and advance the position only past rows the broker confirmed (or that became dead
+//! letters), in order. `after_publish` runs for confirmed rows before the position moves.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::broker::publish::{Address, Confirm, Delivery, Publisher};
+use crate::codec;
+use crate::config::{CsvOptions, Format};
+use crate::db::poll::{Cell, Polled, Poller};
+use crate::dlq::{Direction, NewDeadLetter};
+use crate::state::State;
+use crate::template::{Template, check_topic, check_topic_value};
+
+/// Where a route's rows go: an MQTT topic, or an AMQP exchange and routing key.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    Mqtt {
+        topic: Template,
+    },
+    Amqp {
+        exchange: Template,
+        routing_key: Template,
+    },
+}
+
+impl Destination {
+    /// The address for one row, or why the row cannot have one.
+    fn address(&self, polled: &Polled, row: &[Cell]) -> Result<Address, String> {
+        let value = |column: &str| {
+            polled
+                .columns
+                .iter()
+                .position(|c| c.eq_ignore_ascii_case(column))
+                .and_then(|i| row[i].text())
+        };
+        match self {
+            Destination::Mqtt { topic } => {
+                let mut bad = None;
+                let topic = topic.render(|column| {
+                    let v = value(column)?;
+                    if bad.is_none()
+                        && let Err(e) = check_topic_value(column, &v)
+                    {
+                        bad = Some(e);
+                    }
+                    Some(v)
+                })?;
+                if let Some(e) = bad {
+                    return Err(e);
+                }
+                check_topic(&topic)?;
+                Ok(Address {
+                    topic,
+                    exchange: String::new(),
+                })
+            }
+            Destination::Amqp {
+                exchange,
+                routing_key,
+            } => {
+                let exchange = exchange.render(value)?;
+                let routing_key = routing_key.render(value)?;
+                if routing_key.len() > 255 || exchange.len() > 255 {
+                    return Err("the exchange or routing key is longer than 255 bytes".into());
+                }
+                Ok(Address {
+                    topic: routing_key,
+                    exchange,
+                })
+            }
+        }
+    }
+
+    pub fn columns(&self) -> Vec<&str> {
+        match self {
+            Destination::Mqtt { topic } => topic.columns().collect(),
+            Destination::Amqp {
+                exchange,
+                routing_key,
+            } => exchange.columns().chain(routing_key.columns()).collect(),
+        }
+    }
+}
+
+pub struct OutboundRoute {
+    pub name: String,
+    pub broker: String,
+    pub poller: Poller,
+    pub publisher: Publisher,
+    pub state: State,
+    pub destination: Destination,
+    pub format: Format,
+    pub csv: CsvOptions,
+    /// The first position; empty without `track`.
+    pub start: Vec<String>,
+    pub interval: Duration,
+    pub delay: Option<Duration>,
+    pub max_rows: usize,
+    pub after_publish: bool,
+}
+
+/// One row's fate within a poll.
+enum Attempt {
+    Published(Confirm),
+    Dead { kind: &'static str, reason: String },
+}
+
+impl OutboundRoute {
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut position = loop {
+            match self.state.position(&self.name).await {
+                Ok(p) => break p.unwrap_or_else(|| self.start.clone()),
+                Err(e) => {
+                    warn!(route = %self.name, error = %e, "cannot read the stored position; retrying");
+                    if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
+                        return;
+                    }
+                }
+            }
+        };
+        info!(route = %self.name, position = ?position, "outbound route started");
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let pause = match self.cycle(&mut position).await {
+                Ok(more) => {
+                    backoff = Duration::from_millis(200);
+                    if more { Duration::ZERO } else { self.interval }
+                }
+                Err(e) => {
+                    warn!(route = %self.name, error = %e, retry_in = ?backoff, "outbound poll or publish failed; retrying from the stored position");
+                    let pause = backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    pause
+                }
+            };
+            if sleep_or_stop(pause, &mut stop).await {
+                return;
+            }
+        }
+    }
+
+    /// One poll: publish, confirm, run after_publish, store. `Ok(true)` when more rows may
+    /// be waiting right now.
+    async fn cycle(&self, position: &mut Vec<String>) -> Result<bool, String> {
+        let started = std::time::Instant::now();
+        let polled = self
+            .poller
+            .poll(position.clone())
+            .await
+            .map_err(|e| format!("query failed: {e}"))?;
+        let tracked = !polled.track.is_empty();
+        let mut rows: &[Vec<Cell>] = &polled.rows;
+        if let (Some(delay), Some(&first)) = (self.delay, polled.track.first()) {
+            let cutoff = chrono::Utc::now().naive_utc()
+                - chrono::Duration::from_std(delay).unwrap_or_default();
+            let ready = rows
+                .iter()
+                .take_while(|row| !matches!(&row[first], Cell::Timestamp(t) if *t > cutoff))
+                .count();
+            rows = &rows[..ready];
+        }
+        let more = tracked && rows.len() >= self.max_rows;
+        if rows.is_empty() {
+            return Ok(false);
+        }
+
+        let read_at = started.elapsed();
+        let mut attempts: Vec<(Attempt, String, Vec<u8>)> = Vec::with_capacity(rows.len());
+        let mut publish_failure = None;
+        for row in rows {
+            let payload = match self.format {
+                Format::Json => codec::json_row(&polled.columns, row),
+                Format::Csv => codec::csv_row(row, &self.csv),
+            };
+            match self.destination.address(&polled, row) {
+                Err(reason) => attempts.push((
+                    Attempt::Dead {
+                        kind: "topic",
+                        reason,
+                    },
+                    self.name.clone(),
+                    payload,
+                )),
+                Ok(address) => match self.publisher.publish(&address, payload.clone()).await {
+                    Ok(confirm) => {
+                        attempts.push((Attempt::Published(confirm), address.describe(), payload))
+                    }
+                    Err(e) => {
+                        publish_failure = Some(e);
+                        break;
+                    }
+                },
+            }
+        }
+
+        // Walk the rows in order; stop at the first one the broker did not confirm.
+        let mut done = 0;
+        let mut letters = Vec::new();
+        let mut confirmed: Vec<(usize, Cell)> = Vec::new();
+        let mut confirm_failure = None;
+        for (i, (attempt, source, payload)) in attempts.into_iter().enumerate() {
+            let dead = match attempt {
+                Attempt::Dead { kind, reason } => Some((kind, reason)),
+                Attempt::Published(confirm) => match confirm.await {
+                    Ok(Delivery::Confirmed) => None,
+                    Ok(Delivery::Rejected { kind, reason }) => Some((kind, reason)),
+                    Err(e) => {
+                        confirm_failure = Some(e);
+                        break;
+                    }
+                },
+            };
+            match dead {
+                Some((kind, reason)) => {
+                    letters.push(self.dead_letter(&polled, &rows[i], kind, reason, source, payload))
+                }
+                None => {
+                    if let Some(&first) = polled.track.first() {
+                        confirmed.push((i, rows[i][first].clone()));
+                    }
+                }
+            }
+            done = i + 1;
+        }
+
+        let confirmed_at = started.elapsed();
+        if self.after_publish && !confirmed.is_empty() {
+            let values: Vec<Cell> = confirmed.iter().map(|(_, v)| v.clone()).collect();
+            let rejected = self
+                .poller
+                .after_publish(values)
+                .await
+                .map_err(|e| format!("after_publish failed: {e}"))?;
+            for (k, error) in rejected {
+                let i = confirmed[k].0;
+                let payload = match self.format {
+                    Format::Json => codec::json_row(&polled.columns, &rows[i]),
+                    Format::Csv => codec::csv_row(&rows[i], &self.csv),
+                };
+                letters.push(self.dead_letter(
+                    &polled,
+                    &rows[i],
+                    "after_publish",
+                    error.to_string(),
+                    self.name.clone(),
+                    payload,
+                ));
+            }
+        }
+
+        let new_position: Option<Vec<String>> = (tracked && done > 0).then(|| {
+            polled
+                .track
+                .iter()
+                .zip(position.iter())
+                .map(|(&c, old)| rows[done - 1][c].text().unwrap_or_else(|| old.clone()))
+                .collect()
+        });
+        if new_position.is_some() || !letters.is_empty() {
+            self.state
+                .advance(&self.name, new_position.as_deref(), &letters)
+                .await
+                .map_err(|e| format!("cannot store the position: {e}"))?;
+        }
+        if !letters.is_empty() {
+            warn!(route = %self.name, count = letters.len(), "rows dead-lettered");
+        }
+        debug!(
+            route = %self.name,
+            rows = done,
+            dead = letters.len(),
+            read = ?read_at,
+            confirmed = ?confirmed_at,
+            stored = ?started.elapsed(),
+            "poll done"
+        );
+        if let Some(p) = new_position {
+            *position = p;
+        }
+        match publish_failure.or(confirm_failure) {
+            Some(e) => Err(format!("broker {}: {e}", self.broker)),
+            None => Ok(more && done == rows.len()),
+        }
+    }
+
+    fn dead_letter(
+        &self,
+        polled: &Polled,
+        row: &[Cell],
+        kind: &str,
+        error: String,
+        source: String,
+        payload: Vec<u8>,
+    ) -> NewDeadLetter {
+        let track: Vec<Option<String>> = polled.track.iter().map(|&c| row[c].text()).collect();
+        NewDeadLetter {
+            route: self.name.clone(),
+            direction: Direction::Outbound,
+            source,
+            payload,
+            headers: json!({ "broker": self.broker, "track": track }),
+            error_kind: kind.to_string(),
+            error,
+            sqlstate: None,
+        }
+    }
+}
+
+/// Sleeps; true if shutdown came first.
+async fn sleep_or_stop(pause: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    if pause.is_zero() {
+        return *stop.borrow();
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => *stop.borrow(),
+        changed = stop.changed() => changed.is_err() || *stop.borrow(),
+    }
+}

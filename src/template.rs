@@ -1,0 +1,134 @@
+//! `{column}` templates for outbound topics, exchanges and routing keys.
+
+/// A parsed template: literal text and column references.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Column(String),
+}
+
+impl Template {
+    pub fn parse(text: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find('{') {
+            if open > 0 {
+                parts.push(Part::Literal(rest[..open].to_string()));
+            }
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| format!("`{text}`: unclosed `{{`"))?;
+            let name = &rest[open + 1..open + close];
+            if name.is_empty() || name.contains('{') {
+                return Err(format!("`{text}`: `{{{name}}}` is not a column reference"));
+            }
+            parts.push(Part::Column(name.to_string()));
+            rest = &rest[open + close + 1..];
+        }
+        if rest.contains('}') {
+            return Err(format!("`{text}`: `}}` without `{{`"));
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.to_string()));
+        }
+        Ok(Template { parts })
+    }
+
+    /// The columns the template reads.
+    pub fn columns(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Column(c) => Some(c.as_str()),
+            Part::Literal(_) => None,
+        })
+    }
+
+    /// Fills the template; `value` gives a column's text (None when absent or NULL).
+    pub fn render(&self, mut value: impl FnMut(&str) -> Option<String>) -> Result<String, String> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Literal(l) => out.push_str(l),
+                Part::Column(c) => match value(c) {
+                    Some(v) => out.push_str(&v),
+                    None => return Err(format!("column {c} is NULL or missing")),
+                },
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A row value placed into an MQTT topic: it must not add a wildcard, a NUL or an empty
+/// level. Literal parts of the template may hold empty levels (MQTT allows them).
+pub fn check_topic_value(column: &str, value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Err(format!(
+            "column {column} is empty, which would make an empty topic level"
+        ));
+    }
+    if value.contains(['+', '#']) {
+        return Err(format!(
+            "column {column} value {value:?} contains a wildcard (+ or #)"
+        ));
+    }
+    if value.contains('\0') {
+        return Err(format!("column {column} value contains a NUL character"));
+    }
+    if value.split('/').any(str::is_empty) {
+        return Err(format!(
+            "column {column} value {value:?} would make an empty topic level"
+        ));
+    }
+    Ok(())
+}
+
+/// The whole topic: not empty, not longer than MQTT allows.
+pub fn check_topic(topic: &str) -> Result<(), String> {
+    if topic.is_empty() {
+        return Err("the topic is empty".into());
+    }
+    if topic.len() > 65_535 {
+        return Err("the topic is longer than 65535 bytes".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_columns() {
+        let t = Template::parse("alarms/{site}/{device}").unwrap();
+        assert_eq!(t.columns().collect::<Vec<_>>(), ["site", "device"]);
+        let out = t.render(|c| Some(format!("<{c}>"))).unwrap();
+        assert_eq!(out, "alarms/<site>/<device>");
+        assert!(t.render(|_| None).is_err());
+    }
+
+    #[test]
+    fn rejects_malformed_templates() {
+        assert!(Template::parse("a/{x").is_err());
+        assert!(Template::parse("a/{}").is_err());
+        assert!(Template::parse("a/x}").is_err());
+        assert_eq!(Template::parse("plain").unwrap().columns().count(), 0);
+    }
+
+    #[test]
+    fn topic_values_from_rows_are_checked() {
+        assert!(check_topic_value("c", "dev1").is_ok());
+        assert!(check_topic_value("c", "a/b").is_ok());
+        assert!(check_topic_value("c", "a+b").is_err());
+        assert!(check_topic_value("c", "#").is_err());
+        assert!(check_topic_value("c", "").is_err());
+        assert!(check_topic_value("c", "a/").is_err());
+        assert!(check_topic_value("c", "a\0b").is_err());
+        assert!(check_topic("/a/b").is_ok());
+        assert!(check_topic("").is_err());
+    }
+}
