@@ -1,5 +1,5 @@
 -- The table for examples/mqtt-json-postgres.yaml.
-CREATE TABLE IF NOT EXISTS readings (
+CREATE TABLE IF NOT EXISTS mqdb_example_readings (
     id          bigserial PRIMARY KEY,
     site        text        NOT NULL,
     device      text        NOT NULL,

@@ -1,5 +1,5 @@
 -- The table for examples/postgres-mqtt-alarms.yaml.
-CREATE TABLE IF NOT EXISTS alarms (
+CREATE TABLE IF NOT EXISTS mqdb_example_alarms (
     id         bigserial PRIMARY KEY,
     device     text        NOT NULL,
     level      int         NOT NULL,

@@ -1353,3 +1353,24 @@ fn the_postgres_example_passes_check() {
     );
     assert!(stdout.starts_with("ok    inbound temperatures"), "{stdout}");
 }
+
+/// The outbound example passes `check` against the local services once its table exists.
+#[test]
+fn the_alarms_example_passes_check() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sql = std::fs::read_to_string(root.join("examples/postgres-mqtt-alarms.sql")).unwrap();
+    Db::Postgres.exec(&sql);
+    let config = root.join("examples/postgres-mqtt-alarms.yaml");
+    let out = common::mqdb_command()
+        .current_dir(std::env::temp_dir())
+        .args(["-c", config.to_str().unwrap(), "check"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("ok    outbound alarms"), "{stdout}");
+}
