@@ -23,16 +23,11 @@ pub struct AmqpSettings {
 impl AmqpSettings {
     pub fn from_config(name: &str, broker: &Broker) -> Result<Self, String> {
         let mut uri = broker.url.value.to_string();
-        let password = match (&broker.password, &broker.password_file) {
-            (Some(p), _) => Some(p.expose().to_string()),
-            (None, Some(f)) => Some(config::read_secret_file(f.as_str()).map_err(|e| {
-                format!(
-                    "broker {name}: cannot read password_file {}: {e}",
-                    f.as_str()
-                )
-            })?),
-            (None, None) => None,
-        };
+        let password = config::password(
+            &format!("broker {name}"),
+            &broker.password,
+            &broker.password_file,
+        )?;
         if let Some(user) = broker.username.as_ref().filter(|u| !u.is_empty()) {
             let (scheme, rest) = uri.split_once("://").unwrap_or(("amqp", &uri));
             let host = rest.rsplit_once('@').map(|(_, h)| h).unwrap_or(rest);

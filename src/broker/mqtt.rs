@@ -60,16 +60,11 @@ impl MqttSettings {
         } else {
             None
         };
-        let password = match (&broker.password, &broker.password_file) {
-            (Some(p), _) => Some(p.expose().to_string()),
-            (None, Some(f)) => Some(config::read_secret_file(f.as_str()).map_err(|e| {
-                format!(
-                    "broker {name}: cannot read password_file {}: {e}",
-                    f.as_str()
-                )
-            })?),
-            (None, None) => None,
-        };
+        let password = config::password(
+            &format!("broker {name}"),
+            &broker.password,
+            &broker.password_file,
+        )?;
         let credentials = match (&broker.username, password) {
             (Some(u), p) if !u.as_str().is_empty() => Some((u.0.clone(), p.unwrap_or_default())),
             (_, Some(p)) => Some((String::new(), p)),

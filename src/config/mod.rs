@@ -137,6 +137,21 @@ fn edit_distance(a: &str, b: &str) -> usize {
     previous[b.len()]
 }
 
+/// The password given inline or in `password_file`; `owner` names the block in errors.
+pub fn password(
+    owner: &str,
+    inline: &Option<Secret>,
+    file: &Option<EnvString>,
+) -> Result<Option<String>, String> {
+    match (inline, file) {
+        (Some(p), _) => Ok(Some(p.expose().to_string())),
+        (None, Some(f)) => read_secret_file(f.as_str())
+            .map(Some)
+            .map_err(|e| format!("{owner}: cannot read password_file {}: {e}", f.as_str())),
+        (None, None) => Ok(None),
+    }
+}
+
 /// Reads a secret from a file, without the trailing newline editors add.
 pub fn read_secret_file(path: &str) -> std::io::Result<String> {
     let text = std::fs::read_to_string(path)?;

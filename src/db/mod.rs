@@ -52,16 +52,8 @@ impl DbSpec {
         if let Some(user) = &db.username {
             cs.push_str(&format!(";UID={}", braced(user.as_str())));
         }
-        let password = match (&db.password, &db.password_file) {
-            (Some(p), _) => Some(p.expose().to_string()),
-            (None, Some(file)) => Some(config::read_secret_file(file.as_str()).map_err(|e| {
-                format!(
-                    "database {name}: cannot read password_file {}: {e}",
-                    file.as_str()
-                )
-            })?),
-            (None, None) => None,
-        };
+        let password =
+            config::password(&format!("database {name}"), &db.password, &db.password_file)?;
         if let Some(password) = password {
             cs.push_str(&format!(";PWD={}", braced(&password)));
         }
