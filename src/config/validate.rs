@@ -57,26 +57,7 @@ pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
     for route in &config.inbound {
         let r = &route.value;
         let name = &r.name.value;
-        if !names.insert(name.clone()) {
-            return Err(err(
-                &r.name.referenced,
-                format!("route name `{name}` is used twice"),
-            ));
-        }
-        exists(
-            path,
-            &r.broker,
-            config.brokers.contains_key(r.broker.value.as_str()),
-            "broker",
-            "brokers",
-        )?;
-        exists(
-            path,
-            &r.database,
-            config.databases.contains_key(r.database.value.as_str()),
-            "database",
-            "databases",
-        )?;
+        references(path, config, &r.name, &r.broker, &r.database, &mut names)?;
         if config.brokers[r.broker.value.as_str()].value.kind() != Some(BrokerKind::Mqtt) {
             return Err(err(
                 &r.broker.referenced,
@@ -173,26 +154,7 @@ fn check_outbound(
     let err = |at: &serde_saphyr::Location, msg: String| ConfigError::at(path, at, msg);
     let r = &route.value;
     let name = &r.name.value;
-    if !names.insert(name.clone()) {
-        return Err(err(
-            &r.name.referenced,
-            format!("route name `{name}` is used twice"),
-        ));
-    }
-    exists(
-        path,
-        &r.broker,
-        config.brokers.contains_key(r.broker.value.as_str()),
-        "broker",
-        "brokers",
-    )?;
-    exists(
-        path,
-        &r.database,
-        config.databases.contains_key(r.database.value.as_str()),
-        "database",
-        "databases",
-    )?;
+    references(path, config, &r.name, &r.broker, &r.database, names)?;
     if r.query.value.trim().is_empty() {
         return Err(err(
             &r.query.referenced,
@@ -286,6 +248,38 @@ fn check_outbound(
         ));
     }
     Ok(())
+}
+
+/// A route's name is unique, and its broker and database are defined.
+fn references(
+    path: &Path,
+    config: &Config,
+    name: &Spanned<EnvString>,
+    broker: &Spanned<EnvString>,
+    database: &Spanned<EnvString>,
+    names: &mut HashSet<EnvString>,
+) -> Result<(), ConfigError> {
+    if !names.insert(name.value.clone()) {
+        return Err(ConfigError::at(
+            path,
+            &name.referenced,
+            format!("route name `{}` is used twice", name.value),
+        ));
+    }
+    exists(
+        path,
+        broker,
+        config.brokers.contains_key(broker.value.as_str()),
+        "broker",
+        "brokers",
+    )?;
+    exists(
+        path,
+        database,
+        config.databases.contains_key(database.value.as_str()),
+        "database",
+        "databases",
+    )
 }
 
 fn exists(
