@@ -20,13 +20,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use common::{
-    Bridge, Db, Mosquitto, Publisher, Subscriber, TcpProxy, TempTable, odbc_connect, odbc_exec,
-    run_mqdb, unique,
+    Bridge, Db, Mosquitto, Publisher, Subscriber, TcpProxy, TempTable, dlq_list, odbc_connect,
+    odbc_exec, path_str, run_mqdb, unique, wait_for,
 };
 use serde_json::Value as Json;
-
-/// How long the bridge may take for anything it must eventually do (a hang detector).
-const LIVENESS: Duration = Duration::from_secs(60);
 
 type Messages = Vec<(String, Vec<u8>)>;
 
@@ -108,41 +105,6 @@ fn route(name: &str, topic: &str, table: &str, columns: &[(&str, &str)], extra: 
     yaml
 }
 
-/// `CREATE TABLE <unique(prefix)> (columns)`, utf8mb4/InnoDB on MariaDB; dropped on drop.
-fn create_table(db: &Db, prefix: &str, columns: &str) -> TempTable {
-    let name = unique(prefix);
-    let options = match db {
-        Db::MariaDb => " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
-        _ => "",
-    };
-    db.exec(&format!("CREATE TABLE {name} ({columns}){options}"));
-    TempTable {
-        db: db.clone(),
-        name,
-    }
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 temp path")
-}
-
-/// `mqdb -c CONFIG dlq list --json`: one JSON object per line.
-fn dlq_list(config: &Path) -> Vec<Json> {
-    let out = run_mqdb(&["-c", path_str(config), "dlq", "list", "--json"]);
-    let stdout = String::from_utf8(out.stdout).expect("dlq list prints UTF-8");
-    assert!(
-        out.status.success(),
-        "dlq list failed ({}): {stdout}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object: {l}: {e}")))
-        .collect()
-}
-
 /// `mqdb -c CONFIG dlq show ID`: the text it prints (exit 0 asserted).
 fn dlq_show(config: &Path, id: i64) -> String {
     let out = run_mqdb(&["-c", path_str(config), "dlq", "show", &id.to_string()]);
@@ -173,32 +135,6 @@ fn scalar(db: &Db, sql: &str) -> i64 {
     text.trim()
         .parse()
         .unwrap_or_else(|e| panic!("{sql}: {text:?} is not an integer: {e}"))
-}
-
-/// Polls `check` every 100 ms until it returns `Ok(true)`. Panics with the bridge log when
-/// `check` returns `Err`, when the bridge exits, or after [`LIVENESS`] (a hang detector).
-fn wait_for(bridge: &mut Bridge, what: &str, mut check: impl FnMut() -> Result<bool, String>) {
-    let start = Instant::now();
-    loop {
-        match check() {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => panic!("{what}: {e}; mqdb log:\n{}", bridge.log()),
-        }
-        if !bridge.is_running() {
-            panic!(
-                "mqdb exited while waiting for {what}; log:\n{}",
-                bridge.log()
-            );
-        }
-        if start.elapsed() >= LIVENESS {
-            panic!(
-                "timed out after {LIVENESS:?} waiting for {what}; mqdb log:\n{}",
-                bridge.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Waits until `count_sql` returns exactly `want`; a larger value fails at once (it can only
@@ -321,7 +257,7 @@ fn values_and_types_land(case: TypesCase) {
     // Given a table with one column per type and a route that maps topic levels, payload
     // keys, the whole payload and the receive time to it
     let world = World::new();
-    let table = create_table(&db, "vals", columns);
+    let table = TempTable::create(&db, "vals", columns);
     let t = table.name.clone();
     let root = unique("vals");
     let config = world.config(
@@ -558,7 +494,7 @@ fn json_keys_map_to_same_named_columns_without_a_columns_block() {
     // Given a route without `columns:` and a table with defaults
     let db = Db::Postgres;
     let world = World::new();
-    let table = create_table(
+    let table = TempTable::create(
         &db,
         "keys",
         "id INTEGER PRIMARY KEY, name TEXT, qty INTEGER DEFAULT 5, note TEXT DEFAULT 'none'",
@@ -606,7 +542,7 @@ fn json_keys_map_to_same_named_columns_without_a_columns_block() {
 fn on_conflict_update_keeps_the_last_message(db: Db, columns: &str) {
     // Given a route with on_conflict: update on key id
     let world = World::new();
-    let table = create_table(&db, "upsert", columns);
+    let table = TempTable::create(&db, "upsert", columns);
     let t = table.name.clone();
     let topic = format!("{}/state", unique("upsert"));
     let config = world.config(
@@ -723,7 +659,7 @@ struct Rejections {
 fn dead_letters_beside_committed_rows(db: Db, columns: &str, states: Rejections) {
     // Given a table with constraints and a route with on_conflict: error
     let world = World::new();
-    let table = create_table(&db, "dlq", columns);
+    let table = TempTable::create(&db, "dlq", columns);
     let t = table.name.clone();
     let root = unique("dlq");
     let route_name = format!("dl_{}", db.label());
@@ -947,7 +883,7 @@ fn database_outage_loses_nothing(db: Db, port: u16, columns: &str) {
     // Given a bridge that reaches the database through a proxy
     let world = World::new();
     let proxy = TcpProxy::start(([127, 0, 0, 1], port).into());
-    let table = create_table(&db, "outage", columns);
+    let table = TempTable::create(&db, "outage", columns);
     let t = table.name.clone();
     let topic = format!("{}/{{part}}", unique("outage"));
     let config = world.config(
@@ -1050,7 +986,7 @@ fn broker_connection_cut_loses_nothing() {
     let db = Db::Postgres;
     let world = World::new();
     let proxy = TcpProxy::start(world.broker.addr());
-    let table = create_table(
+    let table = TempTable::create(
         &db,
         "bcut",
         "seq INTEGER PRIMARY KEY, part VARCHAR(10) NOT NULL",
@@ -1142,7 +1078,7 @@ fn sigkill_mid_batch_then_restart_loses_and_duplicates_nothing() {
     // test transaction holding seq 1500 so the batch containing it cannot commit
     let db = Db::Postgres;
     let world = World::new();
-    let table = create_table(&db, "kill", "seq INTEGER PRIMARY KEY, v TEXT NOT NULL");
+    let table = TempTable::create(&db, "kill", "seq INTEGER PRIMARY KEY, v TEXT NOT NULL");
     let t = table.name.clone();
     let topic = format!("{}/data", unique("kill"));
     let config = world.config(
@@ -1229,7 +1165,7 @@ fn sigterm_mid_batch_exits_zero_and_a_restart_completes_without_duplicates() {
     // redelivered committed message would show up as a second row
     let db = Db::Postgres;
     let world = World::new();
-    let table = create_table(&db, "term", "seq INTEGER NOT NULL, kind VARCHAR(10)");
+    let table = TempTable::create(&db, "term", "seq INTEGER NOT NULL, kind VARCHAR(10)");
     let t = table.name.clone();
     let root = unique("term");
     let config = world.config(

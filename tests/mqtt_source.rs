@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{Bridge, Db, Mosquitto, Publisher, Subscriber, TempTable, run_mqdb, unique};
+use common::{
+    Bridge, Db, LIVENESS, Mosquitto, Publisher, Subscriber, TempTable, dlq_list, path_str,
+    run_mqdb, unique, wait_for,
+};
 use serde_json::Value as Json;
-
-/// How long the bridge may take for anything it must eventually do (a hang detector).
-const LIVENESS: Duration = Duration::from_secs(60);
 
 type Messages = Vec<(String, Vec<u8>)>;
 
@@ -122,27 +122,6 @@ fn route(
     yaml
 }
 
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 temp path")
-}
-
-/// `mqdb -c CONFIG dlq list --json`: one JSON object per line.
-fn dlq_list(config: &Path) -> Vec<Json> {
-    let out = run_mqdb(&["-c", path_str(config), "dlq", "list", "--json"]);
-    let stdout = String::from_utf8(out.stdout).expect("dlq list prints UTF-8");
-    assert!(
-        out.status.success(),
-        "dlq list failed ({}): {stdout}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object: {l}: {e}")))
-        .collect()
-}
-
 /// The single integer `sql` returns, or `None` while the database cannot answer.
 fn try_scalar(sql: &str) -> Option<i64> {
     let rows = Db::Postgres.try_query(sql).ok()?;
@@ -176,32 +155,6 @@ fn assert_rows<T: std::fmt::Debug + PartialEq>(what: &str, got: &[T], want: &[T]
         got.get(i),
         want.get(i)
     );
-}
-
-/// Polls `check` every 100 ms until it returns `Ok(true)`. Panics with the bridge log when
-/// `check` returns `Err`, when the bridge exits, or after [`LIVENESS`] (a hang detector).
-fn wait_for(bridge: &mut Bridge, what: &str, mut check: impl FnMut() -> Result<bool, String>) {
-    let start = Instant::now();
-    loop {
-        match check() {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => panic!("{what}: {e}; mqdb log:\n{}", bridge.log()),
-        }
-        if !bridge.is_running() {
-            panic!(
-                "mqdb exited while waiting for {what}; log:\n{}",
-                bridge.log()
-            );
-        }
-        if start.elapsed() >= LIVENESS {
-            panic!(
-                "timed out after {LIVENESS:?} waiting for {what}; mqdb log:\n{}",
-                bridge.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Waits until `count_sql` returns exactly `want`; a larger value fails at once (it can only

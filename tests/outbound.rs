@@ -26,18 +26,15 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::{
-    AmqpMessage, Bridge, Db, Mosquitto, Rabbit, Received, Subscriber, TcpProxy, TempTable,
-    run_mqdb, unique,
+    AmqpMessage, Bridge, Db, LIVENESS, Mosquitto, Rabbit, Received, Subscriber, TcpProxy,
+    TempTable, dlq_list, path_str, run_mqdb, unique, wait_for,
 };
 use serde_json::Value as Json;
-
-/// How long the bridge may take for anything it must eventually do (a hang detector).
-const LIVENESS: Duration = Duration::from_secs(60);
 
 /// The poll interval of every route here, so "nothing more arrives" needs only a short wait.
 const INTERVAL: &str = "interval: 100ms";
@@ -139,71 +136,10 @@ fn route(name: &str, query: &str, lines: &[&str]) -> String {
     yaml
 }
 
-/// `CREATE TABLE <unique(prefix)> (columns)`, utf8mb4/InnoDB on MariaDB; dropped on drop.
-fn create_table(db: &Db, prefix: &str, columns: &str) -> TempTable {
-    let name = unique(prefix);
-    let options = match db {
-        Db::MariaDb => " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
-        _ => "",
-    };
-    db.exec(&format!("CREATE TABLE {name} ({columns}){options}"));
-    TempTable {
-        db: db.clone(),
-        name,
-    }
-}
-
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("UTF-8 temp path")
-}
-
-/// `mqdb -c CONFIG dlq list --json`: one JSON object per line.
-fn dlq_list(config: &Path) -> Vec<Json> {
-    let out = run_mqdb(&["-c", path_str(config), "dlq", "list", "--json"]);
-    let stdout = String::from_utf8(out.stdout).expect("dlq list prints UTF-8");
-    assert!(
-        out.status.success(),
-        "dlq list failed ({}): {stdout}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object: {l}: {e}")))
-        .collect()
-}
-
 /// The single integer `sql` returns, or `None` while the database cannot answer.
 fn try_scalar(db: &Db, sql: &str) -> Option<i64> {
     let rows = db.try_query(sql).ok()?;
     rows.first()?.first()?.as_deref()?.trim().parse().ok()
-}
-
-/// Polls `check` every 100 ms until it returns `Ok(true)`. Panics with the bridge log when
-/// `check` returns `Err`, when the bridge exits, or after [`LIVENESS`] (a hang detector).
-fn wait_for(bridge: &mut Bridge, what: &str, mut check: impl FnMut() -> Result<bool, String>) {
-    let start = Instant::now();
-    loop {
-        match check() {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => panic!("{what}: {e}; mqdb log:\n{}", bridge.log()),
-        }
-        if !bridge.is_running() {
-            panic!(
-                "mqdb exited while waiting for {what}; log:\n{}",
-                bridge.log()
-            );
-        }
-        if start.elapsed() >= LIVENESS {
-            panic!(
-                "timed out after {LIVENESS:?} waiting for {what}; mqdb log:\n{}",
-                bridge.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Stops the bridge with SIGTERM and asserts it exits with status 0.
@@ -336,7 +272,7 @@ fn json_values_and_types_from_postgres() {
     // after a column
     let db = Db::Postgres;
     let world = World::new();
-    let table = create_table(
+    let table = TempTable::create(
         &db,
         "out_types",
         "id BIGINT PRIMARY KEY, device VARCHAR(40) NOT NULL, n INTEGER, \
@@ -471,7 +407,7 @@ fn timestamptz_is_utc_whatever_the_session_time_zone() {
     // Given a PostgreSQL session time zone of +05:30 (set by the connection string)
     let db = Db::Postgres;
     let world = World::new();
-    let table = create_table(&db, "out_tz", "id INTEGER PRIMARY KEY, ts TIMESTAMPTZ");
+    let table = TempTable::create(&db, "out_tz", "id INTEGER PRIMARY KEY, ts TIMESTAMPTZ");
     let t = &table.name;
     db.exec(&format!(
         "INSERT INTO {t} VALUES (1, '2024-05-01 12:00:00+02'), (2, '2024-12-31 23:30:00-05')"
@@ -519,7 +455,7 @@ fn json_values_and_types_from_mariadb() {
     // Given a MariaDB table with the common types
     let db = Db::MariaDb;
     let world = World::new();
-    let table = create_table(
+    let table = TempTable::create(
         &db,
         "out_types",
         "id BIGINT PRIMARY KEY, device VARCHAR(40) NOT NULL, n INT, amount DECIMAL(30,10), \
@@ -607,7 +543,7 @@ fn large_values_arrive_whole(case: LargeCase) {
         one,
     } = case;
     let world = World::new();
-    let table = create_table(&db, "out_large", columns);
+    let table = TempTable::create(&db, "out_large", columns);
     let t = &table.name;
     db.exec(&format!(
         "INSERT INTO {t} (id, label, bin) VALUES (1, REPEAT('é', 50000), {})",
@@ -688,7 +624,7 @@ fn publish_sqlite_rows(
     let dir = tempfile::tempdir().expect("temp dir");
     let db = Db::Sqlite(dir.path().join("source.db"));
     let world = World::new();
-    let table = create_table(
+    let table = TempTable::create(
         &db,
         "out_types",
         &format!("id INTEGER PRIMARY KEY, device TEXT NOT NULL, {columns}"),
@@ -806,7 +742,7 @@ fn csv_rows_are_one_line_each_and_round_trip() {
     // routes: the default `,` and `"`, and `;` with `'`
     let db = Db::Postgres;
     let world = World::new();
-    let table = create_table(
+    let table = TempTable::create(
         &db,
         "out_csv",
         "id INTEGER PRIMARY KEY, label TEXT, amount NUMERIC(12,3), nothing TEXT, \
@@ -922,7 +858,7 @@ fn qos_2_and_retain_reach_live_and_late_subscribers() {
     // Given a route publishing at QoS 2 with retain, one topic per device
     let db = Db::Postgres;
     let world = World::new();
-    let table = create_table(
+    let table = TempTable::create(
         &db,
         "out_retain",
         "id INTEGER PRIMARY KEY, dev TEXT NOT NULL",
@@ -980,7 +916,7 @@ fn without_track_every_poll_publishes_every_row() {
     // Given a route without `track`
     let db = Db::Postgres;
     let world = World::new();
-    let table = create_table(&db, "out_notrack", "id INTEGER PRIMARY KEY, v TEXT");
+    let table = TempTable::create(&db, "out_notrack", "id INTEGER PRIMARY KEY, v TEXT");
     let t = &table.name;
     pg_insert_range(t, 1, 2);
     let topic = unique("notrack");
@@ -1015,7 +951,7 @@ fn delay_leaves_young_rows_for_a_later_poll() {
     // Given a row an hour old and a row stamped an hour from now, and `delay: 5s`
     let db = Db::Postgres;
     let world = World::new();
-    let table = create_table(
+    let table = TempTable::create(
         &db,
         "out_delay",
         "id INTEGER PRIMARY KEY, updated_at TIMESTAMP NOT NULL",
@@ -1076,7 +1012,7 @@ fn amqp_default_exchange_delivers_to_the_queue_named_by_the_routing_key() {
     let mut rabbit = Rabbit::connect();
     let queue = unique("mqdb_out_default_q");
     rabbit.declare_queue(&queue);
-    let table = create_table(&db, "out_dflt", "id INTEGER PRIMARY KEY, v TEXT");
+    let table = TempTable::create(&db, "out_dflt", "id INTEGER PRIMARY KEY, v TEXT");
     let t = &table.name;
     pg_insert_range(t, 1, 3);
     let config = world.config_amqp(
@@ -1116,7 +1052,7 @@ fn a_numeric_track_column_is_bound_as_a_number() {
     // Given a PostgreSQL table keyed by NUMERIC(20,0) (as many legacy schemas are)
     let db = Db::Postgres;
     let world = World::new();
-    let table = create_table(&db, "out_numtrack", "id NUMERIC(20,0) PRIMARY KEY, v TEXT");
+    let table = TempTable::create(&db, "out_numtrack", "id NUMERIC(20,0) PRIMARY KEY, v TEXT");
     let t = &table.name;
     db.exec(&format!(
         "INSERT INTO {t} VALUES (10000000000000000001, 'a'), (10000000000000000002, 'b')"
@@ -1161,7 +1097,7 @@ fn a_topic_template_with_a_leading_slash_publishes() {
     // empty, but no row value is)
     let db = Db::Postgres;
     let world = World::new();
-    let table = create_table(
+    let table = TempTable::create(
         &db,
         "out_slash",
         "id INTEGER PRIMARY KEY, dev TEXT NOT NULL",
@@ -1207,7 +1143,7 @@ fn outbound_mqtt_publishes_use_the_route_client_id() {
     // Given a route on broker `m` whose client_id is known
     let db = Db::Postgres;
     let world = World::new();
-    let table = create_table(&db, "out_cid", "id INTEGER PRIMARY KEY, v TEXT");
+    let table = TempTable::create(&db, "out_cid", "id INTEGER PRIMARY KEY, v TEXT");
     let t = &table.name;
     pg_insert_range(t, 1, 1);
     let topic = unique("cid");
@@ -1264,7 +1200,7 @@ fn stream_route(name: &str, table: &str, target: &[&str]) -> String {
 fn restart_mid_stream(graceful: bool) -> BTreeMap<i64, usize> {
     // Given 1000 rows, and a subscriber that stays connected throughout
     let world = World::new();
-    let table = create_table(
+    let table = TempTable::create(
         &Db::Postgres,
         "out_restart",
         "id INTEGER PRIMARY KEY, v TEXT",
@@ -1347,7 +1283,7 @@ fn mosquitto_stopped_mid_stream_loses_nothing() {
     // Given a persistent-session subscriber, so the broker keeps its messages across its own
     // restart, and 1000 rows
     let mut world = World::new();
-    let table = create_table(
+    let table = TempTable::create(
         &Db::Postgres,
         "out_mqstop",
         "id INTEGER PRIMARY KEY, v TEXT",
@@ -1405,7 +1341,7 @@ fn mosquitto_stopped_mid_stream_loses_nothing() {
 fn sigterm_while_the_broker_is_down_exits_and_a_restart_loses_nothing() {
     // Given a bridge in the middle of a stream to a persistent-session subscriber
     let mut world = World::new();
-    let table = create_table(
+    let table = TempTable::create(
         &Db::Postgres,
         "out_termdown",
         "id INTEGER PRIMARY KEY, v TEXT",
@@ -1462,7 +1398,7 @@ fn rabbitmq_connection_cut_mid_stream_loses_nothing() {
     rabbit.declare_exchange(&exchange, "direct");
     rabbit.declare_bound_queue(&queue, &exchange, "rows");
     let proxy = TcpProxy::start(Rabbit::addr());
-    let table = create_table(&Db::Postgres, "out_acut", "id INTEGER PRIMARY KEY, v TEXT");
+    let table = TempTable::create(&Db::Postgres, "out_acut", "id INTEGER PRIMARY KEY, v TEXT");
     let t = &table.name;
     let config = world.config_amqp(
         &Rabbit::url_via(proxy.port),
@@ -1512,7 +1448,7 @@ fn database_outage_mid_stream_loses_nothing() {
     let db = Db::Postgres;
     let world = World::new();
     let proxy = TcpProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], 5432)));
-    let table = create_table(
+    let table = TempTable::create(
         &db,
         "out_dbcut",
         "id INTEGER PRIMARY KEY, v TEXT, sent_at TIMESTAMPTZ NULL",
@@ -1565,7 +1501,7 @@ fn rows_sharing_a_timestamp_survive_a_restart(db: Db, columns: &str) {
     // Given ten rows with the same microsecond timestamp and a route that tracks
     // (updated_at, id), three rows per poll
     let world = World::new();
-    let table = create_table(&db, "out_ts", columns);
+    let table = TempTable::create(&db, "out_ts", columns);
     let t = &table.name;
     let stamp = "2024-05-01 12:00:00.123456";
     let insert = |from: i64, to: i64| {
@@ -1654,7 +1590,7 @@ fn rows_whose_topic_cannot_be_built_become_dead_letters() {
     // Given rows whose topic value holds `+`, `#`, or nothing, between good rows
     let db = Db::Postgres;
     let world = World::new();
-    let table = create_table(
+    let table = TempTable::create(
         &db,
         "out_topic",
         "id INTEGER PRIMARY KEY, dev TEXT NOT NULL",
@@ -1730,7 +1666,7 @@ fn unroutable_amqp_rows_become_dead_letters_and_the_position_moves_on() {
     let queue = unique("mqdb_out_unr_q");
     rabbit.declare_exchange(&exchange, "direct");
     rabbit.declare_bound_queue(&queue, &exchange, "r.good");
-    let table = create_table(&db, "out_unr", "id INTEGER PRIMARY KEY, kind TEXT NOT NULL");
+    let table = TempTable::create(&db, "out_unr", "id INTEGER PRIMARY KEY, kind TEXT NOT NULL");
     let t = &table.name;
     db.exec(&format!(
         "INSERT INTO {t} VALUES (1, 'good'), (2, 'bad'), (3, 'good'), (4, 'other'), (5, 'good')"
@@ -1818,7 +1754,7 @@ fn unroutable_amqp_rows_become_dead_letters_and_the_position_moves_on() {
 fn after_publish_marks_every_row(db: Db, columns: &str, mark: &str) {
     // Given 50 unsent rows
     let world = World::new();
-    let table = create_table(&db, "out_after", columns);
+    let table = TempTable::create(&db, "out_after", columns);
     let t = &table.name;
     let values: Vec<String> = (1..=50).map(|i| format!("({i}, 'd{i}')")).collect();
     db.exec(&format!(
@@ -1890,7 +1826,7 @@ fn after_publish_rejections_become_dead_letters_and_the_rest_commit() {
     // CHECK constraint, SQLSTATE 23514)
     let db = Db::Postgres;
     let world = World::new();
-    let table = create_table(
+    let table = TempTable::create(
         &db,
         "out_after_rej",
         "id INTEGER PRIMARY KEY, n INTEGER CHECK (n <= 100), sent_at TIMESTAMPTZ NULL",
@@ -1961,7 +1897,7 @@ fn outbox_without_a_position_parameter_publishes_each_row_once() {
     // Given an outbox polled as "every unsent row" (no `?`), marked sent by after_publish
     let db = Db::Postgres;
     let world = World::new();
-    let table = create_table(
+    let table = TempTable::create(
         &db,
         "out_outbox",
         "id INTEGER PRIMARY KEY, dev TEXT, sent_at TIMESTAMPTZ NULL",
@@ -2045,7 +1981,7 @@ fn check_reports_each_outbound_route() {
     let exchange = unique("mqdb_out_check");
     rabbit.declare_exchange(&exchange, "topic");
     let absent_exchange = unique("mqdb_out_absent");
-    let table = create_table(
+    let table = TempTable::create(
         &db,
         "out_check",
         "id INTEGER PRIMARY KEY, seq_no INTEGER, dev TEXT",
@@ -2184,7 +2120,7 @@ fn check_one(world: &World, route_yaml: String) -> (Option<i32>, String, String)
 fn check_fails_when_after_publish_does_not_prepare() {
     // Given a route whose after_publish updates a column that does not exist
     let world = World::new();
-    let table = create_table(&Db::Postgres, "out_chk_after", "id INTEGER PRIMARY KEY");
+    let table = TempTable::create(&Db::Postgres, "out_chk_after", "id INTEGER PRIMARY KEY");
     let t = &table.name;
     let route_yaml = route(
         "bad_after",
@@ -2216,7 +2152,7 @@ fn check_fails_when_after_publish_does_not_prepare() {
 fn check_prints_one_line_per_outbound_route() {
     // Given a route whose query names a missing column (psqlODBC's message has two lines)
     let world = World::new();
-    let table = create_table(&Db::Postgres, "out_chk_line", "id INTEGER PRIMARY KEY");
+    let table = TempTable::create(&Db::Postgres, "out_chk_line", "id INTEGER PRIMARY KEY");
     let t = &table.name;
     let route_yaml = route(
         "one_line",

@@ -204,7 +204,12 @@ impl TempTable {
     /// `db.temp_table("readings", "id INTEGER PRIMARY KEY, v VARCHAR(50)")`.
     pub fn create(db: &Db, prefix: &str, columns: &str) -> TempTable {
         let name = super::unique(prefix);
-        db.exec(&format!("CREATE TABLE {name} ({columns})"));
+        // MariaDB: a transactional engine and full UTF-8, whatever the server's defaults.
+        let options = match db {
+            Db::MariaDb => " ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+            _ => "",
+        };
+        db.exec(&format!("CREATE TABLE {name} ({columns}){options}"));
         TempTable {
             db: db.clone(),
             name,

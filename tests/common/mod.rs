@@ -20,6 +20,7 @@
 #![allow(dead_code)]
 
 mod bridge;
+mod checks;
 mod db;
 mod mqtt;
 mod proxy;
@@ -28,6 +29,8 @@ mod rabbit;
 // Each test binary uses a subset of these re-exports.
 #[allow(unused_imports)]
 pub use bridge::{Bridge, mqdb_bin, mqdb_command, run_mqdb};
+#[allow(unused_imports)]
+pub use checks::{LIVENESS, dlq_list, path_str, wait_for};
 #[allow(unused_imports)]
 pub use db::{Db, TempTable, odbc_connect, odbc_env, odbc_exec, odbc_query};
 #[allow(unused_imports)]
