@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::broker::publish::{Address, Confirm, Delivery, Publisher};
+use crate::broker::publish::{Address, Answer, Delivery, Pending, Publisher};
 use crate::codec;
 use crate::config::{CsvOptions, Format};
 use crate::db::poll::{Cell, Polled, Poller};
@@ -104,9 +104,21 @@ pub struct OutboundRoute {
     pub after_publish: bool,
 }
 
+/// One row after the broker has answered (or the row never reached it).
+enum Answered {
+    Broker {
+        message_id: Option<String>,
+        answer: Answer,
+    },
+    Dead {
+        kind: &'static str,
+        reason: String,
+    },
+}
+
 /// One row's fate within a poll.
 enum Attempt {
-    Published(Confirm),
+    Published(Pending),
     Dead { kind: &'static str, reason: String },
 }
 
@@ -201,22 +213,56 @@ impl OutboundRoute {
             }
         }
 
-        // Walk the rows in order; stop at the first one the broker did not confirm.
-        let mut done = 0;
-        let mut letters = Vec::new();
-        let mut confirmed: Vec<(usize, Cell)> = Vec::new();
+        // All answers first, in order, up to the first outage: a returned message may come
+        // with the answer of another publish of the same poll.
+        let mut answered: Vec<(Answered, String, Vec<u8>)> = Vec::new();
         let mut confirm_failure = None;
-        for (i, (attempt, source, payload)) in attempts.into_iter().enumerate() {
-            let dead = match attempt {
-                Attempt::Dead { kind, reason } => Some((kind, reason)),
-                Attempt::Published(confirm) => match confirm.await {
-                    Ok(Delivery::Confirmed) => None,
-                    Ok(Delivery::Rejected { kind, reason }) => Some((kind, reason)),
+        for (attempt, source, payload) in attempts {
+            match attempt {
+                Attempt::Published(pending) => match pending.confirm.await {
+                    Ok(answer) => answered.push((
+                        Answered::Broker {
+                            message_id: pending.message_id,
+                            answer,
+                        },
+                        source,
+                        payload,
+                    )),
                     Err(e) => {
                         confirm_failure = Some(e);
                         break;
                     }
                 },
+                Attempt::Dead { kind, reason } => {
+                    answered.push((Answered::Dead { kind, reason }, source, payload))
+                }
+            }
+        }
+        let returned: std::collections::HashMap<String, String> = answered
+            .iter()
+            .filter_map(|(a, _, _)| match a {
+                Answered::Broker { answer, .. } => Some(answer.returned.iter().cloned()),
+                Answered::Dead { .. } => None,
+            })
+            .flatten()
+            .collect();
+
+        // Walk the rows in order; the position never passes an unanswered one.
+        let mut done = 0;
+        let mut letters = Vec::new();
+        let mut confirmed: Vec<(usize, Cell)> = Vec::new();
+        for (i, (answered, source, payload)) in answered.into_iter().enumerate() {
+            let dead = match answered {
+                Answered::Dead { kind, reason } => Some((kind, reason)),
+                Answered::Broker { message_id, answer } => {
+                    match message_id.and_then(|id| returned.get(&id).cloned()) {
+                        Some(reason) => Some(("unroutable", reason)),
+                        None => match answer.delivery {
+                            Delivery::Confirmed => None,
+                            Delivery::Rejected { kind, reason } => Some((kind, reason)),
+                        },
+                    }
+                }
             };
             match dead {
                 Some((kind, reason)) => {

@@ -9,7 +9,9 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tokio::sync::Mutex;
 use tracing::info;
 
-use super::publish::{Confirm, Delivery};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::publish::{Answer, Delivery, Pending};
 use crate::config::{self, Broker};
 
 /// Resolved settings of one AMQP broker.
@@ -91,6 +93,7 @@ fn encode(s: &str) -> String {
 /// Publishes to one AMQP broker over one confirming channel, reconnecting on demand.
 pub struct AmqpPublisher {
     settings: AmqpSettings,
+    next_id: AtomicU64,
     channel: Arc<Mutex<Option<(Connection, Channel)>>>,
 }
 
@@ -98,6 +101,7 @@ impl AmqpPublisher {
     pub fn new(settings: AmqpSettings) -> Self {
         AmqpPublisher {
             settings,
+            next_id: AtomicU64::new(1),
             channel: Arc::new(Mutex::new(None)),
         }
     }
@@ -127,8 +131,14 @@ impl AmqpPublisher {
         exchange: &str,
         routing_key: &str,
         payload: Vec<u8>,
-    ) -> Result<Confirm, String> {
+    ) -> Result<Pending, String> {
         let channel = self.channel().await?;
+        // Unique within this process run: it pairs returned messages with their publish.
+        let message_id = format!(
+            "mqdb-{}-{}",
+            std::process::id(),
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        );
         let confirm = channel
             .basic_publish(
                 exchange.into(),
@@ -138,7 +148,9 @@ impl AmqpPublisher {
                     ..BasicPublishOptions::default()
                 },
                 &payload,
-                BasicProperties::default().with_delivery_mode(2),
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(message_id.as_str().into()),
             )
             .await;
         let confirm = match confirm {
@@ -148,24 +160,47 @@ impl AmqpPublisher {
                 return Err(format!("publish to exchange {exchange:?} failed: {e}"));
             }
         };
-        Ok(Box::pin(async move {
+        let confirm = Box::pin(async move {
+            let returned =
+                |r: Option<lapin::message::BasicReturnMessage>| -> Vec<(String, String)> {
+                    r.into_iter()
+                        .map(|r| {
+                            let id = r
+                                .properties
+                                .message_id()
+                                .as_ref()
+                                .map(|m| m.to_string())
+                                .unwrap_or_default();
+                            let reason = format!(
+                                "returned by the broker: {} {}",
+                                r.reply_code, r.reply_text
+                            );
+                            (id, reason)
+                        })
+                        .collect()
+                };
             match confirm.await {
-                Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => {
-                    Ok(Delivery::Confirmed)
-                }
-                Ok(Confirmation::Ack(Some(returned))) => Ok(Delivery::Rejected {
-                    kind: "unroutable",
-                    reason: format!(
-                        "returned by the broker: {} {}",
-                        returned.reply_code, returned.reply_text
-                    ),
+                Ok(Confirmation::Ack(r)) => Ok(Answer {
+                    delivery: Delivery::Confirmed,
+                    returned: returned(r),
                 }),
-                Ok(Confirmation::Nack(_)) => Ok(Delivery::Rejected {
-                    kind: "nacked",
-                    reason: "the broker refused the message (basic.nack)".into(),
+                Ok(Confirmation::NotRequested) => Ok(Answer {
+                    delivery: Delivery::Confirmed,
+                    returned: Vec::new(),
+                }),
+                Ok(Confirmation::Nack(r)) => Ok(Answer {
+                    delivery: Delivery::Rejected {
+                        kind: "nacked",
+                        reason: "the broker refused the message (basic.nack)".into(),
+                    },
+                    returned: returned(r),
                 }),
                 Err(e) => Err(format!("no confirm from the broker: {e}")),
             }
-        }))
+        });
+        Ok(Pending {
+            message_id: Some(message_id),
+            confirm,
+        })
     }
 }

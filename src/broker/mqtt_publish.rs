@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::mqtt::MqttSettings;
-use super::publish::{Confirm, Delivery};
+use super::publish::{Answer, Confirm, Delivery};
 
 struct Request {
     topic: String,
@@ -53,7 +53,10 @@ impl MqttPublisher {
             .map_err(|_| "the MQTT publisher stopped".to_string())?;
         Ok(Box::pin(async move {
             match answer.await {
-                Ok(Ok(())) => Ok(Delivery::Confirmed),
+                Ok(Ok(())) => Ok(Answer {
+                    delivery: Delivery::Confirmed,
+                    returned: Vec::new(),
+                }),
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err("the MQTT publisher stopped".into()),
             }

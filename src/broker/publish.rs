@@ -15,8 +15,25 @@ pub enum Delivery {
     Rejected { kind: &'static str, reason: String },
 }
 
+/// The broker's answer for one publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    pub delivery: Delivery,
+    /// Messages the broker returned as unroutable, by message id, with the reason. AMQP
+    /// sends a return before the ack of its message, but lapin hands it over with whichever
+    /// confirm it resolves next, so a return is matched to its message only once all
+    /// confirms of a poll are in.
+    pub returned: Vec<(String, String)>,
+}
+
 /// The broker's answer for one publish; an `Err` is an outage (retry, never dead-letter).
-pub type Confirm = Pin<Box<dyn Future<Output = Result<Delivery, String>> + Send>>;
+pub type Confirm = Pin<Box<dyn Future<Output = Result<Answer, String>> + Send>>;
+
+/// A publish in flight: its message id (AMQP), and the broker's answer to come.
+pub struct Pending {
+    pub message_id: Option<String>,
+    pub confirm: Confirm,
+}
 
 /// Where a message goes.
 #[derive(Debug, Clone)]
@@ -47,9 +64,12 @@ pub enum Publisher {
 impl Publisher {
     /// Hands one message to the broker; the returned future resolves once the broker has
     /// answered, so many publishes can be in flight at once.
-    pub async fn publish(&self, to: &Address, payload: Vec<u8>) -> Result<Confirm, String> {
+    pub async fn publish(&self, to: &Address, payload: Vec<u8>) -> Result<Pending, String> {
         match self {
-            Publisher::Mqtt(p) => p.publish(&to.topic, payload).await,
+            Publisher::Mqtt(p) => Ok(Pending {
+                message_id: None,
+                confirm: p.publish(&to.topic, payload).await?,
+            }),
             Publisher::Amqp(p) => p.publish(&to.exchange, &to.topic, payload).await,
         }
     }
