@@ -8,7 +8,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::broker::amqp::{AmqpPublisher, AmqpSettings};
+use crate::broker::amqp::AmqpSettings;
+use crate::broker::amqp_publish::AmqpPublisher;
+use crate::broker::amqp_source::{AmqpSource, QueueSpec};
 use crate::broker::mqtt::{MqttSettings, MqttSource, Subscription};
 use crate::broker::mqtt_publish::MqttPublisher;
 use crate::broker::publish::Publisher;
@@ -20,7 +22,7 @@ use crate::db::worker;
 use crate::dlq;
 use crate::inbound::InboundRoute;
 use crate::outbound::{Destination, OutboundRoute};
-use crate::routes::{InboundPlan, OutboundPlan, inbound_plans, outbound_plans};
+use crate::routes::{InboundPlan, Intake, OutboundPlan, inbound_plans, outbound_plans};
 use crate::state::{DeadLetterFilter, State};
 
 /// A failure of a command, with the exit code it maps to.
@@ -182,18 +184,39 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     }
 
     let mut subscriptions: BTreeMap<String, Vec<Subscription>> = BTreeMap::new();
+    let mut amqp_sources = Vec::new();
     let mut route_tasks = tokio::task::JoinSet::new();
     for (plan, sink) in ready {
-        let settings = &brokers[&plan.broker];
-        let (tx, rx) = mpsc::channel(settings.max_in_flight);
-        subscriptions
-            .entry(plan.broker.clone())
-            .or_default()
-            .push(Subscription {
-                filter: plan.filter.clone(),
-                qos: plan.qos,
-                route: tx,
-            });
+        let rx = match &plan.intake {
+            Intake::Mqtt { filter, qos } => {
+                let (tx, rx) = mpsc::channel(brokers[&plan.broker].max_in_flight);
+                subscriptions
+                    .entry(plan.broker.clone())
+                    .or_default()
+                    .push(Subscription {
+                        filter: filter.clone(),
+                        qos: *qos,
+                        route: tx,
+                    });
+                rx
+            }
+            Intake::Amqp {
+                queue,
+                bind,
+                prefetch,
+            } => {
+                // The prefetch bounds what the broker hands out, so this never fills.
+                let (tx, rx) = mpsc::channel(usize::from(*prefetch).max(1));
+                let spec = QueueSpec {
+                    route: plan.name.clone(),
+                    queue: queue.clone(),
+                    bind: bind.clone(),
+                    prefetch: *prefetch,
+                };
+                amqp_sources.push(AmqpSource::start(amqp[&plan.broker].clone(), spec, tx));
+                rx
+            }
+        };
         let route = InboundRoute {
             name: plan.name.clone(),
             mapper: plan.mapper(&sink.plan),
@@ -202,7 +225,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             sink,
             state: state.clone(),
         };
-        info!(route = %plan.name, topic = %plan.filter.mqtt_filter(), table = %plan.target.table, "route ready");
+        info!(route = %plan.name, source = %plan.intake.describe(), table = %plan.target.table, "route ready");
         route_tasks.spawn(route.run(rx, stop_rx.clone()));
     }
     let sources: Vec<MqttSource> = subscriptions
@@ -219,6 +242,9 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     for source in &sources {
         source.close_intake();
     }
+    for source in &amqp_sources {
+        source.close_intake();
+    }
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(DRAIN_GRACE, async {
         while route_tasks.join_next().await.is_some() {}
@@ -232,6 +258,9 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         route_tasks.abort_all();
     }
     for source in sources {
+        source.shutdown(Duration::from_secs(5)).await;
+    }
+    for source in amqp_sources {
         source.shutdown(Duration::from_secs(5)).await;
     }
     state.close().await;
@@ -278,16 +307,23 @@ pub async fn check(config: Config) -> Result<(), AppError> {
                 .map_err(|e| e.to_string())
                 .and_then(|r| r)
         };
-        let problem = match (&broker_status[&plan.broker], db_result) {
+        let mut note = String::new();
+        let mut problem = match (&broker_status[&plan.broker], db_result) {
             (Err(e), _) => Some(format!("broker {}: {e}", plan.broker)),
             (Ok(()), Err(e)) => Some(format!("database {}: {e}", plan.database)),
             (Ok(()), Ok(_)) => None,
         };
+        if let (None, Intake::Amqp { queue, .. }) = (&problem, &plan.intake) {
+            match check_queue(&amqp[&plan.broker], queue).await {
+                Ok(n) => note = n,
+                Err(e) => problem = Some(format!("broker {}: {e}", plan.broker)),
+            }
+        }
         match problem {
             None => println!(
-                "ok    inbound {}: {} → {}.{}",
+                "ok    inbound {}: {} → {}.{}{note}",
                 plan.name,
-                plan.filter.mqtt_filter(),
+                plan.intake.describe(),
                 plan.database,
                 plan.target.table
             ),
@@ -354,6 +390,17 @@ pub async fn check(config: Config) -> Result<(), AppError> {
         )));
     }
     Ok(())
+}
+
+/// How the queue stands, as a note for the `check` line; `run` declares a missing one.
+async fn check_queue(settings: &AmqpSettings, queue: &str) -> Result<String, String> {
+    let conn = settings.connect().await?;
+    let depth = crate::broker::amqp_source::queue_depth(&conn, queue).await;
+    let _ = conn.close(200, "check done".into()).await;
+    Ok(match depth? {
+        Some(n) => format!(" ({n} messages waiting)"),
+        None => " (the queue does not exist yet; run declares it)".to_string(),
+    })
 }
 
 /// The exchange must exist: mqdb publishes to it but never declares it.

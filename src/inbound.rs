@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::codec::csv::Line;
 use crate::db::worker::{InsertOutcome, InsertRequest, Sink};
 use crate::dlq::{Direction, NewDeadLetter};
 use crate::error::DbError;
@@ -28,18 +29,22 @@ pub struct InboundRoute {
     pub max_delay: Duration,
 }
 
-/// Messages of one batch, in receive order, with their rows or their mapping failure.
+/// Messages of one batch, in receive order, with their rows and mapping failures.
 #[derive(Default)]
 struct Batch {
+    messages: Vec<Message>,
     rows: Vec<Row>,
-    /// For each message: the index of its row in `rows`, or why it has none.
-    messages: Vec<(Message, Result<usize, MapError>)>,
+    /// For each row: its message (an index into `messages`) and its line in it.
+    origins: Vec<(usize, Option<Line>)>,
+    /// Messages, or lines of them, that could not become rows.
+    failures: Vec<(usize, Option<Line>, MapError)>,
     started: Option<Instant>,
 }
 
 impl Batch {
+    /// A message of many lines weighs as many rows.
     fn len(&self) -> usize {
-        self.messages.len()
+        self.messages.len().max(self.rows.len())
     }
 }
 
@@ -94,14 +99,18 @@ impl InboundRoute {
 
     fn add(&self, batch: &mut Batch, message: Message) {
         batch.started.get_or_insert_with(Instant::now);
-        let mapped = self.mapper.map(&message).map(|row| {
-            batch.rows.push(row);
-            batch.rows.len() - 1
+        let index = batch.messages.len();
+        self.mapper.map_into(&message, &mut |line, mapped| match mapped {
+            Ok(row) => {
+                batch.rows.push(row);
+                batch.origins.push((index, line));
+            }
+            Err(e) => {
+                debug!(route = %self.name, source = %message.source(), error = e.message(), "message cannot become a row");
+                batch.failures.push((index, line, e));
+            }
         });
-        if let Err(e) = &mapped {
-            debug!(route = %self.name, topic = %message.topic, error = e.message(), "message cannot become a row");
-        }
-        batch.messages.push((message, mapped));
+        batch.messages.push(message);
     }
 
     /// Sends the rows to the sink; a batch without rows finishes at once.
@@ -127,46 +136,67 @@ impl InboundRoute {
 
     /// Stores the dead letters of a committed batch, then acknowledges all its messages.
     async fn finish(&self, batch: Batch, rejected: Vec<(usize, DbError)>) {
-        let mut letters = Vec::new();
-        for (message, mapped) in &batch.messages {
-            let failure = match mapped {
-                Err(e) => Some((e.kind(), e.message().to_string(), None)),
-                Ok(row) => rejected
-                    .iter()
-                    .find(|(i, _)| i == row)
-                    .map(|(_, e)| ("rejected", e.message.clone(), e.sqlstate.clone())),
+        let mut letters = Vec::with_capacity(batch.failures.len() + rejected.len());
+        for (index, line, e) in &batch.failures {
+            letters.push(self.dead_letter(
+                &batch.messages[*index],
+                *line,
+                e.kind(),
+                e.message().to_string(),
+                None,
+            ));
+        }
+        for (row, e) in rejected {
+            let (index, line) = batch.origins[row];
+            let error = match line {
+                Some(l) => format!("line {}: {}", l.number, e.message),
+                None => e.message.clone(),
             };
-            if let Some((kind, error, sqlstate)) = failure {
-                letters.push(self.dead_letter(message, kind, error, sqlstate));
-            }
+            letters.push(self.dead_letter(
+                &batch.messages[index],
+                line,
+                "rejected",
+                error,
+                e.sqlstate.clone(),
+            ));
         }
         if !letters.is_empty() {
             self.store(&letters).await;
             warn!(route = %self.name, count = letters.len(), "messages dead-lettered");
         }
-        for (message, _) in batch.messages {
+        for message in batch.messages {
             message.ack.complete().await;
         }
     }
 
+    /// A dead letter keeps the message's metadata; for a CSV record, its payload is the
+    /// record's line alone.
     fn dead_letter(
         &self,
         message: &Message,
+        line: Option<Line>,
         kind: &str,
         error: String,
         sqlstate: Option<String>,
     ) -> NewDeadLetter {
+        let mut headers = message.metadata();
+        let payload = match line {
+            Some(l) => {
+                headers["line"] = json!(l.number);
+                if let Some((start, end)) = l.header {
+                    headers["csv_header"] =
+                        json!(String::from_utf8_lossy(&message.payload[start..end]));
+                }
+                l.bytes(&message.payload).to_vec()
+            }
+            None => message.payload.clone(),
+        };
         NewDeadLetter {
             route: self.name.clone(),
             direction: Direction::Inbound,
-            source: message.topic.clone(),
-            payload: message.payload.clone(),
-            headers: json!({
-                "broker": &*message.broker,
-                "qos": message.qos,
-                "retain": message.retain,
-                "received_at": message.received_at.to_rfc3339(),
-            }),
+            source: message.source().to_string(),
+            payload,
+            headers,
             error_kind: kind.to_string(),
             error,
             sqlstate,

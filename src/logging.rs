@@ -16,7 +16,7 @@ pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
     // Library chatter (sqlx statements, rumqttc internals) only when asked for by name.
     // odbc-api logs every driver diagnostic as a warning, and lapin logs returned messages
     // with their payload; mqdb reports what matters itself.
-    let default = format!("warn,odbc_api=error,lapin=error,mqdb={level}");
+    let default = format!("warn,odbc_api=error,lapin=off,mqdb={level}");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Colours only for a person at a terminal; log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()

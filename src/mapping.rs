@@ -1,62 +1,168 @@
 //! Column mappings: `column: source` expressions (`topic.site`, `payload.a.b.0`,
-//! `meta.received_at`, …) turned into typed rows for one table.
+//! `payload.2`, `header.x`, `meta.received_at`, …) turned into typed rows for one table.
+//! A JSON message is one row; a delimited (CSV) message is one row per record.
 
 use serde_json::Value as Json;
 
+use crate::codec::csv::{self as delimited, CsvFormat, Line, Record};
+use crate::codec::json;
 use crate::convert::{Input, SqlKind, Value, convert};
-use crate::message::Message;
+use crate::message::{Message, Origin};
 use crate::topic::Filter;
 
 /// Where a column's value comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
-    /// The whole payload.
+    /// The whole payload (JSON), or the record's line (CSV).
     Payload,
     /// A path into the JSON payload: object keys and array indexes.
     PayloadPath(Vec<String>),
+    /// A field of a CSV record.
+    Field(Field),
     /// A topic level by index.
     TopicLevel(usize),
-    MetaReceivedAt,
-    MetaTopic,
-    MetaBroker,
-    MetaQos,
-    MetaRetain,
+    /// An AMQP header or MQTT 5 user property.
+    Header(String),
+    Meta(Meta),
+}
+
+/// A CSV field: by position, or by a name from `fields:` or the message's header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Field {
+    Index(usize),
+    /// `required` names must be in the header; the others (from mapping by column name)
+    /// leave their column to its default when missing.
+    Name {
+        name: String,
+        required: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Meta {
+    ReceivedAt,
+    Broker,
+    Topic,
+    Qos,
+    Retain,
+    RoutingKey,
+    Exchange,
+    Redelivered,
+    Queue,
+}
+
+impl Meta {
+    const ALL: [(&'static str, Meta); 9] = [
+        ("received_at", Meta::ReceivedAt),
+        ("broker", Meta::Broker),
+        ("topic", Meta::Topic),
+        ("qos", Meta::Qos),
+        ("retain", Meta::Retain),
+        ("routing_key", Meta::RoutingKey),
+        ("exchange", Meta::Exchange),
+        ("redelivered", Meta::Redelivered),
+        ("queue", Meta::Queue),
+    ];
+
+    fn name(self) -> &'static str {
+        Meta::ALL
+            .iter()
+            .find(|(_, m)| *m == self)
+            .map_or("", |(n, _)| n)
+    }
+
+    /// `Some(true)` for AMQP-only, `Some(false)` for MQTT-only, `None` for both.
+    fn amqp_only(self) -> Option<bool> {
+        match self {
+            Meta::ReceivedAt | Meta::Broker => None,
+            Meta::Topic | Meta::Qos | Meta::Retain => Some(false),
+            Meta::RoutingKey | Meta::Exchange | Meta::Redelivered | Meta::Queue => Some(true),
+        }
+    }
+}
+
+/// What a route's sources may refer to.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SourceContext<'a> {
+    pub amqp: bool,
+    /// The MQTT topic filter, for `topic.NAME`.
+    pub filter: Option<&'a Filter>,
+    /// The CSV format; `None` for JSON.
+    pub csv: Option<&'a CsvFormat>,
 }
 
 impl Source {
-    /// Parses a mapping expression; `filter` resolves `topic.NAME` captures.
-    pub fn parse(text: &str, filter: Option<&Filter>) -> Result<Source, String> {
+    /// Parses a mapping expression in the context of its route.
+    pub fn parse(text: &str, ctx: &SourceContext) -> Result<Source, String> {
         let text = text.trim();
         if text == "payload" {
             return Ok(Source::Payload);
         }
         if let Some(path) = text.strip_prefix("payload.") {
-            let segments: Vec<String> = path.split('.').map(str::to_string).collect();
-            if segments.iter().any(String::is_empty) {
-                return Err(format!("`{text}` has an empty path segment"));
-            }
-            return Ok(Source::PayloadPath(segments));
+            return match ctx.csv {
+                None => {
+                    let segments: Vec<String> = path.split('.').map(str::to_string).collect();
+                    if segments.iter().any(String::is_empty) {
+                        return Err(format!("`{text}` has an empty path segment"));
+                    }
+                    Ok(Source::PayloadPath(segments))
+                }
+                Some(csv) => csv_field(text, path, csv).map(Source::Field),
+            };
         }
         if let Some(level) = text.strip_prefix("topic.") {
+            if ctx.amqp {
+                return Err(format!(
+                    "`{text}`: AMQP messages have no topic; use meta.routing_key"
+                ));
+            }
             if let Ok(index) = level.parse::<usize>() {
                 return Ok(Source::TopicLevel(index));
             }
-            return match filter.and_then(|f| f.capture_index(level)) {
+            return match ctx.filter.and_then(|f| f.capture_index(level)) {
                 Some(index) => Ok(Source::TopicLevel(index)),
                 None => Err(format!(
                     "`{text}`: the topic filter has no `{{{level}}}` capture; name one in `topic:` or use topic.N"
                 )),
             };
         }
-        match text {
-            "meta.received_at" => Ok(Source::MetaReceivedAt),
-            "meta.topic" => Ok(Source::MetaTopic),
-            "meta.broker" => Ok(Source::MetaBroker),
-            "meta.qos" => Ok(Source::MetaQos),
-            "meta.retain" => Ok(Source::MetaRetain),
-            _ => Err(format!(
-                "`{text}` is not a source; use payload, payload.KEY.PATH, topic.NAME, topic.N, or meta.received_at|topic|broker|qos|retain"
+        if let Some(name) = text.strip_prefix("header.") {
+            if name.is_empty() {
+                return Err("`header.` needs a header name".into());
+            }
+            return Ok(Source::Header(name.to_string()));
+        }
+        let meta = text
+            .strip_prefix("meta.")
+            .and_then(|m| Meta::ALL.iter().find(|(n, _)| *n == m))
+            .map(|(_, m)| *m);
+        match meta {
+            Some(m) if m.amqp_only() == Some(!ctx.amqp) => Err(format!(
+                "`{text}` is only for {} routes",
+                if ctx.amqp { "MQTT" } else { "AMQP" }
             )),
+            Some(m) => Ok(Source::Meta(m)),
+            None => {
+                let metas: Vec<&str> = Meta::ALL
+                    .iter()
+                    .filter(|(_, m)| m.amqp_only() != Some(!ctx.amqp))
+                    .map(|(n, _)| *n)
+                    .collect();
+                Err(format!(
+                    "`{text}` is not a source; use payload, payload.{}, {}header.NAME, or meta.{}",
+                    if ctx.csv.is_some() {
+                        "N or payload.NAME"
+                    } else {
+                        "KEY.PATH"
+                    },
+                    if ctx.amqp {
+                        ""
+                    } else {
+                        "topic.NAME, topic.N, "
+                    },
+                    metas.join("|")
+                ))
+            }
         }
     }
 
@@ -65,18 +171,53 @@ impl Source {
         match self {
             Source::Payload => "payload".into(),
             Source::PayloadPath(path) => format!("payload.{}", path.join(".")),
+            Source::Field(Field::Index(i)) => format!("payload.{i}"),
+            Source::Field(Field::Name { name, .. }) => format!("payload.{name}"),
             Source::TopicLevel(i) => format!("topic.{i}"),
-            Source::MetaReceivedAt => "meta.received_at".into(),
-            Source::MetaTopic => "meta.topic".into(),
-            Source::MetaBroker => "meta.broker".into(),
-            Source::MetaQos => "meta.qos".into(),
-            Source::MetaRetain => "meta.retain".into(),
+            Source::Header(name) => format!("header.{name}"),
+            Source::Meta(m) => format!("meta.{}", m.name()),
         }
     }
 
     fn needs_json(&self) -> bool {
         matches!(self, Source::PayloadPath(_))
     }
+}
+
+fn csv_field(text: &str, name: &str, csv: &CsvFormat) -> Result<Field, String> {
+    if let Ok(index) = name.parse::<usize>() {
+        return Ok(Field::Index(index));
+    }
+    if name.contains('.') {
+        return Err(format!(
+            "`{text}`: CSV fields have no paths; use payload.N or payload.NAME"
+        ));
+    }
+    if let Some(fields) = &csv.fields {
+        return position(fields, name).map(Field::Index).ok_or_else(|| {
+            format!(
+                "`{text}`: `{name}` is not in csv.fields ({})",
+                fields.join(", ")
+            )
+        });
+    }
+    if csv.header {
+        return Ok(Field::Name {
+            name: name.to_string(),
+            required: true,
+        });
+    }
+    Err(format!(
+        "`{text}`: name the fields with csv.fields or csv.header: true, or use an index (payload.0)"
+    ))
+}
+
+/// A name's position: the exact spelling first, then ignoring case.
+fn position(names: &[String], name: &str) -> Option<usize> {
+    names
+        .iter()
+        .position(|n| n == name)
+        .or_else(|| names.iter().position(|n| n.eq_ignore_ascii_case(name)))
 }
 
 /// One mapped column of the target table.
@@ -88,7 +229,7 @@ pub struct MappedColumn {
     pub source: Source,
 }
 
-/// Why a message could not become a row.
+/// Why a message (or one of its records) could not become a row.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MapError {
     Decode(String),
@@ -114,77 +255,240 @@ impl MapError {
 /// keeps its database default.
 pub type Row = Vec<Option<Value>>;
 
+/// How a route's payloads are read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PayloadFormat {
+    Json,
+    Csv(CsvFormat),
+}
+
 /// Maps messages to rows for one route.
 #[derive(Debug, Clone)]
 pub struct Mapper {
     columns: Vec<MappedColumn>,
+    format: PayloadFormat,
     needs_json: bool,
+    /// CSV records mapped to the table's columns in order may not have more fields.
+    max_fields: Option<usize>,
 }
 
+const NULL: Json = Json::Null;
+
 impl Mapper {
-    pub fn new(columns: Vec<MappedColumn>) -> Self {
+    pub fn new(columns: Vec<MappedColumn>, format: PayloadFormat) -> Self {
         let needs_json = columns.iter().any(|c| c.source.needs_json());
         Mapper {
             columns,
+            format,
             needs_json,
+            max_fields: None,
         }
+    }
+
+    /// For CSV mapped to the table in column order: longer records are errors.
+    pub fn with_max_fields(mut self, max: usize) -> Self {
+        self.max_fields = Some(max);
+        self
     }
 
     pub fn columns(&self) -> &[MappedColumn] {
         &self.columns
     }
 
-    pub fn map(&self, message: &Message) -> Result<Row, MapError> {
+    /// Every row a message carries, with the line it came from (CSV), or why it has none.
+    pub fn map(&self, message: &Message) -> Vec<(Option<Line>, Result<Row, MapError>)> {
+        let mut out = Vec::new();
+        self.map_into(message, &mut |line, row| out.push((line, row)));
+        out
+    }
+
+    /// Like [`Mapper::map`], handing each row to `emit` as it is made.
+    pub fn map_into(
+        &self,
+        message: &Message,
+        emit: &mut dyn FnMut(Option<Line>, Result<Row, MapError>),
+    ) {
+        match &self.format {
+            PayloadFormat::Json => emit(None, self.map_json(message)),
+            PayloadFormat::Csv(format) => self.map_csv(message, format, emit),
+        }
+    }
+
+    fn map_json(&self, message: &Message) -> Result<Row, MapError> {
         let json = if self.needs_json {
-            Some(decode_json(&message.payload)?)
+            Some(json::decode(&message.payload)?)
         } else {
             None
         };
         self.columns
             .iter()
             .map(|column| {
-                self.value(column, message, json.as_ref()).map_err(|e| {
-                    MapError::Convert(format!(
-                        "column {} (from {}): {e}",
-                        column.name,
-                        column.source.describe()
-                    ))
-                })
+                let input = match &column.source {
+                    Source::PayloadPath(path) => json
+                        .as_ref()
+                        .and_then(|j| lookup(j, path))
+                        .map(Input::Json),
+                    other => message_input(other, message, &message.payload),
+                };
+                convert_column(column, input).map_err(MapError::Convert)
             })
             .collect()
     }
 
-    fn value(
+    fn map_csv(
         &self,
-        column: &MappedColumn,
         message: &Message,
-        json: Option<&Json>,
-    ) -> Result<Option<Value>, String> {
-        let input = match &column.source {
-            Source::Payload => Input::Bytes(&message.payload),
-            Source::PayloadPath(path) => match json.and_then(|j| lookup(j, path)) {
-                Some(found) => Input::Json(found),
-                None => return Ok(None),
-            },
-            Source::TopicLevel(i) => match message.topic.split('/').nth(*i) {
-                Some(level) => Input::Text(level),
-                None => return Ok(None),
-            },
-            Source::MetaReceivedAt => Input::Timestamp(message.received_at),
-            Source::MetaTopic => Input::Text(&message.topic),
-            Source::MetaBroker => Input::Text(&message.broker),
-            Source::MetaQos => Input::Int(i64::from(message.qos)),
-            Source::MetaRetain => Input::Bool(message.retain),
+        format: &CsvFormat,
+        emit: &mut dyn FnMut(Option<Line>, Result<Row, MapError>),
+    ) {
+        let records = match delimited::read(&message.payload, format) {
+            Ok(r) => r,
+            Err(e) => return emit(None, Err(MapError::Decode(e))),
         };
-        convert(input, column.kind).map(Some)
+        let names = format.fields.as_ref().or(records.header.as_ref());
+        // Each named field's position in this message.
+        let mut at: Vec<Option<usize>> = Vec::with_capacity(self.columns.len());
+        for column in &self.columns {
+            let index = match &column.source {
+                Source::Field(Field::Index(i)) => Some(*i),
+                Source::Field(Field::Name { name, required }) => {
+                    let found = names.and_then(|n| position(n, name));
+                    if found.is_none() && *required {
+                        let known = names.map(|n| n.join(", ")).unwrap_or_default();
+                        return emit(
+                            None,
+                            Err(MapError::Decode(format!(
+                                "the header has no field `{name}` (it has: {known})"
+                            ))),
+                        );
+                    }
+                    found
+                }
+                _ => None,
+            };
+            at.push(index);
+        }
+        let expected = names
+            .map(Vec::len)
+            .or_else(|| records.records.first().map(|r| r.fields.len()));
+        for record in &records.records {
+            let line = Some(record.line);
+            emit(line, self.csv_row(message, format, record, &at, expected));
+        }
+    }
+
+    fn csv_row(
+        &self,
+        message: &Message,
+        format: &CsvFormat,
+        record: &Record,
+        at: &[Option<usize>],
+        expected: Option<usize>,
+    ) -> Result<Row, MapError> {
+        let n = record.line.number;
+        let count = record.fields.len();
+        if expected.is_some_and(|e| e != count) {
+            return Err(MapError::Decode(format!(
+                "line {n}: {count} fields, expected {}",
+                expected.unwrap_or_default()
+            )));
+        }
+        if let Some(max) = self.max_fields.filter(|m| count > *m) {
+            return Err(MapError::Decode(format!(
+                "line {n}: {count} fields, but the table has {max} columns"
+            )));
+        }
+        let line = record.line.bytes(&message.payload);
+        self.columns
+            .iter()
+            .zip(at)
+            .map(|(column, index)| {
+                let input = match (&column.source, index) {
+                    (Source::Field(_), None) => None,
+                    (Source::Field(Field::Index(i)), Some(_))
+                        if *i >= count && self.max_fields.is_some() =>
+                    {
+                        None
+                    }
+                    (Source::Field(_), Some(i)) => {
+                        let raw = record.fields.get(*i).ok_or_else(|| {
+                            MapError::Decode(format!(
+                                "line {n}: {} needs {} fields, the line has {count}",
+                                column.source.describe(),
+                                i + 1
+                            ))
+                        })?;
+                        if format.is_null(raw) {
+                            Some(Input::Json(&NULL))
+                        } else {
+                            Some(Input::Text(std::str::from_utf8(raw).map_err(|e| {
+                                MapError::Decode(format!(
+                                    "line {n}: field {i} is not valid UTF-8 ({e})"
+                                ))
+                            })?))
+                        }
+                    }
+                    (other, _) => message_input(other, message, line),
+                };
+                convert_column(column, input)
+                    .map_err(|e| MapError::Convert(format!("line {n}: {e}")))
+            })
+            .collect()
     }
 }
 
-/// Parses a JSON payload, refusing invalid UTF-8 with its position.
-pub fn decode_json(payload: &[u8]) -> Result<Json, MapError> {
-    let text = std::str::from_utf8(payload)
-        .map_err(|e| MapError::Decode(format!("the payload is not valid UTF-8: {e}")))?;
-    serde_json::from_str(text).map_err(|e| MapError::Decode(format!("invalid JSON: {e}")))
+/// A source that does not depend on the payload format; `payload` is the whole payload or
+/// the record's line.
+fn message_input<'a>(
+    source: &'a Source,
+    message: &'a Message,
+    payload: &'a [u8],
+) -> Option<Input<'a>> {
+    match source {
+        Source::Payload => Some(Input::Bytes(payload)),
+        Source::PayloadPath(_) | Source::Field(_) => None,
+        Source::TopicLevel(i) => message.topic.split('/').nth(*i).map(Input::Text),
+        Source::Header(name) => message
+            .headers
+            .get(name)
+            .or_else(|| {
+                message
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v)
+            })
+            .map(Input::Json),
+        Source::Meta(meta) => match (meta, &message.origin) {
+            (Meta::ReceivedAt, _) => Some(Input::Timestamp(message.received_at)),
+            (Meta::Broker, _) => Some(Input::Text(&message.broker)),
+            (Meta::Topic | Meta::RoutingKey, _) => Some(Input::Text(&message.topic)),
+            (Meta::Qos, Origin::Mqtt { qos, .. }) => Some(Input::Int(i64::from(*qos))),
+            (Meta::Retain, Origin::Mqtt { retain, .. }) => Some(Input::Bool(*retain)),
+            (Meta::Exchange, Origin::Amqp { exchange, .. }) => Some(Input::Text(exchange)),
+            (Meta::Redelivered, Origin::Amqp { redelivered, .. }) => {
+                Some(Input::Bool(*redelivered))
+            }
+            (Meta::Queue, Origin::Amqp { queue, .. }) => Some(Input::Text(queue)),
+            _ => None,
+        },
+    }
+}
+
+fn convert_column(
+    column: &MappedColumn,
+    input: Option<Input<'_>>,
+) -> Result<Option<Value>, String> {
+    match input {
+        None => Ok(None),
+        Some(input) => convert(input, column.kind).map(Some).map_err(|e| {
+            format!(
+                "column {} (from {}): {e}",
+                column.name,
+                column.source.describe()
+            )
+        }),
+    }
 }
 
 /// Follows object keys, then a case-insensitive key, and array indexes.
@@ -203,8 +507,10 @@ fn lookup<'a>(json: &'a Json, path: &[String]) -> Option<&'a Json> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{CsvInput, EnvString};
     use crate::message::AckHandle;
     use chrono::Utc;
+    use serde_json::json;
     use tokio::sync::mpsc;
 
     fn message(topic: &str, payload: &[u8]) -> Message {
@@ -212,38 +518,53 @@ mod tests {
         Message {
             topic: topic.into(),
             payload: payload.to_vec(),
-            qos: 1,
-            retain: false,
             received_at: Utc::now(),
             broker: "b".into(),
+            origin: Origin::Mqtt {
+                qos: 1,
+                retain: false,
+            },
+            headers: Default::default(),
             ack: AckHandle::new(0, tx),
         }
     }
 
-    fn col(name: &str, kind: SqlKind, source: &str, filter: &Filter) -> MappedColumn {
+    fn col(name: &str, kind: SqlKind, source: &str, ctx: &SourceContext) -> MappedColumn {
         MappedColumn {
             name: name.into(),
             kind,
-            source: Source::parse(source, Some(filter)).unwrap(),
+            source: Source::parse(source, ctx).unwrap(),
         }
+    }
+
+    fn one(mapper: &Mapper, m: &Message) -> Result<Row, MapError> {
+        let mut rows = mapper.map(m);
+        assert_eq!(rows.len(), 1);
+        rows.remove(0).1
     }
 
     #[test]
     fn maps_topic_payload_and_meta() {
         let filter = Filter::parse("sensors/{site}/{device}").unwrap();
-        let mapper = Mapper::new(vec![
-            col("site", SqlKind::Text, "topic.site", &filter),
-            col("device", SqlKind::Integer, "topic.2", &filter),
-            col("value", SqlKind::Float, "payload.reading.values.1", &filter),
-            col("missing", SqlKind::Text, "payload.nope", &filter),
-            col("qos", SqlKind::Integer, "meta.qos", &filter),
-        ]);
-        let row = mapper
-            .map(&message(
-                "sensors/north/17",
-                br#"{"reading":{"values":[1.0, 2.5]}}"#,
-            ))
-            .unwrap();
+        let ctx = SourceContext {
+            filter: Some(&filter),
+            ..Default::default()
+        };
+        let mapper = Mapper::new(
+            vec![
+                col("site", SqlKind::Text, "topic.site", &ctx),
+                col("device", SqlKind::Integer, "topic.2", &ctx),
+                col("value", SqlKind::Float, "payload.reading.values.1", &ctx),
+                col("missing", SqlKind::Text, "payload.nope", &ctx),
+                col("qos", SqlKind::Integer, "meta.qos", &ctx),
+            ],
+            PayloadFormat::Json,
+        );
+        let row = one(
+            &mapper,
+            &message("sensors/north/17", br#"{"reading":{"values":[1.0, 2.5]}}"#),
+        )
+        .unwrap();
         assert_eq!(
             row,
             vec![
@@ -258,17 +579,20 @@ mod tests {
 
     #[test]
     fn bad_payloads_are_decode_errors() {
-        let filter = Filter::parse("a").unwrap();
-        let mapper = Mapper::new(vec![col("v", SqlKind::Integer, "payload.v", &filter)]);
+        let ctx = SourceContext::default();
+        let mapper = Mapper::new(
+            vec![col("v", SqlKind::Integer, "payload.v", &ctx)],
+            PayloadFormat::Json,
+        );
         assert!(matches!(
-            mapper.map(&message("a", b"{not json")),
+            one(&mapper, &message("a", b"{not json")),
             Err(MapError::Decode(_))
         ));
         assert!(matches!(
-            mapper.map(&message("a", &[0xff, 0x00])),
+            one(&mapper, &message("a", &[0xff, 0x00])),
             Err(MapError::Decode(_))
         ));
-        let err = mapper.map(&message("a", br#"{"v":"x"}"#)).unwrap_err();
+        let err = one(&mapper, &message("a", br#"{"v":"x"}"#)).unwrap_err();
         assert!(
             matches!(err, MapError::Convert(ref m) if m.contains("column v")),
             "{err:?}"
@@ -278,16 +602,192 @@ mod tests {
     #[test]
     fn sources_parse_or_explain() {
         let filter = Filter::parse("a/{x}").unwrap();
-        assert_eq!(
-            Source::parse("topic.x", Some(&filter)),
-            Ok(Source::TopicLevel(1))
-        );
+        let mqtt = SourceContext {
+            filter: Some(&filter),
+            ..Default::default()
+        };
+        let amqp = SourceContext {
+            amqp: true,
+            ..Default::default()
+        };
+        assert_eq!(Source::parse("topic.x", &mqtt), Ok(Source::TopicLevel(1)));
         assert!(
-            Source::parse("topic.y", Some(&filter))
+            Source::parse("topic.y", &mqtt)
                 .unwrap_err()
                 .contains("no `{y}`")
         );
-        assert!(Source::parse("payload..a", None).is_err());
-        assert!(Source::parse("meta.nope", None).is_err());
+        assert!(Source::parse("payload..a", &mqtt).is_err());
+        assert!(Source::parse("meta.nope", &mqtt).is_err());
+        assert!(Source::parse("meta.routing_key", &mqtt).is_err());
+        assert!(Source::parse("meta.qos", &amqp).is_err());
+        assert!(Source::parse("topic.0", &amqp).is_err());
+        assert_eq!(
+            Source::parse("meta.redelivered", &amqp),
+            Ok(Source::Meta(Meta::Redelivered))
+        );
+        assert_eq!(
+            Source::parse("header.x-site", &amqp),
+            Ok(Source::Header("x-site".into()))
+        );
+    }
+
+    fn csv(input: CsvInput) -> CsvFormat {
+        CsvFormat::from_config(&input)
+    }
+
+    #[test]
+    fn csv_fields_by_index_name_and_header() {
+        let declared = csv(CsvInput {
+            fields: Some(vec![EnvString("id".into()), EnvString("qty".into())]),
+            ..Default::default()
+        });
+        let ctx = SourceContext {
+            csv: Some(&declared),
+            ..Default::default()
+        };
+        assert_eq!(
+            Source::parse("payload.QTY", &ctx),
+            Ok(Source::Field(Field::Index(1)))
+        );
+        assert!(
+            Source::parse("payload.nope", &ctx)
+                .unwrap_err()
+                .contains("csv.fields")
+        );
+        assert!(Source::parse("payload.a.b", &ctx).is_err());
+        let bare = csv(CsvInput::default());
+        let ctx = SourceContext {
+            csv: Some(&bare),
+            ..Default::default()
+        };
+        assert!(Source::parse("payload.id", &ctx).is_err());
+
+        let header = csv(CsvInput {
+            header: true,
+            ..Default::default()
+        });
+        let ctx = SourceContext {
+            csv: Some(&header),
+            ..Default::default()
+        };
+        let mapper = Mapper::new(
+            vec![
+                col("qty", SqlKind::Integer, "payload.Qty", &ctx),
+                col("id", SqlKind::Integer, "payload.0", &ctx),
+                col("line", SqlKind::Text, "payload", &ctx),
+            ],
+            PayloadFormat::Csv(header.clone()),
+        );
+        let rows = mapper.map(&message("t", b"id,qty\n1,5\n2,x\n3\n4,\n"));
+        assert_eq!(rows.len(), 4);
+        assert_eq!(
+            rows[0].1,
+            Ok(vec![
+                Some(Value::Int(5)),
+                Some(Value::Int(1)),
+                Some(Value::Text("1,5".into()))
+            ])
+        );
+        assert!(
+            matches!(&rows[1].1, Err(MapError::Convert(m)) if m.starts_with("line 3: column qty"))
+        );
+        assert_eq!(
+            rows[2].1,
+            Err(MapError::Decode("line 4: 1 fields, expected 2".into()))
+        );
+        assert_eq!(rows[2].0.unwrap().number, 4);
+        assert_eq!(rows[3].1.as_ref().unwrap()[0], Some(Value::Null));
+
+        let missing = mapper.map(&message("t", b"id,amount\n1,5\n"));
+        assert_eq!(missing.len(), 1);
+        assert!(missing[0].0.is_none());
+        assert!(matches!(&missing[0].1, Err(MapError::Decode(m)) if m.contains("no field `Qty`")));
+    }
+
+    #[test]
+    fn csv_utf8_errors_stay_on_their_line() {
+        let format = csv(CsvInput::default());
+        let ctx = SourceContext {
+            csv: Some(&format),
+            ..Default::default()
+        };
+        let mapper = Mapper::new(
+            vec![col("t", SqlKind::Text, "payload.1", &ctx)],
+            PayloadFormat::Csv(format.clone()),
+        );
+        let rows = mapper.map(&message("t", b"1,ok\n2,\xff\n3,fine\n"));
+        assert_eq!(rows.len(), 3);
+        assert!(rows[0].1.is_ok() && rows[2].1.is_ok());
+        assert!(matches!(&rows[1].1, Err(MapError::Decode(m)) if m.starts_with("line 2: field 1")));
+    }
+
+    #[test]
+    fn csv_in_column_order_leaves_missing_columns_to_defaults() {
+        let format = csv(CsvInput::default());
+        let columns = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| MappedColumn {
+                name: n.to_string(),
+                kind: SqlKind::Text,
+                source: Source::Field(Field::Index(i)),
+            })
+            .collect();
+        let mapper = Mapper::new(columns, PayloadFormat::Csv(format)).with_max_fields(3);
+        let rows = mapper.map(&message("t", b"x,y\n"));
+        assert_eq!(
+            rows[0].1,
+            Ok(vec![
+                Some(Value::Text("x".into())),
+                Some(Value::Text("y".into())),
+                None
+            ])
+        );
+        let long = mapper.map(&message("t", b"1,2,3,4\n"));
+        assert!(
+            matches!(&long[0].1, Err(MapError::Decode(m)) if m.contains("table has 3 columns"))
+        );
+    }
+
+    #[test]
+    fn amqp_meta_and_headers() {
+        let ctx = SourceContext {
+            amqp: true,
+            ..Default::default()
+        };
+        let mapper = Mapper::new(
+            vec![
+                col("rk", SqlKind::Text, "meta.routing_key", &ctx),
+                col("ex", SqlKind::Text, "meta.exchange", &ctx),
+                col("re", SqlKind::Bool, "meta.redelivered", &ctx),
+                col("site", SqlKind::Text, "header.X-Site", &ctx),
+                col("n", SqlKind::Integer, "header.n", &ctx),
+                col("none", SqlKind::Integer, "header.none", &ctx),
+            ],
+            PayloadFormat::Json,
+        );
+        let mut m = message("plant.north", b"{}");
+        m.origin = Origin::Amqp {
+            queue: "q".into(),
+            exchange: "ex".into(),
+            redelivered: true,
+        };
+        m.headers = json!({"x-site": "north", "n": 7})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert_eq!(
+            one(&mapper, &m).unwrap(),
+            vec![
+                Some(Value::Text("plant.north".into())),
+                Some(Value::Text("ex".into())),
+                Some(Value::Bool(true)),
+                Some(Value::Text("north".into())),
+                Some(Value::Int(7)),
+                None,
+            ]
+        );
+        assert_eq!(m.source(), "q");
+        assert_eq!(m.metadata()["routing_key"], "plant.north");
     }
 }

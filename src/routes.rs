@@ -3,26 +3,52 @@
 
 use std::time::Duration;
 
+use crate::codec::csv::CsvFormat;
 use crate::config::{Config, CsvOptions, Format, Qos};
 use crate::db::insert::TablePlan;
 use crate::db::poll::PollSpec;
 use crate::db::worker::SinkTarget;
-use crate::mapping::{MappedColumn, Mapper, Source};
+use crate::mapping::{Field, MappedColumn, Mapper, PayloadFormat, Source, SourceContext};
 use crate::outbound::Destination;
 use crate::template::Template;
 use crate::topic::Filter;
+
+/// Where an inbound route's messages come from.
+#[derive(Debug, Clone)]
+pub enum Intake {
+    Mqtt {
+        filter: Filter,
+        qos: Qos,
+    },
+    Amqp {
+        queue: String,
+        /// Exchange and binding key.
+        bind: Option<(String, String)>,
+        prefetch: u16,
+    },
+}
+
+impl Intake {
+    /// The topic filter or the queue, for logs and `check`.
+    pub fn describe(&self) -> String {
+        match self {
+            Intake::Mqtt { filter, .. } => filter.mqtt_filter(),
+            Intake::Amqp { queue, .. } => format!("queue {queue}"),
+        }
+    }
+}
 
 /// One inbound route, resolved from the configuration.
 #[derive(Debug, Clone)]
 pub struct InboundPlan {
     pub name: String,
     pub broker: String,
-    pub filter: Filter,
-    pub qos: Qos,
+    pub intake: Intake,
     pub database: String,
     pub target: SinkTarget,
-    /// Sources in the order of `target.columns`; `None` maps JSON keys to columns.
+    /// Sources in the order of `target.columns`; `None` maps by name or position.
     pub sources: Option<Vec<Source>>,
+    pub format: PayloadFormat,
     pub max_delay: Duration,
 }
 
@@ -33,15 +59,49 @@ pub fn inbound_plans(config: &Config) -> Result<Vec<InboundPlan>, String> {
         .iter()
         .map(|route| {
             let r = &route.value;
-            let topic = r.topic.as_ref().ok_or("route without topic")?;
-            let filter = Filter::parse(&topic.value)?;
+            let format = match r.format {
+                Format::Json => PayloadFormat::Json,
+                Format::Csv => PayloadFormat::Csv(CsvFormat::from_config(
+                    &r.csv.as_ref().map(|c| c.value.clone()).unwrap_or_default(),
+                )),
+            };
+            let intake = match (&r.topic, &r.queue) {
+                (Some(topic), _) => Intake::Mqtt {
+                    filter: Filter::parse(&topic.value)?,
+                    qos: r.qos,
+                },
+                (None, Some(queue)) => Intake::Amqp {
+                    queue: queue.value.to_string(),
+                    bind: r.bind.as_ref().map(|b| {
+                        (
+                            b.value.exchange.to_string(),
+                            b.value.routing_key.to_string(),
+                        )
+                    }),
+                    prefetch: r.prefetch.as_ref().map(|p| p.value).unwrap_or_else(|| {
+                        u16::try_from(r.batch.max_rows.saturating_mul(2)).unwrap_or(u16::MAX)
+                    }),
+                },
+                (None, None) => return Err("route without topic or queue".into()),
+            };
+            let ctx = SourceContext {
+                amqp: matches!(intake, Intake::Amqp { .. }),
+                filter: match &intake {
+                    Intake::Mqtt { filter, .. } => Some(filter),
+                    Intake::Amqp { .. } => None,
+                },
+                csv: match &format {
+                    PayloadFormat::Csv(c) => Some(c),
+                    PayloadFormat::Json => None,
+                },
+            };
             let (columns, sources) = match &r.columns {
                 Some(map) => {
                     let mut names = Vec::with_capacity(map.len());
                     let mut sources = Vec::with_capacity(map.len());
                     for (column, source) in map {
                         names.push(column.clone());
-                        sources.push(Source::parse(&source.value, Some(&filter))?);
+                        sources.push(Source::parse(&source.value, &ctx)?);
                     }
                     (Some(names), Some(sources))
                 }
@@ -50,8 +110,7 @@ pub fn inbound_plans(config: &Config) -> Result<Vec<InboundPlan>, String> {
             Ok(InboundPlan {
                 name: r.name.value.to_string(),
                 broker: r.broker.value.to_string(),
-                filter,
-                qos: r.qos,
+                intake,
                 database: r.database.value.to_string(),
                 target: SinkTarget {
                     route: r.name.value.to_string(),
@@ -62,6 +121,7 @@ pub fn inbound_plans(config: &Config) -> Result<Vec<InboundPlan>, String> {
                     max_rows: r.batch.max_rows,
                 },
                 sources,
+                format,
                 max_delay: r.batch.max_delay,
             })
         })
@@ -71,28 +131,39 @@ pub fn inbound_plans(config: &Config) -> Result<Vec<InboundPlan>, String> {
 impl InboundPlan {
     /// The mapper for the table as the catalog described it.
     pub fn mapper(&self, table: &TablePlan) -> Mapper {
-        let columns = match &self.sources {
-            Some(sources) => table
+        let mapped = |source: &dyn Fn(usize, &str) -> Source| -> Vec<MappedColumn> {
+            table
                 .columns
                 .iter()
-                .zip(sources)
-                .map(|(c, s)| MappedColumn {
+                .enumerate()
+                .map(|(i, c)| MappedColumn {
                     name: c.name.clone(),
                     kind: c.kind,
-                    source: s.clone(),
+                    source: source(i, &c.name),
                 })
-                .collect(),
-            None => table
-                .columns
-                .iter()
-                .map(|c| MappedColumn {
-                    name: c.name.clone(),
-                    kind: c.kind,
-                    source: Source::PayloadPath(vec![c.name.clone()]),
-                })
-                .collect(),
+                .collect()
         };
-        Mapper::new(columns)
+        let format = self.format.clone();
+        match (&self.sources, &self.format) {
+            (Some(sources), _) => Mapper::new(mapped(&|i, _| sources[i].clone()), format),
+            (None, PayloadFormat::Json) => Mapper::new(
+                mapped(&|_, name| Source::PayloadPath(vec![name.to_string()])),
+                format,
+            ),
+            (None, PayloadFormat::Csv(csv)) if csv.header || csv.fields.is_some() => Mapper::new(
+                mapped(&|_, name| {
+                    Source::Field(Field::Name {
+                        name: name.to_string(),
+                        required: false,
+                    })
+                }),
+                format,
+            ),
+            (None, PayloadFormat::Csv(_)) => {
+                Mapper::new(mapped(&|i, _| Source::Field(Field::Index(i))), format)
+                    .with_max_fields(table.columns.len())
+            }
+        }
     }
 }
 

@@ -1,17 +1,9 @@
-//! AMQP 0.9.1 publishing with lapin: publisher confirms, persistent messages, `mandatory`
-//! so that unroutable messages come back and become dead letters.
+//! AMQP 0.9.1 connections with lapin: the broker's settings, credentials and TLS (CA and
+//! client certificate). Consuming is in `amqp_source`, publishing in `amqp_publish`.
 
-use std::sync::Arc;
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
+use lapin::{Connection, ConnectionProperties};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::tcp::OwnedTLSConfig;
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
-use tokio::sync::Mutex;
-use tracing::info;
-
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use super::publish::{Answer, Delivery, Pending};
 use crate::config::{self, Broker};
 
 /// Resolved settings of one AMQP broker.
@@ -19,7 +11,7 @@ use crate::config::{self, Broker};
 pub struct AmqpSettings {
     pub name: String,
     uri: String,
-    ca: Option<String>,
+    tls: OwnedTLSConfig,
 }
 
 impl AmqpSettings {
@@ -39,19 +31,44 @@ impl AmqpSettings {
             };
             uri = format!("{scheme}://{auth}@{host}");
         }
-        let ca = match broker.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
-            Some(path) => Some(std::fs::read_to_string(path.as_str()).map_err(|e| {
+        let read = |what: &str, path: &config::EnvString| {
+            std::fs::read(path.as_str()).map_err(|e| {
                 format!(
-                    "broker {name}: cannot read tls.ca_file {}: {e}",
+                    "broker {name}: cannot read tls.{what} {}: {e}",
                     path.as_str()
                 )
-            })?),
+            })
+        };
+        let tls = broker.tls.as_ref();
+        let cert_chain = match tls.and_then(|t| t.ca_file.as_ref()) {
+            Some(path) => Some(
+                String::from_utf8(read("ca_file", path)?)
+                    .map_err(|_| format!("broker {name}: tls.ca_file is not PEM text"))?,
+            ),
             None => None,
+        };
+        let identity = match (
+            tls.and_then(|t| t.cert_file.as_ref()),
+            tls.and_then(|t| t.key_file.as_ref()),
+        ) {
+            (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+                pem: read("cert_file", cert)?,
+                key: read("key_file", key)?,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(format!(
+                    "broker {name}: tls needs both cert_file and key_file"
+                ));
+            }
         };
         Ok(AmqpSettings {
             name: name.to_string(),
             uri,
-            ca,
+            tls: OwnedTLSConfig {
+                identity,
+                cert_chain,
+            },
         })
     }
 
@@ -68,13 +85,14 @@ impl AmqpSettings {
 
     pub async fn connect(&self) -> Result<Connection, String> {
         let runtime = lapin::runtime::default_runtime().map_err(|e| e.to_string())?;
-        let tls = OwnedTLSConfig {
-            identity: None,
-            cert_chain: self.ca.clone(),
-        };
-        Connection::connect_with_config(&self.uri, ConnectionProperties::default(), tls, runtime)
-            .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.endpoint()))
+        Connection::connect_with_config(
+            &self.uri,
+            ConnectionProperties::default(),
+            self.tls.clone(),
+            runtime,
+        )
+        .await
+        .map_err(|e| format!("cannot connect to {}: {e}", self.endpoint()))
     }
 }
 
@@ -88,119 +106,4 @@ fn encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// Publishes to one AMQP broker over one confirming channel, reconnecting on demand.
-pub struct AmqpPublisher {
-    settings: AmqpSettings,
-    next_id: AtomicU64,
-    channel: Arc<Mutex<Option<(Connection, Channel)>>>,
-}
-
-impl AmqpPublisher {
-    pub fn new(settings: AmqpSettings) -> Self {
-        AmqpPublisher {
-            settings,
-            next_id: AtomicU64::new(1),
-            channel: Arc::new(Mutex::new(None)),
-        }
-    }
-
-    async fn channel(&self) -> Result<Channel, String> {
-        let mut slot = self.channel.lock().await;
-        if let Some((conn, channel)) = slot.as_ref()
-            && conn.status().connected()
-            && channel.status().connected()
-        {
-            return Ok(channel.clone());
-        }
-        *slot = None;
-        let conn = self.settings.connect().await?;
-        let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        info!(broker = %self.settings.name, endpoint = %self.settings.endpoint(), "publisher connected");
-        *slot = Some((conn, channel.clone()));
-        Ok(channel)
-    }
-
-    pub async fn publish(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        payload: Vec<u8>,
-    ) -> Result<Pending, String> {
-        let channel = self.channel().await?;
-        // Unique within this process run: it pairs returned messages with their publish.
-        let message_id = format!(
-            "mqdb-{}-{}",
-            std::process::id(),
-            self.next_id.fetch_add(1, Ordering::Relaxed)
-        );
-        let confirm = channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &payload,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_message_id(message_id.as_str().into()),
-            )
-            .await;
-        let confirm = match confirm {
-            Ok(c) => c,
-            Err(e) => {
-                *self.channel.lock().await = None;
-                return Err(format!("publish to exchange {exchange:?} failed: {e}"));
-            }
-        };
-        let confirm = Box::pin(async move {
-            let returned =
-                |r: Option<lapin::message::BasicReturnMessage>| -> Vec<(String, String)> {
-                    r.into_iter()
-                        .map(|r| {
-                            let id = r
-                                .properties
-                                .message_id()
-                                .as_ref()
-                                .map(|m| m.to_string())
-                                .unwrap_or_default();
-                            let reason = format!(
-                                "returned by the broker: {} {}",
-                                r.reply_code, r.reply_text
-                            );
-                            (id, reason)
-                        })
-                        .collect()
-                };
-            match confirm.await {
-                Ok(Confirmation::Ack(r)) => Ok(Answer {
-                    delivery: Delivery::Confirmed,
-                    returned: returned(r),
-                }),
-                Ok(Confirmation::NotRequested) => Ok(Answer {
-                    delivery: Delivery::Confirmed,
-                    returned: Vec::new(),
-                }),
-                Ok(Confirmation::Nack(r)) => Ok(Answer {
-                    delivery: Delivery::Rejected {
-                        kind: "nacked",
-                        reason: "the broker refused the message (basic.nack)".into(),
-                    },
-                    returned: returned(r),
-                }),
-                Err(e) => Err(format!("no confirm from the broker: {e}")),
-            }
-        });
-        Ok(Pending {
-            message_id: Some(message_id),
-            confirm,
-        })
-    }
 }

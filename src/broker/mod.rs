@@ -1,8 +1,12 @@
 //! Broker connections: sources that deliver messages to routes and acknowledge them once
-//! the routes are done (`mqtt`), and publishers that count a message only once the broker
-//! confirms it (`publish`, over `mqtt_publish` and `amqp`).
+//! the routes are done (`mqtt`, `amqp_source`, in the order kept by `sequence`), and
+//! publishers that count a message only once the broker confirms it (`publish`, over
+//! `mqtt_publish` and `amqp_publish`). `amqp` holds what both AMQP sides share.
 
 pub mod amqp;
+pub mod amqp_publish;
+pub mod amqp_source;
 pub mod mqtt;
 pub mod mqtt_publish;
 pub mod publish;
+pub mod sequence;

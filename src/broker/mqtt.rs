@@ -2,7 +2,7 @@
 //! acknowledgements in receive order, reconnection with backoff, and resubscription when
 //! the broker did not keep the session.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,8 +13,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::sequence::Sequencer;
 use crate::config::{self, Broker, Qos};
-use crate::message::{AckHandle, Message};
+use crate::message::{AckHandle, Message, Origin};
 use crate::topic::Filter;
 
 /// MQTT's own ceiling on a packet; rumqttc's default (10 kB) would turn a large payload into
@@ -175,7 +176,7 @@ struct Registration {
     ack: Option<Publish>,
     routes: usize,
     generation: u64,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 }
 
 impl MqttSource {
@@ -307,7 +308,7 @@ async fn read(
                     ack,
                     routes: matching.len(),
                     generation,
-                    _permit: permit,
+                    permit,
                 };
                 if register.send(registration).await.is_err() {
                     return;
@@ -317,10 +318,13 @@ async fn read(
                     let message = Message {
                         topic: topic.clone(),
                         payload: publish.payload.to_vec(),
-                        qos: publish.qos as u8,
-                        retain: publish.retain,
                         received_at,
                         broker: broker.clone(),
+                        origin: Origin::Mqtt {
+                            qos: publish.qos as u8,
+                            retain: publish.retain,
+                        },
+                        headers: Default::default(),
                         ack: AckHandle::new(seq, done.clone()),
                     };
                     if subscription.route.send(message).await.is_err() {
@@ -366,35 +370,21 @@ async fn sequence_acks(
     mut intake: watch::Receiver<bool>,
     generation: Arc<AtomicU64>,
 ) {
-    let mut pending: VecDeque<Registration> = VecDeque::new();
+    let mut sequencer: Sequencer<(Option<Publish>, u64, OwnedSemaphorePermit)> =
+        Sequencer::default();
     // Acks that rumqttc's request channel had no room for. Waiting on that channel here
     // would stall the routes, which would stall the reader that drains the channel.
     let mut unsent: VecDeque<(Publish, u64)> = VecDeque::new();
-    let mut early: HashMap<u64, usize> = HashMap::new();
     let mut open = true;
     let mut retry = tokio::time::interval(Duration::from_millis(5));
     loop {
         tokio::select! {
             r = register.recv() => match r {
-                Some(mut r) => {
-                    if let Some(n) = early.remove(&r.seq) {
-                        r.routes = r.routes.saturating_sub(n);
-                    }
-                    pending.push_back(r);
-                }
+                Some(r) => sequencer.register(r.seq, r.routes, (r.ack, r.generation, r.permit)),
                 None => return,
             },
             d = done.recv() => match d {
-                // Sequence numbers are contiguous, so the entry sits at a known offset.
-                Some(seq) => match pending
-                    .front()
-                    .and_then(|f| usize::try_from(seq.wrapping_sub(f.seq)).ok())
-                    .and_then(|i| pending.get_mut(i))
-                    .filter(|r| r.seq == seq)
-                {
-                    Some(r) => r.routes = r.routes.saturating_sub(1),
-                    None => *early.entry(seq).or_default() += 1,
-                },
+                Some(seq) => sequencer.done(seq),
                 None => return,
             },
             changed = intake.changed(), if open => {
@@ -402,12 +392,12 @@ async fn sequence_acks(
             }
             _ = retry.tick(), if !unsent.is_empty() => {}
         }
-        // A finished message frees its in-flight slot at once, even if its ack must wait
-        // for room: the reader needs that slot to keep polling, and polling sends the acks.
-        while pending.front().is_some_and(|r| r.routes == 0) {
-            let r = pending.pop_front().expect("checked");
-            if let Some(publish) = r.ack {
-                unsent.push_back((publish, r.generation));
+        // A finished message frees its in-flight slot at once (the permit drops), even if
+        // its ack must wait for room: the reader needs that slot to keep polling, and
+        // polling sends the acks.
+        while let Some((ack, generation, _permit)) = sequencer.pop_ready() {
+            if let Some(publish) = ack {
+                unsent.push_back((publish, generation));
             }
         }
         let current = generation.load(Ordering::SeqCst);
@@ -421,7 +411,7 @@ async fn sequence_acks(
             }
             unsent.pop_front();
         }
-        if !open && pending.is_empty() && unsent.is_empty() && register.is_empty() {
+        if !open && sequencer.is_empty() && unsent.is_empty() && register.is_empty() {
             return;
         }
     }

@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use super::amqp::AmqpPublisher;
+use super::amqp_publish::AmqpPublisher;
 use super::mqtt_publish::MqttPublisher;
 
 /// What the broker said about one message.

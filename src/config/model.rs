@@ -142,6 +142,15 @@ pub struct Inbound {
     /// MQTT subscription QoS (0, 1 or 2).
     #[serde(default = "default_qos")]
     pub qos: Qos,
+    /// AMQP queue to consume; declared durable when it does not exist.
+    #[serde(default)]
+    pub queue: Option<Spanned<EnvString>>,
+    /// AMQP binding of the queue; a missing exchange is declared durable, kind `topic`.
+    #[serde(default)]
+    pub bind: Option<Spanned<Bind>>,
+    /// AMQP prefetch: most unacknowledged messages held (default twice `batch.max_rows`).
+    #[serde(default)]
+    pub prefetch: Option<Spanned<u16>>,
     /// Name of a database under `databases`.
     pub database: Spanned<EnvString>,
     /// Target table, `table` or `schema.table`.
@@ -149,6 +158,9 @@ pub struct Inbound {
     /// Payload format.
     #[serde(default)]
     pub format: Format,
+    /// How delimited payloads are read (`format: csv`).
+    #[serde(default)]
+    pub csv: Option<Spanned<CsvInput>>,
     /// `column: source` pairs; without it, top-level JSON keys map to same-named columns.
     #[serde(default)]
     pub columns: Option<BTreeMap<String, Spanned<EnvString>>>,
@@ -161,6 +173,20 @@ pub struct Inbound {
     /// Key columns for `on_conflict: ignore | update`.
     #[serde(default)]
     pub key: Vec<Spanned<EnvString>>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bind {
+    /// Exchange the queue is bound to.
+    pub exchange: EnvString,
+    /// Binding key (`#` takes everything from a topic exchange).
+    #[serde(default = "default_binding_key")]
+    pub routing_key: EnvString,
+}
+
+pub fn default_binding_key() -> EnvString {
+    EnvString("#".into())
 }
 
 pub fn default_qos() -> Qos {
@@ -220,6 +246,47 @@ impl Default for CsvOptions {
             quote: default_quote(),
         }
     }
+}
+
+/// How delimited payloads are read: every record of a message is one row.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CsvInput {
+    /// Field separator, one ASCII character (`"\t"` for tab).
+    #[serde(default = "default_delimiter")]
+    pub delimiter: char,
+    /// Quote character, one ASCII character.
+    #[serde(default = "default_quote")]
+    pub quote: char,
+    /// Escape character inside quotes; without it a quote is escaped by doubling it.
+    #[serde(default)]
+    pub escape: Option<char>,
+    /// The first line of each message names its fields.
+    #[serde(default)]
+    pub header: bool,
+    /// Names of the fields by position.
+    #[serde(default)]
+    pub fields: Option<Vec<EnvString>>,
+    /// A field with exactly this text is NULL; `~` makes no field NULL.
+    #[serde(default = "default_null")]
+    pub null: Option<String>,
+}
+
+impl Default for CsvInput {
+    fn default() -> Self {
+        CsvInput {
+            delimiter: default_delimiter(),
+            quote: default_quote(),
+            escape: None,
+            header: false,
+            fields: None,
+            null: default_null(),
+        }
+    }
+}
+
+pub fn default_null() -> Option<String> {
+    Some(String::new())
 }
 
 pub fn default_delimiter() -> char {

@@ -6,8 +6,11 @@ use std::path::Path;
 
 use serde_saphyr::Spanned;
 
-use super::{BrokerKind, Config, ConfigError, EnvString, Format, OnConflict, Outbound};
-use crate::mapping::Source;
+use super::{
+    BrokerKind, Config, ConfigError, CsvInput, EnvString, Format, Inbound, OnConflict, Outbound,
+};
+use crate::codec::csv::CsvFormat;
+use crate::mapping::{Field, Source, SourceContext};
 use crate::topic::Filter;
 
 pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
@@ -58,28 +61,14 @@ pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
         let r = &route.value;
         let name = &r.name.value;
         references(path, config, &r.name, &r.broker, &r.database, &mut names)?;
-        if config.brokers[r.broker.value.as_str()].value.kind() != Some(BrokerKind::Mqtt) {
-            return Err(err(
-                &r.broker.referenced,
-                format!(
-                    "route {name}: inbound routes read from MQTT brokers (mqtt:// or mqtts://)"
-                ),
-            ));
-        }
-        if r.format != Format::Json {
-            return Err(err(
-                &route.referenced,
-                format!("route {name}: inbound routes take format: json"),
-            ));
-        }
-        let Some(topic) = &r.topic else {
-            return Err(err(
-                &route.referenced,
-                format!("route {name}: set `topic:` (an MQTT topic filter)"),
-            ));
+        let amqp = config.brokers[r.broker.value.as_str()].value.kind() == Some(BrokerKind::Amqp);
+        let filter = intake(path, r, amqp)?;
+        let csv = csv_format(path, route)?;
+        let ctx = SourceContext {
+            amqp,
+            filter: filter.as_ref(),
+            csv: csv.as_ref(),
         };
-        let filter = Filter::parse(&topic.value)
-            .map_err(|e| err(&topic.referenced, format!("route {name}: {e}")))?;
         if r.table.value.trim().is_empty() || r.table.value.split('.').count() > 2 {
             return Err(err(
                 &r.table.referenced,
@@ -96,8 +85,21 @@ pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
                 ));
             }
             for source in columns.values() {
-                Source::parse(&source.value, Some(&filter))
+                let parsed = Source::parse(&source.value, &ctx)
                     .map_err(|e| err(&source.referenced, format!("route {name}: {e}")))?;
+                let declared = csv.as_ref().and_then(|c| c.fields.as_ref());
+                if let (Source::Field(Field::Index(i)), Some(fields)) = (&parsed, declared)
+                    && *i >= fields.len()
+                {
+                    return Err(err(
+                        &source.referenced,
+                        format!(
+                            "route {name}: `{}` is beyond csv.fields, which names {} fields",
+                            source.value,
+                            fields.len()
+                        ),
+                    ));
+                }
             }
         }
         if r.batch.max_rows == 0 {
@@ -143,6 +145,137 @@ pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
         check_outbound(path, config, route, &mut names)?;
     }
     Ok(())
+}
+
+/// The route reads a topic from an MQTT broker or a queue from an AMQP broker; returns the
+/// topic filter.
+fn intake(path: &Path, r: &Inbound, amqp: bool) -> Result<Option<Filter>, ConfigError> {
+    let err = |at: &serde_saphyr::Location, msg: String| ConfigError::at(path, at, msg);
+    let name = &r.name.value;
+    if !amqp {
+        let misplaced = [
+            r.queue.as_ref().map(|q| (&q.referenced, "queue")),
+            r.bind.as_ref().map(|b| (&b.referenced, "bind")),
+            r.prefetch.as_ref().map(|p| (&p.referenced, "prefetch")),
+        ];
+        if let Some((at, key)) = misplaced.into_iter().flatten().next() {
+            return Err(err(
+                at,
+                format!("route {name}: `{key}:` is for AMQP brokers; MQTT routes use topic"),
+            ));
+        }
+        let Some(topic) = &r.topic else {
+            return Err(err(
+                &r.name.referenced,
+                format!("route {name}: set `topic:` (an MQTT topic filter)"),
+            ));
+        };
+        return Filter::parse(&topic.value)
+            .map(Some)
+            .map_err(|e| err(&topic.referenced, format!("route {name}: {e}")));
+    }
+    if let Some(topic) = &r.topic {
+        return Err(err(
+            &topic.referenced,
+            format!("route {name}: `topic:` is for MQTT brokers; AMQP routes use queue"),
+        ));
+    }
+    match &r.queue {
+        Some(q) if !q.value.trim().is_empty() => {}
+        Some(q) => {
+            return Err(err(
+                &q.referenced,
+                format!("route {name}: the queue name is empty"),
+            ));
+        }
+        None => {
+            return Err(err(
+                &r.name.referenced,
+                format!("route {name}: set `queue:` (the AMQP queue to consume)"),
+            ));
+        }
+    }
+    if let Some(bind) = &r.bind
+        && bind.value.exchange.trim().is_empty()
+    {
+        return Err(err(
+            &bind.referenced,
+            format!(
+                "route {name}: bind.exchange is empty (the default exchange takes no bindings)"
+            ),
+        ));
+    }
+    if let Some(p) = r.prefetch.as_ref().filter(|p| p.value == 0) {
+        return Err(err(
+            &p.referenced,
+            format!("route {name}: prefetch must be at least 1"),
+        ));
+    }
+    Ok(None)
+}
+
+/// The CSV settings of a route, checked; `None` for JSON routes.
+fn csv_format(path: &Path, route: &Spanned<Inbound>) -> Result<Option<CsvFormat>, ConfigError> {
+    let r = &route.value;
+    let name = &r.name.value;
+    let err = |at: &serde_saphyr::Location, msg: String| ConfigError::at(path, at, msg);
+    let input = match (r.format, &r.csv) {
+        (Format::Json, None) => return Ok(None),
+        (Format::Json, Some(csv)) => {
+            return Err(err(
+                &csv.referenced,
+                format!("route {name}: `csv:` needs format: csv"),
+            ));
+        }
+        (Format::Csv, csv) => csv.as_ref(),
+    };
+    let Some(input) = input else {
+        return Ok(Some(CsvFormat::from_config(&CsvInput::default())));
+    };
+    let c = &input.value;
+    let chars = [
+        ("delimiter", Some(c.delimiter)),
+        ("quote", Some(c.quote)),
+        ("escape", c.escape),
+    ];
+    for (key, ch) in chars {
+        if let Some(ch) = ch
+            && (!ch.is_ascii() || ch == '\n' || ch == '\r')
+        {
+            return Err(err(
+                &input.referenced,
+                format!(
+                    "route {name}: csv.{key} must be one ASCII character other than a line end"
+                ),
+            ));
+        }
+    }
+    if c.delimiter == c.quote || Some(c.delimiter) == c.escape {
+        return Err(err(
+            &input.referenced,
+            format!("route {name}: csv delimiter, quote and escape must differ"),
+        ));
+    }
+    if let Some(fields) = &c.fields {
+        let mut seen = HashSet::new();
+        for f in fields {
+            if f.trim().is_empty() || f.contains('.') || f.parse::<usize>().is_ok() {
+                return Err(err(
+                    &input.referenced,
+                    format!(
+                        "route {name}: csv field name `{f}` must be a non-empty name without dots, not a number"
+                    ),
+                ));
+            }
+            if !seen.insert(f.to_ascii_lowercase()) {
+                return Err(err(
+                    &input.referenced,
+                    format!("route {name}: csv field `{f}` is named twice"),
+                ));
+            }
+        }
+    }
+    Ok(Some(CsvFormat::from_config(c)))
 }
 
 fn check_outbound(

@@ -1,9 +1,16 @@
-//! Row → message payloads for outbound routes: one JSON object or one CSV line per row.
+//! JSON payloads: decoding inbound messages, and one object per row for outbound routes.
 
 use serde_json::{Map, Number, Value as Json};
 
-use crate::config::CsvOptions;
 use crate::db::poll::{Cell, rfc3339};
+use crate::mapping::MapError;
+
+/// Parses a JSON payload, refusing invalid UTF-8 with its position.
+pub fn decode(payload: &[u8]) -> Result<Json, MapError> {
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| MapError::Decode(format!("the payload is not valid UTF-8: {e}")))?;
+    serde_json::from_str(text).map_err(|e| MapError::Decode(format!("invalid JSON: {e}")))
+}
 
 /// One JSON object: keys are column names; integers stay integers, decimals keep every
 /// digit, timestamps are RFC 3339 UTC, binary is base64, NULL is null.
@@ -31,26 +38,6 @@ fn json_value(cell: &Cell) -> Json {
         Cell::Date(d) => Json::String(d.format("%Y-%m-%d").to_string()),
         Cell::Timestamp(t) => Json::String(rfc3339(t)),
     }
-}
-
-/// One CSV line (with its line end): NULL is an empty field, other values their text.
-pub fn csv_row(row: &[Cell], options: &CsvOptions) -> Vec<u8> {
-    let mut writer = csv::WriterBuilder::new()
-        .delimiter(ascii(options.delimiter, b','))
-        .quote(ascii(options.quote, b'"'))
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(Vec::new());
-    let fields: Vec<String> = row.iter().map(|c| c.text().unwrap_or_default()).collect();
-    // Writing to a Vec cannot fail.
-    let _ = writer.write_record(&fields);
-    writer.into_inner().unwrap_or_default()
-}
-
-fn ascii(c: char, fallback: u8) -> u8 {
-    u8::try_from(c)
-        .ok()
-        .filter(u8::is_ascii)
-        .unwrap_or(fallback)
 }
 
 #[cfg(test)]
@@ -82,17 +69,5 @@ mod tests {
             text,
             r#"{"i":9007199254740993,"d":12345678901234567890.1234567890,"f":1.5,"b":true,"t":"é\"x","ts":"2024-05-01T10:00:00Z","n":null,"bin":"/wA="}"#
         );
-    }
-
-    #[test]
-    fn csv_quotes_what_needs_quoting() {
-        let row = vec![Cell::Int(1), Cell::Text("a,\"b\"\nc".into()), Cell::Null];
-        let line = String::from_utf8(csv_row(&row, &CsvOptions::default())).unwrap();
-        assert_eq!(line, "1,\"a,\"\"b\"\"\nc\",\n");
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .from_reader(line.as_bytes());
-        let record = reader.records().next().unwrap().unwrap();
-        assert_eq!(&record[1], "a,\"b\"\nc");
     }
 }

@@ -1,0 +1,426 @@
+//! AMQP 0.9.1 source: consumes one queue per route with manual acknowledgements and a
+//! bounded prefetch, declares what is missing, and reconnects with backoff.
+//!
+//! Nothing is ever nacked or requeued by the bridge: a message it cannot finish now (the
+//! database is down) stays unacknowledged, which holds the prefetch window shut, until it is
+//! done or the connection closes and the broker requeues it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Connection, Consumer, ExchangeKind};
+use serde_json::{Map, Number, Value as Json};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::amqp::AmqpSettings;
+use super::sequence::Sequencer;
+use crate::message::{AckHandle, Message, Origin};
+
+/// What one route consumes.
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    pub route: String,
+    pub queue: String,
+    /// Exchange and binding key.
+    pub bind: Option<(String, String)>,
+    pub prefetch: u16,
+}
+
+/// A running AMQP source for one route.
+pub struct AmqpSource {
+    intake: watch::Sender<bool>,
+    finish: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl AmqpSource {
+    pub fn start(
+        settings: AmqpSettings,
+        spec: QueueSpec,
+        route: mpsc::Sender<Message>,
+    ) -> AmqpSource {
+        let (intake, intake_rx) = watch::channel(true);
+        let (finish, finish_rx) = oneshot::channel();
+        let task = tokio::spawn(consume(settings, spec, route, intake_rx, finish_rx));
+        AmqpSource {
+            intake,
+            finish: Some(finish),
+            task,
+        }
+    }
+
+    /// Stops consuming; what is not yet handed to the route stays with the broker.
+    pub fn close_intake(&self) {
+        let _ = self.intake.send(false);
+    }
+
+    /// Once the route has finished: sends the last acknowledgements and closes the
+    /// connection, so the broker requeues whatever is left unacknowledged.
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.close_intake();
+        if let Some(finish) = self.finish.take() {
+            let _ = finish.send(());
+        }
+        if tokio::time::timeout(grace, &mut self.task).await.is_err() {
+            warn!("the AMQP connection did not close in time");
+            self.task.abort();
+        }
+    }
+}
+
+struct Session {
+    conn: Connection,
+    channel: Channel,
+    consumer: Consumer,
+    tag: String,
+}
+
+async fn consume(
+    settings: AmqpSettings,
+    spec: QueueSpec,
+    route: mpsc::Sender<Message>,
+    mut intake: watch::Receiver<bool>,
+    mut finish: oneshot::Receiver<()>,
+) {
+    let queue: Arc<str> = Arc::from(spec.queue.as_str());
+    let broker: Arc<str> = Arc::from(settings.name.as_str());
+    // Every message handed out holds a prefetch slot, so reports never outnumber twice the
+    // window (this connection's and the previous one's).
+    let (done_tx, mut done_rx) = mpsc::channel::<u64>(usize::from(spec.prefetch) * 2 + 1);
+    let mut sequencer: Sequencer<u64> = Sequencer::default();
+    let mut seq: u64 = 0;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        if !*intake.borrow() {
+            return;
+        }
+        let session = tokio::select! {
+            opened = open(&settings, &spec) => opened,
+            _ = &mut finish => return,
+        };
+        let Session {
+            conn,
+            channel,
+            mut consumer,
+            tag,
+        } = match session {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(route = %spec.route, broker = %settings.name, endpoint = %settings.endpoint(), error = %e, retry_in = ?delay, "cannot consume; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = &mut finish => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        delay = Duration::from_millis(100);
+        info!(route = %spec.route, broker = %settings.name, queue = %spec.queue, prefetch = spec.prefetch, "consuming");
+        // Deliveries of the previous channel were requeued by the broker; their tags mean
+        // nothing on this one.
+        sequencer.clear();
+        let mut consuming = *intake.borrow();
+        let mut outbox: Option<Message> = None;
+        let lost = loop {
+            tokio::select! {
+                biased;
+                _ = &mut finish => {
+                    let _ = ack_ready(&channel, &mut sequencer, &mut done_rx).await;
+                    let _ = conn.close(200, "mqdb stopping".into()).await;
+                    return;
+                }
+                Some(s) = done_rx.recv() => {
+                    sequencer.done(s);
+                    if let Err(e) = ack_ready(&channel, &mut sequencer, &mut done_rx).await {
+                        break e;
+                    }
+                }
+                permit = route.reserve(), if outbox.is_some() => match permit {
+                    Ok(permit) => permit.send(outbox.take().expect("guarded")),
+                    Err(_) => {
+                        outbox = None;
+                        consuming = false;
+                    }
+                },
+                delivery = consumer.next(), if consuming && outbox.is_none() => match delivery {
+                    Some(Ok(d)) => {
+                        seq += 1;
+                        sequencer.register(seq, 1, d.delivery_tag);
+                        outbox = Some(Message {
+                            topic: d.routing_key.as_str().to_string(),
+                            received_at: Utc::now(),
+                            broker: broker.clone(),
+                            origin: Origin::Amqp {
+                                queue: queue.clone(),
+                                exchange: d.exchange.as_str().to_string(),
+                                redelivered: d.redelivered,
+                            },
+                            headers: d.properties.headers().as_ref().map(table_json).unwrap_or_default(),
+                            payload: d.data,
+                            ack: AckHandle::new(seq, done_tx.clone()),
+                        });
+                    }
+                    Some(Err(e)) => break e.to_string(),
+                    None => break "the broker cancelled the consumer".to_string(),
+                },
+                changed = intake.changed(), if consuming => {
+                    if changed.is_err() || !*intake.borrow() {
+                        consuming = false;
+                        outbox = None;
+                        let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+                    }
+                }
+            }
+        };
+        warn!(route = %spec.route, broker = %settings.name, endpoint = %settings.endpoint(), error = %lost, retry_in = ?delay, "broker connection lost; unacknowledged messages will be redelivered");
+        let _ = conn.close(200, "reconnecting".into()).await;
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = &mut finish => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+}
+
+/// Acknowledges, with one `multiple` ack, every message done in receive order so far.
+async fn ack_ready(
+    channel: &Channel,
+    sequencer: &mut Sequencer<u64>,
+    done: &mut mpsc::Receiver<u64>,
+) -> Result<(), String> {
+    while let Ok(s) = done.try_recv() {
+        sequencer.done(s);
+    }
+    let mut last = None;
+    while let Some(tag) = sequencer.pop_ready() {
+        last = Some(tag);
+    }
+    match last {
+        Some(tag) => channel
+            .basic_ack(tag, BasicAckOptions { multiple: true })
+            .await
+            .map_err(|e| format!("acknowledgement failed: {e}")),
+        None => Ok(()),
+    }
+}
+
+async fn open(settings: &AmqpSettings, spec: &QueueSpec) -> Result<Session, String> {
+    let conn = settings.connect().await?;
+    declare(&conn, spec).await?;
+    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+    channel
+        .basic_qos(spec.prefetch, BasicQosOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let tag = format!("mqdb-{}", spec.route);
+    let consumer = channel
+        .basic_consume(
+            spec.queue.as_str().into(),
+            tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("cannot consume from queue {:?}: {e}", spec.queue))?;
+    Ok(Session {
+        conn,
+        channel,
+        consumer,
+        tag,
+    })
+}
+
+/// Declares the queue (durable) and the bound exchange (durable, `topic`) when they do not
+/// exist; existing ones are used as they are, whatever their arguments.
+async fn declare(conn: &Connection, spec: &QueueSpec) -> Result<(), String> {
+    if !queue_exists(conn, &spec.queue).await? {
+        let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+        channel
+            .queue_declare(
+                spec.queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("cannot declare queue {:?}: {e}", spec.queue))?;
+        info!(route = %spec.route, queue = %spec.queue, "declared durable queue");
+        let _ = channel.close(200, "declared".into()).await;
+    }
+    let Some((exchange, key)) = &spec.bind else {
+        return Ok(());
+    };
+    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+    let passive = ExchangeDeclareOptions {
+        passive: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    let exists = channel
+        .exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Topic,
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .is_ok();
+    // A failed passive declare closes its channel.
+    let channel = if exists {
+        channel
+    } else {
+        let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+        channel
+            .exchange_declare(
+                exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("cannot declare exchange {exchange:?}: {e}"))?;
+        info!(route = %spec.route, exchange = %exchange, "declared durable topic exchange");
+        channel
+    };
+    channel
+        .queue_bind(
+            spec.queue.as_str().into(),
+            exchange.as_str().into(),
+            key.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| format!("cannot bind queue {:?} to {exchange:?}: {e}", spec.queue))?;
+    let _ = channel.close(200, "declared".into()).await;
+    Ok(())
+}
+
+/// Whether the queue exists, and how many messages wait in it.
+pub async fn queue_depth(conn: &Connection, queue: &str) -> Result<Option<u32>, String> {
+    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    match channel
+        .queue_declare(queue.into(), passive, FieldTable::default())
+        .await
+    {
+        Ok(q) => {
+            let _ = channel.close(200, "checked".into()).await;
+            Ok(Some(q.message_count()))
+        }
+        Err(_) if conn.status().connected() => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn queue_exists(conn: &Connection, queue: &str) -> Result<bool, String> {
+    queue_depth(conn, queue).await.map(|d| d.is_some())
+}
+
+/// AMQP headers as JSON, so that `header.NAME` converts like a JSON value.
+pub fn table_json(table: &FieldTable) -> Map<String, Json> {
+    table
+        .inner()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_string(), value_json(v)))
+        .collect()
+}
+
+fn value_json(value: &AMQPValue) -> Json {
+    match value {
+        AMQPValue::Boolean(b) => Json::Bool(*b),
+        AMQPValue::ShortShortInt(i) => Json::from(*i),
+        AMQPValue::ShortShortUInt(i) => Json::from(*i),
+        AMQPValue::ShortInt(i) => Json::from(*i),
+        AMQPValue::ShortUInt(i) => Json::from(*i),
+        AMQPValue::LongInt(i) => Json::from(*i),
+        AMQPValue::LongUInt(i) => Json::from(*i),
+        AMQPValue::LongLongInt(i) => Json::from(*i),
+        AMQPValue::Timestamp(t) => Json::from(*t),
+        AMQPValue::Float(f) => Number::from_f64(f64::from(*f)).map_or(Json::Null, Json::Number),
+        AMQPValue::Double(f) => Number::from_f64(*f).map_or(Json::Null, Json::Number),
+        AMQPValue::DecimalValue(d) => decimal(d.value, d.scale)
+            .parse::<Number>()
+            .map_or(Json::Null, Json::Number),
+        AMQPValue::ShortString(s) => Json::String(s.as_str().to_string()),
+        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
+            Ok(text) => Json::String(text.to_string()),
+            Err(_) => Json::String(crate::dlq::base64(s.as_bytes())),
+        },
+        AMQPValue::ByteArray(b) => Json::String(crate::dlq::base64(b.as_slice())),
+        AMQPValue::FieldArray(items) => {
+            Json::Array(items.as_slice().iter().map(value_json).collect())
+        }
+        AMQPValue::FieldTable(t) => Json::Object(table_json(t)),
+        AMQPValue::Void => Json::Null,
+    }
+}
+
+/// `value × 10^-scale` as exact decimal text.
+fn decimal(value: u32, scale: u8) -> String {
+    let digits = value.to_string();
+    let scale = usize::from(scale);
+    if scale == 0 {
+        return digits;
+    }
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (int, frac) = padded.split_at(padded.len() - scale);
+    format!("{int}.{frac}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lapin::types::{FieldArray, LongString, ShortString};
+
+    #[test]
+    fn headers_become_json() {
+        let mut table = FieldTable::default();
+        table.insert(
+            ShortString::from("site"),
+            AMQPValue::LongString(LongString::from("north")),
+        );
+        table.insert(ShortString::from("n"), AMQPValue::LongLongInt(-7));
+        table.insert(ShortString::from("ok"), AMQPValue::Boolean(true));
+        table.insert(
+            ShortString::from("list"),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::ShortInt(1)])),
+        );
+        table.insert(
+            ShortString::from("price"),
+            AMQPValue::DecimalValue(lapin::types::DecimalValue {
+                scale: 3,
+                value: 1205,
+            }),
+        );
+        let json = Json::Object(table_json(&table));
+        assert_eq!(
+            json,
+            serde_json::json!({"site": "north", "n": -7, "ok": true, "list": [1], "price": 1.205})
+        );
+    }
+
+    #[test]
+    fn decimals_keep_their_scale() {
+        assert_eq!(decimal(5, 2), "0.05");
+        assert_eq!(decimal(1205, 3), "1.205");
+        assert_eq!(decimal(42, 0), "42");
+    }
+}
