@@ -1063,3 +1063,157 @@ fn tls_with_client_certificates_run_and_check() {
         "no FAIL line naming broker b and the certificate problem:\n{out}{err}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// MQTT 5: user properties as `header.NAME`, and a session that outlives the bridge
+// ---------------------------------------------------------------------------------------
+
+/// Runs `f` with an MQTT 5 client (`client_id`, clean start or not), then polls its event
+/// loop until the `answers` requests `f` queued (subscribes, QoS 1 publishes) are answered.
+fn with_mqtt5(
+    port: u16,
+    client_id: &str,
+    clean_start: bool,
+    answers: usize,
+    f: impl FnOnce(&rumqttc::v5::AsyncClient),
+) {
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions, mqttbytes::v5::Packet};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_clean_start(clean_start);
+    if !clean_start {
+        options.set_session_expiry_interval(Some(3600));
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, 100);
+    f(&client);
+    rt.block_on(async {
+        let start = Instant::now();
+        let mut answered = 0;
+        while answered < answers {
+            let event = tokio::time::timeout(Duration::from_secs(10), eventloop.poll())
+                .await
+                .expect("MQTT 5 client: no event within 10 s")
+                .expect("MQTT 5 client connection");
+            if let Event::Incoming(Packet::SubAck(_) | Packet::PubAck(_)) = event {
+                answered += 1;
+            }
+            assert!(start.elapsed() < LIVENESS, "MQTT 5 client did not finish");
+        }
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
+    });
+}
+
+fn publish_with_properties(port: u16, topic: &str, payload: &str, properties: &[(&str, &str)]) {
+    use rumqttc::v5::mqttbytes::{QoS, v5::PublishProperties};
+    let props = PublishProperties {
+        user_properties: properties
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    with_mqtt5(port, &unique("mqdb_pub5"), true, 1, |client| {
+        client
+            .try_publish_with_properties(
+                topic,
+                QoS::AtLeastOnce,
+                false,
+                payload.as_bytes().to_vec(),
+                props,
+            )
+            .expect("queue the MQTT 5 publish");
+    });
+}
+
+#[test]
+fn mqtt5_user_properties_map_to_columns_and_the_session_outlives_the_bridge() {
+    let world = World::new();
+    let table = TempTable::create(
+        &Db::Postgres,
+        "mqdb_m5",
+        "id INTEGER PRIMARY KEY, site TEXT, line INTEGER, qos INTEGER",
+    );
+    let topic = format!("{}/m5", unique("plant"));
+    // The bridge's own session, made persistent beforehand (MQTT 5 needs an expiry).
+    with_mqtt5(world.broker.port, &world.client_id, false, 1, |client| {
+        client
+            .try_subscribe(topic.as_str(), rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+            .expect("queue the subscribe");
+    });
+    publish_with_properties(
+        world.broker.port,
+        &topic,
+        r#"{"id": 1}"#,
+        &[("site", "north"), ("line", "7")],
+    );
+    publish_with_properties(world.broker.port, &topic, r#"{"id": 2}"#, &[]);
+    let config = world.config(
+        &["mqtt_version: 5"],
+        &[route(
+            "m5",
+            &topic,
+            1,
+            &table.name,
+            &[
+                ("id", "payload.id"),
+                ("site", "header.site"),
+                ("line", "header.LINE"),
+                ("qos", "meta.qos"),
+            ],
+            &[],
+        )],
+    );
+    let mut bridge = Bridge::start(&config);
+    let count = format!("SELECT COUNT(*) FROM {}", table.name);
+    wait_for_count(&mut bridge, &count, 2);
+    terminate_ok(&mut bridge);
+
+    // Published while the bridge is away: only a session that survived its disconnect
+    // (a session expiry set by the bridge) keeps this message for it.
+    publish_with_properties(
+        world.broker.port,
+        &topic,
+        r#"{"id": 3}"#,
+        &[("site", "south")],
+    );
+    let mut bridge = Bridge::start(&config);
+    wait_for_count(&mut bridge, &count, 3);
+    terminate_ok(&mut bridge);
+
+    let got = rows(&format!(
+        "SELECT id, site, line, qos FROM {} ORDER BY id",
+        table.name
+    ));
+    let s = |v: &str| Some(v.to_string());
+    assert_rows(
+        "rows with user properties",
+        &got,
+        &[
+            vec![s("1"), s("north"), s("7"), s("1")],
+            vec![s("2"), None, None, s("1")],
+            vec![s("3"), s("south"), None, s("1")],
+        ],
+    );
+    assert!(dlq_list(&config).is_empty(), "no dead letters expected");
+}
+
+#[test]
+fn header_sources_on_mqtt_need_mqtt_version_5() {
+    let world = World::new();
+    let config = world.config(
+        &[],
+        &[route("h", "a/b", 1, "t", &[("site", "header.site")], &[])],
+    );
+    let out = run_mqdb(&["-c", path_str(&config), "check"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("mqtt_version: 5"), "{stderr}");
+    assert!(
+        stderr.contains("mqdb.yaml:"),
+        "the error names the file and line: {stderr}"
+    );
+}

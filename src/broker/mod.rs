@@ -7,6 +7,7 @@ pub mod amqp;
 pub mod amqp_publish;
 pub mod amqp_source;
 pub mod mqtt;
+pub mod mqtt_link;
 pub mod mqtt_publish;
 pub mod publish;
 pub mod sequence;

@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
+use rumqttc::{MqttOptions, QoS, Transport};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::mqtt_link::{self, AckError, AckToken, Incoming, Link, LinkClient};
 use super::sequence::Sequencer;
 use crate::config::{self, Broker, Qos};
 use crate::message::{AckHandle, Message, Origin};
@@ -32,9 +33,12 @@ pub struct MqttSettings {
     pub client_id: String,
     credentials: Option<(String, String)>,
     keep_alive: Duration,
-    clean_session: bool,
+    pub clean_session: bool,
     pub max_in_flight: usize,
+    pub version: MqttVersion,
 }
+
+pub use crate::config::MqttVersion;
 
 impl MqttSettings {
     pub fn from_config(name: &str, broker: &Broker) -> Result<Self, String> {
@@ -88,6 +92,7 @@ impl MqttSettings {
             keep_alive: broker.keep_alive,
             clean_session: broker.clean_session,
             max_in_flight: broker.max_in_flight,
+            version: broker.mqtt_version,
         })
     }
 
@@ -100,6 +105,29 @@ impl MqttSettings {
             .set_manual_acks(true)
             .set_max_packet_size(MAX_PACKET, MAX_PACKET)
             .set_request_channel_capacity(1024);
+        if let Some((user, password)) = &self.credentials {
+            options.set_credentials(user, password);
+        }
+        if let Some(tls) = &self.tls {
+            options.set_transport(Transport::Tls(tls.clone()));
+        }
+        options
+    }
+
+    /// MQTT 5 options for the subscriber: a persistent session must be given an expiry, and
+    /// the receive maximum asks the broker to respect the in-flight limit.
+    pub fn options_v5(&self) -> rumqttc::v5::MqttOptions {
+        let mut options = rumqttc::v5::MqttOptions::new(&self.client_id, &self.host, self.port);
+        options
+            .set_keep_alive(self.keep_alive)
+            .set_clean_start(self.clean_session)
+            .set_manual_acks(true)
+            .set_max_packet_size(Some(MAX_PACKET as u32))
+            .set_receive_maximum(Some(u16::try_from(self.max_in_flight).unwrap_or(u16::MAX)))
+            .set_request_channel_capacity(1024);
+        if !self.clean_session {
+            options.set_session_expiry_interval(Some(u32::MAX));
+        }
         if let Some((user, password)) = &self.credentials {
             options.set_credentials(user, password);
         }
@@ -164,7 +192,7 @@ pub struct Subscription {
 
 /// A running MQTT source.
 pub struct MqttSource {
-    client: AsyncClient,
+    client: LinkClient,
     intake: watch::Sender<bool>,
     reader: JoinHandle<()>,
     sequencer: JoinHandle<()>,
@@ -173,7 +201,7 @@ pub struct MqttSource {
 /// What the sequencer must know of each received message.
 struct Registration {
     seq: u64,
-    ack: Option<Publish>,
+    ack: Option<AckToken>,
     routes: usize,
     generation: u64,
     permit: OwnedSemaphorePermit,
@@ -181,8 +209,7 @@ struct Registration {
 
 impl MqttSource {
     pub fn start(settings: MqttSettings, subscriptions: Vec<Subscription>) -> MqttSource {
-        let options = settings.options(&settings.client_id, settings.clean_session);
-        let (client, eventloop) = AsyncClient::new(options, 1024);
+        let (client, eventloop) = mqtt_link::connect(&settings, 1024);
         let (intake, intake_rx) = watch::channel(true);
         let generation = Arc::new(AtomicU64::new(0));
         let (register_tx, register_rx) = mpsc::channel(settings.max_in_flight);
@@ -227,7 +254,7 @@ impl MqttSource {
         if tokio::time::timeout(grace, self.sequencer).await.is_err() {
             warn!("acknowledgements still pending at shutdown; the broker will redeliver them");
         }
-        let _ = self.client.disconnect().await;
+        self.client.disconnect().await;
         if tokio::time::timeout(grace, self.reader).await.is_err() {
             warn!("the broker connection did not close in time");
         }
@@ -244,8 +271,8 @@ struct Handoff {
 
 async fn read(
     settings: MqttSettings,
-    client: AsyncClient,
-    mut eventloop: EventLoop,
+    client: LinkClient,
+    mut link: Link,
     subscriptions: Vec<Subscription>,
     handoff: Handoff,
 ) {
@@ -257,35 +284,31 @@ async fn read(
     } = handoff;
     let broker: Arc<str> = Arc::from(settings.name.as_str());
     let permits = Arc::new(Semaphore::new(settings.max_in_flight));
-    let filters: Vec<(String, QoS)> = subscriptions
+    let filters: Vec<(String, u8)> = subscriptions
         .iter()
-        .map(|s| (s.filter.mqtt_filter(), qos(s.qos)))
+        .map(|s| (s.filter.mqtt_filter(), s.qos.level()))
         .collect();
     let mut seq: u64 = 0;
     let mut generation: u64 = 0;
     let mut delay = Duration::from_millis(100);
-    let mut disconnecting = false;
     loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+        match link.poll().await {
+            Ok(Incoming::Connected { session_present }) => {
                 generation += 1;
                 shared_generation.store(generation, Ordering::SeqCst);
                 delay = Duration::from_millis(100);
-                info!(broker = %settings.name, endpoint = %settings.endpoint(), session_present = ack.session_present, "broker connected");
-                if !ack.session_present && !filters.is_empty() {
+                info!(broker = %settings.name, endpoint = %settings.endpoint(), session_present, "broker connected");
+                if !session_present && !filters.is_empty() {
                     let client = client.clone();
-                    let topics: Vec<rumqttc::SubscribeFilter> = filters
-                        .iter()
-                        .map(|(f, q)| rumqttc::SubscribeFilter::new(f.clone(), *q))
-                        .collect();
+                    let filters = filters.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = client.subscribe_many(topics).await {
+                        if let Err(e) = client.subscribe(filters).await {
                             warn!(error = %e, "subscribe request failed");
                         }
                     });
                 }
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
+            Ok(Incoming::Publish(publish)) => {
                 if !*intake.borrow() {
                     continue;
                 }
@@ -293,19 +316,13 @@ async fn read(
                     return;
                 };
                 seq += 1;
-                let topic = publish.topic.clone();
                 let matching: Vec<&Subscription> = subscriptions
                     .iter()
-                    .filter(|s| s.filter.matches(&topic))
+                    .filter(|s| s.filter.matches(&publish.topic))
                     .collect();
-                let ack = (publish.qos != QoS::AtMostOnce).then(|| {
-                    let mut bare = Publish::new(topic.as_str(), publish.qos, Vec::new());
-                    bare.pkid = publish.pkid;
-                    bare
-                });
                 let registration = Registration {
                     seq,
-                    ack,
+                    ack: publish.ack,
                     routes: matching.len(),
                     generation,
                     permit,
@@ -316,15 +333,15 @@ async fn read(
                 let received_at = Utc::now();
                 for subscription in matching {
                     let message = Message {
-                        topic: topic.clone(),
-                        payload: publish.payload.to_vec(),
+                        topic: publish.topic.clone(),
+                        payload: publish.payload.clone(),
                         received_at,
                         broker: broker.clone(),
                         origin: Origin::Mqtt {
-                            qos: publish.qos as u8,
+                            qos: publish.qos,
                             retain: publish.retain,
                         },
-                        headers: Default::default(),
+                        headers: publish.headers.clone(),
                         ack: AckHandle::new(seq, done.clone()),
                     };
                     if subscription.route.send(message).await.is_err() {
@@ -332,30 +349,19 @@ async fn read(
                     }
                 }
             }
-            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
-                disconnecting = true;
+            Ok(Incoming::Disconnecting) => return,
+            Ok(Incoming::SubscribeRefused) => {
+                warn!(broker = %settings.name, "the broker refused a subscription");
             }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                {
-                    warn!(broker = %settings.name, "the broker refused a subscription");
-                }
-            }
-            Ok(_) => {}
+            Ok(Incoming::Other) => {}
             Err(e) => {
-                if disconnecting || (!*intake.borrow() && register.is_closed()) {
+                if !*intake.borrow() && register.is_closed() {
                     return;
                 }
                 warn!(broker = %settings.name, endpoint = %settings.endpoint(), error = %e, retry_in = ?delay, "broker connection lost");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
-        }
-        if disconnecting {
-            return;
         }
     }
 }
@@ -364,17 +370,17 @@ async fn read(
 /// every earlier message is done. Messages from an earlier connection are never acked on a
 /// later one: the broker has already redelivered them, and their packet ids may be reused.
 async fn sequence_acks(
-    client: AsyncClient,
+    client: LinkClient,
     mut register: mpsc::Receiver<Registration>,
     mut done: mpsc::Receiver<u64>,
     mut intake: watch::Receiver<bool>,
     generation: Arc<AtomicU64>,
 ) {
-    let mut sequencer: Sequencer<(Option<Publish>, u64, OwnedSemaphorePermit)> =
+    let mut sequencer: Sequencer<(Option<AckToken>, u64, OwnedSemaphorePermit)> =
         Sequencer::default();
     // Acks that rumqttc's request channel had no room for. Waiting on that channel here
     // would stall the routes, which would stall the reader that drains the channel.
-    let mut unsent: VecDeque<(Publish, u64)> = VecDeque::new();
+    let mut unsent: VecDeque<(AckToken, u64)> = VecDeque::new();
     let mut open = true;
     let mut retry = tokio::time::interval(Duration::from_millis(5));
     loop {
@@ -405,8 +411,8 @@ async fn sequence_acks(
             if *publish_generation == current {
                 match client.try_ack(publish) {
                     Ok(()) => {}
-                    Err(rumqttc::ClientError::TryRequest(_)) => break,
-                    Err(_) => return,
+                    Err(AckError::Full) => break,
+                    Err(AckError::Closed) => return,
                 }
             }
             unsent.pop_front();

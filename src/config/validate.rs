@@ -7,7 +7,8 @@ use std::path::Path;
 use serde_saphyr::Spanned;
 
 use super::{
-    BrokerKind, Config, ConfigError, CsvInput, EnvString, Format, Inbound, OnConflict, Outbound,
+    BrokerKind, Config, ConfigError, CsvInput, EnvString, Format, Inbound, MqttVersion, OnConflict,
+    Outbound,
 };
 use crate::codec::csv::CsvFormat;
 use crate::mapping::{Field, Source, SourceContext};
@@ -87,6 +88,19 @@ pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
             for source in columns.values() {
                 let parsed = Source::parse(&source.value, &ctx)
                     .map_err(|e| err(&source.referenced, format!("route {name}: {e}")))?;
+                let broker = &config.brokers[r.broker.value.as_str()].value;
+                if matches!(parsed, Source::Header(_))
+                    && !amqp
+                    && broker.mqtt_version != MqttVersion::V5
+                {
+                    return Err(err(
+                        &source.referenced,
+                        format!(
+                            "route {name}: `{}` reads MQTT 5 user properties; set mqtt_version: 5 on broker {}",
+                            source.value, r.broker.value
+                        ),
+                    ));
+                }
                 let declared = csv.as_ref().and_then(|c| c.fields.as_ref());
                 if let (Source::Field(Field::Index(i)), Some(fields)) = (&parsed, declared)
                     && *i >= fields.len()
