@@ -324,10 +324,9 @@ impl Mapper {
             .iter()
             .map(|column| {
                 let input = match &column.source {
-                    Source::PayloadPath(path) => json
-                        .as_ref()
-                        .and_then(|j| lookup(j, path))
-                        .map(Input::Json),
+                    Source::PayloadPath(path) => {
+                        json.as_ref().and_then(|j| lookup(j, path)).map(Input::Json)
+                    }
                     other => message_input(other, message, &message.payload),
                 };
                 convert_column(column, input).map_err(MapError::Convert)

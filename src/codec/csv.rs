@@ -113,7 +113,10 @@ pub fn read(payload: &[u8], format: &CsvFormat) -> Result<Records, String> {
             begin += 1;
         }
         let end = trim_line_end(body, begin, reader.position().byte() as usize);
-        counted.1 += body[counted.0..begin].iter().filter(|&&b| b == b'\n').count() as u64;
+        counted.1 += body[counted.0..begin]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64;
         counted.0 = begin;
         let line = Line {
             number: counted.1,

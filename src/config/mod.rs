@@ -180,6 +180,29 @@ mod tests {
         assert!(err.message.contains("expected 0, 1 or 2"), "{err}");
     }
 
+    fn csv_block(block: &str) -> Result<CsvInput, ConfigError> {
+        let text = format!(
+            "inbound:\n  - name: r\n    broker: b\n    database: d\n    table: t\n    format: csv\n    csv:\n{block}"
+        );
+        parse(Path::new("f.yaml"), &text).map(|mut c| {
+            c.inbound.remove(0).value.csv.expect("csv block").value
+        })
+    }
+
+    #[test]
+    fn csv_null_key_reads_as_a_name() {
+        let c = csv_block("      null: ~\n      delimiter: \"\\t\"\n").unwrap();
+        assert_eq!(c.null, None);
+        assert_eq!(c.delimiter, '\t');
+        let c = csv_block("      null: \"\\\\N\"\n      header: true\n").unwrap();
+        assert_eq!(c.null.as_deref(), Some("\\N"));
+        assert!(c.header);
+        assert_eq!(csv_block("      quote: \"'\"\n").unwrap().null.as_deref(), Some(""));
+        let err = csv_block("      nul: x\n").unwrap_err();
+        assert!(err.message.contains("did you mean `null`"), "{err}");
+        assert_eq!(err.line, Some(8), "{err}");
+    }
+
     #[test]
     fn distance() {
         assert_eq!(edit_distance("qoss", "qos"), 1);

@@ -68,6 +68,28 @@ pub struct Broker {
     /// reading from the connection.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// MQTT protocol version of the subscriber: `3.1.1` or `5` (user properties become
+    /// `header.NAME`).
+    #[serde(default)]
+    pub mqtt_version: MqttVersion,
+}
+
+/// The MQTT protocol version a subscriber speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MqttVersion {
+    #[default]
+    V311,
+    V5,
+}
+
+impl<'de> Deserialize<'de> for MqttVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match OneOrMany::deserialize(d)?.0.as_slice() {
+            [v] if v == "5" || v == "5.0" => Ok(MqttVersion::V5),
+            [v] if v == "3.1.1" || v == "3" || v == "4" => Ok(MqttVersion::V311),
+            _ => Err(serde::de::Error::custom("mqtt_version must be 3.1.1 or 5")),
+        }
+    }
 }
 
 /// The protocol a broker speaks, from its URL scheme.
@@ -249,26 +271,19 @@ impl Default for CsvOptions {
 }
 
 /// How delimited payloads are read: every record of a message is one row.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct CsvInput {
     /// Field separator, one ASCII character (`"\t"` for tab).
-    #[serde(default = "default_delimiter")]
     pub delimiter: char,
     /// Quote character, one ASCII character.
-    #[serde(default = "default_quote")]
     pub quote: char,
     /// Escape character inside quotes; without it a quote is escaped by doubling it.
-    #[serde(default)]
     pub escape: Option<char>,
     /// The first line of each message names its fields.
-    #[serde(default)]
     pub header: bool,
     /// Names of the fields by position.
-    #[serde(default)]
     pub fields: Option<Vec<EnvString>>,
-    /// A field with exactly this text is NULL; `~` makes no field NULL.
-    #[serde(default = "default_null")]
+    /// A field with exactly this text is NULL (default: empty); `~` makes no field NULL.
     pub null: Option<String>,
 }
 
@@ -287,6 +302,74 @@ impl Default for CsvInput {
 
 pub fn default_null() -> Option<String> {
     Some(String::new())
+}
+
+// By hand, because YAML reads the key `null:` as a null, which serde's derived field
+// matching cannot take for a name.
+impl<'de> Deserialize<'de> for CsvInput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const FIELDS: &[&str] = &["delimiter", "quote", "escape", "header", "fields", "null"];
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = CsvInput;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("csv settings (delimiter, quote, escape, header, fields, null)")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<CsvInput, A::Error> {
+                let mut out = CsvInput::default();
+                while let Some(Key(key)) = map.next_key::<Key>()? {
+                    match key.as_str() {
+                        "delimiter" => out.delimiter = map.next_value()?,
+                        "quote" => out.quote = map.next_value()?,
+                        "escape" => out.escape = map.next_value()?,
+                        "header" => out.header = map.next_value()?,
+                        "fields" => out.fields = map.next_value()?,
+                        "null" => out.null = map.next_value()?,
+                        other => return Err(serde::de::Error::unknown_field(other, FIELDS)),
+                    }
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
+}
+
+/// A mapping key, where a YAML null key reads as the name `null`.
+struct Key(String);
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Key;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key, E> {
+                Ok(Key(v.to_string()))
+            }
+            fn visit_unit<E: serde::de::Error>(self) -> Result<Key, E> {
+                Ok(Key("null".into()))
+            }
+            fn visit_none<E: serde::de::Error>(self) -> Result<Key, E> {
+                Ok(Key("null".into()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Key, E> {
+                Ok(Key(v.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Key, E> {
+                Ok(Key(v.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Key, E> {
+                Ok(Key(v.to_string()))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 pub fn default_delimiter() -> char {
