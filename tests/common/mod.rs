@@ -38,7 +38,7 @@ pub use mqtt::{Mosquitto, Publisher, Received, Subscriber};
 #[allow(unused_imports)]
 pub use proxy::TcpProxy;
 #[allow(unused_imports)]
-pub use rabbit::{AmqpMessage, Rabbit};
+pub use rabbit::{AmqpMessage, ExchangeInfo, Header, Outgoing, QueueInfo, Rabbit};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

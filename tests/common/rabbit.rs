@@ -2,22 +2,108 @@
 //! sync tests: it owns a small tokio runtime and blocks on each call.
 //!
 //! The tests declare their own (uniquely named) exchanges and queues; they are deleted when
-//! the [`Rabbit`] is dropped, also when the test panics.
+//! the [`Rabbit`] is dropped, also when the test panics. So are the queues and exchanges the
+//! bridge declared, once the test hands their names to [`Rabbit::adopt_queue`] and
+//! [`Rabbit::adopt_exchange`].
+//!
+//! [`Rabbit::queue_info`] and [`Rabbit::exchange_info`] read the broker's own view with
+//! `rabbitmqctl` (about a second per call).
 
 use lapin::options::{
-    BasicGetOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
+    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+};
 
 /// A connection and a channel to the shared RabbitMQ, plus what the test declared.
 pub struct Rabbit {
     rt: tokio::runtime::Runtime,
     conn: Connection,
     channel: Channel,
+    /// A second channel in confirm mode, for publishing.
+    confirms: Channel,
     exchanges: Vec<String>,
     queues: Vec<String>,
+}
+
+/// An AMQP header value for [`Rabbit::publish`].
+#[derive(Clone, Debug)]
+pub enum Header {
+    /// A long string.
+    Str(String),
+    /// A signed 64-bit integer.
+    Int(i64),
+    /// A signed 32-bit integer (what many clients send for small numbers).
+    Int32(i32),
+    Bool(bool),
+    Float(f64),
+}
+
+impl Header {
+    fn to_amqp(&self) -> AMQPValue {
+        match self {
+            Header::Str(s) => AMQPValue::LongString(s.as_str().into()),
+            Header::Int(i) => AMQPValue::LongLongInt(*i),
+            Header::Int32(i) => AMQPValue::LongInt(*i),
+            Header::Bool(b) => AMQPValue::Boolean(*b),
+            Header::Float(f) => AMQPValue::Double(*f),
+        }
+    }
+}
+
+/// One message for [`Rabbit::publish_all`]: routing key, payload, headers.
+pub type Outgoing<'a> = (String, Vec<u8>, Vec<(&'a str, Header)>);
+
+/// One queue as `rabbitmqctl list_queues` reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueInfo {
+    /// Ready + unacknowledged.
+    pub messages: u64,
+    pub ready: u64,
+    pub unacked: u64,
+    pub durable: bool,
+}
+
+/// One exchange as `rabbitmqctl list_exchanges` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExchangeInfo {
+    /// `topic`, `direct`, `fanout`, `headers`.
+    pub kind: String,
+    pub durable: bool,
+}
+
+/// Runs `rabbitmqctl -q ARGS --no-table-headers` and returns its stdout lines split on tabs.
+fn rabbitmqctl_rows(args: &[&str]) -> Vec<Vec<String>> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .arg("--no-table-headers")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run rabbitmqctl {args:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed ({}): {stdout}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split('\t').map(|f| f.trim().to_owned()).collect())
+        .collect()
+}
+
+fn parse_bool_field(text: &str, what: &str) -> bool {
+    match text {
+        "true" => true,
+        "false" => false,
+        other => panic!("rabbitmqctl: {what} is {other:?}, not true/false"),
+    }
 }
 
 impl Rabbit {
@@ -41,17 +127,23 @@ impl Rabbit {
             .enable_all()
             .build()
             .expect("tokio runtime for the AMQP test client");
-        let (conn, channel) = rt.block_on(async {
+        let (conn, channel, confirms) = rt.block_on(async {
             let conn = Connection::connect(Rabbit::URL, ConnectionProperties::default())
                 .await
                 .unwrap_or_else(|e| panic!("connect {}: {e}", Rabbit::URL));
             let channel = conn.create_channel().await.expect("open an AMQP channel");
-            (conn, channel)
+            let confirms = conn.create_channel().await.expect("open an AMQP channel");
+            confirms
+                .confirm_select(ConfirmSelectOptions::default())
+                .await
+                .expect("confirm.select");
+            (conn, channel, confirms)
         });
         Rabbit {
             rt,
             conn,
             channel,
+            confirms,
             exchanges: Vec::new(),
             queues: Vec::new(),
         }
@@ -115,6 +207,144 @@ impl Rabbit {
         self.queues.push(queue.to_owned());
     }
 
+    /// Declares a durable queue (as the bridge declares the queues it consumes), reachable
+    /// through the default exchange by its name; deleted on drop.
+    pub fn declare_durable_queue(&mut self, queue: &str) {
+        self.rt
+            .block_on(self.channel.queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            ))
+            .unwrap_or_else(|e| panic!("declare durable queue {queue}: {e}"));
+        self.queues.push(queue.to_owned());
+    }
+
+    /// Deletes `queue` on drop, whoever declares it (e.g. the bridge). Call it before the
+    /// queue may exist, so a panic anywhere later still cleans it up.
+    pub fn adopt_queue(&mut self, queue: &str) {
+        if !self.queues.iter().any(|q| q == queue) {
+            self.queues.push(queue.to_owned());
+        }
+    }
+
+    /// Deletes `exchange` on drop, whoever declares it (e.g. the bridge).
+    pub fn adopt_exchange(&mut self, exchange: &str) {
+        if !self.exchanges.iter().any(|x| x == exchange) {
+            self.exchanges.push(exchange.to_owned());
+        }
+    }
+
+    /// Publishes one persistent message (delivery mode 2) with `headers` (none if empty) and
+    /// waits for the broker's publisher confirm. `exchange` "" is the default exchange.
+    pub fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        payload: &[u8],
+        headers: &[(&str, Header)],
+    ) {
+        self.publish_all(
+            exchange,
+            vec![(routing_key.to_owned(), payload.to_vec(), headers.to_vec())],
+        );
+    }
+
+    /// Publishes `messages` (routing key, payload, headers) in order, persistent, all
+    /// pipelined, then waits for every publisher confirm (panics on a nack).
+    pub fn publish_all(&self, exchange: &str, messages: Vec<Outgoing<'_>>) {
+        self.rt.block_on(async {
+            let mut pending = Vec::with_capacity(messages.len());
+            for (routing_key, payload, headers) in &messages {
+                let mut properties = BasicProperties::default().with_delivery_mode(2);
+                if !headers.is_empty() {
+                    let mut table = FieldTable::default();
+                    for (name, value) in headers {
+                        table.insert((*name).into(), value.to_amqp());
+                    }
+                    properties = properties.with_headers(table);
+                }
+                let confirm = self
+                    .confirms
+                    .basic_publish(
+                        exchange.into(),
+                        routing_key.as_str().into(),
+                        BasicPublishOptions::default(),
+                        payload,
+                        properties,
+                    )
+                    .await
+                    .unwrap_or_else(|e| panic!("publish to {exchange:?}/{routing_key}: {e}"));
+                pending.push(confirm);
+            }
+            for (i, confirm) in pending.into_iter().enumerate() {
+                match confirm.await {
+                    Ok(Confirmation::Ack(_)) => {}
+                    other => panic!("publish #{i} to {exchange:?} was not confirmed: {other:?}"),
+                }
+            }
+        });
+    }
+
+    /// Publishes one persistent message per payload to the default exchange, routed to
+    /// `queue` by its name, and waits for every confirm.
+    pub fn publish_to_queue(&self, queue: &str, payloads: Vec<Vec<u8>>) {
+        self.publish_all(
+            "",
+            payloads
+                .into_iter()
+                .map(|p| (queue.to_owned(), p, Vec::new()))
+                .collect(),
+        );
+    }
+
+    /// The broker's view of `queue` (`rabbitmqctl list_queues`), `None` if it does not exist.
+    pub fn queue_info(queue: &str) -> Option<QueueInfo> {
+        let rows = rabbitmqctl_rows(&[
+            "list_queues",
+            "name",
+            "messages",
+            "messages_ready",
+            "messages_unacknowledged",
+            "durable",
+        ]);
+        let row = rows
+            .into_iter()
+            .find(|r| r.first().map(String::as_str) == Some(queue))?;
+        let [_, messages, ready, unacked, durable] = &row[..] else {
+            panic!("rabbitmqctl list_queues: unexpected line {row:?}");
+        };
+        let num = |text: &str, what: &str| -> u64 {
+            text.parse()
+                .unwrap_or_else(|e| panic!("rabbitmqctl: {what} of {queue} is {text:?}: {e}"))
+        };
+        Some(QueueInfo {
+            messages: num(messages, "messages"),
+            ready: num(ready, "messages_ready"),
+            unacked: num(unacked, "messages_unacknowledged"),
+            durable: parse_bool_field(durable, "durable"),
+        })
+    }
+
+    /// The broker's view of `exchange` (`rabbitmqctl list_exchanges`), `None` if it does not
+    /// exist.
+    pub fn exchange_info(exchange: &str) -> Option<ExchangeInfo> {
+        let rows = rabbitmqctl_rows(&["list_exchanges", "name", "type", "durable"]);
+        let row = rows
+            .into_iter()
+            .find(|r| r.first().map(String::as_str) == Some(exchange))?;
+        let [_, kind, durable] = &row[..] else {
+            panic!("rabbitmqctl list_exchanges: unexpected line {row:?}");
+        };
+        Some(ExchangeInfo {
+            kind: kind.clone(),
+            durable: parse_bool_field(durable, "durable"),
+        })
+    }
+
     /// Takes every message currently in `queue` (basic.get with no_ack until it is empty), in
     /// queue order.
     pub fn take_all(&self, queue: &str) -> Vec<AmqpMessage> {
@@ -152,22 +382,47 @@ pub struct AmqpMessage {
 
 impl Drop for Rabbit {
     fn drop(&mut self) {
-        let channel = self.channel.clone();
         let queues = std::mem::take(&mut self.queues);
         let exchanges = std::mem::take(&mut self.exchanges);
         let conn = &self.conn;
-        self.rt.block_on(async move {
+        let old = self.channel.clone();
+        let failed: Vec<String> = self.rt.block_on(async move {
+            // A fresh channel: the test's may have been closed by a channel error, and so
+            // may this one by a failed delete (then the next one gets another).
+            let mut channel = conn.create_channel().await.unwrap_or(old);
+            let mut failed = Vec::new();
             for q in queues {
-                let _ = channel
+                let deleted = channel
                     .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
                     .await;
+                if deleted.is_err() {
+                    failed.push(q);
+                    if let Ok(c) = conn.create_channel().await {
+                        channel = c;
+                    }
+                }
             }
             for x in exchanges {
-                let _ = channel
+                let deleted = channel
                     .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
                     .await;
+                if deleted.is_err()
+                    && let Ok(c) = conn.create_channel().await
+                {
+                    channel = c;
+                }
             }
             let _ = conn.close(200, "bye".into()).await;
+            failed
         });
+        // Last resort for queues (e.g. the connection is gone): the broker's own tool.
+        for q in failed {
+            let _ = std::process::Command::new("rabbitmqctl")
+                .args(["-q", "delete_queue", &q])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
     }
 }

@@ -1,0 +1,1663 @@
+//! `mqdb run` for inbound routes with `format: csv` (MQTT → ODBC) against the real local
+//! services: several rows per message by field index, by declared name (`fields:`) and by
+//! header name (`header: true`), and without `columns:`; quoting, line ends, BOM and blank
+//! lines; NULL markers; other delimiters, quote and escape characters; one dead letter per
+//! bad line (wrong field count, unconvertible value, invalid UTF-8, rejected by the database)
+//! beside the stored lines of the same message, which is acknowledged once; a 20,000-line
+//! message; injection-shaped values; and configuration errors.
+//!
+//! Like tests/inbound.rs, every test creates the bridge's persistent session first (its client
+//! id, subscribed), so the broker queues the messages published before the bridge starts.
+//! Every test has its own private Mosquitto, its own temp dir (config, state store, log,
+//! SQLite target), unique table, topic and client-id names, and drops its tables when it
+//! ends. Waits are liveness deadlines, never speed assertions.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono::NaiveDateTime;
+use common::{
+    Bridge, Db, LIVENESS, Mosquitto, Publisher, Subscriber, TempTable, dlq_list, path_str,
+    run_mqdb, unique, wait_for, wait_until,
+};
+use serde_json::Value as Json;
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+/// One test's private world: a temp dir for the config, the state store, the bridge log and
+/// a SQLite target, a private broker, and the bridge's (stable, unique) MQTT client id.
+struct World {
+    dir: tempfile::TempDir,
+    broker: Mosquitto,
+    client_id: String,
+}
+
+impl World {
+    fn new() -> World {
+        World::with_broker_config("")
+    }
+
+    /// Like [`World::new`] with `extra` appended to the private broker's config.
+    fn with_broker_config(extra: &str) -> World {
+        World {
+            dir: tempfile::Builder::new()
+                .prefix("mqdb-csv-")
+                .tempdir()
+                .expect("temp dir"),
+            broker: Mosquitto::start_with_extra_config(extra),
+            client_id: unique("mqdb_csv"),
+        }
+    }
+
+    /// Writes `mqdb.yaml`: broker `b` (this world's broker and client id), database `d`
+    /// (`connection_string`) and the given inbound `routes` (from [`csv_route`]).
+    fn config(&self, connection_string: &str, routes: &[String]) -> PathBuf {
+        let text = format!(
+            "state: \"sqlite://{state}\"\n\
+             brokers:\n  b:\n    url: \"{url}\"\n    client_id: \"{client_id}\"\n\
+             databases:\n  d:\n    connection_string: \"{connection_string}\"\n\
+             inbound:\n{routes}",
+            state = self.dir.path().join("state.db").display(),
+            url = self.broker.url(),
+            client_id = self.client_id,
+            routes = routes.concat(),
+        );
+        let path = self.dir.path().join("mqdb.yaml");
+        std::fs::write(&path, text).expect("write mqdb.yaml");
+        path
+    }
+
+    /// Creates the bridge's persistent MQTT session (its client id, `clean_session=false`)
+    /// subscribed to `filter` at QoS 1, then disconnects: from now on the broker queues every
+    /// matching message for the bridge, also before it first starts.
+    fn persistent_session(&self, filter: &str) {
+        Subscriber::connect_with(self.broker.port, &self.client_id, false, &[(filter, 1)])
+            .disconnect();
+    }
+}
+
+/// One `inbound:` list item with broker `b`, database `d`, QoS 1 and `format: csv`, the
+/// given `csv:` block lines (none: no block) and `columns:` (none: no block).
+fn csv_route(
+    name: &str,
+    topic: &str,
+    table: &str,
+    csv: &[&str],
+    columns: &[(&str, &str)],
+) -> String {
+    let mut yaml = format!(
+        "  - name: {name}\n    broker: b\n    topic: \"{topic}\"\n    qos: 1\n    database: d\n    \
+         table: {table}\n    format: csv\n"
+    );
+    if !csv.is_empty() {
+        yaml.push_str("    csv:\n");
+        for line in csv {
+            yaml.push_str(&format!("      {line}\n"));
+        }
+    }
+    if !columns.is_empty() {
+        yaml.push_str("    columns:\n");
+        for (column, source) in columns {
+            yaml.push_str(&format!("      {column}: {source}\n"));
+        }
+    }
+    yaml
+}
+
+/// Which database a [`Case`] writes to.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    Postgres,
+    MariaDb,
+    /// A database file in the test's temp dir.
+    Sqlite,
+}
+
+/// One CSV route on one topic into one fresh table, with the bridge's persistent session in
+/// place (so everything published before [`Case::start`] is queued for it).
+struct Case {
+    // Dropped first: the table lives in the world's temp dir for SQLite.
+    table: TempTable,
+    world: World,
+    db: Db,
+    topic: String,
+    route: String,
+    config: PathBuf,
+}
+
+impl Case {
+    fn new(
+        target: Target,
+        prefix: &str,
+        table_columns: &str,
+        csv: &[&str],
+        columns: &[(&str, &str)],
+    ) -> Case {
+        Case::in_world(World::new(), target, prefix, table_columns, csv, columns)
+    }
+
+    fn in_world(
+        world: World,
+        target: Target,
+        prefix: &str,
+        table_columns: &str,
+        csv: &[&str],
+        columns: &[(&str, &str)],
+    ) -> Case {
+        let db = match target {
+            Target::Postgres => Db::Postgres,
+            Target::MariaDb => Db::MariaDb,
+            Target::Sqlite => Db::Sqlite(world.dir.path().join("target.db")),
+        };
+        let table = TempTable::create(&db, prefix, table_columns);
+        let topic = format!("{}/csv", unique(prefix));
+        let route = format!("{prefix}_{}", db.label());
+        let config = world.config(
+            &db.connection_string(),
+            &[csv_route(&route, &topic, &table.name, csv, columns)],
+        );
+        world.persistent_session(&topic);
+        Case {
+            table,
+            world,
+            db,
+            topic,
+            route,
+            config,
+        }
+    }
+
+    fn t(&self) -> &str {
+        &self.table.name
+    }
+
+    /// Publishes every payload to the route's topic at QoS 1, in order, and waits for the
+    /// broker's PUBACKs.
+    fn publish(&self, payloads: &[Vec<u8>]) {
+        Publisher::connect(self.world.broker.port).publish_all_confirmed(
+            payloads
+                .iter()
+                .map(|p| (self.topic.clone(), p.clone()))
+                .collect(),
+            1,
+        );
+    }
+
+    fn start(&self) -> Bridge {
+        Bridge::start(&self.config)
+    }
+
+    /// `SELECT {columns} FROM {table} ORDER BY {order}`, every value as text.
+    fn rows(&self, columns: &str, order: &str) -> Vec<Vec<Option<String>>> {
+        self.db.query(&format!(
+            "SELECT {columns} FROM {} ORDER BY {order}",
+            self.t()
+        ))
+    }
+
+    /// Waits until the table holds exactly `want` rows (more fails at once).
+    fn wait_rows(&self, bridge: &mut Bridge, want: i64) {
+        wait_for_count(
+            bridge,
+            &self.db,
+            &format!("SELECT COUNT(*) FROM {}", self.t()),
+            want,
+        );
+    }
+
+    /// Waits until exactly `want` dead letters are stored (more fails at once); returns them.
+    fn wait_letters(&self, bridge: &mut Bridge, want: usize) -> Vec<Json> {
+        wait_for_letters(bridge, &self.config, want)
+    }
+
+    /// Asserts one dead letter of a single record of this case's route (see [`Expected`]).
+    fn assert_record_letter(&self, letter: &Json, want: &Expected) {
+        let ctx = format!("line {}: {letter:#}", want.line);
+        assert_eq!(letter["route"], self.route.as_str(), "{ctx}");
+        assert_eq!(letter["direction"], "inbound", "{ctx}");
+        assert_eq!(letter["source"], self.topic.as_str(), "{ctx}");
+        assert_eq!(letter["error_kind"], want.kind, "{ctx}");
+        assert_eq!(letter["attempts"], 1, "{ctx}");
+        assert_eq!(
+            letter["headers"]["line"].as_i64(),
+            Some(want.line),
+            "headers.line: {ctx}"
+        );
+        let error = letter["error"].as_str().unwrap_or("");
+        let prefix = format!("line {}: ", want.line);
+        assert!(
+            error.starts_with(&prefix),
+            "the error starts with {prefix:?}: {ctx}"
+        );
+        assert!(
+            error.contains(want.error),
+            "the error contains {:?}: {ctx}",
+            want.error
+        );
+        assert_eq!(
+            letter_payload(letter),
+            want.payload,
+            "the payload is exactly the record's raw bytes ({:?}): {ctx}",
+            String::from_utf8_lossy(want.payload)
+        );
+        match want.sqlstate {
+            Some(state) => assert_eq!(letter["sqlstate"], state, "{ctx}"),
+            None => assert!(letter.get("sqlstate").is_none_or(Json::is_null), "{ctx}"),
+        }
+    }
+}
+
+/// What one record's dead letter must hold.
+struct Expected<'a> {
+    line: i64,
+    kind: &'a str,
+    /// A part of the error after `line N: `.
+    error: &'a str,
+    /// The record's raw bytes, without the line end.
+    payload: &'a [u8],
+    sqlstate: Option<&'a str>,
+}
+
+/// Dead letters by their `headers.line`; panics on two letters for one line or a letter
+/// without a line.
+fn by_line(letters: &[Json]) -> BTreeMap<i64, Json> {
+    let mut map = BTreeMap::new();
+    for letter in letters {
+        let line = letter["headers"]["line"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("a dead letter without headers.line: {letters:#?}"));
+        assert!(
+            map.insert(line, letter.clone()).is_none(),
+            "two dead letters for line {line}: {letters:#?}"
+        );
+    }
+    map
+}
+
+/// The payload bytes of a dead letter from `dlq list --json`: text, or base64 when it is not
+/// UTF-8 (`payload_base64`, or `payload` with `payload_encoding: "base64"`).
+fn letter_payload(letter: &Json) -> Vec<u8> {
+    if let Some(b64) = letter.get("payload_base64").and_then(Json::as_str) {
+        return base64_decode(b64);
+    }
+    let text = letter["payload"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a dead letter without a payload: {letter:#}"));
+    if letter.get("payload_encoding").and_then(Json::as_str) == Some("base64") {
+        base64_decode(text)
+    } else {
+        text.as_bytes().to_vec()
+    }
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::new();
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for c in text
+        .bytes()
+        .filter(|&c| c != b'=' && !c.is_ascii_whitespace())
+    {
+        let v = ALPHABET
+            .iter()
+            .position(|&a| a == c)
+            .unwrap_or_else(|| panic!("{text:?} is not base64")) as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    out
+}
+
+/// `lines` joined with LF, with a final LF.
+fn lf(lines: &[&str]) -> Vec<u8> {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text.into_bytes()
+}
+
+/// A field quoted the RFC 4180 way (always quoted, inner quotes doubled).
+fn quoted(field: &str) -> String {
+    format!("\"{}\"", field.replace('"', "\"\""))
+}
+
+fn s(v: &str) -> Option<String> {
+    Some(v.to_string())
+}
+
+/// The single integer `sql` returns, or `None` while the database cannot answer (e.g. a
+/// locked SQLite file).
+fn try_scalar(db: &Db, sql: &str) -> Option<i64> {
+    let rows = db.try_query(sql).ok()?;
+    rows.first()?.first()?.as_deref()?.trim().parse().ok()
+}
+
+fn scalar(db: &Db, sql: &str) -> i64 {
+    let rows = db.query(sql);
+    let text = rows
+        .first()
+        .and_then(|r| r.first())
+        .and_then(|v| v.as_deref())
+        .unwrap_or_else(|| panic!("{sql}: no value"));
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{sql}: {text:?} is not an integer: {e}"))
+}
+
+/// Waits until `count_sql` returns exactly `want`; a larger value fails at once (it can only
+/// mean duplicate or extra rows).
+fn wait_for_count(bridge: &mut Bridge, db: &Db, count_sql: &str, want: i64) {
+    wait_for(
+        bridge,
+        &format!("`{count_sql}` = {want}"),
+        || match try_scalar(db, count_sql) {
+            Some(n) if n > want => Err(format!("{n} rows, more than the {want} expected")),
+            Some(n) => Ok(n == want),
+            None => Ok(false),
+        },
+    );
+}
+
+/// Waits until exactly `want` dead letters are stored (more fails at once); returns them.
+fn wait_for_letters(bridge: &mut Bridge, config: &Path, want: usize) -> Vec<Json> {
+    let mut letters = Vec::new();
+    wait_for(bridge, &format!("{want} dead letters"), || {
+        letters = dlq_list(config);
+        if letters.len() > want {
+            return Err(format!(
+                "{} dead letters, expected {want}: {letters:#?}",
+                letters.len()
+            ));
+        }
+        Ok(letters.len() == want)
+    });
+    letters
+}
+
+/// Stops the bridge with SIGTERM and asserts it exits with status 0.
+fn terminate_ok(bridge: &mut Bridge) {
+    let status = bridge.terminate();
+    assert!(
+        status.success(),
+        "mqdb exited with {status} on SIGTERM; log:\n{}",
+        bridge.log()
+    );
+}
+
+/// A timestamp read back as text (`YYYY-MM-DD HH:MM:SS[.ffffff]`, or with `T`).
+fn parse_ts(text: &str) -> NaiveDateTime {
+    let t = text.trim().replace('T', " ");
+    NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S%.f")
+        .unwrap_or_else(|e| panic!("{text:?} is not a timestamp: {e}"))
+}
+
+fn ts(text: &str) -> NaiveDateTime {
+    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").expect("expected timestamp")
+}
+
+/// Lines of the private broker's log (`log_type all`) that show `client_id` acknowledging a
+/// message (PUBACK).
+fn pubacks_from(log: &str, client_id: &str) -> usize {
+    let needle = format!("Received PUBACK from {client_id} ");
+    log.lines().filter(|l| l.contains(&needle)).count()
+}
+
+/// Lines of the private broker's log that show a message sent again (DUP) to `client_id`.
+fn redeliveries_to(log: &str, client_id: &str) -> usize {
+    let needle = format!("Sending PUBLISH to {client_id} (d1");
+    log.lines().filter(|l| l.contains(&needle)).count()
+}
+
+/// For a world whose broker runs with `log_type all`, once the bridge has stopped: waits
+/// until the broker has logged `want` PUBACKs from the bridge (a liveness deadline), then
+/// asserts there are exactly `want` and that no message was sent to it twice.
+fn assert_each_message_acked_once(world: &World, want: usize) {
+    let client_id = &world.client_id;
+    wait_until(
+        &format!("{want} PUBACKs from {client_id} in the broker log"),
+        LIVENESS,
+        || pubacks_from(&world.broker.log(), client_id) >= want,
+    );
+    let log = world.broker.log();
+    assert_eq!(
+        pubacks_from(&log, client_id),
+        want,
+        "PUBACKs from {client_id}, one per message; broker log:\n{log}"
+    );
+    assert_eq!(
+        redeliveries_to(&log, client_id),
+        0,
+        "messages sent again to {client_id}; broker log:\n{log}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Several rows per message, by field index, every value type
+// ---------------------------------------------------------------------------------------
+
+fn several_rows_per_message_by_index(target: Target, table_columns: &str, ts_select: &str) {
+    // Given a route mapping fields by index, and the whole record to a text column
+    let case = Case::new(
+        target,
+        "csvidx",
+        table_columns,
+        &[],
+        &[
+            ("id", "payload.0"),
+            ("qty", "payload.1"),
+            ("amount", "payload.2"),
+            ("label", "payload.3"),
+            ("ts", "payload.4"),
+            ("raw", "payload"),
+            ("src", "meta.topic"),
+        ],
+    );
+    let t = case.t().to_string();
+
+    // When messages of several records each arrive: integers, decimals, text and
+    // timestamps with offsets, then 20 messages of 10 records each
+    let first = [
+        "1,9223372036854775807,12345678901234567890.123456,é 日本 🎉,2024-05-01T12:00:00+02:00",
+        "2,-42,-0.5,plain,2024-05-01T12:00:00-05:30",
+        "3,0,0, padded ,2024-05-01 08:00:00",
+    ];
+    let second = [
+        "4,77,3.25,x,2024-05-01T12:00:00.250Z",
+        "5,1,1.000001,y,2024-02-29T23:30:00-01:00",
+    ];
+    let mut payloads = vec![lf(&first), lf(&second)];
+    for m in 0..20 {
+        let lines: Vec<String> = (0..10)
+            .map(|k| {
+                let id = 100 + m * 10 + k;
+                format!("{id},{},1.5,row {id},2024-01-01T00:00:00Z", id * 3)
+            })
+            .collect();
+        payloads.push(lf(&lines.iter().map(String::as_str).collect::<Vec<_>>()));
+    }
+    case.publish(&payloads);
+    let mut bridge = case.start();
+
+    // Then every record is one row
+    case.wait_rows(&mut bridge, 205);
+    let rows = case.db.query(&format!(
+        "SELECT id, qty, amount, label, {ts_select}, raw FROM {t} WHERE id < 100 ORDER BY id"
+    ));
+    assert_eq!(rows.len(), 5, "{rows:?}");
+    let text = |r: usize, c: usize| -> &str {
+        rows[r][c]
+            .as_deref()
+            .unwrap_or_else(|| panic!("row {r} column {c} is NULL: {:?}", rows[r]))
+    };
+    // And integers are exact up to i64::MAX, decimals keep every digit
+    let ids: Vec<&str> = (0..5).map(|r| text(r, 0).trim()).collect();
+    assert_eq!(ids, ["1", "2", "3", "4", "5"]);
+    let qtys: Vec<&str> = (0..5).map(|r| text(r, 1).trim()).collect();
+    assert_eq!(qtys, ["9223372036854775807", "-42", "0", "77", "1"]);
+    let amounts: Vec<&str> = (0..5).map(|r| text(r, 2).trim()).collect();
+    assert_eq!(
+        amounts,
+        [
+            "12345678901234567890.123456",
+            "-0.500000",
+            "0.000000",
+            "3.250000",
+            "1.000001"
+        ]
+    );
+    // And text arrives unchanged (non-ASCII, surrounding spaces kept)
+    let labels: Vec<&str> = (0..5).map(|r| text(r, 3)).collect();
+    assert_eq!(labels, ["é 日本 🎉", "plain", " padded ", "x", "y"]);
+    // And timestamps with offsets are stored in UTC; a naive one is taken as UTC
+    let stamps: Vec<NaiveDateTime> = (0..5).map(|r| parse_ts(text(r, 4))).collect();
+    assert_eq!(
+        stamps,
+        [
+            ts("2024-05-01 10:00:00"),
+            ts("2024-05-01 17:30:00"),
+            ts("2024-05-01 08:00:00"),
+            ts("2024-05-01 12:00:00.250"),
+            ts("2024-03-01 00:30:00"),
+        ]
+    );
+    // And `payload` is the record's own line, without its line end
+    let raws: Vec<&str> = (0..5).map(|r| text(r, 5)).collect();
+    let lines: Vec<&str> = first.iter().chain(second.iter()).copied().collect();
+    assert_eq!(raws, lines);
+    // And meta sources work as for JSON: every row names its topic
+    assert_eq!(
+        scalar(
+            &case.db,
+            &format!("SELECT COUNT(*) FROM {t} WHERE src = '{}'", case.topic)
+        ),
+        205
+    );
+    // And the 200 filler records carry their values
+    assert_eq!(
+        scalar(
+            &case.db,
+            &format!("SELECT SUM(qty) FROM {t} WHERE id >= 100")
+        ),
+        3 * (100..300).sum::<i64>()
+    );
+    assert_eq!(
+        scalar(
+            &case.db,
+            &format!(
+                "SELECT COUNT(*) FROM {t} WHERE id >= 100 AND amount = 1.5 AND label LIKE 'row %'"
+            )
+        ),
+        200
+    );
+    assert_eq!(dlq_list(&case.config), Vec::<Json>::new());
+    terminate_ok(&mut bridge);
+}
+
+#[test]
+fn several_rows_per_message_by_index_postgres() {
+    several_rows_per_message_by_index(
+        Target::Postgres,
+        "id INTEGER PRIMARY KEY, qty BIGINT, amount NUMERIC(30,6), label TEXT, \
+         ts TIMESTAMPTZ, raw TEXT, src TEXT",
+        "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
+    );
+}
+
+#[test]
+fn several_rows_per_message_by_index_mariadb() {
+    several_rows_per_message_by_index(
+        Target::MariaDb,
+        "id INT PRIMARY KEY, qty BIGINT, amount DECIMAL(30,6), label TEXT, \
+         ts DATETIME(6), raw TEXT, src TEXT",
+        "ts",
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Fields by declared name, by header name, and without `columns:`
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn fields_by_declared_name_and_the_field_count_comes_from_fields() {
+    // Given a route with `fields:` naming four fields, mapped by name and by index
+    let case = Case::new(
+        Target::Postgres,
+        "csvfields",
+        "id INTEGER PRIMARY KEY, sku TEXT, qty INTEGER, tag TEXT",
+        &["fields: [id, sku, qty, tag]"],
+        &[
+            ("id", "payload.id"),
+            ("sku", "payload.sku"),
+            ("qty", "payload.qty"),
+            ("tag", "payload.3"),
+        ],
+    );
+
+    // When a message's first record has three fields and the others four
+    case.publish(&[lf(&["9,Z,90", "1,A,10,x", "2,B,20,y"])]);
+    let mut bridge = case.start();
+
+    // Then the four-field records land by name, and the first one (not the others) is a
+    // dead letter: the expected count is fields:'s length, not the first record's
+    case.wait_rows(&mut bridge, 2);
+    assert_eq!(
+        case.rows("id, sku, qty, tag", "id"),
+        vec![
+            vec![s("1"), s("A"), s("10"), s("x")],
+            vec![s("2"), s("B"), s("20"), s("y")],
+        ]
+    );
+    let letters = case.wait_letters(&mut bridge, 1);
+    case.assert_record_letter(
+        &letters[0],
+        &Expected {
+            line: 1,
+            kind: "decode",
+            error: "3 fields, expected 4",
+            payload: b"9,Z,90",
+            sqlstate: None,
+        },
+    );
+    terminate_ok(&mut bridge);
+}
+
+#[test]
+fn header_names_per_message_exact_then_case_insensitive() {
+    // Given a route with `header: true` whose sources name header fields in other cases,
+    // and a broker that logs every packet
+    let case = Case::in_world(
+        World::with_broker_config("log_type all\n"),
+        Target::Postgres,
+        "csvhdr",
+        "id INTEGER PRIMARY KEY, sku TEXT, qty INTEGER, note TEXT DEFAULT 'none'",
+        &["header: true"],
+        &[
+            ("id", "payload.id"),
+            ("sku", "payload.SKU"),
+            ("qty", "payload.qty"),
+        ],
+    );
+
+    // When messages arrive, each with its own header: other cases, another order, both an
+    // exact and a case-variant name, a header only, a header without `qty`, and a header
+    // followed by a good and a short record
+    let missing_qty = lf(&["id,sku", "5,D-5"]);
+    case.publish(&[
+        lf(&["Id,SKU,Qty", "1,A-1,10", "2,A-2,20"]),
+        lf(&["qty,sku,id", "30,B-3,3"]),
+        lf(&["ID,id,SKU,qty", "999,4,C-4,40"]),
+        lf(&["id,sku,qty"]),
+        missing_qty.clone(),
+        lf(&["id,sku,qty", "6,E-6,60", "7,E-7"]),
+    ]);
+    let mut bridge = case.start();
+
+    // Then each message's records are read with its own header; an exact name wins over a
+    // case-insensitive one; unmapped columns keep their default
+    case.wait_rows(&mut bridge, 5);
+    let letters = case.wait_letters(&mut bridge, 2);
+    assert_eq!(
+        case.rows("id, sku, qty, note", "id"),
+        vec![
+            vec![s("1"), s("A-1"), s("10"), s("none")],
+            vec![s("2"), s("A-2"), s("20"), s("none")],
+            vec![s("3"), s("B-3"), s("30"), s("none")],
+            vec![s("4"), s("C-4"), s("40"), s("none")],
+            vec![s("6"), s("E-6"), s("60"), s("none")],
+        ]
+    );
+    // And the message whose header lacks `qty` is one dead letter with the whole payload
+    let (whole, records): (Vec<&Json>, Vec<&Json>) = letters
+        .iter()
+        .partition(|l| letter_payload(l) == missing_qty);
+    assert_eq!(whole.len(), 1, "{letters:#?}");
+    assert_eq!(whole[0]["error_kind"], "decode", "{:#}", whole[0]);
+    assert_eq!(whole[0]["route"], case.route.as_str(), "{:#}", whole[0]);
+    assert_eq!(whole[0]["source"], case.topic.as_str(), "{:#}", whole[0]);
+    // And the short record's line counts the header as line 1, with the header attached
+    assert_eq!(records.len(), 1, "{letters:#?}");
+    case.assert_record_letter(
+        records[0],
+        &Expected {
+            line: 3,
+            kind: "decode",
+            error: "2 fields, expected 3",
+            payload: b"7,E-7",
+            sqlstate: None,
+        },
+    );
+    assert_eq!(
+        records[0]["headers"]["csv_header"], "id,sku,qty",
+        "{:#}",
+        records[0]
+    );
+    // And every message, also the header-only one, was acknowledged once
+    terminate_ok(&mut bridge);
+    assert_each_message_acked_once(&case.world, 6);
+}
+
+#[test]
+fn without_columns_declared_fields_map_to_same_named_columns() {
+    // Given a route without `columns:` whose `fields:` differ in case from the columns and
+    // include a name that matches no column
+    let case = Case::new(
+        Target::Postgres,
+        "csvnocolf",
+        "id INTEGER PRIMARY KEY, name TEXT, qty INTEGER DEFAULT 5, note TEXT DEFAULT 'none'",
+        &["fields: [ID, Name, junk, NOTE]"],
+        &[],
+    );
+
+    // When records arrive
+    case.publish(&[lf(&["1,alpha,zzz,n1", "2,beta,,"])]);
+    let mut bridge = case.start();
+
+    // Then fields land in the same-named columns, `junk` is ignored, `qty` keeps its
+    // default and an empty field is NULL
+    case.wait_rows(&mut bridge, 2);
+    assert_eq!(
+        case.rows("id, name, qty, note", "id"),
+        vec![
+            vec![s("1"), s("alpha"), s("5"), s("n1")],
+            vec![s("2"), s("beta"), s("5"), None],
+        ]
+    );
+    assert_eq!(dlq_list(&case.config), Vec::<Json>::new());
+    terminate_ok(&mut bridge);
+}
+
+#[test]
+fn without_columns_header_names_map_to_same_named_columns() {
+    // Given a route without `columns:` and with `header: true`
+    let case = Case::new(
+        Target::MariaDb,
+        "csvnocolh",
+        "id INT PRIMARY KEY, name TEXT, qty INT DEFAULT 5, note VARCHAR(20) DEFAULT 'none'",
+        &["header: true"],
+        &[],
+    );
+
+    // When messages with different headers (other cases, other orders, an unknown name)
+    // arrive
+    case.publish(&[
+        lf(&["NOTE,Id,whatever,Qty", "n1,1,w,10"]),
+        lf(&["id,name", "2,beta", "3,gamma"]),
+    ]);
+    let mut bridge = case.start();
+
+    // Then each header name lands in its column, whatever the case; columns without a field
+    // keep their default
+    case.wait_rows(&mut bridge, 3);
+    assert_eq!(
+        case.rows("id, name, qty, note", "id"),
+        vec![
+            vec![s("1"), None, s("10"), s("n1")],
+            vec![s("2"), s("beta"), s("5"), s("none")],
+            vec![s("3"), s("gamma"), s("5"), s("none")],
+        ]
+    );
+    assert_eq!(dlq_list(&case.config), Vec::<Json>::new());
+    terminate_ok(&mut bridge);
+}
+
+fn without_columns_or_names_fields_map_in_catalog_order(target: Target) {
+    // Given a route without `columns:`, `fields:` or a header, and a table whose catalog
+    // order is not alphabetical
+    let case = Case::new(
+        target,
+        "csvorder",
+        "zid INTEGER, name TEXT, amount INTEGER",
+        &[],
+        &[],
+    );
+
+    // When records arrive
+    case.publish(&[lf(&["1,a,10", "2,b,20"]), lf(&["3,c,30"])]);
+    let mut bridge = case.start();
+
+    // Then field i lands in column i
+    case.wait_rows(&mut bridge, 3);
+    assert_eq!(
+        case.rows("zid, name, amount", "zid"),
+        vec![
+            vec![s("1"), s("a"), s("10")],
+            vec![s("2"), s("b"), s("20")],
+            vec![s("3"), s("c"), s("30")],
+        ]
+    );
+    assert_eq!(dlq_list(&case.config), Vec::<Json>::new());
+    terminate_ok(&mut bridge);
+}
+
+#[test]
+fn without_columns_or_names_fields_map_in_catalog_order_postgres() {
+    without_columns_or_names_fields_map_in_catalog_order(Target::Postgres);
+}
+
+#[test]
+fn without_columns_or_names_fields_map_in_catalog_order_sqlite() {
+    without_columns_or_names_fields_map_in_catalog_order(Target::Sqlite);
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. Quoting
+// ---------------------------------------------------------------------------------------
+
+fn quoted_delimiters_quotes_and_newlines(target: Target, table_columns: &str) {
+    // Given a route by index, with the raw record in a column
+    let case = Case::new(
+        target,
+        "csvquote",
+        table_columns,
+        &[],
+        &[
+            ("id", "payload.0"),
+            ("a", "payload.1"),
+            ("b", "payload.2"),
+            ("raw", "payload"),
+        ],
+    );
+
+    // When records with quoted delimiters, doubled quotes and newlines arrive, with a short
+    // record after the multi-line ones, and a second message with a short record
+    let rec1 = r#"1,"a,b","say ""hi""""#;
+    let rec2 = "2,\"line1\nline2\",x";
+    let rec3 = r#"3,"",",""#;
+    let rec5 = "5,\"multi\nline\nthree\",\"\"\"\"";
+    case.publish(&[
+        lf(&[rec1, rec2, rec3, "4,only-two", rec5]),
+        lf(&["6,a,b", "7,c"]),
+    ]);
+    let mut bridge = case.start();
+
+    // Then the fields are unquoted: delimiters, quotes and newlines are data
+    case.wait_rows(&mut bridge, 5);
+    assert_eq!(
+        case.rows("id, a, b, raw", "id"),
+        vec![
+            vec![s("1"), s("a,b"), s("say \"hi\""), s(rec1)],
+            vec![s("2"), s("line1\nline2"), s("x"), s(rec2)],
+            vec![s("3"), None, s(","), s(rec3)],
+            vec![s("5"), s("multi\nline\nthree"), s("\""), s(rec5)],
+            vec![s("6"), s("a"), s("b"), s("6,a,b")],
+        ]
+    );
+    // And a record's line is the line it starts on, counted per message
+    let letters = by_line(&case.wait_letters(&mut bridge, 2));
+    assert_eq!(letters.keys().copied().collect::<Vec<_>>(), [2, 5]);
+    case.assert_record_letter(
+        &letters[&5],
+        &Expected {
+            line: 5,
+            kind: "decode",
+            error: "2 fields, expected 3",
+            payload: b"4,only-two",
+            sqlstate: None,
+        },
+    );
+    case.assert_record_letter(
+        &letters[&2],
+        &Expected {
+            line: 2,
+            kind: "decode",
+            error: "2 fields, expected 3",
+            payload: b"7,c",
+            sqlstate: None,
+        },
+    );
+    terminate_ok(&mut bridge);
+}
+
+#[test]
+fn quoted_delimiters_quotes_and_newlines_postgres() {
+    quoted_delimiters_quotes_and_newlines(
+        Target::Postgres,
+        "id INTEGER PRIMARY KEY, a TEXT, b TEXT, raw TEXT",
+    );
+}
+
+#[test]
+fn quoted_delimiters_quotes_and_newlines_mariadb() {
+    quoted_delimiters_quotes_and_newlines(
+        Target::MariaDb,
+        "id INT PRIMARY KEY, a TEXT, b TEXT, raw TEXT",
+    );
+}
+
+#[test]
+fn quoted_delimiters_quotes_and_newlines_sqlite() {
+    quoted_delimiters_quotes_and_newlines(
+        Target::Sqlite,
+        "id INTEGER PRIMARY KEY, a TEXT, b TEXT, raw TEXT",
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. Line ends, BOM, blank lines
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn crlf_bom_blank_lines_and_trailing_newlines() {
+    // Given a route by index (an integer first field, so a BOM left in it cannot convert),
+    // and a broker that logs every packet
+    let case = Case::in_world(
+        World::with_broker_config("log_type all\n"),
+        Target::Postgres,
+        "csvcrlf",
+        "id INTEGER PRIMARY KEY, label TEXT, qty INTEGER, raw TEXT",
+        &[],
+        &[
+            ("id", "payload.0"),
+            ("label", "payload.1"),
+            ("qty", "payload.2"),
+            ("raw", "payload"),
+        ],
+    );
+
+    // When messages arrive with a BOM and CRLF line ends (a blank line, then a short
+    // record), with LF and blank lines before, between and after records, without a final
+    // line end, with a quoted CRLF, and with nothing but a line end or nothing at all
+    case.publish(&[
+        "\u{feff}1,a,10\r\n2,b,20\r\n\r\n3,c,30\r\n4,bad\r\n"
+            .as_bytes()
+            .to_vec(),
+        b"\n\n5,d,50\n\n6,e,60\n\n\n".to_vec(),
+        b"7,f,70".to_vec(),
+        b"8,\"x\r\ny\",80\r\n".to_vec(),
+        b"\r\n".to_vec(),
+        Vec::new(),
+        b"9,last,90\r\n".to_vec(),
+    ]);
+    let mut bridge = case.start();
+
+    // Then every record is a row with no line end or BOM left in its values
+    case.wait_rows(&mut bridge, 8);
+    assert_eq!(
+        case.rows("id, label, qty, raw", "id"),
+        vec![
+            vec![s("1"), s("a"), s("10"), s("1,a,10")],
+            vec![s("2"), s("b"), s("20"), s("2,b,20")],
+            vec![s("3"), s("c"), s("30"), s("3,c,30")],
+            vec![s("5"), s("d"), s("50"), s("5,d,50")],
+            vec![s("6"), s("e"), s("60"), s("6,e,60")],
+            vec![s("7"), s("f"), s("70"), s("7,f,70")],
+            vec![s("8"), s("x\r\ny"), s("80"), s("8,\"x\r\ny\",80")],
+            vec![s("9"), s("last"), s("90"), s("9,last,90")],
+        ]
+    );
+    // And the short record is a dead letter: its line counts the blank line, and its
+    // payload has no line end
+    let letters = case.wait_letters(&mut bridge, 1);
+    case.assert_record_letter(
+        &letters[0],
+        &Expected {
+            line: 5,
+            kind: "decode",
+            error: "2 fields, expected 3",
+            payload: b"4,bad",
+            sqlstate: None,
+        },
+    );
+    // And every message, also the blank and the empty one, was acknowledged once
+    terminate_ok(&mut bridge);
+    assert_each_message_acked_once(&case.world, 7);
+}
+
+#[test]
+fn bom_before_a_header_is_not_part_of_the_first_name() {
+    // Given a route with `header: true` that maps the header's first name
+    let case = Case::new(
+        Target::Postgres,
+        "csvbomhdr",
+        "id INTEGER PRIMARY KEY, name TEXT",
+        &["header: true"],
+        &[("id", "payload.id"), ("name", "payload.name")],
+    );
+
+    // When a message starts with a BOM before its CRLF header
+    case.publish(&["\u{feff}id,name\r\n1,a\r\n2,b\r\n".as_bytes().to_vec()]);
+    let mut bridge = case.start();
+
+    // Then the header's first name is `id` and both records land
+    case.wait_rows(&mut bridge, 2);
+    assert_eq!(
+        case.rows("id, name", "id"),
+        vec![vec![s("1"), s("a")], vec![s("2"), s("b")]]
+    );
+    assert_eq!(dlq_list(&case.config), Vec::<Json>::new());
+    terminate_ok(&mut bridge);
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Empty fields and NULL markers
+// ---------------------------------------------------------------------------------------
+
+/// Runs `payload` through a route by index into (id, a DEFAULT 'dflt', b, n DEFAULT 7) and
+/// asserts the rows read back.
+fn null_markers(target: Target, csv: &[&str], payload: Vec<u8>, want: Vec<Vec<Option<String>>>) {
+    let (int, text) = match target {
+        Target::MariaDb => ("INT", "VARCHAR(20)"),
+        _ => ("INTEGER", "VARCHAR(20)"),
+    };
+    let case = Case::new(
+        target,
+        "csvnull",
+        &format!("id {int} PRIMARY KEY, a {text} DEFAULT 'dflt', b {text}, n {int} DEFAULT 7"),
+        csv,
+        &[
+            ("id", "payload.0"),
+            ("a", "payload.1"),
+            ("b", "payload.2"),
+            ("n", "payload.3"),
+        ],
+    );
+    case.publish(&[payload]);
+    let mut bridge = case.start();
+    case.wait_rows(&mut bridge, want.len() as i64);
+    assert_eq!(case.rows("id, a, b, n", "id"), want);
+    assert_eq!(dlq_list(&case.config), Vec::<Json>::new());
+    terminate_ok(&mut bridge);
+}
+
+#[test]
+fn empty_fields_are_null_by_default() {
+    // Empty and quoted-empty fields are NULL (not the column default), text and integer
+    null_markers(
+        Target::Postgres,
+        &[],
+        lf(&["1,,x,", r#"2,"",,8"#]),
+        vec![
+            vec![s("1"), None, s("x"), None],
+            vec![s("2"), None, None, s("8")],
+        ],
+    );
+}
+
+#[test]
+fn empty_fields_are_empty_strings_with_null_tilde() {
+    // `null: ~`: nothing is NULL, empty fields are empty strings
+    null_markers(
+        Target::Sqlite,
+        &["null: ~"],
+        lf(&["1,,x,5", r#"2,"",,6"#]),
+        vec![
+            vec![s("1"), s(""), s("x"), s("5")],
+            vec![s("2"), s(""), s(""), s("6")],
+        ],
+    );
+}
+
+#[test]
+fn a_custom_null_marker_is_null_and_empty_fields_are_text() {
+    // `null: "\N"`: exactly `\N` (also quoted) is NULL; empty fields and other text are not
+    null_markers(
+        Target::MariaDb,
+        &[r#"null: "\\N""#],
+        lf(&[
+            r"1,\N,x,\N",
+            r#"2,,"\N",8"#,
+            r#"3,"",N,9"#,
+            r"4,\\N,\N\N,10",
+        ]),
+        vec![
+            vec![s("1"), None, s("x"), None],
+            vec![s("2"), s(""), None, s("8")],
+            vec![s("3"), s(""), s("N"), s("9")],
+            vec![s("4"), s(r"\\N"), s(r"\N\N"), s("10")],
+        ],
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Delimiters, quote and escape characters
+// ---------------------------------------------------------------------------------------
+
+/// Runs `payload` through a route by index with `csv` options into (id, a, b) and asserts
+/// the rows read back.
+fn delimited(target: Target, prefix: &str, csv: &[&str], payload: Vec<u8>, want: &[[&str; 3]]) {
+    let case = Case::new(
+        target,
+        prefix,
+        "id INTEGER PRIMARY KEY, a TEXT, b TEXT",
+        csv,
+        &[("id", "payload.0"), ("a", "payload.1"), ("b", "payload.2")],
+    );
+    case.publish(&[payload]);
+    let mut bridge = case.start();
+    case.wait_rows(&mut bridge, want.len() as i64);
+    let want: Vec<Vec<Option<String>>> = want
+        .iter()
+        .map(|row| row.iter().map(|v| s(v)).collect())
+        .collect();
+    assert_eq!(case.rows("id, a, b", "id"), want);
+    assert_eq!(dlq_list(&case.config), Vec::<Json>::new());
+    terminate_ok(&mut bridge);
+}
+
+#[test]
+fn tab_delimiter() {
+    // Commas and semicolons are data; a quoted tab is data
+    delimited(
+        Target::Postgres,
+        "csvtab",
+        &[r#"delimiter: "\t""#],
+        lf(&["1\ta,b\t\"in\ttab\"", "2\t;\tplain"]),
+        &[["1", "a,b", "in\ttab"], ["2", ";", "plain"]],
+    );
+}
+
+#[test]
+fn semicolon_delimiter() {
+    // Commas are data (decimal commas stay text); a quoted semicolon is data
+    delimited(
+        Target::MariaDb,
+        "csvsemi",
+        &[r#"delimiter: ";""#],
+        lf(&["1;3,5;\"a;b\"", "2;x,y;z"]),
+        &[["1", "3,5", "a;b"], ["2", "x,y", "z"]],
+    );
+}
+
+#[test]
+fn custom_quote_character() {
+    // `'` quotes (doubled inside); `"` is plain data
+    delimited(
+        Target::Sqlite,
+        "csvsquote",
+        &[r#"quote: "'""#],
+        lf(&["1,'a,b','it''s'", r#"2,"x",'say "hi", ok'"#]),
+        &[["1", "a,b", "it's"], ["2", "\"x\"", "say \"hi\", ok"]],
+    );
+}
+
+#[test]
+fn escape_character() {
+    // `\"` inside quotes is a quote
+    delimited(
+        Target::Postgres,
+        "csvescape",
+        &[r#"escape: "\\""#],
+        lf(&[r#"1,"say \"hi\", ok",plain"#, r#"2,"\"",x"#]),
+        &[["1", "say \"hi\", ok", "plain"], ["2", "\"", "x"]],
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 7. Bad lines beside good ones; the message is acknowledged once
+// ---------------------------------------------------------------------------------------
+
+fn bad_lines_are_dead_letters_and_the_message_is_acked_once(target: Target, table_columns: &str) {
+    // Given a table without a unique key (a redelivered message would add rows again), a
+    // broker that logs every packet, and a route by index
+    let case = Case::in_world(
+        World::with_broker_config("log_type all\n"),
+        target,
+        "csvbad",
+        table_columns,
+        &[],
+        &[
+            ("id", "payload.0"),
+            ("name", "payload.1"),
+            ("qty", "payload.2"),
+        ],
+    );
+    let t = case.t().to_string();
+
+    // When one message holds good lines, a short line, an unconvertible value and a long line
+    case.publish(&[lf(&["1,a,10", "2,b", "3,c,xyz", "4,d,40,extra", "5,e,50"])]);
+    let mut bridge = case.start();
+
+    // Then the good lines are stored and each bad line is its own dead letter
+    case.wait_rows(&mut bridge, 2);
+    let letters = by_line(&case.wait_letters(&mut bridge, 3));
+    assert_eq!(
+        case.rows("id, name, qty", "id"),
+        vec![vec![s("1"), s("a"), s("10")], vec![s("5"), s("e"), s("50")],]
+    );
+    assert_eq!(letters.keys().copied().collect::<Vec<_>>(), [2, 3, 4]);
+    case.assert_record_letter(
+        &letters[&2],
+        &Expected {
+            line: 2,
+            kind: "decode",
+            error: "2 fields, expected 3",
+            payload: b"2,b",
+            sqlstate: None,
+        },
+    );
+    case.assert_record_letter(
+        &letters[&3],
+        &Expected {
+            line: 3,
+            kind: "convert",
+            error: "column qty (from payload.2): ",
+            payload: b"3,c,xyz",
+            sqlstate: None,
+        },
+    );
+    case.assert_record_letter(
+        &letters[&4],
+        &Expected {
+            line: 4,
+            kind: "decode",
+            error: "4 fields, expected 3",
+            payload: b"4,d,40,extra",
+            sqlstate: None,
+        },
+    );
+
+    // And after a restart, nothing is redelivered: a new message lands alone
+    terminate_ok(&mut bridge);
+    let mut bridge = case.start();
+    case.publish(&[lf(&["6,marker,60"])]);
+    wait_for(&mut bridge, "the marker row", || {
+        Ok(try_scalar(&case.db, &format!("SELECT COUNT(*) FROM {t} WHERE id = 6")) == Some(1))
+    });
+    assert_eq!(
+        scalar(&case.db, &format!("SELECT COUNT(*) FROM {t}")),
+        3,
+        "rows after the restart: {:?}",
+        case.rows("id, name, qty", "id")
+    );
+    assert_eq!(
+        dlq_list(&case.config).len(),
+        3,
+        "dead letters after the restart"
+    );
+    // And the broker got exactly one PUBACK for each of the two messages, and sent neither
+    // of them twice
+    terminate_ok(&mut bridge);
+    assert_each_message_acked_once(&case.world, 2);
+}
+
+#[test]
+fn bad_lines_are_dead_letters_and_the_message_is_acked_once_postgres() {
+    bad_lines_are_dead_letters_and_the_message_is_acked_once(
+        Target::Postgres,
+        "id INTEGER NOT NULL, name TEXT, qty INTEGER",
+    );
+}
+
+#[test]
+fn bad_lines_are_dead_letters_and_the_message_is_acked_once_sqlite() {
+    bad_lines_are_dead_letters_and_the_message_is_acked_once(
+        Target::Sqlite,
+        "id INTEGER NOT NULL, name TEXT, qty INTEGER",
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 8. Invalid UTF-8 in one line
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn invalid_utf8_in_one_line_is_a_dead_letter_for_that_line_only() {
+    // Given a route by index
+    let case = Case::new(
+        Target::Postgres,
+        "csvutf8",
+        "id INTEGER PRIMARY KEY, name TEXT, qty INTEGER",
+        &[],
+        &[
+            ("id", "payload.0"),
+            ("name", "payload.1"),
+            ("qty", "payload.2"),
+        ],
+    );
+
+    // When the middle line of a message holds bytes that are not UTF-8
+    case.publish(&[b"1,ok,10\n2,\xff\xfe,20\n3,fine \xc3\xa9,30\n".to_vec()]);
+    let mut bridge = case.start();
+
+    // Then the other lines are stored and that line is a dead letter with its raw bytes
+    case.wait_rows(&mut bridge, 2);
+    assert_eq!(
+        case.rows("id, name, qty", "id"),
+        vec![
+            vec![s("1"), s("ok"), s("10")],
+            vec![s("3"), s("fine é"), s("30")],
+        ]
+    );
+    let letters = case.wait_letters(&mut bridge, 1);
+    case.assert_record_letter(
+        &letters[0],
+        &Expected {
+            line: 2,
+            kind: "decode",
+            error: "not valid UTF-8",
+            payload: b"2,\xff\xfe,20",
+            sqlstate: None,
+        },
+    );
+    terminate_ok(&mut bridge);
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. Rows the database rejects
+// ---------------------------------------------------------------------------------------
+
+/// The SQLSTATEs one database reports for the rejected lines.
+struct Rejections {
+    not_null: &'static str,
+    check: &'static str,
+    duplicate: &'static str,
+}
+
+fn rejected_lines_are_dead_letters_naming_their_line(
+    target: Target,
+    table_columns: &str,
+    states: Rejections,
+) {
+    // Given a table with NOT NULL, CHECK and primary-key constraints
+    let case = Case::new(
+        target,
+        "csvreject",
+        table_columns,
+        &[],
+        &[
+            ("id", "payload.0"),
+            ("v", "payload.1"),
+            ("pct", "payload.2"),
+        ],
+    );
+
+    // When a message holds good lines, a NULL for the NOT NULL column, a CHECK violation and
+    // a duplicate key, and another message follows
+    case.publish(&[
+        lf(&["1,10,50", "2,,50", "3,30,150", "4,40,100", "1,99,1"]),
+        lf(&["5,50,5", "6,60,6"]),
+    ]);
+    let mut bridge = case.start();
+
+    // Then the rest of the message is stored, and the next message too
+    case.wait_rows(&mut bridge, 4);
+    let letters = by_line(&case.wait_letters(&mut bridge, 3));
+    assert_eq!(
+        case.rows("id, v, pct", "id"),
+        vec![
+            vec![s("1"), s("10"), s("50")],
+            vec![s("4"), s("40"), s("100")],
+            vec![s("5"), s("50"), s("5")],
+            vec![s("6"), s("60"), s("6")],
+        ]
+    );
+    // And each rejected line is its own dead letter naming its line and SQLSTATE
+    assert_eq!(letters.keys().copied().collect::<Vec<_>>(), [2, 3, 5]);
+    for (line, payload, state) in [
+        (2, &b"2,,50"[..], states.not_null),
+        (3, &b"3,30,150"[..], states.check),
+        (5, &b"1,99,1"[..], states.duplicate),
+    ] {
+        case.assert_record_letter(
+            &letters[&line],
+            &Expected {
+                line,
+                kind: "rejected",
+                error: "",
+                payload,
+                sqlstate: Some(state),
+            },
+        );
+    }
+    terminate_ok(&mut bridge);
+}
+
+#[test]
+fn rejected_lines_are_dead_letters_naming_their_line_postgres() {
+    rejected_lines_are_dead_letters_naming_their_line(
+        Target::Postgres,
+        "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, pct INTEGER CHECK (pct BETWEEN 0 AND 100)",
+        Rejections {
+            not_null: "23502",
+            check: "23514",
+            duplicate: "23505",
+        },
+    );
+}
+
+#[test]
+fn rejected_lines_are_dead_letters_naming_their_line_mariadb() {
+    rejected_lines_are_dead_letters_naming_their_line(
+        Target::MariaDb,
+        "id INT PRIMARY KEY, v INT NOT NULL, pct INT CHECK (pct BETWEEN 0 AND 100)",
+        Rejections {
+            not_null: "23000",
+            check: "23000",
+            duplicate: "23000",
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// 10. A large message
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn twenty_thousand_lines_in_one_message_land_completely() {
+    // Given a route by index with the default batch size (500 rows)
+    let case = Case::new(
+        Target::Postgres,
+        "csvlarge",
+        "id INTEGER PRIMARY KEY, label TEXT, qty BIGINT",
+        &[],
+        &[
+            ("id", "payload.0"),
+            ("label", "payload.1"),
+            ("qty", "payload.2"),
+        ],
+    );
+    let t = case.t().to_string();
+    let n: i64 = 20_000;
+
+    // When one message carries 20,000 records, and a small message follows
+    let mut big = String::new();
+    for id in 1..=n {
+        big.push_str(&format!("{id},\"label {id}, quoted\",{}\n", id * 3));
+    }
+    case.publish(&[big.into_bytes(), lf(&[&format!("{},after,0", n + 1)])]);
+    let mut bridge = case.start();
+
+    // Then every record is exactly one row with its values
+    case.wait_rows(&mut bridge, n + 1);
+    assert_eq!(
+        scalar(&case.db, &format!("SELECT COUNT(DISTINCT id) FROM {t}")),
+        n + 1
+    );
+    assert_eq!(
+        scalar(&case.db, &format!("SELECT SUM(qty) FROM {t}")),
+        3 * (1..=n).sum::<i64>()
+    );
+    assert_eq!(
+        scalar(&case.db, &format!("SELECT SUM(id) FROM {t}")),
+        (1..=n + 1).sum::<i64>()
+    );
+    assert_eq!(
+        case.db.query(&format!(
+            "SELECT label FROM {t} WHERE id IN (1, 12345, {n}, {}) ORDER BY id",
+            n + 1
+        )),
+        vec![
+            vec![s("label 1, quoted")],
+            vec![s("label 12345, quoted")],
+            vec![s(&format!("label {n}, quoted"))],
+            vec![s("after")],
+        ]
+    );
+    assert_eq!(dlq_list(&case.config), Vec::<Json>::new());
+
+    // And after a restart the big message is not delivered again
+    terminate_ok(&mut bridge);
+    let mut bridge = case.start();
+    case.publish(&[lf(&[&format!("{},marker,0", n + 2)])]);
+    case.wait_rows(&mut bridge, n + 2);
+    assert_eq!(
+        try_scalar(
+            &case.db,
+            &format!("SELECT COUNT(*) FROM {t} WHERE id = {}", n + 2)
+        ),
+        Some(1)
+    );
+    assert_eq!(dlq_list(&case.config), Vec::<Json>::new());
+    terminate_ok(&mut bridge);
+}
+
+// ---------------------------------------------------------------------------------------
+// 11. Injection-shaped values
+// ---------------------------------------------------------------------------------------
+
+fn injection_shaped_fields_are_stored_verbatim(target: Target, table_columns: &str) {
+    // Given a route by index
+    let case = Case::new(
+        target,
+        "csvinject",
+        table_columns,
+        &[],
+        &[("id", "payload.0"), ("v", "payload.1")],
+    );
+    let t = case.t().to_string();
+
+    // When fields shaped like SQL injections, placeholders and substitutions arrive
+    let values = [
+        format!("'); DROP TABLE {t}; --"),
+        format!("\"; DROP TABLE {t}; --"),
+        format!("\\'); DELETE FROM {t}; --"),
+        "Robert'); DROP TABLE Students;--".to_string(),
+        "? $1 :v %s {}".to_string(),
+        "${HOME} $$ ${MQDB_UNSET:-x}".to_string(),
+        "back\\slash \\\\ \\n".to_string(),
+    ];
+    let mut lines: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("{},{}", i + 1, quoted(v)))
+        .collect();
+    // The first one also unquoted: it holds no delimiter
+    lines.push(format!("{},{}", values.len() + 1, values[0]));
+    case.publish(&[lf(&lines.iter().map(String::as_str).collect::<Vec<_>>())]);
+    let mut bridge = case.start();
+
+    // Then every value is stored verbatim, and the table is intact
+    case.wait_rows(&mut bridge, values.len() as i64 + 1);
+    let mut want: Vec<Vec<Option<String>>> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| vec![s(&(i + 1).to_string()), s(v)])
+        .collect();
+    want.push(vec![s(&(values.len() + 1).to_string()), s(&values[0])]);
+    assert_eq!(case.rows("id, v", "id"), want);
+    assert_eq!(dlq_list(&case.config), Vec::<Json>::new());
+    terminate_ok(&mut bridge);
+}
+
+#[test]
+fn injection_shaped_fields_are_stored_verbatim_postgres() {
+    injection_shaped_fields_are_stored_verbatim(Target::Postgres, "id INTEGER PRIMARY KEY, v TEXT");
+}
+
+#[test]
+fn injection_shaped_fields_are_stored_verbatim_mariadb() {
+    injection_shaped_fields_are_stored_verbatim(Target::MariaDb, "id INT PRIMARY KEY, v TEXT");
+}
+
+// ---------------------------------------------------------------------------------------
+// 12. Configuration errors
+// ---------------------------------------------------------------------------------------
+
+/// Writes `text` to `dir/name` and runs `mqdb -c FILE check`.
+fn check_config(dir: &Path, name: &str, text: &str) -> (PathBuf, std::process::Output) {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write config");
+    let out = run_mqdb(&["-c", path_str(&path), "check"]);
+    (path, out)
+}
+
+fn show(out: &std::process::Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `text` with the one line equal to `old` (after indentation) replaced by `new` (same
+/// indentation); returns the new text and the 1-based line number.
+fn replace_line(text: &str, old: &str, new: &str) -> (String, usize) {
+    let hits: Vec<usize> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim() == old)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(hits.len(), 1, "{old:?} once in:\n{text}");
+    let mut out = String::new();
+    for (i, l) in text.lines().enumerate() {
+        if i == hits[0] {
+            let indent = &l[..l.len() - l.trim_start().len()];
+            out.push_str(indent);
+            out.push_str(new);
+        } else {
+            out.push_str(l);
+        }
+        out.push('\n');
+    }
+    (out, hits[0] + 1)
+}
+
+#[test]
+fn config_errors_name_the_file_and_line() {
+    // Given a valid CSV route (checked against the real broker and table)
+    let db = Db::Postgres;
+    let broker = Mosquitto::start();
+    let table = TempTable::create(&db, "csvcfg", "id INTEGER, sku TEXT, qty INTEGER");
+    let dir = tempfile::Builder::new()
+        .prefix("mqdb-csv-cfg-")
+        .tempdir()
+        .expect("temp dir");
+    let base = format!(
+        "state: \"sqlite://{state}\"\n\
+         brokers:\n  b:\n    url: \"{url}\"\n    client_id: \"{cid}\"\n\
+         databases:\n  d:\n    connection_string: \"{cs}\"\n\
+         inbound:\n\
+         \x20 - name: csv_cfg\n\
+         \x20   broker: b\n\
+         \x20   topic: \"{topic}/#\"\n\
+         \x20   database: d\n\
+         \x20   table: {t}\n\
+         \x20   format: csv\n\
+         \x20   csv:\n\
+         \x20     delimiter: \";\"\n\
+         \x20     fields: [id, sku, qty]\n\
+         \x20   columns:\n\
+         \x20     id: payload.0\n\
+         \x20     sku: payload.sku\n\
+         \x20     qty: payload.qty\n",
+        state = dir.path().join("state.db").display(),
+        url = broker.url(),
+        cid = unique("mqdb_csv_cfg"),
+        cs = db.connection_string(),
+        topic = unique("csvcfg"),
+        t = table.name,
+    );
+    let (_, out) = check_config(dir.path(), "valid.yaml", &base);
+    assert_eq!(out.status.code(), Some(0), "{}\n{base}", show(&out));
+    // And the same route with a header instead of fields: names are then the header's
+    let (header, _) = replace_line(&base, "fields: [id, sku, qty]", "header: true");
+    let (_, out) = check_config(dir.path(), "header.yaml", &header);
+    assert_eq!(out.status.code(), Some(0), "{}\n{header}", show(&out));
+
+    // When one line is made invalid, then `check` exits 2 naming the file, that line and
+    // the problem
+    let (with_a, _) = replace_line(&base, "fields: [id, sku, qty]", "fields: [id, a, qty]");
+    let cases: Vec<(&str, String, usize, Vec<&str>)> = vec![
+        {
+            // A JSON path on a CSV route (its first part is a declared field)
+            let (text, line) = replace_line(&with_a, "sku: payload.sku", "sku: payload.a.b");
+            ("path.yaml", text, line, vec!["payload.a.b"])
+        },
+        {
+            // A name that is not in `fields:` while header is false
+            let (text, line) = replace_line(&base, "sku: payload.sku", "sku: payload.unknown");
+            ("unknown.yaml", text, line, vec!["unknown"])
+        },
+        {
+            // A two-character delimiter
+            let (text, line) = replace_line(&base, "delimiter: \";\"", "delimiter: \";;\"");
+            ("delimiter.yaml", text, line, vec![])
+        },
+    ];
+    for (name, text, line, needles) in cases {
+        let (path, out) = check_config(dir.path(), name, &text);
+        assert_eq!(out.status.code(), Some(2), "{name}: {}\n{text}", show(&out));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let located = format!("{}:{line}:", path.display());
+        assert!(
+            err.contains(&located),
+            "{name}: expected {located:?} in stderr\n{}\n{text}",
+            show(&out)
+        );
+        for needle in needles {
+            assert!(
+                err.contains(needle),
+                "{name}: expected {needle:?} in stderr\n{}",
+                show(&out)
+            );
+        }
+        if name == "delimiter.yaml" {
+            assert!(
+                err.contains("delimiter") || err.contains(";;"),
+                "{name}: the error names the delimiter\n{}",
+                show(&out)
+            );
+        }
+    }
+}
