@@ -11,12 +11,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{
-    Bridge, Db, LIVENESS, Mosquitto, Publisher, Subscriber, TempTable, dlq_list, path_str,
-    run_mqdb, unique, wait_for,
+    Bridge, Db, LIVENESS, Mosquitto, Publisher, Subscriber, TempTable, dlq_list, make_ca,
+    make_leaf, path_str, run_mqdb, unique, wait_for,
 };
 use serde_json::Value as Json;
 
@@ -772,135 +771,6 @@ fn large_payloads_land_intact() {
 // ---------------------------------------------------------------------------------------
 // 5. TLS with client certificates
 // ---------------------------------------------------------------------------------------
-
-/// Runs `openssl ARGS` in `dir`; panics with its output on failure.
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("run openssl (is it installed?): {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A self-signed CA `NAME.pem` / `NAME.key` (P-256, PKCS#8) in `dir`.
-fn make_ca(dir: &Path, name: &str) {
-    std::fs::write(
-        dir.join(format!("{name}.ext")),
-        "basicConstraints = critical, CA:TRUE\n\
-         keyUsage = critical, keyCertSign, cRLSign\n\
-         subjectKeyIdentifier = hash\n",
-    )
-    .expect("write the CA extensions");
-    openssl(
-        dir,
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            &format!("{name}.key"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            &format!("{name}.key"),
-            "-subj",
-            &format!("/CN=mqdb test {name}"),
-            "-out",
-            &format!("{name}.csr"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-signkey",
-            &format!("{name}.key"),
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-            "-out",
-            &format!("{name}.pem"),
-        ],
-    );
-}
-
-/// A leaf `NAME.pem` / `NAME.key` (P-256, PKCS#8) for `cn`, signed by `ca`, with the given
-/// X.509 v3 `extensions` (subjectAltName, extendedKeyUsage …).
-fn make_leaf(dir: &Path, ca: &str, name: &str, cn: &str, extensions: &str, serial: u32) {
-    std::fs::write(
-        dir.join(format!("{name}.ext")),
-        format!(
-            "basicConstraints = critical, CA:FALSE\n\
-             keyUsage = critical, digitalSignature, keyEncipherment\n\
-             {extensions}\n"
-        ),
-    )
-    .expect("write the leaf extensions");
-    openssl(
-        dir,
-        &[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            &format!("{name}.key"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            &format!("{name}.key"),
-            "-subj",
-            &format!("/CN={cn}"),
-            "-out",
-            &format!("{name}.csr"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-set_serial",
-            &serial.to_string(),
-            "-days",
-            "2",
-            "-extfile",
-            &format!("{name}.ext"),
-            "-out",
-            &format!("{name}.pem"),
-        ],
-    );
-}
 
 /// `mqdb -c CONFIG check`: (exit code, stdout, stderr).
 fn check(config: &Path) -> (Option<i32>, String, String) {

@@ -92,7 +92,21 @@ impl AmqpSettings {
             runtime,
         )
         .await
-        .map_err(|e| format!("cannot connect to {}: {e}", self.endpoint()))
+        .map_err(|e| {
+            let text = e.to_string();
+            let mut message = format!("cannot connect to {}: {text}", self.endpoint());
+            // A broker that requires a client certificate often resets the connection before
+            // its alert arrives, which then says nothing about why.
+            let refused = ["reset", "Certificate", "HandshakeFailure"]
+                .iter()
+                .any(|hint| text.contains(hint));
+            if self.uri.starts_with("amqps") && self.tls.identity.is_none() && refused {
+                message.push_str(
+                    "; the broker may require a client certificate (tls.cert_file and tls.key_file)",
+                );
+            }
+            message
+        })
     }
 }
 

@@ -184,9 +184,8 @@ mod tests {
         let text = format!(
             "inbound:\n  - name: r\n    broker: b\n    database: d\n    table: t\n    format: csv\n    csv:\n{block}"
         );
-        parse(Path::new("f.yaml"), &text).map(|mut c| {
-            c.inbound.remove(0).value.csv.expect("csv block").value
-        })
+        parse(Path::new("f.yaml"), &text)
+            .map(|mut c| c.inbound.remove(0).value.csv.expect("csv block").value)
     }
 
     #[test]
@@ -197,7 +196,10 @@ mod tests {
         let c = csv_block("      null: \"\\\\N\"\n      header: true\n").unwrap();
         assert_eq!(c.null.as_deref(), Some("\\N"));
         assert!(c.header);
-        assert_eq!(csv_block("      quote: \"'\"\n").unwrap().null.as_deref(), Some(""));
+        assert_eq!(
+            csv_block("      quote: \"'\"\n").unwrap().null.as_deref(),
+            Some("")
+        );
         let err = csv_block("      nul: x\n").unwrap_err();
         assert!(err.message.contains("did you mean `null`"), "{err}");
         assert_eq!(err.line, Some(8), "{err}");

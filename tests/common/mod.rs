@@ -12,6 +12,9 @@
 //!   work from sync tests and from `#[tokio::test]` alike.
 //! - [`Rabbit`]: the shared RabbitMQ (127.0.0.1:5672) from sync tests: declare exchanges and
 //!   bound queues (deleted on drop) and take what arrived.
+//! - [`RabbitNode`]: a private RabbitMQ node on free ports (plain AMQP plus a TLS listener that
+//!   requires a client certificate), for `amqps://` tests; stopped on drop.
+//! - [`make_ca`], [`make_leaf`], [`openssl`]: test certificates for the TLS tests.
 //!
 //! Names: [`unique`] gives table, topic, queue and client-id names that never collide across
 //! parallel test threads and processes.
@@ -25,6 +28,8 @@ mod db;
 mod mqtt;
 mod proxy;
 mod rabbit;
+mod rabbit_node;
+mod tls;
 
 // Each test binary uses a subset of these re-exports.
 #[allow(unused_imports)]
@@ -39,6 +44,10 @@ pub use mqtt::{Mosquitto, Publisher, Received, Subscriber};
 pub use proxy::TcpProxy;
 #[allow(unused_imports)]
 pub use rabbit::{AmqpMessage, ExchangeInfo, Header, Outgoing, QueueInfo, Rabbit};
+#[allow(unused_imports)]
+pub use rabbit_node::RabbitNode;
+#[allow(unused_imports)]
+pub use tls::{make_ca, make_leaf, openssl};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
