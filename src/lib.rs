@@ -11,13 +11,18 @@
 //! - [`config`]: the YAML model, `${VAR}` substitution, validation with file:line errors.
 //! - [`routes`]: configuration routes resolved into filters, sink targets and mappers.
 //! - [`topic`]: MQTT topic filters with `{name}` captures.
-//! - [`message`]: a received message and its acknowledgement handle.
-//! - [`mapping`]: column sources (`topic.x`, `payload.a.b`, `meta.x`) → rows.
+//! - [`message`]: a received message (MQTT or AMQP) and its acknowledgement handle.
+//! - [`codec`]: payloads: JSON, and delimited text read record by record; rows → messages.
+//! - [`mapping`]: column sources (`topic.x`, `payload.a.b`, `payload.2`, `header.x`,
+//!   `meta.x`) → rows, one per JSON message or CSV record.
 //! - [`convert`]: payload values → the SQL type of each column.
-//! - [`broker`]: broker sources (`mqtt`): connect, subscribe, acknowledge in order.
-//! - [`db`]: ODBC: the sink thread (`worker`), the catalog, insert statements per dialect,
-//!   and the `check` probe.
+//! - [`broker`]: sources (`mqtt` over `mqtt_link` for 3.1.1 and 5, `amqp_source`) that
+//!   acknowledge in receive order (`sequence`), and confirming publishers.
+//! - [`template`]: outbound topic, exchange and routing-key templates.
+//! - [`db`]: ODBC: the sink thread (`worker`), the poller (`poll`), the catalog, insert
+//!   statements per dialect, and the `check` probe.
 //! - [`inbound`]: the inbound route loop: batching, dead letters, acknowledgements.
+//! - [`outbound`]: the outbound route loop: poll, publish, confirm, store the position.
 //! - [`dlq`]: dead letters and how operators see them.
 //! - [`state`]: the sqlx state store (`migrations/`).
 //! - [`error`]: error types and the one classification of data errors versus outages.

@@ -1374,3 +1374,80 @@ fn the_alarms_example_passes_check() {
     );
     assert!(stdout.starts_with("ok    outbound alarms"), "{stdout}");
 }
+
+/// The AMQP + CSV example passes `check` against the local RabbitMQ and MariaDB once its
+/// table exists, and a message in its documented shape lands as rows.
+#[test]
+fn the_amqp_csv_example_passes_check_and_runs() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let sql = std::fs::read_to_string(root.join("examples/amqp-csv-mariadb.sql")).unwrap();
+    Db::MariaDb.exec(&sql);
+    let dir = tempfile::tempdir().unwrap();
+    // A private copy, so this test's queue and state are its own.
+    let queue = common::unique("mqdb_example_movements");
+    let exchange = common::unique("warehouse");
+    let text = std::fs::read_to_string(root.join("examples/amqp-csv-mariadb.yaml"))
+        .unwrap()
+        .replace("mqdb.example.movements", &queue)
+        .replace("exchange: warehouse", &format!("exchange: {exchange}"));
+    let config = dir.path().join("example.yaml");
+    std::fs::write(&config, text).unwrap();
+    let mut rabbit = common::Rabbit::connect();
+    rabbit.adopt_queue(&queue);
+    rabbit.adopt_exchange(&exchange);
+    let out = common::mqdb_command()
+        .current_dir(dir.path())
+        .args(["-c", config.to_str().unwrap(), "check"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("ok    inbound movements"), "{stdout}");
+
+    let sku = common::unique("A");
+    let mut bridge = Bridge::start(&config);
+    bridge.wait_for_log("consuming", common::LIVENESS);
+    let payload = format!(
+        "sku;qty;moved_at;note\r\n{sku};12;2024-05-01T08:00:00+02:00;\"inbound; pallet 7\"\r\n{sku};-3;2024-05-01T08:01:30+02:00;\r\n"
+    );
+    rabbit.publish(
+        &exchange,
+        "movements.north",
+        payload.as_bytes(),
+        &[("warehouse", common::Header::Str("north".into()))],
+    );
+    let query = format!(
+        "SELECT qty, DATE_FORMAT(moved_at, '%H:%i:%s'), note, warehouse, routing_key FROM mqdb_example_movements WHERE sku = '{sku}' ORDER BY moved_at"
+    );
+    common::wait_for(&mut bridge, "the example's two rows", || {
+        Ok(Db::MariaDb.query(&query).len() == 2)
+    });
+    let rows = Db::MariaDb.query(&query);
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        rows,
+        vec![
+            vec![
+                s("12"),
+                s("06:00:00"),
+                s("inbound; pallet 7"),
+                s("north"),
+                s("movements.north")
+            ],
+            vec![
+                s("-3"),
+                s("06:01:30"),
+                None,
+                s("north"),
+                s("movements.north")
+            ],
+        ]
+    );
+    Db::MariaDb.exec(&format!(
+        "DELETE FROM mqdb_example_movements WHERE sku = '{sku}'"
+    ));
+}
