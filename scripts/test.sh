@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what is missing, then runs the unit,
 # property and integration tests against the local services, and small reconciled runs of
-# the inbound and outbound benchmarks (they fail on a lost message, never on speed).
+# the MQTT and AMQP inbound and the outbound benchmarks (they fail on a lost message, never on speed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,3 +11,4 @@ cargo clippy --all-targets -- -D warnings
 cargo test --no-fail-fast
 MQDB_BENCH_MESSAGES=5000 cargo bench --bench inbound
 MQDB_BENCH_ROWS=5000 cargo bench --bench outbound
+MQDB_BENCH_MESSAGES=5000 cargo bench --bench amqp_inbound
