@@ -19,11 +19,10 @@ use crate::config::Config;
 use crate::db::DbSpec;
 use crate::db::poll::Poller;
 use crate::db::worker;
-use crate::dlq;
 use crate::inbound::InboundRoute;
 use crate::outbound::{Destination, OutboundRoute};
 use crate::routes::{InboundPlan, Intake, OutboundPlan, inbound_plans, outbound_plans};
-use crate::state::{DeadLetterFilter, State};
+use crate::state::State;
 
 /// A failure of a command, with the exit code it maps to.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +47,7 @@ impl AppError {
 /// How long shutdown waits for in-flight batches before releasing them.
 const DRAIN_GRACE: Duration = Duration::from_secs(20);
 
-fn db_specs(config: &Config) -> Result<BTreeMap<String, DbSpec>, AppError> {
+pub fn db_specs(config: &Config) -> Result<BTreeMap<String, DbSpec>, AppError> {
     config
         .databases
         .iter()
@@ -101,22 +100,14 @@ fn outbound_route(
 ) -> Result<OutboundRoute, AppError> {
     let poller = Poller::start(dbs[&plan.database].clone(), plan.poll.clone())
         .map_err(|e| AppError::Runtime(e.to_string()))?;
-    let publisher = match (brokers.get(&plan.broker), amqp.get(&plan.broker)) {
-        (Some(settings), _) => Publisher::Mqtt(MqttPublisher::start(
-            settings.clone(),
-            format!("{}-{}", settings.client_id, plan.name),
-            crate::broker::mqtt::qos(plan.qos),
-            plan.retain,
-            PUBLISH_WINDOW,
-        )),
-        (None, Some(settings)) => Publisher::Amqp(AmqpPublisher::new(settings.clone())),
-        (None, None) => {
-            return Err(AppError::Usage(format!(
-                "route {}: unknown broker",
-                plan.name
-            )));
-        }
-    };
+    let publisher = publisher(
+        &plan.broker,
+        &plan.name,
+        plan.qos,
+        plan.retain,
+        brokers,
+        amqp,
+    )?;
     Ok(OutboundRoute {
         name: plan.name,
         broker: plan.broker,
@@ -132,6 +123,80 @@ fn outbound_route(
         max_rows: plan.poll.max_rows,
         after_publish: plan.poll.after_publish.is_some(),
     })
+}
+
+/// A confirming publisher on `broker`; an MQTT one has its own session, named after `user`.
+fn publisher(
+    broker: &str,
+    user: &str,
+    qos: crate::config::Qos,
+    retain: bool,
+    brokers: &BTreeMap<String, MqttSettings>,
+    amqp: &BTreeMap<String, AmqpSettings>,
+) -> Result<Publisher, AppError> {
+    match (brokers.get(broker), amqp.get(broker)) {
+        (Some(settings), _) => Ok(Publisher::Mqtt(MqttPublisher::start(
+            settings.clone(),
+            format!("{}-{user}", settings.client_id),
+            crate::broker::mqtt::qos(qos),
+            retain,
+            PUBLISH_WINDOW,
+        ))),
+        (None, Some(settings)) => Ok(Publisher::Amqp(AmqpPublisher::new(settings.clone()))),
+        (None, None) => Err(AppError::Usage(format!("{user}: unknown broker {broker}"))),
+    }
+}
+
+/// Publishers for `dlq replay`: one per outbound route, each with its own MQTT session.
+pub fn replay_publishers(
+    config: &Config,
+) -> Result<crate::replay::MakePublisher, AppError> {
+    let brokers = broker_settings(config)?;
+    let amqp = amqp_settings(config)?;
+    Ok(Box::new(move |plan: &OutboundPlan| {
+        publisher(
+            &plan.broker,
+            &format!("{}-replay", plan.name),
+            plan.qos,
+            plan.retain,
+            &brokers,
+            &amqp,
+        )
+        .map_err(|e| e.to_string())
+    }))
+}
+
+/// The dead-letter mirror, when `dead_letter.publish` is configured.
+fn mirror(
+    config: &Config,
+    state: &State,
+    brokers: &BTreeMap<String, MqttSettings>,
+    amqp: &BTreeMap<String, AmqpSettings>,
+) -> Result<Option<crate::mirror::Mirror>, AppError> {
+    let Some(m) = config.dead_letter.as_ref().and_then(|d| d.publish.as_ref()) else {
+        return Ok(None);
+    };
+    let m = &m.value;
+    let template = |t: &Option<serde_saphyr::Spanned<crate::config::EnvString>>| {
+        crate::template::Template::parse(t.as_ref().map(|t| t.value.as_str()).unwrap_or(""))
+            .map_err(AppError::Usage)
+    };
+    let target = match &m.topic {
+        Some(_) => crate::mirror::Target::Mqtt {
+            topic: template(&m.topic)?,
+        },
+        None => crate::mirror::Target::Amqp {
+            exchange: template(&m.exchange)?,
+            routing_key: template(&m.routing_key)?,
+        },
+    };
+    let broker = m.broker.value.to_string();
+    Ok(Some(crate::mirror::Mirror {
+        state: state.clone(),
+        publisher: publisher(&broker, "dead-letters", m.qos, false, brokers, amqp)?,
+        target,
+        broker,
+    }))
 }
 
 /// `mqdb run`: every route until SIGINT/SIGTERM.
@@ -235,6 +300,9 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     for plan in outbound {
         let route = outbound_route(plan, &dbs, &brokers, &amqp, &state)?;
         route_tasks.spawn(route.run(stop_rx.clone()));
+    }
+    if let Some(mirror) = mirror(&config, &state, &brokers, &amqp)? {
+        route_tasks.spawn(mirror.run(stop_rx.clone()));
     }
 
     (&mut signals).await;
@@ -450,49 +518,4 @@ async fn probe_mqtt(settings: &MqttSettings) -> Result<(), String> {
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
     outcome
-}
-
-/// `mqdb dlq list`.
-pub async fn dlq_list(
-    config: Config,
-    route: Option<String>,
-    as_json: bool,
-) -> Result<(), AppError> {
-    let state = open_state(&config).await?;
-    let letters = state
-        .list_dead_letters(&DeadLetterFilter { route })
-        .await
-        .map_err(|e| AppError::Runtime(e.to_string()))?;
-    if as_json {
-        for letter in &letters {
-            println!("{}", letter.to_json());
-        }
-    } else if letters.is_empty() {
-        println!("the dead-letter queue is empty");
-    } else {
-        print!("{}", dlq::render_table(&letters));
-    }
-    Ok(())
-}
-
-/// `mqdb dlq show ID`.
-pub async fn dlq_show(config: Config, id: i64) -> Result<(), AppError> {
-    let state = open_state(&config).await?;
-    match state
-        .dead_letter(id)
-        .await
-        .map_err(|e| AppError::Runtime(e.to_string()))?
-    {
-        Some(letter) => {
-            print!("{}", letter.details());
-            Ok(())
-        }
-        None => Err(AppError::Runtime(format!("no dead letter with id {id}"))),
-    }
-}
-
-async fn open_state(config: &Config) -> Result<State, AppError> {
-    State::open(config.state.as_str())
-        .await
-        .map_err(|e| AppError::Runtime(e.to_string()))
 }

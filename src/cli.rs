@@ -53,6 +53,20 @@ pub enum Command {
     },
 }
 
+/// Which dead letters a command takes.
+#[derive(Debug, clap::Args)]
+pub struct Selection {
+    /// Every dead letter (that the other filters let through).
+    #[arg(long)]
+    pub all: bool,
+    /// These dead letters (repeat, or separate with commas).
+    #[arg(long, value_delimiter = ',', num_args = 1..)]
+    pub id: Vec<i64>,
+    /// This route's dead letters.
+    #[arg(long)]
+    pub route: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DlqCommand {
     /// One line (or one JSON object) per dead letter.
@@ -60,6 +74,13 @@ pub enum DlqCommand {
         /// Only this route's dead letters.
         #[arg(long)]
         route: Option<String>,
+        /// Only dead letters that first failed at or after this time (RFC 3339, or a
+        /// duration ago such as 2h or 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this kind of error (decode, convert, rejected, topic, unroutable, …).
+        #[arg(long)]
+        error_kind: Option<String>,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -68,5 +89,29 @@ pub enum DlqCommand {
     Show {
         /// The dead letter's id (from `dlq list`).
         id: i64,
+    },
+    /// Send dead letters through their routes again, as configured now; each success is
+    /// removed, each failure kept with one more attempt.
+    Replay {
+        #[command(flatten)]
+        selection: Selection,
+        /// Only this kind of error.
+        #[arg(long)]
+        error_kind: Option<String>,
+        /// Map and insert inside a transaction that is rolled back (inbound), or resolve
+        /// the destination (outbound); change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        #[command(flatten)]
+        selection: Selection,
+        /// Those that first failed before this time (RFC 3339, or a duration ago).
+        #[arg(long)]
+        before: Option<String>,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }

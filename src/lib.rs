@@ -7,7 +7,7 @@
 //! # Layout
 //!
 //! - [`cli`]: the command line (clap).
-//! - [`app`]: the commands `run`, `check` and `dlq …`, and their exit codes.
+//! - [`app`]: the commands `run` and `check`, and the exit codes of all commands.
 //! - [`config`]: the YAML model, `${VAR}` substitution, validation with file:line errors.
 //! - [`routes`]: configuration routes resolved into filters, sink targets and mappers.
 //! - [`topic`]: MQTT topic filters with `{name}` captures.
@@ -23,7 +23,9 @@
 //!   statements per dialect, and the `check` probe.
 //! - [`inbound`]: the inbound route loop: batching, dead letters, acknowledgements.
 //! - [`outbound`]: the outbound route loop: poll, publish, confirm, store the position.
-//! - [`dlq`]: dead letters and how operators see them.
+//! - [`dlq`]: dead letters and how operators see them; [`dlq_commands`]: `dlq list`,
+//!   `show`, `replay`, `purge`; [`replay`]: dead letters through their routes again;
+//!   [`mirror`]: new dead letters copied to a broker (`dead_letter.publish`).
 //! - [`state`]: the sqlx state store (`migrations/`).
 //! - [`error`]: error types and the one classification of data errors versus outages.
 //! - [`logging`]: text or JSON log lines.
@@ -36,12 +38,15 @@ pub mod config;
 pub mod convert;
 pub mod db;
 pub mod dlq;
+pub mod dlq_commands;
 pub mod error;
 pub mod inbound;
 pub mod logging;
 pub mod mapping;
 pub mod message;
+pub mod mirror;
 pub mod outbound;
+pub mod replay;
 pub mod routes;
 pub mod state;
 pub mod template;

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use mqdb::app::{self, AppError};
 use mqdb::cli::{Cli, Command, DlqCommand};
+use mqdb::dlq_commands;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -32,8 +33,23 @@ fn main() -> ExitCode {
             Command::Run => app::run(config).await,
             Command::Check => app::check(config).await,
             Command::Dlq { command } => match command {
-                DlqCommand::List { route, json } => app::dlq_list(config, route, json).await,
-                DlqCommand::Show { id } => app::dlq_show(config, id).await,
+                DlqCommand::List {
+                    route,
+                    since,
+                    error_kind,
+                    json,
+                } => dlq_commands::list(config, route, since, error_kind, json).await,
+                DlqCommand::Show { id } => dlq_commands::show(config, id).await,
+                DlqCommand::Replay {
+                    selection,
+                    error_kind,
+                    dry_run,
+                } => dlq_commands::replay(config, selection, error_kind, dry_run).await,
+                DlqCommand::Purge {
+                    selection,
+                    before,
+                    yes,
+                } => dlq_commands::purge(config, selection, before, yes).await,
             },
         }
     });

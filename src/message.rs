@@ -35,6 +35,57 @@ pub enum Origin {
 }
 
 impl Message {
+    /// The message a dead letter was made from, as far as mapping it again needs: its
+    /// metadata comes from the dead letter's headers, and a CSV record gets its header
+    /// line back in front of it.
+    pub fn from_dead_letter(source: &str, payload: &[u8], headers: &Json) -> Message {
+        let text = |key: &str| headers.get(key).and_then(Json::as_str).unwrap_or("");
+        let broker: Arc<str> = Arc::from(text("broker"));
+        let received_at = DateTime::parse_from_rfc3339(text("received_at"))
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(|_| Utc::now());
+        let (topic, origin) = match headers.get("queue").and_then(Json::as_str) {
+            Some(queue) => (
+                text("routing_key").to_string(),
+                Origin::Amqp {
+                    queue: Arc::from(queue),
+                    exchange: text("exchange").to_string(),
+                    redelivered: headers
+                        .get("redelivered")
+                        .and_then(Json::as_bool)
+                        .unwrap_or(false),
+                },
+            ),
+            None => (
+                source.to_string(),
+                Origin::Mqtt {
+                    qos: headers.get("qos").and_then(Json::as_u64).unwrap_or(1) as u8,
+                    retain: headers
+                        .get("retain")
+                        .and_then(Json::as_bool)
+                        .unwrap_or(false),
+                },
+            ),
+        };
+        let payload = match headers.get("csv_header").and_then(Json::as_str) {
+            Some(header) => [header.as_bytes(), b"\n", payload].concat(),
+            None => payload.to_vec(),
+        };
+        Message {
+            topic,
+            payload,
+            received_at,
+            broker,
+            origin,
+            headers: headers
+                .get("headers")
+                .and_then(Json::as_object)
+                .cloned()
+                .unwrap_or_default(),
+            ack: AckHandle::none(),
+        }
+    }
+
     /// What a dead letter names as its source: the topic, or the queue.
     pub fn source(&self) -> &str {
         match &self.origin {
@@ -85,8 +136,78 @@ impl AckHandle {
         AckHandle { seq, done }
     }
 
+    /// For a message no broker waits for (a replayed dead letter).
+    pub fn none() -> Self {
+        let (done, _) = mpsc::channel(1);
+        AckHandle { seq: 0, done }
+    }
+
     pub async fn complete(self) {
         // A closed channel means the source is gone; the broker will redeliver instead.
         let _ = self.done.send(self.seq).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(m: &Message, payload: &[u8], extra: Json) -> Message {
+        let mut headers = m.metadata();
+        if let (Json::Object(h), Json::Object(e)) = (&mut headers, extra) {
+            h.extend(e);
+        }
+        Message::from_dead_letter(m.source(), payload, &headers)
+    }
+
+    #[test]
+    fn dead_letters_give_their_message_back() {
+        let amqp = Message {
+            topic: "plant.north".into(),
+            payload: b"1;2".to_vec(),
+            received_at: DateTime::parse_from_rfc3339("2024-05-01T10:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            broker: "rabbit".into(),
+            origin: Origin::Amqp {
+                queue: "q".into(),
+                exchange: "x".into(),
+                redelivered: true,
+            },
+            headers: json!({"site": "north"}).as_object().unwrap().clone(),
+            ack: AckHandle::none(),
+        };
+        let back = round_trip(&amqp, b"1;2", json!({"line": 2, "csv_header": "a;b"}));
+        assert_eq!(back.topic, "plant.north");
+        assert_eq!(back.payload, b"a;b\n1;2");
+        assert_eq!(back.received_at, amqp.received_at);
+        assert_eq!(back.headers, amqp.headers);
+        assert!(matches!(
+            back.origin,
+            Origin::Amqp { ref queue, ref exchange, redelivered: true } if &**queue == "q" && exchange == "x"
+        ));
+
+        let mqtt = Message {
+            topic: "a/b".into(),
+            payload: b"{}".to_vec(),
+            received_at: Utc::now(),
+            broker: "m".into(),
+            origin: Origin::Mqtt {
+                qos: 2,
+                retain: true,
+            },
+            headers: Map::new(),
+            ack: AckHandle::none(),
+        };
+        let back = round_trip(&mqtt, b"{}", json!({}));
+        assert_eq!(back.topic, "a/b");
+        assert_eq!(back.payload, b"{}");
+        assert!(matches!(
+            back.origin,
+            Origin::Mqtt {
+                qos: 2,
+                retain: true
+            }
+        ));
     }
 }

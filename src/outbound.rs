@@ -185,7 +185,7 @@ impl OutboundRoute {
         }
 
         let read_at = started.elapsed();
-        let mut attempts: Vec<(Attempt, String, Vec<u8>)> = Vec::with_capacity(rows.len());
+        let mut attempts: Vec<(Attempt, Option<Address>, Vec<u8>)> = Vec::with_capacity(rows.len());
         let mut publish_failure = None;
         for row in rows {
             let payload = match self.format {
@@ -198,12 +198,12 @@ impl OutboundRoute {
                         kind: "topic",
                         reason,
                     },
-                    self.name.clone(),
+                    None,
                     payload,
                 )),
                 Ok(address) => match self.publisher.publish(&address, payload.clone()).await {
                     Ok(confirm) => {
-                        attempts.push((Attempt::Published(confirm), address.describe(), payload))
+                        attempts.push((Attempt::Published(confirm), Some(address), payload))
                     }
                     Err(e) => {
                         publish_failure = Some(e);
@@ -215,7 +215,7 @@ impl OutboundRoute {
 
         // All answers first, in order, up to the first outage: a returned message may come
         // with the answer of another publish of the same poll.
-        let mut answered: Vec<(Answered, String, Vec<u8>)> = Vec::new();
+        let mut answered: Vec<(Answered, Option<Address>, Vec<u8>)> = Vec::new();
         let mut confirm_failure = None;
         for (attempt, source, payload) in attempts {
             match attempt {
@@ -265,9 +265,14 @@ impl OutboundRoute {
                 }
             };
             match dead {
-                Some((kind, reason)) => {
-                    letters.push(self.dead_letter(&polled, &rows[i], kind, reason, source, payload))
-                }
+                Some((kind, reason)) => letters.push(self.dead_letter(
+                    &polled,
+                    &rows[i],
+                    kind,
+                    reason,
+                    source.as_ref(),
+                    payload,
+                )),
                 None => {
                     if let Some(&first) = polled.track.first() {
                         confirmed.push((i, rows[i][first].clone()));
@@ -296,7 +301,7 @@ impl OutboundRoute {
                     &rows[i],
                     "after_publish",
                     error.to_string(),
-                    self.name.clone(),
+                    None,
                     payload,
                 ));
             }
@@ -343,16 +348,21 @@ impl OutboundRoute {
         row: &[Cell],
         kind: &str,
         error: String,
-        source: String,
+        address: Option<&Address>,
         payload: Vec<u8>,
     ) -> NewDeadLetter {
         let track: Vec<Option<String>> = polled.track.iter().map(|&c| row[c].text()).collect();
+        let mut headers = json!({ "broker": self.broker, "track": track });
+        if let Some(a) = address {
+            // Kept apart from `source` so a replay publishes to exactly the same place.
+            headers["address"] = json!({ "exchange": a.exchange, "topic": a.topic });
+        }
         NewDeadLetter {
             route: self.name.clone(),
             direction: Direction::Outbound,
-            source,
+            source: address.map_or_else(|| self.name.clone(), Address::describe),
             payload,
-            headers: json!({ "broker": self.broker, "track": track }),
+            headers,
             error_kind: kind.to_string(),
             error,
             sqlstate: None,

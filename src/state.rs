@@ -1,5 +1,6 @@
-//! The bridge's own state store (sqlx, SQLite by default): dead letters, and later the
-//! outbound positions. The schema lives in `migrations/`.
+//! The bridge's own state store (sqlx, SQLite by default): dead letters (with the claims
+//! `dlq replay` takes on them), outbound positions, and how far the dead-letter mirror has
+//! got. The schema lives in `migrations/`.
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -28,10 +29,56 @@ pub struct State {
     pool: SqlitePool,
 }
 
-/// Filters for listing dead letters.
+/// Which dead letters a command works on; every set field must match.
 #[derive(Debug, Default, Clone)]
 pub struct DeadLetterFilter {
     pub route: Option<String>,
+    /// Only these ids (empty: any).
+    pub ids: Vec<i64>,
+    /// First failed at or after (RFC 3339, UTC, as stored).
+    pub since: Option<String>,
+    /// First failed before.
+    pub before: Option<String>,
+    pub error_kind: Option<String>,
+    /// Only ids above this one.
+    pub after: Option<i64>,
+}
+
+impl DeadLetterFilter {
+    fn ids_json(&self) -> Option<String> {
+        (!self.ids.is_empty()).then(|| serde_json::to_string(&self.ids).unwrap_or_default())
+    }
+}
+
+/// The WHERE clause for a [`DeadLetterFilter`] bound as ?1..?6 by [`bind_filter`].
+const FILTER: &str = "(?1 IS NULL OR route = ?1)
+    AND (?2 IS NULL OR id IN (SELECT value FROM json_each(?2)))
+    AND (?3 IS NULL OR first_failed_at >= ?3)
+    AND (?4 IS NULL OR first_failed_at < ?4)
+    AND (?5 IS NULL OR error_kind = ?5)
+    AND (?6 IS NULL OR id > ?6)";
+
+const COLUMNS: &str = "id, route, direction, source, payload, headers, error_kind, error, sqlstate, attempts, first_failed_at, last_failed_at";
+
+/// How long a claim holds after its replay stopped answering.
+const CLAIM_TTL: chrono::Duration = chrono::Duration::minutes(10);
+
+fn bind_filter<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    filter: &'q DeadLetterFilter,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    query
+        .bind(&filter.route)
+        .bind(filter.ids_json())
+        .bind(&filter.since)
+        .bind(&filter.before)
+        .bind(&filter.error_kind)
+        .bind(filter.after)
+}
+
+/// Claims older than this have been abandoned.
+fn stale_claims() -> String {
+    (chrono::Utc::now() - CLAIM_TTL).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 impl State {
@@ -96,25 +143,171 @@ impl State {
         &self,
         filter: &DeadLetterFilter,
     ) -> Result<Vec<DeadLetter>, StateError> {
-        let rows = sqlx::query(
-            "SELECT id, route, direction, source, payload, headers, error_kind, error, sqlstate, attempts, first_failed_at, last_failed_at
-             FROM dead_letters WHERE (?1 IS NULL OR route = ?1) ORDER BY id",
-        )
-        .bind(&filter.route)
-        .fetch_all(&self.pool)
-        .await?;
+        self.page_dead_letters(filter, usize::MAX).await
+    }
+
+    /// The first `limit` matching dead letters, oldest first.
+    pub async fn page_dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StateError> {
+        let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE {FILTER} ORDER BY id LIMIT ?7");
+        let rows = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows.iter().map(dead_letter).collect())
     }
 
     pub async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, StateError> {
-        let row = sqlx::query(
-            "SELECT id, route, direction, source, payload, headers, error_kind, error, sqlstate, attempts, first_failed_at, last_failed_at
-             FROM dead_letters WHERE id = ?",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE id = ?");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
         Ok(row.as_ref().map(dead_letter))
+    }
+
+    pub async fn count_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64, StateError> {
+        let sql = format!("SELECT COUNT(*) FROM dead_letters WHERE {FILTER}");
+        let row = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.get::<i64, _>(0).max(0) as u64)
+    }
+
+    /// Deletes the matching dead letters that no live replay holds; returns how many.
+    pub async fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64, StateError> {
+        let sql = format!(
+            "DELETE FROM dead_letters WHERE {FILTER} AND (claimed_by IS NULL OR claimed_at < ?7)"
+        );
+        let done = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
+            .bind(stale_claims())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Claims up to `limit` matching dead letters, oldest first, for `owner`; entries that
+    /// another live replay holds are skipped.
+    pub async fn claim_dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        owner: &str,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StateError> {
+        let sql = format!(
+            "UPDATE dead_letters SET claimed_by = ?7, claimed_at = ?8
+             WHERE id IN (SELECT id FROM dead_letters WHERE {FILTER}
+                          AND (claimed_by IS NULL OR claimed_at < ?9) ORDER BY id LIMIT ?10)
+             RETURNING {COLUMNS}"
+        );
+        let rows = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
+            .bind(owner)
+            .bind(crate::dlq::now_rfc3339())
+            .bind(stale_claims())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        let mut letters: Vec<DeadLetter> = rows.iter().map(dead_letter).collect();
+        letters.sort_by_key(|l| l.id);
+        Ok(letters)
+    }
+
+    /// Removes dead letters that were delivered by `owner`'s replay.
+    pub async fn resolve_dead_letters(&self, owner: &str, ids: &[i64]) -> Result<(), StateError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "DELETE FROM dead_letters WHERE claimed_by = ? AND id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(owner)
+        .bind(serde_json::to_string(ids).unwrap_or_default())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Records another failed attempt on a claimed dead letter and releases it.
+    pub async fn fail_dead_letters(
+        &self,
+        owner: &str,
+        failures: &[(i64, Failure)],
+    ) -> Result<(), StateError> {
+        let now = crate::dlq::now_rfc3339();
+        let mut tx = self.pool.begin().await?;
+        for (id, f) in failures {
+            sqlx::query(
+                "UPDATE dead_letters SET attempts = attempts + 1, last_failed_at = ?, error_kind = ?,
+                 error = ?, sqlstate = ?, claimed_by = NULL, claimed_at = NULL
+                 WHERE id = ? AND claimed_by = ?",
+            )
+            .bind(&now)
+            .bind(&f.kind)
+            .bind(&f.error)
+            .bind(&f.sqlstate)
+            .bind(id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Gives back every claim `owner` still holds, untouched.
+    pub async fn release_claims(&self, owner: &str) -> Result<(), StateError> {
+        sqlx::query(
+            "UPDATE dead_letters SET claimed_by = NULL, claimed_at = NULL WHERE claimed_by = ?",
+        )
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Dead letters stored after `id`, oldest first.
+    pub async fn dead_letters_after(
+        &self,
+        id: i64,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>, StateError> {
+        let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE id > ? ORDER BY id LIMIT ?");
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(dead_letter).collect())
+    }
+
+    /// The mirror's last published id; on first use, the newest id now (it mirrors new
+    /// dead letters only).
+    pub async fn mirror_position(&self, name: &str) -> Result<i64, StateError> {
+        sqlx::query(
+            "INSERT INTO mirror_position (name, last_id)
+             SELECT ?, COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'dead_letters'), 0)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT last_id FROM mirror_position WHERE name = ?")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.get(0))
+    }
+
+    pub async fn set_mirror_position(&self, name: &str, id: i64) -> Result<(), StateError> {
+        sqlx::query("UPDATE mirror_position SET last_id = ? WHERE name = ?")
+            .bind(id)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// The stored position of an outbound route.
@@ -157,6 +350,14 @@ impl State {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Why a replayed dead letter failed again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub kind: String,
+    pub error: String,
+    pub sqlstate: Option<String>,
 }
 
 async fn insert_dead_letter(

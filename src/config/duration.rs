@@ -1,10 +1,11 @@
-//! Human durations in the config file: `250ms`, `1s`, `5m`, `1h`.
+//! Human durations in the config file and on the command line: `250ms`, `1s`, `5m`, `1h`,
+//! `7d`.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-/// Parses `NUMBER UNIT` where UNIT is `ms`, `s`, `m` or `h`; a bare number is seconds.
+/// Parses `NUMBER UNIT` where UNIT is `ms`, `s`, `m`, `h` or `d`; a bare number is seconds.
 pub fn parse(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let split = text
@@ -19,9 +20,10 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
+        "d" => value * 86400.0,
         other => {
             return Err(format!(
-                "unknown duration unit `{other}` in `{text}`; use ms, s, m or h"
+                "unknown duration unit `{other}` in `{text}`; use ms, s, m, h or d"
             ));
         }
     };

@@ -28,6 +28,37 @@ pub struct Config {
     /// Routes from database queries to broker topics or exchanges.
     #[serde(default)]
     pub outbound: Vec<Spanned<Outbound>>,
+    /// What happens to dead letters besides being stored.
+    #[serde(default)]
+    pub dead_letter: Option<DeadLetterSettings>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterSettings {
+    /// Also publish each new dead letter to a broker, as a JSON envelope.
+    #[serde(default)]
+    pub publish: Option<Spanned<Mirror>>,
+}
+
+/// Where dead letters are mirrored. Templates may use {route}, {direction}, {error_kind}.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    /// Name of a broker under `brokers`.
+    pub broker: Spanned<EnvString>,
+    /// MQTT topic (template).
+    #[serde(default)]
+    pub topic: Option<Spanned<EnvString>>,
+    /// AMQP exchange (template); it must exist.
+    #[serde(default)]
+    pub exchange: Option<Spanned<EnvString>>,
+    /// AMQP routing key (template).
+    #[serde(default)]
+    pub routing_key: Option<Spanned<EnvString>>,
+    /// MQTT publish QoS.
+    #[serde(default = "default_qos")]
+    pub qos: Qos,
 }
 
 pub fn default_state() -> EnvString {

@@ -7,8 +7,8 @@ use std::path::Path;
 use serde_saphyr::Spanned;
 
 use super::{
-    BrokerKind, Config, ConfigError, CsvInput, EnvString, Format, Inbound, MqttVersion, OnConflict,
-    Outbound,
+    BrokerKind, Config, ConfigError, CsvInput, EnvString, Format, Inbound, Mirror, MqttVersion,
+    OnConflict, Outbound,
 };
 use crate::codec::csv::CsvFormat;
 use crate::mapping::{Field, Source, SourceContext};
@@ -157,6 +157,63 @@ pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
     }
     for route in &config.outbound {
         check_outbound(path, config, route, &mut names)?;
+    }
+    if let Some(mirror) = config.dead_letter.as_ref().and_then(|d| d.publish.as_ref()) {
+        check_mirror(path, config, mirror)?;
+    }
+    Ok(())
+}
+
+/// `dead_letter.publish`: a known broker, the address keys its protocol uses, and templates
+/// that only name what a dead letter has.
+fn check_mirror(path: &Path, config: &Config, mirror: &Spanned<Mirror>) -> Result<(), ConfigError> {
+    let err = |at: &serde_saphyr::Location, msg: String| ConfigError::at(path, at, msg);
+    let m = &mirror.value;
+    exists(
+        path,
+        &m.broker,
+        config.brokers.contains_key(m.broker.value.as_str()),
+        "broker",
+        "brokers",
+    )?;
+    let amqp = config.brokers[m.broker.value.as_str()].value.kind() == Some(BrokerKind::Amqp);
+    let templates: Vec<&Spanned<EnvString>> = match (amqp, &m.topic, &m.exchange) {
+        (false, Some(topic), None) if m.routing_key.is_none() => vec![topic],
+        (true, None, Some(exchange)) => std::iter::once(exchange)
+            .chain(m.routing_key.as_ref())
+            .collect(),
+        (false, _, _) => {
+            return Err(err(
+                &mirror.referenced,
+                "dead_letter.publish: an MQTT broker takes `topic:` (and no exchange or routing_key)".into(),
+            ));
+        }
+        (true, _, _) => {
+            return Err(err(
+                &mirror.referenced,
+                "dead_letter.publish: an AMQP broker takes `exchange:` and optionally `routing_key:` (no topic)".into(),
+            ));
+        }
+    };
+    for t in templates {
+        let template = crate::template::Template::parse(&t.value)
+            .map_err(|e| err(&t.referenced, format!("dead_letter.publish: {e}")))?;
+        if let Some(bad) = template
+            .columns()
+            .find(|c| !crate::mirror::FIELDS.contains(c))
+        {
+            return Err(err(
+                &t.referenced,
+                format!(
+                    "dead_letter.publish: `{{{bad}}}` is not a dead-letter field; use {}",
+                    crate::mirror::FIELDS
+                        .iter()
+                        .map(|f| format!("{{{f}}}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
     }
     Ok(())
 }

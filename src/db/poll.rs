@@ -474,7 +474,7 @@ fn bind_position(value: &str, kind: SqlKind) -> Result<Box<dyn InputParameter>, 
     })
 }
 
-fn run_after_publish(
+pub fn run_after_publish(
     conn: &Connection<'_>,
     poll: &PollSpec,
     values: &[Cell],

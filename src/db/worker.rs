@@ -284,8 +284,19 @@ pub fn write_batch(
     plan: &TablePlan,
     rows: &[Row],
 ) -> Result<Vec<(usize, DbError)>, DbError> {
+    write_rows(conn, plan, rows, true)
+}
+
+/// Like [`write_batch`]; with `keep` false everything is rolled back at the end (a dry run
+/// that still meets every constraint).
+pub fn write_rows(
+    conn: &Connection<'_>,
+    plan: &TablePlan,
+    rows: &[Row],
+    keep: bool,
+) -> Result<Vec<(usize, DbError)>, DbError> {
     match insert_rows(conn, plan, rows, &(0..rows.len()).collect::<Vec<_>>())
-        .and_then(|()| commit(conn))
+        .and_then(|()| finish(conn, keep))
     {
         Ok(()) => return Ok(Vec::new()),
         Err(e) if e.class() == Class::Outage => return Err(e),
@@ -303,8 +314,51 @@ pub fn write_batch(
             Err(e) => rejected.push((index, e)),
         }
     }
-    commit(conn)?;
+    finish(conn, keep)?;
     Ok(rejected)
+}
+
+/// Writes all of `rows` in one transaction, or none: the inner `Err` is the first data
+/// error (everything rolled back); the outer one an outage.
+pub fn write_all(
+    conn: &Connection<'_>,
+    plan: &TablePlan,
+    rows: &[Row],
+    keep: bool,
+) -> Result<Result<(), DbError>, DbError> {
+    match insert_rows(conn, plan, rows, &(0..rows.len()).collect::<Vec<_>>())
+        .and_then(|()| finish(conn, keep))
+    {
+        Ok(()) => Ok(Ok(())),
+        Err(e) if e.class() == Class::Outage => Err(e),
+        Err(e) => {
+            let _ = conn.rollback();
+            Ok(Err(e))
+        }
+    }
+}
+
+/// Connects, sets the session up and resolves the route's table, as a sink does once.
+pub fn connect(
+    spec: &DbSpec,
+    target: &SinkTarget,
+) -> Result<(Connection<'static>, TablePlan), DbError> {
+    let conn = open(spec)?;
+    let dialect = conn
+        .database_management_system_name()
+        .map(|n| Dialect::from_dbms_name(&n))
+        .unwrap_or(Dialect::Generic);
+    setup_session(&conn, dialect)?;
+    let plan = resolve(&conn, dialect, target)?;
+    Ok((conn, plan))
+}
+
+fn finish(conn: &Connection<'_>, keep: bool) -> Result<(), DbError> {
+    if keep {
+        commit(conn)
+    } else {
+        conn.rollback().map_err(|e| with_liveness(conn, &e))
+    }
 }
 
 fn commit(conn: &Connection<'_>) -> Result<(), DbError> {

@@ -1,0 +1,247 @@
+//! The operator's commands on the dead-letter queue: `dlq list`, `show`, `replay`, `purge`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::app::{self, AppError};
+use crate::cli::Selection;
+use crate::config::Config;
+use crate::dlq;
+use crate::replay::{self, Routes};
+use crate::routes::{inbound_plans, outbound_plans};
+use crate::state::{DeadLetterFilter, State};
+
+/// `mqdb dlq list`.
+pub async fn list(
+    config: Config,
+    route: Option<String>,
+    since: Option<String>,
+    error_kind: Option<String>,
+    as_json: bool,
+) -> Result<(), AppError> {
+    let state = open_state(&config).await?;
+    let filter = DeadLetterFilter {
+        route,
+        since: since.as_deref().map(instant).transpose()?,
+        error_kind,
+        ..Default::default()
+    };
+    let letters = state
+        .list_dead_letters(&filter)
+        .await
+        .map_err(|e| AppError::Runtime(e.to_string()))?;
+    if as_json {
+        for letter in &letters {
+            println!("{}", letter.to_json());
+        }
+    } else if letters.is_empty() {
+        println!("no dead letters match");
+    } else {
+        print!("{}", dlq::render_table(&letters));
+    }
+    Ok(())
+}
+
+/// `mqdb dlq show ID`.
+pub async fn show(config: Config, id: i64) -> Result<(), AppError> {
+    let state = open_state(&config).await?;
+    match state
+        .dead_letter(id)
+        .await
+        .map_err(|e| AppError::Runtime(e.to_string()))?
+    {
+        Some(letter) => {
+            print!("{}", letter.details());
+            Ok(())
+        }
+        None => Err(AppError::Runtime(format!("no dead letter with id {id}"))),
+    }
+}
+
+/// `mqdb dlq replay`: exit 0 only if every selected dead letter was delivered.
+pub async fn replay(
+    config: Config,
+    selection: Selection,
+    error_kind: Option<String>,
+    dry_run: bool,
+) -> Result<(), AppError> {
+    let mut filter = selected(&selection)?;
+    filter.error_kind = error_kind;
+    let state = open_state(&config).await?;
+    let routes = Routes {
+        inbound: inbound_plans(&config).map_err(AppError::Usage)?,
+        outbound: outbound_plans(&config).map_err(AppError::Usage)?,
+        dbs: app::db_specs(&config)?,
+        publisher: app::replay_publishers(&config)?,
+    };
+    // An interrupt finishes the batch at hand, so nothing is left half done.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let watcher = tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            flag.store(true, Ordering::SeqCst);
+        }
+    });
+    let rt = tokio::runtime::Handle::current();
+    let worker_state = state.clone();
+    let summary = tokio::task::spawn_blocking(move || {
+        replay::replay(&rt, routes, &worker_state, filter, dry_run, &stop)
+    })
+    .await
+    .map_err(|e| AppError::Runtime(format!("replay stopped: {e}")))?
+    .map_err(AppError::Runtime)?;
+    watcher.abort();
+    state.close().await;
+    println!("{}", summary.render());
+    if summary.succeeded() {
+        Ok(())
+    } else {
+        Err(AppError::Runtime(if summary.interrupted {
+            "replay interrupted".into()
+        } else if summary.outage.is_some() {
+            "replay stopped by an outage".into()
+        } else {
+            format!("{} dead letters failed again", summary.failures())
+        }))
+    }
+}
+
+/// `mqdb dlq purge`: asks first on a terminal, unless `--yes`.
+pub async fn purge(
+    config: Config,
+    selection: Selection,
+    before: Option<String>,
+    yes: bool,
+) -> Result<(), AppError> {
+    let mut filter = match (&selection, &before) {
+        // `--before` alone is a selection of its own.
+        (s, Some(_)) if !s.all && s.id.is_empty() && s.route.is_none() => {
+            DeadLetterFilter::default()
+        }
+        _ => selected(&selection)?,
+    };
+    filter.before = before.as_deref().map(instant).transpose()?;
+    let state = open_state(&config).await?;
+    let count = state
+        .count_dead_letters(&filter)
+        .await
+        .map_err(|e| AppError::Runtime(e.to_string()))?;
+    if count == 0 {
+        println!("no dead letters match; nothing purged");
+        return Ok(());
+    }
+    if !yes {
+        if !std::io::stdin().is_terminal() {
+            return Err(AppError::Usage(format!(
+                "{count} dead letters match; add --yes to purge them without a terminal to confirm on"
+            )));
+        }
+        print!("purge {count} dead letters for good? [y/N] ");
+        let _ = std::io::stdout().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut answer);
+        if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+            println!("nothing purged");
+            return Ok(());
+        }
+    }
+    let purged = state
+        .purge_dead_letters(&filter)
+        .await
+        .map_err(|e| AppError::Runtime(e.to_string()))?;
+    state.close().await;
+    println!("purged {purged} dead letters");
+    if purged < count {
+        println!("{} were being replayed and were left alone", count - purged);
+    }
+    Ok(())
+}
+
+/// Exactly one of `--all`, `--id`, `--route`.
+fn selected(selection: &Selection) -> Result<DeadLetterFilter, AppError> {
+    let chosen = [
+        selection.all,
+        !selection.id.is_empty(),
+        selection.route.is_some(),
+    ]
+    .iter()
+    .filter(|c| **c)
+    .count();
+    if chosen != 1 {
+        return Err(AppError::Usage(
+            "choose the dead letters with exactly one of --all, --id ID… or --route ROUTE".into(),
+        ));
+    }
+    Ok(DeadLetterFilter {
+        route: selection.route.clone(),
+        ids: selection.id.clone(),
+        ..Default::default()
+    })
+}
+
+/// An RFC 3339 time, or a duration ago (`2h`, `7d`), as the store writes times.
+fn instant(text: &str) -> Result<String, AppError> {
+    let at = match DateTime::parse_from_rfc3339(text.trim()) {
+        Ok(t) => t.with_timezone(&Utc),
+        Err(_) => {
+            let ago = crate::config::parse_duration(text).map_err(|_| {
+                AppError::Usage(format!(
+                    "`{text}` is neither an RFC 3339 time (2024-05-01T00:00:00Z) nor a duration ago (2h, 7d)"
+                ))
+            })?;
+            Utc::now()
+                - chrono::Duration::from_std(ago)
+                    .map_err(|_| AppError::Usage(format!("`{text}` is too long ago")))?
+        }
+    };
+    Ok(at.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+async fn open_state(config: &Config) -> Result<State, AppError> {
+    State::open(config.state.as_str())
+        .await
+        .map_err(|e| AppError::Runtime(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instants_are_normalised() {
+        assert_eq!(
+            instant("2024-05-01T02:00:00+02:00").unwrap(),
+            "2024-05-01T00:00:00.000Z"
+        );
+        let ago = instant("1d").unwrap();
+        let parsed = DateTime::parse_from_rfc3339(&ago).unwrap();
+        let hours = (Utc::now() - parsed.with_timezone(&Utc)).num_hours();
+        assert!((23..=24).contains(&hours), "{ago}");
+        assert!(instant("yesterday").is_err());
+    }
+
+    #[test]
+    fn a_selection_is_exactly_one_choice() {
+        let s = |all, id: Vec<i64>, route: Option<&str>| Selection {
+            all,
+            id,
+            route: route.map(str::to_string),
+        };
+        assert!(selected(&s(false, vec![], None)).is_err());
+        assert!(selected(&s(true, vec![1], None)).is_err());
+        assert_eq!(
+            selected(&s(false, vec![1, 2], None)).unwrap().ids,
+            vec![1, 2]
+        );
+        assert_eq!(
+            selected(&s(false, vec![], Some("r")))
+                .unwrap()
+                .route
+                .as_deref(),
+            Some("r")
+        );
+    }
+}

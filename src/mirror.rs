@@ -1,0 +1,155 @@
+//! `dead_letter.publish`: every new dead letter is also published to a broker as a JSON
+//! envelope (the `dlq list --json` object), for teams that watch a broker dead-letter queue.
+//!
+//! The mirror reads the state store, not the data path: routes store dead letters as
+//! always, and the mirror follows with its own stored position, advanced only past what
+//! the broker confirmed. A mirror outage delays the mirror and nothing else.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::broker::publish::{Address, Delivery, Publisher};
+use crate::dlq::DeadLetter;
+use crate::state::State;
+use crate::template::Template;
+
+/// The dead-letter fields a mirror template may use.
+pub const FIELDS: [&str; 3] = ["route", "direction", "error_kind"];
+
+/// The mirror's row in the state store.
+const POSITION: &str = "dead_letter.publish";
+
+/// Dead letters published per round.
+const ROUND: usize = 500;
+
+/// Where the envelopes go.
+pub enum Target {
+    Mqtt {
+        topic: Template,
+    },
+    Amqp {
+        exchange: Template,
+        routing_key: Template,
+    },
+}
+
+impl Target {
+    fn address(&self, letter: &DeadLetter) -> Address {
+        let field = |name: &str| match name {
+            "route" => Some(letter.route.clone()),
+            "direction" => Some(letter.direction.clone()),
+            "error_kind" => Some(letter.error_kind.clone()),
+            _ => None,
+        };
+        let render = |t: &Template| t.render(field).unwrap_or_default();
+        match self {
+            Target::Mqtt { topic } => Address {
+                topic: render(topic),
+                exchange: String::new(),
+            },
+            Target::Amqp {
+                exchange,
+                routing_key,
+            } => Address {
+                topic: render(routing_key),
+                exchange: render(exchange),
+            },
+        }
+    }
+}
+
+pub struct Mirror {
+    pub state: State,
+    pub publisher: Publisher,
+    pub target: Target,
+    pub broker: String,
+}
+
+impl Mirror {
+    /// Follows the dead-letter store until `stop`.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut delay = Duration::from_millis(200);
+        info!(broker = %self.broker, "mirroring dead letters");
+        loop {
+            if *stop.borrow() {
+                return;
+            }
+            let pause = match self.round().await {
+                Ok(0) => Duration::from_millis(500),
+                Ok(_) => {
+                    delay = Duration::from_millis(200);
+                    Duration::ZERO
+                }
+                Err(e) => {
+                    warn!(broker = %self.broker, error = %e, retry_in = ?delay, "dead-letter mirror cannot publish; retrying");
+                    let d = delay;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                    d
+                }
+            };
+            if !pause.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    }
+
+    /// Publishes what is new since the stored position; returns how many went out.
+    async fn round(&self) -> Result<usize, String> {
+        let last = self
+            .state
+            .mirror_position(POSITION)
+            .await
+            .map_err(|e| e.to_string())?;
+        let letters = self
+            .state
+            .dead_letters_after(last, ROUND)
+            .await
+            .map_err(|e| e.to_string())?;
+        if letters.is_empty() {
+            return Ok(0);
+        }
+        let mut pending = Vec::with_capacity(letters.len());
+        for letter in &letters {
+            let body = serde_json::to_vec(&letter.to_json()).unwrap_or_default();
+            pending.push((
+                letter.id,
+                self.publisher
+                    .publish(&self.target.address(letter), body)
+                    .await?,
+            ));
+        }
+        let mut confirmed = last;
+        let mut result = Ok(());
+        for (id, p) in pending {
+            match p.confirm.await {
+                Ok(answer) => {
+                    // The store stays the source of truth: a mirror copy the broker will not
+                    // route is reported, not retried for ever.
+                    if let Delivery::Rejected { reason, .. } = &answer.delivery {
+                        warn!(id, reason = %reason, "the broker refused a dead-letter copy");
+                    }
+                    if let Some((_, reason)) = answer.returned.first() {
+                        warn!(id, reason = %reason, "the broker returned a dead-letter copy");
+                    }
+                    confirmed = id;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if confirmed > last {
+            self.state
+                .set_mirror_position(POSITION, confirmed)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        result.map(|()| letters.len())
+    }
+}

@@ -1,0 +1,512 @@
+//! `mqdb dlq replay`: each dead letter goes through its route again, as the route is
+//! configured now. Inbound letters are decoded, mapped and inserted straight into the
+//! database (no broker), with the route's batching and conflict rules; outbound letters are
+//! published again with confirms (or, for `after_publish` failures, the statement runs
+//! again). A success deletes the entry; a failure keeps it with one more attempt and the
+//! new error.
+//!
+//! Entries are claimed in the state store before they are touched, so a replay can run
+//! beside `mqdb run` or another replay. The database commit comes before the entry is
+//! deleted, and an interruption is only acted on between batches: every entry ends either
+//! in the database or still in the queue. Outages stop the replay and count no attempt.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use odbc_api::Connection;
+use serde_json::Value as Json;
+use tokio::runtime::Handle;
+
+use crate::broker::publish::{Address, Delivery, Publisher};
+use crate::db::DbSpec;
+use crate::db::insert::TablePlan;
+use crate::db::poll::{Cell, PollSpec, run_after_publish};
+use crate::db::worker;
+use crate::dlq::DeadLetter;
+use crate::error::{Class, DbError};
+use crate::mapping::Mapper;
+use crate::message::Message;
+use crate::routes::{InboundPlan, OutboundPlan};
+use crate::state::{DeadLetterFilter, Failure, State};
+
+/// Entries claimed and replayed together.
+const BATCH: usize = 500;
+
+/// What a replay did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub total: u64,
+    pub replayed: u64,
+    /// Failed again, by error kind.
+    pub failed: BTreeMap<String, u64>,
+    pub interrupted: bool,
+    /// The outage that stopped the replay.
+    pub outage: Option<String>,
+    pub dry_run: bool,
+}
+
+impl Summary {
+    pub fn failures(&self) -> u64 {
+        self.failed.values().sum()
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.failures() == 0 && !self.interrupted && self.outage.is_none()
+    }
+
+    pub fn render(&self) -> String {
+        let verb = if self.dry_run {
+            "would replay"
+        } else {
+            "replayed"
+        };
+        let mut out = format!("{verb} {} of {}", self.replayed, self.total);
+        let failed = self.failures();
+        if failed > 0 {
+            let kinds: Vec<String> = self
+                .failed
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect();
+            let verb = if self.dry_run { "would fail" } else { "failed" };
+            out.push_str(&format!(", {verb} {failed} ({})", kinds.join(", ")));
+        }
+        let left = self.total.saturating_sub(self.replayed + failed);
+        if left > 0 {
+            out.push_str(&format!(", {left} not attempted"));
+        }
+        if self.interrupted {
+            out.push_str("; interrupted: what was not attempted is still in the queue");
+        }
+        if let Some(e) = &self.outage {
+            out.push_str(&format!("; stopped by an outage (no attempt counted): {e}"));
+        }
+        out
+    }
+}
+
+/// The configuration a replay resolves routes from.
+pub struct Routes {
+    pub inbound: Vec<InboundPlan>,
+    pub outbound: Vec<OutboundPlan>,
+    pub dbs: BTreeMap<String, DbSpec>,
+    /// Builds a confirming publisher for an outbound route.
+    pub publisher: MakePublisher,
+}
+
+/// Builds a confirming publisher for an outbound route.
+pub type MakePublisher = Box<dyn Fn(&OutboundPlan) -> Result<Publisher, String> + Send>;
+
+struct Outage(String);
+
+/// One letter's fate.
+type Outcome = (i64, Result<(), Failure>);
+
+/// Runs the replay on the current (blocking) thread; async work goes through `rt`.
+pub fn replay(
+    rt: &Handle,
+    routes: Routes,
+    state: &State,
+    mut filter: DeadLetterFilter,
+    dry_run: bool,
+    stop: &AtomicBool,
+) -> Result<Summary, String> {
+    let _guard = rt.enter();
+    let owner = format!(
+        "replay-{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_millis()
+    );
+    let mut summary = Summary {
+        total: rt
+            .block_on(state.count_dead_letters(&filter))
+            .map_err(|e| e.to_string())?,
+        dry_run,
+        ..Summary::default()
+    };
+    let progress = Progress::new(summary.total);
+    let mut engines: HashMap<String, Engine> = HashMap::new();
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            summary.interrupted = true;
+            break;
+        }
+        let letters = if dry_run {
+            rt.block_on(state.page_dead_letters(&filter, BATCH))
+        } else {
+            rt.block_on(state.claim_dead_letters(&filter, &owner, BATCH))
+        }
+        .map_err(|e| e.to_string())?;
+        let Some(last) = letters.last() else {
+            break;
+        };
+        // Entries that fail again are released; never claim them twice in one replay.
+        filter.after = Some(last.id);
+        let mut outcomes: Vec<Outcome> = Vec::with_capacity(letters.len());
+        let mut stopped = None;
+        for group in by_route(&letters) {
+            let route = &group[0].route;
+            let engine = engines
+                .entry(route.clone())
+                .or_insert_with(|| Engine::new(&routes, route, &group[0].direction));
+            match engine.replay(rt, &group, dry_run) {
+                Ok(mut done) => outcomes.append(&mut done),
+                Err(Outage(e)) => {
+                    stopped = Some(e);
+                    break;
+                }
+            }
+        }
+        if !dry_run {
+            let ok: Vec<i64> = outcomes
+                .iter()
+                .filter(|(_, r)| r.is_ok())
+                .map(|(id, _)| *id)
+                .collect();
+            let failed: Vec<(i64, Failure)> = outcomes
+                .iter()
+                .filter_map(|(id, r)| r.as_ref().err().map(|f| (*id, f.clone())))
+                .collect();
+            rt.block_on(async {
+                state.resolve_dead_letters(&owner, &ok).await?;
+                state.fail_dead_letters(&owner, &failed).await?;
+                state.release_claims(&owner).await
+            })
+            .map_err(|e| e.to_string())?;
+        }
+        for (_, r) in &outcomes {
+            match r {
+                Ok(()) => summary.replayed += 1,
+                Err(f) => *summary.failed.entry(f.kind.clone()).or_default() += 1,
+            }
+        }
+        progress.show(summary.replayed + summary.failures(), summary.failures());
+        if let Some(e) = stopped {
+            summary.outage = Some(e);
+            break;
+        }
+    }
+    progress.finish();
+    if !dry_run {
+        rt.block_on(state.release_claims(&owner))
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(summary)
+}
+
+/// Consecutive letters of the same route, in id order.
+fn by_route(letters: &[DeadLetter]) -> Vec<Vec<DeadLetter>> {
+    let mut groups: Vec<Vec<DeadLetter>> = Vec::new();
+    for l in letters {
+        match groups.last_mut() {
+            Some(g) if g[0].route == l.route => g.push(l.clone()),
+            _ => groups.push(vec![l.clone()]),
+        }
+    }
+    groups
+}
+
+fn failure(kind: &str, error: impl Into<String>, sqlstate: Option<String>) -> Failure {
+    Failure {
+        kind: kind.to_string(),
+        error: error.into(),
+        sqlstate,
+    }
+}
+
+/// A route, ready to take its dead letters again.
+enum Engine {
+    /// Every letter fails with this.
+    Broken(Failure),
+    Inbound {
+        conn: Connection<'static>,
+        table: TablePlan,
+        mapper: Mapper,
+    },
+    Outbound {
+        plan: Box<OutboundPlan>,
+        publisher: Result<Publisher, String>,
+        spec: DbSpec,
+        db: Option<Connection<'static>>,
+    },
+    /// The route's database was unreachable when first needed.
+    Unreachable(String),
+}
+
+impl Engine {
+    fn new(routes: &Routes, route: &str, direction: &str) -> Engine {
+        let inbound = routes.inbound.iter().find(|p| p.name == route);
+        let outbound = routes.outbound.iter().find(|p| p.name == route);
+        match (direction, inbound, outbound) {
+            ("inbound", Some(plan), _) => {
+                match worker::connect(&routes.dbs[&plan.database], &plan.target) {
+                    Ok((conn, table)) => Engine::Inbound {
+                        mapper: plan.mapper(&table),
+                        conn,
+                        table,
+                    },
+                    Err(e) if e.class() == Class::Outage => Engine::Unreachable(e.to_string()),
+                    Err(e) => Engine::Broken(failure("rejected", e.to_string(), e.sqlstate)),
+                }
+            }
+            ("outbound", _, Some(plan)) => Engine::Outbound {
+                publisher: (routes.publisher)(plan),
+                spec: routes.dbs[&plan.database].clone(),
+                db: None,
+                plan: Box::new(plan.clone()),
+            },
+            _ => Engine::Broken(failure(
+                "no_route",
+                format!("route {route} is not configured as an {direction} route any more"),
+                None,
+            )),
+        }
+    }
+
+    fn replay(
+        &mut self,
+        rt: &Handle,
+        letters: &[DeadLetter],
+        dry_run: bool,
+    ) -> Result<Vec<Outcome>, Outage> {
+        match self {
+            Engine::Broken(f) => Ok(letters.iter().map(|l| (l.id, Err(f.clone()))).collect()),
+            Engine::Unreachable(e) => Err(Outage(e.clone())),
+            Engine::Inbound {
+                conn,
+                table,
+                mapper,
+            } => replay_inbound(conn, table, mapper, letters, dry_run),
+            Engine::Outbound {
+                plan,
+                publisher,
+                spec,
+                db,
+            } => {
+                let target = Outbound {
+                    plan,
+                    publisher,
+                    spec,
+                };
+                replay_outbound(rt, &target, db, letters, dry_run)
+            }
+        }
+    }
+}
+
+fn outage(e: DbError) -> Outage {
+    Outage(format!("database: {e}"))
+}
+
+fn replay_inbound(
+    conn: &Connection<'static>,
+    table: &TablePlan,
+    mapper: &Mapper,
+    letters: &[DeadLetter],
+    dry_run: bool,
+) -> Result<Vec<Outcome>, Outage> {
+    let mut outcomes = Vec::with_capacity(letters.len());
+    // Letters of one row go in one batch; a letter of many rows (a whole CSV message) is
+    // all or nothing, so that a failure never leaves half of it stored.
+    let mut single: Vec<(i64, crate::mapping::Row)> = Vec::new();
+    for letter in letters {
+        let message = Message::from_dead_letter(&letter.source, &letter.payload, &letter.headers);
+        let mapped = mapper.map(&message);
+        if let Some((_, Err(e))) = mapped.iter().find(|(_, r)| r.is_err()) {
+            outcomes.push((letter.id, Err(failure(e.kind(), e.message(), None))));
+            continue;
+        }
+        let mut rows: Vec<crate::mapping::Row> =
+            mapped.into_iter().filter_map(|(_, r)| r.ok()).collect();
+        match rows.len() {
+            0 => outcomes.push((letter.id, Ok(()))),
+            1 => single.push((letter.id, rows.remove(0))),
+            _ => match worker::write_all(conn, table, &rows, !dry_run).map_err(outage)? {
+                Ok(()) => outcomes.push((letter.id, Ok(()))),
+                Err(e) => {
+                    outcomes.push((letter.id, Err(failure("rejected", e.message, e.sqlstate))))
+                }
+            },
+        }
+    }
+    if !single.is_empty() {
+        let rows: Vec<crate::mapping::Row> = single.iter().map(|(_, r)| r.clone()).collect();
+        let rejected = worker::write_rows(conn, table, &rows, !dry_run).map_err(outage)?;
+        for (i, (id, _)) in single.iter().enumerate() {
+            match rejected.iter().find(|(r, _)| *r == i) {
+                Some((_, e)) => outcomes.push((
+                    *id,
+                    Err(failure("rejected", e.message.clone(), e.sqlstate.clone())),
+                )),
+                None => outcomes.push((*id, Ok(()))),
+            }
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Where an outbound dead letter was to be published.
+fn address(letter: &DeadLetter, amqp: bool) -> Option<Address> {
+    if let Some(a) = letter.headers.get("address") {
+        return Some(Address {
+            exchange: a.get("exchange").and_then(Json::as_str)?.to_string(),
+            topic: a.get("topic").and_then(Json::as_str)?.to_string(),
+        });
+    }
+    if letter.error_kind == "topic" || letter.error_kind == "after_publish" {
+        return None;
+    }
+    Some(match (amqp, letter.source.split_once('/')) {
+        (true, Some((exchange, key))) => Address {
+            exchange: exchange.to_string(),
+            topic: key.to_string(),
+        },
+        _ => Address {
+            exchange: String::new(),
+            topic: letter.source.clone(),
+        },
+    })
+}
+
+/// What an outbound route replays with.
+struct Outbound<'a> {
+    plan: &'a OutboundPlan,
+    publisher: &'a Result<Publisher, String>,
+    spec: &'a DbSpec,
+}
+
+fn replay_outbound(
+    rt: &Handle,
+    target: &Outbound<'_>,
+    db: &mut Option<Connection<'static>>,
+    letters: &[DeadLetter],
+    dry_run: bool,
+) -> Result<Vec<Outcome>, Outage> {
+    let mut outcomes = Vec::with_capacity(letters.len());
+    let amqp = matches!(
+        target.plan.destination,
+        crate::outbound::Destination::Amqp { .. }
+    );
+    let mut pending = Vec::new();
+    for letter in letters {
+        if letter.error_kind == "after_publish" {
+            outcomes.push((letter.id, after_publish(target, db, letter, dry_run)?));
+            continue;
+        }
+        let Some(to) = address(letter, amqp) else {
+            outcomes.push((
+                letter.id,
+                Err(failure(
+                    "topic",
+                    "no topic could be built from this row when it was polled; move the route's position back to publish it again",
+                    None,
+                )),
+            ));
+            continue;
+        };
+        if dry_run {
+            outcomes.push((letter.id, Ok(())));
+            continue;
+        }
+        let p = target.publisher.as_ref().map_err(|e| Outage(e.clone()))?;
+        let sent = rt
+            .block_on(p.publish(&to, letter.payload.clone()))
+            .map_err(Outage)?;
+        pending.push((letter.id, sent));
+    }
+    let mut answers = Vec::with_capacity(pending.len());
+    for (id, p) in pending {
+        let answer = rt.block_on(p.confirm).map_err(Outage)?;
+        answers.push((id, p.message_id, answer));
+    }
+    // A return may arrive with the confirm of another message of the batch.
+    let returned: HashMap<String, String> = answers
+        .iter()
+        .flat_map(|(_, _, a)| a.returned.iter().cloned())
+        .collect();
+    for (id, message_id, answer) in answers {
+        let result = match message_id.and_then(|m| returned.get(&m)) {
+            Some(reason) => Err(failure("unroutable", reason.clone(), None)),
+            None => match answer.delivery {
+                Delivery::Confirmed => Ok(()),
+                Delivery::Rejected { kind, reason } => Err(failure(kind, reason, None)),
+            },
+        };
+        outcomes.push((id, result));
+    }
+    Ok(outcomes)
+}
+
+fn after_publish(
+    target: &Outbound<'_>,
+    db: &mut Option<Connection<'static>>,
+    letter: &DeadLetter,
+    dry_run: bool,
+) -> Result<Result<(), Failure>, Outage> {
+    let value = letter
+        .headers
+        .get("track")
+        .and_then(|t| t.get(0))
+        .and_then(Json::as_str)
+        .map(str::to_string);
+    let Some(value) = value else {
+        return Ok(Err(failure(
+            "after_publish",
+            "the dead letter has no track value to bind",
+            None,
+        )));
+    };
+    if dry_run || target.plan.poll.after_publish.is_none() {
+        return Ok(Ok(()));
+    }
+    let conn = match db {
+        Some(c) => c,
+        None => db.insert(worker::open(target.spec).map_err(outage)?),
+    };
+    let cell = value
+        .parse::<i64>()
+        .map(Cell::Int)
+        .unwrap_or(Cell::Text(value));
+    let spec: &PollSpec = &target.plan.poll;
+    match run_after_publish(conn, spec, &[cell])
+        .map_err(outage)?
+        .pop()
+    {
+        Some((_, e)) => Ok(Err(failure("after_publish", e.message, e.sqlstate))),
+        None => Ok(Ok(())),
+    }
+}
+
+/// Progress on a terminal: one line, rewritten.
+struct Progress {
+    total: u64,
+    on: bool,
+}
+
+impl Progress {
+    fn new(total: u64) -> Progress {
+        Progress {
+            total,
+            on: std::io::stderr().is_terminal() && total > 0,
+        }
+    }
+
+    fn show(&self, done: u64, failed: u64) {
+        if self.on {
+            let mut err = std::io::stderr();
+            let _ = write!(
+                err,
+                "\rreplaying: {done}/{} done, {failed} failed",
+                self.total
+            );
+            let _ = err.flush();
+        }
+    }
+
+    fn finish(&self) {
+        if self.on {
+            eprintln!();
+        }
+    }
+}
