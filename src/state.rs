@@ -401,3 +401,209 @@ fn dead_letter(row: &sqlx::sqlite::SqliteRow) -> DeadLetter {
         last_failed_at: row.get("last_failed_at"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dlq::Direction;
+
+    fn letter(route: &str, kind: &str) -> NewDeadLetter {
+        NewDeadLetter {
+            route: route.into(),
+            direction: Direction::Inbound,
+            source: "t".into(),
+            payload: b"{}".to_vec(),
+            headers: serde_json::json!({}),
+            error_kind: kind.into(),
+            error: "e".into(),
+            sqlstate: None,
+        }
+    }
+
+    async fn store() -> (tempfile::TempDir, State) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let state = State::open(&url).await.unwrap();
+        (dir, state)
+    }
+
+    fn ids(letters: &[DeadLetter]) -> Vec<i64> {
+        letters.iter().map(|l| l.id).collect()
+    }
+
+    #[tokio::test]
+    async fn claims_keep_replays_apart() {
+        let (_dir, state) = store().await;
+        let stored = state
+            .store_dead_letters(&[
+                letter("a", "convert"),
+                letter("a", "rejected"),
+                letter("b", "convert"),
+            ])
+            .await
+            .unwrap();
+        let all = DeadLetterFilter::default();
+        let first = state.claim_dead_letters(&all, "one", 2).await.unwrap();
+        assert_eq!(ids(&first), stored[..2].to_vec());
+        let second = state.claim_dead_letters(&all, "two", 10).await.unwrap();
+        assert_eq!(
+            ids(&second),
+            vec![stored[2]],
+            "claimed entries are not handed out twice"
+        );
+
+        // Only the owner resolves; a failure counts an attempt and frees the entry.
+        state
+            .resolve_dead_letters("two", &[stored[0]])
+            .await
+            .unwrap();
+        state
+            .resolve_dead_letters("one", &[stored[0]])
+            .await
+            .unwrap();
+        let failure = Failure {
+            kind: "rejected".into(),
+            error: "again".into(),
+            sqlstate: Some("23502".into()),
+        };
+        state
+            .fail_dead_letters("one", &[(stored[1], failure.clone())])
+            .await
+            .unwrap();
+        let again = state.dead_letter(stored[1]).await.unwrap().unwrap();
+        assert_eq!((again.attempts, again.error.as_str()), (2, "again"));
+        assert_eq!(again.sqlstate.as_deref(), Some("23502"));
+        assert!(state.dead_letter(stored[0]).await.unwrap().is_none());
+
+        // A purge leaves what a live replay holds; released entries go.
+        let purged = state.purge_dead_letters(&all).await.unwrap();
+        assert_eq!(purged, 1);
+        assert!(state.dead_letter(stored[2]).await.unwrap().is_some());
+        state.release_claims("two").await.unwrap();
+        assert_eq!(state.purge_dead_letters(&all).await.unwrap(), 1);
+        assert_eq!(state.count_dead_letters(&all).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn abandoned_claims_expire() {
+        let (_dir, state) = store().await;
+        let stored = state
+            .store_dead_letters(&[letter("a", "decode")])
+            .await
+            .unwrap();
+        let all = DeadLetterFilter::default();
+        assert_eq!(
+            state
+                .claim_dead_letters(&all, "dead", 5)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            state
+                .claim_dead_letters(&all, "live", 5)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        sqlx::query("UPDATE dead_letters SET claimed_at = '2000-01-01T00:00:00.000Z'")
+            .execute(&state.pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(&state.claim_dead_letters(&all, "live", 5).await.unwrap()),
+            stored
+        );
+    }
+
+    #[tokio::test]
+    async fn filters_combine() {
+        let (_dir, state) = store().await;
+        let stored = state
+            .store_dead_letters(&[
+                letter("a", "convert"),
+                letter("a", "rejected"),
+                letter("b", "convert"),
+            ])
+            .await
+            .unwrap();
+        let count = |f: DeadLetterFilter| {
+            let state = state.clone();
+            async move { state.count_dead_letters(&f).await.unwrap() }
+        };
+        let kind = |k: &str| Some(k.to_string());
+        assert_eq!(
+            count(DeadLetterFilter {
+                route: kind("a"),
+                ..Default::default()
+            })
+            .await,
+            2
+        );
+        assert_eq!(
+            count(DeadLetterFilter {
+                route: kind("a"),
+                error_kind: kind("convert"),
+                ..Default::default()
+            })
+            .await,
+            1
+        );
+        assert_eq!(
+            count(DeadLetterFilter {
+                ids: vec![stored[0], stored[2]],
+                ..Default::default()
+            })
+            .await,
+            2
+        );
+        assert_eq!(
+            count(DeadLetterFilter {
+                after: Some(stored[0]),
+                ..Default::default()
+            })
+            .await,
+            2
+        );
+        assert_eq!(
+            count(DeadLetterFilter {
+                since: Some("2999-01-01T00:00:00.000Z".into()),
+                ..Default::default()
+            })
+            .await,
+            0
+        );
+        assert_eq!(
+            count(DeadLetterFilter {
+                before: Some("2999-01-01T00:00:00.000Z".into()),
+                ..Default::default()
+            })
+            .await,
+            3
+        );
+        let page = state
+            .page_dead_letters(&DeadLetterFilter::default(), 2)
+            .await
+            .unwrap();
+        assert_eq!(ids(&page), stored[..2].to_vec());
+    }
+
+    #[tokio::test]
+    async fn the_mirror_starts_at_the_newest_entry() {
+        let (_dir, state) = store().await;
+        let old = state
+            .store_dead_letters(&[letter("a", "decode")])
+            .await
+            .unwrap();
+        assert_eq!(state.mirror_position("m").await.unwrap(), old[0]);
+        let new = state
+            .store_dead_letters(&[letter("a", "decode")])
+            .await
+            .unwrap();
+        let after = state.dead_letters_after(old[0], 10).await.unwrap();
+        assert_eq!(ids(&after), new);
+        state.set_mirror_position("m", new[0]).await.unwrap();
+        assert_eq!(state.mirror_position("m").await.unwrap(), new[0]);
+    }
+}
