@@ -148,9 +148,7 @@ fn publisher(
 }
 
 /// Publishers for `dlq replay`: one per outbound route, each with its own MQTT session.
-pub fn replay_publishers(
-    config: &Config,
-) -> Result<crate::replay::MakePublisher, AppError> {
+pub fn replay_publishers(config: &Config) -> Result<crate::replay::MakePublisher, AppError> {
     let brokers = broker_settings(config)?;
     let amqp = amqp_settings(config)?;
     Ok(Box::new(move |plan: &OutboundPlan| {
@@ -442,10 +440,30 @@ pub async fn check(config: Config) -> Result<(), AppError> {
             }
         }
     }
+    let mirror = config.dead_letter.as_ref().and_then(|d| d.publish.as_ref());
+    if let Some(m) = mirror {
+        let broker = m.value.broker.value.to_string();
+        let exchange = m.value.exchange.as_ref().map(|e| e.value.to_string());
+        let problem = match (&broker_status[&broker], exchange, amqp.get(&broker)) {
+            (Err(e), _, _) => Some(format!("broker {broker}: {e}")),
+            (Ok(()), Some(x), Some(settings)) if !x.contains('{') => {
+                check_exchange(settings, &x).await.err()
+            }
+            _ => None,
+        };
+        match problem {
+            None => println!("ok    dead_letter.publish → broker {broker}"),
+            Some(p) => {
+                failures += 1;
+                println!("FAIL  dead_letter.publish: {p}");
+            }
+        }
+    }
     for (name, status) in &broker_status {
         if let Err(e) = status
             && !plans.iter().any(|p| &p.broker == name)
             && !outbound.iter().any(|p| &p.broker == name)
+            && mirror.is_none_or(|m| m.value.broker.value.as_str() != name)
         {
             failures += 1;
             println!("FAIL  broker {name}: {e}");
