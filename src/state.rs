@@ -427,6 +427,18 @@ mod tests {
         (dir, state)
     }
 
+    /// Stores a convert and a rejected letter of route a, and a convert of route b.
+    async fn three_letters(state: &State) -> Vec<i64> {
+        state
+            .store_dead_letters(&[
+                letter("a", "convert"),
+                letter("a", "rejected"),
+                letter("b", "convert"),
+            ])
+            .await
+            .unwrap()
+    }
+
     fn ids(letters: &[DeadLetter]) -> Vec<i64> {
         letters.iter().map(|l| l.id).collect()
     }
@@ -434,14 +446,7 @@ mod tests {
     #[tokio::test]
     async fn claims_keep_replays_apart() {
         let (_dir, state) = store().await;
-        let stored = state
-            .store_dead_letters(&[
-                letter("a", "convert"),
-                letter("a", "rejected"),
-                letter("b", "convert"),
-            ])
-            .await
-            .unwrap();
+        let stored = three_letters(&state).await;
         let all = DeadLetterFilter::default();
         let first = state.claim_dead_letters(&all, "one", 2).await.unwrap();
         assert_eq!(ids(&first), stored[..2].to_vec());
@@ -520,14 +525,7 @@ mod tests {
     #[tokio::test]
     async fn filters_combine() {
         let (_dir, state) = store().await;
-        let stored = state
-            .store_dead_letters(&[
-                letter("a", "convert"),
-                letter("a", "rejected"),
-                letter("b", "convert"),
-            ])
-            .await
-            .unwrap();
+        let stored = three_letters(&state).await;
         let count = |f: DeadLetterFilter| {
             let state = state.clone();
             async move { state.count_dead_letters(&f).await.unwrap() }

@@ -11,7 +11,6 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::DbSpec;
 use super::dialect::Dialect;
-use super::worker::{open, setup_session};
 use crate::convert::SqlKind;
 use crate::error::{Class, DbError};
 
@@ -137,7 +136,7 @@ fn serve(spec: DbSpec, poll: PollSpec, mut requests: mpsc::Receiver<Request>) {
     while let Some(request) = requests.blocking_recv() {
         if conn.is_none() {
             shape = None;
-            match connect(&spec) {
+            match super::worker::open_session(&spec) {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
                     match request {
@@ -174,15 +173,6 @@ fn is_outage<T>(result: &Result<T, DbError>) -> bool {
     matches!(result, Err(e) if e.class() == Class::Outage)
 }
 
-fn connect(spec: &DbSpec) -> Result<(Connection<'static>, Dialect), DbError> {
-    let conn = open(spec)?;
-    let dialect = conn
-        .database_management_system_name()
-        .map(|n| Dialect::from_dbms_name(&n))
-        .unwrap_or(Dialect::Generic);
-    setup_session(&conn, dialect)?;
-    Ok((conn, dialect))
-}
 
 fn odbc<'a>(conn: &'a Connection<'_>) -> impl Fn(odbc_api::Error) -> DbError + 'a {
     move |e| {

@@ -1,7 +1,6 @@
 //! `mqdb check` for a route's table: connect once, verify the catalog, prepare the insert.
 
 use super::DbSpec;
-use super::dialect::Dialect;
 use super::insert::TablePlan;
 use super::poll::{PollSpec, describe};
 use super::worker::{self, SinkTarget};
@@ -9,10 +8,7 @@ use super::worker::{self, SinkTarget};
 /// Verifies that the route's table and columns exist and its insert statement prepares.
 pub fn check_table(spec: &DbSpec, target: &SinkTarget) -> Result<TablePlan, String> {
     let conn = worker::open(spec).map_err(|e| format!("cannot connect: {e}"))?;
-    let dialect = conn
-        .database_management_system_name()
-        .map(|n| Dialect::from_dbms_name(&n))
-        .unwrap_or(Dialect::Generic);
+    let dialect = worker::dialect_of(&conn);
     let plan = worker::resolve(&conn, dialect, target).map_err(|e| e.to_string())?;
     let all: Vec<usize> = (0..plan.columns.len()).collect();
     let sql = plan.insert_sql(&all, 1);

@@ -96,10 +96,7 @@ fn run(
                 continue;
             }
         };
-        let dialect = match conn.database_management_system_name() {
-            Ok(name) => Dialect::from_dbms_name(&name),
-            Err(_) => Dialect::Generic,
-        };
+        let dialect = dialect_of(&conn);
         if let Err(e) = setup_session(&conn, dialect) {
             warn!(route = %target.route, error = %e, "session set-up failed; reconnecting");
             if !backoff.sleep(&stop) {
@@ -343,14 +340,24 @@ pub fn connect(
     spec: &DbSpec,
     target: &SinkTarget,
 ) -> Result<(Connection<'static>, TablePlan), DbError> {
-    let conn = open(spec)?;
-    let dialect = conn
-        .database_management_system_name()
-        .map(|n| Dialect::from_dbms_name(&n))
-        .unwrap_or(Dialect::Generic);
-    setup_session(&conn, dialect)?;
+    let (conn, dialect) = open_session(spec)?;
     let plan = resolve(&conn, dialect, target)?;
     Ok((conn, plan))
+}
+
+/// Opens a connection and sets its session up for the database it turns out to be.
+pub fn open_session(spec: &DbSpec) -> Result<(Connection<'static>, Dialect), DbError> {
+    let conn = open(spec)?;
+    let dialect = dialect_of(&conn);
+    setup_session(&conn, dialect)?;
+    Ok((conn, dialect))
+}
+
+/// The dialect of the database behind `conn`.
+pub fn dialect_of(conn: &Connection<'_>) -> Dialect {
+    conn.database_management_system_name()
+        .map(|n| Dialect::from_dbms_name(&n))
+        .unwrap_or(Dialect::Generic)
 }
 
 fn finish(conn: &Connection<'_>, keep: bool) -> Result<(), DbError> {
