@@ -1,7 +1,10 @@
 //! Delimited text: reading inbound payloads record by record (each record is a row), and one
 //! line per row for outbound routes.
 
-use ::csv::{ByteRecord, ReaderBuilder, Terminator, WriterBuilder};
+use ::csv::{Terminator, WriterBuilder};
+use std::sync::Mutex;
+
+use csv_core::{ReadRecordResult, Reader as CoreReader, ReaderBuilder as CoreBuilder};
 
 use crate::config::{CsvInput, CsvOptions};
 use crate::db::poll::Cell;
@@ -9,7 +12,7 @@ use crate::db::poll::Cell;
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// How inbound payloads are split into records, resolved from the configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct CsvFormat {
     pub delimiter: u8,
     pub quote: u8,
@@ -19,21 +22,82 @@ pub struct CsvFormat {
     pub fields: Option<Vec<String>>,
     /// The text that stands for NULL.
     pub null: Option<Vec<u8>>,
+    /// A reader built once and reset for each message: building one costs more than
+    /// reading a short message. (csv-core's `Clone` of a reader loses its tables.)
+    reader: Mutex<Box<CoreReader>>,
+}
+
+impl Clone for CsvFormat {
+    fn clone(&self) -> Self {
+        CsvFormat::new(
+            self.delimiter,
+            self.quote,
+            self.escape,
+            self.header,
+            self.fields.clone(),
+            self.null.clone(),
+        )
+    }
+}
+
+impl PartialEq for CsvFormat {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            self.delimiter,
+            self.quote,
+            self.escape,
+            self.header,
+            &self.fields,
+            &self.null,
+        ) == (
+            other.delimiter,
+            other.quote,
+            other.escape,
+            other.header,
+            &other.fields,
+            &other.null,
+        )
+    }
 }
 
 impl CsvFormat {
     /// The configuration was validated: the characters are ASCII.
     pub fn from_config(input: &CsvInput) -> CsvFormat {
-        CsvFormat {
-            delimiter: ascii(input.delimiter, b','),
-            quote: ascii(input.quote, b'"'),
-            escape: input.escape.map(|c| ascii(c, b'\\')),
-            header: input.header,
-            fields: input
+        CsvFormat::new(
+            ascii(input.delimiter, b','),
+            ascii(input.quote, b'"'),
+            input.escape.map(|c| ascii(c, b'\\')),
+            input.header,
+            input
                 .fields
                 .as_ref()
                 .map(|f| f.iter().map(|n| n.to_string()).collect()),
-            null: input.null.as_ref().map(|n| n.as_bytes().to_vec()),
+            input.null.as_ref().map(|n| n.as_bytes().to_vec()),
+        )
+    }
+
+    pub fn new(
+        delimiter: u8,
+        quote: u8,
+        escape: Option<u8>,
+        header: bool,
+        fields: Option<Vec<String>>,
+        null: Option<Vec<u8>>,
+    ) -> CsvFormat {
+        let reader = CoreBuilder::new()
+            .delimiter(delimiter)
+            .quote(quote)
+            .escape(escape)
+            .terminator(csv_core::Terminator::CRLF)
+            .build();
+        CsvFormat {
+            delimiter,
+            quote,
+            escape,
+            header,
+            fields,
+            null,
+            reader: Mutex::new(Box::new(reader)),
         }
     }
 
@@ -63,7 +127,34 @@ impl Line {
 #[derive(Debug)]
 pub struct Record {
     pub line: Line,
-    pub fields: ByteRecord,
+    pub fields: Fields,
+}
+
+/// The unquoted fields of one record.
+#[derive(Debug, Default)]
+pub struct Fields {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Fields {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.data[start..end])
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
 }
 
 /// A message split into records.
@@ -84,35 +175,17 @@ pub fn read(payload: &[u8], format: &CsvFormat) -> Result<Records, String> {
         0
     };
     let body = &payload[skip..];
-    let mut reader = ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .delimiter(format.delimiter)
-        .quote(format.quote)
-        .escape(format.escape)
-        .terminator(Terminator::CRLF)
-        .buffer_capacity(body.len().clamp(64, 64 * 1024))
-        .from_reader(body);
+    let mut reader = format
+        .reader
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    reader.reset();
     let mut out = Records::default();
     let mut header_span = None;
-    let mut record = ByteRecord::new();
-    // Line numbers are counted here: the reader's own count lags after CRLF and quoted
-    // line ends.
+    let mut pos = 0;
+    // Line numbers are counted here, from the line ends before each record.
     let mut counted = (0usize, 1u64);
-    loop {
-        let start = reader.position().byte() as usize;
-        match reader.read_byte_record(&mut record) {
-            Ok(true) => {}
-            Ok(false) => break,
-            // Reading from a slice into byte records cannot fail.
-            Err(e) => return Err(format!("unreadable delimited text: {e}")),
-        }
-        // The reader's position may still sit on the previous record's line end.
-        let mut begin = record.position().map_or(start, |p| p.byte() as usize);
-        while begin < body.len() && matches!(body[begin], b'\n' | b'\r') {
-            begin += 1;
-        }
-        let end = trim_line_end(body, begin, reader.position().byte() as usize);
+    while let Some((fields, begin, end)) = next_record(&mut reader, body, &mut pos) {
         counted.1 += body[counted.0..begin]
             .iter()
             .filter(|&&b| b == b'\n')
@@ -125,7 +198,7 @@ pub fn read(payload: &[u8], format: &CsvFormat) -> Result<Records, String> {
         };
         if format.header && header_span.is_none() {
             header_span = Some(line.span);
-            let names = record
+            let names = fields
                 .iter()
                 .enumerate()
                 .map(|(i, f)| {
@@ -137,12 +210,57 @@ pub fn read(payload: &[u8], format: &CsvFormat) -> Result<Records, String> {
             out.header = Some(names);
             continue;
         }
-        out.records.push(Record {
-            line,
-            fields: std::mem::take(&mut record),
-        });
+        out.records.push(Record { line, fields });
     }
     Ok(out)
+}
+
+/// Reads the record at `pos`: its fields and where its bytes begin and end (without line
+/// ends). `None` at the end of the payload.
+fn next_record(
+    reader: &mut CoreReader,
+    body: &[u8],
+    pos: &mut usize,
+) -> Option<(Fields, usize, usize)> {
+    let mut fields = Fields {
+        data: vec![0; 64.min(body.len().saturating_sub(*pos) + 1)],
+        ends: vec![0; 8],
+    };
+    let (mut written, mut ended) = (0, 0);
+    // Blank lines before a record belong to no record.
+    let mut begin = *pos;
+    while begin < body.len() && matches!(body[begin], b'\n' | b'\r') {
+        begin += 1;
+    }
+    loop {
+        let (result, nin, nout, nend) = reader.read_record(
+            &body[*pos..],
+            &mut fields.data[written..],
+            &mut fields.ends[ended..],
+        );
+        *pos += nin;
+        written += nout;
+        ended += nend;
+        match result {
+            // An empty input tells the reader the payload has ended.
+            ReadRecordResult::InputEmpty => {}
+            ReadRecordResult::OutputFull => {
+                let grown = fields.data.len() * 2;
+                fields.data.resize(grown, 0);
+            }
+            ReadRecordResult::OutputEndsFull => {
+                let grown = fields.ends.len() * 2;
+                fields.ends.resize(grown, 0);
+            }
+            ReadRecordResult::Record => {
+                fields.data.truncate(written);
+                fields.ends.truncate(ended);
+                let end = trim_line_end(body, begin, *pos);
+                return Some((fields, begin.min(end), end));
+            }
+            ReadRecordResult::End => return None,
+        }
+    }
 }
 
 fn trim_line_end(body: &[u8], begin: usize, mut end: usize) -> usize {
@@ -214,11 +332,7 @@ mod tests {
     #[test]
     fn bom_header_and_blank_lines() {
         let payload = b"\xEF\xBB\xBFid;Name\r\n\r\n7;x\r\n\r\n8;y";
-        let f = CsvFormat {
-            delimiter: b';',
-            header: true,
-            ..format()
-        };
+        let f = CsvFormat::new(b';', b'"', None, true, None, Some(Vec::new()));
         let out = read(payload, &f).unwrap();
         assert_eq!(out.header, Some(vec!["id".to_string(), "Name".to_string()]));
         assert_eq!(out.records.len(), 2);
@@ -230,12 +344,7 @@ mod tests {
 
     #[test]
     fn escape_character_and_custom_quote() {
-        let f = CsvFormat {
-            delimiter: b'\t',
-            quote: b'\'',
-            escape: Some(b'\\'),
-            ..format()
-        };
+        let f = CsvFormat::new(b'\t', b'\'', Some(b'\\'), false, None, Some(Vec::new()));
         let out = read(b"'it\\'s'\tb\n", &f).unwrap();
         assert_eq!(fields(&out.records[0]), vec!["it's", "b"]);
     }
@@ -244,7 +353,7 @@ mod tests {
     fn null_marker() {
         let f = format();
         assert!(f.is_null(b""));
-        let none = CsvFormat { null: None, ..f };
+        let none = CsvFormat::new(b',', b'"', None, false, None, None);
         assert!(!none.is_null(b""));
     }
 
@@ -292,7 +401,7 @@ mod tests {
                 lines.push(bytes[..end].to_vec());
                 payload.extend_from_slice(&bytes);
             }
-            let f = CsvFormat { delimiter, ..format() };
+            let f = CsvFormat::new(delimiter, b'"', None, false, None, Some(Vec::new()));
             let out = read(&payload, &f).unwrap();
             prop_assert_eq!(out.records.len(), rows.len());
             for ((record, row), line) in out.records.iter().zip(&rows).zip(&lines) {

@@ -173,7 +173,6 @@ fn is_outage<T>(result: &Result<T, DbError>) -> bool {
     matches!(result, Err(e) if e.class() == Class::Outage)
 }
 
-
 fn odbc<'a>(conn: &'a Connection<'_>) -> impl Fn(odbc_api::Error) -> DbError + 'a {
     move |e| {
         let mut err = DbError::from_odbc(&e);
