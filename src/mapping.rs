@@ -295,6 +295,11 @@ impl Mapper {
         &self.columns
     }
 
+    /// Whether each message starts with a CSV header line.
+    pub fn reads_csv_header(&self) -> bool {
+        matches!(&self.format, PayloadFormat::Csv(c) if c.header)
+    }
+
     /// Every row a message carries, with the line it came from (CSV), or why it has none.
     pub fn map(&self, message: &Message) -> Vec<(Option<Line>, Result<Row, MapError>)> {
         let mut out = Vec::new();

@@ -37,8 +37,13 @@ pub enum Origin {
 impl Message {
     /// The message a dead letter was made from, as far as mapping it again needs: its
     /// metadata comes from the dead letter's headers, and a CSV record gets its header
-    /// line back in front of it.
-    pub fn from_dead_letter(source: &str, payload: &[u8], headers: &Json) -> Message {
+    /// line back in front of it when `with_header` (the route still reads headers).
+    pub fn from_dead_letter(
+        source: &str,
+        payload: &[u8],
+        headers: &Json,
+        with_header: bool,
+    ) -> Message {
         let text = |key: &str| headers.get(key).and_then(Json::as_str).unwrap_or("");
         let broker: Arc<str> = Arc::from(text("broker"));
         let received_at = DateTime::parse_from_rfc3339(text("received_at"))
@@ -68,8 +73,8 @@ impl Message {
             ),
         };
         let payload = match headers.get("csv_header").and_then(Json::as_str) {
-            Some(header) => [header.as_bytes(), b"\n", payload].concat(),
-            None => payload.to_vec(),
+            Some(header) if with_header => [header.as_bytes(), b"\n", payload].concat(),
+            _ => payload.to_vec(),
         };
         Message {
             topic,
@@ -157,7 +162,7 @@ mod tests {
         if let (Json::Object(h), Json::Object(e)) = (&mut headers, extra) {
             h.extend(e);
         }
-        Message::from_dead_letter(m.source(), payload, &headers)
+        Message::from_dead_letter(m.source(), payload, &headers, true)
     }
 
     #[test]

@@ -311,7 +311,12 @@ fn replay_inbound(
     // all or nothing, so that a failure never leaves half of it stored.
     let mut single: Vec<(i64, crate::mapping::Row)> = Vec::new();
     for letter in letters {
-        let message = Message::from_dead_letter(&letter.source, &letter.payload, &letter.headers);
+        let message = Message::from_dead_letter(
+            &letter.source,
+            &letter.payload,
+            &letter.headers,
+            mapper.reads_csv_header(),
+        );
         let mapped = mapper.map(&message);
         if let Some((_, Err(e))) = mapped.iter().find(|(_, r)| r.is_err()) {
             outcomes.push((letter.id, Err(failure(e.kind(), e.message(), None))));

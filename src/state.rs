@@ -97,14 +97,28 @@ impl State {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(|source| StateError::Open {
-                url: url.to_string(),
-                source,
-            })?;
+        // Two processes creating the same store at once (a bridge starting while a `dlq`
+        // command runs) can find it locked while the first one switches it to WAL.
+        let mut attempt = 0;
+        let pool = loop {
+            match SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options.clone())
+                .await
+            {
+                Ok(pool) => break pool,
+                Err(e) if attempt < 50 && is_locked(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(source) => {
+                    return Err(StateError::Open {
+                        url: url.to_string(),
+                        source,
+                    });
+                }
+            }
+        };
         // Another process (a running bridge, a `dlq` command) may be migrating the same
         // file at this moment; SQLite gives no migration lock, so wait and look again.
         let mut attempt = 0;
@@ -349,6 +363,17 @@ impl State {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+fn is_locked(e: &sqlx::Error) -> bool {
+    match e {
+        // SQLITE_BUSY and SQLITE_LOCKED, with their extended codes (low byte 5 or 6).
+        sqlx::Error::Database(d) => d
+            .code()
+            .and_then(|c| c.parse::<u32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 5 | 6)),
+        _ => false,
     }
 }
 
