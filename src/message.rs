@@ -165,6 +165,12 @@ mod tests {
         Message::from_dead_letter(m.source(), payload, &headers, true)
     }
 
+    fn back_headers(m: &Message) -> Json {
+        let mut h = m.metadata();
+        h["csv_header"] = json!("a;b");
+        h
+    }
+
     #[test]
     fn dead_letters_give_their_message_back() {
         let amqp = Message {
@@ -185,6 +191,9 @@ mod tests {
         let back = round_trip(&amqp, b"1;2", json!({"line": 2, "csv_header": "a;b"}));
         assert_eq!(back.topic, "plant.north");
         assert_eq!(back.payload, b"a;b\n1;2");
+        // A route that no longer reads headers must not take the header line for data.
+        let bare = Message::from_dead_letter("q", b"1;2", &back_headers(&amqp), false);
+        assert_eq!(bare.payload, b"1;2");
         assert_eq!(back.received_at, amqp.received_at);
         assert_eq!(back.headers, amqp.headers);
         assert!(matches!(
