@@ -211,6 +211,13 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         warn!("no routes configured; nothing to do");
     }
 
+    let mirror = mirror(&config, &state, &brokers, &amqp)?;
+    if mirror.is_some() {
+        crate::mirror::start_position(&state)
+            .await
+            .map_err(AppError::Runtime)?;
+    }
+
     let stop_flag = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut signals = Box::pin(shutdown_signal());
@@ -299,7 +306,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         let route = outbound_route(plan, &dbs, &brokers, &amqp, &state)?;
         route_tasks.spawn(route.run(stop_rx.clone()));
     }
-    if let Some(mirror) = mirror(&config, &state, &brokers, &amqp)? {
+    if let Some(mirror) = mirror {
         route_tasks.spawn(mirror.run(stop_rx.clone()));
     }
 

@@ -67,6 +67,15 @@ pub struct Mirror {
     pub broker: String,
 }
 
+/// Fixes where the mirror starts (the newest dead letter now) before any route runs, so
+/// that none stored from then on is missed.
+pub async fn start_position(state: &State) -> Result<i64, String> {
+    state
+        .mirror_position(POSITION)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 impl Mirror {
     /// Follows the dead-letter store until `stop`.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {

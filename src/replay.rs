@@ -51,8 +51,13 @@ impl Summary {
         self.failed.values().sum()
     }
 
+    /// Every selected entry was delivered: none failed, and none was left unattempted
+    /// (interrupted, stopped by an outage, or held by another replay).
     pub fn succeeded(&self) -> bool {
-        self.failures() == 0 && !self.interrupted && self.outage.is_none()
+        self.failures() == 0
+            && !self.interrupted
+            && self.outage.is_none()
+            && self.replayed >= self.total
     }
 
     pub fn render(&self) -> String {
@@ -75,6 +80,11 @@ impl Summary {
         let left = self.total.saturating_sub(self.replayed + failed);
         if left > 0 {
             out.push_str(&format!(", {left} not attempted"));
+            if !self.interrupted && self.outage.is_none() {
+                out.push_str(
+                    " (held by another replay; a dead replay's claims expire after 10 minutes)",
+                );
+            }
         }
         if self.interrupted {
             out.push_str("; interrupted: what was not attempted is still in the queue");

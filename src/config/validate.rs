@@ -184,13 +184,16 @@ fn check_mirror(path: &Path, config: &Config, mirror: &Spanned<Mirror>) -> Resul
             .collect(),
         (false, _, _) => {
             return Err(err(
-                &mirror.referenced,
+                m.exchange
+                    .as_ref()
+                    .or(m.routing_key.as_ref())
+                    .map_or(&mirror.referenced, |x| &x.referenced),
                 "dead_letter.publish: an MQTT broker takes `topic:` (and no exchange or routing_key)".into(),
             ));
         }
         (true, _, _) => {
             return Err(err(
-                &mirror.referenced,
+                m.topic.as_ref().map_or(&mirror.referenced, |t| &t.referenced),
                 "dead_letter.publish: an AMQP broker takes `exchange:` and optionally `routing_key:` (no topic)".into(),
             ));
         }

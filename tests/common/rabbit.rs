@@ -368,6 +368,32 @@ impl Rabbit {
             }
         })
     }
+
+    /// Takes at most `max` messages from `queue` (basic.get with no_ack until it is empty or
+    /// `max` were taken), in queue order. Unlike [`Rabbit::take_all`] it returns even while
+    /// something keeps filling the queue.
+    pub fn take_up_to(&self, queue: &str, max: usize) -> Vec<AmqpMessage> {
+        self.rt.block_on(async {
+            let mut out = Vec::new();
+            while out.len() < max {
+                let got = self
+                    .channel
+                    .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                    .await
+                    .unwrap_or_else(|e| panic!("basic.get from {queue}: {e}"));
+                match got {
+                    Some(m) => out.push(AmqpMessage {
+                        exchange: m.delivery.exchange.as_str().to_owned(),
+                        routing_key: m.delivery.routing_key.as_str().to_owned(),
+                        payload: m.delivery.data.clone(),
+                        delivery_mode: *m.delivery.properties.delivery_mode(),
+                    }),
+                    None => break,
+                }
+            }
+            out
+        })
+    }
 }
 
 /// A message taken from a queue by [`Rabbit::take_all`].
