@@ -38,7 +38,13 @@ pub async fn list(
             println!("{}", letter.to_json());
         }
     } else if letters.is_empty() {
-        println!("no dead letters match");
+        let filtered =
+            filter.route.is_some() || filter.since.is_some() || filter.error_kind.is_some();
+        if filtered {
+            println!("no dead letters match");
+        } else {
+            println!("the dead-letter queue is empty");
+        }
     } else {
         print!("{}", dlq::render_table(&letters));
     }
