@@ -1167,7 +1167,11 @@ fn dlq_on_an_empty_store() {
 
     let out = mqdb(&path, &["dlq", "list", "--route", "r1"]);
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    assert!(stdout(&out).contains("no dead letters match"), "{}", show(&out));
+    assert!(
+        stdout(&out).contains("no dead letters match"),
+        "{}",
+        show(&out)
+    );
 
     let out = mqdb(&path, &["dlq", "show", "999"]);
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
@@ -1267,7 +1271,11 @@ inbound:
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert_eq!(stdout(&out), "", "{}", show(&out));
     let out = mqdb(&path, &["dlq", "list", "--route", "other"]);
-    assert!(stdout(&out).contains("no dead letters match"), "{}", show(&out));
+    assert!(
+        stdout(&out).contains("no dead letters match"),
+        "{}",
+        show(&out)
+    );
 
     // And every line the bridge logged is a JSON object
     let status = bridge.terminate();
