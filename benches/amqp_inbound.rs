@@ -41,7 +41,11 @@ fn main() {
     println!(
         "mqdb AMQP inbound benchmark: {n} persistent messages of ~{avg} bytes (JSON) → MariaDB"
     );
-    println!("machine: {} cores, {}", cores(), cpu_model());
+    println!(
+        "machine: {} cores, {}",
+        common::cores(),
+        common::cpu_model()
+    );
 
     let mut rabbit = Rabbit::connect();
     let bare_before = bare_consumer(&mut rabbit, &json);
@@ -311,20 +315,4 @@ inbound:
     let rate = payloads.len() as f64 / elapsed;
     println!("mqdb {format}: {rate:.0} msg/s");
     (rate, rss, cpu)
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "unknown CPU".into())
 }

@@ -31,7 +31,11 @@ fn main() {
     let messages = sample(n);
     let avg = messages.iter().map(|(_, p)| p.len()).sum::<usize>() / n;
     println!("mqdb inbound benchmark: {n} MQTT QoS 1 messages of ~{avg} bytes → PostgreSQL");
-    println!("machine: {} cores, {}", cores(), cpu_model());
+    println!(
+        "machine: {} cores, {}",
+        common::cores(),
+        common::cpu_model()
+    );
 
     let bare = bare_subscriber(&broker, &messages);
     let ceiling = raw_insert(&messages);
@@ -207,20 +211,4 @@ inbound:
     let rate = messages.len() as f64 / elapsed;
     println!("mqdb end to end: {rate:.0} msg/s");
     (rate, rss, cpu)
-}
-
-fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|| "unknown CPU".into())
 }

@@ -23,6 +23,7 @@ use common::{
     Bridge, Db, Header, Outgoing, QueueInfo, Rabbit, TcpProxy, TempTable, dlq_list, odbc_connect,
     odbc_exec, path_str, process_stats, run_mqdb, unique, wait_for,
 };
+use common::{scalar, terminate_ok, try_scalar, wait_for_count};
 use serde_json::Value as Json;
 
 // ---------------------------------------------------------------------------------------
@@ -127,55 +128,12 @@ fn wait_queue_drained(bridge: &mut Bridge, queue: &str) {
     });
 }
 
-/// The single integer `sql` returns, or `None` while the database cannot answer (e.g. a
-/// locked SQLite file).
-fn try_scalar(db: &Db, sql: &str) -> Option<i64> {
-    let rows = db.try_query(sql).ok()?;
-    rows.first()?.first()?.as_deref()?.trim().parse().ok()
-}
-
-fn scalar(db: &Db, sql: &str) -> i64 {
-    let rows = db.query(sql);
-    let text = rows
-        .first()
-        .and_then(|r| r.first())
-        .and_then(|v| v.as_deref())
-        .unwrap_or_else(|| panic!("{sql}: no value"));
-    text.trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{sql}: {text:?} is not an integer: {e}"))
-}
-
-/// Waits until `count_sql` returns exactly `want`; a larger value fails at once (it can only
-/// mean duplicate rows).
-fn wait_for_count(bridge: &mut Bridge, db: &Db, count_sql: &str, want: i64) {
-    wait_for(
-        bridge,
-        &format!("`{count_sql}` = {want}"),
-        || match try_scalar(db, count_sql) {
-            Some(n) if n > want => Err(format!("{n} rows, more than the {want} published")),
-            Some(n) => Ok(n == want),
-            None => Ok(false),
-        },
-    );
-}
-
 /// PostgreSQL: how many other sessions wait on a lock in a statement that names `table`.
 fn pg_lock_waiters(table: &str) -> String {
     format!(
         "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
          AND query LIKE '%{table}%' AND pid <> pg_backend_pid()"
     )
-}
-
-/// Stops the bridge with SIGTERM and asserts it exits with status 0.
-fn terminate_ok(bridge: &mut Bridge) {
-    let status = bridge.terminate();
-    assert!(
-        status.success(),
-        "mqdb exited with {status} on SIGTERM; log:\n{}",
-        bridge.log()
-    );
 }
 
 /// A timestamp read back as text (`YYYY-MM-DD HH:MM:SS[.ffffff]`, or with `T`).

@@ -26,6 +26,7 @@ use common::{
     Bridge, Db, LIVENESS, Mosquitto, Publisher, Rabbit, Subscriber, TcpProxy, TempTable, dlq_list,
     mqdb_command, odbc_connect, odbc_exec, path_str, run_mqdb, unique, wait_for,
 };
+use common::{scalar, terminate_ok, try_scalar, wait_for_count};
 use serde_json::Value as Json;
 
 type Messages = Vec<(String, Vec<u8>)>;
@@ -103,29 +104,6 @@ fn route(name: &str, topic: &str, table: &str) -> String {
     )
 }
 
-/// The single integer `sql` returns, or `None` while the database cannot answer.
-fn try_scalar(db: &Db, sql: &str) -> Option<i64> {
-    let rows = db.try_query(sql).ok()?;
-    rows.first()?.first()?.as_deref()?.trim().parse().ok()
-}
-
-fn scalar(db: &Db, sql: &str) -> i64 {
-    try_scalar(db, sql).unwrap_or_else(|| panic!("{sql}: no integer"))
-}
-
-/// Waits until `count_sql` returns exactly `want`; more fails at once (duplicates).
-fn wait_for_count(bridge: &mut Bridge, db: &Db, count_sql: &str, want: i64) {
-    wait_for(
-        bridge,
-        &format!("`{count_sql}` = {want}"),
-        || match try_scalar(db, count_sql) {
-            Some(n) if n > want => Err(format!("{n} rows, more than the {want} expected")),
-            Some(n) => Ok(n == want),
-            None => Ok(false),
-        },
-    );
-}
-
 /// Waits until `dlq list` holds exactly `want` entries; more fails at once.
 fn wait_for_dead_letters(bridge: &mut Bridge, config: &Path, want: usize) {
     wait_for(bridge, &format!("{want} dead letters"), || {
@@ -143,16 +121,6 @@ fn pg_lock_waiters(table: &str) -> String {
         "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
          AND query LIKE '%{table}%' AND pid <> pg_backend_pid()"
     )
-}
-
-/// Stops the bridge with SIGTERM and asserts it exits with status 0.
-fn terminate_ok(bridge: &mut Bridge) {
-    let status = bridge.terminate();
-    assert!(
-        status.success(),
-        "mqdb exited with {status} on SIGTERM; log:\n{}",
-        bridge.log()
-    );
 }
 
 fn id_of(letter: &Json) -> i64 {

@@ -38,6 +38,7 @@ use common::{
     AmqpMessage, Bridge, Db, Header, LIVENESS, Mosquitto, Publisher, Rabbit, Subscriber, TempTable,
     dlq_list, path_str, run_mqdb, unique, wait_for, wait_until,
 };
+use common::{terminate_ok, try_scalar};
 use serde_json::Value as Json;
 
 // ---------------------------------------------------------------------------------------
@@ -281,12 +282,6 @@ fn wait_letters(bridge: &mut Bridge, config: &Path, n: usize) -> BTreeMap<i64, J
     letters(config)
 }
 
-/// The single integer `sql` returns, or `None` while the database cannot answer.
-fn try_scalar(db: &Db, sql: &str) -> Option<i64> {
-    let rows = db.try_query(sql).ok()?;
-    rows.first()?.first()?.as_deref()?.trim().parse().ok()
-}
-
 /// Waits until `table` holds exactly `n` rows (more fails at once).
 fn wait_rows(bridge: &mut Bridge, db: &Db, table: &str, n: i64) {
     let sql = format!("SELECT COUNT(*) FROM {table}");
@@ -298,16 +293,6 @@ fn wait_rows(bridge: &mut Bridge, db: &Db, table: &str, n: i64) {
             Some(now) => Ok(now == n),
             None => Ok(false),
         },
-    );
-}
-
-/// Stops the bridge with SIGTERM and asserts it exits with status 0.
-fn terminate_ok(bridge: &mut Bridge) {
-    let status = bridge.terminate();
-    assert!(
-        status.success(),
-        "mqdb exited with {status} on SIGTERM; log:\n{}",
-        bridge.log()
     );
 }
 

@@ -34,6 +34,7 @@ use common::{
     AmqpMessage, Bridge, Db, LIVENESS, Mosquitto, Rabbit, Received, Subscriber, TcpProxy,
     TempTable, dlq_list, path_str, run_mqdb, unique, wait_for,
 };
+use common::{terminate_ok, try_scalar};
 use serde_json::Value as Json;
 
 /// The poll interval of every route here, so "nothing more arrives" needs only a short wait.
@@ -134,22 +135,6 @@ fn route(name: &str, query: &str, lines: &[&str]) -> String {
         yaml.push_str(&format!("    {line}\n"));
     }
     yaml
-}
-
-/// The single integer `sql` returns, or `None` while the database cannot answer.
-fn try_scalar(db: &Db, sql: &str) -> Option<i64> {
-    let rows = db.try_query(sql).ok()?;
-    rows.first()?.first()?.as_deref()?.trim().parse().ok()
-}
-
-/// Stops the bridge with SIGTERM and asserts it exits with status 0.
-fn terminate_ok(bridge: &mut Bridge) {
-    let status = bridge.terminate();
-    assert!(
-        status.success(),
-        "mqdb exited with {status} on SIGTERM; log:\n{}",
-        bridge.log()
-    );
 }
 
 /// A message payload as a JSON object.

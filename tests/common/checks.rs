@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use super::{Bridge, run_mqdb};
+use super::{Bridge, Db, run_mqdb};
 
 /// Liveness deadline for waits: a hang detector, never a speed assertion.
 pub const LIVENESS: Duration = Duration::from_secs(60);
@@ -56,4 +56,47 @@ pub fn wait_for(bridge: &mut Bridge, what: &str, mut check: impl FnMut() -> Resu
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The single integer `sql` returns, or `None` while the database cannot answer.
+pub fn try_scalar(db: &Db, sql: &str) -> Option<i64> {
+    let rows = db.try_query(sql).ok()?;
+    rows.first()?.first()?.as_deref()?.trim().parse().ok()
+}
+
+/// The single integer `sql` returns; panics naming the query otherwise.
+pub fn scalar(db: &Db, sql: &str) -> i64 {
+    let rows = db.query(sql);
+    let text = rows
+        .first()
+        .and_then(|r| r.first())
+        .and_then(|v| v.as_deref())
+        .unwrap_or_else(|| panic!("{sql}: no value"));
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{sql}: {text:?} is not an integer: {e}"))
+}
+
+/// Waits until `count_sql` returns exactly `want`; a larger value fails at once (it can only
+/// mean duplicate or misrouted rows).
+pub fn wait_for_count(bridge: &mut Bridge, db: &Db, count_sql: &str, want: i64) {
+    wait_for(
+        bridge,
+        &format!("`{count_sql}` = {want}"),
+        || match try_scalar(db, count_sql) {
+            Some(n) if n > want => Err(format!("{n} rows, more than the {want} expected")),
+            Some(n) => Ok(n == want),
+            None => Ok(false),
+        },
+    );
+}
+
+/// Stops the bridge with SIGTERM and asserts it exits with status 0.
+pub fn terminate_ok(bridge: &mut Bridge) {
+    let status = bridge.terminate();
+    assert!(
+        status.success(),
+        "mqdb exited with {status} on SIGTERM; log:\n{}",
+        bridge.log()
+    );
 }

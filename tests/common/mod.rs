@@ -35,7 +35,9 @@ mod tls;
 #[allow(unused_imports)]
 pub use bridge::{Bridge, mqdb_bin, mqdb_command, run_mqdb};
 #[allow(unused_imports)]
-pub use checks::{LIVENESS, dlq_list, path_str, wait_for};
+pub use checks::{
+    LIVENESS, dlq_list, path_str, scalar, terminate_ok, try_scalar, wait_for, wait_for_count,
+};
 #[allow(unused_imports)]
 pub use db::{Db, TempTable, odbc_connect, odbc_env, odbc_exec, odbc_query};
 #[allow(unused_imports)]
@@ -182,4 +184,22 @@ pub fn process_stats(pid: u32) -> (u64, f64) {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0);
     (rss, ticks / 100.0)
+}
+
+/// How many cores this machine has, for benchmark reports.
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// The CPU model, for benchmark reports.
+pub fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into())
 }
