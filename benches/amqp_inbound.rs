@@ -10,7 +10,7 @@
 //! 4. mqdb, CSV payloads (the same values, one record per message).
 //!
 //! Run with `cargo bench --bench amqp_inbound` (`MQDB_BENCH_MESSAGES` sets the count, default
-//! 100000). It reconciles counts and fails if a message is missing.
+//! 100000; `MQDB_BENCH_PREFETCH` the prefetch, default 1000). It reconciles counts and fails if a message is missing.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -23,7 +23,13 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 
 const BATCH: usize = 500;
-const PREFETCH: u16 = 1000;
+/// The prefetch of both the bare consumer and mqdb (`MQDB_BENCH_PREFETCH`, default 1000).
+fn prefetch() -> u16 {
+    std::env::var("MQDB_BENCH_PREFETCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+}
 const COLUMNS: &str = "seq BIGINT PRIMARY KEY, site VARCHAR(16), device VARCHAR(16), value DECIMAL(10,3), status VARCHAR(16), ts DATETIME(3), received_at DATETIME(3)";
 
 fn main() {
@@ -59,7 +65,10 @@ fn main() {
     println!();
     println!("| path | msg/s | ratio |");
     println!("|---|---:|---:|");
-    println!("| bare AMQP consumer, prefetch {PREFETCH} (broker ceiling) | {bare:.0} | 1.00 |");
+    println!(
+        "| bare AMQP consumer, prefetch {} (broker ceiling) | {bare:.0} | 1.00 |",
+        prefetch()
+    );
     println!(
         "| raw ODBC parameter arrays, batch {BATCH} (database ceiling) | {ceiling:.0} | 1.00 |"
     );
@@ -139,7 +148,7 @@ fn bare_consumer(rabbit: &mut Rabbit, payloads: &[Vec<u8>]) -> f64 {
             .unwrap();
         let channel = conn.create_channel().await.unwrap();
         channel
-            .basic_qos(PREFETCH, BasicQosOptions::default())
+            .basic_qos(prefetch(), BasicQosOptions::default())
             .await
             .unwrap();
         let mut consumer = channel
@@ -266,7 +275,7 @@ inbound:
   - name: bench
     broker: rabbit
     queue: {queue}
-    prefetch: {PREFETCH}
+    prefetch: {prefetch}
     database: maria
     table: {table}
 {mapping}    columns:
@@ -280,6 +289,7 @@ inbound:
     batch: {{ max_rows: {BATCH}, max_delay: 100ms }}
 "#,
             state = dir.path().join("state.db").display(),
+            prefetch = prefetch(),
             url = Rabbit::URL,
             cs = db.connection_string(),
         ),
