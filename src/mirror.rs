@@ -81,11 +81,13 @@ impl Mirror {
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut delay = Duration::from_millis(200);
         info!(broker = %self.broker, "mirroring dead letters");
+        // The mirror is the only writer of its position: read it once, then keep it here.
+        let mut last = None;
         loop {
             if *stop.borrow() {
                 return;
             }
-            let pause = match self.round().await {
+            let pause = match self.round(&mut last).await {
                 Ok(0) => Duration::from_millis(500),
                 Ok(_) => {
                     delay = Duration::from_millis(200);
@@ -108,12 +110,11 @@ impl Mirror {
     }
 
     /// Publishes what is new since the stored position; returns how many went out.
-    async fn round(&self) -> Result<usize, String> {
-        let last = self
-            .state
-            .mirror_position(POSITION)
-            .await
-            .map_err(|e| e.to_string())?;
+    async fn round(&self, position: &mut Option<i64>) -> Result<usize, String> {
+        let last = match *position {
+            Some(p) => p,
+            None => *position.insert(start_position(&self.state).await?),
+        };
         let letters = self
             .state
             .dead_letters_after(last, ROUND)
@@ -158,6 +159,7 @@ impl Mirror {
                 .set_mirror_position(POSITION, confirmed)
                 .await
                 .map_err(|e| e.to_string())?;
+            *position = Some(confirmed);
         }
         result.map(|()| letters.len())
     }

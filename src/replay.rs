@@ -346,9 +346,9 @@ fn replay_inbound(
         }
     }
     if !single.is_empty() {
-        let rows: Vec<crate::mapping::Row> = single.iter().map(|(_, r)| r.clone()).collect();
+        let (ids, rows): (Vec<i64>, Vec<crate::mapping::Row>) = single.into_iter().unzip();
         let rejected = worker::write_rows(conn, table, &rows, !dry_run).map_err(outage)?;
-        for (i, (id, _)) in single.iter().enumerate() {
+        for (i, id) in ids.iter().enumerate() {
             match rejected.iter().find(|(r, _)| *r == i) {
                 Some((_, e)) => outcomes.push((
                     *id,

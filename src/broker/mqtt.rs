@@ -316,13 +316,14 @@ async fn read(
                     return;
                 };
                 seq += 1;
+                let mut received = *publish;
                 let matching: Vec<&Subscription> = subscriptions
                     .iter()
-                    .filter(|s| s.filter.matches(&publish.topic))
+                    .filter(|s| s.filter.matches(&received.topic))
                     .collect();
                 let registration = Registration {
                     seq,
-                    ack: publish.ack,
+                    ack: received.ack.take(),
                     routes: matching.len(),
                     generation,
                     permit,
@@ -331,17 +332,33 @@ async fn read(
                     return;
                 }
                 let received_at = Utc::now();
-                for subscription in matching {
+                let origin = Origin::Mqtt {
+                    qos: received.qos,
+                    retain: received.retain,
+                };
+                let last = matching.len().saturating_sub(1);
+                for (i, subscription) in matching.into_iter().enumerate() {
+                    // The last route takes the payload itself; only extra routes copy it.
+                    let (topic, payload, headers) = if i == last {
+                        (
+                            std::mem::take(&mut received.topic),
+                            std::mem::take(&mut received.payload),
+                            std::mem::take(&mut received.headers),
+                        )
+                    } else {
+                        (
+                            received.topic.clone(),
+                            received.payload.clone(),
+                            received.headers.clone(),
+                        )
+                    };
                     let message = Message {
-                        topic: publish.topic.clone(),
-                        payload: publish.payload.clone(),
+                        topic,
+                        payload,
                         received_at,
                         broker: broker.clone(),
-                        origin: Origin::Mqtt {
-                            qos: publish.qos,
-                            retain: publish.retain,
-                        },
-                        headers: publish.headers.clone(),
+                        origin: origin.clone(),
+                        headers,
                         ack: AckHandle::new(seq, done.clone()),
                     };
                     if subscription.route.send(message).await.is_err() {
