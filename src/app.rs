@@ -20,6 +20,7 @@ use crate::db::DbSpec;
 use crate::db::poll::Poller;
 use crate::db::worker;
 use crate::inbound::InboundRoute;
+use crate::metrics::{Kind, Metrics, RouteMetrics};
 use crate::outbound::{Destination, OutboundRoute};
 use crate::routes::{InboundPlan, Intake, OutboundPlan, inbound_plans, outbound_plans};
 use crate::state::State;
@@ -97,6 +98,7 @@ fn outbound_route(
     brokers: &BTreeMap<String, MqttSettings>,
     amqp: &BTreeMap<String, AmqpSettings>,
     state: &State,
+    metrics: &Metrics,
 ) -> Result<OutboundRoute, AppError> {
     let poller = Poller::start(dbs[&plan.database].clone(), plan.poll.clone())
         .map_err(|e| AppError::Runtime(e.to_string()))?;
@@ -108,7 +110,9 @@ fn outbound_route(
         brokers,
         amqp,
     )?;
+    let metrics = metrics.route(&plan.name, Kind::Outbound, &plan.broker, &plan.database);
     Ok(OutboundRoute {
+        metrics,
         name: plan.name,
         broker: plan.broker,
         poller,
@@ -199,6 +203,15 @@ fn mirror(
 
 /// `mqdb run`: every route until SIGINT/SIGTERM.
 pub async fn run(config: Config) -> Result<(), AppError> {
+    run_until(config, shutdown_signal(), Metrics::new()).await
+}
+
+/// Every route until `stop` resolves, then drains; the routes report to `metrics`.
+pub async fn run_until(
+    config: Config,
+    stop: impl std::future::Future<Output = ()>,
+    metrics: Arc<Metrics>,
+) -> Result<(), AppError> {
     let plans = inbound_plans(&config).map_err(AppError::Usage)?;
     let outbound = outbound_plans(&config).map_err(AppError::Usage)?;
     let dbs = db_specs(&config)?;
@@ -220,7 +233,31 @@ pub async fn run(config: Config) -> Result<(), AppError> {
 
     let stop_flag = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut signals = Box::pin(shutdown_signal());
+    let mut signals = Box::pin(stop);
+    let mut http_server = None;
+    match &config.http {
+        Some(http) => {
+            let listen = http.listen.value.parse().map_err(|_| {
+                AppError::Usage(format!(
+                    "http.listen: `{}` is not an address",
+                    http.listen.value
+                ))
+            })?;
+            http_server = Some(
+                crate::http::serve(listen, metrics.clone(), stop_rx.clone())
+                    .await
+                    .map_err(AppError::Runtime)?,
+            );
+        }
+        None if !config.log_summary.is_zero() => {
+            tokio::spawn(crate::http::log_summaries(
+                metrics.clone(),
+                config.log_summary,
+                stop_rx.clone(),
+            ));
+        }
+        None => {}
+    }
 
     // Every sink first: subscribing before the tables are reachable would only pile
     // messages up in memory.
@@ -228,18 +265,19 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     for plan in plans {
         let spec = dbs[&plan.database].clone();
         let stop = stop_flag.clone();
+        let route_metrics = metrics.route(&plan.name, Kind::Inbound, &plan.broker, &plan.database);
         starting.spawn(async move {
-            let sink = worker::start(spec, plan.target.clone(), stop).await;
-            (plan, sink)
+            let sink = worker::start(spec, plan.target.clone(), stop, route_metrics.clone()).await;
+            (plan, sink, route_metrics)
         });
     }
-    let mut ready: Vec<(InboundPlan, worker::Sink)> = Vec::new();
+    let mut ready: Vec<(InboundPlan, worker::Sink, Arc<RouteMetrics>)> = Vec::new();
     loop {
         tokio::select! {
             next = starting.join_next() => match next {
                 None => break,
-                Some(Ok((plan, Ok(sink)))) => ready.push((plan, sink)),
-                Some(Ok((plan, Err(e)))) => {
+                Some(Ok((plan, Ok(sink), m))) => ready.push((plan, sink, m)),
+                Some(Ok((plan, Err(e), _))) => {
                     stop_flag.store(true, Ordering::Relaxed);
                     return Err(AppError::Runtime(format!("route {}: {e}", plan.name)));
                 }
@@ -256,7 +294,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let mut subscriptions: BTreeMap<String, Vec<Subscription>> = BTreeMap::new();
     let mut amqp_sources = Vec::new();
     let mut route_tasks = tokio::task::JoinSet::new();
-    for (plan, sink) in ready {
+    for (plan, sink, route_metrics) in ready {
         let rx = match &plan.intake {
             Intake::Mqtt { filter, qos } => {
                 let (tx, rx) = mpsc::channel(brokers[&plan.broker].max_in_flight);
@@ -267,6 +305,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                         filter: filter.clone(),
                         qos: *qos,
                         route: tx,
+                        metrics: route_metrics.clone(),
                     });
                 rx
             }
@@ -282,6 +321,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
                     queue: queue.clone(),
                     bind: bind.clone(),
                     prefetch: *prefetch,
+                    metrics: route_metrics.clone(),
                 };
                 amqp_sources.push(AmqpSource::start(amqp[&plan.broker].clone(), spec, tx));
                 rx
@@ -294,6 +334,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
             max_delay: plan.max_delay,
             sink,
             state: state.clone(),
+            metrics: route_metrics,
         };
         info!(route = %plan.name, source = %plan.intake.describe(), table = %plan.target.table, "route ready");
         route_tasks.spawn(route.run(rx, stop_rx.clone()));
@@ -303,7 +344,7 @@ pub async fn run(config: Config) -> Result<(), AppError> {
         .map(|(broker, subs)| MqttSource::start(brokers[&broker].clone(), subs))
         .collect();
     for plan in outbound {
-        let route = outbound_route(plan, &dbs, &brokers, &amqp, &state)?;
+        let route = outbound_route(plan, &dbs, &brokers, &amqp, &state, &metrics)?;
         route_tasks.spawn(route.run(stop_rx.clone()));
     }
     if let Some(mirror) = mirror {
@@ -335,6 +376,9 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     }
     for source in amqp_sources {
         source.shutdown(Duration::from_secs(5)).await;
+    }
+    if let Some(server) = http_server {
+        let _ = server.await;
     }
     state.close().await;
     info!("stopped");

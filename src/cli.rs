@@ -46,6 +46,13 @@ pub enum Command {
     /// Validate the file, connect to every broker and database, verify tables, columns and
     /// statements; one line per route.
     Check,
+    /// A guided tour on an embedded MQTT broker and a SQLite file: rows arriving, alerts
+    /// published, a dead letter fixed and replayed. Needs no config file.
+    Demo {
+        /// Where the demo keeps its config, database and state (reset at each run).
+        #[arg(long, default_value = "mqdb-demo")]
+        dir: PathBuf,
+    },
     /// Inspect the dead-letter queue.
     Dlq {
         #[command(subcommand)]

@@ -5,6 +5,7 @@
 //! leaves when it is full, when no further message is ready, or when `max_delay` has passed
 //! since its first row, whichever comes first.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -18,6 +19,7 @@ use crate::dlq::{Direction, NewDeadLetter};
 use crate::error::DbError;
 use crate::mapping::{MapError, Mapper, Row};
 use crate::message::Message;
+use crate::metrics::RouteMetrics;
 use crate::state::State;
 
 pub struct InboundRoute {
@@ -27,6 +29,7 @@ pub struct InboundRoute {
     pub state: State,
     pub max_rows: usize,
     pub max_delay: Duration,
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// Messages of one batch, in receive order, with their rows and mapping failures.
@@ -51,6 +54,7 @@ impl Batch {
 struct InFlight {
     reply: oneshot::Receiver<InsertOutcome>,
     batch: Batch,
+    sent: Instant,
 }
 
 impl InboundRoute {
@@ -77,8 +81,13 @@ impl InboundRoute {
                 outcome = async { (&mut in_flight.as_mut().expect("guarded").reply).await }, if in_flight.is_some() => {
                     let done = in_flight.take().expect("guarded");
                     match outcome {
-                        Ok(InsertOutcome::Committed { rejected }) => self.finish(done.batch, rejected).await,
+                        Ok(InsertOutcome::Committed { rejected }) => {
+                            self.metrics.batch.observe(done.sent.elapsed());
+                            RouteMetrics::add(&self.metrics.written, done.batch.origins.len() - rejected.len());
+                            self.finish(done.batch, rejected).await
+                        }
                         Ok(InsertOutcome::Abandoned) | Err(_) => {
+                            self.metrics.leave(done.batch.messages.len());
                             info!(route = %self.name, messages = done.batch.len(), "batch released unacknowledged; the broker will redeliver it");
                         }
                     }
@@ -99,6 +108,8 @@ impl InboundRoute {
 
     fn add(&self, batch: &mut Batch, message: Message) {
         batch.started.get_or_insert_with(Instant::now);
+        RouteMetrics::add(&self.metrics.received, 1);
+        self.metrics.enter(1);
         let index = batch.messages.len();
         self.mapper.map_into(&message, &mut |line, mapped| match mapped {
             Ok(row) => {
@@ -126,11 +137,13 @@ impl InboundRoute {
         };
         if self.sink.requests.send(request).await.is_err() {
             warn!(route = %self.name, "database thread gone; batch released unacknowledged");
+            self.metrics.leave(batch.messages.len());
             return None;
         }
         Some(InFlight {
             reply: reply_rx,
             batch,
+            sent: Instant::now(),
         })
     }
 
@@ -162,11 +175,14 @@ impl InboundRoute {
         }
         if !letters.is_empty() {
             self.store(&letters).await;
+            RouteMetrics::add(&self.metrics.dead_letters, letters.len());
             warn!(route = %self.name, count = letters.len(), "messages dead-lettered");
         }
+        let done = batch.messages.len();
         for message in batch.messages {
             message.ack.complete().await;
         }
+        self.metrics.leave(done);
     }
 
     /// A dead letter keeps the message's metadata; for a CSV record, its payload is the
@@ -211,6 +227,7 @@ impl InboundRoute {
                 Ok(_) => return,
                 Err(e) => {
                     warn!(route = %self.name, error = %e, "cannot store dead letters; retrying");
+                    RouteMetrics::add(&self.metrics.retries, 1);
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(30));
                 }

@@ -26,6 +26,9 @@
 //! - [`dlq`]: dead letters and how operators see them; [`dlq_commands`]: `dlq list`,
 //!   `show`, `replay`, `purge`; [`replay`]: dead letters through their routes again;
 //!   [`mirror`]: new dead letters copied to a broker (`dead_letter.publish`).
+//! - [`metrics`]: per-route counters and connection state; [`http`]: `/health`,
+//!   `/metrics` and the periodic log summary.
+//! - [`demo`]: `mqdb demo`, a guided run on an embedded broker and SQLite.
 //! - [`state`]: the sqlx state store (`migrations/`).
 //! - [`error`]: error types and the one classification of data errors versus outages.
 //! - [`logging`]: text or JSON log lines.
@@ -37,13 +40,16 @@ pub mod codec;
 pub mod config;
 pub mod convert;
 pub mod db;
+pub mod demo;
 pub mod dlq;
 pub mod dlq_commands;
 pub mod error;
+pub mod http;
 pub mod inbound;
 pub mod logging;
 pub mod mapping;
 pub mod message;
+pub mod metrics;
 pub mod mirror;
 pub mod outbound;
 pub mod replay;

@@ -6,17 +6,25 @@ use tracing_subscriber::EnvFilter;
 
 use crate::cli::LogFormat;
 
-pub fn init(format: LogFormat, verbose: u8, quiet: bool) {
-    let level = match (quiet, verbose) {
-        (true, _) => "warn",
-        (false, 0) => "info",
-        (false, 1) => "debug",
-        (false, _) => "trace",
+/// `only_errors` keeps everything but errors out (the demo's default).
+pub fn init(format: LogFormat, verbose: u8, quiet: bool, only_errors: bool) {
+    let level = match (only_errors, quiet, verbose) {
+        (true, _, _) => "error",
+        (false, true, _) => "warn",
+        (false, false, 0) => "info",
+        (false, false, 1) => "debug",
+        (false, false, _) => "trace",
     };
     // Library chatter (sqlx statements, rumqttc internals) only when asked for by name.
     // odbc-api logs every driver diagnostic as a warning, and lapin logs returned messages
     // with their payload; mqdb reports what matters itself.
-    let default = format!("warn,odbc_api=error,lapin=off,mqdb={level}");
+    // The demo's embedded broker reports its clients' goodbyes as errors.
+    let others = if only_errors {
+        "error,rumqttd=off"
+    } else {
+        "warn"
+    };
+    let default = format!("{others},odbc_api=error,lapin=off,mqdb={level}");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     // Colours only for a person at a terminal; log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()

@@ -7,9 +7,14 @@ use mqdb::dlq_commands;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    mqdb::logging::init(cli.log_format, cli.verbose, cli.quiet);
+    // The demo tells its own story on stdout; its logs are for when something goes wrong.
+    let quiet_demo = matches!(cli.command, Command::Demo { .. }) && cli.verbose == 0;
+    mqdb::logging::init(cli.log_format, cli.verbose, cli.quiet, quiet_demo);
     // One process-wide TLS provider, chosen here so no dependency picks another.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    if let Command::Demo { dir } = &cli.command {
+        return finish(block_on(mqdb::demo::run(dir.clone())));
+    }
 
     let config = match mqdb::config::load(&cli.config) {
         Ok(config) => config,
@@ -18,18 +23,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    let result: Result<(), AppError> = runtime.block_on(async {
+    finish(block_on(async {
         match cli.command {
+            Command::Demo { .. } => unreachable!("handled above"),
             Command::Run => app::run(config).await,
             Command::Check => app::check(config).await,
             Command::Dlq { command } => match command {
@@ -52,9 +48,21 @@ fn main() -> ExitCode {
                 } => dlq_commands::purge(config, selection, before, yes).await,
             },
         }
-    });
+    }))
+}
+
+fn block_on(work: impl std::future::Future<Output = Result<(), AppError>>) -> Result<(), AppError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| AppError::Runtime(format!("cannot start the async runtime: {e}")))?;
+    let result = runtime.block_on(work);
     // Sink threads may still be blocked in a driver call; they hold nothing to flush.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
+}
+
+fn finish(result: Result<(), AppError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -2,6 +2,7 @@
 //! and advance the position only past rows the broker confirmed (or that became dead
 //! letters), in order. `after_publish` runs for confirmed rows before the position moves.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
@@ -13,6 +14,7 @@ use crate::codec;
 use crate::config::{CsvOptions, Format};
 use crate::db::poll::{Cell, Polled, Poller};
 use crate::dlq::{Direction, NewDeadLetter};
+use crate::metrics::RouteMetrics;
 use crate::state::State;
 use crate::template::{Template, check_topic, check_topic_value};
 
@@ -102,6 +104,7 @@ pub struct OutboundRoute {
     pub delay: Option<Duration>,
     pub max_rows: usize,
     pub after_publish: bool,
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// One row after the broker has answered (or the row never reached it).
@@ -136,17 +139,23 @@ impl OutboundRoute {
             }
         };
         info!(route = %self.name, position = ?position, "outbound route started");
+        if let Err(e) = self.publisher.connect().await {
+            warn!(route = %self.name, broker = %self.broker, error = %e, "publisher cannot connect yet; retrying with the first rows");
+        }
         let mut backoff = Duration::from_millis(200);
         loop {
             if *stop.borrow() {
                 return;
             }
-            let pause = match self.cycle(&mut position).await {
+            let result = self.cycle(&mut position).await;
+            self.metrics.set_broker_up(self.publisher.is_connected());
+            let pause = match result {
                 Ok(more) => {
                     backoff = Duration::from_millis(200);
                     if more { Duration::ZERO } else { self.interval }
                 }
                 Err(e) => {
+                    RouteMetrics::add(&self.metrics.retries, 1);
                     warn!(route = %self.name, error = %e, retry_in = ?backoff, "outbound poll or publish failed; retrying from the stored position");
                     let pause = backoff;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -163,11 +172,11 @@ impl OutboundRoute {
     /// be waiting right now.
     async fn cycle(&self, position: &mut Vec<String>) -> Result<bool, String> {
         let started = std::time::Instant::now();
-        let polled = self
-            .poller
-            .poll(position.clone())
-            .await
-            .map_err(|e| format!("query failed: {e}"))?;
+        let polled = self.poller.poll(position.clone()).await.map_err(|e| {
+            self.metrics.set_database_up(false);
+            format!("query failed: {e}")
+        })?;
+        self.metrics.set_database_up(true);
         let tracked = !polled.track.is_empty();
         let mut rows: &[Vec<Cell>] = &polled.rows;
         if let (Some(delay), Some(&first)) = (self.delay, polled.track.first()) {
@@ -181,8 +190,11 @@ impl OutboundRoute {
         }
         let more = tracked && rows.len() >= self.max_rows;
         if rows.is_empty() {
+            self.metrics.caught_up();
             return Ok(false);
         }
+        self.metrics.behind();
+        RouteMetrics::add(&self.metrics.received, rows.len());
 
         let read_at = started.elapsed();
         let mut attempts: Vec<(Attempt, Option<Address>, Vec<u8>)> = Vec::with_capacity(rows.len());
@@ -213,6 +225,11 @@ impl OutboundRoute {
             }
         }
 
+        let waiting = attempts
+            .iter()
+            .filter(|(a, _, _)| matches!(a, Attempt::Published(_)))
+            .count();
+        self.metrics.enter(waiting);
         // All answers first, in order, up to the first outage: a returned message may come
         // with the answer of another publish of the same poll.
         let mut answered: Vec<(Answered, Option<Address>, Vec<u8>)> = Vec::new();
@@ -238,6 +255,7 @@ impl OutboundRoute {
                 }
             }
         }
+        self.metrics.leave(waiting);
         let returned: std::collections::HashMap<String, String> = answered
             .iter()
             .filter_map(|(a, _, _)| match a {
@@ -249,6 +267,7 @@ impl OutboundRoute {
 
         // Walk the rows in order; the position never passes an unanswered one.
         let mut done = 0;
+        let mut published = 0;
         let mut letters = Vec::new();
         let mut confirmed: Vec<(usize, Cell)> = Vec::new();
         for (i, (answered, source, payload)) in answered.into_iter().enumerate() {
@@ -274,6 +293,7 @@ impl OutboundRoute {
                     payload,
                 )),
                 None => {
+                    published += 1;
                     if let Some(&first) = polled.track.first() {
                         confirmed.push((i, rows[i][first].clone()));
                     }
@@ -321,6 +341,9 @@ impl OutboundRoute {
                 .await
                 .map_err(|e| format!("cannot store the position: {e}"))?;
         }
+        RouteMetrics::add(&self.metrics.published, published);
+        RouteMetrics::add(&self.metrics.dead_letters, letters.len());
+        self.metrics.batch.observe(started.elapsed());
         if !letters.is_empty() {
             warn!(route = %self.name, count = letters.len(), "rows dead-lettered");
         }
@@ -338,7 +361,13 @@ impl OutboundRoute {
         }
         match publish_failure.or(confirm_failure) {
             Some(e) => Err(format!("broker {}: {e}", self.broker)),
-            None => Ok(more && done == rows.len()),
+            None => {
+                let more = more && done == rows.len();
+                if !more {
+                    self.metrics.caught_up();
+                }
+                Ok(more)
+            }
         }
     }
 

@@ -28,6 +28,18 @@ impl AmqpPublisher {
         }
     }
 
+    /// Connects now rather than at the first publish, so health shows the broker early.
+    pub async fn connect(&self) -> Result<(), String> {
+        self.channel().await.map(|_| ())
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.channel.try_lock().is_ok_and(|slot| {
+            slot.as_ref()
+                .is_some_and(|(c, ch)| c.status().connected() && ch.status().connected())
+        })
+    }
+
     async fn channel(&self) -> Result<Channel, String> {
         let mut slot = self.channel.lock().await;
         if let Some((conn, channel)) = slot.as_ref()

@@ -24,6 +24,7 @@ use tracing::{info, warn};
 use super::amqp::AmqpSettings;
 use super::sequence::Sequencer;
 use crate::message::{AckHandle, Message, Origin};
+use crate::metrics::RouteMetrics;
 
 /// What one route consumes.
 #[derive(Debug, Clone)]
@@ -33,6 +34,7 @@ pub struct QueueSpec {
     /// Exchange and binding key.
     pub bind: Option<(String, String)>,
     pub prefetch: u16,
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// A running AMQP source for one route.
@@ -116,6 +118,8 @@ async fn consume(
             Ok(s) => s,
             Err(e) => {
                 warn!(route = %spec.route, broker = %settings.name, endpoint = %settings.endpoint(), error = %e, retry_in = ?delay, "cannot consume; retrying");
+                spec.metrics.set_broker_up(false);
+                RouteMetrics::add(&spec.metrics.retries, 1);
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = &mut finish => return,
@@ -126,6 +130,7 @@ async fn consume(
         };
         delay = Duration::from_millis(100);
         info!(route = %spec.route, broker = %settings.name, queue = %spec.queue, prefetch = spec.prefetch, "consuming");
+        spec.metrics.set_broker_up(true);
         // Deliveries of the previous channel were requeued by the broker; their tags mean
         // nothing on this one.
         sequencer.clear();
@@ -183,6 +188,8 @@ async fn consume(
             }
         };
         warn!(route = %spec.route, broker = %settings.name, endpoint = %settings.endpoint(), error = %lost, retry_in = ?delay, "broker connection lost; unacknowledged messages will be redelivered");
+        spec.metrics.set_broker_up(false);
+        RouteMetrics::add(&spec.metrics.retries, 1);
         let _ = conn.close(200, "reconnecting".into()).await;
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}

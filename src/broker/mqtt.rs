@@ -17,6 +17,7 @@ use super::mqtt_link::{self, AckError, AckToken, Incoming, Link, LinkClient};
 use super::sequence::Sequencer;
 use crate::config::{self, Broker, Qos};
 use crate::message::{AckHandle, Message, Origin};
+use crate::metrics::RouteMetrics;
 use crate::topic::Filter;
 
 /// MQTT's own ceiling on a packet; rumqttc's default (10 kB) would turn a large payload into
@@ -188,6 +189,7 @@ pub struct Subscription {
     pub filter: Filter,
     pub qos: Qos,
     pub route: mpsc::Sender<Message>,
+    pub metrics: Arc<RouteMetrics>,
 }
 
 /// A running MQTT source.
@@ -298,7 +300,12 @@ async fn read(
                 shared_generation.store(generation, Ordering::SeqCst);
                 delay = Duration::from_millis(100);
                 info!(broker = %settings.name, endpoint = %settings.endpoint(), session_present, "broker connected");
-                if !session_present && !filters.is_empty() {
+                if session_present {
+                    // The session kept the subscriptions: no SUBACK will come.
+                    for s in &subscriptions {
+                        s.metrics.set_broker_up(true);
+                    }
+                } else if !filters.is_empty() {
                     let client = client.clone();
                     let filters = filters.clone();
                     tokio::spawn(async move {
@@ -370,12 +377,22 @@ async fn read(
             Ok(Incoming::SubscribeRefused) => {
                 warn!(broker = %settings.name, "the broker refused a subscription");
             }
+            // One SUBSCRIBE carries every filter, so one SUBACK answers for all routes.
+            Ok(Incoming::Subscribed) => {
+                for s in &subscriptions {
+                    s.metrics.set_broker_up(true);
+                }
+            }
             Ok(Incoming::Other) => {}
             Err(e) => {
                 if !*intake.borrow() && register.is_closed() {
                     return;
                 }
                 warn!(broker = %settings.name, endpoint = %settings.endpoint(), error = %e, retry_in = ?delay, "broker connection lost");
+                for s in &subscriptions {
+                    s.metrics.set_broker_up(false);
+                    RouteMetrics::add(&s.metrics.retries, 1);
+                }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(30));
             }

@@ -41,9 +41,13 @@ pub struct Received {
 }
 
 pub enum Incoming {
-    Connected { session_present: bool },
+    Connected {
+        session_present: bool,
+    },
     Publish(Box<Received>),
     SubscribeRefused,
+    /// The broker granted a subscription.
+    Subscribed,
     Disconnecting,
     Other,
 }
@@ -100,6 +104,7 @@ impl Link {
                 {
                     Ok(Incoming::SubscribeRefused)
                 }
+                rumqttc::Event::Incoming(Packet::SubAck(_)) => Ok(Incoming::Subscribed),
                 rumqttc::Event::Outgoing(Outgoing::Disconnect) => Ok(Incoming::Disconnecting),
                 _ => Ok(Incoming::Other),
             },
@@ -145,6 +150,7 @@ impl Link {
                 {
                     Ok(Incoming::SubscribeRefused)
                 }
+                rumqttc::v5::Event::Incoming(v5b::Packet::SubAck(_)) => Ok(Incoming::Subscribed),
                 rumqttc::v5::Event::Outgoing(Outgoing::Disconnect) => Ok(Incoming::Disconnecting),
                 _ => Ok(Incoming::Other),
             },

@@ -7,6 +7,8 @@
 //! connection can then never be matched to a later packet id.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
@@ -25,6 +27,7 @@ struct Request {
 /// Publishes to one MQTT broker with one QoS and retain flag.
 pub struct MqttPublisher {
     requests: mpsc::Sender<Request>,
+    connected: Arc<AtomicBool>,
 }
 
 impl MqttPublisher {
@@ -37,8 +40,22 @@ impl MqttPublisher {
         window: usize,
     ) -> Self {
         let (tx, rx) = mpsc::channel(window);
-        tokio::spawn(run(settings, client_id, qos, retain, window, rx));
-        MqttPublisher { requests: tx }
+        let connected = Arc::new(AtomicBool::new(false));
+        let link = Link {
+            qos,
+            retain,
+            window,
+            connected: connected.clone(),
+        };
+        tokio::spawn(run(settings, client_id, link, rx));
+        MqttPublisher {
+            requests: tx,
+            connected,
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
     }
 
     pub async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<Confirm, String> {
@@ -64,14 +81,26 @@ impl MqttPublisher {
     }
 }
 
-async fn run(
-    settings: MqttSettings,
-    client_id: String,
+/// How the connection publishes, and where it reports whether it is up.
+struct Link {
     qos: QoS,
     retain: bool,
     window: usize,
+    connected: Arc<AtomicBool>,
+}
+
+async fn run(
+    settings: MqttSettings,
+    client_id: String,
+    link: Link,
     mut requests: mpsc::Receiver<Request>,
 ) {
+    let Link {
+        qos,
+        retain,
+        window,
+        connected: up,
+    } = link;
     let mut delay = Duration::from_millis(100);
     loop {
         // A clean session: what was in flight on a lost connection is published again by
@@ -87,6 +116,7 @@ async fn run(
                 event = eventloop.poll() => match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected = true;
+                        up.store(true, Ordering::Relaxed);
                         delay = Duration::from_millis(100);
                         info!(broker = %settings.name, endpoint = %settings.endpoint(), "publisher connected");
                     }
@@ -133,6 +163,7 @@ async fn run(
                 }
             }
         };
+        up.store(false, Ordering::Relaxed);
         let lost = sent.len() + unconfirmed.len();
         for done in sent.drain(..).chain(unconfirmed.drain().map(|(_, d)| d)) {
             let _ = done.send(Err(format!("broker connection lost: {failure}")));

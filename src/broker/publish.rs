@@ -62,6 +62,21 @@ pub enum Publisher {
 }
 
 impl Publisher {
+    /// Opens the connection if it is not open yet.
+    pub async fn connect(&self) -> Result<(), String> {
+        match self {
+            Publisher::Mqtt(_) => Ok(()),
+            Publisher::Amqp(p) => p.connect().await,
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        match self {
+            Publisher::Mqtt(p) => p.is_connected(),
+            Publisher::Amqp(p) => p.is_connected(),
+        }
+    }
+
     /// Hands one message to the broker; the returned future resolves once the broker has
     /// answered, so many publishes can be in flight at once.
     pub async fn publish(&self, to: &Address, payload: Vec<u8>) -> Result<Pending, String> {

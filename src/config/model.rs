@@ -31,6 +31,27 @@ pub struct Config {
     /// What happens to dead letters besides being stored.
     #[serde(default)]
     pub dead_letter: Option<DeadLetterSettings>,
+    /// The HTTP endpoint serving `/health` and `/metrics`; off when absent.
+    #[serde(default)]
+    pub http: Option<Http>,
+    /// How often `run` logs a one-line summary when there is no HTTP endpoint; 0 turns it
+    /// off.
+    #[serde(
+        default = "default_log_summary",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub log_summary: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// `address:port` to listen on, e.g. `127.0.0.1:9464` or `0.0.0.0:9464`.
+    pub listen: Spanned<EnvString>,
+}
+
+pub fn default_log_summary() -> Duration {
+    Duration::from_secs(60)
 }
 
 #[derive(Debug, Deserialize)]

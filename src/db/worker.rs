@@ -17,6 +17,7 @@ use super::insert::{Strategy, TablePlan, group_by_presence};
 use crate::config::OnConflict;
 use crate::error::{Class, DbError};
 use crate::mapping::Row;
+use crate::metrics::RouteMetrics;
 
 /// What the route asks of its table.
 #[derive(Debug, Clone)]
@@ -56,12 +57,13 @@ pub async fn start(
     spec: DbSpec,
     target: SinkTarget,
     stop: Arc<AtomicBool>,
+    metrics: Arc<RouteMetrics>,
 ) -> Result<Sink, DbError> {
     let (ready_tx, ready_rx) = oneshot::channel();
     let (tx, rx) = mpsc::channel(1);
     std::thread::Builder::new()
         .name(format!("odbc-{}", target.route))
-        .spawn(move || run(spec, target, stop, ready_tx, rx))
+        .spawn(move || run(spec, target, stop, metrics, ready_tx, rx))
         .map_err(|e| DbError::new(format!("cannot start the database thread: {e}")))?;
     match ready_rx.await {
         Ok(Ok(plan)) => Ok(Sink { plan, requests: tx }),
@@ -74,6 +76,7 @@ fn run(
     spec: DbSpec,
     target: SinkTarget,
     stop: Arc<AtomicBool>,
+    metrics: Arc<RouteMetrics>,
     ready: oneshot::Sender<Result<TablePlan, DbError>>,
     mut requests: mpsc::Receiver<InsertRequest>,
 ) {
@@ -81,6 +84,10 @@ fn run(
     let mut plan: Option<TablePlan> = None;
     let mut pending: Option<InsertRequest> = None;
     let mut backoff = Backoff::new();
+    let down = |metrics: &RouteMetrics| {
+        metrics.set_database_up(false);
+        RouteMetrics::add(&metrics.retries, 1);
+    };
     loop {
         if stop.load(Ordering::Relaxed) && plan.is_none() {
             return;
@@ -89,6 +96,7 @@ fn run(
             Ok(conn) => conn,
             Err(e) => {
                 warn!(route = %target.route, database = %spec.name, error = %e, "database unreachable; retrying");
+                down(&metrics);
                 if !backoff.sleep(&stop) {
                     abandon(pending.take());
                     return;
@@ -99,6 +107,7 @@ fn run(
         let dialect = dialect_of(&conn);
         if let Err(e) = setup_session(&conn, dialect) {
             warn!(route = %target.route, error = %e, "session set-up failed; reconnecting");
+            down(&metrics);
             if !backoff.sleep(&stop) {
                 abandon(pending.take());
                 return;
@@ -116,6 +125,7 @@ fn run(
                 }
                 Err(e) if e.class() == Class::Outage => {
                     warn!(route = %target.route, error = %e, "catalog read failed; retrying");
+                    down(&metrics);
                     if !backoff.sleep(&stop) {
                         return;
                     }
@@ -131,6 +141,7 @@ fn run(
         } else {
             info!(route = %target.route, database = %spec.name, "database reconnected");
         }
+        metrics.set_database_up(true);
         let plan_ref = plan.as_ref().expect("resolved above");
         match serve(
             &conn,
@@ -143,6 +154,7 @@ fn run(
             Served::Closed => return,
             Served::Outage(e) => {
                 warn!(route = %target.route, error = %e, "database outage; the batch will be retried");
+                down(&metrics);
                 let _ = conn.rollback();
                 drop(conn);
                 if !backoff.sleep(&stop) {
