@@ -46,6 +46,9 @@ pub enum Command {
     /// Validate the file, connect to every broker and database, verify tables, columns and
     /// statements; one line per route.
     Check,
+    /// Ask the running bridge's `/health` (at `http.listen`); exit 0 only if every route's
+    /// broker and database are connected. For container health checks.
+    Health,
     /// A guided tour on an embedded MQTT broker and a SQLite file: rows arriving, alerts
     /// published, a dead letter fixed and replayed. Needs no config file.
     Demo {

@@ -11,11 +11,13 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::app::AppError;
 use crate::metrics::{Metrics, Totals};
 
 /// Scrapers are few; more connections than this at once are refused by not accepting.
@@ -56,6 +58,7 @@ async fn accept(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch::R
         tokio::spawn(async move {
             let service = service_fn(move |req| answer(req, metrics.clone()));
             let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
                 .header_read_timeout(Duration::from_secs(10))
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(e) = conn.await {
@@ -126,5 +129,52 @@ pub async fn log_summaries(
         let now = metrics.totals();
         info!(every = ?every, "summary: {}", now.summary_since(&before));
         before = now;
+    }
+}
+
+/// `mqdb health`: one GET of `/health` on the address `http.listen` names.
+pub async fn probe(config: &crate::config::Config) -> Result<(), AppError> {
+    let Some(http) = &config.http else {
+        return Err(AppError::Usage(
+            "http.listen is not set in the config, so there is no /health to ask".into(),
+        ));
+    };
+    let mut addr: SocketAddr = http.listen.value.parse().map_err(|_| {
+        AppError::Usage(format!(
+            "http.listen: `{}` is not an address",
+            http.listen.value
+        ))
+    })?;
+    // A wildcard listener is reached on loopback from inside its own container.
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let ask = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /health HTTP/1.0\r\nHost: mqdb\r\n\r\n")
+            .await?;
+        let mut answer = Vec::new();
+        stream.take(1 << 20).read_to_end(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(5), ask)
+        .await
+        .map_err(|_| AppError::Runtime(format!("{addr}: no answer within 5 s")))?
+        .map_err(|e| AppError::Runtime(format!("{addr}: {e}")))?;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    println!("{}", body.trim_end());
+    if head.split_whitespace().nth(1) == Some("200") {
+        Ok(())
+    } else {
+        Err(AppError::Runtime(format!(
+            "unhealthy: {}",
+            head.lines().next().unwrap_or("no status line")
+        )))
     }
 }

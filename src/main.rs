@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Demo { .. } => unreachable!("handled above"),
             Command::Run => app::run(config).await,
+            Command::Health => mqdb::http::probe(&config).await,
             Command::Check => app::check(config).await,
             Command::Dlq { command } => match command {
                 DlqCommand::List {
