@@ -7,6 +7,7 @@ RUN scripts/setup.sh --packages
 COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY migrations migrations
+COPY benches benches
 RUN cargo build --release --locked --bin mqdb
 
 FROM debian:bookworm-slim
@@ -23,5 +24,8 @@ WORKDIR /var/lib/mqdb
 VOLUME ["/var/lib/mqdb"]
 ENV MQDB_CONFIG=/etc/mqdb/mqdb.yaml
 # The state store (dead letters) belongs on the volume: state: sqlite:///var/lib/mqdb/state.db
+# The health check asks /health, so the config needs http: { listen: 0.0.0.0:9464 }.
+EXPOSE 9464
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 CMD ["/usr/local/bin/mqdb", "health"]
 ENTRYPOINT ["/usr/local/bin/mqdb"]
 CMD ["run"]

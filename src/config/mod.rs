@@ -4,6 +4,8 @@
 mod duration;
 mod env;
 pub mod model;
+#[cfg(test)]
+mod reference;
 mod validate;
 
 use std::fmt;
