@@ -1,6 +1,6 @@
 //! The outbound route loop: poll the query from the stored position, publish each row,
 //! and advance the position only past rows the broker confirmed (or that became dead
-//! letters), in order. `after_publish` runs for confirmed rows before the position moves.
+//! letters), in order. `after_publish` runs for those rows before the position moves.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -269,7 +269,10 @@ impl OutboundRoute {
         let mut done = 0;
         let mut published = 0;
         let mut letters = Vec::new();
-        let mut confirmed: Vec<(usize, Cell)> = Vec::new();
+        // Rows the route is done with, for after_publish: confirmed ones, and dead-lettered
+        // ones (the dead letter holds them now). Marking only confirmed rows would make an
+        // outbox query return a dead-lettered row, and dead-letter it again, on every poll.
+        let mut finished: Vec<(usize, Cell, bool)> = Vec::new();
         for (i, (answered, source, payload)) in answered.into_iter().enumerate() {
             let dead = match answered {
                 Answered::Dead { kind, reason } => Some((kind, reason)),
@@ -283,6 +286,7 @@ impl OutboundRoute {
                     }
                 }
             };
+            let is_dead = dead.is_some();
             match dead {
                 Some((kind, reason)) => letters.push(self.dead_letter(
                     &polled,
@@ -292,26 +296,29 @@ impl OutboundRoute {
                     source.as_ref(),
                     payload,
                 )),
-                None => {
-                    published += 1;
-                    if let Some(&first) = polled.track.first() {
-                        confirmed.push((i, rows[i][first].clone()));
-                    }
-                }
+                None => published += 1,
+            }
+            if let Some(&first) = polled.track.first() {
+                finished.push((i, rows[i][first].clone(), is_dead));
             }
             done = i + 1;
         }
 
         let confirmed_at = started.elapsed();
-        if self.after_publish && !confirmed.is_empty() {
-            let values: Vec<Cell> = confirmed.iter().map(|(_, v)| v.clone()).collect();
+        if self.after_publish && !finished.is_empty() {
+            let values: Vec<Cell> = finished.iter().map(|(_, v, _)| v.clone()).collect();
             let rejected = self
                 .poller
                 .after_publish(values)
                 .await
                 .map_err(|e| format!("after_publish failed: {e}"))?;
             for (k, error) in rejected {
-                let i = confirmed[k].0;
+                let (i, _, already_dead) = finished[k];
+                if already_dead {
+                    // One dead letter per row: it already has one.
+                    warn!(route = %self.name, error = %error, "after_publish rejected a dead-lettered row");
+                    continue;
+                }
                 let payload = match self.format {
                     Format::Json => codec::json_row(&polled.columns, &rows[i]),
                     Format::Csv => codec::csv_row(&rows[i], &self.csv),

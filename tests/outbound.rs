@@ -1940,6 +1940,70 @@ fn outbox_without_a_position_parameter_publishes_each_row_once() {
     terminate_ok(&mut bridge);
 }
 
+#[test]
+fn an_outbox_marks_dead_lettered_rows_so_they_are_dead_lettered_once() {
+    // Given an outbox whose topic comes from the row, and a row whose value cannot be a
+    // topic level (`+`): it becomes a dead letter, not a message
+    let db = Db::Postgres;
+    let world = World::new();
+    let table = TempTable::create(
+        &db,
+        "out_outbox_dead",
+        "id INTEGER PRIMARY KEY, dev TEXT, sent_at TIMESTAMPTZ NULL",
+    );
+    let t = &table.name;
+    db.exec(&format!(
+        "INSERT INTO {t} (id, dev) SELECT g, CASE WHEN g = 4 THEN 'bad+dev' ELSE 'd' || g END FROM generate_series(1, 8) g"
+    ));
+    let topic = unique("outbox_dead");
+    let config = world.config(
+        &db.connection_string(),
+        &[route(
+            "outbox",
+            &format!("SELECT id, dev FROM {t} WHERE sent_at IS NULL ORDER BY id"),
+            &[
+                "track: id",
+                "start: 0",
+                "max_rows: 3",
+                INTERVAL,
+                "broker: m",
+                &format!("topic: {}", yq(&format!("{topic}/{{dev}}"))),
+                &format!(
+                    "after_publish: {}",
+                    yq(&format!("UPDATE {t} SET sent_at = now() WHERE id = ?"))
+                ),
+            ],
+        )],
+    );
+    let sub = world.subscribe(&format!("{topic}/#"));
+
+    // When the bridge runs for many polls
+    let mut bridge = Bridge::start(&config);
+    wait_for(&mut bridge, "seven rows published", || {
+        Ok(mqtt_id_counts(&sub.messages()).len() == 7)
+    });
+    let unsent = format!("SELECT COUNT(*) FROM {t} WHERE sent_at IS NULL");
+    wait_for(&mut bridge, "every row marked", || {
+        Ok(try_scalar(&db, &unsent) == Some(0))
+    });
+    std::thread::sleep(QUIET);
+
+    // Then the bad row is one dead letter, however many polls ran, and every other row
+    // was published once
+    let letters = dlq_list(&config);
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["error_kind"], "topic", "{}", letters[0]);
+    let counts = mqtt_id_counts(&sub.messages());
+    assert_eq!(
+        counts,
+        [1, 2, 3, 5, 6, 7, 8]
+            .into_iter()
+            .map(|i| (i, 1))
+            .collect::<BTreeMap<i64, usize>>()
+    );
+    terminate_ok(&mut bridge);
+}
+
 // ---------------------------------------------------------------------------------------
 // 8. check
 // ---------------------------------------------------------------------------------------
