@@ -147,6 +147,14 @@ impl OutboundRoute {
             if *stop.borrow() {
                 return;
             }
+            // An idle AMQP publisher only reconnects when asked; without this, health would
+            // show its broker down until the next row.
+            if !self.publisher.is_connected()
+                && let Err(e) = self.publisher.connect().await
+            {
+                RouteMetrics::add(&self.metrics.retries, 1);
+                debug!(route = %self.name, broker = %self.broker, error = %e, "publisher not connected");
+            }
             let result = self.cycle(&mut position).await;
             self.metrics.set_broker_up(self.publisher.is_connected());
             let pause = match result {

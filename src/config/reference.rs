@@ -123,7 +123,13 @@ fn every_config_key_is_in_the_readme_reference() {
     let missing: Vec<String> = every_key()
         .into_iter()
         .filter(|(_, key)| !documented(key, text))
-        .map(|(block, key)| if block.is_empty() { key } else { format!("{block}.{key}") })
+        .map(|(block, key)| {
+            if block.is_empty() {
+                key
+            } else {
+                format!("{block}.{key}")
+            }
+        })
         .collect();
     assert!(
         missing.is_empty(),

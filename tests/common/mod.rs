@@ -25,6 +25,7 @@
 mod bridge;
 mod checks;
 mod db;
+pub mod http;
 mod mqtt;
 mod proxy;
 mod rabbit;

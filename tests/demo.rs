@@ -1,0 +1,202 @@
+//! `mqdb demo --dir D`: the guided tour on an embedded MQTT broker and a SQLite file.
+//!
+//! The test runs the real binary, checks the story it prints, then checks what it leaves in
+//! D independently of the demo's own code: the rows of `D/demo.db` through the SQLite ODBC
+//! driver, and the dead-letter queue through `mqdb -c D/mqdb.yaml dlq list --json`. A second
+//! run in the same directory must start afresh and end the same way.
+//!
+//! Waits are liveness deadlines (they only bound a hang), never speed assertions.
+
+mod common;
+
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Db, dlq_list, mqdb_command, path_str, scalar};
+use serde_json::Value as Json;
+
+/// The demo waits at most 30 s for each step; this only bounds a hang.
+const DEADLINE: Duration = Duration::from_secs(180);
+
+/// Runs the binary with `args` until it exits (panics after [`DEADLINE`]); output goes
+/// through files so a full pipe never blocks it. Returns the status, stdout and stderr.
+fn run_bounded(args: &[&str], scratch: &Path) -> (ExitStatus, String, String) {
+    let out_path = scratch.join("stdout");
+    let err_path = scratch.join("stderr");
+    let out = std::fs::File::create(&out_path).expect("create stdout file");
+    let err = std::fs::File::create(&err_path).expect("create stderr file");
+    let mut child = mqdb_command()
+        .args(args)
+        .current_dir(scratch)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn mqdb {args:?}: {e}"));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if start.elapsed() >= DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "mqdb {args:?} did not exit within {DEADLINE:?}; stdout:\n{}\nstderr:\n{}",
+                std::fs::read_to_string(&out_path).unwrap_or_default(),
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (
+        status,
+        std::fs::read_to_string(&out_path).unwrap_or_default(),
+        std::fs::read_to_string(&err_path).unwrap_or_default(),
+    )
+}
+
+/// Checks the story on stdout: the replay, and the three alerts with their payloads.
+fn check_story(stdout: &str) {
+    assert!(stdout.contains("replayed 1 of 1"), "{stdout}");
+    let alerts: Vec<(&str, Json)> = stdout
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("alerts/"))
+        .map(|l| {
+            let (topic, payload) = l
+                .split_once(char::is_whitespace)
+                .unwrap_or_else(|| panic!("alert line without a payload: {l:?}"));
+            let payload: Json = serde_json::from_str(payload.trim())
+                .unwrap_or_else(|e| panic!("alert payload is not JSON ({e}): {l:?}"));
+            (topic, payload)
+        })
+        .collect();
+    assert_eq!(alerts.len(), 3, "{alerts:?}\n{stdout}");
+    let topics: Vec<&str> = alerts.iter().map(|(t, _)| *t).collect();
+    assert_eq!(
+        topics
+            .iter()
+            .filter(|t| **t == "alerts/plant2/dev3")
+            .count(),
+        2,
+        "{topics:?}"
+    );
+    assert_eq!(
+        topics
+            .iter()
+            .filter(|t| **t == "alerts/plant2/dev9")
+            .count(),
+        1,
+        "{topics:?}"
+    );
+    for (topic, payload) in &alerts {
+        let device = payload["device"].as_str().expect("device");
+        let site = payload["site"].as_str().expect("site");
+        assert_eq!(*topic, format!("alerts/{site}/{device}"), "{payload}");
+        let celsius = payload["celsius"].as_f64().expect("celsius");
+        assert!(celsius > 30.0, "an alert below 30 °C: {payload}");
+    }
+}
+
+/// Checks what the demo left in `dir`, without the demo's code: rows through ODBC and the
+/// dead letters through `mqdb dlq list --json`.
+fn check_artefacts(dir: &Path) {
+    for file in ["mqdb.yaml", "demo.db", "state.db"] {
+        assert!(
+            dir.join(file).is_file(),
+            "{file} missing in {}",
+            dir.display()
+        );
+    }
+
+    // 7 rows: dev1, dev2 and dev3 twice each, and dev9's replayed reading
+    let db = Db::Sqlite(dir.join("demo.db"));
+    let per_device: Vec<(String, i64)> = db
+        .query("SELECT device, COUNT(*) FROM readings GROUP BY device ORDER BY device")
+        .into_iter()
+        .map(|row| {
+            let device = row[0].clone().expect("device");
+            let n = row[1]
+                .as_deref()
+                .expect("count")
+                .trim()
+                .parse()
+                .expect("count is an integer");
+            (device, n)
+        })
+        .collect();
+    assert_eq!(
+        per_device,
+        vec![
+            ("dev1".to_string(), 2),
+            ("dev2".to_string(), 2),
+            ("dev3".to_string(), 2),
+            ("dev9".to_string(), 1),
+        ]
+    );
+    assert_eq!(db.count("readings"), 7);
+    // dev9's reading is the one replayed from the dead-letter queue, stored in UTC
+    let dev9 = db.query("SELECT site, celsius, measured_at FROM readings WHERE device = 'dev9'");
+    let row = &dev9[0];
+    assert_eq!(row[0].as_deref(), Some("plant2"));
+    let celsius: f64 = row[1]
+        .as_deref()
+        .expect("celsius")
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!((celsius - 35.2).abs() < 1e-9, "{row:?}");
+    let measured = row[2].as_deref().expect("measured_at");
+    assert!(
+        measured
+            .replace('T', " ")
+            .starts_with("2026-05-01 06:02:30"),
+        "{measured:?} is not 08:02:30+02:00 in UTC"
+    );
+    // the malformed reading never became a row
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT COUNT(*) FROM readings WHERE celsius BETWEEN 22.55 AND 22.65"
+        ),
+        0,
+        "the cut-short message became a row"
+    );
+
+    // Exactly one dead letter is left: the malformed message (the rejected one was replayed)
+    let letters = dlq_list(&dir.join("mqdb.yaml"));
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    assert_eq!(letter["error_kind"], "decode", "{letter}");
+    assert_eq!(letter["route"], "readings", "{letter}");
+    assert_eq!(letter["direction"], "inbound", "{letter}");
+    let payload = letter["payload"].as_str().expect("payload as text");
+    assert!(payload.starts_with(r#"{"value": 22.6"#), "{letter}");
+}
+
+#[test]
+fn demo_tells_its_story_and_leaves_a_database_and_a_dead_letter_queue() {
+    let scratch = tempfile::Builder::new()
+        .prefix("mqdb-demo-test-")
+        .tempdir()
+        .expect("temp dir");
+    // A directory that does not exist yet: the demo creates it
+    let dir = scratch.path().join("tour");
+
+    for run in 1..=2 {
+        // When the demo runs (the second time in the same directory)
+        let (status, stdout, stderr) =
+            run_bounded(&["demo", "--dir", path_str(&dir)], scratch.path());
+
+        // Then it exits 0 having told the story, and leaves the same artefacts: the second
+        // run started afresh rather than adding to the first one's rows and letters
+        assert!(
+            status.success(),
+            "run {run}: mqdb demo exited with {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        check_story(&stdout);
+        check_artefacts(&dir);
+    }
+}

@@ -1,0 +1,1254 @@
+//! What `mqdb run` tells an operator about itself, against the real local services:
+//! `GET /metrics` (Prometheus text) and `GET /health` at `http.listen`, `mqdb health`, and the
+//! periodic log summary when there is no HTTP endpoint.
+//!
+//! 1. Known counts: an MQTT inbound route and an outbound route on PostgreSQL; after N good
+//!    and K malformed messages and R source rows every counter, gauge and histogram says
+//!    exactly what happened, and `/health` says every connection is up.
+//! 2. Outages: a private Mosquitto stopped and restarted, and PostgreSQL cut by a TCP proxy,
+//!    turn `/health` (and `mqdb health`) to 503 / exit 1 with the right flag false, count
+//!    retries, and come back to 200 / exit 0 with every message stored. An idle AMQP
+//!    outbound route must also be healthy again once its broker is back (it is not, today:
+//!    its publisher reconnects only when a row needs publishing).
+//! 3. An AMQP inbound route (RabbitMQ) counts the same way.
+//! 4. Without `http`, `log_summary: 1s` logs lines whose increments add up to what happened.
+//! 5. Config and start-up errors: a bad `http.listen` (exit 2, file:line), a taken port
+//!    (exit 1), `mqdb health` without `http` (exit 2) or with nothing listening (exit 1).
+//! 6. Unknown paths are 404 and other methods than GET/HEAD are 405.
+//!
+//! Every test has its own temp dir (config, state store, log), its own HTTP port, unique
+//! table, topic, queue and client-id names, and a private Mosquitto where MQTT is involved.
+//! Waits are liveness deadlines (they only bound a hang), never speed assertions.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::http;
+use common::{
+    Bridge, Db, LIVENESS, Mosquitto, Publisher, Rabbit, Subscriber, TcpProxy, TempTable, dlq_list,
+    free_port, mqdb_command, path_str, terminate_ok, unique, wait_for, wait_for_count,
+};
+use serde_json::{Value as Json, json};
+
+/// The poll interval of the outbound routes here.
+const INTERVAL: &str = "interval: 100ms";
+
+/// How long to keep watching for messages that must not come (several poll intervals).
+const QUIET: Duration = Duration::from_millis(800);
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------
+
+/// A YAML double-quoted scalar (JSON string syntax is valid YAML).
+fn yq(text: &str) -> String {
+    serde_json::to_string(text).expect("a string serializes")
+}
+
+/// A free `127.0.0.1:PORT` for `http.listen`.
+fn free_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+/// One test's temp dir and the pieces of its `mqdb.yaml`.
+struct Config {
+    dir: tempfile::TempDir,
+    /// `name: { ... }` flow mappings under `brokers:`.
+    brokers: Vec<String>,
+    /// `name: { ... }` flow mappings under `databases:`.
+    databases: Vec<String>,
+    inbound: Vec<String>,
+    outbound: Vec<String>,
+    /// Extra top-level lines (`http: ...`, `log_summary: ...`).
+    top: Vec<String>,
+}
+
+impl Config {
+    fn new() -> Config {
+        Config {
+            dir: tempfile::Builder::new()
+                .prefix("mqdb-obs-")
+                .tempdir()
+                .expect("temp dir"),
+            brokers: Vec::new(),
+            databases: Vec::new(),
+            inbound: Vec::new(),
+            outbound: Vec::new(),
+            top: Vec::new(),
+        }
+    }
+
+    fn mqtt_broker(&mut self, name: &str, url: &str, client_id: &str) -> &mut Self {
+        self.brokers.push(format!(
+            "{name}: {{ url: {}, client_id: {} }}",
+            yq(url),
+            yq(client_id)
+        ));
+        self
+    }
+
+    fn amqp_broker(&mut self, name: &str, url: &str) -> &mut Self {
+        self.brokers.push(format!("{name}: {{ url: {} }}", yq(url)));
+        self
+    }
+
+    fn database(&mut self, name: &str, connection_string: &str) -> &mut Self {
+        self.databases.push(format!(
+            "{name}: {{ connection_string: {} }}",
+            yq(connection_string)
+        ));
+        self
+    }
+
+    /// An inbound route from broker `broker` (`topic:` for MQTT, `queue:` for AMQP, as
+    /// given in `source`) into `table` of database `d`: JSON `{"id": .., "v": ..}`.
+    fn inbound(&mut self, name: &str, broker: &str, source: &str, table: &str) -> &mut Self {
+        self.inbound.push(format!(
+            "  - name: {name}\n    broker: {broker}\n    {source}\n    database: d\n    \
+             table: {table}\n    format: json\n    \
+             batch: {{ max_rows: 100, max_delay: 50ms }}\n    \
+             columns:\n      id: payload.id\n      v: payload.v\n"
+        ));
+        self
+    }
+
+    /// An outbound route polling `SELECT id, v FROM table WHERE id > ?` on database `d`,
+    /// publishing each row to `topic_prefix/{id}` on broker `broker`.
+    fn outbound(&mut self, name: &str, broker: &str, table: &str, topic_prefix: &str) -> &mut Self {
+        self.outbound.push(format!(
+            "  - name: {name}\n    database: d\n    \
+             query: {}\n    track: id\n    start: 0\n    {INTERVAL}\n    \
+             broker: {broker}\n    topic: {}\n    qos: 1\n",
+            yq(&format!(
+                "SELECT id, v FROM {table} WHERE id > ? ORDER BY id"
+            )),
+            yq(&format!("{topic_prefix}/{{id}}")),
+        ));
+        self
+    }
+
+    /// An outbound route polling `SELECT id, v FROM table WHERE id > ?` on database `d`,
+    /// publishing each row to the default exchange of AMQP broker `broker`, routed to
+    /// `queue`.
+    fn outbound_amqp(&mut self, name: &str, broker: &str, table: &str, queue: &str) -> &mut Self {
+        self.outbound.push(format!(
+            "  - name: {name}\n    database: d\n    \
+             query: {}\n    track: id\n    start: 0\n    {INTERVAL}\n    \
+             broker: {broker}\n    exchange: \"\"\n    routing_key: {}\n",
+            yq(&format!(
+                "SELECT id, v FROM {table} WHERE id > ? ORDER BY id"
+            )),
+            yq(queue),
+        ));
+        self
+    }
+
+    fn http(&mut self, listen: &str) -> &mut Self {
+        self.top.push(format!("http: {{ listen: {} }}", yq(listen)));
+        self
+    }
+
+    fn line(&mut self, line: &str) -> &mut Self {
+        self.top.push(line.to_string());
+        self
+    }
+
+    /// Writes `mqdb.yaml` and returns its path.
+    fn write(&self) -> PathBuf {
+        let mut text = format!(
+            "state: {}\n",
+            yq(&format!(
+                "sqlite://{}",
+                self.dir.path().join("state.db").display()
+            ))
+        );
+        for line in &self.top {
+            text.push_str(line);
+            text.push('\n');
+        }
+        let section = |text: &mut String, key: &str, items: &[String], indent: &str| {
+            if !items.is_empty() {
+                text.push_str(&format!("{key}:\n"));
+                for item in items {
+                    text.push_str(indent);
+                    text.push_str(item);
+                    if !item.ends_with('\n') {
+                        text.push('\n');
+                    }
+                }
+            }
+        };
+        section(&mut text, "brokers", &self.brokers, "  ");
+        section(&mut text, "databases", &self.databases, "  ");
+        section(&mut text, "inbound", &self.inbound, "");
+        section(&mut text, "outbound", &self.outbound, "");
+        let path = self.dir.path().join("mqdb.yaml");
+        std::fs::write(&path, text).expect("write mqdb.yaml");
+        path
+    }
+}
+
+/// One scrape of `/metrics`: every sample in order, by its series (`name{labels}`).
+struct Scrape {
+    text: String,
+    samples: Vec<(String, f64)>,
+}
+
+impl Scrape {
+    /// Parses the Prometheus text format strictly: every sample line is `SERIES VALUE` with
+    /// a numeric value, and every metric has a `# TYPE` line before its samples.
+    fn parse(text: String) -> Scrape {
+        let mut typed: Vec<(String, String)> = Vec::new();
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest
+                    .split_once(' ')
+                    .unwrap_or_else(|| panic!("bad TYPE line {line:?}"));
+                typed.push((name.to_string(), kind.to_string()));
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let (series, value) = line
+                .rsplit_once(' ')
+                .unwrap_or_else(|| panic!("sample line without a value: {line:?}\n{text}"));
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|e| panic!("{line:?}: the value is not a number: {e}"));
+            let name = series.split('{').next().unwrap_or(series);
+            let declared = typed.iter().any(|(t, kind)| {
+                name == t
+                    || (kind == "histogram"
+                        && ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .any(|s| name.strip_suffix(s) == Some(t)))
+            });
+            assert!(declared, "{name} has no # TYPE line before it:\n{text}");
+            samples.push((series.to_string(), value));
+        }
+        Scrape { text, samples }
+    }
+
+    fn try_get(&self, series: &str) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|(s, _)| s == series)
+            .map(|(_, v)| *v)
+    }
+
+    fn get(&self, series: &str) -> f64 {
+        self.try_get(series)
+            .unwrap_or_else(|| panic!("no sample {series} in /metrics:\n{}", self.text))
+    }
+
+    /// `name{route="ROUTE",direction="DIR"}`.
+    fn route(&self, name: &str, route: &str, direction: &str) -> f64 {
+        self.get(&series(name, route, direction))
+    }
+
+    fn up(&self, route: &str, direction: &str, component: &str) -> f64 {
+        self.get(&format!(
+            "mqdb_up{{route=\"{route}\",direction=\"{direction}\",component=\"{component}\"}}"
+        ))
+    }
+
+    /// Checks the route's `mqdb_batch_seconds` histogram is well formed (buckets in
+    /// increasing `le` order ending with `+Inf`, cumulative counts non-decreasing, `+Inf`
+    /// equal to `_count`, a non-negative `_sum`) and returns its count.
+    fn histogram_count(&self, route: &str, direction: &str) -> f64 {
+        let prefix =
+            format!("mqdb_batch_seconds_bucket{{route=\"{route}\",direction=\"{direction}\",le=\"");
+        let buckets: Vec<(f64, f64)> = self
+            .samples
+            .iter()
+            .filter_map(|(s, v)| {
+                let le = s.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse()
+                        .unwrap_or_else(|e| panic!("bucket bound {le:?} is not a number: {e}"))
+                };
+                Some((le, *v))
+            })
+            .collect();
+        assert!(
+            buckets.len() >= 2,
+            "{route}: fewer than two buckets:\n{}",
+            self.text
+        );
+        assert_eq!(
+            buckets.last().map(|b| b.0),
+            Some(f64::INFINITY),
+            "{route}: the last bucket is not +Inf:\n{}",
+            self.text
+        );
+        for pair in buckets.windows(2) {
+            assert!(
+                pair[0].0 < pair[1].0,
+                "{route}: bucket bounds not increasing: {buckets:?}"
+            );
+            assert!(
+                pair[0].1 <= pair[1].1,
+                "{route}: cumulative bucket counts decrease: {buckets:?}"
+            );
+        }
+        let count = self.route("mqdb_batch_seconds_count", route, direction);
+        let sum = self.route("mqdb_batch_seconds_sum", route, direction);
+        assert_eq!(
+            buckets.last().map(|b| b.1),
+            Some(count),
+            "{route}: +Inf bucket != _count:\n{}",
+            self.text
+        );
+        assert!(
+            sum.is_finite() && sum >= 0.0,
+            "{route}: _sum is {sum}:\n{}",
+            self.text
+        );
+        count
+    }
+
+    /// Every `mqdb_up` sample.
+    fn ups(&self) -> Vec<(String, f64)> {
+        self.samples
+            .iter()
+            .filter(|(s, _)| s.starts_with("mqdb_up{"))
+            .cloned()
+            .collect()
+    }
+}
+
+fn series(name: &str, route: &str, direction: &str) -> String {
+    format!("{name}{{route=\"{route}\",direction=\"{direction}\"}}")
+}
+
+/// `GET /metrics` (asserting 200), parsed.
+fn scrape(addr: &str) -> Scrape {
+    let (status, body) = http::get(addr, "/metrics");
+    assert_eq!(status, 200, "GET /metrics: {body}");
+    Scrape::parse(body)
+}
+
+/// `GET /metrics` parsed, `None` while nothing listens.
+fn try_scrape(addr: &str) -> Option<Scrape> {
+    match http::try_get(addr, "/metrics")? {
+        (200, body) => Some(Scrape::parse(body)),
+        (status, body) => panic!("GET /metrics answered {status}: {body}"),
+    }
+}
+
+/// `GET /health`: the status code and the JSON document (asserted to be JSON).
+fn health(addr: &str) -> (u16, Json) {
+    let (status, body) = http::get(addr, "/health");
+    let doc = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("GET /health ({status}) is not JSON: {e}: {body:?}"));
+    (status, doc)
+}
+
+fn try_health(addr: &str) -> Option<(u16, Json)> {
+    let (status, body) = http::try_get(addr, "/health")?;
+    let doc = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("GET /health ({status}) is not JSON: {e}: {body:?}"));
+    Some((status, doc))
+}
+
+/// Waits until `/health` answers and `check(status, doc)` holds; returns the last answer.
+fn wait_health(
+    bridge: &mut Bridge,
+    addr: &str,
+    what: &str,
+    mut check: impl FnMut(u16, &Json) -> bool,
+) -> (u16, Json) {
+    let mut last = None;
+    wait_for(bridge, &format!("/health: {what}"), || {
+        let Some((status, doc)) = try_health(addr) else {
+            return Ok(false);
+        };
+        let ok = check(status, &doc);
+        last = Some((status, doc));
+        Ok(ok)
+    });
+    last.expect("at least one answer")
+}
+
+/// Waits until `/health` is 200.
+fn wait_healthy(bridge: &mut Bridge, addr: &str) -> Json {
+    wait_health(bridge, addr, "200", |status, _| status == 200).1
+}
+
+/// Waits until `/metrics` answers and `check` accepts it; returns that scrape.
+fn wait_scrape(
+    bridge: &mut Bridge,
+    addr: &str,
+    what: &str,
+    mut check: impl FnMut(&Scrape) -> Result<bool, String>,
+) -> Scrape {
+    let mut last = None;
+    wait_for(bridge, &format!("/metrics: {what}"), || {
+        let Some(s) = try_scrape(addr) else {
+            return Ok(false);
+        };
+        let ok = check(&s).map_err(|e| format!("{e}\n{}", s.text))?;
+        last = Some(s);
+        Ok(ok)
+    });
+    last.expect("at least one scrape")
+}
+
+/// Waits until an inbound route has taken `want` messages and finished all of them
+/// (`mqdb_in_flight` 0); more than `want` fails at once (duplicates).
+fn wait_inbound_settled(bridge: &mut Bridge, addr: &str, route: &str, want: f64) -> Scrape {
+    wait_scrape(
+        bridge,
+        addr,
+        &format!("{route} received {want} messages and has none in flight"),
+        |s| {
+            let received = s.route("mqdb_messages_received_total", route, "inbound");
+            if received > want {
+                return Err(format!("{route} received {received}, more than {want}"));
+            }
+            Ok(received == want && s.route("mqdb_in_flight", route, "inbound") == 0.0)
+        },
+    )
+}
+
+/// Waits until `broker` (started with `log_type all`) has logged `n` PUBACKs from
+/// `client_id`.
+fn wait_acked(bridge: &mut Bridge, broker: &Mosquitto, client_id: &str, n: usize) {
+    let needle = format!("Received PUBACK from {client_id} ");
+    wait_for(bridge, &format!("{n} PUBACKs from {client_id}"), || {
+        Ok(broker.log().matches(&needle).count() >= n)
+    });
+}
+
+/// `mqdb -c CONFIG health`, bounded by a deadline: exit status, stdout, stderr.
+fn mqdb_health(config: &Path) -> (ExitStatus, String, String) {
+    run_bounded(&["-c", path_str(config), "health"], Duration::from_secs(30))
+}
+
+/// Runs the binary with `args` and waits for it to exit (panics after `timeout`, a hang
+/// detector); its output goes through files, so a full pipe never blocks it.
+fn run_bounded(args: &[&str], timeout: Duration) -> (ExitStatus, String, String) {
+    let dir = tempfile::Builder::new()
+        .prefix("mqdb-obs-run-")
+        .tempdir()
+        .expect("temp dir");
+    let out_path = dir.path().join("stdout");
+    let err_path = dir.path().join("stderr");
+    let out = std::fs::File::create(&out_path).expect("create stdout file");
+    let err = std::fs::File::create(&err_path).expect("create stderr file");
+    let mut child = mqdb_command()
+        .args(args)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn mqdb {args:?}: {e}"));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if start.elapsed() >= timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "mqdb {args:?} did not exit within {timeout:?}; stderr:\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (
+        status,
+        std::fs::read_to_string(&out_path).unwrap_or_default(),
+        std::fs::read_to_string(&err_path).unwrap_or_default(),
+    )
+}
+
+/// JSON payloads `{"id":ID,"v":"vID"}`.
+fn good(id: i64) -> Vec<u8> {
+    format!(r#"{{"id":{id},"v":"v{id}"}}"#).into_bytes()
+}
+
+/// A payload that is not JSON.
+fn bad(i: i64) -> Vec<u8> {
+    format!(r#"{{"id":{i},"v":"cut short"#).into_bytes()
+}
+
+/// `n` good messages (ids `first..first+n`) with `k` bad ones spread among them, on `topic`.
+fn mixed(topic: &str, first: i64, n: i64, k: i64) -> Vec<(String, Vec<u8>)> {
+    let mut msgs: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| (topic.to_string(), good(first + i)))
+        .collect();
+    for j in 0..k {
+        let at = ((j + 1) * n / (k + 1) + j) as usize;
+        msgs.insert(at.min(msgs.len()), (topic.to_string(), bad(j)));
+    }
+    msgs
+}
+
+fn count_sql(table: &str) -> String {
+    format!("SELECT COUNT(*) FROM {table}")
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. Known counts
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn metrics_and_health_report_exactly_what_the_routes_did() {
+    const N: i64 = 25; // good inbound messages
+    const K: i64 = 3; // malformed inbound messages
+    const R: i64 = 7; // rows for the outbound route
+
+    // Given a private broker, an inbound route into one PostgreSQL table and an outbound
+    // route reading another one that holds R rows, and an HTTP endpoint
+    let db = Db::Postgres;
+    let broker = Mosquitto::start();
+    let sink = TempTable::create(&db, "obs_sink", "id INTEGER PRIMARY KEY, v TEXT NOT NULL");
+    let source = TempTable::create(&db, "obs_src", "id INTEGER PRIMARY KEY, v TEXT NOT NULL");
+    let values: Vec<String> = (1..=R).map(|i| format!("({i}, 'r{i}')")).collect();
+    db.exec(&format!(
+        "INSERT INTO {} (id, v) VALUES {}",
+        source.name,
+        values.join(", ")
+    ));
+    let base = unique("obs");
+    let in_topic = format!("obs/{base}/in");
+    let out_prefix = format!("obs/{base}/out");
+    let addr = free_addr();
+    let mut config = Config::new();
+    config
+        .mqtt_broker("b", &broker.url(), &unique("mqdb_obs"))
+        .database("d", &db.connection_string())
+        .inbound(
+            "readings",
+            "b",
+            &format!("topic: {}", yq(&in_topic)),
+            &sink.name,
+        )
+        .outbound("alerts", "b", &source.name, &out_prefix)
+        .http(&addr);
+    let config = config.write();
+    let counter = Subscriber::connect(broker.port, &format!("{out_prefix}/#"), 1);
+
+    // When the bridge runs
+    let mut bridge = Bridge::start(&config);
+
+    // Then /health turns 200 with every connection up (so the inbound route has subscribed)
+    let doc = wait_healthy(&mut bridge, &addr);
+    let all_up = json!({
+        "status": "ok",
+        "brokers": {"b": true},
+        "databases": {"d": true},
+        "routes": {
+            "readings": {"direction": "inbound", "broker": true, "database": true},
+            "alerts": {"direction": "outbound", "broker": true, "database": true},
+        },
+    });
+    assert_eq!(doc, all_up);
+
+    // When N good and K malformed messages are published
+    let publisher = Publisher::connect(broker.port);
+    let msgs = mixed(&in_topic, 1, N, K);
+    assert_eq!(msgs.len() as i64, N + K);
+    publisher.publish_all_confirmed(msgs, 1);
+
+    // Then N rows arrive, and once every message is done the counters are exact
+    wait_for_count(&mut bridge, &db, &count_sql(&sink.name), N);
+    let s = wait_inbound_settled(&mut bridge, &addr, "readings", (N + K) as f64);
+    assert_eq!(
+        s.route("mqdb_messages_received_total", "readings", "inbound"),
+        (N + K) as f64
+    );
+    assert_eq!(
+        s.route("mqdb_rows_written_total", "readings", "inbound"),
+        N as f64
+    );
+    assert_eq!(
+        s.route("mqdb_dead_letters_total", "readings", "inbound"),
+        K as f64
+    );
+    assert_eq!(s.route("mqdb_retries_total", "readings", "inbound"), 0.0);
+    assert_eq!(s.route("mqdb_in_flight", "readings", "inbound"), 0.0);
+    let batches = s.histogram_count("readings", "inbound");
+    assert!(
+        (1.0..=N as f64).contains(&batches),
+        "inbound batches: {batches} (every committed batch has 1..=N rows)"
+    );
+    // Inbound routes have no outbound series and vice versa
+    for name in ["mqdb_rows_read_total", "mqdb_messages_published_total"] {
+        assert_eq!(s.try_get(&series(name, "readings", "inbound")), None);
+    }
+    for name in ["mqdb_messages_received_total", "mqdb_rows_written_total"] {
+        assert_eq!(s.try_get(&series(name, "alerts", "outbound")), None);
+    }
+    // The dead letters are the K malformed messages
+    let letters = dlq_list(&config);
+    assert_eq!(letters.len() as i64, K, "{letters:?}");
+    for l in &letters {
+        assert_eq!(l["error_kind"], "decode", "{l}");
+        assert_eq!(l["route"], "readings", "{l}");
+    }
+
+    // And the outbound route published its R rows: the subscriber got exactly R, and the
+    // lag is back to 0 once it has caught up
+    counter.wait_for(R as usize, LIVENESS);
+    wait_scrape(&mut bridge, &addr, "alerts published R", |s| {
+        let published = s.route("mqdb_messages_published_total", "alerts", "outbound");
+        if published > R as f64 {
+            return Err(format!("published {published} > {R}"));
+        }
+        Ok(published == R as f64)
+    });
+    wait_scrape(&mut bridge, &addr, "alerts lag back to 0", |s| {
+        Ok(s.route("mqdb_outbound_lag_seconds", "alerts", "outbound") == 0.0)
+    });
+    std::thread::sleep(QUIET);
+    let s = scrape(&addr);
+    let got = counter.messages();
+    let mut ids: Vec<i64> = got
+        .iter()
+        .map(|m| {
+            let v: Json = serde_json::from_slice(&m.payload).expect("JSON payload");
+            v["id"].as_i64().expect("id")
+        })
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=R).collect::<Vec<_>>(), "{got:?}");
+    assert_eq!(
+        s.route("mqdb_rows_read_total", "alerts", "outbound"),
+        R as f64
+    );
+    assert_eq!(
+        s.route("mqdb_messages_published_total", "alerts", "outbound"),
+        R as f64
+    );
+    assert_eq!(
+        s.route("mqdb_dead_letters_total", "alerts", "outbound"),
+        0.0
+    );
+    assert_eq!(s.route("mqdb_retries_total", "alerts", "outbound"), 0.0);
+    assert_eq!(s.route("mqdb_in_flight", "alerts", "outbound"), 0.0);
+    assert_eq!(
+        s.route("mqdb_outbound_lag_seconds", "alerts", "outbound"),
+        0.0
+    );
+    let rounds = s.histogram_count("alerts", "outbound");
+    assert!(
+        (1.0..=R as f64).contains(&rounds),
+        "outbound rounds with rows: {rounds}"
+    );
+    // The inbound counters have not moved since
+    assert_eq!(
+        s.route("mqdb_messages_received_total", "readings", "inbound"),
+        (N + K) as f64
+    );
+    assert_eq!(
+        s.route("mqdb_rows_written_total", "readings", "inbound"),
+        N as f64
+    );
+
+    // And every connection is up: in /metrics and in /health
+    let ups = s.ups();
+    assert_eq!(ups.len(), 4, "{ups:?}");
+    for component in ["broker", "database"] {
+        assert_eq!(s.up("readings", "inbound", component), 1.0);
+        assert_eq!(s.up("alerts", "outbound", component), 1.0);
+    }
+    assert!(ups.iter().all(|(_, v)| *v == 1.0), "{ups:?}");
+    let (status, doc) = health(&addr);
+    assert_eq!(status, 200, "{doc}");
+    assert_eq!(doc, all_up);
+    assert_eq!(counter.count() as i64, R, "more alerts arrived late");
+
+    terminate_ok(&mut bridge);
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. Outages
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn health_and_metrics_follow_broker_and_database_outages() {
+    const P0: i64 = 5; // before any outage
+    const P1: i64 = 5; // after the broker came back
+    const M: i64 = 12; // published while the database is cut off
+
+    // Given an inbound and an outbound route on a private broker and on PostgreSQL reached
+    // through a proxy, and an HTTP endpoint
+    let db = Db::Postgres;
+    // `log_type all`: the broker logs each PUBACK it receives (see `wait_acked`)
+    let mut broker = Mosquitto::start_with_extra_config("log_type all");
+    let client_id = unique("mqdb_obs");
+    let proxy = TcpProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], 5432)));
+    let sink = TempTable::create(
+        &db,
+        "obs_out_sink",
+        "id INTEGER PRIMARY KEY, v TEXT NOT NULL",
+    );
+    let source = TempTable::create(
+        &db,
+        "obs_out_src",
+        "id INTEGER PRIMARY KEY, v TEXT NOT NULL",
+    );
+    let base = unique("obs");
+    let in_topic = format!("obs/{base}/in");
+    let addr = free_addr();
+    let mut config = Config::new();
+    config
+        .mqtt_broker("b", &broker.url(), &client_id)
+        .database("d", &db.connection_string_via(proxy.port))
+        .inbound(
+            "readings",
+            "b",
+            &format!("topic: {}", yq(&in_topic)),
+            &sink.name,
+        )
+        .outbound("alerts", "b", &source.name, &format!("obs/{base}/out"))
+        .http(&addr);
+    let config = config.write();
+    let mut bridge = Bridge::start(&config);
+    wait_healthy(&mut bridge, &addr);
+    let (status, stdout, stderr) = mqdb_health(&config);
+    assert!(status.success(), "mqdb health: {status}: {stdout}{stderr}");
+    let printed: Json = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("mqdb health printed no JSON ({e}): {stdout}"));
+    assert_eq!(printed["status"], "ok", "{printed}");
+    let publisher = Publisher::connect(broker.port);
+    publisher.publish_all_confirmed((1..=P0).map(|i| (in_topic.clone(), good(i))).collect(), 1);
+    wait_for_count(&mut bridge, &db, &count_sql(&sink.name), P0);
+    // The broker must have the bridge's acknowledgements before it stops, or it redelivers
+    // those messages after the restart (at least once: they would come back as duplicates)
+    wait_acked(&mut bridge, &broker, &client_id, P0 as usize);
+    let retries_before = scrape(&addr).route("mqdb_retries_total", "readings", "inbound");
+    drop(publisher);
+
+    // When the broker stops
+    broker.stop();
+
+    // Then /health turns 503 with the broker down for both routes, the database still up
+    let (_, doc) = wait_health(
+        &mut bridge,
+        &addr,
+        "503 with broker b down",
+        |status, doc| {
+            status == 503
+                && doc["routes"]["readings"]["broker"] == false
+                && doc["routes"]["alerts"]["broker"] == false
+        },
+    );
+    assert_eq!(doc["status"], "degraded", "{doc}");
+    assert_eq!(doc["brokers"]["b"], false, "{doc}");
+    assert_eq!(doc["databases"]["d"], true, "{doc}");
+    assert_eq!(doc["routes"]["readings"]["database"], true, "{doc}");
+    // and `mqdb health` exits 1, printing the degraded document
+    let (status, stdout, stderr) = mqdb_health(&config);
+    assert_eq!(status.code(), Some(1), "mqdb health: {stdout}{stderr}");
+    let printed: Json = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("mqdb health printed no JSON ({e}): {stdout}"));
+    assert_eq!(printed["status"], "degraded", "{printed}");
+    // and /metrics shows the broker down and counts the lost connection as a retry
+    let s = wait_scrape(&mut bridge, &addr, "inbound retries counted", |s| {
+        Ok(s.route("mqdb_retries_total", "readings", "inbound") > retries_before)
+    });
+    assert_eq!(s.up("readings", "inbound", "broker"), 0.0);
+    assert_eq!(s.up("readings", "inbound", "database"), 1.0);
+
+    // When the broker comes back
+    broker.restart();
+
+    // Then /health is 200 again, `mqdb health` exits 0, and messages flow again
+    wait_healthy(&mut bridge, &addr);
+    let (status, stdout, stderr) = mqdb_health(&config);
+    assert!(status.success(), "mqdb health: {status}: {stdout}{stderr}");
+    let publisher = Publisher::connect(broker.port);
+    publisher.publish_all_confirmed(
+        (P0 + 1..=P0 + P1)
+            .map(|i| (in_topic.clone(), good(i)))
+            .collect(),
+        1,
+    );
+    wait_for_count(&mut bridge, &db, &count_sql(&sink.name), P0 + P1);
+    let s = scrape(&addr);
+    let retries_before = s.route("mqdb_retries_total", "readings", "inbound");
+    let out_retries_before = s.route("mqdb_retries_total", "alerts", "outbound");
+
+    // When the database connection is cut and M messages arrive meanwhile
+    proxy.set_down(true);
+    publisher.publish_all_confirmed(
+        (P0 + P1 + 1..=P0 + P1 + M)
+            .map(|i| (in_topic.clone(), good(i)))
+            .collect(),
+        1,
+    );
+
+    // Then /health turns 503 with the database down for both routes, the broker up
+    let (_, doc) = wait_health(
+        &mut bridge,
+        &addr,
+        "503 with database d down",
+        |status, doc| {
+            status == 503
+                && doc["routes"]["readings"]["database"] == false
+                && doc["routes"]["alerts"]["database"] == false
+        },
+    );
+    assert_eq!(doc["status"], "degraded", "{doc}");
+    assert_eq!(doc["databases"]["d"], false, "{doc}");
+    assert_eq!(doc["brokers"]["b"], true, "{doc}");
+    let (status, stdout, stderr) = mqdb_health(&config);
+    assert_eq!(status.code(), Some(1), "mqdb health: {stdout}{stderr}");
+    // and the failed writes and polls count as retries
+    let s = wait_scrape(&mut bridge, &addr, "retries grow on both routes", |s| {
+        Ok(
+            s.route("mqdb_retries_total", "readings", "inbound") > retries_before
+                && s.route("mqdb_retries_total", "alerts", "outbound") > out_retries_before,
+        )
+    });
+    assert_eq!(s.up("readings", "inbound", "database"), 0.0);
+    assert_eq!(s.up("alerts", "outbound", "database"), 0.0);
+    assert_eq!(s.up("readings", "inbound", "broker"), 1.0);
+    // and nothing of the outage's messages is in the table yet
+    assert_eq!(
+        common::scalar(&db, &count_sql(&sink.name)),
+        P0 + P1,
+        "rows committed while the database was cut off"
+    );
+
+    // When the connection is restored
+    proxy.set_down(false);
+
+    // Then every message published during the outage arrives, /health is 200 again, and the
+    // counters add up
+    wait_for_count(&mut bridge, &db, &count_sql(&sink.name), P0 + P1 + M);
+    wait_healthy(&mut bridge, &addr);
+    let (status, stdout, stderr) = mqdb_health(&config);
+    assert!(status.success(), "mqdb health: {status}: {stdout}{stderr}");
+    let s = wait_inbound_settled(&mut bridge, &addr, "readings", (P0 + P1 + M) as f64);
+    assert_eq!(
+        s.route("mqdb_rows_written_total", "readings", "inbound"),
+        (P0 + P1 + M) as f64
+    );
+    assert_eq!(
+        s.route("mqdb_dead_letters_total", "readings", "inbound"),
+        0.0
+    );
+    assert!(s.ups().iter().all(|(_, v)| *v == 1.0), "{:?}", s.ups());
+    assert!(dlq_list(&config).is_empty());
+
+    terminate_ok(&mut bridge);
+}
+
+#[test]
+fn an_idle_amqp_outbound_route_is_healthy_again_after_a_connection_cut() {
+    // Given an outbound route publishing to RabbitMQ through a proxy, with nothing to
+    // publish yet, and an HTTP endpoint
+    let db = Db::Postgres;
+    let mut rabbit = Rabbit::connect();
+    let queue = unique("obs_out_q");
+    rabbit.declare_queue(&queue);
+    let proxy = TcpProxy::start(Rabbit::addr());
+    let source = TempTable::create(
+        &db,
+        "obs_amqp_src",
+        "id INTEGER PRIMARY KEY, v TEXT NOT NULL",
+    );
+    let addr = free_addr();
+    let mut config = Config::new();
+    config
+        .amqp_broker("r", &Rabbit::url_via(proxy.port))
+        .database("d", &db.connection_string())
+        .outbound_amqp("alerts", "r", &source.name, &queue)
+        .http(&addr);
+    let config = config.write();
+    let mut bridge = Bridge::start(&config);
+    wait_healthy(&mut bridge, &addr);
+
+    // When the broker connection is cut
+    proxy.set_down(true);
+
+    // Then /health turns 503 with the route's broker down
+    wait_health(
+        &mut bridge,
+        &addr,
+        "503 with broker r down",
+        |status, doc| status == 503 && doc["routes"]["alerts"]["broker"] == false,
+    );
+
+    // When the broker is reachable again, /health returns to 200 without any row to publish:
+    // an idle route is as healthy as a busy one (a container health check must not restart
+    // a bridge that would work)
+    proxy.set_down(false);
+    let (status, doc) = wait_health_or_last(&mut bridge, &addr, |status, _| status == 200);
+    let idle_ok = status == 200;
+
+    // (And with a row to publish, it reconnects and publishes it)
+    db.exec(&format!(
+        "INSERT INTO {} (id, v) VALUES (1, 'one')",
+        source.name
+    ));
+    wait_for(&mut bridge, "the row published to the queue", || {
+        Ok(Rabbit::queue_info(&queue).is_some_and(|q| q.messages == 1))
+    });
+    let (busy_status, busy_doc) = wait_health_or_last(&mut bridge, &addr, |s, _| s == 200);
+    assert_eq!(busy_status, 200, "{busy_doc}");
+    assert!(
+        idle_ok,
+        "an idle AMQP outbound route stayed unhealthy for {LIVENESS:?} after its broker came \
+         back (it recovered only once a row had to be published): /health {status} {doc}; \
+         log:\n{}",
+        bridge.log()
+    );
+
+    terminate_ok(&mut bridge);
+}
+
+/// Like [`wait_health`] but returns the last answer instead of panicking at the deadline.
+fn wait_health_or_last(
+    bridge: &mut Bridge,
+    addr: &str,
+    mut check: impl FnMut(u16, &Json) -> bool,
+) -> (u16, Json) {
+    let start = Instant::now();
+    loop {
+        if let Some((status, doc)) = try_health(addr)
+            && (check(status, &doc) || start.elapsed() >= LIVENESS)
+        {
+            return (status, doc);
+        }
+        assert!(bridge.is_running(), "mqdb exited; log:\n{}", bridge.log());
+        assert!(
+            start.elapsed() < LIVENESS * 2,
+            "no /health answer; log:\n{}",
+            bridge.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. AMQP inbound
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn an_amqp_inbound_route_counts_what_it_consumed() {
+    const N: i64 = 30;
+    const K: i64 = 2;
+
+    // Given an AMQP inbound route on its own queue (the bridge declares it) into PostgreSQL
+    let db = Db::Postgres;
+    let mut rabbit = Rabbit::connect();
+    let queue = unique("obs_q");
+    rabbit.adopt_queue(&queue);
+    let sink = TempTable::create(&db, "obs_amqp", "id INTEGER PRIMARY KEY, v TEXT NOT NULL");
+    let addr = free_addr();
+    let mut config = Config::new();
+    config
+        .amqp_broker("r", Rabbit::URL)
+        .database("d", &db.connection_string())
+        .inbound(
+            "amqp_in",
+            "r",
+            &format!("queue: {}", yq(&queue)),
+            &sink.name,
+        )
+        .http(&addr);
+    let config = config.write();
+    let mut bridge = Bridge::start(&config);
+
+    // When it consumes (health 200) and N good and K malformed messages are queued
+    let doc = wait_healthy(&mut bridge, &addr);
+    assert_eq!(
+        doc,
+        json!({
+            "status": "ok",
+            "brokers": {"r": true},
+            "databases": {"d": true},
+            "routes": {"amqp_in": {"direction": "inbound", "broker": true, "database": true}},
+        })
+    );
+    let payloads: Vec<Vec<u8>> = mixed(&queue, 1, N, K).into_iter().map(|m| m.1).collect();
+    rabbit.publish_to_queue(&queue, payloads);
+
+    // Then the N rows arrive and the counters are exact
+    wait_for_count(&mut bridge, &db, &count_sql(&sink.name), N);
+    let s = wait_inbound_settled(&mut bridge, &addr, "amqp_in", (N + K) as f64);
+    assert_eq!(
+        s.route("mqdb_rows_written_total", "amqp_in", "inbound"),
+        N as f64
+    );
+    assert_eq!(
+        s.route("mqdb_dead_letters_total", "amqp_in", "inbound"),
+        K as f64
+    );
+    assert_eq!(s.route("mqdb_retries_total", "amqp_in", "inbound"), 0.0);
+    assert_eq!(s.route("mqdb_in_flight", "amqp_in", "inbound"), 0.0);
+    let batches = s.histogram_count("amqp_in", "inbound");
+    assert!((1.0..=N as f64).contains(&batches), "batches: {batches}");
+    assert_eq!(s.up("amqp_in", "inbound", "broker"), 1.0);
+    assert_eq!(s.up("amqp_in", "inbound", "database"), 1.0);
+    assert_eq!(dlq_list(&config).len() as i64, K);
+
+    // And the broker agrees: every message was acknowledged
+    wait_for(&mut bridge, "the queue drained", || {
+        let q = Rabbit::queue_info(&queue).ok_or_else(|| format!("queue {queue} is gone"))?;
+        Ok(q.messages == 0 && q.unacked == 0)
+    });
+    assert_eq!(health(&addr).0, 200);
+
+    terminate_ok(&mut bridge);
+}
+
+// ---------------------------------------------------------------------------------------
+// 4. The log summary
+// ---------------------------------------------------------------------------------------
+
+/// The `key=value` fields of every `summary:` line in `log`.
+fn summaries(log: &str) -> Vec<BTreeMap<String, String>> {
+    log.lines()
+        .filter_map(|l| l.split_once("summary: "))
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .filter_map(|w| w.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+fn field(line: &BTreeMap<String, String>, key: &str) -> u64 {
+    line.get(key)
+        .unwrap_or_else(|| panic!("summary line without {key}=: {line:?}"))
+        .parse()
+        .unwrap_or_else(|e| panic!("{key} in {line:?}: {e}"))
+}
+
+#[test]
+fn without_http_the_log_summary_adds_up_to_what_happened() {
+    const M: i64 = 40;
+    const K: i64 = 3;
+
+    // Given an inbound route with no HTTP endpoint and `log_summary: 1s`, whose persistent
+    // session already holds M good and K malformed messages
+    let db = Db::Postgres;
+    let broker = Mosquitto::start();
+    let sink = TempTable::create(&db, "obs_log", "id INTEGER PRIMARY KEY, v TEXT NOT NULL");
+    let topic = format!("obs/{}/in", unique("obs"));
+    let client_id = unique("mqdb_obs");
+    Subscriber::connect_with(broker.port, &client_id, false, &[(&topic, 1)]).disconnect();
+    Publisher::connect(broker.port).publish_all_confirmed(mixed(&topic, 1, M, K), 1);
+    let mut config = Config::new();
+    config
+        .mqtt_broker("b", &broker.url(), &client_id)
+        .database("d", &db.connection_string())
+        .inbound(
+            "readings",
+            "b",
+            &format!("topic: {}", yq(&topic)),
+            &sink.name,
+        )
+        .line("log_summary: 1s");
+    let config = config.write();
+
+    // When the bridge runs
+    let mut bridge = Bridge::start(&config);
+    wait_for_count(&mut bridge, &db, &count_sql(&sink.name), M);
+
+    // Then the summary lines' increments add up to M+K received, M written, K dead letters
+    let log_path = bridge.log_path.clone();
+    let mut seen = 0;
+    wait_for(&mut bridge, "summary lines adding up", || {
+        let lines = summaries(&std::fs::read_to_string(&log_path).unwrap_or_default());
+        seen = lines.len();
+        let sum = |key: &str| lines.iter().map(|l| field(l, key)).sum::<u64>();
+        let (received, written, dead) = (sum("received"), sum("written"), sum("dead_letters"));
+        if received > (M + K) as u64 || written > M as u64 || dead > K as u64 {
+            return Err(format!(
+                "the summaries add up to more than happened: received={received} \
+                 written={written} dead_letters={dead}"
+            ));
+        }
+        Ok(received == (M + K) as u64 && written == M as u64 && dead == K as u64)
+    });
+    let log = bridge.log();
+    let lines = summaries(&log);
+    let last = lines.last().expect("summary lines");
+    assert_eq!(
+        last.get("routes_down").map(String::as_str),
+        Some("none"),
+        "{log}"
+    );
+    for line in log.lines().filter(|l| l.contains("summary: ")) {
+        assert!(line.contains("INFO"), "not an INFO line: {line}");
+    }
+    for line in &lines {
+        assert_eq!(field(line, "read"), 0, "{line:?}");
+        assert_eq!(field(line, "published"), 0, "{line:?}");
+        assert_eq!(field(line, "retries"), 0, "{line:?}");
+    }
+    // and the next line, with nothing new, reports zero increments
+    wait_for(&mut bridge, "one more summary line", || {
+        Ok(summaries(&std::fs::read_to_string(&log_path).unwrap_or_default()).len() > seen)
+    });
+    let lines = summaries(&bridge.log());
+    let next = &lines[seen];
+    for key in ["received", "written", "dead_letters", "retries"] {
+        assert_eq!(field(next, key), 0, "{next:?}");
+    }
+    assert_eq!(next.get("routes_down").map(String::as_str), Some("none"));
+    assert!(
+        !bridge.log().contains("serving /health"),
+        "an HTTP endpoint started without `http`"
+    );
+
+    terminate_ok(&mut bridge);
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Config and start-up errors
+// ---------------------------------------------------------------------------------------
+
+/// The 1-based number of the first line of `text` that contains `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not in:\n{text}"))
+        + 1
+}
+
+#[test]
+fn a_bad_http_listen_is_a_config_error_naming_file_and_line() {
+    // Given a config whose http.listen is not an address
+    let db = Db::Postgres;
+    let sink = TempTable::create(&db, "obs_cfg", "id INTEGER PRIMARY KEY, v TEXT NOT NULL");
+    let mut config = Config::new();
+    config
+        .mqtt_broker("b", "mqtt://127.0.0.1:1883", &unique("mqdb_obs"))
+        .database("d", &db.connection_string())
+        .inbound("readings", "b", "topic: \"obs/cfg\"", &sink.name)
+        .line("http:\n  listen: not-an-address");
+    let path = config.write();
+    let text = std::fs::read_to_string(&path).expect("read config");
+    let located = format!("{}:{}:", path.display(), line_of(&text, "listen:"));
+
+    // Then run, check and health refuse it with exit 2, naming file:line and the key
+    for command in ["run", "check", "health"] {
+        let (status, stdout, stderr) =
+            run_bounded(&["-c", path_str(&path), command], Duration::from_secs(60));
+        assert_eq!(status.code(), Some(2), "{command}: {stdout}{stderr}");
+        assert!(
+            stderr.contains(&located),
+            "{command}: {located} not in {stderr}"
+        );
+        assert!(stderr.contains("http.listen"), "{command}: {stderr}");
+        assert!(stderr.contains("not-an-address"), "{command}: {stderr}");
+    }
+}
+
+#[test]
+fn a_taken_http_port_stops_run_with_exit_1() {
+    // Given a config whose http.listen port is already taken
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("local_addr").to_string();
+    let db = Db::Postgres;
+    let broker = Mosquitto::start();
+    let sink = TempTable::create(&db, "obs_port", "id INTEGER PRIMARY KEY, v TEXT NOT NULL");
+    let mut config = Config::new();
+    config
+        .mqtt_broker("b", &broker.url(), &unique("mqdb_obs"))
+        .database("d", &db.connection_string())
+        .inbound("readings", "b", "topic: \"obs/port\"", &sink.name)
+        .http(&addr);
+    let path = config.write();
+
+    // Then `run` exits 1 saying which setting failed
+    let (status, stdout, stderr) = run_bounded(&["-c", path_str(&path), "run"], LIVENESS);
+    assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!("http.listen {addr}")),
+        "`http.listen {addr}` not in: {stderr}"
+    );
+    drop(taken);
+}
+
+#[test]
+fn mqdb_health_needs_http_and_a_listener() {
+    // Given a config without http, `mqdb health` is a usage error (exit 2)
+    let mut config = Config::new();
+    let path = config.write();
+    let (status, stdout, stderr) = mqdb_health(&path);
+    assert_eq!(status.code(), Some(2), "{stdout}{stderr}");
+    assert!(stderr.contains("http.listen"), "{stderr}");
+
+    // Given http.listen on a port where nothing listens, it exits 1
+    let addr = free_addr();
+    config.http(&addr);
+    let path = config.write();
+    let (status, stdout, stderr) = mqdb_health(&path);
+    assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains(&addr), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Paths and methods
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn unknown_paths_are_404_and_other_methods_405() {
+    // Given a running bridge with an HTTP endpoint
+    let db = Db::Postgres;
+    let broker = Mosquitto::start();
+    let sink = TempTable::create(&db, "obs_http", "id INTEGER PRIMARY KEY, v TEXT NOT NULL");
+    let addr = free_addr();
+    let mut config = Config::new();
+    config
+        .mqtt_broker("b", &broker.url(), &unique("mqdb_obs"))
+        .database("d", &db.connection_string())
+        .inbound(
+            "readings",
+            "b",
+            &format!("topic: {}", yq(&format!("obs/{}", unique("p")))),
+            &sink.name,
+        )
+        .http(&addr);
+    let config = config.write();
+    let mut bridge = Bridge::start(&config);
+    wait_healthy(&mut bridge, &addr);
+
+    // Then unknown paths are 404
+    for path in ["/", "/nope", "/metrics/extra", "/healthz"] {
+        let (status, body) = http::get(&addr, path);
+        assert_eq!(status, 404, "GET {path}: {body}");
+    }
+    // and anything but GET and HEAD is 405, on known and unknown paths
+    for (method, path) in [
+        ("POST", "/health"),
+        ("POST", "/metrics"),
+        ("PUT", "/metrics"),
+        ("DELETE", "/health"),
+        ("POST", "/nope"),
+    ] {
+        let (status, body) = http::request(&addr, method, path);
+        assert_eq!(status, 405, "{method} {path}: {body}");
+    }
+    // while GET (with a query string too) and HEAD work
+    assert_eq!(http::get(&addr, "/metrics?x=1").0, 200);
+    let (status, body) = http::request(&addr, "HEAD", "/health");
+    assert_eq!((status, body.as_str()), (200, ""));
+    assert_eq!(health(&addr).0, 200);
+
+    terminate_ok(&mut bridge);
+}
