@@ -79,58 +79,52 @@ impl Metrics {
     pub fn render(&self) -> String {
         let routes = self.routes();
         let mut out = String::with_capacity(4096);
-        let counter = |out: &mut String,
-                       name: &str,
-                       help: &str,
-                       kind: Option<Kind>,
-                       get: &dyn Fn(&RouteMetrics) -> u64| {
+        type Counter = fn(&RouteMetrics) -> &AtomicU64;
+        let counters: [(&str, &str, Option<Kind>, Counter); 6] = [
+            (
+                "mqdb_messages_received_total",
+                "Messages taken from the broker (inbound).",
+                Some(Kind::Inbound),
+                |r| &r.received,
+            ),
+            (
+                "mqdb_rows_written_total",
+                "Rows committed to the database (inbound).",
+                Some(Kind::Inbound),
+                |r| &r.written,
+            ),
+            (
+                "mqdb_rows_read_total",
+                "Rows returned by the route's query (outbound).",
+                Some(Kind::Outbound),
+                |r| &r.received,
+            ),
+            (
+                "mqdb_messages_published_total",
+                "Messages the broker confirmed (outbound).",
+                Some(Kind::Outbound),
+                |r| &r.published,
+            ),
+            (
+                "mqdb_dead_letters_total",
+                "Dead letters stored.",
+                None,
+                |r| &r.dead_letters,
+            ),
+            (
+                "mqdb_retries_total",
+                "Retries after a broker or database outage.",
+                None,
+                |r| &r.retries,
+            ),
+        ];
+        for (name, help, kind, counter) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for r in routes.iter().filter(|r| kind.is_none_or(|k| r.kind == k)) {
-                let _ = writeln!(out, "{name}{{{}}} {}", r.labels(), get(r));
+                let value = counter(r).load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}{{{}}} {value}", r.labels());
             }
-        };
-        counter(
-            &mut out,
-            "mqdb_messages_received_total",
-            "Messages taken from the broker (inbound).",
-            Some(Kind::Inbound),
-            &|r| r.received.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "mqdb_rows_written_total",
-            "Rows committed to the database (inbound).",
-            Some(Kind::Inbound),
-            &|r| r.written.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "mqdb_rows_read_total",
-            "Rows returned by the route's query (outbound).",
-            Some(Kind::Outbound),
-            &|r| r.received.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "mqdb_messages_published_total",
-            "Messages the broker confirmed (outbound).",
-            Some(Kind::Outbound),
-            &|r| r.published.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "mqdb_dead_letters_total",
-            "Dead letters stored.",
-            None,
-            &|r| r.dead_letters.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "mqdb_retries_total",
-            "Retries after a broker or database outage.",
-            None,
-            &|r| r.retries.load(Ordering::Relaxed),
-        );
+        }
         let _ = writeln!(
             out,
             "# HELP mqdb_in_flight Messages received but not yet acknowledged (inbound), or published but not yet confirmed (outbound).\n# TYPE mqdb_in_flight gauge"

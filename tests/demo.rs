@@ -10,52 +10,13 @@
 mod common;
 
 use std::path::Path;
-use std::process::{ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Db, dlq_list, mqdb_command, path_str, scalar};
+use common::{Db, dlq_list, path_str, run_bounded, scalar};
 use serde_json::Value as Json;
 
 /// The demo waits at most 30 s for each step; this only bounds a hang.
 const DEADLINE: Duration = Duration::from_secs(180);
-
-/// Runs the binary with `args` until it exits (panics after [`DEADLINE`]); output goes
-/// through files so a full pipe never blocks it. Returns the status, stdout and stderr.
-fn run_bounded(args: &[&str], scratch: &Path) -> (ExitStatus, String, String) {
-    let out_path = scratch.join("stdout");
-    let err_path = scratch.join("stderr");
-    let out = std::fs::File::create(&out_path).expect("create stdout file");
-    let err = std::fs::File::create(&err_path).expect("create stderr file");
-    let mut child = mqdb_command()
-        .args(args)
-        .current_dir(scratch)
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn mqdb {args:?}: {e}"));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if start.elapsed() >= DEADLINE {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "mqdb {args:?} did not exit within {DEADLINE:?}; stdout:\n{}\nstderr:\n{}",
-                std::fs::read_to_string(&out_path).unwrap_or_default(),
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (
-        status,
-        std::fs::read_to_string(&out_path).unwrap_or_default(),
-        std::fs::read_to_string(&err_path).unwrap_or_default(),
-    )
-}
 
 /// Checks the story on stdout: the replay, and the three alerts with their payloads.
 fn check_story(stdout: &str) {
@@ -188,7 +149,7 @@ fn demo_tells_its_story_and_leaves_a_database_and_a_dead_letter_queue() {
     for run in 1..=2 {
         // When the demo runs (the second time in the same directory)
         let (status, stdout, stderr) =
-            run_bounded(&["demo", "--dir", path_str(&dir)], scratch.path());
+            run_bounded(&["demo", "--dir", path_str(&dir)], scratch.path(), DEADLINE);
 
         // Then it exits 0 having told the story, and leaves the same artefacts: the second
         // run started afresh rather than adding to the first one's rows and letters

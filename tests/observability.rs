@@ -24,13 +24,13 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use common::http;
 use common::{
     Bridge, Db, LIVENESS, Mosquitto, Publisher, Rabbit, Subscriber, TcpProxy, TempTable, dlq_list,
-    free_port, mqdb_command, path_str, terminate_ok, unique, wait_for, wait_for_count,
+    free_port, path_str, run_bounded, terminate_ok, unique, wait_for, wait_for_count,
 };
 use serde_json::{Value as Json, json};
 
@@ -405,6 +405,22 @@ fn wait_scrape(
     last.expect("at least one scrape")
 }
 
+/// The counters of an inbound route that took `n` good and `k` bad messages and has
+/// finished them all, with no outage.
+fn assert_inbound_counts(s: &Scrape, route: &str, n: i64, k: i64) {
+    let get = |name| s.route(name, route, "inbound");
+    assert_eq!(get("mqdb_messages_received_total"), (n + k) as f64);
+    assert_eq!(get("mqdb_rows_written_total"), n as f64);
+    assert_eq!(get("mqdb_dead_letters_total"), k as f64);
+    assert_eq!(get("mqdb_retries_total"), 0.0);
+    assert_eq!(get("mqdb_in_flight"), 0.0);
+    let batches = s.histogram_count(route, "inbound");
+    assert!(
+        (1.0..=n as f64).contains(&batches),
+        "inbound batches: {batches} (every committed batch has 1..=n rows)"
+    );
+}
+
 /// Waits until an inbound route has taken `want` messages and finished all of them
 /// (`mqdb_in_flight` 0); more than `want` fails at once (duplicates).
 fn wait_inbound_settled(bridge: &mut Bridge, addr: &str, route: &str, want: f64) -> Scrape {
@@ -433,47 +449,10 @@ fn wait_acked(bridge: &mut Bridge, broker: &Mosquitto, client_id: &str, n: usize
 
 /// `mqdb -c CONFIG health`, bounded by a deadline: exit status, stdout, stderr.
 fn mqdb_health(config: &Path) -> (ExitStatus, String, String) {
-    run_bounded(&["-c", path_str(config), "health"], Duration::from_secs(30))
-}
-
-/// Runs the binary with `args` and waits for it to exit (panics after `timeout`, a hang
-/// detector); its output goes through files, so a full pipe never blocks it.
-fn run_bounded(args: &[&str], timeout: Duration) -> (ExitStatus, String, String) {
-    let dir = tempfile::Builder::new()
-        .prefix("mqdb-obs-run-")
-        .tempdir()
-        .expect("temp dir");
-    let out_path = dir.path().join("stdout");
-    let err_path = dir.path().join("stderr");
-    let out = std::fs::File::create(&out_path).expect("create stdout file");
-    let err = std::fs::File::create(&err_path).expect("create stderr file");
-    let mut child = mqdb_command()
-        .args(args)
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn mqdb {args:?}: {e}"));
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if start.elapsed() >= timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "mqdb {args:?} did not exit within {timeout:?}; stderr:\n{}",
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    (
-        status,
-        std::fs::read_to_string(&out_path).unwrap_or_default(),
-        std::fs::read_to_string(&err_path).unwrap_or_default(),
+    run_bounded(
+        &["-c", path_str(config), "health"],
+        &std::env::temp_dir(),
+        Duration::from_secs(30),
     )
 }
 
@@ -569,25 +548,7 @@ fn metrics_and_health_report_exactly_what_the_routes_did() {
     // Then N rows arrive, and once every message is done the counters are exact
     wait_for_count(&mut bridge, &db, &count_sql(&sink.name), N);
     let s = wait_inbound_settled(&mut bridge, &addr, "readings", (N + K) as f64);
-    assert_eq!(
-        s.route("mqdb_messages_received_total", "readings", "inbound"),
-        (N + K) as f64
-    );
-    assert_eq!(
-        s.route("mqdb_rows_written_total", "readings", "inbound"),
-        N as f64
-    );
-    assert_eq!(
-        s.route("mqdb_dead_letters_total", "readings", "inbound"),
-        K as f64
-    );
-    assert_eq!(s.route("mqdb_retries_total", "readings", "inbound"), 0.0);
-    assert_eq!(s.route("mqdb_in_flight", "readings", "inbound"), 0.0);
-    let batches = s.histogram_count("readings", "inbound");
-    assert!(
-        (1.0..=N as f64).contains(&batches),
-        "inbound batches: {batches} (every committed batch has 1..=N rows)"
-    );
+    assert_inbound_counts(&s, "readings", N, K);
     // Inbound routes have no outbound series and vice versa
     for name in ["mqdb_rows_read_total", "mqdb_messages_published_total"] {
         assert_eq!(s.try_get(&series(name, "readings", "inbound")), None);
@@ -986,18 +947,7 @@ fn an_amqp_inbound_route_counts_what_it_consumed() {
     // Then the N rows arrive and the counters are exact
     wait_for_count(&mut bridge, &db, &count_sql(&sink.name), N);
     let s = wait_inbound_settled(&mut bridge, &addr, "amqp_in", (N + K) as f64);
-    assert_eq!(
-        s.route("mqdb_rows_written_total", "amqp_in", "inbound"),
-        N as f64
-    );
-    assert_eq!(
-        s.route("mqdb_dead_letters_total", "amqp_in", "inbound"),
-        K as f64
-    );
-    assert_eq!(s.route("mqdb_retries_total", "amqp_in", "inbound"), 0.0);
-    assert_eq!(s.route("mqdb_in_flight", "amqp_in", "inbound"), 0.0);
-    let batches = s.histogram_count("amqp_in", "inbound");
-    assert!((1.0..=N as f64).contains(&batches), "batches: {batches}");
+    assert_inbound_counts(&s, "amqp_in", N, K);
     assert_eq!(s.up("amqp_in", "inbound", "broker"), 1.0);
     assert_eq!(s.up("amqp_in", "inbound", "database"), 1.0);
     assert_eq!(dlq_list(&config).len() as i64, K);
@@ -1146,8 +1096,11 @@ fn a_bad_http_listen_is_a_config_error_naming_file_and_line() {
 
     // Then run, check and health refuse it with exit 2, naming file:line and the key
     for command in ["run", "check", "health"] {
-        let (status, stdout, stderr) =
-            run_bounded(&["-c", path_str(&path), command], Duration::from_secs(60));
+        let (status, stdout, stderr) = run_bounded(
+            &["-c", path_str(&path), command],
+            &std::env::temp_dir(),
+            Duration::from_secs(60),
+        );
         assert_eq!(status.code(), Some(2), "{command}: {stdout}{stderr}");
         assert!(
             stderr.contains(&located),
@@ -1175,7 +1128,11 @@ fn a_taken_http_port_stops_run_with_exit_1() {
     let path = config.write();
 
     // Then `run` exits 1 saying which setting failed
-    let (status, stdout, stderr) = run_bounded(&["-c", path_str(&path), "run"], LIVENESS);
+    let (status, stdout, stderr) = run_bounded(
+        &["-c", path_str(&path), "run"],
+        &std::env::temp_dir(),
+        LIVENESS,
+    );
     assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
     assert!(
         stderr.contains(&format!("http.listen {addr}")),

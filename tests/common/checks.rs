@@ -100,3 +100,50 @@ pub fn terminate_ok(bridge: &mut Bridge) {
         bridge.log()
     );
 }
+
+/// Runs the binary with `args` in `cwd` until it exits (panics after `timeout`, which only
+/// bounds a hang); output goes through files, so a full pipe never blocks it. Returns the
+/// status, stdout and stderr.
+pub fn run_bounded(
+    args: &[&str],
+    cwd: &std::path::Path,
+    timeout: std::time::Duration,
+) -> (std::process::ExitStatus, String, String) {
+    let files = tempfile::Builder::new()
+        .prefix("mqdb-run-")
+        .tempdir()
+        .expect("temp dir");
+    let out_path = files.path().join("stdout");
+    let err_path = files.path().join("stderr");
+    let out = std::fs::File::create(&out_path).expect("create stdout file");
+    let err = std::fs::File::create(&err_path).expect("create stderr file");
+    let mut child = super::mqdb_command()
+        .args(args)
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn mqdb {args:?}: {e}"));
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if start.elapsed() >= timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "mqdb {args:?} did not exit within {timeout:?}; stdout:\n{}\nstderr:\n{}",
+                std::fs::read_to_string(&out_path).unwrap_or_default(),
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    (
+        status,
+        std::fs::read_to_string(&out_path).unwrap_or_default(),
+        std::fs::read_to_string(&err_path).unwrap_or_default(),
+    )
+}

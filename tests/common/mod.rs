@@ -37,7 +37,8 @@ mod tls;
 pub use bridge::{Bridge, mqdb_bin, mqdb_command, run_mqdb};
 #[allow(unused_imports)]
 pub use checks::{
-    LIVENESS, dlq_list, path_str, scalar, terminate_ok, try_scalar, wait_for, wait_for_count,
+    LIVENESS, dlq_list, path_str, run_bounded, scalar, terminate_ok, try_scalar, wait_for,
+    wait_for_count,
 };
 #[allow(unused_imports)]
 pub use db::{Db, TempTable, odbc_connect, odbc_env, odbc_exec, odbc_query};
