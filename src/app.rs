@@ -237,12 +237,7 @@ pub async fn run_until(
     let mut http_server = None;
     match &config.http {
         Some(http) => {
-            let listen = http.listen.value.parse().map_err(|_| {
-                AppError::Usage(format!(
-                    "http.listen: `{}` is not an address",
-                    http.listen.value
-                ))
-            })?;
+            let listen = http.addr().map_err(AppError::Usage)?;
             http_server = Some(
                 crate::http::serve(listen, metrics.clone(), stop_rx.clone())
                     .await

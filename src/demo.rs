@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use odbc_api::buffers::TextRowSet;
-use odbc_api::{Connection, ConnectionOptions, Cursor};
+use odbc_api::{Connection, Cursor};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, oneshot};
 
@@ -521,9 +521,7 @@ async fn print_rows(connection_string: &str) -> Result<(), AppError> {
 }
 
 fn connect(connection_string: &str) -> Result<Connection<'static>, DbError> {
-    db::environment()?
-        .connect_with_connection_string(connection_string, ConnectionOptions::default())
-        .map_err(|e| DbError::from_odbc(&e))
+    db::DbSpec::from_connection_string("demo", connection_string).connect()
 }
 
 /// Every row of `sql` as text.

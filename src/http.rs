@@ -139,12 +139,7 @@ pub async fn probe(config: &crate::config::Config) -> Result<(), AppError> {
             "http.listen is not set in the config, so there is no /health to ask".into(),
         ));
     };
-    let mut addr: SocketAddr = http.listen.value.parse().map_err(|_| {
-        AppError::Usage(format!(
-            "http.listen: `{}` is not an address",
-            http.listen.value
-        ))
-    })?;
+    let mut addr = http.addr().map_err(AppError::Usage)?;
     // A wildcard listener is reached on loopback from inside its own container.
     if addr.ip().is_unspecified() {
         addr.set_ip(if addr.is_ipv4() {

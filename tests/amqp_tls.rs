@@ -17,7 +17,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::{
-    Bridge, Db, RabbitNode, TempTable, dlq_list, make_ca, make_leaf, path_str, run_mqdb, unique,
+    Bridge, Db, RabbitNode, TempTable, dlq_list, make_ca, make_pki, path_str, run_mqdb, unique,
     wait_for, wait_until,
 };
 use serde_json::Value as Json;
@@ -39,24 +39,8 @@ impl Pki {
             .tempdir()
             .expect("temp dir for certificates");
         let p = dir.path();
-        make_ca(p, "ca");
+        make_pki(p);
         make_ca(p, "other_ca");
-        make_leaf(
-            p,
-            "ca",
-            "server",
-            "localhost",
-            "subjectAltName = DNS:localhost, IP:127.0.0.1\nextendedKeyUsage = serverAuth",
-            2001,
-        );
-        make_leaf(
-            p,
-            "ca",
-            "client",
-            "mqdb-client",
-            "extendedKeyUsage = clientAuth",
-            2002,
-        );
         Pki { dir }
     }
 

@@ -12,8 +12,8 @@
 mod common;
 
 use common::{
-    Bridge, Db, Header, LIVENESS, Mosquitto, Publisher, Rabbit, Subscriber, TempTable, make_ca,
-    make_leaf, mqdb_command, terminate_ok, unique, wait_for,
+    Bridge, Db, Header, LIVENESS, Mosquitto, Publisher, Rabbit, Subscriber, TempTable, make_pki,
+    mqdb_command, terminate_ok, unique, wait_for,
 };
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
@@ -437,33 +437,9 @@ fn the_tls_example_passes_check() {
     create_tables(&Db::Postgres, "tls-broker", None);
     let pki = temp_dir("mqdb-example-pki-");
     let p = pki.path();
-    make_ca(p, "ca");
-    make_leaf(
-        p,
-        "ca",
-        "server",
-        "localhost",
-        "subjectAltName = DNS:localhost, IP:127.0.0.1\nextendedKeyUsage = serverAuth",
-        2001,
-    );
-    make_leaf(
-        p,
-        "ca",
-        "client",
-        "mqdb-example",
-        "extendedKeyUsage = clientAuth",
-        2002,
-    );
+    make_pki(p);
     let file = |name: &str| p.join(name).display().to_string();
-    let tls_port = common::free_port();
-    let _broker = Mosquitto::start_with_extra_config(&format!(
-        "listener {tls_port} 127.0.0.1\n\
-         cafile {}\ncertfile {}\nkeyfile {}\n\
-         require_certificate true\n",
-        file("ca.pem"),
-        file("server.pem"),
-        file("server.key"),
-    ));
+    let (_broker, tls_port) = Mosquitto::start_tls(p);
     let url = format!("mqtts://127.0.0.1:{tls_port}");
     let (ca, cert, key) = (file("ca.pem"), file("client.pem"), file("client.key"));
     let env = [

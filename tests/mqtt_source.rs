@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::{
-    Bridge, Db, LIVENESS, Mosquitto, Publisher, Subscriber, TempTable, dlq_list, make_ca,
-    make_leaf, path_str, run_mqdb, unique, wait_for,
+    Bridge, Db, LIVENESS, Mosquitto, Publisher, Subscriber, TempTable, dlq_list, make_ca, make_pki,
+    path_str, run_mqdb, unique, wait_for,
 };
 use serde_json::Value as Json;
 
@@ -791,36 +791,12 @@ fn tls_with_client_certificates_run_and_check() {
         .tempdir()
         .expect("temp dir for certificates");
     let p = pki.path();
-    make_ca(p, "ca");
+    make_pki(p);
     make_ca(p, "other_ca");
-    make_leaf(
-        p,
-        "ca",
-        "server",
-        "localhost",
-        "subjectAltName = DNS:localhost, IP:127.0.0.1\nextendedKeyUsage = serverAuth",
-        1001,
-    );
-    make_leaf(
-        p,
-        "ca",
-        "client",
-        "mqdb-client",
-        "extendedKeyUsage = clientAuth",
-        1002,
-    );
     let file = |name: &str| p.join(name).display().to_string();
 
     // And a private mosquitto with a second listener that requires a client certificate
-    let tls_port = common::free_port();
-    let broker = Mosquitto::start_with_extra_config(&format!(
-        "listener {tls_port} 127.0.0.1\n\
-         cafile {}\ncertfile {}\nkeyfile {}\n\
-         require_certificate true\n",
-        file("ca.pem"),
-        file("server.pem"),
-        file("server.key"),
-    ));
+    let (broker, tls_port) = Mosquitto::start_tls(p);
     let world = World::with_broker(broker);
     let table = TempTable::create(
         &Db::Postgres,

@@ -50,6 +50,17 @@ pub struct Http {
     pub listen: Spanned<EnvString>,
 }
 
+impl Http {
+    pub fn addr(&self) -> Result<std::net::SocketAddr, String> {
+        self.listen.value.parse().map_err(|_| {
+            format!(
+                "http.listen: `{}` is not an address:port; write e.g. 127.0.0.1:9464 or 0.0.0.0:9464",
+                self.listen.value.as_str()
+            )
+        })
+    }
+}
+
 pub fn default_log_summary() -> Duration {
     Duration::from_secs(60)
 }

@@ -162,16 +162,9 @@ pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
         check_mirror(path, config, mirror)?;
     }
     if let Some(http) = &config.http
-        && http.listen.value.parse::<std::net::SocketAddr>().is_err()
+        && let Err(e) = http.addr()
     {
-        return Err(ConfigError::at(
-            path,
-            &http.listen.referenced,
-            format!(
-                "http.listen: `{}` is not an address:port; write e.g. 127.0.0.1:9464 or 0.0.0.0:9464",
-                http.listen.value.as_str()
-            ),
-        ));
+        return Err(ConfigError::at(path, &http.listen.referenced, e));
     }
     Ok(())
 }

@@ -43,6 +43,14 @@ impl std::fmt::Debug for DbSpec {
 }
 
 impl DbSpec {
+    /// A database known only by its connection string, used as it is.
+    pub fn from_connection_string(name: &str, connection_string: &str) -> Self {
+        DbSpec {
+            name: name.to_string(),
+            connection_string: connection_string.to_string(),
+        }
+    }
+
     pub fn from_config(name: &str, db: &Database) -> Result<Self, String> {
         let mut cs = match (&db.connection_string, &db.dsn) {
             (Some(cs), _) => cs.expose().trim().trim_end_matches(';').to_string(),

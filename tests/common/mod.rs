@@ -51,7 +51,7 @@ pub use rabbit::{AmqpMessage, ExchangeInfo, Header, Outgoing, QueueInfo, Rabbit}
 #[allow(unused_imports)]
 pub use rabbit_node::RabbitNode;
 #[allow(unused_imports)]
-pub use tls::{make_ca, make_leaf, openssl};
+pub use tls::{make_ca, make_leaf, make_pki, openssl};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -61,6 +61,23 @@ impl Mosquitto {
 
     /// Stops the broker with SIGTERM and waits; mosquitto writes its persistence file on the
     /// way out. Idempotent.
+    /// A private broker with a second listener, on the returned port, that serves the
+    /// `server` certificate of `pki` (see `make_pki`) and requires a client certificate
+    /// signed by its `ca`.
+    pub fn start_tls(pki: &std::path::Path) -> (Mosquitto, u16) {
+        let file = |name: &str| pki.join(name).display().to_string();
+        let port = super::free_port();
+        let broker = Mosquitto::start_with_extra_config(&format!(
+            "listener {port} 127.0.0.1\n\
+             cafile {}\ncertfile {}\nkeyfile {}\n\
+             require_certificate true\n",
+            file("ca.pem"),
+            file("server.pem"),
+            file("server.key"),
+        ));
+        (broker, port)
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             send_signal(child.id(), "TERM");

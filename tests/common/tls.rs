@@ -133,3 +133,26 @@ pub fn make_leaf(dir: &Path, ca: &str, name: &str, cn: &str, extensions: &str, s
         ],
     );
 }
+
+/// The usual set in `dir`: a CA `ca`, a `server` leaf for localhost and 127.0.0.1, and a
+/// `client` leaf (CN mqdb-client), both signed by `ca`.
+#[allow(dead_code)]
+pub fn make_pki(dir: &Path) {
+    make_ca(dir, "ca");
+    make_leaf(
+        dir,
+        "ca",
+        "server",
+        "localhost",
+        "subjectAltName = DNS:localhost, IP:127.0.0.1\nextendedKeyUsage = serverAuth",
+        1001,
+    );
+    make_leaf(
+        dir,
+        "ca",
+        "client",
+        "mqdb-client",
+        "extendedKeyUsage = clientAuth",
+        1002,
+    );
+}
