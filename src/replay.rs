@@ -23,6 +23,7 @@ use crate::db::DbSpec;
 use crate::db::insert::TablePlan;
 use crate::db::poll::{Cell, PollSpec, run_after_publish};
 use crate::db::worker;
+use crate::db::write::Writer;
 use crate::dlq::DeadLetter;
 use crate::error::{Class, DbError};
 use crate::mapping::Mapper;
@@ -317,6 +318,7 @@ fn replay_inbound(
     dry_run: bool,
 ) -> Result<Vec<Outcome>, Outage> {
     let mut outcomes = Vec::with_capacity(letters.len());
+    let mut writer = Writer::new(conn, table);
     // Letters of one row go in one batch; a letter of many rows (a whole CSV message) is
     // all or nothing, so that a failure never leaves half of it stored.
     let mut single: Vec<(i64, crate::mapping::Row)> = Vec::new();
@@ -337,7 +339,7 @@ fn replay_inbound(
         match rows.len() {
             0 => outcomes.push((letter.id, Ok(()))),
             1 => single.push((letter.id, rows.remove(0))),
-            _ => match worker::write_all(conn, table, &rows, !dry_run).map_err(outage)? {
+            _ => match writer.write_all(&rows, !dry_run).map_err(outage)? {
                 Ok(()) => outcomes.push((letter.id, Ok(()))),
                 Err(e) => {
                     outcomes.push((letter.id, Err(failure("rejected", e.message, e.sqlstate))))
@@ -347,7 +349,7 @@ fn replay_inbound(
     }
     if !single.is_empty() {
         let (ids, rows): (Vec<i64>, Vec<crate::mapping::Row>) = single.into_iter().unzip();
-        let rejected = worker::write_rows(conn, table, &rows, !dry_run).map_err(outage)?;
+        let rejected = writer.write_rows(&rows, !dry_run).map_err(outage)?;
         for (i, id) in ids.iter().enumerate() {
             match rejected.iter().find(|(r, _)| *r == i) {
                 Some((_, e)) => outcomes.push((

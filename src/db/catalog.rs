@@ -14,6 +14,9 @@ pub struct CatalogColumn {
     pub kind: SqlKind,
     /// The column has a default (or is generated), so it may be left out of an insert.
     pub has_default: bool,
+    /// PostgreSQL: the type an array parameter of this column's values is cast to; `None`
+    /// elsewhere, and for columns that are arrays themselves.
+    pub array_type: Option<String>,
 }
 
 /// Columns of `table` (`table` or `schema.table`) in ordinal order; empty if it does not exist.
@@ -93,6 +96,7 @@ fn read(
                 has_default: default || type_name.to_ascii_lowercase().contains("serial"),
                 type_name,
                 kind,
+                array_type: None,
             },
         ));
     }
@@ -110,6 +114,36 @@ fn read(
     }
     found.sort_by_key(|(_, ordinal, _)| *ordinal);
     Ok(found.into_iter().map(|(_, _, c)| c).collect())
+}
+
+/// PostgreSQL: each column's type as SQL can name it (`format_type`), for the columns that
+/// are not arrays themselves; empty if the table is not found under `quoted_table`.
+pub fn postgres_types(
+    conn: &Connection<'_>,
+    quoted_table: &str,
+) -> Result<Vec<(String, String)>, DbError> {
+    use odbc_api::{Cursor, IntoParameter};
+    let sql = "SELECT a.attname, format_type(a.atttypid, NULL) FROM pg_attribute a \
+               JOIN pg_type t ON t.oid = a.atttypid \
+               WHERE a.attrelid = to_regclass(?) AND a.attnum > 0 AND NOT a.attisdropped \
+               AND a.attndims = 0 AND t.typcategory <> 'A'";
+    let odbc = |e: odbc_api::Error| DbError::from_odbc(&e);
+    let mut out = Vec::new();
+    let param = quoted_table.into_parameter();
+    if let Some(mut cursor) = conn.execute(sql, &param, None).map_err(odbc)? {
+        let (mut name, mut type_name) = (Vec::new(), Vec::new());
+        while let Some(mut row) = cursor.next_row().map_err(odbc)? {
+            if row.get_text(1, &mut name).map_err(odbc)?
+                && row.get_text(2, &mut type_name).map_err(odbc)?
+            {
+                out.push((
+                    String::from_utf8_lossy(&name).into_owned(),
+                    String::from_utf8_lossy(&type_name).into_owned(),
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn escape_pattern(name: &str) -> String {

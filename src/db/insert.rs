@@ -1,6 +1,7 @@
-//! Insert statements and their parameters. The strategy depends on the driver: one
-//! multi-row `INSERT … VALUES (…),(…)` per chunk is what PostgreSQL, MariaDB and SQLite
-//! execute fastest through ODBC; other databases get standard SQL.
+//! Insert statements and their parameters. The strategy depends on the driver, by
+//! measurement: PostgreSQL takes a batch as one `unnest` of array parameters, MariaDB as
+//! column-wise parameter arrays, SQLite as one multi-row `INSERT … VALUES (…),(…)`; other
+//! databases get standard SQL.
 
 use odbc_api::parameter::{InputParameter, VarBinaryBox, VarCharBox, WithDataType};
 use odbc_api::sys::{Date, Timestamp};
@@ -28,30 +29,58 @@ pub struct TablePlan {
 /// How the rows of a batch reach the table, chosen per driver by measurement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Strategy {
-    /// One `INSERT … VALUES (…),(…)` per chunk: fastest through psqlODBC (whose parameter
-    /// arrays run one statement per row) and the SQLite driver.
+    /// One `INSERT … SELECT * FROM unnest(…)` with an array parameter per column:
+    /// PostgreSQL (see [`super::postgres`]).
+    Unnest,
+    /// One `INSERT … VALUES (…),(…)` per chunk: the SQLite driver, and PostgreSQL columns
+    /// that cannot travel in an array (array-typed columns).
     MultiRowValues,
     /// A single-row statement over column-wise parameter arrays: MariaDB's bulk protocol.
     ParameterArrays,
 }
 
 impl TablePlan {
-    pub fn strategy(&self) -> Strategy {
+    /// The strategy for rows that bind the columns at `present`.
+    pub fn strategy(&self, present: &[usize]) -> Strategy {
         match self.dialect {
             Dialect::MySql => Strategy::ParameterArrays,
+            Dialect::Postgres
+                if present
+                    .iter()
+                    .all(|&c| self.columns[c].array_type.is_some()) =>
+            {
+                Strategy::Unnest
+            }
             _ => Strategy::MultiRowValues,
         }
     }
 
-    /// Rows one statement may carry for `width` bound columns.
-    pub fn rows_per_statement(&self, width: usize) -> usize {
+    /// Rows one statement may carry when it binds the columns at `present`.
+    pub fn rows_per_statement(&self, present: &[usize]) -> usize {
         if self.uses_merge() {
             return 1;
         }
-        if self.strategy() == Strategy::ParameterArrays {
-            return self.max_rows.max(1);
+        match self.strategy(present) {
+            Strategy::Unnest | Strategy::ParameterArrays => self.max_rows.max(1),
+            Strategy::MultiRowValues => (self.dialect.max_parameters() / present.len().max(1))
+                .clamp(1, self.max_rows.max(1)),
         }
-        (self.dialect.max_parameters() / width.max(1)).clamp(1, self.max_rows.max(1))
+    }
+
+    /// The `unnest` statement for rows that bind the columns at `present`; `None` when a
+    /// column has no array type.
+    pub fn unnest_sql(&self, present: &[usize]) -> Option<String> {
+        let names: Vec<String> = present
+            .iter()
+            .map(|&i| self.dialect.quote(&self.columns[i].name))
+            .collect();
+        let types: Vec<&str> = present
+            .iter()
+            .map(|&i| self.columns[i].array_type.as_deref())
+            .collect::<Option<_>>()?;
+        let mut sql = super::postgres::unnest_sql(&self.table, &names, &types);
+        sql.push_str(&self.conflict_clause(present));
+        Some(sql)
     }
 
     fn uses_merge(&self) -> bool {
@@ -179,13 +208,17 @@ impl TablePlan {
         sql
     }
 
-    /// Parameters for `rows`, row after row, for the columns at `present`.
+    /// Parameters for `rows`, row after row, for the columns at `present`. PostgreSQL
+    /// gets every value as untyped text (see [`super::postgres`] for why).
     pub fn parameters(&self, rows: &[&Row], present: &[usize]) -> Vec<Box<dyn InputParameter>> {
         let mut params: Vec<Box<dyn InputParameter>> =
             Vec::with_capacity(rows.len() * present.len());
         for row in rows {
             for &i in present {
-                params.push(parameter(row[i].as_ref(), self.columns[i].kind));
+                params.push(match self.dialect {
+                    Dialect::Postgres => postgres_parameter(row[i].as_ref()),
+                    _ => parameter(row[i].as_ref(), self.columns[i].kind),
+                });
             }
         }
         params
@@ -214,6 +247,14 @@ pub fn group_by_presence<'a>(
         }
     }
     groups
+}
+
+fn postgres_parameter(value: Option<&Value>) -> Box<dyn InputParameter> {
+    let mut text = String::new();
+    match value {
+        Some(v) if super::postgres::text(v, &mut text) => Box::new(VarCharBox::from_string(text)),
+        _ => Box::new(VarCharBox::null()),
+    }
 }
 
 /// A NULL keeps the column's type so that typed drivers do not reject it.
@@ -283,6 +324,7 @@ mod tests {
             type_name: "int".into(),
             kind: SqlKind::Integer,
             has_default: false,
+            array_type: Some("integer".into()),
         };
         TablePlan {
             dialect,
@@ -302,6 +344,15 @@ mod tests {
             "INSERT INTO \"t\" (\"id\",\"v\") VALUES (?,?),(?,?)"
         );
         assert_eq!(p.insert_sql(&[], 1), "INSERT INTO \"t\" DEFAULT VALUES");
+    }
+
+    #[test]
+    fn unnest_statements_carry_the_conflict_rule() {
+        let p = plan(Dialect::Postgres, OnConflict::Ignore);
+        assert_eq!(
+            p.unnest_sql(&[0, 1]).unwrap(),
+            "INSERT INTO \"t\" (\"id\",\"v\") SELECT * FROM unnest(?::integer[],?::integer[]) ON CONFLICT (\"id\") DO NOTHING"
+        );
     }
 
     #[test]
@@ -338,13 +389,17 @@ mod tests {
     fn chunks_respect_the_parameter_limit() {
         let mut p = plan(Dialect::Generic, OnConflict::Error);
         p.max_rows = 5000;
-        assert_eq!(p.rows_per_statement(2), 1000);
+        assert_eq!(p.rows_per_statement(&[0, 1]), 1000);
+        let mut pg = plan(Dialect::Postgres, OnConflict::Error);
+        pg.max_rows = 50_000;
+        assert_eq!(pg.strategy(&[0, 1]), Strategy::Unnest);
+        assert_eq!(pg.rows_per_statement(&[0, 1]), 50_000);
+        // An array-typed column cannot be unnested: multi-row VALUES, within the limit.
+        pg.columns[1].array_type = None;
+        assert_eq!(pg.strategy(&[0, 1]), Strategy::MultiRowValues);
+        assert_eq!(pg.rows_per_statement(&[0, 1]), 32_767);
         assert_eq!(
-            plan(Dialect::Postgres, OnConflict::Error).rows_per_statement(2),
-            500
-        );
-        assert_eq!(
-            plan(Dialect::Generic, OnConflict::Ignore).rows_per_statement(2),
+            plan(Dialect::Generic, OnConflict::Ignore).rows_per_statement(&[0, 1]),
             1
         );
     }

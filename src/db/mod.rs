@@ -6,8 +6,10 @@ pub mod catalog;
 pub mod dialect;
 pub mod insert;
 pub mod poll;
+pub mod postgres;
 pub mod probe;
 pub mod worker;
+pub mod write;
 
 use std::sync::OnceLock;
 

@@ -10,10 +10,10 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use super::DbSpec;
-use super::bulk;
 use super::catalog::{self, CatalogColumn};
 use super::dialect::Dialect;
-use super::insert::{Strategy, TablePlan, group_by_presence};
+use super::insert::TablePlan;
+use super::write::Writer;
 use crate::config::OnConflict;
 use crate::error::{Class, DbError};
 use crate::mapping::Row;
@@ -217,10 +217,21 @@ pub fn resolve(
                 ))
             })
     };
-    let columns: Vec<CatalogColumn> = match &target.columns {
+    let mut columns: Vec<CatalogColumn> = match &target.columns {
         Some(names) => names.iter().map(|n| pick(n)).collect::<Result<_, _>>()?,
         None => found.clone(),
     };
+    let table = dialect.quote_table(&target.table);
+    if dialect == Dialect::Postgres {
+        let types = catalog::postgres_types(conn, &table)?;
+        let _ = conn.commit();
+        for column in &mut columns {
+            column.array_type = types
+                .iter()
+                .find(|(name, _)| *name == column.name)
+                .map(|(_, t)| t.clone());
+        }
+    }
     let key = target
         .key
         .iter()
@@ -238,7 +249,7 @@ pub fn resolve(
         .collect::<Result<Vec<_>, _>>()?;
     Ok(TablePlan {
         dialect,
-        table: dialect.quote_table(&target.table),
+        table,
         columns,
         on_conflict: target.on_conflict,
         key,
@@ -252,13 +263,14 @@ enum Served {
 }
 
 fn serve(
-    conn: &Connection<'_>,
+    conn: &Connection<'static>,
     plan: &TablePlan,
     requests: &mut mpsc::Receiver<InsertRequest>,
     pending: &mut Option<InsertRequest>,
     backoff: &mut Backoff,
     route: &str,
 ) -> Served {
+    let mut writer = Writer::new(conn, plan);
     loop {
         let request = match pending.take() {
             Some(r) => r,
@@ -267,7 +279,7 @@ fn serve(
                 None => return Served::Closed,
             },
         };
-        match write_batch(conn, plan, &request.rows) {
+        match writer.write_batch(&request.rows) {
             Ok(rejected) => {
                 debug!(
                     route,
@@ -282,67 +294,6 @@ fn serve(
                 *pending = Some(request);
                 return Served::Outage(e);
             }
-        }
-    }
-}
-
-/// Writes and commits one batch. Data errors are isolated to their rows, which are
-/// reported back; an outage returns `Err` with nothing committed.
-pub fn write_batch(
-    conn: &Connection<'_>,
-    plan: &TablePlan,
-    rows: &[Row],
-) -> Result<Vec<(usize, DbError)>, DbError> {
-    write_rows(conn, plan, rows, true)
-}
-
-/// Like [`write_batch`]; with `keep` false everything is rolled back at the end (a dry run
-/// that still meets every constraint).
-pub fn write_rows(
-    conn: &Connection<'_>,
-    plan: &TablePlan,
-    rows: &[Row],
-    keep: bool,
-) -> Result<Vec<(usize, DbError)>, DbError> {
-    match insert_rows(conn, plan, rows, &(0..rows.len()).collect::<Vec<_>>())
-        .and_then(|()| finish(conn, keep))
-    {
-        Ok(()) => return Ok(Vec::new()),
-        Err(e) if e.class() == Class::Outage => return Err(e),
-        Err(_) => {
-            let _ = conn.rollback();
-        }
-    }
-    // Row by row inside one transaction: each failed statement rolls back alone in
-    // PostgreSQL (psqlODBC's statement-level rollback), MariaDB and SQLite.
-    let mut rejected = Vec::new();
-    for index in 0..rows.len() {
-        match insert_rows(conn, plan, rows, &[index]) {
-            Ok(()) => {}
-            Err(e) if e.class() == Class::Outage => return Err(e),
-            Err(e) => rejected.push((index, e)),
-        }
-    }
-    finish(conn, keep)?;
-    Ok(rejected)
-}
-
-/// Writes all of `rows` in one transaction, or none: the inner `Err` is the first data
-/// error (everything rolled back); the outer one an outage.
-pub fn write_all(
-    conn: &Connection<'_>,
-    plan: &TablePlan,
-    rows: &[Row],
-    keep: bool,
-) -> Result<Result<(), DbError>, DbError> {
-    match insert_rows(conn, plan, rows, &(0..rows.len()).collect::<Vec<_>>())
-        .and_then(|()| finish(conn, keep))
-    {
-        Ok(()) => Ok(Ok(())),
-        Err(e) if e.class() == Class::Outage => Err(e),
-        Err(e) => {
-            let _ = conn.rollback();
-            Ok(Err(e))
         }
     }
 }
@@ -370,51 +321,6 @@ pub fn dialect_of(conn: &Connection<'_>) -> Dialect {
     conn.database_management_system_name()
         .map(|n| Dialect::from_dbms_name(&n))
         .unwrap_or(Dialect::Generic)
-}
-
-fn finish(conn: &Connection<'_>, keep: bool) -> Result<(), DbError> {
-    if keep {
-        commit(conn)
-    } else {
-        conn.rollback().map_err(|e| with_liveness(conn, &e))
-    }
-}
-
-fn commit(conn: &Connection<'_>) -> Result<(), DbError> {
-    conn.commit().map_err(|e| with_liveness(conn, &e))
-}
-
-fn insert_rows(
-    conn: &Connection<'_>,
-    plan: &TablePlan,
-    rows: &[Row],
-    indexes: &[usize],
-) -> Result<(), DbError> {
-    let selected: Vec<&Row> = indexes.iter().map(|&i| &rows[i]).collect();
-    for (present, members) in group_by_presence(selected.iter().copied()) {
-        let per_statement = plan.rows_per_statement(present.len());
-        for chunk in members.chunks(per_statement) {
-            let chunk_rows: Vec<&Row> = chunk.iter().map(|&i| selected[i]).collect();
-            let result = if plan.strategy() == Strategy::ParameterArrays
-                && chunk_rows.len() > 1
-                && !present.is_empty()
-            {
-                bulk::insert(conn, plan, &chunk_rows, &present)
-            } else {
-                let sql = plan.insert_sql(&present, chunk_rows.len());
-                let params = plan.parameters(&chunk_rows, &present);
-                conn.execute(&sql, params.as_slice(), None).map(|_| ())
-            };
-            result.map_err(|e| with_liveness(conn, &e))?;
-        }
-    }
-    Ok(())
-}
-
-fn with_liveness(conn: &Connection<'_>, error: &odbc_api::Error) -> DbError {
-    let mut e = DbError::from_odbc(error);
-    e.connection_dead = conn.is_dead().unwrap_or(false);
-    e
 }
 
 /// Capped exponential backoff that wakes early for shutdown.
