@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what is missing, then runs the unit,
-# property and integration tests against the local services, and small reconciled runs of
-# the MQTT and AMQP inbound and the outbound benchmarks (they fail on a lost message, never on speed).
+# property and integration tests against the local services, and a small reconciled run of
+# the benchmark harness (it fails on a lost message, never on speed).
 # scripts/docker-context.sh checks that the Dockerfile's build stage has every file it needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,4 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 scripts/docker-context.sh
 cargo test --no-fail-fast
-MQDB_BENCH_MESSAGES=5000 cargo bench --bench inbound
-MQDB_BENCH_ROWS=5000 cargo bench --bench outbound
-MQDB_BENCH_MESSAGES=5000 cargo bench --bench amqp_inbound
+MQDB_BENCH_MESSAGES=5000 MQDB_BENCH_OUTAGE=5 cargo bench --bench bridge

@@ -1,0 +1,214 @@
+//! The benchmark harness: in one run, on one machine, broker and databases, each mqdb path
+//! as a rate and as a ratio to the ceiling it runs against, measured in the same run:
+//!
+//! 1. the bare broker: a QoS 1 subscriber (and an AMQP consumer) that only counts, fed by
+//!    the publisher mqdb gets (bounded in-flight window, a private Mosquitto that never
+//!    drops);
+//! 2. raw insert ceilings: the same rows, batch size and driver by the fastest plain ODBC
+//!    path (PostgreSQL `unnest`, MariaDB parameter arrays, SQLite multi-row `VALUES`),
+//!    with PostgreSQL `COPY` as the physical reference;
+//! 3. mqdb inbound end to end, MQTT → PostgreSQL, MQTT → MariaDB, AMQP → PostgreSQL;
+//! 4. mqdb outbound, PostgreSQL → MQTT, against a bare publisher waiting for the same
+//!    PUBACKs;
+//! 5. the dead-letter replay rate per driver (database path alone, no broker);
+//! 6. mqdb's memory through a database outage.
+//!
+//! Every section reconciles its counts and panics when one is off; none fails on speed.
+//! `cargo bench --bench bridge`; `MQDB_BENCH_MESSAGES` (default 200000, rounded up to whole
+//! batches), `MQDB_BENCH_OUTAGE` (seconds, default 30), `MQDB_BENCH_ONLY` (a comma list of
+//! sections: broker, ceilings, inbound, outbound, replay, outage).
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+mod ceilings;
+mod clients;
+mod inbound;
+mod load;
+mod outage;
+mod outbound;
+mod replay;
+mod report;
+mod running;
+
+use std::time::Duration;
+
+use common::{Db, Mosquitto};
+use inbound::Feed;
+use report::Report;
+
+/// Targets, as ratios to the ceiling measured in the same run.
+const INBOUND_TARGET: f64 = 0.9;
+const DATABASE_TARGET: f64 = 0.7;
+const OUTBOUND_TARGET: f64 = 0.9;
+
+fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        println!("bridge: bench");
+        return;
+    }
+    let n = env("MQDB_BENCH_MESSAGES", 200_000usize).div_ceil(load::BATCH) * load::BATCH;
+    let outage_s = env("MQDB_BENCH_OUTAGE", 30u64);
+    let only: String = env("MQDB_BENCH_ONLY", String::new());
+    let wanted = |section: &str| only.is_empty() || only.split(',').any(|s| s.trim() == section);
+    let sqlite_dir = tempfile::tempdir().unwrap();
+    let sqlite = Db::Sqlite(sqlite_dir.path().join("bench.db"));
+
+    println!(
+        "mqdb benchmark: {n} messages of ~{} bytes, batches of {}",
+        load::average_size(load::payloads(n.min(10_000)).iter().map(Vec::len)),
+        load::BATCH
+    );
+    println!(
+        "machine: {} cores, {}; {}",
+        common::cores(),
+        common::cpu_model(),
+        versions()
+    );
+    let broker = Mosquitto::start();
+    let mut report = Report::default();
+    let (mut mqtt, mut amqp) = (None, None);
+    let (mut pg, mut maria, mut lite) = (None, None, None);
+
+    if wanted("broker") || wanted("inbound") {
+        println!("broker ceilings:");
+        let rate = inbound::bare_mqtt(&broker, n);
+        report.ceiling("bare MQTT QoS 1 subscriber", rate);
+        mqtt = Some(rate);
+        let rate = inbound::bare_amqp(n);
+        report.ceiling("bare AMQP consumer", rate);
+        amqp = Some(rate);
+    }
+    if wanted("ceilings") || wanted("replay") {
+        println!("database ceilings:");
+        let rate = ceilings::postgres_unnest(n);
+        report.ceiling("raw PostgreSQL insert (unnest, prepared)", rate);
+        pg = Some(rate);
+        report.ceiling(
+            "raw PostgreSQL insert (multi-row VALUES)",
+            ceilings::multi_row_values(&Db::Postgres, n),
+        );
+        report.ceiling(
+            "PostgreSQL COPY (psql, physical reference)",
+            ceilings::postgres_copy(n),
+        );
+        let rate = ceilings::mariadb_arrays(n);
+        report.ceiling("raw MariaDB insert (parameter arrays)", rate);
+        maria = Some(rate);
+        let rate = ceilings::multi_row_values(&sqlite, n);
+        report.ceiling("raw SQLite insert (multi-row VALUES)", rate);
+        lite = Some(rate);
+    }
+    if wanted("inbound") {
+        println!("mqdb inbound, end to end:");
+        let feeds = [
+            (
+                Feed::Mqtt(&broker),
+                Db::Postgres,
+                mqtt,
+                "bare MQTT QoS 1 subscriber",
+            ),
+            (
+                Feed::Mqtt(&broker),
+                Db::MariaDb,
+                mqtt,
+                "bare MQTT QoS 1 subscriber",
+            ),
+            (Feed::Amqp, Db::Postgres, amqp, "bare AMQP consumer"),
+        ];
+        for (feed, db, ceiling, against) in feeds {
+            let (rate, usage) = inbound::mqdb(&feed, &db, n);
+            report.bridge(
+                &format!("mqdb {} → {} end to end", feed.label(), db.label()),
+                rate,
+                ceiling.map(|c| (against, c)),
+                INBOUND_TARGET,
+                usage,
+                n,
+            );
+        }
+    }
+    if wanted("outbound") {
+        println!("outbound:");
+        let bare = outbound::bare_publisher(&broker, n);
+        report.ceiling("bare MQTT publisher, QoS 1, PUBACKs awaited", bare);
+        let (rate, usage) = outbound::mqdb(&broker, n);
+        report.bridge(
+            "mqdb PostgreSQL → MQTT, confirmed, position stored",
+            rate,
+            Some(("bare MQTT publisher", bare)),
+            OUTBOUND_TARGET,
+            usage,
+            n,
+        );
+    }
+    if wanted("replay") {
+        println!("dead-letter replay (database path, no broker):");
+        for (db, ceiling, against) in [
+            (&Db::Postgres, pg, "raw PostgreSQL insert"),
+            (&Db::MariaDb, maria, "raw MariaDB insert"),
+            (&sqlite, lite, "raw SQLite insert"),
+        ] {
+            let (rate, usage) = replay::replay(db, n);
+            report.bridge(
+                &format!("mqdb dlq replay → {}", db.label()),
+                rate,
+                ceiling.map(|c| (against, c)),
+                DATABASE_TARGET,
+                usage,
+                n,
+            );
+        }
+    }
+    if wanted("outage") {
+        println!("memory through a database outage:");
+        let steady = Duration::from_secs(outage_s.clamp(5, 10));
+        let o = outage::run(&broker, 2000, steady, Duration::from_secs(outage_s));
+        report.note(format!(
+            "database outage of {} s at {} msg/s (MQTT → PostgreSQL, {} messages): mqdb RSS peak {:.1} MB before, {:.1} MB during, {:.1} MB while catching up; {} retries, every message a row, no dead letters",
+            o.outage.as_secs(),
+            o.rate,
+            o.messages,
+            o.before_kb as f64 / 1024.0,
+            o.during_kb as f64 / 1024.0,
+            o.after_kb as f64 / 1024.0,
+            o.retries,
+        ));
+    }
+    report.print();
+}
+
+/// The servers and drivers the figures belong to.
+fn versions() -> String {
+    let pg = Db::Postgres
+        .query("SHOW server_version")
+        .first()
+        .and_then(|r| r[0].clone())
+        .unwrap_or_default();
+    let maria = Db::MariaDb
+        .query("SELECT VERSION()")
+        .first()
+        .and_then(|r| r[0].clone())
+        .unwrap_or_default();
+    let package = |name: &str| {
+        std::process::Command::new("dpkg-query")
+            .args(["-W", "-f=${Version}", name])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    format!(
+        "PostgreSQL {pg} (psqlODBC {}), MariaDB {maria} (Connector/ODBC {}), SQLite ODBC {}, Mosquitto {}",
+        package("odbc-postgresql"),
+        package("odbc-mariadb"),
+        package("libsqliteodbc"),
+        package("mosquitto"),
+    )
+}

@@ -1,0 +1,195 @@
+//! What a section measured, the process figures of the mqdb it ran, and the table that
+//! puts every rate beside its ceiling.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Peak resident memory and CPU seconds of one mqdb process, and its RSS over time.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    pub peak_rss_kb: u64,
+    pub cpu_s: f64,
+    /// (seconds since sampling started, RSS in kB)
+    pub rss: Vec<(f64, u64)>,
+}
+
+impl Usage {
+    pub fn cpu_per_100k(&self, n: usize) -> f64 {
+        self.cpu_s * 100_000.0 / n.max(1) as f64
+    }
+
+    /// The highest RSS sampled between `from` and `to` seconds.
+    pub fn rss_between(&self, from: f64, to: f64) -> u64 {
+        self.rss
+            .iter()
+            .filter(|(t, _)| *t >= from && *t <= to)
+            .map(|(_, kb)| *kb)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Reads `/proc/PID` every 100 ms, so a process that exits still leaves its last figures.
+pub struct Sampler {
+    stop: Arc<AtomicBool>,
+    usage: Arc<Mutex<Usage>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sampler {
+    pub fn start(pid: u32) -> Sampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let usage = Arc::new(Mutex::new(Usage::default()));
+        let (s, u) = (stop.clone(), usage.clone());
+        let thread = std::thread::spawn(move || {
+            let start = Instant::now();
+            while !s.load(Ordering::Relaxed) {
+                let Some((rss, peak, cpu)) = read_proc(pid) else {
+                    return;
+                };
+                let mut usage = u.lock().unwrap();
+                usage.peak_rss_kb = usage.peak_rss_kb.max(peak);
+                usage.cpu_s = cpu;
+                usage.rss.push((start.elapsed().as_secs_f64(), rss));
+                drop(usage);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Sampler {
+            stop,
+            usage,
+            thread: Some(thread),
+        }
+    }
+
+    /// The figures so far, sampling once more first.
+    pub fn usage(&self) -> Usage {
+        self.usage.lock().unwrap().clone()
+    }
+
+    pub fn finish(mut self) -> Usage {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.usage()
+    }
+}
+
+/// (RSS kB, peak RSS kB, CPU seconds) of a live process.
+fn read_proc(pid: u32) -> Option<(u64, u64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let (rss, peak) = (field("VmRSS:")?, field("VmHWM:")?);
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some((rss, peak, ticks / 100.0))
+}
+
+/// One line of the table.
+pub struct Line {
+    pub path: String,
+    pub rate: f64,
+    /// What the rate is compared with, and its rate.
+    pub ceiling: Option<(String, f64)>,
+    /// The lowest ratio the bridge aims for.
+    pub target: Option<f64>,
+    pub usage: Option<(Usage, usize)>,
+}
+
+#[derive(Default)]
+pub struct Report {
+    pub lines: Vec<Line>,
+    pub notes: Vec<String>,
+}
+
+impl Report {
+    pub fn ceiling(&mut self, path: &str, rate: f64) {
+        println!("  {path}: {rate:.0}/s");
+        self.lines.push(Line {
+            path: path.to_string(),
+            rate,
+            ceiling: None,
+            target: None,
+            usage: None,
+        });
+    }
+
+    pub fn bridge(
+        &mut self,
+        path: &str,
+        rate: f64,
+        ceiling: Option<(&str, f64)>,
+        target: f64,
+        usage: Usage,
+        n: usize,
+    ) {
+        println!(
+            "  {path}: {rate:.0}/s, peak RSS {:.1} MB, {:.2} CPU s per 100k",
+            usage.peak_rss_kb as f64 / 1024.0,
+            usage.cpu_per_100k(n)
+        );
+        self.lines.push(Line {
+            path: path.to_string(),
+            rate,
+            ceiling: ceiling.map(|(p, r)| (p.to_string(), r)),
+            target: Some(target),
+            usage: Some((usage, n)),
+        });
+    }
+
+    pub fn note(&mut self, note: String) {
+        println!("  {note}");
+        self.notes.push(note);
+    }
+
+    /// The table, in Markdown, as the README shows it.
+    pub fn print(&self) {
+        println!();
+        println!(
+            "| path | rate /s | against | ratio | target | mqdb peak RSS | mqdb CPU s per 100k |"
+        );
+        println!("|---|---:|---|---:|---:|---:|---:|");
+        for l in &self.lines {
+            let (against, ratio) = match &l.ceiling {
+                Some((p, r)) => (p.clone(), format!("{:.2}", l.rate / r)),
+                None if l.target.is_some() => ("(ceiling not measured)".into(), "".into()),
+                None => ("ceiling".into(), "".into()),
+            };
+            let target = match (l.target, &l.ceiling) {
+                (Some(t), Some((_, r))) => {
+                    let verdict = if l.rate / r >= t { "met" } else { "not met" };
+                    format!("≥ {t:.1} ({verdict})")
+                }
+                (Some(t), None) => format!("≥ {t:.1}"),
+                (None, _) => String::new(),
+            };
+            let (rss, cpu) = match &l.usage {
+                Some((u, n)) => (
+                    format!("{:.1} MB", u.peak_rss_kb as f64 / 1024.0),
+                    format!("{:.2}", u.cpu_per_100k(*n)),
+                ),
+                None => (String::new(), String::new()),
+            };
+            println!(
+                "| {} | {:.0} | {against} | {ratio} | {target} | {rss} | {cpu} |",
+                l.path, l.rate
+            );
+        }
+        if !self.notes.is_empty() {
+            println!();
+            for n in &self.notes {
+                println!("- {n}");
+            }
+        }
+    }
+}
