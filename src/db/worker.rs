@@ -279,12 +279,14 @@ fn serve(
                 None => return Served::Closed,
             },
         };
+        let before = writer.statements();
         match writer.write_batch(&request.rows) {
             Ok(rejected) => {
                 debug!(
                     route,
                     rows = request.rows.len(),
                     rejected = rejected.len(),
+                    statements = writer.statements() - before,
                     "batch committed"
                 );
                 backoff.reset();

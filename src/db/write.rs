@@ -24,6 +24,8 @@ pub struct Writer<'c> {
     prepared: HashMap<Vec<usize>, Prepared<StatementImpl<'c>>>,
     /// Array parameters, reused from batch to batch.
     arrays: Vec<String>,
+    /// Statements executed so far.
+    executed: usize,
 }
 
 /// One statement's worth of a batch: the columns it binds and its rows (indexes).
@@ -39,7 +41,14 @@ impl<'c> Writer<'c> {
             plan,
             prepared: HashMap::new(),
             arrays: Vec::new(),
+            executed: 0,
         }
+    }
+
+    /// Statements executed so far (each batch is one per group of rows that bind the same
+    /// columns, plus a few per rejected row).
+    pub fn statements(&self) -> usize {
+        self.executed
     }
 
     /// Writes and commits one batch. Data errors are isolated to their rows, which are
@@ -51,7 +60,7 @@ impl<'c> Writer<'c> {
     /// Like [`Writer::write_batch`]; with `keep` false everything is rolled back at the end
     /// (a dry run that still meets every constraint).
     pub fn write_rows(&mut self, rows: &[Row], keep: bool) -> Result<Rejected, DbError> {
-        let statements = self.statements(rows);
+        let statements = self.plan_statements(rows);
         match self
             .execute_all(rows, &statements)
             .and_then(|()| self.finish(keep))
@@ -76,7 +85,7 @@ impl<'c> Writer<'c> {
     /// Writes all of `rows` in one transaction, or none: the inner `Err` is the first data
     /// error (everything rolled back); the outer one an outage.
     pub fn write_all(&mut self, rows: &[Row], keep: bool) -> Result<Result<(), DbError>, DbError> {
-        let statements = self.statements(rows);
+        let statements = self.plan_statements(rows);
         match self
             .execute_all(rows, &statements)
             .and_then(|()| self.finish(keep))
@@ -92,7 +101,7 @@ impl<'c> Writer<'c> {
 
     /// The batch cut into statements: rows grouped by the columns they bind, each group in
     /// chunks the statement can carry.
-    fn statements(&self, rows: &[Row]) -> Vec<Statement> {
+    fn plan_statements(&self, rows: &[Row]) -> Vec<Statement> {
         let mut out = Vec::new();
         for (present, members) in group_by_presence(rows) {
             let per_statement = self.plan.rows_per_statement(&present);
@@ -144,6 +153,7 @@ impl<'c> Writer<'c> {
         indexes: &[usize],
     ) -> Result<(), DbError> {
         let selected: Vec<&Row> = indexes.iter().map(|&i| &rows[i]).collect();
+        self.executed += 1;
         let conn = self.conn;
         let plan = self.plan;
         // A single row goes as a plain INSERT, whose errors read best in a dead letter.
