@@ -29,7 +29,7 @@ use crate::error::{Class, DbError};
 use crate::mapping::Mapper;
 use crate::message::Message;
 use crate::routes::{InboundPlan, OutboundPlan};
-use crate::state::{DeadLetterFilter, Failure, State};
+use crate::state::{DeadLetterFilter, Failure, State, StateError};
 
 /// Entries claimed and replayed together.
 const BATCH: usize = 500;
@@ -138,6 +138,13 @@ pub fn replay(
     };
     let progress = Progress::new(summary.total);
     let mut engines: HashMap<String, Engine> = HashMap::new();
+    let mut settler = Settler {
+        rt,
+        state: state.clone(),
+        owner: owner.clone(),
+        pending: None,
+    };
+    let mut failure = None;
     loop {
         if stop.load(Ordering::SeqCst) {
             summary.interrupted = true;
@@ -147,75 +154,124 @@ pub fn replay(
             rt.block_on(state.page_dead_letters(&filter, BATCH))
         } else {
             rt.block_on(state.claim_dead_letters(&filter, &owner, BATCH))
-        }
-        .map_err(|e| e.to_string())?;
+        };
+        let letters = match letters {
+            Ok(letters) => letters,
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        };
         let Some(last) = letters.last() else {
             break;
         };
         // Entries that fail again are released; never claim them twice in one replay.
         filter.after = Some(last.id);
-        let mut outcomes: Vec<Outcome> = Vec::with_capacity(letters.len());
-        let mut stopped = None;
-        for group in by_route(&letters) {
+        let mut attempted = 0;
+        // Each batch the database committed is settled in the state store (delivered
+        // entries deleted, failures recorded) in the background while the next one runs.
+        let mut on_batch = |outcomes: Vec<Outcome>| -> bool {
+            attempted += outcomes.len();
+            for (_, r) in &outcomes {
+                match r {
+                    Ok(()) => summary.replayed += 1,
+                    Err(f) => *summary.failed.entry(f.kind.clone()).or_default() += 1,
+                }
+            }
+            if dry_run {
+                return true;
+            }
+            match settler.settle(outcomes) {
+                Ok(()) => true,
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            }
+        };
+        let mut outage = None;
+        for group in letters.chunk_by(|a, b| a.route == b.route) {
             let route = &group[0].route;
             let engine = engines
                 .entry(route.clone())
                 .or_insert_with(|| Engine::new(&routes, route, &group[0].direction));
-            match engine.replay(rt, &group, dry_run) {
-                Ok(mut done) => outcomes.append(&mut done),
-                Err(Outage(e)) => {
-                    stopped = Some(e);
-                    break;
-                }
-            }
-        }
-        if !dry_run {
-            let ok: Vec<i64> = outcomes
-                .iter()
-                .filter(|(_, r)| r.is_ok())
-                .map(|(id, _)| *id)
-                .collect();
-            let failed: Vec<(i64, Failure)> = outcomes
-                .iter()
-                .filter_map(|(id, r)| r.as_ref().err().map(|f| (*id, f.clone())))
-                .collect();
-            rt.block_on(async {
-                state.resolve_dead_letters(&owner, &ok).await?;
-                state.fail_dead_letters(&owner, &failed).await?;
-                state.release_claims(&owner).await
-            })
-            .map_err(|e| e.to_string())?;
-        }
-        for (_, r) in &outcomes {
-            match r {
-                Ok(()) => summary.replayed += 1,
-                Err(f) => *summary.failed.entry(f.kind.clone()).or_default() += 1,
+            if let Err(Outage(e)) = engine.replay(rt, group, dry_run, stop, &mut on_batch) {
+                outage = Some(e);
+                break;
             }
         }
         progress.show(summary.replayed + summary.failures(), summary.failures());
-        if let Some(e) = stopped {
+        if failure.is_some() {
+            break;
+        }
+        if let Some(e) = outage {
             summary.outage = Some(e);
+            break;
+        }
+        if attempted < letters.len() {
+            // Stopped between two batches of the route: the rest stays in the queue.
+            summary.interrupted = true;
             break;
         }
     }
     progress.finish();
+    let settled = settler.finish();
     if !dry_run {
         rt.block_on(state.release_claims(&owner))
             .map_err(|e| e.to_string())?;
     }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    settled?;
     Ok(summary)
 }
 
-/// Consecutive letters of the same route, in id order.
-fn by_route(letters: &[DeadLetter]) -> Vec<Vec<DeadLetter>> {
-    let mut groups: Vec<Vec<DeadLetter>> = Vec::new();
-    for l in letters {
-        match groups.last_mut() {
-            Some(g) if g[0].route == l.route => g.push(l.clone()),
-            _ => groups.push(vec![l.clone()]),
+/// Settles committed batches in the state store, one at a time and in order, each while
+/// the next batch is replayed.
+struct Settler<'a> {
+    rt: &'a Handle,
+    state: State,
+    owner: String,
+    pending: Option<tokio::task::JoinHandle<Result<(), StateError>>>,
+}
+
+impl Settler<'_> {
+    fn settle(&mut self, outcomes: Vec<Outcome>) -> Result<(), String> {
+        self.wait()?;
+        let (state, owner) = (self.state.clone(), self.owner.clone());
+        self.pending = Some(self.rt.spawn(settle(state, owner, outcomes)));
+        Ok(())
+    }
+
+    fn wait(&mut self) -> Result<(), String> {
+        match self.pending.take() {
+            Some(task) => self
+                .rt
+                .block_on(task)
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string()),
+            None => Ok(()),
         }
     }
-    groups
+
+    fn finish(mut self) -> Result<(), String> {
+        self.wait()
+    }
+}
+
+/// Deletes what was delivered and records what failed (which releases it).
+async fn settle(state: State, owner: String, outcomes: Vec<Outcome>) -> Result<(), StateError> {
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    for (id, r) in outcomes {
+        match r {
+            Ok(()) => ok.push(id),
+            Err(f) => failed.push((id, f)),
+        }
+    }
+    state.resolve_dead_letters(&owner, &ok).await?;
+    state.fail_dead_letters(&owner, &failed).await
 }
 
 fn failure(kind: &str, error: impl Into<String>, sqlstate: Option<String>) -> Failure {
@@ -275,20 +331,28 @@ impl Engine {
         }
     }
 
+    /// Replays `letters` (all of this route), handing the outcomes of each batch to
+    /// `on_batch` (false: stop). An inbound route also stops between batches once `stop`
+    /// is set, leaving the rest unattempted.
     fn replay(
         &mut self,
         rt: &Handle,
         letters: &[DeadLetter],
         dry_run: bool,
-    ) -> Result<Vec<Outcome>, Outage> {
+        stop: &AtomicBool,
+        on_batch: &mut dyn FnMut(Vec<Outcome>) -> bool,
+    ) -> Result<(), Outage> {
         match self {
-            Engine::Broken(f) => Ok(letters.iter().map(|l| (l.id, Err(f.clone()))).collect()),
+            Engine::Broken(f) => {
+                on_batch(letters.iter().map(|l| (l.id, Err(f.clone()))).collect());
+                Ok(())
+            }
             Engine::Unreachable(e) => Err(Outage(e.clone())),
             Engine::Inbound {
                 conn,
                 table,
                 mapper,
-            } => replay_inbound(conn, table, mapper, letters, dry_run),
+            } => replay_inbound(conn, table, mapper, letters, dry_run, stop, on_batch),
             Engine::Outbound {
                 plan,
                 publisher,
@@ -300,7 +364,8 @@ impl Engine {
                     publisher,
                     spec,
                 };
-                replay_outbound(rt, &target, db, letters, dry_run)
+                on_batch(replay_outbound(rt, &target, db, letters, dry_run)?);
+                Ok(())
             }
         }
     }
@@ -310,18 +375,52 @@ fn outage(e: DbError) -> Outage {
     Outage(format!("database: {e}"))
 }
 
+/// Inbound letters in batches of the route's `max_rows`, each one transaction; the next
+/// batch is mapped on another thread while this one is written.
 fn replay_inbound(
     conn: &Connection<'static>,
     table: &TablePlan,
     mapper: &Mapper,
     letters: &[DeadLetter],
     dry_run: bool,
-) -> Result<Vec<Outcome>, Outage> {
-    let mut outcomes = Vec::with_capacity(letters.len());
+    stop: &AtomicBool,
+    on_batch: &mut dyn FnMut(Vec<Outcome>) -> bool,
+) -> Result<(), Outage> {
     let mut writer = Writer::new(conn, table);
-    // Letters of one row go in one batch; a letter of many rows (a whole CSV message) is
-    // all or nothing, so that a failure never leaves half of it stored.
-    let mut single: Vec<(i64, crate::mapping::Row)> = Vec::new();
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(move || {
+            for batch in letters.chunks(table.max_rows.max(1)) {
+                if tx.send(map_letters(mapper, batch)).is_err() {
+                    return;
+                }
+            }
+        });
+        for mapped in rx {
+            let mut outcomes = Vec::new();
+            write_mapped(&mut writer, mapped, dry_run, &mut outcomes)?;
+            if !on_batch(outcomes) || stop.load(Ordering::SeqCst) {
+                break;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A batch of inbound letters, mapped again.
+#[derive(Default)]
+struct Mapped {
+    /// Letters settled by mapping alone: they failed, or carry no row.
+    settled: Vec<Outcome>,
+    /// Letters of one row.
+    single: Vec<(i64, crate::mapping::Row)>,
+    /// Letters of many rows (a whole CSV message): all or nothing each, so that a failure
+    /// never leaves half of one stored.
+    many: Vec<(i64, Vec<crate::mapping::Row>)>,
+}
+
+fn map_letters(mapper: &Mapper, letters: &[DeadLetter]) -> Mapped {
+    let mut out = Mapped::default();
     for letter in letters {
         let message = Message::from_dead_letter(
             &letter.source,
@@ -331,36 +430,50 @@ fn replay_inbound(
         );
         let mapped = mapper.map(&message);
         if let Some((_, Err(e))) = mapped.iter().find(|(_, r)| r.is_err()) {
-            outcomes.push((letter.id, Err(failure(e.kind(), e.message(), None))));
+            out.settled
+                .push((letter.id, Err(failure(e.kind(), e.message(), None))));
             continue;
         }
         let mut rows: Vec<crate::mapping::Row> =
             mapped.into_iter().filter_map(|(_, r)| r.ok()).collect();
         match rows.len() {
-            0 => outcomes.push((letter.id, Ok(()))),
-            1 => single.push((letter.id, rows.remove(0))),
-            _ => match writer.write_all(&rows, !dry_run).map_err(outage)? {
-                Ok(()) => outcomes.push((letter.id, Ok(()))),
-                Err(e) => {
-                    outcomes.push((letter.id, Err(failure("rejected", e.message, e.sqlstate))))
-                }
-            },
+            0 => out.settled.push((letter.id, Ok(()))),
+            1 => out.single.push((letter.id, rows.remove(0))),
+            _ => out.many.push((letter.id, rows)),
         }
     }
-    if !single.is_empty() {
-        let (ids, rows): (Vec<i64>, Vec<crate::mapping::Row>) = single.into_iter().unzip();
-        let rejected = writer.write_rows(&rows, !dry_run).map_err(outage)?;
-        for (i, id) in ids.iter().enumerate() {
-            match rejected.iter().find(|(r, _)| *r == i) {
-                Some((_, e)) => outcomes.push((
-                    *id,
-                    Err(failure("rejected", e.message.clone(), e.sqlstate.clone())),
-                )),
-                None => outcomes.push((*id, Ok(()))),
-            }
+    out
+}
+
+fn write_mapped(
+    writer: &mut Writer<'_>,
+    mapped: Mapped,
+    dry_run: bool,
+    outcomes: &mut Vec<Outcome>,
+) -> Result<(), Outage> {
+    outcomes.extend(mapped.settled);
+    for (id, rows) in mapped.many {
+        match writer.write_all(&rows, !dry_run).map_err(outage)? {
+            Ok(()) => outcomes.push((id, Ok(()))),
+            Err(e) => outcomes.push((id, Err(failure("rejected", e.message, e.sqlstate)))),
         }
     }
-    Ok(outcomes)
+    if mapped.single.is_empty() {
+        return Ok(());
+    }
+    let (ids, rows): (Vec<i64>, Vec<crate::mapping::Row>) = mapped.single.into_iter().unzip();
+    let mut rejected = writer
+        .write_rows(&rows, !dry_run)
+        .map_err(outage)?
+        .into_iter()
+        .peekable();
+    for (i, id) in ids.into_iter().enumerate() {
+        match rejected.next_if(|(r, _)| *r == i) {
+            Some((_, e)) => outcomes.push((id, Err(failure("rejected", e.message, e.sqlstate)))),
+            None => outcomes.push((id, Ok(()))),
+        }
+    }
+    Ok(())
 }
 
 /// Where an outbound dead letter was to be published.

@@ -56,7 +56,7 @@ const FILTER: &str = "(?1 IS NULL OR route = ?1)
     AND (?3 IS NULL OR first_failed_at >= ?3)
     AND (?4 IS NULL OR first_failed_at < ?4)
     AND (?5 IS NULL OR error_kind = ?5)
-    AND (?6 IS NULL OR id > ?6)";
+    AND id > coalesce(?6, 0)";
 
 const COLUMNS: &str = "id, route, direction, source, payload, headers, error_kind, error, sqlstate, attempts, first_failed_at, last_failed_at";
 
