@@ -1,10 +1,12 @@
 //! The inbound route loop: messages → rows → batches → the ODBC sink → dead letters and
 //! acknowledgements.
 //!
-//! One batch is in the database at a time; while it commits the next one fills. A batch
-//! leaves when it is full, when no further message is ready, or when `max_delay` has passed
-//! since its first row, whichever comes first.
+//! While a batch commits the next one fills. A batch leaves when it is full, when no
+//! further message is ready, or when `max_delay` has passed since its first row, whichever
+//! comes first; a full one also leaves while another is being written, so that at most two
+//! are at the database at once.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,11 +16,13 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::codec::csv::Line;
+use crate::db::insert::{Strategy, presence};
+use crate::db::postgres::Arrays;
 use crate::db::worker::{InsertOutcome, InsertRequest, Sink};
 use crate::dlq::{Direction, NewDeadLetter};
 use crate::error::DbError;
 use crate::mapping::{MapError, Mapper, Row};
-use crate::message::Message;
+use crate::message::{AckHandle, Message};
 use crate::metrics::RouteMetrics;
 use crate::state::State;
 
@@ -41,6 +45,10 @@ struct Batch {
     origins: Vec<(usize, Option<Line>)>,
     /// Messages, or lines of them, that could not become rows.
     failures: Vec<(usize, Option<Line>, MapError)>,
+    /// PostgreSQL array parameters for `rows`, built as the rows come, while every row binds
+    /// the same columns: the database thread then only sends them. `None` once a row
+    /// differs; the database thread groups the rows itself.
+    arrays: Option<Arrays>,
     started: Option<Instant>,
 }
 
@@ -50,6 +58,9 @@ impl Batch {
         self.messages.len().max(self.rows.len())
     }
 }
+
+/// Batches at the database at once: one being written, one waiting.
+const IN_FLIGHT: usize = 2;
 
 struct InFlight {
     reply: oneshot::Receiver<InsertOutcome>,
@@ -61,29 +72,35 @@ impl InboundRoute {
     /// Runs until `stop` turns true and every message already received is done.
     pub async fn run(self, mut messages: mpsc::Receiver<Message>, mut stop: watch::Receiver<bool>) {
         let mut batch = Batch::default();
-        let mut in_flight: Option<InFlight> = None;
+        let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(IN_FLIGHT);
+        let mut spare = None;
         let mut stopping = false;
         loop {
-            let ready_to_send = in_flight.is_none()
-                && batch.len() > 0
-                && (batch.len() >= self.max_rows
-                    || messages.is_empty()
-                    || batch.started.is_some_and(|t| t.elapsed() >= self.max_delay));
-            if ready_to_send {
-                in_flight = self.dispatch(std::mem::take(&mut batch)).await;
+            if self.can_send(&batch, &messages, &in_flight)
+                && let Some(sent) = self.dispatch(std::mem::take(&mut batch)).await
+            {
+                in_flight.push_back(sent);
             }
-            if stopping && in_flight.is_none() && batch.len() == 0 && messages.is_empty() {
+            if stopping && in_flight.is_empty() && batch.len() == 0 && messages.is_empty() {
                 return;
             }
             let deadline = batch.started.map(|t| t + self.max_delay);
             tokio::select! {
                 biased;
-                outcome = async { (&mut in_flight.as_mut().expect("guarded").reply).await }, if in_flight.is_some() => {
-                    let done = in_flight.take().expect("guarded");
+                outcome = async { (&mut in_flight.front_mut().expect("guarded").reply).await }, if !in_flight.is_empty() => {
+                    let done = in_flight.pop_front().expect("guarded");
                     match outcome {
-                        Ok(InsertOutcome::Committed { rejected }) => {
+                        Ok(InsertOutcome::Committed { rejected, arrays }) => {
+                            spare = arrays;
                             self.metrics.batch.observe(done.sent.elapsed());
                             RouteMetrics::add(&self.metrics.written, done.batch.origins.len() - rejected.len());
+                            // The next batch goes to the database before this one is
+                            // acknowledged, so that the two overlap.
+                            if self.can_send(&batch, &messages, &in_flight)
+                                && let Some(sent) = self.dispatch(std::mem::take(&mut batch)).await
+                            {
+                                in_flight.push_back(sent);
+                            }
                             self.finish(done.batch, rejected).await
                         }
                         Ok(InsertOutcome::Abandoned) | Err(_) => {
@@ -93,10 +110,10 @@ impl InboundRoute {
                     }
                 }
                 message = messages.recv(), if batch.len() < self.max_rows => match message {
-                    Some(message) => self.add(&mut batch, message),
+                    Some(message) => self.add(&mut batch, message, &mut spare),
                     None => stopping = true,
                 },
-                _ = sleep_until_opt(deadline), if deadline.is_some() && in_flight.is_none() => {}
+                _ = sleep_until_opt(deadline), if deadline.is_some() && in_flight.is_empty() => {}
                 changed = stop.changed(), if !stopping => {
                     if changed.is_err() || *stop.borrow() {
                         stopping = true;
@@ -106,13 +123,54 @@ impl InboundRoute {
         }
     }
 
-    fn add(&self, batch: &mut Batch, message: Message) {
+    /// Whether `batch` goes to the database now. With nothing in flight, a batch leaves
+    /// when it is full, when no further message is ready, or when `max_delay` has passed
+    /// since its first row. A full batch also leaves while one is being written, so the
+    /// database thread finds it waiting instead of idling for the hand-over.
+    fn can_send(
+        &self,
+        batch: &Batch,
+        messages: &mpsc::Receiver<Message>,
+        in_flight: &VecDeque<InFlight>,
+    ) -> bool {
+        match in_flight.len() {
+            0 => {
+                batch.len() > 0
+                    && (batch.len() >= self.max_rows
+                        || messages.is_empty()
+                        || batch.started.is_some_and(|t| t.elapsed() >= self.max_delay))
+            }
+            n if n < IN_FLIGHT => batch.len() >= self.max_rows,
+            _ => false,
+        }
+    }
+
+    /// Maps `message` into `batch`; `spare` holds array buffers back from the database.
+    fn add(&self, batch: &mut Batch, message: Message, spare: &mut Option<Arrays>) {
         batch.started.get_or_insert_with(Instant::now);
         RouteMetrics::add(&self.metrics.received, 1);
         self.metrics.enter(1);
         let index = batch.messages.len();
+        let plan = &self.sink.plan;
         self.mapper.map_into(&message, &mut |line, mapped| match mapped {
             Ok(row) => {
+                batch.arrays = match batch.arrays.take() {
+                    _ if batch.rows.is_empty() => {
+                        let present = presence(&row);
+                        (plan.strategy(&present) == Strategy::Unnest).then(|| {
+                            let mut arrays = spare.take().unwrap_or_default();
+                            arrays.reset(&present);
+                            arrays
+                        })
+                    }
+                    Some(a) if a.fits(&row) && a.rows < plan.rows_per_statement(&a.present) => {
+                        Some(a)
+                    }
+                    _ => None,
+                };
+                if let Some(a) = &mut batch.arrays {
+                    a.push(&row);
+                }
                 batch.rows.push(row);
                 batch.origins.push((index, line));
             }
@@ -133,6 +191,7 @@ impl InboundRoute {
         let (reply_tx, reply_rx) = oneshot::channel();
         let request = InsertRequest {
             rows: std::mem::take(&mut batch.rows),
+            arrays: batch.arrays.take(),
             reply: reply_tx,
         };
         if self.sink.requests.send(request).await.is_err() {
@@ -179,9 +238,7 @@ impl InboundRoute {
             warn!(route = %self.name, count = letters.len(), "messages dead-lettered");
         }
         let done = batch.messages.len();
-        for message in batch.messages {
-            message.ack.complete().await;
-        }
+        AckHandle::complete_all(batch.messages.into_iter().map(|m| m.ack)).await;
         self.metrics.leave(done);
     }
 

@@ -178,10 +178,6 @@ impl Source {
             Source::Meta(m) => format!("meta.{}", m.name()),
         }
     }
-
-    fn needs_json(&self) -> bool {
-        matches!(self, Source::PayloadPath(_))
-    }
 }
 
 fn csv_field(text: &str, name: &str, csv: &CsvFormat) -> Result<Field, String> {
@@ -267,7 +263,8 @@ pub enum PayloadFormat {
 pub struct Mapper {
     columns: Vec<MappedColumn>,
     format: PayloadFormat,
-    needs_json: bool,
+    /// The first keys of the JSON paths the columns read: only these members are decoded.
+    top_keys: Vec<String>,
     /// CSV records mapped to the table's columns in order may not have more fields.
     max_fields: Option<usize>,
 }
@@ -276,11 +273,19 @@ const NULL: Json = Json::Null;
 
 impl Mapper {
     pub fn new(columns: Vec<MappedColumn>, format: PayloadFormat) -> Self {
-        let needs_json = columns.iter().any(|c| c.source.needs_json());
+        let mut top_keys: Vec<String> = Vec::new();
+        for column in &columns {
+            if let Source::PayloadPath(path) = &column.source
+                && let Some(first) = path.first()
+                && !top_keys.contains(first)
+            {
+                top_keys.push(first.clone());
+            }
+        }
         Mapper {
             columns,
             format,
-            needs_json,
+            top_keys,
             max_fields: None,
         }
     }
@@ -320,17 +325,17 @@ impl Mapper {
     }
 
     fn map_json(&self, message: &Message) -> Result<Row, MapError> {
-        let json = if self.needs_json {
-            Some(json::decode(&message.payload)?)
-        } else {
+        let json = if self.top_keys.is_empty() {
             None
+        } else {
+            Some(json::decode_members(&message.payload, &self.top_keys)?)
         };
         self.columns
             .iter()
             .map(|column| {
                 let input = match &column.source {
                     Source::PayloadPath(path) => {
-                        json.as_ref().and_then(|j| lookup(j, path)).map(Input::Json)
+                        json.as_ref().and_then(|j| j.get(path)).map(Input::Json)
                     }
                     other => message_input(other, message, &message.payload),
                 };
@@ -493,19 +498,6 @@ fn convert_column(
             )
         }),
     }
-}
-
-/// Follows object keys, then a case-insensitive key, and array indexes.
-fn lookup<'a>(json: &'a Json, path: &[String]) -> Option<&'a Json> {
-    path.iter().try_fold(json, |node, segment| match node {
-        Json::Object(map) => map.get(segment).or_else(|| {
-            map.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(segment))
-                .map(|(_, v)| v)
-        }),
-        Json::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
-        _ => None,
-    })
 }
 
 #[cfg(test)]

@@ -133,11 +133,12 @@ impl Message {
 #[derive(Debug)]
 pub struct AckHandle {
     seq: u64,
-    done: mpsc::Sender<u64>,
+    done: mpsc::Sender<Vec<u64>>,
 }
 
 impl AckHandle {
-    pub fn new(seq: u64, done: mpsc::Sender<u64>) -> Self {
+    /// `done` takes the sequence numbers of finished messages, a batch at a time.
+    pub fn new(seq: u64, done: mpsc::Sender<Vec<u64>>) -> Self {
         AckHandle { seq, done }
     }
 
@@ -147,10 +148,29 @@ impl AckHandle {
         AckHandle { seq: 0, done }
     }
 
-    pub async fn complete(self) {
-        // A closed channel means the source is gone; the broker will redeliver instead.
-        let _ = self.done.send(self.seq).await;
+    /// Reports a batch of finished messages with one report per source, not one per
+    /// message: each report may wake the source's task.
+    pub async fn complete_all(handles: impl IntoIterator<Item = AckHandle>) {
+        let mut group: Option<(mpsc::Sender<Vec<u64>>, Vec<u64>)> = None;
+        for handle in handles {
+            match &mut group {
+                Some((done, seqs)) if done.same_channel(&handle.done) => seqs.push(handle.seq),
+                _ => {
+                    if let Some((done, seqs)) = group.replace((handle.done, vec![handle.seq])) {
+                        report(&done, seqs).await;
+                    }
+                }
+            }
+        }
+        if let Some((done, seqs)) = group {
+            report(&done, seqs).await;
+        }
     }
+}
+
+async fn report(done: &mpsc::Sender<Vec<u64>>, seqs: Vec<u64>) {
+    // A closed channel means the source is gone; the broker will redeliver instead.
+    let _ = done.send(seqs).await;
 }
 
 #[cfg(test)]

@@ -53,7 +53,7 @@ fn rejected_rows_are_found_exactly(db: Db, columns: &str) {
     let mut writer = Writer::new(&conn, &plan);
 
     // When the batch is written
-    let rejected = writer.write_batch(&batch).expect("no outage");
+    let rejected = writer.write_batch(&batch, None).expect("no outage");
 
     // Then exactly the breaking rows are reported, each with the database's reason
     let want: Vec<usize> = (0..1000).filter(|i| i % 71 == 70).collect();
@@ -72,7 +72,12 @@ fn rejected_rows_are_found_exactly(db: Db, columns: &str) {
         .map(|i| vec![Some(Value::Int(i)), Some(Value::Int(1))])
         .collect();
     let before = writer.statements();
-    assert!(writer.write_batch(&clean).expect("no outage").is_empty());
+    assert!(
+        writer
+            .write_batch(&clean, None)
+            .expect("no outage")
+            .is_empty()
+    );
     assert_eq!(
         writer.statements() - before,
         1,
@@ -161,7 +166,12 @@ fn values_survive_the_batch_statement(db: Db, columns: &str) {
 
     // When they are written as one batch
     let mut writer = Writer::new(&conn, &plan);
-    assert!(writer.write_batch(&batch).expect("no outage").is_empty());
+    assert!(
+        writer
+            .write_batch(&batch, None)
+            .expect("no outage")
+            .is_empty()
+    );
     assert_eq!(writer.statements(), 1, "[{}] one statement", db.label());
 
     // Then each value reads back as it went in
@@ -247,5 +257,90 @@ fn values_survive_the_batch_statement_sqlite() {
     values_survive_the_batch_statement(
         Db::Sqlite(dir.path().join("v.db")),
         "id INTEGER PRIMARY KEY, t TEXT, ts TIMESTAMP, d DATE, f REAL, b BOOLEAN, raw BLOB",
+    );
+}
+
+fn later_batches_may_carry_longer_values(db: Db, columns: &str) {
+    // Given a writer kept across batches (its statements prepared and buffers bound once),
+    // whose first batch has short values
+    let table = TempTable::create(&db, "write_grow", columns);
+    let (conn, plan) =
+        worker::connect(&spec(&db), &target(&table.name, &["id", "t", "raw"], 3)).expect("resolve");
+    let mut writer = Writer::new(&conn, &plan);
+    let batch = |from: i64, len: usize| -> Vec<Row> {
+        (from..from + 3)
+            .map(|i| {
+                vec![
+                    Some(Value::Int(i)),
+                    Some(Value::Text("é".repeat(len / 2))),
+                    Some(Value::Bytes(vec![7; len])),
+                ]
+            })
+            .collect()
+    };
+    assert!(writer.write_batch(&batch(0, 2), None).unwrap().is_empty());
+
+    // When later batches carry values thousands of times longer, and then short ones again
+    assert!(
+        writer
+            .write_batch(&batch(3, 10_000), None)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(writer.write_batch(&batch(6, 4), None).unwrap().is_empty());
+
+    // Then every value is stored whole, each batch in one statement
+    assert_eq!(writer.statements(), 3, "[{}]", db.label());
+    let length = match db {
+        Db::Postgres => "octet_length",
+        _ => "length",
+    };
+    let got = db.query(&format!(
+        "SELECT id, {length}(t), {length}(raw) FROM {} ORDER BY id",
+        table.name
+    ));
+    let lengths: Vec<(i64, i64)> = got
+        .iter()
+        .map(|r| {
+            (
+                r[1].as_deref().unwrap().parse().unwrap(),
+                r[2].as_deref().unwrap().parse().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(i64, i64)> = [2, 10_000, 4]
+        .iter()
+        .flat_map(|&len| std::iter::repeat_n((len as i64, len as i64), 3))
+        .collect();
+    // SQLite's length() counts characters of text: two bytes each here.
+    let want: Vec<(i64, i64)> = match db {
+        Db::Sqlite(_) => want.iter().map(|&(t, b)| (t / 2, b)).collect(),
+        _ => want,
+    };
+    assert_eq!(lengths, want, "[{}]", db.label());
+}
+
+#[test]
+fn later_batches_may_carry_longer_values_postgres() {
+    later_batches_may_carry_longer_values(
+        Db::Postgres,
+        "id INTEGER PRIMARY KEY, t TEXT, raw BYTEA",
+    );
+}
+
+#[test]
+fn later_batches_may_carry_longer_values_mariadb() {
+    later_batches_may_carry_longer_values(
+        Db::MariaDb,
+        "id INTEGER PRIMARY KEY, t MEDIUMTEXT, raw MEDIUMBLOB",
+    );
+}
+
+#[test]
+fn later_batches_may_carry_longer_values_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    later_batches_may_carry_longer_values(
+        Db::Sqlite(dir.path().join("g.db")),
+        "id INTEGER PRIMARY KEY, t TEXT, raw BLOB",
     );
 }

@@ -10,13 +10,15 @@
 //! 3. mqdb inbound end to end, MQTT → PostgreSQL, MQTT → MariaDB, AMQP → PostgreSQL;
 //! 4. mqdb outbound, PostgreSQL → MQTT, against a bare publisher waiting for the same
 //!    PUBACKs;
-//! 5. the dead-letter replay rate per driver (database path alone, no broker);
-//! 6. mqdb's memory through a database outage.
+//! 5. the database path with the broker not limiting: the inbound route loop fed from
+//!    memory, per driver, against that driver's raw insert ceiling;
+//! 6. the dead-letter replay rate per driver (database path alone, no broker);
+//! 7. mqdb's memory through a database outage.
 //!
 //! Every section reconciles its counts and panics when one is off; none fails on speed.
 //! `cargo bench --bench bridge`; `MQDB_BENCH_MESSAGES` (default 200000, rounded up to whole
 //! batches), `MQDB_BENCH_OUTAGE` (seconds, default 30), `MQDB_BENCH_ONLY` (a comma list of
-//! sections: broker, ceilings, inbound, outbound, replay, outage).
+//! sections: broker, ceilings, inbound, outbound, pipeline, replay, outage).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -27,6 +29,7 @@ mod inbound;
 mod load;
 mod outage;
 mod outbound;
+mod pipeline;
 mod replay;
 mod report;
 mod running;
@@ -86,7 +89,7 @@ fn main() {
         report.ceiling("bare AMQP consumer", rate);
         amqp = Some(rate);
     }
-    if wanted("ceilings") || wanted("replay") {
+    if wanted("ceilings") || wanted("pipeline") || wanted("replay") {
         println!("database ceilings:");
         let rate = ceilings::postgres_unnest(n);
         report.ceiling("raw PostgreSQL insert (unnest, prepared)", rate);
@@ -148,6 +151,24 @@ fn main() {
             usage,
             n,
         );
+    }
+    if wanted("pipeline") {
+        println!("inbound database path (the route fed from memory, no broker):");
+        for (db, ceiling, against) in [
+            (&Db::Postgres, pg, "raw PostgreSQL insert"),
+            (&Db::MariaDb, maria, "raw MariaDB insert"),
+            (&sqlite, lite, "raw SQLite insert"),
+        ] {
+            let (rate, usage) = pipeline::run(db, n);
+            report.bridge(
+                &format!("mqdb inbound route → {}, broker not limiting", db.label()),
+                rate,
+                ceiling.map(|c| (against, c)),
+                DATABASE_TARGET,
+                usage,
+                n,
+            );
+        }
     }
     if wanted("replay") {
         println!("dead-letter replay (database path, no broker):");

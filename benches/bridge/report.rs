@@ -174,6 +174,10 @@ impl Report {
                 (None, _) => String::new(),
             };
             let (rss, cpu) = match &l.usage {
+                // In-process runs have no RSS of their own.
+                Some((u, n)) if u.peak_rss_kb == 0 => {
+                    ("—".into(), format!("{:.2}", u.cpu_per_100k(*n)))
+                }
                 Some((u, n)) => (
                     format!("{:.1} MB", u.peak_rss_kb as f64 / 1024.0),
                     format!("{:.2}", u.cpu_per_100k(*n)),

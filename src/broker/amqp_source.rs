@@ -97,7 +97,7 @@ async fn consume(
     let broker: Arc<str> = Arc::from(settings.name.as_str());
     // Every message handed out holds a prefetch slot, so reports never outnumber twice the
     // window (this connection's and the previous one's).
-    let (done_tx, mut done_rx) = mpsc::channel::<u64>(usize::from(spec.prefetch) * 2 + 1);
+    let (done_tx, mut done_rx) = mpsc::channel::<Vec<u64>>(usize::from(spec.prefetch) * 2 + 1);
     let mut sequencer: Sequencer<u64> = Sequencer::default();
     let mut seq: u64 = 0;
     let mut delay = Duration::from_millis(100);
@@ -144,8 +144,8 @@ async fn consume(
                     let _ = conn.close(200, "mqdb stopping".into()).await;
                     return;
                 }
-                Some(s) = done_rx.recv() => {
-                    sequencer.done(s);
+                Some(seqs) = done_rx.recv() => {
+                    seqs.into_iter().for_each(|s| sequencer.done(s));
                     if let Err(e) = ack_ready(&channel, &mut sequencer, &mut done_rx).await {
                         break e;
                     }
@@ -203,10 +203,10 @@ async fn consume(
 async fn ack_ready(
     channel: &Channel,
     sequencer: &mut Sequencer<u64>,
-    done: &mut mpsc::Receiver<u64>,
+    done: &mut mpsc::Receiver<Vec<u64>>,
 ) -> Result<(), String> {
-    while let Ok(s) = done.try_recv() {
-        sequencer.done(s);
+    while let Ok(seqs) = done.try_recv() {
+        seqs.into_iter().for_each(|s| sequencer.done(s));
     }
     let mut last = None;
     while let Some(tag) = sequencer.pop_ready() {

@@ -268,7 +268,7 @@ struct Handoff {
     intake: watch::Receiver<bool>,
     generation: Arc<AtomicU64>,
     register: mpsc::Sender<Registration>,
-    done: mpsc::Sender<u64>,
+    done: mpsc::Sender<Vec<u64>>,
 }
 
 async fn read(
@@ -406,7 +406,7 @@ async fn read(
 async fn sequence_acks(
     client: LinkClient,
     mut register: mpsc::Receiver<Registration>,
-    mut done: mpsc::Receiver<u64>,
+    mut done: mpsc::Receiver<Vec<u64>>,
     mut intake: watch::Receiver<bool>,
     generation: Arc<AtomicU64>,
 ) {
@@ -424,7 +424,7 @@ async fn sequence_acks(
                 None => return,
             },
             d = done.recv() => match d {
-                Some(seq) => sequencer.done(seq),
+                Some(seqs) => seqs.into_iter().for_each(|seq| sequencer.done(seq)),
                 None => return,
             },
             changed = intake.changed(), if open => {

@@ -1,5 +1,9 @@
 //! JSON payloads: decoding inbound messages, and one object per row for outbound routes.
 
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Number, Value as Json};
 
 use crate::db::poll::{Cell, rfc3339};
@@ -10,6 +14,123 @@ pub fn decode(payload: &[u8]) -> Result<Json, MapError> {
     let text = std::str::from_utf8(payload)
         .map_err(|e| MapError::Decode(format!("the payload is not valid UTF-8: {e}")))?;
     serde_json::from_str(text).map_err(|e| MapError::Decode(format!("invalid JSON: {e}")))
+}
+
+/// The members a route maps, out of one JSON payload.
+#[derive(Debug, PartialEq)]
+pub enum Decoded {
+    /// The top-level members whose keys match a wanted key (ignoring case), in document
+    /// order; a repeated key keeps its last value, in its first place.
+    Members(Vec<(String, Json)>),
+    /// A payload that is not an object, whole.
+    Whole(Json),
+}
+
+impl Decoded {
+    /// The value at `path`: an exact key first, then one that differs only in case.
+    pub fn get(&self, path: &[String]) -> Option<&Json> {
+        let members = match self {
+            Decoded::Members(members) => members,
+            Decoded::Whole(json) => return lookup(json, path),
+        };
+        let (first, rest) = path.split_first()?;
+        let value = members
+            .iter()
+            .find(|(k, _)| k == first)
+            .or_else(|| members.iter().find(|(k, _)| k.eq_ignore_ascii_case(first)))
+            .map(|(_, v)| v)?;
+        lookup(value, rest)
+    }
+}
+
+/// Follows object keys, then a case-insensitive key, and array indexes.
+pub fn lookup<'a>(json: &'a Json, path: &[String]) -> Option<&'a Json> {
+    path.iter().try_fold(json, |node, segment| match node {
+        Json::Object(map) => map.get(segment).or_else(|| {
+            map.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(segment))
+                .map(|(_, v)| v)
+        }),
+        Json::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
+        _ => None,
+    })
+}
+
+/// Parses a JSON payload, but builds values only for the top-level members whose keys are
+/// in `wanted` (ignoring case): the rest is checked and skipped. A payload that is not an
+/// object is decoded whole. Invalid JSON anywhere is still an error.
+pub fn decode_members(payload: &[u8], wanted: &[String]) -> Result<Decoded, MapError> {
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| MapError::Decode(format!("the payload is not valid UTF-8: {e}")))?;
+    if !text.trim_start().starts_with('{') {
+        return decode(payload).map(Decoded::Whole);
+    }
+    let invalid = |e: serde_json::Error| MapError::Decode(format!("invalid JSON: {e}"));
+    let mut de = serde_json::Deserializer::from_str(text);
+    let members = Members { wanted }.deserialize(&mut de).map_err(invalid)?;
+    de.end().map_err(invalid)?;
+    Ok(Decoded::Members(members))
+}
+
+struct Members<'w> {
+    wanted: &'w [String],
+}
+
+impl<'de> DeserializeSeed<'de> for Members<'_> {
+    type Value = Vec<(String, Json)>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Members<'_> {
+    type Value = Vec<(String, Json)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out: Vec<(String, Json)> = Vec::with_capacity(self.wanted.len());
+        while let Some(Key(key)) = map.next_key()? {
+            if !self.wanted.iter().any(|w| w.eq_ignore_ascii_case(&key)) {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            }
+            let value: Json = map.next_value()?;
+            match out.iter_mut().find(|(k, _)| *k == key) {
+                Some(slot) => slot.1 = value,
+                None => out.push((key.into_owned(), value)),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// An object key, borrowed from the payload unless it has escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object key")
+            }
+
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
 }
 
 /// One JSON object: keys are column names; integers stay integers, decimals keep every
@@ -44,6 +165,64 @@ fn json_value(cell: &Cell) -> Json {
 mod tests {
     use super::*;
     use chrono::NaiveDate;
+    use proptest::prelude::*;
+
+    fn path(p: &str) -> Vec<String> {
+        p.split('.').map(String::from).collect()
+    }
+
+    #[test]
+    fn members_are_what_a_full_decode_finds() {
+        let wanted = path("a.B.list");
+        let payload = br#"{"a": 1, "skip": {"deep": [1, 2, {"x": "y"}]}, "b": {"c": 2.50}, "list": [true, null], "a": "again", "k\u0065y": 3}"#;
+        let decoded = decode_members(payload, &wanted).unwrap();
+        // The last of a repeated key wins; keys are matched ignoring case.
+        assert_eq!(decoded.get(&path("a")), Some(&Json::from("again")));
+        assert_eq!(decoded.get(&path("B.c")).unwrap().to_string(), "2.50");
+        assert_eq!(decoded.get(&path("list.1")), Some(&Json::Null));
+        assert_eq!(decoded.get(&path("skip")), None);
+        let Decoded::Members(members) = &decoded else {
+            panic!()
+        };
+        assert_eq!(members.len(), 3, "unwanted members are not built");
+        // Not an object: decoded whole.
+        let whole = decode_members(b" [10, 20]", &wanted).unwrap();
+        assert_eq!(whole.get(&path("1")), Some(&Json::from(20)));
+    }
+
+    #[test]
+    fn invalid_json_is_refused_even_where_nothing_is_wanted() {
+        for bad in [
+            &br#"{"a": 1, "skip": [1, }"#[..],
+            br#"{"a": 1} trailing"#,
+            br#"{"a": 1"#,
+            b"\xff\xfe{}",
+        ] {
+            assert!(decode_members(bad, &path("a")).is_err(), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn selected_members_agree_with_the_full_decode(
+            keys in proptest::collection::vec("[a-cA-C]{1,2}", 0..8),
+            values in proptest::collection::vec(-1000i64..1000, 8),
+            wanted in proptest::collection::vec("[a-c]{1,2}", 1..4),
+        ) {
+            let body: Vec<String> = keys
+                .iter()
+                .zip(&values)
+                .map(|(k, v)| format!("{k:?}: {{\"v\": {v}}}"))
+                .collect();
+            let payload = format!("{{{}}}", body.join(","));
+            let full = decode(payload.as_bytes()).unwrap();
+            let decoded = decode_members(payload.as_bytes(), &wanted).unwrap();
+            for w in &wanted {
+                let p = vec![w.clone(), "v".to_string()];
+                prop_assert_eq!(decoded.get(&p), lookup(&full, &p), "{} in {}", w, payload);
+            }
+        }
+    }
 
     #[test]
     fn json_keeps_types_and_digits() {

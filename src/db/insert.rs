@@ -5,7 +5,7 @@
 
 use odbc_api::parameter::{InputParameter, VarBinaryBox, VarCharBox, WithDataType};
 use odbc_api::sys::{Date, Timestamp};
-use odbc_api::{Bit, DataType, Nullable};
+use odbc_api::{Bit, DataType, IntoParameter, Nullable};
 
 use super::catalog::CatalogColumn;
 use super::dialect::Dialect;
@@ -210,8 +210,12 @@ impl TablePlan {
 
     /// Parameters for `rows`, row after row, for the columns at `present`. PostgreSQL
     /// gets every value as untyped text (see [`super::postgres`] for why).
-    pub fn parameters(&self, rows: &[&Row], present: &[usize]) -> Vec<Box<dyn InputParameter>> {
-        let mut params: Vec<Box<dyn InputParameter>> =
+    pub fn parameters<'a>(
+        &self,
+        rows: &[&'a Row],
+        present: &[usize],
+    ) -> Vec<Box<dyn InputParameter + 'a>> {
+        let mut params: Vec<Box<dyn InputParameter + 'a>> =
             Vec::with_capacity(rows.len() * present.len());
         for row in rows {
             for &i in present {
@@ -257,14 +261,15 @@ fn postgres_parameter(value: Option<&Value>) -> Box<dyn InputParameter> {
     }
 }
 
-/// A NULL keeps the column's type so that typed drivers do not reject it.
-fn parameter(value: Option<&Value>, kind: SqlKind) -> Box<dyn InputParameter> {
+/// Text and bytes are borrowed from the row, not copied. A NULL keeps the column's type so
+/// that typed drivers do not reject it.
+fn parameter(value: Option<&Value>, kind: SqlKind) -> Box<dyn InputParameter + '_> {
     match value {
         Some(Value::Int(i)) => Box::new(*i),
         Some(Value::Float(f)) => Box::new(*f),
         Some(Value::Bool(b)) => Box::new(Bit::from_bool(*b)),
-        Some(Value::Text(s)) => Box::new(VarCharBox::from_string(s.clone())),
-        Some(Value::Bytes(b)) => Box::new(VarBinaryBox::from_vec(b.clone())),
+        Some(Value::Text(s)) => Box::new(s.as_str().into_parameter()),
+        Some(Value::Bytes(b)) => Box::new(b.as_slice().into_parameter()),
         Some(Value::Date(d)) => Box::new(date(d)),
         Some(Value::Timestamp(t)) => Box::new(typed_timestamp(timestamp(t))),
         Some(Value::Null) | None => match kind {

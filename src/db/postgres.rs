@@ -95,25 +95,64 @@ pub fn unnest_sql(table: &str, names: &[String], types: &[&str]) -> String {
     sql
 }
 
-/// Array literals (`{"a",NULL,"b"}`), one per column at `present`, into `out`, which is
-/// reused from batch to batch.
-pub fn encode_arrays(rows: &[&Row], present: &[usize], out: &mut Vec<String>) {
-    out.resize_with(present.len(), String::new);
-    let mut element = String::new();
-    for (array, &column) in out.iter_mut().zip(present) {
-        array.clear();
-        array.push('{');
-        for (r, row) in rows.iter().enumerate() {
-            if r > 0 {
-                array.push(',');
+/// Array parameters for rows that bind the same columns, built a row at a time: by the
+/// route while its batch fills, so that the database thread only sends them.
+#[derive(Debug, Clone, Default)]
+pub struct Arrays {
+    /// The columns the rows bind.
+    pub present: Vec<usize>,
+    /// One literal per column (`{"a",NULL,"b"`), closed by [`Arrays::finish`].
+    literals: Vec<String>,
+    pub rows: usize,
+    finished: bool,
+    element: String,
+}
+
+impl Arrays {
+    /// Starts over for rows binding `present`, keeping the buffers.
+    pub fn reset(&mut self, present: &[usize]) {
+        self.present.clear();
+        self.present.extend_from_slice(present);
+        self.literals.resize_with(present.len(), String::new);
+        for literal in &mut self.literals {
+            literal.clear();
+            literal.push('{');
+        }
+        self.rows = 0;
+        self.finished = false;
+    }
+
+    /// Whether `row` binds exactly the columns these arrays carry.
+    pub fn fits(&self, row: &Row) -> bool {
+        let mut next = self.present.iter().peekable();
+        row.iter().enumerate().all(|(i, v)| match v {
+            Some(_) => next.next_if_eq(&&i).is_some(),
+            None => next.peek() != Some(&&i),
+        }) && next.peek().is_none()
+    }
+
+    pub fn push(&mut self, row: &Row) {
+        debug_assert!(!self.finished, "arrays pushed to after finish");
+        for (literal, &column) in self.literals.iter_mut().zip(&self.present) {
+            if self.rows > 0 {
+                literal.push(',');
             }
-            element.clear();
+            self.element.clear();
             match row[column].as_ref() {
-                Some(value) if text(value, &mut element) => quoted(&element, array),
-                _ => array.push_str("NULL"),
+                Some(value) if text(value, &mut self.element) => quoted(&self.element, literal),
+                _ => literal.push_str("NULL"),
             }
         }
-        array.push('}');
+        self.rows += 1;
+    }
+
+    /// The finished literals, one per column at `present`.
+    pub fn finish(&mut self) -> &[String] {
+        if !self.finished {
+            self.literals.iter_mut().for_each(|l| l.push('}'));
+            self.finished = true;
+        }
+        &self.literals
     }
 }
 
@@ -135,6 +174,26 @@ fn quoted(element: &str, out: &mut String) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn arrays(rows: &[Row], present: &[usize]) -> Vec<String> {
+        let mut a = Arrays::default();
+        a.reset(present);
+        for row in rows {
+            a.push(row);
+        }
+        a.finish().to_vec()
+    }
+
+    #[test]
+    fn rows_fit_arrays_of_exactly_their_columns() {
+        let mut a = Arrays::default();
+        a.reset(&[0, 2]);
+        let row = |p: [bool; 3]| -> Row { p.iter().map(|&b| b.then_some(Value::Int(1))).collect() };
+        assert!(a.fits(&row([true, false, true])));
+        assert!(!a.fits(&row([true, true, true])));
+        assert!(!a.fits(&row([true, false, false])));
+        assert!(!a.fits(&row([false, false, true])));
+    }
 
     fn as_text(v: &Value) -> Option<String> {
         let mut s = String::new();
@@ -173,9 +232,7 @@ mod tests {
             ],
             vec![Some(Value::Null), Some(Value::Text("NULL".into()))],
         ];
-        let refs: Vec<&Row> = rows.iter().collect();
-        let mut out = Vec::new();
-        encode_arrays(&refs, &[0, 1], &mut out);
+        let out = arrays(&rows, &[0, 1]);
         assert_eq!(out[0], r#"{"a,\"b\"\\{c}",NULL}"#);
         assert_eq!(out[1], r#"{"1","NULL"}"#);
         assert_eq!(
@@ -224,9 +281,7 @@ mod tests {
                 .iter()
                 .map(|i| vec![Some(i.clone().map_or(Value::Null, Value::Text))])
                 .collect();
-            let refs: Vec<&Row> = rows.iter().collect();
-            let mut out = Vec::new();
-            encode_arrays(&refs, &[0], &mut out);
+            let out = arrays(&rows, &[0]);
             prop_assert_eq!(parse(&out[0]), items);
         }
     }

@@ -13,6 +13,7 @@ use super::DbSpec;
 use super::catalog::{self, CatalogColumn};
 use super::dialect::Dialect;
 use super::insert::TablePlan;
+use super::postgres::Arrays;
 use super::write::Writer;
 use crate::config::OnConflict;
 use crate::error::{Class, DbError};
@@ -34,13 +35,19 @@ pub struct SinkTarget {
 /// A batch of rows to write; the reply comes once it is committed or abandoned.
 pub struct InsertRequest {
     pub rows: Vec<Row>,
+    /// PostgreSQL array parameters the route built for all of `rows`, if it could.
+    pub arrays: Option<Arrays>,
     pub reply: oneshot::Sender<InsertOutcome>,
 }
 
 #[derive(Debug)]
 pub enum InsertOutcome {
-    /// Committed; the listed rows (by index) were rejected by the database.
-    Committed { rejected: Vec<(usize, DbError)> },
+    /// Committed; the listed rows (by index) were rejected by the database. The array
+    /// buffers go back to the route for its next batch.
+    Committed {
+        rejected: Vec<(usize, DbError)>,
+        arrays: Option<Arrays>,
+    },
     /// Shutdown came while the database was unreachable: nothing was written.
     Abandoned,
 }
@@ -280,7 +287,8 @@ fn serve(
             },
         };
         let before = writer.statements();
-        match writer.write_batch(&request.rows) {
+        let mut request = request;
+        match writer.write_batch(&request.rows, request.arrays.as_mut()) {
             Ok(rejected) => {
                 debug!(
                     route,
@@ -290,7 +298,11 @@ fn serve(
                     "batch committed"
                 );
                 backoff.reset();
-                let _ = request.reply.send(InsertOutcome::Committed { rejected });
+                // The rows are freed after the reply, here and not on the route's thread.
+                let _ = request.reply.send(InsertOutcome::Committed {
+                    rejected,
+                    arrays: request.arrays,
+                });
             }
             Err(e) => {
                 *pending = Some(request);

@@ -9,7 +9,7 @@ use odbc_api::{Connection, IntoParameter, Prepared};
 
 use super::bulk;
 use super::insert::{Strategy, TablePlan, group_by_presence};
-use super::postgres;
+use super::postgres::Arrays;
 use crate::error::{Class, DbError};
 use crate::mapping::Row;
 
@@ -20,12 +20,21 @@ pub type Rejected = Vec<(usize, DbError)>;
 pub struct Writer<'c> {
     conn: &'c Connection<'static>,
     plan: &'c TablePlan,
-    /// Prepared `unnest` statements, by the columns they bind.
-    prepared: HashMap<Vec<usize>, Prepared<StatementImpl<'c>>>,
+    /// Statements kept for the connection's life, by the columns they bind and (for
+    /// multi-row VALUES) the rows they carry.
+    kept: HashMap<(Vec<usize>, usize), Kept<'c>>,
     /// Array parameters, reused from batch to batch.
-    arrays: Vec<String>,
+    arrays: Arrays,
     /// Statements executed so far.
     executed: usize,
+}
+
+/// A statement kept for the life of the connection.
+enum Kept<'c> {
+    /// `unnest` (PostgreSQL), or multi-row VALUES for a whole chunk.
+    Prepared(Prepared<StatementImpl<'c>>),
+    /// Parameter arrays with their buffers bound (MariaDB).
+    Arrays(bulk::Inserter<'c>),
 }
 
 /// One statement's worth of a batch: the columns it binds and its rows (indexes).
@@ -39,8 +48,8 @@ impl<'c> Writer<'c> {
         Writer {
             conn,
             plan,
-            prepared: HashMap::new(),
-            arrays: Vec::new(),
+            kept: HashMap::new(),
+            arrays: Arrays::default(),
             executed: 0,
         }
     }
@@ -52,9 +61,28 @@ impl<'c> Writer<'c> {
     }
 
     /// Writes and commits one batch. Data errors are isolated to their rows, which are
-    /// reported back; an outage returns `Err` with nothing committed.
-    pub fn write_batch(&mut self, rows: &[Row]) -> Result<Rejected, DbError> {
-        self.write_rows(rows, true)
+    /// reported back; an outage returns `Err` with nothing committed. `arrays`, when the
+    /// route built them for all of `rows`, are sent as they are.
+    pub fn write_batch(
+        &mut self,
+        rows: &[Row],
+        arrays: Option<&mut Arrays>,
+    ) -> Result<Rejected, DbError> {
+        let whole = arrays.filter(|a| {
+            a.rows == rows.len() && self.plan.rows_per_statement(&a.present) >= rows.len()
+        });
+        let Some(arrays) = whole else {
+            return self.write_rows(rows, true);
+        };
+        match self.execute_unnest(arrays).and_then(|()| self.finish(true)) {
+            Ok(()) => Ok(Vec::new()),
+            Err(e) if e.class() == Class::Outage => Err(e),
+            Err(_) => {
+                let _ = self.conn.rollback();
+                let statements = self.plan_statements(rows);
+                self.isolate_all(rows, &statements, true)
+            }
+        }
     }
 
     /// Like [`Writer::write_batch`]; with `keep` false everything is rolled back at the end
@@ -65,16 +93,26 @@ impl<'c> Writer<'c> {
             .execute_all(rows, &statements)
             .and_then(|()| self.finish(keep))
         {
-            Ok(()) => return Ok(Vec::new()),
-            Err(e) if e.class() == Class::Outage => return Err(e),
+            Ok(()) => Ok(Vec::new()),
+            Err(e) if e.class() == Class::Outage => Err(e),
             Err(_) => {
                 let _ = self.conn.rollback();
+                self.isolate_all(rows, &statements, keep)
             }
         }
-        // Each failed statement rolls back alone inside the transaction (psqlODBC's
-        // statement-level rollback, MariaDB, SQLite), so a failed half can be split again.
+    }
+
+    /// After a failed batch was rolled back: each statement again, halving the failed ones
+    /// until every rejected row stands alone. Each failed statement rolls back alone inside
+    /// the transaction (psqlODBC's statement-level rollback, MariaDB, SQLite).
+    fn isolate_all(
+        &mut self,
+        rows: &[Row],
+        statements: &[Statement],
+        keep: bool,
+    ) -> Result<Rejected, DbError> {
         let mut rejected = Vec::new();
-        for statement in &statements {
+        for statement in statements {
             self.isolate(rows, &statement.present, &statement.rows, &mut rejected)?;
         }
         self.finish(keep)?;
@@ -153,40 +191,88 @@ impl<'c> Writer<'c> {
         indexes: &[usize],
     ) -> Result<(), DbError> {
         let selected: Vec<&Row> = indexes.iter().map(|&i| &rows[i]).collect();
-        self.executed += 1;
-        let conn = self.conn;
-        let plan = self.plan;
+        let (conn, plan) = (self.conn, self.plan);
         // A single row goes as a plain INSERT, whose errors read best in a dead letter.
         let strategy = match plan.strategy(present) {
             _ if selected.len() == 1 || present.is_empty() => Strategy::MultiRowValues,
             s => s,
         };
+        if strategy == Strategy::Unnest {
+            let mut arrays = std::mem::take(&mut self.arrays);
+            arrays.reset(present);
+            selected.iter().for_each(|row| arrays.push(row));
+            let done = self.execute_unnest(&mut arrays);
+            self.arrays = arrays;
+            return done;
+        }
+        self.executed += 1;
         let result = match strategy {
-            Strategy::Unnest => {
-                postgres::encode_arrays(&selected, present, &mut self.arrays);
-                let statement = match self.prepared.get_mut(present) {
-                    Some(s) => s,
-                    None => {
-                        let sql = plan.unnest_sql(present).expect("unnest strategy");
-                        let prepared = conn.prepare(&sql).map_err(|e| with_liveness(conn, &e))?;
-                        self.prepared.entry(present.to_vec()).or_insert(prepared)
-                    }
-                };
-                let params: Vec<_> = self
-                    .arrays
-                    .iter()
-                    .map(|a| a.as_str().into_parameter())
-                    .collect();
-                statement.execute(params.as_slice()).map(|_| ())
+            Strategy::ParameterArrays => {
+                let key = (present.to_vec(), 0);
+                let fits = matches!(self.kept.get(&key), Some(Kept::Arrays(i)) if i.capacity() >= selected.len());
+                if !fits {
+                    let inserter = bulk::Inserter::new(conn, plan, &selected, present)
+                        .map_err(|e| with_liveness(conn, &e))?;
+                    self.kept.insert(key.clone(), Kept::Arrays(inserter));
+                }
+                match self.kept.get_mut(&key) {
+                    Some(Kept::Arrays(inserter)) => inserter.insert(plan, &selected, present),
+                    _ => unreachable!("inserted above"),
+                }
             }
-            Strategy::ParameterArrays => bulk::insert(conn, plan, &selected, present),
-            Strategy::MultiRowValues => {
-                let sql = plan.insert_sql(present, selected.len());
+            _ => {
                 let params = plan.parameters(&selected, present);
-                conn.execute(&sql, params.as_slice(), None).map(|_| ())
+                // A whole chunk has the same shape batch after batch: prepare it once.
+                if selected.len() > 1 && selected.len() == plan.rows_per_statement(present) {
+                    let statement = self
+                        .kept_prepared((present.to_vec(), selected.len()), || {
+                            plan.insert_sql(present, selected.len())
+                        })?;
+                    statement.execute(params.as_slice()).map(|_| ())
+                } else {
+                    let sql = plan.insert_sql(present, selected.len());
+                    conn.execute(&sql, params.as_slice(), None).map(|_| ())
+                }
             }
         };
         result.map_err(|e| with_liveness(conn, &e))
+    }
+
+    /// The prepared statement kept under `key`, prepared from `sql` on first use.
+    fn kept_prepared(
+        &mut self,
+        key: (Vec<usize>, usize),
+        sql: impl FnOnce() -> String,
+    ) -> Result<&mut Prepared<StatementImpl<'c>>, DbError> {
+        let conn = self.conn;
+        if !self.kept.contains_key(&key) {
+            let prepared = conn.prepare(&sql()).map_err(|e| with_liveness(conn, &e))?;
+            self.kept.insert(key.clone(), Kept::Prepared(prepared));
+        }
+        match self.kept.get_mut(&key) {
+            Some(Kept::Prepared(p)) => Ok(p),
+            _ => unreachable!("prepared above"),
+        }
+    }
+
+    /// One prepared `unnest` statement over `arrays`.
+    fn execute_unnest(&mut self, arrays: &mut Arrays) -> Result<(), DbError> {
+        self.executed += 1;
+        let (conn, plan) = (self.conn, self.plan);
+        let present = arrays.present.clone();
+        let statement = self.kept_prepared((present, 0), || {
+            plan.unnest_sql(&arrays.present)
+                .expect("arrays only for columns with array types")
+        })?;
+        let params: Vec<_> = arrays
+            .finish()
+            .iter()
+            .map(|a| a.as_str().into_parameter())
+            .collect();
+        statement
+            .execute(params.as_slice())
+            .map(|_| ())
+            .map_err(|e| with_liveness(conn, &e))
     }
 
     fn finish(&self, keep: bool) -> Result<(), DbError> {
