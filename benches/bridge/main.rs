@@ -18,7 +18,8 @@
 //! Every section reconciles its counts and panics when one is off; none fails on speed.
 //! `cargo bench --bench bridge`; `MQDB_BENCH_MESSAGES` (default 200000, rounded up to whole
 //! batches), `MQDB_BENCH_OUTAGE` (seconds, default 30), `MQDB_BENCH_ONLY` (a comma list of
-//! sections: broker, ceilings, inbound, outbound, pipeline, replay, outage).
+//! sections: broker, ceilings, inbound (or one of mqtt-postgres, mqtt-mariadb,
+//! amqp-postgres), outbound, pipeline, replay, outage).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -80,11 +81,17 @@ fn main() {
     let (mut mqtt, mut amqp) = (None, None);
     let (mut pg, mut maria, mut lite) = (None, None, None);
 
-    if wanted("broker") || wanted("inbound") {
+    let inbound_mqtt = wanted("inbound") || wanted("mqtt-postgres") || wanted("mqtt-mariadb");
+    let inbound_amqp = wanted("inbound") || wanted("amqp-postgres");
+    if wanted("broker") || inbound_mqtt || inbound_amqp {
         println!("broker ceilings:");
+    }
+    if wanted("broker") || inbound_mqtt {
         let rate = inbound::bare_mqtt(&broker, n);
         report.ceiling("bare MQTT QoS 1 subscriber", rate);
         mqtt = Some(rate);
+    }
+    if wanted("broker") || inbound_amqp {
         let rate = inbound::bare_amqp(n);
         report.ceiling("bare AMQP consumer", rate);
         amqp = Some(rate);
@@ -109,24 +116,36 @@ fn main() {
         report.ceiling("raw SQLite insert (multi-row VALUES)", rate);
         lite = Some(rate);
     }
-    if wanted("inbound") {
+    let feeds = [
+        (
+            "mqtt-postgres",
+            Feed::Mqtt(&broker),
+            Db::Postgres,
+            mqtt,
+            "bare MQTT QoS 1 subscriber",
+        ),
+        (
+            "mqtt-mariadb",
+            Feed::Mqtt(&broker),
+            Db::MariaDb,
+            mqtt,
+            "bare MQTT QoS 1 subscriber",
+        ),
+        (
+            "amqp-postgres",
+            Feed::Amqp,
+            Db::Postgres,
+            amqp,
+            "bare AMQP consumer",
+        ),
+    ];
+    let feeds: Vec<_> = feeds
+        .into_iter()
+        .filter(|(name, ..)| wanted("inbound") || wanted(name))
+        .collect();
+    if !feeds.is_empty() {
         println!("mqdb inbound, end to end:");
-        let feeds = [
-            (
-                Feed::Mqtt(&broker),
-                Db::Postgres,
-                mqtt,
-                "bare MQTT QoS 1 subscriber",
-            ),
-            (
-                Feed::Mqtt(&broker),
-                Db::MariaDb,
-                mqtt,
-                "bare MQTT QoS 1 subscriber",
-            ),
-            (Feed::Amqp, Db::Postgres, amqp, "bare AMQP consumer"),
-        ];
-        for (feed, db, ceiling, against) in feeds {
+        for (_, feed, db, ceiling, against) in feeds {
             let (rate, usage) = inbound::mqdb(&feed, &db, n);
             report.bridge(
                 &format!("mqdb {} → {} end to end", feed.label(), db.label()),

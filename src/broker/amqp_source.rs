@@ -161,7 +161,7 @@ async fn consume(
                     Some(Ok(d)) => {
                         seq += 1;
                         sequencer.register(seq, 1, d.delivery_tag);
-                        outbox = Some(Message {
+                        let message = Message {
                             topic: d.routing_key.as_str().to_string(),
                             received_at: Utc::now(),
                             broker: broker.clone(),
@@ -173,7 +173,14 @@ async fn consume(
                             headers: d.properties.headers().as_ref().map(table_json).unwrap_or_default(),
                             payload: d.data,
                             ack: AckHandle::new(seq, done_tx.clone()),
-                        });
+                        };
+                        // Straight to the route when it has room; otherwise wait for room
+                        // without taking further deliveries.
+                        match route.try_send(message) {
+                            Ok(()) => {}
+                            Err(mpsc::error::TrySendError::Full(message)) => outbox = Some(message),
+                            Err(mpsc::error::TrySendError::Closed(_)) => consuming = false,
+                        }
                     }
                     Some(Err(e)) => break e.to_string(),
                     None => break "the broker cancelled the consumer".to_string(),
