@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::clients::{self, AmqpCounter, MqttCounter};
-use crate::common::{Db, Mosquitto, Publisher, Rabbit, TempTable, unique};
+use crate::common::{Db, Mosquitto, Rabbit, TempTable, unique};
 use crate::load::{self, BATCH};
 use crate::report::Usage;
 use crate::running::Running;
@@ -29,14 +29,16 @@ impl Feed<'_> {
     }
 }
 
+/// Unacknowledged publishes the MQTT publisher keeps in flight.
+const MQTT_WINDOW: usize = 1000;
+
 /// A plain QoS 1 subscriber that only counts, fed by the publisher mqdb gets.
 pub fn bare_mqtt(broker: &Mosquitto, n: usize) -> f64 {
     let prefix = unique("bare");
     let counter = MqttCounter::start(broker.port, &format!("{prefix}/#"));
-    let publisher = Publisher::connect(broker.port);
     let messages = load::mqtt_messages(&prefix, n);
     let start = Instant::now();
-    publisher.publish_all_confirmed(messages, 1);
+    clients::mqtt_publish(broker.port, messages.into_iter(), MQTT_WINDOW);
     counter.span(n).rate(n, Some(start))
 }
 
@@ -101,7 +103,11 @@ inbound:
         Feed::Mqtt(m) => {
             let port = m.port;
             std::thread::spawn(move || {
-                Publisher::connect(port).publish_all_confirmed(load::mqtt_messages(&address, n), 1)
+                clients::mqtt_publish(
+                    port,
+                    load::mqtt_messages(&address, n).into_iter(),
+                    MQTT_WINDOW,
+                )
             })
         }
         Feed::Amqp => std::thread::spawn(move || {

@@ -78,23 +78,12 @@ fn main() {
     );
     let broker = Mosquitto::start();
     let mut report = Report::default();
-    let (mut mqtt, mut amqp) = (None, None);
     let (mut pg, mut maria, mut lite) = (None, None, None);
 
-    let inbound_mqtt = wanted("inbound") || wanted("mqtt-postgres") || wanted("mqtt-mariadb");
-    let inbound_amqp = wanted("inbound") || wanted("amqp-postgres");
-    if wanted("broker") || inbound_mqtt || inbound_amqp {
+    if wanted("broker") {
         println!("broker ceilings:");
-    }
-    if wanted("broker") || inbound_mqtt {
-        let rate = inbound::bare_mqtt(&broker, n);
-        report.ceiling("bare MQTT QoS 1 subscriber", rate);
-        mqtt = Some(rate);
-    }
-    if wanted("broker") || inbound_amqp {
-        let rate = inbound::bare_amqp(n);
-        report.ceiling("bare AMQP consumer", rate);
-        amqp = Some(rate);
+        report.ceiling("bare MQTT QoS 1 subscriber", inbound::bare_mqtt(&broker, n));
+        report.ceiling("bare AMQP consumer", inbound::bare_amqp(n));
     }
     if wanted("ceilings") || wanted("pipeline") || wanted("replay") {
         println!("database ceilings:");
@@ -117,40 +106,30 @@ fn main() {
         lite = Some(rate);
     }
     let feeds = [
-        (
-            "mqtt-postgres",
-            Feed::Mqtt(&broker),
-            Db::Postgres,
-            mqtt,
-            "bare MQTT QoS 1 subscriber",
-        ),
-        (
-            "mqtt-mariadb",
-            Feed::Mqtt(&broker),
-            Db::MariaDb,
-            mqtt,
-            "bare MQTT QoS 1 subscriber",
-        ),
-        (
-            "amqp-postgres",
-            Feed::Amqp,
-            Db::Postgres,
-            amqp,
-            "bare AMQP consumer",
-        ),
+        ("mqtt-postgres", Feed::Mqtt(&broker), Db::Postgres),
+        ("mqtt-mariadb", Feed::Mqtt(&broker), Db::MariaDb),
+        ("amqp-postgres", Feed::Amqp, Db::Postgres),
     ];
     let feeds: Vec<_> = feeds
         .into_iter()
         .filter(|(name, ..)| wanted("inbound") || wanted(name))
         .collect();
     if !feeds.is_empty() {
-        println!("mqdb inbound, end to end:");
-        for (_, feed, db, ceiling, against) in feeds {
-            let (rate, usage) = inbound::mqdb(&feed, &db, n);
+        println!("mqdb inbound, end to end, each between two runs of its bare ceiling:");
+        let mut brackets = Brackets::default();
+        for (_, feed, db) in feeds {
+            let (kind, bare): (&str, &dyn Fn() -> f64) = match feed {
+                Feed::Mqtt(b) => ("bare MQTT QoS 1 subscriber", &move || {
+                    inbound::bare_mqtt(b, n)
+                }),
+                Feed::Amqp => ("bare AMQP consumer", &move || inbound::bare_amqp(n)),
+            };
+            let (ceiling, (rate, usage)) =
+                brackets.around(kind, bare, || inbound::mqdb(&feed, &db, n));
             report.bridge(
                 &format!("mqdb {} → {} end to end", feed.label(), db.label()),
                 rate,
-                ceiling.map(|c| (against, c)),
+                Some((&ceiling.label, ceiling.rate)),
                 INBOUND_TARGET,
                 usage,
                 n,
@@ -158,14 +137,17 @@ fn main() {
         }
     }
     if wanted("outbound") {
-        println!("outbound:");
-        let bare = outbound::bare_publisher(&broker, n);
-        report.ceiling("bare MQTT publisher, QoS 1, PUBACKs awaited", bare);
-        let (rate, usage) = outbound::mqdb(&broker, n);
+        println!("outbound, between two runs of its bare ceiling:");
+        let bare = || outbound::bare_publisher(&broker, n);
+        let (ceiling, (rate, usage)) = Brackets::default().around(
+            "bare MQTT publisher, QoS 1, PUBACKs awaited",
+            &bare,
+            || outbound::mqdb(&broker, n),
+        );
         report.bridge(
             "mqdb PostgreSQL → MQTT, confirmed, position stored",
             rate,
-            Some(("bare MQTT publisher", bare)),
+            Some((&ceiling.label, ceiling.rate)),
             OUTBOUND_TARGET,
             usage,
             n,
@@ -223,6 +205,39 @@ fn main() {
         ));
     }
     report.print();
+}
+
+/// A broker ceiling measured just before and just after the mqdb run it judges: brokers
+/// drift during a run (queue files, memory, other load), so the ratio is to the mean of the
+/// two. The run after one mqdb run is the run before the next of the same kind.
+#[derive(Default)]
+struct Brackets {
+    last: std::collections::HashMap<String, f64>,
+}
+
+struct Ceiling {
+    label: String,
+    rate: f64,
+}
+
+impl Brackets {
+    fn around<T>(
+        &mut self,
+        kind: &str,
+        bare: &dyn Fn() -> f64,
+        run: impl FnOnce() -> T,
+    ) -> (Ceiling, T) {
+        let before = self.last.remove(kind).unwrap_or_else(bare);
+        let result = run();
+        let after = bare();
+        self.last.insert(kind.to_string(), after);
+        println!("  {kind}: {before:.0}/s before, {after:.0}/s after");
+        let ceiling = Ceiling {
+            label: format!("{kind} ({before:.0} before, {after:.0} after)"),
+            rate: (before + after) / 2.0,
+        };
+        (ceiling, result)
+    }
 }
 
 /// The servers and drivers the figures belong to.
