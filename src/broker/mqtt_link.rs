@@ -82,8 +82,9 @@ impl Link {
                     session_present: ack.session_present,
                 }),
                 rumqttc::Event::Incoming(Packet::Publish(p)) => {
+                    // A PUBACK needs only the packet id: no copy of the topic.
                     let ack = (p.qos != QoS::AtMostOnce).then(|| {
-                        let mut bare = rumqttc::Publish::new(p.topic.as_str(), p.qos, Vec::new());
+                        let mut bare = rumqttc::Publish::new("", p.qos, Vec::new());
                         bare.pkid = p.pkid;
                         AckToken::V4(bare)
                     });
@@ -129,7 +130,7 @@ impl Link {
                         .unwrap_or_default();
                     let qos = p.qos;
                     let ack = (qos != V5QoS::AtMostOnce).then(|| {
-                        let mut bare = v5b::Publish::new(topic.as_str(), qos, Vec::new(), None);
+                        let mut bare = v5b::Publish::new("", qos, Vec::new(), None);
                         bare.pkid = p.pkid;
                         AckToken::V5(bare)
                     });
