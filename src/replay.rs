@@ -31,7 +31,7 @@ use crate::message::Message;
 use crate::routes::{InboundPlan, OutboundPlan};
 use crate::state::{DeadLetterFilter, Failure, State, StateError};
 
-/// Entries claimed and replayed together.
+/// Entries claimed and replayed together; the next batch is claimed while one is replayed.
 const BATCH: usize = 500;
 
 /// What a replay did.
@@ -145,18 +145,30 @@ pub fn replay(
         pending: None,
     };
     let mut failure = None;
+    let claim = |filter: DeadLetterFilter| {
+        let (state, owner) = (state.clone(), owner.clone());
+        rt.spawn(async move {
+            if dry_run {
+                state.page_dead_letters(&filter, BATCH).await
+            } else {
+                state.claim_dead_letters(&filter, &owner, BATCH).await
+            }
+        })
+    };
+    // The next batch is claimed while this one is replayed.
+    let mut next = Some(claim(filter.clone()));
     loop {
         if stop.load(Ordering::SeqCst) {
             summary.interrupted = true;
             break;
         }
-        let letters = if dry_run {
-            rt.block_on(state.page_dead_letters(&filter, BATCH))
-        } else {
-            rt.block_on(state.claim_dead_letters(&filter, &owner, BATCH))
-        };
-        let letters = match letters {
-            Ok(letters) => letters,
+        let claimed = rt.block_on(next.take().expect("a claim is always ahead"));
+        let letters = match claimed {
+            Ok(Ok(letters)) => letters,
+            Ok(Err(e)) => {
+                failure = Some(e.to_string());
+                break;
+            }
             Err(e) => {
                 failure = Some(e.to_string());
                 break;
@@ -167,6 +179,7 @@ pub fn replay(
         };
         // Entries that fail again are released; never claim them twice in one replay.
         filter.after = Some(last.id);
+        next = Some(claim(filter.clone()));
         let mut attempted = 0;
         // Each batch the database committed is settled in the state store (delivered
         // entries deleted, failures recorded) in the background while the next one runs.
@@ -215,6 +228,10 @@ pub fn replay(
         }
     }
     progress.finish();
+    // What was claimed ahead is given back with the rest below.
+    if let Some(ahead) = next.take() {
+        let _ = rt.block_on(ahead);
+    }
     let settled = settler.finish();
     if !dry_run {
         rt.block_on(state.release_claims(&owner))

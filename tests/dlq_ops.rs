@@ -1063,17 +1063,18 @@ fn two_concurrent_replays_replay_each_entry_exactly_once() {
     let t = table.name.clone();
 
     // When two replays of all of them start at once, and both are held in the middle of a
-    // batch (rows of the first and second batch held), then let go
-    let first_hold = Blocker::hold(&db, &t, payload_id(&letters[250]));
-    let second_hold = Blocker::hold(&db, &t, payload_id(&letters[750]));
+    // batch (a row held in every batch of 500, whichever batches each replay claims: a
+    // replay claims its next batch while it writes one), then let go
+    let holds: Vec<Blocker> = (0..6)
+        .map(|k| Blocker::hold(&db, &t, payload_id(&letters[250 + 500 * k])))
+        .collect();
     let mut a = Replay::start(&config, &["--all"], "replay_a");
     let mut b = Replay::start(&config, &["--all"], "replay_b");
     let waiting = pg_lock_waiters(&t);
     a.wait_until("both replays waiting on a held row", || {
         try_scalar(&db, &waiting).unwrap_or(0) >= 2
     });
-    first_hold.release();
-    second_hold.release();
+    holds.into_iter().for_each(Blocker::release);
     let done_a = a.finish();
     let done_b = b.finish();
     eprintln!(
