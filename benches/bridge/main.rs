@@ -12,7 +12,8 @@
 //!    PUBACKs;
 //! 5. the database path with the broker not limiting: the inbound route loop fed from
 //!    memory, per driver, against that driver's raw insert ceiling;
-//! 6. the dead-letter replay rate per driver (database path alone, no broker);
+//! 6. the dead-letter replay rate per driver (database path alone, no broker), as a ratio
+//!    to the same ceiling but without a target: its own state store bounds it;
 //! 7. mqdb's memory through a database outage.
 //!
 //! Every section reconciles its counts and panics when one is off; none fails on speed.
@@ -124,22 +125,23 @@ fn main() {
                 }),
                 Feed::Amqp => ("bare AMQP consumer", &move || inbound::bare_amqp(n)),
             };
-            let (ceiling, (rate, usage)) =
+            let (ceiling, (rate, usage), busy) =
                 brackets.around(kind, bare, || inbound::mqdb(&feed, &db, n));
             report.bridge(
                 &format!("mqdb {} → {} end to end", feed.label(), db.label()),
                 rate,
                 Some((&ceiling.label, ceiling.rate)),
-                INBOUND_TARGET,
+                Some(INBOUND_TARGET),
                 usage,
                 n,
+                Some(busy),
             );
         }
     }
     if wanted("outbound") {
         println!("outbound, between two runs of its bare ceiling:");
         let bare = || outbound::bare_publisher(&broker, n);
-        let (ceiling, (rate, usage)) = Brackets::default().around(
+        let (ceiling, (rate, usage), busy) = Brackets::default().around(
             "bare MQTT publisher, QoS 1, PUBACKs awaited",
             &bare,
             || outbound::mqdb(&broker, n),
@@ -148,9 +150,10 @@ fn main() {
             "mqdb PostgreSQL → MQTT, confirmed, position stored",
             rate,
             Some((&ceiling.label, ceiling.rate)),
-            OUTBOUND_TARGET,
+            Some(OUTBOUND_TARGET),
             usage,
             n,
+            Some(busy),
         );
     }
     if wanted("pipeline") {
@@ -160,14 +163,15 @@ fn main() {
             (&Db::MariaDb, maria, "raw MariaDB insert"),
             (&sqlite, lite, "raw SQLite insert"),
         ] {
-            let (rate, usage) = pipeline::run(db, n);
+            let ((rate, usage), busy) = report::machine_busy(|| pipeline::run(db, n));
             report.bridge(
                 &format!("mqdb inbound route → {}, broker not limiting", db.label()),
                 rate,
                 ceiling.map(|c| (against, c)),
-                DATABASE_TARGET,
+                Some(DATABASE_TARGET),
                 usage,
                 n,
+                Some(busy),
             );
         }
     }
@@ -178,14 +182,15 @@ fn main() {
             (&Db::MariaDb, maria, "raw MariaDB insert"),
             (&sqlite, lite, "raw SQLite insert"),
         ] {
-            let (rate, usage) = replay::replay(db, n);
+            let ((rate, usage), busy) = report::machine_busy(|| replay::replay(db, n));
             report.bridge(
                 &format!("mqdb dlq replay → {}", db.label()),
                 rate,
                 ceiling.map(|c| (against, c)),
-                DATABASE_TARGET,
+                None,
                 usage,
                 n,
+                Some(busy),
             );
         }
     }
@@ -212,7 +217,8 @@ fn main() {
 /// two. The run after one mqdb run is the run before the next of the same kind.
 #[derive(Default)]
 struct Brackets {
-    last: std::collections::HashMap<String, f64>,
+    /// The last run of each kind: its rate and how busy the machine was.
+    last: std::collections::HashMap<String, (f64, f64)>,
 }
 
 struct Ceiling {
@@ -226,17 +232,26 @@ impl Brackets {
         kind: &str,
         bare: &dyn Fn() -> f64,
         run: impl FnOnce() -> T,
-    ) -> (Ceiling, T) {
-        let before = self.last.remove(kind).unwrap_or_else(bare);
-        let result = run();
-        let after = bare();
-        self.last.insert(kind.to_string(), after);
-        println!("  {kind}: {before:.0}/s before, {after:.0}/s after");
+    ) -> (Ceiling, T, f64) {
+        let measure = || report::machine_busy(bare);
+        let (before, busy_before) = self.last.remove(kind).unwrap_or_else(measure);
+        let (result, busy) = report::machine_busy(run);
+        let (after, busy_after) = measure();
+        self.last.insert(kind.to_string(), (after, busy_after));
+        println!(
+            "  {kind}: {before:.0}/s before, {after:.0}/s after (machine {:.0}% and {:.0}% busy)",
+            busy_before * 100.0,
+            busy_after * 100.0
+        );
         let ceiling = Ceiling {
-            label: format!("{kind} ({before:.0} before, {after:.0} after)"),
+            label: format!(
+                "{kind} ({before:.0} before, {after:.0} after; machine {:.0}%, {:.0}% busy)",
+                busy_before * 100.0,
+                busy_after * 100.0
+            ),
             rate: (before + after) / 2.0,
         };
-        (ceiling, result)
+        (ceiling, result, busy)
     }
 }
 

@@ -95,6 +95,33 @@ fn read_proc(pid: u32) -> Option<(u64, u64, f64)> {
     Some((rss, peak, ticks / 100.0))
 }
 
+/// Runs `f` and says how busy the whole machine's CPUs were meanwhile (0 to 1): a ceiling
+/// taken on a saturated machine leaves no room for anything added to it.
+pub fn machine_busy<T>(f: impl FnOnce() -> T) -> (T, f64) {
+    let before = cpu_ticks();
+    let result = f();
+    let after = cpu_ticks();
+    let (busy, total) = (after.0 - before.0, after.1 - before.1);
+    (result, busy as f64 / total.max(1) as f64)
+}
+
+/// (busy, total) jiffies of all CPUs, from `/proc/stat`.
+fn cpu_ticks() -> (u64, u64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().sum();
+    // idle and iowait
+    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
 /// One line of the table.
 pub struct Line {
     pub path: String,
@@ -104,6 +131,8 @@ pub struct Line {
     /// The lowest ratio the bridge aims for.
     pub target: Option<f64>,
     pub usage: Option<(Usage, usize)>,
+    /// How busy the machine was during the run.
+    pub busy: Option<f64>,
 }
 
 #[derive(Default)]
@@ -121,6 +150,7 @@ impl Report {
             ceiling: None,
             target: None,
             usage: None,
+            busy: None,
         });
     }
 
@@ -129,9 +159,10 @@ impl Report {
         path: &str,
         rate: f64,
         ceiling: Option<(&str, f64)>,
-        target: f64,
+        target: Option<f64>,
         usage: Usage,
         n: usize,
+        busy: Option<f64>,
     ) {
         println!(
             "  {path}: {rate:.0}/s, peak RSS {:.1} MB, {:.2} CPU s per 100k",
@@ -142,8 +173,9 @@ impl Report {
             path: path.to_string(),
             rate,
             ceiling: ceiling.map(|(p, r)| (p.to_string(), r)),
-            target: Some(target),
+            target,
             usage: Some((usage, n)),
+            busy,
         });
     }
 
@@ -156,13 +188,13 @@ impl Report {
     pub fn print(&self) {
         println!();
         println!(
-            "| path | rate /s | against | ratio | target | mqdb peak RSS | mqdb CPU s per 100k |"
+            "| path | rate /s | against | ratio | target | mqdb peak RSS | mqdb CPU s per 100k | machine busy |"
         );
-        println!("|---|---:|---|---:|---:|---:|---:|");
+        println!("|---|---:|---|---:|---:|---:|---:|---:|");
         for l in &self.lines {
             let (against, ratio) = match &l.ceiling {
                 Some((p, r)) => (p.clone(), format!("{:.2}", l.rate / r)),
-                None if l.target.is_some() => ("(ceiling not measured)".into(), "".into()),
+                None if l.usage.is_some() => ("(ceiling not measured)".into(), "".into()),
                 None => ("ceiling".into(), "".into()),
             };
             let target = match (l.target, &l.ceiling) {
@@ -184,8 +216,12 @@ impl Report {
                 ),
                 None => (String::new(), String::new()),
             };
+            let busy = l
+                .busy
+                .map(|b| format!("{:.0}%", b * 100.0))
+                .unwrap_or_default();
             println!(
-                "| {} | {:.0} | {against} | {ratio} | {target} | {rss} | {cpu} |",
+                "| {} | {:.0} | {against} | {ratio} | {target} | {rss} | {cpu} | {busy} |",
                 l.path, l.rate
             );
         }
