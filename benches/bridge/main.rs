@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use common::{Db, Mosquitto};
 use inbound::Feed;
-use report::Report;
+use report::{Report, Run};
 
 /// Targets, as ratios to the ceiling measured in the same run.
 const INBOUND_TARGET: f64 = 0.9;
@@ -129,12 +129,14 @@ fn main() {
                 brackets.around(kind, bare, || inbound::mqdb(&feed, &db, n));
             report.bridge(
                 &format!("mqdb {} → {} end to end", feed.label(), db.label()),
-                rate,
+                Run {
+                    rate,
+                    usage,
+                    n,
+                    busy: Some(busy),
+                },
                 Some((&ceiling.label, ceiling.rate)),
                 Some(INBOUND_TARGET),
-                usage,
-                n,
-                Some(busy),
             );
         }
     }
@@ -148,12 +150,14 @@ fn main() {
         );
         report.bridge(
             "mqdb PostgreSQL → MQTT, confirmed, position stored",
-            rate,
+            Run {
+                rate,
+                usage,
+                n,
+                busy: Some(busy),
+            },
             Some((&ceiling.label, ceiling.rate)),
             Some(OUTBOUND_TARGET),
-            usage,
-            n,
-            Some(busy),
         );
     }
     if wanted("pipeline") {
@@ -166,12 +170,14 @@ fn main() {
             let ((rate, usage), busy) = report::machine_busy(|| pipeline::run(db, n));
             report.bridge(
                 &format!("mqdb inbound route → {}, broker not limiting", db.label()),
-                rate,
+                Run {
+                    rate,
+                    usage,
+                    n,
+                    busy: Some(busy),
+                },
                 ceiling.map(|c| (against, c)),
                 Some(DATABASE_TARGET),
-                usage,
-                n,
-                Some(busy),
             );
         }
     }
@@ -185,12 +191,14 @@ fn main() {
             let ((rate, usage), busy) = report::machine_busy(|| replay::replay(db, n));
             report.bridge(
                 &format!("mqdb dlq replay → {}", db.label()),
-                rate,
+                Run {
+                    rate,
+                    usage,
+                    n,
+                    busy: Some(busy),
+                },
                 ceiling.map(|c| (against, c)),
                 None,
-                usage,
-                n,
-                Some(busy),
             );
         }
     }

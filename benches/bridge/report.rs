@@ -122,6 +122,15 @@ fn cpu_ticks() -> (u64, u64) {
     (total - idle, total)
 }
 
+/// What one mqdb run measured: its rate over `n` messages, its process figures, and how
+/// busy the machine was.
+pub struct Run {
+    pub rate: f64,
+    pub usage: Usage,
+    pub n: usize,
+    pub busy: Option<f64>,
+}
+
 /// One line of the table.
 pub struct Line {
     pub path: String,
@@ -154,28 +163,28 @@ impl Report {
         });
     }
 
+    /// An mqdb run: its rate against `ceiling` (what, and its rate), and the lowest ratio
+    /// it aims for.
     pub fn bridge(
         &mut self,
         path: &str,
-        rate: f64,
+        run: Run,
         ceiling: Option<(&str, f64)>,
         target: Option<f64>,
-        usage: Usage,
-        n: usize,
-        busy: Option<f64>,
     ) {
         println!(
-            "  {path}: {rate:.0}/s, peak RSS {:.1} MB, {:.2} CPU s per 100k",
-            usage.peak_rss_kb as f64 / 1024.0,
-            usage.cpu_per_100k(n)
+            "  {path}: {:.0}/s, peak RSS {:.1} MB, {:.2} CPU s per 100k",
+            run.rate,
+            run.usage.peak_rss_kb as f64 / 1024.0,
+            run.usage.cpu_per_100k(run.n)
         );
         self.lines.push(Line {
             path: path.to_string(),
-            rate,
+            rate: run.rate,
             ceiling: ceiling.map(|(p, r)| (p.to_string(), r)),
             target,
-            usage: Some((usage, n)),
-            busy,
+            usage: Some((run.usage, run.n)),
+            busy: run.busy,
         });
     }
 
