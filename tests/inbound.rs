@@ -836,6 +836,81 @@ fn dead_letters_beside_committed_rows_mariadb() {
 // 3. Database outage
 // ---------------------------------------------------------------------------------------
 
+#[test]
+fn a_commit_lost_to_an_outage_is_not_written_twice() {
+    // Given a table whose commit of one marked row takes two seconds (a deferred trigger
+    // sleeps), reached through a proxy, and a route that dead-letters duplicates
+    let db = Db::Postgres;
+    let world = World::new();
+    let proxy = TcpProxy::start(([127, 0, 0, 1], 5432).into());
+    let table = TempTable::create(&db, "lost_commit", "seq INTEGER PRIMARY KEY, part TEXT");
+    let t = table.name.clone();
+    let slow = format!("{t}_slow");
+    db.exec(&format!(
+        "CREATE FUNCTION {slow}() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN IF NEW.seq = 7 THEN PERFORM pg_sleep(2); END IF; RETURN NULL; END $$"
+    ));
+    db.exec(&format!(
+        "CREATE CONSTRAINT TRIGGER {slow} AFTER INSERT ON {t} DEFERRABLE INITIALLY DEFERRED \
+         FOR EACH ROW EXECUTE FUNCTION {slow}()"
+    ));
+    let topic = format!("{}/{{part}}", unique("lost"));
+    let config = world.config(
+        &db.connection_string_via(proxy.port),
+        &[route(
+            "lost",
+            &topic,
+            &t,
+            &[("seq", "payload.seq"), ("part", "topic.part")],
+            &[
+                "batch: { max_rows: 50, max_delay: 50ms }",
+                "on_conflict: error",
+            ],
+        )],
+    );
+    world.persistent_session(&topic.replace("{part}", "+"));
+    let msgs = |part: &str, seqs: std::ops::Range<i64>| -> Messages {
+        seqs.map(|seq| {
+            (
+                topic.replace("{part}", part),
+                format!(r#"{{"seq":{seq}}}"#).into_bytes(),
+            )
+        })
+        .collect()
+    };
+    let publisher = world.publisher();
+    publisher.publish_all_confirmed(msgs("first", 0..20), 1);
+    let mut bridge = Bridge::start(&config);
+
+    // When the connection is cut while the server is committing the batch with row 7
+    let sleeping = "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'";
+    wait_for(&mut bridge, "the commit of row 7 under way", || {
+        Ok(try_scalar(&db, sleeping).unwrap_or(0) >= 1)
+    });
+    proxy.set_down(true);
+    wait_for(&mut bridge, "the server to finish that commit", || {
+        Ok(try_scalar(&db, sleeping).unwrap_or(1) == 0)
+    });
+    let committed = scalar(&db, &format!("SELECT COUNT(*) FROM {t} WHERE seq = 7"));
+    proxy.set_down(false);
+    publisher.publish_all_confirmed(msgs("second", 20..40), 1);
+
+    // Then every message is one row and nothing was dead-lettered: the bridge asked the
+    // server whether the lost commit happened instead of writing the batch again
+    let count_sql = format!("SELECT COUNT(*) FROM {t}");
+    wait_for_count(&mut bridge, &db, &count_sql, 40);
+    assert_eq!(committed, 1, "the cut came after the server committed");
+    assert_eq!(dlq_list(&config), Vec::<Json>::new(), "{}", bridge.log());
+    assert!(
+        bridge.log().contains("committed before the outage"),
+        "the lost commit was not noticed:\n{}",
+        bridge.log()
+    );
+    terminate_ok(&mut bridge);
+    db.exec(&format!("DROP TABLE {t}"));
+    db.exec(&format!("DROP FUNCTION {slow}()"));
+}
+
 fn database_outage_loses_nothing(db: Db, port: u16, columns: &str) {
     // Given a bridge that reaches the database through a proxy
     let world = World::new();

@@ -114,8 +114,8 @@ inbound:
             clients::amqp_publish(&address, &load::payloads(n), AMQP_WINDOW)
         }),
     };
-    let done = running.wait_counter(
-        "mqdb_rows_written_total",
+    let done = running.wait_counters(
+        &["mqdb_rows_written_total", "mqdb_dead_letters_total"],
         n as u64,
         Duration::from_secs(900),
     );

@@ -75,8 +75,8 @@ inbound:
     proxy.set_down(false);
     let back = Instant::now();
     publishing.join().expect("publisher");
-    let done = running.wait_counter(
-        "mqdb_rows_written_total",
+    let done = running.wait_counters(
+        &["mqdb_rows_written_total", "mqdb_dead_letters_total"],
         messages as u64,
         Duration::from_secs(600),
     );

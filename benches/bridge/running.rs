@@ -73,16 +73,22 @@ impl Running {
 
     /// Waits until the counter reaches `n`, polling every 10 ms; the instant it was seen.
     pub fn wait_counter(&self, name: &str, n: u64, timeout: Duration) -> Instant {
+        self.wait_counters(&[name], n, timeout)
+    }
+
+    /// Waits until the counters together reach `n` (rows and dead letters: every message
+    /// has ended one way or the other, so a wrong one fails the run instead of hanging it).
+    pub fn wait_counters(&self, names: &[&str], n: u64, timeout: Duration) -> Instant {
         let deadline = Instant::now() + timeout;
         loop {
             let now = Instant::now();
-            let value = self.counter(name);
+            let value: u64 = names.iter().map(|name| self.counter(name)).sum();
             if value >= n {
                 return now;
             }
             assert!(
                 now < deadline,
-                "{name} reached only {value} of {n} in {timeout:?}:\n{}",
+                "{names:?} reached only {value} of {n} in {timeout:?}:\n{}",
                 self.bridge.log()
             );
             std::thread::sleep(Duration::from_millis(10));

@@ -14,7 +14,7 @@ use super::catalog::{self, CatalogColumn};
 use super::dialect::Dialect;
 use super::insert::TablePlan;
 use super::postgres::Arrays;
-use super::write::Writer;
+use super::write::{Unsettled, Writer, query_text};
 use crate::config::OnConflict;
 use crate::error::{Class, DbError};
 use crate::mapping::Row;
@@ -90,6 +90,8 @@ fn run(
     let mut ready = Some(ready);
     let mut plan: Option<TablePlan> = None;
     let mut pending: Option<InsertRequest> = None;
+    // The pending batch's commit, if the outage came while it was being sent.
+    let mut unsettled: Option<Unsettled> = None;
     let mut backoff = Backoff::new();
     let down = |metrics: &RouteMetrics| {
         metrics.set_database_up(false);
@@ -148,6 +150,35 @@ fn run(
         } else {
             info!(route = %target.route, database = %spec.name, "database reconnected");
         }
+        if let Some(lost) = unsettled.take() {
+            match settled(&conn, lost.txid) {
+                Ok(Some(true)) => {
+                    info!(route = %target.route, txid = lost.txid, "the batch committed before the outage; not writing it again");
+                    if let Some(request) = pending.take() {
+                        let _ = request.reply.send(InsertOutcome::Committed {
+                            rejected: lost.rejected,
+                            arrays: request.arrays,
+                        });
+                    }
+                }
+                // Aborted, or a server that cannot tell (before PostgreSQL 10): written
+                // again.
+                Ok(Some(false)) => {}
+                Err(e) if e.class() == Class::Data => {}
+                // Still open on the server (it has not yet seen the old connection die), or
+                // the question itself met an outage: ask again after a pause.
+                Ok(None) | Err(_) => {
+                    unsettled = Some(lost);
+                    down(&metrics);
+                    drop(conn);
+                    if !backoff.sleep(&stop) {
+                        abandon(pending.take());
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
         metrics.set_database_up(true);
         let plan_ref = plan.as_ref().expect("resolved above");
         match serve(
@@ -159,7 +190,8 @@ fn run(
             &target.route,
         ) {
             Served::Closed => return,
-            Served::Outage(e) => {
+            Served::Outage(e, lost) => {
+                unsettled = lost;
                 warn!(route = %target.route, error = %e, "database outage; the batch will be retried");
                 down(&metrics);
                 let _ = conn.rollback();
@@ -171,6 +203,18 @@ fn run(
             }
         }
     }
+}
+
+/// Whether PostgreSQL transaction `txid` committed: `Some(true)` committed, `Some(false)`
+/// aborted or unknown to the server (so never committed), `None` still in progress.
+fn settled(conn: &Connection<'_>, txid: i64) -> Result<Option<bool>, DbError> {
+    let status = query_text(conn, "SELECT txid_status(?)", &txid)?;
+    let _ = conn.commit();
+    Ok(match status.as_deref() {
+        Some("committed") => Some(true),
+        Some("in progress") => None,
+        _ => Some(false),
+    })
 }
 
 fn abandon(request: Option<InsertRequest>) {
@@ -266,7 +310,8 @@ pub fn resolve(
 
 enum Served {
     Closed,
-    Outage(DbError),
+    /// The batch stays pending; its commit may have happened.
+    Outage(DbError, Option<Unsettled>),
 }
 
 fn serve(
@@ -306,7 +351,7 @@ fn serve(
             }
             Err(e) => {
                 *pending = Some(request);
-                return Served::Outage(e);
+                return Served::Outage(e, writer.take_unsettled());
             }
         }
     }

@@ -8,6 +8,7 @@ use odbc_api::handles::StatementImpl;
 use odbc_api::{Connection, IntoParameter, Prepared};
 
 use super::bulk;
+use super::dialect::Dialect;
 use super::insert::{Strategy, TablePlan, group_by_presence};
 use super::postgres::Arrays;
 use crate::error::{Class, DbError};
@@ -27,6 +28,17 @@ pub struct Writer<'c> {
     arrays: Arrays,
     /// Statements executed so far.
     executed: usize,
+    /// A commit lost to an outage, which may have happened.
+    unsettled: Option<Unsettled>,
+}
+
+/// A batch whose commit was sent when the connection failed: it may be in the database.
+/// PostgreSQL says which, for its transaction id (`txid_status`), on a new connection.
+#[derive(Debug)]
+pub struct Unsettled {
+    pub txid: i64,
+    /// The rows the batch rejected, to dead-letter if it did commit.
+    pub rejected: Rejected,
 }
 
 /// A statement kept for the life of the connection.
@@ -51,7 +63,13 @@ impl<'c> Writer<'c> {
             kept: HashMap::new(),
             arrays: Arrays::default(),
             executed: 0,
+            unsettled: None,
         }
+    }
+
+    /// The last batch's commit, if an outage left it unknown.
+    pub fn take_unsettled(&mut self) -> Option<Unsettled> {
+        self.unsettled.take()
     }
 
     /// Statements executed so far (each batch is one per group of rows that bind the same
@@ -74,8 +92,8 @@ impl<'c> Writer<'c> {
         let Some(arrays) = whole else {
             return self.write_rows(rows, true);
         };
-        match self.execute_unnest(arrays).and_then(|()| self.finish(true)) {
-            Ok(()) => Ok(Vec::new()),
+        match self.execute_unnest(arrays) {
+            Ok(()) => self.finish_batch(true, Vec::new(), rows, None),
             Err(e) if e.class() == Class::Outage => Err(e),
             Err(_) => {
                 let _ = self.conn.rollback();
@@ -89,17 +107,75 @@ impl<'c> Writer<'c> {
     /// (a dry run that still meets every constraint).
     pub fn write_rows(&mut self, rows: &[Row], keep: bool) -> Result<Rejected, DbError> {
         let statements = self.plan_statements(rows);
-        match self
-            .execute_all(rows, &statements)
-            .and_then(|()| self.finish(keep))
-        {
-            Ok(()) => Ok(Vec::new()),
+        match self.execute_all(rows, &statements) {
+            Ok(()) => self.finish_batch(keep, Vec::new(), rows, Some(&statements)),
             Err(e) if e.class() == Class::Outage => Err(e),
             Err(_) => {
                 let _ = self.conn.rollback();
                 self.isolate_all(rows, &statements, keep)
             }
         }
+    }
+
+    /// Commits (or, without `keep`, rolls back) a batch whose statements all ran. A
+    /// constraint the database checks only at commit fails the whole batch: its rows are
+    /// then isolated like any other failure (`statements`, planned again if `None`).
+    fn finish_batch(
+        &mut self,
+        keep: bool,
+        rejected: Rejected,
+        rows: &[Row],
+        statements: Option<&[Statement]>,
+    ) -> Result<Rejected, DbError> {
+        match self.settle(keep, rejected) {
+            Ok(rejected) => Ok(rejected),
+            Err(e) if e.class() == Class::Outage => Err(e),
+            Err(_) => {
+                let _ = self.conn.rollback();
+                let planned;
+                let statements = match statements {
+                    Some(s) => s,
+                    None => {
+                        planned = self.plan_statements(rows);
+                        &planned
+                    }
+                };
+                self.isolate_all(rows, statements, keep)
+            }
+        }
+    }
+
+    /// The commit itself. On PostgreSQL the transaction's id is read first, so that a
+    /// commit lost to an outage can be asked about later instead of written twice.
+    fn settle(&mut self, keep: bool, rejected: Rejected) -> Result<Rejected, DbError> {
+        if !keep {
+            self.finish(false)?;
+            return Ok(rejected);
+        }
+        let txid = match self.plan.dialect {
+            Dialect::Postgres => match self.txid() {
+                Ok(txid) => Some(txid),
+                Err(e) if e.class() == Class::Outage => return Err(e),
+                Err(_) => None,
+            },
+            _ => None,
+        };
+        match self.finish(true) {
+            Ok(()) => Ok(rejected),
+            Err(e) => {
+                if let (Some(txid), Class::Outage) = (txid, e.class()) {
+                    self.unsettled = Some(Unsettled { txid, rejected });
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn txid(&self) -> Result<i64, DbError> {
+        let conn = self.conn;
+        let text = query_text(conn, "SELECT txid_current()", ())?;
+        text.and_then(|t| t.trim().parse().ok())
+            .ok_or_else(|| DbError::new("txid_current() returned no number"))
     }
 
     /// After a failed batch was rolled back: each statement again, halving the failed ones
@@ -115,9 +191,8 @@ impl<'c> Writer<'c> {
         for statement in statements {
             self.isolate(rows, &statement.present, &statement.rows, &mut rejected)?;
         }
-        self.finish(keep)?;
         rejected.sort_by_key(|(i, _)| *i);
-        Ok(rejected)
+        self.settle(keep, rejected)
     }
 
     /// Writes all of `rows` in one transaction, or none: the inner `Err` is the first data
@@ -283,6 +358,25 @@ impl<'c> Writer<'c> {
         };
         done.map_err(|e| with_liveness(self.conn, &e))
     }
+}
+
+/// The first column of the first row of `sql`, as text.
+pub fn query_text(
+    conn: &Connection<'_>,
+    sql: &str,
+    params: impl odbc_api::ParameterCollectionRef,
+) -> Result<Option<String>, DbError> {
+    use odbc_api::Cursor;
+    let failed = |e: odbc_api::Error| with_liveness(conn, &e);
+    let Some(mut cursor) = conn.execute(sql, params, None).map_err(failed)? else {
+        return Ok(None);
+    };
+    let Some(mut row) = cursor.next_row().map_err(failed)? else {
+        return Ok(None);
+    };
+    let mut text = Vec::new();
+    let found = row.get_text(1, &mut text).map_err(failed)?;
+    Ok(found.then(|| String::from_utf8_lossy(&text).into_owned()))
 }
 
 fn with_liveness(conn: &Connection<'_>, error: &odbc_api::Error) -> DbError {
