@@ -322,15 +322,7 @@ pub async fn run_until(
                 rx
             }
         };
-        let route = InboundRoute {
-            name: plan.name.clone(),
-            mapper: plan.mapper(&sink.plan),
-            max_rows: plan.target.max_rows,
-            max_delay: plan.max_delay,
-            sink,
-            state: state.clone(),
-            metrics: route_metrics,
-        };
+        let route = InboundRoute::new(&plan, sink, state.clone(), route_metrics);
         info!(route = %plan.name, source = %plan.intake.describe(), table = %plan.target.table, "route ready");
         route_tasks.spawn(route.run(rx, stop_rx.clone()));
     }

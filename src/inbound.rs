@@ -24,6 +24,7 @@ use crate::error::DbError;
 use crate::mapping::{MapError, Mapper, Row};
 use crate::message::{AckHandle, Message};
 use crate::metrics::RouteMetrics;
+use crate::routes::InboundPlan;
 use crate::state::State;
 
 pub struct InboundRoute {
@@ -69,6 +70,19 @@ struct InFlight {
 }
 
 impl InboundRoute {
+    /// The route of `plan`, writing through `sink`.
+    pub fn new(plan: &InboundPlan, sink: Sink, state: State, metrics: Arc<RouteMetrics>) -> Self {
+        InboundRoute {
+            name: plan.name.clone(),
+            mapper: plan.mapper(&sink.plan),
+            max_rows: plan.target.max_rows,
+            max_delay: plan.max_delay,
+            sink,
+            state,
+            metrics,
+        }
+    }
+
     /// Runs until `stop` turns true and every message already received is done.
     pub async fn run(self, mut messages: mpsc::Receiver<Message>, mut stop: watch::Receiver<bool>) {
         let mut batch = Batch::default();

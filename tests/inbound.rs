@@ -106,6 +106,17 @@ fn route(name: &str, topic: &str, table: &str, columns: &[(&str, &str)], extra: 
     yaml
 }
 
+/// `{"seq":N}` for each N of `seqs`, on `topic` with its `{part}` level set to `part`.
+fn seq_messages(topic: &str, part: &str, seqs: std::ops::Range<i64>) -> Messages {
+    seqs.map(|seq| {
+        (
+            topic.replace("{part}", part),
+            format!(r#"{{"seq":{seq}}}"#).into_bytes(),
+        )
+    })
+    .collect()
+}
+
 /// `mqdb -c CONFIG dlq show ID`: the text it prints (exit 0 asserted).
 fn dlq_show(config: &Path, id: i64) -> String {
     let out = run_mqdb(&["-c", path_str(config), "dlq", "show", &id.to_string()]);
@@ -869,15 +880,7 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
         )],
     );
     world.persistent_session(&topic.replace("{part}", "+"));
-    let msgs = |part: &str, seqs: std::ops::Range<i64>| -> Messages {
-        seqs.map(|seq| {
-            (
-                topic.replace("{part}", part),
-                format!(r#"{{"seq":{seq}}}"#).into_bytes(),
-            )
-        })
-        .collect()
-    };
+    let msgs = |part: &str, seqs: std::ops::Range<i64>| seq_messages(&topic, part, seqs);
     let publisher = world.publisher();
     publisher.publish_all_confirmed(msgs("first", 0..20), 1);
     let mut bridge = Bridge::start(&config);
@@ -934,15 +937,7 @@ fn database_outage_loses_nothing(db: Db, port: u16, columns: &str) {
     );
     let filter = topic.replace("{part}", "+");
     world.persistent_session(&filter);
-    let msgs = |part: &str, seqs: std::ops::Range<i64>| -> Messages {
-        seqs.map(|seq| {
-            (
-                topic.replace("{part}", part),
-                format!(r#"{{"seq":{seq}}}"#).into_bytes(),
-            )
-        })
-        .collect()
-    };
+    let msgs = |part: &str, seqs: std::ops::Range<i64>| seq_messages(&topic, part, seqs);
     let publisher = world.publisher();
     publisher.publish_all_confirmed(msgs("first", 0..600), 1);
     let mut bridge = Bridge::start(&config);
@@ -1041,15 +1036,7 @@ fn broker_connection_cut_loses_nothing() {
         )],
     );
     world.persistent_session(&topic.replace("{part}", "+"));
-    let msgs = |part: &str, seqs: std::ops::Range<i64>| -> Messages {
-        seqs.map(|seq| {
-            (
-                topic.replace("{part}", part),
-                format!(r#"{{"seq":{seq}}}"#).into_bytes(),
-            )
-        })
-        .collect()
-    };
+    let msgs = |part: &str, seqs: std::ops::Range<i64>| seq_messages(&topic, part, seqs);
     // And a test transaction that locks the table, so received messages stay uncommitted
     // and unacknowledged
     let locker = odbc_connect(&db.connection_string()).expect("connect the locker");

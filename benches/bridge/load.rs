@@ -100,3 +100,39 @@ pub fn column_mapping(from_topic: bool) -> String {
         "    columns:\n      seq: payload.seq\n      site: {site}\n      device: {device}\n      value: payload.value\n      status: payload.status\n      ts: payload.ts\n      received_at: meta.received_at\n"
     )
 }
+
+/// Writes `dir/bench.yaml`: an MQTT inbound route `bench` on topics `root/site/device` into
+/// `table`, with its state store in `dir`, for runs that never connect to the broker (the
+/// route fed from memory, dead-letter replay). Returns the file and the state store's URL.
+pub fn offline_route(
+    dir: &std::path::Path,
+    db: &Db,
+    table: &str,
+    root: &str,
+) -> (std::path::PathBuf, String) {
+    let state = format!("sqlite://{}", dir.join("state.db").display());
+    let config = dir.join("bench.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"state: {state}
+brokers:
+  src: {{ url: "mqtt://127.0.0.1:1883", client_id: "{client}" }}
+databases:
+  db: {{ connection_string: "{cs}" }}
+inbound:
+  - name: bench
+    broker: src
+    topic: {root}/{{site}}/{{device}}
+    database: db
+    table: {table}
+{columns}    batch: {{ max_rows: {BATCH}, max_delay: 100ms }}
+"#,
+            client = crate::common::unique(root),
+            cs = db.connection_string(),
+            columns = column_mapping(true),
+        ),
+    )
+    .unwrap();
+    (config, state)
+}

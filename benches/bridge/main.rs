@@ -160,37 +160,38 @@ fn main() {
             Some(OUTBOUND_TARGET),
         );
     }
-    if wanted("pipeline") {
-        println!("inbound database path (the route fed from memory, no broker):");
-        for (db, ceiling, against) in [
-            (&Db::Postgres, pg, "raw PostgreSQL insert"),
-            (&Db::MariaDb, maria, "raw MariaDB insert"),
-            (&sqlite, lite, "raw SQLite insert"),
-        ] {
-            let ((rate, usage), busy) = report::machine_busy(|| pipeline::run(db, n));
-            report.bridge(
-                &format!("mqdb inbound route → {}, broker not limiting", db.label()),
-                Run {
-                    rate,
-                    usage,
-                    n,
-                    busy: Some(busy),
-                },
-                ceiling.map(|c| (against, c)),
-                Some(DATABASE_TARGET),
-            );
+    // The database paths, each driver against its own raw ceiling.
+    let drivers = [
+        (&Db::Postgres, pg, "raw PostgreSQL insert"),
+        (&Db::MariaDb, maria, "raw MariaDB insert"),
+        (&sqlite, lite, "raw SQLite insert"),
+    ];
+    type DbRun = fn(&Db, usize) -> (f64, report::Usage);
+    let paths: [(&str, &str, &str, DbRun, Option<f64>); 2] = [
+        (
+            "pipeline",
+            "inbound database path (the route fed from memory, no broker):",
+            "mqdb inbound route → {}, broker not limiting",
+            pipeline::run,
+            Some(DATABASE_TARGET),
+        ),
+        (
+            "replay",
+            "dead-letter replay (database path, no broker):",
+            "mqdb dlq replay → {}",
+            replay::replay,
+            None,
+        ),
+    ];
+    for (section, heading, path, run, target) in paths {
+        if !wanted(section) {
+            continue;
         }
-    }
-    if wanted("replay") {
-        println!("dead-letter replay (database path, no broker):");
-        for (db, ceiling, against) in [
-            (&Db::Postgres, pg, "raw PostgreSQL insert"),
-            (&Db::MariaDb, maria, "raw MariaDB insert"),
-            (&sqlite, lite, "raw SQLite insert"),
-        ] {
-            let ((rate, usage), busy) = report::machine_busy(|| replay::replay(db, n));
+        println!("{heading}");
+        for (db, ceiling, against) in drivers {
+            let ((rate, usage), busy) = report::machine_busy(|| run(db, n));
             report.bridge(
-                &format!("mqdb dlq replay → {}", db.label()),
+                &path.replace("{}", db.label()),
                 Run {
                     rate,
                     usage,
@@ -198,7 +199,7 @@ fn main() {
                     busy: Some(busy),
                 },
                 ceiling.map(|c| (against, c)),
-                None,
+                target,
             );
         }
     }

@@ -14,8 +14,8 @@ use mqdb::metrics::{Kind, Metrics};
 use mqdb::state::State;
 use tokio::sync::{mpsc, watch};
 
-use crate::common::{Db, TempTable, unique};
-use crate::load::{self, BATCH};
+use crate::common::{Db, TempTable};
+use crate::load;
 use crate::report::Usage;
 
 /// Messages handed to the route before their rows are committed, as `max_in_flight` does.
@@ -26,31 +26,7 @@ const IN_FLIGHT: usize = 10_000;
 pub fn run(db: &Db, n: usize) -> (f64, Usage) {
     let table = TempTable::create(db, "bench_pipe", load::columns(db));
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("bench.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"state: sqlite://{state}
-brokers:
-  src: {{ url: "mqtt://127.0.0.1:1883", client_id: "{client}" }}
-databases:
-  db: {{ connection_string: "{cs}" }}
-inbound:
-  - name: bench
-    broker: src
-    topic: pipe/{{site}}/{{device}}
-    database: db
-    table: {table}
-{columns}    batch: {{ max_rows: {BATCH}, max_delay: 100ms }}
-"#,
-            state = dir.path().join("state.db").display(),
-            client = unique("pipe"),
-            cs = db.connection_string(),
-            table = table.name,
-            columns = load::column_mapping(true),
-        ),
-    )
-    .unwrap();
+    let (config, _) = load::offline_route(dir.path(), db, &table.name, "pipe");
     let messages = load::mqtt_messages("pipe", n);
     let before = cpu_seconds();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -72,15 +48,7 @@ inbound:
         )
         .await
         .expect("database reached");
-        let route = InboundRoute {
-            name: plan.name.clone(),
-            mapper: plan.mapper(&sink.plan),
-            max_rows: plan.target.max_rows,
-            max_delay: plan.max_delay,
-            sink,
-            state,
-            metrics,
-        };
+        let route = InboundRoute::new(&plan, sink, state, metrics);
         let (tx, rx) = mpsc::channel(IN_FLIGHT);
         let (done_tx, mut done_rx) = mpsc::channel(IN_FLIGHT);
         let (_stop_tx, stop_rx) = watch::channel(false);
@@ -134,18 +102,5 @@ inbound:
 
 /// CPU seconds this process has used so far.
 fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
+    crate::report::read_proc(std::process::id()).map_or(0.0, |(_, _, cpu)| cpu)
 }

@@ -8,41 +8,16 @@ use mqdb::dlq::{Direction, NewDeadLetter};
 use mqdb::state::State;
 use serde_json::json;
 
-use crate::common::{Db, TempTable, mqdb_command, unique};
-use crate::load::{self, BATCH};
+use crate::common::{Db, TempTable, mqdb_command};
+use crate::load;
 use crate::report::{Sampler, Usage};
 
 /// Replays `n` dead letters into `db`: the rate, and the replay process's figures.
 pub fn replay(db: &Db, n: usize) -> (f64, Usage) {
     let table = TempTable::create(db, "bench_replay", load::columns(db));
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state.db");
-    let config = dir.path().join("bench.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"state: sqlite://{state}
-brokers:
-  src: {{ url: "mqtt://127.0.0.1:1883", client_id: "{client}" }}
-databases:
-  db: {{ connection_string: "{cs}" }}
-inbound:
-  - name: bench
-    broker: src
-    topic: replay/{{site}}/{{device}}
-    database: db
-    table: {table}
-{columns}    batch: {{ max_rows: {BATCH}, max_delay: 100ms }}
-"#,
-            state = state.display(),
-            client = unique("replay"),
-            cs = db.connection_string(),
-            table = table.name,
-            columns = load::column_mapping(true),
-        ),
-    )
-    .unwrap();
-    fill(&format!("sqlite://{}", state.display()), n);
+    let (config, state) = load::offline_route(dir.path(), db, &table.name, "replay");
+    fill(&state, n);
 
     let start = Instant::now();
     let child = mqdb_command()

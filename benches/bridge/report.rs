@@ -79,7 +79,7 @@ impl Sampler {
 }
 
 /// (RSS kB, peak RSS kB, CPU seconds) of a live process.
-fn read_proc(pid: u32) -> Option<(u64, u64, f64)> {
+pub fn read_proc(pid: u32) -> Option<(u64, u64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         status
