@@ -16,6 +16,8 @@
 //!    to the same ceiling but without a target: its own state store bounds it;
 //! 7. mqdb's memory through a database outage.
 //!
+//! Each mqdb run is measured between two runs of the ceiling it is compared with (the
+//! machine and the services drift within a run), and reports how busy the machine was.
 //! Every section reconciles its counts and panics when one is off; none fails on speed.
 //! `cargo bench --bench bridge`; `MQDB_BENCH_MESSAGES` (default 200000, rounded up to whole
 //! batches), `MQDB_BENCH_OUTAGE` (seconds, default 30), `MQDB_BENCH_ONLY` (a comma list of
@@ -79,18 +81,18 @@ fn main() {
     );
     let broker = Mosquitto::start();
     let mut report = Report::default();
-    let (mut pg, mut maria, mut lite) = (None, None, None);
 
     if wanted("broker") {
         println!("broker ceilings:");
         report.ceiling("bare MQTT QoS 1 subscriber", inbound::bare_mqtt(&broker, n));
         report.ceiling("bare AMQP consumer", inbound::bare_amqp(n));
     }
-    if wanted("ceilings") || wanted("pipeline") || wanted("replay") {
+    if wanted("ceilings") {
         println!("database ceilings:");
-        let rate = ceilings::postgres_unnest(n);
-        report.ceiling("raw PostgreSQL insert (unnest, prepared)", rate);
-        pg = Some(rate);
+        report.ceiling(
+            "raw PostgreSQL insert (unnest, prepared)",
+            ceilings::postgres_unnest(n),
+        );
         report.ceiling(
             "raw PostgreSQL insert (multi-row VALUES)",
             ceilings::multi_row_values(&Db::Postgres, n),
@@ -99,12 +101,14 @@ fn main() {
             "PostgreSQL COPY (psql, physical reference)",
             ceilings::postgres_copy(n),
         );
-        let rate = ceilings::mariadb_arrays(n);
-        report.ceiling("raw MariaDB insert (parameter arrays)", rate);
-        maria = Some(rate);
-        let rate = ceilings::multi_row_values(&sqlite, n);
-        report.ceiling("raw SQLite insert (multi-row VALUES)", rate);
-        lite = Some(rate);
+        report.ceiling(
+            "raw MariaDB insert (parameter arrays)",
+            ceilings::mariadb_arrays(n),
+        );
+        report.ceiling(
+            "raw SQLite insert (multi-row VALUES)",
+            ceilings::multi_row_values(&sqlite, n),
+        );
     }
     let feeds = [
         ("mqtt-postgres", Feed::Mqtt(&broker), Db::Postgres),
@@ -160,11 +164,25 @@ fn main() {
             Some(OUTBOUND_TARGET),
         );
     }
-    // The database paths, each driver against its own raw ceiling.
-    let drivers = [
-        (&Db::Postgres, pg, "raw PostgreSQL insert"),
-        (&Db::MariaDb, maria, "raw MariaDB insert"),
-        (&sqlite, lite, "raw SQLite insert"),
+    // The database paths, each run between two runs of its driver's raw ceiling.
+    let lite_db = sqlite.clone();
+    type RawRun = Box<dyn Fn() -> f64>;
+    let raw: [(&Db, &str, RawRun); 3] = [
+        (
+            &Db::Postgres,
+            "raw PostgreSQL insert (unnest, prepared)",
+            Box::new(move || ceilings::postgres_unnest(n)),
+        ),
+        (
+            &Db::MariaDb,
+            "raw MariaDB insert (parameter arrays)",
+            Box::new(move || ceilings::mariadb_arrays(n)),
+        ),
+        (
+            &sqlite,
+            "raw SQLite insert (multi-row VALUES)",
+            Box::new(move || ceilings::multi_row_values(&lite_db, n)),
+        ),
     ];
     type DbRun = fn(&Db, usize) -> (f64, report::Usage);
     let paths: [(&str, &str, &str, DbRun, Option<f64>); 2] = [
@@ -188,8 +206,9 @@ fn main() {
             continue;
         }
         println!("{heading}");
-        for (db, ceiling, against) in drivers {
-            let ((rate, usage), busy) = report::machine_busy(|| run(db, n));
+        let mut brackets = Brackets::default();
+        for (db, kind, ceiling) in &raw {
+            let (ceiling, (rate, usage), busy) = brackets.around(kind, ceiling, || run(db, n));
             report.bridge(
                 &path.replace("{}", db.label()),
                 Run {
@@ -198,7 +217,7 @@ fn main() {
                     n,
                     busy: Some(busy),
                 },
-                ceiling.map(|c| (against, c)),
+                Some((&ceiling.label, ceiling.rate)),
                 target,
             );
         }
