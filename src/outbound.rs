@@ -143,6 +143,7 @@ impl OutboundRoute {
             warn!(route = %self.name, broker = %self.broker, error = %e, "publisher cannot connect yet; retrying with the first rows");
         }
         let mut backoff = Duration::from_millis(200);
+        let mut ahead = None;
         loop {
             if *stop.borrow() {
                 return;
@@ -155,7 +156,7 @@ impl OutboundRoute {
                 RouteMetrics::add(&self.metrics.retries, 1);
                 debug!(route = %self.name, broker = %self.broker, error = %e, "publisher not connected");
             }
-            let result = self.cycle(&mut position).await;
+            let result = self.cycle(&mut position, &mut ahead).await;
             self.metrics.set_broker_up(self.publisher.is_connected());
             let pause = match result {
                 Ok(more) => {
@@ -178,12 +179,22 @@ impl OutboundRoute {
 
     /// One poll: publish, confirm, run after_publish, store. `Ok(true)` when more rows may
     /// be waiting right now.
-    async fn cycle(&self, position: &mut Vec<String>) -> Result<bool, String> {
+    ///
+    /// `ahead` is the next poll, read while this one's confirms were awaited: it is used
+    /// only when the position it was read from is the one this poll starts at.
+    async fn cycle(
+        &self,
+        position: &mut Vec<String>,
+        ahead: &mut Option<ReadAhead>,
+    ) -> Result<bool, String> {
         let started = std::time::Instant::now();
-        let polled = self.poller.poll(position.clone()).await.map_err(|e| {
-            self.metrics.set_database_up(false);
-            format!("query failed: {e}")
-        })?;
+        let polled = match ahead.take() {
+            Some(read) if read.from == *position => read.polled,
+            _ => self.poller.poll(position.clone()).await.map_err(|e| {
+                self.metrics.set_database_up(false);
+                format!("query failed: {e}")
+            })?,
+        };
         self.metrics.set_database_up(true);
         let tracked = !polled.track.is_empty();
         let mut rows: &[Vec<Cell>] = &polled.rows;
@@ -240,29 +251,44 @@ impl OutboundRoute {
         self.metrics.enter(waiting);
         // All answers first, in order, up to the first outage: a returned message may come
         // with the answer of another publish of the same poll.
-        let mut answered: Vec<(Answered, Option<Address>, Vec<u8>)> = Vec::new();
-        let mut confirm_failure = None;
-        for (attempt, source, payload) in attempts {
-            match attempt {
-                Attempt::Published(pending) => match pending.confirm.await {
-                    Ok(answer) => answered.push((
-                        Answered::Broker {
-                            message_id: pending.message_id,
-                            answer,
-                        },
-                        source,
-                        payload,
-                    )),
-                    Err(e) => {
-                        confirm_failure = Some(e);
-                        break;
+        let confirms = async {
+            let mut answered: Vec<(Answered, Option<Address>, Vec<u8>)> = Vec::new();
+            for (attempt, source, payload) in attempts {
+                match attempt {
+                    Attempt::Published(pending) => match pending.confirm.await {
+                        Ok(answer) => answered.push((
+                            Answered::Broker {
+                                message_id: pending.message_id,
+                                answer,
+                            },
+                            source,
+                            payload,
+                        )),
+                        Err(e) => return (answered, Some(e)),
+                    },
+                    Attempt::Dead { kind, reason } => {
+                        answered.push((Answered::Dead { kind, reason }, source, payload))
                     }
-                },
-                Attempt::Dead { kind, reason } => {
-                    answered.push((Answered::Dead { kind, reason }, source, payload))
                 }
             }
-        }
+            (answered, None)
+        };
+        // Without this the broker idles while the next rows are read. after_publish may
+        // change what the query returns, so such a route reads only after it has run.
+        let next = (more && !self.after_publish && publish_failure.is_none())
+            .then(|| next_position(&polled.track, &rows[rows.len() - 1], position));
+        let read_ahead = async {
+            match next {
+                Some(from) => match self.poller.poll(from.clone()).await {
+                    Ok(polled) => Some(ReadAhead { from, polled }),
+                    // The next poll reads again, and reports it.
+                    Err(_) => None,
+                },
+                None => None,
+            }
+        };
+        let ((answered, confirm_failure), read) = tokio::join!(confirms, read_ahead);
+        *ahead = read;
         self.metrics.leave(waiting);
         let returned: std::collections::HashMap<String, String> = answered
             .iter()
@@ -342,14 +368,8 @@ impl OutboundRoute {
             }
         }
 
-        let new_position: Option<Vec<String>> = (tracked && done > 0).then(|| {
-            polled
-                .track
-                .iter()
-                .zip(position.iter())
-                .map(|(&c, old)| rows[done - 1][c].text().unwrap_or_else(|| old.clone()))
-                .collect()
-        });
+        let new_position: Option<Vec<String>> =
+            (tracked && done > 0).then(|| next_position(&polled.track, &rows[done - 1], position));
         if new_position.is_some() || !letters.is_empty() {
             self.state
                 .advance(&self.name, new_position.as_deref(), &letters)
@@ -415,6 +435,21 @@ impl OutboundRoute {
 }
 
 /// Sleeps; true if shutdown came first.
+/// A poll read before the one before it was done, and the position it was read from.
+struct ReadAhead {
+    from: Vec<String>,
+    polled: Polled,
+}
+
+/// The position just past `row`; a NULL track value keeps the old one.
+fn next_position(track: &[usize], row: &[Cell], old: &[String]) -> Vec<String> {
+    track
+        .iter()
+        .zip(old.iter())
+        .map(|(&c, old)| row[c].text().unwrap_or_else(|| old.clone()))
+        .collect()
+}
+
 async fn sleep_or_stop(pause: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     if pause.is_zero() {
         return *stop.borrow();

@@ -1323,6 +1323,64 @@ fn mosquitto_stopped_mid_stream_loses_nothing() {
 }
 
 #[test]
+fn a_connection_lost_while_confirms_are_awaited_loses_nothing() {
+    // Given a bridge that reaches Mosquitto through a proxy, 500-row polls (the next poll
+    // is read while a poll's confirms are awaited), and more rows than a few polls
+    let world = World::new();
+    let proxy = TcpProxy::start(world.broker.addr());
+    let table = TempTable::create(&Db::Postgres, "out_lost", "id INTEGER PRIMARY KEY, v TEXT");
+    let t = &table.name;
+    let topic = unique("lost");
+    let url = format!("mqtt://127.0.0.1:{}", proxy.port);
+    let config = world.config_with(
+        &[("m", &url)],
+        &Db::Postgres.connection_string(),
+        &[route(
+            "lost",
+            &format!("SELECT id, v FROM {t} WHERE id > ? ORDER BY id"),
+            &[
+                "track: id",
+                "start: 0",
+                INTERVAL,
+                "max_rows: 500",
+                "broker: m",
+                &format!("topic: {}", yq(&topic)),
+                "qos: 1",
+            ],
+        )],
+    );
+    let sub = world.subscribe(&topic);
+    let n = 30_000;
+    pg_insert_range(t, 1, n);
+    let mut bridge = Bridge::start(&config);
+    wait_for(
+        &mut bridge,
+        "the first messages",
+        || Ok(sub.count() >= 2000),
+    );
+
+    // When the connection is cut in the middle of the stream, and restored a second later
+    proxy.set_down(true);
+    std::thread::sleep(Duration::from_secs(1));
+    proxy.set_down(false);
+
+    // Then every row arrives, and nothing was dead-lettered
+    wait_for_ids(&mut bridge, &sub, n);
+    let counts = mqtt_id_counts(&sub.messages());
+    assert_eq!(missing(&counts, n), Vec::<i64>::new());
+    assert_eq!(dlq_list(&config), Vec::<Json>::new());
+    // And the cut did fail publishes that were waiting for their confirms
+    let log = bridge.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("publisher connection lost") && !l.contains("unconfirmed=0")),
+        "the cut came when nothing was in flight:\n{log}"
+    );
+    terminate_ok(&mut bridge);
+    eprintln!("duplicates after the cut: {}", duplicates(&counts));
+}
+
+#[test]
 fn sigterm_while_the_broker_is_down_exits_and_a_restart_loses_nothing() {
     // Given a bridge in the middle of a stream to a persistent-session subscriber
     let mut world = World::new();
