@@ -434,7 +434,6 @@ impl OutboundRoute {
     }
 }
 
-/// Sleeps; true if shutdown came first.
 /// A poll read before the one before it was done, and the position it was read from.
 struct ReadAhead {
     from: Vec<String>,
@@ -450,6 +449,7 @@ fn next_position(track: &[usize], row: &[Cell], old: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// Sleeps; true if shutdown came first.
 async fn sleep_or_stop(pause: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     if pause.is_zero() {
         return *stop.borrow();

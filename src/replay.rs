@@ -162,15 +162,15 @@ pub fn replay(
             summary.interrupted = true;
             break;
         }
-        let claimed = rt.block_on(next.take().expect("a claim is always ahead"));
+        // The claim task itself failing (a panic) ends the replay like a failed claim.
+        let claimed = rt
+            .block_on(next.take().expect("a claim is always ahead"))
+            .map_err(|e| e.to_string())
+            .and_then(|claim| claim.map_err(|e| e.to_string()));
         let letters = match claimed {
-            Ok(Ok(letters)) => letters,
-            Ok(Err(e)) => {
-                failure = Some(e.to_string());
-                break;
-            }
+            Ok(letters) => letters,
             Err(e) => {
-                failure = Some(e.to_string());
+                failure = Some(e);
                 break;
             }
         };

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::clients::{self, AmqpCounter, MqttCounter};
 use crate::common::{Db, Mosquitto, Rabbit, TempTable, unique};
-use crate::load::{self, BATCH};
+use crate::load;
 use crate::report::Usage;
 use crate::running::Running;
 
@@ -69,7 +69,7 @@ pub fn mqdb(feed: &Feed<'_>, db: &Db, n: usize) -> (f64, Usage) {
                     unique("mqdb")
                 ),
                 format!("topic: {prefix}/{{site}}/{{device}}\n    qos: 1\n"),
-                (load::column_mapping(true), prefix),
+                (true, prefix),
             )
         }
         Feed::Amqp => {
@@ -78,25 +78,17 @@ pub fn mqdb(feed: &Feed<'_>, db: &Db, n: usize) -> (f64, Usage) {
             (
                 format!("{{ url: \"{}\" }}", Rabbit::URL),
                 format!("queue: {queue}\n    prefetch: {PREFETCH}\n"),
-                (load::column_mapping(false), queue),
+                (false, queue),
             )
         }
     };
-    let (columns, address) = mapping;
-    let running = Running::start(&format!(
-        r#"brokers:
-  src: {broker}
-databases:
-  db: {{ connection_string: "{cs}" }}
-inbound:
-  - name: bench
-    broker: src
-    {source}    database: db
-    table: {table}
-{columns}    batch: {{ max_rows: {BATCH}, max_delay: 100ms }}
-"#,
-        cs = db.connection_string(),
-        table = table.name,
+    let (from_topic, address) = mapping;
+    let running = Running::start(&load::inbound_config(
+        &broker,
+        &source,
+        &db.connection_string(),
+        &table.name,
+        from_topic,
     ));
     let start = Instant::now();
     let publishing = match feed {

@@ -112,27 +112,39 @@ pub fn offline_route(
 ) -> (std::path::PathBuf, String) {
     let state = format!("sqlite://{}", dir.join("state.db").display());
     let config = dir.join("bench.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"state: {state}
-brokers:
-  src: {{ url: "mqtt://127.0.0.1:1883", client_id: "{client}" }}
+    let broker = format!(
+        "{{ url: \"mqtt://127.0.0.1:1883\", client_id: \"{}\" }}",
+        crate::common::unique(root)
+    );
+    let source = format!("topic: {root}/{{site}}/{{device}}\n");
+    let yaml = inbound_config(&broker, &source, &db.connection_string(), table, true);
+    std::fs::write(&config, format!("state: {state}\n{yaml}")).unwrap();
+    (config, state)
+}
+
+/// The harness's inbound route `bench`: broker `src` (`broker` is its YAML mapping), the
+/// `source` lines (a topic or a queue, each line ending in a newline) and database `db`
+/// at `cs`, every payload field mapped to a column of `table` (`from_topic`: site and
+/// device from the topic too).
+pub fn inbound_config(
+    broker: &str,
+    source: &str,
+    cs: &str,
+    table: &str,
+    from_topic: bool,
+) -> String {
+    format!(
+        r#"brokers:
+  src: {broker}
 databases:
   db: {{ connection_string: "{cs}" }}
 inbound:
   - name: bench
     broker: src
-    topic: {root}/{{site}}/{{device}}
-    database: db
+    {source}    database: db
     table: {table}
 {columns}    batch: {{ max_rows: {BATCH}, max_delay: 100ms }}
 "#,
-            client = crate::common::unique(root),
-            cs = db.connection_string(),
-            columns = column_mapping(true),
-        ),
+        columns = column_mapping(from_topic),
     )
-    .unwrap();
-    (config, state)
 }

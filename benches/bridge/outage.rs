@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{Db, Mosquitto, Publisher, TcpProxy, TempTable, unique};
-use crate::load::{self, BATCH};
+use crate::load;
 use crate::running::Running;
 
 pub struct Outage {
@@ -24,25 +24,16 @@ pub fn run(broker: &Mosquitto, rate: usize, steady: Duration, outage: Duration) 
     let table = TempTable::create(&db, "bench_outage", load::columns(&db));
     let proxy = TcpProxy::start("127.0.0.1:5432".parse().unwrap());
     let prefix = unique("outage");
-    let running = Running::start(&format!(
-        r#"brokers:
-  src: {{ url: "{url}", client_id: "{client}" }}
-databases:
-  db: {{ connection_string: "{cs}" }}
-inbound:
-  - name: bench
-    broker: src
-    topic: {prefix}/{{site}}/{{device}}
-    qos: 1
-    database: db
-    table: {table}
-{columns}    batch: {{ max_rows: {BATCH}, max_delay: 100ms }}
-"#,
-        url = broker.url(),
-        client = unique("mqdb"),
-        cs = db.connection_string_via(proxy.addr().port()),
-        table = table.name,
-        columns = load::column_mapping(true),
+    let running = Running::start(&load::inbound_config(
+        &format!(
+            "{{ url: \"{}\", client_id: \"{}\" }}",
+            broker.url(),
+            unique("mqdb")
+        ),
+        &format!("topic: {prefix}/{{site}}/{{device}}\n    qos: 1\n"),
+        &db.connection_string_via(proxy.addr().port()),
+        &table.name,
+        true,
     ));
     let total = steady * 2 + outage;
     let messages = (rate as f64 * total.as_secs_f64()) as usize;

@@ -93,7 +93,7 @@ impl<'c> Writer<'c> {
             return self.write_rows(rows, true);
         };
         match self.execute_unnest(arrays) {
-            Ok(()) => self.finish_batch(true, Vec::new(), rows, None),
+            Ok(()) => self.finish_batch(true, rows, None),
             Err(e) if e.class() == Class::Outage => Err(e),
             Err(_) => {
                 let _ = self.conn.rollback();
@@ -108,7 +108,7 @@ impl<'c> Writer<'c> {
     pub fn write_rows(&mut self, rows: &[Row], keep: bool) -> Result<Rejected, DbError> {
         let statements = self.plan_statements(rows);
         match self.execute_all(rows, &statements) {
-            Ok(()) => self.finish_batch(keep, Vec::new(), rows, Some(&statements)),
+            Ok(()) => self.finish_batch(keep, rows, Some(&statements)),
             Err(e) if e.class() == Class::Outage => Err(e),
             Err(_) => {
                 let _ = self.conn.rollback();
@@ -123,11 +123,10 @@ impl<'c> Writer<'c> {
     fn finish_batch(
         &mut self,
         keep: bool,
-        rejected: Rejected,
         rows: &[Row],
         statements: Option<&[Statement]>,
     ) -> Result<Rejected, DbError> {
-        match self.settle(keep, rejected) {
+        match self.settle(keep, Vec::new()) {
             Ok(rejected) => Ok(rejected),
             Err(e) if e.class() == Class::Outage => Err(e),
             Err(_) => {
