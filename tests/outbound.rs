@@ -1324,8 +1324,9 @@ fn mosquitto_stopped_mid_stream_loses_nothing() {
 
 #[test]
 fn a_connection_lost_while_confirms_are_awaited_loses_nothing() {
-    // Given a bridge that reaches Mosquitto through a proxy, 500-row polls (the next poll
-    // is read while a poll's confirms are awaited), and more rows than a few polls
+    // Given a bridge that reaches Mosquitto through a proxy, polls longer than the publish
+    // window (so publishes are in flight most of the time; the next poll is read while a
+    // poll's confirms are awaited), and more rows than a few polls
     let world = World::new();
     let proxy = TcpProxy::start(world.broker.addr());
     let table = TempTable::create(&Db::Postgres, "out_lost", "id INTEGER PRIMARY KEY, v TEXT");
@@ -1342,7 +1343,7 @@ fn a_connection_lost_while_confirms_are_awaited_loses_nothing() {
                 "track: id",
                 "start: 0",
                 INTERVAL,
-                "max_rows: 500",
+                "max_rows: 5000",
                 "broker: m",
                 &format!("topic: {}", yq(&topic)),
                 "qos: 1",
@@ -1353,29 +1354,36 @@ fn a_connection_lost_while_confirms_are_awaited_loses_nothing() {
     let n = 30_000;
     pg_insert_range(t, 1, n);
     let mut bridge = Bridge::start(&config);
-    wait_for(
-        &mut bridge,
-        "the first messages",
-        || Ok(sub.count() >= 2000),
-    );
 
-    // When the connection is cut in the middle of the stream, and restored a second later
-    proxy.set_down(true);
-    std::thread::sleep(Duration::from_secs(1));
-    proxy.set_down(false);
+    // When the connection is cut in the middle of the stream and restored soon after, until
+    // a cut has failed publishes that were waiting for their confirms
+    let in_flight_cut = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("publisher connection lost") && !l.contains("unconfirmed=0"))
+    };
+    for _ in 0..5 {
+        let seen = sub.count();
+        wait_for(&mut bridge, "more messages", || {
+            Ok(sub.count() >= seen + 1000)
+        });
+        proxy.set_down(true);
+        std::thread::sleep(Duration::from_millis(300));
+        proxy.set_down(false);
+        if in_flight_cut(&bridge.log()) {
+            break;
+        }
+    }
+    let log = bridge.log();
+    assert!(
+        in_flight_cut(&log),
+        "no cut came while publishes were in flight:\n{log}"
+    );
 
     // Then every row arrives, and nothing was dead-lettered
     wait_for_ids(&mut bridge, &sub, n);
     let counts = mqtt_id_counts(&sub.messages());
     assert_eq!(missing(&counts, n), Vec::<i64>::new());
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
-    // And the cut did fail publishes that were waiting for their confirms
-    let log = bridge.log();
-    assert!(
-        log.lines()
-            .any(|l| l.contains("publisher connection lost") && !l.contains("unconfirmed=0")),
-        "the cut came when nothing was in flight:\n{log}"
-    );
     terminate_ok(&mut bridge);
     eprintln!("duplicates after the cut: {}", duplicates(&counts));
 }
