@@ -1,0 +1,1 @@
+//! Rows → messages: each column type published as JSON and CSV, parsed back and compared.
