@@ -9,6 +9,7 @@ use common::{Db, TempTable};
 use mqdb::config::OnConflict;
 use mqdb::convert::{Input, SqlKind, Value, convert};
 use mqdb::db::DbSpec;
+use mqdb::db::dialect::Dialect;
 use mqdb::db::worker::{self, SinkTarget};
 use mqdb::db::write::Writer;
 use mqdb::mapping::Row;
@@ -25,8 +26,20 @@ fn target(table: &str, columns: &[&str], max_rows: usize) -> SinkTarget {
     }
 }
 
-fn spec(db: &Db) -> DbSpec {
-    DbSpec::from_connection_string(db.label(), &db.connection_string())
+/// How a test speaks to its database: in the dialect the driver reports, or in standard
+/// SQL only (`dialect: generic`), as with a database mqdb does not know.
+#[derive(Clone, Copy, PartialEq)]
+enum Speak {
+    Native,
+    Generic,
+}
+
+fn spec(db: &Db, speak: Speak) -> DbSpec {
+    let spec = DbSpec::from_connection_string(db.label(), &db.connection_string());
+    match speak {
+        Speak::Native => spec,
+        Speak::Generic => spec.with_dialect(Dialect::Generic),
+    }
 }
 
 /// `n` rows of (id, v), where every row whose id is a multiple of `bad_every` breaks the
@@ -44,10 +57,10 @@ fn rows(n: usize, bad_every: usize) -> Vec<Row> {
         .collect()
 }
 
-fn rejected_rows_are_found_exactly(db: Db, columns: &str) {
+fn rejected_rows_are_found_exactly(db: Db, speak: Speak, columns: &str) {
     // Given a table with a CHECK constraint and a batch of 1000 rows, 14 of them breaking it
     let table = TempTable::create(&db, "write_isolate", columns);
-    let (conn, plan) = worker::connect(&spec(&db), &target(&table.name, &["id", "v"], 1000))
+    let (conn, plan) = worker::connect(&spec(&db, speak), &target(&table.name, &["id", "v"], 1000))
         .expect("connect and resolve");
     let batch = rows(1000, 71);
     let mut writer = Writer::new(&conn, &plan);
@@ -96,6 +109,7 @@ fn rejected_rows_are_found_exactly(db: Db, columns: &str) {
 fn rejected_rows_are_found_exactly_postgres() {
     rejected_rows_are_found_exactly(
         Db::Postgres,
+        Speak::Native,
         "id BIGINT PRIMARY KEY, v INTEGER CHECK (v < 1000)",
     );
 }
@@ -104,6 +118,7 @@ fn rejected_rows_are_found_exactly_postgres() {
 fn rejected_rows_are_found_exactly_mariadb() {
     rejected_rows_are_found_exactly(
         Db::MariaDb,
+        Speak::Native,
         "id BIGINT PRIMARY KEY, v INTEGER CHECK (v < 1000)",
     );
 }
@@ -113,6 +128,7 @@ fn rejected_rows_are_found_exactly_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     rejected_rows_are_found_exactly(
         Db::Sqlite(dir.path().join("w.db")),
+        Speak::Native,
         "id INTEGER PRIMARY KEY, v INTEGER CHECK (v < 1000)",
     );
 }
@@ -133,12 +149,12 @@ fn nasty_texts() -> Vec<Option<&'static str>> {
     ]
 }
 
-fn values_survive_the_batch_statement(db: Db, columns: &str) {
+fn values_survive_the_batch_statement(db: Db, speak: Speak, columns: &str) {
     // Given text, timestamp, date, float, boolean and binary columns
     let table = TempTable::create(&db, "write_values", columns);
     let names = ["id", "t", "ts", "d", "f", "b", "raw"];
     let (conn, plan) =
-        worker::connect(&spec(&db), &target(&table.name, &names, 500)).expect("resolve");
+        worker::connect(&spec(&db, speak), &target(&table.name, &names, 500)).expect("resolve");
     let texts = nasty_texts();
     // Values as mapping makes them: converted to each column's kind as the catalog has it.
     let kinds: Vec<SqlKind> = plan.columns.iter().map(|c| c.kind).collect();
@@ -239,6 +255,7 @@ fn values_survive_the_batch_statement(db: Db, columns: &str) {
 fn values_survive_the_batch_statement_postgres() {
     values_survive_the_batch_statement(
         Db::Postgres,
+        Speak::Native,
         "id INTEGER PRIMARY KEY, t TEXT, ts TIMESTAMP, d DATE, f DOUBLE PRECISION, b BOOLEAN, raw BYTEA",
     );
 }
@@ -247,6 +264,7 @@ fn values_survive_the_batch_statement_postgres() {
 fn values_survive_the_batch_statement_mariadb() {
     values_survive_the_batch_statement(
         Db::MariaDb,
+        Speak::Native,
         "id INTEGER PRIMARY KEY, t TEXT, ts DATETIME(6), d DATE, f DOUBLE, b BOOLEAN, raw BLOB",
     );
 }
@@ -256,16 +274,20 @@ fn values_survive_the_batch_statement_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     values_survive_the_batch_statement(
         Db::Sqlite(dir.path().join("v.db")),
+        Speak::Native,
         "id INTEGER PRIMARY KEY, t TEXT, ts TIMESTAMP, d DATE, f REAL, b BOOLEAN, raw BLOB",
     );
 }
 
-fn later_batches_may_carry_longer_values(db: Db, columns: &str) {
+fn later_batches_may_carry_longer_values(db: Db, speak: Speak, columns: &str) {
     // Given a writer kept across batches (its statements prepared and buffers bound once),
     // whose first batch has short values
     let table = TempTable::create(&db, "write_grow", columns);
-    let (conn, plan) =
-        worker::connect(&spec(&db), &target(&table.name, &["id", "t", "raw"], 3)).expect("resolve");
+    let (conn, plan) = worker::connect(
+        &spec(&db, speak),
+        &target(&table.name, &["id", "t", "raw"], 3),
+    )
+    .expect("resolve");
     let mut writer = Writer::new(&conn, &plan);
     let batch = |from: i64, len: usize| -> Vec<Row> {
         (from..from + 3)
@@ -324,6 +346,7 @@ fn later_batches_may_carry_longer_values(db: Db, columns: &str) {
 fn later_batches_may_carry_longer_values_postgres() {
     later_batches_may_carry_longer_values(
         Db::Postgres,
+        Speak::Native,
         "id INTEGER PRIMARY KEY, t TEXT, raw BYTEA",
     );
 }
@@ -332,6 +355,7 @@ fn later_batches_may_carry_longer_values_postgres() {
 fn later_batches_may_carry_longer_values_mariadb() {
     later_batches_may_carry_longer_values(
         Db::MariaDb,
+        Speak::Native,
         "id INTEGER PRIMARY KEY, t MEDIUMTEXT, raw MEDIUMBLOB",
     );
 }
@@ -341,6 +365,120 @@ fn later_batches_may_carry_longer_values_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     later_batches_may_carry_longer_values(
         Db::Sqlite(dir.path().join("g.db")),
+        Speak::Native,
         "id INTEGER PRIMARY KEY, t TEXT, raw BLOB",
+    );
+}
+
+#[test]
+fn rejected_rows_are_found_exactly_postgres_in_standard_sql() {
+    rejected_rows_are_found_exactly(
+        Db::Postgres,
+        Speak::Generic,
+        "id BIGINT PRIMARY KEY, v INTEGER CHECK (v < 1000)",
+    );
+}
+
+#[test]
+fn values_survive_the_batch_statement_postgres_in_standard_sql() {
+    values_survive_the_batch_statement(
+        Db::Postgres,
+        Speak::Generic,
+        "id INTEGER PRIMARY KEY, t TEXT, ts TIMESTAMP, d DATE, f DOUBLE PRECISION, b BOOLEAN, raw BYTEA",
+    );
+}
+
+#[test]
+fn later_batches_may_carry_longer_values_postgres_in_standard_sql() {
+    later_batches_may_carry_longer_values(
+        Db::Postgres,
+        Speak::Generic,
+        "id INTEGER PRIMARY KEY, t TEXT, raw BYTEA",
+    );
+}
+
+/// Rows (id, v, note) for ids in `ids`, each with the value `v`.
+fn versioned(ids: std::ops::Range<i64>, v: i64) -> Vec<Row> {
+    ids.map(|i| {
+        vec![
+            Some(Value::Int(i)),
+            Some(Value::Text(format!("{v}.5"))),
+            Some(Value::Text(format!("note {v}"))),
+        ]
+    })
+    .collect()
+}
+
+fn upserts_keep_one_row_per_key(db: Db, speak: Speak, columns: &str) {
+    for rule in [OnConflict::Ignore, OnConflict::Update] {
+        // Given a table keyed by id and a route that upserts on it
+        let table = TempTable::create(&db, "write_upsert", columns);
+        let mut target = target(&table.name, &["id", "v", "note"], 100);
+        target.on_conflict = rule;
+        target.key = vec!["id".into()];
+        let (conn, plan) = worker::connect(&spec(&db, speak), &target).expect("resolve");
+        let mut writer = Writer::new(&conn, &plan);
+
+        // When ids 0..10 arrive, then ids 5..15 with new values
+        for batch in [versioned(0..10, 1), versioned(5..15, 2)] {
+            let rejected = writer.write_batch(&batch, None).expect("no outage");
+            assert!(
+                rejected.is_empty(),
+                "[{}] {rule:?}: {rejected:?}",
+                db.label()
+            );
+        }
+
+        // Then each id is stored once, with the first values kept (ignore) or the last
+        // ones (update)
+        let got: Vec<(String, f64, String)> = db
+            .query(&format!(
+                "SELECT id, v, note FROM {} ORDER BY id",
+                table.name
+            ))
+            .into_iter()
+            .map(|r| {
+                let text = |i: usize| r[i].clone().unwrap_or_default();
+                (text(0), text(1).parse().unwrap_or(f64::NAN), text(2))
+            })
+            .collect();
+        let want: Vec<(String, f64, String)> = (0..15)
+            .map(|i| {
+                let v = match rule {
+                    OnConflict::Update if i >= 5 => 2,
+                    _ if i >= 10 => 2,
+                    _ => 1,
+                };
+                (i.to_string(), v as f64 + 0.5, format!("note {v}"))
+            })
+            .collect();
+        assert_eq!(got, want, "[{}] {rule:?}", db.label());
+    }
+}
+
+const UPSERT_COLUMNS: &str = "id INTEGER PRIMARY KEY, v DECIMAL(10,2), note VARCHAR(40)";
+
+#[test]
+fn upserts_keep_one_row_per_key_postgres() {
+    upserts_keep_one_row_per_key(Db::Postgres, Speak::Native, UPSERT_COLUMNS);
+}
+
+#[test]
+fn upserts_keep_one_row_per_key_postgres_in_standard_sql() {
+    upserts_keep_one_row_per_key(Db::Postgres, Speak::Generic, UPSERT_COLUMNS);
+}
+
+#[test]
+fn upserts_keep_one_row_per_key_mariadb() {
+    upserts_keep_one_row_per_key(Db::MariaDb, Speak::Native, UPSERT_COLUMNS);
+}
+
+#[test]
+fn upserts_keep_one_row_per_key_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    upserts_keep_one_row_per_key(
+        Db::Sqlite(dir.path().join("u.db")),
+        Speak::Native,
+        UPSERT_COLUMNS,
     );
 }

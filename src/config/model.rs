@@ -212,6 +212,23 @@ pub struct Database {
     /// File holding the password; trailing newlines are removed.
     #[serde(default)]
     pub password_file: Option<EnvString>,
+    /// The SQL the database speaks: `auto` (from the name the driver reports), or forced.
+    #[serde(default)]
+    pub dialect: DialectChoice,
+}
+
+/// Which SQL mqdb writes for a database.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DialectChoice {
+    /// From the DBMS name the driver reports: PostgreSQL, MariaDB/MySQL, SQLite, else generic.
+    #[default]
+    Auto,
+    Postgres,
+    Mysql,
+    Sqlite,
+    /// Standard SQL only: no bulk statement, `MERGE` for upserts.
+    Generic,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,8 @@
 //! What differs between databases: identifier quoting, upsert syntax, session set-up and
 //! the insert strategy.
 
+use crate::config::DialectChoice;
+
 /// The database family behind a connection, from `SQL_DBMS_NAME`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dialect {
@@ -22,6 +24,17 @@ impl Dialect {
             Dialect::Sqlite
         } else {
             Dialect::Generic
+        }
+    }
+
+    /// The dialect a configuration forces; `None` for `auto`.
+    pub fn from_choice(choice: DialectChoice) -> Option<Dialect> {
+        match choice {
+            DialectChoice::Auto => None,
+            DialectChoice::Postgres => Some(Dialect::Postgres),
+            DialectChoice::Mysql => Some(Dialect::MySql),
+            DialectChoice::Sqlite => Some(Dialect::Sqlite),
+            DialectChoice::Generic => Some(Dialect::Generic),
         }
     }
 
@@ -57,7 +70,9 @@ impl Dialect {
         match self {
             Dialect::Postgres => &["SET TIME ZONE 'UTC'"],
             Dialect::MySql => &["SET time_zone = '+00:00'"],
-            Dialect::Sqlite | Dialect::Generic => &[],
+            // The SQL standard's own statement; not every database speaks it.
+            Dialect::Generic => &["SET TIME ZONE INTERVAL '+00:00' HOUR TO MINUTE"],
+            Dialect::Sqlite => &[],
         }
     }
 }
@@ -74,6 +89,27 @@ mod tests {
         );
         assert_eq!(Dialect::MySql.quote("a`b"), "`a``b`");
         assert_eq!(Dialect::Postgres.quote_table("s.t"), "\"s\".\"t\"");
+    }
+
+    #[test]
+    fn a_configured_dialect_is_parsed_and_a_wrong_one_named_with_its_line() {
+        let yaml =
+            |d: &str| format!("databases:\n  d:\n    connection_string: x\n    dialect: {d}\n");
+        let path = std::path::Path::new("c.yaml");
+        let forced = |d: &str| {
+            let config = crate::config::parse(path, &yaml(d)).expect("parses");
+            Dialect::from_choice(config.databases["d"].value.dialect)
+        };
+        assert_eq!(forced("auto"), None);
+        assert_eq!(forced("generic"), Some(Dialect::Generic));
+        assert_eq!(forced("postgres"), Some(Dialect::Postgres));
+        assert_eq!(forced("mysql"), Some(Dialect::MySql));
+        assert_eq!(forced("sqlite"), Some(Dialect::Sqlite));
+        let e = crate::config::parse(path, &yaml("oracle"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("c.yaml:4:"), "{e}");
+        assert!(e.contains("generic"), "the valid values are named: {e}");
     }
 
     #[test]

@@ -168,33 +168,28 @@ impl TablePlan {
             .join(",")
     }
 
-    /// Standard SQL `MERGE`, one row at a time, for databases without a known upsert.
+    /// Standard SQL `MERGE`, one row at a time, for databases without a known upsert. Each
+    /// `?` stands where the table's own column gives it a type (a comparison with a key
+    /// column, an assignment to a column): a parameter in a `SELECT` list has none, and some
+    /// databases then take it as text. See [`TablePlan::bound_columns`] for their order.
     fn merge_sql(&self, present: &[usize], names: &[String]) -> String {
-        let source: Vec<String> = names.iter().map(|n| format!("? AS {n}")).collect();
+        let q = |i: usize| self.dialect.quote(&self.columns[i].name);
         let on: Vec<String> = self
             .key
             .iter()
-            .map(|&i| {
-                let n = self.dialect.quote(&self.columns[i].name);
-                format!("t.{n} = s.{n}")
-            })
+            .map(|&i| format!("t.{} = ?", q(i)))
             .collect();
-        let values: Vec<String> = names.iter().map(|n| format!("s.{n}")).collect();
         let mut sql = format!(
-            "MERGE INTO {} t USING (SELECT {}) s ON ({})",
+            "MERGE INTO {} t USING (VALUES (1)) AS s (one) ON ({})",
             self.table,
-            source.join(", "),
             on.join(" AND ")
         );
-        let updates: Vec<String> = present
-            .iter()
-            .filter(|i| !self.key.contains(i))
-            .map(|&i| {
-                let n = self.dialect.quote(&self.columns[i].name);
-                format!("{n} = s.{n}")
-            })
+        let updates: Vec<String> = self
+            .merge_updates(present)
+            .into_iter()
+            .map(|i| format!("{} = ?", q(i)))
             .collect();
-        if self.on_conflict == OnConflict::Update && !updates.is_empty() {
+        if !updates.is_empty() {
             sql.push_str(&format!(
                 " WHEN MATCHED THEN UPDATE SET {}",
                 updates.join(", ")
@@ -203,9 +198,34 @@ impl TablePlan {
         sql.push_str(&format!(
             " WHEN NOT MATCHED THEN INSERT ({}) VALUES ({})",
             names.join(", "),
-            values.join(", ")
+            vec!["?"; names.len()].join(", ")
         ));
         sql
+    }
+
+    /// The columns a `MERGE … WHEN MATCHED` overwrites: every bound one but the key, for
+    /// `update`; none for `ignore`.
+    fn merge_updates(&self, present: &[usize]) -> Vec<usize> {
+        match self.on_conflict {
+            OnConflict::Update => present
+                .iter()
+                .copied()
+                .filter(|i| !self.key.contains(i))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The column behind each `?` of one row's statement, in order: the bound columns,
+    /// or for a `MERGE` the key, the updated columns and then the bound columns.
+    pub fn bound_columns(&self, present: &[usize]) -> Vec<usize> {
+        if !self.uses_merge() {
+            return present.to_vec();
+        }
+        let mut columns = self.key.clone();
+        columns.extend(self.merge_updates(present));
+        columns.extend_from_slice(present);
+        columns
     }
 
     /// Parameters for `rows`, row after row, for the columns at `present`. PostgreSQL
@@ -215,10 +235,11 @@ impl TablePlan {
         rows: &[&'a Row],
         present: &[usize],
     ) -> Vec<Box<dyn InputParameter + 'a>> {
+        let bound = self.bound_columns(present);
         let mut params: Vec<Box<dyn InputParameter + 'a>> =
-            Vec::with_capacity(rows.len() * present.len());
+            Vec::with_capacity(rows.len() * bound.len());
         for row in rows {
-            for &i in present {
+            for &i in &bound {
                 params.push(match self.dialect {
                     Dialect::Postgres => postgres_parameter(row[i].as_ref()),
                     _ => parameter(row[i].as_ref(), self.columns[i].kind),
@@ -382,12 +403,17 @@ mod tests {
                 .insert_sql(&[0, 1], 1)
                 .ends_with("ON DUPLICATE KEY UPDATE `v`=VALUES(`v`)")
         );
-        let merge = plan(Dialect::Generic, OnConflict::Update).insert_sql(&[0, 1], 1);
-        assert!(merge.starts_with("MERGE INTO \"t\" t USING (SELECT ? AS \"id\", ? AS \"v\") s ON (t.\"id\" = s.\"id\")"), "{merge}");
-        assert!(
-            merge.contains("WHEN MATCHED THEN UPDATE SET \"v\" = s.\"v\""),
-            "{merge}"
+        let update = plan(Dialect::Generic, OnConflict::Update);
+        assert_eq!(
+            update.insert_sql(&[0, 1], 1),
+            "MERGE INTO \"t\" t USING (VALUES (1)) AS s (one) ON (t.\"id\" = ?) \
+             WHEN MATCHED THEN UPDATE SET \"v\" = ? \
+             WHEN NOT MATCHED THEN INSERT (\"id\", \"v\") VALUES (?, ?)"
         );
+        assert_eq!(update.bound_columns(&[0, 1]), vec![0, 1, 0, 1]);
+        let ignore = plan(Dialect::Generic, OnConflict::Ignore);
+        assert!(!ignore.insert_sql(&[0, 1], 1).contains("WHEN MATCHED"));
+        assert_eq!(ignore.bound_columns(&[0, 1]), vec![0, 0, 1]);
     }
 
     #[test]

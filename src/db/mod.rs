@@ -17,6 +17,7 @@ use odbc_api::{Connection, ConnectionOptions, Environment};
 
 use crate::config::{self, Database};
 use crate::error::DbError;
+use dialect::Dialect;
 
 /// The process-wide ODBC environment.
 pub fn environment() -> Result<&'static Environment, DbError> {
@@ -34,6 +35,8 @@ pub fn environment() -> Result<&'static Environment, DbError> {
 pub struct DbSpec {
     pub name: String,
     connection_string: String,
+    /// A dialect the configuration forces; `None` asks the driver.
+    dialect: Option<Dialect>,
 }
 
 impl std::fmt::Debug for DbSpec {
@@ -50,7 +53,24 @@ impl DbSpec {
         DbSpec {
             name: name.to_string(),
             connection_string: connection_string.to_string(),
+            dialect: None,
         }
+    }
+
+    /// The same database spoken to in `dialect` whatever the driver reports.
+    pub fn with_dialect(mut self, dialect: Dialect) -> Self {
+        self.dialect = Some(dialect);
+        self
+    }
+
+    /// The dialect for `conn`: the configured one, else the family of the DBMS the driver
+    /// names.
+    pub fn dialect(&self, conn: &Connection<'_>) -> Dialect {
+        self.dialect.unwrap_or_else(|| {
+            conn.database_management_system_name()
+                .map(|n| Dialect::from_dbms_name(&n))
+                .unwrap_or(Dialect::Generic)
+        })
     }
 
     pub fn from_config(name: &str, db: &Database) -> Result<Self, String> {
@@ -77,6 +97,7 @@ impl DbSpec {
         Ok(DbSpec {
             name: name.to_string(),
             connection_string: cs,
+            dialect: Dialect::from_choice(db.dialect),
         })
     }
 
@@ -142,6 +163,7 @@ mod tests {
             username: Some(EnvString("u".into())),
             password: Some(Secret("p;w}d".into())),
             password_file: None,
+            dialect: Default::default(),
         };
         let spec = DbSpec::from_config("d", &db).unwrap();
         assert_eq!(

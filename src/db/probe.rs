@@ -8,7 +8,7 @@ use super::worker::{self, SinkTarget};
 /// Verifies that the route's table and columns exist and its insert statement prepares.
 pub fn check_table(spec: &DbSpec, target: &SinkTarget) -> Result<TablePlan, String> {
     let conn = worker::open(spec).map_err(|e| format!("cannot connect: {e}"))?;
-    let dialect = worker::dialect_of(&conn);
+    let dialect = spec.dialect(&conn);
     let plan = worker::resolve(&conn, dialect, target).map_err(|e| e.to_string())?;
     let all: Vec<usize> = (0..plan.columns.len()).collect();
     let sql = plan.insert_sql(&all, 1);

@@ -113,7 +113,7 @@ fn run(
                 continue;
             }
         };
-        let dialect = dialect_of(&conn);
+        let dialect = spec.dialect(&conn);
         if let Err(e) = setup_session(&conn, dialect) {
             warn!(route = %target.route, error = %e, "session set-up failed; reconnecting");
             down(&metrics);
@@ -233,8 +233,16 @@ pub fn open(spec: &DbSpec) -> Result<Connection<'static>, DbError> {
 
 pub fn setup_session(conn: &Connection<'_>, dialect: Dialect) -> Result<(), DbError> {
     for sql in dialect.session_setup() {
-        conn.execute(sql, (), None)
-            .map_err(|e| DbError::from_odbc(&e))?;
+        if let Err(e) = conn.execute(sql, (), None) {
+            let e = DbError::from_odbc(&e);
+            // A database known only as generic may not speak the standard time zone
+            // statement; it then keeps its own session zone.
+            if dialect != Dialect::Generic || e.class() == Class::Outage {
+                return Err(e);
+            }
+            debug!(error = %e, "the database does not take the standard time zone statement");
+            conn.rollback().map_err(|e| DbError::from_odbc(&e))?;
+        }
     }
     conn.commit().map_err(|e| DbError::from_odbc(&e))
 }
@@ -370,16 +378,9 @@ pub fn connect(
 /// Opens a connection and sets its session up for the database it turns out to be.
 pub fn open_session(spec: &DbSpec) -> Result<(Connection<'static>, Dialect), DbError> {
     let conn = open(spec)?;
-    let dialect = dialect_of(&conn);
+    let dialect = spec.dialect(&conn);
     setup_session(&conn, dialect)?;
     Ok((conn, dialect))
-}
-
-/// The dialect of the database behind `conn`.
-pub fn dialect_of(conn: &Connection<'_>) -> Dialect {
-    conn.database_management_system_name()
-        .map(|n| Dialect::from_dbms_name(&n))
-        .unwrap_or(Dialect::Generic)
 }
 
 /// Capped exponential backoff that wakes early for shutdown.
