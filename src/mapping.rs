@@ -213,7 +213,18 @@ fn position(names: &[String], name: &str) -> Option<usize> {
     names
         .iter()
         .position(|n| n == name)
-        .or_else(|| names.iter().position(|n| n.eq_ignore_ascii_case(name)))
+        .or_else(|| names.iter().position(|n| same_name(n, name)))
+}
+
+/// Whether two names are the same ignoring case, for every script: `übertemp` is
+/// `ÜberTemp`. Callers try the exact spelling first.
+pub fn same_name(a: &str, b: &str) -> bool {
+    if a.is_ascii() && b.is_ascii() {
+        return a.eq_ignore_ascii_case(b);
+    }
+    a.chars()
+        .flat_map(char::to_lowercase)
+        .eq(b.chars().flat_map(char::to_lowercase))
 }
 
 /// One mapped column of the target table.
@@ -267,6 +278,8 @@ pub struct Mapper {
     top_keys: Vec<String>,
     /// CSV records mapped to the table's columns in order may not have more fields.
     max_fields: Option<usize>,
+    /// Why text with a NUL character cannot be stored, where the database cannot hold it.
+    nul_refused: Option<&'static str>,
 }
 
 const NULL: Json = Json::Null;
@@ -287,7 +300,15 @@ impl Mapper {
             format,
             top_keys,
             max_fields: None,
+            nul_refused: None,
         }
+    }
+
+    /// For databases whose text cannot hold NUL (PostgreSQL): such a value is refused with
+    /// `why` instead of being cut short at the NUL by the driver.
+    pub fn refusing_nul(mut self, why: &'static str) -> Self {
+        self.nul_refused = Some(why);
+        self
     }
 
     /// For CSV mapped to the table in column order: longer records are errors.
@@ -325,21 +346,17 @@ impl Mapper {
     }
 
     fn map_json(&self, message: &Message) -> Result<Row, MapError> {
-        let json = if self.top_keys.is_empty() {
-            None
-        } else {
-            Some(json::decode_members(&message.payload, &self.top_keys)?)
-        };
+        // Decoded even when no column reads a key: a JSON route takes only JSON objects.
+        let json = json::decode_members(&message.payload, &self.top_keys)?;
         self.columns
             .iter()
             .map(|column| {
                 let input = match &column.source {
-                    Source::PayloadPath(path) => {
-                        json.as_ref().and_then(|j| j.get(path)).map(Input::Json)
-                    }
+                    Source::PayloadPath(path) => json.get(path).map(Input::Json),
                     other => message_input(other, message, &message.payload),
                 };
-                convert_column(column, input).map_err(MapError::Convert)
+                self.convert_column(column, input)
+                    .map_err(MapError::Convert)
             })
             .collect()
     }
@@ -439,7 +456,7 @@ impl Mapper {
                     }
                     (other, _) => message_input(other, message, line),
                 };
-                convert_column(column, input)
+                self.convert_column(column, input)
                     .map_err(|e| MapError::Convert(format!("line {n}: {e}")))
             })
             .collect()
@@ -457,17 +474,7 @@ fn message_input<'a>(
         Source::Payload => Some(Input::Bytes(payload)),
         Source::PayloadPath(_) | Source::Field(_) => None,
         Source::TopicLevel(i) => message.topic.split('/').nth(*i).map(Input::Text),
-        Source::Header(name) => message
-            .headers
-            .get(name)
-            .or_else(|| {
-                message
-                    .headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v)
-            })
-            .map(Input::Json),
+        Source::Header(name) => header(message, name).map(Input::Json),
         Source::Meta(meta) => match (meta, &message.origin) {
             (Meta::ReceivedAt, _) => Some(Input::Timestamp(message.received_at)),
             (Meta::Broker, _) => Some(Input::Text(&message.broker)),
@@ -484,19 +491,47 @@ fn message_input<'a>(
     }
 }
 
-fn convert_column(
-    column: &MappedColumn,
-    input: Option<Input<'_>>,
-) -> Result<Option<Value>, String> {
-    match input {
-        None => Ok(None),
-        Some(input) => convert(input, column.kind).map(Some).map_err(|e| {
+/// A header by name: the exact spelling first, then ignoring case. An MQTT 5 user property
+/// sent several times is an array of its values (user properties are always strings), and
+/// `header.x` takes the first.
+fn header<'a>(message: &'a Message, name: &str) -> Option<&'a Json> {
+    let value = message.headers.get(name).or_else(|| {
+        message
+            .headers
+            .iter()
+            .find(|(k, _)| same_name(k, name))
+            .map(|(_, v)| v)
+    })?;
+    match (value, &message.origin) {
+        (Json::Array(values), Origin::Mqtt { .. }) => values.first(),
+        _ => Some(value),
+    }
+}
+
+impl Mapper {
+    fn convert_column(
+        &self,
+        column: &MappedColumn,
+        input: Option<Input<'_>>,
+    ) -> Result<Option<Value>, String> {
+        let Some(input) = input else {
+            return Ok(None);
+        };
+        let explain = |e: String| {
             format!(
                 "column {} (from {}): {e}",
                 column.name,
                 column.source.describe()
             )
-        }),
+        };
+        let value = convert(input, column.kind).map_err(explain)?;
+        match (&value, self.nul_refused) {
+            (Value::Text(text), Some(why)) if text.contains('\0') => Err(explain(format!(
+                "the text has a NUL character (U+0000 at byte {}), which {why}",
+                text.find('\0').unwrap_or_default()
+            ))),
+            _ => Ok(Some(value)),
+        }
     }
 }
 

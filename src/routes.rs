@@ -144,7 +144,7 @@ impl InboundPlan {
                 .collect()
         };
         let format = self.format.clone();
-        match (&self.sources, &self.format) {
+        let mapper = match (&self.sources, &self.format) {
             (Some(sources), _) => Mapper::new(mapped(&|i, _| sources[i].clone()), format),
             (None, PayloadFormat::Json) => Mapper::new(
                 mapped(&|_, name| Source::PayloadPath(vec![name.to_string()])),
@@ -163,6 +163,10 @@ impl InboundPlan {
                 Mapper::new(mapped(&|i, _| Source::Field(Field::Index(i))), format)
                     .with_max_fields(table.columns.len())
             }
+        };
+        match table.nul_in_text_refused() {
+            Some(why) => mapper.refusing_nul(why),
+            None => mapper,
         }
     }
 }

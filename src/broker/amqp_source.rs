@@ -387,16 +387,19 @@ fn value_json(value: &AMQPValue) -> Json {
     }
 }
 
-/// `value × 10^-scale` as exact decimal text.
+/// `value × 10^-scale` as exact decimal text. The value is a signed 32-bit integer on the
+/// wire (pika, the Java client), though lapin reads it as unsigned.
 fn decimal(value: u32, scale: u8) -> String {
-    let digits = value.to_string();
+    let signed = value as i32;
+    let digits = signed.unsigned_abs().to_string();
+    let sign = if signed < 0 { "-" } else { "" };
     let scale = usize::from(scale);
     if scale == 0 {
-        return digits;
+        return format!("{sign}{digits}");
     }
     let padded = format!("{digits:0>width$}", width = scale + 1);
     let (int, frac) = padded.split_at(padded.len() - scale);
-    format!("{int}.{frac}")
+    format!("{sign}{int}.{frac}")
 }
 
 #[cfg(test)]
@@ -436,5 +439,13 @@ mod tests {
         assert_eq!(decimal(5, 2), "0.05");
         assert_eq!(decimal(1205, 3), "1.205");
         assert_eq!(decimal(42, 0), "42");
+    }
+
+    #[test]
+    fn negative_decimals_keep_their_sign() {
+        assert_eq!(decimal((-1i32) as u32, 6), "-0.000001");
+        assert_eq!(decimal((-5i32) as u32, 0), "-5");
+        assert_eq!(decimal(i32::MIN as u32, 2), "-21474836.48");
+        assert_eq!(decimal(i32::MAX as u32, 0), "2147483647");
     }
 }

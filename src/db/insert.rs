@@ -40,6 +40,18 @@ pub enum Strategy {
 }
 
 impl TablePlan {
+    /// Why text with NUL cannot be stored here, where it cannot: PostgreSQL text holds no
+    /// NUL, and through ODBC drivers of unknown databases a NUL may end the value early.
+    pub fn nul_in_text_refused(&self) -> Option<&'static str> {
+        match self.dialect {
+            Dialect::Postgres => Some("PostgreSQL text cannot hold"),
+            Dialect::Generic => {
+                Some("the generic dialect does not store, since drivers may cut text at NUL")
+            }
+            Dialect::MySql | Dialect::Sqlite => None,
+        }
+    }
+
     /// The strategy for rows that bind the columns at `present`.
     pub fn strategy(&self, present: &[usize]) -> Strategy {
         match self.dialect {
