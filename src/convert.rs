@@ -198,6 +198,16 @@ impl Digits {
     }
 }
 
+/// Whether a decimal's exact text survives a store that keeps integers within 64 bits
+/// exactly but other numbers only to `max` significant digits (SQLite's NUMERIC affinity).
+pub fn decimal_fits_digits(text: &str, max: usize) -> bool {
+    Digits::parse(text).is_some_and(|d| {
+        d.digits.len() <= max
+            || d.scaled_integer(0)
+                .is_some_and(|v| i64::try_from(v).is_ok())
+    })
+}
+
 /// An integer from its exact text: `12345678901234567.0` and `1.2345678901234567e16` are
 /// 12345678901234567; a fraction or a value beyond 64 bits is refused, never rounded.
 fn integer_from_text(text: &str) -> Result<i64, String> {

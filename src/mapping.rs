@@ -6,7 +6,7 @@ use serde_json::Value as Json;
 
 use crate::codec::csv::{self as delimited, CsvFormat, Line, Record};
 use crate::codec::json;
-use crate::convert::{Input, SqlKind, Value, convert};
+use crate::convert::{Input, SqlKind, Value, convert, decimal_fits_digits};
 use crate::message::{Message, Origin};
 use crate::topic::Filter;
 
@@ -280,6 +280,8 @@ pub struct Mapper {
     max_fields: Option<usize>,
     /// Why text with a NUL character cannot be stored, where the database cannot hold it.
     nul_refused: Option<&'static str>,
+    /// The significant digits a decimal may have beyond 64-bit integers, where limited.
+    decimal_digits: Option<usize>,
 }
 
 const NULL: Json = Json::Null;
@@ -301,7 +303,15 @@ impl Mapper {
             top_keys,
             max_fields: None,
             nul_refused: None,
+            decimal_digits: None,
         }
+    }
+
+    /// For databases that keep decimals only to `digits` significant digits (SQLite):
+    /// longer ones are refused instead of rounded.
+    pub fn keeping_decimal_digits(mut self, digits: usize) -> Self {
+        self.decimal_digits = Some(digits);
+        self
     }
 
     /// For databases whose text cannot hold NUL (PostgreSQL): such a value is refused with
@@ -525,13 +535,26 @@ impl Mapper {
             )
         };
         let value = convert(input, column.kind).map_err(explain)?;
-        match (&value, self.nul_refused) {
-            (Value::Text(text), Some(why)) if text.contains('\0') => Err(explain(format!(
+        let Value::Text(text) = &value else {
+            return Ok(Some(value));
+        };
+        if let Some(why) = self.nul_refused.filter(|_| text.contains('\0')) {
+            return Err(explain(format!(
                 "the text has a NUL character (U+0000 at byte {}), which {why}",
                 text.find('\0').unwrap_or_default()
-            ))),
-            _ => Ok(Some(value)),
+            )));
         }
+        if let Some(max) = self
+            .decimal_digits
+            .filter(|_| column.kind == SqlKind::Decimal)
+            && !decimal_fits_digits(text, max)
+        {
+            return Err(explain(format!(
+                "{text} has more than {max} significant digits, and this database keeps a \
+                 decimal that is not a 64-bit integer only to {max} (as a double)"
+            )));
+        }
+        Ok(Some(value))
     }
 }
 

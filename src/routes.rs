@@ -164,8 +164,12 @@ impl InboundPlan {
                     .with_max_fields(table.columns.len())
             }
         };
-        match table.nul_in_text_refused() {
+        let mapper = match table.nul_in_text_refused() {
             Some(why) => mapper.refusing_nul(why),
+            None => mapper,
+        };
+        match table.decimal_digits_kept() {
+            Some(digits) => mapper.keeping_decimal_digits(digits),
             None => mapper,
         }
     }

@@ -155,8 +155,10 @@ fn escape_pattern(name: &str) -> String {
 /// Maps an ODBC `DATA_TYPE` (and the driver's type name, for what ODBC types loosely) to
 /// the conversion family.
 pub fn kind_of(data_type: i16, type_name: &str) -> SqlKind {
-    let name = type_name.to_ascii_lowercase();
-    match name.as_str() {
+    let lower = type_name.to_ascii_lowercase();
+    // SQLite reports the declared type with its arguments: `DECIMAL(38,10)`.
+    let name = lower.split('(').next().unwrap_or("").trim();
+    match name {
         "bool" | "boolean" => return SqlKind::Bool,
         "numeric" | "decimal" => return SqlKind::Decimal,
         "timestamptz" | "timestamp with time zone" | "datetime" | "timestamp" => {
@@ -164,6 +166,8 @@ pub fn kind_of(data_type: i16, type_name: &str) -> SqlKind {
         }
         "date" => return SqlKind::Date,
         "bytea" | "blob" | "longblob" | "mediumblob" | "tinyblob" => return SqlKind::Binary,
+        // MariaDB reports UUID as binary, but it reads and prints the text form.
+        "uuid" => return SqlKind::Text,
         _ => {}
     }
     match data_type {
@@ -194,6 +198,8 @@ mod tests {
         assert_eq!(kind_of(-3, "bytea"), SqlKind::Binary);
         assert_eq!(kind_of(-9, "varchar"), SqlKind::Text);
         assert_eq!(kind_of(12, "TEXT"), SqlKind::Text);
+        assert_eq!(kind_of(12, "DECIMAL(38,10)"), SqlKind::Decimal);
+        assert_eq!(kind_of(-2, "uuid"), SqlKind::Text);
     }
 
     #[test]

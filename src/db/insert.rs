@@ -52,6 +52,12 @@ impl TablePlan {
         }
     }
 
+    /// How many significant digits a decimal keeps here, where not all: SQLite stores a
+    /// DECIMAL value that is not a 64-bit integer as a double.
+    pub fn decimal_digits_kept(&self) -> Option<usize> {
+        (self.dialect == Dialect::Sqlite).then_some(15)
+    }
+
     /// The strategy for rows that bind the columns at `present`.
     pub fn strategy(&self, present: &[usize]) -> Strategy {
         match self.dialect {
@@ -233,6 +239,7 @@ impl TablePlan {
             for &i in present {
                 params.push(match self.dialect {
                     Dialect::Postgres => postgres_parameter(row[i].as_ref()),
+                    Dialect::Sqlite => sqlite_parameter(row[i].as_ref(), self.columns[i].kind),
                     _ => parameter(row[i].as_ref(), self.columns[i].kind),
                 });
             }
@@ -270,6 +277,17 @@ fn postgres_parameter(value: Option<&Value>) -> Box<dyn InputParameter> {
     match value {
         Some(v) if super::postgres::text(v, &mut text) => Box::new(VarCharBox::from_string(text)),
         _ => Box::new(VarCharBox::null()),
+    }
+}
+
+/// SQLite keeps timestamps as text, and its driver writes a bound timestamp to the
+/// millisecond only: the text carries every microsecond.
+fn sqlite_parameter(value: Option<&Value>, kind: SqlKind) -> Box<dyn InputParameter + '_> {
+    match value {
+        Some(Value::Timestamp(t)) => Box::new(VarCharBox::from_string(
+            t.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+        )),
+        other => parameter(other, kind),
     }
 }
 
