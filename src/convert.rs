@@ -208,6 +208,14 @@ pub fn decimal_fits_digits(text: &str, max: usize) -> bool {
     })
 }
 
+/// How many digits a decimal's exact value has after the point (`1.50` has 1, `15e-3`
+/// has 3); 0 for text that is not a number.
+pub fn fraction_digits(text: &str) -> i64 {
+    Digits::parse(text)
+        .filter(|d| !d.is_zero())
+        .map_or(0, |d| (d.digits.len() as i64 - d.point).max(0))
+}
+
 /// An integer from its exact text: `12345678901234567.0` and `1.2345678901234567e16` are
 /// 12345678901234567; a fraction or a value beyond 64 bits is refused, never rounded.
 fn integer_from_text(text: &str) -> Result<i64, String> {
@@ -520,6 +528,19 @@ mod tests {
         ] {
             let err = conv(number(text), SqlKind::Integer).unwrap_err();
             assert!(err.contains(why), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn fraction_digits_count_significant_places() {
+        for (text, want) in [
+            ("1.50", 1),
+            ("15e-3", 3),
+            ("12", 0),
+            ("1.2e5", 0),
+            ("-0.000", 0),
+        ] {
+            assert_eq!(fraction_digits(text), want, "{text}");
         }
     }
 

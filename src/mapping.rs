@@ -6,7 +6,7 @@ use serde_json::Value as Json;
 
 use crate::codec::csv::{self as delimited, CsvFormat, Line, Record};
 use crate::codec::json;
-use crate::convert::{Input, SqlKind, Value, convert, decimal_fits_digits};
+use crate::convert::{Input, SqlKind, Value, convert, decimal_fits_digits, fraction_digits};
 use crate::message::{Message, Origin};
 use crate::topic::Filter;
 
@@ -234,6 +234,8 @@ pub struct MappedColumn {
     pub name: String,
     pub kind: SqlKind,
     pub source: Source,
+    /// The digits after the point a decimal column keeps, where the database rounds.
+    pub scale: Option<i16>,
 }
 
 /// Why a message (or one of its records) could not become a row.
@@ -544,6 +546,14 @@ impl Mapper {
                 text.find('\0').unwrap_or_default()
             )));
         }
+        if let Some(scale) = column.scale.filter(|_| column.kind == SqlKind::Decimal)
+            && fraction_digits(text) > i64::from(scale)
+        {
+            return Err(explain(format!(
+                "{text} has more digits after the point than the column keeps ({scale}): \
+                 the database would round it"
+            )));
+        }
         if let Some(max) = self
             .decimal_digits
             .filter(|_| column.kind == SqlKind::Decimal)
@@ -588,6 +598,7 @@ mod tests {
             name: name.into(),
             kind,
             source: Source::parse(source, ctx).unwrap(),
+            scale: None,
         }
     }
 
@@ -785,6 +796,7 @@ mod tests {
                 name: n.to_string(),
                 kind: SqlKind::Text,
                 source: Source::Field(Field::Index(i)),
+                scale: None,
             })
             .collect();
         let mapper = Mapper::new(columns, PayloadFormat::Csv(format)).with_max_fields(3);

@@ -140,6 +140,7 @@ impl InboundPlan {
                     name: c.name.clone(),
                     kind: c.kind,
                     source: source(i, &c.name),
+                    scale: c.scale,
                 })
                 .collect()
         };

@@ -17,6 +17,9 @@ pub struct CatalogColumn {
     /// PostgreSQL: the type an array parameter of this column's values is cast to; `None`
     /// elsewhere, and for columns that are arrays themselves.
     pub array_type: Option<String>,
+    /// The digits after the point a decimal column keeps, where the database rounds to a
+    /// declared scale; `None` when unlimited or not a decimal.
+    pub scale: Option<i16>,
 }
 
 /// Columns of `table` (`table` or `schema.table`) in ordinal order; empty if it does not exist.
@@ -97,6 +100,12 @@ fn read(
                 type_name,
                 kind,
                 array_type: None,
+                // psqlODBC reports 6 for an unconstrained numeric: PostgreSQL's own catalog
+                // tells (see `postgres_scales`); SQLite rounds to no declared scale.
+                scale: match dialect {
+                    Dialect::MySql if kind == SqlKind::Decimal => row.decimal_digits.into_opt(),
+                    _ => None,
+                },
             },
         ));
     }
@@ -140,6 +149,34 @@ pub fn postgres_types(
                     String::from_utf8_lossy(&name).into_owned(),
                     String::from_utf8_lossy(&type_name).into_owned(),
                 ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// PostgreSQL: the scale of each `numeric(p,s)` column (unconstrained `numeric` keeps
+/// every digit and is left out).
+pub fn postgres_scales(
+    conn: &Connection<'_>,
+    quoted_table: &str,
+) -> Result<Vec<(String, i16)>, DbError> {
+    use odbc_api::{Cursor, IntoParameter};
+    let sql = "SELECT a.attname, CAST((a.atttypmod - 4) & 65535 AS integer) FROM pg_attribute a \
+               WHERE a.attrelid = to_regclass(?) AND a.attnum > 0 AND NOT a.attisdropped \
+               AND a.atttypid = 'numeric'::regtype AND a.atttypmod >= 4";
+    let odbc = |e: odbc_api::Error| DbError::from_odbc(&e);
+    let mut out = Vec::new();
+    let param = quoted_table.into_parameter();
+    if let Some(mut cursor) = conn.execute(sql, &param, None).map_err(odbc)? {
+        let mut name = Vec::new();
+        while let Some(mut row) = cursor.next_row().map_err(odbc)? {
+            let mut scale = odbc_api::Nullable::<i32>::null();
+            if row.get_text(1, &mut name).map_err(odbc)? {
+                row.get_data(2, &mut scale).map_err(odbc)?;
+                if let Some(scale) = scale.into_opt().and_then(|s| i16::try_from(s).ok()) {
+                    out.push((String::from_utf8_lossy(&name).into_owned(), scale));
+                }
             }
         }
     }

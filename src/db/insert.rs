@@ -360,6 +360,7 @@ mod tests {
             kind: SqlKind::Integer,
             has_default: false,
             array_type: Some("integer".into()),
+            scale: None,
         };
         TablePlan {
             dialect,

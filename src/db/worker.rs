@@ -275,12 +275,17 @@ pub fn resolve(
     let table = dialect.quote_table(&target.table);
     if dialect == Dialect::Postgres {
         let types = catalog::postgres_types(conn, &table)?;
+        let scales = catalog::postgres_scales(conn, &table)?;
         let _ = conn.commit();
         for column in &mut columns {
             column.array_type = types
                 .iter()
                 .find(|(name, _)| *name == column.name)
                 .map(|(_, t)| t.clone());
+            column.scale = scales
+                .iter()
+                .find(|(name, _)| *name == column.name)
+                .map(|(_, s)| *s);
         }
     }
     let key = target

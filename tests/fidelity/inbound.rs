@@ -188,6 +188,17 @@ fn json_cases(db: &Db) -> Vec<(&'static str, String, Outcome)> {
             ),
         ),
         ("dec", "-0.0000000001".into(), s("-0.0000000001")),
+        (
+            "dec",
+            "0.12345678901".into(),
+            by(
+                db,
+                Dead("more digits after the point"),
+                Dead("more digits after the point"),
+                s("0.12345678901"),
+            ),
+        ),
+        ("dec", "1.50000000000000".into(), s("1.5")),
         ("dec", "\"12.5\"".into(), s("12.5")),
         ("dec", "\"1.2.3\"".into(), Dead("not a decimal")),
         ("f64", "5e-324".into(), s("5e-324")),
