@@ -93,7 +93,11 @@ fn from_json(json: &Json, kind: SqlKind) -> Result<Value, String> {
             )),
         },
         (SqlKind::Timestamp | SqlKind::Date, Json::Number(n)) => {
-            let t = epoch_from_text(&n.to_string())?;
+            let text = n.to_string();
+            let t = epoch_from_text(&text)?;
+            if kind == SqlKind::Timestamp {
+                storable_time(t.time(), &text)?;
+            }
             convert(Input::Timestamp(t), kind)
         }
         (SqlKind::Binary, other) => Err(format!(
@@ -267,7 +271,7 @@ fn from_text(s: &str, kind: SqlKind) -> Result<Value, String> {
         },
         SqlKind::Timestamp => {
             let ts = timestamp(t)?;
-            refuse_leap_second(ts.time(), t)?;
+            storable_time(ts.time(), t)?;
             Ok(Value::Timestamp(ts.naive_utc()))
         }
         SqlKind::Date => date(t)
@@ -277,7 +281,7 @@ fn from_text(s: &str, kind: SqlKind) -> Result<Value, String> {
             let time = NaiveTime::parse_from_str(t, "%H:%M:%S%.f")
                 .or_else(|_| NaiveTime::parse_from_str(t, "%H:%M"))
                 .map_err(|_| format!("{} is not a time of day (expected HH:MM:SS)", quoted()))?;
-            refuse_leap_second(time, t)?;
+            storable_time(time, t)?;
             Ok(Value::Text(time.format("%H:%M:%S%.f").to_string()))
         }
     }
@@ -305,14 +309,22 @@ fn date(t: &str) -> Option<NaiveDate> {
     epoch_from_text(t).ok().map(|ts| ts.date_naive())
 }
 
-/// chrono reads second 60, but no database keeps it: PostgreSQL turns it into the next
-/// minute and MariaDB into a zero date.
-fn refuse_leap_second(time: NaiveTime, text: &str) -> Result<(), String> {
+/// What a timestamp or time column keeps: chrono reads second 60, but no database keeps it
+/// (PostgreSQL turns it into the next minute, MariaDB into a zero date); and PostgreSQL,
+/// MariaDB and SQLite keep microseconds, so finer digits would be cut off.
+fn storable_time(time: NaiveTime, text: &str) -> Result<(), String> {
     use chrono::Timelike;
+    let shown = || format!("{:?}", truncate(text, 80));
     if time.nanosecond() >= 1_000_000_000 {
         return Err(format!(
-            "{:?} has a leap second (second 60), which the database cannot hold",
-            truncate(text, 80)
+            "{} has a leap second (second 60), which the database cannot hold",
+            shown()
+        ));
+    }
+    if !time.nanosecond().is_multiple_of(1000) {
+        return Err(format!(
+            "{} is finer than a microsecond, which the database cannot hold",
+            shown()
         ));
     }
     Ok(())
@@ -606,6 +618,22 @@ mod tests {
         assert_eq!(
             conv(json!("2016-12-31T23:59:60Z"), SqlKind::Date),
             Ok(Value::Date(NaiveDate::from_ymd_opt(2016, 12, 31).unwrap()))
+        );
+    }
+
+    #[test]
+    fn nanoseconds_are_refused_where_microseconds_are_kept() {
+        for (input, kind) in [
+            (json!("2024-05-01T12:00:00.1234567Z"), SqlKind::Timestamp),
+            (number("1714564800.1234567"), SqlKind::Timestamp),
+            (json!("12:00:00.000000001"), SqlKind::Time),
+        ] {
+            let err = conv(input.clone(), kind).unwrap_err();
+            assert!(err.contains("finer than a microsecond"), "{input}: {err}");
+        }
+        assert_eq!(
+            conv(json!("2024-05-01T12:00:00.123456000Z"), SqlKind::Timestamp),
+            Ok(ts("2024-05-01 12:00:00.123456"))
         );
     }
 

@@ -220,7 +220,7 @@ pub fn base64(bytes: &[u8]) -> String {
 pub fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
     let body = text.trim_end_matches('=');
     let padding = text.len() - body.len();
-    if padding > 0 && (text.len() % 4 != 0 || padding > 2) {
+    if padding > 0 && (!text.len().is_multiple_of(4) || padding > 2) {
         return Err("its `=` padding is wrong".into());
     }
     if body.len() % 4 == 1 {

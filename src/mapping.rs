@@ -520,6 +520,23 @@ fn header<'a>(message: &'a Message, name: &str) -> Option<&'a Json> {
     }
 }
 
+/// The significant fractional-second digits of a timestamp or time value.
+fn second_fraction_digits(value: &Value, kind: SqlKind) -> Option<i64> {
+    use chrono::Timelike;
+    let digits = |nanos: u32| {
+        let text = format!("{:09}", nanos % 1_000_000_000);
+        text.trim_end_matches('0').len() as i64
+    };
+    match (value, kind) {
+        (Value::Timestamp(t), _) => Some(digits(t.nanosecond())),
+        (Value::Text(text), SqlKind::Time) => Some(
+            text.split_once('.')
+                .map_or(0, |(_, f)| f.trim_end_matches('0').len() as i64),
+        ),
+        _ => None,
+    }
+}
+
 impl Mapper {
     fn convert_column(
         &self,
@@ -536,7 +553,18 @@ impl Mapper {
                 column.source.describe()
             )
         };
+        let from_clock = matches!(input, Input::Timestamp(_));
         let value = convert(input, column.kind).map_err(explain)?;
+        // The receive time is mqdb's own clock: the column's precision is fine for it.
+        if let Some(digits) = column.scale.filter(|_| !from_clock)
+            && let Some(fraction) = second_fraction_digits(&value, column.kind)
+            && fraction > i64::from(digits)
+        {
+            return Err(explain(format!(
+                "the value has {fraction} digits of a second, the column keeps {digits}: \
+                 the database would round it"
+            )));
+        }
         let Value::Text(text) = &value else {
             return Ok(Some(value));
         };

@@ -17,8 +17,9 @@ pub struct CatalogColumn {
     /// PostgreSQL: the type an array parameter of this column's values is cast to; `None`
     /// elsewhere, and for columns that are arrays themselves.
     pub array_type: Option<String>,
-    /// The digits after the point a decimal column keeps, where the database rounds to a
-    /// declared scale; `None` when unlimited or not a decimal.
+    /// The digits after the point the column keeps where the database rounds to a declared
+    /// scale: a decimal's scale, a timestamp's or time's fractional-second digits; `None`
+    /// when unlimited, unknown or neither.
     pub scale: Option<i16>,
 }
 
@@ -155,16 +156,21 @@ pub fn postgres_types(
     Ok(out)
 }
 
-/// PostgreSQL: the scale of each `numeric(p,s)` column (unconstrained `numeric` keeps
-/// every digit and is left out).
+/// PostgreSQL: the scale of each `numeric(p,s)` column, and the fractional-second digits
+/// of each `timestamp(p)` and `time(p)` column (unconstrained ones keep every digit, or
+/// microseconds, and are left out).
 pub fn postgres_scales(
     conn: &Connection<'_>,
     quoted_table: &str,
 ) -> Result<Vec<(String, i16)>, DbError> {
     use odbc_api::{Cursor, IntoParameter};
-    let sql = "SELECT a.attname, CAST((a.atttypmod - 4) & 65535 AS integer) FROM pg_attribute a \
+    let sql = "SELECT a.attname, CAST(CASE WHEN a.atttypid = 'numeric'::regtype \
+               THEN (a.atttypmod - 4) & 65535 ELSE a.atttypmod END AS integer) \
+               FROM pg_attribute a \
                WHERE a.attrelid = to_regclass(?) AND a.attnum > 0 AND NOT a.attisdropped \
-               AND a.atttypid = 'numeric'::regtype AND a.atttypmod >= 4";
+               AND ((a.atttypid = 'numeric'::regtype AND a.atttypmod >= 4) \
+               OR (a.atttypid IN ('timestamp'::regtype, 'timestamptz'::regtype, \
+               'time'::regtype, 'timetz'::regtype) AND a.atttypmod >= 0))";
     let odbc = |e: odbc_api::Error| DbError::from_odbc(&e);
     let mut out = Vec::new();
     let param = quoted_table.into_parameter();
@@ -176,6 +182,44 @@ pub fn postgres_scales(
                 row.get_data(2, &mut scale).map_err(odbc)?;
                 if let Some(scale) = scale.into_opt().and_then(|s| i16::try_from(s).ok()) {
                     out.push((String::from_utf8_lossy(&name).into_owned(), scale));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// MariaDB/MySQL: the fractional-second digits of each DATETIME, TIMESTAMP and TIME column
+/// of `table` (`table` or `database.table`), which SQLColumns does not report.
+pub fn mysql_time_precisions(
+    conn: &Connection<'_>,
+    table: &str,
+) -> Result<Vec<(String, i16)>, DbError> {
+    use odbc_api::{Cursor, IntoParameter};
+    let (schema, name) = match table.split_once('.') {
+        Some((schema, name)) => (Some(schema), name),
+        None => (None, table),
+    };
+    let sql = format!(
+        "SELECT COLUMN_NAME, CAST(DATETIME_PRECISION AS SIGNED) FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = {} AND TABLE_NAME = ? AND DATETIME_PRECISION IS NOT NULL",
+        if schema.is_some() { "?" } else { "DATABASE()" }
+    );
+    let odbc = |e: odbc_api::Error| DbError::from_odbc(&e);
+    let mut out = Vec::new();
+    let name_param = name.into_parameter();
+    let cursor = match schema {
+        Some(schema) => conn.execute(&sql, (&schema.into_parameter(), &name_param), None),
+        None => conn.execute(&sql, &name_param, None),
+    };
+    if let Some(mut cursor) = cursor.map_err(odbc)? {
+        let mut column = Vec::new();
+        while let Some(mut row) = cursor.next_row().map_err(odbc)? {
+            let mut digits = odbc_api::Nullable::<i32>::null();
+            if row.get_text(1, &mut column).map_err(odbc)? {
+                row.get_data(2, &mut digits).map_err(odbc)?;
+                if let Some(digits) = digits.into_opt().and_then(|d| i16::try_from(d).ok()) {
+                    out.push((String::from_utf8_lossy(&column).into_owned(), digits));
                 }
             }
         }

@@ -288,6 +288,15 @@ pub fn resolve(
                 .map(|(_, s)| *s);
         }
     }
+    if dialect == Dialect::MySql {
+        let precisions = catalog::mysql_time_precisions(conn, &target.table)?;
+        let _ = conn.commit();
+        for column in &mut columns {
+            if let Some((_, digits)) = precisions.iter().find(|(name, _)| *name == column.name) {
+                column.scale = Some(*digits);
+            }
+        }
+    }
     let key = target
         .key
         .iter()

@@ -82,6 +82,11 @@ fn columns(db: &Db) -> Vec<(&'static str, Family, &'static str)> {
             Family::Timestamp,
             pick("TIMESTAMP(6)", "DATETIME(6)", "TIMESTAMP"),
         ),
+        (
+            "ts0",
+            Family::Timestamp,
+            pick("TIMESTAMP(0)", "DATETIME", "TIMESTAMP"),
+        ),
         ("j", Family::Json, pick("JSONB", "JSON", "TEXT")),
         ("u", Family::Uuid, pick("UUID", "UUID", "TEXT")),
         ("ÜberTemp", Family::Int, "INTEGER"),
@@ -266,6 +271,27 @@ fn json_cases(db: &Db) -> Vec<(&'static str, String, Outcome)> {
         ),
         ("ts", "1714564800.25".into(), s("2024-05-01 12:00:00.25")),
         ("ts", "\"2016-12-31T23:59:60Z\"".into(), Dead("leap second")),
+        (
+            "ts",
+            "\"2024-05-01T12:00:00.1234567Z\"".into(),
+            Dead("finer than a microsecond"),
+        ),
+        // A column declared with fewer digits of a second would round.
+        (
+            "ts0",
+            "\"2024-05-01T12:00:00.5Z\"".into(),
+            by(
+                db,
+                Dead("digits of a second"),
+                Dead("digits of a second"),
+                s("2024-05-01 12:00:00.5"),
+            ),
+        ),
+        (
+            "ts0",
+            "\"2024-05-01T12:00:00Z\"".into(),
+            s("2024-05-01 12:00:00"),
+        ),
         (
             "t",
             "\"2016-12-31T23:59:60Z\"".into(),
@@ -589,11 +615,14 @@ fn read_back(
         .into_iter()
         .map(|row| {
             let id: i64 = row[0].as_deref().unwrap_or("").trim().parse().expect("id");
-            let values = cols
+            let mut values: BTreeMap<&'static str, Option<String>> = cols
                 .iter()
                 .zip(&row[1..])
                 .map(|((n, _, _), v)| (*n, v.clone()))
                 .collect();
+            if let Some(f) = floats.get(&id) {
+                values.insert("f64", f.map(|f| format!("{f:?}")));
+            }
             (id, values)
         })
         .collect()
