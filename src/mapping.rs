@@ -844,6 +844,59 @@ mod tests {
     }
 
     #[test]
+    fn a_repeated_user_property_maps_its_first_value_an_amqp_array_stays_whole() {
+        let ctx = SourceContext::default();
+        let mapper = Mapper::new(
+            vec![col("site", SqlKind::Text, "header.SITE", &ctx)],
+            PayloadFormat::Json,
+        );
+        let mut m = message("a", b"{}");
+        m.headers = json!({"site": ["north", "south"]})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert_eq!(
+            one(&mapper, &m).unwrap(),
+            vec![Some(Value::Text("north".into()))]
+        );
+        m.origin = Origin::Amqp {
+            queue: "q".into(),
+            exchange: "".into(),
+            redelivered: false,
+        };
+        assert_eq!(
+            one(&mapper, &m).unwrap(),
+            vec![Some(Value::Text("[\"north\",\"south\"]".into()))]
+        );
+    }
+
+    #[test]
+    fn names_match_ignoring_case_in_every_script() {
+        assert!(same_name("übertemp", "ÜberTemp"));
+        assert!(same_name("Qty", "qTY"));
+        assert!(!same_name("ü", "u"));
+        assert_eq!(position(&["ÜberTemp".to_string()], "übertemp"), Some(0));
+    }
+
+    #[test]
+    fn nul_is_refused_only_where_the_database_cannot_hold_it() {
+        let ctx = SourceContext::default();
+        let columns = vec![col("t", SqlKind::Text, "payload.t", &ctx)];
+        let m = message("a", br#"{"t": "a\u0000b"}"#);
+        let keeps = Mapper::new(columns.clone(), PayloadFormat::Json);
+        assert_eq!(
+            one(&keeps, &m).unwrap(),
+            vec![Some(Value::Text("a\0b".into()))]
+        );
+        let refuses = keeps.refusing_nul("PostgreSQL text cannot hold");
+        let err = one(&refuses, &m).unwrap_err();
+        assert!(
+            matches!(&err, MapError::Convert(e) if e.contains("NUL character") && e.contains("PostgreSQL")),
+            "{err:?}"
+        );
+    }
+
+    #[test]
     fn amqp_meta_and_headers() {
         let ctx = SourceContext {
             amqp: true,

@@ -101,12 +101,7 @@ fn read(
                 type_name,
                 kind,
                 array_type: None,
-                // psqlODBC reports 6 for an unconstrained numeric: PostgreSQL's own catalog
-                // tells (see `postgres_scales`); SQLite rounds to no declared scale.
-                scale: match dialect {
-                    Dialect::MySql if kind == SqlKind::Decimal => row.decimal_digits.into_opt(),
-                    _ => None,
-                },
+                scale: declared_scale(dialect, kind, row.decimal_digits.into_opt()),
             },
         ));
     }
@@ -124,6 +119,19 @@ fn read(
     }
     found.sort_by_key(|(_, ordinal, _)| *ordinal);
     Ok(found.into_iter().map(|(_, _, c)| c).collect())
+}
+
+/// The digits after the point a column keeps, from SQLColumns' DECIMAL_DIGITS where the
+/// driver reports it truly. psqlODBC reports 6 for an unconstrained numeric and MariaDB
+/// nothing for DATETIME: their own catalogs tell instead (`postgres_scales`,
+/// `mysql_time_precisions`). SQLite rounds to no declared scale. Other databases are
+/// taken at their driver's word, which can only refuse a value, never change one.
+fn declared_scale(dialect: Dialect, kind: SqlKind, decimal_digits: Option<i16>) -> Option<i16> {
+    match (dialect, kind) {
+        (Dialect::MySql, SqlKind::Decimal) => decimal_digits,
+        (Dialect::Generic, SqlKind::Decimal | SqlKind::Timestamp | SqlKind::Time) => decimal_digits,
+        _ => None,
+    }
 }
 
 /// PostgreSQL: each column's type as SQL can name it (`format_type`), for the columns that
