@@ -47,6 +47,8 @@ enum Family {
     Date,
     Time,
     Timestamp,
+    /// A timestamp with a time zone, read in UTC.
+    TimestampTz,
     Json,
     Uuid,
 }
@@ -87,6 +89,11 @@ fn columns(db: &Db) -> Vec<(&'static str, Family, &'static str)> {
             Family::Timestamp,
             pick("TIMESTAMP(0)", "DATETIME", "TIMESTAMP"),
         ),
+        (
+            "tz",
+            Family::TimestampTz,
+            pick("TIMESTAMPTZ", "TIMESTAMP(6) NULL", "TIMESTAMP"),
+        ),
         ("j", Family::Json, pick("JSONB", "JSON", "TEXT")),
         ("u", Family::Uuid, pick("UUID", "UUID", "TEXT")),
         ("ÜberTemp", Family::Int, "INTEGER"),
@@ -106,6 +113,10 @@ fn read_expr(db: &Db, name: &str, family: Family) -> String {
     match (db, family) {
         (Db::Postgres, Family::Text) => format!("encode(convert_to({c}, 'UTF8'), 'hex')"),
         (Db::Postgres, Family::Binary) => format!("encode({c}, 'hex')"),
+        (Db::Postgres, Family::TimestampTz) => format!("({c} AT TIME ZONE 'UTC')::text"),
+        (Db::MariaDb, Family::TimestampTz) => {
+            format!("CAST(CONVERT_TZ({c}, @@session.time_zone, '+00:00') AS CHAR)")
+        }
         (Db::Postgres, _) => format!("{c}::text"),
         // SQLite's HEX(NULL) is '', not NULL.
         (_, Family::Text | Family::Binary) => {
@@ -275,6 +286,16 @@ fn json_cases(db: &Db) -> Vec<(&'static str, String, Outcome)> {
             "ts",
             "\"2024-05-01T12:00:00.1234567Z\"".into(),
             Dead("finer than a microsecond"),
+        ),
+        (
+            "tz",
+            "\"2024-05-01T01:30:00.654321-05:00\"".into(),
+            s("2024-05-01 06:30:00.654321"),
+        ),
+        (
+            "tz",
+            "\"2024-12-31T23:59:60+01:00\"".into(),
+            Dead("leap second"),
         ),
         // A column declared with fewer digits of a second would round.
         (
@@ -760,7 +781,9 @@ fn same(family: Family, want: &str, got: &str) -> bool {
                     ("true", "t" | "true" | "1") | ("false", "f" | "false" | "0")
                 )
         }
-        Family::Time | Family::Timestamp => strip_zero_fraction(want) == strip_zero_fraction(got),
+        Family::Time | Family::Timestamp | Family::TimestampTz => {
+            strip_zero_fraction(want) == strip_zero_fraction(got)
+        }
         Family::Json => {
             serde_json::from_str::<Json>(want).ok() == serde_json::from_str::<Json>(got).ok()
         }
