@@ -368,8 +368,8 @@ fn value_json(value: &AMQPValue) -> Json {
         AMQPValue::LongUInt(i) => Json::from(*i),
         AMQPValue::LongLongInt(i) => Json::from(*i),
         AMQPValue::Timestamp(t) => Json::from(*t),
-        AMQPValue::Float(f) => Number::from_f64(f64::from(*f)).map_or(Json::Null, Json::Number),
-        AMQPValue::Double(f) => Number::from_f64(*f).map_or(Json::Null, Json::Number),
+        AMQPValue::Float(f) => float_json(f64::from(*f)),
+        AMQPValue::Double(f) => float_json(*f),
         AMQPValue::DecimalValue(d) => decimal(d.value, d.scale)
             .parse::<Number>()
             .map_or(Json::Null, Json::Number),
@@ -385,6 +385,12 @@ fn value_json(value: &AMQPValue) -> Json {
         AMQPValue::FieldTable(t) => Json::Object(table_json(t)),
         AMQPValue::Void => Json::Null,
     }
+}
+
+/// A double as a JSON number; NaN and the infinities, which JSON has no numbers for, as
+/// their names, so that a numeric column refuses them instead of storing NULL.
+fn float_json(f: f64) -> Json {
+    Number::from_f64(f).map_or_else(|| Json::String(f.to_string()), Json::Number)
 }
 
 /// `value × 10^-scale` as exact decimal text. The value is a signed 32-bit integer on the
@@ -439,6 +445,16 @@ mod tests {
         assert_eq!(decimal(5, 2), "0.05");
         assert_eq!(decimal(1205, 3), "1.205");
         assert_eq!(decimal(42, 0), "42");
+    }
+
+    #[test]
+    fn doubles_without_a_json_number_keep_their_name() {
+        assert_eq!(value_json(&AMQPValue::Double(f64::NAN)), Json::from("NaN"));
+        assert_eq!(
+            value_json(&AMQPValue::Float(f32::NEG_INFINITY)),
+            Json::from("-inf")
+        );
+        assert_eq!(value_json(&AMQPValue::Double(-0.0)).to_string(), "-0.0");
     }
 
     #[test]
