@@ -214,6 +214,54 @@ pub fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// Decodes standard base64 (RFC 4648 §4): padding may be left out, but when present it must
+/// be right, and the unused bits of the last character must be zero, so that each byte
+/// string has exactly one accepted spelling besides the unpadded one.
+pub fn base64_decode(text: &str) -> Result<Vec<u8>, String> {
+    let body = text.trim_end_matches('=');
+    let padding = text.len() - body.len();
+    if padding > 0 && (!text.len().is_multiple_of(4) || padding > 2) {
+        return Err("its `=` padding is wrong".into());
+    }
+    if body.len() % 4 == 1 {
+        return Err("its length is not that of any base64 text".into());
+    }
+    let mut out = Vec::with_capacity(body.len() / 4 * 3 + 2);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for (i, c) in body.bytes().enumerate() {
+        let sextet = sextet(c).ok_or_else(|| {
+            format!(
+                "character {} ({:?}) is not in the base64 alphabet",
+                i + 1,
+                c as char
+            )
+        })?;
+        acc = (acc << 6) | u32::from(sextet);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    if acc != 0 {
+        return Err("its last character has bits set that no byte uses".into());
+    }
+    Ok(out)
+}
+
+fn sextet(c: u8) -> Option<u8> {
+    match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +299,27 @@ mod tests {
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
         assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    }
+
+    #[test]
+    fn base64_decodes_padded_and_unpadded() {
+        assert_eq!(base64_decode("Zg==").unwrap(), b"f");
+        assert_eq!(base64_decode("Zg").unwrap(), b"f");
+        assert_eq!(base64_decode("Zm8=").unwrap(), b"fo");
+        assert_eq!(base64_decode("AP8Q").unwrap(), [0x00, 0xff, 0x10]);
+        assert_eq!(base64_decode("").unwrap(), b"");
+        for bad in ["Zg=", "Z", "Zh==", "Zm9v!", "Zg===", "Zm 9v", "Zm9v-_"] {
+            assert!(base64_decode(bad).is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn base64_round_trips(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let text = base64(&bytes);
+            proptest::prop_assert_eq!(base64_decode(&text).unwrap(), bytes.clone());
+            proptest::prop_assert_eq!(base64_decode(text.trim_end_matches('=')).unwrap(), bytes);
+        }
     }
 
     #[test]

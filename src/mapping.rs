@@ -6,7 +6,7 @@ use serde_json::Value as Json;
 
 use crate::codec::csv::{self as delimited, CsvFormat, Line, Record};
 use crate::codec::json;
-use crate::convert::{Input, SqlKind, Value, convert};
+use crate::convert::{Input, SqlKind, Value, convert, decimal_fits_digits, fraction_digits};
 use crate::message::{Message, Origin};
 use crate::topic::Filter;
 
@@ -213,7 +213,18 @@ fn position(names: &[String], name: &str) -> Option<usize> {
     names
         .iter()
         .position(|n| n == name)
-        .or_else(|| names.iter().position(|n| n.eq_ignore_ascii_case(name)))
+        .or_else(|| names.iter().position(|n| same_name(n, name)))
+}
+
+/// Whether two names are the same ignoring case, for every script: `übertemp` is
+/// `ÜberTemp`. Callers try the exact spelling first.
+pub fn same_name(a: &str, b: &str) -> bool {
+    if a.is_ascii() && b.is_ascii() {
+        return a.eq_ignore_ascii_case(b);
+    }
+    a.chars()
+        .flat_map(char::to_lowercase)
+        .eq(b.chars().flat_map(char::to_lowercase))
 }
 
 /// One mapped column of the target table.
@@ -223,6 +234,8 @@ pub struct MappedColumn {
     pub name: String,
     pub kind: SqlKind,
     pub source: Source,
+    /// The digits after the point a decimal column keeps, where the database rounds.
+    pub scale: Option<i16>,
 }
 
 /// Why a message (or one of its records) could not become a row.
@@ -267,6 +280,10 @@ pub struct Mapper {
     top_keys: Vec<String>,
     /// CSV records mapped to the table's columns in order may not have more fields.
     max_fields: Option<usize>,
+    /// Why text with a NUL character cannot be stored, where the database cannot hold it.
+    nul_refused: Option<&'static str>,
+    /// The significant digits a decimal may have beyond 64-bit integers, where limited.
+    decimal_digits: Option<usize>,
 }
 
 const NULL: Json = Json::Null;
@@ -287,7 +304,23 @@ impl Mapper {
             format,
             top_keys,
             max_fields: None,
+            nul_refused: None,
+            decimal_digits: None,
         }
+    }
+
+    /// For databases that keep decimals only to `digits` significant digits (SQLite):
+    /// longer ones are refused instead of rounded.
+    pub fn keeping_decimal_digits(mut self, digits: usize) -> Self {
+        self.decimal_digits = Some(digits);
+        self
+    }
+
+    /// For databases whose text cannot hold NUL (PostgreSQL): such a value is refused with
+    /// `why` instead of being cut short at the NUL by the driver.
+    pub fn refusing_nul(mut self, why: &'static str) -> Self {
+        self.nul_refused = Some(why);
+        self
     }
 
     /// For CSV mapped to the table in column order: longer records are errors.
@@ -325,21 +358,17 @@ impl Mapper {
     }
 
     fn map_json(&self, message: &Message) -> Result<Row, MapError> {
-        let json = if self.top_keys.is_empty() {
-            None
-        } else {
-            Some(json::decode_members(&message.payload, &self.top_keys)?)
-        };
+        // Decoded even when no column reads a key: a JSON route takes only JSON objects.
+        let json = json::decode_members(&message.payload, &self.top_keys)?;
         self.columns
             .iter()
             .map(|column| {
                 let input = match &column.source {
-                    Source::PayloadPath(path) => {
-                        json.as_ref().and_then(|j| j.get(path)).map(Input::Json)
-                    }
+                    Source::PayloadPath(path) => json.get(path).map(Input::Json),
                     other => message_input(other, message, &message.payload),
                 };
-                convert_column(column, input).map_err(MapError::Convert)
+                self.convert_column(column, input)
+                    .map_err(MapError::Convert)
             })
             .collect()
     }
@@ -439,7 +468,7 @@ impl Mapper {
                     }
                     (other, _) => message_input(other, message, line),
                 };
-                convert_column(column, input)
+                self.convert_column(column, input)
                     .map_err(|e| MapError::Convert(format!("line {n}: {e}")))
             })
             .collect()
@@ -457,17 +486,7 @@ fn message_input<'a>(
         Source::Payload => Some(Input::Bytes(payload)),
         Source::PayloadPath(_) | Source::Field(_) => None,
         Source::TopicLevel(i) => message.topic.split('/').nth(*i).map(Input::Text),
-        Source::Header(name) => message
-            .headers
-            .get(name)
-            .or_else(|| {
-                message
-                    .headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v)
-            })
-            .map(Input::Json),
+        Source::Header(name) => header(message, name).map(Input::Json),
         Source::Meta(meta) => match (meta, &message.origin) {
             (Meta::ReceivedAt, _) => Some(Input::Timestamp(message.received_at)),
             (Meta::Broker, _) => Some(Input::Text(&message.broker)),
@@ -484,19 +503,96 @@ fn message_input<'a>(
     }
 }
 
-fn convert_column(
-    column: &MappedColumn,
-    input: Option<Input<'_>>,
-) -> Result<Option<Value>, String> {
-    match input {
-        None => Ok(None),
-        Some(input) => convert(input, column.kind).map(Some).map_err(|e| {
+/// A header by name: the exact spelling first, then ignoring case. An MQTT 5 user property
+/// sent several times is an array of its values (user properties are always strings), and
+/// `header.x` takes the first.
+fn header<'a>(message: &'a Message, name: &str) -> Option<&'a Json> {
+    let value = message.headers.get(name).or_else(|| {
+        message
+            .headers
+            .iter()
+            .find(|(k, _)| same_name(k, name))
+            .map(|(_, v)| v)
+    })?;
+    match (value, &message.origin) {
+        (Json::Array(values), Origin::Mqtt { .. }) => values.first(),
+        _ => Some(value),
+    }
+}
+
+/// The significant fractional-second digits of a timestamp or time value.
+fn second_fraction_digits(value: &Value, kind: SqlKind) -> Option<i64> {
+    use chrono::Timelike;
+    let digits = |nanos: u32| {
+        let text = format!("{:09}", nanos % 1_000_000_000);
+        text.trim_end_matches('0').len() as i64
+    };
+    match (value, kind) {
+        (Value::Timestamp(t), _) => Some(digits(t.nanosecond())),
+        (Value::Text(text), SqlKind::Time) => Some(
+            text.split_once('.')
+                .map_or(0, |(_, f)| f.trim_end_matches('0').len() as i64),
+        ),
+        _ => None,
+    }
+}
+
+impl Mapper {
+    fn convert_column(
+        &self,
+        column: &MappedColumn,
+        input: Option<Input<'_>>,
+    ) -> Result<Option<Value>, String> {
+        let Some(input) = input else {
+            return Ok(None);
+        };
+        let explain = |e: String| {
             format!(
                 "column {} (from {}): {e}",
                 column.name,
                 column.source.describe()
             )
-        }),
+        };
+        let from_clock = matches!(input, Input::Timestamp(_));
+        let value = convert(input, column.kind).map_err(explain)?;
+        // The receive time is mqdb's own clock: the column's precision is fine for it.
+        if let Some(digits) = column.scale.filter(|_| !from_clock)
+            && let Some(fraction) = second_fraction_digits(&value, column.kind)
+            && fraction > i64::from(digits)
+        {
+            return Err(explain(format!(
+                "the value has {fraction} digits of a second, the column keeps {digits}: \
+                 the database would round it"
+            )));
+        }
+        let Value::Text(text) = &value else {
+            return Ok(Some(value));
+        };
+        if let Some(why) = self.nul_refused.filter(|_| text.contains('\0')) {
+            return Err(explain(format!(
+                "the text has a NUL character (U+0000 at byte {}), which {why}",
+                text.find('\0').unwrap_or_default()
+            )));
+        }
+        if let Some(scale) = column.scale.filter(|_| column.kind == SqlKind::Decimal)
+            && fraction_digits(text) > i64::from(scale)
+        {
+            return Err(explain(format!(
+                "{text} has more digits after the point than the column keeps ({scale}): \
+                 the database would round it"
+            )));
+        }
+        if let Some(max) = self
+            .decimal_digits
+            .filter(|_| column.kind == SqlKind::Decimal)
+            && !decimal_fits_digits(text, max)
+        {
+            return Err(explain(format!(
+                "{text} has more than {max} significant digits, and this database keeps a \
+                 decimal that is not a 64-bit integer only to {max} (as a double)"
+            )));
+        }
+        Ok(Some(value))
     }
 }
 
@@ -530,6 +626,7 @@ mod tests {
             name: name.into(),
             kind,
             source: Source::parse(source, ctx).unwrap(),
+            scale: None,
         }
     }
 
@@ -727,6 +824,7 @@ mod tests {
                 name: n.to_string(),
                 kind: SqlKind::Text,
                 source: Source::Field(Field::Index(i)),
+                scale: None,
             })
             .collect();
         let mapper = Mapper::new(columns, PayloadFormat::Csv(format)).with_max_fields(3);
@@ -742,6 +840,59 @@ mod tests {
         let long = mapper.map(&message("t", b"1,2,3,4\n"));
         assert!(
             matches!(&long[0].1, Err(MapError::Decode(m)) if m.contains("table has 3 columns"))
+        );
+    }
+
+    #[test]
+    fn a_repeated_user_property_maps_its_first_value_an_amqp_array_stays_whole() {
+        let ctx = SourceContext::default();
+        let mapper = Mapper::new(
+            vec![col("site", SqlKind::Text, "header.SITE", &ctx)],
+            PayloadFormat::Json,
+        );
+        let mut m = message("a", b"{}");
+        m.headers = json!({"site": ["north", "south"]})
+            .as_object()
+            .unwrap()
+            .clone();
+        assert_eq!(
+            one(&mapper, &m).unwrap(),
+            vec![Some(Value::Text("north".into()))]
+        );
+        m.origin = Origin::Amqp {
+            queue: "q".into(),
+            exchange: "".into(),
+            redelivered: false,
+        };
+        assert_eq!(
+            one(&mapper, &m).unwrap(),
+            vec![Some(Value::Text("[\"north\",\"south\"]".into()))]
+        );
+    }
+
+    #[test]
+    fn names_match_ignoring_case_in_every_script() {
+        assert!(same_name("übertemp", "ÜberTemp"));
+        assert!(same_name("Qty", "qTY"));
+        assert!(!same_name("ü", "u"));
+        assert_eq!(position(&["ÜberTemp".to_string()], "übertemp"), Some(0));
+    }
+
+    #[test]
+    fn nul_is_refused_only_where_the_database_cannot_hold_it() {
+        let ctx = SourceContext::default();
+        let columns = vec![col("t", SqlKind::Text, "payload.t", &ctx)];
+        let m = message("a", br#"{"t": "a\u0000b"}"#);
+        let keeps = Mapper::new(columns.clone(), PayloadFormat::Json);
+        assert_eq!(
+            one(&keeps, &m).unwrap(),
+            vec![Some(Value::Text("a\0b".into()))]
+        );
+        let refuses = keeps.refusing_nul("PostgreSQL text cannot hold");
+        let err = one(&refuses, &m).unwrap_err();
+        assert!(
+            matches!(&err, MapError::Convert(e) if e.contains("NUL character") && e.contains("PostgreSQL")),
+            "{err:?}"
         );
     }
 

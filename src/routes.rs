@@ -140,11 +140,12 @@ impl InboundPlan {
                     name: c.name.clone(),
                     kind: c.kind,
                     source: source(i, &c.name),
+                    scale: c.scale,
                 })
                 .collect()
         };
         let format = self.format.clone();
-        match (&self.sources, &self.format) {
+        let mapper = match (&self.sources, &self.format) {
             (Some(sources), _) => Mapper::new(mapped(&|i, _| sources[i].clone()), format),
             (None, PayloadFormat::Json) => Mapper::new(
                 mapped(&|_, name| Source::PayloadPath(vec![name.to_string()])),
@@ -163,6 +164,14 @@ impl InboundPlan {
                 Mapper::new(mapped(&|i, _| Source::Field(Field::Index(i))), format)
                     .with_max_fields(table.columns.len())
             }
+        };
+        let mapper = match table.nul_in_text_refused() {
+            Some(why) => mapper.refusing_nul(why),
+            None => mapper,
+        };
+        match table.decimal_digits_kept() {
+            Some(digits) => mapper.keeping_decimal_digits(digits),
+            None => mapper,
         }
     }
 }

@@ -258,12 +258,20 @@ fn values_and_types_land(case: TypesCase) {
     );
     world.persistent_session(&format!("{root}/+/+"));
     let injection = format!("x'); DROP TABLE {t}; --");
+    // SQLite keeps a decimal that is not an integer to 15 significant digits; longer ones
+    // are dead letters (tests/fidelity).
+    let first_amount = if exact_decimals {
+        "12345678901234567890.1234567890"
+    } else {
+        "1234567890.12345"
+    };
 
     // When messages on several topics, with every kind of value, are published
     let specials: Vec<(String, String)> = vec![
         (
             format!("{root}/north/d1"),
-            r#"{"id":1,"big":9007199254740993,"amount":12345678901234567890.1234567890,"ratio":1.5,"flag":true,"label":"é 日本 🎉","ts":"2024-05-01T12:00:00+02:00","dt":"2024-02-29","num":null}"#.into(),
+            r#"{"id":1,"big":9007199254740993,"amount":AMOUNT,"ratio":1.5,"flag":true,"label":"é 日本 🎉","ts":"2024-05-01T12:00:00+02:00","dt":"2024-02-29","num":null}"#
+                .replace("AMOUNT", first_amount),
         ),
         (
             format!("{root}/south/d-2"),
@@ -345,13 +353,10 @@ fn values_and_types_land(case: TypesCase) {
             ]
         );
     } else {
-        let expected = [12_345_678_901_234_567_890.123_456_789_f64, -0.5, 3.25, 0.0];
+        let expected = [1_234_567_890.123_45_f64, -0.5, 3.25, 0.0];
         for (r, want) in expected.iter().enumerate() {
             let got = parse_f64(text(r, 4));
-            assert!(
-                (got - want).abs() <= want.abs() * 1e-12,
-                "row {r}: amount {got} != {want}"
-            );
+            assert_eq!(got, *want, "row {r}: amount");
         }
     }
     // And floats, booleans and text (non-ASCII, quotes, empty) arrive unchanged

@@ -368,8 +368,8 @@ fn value_json(value: &AMQPValue) -> Json {
         AMQPValue::LongUInt(i) => Json::from(*i),
         AMQPValue::LongLongInt(i) => Json::from(*i),
         AMQPValue::Timestamp(t) => Json::from(*t),
-        AMQPValue::Float(f) => Number::from_f64(f64::from(*f)).map_or(Json::Null, Json::Number),
-        AMQPValue::Double(f) => Number::from_f64(*f).map_or(Json::Null, Json::Number),
+        AMQPValue::Float(f) => float_json(f64::from(*f)),
+        AMQPValue::Double(f) => float_json(*f),
         AMQPValue::DecimalValue(d) => decimal(d.value, d.scale)
             .parse::<Number>()
             .map_or(Json::Null, Json::Number),
@@ -387,16 +387,25 @@ fn value_json(value: &AMQPValue) -> Json {
     }
 }
 
-/// `value × 10^-scale` as exact decimal text.
+/// A double as a JSON number; NaN and the infinities, which JSON has no numbers for, as
+/// their names, so that a numeric column refuses them instead of storing NULL.
+fn float_json(f: f64) -> Json {
+    Number::from_f64(f).map_or_else(|| Json::String(f.to_string()), Json::Number)
+}
+
+/// `value × 10^-scale` as exact decimal text. The value is a signed 32-bit integer on the
+/// wire (pika, the Java client), though lapin reads it as unsigned.
 fn decimal(value: u32, scale: u8) -> String {
-    let digits = value.to_string();
+    let signed = value as i32;
+    let digits = signed.unsigned_abs().to_string();
+    let sign = if signed < 0 { "-" } else { "" };
     let scale = usize::from(scale);
     if scale == 0 {
-        return digits;
+        return format!("{sign}{digits}");
     }
     let padded = format!("{digits:0>width$}", width = scale + 1);
     let (int, frac) = padded.split_at(padded.len() - scale);
-    format!("{int}.{frac}")
+    format!("{sign}{int}.{frac}")
 }
 
 #[cfg(test)]
@@ -436,5 +445,23 @@ mod tests {
         assert_eq!(decimal(5, 2), "0.05");
         assert_eq!(decimal(1205, 3), "1.205");
         assert_eq!(decimal(42, 0), "42");
+    }
+
+    #[test]
+    fn doubles_without_a_json_number_keep_their_name() {
+        assert_eq!(value_json(&AMQPValue::Double(f64::NAN)), Json::from("NaN"));
+        assert_eq!(
+            value_json(&AMQPValue::Float(f32::NEG_INFINITY)),
+            Json::from("-inf")
+        );
+        assert_eq!(value_json(&AMQPValue::Double(-0.0)).to_string(), "-0.0");
+    }
+
+    #[test]
+    fn negative_decimals_keep_their_sign() {
+        assert_eq!(decimal((-1i32) as u32, 6), "-0.000001");
+        assert_eq!(decimal((-5i32) as u32, 0), "-5");
+        assert_eq!(decimal(i32::MIN as u32, 2), "-21474836.48");
+        assert_eq!(decimal(i32::MAX as u32, 0), "2147483647");
     }
 }

@@ -120,13 +120,7 @@ impl Link {
                     let headers = p
                         .properties
                         .as_ref()
-                        .map(|props| {
-                            props
-                                .user_properties
-                                .iter()
-                                .map(|(k, v)| (k.clone(), Json::String(v.clone())))
-                                .collect()
-                        })
+                        .map(|props| user_properties(&props.user_properties))
                         .unwrap_or_default();
                     let qos = p.qos;
                     let ack = (qos != V5QoS::AtMostOnce).then(|| {
@@ -216,5 +210,43 @@ fn qos_v5(level: u8) -> V5QoS {
         0 => V5QoS::AtMostOnce,
         2 => V5QoS::ExactlyOnce,
         _ => V5QoS::AtLeastOnce,
+    }
+}
+
+/// MQTT 5 user properties as headers. A name may repeat and every value is kept: one value
+/// is a string, several are an array of strings in the order sent (`header.x` takes the
+/// first; a dead letter keeps them all).
+fn user_properties(properties: &[(String, String)]) -> Map<String, Json> {
+    let mut headers = Map::new();
+    for (name, value) in properties {
+        let value = Json::String(value.clone());
+        match headers.get_mut(name) {
+            None => {
+                headers.insert(name.clone(), value);
+            }
+            Some(Json::Array(values)) => values.push(value),
+            Some(first) => *first = Json::Array(vec![first.take(), value]),
+        }
+    }
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_user_properties_keep_every_value() {
+        let props = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let headers = user_properties(&props(&[("a", "1"), ("b", "x"), ("a", "2"), ("a", "3")]));
+        assert_eq!(
+            Json::Object(headers),
+            serde_json::json!({"a": ["1", "2", "3"], "b": "x"})
+        );
     }
 }

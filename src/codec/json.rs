@@ -7,37 +7,35 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Number, Value as Json};
 
 use crate::db::poll::{Cell, rfc3339};
-use crate::mapping::MapError;
+use crate::mapping::{MapError, same_name};
+
+/// The payload as text, without the UTF-8 byte-order mark some writers put first.
+fn payload_text(payload: &[u8]) -> Result<&str, MapError> {
+    let text = std::str::from_utf8(payload)
+        .map_err(|e| MapError::Decode(format!("the payload is not valid UTF-8: {e}")))?;
+    Ok(text.strip_prefix('\u{feff}').unwrap_or(text))
+}
 
 /// Parses a JSON payload, refusing invalid UTF-8 with its position.
 pub fn decode(payload: &[u8]) -> Result<Json, MapError> {
-    let text = std::str::from_utf8(payload)
-        .map_err(|e| MapError::Decode(format!("the payload is not valid UTF-8: {e}")))?;
-    serde_json::from_str(text).map_err(|e| MapError::Decode(format!("invalid JSON: {e}")))
+    serde_json::from_str(payload_text(payload)?)
+        .map_err(|e| MapError::Decode(format!("invalid JSON: {e}")))
 }
 
-/// The members a route maps, out of one JSON payload.
+/// The top-level members of a JSON object payload whose keys match a wanted key (ignoring
+/// case), in document order; a repeated key keeps its last value, in its first place.
 #[derive(Debug, PartialEq)]
-pub enum Decoded {
-    /// The top-level members whose keys match a wanted key (ignoring case), in document
-    /// order; a repeated key keeps its last value, in its first place.
-    Members(Vec<(String, Json)>),
-    /// A payload that is not an object, whole.
-    Whole(Json),
-}
+pub struct Decoded(pub Vec<(String, Json)>);
 
 impl Decoded {
     /// The value at `path`: an exact key first, then one that differs only in case.
     pub fn get(&self, path: &[String]) -> Option<&Json> {
-        let members = match self {
-            Decoded::Members(members) => members,
-            Decoded::Whole(json) => return lookup(json, path),
-        };
         let (first, rest) = path.split_first()?;
-        let value = members
+        let value = self
+            .0
             .iter()
             .find(|(k, _)| k == first)
-            .or_else(|| members.iter().find(|(k, _)| k.eq_ignore_ascii_case(first)))
+            .or_else(|| self.0.iter().find(|(k, _)| same_name(k, first)))
             .map(|(_, v)| v)?;
         lookup(value, rest)
     }
@@ -48,7 +46,7 @@ pub fn lookup<'a>(json: &'a Json, path: &[String]) -> Option<&'a Json> {
     path.iter().try_fold(json, |node, segment| match node {
         Json::Object(map) => map.get(segment).or_else(|| {
             map.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(segment))
+                .find(|(k, _)| same_name(k, segment))
                 .map(|(_, v)| v)
         }),
         Json::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
@@ -56,20 +54,34 @@ pub fn lookup<'a>(json: &'a Json, path: &[String]) -> Option<&'a Json> {
     })
 }
 
-/// Parses a JSON payload, but builds values only for the top-level members whose keys are
-/// in `wanted` (ignoring case): the rest is checked and skipped. A payload that is not an
-/// object is decoded whole. Invalid JSON anywhere is still an error.
+/// Parses a JSON object payload, but builds values only for the top-level members whose
+/// keys are in `wanted` (ignoring case): the rest is checked and skipped. Invalid JSON
+/// anywhere, and a payload that is not an object, are errors.
 pub fn decode_members(payload: &[u8], wanted: &[String]) -> Result<Decoded, MapError> {
-    let text = std::str::from_utf8(payload)
-        .map_err(|e| MapError::Decode(format!("the payload is not valid UTF-8: {e}")))?;
+    let text = payload_text(payload)?;
     if !text.trim_start().starts_with('{') {
-        return decode(payload).map(Decoded::Whole);
+        let whole = decode(payload)?;
+        return Err(MapError::Decode(format!(
+            "the payload is {}, not a JSON object",
+            kind_of(&whole)
+        )));
     }
     let invalid = |e: serde_json::Error| MapError::Decode(format!("invalid JSON: {e}"));
     let mut de = serde_json::Deserializer::from_str(text);
     let members = Members { wanted }.deserialize(&mut de).map_err(invalid)?;
     de.end().map_err(invalid)?;
-    Ok(Decoded::Members(members))
+    Ok(Decoded(members))
+}
+
+fn kind_of(json: &Json) -> &'static str {
+    match json {
+        Json::Null => "null",
+        Json::Bool(_) => "a JSON boolean",
+        Json::Number(_) => "a JSON number",
+        Json::String(_) => "a JSON string",
+        Json::Array(_) => "a JSON array",
+        Json::Object(_) => "a JSON object",
+    }
 }
 
 struct Members<'w> {
@@ -94,7 +106,7 @@ impl<'de> Visitor<'de> for Members<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out: Vec<(String, Json)> = Vec::with_capacity(self.wanted.len());
         while let Some(Key(key)) = map.next_key()? {
-            if !self.wanted.iter().any(|w| w.eq_ignore_ascii_case(&key)) {
+            if !self.wanted.iter().any(|w| same_name(w, &key)) {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             }
@@ -181,13 +193,44 @@ mod tests {
         assert_eq!(decoded.get(&path("B.c")).unwrap().to_string(), "2.50");
         assert_eq!(decoded.get(&path("list.1")), Some(&Json::Null));
         assert_eq!(decoded.get(&path("skip")), None);
-        let Decoded::Members(members) = &decoded else {
-            panic!()
-        };
-        assert_eq!(members.len(), 3, "unwanted members are not built");
-        // Not an object: decoded whole.
-        let whole = decode_members(b" [10, 20]", &wanted).unwrap();
-        assert_eq!(whole.get(&path("1")), Some(&Json::from(20)));
+        assert_eq!(decoded.0.len(), 3, "unwanted members are not built");
+    }
+
+    #[test]
+    fn only_objects_are_payloads() {
+        for (payload, kind) in [
+            (&b" [10, 20]"[..], "a JSON array"),
+            (b"42", "a JSON number"),
+            (b"\"x\"", "a JSON string"),
+            (b"null", "null"),
+        ] {
+            let err = decode_members(payload, &[]).unwrap_err();
+            assert_eq!(
+                err,
+                MapError::Decode(format!("the payload is {kind}, not a JSON object"))
+            );
+        }
+        assert!(matches!(
+            decode_members(b"this is not json at all", &[]),
+            Err(MapError::Decode(m)) if m.starts_with("invalid JSON")
+        ));
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let decoded = decode_members("\u{feff}{\"a\": 1}".as_bytes(), &path("a")).unwrap();
+        assert_eq!(decoded.get(&path("a")), Some(&Json::from(1)));
+    }
+
+    #[test]
+    fn keys_match_ignoring_case_in_every_script() {
+        let decoded = decode_members(
+            r#"{"übertemp": 1, "ΣΟΦΊΑ": {"Ärger": 2}}"#.as_bytes(),
+            &path("ÜberTemp.σοφία"),
+        )
+        .unwrap();
+        assert_eq!(decoded.get(&path("ÜberTemp")), Some(&Json::from(1)));
+        assert_eq!(decoded.get(&path("σοφία.ärger")), Some(&Json::from(2)));
     }
 
     #[test]

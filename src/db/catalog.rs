@@ -17,6 +17,10 @@ pub struct CatalogColumn {
     /// PostgreSQL: the type an array parameter of this column's values is cast to; `None`
     /// elsewhere, and for columns that are arrays themselves.
     pub array_type: Option<String>,
+    /// The digits after the point the column keeps where the database rounds to a declared
+    /// scale: a decimal's scale, a timestamp's or time's fractional-second digits; `None`
+    /// when unlimited, unknown or neither.
+    pub scale: Option<i16>,
 }
 
 /// Columns of `table` (`table` or `schema.table`) in ordinal order; empty if it does not exist.
@@ -97,6 +101,7 @@ fn read(
                 type_name,
                 kind,
                 array_type: None,
+                scale: declared_scale(dialect, kind, row.decimal_digits.into_opt()),
             },
         ));
     }
@@ -114,6 +119,19 @@ fn read(
     }
     found.sort_by_key(|(_, ordinal, _)| *ordinal);
     Ok(found.into_iter().map(|(_, _, c)| c).collect())
+}
+
+/// The digits after the point a column keeps, from SQLColumns' DECIMAL_DIGITS where the
+/// driver reports it truly. psqlODBC reports 6 for an unconstrained numeric and MariaDB
+/// nothing for DATETIME: their own catalogs tell instead (`postgres_scales`,
+/// `mysql_time_precisions`). SQLite rounds to no declared scale. Other databases are
+/// taken at their driver's word, which can only refuse a value, never change one.
+fn declared_scale(dialect: Dialect, kind: SqlKind, decimal_digits: Option<i16>) -> Option<i16> {
+    match (dialect, kind) {
+        (Dialect::MySql, SqlKind::Decimal) => decimal_digits,
+        (Dialect::Generic, SqlKind::Decimal | SqlKind::Timestamp | SqlKind::Time) => decimal_digits,
+        _ => None,
+    }
 }
 
 /// PostgreSQL: each column's type as SQL can name it (`format_type`), for the columns that
@@ -146,6 +164,77 @@ pub fn postgres_types(
     Ok(out)
 }
 
+/// PostgreSQL: the scale of each `numeric(p,s)` column, and the fractional-second digits
+/// of each `timestamp(p)` and `time(p)` column (unconstrained ones keep every digit, or
+/// microseconds, and are left out).
+pub fn postgres_scales(
+    conn: &Connection<'_>,
+    quoted_table: &str,
+) -> Result<Vec<(String, i16)>, DbError> {
+    use odbc_api::{Cursor, IntoParameter};
+    let sql = "SELECT a.attname, CAST(CASE WHEN a.atttypid = 'numeric'::regtype \
+               THEN (a.atttypmod - 4) & 65535 ELSE a.atttypmod END AS integer) \
+               FROM pg_attribute a \
+               WHERE a.attrelid = to_regclass(?) AND a.attnum > 0 AND NOT a.attisdropped \
+               AND ((a.atttypid = 'numeric'::regtype AND a.atttypmod >= 4) \
+               OR (a.atttypid IN ('timestamp'::regtype, 'timestamptz'::regtype, \
+               'time'::regtype, 'timetz'::regtype) AND a.atttypmod >= 0))";
+    let odbc = |e: odbc_api::Error| DbError::from_odbc(&e);
+    let mut out = Vec::new();
+    let param = quoted_table.into_parameter();
+    if let Some(mut cursor) = conn.execute(sql, &param, None).map_err(odbc)? {
+        let mut name = Vec::new();
+        while let Some(mut row) = cursor.next_row().map_err(odbc)? {
+            let mut scale = odbc_api::Nullable::<i32>::null();
+            if row.get_text(1, &mut name).map_err(odbc)? {
+                row.get_data(2, &mut scale).map_err(odbc)?;
+                if let Some(scale) = scale.into_opt().and_then(|s| i16::try_from(s).ok()) {
+                    out.push((String::from_utf8_lossy(&name).into_owned(), scale));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// MariaDB/MySQL: the fractional-second digits of each DATETIME, TIMESTAMP and TIME column
+/// of `table` (`table` or `database.table`), which SQLColumns does not report.
+pub fn mysql_time_precisions(
+    conn: &Connection<'_>,
+    table: &str,
+) -> Result<Vec<(String, i16)>, DbError> {
+    use odbc_api::{Cursor, IntoParameter};
+    let (schema, name) = match table.split_once('.') {
+        Some((schema, name)) => (Some(schema), name),
+        None => (None, table),
+    };
+    let sql = format!(
+        "SELECT COLUMN_NAME, CAST(DATETIME_PRECISION AS SIGNED) FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = {} AND TABLE_NAME = ? AND DATETIME_PRECISION IS NOT NULL",
+        if schema.is_some() { "?" } else { "DATABASE()" }
+    );
+    let odbc = |e: odbc_api::Error| DbError::from_odbc(&e);
+    let mut out = Vec::new();
+    let name_param = name.into_parameter();
+    let cursor = match schema {
+        Some(schema) => conn.execute(&sql, (&schema.into_parameter(), &name_param), None),
+        None => conn.execute(&sql, &name_param, None),
+    };
+    if let Some(mut cursor) = cursor.map_err(odbc)? {
+        let mut column = Vec::new();
+        while let Some(mut row) = cursor.next_row().map_err(odbc)? {
+            let mut digits = odbc_api::Nullable::<i32>::null();
+            if row.get_text(1, &mut column).map_err(odbc)? {
+                row.get_data(2, &mut digits).map_err(odbc)?;
+                if let Some(digits) = digits.into_opt().and_then(|d| i16::try_from(d).ok()) {
+                    out.push((String::from_utf8_lossy(&column).into_owned(), digits));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn escape_pattern(name: &str) -> String {
     name.replace('\\', "\\\\")
         .replace('_', "\\_")
@@ -155,8 +244,10 @@ fn escape_pattern(name: &str) -> String {
 /// Maps an ODBC `DATA_TYPE` (and the driver's type name, for what ODBC types loosely) to
 /// the conversion family.
 pub fn kind_of(data_type: i16, type_name: &str) -> SqlKind {
-    let name = type_name.to_ascii_lowercase();
-    match name.as_str() {
+    let lower = type_name.to_ascii_lowercase();
+    // SQLite reports the declared type with its arguments: `DECIMAL(38,10)`.
+    let name = lower.split('(').next().unwrap_or("").trim();
+    match name {
         "bool" | "boolean" => return SqlKind::Bool,
         "numeric" | "decimal" => return SqlKind::Decimal,
         "timestamptz" | "timestamp with time zone" | "datetime" | "timestamp" => {
@@ -164,6 +255,8 @@ pub fn kind_of(data_type: i16, type_name: &str) -> SqlKind {
         }
         "date" => return SqlKind::Date,
         "bytea" | "blob" | "longblob" | "mediumblob" | "tinyblob" => return SqlKind::Binary,
+        // MariaDB reports UUID as binary, but it reads and prints the text form.
+        "uuid" => return SqlKind::Text,
         _ => {}
     }
     match data_type {
@@ -194,6 +287,8 @@ mod tests {
         assert_eq!(kind_of(-3, "bytea"), SqlKind::Binary);
         assert_eq!(kind_of(-9, "varchar"), SqlKind::Text);
         assert_eq!(kind_of(12, "TEXT"), SqlKind::Text);
+        assert_eq!(kind_of(12, "DECIMAL(38,10)"), SqlKind::Decimal);
+        assert_eq!(kind_of(-2, "uuid"), SqlKind::Text);
     }
 
     #[test]

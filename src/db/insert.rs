@@ -40,6 +40,24 @@ pub enum Strategy {
 }
 
 impl TablePlan {
+    /// Why text with NUL cannot be stored here, where it cannot: PostgreSQL text holds no
+    /// NUL, and through ODBC drivers of unknown databases a NUL may end the value early.
+    pub fn nul_in_text_refused(&self) -> Option<&'static str> {
+        match self.dialect {
+            Dialect::Postgres => Some("PostgreSQL text cannot hold"),
+            Dialect::Generic => {
+                Some("the generic dialect does not store, since drivers may cut text at NUL")
+            }
+            Dialect::MySql | Dialect::Sqlite => None,
+        }
+    }
+
+    /// How many significant digits a decimal keeps here, where not all: SQLite stores a
+    /// DECIMAL value that is not a 64-bit integer as a double.
+    pub fn decimal_digits_kept(&self) -> Option<usize> {
+        (self.dialect == Dialect::Sqlite).then_some(15)
+    }
+
     /// The strategy for rows that bind the columns at `present`.
     pub fn strategy(&self, present: &[usize]) -> Strategy {
         match self.dialect {
@@ -242,6 +260,7 @@ impl TablePlan {
             for &i in &bound {
                 params.push(match self.dialect {
                     Dialect::Postgres => postgres_parameter(row[i].as_ref()),
+                    Dialect::Sqlite => sqlite_parameter(row[i].as_ref(), self.columns[i].kind),
                     _ => parameter(row[i].as_ref(), self.columns[i].kind),
                 });
             }
@@ -279,6 +298,17 @@ fn postgres_parameter(value: Option<&Value>) -> Box<dyn InputParameter> {
     match value {
         Some(v) if super::postgres::text(v, &mut text) => Box::new(VarCharBox::from_string(text)),
         _ => Box::new(VarCharBox::null()),
+    }
+}
+
+/// SQLite keeps timestamps as text, and its driver writes a bound timestamp to the
+/// millisecond only: the text carries every microsecond.
+fn sqlite_parameter(value: Option<&Value>, kind: SqlKind) -> Box<dyn InputParameter + '_> {
+    match value {
+        Some(Value::Timestamp(t)) => Box::new(VarCharBox::from_string(
+            t.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
+        )),
+        other => parameter(other, kind),
     }
 }
 
@@ -351,6 +381,7 @@ mod tests {
             kind: SqlKind::Integer,
             has_default: false,
             array_type: Some("integer".into()),
+            scale: None,
         };
         TablePlan {
             dialect,

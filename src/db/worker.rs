@@ -283,12 +283,26 @@ pub fn resolve(
     let table = dialect.quote_table(&target.table);
     if dialect == Dialect::Postgres {
         let types = catalog::postgres_types(conn, &table)?;
+        let scales = catalog::postgres_scales(conn, &table)?;
         let _ = conn.commit();
         for column in &mut columns {
             column.array_type = types
                 .iter()
                 .find(|(name, _)| *name == column.name)
                 .map(|(_, t)| t.clone());
+            column.scale = scales
+                .iter()
+                .find(|(name, _)| *name == column.name)
+                .map(|(_, s)| *s);
+        }
+    }
+    if dialect == Dialect::MySql {
+        let precisions = catalog::mysql_time_precisions(conn, &target.table)?;
+        let _ = conn.commit();
+        for column in &mut columns {
+            if let Some((_, digits)) = precisions.iter().find(|(name, _)| *name == column.name) {
+                column.scale = Some(*digits);
+            }
         }
     }
     let key = target

@@ -40,6 +40,12 @@ pub enum Header {
     Int32(i32),
     Bool(bool),
     Float(f64),
+    /// A decimal: `value × 10^-scale`, the value a signed 32-bit integer as pika and the
+    /// Java client send it.
+    Decimal {
+        scale: u8,
+        value: i32,
+    },
 }
 
 impl Header {
@@ -50,6 +56,12 @@ impl Header {
             Header::Int32(i) => AMQPValue::LongInt(*i),
             Header::Bool(b) => AMQPValue::Boolean(*b),
             Header::Float(f) => AMQPValue::Double(*f),
+            Header::Decimal { scale, value } => {
+                AMQPValue::DecimalValue(lapin::types::DecimalValue {
+                    scale: *scale,
+                    value: *value as u32,
+                })
+            }
         }
     }
 }
