@@ -1002,3 +1002,10 @@ fn inbound_matrix_sqlite() {
     let dir = tempfile::tempdir().expect("temp dir");
     matrix(Db::Sqlite(dir.path().join("fidelity.db")), "");
 }
+
+/// PostgreSQL spoken to in standard SQL only, as a database mqdb does not know: plain
+/// multi-row `INSERT`s, types from the driver's catalog alone.
+#[test]
+fn inbound_matrix_postgres_in_standard_sql() {
+    matrix(Db::Postgres, "dialect: generic");
+}
