@@ -857,9 +857,11 @@ impl World {
         for line in extra.lines().filter(|l| !l.trim().is_empty()) {
             database.push_str(&format!("    {}\n", line.trim()));
         }
+        // Upserts, so every value also goes through each dialect's conflict statement
+        // (`MERGE` in standard SQL).
         let route = |name: &str, source: &str, body: &str| {
             format!(
-                "  - name: {name}\n    broker: {source}\n    database: d\n    table: {table}\n{body}"
+                "  - name: {name}\n    broker: {source}\n    database: d\n    table: {table}\n    on_conflict: update\n    key: [id]\n{body}"
             )
         };
         let csv_route = |field: &str| {
