@@ -456,7 +456,7 @@ impl Mapper {
                                 i + 1
                             ))
                         })?;
-                        if format.is_null(raw) {
+                        if format.is_null_field(line, *i, raw) {
                             Some(Input::Json(&NULL))
                         } else {
                             Some(Input::Text(std::str::from_utf8(raw).map_err(|e| {

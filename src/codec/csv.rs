@@ -105,6 +105,44 @@ impl CsvFormat {
     pub fn is_null(&self, field: &[u8]) -> bool {
         self.null.as_deref() == Some(field)
     }
+
+    /// True when field `index` of the record `line` (its raw bytes), read as `field`, is
+    /// NULL: the marker, unquoted. A quoted field never is, so that `""` stays the empty
+    /// string where an empty field is NULL (as PostgreSQL's `COPY` reads CSV).
+    pub fn is_null_field(&self, line: &[u8], index: usize, field: &[u8]) -> bool {
+        self.is_null(field) && !self.quoted(line, index)
+    }
+
+    /// Whether field `index` of the raw record `line` begins with the quote character.
+    fn quoted(&self, line: &[u8], index: usize) -> bool {
+        let (mut field, mut at_start, mut in_quotes) = (0, true, false);
+        let mut i = 0;
+        while i < line.len() && field <= index {
+            let b = line[i];
+            if in_quotes {
+                let escaped = Some(b) == self.escape
+                    || (b == self.quote && line.get(i + 1) == Some(&self.quote));
+                if escaped {
+                    i += 1;
+                } else if b == self.quote {
+                    in_quotes = false;
+                }
+            } else if b == self.delimiter {
+                field += 1;
+                at_start = true;
+                i += 1;
+                continue;
+            } else if at_start && b == self.quote {
+                if field == index {
+                    return true;
+                }
+                in_quotes = true;
+            }
+            at_start = false;
+            i += 1;
+        }
+        false
+    }
 }
 
 /// Where a record sits in its message: its first line (1-based) and its bytes, without the
@@ -347,6 +385,31 @@ mod tests {
         let f = CsvFormat::new(b'\t', b'\'', Some(b'\\'), false, None, Some(Vec::new()));
         let out = read(b"'it\\'s'\tb\n", &f).unwrap();
         assert_eq!(fields(&out.records[0]), vec!["it's", "b"]);
+    }
+
+    #[test]
+    fn a_quoted_field_is_never_null() {
+        let f = format();
+        let line = br#"1,"",,"a,""b",x"#;
+        let fields = [&b"1"[..], b"", b"", b"a,\"b", b"x"];
+        let nulls: Vec<bool> = fields
+            .iter()
+            .enumerate()
+            .map(|(i, field)| f.is_null_field(line, i, field))
+            .collect();
+        assert_eq!(nulls, [false, false, true, false, false]);
+        let marked = CsvFormat::new(
+            b';',
+            b'\'',
+            Some(b'\\'),
+            false,
+            None,
+            Some(b"NULL".to_vec()),
+        );
+        let line = br"'it\'s;NULL';NULL;'NULL'";
+        assert!(!marked.is_null_field(line, 0, b"it's;NULL"));
+        assert!(marked.is_null_field(line, 1, b"NULL"));
+        assert!(!marked.is_null_field(line, 2, b"NULL"));
     }
 
     #[test]
