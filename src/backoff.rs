@@ -27,7 +27,7 @@ impl Backoff {
     }
 
     /// The delay to wait now; the one after it is twice as long, up to the cap.
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let delay = self.next;
         self.next = (delay * 2).min(Self::CAP);
         delay
@@ -41,7 +41,7 @@ impl Backoff {
     /// Sleeps the next delay on a blocking thread, waking early for shutdown; false if
     /// `stop` was set meanwhile.
     pub fn sleep(&mut self, stop: &AtomicBool) -> bool {
-        let deadline = std::time::Instant::now() + self.next();
+        let deadline = std::time::Instant::now() + self.next_delay();
         while std::time::Instant::now() < deadline {
             if stop.load(Ordering::Relaxed) {
                 return false;
@@ -60,10 +60,10 @@ mod tests {
     #[test]
     fn doubles_from_the_first_delay_to_the_cap() {
         let mut backoff = Backoff::new();
-        let delays: Vec<u128> = (0..8).map(|_| backoff.next().as_millis()).collect();
+        let delays: Vec<u128> = (0..8).map(|_| backoff.next_delay().as_millis()).collect();
         assert_eq!(delays, [200, 400, 800, 1600, 3200, 5000, 5000, 5000]);
         backoff.reset();
-        assert_eq!(backoff.next(), Backoff::FIRST);
+        assert_eq!(backoff.next_delay(), Backoff::FIRST);
     }
 
     proptest! {
@@ -72,7 +72,7 @@ mod tests {
             let mut backoff = Backoff::new();
             let mut last = Duration::ZERO;
             for _ in 0..failures {
-                let delay = backoff.next();
+                let delay = backoff.next_delay();
                 prop_assert!(delay <= Backoff::CAP && delay >= last);
                 last = delay;
             }

@@ -298,7 +298,7 @@ impl InboundRoute {
             match self.state.store_dead_letters(letters).await {
                 Ok(_) => return,
                 Err(e) => {
-                    let delay = backoff.next();
+                    let delay = backoff.next_delay();
                     warn!(route = %self.name, error = %e, retry_in = ?delay, "cannot store dead letters; retrying");
                     RouteMetrics::add(&self.metrics.retries, 1);
                     tokio::time::sleep(delay).await;

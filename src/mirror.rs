@@ -95,7 +95,7 @@ impl Mirror {
                     Duration::ZERO
                 }
                 Err(e) => {
-                    let delay = backoff.next();
+                    let delay = backoff.next_delay();
                     warn!(broker = %self.broker, error = %e, retry_in = ?delay, "dead-letter mirror cannot publish; retrying");
                     delay
                 }

@@ -166,7 +166,7 @@ impl OutboundRoute {
                 }
                 Err(e) => {
                     RouteMetrics::add(&self.metrics.retries, 1);
-                    let pause = backoff.next();
+                    let pause = backoff.next_delay();
                     warn!(route = %self.name, error = %e, retry_in = ?pause, "outbound poll or publish failed; retrying from the stored position");
                     pause
                 }

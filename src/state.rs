@@ -227,13 +227,13 @@ impl State {
         );
         let rows = self
             .write(async |tx| {
-                Ok(bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
+                bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
                     .bind(owner)
                     .bind(crate::dlq::now_rfc3339())
                     .bind(stale_claims())
                     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                     .fetch_all(tx)
-                    .await?)
+                    .await
             })
             .await?;
         let mut letters: Vec<DeadLetter> = rows.iter().map(dead_letter).collect();

@@ -118,7 +118,7 @@ async fn consume(
         } = match session {
             Ok(s) => s,
             Err(e) => {
-                let delay = backoff.next();
+                let delay = backoff.next_delay();
                 warn!(route = %spec.route, broker = %settings.name, endpoint = %settings.endpoint(), error = %e, retry_in = ?delay, "cannot consume; retrying");
                 spec.metrics.set_broker_up(false);
                 RouteMetrics::add(&spec.metrics.retries, 1);
@@ -195,7 +195,7 @@ async fn consume(
                 }
             }
         };
-        let delay = backoff.next();
+        let delay = backoff.next_delay();
         warn!(route = %spec.route, broker = %settings.name, endpoint = %settings.endpoint(), error = %lost, retry_in = ?delay, "broker connection lost; unacknowledged messages will be redelivered");
         spec.metrics.set_broker_up(false);
         RouteMetrics::add(&spec.metrics.retries, 1);

@@ -389,7 +389,7 @@ async fn read(
                 if !*intake.borrow() && register.is_closed() {
                     return;
                 }
-                let delay = backoff.next();
+                let delay = backoff.next_delay();
                 warn!(broker = %settings.name, endpoint = %settings.endpoint(), error = %e, retry_in = ?delay, "broker connection lost");
                 for s in &subscriptions {
                     s.metrics.set_broker_up(false);

@@ -168,7 +168,7 @@ async fn run(
         for done in sent.drain(..).chain(unconfirmed.drain().map(|(_, d)| d)) {
             let _ = done.send(Err(format!("broker connection lost: {failure}")));
         }
-        let delay = backoff.next();
+        let delay = backoff.next_delay();
         warn!(broker = %settings.name, endpoint = %settings.endpoint(), error = %failure, unconfirmed = lost, retry_in = ?delay, "publisher connection lost");
         tokio::time::sleep(delay).await;
     }
