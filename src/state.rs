@@ -787,6 +787,30 @@ mod full_disk_tests {
     }
 
     #[tokio::test]
+    async fn an_abandoned_write_releases_the_store() {
+        // Given a write that is cancelled (a route task aborted at shutdown) mid-transaction
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let state = State::open(&url).await.unwrap();
+        let letters = [big_letter(0)];
+        let abandoned = state.write(async |tx| {
+            insert_dead_letter(tx, &letters[0], "2000-01-01T00:00:00.000Z").await?;
+            std::future::pending::<Result<(), sqlx::Error>>().await
+        });
+        let cancel = tokio::time::timeout(Duration::from_millis(50), abandoned).await;
+        assert!(cancel.is_err(), "the write never finishes by itself");
+
+        // Then neither this pool nor another process is left waiting on its transaction
+        state.store_dead_letters(&[big_letter(1)]).await.unwrap();
+        let other = State::open(&url).await.unwrap();
+        let all = DeadLetterFilter::default();
+        other.store_dead_letters(&[big_letter(2)]).await.unwrap();
+        assert_eq!(other.count_dead_letters(&all).await.unwrap(), 2);
+        other.close().await;
+        state.close().await;
+    }
+
+    #[tokio::test]
     async fn a_full_disk_leaves_no_connection_inside_a_transaction() {
         // Given a store on a small disk that then fills up
         let disk = SmallDisk::mount();
