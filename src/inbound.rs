@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::codec::csv::Line;
 use crate::db::insert::{Strategy, presence};
 use crate::db::postgres::Arrays;
@@ -292,15 +293,15 @@ impl InboundRoute {
 
     /// A dead letter must be durable before its message is acknowledged: retry until stored.
     async fn store(&self, letters: &[NewDeadLetter]) {
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new();
         loop {
             match self.state.store_dead_letters(letters).await {
                 Ok(_) => return,
                 Err(e) => {
-                    warn!(route = %self.name, error = %e, "cannot store dead letters; retrying");
+                    let delay = backoff.next_delay();
+                    warn!(route = %self.name, error = %e, retry_in = ?delay, "cannot store dead letters; retrying");
                     RouteMetrics::add(&self.metrics.retries, 1);
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(30));
                 }
             }
         }

@@ -32,8 +32,10 @@
 //! - [`state`]: the sqlx state store (`migrations/`).
 //! - [`error`]: error types and the one classification of data errors versus outages.
 //! - [`logging`]: text or JSON log lines.
+//! - [`backoff`]: the one retry delay of every reconnect and retry loop.
 
 pub mod app;
+pub mod backoff;
 pub mod broker;
 pub mod cli;
 pub mod codec;

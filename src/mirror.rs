@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::backoff::Backoff;
 use crate::broker::publish::{Address, Delivery, Publisher};
 use crate::dlq::DeadLetter;
 use crate::state::State;
@@ -79,7 +80,7 @@ pub async fn start_position(state: &State) -> Result<i64, String> {
 impl Mirror {
     /// Follows the dead-letter store until `stop`.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new();
         info!(broker = %self.broker, "mirroring dead letters");
         // The mirror is the only writer of its position: read it once, then keep it here.
         let mut last = None;
@@ -90,14 +91,13 @@ impl Mirror {
             let pause = match self.round(&mut last).await {
                 Ok(0) => Duration::from_millis(500),
                 Ok(_) => {
-                    delay = Duration::from_millis(200);
+                    backoff.reset();
                     Duration::ZERO
                 }
                 Err(e) => {
+                    let delay = backoff.next_delay();
                     warn!(broker = %self.broker, error = %e, retry_in = ?delay, "dead-letter mirror cannot publish; retrying");
-                    let d = delay;
-                    delay = (delay * 2).min(Duration::from_secs(30));
-                    d
+                    delay
                 }
             };
             if !pause.is_zero() {

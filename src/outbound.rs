@@ -9,6 +9,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::backoff::Backoff;
 use crate::broker::publish::{Address, Answer, Delivery, Pending, Publisher};
 use crate::codec;
 use crate::config::{CsvOptions, Format};
@@ -142,7 +143,7 @@ impl OutboundRoute {
         if let Err(e) = self.publisher.connect().await {
             warn!(route = %self.name, broker = %self.broker, error = %e, "publisher cannot connect yet; retrying with the first rows");
         }
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new();
         let mut ahead = None;
         loop {
             if *stop.borrow() {
@@ -160,14 +161,13 @@ impl OutboundRoute {
             self.metrics.set_broker_up(self.publisher.is_connected());
             let pause = match result {
                 Ok(more) => {
-                    backoff = Duration::from_millis(200);
+                    backoff.reset();
                     if more { Duration::ZERO } else { self.interval }
                 }
                 Err(e) => {
                     RouteMetrics::add(&self.metrics.retries, 1);
-                    warn!(route = %self.name, error = %e, retry_in = ?backoff, "outbound poll or publish failed; retrying from the stored position");
-                    let pause = backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    let pause = backoff.next_delay();
+                    warn!(route = %self.name, error = %e, retry_in = ?pause, "outbound poll or publish failed; retrying from the stored position");
                     pause
                 }
             };

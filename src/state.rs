@@ -5,8 +5,11 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::pool::PoolConnection;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Connection, Row, Sqlite, SqlitePool};
 
 use crate::dlq::{DeadLetter, NewDeadLetter};
 
@@ -144,13 +147,14 @@ impl State {
             return Ok(Vec::new());
         }
         let now = crate::dlq::now_rfc3339();
-        let mut tx = self.pool.begin().await?;
-        let mut ids = Vec::with_capacity(letters.len());
-        for l in letters {
-            ids.push(insert_dead_letter(&mut tx, l, &now).await?);
-        }
-        tx.commit().await?;
-        Ok(ids)
+        self.write(async |tx| {
+            let mut ids = Vec::with_capacity(letters.len());
+            for l in letters {
+                ids.push(insert_dead_letter(tx, l, &now).await?);
+            }
+            Ok(ids)
+        })
+        .await
     }
 
     pub async fn list_dead_letters(
@@ -196,11 +200,15 @@ impl State {
         let sql = format!(
             "DELETE FROM dead_letters WHERE {FILTER} AND (claimed_by IS NULL OR claimed_at < ?7)"
         );
-        let done = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
-            .bind(stale_claims())
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
+        let stale = stale_claims();
+        self.write(async |tx| {
+            let done = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
+                .bind(stale)
+                .execute(tx)
+                .await?;
+            Ok(done.rows_affected())
+        })
+        .await
     }
 
     /// Claims up to `limit` matching dead letters, oldest first, for `owner`; entries that
@@ -217,12 +225,16 @@ impl State {
                           AND (claimed_by IS NULL OR claimed_at < ?9) ORDER BY id LIMIT ?10)
              RETURNING {COLUMNS}"
         );
-        let rows = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
-            .bind(owner)
-            .bind(crate::dlq::now_rfc3339())
-            .bind(stale_claims())
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
+        let rows = self
+            .write(async |tx| {
+                bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
+                    .bind(owner)
+                    .bind(crate::dlq::now_rfc3339())
+                    .bind(stale_claims())
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                    .fetch_all(tx)
+                    .await
+            })
             .await?;
         let mut letters: Vec<DeadLetter> = rows.iter().map(dead_letter).collect();
         letters.sort_by_key(|l| l.id);
@@ -234,14 +246,17 @@ impl State {
         if ids.is_empty() {
             return Ok(());
         }
-        sqlx::query(
-            "DELETE FROM dead_letters WHERE claimed_by = ? AND id IN (SELECT value FROM json_each(?))",
-        )
-        .bind(owner)
-        .bind(serde_json::to_string(ids).unwrap_or_default())
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.write(async |tx| {
+            sqlx::query(
+                "DELETE FROM dead_letters WHERE claimed_by = ? AND id IN (SELECT value FROM json_each(?))",
+            )
+            .bind(owner)
+            .bind(serde_json::to_string(ids).unwrap_or_default())
+            .execute(tx)
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Records another failed attempt on a claimed dead letter and releases it.
@@ -251,35 +266,39 @@ impl State {
         failures: &[(i64, Failure)],
     ) -> Result<(), StateError> {
         let now = crate::dlq::now_rfc3339();
-        let mut tx = self.pool.begin().await?;
-        for (id, f) in failures {
-            sqlx::query(
-                "UPDATE dead_letters SET attempts = attempts + 1, last_failed_at = ?, error_kind = ?,
-                 error = ?, sqlstate = ?, claimed_by = NULL, claimed_at = NULL
-                 WHERE id = ? AND claimed_by = ?",
-            )
-            .bind(&now)
-            .bind(&f.kind)
-            .bind(&f.error)
-            .bind(&f.sqlstate)
-            .bind(id)
-            .bind(owner)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.write(async |tx| {
+            for (id, f) in failures {
+                sqlx::query(
+                    "UPDATE dead_letters SET attempts = attempts + 1, last_failed_at = ?, error_kind = ?,
+                     error = ?, sqlstate = ?, claimed_by = NULL, claimed_at = NULL
+                     WHERE id = ? AND claimed_by = ?",
+                )
+                .bind(&now)
+                .bind(&f.kind)
+                .bind(&f.error)
+                .bind(&f.sqlstate)
+                .bind(id)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Gives back every claim `owner` still holds, untouched.
     pub async fn release_claims(&self, owner: &str) -> Result<(), StateError> {
-        sqlx::query(
-            "UPDATE dead_letters SET claimed_by = NULL, claimed_at = NULL WHERE claimed_by = ?",
-        )
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        self.write(async |tx| {
+            sqlx::query(
+                "UPDATE dead_letters SET claimed_by = NULL, claimed_at = NULL WHERE claimed_by = ?",
+            )
+            .bind(owner)
+            .execute(tx)
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Dead letters stored after `id`, oldest first.
@@ -300,28 +319,34 @@ impl State {
     /// The mirror's last published id; on first use, the newest id now (it mirrors new
     /// dead letters only).
     pub async fn mirror_position(&self, name: &str) -> Result<i64, StateError> {
-        sqlx::query(
-            "INSERT INTO mirror_position (name, last_id)
-             SELECT ?, COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'dead_letters'), 0)
-             ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(name)
-        .execute(&self.pool)
-        .await?;
-        let row = sqlx::query("SELECT last_id FROM mirror_position WHERE name = ?")
+        self.write(async |tx| {
+            sqlx::query(
+                "INSERT INTO mirror_position (name, last_id)
+                 SELECT ?, COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'dead_letters'), 0)
+                 ON CONFLICT (name) DO NOTHING",
+            )
             .bind(name)
-            .fetch_one(&self.pool)
+            .execute(&mut *tx)
             .await?;
-        Ok(row.get(0))
+            let row = sqlx::query("SELECT last_id FROM mirror_position WHERE name = ?")
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await?;
+            Ok(row.get(0))
+        })
+        .await
     }
 
     pub async fn set_mirror_position(&self, name: &str, id: i64) -> Result<(), StateError> {
-        sqlx::query("UPDATE mirror_position SET last_id = ? WHERE name = ?")
-            .bind(id)
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.write(async |tx| {
+            sqlx::query("UPDATE mirror_position SET last_id = ? WHERE name = ?")
+                .bind(id)
+                .bind(name)
+                .execute(tx)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// The stored position of an outbound route.
@@ -342,23 +367,44 @@ impl State {
         letters: &[NewDeadLetter],
     ) -> Result<(), StateError> {
         let now = crate::dlq::now_rfc3339();
-        let mut tx = self.pool.begin().await?;
-        for l in letters {
-            insert_dead_letter(&mut tx, l, &now).await?;
-        }
-        if let Some(position) = position {
-            sqlx::query(
-                "INSERT INTO positions (route, position, updated_at) VALUES (?, ?, ?)
-                 ON CONFLICT (route) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
-            )
-            .bind(route)
-            .bind(serde_json::to_string(position).unwrap_or_else(|_| "[]".into()))
-            .bind(&now)
-            .execute(&mut *tx)
-            .await?;
-        }
+        self.write(async |tx| {
+            for l in letters {
+                insert_dead_letter(tx, l, &now).await?;
+            }
+            if let Some(position) = position {
+                sqlx::query(
+                    "INSERT INTO positions (route, position, updated_at) VALUES (?, ?, ?)
+                     ON CONFLICT (route) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
+                )
+                .bind(route)
+                .bind(serde_json::to_string(position).unwrap_or_else(|_| "[]".into()))
+                .bind(&now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs `work` in one write transaction. SQLite may or may not roll a transaction
+    /// back when a statement or the COMMIT fails (SQLITE_FULL, SQLITE_IOERR), and sqlx's
+    /// count of open transactions can then disagree with it: a pooled connection reused
+    /// in that state turns later transactions into savepoints of one that never commits
+    /// and holds the write lock. So a connection that failed (or was abandoned) inside a
+    /// transaction is closed, never returned to the pool.
+    async fn write<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, StateError> {
+        let mut conn = Discarded::unless_kept(self.pool.acquire().await?);
+        // IMMEDIATE takes the write lock up front, under the busy timeout, instead of
+        // failing when a read transaction tries to become a write one.
+        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+        let value = work(&mut tx).await?;
         tx.commit().await?;
-        Ok(())
+        conn.keep();
+        Ok(value)
     }
 
     pub async fn close(&self) {
@@ -385,11 +431,51 @@ pub struct Failure {
     pub sqlstate: Option<String>,
 }
 
+/// A pooled connection that is closed on drop unless [`Discarded::keep`] was called.
+struct Discarded {
+    conn: Option<PoolConnection<Sqlite>>,
+}
+
+impl Discarded {
+    fn unless_kept(conn: PoolConnection<Sqlite>) -> Self {
+        Discarded { conn: Some(conn) }
+    }
+
+    /// The connection is known to be fine: it goes back to the pool.
+    fn keep(mut self) {
+        self.conn.take();
+    }
+}
+
+impl std::ops::Deref for Discarded {
+    type Target = SqliteConnection;
+
+    fn deref(&self) -> &SqliteConnection {
+        self.conn.as_deref().expect("present until dropped")
+    }
+}
+
+impl std::ops::DerefMut for Discarded {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        self.conn.as_deref_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for Discarded {
+    fn drop(&mut self) {
+        // Detached from the pool, the connection closes as it drops; SQLite rolls back
+        // whatever transaction it still had open.
+        if let Some(conn) = self.conn.take() {
+            drop(conn.detach());
+        }
+    }
+}
+
 async fn insert_dead_letter(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut SqliteConnection,
     l: &NewDeadLetter,
     now: &str,
-) -> Result<i64, StateError> {
+) -> Result<i64, sqlx::Error> {
     let row = sqlx::query(
         "INSERT INTO dead_letters (route, direction, source, payload, headers, error_kind, error, sqlstate, attempts, first_failed_at, last_failed_at)
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING id",
@@ -404,7 +490,7 @@ async fn insert_dead_letter(
     .bind(&l.sqlstate)
     .bind(now)
     .bind(now)
-    .fetch_one(&mut **tx)
+    .fetch_one(tx)
     .await?;
     Ok(row.get::<i64, _>(0))
 }
@@ -628,5 +714,135 @@ mod tests {
         assert_eq!(ids(&after), new);
         state.set_mirror_position("m", new[0]).await.unwrap();
         assert_eq!(state.mirror_position("m").await.unwrap(), new[0]);
+    }
+}
+
+/// A small tmpfs that can be filled up, for the state store's full-disk behaviour.
+#[cfg(test)]
+mod full_disk {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    /// A 2 MiB tmpfs mounted on a fresh directory, unmounted on drop.
+    pub struct SmallDisk {
+        dir: tempfile::TempDir,
+    }
+
+    impl SmallDisk {
+        pub fn mount() -> SmallDisk {
+            let dir = tempfile::tempdir().unwrap();
+            let status = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success(), "mounting a tmpfs needs root");
+            SmallDisk { dir }
+        }
+
+        pub fn path(&self) -> &Path {
+            self.dir.path()
+        }
+
+        /// Writes a filler file until the disk is full; returns its path.
+        pub fn fill(&self) -> PathBuf {
+            use std::io::Write;
+            let path = self.path().join("filler");
+            let mut file = std::fs::File::create(&path).unwrap();
+            let block = vec![0u8; 4096];
+            while file.write_all(&block).is_ok() {}
+            let _ = file.sync_all();
+            path
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            // Lazily, so that a store a failed test left open does not keep it mounted.
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}
+
+#[cfg(test)]
+mod full_disk_tests {
+    use super::full_disk::SmallDisk;
+    use super::*;
+    use crate::dlq::Direction;
+
+    fn big_letter(n: usize) -> NewDeadLetter {
+        NewDeadLetter {
+            route: "r".into(),
+            direction: Direction::Inbound,
+            source: format!("t/{n}"),
+            payload: vec![b'x'; 16 * 1024],
+            headers: serde_json::json!({}),
+            error_kind: "decode".into(),
+            error: "e".into(),
+            sqlstate: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_write_releases_the_store() {
+        // Given a write that is cancelled (a route task aborted at shutdown) mid-transaction
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("s.db").display());
+        let state = State::open(&url).await.unwrap();
+        let letters = [big_letter(0)];
+        let abandoned = state.write(async |tx| {
+            insert_dead_letter(tx, &letters[0], "2000-01-01T00:00:00.000Z").await?;
+            std::future::pending::<Result<(), sqlx::Error>>().await
+        });
+        let cancel = tokio::time::timeout(Duration::from_millis(50), abandoned).await;
+        assert!(cancel.is_err(), "the write never finishes by itself");
+
+        // Then neither this pool nor another process is left waiting on its transaction
+        state.store_dead_letters(&[big_letter(1)]).await.unwrap();
+        let other = State::open(&url).await.unwrap();
+        let all = DeadLetterFilter::default();
+        other.store_dead_letters(&[big_letter(2)]).await.unwrap();
+        assert_eq!(other.count_dead_letters(&all).await.unwrap(), 2);
+        other.close().await;
+        state.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_leaves_no_connection_inside_a_transaction() {
+        // Given a store on a small disk that then fills up
+        let disk = SmallDisk::mount();
+        let url = format!("sqlite://{}", disk.path().join("s.db").display());
+        let state = State::open(&url).await.unwrap();
+        state.store_dead_letters(&[big_letter(0)]).await.unwrap();
+        let filler = disk.fill();
+
+        // When letters are stored while it is full
+        let mut stored = 1;
+        let mut failures = 0;
+        for n in 1..40 {
+            match state.store_dead_letters(&[big_letter(n)]).await {
+                Ok(_) => stored += 1,
+                Err(_) => failures += 1,
+            }
+        }
+        assert!(failures > 0, "the disk never filled up");
+
+        // and more once space is free again
+        std::fs::remove_file(filler).unwrap();
+        for n in 40..60 {
+            state.store_dead_letters(&[big_letter(n)]).await.unwrap();
+            stored += 1;
+        }
+
+        // Then another process sees every letter reported stored, and can write
+        let other = State::open(&url).await.unwrap();
+        let all = DeadLetterFilter::default();
+        assert_eq!(other.count_dead_letters(&all).await.unwrap(), stored);
+        assert_eq!(other.purge_dead_letters(&all).await.unwrap(), stored);
+        other.close().await;
+        state.close().await;
     }
 }

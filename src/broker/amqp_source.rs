@@ -23,6 +23,7 @@ use tracing::{info, warn};
 
 use super::amqp::AmqpSettings;
 use super::sequence::Sequencer;
+use crate::backoff::Backoff;
 use crate::message::{AckHandle, Message, Origin};
 use crate::metrics::RouteMetrics;
 
@@ -100,7 +101,7 @@ async fn consume(
     let (done_tx, mut done_rx) = mpsc::channel::<Vec<u64>>(usize::from(spec.prefetch) * 2 + 1);
     let mut sequencer: Sequencer<u64> = Sequencer::default();
     let mut seq: u64 = 0;
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     loop {
         if !*intake.borrow() {
             return;
@@ -117,6 +118,7 @@ async fn consume(
         } = match session {
             Ok(s) => s,
             Err(e) => {
+                let delay = backoff.next_delay();
                 warn!(route = %spec.route, broker = %settings.name, endpoint = %settings.endpoint(), error = %e, retry_in = ?delay, "cannot consume; retrying");
                 spec.metrics.set_broker_up(false);
                 RouteMetrics::add(&spec.metrics.retries, 1);
@@ -124,11 +126,10 @@ async fn consume(
                     _ = tokio::time::sleep(delay) => {}
                     _ = &mut finish => return,
                 }
-                delay = (delay * 2).min(Duration::from_secs(30));
                 continue;
             }
         };
-        delay = Duration::from_millis(100);
+        backoff.reset();
         info!(route = %spec.route, broker = %settings.name, queue = %spec.queue, prefetch = spec.prefetch, "consuming");
         spec.metrics.set_broker_up(true);
         // Deliveries of the previous channel were requeued by the broker; their tags mean
@@ -194,6 +195,7 @@ async fn consume(
                 }
             }
         };
+        let delay = backoff.next_delay();
         warn!(route = %spec.route, broker = %settings.name, endpoint = %settings.endpoint(), error = %lost, retry_in = ?delay, "broker connection lost; unacknowledged messages will be redelivered");
         spec.metrics.set_broker_up(false);
         RouteMetrics::add(&spec.metrics.retries, 1);
@@ -202,7 +204,6 @@ async fn consume(
             _ = tokio::time::sleep(delay) => {}
             _ = &mut finish => return,
         }
-        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }
 

@@ -15,6 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::mqtt_link::{self, AckError, AckToken, Incoming, Link, LinkClient};
 use super::sequence::Sequencer;
+use crate::backoff::Backoff;
 use crate::config::{self, Broker, Qos};
 use crate::message::{AckHandle, Message, Origin};
 use crate::metrics::RouteMetrics;
@@ -292,13 +293,13 @@ async fn read(
         .collect();
     let mut seq: u64 = 0;
     let mut generation: u64 = 0;
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     loop {
         match link.poll().await {
             Ok(Incoming::Connected { session_present }) => {
                 generation += 1;
                 shared_generation.store(generation, Ordering::SeqCst);
-                delay = Duration::from_millis(100);
+                backoff.reset();
                 info!(broker = %settings.name, endpoint = %settings.endpoint(), session_present, "broker connected");
                 if session_present {
                     // The session kept the subscriptions: no SUBACK will come.
@@ -388,13 +389,13 @@ async fn read(
                 if !*intake.borrow() && register.is_closed() {
                     return;
                 }
+                let delay = backoff.next_delay();
                 warn!(broker = %settings.name, endpoint = %settings.endpoint(), error = %e, retry_in = ?delay, "broker connection lost");
                 for s in &subscriptions {
                     s.metrics.set_broker_up(false);
                     RouteMetrics::add(&s.metrics.retries, 1);
                 }
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
     }

@@ -9,7 +9,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, oneshot};
@@ -17,6 +16,7 @@ use tracing::{info, warn};
 
 use super::mqtt::MqttSettings;
 use super::publish::{Answer, Confirm, Delivery};
+use crate::backoff::Backoff;
 
 struct Request {
     topic: String,
@@ -101,7 +101,7 @@ async fn run(
         window,
         connected: up,
     } = link;
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new();
     loop {
         // A clean session: what was in flight on a lost connection is published again by
         // the route, never silently by the client.
@@ -117,7 +117,7 @@ async fn run(
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected = true;
                         up.store(true, Ordering::Relaxed);
-                        delay = Duration::from_millis(100);
+                        backoff.reset();
                         info!(broker = %settings.name, endpoint = %settings.endpoint(), "publisher connected");
                     }
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
@@ -168,8 +168,8 @@ async fn run(
         for done in sent.drain(..).chain(unconfirmed.drain().map(|(_, d)| d)) {
             let _ = done.send(Err(format!("broker connection lost: {failure}")));
         }
+        let delay = backoff.next_delay();
         warn!(broker = %settings.name, endpoint = %settings.endpoint(), error = %failure, unconfirmed = lost, retry_in = ?delay, "publisher connection lost");
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(30));
     }
 }

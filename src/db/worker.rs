@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use odbc_api::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -15,6 +14,7 @@ use super::dialect::Dialect;
 use super::insert::TablePlan;
 use super::postgres::Arrays;
 use super::write::{Unsettled, Writer, query_text};
+use crate::backoff::Backoff;
 use crate::config::OnConflict;
 use crate::error::{Class, DbError};
 use crate::mapping::Row;
@@ -397,35 +397,3 @@ pub fn open_session(spec: &DbSpec) -> Result<(Connection<'static>, Dialect), DbE
     Ok((conn, dialect))
 }
 
-/// Capped exponential backoff that wakes early for shutdown.
-struct Backoff {
-    current: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(200);
-    const CAP: Duration = Duration::from_secs(30);
-
-    fn new() -> Self {
-        Backoff {
-            current: Self::FIRST,
-        }
-    }
-
-    /// Sleeps the current delay; false if shutdown came meanwhile.
-    fn sleep(&mut self, stop: &AtomicBool) -> bool {
-        let deadline = std::time::Instant::now() + self.current;
-        while std::time::Instant::now() < deadline {
-            if stop.load(Ordering::Relaxed) {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        self.current = (self.current * 2).min(Self::CAP);
-        !stop.load(Ordering::Relaxed)
-    }
-
-    fn reset(&mut self) {
-        self.current = Self::FIRST;
-    }
-}
