@@ -396,4 +396,3 @@ pub fn open_session(spec: &DbSpec) -> Result<(Connection<'static>, Dialect), DbE
     setup_session(&conn, dialect)?;
     Ok((conn, dialect))
 }
-
