@@ -363,12 +363,7 @@ impl Session<'_> {
                     .reads
                     .iter()
                     .enumerate()
-                    .map(|(c, read)| {
-                        named(
-                            &described.names[c],
-                            cell(batch.column(c), r, *read, self.dialect),
-                        )
-                    })
+                    .map(|(c, read)| named(&described.names[c], cell(batch.column(c), r, *read)))
                     .collect();
                 rows.push(row);
             }
@@ -432,9 +427,13 @@ fn buffer_desc(read: Read, learnt: Option<usize>) -> BufferDesc {
         Read::Date => BufferDesc::Date { nullable: true },
         Read::Timestamp { .. } => BufferDesc::Timestamp { nullable: true },
         Read::Binary => BufferDesc::Binary { max_bytes: width },
-        Read::Digits | Read::Time | Read::Text | Read::Json | Read::Uuid | Read::Loose(_) => {
-            BufferDesc::Text { max_str_len: width }
-        }
+        Read::Digits
+        | Read::DateText
+        | Read::Time
+        | Read::Text
+        | Read::Json
+        | Read::Uuid
+        | Read::Loose(_) => BufferDesc::Text { max_str_len: width },
     }
 }
 
@@ -446,7 +445,7 @@ fn desc_bytes(desc: &BufferDesc) -> usize {
     }
 }
 
-fn cell(column: AnyColumnBufferSlice<'_>, row: usize, read: Read, dialect: Dialect) -> Cell {
+fn cell(column: AnyColumnBufferSlice<'_>, row: usize, read: Read) -> Cell {
     use odbc_api::Bit;
     let or_null = |c: Option<Cell>| c.unwrap_or(Cell::Null);
     match read {
@@ -473,7 +472,7 @@ fn cell(column: AnyColumnBufferSlice<'_>, row: usize, read: Read, dialect: Diale
         Read::Date => or_null(
             column
                 .as_nullable_slice::<odbc_api::sys::Date>()
-                .and_then(|s| s.get(row).map(|d| date_cell(d, dialect))),
+                .and_then(|s| s.get(row).map(date_cell)),
         ),
         Read::Timestamp { utc, sentinels } => or_null(
             column
@@ -514,6 +513,7 @@ fn text_cell(bytes: &[u8], read: Read) -> Cell {
     };
     match read {
         Read::Digits => Cell::Decimal(text.trim().to_string()),
+        Read::DateText => text_date(text),
         Read::Time => Cell::Text(trim_time_fraction(text)),
         Read::Json => Cell::Json(text.to_string()),
         Read::Uuid => Cell::Text(text.to_ascii_lowercase()),
@@ -522,13 +522,22 @@ fn text_cell(bytes: &[u8], read: Read) -> Cell {
     }
 }
 
-fn date_cell(d: &odbc_api::sys::Date, dialect: Dialect) -> Cell {
-    let date = NaiveDate::from_ymd_opt(i32::from(d.year), u32::from(d.month), u32::from(d.day))
-        .filter(|_| d.year > 0 || dialect != Dialect::Postgres);
-    match date {
+/// A date printed as `YYYY-MM-DD`, exactly; anything else (`0000-00-00` for the
+/// infinities, BC dates) cannot be published as a date.
+fn text_date(text: &str) -> Cell {
+    match NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        Ok(date) if date.format("%Y-%m-%d").to_string() == text => Cell::Date(date),
+        _ => Cell::Invalid(format!(
+            "the driver reports the date as {text:?}, which is no calendar date (PostgreSQL's driver reports `infinity` and `-infinity` so); cast the column to text in the query to publish it"
+        )),
+    }
+}
+
+fn date_cell(d: &odbc_api::sys::Date) -> Cell {
+    match NaiveDate::from_ymd_opt(i32::from(d.year), u32::from(d.month), u32::from(d.day)) {
         Some(date) => Cell::Date(date),
         None => Cell::Invalid(format!(
-            "the driver reports the date as {:04}-{:02}-{:02}, which is no calendar date (PostgreSQL's driver reports `infinity` and `-infinity` so); cast the column to text in the query to publish it",
+            "the driver reports the date as {:04}-{:02}-{:02}, which is no calendar date",
             d.year, d.month, d.day
         )),
     }

@@ -21,6 +21,9 @@ pub enum Read {
     Real,
     Bool,
     Date,
+    /// A date read as text: psqlODBC reports the date infinities as today's date in a
+    /// date struct, but as `0000-00-00` in text.
+    DateText,
     /// `utc`: a moment (published with `Z`); otherwise a timestamp without time zone.
     /// `sentinels`: psqlODBC reports `infinity` as 9999-12-31 23:59:59.
     Timestamp {
@@ -42,6 +45,7 @@ impl Read {
         matches!(
             self,
             Read::Digits
+                | Read::DateText
                 | Read::Time
                 | Read::Text
                 | Read::Json
@@ -82,6 +86,7 @@ pub fn read_of(column: &Column<'_>, dialect: Dialect) -> Read {
         DataType::Float { precision } if *precision > 0 && *precision <= 24 => Read::Real,
         DataType::Float { .. } | DataType::Double => Read::Float,
         DataType::Bit => Read::Bool,
+        DataType::Date if dialect == Dialect::Postgres => Read::DateText,
         DataType::Date => Read::Date,
         DataType::Time { .. } => Read::Time,
         DataType::Timestamp { .. } => Read::Timestamp {

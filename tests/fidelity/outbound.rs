@@ -281,26 +281,28 @@ fn insert_rows(db: &Db, table: &str, cols: &[Col]) -> usize {
     rows.len()
 }
 
-fn config(dir: &std::path::Path, broker: &Mosquitto, db: &Db, table: &str, base: &str) -> PathBuf {
-    let route = |name: &str, query: &str, topic: &str, format: &str| {
-        format!(
-            "  - {{ name: {name}, database: d, query: {q}, track: id, start: 0, interval: 100ms, broker: m, topic: {t}, qos: 1, format: {format} }}\n",
-            q = serde_json::to_string(query).unwrap(),
-            t = serde_json::to_string(topic).unwrap(),
-        )
-    };
-    let all = format!("SELECT * FROM {table} WHERE id > ? ORDER BY id");
-    let tags = format!("SELECT id, tag FROM {table} WHERE id > ? ORDER BY id");
+/// One outbound route: name, query, topic, format.
+type Route<'a> = (&'a str, String, String, &'a str);
+
+/// Writes `mqdb.yaml` with broker `m`, database `d` and `routes` (tracking `id` from 0).
+fn config(dir: &std::path::Path, broker: &Mosquitto, db: &Db, routes: &[Route<'_>]) -> PathBuf {
+    let quoted = |t: &str| serde_json::to_string(t).expect("a string serializes");
+    let routes: String = routes
+        .iter()
+        .map(|(name, query, topic, format)| {
+            format!(
+                "  - {{ name: {name}, database: d, query: {}, track: id, start: 0, interval: 100ms, broker: m, topic: {}, qos: 1, format: {format} }}\n",
+                quoted(query),
+                quoted(topic)
+            )
+        })
+        .collect();
     let text = format!(
-        "state: {state}\nbrokers:\n  m: {{ url: {url}, client_id: {client} }}\ndatabases:\n  d: {{ connection_string: {cs} }}\noutbound:\n{r1}{r2}{r3}",
-        state =
-            serde_json::to_string(&format!("sqlite://{}", dir.join("state.db").display())).unwrap(),
-        url = serde_json::to_string(&broker.url()).unwrap(),
-        client = unique("fid_out"),
-        cs = serde_json::to_string(&db.connection_string()).unwrap(),
-        r1 = route("as_json", &all, &format!("{base}/json"), "json"),
-        r2 = route("as_csv", &all, &format!("{base}/csv"), "csv"),
-        r3 = route("as_topic", &tags, &format!("{base}/tag/{{tag}}"), "json"),
+        "state: {}\nbrokers:\n  m: {{ url: {}, client_id: {} }}\ndatabases:\n  d: {{ connection_string: {} }}\noutbound:\n{routes}",
+        quoted(&format!("sqlite://{}", dir.join("state.db").display())),
+        quoted(&broker.url()),
+        unique("fid_out"),
+        quoted(&db.connection_string()),
     );
     let path = dir.join("mqdb.yaml");
     std::fs::write(&path, text).expect("write mqdb.yaml");
@@ -346,7 +348,17 @@ fn values_arrive_exactly(db: Db) {
     let json_sub = Subscriber::connect(broker.port, &format!("{base}/json"), 1);
     let csv_sub = Subscriber::connect(broker.port, &format!("{base}/csv"), 1);
     let tag_sub = Subscriber::connect(broker.port, &format!("{base}/tag/#"), 1);
-    let config = config(dir.path(), &broker, &db, &table.name, &base);
+    let all = format!("SELECT * FROM {} WHERE id > ? ORDER BY id", table.name);
+    let tags = format!(
+        "SELECT id, tag FROM {} WHERE id > ? ORDER BY id",
+        table.name
+    );
+    let routes = [
+        ("as_json", all.clone(), format!("{base}/json"), "json"),
+        ("as_csv", all, format!("{base}/csv"), "csv"),
+        ("as_topic", tags, format!("{base}/tag/{{tag}}"), "json"),
+    ];
+    let config = config(dir.path(), &broker, &db, &routes);
     let bridge = Bridge::start(&config);
 
     let json = json_sub.wait_for(rows, DEADLINE);
@@ -358,24 +370,39 @@ fn values_arrive_exactly(db: Db) {
         "[{}] dead letters: {letters:?}",
         db.label()
     );
+    let mut wrong = Vec::new();
     for (r, (message, expected)) in json.iter().zip(&want).enumerate() {
-        check_json_row(&db, r, message, &cols, expected);
+        check_json_row(&db, r, message, &cols, expected, &mut wrong);
     }
     for (r, (message, expected)) in csv.iter().zip(&want).enumerate() {
-        check_csv_row(&db, r, message, &cols, expected);
+        check_csv_row(&db, r, message, &cols, expected, &mut wrong);
     }
+    assert!(
+        wrong.is_empty(),
+        "[{}] {} values changed:\n{}",
+        db.label(),
+        wrong.len(),
+        wrong.join("\n")
+    );
     let long_tag: String = "é".repeat(2500) + "x";
     assert!(
         tags.iter()
             .any(|m| m.topic == format!("{base}/tag/{long_tag}")),
-        "[{}] no message on the topic built from the 5001-byte value; topics: {:?}",
+        "[{}] no message on the topic built from the 5001-byte value; topic lengths: {:?}",
         db.label(),
         tags.iter().map(|m| m.topic.len()).collect::<Vec<_>>()
     );
     drop(bridge);
 }
 
-fn check_json_row(db: &Db, r: usize, message: &Received, cols: &[Col], want: &[Option<String>]) {
+fn check_json_row(
+    db: &Db,
+    r: usize,
+    message: &Received,
+    cols: &[Col],
+    want: &[Option<String>],
+    wrong: &mut Vec<String>,
+) {
     let object: serde_json::Map<String, Json> =
         serde_json::from_slice(&message.payload).expect("a JSON object");
     for (c, expected) in cols.iter().zip(want) {
@@ -386,11 +413,20 @@ fn check_json_row(db: &Db, r: usize, message: &Received, cols: &[Col], want: &[O
             Json::Null => None,
             other => Some(other.clone()),
         };
-        assert_same(db, r, c, "json", got, expected.as_deref());
+        if let Err(e) = same(c, "json", got, expected.as_deref()) {
+            wrong.push(format!("json row {} column {}: {e}", r + 1, c.name));
+        }
     }
 }
 
-fn check_csv_row(db: &Db, r: usize, message: &Received, cols: &[Col], want: &[Option<String>]) {
+fn check_csv_row(
+    db: &Db,
+    r: usize,
+    message: &Received,
+    cols: &[Col],
+    want: &[Option<String>],
+    wrong: &mut Vec<String>,
+) {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .from_reader(message.payload.as_slice());
@@ -398,28 +434,27 @@ fn check_csv_row(db: &Db, r: usize, message: &Received, cols: &[Col], want: &[Op
         .records()
         .next()
         .expect("one CSV record")
-        .expect("a valid CSV record");
+        .unwrap_or_else(|e| panic!("[{}] row {r}: not CSV: {e}", db.label()));
     // The CSV row has id and tag first, as in the table.
     for (i, (c, expected)) in cols.iter().zip(want).enumerate() {
         let field = record.get(i + 2).expect("a field per column");
         // CSV writes NULL as an empty field.
         let got = (!field.is_empty()).then(|| Json::String(field.to_string()));
         let expected = expected.as_deref().filter(|e| !e.is_empty());
-        assert_same(db, r, c, "csv", got, expected);
+        if let Err(e) = same(c, "csv", got, expected) {
+            wrong.push(format!("csv row {} column {}: {e}", r + 1, c.name));
+        }
     }
 }
 
 /// Compares one published value with the database's text of it.
-fn assert_same(db: &Db, r: usize, c: &Col, format: &str, got: Option<Json>, want: Option<&str>) {
-    let label = || format!("[{}] {format} row {} column {}", db.label(), r + 1, c.name);
+fn same(c: &Col, format: &str, got: Option<Json>, want: Option<&str>) -> Result<(), String> {
     let (Some(got), Some(want)) = (&got, want) else {
-        assert_eq!(
-            got.is_none(),
-            want.is_none(),
-            "{}: {got:?} vs {want:?}",
-            label()
-        );
-        return;
+        return if got.is_none() == want.is_none() {
+            Ok(())
+        } else {
+            Err(format!("published {got:?}, stored {want:?}"))
+        };
     };
     let text = match got {
         Json::String(s) => s.clone(),
@@ -427,74 +462,81 @@ fn assert_same(db: &Db, r: usize, c: &Col, format: &str, got: Option<Json>, want
         Json::Bool(b) => b.to_string(),
         other => other.to_string(),
     };
+    let shown = |t: &str| {
+        if t.len() > 60 {
+            format!(
+                "{}… ({} bytes)",
+                t.chars().take(20).collect::<String>(),
+                t.len()
+            )
+        } else {
+            t.to_string()
+        }
+    };
+    let differs = || {
+        Err(format!(
+            "published {}, stored {}",
+            shown(&text),
+            shown(want)
+        ))
+    };
     match c.cmp {
-        Cmp::Same => assert_eq!(text, want, "{}", label()),
+        Cmp::Same if text != want => differs(),
         Cmp::Float => {
-            let (a, b) = (float(&text), float(want));
-            assert!(
-                a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
-                "{}: published {text}, stored {want}",
-                label()
-            );
+            let (Some(a), Some(b)) = (float(&text), float(want)) else {
+                return differs();
+            };
+            let equal = a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
             // One text for both formats: the names JSON cannot hold are strings.
-            if !a.is_finite() {
-                assert!(matches!(got, Json::String(_)), "{}: {got:?}", label());
+            if !equal || (!a.is_finite() && !matches!(got, Json::String(_))) {
+                differs()
+            } else {
+                Ok(())
             }
         }
-        Cmp::Hex => {
-            let published = base64_decode(&text);
-            assert_eq!(hex(&published), want.to_ascii_uppercase(), "{}", label());
-        }
+        Cmp::Hex if hex(&base64_decode(&text)) != want.to_ascii_uppercase() => differs(),
         Cmp::Json => {
             let stored: Json = serde_json::from_str(want).expect("stored JSON");
             let published = match got {
-                Json::String(s) if format == "csv" => serde_json::from_str(s).expect("JSON text"),
+                Json::String(s) if format == "csv" => {
+                    serde_json::from_str(s).map_err(|e| format!("{s} is not JSON: {e}"))?
+                }
+                // Nested, not a string holding the document.
                 other => other.clone(),
             };
-            assert_eq!(published, stored, "{}", label());
-            if format == "json" {
-                assert!(
-                    !matches!(got, Json::String(_)) || stored.is_string(),
-                    "{}: nested",
-                    label()
-                );
+            if published == stored {
+                Ok(())
+            } else {
+                differs()
             }
         }
         Cmp::Stamp { utc } => {
             let bare = text.strip_suffix('Z');
-            assert_eq!(bare.is_some(), utc, "{}: {text}", label());
-            let a = stamp(bare.unwrap_or(&text));
-            assert_eq!(
-                a,
-                stamp(want),
-                "{}: published {text}, stored {want}",
-                label()
-            );
+            if bare.is_some() != utc || stamp(bare.unwrap_or(&text)) != stamp(want) {
+                differs()
+            } else {
+                Ok(())
+            }
         }
-        Cmp::Time => assert_eq!(text, trim_fraction(want), "{}", label()),
-        Cmp::Bool => {
-            let stored = matches!(want, "true" | "t" | "1");
-            assert_eq!(text, stored.to_string(), "{}", label());
-        }
+        Cmp::Time if text != trim_fraction(want) => differs(),
+        Cmp::Bool if text != matches!(want, "true" | "t" | "1").to_string() => differs(),
+        _ => Ok(()),
     }
 }
 
-fn float(text: &str) -> f64 {
+fn float(text: &str) -> Option<f64> {
     match text {
-        "NaN" => f64::NAN,
-        "Infinity" | "Inf" => f64::INFINITY,
-        "-Infinity" | "-Inf" => f64::NEG_INFINITY,
-        t => t
-            .parse()
-            .unwrap_or_else(|e| panic!("{t:?} is not a float: {e}")),
+        "NaN" => Some(f64::NAN),
+        "Infinity" | "Inf" => Some(f64::INFINITY),
+        "-Infinity" | "-Inf" => Some(f64::NEG_INFINITY),
+        t => t.parse().ok(),
     }
 }
 
-fn stamp(text: &str) -> NaiveDateTime {
+fn stamp(text: &str) -> Option<NaiveDateTime> {
     ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
         .iter()
         .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
-        .unwrap_or_else(|| panic!("{text:?} is not a timestamp"))
 }
 
 fn trim_fraction(text: &str) -> String {
@@ -532,6 +574,119 @@ fn base64_decode(text: &str) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Publishes every row of `table` as JSON; returns the messages once `rows` have been
+/// published or dead-lettered, and the dead letters.
+fn publish_json(
+    db: &Db,
+    table: &str,
+    rows: usize,
+) -> (Vec<serde_json::Map<String, Json>>, Vec<Json>) {
+    let dir = tempfile::Builder::new()
+        .prefix("mqdb-fid-out-")
+        .tempdir()
+        .expect("temp dir");
+    let broker = Mosquitto::start();
+    let topic = unique("fid");
+    let sub = Subscriber::connect(broker.port, &topic, 1);
+    let query = format!("SELECT * FROM {table} WHERE id > ? ORDER BY id");
+    let config = config(
+        dir.path(),
+        &broker,
+        db,
+        &[("rows", query, topic.clone(), "json")],
+    );
+    let mut bridge = Bridge::start(&config);
+    let mut letters = Vec::new();
+    crate::common::wait_for(&mut bridge, "every row published or dead-lettered", || {
+        letters = dlq_list(&config);
+        Ok(sub.count() + letters.len() >= rows)
+    });
+    let messages = sub
+        .messages()
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("a JSON object"))
+        .collect();
+    (messages, letters)
+}
+
+/// The `error` of each dead letter.
+fn reasons(letters: &[Json]) -> Vec<String> {
+    letters
+        .iter()
+        .map(|l| l["error"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// psqlODBC reports `infinity` as 9999-12-31 23:59:59 and both date infinities as
+/// 0000-00-00: such rows become dead letters naming the value, never a wrong date, and the
+/// rows after them are published.
+#[test]
+fn postgres_infinities_the_driver_cannot_tell_apart_are_dead_letters() {
+    let db = Db::Postgres;
+    let table = TempTable::create(
+        &db,
+        "fid_inf",
+        "id integer PRIMARY KEY, tz timestamptz, d date, f float8",
+    );
+    db.exec(&format!(
+        "INSERT INTO {} VALUES (1, 'infinity', '2024-01-01', 1), (2, '2024-01-01Z', '-infinity', 2), \
+         (3, '-infinity', NULL, 3), (4, '2024-05-01 12:00:00+02', '2024-01-02', 'NaN')",
+        table.name
+    ));
+    let (messages, letters) = publish_json(&db, &table.name, 4);
+    let errors = reasons(&letters);
+    assert_eq!(
+        letters.len(),
+        3,
+        "dead letters: {errors:?}; published: {messages:?}"
+    );
+    assert!(
+        errors[0].contains("column tz") && errors[0].contains("infinity"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].contains("column d") && errors[1].contains("infinity"),
+        "{errors:?}"
+    );
+    assert!(errors[2].contains("column tz"), "{errors:?}");
+    assert!(
+        letters.iter().all(|l| l["error_kind"] == "value"),
+        "{letters:?}"
+    );
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["tz"], "2024-05-01T10:00:00Z");
+    assert_eq!(messages[0]["f"], "NaN");
+}
+
+/// SQLite keeps a type per value: a value that does not fit its column's declared type is
+/// published as stored, a timestamp text with an offset as the same instant in UTC, and
+/// BLOBs as base64 bytes.
+#[test]
+fn sqlite_values_keep_the_type_they_were_stored_with() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = Db::Sqlite(dir.path().join("values.db"));
+    let table = TempTable::create(
+        &db,
+        "fid_loose",
+        "id INTEGER PRIMARY KEY, n NUMERIC, i INTEGER, d DATE, ts TIMESTAMP, b BLOB, r REAL",
+    );
+    db.exec(&format!(
+        "INSERT INTO {} VALUES (1, 'abc', 'notint', 'garbage', '2024-05-01T12:00:00+02:00', x'00FF', 'str'), \
+         (2, 12, 7, '2024-01-01', '2024-05-01 10:00:00.25', 'text', 1.5)",
+        table.name
+    ));
+    let (messages, letters) = publish_json(&db, &table.name, 2);
+    assert!(letters.is_empty(), "{:?}", reasons(&letters));
+    let want = [
+        serde_json::json!({"id": 1, "n": "abc", "i": "notint", "d": "garbage",
+            "ts": "2024-05-01T10:00:00Z", "b": "AP8=", "r": "str"}),
+        serde_json::json!({"id": 2, "n": 12, "i": 7, "d": "2024-01-01",
+            "ts": "2024-05-01T10:00:00.25", "b": "dGV4dA==", "r": 1.5}),
+    ];
+    let got: Vec<Json> = messages.into_iter().map(Json::Object).collect();
+    assert_eq!(got, want);
 }
 
 #[test]
