@@ -689,6 +689,51 @@ fn sqlite_values_keep_the_type_they_were_stored_with() {
     assert_eq!(got, want);
 }
 
+/// A value larger than the most a poll reads (64 MiB) makes its row a dead letter naming the
+/// column, never a cut value; the rows around it are published whole.
+fn too_large_values_are_dead_letters(db: Db) {
+    let blob = match db {
+        Db::Postgres => "bytea",
+        _ => "BLOB",
+    };
+    let table = TempTable::create(&db, "fid_big", &format!("id integer PRIMARY KEY, b {blob}"));
+    let big = match db {
+        Db::Postgres => format!("decode(repeat('ab', {}), 'hex')", (64 << 20) + 1),
+        _ => format!("zeroblob({})", (64 << 20) + 1),
+    };
+    db.exec(&format!(
+        "INSERT INTO {t} VALUES (1, {short}), (2, {big}), (3, {short})",
+        t = table.name,
+        short = bytes_sql(&db, 4097)
+    ));
+    let (messages, letters) = publish_json(&db, &table.name, 3);
+    let errors = reasons(&letters);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("column b") && errors[0].contains("64 MiB"),
+        "{errors:?}"
+    );
+    let published: Vec<(i64, usize)> = messages
+        .iter()
+        .map(|m| {
+            let id = m["id"].as_i64().expect("an id");
+            (id, base64_decode(m["b"].as_str().expect("base64")).len())
+        })
+        .collect();
+    assert_eq!(published, [(1, 4097), (3, 4097)]);
+}
+
+#[test]
+fn postgres_too_large_values_are_dead_letters() {
+    too_large_values_are_dead_letters(Db::Postgres);
+}
+
+#[test]
+fn sqlite_too_large_values_are_dead_letters() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    too_large_values_are_dead_letters(Db::Sqlite(dir.path().join("big.db")));
+}
+
 #[test]
 fn postgres_values_arrive_exactly() {
     values_arrive_exactly(Db::Postgres);
