@@ -13,7 +13,9 @@ use std::time::Duration;
 use chrono::NaiveDateTime;
 use serde_json::Value as Json;
 
-use crate::common::{Bridge, Db, Mosquitto, Received, Subscriber, TempTable, dlq_list, unique};
+use crate::common::{
+    Bridge, Db, Mosquitto, Received, Subscriber, TempTable, dlq_list, path_str, run_mqdb, unique,
+};
 
 /// Liveness deadline for the messages of one table (1 MiB values take a while in debug).
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -583,6 +585,16 @@ fn publish_json(
     table: &str,
     rows: usize,
 ) -> (Vec<serde_json::Map<String, Json>>, Vec<Json>) {
+    publish_json_then(db, table, rows, |_| {})
+}
+
+/// [`publish_json`], then `then` with the config while the bridge still runs.
+fn publish_json_then(
+    db: &Db,
+    table: &str,
+    rows: usize,
+    then: impl FnOnce(&std::path::Path),
+) -> (Vec<serde_json::Map<String, Json>>, Vec<Json>) {
     let dir = tempfile::Builder::new()
         .prefix("mqdb-fid-out-")
         .tempdir()
@@ -608,6 +620,7 @@ fn publish_json(
         .iter()
         .map(|m| serde_json::from_slice(&m.payload).expect("a JSON object"))
         .collect();
+    then(&config);
     (messages, letters)
 }
 
@@ -635,7 +648,24 @@ fn postgres_infinities_the_driver_cannot_tell_apart_are_dead_letters() {
          (3, '-infinity', NULL, 3), (4, '2024-05-01 12:00:00+02', '2024-01-02', 'NaN')",
         table.name
     ));
-    let (messages, letters) = publish_json(&db, &table.name, 4);
+    let mut replayed = None;
+    let (messages, letters) = publish_json_then(&db, &table.name, 4, |config| {
+        let out = run_mqdb(&["-c", path_str(config), "dlq", "replay", "--all"]);
+        replayed = Some((out.status.success(), dlq_list(config)));
+    });
+    // A replay publishes nothing for them: the stored payload lacks the value.
+    let (replay_ok, after) = replayed.expect("replayed");
+    assert!(
+        !replay_ok,
+        "replaying a row whose value cannot be published succeeded"
+    );
+    assert!(
+        after.len() == 3
+            && after
+                .iter()
+                .all(|l| l["attempts"] == 2 && l["error_kind"] == "value"),
+        "{after:?}"
+    );
     let errors = reasons(&letters);
     assert_eq!(
         letters.len(),
