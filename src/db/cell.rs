@@ -157,8 +157,9 @@ fn number(text: &str) -> Option<Cell> {
         .map(|_| Cell::Decimal(text.to_string()))
 }
 
-/// A timestamp text: with an offset it is a moment, converted to UTC; without one it stays
-/// a timestamp without time zone. Anything else (e.g. `2024-05-01garbage`) does not parse.
+/// A timestamp text: with an offset it is converted to UTC; without one it is taken as UTC,
+/// which is how mqdb itself stores timestamps in SQLite (it has no type with a zone).
+/// Anything else (e.g. `2024-05-01garbage`) does not parse.
 fn sqlite_timestamp(text: &str) -> Option<Cell> {
     let t = text.trim();
     if t != text {
@@ -176,7 +177,7 @@ fn sqlite_timestamp(text: &str) -> Option<Cell> {
     ]
     .iter()
     .find_map(|f| NaiveDateTime::parse_from_str(t, f).ok())
-    .map(Cell::LocalTimestamp)
+    .map(Cell::Timestamp)
 }
 
 #[cfg(test)]
@@ -238,7 +239,7 @@ mod tests {
         );
         assert_eq!(
             sqlite_value("2024-05-01 10:00:00".into(), Timestamp),
-            Cell::LocalTimestamp(noon)
+            Cell::Timestamp(noon)
         );
         assert_eq!(sqlite_value("ab".into(), Json), text("ab"));
         assert_eq!(sqlite_value("yes".into(), Bool), text("yes"));

@@ -637,3 +637,86 @@ pub fn run_after_publish(
     conn.commit().map_err(odbc(conn))?;
     Ok(rejected)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use odbc_api::sys::Timestamp;
+
+    fn stamp(year: i16, month: u16, day: u16, hms: (u16, u16, u16), fraction: u32) -> Timestamp {
+        Timestamp {
+            year,
+            month,
+            day,
+            hour: hms.0,
+            minute: hms.1,
+            second: hms.2,
+            fraction,
+        }
+    }
+
+    #[test]
+    fn timestamps_keep_their_zone_rule_and_refuse_the_infinity_sentinels() {
+        let noon = stamp(2024, 5, 1, (12, 0, 0), 500_000_000);
+        let text = |c: Cell| c.text().unwrap_or_else(|| format!("{c:?}"));
+        assert_eq!(
+            text(timestamp_cell(&noon, true, true)),
+            "2024-05-01T12:00:00.5Z"
+        );
+        assert_eq!(
+            text(timestamp_cell(&noon, false, false)),
+            "2024-05-01T12:00:00.5"
+        );
+        let infinity = stamp(9999, 12, 31, (23, 59, 59), 0);
+        assert!(
+            matches!(timestamp_cell(&infinity, true, true), Cell::Invalid(r) if r.contains("infinity"))
+        );
+        // Only psqlODBC uses the sentinel; elsewhere it is a real value.
+        assert_eq!(
+            text(timestamp_cell(&infinity, true, false)),
+            "9999-12-31T23:59:59Z"
+        );
+        let minus = stamp(-9999, 1, 1, (0, 0, 0), 0);
+        assert!(matches!(
+            timestamp_cell(&minus, true, true),
+            Cell::Invalid(_)
+        ));
+        let zero = stamp(0, 0, 0, (0, 0, 0), 0);
+        assert!(matches!(
+            timestamp_cell(&zero, false, false),
+            Cell::Invalid(_)
+        ));
+    }
+
+    #[test]
+    fn dates_read_as_text_are_exact_or_refused() {
+        assert_eq!(
+            text_date("2024-02-29"),
+            Cell::Date(NaiveDate::from_ymd_opt(2024, 2, 29).unwrap())
+        );
+        for bad in ["0000-00-00", "0044-03-15 BC", "2024-2-29", "infinity"] {
+            assert!(matches!(text_date(bad), Cell::Invalid(_)), "{bad}");
+        }
+    }
+
+    #[test]
+    fn text_is_kept_exactly_or_refused() {
+        assert_eq!(
+            text_cell("é".as_bytes(), Read::Text),
+            Cell::Text("é".into())
+        );
+        assert!(matches!(text_cell(b"\xff", Read::Text), Cell::Invalid(_)));
+        assert_eq!(
+            text_cell(b"A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11", Read::Uuid),
+            Cell::Text("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11".into())
+        );
+        assert_eq!(
+            text_cell(b"12:00:00.500000", Read::Time),
+            Cell::Text("12:00:00.5".into())
+        );
+        assert_eq!(
+            text_cell(b" 1.50 ", Read::Digits),
+            Cell::Decimal("1.50".into())
+        );
+    }
+}
