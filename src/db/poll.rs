@@ -422,7 +422,8 @@ fn buffer_desc(read: Read, learnt: Option<usize>) -> BufferDesc {
     match read {
         Read::Int => BufferDesc::I64 { nullable: true },
         Read::Float => BufferDesc::F64 { nullable: true },
-        Read::Real => BufferDesc::F32 { nullable: true },
+        // As doubles: MariaDB's driver reads large FLOAT values into a float buffer as 0.
+        Read::Real => BufferDesc::F64 { nullable: true },
         Read::Bool => BufferDesc::Bit { nullable: true },
         Read::Date => BufferDesc::Date { nullable: true },
         Read::Timestamp { .. } => BufferDesc::Timestamp { nullable: true },
@@ -461,8 +462,8 @@ fn cell(column: AnyColumnBufferSlice<'_>, row: usize, read: Read) -> Cell {
         ),
         Read::Real => or_null(
             column
-                .as_nullable_slice::<f32>()
-                .and_then(|s| s.get(row).map(|v| Cell::Float(widen_real(*v)))),
+                .as_nullable_slice::<f64>()
+                .and_then(|s| s.get(row).map(|v| Cell::Float(real(*v)))),
         ),
         Read::Bool => or_null(
             column
@@ -493,6 +494,16 @@ fn cell(column: AnyColumnBufferSlice<'_>, row: usize, read: Read) -> Cell {
                 .as_text()
                 .and_then(|s| s.get(row).map(|b| text_cell(b, read))),
         ),
+    }
+}
+
+/// A single-precision value read as a double, with the shortest digits of the single.
+fn real(v: f64) -> f64 {
+    let single = v as f32;
+    if f64::from(single) == v {
+        widen_real(single)
+    } else {
+        v
     }
 }
 

@@ -143,6 +143,8 @@ fn columns(db: &Db) -> Vec<Col> {
             col("f8inf", "double precision", "'Infinity'", "'-Infinity'")
                 .expect("{}::text")
                 .cmp(Cmp::Float),
+            col("decnan", "numeric", "'NaN'", "-0.000000000000000000000000000000000001")
+                .expect("{}::text"),
             col("f4", "real", "0.1", "'3.4028235e38'").expect("{}::text").cmp(Cmp::Float),
             col("ok", "boolean", "true", "false").expect("{}::text").cmp(Cmp::Bool),
             col("d", "date", "'2024-02-29'", "'0001-01-01'").expect("{}::text"),
@@ -189,6 +191,9 @@ fn columns(db: &Db) -> Vec<Col> {
             )
             .expect("CAST({} AS CHAR)"),
             col("f8", "double", "2.2250738585072014e-308", "-0e0")
+                .expect("CAST({} AS CHAR)")
+                .cmp(Cmp::Float),
+            col("f4", "float", "0.1", "-3.40282e38")
                 .expect("CAST({} AS CHAR)")
                 .cmp(Cmp::Float),
             col("f8max", "double", "1.7976931348623157e308", "1.5e300")
