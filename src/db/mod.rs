@@ -5,6 +5,7 @@ pub mod bulk;
 pub mod catalog;
 pub mod cell;
 pub mod dialect;
+pub mod fetch;
 pub mod insert;
 pub mod poll;
 pub mod postgres;
