@@ -19,8 +19,9 @@
 //! - [`broker`]: sources (`mqtt` over `mqtt_link` for 3.1.1 and 5, `amqp_source`) that
 //!   acknowledge in receive order (`sequence`), and confirming publishers.
 //! - [`template`]: outbound topic, exchange and routing-key templates.
-//! - [`db`]: ODBC: the sink thread (`worker`), the poller (`poll`), the catalog, insert
-//!   statements per dialect, and the `check` probe.
+//! - [`db`]: ODBC: the sink thread (`worker`), the poller (`poll`) with how each result
+//!   column is read (`shape`), its buffers and values (`fetch`) and the published text of
+//!   each value (`cell`), the catalog, insert statements per dialect, and the `check` probe.
 //! - [`inbound`]: the inbound route loop: batching, dead letters, acknowledgements.
 //! - [`outbound`]: the outbound route loop: poll, publish, confirm, store the position.
 //! - [`dlq`]: dead letters and how operators see them; [`dlq_commands`]: `dlq list`,

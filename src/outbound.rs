@@ -203,7 +203,9 @@ impl OutboundRoute {
                 - chrono::Duration::from_std(delay).unwrap_or_default();
             let ready = rows
                 .iter()
-                .take_while(|row| !matches!(&row[first], Cell::Timestamp(t) if *t > cutoff))
+                .take_while(|row| {
+                    !matches!(&row[first], Cell::Timestamp(t) | Cell::LocalTimestamp(t) if *t > cutoff)
+                })
                 .count();
             rows = &rows[..ready];
         }
@@ -223,8 +225,18 @@ impl OutboundRoute {
                 Format::Json => codec::json_row(&polled.columns, row),
                 Format::Csv => codec::csv_row(row, &self.csv),
             };
-            match self.destination.address(&polled, row) {
-                Err(reason) => attempts.push((
+            let address = match unpublishable(row) {
+                Some(reason) => Err((Some("value"), reason)),
+                None => self
+                    .destination
+                    .address(&polled, row)
+                    .map_err(|r| (None, r)),
+            };
+            match address {
+                Err((Some(kind), reason)) => {
+                    attempts.push((Attempt::Dead { kind, reason }, None, payload))
+                }
+                Err((None, reason)) => attempts.push((
                     Attempt::Dead {
                         kind: "topic",
                         reason,
@@ -432,6 +444,18 @@ impl OutboundRoute {
             sqlstate: None,
         }
     }
+}
+
+/// Why a row cannot be published exactly, naming its value's problem.
+fn unpublishable(row: &[Cell]) -> Option<String> {
+    let reasons: Vec<&str> = row
+        .iter()
+        .filter_map(|c| match c {
+            Cell::Invalid(reason) => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect();
+    (!reasons.is_empty()).then(|| reasons.join("; "))
 }
 
 /// A poll read before the one before it was done, and the position it was read from.

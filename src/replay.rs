@@ -541,6 +541,17 @@ fn replay_outbound(
             outcomes.push((letter.id, after_publish(target, db, letter, dry_run)?));
             continue;
         }
+        if letter.error_kind == "value" {
+            outcomes.push((
+                letter.id,
+                Err(failure(
+                    "value",
+                    "a value of this row cannot be published exactly (the error names it); change the query, e.g. cast the column to text, and move the route's position back to publish it again",
+                    None,
+                )),
+            ));
+            continue;
+        }
         let Some(to) = address(letter, amqp) else {
             outcomes.push((
                 letter.id,

@@ -473,6 +473,42 @@ mod tests {
             }
         }
 
+        /// A float, a timestamp or a JSON document has the same text in a CSV field as in
+        /// a JSON payload (where JSON has no number for it, the JSON string holds that text).
+        #[test]
+        fn csv_fields_have_the_json_text(
+            bits in any::<u64>(),
+            secs in 0i64..253_000_000_000,
+            nanos in 0u32..1_000_000_000,
+            key in "[a-z]{1,5}",
+            number in any::<i64>(),
+        ) {
+            use crate::codec::json_row;
+            let moment = chrono::DateTime::from_timestamp(secs, nanos).unwrap().naive_utc();
+            let row = vec![
+                Cell::Float(f64::from_bits(bits)),
+                Cell::Timestamp(moment),
+                Cell::LocalTimestamp(moment),
+                Cell::Json(format!("{{\"{key}\": {number}}}")),
+            ];
+            let line = csv_row(&row, &CsvOptions::default());
+            let out = read(&line, &format()).unwrap();
+            let csv_fields = fields(&out.records[0]);
+            let columns: Vec<String> = (0..row.len()).map(|i| format!("c{i}")).collect();
+            let json: serde_json::Value = serde_json::from_slice(&json_row(&columns, &row)).unwrap();
+            for (i, field) in csv_fields.iter().enumerate() {
+                match &json[&columns[i]] {
+                    serde_json::Value::String(s) => prop_assert_eq!(field, s),
+                    // A document is nested in JSON and keeps its stored text in CSV.
+                    serde_json::Value::Object(o) => {
+                        let parsed: serde_json::Value = serde_json::from_str(field).unwrap();
+                        prop_assert_eq!(&parsed, &serde_json::Value::Object(o.clone()));
+                    }
+                    other => prop_assert_eq!(field, &other.to_string()),
+                }
+            }
+        }
+
         /// Arbitrary bytes never panic the reader, and spans stay inside the payload.
         #[test]
         fn any_bytes_are_read_without_panic(payload in proptest::collection::vec(any::<u8>(), 0..300)) {

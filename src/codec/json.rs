@@ -6,7 +6,7 @@ use std::fmt;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Number, Value as Json};
 
-use crate::db::poll::{Cell, rfc3339};
+use crate::db::cell::{Cell, float_text, local_timestamp, rfc3339};
 use crate::mapping::{MapError, same_name};
 
 /// The payload as text, without the UTF-8 byte-order mark some writers put first.
@@ -146,7 +146,9 @@ impl<'de> serde::Deserialize<'de> for Key<'de> {
 }
 
 /// One JSON object: keys are column names; integers stay integers, decimals keep every
-/// digit, timestamps are RFC 3339 UTC, binary is base64, NULL is null.
+/// digit, floats JSON cannot hold are the strings `NaN`, `Infinity`, `-Infinity`, moments
+/// are RFC 3339 UTC, timestamps without time zone have no offset, JSON documents are
+/// nested, binary is base64, NULL is null.
 pub fn json_row(columns: &[String], row: &[Cell]) -> Vec<u8> {
     let mut object = Map::with_capacity(columns.len());
     for (name, cell) in columns.iter().zip(row) {
@@ -164,12 +166,18 @@ fn json_value(cell: &Cell) -> Json {
             .parse::<Number>()
             .map(Json::Number)
             .unwrap_or_else(|_| Json::String(d.clone())),
-        Cell::Float(f) => Number::from_f64(*f).map(Json::Number).unwrap_or(Json::Null),
+        Cell::Float(f) => Number::from_f64(*f)
+            .map(Json::Number)
+            .unwrap_or_else(|| Json::String(float_text(*f))),
         Cell::Bool(b) => Json::Bool(*b),
         Cell::Text(t) => Json::String(t.clone()),
         Cell::Bytes(b) => Json::String(crate::dlq::base64(b)),
         Cell::Date(d) => Json::String(d.format("%Y-%m-%d").to_string()),
         Cell::Timestamp(t) => Json::String(rfc3339(t)),
+        Cell::LocalTimestamp(t) => Json::String(local_timestamp(t)),
+        Cell::Json(t) => serde_json::from_str(t).unwrap_or_else(|_| Json::String(t.clone())),
+        // Its row is a dead letter; the reason says why.
+        Cell::Invalid(_) => Json::Null,
     }
 }
 

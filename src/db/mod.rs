@@ -3,11 +3,14 @@
 
 pub mod bulk;
 pub mod catalog;
+pub mod cell;
 pub mod dialect;
+pub mod fetch;
 pub mod insert;
 pub mod poll;
 pub mod postgres;
 pub mod probe;
+pub mod shape;
 pub mod worker;
 pub mod write;
 

@@ -3,58 +3,19 @@
 
 use std::collections::HashMap;
 
-use chrono::{NaiveDate, NaiveDateTime};
+use chrono::NaiveDate;
 use odbc_api::buffers::{BufferDesc, ColumnarDynBuffer};
 use odbc_api::parameter::{InputParameter, VarCharBox, WithDataType};
 use odbc_api::{Connection, Cursor, DataType, ResultSetMetadata};
 use tokio::sync::{mpsc, oneshot};
 
 use super::DbSpec;
+pub use super::cell::{Cell, rfc3339};
 use super::dialect::Dialect;
+use super::fetch::{buffer_desc, cell, desc_bytes, grow_cut_columns, named};
+use super::shape::{Column, Read, postgres_types, read_of, type_name};
 use crate::convert::SqlKind;
 use crate::error::{Class, DbError};
-
-/// One value read from the database.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Cell {
-    Null,
-    Int(i64),
-    /// A decimal, every digit as the database printed it.
-    Decimal(String),
-    Float(f64),
-    Bool(bool),
-    Text(String),
-    Bytes(Vec<u8>),
-    Date(NaiveDate),
-    /// UTC (the session time zone is UTC).
-    Timestamp(NaiveDateTime),
-}
-
-impl Cell {
-    /// The value as text: for templates, CSV fields and stored positions.
-    pub fn text(&self) -> Option<String> {
-        match self {
-            Cell::Null => None,
-            Cell::Int(i) => Some(i.to_string()),
-            Cell::Decimal(d) => Some(d.clone()),
-            Cell::Float(f) => Some(f.to_string()),
-            Cell::Bool(b) => Some(b.to_string()),
-            Cell::Text(t) => Some(t.clone()),
-            Cell::Bytes(b) => Some(crate::dlq::base64(b)),
-            Cell::Date(d) => Some(d.format("%Y-%m-%d").to_string()),
-            Cell::Timestamp(t) => Some(rfc3339(t)),
-        }
-    }
-}
-
-/// RFC 3339 in UTC, with fractional seconds only when there are some.
-pub fn rfc3339(t: &NaiveDateTime) -> String {
-    if t.and_utc().timestamp_subsec_nanos() == 0 {
-        t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
-    } else {
-        t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
-    }
-}
 
 /// What a route asks of its query.
 #[derive(Debug, Clone)]
@@ -128,11 +89,11 @@ impl Poller {
 
 fn serve(spec: DbSpec, poll: PollSpec, mut requests: mpsc::Receiver<Request>) {
     let mut conn: Option<(Connection<'static>, Dialect)> = None;
-    // Column buffer lengths learnt from truncated values, by column index.
+    // Column buffer lengths learnt from long values, by column index.
     let mut widths: HashMap<usize, usize> = HashMap::new();
     // Described once per connection: some drivers answer SQLDescribeCol only by running
     // the query.
-    let mut shape: Option<Described> = None;
+    let mut shape: Option<Shape> = None;
     while let Some(request) = requests.blocking_recv() {
         if conn.is_none() {
             shape = None;
@@ -147,10 +108,15 @@ fn serve(spec: DbSpec, poll: PollSpec, mut requests: mpsc::Receiver<Request>) {
                 }
             }
         }
-        let (c, _) = conn.as_ref().expect("connected above");
+        let (c, dialect) = conn.as_ref().expect("connected above");
         let outage = match request {
             Request::Poll { position, reply } => {
-                let result = run_poll(c, &poll, &position, &mut widths, &mut shape);
+                let session = Session {
+                    conn: c,
+                    dialect: *dialect,
+                    poll: &poll,
+                };
+                let result = session.run_poll(&position, &mut widths, &mut shape);
                 let _ = c.commit();
                 let outage = is_outage(&result);
                 let _ = reply.send(result);
@@ -187,6 +153,10 @@ pub struct Described {
     pub names: Vec<String>,
     pub kinds: Vec<SqlKind>,
     pub types: Vec<DataType>,
+    /// `SQL_DESC_TYPE_NAME` of each column, lower case.
+    pub type_names: Vec<String>,
+    /// Whether each column is an unsigned number.
+    pub unsigned: Vec<bool>,
     /// Indexes of the track columns.
     pub track: Vec<usize>,
     /// How many `?` the query has.
@@ -206,11 +176,15 @@ pub fn describe(conn: &Connection<'_>, poll: &PollSpec) -> Result<Described, DbE
     let mut names = Vec::new();
     let mut kinds = Vec::new();
     let mut types = Vec::new();
+    let mut type_names = Vec::new();
+    let mut unsigned = Vec::new();
     for i in 1..=count as u16 {
         names.push(prepared.col_name(i).map_err(odbc(conn))?);
         let data_type = prepared.col_data_type(i).map_err(odbc(conn))?;
         kinds.push(kind_of(&data_type));
         types.push(data_type);
+        type_names.push(type_name(&mut prepared, i));
+        unsigned.push(prepared.column_is_unsigned(i).unwrap_or(false));
     }
     let track = poll
         .track
@@ -232,6 +206,8 @@ pub fn describe(conn: &Connection<'_>, poll: &PollSpec) -> Result<Described, DbE
         names,
         kinds,
         types,
+        type_names,
+        unsigned,
         track,
         params,
     })
@@ -258,186 +234,140 @@ fn kind_of(data_type: &DataType) -> SqlKind {
 
 /// Values of one column stay within this many bytes of buffer per block.
 const BLOCK_BYTES: usize = 16 << 20;
-/// A single value may grow the buffer up to this size; larger values fail the poll.
-const MAX_VALUE: usize = 64 << 20;
+pub use super::fetch::MAX_VALUE;
 
-fn run_poll(
-    conn: &Connection<'_>,
-    poll: &PollSpec,
-    position: &[String],
-    widths: &mut HashMap<usize, usize>,
-    shape: &mut Option<Described>,
-) -> Result<Polled, DbError> {
-    if shape.is_none() {
-        *shape = Some(describe(conn, poll)?);
-    }
-    let shape = shape.as_ref().expect("described above");
-    loop {
-        match read(conn, poll, position, widths, shape)? {
-            Some(polled) => return Ok(polled),
-            // A value did not fit: its column's buffer has grown; read the poll again.
-            None => continue,
-        }
-    }
+/// The described query and how each of its columns is read.
+struct Shape {
+    described: Described,
+    reads: Vec<Read>,
 }
 
-fn read(
-    conn: &Connection<'_>,
-    poll: &PollSpec,
-    position: &[String],
-    widths: &mut HashMap<usize, usize>,
-    shape: &Described,
-) -> Result<Option<Polled>, DbError> {
-    let Described {
-        names: columns,
-        kinds,
-        types,
-        track,
-        params: param_count,
-    } = shape.clone();
-    let params: Vec<Box<dyn InputParameter>> = (0..param_count as usize)
-        .map(|i| {
-            let t = i % track.len().max(1);
-            let value = position.get(t).cloned().unwrap_or_default();
-            let kind = track.get(t).map(|&c| kinds[c]).unwrap_or(SqlKind::Text);
-            bind_position(&value, kind)
-        })
-        .collect::<Result<_, _>>()?;
-    let Some(cursor) = conn
-        .execute(&poll.query, params.as_slice(), None)
-        .map_err(odbc(conn))?
-    else {
-        return Err(DbError::new("the query returned no result set"));
-    };
-    let descs: Vec<BufferDesc> = kinds
-        .iter()
-        .zip(&types)
-        .enumerate()
-        .map(|(i, (kind, t))| buffer_desc(*kind, t, widths.get(&i).copied()))
-        .collect();
-    let widest = descs.iter().map(desc_bytes).max().unwrap_or(1).max(1);
-    let block_rows = (BLOCK_BYTES / widest).clamp(1, poll.max_rows.clamp(1, 1000));
-    let buffer = ColumnarDynBuffer::from_descs(block_rows, descs);
-    let mut block = cursor.bind_buffer(buffer).map_err(odbc(conn))?;
-    let mut rows = Vec::new();
-    while rows.len() < poll.max_rows {
-        let batch = match block.fetch_with_truncation_check(true) {
-            Ok(Some(batch)) => batch,
-            Ok(None) => break,
-            Err(odbc_api::Error::TooLargeValueForBuffer {
-                indicator,
-                buffer_index,
-            }) => {
-                let current = widths.get(&buffer_index).copied().unwrap_or(4096);
-                let wanted = indicator.unwrap_or(current * 4).max(current * 2);
-                if wanted > MAX_VALUE {
-                    return Err(DbError::new(format!(
-                        "column {} holds a value larger than {MAX_VALUE} bytes",
-                        columns[buffer_index]
-                    )));
-                }
-                widths.insert(buffer_index, wanted);
+/// What one poll needs of its connection.
+struct Session<'a> {
+    conn: &'a Connection<'a>,
+    dialect: Dialect,
+    poll: &'a PollSpec,
+}
+
+impl Session<'_> {
+    fn run_poll(
+        &self,
+        position: &[String],
+        widths: &mut HashMap<usize, usize>,
+        shape: &mut Option<Shape>,
+    ) -> Result<Polled, DbError> {
+        if shape.is_none() {
+            let described = describe(self.conn, self.poll)?;
+            let reads = self.reads(&described, position)?;
+            *shape = Some(Shape { described, reads });
+        }
+        let shape = shape.as_ref().expect("described above");
+        loop {
+            match self.read(position, widths, shape)? {
+                Some(polled) => return Ok(polled),
+                // A value did not fit: its column's buffer has grown; read the poll again.
+                None => continue,
+            }
+        }
+    }
+
+    fn reads(&self, described: &Described, position: &[String]) -> Result<Vec<Read>, DbError> {
+        let server_types = if self.dialect == Dialect::Postgres {
+            let params = self.params(described, position)?;
+            postgres_types(self.conn, &self.poll.query, &described.names, &params)
+        } else {
+            None
+        };
+        Ok((0..described.names.len())
+            .map(|i| {
+                let column = Column {
+                    data_type: &described.types[i],
+                    type_name: described.type_names[i].clone(),
+                    server_type: server_types.as_ref().and_then(|t| t.get(i).cloned()),
+                    unsigned: described.unsigned[i],
+                };
+                read_of(&column, self.dialect)
+            })
+            .collect())
+    }
+
+    /// The stored position, bound to every `?` of the query.
+    fn params(
+        &self,
+        described: &Described,
+        position: &[String],
+    ) -> Result<Vec<Box<dyn InputParameter>>, DbError> {
+        let track = &described.track;
+        (0..described.params as usize)
+            .map(|i| {
+                let t = i % track.len().max(1);
+                let value = position.get(t).cloned().unwrap_or_default();
+                let kind = track
+                    .get(t)
+                    .map(|&c| described.kinds[c])
+                    .unwrap_or(SqlKind::Text);
+                bind_position(&value, kind)
+            })
+            .collect()
+    }
+
+    fn read(
+        &self,
+        position: &[String],
+        widths: &mut HashMap<usize, usize>,
+        shape: &Shape,
+    ) -> Result<Option<Polled>, DbError> {
+        let conn = self.conn;
+        let described = &shape.described;
+        let params = self.params(described, position)?;
+        let Some(cursor) = conn
+            .execute(&self.poll.query, params.as_slice(), None)
+            .map_err(odbc(conn))?
+        else {
+            return Err(DbError::new("the query returned no result set"));
+        };
+        let descs: Vec<BufferDesc> = shape
+            .reads
+            .iter()
+            .enumerate()
+            .map(|(i, read)| buffer_desc(*read, widths.get(&i).copied()))
+            .collect();
+        let widest = descs.iter().map(desc_bytes).max().unwrap_or(1).max(1);
+        let max_rows = self.poll.max_rows;
+        let block_rows = (BLOCK_BYTES / widest).clamp(1, max_rows.clamp(1, 1000));
+        let buffer = ColumnarDynBuffer::from_descs(block_rows, descs);
+        let mut block = cursor.bind_buffer(buffer).map_err(odbc(conn))?;
+        let mut rows = Vec::new();
+        while rows.len() < max_rows {
+            // Truncation is found from the indicators below: MariaDB's driver cuts long
+            // values without the warning (01004) odbc-api's check relies on.
+            let batch = match block.fetch() {
+                Ok(Some(batch)) => batch,
+                Ok(None) => break,
+                Err(e) => return Err(odbc(conn)(e)),
+            };
+            if grow_cut_columns(&shape.reads, |c| batch.column(c), widths) {
                 return Ok(None);
             }
-            Err(e) => return Err(odbc(conn)(e)),
-        };
-        for r in 0..batch.num_rows() {
-            if rows.len() >= poll.max_rows {
-                break;
+            for r in 0..batch.num_rows() {
+                if rows.len() >= max_rows {
+                    break;
+                }
+                let row: Vec<Cell> = shape
+                    .reads
+                    .iter()
+                    .enumerate()
+                    .map(|(c, read)| named(&described.names[c], cell(batch.column(c), r, *read)))
+                    .collect();
+                rows.push(row);
             }
-            let row: Vec<Cell> = kinds
-                .iter()
-                .enumerate()
-                .map(|(c, kind)| cell(batch.column(c), r, *kind))
-                .collect();
-            rows.push(row);
         }
-    }
-    Ok(Some(Polled {
-        columns,
-        kinds,
-        rows,
-        track,
-    }))
-}
-
-fn buffer_desc(kind: SqlKind, data_type: &DataType, learnt: Option<usize>) -> BufferDesc {
-    let declared = data_type.utf8_len().map(|n| n.get()).unwrap_or(0);
-    let width = learnt.unwrap_or(declared.clamp(64, 4096));
-    match kind {
-        SqlKind::Integer => BufferDesc::I64 { nullable: true },
-        SqlKind::Float => BufferDesc::F64 { nullable: true },
-        SqlKind::Bool => BufferDesc::Bit { nullable: true },
-        SqlKind::Date => BufferDesc::Date { nullable: true },
-        SqlKind::Timestamp => BufferDesc::Timestamp { nullable: true },
-        SqlKind::Binary => BufferDesc::Binary {
-            max_bytes: learnt.unwrap_or(4096),
-        },
-        SqlKind::Decimal | SqlKind::Text | SqlKind::Time => BufferDesc::Text { max_str_len: width },
-    }
-}
-
-fn desc_bytes(desc: &BufferDesc) -> usize {
-    match desc {
-        BufferDesc::Text { max_str_len } => *max_str_len + 1,
-        BufferDesc::Binary { max_bytes } => *max_bytes,
-        _ => 16,
-    }
-}
-
-fn cell(column: odbc_api::buffers::AnyColumnBufferSlice<'_>, row: usize, kind: SqlKind) -> Cell {
-    use odbc_api::Bit;
-    use odbc_api::sys::{Date, Timestamp};
-    let or_null = |c: Option<Cell>| c.unwrap_or(Cell::Null);
-    match kind {
-        SqlKind::Integer => or_null(
-            column
-                .as_nullable_slice::<i64>()
-                .and_then(|s| s.get(row).map(|v| Cell::Int(*v))),
-        ),
-        SqlKind::Float => or_null(
-            column
-                .as_nullable_slice::<f64>()
-                .and_then(|s| s.get(row).map(|v| Cell::Float(*v))),
-        ),
-        SqlKind::Bool => or_null(
-            column
-                .as_nullable_slice::<Bit>()
-                .and_then(|s| s.get(row).map(|v| Cell::Bool(v.as_bool()))),
-        ),
-        SqlKind::Date => or_null(column.as_nullable_slice::<Date>().and_then(|s| {
-            s.get(row).and_then(|d| {
-                NaiveDate::from_ymd_opt(i32::from(d.year), u32::from(d.month), u32::from(d.day))
-                    .map(Cell::Date)
-            })
-        })),
-        SqlKind::Timestamp => or_null(column.as_nullable_slice::<Timestamp>().and_then(|s| {
-            s.get(row).and_then(|t| {
-                NaiveDate::from_ymd_opt(i32::from(t.year), u32::from(t.month), u32::from(t.day))
-                    .and_then(|d| {
-                        d.and_hms_nano_opt(
-                            u32::from(t.hour),
-                            u32::from(t.minute),
-                            u32::from(t.second),
-                            t.fraction,
-                        )
-                    })
-                    .map(Cell::Timestamp)
-            })
-        })),
-        SqlKind::Binary => or_null(
-            column
-                .as_binary()
-                .and_then(|s| s.get(row).map(|b| Cell::Bytes(b.to_vec()))),
-        ),
-        SqlKind::Decimal => or_null(column.as_text().and_then(|s| {
-            s.get(row)
-                .map(|b| Cell::Decimal(String::from_utf8_lossy(b).trim().to_string()))
-        })),
-        SqlKind::Text | SqlKind::Time => or_null(column.as_text().and_then(|s| {
-            s.get(row)
-                .map(|b| Cell::Text(String::from_utf8_lossy(b).into_owned()))
-        })),
+        Ok(Some(Polled {
+            columns: described.names.clone(),
+            kinds: described.kinds.clone(),
+            rows,
+            track: described.track.clone(),
+        }))
     }
 }
 
@@ -479,7 +409,7 @@ pub fn run_after_publish(
         let kind = match value {
             Cell::Int(_) => SqlKind::Integer,
             Cell::Float(_) => SqlKind::Float,
-            Cell::Timestamp(_) => SqlKind::Timestamp,
+            Cell::Timestamp(_) | Cell::LocalTimestamp(_) => SqlKind::Timestamp,
             Cell::Date(_) => SqlKind::Date,
             _ => SqlKind::Text,
         };

@@ -1,1 +1,786 @@
-//! Rows → messages: each column type published as JSON and CSV, parsed back and compared.
+//! Rows → messages: each column type published as JSON and CSV, parsed back and compared
+//! with the database's own text of the same value, on PostgreSQL, MariaDB and SQLite.
+//!
+//! Given a table with one column per type, whose first row is short and whose later rows
+//! hold values of 4 KiB + 1, 64 KiB + 1 and 1 MiB + 1 bytes (ASCII, `é`, a non-BMP
+//! character, binary), when the real `mqdb` publishes it as JSON and as CSV to a private
+//! Mosquitto, then every value reads back exactly as the database prints it, and a topic
+//! built from a long value is whole.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use serde_json::Value as Json;
+
+use crate::common::{
+    Bridge, Db, Mosquitto, Received, Subscriber, TempTable, dlq_list, path_str, run_mqdb, unique,
+};
+
+/// Liveness deadline for the messages of one table (1 MiB values take a while in debug).
+const DEADLINE: Duration = Duration::from_secs(120);
+/// Sizes in bytes of the long values: just past the first buffer, 64 KiB and 1 MiB.
+const LONG: [usize; 3] = [4097, 65_537, 1_048_577];
+
+/// How a published value is compared with the database's text of it.
+#[derive(Clone, Copy, Debug)]
+enum Cmp {
+    /// The same text (a JSON number's digits, or a string).
+    Same,
+    /// The same double (or the same name: NaN, Infinity, -Infinity).
+    Float,
+    /// Base64 bytes equal to the database's hex.
+    Hex,
+    /// The same JSON document.
+    Json,
+    /// The same instant; `utc`: published with `Z`, else without an offset.
+    Stamp { utc: bool },
+    /// The same time of day, fractional seconds without trailing zeros.
+    Time,
+    /// A JSON boolean for the database's `true`/`false` (or `t`/`f`).
+    Bool,
+}
+
+/// One column of the table under test.
+struct Col {
+    name: &'static str,
+    ddl: &'static str,
+    /// SQL literals of the first (short) and second (extreme) rows.
+    short: &'static str,
+    extreme: &'static str,
+    /// SQL for the long rows, from the size in bytes; `None`: NULL there.
+    long: Option<fn(&Db, usize) -> String>,
+    /// SQL text of the column as the database prints it; `{}` is the column.
+    expect: &'static str,
+    cmp: Cmp,
+}
+
+fn col(name: &'static str, ddl: &'static str, short: &'static str, extreme: &'static str) -> Col {
+    Col {
+        name,
+        ddl,
+        short,
+        extreme,
+        long: None,
+        expect: "",
+        cmp: Cmp::Same,
+    }
+}
+
+impl Col {
+    fn cmp(mut self, cmp: Cmp) -> Col {
+        self.cmp = cmp;
+        self
+    }
+    fn expect(mut self, sql: &'static str) -> Col {
+        self.expect = sql;
+        self
+    }
+    fn long(mut self, f: fn(&Db, usize) -> String) -> Col {
+        self.long = Some(f);
+        self
+    }
+}
+
+/// `n` bytes of text made of `unit` (whose UTF-8 length divides `n - 1`) and one `x`.
+fn repeat_sql(db: &Db, unit: &str, n: usize) -> String {
+    let count = (n - 1) / unit.len();
+    match db {
+        Db::Sqlite(_) => format!("replace(hex(zeroblob({count})), '00', '{unit}') || 'x'"),
+        Db::Postgres => format!("repeat('{unit}', {count}) || 'x'"),
+        Db::MariaDb => format!("CONCAT(REPEAT('{unit}', {count}), 'x')"),
+    }
+}
+
+fn ascii_text(db: &Db, n: usize) -> String {
+    repeat_sql(db, "a", n)
+}
+
+fn accented_text(db: &Db, n: usize) -> String {
+    repeat_sql(db, "é", n)
+}
+
+fn astral_text(db: &Db, n: usize) -> String {
+    repeat_sql(db, "😀", n)
+}
+
+fn bytes_sql(db: &Db, n: usize) -> String {
+    match db {
+        Db::Sqlite(_) => format!("randomblob({n})"),
+        Db::Postgres => format!("decode(repeat('00ff', {}) || '7f', 'hex')", n / 2),
+        Db::MariaDb => format!("UNHEX(CONCAT(REPEAT('00FF', {}), '7F'))", n / 2),
+    }
+}
+
+/// The columns each database holds, with what it prints for them.
+fn columns(db: &Db) -> Vec<Col> {
+    let text = |name, ddl| {
+        col(name, ddl, "'plain'", "''")
+            .long(match name {
+                "t_ascii" => ascii_text,
+                "t_accent" => accented_text,
+                _ => astral_text,
+            })
+            .expect(text_expect(db))
+    };
+    let mut cols = match db {
+        Db::Postgres => vec![
+            col("i2", "smallint", "-32768", "32767").expect("{}::text"),
+            col("i4", "integer", "-2147483648", "2147483647").expect("{}::text"),
+            col("i8", "bigint", "-9223372036854775808", "9007199254740993").expect("{}::text"),
+            col("i8max", "bigint", "1", "9223372036854775807").expect("{}::text"),
+            col(
+                "dec38",
+                "numeric(38,10)",
+                "0.5",
+                "1234567890123456789012345678.0123456789",
+            )
+            .expect("{}::text"),
+            col("f8", "double precision", "'4.9e-324'", "'-0'").expect("{}::text").cmp(Cmp::Float),
+            col("f8max", "double precision", "'1.7976931348623157e308'", "'NaN'")
+                .expect("{}::text")
+                .cmp(Cmp::Float),
+            col("f8inf", "double precision", "'Infinity'", "'-Infinity'")
+                .expect("{}::text")
+                .cmp(Cmp::Float),
+            col("decnan", "numeric", "'NaN'", "-0.000000000000000000000000000000000001")
+                .expect("{}::text"),
+            col("f4", "real", "0.1", "'3.4028235e38'").expect("{}::text").cmp(Cmp::Float),
+            col("ok", "boolean", "true", "false").expect("{}::text").cmp(Cmp::Bool),
+            col("d", "date", "'2024-02-29'", "'0001-01-01'").expect("{}::text"),
+            col("tm", "time", "'12:00:00.5'", "'23:59:59.999999'").expect("{}::text").cmp(Cmp::Time),
+            col("ts", "timestamp", "'2024-05-01 12:00:00.123456'", "'1970-01-01 00:00:00'")
+                .expect("to_char({}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US')")
+                .cmp(Cmp::Stamp { utc: false }),
+            col("tz", "timestamptz", "'2024-05-01 12:00:00.5+02'", "'2000-01-01 00:00:00Z'")
+                .expect("to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')")
+                .cmp(Cmp::Stamp { utc: true }),
+            col("js", "json", "'{\"b\": [1, 2.50], \"a\": null}'", "'\"s\"'")
+                .expect("{}::text")
+                .cmp(Cmp::Json),
+            col("jb", "jsonb", "'{\"k\": 12345678901234567890}'", "'[]'")
+                .expect("{}::text")
+                .cmp(Cmp::Json),
+            col(
+                "u",
+                "uuid",
+                "'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'",
+                "'00000000-0000-0000-0000-000000000000'",
+            )
+            .expect("{}::text"),
+            text("t_ascii", "text"),
+            text("t_accent", "text"),
+            text("t_astral", "text"),
+            col("bin", "bytea", "'\\x00ff'", "''")
+                .long(bytes_sql)
+                .expect("encode({}, 'hex')")
+                .cmp(Cmp::Hex),
+        ],
+        Db::MariaDb => vec![
+            col("i1", "tinyint", "-128", "127").expect("CAST({} AS CHAR)"),
+            col("i2", "smallint", "-32768", "32767").expect("CAST({} AS CHAR)"),
+            col("i4", "int", "-2147483648", "2147483647").expect("CAST({} AS CHAR)"),
+            col("i8", "bigint", "-9223372036854775808", "9007199254740993")
+                .expect("CAST({} AS CHAR)"),
+            col("u8", "bigint unsigned", "0", "18446744073709551615").expect("CAST({} AS CHAR)"),
+            col(
+                "dec38",
+                "decimal(38,10)",
+                "0.5",
+                "1234567890123456789012345678.0123456789",
+            )
+            .expect("CAST({} AS CHAR)"),
+            col("f8", "double", "2.2250738585072014e-308", "-0e0")
+                .expect("CAST({} AS CHAR)")
+                .cmp(Cmp::Float),
+            col("f4", "float", "0.1", "-3.40282e38")
+                .expect("CAST({} AS CHAR)")
+                .cmp(Cmp::Float),
+            col("f8max", "double", "1.7976931348623157e308", "1.5e300")
+                .expect("CAST({} AS CHAR)")
+                .cmp(Cmp::Float),
+            col("ok", "boolean", "1", "0").expect("CAST({} AS CHAR)"),
+            col("d", "date", "'2024-02-29'", "'1000-01-01'").expect("CAST({} AS CHAR)"),
+            col("tm", "time(6)", "'12:00:00.5'", "'23:59:59.999999'")
+                .expect("CAST({} AS CHAR)")
+                .cmp(Cmp::Time),
+            col("ts", "datetime(6)", "'2024-05-01 12:00:00.123456'", "'1970-01-01 00:00:00'")
+                .expect("DATE_FORMAT({}, '%Y-%m-%dT%H:%i:%s.%f')")
+                .cmp(Cmp::Stamp { utc: false }),
+            col("tz", "timestamp(6) NULL", "'2024-05-01 12:00:00.5'", "'2000-01-01 00:00:01'")
+                .expect("DATE_FORMAT(CONVERT_TZ({}, @@session.time_zone, '+00:00'), '%Y-%m-%dT%H:%i:%s.%f')")
+                .cmp(Cmp::Stamp { utc: true }),
+            text("t_ascii", "mediumtext"),
+            text("t_accent", "mediumtext"),
+            text("t_astral", "mediumtext"),
+            col("bin", "mediumblob", "x'00ff'", "''")
+                .long(bytes_sql)
+                .expect("HEX({})")
+                .cmp(Cmp::Hex),
+        ],
+        Db::Sqlite(_) => vec![
+            col("i8", "INTEGER", "-9223372036854775808", "9007199254740993")
+                .expect("CAST({} AS TEXT)"),
+            col("i8max", "BIGINT", "1", "9223372036854775807").expect("CAST({} AS TEXT)"),
+            col("f8", "REAL", "1.5", "-2.5e-300").expect("CAST({} AS TEXT)").cmp(Cmp::Float),
+            col("f8inf", "REAL", "9e999", "-9e999").expect("CAST({} AS TEXT)").cmp(Cmp::Float),
+            col("ok", "BOOLEAN", "1", "0").expect("CAST({} AS TEXT)").cmp(Cmp::Bool),
+            col("d", "DATE", "'2024-02-29'", "'0001-01-01'").expect("CAST({} AS TEXT)"),
+            col("ts", "TIMESTAMP", "'2024-05-01 12:00:00.123456'", "'1970-01-01T00:00:00'")
+                .expect("CAST({} AS TEXT)")
+                .cmp(Cmp::Stamp { utc: true }),
+            col("js", "JSON", "'{\"b\": [1, 2.50], \"a\": null}'", "'[]'")
+                .expect("CAST({} AS TEXT)")
+                .cmp(Cmp::Json),
+            text("t_ascii", "TEXT"),
+            text("t_accent", "TEXT"),
+            text("t_astral", "TEXT"),
+            col("bin", "BLOB", "x'00ff'", "x''")
+                .long(bytes_sql)
+                .expect("CASE WHEN {} IS NULL THEN NULL ELSE hex({}) END")
+                .cmp(Cmp::Hex),
+        ],
+    };
+    for c in &mut cols {
+        if c.expect.is_empty() {
+            c.expect = text_expect(db);
+        }
+    }
+    cols
+}
+
+fn text_expect(db: &Db) -> &'static str {
+    match db {
+        Db::Postgres => "{}::text",
+        Db::MariaDb => "CAST({} AS CHAR)",
+        Db::Sqlite(_) => "CAST({} AS TEXT)",
+    }
+}
+
+/// The rows: short first, then extremes, then one per long size, then all NULL.
+fn insert_rows(db: &Db, table: &str, cols: &[Col]) -> usize {
+    let names: Vec<&str> = cols.iter().map(|c| c.name).collect();
+    let mut rows: Vec<Vec<String>> = vec![
+        cols.iter().map(|c| c.short.to_string()).collect(),
+        cols.iter().map(|c| c.extreme.to_string()).collect(),
+    ];
+    for n in LONG {
+        rows.push(
+            cols.iter()
+                .map(|c| c.long.map_or("NULL".into(), |f| f(db, n)))
+                .collect(),
+        );
+    }
+    rows.push(cols.iter().map(|_| "NULL".to_string()).collect());
+    for (i, row) in rows.iter().enumerate() {
+        db.exec(&format!(
+            "INSERT INTO {table} (id, tag, {}) VALUES ({}, {}, {})",
+            names.join(", "),
+            i + 1,
+            if i == 3 {
+                repeat_sql(db, "é", 5001)
+            } else {
+                format!("'tag{i}'")
+            },
+            row.join(", ")
+        ));
+    }
+    rows.len()
+}
+
+/// One outbound route: name, query, topic, format.
+type Route<'a> = (&'a str, String, String, &'a str);
+
+/// Writes `mqdb.yaml` with broker `m`, database `d` and `routes` (tracking `id` from 0).
+fn config(dir: &std::path::Path, broker: &Mosquitto, db: &Db, routes: &[Route<'_>]) -> PathBuf {
+    let quoted = |t: &str| serde_json::to_string(t).expect("a string serializes");
+    let routes: String = routes
+        .iter()
+        .map(|(name, query, topic, format)| {
+            format!(
+                "  - {{ name: {name}, database: d, query: {}, track: id, start: 0, interval: 100ms, broker: m, topic: {}, qos: 1, format: {format} }}\n",
+                quoted(query),
+                quoted(topic)
+            )
+        })
+        .collect();
+    let text = format!(
+        "state: {}\nbrokers:\n  m: {{ url: {}, client_id: {} }}\ndatabases:\n  d: {{ connection_string: {} }}\noutbound:\n{routes}",
+        quoted(&format!("sqlite://{}", dir.join("state.db").display())),
+        quoted(&broker.url()),
+        unique("fid_out"),
+        quoted(&db.connection_string()),
+    );
+    let path = dir.join("mqdb.yaml");
+    std::fs::write(&path, text).expect("write mqdb.yaml");
+    path
+}
+
+/// What the database prints for each row: `id` first, then each column.
+fn expected(db: &Db, table: &str, cols: &[Col]) -> Vec<Vec<Option<String>>> {
+    let exprs: Vec<String> = cols
+        .iter()
+        .map(|c| c.expect.replace("{}", c.name))
+        .collect();
+    db.query(&format!(
+        "SELECT {} FROM {table} ORDER BY id",
+        exprs.join(", ")
+    ))
+}
+
+/// Runs the matrix on `db`.
+fn values_arrive_exactly(db: Db) {
+    let dir = tempfile::Builder::new()
+        .prefix("mqdb-fid-out-")
+        .tempdir()
+        .expect("temp dir");
+    let broker = Mosquitto::start();
+    let cols = columns(&db);
+    let ddl: Vec<String> = cols
+        .iter()
+        .map(|c| format!("{} {}", c.name, c.ddl))
+        .collect();
+    let tag_type = match db {
+        Db::MariaDb => "mediumtext",
+        _ => "text",
+    };
+    let table = TempTable::create(
+        &db,
+        "fid_out",
+        &format!("id integer PRIMARY KEY, tag {tag_type}, {}", ddl.join(", ")),
+    );
+    let rows = insert_rows(&db, &table.name, &cols);
+    let want = expected(&db, &table.name, &cols);
+    let base = unique("fid");
+    let json_sub = Subscriber::connect(broker.port, &format!("{base}/json"), 1);
+    let csv_sub = Subscriber::connect(broker.port, &format!("{base}/csv"), 1);
+    let tag_sub = Subscriber::connect(broker.port, &format!("{base}/tag/#"), 1);
+    let all = format!("SELECT * FROM {} WHERE id > ? ORDER BY id", table.name);
+    let tags = format!(
+        "SELECT id, tag FROM {} WHERE id > ? ORDER BY id",
+        table.name
+    );
+    let routes = [
+        ("as_json", all.clone(), format!("{base}/json"), "json"),
+        ("as_csv", all, format!("{base}/csv"), "csv"),
+        ("as_topic", tags, format!("{base}/tag/{{tag}}"), "json"),
+    ];
+    let config = config(dir.path(), &broker, &db, &routes);
+    let bridge = Bridge::start(&config);
+
+    let json = json_sub.wait_for(rows, DEADLINE);
+    let csv = csv_sub.wait_for(rows, DEADLINE);
+    let tags = tag_sub.wait_for(rows, DEADLINE);
+    let letters = dlq_list(&config);
+    assert!(
+        letters.is_empty(),
+        "[{}] dead letters: {letters:?}",
+        db.label()
+    );
+    let mut wrong = Vec::new();
+    for (r, (message, expected)) in json.iter().zip(&want).enumerate() {
+        check_json_row(&db, r, message, &cols, expected, &mut wrong);
+    }
+    for (r, (message, expected)) in csv.iter().zip(&want).enumerate() {
+        check_csv_row(&db, r, message, &cols, expected, &mut wrong);
+    }
+    assert!(
+        wrong.is_empty(),
+        "[{}] {} values changed:\n{}",
+        db.label(),
+        wrong.len(),
+        wrong.join("\n")
+    );
+    let long_tag: String = "é".repeat(2500) + "x";
+    assert!(
+        tags.iter()
+            .any(|m| m.topic == format!("{base}/tag/{long_tag}")),
+        "[{}] no message on the topic built from the 5001-byte value; topic lengths: {:?}",
+        db.label(),
+        tags.iter().map(|m| m.topic.len()).collect::<Vec<_>>()
+    );
+    drop(bridge);
+}
+
+fn check_json_row(
+    db: &Db,
+    r: usize,
+    message: &Received,
+    cols: &[Col],
+    want: &[Option<String>],
+    wrong: &mut Vec<String>,
+) {
+    let object: serde_json::Map<String, Json> =
+        serde_json::from_slice(&message.payload).expect("a JSON object");
+    for (c, expected) in cols.iter().zip(want) {
+        let got = object
+            .get(c.name)
+            .unwrap_or_else(|| panic!("[{}] row {r}: no key {}", db.label(), c.name));
+        let got = match got {
+            Json::Null => None,
+            other => Some(other.clone()),
+        };
+        if let Err(e) = same(c, "json", got, expected.as_deref()) {
+            wrong.push(format!("json row {} column {}: {e}", r + 1, c.name));
+        }
+    }
+}
+
+fn check_csv_row(
+    db: &Db,
+    r: usize,
+    message: &Received,
+    cols: &[Col],
+    want: &[Option<String>],
+    wrong: &mut Vec<String>,
+) {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .from_reader(message.payload.as_slice());
+    let record = reader
+        .records()
+        .next()
+        .expect("one CSV record")
+        .unwrap_or_else(|e| panic!("[{}] row {r}: not CSV: {e}", db.label()));
+    // The CSV row has id and tag first, as in the table.
+    for (i, (c, expected)) in cols.iter().zip(want).enumerate() {
+        let field = record.get(i + 2).expect("a field per column");
+        // CSV writes NULL as an empty field.
+        let got = (!field.is_empty()).then(|| Json::String(field.to_string()));
+        let expected = expected.as_deref().filter(|e| !e.is_empty());
+        if let Err(e) = same(c, "csv", got, expected) {
+            wrong.push(format!("csv row {} column {}: {e}", r + 1, c.name));
+        }
+    }
+}
+
+/// Compares one published value with the database's text of it.
+fn same(c: &Col, format: &str, got: Option<Json>, want: Option<&str>) -> Result<(), String> {
+    let (Some(got), Some(want)) = (&got, want) else {
+        return if got.is_none() == want.is_none() {
+            Ok(())
+        } else {
+            Err(format!("published {got:?}, stored {want:?}"))
+        };
+    };
+    let text = match got {
+        Json::String(s) => s.clone(),
+        Json::Number(n) => n.to_string(),
+        Json::Bool(b) => b.to_string(),
+        other => other.to_string(),
+    };
+    let shown = |t: &str| {
+        if t.len() > 60 {
+            format!(
+                "{}… ({} bytes)",
+                t.chars().take(20).collect::<String>(),
+                t.len()
+            )
+        } else {
+            t.to_string()
+        }
+    };
+    let differs = || {
+        Err(format!(
+            "published {}, stored {}",
+            shown(&text),
+            shown(want)
+        ))
+    };
+    match c.cmp {
+        Cmp::Same if text != want => differs(),
+        Cmp::Float => {
+            let (Some(a), Some(b)) = (float(&text), float(want)) else {
+                return differs();
+            };
+            let equal = a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+            // One text for both formats: the names JSON cannot hold are strings.
+            if !equal || (!a.is_finite() && !matches!(got, Json::String(_))) {
+                differs()
+            } else {
+                Ok(())
+            }
+        }
+        Cmp::Hex if hex(&base64_decode(&text)) != want.to_ascii_uppercase() => differs(),
+        Cmp::Json => {
+            let stored: Json = serde_json::from_str(want).expect("stored JSON");
+            let published = match got {
+                Json::String(s) if format == "csv" => {
+                    serde_json::from_str(s).map_err(|e| format!("{s} is not JSON: {e}"))?
+                }
+                // Nested, not a string holding the document.
+                other => other.clone(),
+            };
+            if published == stored {
+                Ok(())
+            } else {
+                differs()
+            }
+        }
+        Cmp::Stamp { utc } => {
+            let bare = text.strip_suffix('Z');
+            if bare.is_some() != utc || stamp(bare.unwrap_or(&text)) != stamp(want) {
+                differs()
+            } else {
+                Ok(())
+            }
+        }
+        Cmp::Time if text != trim_fraction(want) => differs(),
+        Cmp::Bool if text != matches!(want, "true" | "t" | "1").to_string() => differs(),
+        _ => Ok(()),
+    }
+}
+
+fn float(text: &str) -> Option<f64> {
+    match text {
+        "NaN" => Some(f64::NAN),
+        "Infinity" | "Inf" => Some(f64::INFINITY),
+        "-Infinity" | "-Inf" => Some(f64::NEG_INFINITY),
+        t => t.parse().ok(),
+    }
+}
+
+fn stamp(text: &str) -> Option<NaiveDateTime> {
+    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
+}
+
+fn trim_fraction(text: &str) -> String {
+    match text.split_once('.') {
+        Some((whole, frac)) => {
+            let frac = frac.trim_end_matches('0');
+            if frac.is_empty() {
+                whole.to_string()
+            } else {
+                format!("{whole}.{frac}")
+            }
+        }
+        None => text.to_string(),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    let (mut acc, mut bits) = (0u32, 0);
+    for &b in text.as_bytes().iter().filter(|&&b| b != b'=') {
+        let v = TABLE
+            .iter()
+            .position(|&t| t == b)
+            .unwrap_or_else(|| panic!("{:?} is not base64", b as char)) as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
+}
+
+/// Publishes every row of `table` as JSON; returns the messages once `rows` have been
+/// published or dead-lettered, and the dead letters.
+fn publish_json(
+    db: &Db,
+    table: &str,
+    rows: usize,
+) -> (Vec<serde_json::Map<String, Json>>, Vec<Json>) {
+    publish_json_then(db, table, rows, |_| {})
+}
+
+/// [`publish_json`], then `then` with the config while the bridge still runs.
+fn publish_json_then(
+    db: &Db,
+    table: &str,
+    rows: usize,
+    then: impl FnOnce(&std::path::Path),
+) -> (Vec<serde_json::Map<String, Json>>, Vec<Json>) {
+    let dir = tempfile::Builder::new()
+        .prefix("mqdb-fid-out-")
+        .tempdir()
+        .expect("temp dir");
+    let broker = Mosquitto::start();
+    let topic = unique("fid");
+    let sub = Subscriber::connect(broker.port, &topic, 1);
+    let query = format!("SELECT * FROM {table} WHERE id > ? ORDER BY id");
+    let config = config(
+        dir.path(),
+        &broker,
+        db,
+        &[("rows", query, topic.clone(), "json")],
+    );
+    let mut bridge = Bridge::start(&config);
+    let mut letters = Vec::new();
+    crate::common::wait_for(&mut bridge, "every row published or dead-lettered", || {
+        letters = dlq_list(&config);
+        Ok(sub.count() + letters.len() >= rows)
+    });
+    let messages = sub
+        .messages()
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).expect("a JSON object"))
+        .collect();
+    then(&config);
+    (messages, letters)
+}
+
+/// The `error` of each dead letter.
+fn reasons(letters: &[Json]) -> Vec<String> {
+    letters
+        .iter()
+        .map(|l| l["error"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// psqlODBC reports `infinity` as 9999-12-31 23:59:59 and both date infinities as
+/// 0000-00-00: such rows become dead letters naming the value, never a wrong date, and the
+/// rows after them are published.
+#[test]
+fn postgres_infinities_the_driver_cannot_tell_apart_are_dead_letters() {
+    let db = Db::Postgres;
+    let table = TempTable::create(
+        &db,
+        "fid_inf",
+        "id integer PRIMARY KEY, tz timestamptz, d date, f float8",
+    );
+    db.exec(&format!(
+        "INSERT INTO {} VALUES (1, 'infinity', '2024-01-01', 1), (2, '2024-01-01Z', '-infinity', 2), \
+         (3, '-infinity', NULL, 3), (4, '2024-05-01 12:00:00+02', '2024-01-02', 'NaN')",
+        table.name
+    ));
+    let mut replayed = None;
+    let (messages, letters) = publish_json_then(&db, &table.name, 4, |config| {
+        let out = run_mqdb(&["-c", path_str(config), "dlq", "replay", "--all"]);
+        replayed = Some((out.status.success(), dlq_list(config)));
+    });
+    // A replay publishes nothing for them: the stored payload lacks the value.
+    let (replay_ok, after) = replayed.expect("replayed");
+    assert!(
+        !replay_ok,
+        "replaying a row whose value cannot be published succeeded"
+    );
+    assert!(
+        after.len() == 3
+            && after
+                .iter()
+                .all(|l| l["attempts"] == 2 && l["error_kind"] == "value"),
+        "{after:?}"
+    );
+    let errors = reasons(&letters);
+    assert_eq!(
+        letters.len(),
+        3,
+        "dead letters: {errors:?}; published: {messages:?}"
+    );
+    assert!(
+        errors[0].contains("column tz") && errors[0].contains("infinity"),
+        "{errors:?}"
+    );
+    assert!(
+        errors[1].contains("column d") && errors[1].contains("infinity"),
+        "{errors:?}"
+    );
+    assert!(errors[2].contains("column tz"), "{errors:?}");
+    assert!(
+        letters.iter().all(|l| l["error_kind"] == "value"),
+        "{letters:?}"
+    );
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert_eq!(messages[0]["tz"], "2024-05-01T10:00:00Z");
+    assert_eq!(messages[0]["f"], "NaN");
+}
+
+/// SQLite keeps a type per value: a value that does not fit its column's declared type is
+/// published as stored, a timestamp text with an offset as the same instant in UTC (one
+/// without an offset is taken as UTC), and BLOBs as base64 bytes.
+#[test]
+fn sqlite_values_keep_the_type_they_were_stored_with() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = Db::Sqlite(dir.path().join("values.db"));
+    let table = TempTable::create(
+        &db,
+        "fid_loose",
+        "id INTEGER PRIMARY KEY, n NUMERIC, i INTEGER, d DATE, ts TIMESTAMP, b BLOB, r REAL",
+    );
+    db.exec(&format!(
+        "INSERT INTO {} VALUES (1, 'abc', 'notint', 'garbage', '2024-05-01T12:00:00+02:00', x'00FF', 'str'), \
+         (2, 12, 7, '2024-01-01', '2024-05-01 10:00:00.25', 'text', 1.5)",
+        table.name
+    ));
+    let (messages, letters) = publish_json(&db, &table.name, 2);
+    assert!(letters.is_empty(), "{:?}", reasons(&letters));
+    let want = [
+        serde_json::json!({"id": 1, "n": "abc", "i": "notint", "d": "garbage",
+            "ts": "2024-05-01T10:00:00Z", "b": "AP8=", "r": "str"}),
+        serde_json::json!({"id": 2, "n": 12, "i": 7, "d": "2024-01-01",
+            "ts": "2024-05-01T10:00:00.25Z", "b": "dGV4dA==", "r": 1.5}),
+    ];
+    let got: Vec<Json> = messages.into_iter().map(Json::Object).collect();
+    assert_eq!(got, want);
+}
+
+/// A value larger than the most a poll reads (64 MiB) makes its row a dead letter naming the
+/// column, never a cut value; the rows around it are published whole.
+fn too_large_values_are_dead_letters(db: Db) {
+    let blob = match db {
+        Db::Postgres => "bytea",
+        _ => "BLOB",
+    };
+    let table = TempTable::create(&db, "fid_big", &format!("id integer PRIMARY KEY, b {blob}"));
+    let big = match db {
+        Db::Postgres => format!("decode(repeat('ab', {}), 'hex')", (64 << 20) + 1),
+        _ => format!("zeroblob({})", (64 << 20) + 1),
+    };
+    db.exec(&format!(
+        "INSERT INTO {t} VALUES (1, {short}), (2, {big}), (3, {short})",
+        t = table.name,
+        short = bytes_sql(&db, 4097)
+    ));
+    let (messages, letters) = publish_json(&db, &table.name, 3);
+    let errors = reasons(&letters);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("column b") && errors[0].contains("64 MiB"),
+        "{errors:?}"
+    );
+    let published: Vec<(i64, usize)> = messages
+        .iter()
+        .map(|m| {
+            let id = m["id"].as_i64().expect("an id");
+            (id, base64_decode(m["b"].as_str().expect("base64")).len())
+        })
+        .collect();
+    assert_eq!(published, [(1, 4097), (3, 4097)]);
+}
+
+#[test]
+fn postgres_too_large_values_are_dead_letters() {
+    too_large_values_are_dead_letters(Db::Postgres);
+}
+
+#[test]
+fn sqlite_too_large_values_are_dead_letters() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    too_large_values_are_dead_letters(Db::Sqlite(dir.path().join("big.db")));
+}
+
+#[test]
+fn postgres_values_arrive_exactly() {
+    values_arrive_exactly(Db::Postgres);
+}
+
+#[test]
+fn mariadb_values_arrive_exactly() {
+    values_arrive_exactly(Db::MariaDb);
+}
+
+#[test]
+fn sqlite_values_arrive_exactly() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    values_arrive_exactly(Db::Sqlite(dir.path().join("fid.db")));
+}
