@@ -1,7 +1,6 @@
 //! Delimited text: reading inbound payloads record by record (each record is a row), and one
 //! line per row for outbound routes.
 
-use ::csv::{Terminator, WriterBuilder};
 use std::sync::Mutex;
 
 use csv_core::{ReadRecordResult, Reader as CoreReader, ReaderBuilder as CoreBuilder};
@@ -309,17 +308,42 @@ fn trim_line_end(body: &[u8], begin: usize, mut end: usize) -> usize {
     end
 }
 
-/// One CSV line (with its line end): NULL is an empty field, other values their text.
+/// One CSV line (with its line end): NULL is an empty field, the empty string `""` (a
+/// quoted field is never NULL when read back), other values their text, quoted when they
+/// hold the delimiter, the quote or a line end.
 pub fn csv_row(row: &[Cell], options: &CsvOptions) -> Vec<u8> {
-    let mut writer = WriterBuilder::new()
-        .delimiter(ascii(options.delimiter, b','))
-        .quote(ascii(options.quote, b'"'))
-        .terminator(Terminator::Any(b'\n'))
-        .from_writer(Vec::new());
-    let fields: Vec<String> = row.iter().map(|c| c.text().unwrap_or_default()).collect();
-    // Writing to a Vec cannot fail.
-    let _ = writer.write_record(&fields);
-    writer.into_inner().unwrap_or_default()
+    let delimiter = ascii(options.delimiter, b',');
+    let quote = ascii(options.quote, b'"');
+    let mut line = Vec::with_capacity(16 * row.len() + 1);
+    for (i, cell) in row.iter().enumerate() {
+        if i > 0 {
+            line.push(delimiter);
+        }
+        if let Some(text) = cell.text() {
+            push_field(&mut line, text.as_bytes(), delimiter, quote);
+        }
+    }
+    line.push(b'\n');
+    line
+}
+
+fn push_field(line: &mut Vec<u8>, text: &[u8], delimiter: u8, quote: u8) {
+    let quoted = text.is_empty()
+        || text
+            .iter()
+            .any(|&b| b == delimiter || b == quote || b == b'\n' || b == b'\r');
+    if !quoted {
+        line.extend_from_slice(text);
+        return;
+    }
+    line.push(quote);
+    for &b in text {
+        if b == quote {
+            line.push(quote);
+        }
+        line.push(b);
+    }
+    line.push(quote);
 }
 
 fn ascii(c: char, fallback: u8) -> u8 {
@@ -429,6 +453,25 @@ mod tests {
         assert_eq!(fields(&out.records[0]), vec!["1", "a,\"b\"\nc", ""]);
     }
 
+    #[test]
+    fn the_empty_string_and_null_stay_apart() {
+        let row = vec![
+            Cell::Text(String::new()),
+            Cell::Null,
+            Cell::Text("x".into()),
+        ];
+        let line = csv_row(&row, &CsvOptions::default());
+        assert_eq!(line, b"\"\",,x\n");
+        let f = format();
+        let out = read(&line, &f).unwrap();
+        let record = &out.records[0];
+        let raw = record.line.bytes(&line);
+        let nulls: Vec<bool> = (0..3)
+            .map(|i| f.is_null_field(raw, i, record.fields.get(i).unwrap()))
+            .collect();
+        assert_eq!(nulls, [false, true, false]);
+    }
+
     fn field() -> impl Strategy<Value = String> {
         proptest::string::string_regex("[a-z0-9 ,;\"\\n\\r\\t'é]{0,12}").unwrap()
     }
@@ -445,17 +488,17 @@ mod tests {
             let mut payload = Vec::new();
             let mut lines = Vec::new();
             for row in &rows {
-                let mut w = WriterBuilder::new()
+                let mut w = ::csv::WriterBuilder::new()
                     .delimiter(delimiter)
                     .quote_style(::csv::QuoteStyle::Necessary)
-                    .terminator(if crlf { Terminator::CRLF } else { Terminator::Any(b'\n') })
+                    .terminator(if crlf { ::csv::Terminator::CRLF } else { ::csv::Terminator::Any(b'\n') })
                     .from_writer(Vec::new());
                 // A lone empty field is written as an empty line, which readers skip: quote it.
                 if row.len() == 1 && row[0].is_empty() {
-                    w = WriterBuilder::new()
+                    w = ::csv::WriterBuilder::new()
                         .delimiter(delimiter)
                         .quote_style(::csv::QuoteStyle::Always)
-                        .terminator(if crlf { Terminator::CRLF } else { Terminator::Any(b'\n') })
+                        .terminator(if crlf { ::csv::Terminator::CRLF } else { ::csv::Terminator::Any(b'\n') })
                         .from_writer(Vec::new());
                 }
                 w.write_record(row).unwrap();
