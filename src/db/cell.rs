@@ -82,7 +82,7 @@ pub fn local_timestamp(t: &NaiveDateTime) -> String {
 }
 
 /// `.` and the digits of `nanos` without trailing zeros; empty for a whole second.
-fn fraction(nanos: u32) -> String {
+pub fn fraction(nanos: u32) -> String {
     if nanos == 0 {
         return String::new();
     }

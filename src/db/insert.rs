@@ -302,12 +302,15 @@ fn postgres_parameter(value: Option<&Value>) -> Box<dyn InputParameter> {
 }
 
 /// SQLite keeps timestamps as text, and its driver writes a bound timestamp to the
-/// millisecond only: the text carries every microsecond.
+/// millisecond only: the text carries every microsecond, in the form SQLite's own date
+/// functions read (`YYYY-MM-DD HH:MM:SS[.f]`, only the fractional digits needed).
 fn sqlite_parameter(value: Option<&Value>, kind: SqlKind) -> Box<dyn InputParameter + '_> {
     match value {
-        Some(Value::Timestamp(t)) => Box::new(VarCharBox::from_string(
-            t.format("%Y-%m-%d %H:%M:%S%.6f").to_string(),
-        )),
+        Some(Value::Timestamp(t)) => Box::new(VarCharBox::from_string(format!(
+            "{}{}",
+            t.format("%Y-%m-%d %H:%M:%S"),
+            super::cell::fraction(chrono::Timelike::nanosecond(t))
+        ))),
         other => parameter(other, kind),
     }
 }
