@@ -203,14 +203,37 @@ pub fn mysql_time_precisions(
     conn: &Connection<'_>,
     table: &str,
 ) -> Result<Vec<(String, i16)>, DbError> {
+    mysql_column_numbers(
+        conn,
+        table,
+        "CAST(DATETIME_PRECISION AS SIGNED)",
+        "DATETIME_PRECISION IS NOT NULL",
+    )
+}
+
+/// MariaDB/MySQL: the `BOOLEAN` (`tinyint(1)`) columns of `table`, which SQLColumns reports
+/// as plain `TINYINT`.
+pub fn mysql_boolean_columns(conn: &Connection<'_>, table: &str) -> Result<Vec<String>, DbError> {
+    let found = mysql_column_numbers(conn, table, "1", "LOWER(COLUMN_TYPE) = 'tinyint(1)'")?;
+    Ok(found.into_iter().map(|(name, _)| name).collect())
+}
+
+/// `(COLUMN_NAME, number)` from `information_schema.COLUMNS` for the columns of `table`
+/// (`table` or `database.table`) that meet `condition`.
+fn mysql_column_numbers(
+    conn: &Connection<'_>,
+    table: &str,
+    number: &str,
+    condition: &str,
+) -> Result<Vec<(String, i16)>, DbError> {
     use odbc_api::{Cursor, IntoParameter};
     let (schema, name) = match table.split_once('.') {
         Some((schema, name)) => (Some(schema), name),
         None => (None, table),
     };
     let sql = format!(
-        "SELECT COLUMN_NAME, CAST(DATETIME_PRECISION AS SIGNED) FROM information_schema.COLUMNS \
-         WHERE TABLE_SCHEMA = {} AND TABLE_NAME = ? AND DATETIME_PRECISION IS NOT NULL",
+        "SELECT COLUMN_NAME, {number} FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = {} AND TABLE_NAME = ? AND {condition}",
         if schema.is_some() { "?" } else { "DATABASE()" }
     );
     let odbc = |e: odbc_api::Error| DbError::from_odbc(&e);
@@ -223,11 +246,11 @@ pub fn mysql_time_precisions(
     if let Some(mut cursor) = cursor.map_err(odbc)? {
         let mut column = Vec::new();
         while let Some(mut row) = cursor.next_row().map_err(odbc)? {
-            let mut digits = odbc_api::Nullable::<i32>::null();
+            let mut value = odbc_api::Nullable::<i32>::null();
             if row.get_text(1, &mut column).map_err(odbc)? {
-                row.get_data(2, &mut digits).map_err(odbc)?;
-                if let Some(digits) = digits.into_opt().and_then(|d| i16::try_from(d).ok()) {
-                    out.push((String::from_utf8_lossy(&column).into_owned(), digits));
+                row.get_data(2, &mut value).map_err(odbc)?;
+                if let Some(value) = value.into_opt().and_then(|d| i16::try_from(d).ok()) {
+                    out.push((String::from_utf8_lossy(&column).into_owned(), value));
                 }
             }
         }

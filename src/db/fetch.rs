@@ -66,6 +66,7 @@ pub fn buffer_desc(read: Read, learnt: Option<usize>) -> BufferDesc {
         // As doubles: MariaDB's driver reads large FLOAT values into a float buffer as 0.
         Read::Real => BufferDesc::F64 { nullable: true },
         Read::Bool => BufferDesc::Bit { nullable: true },
+        Read::IntBool => BufferDesc::I64 { nullable: true },
         Read::Date => BufferDesc::Date { nullable: true },
         Read::Timestamp { .. } => BufferDesc::Timestamp { nullable: true },
         Read::Binary => BufferDesc::Binary { max_bytes: width },
@@ -111,6 +112,11 @@ pub fn cell(column: AnyColumnBufferSlice<'_>, row: usize, read: Read) -> Cell {
                 .as_nullable_slice::<Bit>()
                 .and_then(|s| s.get(row).map(|v| Cell::Bool(v.as_bool()))),
         ),
+        Read::IntBool => or_null(
+            column
+                .as_nullable_slice::<i64>()
+                .and_then(|s| s.get(row).map(|v| int_bool(*v))),
+        ),
         Read::Date => or_null(
             column
                 .as_nullable_slice::<odbc_api::sys::Date>()
@@ -145,6 +151,17 @@ fn real(v: f64) -> f64 {
         widen_real(single)
     } else {
         v
+    }
+}
+
+/// A `BOOLEAN` (`tinyint(1)`) value: only 0 and 1 are booleans.
+fn int_bool(v: i64) -> Cell {
+    match v {
+        0 => Cell::Bool(false),
+        1 => Cell::Bool(true),
+        other => Cell::Invalid(format!(
+            "{other} is not a boolean, though the column is BOOLEAN (tinyint(1)): publishing it as true would change it"
+        )),
     }
 }
 

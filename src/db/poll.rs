@@ -13,7 +13,9 @@ use super::DbSpec;
 pub use super::cell::{Cell, rfc3339};
 use super::dialect::Dialect;
 use super::fetch::{buffer_desc, cell, desc_bytes, grow_cut_columns, named};
-use super::shape::{Column, Read, postgres_types, read_of, type_name};
+use super::shape::{
+    Column, Origin, Read, mysql_tinyint_types, origin, postgres_types, read_of, type_name,
+};
 use crate::convert::SqlKind;
 use crate::error::{Class, DbError};
 
@@ -157,6 +159,8 @@ pub struct Described {
     pub type_names: Vec<String>,
     /// Whether each column is an unsigned number.
     pub unsigned: Vec<bool>,
+    /// The table column each result column is read from, when the driver says.
+    pub origins: Vec<Option<Origin>>,
     /// Indexes of the track columns.
     pub track: Vec<usize>,
     /// How many `?` the query has.
@@ -178,6 +182,7 @@ pub fn describe(conn: &Connection<'_>, poll: &PollSpec) -> Result<Described, DbE
     let mut types = Vec::new();
     let mut type_names = Vec::new();
     let mut unsigned = Vec::new();
+    let mut origins = Vec::new();
     for i in 1..=count as u16 {
         names.push(prepared.col_name(i).map_err(odbc(conn))?);
         let data_type = prepared.col_data_type(i).map_err(odbc(conn))?;
@@ -185,6 +190,7 @@ pub fn describe(conn: &Connection<'_>, poll: &PollSpec) -> Result<Described, DbE
         types.push(data_type);
         type_names.push(type_name(&mut prepared, i));
         unsigned.push(prepared.column_is_unsigned(i).unwrap_or(false));
+        origins.push(origin(&mut prepared, i));
     }
     let track = poll
         .track
@@ -208,6 +214,7 @@ pub fn describe(conn: &Connection<'_>, poll: &PollSpec) -> Result<Described, DbE
         types,
         type_names,
         unsigned,
+        origins,
         track,
         params,
     })
@@ -272,18 +279,26 @@ impl Session<'_> {
     }
 
     fn reads(&self, described: &Described, position: &[String]) -> Result<Vec<Read>, DbError> {
-        let server_types = if self.dialect == Dialect::Postgres {
-            let params = self.params(described, position)?;
-            postgres_types(self.conn, &self.poll.query, &described.names, &params)
-        } else {
-            None
+        let server_types: Vec<Option<String>> = match self.dialect {
+            Dialect::Postgres => {
+                let params = self.params(described, position)?;
+                postgres_types(self.conn, &self.poll.query, &described.names, &params)
+                    .map(|types| types.into_iter().map(Some).collect())
+                    .unwrap_or_default()
+            }
+            Dialect::MySql => {
+                let types = mysql_tinyint_types(self.conn, &described.origins, &described.types);
+                let _ = self.conn.commit();
+                types
+            }
+            _ => Vec::new(),
         };
         Ok((0..described.names.len())
             .map(|i| {
                 let column = Column {
                     data_type: &described.types[i],
                     type_name: described.type_names[i].clone(),
-                    server_type: server_types.as_ref().and_then(|t| t.get(i).cloned()),
+                    server_type: server_types.get(i).cloned().flatten(),
                     unsigned: described.unsigned[i],
                 };
                 read_of(&column, self.dialect)

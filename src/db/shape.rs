@@ -20,6 +20,9 @@ pub enum Read {
     /// Single precision, published with the shortest digits that read back as it.
     Real,
     Bool,
+    /// MariaDB/MySQL `BOOLEAN` (`tinyint(1)`): 0 and 1 are `false` and `true`; the type
+    /// holds -128…127, and any other value is not a boolean.
+    IntBool,
     Date,
     /// A date read as text: psqlODBC reports the date infinities as today's date in a
     /// date struct, but as `0000-00-00` in text.
@@ -76,6 +79,7 @@ pub fn read_of(column: &Column<'_>, dialect: Dialect) -> Read {
         "json" | "jsonb" => return Read::Json,
         "uuid" => return Read::Uuid,
         "boolean" | "bool" => return Read::Bool,
+        "tinyint(1)" if dialect == Dialect::MySql => return Read::IntBool,
         _ => {}
     }
     match column.data_type {
@@ -146,16 +150,46 @@ fn sqlite_read(column: &Column<'_>) -> Read {
 
 /// `SQL_DESC_TYPE_NAME` of a result column, lower case; empty when the driver has none.
 pub fn type_name(statement: &mut impl AsStatementRef, column: u16) -> String {
+    attribute(statement, column, Desc::TypeName).to_ascii_lowercase()
+}
+
+/// The table column a result column is read from, as `(database, table, column)`, when
+/// the driver says (`SQL_DESC_CATALOG_NAME`, `SQL_DESC_BASE_TABLE_NAME`,
+/// `SQL_DESC_BASE_COLUMN_NAME`); `None` for computed columns.
+pub fn origin(statement: &mut impl AsStatementRef, column: u16) -> Option<Origin> {
+    let table = attribute(statement, column, Desc::BaseTableName);
+    let name = attribute(statement, column, Desc::BaseColumnName);
+    if table.is_empty() || name.is_empty() {
+        return None;
+    }
+    Some(Origin {
+        database: attribute(statement, column, Desc::CatalogName),
+        table,
+        column: name,
+    })
+}
+
+/// Where a result column comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// Empty when the driver does not say: the connection's current database.
+    pub database: String,
+    pub table: String,
+    pub column: String,
+}
+
+/// A text attribute of a result column; empty when the driver has none.
+fn attribute(statement: &mut impl AsStatementRef, column: u16, field: Desc) -> String {
     let stmt = statement.as_stmt_ref();
     let mut buffer = vec![0u8; 256];
     let mut length: i16 = 0;
     // SAFETY: the buffer outlives the call and its length is passed; odbc-api 29 has no safe
-    // accessor for this attribute.
+    // accessor for these attributes.
     let result = unsafe {
         SQLColAttribute(
             stmt.as_sys(),
             column,
-            Desc::TypeName,
+            field,
             buffer.as_mut_ptr() as Pointer,
             buffer.len() as i16,
             &mut length,
@@ -168,7 +202,39 @@ pub fn type_name(statement: &mut impl AsStatementRef, column: u16) -> String {
     let end = usize::try_from(length).unwrap_or(0).min(buffer.len() - 1);
     String::from_utf8_lossy(&buffer[..end])
         .trim_end_matches('\0')
-        .to_ascii_lowercase()
+        .to_string()
+}
+
+/// MariaDB/MySQL: the declared type (`COLUMN_TYPE`, e.g. `tinyint(1)`) of each `TINYINT`
+/// result column read straight from a table, from `information_schema`: the result set
+/// cannot tell `BOOLEAN` (`tinyint(1)`) from `TINYINT`. Other columns get `None`.
+pub fn mysql_tinyint_types(
+    conn: &Connection<'_>,
+    origins: &[Option<Origin>],
+    types: &[DataType],
+) -> Vec<Option<String>> {
+    use odbc_api::IntoParameter;
+    let sql = "SELECT LOWER(COLUMN_TYPE) FROM information_schema.COLUMNS \
+               WHERE TABLE_SCHEMA = COALESCE(NULLIF(?, ''), DATABASE()) AND TABLE_NAME = ? AND COLUMN_NAME = ?";
+    origins
+        .iter()
+        .zip(types)
+        .map(|(origin, data_type)| {
+            let origin = origin
+                .as_ref()
+                .filter(|_| *data_type == DataType::TinyInt)?;
+            let database = origin.database.as_str().into_parameter();
+            let table = origin.table.as_str().into_parameter();
+            let column = origin.column.as_str().into_parameter();
+            let mut cursor = conn
+                .execute(sql, (&database, &table, &column), None)
+                .ok()??;
+            let mut row = cursor.next_row().ok()??;
+            let mut text = Vec::new();
+            row.get_text(1, &mut text).ok()?;
+            Some(String::from_utf8_lossy(&text).into_owned())
+        })
+        .collect()
 }
 
 /// PostgreSQL's own type of each result column (`json`, `uuid`, `timestamp with time

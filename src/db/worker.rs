@@ -16,6 +16,7 @@ use super::postgres::Arrays;
 use super::write::{Unsettled, Writer, query_text};
 use crate::backoff::Backoff;
 use crate::config::OnConflict;
+use crate::convert::SqlKind;
 use crate::error::{Class, DbError};
 use crate::mapping::Row;
 use crate::metrics::RouteMetrics;
@@ -299,9 +300,14 @@ pub fn resolve(
     if dialect == Dialect::MySql {
         let precisions = catalog::mysql_time_precisions(conn, &target.table)?;
         let _ = conn.commit();
+        let booleans = catalog::mysql_boolean_columns(conn, &target.table)?;
+        let _ = conn.commit();
         for column in &mut columns {
             if let Some((_, digits)) = precisions.iter().find(|(name, _)| *name == column.name) {
                 column.scale = Some(*digits);
+            }
+            if booleans.contains(&column.name) {
+                column.kind = SqlKind::Bool;
             }
         }
     }

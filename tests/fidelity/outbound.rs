@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
-use serde_json::Value as Json;
+use serde_json::{Value as Json, json};
 
 use crate::common::{
     Bridge, Db, Mosquitto, Received, Subscriber, TempTable, dlq_list, path_str, run_mqdb, unique,
@@ -199,7 +199,7 @@ fn columns(db: &Db) -> Vec<Col> {
             col("f8max", "double", "1.7976931348623157e308", "1.5e300")
                 .expect("CAST({} AS CHAR)")
                 .cmp(Cmp::Float),
-            col("ok", "boolean", "1", "0").expect("CAST({} AS CHAR)"),
+            col("ok", "boolean", "1", "0").expect("CAST({} AS CHAR)").cmp(Cmp::Bool),
             col("d", "date", "'2024-02-29'", "'1000-01-01'").expect("CAST({} AS CHAR)"),
             col("tm", "time(6)", "'12:00:00.5'", "'23:59:59.999999'")
                 .expect("CAST({} AS CHAR)")
@@ -693,6 +693,41 @@ fn postgres_infinities_the_driver_cannot_tell_apart_are_dead_letters() {
     assert_eq!(messages.len(), 1, "{messages:?}");
     assert_eq!(messages[0]["tz"], "2024-05-01T10:00:00Z");
     assert_eq!(messages[0]["f"], "NaN");
+}
+
+/// MariaDB's `BOOLEAN` is `TINYINT(1)`: its 0 and 1 are published as `false` and `true`,
+/// like PostgreSQL's booleans, also through a query's alias; a plain `TINYINT` stays a
+/// number, and a `BOOLEAN` holding another value is a dead letter naming it, never `true`.
+#[test]
+fn mariadb_booleans_are_booleans_and_other_values_dead_letters() {
+    let db = Db::MariaDb;
+    let table = TempTable::create(
+        &db,
+        "fid_bool",
+        "id INTEGER PRIMARY KEY, ok BOOLEAN, n TINYINT",
+    );
+    db.exec(&format!(
+        "INSERT INTO {} VALUES (1, TRUE, 1), (2, FALSE, 0), (3, 5, 5), (4, NULL, -128)",
+        table.name
+    ));
+    let (messages, letters) = publish_json_then(&db, &table.name, 4, |_| {});
+    let got: Vec<(Json, Json)> = messages
+        .iter()
+        .map(|m| (m["ok"].clone(), m["n"].clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (json!(true), json!(1)),
+            (json!(false), json!(0)),
+            (Json::Null, json!(-128)),
+        ]
+    );
+    let errors = reasons(&letters);
+    assert!(
+        letters.len() == 1 && errors[0].contains("column ok") && errors[0].contains('5'),
+        "{letters:?}"
+    );
 }
 
 /// SQLite keeps a type per value: a value that does not fit its column's declared type is
