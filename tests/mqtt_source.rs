@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Bridge, Db, LIVENESS, Mosquitto, Publisher, Subscriber, TempTable, dlq_list, make_ca, make_pki,
-    path_str, run_mqdb, unique, wait_for,
+    path_str, run_mqdb, unique, wait_for, with_mqtt5,
 };
 use serde_json::Value as Json;
 
@@ -913,45 +913,6 @@ fn tls_with_client_certificates_run_and_check() {
 // ---------------------------------------------------------------------------------------
 // MQTT 5: user properties as `header.NAME`, and a session that outlives the bridge
 // ---------------------------------------------------------------------------------------
-
-/// Runs `f` with an MQTT 5 client (`client_id`, clean start or not), then polls its event
-/// loop until the `answers` requests `f` queued (subscribes, QoS 1 publishes) are answered.
-fn with_mqtt5(
-    port: u16,
-    client_id: &str,
-    clean_start: bool,
-    answers: usize,
-    f: impl FnOnce(&rumqttc::v5::AsyncClient),
-) {
-    use rumqttc::v5::{AsyncClient, Event, MqttOptions, mqttbytes::v5::Packet};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
-    options.set_clean_start(clean_start);
-    if !clean_start {
-        options.set_session_expiry_interval(Some(3600));
-    }
-    let (client, mut eventloop) = AsyncClient::new(options, 100);
-    f(&client);
-    rt.block_on(async {
-        let start = Instant::now();
-        let mut answered = 0;
-        while answered < answers {
-            let event = tokio::time::timeout(Duration::from_secs(10), eventloop.poll())
-                .await
-                .expect("MQTT 5 client: no event within 10 s")
-                .expect("MQTT 5 client connection");
-            if let Event::Incoming(Packet::SubAck(_) | Packet::PubAck(_)) = event {
-                answered += 1;
-            }
-            assert!(start.elapsed() < LIVENESS, "MQTT 5 client did not finish");
-        }
-        let _ = client.disconnect().await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
-    });
-}
 
 fn publish_with_properties(port: u16, topic: &str, payload: &str, properties: &[(&str, &str)]) {
     use rumqttc::v5::mqttbytes::{QoS, v5::PublishProperties};

@@ -43,7 +43,7 @@ pub use checks::{
 #[allow(unused_imports)]
 pub use db::{Db, TempTable, odbc_connect, odbc_env, odbc_exec, odbc_query};
 #[allow(unused_imports)]
-pub use mqtt::{Mosquitto, Publisher, Received, Subscriber};
+pub use mqtt::{Mosquitto, Publisher, Received, Subscriber, with_mqtt5};
 #[allow(unused_imports)]
 pub use proxy::TcpProxy;
 #[allow(unused_imports)]

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{free_port, send_signal, unique, wait_child};
+use super::{LIVENESS, free_port, send_signal, unique, wait_child};
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 
@@ -685,4 +685,45 @@ impl Drop for Subscriber {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
+}
+
+/// Runs an MQTT 5 client as `client_id` (clean start or not): `f` queues its requests
+/// (subscribes, QoS 1 publishes), then the client runs until `answers` SUBACKs and PUBACKs
+/// have come, and disconnects.
+pub fn with_mqtt5(
+    port: u16,
+    client_id: &str,
+    clean_start: bool,
+    answers: usize,
+    f: impl FnOnce(&rumqttc::v5::AsyncClient),
+) {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_clean_start(clean_start);
+    if !clean_start {
+        options.set_session_expiry_interval(Some(3600));
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, answers + 10);
+    f(&client);
+    rt.block_on(async {
+        let start = Instant::now();
+        let mut answered = 0;
+        while answered < answers {
+            let event = tokio::time::timeout(Duration::from_secs(10), eventloop.poll())
+                .await
+                .expect("MQTT 5 client: no event within 10 s")
+                .expect("MQTT 5 client connection");
+            if let Event::Incoming(Packet::SubAck(_) | Packet::PubAck(_)) = event {
+                answered += 1;
+            }
+            assert!(start.elapsed() < LIVENESS, "MQTT 5 client did not finish");
+        }
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
+    });
 }

@@ -9,12 +9,11 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
 
 use crate::common::{
-    Bridge, Db, Header, LIVENESS, Mosquitto, Rabbit, TempTable, dlq_list, unique, wait_for,
+    Bridge, Db, Header, Mosquitto, Rabbit, TempTable, dlq_list, unique, wait_for, with_mqtt5,
 };
 
 /// What a case must end in.
@@ -912,46 +911,6 @@ impl World {
         std::fs::write(&path, text).expect("write mqdb.yaml");
         path
     }
-}
-
-/// Runs an MQTT 5 client as `client_id`: `f` queues its requests, then the client runs
-/// until `answers` SUBACKs and PUBACKs have come, and disconnects.
-fn with_mqtt5(
-    port: u16,
-    client_id: &str,
-    clean_start: bool,
-    answers: usize,
-    f: impl FnOnce(&rumqttc::v5::AsyncClient),
-) {
-    use rumqttc::v5::mqttbytes::v5::Packet;
-    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
-    options.set_clean_start(clean_start);
-    if !clean_start {
-        options.set_session_expiry_interval(Some(3600));
-    }
-    let (client, mut eventloop) = AsyncClient::new(options, answers + 10);
-    f(&client);
-    rt.block_on(async {
-        let start = Instant::now();
-        let mut answered = 0;
-        while answered < answers {
-            let event = tokio::time::timeout(Duration::from_secs(10), eventloop.poll())
-                .await
-                .expect("MQTT 5 client: no event within 10 s")
-                .expect("MQTT 5 client connection");
-            if let Event::Incoming(Packet::SubAck(_) | Packet::PubAck(_)) = event {
-                answered += 1;
-            }
-            assert!(start.elapsed() < LIVENESS, "MQTT 5 client did not finish");
-        }
-        let _ = client.disconnect().await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
-    });
 }
 
 /// The bridge's persistent session, subscribed to `filter`, so that the broker keeps what
