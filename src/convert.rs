@@ -79,11 +79,11 @@ fn from_json(json: &Json, kind: SqlKind) -> Result<Value, String> {
         (SqlKind::Text, Json::Number(n)) => Ok(Value::Text(n.to_string())),
         (SqlKind::Text, Json::Bool(b)) => Ok(Value::Text(b.to_string())),
         (SqlKind::Text, other) => Ok(Value::Text(other.to_string())),
-        (SqlKind::Integer, Json::Number(n)) => integer_from_text(&n.to_string()).map(Value::Int),
+        (SqlKind::Integer, Json::Number(n)) => integer_from_text(n.as_str()).map(Value::Int),
         (SqlKind::Integer, Json::Bool(b)) => Ok(Value::Int(i64::from(*b))),
-        (SqlKind::Decimal, Json::Number(n)) => decimal_from_text(&n.to_string()),
+        (SqlKind::Decimal, Json::Number(n)) => decimal_from_text(n.as_str()),
         (SqlKind::Decimal, Json::Bool(b)) => Ok(Value::Text(u8::from(*b).to_string())),
-        (SqlKind::Float, Json::Number(n)) => float_from_text(&n.to_string()),
+        (SqlKind::Float, Json::Number(n)) => float_from_text(n.as_str()),
         (SqlKind::Bool, Json::Bool(b)) => Ok(Value::Bool(*b)),
         (SqlKind::Bool, Json::Number(n)) => match n.as_i64() {
             Some(0) => Ok(Value::Bool(false)),
@@ -223,6 +223,10 @@ pub fn fraction_digits(text: &str) -> i64 {
 /// An integer from its exact text: `12345678901234567.0` and `1.2345678901234567e16` are
 /// 12345678901234567; a fraction or a value beyond 64 bits is refused, never rounded.
 fn integer_from_text(text: &str) -> Result<i64, String> {
+    // Plain digits, the common case, need no exact-notation parse.
+    if let Ok(v) = text.parse::<i64>() {
+        return Ok(v);
+    }
     let shown = || format!("{:?}", truncate(text, 80));
     let digits = Digits::parse(text).ok_or_else(|| format!("{} is not an integer", shown()))?;
     if digits.has_fraction() {
