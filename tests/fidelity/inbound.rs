@@ -810,18 +810,7 @@ fn decimal_digits(text: &str) -> Option<(bool, String, i64)> {
 
 /// `12:00:00.250000` and `12:00:00.25` agree, as do `12:00:00.000` and `12:00:00`.
 fn strip_zero_fraction(text: &str) -> String {
-    let t = text.trim().replace('T', " ");
-    match t.split_once('.') {
-        Some((whole, frac)) => {
-            let frac = frac.trim_end_matches('0');
-            if frac.is_empty() {
-                whole.to_string()
-            } else {
-                format!("{whole}.{frac}")
-            }
-        }
-        None => t,
-    }
+    crate::trim_fraction(&text.trim().replace('T', " "))
 }
 
 /// One test's private world: a temp dir and a private Mosquitto.

@@ -12,3 +12,19 @@ mod common;
 mod inbound;
 mod outbound;
 mod roundtrip;
+
+/// A time or timestamp's text without trailing zeros in its fraction (nor a fraction of
+/// zeros): `12:00:00.250000` is `12:00:00.25`, `12:00:00.000` is `12:00:00`.
+fn trim_fraction(text: &str) -> String {
+    match text.split_once('.') {
+        Some((whole, frac)) => {
+            let frac = frac.trim_end_matches('0');
+            if frac.is_empty() {
+                whole.to_string()
+            } else {
+                format!("{whole}.{frac}")
+            }
+        }
+        None => text.to_string(),
+    }
+}

@@ -525,7 +525,7 @@ fn same(c: &Col, format: &str, got: Option<Json>, want: Option<&str>) -> Result<
                 Ok(())
             }
         }
-        Cmp::Time if text != trim_fraction(want) => differs(),
+        Cmp::Time if text != crate::trim_fraction(want) => differs(),
         Cmp::Bool if text != matches!(want, "true" | "t" | "1").to_string() => differs(),
         _ => Ok(()),
     }
@@ -544,20 +544,6 @@ fn stamp(text: &str) -> Option<NaiveDateTime> {
     ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
         .iter()
         .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
-}
-
-fn trim_fraction(text: &str) -> String {
-    match text.split_once('.') {
-        Some((whole, frac)) => {
-            let frac = frac.trim_end_matches('0');
-            if frac.is_empty() {
-                whole.to_string()
-            } else {
-                format!("{whole}.{frac}")
-            }
-        }
-        None => text.to_string(),
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {
