@@ -1340,3 +1340,96 @@ fn usage_errors_exit_2() {
         );
     }
 }
+
+/// A MariaDB account with a password that the connection-string grammar must brace, dropped
+/// when the test ends.
+struct MariaDbUser {
+    name: String,
+}
+
+impl MariaDbUser {
+    fn create(password: &str) -> MariaDbUser {
+        let name = unique("u");
+        for host in ["%", "localhost"] {
+            Db::MariaDb.exec(&format!(
+                "CREATE USER '{name}'@'{host}' IDENTIFIED BY '{password}'"
+            ));
+            Db::MariaDb.exec(&format!("GRANT ALL ON test.* TO '{name}'@'{host}'"));
+        }
+        MariaDbUser { name }
+    }
+}
+
+impl Drop for MariaDbUser {
+    fn drop(&mut self) {
+        for host in ["%", "localhost"] {
+            let _ = Db::MariaDb.try_exec(&format!("DROP USER '{}'@'{host}'", self.name));
+        }
+    }
+}
+
+#[test]
+fn username_and_password_keys_log_in_on_every_driver() {
+    // Given a MariaDB account whose password holds `;`, `}`, `=` and `@`, and databases
+    // whose credentials come only from the username/password keys
+    let password = "p;w}d=x@1";
+    let account = MariaDbUser::create(password);
+    let dir = Dir::new();
+    let sqlite = Db::Sqlite(dir.path("data.db"));
+    let pg = TempTable::create(&Db::Postgres, "cli_cred", "v INTEGER");
+    let my = TempTable::create(&Db::MariaDb, "cli_cred", "v INTEGER");
+    let lite = TempTable::create(&sqlite, "cli_cred", "v INTEGER");
+    let config = |my_password: &str| {
+        let text = format!(
+            "state: {state}
+brokers:
+  b: {{ url: 'mqtt://127.0.0.1:1883', client_id: {cid} }}
+databases:
+  pg:
+    connection_string: 'Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port=5432;Database=test;'
+    username: root
+    password: '{password}'
+  my:
+    connection_string: 'Driver={{MariaDB Unicode}};Server=127.0.0.1;Port=3306;Database=test;'
+    username: {user}
+    password: '{my_password}'
+  lite:
+    connection_string: '{lite_cs}'
+    username: nobody
+    password: '{password}'
+inbound:
+  - {{ name: r_pg, broker: b, topic: cli/cred/pg, database: pg, table: {pg_t} }}
+  - {{ name: r_my, broker: b, topic: cli/cred/my, database: my, table: {my_t} }}
+  - {{ name: r_lite, broker: b, topic: cli/cred/lite, database: lite, table: {lite_t} }}
+",
+            state = dir.state(),
+            cid = unique("cli_cred"),
+            user = account.name,
+            lite_cs = sqlite.connection_string(),
+            pg_t = pg.name,
+            my_t = my.name,
+            lite_t = lite.name,
+        );
+        dir.write("mqdb.yaml", &text)
+    };
+
+    // When `check` connects with the right password, then with a wrong one
+    let good = mqdb(&config(password), &["check"]);
+    let bad = mqdb(&config("p;w}d=x@2"), &["check"]);
+
+    // Then every driver logs in (PostgreSQL as `root`, not `{root}`), MariaDB refuses the
+    // wrong password, and neither password is ever printed
+    assert_eq!(good.status.code(), Some(0), "{}", show(&good));
+    assert_eq!(bad.status.code(), Some(1), "{}", show(&bad));
+    let printed = stdout(&bad);
+    let refused = route_lines(&printed, "r_my");
+    assert!(
+        refused.len() == 1 && !refused[0].starts_with("ok"),
+        "{}",
+        show(&bad)
+    );
+    for out in [&good, &bad] {
+        let all = show(out);
+        assert!(!all.contains("p;w}d=x@"), "a password was printed:\n{all}");
+    }
+}

@@ -126,23 +126,24 @@ impl DbSpec {
     }
 }
 
-/// ODBC attribute values in braces survive `;` and `=`; a `}` is doubled.
+/// A connection-string attribute value, in braces (with a `}` doubled) only when the ODBC
+/// grammar needs them: some drivers (psqlODBC for `UID`) keep braces as part of the value.
 fn braced(value: &str) -> String {
-    format!("{{{}}}", value.replace('}', "}}"))
+    let needs = value.trim() != value
+        || value.is_empty()
+        || value.contains(|c| "[]{}(),;?*=!@".contains(c));
+    if needs {
+        format!("{{{}}}", value.replace('}', "}}"))
+    } else {
+        value.to_string()
+    }
 }
 
 /// Drivers sometimes echo the connection string in their messages.
 fn redacted(mut error: DbError, connection_string: &str) -> DbError {
-    for part in connection_string.split(';') {
-        if let Some((key, value)) = part.split_once('=')
-            && key.trim().eq_ignore_ascii_case("pwd")
-            && value.len() > 2
-        {
-            error.message = error.message.replace(value, "***");
-            let inner = value.trim_start_matches('{').trim_end_matches('}');
-            if !inner.is_empty() {
-                error.message = error.message.replace(inner, "***");
-            }
+    for (key, raw, value) in attributes(connection_string) {
+        if key.trim().eq_ignore_ascii_case("pwd") && !value.is_empty() {
+            error.message = error.message.replace(raw, "***").replace(&value, "***");
         }
     }
     if error.message.contains(connection_string) {
@@ -153,13 +154,52 @@ fn redacted(mut error: DbError, connection_string: &str) -> DbError {
     error
 }
 
+/// The `key=value` attributes of a connection string: each key, its value as written, and
+/// its value (without braces, a doubled `}` single), by the ODBC grammar where a braced
+/// value may hold `;`.
+fn attributes(connection_string: &str) -> Vec<(&str, &str, String)> {
+    let mut out = Vec::new();
+    let mut rest = connection_string;
+    while let Some((key, after)) = rest.split_once('=') {
+        let (raw, value, next) = match after.strip_prefix('{') {
+            Some(body) => {
+                let mut end = None;
+                let mut i = 0;
+                let bytes = body.as_bytes();
+                while i < bytes.len() {
+                    if bytes[i] == b'}' {
+                        if bytes.get(i + 1) == Some(&b'}') {
+                            i += 2;
+                            continue;
+                        }
+                        end = Some(i);
+                        break;
+                    }
+                    i += 1;
+                }
+                let end = end.unwrap_or(body.len());
+                let raw = &after[..(end + 2).min(after.len())];
+                let next = after[raw.len()..].trim_start_matches(';');
+                (raw, body[..end].replace("}}", "}"), next)
+            }
+            None => {
+                let (raw, next) = after.split_once(';').unwrap_or((after, ""));
+                (raw, raw.to_string(), next)
+            }
+        };
+        out.push((key.trim_start_matches(';'), raw, value));
+        rest = next;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{EnvString, Secret};
 
     #[test]
-    fn passwords_are_appended_braced() {
+    fn values_are_braced_only_when_the_grammar_needs_it() {
         let db = Database {
             connection_string: Some(Secret("Driver={X};Server=h;".into())),
             dsn: None,
@@ -171,9 +211,24 @@ mod tests {
         let spec = DbSpec::from_config("d", &db).unwrap();
         assert_eq!(
             spec.connection_string,
-            "Driver={X};Server=h;UID={u};PWD={p;w}}d};"
+            "Driver={X};Server=h;UID=u;PWD={p;w}}d};"
         );
+        assert_eq!(braced("root"), "root");
+        assert_eq!(braced("a=b"), "{a=b}");
+        assert_eq!(braced(" pad"), "{ pad}");
+        assert_eq!(braced(""), "{}");
         assert!(!format!("{spec:?}").contains("p;w"));
+    }
+
+    #[test]
+    fn braced_passwords_with_semicolons_are_redacted_too() {
+        let cs = "Driver={X};Server=h;UID=u;PWD={p;w}}d=x};Port=1;";
+        let e = redacted(DbError::new("bad password p;w}d=x for u"), cs);
+        assert_eq!(e.message, "bad password *** for u");
+        let keys: Vec<&str> = attributes(cs).into_iter().map(|(k, _, _)| k).collect();
+        assert_eq!(keys, ["Driver", "Server", "UID", "PWD", "Port"]);
+        let short = redacted(DbError::new("no: ab"), "UID=u;PWD=ab;");
+        assert_eq!(short.message, "no: ***");
     }
 
     #[test]
