@@ -100,6 +100,10 @@ impl State {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
+        create_private(options.get_filename()).map_err(|e| StateError::Open {
+            url: url.to_string(),
+            source: sqlx::Error::Io(e),
+        })?;
         // Two processes creating the same store at once (a bridge starting while a `dlq`
         // command runs) can find it locked while the first one switches it to WAL.
         let mut attempt = 0;
@@ -412,6 +416,25 @@ impl State {
     }
 }
 
+/// Creates the store's file readable and writable by its owner only, if it does not exist:
+/// dead letters hold business data. SQLite gives its WAL and shared-memory files the
+/// database file's permissions. An in-memory store has no file.
+fn create_private(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.as_os_str().is_empty() || path.to_str() == Some(":memory:") {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other.map(drop),
+    }
+}
+
 fn is_locked(e: &sqlx::Error) -> bool {
     match e {
         // SQLITE_BUSY and SQLITE_LOCKED, with their extended codes (low byte 5 or 6).
@@ -552,6 +575,23 @@ mod tests {
 
     fn ids(letters: &[DeadLetter]) -> Vec<i64> {
         letters.iter().map(|l| l.id).collect()
+    }
+
+    #[tokio::test]
+    async fn the_store_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, state) = store().await;
+        state
+            .store_dead_letters(&[letter("a", "decode")])
+            .await
+            .unwrap();
+        for name in ["s.db", "s.db-wal"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}: {mode:o}");
+        }
     }
 
     #[tokio::test]
