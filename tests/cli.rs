@@ -1433,3 +1433,73 @@ inbound:
         assert!(!all.contains("p;w}d=x@"), "a password was printed:\n{all}");
     }
 }
+
+#[test]
+fn mqtt_url_credentials_log_in_and_never_show() {
+    // Given a broker that only lets `plant` in with a password holding `@` and `:`
+    let dir = Dir::new();
+    let passwords = dir.path("passwd");
+    std::fs::write(&passwords, "").unwrap();
+    let made = std::process::Command::new("mosquitto_passwd")
+        .args(["-b", passwords.to_str().unwrap(), "plant", "s3@cr:t"])
+        .status()
+        .expect("run mosquitto_passwd");
+    assert!(made.success());
+    let broker = common::Mosquitto::start_with_extra_config(&format!(
+        "allow_anonymous false\npassword_file {}\n",
+        passwords.display()
+    ));
+    let sqlite = Db::Sqlite(dir.path("data.db"));
+    let table = TempTable::create(&sqlite, "cli_url", "v INTEGER");
+    let config = |url: &str| {
+        let text = format!(
+            "state: {state}
+brokers:
+  b: {{ url: '{url}', client_id: {cid} }}
+databases:
+  d: {{ connection_string: '{cs}' }}
+inbound:
+  - {{ name: r, broker: b, topic: cli/url, database: d, table: {table} }}
+",
+            state = dir.state(),
+            cid = unique("cli_url"),
+            cs = sqlite.connection_string(),
+            table = table.name,
+        );
+        dir.write("mqdb.yaml", &text)
+    };
+    let port = broker.port;
+
+    // When `check` runs with the credentials in the URL (percent-encoded), with a wrong
+    // password, and with a mistyped scheme
+    let good = mqdb(
+        &config(&format!("mqtt://plant:s3%40cr%3At@127.0.0.1:{port}")),
+        &["check"],
+    );
+    let bad = mqdb(
+        &config(&format!("mqtt://plant:wr0ng@127.0.0.1:{port}")),
+        &["check"],
+    );
+    let typo = mqdb(
+        &config(&format!("mqtp://plant:s3%40cr%3At@127.0.0.1:{port}")),
+        &["check"],
+    );
+
+    // Then the right password logs in, the wrong one is refused, the typo is a config
+    // error naming the URL without its password, and no password is ever printed
+    assert_eq!(good.status.code(), Some(0), "{}", show(&good));
+    assert_eq!(bad.status.code(), Some(1), "{}", show(&bad));
+    assert_eq!(typo.status.code(), Some(2), "{}", show(&typo));
+    assert!(
+        show(&typo).contains(&format!("mqtp://plant:***@127.0.0.1:{port}")),
+        "{}",
+        show(&typo)
+    );
+    for out in [&good, &bad, &typo] {
+        let all = show(out);
+        assert!(
+            !all.contains("s3%40cr") && !all.contains("s3@cr") && !all.contains("wr0ng"),
+            "a password was printed:\n{all}"
+        );
+    }
+}

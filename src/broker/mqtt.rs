@@ -44,7 +44,8 @@ pub use crate::config::MqttVersion;
 
 impl MqttSettings {
     pub fn from_config(name: &str, broker: &Broker) -> Result<Self, String> {
-        let url = broker.url.value.as_str();
+        let parts = config::url::credentials(broker.url.value.as_str());
+        let url = parts.bare.as_str();
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| format!("broker {name}: `{url}` is not a URL"))?;
@@ -72,9 +73,16 @@ impl MqttSettings {
             &broker.password,
             &broker.password_file,
         )?;
-        let credentials = match (&broker.username, password) {
-            (Some(u), p) if !u.as_str().is_empty() => Some((u.0.clone(), p.unwrap_or_default())),
-            (_, Some(p)) => Some((String::new(), p)),
+        // The username and password keys win over a user and password in the URL.
+        let user = broker
+            .username
+            .as_ref()
+            .filter(|u| !u.as_str().is_empty())
+            .map(|u| u.0.clone())
+            .or(parts.user);
+        let credentials = match (user, password.or(parts.password)) {
+            (Some(u), p) => Some((u, p.unwrap_or_default())),
+            (None, Some(p)) => Some((String::new(), p)),
             _ => None,
         };
         Ok(MqttSettings {

@@ -83,8 +83,12 @@ pub fn expand(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Stri
             rest = after;
             continue;
         };
+        // The value is not quoted: it may hold a password.
         let end = body_start.find('}').ok_or_else(|| {
-            format!("unclosed `${{` in `{raw}`: write ${{NAME}} or ${{NAME:-default}}")
+            format!(
+                "unclosed `${{` at character {} of the value: write ${{NAME}} or ${{NAME:-default}}",
+                raw[..raw.len() - body_start.len()].chars().count() - 1
+            )
         })?;
         let body = &body_start[..end];
         let (name, default) = match body.split_once(":-") {
@@ -133,7 +137,10 @@ mod tests {
                 .unwrap_err()
                 .contains("UNSET is not set")
         );
-        assert!(expand("${SET", env).unwrap_err().contains("unclosed"));
+        let unclosed = expand("PWD=hunter2;X=${SET", env).unwrap_err();
+        assert!(unclosed.contains("unclosed"), "{unclosed}");
+        assert!(unclosed.contains("character 15"), "{unclosed}");
+        assert!(!unclosed.contains("hunter2"), "{unclosed}");
         assert!(expand("${bad name}", env).is_err());
     }
 

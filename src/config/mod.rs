@@ -6,6 +6,7 @@ mod env;
 pub mod model;
 #[cfg(test)]
 mod reference;
+pub mod url;
 mod validate;
 
 use std::fmt;

@@ -23,7 +23,8 @@ pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
             return Err(err(
                 &broker.value.url.referenced,
                 format!(
-                    "broker {name}: url `{url}` must start with mqtt://, mqtts://, amqp:// or amqps://"
+                    "broker {name}: url `{}` must start with mqtt://, mqtts://, amqp:// or amqps://",
+                    super::url::redacted(url)
                 ),
             ));
         }
