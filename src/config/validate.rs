@@ -28,6 +28,17 @@ pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
                 ),
             ));
         }
+        if let Some(plain @ ("mqtt" | "amqp")) = url.split_once("://").map(|(s, _)| s)
+            && broker.value.tls.is_some()
+        {
+            return Err(err(
+                &broker.value.url.referenced,
+                format!(
+                    "broker {name}: a tls block needs a TLS url: write {plain}s:// instead of \
+                     {plain}:// (with {plain}:// the connection, credentials included, is plain text)"
+                ),
+            ));
+        }
         if broker.value.password.is_some() && broker.value.password_file.is_some() {
             return Err(err(
                 &broker.referenced,
@@ -543,6 +554,23 @@ mod tests {
             "  - name: r\n    broker: b\n    topic: a/{x}\n    database: d\n    table: t\n    columns:\n      c: topic.y\n",
         );
         assert_eq!(e.line, Some(14), "{e}");
+    }
+
+    #[test]
+    fn a_tls_block_on_a_plain_url_is_refused() {
+        let path = Path::new("c.yaml");
+        for (url, plain) in [("mqtt://h:1883", "mqtt"), ("amqp://h:5672/%2f", "amqp")] {
+            let text = format!(
+                "brokers:\n  b:\n    url: {url}\n    tls: {{ ca_file: ca.pem }}\ndatabases:\n  d:\n    connection_string: x\n"
+            );
+            let e = check(path, &parse(path, &text).unwrap())
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with("c.yaml:3:"), "{e}");
+            assert!(e.contains(&format!("write {plain}s://")), "{e}");
+        }
+        let secure = "brokers:\n  b:\n    url: mqtts://h:8883\n    tls: { ca_file: ca.pem }\ndatabases:\n  d:\n    connection_string: x\n";
+        assert!(check(path, &parse(path, secure).unwrap()).is_ok());
     }
 
     #[test]
