@@ -35,7 +35,7 @@ pub async fn list(
         .map_err(|e| AppError::Runtime(e.to_string()))?;
     if as_json {
         for letter in &letters {
-            println!("{}", letter.to_json());
+            emit(&format!("{}\n", letter.to_json()));
         }
     } else if letters.is_empty() {
         let filtered =
@@ -46,7 +46,7 @@ pub async fn list(
             println!("the dead-letter queue is empty");
         }
     } else {
-        print!("{}", dlq::render_table(&letters));
+        emit(&dlq::render_table(&letters));
     }
     Ok(())
 }
@@ -60,7 +60,7 @@ pub async fn show(config: Config, id: i64) -> Result<(), AppError> {
         .map_err(|e| AppError::Runtime(e.to_string()))?
     {
         Some(letter) => {
-            print!("{}", letter.details());
+            emit(&letter.details());
             Ok(())
         }
         None => Err(AppError::Runtime(format!("no dead letter with id {id}"))),
@@ -210,6 +210,20 @@ async fn open_state(config: &Config) -> Result<State, AppError> {
     State::open(config.state.as_str())
         .await
         .map_err(|e| AppError::Runtime(e.to_string()))
+}
+
+/// Writes to stdout; a reader that went away (`mqdb dlq list --json | head -1`) ends the
+/// command quietly, as it does for other command-line tools, instead of a panic.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
 }
 
 #[cfg(test)]

@@ -1503,3 +1503,61 @@ inbound:
         );
     }
 }
+
+#[test]
+fn dlq_list_into_a_pipe_closed_early_exits_quietly() {
+    // Given more dead letters than a pipe buffers
+    let dir = Dir::new();
+    let state = dir.state();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let store = mqdb::state::State::open(&state)
+            .await
+            .expect("open the store");
+        let letters: Vec<mqdb::dlq::NewDeadLetter> = (0..2000)
+            .map(|i| mqdb::dlq::NewDeadLetter {
+                route: "r".into(),
+                direction: mqdb::dlq::Direction::Inbound,
+                source: "t".into(),
+                payload: format!("{i:0>200}").into_bytes(),
+                headers: serde_json::json!({}),
+                error_kind: "decode".into(),
+                error: "invalid JSON".into(),
+                sqlstate: None,
+            })
+            .collect();
+        store.store_dead_letters(&letters).await.expect("store");
+        store.close().await;
+    });
+    let path = dir.write(
+        "mqdb.yaml",
+        &format!("state: {state}\nbrokers: {{}}\ndatabases: {{}}\n"),
+    );
+
+    // When `dlq list --json` (and the table) are read for one line and the pipe is closed,
+    // as `| head -1` does
+    for args in [&["dlq", "list", "--json"][..], &["dlq", "list"][..]] {
+        let mut child = common::mqdb_command()
+            .arg("-c")
+            .arg(&path)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mqdb");
+        let mut first = String::new();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        std::io::BufRead::read_line(&mut stdout, &mut first).expect("read one line");
+        drop(stdout);
+        let out = child.wait_with_output().expect("wait for mqdb");
+
+        // Then it exits 0 without a panic
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(!first.is_empty());
+    }
+}
