@@ -82,19 +82,20 @@ impl DeadLetter {
             .unwrap_or_else(|_| "?".into());
         [
             self.id.to_string(),
-            self.route.clone(),
+            printable(&self.route, false),
             age,
             self.attempts.to_string(),
-            self.error_kind.clone(),
-            shorten(&self.error, 60),
-            shorten(&payload_preview(&self.payload), 40),
+            printable(&self.error_kind, false),
+            printable(&shorten(&self.error, 60), false),
+            printable(&shorten(&payload_preview(&self.payload), 40), false),
         ]
     }
 
     /// Everything stored, for `dlq show`.
     pub fn details(&self) -> String {
         let mut out = String::new();
-        let mut line = |k: &str, v: &str| out.push_str(&format!("{k:<16}{v}\n"));
+        let mut line =
+            |k: &str, v: &str| out.push_str(&format!("{k:<16}{}\n", printable(v, false)));
         line("id", &self.id.to_string());
         line("route", &self.route);
         line("direction", &self.direction);
@@ -108,11 +109,26 @@ impl DeadLetter {
         line("headers", &self.headers.to_string());
         line("payload bytes", &self.payload.len().to_string());
         match std::str::from_utf8(&self.payload) {
-            Ok(text) => out.push_str(&format!("payload (text):\n{text}\n")),
+            Ok(text) => out.push_str(&format!("payload (text):\n{}\n", printable(text, true))),
             Err(_) => out.push_str(&format!("payload (hex):\n{}\n", hex_dump(&self.payload))),
         }
         out
     }
+}
+
+/// `text` safe to print on a terminal: control characters (escape sequences, carriage
+/// returns, bells, C1 codes) are shown escaped, `\u{1b}`; with `lines`, line feeds and
+/// tabs stay as they are.
+fn printable(text: &str, lines: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && !(lines && matches!(c, '\n' | '\t')) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn payload_preview(payload: &[u8]) -> String {
@@ -290,6 +306,28 @@ mod tests {
         assert!(j.get("payload").is_none());
         let j = letter(b"{}").to_json();
         assert_eq!(j["payload"], "{}");
+    }
+
+    #[test]
+    fn terminal_codes_in_a_letter_are_shown_escaped() {
+        let mut l = letter(b"\x1b[2J\x1b]0;owned\x07line one\nline\ttwo\r");
+        l.source = "t/\x1b[31mred".into();
+        let shown = l.details();
+        assert!(
+            !shown
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != '\t'),
+            "{shown:?}"
+        );
+        assert!(shown.contains("\\u{1b}[2J"), "{shown}");
+        assert!(shown.contains("line one\nline\ttwo\\u{d}"), "{shown}");
+        assert!(shown.contains("t/\\u{1b}[31mred"), "{shown}");
+        let table = render_table(&[l]);
+        assert_eq!(table.lines().count(), 2, "{table:?}");
+        assert!(
+            table.lines().all(|row| !row.chars().any(char::is_control)),
+            "{table:?}"
+        );
     }
 
     #[test]
