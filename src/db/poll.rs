@@ -159,7 +159,7 @@ pub struct Described {
     pub type_names: Vec<String>,
     /// Whether each column is an unsigned number.
     pub unsigned: Vec<bool>,
-    /// The table column each result column is read from, when the driver says.
+    /// The table column each `TINYINT` result column is read from, when the driver says.
     pub origins: Vec<Option<Origin>>,
     /// Indexes of the track columns.
     pub track: Vec<usize>,
@@ -190,7 +190,9 @@ pub fn describe(conn: &Connection<'_>, poll: &PollSpec) -> Result<Described, DbE
         types.push(data_type);
         type_names.push(type_name(&mut prepared, i));
         unsigned.push(prepared.column_is_unsigned(i).unwrap_or(false));
-        origins.push(origin(&mut prepared, i));
+        // Only a TINYINT may be a BOOLEAN whose table the catalog is asked about.
+        let tinyint = types.last() == Some(&DataType::TinyInt);
+        origins.push(tinyint.then(|| origin(&mut prepared, i)).flatten());
     }
     let track = poll
         .track
@@ -287,7 +289,7 @@ impl Session<'_> {
                     .unwrap_or_default()
             }
             Dialect::MySql => {
-                let types = mysql_tinyint_types(self.conn, &described.origins, &described.types);
+                let types = mysql_tinyint_types(self.conn, &described.origins);
                 let _ = self.conn.commit();
                 types
             }

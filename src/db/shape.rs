@@ -205,34 +205,33 @@ fn attribute(statement: &mut impl AsStatementRef, column: u16, field: Desc) -> S
         .to_string()
 }
 
-/// MariaDB/MySQL: the declared type (`COLUMN_TYPE`, e.g. `tinyint(1)`) of each `TINYINT`
-/// result column read straight from a table, from `information_schema`: the result set
-/// cannot tell `BOOLEAN` (`tinyint(1)`) from `TINYINT`. Other columns get `None`.
+/// MariaDB/MySQL: `tinyint(1)` for each result column read straight from a `BOOLEAN`
+/// column, which the result set cannot tell from `TINYINT`; the catalog says, as it does
+/// for inbound routes ([`super::catalog::mysql_boolean_columns`]). Other columns get `None`.
 pub fn mysql_tinyint_types(
     conn: &Connection<'_>,
     origins: &[Option<Origin>],
-    types: &[DataType],
 ) -> Vec<Option<String>> {
-    use odbc_api::IntoParameter;
-    let sql = "SELECT LOWER(COLUMN_TYPE) FROM information_schema.COLUMNS \
-               WHERE TABLE_SCHEMA = COALESCE(NULLIF(?, ''), DATABASE()) AND TABLE_NAME = ? AND COLUMN_NAME = ?";
+    let mut booleans: std::collections::HashMap<String, Vec<String>> = Default::default();
     origins
         .iter()
-        .zip(types)
-        .map(|(origin, data_type)| {
-            let origin = origin
-                .as_ref()
-                .filter(|_| *data_type == DataType::TinyInt)?;
-            let database = origin.database.as_str().into_parameter();
-            let table = origin.table.as_str().into_parameter();
-            let column = origin.column.as_str().into_parameter();
-            let mut cursor = conn
-                .execute(sql, (&database, &table, &column), None)
-                .ok()??;
-            let mut row = cursor.next_row().ok()??;
-            let mut text = Vec::new();
-            row.get_text(1, &mut text).ok()?;
-            Some(String::from_utf8_lossy(&text).into_owned())
+        .map(|origin| {
+            let origin = origin.as_ref()?;
+            let table = match origin.database.as_str() {
+                "" => origin.table.clone(),
+                database => format!("{database}.{}", origin.table),
+            };
+            let columns = match booleans.entry(table) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let found =
+                        super::catalog::mysql_boolean_columns(conn, e.key()).unwrap_or_default();
+                    e.insert(found)
+                }
+            };
+            columns
+                .contains(&origin.column)
+                .then(|| "tinyint(1)".to_string())
         })
         .collect()
 }
