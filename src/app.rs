@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 use crate::broker::amqp::AmqpSettings;
 use crate::broker::amqp_publish::AmqpPublisher;
 use crate::broker::amqp_source::{AmqpSource, QueueSpec};
+use crate::broker::budget::ByteBudget;
 use crate::broker::mqtt::{MqttSettings, MqttSource, Subscription};
 use crate::broker::mqtt_publish::MqttPublisher;
 use crate::broker::publish::Publisher;
@@ -288,6 +289,7 @@ pub async fn run_until(
 
     let mut subscriptions: BTreeMap<String, Vec<Subscription>> = BTreeMap::new();
     let mut amqp_sources = Vec::new();
+    let mut budgets: BTreeMap<String, ByteBudget> = BTreeMap::new();
     let mut route_tasks = tokio::task::JoinSet::new();
     for (plan, sink, route_metrics) in ready {
         let rx = match &plan.intake {
@@ -318,7 +320,18 @@ pub async fn run_until(
                     prefetch: *prefetch,
                     metrics: route_metrics.clone(),
                 };
-                amqp_sources.push(AmqpSource::start(amqp[&plan.broker].clone(), spec, tx));
+                let budget = budgets
+                    .entry(plan.broker.clone())
+                    .or_insert_with(|| {
+                        ByteBudget::new(config.brokers[&plan.broker].value.max_in_flight_bytes)
+                    })
+                    .clone();
+                amqp_sources.push(AmqpSource::start(
+                    amqp[&plan.broker].clone(),
+                    spec,
+                    tx,
+                    budget,
+                ));
                 rx
             }
         };

@@ -22,7 +22,7 @@ use crate::db::postgres::Arrays;
 use crate::db::worker::{InsertOutcome, InsertRequest, Sink};
 use crate::dlq::{Direction, NewDeadLetter};
 use crate::error::DbError;
-use crate::mapping::{MapError, Mapper, Row};
+use crate::mapping::{MapError, Mapper, Progress, Row};
 use crate::message::{AckHandle, Message};
 use crate::metrics::RouteMetrics;
 use crate::routes::InboundPlan;
@@ -35,13 +35,17 @@ pub struct InboundRoute {
     pub state: State,
     pub max_rows: usize,
     pub max_delay: Duration,
+    pub max_message_bytes: usize,
     pub metrics: Arc<RouteMetrics>,
 }
 
-/// Messages of one batch, in receive order, with their rows and mapping failures.
+/// Messages of one batch, in receive order, with their rows and mapping failures. A long
+/// CSV message spreads over several batches; the last one acknowledges it.
 #[derive(Default)]
 struct Batch {
-    messages: Vec<Message>,
+    messages: Vec<Arc<Message>>,
+    /// The messages whose last rows are in this batch.
+    acks: Vec<AckHandle>,
     rows: Vec<Row>,
     /// For each row: its message (an index into `messages`) and its line in it.
     origins: Vec<(usize, Option<Line>)>,
@@ -55,14 +59,23 @@ struct Batch {
 }
 
 impl Batch {
-    /// A message of many lines weighs as many rows.
+    /// A message of many lines weighs as many rows (or failed lines).
     fn len(&self) -> usize {
-        self.messages.len().max(self.rows.len())
+        self.messages
+            .len()
+            .max(self.rows.len() + self.failures.len())
     }
 }
 
 /// Batches at the database at once: one being written, one waiting.
 const IN_FLIGHT: usize = 2;
+
+/// A message whose rows do not all fit the batch: the rest go into the next ones.
+struct Partial {
+    message: Arc<Message>,
+    ack: AckHandle,
+    progress: Progress,
+}
 
 struct InFlight {
     reply: oneshot::Receiver<InsertOutcome>,
@@ -78,6 +91,7 @@ impl InboundRoute {
             mapper: plan.mapper(&sink.plan),
             max_rows: plan.target.max_rows,
             max_delay: plan.max_delay,
+            max_message_bytes: plan.max_message_bytes,
             sink,
             state,
             metrics,
@@ -89,14 +103,25 @@ impl InboundRoute {
         let mut batch = Batch::default();
         let mut in_flight: VecDeque<InFlight> = VecDeque::with_capacity(IN_FLIGHT);
         let mut spare = None;
+        let mut partial: Option<Partial> = None;
         let mut stopping = false;
         loop {
+            if batch.len() < self.max_rows
+                && let Some(p) = partial.take()
+            {
+                partial = self.add_part(&mut batch, p, &mut spare);
+            }
             if self.can_send(&batch, &messages, &in_flight)
                 && let Some(sent) = self.dispatch(std::mem::take(&mut batch)).await
             {
                 in_flight.push_back(sent);
             }
-            if stopping && in_flight.is_empty() && batch.len() == 0 && messages.is_empty() {
+            if stopping
+                && in_flight.is_empty()
+                && batch.len() == 0
+                && partial.is_none()
+                && messages.is_empty()
+            {
                 return;
             }
             let deadline = batch.started.map(|t| t + self.max_delay);
@@ -119,16 +144,18 @@ impl InboundRoute {
                             self.finish(done.batch, rejected).await
                         }
                         Ok(InsertOutcome::Abandoned) | Err(_) => {
-                            self.metrics.leave(done.batch.messages.len());
+                            self.metrics.leave(done.batch.acks.len());
                             info!(route = %self.name, messages = done.batch.len(), "batch released unacknowledged; the broker will redeliver it");
                         }
                     }
                 }
-                message = messages.recv(), if batch.len() < self.max_rows => match message {
-                    Some(message) => self.add(&mut batch, message, &mut spare),
+                message = messages.recv(), if batch.len() < self.max_rows && partial.is_none() => match message {
+                    Some(message) => partial = self.add(&mut batch, message, &mut spare),
                     None => stopping = true,
                 },
-                _ = sleep_until_opt(deadline), if deadline.is_some() && in_flight.is_empty() => {}
+                _ = sleep_until_opt(deadline), if deadline.is_some() && in_flight.is_empty() && partial.is_none() => {}
+                // The rest of a long message goes on at the top of the loop.
+                _ = async {}, if partial.is_some() && batch.len() < self.max_rows => {}
                 changed = stop.changed(), if !stopping => {
                     if changed.is_err() || *stop.borrow() {
                         stopping = true;
@@ -161,40 +188,93 @@ impl InboundRoute {
     }
 
     /// Maps `message` into `batch`; `spare` holds array buffers back from the database.
-    fn add(&self, batch: &mut Batch, message: Message, spare: &mut Option<Arrays>) {
-        batch.started.get_or_insert_with(Instant::now);
+    /// What does not fit comes back, to go on in the next batch.
+    fn add(
+        &self,
+        batch: &mut Batch,
+        mut message: Message,
+        spare: &mut Option<Arrays>,
+    ) -> Option<Partial> {
         RouteMetrics::add(&self.metrics.received, 1);
         self.metrics.enter(1);
+        let ack = std::mem::replace(&mut message.ack, AckHandle::none());
+        let message = Arc::new(message);
+        if message.payload.len() > self.max_message_bytes {
+            let error = format!(
+                "the payload is {} bytes, over the broker's max_message_bytes ({})",
+                message.payload.len(),
+                crate::config::size::describe(self.max_message_bytes as u64)
+            );
+            debug!(route = %self.name, source = %message.source(), error, "message too large");
+            batch.started.get_or_insert_with(Instant::now);
+            batch
+                .failures
+                .push((batch.messages.len(), None, MapError::TooLarge(error)));
+            batch.messages.push(message);
+            batch.acks.push(ack);
+            return None;
+        }
+        self.add_part(
+            batch,
+            Partial {
+                message,
+                ack,
+                progress: Progress::default(),
+            },
+            spare,
+        )
+    }
+
+    /// Maps as many of the message's rows as the batch has room for.
+    fn add_part(
+        &self,
+        batch: &mut Batch,
+        mut part: Partial,
+        spare: &mut Option<Arrays>,
+    ) -> Option<Partial> {
+        batch.started.get_or_insert_with(Instant::now);
         let index = batch.messages.len();
         let plan = &self.sink.plan;
-        self.mapper.map_into(&message, &mut |line, mapped| match mapped {
-            Ok(row) => {
-                batch.arrays = match batch.arrays.take() {
-                    _ if batch.rows.is_empty() => {
-                        let present = presence(&row);
-                        (plan.strategy(&present) == Strategy::Unnest).then(|| {
-                            let mut arrays = spare.take().unwrap_or_default();
-                            arrays.reset(&present);
-                            arrays
-                        })
+        let room = self
+            .max_rows
+            .saturating_sub(batch.rows.len() + batch.failures.len())
+            .max(1);
+        let message = &part.message;
+        self.mapper
+            .map_part(message, &mut part.progress, room, &mut |line, mapped| match mapped {
+                Ok(row) => {
+                    batch.arrays = match batch.arrays.take() {
+                        _ if batch.rows.is_empty() => {
+                            let present = presence(&row);
+                            (plan.strategy(&present) == Strategy::Unnest).then(|| {
+                                let mut arrays = spare.take().unwrap_or_default();
+                                arrays.reset(&present);
+                                arrays
+                            })
+                        }
+                        Some(a) if a.fits(&row) && a.rows < plan.rows_per_statement(&a.present) => {
+                            Some(a)
+                        }
+                        _ => None,
+                    };
+                    if let Some(a) = &mut batch.arrays {
+                        a.push(&row);
                     }
-                    Some(a) if a.fits(&row) && a.rows < plan.rows_per_statement(&a.present) => {
-                        Some(a)
-                    }
-                    _ => None,
-                };
-                if let Some(a) = &mut batch.arrays {
-                    a.push(&row);
+                    batch.rows.push(row);
+                    batch.origins.push((index, line));
                 }
-                batch.rows.push(row);
-                batch.origins.push((index, line));
-            }
-            Err(e) => {
-                debug!(route = %self.name, source = %message.source(), error = e.message(), "message cannot become a row");
-                batch.failures.push((index, line, e));
-            }
-        });
-        batch.messages.push(message);
+                Err(e) => {
+                    debug!(route = %self.name, source = %message.source(), error = e.message(), "message cannot become a row");
+                    batch.failures.push((index, line, e));
+                }
+            });
+        batch.messages.push(part.message.clone());
+        if part.progress.is_done() {
+            batch.acks.push(part.ack);
+            None
+        } else {
+            Some(part)
+        }
     }
 
     /// Sends the rows to the sink; a batch without rows finishes at once.
@@ -211,7 +291,7 @@ impl InboundRoute {
         };
         if self.sink.requests.send(request).await.is_err() {
             warn!(route = %self.name, "database thread gone; batch released unacknowledged");
-            self.metrics.leave(batch.messages.len());
+            self.metrics.leave(batch.acks.len());
             return None;
         }
         Some(InFlight {
@@ -252,8 +332,9 @@ impl InboundRoute {
             RouteMetrics::add(&self.metrics.dead_letters, letters.len());
             warn!(route = %self.name, count = letters.len(), "messages dead-lettered");
         }
-        let done = batch.messages.len();
-        AckHandle::complete_all(batch.messages.into_iter().map(|m| m.ack)).await;
+        let done = batch.acks.len();
+        drop(batch.messages);
+        AckHandle::complete_all(batch.acks).await;
         self.metrics.leave(done);
     }
 

@@ -238,11 +238,37 @@ pub struct MappedColumn {
     pub scale: Option<i16>,
 }
 
+/// How far a message has been mapped.
+#[derive(Debug, Default)]
+pub enum Progress {
+    #[default]
+    Start,
+    Csv(CsvProgress),
+    Done,
+}
+
+impl Progress {
+    pub fn is_done(&self) -> bool {
+        matches!(self, Progress::Done)
+    }
+}
+
+/// A CSV message part-way through: where its next record starts, each column's field, and
+/// the field count every record must have (the header's, or the first record's).
+#[derive(Debug)]
+pub struct CsvProgress {
+    cursor: delimited::Cursor,
+    at: Vec<Option<usize>>,
+    expected: Option<usize>,
+}
+
 /// Why a message (or one of its records) could not become a row.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MapError {
     Decode(String),
     Convert(String),
+    /// The payload is over the broker's `max_message_bytes`.
+    TooLarge(String),
 }
 
 impl MapError {
@@ -250,12 +276,13 @@ impl MapError {
         match self {
             MapError::Decode(_) => "decode",
             MapError::Convert(_) => "convert",
+            MapError::TooLarge(_) => "too_large",
         }
     }
 
     pub fn message(&self) -> &str {
         match self {
-            MapError::Decode(m) | MapError::Convert(m) => m,
+            MapError::Decode(m) | MapError::Convert(m) | MapError::TooLarge(m) => m,
         }
     }
 }
@@ -351,9 +378,50 @@ impl Mapper {
         message: &Message,
         emit: &mut dyn FnMut(Option<Line>, Result<Row, MapError>),
     ) {
-        match &self.format {
-            PayloadFormat::Json => emit(None, self.map_json(message)),
-            PayloadFormat::Csv(format) => self.map_csv(message, format, emit),
+        let mut progress = Progress::default();
+        self.map_part(message, &mut progress, usize::MAX, emit);
+    }
+
+    /// Like [`Mapper::map_into`], for at most `max_rows` rows (and failures) from where
+    /// `progress` stands: a long CSV message is mapped and written a part at a time.
+    /// `progress` says when the message is done.
+    pub fn map_part(
+        &self,
+        message: &Message,
+        progress: &mut Progress,
+        max_rows: usize,
+        emit: &mut dyn FnMut(Option<Line>, Result<Row, MapError>),
+    ) {
+        match (&self.format, std::mem::take(progress)) {
+            (_, Progress::Done) => *progress = Progress::Done,
+            (PayloadFormat::Json, _) => {
+                emit(None, self.map_json(message));
+                *progress = Progress::Done;
+            }
+            (PayloadFormat::Csv(format), Progress::Start) => {
+                match self.start_csv(message, format) {
+                    Ok(csv) => {
+                        *progress = Progress::Csv(csv);
+                        self.map_part(message, progress, max_rows, emit);
+                    }
+                    Err(e) => {
+                        emit(None, Err(e));
+                        *progress = Progress::Done;
+                    }
+                }
+            }
+            (PayloadFormat::Csv(format), Progress::Csv(mut csv)) => {
+                for _ in 0..max_rows.max(1) {
+                    let Some(record) = csv.cursor.next(&message.payload, format) else {
+                        *progress = Progress::Done;
+                        return;
+                    };
+                    let expected = *csv.expected.get_or_insert(record.fields.len());
+                    let row = self.csv_row(message, format, &record, &csv.at, Some(expected));
+                    emit(Some(record.line), row);
+                }
+                *progress = Progress::Csv(csv);
+            }
         }
     }
 
@@ -373,17 +441,13 @@ impl Mapper {
             .collect()
     }
 
-    fn map_csv(
-        &self,
-        message: &Message,
-        format: &CsvFormat,
-        emit: &mut dyn FnMut(Option<Line>, Result<Row, MapError>),
-    ) {
-        let records = match delimited::read(&message.payload, format) {
-            Ok(r) => r,
-            Err(e) => return emit(None, Err(MapError::Decode(e))),
-        };
-        let names = format.fields.as_ref().or(records.header.as_ref());
+    /// Reads a CSV message's header and finds each named field in it.
+    fn start_csv(&self, message: &Message, format: &CsvFormat) -> Result<CsvProgress, MapError> {
+        let mut cursor = delimited::Cursor::default();
+        let header = cursor
+            .start(&message.payload, format)
+            .map_err(MapError::Decode)?;
+        let names = format.fields.as_ref().or(header.as_ref());
         // Each named field's position in this message.
         let mut at: Vec<Option<usize>> = Vec::with_capacity(self.columns.len());
         for column in &self.columns {
@@ -393,12 +457,9 @@ impl Mapper {
                     let found = names.and_then(|n| position(n, name));
                     if found.is_none() && *required {
                         let known = names.map(|n| n.join(", ")).unwrap_or_default();
-                        return emit(
-                            None,
-                            Err(MapError::Decode(format!(
-                                "the header has no field `{name}` (it has: {known})"
-                            ))),
-                        );
+                        return Err(MapError::Decode(format!(
+                            "the header has no field `{name}` (it has: {known})"
+                        )));
                     }
                     found
                 }
@@ -406,13 +467,11 @@ impl Mapper {
             };
             at.push(index);
         }
-        let expected = names
-            .map(Vec::len)
-            .or_else(|| records.records.first().map(|r| r.fields.len()));
-        for record in &records.records {
-            let line = Some(record.line);
-            emit(line, self.csv_row(message, format, record, &at, expected));
-        }
+        Ok(CsvProgress {
+            cursor,
+            at,
+            expected: names.map(Vec::len),
+        })
     }
 
     fn csv_row(

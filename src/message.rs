@@ -133,19 +133,22 @@ impl Message {
 #[derive(Debug)]
 pub struct AckHandle {
     seq: u64,
-    done: mpsc::Sender<Vec<u64>>,
+    /// `None` for a message no broker waits for.
+    done: Option<mpsc::Sender<Vec<u64>>>,
 }
 
 impl AckHandle {
     /// `done` takes the sequence numbers of finished messages, a batch at a time.
     pub fn new(seq: u64, done: mpsc::Sender<Vec<u64>>) -> Self {
-        AckHandle { seq, done }
+        AckHandle {
+            seq,
+            done: Some(done),
+        }
     }
 
     /// For a message no broker waits for (a replayed dead letter).
     pub fn none() -> Self {
-        let (done, _) = mpsc::channel(1);
-        AckHandle { seq: 0, done }
+        AckHandle { seq: 0, done: None }
     }
 
     /// Reports a batch of finished messages with one report per source, not one per
@@ -153,17 +156,18 @@ impl AckHandle {
     pub async fn complete_all(handles: impl IntoIterator<Item = AckHandle>) {
         let mut group: Option<(mpsc::Sender<Vec<u64>>, Vec<u64>)> = None;
         for handle in handles {
+            let Some(done) = handle.done else { continue };
             match &mut group {
-                Some((done, seqs)) if done.same_channel(&handle.done) => seqs.push(handle.seq),
+                Some((to, seqs)) if to.same_channel(&done) => seqs.push(handle.seq),
                 _ => {
-                    if let Some((done, seqs)) = group.replace((handle.done, vec![handle.seq])) {
-                        report(&done, seqs).await;
+                    if let Some((to, seqs)) = group.replace((done, vec![handle.seq])) {
+                        report(&to, seqs).await;
                     }
                 }
             }
         }
-        if let Some((done, seqs)) = group {
-            report(&done, seqs).await;
+        if let Some((to, seqs)) = group {
+            report(&to, seqs).await;
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct InboundPlan {
     pub sources: Option<Vec<Source>>,
     pub format: PayloadFormat,
     pub max_delay: Duration,
+    /// The broker's `max_message_bytes`: a larger payload is a dead letter.
+    pub max_message_bytes: usize,
 }
 
 /// Resolves every inbound route. The configuration was validated, so parsing succeeds.
@@ -123,6 +125,11 @@ pub fn inbound_plans(config: &Config) -> Result<Vec<InboundPlan>, String> {
                 sources,
                 format,
                 max_delay: r.batch.max_delay,
+                max_message_bytes: config
+                    .brokers
+                    .get(r.broker.value.as_str())
+                    .map(|b| usize::try_from(b.value.max_message_bytes).unwrap_or(usize::MAX))
+                    .unwrap_or(usize::MAX),
             })
         })
         .collect()

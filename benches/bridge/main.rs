@@ -14,15 +14,18 @@
 //!    memory, per driver, against that driver's raw insert ceiling;
 //! 6. the dead-letter replay rate per driver (database path alone, no broker), as a ratio
 //!    to the same ceiling but without a target: its own state store bounds it;
-//! 7. mqdb's memory through a database outage.
+//! 7. mqdb's memory through a database outage;
+//! 8. mqdb's memory per byte: large JSON and CSV messages against the bytes it may hold in
+//!    flight, and how much it gives back after the load.
 //!
 //! Each mqdb run is measured between two runs of the ceiling it is compared with (the
 //! machine and the services drift within a run), and reports how busy the machine was.
 //! Every section reconciles its counts and panics when one is off; none fails on speed.
 //! `cargo bench --bench bridge`; `MQDB_BENCH_MESSAGES` (default 200000, rounded up to whole
-//! batches), `MQDB_BENCH_OUTAGE` (seconds, default 30), `MQDB_BENCH_ONLY` (a comma list of
+//! batches), `MQDB_BENCH_OUTAGE` (seconds, default 30), `MQDB_BENCH_SETTLE` (seconds after a memory
+//! load before its RSS is read again, default 60), `MQDB_BENCH_ONLY` (a comma list of
 //! sections: broker, ceilings, inbound (or one of mqtt-postgres, mqtt-mariadb,
-//! amqp-postgres), outbound, pipeline, replay, outage).
+//! amqp-postgres), outbound, pipeline, replay, outage, memory).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -31,6 +34,7 @@ mod ceilings;
 mod clients;
 mod inbound;
 mod load;
+mod memory;
 mod outage;
 mod outbound;
 mod pipeline;
@@ -236,6 +240,13 @@ fn main() {
             o.after_kb as f64 / 1024.0,
             o.retries,
         ));
+    }
+    if wanted("memory") {
+        println!("memory per byte (MQTT → PostgreSQL, a fresh mqdb per case):");
+        let settle = Duration::from_secs(env("MQDB_BENCH_SETTLE", 60u64));
+        for case in memory::run(&broker, settle) {
+            report.memory(case, settle);
+        }
     }
     report.print();
 }

@@ -148,6 +148,8 @@ pub struct Line {
 pub struct Report {
     pub lines: Vec<Line>,
     pub notes: Vec<String>,
+    /// Memory per byte: each case, and how long after its load the RSS was read again.
+    pub memory: Vec<(crate::memory::Case, std::time::Duration)>,
 }
 
 impl Report {
@@ -186,6 +188,20 @@ impl Report {
             usage: Some((run.usage, run.n)),
             busy: run.busy,
         });
+    }
+
+    pub fn memory(&mut self, case: crate::memory::Case, settle: Duration) {
+        println!(
+            "  {}: idle {:.1} MB, peak {:.1} MB for {:.0} MB in flight ({:.2}×), {:.1} MB after {} s",
+            case.label,
+            case.idle_kb as f64 / 1024.0,
+            case.peak_kb as f64 / 1024.0,
+            case.in_flight_bytes as f64 / 1048576.0,
+            case.ratio(),
+            case.settled_kb as f64 / 1024.0,
+            settle.as_secs()
+        );
+        self.memory.push((case, settle));
     }
 
     pub fn note(&mut self, note: String) {
@@ -233,6 +249,27 @@ impl Report {
                 "| {} | {:.0} | {against} | {ratio} | {target} | {rss} | {cpu} | {busy} |",
                 l.path, l.rate
             );
+        }
+        if !self.memory.is_empty() {
+            println!();
+            println!(
+                "| load (MQTT → PostgreSQL) | rows | MiB in flight | idle RSS | peak RSS | (peak − idle) / in flight | RSS after settling | target: < 3×, within 50 MB of idle |"
+            );
+            println!("|---|---:|---:|---:|---:|---:|---:|---|");
+            for (c, settle) in &self.memory {
+                println!(
+                    "| {} | {} | {:.0} | {:.1} MB | {:.1} MB | {:.2} | {:.1} MB after {} s | {} |",
+                    c.label,
+                    c.rows,
+                    c.in_flight_bytes as f64 / 1048576.0,
+                    c.idle_kb as f64 / 1024.0,
+                    c.peak_kb as f64 / 1024.0,
+                    c.ratio(),
+                    c.settled_kb as f64 / 1024.0,
+                    settle.as_secs(),
+                    if c.met() { "met" } else { "not met" }
+                );
+            }
         }
         if !self.notes.is_empty() {
             println!();

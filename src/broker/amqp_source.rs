@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures_lite::StreamExt;
+use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
@@ -17,11 +18,12 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, Connection, Consumer, ExchangeKind};
 use serde_json::{Map, Number, Value as Json};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use super::amqp::AmqpSettings;
+use super::budget::ByteBudget;
 use super::sequence::Sequencer;
 use crate::backoff::Backoff;
 use crate::message::{AckHandle, Message, Origin};
@@ -46,14 +48,22 @@ pub struct AmqpSource {
 }
 
 impl AmqpSource {
+    /// `budget` is shared by every route of the broker.
     pub fn start(
         settings: AmqpSettings,
         spec: QueueSpec,
         route: mpsc::Sender<Message>,
+        budget: ByteBudget,
     ) -> AmqpSource {
         let (intake, intake_rx) = watch::channel(true);
         let (finish, finish_rx) = oneshot::channel();
-        let task = tokio::spawn(consume(settings, spec, route, intake_rx, finish_rx));
+        let task = tokio::spawn(consume(
+            settings,
+            spec,
+            Handoff { route, budget },
+            intake_rx,
+            finish_rx,
+        ));
         AmqpSource {
             intake,
             finish: Some(finish),
@@ -87,10 +97,16 @@ struct Session {
     tag: String,
 }
 
+/// Where deliveries go: the route, once their bytes fit the broker's budget.
+struct Handoff {
+    route: mpsc::Sender<Message>,
+    budget: ByteBudget,
+}
+
 async fn consume(
     settings: AmqpSettings,
     spec: QueueSpec,
-    route: mpsc::Sender<Message>,
+    handoff: Handoff,
     mut intake: watch::Receiver<bool>,
     mut finish: oneshot::Receiver<()>,
 ) {
@@ -99,7 +115,8 @@ async fn consume(
     // Every message handed out holds a prefetch slot, so reports never outnumber twice the
     // window (this connection's and the previous one's).
     let (done_tx, mut done_rx) = mpsc::channel::<Vec<u64>>(usize::from(spec.prefetch) * 2 + 1);
-    let mut sequencer: Sequencer<u64> = Sequencer::default();
+    let Handoff { route, budget } = handoff;
+    let mut sequencer: Sequencer<(u64, OwnedSemaphorePermit)> = Sequencer::default();
     let mut seq: u64 = 0;
     let mut backoff = Backoff::new();
     loop {
@@ -137,6 +154,8 @@ async fn consume(
         sequencer.clear();
         let mut consuming = *intake.borrow();
         let mut outbox: Option<Message> = None;
+        // A delivery waiting for its bytes to fit the budget.
+        let mut waiting: Option<Delivery> = None;
         let lost = loop {
             tokio::select! {
                 biased;
@@ -158,23 +177,27 @@ async fn consume(
                         consuming = false;
                     }
                 },
-                delivery = consumer.next(), if consuming && outbox.is_none() => match delivery {
+                bytes = budget.take(waiting.as_ref().map_or(0, delivery_size)), if waiting.is_some() => {
+                    let Some(bytes) = bytes else { return };
+                    let d = waiting.take().expect("guarded");
+                    seq += 1;
+                    sequencer.register(seq, 1, (d.delivery_tag, bytes));
+                    let message = message(d, &broker, &queue, AckHandle::new(seq, done_tx.clone()));
+                    match route.try_send(message) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(message)) => outbox = Some(message),
+                        Err(mpsc::error::TrySendError::Closed(_)) => consuming = false,
+                    }
+                }
+                delivery = consumer.next(), if consuming && outbox.is_none() && waiting.is_none() => match delivery {
                     Some(Ok(d)) => {
-                        seq += 1;
-                        sequencer.register(seq, 1, d.delivery_tag);
-                        let message = Message {
-                            topic: d.routing_key.as_str().to_string(),
-                            received_at: Utc::now(),
-                            broker: broker.clone(),
-                            origin: Origin::Amqp {
-                                queue: queue.clone(),
-                                exchange: d.exchange.as_str().to_string(),
-                                redelivered: d.redelivered,
-                            },
-                            headers: d.properties.headers().as_ref().map(table_json).unwrap_or_default(),
-                            payload: d.data,
-                            ack: AckHandle::new(seq, done_tx.clone()),
+                        let Some(bytes) = budget.try_take(delivery_size(&d)) else {
+                            waiting = Some(d);
+                            continue;
                         };
+                        seq += 1;
+                        sequencer.register(seq, 1, (d.delivery_tag, bytes));
+                        let message = message(d, &broker, &queue, AckHandle::new(seq, done_tx.clone()));
                         // Straight to the route when it has room; otherwise wait for room
                         // without taking further deliveries.
                         match route.try_send(message) {
@@ -190,6 +213,7 @@ async fn consume(
                     if changed.is_err() || !*intake.borrow() {
                         consuming = false;
                         outbox = None;
+                        waiting = None;
                         let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                     }
                 }
@@ -207,17 +231,44 @@ async fn consume(
     }
 }
 
-/// Acknowledges, with one `multiple` ack, every message done in receive order so far.
+/// A delivered message for the route.
+fn message(d: Delivery, broker: &Arc<str>, queue: &Arc<str>, ack: AckHandle) -> Message {
+    Message {
+        topic: d.routing_key.as_str().to_string(),
+        received_at: Utc::now(),
+        broker: broker.clone(),
+        origin: Origin::Amqp {
+            queue: queue.clone(),
+            exchange: d.exchange.as_str().to_string(),
+            redelivered: d.redelivered,
+        },
+        headers: d
+            .properties
+            .headers()
+            .as_ref()
+            .map(table_json)
+            .unwrap_or_default(),
+        payload: d.data,
+        ack,
+    }
+}
+
+fn delivery_size(d: &Delivery) -> usize {
+    d.data.len() + d.routing_key.as_str().len()
+}
+
+/// Acknowledges, with one `multiple` ack, every message done in receive order so far; the
+/// bytes they held go back to the budget.
 async fn ack_ready(
     channel: &Channel,
-    sequencer: &mut Sequencer<u64>,
+    sequencer: &mut Sequencer<(u64, OwnedSemaphorePermit)>,
     done: &mut mpsc::Receiver<Vec<u64>>,
 ) -> Result<(), String> {
     while let Ok(seqs) = done.try_recv() {
         seqs.into_iter().for_each(|s| sequencer.done(s));
     }
     let mut last = None;
-    while let Some(tag) = sequencer.pop_ready() {
+    while let Some((tag, _bytes)) = sequencer.pop_ready() {
         last = Some(tag);
     }
     match last {

@@ -1,11 +1,13 @@
 //! Broker connections: sources that deliver messages to routes and acknowledge them once
 //! the routes are done (`mqtt`, `amqp_source`, in the order kept by `sequence`), and
 //! publishers that count a message only once the broker confirms it (`publish`, over
-//! `mqtt_publish` and `amqp_publish`). `amqp` holds what both AMQP sides share.
+//! `mqtt_publish` and `amqp_publish`). `amqp` holds what both AMQP sides share; `budget`
+//! bounds the bytes a broker's messages hold in flight.
 
 pub mod amqp;
 pub mod amqp_publish;
 pub mod amqp_source;
+pub mod budget;
 pub mod mqtt;
 pub mod mqtt_link;
 pub mod mqtt_publish;

@@ -13,6 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use super::budget::ByteBudget;
 use super::mqtt_link::{self, AckError, AckToken, Incoming, Link, LinkClient};
 use super::sequence::Sequencer;
 use crate::backoff::Backoff;
@@ -22,8 +23,13 @@ use crate::metrics::RouteMetrics;
 use crate::topic::Filter;
 
 /// MQTT's own ceiling on a packet; rumqttc's default (10 kB) would turn a large payload into
-/// an endless reconnect loop.
+/// an endless reconnect loop. MQTT 3.1.1 cannot tell the broker a smaller limit, so a
+/// 3.1.1 subscriber takes every message and dead-letters the oversized ones.
 const MAX_PACKET: usize = 268_435_455;
+
+/// Room for the topic and properties around the largest payload an MQTT 5 subscriber asks
+/// for: a topic is at most 64 KiB.
+const PACKET_OVERHEAD: u64 = 80 << 10;
 
 /// Resolved settings of one MQTT broker.
 #[derive(Clone)]
@@ -37,6 +43,8 @@ pub struct MqttSettings {
     keep_alive: Duration,
     pub clean_session: bool,
     pub max_in_flight: usize,
+    pub max_message_bytes: u64,
+    pub max_in_flight_bytes: u64,
     pub version: MqttVersion,
 }
 
@@ -102,6 +110,8 @@ impl MqttSettings {
             keep_alive: broker.keep_alive,
             clean_session: broker.clean_session,
             max_in_flight: broker.max_in_flight,
+            max_message_bytes: broker.max_message_bytes,
+            max_in_flight_bytes: broker.max_in_flight_bytes,
             version: broker.mqtt_version,
         })
     }
@@ -132,7 +142,7 @@ impl MqttSettings {
             .set_keep_alive(self.keep_alive)
             .set_clean_start(self.clean_session)
             .set_manual_acks(true)
-            .set_max_packet_size(Some(MAX_PACKET as u32))
+            .set_max_packet_size(Some(self.max_packet_v5()))
             .set_receive_maximum(Some(u16::try_from(self.max_in_flight).unwrap_or(u16::MAX)))
             .set_request_channel_capacity(1024);
         if !self.clean_session {
@@ -145,6 +155,12 @@ impl MqttSettings {
             options.set_transport(Transport::Tls(tls.clone()));
         }
         options
+    }
+
+    /// The Maximum Packet Size an MQTT 5 subscriber announces: the broker discards larger
+    /// messages for this client instead of sending them (MQTT 5 §3.1.2.11.4).
+    pub fn max_packet_v5(&self) -> u32 {
+        (self.max_message_bytes + PACKET_OVERHEAD).min(MAX_PACKET as u64) as u32
     }
 
     pub fn endpoint(&self) -> String {
@@ -216,6 +232,7 @@ struct Registration {
     routes: usize,
     generation: u64,
     permit: OwnedSemaphorePermit,
+    bytes: OwnedSemaphorePermit,
 }
 
 impl MqttSource {
@@ -295,6 +312,7 @@ async fn read(
     } = handoff;
     let broker: Arc<str> = Arc::from(settings.name.as_str());
     let permits = Arc::new(Semaphore::new(settings.max_in_flight));
+    let budget = ByteBudget::new(settings.max_in_flight_bytes);
     let filters: Vec<(String, u8)> = subscriptions
         .iter()
         .map(|s| (s.filter.mqtt_filter(), s.qos.level()))
@@ -337,12 +355,18 @@ async fn read(
                     .iter()
                     .filter(|s| s.filter.matches(&received.topic))
                     .collect();
+                // Every route holds its own copy, so each copy counts.
+                let size = (received.payload.len() + received.topic.len()) * matching.len().max(1);
+                let Some(bytes) = budget.take(size).await else {
+                    return;
+                };
                 let registration = Registration {
                     seq,
                     ack: received.ack.take(),
                     routes: matching.len(),
                     generation,
                     permit,
+                    bytes,
                 };
                 if register.send(registration).await.is_err() {
                     return;
@@ -419,8 +443,11 @@ async fn sequence_acks(
     mut intake: watch::Receiver<bool>,
     generation: Arc<AtomicU64>,
 ) {
-    let mut sequencer: Sequencer<(Option<AckToken>, u64, OwnedSemaphorePermit)> =
-        Sequencer::default();
+    let mut sequencer: Sequencer<(
+        Option<AckToken>,
+        u64,
+        (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    )> = Sequencer::default();
     // Acks that rumqttc's request channel had no room for. Waiting on that channel here
     // would stall the routes, which would stall the reader that drains the channel.
     let mut unsent: VecDeque<(AckToken, u64)> = VecDeque::new();
@@ -429,7 +456,7 @@ async fn sequence_acks(
     loop {
         tokio::select! {
             r = register.recv() => match r {
-                Some(r) => sequencer.register(r.seq, r.routes, (r.ack, r.generation, r.permit)),
+                Some(r) => sequencer.register(r.seq, r.routes, (r.ack, r.generation, (r.permit, r.bytes))),
                 None => return,
             },
             d = done.recv() => match d {

@@ -202,54 +202,91 @@ pub struct Records {
     pub records: Vec<Record>,
 }
 
-/// Splits a payload into records. Quoted fields may hold delimiters, quotes and line ends;
-/// CRLF and LF both end a record; a leading UTF-8 BOM and blank lines are skipped. Only an
-/// unreadable header fails the whole message.
+/// Splits a whole payload into records (see [`Cursor`]).
 pub fn read(payload: &[u8], format: &CsvFormat) -> Result<Records, String> {
-    let skip = if payload.starts_with(BOM) {
-        BOM.len()
-    } else {
-        0
-    };
-    let body = &payload[skip..];
-    let mut reader = format
-        .reader
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    reader.reset();
-    let mut out = Records::default();
-    let mut header_span = None;
-    let mut pos = 0;
-    // Line numbers are counted here, from the line ends before each record.
-    let mut counted = (0usize, 1u64);
-    while let Some((fields, begin, end)) = next_record(&mut reader, body, &mut pos) {
-        counted.1 += body[counted.0..begin]
+    let mut cursor = Cursor::default();
+    let header = cursor.start(payload, format)?;
+    let mut records = Vec::new();
+    while let Some(record) = cursor.next(payload, format) {
+        records.push(record);
+    }
+    Ok(Records { header, records })
+}
+
+/// Where reading a payload's records stands. It borrows nothing, so a long message can be
+/// read a part at a time, each part written before the next is read. Quoted fields may
+/// hold delimiters, quotes and line ends; CRLF and LF both end a record; a leading UTF-8
+/// BOM and blank lines are skipped. Only an unreadable header fails the whole message.
+#[derive(Debug, Clone, Default)]
+pub struct Cursor {
+    /// Bytes skipped at the start (a BOM).
+    skip: usize,
+    /// The next record's offset in the body.
+    pos: usize,
+    /// Line numbers are counted here, from the line ends before each record.
+    counted: (usize, u64),
+    header: Option<(usize, usize)>,
+}
+
+impl Cursor {
+    /// Reads the BOM and, when the format has one, the header line: its field names.
+    pub fn start(
+        &mut self,
+        payload: &[u8],
+        format: &CsvFormat,
+    ) -> Result<Option<Vec<String>>, String> {
+        *self = Cursor {
+            skip: if payload.starts_with(BOM) {
+                BOM.len()
+            } else {
+                0
+            },
+            pos: 0,
+            counted: (0, 1),
+            header: None,
+        };
+        if !format.header {
+            return Ok(None);
+        }
+        let Some(first) = self.next(payload, format) else {
+            return Ok(None);
+        };
+        self.header = Some(first.line.span);
+        first
+            .fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                std::str::from_utf8(f)
+                    .map(|s| s.trim().to_string())
+                    .map_err(|_| format!("the header's field {i} is not valid UTF-8"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// The next record, or `None` at the end of the payload.
+    pub fn next(&mut self, payload: &[u8], format: &CsvFormat) -> Option<Record> {
+        let body = &payload[self.skip..];
+        let mut reader = format
+            .reader
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Each call starts at a record boundary, where a fresh reader is what it expects.
+        reader.reset();
+        let (fields, begin, end) = next_record(&mut reader, body, &mut self.pos)?;
+        self.counted.1 += body[self.counted.0..begin]
             .iter()
             .filter(|&&b| b == b'\n')
             .count() as u64;
-        counted.0 = begin;
+        self.counted.0 = begin;
         let line = Line {
-            number: counted.1,
-            span: (begin + skip, end + skip),
-            header: header_span,
+            number: self.counted.1,
+            span: (begin + self.skip, end + self.skip),
+            header: self.header,
         };
-        if format.header && header_span.is_none() {
-            header_span = Some(line.span);
-            let names = fields
-                .iter()
-                .enumerate()
-                .map(|(i, f)| {
-                    std::str::from_utf8(f)
-                        .map(|s| s.trim().to_string())
-                        .map_err(|_| format!("the header's field {i} is not valid UTF-8"))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            out.header = Some(names);
-            continue;
-        }
-        out.records.push(Record { line, fields });
+        Some(Record { line, fields })
     }
-    Ok(out)
 }
 
 /// Reads the record at `pos`: its fields and where its bytes begin and end (without line

@@ -6,6 +6,7 @@ mod env;
 pub mod model;
 #[cfg(test)]
 mod reference;
+pub mod size;
 pub mod url;
 mod validate;
 

@@ -9,6 +9,7 @@ use serde_saphyr::Spanned;
 
 use super::duration;
 use super::env::{EnvString, Secret};
+use super::size;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -131,6 +132,22 @@ pub struct Broker {
     /// reading from the connection.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// The largest message payload taken from this broker (a number of bytes, or e.g.
+    /// `16MiB`); a larger one becomes a dead letter (`too_large`) with its size. MQTT 5
+    /// tells the broker this limit (Maximum Packet Size), and the broker discards larger
+    /// messages itself.
+    #[serde(
+        default = "default_max_message_bytes",
+        deserialize_with = "size::deserialize"
+    )]
+    pub max_message_bytes: u64,
+    /// The payload bytes the bridge holds from this broker before it stops reading from it
+    /// (at least `max_message_bytes`): back-pressure counts bytes as well as messages.
+    #[serde(
+        default = "default_max_in_flight_bytes",
+        deserialize_with = "size::deserialize"
+    )]
+    pub max_in_flight_bytes: u64,
     /// MQTT protocol version of the subscriber: `3.1.1` or `5` (user properties become
     /// `header.NAME`).
     #[serde(default)]
@@ -178,6 +195,14 @@ pub fn default_keep_alive() -> Duration {
 
 pub fn default_max_in_flight() -> usize {
     10_000
+}
+
+pub fn default_max_message_bytes() -> u64 {
+    16 << 20
+}
+
+pub fn default_max_in_flight_bytes() -> u64 {
+    64 << 20
 }
 
 #[derive(Debug, Deserialize)]

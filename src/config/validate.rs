@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde_saphyr::Spanned;
 
+use super::size;
 use super::{
     BrokerKind, Config, ConfigError, CsvInput, EnvString, Format, Inbound, Mirror, MqttVersion,
     OnConflict, Outbound,
@@ -13,6 +14,9 @@ use super::{
 use crate::codec::csv::CsvFormat;
 use crate::mapping::{Field, Source, SourceContext};
 use crate::topic::Filter;
+
+/// MQTT's largest packet (its Remaining Length field), also the largest message taken.
+pub const MAX_PACKET_BYTES: u64 = 268_435_455;
 
 pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
     let err = |at: &serde_saphyr::Location, msg: String| ConfigError::at(path, at, msg);
@@ -49,6 +53,27 @@ pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
             return Err(err(
                 &broker.referenced,
                 format!("broker {name}: max_in_flight must be at least 1"),
+            ));
+        }
+        let b = &broker.value;
+        if b.max_message_bytes == 0 || b.max_message_bytes > MAX_PACKET_BYTES {
+            return Err(err(
+                &broker.referenced,
+                format!(
+                    "broker {name}: max_message_bytes must be between 1 and {MAX_PACKET_BYTES} (256 MiB, MQTT's own limit)"
+                ),
+            ));
+        }
+        if b.max_in_flight_bytes < b.max_message_bytes
+            || b.max_in_flight_bytes > u64::from(u32::MAX)
+        {
+            return Err(err(
+                &broker.referenced,
+                format!(
+                    "broker {name}: max_in_flight_bytes ({}) must be at least max_message_bytes ({}) and below 4 GiB",
+                    size::describe(b.max_in_flight_bytes),
+                    size::describe(b.max_message_bytes)
+                ),
             ));
         }
     }

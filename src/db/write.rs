@@ -11,6 +11,7 @@ use super::bulk;
 use super::dialect::Dialect;
 use super::insert::{Strategy, TablePlan, group_by_presence};
 use super::postgres::Arrays;
+use crate::convert::Value;
 use crate::error::{Class, DbError};
 use crate::mapping::Row;
 
@@ -47,6 +48,22 @@ enum Kept<'c> {
     Prepared(Prepared<StatementImpl<'c>>),
     /// Parameter arrays with their buffers bound (MariaDB).
     Arrays(bulk::Inserter<'c>),
+}
+
+/// What one statement's parameter arrays may hold, all columns together, and the value
+/// length they always take.
+const ARRAY_BUFFER_BYTES: usize = 16 << 20;
+const MIN_ARRAY_VALUE: usize = 4 << 10;
+
+/// The bytes of the row's text and binary values.
+fn value_bytes(row: &Row) -> usize {
+    row.iter()
+        .map(|v| match v {
+            Some(Value::Text(s)) => s.len(),
+            Some(Value::Bytes(b)) => b.len(),
+            _ => 0,
+        })
+        .sum()
 }
 
 /// One statement's worth of a batch: the columns it binds and its rows (indexes).
@@ -215,14 +232,31 @@ impl<'c> Writer<'c> {
     /// chunks the statement can carry.
     fn plan_statements(&self, rows: &[Row]) -> Vec<Statement> {
         let mut out = Vec::new();
-        for (present, members) in group_by_presence(rows) {
+        for (present, mut members) in group_by_presence(rows) {
             let per_statement = self.plan.rows_per_statement(&present);
+            let mut alone = Vec::new();
+            if self.plan.strategy(&present) == Strategy::ParameterArrays {
+                // Parameter arrays reserve the longest value for every row and keep their
+                // buffers: rows with long values go alone, bound from their own memory.
+                let limit = (ARRAY_BUFFER_BYTES / per_statement.max(1)).max(MIN_ARRAY_VALUE);
+                members.retain(|&i| {
+                    let long = value_bytes(&rows[i]) > limit;
+                    if long {
+                        alone.push(i);
+                    }
+                    !long
+                });
+            }
             for chunk in members.chunks(per_statement) {
                 out.push(Statement {
                     present: present.clone(),
                     rows: chunk.to_vec(),
                 });
             }
+            out.extend(alone.into_iter().map(|i| Statement {
+                present: present.clone(),
+                rows: vec![i],
+            }));
         }
         out
     }

@@ -1,0 +1,203 @@
+//! Memory per byte: large messages MQTT → PostgreSQL, each case on a fresh mqdb. For each:
+//! the idle RSS before the load, the peak during it, the payload bytes mqdb may hold in
+//! flight (the load, or `max_in_flight_bytes` when the load is larger), and the RSS a while
+//! after the last row. Targets: peak under idle + 3 × the bytes in flight, and back within
+//! 50 MB of idle after the settle time. Every case reconciles its rows.
+
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+use crate::common::{Db, Mosquitto, TempTable, unique};
+use crate::report::read_proc;
+use crate::running::Running;
+
+pub struct Case {
+    pub label: String,
+    pub in_flight_bytes: u64,
+    pub idle_kb: u64,
+    pub peak_kb: u64,
+    pub settled_kb: u64,
+    pub rows: i64,
+}
+
+impl Case {
+    pub fn ratio(&self) -> f64 {
+        (self.peak_kb.saturating_sub(self.idle_kb) * 1024) as f64 / self.in_flight_bytes as f64
+    }
+
+    pub fn met(&self) -> bool {
+        self.ratio() < 3.0 && self.settled_kb.saturating_sub(self.idle_kb) < 50 * 1024
+    }
+}
+
+/// What one case publishes: its messages, the rows they make, and the broker limits.
+struct Load {
+    label: &'static str,
+    csv: bool,
+    messages: Vec<Vec<u8>>,
+    rows: i64,
+    max_message: &'static str,
+    max_in_flight: u64,
+}
+
+const MIB: u64 = 1 << 20;
+
+fn json_message(id: usize, bytes: usize) -> Vec<u8> {
+    let head = format!("{{\"id\": {id}, \"note\": \"");
+    let mut out = Vec::with_capacity(bytes);
+    out.extend_from_slice(head.as_bytes());
+    out.resize(bytes - 2, b'x');
+    out.extend_from_slice(b"\"}");
+    out
+}
+
+/// A CSV message of `lines` short lines (`id,value,label`).
+fn csv_message(lines: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(lines * 16);
+    for i in 0..lines {
+        out.extend_from_slice(format!("{i},{}.5,s{}\n", i % 1000, i % 97).as_bytes());
+    }
+    out
+}
+
+fn loads() -> Vec<Load> {
+    let csv_15 = csv_message(1_000_000);
+    let csv_57 = csv_message(4_500_000);
+    vec![
+        Load {
+            label: "one 64 MiB JSON message",
+            csv: false,
+            messages: vec![json_message(1, 64 << 20)],
+            rows: 1,
+            max_message: "64MiB",
+            max_in_flight: 128 * MIB,
+        },
+        Load {
+            label: "eight 64 MiB JSON messages",
+            csv: false,
+            messages: (1..=8).map(|i| json_message(i, 64 << 20)).collect(),
+            rows: 8,
+            max_message: "64MiB",
+            max_in_flight: 128 * MIB,
+        },
+        Load {
+            label: "one 16 MB CSV message, 1,000,000 lines",
+            csv: true,
+            messages: vec![csv_15],
+            rows: 1_000_000,
+            max_message: "64MiB",
+            max_in_flight: 64 * MIB,
+        },
+        Load {
+            label: "one 60 MB CSV message, 4,500,000 lines",
+            csv: true,
+            messages: vec![csv_57],
+            rows: 4_500_000,
+            max_message: "64MiB",
+            max_in_flight: 64 * MIB,
+        },
+    ]
+}
+
+pub fn run(broker: &Mosquitto, settle: Duration) -> Vec<Case> {
+    loads()
+        .into_iter()
+        .map(|load| one(broker, load, settle))
+        .collect()
+}
+
+fn one(broker: &Mosquitto, load: Load, settle: Duration) -> Case {
+    let db = Db::Postgres;
+    let columns = if load.csv {
+        "id BIGINT, value DOUBLE PRECISION, label TEXT"
+    } else {
+        "id BIGINT, note TEXT"
+    };
+    let table = TempTable::create(&db, "bench_memory", columns);
+    let topic = format!("{}/m", unique("memory"));
+    let format = if load.csv { "    format: csv\n" } else { "" };
+    let running = Running::start(&format!(
+        "brokers:\n  b:\n    url: \"{url}\"\n    client_id: \"{client}\"\n    \
+         max_message_bytes: {max}\n    max_in_flight_bytes: {flight}\n\
+         databases:\n  d:\n    connection_string: \"{cs}\"\n\
+         inbound:\n  - name: bench\n    broker: b\n    topic: \"{topic}\"\n    qos: 1\n    \
+         database: d\n    table: {table}\n{format}",
+        url = broker.url(),
+        client = unique("mqdb"),
+        max = load.max_message,
+        flight = load.max_in_flight,
+        cs = db.connection_string(),
+        table = table.name,
+    ));
+    let pid = running.bridge.pid().expect("running");
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_kb = read_proc(pid).expect("mqdb alive").0;
+    let loaded: u64 = load.messages.iter().map(|m| m.len() as u64).sum();
+    let in_flight_bytes = loaded.min(load.max_in_flight);
+    publish(
+        broker.port,
+        &topic,
+        load.messages.into_iter(),
+        (load.max_in_flight / MIB) as usize,
+    );
+    running.wait_counters(
+        &["mqdb_rows_written_total", "mqdb_dead_letters_total"],
+        load.rows as u64,
+        Duration::from_secs(900),
+    );
+    let peak_kb = read_proc(pid).expect("mqdb alive").1;
+    let done = Instant::now();
+    std::thread::sleep(settle.saturating_sub(done.elapsed()));
+    let settled_kb = read_proc(pid).expect("mqdb alive").0;
+    assert_eq!(
+        table.count(),
+        load.rows,
+        "{}: rows do not reconcile",
+        load.label
+    );
+    assert_eq!(running.dead_letters(), 0, "{}: dead letters", load.label);
+    running.stop();
+    Case {
+        label: load.label.to_string(),
+        in_flight_bytes,
+        idle_kb,
+        peak_kb,
+        settled_kb,
+        rows: load.rows,
+    }
+}
+
+/// Publishes large messages at QoS 1, a few unconfirmed at a time.
+fn publish(port: u16, topic: &str, messages: impl Iterator<Item = Vec<u8>>, window: usize) {
+    let window = window.clamp(1, 8);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+        .block_on(async {
+            let mut options = MqttOptions::new(unique("bigpub"), "127.0.0.1", port);
+            options
+                .set_inflight(window as u16)
+                .set_max_packet_size(1 << 28, 1 << 28);
+            let (client, mut eventloop) = AsyncClient::new(options, window);
+            let (mut sent, mut acked) = (0usize, 0usize);
+            let mut messages = messages.peekable();
+            loop {
+                while messages.peek().is_some() && sent - acked < window {
+                    let payload = messages.next().expect("peeked");
+                    client
+                        .try_publish(topic, QoS::AtLeastOnce, false, payload)
+                        .unwrap();
+                    sent += 1;
+                }
+                if messages.peek().is_none() && acked == sent {
+                    break;
+                }
+                if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await.unwrap() {
+                    acked += 1;
+                }
+            }
+            let _ = client.disconnect().await;
+        });
+}
