@@ -1,5 +1,9 @@
 # Multi-stage build of mqdb. Both stages install unixODBC and the ODBC drivers with the
 # same script CI runs (scripts/setup.sh --packages), so the image and CI stay in step.
+# scripts/image-test.sh builds this file with podman, with RUNTIME_BASE set to a locally made
+# bookworm and the build stage replaced by the binary built on the host.
+ARG RUNTIME_BASE=debian:bookworm-slim
+
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY scripts/setup.sh scripts/setup.sh
@@ -10,7 +14,7 @@ COPY migrations migrations
 COPY benches benches
 RUN cargo build --release --locked --bin mqdb
 
-FROM debian:bookworm-slim
+FROM ${RUNTIME_BASE}
 COPY scripts/setup.sh /usr/local/lib/mqdb/setup.sh
 RUN apt-get update -qq \
     && apt-get install -y -qq --no-install-recommends ca-certificates >/dev/null \
