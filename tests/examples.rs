@@ -8,12 +8,16 @@
 //! every `${VAR}` the example reads cleared unless the test sets it: the defaults are what
 //! is checked. A run that touches shared names (queues, exchanges, the outbox table) uses a
 //! private copy of the example with those names made unique.
+//!
+//! The configuration blocks of README.md are loaded and validated as `mqdb` loads a config
+//! file (without connecting): see `common::readme` for the markers that say how a block
+//! is loaded.
 
 mod common;
 
 use common::{
     Bridge, Db, Header, LIVENESS, Mosquitto, Publisher, Rabbit, Subscriber, TempTable, make_pki,
-    mqdb_command, terminate_ok, unique, wait_for,
+    mqdb_command, readme, terminate_ok, unique, wait_for,
 };
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
@@ -176,6 +180,84 @@ fn dead_letters(config: &Path, dir: &Path) -> Vec<Json> {
 fn json(payload: &[u8]) -> Json {
     serde_json::from_slice(payload)
         .unwrap_or_else(|e| panic!("not JSON: {}: {e}", String::from_utf8_lossy(payload)))
+}
+
+// ---------------------------------------------------------------------------------------
+// The README's configuration blocks
+// ---------------------------------------------------------------------------------------
+
+/// Values for the variables README blocks reference without a default.
+const README_VARIABLES: &[(&str, &str)] = &[("MQTT_USER", "mqdb"), ("MQTT_PASSWORD", "secret")];
+
+fn readme_text() -> String {
+    read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+}
+
+#[test]
+fn every_readme_config_block_loads_and_validates() {
+    let blocks = readme::yaml_blocks(&readme_text()).unwrap_or_else(|e| panic!("README.md {e}"));
+    let first = blocks.first().expect("README.md has a ```yaml block");
+    assert_eq!(
+        first.role,
+        readme::Role::Whole,
+        "README.md line {}: the first ```yaml block is the main example and loads on its own",
+        first.line
+    );
+    let dir = temp_dir("mqdb-readme-");
+    let mut failures = Vec::new();
+    let mut loaded = 0;
+    for block in &blocks {
+        let text = match block.role {
+            readme::Role::Whole => block.text.clone(),
+            readme::Role::AddsToFirst => format!("{}\n{}", first.text, block.text),
+            readme::Role::Skip => continue,
+        };
+        let text = readme::with_defaults(&text, README_VARIABLES)
+            .unwrap_or_else(|e| panic!("README.md line {}: {e}", block.line));
+        let path = dir.path().join(format!("readme-line-{}.yaml", block.line));
+        std::fs::write(&path, text).expect("write the block");
+        match mqdb::config::load(&path) {
+            Ok(_) => loaded += 1,
+            Err(e) => failures.push(format!("README.md line {}: {e}", block.line)),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "README configuration blocks that do not load:\n{}",
+        failures.join("\n")
+    );
+    assert!(loaded >= 1, "no README block was loaded");
+}
+
+#[test]
+fn readme_markers_are_read_and_a_typo_is_refused() {
+    let text = "```yaml\na: 1\n```\n<!-- config-test: adds to the first example -->\n```yaml\nb: 2\n```\n\
+                <!-- config-test: skip -->\n  ```yaml\n  c: 3\n  ```\n";
+    let blocks = readme::yaml_blocks(text).unwrap();
+    let got: Vec<(usize, readme::Role, &str)> = blocks
+        .iter()
+        .map(|b| (b.line, b.role, b.text.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, readme::Role::Whole, "a: 1\n"),
+            (5, readme::Role::AddsToFirst, "b: 2\n"),
+            (9, readme::Role::Skip, "c: 3\n"),
+        ]
+    );
+    let typo = "<!-- config-test: skp -->\n```yaml\na: 1\n```\n";
+    let e = readme::yaml_blocks(typo).unwrap_err();
+    assert!(e.contains("line 2") && e.contains("skp"), "{e}");
+    assert_eq!(
+        readme::with_defaults("u: ${MQTT_USER}\np: ${X:-d}\nq: $${Y}\n", README_VARIABLES).unwrap(),
+        "u: ${MQTT_USER:-mqdb}\np: ${X:-d}\nq: $${Y}\n"
+    );
+    assert!(
+        readme::with_defaults("u: ${NOPE}", README_VARIABLES)
+            .unwrap_err()
+            .contains("NOPE")
+    );
 }
 
 // ---------------------------------------------------------------------------------------
