@@ -626,3 +626,112 @@ fn the_edge_gateway_example_passes_check_and_forwards() {
     );
     assert_eq!(dead_letters(&config, dir.path()), Vec::<Json>::new());
 }
+
+// ---------------------------------------------------------------------------------------
+// scripts/setup.sh
+// ---------------------------------------------------------------------------------------
+
+/// Runs `scripts/setup.sh --packages` as user id `uid` with every package missing, every
+/// driver unregistered and CommLog on, on stand-ins for the system commands (`id`, `sudo`,
+/// `dpkg-query`, `apt-get`, `odbcinst`) that log what they were asked to do instead of
+/// doing it, and returns that log. `sudo` logs its command and does not run it.
+fn setup_steps(uid: u32) -> Vec<String> {
+    let dir = temp_dir("mqdb-setup-");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let log = dir.path().join("log");
+    let fake = |name: &str, body: &str| {
+        let path = bin.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        let mut mode = std::fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o755);
+        std::fs::set_permissions(&path, mode).unwrap();
+    };
+    let logs = r#"echo "$(basename "$0") $*" >> "$FAKE_LOG""#;
+    fake(
+        "id",
+        r#"[ "$1" = -u ] && echo "$FAKE_UID" || exec /usr/bin/id "$@""#,
+    );
+    fake("sudo", logs);
+    fake("dpkg-query", "exit 1");
+    fake("apt-get", logs);
+    fake(
+        "odbcinst",
+        &format!("{logs}\n[ \"$1\" = -q ] && exit 1\ncat >/dev/null"),
+    );
+    let ini = dir.path().join("odbcinst.ini");
+    std::fs::write(&ini, "[PostgreSQL Unicode]\nCommLog=1\n").unwrap();
+
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("--packages")
+        .env("PATH", path)
+        .env("FAKE_LOG", &log)
+        .env("FAKE_UID", uid.to_string())
+        .env("ODBCSYSINI", dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/setup.sh");
+    assert!(
+        out.status.success(),
+        "setup.sh as uid {uid}\n{}",
+        show(&out)
+    );
+    let mut steps: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    if read(&ini).contains("CommLog=0") {
+        steps.push("(CommLog turned off without sudo)".into());
+    }
+    steps
+}
+
+#[test]
+fn setup_uses_sudo_for_every_privileged_step_unless_root() {
+    let privileged = |steps: &[String]| {
+        steps
+            .iter()
+            .filter(|s| !s.starts_with("odbcinst -q"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let missing = "unixodbc unixodbc-dev odbc-postgresql odbc-mariadb libsqliteodbc";
+
+    // Not root: apt-get, the driver registrations and the CommLog fix all go through sudo.
+    let steps = privileged(&setup_steps(1000));
+    let expected_user = [
+        "sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq".to_string(),
+        format!(
+            "sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {missing}"
+        ),
+        "sudo odbcinst -i -d -r".into(),
+        "sudo odbcinst -i -d -r".into(),
+        "sudo odbcinst -i -d -r".into(),
+    ];
+    assert_eq!(steps[..5], expected_user[..], "{steps:#?}");
+    assert_eq!(steps.len(), 6, "{steps:#?}");
+    assert!(
+        steps[5].starts_with("sudo sed -i s/^CommLog=1/CommLog=0/ "),
+        "{steps:#?}"
+    );
+
+    // Root: the same steps run directly, sudo is never asked for.
+    let steps = privileged(&setup_steps(0));
+    let expected_root = vec![
+        "apt-get update -qq".to_string(),
+        format!("apt-get install -y -qq --no-install-recommends {missing}"),
+        "odbcinst -i -d -r".into(),
+        "odbcinst -i -d -r".into(),
+        "odbcinst -i -d -r".into(),
+        "(CommLog turned off without sudo)".into(),
+    ];
+    assert_eq!(steps, expected_root);
+}
