@@ -628,6 +628,137 @@ fn the_edge_gateway_example_passes_check_and_forwards() {
 }
 
 // ---------------------------------------------------------------------------------------
+// The systemd unit
+// ---------------------------------------------------------------------------------------
+
+const UNIT: &str = "deploy/systemd/mqdb.service";
+
+/// `(section, key, value)` of every setting of a unit file, in order.
+fn unit_settings(text: &str) -> Vec<(String, String, String)> {
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("{UNIT}: not a setting: {line}"));
+        out.push((
+            section.clone(),
+            key.trim().to_string(),
+            value.trim().to_string(),
+        ));
+    }
+    out
+}
+
+#[test]
+fn the_systemd_unit_matches_the_readme_and_verifies() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = read(&root.join(UNIT));
+    let settings = unit_settings(&text);
+    let service = |key: &str| -> Vec<&str> {
+        settings
+            .iter()
+            .filter(|(s, k, _)| s == "Service" && k == key)
+            .map(|(_, _, v)| v.as_str())
+            .collect()
+    };
+    let one = |key: &str| -> &str {
+        match service(key).as_slice() {
+            [v] => v,
+            other => panic!("{UNIT}: expected one {key}=, found {other:?}"),
+        }
+    };
+
+    // The binary where the README and the Dockerfile install it, running `run`.
+    let exec: Vec<&str> = one("ExecStart").split_whitespace().collect();
+    assert_eq!(exec, ["/usr/local/bin/mqdb", "run"], "{UNIT}: ExecStart");
+    let dockerfile = read(&root.join("Dockerfile"));
+    assert!(
+        dockerfile.contains(" /usr/local/bin/mqdb\n"),
+        "Dockerfile installs elsewhere"
+    );
+    let readme = readme_text();
+    assert!(
+        readme.contains("install -m 0755 target/release/mqdb /usr/local/bin/mqdb"),
+        "the README's install step names another path"
+    );
+
+    // A non-root user, its state in the state directory the README's config names.
+    let user = one("User");
+    assert!(
+        !user.is_empty() && user != "root" && user != "0",
+        "User={user}"
+    );
+    let state_dir = format!("/var/lib/{}", one("StateDirectory"));
+    assert_eq!(one("WorkingDirectory"), state_dir);
+    let state = format!("state: sqlite://{state_dir}/state.db");
+    assert!(
+        readme.contains(&state),
+        "README.md does not configure `{state}`"
+    );
+    assert!(
+        dockerfile.contains(&format!("VOLUME [\"{state_dir}\"]")),
+        "the Dockerfile's volume is not {state_dir}"
+    );
+    assert_eq!(one("Environment"), "MQDB_CONFIG=/etc/mqdb/mqdb.yaml");
+    assert!(readme.contains("/etc/mqdb/mqdb.yaml"));
+
+    // Restarted after a failure, but not for a configuration error (exit 2).
+    assert_eq!(one("Restart"), "on-failure");
+    assert_eq!(one("RestartPreventExitStatus"), "2");
+    for (key, value) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+    ] {
+        assert_eq!(one(key), value, "{UNIT}: {key}");
+    }
+
+    // systemd's own check, with ExecStart pointing at the binary under test (verify
+    // requires it to exist). Warnings (an unknown key, a bad value) fail it too.
+    let Ok(analyze) = which("systemd-analyze") else {
+        eprintln!("systemd-analyze is not installed: {UNIT} was only parsed");
+        return;
+    };
+    let dir = temp_dir("mqdb-unit-");
+    let unit = dir.path().join("mqdb.service");
+    let bin = common::mqdb_bin();
+    std::fs::write(
+        &unit,
+        text.replace("/usr/local/bin/mqdb", &bin.display().to_string()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(analyze)
+        .arg("verify")
+        .arg(&unit)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run systemd-analyze verify");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "systemd-analyze verify {UNIT}\n{}",
+        show(&out)
+    );
+}
+
+/// The path of `program` on `PATH`.
+fn which(program: &str) -> Result<PathBuf, ()> {
+    let path = std::env::var_os("PATH").ok_or(())?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
+
+// ---------------------------------------------------------------------------------------
 // scripts/setup.sh
 // ---------------------------------------------------------------------------------------
 
