@@ -3,7 +3,16 @@
 # ODBC drivers) and starts any local service that has stopped. Safe to run repeatedly.
 #   scripts/setup.sh            packages + services (development and CI)
 #   scripts/setup.sh --packages packages only (Docker image build)
+# For Debian and its derivatives (apt, dpkg). Privileged steps run through sudo unless the
+# script runs as root (as in CI and the image build, where sudo may not be installed).
 set -euo pipefail
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# unixODBC reads odbcinst.ini from $ODBCSYSINI when it is set.
+odbcinst_ini="${ODBCSYSINI:-/etc}/odbcinst.ini"
 
 packages=(unixodbc unixodbc-dev odbc-postgresql odbc-mariadb libsqliteodbc)
 
@@ -13,11 +22,9 @@ for p in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  sudo_cmd=""
-  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 # The Debian packages register their drivers, but older images do not: make sure the
@@ -28,7 +35,7 @@ register_driver() {
   local path
   path=$(find /usr/lib -name "$lib" 2>/dev/null | head -n 1)
   [ -n "$path" ] || { echo "setup: driver library $lib not found" >&2; return 1; }
-  printf '[%s]\nDriver=%s\n' "$name" "$path" | odbcinst -i -d -r >/dev/null
+  printf '[%s]\nDriver=%s\n' "$name" "$path" | as_root odbcinst -i -d -r >/dev/null
 }
 register_driver "PostgreSQL Unicode" psqlodbcw.so
 register_driver "MariaDB Unicode" libmaodbc.so
@@ -36,8 +43,8 @@ register_driver "SQLite3" libsqlite3odbc.so
 
 # Debian's psqlODBC template turns on CommLog, which writes every protocol exchange to a
 # file in /tmp: a large slowdown and a disk filler on a busy bridge.
-if grep -q '^CommLog=1' /etc/odbcinst.ini 2>/dev/null; then
-  sed -i 's/^CommLog=1/CommLog=0/' /etc/odbcinst.ini
+if grep -q '^CommLog=1' "$odbcinst_ini" 2>/dev/null; then
+  as_root sed -i 's/^CommLog=1/CommLog=0/' "$odbcinst_ini"
 fi
 
 [ "${1:-}" = "--packages" ] && exit 0
@@ -56,22 +63,22 @@ wait_port() {
 
 if ! port_open 5432; then
   echo "setup: starting PostgreSQL"
-  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
+  as_root pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
   wait_port 5432 PostgreSQL
 fi
 if ! port_open 3306; then
   echo "setup: starting MariaDB"
-  start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+  as_root start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
   wait_port 3306 MariaDB
 fi
 if ! port_open 5672; then
   echo "setup: starting RabbitMQ"
-  rabbitmq-server -detached
+  as_root rabbitmq-server -detached
   wait_port 5672 RabbitMQ
 fi
 if ! port_open 1883; then
   echo "setup: starting Mosquitto"
-  mosquitto -d -c /etc/mosquitto/mosquitto.conf
+  as_root mosquitto -d -c /etc/mosquitto/mosquitto.conf
   wait_port 1883 Mosquitto
 fi
 echo "setup: ready"

@@ -1,8 +1,9 @@
 //! The optional HTTP endpoint (`http.listen`): `GET /health` and `GET /metrics`.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::Full;
@@ -14,14 +15,20 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
 use crate::app::AppError;
 use crate::metrics::{Metrics, Totals};
 
-/// Scrapers are few; more connections than this at once are refused by not accepting.
-const MAX_CONNECTIONS: usize = 64;
+/// Scrapers are few and send their request at once; this bounds the sockets and memory
+/// that clients can hold. At the bound the oldest connection is closed to admit the new
+/// one, so idle or slow clients can delay `/health` by one eviction, never block it.
+const MAX_CONNECTIONS: usize = 128;
+
+/// How long a client may take to send a request's headers, from connecting or from the end
+/// of its previous request; then the connection is closed.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds now, so a taken port fails start-up, and serves until `stop`.
 pub async fn serve(
@@ -37,12 +44,8 @@ pub async fn serve(
 }
 
 async fn accept(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(Mutex::new(OpenConnections::new(MAX_CONNECTIONS)));
     loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("never closed"),
-            _ = stop.changed() => return,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -54,18 +57,57 @@ async fn accept(listener: TcpListener, metrics: Arc<Metrics>, mut stop: watch::R
             },
             _ = stop.changed() => return,
         };
+        let (id, evicted) = open.lock().expect("not poisoned").admit();
         let metrics = metrics.clone();
+        let open = open.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| answer(req, metrics.clone()));
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = conn.await {
-                debug!(%peer, error = %e, "http connection ended");
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    debug!(%peer, error = %e, "http connection ended");
+                },
+                _ = evicted => debug!(%peer, "http connection closed to admit a newer one"),
             }
-            drop(permit);
+            open.lock().expect("not poisoned").leave(id);
         });
+    }
+}
+
+/// The open connections, oldest first, each with the sender whose drop closes it.
+struct OpenConnections {
+    max: usize,
+    next_id: u64,
+    by_age: BTreeMap<u64, oneshot::Sender<()>>,
+}
+
+impl OpenConnections {
+    fn new(max: usize) -> Self {
+        OpenConnections {
+            max,
+            next_id: 0,
+            by_age: BTreeMap::new(),
+        }
+    }
+
+    /// Registers a new connection, closing the oldest one when `max` are open; the receiver
+    /// completes when this connection is evicted in turn.
+    fn admit(&mut self) -> (u64, oneshot::Receiver<()>) {
+        while self.by_age.len() >= self.max {
+            self.by_age.pop_first();
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let (tx, rx) = oneshot::channel();
+        self.by_age.insert(id, tx);
+        (id, rx)
+    }
+
+    fn leave(&mut self, id: u64) {
+        self.by_age.remove(&id);
     }
 }
 
@@ -171,5 +213,27 @@ pub async fn probe(config: &crate::config::Config) -> Result<(), AppError> {
             "unhealthy: {}",
             head.lines().next().unwrap_or("no status line")
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_the_bound_the_oldest_connection_is_closed() {
+        use oneshot::error::TryRecvError::{Closed, Empty};
+        let mut open = OpenConnections::new(2);
+        let (_, mut first) = open.admit();
+        let (second_id, mut second) = open.admit();
+        assert_eq!(first.try_recv(), Err(Empty));
+        let (_, mut third) = open.admit();
+        assert_eq!(first.try_recv(), Err(Closed), "the oldest is evicted");
+        assert_eq!(second.try_recv(), Err(Empty));
+        // A connection that ended makes room without evicting another.
+        open.leave(second_id);
+        let (_, mut fourth) = open.admit();
+        assert_eq!(third.try_recv(), Err(Empty));
+        assert_eq!(fourth.try_recv(), Err(Empty));
     }
 }

@@ -8,12 +8,16 @@
 //! every `${VAR}` the example reads cleared unless the test sets it: the defaults are what
 //! is checked. A run that touches shared names (queues, exchanges, the outbox table) uses a
 //! private copy of the example with those names made unique.
+//!
+//! The configuration blocks of README.md are loaded and validated as `mqdb` loads a config
+//! file (without connecting): see `common::readme` for the markers that say how a block
+//! is loaded.
 
 mod common;
 
 use common::{
     Bridge, Db, Header, LIVENESS, Mosquitto, Publisher, Rabbit, Subscriber, TempTable, make_pki,
-    mqdb_command, terminate_ok, unique, wait_for,
+    mqdb_command, readme, terminate_ok, unique, wait_for,
 };
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
@@ -176,6 +180,84 @@ fn dead_letters(config: &Path, dir: &Path) -> Vec<Json> {
 fn json(payload: &[u8]) -> Json {
     serde_json::from_slice(payload)
         .unwrap_or_else(|e| panic!("not JSON: {}: {e}", String::from_utf8_lossy(payload)))
+}
+
+// ---------------------------------------------------------------------------------------
+// The README's configuration blocks
+// ---------------------------------------------------------------------------------------
+
+/// Values for the variables README blocks reference without a default.
+const README_VARIABLES: &[(&str, &str)] = &[("MQTT_USER", "mqdb"), ("MQTT_PASSWORD", "secret")];
+
+fn readme_text() -> String {
+    read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+}
+
+#[test]
+fn every_readme_config_block_loads_and_validates() {
+    let blocks = readme::yaml_blocks(&readme_text()).unwrap_or_else(|e| panic!("README.md {e}"));
+    let first = blocks.first().expect("README.md has a ```yaml block");
+    assert_eq!(
+        first.role,
+        readme::Role::Whole,
+        "README.md line {}: the first ```yaml block is the main example and loads on its own",
+        first.line
+    );
+    let dir = temp_dir("mqdb-readme-");
+    let mut failures = Vec::new();
+    let mut loaded = 0;
+    for block in &blocks {
+        let text = match block.role {
+            readme::Role::Whole => block.text.clone(),
+            readme::Role::AddsToFirst => format!("{}\n{}", first.text, block.text),
+            readme::Role::Skip => continue,
+        };
+        let text = readme::with_defaults(&text, README_VARIABLES)
+            .unwrap_or_else(|e| panic!("README.md line {}: {e}", block.line));
+        let path = dir.path().join(format!("readme-line-{}.yaml", block.line));
+        std::fs::write(&path, text).expect("write the block");
+        match mqdb::config::load(&path) {
+            Ok(_) => loaded += 1,
+            Err(e) => failures.push(format!("README.md line {}: {e}", block.line)),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "README configuration blocks that do not load:\n{}",
+        failures.join("\n")
+    );
+    assert!(loaded >= 1, "no README block was loaded");
+}
+
+#[test]
+fn readme_markers_are_read_and_a_typo_is_refused() {
+    let text = "```yaml\na: 1\n```\n<!-- config-test: adds to the first example -->\n```yaml\nb: 2\n```\n\
+                <!-- config-test: skip -->\n  ```yaml\n  c: 3\n  ```\n";
+    let blocks = readme::yaml_blocks(text).unwrap();
+    let got: Vec<(usize, readme::Role, &str)> = blocks
+        .iter()
+        .map(|b| (b.line, b.role, b.text.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, readme::Role::Whole, "a: 1\n"),
+            (5, readme::Role::AddsToFirst, "b: 2\n"),
+            (9, readme::Role::Skip, "c: 3\n"),
+        ]
+    );
+    let typo = "<!-- config-test: skp -->\n```yaml\na: 1\n```\n";
+    let e = readme::yaml_blocks(typo).unwrap_err();
+    assert!(e.contains("line 2") && e.contains("skp"), "{e}");
+    assert_eq!(
+        readme::with_defaults("u: ${MQTT_USER}\np: ${X:-d}\nq: $${Y}\n", README_VARIABLES).unwrap(),
+        "u: ${MQTT_USER:-mqdb}\np: ${X:-d}\nq: $${Y}\n"
+    );
+    assert!(
+        readme::with_defaults("u: ${NOPE}", README_VARIABLES)
+            .unwrap_err()
+            .contains("NOPE")
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -543,4 +625,244 @@ fn the_edge_gateway_example_passes_check_and_forwards() {
         ]
     );
     assert_eq!(dead_letters(&config, dir.path()), Vec::<Json>::new());
+}
+
+// ---------------------------------------------------------------------------------------
+// The systemd unit
+// ---------------------------------------------------------------------------------------
+
+const UNIT: &str = "deploy/systemd/mqdb.service";
+
+/// `(section, key, value)` of every setting of a unit file, in order.
+fn unit_settings(text: &str) -> Vec<(String, String, String)> {
+    let mut section = String::new();
+    let mut out = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("{UNIT}: not a setting: {line}"));
+        out.push((
+            section.clone(),
+            key.trim().to_string(),
+            value.trim().to_string(),
+        ));
+    }
+    out
+}
+
+#[test]
+fn the_systemd_unit_matches_the_readme_and_verifies() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let text = read(&root.join(UNIT));
+    let settings = unit_settings(&text);
+    let service = |key: &str| -> Vec<&str> {
+        settings
+            .iter()
+            .filter(|(s, k, _)| s == "Service" && k == key)
+            .map(|(_, _, v)| v.as_str())
+            .collect()
+    };
+    let one = |key: &str| -> &str {
+        match service(key).as_slice() {
+            [v] => v,
+            other => panic!("{UNIT}: expected one {key}=, found {other:?}"),
+        }
+    };
+
+    // The binary where the README and the Dockerfile install it, running `run`.
+    let exec: Vec<&str> = one("ExecStart").split_whitespace().collect();
+    assert_eq!(exec, ["/usr/local/bin/mqdb", "run"], "{UNIT}: ExecStart");
+    let dockerfile = read(&root.join("Dockerfile"));
+    assert!(
+        dockerfile.contains(" /usr/local/bin/mqdb\n"),
+        "Dockerfile installs elsewhere"
+    );
+    let readme = readme_text();
+    assert!(
+        readme.contains("install -m 0755 target/release/mqdb /usr/local/bin/mqdb"),
+        "the README's install step names another path"
+    );
+
+    // A non-root user, its state in the state directory the README's config names.
+    let user = one("User");
+    assert!(
+        !user.is_empty() && user != "root" && user != "0",
+        "User={user}"
+    );
+    let state_dir = format!("/var/lib/{}", one("StateDirectory"));
+    assert_eq!(one("WorkingDirectory"), state_dir);
+    let state = format!("state: sqlite://{state_dir}/state.db");
+    assert!(
+        readme.contains(&state),
+        "README.md does not configure `{state}`"
+    );
+    assert!(
+        dockerfile.contains(&format!("VOLUME [\"{state_dir}\"]")),
+        "the Dockerfile's volume is not {state_dir}"
+    );
+    assert_eq!(one("Environment"), "MQDB_CONFIG=/etc/mqdb/mqdb.yaml");
+    assert!(readme.contains("/etc/mqdb/mqdb.yaml"));
+
+    // Restarted after a failure, but not for a configuration error (exit 2).
+    assert_eq!(one("Restart"), "on-failure");
+    assert_eq!(one("RestartPreventExitStatus"), "2");
+    for (key, value) in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+    ] {
+        assert_eq!(one(key), value, "{UNIT}: {key}");
+    }
+
+    // systemd's own check, with ExecStart pointing at the binary under test (verify
+    // requires it to exist). Warnings (an unknown key, a bad value) fail it too.
+    let Ok(analyze) = which("systemd-analyze") else {
+        eprintln!("systemd-analyze is not installed: {UNIT} was only parsed");
+        return;
+    };
+    let dir = temp_dir("mqdb-unit-");
+    let unit = dir.path().join("mqdb.service");
+    let bin = common::mqdb_bin();
+    std::fs::write(
+        &unit,
+        text.replace("/usr/local/bin/mqdb", &bin.display().to_string()),
+    )
+    .unwrap();
+    let out = std::process::Command::new(analyze)
+        .arg("verify")
+        .arg(&unit)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run systemd-analyze verify");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "systemd-analyze verify {UNIT}\n{}",
+        show(&out)
+    );
+}
+
+/// The path of `program` on `PATH`.
+fn which(program: &str) -> Result<PathBuf, ()> {
+    let path = std::env::var_os("PATH").ok_or(())?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
+        .ok_or(())
+}
+
+// ---------------------------------------------------------------------------------------
+// scripts/setup.sh
+// ---------------------------------------------------------------------------------------
+
+/// Runs `scripts/setup.sh --packages` as user id `uid` with every package missing, every
+/// driver unregistered and CommLog on, on stand-ins for the system commands (`id`, `sudo`,
+/// `dpkg-query`, `apt-get`, `odbcinst`) that log what they were asked to do instead of
+/// doing it, and returns that log. `sudo` logs its command and does not run it.
+fn setup_steps(uid: u32) -> Vec<String> {
+    let dir = temp_dir("mqdb-setup-");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let log = dir.path().join("log");
+    let fake = |name: &str, body: &str| {
+        let path = bin.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        let mut mode = std::fs::metadata(&path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o755);
+        std::fs::set_permissions(&path, mode).unwrap();
+    };
+    let logs = r#"echo "$(basename "$0") $*" >> "$FAKE_LOG""#;
+    fake(
+        "id",
+        r#"[ "$1" = -u ] && echo "$FAKE_UID" || exec /usr/bin/id "$@""#,
+    );
+    fake("sudo", logs);
+    fake("dpkg-query", "exit 1");
+    fake("apt-get", logs);
+    fake(
+        "odbcinst",
+        &format!("{logs}\n[ \"$1\" = -q ] && exit 1\ncat >/dev/null"),
+    );
+    let ini = dir.path().join("odbcinst.ini");
+    std::fs::write(&ini, "[PostgreSQL Unicode]\nCommLog=1\n").unwrap();
+
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg("--packages")
+        .env("PATH", path)
+        .env("FAKE_LOG", &log)
+        .env("FAKE_UID", uid.to_string())
+        .env("ODBCSYSINI", dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run scripts/setup.sh");
+    assert!(
+        out.status.success(),
+        "setup.sh as uid {uid}\n{}",
+        show(&out)
+    );
+    let mut steps: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    if read(&ini).contains("CommLog=0") {
+        steps.push("(CommLog turned off without sudo)".into());
+    }
+    steps
+}
+
+#[test]
+fn setup_uses_sudo_for_every_privileged_step_unless_root() {
+    let privileged = |steps: &[String]| {
+        steps
+            .iter()
+            .filter(|s| !s.starts_with("odbcinst -q"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let missing = "unixodbc unixodbc-dev odbc-postgresql odbc-mariadb libsqliteodbc";
+
+    // Not root: apt-get, the driver registrations and the CommLog fix all go through sudo.
+    let steps = privileged(&setup_steps(1000));
+    let expected_user = [
+        "sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq".to_string(),
+        format!(
+            "sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {missing}"
+        ),
+        "sudo odbcinst -i -d -r".into(),
+        "sudo odbcinst -i -d -r".into(),
+        "sudo odbcinst -i -d -r".into(),
+    ];
+    assert_eq!(steps[..5], expected_user[..], "{steps:#?}");
+    assert_eq!(steps.len(), 6, "{steps:#?}");
+    assert!(
+        steps[5].starts_with("sudo sed -i s/^CommLog=1/CommLog=0/ "),
+        "{steps:#?}"
+    );
+
+    // Root: the same steps run directly, sudo is never asked for.
+    let steps = privileged(&setup_steps(0));
+    let expected_root = vec![
+        "apt-get update -qq".to_string(),
+        format!("apt-get install -y -qq --no-install-recommends {missing}"),
+        "odbcinst -i -d -r".into(),
+        "odbcinst -i -d -r".into(),
+        "odbcinst -i -d -r".into(),
+        "(CommLog turned off without sudo)".into(),
+    ];
+    assert_eq!(steps, expected_root);
 }

@@ -1209,3 +1209,95 @@ fn unknown_paths_are_404_and_other_methods_405() {
 
     terminate_ok(&mut bridge);
 }
+
+// ---------------------------------------------------------------------------------------
+// 7. Idle and slow clients
+// ---------------------------------------------------------------------------------------
+
+/// Opens a connection to `addr`; with `first_bytes`, sends them and nothing more.
+fn hold_connection(addr: &str, first_bytes: &[u8]) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut stream =
+        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    if !first_bytes.is_empty() {
+        stream.write_all(first_bytes).expect("send the first bytes");
+    }
+    stream
+}
+
+/// Whether the server has closed `stream` (or answered on it) without waiting: an open
+/// connection that was sent nothing has nothing to read yet.
+fn closed_by_server(stream: &std::net::TcpStream) -> bool {
+    stream.set_nonblocking(true).expect("nonblocking");
+    let mut byte = [0u8; 1];
+    let open = matches!(
+        stream.peek(&mut byte),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    );
+    stream.set_nonblocking(false).expect("blocking");
+    !open
+}
+
+/// Waits until the server closes `stream` (EOF or reset); panics at `deadline`.
+fn wait_closed_by_server(stream: &mut std::net::TcpStream, deadline: Instant, which: &str) {
+    use std::io::Read;
+    let mut sink = Vec::new();
+    let left = deadline.saturating_duration_since(Instant::now());
+    stream
+        .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+        .expect("read timeout");
+    match stream.read_to_end(&mut sink) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("{which} was not closed by the server within {LIVENESS:?}: {e}"),
+    }
+}
+
+#[test]
+fn health_answers_while_idle_and_slow_connections_are_open() {
+    // Given a running bridge with an HTTP endpoint
+    let db = Db::Postgres;
+    let broker = Mosquitto::start();
+    let sink = TempTable::create(&db, "obs_idle", "id INTEGER PRIMARY KEY, v TEXT NOT NULL");
+    let addr = free_addr();
+    let mut config = Config::new();
+    config
+        .mqtt_broker("b", &broker.url(), &unique("mqdb_obs"))
+        .database("d", &db.connection_string())
+        .inbound(
+            "readings",
+            "b",
+            &format!("topic: {}", yq(&format!("obs/{}", unique("i")))),
+            &sink.name,
+        )
+        .http(&addr);
+    let config = config.write();
+    let mut bridge = Bridge::start(&config);
+    wait_healthy(&mut bridge, &addr);
+
+    // When 100 clients connect and send nothing, and 10 send half a request line
+    let mut held: Vec<std::net::TcpStream> =
+        (0..100).map(|_| hold_connection(&addr, b"")).collect();
+    held.extend((0..10).map(|_| hold_connection(&addr, b"GET /hea")));
+
+    // Then /health answers while every one of them is still open
+    assert_eq!(health(&addr).0, 200);
+    let closed = held.iter().filter(|s| closed_by_server(s)).count();
+    assert_eq!(
+        closed, 0,
+        "/health answered only after {closed} of the held connections were closed"
+    );
+
+    // and with more held connections than the listener keeps, the oldest make room, so
+    // /health still answers
+    held.extend((0..60).map(|_| hold_connection(&addr, b"")));
+    assert_eq!(health(&addr).0, 200);
+
+    // and the server closes every idle and slow connection after the header timeout
+    let deadline = Instant::now() + LIVENESS;
+    for (i, stream) in held.iter_mut().enumerate() {
+        wait_closed_by_server(stream, deadline, &format!("held connection {i}"));
+    }
+    assert_eq!(health(&addr).0, 200);
+    terminate_ok(&mut bridge);
+}

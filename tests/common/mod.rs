@@ -30,6 +30,7 @@ mod mqtt;
 mod proxy;
 mod rabbit;
 mod rabbit_node;
+pub mod readme;
 mod tls;
 
 // Each test binary uses a subset of these re-exports.
