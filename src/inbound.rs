@@ -358,7 +358,7 @@ impl InboundRoute {
                 }
                 l.bytes(&message.payload).to_vec()
             }
-            None => message.payload.clone(),
+            None => message.payload.to_vec(),
         };
         NewDeadLetter {
             route: self.name.clone(),

@@ -668,7 +668,7 @@ mod tests {
         let (tx, _rx) = mpsc::channel(1);
         Message {
             topic: topic.into(),
-            payload: payload.to_vec(),
+            payload: payload.to_vec().into(),
             received_at: Utc::now(),
             broker: "b".into(),
             origin: Origin::Mqtt {

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value as Json, json};
 use tokio::sync::mpsc;
@@ -11,7 +12,8 @@ use tokio::sync::mpsc;
 pub struct Message {
     /// The MQTT topic, or the AMQP routing key.
     pub topic: String,
-    pub payload: Vec<u8>,
+    /// Shared with the buffer it was read into: no copy on the way to the route.
+    pub payload: Bytes,
     pub received_at: DateTime<Utc>,
     pub broker: Arc<str>,
     pub origin: Origin,
@@ -75,7 +77,8 @@ impl Message {
         let payload = match headers.get("csv_header").and_then(Json::as_str) {
             Some(header) if with_header => [header.as_bytes(), b"\n", payload].concat(),
             _ => payload.to_vec(),
-        };
+        }
+        .into();
         Message {
             topic,
             payload,
@@ -199,7 +202,7 @@ mod tests {
     fn dead_letters_give_their_message_back() {
         let amqp = Message {
             topic: "plant.north".into(),
-            payload: b"1;2".to_vec(),
+            payload: Bytes::from_static(b"1;2"),
             received_at: DateTime::parse_from_rfc3339("2024-05-01T10:00:00Z")
                 .unwrap()
                 .with_timezone(&Utc),
@@ -214,10 +217,10 @@ mod tests {
         };
         let back = round_trip(&amqp, b"1;2", json!({"line": 2, "csv_header": "a;b"}));
         assert_eq!(back.topic, "plant.north");
-        assert_eq!(back.payload, b"a;b\n1;2");
+        assert_eq!(&back.payload[..], b"a;b\n1;2");
         // A route that no longer reads headers must not take the header line for data.
         let bare = Message::from_dead_letter("q", b"1;2", &back_headers(&amqp), false);
-        assert_eq!(bare.payload, b"1;2");
+        assert_eq!(&bare.payload[..], b"1;2");
         assert_eq!(back.received_at, amqp.received_at);
         assert_eq!(back.headers, amqp.headers);
         assert!(matches!(
@@ -227,7 +230,7 @@ mod tests {
 
         let mqtt = Message {
             topic: "a/b".into(),
-            payload: b"{}".to_vec(),
+            payload: Bytes::from_static(b"{}"),
             received_at: Utc::now(),
             broker: "m".into(),
             origin: Origin::Mqtt {
@@ -239,7 +242,7 @@ mod tests {
         };
         let back = round_trip(&mqtt, b"{}", json!({}));
         assert_eq!(back.topic, "a/b");
-        assert_eq!(back.payload, b"{}");
+        assert_eq!(&back.payload[..], b"{}");
         assert!(matches!(
             back.origin,
             Origin::Mqtt {

@@ -59,7 +59,7 @@ pub fn run(db: &Db, n: usize) -> (f64, Usage) {
             for (seq, (topic, payload)) in messages.into_iter().enumerate() {
                 let message = Message {
                     topic,
-                    payload,
+                    payload: payload.into(),
                     received_at: Utc::now(),
                     broker: broker.clone(),
                     origin: Origin::Mqtt {

@@ -248,7 +248,7 @@ fn message(d: Delivery, broker: &Arc<str>, queue: &Arc<str>, ack: AckHandle) -> 
             .as_ref()
             .map(table_json)
             .unwrap_or_default(),
-        payload: d.data,
+        payload: d.data.into(),
         ack,
     }
 }

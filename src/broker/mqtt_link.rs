@@ -31,7 +31,7 @@ pub enum AckToken {
 /// A received publish.
 pub struct Received {
     pub topic: String,
-    pub payload: Vec<u8>,
+    pub payload: bytes::Bytes,
     pub qos: u8,
     pub retain: bool,
     /// MQTT 5 user properties.
@@ -90,7 +90,7 @@ impl Link {
                     });
                     Ok(Incoming::Publish(Box::new(Received {
                         topic: p.topic,
-                        payload: p.payload.to_vec(),
+                        payload: p.payload,
                         qos: p.qos as u8,
                         retain: p.retain,
                         headers: Map::new(),
@@ -130,7 +130,7 @@ impl Link {
                     });
                     Ok(Incoming::Publish(Box::new(Received {
                         topic,
-                        payload: p.payload.to_vec(),
+                        payload: p.payload,
                         qos: qos as u8,
                         retain: p.retain,
                         headers,
