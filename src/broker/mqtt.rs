@@ -80,7 +80,9 @@ impl MqttSettings {
             .filter(|u| !u.as_str().is_empty())
             .map(|u| u.0.clone())
             .or(parts.user);
-        let credentials = match (user, password.or(parts.password)) {
+        // An empty password (`${MQTT_PASSWORD:-}` unset) is no password.
+        let password = password.or(parts.password).filter(|p| !p.is_empty());
+        let credentials = match (user, password) {
             (Some(u), p) => Some((u, p.unwrap_or_default())),
             // MQTT 3.1.1 carries no password without a user name: the broker would only
             // close the connection, without saying why.
@@ -499,5 +501,8 @@ mod tests {
             settings("    url: mqtt://127.0.0.1:1883\n    username: u\n    password: secret\n");
         assert!(with_user.is_ok());
         assert!(settings("    url: mqtt://127.0.0.1:1883\n").is_ok());
+        let both_empty =
+            settings("    url: mqtt://127.0.0.1:1883\n    username: ''\n    password: ''\n");
+        assert!(both_empty.is_ok_and(|s| s.credentials.is_none()));
     }
 }
