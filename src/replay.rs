@@ -39,7 +39,7 @@ const BATCH: usize = 500;
 pub struct Summary {
     pub total: u64,
     pub replayed: u64,
-    /// Skipped because another live replay held them.
+    /// Skipped because another live replay held them, and still in the queue at the end.
     pub held: u64,
     /// Failed again, by error kind.
     pub failed: BTreeMap<String, u64>,
@@ -155,6 +155,7 @@ pub fn replay(
         .block_on(state.selection(&filter))
         .map_err(|e| e.to_string())?;
     filter.through = Some(through.unwrap_or(0));
+    let selection = filter.clone();
     let mut summary = Summary {
         total,
         dry_run,
@@ -271,6 +272,14 @@ pub fn replay(
         return Err(e);
     }
     settled?;
+    if !dry_run && !summary.interrupted && summary.outage.is_none() && summary.held > 0 {
+        // What another replay held and has since delivered (or what was purged) is no
+        // longer in the queue: only what is still there counts as held.
+        let present = rt
+            .block_on(state.count_dead_letters(&selection))
+            .map_err(|e| e.to_string())?;
+        summary.held = summary.held.min(present.saturating_sub(summary.failures()));
+    }
     Ok(summary)
 }
 
