@@ -139,6 +139,31 @@ fn check_fails_an_on_conflict_key_without_a_unique_constraint_on_postgres() {
 }
 
 #[test]
+fn check_fails_an_on_conflict_key_on_a_deferrable_constraint_on_postgres() {
+    // PostgreSQL takes no deferrable constraint as the arbiter of ON CONFLICT.
+    let dir = Dir::new();
+    let db = Db::Postgres;
+    let table = TempTable::create(
+        &db,
+        "opdefer",
+        "id INT, site VARCHAR(40), ts VARCHAR(40), v INT, \
+         CONSTRAINT id_later UNIQUE (id) DEFERRABLE INITIALLY DEFERRED",
+    );
+    let text = format!(
+        "{head}inbound:\n{route}",
+        head = dir.head(&db),
+        route = inbound("deferred", &table.name, "ignore", "id"),
+    );
+    let out = mqdb(&dir.write(&text), &["check"]);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        line_of(&out, "deferred").contains("unique keys"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
 fn check_fails_an_on_conflict_key_without_a_unique_constraint_on_mariadb() {
     conflict_keys_are_checked_against_the_catalog(&Db::MariaDb, &Dir::new());
 }

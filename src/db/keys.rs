@@ -7,7 +7,7 @@ use super::dialect::Dialect;
 use crate::error::DbError;
 
 /// The column sets of `table`'s primary key and unique constraints or indexes that an
-/// upsert can use (no partial or expression indexes); `None` where the dialect has no
+/// upsert can use (no partial, expression or deferrable ones); `None` where the dialect has no
 /// catalog query here.
 pub fn unique_keys(
     conn: &Connection<'_>,
@@ -18,7 +18,7 @@ pub fn unique_keys(
         Dialect::Postgres => (
             "SELECT CAST(i.indexrelid AS bigint), a.attname FROM pg_index i \
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-             WHERE i.indrelid = to_regclass(?) AND i.indisunique \
+             WHERE i.indrelid = to_regclass(?) AND i.indisunique AND i.indimmediate \
              AND i.indpred IS NULL AND i.indexprs IS NULL",
             vec![dialect.quote_table(table)],
         ),
