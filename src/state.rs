@@ -669,6 +669,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_claim_counts_what_another_replay_holds_and_a_selection_stays_fixed() {
+        let (_dir, state) = store().await;
+        let stored = three_letters(&state).await;
+        let all = DeadLetterFilter::default();
+        let (count, through) = state.selection(&all).await.unwrap();
+        assert_eq!((count, through), (3, Some(stored[2])));
+        state.claim_dead_letters(&all, "one", 1).await.unwrap();
+        // Stored after the selection was taken: outside it.
+        three_letters(&state).await;
+        let selected = DeadLetterFilter {
+            through,
+            ..Default::default()
+        };
+        let claimed = state.claim_batch(&selected, "two", 10).await.unwrap();
+        assert_eq!(ids(&claimed.letters), stored[1..].to_vec());
+        assert_eq!(claimed.held, 1, "the entry `one` holds was skipped");
+        let after = DeadLetterFilter {
+            after: Some(stored[2]),
+            ..selected
+        };
+        let rest = state.claim_batch(&after, "two", 10).await.unwrap();
+        assert!(rest.letters.is_empty());
+        assert_eq!(rest.held, 0, "a held entry is counted once");
+    }
+
+    #[tokio::test]
     async fn claims_keep_replays_apart() {
         let (_dir, state) = store().await;
         let stored = three_letters(&state).await;
