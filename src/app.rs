@@ -100,6 +100,7 @@ fn outbound_route(
     amqp: &BTreeMap<String, AmqpSettings>,
     state: &State,
     metrics: &Metrics,
+    misconfigured: &mpsc::UnboundedSender<String>,
 ) -> Result<OutboundRoute, AppError> {
     let poller = Poller::start(dbs[&plan.database].clone(), plan.poll.clone())
         .map_err(|e| AppError::Runtime(e.to_string()))?;
@@ -127,6 +128,7 @@ fn outbound_route(
         delay: plan.delay,
         max_rows: plan.poll.max_rows,
         after_publish: plan.poll.after_publish.is_some(),
+        misconfigured: misconfigured.clone(),
     })
 }
 
@@ -236,23 +238,20 @@ pub async fn run_until(
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut signals = Box::pin(stop);
     let mut http_server = None;
-    match &config.http {
-        Some(http) => {
-            let listen = http.addr().map_err(AppError::Usage)?;
-            http_server = Some(
-                crate::http::serve(listen, metrics.clone(), stop_rx.clone())
-                    .await
-                    .map_err(AppError::Runtime)?,
-            );
-        }
-        None if !config.log_summary.is_zero() => {
-            tokio::spawn(crate::http::log_summaries(
-                metrics.clone(),
-                config.log_summary,
-                stop_rx.clone(),
-            ));
-        }
-        None => {}
+    if let Some(http) = &config.http {
+        let listen = http.addr().map_err(AppError::Usage)?;
+        http_server = Some(
+            crate::http::serve(listen, metrics.clone(), stop_rx.clone())
+                .await
+                .map_err(AppError::Runtime)?,
+        );
+    }
+    if !config.log_summary.is_zero() {
+        tokio::spawn(crate::http::log_summaries(
+            metrics.clone(),
+            config.log_summary,
+            stop_rx.clone(),
+        ));
     }
 
     // Every sink first: subscribing before the tables are reachable would only pile
@@ -343,15 +342,31 @@ pub async fn run_until(
         .into_iter()
         .map(|(broker, subs)| MqttSource::start(brokers[&broker].clone(), subs))
         .collect();
+    let (misconfigured_tx, mut misconfigured) = mpsc::unbounded_channel();
     for plan in outbound {
-        let route = outbound_route(plan, &dbs, &brokers, &amqp, &state, &metrics)?;
+        let route = outbound_route(
+            plan,
+            &dbs,
+            &brokers,
+            &amqp,
+            &state,
+            &metrics,
+            &misconfigured_tx,
+        )?;
         route_tasks.spawn(route.run(stop_rx.clone()));
     }
     if let Some(mirror) = mirror {
         route_tasks.spawn(mirror.run(stop_rx.clone()));
     }
 
-    (&mut signals).await;
+    // A route whose configuration cannot work stops the bridge: retrying would hide it.
+    let fatal = tokio::select! {
+        _ = &mut signals => None,
+        Some(problem) = misconfigured.recv() => {
+            error!(error = %problem, "configuration error; stopping");
+            Some(problem)
+        }
+    };
     info!("shutting down: intake stopped, finishing in-flight batches");
     for source in &sources {
         source.close_intake();
@@ -382,7 +397,10 @@ pub async fn run_until(
     }
     state.close().await;
     info!("stopped");
-    Ok(())
+    match fatal {
+        Some(problem) => Err(AppError::Usage(problem)),
+        None => Ok(()),
+    }
 }
 
 async fn shutdown_signal() {
@@ -415,6 +433,8 @@ pub async fn check(config: Config) -> Result<(), AppError> {
         broker_status.insert(name.clone(), settings.connect().await.map(|_| ()));
     }
     let mut failures = 0;
+    // What failed besides routes: the dead-letter mirror, brokers no route uses.
+    let mut others: Vec<String> = Vec::new();
     for plan in &plans {
         let db_result = {
             let spec = dbs[&plan.database].clone();
@@ -461,6 +481,7 @@ pub async fn check(config: Config) -> Result<(), AppError> {
                         &spec,
                         &plan_for_db.poll,
                         &plan_for_db.destination.columns(),
+                        &plan_for_db.start,
                     )
                 })
                 .await
@@ -505,7 +526,7 @@ pub async fn check(config: Config) -> Result<(), AppError> {
         match problem {
             None => println!("ok    dead_letter.publish → broker {broker}"),
             Some(p) => {
-                failures += 1;
+                others.push("dead_letter.publish".to_string());
                 println!("FAIL  dead_letter.publish: {p}");
             }
         }
@@ -516,17 +537,26 @@ pub async fn check(config: Config) -> Result<(), AppError> {
             && !outbound.iter().any(|p| &p.broker == name)
             && mirror.is_none_or(|m| m.value.broker.value.as_str() != name)
         {
-            failures += 1;
+            others.push(format!("broker {name}"));
             println!("FAIL  broker {name}: {e}");
         }
     }
-    if failures > 0 {
-        return Err(AppError::Runtime(format!(
-            "{failures} of {} routes failed the check",
-            plans.len() + outbound.len()
-        )));
+    match check_verdict(failures, plans.len() + outbound.len(), &others) {
+        Some(verdict) => Err(AppError::Runtime(verdict)),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// What `check` says when something failed: routes are counted among routes, and the
+/// dead-letter mirror and unused brokers are named apart.
+fn check_verdict(failed_routes: usize, routes: usize, others: &[String]) -> Option<String> {
+    let routes_part = format!("{failed_routes} of {routes} routes failed the check");
+    match (failed_routes, others) {
+        (0, []) => None,
+        (_, []) => Some(routes_part),
+        (0, others) => Some(format!("{} failed the check", others.join(", "))),
+        (_, others) => Some(format!("{routes_part}, and so did {}", others.join(", "))),
+    }
 }
 
 /// How the queue stands, as a note for the `check` line; `run` declares a missing one.
@@ -587,4 +617,26 @@ async fn probe_mqtt(settings: &MqttSettings) -> Result<(), String> {
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_millis(500), eventloop.poll()).await;
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_verdict;
+
+    #[test]
+    fn check_counts_routes_among_routes_and_names_the_rest() {
+        assert_eq!(check_verdict(0, 3, &[]), None);
+        assert_eq!(
+            check_verdict(3, 3, &["dead_letter.publish".into()]).as_deref(),
+            Some("3 of 3 routes failed the check, and so did dead_letter.publish")
+        );
+        assert_eq!(
+            check_verdict(0, 2, &["broker spare".into()]).as_deref(),
+            Some("broker spare failed the check")
+        );
+        assert_eq!(
+            check_verdict(1, 2, &[]).as_deref(),
+            Some("1 of 2 routes failed the check")
+        );
+    }
 }

@@ -29,6 +29,7 @@ pub async fn list(
         error_kind,
         ..Default::default()
     };
+    known_values(&config, &state, &filter).await?;
     let letters = state
         .list_dead_letters(&filter)
         .await
@@ -77,6 +78,8 @@ pub async fn replay(
     let mut filter = selected(&selection)?;
     filter.error_kind = error_kind;
     let state = open_state(&config).await?;
+    known_values(&config, &state, &filter).await?;
+    missing_ids(&state, &filter).await?;
     let routes = Routes {
         inbound: inbound_plans(&config).map_err(AppError::Usage)?,
         outbound: outbound_plans(&config).map_err(AppError::Usage)?,
@@ -104,11 +107,25 @@ pub async fn replay(
     println!("{}", summary.render());
     if summary.succeeded() {
         Ok(())
+    } else if summary.failures() == 0
+        && summary.held > 0
+        && !summary.interrupted
+        && summary.outage.is_none()
+    {
+        Err(AppError::Runtime(format!(
+            "{} dead letters were held by another replay and not attempted",
+            summary.held
+        )))
     } else {
         Err(AppError::Runtime(if summary.interrupted {
             "replay interrupted".into()
         } else if summary.outage.is_some() {
             "replay stopped by an outage".into()
+        } else if dry_run {
+            format!(
+                "{} dead letters would fail (dry run: nothing was changed)",
+                summary.failures()
+            )
         } else {
             format!("{} dead letters failed again", summary.failures())
         }))
@@ -127,10 +144,17 @@ pub async fn purge(
         (s, Some(_)) if !s.all && s.id.is_empty() && s.route.is_none() => {
             DeadLetterFilter::default()
         }
-        _ => selected(&selection)?,
+        _ => selected(&selection).map_err(|_| {
+            AppError::Usage(
+                "choose the dead letters with exactly one of --all, --id ID…, --route ROUTE \
+                 or --before TIME (which may also narrow one of the others)"
+                    .into(),
+            )
+        })?,
     };
     filter.before = before.as_deref().map(instant).transpose()?;
     let state = open_state(&config).await?;
+    known_values(&config, &state, &filter).await?;
     let count = state
         .count_dead_letters(&filter)
         .await
@@ -164,6 +188,107 @@ pub async fn purge(
         println!("{} were being replayed and were left alone", count - purged);
     }
     Ok(())
+}
+
+/// The error kinds mqdb writes; a store may hold others from another version.
+const ERROR_KINDS: [&str; 9] = [
+    "decode",
+    "convert",
+    "rejected",
+    "too_large",
+    "topic",
+    "unroutable",
+    "nacked",
+    "after_publish",
+    "value",
+];
+
+/// `--route` and `--error-kind` must name something that exists: a typo would otherwise
+/// read as "no dead letters match". Valid are the configured routes and the kinds mqdb
+/// writes, and whatever the store holds.
+async fn known_values(
+    config: &Config,
+    state: &State,
+    filter: &DeadLetterFilter,
+) -> Result<(), AppError> {
+    use crate::state::DeadLetterField;
+    let stored = async |field| {
+        state
+            .dead_letter_values(field)
+            .await
+            .map_err(|e| AppError::Runtime(e.to_string()))
+    };
+    if let Some(route) = &filter.route {
+        let mut valid: Vec<String> = config
+            .inbound
+            .iter()
+            .map(|r| r.value.name.value.to_string())
+            .chain(
+                config
+                    .outbound
+                    .iter()
+                    .map(|r| r.value.name.value.to_string()),
+            )
+            .chain(stored(DeadLetterField::Route).await?)
+            .collect();
+        unknown("--route", route, &mut valid)?;
+    }
+    if let Some(kind) = &filter.error_kind {
+        let mut valid: Vec<String> = ERROR_KINDS
+            .iter()
+            .map(|k| k.to_string())
+            .chain(stored(DeadLetterField::ErrorKind).await?)
+            .collect();
+        unknown("--error-kind", kind, &mut valid)?;
+    }
+    Ok(())
+}
+
+fn unknown(flag: &str, value: &str, valid: &mut Vec<String>) -> Result<(), AppError> {
+    valid.sort();
+    valid.dedup();
+    if valid.iter().any(|v| v == value) {
+        return Ok(());
+    }
+    let listed = if valid.is_empty() {
+        "none".to_string()
+    } else {
+        valid.join(", ")
+    };
+    Err(AppError::Usage(format!(
+        "{flag} {value}: no such value; valid: {listed}"
+    )))
+}
+
+/// `--id` must name stored dead letters: a mistyped id is not silently left out.
+async fn missing_ids(state: &State, filter: &DeadLetterFilter) -> Result<(), AppError> {
+    if filter.ids.is_empty() {
+        return Ok(());
+    }
+    let only_ids = DeadLetterFilter {
+        ids: filter.ids.clone(),
+        ..Default::default()
+    };
+    let found: Vec<i64> = state
+        .list_dead_letters(&only_ids)
+        .await
+        .map_err(|e| AppError::Runtime(e.to_string()))?
+        .iter()
+        .map(|l| l.id)
+        .collect();
+    let missing: Vec<String> = filter
+        .ids
+        .iter()
+        .filter(|id| !found.contains(id))
+        .map(|id| id.to_string())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(AppError::Usage(format!(
+        "no dead letter with id {} (see `mqdb dlq list`); nothing was replayed",
+        missing.join(", ")
+    )))
 }
 
 /// Exactly one of `--all`, `--id`, `--route`.

@@ -20,6 +20,9 @@ pub struct DbError {
     pub message: String,
     /// The connection reported itself dead after the failure.
     pub connection_dead: bool,
+    /// The configuration is at fault (a `start` value its track column cannot take), so
+    /// retrying cannot help.
+    pub misconfigured: bool,
 }
 
 impl DbError {
@@ -28,6 +31,7 @@ impl DbError {
             sqlstate: None,
             message: message.into(),
             connection_dead: false,
+            misconfigured: false,
         }
     }
 
@@ -37,6 +41,7 @@ impl DbError {
                 sqlstate: Some(record.state.as_str().to_string()),
                 message: one_line(&String::from_utf8_lossy(&record.message)),
                 connection_dead: false,
+                misconfigured: false,
             },
             other => DbError::new(other.to_string()),
         }

@@ -79,6 +79,22 @@ impl Destination {
         }
     }
 
+    /// Where rows go, as configured: the topic template, or `exchange/routing_key` as
+    /// [`Address::describe`] writes an address.
+    pub fn describe(&self) -> String {
+        match self {
+            Destination::Mqtt { topic } => topic.text(),
+            Destination::Amqp {
+                exchange,
+                routing_key,
+            } => Address {
+                exchange: exchange.text(),
+                topic: routing_key.text(),
+            }
+            .describe(),
+        }
+    }
+
     pub fn columns(&self) -> Vec<&str> {
         match self {
             Destination::Mqtt { topic } => topic.columns().collect(),
@@ -106,6 +122,23 @@ pub struct OutboundRoute {
     pub max_rows: usize,
     pub after_publish: bool,
     pub metrics: Arc<RouteMetrics>,
+    /// Where the route says that its configuration cannot work, and stops.
+    pub misconfigured: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+/// Why a poll failed; a misconfigured route stops instead of retrying.
+struct Failed {
+    message: String,
+    misconfigured: bool,
+}
+
+impl From<String> for Failed {
+    fn from(message: String) -> Failed {
+        Failed {
+            message,
+            misconfigured: false,
+        }
+    }
 }
 
 /// One row after the broker has answered (or the row never reached it).
@@ -164,7 +197,14 @@ impl OutboundRoute {
                     backoff.reset();
                     if more { Duration::ZERO } else { self.interval }
                 }
-                Err(e) => {
+                Err(Failed {
+                    message,
+                    misconfigured: true,
+                }) => {
+                    let _ = self.misconfigured.send(message);
+                    return;
+                }
+                Err(Failed { message: e, .. }) => {
                     RouteMetrics::add(&self.metrics.retries, 1);
                     let pause = backoff.next_delay();
                     warn!(route = %self.name, error = %e, retry_in = ?pause, "outbound poll or publish failed; retrying from the stored position");
@@ -186,13 +226,24 @@ impl OutboundRoute {
         &self,
         position: &mut Vec<String>,
         ahead: &mut Option<ReadAhead>,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, Failed> {
         let started = std::time::Instant::now();
         let polled = match ahead.take() {
             Some(read) if read.from == *position => read.polled,
             _ => self.poller.poll(position.clone()).await.map_err(|e| {
+                if e.misconfigured {
+                    let whence = if *position == self.start {
+                        "the start value"
+                    } else {
+                        "the stored position"
+                    };
+                    return Failed {
+                        message: format!("route {}: {whence}: {e}", self.name),
+                        misconfigured: true,
+                    };
+                }
                 self.metrics.set_database_up(false);
-                format!("query failed: {e}")
+                format!("query failed: {e}").into()
             })?,
         };
         self.metrics.set_database_up(true);
@@ -407,7 +458,7 @@ impl OutboundRoute {
             *position = p;
         }
         match publish_failure.or(confirm_failure) {
-            Some(e) => Err(format!("broker {}: {e}", self.broker)),
+            Some(e) => Err(format!("broker {}: {e}", self.broker).into()),
             None => {
                 let more = more && done == rows.len();
                 if !more {
@@ -436,7 +487,8 @@ impl OutboundRoute {
         NewDeadLetter {
             route: self.name.clone(),
             direction: Direction::Outbound,
-            source: address.map_or_else(|| self.name.clone(), Address::describe),
+            // A row that got no address is shown with the destination it was meant for.
+            source: address.map_or_else(|| self.destination.describe(), Address::describe),
             payload,
             headers,
             error_kind: kind.to_string(),

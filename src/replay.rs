@@ -39,6 +39,8 @@ const BATCH: usize = 500;
 pub struct Summary {
     pub total: u64,
     pub replayed: u64,
+    /// Skipped because another live replay held them, and still in the queue at the end.
+    pub held: u64,
     /// Failed again, by error kind.
     pub failed: BTreeMap<String, u64>,
     pub interrupted: bool,
@@ -52,13 +54,22 @@ impl Summary {
         self.failed.values().sum()
     }
 
-    /// Every selected entry was delivered: none failed, and none was left unattempted
-    /// (interrupted, stopped by an outage, or held by another replay).
+    /// Nothing selected is left for this replay to deliver: none failed, none was held by
+    /// another replay, and it ran to the end. Entries that left the queue meanwhile (purged,
+    /// or delivered by another replay) are counted apart.
     pub fn succeeded(&self) -> bool {
-        self.failures() == 0
-            && !self.interrupted
-            && self.outage.is_none()
-            && self.replayed >= self.total
+        self.failures() == 0 && self.held == 0 && !self.interrupted && self.outage.is_none()
+    }
+
+    /// Selected entries this replay did not find when it came to them: purged, or delivered
+    /// by another replay, while it ran. Unknown (counted as not attempted) when it stopped
+    /// early.
+    pub fn gone(&self) -> u64 {
+        if self.interrupted || self.outage.is_some() {
+            return 0;
+        }
+        self.total
+            .saturating_sub(self.replayed + self.failures() + self.held)
     }
 
     pub fn render(&self) -> String {
@@ -78,14 +89,23 @@ impl Summary {
             let verb = if self.dry_run { "would fail" } else { "failed" };
             out.push_str(&format!(", {verb} {failed} ({})", kinds.join(", ")));
         }
-        let left = self.total.saturating_sub(self.replayed + failed);
+        if self.held > 0 {
+            out.push_str(&format!(
+                ", {} held by another replay (a dead replay's claims expire after 10 minutes)",
+                self.held
+            ));
+        }
+        let gone = self.gone();
+        if gone > 0 {
+            out.push_str(&format!(
+                ", {gone} no longer in the queue (purged or replayed elsewhere meanwhile)"
+            ));
+        }
+        let left = self
+            .total
+            .saturating_sub(self.replayed + failed + self.held + gone);
         if left > 0 {
             out.push_str(&format!(", {left} not attempted"));
-            if !self.interrupted && self.outage.is_none() {
-                out.push_str(
-                    " (held by another replay; a dead replay's claims expire after 10 minutes)",
-                );
-            }
         }
         if self.interrupted {
             out.push_str("; interrupted: what was not attempted is still in the queue");
@@ -129,10 +149,15 @@ pub fn replay(
         std::process::id(),
         chrono::Utc::now().timestamp_millis()
     );
+    // The selection is what exists now: letters stored while the replay runs wait for the
+    // next one, so the summary counts what was selected.
+    let (total, through) = rt
+        .block_on(state.selection(&filter))
+        .map_err(|e| e.to_string())?;
+    filter.through = Some(through.unwrap_or(0));
+    let selection = filter.clone();
     let mut summary = Summary {
-        total: rt
-            .block_on(state.count_dead_letters(&filter))
-            .map_err(|e| e.to_string())?,
+        total,
         dry_run,
         ..Summary::default()
     };
@@ -149,9 +174,12 @@ pub fn replay(
         let (state, owner) = (state.clone(), owner.clone());
         rt.spawn(async move {
             if dry_run {
-                state.page_dead_letters(&filter, BATCH).await
+                state
+                    .page_dead_letters(&filter, BATCH)
+                    .await
+                    .map(|letters| crate::state::Claimed { letters, held: 0 })
             } else {
-                state.claim_dead_letters(&filter, &owner, BATCH).await
+                state.claim_batch(&filter, &owner, BATCH).await
             }
         })
     };
@@ -168,7 +196,10 @@ pub fn replay(
             .map_err(|e| e.to_string())
             .and_then(|claim| claim.map_err(|e| e.to_string()));
         let letters = match claimed {
-            Ok(letters) => letters,
+            Ok(claimed) => {
+                summary.held += claimed.held;
+                claimed.letters
+            }
             Err(e) => {
                 failure = Some(e);
                 break;
@@ -241,6 +272,14 @@ pub fn replay(
         return Err(e);
     }
     settled?;
+    if !dry_run && !summary.interrupted && summary.outage.is_none() && summary.held > 0 {
+        // What another replay held and has since delivered (or what was purged) is no
+        // longer in the queue: only what is still there counts as held.
+        let present = rt
+            .block_on(state.count_dead_letters(&selection))
+            .map_err(|e| e.to_string())?;
+        summary.held = summary.held.min(present.saturating_sub(summary.failures()));
+    }
     Ok(summary)
 }
 
@@ -666,5 +705,45 @@ impl Progress {
         if self.on {
             eprintln!();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(total: u64, replayed: u64, failed: u64, held: u64) -> Summary {
+        let mut s = Summary {
+            total,
+            replayed,
+            held,
+            ..Summary::default()
+        };
+        if failed > 0 {
+            s.failed.insert("rejected".into(), failed);
+        }
+        s
+    }
+
+    #[test]
+    fn every_selected_entry_is_accounted_for_once() {
+        let s = summary(10, 5, 1, 3);
+        assert_eq!(s.gone(), 1);
+        assert_eq!(
+            s.render(),
+            "replayed 5 of 10, failed 1 (rejected: 1), 3 held by another replay (a dead \
+             replay's claims expire after 10 minutes), 1 no longer in the queue (purged or \
+             replayed elsewhere meanwhile)"
+        );
+        assert!(!s.succeeded());
+        // Entries purged meanwhile are not held, and leave nothing to do.
+        let purged = summary(10, 7, 0, 0);
+        assert!(purged.succeeded());
+        assert!(!purged.render().contains("held"), "{}", purged.render());
+        // Stopped early: what is left is not attempted, not gone.
+        let mut stopped = summary(10, 4, 0, 0);
+        stopped.interrupted = true;
+        assert_eq!(stopped.gone(), 0);
+        assert!(stopped.render().contains("6 not attempted"));
     }
 }

@@ -45,6 +45,24 @@ pub struct DeadLetterFilter {
     pub error_kind: Option<String>,
     /// Only ids above this one.
     pub after: Option<i64>,
+    /// Only ids at or below this one: what existed when a replay began.
+    pub through: Option<i64>,
+}
+
+/// A dead-letter field an operator filters on.
+#[derive(Debug, Clone, Copy)]
+pub enum DeadLetterField {
+    Route,
+    ErrorKind,
+}
+
+/// One batch claimed for a replay.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub letters: Vec<DeadLetter>,
+    /// Matching letters in the stretch of ids this batch covered that another live replay
+    /// holds, and so were skipped.
+    pub held: u64,
 }
 
 impl DeadLetterFilter {
@@ -53,13 +71,14 @@ impl DeadLetterFilter {
     }
 }
 
-/// The WHERE clause for a [`DeadLetterFilter`] bound as ?1..?6 by [`bind_filter`].
+/// The WHERE clause for a [`DeadLetterFilter`] bound as ?1..?7 by [`bind_filter`].
 const FILTER: &str = "(?1 IS NULL OR route = ?1)
     AND (?2 IS NULL OR id IN (SELECT value FROM json_each(?2)))
     AND (?3 IS NULL OR first_failed_at >= ?3)
     AND (?4 IS NULL OR first_failed_at < ?4)
     AND (?5 IS NULL OR error_kind = ?5)
-    AND id > coalesce(?6, 0)";
+    AND id > coalesce(?6, 0)
+    AND (?7 IS NULL OR id <= ?7)";
 
 const COLUMNS: &str = "id, route, direction, source, payload, headers, error_kind, error, sqlstate, attempts, first_failed_at, last_failed_at";
 
@@ -77,6 +96,7 @@ fn bind_filter<'q>(
         .bind(&filter.before)
         .bind(&filter.error_kind)
         .bind(filter.after)
+        .bind(filter.through)
 }
 
 /// Claims older than this have been abandoned.
@@ -174,7 +194,7 @@ impl State {
         filter: &DeadLetterFilter,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StateError> {
-        let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE {FILTER} ORDER BY id LIMIT ?7");
+        let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE {FILTER} ORDER BY id LIMIT ?8");
         let rows = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&self.pool)
@@ -202,7 +222,7 @@ impl State {
     /// Deletes the matching dead letters that no live replay holds; returns how many.
     pub async fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64, StateError> {
         let sql = format!(
-            "DELETE FROM dead_letters WHERE {FILTER} AND (claimed_by IS NULL OR claimed_at < ?7)"
+            "DELETE FROM dead_letters WHERE {FILTER} AND (claimed_by IS NULL OR claimed_at < ?8)"
         );
         let stale = stale_claims();
         self.write(async |tx| {
@@ -223,26 +243,80 @@ impl State {
         owner: &str,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StateError> {
-        let sql = format!(
-            "UPDATE dead_letters SET claimed_by = ?7, claimed_at = ?8
+        Ok(self.claim_batch(filter, owner, limit).await?.letters)
+    }
+
+    /// [`State::claim_dead_letters`], also counting the entries it skipped because another
+    /// live replay holds them.
+    pub async fn claim_batch(
+        &self,
+        filter: &DeadLetterFilter,
+        owner: &str,
+        limit: usize,
+    ) -> Result<Claimed, StateError> {
+        let claim = format!(
+            "UPDATE dead_letters SET claimed_by = ?8, claimed_at = ?9
              WHERE id IN (SELECT id FROM dead_letters WHERE {FILTER}
-                          AND (claimed_by IS NULL OR claimed_at < ?9) ORDER BY id LIMIT ?10)
+                          AND (claimed_by IS NULL OR claimed_at < ?10) ORDER BY id LIMIT ?11)
              RETURNING {COLUMNS}"
         );
-        let rows = self
-            .write(async |tx| {
-                bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
-                    .bind(owner)
-                    .bind(crate::dlq::now_rfc3339())
-                    .bind(stale_claims())
-                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                    .fetch_all(tx)
-                    .await
-            })
+        let held = format!(
+            "SELECT COUNT(*) FROM dead_letters WHERE {FILTER} AND id <= ?8
+             AND claimed_by IS NOT NULL AND claimed_by <> ?9 AND claimed_at >= ?10"
+        );
+        let stale = stale_claims();
+        self.write(async |tx| {
+            let rows = bind_filter(sqlx::query(sqlx::AssertSqlSafe(claim)), filter)
+                .bind(owner)
+                .bind(crate::dlq::now_rfc3339())
+                .bind(&stale)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut letters: Vec<DeadLetter> = rows.iter().map(dead_letter).collect();
+            letters.sort_by_key(|l| l.id);
+            // The stretch ends at the last entry claimed; the empty claim that ends a replay
+            // covers what lies beyond.
+            let upper = letters.last().map_or(i64::MAX, |last| last.id);
+            let held = bind_filter(sqlx::query(sqlx::AssertSqlSafe(held)), filter)
+                .bind(upper)
+                .bind(owner)
+                .bind(&stale)
+                .fetch_one(&mut *tx)
+                .await?
+                .get::<i64, _>(0)
+                .max(0) as u64;
+            Ok(Claimed { letters, held })
+        })
+        .await
+    }
+
+    /// How many dead letters match, and the highest id among them.
+    pub async fn selection(
+        &self,
+        filter: &DeadLetterFilter,
+    ) -> Result<(u64, Option<i64>), StateError> {
+        let sql = format!("SELECT COUNT(*), MAX(id) FROM dead_letters WHERE {FILTER}");
+        let row = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
+            .fetch_one(&self.pool)
             .await?;
-        let mut letters: Vec<DeadLetter> = rows.iter().map(dead_letter).collect();
-        letters.sort_by_key(|l| l.id);
-        Ok(letters)
+        Ok((
+            row.get::<i64, _>(0).max(0) as u64,
+            row.get::<Option<i64>, _>(1),
+        ))
+    }
+
+    /// The distinct values of `column` (`route` or `error_kind`) among stored dead letters.
+    pub async fn dead_letter_values(
+        &self,
+        column: DeadLetterField,
+    ) -> Result<Vec<String>, StateError> {
+        let sql = match column {
+            DeadLetterField::Route => "SELECT DISTINCT route FROM dead_letters ORDER BY 1",
+            DeadLetterField::ErrorKind => "SELECT DISTINCT error_kind FROM dead_letters ORDER BY 1",
+        };
+        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
     }
 
     /// Removes dead letters that were delivered by `owner`'s replay.
@@ -592,6 +666,32 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{name}: {mode:o}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_claim_counts_what_another_replay_holds_and_a_selection_stays_fixed() {
+        let (_dir, state) = store().await;
+        let stored = three_letters(&state).await;
+        let all = DeadLetterFilter::default();
+        let (count, through) = state.selection(&all).await.unwrap();
+        assert_eq!((count, through), (3, Some(stored[2])));
+        state.claim_dead_letters(&all, "one", 1).await.unwrap();
+        // Stored after the selection was taken: outside it.
+        three_letters(&state).await;
+        let selected = DeadLetterFilter {
+            through,
+            ..Default::default()
+        };
+        let claimed = state.claim_batch(&selected, "two", 10).await.unwrap();
+        assert_eq!(ids(&claimed.letters), stored[1..].to_vec());
+        assert_eq!(claimed.held, 1, "the entry `one` holds was skipped");
+        let after = DeadLetterFilter {
+            after: Some(stored[2]),
+            ..selected
+        };
+        let rest = state.claim_batch(&after, "two", 10).await.unwrap();
+        assert!(rest.letters.is_empty());
+        assert_eq!(rest.held, 0, "a held entry is counted once");
     }
 
     #[tokio::test]

@@ -47,6 +47,17 @@ impl Template {
         })
     }
 
+    /// The template as written: `alerts/{site}`.
+    pub fn text(&self) -> String {
+        self.parts
+            .iter()
+            .map(|p| match p {
+                Part::Literal(l) => l.clone(),
+                Part::Column(c) => format!("{{{c}}}"),
+            })
+            .collect()
+    }
+
     /// Fills the template; `value` gives a column's text (None when absent or NULL).
     pub fn render(&self, mut value: impl FnMut(&str) -> Option<String>) -> Result<String, String> {
         let mut out = String::new();

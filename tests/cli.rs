@@ -1165,13 +1165,10 @@ fn dlq_on_an_empty_store() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert_eq!(stdout(&out), "", "{}", show(&out));
 
+    // A route that is neither configured nor stored is a usage error, not "no match".
     let out = mqdb(&path, &["dlq", "list", "--route", "r1"]);
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    assert!(
-        stdout(&out).contains("no dead letters match"),
-        "{}",
-        show(&out)
-    );
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(stderr(&out).contains("r1"), "{}", show(&out));
 
     let out = mqdb(&path, &["dlq", "show", "999"]);
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
@@ -1266,11 +1263,14 @@ inbound:
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert!(stdout(&out).contains("not json"), "{}", show(&out));
 
-    // And another route sees nothing
+    // And a route that does not exist is a usage error naming the one that does
     let out = mqdb(&path, &["dlq", "list", "--route", "other", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     assert_eq!(stdout(&out), "", "{}", show(&out));
-    let out = mqdb(&path, &["dlq", "list", "--route", "other"]);
+    assert!(stderr(&out).contains("valid: r1"), "{}", show(&out));
+    // And a kind with no dead letters matches nothing
+    let out = mqdb(&path, &["dlq", "list", "--error-kind", "convert"]);
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     assert!(
         stdout(&out).contains("no dead letters match"),
         "{}",

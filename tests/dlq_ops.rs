@@ -312,14 +312,17 @@ impl Drop for Replay {
     }
 }
 
-/// The replay's summary line: `replayed N of M[, failed F (kind: n, …)][, K not
-/// attempted][; interrupted…][; stopped by an outage…]`.
+/// The replay's summary line: `replayed N of M[, failed F (kind: n, …)][, H held by
+/// another replay (…)][, G no longer in the queue (…)][, K not attempted][; interrupted…]
+/// [; stopped by an outage…]`.
 #[derive(Debug)]
 struct Summary {
     line: String,
     replayed: u64,
     total: u64,
     failed: BTreeMap<String, u64>,
+    held: u64,
+    gone: u64,
 }
 
 impl Summary {
@@ -341,12 +344,26 @@ impl Summary {
                 failed.insert(kind.to_owned(), n.parse().ok()?);
             }
         }
+        // The count just before `phrase`, or 0 when the phrase is absent.
+        let count_before = |phrase: &str| -> u64 {
+            line.find(phrase)
+                .and_then(|at| line[..at].split_whitespace().last())
+                .and_then(|w| w.parse().ok())
+                .unwrap_or(0)
+        };
         Some(Summary {
             line: line.to_owned(),
             replayed,
             total,
             failed,
+            held: count_before(" held by another replay"),
+            gone: count_before(" no longer in the queue"),
         })
+    }
+
+    /// Every selected entry is accounted for once.
+    fn adds_up(&self) -> bool {
+        self.replayed + self.failures() + self.held + self.gone == self.total
     }
 
     fn failures(&self) -> u64 {
@@ -987,12 +1004,16 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     wait_for(&mut bridge, "every new dead letter stored", || {
         Ok(new_letters(&config).len() == bad_total)
     });
+    // (the words match what happened: what was selected at the start, each counted once;
+    // the entries the bridge stored meanwhile wait for the next replay)
     assert_eq!(done.summary.total, letters.len() as u64, "{ctx}");
     assert_eq!(done.summary.replayed, n as u64, "{ctx}");
-    assert!(
-        done.summary.failures() >= hopeless_count as u64 + bad_a as u64,
-        "the undecodable originals and the entries stored while it was held failed again: {ctx}"
+    assert_eq!(
+        done.summary.failures(),
+        hopeless_count as u64,
+        "the undecodable originals failed again, and nothing stored after the start was tried: {ctx}"
     );
+    assert!(done.summary.adds_up(), "{ctx}");
     for kind in done.summary.failed.keys() {
         assert!(
             kind == "decode" || kind == "rejected",
@@ -1040,6 +1061,12 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
         retried,
         done.summary.failures(),
         "each entry the replay failed again is still queued with 2 attempts; {ctx}"
+    );
+    assert!(
+        left.iter()
+            .filter(|l| id_of(l) > last_original)
+            .all(|l| l["attempts"] == 1),
+        "entries stored after the replay began were left for the next one: {left:#?}"
     );
     assert!(
         left.iter()
@@ -1096,13 +1123,19 @@ fn two_concurrent_replays_replay_each_entry_exactly_once() {
         n as u64,
         "{ctx}"
     );
-    // (an exit 1 is fair only for the entries the other replay held: "not attempted")
+    // (each summary adds up; an exit 1 is fair only for the entries the other replay held,
+    // and says so, never "0 dead letters failed again")
     for done in [&done_a, &done_b] {
+        assert!(done.summary.adds_up(), "{ctx}");
         match done.status.code() {
-            Some(0) => {}
-            Some(1) => assert!(done.summary.line.contains("not attempted"), "{ctx}"),
+            Some(0) => assert_eq!(done.summary.held, 0, "{ctx}"),
+            Some(1) => {
+                assert!(done.summary.held > 0, "{ctx}");
+                assert!(done.stderr.contains("held by another replay"), "{ctx}");
+            }
             other => panic!("exit {other:?}: {ctx}"),
         }
+        assert!(!done.stderr.contains("failed again"), "{ctx}");
         assert!(!done.summary.line.contains("interrupted"), "{ctx}");
         assert!(!done.summary.line.contains("outage"), "{ctx}");
     }
@@ -1113,6 +1146,52 @@ fn two_concurrent_replays_replay_each_entry_exactly_once() {
         scalar(&db, &format!("SELECT SUM(v) FROM {t}")),
         n * (n + 1) / 2
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// 6a. A purge during a replay
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn entries_purged_during_a_replay_are_reported_as_gone_not_held() {
+    // Given 1200 dead letters whose table accepts them now
+    let db = Db::Postgres;
+    let world = World::new();
+    let n: i64 = 1200;
+    let (config, table, letters) = replayable_dead_letters(&world, n);
+    let t = table.name.clone();
+
+    // When a replay of all of them waits in its first batch, and everything it has not
+    // claimed is purged meanwhile
+    let blocker = Blocker::hold(&db, &t, payload_id(&letters[250]));
+    let mut replay = Replay::start(&config, &["--all"], "purged_under");
+    let waiting = pg_lock_waiters(&t);
+    replay.wait_until("the replay's batch waiting on the held row", || {
+        try_scalar(&db, &waiting).unwrap_or(0) >= 1
+    });
+    let purge = common::run_mqdb(&[
+        "-c",
+        config.to_str().expect("UTF-8 path"),
+        "dlq",
+        "purge",
+        "--all",
+        "--yes",
+    ]);
+    assert_eq!(purge.status.code(), Some(0), "{purge:?}");
+    blocker.release();
+    let done = replay.finish();
+    eprintln!("replay under a purge: {}", done.summary.line);
+    let ctx = format!("{}\n{}", done.stdout, done.stderr);
+
+    // Then the purged entries are named as such, never as held by another replay, and the
+    // summary adds up to the selection
+    assert_eq!(done.summary.total, n as u64, "{ctx}");
+    assert!(done.summary.adds_up(), "{ctx}");
+    assert_eq!(done.summary.held, 0, "{ctx}");
+    assert!(done.summary.gone > 0, "{ctx}");
+    assert_eq!(done.summary.replayed as i64, table.count(), "{ctx}");
+    assert_eq!(done.status.code(), Some(0), "{ctx}");
+    assert_eq!(dlq_list(&config), Vec::<Json>::new(), "{ctx}");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -88,9 +88,19 @@ impl MqttSettings {
             .filter(|u| !u.as_str().is_empty())
             .map(|u| u.0.clone())
             .or(parts.user);
-        let credentials = match (user, password.or(parts.password)) {
+        // An empty password (`${MQTT_PASSWORD:-}` unset) is no password.
+        let password = password.or(parts.password).filter(|p| !p.is_empty());
+        let credentials = match (user, password) {
             (Some(u), p) => Some((u, p.unwrap_or_default())),
-            (None, Some(p)) => Some((String::new(), p)),
+            // MQTT 3.1.1 carries no password without a user name: the broker would only
+            // close the connection, without saying why.
+            (None, Some(_)) => {
+                return Err(format!(
+                    "broker {name}: a password is set but the username is empty; set \
+                     `username:` (a variable such as ${{MQTT_USER}} that is unset or empty \
+                     gives an empty one) or the URL's user, or remove the password"
+                ));
+            }
             _ => None,
         };
         Ok(MqttSettings {
@@ -490,5 +500,36 @@ async fn sequence_acks(
         if !open && sequencer.is_empty() && unsent.is_empty() && register.is_empty() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(broker: &str) -> Result<MqttSettings, String> {
+        let yaml = format!("brokers:\n  b:\n{broker}");
+        let config = crate::config::parse(std::path::Path::new("c.yaml"), &yaml).expect("parses");
+        MqttSettings::from_config("b", &config.brokers["b"].value)
+    }
+
+    #[test]
+    fn a_password_without_a_username_is_a_configuration_error() {
+        let e =
+            settings("    url: mqtt://127.0.0.1:1883\n    username: ''\n    password: secret\n")
+                .err()
+                .expect("refused");
+        assert!(
+            e.contains("broker b") && e.contains("username is empty"),
+            "{e}"
+        );
+        assert!(!e.contains("secret"), "{e}");
+        let with_user =
+            settings("    url: mqtt://127.0.0.1:1883\n    username: u\n    password: secret\n");
+        assert!(with_user.is_ok());
+        assert!(settings("    url: mqtt://127.0.0.1:1883\n").is_ok());
+        let both_empty =
+            settings("    url: mqtt://127.0.0.1:1883\n    username: ''\n    password: ''\n");
+        assert!(both_empty.is_ok_and(|s| s.credentials.is_none()));
     }
 }

@@ -35,8 +35,8 @@ pub struct Config {
     /// The HTTP endpoint serving `/health` and `/metrics`; off when absent.
     #[serde(default)]
     pub http: Option<Http>,
-    /// How often `run` logs a one-line summary when there is no HTTP endpoint; 0 turns it
-    /// off.
+    /// How often `run` logs a one-line summary (with or without the HTTP endpoint); 0 turns
+    /// it off.
     #[serde(
         default = "default_log_summary",
         deserialize_with = "duration::deserialize"

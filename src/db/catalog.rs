@@ -23,7 +23,8 @@ pub struct CatalogColumn {
     pub scale: Option<i16>,
 }
 
-/// Columns of `table` (`table` or `schema.table`) in ordinal order; empty if it does not exist.
+/// Columns of `table` (`table` or `schema.table`) in ordinal order; empty if it does not
+/// exist under that name, in that case.
 pub fn table_columns(
     conn: &Connection<'_>,
     dialect: Dialect,
@@ -33,17 +34,7 @@ pub fn table_columns(
         Some((s, t)) => (Some(s), t),
         None => (None, table),
     };
-    let mut columns = read(conn, dialect, schema, name)?;
-    if columns.is_empty() && name.chars().any(|c| c.is_ascii_uppercase()) {
-        // Unquoted identifiers fold to lower case in PostgreSQL.
-        columns = read(
-            conn,
-            dialect,
-            schema.map(str::to_lowercase).as_deref(),
-            &name.to_lowercase(),
-        )?;
-    }
-    Ok(columns)
+    read(conn, dialect, schema, name)
 }
 
 fn read(
@@ -71,8 +62,14 @@ fn read(
                 .unwrap_or_default()
         };
         let table_name = text(&row.table);
-        // Catalog patterns treat `_` as a wildcard even when escaped by some drivers.
-        if !table_name.eq_ignore_ascii_case(table) {
+        // Catalog patterns treat `_` as a wildcard even when escaped by some drivers, and
+        // psqlODBC matches them without regard to case; PostgreSQL and MariaDB then refuse
+        // the quoted name in the other case.
+        let same = match dialect {
+            Dialect::Postgres | Dialect::MySql => table_name == table,
+            _ => table_name.eq_ignore_ascii_case(table),
+        };
+        if !same {
             continue;
         }
         let schema_name = row

@@ -7,6 +7,7 @@ pub mod cell;
 pub mod dialect;
 pub mod fetch;
 pub mod insert;
+pub mod keys;
 pub mod poll;
 pub mod postgres;
 pub mod probe;

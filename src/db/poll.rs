@@ -323,7 +323,7 @@ impl Session<'_> {
                     .get(t)
                     .map(|&c| described.kinds[c])
                     .unwrap_or(SqlKind::Text);
-                bind_position(&value, kind)
+                bind_position(&value, kind).map_err(|e| misfit(e, described, t))
             })
             .collect()
     }
@@ -386,6 +386,29 @@ impl Session<'_> {
             track: described.track.clone(),
         }))
     }
+}
+
+/// Whether each value of `position` converts to its track column's type, as every poll
+/// binds it.
+pub fn check_position(described: &Described, position: &[String]) -> Result<(), DbError> {
+    for (t, &column) in described.track.iter().enumerate() {
+        if let Some(value) = position.get(t) {
+            bind_position(value, described.kinds[column]).map_err(|e| misfit(e, described, t))?;
+        }
+    }
+    Ok(())
+}
+
+/// A position value its track column cannot take: retrying will not change it.
+fn misfit(mut error: DbError, described: &Described, t: usize) -> DbError {
+    if let Some(&column) = described.track.get(t) {
+        error.message = format!(
+            "{}, as the track column `{}` needs",
+            error.message, described.names[column]
+        );
+    }
+    error.misconfigured = true;
+    error
 }
 
 /// A stored position bound with the type of its track column.

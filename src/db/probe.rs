@@ -1,6 +1,9 @@
 //! `mqdb check` for a route's table: connect once, verify the catalog, prepare the insert.
 
+use odbc_api::Connection;
+
 use super::DbSpec;
+use super::dialect::Dialect;
 use super::insert::TablePlan;
 use super::poll::{PollSpec, describe};
 use super::worker::{self, SinkTarget};
@@ -10,6 +13,7 @@ pub fn check_table(spec: &DbSpec, target: &SinkTarget) -> Result<TablePlan, Stri
     let conn = worker::open(spec).map_err(|e| format!("cannot connect: {e}"))?;
     let dialect = spec.dialect(&conn);
     let plan = worker::resolve(&conn, dialect, target).map_err(|e| e.to_string())?;
+    check_conflict_key(&conn, dialect, target, &plan)?;
     let all: Vec<usize> = (0..plan.columns.len()).collect();
     let sql = plan.insert_sql(&all, 1);
     conn.prepare(&sql).map_err(|e| {
@@ -22,17 +26,53 @@ pub fn check_table(spec: &DbSpec, target: &SinkTarget) -> Result<TablePlan, Stri
     Ok(plan)
 }
 
+/// `on_conflict: ignore | update` needs a primary key or unique constraint on exactly the
+/// `key` columns: PostgreSQL and SQLite refuse every insert without one, and MariaDB
+/// inserts duplicates.
+fn check_conflict_key(
+    conn: &Connection<'_>,
+    dialect: Dialect,
+    target: &SinkTarget,
+    plan: &TablePlan,
+) -> Result<(), String> {
+    if plan.on_conflict == crate::config::OnConflict::Error {
+        return Ok(());
+    }
+    let Some(keys) = super::keys::unique_keys(conn, dialect, &target.table)
+        .map_err(|e| format!("cannot read the unique keys of {}: {e}", target.table))?
+    else {
+        return Ok(());
+    };
+    let key: Vec<String> = plan
+        .key
+        .iter()
+        .map(|&i| plan.columns[i].name.clone())
+        .collect();
+    if super::keys::matches_a_key(&key, &keys) {
+        return Ok(());
+    }
+    Err(format!(
+        "on_conflict {} needs a primary key or unique constraint on exactly `key:` ({}), \
+         but the unique keys of {} are: {}",
+        format!("{:?}", plan.on_conflict).to_lowercase(),
+        key.join(", "),
+        target.table,
+        super::keys::describe_keys(&keys)
+    ))
+}
+
 /// Verifies that an outbound query prepares, returns the track columns and the columns the
 /// destination template reads, and that `after_publish` prepares.
 pub fn check_query(
     spec: &DbSpec,
     poll: &PollSpec,
     template_columns: &[&str],
+    start: &[String],
 ) -> Result<(), String> {
     let conn = worker::open(spec).map_err(|e| format!("cannot connect: {e}"))?;
-    let names = describe(&conn, poll)
-        .map_err(|e| format!("the query: {e}"))?
-        .names;
+    let described = describe(&conn, poll).map_err(|e| format!("the query: {e}"))?;
+    super::poll::check_position(&described, start).map_err(|e| format!("start: {e}"))?;
+    let names = described.names;
     for column in template_columns {
         if !names.iter().any(|n| n.eq_ignore_ascii_case(column)) {
             return Err(format!(

@@ -254,8 +254,26 @@ pub fn resolve(
     dialect: Dialect,
     target: &SinkTarget,
 ) -> Result<TablePlan, DbError> {
-    let found = catalog::table_columns(conn, dialect, &target.table)?;
+    let mut found = catalog::table_columns(conn, dialect, &target.table)?;
     let _ = conn.commit();
+    if found.is_empty() {
+        let other = super::keys::table_in_other_case(conn, dialect, &target.table)?;
+        match other {
+            // SQLite matches table names without regard to case, so the name works as written.
+            Some(name) if dialect == Dialect::Sqlite => {
+                found = catalog::table_columns(conn, dialect, &name)?;
+                let _ = conn.commit();
+            }
+            Some(name) => {
+                return Err(DbError::new(format!(
+                    "table {} does not exist, but {name} does: names are matched with their \
+                     case, so write `table: {name}`",
+                    target.table
+                )));
+            }
+            None => {}
+        }
+    }
     if found.is_empty() {
         return Err(DbError::new(format!(
             "table {} does not exist (or has no columns visible to this user)",
