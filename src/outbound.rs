@@ -10,10 +10,11 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::broker::publish::{Address, Answer, Delivery, Pending, Publisher};
+use crate::broker::publish::{Address, Answer, Delivery, Envelope, Pending, Publisher};
 use crate::codec;
 use crate::config::{CsvOptions, Format};
 use crate::db::poll::{Cell, Polled, Poller};
+use crate::dedup;
 use crate::dlq::{Direction, NewDeadLetter};
 use crate::metrics::RouteMetrics;
 use crate::state::State;
@@ -244,7 +245,11 @@ impl OutboundRoute {
                     None,
                     payload,
                 )),
-                Ok(address) => match self.publisher.publish(&address, payload.clone()).await {
+                Ok(address) => match self
+                    .publisher
+                    .publish(&address, self.envelope(&polled, row, &payload))
+                    .await
+                {
                     Ok(confirm) => {
                         attempts.push((Attempt::Published(confirm), Some(address), payload))
                     }
@@ -418,6 +423,15 @@ impl OutboundRoute {
         }
     }
 
+    /// A row's message, with the key it has whenever and by whomever it is published.
+    fn envelope(&self, polled: &Polled, row: &[Cell], payload: &[u8]) -> Envelope {
+        Envelope {
+            payload: payload.to_vec(),
+            message_id: dedup::message_id(&self.name, &track_values(polled, row), payload),
+            content_type: dedup::content_type(self.format),
+        }
+    }
+
     fn dead_letter(
         &self,
         polled: &Polled,
@@ -427,8 +441,10 @@ impl OutboundRoute {
         address: Option<&Address>,
         payload: Vec<u8>,
     ) -> NewDeadLetter {
-        let track: Vec<Option<String>> = polled.track.iter().map(|&c| row[c].text()).collect();
-        let mut headers = json!({ "broker": self.broker, "track": track });
+        let track = track_values(polled, row);
+        let content_type = dedup::content_type(self.format);
+        let mut headers =
+            json!({ "broker": self.broker, "track": track, "content_type": content_type });
         if let Some(a) = address {
             // Kept apart from `source` so a replay publishes to exactly the same place.
             headers["address"] = json!({ "exchange": a.exchange, "topic": a.topic });
@@ -456,6 +472,11 @@ fn unpublishable(row: &[Cell]) -> Option<String> {
         })
         .collect();
     (!reasons.is_empty()).then(|| reasons.join("; "))
+}
+
+/// The row's track values, as its dead letter keeps them.
+fn track_values(polled: &Polled, row: &[Cell]) -> Vec<Option<String>> {
+    polled.track.iter().map(|&c| row[c].text()).collect()
 }
 
 /// A poll read before the one before it was done, and the position it was read from.
