@@ -25,6 +25,8 @@ use crate::template::{Template, check_topic, check_topic_value};
 pub enum Destination {
     Mqtt {
         topic: Template,
+        /// Whether a `/` in a row value may add topic levels.
+        values_add_levels: bool,
     },
     Amqp {
         exchange: Template,
@@ -43,12 +45,15 @@ impl Destination {
                 .and_then(|i| row[i].text())
         };
         match self {
-            Destination::Mqtt { topic } => {
+            Destination::Mqtt {
+                topic,
+                values_add_levels,
+            } => {
                 let mut bad = None;
                 let topic = topic.render(|column| {
                     let v = value(column)?;
                     if bad.is_none()
-                        && let Err(e) = check_topic_value(column, &v)
+                        && let Err(e) = check_topic_value(column, &v, *values_add_levels)
                     {
                         bad = Some(e);
                     }
@@ -82,7 +87,7 @@ impl Destination {
 
     pub fn columns(&self) -> Vec<&str> {
         match self {
-            Destination::Mqtt { topic } => topic.columns().collect(),
+            Destination::Mqtt { topic, .. } => topic.columns().collect(),
             Destination::Amqp {
                 exchange,
                 routing_key,

@@ -12,8 +12,9 @@
 //!    proxy.
 //! 5. A two-column position (`track: [updated_at, id]`) with rows that share a timestamp,
 //!    across a restart.
-//! 6. Dead letters: topics that cannot be built (MQTT) and unroutable messages (AMQP), with the
-//!    position moving past them.
+//! 6. Dead letters: topics that cannot be built (MQTT; a `/` in a value unless
+//!    `topic_values_add_levels`) and unroutable messages (AMQP), with the position moving
+//!    past them.
 //! 7. `after_publish`, with and without `?` in the query, and rows it is rejected for.
 //! 8. `mqdb check` for outbound routes.
 //! 9. What consumers see: the deduplication key (the same for a row published again by a new
@@ -1662,7 +1663,7 @@ fn rows_sharing_a_timestamp_survive_a_restart_mariadb() {
 
 #[test]
 fn rows_whose_topic_cannot_be_built_become_dead_letters() {
-    // Given rows whose topic value holds `+`, `#`, or nothing, between good rows
+    // Given rows whose topic value holds `+`, `#`, `/`, or nothing, between good rows
     let db = Db::Postgres;
     let world = World::new();
     let table = TempTable::create(
@@ -1672,7 +1673,8 @@ fn rows_whose_topic_cannot_be_built_become_dead_letters() {
     );
     let t = &table.name;
     db.exec(&format!(
-        "INSERT INTO {t} VALUES (1, 'ok1'), (2, 'a+b'), (3, 'ok3'), (4, 'x#'), (5, ''), (6, 'ok6')"
+        "INSERT INTO {t} VALUES (1, 'ok1'), (2, 'a+b'), (3, 'ok3'), (4, 'x#'), (5, ''), (6, 'ok6'), \
+         (7, E'site/\\u001b[2J')"
     ));
     let root = unique("topic");
     let config = world.config(
@@ -1693,10 +1695,10 @@ fn rows_whose_topic_cannot_be_built_become_dead_letters() {
 
     // When the bridge runs, and a later good row is inserted once the first ones are done
     let mut bridge = Bridge::start(&config);
-    wait_for(&mut bridge, "the good rows and three dead letters", || {
-        Ok(sub.count() >= 3 && dlq_list(&config).len() >= 3)
+    wait_for(&mut bridge, "the good rows and four dead letters", || {
+        Ok(sub.count() >= 3 && dlq_list(&config).len() >= 4)
     });
-    db.exec(&format!("INSERT INTO {t} VALUES (7, 'ok7')"));
+    db.exec(&format!("INSERT INTO {t} VALUES (8, 'ok8')"));
     wait_for(&mut bridge, "the later row", || Ok(sub.count() >= 4));
     std::thread::sleep(QUIET);
 
@@ -1705,11 +1707,11 @@ fn rows_whose_topic_cannot_be_built_become_dead_letters() {
     topics.sort();
     assert_eq!(
         topics,
-        ["ok1", "ok3", "ok6", "ok7"].map(|d| format!("{root}/{d}"))
+        ["ok1", "ok3", "ok6", "ok8"].map(|d| format!("{root}/{d}"))
     );
     // And each bad row is exactly one outbound dead letter of kind "topic", with the row
     let letters = dlq_list(&config);
-    assert_eq!(letters.len(), 3, "{letters:#?}");
+    assert_eq!(letters.len(), 4, "{letters:#?}");
     let mut ids = Vec::new();
     for letter in &letters {
         assert_eq!(letter["route"], "badtopic", "{letter}");
@@ -1726,8 +1728,72 @@ fn rows_whose_topic_cannot_be_built_become_dead_letters() {
         ids.push(row["id"].as_i64().expect("id"));
     }
     ids.sort_unstable();
-    assert_eq!(ids, [2, 4, 5]);
+    assert_eq!(ids, [2, 4, 5, 7]);
+    // And the `/` one names the column and its value, escaped, and the key that allows it
+    let slash = letters
+        .iter()
+        .map(|l| l["error"].as_str().unwrap_or_default())
+        .find(|e| e.contains('/'))
+        .unwrap_or_else(|| panic!("no dead letter for the `/` value: {letters:#?}"));
+    assert!(
+        slash.contains(r#"column dev value "site/\u{1b}[2J" contains `/`"#),
+        "{slash}"
+    );
+    assert!(slash.contains("topic_values_add_levels: true"), "{slash}");
     terminate_ok(&mut bridge);
+}
+
+#[test]
+fn topic_values_add_levels_lets_a_slash_in_a_value_add_levels() {
+    // Given a route that allows values to add topic levels, and a value with `/`
+    let db = Db::Postgres;
+    let world = World::new();
+    let table = TempTable::create(
+        &db,
+        "out_levels",
+        "id INTEGER PRIMARY KEY, dev TEXT NOT NULL",
+    );
+    let t = &table.name;
+    db.exec(&format!(
+        "INSERT INTO {t} VALUES (1, 'hall/dev1'), (2, 'dev2'), (3, 'hall//dev3')"
+    ));
+    let root = unique("levels");
+    let config = world.config(
+        &db.connection_string(),
+        &[route(
+            "levels",
+            &format!("SELECT id, dev FROM {t} WHERE id > ? ORDER BY id"),
+            &[
+                "track: id",
+                "start: 0",
+                INTERVAL,
+                "broker: m",
+                &format!("topic: {}", yq(&format!("{root}/{{dev}}"))),
+                "topic_values_add_levels: true",
+            ],
+        )],
+    );
+    let sub = world.subscribe(&format!("{root}/#"));
+
+    // When the bridge runs
+    let mut bridge = Bridge::start(&config);
+    wait_for(&mut bridge, "two rows and a dead letter", || {
+        Ok(sub.count() >= 2 && !dlq_list(&config).is_empty())
+    });
+    terminate_ok(&mut bridge);
+
+    // Then the `/` made a level, and an empty level is still a dead letter
+    let mut topics: Vec<String> = sub.messages().iter().map(|m| m.topic.clone()).collect();
+    topics.sort();
+    assert_eq!(
+        topics,
+        [format!("{root}/dev2"), format!("{root}/hall/dev1")]
+    );
+    let letters = dlq_list(&config);
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    assert_eq!(letters[0]["error_kind"], "topic", "{letters:#?}");
+    let error = letters[0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("empty topic level"), "{error}");
 }
 
 #[test]
