@@ -23,7 +23,8 @@
 //!   column is read (`shape`), its buffers and values (`fetch`) and the published text of
 //!   each value (`cell`), the catalog, insert statements per dialect, and the `check` probe.
 //! - [`inbound`]: the inbound route loop: batching, dead letters, acknowledgements.
-//! - [`outbound`]: the outbound route loop: poll, publish, confirm, store the position.
+//! - [`outbound`]: the outbound route loop: poll, publish, confirm, store the position;
+//!   [`dedup`]: each published message's deduplication key and content type.
 //! - [`dlq`]: dead letters and how operators see them; [`dlq_commands`]: `dlq list`,
 //!   `show`, `replay`, `purge`; [`replay`]: dead letters through their routes again;
 //!   [`mirror`]: new dead letters copied to a broker (`dead_letter.publish`).
@@ -43,6 +44,7 @@ pub mod codec;
 pub mod config;
 pub mod convert;
 pub mod db;
+pub mod dedup;
 pub mod demo;
 pub mod dlq;
 pub mod dlq_commands;

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
-use crate::broker::publish::{Address, Delivery, Publisher};
+use crate::broker::publish::{Address, Delivery, Envelope, Publisher};
 use crate::dlq::DeadLetter;
 use crate::state::State;
 use crate::template::Template;
@@ -125,11 +125,16 @@ impl Mirror {
         }
         let mut pending = Vec::with_capacity(letters.len());
         for letter in &letters {
-            let body = serde_json::to_vec(&letter.to_json()).unwrap_or_default();
+            let message = Envelope {
+                payload: serde_json::to_vec(&letter.to_json()).unwrap_or_default(),
+                // The dead letter's id in this state store, as `dlq show --id` takes it.
+                message_id: letter.id.to_string(),
+                content_type: "application/json",
+            };
             pending.push((
                 letter.id,
                 self.publisher
-                    .publish(&self.target.address(letter), body)
+                    .publish(&self.target.address(letter), message)
                     .await?,
             ));
         }

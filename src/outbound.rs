@@ -10,10 +10,11 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::broker::publish::{Address, Answer, Delivery, Pending, Publisher};
+use crate::broker::publish::{Address, Answer, Delivery, Envelope, Pending, Publisher};
 use crate::codec;
 use crate::config::{CsvOptions, Format};
 use crate::db::poll::{Cell, Polled, Poller};
+use crate::dedup;
 use crate::dlq::{Direction, NewDeadLetter};
 use crate::metrics::RouteMetrics;
 use crate::state::State;
@@ -24,6 +25,8 @@ use crate::template::{Template, check_topic, check_topic_value};
 pub enum Destination {
     Mqtt {
         topic: Template,
+        /// Whether a `/` in a row value may add topic levels.
+        values_add_levels: bool,
     },
     Amqp {
         exchange: Template,
@@ -42,12 +45,15 @@ impl Destination {
                 .and_then(|i| row[i].text())
         };
         match self {
-            Destination::Mqtt { topic } => {
+            Destination::Mqtt {
+                topic,
+                values_add_levels,
+            } => {
                 let mut bad = None;
                 let topic = topic.render(|column| {
                     let v = value(column)?;
                     if bad.is_none()
-                        && let Err(e) = check_topic_value(column, &v)
+                        && let Err(e) = check_topic_value(column, &v, *values_add_levels)
                     {
                         bad = Some(e);
                     }
@@ -97,7 +103,7 @@ impl Destination {
 
     pub fn columns(&self) -> Vec<&str> {
         match self {
-            Destination::Mqtt { topic } => topic.columns().collect(),
+            Destination::Mqtt { topic, .. } => topic.columns().collect(),
             Destination::Amqp {
                 exchange,
                 routing_key,
@@ -295,7 +301,11 @@ impl OutboundRoute {
                     None,
                     payload,
                 )),
-                Ok(address) => match self.publisher.publish(&address, payload.clone()).await {
+                Ok(address) => match self
+                    .publisher
+                    .publish(&address, self.envelope(&polled, row, &payload))
+                    .await
+                {
                     Ok(confirm) => {
                         attempts.push((Attempt::Published(confirm), Some(address), payload))
                     }
@@ -469,6 +479,15 @@ impl OutboundRoute {
         }
     }
 
+    /// A row's message, with the key it has whenever and by whomever it is published.
+    fn envelope(&self, polled: &Polled, row: &[Cell], payload: &[u8]) -> Envelope {
+        Envelope {
+            payload: payload.to_vec(),
+            message_id: dedup::message_id(&self.name, &track_values(polled, row), payload),
+            content_type: dedup::content_type(self.format),
+        }
+    }
+
     fn dead_letter(
         &self,
         polled: &Polled,
@@ -478,8 +497,10 @@ impl OutboundRoute {
         address: Option<&Address>,
         payload: Vec<u8>,
     ) -> NewDeadLetter {
-        let track: Vec<Option<String>> = polled.track.iter().map(|&c| row[c].text()).collect();
-        let mut headers = json!({ "broker": self.broker, "track": track });
+        let track = track_values(polled, row);
+        let content_type = dedup::content_type(self.format);
+        let mut headers =
+            json!({ "broker": self.broker, "track": track, "content_type": content_type });
         if let Some(a) = address {
             // Kept apart from `source` so a replay publishes to exactly the same place.
             headers["address"] = json!({ "exchange": a.exchange, "topic": a.topic });
@@ -508,6 +529,11 @@ fn unpublishable(row: &[Cell]) -> Option<String> {
         })
         .collect();
     (!reasons.is_empty()).then(|| reasons.join("; "))
+}
+
+/// The row's track values, as its dead letter keeps them.
+fn track_values(polled: &Polled, row: &[Cell]) -> Vec<Option<String>> {
+    polled.track.iter().map(|&c| row[c].text()).collect()
 }
 
 /// A poll read before the one before it was done, and the position it was read from.

@@ -18,7 +18,8 @@ use odbc_api::Connection;
 use serde_json::Value as Json;
 use tokio::runtime::Handle;
 
-use crate::broker::publish::{Address, Delivery, Publisher};
+use crate::broker::publish::{Address, Delivery, Envelope, Publisher};
+use crate::config::Format;
 use crate::db::DbSpec;
 use crate::db::insert::TablePlan;
 use crate::db::poll::{Cell, PollSpec, run_after_publish};
@@ -608,7 +609,7 @@ fn replay_outbound(
         }
         let p = target.publisher.as_ref().map_err(|e| Outage(e.clone()))?;
         let sent = rt
-            .block_on(p.publish(&to, letter.payload.clone()))
+            .block_on(p.publish(&to, envelope(letter, target.plan.format)))
             .map_err(Outage)?;
         pending.push((letter.id, sent));
     }
@@ -633,6 +634,34 @@ fn replay_outbound(
         outcomes.push((id, result));
     }
     Ok(outcomes)
+}
+
+/// A dead-lettered row's message as the route sent it: the same deduplication key, so a
+/// consumer that already has the row can tell.
+fn envelope(letter: &DeadLetter, format: Format) -> Envelope {
+    let track: Vec<Option<String>> = letter
+        .headers
+        .get("track")
+        .and_then(Json::as_array)
+        .map(|values| {
+            values
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    // The format of the payload, which the route may no longer have.
+    let stored = letter.headers.get("content_type").and_then(Json::as_str);
+    let content_type = [Format::Json, Format::Csv]
+        .map(crate::dedup::content_type)
+        .into_iter()
+        .find(|c| Some(*c) == stored)
+        .unwrap_or(crate::dedup::content_type(format));
+    Envelope {
+        payload: letter.payload.clone(),
+        message_id: crate::dedup::message_id(&letter.route, &track, &letter.payload),
+        content_type,
+    }
 }
 
 fn after_publish(

@@ -213,6 +213,7 @@ pub fn outbound_plans(config: &Config) -> Result<Vec<OutboundPlan>, String> {
             let destination = match &r.topic {
                 Some(_) => Destination::Mqtt {
                     topic: template(&r.topic)?,
+                    values_add_levels: r.topic_values_add_levels,
                 },
                 None => Destination::Amqp {
                     exchange: template(&r.exchange)?,

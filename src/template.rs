@@ -75,8 +75,9 @@ impl Template {
 }
 
 /// A row value placed into an MQTT topic: it must not add a wildcard, a NUL or an empty
-/// level. Literal parts of the template may hold empty levels (MQTT allows them).
-pub fn check_topic_value(column: &str, value: &str) -> Result<(), String> {
+/// level, nor levels at all unless `add_levels`. Literal parts of the template may hold
+/// empty levels (MQTT allows them).
+pub fn check_topic_value(column: &str, value: &str, add_levels: bool) -> Result<(), String> {
     if value.is_empty() {
         return Err(format!(
             "column {column} is empty, which would make an empty topic level"
@@ -89,6 +90,11 @@ pub fn check_topic_value(column: &str, value: &str) -> Result<(), String> {
     }
     if value.contains('\0') {
         return Err(format!("column {column} value contains a NUL character"));
+    }
+    if !add_levels && value.contains('/') {
+        return Err(format!(
+            "column {column} value {value:?} contains `/`, which would add topic levels (set topic_values_add_levels: true on the route to allow it)"
+        ));
     }
     if value.split('/').any(str::is_empty) {
         return Err(format!(
@@ -132,13 +138,21 @@ mod tests {
 
     #[test]
     fn topic_values_from_rows_are_checked() {
-        assert!(check_topic_value("c", "dev1").is_ok());
-        assert!(check_topic_value("c", "a/b").is_ok());
-        assert!(check_topic_value("c", "a+b").is_err());
-        assert!(check_topic_value("c", "#").is_err());
-        assert!(check_topic_value("c", "").is_err());
-        assert!(check_topic_value("c", "a/").is_err());
-        assert!(check_topic_value("c", "a\0b").is_err());
+        for add_levels in [false, true] {
+            assert!(check_topic_value("c", "dev1", add_levels).is_ok());
+            assert!(check_topic_value("c", "a+b", add_levels).is_err());
+            assert!(check_topic_value("c", "#", add_levels).is_err());
+            assert!(check_topic_value("c", "", add_levels).is_err());
+            assert!(check_topic_value("c", "a/", add_levels).is_err());
+            assert!(check_topic_value("c", "a\0b", add_levels).is_err());
+        }
+        assert!(check_topic_value("c", "a/b", true).is_ok());
+        let e = check_topic_value("dev", "a/\u{1b}b", false).unwrap_err();
+        assert!(
+            e.contains(r#"column dev value "a/\u{1b}b" contains `/`"#),
+            "{e}"
+        );
+        assert!(e.contains("topic_values_add_levels: true"), "{e}");
         assert!(check_topic("/a/b").is_ok());
         assert!(check_topic("").is_err());
     }

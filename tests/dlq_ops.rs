@@ -633,6 +633,11 @@ fn mirror_to_amqp_publishes_each_dead_letter_once_to_the_exchange() {
     for m in &taken {
         assert_eq!(m.exchange, exchange, "{m:?}");
         assert_eq!(m.delivery_mode, Some(2), "persistent: {m:?}");
+        // And says it is JSON, with the dead letter's id as its message id
+        assert_eq!(m.content_type.as_deref(), Some("application/json"), "{m:?}");
+        let copy: Json = serde_json::from_slice(&m.payload).expect("a JSON envelope");
+        let id = copy["id"].as_i64().expect("an id").to_string();
+        assert_eq!(m.message_id.as_deref(), Some(id.as_str()), "{m:?}");
     }
     let copies: Vec<(String, Json)> = taken
         .iter()

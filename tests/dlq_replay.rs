@@ -1291,7 +1291,7 @@ fn unroutable_outbound_dead_letters_fail_again_until_a_queue_is_bound_then_arriv
     replay(&config, &["--all"], 0, "replayed 3 of 3");
 
     // Then the queue receives exactly the original payloads, with their routing keys,
-    // persistent, and the entries are gone
+    // persistent, with their rows' keys, and the entries are gone
     let mut got: Vec<AmqpMessage> = Vec::new();
     wait_until("three messages in the queue", LIVENESS, || {
         got.extend(rabbit.take_all(&queue));
@@ -1304,6 +1304,11 @@ fn unroutable_outbound_dead_letters_fail_again_until_a_queue_is_bound_then_arriv
         .map(|m| {
             assert_eq!(m.exchange, exchange, "{m:?}");
             assert_eq!(m.delivery_mode, Some(2), "{m:?}");
+            // With the key the route gives the row, so a consumer can tell a row it has
+            assert_eq!(m.content_type.as_deref(), Some("application/json"), "{m:?}");
+            let id: Json = serde_json::from_slice::<Json>(&m.payload).expect("JSON")["id"].clone();
+            let key = mqdb::dedup::message_id("out", &[Some(id.to_string())], &m.payload);
+            assert_eq!(m.message_id.as_deref(), Some(key.as_str()), "{m:?}");
             (m.routing_key.clone(), m.payload.clone())
         })
         .collect();

@@ -12,10 +12,14 @@
 //!    proxy.
 //! 5. A two-column position (`track: [updated_at, id]`) with rows that share a timestamp,
 //!    across a restart.
-//! 6. Dead letters: topics that cannot be built (MQTT) and unroutable messages (AMQP), with the
-//!    position moving past them.
+//! 6. Dead letters: topics that cannot be built (MQTT; a `/` in a value unless
+//!    `topic_values_add_levels`) and unroutable messages (AMQP), with the position moving
+//!    past them.
 //! 7. `after_publish`, with and without `?` in the query, and rows it is rejected for.
 //! 8. `mqdb check` for outbound routes.
+//! 9. What consumers see: the deduplication key (the same for a row published again by a new
+//!    instance, distinct for rows sharing a track value), content type and timestamp on
+//!    AMQP; content type, payload format and key on MQTT 5.
 //!
 //! Every test has its own temp dir (config, state store, log), unique table, topic, exchange
 //! and queue names, a private Mosquitto where MQTT is involved, and drops what it created.
@@ -31,8 +35,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::{
-    AmqpMessage, Bridge, Db, LIVENESS, Mosquitto, Rabbit, Received, Subscriber, TcpProxy,
-    TempTable, dlq_list, path_str, run_mqdb, unique, wait_for,
+    AmqpMessage, Bridge, Db, LIVENESS, Mosquitto, Rabbit, Received, Subscriber, Subscriber5,
+    TcpProxy, TempTable, dlq_list, path_str, run_mqdb, unique, wait_for,
 };
 use common::{terminate_ok, try_scalar};
 use serde_json::Value as Json;
@@ -85,6 +89,28 @@ impl World {
         connection_string: &str,
         routes: &[String],
     ) -> PathBuf {
+        let brokers: Vec<(&str, &str, &str)> = brokers.iter().map(|(n, u)| (*n, *u, "")).collect();
+        self.config_brokers(&brokers, connection_string, routes)
+    }
+
+    /// Like [`World::config`] with broker `m` speaking MQTT 5.
+    fn config_mqtt5(&self, connection_string: &str, routes: &[String]) -> PathBuf {
+        let url = self.broker.url();
+        self.config_brokers(
+            &[("m", &url, ", mqtt_version: 5")],
+            connection_string,
+            routes,
+        )
+    }
+
+    /// Writes `mqdb.yaml` with the given brokers (name, url, further `, key: value` text),
+    /// database `d` and `routes`.
+    fn config_brokers(
+        &self,
+        brokers: &[(&str, &str, &str)],
+        connection_string: &str,
+        routes: &[String],
+    ) -> PathBuf {
         let mut text = format!(
             "state: {}\nbrokers:\n",
             yq(&format!(
@@ -92,15 +118,15 @@ impl World {
                 self.dir.path().join("state.db").display()
             ))
         );
-        for (name, url) in brokers {
+        for (name, url, extra) in brokers {
             if url.starts_with("mqtt") {
                 text.push_str(&format!(
-                    "  {name}: {{ url: {}, client_id: {} }}\n",
+                    "  {name}: {{ url: {}, client_id: {}{extra} }}\n",
                     yq(url),
                     yq(&self.client_id)
                 ));
             } else {
-                text.push_str(&format!("  {name}: {{ url: {} }}\n", yq(url)));
+                text.push_str(&format!("  {name}: {{ url: {}{extra} }}\n", yq(url)));
             }
         }
         text.push_str(&format!(
@@ -1637,7 +1663,7 @@ fn rows_sharing_a_timestamp_survive_a_restart_mariadb() {
 
 #[test]
 fn rows_whose_topic_cannot_be_built_become_dead_letters() {
-    // Given rows whose topic value holds `+`, `#`, or nothing, between good rows
+    // Given rows whose topic value holds `+`, `#`, `/`, or nothing, between good rows
     let db = Db::Postgres;
     let world = World::new();
     let table = TempTable::create(
@@ -1647,7 +1673,8 @@ fn rows_whose_topic_cannot_be_built_become_dead_letters() {
     );
     let t = &table.name;
     db.exec(&format!(
-        "INSERT INTO {t} VALUES (1, 'ok1'), (2, 'a+b'), (3, 'ok3'), (4, 'x#'), (5, ''), (6, 'ok6')"
+        "INSERT INTO {t} VALUES (1, 'ok1'), (2, 'a+b'), (3, 'ok3'), (4, 'x#'), (5, ''), (6, 'ok6'), \
+         (7, E'site/\\u001b[2J')"
     ));
     let root = unique("topic");
     let config = world.config(
@@ -1668,10 +1695,10 @@ fn rows_whose_topic_cannot_be_built_become_dead_letters() {
 
     // When the bridge runs, and a later good row is inserted once the first ones are done
     let mut bridge = Bridge::start(&config);
-    wait_for(&mut bridge, "the good rows and three dead letters", || {
-        Ok(sub.count() >= 3 && dlq_list(&config).len() >= 3)
+    wait_for(&mut bridge, "the good rows and four dead letters", || {
+        Ok(sub.count() >= 3 && dlq_list(&config).len() >= 4)
     });
-    db.exec(&format!("INSERT INTO {t} VALUES (7, 'ok7')"));
+    db.exec(&format!("INSERT INTO {t} VALUES (8, 'ok8')"));
     wait_for(&mut bridge, "the later row", || Ok(sub.count() >= 4));
     std::thread::sleep(QUIET);
 
@@ -1680,11 +1707,11 @@ fn rows_whose_topic_cannot_be_built_become_dead_letters() {
     topics.sort();
     assert_eq!(
         topics,
-        ["ok1", "ok3", "ok6", "ok7"].map(|d| format!("{root}/{d}"))
+        ["ok1", "ok3", "ok6", "ok8"].map(|d| format!("{root}/{d}"))
     );
     // And each bad row is exactly one outbound dead letter of kind "topic", with the row
     let letters = dlq_list(&config);
-    assert_eq!(letters.len(), 3, "{letters:#?}");
+    assert_eq!(letters.len(), 4, "{letters:#?}");
     let mut ids = Vec::new();
     for letter in &letters {
         assert_eq!(letter["route"], "badtopic", "{letter}");
@@ -1699,8 +1726,72 @@ fn rows_whose_topic_cannot_be_built_become_dead_letters() {
         ids.push(row["id"].as_i64().expect("id"));
     }
     ids.sort_unstable();
-    assert_eq!(ids, [2, 4, 5]);
+    assert_eq!(ids, [2, 4, 5, 7]);
+    // And the `/` one names the column and its value, escaped, and the key that allows it
+    let slash = letters
+        .iter()
+        .map(|l| l["error"].as_str().unwrap_or_default())
+        .find(|e| e.contains('/'))
+        .unwrap_or_else(|| panic!("no dead letter for the `/` value: {letters:#?}"));
+    assert!(
+        slash.contains(r#"column dev value "site/\u{1b}[2J" contains `/`"#),
+        "{slash}"
+    );
+    assert!(slash.contains("topic_values_add_levels: true"), "{slash}");
     terminate_ok(&mut bridge);
+}
+
+#[test]
+fn topic_values_add_levels_lets_a_slash_in_a_value_add_levels() {
+    // Given a route that allows values to add topic levels, and a value with `/`
+    let db = Db::Postgres;
+    let world = World::new();
+    let table = TempTable::create(
+        &db,
+        "out_levels",
+        "id INTEGER PRIMARY KEY, dev TEXT NOT NULL",
+    );
+    let t = &table.name;
+    db.exec(&format!(
+        "INSERT INTO {t} VALUES (1, 'hall/dev1'), (2, 'dev2'), (3, 'hall//dev3')"
+    ));
+    let root = unique("levels");
+    let config = world.config(
+        &db.connection_string(),
+        &[route(
+            "levels",
+            &format!("SELECT id, dev FROM {t} WHERE id > ? ORDER BY id"),
+            &[
+                "track: id",
+                "start: 0",
+                INTERVAL,
+                "broker: m",
+                &format!("topic: {}", yq(&format!("{root}/{{dev}}"))),
+                "topic_values_add_levels: true",
+            ],
+        )],
+    );
+    let sub = world.subscribe(&format!("{root}/#"));
+
+    // When the bridge runs
+    let mut bridge = Bridge::start(&config);
+    wait_for(&mut bridge, "two rows and a dead letter", || {
+        Ok(sub.count() >= 2 && !dlq_list(&config).is_empty())
+    });
+    terminate_ok(&mut bridge);
+
+    // Then the `/` made a level, and an empty level is still a dead letter
+    let mut topics: Vec<String> = sub.messages().iter().map(|m| m.topic.clone()).collect();
+    topics.sort();
+    assert_eq!(
+        topics,
+        [format!("{root}/dev2"), format!("{root}/hall/dev1")]
+    );
+    let letters = dlq_list(&config);
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    assert_eq!(letters[0]["error_kind"], "topic", "{letters:#?}");
+    let error = letters[0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("empty topic level"), "{error}");
 }
 
 #[test]
@@ -2286,4 +2377,322 @@ fn check_prints_one_line_per_outbound_route() {
     assert_eq!(lines.len(), 1, "{show}");
     assert!(lines[0].starts_with("FAIL  outbound one_line:"), "{show}");
     assert!(lines[0].contains("no_such_column"), "{show}");
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. What consumers see: the deduplication key, content type and timestamp
+// ---------------------------------------------------------------------------------------
+
+/// The deduplication key of the row of `route` with track values `track` and body `payload`.
+fn key_of(route: &str, track: &[&str], payload: &[u8]) -> String {
+    let track: Vec<Option<String>> = track.iter().map(|v| Some((*v).to_owned())).collect();
+    mqdb::dedup::message_id(route, &track, payload)
+}
+
+/// The first field of a CSV row, or the `id` of a JSON row.
+fn row_id(payload: &[u8]) -> i64 {
+    if payload.first() == Some(&b'{') {
+        return id_of(payload);
+    }
+    let text = String::from_utf8_lossy(payload);
+    let first = text.split(',').next().unwrap_or_default();
+    first
+        .parse()
+        .unwrap_or_else(|_| panic!("no id first in {text:?}"))
+}
+
+fn epoch_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs()
+}
+
+/// Each message's row id and key, checked against the key of `route` for that row.
+fn keys_by_id(route: &str, messages: &[AmqpMessage]) -> BTreeMap<i64, String> {
+    let mut keys = BTreeMap::new();
+    for m in messages {
+        let id = row_id(&m.payload);
+        let want = key_of(route, &[&id.to_string()], &m.payload);
+        assert_eq!(m.message_id.as_deref(), Some(want.as_str()), "{m:?}");
+        keys.insert(id, want);
+    }
+    keys
+}
+
+#[test]
+fn amqp_messages_carry_a_key_stable_across_instances_their_content_type_and_a_timestamp() {
+    // Given an exchange with a queue for JSON rows and one for CSV rows, and two routes
+    // publishing the same three rows there
+    let db = Db::Postgres;
+    let world = World::new();
+    let mut rabbit = Rabbit::connect();
+    let exchange = unique("mqdb_out_key");
+    let json_q = unique("mqdb_out_key_json");
+    let csv_q = unique("mqdb_out_key_csv");
+    rabbit.declare_exchange(&exchange, "direct");
+    rabbit.declare_bound_queue(&json_q, &exchange, "json");
+    rabbit.declare_bound_queue(&csv_q, &exchange, "csv");
+    let table = TempTable::create(&db, "out_key", "id INTEGER PRIMARY KEY, v TEXT");
+    let t = &table.name;
+    pg_insert_range(t, 1, 3);
+    let query = format!("SELECT id, v FROM {t} WHERE id > ? ORDER BY id");
+    let exchange_line = format!("exchange: {}", yq(&exchange));
+    let routes = [("keys_json", "json"), ("keys_csv", "csv")].map(|(name, format)| {
+        route(
+            name,
+            &query,
+            &[
+                "track: id",
+                "start: 0",
+                INTERVAL,
+                "broker: rabbit",
+                &exchange_line,
+                &format!("routing_key: {format}"),
+                &format!("format: {format}"),
+            ],
+        )
+    });
+    let config = world.config_amqp(Rabbit::URL, &db.connection_string(), &routes);
+    let run = |rabbit: &mut Rabbit, n: usize| {
+        let mut bridge = Bridge::start(&config);
+        let (mut json, mut csv) = (Vec::new(), Vec::new());
+        wait_for(&mut bridge, &format!("{n} rows in each queue"), || {
+            json.extend(rabbit.take_all(&json_q));
+            csv.extend(rabbit.take_all(&csv_q));
+            Ok(json.len() >= n && csv.len() >= n)
+        });
+        terminate_ok(&mut bridge);
+        (json, csv)
+    };
+
+    // When the bridge runs
+    let before = epoch_seconds();
+    let (json, csv) = run(&mut rabbit, 3);
+    let after = epoch_seconds();
+
+    // Then each message says what it holds, and when it was published
+    let typed = json.iter().map(|m| (m, "application/json"));
+    for (m, content_type) in typed.chain(csv.iter().map(|m| (m, "text/csv"))) {
+        assert_eq!(m.content_type.as_deref(), Some(content_type), "{m:?}");
+        let at = m.timestamp.unwrap_or_else(|| panic!("no timestamp: {m:?}"));
+        assert!(
+            (before..=after).contains(&at),
+            "{at} not in {before}..={after}"
+        );
+    }
+    // And each carries its row's key, which differs between rows and between routes
+    let json_keys = keys_by_id("keys_json", &json);
+    let csv_keys = keys_by_id("keys_csv", &csv);
+    let mut all: Vec<&String> = json_keys.values().chain(csv_keys.values()).collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 6, "{json_keys:?} {csv_keys:?}");
+
+    // When the state store is lost, so both routes publish from `start` again as a new
+    // instance would, and a new row comes
+    for file in ["state.db", "state.db-wal", "state.db-shm"] {
+        let _ = std::fs::remove_file(world.dir.path().join(file));
+    }
+    db.exec(&format!("INSERT INTO {t} VALUES (4, 'row 4')"));
+    let (json_again, csv_again) = run(&mut rabbit, 4);
+
+    // Then the rows published again carry the keys they had, and the new row a new key
+    for (route, first, again) in [
+        ("keys_json", &json_keys, &json_again),
+        ("keys_csv", &csv_keys, &csv_again),
+    ] {
+        let again = keys_by_id(route, again);
+        assert_eq!(again.keys().copied().collect::<Vec<_>>(), [1, 2, 3, 4]);
+        for id in 1..=3 {
+            assert_eq!(again[&id], first[&id], "{route} row {id}");
+        }
+        assert!(!all.contains(&&again[&4]), "{route}: row 4 reuses a key");
+    }
+}
+
+#[test]
+fn rows_sharing_a_track_value_get_their_own_keys_and_only_the_unroutable_one_is_a_dead_letter() {
+    // Given rows in one poll that share their track value, one of them unroutable
+    let db = Db::Postgres;
+    let world = World::new();
+    let mut rabbit = Rabbit::connect();
+    let exchange = unique("mqdb_out_tie");
+    let queue = unique("mqdb_out_tie_q");
+    rabbit.declare_exchange(&exchange, "direct");
+    rabbit.declare_bound_queue(&queue, &exchange, "r.good");
+    let table = TempTable::create(
+        &db,
+        "out_tie",
+        "id INTEGER PRIMARY KEY, at INTEGER NOT NULL, kind TEXT NOT NULL",
+    );
+    let t = &table.name;
+    db.exec(&format!(
+        "INSERT INTO {t} VALUES (1, 10, 'good'), (2, 10, 'bad'), (3, 10, 'good'), (4, 10, 'good')"
+    ));
+    let config = world.config_amqp(
+        Rabbit::URL,
+        &db.connection_string(),
+        &[route(
+            "ties",
+            &format!("SELECT id, at, kind FROM {t} WHERE at > ? ORDER BY at, id"),
+            &[
+                "track: at",
+                "start: 0",
+                INTERVAL,
+                "broker: rabbit",
+                &format!("exchange: {}", yq(&exchange)),
+                "routing_key: \"r.{kind}\"",
+            ],
+        )],
+    );
+
+    // When the bridge runs
+    let mut bridge = Bridge::start(&config);
+    let mut got: Vec<AmqpMessage> = Vec::new();
+    wait_for(&mut bridge, "three routed rows and a dead letter", || {
+        got.extend(rabbit.take_all(&queue));
+        Ok(got.len() >= 3 && !dlq_list(&config).is_empty())
+    });
+    std::thread::sleep(QUIET);
+    got.extend(rabbit.take_all(&queue));
+    terminate_ok(&mut bridge);
+
+    // Then the routable rows arrived once each, each with a key of its own
+    let mut keys = BTreeMap::new();
+    for m in &got {
+        let want = key_of("ties", &["10"], &m.payload);
+        assert_eq!(m.message_id.as_deref(), Some(want.as_str()), "{m:?}");
+        assert!(keys.insert(id_of(&m.payload), want).is_none(), "{got:?}");
+    }
+    assert_eq!(keys.keys().copied().collect::<Vec<_>>(), [1, 3, 4]);
+    let mut distinct: Vec<&String> = keys.values().collect();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{keys:?}");
+    // And only the unroutable row is a dead letter
+    let letters = dlq_list(&config);
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    assert_eq!(letters[0]["error_kind"], "unroutable", "{letters:#?}");
+    let payload = letters[0]["payload"].as_str().expect("text payload");
+    assert_eq!(id_of(payload.as_bytes()), 2);
+}
+
+#[test]
+fn mqtt5_messages_carry_content_type_payload_format_and_key() {
+    // Given an MQTT 5 broker, an MQTT 5 subscriber, and a JSON and a CSV route
+    let db = Db::Postgres;
+    let world = World::new();
+    let table = TempTable::create(&db, "out_v5", "id INTEGER PRIMARY KEY, v TEXT");
+    let t = &table.name;
+    pg_insert_range(t, 1, 2);
+    let root = unique("v5");
+    let query = format!("SELECT id, v FROM {t} WHERE id > ? ORDER BY id");
+    let routes = [("v5_json", "json"), ("v5_csv", "csv")].map(|(name, format)| {
+        route(
+            name,
+            &query,
+            &[
+                "track: id",
+                "start: 0",
+                INTERVAL,
+                "broker: m",
+                &format!("topic: {}", yq(&format!("{root}/{format}/{{id}}"))),
+                &format!("format: {format}"),
+            ],
+        )
+    });
+    let config = world.config_mqtt5(&db.connection_string(), &routes);
+    let sub = Subscriber5::connect(world.broker.port, &format!("{root}/#"));
+
+    // When the bridge runs
+    let mut bridge = Bridge::start(&config);
+    wait_for(&mut bridge, "two rows of each route", || {
+        Ok(sub.messages().len() >= 4)
+    });
+    terminate_ok(&mut bridge);
+
+    // Then each message has its content type, says it is UTF-8, and carries its row's key
+    let messages = sub.messages();
+    assert_eq!(messages.len(), 4, "{messages:#?}");
+    for m in &messages {
+        let (route, content_type) = if m.topic.starts_with(&format!("{root}/json/")) {
+            ("v5_json", "application/json")
+        } else {
+            ("v5_csv", "text/csv")
+        };
+        assert_eq!(m.content_type.as_deref(), Some(content_type), "{m:?}");
+        assert_eq!(m.payload_format_indicator, Some(1), "{m:?}");
+        let id = row_id(&m.payload).to_string();
+        let want = key_of(route, &[&id], &m.payload);
+        assert_eq!(m.user_property("message_id"), Some(want.as_str()), "{m:?}");
+    }
+}
+
+#[test]
+fn an_mqtt5_broker_refusing_a_publish_makes_a_dead_letter_at_qos_1_and_2() {
+    // Given an MQTT 5 broker whose ACL lets anonymous clients use `<root>/ok/#` only, and two
+    // routes (QoS 1 and QoS 2) publishing rows to `<root>/<kind>/...`, one row of kind denied
+    let root = unique("acl");
+    let acl = tempfile::NamedTempFile::new().expect("acl file");
+    std::fs::write(acl.path(), format!("topic readwrite {root}/ok/#\n")).expect("write acl");
+    let dir = tempfile::Builder::new()
+        .prefix("mqdb-outbound-")
+        .tempdir()
+        .expect("temp dir");
+    let world = World {
+        dir,
+        // A non-zero queue limit: at 0, mosquitto 2.0 also drops a client it refused.
+        broker: Mosquitto::start_with_extra_config(&format!(
+            "acl_file {}\nmax_queued_messages 1000",
+            acl.path().display()
+        )),
+        client_id: unique("mqdb_out"),
+    };
+    let db = Db::Postgres;
+    let table = TempTable::create(&db, "out_acl", "id INTEGER PRIMARY KEY, kind TEXT NOT NULL");
+    let t = &table.name;
+    db.exec(&format!(
+        "INSERT INTO {t} VALUES (1, 'ok'), (2, 'denied'), (3, 'ok')"
+    ));
+    let query = format!("SELECT id, kind FROM {t} WHERE id > ? ORDER BY id");
+    let routes = [1, 2].map(|qos| {
+        route(
+            &format!("acl{qos}"),
+            &query,
+            &[
+                "track: id",
+                "start: 0",
+                INTERVAL,
+                "broker: m",
+                &format!("qos: {qos}"),
+                &format!("topic: {}", yq(&format!("{root}/{{kind}}/q{qos}/{{id}}"))),
+            ],
+        )
+    });
+    let config = world.config_mqtt5(&db.connection_string(), &routes);
+    let sub = world.subscribe(&format!("{root}/ok/#"));
+
+    // When the bridge runs, and a later row is published once the first ones are done
+    let mut bridge = Bridge::start(&config);
+    wait_for(&mut bridge, "the allowed rows", || Ok(sub.count() >= 4));
+    db.exec(&format!("INSERT INTO {t} VALUES (4, 'ok')"));
+    wait_for(&mut bridge, "the later row", || Ok(sub.count() >= 6));
+    terminate_ok(&mut bridge);
+
+    // Then the refused row is a dead letter of each route, naming the broker's reason
+    let mut letters: Vec<(String, i64)> = dlq_list(&config)
+        .iter()
+        .map(|l| {
+            assert_eq!(l["error_kind"], "nacked", "{l:#}");
+            let error = l["error"].as_str().unwrap_or_default();
+            assert!(error.contains("NotAuthorized"), "{l:#}");
+            let payload = l["payload"].as_str().expect("text payload");
+            (
+                l["route"].as_str().unwrap_or_default().to_owned(),
+                id_of(payload.as_bytes()),
+            )
+        })
+        .collect();
+    letters.sort();
+    assert_eq!(letters, [("acl1".to_owned(), 2), ("acl2".to_owned(), 2)]);
 }

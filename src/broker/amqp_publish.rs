@@ -2,7 +2,6 @@
 //! so that unroutable messages come back and become dead letters.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
@@ -10,12 +9,11 @@ use tokio::sync::Mutex;
 use tracing::info;
 
 use super::amqp::AmqpSettings;
-use super::publish::{Answer, Delivery, Pending};
+use super::publish::{Answer, Delivery, Envelope, Pending};
 
 /// Publishes to one AMQP broker over one confirming channel, reconnecting on demand.
 pub struct AmqpPublisher {
     settings: AmqpSettings,
-    next_id: AtomicU64,
     channel: Arc<Mutex<Option<(Connection, Channel)>>>,
 }
 
@@ -23,7 +21,6 @@ impl AmqpPublisher {
     pub fn new(settings: AmqpSettings) -> Self {
         AmqpPublisher {
             settings,
-            next_id: AtomicU64::new(1),
             channel: Arc::new(Mutex::new(None)),
         }
     }
@@ -64,15 +61,17 @@ impl AmqpPublisher {
         &self,
         exchange: &str,
         routing_key: &str,
-        payload: Vec<u8>,
+        message: Envelope,
     ) -> Result<Pending, String> {
         let channel = self.channel().await?;
-        // Unique within this process run: it pairs returned messages with their publish.
-        let message_id = format!(
-            "mqdb-{}-{}",
-            std::process::id(),
-            self.next_id.fetch_add(1, Ordering::Relaxed)
-        );
+        let Envelope {
+            payload,
+            message_id,
+            content_type,
+        } = message;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         let confirm = channel
             .basic_publish(
                 exchange.into(),
@@ -84,7 +83,11 @@ impl AmqpPublisher {
                 &payload,
                 BasicProperties::default()
                     .with_delivery_mode(2)
-                    .with_message_id(message_id.as_str().into()),
+                    // Also pairs a returned message with its publish: rows of one poll have
+                    // different ids, or are the same row with the same address and fate.
+                    .with_message_id(message_id.as_str().into())
+                    .with_content_type(content_type.into())
+                    .with_timestamp(now),
             )
             .await;
         let confirm = match confirm {

@@ -1,8 +1,9 @@
 //! Broker connections: sources that deliver messages to routes and acknowledge them once
 //! the routes are done (`mqtt`, `amqp_source`, in the order kept by `sequence`), and
 //! publishers that count a message only once the broker confirms it (`publish`, over
-//! `mqtt_publish` and `amqp_publish`). `amqp` holds what both AMQP sides share; `budget`
-//! bounds the bytes a broker's messages hold in flight.
+//! `mqtt_publish` (over `mqtt_publish_link` for 3.1.1 and 5) and `amqp_publish`). `amqp`
+//! holds what both AMQP sides share; `budget` bounds the bytes a broker's messages hold in
+//! flight.
 
 pub mod amqp;
 pub mod amqp_publish;
@@ -11,5 +12,6 @@ pub mod budget;
 pub mod mqtt;
 pub mod mqtt_link;
 pub mod mqtt_publish;
+pub mod mqtt_publish_link;
 pub mod publish;
 pub mod sequence;

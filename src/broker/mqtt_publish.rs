@@ -5,23 +5,30 @@
 //! so requests are matched to packet ids in that order. On any connection error the
 //! client and its request queue are dropped whole and rebuilt: a request queued for a dead
 //! connection can then never be matched to a later packet id.
+//!
+//! On an MQTT 5 broker each message carries its content type, payload format and
+//! deduplication key (user property `message_id`), and a PUBACK or PUBREC with an error
+//! reason code is the broker refusing the message.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rumqttc::{AsyncClient, Event, Outgoing, Packet, QoS};
+use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use super::mqtt::MqttSettings;
-use super::publish::{Answer, Confirm, Delivery};
+use super::mqtt_publish_link::{self, Event};
+use super::publish::{Answer, Confirm, Delivery, Envelope};
 use crate::backoff::Backoff;
+
+type Done = oneshot::Sender<Result<Delivery, String>>;
 
 struct Request {
     topic: String,
-    payload: Vec<u8>,
-    done: oneshot::Sender<Result<(), String>>,
+    message: Envelope,
+    done: Done,
 }
 
 /// Publishes to one MQTT broker with one QoS and retain flag.
@@ -58,20 +65,20 @@ impl MqttPublisher {
         self.connected.load(Ordering::Relaxed)
     }
 
-    pub async fn publish(&self, topic: &str, payload: Vec<u8>) -> Result<Confirm, String> {
+    pub async fn publish(&self, topic: &str, message: Envelope) -> Result<Confirm, String> {
         let (done, answer) = oneshot::channel();
         self.requests
             .send(Request {
                 topic: topic.to_string(),
-                payload,
+                message,
                 done,
             })
             .await
             .map_err(|_| "the MQTT publisher stopped".to_string())?;
         Ok(Box::pin(async move {
             match answer.await {
-                Ok(Ok(())) => Ok(Answer {
-                    delivery: Delivery::Confirmed,
+                Ok(Ok(delivery)) => Ok(Answer {
+                    delivery,
                     returned: Vec::new(),
                 }),
                 Ok(Err(e)) => Err(e),
@@ -105,55 +112,48 @@ async fn run(
     loop {
         // A clean session: what was in flight on a lost connection is published again by
         // the route, never silently by the client.
-        let mut options = settings.options(&client_id, true);
-        options.set_inflight(u16::try_from(window).unwrap_or(u16::MAX).max(1));
-        let (client, mut eventloop) = AsyncClient::new(options, window.max(1));
+        let (client, mut eventloop) = mqtt_publish_link::open(&settings, &client_id, window);
         let mut connected = false;
-        let mut sent: VecDeque<oneshot::Sender<Result<(), String>>> = VecDeque::new();
-        let mut unconfirmed: HashMap<u16, oneshot::Sender<Result<(), String>>> = HashMap::new();
+        let mut sent: VecDeque<Done> = VecDeque::new();
+        let mut unconfirmed: HashMap<u16, Done> = HashMap::new();
         let failure = loop {
             tokio::select! {
                 event = eventloop.poll() => match event {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    Ok(Event::Connected) => {
                         connected = true;
                         up.store(true, Ordering::Relaxed);
                         backoff.reset();
                         info!(broker = %settings.name, endpoint = %settings.endpoint(), "publisher connected");
                     }
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    Ok(Event::Sent(pkid)) => {
                         if let Some(done) = sent.pop_front() {
                             if qos == QoS::AtMostOnce {
-                                let _ = done.send(Ok(()));
+                                let _ = done.send(Ok(Delivery::Confirmed));
                             } else {
                                 unconfirmed.insert(pkid, done);
                             }
                         }
                     }
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(done) = unconfirmed.remove(&ack.pkid) {
-                            let _ = done.send(Ok(()));
+                    Ok(Event::Answered(pkid, delivery)) => {
+                        if let Some(done) = unconfirmed.remove(&pkid) {
+                            let _ = done.send(Ok(delivery));
                         }
                     }
-                    Ok(Event::Incoming(Packet::PubComp(comp))) => {
-                        if let Some(done) = unconfirmed.remove(&comp.pkid) {
-                            let _ = done.send(Ok(()));
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => break e.to_string(),
+                    Ok(Event::Other) => {}
+                    Err(e) => break e,
                 },
                 request = requests.recv(), if connected && sent.len() + unconfirmed.len() < window => {
                     let Some(request) = request else {
-                        let _ = client.try_disconnect();
+                        client.try_disconnect();
                         return;
                     };
                     // Take whatever else is already waiting, up to the window, in one turn.
                     let mut next = Some(request);
                     while let Some(request) = next.take() {
-                        match client.try_publish(request.topic, qos, retain, request.payload) {
+                        match client.try_publish(request.topic, qos, retain, request.message) {
                             Ok(()) => sent.push_back(request.done),
                             Err(e) => {
-                                let _ = request.done.send(Err(e.to_string()));
+                                let _ = request.done.send(Err(e));
                             }
                         }
                         if sent.len() + unconfirmed.len() < window {

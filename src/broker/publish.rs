@@ -29,6 +29,19 @@ pub struct Answer {
 /// The broker's answer for one publish; an `Err` is an outage (retry, never dead-letter).
 pub type Confirm = Pin<Box<dyn Future<Output = Result<Answer, String>> + Send>>;
 
+/// One message to publish and what it says about itself to consumers.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    pub payload: Vec<u8>,
+    /// The deduplication key: AMQP `message_id`, the MQTT 5 user property `message_id`.
+    pub message_id: String,
+    /// AMQP `content_type`, MQTT 5 Content Type.
+    pub content_type: &'static str,
+}
+
+/// The MQTT 5 user property that carries [`Envelope::message_id`].
+pub const MESSAGE_ID_PROPERTY: &str = "message_id";
+
 /// A publish in flight: its message id (AMQP), and the broker's answer to come.
 pub struct Pending {
     pub message_id: Option<String>,
@@ -79,13 +92,13 @@ impl Publisher {
 
     /// Hands one message to the broker; the returned future resolves once the broker has
     /// answered, so many publishes can be in flight at once.
-    pub async fn publish(&self, to: &Address, payload: Vec<u8>) -> Result<Pending, String> {
+    pub async fn publish(&self, to: &Address, message: Envelope) -> Result<Pending, String> {
         match self {
             Publisher::Mqtt(p) => Ok(Pending {
                 message_id: None,
-                confirm: p.publish(&to.topic, payload).await?,
+                confirm: p.publish(&to.topic, message).await?,
             }),
-            Publisher::Amqp(p) => p.publish(&to.exchange, &to.topic, payload).await,
+            Publisher::Amqp(p) => p.publish(&to.exchange, &to.topic, message).await,
         }
     }
 }

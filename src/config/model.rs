@@ -517,6 +517,10 @@ pub struct Outbound {
     /// MQTT topic template; `{column}` is filled from the row.
     #[serde(default)]
     pub topic: Option<Spanned<EnvString>>,
+    /// Whether a `/` in a row value placed into `topic` adds topic levels; by default such
+    /// a row is a dead letter, so a value never changes the shape of the topic unasked.
+    #[serde(default)]
+    pub topic_values_add_levels: bool,
     /// AMQP exchange (template).
     #[serde(default)]
     pub exchange: Option<Spanned<EnvString>>,

@@ -444,6 +444,14 @@ fn check_outbound(
                     ),
                 ));
             }
+            if r.topic_values_add_levels {
+                return Err(err(
+                    &route.referenced,
+                    format!(
+                        "route {name}: topic_values_add_levels is for MQTT topics; remove it from this AMQP route"
+                    ),
+                ));
+            }
             let Some(exchange) = &r.exchange else {
                 return Err(err(
                     &route.referenced,
@@ -596,6 +604,25 @@ mod tests {
         }
         let secure = "brokers:\n  b:\n    url: mqtts://h:8883\n    tls: { ca_file: ca.pem }\ndatabases:\n  d:\n    connection_string: x\n";
         assert!(check(path, &parse(path, secure).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn topic_values_add_levels_is_for_mqtt_routes_only() {
+        let path = Path::new("c.yaml");
+        let text = |url: &str, target: &str| {
+            format!(
+                "brokers:\n  b:\n    url: {url}\ndatabases:\n  d:\n    connection_string: x\noutbound:\n  - name: o\n    database: d\n    query: SELECT 1\n    broker: b\n    {target}\n    topic_values_add_levels: true\n"
+            )
+        };
+        let amqp = text("amqp://h:5672/%2f", "exchange: x");
+        let e = check(path, &parse(path, &amqp).unwrap()).unwrap_err();
+        assert_eq!(e.line, Some(8), "{e}");
+        assert!(
+            e.message.contains("topic_values_add_levels is for MQTT"),
+            "{e}"
+        );
+        let mqtt = text("mqtt://h:1883", "topic: a/{x}");
+        assert!(check(path, &parse(path, &mqtt).unwrap()).is_ok());
     }
 
     #[test]

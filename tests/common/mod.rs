@@ -10,6 +10,7 @@
 //! - [`Bridge`], [`run_mqdb`], [`mqdb_command`]: the `mqdb` binary under test.
 //! - [`Publisher`], [`Subscriber`]: MQTT clients that run their own event loop thread, so they
 //!   work from sync tests and from `#[tokio::test]` alike.
+//! - [`Subscriber5`]: an MQTT 5 subscriber that keeps each message's properties.
 //! - [`Rabbit`]: the shared RabbitMQ (127.0.0.1:5672) from sync tests: declare exchanges and
 //!   bound queues (deleted on drop) and take what arrived.
 //! - [`RabbitNode`]: a private RabbitMQ node on free ports (plain AMQP plus a TLS listener that
@@ -27,6 +28,7 @@ mod checks;
 mod db;
 pub mod http;
 mod mqtt;
+mod mqtt5;
 mod proxy;
 mod rabbit;
 mod rabbit_node;
@@ -45,6 +47,8 @@ pub use checks::{
 pub use db::{Db, TempTable, odbc_connect, odbc_env, odbc_exec, odbc_query};
 #[allow(unused_imports)]
 pub use mqtt::{Mosquitto, Publisher, Received, Subscriber, with_mqtt5};
+#[allow(unused_imports)]
+pub use mqtt5::{Received5, Subscriber5};
 #[allow(unused_imports)]
 pub use proxy::TcpProxy;
 #[allow(unused_imports)]

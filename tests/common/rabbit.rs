@@ -369,12 +369,7 @@ impl Rabbit {
                     .await
                     .unwrap_or_else(|e| panic!("basic.get from {queue}: {e}"));
                 match got {
-                    Some(m) => out.push(AmqpMessage {
-                        exchange: m.delivery.exchange.as_str().to_owned(),
-                        routing_key: m.delivery.routing_key.as_str().to_owned(),
-                        payload: m.delivery.data.clone(),
-                        delivery_mode: *m.delivery.properties.delivery_mode(),
-                    }),
+                    Some(m) => out.push(AmqpMessage::from(&m.delivery)),
                     None => return out,
                 }
             }
@@ -394,12 +389,7 @@ impl Rabbit {
                     .await
                     .unwrap_or_else(|e| panic!("basic.get from {queue}: {e}"));
                 match got {
-                    Some(m) => out.push(AmqpMessage {
-                        exchange: m.delivery.exchange.as_str().to_owned(),
-                        routing_key: m.delivery.routing_key.as_str().to_owned(),
-                        payload: m.delivery.data.clone(),
-                        delivery_mode: *m.delivery.properties.delivery_mode(),
-                    }),
+                    Some(m) => out.push(AmqpMessage::from(&m.delivery)),
                     None => break,
                 }
             }
@@ -416,6 +406,25 @@ pub struct AmqpMessage {
     pub payload: Vec<u8>,
     /// 2 = persistent.
     pub delivery_mode: Option<u8>,
+    pub message_id: Option<String>,
+    pub content_type: Option<String>,
+    /// Seconds since the epoch.
+    pub timestamp: Option<u64>,
+}
+
+impl From<&lapin::message::Delivery> for AmqpMessage {
+    fn from(d: &lapin::message::Delivery) -> AmqpMessage {
+        let p = &d.properties;
+        AmqpMessage {
+            exchange: d.exchange.as_str().to_owned(),
+            routing_key: d.routing_key.as_str().to_owned(),
+            payload: d.data.clone(),
+            delivery_mode: *p.delivery_mode(),
+            message_id: p.message_id().as_ref().map(|m| m.as_str().to_owned()),
+            content_type: p.content_type().as_ref().map(|c| c.as_str().to_owned()),
+            timestamp: *p.timestamp(),
+        }
+    }
 }
 
 impl Drop for Rabbit {
