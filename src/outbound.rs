@@ -89,7 +89,7 @@ impl Destination {
     /// [`Address::describe`] writes an address.
     pub fn describe(&self) -> String {
         match self {
-            Destination::Mqtt { topic } => topic.text(),
+            Destination::Mqtt { topic, .. } => topic.text(),
             Destination::Amqp {
                 exchange,
                 routing_key,

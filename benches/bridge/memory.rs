@@ -9,27 +9,8 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use crate::common::{Db, Mosquitto, TempTable, unique};
-use crate::report::read_proc;
+use crate::report::{MemoryCase as Case, read_proc};
 use crate::running::Running;
-
-pub struct Case {
-    pub label: String,
-    pub in_flight_bytes: u64,
-    pub idle_kb: u64,
-    pub peak_kb: u64,
-    pub settled_kb: u64,
-    pub rows: i64,
-}
-
-impl Case {
-    pub fn ratio(&self) -> f64 {
-        (self.peak_kb.saturating_sub(self.idle_kb) * 1024) as f64 / self.in_flight_bytes as f64
-    }
-
-    pub fn met(&self) -> bool {
-        self.ratio() < 3.0 && self.settled_kb.saturating_sub(self.idle_kb) < 50 * 1024
-    }
-}
 
 /// What one case publishes: its messages, the rows they make, and the broker limits.
 struct Load {

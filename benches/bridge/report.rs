@@ -131,6 +131,28 @@ pub struct Run {
     pub busy: Option<f64>,
 }
 
+/// One memory-per-byte case: the bytes mqdb may hold in flight, and its RSS idle, at the
+/// peak, and after the load has settled.
+pub struct MemoryCase {
+    pub label: String,
+    pub in_flight_bytes: u64,
+    pub idle_kb: u64,
+    pub peak_kb: u64,
+    pub settled_kb: u64,
+    pub rows: i64,
+}
+
+impl MemoryCase {
+    pub fn ratio(&self) -> f64 {
+        (self.peak_kb.saturating_sub(self.idle_kb) * 1024) as f64 / self.in_flight_bytes as f64
+    }
+
+    /// Peak under idle + 3 × the bytes in flight, and back within 50 MB of idle.
+    pub fn met(&self) -> bool {
+        self.ratio() < 3.0 && self.settled_kb.saturating_sub(self.idle_kb) < 50 * 1024
+    }
+}
+
 /// One line of the table.
 pub struct Line {
     pub path: String,
@@ -149,7 +171,7 @@ pub struct Report {
     pub lines: Vec<Line>,
     pub notes: Vec<String>,
     /// Memory per byte: each case, and how long after its load the RSS was read again.
-    pub memory: Vec<(crate::memory::Case, std::time::Duration)>,
+    pub memory: Vec<(MemoryCase, Duration)>,
 }
 
 impl Report {
@@ -190,7 +212,7 @@ impl Report {
         });
     }
 
-    pub fn memory(&mut self, case: crate::memory::Case, settle: Duration) {
+    pub fn memory(&mut self, case: MemoryCase, settle: Duration) {
         println!(
             "  {}: idle {:.1} MB, peak {:.1} MB for {:.0} MB in flight ({:.2}×), {:.1} MB after {} s",
             case.label,
