@@ -20,6 +20,7 @@ use crate::codec::csv::Line;
 use crate::db::insert::{Strategy, presence};
 use crate::db::postgres::Arrays;
 use crate::db::worker::{InsertOutcome, InsertRequest, Sink};
+use crate::db::write::goes_alone;
 use crate::dlq::{Direction, NewDeadLetter};
 use crate::error::DbError;
 use crate::mapping::{MapError, Mapper, Progress, Row};
@@ -244,6 +245,8 @@ impl InboundRoute {
             .map_part(message, &mut part.progress, room, &mut |line, mapped| match mapped {
                 Ok(row) => {
                     batch.arrays = match batch.arrays.take() {
+                        // The database thread writes such a row alone, from its own memory.
+                        _ if goes_alone(&row, plan.max_rows) => None,
                         _ if batch.rows.is_empty() => {
                             let present = presence(&row);
                             (plan.strategy(&present) == Strategy::Unnest).then(|| {

@@ -305,6 +305,9 @@ pub struct Mapper {
     format: PayloadFormat,
     /// The first keys of the JSON paths the columns read: only these members are decoded.
     top_keys: Vec<String>,
+    /// For each column: it is a text column and no other column reads its JSON path, so its
+    /// string can be moved out of the decoded payload.
+    sole_text_reader: Vec<bool>,
     /// CSV records mapped to the table's columns in order may not have more fields.
     max_fields: Option<usize>,
     /// Why text with a NUL character cannot be stored, where the database cannot hold it.
@@ -326,10 +329,30 @@ impl Mapper {
                 top_keys.push(first.clone());
             }
         }
+        let path = |c: &MappedColumn| match &c.source {
+            Source::PayloadPath(p) => Some(p.clone()),
+            _ => None,
+        };
+        // Two paths read the same data when one leads into the other (names match as
+        // lookups do: exactly, or ignoring case).
+        let overlap = |a: &[String], b: &[String]| a.iter().zip(b).all(|(x, y)| same_name(x, y));
+        let sole_text_reader = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let Some(mine) = path(c).filter(|_| c.kind == SqlKind::Text) else {
+                    return false;
+                };
+                !columns.iter().enumerate().any(|(j, other)| {
+                    j != i && path(other).is_some_and(|theirs| overlap(&mine, &theirs))
+                })
+            })
+            .collect();
         Mapper {
             columns,
             format,
             top_keys,
+            sole_text_reader,
             max_fields: None,
             nul_refused: None,
             decimal_digits: None,
@@ -427,11 +450,22 @@ impl Mapper {
 
     fn map_json(&self, message: &Message) -> Result<Row, MapError> {
         // Decoded even when no column reads a key: a JSON route takes only JSON objects.
-        let json = json::decode_members(&message.payload, &self.top_keys)?;
+        let mut json = json::decode_members(&message.payload, &self.top_keys)?;
         self.columns
             .iter()
-            .map(|column| {
+            .enumerate()
+            .map(|(i, column)| {
                 let input = match &column.source {
+                    Source::PayloadPath(path) if self.sole_text_reader[i] => {
+                        // The column's text moves into the row instead of being copied.
+                        if let Some(Json::String(text)) = json.get_mut(path) {
+                            let text = std::mem::take(text);
+                            return self
+                                .checked(column, Value::Text(text), false)
+                                .map_err(MapError::Convert);
+                        }
+                        json.get(path).map(Input::Json)
+                    }
                     Source::PayloadPath(path) => json.get(path).map(Input::Json),
                     other => message_input(other, message, &message.payload),
                 };
@@ -614,6 +648,23 @@ impl Mapper {
         };
         let from_clock = matches!(input, Input::Timestamp(_));
         let value = convert(input, column.kind).map_err(explain)?;
+        self.checked(column, value, from_clock)
+    }
+
+    /// What the database would round, cut or refuse in a converted value, refused here.
+    fn checked(
+        &self,
+        column: &MappedColumn,
+        value: Value,
+        from_clock: bool,
+    ) -> Result<Option<Value>, String> {
+        let explain = |e: String| {
+            format!(
+                "column {} (from {}): {e}",
+                column.name,
+                column.source.describe()
+            )
+        };
         // The receive time is mqdb's own clock: the column's precision is fine for it.
         if let Some(digits) = column.scale.filter(|_| !from_clock)
             && let Some(fraction) = second_fraction_digits(&value, column.kind)
@@ -727,6 +778,48 @@ mod tests {
                 Some(Value::Int(1)),
             ]
         );
+    }
+
+    #[test]
+    fn text_read_by_two_columns_reaches_both() {
+        let ctx = SourceContext::default();
+        let mapper = Mapper::new(
+            vec![
+                col("a", SqlKind::Text, "payload.note", &ctx),
+                col("b", SqlKind::Text, "payload.NOTE", &ctx),
+                col("whole", SqlKind::Text, "payload.obj", &ctx),
+                col("inner", SqlKind::Text, "payload.obj.x", &ctx),
+                col("alone", SqlKind::Text, "payload.alone", &ctx),
+                col("twice", SqlKind::Text, "payload.alone", &ctx),
+            ],
+            PayloadFormat::Json,
+        );
+        let payload = br#"{"note":"n","obj":{"x":"inside"},"alone":"y"}"#;
+        for _ in 0..2 {
+            let row = one(&mapper, &message("t", payload)).unwrap();
+            assert_eq!(
+                row,
+                vec![
+                    Some(Value::Text("n".into())),
+                    Some(Value::Text("n".into())),
+                    Some(Value::Text(r#"{"x":"inside"}"#.into())),
+                    Some(Value::Text("inside".into())),
+                    Some(Value::Text("y".into())),
+                    Some(Value::Text("y".into())),
+                ]
+            );
+        }
+        // A column alone on its path takes the text out; the NUL rule still holds for it.
+        let mapper = Mapper::new(
+            vec![col("v", SqlKind::Text, "payload.v", &ctx)],
+            PayloadFormat::Json,
+        )
+        .refusing_nul("PostgreSQL text cannot hold it");
+        assert_eq!(
+            one(&mapper, &message("t", br#"{"v":"long text"}"#)).unwrap(),
+            vec![Some(Value::Text("long text".into()))]
+        );
+        assert!(one(&mapper, &message("t", br#"{"v":"a\u0000b"}"#)).is_err());
     }
 
     #[test]

@@ -244,9 +244,7 @@ fn main() {
     if wanted("memory") {
         println!("memory per byte (MQTT → PostgreSQL, a fresh mqdb per case):");
         let settle = Duration::from_secs(env("MQDB_BENCH_SETTLE", 60u64));
-        for case in memory::run(&broker, settle) {
-            report.memory(case, settle);
-        }
+        memory::run(&broker, settle, |case| report.memory(case, settle));
     }
     report.print();
 }

@@ -14,7 +14,7 @@ use crate::running::Running;
 
 /// What one case publishes: its messages, the rows they make, and the broker limits.
 struct Load {
-    label: &'static str,
+    label: String,
     csv: bool,
     messages: Vec<Vec<u8>>,
     rows: i64,
@@ -42,12 +42,19 @@ fn csv_message(lines: usize) -> Vec<u8> {
     out
 }
 
+fn csv_label(message: &[u8], lines: &str) -> String {
+    format!(
+        "one {:.0} MB CSV message, {lines} lines",
+        message.len() as f64 / 1e6
+    )
+}
+
 fn loads() -> Vec<Load> {
     let csv_15 = csv_message(1_000_000);
-    let csv_57 = csv_message(4_500_000);
+    let csv_79 = csv_message(4_500_000);
     vec![
         Load {
-            label: "one 64 MiB JSON message",
+            label: "one 64 MiB JSON message".into(),
             csv: false,
             messages: vec![json_message(1, 64 << 20)],
             rows: 1,
@@ -55,7 +62,7 @@ fn loads() -> Vec<Load> {
             max_in_flight: 128 * MIB,
         },
         Load {
-            label: "eight 64 MiB JSON messages",
+            label: "eight 64 MiB JSON messages".into(),
             csv: false,
             messages: (1..=8).map(|i| json_message(i, 64 << 20)).collect(),
             rows: 8,
@@ -63,7 +70,7 @@ fn loads() -> Vec<Load> {
             max_in_flight: 128 * MIB,
         },
         Load {
-            label: "one 16 MB CSV message, 1,000,000 lines",
+            label: csv_label(&csv_15, "1,000,000"),
             csv: true,
             messages: vec![csv_15],
             rows: 1_000_000,
@@ -71,21 +78,21 @@ fn loads() -> Vec<Load> {
             max_in_flight: 64 * MIB,
         },
         Load {
-            label: "one 60 MB CSV message, 4,500,000 lines",
+            label: csv_label(&csv_79, "4,500,000"),
             csv: true,
-            messages: vec![csv_57],
+            messages: vec![csv_79],
             rows: 4_500_000,
-            max_message: "64MiB",
-            max_in_flight: 64 * MIB,
+            max_message: "128MiB",
+            max_in_flight: 128 * MIB,
         },
     ]
 }
 
-pub fn run(broker: &Mosquitto, settle: Duration) -> Vec<Case> {
-    loads()
-        .into_iter()
-        .map(|load| one(broker, load, settle))
-        .collect()
+/// Each case in turn, handed to `report` as soon as it is measured.
+pub fn run(broker: &Mosquitto, settle: Duration, mut report: impl FnMut(Case)) {
+    for load in loads() {
+        report(one(broker, load, settle));
+    }
 }
 
 fn one(broker: &Mosquitto, load: Load, settle: Duration) -> Case {
@@ -140,7 +147,7 @@ fn one(broker: &Mosquitto, load: Load, settle: Duration) -> Case {
     assert_eq!(running.dead_letters(), 0, "{}: dead letters", load.label);
     running.stop();
     Case {
-        label: load.label.to_string(),
+        label: load.label,
         in_flight_bytes,
         idle_kb,
         peak_kb,

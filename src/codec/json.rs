@@ -41,6 +41,38 @@ impl Decoded {
     }
 }
 
+impl Decoded {
+    /// Like [`Decoded::get`], for taking the value out.
+    pub fn get_mut(&mut self, path: &[String]) -> Option<&mut Json> {
+        let (first, rest) = path.split_first()?;
+        let at = self
+            .0
+            .iter()
+            .position(|(k, _)| k == first)
+            .or_else(|| self.0.iter().position(|(k, _)| same_name(k, first)))?;
+        lookup_mut(&mut self.0[at].1, rest)
+    }
+}
+
+fn lookup_mut<'a>(value: &'a mut Json, path: &[String]) -> Option<&'a mut Json> {
+    let Some((first, rest)) = path.split_first() else {
+        return Some(value);
+    };
+    let next = match value {
+        Json::Object(map) => {
+            let key = if map.contains_key(first) {
+                Some(first.clone())
+            } else {
+                map.keys().find(|k| same_name(k, first)).cloned()
+            }?;
+            map.get_mut(&key)?
+        }
+        Json::Array(items) => items.get_mut(first.parse::<usize>().ok()?)?,
+        _ => return None,
+    };
+    lookup_mut(next, rest)
+}
+
 /// Follows object keys, then a case-insensitive key, and array indexes.
 pub fn lookup<'a>(json: &'a Json, path: &[String]) -> Option<&'a Json> {
     path.iter().try_fold(json, |node, segment| match node {

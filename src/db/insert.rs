@@ -293,9 +293,11 @@ pub fn group_by_presence<'a>(
     groups
 }
 
-fn postgres_parameter(value: Option<&Value>) -> Box<dyn InputParameter> {
+fn postgres_parameter(value: Option<&Value>) -> Box<dyn InputParameter + '_> {
     let mut text = String::new();
     match value {
+        // Borrowed: a long text is not copied again for the driver.
+        Some(Value::Text(s)) => Box::new(s.as_str().into_parameter()),
         Some(v) if super::postgres::text(v, &mut text) => Box::new(VarCharBox::from_string(text)),
         _ => Box::new(VarCharBox::null()),
     }

@@ -52,8 +52,14 @@ enum Kept<'c> {
 
 /// What one statement's parameter arrays may hold, all columns together, and the value
 /// length they always take.
-const ARRAY_BUFFER_BYTES: usize = 16 << 20;
-const MIN_ARRAY_VALUE: usize = 4 << 10;
+pub const ARRAY_BUFFER_BYTES: usize = 16 << 20;
+pub const MIN_ARRAY_VALUE: usize = 4 << 10;
+
+/// Whether a row's values are too long to share a statement's arrays with `per_statement`
+/// rows.
+pub fn goes_alone(row: &Row, per_statement: usize) -> bool {
+    value_bytes(row) > (ARRAY_BUFFER_BYTES / per_statement.max(1)).max(MIN_ARRAY_VALUE)
+}
 
 /// The bytes of the row's text and binary values.
 fn value_bytes(row: &Row) -> usize {
@@ -235,12 +241,12 @@ impl<'c> Writer<'c> {
         for (present, mut members) in group_by_presence(rows) {
             let per_statement = self.plan.rows_per_statement(&present);
             let mut alone = Vec::new();
-            if self.plan.strategy(&present) == Strategy::ParameterArrays {
+            if self.plan.strategy(&present) != Strategy::MultiRowValues {
                 // Parameter arrays reserve the longest value for every row and keep their
-                // buffers: rows with long values go alone, bound from their own memory.
-                let limit = (ARRAY_BUFFER_BYTES / per_statement.max(1)).max(MIN_ARRAY_VALUE);
+                // buffers, and PostgreSQL's arrays copy every value into one text: rows with
+                // long values go alone, bound from their own memory.
                 members.retain(|&i| {
-                    let long = value_bytes(&rows[i]) > limit;
+                    let long = goes_alone(&rows[i], per_statement);
                     if long {
                         alone.push(i);
                     }
