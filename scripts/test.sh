@@ -13,4 +13,4 @@ cargo clippy --all-targets -- -D warnings
 scripts/docker-context.sh
 scripts/image-test.sh
 cargo test --no-fail-fast
-MQDB_BENCH_MESSAGES=5000 MQDB_BENCH_OUTAGE=5 cargo bench --bench bridge
+MQDB_BENCH_MESSAGES=5000 MQDB_BENCH_OUTAGE=5 MQDB_BENCH_SETTLE=5 cargo bench --bench bridge
