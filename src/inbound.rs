@@ -47,6 +47,8 @@ struct Batch {
     messages: Vec<Arc<Message>>,
     /// The messages whose last rows are in this batch.
     acks: Vec<AckHandle>,
+    /// Their payload bytes.
+    finished_bytes: usize,
     rows: Vec<Row>,
     /// For each row: its message (an index into `messages`) and its line in it.
     origins: Vec<(usize, Option<Line>)>,
@@ -211,6 +213,7 @@ impl InboundRoute {
             batch
                 .failures
                 .push((batch.messages.len(), None, MapError::TooLarge(error)));
+            batch.finished_bytes += message.payload.len();
             batch.messages.push(message);
             batch.acks.push(ack);
             return None;
@@ -273,6 +276,7 @@ impl InboundRoute {
             });
         batch.messages.push(part.message.clone());
         if part.progress.is_done() {
+            batch.finished_bytes += part.message.payload.len();
             batch.acks.push(part.ack);
             None
         } else {
@@ -336,9 +340,13 @@ impl InboundRoute {
             warn!(route = %self.name, count = letters.len(), "messages dead-lettered");
         }
         let done = batch.acks.len();
+        let carried = batch.finished_bytes;
         drop(batch.messages);
         AckHandle::complete_all(batch.acks).await;
         self.metrics.leave(done);
+        if carried >= crate::heap::LARGE {
+            tokio::task::spawn_blocking(crate::heap::trim);
+        }
     }
 
     /// A dead letter keeps the message's metadata; for a CSV record, its payload is the

@@ -35,6 +35,7 @@
 //! - [`error`]: error types and the one classification of data errors versus outages.
 //! - [`logging`]: text or JSON log lines.
 //! - [`backoff`]: the one retry delay of every reconnect and retry loop.
+//! - [`heap`]: memory given back to the system after large messages.
 
 pub mod app;
 pub mod backoff;
@@ -49,6 +50,7 @@ pub mod demo;
 pub mod dlq;
 pub mod dlq_commands;
 pub mod error;
+pub mod heap;
 pub mod http;
 pub mod inbound;
 pub mod logging;
