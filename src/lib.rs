@@ -39,6 +39,7 @@
 pub mod app;
 pub mod backoff;
 pub mod broker;
+pub mod cell;
 pub mod cli;
 pub mod codec;
 pub mod config;
@@ -62,3 +63,6 @@ pub mod routes;
 pub mod state;
 pub mod template;
 pub mod topic;
+
+#[cfg(test)]
+mod layering;

@@ -13,5 +13,7 @@ pub mod mqtt;
 pub mod mqtt_link;
 pub mod mqtt_publish;
 pub mod mqtt_publish_link;
+pub mod mqtt_settings;
 pub mod publish;
+pub mod publisher;
 pub mod sequence;
