@@ -290,6 +290,49 @@ fn imports_run_down_the_layers() {
     );
 }
 
+/// The modules `lib.rs` names (as [`module`] links) under each numbered layer of its
+/// `# Layout` section.
+fn documented_layers() -> Vec<BTreeSet<String>> {
+    let lib = std::fs::read_to_string(src().join("lib.rs")).expect("lib.rs is readable");
+    let start = lib.find("# Layout").expect("lib.rs has a # Layout section");
+    let end = lib[start..]
+        .find("\n//! # ")
+        .map_or(lib.len(), |e| start + e);
+    let mut layers: Vec<BTreeSet<String>> = Vec::new();
+    for line in lib[start..end].lines() {
+        let text = line.trim_start_matches("//!").trim_start();
+        if text
+            .split_once(". ")
+            .is_some_and(|(n, _)| n.parse::<usize>().is_ok())
+        {
+            layers.push(BTreeSet::new());
+        }
+        let Some(layer) = layers.last_mut() else {
+            continue;
+        };
+        for link in text.split("[`").skip(1) {
+            let name = link.split('`').next().unwrap_or_default();
+            if !name.contains("::") {
+                layer.insert(name.to_string());
+            }
+        }
+    }
+    layers
+}
+
+#[test]
+fn the_layout_in_lib_rs_lists_the_same_layers() {
+    let table: Vec<BTreeSet<String>> = LAYERS
+        .iter()
+        .map(|(_, _, modules)| modules.iter().map(|m| m.to_string()).collect())
+        .collect();
+    assert_eq!(
+        documented_layers(),
+        table,
+        "lib.rs `# Layout` and LAYERS disagree"
+    );
+}
+
 #[test]
 fn grouped_and_nested_imports_expand_to_each_path() {
     assert_eq!(
