@@ -65,8 +65,19 @@ fn modules() -> Modules {
 
 /// The code of a file before its tests, without comment lines.
 fn code(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).expect("source is readable");
-    let end = text.find("#[cfg(test)]").unwrap_or(text.len());
+    production(&std::fs::read_to_string(path).expect("source is readable"))
+}
+
+fn production(text: &str) -> String {
+    // The first inline test module; `#[cfg(test)] mod name;` declarations are no cut.
+    let end = text
+        .match_indices("#[cfg(test)]")
+        .map(|(at, marker)| at + marker.len())
+        .find(|&after| {
+            let next = text[after..].trim_start();
+            next.starts_with("mod ") && next.lines().next().is_some_and(|l| l.ends_with('{'))
+        })
+        .map_or(text.len(), |after| after - "#[cfg(test)]".len());
     text[..end]
         .lines()
         .filter(|l| !l.trim_start().starts_with("//"))
@@ -339,6 +350,13 @@ fn grouped_and_nested_imports_expand_to_each_path() {
         expand("crate::{a, b::{c, d as e}, f::*}"),
         ["crate::a", "crate::b::c", "crate::b::d", "crate::f::*"]
     );
+}
+
+#[test]
+fn only_an_inline_test_module_ends_the_production_code() {
+    let text =
+        "#[cfg(test)]\nmod reference;\nuse crate::a;\n#[cfg(test)]\nmod tests {\nuse crate::b;\n}";
+    assert_eq!(paths(&production(text)), ["crate::a", "crate::a"]);
 }
 
 #[test]
