@@ -14,7 +14,7 @@ use crate::broker::amqp_source::{AmqpSource, QueueSpec};
 use crate::broker::budget::ByteBudget;
 use crate::broker::mqtt::{MqttSettings, MqttSource, Subscription};
 use crate::broker::mqtt_publish::MqttPublisher;
-use crate::broker::publish::Publisher;
+use crate::broker::publisher::Publisher;
 use crate::config::BrokerKind;
 use crate::config::Config;
 use crate::db::DbSpec;
@@ -26,25 +26,7 @@ use crate::outbound::{Destination, OutboundRoute};
 use crate::routes::{InboundPlan, Intake, OutboundPlan, inbound_plans, outbound_plans};
 use crate::state::State;
 
-/// A failure of a command, with the exit code it maps to.
-#[derive(Debug, thiserror::Error)]
-pub enum AppError {
-    /// Exit code 2: the configuration or the usage is wrong.
-    #[error("{0}")]
-    Usage(String),
-    /// Exit code 1: something failed while running.
-    #[error("{0}")]
-    Runtime(String),
-}
-
-impl AppError {
-    pub fn exit_code(&self) -> i32 {
-        match self {
-            AppError::Usage(_) => 2,
-            AppError::Runtime(_) => 1,
-        }
-    }
-}
+pub use crate::error::AppError;
 
 /// How long shutdown waits for in-flight batches before releasing them.
 const DRAIN_GRACE: Duration = Duration::from_secs(20);

@@ -3,6 +3,9 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value as Json, json};
 
+/// The dead-letter fields a mirror's topic or routing-key template may use.
+pub const MIRROR_FIELDS: [&str; 3] = ["route", "direction", "error_kind"];
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     Inbound,

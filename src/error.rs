@@ -110,6 +110,51 @@ pub fn classify(sqlstate: Option<&str>, message: &str, connection_dead: bool) ->
     }
 }
 
+/// Why a message (or one of its records) could not become a row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MapError {
+    Decode(String),
+    Convert(String),
+    /// The payload is over the broker's `max_message_bytes`.
+    TooLarge(String),
+}
+
+impl MapError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MapError::Decode(_) => "decode",
+            MapError::Convert(_) => "convert",
+            MapError::TooLarge(_) => "too_large",
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            MapError::Decode(m) | MapError::Convert(m) | MapError::TooLarge(m) => m,
+        }
+    }
+}
+
+/// A failure of a command, with the exit code it maps to.
+#[derive(Debug, Error)]
+pub enum AppError {
+    /// Exit code 2: the configuration or the usage is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// Exit code 1: something failed while running.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl AppError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AppError::Usage(_) => 2,
+            AppError::Runtime(_) => 1,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

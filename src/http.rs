@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tracing::{debug, info, warn};
 
-use crate::app::AppError;
+use crate::error::AppError;
 use crate::metrics::{Metrics, Totals};
 
 /// Scrapers are few and send their request at once; this bounds the sockets and memory

@@ -5,8 +5,9 @@
 use serde_json::Value as Json;
 
 use crate::codec::csv::{self as delimited, CsvFormat, Line, Record};
-use crate::codec::json;
+use crate::codec::json::{self, same_name};
 use crate::convert::{Input, SqlKind, Value, convert, decimal_fits_digits, fraction_digits};
+pub use crate::error::MapError;
 use crate::message::{Message, Origin};
 use crate::topic::Filter;
 
@@ -216,17 +217,6 @@ fn position(names: &[String], name: &str) -> Option<usize> {
         .or_else(|| names.iter().position(|n| same_name(n, name)))
 }
 
-/// Whether two names are the same ignoring case, for every script: `übertemp` is
-/// `ÜberTemp`. Callers try the exact spelling first.
-pub fn same_name(a: &str, b: &str) -> bool {
-    if a.is_ascii() && b.is_ascii() {
-        return a.eq_ignore_ascii_case(b);
-    }
-    a.chars()
-        .flat_map(char::to_lowercase)
-        .eq(b.chars().flat_map(char::to_lowercase))
-}
-
 /// One mapped column of the target table.
 #[derive(Debug, Clone)]
 pub struct MappedColumn {
@@ -260,31 +250,6 @@ pub struct CsvProgress {
     cursor: delimited::Cursor,
     at: Vec<Option<usize>>,
     expected: Option<usize>,
-}
-
-/// Why a message (or one of its records) could not become a row.
-#[derive(Debug, Clone, PartialEq)]
-pub enum MapError {
-    Decode(String),
-    Convert(String),
-    /// The payload is over the broker's `max_message_bytes`.
-    TooLarge(String),
-}
-
-impl MapError {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            MapError::Decode(_) => "decode",
-            MapError::Convert(_) => "convert",
-            MapError::TooLarge(_) => "too_large",
-        }
-    }
-
-    pub fn message(&self) -> &str {
-        match self {
-            MapError::Decode(m) | MapError::Convert(m) | MapError::TooLarge(m) => m,
-        }
-    }
 }
 
 /// A row: one entry per mapped column; `None` where the source had nothing, so the column
@@ -877,7 +842,7 @@ mod tests {
     }
 
     fn csv(input: CsvInput) -> CsvFormat {
-        CsvFormat::from_config(&input)
+        input.format()
     }
 
     #[test]

@@ -11,13 +11,11 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
-use crate::broker::publish::{Address, Delivery, Envelope, Publisher};
+use crate::broker::publish::{Address, Delivery, Envelope};
+use crate::broker::publisher::Publisher;
 use crate::dlq::DeadLetter;
 use crate::state::State;
 use crate::template::Template;
-
-/// The dead-letter fields a mirror template may use.
-pub const FIELDS: [&str; 3] = ["route", "direction", "error_kind"];
 
 /// The mirror's row in the state store.
 const POSITION: &str = "dead_letter.publish";

@@ -10,10 +10,12 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::broker::publish::{Address, Answer, Delivery, Envelope, Pending, Publisher};
+use crate::broker::publish::{Address, Answer, Delivery, Envelope, Pending};
+use crate::broker::publisher::Publisher;
+use crate::cell::Cell;
 use crate::codec;
 use crate::config::{CsvOptions, Format};
-use crate::db::poll::{Cell, Polled, Poller};
+use crate::db::poll::{Polled, Poller};
 use crate::dedup;
 use crate::dlq::{Direction, NewDeadLetter};
 use crate::metrics::RouteMetrics;
@@ -280,7 +282,7 @@ impl OutboundRoute {
         for row in rows {
             let payload = match self.format {
                 Format::Json => codec::json_row(&polled.columns, row),
-                Format::Csv => codec::csv_row(row, &self.csv),
+                Format::Csv => codec::csv_row(row, self.csv.delimiter, self.csv.quote),
             };
             let address = match unpublishable(row) {
                 Some(reason) => Err((Some("value"), reason)),
@@ -428,7 +430,7 @@ impl OutboundRoute {
                 }
                 let payload = match self.format {
                     Format::Json => codec::json_row(&polled.columns, &rows[i]),
-                    Format::Csv => codec::csv_row(&rows[i], &self.csv),
+                    Format::Csv => codec::csv_row(&rows[i], self.csv.delimiter, self.csv.quote),
                 };
                 letters.push(self.dead_letter(
                     &polled,

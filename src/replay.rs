@@ -18,11 +18,13 @@ use odbc_api::Connection;
 use serde_json::Value as Json;
 use tokio::runtime::Handle;
 
-use crate::broker::publish::{Address, Delivery, Envelope, Publisher};
+use crate::broker::publish::{Address, Delivery, Envelope};
+use crate::broker::publisher::Publisher;
+use crate::cell::Cell;
 use crate::config::Format;
 use crate::db::DbSpec;
 use crate::db::insert::TablePlan;
-use crate::db::poll::{Cell, PollSpec, run_after_publish};
+use crate::db::poll::{PollSpec, run_after_publish};
 use crate::db::worker;
 use crate::db::write::Writer;
 use crate::dlq::DeadLetter;

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use crate::codec::csv::CsvFormat;
 use crate::config::{Config, CsvOptions, Format, Qos};
 use crate::db::insert::TablePlan;
 use crate::db::poll::PollSpec;
@@ -63,9 +62,13 @@ pub fn inbound_plans(config: &Config) -> Result<Vec<InboundPlan>, String> {
             let r = &route.value;
             let format = match r.format {
                 Format::Json => PayloadFormat::Json,
-                Format::Csv => PayloadFormat::Csv(CsvFormat::from_config(
-                    &r.csv.as_ref().map(|c| c.value.clone()).unwrap_or_default(),
-                )),
+                Format::Csv => PayloadFormat::Csv(
+                    r.csv
+                        .as_ref()
+                        .map(|c| c.value.clone())
+                        .unwrap_or_default()
+                        .format(),
+                ),
             };
             let intake = match (&r.topic, &r.queue) {
                 (Some(topic), _) => Intake::Mqtt {

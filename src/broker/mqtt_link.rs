@@ -7,7 +7,7 @@ use rumqttc::v5::mqttbytes::v5 as v5b;
 use rumqttc::{Outgoing, Packet, QoS, SubscribeReasonCode};
 use serde_json::{Map, Value as Json};
 
-use super::mqtt::{MqttSettings, MqttVersion};
+use super::mqtt_settings::{MqttSettings, MqttVersion};
 
 /// The event loop side: reading packets.
 pub enum Link {

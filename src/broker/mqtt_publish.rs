@@ -18,8 +18,8 @@ use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use super::mqtt::MqttSettings;
 use super::mqtt_publish_link::{self, Event};
+use super::mqtt_settings::MqttSettings;
 use super::publish::{Answer, Confirm, Delivery, Envelope};
 use crate::backoff::Backoff;
 

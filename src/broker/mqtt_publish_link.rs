@@ -5,7 +5,7 @@ use rumqttc::v5::mqttbytes::QoS as V5QoS;
 use rumqttc::v5::mqttbytes::v5::{self as v5b, PubAckReason, PubRecReason, PublishProperties};
 use rumqttc::{Outgoing, Packet, QoS};
 
-use super::mqtt::{MqttSettings, MqttVersion};
+use super::mqtt_settings::{MqttSettings, MqttVersion};
 use super::publish::{Delivery, Envelope, MESSAGE_ID_PROPERTY};
 
 pub enum Client {

@@ -1,10 +1,8 @@
-//! Publishing with broker confirmation, over MQTT or AMQP: what outbound routes use.
+//! What a confirming publisher hands over and answers, shared by the MQTT and AMQP
+//! publishers and the routes that publish.
 
 use std::future::Future;
 use std::pin::Pin;
-
-use super::amqp_publish::AmqpPublisher;
-use super::mqtt_publish::MqttPublisher;
 
 /// What the broker said about one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,41 +62,6 @@ impl Address {
             self.topic.clone()
         } else {
             format!("{}/{}", self.exchange, self.topic)
-        }
-    }
-}
-
-/// A broker connection that confirms what it publishes.
-pub enum Publisher {
-    Mqtt(MqttPublisher),
-    Amqp(AmqpPublisher),
-}
-
-impl Publisher {
-    /// Opens the connection if it is not open yet.
-    pub async fn connect(&self) -> Result<(), String> {
-        match self {
-            Publisher::Mqtt(_) => Ok(()),
-            Publisher::Amqp(p) => p.connect().await,
-        }
-    }
-
-    pub fn is_connected(&self) -> bool {
-        match self {
-            Publisher::Mqtt(p) => p.is_connected(),
-            Publisher::Amqp(p) => p.is_connected(),
-        }
-    }
-
-    /// Hands one message to the broker; the returned future resolves once the broker has
-    /// answered, so many publishes can be in flight at once.
-    pub async fn publish(&self, to: &Address, message: Envelope) -> Result<Pending, String> {
-        match self {
-            Publisher::Mqtt(p) => Ok(Pending {
-                message_id: None,
-                confirm: p.publish(&to.topic, message).await?,
-            }),
-            Publisher::Amqp(p) => p.publish(&to.exchange, &to.topic, message).await,
         }
     }
 }

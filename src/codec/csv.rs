@@ -5,8 +5,7 @@ use std::sync::Mutex;
 
 use csv_core::{ReadRecordResult, Reader as CoreReader, ReaderBuilder as CoreBuilder};
 
-use crate::config::{CsvInput, CsvOptions};
-use crate::db::poll::Cell;
+use crate::cell::Cell;
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
@@ -60,21 +59,6 @@ impl PartialEq for CsvFormat {
 }
 
 impl CsvFormat {
-    /// The configuration was validated: the characters are ASCII.
-    pub fn from_config(input: &CsvInput) -> CsvFormat {
-        CsvFormat::new(
-            ascii(input.delimiter, b','),
-            ascii(input.quote, b'"'),
-            input.escape.map(|c| ascii(c, b'\\')),
-            input.header,
-            input
-                .fields
-                .as_ref()
-                .map(|f| f.iter().map(|n| n.to_string()).collect()),
-            input.null.as_ref().map(|n| n.as_bytes().to_vec()),
-        )
-    }
-
     pub fn new(
         delimiter: u8,
         quote: u8,
@@ -348,9 +332,9 @@ fn trim_line_end(body: &[u8], begin: usize, mut end: usize) -> usize {
 /// One CSV line (with its line end): NULL is an empty field, the empty string `""` (a
 /// quoted field is never NULL when read back), other values their text, quoted when they
 /// hold the delimiter, the quote or a line end.
-pub fn csv_row(row: &[Cell], options: &CsvOptions) -> Vec<u8> {
-    let delimiter = ascii(options.delimiter, b',');
-    let quote = ascii(options.quote, b'"');
+pub fn csv_row(row: &[Cell], delimiter: char, quote: char) -> Vec<u8> {
+    let delimiter = ascii(delimiter, b',');
+    let quote = ascii(quote, b'"');
     let mut line = Vec::with_capacity(16 * row.len() + 1);
     for (i, cell) in row.iter().enumerate() {
         if i > 0 {
@@ -383,7 +367,8 @@ fn push_field(line: &mut Vec<u8>, text: &[u8], delimiter: u8, quote: u8) {
     line.push(quote);
 }
 
-fn ascii(c: char, fallback: u8) -> u8 {
+/// `c` as a byte, or `fallback` when it is not ASCII (validation rejects that earlier).
+pub fn ascii(c: char, fallback: u8) -> u8 {
     u8::try_from(c)
         .ok()
         .filter(u8::is_ascii)
@@ -393,10 +378,11 @@ fn ascii(c: char, fallback: u8) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::CsvInput;
     use proptest::prelude::*;
 
     fn format() -> CsvFormat {
-        CsvFormat::from_config(&CsvInput::default())
+        CsvInput::default().format()
     }
 
     fn fields(r: &Record) -> Vec<String> {
@@ -484,7 +470,7 @@ mod tests {
     #[test]
     fn csv_quotes_what_needs_quoting() {
         let row = vec![Cell::Int(1), Cell::Text("a,\"b\"\nc".into()), Cell::Null];
-        let line = String::from_utf8(csv_row(&row, &CsvOptions::default())).unwrap();
+        let line = String::from_utf8(csv_row(&row, ',', '"')).unwrap();
         assert_eq!(line, "1,\"a,\"\"b\"\"\nc\",\n");
         let out = read(line.as_bytes(), &format()).unwrap();
         assert_eq!(fields(&out.records[0]), vec!["1", "a,\"b\"\nc", ""]);
@@ -497,7 +483,7 @@ mod tests {
             Cell::Null,
             Cell::Text("x".into()),
         ];
-        let line = csv_row(&row, &CsvOptions::default());
+        let line = csv_row(&row, ',', '"');
         assert_eq!(line, b"\"\",,x\n");
         let f = format();
         let out = read(&line, &f).unwrap();
@@ -571,7 +557,7 @@ mod tests {
                 Cell::LocalTimestamp(moment),
                 Cell::Json(format!("{{\"{key}\": {number}}}")),
             ];
-            let line = csv_row(&row, &CsvOptions::default());
+            let line = csv_row(&row, ',', '"');
             let out = read(&line, &format()).unwrap();
             let csv_fields = fields(&out.records[0]);
             let columns: Vec<String> = (0..row.len()).map(|i| format!("c{i}")).collect();

@@ -6,8 +6,8 @@ use std::fmt;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::{Map, Number, Value as Json};
 
-use crate::db::cell::{Cell, float_text, local_timestamp, rfc3339};
-use crate::mapping::{MapError, same_name};
+use crate::cell::{Cell, float_text, local_timestamp, rfc3339};
+use crate::error::MapError;
 
 /// The payload as text, without the UTF-8 byte-order mark some writers put first.
 fn payload_text(payload: &[u8]) -> Result<&str, MapError> {
@@ -211,6 +211,17 @@ fn json_value(cell: &Cell) -> Json {
         // Its row is a dead letter; the reason says why.
         Cell::Invalid(_) => Json::Null,
     }
+}
+
+/// Whether two names are the same ignoring case, for every script: `übertemp` is
+/// `ÜberTemp`. Callers try the exact spelling first.
+pub fn same_name(a: &str, b: &str) -> bool {
+    if a.is_ascii() && b.is_ascii() {
+        return a.eq_ignore_ascii_case(b);
+    }
+    a.chars()
+        .flat_map(char::to_lowercase)
+        .eq(b.chars().flat_map(char::to_lowercase))
 }
 
 #[cfg(test)]

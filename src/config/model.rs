@@ -10,6 +10,7 @@ use serde_saphyr::Spanned;
 use super::duration;
 use super::env::{EnvString, Secret};
 use super::size;
+use crate::codec::csv::{CsvFormat, ascii};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -402,6 +403,22 @@ impl Default for CsvInput {
             fields: None,
             null: default_null(),
         }
+    }
+}
+
+impl CsvInput {
+    /// The reader of these settings; validation has checked the characters are ASCII.
+    pub fn format(&self) -> CsvFormat {
+        CsvFormat::new(
+            ascii(self.delimiter, b','),
+            ascii(self.quote, b'"'),
+            self.escape.map(|c| ascii(c, b'\\')),
+            self.header,
+            self.fields
+                .as_ref()
+                .map(|f| f.iter().map(|n| n.to_string()).collect()),
+            self.null.as_ref().map(|n| n.as_bytes().to_vec()),
+        )
     }
 }
 

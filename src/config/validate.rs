@@ -245,13 +245,13 @@ fn check_mirror(path: &Path, config: &Config, mirror: &Spanned<Mirror>) -> Resul
             .map_err(|e| err(&t.referenced, format!("dead_letter.publish: {e}")))?;
         if let Some(bad) = template
             .columns()
-            .find(|c| !crate::mirror::FIELDS.contains(c))
+            .find(|c| !crate::dlq::MIRROR_FIELDS.contains(c))
         {
             return Err(err(
                 &t.referenced,
                 format!(
                     "dead_letter.publish: `{{{bad}}}` is not a dead-letter field; use {}",
-                    crate::mirror::FIELDS
+                    crate::dlq::MIRROR_FIELDS
                         .iter()
                         .map(|f| format!("{{{f}}}"))
                         .collect::<Vec<_>>()
@@ -346,7 +346,7 @@ fn csv_format(path: &Path, route: &Spanned<Inbound>) -> Result<Option<CsvFormat>
         (Format::Csv, csv) => csv.as_ref(),
     };
     let Some(input) = input else {
-        return Ok(Some(CsvFormat::from_config(&CsvInput::default())));
+        return Ok(Some(CsvInput::default().format()));
     };
     let c = &input.value;
     let chars = [
@@ -391,7 +391,7 @@ fn csv_format(path: &Path, route: &Spanned<Inbound>) -> Result<Option<CsvFormat>
             }
         }
     }
-    Ok(Some(CsvFormat::from_config(c)))
+    Ok(Some(c.format()))
 }
 
 fn check_outbound(

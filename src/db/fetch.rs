@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use chrono::{NaiveDate, NaiveDateTime};
 use odbc_api::buffers::{AnyColumnBufferSlice, BufferDesc, Indicator};
 
-use super::cell::{Cell, sqlite_value, trim_time_fraction, widen_real};
 use super::shape::Read;
+use crate::cell::{Cell, sqlite_value, trim_time_fraction, widen_real};
 
 /// The largest value a poll reads; a larger one makes its row a dead letter.
 pub const MAX_VALUE: usize = 64 << 20;

@@ -311,7 +311,7 @@ fn sqlite_parameter(value: Option<&Value>, kind: SqlKind) -> Box<dyn InputParame
         Some(Value::Timestamp(t)) => Box::new(VarCharBox::from_string(format!(
             "{}{}",
             t.format("%Y-%m-%d %H:%M:%S"),
-            super::cell::fraction(chrono::Timelike::nanosecond(t))
+            crate::cell::fraction(chrono::Timelike::nanosecond(t))
         ))),
         other => parameter(other, kind),
     }

@@ -3,7 +3,6 @@
 
 pub mod bulk;
 pub mod catalog;
-pub mod cell;
 pub mod dialect;
 pub mod fetch;
 pub mod insert;

@@ -10,12 +10,12 @@ use odbc_api::{Connection, Cursor, DataType, ResultSetMetadata};
 use tokio::sync::{mpsc, oneshot};
 
 use super::DbSpec;
-pub use super::cell::{Cell, rfc3339};
 use super::dialect::Dialect;
 use super::fetch::{buffer_desc, cell, desc_bytes, grow_cut_columns, named};
 use super::shape::{
     Column, Origin, Read, mysql_tinyint_types, origin, postgres_types, read_of, type_name,
 };
+pub use crate::cell::{Cell, rfc3339};
 use crate::convert::SqlKind;
 use crate::error::{Class, DbError};
 

@@ -7,8 +7,8 @@ use odbc_api::parameter::InputParameter;
 use odbc_api::sys::{Desc, Pointer, SQLColAttribute, SqlReturn};
 use odbc_api::{Connection, Cursor, DataType};
 
-use super::cell::Affinity;
 use super::dialect::Dialect;
+use crate::cell::Affinity;
 
 /// How the values of one column are read and published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
