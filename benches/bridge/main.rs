@@ -242,7 +242,7 @@ fn main() {
         ));
     }
     if wanted("memory") {
-        println!("memory per byte (MQTT → PostgreSQL, a fresh mqdb per case):");
+        println!("memory per byte (MQTT → PostgreSQL unless named, a fresh mqdb per case):");
         let settle = Duration::from_secs(env("MQDB_BENCH_SETTLE", 60u64));
         memory::run(&broker, settle, |case| report.memory(case, settle));
     }

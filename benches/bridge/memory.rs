@@ -1,4 +1,5 @@
-//! Memory per byte: large messages MQTT → PostgreSQL, each case on a fresh mqdb. For each:
+//! Memory per byte: large messages MQTT → PostgreSQL (one to MariaDB, to compare drivers),
+//! each case on a fresh mqdb. For each:
 //! the idle RSS before the load, the peak during it, the payload bytes mqdb may hold in
 //! flight (the load, or `max_in_flight_bytes` when the load is larger), and the RSS a while
 //! after the last row. Targets: peak under idle + 3 × the bytes in flight, and back within
@@ -15,6 +16,7 @@ use crate::running::Running;
 /// What one case publishes: its messages, the rows they make, and the broker limits.
 struct Load {
     label: String,
+    db: Db,
     csv: bool,
     messages: Vec<Vec<u8>>,
     rows: i64,
@@ -55,6 +57,18 @@ fn loads() -> Vec<Load> {
     vec![
         Load {
             label: "one 64 MiB JSON message".into(),
+            db: Db::Postgres,
+            csv: false,
+            messages: vec![json_message(1, 64 << 20)],
+            rows: 1,
+            max_message: "64MiB",
+            max_in_flight: 128 * MIB,
+        },
+        // The same message to MariaDB: what a driver copies of a bound value shows in the
+        // difference.
+        Load {
+            label: "one 64 MiB JSON message, to MariaDB".into(),
+            db: Db::MariaDb,
             csv: false,
             messages: vec![json_message(1, 64 << 20)],
             rows: 1,
@@ -63,6 +77,7 @@ fn loads() -> Vec<Load> {
         },
         Load {
             label: "eight 64 MiB JSON messages".into(),
+            db: Db::Postgres,
             csv: false,
             messages: (1..=8).map(|i| json_message(i, 64 << 20)).collect(),
             rows: 8,
@@ -71,6 +86,7 @@ fn loads() -> Vec<Load> {
         },
         Load {
             label: csv_label(&csv_15, "1,000,000"),
+            db: Db::Postgres,
             csv: true,
             messages: vec![csv_15],
             rows: 1_000_000,
@@ -79,6 +95,7 @@ fn loads() -> Vec<Load> {
         },
         Load {
             label: csv_label(&csv_79, "4,500,000"),
+            db: Db::Postgres,
             csv: true,
             messages: vec![csv_79],
             rows: 4_500_000,
@@ -96,12 +113,16 @@ pub fn run(broker: &Mosquitto, settle: Duration, mut report: impl FnMut(Case)) {
 }
 
 fn one(broker: &Mosquitto, load: Load, settle: Duration) -> Case {
-    let db = Db::Postgres;
-    let columns = if load.csv {
-        "id BIGINT, value DOUBLE PRECISION, label TEXT"
-    } else {
-        "id BIGINT, note TEXT"
+    let db = load.db;
+    let columns = match (load.csv, &db) {
+        (true, _) => "id BIGINT, value DOUBLE PRECISION, label TEXT",
+        (false, Db::MariaDb) => "id BIGINT, note LONGTEXT",
+        (false, _) => "id BIGINT, note TEXT",
     };
+    if matches!(db, Db::MariaDb) {
+        // The server's default (16 MiB) refuses a 64 MiB value; this is the local server.
+        db.exec("SET GLOBAL max_allowed_packet = 268435456");
+    }
     let table = TempTable::create(&db, "bench_memory", columns);
     let topic = format!("{}/m", unique("memory"));
     let format = if load.csv { "    format: csv\n" } else { "" };

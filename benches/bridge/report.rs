@@ -275,7 +275,7 @@ impl Report {
         if !self.memory.is_empty() {
             println!();
             println!(
-                "| load (MQTT → PostgreSQL) | rows | MiB in flight | idle RSS | peak RSS | (peak − idle) / in flight | RSS after settling | target: < 3×, within 50 MB of idle |"
+                "| load (MQTT → PostgreSQL unless named) | rows | MiB in flight | idle RSS | peak RSS | (peak − idle) / in flight | RSS after settling | target: < 3×, within 50 MB of idle |"
             );
             println!("|---|---:|---:|---:|---:|---:|---:|---|");
             for (c, settle) in &self.memory {
