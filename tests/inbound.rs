@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use common::{
-    Bridge, Db, Mosquitto, Publisher, Subscriber, TcpProxy, TempTable, dlq_list, odbc_connect,
-    odbc_exec, path_str, run_mqdb, unique, wait_for,
+    Bridge, Db, Route, TcpProxy, TempTable, World, dlq_list, odbc_connect, odbc_exec, path_str,
+    run_mqdb, unique, wait_for,
 };
 use common::{scalar, terminate_ok, try_scalar, wait_for_count};
 use serde_json::Value as Json;
@@ -32,78 +32,12 @@ type Messages = Vec<(String, Vec<u8>)>;
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/// One test's private world: a temp dir for the config, the state store and the bridge
-/// log, a private broker, and the bridge's (stable, unique) MQTT client id.
-struct World {
-    dir: tempfile::TempDir,
-    broker: Mosquitto,
-    client_id: String,
-}
-
-impl World {
-    fn new() -> World {
-        World {
-            dir: tempfile::Builder::new()
-                .prefix("mqdb-inbound-")
-                .tempdir()
-                .expect("temp dir"),
-            broker: Mosquitto::start(),
-            client_id: unique("mqdb_in"),
-        }
-    }
-
-    /// Writes `mqdb.yaml`: broker `b` (this world's broker and client id), database `d`
-    /// (`connection_string`) and the given inbound `routes` (from [`route`]).
-    fn config(&self, connection_string: &str, routes: &[String]) -> PathBuf {
-        self.config_via(&self.broker.url(), connection_string, routes)
-    }
-
-    /// Like [`World::config`] with the broker reached at `url` (e.g. through a proxy).
-    fn config_via(&self, url: &str, connection_string: &str, routes: &[String]) -> PathBuf {
-        let text = format!(
-            "state: \"sqlite://{state}\"\n\
-             brokers:\n  b:\n    url: \"{url}\"\n    client_id: \"{client_id}\"\n\
-             databases:\n  d:\n    connection_string: \"{connection_string}\"\n\
-             inbound:\n{routes}",
-            state = self.dir.path().join("state.db").display(),
-            client_id = self.client_id,
-            routes = routes.concat(),
-        );
-        let path = self.dir.path().join("mqdb.yaml");
-        std::fs::write(&path, text).expect("write mqdb.yaml");
-        path
-    }
-
-    /// Creates the bridge's persistent MQTT session (its client id, `clean_session=false`)
-    /// subscribed to `filter` at QoS 1, then disconnects: from now on the broker queues every
-    /// matching message for the bridge, also before it first starts.
-    fn persistent_session(&self, filter: &str) {
-        Subscriber::connect_with(self.broker.port, &self.client_id, false, &[(filter, 1)])
-            .disconnect();
-    }
-
-    fn publisher(&self) -> Publisher {
-        Publisher::connect(self.broker.port)
-    }
-}
-
 /// One `inbound:` list item with broker `b`, database `d`, QoS 1 and JSON, plus `extra`
-/// lines (e.g. `on_conflict: ignore`) at the route's indentation.
-fn route(name: &str, topic: &str, table: &str, columns: &[(&str, &str)], extra: &[&str]) -> String {
-    let mut yaml = format!(
-        "  - name: {name}\n    broker: b\n    topic: \"{topic}\"\n    qos: 1\n    database: d\n    \
-         table: {table}\n    format: json\n"
-    );
-    if !columns.is_empty() {
-        yaml.push_str("    columns:\n");
-        for (column, source) in columns {
-            yaml.push_str(&format!("      {column}: {source}\n"));
-        }
-    }
-    for line in extra {
-        yaml.push_str(&format!("    {line}\n"));
-    }
-    yaml
+/// settings (e.g. `on_conflict: ignore`).
+fn route(name: &str, topic: &str, table: &str, columns: &[(&str, &str)], extra: &[&str]) -> Route {
+    Route::inbound(name, topic, table)
+        .columns(columns)
+        .lines(extra)
 }
 
 /// `{"seq":N}` for each N of `seqs`, on `topic` with its `{part}` level set to `part`.
@@ -224,13 +158,13 @@ fn values_and_types_land(case: TypesCase) {
 
     // Given a table with one column per type and a route that maps topic levels, payload
     // keys, the whole payload and the receive time to it
-    let world = World::new();
+    let world = World::new("inbound");
     let table = TempTable::create(&db, "vals", columns);
     let t = table.name.clone();
     let root = unique("vals");
-    let config = world.config(
-        &db.connection_string(),
-        &[route(
+    let config = world
+        .config(&db)
+        .inbound(route(
             "values",
             &format!("{root}/{{site}}/{{device}}"),
             &t,
@@ -254,8 +188,8 @@ fn values_and_types_land(case: TypesCase) {
                 "batch: { max_rows: 500, max_delay: 100ms }",
                 "on_conflict: error",
             ],
-        )],
-    );
+        ))
+        .write();
     world.persistent_session(&format!("{root}/+/+"));
     let injection = format!("x'); DROP TABLE {t}; --");
     // SQLite keeps a decimal that is not an integer to 15 significant digits; longer ones
@@ -466,7 +400,7 @@ fn values_and_types_land_in_sqlite() {
 fn json_keys_map_to_same_named_columns_without_a_columns_block() {
     // Given a route without `columns:` and a table with defaults
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("inbound");
     let table = TempTable::create(
         &db,
         "keys",
@@ -474,10 +408,10 @@ fn json_keys_map_to_same_named_columns_without_a_columns_block() {
     );
     let t = table.name.clone();
     let topic = format!("{}/items", unique("keys"));
-    let config = world.config(
-        &db.connection_string(),
-        &[route("keys", &topic, &t, &[], &[])],
-    );
+    let config = world
+        .config(&db)
+        .inbound(route("keys", &topic, &t, &[], &[]))
+        .write();
     world.persistent_session(&topic);
 
     // When objects with all, some and null keys arrive
@@ -514,13 +448,13 @@ fn json_keys_map_to_same_named_columns_without_a_columns_block() {
 /// Rows with the same key in one batch and across batches: the last message wins.
 fn on_conflict_update_keeps_the_last_message(db: Db, columns: &str) {
     // Given a route with on_conflict: update on key id
-    let world = World::new();
+    let world = World::new("inbound");
     let table = TempTable::create(&db, "upsert", columns);
     let t = table.name.clone();
     let topic = format!("{}/state", unique("upsert"));
-    let config = world.config(
-        &db.connection_string(),
-        &[route(
+    let config = world
+        .config(&db)
+        .inbound(route(
             "upsert",
             &topic,
             &t,
@@ -534,8 +468,8 @@ fn on_conflict_update_keeps_the_last_message(db: Db, columns: &str) {
                 "on_conflict: update",
                 "key: [id]",
             ],
-        )],
-    );
+        ))
+        .write();
     world.persistent_session(&topic);
     let msg = |id: i64, v: &str, rev: i64| {
         (
@@ -631,14 +565,14 @@ struct Rejections {
 
 fn dead_letters_beside_committed_rows(db: Db, columns: &str, states: Rejections) {
     // Given a table with constraints and a route with on_conflict: error
-    let world = World::new();
+    let world = World::new("inbound");
     let table = TempTable::create(&db, "dlq", columns);
     let t = table.name.clone();
     let root = unique("dlq");
     let route_name = format!("dl_{}", db.label());
-    let config = world.config(
-        &db.connection_string(),
-        &[route(
+    let config = world
+        .config(&db)
+        .inbound(route(
             &route_name,
             &format!("{root}/{{kind}}"),
             &t,
@@ -653,8 +587,8 @@ fn dead_letters_beside_committed_rows(db: Db, columns: &str, states: Rejections)
                 "batch: { max_rows: 500, max_delay: 200ms }",
                 "on_conflict: error",
             ],
-        )],
-    );
+        ))
+        .write();
     world.persistent_session(&format!("{root}/+"));
 
     // When 60 valid messages are published with bad ones in between: each kind of failure
@@ -857,7 +791,7 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
     // Given a table whose commit of one marked row takes two seconds (a deferred trigger
     // sleeps), reached through a proxy, and a route that dead-letters duplicates
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("inbound");
     let proxy = TcpProxy::start(([127, 0, 0, 1], 5432).into());
     let table = TempTable::create(&db, "lost_commit", "seq INTEGER PRIMARY KEY, part TEXT");
     let t = table.name.clone();
@@ -871,9 +805,9 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
          FOR EACH ROW EXECUTE FUNCTION {slow}()"
     ));
     let topic = format!("{}/{{part}}", unique("lost"));
-    let config = world.config(
-        &db.connection_string_via(proxy.port),
-        &[route(
+    let config = world
+        .config_cs(&db.connection_string_via(proxy.port))
+        .inbound(route(
             "lost",
             &topic,
             &t,
@@ -882,8 +816,8 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
                 "batch: { max_rows: 50, max_delay: 50ms }",
                 "on_conflict: error",
             ],
-        )],
-    );
+        ))
+        .write();
     world.persistent_session(&topic.replace("{part}", "+"));
     let msgs = |part: &str, seqs: std::ops::Range<i64>| seq_messages(&topic, part, seqs);
     let publisher = world.publisher();
@@ -921,14 +855,14 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
 
 fn database_outage_loses_nothing(db: Db, port: u16, columns: &str) {
     // Given a bridge that reaches the database through a proxy
-    let world = World::new();
+    let world = World::new("inbound");
     let proxy = TcpProxy::start(([127, 0, 0, 1], port).into());
     let table = TempTable::create(&db, "outage", columns);
     let t = table.name.clone();
     let topic = format!("{}/{{part}}", unique("outage"));
-    let config = world.config(
-        &db.connection_string_via(proxy.port),
-        &[route(
+    let config = world
+        .config_cs(&db.connection_string_via(proxy.port))
+        .inbound(route(
             "outage",
             &topic,
             &t,
@@ -938,8 +872,8 @@ fn database_outage_loses_nothing(db: Db, port: u16, columns: &str) {
                 "on_conflict: ignore",
                 "key: [seq]",
             ],
-        )],
-    );
+        ))
+        .write();
     let filter = topic.replace("{part}", "+");
     world.persistent_session(&filter);
     let msgs = |part: &str, seqs: std::ops::Range<i64>| seq_messages(&topic, part, seqs);
@@ -1016,7 +950,7 @@ fn database_outage_loses_nothing_mariadb() {
 fn broker_connection_cut_loses_nothing() {
     // Given a bridge that reaches its broker through a proxy
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("inbound");
     let proxy = TcpProxy::start(world.broker.addr());
     let table = TempTable::create(
         &db,
@@ -1025,10 +959,11 @@ fn broker_connection_cut_loses_nothing() {
     );
     let t = table.name.clone();
     let topic = format!("{}/{{part}}", unique("bcut"));
-    let config = world.config_via(
-        &format!("mqtt://127.0.0.1:{}", proxy.port),
-        &db.connection_string(),
-        &[route(
+    let (_, settings) = world.mqtt(Json::Null);
+    let config = world
+        .config(&db)
+        .broker("b", &format!("mqtt://127.0.0.1:{}", proxy.port), settings)
+        .inbound(route(
             "bcut",
             &topic,
             &t,
@@ -1038,8 +973,8 @@ fn broker_connection_cut_loses_nothing() {
                 "on_conflict: ignore",
                 "key: [seq]",
             ],
-        )],
-    );
+        ))
+        .write();
     world.persistent_session(&topic.replace("{part}", "+"));
     let msgs = |part: &str, seqs: std::ops::Range<i64>| seq_messages(&topic, part, seqs);
     // And a test transaction that locks the table, so received messages stay uncommitted
@@ -1101,13 +1036,13 @@ fn sigkill_mid_batch_then_restart_loses_and_duplicates_nothing() {
     // Given 3000 messages queued by the broker for the bridge's persistent session, and a
     // test transaction holding seq 1500 so the batch containing it cannot commit
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("inbound");
     let table = TempTable::create(&db, "kill", "seq INTEGER PRIMARY KEY, v TEXT NOT NULL");
     let t = table.name.clone();
     let topic = format!("{}/data", unique("kill"));
-    let config = world.config(
-        &db.connection_string(),
-        &[route(
+    let config = world
+        .config(&db)
+        .inbound(route(
             "kill",
             &topic,
             &t,
@@ -1117,8 +1052,8 @@ fn sigkill_mid_batch_then_restart_loses_and_duplicates_nothing() {
                 "on_conflict: ignore",
                 "key: [seq]",
             ],
-        )],
-    );
+        ))
+        .write();
     world.persistent_session(&topic);
     let n = 3000;
     world.publisher().publish_all_confirmed(
@@ -1188,20 +1123,20 @@ fn sigterm_mid_batch_exits_zero_and_a_restart_completes_without_duplicates() {
     // Given a fresh bridge (it subscribes itself) and a table without a unique key, so a
     // redelivered committed message would show up as a second row
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("inbound");
     let table = TempTable::create(&db, "term", "seq INTEGER NOT NULL, kind VARCHAR(10)");
     let t = table.name.clone();
     let root = unique("term");
-    let config = world.config(
-        &db.connection_string(),
-        &[route(
+    let config = world
+        .config(&db)
+        .inbound(route(
             "term",
             &format!("{root}/{{kind}}"),
             &t,
             &[("seq", "payload.seq"), ("kind", "topic.kind")],
             &["batch: { max_rows: 100, max_delay: 50ms }"],
-        )],
-    );
+        ))
+        .write();
     // A retained probe reaches the bridge as soon as its subscription is in place
     publish_retained(world.broker.port, &format!("{root}/probe"), r#"{"seq":0}"#);
     let mut bridge = Bridge::start(&config);
