@@ -21,7 +21,7 @@ use std::time::Duration;
 use chrono::NaiveDateTime;
 use common::{
     Bridge, Db, Header, Outgoing, QueueInfo, Rabbit, TcpProxy, TempTable, dlq_list, odbc_connect,
-    odbc_exec, path_str, process_stats, run_mqdb, unique, wait_for,
+    odbc_exec, parse_ts, path_str, pg_lock_waiters, process_stats, run_mqdb, ts, unique, wait_for,
 };
 use common::{scalar, terminate_ok, try_scalar, wait_for_count};
 use serde_json::Value as Json;
@@ -126,25 +126,6 @@ fn wait_queue_drained(bridge: &mut Bridge, queue: &str) {
     wait_queue(bridge, queue, "every message acknowledged", |q| {
         Ok(q.messages == 0 && q.unacked == 0)
     });
-}
-
-/// PostgreSQL: how many other sessions wait on a lock in a statement that names `table`.
-fn pg_lock_waiters(table: &str) -> String {
-    format!(
-        "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-         AND query LIKE '%{table}%' AND pid <> pg_backend_pid()"
-    )
-}
-
-/// A timestamp read back as text (`YYYY-MM-DD HH:MM:SS[.ffffff]`, or with `T`).
-fn parse_ts(text: &str) -> NaiveDateTime {
-    let t = text.trim().replace('T', " ");
-    NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S%.f")
-        .unwrap_or_else(|e| panic!("{text:?} is not a timestamp: {e}"))
-}
-
-fn ts(text: &str) -> NaiveDateTime {
-    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").expect("expected timestamp")
 }
 
 /// A boolean read back as text: PostgreSQL and MariaDB spell them differently.

@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 
 use chrono::NaiveDateTime;
 use common::{
-    Bridge, Db, LIVENESS, Mosquitto, Publisher, Subscriber, TempTable, dlq_list, path_str,
-    run_mqdb, unique, wait_for, wait_until,
+    Bridge, Db, LIVENESS, Mosquitto, Publisher, Subscriber, TempTable, dlq_list, parse_ts,
+    path_str, run_mqdb, ts, unique, wait_for, wait_until,
 };
 use common::{scalar, terminate_ok, try_scalar, wait_for_count};
 use serde_json::Value as Json;
@@ -349,17 +349,6 @@ fn wait_for_letters(bridge: &mut Bridge, config: &Path, want: usize) -> Vec<Json
         Ok(letters.len() == want)
     });
     letters
-}
-
-/// A timestamp read back as text (`YYYY-MM-DD HH:MM:SS[.ffffff]`, or with `T`).
-fn parse_ts(text: &str) -> NaiveDateTime {
-    let t = text.trim().replace('T', " ");
-    NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S%.f")
-        .unwrap_or_else(|e| panic!("{text:?} is not a timestamp: {e}"))
-}
-
-fn ts(text: &str) -> NaiveDateTime {
-    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").expect("expected timestamp")
 }
 
 /// Lines of the private broker's log (`log_type all`) that show `client_id` acknowledging a

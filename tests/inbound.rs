@@ -15,13 +15,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use common::{
-    Bridge, Db, Route, TcpProxy, TempTable, World, dlq_list, odbc_connect, odbc_exec, path_str,
-    run_mqdb, unique, wait_for,
+    Bridge, Db, Route, TcpProxy, TempTable, World, dlq_list, odbc_connect, odbc_exec, parse_ts,
+    path_str, pg_lock_waiters, run_mqdb, ts, unique, wait_for,
 };
 use common::{scalar, terminate_ok, try_scalar, wait_for_count};
 use serde_json::Value as Json;
@@ -64,14 +64,6 @@ fn dlq_show(config: &Path, id: i64) -> String {
     stdout
 }
 
-/// PostgreSQL: how many other sessions wait on a lock in a statement that names `table`.
-fn pg_lock_waiters(table: &str) -> String {
-    format!(
-        "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-         AND query LIKE '%{table}%' AND pid <> pg_backend_pid()"
-    )
-}
-
 /// Publishes one retained QoS 1 message and waits for its PUBACK, so that the next
 /// subscriber of a matching filter receives it as soon as its subscription is in place.
 fn publish_retained(port: u16, topic: &str, payload: &str) {
@@ -105,17 +97,6 @@ fn publish_retained(port: u16, topic: &str, payload: &str) {
             break;
         }
     }
-}
-
-/// A timestamp read back as text (`YYYY-MM-DD HH:MM:SS[.ffffff]`, or with `T`).
-fn parse_ts(text: &str) -> NaiveDateTime {
-    let t = text.trim().replace('T', " ");
-    NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S%.f")
-        .unwrap_or_else(|e| panic!("{text:?} is not a timestamp: {e}"))
-}
-
-fn ts(text: &str) -> NaiveDateTime {
-    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").expect("expected timestamp")
 }
 
 /// A boolean read back as text: PostgreSQL, MariaDB and SQLite spell them differently.

@@ -41,6 +41,7 @@ mod rabbit_node;
 pub mod readme;
 mod store;
 mod tls;
+mod values;
 mod world;
 
 // Each test binary uses a subset of these re-exports.
@@ -69,6 +70,8 @@ pub use rabbit_node::RabbitNode;
 pub use store::StateStore;
 #[allow(unused_imports)]
 pub use tls::{make_ca, make_leaf, make_pki, openssl};
+#[allow(unused_imports)]
+pub use values::{parse_ts, pg_lock_waiters, ts};
 #[allow(unused_imports)]
 pub use world::World;
 
