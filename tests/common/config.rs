@@ -153,18 +153,34 @@ impl Route {
         self.set("columns", map)
     }
 
-    /// Settings written as `key: value` lines (a scalar or a flow map per line), for call
-    /// sites that list a route's options compactly.
-    pub fn lines(self, lines: &[&str]) -> Route {
-        lines.iter().fold(self, |route, line| {
+    /// Settings written as `key: value` lines (a scalar or a flow collection per line), for
+    /// call sites that list a route's options compactly.
+    pub fn lines(mut self, lines: &[&str]) -> Route {
+        self.0.extend(settings(lines));
+        self
+    }
+
+    /// A nested block `key:` (e.g. `csv`) from `key: value` lines; none leaves it out.
+    pub fn block(self, key: &str, lines: &[&str]) -> Route {
+        if lines.is_empty() {
+            return self;
+        }
+        self.set(key, settings(lines))
+    }
+}
+
+fn settings(lines: &[&str]) -> Map<String, Json> {
+    lines
+        .iter()
+        .map(|line| {
             let (key, value) = line
                 .split_once(':')
                 .unwrap_or_else(|| panic!("{line:?} is not `key: value`"));
             let value: Json = serde_saphyr::from_str(value.trim())
                 .unwrap_or_else(|e| panic!("{line:?}: the value is not YAML: {e}"));
-            route.set(key.trim(), value)
+            (key.trim().to_owned(), value)
         })
-    }
+        .collect()
 }
 
 fn merge(target: &mut Json, extra: Json) {
