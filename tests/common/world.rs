@@ -43,6 +43,12 @@ impl World {
         }
     }
 
+    /// This world with its state kept in `store` instead of the temp dir's SQLite file.
+    pub fn on_store(mut self, store: StateStore) -> World {
+        self.store = store;
+        self
+    }
+
     /// A file in this world's temp dir.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
