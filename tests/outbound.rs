@@ -1177,27 +1177,59 @@ fn stream_route(name: &str, table: &str, target: &[&str]) -> Route {
     )
 }
 
+/// A stream test's world: a table `out_<name>` (`id INTEGER, v TEXT`) polled by route
+/// `name` with [`stream_route`] to `topic` on broker `m` at QoS 1.
+struct MqttStream {
+    table: TempTable,
+    world: World,
+    topic: String,
+    config: PathBuf,
+}
+
+impl MqttStream {
+    fn new(name: &str) -> MqttStream {
+        let world = World::new("outbound");
+        let table = TempTable::create(
+            &Db::Postgres,
+            &format!("out_{name}"),
+            "id INTEGER PRIMARY KEY, v TEXT",
+        );
+        let topic = unique(name);
+        let target = ["broker: m", &format!("topic: {}", yq(&topic)), "qos: 1"];
+        let config = config(
+            &world,
+            &Db::Postgres.connection_string(),
+            &[stream_route(name, &table.name, &target)],
+        );
+        MqttStream {
+            table,
+            world,
+            topic,
+            config,
+        }
+    }
+
+    /// A persistent-session subscriber of the topic (the broker keeps its messages across
+    /// its own restart) and its client id.
+    fn durable_subscriber(&self) -> (String, Subscriber) {
+        let id = unique(&format!("{}_sub", self.table.name));
+        let sub = Subscriber::connect_with(self.world.broker.port, &id, false, &[(&self.topic, 1)]);
+        (id, sub)
+    }
+}
+
 /// Runs 2000 rows through a bridge that is stopped (SIGKILL or SIGTERM) after the first
 /// messages arrive and then started again; returns how often each id arrived.
 fn restart_mid_stream(graceful: bool) -> BTreeMap<i64, usize> {
     // Given 1000 rows, and a subscriber that stays connected throughout
-    let world = World::new("outbound");
-    let table = TempTable::create(
-        &Db::Postgres,
-        "out_restart",
-        "id INTEGER PRIMARY KEY, v TEXT",
-    );
+    let stream = MqttStream::new("restart");
+    let MqttStream {
+        table,
+        world,
+        topic,
+        config,
+    } = stream;
     let t = &table.name;
-    let topic = unique("restart");
-    let config = config(
-        &world,
-        &Db::Postgres.connection_string(),
-        &[stream_route(
-            "restart",
-            t,
-            &["broker: m", &format!("topic: {}", yq(&topic)), "qos: 1"],
-        )],
-    );
     let sub = world.subscribe(&topic);
     pg_insert_range(t, 1, 1000);
 
@@ -1265,25 +1297,15 @@ fn sigterm_mid_stream_then_restart_publishes_each_row_once() {
 fn mosquitto_stopped_mid_stream_loses_nothing() {
     // Given a persistent-session subscriber, so the broker keeps its messages across its own
     // restart, and 1000 rows
-    let mut world = World::new("outbound");
-    let table = TempTable::create(
-        &Db::Postgres,
-        "out_mqstop",
-        "id INTEGER PRIMARY KEY, v TEXT",
-    );
+    let stream = MqttStream::new("mqstop");
+    let (sub_id, sub) = stream.durable_subscriber();
+    let MqttStream {
+        table,
+        mut world,
+        topic: _,
+        config,
+    } = stream;
     let t = &table.name;
-    let topic = unique("mqstop");
-    let config = config(
-        &world,
-        &Db::Postgres.connection_string(),
-        &[stream_route(
-            "mqstop",
-            t,
-            &["broker: m", &format!("topic: {}", yq(&topic)), "qos: 1"],
-        )],
-    );
-    let sub_id = unique("mqstop_sub");
-    let sub = Subscriber::connect_with(world.broker.port, &sub_id, false, &[(&topic, 1)]);
     pg_insert_range(t, 1, 1000);
     let mut bridge = Bridge::start(&config);
     wait_for(&mut bridge, "the first messages", || Ok(sub.count() >= 100));
@@ -1391,25 +1413,15 @@ fn a_connection_lost_while_confirms_are_awaited_loses_nothing() {
 #[test]
 fn sigterm_while_the_broker_is_down_exits_and_a_restart_loses_nothing() {
     // Given a bridge in the middle of a stream to a persistent-session subscriber
-    let mut world = World::new("outbound");
-    let table = TempTable::create(
-        &Db::Postgres,
-        "out_termdown",
-        "id INTEGER PRIMARY KEY, v TEXT",
-    );
+    let stream = MqttStream::new("termdown");
+    let (sub_id, sub) = stream.durable_subscriber();
+    let MqttStream {
+        table,
+        mut world,
+        topic: _,
+        config,
+    } = stream;
     let t = &table.name;
-    let topic = unique("termdown");
-    let config = config(
-        &world,
-        &Db::Postgres.connection_string(),
-        &[stream_route(
-            "termdown",
-            t,
-            &["broker: m", &format!("topic: {}", yq(&topic)), "qos: 1"],
-        )],
-    );
-    let sub_id = unique("termdown_sub");
-    let sub = Subscriber::connect_with(world.broker.port, &sub_id, false, &[(&topic, 1)]);
     pg_insert_range(t, 1, 1000);
     let mut bridge = Bridge::start(&config);
     wait_for(&mut bridge, "the first messages", || Ok(sub.count() >= 100));
