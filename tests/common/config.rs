@@ -115,11 +115,15 @@ impl Config {
 pub struct Route(Map<String, Json>);
 
 impl Route {
+    /// A route with only its `name`, for shapes the other constructors do not cover.
+    pub fn named(name: &str) -> Route {
+        Route(Map::new()).set("name", name)
+    }
+
     /// An inbound route `name` from broker `b` (`topic`, QoS 1) to `table` of database `d`,
     /// JSON payloads.
     pub fn inbound(name: &str, topic: &str, table: &str) -> Route {
-        Route(Map::new())
-            .set("name", name)
+        Route::named(name)
             .set("broker", "b")
             .set("topic", topic)
             .set("qos", 1)
@@ -130,10 +134,7 @@ impl Route {
 
     /// An outbound route `name` polling `query` on database `d`.
     pub fn outbound(name: &str, query: &str) -> Route {
-        Route(Map::new())
-            .set("name", name)
-            .set("database", "d")
-            .set("query", query)
+        Route::named(name).set("database", "d").set("query", query)
     }
 
     pub fn set(mut self, key: &str, value: impl Into<Json>) -> Route {

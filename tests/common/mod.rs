@@ -73,7 +73,7 @@ pub use tls::{make_ca, make_leaf, make_pki, openssl};
 #[allow(unused_imports)]
 pub use values::{parse_ts, pg_lock_waiters, ts};
 #[allow(unused_imports)]
-pub use world::World;
+pub use world::{Workdir, World};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -14,6 +14,35 @@ use serde_json::{Value as Json, json};
 
 use super::{Config, Db, Mosquitto, Publisher, StateStore, Subscriber, unique};
 
+/// A temp dir (config, state store, logs, SQLite targets) for a bridge whose brokers the
+/// test brings itself (RabbitMQ, or several Mosquittos).
+pub struct Workdir {
+    pub dir: tempfile::TempDir,
+    pub store: StateStore,
+}
+
+impl Workdir {
+    /// A temp dir whose name starts with `mqdb-<label>-`.
+    pub fn new(label: &str) -> Workdir {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("mqdb-{label}-"))
+            .tempdir()
+            .expect("temp dir");
+        let store = StateStore::sqlite_in(dir.path());
+        Workdir { dir, store }
+    }
+
+    /// A file in the temp dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `mqdb.yaml` in the temp dir with this state store only.
+    pub fn bare_config(&self) -> Config {
+        Config::at(self.path("mqdb.yaml")).state(&self.store.url())
+    }
+}
+
 pub struct World {
     pub dir: tempfile::TempDir,
     pub broker: Mosquitto,
