@@ -170,7 +170,8 @@ impl Route {
     }
 }
 
-fn settings(lines: &[&str]) -> Map<String, Json> {
+/// Settings written as `key: value` lines, as a map (each value parsed as YAML).
+pub fn settings(lines: &[&str]) -> Map<String, Json> {
     lines
         .iter()
         .map(|line| {

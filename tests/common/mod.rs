@@ -53,7 +53,7 @@ pub use checks::{
     wait_for_count,
 };
 #[allow(unused_imports)]
-pub use config::{Config, Route};
+pub use config::{Config, Route, settings};
 #[allow(unused_imports)]
 pub use db::{Db, TempTable, odbc_connect, odbc_env, odbc_exec, odbc_query};
 #[allow(unused_imports)]

@@ -59,6 +59,11 @@ impl World {
 
     /// Like [`World::new`] with `extra` appended to the private broker's config.
     pub fn with_broker_config(label: &str, extra: &str) -> World {
+        World::with_broker(label, Mosquitto::start_with_extra_config(extra))
+    }
+
+    /// Like [`World::new`] with a broker the test started itself (e.g. with TLS).
+    pub fn with_broker(label: &str, broker: Mosquitto) -> World {
         let dir = tempfile::Builder::new()
             .prefix(&format!("mqdb-{label}-"))
             .tempdir()
@@ -66,7 +71,7 @@ impl World {
         let store = StateStore::sqlite_in(dir.path());
         World {
             dir,
-            broker: Mosquitto::start_with_extra_config(extra),
+            broker,
             client_id: unique(&format!("mqdb_{label}")),
             store,
         }
