@@ -1209,6 +1209,15 @@ impl MqttStream {
         }
     }
 
+    /// Inserts rows 1..=1000, starts the bridge and waits until `sub` has the first poll's
+    /// messages.
+    fn start_mid_stream(&self, sub: &Subscriber) -> Bridge {
+        pg_insert_range(&self.table.name, 1, 1000);
+        let mut bridge = Bridge::start(&self.config);
+        wait_for(&mut bridge, "the first messages", || Ok(sub.count() >= 100));
+        bridge
+    }
+
     /// A persistent-session subscriber of the topic (the broker keeps its messages across
     /// its own restart) and its client id.
     fn durable_subscriber(&self) -> (String, Subscriber) {
@@ -1223,19 +1232,11 @@ impl MqttStream {
 fn restart_mid_stream(graceful: bool) -> BTreeMap<i64, usize> {
     // Given 1000 rows, and a subscriber that stays connected throughout
     let stream = MqttStream::new("restart");
-    let MqttStream {
-        table,
-        world,
-        topic,
-        config,
-    } = stream;
-    let t = &table.name;
-    let sub = world.subscribe(&topic);
-    pg_insert_range(t, 1, 1000);
+    let sub = stream.world.subscribe(&stream.topic);
 
     // When the bridge is stopped as soon as the first poll's messages arrive
-    let mut bridge = Bridge::start(&config);
-    wait_for(&mut bridge, "the first messages", || Ok(sub.count() >= 100));
+    let mut bridge = stream.start_mid_stream(&sub);
+    let (t, config) = (&stream.table.name, &stream.config);
     if graceful {
         terminate_ok(&mut bridge);
     } else {
@@ -1299,16 +1300,14 @@ fn mosquitto_stopped_mid_stream_loses_nothing() {
     // restart, and 1000 rows
     let stream = MqttStream::new("mqstop");
     let (sub_id, sub) = stream.durable_subscriber();
+    let mut bridge = stream.start_mid_stream(&sub);
     let MqttStream {
         table,
         mut world,
-        topic: _,
         config,
+        ..
     } = stream;
     let t = &table.name;
-    pg_insert_range(t, 1, 1000);
-    let mut bridge = Bridge::start(&config);
-    wait_for(&mut bridge, "the first messages", || Ok(sub.count() >= 100));
 
     // When the broker stops while rows keep coming, and comes back a few seconds later
     world.broker.stop();
@@ -1415,16 +1414,14 @@ fn sigterm_while_the_broker_is_down_exits_and_a_restart_loses_nothing() {
     // Given a bridge in the middle of a stream to a persistent-session subscriber
     let stream = MqttStream::new("termdown");
     let (sub_id, sub) = stream.durable_subscriber();
+    let mut bridge = stream.start_mid_stream(&sub);
     let MqttStream {
         table,
         mut world,
-        topic: _,
         config,
+        ..
     } = stream;
     let t = &table.name;
-    pg_insert_range(t, 1, 1000);
-    let mut bridge = Bridge::start(&config);
-    wait_for(&mut bridge, "the first messages", || Ok(sub.count() >= 100));
 
     // When the broker stops, more rows come, and the bridge gets SIGTERM while it cannot
     // publish
