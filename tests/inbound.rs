@@ -16,12 +16,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use common::{
     Bridge, Db, Route, TcpProxy, TempTable, World, dlq_list, odbc_connect, odbc_exec, parse_ts,
-    path_str, pg_lock_waiters, run_mqdb, ts, unique, wait_for,
+    path_str, pg_lock_waiters, publish_retained, run_mqdb, ts, unique, wait_for,
 };
 use common::{scalar, terminate_ok, try_scalar, wait_for_count};
 use serde_json::Value as Json;
@@ -62,41 +62,6 @@ fn dlq_show(config: &Path, id: i64) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
-}
-
-/// Publishes one retained QoS 1 message and waits for its PUBACK, so that the next
-/// subscriber of a matching filter receives it as soon as its subscription is in place.
-fn publish_retained(port: u16, topic: &str, payload: &str) {
-    let mut options = rumqttc::MqttOptions::new(unique("retainer"), "127.0.0.1", port);
-    options.set_keep_alive(Duration::from_secs(30));
-    let (client, mut connection) = rumqttc::Client::new(options, 10);
-    client
-        .publish(
-            topic,
-            rumqttc::QoS::AtLeastOnce,
-            true,
-            payload.as_bytes().to_vec(),
-        )
-        .expect("queue the retained publish");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match connection.recv_timeout(left) {
-            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => break,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("retained publish to {topic}: {e}"),
-            Err(_) => panic!("no PUBACK for the retained publish to {topic} within 20 s"),
-        }
-    }
-    let _ = client.disconnect();
-    while let Ok(Ok(event)) = connection.recv_timeout(Duration::from_secs(2)) {
-        if matches!(
-            event,
-            rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)
-        ) {
-            break;
-        }
-    }
 }
 
 /// A boolean read back as text: PostgreSQL, MariaDB and SQLite spell them differently.
@@ -1119,7 +1084,12 @@ fn sigterm_mid_batch_exits_zero_and_a_restart_completes_without_duplicates() {
         ))
         .write();
     // A retained probe reaches the bridge as soon as its subscription is in place
-    publish_retained(world.broker.port, &format!("{root}/probe"), r#"{"seq":0}"#);
+    publish_retained(
+        world.broker.port,
+        &format!("{root}/probe"),
+        1,
+        r#"{"seq":0}"#,
+    );
     let mut bridge = Bridge::start(&config);
     wait_for(&mut bridge, "the retained probe row", || {
         Ok(try_scalar(&db, &format!("SELECT COUNT(*) FROM {t} WHERE seq = 0")).unwrap_or(0) >= 1)

@@ -57,7 +57,7 @@ pub use config::{Config, Route, settings};
 #[allow(unused_imports)]
 pub use db::{Db, TempTable, odbc_connect, odbc_env, odbc_exec, odbc_query};
 #[allow(unused_imports)]
-pub use mqtt::{Mosquitto, Publisher, Received, Subscriber, with_mqtt5};
+pub use mqtt::{Mosquitto, Publisher, Received, Subscriber, publish_retained, with_mqtt5};
 #[allow(unused_imports)]
 pub use mqtt5::{Received5, Subscriber5};
 #[allow(unused_imports)]
