@@ -48,6 +48,28 @@ fn route(name: &str, topic: &str, table: &str) -> Route {
         .set("batch", json!({ "max_rows": 500, "max_delay": "100ms" }))
 }
 
+/// `good` messages `{"id":N,"v":N}` on `<root>/<route_of(N)>`, with the `bad` ones spread
+/// evenly among them (one after every `good / bad.len()` good ones).
+fn good_among_bad(
+    root: &str,
+    good: i64,
+    route_of: impl Fn(i64) -> &'static str,
+    bad: &Messages,
+) -> Messages {
+    let every = good / bad.len() as i64;
+    let mut messages: Messages = Vec::new();
+    for id in 1..=good {
+        messages.push((
+            format!("{root}/{}", route_of(id)),
+            format!(r#"{{"id":{id},"v":{id}}}"#).into_bytes(),
+        ));
+        if id % every == 0 {
+            messages.push(bad[(id / every - 1) as usize].clone());
+        }
+    }
+    messages
+}
+
 /// Waits until `dlq list` holds exactly `want` entries; more fails at once.
 fn wait_for_dead_letters(bridge: &mut Bridge, config: &Path, want: usize) {
     wait_for(bridge, &format!("{want} dead letters"), || {
@@ -414,17 +436,8 @@ fn mirror_to_mqtt_publishes_each_dead_letter_once_as_its_list_object() {
         (format!("{root}/beta"), b"not json".to_vec()),
         (format!("{root}/beta"), br#"{"id":9005,"v":null}"#.to_vec()),
     ];
-    let mut messages: Messages = Vec::new();
-    for id in 1..=40 {
-        let r = if id % 2 == 0 { "alpha" } else { "beta" };
-        messages.push((
-            format!("{root}/{r}"),
-            format!(r#"{{"id":{id},"v":{id}}}"#).into_bytes(),
-        ));
-        if id % 8 == 0 {
-            messages.push(bad[(id / 8 - 1) as usize].clone());
-        }
-    }
+    let route_of = |id: i64| if id % 2 == 0 { "alpha" } else { "beta" };
+    let messages = good_among_bad(&root, 40, route_of, &bad);
     let publisher = world.publisher();
     publisher.publish_all_confirmed(messages, 1);
 
@@ -521,17 +534,8 @@ fn mirror_to_amqp_publishes_each_dead_letter_once_to_the_exchange() {
         (format!("{root}/gamma"), br#"{"id":9004,"v":null}"#.to_vec()),
         (format!("{root}/delta"), b"[1,".to_vec()),
     ];
-    let mut messages: Messages = Vec::new();
-    for id in 1..=30 {
-        let r = if id % 3 == 0 { "gamma" } else { "delta" };
-        messages.push((
-            format!("{root}/{r}"),
-            format!(r#"{{"id":{id},"v":{id}}}"#).into_bytes(),
-        ));
-        if id % 6 == 0 {
-            messages.push(bad[(id / 6 - 1) as usize].clone());
-        }
-    }
+    let route_of = |id: i64| if id % 3 == 0 { "gamma" } else { "delta" };
+    let messages = good_among_bad(&root, 30, route_of, &bad);
     let publisher = world.publisher();
     publisher.publish_all_confirmed(messages, 1);
 

@@ -1246,7 +1246,7 @@ fn restart_mid_stream(graceful: bool) -> BTreeMap<i64, usize> {
 
     // And 1000 more rows are inserted while it is down, and it is started again
     pg_insert_range(t, 1001, 2000);
-    let mut bridge = Bridge::start(&config);
+    let mut bridge = Bridge::start(config);
 
     // Then every row arrives
     wait_for_ids(&mut bridge, &sub, 2000);
@@ -1254,7 +1254,7 @@ fn restart_mid_stream(graceful: bool) -> BTreeMap<i64, usize> {
     let counts = mqtt_id_counts(&sub.messages());
     assert_eq!(missing(&counts, 2000), Vec::<i64>::new());
     assert_eq!(counts.len(), 2000, "ids outside 1..=2000");
-    assert_eq!(dlq_list(&config), Vec::<Json>::new());
+    assert_eq!(dlq_list(config), Vec::<Json>::new());
     terminate_ok(&mut bridge);
     eprintln!(
         "messages before the stop: {at_stop}; duplicates: {}",
