@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use common::{
-    Bridge, Db, Header, Outgoing, QueueInfo, Rabbit, TcpProxy, TempTable, dlq_list, odbc_connect,
-    odbc_exec, path_str, process_stats, run_mqdb, unique, wait_for,
+    Bridge, Db, Header, Outgoing, QueueInfo, Rabbit, Route, TcpProxy, TempTable, Workdir, dlq_list,
+    odbc_connect, odbc_exec, parse_ts, path_str, pg_lock_waiters, process_stats, run_mqdb, ts,
+    unique, wait_for,
 };
 use common::{scalar, terminate_ok, try_scalar, wait_for_count};
 use serde_json::Value as Json;
@@ -33,56 +34,44 @@ use serde_json::Value as Json;
 /// One test's private world: a temp dir for the config, the state store and the bridge log,
 /// and a RabbitMQ client that deletes what the test declared or adopted.
 struct World {
-    dir: tempfile::TempDir,
+    work: Workdir,
     rabbit: Rabbit,
 }
 
 impl World {
     fn new() -> World {
         World {
-            dir: tempfile::Builder::new()
-                .prefix("mqdb-amqp-in-")
-                .tempdir()
-                .expect("temp dir"),
+            work: Workdir::new("amqp-in"),
             rabbit: Rabbit::connect(),
         }
     }
 
     /// Writes `mqdb.yaml`: AMQP broker `r` at `amqp_url`, database `d` (`connection_string`)
     /// and the given inbound `routes` (from [`route`]).
-    fn config(&self, amqp_url: &str, connection_string: &str, routes: &[String]) -> PathBuf {
-        let text = format!(
-            "state: \"sqlite://{state}\"\n\
-             brokers:\n  r:\n    url: \"{amqp_url}\"\n\
-             databases:\n  d:\n    connection_string: \"{connection_string}\"\n\
-             inbound:\n{routes}",
-            state = self.dir.path().join("state.db").display(),
-            routes = routes.concat(),
-        );
-        let path = self.dir.path().join("mqdb.yaml");
-        std::fs::write(&path, text).expect("write mqdb.yaml");
-        path
+    fn config(&self, amqp_url: &str, connection_string: &str, routes: &[Route]) -> PathBuf {
+        let config = self
+            .work
+            .bare_config()
+            .broker("r", amqp_url, Json::Null)
+            .database("d", connection_string);
+        routes
+            .iter()
+            .fold(config, |config, route| config.inbound(route.clone()))
+            .write()
     }
 }
 
 /// One `inbound:` list item consuming `queue` from broker `r` into `table` of database `d`,
 /// with `columns` (column, source) and `extra` lines (e.g. `format: csv`, `prefetch: 50`) at
 /// the route's indentation.
-fn route(name: &str, queue: &str, table: &str, columns: &[(&str, &str)], extra: &[&str]) -> String {
-    let mut yaml = format!(
-        "  - name: {name}\n    broker: r\n    queue: \"{queue}\"\n    database: d\n    \
-         table: {table}\n"
-    );
-    for line in extra {
-        yaml.push_str(&format!("    {line}\n"));
-    }
-    if !columns.is_empty() {
-        yaml.push_str("    columns:\n");
-        for (column, source) in columns {
-            yaml.push_str(&format!("      {column}: {source}\n"));
-        }
-    }
-    yaml
+fn route(name: &str, queue: &str, table: &str, columns: &[(&str, &str)], extra: &[&str]) -> Route {
+    Route::named(name)
+        .set("broker", "r")
+        .set("queue", queue)
+        .set("database", "d")
+        .set("table", table)
+        .lines(extra)
+        .columns(columns)
 }
 
 /// Waits until the bridge logs that it consumes `queue` (a line with `consuming` and
@@ -126,25 +115,6 @@ fn wait_queue_drained(bridge: &mut Bridge, queue: &str) {
     wait_queue(bridge, queue, "every message acknowledged", |q| {
         Ok(q.messages == 0 && q.unacked == 0)
     });
-}
-
-/// PostgreSQL: how many other sessions wait on a lock in a statement that names `table`.
-fn pg_lock_waiters(table: &str) -> String {
-    format!(
-        "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-         AND query LIKE '%{table}%' AND pid <> pg_backend_pid()"
-    )
-}
-
-/// A timestamp read back as text (`YYYY-MM-DD HH:MM:SS[.ffffff]`, or with `T`).
-fn parse_ts(text: &str) -> NaiveDateTime {
-    let t = text.trim().replace('T', " ");
-    NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S%.f")
-        .unwrap_or_else(|e| panic!("{text:?} is not a timestamp: {e}"))
-}
-
-fn ts(text: &str) -> NaiveDateTime {
-    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").expect("expected timestamp")
 }
 
 /// A boolean read back as text: PostgreSQL and MariaDB spell them differently.
@@ -413,7 +383,7 @@ fn csv_over_amqp_stores_every_good_line_and_dead_letters_the_bad_one_sqlite() {
     let mut world = World::new();
     let queue = unique("mqdb_in_csv");
     world.rabbit.declare_durable_queue(&queue);
-    let db = Db::Sqlite(world.dir.path().join("target.db"));
+    let db = Db::Sqlite(world.work.dir.path().join("target.db"));
     let table = TempTable::create(
         &db,
         "amqp_csv",
@@ -437,8 +407,7 @@ fn csv_over_amqp_stores_every_good_line_and_dead_letters_the_bad_one_sqlite() {
             ],
             &[
                 "format: csv",
-                "csv:",
-                "  fields: [id, sku, qty, note]",
+                "csv: { fields: [id, sku, qty, note] }",
                 "prefetch: 10",
                 "batch: { max_rows: 100, max_delay: 50ms }",
                 "on_conflict: error",
@@ -898,11 +867,11 @@ fn check_accepts_an_amqp_inbound_route_and_rejects_mqtt_only_keys() {
     // naming the line of `topic:`
     let text = std::fs::read_to_string(&config).expect("read the config");
     let with_topic = text.replace(
-        "    database: d\n",
-        "    topic: \"sensors/+/temp\"\n    database: d\n",
+        "    database: \"d\"\n",
+        "    topic: \"sensors/+/temp\"\n    database: \"d\"\n",
     );
     assert_ne!(with_topic, text);
-    let (code, stdout, stderr, path) = check(world.dir.path(), &with_topic);
+    let (code, stdout, stderr, path) = check(world.work.dir.path(), &with_topic);
     let show = format!("{with_topic}\n{stdout}{stderr}");
     assert_eq!(code, Some(2), "{show}");
     let located = format!("{}:{}:", path.display(), line_of(&with_topic, "topic:"));
@@ -911,9 +880,12 @@ fn check_accepts_an_amqp_inbound_route_and_rejects_mqtt_only_keys() {
     assert!(stdout.trim().is_empty(), "no check lines: {show}");
 
     // Given the same route with a `meta.topic` source, then check rejects it at that line
-    let with_meta_topic = text.replace("      rk: meta.routing_key\n", "      rk: meta.topic\n");
+    let with_meta_topic = text.replace(
+        "      rk: \"meta.routing_key\"\n",
+        "      rk: \"meta.topic\"\n",
+    );
     assert_ne!(with_meta_topic, text);
-    let (code, stdout, stderr, path) = check(world.dir.path(), &with_meta_topic);
+    let (code, stdout, stderr, path) = check(world.work.dir.path(), &with_meta_topic);
     let show = format!("{with_meta_topic}\n{stdout}{stderr}");
     assert_eq!(code, Some(2), "{show}");
     let located = format!(
@@ -931,11 +903,11 @@ fn check_accepts_an_amqp_inbound_route_and_rejects_mqtt_only_keys() {
          databases:\n  d:\n    connection_string: \"{cs}\"\n\
          inbound:\n  - name: mqtt_with_queue\n    broker: m\n    topic: \"a/b\"\n    \
          queue: \"{queue}\"\n    database: d\n    table: {t}\n",
-        state = world.dir.path().join("state.db").display(),
+        state = world.work.dir.path().join("state.db").display(),
         cid = unique("mqdb_chk"),
         cs = Db::Postgres.connection_string(),
     );
-    let (code, stdout, stderr, path) = check(world.dir.path(), &mqtt);
+    let (code, stdout, stderr, path) = check(world.work.dir.path(), &mqtt);
     let show = format!("{mqtt}\n{stdout}{stderr}");
     assert_eq!(code, Some(2), "{show}");
     let located = format!("{}:{}:", path.display(), line_of(&mqtt, "queue:"));

@@ -114,19 +114,6 @@ fn id_payloads(ids: std::ops::Range<i64>) -> Vec<Vec<u8>> {
     ids.map(|id| format!(r#"{{"id":{id},"v":"m{id}"}}"#).into_bytes())
         .collect()
 }
-
-fn scalar(sql: &str) -> i64 {
-    let rows = Db::Postgres.query(sql);
-    let text = rows
-        .first()
-        .and_then(|r| r.first())
-        .and_then(|v| v.as_deref())
-        .unwrap_or_else(|| panic!("{sql}: no value"));
-    text.trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{sql}: {text:?} is not an integer: {e}"))
-}
-
 // ---------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------
@@ -184,7 +171,7 @@ fn amqps_with_client_certificate_run_and_check() {
     // Then every message is one row, with nothing dead-lettered
     let count_sql = format!("SELECT COUNT(*) FROM {t}");
     wait_for(&mut bridge, &format!("`{count_sql}` = 600"), || {
-        let n = scalar(&count_sql);
+        let n = common::scalar(&Db::Postgres, &count_sql);
         if n > 600 {
             return Err(format!("{n} rows, more than the 600 published"));
         }
@@ -192,9 +179,10 @@ fn amqps_with_client_certificate_run_and_check() {
     });
     // (a primary key, so 600 rows with ids in 0..600 are exactly the ids published)
     assert_eq!(
-        scalar(&format!(
-            "SELECT COUNT(*) FROM {t} WHERE id BETWEEN 0 AND 599 AND v = 'm' || id"
-        )),
+        common::scalar(
+            &Db::Postgres,
+            &format!("SELECT COUNT(*) FROM {t} WHERE id BETWEEN 0 AND 599 AND v = 'm' || id")
+        ),
         600
     );
     assert_eq!(dlq_list(&config), Vec::<Json>::new());

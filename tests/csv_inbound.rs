@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 
 use chrono::NaiveDateTime;
 use common::{
-    Bridge, Db, LIVENESS, Mosquitto, Publisher, Subscriber, TempTable, dlq_list, path_str,
-    run_mqdb, unique, wait_for, wait_until,
+    Bridge, Db, LIVENESS, Mosquitto, Publisher, Route, TempTable, World, dlq_list, parse_ts,
+    path_str, run_mqdb, ts, unique, wait_for, wait_until,
 };
 use common::{scalar, terminate_ok, try_scalar, wait_for_count};
 use serde_json::Value as Json;
@@ -28,58 +28,6 @@ use serde_json::Value as Json;
 // ---------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------
-
-/// One test's private world: a temp dir for the config, the state store, the bridge log and
-/// a SQLite target, a private broker, and the bridge's (stable, unique) MQTT client id.
-struct World {
-    dir: tempfile::TempDir,
-    broker: Mosquitto,
-    client_id: String,
-}
-
-impl World {
-    fn new() -> World {
-        World::with_broker_config("")
-    }
-
-    /// Like [`World::new`] with `extra` appended to the private broker's config.
-    fn with_broker_config(extra: &str) -> World {
-        World {
-            dir: tempfile::Builder::new()
-                .prefix("mqdb-csv-")
-                .tempdir()
-                .expect("temp dir"),
-            broker: Mosquitto::start_with_extra_config(extra),
-            client_id: unique("mqdb_csv"),
-        }
-    }
-
-    /// Writes `mqdb.yaml`: broker `b` (this world's broker and client id), database `d`
-    /// (`connection_string`) and the given inbound `routes` (from [`csv_route`]).
-    fn config(&self, connection_string: &str, routes: &[String]) -> PathBuf {
-        let text = format!(
-            "state: \"sqlite://{state}\"\n\
-             brokers:\n  b:\n    url: \"{url}\"\n    client_id: \"{client_id}\"\n\
-             databases:\n  d:\n    connection_string: \"{connection_string}\"\n\
-             inbound:\n{routes}",
-            state = self.dir.path().join("state.db").display(),
-            url = self.broker.url(),
-            client_id = self.client_id,
-            routes = routes.concat(),
-        );
-        let path = self.dir.path().join("mqdb.yaml");
-        std::fs::write(&path, text).expect("write mqdb.yaml");
-        path
-    }
-
-    /// Creates the bridge's persistent MQTT session (its client id, `clean_session=false`)
-    /// subscribed to `filter` at QoS 1, then disconnects: from now on the broker queues every
-    /// matching message for the bridge, also before it first starts.
-    fn persistent_session(&self, filter: &str) {
-        Subscriber::connect_with(self.broker.port, &self.client_id, false, &[(filter, 1)])
-            .disconnect();
-    }
-}
 
 /// One `inbound:` list item with broker `b`, database `d`, QoS 1 and `format: csv`, the
 /// given `csv:` block lines (none: no block) and `columns:` (none: no block).
@@ -89,24 +37,11 @@ fn csv_route(
     table: &str,
     csv: &[&str],
     columns: &[(&str, &str)],
-) -> String {
-    let mut yaml = format!(
-        "  - name: {name}\n    broker: b\n    topic: \"{topic}\"\n    qos: 1\n    database: d\n    \
-         table: {table}\n    format: csv\n"
-    );
-    if !csv.is_empty() {
-        yaml.push_str("    csv:\n");
-        for line in csv {
-            yaml.push_str(&format!("      {line}\n"));
-        }
-    }
-    if !columns.is_empty() {
-        yaml.push_str("    columns:\n");
-        for (column, source) in columns {
-            yaml.push_str(&format!("      {column}: {source}\n"));
-        }
-    }
-    yaml
+) -> Route {
+    Route::inbound(name, topic, table)
+        .set("format", "csv")
+        .block("csv", csv)
+        .columns(columns)
 }
 
 /// Which database a [`Case`] writes to.
@@ -138,7 +73,14 @@ impl Case {
         csv: &[&str],
         columns: &[(&str, &str)],
     ) -> Case {
-        Case::in_world(World::new(), target, prefix, table_columns, csv, columns)
+        Case::in_world(
+            World::new("csv"),
+            target,
+            prefix,
+            table_columns,
+            csv,
+            columns,
+        )
     }
 
     fn in_world(
@@ -157,10 +99,10 @@ impl Case {
         let table = TempTable::create(&db, prefix, table_columns);
         let topic = format!("{}/csv", unique(prefix));
         let route = format!("{prefix}_{}", db.label());
-        let config = world.config(
-            &db.connection_string(),
-            &[csv_route(&route, &topic, &table.name, csv, columns)],
-        );
+        let config = world
+            .config(&db)
+            .inbound(csv_route(&route, &topic, &table.name, csv, columns))
+            .write();
         world.persistent_session(&topic);
         Case {
             table,
@@ -349,17 +291,6 @@ fn wait_for_letters(bridge: &mut Bridge, config: &Path, want: usize) -> Vec<Json
         Ok(letters.len() == want)
     });
     letters
-}
-
-/// A timestamp read back as text (`YYYY-MM-DD HH:MM:SS[.ffffff]`, or with `T`).
-fn parse_ts(text: &str) -> NaiveDateTime {
-    let t = text.trim().replace('T', " ");
-    NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S%.f")
-        .unwrap_or_else(|e| panic!("{text:?} is not a timestamp: {e}"))
-}
-
-fn ts(text: &str) -> NaiveDateTime {
-    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").expect("expected timestamp")
 }
 
 /// Lines of the private broker's log (`log_type all`) that show `client_id` acknowledging a
@@ -593,7 +524,7 @@ fn header_names_per_message_exact_then_case_insensitive() {
     // Given a route with `header: true` whose sources name header fields in other cases,
     // and a broker that logs every packet
     let case = Case::in_world(
-        World::with_broker_config("log_type all\n"),
+        World::with_broker_config("csv", "log_type all\n"),
         Target::Postgres,
         "csvhdr",
         "id INTEGER PRIMARY KEY, sku TEXT, qty INTEGER, note TEXT DEFAULT 'none'",
@@ -868,7 +799,7 @@ fn crlf_bom_blank_lines_and_trailing_newlines() {
     // Given a route by index (an integer first field, so a BOM left in it cannot convert),
     // and a broker that logs every packet
     let case = Case::in_world(
-        World::with_broker_config("log_type all\n"),
+        World::with_broker_config("csv", "log_type all\n"),
         Target::Postgres,
         "csvcrlf",
         "id INTEGER PRIMARY KEY, label TEXT, qty INTEGER, raw TEXT",
@@ -1119,7 +1050,7 @@ fn bad_lines_are_dead_letters_and_the_message_is_acked_once(target: Target, tabl
     // Given a table without a unique key (a redelivered message would add rows again), a
     // broker that logs every packet, and a route by index
     let case = Case::in_world(
-        World::with_broker_config("log_type all\n"),
+        World::with_broker_config("csv", "log_type all\n"),
         target,
         "csvbad",
         table_columns,

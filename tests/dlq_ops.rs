@@ -23,11 +23,12 @@ use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    Bridge, Db, LIVENESS, Mosquitto, Publisher, Rabbit, Subscriber, TcpProxy, TempTable, dlq_list,
-    mqdb_command, odbc_connect, odbc_exec, path_str, run_mqdb, unique, wait_for,
+    Bridge, Db, LIVENESS, Mosquitto, Rabbit, Route, Subscriber, TcpProxy, TempTable, World,
+    dlq_list, mqdb_command, odbc_connect, odbc_exec, path_str, pg_lock_waiters, run_mqdb, unique,
+    wait_for,
 };
 use common::{scalar, terminate_ok, try_scalar, wait_for_count};
-use serde_json::Value as Json;
+use serde_json::{Value as Json, json};
 
 type Messages = Vec<(String, Vec<u8>)>;
 
@@ -38,70 +39,35 @@ const REPLAY_DEADLINE: Duration = Duration::from_secs(180);
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/// One test's private world: a temp dir for the config, the state store and the logs, a
-/// private broker `b`, and the bridge's (stable, unique) MQTT client id.
-struct World {
-    dir: tempfile::TempDir,
-    broker: Mosquitto,
-    client_id: String,
-}
-
-impl World {
-    fn new() -> World {
-        World {
-            dir: tempfile::Builder::new()
-                .prefix("mqdb-dlq-ops-")
-                .tempdir()
-                .expect("temp dir"),
-            broker: Mosquitto::start(),
-            client_id: unique("mqdb_dlq"),
-        }
-    }
-
-    /// Writes `mqdb.yaml`: broker `b` (this world's broker and client id) plus
-    /// `extra_brokers` (YAML at the brokers' indentation), PostgreSQL as database `d`, the
-    /// inbound `routes` (from [`route`]) and `tail` (top-level YAML, e.g. `dead_letter:`).
-    fn config(&self, extra_brokers: &str, routes: &[String], tail: &str) -> PathBuf {
-        let text = format!(
-            "state: \"sqlite://{state}\"\n\
-             brokers:\n  b:\n    url: \"{url}\"\n    client_id: \"{client_id}\"\n{extra_brokers}\
-             databases:\n  d:\n    connection_string: \"{cs}\"\n\
-             inbound:\n{routes}{tail}",
-            state = self.state_path().display(),
-            url = self.broker.url(),
-            client_id = self.client_id,
-            cs = Db::Postgres.connection_string(),
-            routes = routes.concat(),
-        );
-        let path = self.dir.path().join("mqdb.yaml");
-        std::fs::write(&path, text).expect("write mqdb.yaml");
-        path
-    }
-
-    fn state_path(&self) -> PathBuf {
-        self.dir.path().join("state.db")
-    }
-
-    /// Creates the bridge's persistent MQTT session subscribed to `filter` at QoS 1, so the
-    /// broker queues every matching message for the bridge from now on.
-    fn persistent_session(&self, filter: &str) {
-        Subscriber::connect_with(self.broker.port, &self.client_id, false, &[(filter, 1)])
-            .disconnect();
-    }
-
-    fn publisher(&self) -> Publisher {
-        Publisher::connect(self.broker.port)
-    }
-}
-
 /// One `inbound:` list item with broker `b`, database `d`, QoS 1, JSON, `id` and `v` from
 /// the payload, `on_conflict: error` and 500-row batches.
-fn route(name: &str, topic: &str, table: &str) -> String {
-    format!(
-        "  - name: {name}\n    broker: b\n    topic: \"{topic}\"\n    qos: 1\n    database: d\n    \
-         table: {table}\n    format: json\n    columns:\n      id: payload.id\n      v: payload.v\n    \
-         on_conflict: error\n    batch: {{ max_rows: 500, max_delay: 100ms }}\n"
-    )
+fn route(name: &str, topic: &str, table: &str) -> Route {
+    Route::inbound(name, topic, table)
+        .columns(&[("id", "payload.id"), ("v", "payload.v")])
+        .set("on_conflict", "error")
+        .set("batch", json!({ "max_rows": 500, "max_delay": "100ms" }))
+}
+
+/// `good` messages `{"id":N,"v":N}` on `<root>/<route_of(N)>`, with the `bad` ones spread
+/// evenly among them (one after every `good / bad.len()` good ones).
+fn good_among_bad(
+    root: &str,
+    good: i64,
+    route_of: impl Fn(i64) -> &'static str,
+    bad: &Messages,
+) -> Messages {
+    let every = good / bad.len() as i64;
+    let mut messages: Messages = Vec::new();
+    for id in 1..=good {
+        messages.push((
+            format!("{root}/{}", route_of(id)),
+            format!(r#"{{"id":{id},"v":{id}}}"#).into_bytes(),
+        ));
+        if id % every == 0 {
+            messages.push(bad[(id / every - 1) as usize].clone());
+        }
+    }
+    messages
 }
 
 /// Waits until `dlq list` holds exactly `want` entries; more fails at once.
@@ -113,14 +79,6 @@ fn wait_for_dead_letters(bridge: &mut Bridge, config: &Path, want: usize) {
         }
         Ok(n == want)
     });
-}
-
-/// PostgreSQL: how many other sessions wait on a lock in a statement that names `table`.
-fn pg_lock_waiters(table: &str) -> String {
-    format!(
-        "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-         AND query LIKE '%{table}%' AND pid <> pg_backend_pid()"
-    )
 }
 
 fn id_of(letter: &Json) -> i64 {
@@ -383,11 +341,10 @@ fn replayable_dead_letters(world: &World, n: i64) -> (PathBuf, TempTable, Vec<Js
         "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, CONSTRAINT v_negative CHECK (v < 0)",
     );
     let root = unique("replay");
-    let config = world.config(
-        "",
-        &[route("load", &format!("{root}/data"), &table.name)],
-        "",
-    );
+    let config = world
+        .config(&Db::Postgres)
+        .inbound(route("load", &format!("{root}/data"), &table.name))
+        .write();
     world.persistent_session(&format!("{root}/data"));
     world.publisher().publish_all_confirmed(
         (1..=n)
@@ -449,7 +406,7 @@ fn mirror_to_mqtt_publishes_each_dead_letter_once_as_its_list_object() {
     // Given two routes into a table that rejects NULL values, and a mirror to the same
     // broker on a topic built from the route and the kind of error
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("dlq-ops");
     let table = TempTable::create(
         &db,
         "mirror_mqtt",
@@ -457,14 +414,15 @@ fn mirror_to_mqtt_publishes_each_dead_letter_once_as_its_list_object() {
     );
     let t = table.name.clone();
     let root = unique("mm");
-    let config = world.config(
-        "",
-        &[
-            route("alpha", &format!("{root}/alpha"), &t),
-            route("beta", &format!("{root}/beta"), &t),
-        ],
-        "dead_letter:\n  publish: { broker: b, topic: \"mqdb/dead/{route}/{error_kind}\", qos: 1 }\n",
-    );
+    let config = world
+        .config(&db)
+        .inbound(route("alpha", &format!("{root}/alpha"), &t))
+        .inbound(route("beta", &format!("{root}/beta"), &t))
+        .set(
+            "dead_letter",
+            json!({ "publish": { "broker": "b", "topic": "mqdb/dead/{route}/{error_kind}", "qos": 1 } }),
+        )
+        .write();
     let watcher = Subscriber::connect(world.broker.port, "mqdb/dead/#", 1);
     world.persistent_session(&format!("{root}/+"));
     let mut bridge = Bridge::start(&config);
@@ -478,17 +436,8 @@ fn mirror_to_mqtt_publishes_each_dead_letter_once_as_its_list_object() {
         (format!("{root}/beta"), b"not json".to_vec()),
         (format!("{root}/beta"), br#"{"id":9005,"v":null}"#.to_vec()),
     ];
-    let mut messages: Messages = Vec::new();
-    for id in 1..=40 {
-        let r = if id % 2 == 0 { "alpha" } else { "beta" };
-        messages.push((
-            format!("{root}/{r}"),
-            format!(r#"{{"id":{id},"v":{id}}}"#).into_bytes(),
-        ));
-        if id % 8 == 0 {
-            messages.push(bad[(id / 8 - 1) as usize].clone());
-        }
-    }
+    let route_of = |id: i64| if id % 2 == 0 { "alpha" } else { "beta" };
+    let messages = good_among_bad(&root, 40, route_of, &bad);
     let publisher = world.publisher();
     publisher.publish_all_confirmed(messages, 1);
 
@@ -550,7 +499,7 @@ fn mirror_to_amqp_publishes_each_dead_letter_once_to_the_exchange() {
     // Given a topic exchange with a bound queue, and a mirror to it with a routing key
     // built from the route and the kind of error
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("dlq-ops");
     let mut rabbit = Rabbit::connect();
     let exchange = unique("mqdb_dead_x");
     let queue = unique("mqdb_dead_q");
@@ -563,16 +512,16 @@ fn mirror_to_amqp_publishes_each_dead_letter_once_to_the_exchange() {
     );
     let t = table.name.clone();
     let root = unique("ma");
-    let config = world.config(
-        &format!("  r:\n    url: \"{}\"\n", Rabbit::URL),
-        &[
-            route("gamma", &format!("{root}/gamma"), &t),
-            route("delta", &format!("{root}/delta"), &t),
-        ],
-        &format!(
-            "dead_letter:\n  publish: {{ broker: r, exchange: \"{exchange}\", routing_key: \"{{route}}.{{error_kind}}\" }}\n"
-        ),
-    );
+    let config = world
+        .config(&db)
+        .broker("r", Rabbit::URL, Json::Null)
+        .inbound(route("gamma", &format!("{root}/gamma"), &t))
+        .inbound(route("delta", &format!("{root}/delta"), &t))
+        .set(
+            "dead_letter",
+            json!({ "publish": { "broker": "r", "exchange": exchange, "routing_key": "{route}.{error_kind}" } }),
+        )
+        .write();
     world.persistent_session(&format!("{root}/+"));
     let mut bridge = Bridge::start(&config);
     bridge.wait_for_log("mirroring dead letters", LIVENESS);
@@ -585,17 +534,8 @@ fn mirror_to_amqp_publishes_each_dead_letter_once_to_the_exchange() {
         (format!("{root}/gamma"), br#"{"id":9004,"v":null}"#.to_vec()),
         (format!("{root}/delta"), b"[1,".to_vec()),
     ];
-    let mut messages: Messages = Vec::new();
-    for id in 1..=30 {
-        let r = if id % 3 == 0 { "gamma" } else { "delta" };
-        messages.push((
-            format!("{root}/{r}"),
-            format!(r#"{{"id":{id},"v":{id}}}"#).into_bytes(),
-        ));
-        if id % 6 == 0 {
-            messages.push(bad[(id / 6 - 1) as usize].clone());
-        }
-    }
+    let route_of = |id: i64| if id % 3 == 0 { "gamma" } else { "delta" };
+    let messages = good_among_bad(&root, 30, route_of, &bad);
     let publisher = world.publisher();
     publisher.publish_all_confirmed(messages, 1);
 
@@ -663,7 +603,7 @@ fn mirror_to_amqp_publishes_each_dead_letter_once_to_the_exchange() {
 fn mirror_outage_never_blocks_the_data_path_and_catches_up_in_order() {
     // Given a mirror to a second private Mosquitto reached through a proxy
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("dlq-ops");
     let mirror_broker = Mosquitto::start();
     let proxy = TcpProxy::start(mirror_broker.addr());
     let table = TempTable::create(
@@ -673,15 +613,19 @@ fn mirror_outage_never_blocks_the_data_path_and_catches_up_in_order() {
     );
     let t = table.name.clone();
     let root = unique("mo");
-    let config = world.config(
-        &format!(
-            "  m:\n    url: \"mqtt://127.0.0.1:{}\"\n    client_id: \"{}\"\n",
-            proxy.port,
-            unique("mqdb_mirror")
-        ),
-        &[route("omega", &format!("{root}/omega"), &t)],
-        "dead_letter:\n  publish: { broker: m, topic: \"mqdb/dead/{route}/{error_kind}\" }\n",
-    );
+    let config = world
+        .config(&db)
+        .broker(
+            "m",
+            &format!("mqtt://127.0.0.1:{}", proxy.port),
+            json!({ "client_id": unique("mqdb_mirror") }),
+        )
+        .inbound(route("omega", &format!("{root}/omega"), &t))
+        .set(
+            "dead_letter",
+            json!({ "publish": { "broker": "m", "topic": "mqdb/dead/{route}/{error_kind}" } }),
+        )
+        .write();
     let watcher = Subscriber::connect(mirror_broker.port, "mqdb/dead/#", 1);
     world.persistent_session(&format!("{root}/+"));
     let mut bridge = Bridge::start(&config);
@@ -721,7 +665,7 @@ fn mirror_outage_never_blocks_the_data_path_and_catches_up_in_order() {
         .map(id_of)
         .max()
         .expect("2 letters");
-    let state = Db::Sqlite(world.state_path());
+    let state = world.store.reader();
     wait_for(&mut bridge, "the mirror position past the first 2", || {
         Ok(try_scalar(&state, "SELECT MAX(last_id) FROM mirror_position") == Some(last_id))
     });
@@ -795,7 +739,7 @@ fn mirror_outage_never_blocks_the_data_path_and_catches_up_in_order() {
 fn replay_interrupted_by_sigint_leaves_every_entry_in_exactly_one_place() {
     // Given 4000 inbound dead letters whose table accepts them now
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("dlq-ops");
     let n: i64 = 4000;
     let (config, table, letters) = replayable_dead_letters(&world, n);
     let t = table.name.clone();
@@ -889,7 +833,7 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     // among them (they fail again, in the same batches as the others), and a bridge that
     // keeps running on the same state store
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("dlq-ops");
     let table = TempTable::create(
         &db,
         "beside",
@@ -898,7 +842,10 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     let t = table.name.clone();
     let root = unique("beside");
     let topic = format!("{root}/data");
-    let config = world.config("", &[route("beside", &topic, &t)], "");
+    let config = world
+        .config(&db)
+        .inbound(route("beside", &topic, &t))
+        .write();
     world.persistent_session(&topic);
     let publisher = world.publisher();
     let n: i64 = 1500;
@@ -1089,7 +1036,7 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
 fn two_concurrent_replays_replay_each_entry_exactly_once() {
     // Given 3000 dead letters whose table accepts them now
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("dlq-ops");
     let n: i64 = 3000;
     let (config, table, letters) = replayable_dead_letters(&world, n);
     let t = table.name.clone();
@@ -1161,7 +1108,7 @@ fn two_concurrent_replays_replay_each_entry_exactly_once() {
 fn entries_purged_during_a_replay_are_reported_as_gone_not_held() {
     // Given 1200 dead letters whose table accepts them now
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("dlq-ops");
     let n: i64 = 1200;
     let (config, table, letters) = replayable_dead_letters(&world, n);
     let t = table.name.clone();
@@ -1207,7 +1154,7 @@ fn entries_purged_during_a_replay_are_reported_as_gone_not_held() {
 fn replay_after_a_killed_replay_reports_success_only_when_the_queue_is_done() {
     // Given 2000 dead letters whose table accepts them now
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("dlq-ops");
     let n: i64 = 2000;
     let (config, table, letters) = replayable_dead_letters(&world, n);
     let t = table.name.clone();

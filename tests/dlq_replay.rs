@@ -35,11 +35,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, SecondsFormat, Utc};
 use common::{
-    AmqpMessage, Bridge, Db, Header, LIVENESS, Mosquitto, Publisher, Rabbit, Subscriber, TempTable,
-    dlq_list, path_str, run_mqdb, unique, wait_for, wait_until,
+    AmqpMessage, Bridge, Db, Header, LIVENESS, Mosquitto, Publisher, Rabbit, Route, Subscriber,
+    TempTable, Workdir, dlq_list, path_str, run_mqdb, unique, wait_for, wait_until,
 };
 use common::{terminate_ok, try_scalar};
-use serde_json::Value as Json;
+use serde_json::{Value as Json, json};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -52,24 +52,21 @@ const TICK: Duration = Duration::from_millis(20);
 /// One test's private world: a temp dir for the config, the state store and the bridge log,
 /// and the bridge's (stable, unique) MQTT client id.
 struct World {
-    dir: tempfile::TempDir,
+    work: Workdir,
     client_id: String,
 }
 
 impl World {
     fn new() -> World {
         World {
-            dir: tempfile::Builder::new()
-                .prefix("mqdb-dlq-replay-")
-                .tempdir()
-                .expect("temp dir"),
+            work: Workdir::new("dlq-replay"),
             client_id: unique("mqdb_dlq"),
         }
     }
 
     /// A SQLite database file in this world's temp dir.
     fn sqlite(&self) -> Db {
-        Db::Sqlite(self.dir.path().join("target.db"))
+        Db::Sqlite(self.work.path("target.db"))
     }
 
     /// Writes (or rewrites) `mqdb.yaml`: the `brokers` (name, url; MQTT ones get this
@@ -78,40 +75,24 @@ impl World {
         &self,
         brokers: &[(&str, &str)],
         connection_string: &str,
-        inbound: &[String],
-        outbound: &[String],
+        inbound: &[Route],
+        outbound: &[Route],
     ) -> PathBuf {
-        let mut text = format!(
-            "state: {}\nbrokers:\n",
-            yq(&format!(
-                "sqlite://{}",
-                self.dir.path().join("state.db").display()
-            ))
-        );
+        let mut config = self.work.bare_config();
         for (name, url) in brokers {
-            if url.starts_with("mqtt") {
-                text.push_str(&format!(
-                    "  {name}: {{ url: {}, client_id: {} }}\n",
-                    yq(url),
-                    yq(&self.client_id)
-                ));
-            } else {
-                text.push_str(&format!("  {name}: {{ url: {} }}\n", yq(url)));
-            }
+            let client = url
+                .starts_with("mqtt")
+                .then(|| json!({ "client_id": self.client_id }));
+            config = config.broker(name, url, client.unwrap_or(Json::Null));
         }
-        text.push_str(&format!(
-            "databases:\n  d: {{ connection_string: {} }}\n",
-            yq(connection_string)
-        ));
-        if !inbound.is_empty() {
-            text.push_str(&format!("inbound:\n{}", inbound.concat()));
+        config = config.database("d", connection_string);
+        for route in inbound {
+            config = config.inbound(route.clone());
         }
-        if !outbound.is_empty() {
-            text.push_str(&format!("outbound:\n{}", outbound.concat()));
+        for route in outbound {
+            config = config.outbound(route.clone());
         }
-        let path = self.dir.path().join("mqdb.yaml");
-        std::fs::write(&path, text).expect("write mqdb.yaml");
-        path
+        config.write()
     }
 
     /// Creates the bridge's persistent MQTT session on `broker` subscribed to `filters` at
@@ -135,41 +116,32 @@ enum Src<'a> {
 }
 
 /// One `inbound:` list item into `table` of database `d`, with `columns` (column, source)
-/// and `extra` lines at the route's indentation.
+/// and `extra` settings written as `key: value` lines.
 fn inbound(
     name: &str,
     from: Src<'_>,
     table: &str,
     columns: &[(&str, &str)],
     extra: &[&str],
-) -> String {
-    let source = match from {
-        Src::Topic(topic) => format!("    broker: m\n    topic: {}\n    qos: 1\n", yq(topic)),
-        Src::Queue(queue) => format!("    broker: r\n    queue: {}\n", yq(queue)),
+) -> Route {
+    let route = match from {
+        Src::Topic(topic) => Route::named(name)
+            .set("broker", "m")
+            .set("topic", topic)
+            .set("qos", 1),
+        Src::Queue(queue) => Route::named(name).set("broker", "r").set("queue", queue),
     };
-    let mut yaml = format!("  - name: {name}\n{source}    database: d\n    table: {table}\n");
-    for line in extra {
-        yaml.push_str(&format!("    {line}\n"));
-    }
-    if !columns.is_empty() {
-        yaml.push_str("    columns:\n");
-        for (column, source) in columns {
-            yaml.push_str(&format!("      {column}: {source}\n"));
-        }
-    }
-    yaml
+    route
+        .set("database", "d")
+        .set("table", table)
+        .lines(extra)
+        .columns(columns)
 }
 
-/// One `outbound:` list item named `name` on database `d` polling `query`, plus `lines`.
-fn outbound(name: &str, query: &str, lines: &[&str]) -> String {
-    let mut yaml = format!(
-        "  - name: {name}\n    database: d\n    query: {}\n",
-        yq(query)
-    );
-    for line in lines {
-        yaml.push_str(&format!("    {line}\n"));
-    }
-    yaml
+/// One `outbound:` list item named `name` on database `d` polling `query`, plus settings
+/// written as `key: value` `lines`.
+fn outbound(name: &str, query: &str, lines: &[&str]) -> Route {
+    Route::outbound(name, query).lines(lines)
 }
 
 /// What one `mqdb dlq …` run printed.
@@ -1676,7 +1648,7 @@ fn dead_letters_of_a_route_no_longer_configured_are_kept_as_no_route() {
     let names = ["kept", "gone", "flipped"];
     let topics: Vec<String> = names.iter().map(|n| unique(&format!("nr_{n}"))).collect();
     let columns = [("id", "payload.id"), ("v", "payload.v")];
-    let routes: Vec<String> = (0..3)
+    let routes: Vec<Route> = (0..3)
         .map(|i| {
             inbound(
                 names[i],

@@ -215,3 +215,36 @@ fn wait_until_returns_when_true_and_panics_with_its_description() {
     let msg = panic.downcast_ref::<String>().cloned().unwrap_or_default();
     assert!(msg.contains("never"), "{msg}");
 }
+
+#[test]
+fn config_builder_writes_block_yaml_with_typed_values() {
+    // Given a config with a broker, a database and two routes
+    let config = common::Config::at("/tmp/unused.yaml")
+        .state("sqlite:///tmp/x/state.db")
+        .broker(
+            "b",
+            "mqtt://127.0.0.1:1883",
+            serde_json::json!({ "client_id": "c" }),
+        )
+        .database("d", "Driver={SQLite3};Database=/tmp/x/t.db")
+        .inbound(
+            common::Route::inbound("r", "t/#", "tbl")
+                .columns(&[("id", "payload.id")])
+                .lines(&["batch: { max_rows: 5, max_delay: 100ms }", "start: 0"]),
+        )
+        .outbound(common::Route::outbound("o", "SELECT 1").set("track", "id"));
+
+    // Then its YAML has one setting a line, numbers unquoted and strings quoted
+    assert_eq!(
+        config.yaml(),
+        "state: \"sqlite:///tmp/x/state.db\"\n\
+         brokers:\n  b:\n    url: \"mqtt://127.0.0.1:1883\"\n    client_id: \"c\"\n\
+         databases:\n  d:\n    connection_string: \"Driver={SQLite3};Database=/tmp/x/t.db\"\n\
+         inbound:\n  - name: \"r\"\n    broker: \"b\"\n    topic: \"t/#\"\n    qos: 1\n    \
+         database: \"d\"\n    table: \"tbl\"\n    format: \"json\"\n    columns:\n      \
+         id: \"payload.id\"\n    batch:\n      max_rows: 5\n      max_delay: \"100ms\"\n    \
+         start: 0\n\
+         outbound:\n  - name: \"o\"\n    database: \"d\"\n    query: \"SELECT 1\"\n    \
+         track: \"id\"\n"
+    );
+}

@@ -15,13 +15,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use common::{
-    Bridge, Db, Mosquitto, Publisher, Subscriber, TcpProxy, TempTable, dlq_list, odbc_connect,
-    odbc_exec, path_str, run_mqdb, unique, wait_for,
+    Bridge, Db, Route, TcpProxy, TempTable, World, dlq_list, odbc_connect, odbc_exec, parse_ts,
+    path_str, pg_lock_waiters, publish_retained, run_mqdb, ts, unique, wait_for,
 };
 use common::{scalar, terminate_ok, try_scalar, wait_for_count};
 use serde_json::Value as Json;
@@ -32,78 +32,12 @@ type Messages = Vec<(String, Vec<u8>)>;
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/// One test's private world: a temp dir for the config, the state store and the bridge
-/// log, a private broker, and the bridge's (stable, unique) MQTT client id.
-struct World {
-    dir: tempfile::TempDir,
-    broker: Mosquitto,
-    client_id: String,
-}
-
-impl World {
-    fn new() -> World {
-        World {
-            dir: tempfile::Builder::new()
-                .prefix("mqdb-inbound-")
-                .tempdir()
-                .expect("temp dir"),
-            broker: Mosquitto::start(),
-            client_id: unique("mqdb_in"),
-        }
-    }
-
-    /// Writes `mqdb.yaml`: broker `b` (this world's broker and client id), database `d`
-    /// (`connection_string`) and the given inbound `routes` (from [`route`]).
-    fn config(&self, connection_string: &str, routes: &[String]) -> PathBuf {
-        self.config_via(&self.broker.url(), connection_string, routes)
-    }
-
-    /// Like [`World::config`] with the broker reached at `url` (e.g. through a proxy).
-    fn config_via(&self, url: &str, connection_string: &str, routes: &[String]) -> PathBuf {
-        let text = format!(
-            "state: \"sqlite://{state}\"\n\
-             brokers:\n  b:\n    url: \"{url}\"\n    client_id: \"{client_id}\"\n\
-             databases:\n  d:\n    connection_string: \"{connection_string}\"\n\
-             inbound:\n{routes}",
-            state = self.dir.path().join("state.db").display(),
-            client_id = self.client_id,
-            routes = routes.concat(),
-        );
-        let path = self.dir.path().join("mqdb.yaml");
-        std::fs::write(&path, text).expect("write mqdb.yaml");
-        path
-    }
-
-    /// Creates the bridge's persistent MQTT session (its client id, `clean_session=false`)
-    /// subscribed to `filter` at QoS 1, then disconnects: from now on the broker queues every
-    /// matching message for the bridge, also before it first starts.
-    fn persistent_session(&self, filter: &str) {
-        Subscriber::connect_with(self.broker.port, &self.client_id, false, &[(filter, 1)])
-            .disconnect();
-    }
-
-    fn publisher(&self) -> Publisher {
-        Publisher::connect(self.broker.port)
-    }
-}
-
 /// One `inbound:` list item with broker `b`, database `d`, QoS 1 and JSON, plus `extra`
-/// lines (e.g. `on_conflict: ignore`) at the route's indentation.
-fn route(name: &str, topic: &str, table: &str, columns: &[(&str, &str)], extra: &[&str]) -> String {
-    let mut yaml = format!(
-        "  - name: {name}\n    broker: b\n    topic: \"{topic}\"\n    qos: 1\n    database: d\n    \
-         table: {table}\n    format: json\n"
-    );
-    if !columns.is_empty() {
-        yaml.push_str("    columns:\n");
-        for (column, source) in columns {
-            yaml.push_str(&format!("      {column}: {source}\n"));
-        }
-    }
-    for line in extra {
-        yaml.push_str(&format!("    {line}\n"));
-    }
-    yaml
+/// settings (e.g. `on_conflict: ignore`).
+fn route(name: &str, topic: &str, table: &str, columns: &[(&str, &str)], extra: &[&str]) -> Route {
+    Route::inbound(name, topic, table)
+        .columns(columns)
+        .lines(extra)
 }
 
 /// `{"seq":N}` for each N of `seqs`, on `topic` with its `{part}` level set to `part`.
@@ -128,60 +62,6 @@ fn dlq_show(config: &Path, id: i64) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
-}
-
-/// PostgreSQL: how many other sessions wait on a lock in a statement that names `table`.
-fn pg_lock_waiters(table: &str) -> String {
-    format!(
-        "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
-         AND query LIKE '%{table}%' AND pid <> pg_backend_pid()"
-    )
-}
-
-/// Publishes one retained QoS 1 message and waits for its PUBACK, so that the next
-/// subscriber of a matching filter receives it as soon as its subscription is in place.
-fn publish_retained(port: u16, topic: &str, payload: &str) {
-    let mut options = rumqttc::MqttOptions::new(unique("retainer"), "127.0.0.1", port);
-    options.set_keep_alive(Duration::from_secs(30));
-    let (client, mut connection) = rumqttc::Client::new(options, 10);
-    client
-        .publish(
-            topic,
-            rumqttc::QoS::AtLeastOnce,
-            true,
-            payload.as_bytes().to_vec(),
-        )
-        .expect("queue the retained publish");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match connection.recv_timeout(left) {
-            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => break,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("retained publish to {topic}: {e}"),
-            Err(_) => panic!("no PUBACK for the retained publish to {topic} within 20 s"),
-        }
-    }
-    let _ = client.disconnect();
-    while let Ok(Ok(event)) = connection.recv_timeout(Duration::from_secs(2)) {
-        if matches!(
-            event,
-            rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)
-        ) {
-            break;
-        }
-    }
-}
-
-/// A timestamp read back as text (`YYYY-MM-DD HH:MM:SS[.ffffff]`, or with `T`).
-fn parse_ts(text: &str) -> NaiveDateTime {
-    let t = text.trim().replace('T', " ");
-    NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S%.f")
-        .unwrap_or_else(|e| panic!("{text:?} is not a timestamp: {e}"))
-}
-
-fn ts(text: &str) -> NaiveDateTime {
-    NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.f").expect("expected timestamp")
 }
 
 /// A boolean read back as text: PostgreSQL, MariaDB and SQLite spell them differently.
@@ -224,13 +104,13 @@ fn values_and_types_land(case: TypesCase) {
 
     // Given a table with one column per type and a route that maps topic levels, payload
     // keys, the whole payload and the receive time to it
-    let world = World::new();
+    let world = World::new("inbound");
     let table = TempTable::create(&db, "vals", columns);
     let t = table.name.clone();
     let root = unique("vals");
-    let config = world.config(
-        &db.connection_string(),
-        &[route(
+    let config = world
+        .config(&db)
+        .inbound(route(
             "values",
             &format!("{root}/{{site}}/{{device}}"),
             &t,
@@ -254,8 +134,8 @@ fn values_and_types_land(case: TypesCase) {
                 "batch: { max_rows: 500, max_delay: 100ms }",
                 "on_conflict: error",
             ],
-        )],
-    );
+        ))
+        .write();
     world.persistent_session(&format!("{root}/+/+"));
     let injection = format!("x'); DROP TABLE {t}; --");
     // SQLite keeps a decimal that is not an integer to 15 significant digits; longer ones
@@ -466,7 +346,7 @@ fn values_and_types_land_in_sqlite() {
 fn json_keys_map_to_same_named_columns_without_a_columns_block() {
     // Given a route without `columns:` and a table with defaults
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("inbound");
     let table = TempTable::create(
         &db,
         "keys",
@@ -474,10 +354,10 @@ fn json_keys_map_to_same_named_columns_without_a_columns_block() {
     );
     let t = table.name.clone();
     let topic = format!("{}/items", unique("keys"));
-    let config = world.config(
-        &db.connection_string(),
-        &[route("keys", &topic, &t, &[], &[])],
-    );
+    let config = world
+        .config(&db)
+        .inbound(route("keys", &topic, &t, &[], &[]))
+        .write();
     world.persistent_session(&topic);
 
     // When objects with all, some and null keys arrive
@@ -514,13 +394,13 @@ fn json_keys_map_to_same_named_columns_without_a_columns_block() {
 /// Rows with the same key in one batch and across batches: the last message wins.
 fn on_conflict_update_keeps_the_last_message(db: Db, columns: &str) {
     // Given a route with on_conflict: update on key id
-    let world = World::new();
+    let world = World::new("inbound");
     let table = TempTable::create(&db, "upsert", columns);
     let t = table.name.clone();
     let topic = format!("{}/state", unique("upsert"));
-    let config = world.config(
-        &db.connection_string(),
-        &[route(
+    let config = world
+        .config(&db)
+        .inbound(route(
             "upsert",
             &topic,
             &t,
@@ -534,8 +414,8 @@ fn on_conflict_update_keeps_the_last_message(db: Db, columns: &str) {
                 "on_conflict: update",
                 "key: [id]",
             ],
-        )],
-    );
+        ))
+        .write();
     world.persistent_session(&topic);
     let msg = |id: i64, v: &str, rev: i64| {
         (
@@ -631,14 +511,14 @@ struct Rejections {
 
 fn dead_letters_beside_committed_rows(db: Db, columns: &str, states: Rejections) {
     // Given a table with constraints and a route with on_conflict: error
-    let world = World::new();
+    let world = World::new("inbound");
     let table = TempTable::create(&db, "dlq", columns);
     let t = table.name.clone();
     let root = unique("dlq");
     let route_name = format!("dl_{}", db.label());
-    let config = world.config(
-        &db.connection_string(),
-        &[route(
+    let config = world
+        .config(&db)
+        .inbound(route(
             &route_name,
             &format!("{root}/{{kind}}"),
             &t,
@@ -653,8 +533,8 @@ fn dead_letters_beside_committed_rows(db: Db, columns: &str, states: Rejections)
                 "batch: { max_rows: 500, max_delay: 200ms }",
                 "on_conflict: error",
             ],
-        )],
-    );
+        ))
+        .write();
     world.persistent_session(&format!("{root}/+"));
 
     // When 60 valid messages are published with bad ones in between: each kind of failure
@@ -857,7 +737,7 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
     // Given a table whose commit of one marked row takes two seconds (a deferred trigger
     // sleeps), reached through a proxy, and a route that dead-letters duplicates
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("inbound");
     let proxy = TcpProxy::start(([127, 0, 0, 1], 5432).into());
     let table = TempTable::create(&db, "lost_commit", "seq INTEGER PRIMARY KEY, part TEXT");
     let t = table.name.clone();
@@ -871,9 +751,9 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
          FOR EACH ROW EXECUTE FUNCTION {slow}()"
     ));
     let topic = format!("{}/{{part}}", unique("lost"));
-    let config = world.config(
-        &db.connection_string_via(proxy.port),
-        &[route(
+    let config = world
+        .config_cs(&db.connection_string_via(proxy.port))
+        .inbound(route(
             "lost",
             &topic,
             &t,
@@ -882,8 +762,8 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
                 "batch: { max_rows: 50, max_delay: 50ms }",
                 "on_conflict: error",
             ],
-        )],
-    );
+        ))
+        .write();
     world.persistent_session(&topic.replace("{part}", "+"));
     let msgs = |part: &str, seqs: std::ops::Range<i64>| seq_messages(&topic, part, seqs);
     let publisher = world.publisher();
@@ -921,14 +801,14 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
 
 fn database_outage_loses_nothing(db: Db, port: u16, columns: &str) {
     // Given a bridge that reaches the database through a proxy
-    let world = World::new();
+    let world = World::new("inbound");
     let proxy = TcpProxy::start(([127, 0, 0, 1], port).into());
     let table = TempTable::create(&db, "outage", columns);
     let t = table.name.clone();
     let topic = format!("{}/{{part}}", unique("outage"));
-    let config = world.config(
-        &db.connection_string_via(proxy.port),
-        &[route(
+    let config = world
+        .config_cs(&db.connection_string_via(proxy.port))
+        .inbound(route(
             "outage",
             &topic,
             &t,
@@ -938,8 +818,8 @@ fn database_outage_loses_nothing(db: Db, port: u16, columns: &str) {
                 "on_conflict: ignore",
                 "key: [seq]",
             ],
-        )],
-    );
+        ))
+        .write();
     let filter = topic.replace("{part}", "+");
     world.persistent_session(&filter);
     let msgs = |part: &str, seqs: std::ops::Range<i64>| seq_messages(&topic, part, seqs);
@@ -1016,7 +896,7 @@ fn database_outage_loses_nothing_mariadb() {
 fn broker_connection_cut_loses_nothing() {
     // Given a bridge that reaches its broker through a proxy
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("inbound");
     let proxy = TcpProxy::start(world.broker.addr());
     let table = TempTable::create(
         &db,
@@ -1025,10 +905,11 @@ fn broker_connection_cut_loses_nothing() {
     );
     let t = table.name.clone();
     let topic = format!("{}/{{part}}", unique("bcut"));
-    let config = world.config_via(
-        &format!("mqtt://127.0.0.1:{}", proxy.port),
-        &db.connection_string(),
-        &[route(
+    let (_, settings) = world.mqtt(Json::Null);
+    let config = world
+        .config(&db)
+        .broker("b", &format!("mqtt://127.0.0.1:{}", proxy.port), settings)
+        .inbound(route(
             "bcut",
             &topic,
             &t,
@@ -1038,8 +919,8 @@ fn broker_connection_cut_loses_nothing() {
                 "on_conflict: ignore",
                 "key: [seq]",
             ],
-        )],
-    );
+        ))
+        .write();
     world.persistent_session(&topic.replace("{part}", "+"));
     let msgs = |part: &str, seqs: std::ops::Range<i64>| seq_messages(&topic, part, seqs);
     // And a test transaction that locks the table, so received messages stay uncommitted
@@ -1101,13 +982,13 @@ fn sigkill_mid_batch_then_restart_loses_and_duplicates_nothing() {
     // Given 3000 messages queued by the broker for the bridge's persistent session, and a
     // test transaction holding seq 1500 so the batch containing it cannot commit
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("inbound");
     let table = TempTable::create(&db, "kill", "seq INTEGER PRIMARY KEY, v TEXT NOT NULL");
     let t = table.name.clone();
     let topic = format!("{}/data", unique("kill"));
-    let config = world.config(
-        &db.connection_string(),
-        &[route(
+    let config = world
+        .config(&db)
+        .inbound(route(
             "kill",
             &topic,
             &t,
@@ -1117,8 +998,8 @@ fn sigkill_mid_batch_then_restart_loses_and_duplicates_nothing() {
                 "on_conflict: ignore",
                 "key: [seq]",
             ],
-        )],
-    );
+        ))
+        .write();
     world.persistent_session(&topic);
     let n = 3000;
     world.publisher().publish_all_confirmed(
@@ -1188,22 +1069,27 @@ fn sigterm_mid_batch_exits_zero_and_a_restart_completes_without_duplicates() {
     // Given a fresh bridge (it subscribes itself) and a table without a unique key, so a
     // redelivered committed message would show up as a second row
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("inbound");
     let table = TempTable::create(&db, "term", "seq INTEGER NOT NULL, kind VARCHAR(10)");
     let t = table.name.clone();
     let root = unique("term");
-    let config = world.config(
-        &db.connection_string(),
-        &[route(
+    let config = world
+        .config(&db)
+        .inbound(route(
             "term",
             &format!("{root}/{{kind}}"),
             &t,
             &[("seq", "payload.seq"), ("kind", "topic.kind")],
             &["batch: { max_rows: 100, max_delay: 50ms }"],
-        )],
-    );
+        ))
+        .write();
     // A retained probe reaches the bridge as soon as its subscription is in place
-    publish_retained(world.broker.port, &format!("{root}/probe"), r#"{"seq":0}"#);
+    publish_retained(
+        world.broker.port,
+        &format!("{root}/probe"),
+        1,
+        r#"{"seq":0}"#,
+    );
     let mut bridge = Bridge::start(&config);
     wait_for(&mut bridge, "the retained probe row", || {
         Ok(try_scalar(&db, &format!("SELECT COUNT(*) FROM {t} WHERE seq = 0")).unwrap_or(0) >= 1)

@@ -11,11 +11,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use common::{
-    Bridge, Db, LIVENESS, Mosquitto, Publisher, Subscriber, TempTable, dlq_list, make_ca, make_pki,
-    path_str, run_mqdb, unique, wait_for, with_mqtt5,
+    Bridge, Config, Db, LIVENESS, Mosquitto, Route, TempTable, World, dlq_list, make_ca, make_pki,
+    path_str, publish_retained, run_mqdb, settings, unique, wait_for, with_mqtt5,
 };
 use serde_json::Value as Json;
 
@@ -25,81 +24,42 @@ type Messages = Vec<(String, Vec<u8>)>;
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/// One test's private world: a temp dir for configs, the state store and the bridge log, a
-/// private broker, and the bridge's (stable, unique) MQTT client id.
-struct World {
-    dir: tempfile::TempDir,
-    broker: Mosquitto,
-    client_id: String,
+/// Writes `mqdb.yaml` with broker `b` at the world's plain listener plus `broker_extra`
+/// settings (e.g. `max_in_flight: 20`), database `d` (PostgreSQL) and the given inbound
+/// `routes` (from [`route`]).
+fn config(world: &World, broker_extra: &[&str], routes: &[Route]) -> PathBuf {
+    write_config(
+        world,
+        "mqdb.yaml",
+        &world.broker.url(),
+        broker_extra,
+        routes,
+    )
 }
 
-impl World {
-    fn new() -> World {
-        World::with_broker(Mosquitto::start())
-    }
-
-    fn with_broker(broker: Mosquitto) -> World {
-        World {
-            dir: tempfile::Builder::new()
-                .prefix("mqdb-mqtt-source-")
-                .tempdir()
-                .expect("temp dir"),
-            broker,
-            client_id: unique("mqdb_src"),
-        }
-    }
-
-    /// Writes `mqdb.yaml` with broker `b` at this world's plain listener plus
-    /// `broker_extra` lines (e.g. `max_in_flight: 20`), database `d` (PostgreSQL) and the
-    /// given inbound `routes` (from [`route`]).
-    fn config(&self, broker_extra: &[&str], routes: &[String]) -> PathBuf {
-        self.write_config("mqdb.yaml", &self.broker.url(), broker_extra, routes)
-    }
-
-    /// Writes `file` in this world's dir: broker `b` at `url` with this world's client id and
-    /// `broker_extra` lines, database `d` (PostgreSQL) and `routes`. Every config of one world
-    /// shares the state store.
-    fn write_config(
-        &self,
-        file: &str,
-        url: &str,
-        broker_extra: &[&str],
-        routes: &[String],
-    ) -> PathBuf {
-        let mut broker = String::new();
-        for line in broker_extra {
-            broker.push_str(&format!("    {line}\n"));
-        }
-        let text = format!(
-            "state: \"sqlite://{state}\"\n\
-             brokers:\n  b:\n    url: \"{url}\"\n    client_id: \"{client_id}\"\n{broker}\
-             databases:\n  d:\n    connection_string: \"{connection_string}\"\n\
-             inbound:\n{routes}",
-            state = self.dir.path().join("state.db").display(),
-            client_id = self.client_id,
-            connection_string = Db::Postgres.connection_string(),
-            routes = routes.concat(),
-        );
-        let path = self.dir.path().join(file);
-        std::fs::write(&path, text).expect("write the config");
-        path
-    }
-
-    /// Creates the bridge's persistent MQTT session (its client id, `clean_session=false`)
-    /// subscribed to `filter` at QoS 1, then disconnects: from now on the broker queues every
-    /// matching message for the bridge, also before it first starts.
-    fn persistent_session(&self, filter: &str) {
-        Subscriber::connect_with(self.broker.port, &self.client_id, false, &[(filter, 1)])
-            .disconnect();
-    }
-
-    fn publisher(&self) -> Publisher {
-        Publisher::connect(self.broker.port)
-    }
+/// Writes `file` in the world's dir: broker `b` at `url` with the world's client id and
+/// `broker_extra` settings, database `d` (PostgreSQL) and `routes`. Every config of one
+/// world shares the state store.
+fn write_config(
+    world: &World,
+    file: &str,
+    url: &str,
+    broker_extra: &[&str],
+    routes: &[Route],
+) -> PathBuf {
+    let (_, client) = world.mqtt(Json::Object(settings(broker_extra)));
+    let config = Config::at(world.path(file))
+        .state(&world.store.url())
+        .broker("b", url, client)
+        .database("d", &Db::Postgres.connection_string());
+    routes
+        .iter()
+        .fold(config, |config, route| config.inbound(route.clone()))
+        .write()
 }
 
-/// One `inbound:` list item with broker `b`, database `d` and JSON, plus `extra` lines (e.g.
-/// `batch: …`) at the route's indentation.
+/// One `inbound:` list item with broker `b`, database `d` and JSON, plus `extra` settings
+/// (e.g. `batch: …`) written as `key: value` lines.
 fn route(
     name: &str,
     topic: &str,
@@ -107,18 +67,11 @@ fn route(
     table: &str,
     columns: &[(&str, &str)],
     extra: &[&str],
-) -> String {
-    let mut yaml = format!(
-        "  - name: {name}\n    broker: b\n    topic: \"{topic}\"\n    qos: {qos}\n    \
-         database: d\n    table: {table}\n    format: json\n    columns:\n"
-    );
-    for (column, source) in columns {
-        yaml.push_str(&format!("      {column}: {source}\n"));
-    }
-    for line in extra {
-        yaml.push_str(&format!("    {line}\n"));
-    }
-    yaml
+) -> Route {
+    Route::inbound(name, topic, table)
+        .set("qos", qos)
+        .columns(columns)
+        .lines(extra)
 }
 
 /// The single integer `sql` returns, or `None` while the database cannot answer.
@@ -203,42 +156,6 @@ fn terminate_ok(bridge: &mut Bridge) {
     );
 }
 
-/// Publishes one retained message at `qos` (1 or 2) and waits for its confirmation, so the
-/// next subscriber of a matching filter receives it as soon as its subscription is in place.
-fn publish_retained(port: u16, topic: &str, qos: u8, payload: &str) {
-    let q = match qos {
-        1 => rumqttc::QoS::AtLeastOnce,
-        2 => rumqttc::QoS::ExactlyOnce,
-        other => panic!("a retained probe needs QoS 1 or 2, not {other}"),
-    };
-    let mut options = rumqttc::MqttOptions::new(unique("retainer"), "127.0.0.1", port);
-    options.set_keep_alive(Duration::from_secs(30));
-    let (client, mut connection) = rumqttc::Client::new(options, 10);
-    client
-        .publish(topic, q, true, payload.as_bytes().to_vec())
-        .expect("queue the retained publish");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match connection.recv_timeout(left) {
-            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))))
-            | Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubComp(_)))) => break,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("retained publish to {topic}: {e}"),
-            Err(_) => panic!("no confirmation for the retained publish to {topic} within 20 s"),
-        }
-    }
-    let _ = client.disconnect();
-    while let Ok(Ok(event)) = connection.recv_timeout(Duration::from_secs(2)) {
-        if matches!(
-            event,
-            rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)
-        ) {
-            break;
-        }
-    }
-}
-
 /// `{"seq":N}` on `topic` for each `seq`.
 fn seq_messages(topic: impl Fn(i64) -> String, seqs: std::ops::Range<i64>) -> Messages {
     seqs.map(|seq| (topic(seq), format!(r#"{{"seq":{seq}}}"#).into_bytes()))
@@ -256,7 +173,7 @@ fn seq_messages(topic: impl Fn(i64) -> String, seqs: std::ops::Range<i64>) -> Me
 fn back_pressure_delivers_everything(max_in_flight: usize) {
     // Given a bridge whose broker allows only `max_in_flight` unacknowledged messages, and
     // batches of 7 rows, and a table without a key (a redelivery would be a second row)
-    let world = World::new();
+    let world = World::new("mqtt-source");
     let table = TempTable::create(
         &Db::Postgres,
         "bp",
@@ -264,7 +181,8 @@ fn back_pressure_delivers_everything(max_in_flight: usize) {
     );
     let t = table.name.clone();
     let root = unique("bp");
-    let config = world.config(
+    let config = config(
+        &world,
         &[&format!("max_in_flight: {max_in_flight}")],
         &[route(
             "bp",
@@ -335,7 +253,7 @@ type RouteRow = (i64, Option<String>, Option<String>, i64, String);
 #[test]
 fn qos_0_1_2_routes_with_wildcards_and_captures() {
     // Given three routes on one broker, one per QoS, each with its own table
-    let world = World::new();
+    let world = World::new("mqtt-source");
     let columns = "seq INTEGER NOT NULL, a VARCHAR(60), b VARCHAR(60), qos INTEGER NOT NULL, \
                    topic VARCHAR(200) NOT NULL";
     let t0 = TempTable::create(&Db::Postgres, "q0", columns);
@@ -382,7 +300,7 @@ fn qos_0_1_2_routes_with_wildcards_and_captures() {
         &with("topic.2", "topic.device"),
         &[batch],
     );
-    let config = world.config(&[], &[r0, r1, r2]);
+    let config = config(&world, &[], &[r0, r1, r2]);
 
     // And a bridge that subscribed by itself: a retained probe on route r1 proves its
     // subscriptions (one SUBSCRIBE for all three) are in place before anything QoS 0 is sent
@@ -561,7 +479,7 @@ fn qos_0_1_2_routes_with_wildcards_and_captures() {
 #[test]
 fn resubscribes_when_the_broker_lost_the_session() {
     // Given a bridge that subscribed by itself and is receiving
-    let mut world = World::new();
+    let mut world = World::new("mqtt-source");
     let table = TempTable::create(
         &Db::Postgres,
         "resub",
@@ -569,7 +487,8 @@ fn resubscribes_when_the_broker_lost_the_session() {
     );
     let t = table.name.clone();
     let root = unique("resub");
-    let config = world.config(
+    let config = config(
+        &world,
         &[],
         &[route(
             "resub",
@@ -688,7 +607,7 @@ fn big_text(bytes: usize, salt: u64) -> String {
 #[test]
 fn large_payloads_land_intact() {
     // Given a route into a PostgreSQL text column, and the bridge's persistent session
-    let world = World::new();
+    let world = World::new("mqtt-source");
     let table = TempTable::create(
         &Db::Postgres,
         "big",
@@ -696,7 +615,8 @@ fn large_payloads_land_intact() {
     );
     let t = table.name.clone();
     let topic = format!("{}/big", unique("big"));
-    let config = world.config(
+    let config = config(
+        &world,
         &[],
         &[route(
             "big",
@@ -797,7 +717,7 @@ fn tls_with_client_certificates_run_and_check() {
 
     // And a private mosquitto with a second listener that requires a client certificate
     let (broker, tls_port) = Mosquitto::start_tls(p);
-    let world = World::with_broker(broker);
+    let world = World::with_broker("mqtt-source", broker);
     let table = TempTable::create(
         &Db::Postgres,
         "tls",
@@ -822,7 +742,8 @@ fn tls_with_client_certificates_run_and_check() {
         )
     };
     let good_tls = tls("ca.pem");
-    let config = world.write_config(
+    let config = write_config(
+        &world,
         "mqdb.yaml",
         &format!("mqtts://localhost:{tls_port}"),
         &[&good_tls],
@@ -862,7 +783,8 @@ fn tls_with_client_certificates_run_and_check() {
             .any(|l| l.starts_with("ok") && l.contains("inbound tls")),
         "no ok line for route tls:\n{out}{err}"
     );
-    let by_ip = world.write_config(
+    let by_ip = write_config(
+        &world,
         "by_ip.yaml",
         &format!("mqtts://127.0.0.1:{tls_port}"),
         &[&good_tls],
@@ -873,7 +795,8 @@ fn tls_with_client_certificates_run_and_check() {
 
     // And `check` with an unrelated CA fails, naming the broker
     let other_tls = tls("other_ca.pem");
-    let wrong_ca = world.write_config(
+    let wrong_ca = write_config(
+        &world,
         "wrong_ca.yaml",
         &format!("mqtts://localhost:{tls_port}"),
         &[&other_tls],
@@ -890,7 +813,8 @@ fn tls_with_client_certificates_run_and_check() {
 
     // And without a client certificate the broker refuses the bridge
     let no_cert_tls = format!("tls: {{ ca_file: \"{}\" }}", file("ca.pem"));
-    let no_cert = world.write_config(
+    let no_cert = write_config(
+        &world,
         "no_cert.yaml",
         &format!("mqtts://localhost:{tls_port}"),
         &[&no_cert_tls],
@@ -938,7 +862,7 @@ fn publish_with_properties(port: u16, topic: &str, payload: &str, properties: &[
 
 #[test]
 fn mqtt5_user_properties_map_to_columns_and_the_session_outlives_the_bridge() {
-    let world = World::new();
+    let world = World::new("mqtt-source");
     let table = TempTable::create(
         &Db::Postgres,
         "mqdb_m5",
@@ -958,7 +882,8 @@ fn mqtt5_user_properties_map_to_columns_and_the_session_outlives_the_bridge() {
         &[("site", "north"), ("line", "7")],
     );
     publish_with_properties(world.broker.port, &topic, r#"{"id": 2}"#, &[]);
-    let config = world.config(
+    let config = config(
+        &world,
         &["mqtt_version: 5"],
         &[route(
             "m5",
@@ -1010,8 +935,9 @@ fn mqtt5_user_properties_map_to_columns_and_the_session_outlives_the_bridge() {
 
 #[test]
 fn header_sources_on_mqtt_need_mqtt_version_5() {
-    let world = World::new();
-    let config = world.config(
+    let world = World::new("mqtt-source");
+    let config = config(
+        &world,
         &[],
         &[route("h", "a/b", 1, "t", &[("site", "header.site")], &[])],
     );

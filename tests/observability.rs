@@ -29,8 +29,9 @@ use std::time::{Duration, Instant};
 
 use common::http;
 use common::{
-    Bridge, Db, LIVENESS, Mosquitto, Publisher, Rabbit, Subscriber, TcpProxy, TempTable, dlq_list,
-    free_port, path_str, run_bounded, terminate_ok, unique, wait_for, wait_for_count,
+    Bridge, Db, LIVENESS, Mosquitto, Publisher, Rabbit, Route, Subscriber, TcpProxy, TempTable,
+    Workdir, dlq_list, free_port, path_str, run_bounded, settings, terminate_ok, unique, wait_for,
+    wait_for_count,
 };
 use serde_json::{Value as Json, json};
 
@@ -54,141 +55,102 @@ fn free_addr() -> String {
     format!("127.0.0.1:{}", free_port())
 }
 
-/// One test's temp dir and the pieces of its `mqdb.yaml`.
+/// One test's temp dir and its `mqdb.yaml` under construction (the shared typed builder,
+/// with the route shapes these tests use).
 struct Config {
-    dir: tempfile::TempDir,
-    /// `name: { ... }` flow mappings under `brokers:`.
-    brokers: Vec<String>,
-    /// `name: { ... }` flow mappings under `databases:`.
-    databases: Vec<String>,
-    inbound: Vec<String>,
-    outbound: Vec<String>,
-    /// Extra top-level lines (`http: ...`, `log_summary: ...`).
-    top: Vec<String>,
+    // Held so that the temp dir lives as long as the config.
+    _work: Workdir,
+    config: common::Config,
 }
 
 impl Config {
     fn new() -> Config {
+        let work = Workdir::new("obs");
+        let config = work.bare_config();
         Config {
-            dir: tempfile::Builder::new()
-                .prefix("mqdb-obs-")
-                .tempdir()
-                .expect("temp dir"),
-            brokers: Vec::new(),
-            databases: Vec::new(),
-            inbound: Vec::new(),
-            outbound: Vec::new(),
-            top: Vec::new(),
+            _work: work,
+            config,
         }
     }
 
-    fn mqtt_broker(&mut self, name: &str, url: &str, client_id: &str) -> &mut Self {
-        self.brokers.push(format!(
-            "{name}: {{ url: {}, client_id: {} }}",
-            yq(url),
-            yq(client_id)
-        ));
+    fn edit(&mut self, change: impl FnOnce(common::Config) -> common::Config) -> &mut Self {
+        self.config = change(std::mem::take(&mut self.config));
         self
+    }
+
+    fn mqtt_broker(&mut self, name: &str, url: &str, client_id: &str) -> &mut Self {
+        self.edit(|c| c.broker(name, url, json!({ "client_id": client_id })))
     }
 
     fn amqp_broker(&mut self, name: &str, url: &str) -> &mut Self {
-        self.brokers.push(format!("{name}: {{ url: {} }}", yq(url)));
-        self
+        self.edit(|c| c.broker(name, url, Json::Null))
     }
 
     fn database(&mut self, name: &str, connection_string: &str) -> &mut Self {
-        self.databases.push(format!(
-            "{name}: {{ connection_string: {} }}",
-            yq(connection_string)
-        ));
-        self
+        self.edit(|c| c.database(name, connection_string))
     }
 
     /// An inbound route from broker `broker` (`topic:` for MQTT, `queue:` for AMQP, as
     /// given in `source`) into `table` of database `d`: JSON `{"id": .., "v": ..}`.
     fn inbound(&mut self, name: &str, broker: &str, source: &str, table: &str) -> &mut Self {
-        self.inbound.push(format!(
-            "  - name: {name}\n    broker: {broker}\n    {source}\n    database: d\n    \
-             table: {table}\n    format: json\n    \
-             batch: {{ max_rows: 100, max_delay: 50ms }}\n    \
-             columns:\n      id: payload.id\n      v: payload.v\n"
-        ));
-        self
+        let route = Route::named(name)
+            .set("broker", broker)
+            .lines(&[source])
+            .set("database", "d")
+            .set("table", table)
+            .set("format", "json")
+            .set("batch", json!({ "max_rows": 100, "max_delay": "50ms" }))
+            .columns(&[("id", "payload.id"), ("v", "payload.v")]);
+        self.edit(|c| c.inbound(route))
     }
 
-    /// An outbound route polling `SELECT id, v FROM table WHERE id > ?` on database `d`,
-    /// publishing each row to `topic_prefix/{id}` on broker `broker`.
+    /// An outbound route polling `SELECT id, v FROM table WHERE id > ?` on database `d`
+    /// with broker `broker`.
+    fn polling(name: &str, broker: &str, table: &str) -> Route {
+        Route::outbound(
+            name,
+            &format!("SELECT id, v FROM {table} WHERE id > ? ORDER BY id"),
+        )
+        .set("track", "id")
+        .set("start", 0)
+        .lines(&[INTERVAL])
+        .set("broker", broker)
+    }
+
+    /// An outbound route publishing each row of `table` to `topic_prefix/{id}` on broker
+    /// `broker`.
     fn outbound(&mut self, name: &str, broker: &str, table: &str, topic_prefix: &str) -> &mut Self {
-        self.outbound.push(format!(
-            "  - name: {name}\n    database: d\n    \
-             query: {}\n    track: id\n    start: 0\n    {INTERVAL}\n    \
-             broker: {broker}\n    topic: {}\n    qos: 1\n",
-            yq(&format!(
-                "SELECT id, v FROM {table} WHERE id > ? ORDER BY id"
-            )),
-            yq(&format!("{topic_prefix}/{{id}}")),
-        ));
-        self
+        let route = Config::polling(name, broker, table)
+            .set("topic", format!("{topic_prefix}/{{id}}"))
+            .set("qos", 1);
+        self.edit(|c| c.outbound(route))
     }
 
-    /// An outbound route polling `SELECT id, v FROM table WHERE id > ?` on database `d`,
-    /// publishing each row to the default exchange of AMQP broker `broker`, routed to
-    /// `queue`.
+    /// An outbound route publishing each row of `table` to the default exchange of AMQP
+    /// broker `broker`, routed to `queue`.
     fn outbound_amqp(&mut self, name: &str, broker: &str, table: &str, queue: &str) -> &mut Self {
-        self.outbound.push(format!(
-            "  - name: {name}\n    database: d\n    \
-             query: {}\n    track: id\n    start: 0\n    {INTERVAL}\n    \
-             broker: {broker}\n    exchange: \"\"\n    routing_key: {}\n",
-            yq(&format!(
-                "SELECT id, v FROM {table} WHERE id > ? ORDER BY id"
-            )),
-            yq(queue),
-        ));
-        self
+        let route = Config::polling(name, broker, table)
+            .set("exchange", "")
+            .set("routing_key", queue);
+        self.edit(|c| c.outbound(route))
     }
 
     fn http(&mut self, listen: &str) -> &mut Self {
-        self.top.push(format!("http: {{ listen: {} }}", yq(listen)));
-        self
+        self.edit(|c| c.set("http", json!({ "listen": listen })))
     }
 
+    /// A top-level setting written as `key: value` (the value may span lines).
     fn line(&mut self, line: &str) -> &mut Self {
-        self.top.push(line.to_string());
-        self
+        self.edit(|c| {
+            settings(&[line])
+                .into_iter()
+                .fold(c, |c, (key, value)| c.set(&key, value))
+        })
     }
 
     /// Writes `mqdb.yaml` and returns its path.
     fn write(&self) -> PathBuf {
-        let mut text = format!(
-            "state: {}\n",
-            yq(&format!(
-                "sqlite://{}",
-                self.dir.path().join("state.db").display()
-            ))
-        );
-        for line in &self.top {
-            text.push_str(line);
-            text.push('\n');
-        }
-        let section = |text: &mut String, key: &str, items: &[String], indent: &str| {
-            if !items.is_empty() {
-                text.push_str(&format!("{key}:\n"));
-                for item in items {
-                    text.push_str(indent);
-                    text.push_str(item);
-                    if !item.ends_with('\n') {
-                        text.push('\n');
-                    }
-                }
-            }
-        };
-        section(&mut text, "brokers", &self.brokers, "  ");
-        section(&mut text, "databases", &self.databases, "  ");
-        section(&mut text, "inbound", &self.inbound, "");
-        section(&mut text, "outbound", &self.outbound, "");
-        let path = self.dir.path().join("mqdb.yaml");
-        std::fs::write(&path, text).expect("write mqdb.yaml");
-        path
+        self.config.write()
     }
 }
 

@@ -35,11 +35,11 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::{
-    AmqpMessage, Bridge, Db, LIVENESS, Mosquitto, Rabbit, Received, Subscriber, Subscriber5,
-    TcpProxy, TempTable, dlq_list, path_str, run_mqdb, unique, wait_for,
+    AmqpMessage, Bridge, Config, Db, LIVENESS, Rabbit, Received, Route, Subscriber, Subscriber5,
+    TcpProxy, TempTable, World, dlq_list, path_str, run_mqdb, unique, wait_for,
 };
 use common::{terminate_ok, try_scalar};
-use serde_json::Value as Json;
+use serde_json::{Value as Json, json};
 
 /// The poll interval of every route here, so "nothing more arrives" needs only a short wait.
 const INTERVAL: &str = "interval: 100ms";
@@ -51,98 +51,64 @@ const QUIET: Duration = Duration::from_millis(800);
 // Helpers
 // ---------------------------------------------------------------------------------------
 
-/// One test's private world: a temp dir for the config, the state store and the bridge
-/// log, a private Mosquitto, and the bridge's (stable, unique) MQTT client id.
-struct World {
-    dir: tempfile::TempDir,
-    broker: Mosquitto,
-    client_id: String,
+/// Writes `mqdb.yaml` with broker `m` (the world's Mosquitto), database `d` and the given
+/// outbound `routes` (from [`route`]).
+fn config(world: &World, connection_string: &str, routes: &[Route]) -> PathBuf {
+    config_with(
+        world,
+        &[("m", &world.broker.url())],
+        connection_string,
+        routes,
+    )
 }
 
-impl World {
-    fn new() -> World {
-        World {
-            dir: tempfile::Builder::new()
-                .prefix("mqdb-outbound-")
-                .tempdir()
-                .expect("temp dir"),
-            broker: Mosquitto::start(),
-            client_id: unique("mqdb_out"),
-        }
-    }
+/// Like [`config`] with broker `rabbit` at `amqp_url` instead of `m`.
+fn config_amqp(
+    world: &World,
+    amqp_url: &str,
+    connection_string: &str,
+    routes: &[Route],
+) -> PathBuf {
+    config_with(world, &[("rabbit", amqp_url)], connection_string, routes)
+}
 
-    /// Writes `mqdb.yaml` with broker `m` (this world's Mosquitto), database `d` and the
-    /// given outbound `routes` (from [`route`]).
-    fn config(&self, connection_string: &str, routes: &[String]) -> PathBuf {
-        self.config_with(&[("m", &self.broker.url())], connection_string, routes)
-    }
+/// Like [`config`] with broker `m` speaking MQTT 5.
+fn config_mqtt5(world: &World, connection_string: &str, routes: &[Route]) -> PathBuf {
+    let (url, settings) = world.mqtt(json!({ "mqtt_version": 5 }));
+    outbound_config(
+        world.bare_config().broker("m", &url, settings),
+        connection_string,
+        routes,
+    )
+}
 
-    /// Like [`World::config`] with broker `rabbit` at `amqp_url` instead of `m`.
-    fn config_amqp(&self, amqp_url: &str, connection_string: &str, routes: &[String]) -> PathBuf {
-        self.config_with(&[("rabbit", amqp_url)], connection_string, routes)
-    }
-
-    /// Writes `mqdb.yaml` with the given brokers (name, url), database `d` and `routes`.
-    fn config_with(
-        &self,
-        brokers: &[(&str, &str)],
-        connection_string: &str,
-        routes: &[String],
-    ) -> PathBuf {
-        let brokers: Vec<(&str, &str, &str)> = brokers.iter().map(|(n, u)| (*n, *u, "")).collect();
-        self.config_brokers(&brokers, connection_string, routes)
-    }
-
-    /// Like [`World::config`] with broker `m` speaking MQTT 5.
-    fn config_mqtt5(&self, connection_string: &str, routes: &[String]) -> PathBuf {
-        let url = self.broker.url();
-        self.config_brokers(
-            &[("m", &url, ", mqtt_version: 5")],
-            connection_string,
-            routes,
-        )
-    }
-
-    /// Writes `mqdb.yaml` with the given brokers (name, url, further `, key: value` text),
-    /// database `d` and `routes`.
-    fn config_brokers(
-        &self,
-        brokers: &[(&str, &str, &str)],
-        connection_string: &str,
-        routes: &[String],
-    ) -> PathBuf {
-        let mut text = format!(
-            "state: {}\nbrokers:\n",
-            yq(&format!(
-                "sqlite://{}",
-                self.dir.path().join("state.db").display()
-            ))
-        );
-        for (name, url, extra) in brokers {
+/// Writes `mqdb.yaml` with the given brokers (name, url; MQTT ones with the world's client
+/// id), database `d` and `routes`.
+fn config_with(
+    world: &World,
+    brokers: &[(&str, &str)],
+    connection_string: &str,
+    routes: &[Route],
+) -> PathBuf {
+    let config = brokers
+        .iter()
+        .fold(world.bare_config(), |config, (name, url)| {
             if url.starts_with("mqtt") {
-                text.push_str(&format!(
-                    "  {name}: {{ url: {}, client_id: {}{extra} }}\n",
-                    yq(url),
-                    yq(&self.client_id)
-                ));
+                config.broker(name, url, world.mqtt(Json::Null).1)
             } else {
-                text.push_str(&format!("  {name}: {{ url: {}{extra} }}\n", yq(url)));
+                config.broker(name, url, Json::Null)
             }
-        }
-        text.push_str(&format!(
-            "databases:\n  d: {{ connection_string: {} }}\noutbound:\n{}",
-            yq(connection_string),
-            routes.concat()
-        ));
-        let path = self.dir.path().join("mqdb.yaml");
-        std::fs::write(&path, text).expect("write mqdb.yaml");
-        path
-    }
+        });
+    outbound_config(config, connection_string, routes)
+}
 
-    /// A clean-session QoS 1 subscriber of `filter` on this world's broker.
-    fn subscribe(&self, filter: &str) -> Subscriber {
-        Subscriber::connect(self.broker.port, filter, 1)
-    }
+fn outbound_config(config: Config, connection_string: &str, routes: &[Route]) -> PathBuf {
+    routes
+        .iter()
+        .fold(config.database("d", connection_string), |config, route| {
+            config.outbound(route.clone())
+        })
+        .write()
 }
 
 /// A YAML double-quoted scalar (JSON string syntax is valid YAML).
@@ -150,17 +116,10 @@ fn yq(text: &str) -> String {
     serde_json::to_string(text).expect("a string serializes")
 }
 
-/// One `outbound:` list item named `name` on database `d` polling `query`, plus `lines`
-/// (`key: value`) at the route's indentation.
-fn route(name: &str, query: &str, lines: &[&str]) -> String {
-    let mut yaml = format!(
-        "  - name: {name}\n    database: d\n    query: {}\n",
-        yq(query)
-    );
-    for line in lines {
-        yaml.push_str(&format!("    {line}\n"));
-    }
-    yaml
+/// One `outbound:` list item named `name` on database `d` polling `query`, plus settings
+/// written as `key: value` `lines`.
+fn route(name: &str, query: &str, lines: &[&str]) -> Route {
+    Route::outbound(name, query).lines(lines)
 }
 
 /// A message payload as a JSON object.
@@ -282,7 +241,7 @@ fn json_values_and_types_from_postgres() {
     // Given a PostgreSQL table with one column per type and a route that names the topic
     // after a column
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(
         &db,
         "out_types",
@@ -302,7 +261,8 @@ fn json_values_and_types_from_postgres() {
           '1970-01-01 00:00:00+00', '2000-01-01 00:00:00', '2000-01-01', NULL, NULL)"
     ));
     let root = unique("types");
-    let config = world.config(
+    let config = config(
+        &world,
         &db.connection_string(),
         &[route(
             "types",
@@ -417,7 +377,7 @@ fn json_values_and_types_from_postgres() {
 fn timestamptz_is_utc_whatever_the_session_time_zone() {
     // Given a PostgreSQL session time zone of +05:30 (set by the connection string)
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(&db, "out_tz", "id INTEGER PRIMARY KEY, ts TIMESTAMPTZ");
     let t = &table.name;
     db.exec(&format!(
@@ -428,7 +388,8 @@ fn timestamptz_is_utc_whatever_the_session_time_zone() {
         db.connection_string()
     );
     let topic = unique("tz");
-    let config = world.config(
+    let config = config(
+        &world,
         &cs,
         &[route(
             "tz",
@@ -465,7 +426,7 @@ fn timestamptz_is_utc_whatever_the_session_time_zone() {
 fn json_values_and_types_from_mariadb() {
     // Given a MariaDB table with the common types
     let db = Db::MariaDb;
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(
         &db,
         "out_types",
@@ -481,7 +442,8 @@ fn json_values_and_types_from_mariadb() {
           '2024-05-01 12:00:00.250000', '1999-12-31', NULL, NULL)"
     ));
     let root = unique("mtypes");
-    let config = world.config(
+    let config = config(
+        &world,
         &db.connection_string(),
         &[route(
             "mtypes",
@@ -554,7 +516,7 @@ fn large_values_arrive_whole(case: LargeCase) {
         zeros,
         one,
     } = case;
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(&db, "out_large", columns);
     let t = &table.name;
     db.exec(&format!(
@@ -568,7 +530,8 @@ fn large_values_arrive_whole(case: LargeCase) {
         "INSERT INTO {t} (id, label, bin) VALUES (3, 'small', {one})"
     ));
     let topic = unique("large");
-    let config = world.config(
+    let config = config(
+        &world,
         &db.connection_string(),
         &[route(
             "large",
@@ -635,7 +598,7 @@ fn publish_sqlite_rows(
 ) -> Vec<(String, serde_json::Map<String, Json>)> {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = Db::Sqlite(dir.path().join("source.db"));
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(
         &db,
         "out_types",
@@ -644,7 +607,8 @@ fn publish_sqlite_rows(
     let t = &table.name;
     db.exec(&format!("INSERT INTO {t} VALUES ({})", rows.join("), (")));
     let root = unique("stypes");
-    let config = world.config(
+    let config = config(
+        &world,
         &db.connection_string(),
         &[route(
             "stypes",
@@ -751,7 +715,7 @@ fn csv_rows_are_one_line_each_and_round_trip() {
     // Given rows whose text holds the delimiter, the quote and a newline, and two CSV
     // routes: the default `,` and `"`, and `;` with `'`
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(
         &db,
         "out_csv",
@@ -768,7 +732,8 @@ fn csv_rows_are_one_line_each_and_round_trip() {
     let root = unique("csv");
     let query =
         format!("SELECT id, label, amount, nothing, ts, flag FROM {t} WHERE id > ? ORDER BY id");
-    let config = world.config(
+    let config = config(
+        &world,
         &db.connection_string(),
         &[
             route(
@@ -867,7 +832,7 @@ fn csv_rows_are_one_line_each_and_round_trip() {
 fn qos_2_and_retain_reach_live_and_late_subscribers() {
     // Given a route publishing at QoS 2 with retain, one topic per device
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(
         &db,
         "out_retain",
@@ -876,7 +841,8 @@ fn qos_2_and_retain_reach_live_and_late_subscribers() {
     let t = &table.name;
     db.exec(&format!("INSERT INTO {t} VALUES (1, 'd1'), (2, 'd2')"));
     let root = unique("retain");
-    let config = world.config(
+    let config = config(
+        &world,
         &db.connection_string(),
         &[route(
             "retain",
@@ -925,12 +891,13 @@ fn qos_2_and_retain_reach_live_and_late_subscribers() {
 fn without_track_every_poll_publishes_every_row() {
     // Given a route without `track`
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(&db, "out_notrack", "id INTEGER PRIMARY KEY, v TEXT");
     let t = &table.name;
     pg_insert_range(t, 1, 2);
     let topic = unique("notrack");
-    let config = world.config(
+    let config = config(
+        &world,
         &db.connection_string(),
         &[route(
             "notrack",
@@ -960,7 +927,7 @@ fn without_track_every_poll_publishes_every_row() {
 fn delay_leaves_young_rows_for_a_later_poll() {
     // Given a row an hour old and a row stamped an hour from now, and `delay: 5s`
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(
         &db,
         "out_delay",
@@ -972,7 +939,8 @@ fn delay_leaves_young_rows_for_a_later_poll() {
         "INSERT INTO {t} VALUES (1, {utc_now} - interval '1 hour'),          (2, {utc_now} + interval '1 hour')"
     ));
     let topic = unique("delay");
-    let config = world.config(
+    let config = config(
+        &world,
         &db.connection_string(),
         &[route(
             "delay",
@@ -1018,14 +986,15 @@ fn amqp_default_exchange_delivers_to_the_queue_named_by_the_routing_key() {
     // Given a queue, and a route publishing to the default exchange (`exchange: ""`) with
     // the queue's name as routing key
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let mut rabbit = Rabbit::connect();
     let queue = unique("mqdb_out_default_q");
     rabbit.declare_queue(&queue);
     let table = TempTable::create(&db, "out_dflt", "id INTEGER PRIMARY KEY, v TEXT");
     let t = &table.name;
     pg_insert_range(t, 1, 3);
-    let config = world.config_amqp(
+    let config = config_amqp(
+        &world,
         Rabbit::URL,
         &db.connection_string(),
         &[route(
@@ -1061,14 +1030,15 @@ fn amqp_default_exchange_delivers_to_the_queue_named_by_the_routing_key() {
 fn a_numeric_track_column_is_bound_as_a_number() {
     // Given a PostgreSQL table keyed by NUMERIC(20,0) (as many legacy schemas are)
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(&db, "out_numtrack", "id NUMERIC(20,0) PRIMARY KEY, v TEXT");
     let t = &table.name;
     db.exec(&format!(
         "INSERT INTO {t} VALUES (10000000000000000001, 'a'), (10000000000000000002, 'b')"
     ));
     let topic = unique("numtrack");
-    let config = world.config(
+    let config = config(
+        &world,
         &db.connection_string(),
         &[route(
             "numtrack",
@@ -1106,7 +1076,7 @@ fn a_topic_template_with_a_leading_slash_publishes() {
     // Given a topic template with a leading slash (a legal MQTT topic: the first level is
     // empty, but no row value is)
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(
         &db,
         "out_slash",
@@ -1115,7 +1085,8 @@ fn a_topic_template_with_a_leading_slash_publishes() {
     let t = &table.name;
     db.exec(&format!("INSERT INTO {t} VALUES (1, 'd1')"));
     let root = unique("slash");
-    let config = world.config(
+    let config = config(
+        &world,
         &db.connection_string(),
         &[route(
             "slash",
@@ -1152,12 +1123,13 @@ fn a_topic_template_with_a_leading_slash_publishes() {
 fn outbound_mqtt_publishes_use_the_route_client_id() {
     // Given a route on broker `m` whose client_id is known
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(&db, "out_cid", "id INTEGER PRIMARY KEY, v TEXT");
     let t = &table.name;
     pg_insert_range(t, 1, 1);
     let topic = unique("cid");
-    let config = world.config(
+    let config = config(
+        &world,
         &db.connection_string(),
         &[route(
             "cid",
@@ -1195,7 +1167,7 @@ fn outbound_mqtt_publishes_use_the_route_client_id() {
 const STREAM_ROWS: &str = "max_rows: 100";
 const STREAM_MAX_ROWS: usize = 100;
 
-fn stream_route(name: &str, table: &str, target: &[&str]) -> String {
+fn stream_route(name: &str, table: &str, target: &[&str]) -> Route {
     let mut lines = vec!["track: id", "start: 0", INTERVAL, STREAM_ROWS];
     lines.extend_from_slice(target);
     route(
@@ -1205,32 +1177,66 @@ fn stream_route(name: &str, table: &str, target: &[&str]) -> String {
     )
 }
 
+/// A stream test's world: a table `out_<name>` (`id INTEGER, v TEXT`) polled by route
+/// `name` with [`stream_route`] to `topic` on broker `m` at QoS 1.
+struct MqttStream {
+    table: TempTable,
+    world: World,
+    topic: String,
+    config: PathBuf,
+}
+
+impl MqttStream {
+    fn new(name: &str) -> MqttStream {
+        let world = World::new("outbound");
+        let table = TempTable::create(
+            &Db::Postgres,
+            &format!("out_{name}"),
+            "id INTEGER PRIMARY KEY, v TEXT",
+        );
+        let topic = unique(name);
+        let target = ["broker: m", &format!("topic: {}", yq(&topic)), "qos: 1"];
+        let config = config(
+            &world,
+            &Db::Postgres.connection_string(),
+            &[stream_route(name, &table.name, &target)],
+        );
+        MqttStream {
+            table,
+            world,
+            topic,
+            config,
+        }
+    }
+
+    /// Inserts rows 1..=1000, starts the bridge and waits until `sub` has the first poll's
+    /// messages.
+    fn start_mid_stream(&self, sub: &Subscriber) -> Bridge {
+        pg_insert_range(&self.table.name, 1, 1000);
+        let mut bridge = Bridge::start(&self.config);
+        wait_for(&mut bridge, "the first messages", || Ok(sub.count() >= 100));
+        bridge
+    }
+
+    /// A persistent-session subscriber of the topic (the broker keeps its messages across
+    /// its own restart) and its client id.
+    fn durable_subscriber(&self) -> (String, Subscriber) {
+        let id = unique(&format!("{}_sub", self.table.name));
+        let sub = Subscriber::connect_with(self.world.broker.port, &id, false, &[(&self.topic, 1)]);
+        (id, sub)
+    }
+}
+
 /// Runs 2000 rows through a bridge that is stopped (SIGKILL or SIGTERM) after the first
 /// messages arrive and then started again; returns how often each id arrived.
 fn restart_mid_stream(graceful: bool) -> BTreeMap<i64, usize> {
     // Given 1000 rows, and a subscriber that stays connected throughout
-    let world = World::new();
-    let table = TempTable::create(
-        &Db::Postgres,
-        "out_restart",
-        "id INTEGER PRIMARY KEY, v TEXT",
-    );
-    let t = &table.name;
-    let topic = unique("restart");
-    let config = world.config(
-        &Db::Postgres.connection_string(),
-        &[stream_route(
-            "restart",
-            t,
-            &["broker: m", &format!("topic: {}", yq(&topic)), "qos: 1"],
-        )],
-    );
-    let sub = world.subscribe(&topic);
-    pg_insert_range(t, 1, 1000);
+    let stream = MqttStream::new("restart");
+    let sub = stream.world.subscribe(&stream.topic);
 
     // When the bridge is stopped as soon as the first poll's messages arrive
-    let mut bridge = Bridge::start(&config);
-    wait_for(&mut bridge, "the first messages", || Ok(sub.count() >= 100));
+    let mut bridge = stream.start_mid_stream(&sub);
+    let (t, config) = (&stream.table.name, &stream.config);
     if graceful {
         terminate_ok(&mut bridge);
     } else {
@@ -1240,7 +1246,7 @@ fn restart_mid_stream(graceful: bool) -> BTreeMap<i64, usize> {
 
     // And 1000 more rows are inserted while it is down, and it is started again
     pg_insert_range(t, 1001, 2000);
-    let mut bridge = Bridge::start(&config);
+    let mut bridge = Bridge::start(config);
 
     // Then every row arrives
     wait_for_ids(&mut bridge, &sub, 2000);
@@ -1248,7 +1254,7 @@ fn restart_mid_stream(graceful: bool) -> BTreeMap<i64, usize> {
     let counts = mqtt_id_counts(&sub.messages());
     assert_eq!(missing(&counts, 2000), Vec::<i64>::new());
     assert_eq!(counts.len(), 2000, "ids outside 1..=2000");
-    assert_eq!(dlq_list(&config), Vec::<Json>::new());
+    assert_eq!(dlq_list(config), Vec::<Json>::new());
     terminate_ok(&mut bridge);
     eprintln!(
         "messages before the stop: {at_stop}; duplicates: {}",
@@ -1292,27 +1298,16 @@ fn sigterm_mid_stream_then_restart_publishes_each_row_once() {
 fn mosquitto_stopped_mid_stream_loses_nothing() {
     // Given a persistent-session subscriber, so the broker keeps its messages across its own
     // restart, and 1000 rows
-    let mut world = World::new();
-    let table = TempTable::create(
-        &Db::Postgres,
-        "out_mqstop",
-        "id INTEGER PRIMARY KEY, v TEXT",
-    );
+    let stream = MqttStream::new("mqstop");
+    let (sub_id, sub) = stream.durable_subscriber();
+    let mut bridge = stream.start_mid_stream(&sub);
+    let MqttStream {
+        table,
+        mut world,
+        config,
+        ..
+    } = stream;
     let t = &table.name;
-    let topic = unique("mqstop");
-    let config = world.config(
-        &Db::Postgres.connection_string(),
-        &[stream_route(
-            "mqstop",
-            t,
-            &["broker: m", &format!("topic: {}", yq(&topic)), "qos: 1"],
-        )],
-    );
-    let sub_id = unique("mqstop_sub");
-    let sub = Subscriber::connect_with(world.broker.port, &sub_id, false, &[(&topic, 1)]);
-    pg_insert_range(t, 1, 1000);
-    let mut bridge = Bridge::start(&config);
-    wait_for(&mut bridge, "the first messages", || Ok(sub.count() >= 100));
 
     // When the broker stops while rows keep coming, and comes back a few seconds later
     world.broker.stop();
@@ -1352,13 +1347,14 @@ fn a_connection_lost_while_confirms_are_awaited_loses_nothing() {
     // Given a bridge that reaches Mosquitto through a proxy, polls longer than the publish
     // window (so publishes are in flight most of the time; the next poll is read while a
     // poll's confirms are awaited), and more rows than a few polls
-    let world = World::new();
+    let world = World::new("outbound");
     let proxy = TcpProxy::start(world.broker.addr());
     let table = TempTable::create(&Db::Postgres, "out_lost", "id INTEGER PRIMARY KEY, v TEXT");
     let t = &table.name;
     let topic = unique("lost");
     let url = format!("mqtt://127.0.0.1:{}", proxy.port);
-    let config = world.config_with(
+    let config = config_with(
+        &world,
         &[("m", &url)],
         &Db::Postgres.connection_string(),
         &[route(
@@ -1416,27 +1412,16 @@ fn a_connection_lost_while_confirms_are_awaited_loses_nothing() {
 #[test]
 fn sigterm_while_the_broker_is_down_exits_and_a_restart_loses_nothing() {
     // Given a bridge in the middle of a stream to a persistent-session subscriber
-    let mut world = World::new();
-    let table = TempTable::create(
-        &Db::Postgres,
-        "out_termdown",
-        "id INTEGER PRIMARY KEY, v TEXT",
-    );
+    let stream = MqttStream::new("termdown");
+    let (sub_id, sub) = stream.durable_subscriber();
+    let mut bridge = stream.start_mid_stream(&sub);
+    let MqttStream {
+        table,
+        mut world,
+        config,
+        ..
+    } = stream;
     let t = &table.name;
-    let topic = unique("termdown");
-    let config = world.config(
-        &Db::Postgres.connection_string(),
-        &[stream_route(
-            "termdown",
-            t,
-            &["broker: m", &format!("topic: {}", yq(&topic)), "qos: 1"],
-        )],
-    );
-    let sub_id = unique("termdown_sub");
-    let sub = Subscriber::connect_with(world.broker.port, &sub_id, false, &[(&topic, 1)]);
-    pg_insert_range(t, 1, 1000);
-    let mut bridge = Bridge::start(&config);
-    wait_for(&mut bridge, "the first messages", || Ok(sub.count() >= 100));
 
     // When the broker stops, more rows come, and the bridge gets SIGTERM while it cannot
     // publish
@@ -1467,7 +1452,7 @@ fn sigterm_while_the_broker_is_down_exits_and_a_restart_loses_nothing() {
 fn rabbitmq_connection_cut_mid_stream_loses_nothing() {
     // Given an exchange with a bound queue, a bridge that reaches RabbitMQ through a proxy,
     // and 1000 rows
-    let world = World::new();
+    let world = World::new("outbound");
     let mut rabbit = Rabbit::connect();
     let exchange = unique("mqdb_out_cut");
     let queue = unique("mqdb_out_cut_q");
@@ -1476,7 +1461,8 @@ fn rabbitmq_connection_cut_mid_stream_loses_nothing() {
     let proxy = TcpProxy::start(Rabbit::addr());
     let table = TempTable::create(&Db::Postgres, "out_acut", "id INTEGER PRIMARY KEY, v TEXT");
     let t = &table.name;
-    let config = world.config_amqp(
+    let config = config_amqp(
+        &world,
         &Rabbit::url_via(proxy.port),
         &Db::Postgres.connection_string(),
         &[stream_route(
@@ -1522,7 +1508,7 @@ fn database_outage_mid_stream_loses_nothing() {
     // Given a bridge that reaches PostgreSQL through a proxy, 1000 rows, and an
     // after_publish that marks each row sent
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let proxy = TcpProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], 5432)));
     let table = TempTable::create(
         &db,
@@ -1535,7 +1521,8 @@ fn database_outage_mid_stream_loses_nothing() {
         "after_publish: {}",
         yq(&format!("UPDATE {t} SET sent_at = now() WHERE id = ?"))
     );
-    let config = world.config(
+    let config = config(
+        &world,
         &db.connection_string_via(proxy.port),
         &[stream_route(
             "dbcut",
@@ -1576,7 +1563,7 @@ fn database_outage_mid_stream_loses_nothing() {
 fn rows_sharing_a_timestamp_survive_a_restart(db: Db, columns: &str) {
     // Given ten rows with the same microsecond timestamp and a route that tracks
     // (updated_at, id), three rows per poll
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(&db, "out_ts", columns);
     let t = &table.name;
     let stamp = "2024-05-01 12:00:00.123456";
@@ -1591,7 +1578,8 @@ fn rows_sharing_a_timestamp_survive_a_restart(db: Db, columns: &str) {
     };
     insert(1, 10);
     let topic = unique("ts");
-    let config = world.config(
+    let config = config(
+        &world,
         &db.connection_string(),
         &[route(
             "ts",
@@ -1665,7 +1653,7 @@ fn rows_sharing_a_timestamp_survive_a_restart_mariadb() {
 fn rows_whose_topic_cannot_be_built_become_dead_letters() {
     // Given rows whose topic value holds `+`, `#`, `/`, or nothing, between good rows
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(
         &db,
         "out_topic",
@@ -1677,7 +1665,8 @@ fn rows_whose_topic_cannot_be_built_become_dead_letters() {
          (7, E'site/\\u001b[2J')"
     ));
     let root = unique("topic");
-    let config = world.config(
+    let config = config(
+        &world,
         &db.connection_string(),
         &[route(
             "badtopic",
@@ -1745,7 +1734,7 @@ fn rows_whose_topic_cannot_be_built_become_dead_letters() {
 fn topic_values_add_levels_lets_a_slash_in_a_value_add_levels() {
     // Given a route that allows values to add topic levels, and a value with `/`
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(
         &db,
         "out_levels",
@@ -1756,7 +1745,8 @@ fn topic_values_add_levels_lets_a_slash_in_a_value_add_levels() {
         "INSERT INTO {t} VALUES (1, 'hall/dev1'), (2, 'dev2'), (3, 'hall//dev3')"
     ));
     let root = unique("levels");
-    let config = world.config(
+    let config = config(
+        &world,
         &db.connection_string(),
         &[route(
             "levels",
@@ -1799,7 +1789,7 @@ fn unroutable_amqp_rows_become_dead_letters_and_the_position_moves_on() {
     // Given an exchange where only routing key `r.good` has a queue, and rows whose key
     // would be `r.good`, `r.bad` or `r.other`
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let mut rabbit = Rabbit::connect();
     let exchange = unique("mqdb_out_unr");
     let queue = unique("mqdb_out_unr_q");
@@ -1810,7 +1800,8 @@ fn unroutable_amqp_rows_become_dead_letters_and_the_position_moves_on() {
     db.exec(&format!(
         "INSERT INTO {t} VALUES (1, 'good'), (2, 'bad'), (3, 'good'), (4, 'other'), (5, 'good')"
     ));
-    let config = world.config_amqp(
+    let config = config_amqp(
+        &world,
         Rabbit::URL,
         &db.connection_string(),
         &[route(
@@ -1892,7 +1883,7 @@ fn unroutable_amqp_rows_become_dead_letters_and_the_position_moves_on() {
 /// An outbox polled by position (`id > ?`) whose `after_publish` marks each row sent.
 fn after_publish_marks_every_row(db: Db, columns: &str, mark: &str) {
     // Given 50 unsent rows
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(&db, "out_after", columns);
     let t = &table.name;
     let values: Vec<String> = (1..=50).map(|i| format!("({i}, 'd{i}')")).collect();
@@ -1901,7 +1892,8 @@ fn after_publish_marks_every_row(db: Db, columns: &str, mark: &str) {
         values.join(", ")
     ));
     let topic = unique("after");
-    let config = world.config(
+    let config = config(
+        &world,
         &db.connection_string(),
         &[route(
             "after",
@@ -1964,7 +1956,7 @@ fn after_publish_rejections_become_dead_letters_and_the_rest_commit() {
     // Given ten rows, and an after_publish that the database rejects for row 3 only (a
     // CHECK constraint, SQLSTATE 23514)
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(
         &db,
         "out_after_rej",
@@ -1976,7 +1968,8 @@ fn after_publish_rejections_become_dead_letters_and_the_rest_commit() {
          FROM generate_series(1, 10) g"
     ));
     let topic = unique("after_rej");
-    let config = world.config(
+    let config = config(
+        &world,
         &db.connection_string(),
         &[route(
             "after_rej",
@@ -2035,7 +2028,7 @@ fn after_publish_rejections_become_dead_letters_and_the_rest_commit() {
 fn outbox_without_a_position_parameter_publishes_each_row_once() {
     // Given an outbox polled as "every unsent row" (no `?`), marked sent by after_publish
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(
         &db,
         "out_outbox",
@@ -2049,7 +2042,8 @@ fn outbox_without_a_position_parameter_publishes_each_row_once() {
     };
     insert(1, 30);
     let topic = unique("outbox");
-    let config = world.config(
+    let config = config(
+        &world,
         &db.connection_string(),
         &[route(
             "outbox",
@@ -2099,7 +2093,7 @@ fn an_outbox_marks_dead_lettered_rows_so_they_are_dead_lettered_once() {
     // Given an outbox whose topic comes from the row, and a row whose value cannot be a
     // topic level (`+`): it becomes a dead letter, not a message
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(
         &db,
         "out_outbox_dead",
@@ -2110,7 +2104,8 @@ fn an_outbox_marks_dead_lettered_rows_so_they_are_dead_lettered_once() {
         "INSERT INTO {t} (id, dev) SELECT g, CASE WHEN g = 4 THEN 'bad+dev' ELSE 'd' || g END FROM generate_series(1, 8) g"
     ));
     let topic = unique("outbox_dead");
-    let config = world.config(
+    let config = config(
+        &world,
         &db.connection_string(),
         &[route(
             "outbox",
@@ -2179,7 +2174,7 @@ fn check_reports_each_outbound_route() {
     // naming a column the query does not return, an exchange that does not exist, and an
     // unreachable broker
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let mut rabbit = Rabbit::connect();
     let exchange = unique("mqdb_out_check");
     rabbit.declare_exchange(&exchange, "topic");
@@ -2272,7 +2267,7 @@ fn check_reports_each_outbound_route() {
     // When check runs on all of them
     let mut routes = vec![good.clone(), good_amqp.clone()];
     routes.extend(bad);
-    let config = world.config_with(&brokers, &db.connection_string(), &routes);
+    let config = config_with(&world, &brokers, &db.connection_string(), &routes);
     let out = run_mqdb(&["-c", path_str(&config), "check"]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let show = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
@@ -2297,7 +2292,12 @@ fn check_reports_each_outbound_route() {
     }
 
     // And with only the good routes it passes (exit 0)
-    let config = world.config_with(&brokers[..2], &db.connection_string(), &[good, good_amqp]);
+    let config = config_with(
+        &world,
+        &brokers[..2],
+        &db.connection_string(),
+        &[good, good_amqp],
+    );
     let out = run_mqdb(&["-c", path_str(&config), "check"]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
@@ -2311,8 +2311,8 @@ fn check_reports_each_outbound_route() {
 }
 
 /// A one-route check: its status, and stdout + stderr.
-fn check_one(world: &World, route_yaml: String) -> (Option<i32>, String, String) {
-    let config = world.config(&Db::Postgres.connection_string(), &[route_yaml]);
+fn check_one(world: &World, route_yaml: Route) -> (Option<i32>, String, String) {
+    let config = config(world, &Db::Postgres.connection_string(), &[route_yaml]);
     let out = run_mqdb(&["-c", path_str(&config), "check"]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let show = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
@@ -2322,7 +2322,7 @@ fn check_one(world: &World, route_yaml: String) -> (Option<i32>, String, String)
 #[test]
 fn check_fails_when_after_publish_does_not_prepare() {
     // Given a route whose after_publish updates a column that does not exist
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(&Db::Postgres, "out_chk_after", "id INTEGER PRIMARY KEY");
     let t = &table.name;
     let route_yaml = route(
@@ -2354,7 +2354,7 @@ fn check_fails_when_after_publish_does_not_prepare() {
 #[test]
 fn check_prints_one_line_per_outbound_route() {
     // Given a route whose query names a missing column (psqlODBC's message has two lines)
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(&Db::Postgres, "out_chk_line", "id INTEGER PRIMARY KEY");
     let t = &table.name;
     let route_yaml = route(
@@ -2425,7 +2425,7 @@ fn amqp_messages_carry_a_key_stable_across_instances_their_content_type_and_a_ti
     // Given an exchange with a queue for JSON rows and one for CSV rows, and two routes
     // publishing the same three rows there
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let mut rabbit = Rabbit::connect();
     let exchange = unique("mqdb_out_key");
     let json_q = unique("mqdb_out_key_json");
@@ -2453,7 +2453,7 @@ fn amqp_messages_carry_a_key_stable_across_instances_their_content_type_and_a_ti
             ],
         )
     });
-    let config = world.config_amqp(Rabbit::URL, &db.connection_string(), &routes);
+    let config = config_amqp(&world, Rabbit::URL, &db.connection_string(), &routes);
     let run = |rabbit: &mut Rabbit, n: usize| {
         let mut bridge = Bridge::start(&config);
         let (mut json, mut csv) = (Vec::new(), Vec::new());
@@ -2515,7 +2515,7 @@ fn amqp_messages_carry_a_key_stable_across_instances_their_content_type_and_a_ti
 fn rows_sharing_a_track_value_get_their_own_keys_and_only_the_unroutable_one_is_a_dead_letter() {
     // Given rows in one poll that share their track value, one of them unroutable
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let mut rabbit = Rabbit::connect();
     let exchange = unique("mqdb_out_tie");
     let queue = unique("mqdb_out_tie_q");
@@ -2530,7 +2530,8 @@ fn rows_sharing_a_track_value_get_their_own_keys_and_only_the_unroutable_one_is_
     db.exec(&format!(
         "INSERT INTO {t} VALUES (1, 10, 'good'), (2, 10, 'bad'), (3, 10, 'good'), (4, 10, 'good')"
     ));
-    let config = world.config_amqp(
+    let config = config_amqp(
+        &world,
         Rabbit::URL,
         &db.connection_string(),
         &[route(
@@ -2581,7 +2582,7 @@ fn rows_sharing_a_track_value_get_their_own_keys_and_only_the_unroutable_one_is_
 fn mqtt5_messages_carry_content_type_payload_format_and_key() {
     // Given an MQTT 5 broker, an MQTT 5 subscriber, and a JSON and a CSV route
     let db = Db::Postgres;
-    let world = World::new();
+    let world = World::new("outbound");
     let table = TempTable::create(&db, "out_v5", "id INTEGER PRIMARY KEY, v TEXT");
     let t = &table.name;
     pg_insert_range(t, 1, 2);
@@ -2601,7 +2602,7 @@ fn mqtt5_messages_carry_content_type_payload_format_and_key() {
             ],
         )
     });
-    let config = world.config_mqtt5(&db.connection_string(), &routes);
+    let config = config_mqtt5(&world, &db.connection_string(), &routes);
     let sub = Subscriber5::connect(world.broker.port, &format!("{root}/#"));
 
     // When the bridge runs
@@ -2635,19 +2636,14 @@ fn an_mqtt5_broker_refusing_a_publish_makes_a_dead_letter_at_qos_1_and_2() {
     let root = unique("acl");
     let acl = tempfile::NamedTempFile::new().expect("acl file");
     std::fs::write(acl.path(), format!("topic readwrite {root}/ok/#\n")).expect("write acl");
-    let dir = tempfile::Builder::new()
-        .prefix("mqdb-outbound-")
-        .tempdir()
-        .expect("temp dir");
-    let world = World {
-        dir,
-        // A non-zero queue limit: at 0, mosquitto 2.0 also drops a client it refused.
-        broker: Mosquitto::start_with_extra_config(&format!(
+    // A non-zero queue limit: at 0, mosquitto 2.0 also drops a client it refused.
+    let world = World::with_broker_config(
+        "outbound",
+        &format!(
             "acl_file {}\nmax_queued_messages 1000",
             acl.path().display()
-        )),
-        client_id: unique("mqdb_out"),
-    };
+        ),
+    );
     let db = Db::Postgres;
     let table = TempTable::create(&db, "out_acl", "id INTEGER PRIMARY KEY, kind TEXT NOT NULL");
     let t = &table.name;
@@ -2669,7 +2665,7 @@ fn an_mqtt5_broker_refusing_a_publish_makes_a_dead_letter_at_qos_1_and_2() {
             ],
         )
     });
-    let config = world.config_mqtt5(&db.connection_string(), &routes);
+    let config = config_mqtt5(&world, &db.connection_string(), &routes);
     let sub = world.subscribe(&format!("{root}/ok/#"));
 
     // When the bridge runs, and a later row is published once the first ones are done

@@ -17,10 +17,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{
-    Bridge, Db, Mosquitto, Publisher, Subscriber, TempTable, dlq_list, path_str, run_mqdb, unique,
-    wait_for,
+    Bridge, Db, Publisher, Route, StateStore, Subscriber, TempTable, World, dlq_list, path_str,
+    run_mqdb, unique, wait_for,
 };
-use serde_json::Value as Json;
+use serde_json::{Value as Json, json};
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -44,10 +44,6 @@ impl SmallDisk {
             .expect("run mount");
         assert!(status.success(), "mounting a tmpfs needs root");
         SmallDisk { dir }
-    }
-
-    fn state_path(&self) -> PathBuf {
-        self.dir.path().join("state.db")
     }
 
     fn filler(&self) -> PathBuf {
@@ -78,47 +74,12 @@ impl Drop for SmallDisk {
     }
 }
 
-/// One test's world: config and logs in a temp dir, the state store on a small disk, a
-/// private broker and the bridge's stable MQTT client id.
-struct World {
-    dir: tempfile::TempDir,
-    disk: SmallDisk,
-    broker: Mosquitto,
-    client_id: String,
-}
-
-impl World {
-    fn new() -> World {
-        World {
-            dir: tempfile::Builder::new()
-                .prefix("mqdb-state-store-")
-                .tempdir()
-                .expect("temp dir"),
-            disk: SmallDisk::mount(),
-            broker: Mosquitto::start(),
-            client_id: unique("mqdb_state"),
-        }
-    }
-
-    /// Writes `mqdb.yaml` with broker `b`, database `d` and `routes` (top-level YAML).
-    fn config(&self, db: &Db, routes: &str) -> PathBuf {
-        let text = format!(
-            "state: \"sqlite://{state}\"\n\
-             brokers:\n  b:\n    url: \"{url}\"\n    client_id: \"{client_id}\"\n\
-             databases:\n  d:\n    connection_string: \"{cs}\"\n{routes}",
-            state = self.disk.state_path().display(),
-            url = self.broker.url(),
-            client_id = self.client_id,
-            cs = db.connection_string(),
-        );
-        let path = self.dir.path().join("mqdb.yaml");
-        std::fs::write(&path, text).expect("write mqdb.yaml");
-        path
-    }
-
-    /// The state store read through ODBC, as another process sees it.
-    fn state_db(&self) -> Db {
-        Db::Sqlite(self.disk.state_path())
+/// Runs `test` once for each kind of state store, the store on a small disk of its own.
+fn on_each_store(test: impl Fn(&SmallDisk, StateStore)) {
+    for kind in 0..StateStore::each_in(Path::new("")).len() {
+        let disk = SmallDisk::mount();
+        let store = StateStore::each_in(disk.dir.path()).swap_remove(kind);
+        test(&disk, store);
     }
 }
 
@@ -214,9 +175,13 @@ const POSITION_FAILED: &str = "cannot store the position";
 // ---------------------------------------------------------------------------------------
 
 fn no_dead_letter_is_lost_to_a_full_disk(db: &Db) {
+    on_each_store(|disk, store| dead_letters_survive_a_full_disk(db, disk, store));
+}
+
+fn dead_letters_survive_a_full_disk(db: &Db, disk: &SmallDisk, store: StateStore) {
     // Given a bridge whose state store is on a small disk, an inbound route into a table
     // that holds row 0, and the dead-letter mirror on the same broker
-    let world = World::new();
+    let world = World::new("state-store").on_store(store);
     let table = TempTable::create(db, "full_in", "id INTEGER PRIMARY KEY, v VARCHAR(50)");
     db.exec(&format!(
         "INSERT INTO {} (id, v) VALUES (0, 'zero')",
@@ -224,16 +189,18 @@ fn no_dead_letter_is_lost_to_a_full_disk(db: &Db) {
     ));
     let topic = unique("full_in");
     let mirror_topic = unique("full_mirror");
-    let config = world.config(
-        db,
-        &format!(
-            "inbound:\n  - name: full_in\n    broker: b\n    topic: \"{topic}\"\n    qos: 1\n    \
-             database: d\n    table: {table}\n    format: json\n    columns:\n      id: payload.id\n      \
-             v: payload.v\n    batch: {{ max_rows: 20, max_delay: 50ms }}\n\
-             dead_letter:\n  publish: {{ broker: b, topic: \"{mirror_topic}/{{route}}\", qos: 1 }}\n",
-            table = table.name,
-        ),
-    );
+    let config = world
+        .config(db)
+        .inbound(
+            Route::inbound("full_in", &topic, &table.name)
+                .columns(&[("id", "payload.id"), ("v", "payload.v")])
+                .set("batch", json!({ "max_rows": 20, "max_delay": "50ms" })),
+        )
+        .set(
+            "dead_letter",
+            json!({ "publish": { "broker": "b", "topic": format!("{mirror_topic}/{{route}}"), "qos": 1 } }),
+        )
+        .write();
     let mirror = Subscriber::connect(world.broker.port, &format!("{mirror_topic}/#"), 1);
     let mut bridge = Bridge::start(&config);
     bridge.wait_for_log("mirroring dead letters", common::LIVENESS);
@@ -242,21 +209,21 @@ fn no_dead_letter_is_lost_to_a_full_disk(db: &Db) {
     wait_for_exactly(&mut bridge, &config, &range_set(0..10));
 
     // When the disk fills while more bad messages arrive, and is freed again
-    world.disk.fill();
+    disk.fill();
     publish_bad(&publisher, &topic, 10..70);
     wait_for_failures(&mut bridge, STORE_FAILED, 0);
-    world.disk.free();
+    disk.free();
 
     // Then every one of them is stored, once, without a restart
     wait_for_exactly(&mut bridge, &config, &range_set(0..70));
 
     // When the disk fills again, and the bridge is killed while it cannot store
     let failures = log_count(&bridge, STORE_FAILED);
-    world.disk.fill();
+    disk.fill();
     publish_bad(&publisher, &topic, 70..130);
     wait_for_failures(&mut bridge, STORE_FAILED, failures);
     bridge.kill();
-    world.disk.free();
+    disk.free();
 
     // Then the broker still held what was not stored: after a restart, all are there (a
     // letter stored just before the kill may come twice: at-least-once)
@@ -284,7 +251,8 @@ fn no_dead_letter_is_lost_to_a_full_disk(db: &Db) {
     let last = *ids.last().expect("letters");
     wait_for(&mut bridge, "the mirror position stored", || {
         let rows = world
-            .state_db()
+            .store
+            .reader()
             .try_query("SELECT last_id FROM mirror_position")?;
         Ok(rows
             .iter()
@@ -341,7 +309,7 @@ fn insert_rows(db: &Db, table: &str, range: std::ops::RangeInclusive<u64>) {
 
 /// The route's position as another process reads it from the state store.
 fn stored_position(world: &World, route: &str) -> Result<Option<String>, String> {
-    let rows = world.state_db().try_query(&format!(
+    let rows = world.store.reader().try_query(&format!(
         "SELECT position FROM positions WHERE route = '{route}'"
     ))?;
     Ok(rows.first().and_then(|r| r[0].clone()))
@@ -399,28 +367,38 @@ fn wait_for_caught_up(
 }
 
 fn the_outbound_position_waits_for_a_full_disk(db: &Db) {
+    on_each_store(|disk, store| outbound_position_survives_a_full_disk(db, disk, store));
+}
+
+fn outbound_position_survives_a_full_disk(db: &Db, disk: &SmallDisk, store: StateStore) {
     // Given an outbound route whose state store is on a small disk
-    let world = World::new();
+    let world = World::new("state-store").on_store(store);
     let table = TempTable::create(db, "full_out", "id INTEGER PRIMARY KEY, v VARCHAR(50)");
     let topic = unique("full_out");
     let route = "full_out";
-    let config = world.config(
-        db,
-        &format!(
-            "outbound:\n  - name: {route}\n    database: d\n    \
-             query: SELECT id, v FROM {table} WHERE id > ? ORDER BY id\n    track: id\n    \
-             start: 0\n    interval: 100ms\n    broker: b\n    topic: \"{topic}/{{v}}\"\n    \
-             qos: 1\n    format: json\n",
-            table = table.name,
-        ),
-    );
+    let config = world
+        .config(db)
+        .outbound(
+            Route::outbound(
+                route,
+                &format!("SELECT id, v FROM {} WHERE id > ? ORDER BY id", table.name),
+            )
+            .set("track", "id")
+            .set("start", 0)
+            .set("interval", "100ms")
+            .set("broker", "b")
+            .set("topic", format!("{topic}/{{v}}"))
+            .set("qos", 1)
+            .set("format", "json"),
+        )
+        .write();
     let subscriber = Subscriber::connect(world.broker.port, &format!("{topic}/#"), 1);
     let mut bridge = Bridge::start(&config);
     insert_rows(db, &table.name, 1..=10);
     wait_for_caught_up(&mut bridge, &world, &config, &subscriber, route, 10);
 
     // When the disk fills while rows (good ones and dead letters) keep coming
-    world.disk.fill();
+    disk.fill();
     for first in (11..=200).step_by(10) {
         insert_rows(db, &table.name, first..=first + 9);
         if log_count(&bridge, POSITION_FAILED) > 0 {
@@ -432,7 +410,7 @@ fn the_outbound_position_waits_for_a_full_disk(db: &Db) {
 
     // Then once space is free, every row is out or dead-lettered and the stored position
     // is the last row, as another process sees it
-    world.disk.free();
+    disk.free();
     wait_for_caught_up(&mut bridge, &world, &config, &subscriber, route, last);
 
     // And after a restart nothing is skipped: new rows follow from the stored position

@@ -17,6 +17,11 @@
 //!   requires a client certificate), for `amqps://` tests; stopped on drop.
 //! - [`make_ca`], [`make_leaf`], [`openssl`]: test certificates for the TLS tests.
 //!
+//! - [`World`], [`Config`], [`Route`]: a bridge under test in a few lines: a private world
+//!   (temp dir, Mosquitto, client id) and a typed config instead of hand-written YAML.
+//! - [`StateStore`]: the store a bridge keeps dead letters and positions in; store tests
+//!   take it as a parameter so they run against each kind.
+//!
 //! Names: [`unique`] gives table, topic, queue and client-id names that never collide across
 //! parallel test threads and processes.
 //!
@@ -25,6 +30,7 @@
 
 mod bridge;
 mod checks;
+mod config;
 mod db;
 pub mod http;
 mod mqtt;
@@ -33,7 +39,10 @@ mod proxy;
 mod rabbit;
 mod rabbit_node;
 pub mod readme;
+mod store;
 mod tls;
+mod values;
+mod world;
 
 // Each test binary uses a subset of these re-exports.
 #[allow(unused_imports)]
@@ -44,9 +53,11 @@ pub use checks::{
     wait_for_count,
 };
 #[allow(unused_imports)]
+pub use config::{Config, Route, settings};
+#[allow(unused_imports)]
 pub use db::{Db, TempTable, odbc_connect, odbc_env, odbc_exec, odbc_query};
 #[allow(unused_imports)]
-pub use mqtt::{Mosquitto, Publisher, Received, Subscriber, with_mqtt5};
+pub use mqtt::{Mosquitto, Publisher, Received, Subscriber, publish_retained, with_mqtt5};
 #[allow(unused_imports)]
 pub use mqtt5::{Received5, Subscriber5};
 #[allow(unused_imports)]
@@ -56,7 +67,13 @@ pub use rabbit::{AmqpMessage, ExchangeInfo, Header, Outgoing, QueueInfo, Rabbit}
 #[allow(unused_imports)]
 pub use rabbit_node::RabbitNode;
 #[allow(unused_imports)]
+pub use store::StateStore;
+#[allow(unused_imports)]
 pub use tls::{make_ca, make_leaf, make_pki, openssl};
+#[allow(unused_imports)]
+pub use values::{parse_ts, pg_lock_waiters, ts};
+#[allow(unused_imports)]
+pub use world::{Workdir, World};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

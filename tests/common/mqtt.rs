@@ -727,3 +727,39 @@ pub fn with_mqtt5(
         let _ = tokio::time::timeout(Duration::from_secs(2), eventloop.poll()).await;
     });
 }
+
+/// Publishes one retained message at `qos` (1 or 2) and waits for its confirmation, so the
+/// next subscriber of a matching filter receives it as soon as its subscription is in place.
+pub fn publish_retained(port: u16, topic: &str, qos: u8, payload: &str) {
+    let q = match qos {
+        1 => rumqttc::QoS::AtLeastOnce,
+        2 => rumqttc::QoS::ExactlyOnce,
+        other => panic!("a retained probe needs QoS 1 or 2, not {other}"),
+    };
+    let mut options = rumqttc::MqttOptions::new(unique("retainer"), "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut connection) = rumqttc::Client::new(options, 10);
+    client
+        .publish(topic, q, true, payload.as_bytes().to_vec())
+        .expect("queue the retained publish");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match connection.recv_timeout(left) {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))))
+            | Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubComp(_)))) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("retained publish to {topic}: {e}"),
+            Err(_) => panic!("no confirmation for the retained publish to {topic} within 20 s"),
+        }
+    }
+    let _ = client.disconnect();
+    while let Ok(Ok(event)) = connection.recv_timeout(Duration::from_secs(2)) {
+        if matches!(
+            event,
+            rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)
+        ) {
+            break;
+        }
+    }
+}

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 use serde_json::{Value as Json, json};
 
 use crate::common::{
-    Bridge, Db, Header, Mosquitto, Rabbit, TempTable, dlq_list, unique, wait_for, with_mqtt5,
+    Bridge, Db, Header, Rabbit, Route, TempTable, World, dlq_list, settings, unique, wait_for,
+    with_mqtt5,
 };
 
 /// What a case must end in.
@@ -328,7 +329,7 @@ fn json_cases(db: &Db) -> Vec<(&'static str, String, Outcome)> {
 /// The whole inbound matrix on one database; `extra` is added to its `databases:` entry
 /// (e.g. `dialect: generic`).
 pub fn matrix(db: Db, extra: &str) {
-    let world = World::new();
+    let world = World::new("fid-in");
     let cols = columns(&db);
     let defs: Vec<String> = cols
         .iter()
@@ -343,7 +344,7 @@ pub fn matrix(db: Db, extra: &str) {
     let queue = unique("fid_q");
     let mut rabbit = Rabbit::connect();
     rabbit.declare_queue(&queue);
-    let config = world.config(&db, extra, &table.name, &topic, &queue);
+    let config = config(&world, &db, extra, &table.name, &topic, &queue);
     prepare_session(world.broker.port, &world.client_id, &format!("{topic}/#"));
     let mut bridge = Bridge::start(&config);
 
@@ -813,93 +814,75 @@ fn strip_zero_fraction(text: &str) -> String {
     crate::trim_fraction(&text.trim().replace('T', " "))
 }
 
-/// One test's private world: a temp dir and a private Mosquitto.
-struct World {
-    dir: tempfile::TempDir,
-    broker: Mosquitto,
-    client_id: String,
-}
-
-impl World {
-    fn new() -> World {
-        World {
-            client_id: unique("fid_in"),
-            dir: tempfile::Builder::new()
-                .prefix("mqdb-fid-in-")
-                .tempdir()
-                .expect("temp dir"),
-            broker: Mosquitto::start(),
-        }
-    }
-
-    fn config(&self, db: &Db, extra: &str, table: &str, topic: &str, queue: &str) -> PathBuf {
-        let mut database = format!("    connection_string: \"{}\"\n", db.connection_string());
-        for line in extra.lines().filter(|l| !l.trim().is_empty()) {
-            database.push_str(&format!("    {}\n", line.trim()));
-        }
-        // Upserts, so every value also goes through each dialect's conflict statement
-        // (`MERGE` in standard SQL).
-        let route = |name: &str, source: &str, body: &str| {
-            format!(
-                "  - name: {name}\n    broker: {source}\n    database: d\n    table: {table}\n    on_conflict: update\n    key: [id]\n{body}"
-            )
-        };
-        let csv_route = |field: &str| {
-            route(
-                &format!("csv_{field}"),
-                "m",
-                &format!(
-                    "    topic: \"{topic}/csv/{field}\"\n    qos: 1\n    format: csv\n    csv: {{ fields: [id, v] }}\n    columns:\n      id: payload.id\n      {field}: payload.v\n"
-                ),
-            )
-        };
-        let routes = [
-            route(
-                "json",
-                "m",
-                &format!("    topic: \"{topic}/json\"\n    qos: 1\n    format: json\n"),
-            ),
-            csv_route("i64"),
-            csv_route("bin"),
-            csv_route("dec"),
-            csv_route("d"),
-            csv_route("ts"),
-            route(
-                "props",
-                "m",
-                &format!(
-                    "    topic: \"{topic}/props\"\n    qos: 1\n    format: json\n    columns:\n      id: payload.id\n      t: header.T\n      i64: header.n\n"
-                ),
-            ),
-            route(
-                "raw",
-                "m",
-                &format!(
-                    "    topic: \"{topic}/raw/{{id}}\"\n    qos: 1\n    format: json\n    columns:\n      id: topic.id\n      t: payload\n      bin: payload\n"
-                ),
-            ),
-            route(
-                "headers",
-                "r",
-                &format!(
-                    "    queue: \"{queue}\"\n    format: json\n    columns:\n      id: payload.id\n      dec: header.hdec\n      i64: header.hint\n      t: header.htext\n      f64: header.hfloat\n"
-                ),
-            ),
-        ];
-        let text = format!(
-            "state: \"sqlite://{state}\"\n\
-             brokers:\n  m:\n    url: \"{mqtt}\"\n    client_id: \"{client}\"\n    mqtt_version: 5\n  r:\n    url: \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n\
-             databases:\n  d:\n{database}\
-             inbound:\n{routes}",
-            state = self.dir.path().join("state.db").display(),
-            mqtt = self.broker.url(),
-            client = self.client_id,
-            routes = routes.concat(),
-        );
-        let path = self.dir.path().join("mqdb.yaml");
-        std::fs::write(&path, text).expect("write mqdb.yaml");
-        path
-    }
+/// Writes `mqdb.yaml`: MQTT 5 broker `m` (the world's), AMQP broker `r`, database `d` with
+/// `extra` settings, and one route per way a value arrives, all into `table`.
+fn config(world: &World, db: &Db, extra: &str, table: &str, topic: &str, queue: &str) -> PathBuf {
+    let extra: Vec<&str> = extra
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let mut database = settings(&extra);
+    database.insert("connection_string".into(), db.connection_string().into());
+    // Upserts, so every value also goes through each dialect's conflict statement
+    // (`MERGE` in standard SQL).
+    let route = |name: &str, source: &str| {
+        Route::named(name)
+            .set("broker", source)
+            .set("database", "d")
+            .set("table", table)
+            .set("on_conflict", "update")
+            .set("key", json!(["id"]))
+    };
+    let mqtt = |name: &str, level: &str| {
+        route(name, "m")
+            .set("topic", format!("{topic}/{level}"))
+            .set("qos", 1)
+    };
+    let csv_route = |field: &str| {
+        mqtt(&format!("csv_{field}"), &format!("csv/{field}"))
+            .set("format", "csv")
+            .set("csv", json!({ "fields": ["id", "v"] }))
+            .columns(&[("id", "payload.id"), (field, "payload.v")])
+    };
+    let routes = [
+        mqtt("json", "json").set("format", "json"),
+        csv_route("i64"),
+        csv_route("bin"),
+        csv_route("dec"),
+        csv_route("d"),
+        csv_route("ts"),
+        mqtt("props", "props").set("format", "json").columns(&[
+            ("id", "payload.id"),
+            ("t", "header.T"),
+            ("i64", "header.n"),
+        ]),
+        mqtt("raw", "raw/{id}").set("format", "json").columns(&[
+            ("id", "topic.id"),
+            ("t", "payload"),
+            ("bin", "payload"),
+        ]),
+        route("headers", "r")
+            .set("queue", queue)
+            .set("format", "json")
+            .columns(&[
+                ("id", "payload.id"),
+                ("dec", "header.hdec"),
+                ("i64", "header.hint"),
+                ("t", "header.htext"),
+                ("f64", "header.hfloat"),
+            ]),
+    ];
+    let (url, client) = world.mqtt(json!({ "mqtt_version": 5 }));
+    let config = world
+        .bare_config()
+        .broker("m", &url, client)
+        .broker("r", Rabbit::URL, Json::Null)
+        .set("databases", json!({ "d": database }));
+    routes
+        .into_iter()
+        .fold(config, |config, route| config.inbound(route))
+        .write()
 }
 
 /// The bridge's persistent session, subscribed to `filter`, so that the broker keeps what

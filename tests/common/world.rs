@@ -1,0 +1,136 @@
+//! One test's private world for a bridge under test: a temp dir (config, state store, logs,
+//! SQLite targets), a private Mosquitto and the bridge's stable, unique MQTT client id.
+//!
+//! ```ignore
+//! let world = World::new("inbound");
+//! let config = world.config(&Db::Postgres).inbound(Route::inbound("r", &topic, t)).write();
+//! world.persistent_session(&topic);
+//! let mut bridge = Bridge::start(&config);
+//! ```
+
+use std::path::PathBuf;
+
+use serde_json::{Value as Json, json};
+
+use super::{Config, Db, Mosquitto, Publisher, StateStore, Subscriber, unique};
+
+/// A temp dir (config, state store, logs, SQLite targets) for a bridge whose brokers the
+/// test brings itself (RabbitMQ, or several Mosquittos).
+pub struct Workdir {
+    pub dir: tempfile::TempDir,
+    pub store: StateStore,
+}
+
+impl Workdir {
+    /// A temp dir whose name starts with `mqdb-<label>-`.
+    pub fn new(label: &str) -> Workdir {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("mqdb-{label}-"))
+            .tempdir()
+            .expect("temp dir");
+        let store = StateStore::sqlite_in(dir.path());
+        Workdir { dir, store }
+    }
+
+    /// A file in the temp dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `mqdb.yaml` in the temp dir with this state store only.
+    pub fn bare_config(&self) -> Config {
+        Config::at(self.path("mqdb.yaml")).state(&self.store.url())
+    }
+}
+
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub broker: Mosquitto,
+    pub client_id: String,
+    /// Where the bridge keeps its dead letters and positions.
+    pub store: StateStore,
+}
+
+impl World {
+    /// A world whose temp dir and client id start with `label`.
+    pub fn new(label: &str) -> World {
+        World::with_broker_config(label, "")
+    }
+
+    /// Like [`World::new`] with `extra` appended to the private broker's config.
+    pub fn with_broker_config(label: &str, extra: &str) -> World {
+        World::with_broker(label, Mosquitto::start_with_extra_config(extra))
+    }
+
+    /// Like [`World::new`] with a broker the test started itself (e.g. with TLS).
+    pub fn with_broker(label: &str, broker: Mosquitto) -> World {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("mqdb-{label}-"))
+            .tempdir()
+            .expect("temp dir");
+        let store = StateStore::sqlite_in(dir.path());
+        World {
+            dir,
+            broker,
+            client_id: unique(&format!("mqdb_{label}")),
+            store,
+        }
+    }
+
+    /// This world with its state kept in `store` instead of the temp dir's SQLite file.
+    pub fn on_store(mut self, store: StateStore) -> World {
+        self.store = store;
+        self
+    }
+
+    /// A file in this world's temp dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The bridge's own entry for this world's broker (url and client id), plus `extra`
+    /// settings (a JSON object, or `null`).
+    pub fn mqtt(&self, extra: Json) -> (String, Json) {
+        let mut settings = json!({ "client_id": self.client_id });
+        if let (Json::Object(s), Json::Object(e)) = (&mut settings, extra) {
+            s.extend(e);
+        }
+        (self.broker.url(), settings)
+    }
+
+    /// `mqdb.yaml` in the temp dir with this world's state store only.
+    pub fn bare_config(&self) -> Config {
+        Config::at(self.path("mqdb.yaml")).state(&self.store.url())
+    }
+
+    /// [`World::bare_config`] with broker `b` (this world's Mosquitto and client id) and
+    /// database `d` (`db`).
+    pub fn config(&self, db: &Db) -> Config {
+        self.config_cs(&db.connection_string())
+    }
+
+    /// Like [`World::config`] with database `d` at `connection_string` (e.g. via a proxy).
+    pub fn config_cs(&self, connection_string: &str) -> Config {
+        let (url, settings) = self.mqtt(Json::Null);
+        self.bare_config()
+            .broker("b", &url, settings)
+            .database("d", connection_string)
+    }
+
+    /// Creates the bridge's persistent MQTT session (its client id, `clean_session=false`)
+    /// subscribed to `filter` at QoS 1, then disconnects: from now on the broker queues every
+    /// matching message for the bridge, also before it first starts.
+    pub fn persistent_session(&self, filter: &str) {
+        Subscriber::connect_with(self.broker.port, &self.client_id, false, &[(filter, 1)])
+            .disconnect();
+    }
+
+    pub fn publisher(&self) -> Publisher {
+        Publisher::connect(self.broker.port)
+    }
+
+    /// A clean-session QoS 1 subscriber of `filter` on this world's broker.
+    pub fn subscribe(&self, filter: &str) -> Subscriber {
+        Subscriber::connect(self.broker.port, filter, 1)
+    }
+}
