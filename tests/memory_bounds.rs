@@ -88,6 +88,49 @@ fn route(name: &str, source: &str, table: &str, extra: &str) -> String {
     )
 }
 
+/// A table on `db`, a topic, and a config with one MQTT route `name` from that topic into
+/// the table (`broker`: extra lines of broker `b`; `extra`: extra lines of the route).
+fn mqtt_route(
+    world: &World,
+    db: &Db,
+    name: &str,
+    columns: &str,
+    broker: &str,
+    extra: &str,
+) -> (TempTable, String, PathBuf) {
+    let table = TempTable::create(db, name, columns);
+    let topic = format!("{}/m", unique(name));
+    let source = format!("broker: b\ntopic: \"{topic}\"\nqos: 1");
+    let config = world.config(broker, db, &route(name, &source, &table.name, extra));
+    (table, topic, config)
+}
+
+/// Waits for the row `id`, then for the one `too_large` dead letter, stored whole
+/// (`payload_len` bytes); the table holds that one row only.
+fn small_row_and_one_too_large(
+    bridge: &mut Bridge,
+    db: &Db,
+    table: &TempTable,
+    config: &std::path::Path,
+    id: i64,
+    payload_len: usize,
+) -> Json {
+    wait_for(bridge, "the small row", || {
+        Ok(db
+            .try_query(&format!("SELECT id FROM {} WHERE id = {id}", table.name))
+            .map(|r| r.len() == 1)
+            .unwrap_or(false))
+    });
+    wait_until("the dead letter", LIVENESS, || {
+        !letters_of_kind(config, "too_large").is_empty()
+    });
+    let letters = letters_of_kind(config, "too_large");
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0]["payload"].as_str().unwrap().len(), payload_len);
+    assert_eq!(table.count(), 1, "only the small message is a row");
+    letters[0].clone()
+}
+
 fn letters_of_kind(config: &std::path::Path, kind: &str) -> Vec<Json> {
     dlq_list(config)
         .into_iter()
@@ -106,17 +149,13 @@ fn letters_of_kind(config: &std::path::Path, kind: &str) -> Vec<Json> {
 fn an_mqtt_311_message_over_the_limit_is_a_dead_letter_and_the_rest_flows() {
     let world = World::new();
     let db = Db::Postgres;
-    let table = TempTable::create(&db, "toolarge", "id BIGINT, note TEXT");
-    let topic = format!("{}/m", unique("big"));
-    let config = world.config(
-        "    max_message_bytes: 64KiB\n",
+    let (table, topic, config) = mqtt_route(
+        &world,
         &db,
-        &route(
-            "big",
-            &format!("broker: b\ntopic: \"{topic}\"\nqos: 1"),
-            &table.name,
-            "",
-        ),
+        "toolarge",
+        "id BIGINT, note TEXT",
+        "    max_message_bytes: 64KiB\n",
+        "",
     );
     world.persistent_session(&topic, false);
     let large = format!("{{\"id\": 1, \"note\": \"{}\"}}", "x".repeat(100 * 1024));
@@ -128,24 +167,12 @@ fn an_mqtt_311_message_over_the_limit_is_a_dead_letter_and_the_rest_flows() {
         1,
     );
     let mut bridge = Bridge::start(&config);
-    wait_for(&mut bridge, "the small row", || {
-        Ok(db
-            .try_query(&format!("SELECT id FROM {} WHERE id = 2", table.name))
-            .map(|r| r.len() == 1)
-            .unwrap_or(false))
-    });
-    wait_until("the dead letter", LIVENESS, || {
-        !letters_of_kind(&config, "too_large").is_empty()
-    });
-    let letters = letters_of_kind(&config, "too_large");
-    assert_eq!(letters.len(), 1, "{letters:?}");
-    let error = letters[0]["error"].as_str().unwrap();
+    let letter = small_row_and_one_too_large(&mut bridge, &db, &table, &config, 2, large.len());
+    let error = letter["error"].as_str().unwrap();
     assert!(
         error.contains(&large.len().to_string()) && error.contains("64 KiB"),
         "{error}"
     );
-    assert_eq!(letters[0]["payload"].as_str().unwrap().len(), large.len());
-    assert_eq!(table.count(), 1, "only the small message is a row");
     assert!(
         !bridge.log().contains("broker connection lost"),
         "{}",
@@ -162,21 +189,17 @@ fn an_mqtt_311_message_over_the_limit_is_a_dead_letter_and_the_rest_flows() {
 fn an_mqtt_5_subscriber_announces_its_limit_and_dead_letters_what_still_arrives() {
     let world = World::new();
     let db = Db::Postgres;
-    let table = TempTable::create(&db, "toolarge5", "id BIGINT, note TEXT");
-    let topic = format!("{}/m", unique("big5"));
-    let config = world.config(
-        "    max_message_bytes: 64KiB\n    mqtt_version: 5\n",
+    let (table, topic, config) = mqtt_route(
+        &world,
         &db,
-        &route(
-            "big5",
-            &format!("broker: b\ntopic: \"{topic}\"\nqos: 1"),
-            &table.name,
-            "",
-        ),
+        "toolarge5",
+        "id BIGINT, note TEXT",
+        "    max_message_bytes: 64KiB\n    mqtt_version: 5\n",
+        "",
     );
     let mut bridge = Bridge::start(&config);
     wait_until("the route to be up", LIVENESS, || {
-        world.metric("mqdb_up", "big5") == 1.0
+        world.metric("mqdb_up", "toolarge5") == 1.0
     });
     let over = |n: usize| format!("{{\"id\": 1, \"note\": \"{}\"}}", "y".repeat(n));
     let slightly = over(70 * 1024);
@@ -188,26 +211,8 @@ fn an_mqtt_5_subscriber_announces_its_limit_and_dead_letters_what_still_arrives(
         ],
         1,
     );
-    wait_for(&mut bridge, "the small row", || {
-        Ok(db
-            .try_query(&format!("SELECT id FROM {} WHERE id = 3", table.name))
-            .map(|r| r.len() == 1)
-            .unwrap_or(false))
-    });
-    wait_until("the dead letter", LIVENESS, || {
-        !letters_of_kind(&config, "too_large").is_empty()
-    });
-    let letters = letters_of_kind(&config, "too_large");
-    assert_eq!(
-        letters.len(),
-        1,
-        "only the 70 KiB message arrives: {letters:?}"
-    );
-    assert_eq!(
-        letters[0]["payload"].as_str().unwrap().len(),
-        slightly.len()
-    );
-    assert_eq!(table.count(), 1);
+    // Only the 70 KiB message arrives: the 1 MiB one is over the announced size.
+    small_row_and_one_too_large(&mut bridge, &db, &table, &config, 3, slightly.len());
     assert!(
         !bridge.log().contains("broker connection lost"),
         "{}",
@@ -250,19 +255,7 @@ fn an_amqp_message_over_the_limit_is_a_dead_letter_and_the_rest_flows() {
         ],
     );
     let mut bridge = Bridge::start(&config);
-    wait_for(&mut bridge, "the small row", || {
-        Ok(db
-            .try_query(&format!("SELECT id FROM {} WHERE id = 2", table.name))
-            .map(|r| r.len() == 1)
-            .unwrap_or(false))
-    });
-    wait_until("the dead letter", LIVENESS, || {
-        !letters_of_kind(&config, "too_large").is_empty()
-    });
-    let letters = letters_of_kind(&config, "too_large");
-    assert_eq!(letters.len(), 1, "{letters:?}");
-    assert_eq!(letters[0]["payload"].as_str().unwrap().len(), large.len());
-    assert_eq!(table.count(), 1);
+    small_row_and_one_too_large(&mut bridge, &db, &table, &config, 2, large.len());
     terminate_ok(&mut bridge);
     wait_until("the queue to be drained and acknowledged", LIVENESS, || {
         Rabbit::queue_info(&queue).is_some_and(|q| q.messages == 0)
@@ -411,17 +404,13 @@ fn the_byte_budget_bounds_what_an_amqp_broker_hands_over() {
 fn a_long_csv_message_is_written_in_batches_as_it_is_read() {
     let world = World::new();
     let db = Db::Postgres;
-    let table = TempTable::create(&db, "csvparts", "id BIGINT PRIMARY KEY, v BIGINT");
-    let topic = format!("{}/c", unique("csvparts"));
-    let config = world.config(
-        "",
+    let (table, topic, config) = mqtt_route(
+        &world,
         &db,
-        &route(
-            "parts",
-            &format!("broker: b\ntopic: \"{topic}\"\nqos: 1"),
-            &table.name,
-            "    format: csv\n    batch: { max_rows: 100 }\n",
-        ),
+        "parts",
+        "id BIGINT PRIMARY KEY, v BIGINT",
+        "",
+        "    format: csv\n    batch: { max_rows: 100 }\n",
     );
     world.persistent_session(&topic, false);
     let mut csv = String::new();
@@ -471,17 +460,13 @@ fn a_long_csv_message_is_written_in_batches_as_it_is_read() {
 fn long_and_short_values_in_one_mariadb_batch_arrive_exactly() {
     let world = World::new();
     let db = Db::MariaDb;
-    let table = TempTable::create(&db, "longvals", "id BIGINT PRIMARY KEY, note LONGTEXT");
-    let topic = format!("{}/l", unique("longvals"));
-    let config = world.config(
-        "",
+    let (table, topic, config) = mqtt_route(
+        &world,
         &db,
-        &route(
-            "longvals",
-            &format!("broker: b\ntopic: \"{topic}\"\nqos: 1"),
-            &table.name,
-            "",
-        ),
+        "longvals",
+        "id BIGINT PRIMARY KEY, note LONGTEXT",
+        "",
+        "",
     );
     world.persistent_session(&topic, false);
     let note = |id: usize| -> String {

@@ -122,7 +122,7 @@ impl MqttCounter {
                 let mut options = MqttOptions::new(unique("count"), "127.0.0.1", port);
                 options
                     .set_keep_alive(Duration::from_secs(30))
-                    .set_max_packet_size(1 << 20, 1 << 20);
+                    .set_max_packet_size(1 << 28, 1 << 28);
                 let (client, mut eventloop) = AsyncClient::new(options, 100);
                 client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
                 while !s.load(Ordering::Relaxed) {

@@ -5,10 +5,9 @@
 //! after the last row. Targets: peak under idle + 3 × the bytes in flight, and back within
 //! 50 MB of idle after the settle time. Every case reconciles its rows.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-
+use crate::clients;
 use crate::common::{Db, Mosquitto, TempTable, unique};
 use crate::report::{MemoryCase as Case, read_proc};
 use crate::running::Running;
@@ -144,11 +143,12 @@ fn one(broker: &Mosquitto, load: Load, settle: Duration) -> Case {
     let idle_kb = read_proc(pid).expect("mqdb alive").0;
     let loaded: u64 = load.messages.iter().map(|m| m.len() as u64).sum();
     let in_flight_bytes = loaded.min(load.max_in_flight);
-    publish(
+    // A few large messages unconfirmed at a time.
+    let window = ((load.max_in_flight / MIB) as usize).clamp(1, 8);
+    clients::mqtt_publish(
         broker.port,
-        &topic,
-        load.messages.into_iter(),
-        (load.max_in_flight / MIB) as usize,
+        load.messages.into_iter().map(|m| (topic.clone(), m)),
+        window,
     );
     running.wait_counters(
         &["mqdb_rows_written_total", "mqdb_dead_letters_total"],
@@ -156,8 +156,7 @@ fn one(broker: &Mosquitto, load: Load, settle: Duration) -> Case {
         Duration::from_secs(900),
     );
     let peak_kb = read_proc(pid).expect("mqdb alive").1;
-    let done = Instant::now();
-    std::thread::sleep(settle.saturating_sub(done.elapsed()));
+    std::thread::sleep(settle);
     let settled_kb = read_proc(pid).expect("mqdb alive").0;
     assert_eq!(
         table.count(),
@@ -175,38 +174,4 @@ fn one(broker: &Mosquitto, load: Load, settle: Duration) -> Case {
         settled_kb,
         rows: load.rows,
     }
-}
-
-/// Publishes large messages at QoS 1, a few unconfirmed at a time.
-fn publish(port: u16, topic: &str, messages: impl Iterator<Item = Vec<u8>>, window: usize) {
-    let window = window.clamp(1, 8);
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-        .block_on(async {
-            let mut options = MqttOptions::new(unique("bigpub"), "127.0.0.1", port);
-            options
-                .set_inflight(window as u16)
-                .set_max_packet_size(1 << 28, 1 << 28);
-            let (client, mut eventloop) = AsyncClient::new(options, window);
-            let (mut sent, mut acked) = (0usize, 0usize);
-            let mut messages = messages.peekable();
-            loop {
-                while messages.peek().is_some() && sent - acked < window {
-                    let payload = messages.next().expect("peeked");
-                    client
-                        .try_publish(topic, QoS::AtLeastOnce, false, payload)
-                        .unwrap();
-                    sent += 1;
-                }
-                if messages.peek().is_none() && acked == sent {
-                    break;
-                }
-                if let Event::Incoming(Packet::PubAck(_)) = eventloop.poll().await.unwrap() {
-                    acked += 1;
-                }
-            }
-            let _ = client.disconnect().await;
-        });
 }

@@ -157,6 +157,8 @@ async fn consume(
         // A delivery waiting for its bytes to fit the budget.
         let mut waiting: Option<Delivery> = None;
         let lost = loop {
+            // A delivery whose bytes fit the budget, to register and hand to the route.
+            let mut ready: Option<(Delivery, OwnedSemaphorePermit)> = None;
             tokio::select! {
                 biased;
                 _ = &mut finish => {
@@ -179,31 +181,13 @@ async fn consume(
                 },
                 bytes = budget.take(waiting.as_ref().map_or(0, delivery_size)), if waiting.is_some() => {
                     let Some(bytes) = bytes else { return };
-                    let d = waiting.take().expect("guarded");
-                    seq += 1;
-                    sequencer.register(seq, 1, (d.delivery_tag, bytes));
-                    let message = message(d, &broker, &queue, AckHandle::new(seq, done_tx.clone()));
-                    match route.try_send(message) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(message)) => outbox = Some(message),
-                        Err(mpsc::error::TrySendError::Closed(_)) => consuming = false,
-                    }
+                    ready = waiting.take().map(|d| (d, bytes));
                 }
                 delivery = consumer.next(), if consuming && outbox.is_none() && waiting.is_none() => match delivery {
                     Some(Ok(d)) => {
-                        let Some(bytes) = budget.try_take(delivery_size(&d)) else {
-                            waiting = Some(d);
-                            continue;
-                        };
-                        seq += 1;
-                        sequencer.register(seq, 1, (d.delivery_tag, bytes));
-                        let message = message(d, &broker, &queue, AckHandle::new(seq, done_tx.clone()));
-                        // Straight to the route when it has room; otherwise wait for room
-                        // without taking further deliveries.
-                        match route.try_send(message) {
-                            Ok(()) => {}
-                            Err(mpsc::error::TrySendError::Full(message)) => outbox = Some(message),
-                            Err(mpsc::error::TrySendError::Closed(_)) => consuming = false,
+                        match budget.try_take(delivery_size(&d)) {
+                            Some(bytes) => ready = Some((d, bytes)),
+                            None => waiting = Some(d),
                         }
                     }
                     Some(Err(e)) => break e.to_string(),
@@ -216,6 +200,18 @@ async fn consume(
                         waiting = None;
                         let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
                     }
+                }
+            }
+            if let Some((d, bytes)) = ready {
+                seq += 1;
+                sequencer.register(seq, 1, (d.delivery_tag, bytes));
+                let message = message(d, &broker, &queue, AckHandle::new(seq, done_tx.clone()));
+                // Straight to the route when it has room; otherwise wait for room without
+                // taking further deliveries.
+                match route.try_send(message) {
+                    Ok(()) => {}
+                    Err(mpsc::error::TrySendError::Full(message)) => outbox = Some(message),
+                    Err(mpsc::error::TrySendError::Closed(_)) => consuming = false,
                 }
             }
         };
