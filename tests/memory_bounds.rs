@@ -516,3 +516,50 @@ fn long_and_short_values_in_one_mariadb_batch_arrive_exactly() {
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
     terminate_ok(&mut bridge);
 }
+
+/// Given a PostgreSQL route, when a batch carries 16 MiB or more of values, the sink renews
+/// its connection after the commit (libpq keeps a send buffer as large as the largest
+/// statement for the life of a connection), and the route goes on on the new one.
+#[test]
+fn a_postgresql_connection_is_renewed_after_a_batch_of_large_values() {
+    let world = World::new();
+    let db = Db::Postgres;
+    let (table, topic, config) = mqtt_route(
+        &world,
+        &db,
+        "renewed",
+        "id BIGINT, note TEXT",
+        "    max_message_bytes: 32MiB\n",
+        "",
+    );
+    world.persistent_session(&topic, false);
+    let note = "r".repeat(17 << 20);
+    let publisher = Publisher::connect(world.broker.port);
+    publisher.publish_all_confirmed(
+        vec![(
+            topic.clone(),
+            format!("{{\"id\": 1, \"note\": \"{note}\"}}").into_bytes(),
+        )],
+        1,
+    );
+    let mut bridge = Bridge::start_with_env(&config, &[("RUST_LOG", "warn,mqdb=debug")]);
+    wait_for(&mut bridge, "the large row", || Ok(table.count() == 1));
+    bridge.wait_for_log("reconnecting to give back the driver's buffers", LIVENESS);
+    publisher.publish_all_confirmed(
+        vec![(topic.clone(), br#"{"id": 2, "note": "after"}"#.to_vec())],
+        1,
+    );
+    wait_for(&mut bridge, "the row after", || Ok(table.count() == 2));
+    assert_eq!(
+        db.query(&format!(
+            "SELECT id, LENGTH(note) FROM {} ORDER BY id",
+            table.name
+        )),
+        vec![
+            vec![Some("1".to_string()), Some(note.len().to_string())],
+            vec![Some("2".to_string()), Some("5".to_string())],
+        ]
+    );
+    assert_eq!(dlq_list(&config), Vec::<Json>::new());
+    terminate_ok(&mut bridge);
+}

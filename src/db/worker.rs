@@ -13,7 +13,7 @@ use super::catalog::{self, CatalogColumn};
 use super::dialect::Dialect;
 use super::insert::TablePlan;
 use super::postgres::Arrays;
-use super::write::{Unsettled, Writer, query_text};
+use super::write::{Unsettled, Writer, query_text, value_bytes};
 use crate::backoff::Backoff;
 use crate::config::OnConflict;
 use crate::convert::SqlKind;
@@ -59,6 +59,9 @@ pub struct Sink {
     pub requests: mpsc::Sender<InsertRequest>,
 }
 
+/// The value bytes of a committed PostgreSQL batch from which its connection is renewed.
+const REFRESH_BYTES: usize = 16 << 20;
+
 /// Starts the sink thread and waits until it has connected and resolved the table.
 /// Unreachable databases are retried until `stop`; a missing table or column is an error.
 pub async fn start(
@@ -94,6 +97,7 @@ fn run(
     // The pending batch's commit, if the outage came while it was being sent.
     let mut unsettled: Option<Unsettled> = None;
     let mut backoff = Backoff::new();
+    let mut refreshing = false;
     let down = |metrics: &RouteMetrics| {
         metrics.set_database_up(false);
         RouteMetrics::add(&metrics.retries, 1);
@@ -148,7 +152,7 @@ fn run(
                     return;
                 }
             }
-        } else {
+        } else if !std::mem::take(&mut refreshing) {
             info!(route = %target.route, database = %spec.name, "database reconnected");
         }
         if let Some(lost) = unsettled.take() {
@@ -191,6 +195,11 @@ fn run(
             &target.route,
         ) {
             Served::Closed => return,
+            Served::Refresh => {
+                debug!(route = %target.route, "reconnecting to give back the driver's buffers");
+                drop(conn);
+                refreshing = true;
+            }
             Served::Outage(e, lost) => {
                 unsettled = lost;
                 warn!(route = %target.route, error = %e, "database outage; the batch will be retried");
@@ -356,6 +365,10 @@ pub fn resolve(
 
 enum Served {
     Closed,
+    /// A batch of large values was committed on PostgreSQL: libpq keeps a send buffer as
+    /// large as the largest statement for the life of the connection, so a new connection
+    /// gives that memory back.
+    Refresh,
     /// The batch stays pending; its commit may have happened.
     Outage(DbError, Option<Unsettled>),
 }
@@ -389,11 +402,16 @@ fn serve(
                     "batch committed"
                 );
                 backoff.reset();
+                let large = plan.dialect == Dialect::Postgres
+                    && request.rows.iter().map(value_bytes).sum::<usize>() >= REFRESH_BYTES;
                 // The rows are freed after the reply, here and not on the route's thread.
                 let _ = request.reply.send(InsertOutcome::Committed {
                     rejected,
                     arrays: request.arrays,
                 });
+                if large {
+                    return Served::Refresh;
+                }
             }
             Err(e) => {
                 *pending = Some(request);

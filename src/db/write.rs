@@ -62,7 +62,7 @@ pub fn goes_alone(row: &Row, per_statement: usize) -> bool {
 }
 
 /// The bytes of the row's text and binary values.
-fn value_bytes(row: &Row) -> usize {
+pub fn value_bytes(row: &Row) -> usize {
     row.iter()
         .map(|v| match v {
             Some(Value::Text(s)) => s.len(),
