@@ -122,7 +122,7 @@ impl MqttCounter {
                 let mut options = MqttOptions::new(unique("count"), "127.0.0.1", port);
                 options
                     .set_keep_alive(Duration::from_secs(30))
-                    .set_max_packet_size(1 << 28, 1 << 28);
+                    .set_max_packet_size(1 << 20, 1 << 20);
                 let (client, mut eventloop) = AsyncClient::new(options, 100);
                 client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
                 while !s.load(Ordering::Relaxed) {
@@ -162,7 +162,7 @@ pub fn mqtt_publish(port: u16, messages: impl Iterator<Item = (String, Vec<u8>)>
         let mut options = MqttOptions::new(unique("barepub"), "127.0.0.1", port);
         options
             .set_inflight(window as u16)
-            .set_max_packet_size(1 << 20, 1 << 20);
+            .set_max_packet_size(1 << 28, 1 << 28);
         let (client, mut eventloop) = AsyncClient::new(options, window);
         let (mut sent, mut acked) = (0usize, 0usize);
         let mut messages = messages.peekable();
