@@ -131,6 +131,16 @@ fn small_row_and_one_too_large(
     letters[0].clone()
 }
 
+/// The broker connection was never lost (no reconnection loop); then a clean stop.
+fn stop_having_stayed_connected(bridge: &mut Bridge) {
+    assert!(
+        !bridge.log().contains("broker connection lost"),
+        "{}",
+        bridge.log()
+    );
+    terminate_ok(bridge);
+}
+
 fn letters_of_kind(config: &std::path::Path, kind: &str) -> Vec<Json> {
     dlq_list(config)
         .into_iter()
@@ -173,12 +183,7 @@ fn an_mqtt_311_message_over_the_limit_is_a_dead_letter_and_the_rest_flows() {
         error.contains(&large.len().to_string()) && error.contains("64 KiB"),
         "{error}"
     );
-    assert!(
-        !bridge.log().contains("broker connection lost"),
-        "{}",
-        bridge.log()
-    );
-    terminate_ok(&mut bridge);
+    stop_having_stayed_connected(&mut bridge);
 }
 
 /// MQTT 5: the bridge announces the limit (plus room for the topic) as its Maximum Packet
@@ -213,12 +218,7 @@ fn an_mqtt_5_subscriber_announces_its_limit_and_dead_letters_what_still_arrives(
     );
     // Only the 70 KiB message arrives: the 1 MiB one is over the announced size.
     small_row_and_one_too_large(&mut bridge, &db, &table, &config, 3, slightly.len());
-    assert!(
-        !bridge.log().contains("broker connection lost"),
-        "{}",
-        bridge.log()
-    );
-    terminate_ok(&mut bridge);
+    stop_having_stayed_connected(&mut bridge);
 }
 
 /// AMQP brokers send whole bodies: an oversized one is a dead letter, acknowledged, and the

@@ -48,7 +48,8 @@ impl ByteBudget {
     }
 
     /// Bytes held now.
-    pub fn held(&self) -> u64 {
+    #[cfg(test)]
+    fn held(&self) -> u64 {
         u64::from(self.limit) - self.bytes.available_permits() as u64
     }
 }

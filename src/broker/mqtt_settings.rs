@@ -12,7 +12,7 @@ pub use crate::config::MqttVersion;
 /// MQTT's own ceiling on a packet; rumqttc's default (10 kB) would turn a large payload into
 /// an endless reconnect loop. MQTT 3.1.1 cannot tell the broker a smaller limit, so a
 /// 3.1.1 subscriber takes every message and dead-letters the oversized ones.
-const MAX_PACKET: usize = 268_435_455;
+const MAX_PACKET: usize = config::size::MQTT_MAX_PACKET as usize;
 
 /// Room for the topic and properties around the largest payload an MQTT 5 subscriber asks
 /// for: a topic is at most 64 KiB.

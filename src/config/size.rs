@@ -3,6 +3,9 @@
 
 use serde::de::{self, Deserializer, Visitor};
 
+/// MQTT's largest packet (its Remaining Length field): no message is larger.
+pub const MQTT_MAX_PACKET: u64 = 268_435_455;
+
 /// Parses `NUMBER [UNIT]`; binary units are powers of 1024, decimal ones of 1000.
 pub fn parse(text: &str) -> Result<u64, String> {
     let text = text.trim();

@@ -15,9 +15,6 @@ use crate::codec::csv::CsvFormat;
 use crate::mapping::{Field, Source, SourceContext};
 use crate::topic::Filter;
 
-/// MQTT's largest packet (its Remaining Length field), also the largest message taken.
-pub const MAX_PACKET_BYTES: u64 = 268_435_455;
-
 pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
     let err = |at: &serde_saphyr::Location, msg: String| ConfigError::at(path, at, msg);
 
@@ -56,11 +53,12 @@ pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
             ));
         }
         let b = &broker.value;
-        if b.max_message_bytes == 0 || b.max_message_bytes > MAX_PACKET_BYTES {
+        if b.max_message_bytes == 0 || b.max_message_bytes > size::MQTT_MAX_PACKET {
             return Err(err(
                 &broker.referenced,
                 format!(
-                    "broker {name}: max_message_bytes must be between 1 and {MAX_PACKET_BYTES} (256 MiB, MQTT's own limit)"
+                    "broker {name}: max_message_bytes must be between 1 and {} (256 MiB, MQTT's own limit)",
+                    size::MQTT_MAX_PACKET
                 ),
             ));
         }
