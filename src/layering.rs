@@ -23,7 +23,15 @@ const LAYERS: &[(&str, bool, &[&str])] = &[
     (
         "routes",
         false,
-        &["routes", "inbound", "outbound", "replay", "mirror", "dedup"],
+        &[
+            "routes",
+            "destination",
+            "inbound",
+            "outbound",
+            "replay",
+            "mirror",
+            "dedup",
+        ],
     ),
     (
         "application",

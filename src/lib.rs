@@ -39,6 +39,8 @@
 //! 5. Routes, composing the adapters:
 //!    - [`routes`]: configuration routes resolved into filters, sink targets and mappers.
 //!    - [`inbound`]: the inbound route loop: batching, dead letters, acknowledgements.
+//!    - [`destination`]: where an outbound route's rows and the dead-letter mirror's copies
+//!      go (a broker, a topic or an exchange and routing key, qos, retain).
 //!    - [`outbound`]: the outbound route loop: poll, publish, confirm, store the position;
 //!      [`dedup`]: each published message's deduplication key and content type.
 //!    - [`replay`]: dead letters through their routes again.
@@ -85,6 +87,7 @@ pub mod convert;
 pub mod db;
 pub mod dedup;
 pub mod demo;
+pub mod destination;
 pub mod dlq;
 pub mod dlq_commands;
 pub mod error;

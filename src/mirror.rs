@@ -11,11 +11,11 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::backoff::Backoff;
-use crate::broker::publish::{Address, Delivery, Envelope};
+use crate::broker::publish::{Delivery, Envelope};
 use crate::broker::publisher::Publisher;
+use crate::destination::Target;
 use crate::dlq::DeadLetter;
 use crate::state::State;
-use crate::template::Template;
 
 /// The mirror's row in the state store.
 const POSITION: &str = "dead_letter.publish";
@@ -23,39 +23,13 @@ const POSITION: &str = "dead_letter.publish";
 /// Dead letters published per round.
 const ROUND: usize = 500;
 
-/// Where the envelopes go.
-pub enum Target {
-    Mqtt {
-        topic: Template,
-    },
-    Amqp {
-        exchange: Template,
-        routing_key: Template,
-    },
-}
-
-impl Target {
-    fn address(&self, letter: &DeadLetter) -> Address {
-        let field = |name: &str| match name {
-            "route" => Some(letter.route.clone()),
-            "direction" => Some(letter.direction.clone()),
-            "error_kind" => Some(letter.error_kind.clone()),
-            _ => None,
-        };
-        let render = |t: &Template| t.render(field).unwrap_or_default();
-        match self {
-            Target::Mqtt { topic } => Address {
-                topic: render(topic),
-                exchange: String::new(),
-            },
-            Target::Amqp {
-                exchange,
-                routing_key,
-            } => Address {
-                topic: render(routing_key),
-                exchange: render(exchange),
-            },
-        }
+/// The values a dead-letter copy's address may name ([`crate::dlq::MIRROR_FIELDS`]).
+fn field(letter: &DeadLetter, name: &str) -> Option<String> {
+    match name {
+        "route" => Some(letter.route.clone()),
+        "direction" => Some(letter.direction.clone()),
+        "error_kind" => Some(letter.error_kind.clone()),
+        _ => None,
     }
 }
 
@@ -123,6 +97,15 @@ impl Mirror {
         }
         let mut pending = Vec::with_capacity(letters.len());
         for letter in &letters {
+            let address = match self.target.address(|name| field(letter, name)) {
+                Ok(address) => address,
+                Err(reason) => {
+                    // A route name that is no valid topic level; the letter stays in the store.
+                    warn!(id = letter.id, reason = %reason, "a dead letter has no mirror address");
+                    pending.push((letter.id, None));
+                    continue;
+                }
+            };
             let message = Envelope {
                 payload: serde_json::to_vec(&letter.to_json()).unwrap_or_default(),
                 // The dead letter's id in this state store, as `dlq show --id` takes it.
@@ -131,14 +114,16 @@ impl Mirror {
             };
             pending.push((
                 letter.id,
-                self.publisher
-                    .publish(&self.target.address(letter), message)
-                    .await?,
+                Some(self.publisher.publish(&address, message).await?),
             ));
         }
         let mut confirmed = last;
         let mut result = Ok(());
         for (id, p) in pending {
+            let Some(p) = p else {
+                confirmed = id;
+                continue;
+            };
             match p.confirm.await {
                 Ok(answer) => {
                     // The store stays the source of truth: a mirror copy the broker will not

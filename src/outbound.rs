@@ -17,102 +17,10 @@ use crate::codec;
 use crate::config::{CsvOptions, Format};
 use crate::db::poll::{Polled, Poller};
 use crate::dedup;
+use crate::destination::Target;
 use crate::dlq::{Direction, NewDeadLetter};
 use crate::metrics::RouteMetrics;
 use crate::state::State;
-use crate::template::{Template, check_topic, check_topic_value};
-
-/// Where a route's rows go: an MQTT topic, or an AMQP exchange and routing key.
-#[derive(Debug, Clone)]
-pub enum Destination {
-    Mqtt {
-        topic: Template,
-        /// Whether a `/` in a row value may add topic levels.
-        values_add_levels: bool,
-    },
-    Amqp {
-        exchange: Template,
-        routing_key: Template,
-    },
-}
-
-impl Destination {
-    /// The address for one row, or why the row cannot have one.
-    fn address(&self, polled: &Polled, row: &[Cell]) -> Result<Address, String> {
-        let value = |column: &str| {
-            polled
-                .columns
-                .iter()
-                .position(|c| c.eq_ignore_ascii_case(column))
-                .and_then(|i| row[i].text())
-        };
-        match self {
-            Destination::Mqtt {
-                topic,
-                values_add_levels,
-            } => {
-                let mut bad = None;
-                let topic = topic.render(|column| {
-                    let v = value(column)?;
-                    if bad.is_none()
-                        && let Err(e) = check_topic_value(column, &v, *values_add_levels)
-                    {
-                        bad = Some(e);
-                    }
-                    Some(v)
-                })?;
-                if let Some(e) = bad {
-                    return Err(e);
-                }
-                check_topic(&topic)?;
-                Ok(Address {
-                    topic,
-                    exchange: String::new(),
-                })
-            }
-            Destination::Amqp {
-                exchange,
-                routing_key,
-            } => {
-                let exchange = exchange.render(value)?;
-                let routing_key = routing_key.render(value)?;
-                if routing_key.len() > 255 || exchange.len() > 255 {
-                    return Err("the exchange or routing key is longer than 255 bytes".into());
-                }
-                Ok(Address {
-                    topic: routing_key,
-                    exchange,
-                })
-            }
-        }
-    }
-
-    /// Where rows go, as configured: the topic template, or `exchange/routing_key` as
-    /// [`Address::describe`] writes an address.
-    pub fn describe(&self) -> String {
-        match self {
-            Destination::Mqtt { topic, .. } => topic.text(),
-            Destination::Amqp {
-                exchange,
-                routing_key,
-            } => Address {
-                exchange: exchange.text(),
-                topic: routing_key.text(),
-            }
-            .describe(),
-        }
-    }
-
-    pub fn columns(&self) -> Vec<&str> {
-        match self {
-            Destination::Mqtt { topic, .. } => topic.columns().collect(),
-            Destination::Amqp {
-                exchange,
-                routing_key,
-            } => exchange.columns().chain(routing_key.columns()).collect(),
-        }
-    }
-}
 
 pub struct OutboundRoute {
     pub name: String,
@@ -120,7 +28,7 @@ pub struct OutboundRoute {
     pub poller: Poller,
     pub publisher: Publisher,
     pub state: State,
-    pub destination: Destination,
+    pub destination: Target,
     pub format: Format,
     pub csv: CsvOptions,
     /// The first position; empty without `track`.
@@ -288,7 +196,7 @@ impl OutboundRoute {
                 Some(reason) => Err((Some("value"), reason)),
                 None => self
                     .destination
-                    .address(&polled, row)
+                    .address(|column| column_text(&polled, row, column))
                     .map_err(|r| (None, r)),
             };
             match address {
@@ -562,4 +470,13 @@ async fn sleep_or_stop(pause: Duration, stop: &mut watch::Receiver<bool>) -> boo
         _ = tokio::time::sleep(pause) => *stop.borrow(),
         changed = stop.changed() => changed.is_err() || *stop.borrow(),
     }
+}
+
+/// The text of `row`'s value in `column` (named case-insensitively), for templates.
+fn column_text(polled: &Polled, row: &[Cell], column: &str) -> Option<String> {
+    polled
+        .columns
+        .iter()
+        .position(|c| c.eq_ignore_ascii_case(column))
+        .and_then(|i| row[i].text())
 }

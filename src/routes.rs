@@ -7,9 +7,8 @@ use crate::config::{Config, CsvOptions, Format, Qos};
 use crate::db::insert::TablePlan;
 use crate::db::poll::PollSpec;
 use crate::db::worker::SinkTarget;
+use crate::destination::Destination;
 use crate::mapping::{Field, MappedColumn, Mapper, PayloadFormat, Source, SourceContext};
-use crate::outbound::Destination;
-use crate::template::Template;
 use crate::topic::Filter;
 
 /// Where an inbound route's messages come from.
@@ -191,14 +190,11 @@ impl InboundPlan {
 pub struct OutboundPlan {
     pub name: String,
     pub database: String,
-    pub broker: String,
     pub poll: PollSpec,
     pub start: Vec<String>,
     pub interval: Duration,
     pub delay: Option<Duration>,
     pub destination: Destination,
-    pub qos: Qos,
-    pub retain: bool,
     pub format: Format,
     pub csv: CsvOptions,
 }
@@ -210,23 +206,10 @@ pub fn outbound_plans(config: &Config) -> Result<Vec<OutboundPlan>, String> {
         .iter()
         .map(|route| {
             let r = &route.value;
-            let template = |t: &Option<serde_saphyr::Spanned<crate::config::EnvString>>| {
-                Template::parse(t.as_ref().map(|t| t.value.as_str()).unwrap_or(""))
-            };
-            let destination = match &r.topic {
-                Some(_) => Destination::Mqtt {
-                    topic: template(&r.topic)?,
-                    values_add_levels: r.topic_values_add_levels,
-                },
-                None => Destination::Amqp {
-                    exchange: template(&r.exchange)?,
-                    routing_key: template(&r.routing_key)?,
-                },
-            };
+            let destination = Destination::resolve(&r.destination, r.topic_values_add_levels)?;
             Ok(OutboundPlan {
                 name: r.name.value.to_string(),
                 database: r.database.value.to_string(),
-                broker: r.broker.value.to_string(),
                 poll: PollSpec {
                     route: r.name.value.to_string(),
                     query: r.query.value.to_string(),
@@ -246,8 +229,6 @@ pub fn outbound_plans(config: &Config) -> Result<Vec<OutboundPlan>, String> {
                 interval: r.interval,
                 delay: r.delay,
                 destination,
-                qos: r.qos,
-                retain: r.retain,
                 format: r.format,
                 csv: r.csv.clone(),
             })

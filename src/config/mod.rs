@@ -1,21 +1,31 @@
 //! Loading the configuration file: parse, substitute the environment, validate, and report
 //! every problem as `file:line:column: message` with the fix.
 
+mod broker;
+mod database;
 mod duration;
 mod env;
+mod inbound;
 pub mod model;
+mod outbound;
 #[cfg(test)]
 mod reference;
 pub mod size;
 pub mod url;
 mod validate;
+mod values;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use broker::*;
+pub use database::*;
 pub use duration::parse as parse_duration;
 pub use env::{EnvString, Secret};
+pub use inbound::*;
 pub use model::*;
+pub use outbound::*;
+pub use values::*;
 
 /// A problem with the configuration file, located as precisely as the parser allows.
 #[derive(Debug)]

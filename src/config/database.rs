@@ -1,0 +1,42 @@
+//! `databases:` entries: an ODBC connection and the SQL dialect mqdb writes.
+
+use serde::Deserialize;
+
+use super::env::{EnvString, Secret};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Database {
+    /// ODBC connection string (`Driver={…};Server=…;…`).
+    #[serde(default)]
+    pub connection_string: Option<Secret>,
+    /// Name of a DSN from odbc.ini, instead of a connection string.
+    #[serde(default)]
+    pub dsn: Option<EnvString>,
+    /// User name, appended as `UID=`.
+    #[serde(default)]
+    pub username: Option<EnvString>,
+    /// Password, appended as `PWD=` (prefer `password_file`).
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// File holding the password; trailing newlines are removed.
+    #[serde(default)]
+    pub password_file: Option<EnvString>,
+    /// The SQL the database speaks: `auto` (from the name the driver reports), or forced.
+    #[serde(default)]
+    pub dialect: DialectChoice,
+}
+
+/// Which SQL mqdb writes for a database.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DialectChoice {
+    /// From the DBMS name the driver reports: PostgreSQL, MariaDB/MySQL, SQLite, else generic.
+    #[default]
+    Auto,
+    Postgres,
+    Mysql,
+    Sqlite,
+    /// Standard SQL only: no bulk statement, `MERGE` for upserts.
+    Generic,
+}

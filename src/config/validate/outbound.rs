@@ -1,0 +1,183 @@
+//! Checks of `outbound:` routes and of the destination they share with
+//! `dead_letter.publish`.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde_saphyr::{Location, Spanned};
+
+use super::super::{BrokerKind, Config, ConfigError, Destination, EnvString, Outbound};
+use super::names::{exists, references};
+use crate::template::Template;
+
+pub(super) fn check_outbound(
+    path: &Path,
+    config: &Config,
+    route: &Spanned<Outbound>,
+    names: &mut HashSet<EnvString>,
+) -> Result<(), ConfigError> {
+    let err = |at: &Location, msg: String| ConfigError::at(path, at, msg);
+    let r = &route.value;
+    let name = &r.name.value;
+    references(
+        path,
+        config,
+        &r.name,
+        &r.destination.broker,
+        &r.database,
+        names,
+    )?;
+    if r.query.value.trim().is_empty() {
+        return Err(err(
+            &r.query.referenced,
+            format!("route {name}: the query is empty"),
+        ));
+    }
+    if r.max_rows == 0 {
+        return Err(err(
+            &route.referenced,
+            format!("route {name}: max_rows must be at least 1"),
+        ));
+    }
+    let who = format!("route {name}");
+    if check_destination(path, config, &r.destination, &route.referenced, &who, None)?
+        && r.topic_values_add_levels
+    {
+        return Err(err(
+            &route.referenced,
+            format!(
+                "route {name}: topic_values_add_levels is for MQTT topics; remove it from this AMQP route"
+            ),
+        ));
+    }
+    let track_len = r.track.as_ref().map(|t| t.value.0.len()).unwrap_or(0);
+    match (&r.track, &r.start) {
+        (Some(track), Some(start)) if start.value.0.len() != track_len => {
+            return Err(err(
+                &start.referenced,
+                format!(
+                    "route {name}: start has {} values but track names {track_len} columns",
+                    start.value.0.len()
+                ),
+            ));
+        }
+        (Some(track), None) => {
+            return Err(err(
+                &track.referenced,
+                format!("route {name}: track needs `start:` (the first position, e.g. start: 0)"),
+            ));
+        }
+        (None, Some(start)) => {
+            return Err(err(
+                &start.referenced,
+                format!("route {name}: start is only used with track"),
+            ));
+        }
+        _ => {}
+    }
+    if track_len == 0 && (r.after_publish.is_some() || r.delay.is_some()) {
+        return Err(err(
+            &route.referenced,
+            format!("route {name}: after_publish and delay need `track:`"),
+        ));
+    }
+    if r.csv.delimiter == r.csv.quote {
+        return Err(err(
+            &route.referenced,
+            format!("route {name}: csv delimiter and quote must differ"),
+        ));
+    }
+    Ok(())
+}
+
+/// `dead_letter.publish`: a destination whose templates name only what a dead letter has.
+pub(super) fn check_mirror(
+    path: &Path,
+    config: &Config,
+    mirror: &Spanned<Destination>,
+) -> Result<(), ConfigError> {
+    exists(
+        path,
+        &mirror.value.broker,
+        config
+            .brokers
+            .contains_key(mirror.value.broker.value.as_str()),
+        "broker",
+        "brokers",
+    )?;
+    check_destination(
+        path,
+        config,
+        &mirror.value,
+        &mirror.referenced,
+        "dead_letter.publish",
+        Some(&crate::dlq::MIRROR_FIELDS[..]),
+    )
+    .map(drop)
+}
+
+/// The address keys the broker's protocol uses, and templates that parse (naming only
+/// `fields`, when given). The broker is known. Returns whether the broker speaks AMQP.
+fn check_destination(
+    path: &Path,
+    config: &Config,
+    d: &Destination,
+    at: &Location,
+    who: &str,
+    fields: Option<&[&str]>,
+) -> Result<bool, ConfigError> {
+    let err = |at: &Location, msg: String| ConfigError::at(path, at, msg);
+    let amqp = config.brokers[d.broker.value.as_str()].value.kind() == Some(BrokerKind::Amqp);
+    let templates: Vec<&Spanned<EnvString>> = if amqp {
+        if let Some(topic) = &d.topic {
+            return Err(err(
+                &topic.referenced,
+                format!(
+                    "{who}: topic is for MQTT brokers; an AMQP broker takes exchange and routing_key"
+                ),
+            ));
+        }
+        let Some(exchange) = &d.exchange else {
+            return Err(err(
+                at,
+                format!("{who}: set `exchange:` (and optionally routing_key)"),
+            ));
+        };
+        std::iter::once(exchange)
+            .chain(d.routing_key.as_ref())
+            .collect()
+    } else {
+        if let Some(x) = d.exchange.as_ref().or(d.routing_key.as_ref()) {
+            return Err(err(
+                &x.referenced,
+                format!(
+                    "{who}: exchange and routing_key are for AMQP brokers; an MQTT broker takes topic"
+                ),
+            ));
+        }
+        let Some(topic) = &d.topic else {
+            return Err(err(
+                at,
+                format!("{who}: set `topic:` (a template such as alarms/{{device}})"),
+            ));
+        };
+        vec![topic]
+    };
+    for t in templates {
+        let template =
+            Template::parse(&t.value).map_err(|e| err(&t.referenced, format!("{who}: {e}")))?;
+        if let Some(fields) = fields
+            && let Some(bad) = template.columns().find(|c| !fields.contains(c))
+        {
+            let known: Vec<String> = fields.iter().map(|f| format!("{{{f}}}")).collect();
+            return Err(err(
+                &t.referenced,
+                format!(
+                    "{who}: `{{{bad}}}` is not a dead-letter field; use {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(amqp)
+}
