@@ -8,7 +8,7 @@ use serde_saphyr::Spanned;
 
 use super::duration;
 use super::env::EnvString;
-use super::values::{Format, Qos, default_delimiter, default_qos, default_quote};
+use super::values::{Format, Qos, default_delimiter, default_qos, default_quote, one_char};
 use crate::codec::csv::{CsvFormat, ascii};
 
 #[derive(Debug, Deserialize)]
@@ -139,9 +139,19 @@ impl<'de> Deserialize<'de> for CsvInput {
                 let mut out = CsvInput::default();
                 while let Some(Key(key)) = map.next_key::<Key>()? {
                     match key.as_str() {
-                        "delimiter" => out.delimiter = map.next_value()?,
-                        "quote" => out.quote = map.next_value()?,
-                        "escape" => out.escape = map.next_value()?,
+                        "delimiter" | "quote" => {
+                            let c = one_char(&key, &map.next_value::<String>()?)?;
+                            match key.as_str() {
+                                "delimiter" => out.delimiter = c,
+                                _ => out.quote = c,
+                            }
+                        }
+                        "escape" => {
+                            out.escape = map
+                                .next_value::<Option<String>>()?
+                                .map(|e| one_char("escape", &e))
+                                .transpose()?
+                        }
                         "header" => out.header = map.next_value()?,
                         "fields" => out.fields = map.next_value()?,
                         "null" => out.null = map.next_value()?,
@@ -230,4 +240,45 @@ pub fn default_max_rows() -> usize {
 
 pub fn default_max_delay() -> Duration {
     Duration::from_millis(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn a_csv_character_setting_of_two_characters_names_the_key_and_the_fix() {
+        let path = Path::new("c.yaml");
+        let base =
+            "brokers:\n  b:\n    url: mqtt://h:1883\ndatabases:\n  d:\n    connection_string: x\n";
+        let inbound = |csv: &str| {
+            format!(
+                "{base}inbound:\n  - {{ name: r, broker: b, topic: t, database: d, table: t, format: csv, csv: {{ {csv} }} }}\n"
+            )
+        };
+        let outbound = |csv: &str| {
+            format!(
+                "{base}outbound:\n  - {{ name: o, broker: b, topic: t, database: d, query: SELECT 1, format: csv, csv: {{ {csv} }} }}\n"
+            )
+        };
+        for (text, key) in [
+            (inbound("delimiter: \";;\""), "delimiter"),
+            (inbound("quote: \"''\""), "quote"),
+            (inbound("escape: \"\\\\\\\\\""), "escape"),
+            (outbound("delimiter: \"\""), "delimiter"),
+            (outbound("quote: ab"), "quote"),
+        ] {
+            let e = super::super::parse(path, &text).unwrap_err();
+            assert_eq!(e.line, Some(8), "{e}");
+            assert!(
+                e.message
+                    .contains(&format!("csv.{key} must be exactly one character")),
+                "{e}"
+            );
+        }
+        let tab = inbound("delimiter: \"\\t\", escape: \"\\\\\"");
+        let config = super::super::parse(path, &tab).unwrap();
+        let csv = config.inbound[0].value.csv.as_ref().unwrap();
+        assert_eq!((csv.value.delimiter, csv.value.escape), ('\t', Some('\\')));
+    }
 }

@@ -46,10 +46,10 @@ pub enum Format {
 #[serde(deny_unknown_fields)]
 pub struct CsvOptions {
     /// Field separator, one character.
-    #[serde(default = "default_delimiter")]
+    #[serde(default = "default_delimiter", deserialize_with = "delimiter")]
     pub delimiter: char,
     /// Quote character, one character.
-    #[serde(default = "default_quote")]
+    #[serde(default = "default_quote", deserialize_with = "quote")]
     pub quote: char,
 }
 
@@ -60,6 +60,26 @@ impl Default for CsvOptions {
             quote: default_quote(),
         }
     }
+}
+
+/// The one character of a CSV setting `key`, or an error that says so and shows the fix
+/// (a two-character delimiter is a common slip).
+pub fn one_char<E: serde::de::Error>(key: &str, text: &str) -> Result<char, E> {
+    let mut chars = text.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None) => Ok(c),
+        _ => Err(E::custom(format!(
+            "csv.{key} must be exactly one character (e.g. \";\" or \"\\t\" for tab), not {text:?}"
+        ))),
+    }
+}
+
+fn delimiter<'de, D: serde::Deserializer<'de>>(d: D) -> Result<char, D::Error> {
+    one_char("delimiter", &String::deserialize(d)?)
+}
+
+fn quote<'de, D: serde::Deserializer<'de>>(d: D) -> Result<char, D::Error> {
+    one_char("quote", &String::deserialize(d)?)
 }
 
 pub fn default_delimiter() -> char {

@@ -1,0 +1,12 @@
+//! The bridge's own state store (sqlx, SQLite by default): dead letters (with the claims
+//! `dlq replay` takes on them), outbound positions, and how far the dead-letter mirror has
+//! got. The schema lives in `migrations/`.
+
+mod dead_letters;
+#[cfg(test)]
+mod full_disk;
+mod positions;
+mod store;
+
+pub use dead_letters::{Claimed, DeadLetterField, DeadLetterFilter, Failure};
+pub use store::{State, StateError};
