@@ -49,13 +49,15 @@ mod world;
 pub use bridge::{Bridge, mqdb_bin, mqdb_command, run_mqdb};
 #[allow(unused_imports)]
 pub use checks::{
-    LIVENESS, dlq_list, path_str, run_bounded, scalar, terminate_ok, try_scalar, wait_for,
-    wait_for_count,
+    LIVENESS, dlq_list, dlq_list_in, path_str, run_bounded, scalar, terminate_ok, try_scalar,
+    wait_for, wait_for_count,
 };
 #[allow(unused_imports)]
 pub use config::{Config, Route, settings};
 #[allow(unused_imports)]
-pub use db::{Db, TempTable, odbc_connect, odbc_env, odbc_exec, odbc_query};
+pub use db::{
+    Db, TempSqlite, TempTable, odbc_connect, odbc_env, odbc_exec, odbc_query, temp_sqlite,
+};
 #[allow(unused_imports)]
 pub use mqtt::{Mosquitto, Publisher, Received, Subscriber, publish_retained, with_mqtt5};
 #[allow(unused_imports)]
@@ -126,6 +128,14 @@ fn base36(mut v: u128) -> String {
     }
     out.reverse();
     String::from_utf8(out).expect("ascii")
+}
+
+/// A temp dir whose name starts with `mqdb-<label>-`, removed on drop.
+pub fn temp_dir(label: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("mqdb-{label}-"))
+        .tempdir()
+        .expect("temp dir")
 }
 
 /// Polls `f` every 100 ms until it returns true; panics naming `what` after `timeout`.
