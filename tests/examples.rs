@@ -16,8 +16,10 @@ use common::{
     make_pki, mqdb_command, readme, temp_dir, terminate_ok, unique, wait_for,
 };
 use serde_json::Value as Json;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use tempfile::TempDir;
 
 /// The stems of `examples/*.yaml` that the tests in this file cover.
 const COVERED: &[&str] = &[
@@ -43,52 +45,41 @@ fn read(path: &Path) -> String {
 }
 
 /// Runs the statements of `examples/STEM.sql` (`--` comments removed, split on `;`) on `db`,
-/// with `rename` (from, to) applied to their text.
-fn create_tables(db: &Db, stem: &str, rename: Option<(&str, &str)>) {
+/// with each (from, to) of `renames` applied to their text.
+fn create_tables(db: &Db, stem: &str, renames: &[(&str, &str)]) {
     let text = read(&examples_dir().join(format!("{stem}.sql")));
-    let code: Vec<&str> = text
-        .lines()
-        .map(|l| l.split("--").next().unwrap_or(""))
-        .collect();
-    let code = code.join("\n");
-    let statements: Vec<&str> = code
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    assert!(
-        !statements.is_empty(),
-        "examples/{stem}.sql has no statement"
-    );
-    for sql in statements {
-        db.exec(&rename.map_or(sql.to_owned(), |(from, to)| sql.replace(from, to)));
+    let mut code = String::new();
+    for line in text.lines() {
+        code += line.split("--").next().unwrap_or("");
+        code += "\n";
     }
+    let statements = code.split(';').map(str::trim).filter(|s| !s.is_empty());
+    let mut count = 0;
+    for sql in statements {
+        db.exec(&renamed(sql.to_owned(), renames));
+        count += 1;
+    }
+    assert!(count > 0, "examples/{stem}.sql has no statement");
 }
 
-/// The names of the `${VAR}` / `${VAR:-default}` references in an example.
-fn variables(text: &str) -> Vec<String> {
-    let mut names: Vec<String> = text
-        .split("${")
-        .skip(1)
-        .map(|rest| {
-            let name = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_');
-            name.collect::<String>()
-        })
-        .filter(|n| !n.is_empty())
-        .collect();
-    names.sort();
-    names.dedup();
-    names
+fn renamed(text: String, renames: &[(&str, &str)]) -> String {
+    renames.iter().fold(text, |t, (a, b)| t.replace(a, b))
 }
 
-/// `mqdb -c CONFIG check` in `dir`, with every variable the config reads cleared and then
+/// A copy of example `stem` in `dir` (where the bridge then runs), with `renames` applied.
+fn private_copy(stem: &str, dir: &Path, renames: &[(&str, &str)]) -> PathBuf {
+    let path = dir.join(format!("{stem}.yaml"));
+    std::fs::write(&path, renamed(read(&example(stem)), renames)).unwrap();
+    path
+}
+
+/// `mqdb -c CONFIG check` in `dir`, with every `${VAR}` the config reads cleared and then
 /// `env` set.
 fn check(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Output {
     let mut cmd = mqdb_command();
-    for name in variables(&read(config)) {
-        cmd.env_remove(name);
+    for rest in read(config).split("${").skip(1) {
+        let end = rest.find(|c: char| !c.is_ascii_alphanumeric() && c != '_');
+        cmd.env_remove(&rest[..end.unwrap_or(rest.len())]);
     }
     cmd.envs(env.iter().copied())
         .arg("-c")
@@ -121,23 +112,19 @@ fn assert_check_passes(config: &Path, dir: &Path, env: &[(&str, &str)], routes: 
             let rest = l.strip_prefix("ok").map(str::trim_start);
             rest.is_some_and(|rest| rest.starts_with(&format!("{route}:")))
         });
-        assert_eq!(
-            ok.count(),
-            1,
-            "no single ok line for {route}\n{}",
-            show(&out)
-        );
+        let what = format!("no single ok line for {route}\n{}", show(&out));
+        assert_eq!(ok.count(), 1, "{what}");
     }
     let what = format!("expected one line per route {routes:?}\n{}", show(&out));
     assert_eq!(lines.len(), routes.len(), "{what}");
 }
 
-/// Creates the tables of example `stem` on `db`, then checks it in a fresh working
-/// directory, which is returned.
-fn example_passes_check(db: &Db, stem: &str, routes: &[&str]) -> tempfile::TempDir {
-    create_tables(db, stem, None);
+/// Creates the tables of example `stem` on `db`, then checks it (with `env`) in a fresh
+/// working directory, which is returned.
+fn example_passes_check(db: &Db, stem: &str, env: &[(&str, &str)], routes: &[&str]) -> TempDir {
+    create_tables(db, stem, &[]);
     let dir = temp_dir("example");
-    assert_check_passes(&example(stem), dir.path(), &[], routes);
+    assert_check_passes(&example(stem), dir.path(), env, routes);
     dir
 }
 
@@ -195,18 +182,13 @@ fn readme_markers_are_read_and_a_typo_is_refused() {
     let text = "```yaml\na: 1\n```\n<!-- config-test: adds to the first example -->\n```yaml\nb: 2\n```\n\
                 <!-- config-test: skip -->\n  ```yaml\n  c: 3\n  ```\n";
     let blocks = readme::yaml_blocks(text).unwrap();
-    let got: Vec<(usize, readme::Role, &str)> = blocks
-        .iter()
-        .map(|b| (b.line, b.role, b.text.as_str()))
-        .collect();
-    assert_eq!(
-        got,
-        vec![
-            (1, readme::Role::Whole, "a: 1\n"),
-            (5, readme::Role::AddsToFirst, "b: 2\n"),
-            (9, readme::Role::Skip, "c: 3\n"),
-        ]
-    );
+    let got = blocks.iter().map(|b| (b.line, b.role, b.text.as_str()));
+    let want = [
+        (1, readme::Role::Whole, "a: 1\n"),
+        (5, readme::Role::AddsToFirst, "b: 2\n"),
+        (9, readme::Role::Skip, "c: 3\n"),
+    ];
+    assert_eq!(got.collect::<Vec<_>>(), want);
     let typo = "<!-- config-test: skp -->\n```yaml\na: 1\n```\n";
     let e = readme::yaml_blocks(typo).unwrap_err();
     assert!(e.contains("line 2") && e.contains("skp"), "{e}");
@@ -220,50 +202,37 @@ fn readme_markers_are_read_and_a_typo_is_refused() {
 
 #[test]
 fn every_example_is_checked() {
-    let mut stems: Vec<String> = std::fs::read_dir(examples_dir())
+    let stems: BTreeSet<String> = std::fs::read_dir(examples_dir())
         .expect("read examples/")
         .map(|entry| entry.expect("examples/ entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
         .map(|p| {
             p.file_stem()
                 .and_then(|s| s.to_str())
-                .expect("UTF-8 file name")
-                .to_owned()
+                .expect("UTF-8")
+                .into()
         })
         .collect();
-    stems.sort();
-    let untested: Vec<&String> = stems
-        .iter()
-        .filter(|s| !COVERED.contains(&s.as_str()))
-        .collect();
-    assert!(
-        untested.is_empty(),
-        "examples without a test in tests/examples.rs: {untested:?}"
-    );
-    let missing: Vec<&&str> = COVERED
-        .iter()
-        .filter(|c| !stems.iter().any(|s| s == *c))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "COVERED names examples that do not exist: {missing:?}"
+    let covered: BTreeSet<String> = COVERED.iter().map(|s| s.to_string()).collect();
+    // Left: the examples; right: those with a test in tests/examples.rs (`COVERED`).
+    assert_eq!(
+        stems, covered,
+        "an example without a test, or a test without one"
     );
 }
 
 /// mqtt-json-postgres: MQTT JSON → PostgreSQL, on the shared Mosquitto.
 #[test]
 fn the_postgres_example_passes_check() {
-    example_passes_check(
-        &Db::Postgres,
-        "mqtt-json-postgres",
-        &["inbound temperatures"],
-    );
+    let routes = ["inbound temperatures"];
+    example_passes_check(&Db::Postgres, "mqtt-json-postgres", &[], &routes);
 }
 
 /// postgres-mqtt-alarms: PostgreSQL → MQTT with `track: id` and `after_publish`.
 #[test]
 fn the_alarms_example_passes_check() {
-    example_passes_check(&Db::Postgres, "postgres-mqtt-alarms", &["outbound alarms"]);
+    let routes = ["outbound alarms"];
+    example_passes_check(&Db::Postgres, "postgres-mqtt-alarms", &[], &routes);
 }
 
 /// amqp-csv-mariadb: passes `check` against the local RabbitMQ and MariaDB once its table
@@ -272,16 +241,17 @@ fn the_alarms_example_passes_check() {
 fn the_amqp_csv_example_passes_check_and_runs() {
     // `check` only looks at the queue (it does not declare it, nor the exchange).
     let routes = ["inbound movements"];
-    let dir = example_passes_check(&Db::MariaDb, "amqp-csv-mariadb", &routes);
+    let dir = example_passes_check(&Db::MariaDb, "amqp-csv-mariadb", &[], &routes);
 
     // A private copy, so this test's queue, exchange and state are its own.
     let queue = unique("mqdb_example_movements");
     let exchange = unique("warehouse");
-    let text = read(&example("amqp-csv-mariadb"))
-        .replace("mqdb.example.movements", &queue)
-        .replace("exchange: warehouse", &format!("exchange: {exchange}"));
-    let config = dir.path().join("example.yaml");
-    std::fs::write(&config, text).unwrap();
+    let exchange_line = format!("exchange: {exchange}");
+    let renames = [
+        ("mqdb.example.movements", &*queue),
+        ("exchange: warehouse", &exchange_line),
+    ];
+    let config = private_copy("amqp-csv-mariadb", dir.path(), &renames);
     let mut rabbit = Rabbit::connect();
     rabbit.adopt_queue(&queue);
     rabbit.adopt_exchange(&exchange);
@@ -302,14 +272,14 @@ fn the_amqp_csv_example_passes_check_and_runs() {
         Ok(Db::MariaDb.query(&query).len() == 2)
     });
     let row = |qty: &str, at: &str, note: Option<&str>| {
-        let s = |v: &str| Some(v.to_string());
-        vec![
-            s(qty),
-            s(at),
-            note.map(str::to_string),
-            s("north"),
-            s("movements.north"),
-        ]
+        let row = [
+            Some(qty),
+            Some(at),
+            note,
+            Some("north"),
+            Some("movements.north"),
+        ];
+        row.map(|v| v.map(str::to_string)).to_vec()
     };
     let rows = [
         row("12", "06:00:00", Some("inbound; pallet 7")),
@@ -317,9 +287,8 @@ fn the_amqp_csv_example_passes_check_and_runs() {
     ];
     assert_eq!(Db::MariaDb.query(&query), rows);
     terminate_ok(&mut bridge);
-    Db::MariaDb.exec(&format!(
-        "DELETE FROM mqdb_example_movements WHERE sku = '{sku}'"
-    ));
+    let delete = format!("DELETE FROM mqdb_example_movements WHERE sku = '{sku}'");
+    Db::MariaDb.exec(&delete);
 }
 
 /// outbox-after-publish: passes `check` with its exchange present and fails it without;
@@ -328,15 +297,13 @@ fn the_amqp_csv_example_passes_check_and_runs() {
 #[test]
 fn the_outbox_example_passes_check_and_never_skips_a_row() {
     let stem = "outbox-after-publish";
-    create_tables(&Db::MariaDb, stem, None);
-    let dir = temp_dir("example");
     let mut rabbit = Rabbit::connect();
     let exchange = unique("mqdb_example_outbox");
     rabbit.declare_exchange(&exchange, "topic");
     let queue = unique("outbox_events");
     rabbit.declare_bound_queue(&queue, &exchange, "#");
     let env = [("OUTBOX_EXCHANGE", exchange.as_str())];
-    assert_check_passes(&example(stem), dir.path(), &env, &["outbound outbox"]);
+    let dir = example_passes_check(&Db::MariaDb, stem, &env, &["outbound outbox"]);
 
     // Without its exchange the route fails the check, naming it.
     let missing = unique("no_such_exchange");
@@ -348,18 +315,14 @@ fn the_outbox_example_passes_check_and_never_skips_a_row() {
     assert!(named, "{}", show(&out));
 
     // The run uses a private outbox table, so no other bridge polls it.
-    let table = TempTable {
+    let t = unique("mqdb_example_outbox");
+    let _table = TempTable {
         db: Db::MariaDb,
-        name: unique("mqdb_example_outbox"),
+        name: t.clone(),
     };
-    let t = table.name.clone();
-    create_tables(&Db::MariaDb, stem, Some(("mqdb_example_outbox", &t)));
-    let config = dir.path().join("outbox.yaml");
-    std::fs::write(
-        &config,
-        read(&example(stem)).replace("mqdb_example_outbox", &t),
-    )
-    .unwrap();
+    let renames = [("mqdb_example_outbox", t.as_str())];
+    create_tables(&Db::MariaDb, stem, &renames);
+    let config = private_copy(stem, dir.path(), &renames);
     let insert = |values: &str| {
         let columns = "id, event_type, aggregate_id, payload";
         Db::MariaDb.exec(&format!("INSERT INTO {t} ({columns}) VALUES {values}"));
@@ -398,30 +361,18 @@ fn the_outbox_example_passes_check_and_never_skips_a_row() {
             .collect()
     };
     let key = |id: i64, event: &str| (id, event.to_string());
-    let sent_first = [
-        key(1, "order.created"),
-        key(2, "order.paid"),
-        key(10, "order.shipped"),
-    ];
+    let created = key(1, "order.created");
+    let sent_first = [created, key(2, "order.paid"), key(10, "order.shipped")];
     assert_eq!(keys(&first), sent_first);
     assert_eq!(keys(&second), [key(5, "order.cancelled")]);
     let body = json(&first[0].payload);
-    let names: Vec<&str> = body
-        .as_object()
-        .expect("a JSON object")
-        .keys()
-        .map(String::as_str)
-        .collect();
-    assert_eq!(
-        names,
-        ["id", "event_type", "aggregate_id", "payload", "created_at"]
-    );
+    let names = body.as_object().expect("a JSON object").keys();
+    let want = ["id", "event_type", "aggregate_id", "payload", "created_at"];
+    assert_eq!(names.map(String::as_str).collect::<Vec<_>>(), want);
     assert_eq!(body["aggregate_id"].as_str(), Some("A-1"));
     assert_eq!(body["payload"].as_str(), Some("{\"total\": 12.5}"));
-    let utc = body["created_at"]
-        .as_str()
-        .is_some_and(|s| s.ends_with('Z'));
-    assert!(utc, "{body}");
+    let created_at = body["created_at"].as_str();
+    assert!(created_at.is_some_and(|s| s.ends_with('Z')), "{body}");
     assert_eq!(dlq_list_in(&config, dir.path()), Vec::<Json>::new());
 }
 
@@ -429,7 +380,6 @@ fn the_outbox_example_passes_check_and_never_skips_a_row() {
 /// client certificate, with the URL and the PEM files from the environment.
 #[test]
 fn the_tls_example_passes_check() {
-    create_tables(&Db::Postgres, "tls-broker", None);
     let pki = temp_dir("example-pki");
     make_pki(pki.path());
     let file = |name: &str| pki.path().join(name).display().to_string();
@@ -442,13 +392,8 @@ fn the_tls_example_passes_check() {
         ("MQTT_TLS_CERT", cert.as_str()),
         ("MQTT_TLS_KEY", key.as_str()),
     ];
-    let dir = temp_dir("example");
-    assert_check_passes(
-        &example("tls-broker"),
-        dir.path(),
-        &env,
-        &["inbound secure_readings"],
-    );
+    let routes = ["inbound secure_readings"];
+    example_passes_check(&Db::Postgres, "tls-broker", &env, &routes);
 }
 
 /// sqlite-edge-gateway: passes `check` with its defaults (the SQLite file in the working
@@ -458,15 +403,14 @@ fn the_tls_example_passes_check() {
 fn the_edge_gateway_example_passes_check_and_forwards() {
     let dir = temp_dir("example");
     let edge = Db::Sqlite(dir.path().join("mqdb-edge.db"));
-    create_tables(&edge, "sqlite-edge-gateway", None);
+    create_tables(&edge, "sqlite-edge-gateway", &[]);
     let routes = ["inbound capture", "outbound forward"];
     assert_check_passes(&example("sqlite-edge-gateway"), dir.path(), &[], &routes);
 
     // The run: a verbatim copy next to the SQLite file (the bridge runs in its config's
     // directory), on a private broker standing for both the local and the upstream one.
     let broker = Mosquitto::start();
-    let config = dir.path().join("sqlite-edge-gateway.yaml");
-    std::fs::copy(example("sqlite-edge-gateway"), &config).unwrap();
+    let config = private_copy("sqlite-edge-gateway", dir.path(), &[]);
     // The bridge's persistent session exists before it starts, so readings published now
     // are queued for it, as they would be while the gateway restarts.
     Subscriber::connect_with(broker.port, "mqdb-example-edge", false, &[("edge/+/+", 1)])
@@ -552,11 +496,8 @@ fn the_systemd_unit_matches_the_readme_and_verifies() {
         let service = settings
             .iter()
             .filter(|(s, k, _)| s == "Service" && k == key);
-        match service
-            .map(|(_, _, v)| v.as_str())
-            .collect::<Vec<_>>()
-            .as_slice()
-        {
+        let values: Vec<&str> = service.map(|(_, _, v)| v.as_str()).collect();
+        match values.as_slice() {
             [v] => v,
             other => panic!("{UNIT}: expected one {key}=, found {other:?}"),
         }

@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{
@@ -56,9 +56,28 @@ impl Bounds {
     /// Publishes `payloads` to `topic` at QoS 1 and waits for the broker's PUBACKs.
     fn publish(&self, topic: &str, payloads: Vec<Vec<u8>>) {
         let messages = payloads.into_iter().map(|p| (topic.to_owned(), p));
-        self.world
-            .publisher()
-            .publish_all_confirmed(messages.collect(), 1);
+        let publisher = self.world.publisher();
+        publisher.publish_all_confirmed(messages.collect(), 1);
+    }
+
+    /// Waits for the row `id`, then for the one `too_large` dead letter, stored whole
+    /// (`len` bytes); the table holds that one row only.
+    fn one_too_large(&self, bridge: &mut Bridge, table: &TempTable, id: i64, len: usize) -> Json {
+        let sql = format!("SELECT id FROM {} WHERE id = {id}", table.name);
+        wait_for(bridge, "the small row", || {
+            Ok(table.db.try_query(&sql).is_ok_and(|r| r.len() == 1))
+        });
+        let config = self.world.path("mqdb.yaml");
+        let too_large = || -> Vec<Json> {
+            let letters = dlq_list(&config).into_iter();
+            letters.filter(|l| l["error_kind"] == "too_large").collect()
+        };
+        wait_until("the dead letter", LIVENESS, || !too_large().is_empty());
+        let letters = too_large();
+        assert_eq!(letters.len(), 1, "{letters:?}");
+        assert_eq!(letters[0]["payload"].as_str().unwrap().len(), len);
+        assert_eq!(table.count(), 1, "only the small message is a row");
+        letters[0].clone()
     }
 }
 
@@ -82,39 +101,11 @@ fn note(id: i64, note: &str) -> Vec<u8> {
     json!({ "id": id, "note": note }).to_string().into_bytes()
 }
 
-/// Waits for the row `id`, then for the one `too_large` dead letter, stored whole
-/// (`payload_len` bytes); the table holds that one row only.
-fn small_row_and_one_too_large(
-    bridge: &mut Bridge,
-    table: &TempTable,
-    config: &Path,
-    id: i64,
-    payload_len: usize,
-) -> Json {
-    let sql = format!("SELECT id FROM {} WHERE id = {id}", table.name);
-    wait_for(bridge, "the small row", || {
-        Ok(table.db.try_query(&sql).is_ok_and(|r| r.len() == 1))
-    });
-    wait_until("the dead letter", LIVENESS, || {
-        !letters_of_kind(config, "too_large").is_empty()
-    });
-    let letters = letters_of_kind(config, "too_large");
-    assert_eq!(letters.len(), 1, "{letters:?}");
-    assert_eq!(letters[0]["payload"].as_str().unwrap().len(), payload_len);
-    assert_eq!(table.count(), 1, "only the small message is a row");
-    letters[0].clone()
-}
-
 /// The broker connection was never lost (no reconnection loop); then a clean stop.
 fn stop_having_stayed_connected(bridge: &mut Bridge) {
     let log = bridge.log();
     assert!(!log.contains("broker connection lost"), "{log}");
     terminate_ok(bridge);
-}
-
-fn letters_of_kind(config: &Path, kind: &str) -> Vec<Json> {
-    let letters = dlq_list(config).into_iter();
-    letters.filter(|l| l["error_kind"] == kind).collect()
 }
 
 /// Given a limit of 64 KiB, when a 100 KiB message and then a small one arrive over MQTT
@@ -129,7 +120,7 @@ fn an_mqtt_311_message_over_the_limit_is_a_dead_letter_and_the_rest_flows() {
     let large = note(1, &"x".repeat(100 * 1024));
     w.publish(&topic, vec![large.clone(), note(2, "small")]);
     let mut bridge = Bridge::start(&config);
-    let letter = small_row_and_one_too_large(&mut bridge, &table, &config, 2, large.len());
+    let letter = w.one_too_large(&mut bridge, &table, 2, large.len());
     let error = letter["error"].as_str().unwrap();
     let says = error.contains(&large.len().to_string()) && error.contains("64 KiB");
     assert!(says, "{error}");
@@ -159,7 +150,7 @@ fn an_mqtt_5_subscriber_announces_its_limit_and_dead_letters_what_still_arrives(
     let far = note(1, &"y".repeat(1024 * 1024));
     w.publish(&topic, vec![far, slightly.clone(), note(3, "small")]);
     // Only the 70 KiB message arrives: the 1 MiB one is over the announced size.
-    small_row_and_one_too_large(&mut bridge, &table, &config, 3, slightly.len());
+    w.one_too_large(&mut bridge, &table, 3, slightly.len());
     stop_having_stayed_connected(&mut bridge);
 }
 
@@ -179,7 +170,7 @@ fn an_amqp_message_over_the_limit_is_a_dead_letter_and_the_rest_flows() {
     let large = note(1, &"z".repeat(200 * 1024));
     rabbit.publish_to_queue(&queue, vec![large.clone(), note(2, "small")]);
     let mut bridge = Bridge::start(&config);
-    small_row_and_one_too_large(&mut bridge, &table, &config, 2, large.len());
+    w.one_too_large(&mut bridge, &table, 2, large.len());
     terminate_ok(&mut bridge);
     wait_until("the queue to be drained and acknowledged", LIVENESS, || {
         Rabbit::queue_info(&queue).is_some_and(|q| q.messages == 0)
@@ -345,18 +336,15 @@ fn long_and_short_values_in_one_mariadb_batch_arrive_exactly() {
     let (table, topic, route) = mqtt_route(&w, &db, "longvals", columns);
     let config = w.config(&db, Json::Null, Json::Null, route);
     let text = |id: usize| -> String {
-        let len = if id.is_multiple_of(10) {
-            3 << 20
-        } else {
-            10 + id
+        let len = match id % 10 {
+            0 => 3 << 20,
+            _ => 10 + id,
         };
         let letter = |i: usize| char::from(b'a' + ((i + id) % 26) as u8);
         (0..len).map(letter).collect()
     };
-    w.publish(
-        &topic,
-        (1..=40).map(|id| note(id as i64, &text(id))).collect(),
-    );
+    let notes = (1..=40).map(|id| note(id as i64, &text(id)));
+    w.publish(&topic, notes.collect());
     let mut bridge = Bridge::start(&config);
     wait_for(&mut bridge, "40 rows", || Ok(table.count() == 40));
     for id in [1usize, 9, 10, 11, 30, 40] {
@@ -396,10 +384,8 @@ fn a_postgresql_connection_is_renewed_after_a_batch_of_large_values() {
     wait_for(&mut bridge, "the row after", || Ok(table.count() == 2));
     let sql = format!("SELECT id, LENGTH(note) FROM {} ORDER BY id", table.name);
     let s = |v: usize| Some(v.to_string());
-    assert_eq!(
-        db.query(&sql),
-        vec![vec![s(1), s(large.len())], vec![s(2), s(5)]]
-    );
+    let want = vec![vec![s(1), s(large.len())], vec![s(2), s(5)]];
+    assert_eq!(db.query(&sql), want);
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
     terminate_ok(&mut bridge);
 }
