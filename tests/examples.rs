@@ -17,6 +17,7 @@ use common::{
 };
 use serde_json::Value as Json;
 use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use tempfile::TempDir;
@@ -577,25 +578,22 @@ fn setup_steps(uid: u32) -> Vec<String> {
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     let log = dir.path().join("log");
-    let fake = |name: &str, body: &str| {
+    let logs = r#"echo "$(basename "$0") $*" >> "$FAKE_LOG""#;
+    let odbcinst = format!("{logs}\n[ \"$1\" = -q ] && exit 1\ncat >/dev/null");
+    for (name, body) in [
+        (
+            "id",
+            r#"[ "$1" = -u ] && echo "$FAKE_UID" || exec /usr/bin/id "$@""#,
+        ),
+        ("sudo", logs),
+        ("dpkg-query", "exit 1"),
+        ("apt-get", logs),
+        ("odbcinst", &odbcinst),
+    ] {
         let path = bin.join(name);
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        let mut mode = std::fs::metadata(&path).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o755);
-        std::fs::set_permissions(&path, mode).unwrap();
-    };
-    let logs = r#"echo "$(basename "$0") $*" >> "$FAKE_LOG""#;
-    fake(
-        "id",
-        r#"[ "$1" = -u ] && echo "$FAKE_UID" || exec /usr/bin/id "$@""#,
-    );
-    fake("sudo", logs);
-    fake("dpkg-query", "exit 1");
-    fake("apt-get", logs);
-    fake(
-        "odbcinst",
-        &format!("{logs}\n[ \"$1\" = -q ] && exit 1\ncat >/dev/null"),
-    );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let ini = dir.path().join("odbcinst.ini");
     std::fs::write(&ini, "[PostgreSQL Unicode]\nCommLog=1\n").unwrap();
 

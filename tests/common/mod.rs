@@ -1,29 +1,10 @@
-//! Shared integration-test harness for `mqdb`.
+//! Shared integration-test harness for `mqdb`: each test binary declares `mod common;` and
+//! uses the subset it needs; each type says what it stands for.
 //!
-//! Every test binary declares `mod common;` and uses the subset it needs. The harness talks to
-//! the real services on loopback (see GUIDE.md, "Test environment"):
-//!
-//! - [`Mosquitto`]: a private broker on a free port that queues QoS 1 without limit and keeps
-//!   sessions across [`Mosquitto::restart`].
-//! - [`TcpProxy`]: a loopback forwarder whose [`TcpProxy::set_down`] simulates a network cut.
-//! - [`Db`]: PostgreSQL, MariaDB and SQLite through ODBC, text results.
-//! - [`Bridge`], [`run_mqdb`], [`mqdb_command`]: the `mqdb` binary under test.
-//! - [`Publisher`], [`Subscriber`]: MQTT clients that run their own event loop thread, so they
-//!   work from sync tests and from `#[tokio::test]` alike.
-//! - [`Subscriber5`]: an MQTT 5 subscriber that keeps each message's properties.
-//! - [`Rabbit`]: the shared RabbitMQ (127.0.0.1:5672) from sync tests: declare exchanges and
-//!   bound queues (deleted on drop) and take what arrived.
-//! - [`RabbitNode`]: a private RabbitMQ node on free ports (plain AMQP plus a TLS listener that
-//!   requires a client certificate), for `amqps://` tests; stopped on drop.
-//! - [`make_ca`], [`make_leaf`], [`openssl`]: test certificates for the TLS tests.
-//!
-//! - [`World`], [`Config`], [`Route`]: a bridge under test in a few lines: a private world
-//!   (temp dir, Mosquitto, client id) and a typed config instead of hand-written YAML.
-//! - [`StateStore`]: the store a bridge keeps dead letters and positions in; store tests
-//!   take it as a parameter so they run against each kind.
-//!
-//! Names: [`unique`] gives table, topic, queue and client-id names that never collide across
-//! parallel test threads and processes.
+//! Everything talks to the real services on loopback (see GUIDE.md, "Test environment").
+//! Names come from [`unique`], so tables, topics, queues and client ids never collide across
+//! parallel test threads and processes. Tests that look at the state store take a
+//! [`StateStore`], so they run against each kind.
 //!
 //! Waiting: [`wait_until`] is a liveness deadline (a hang detector), never a speed assertion.
 #![allow(dead_code)]
