@@ -1,11 +1,8 @@
 //! `mqdb demo --dir D`: the guided tour on an embedded MQTT broker and a SQLite file.
 //!
-//! The test runs the real binary, checks the story it prints, then checks what it leaves in
-//! D independently of the demo's own code: the rows of `D/demo.db` through the SQLite ODBC
-//! driver, and the dead-letter queue through `mqdb -c D/mqdb.yaml dlq list --json`. A second
-//! run in the same directory must start afresh and end the same way.
-//!
-//! Waits are liveness deadlines (they only bound a hang), never speed assertions.
+//! What the demo leaves in D is checked independently of the demo's own code: the rows of
+//! `D/demo.db` through the SQLite ODBC driver, and the dead-letter queue through
+//! `mqdb dlq list --json`. A second run in the same directory must start afresh.
 
 mod common;
 
@@ -21,7 +18,7 @@ const DEADLINE: Duration = Duration::from_secs(180);
 /// Checks the story on stdout: the replay, and the three alerts with their payloads.
 fn check_story(stdout: &str) {
     assert!(stdout.contains("replayed 1 of 1"), "{stdout}");
-    let alerts: Vec<(&str, Json)> = stdout
+    let mut alerts: Vec<(&str, Json)> = stdout
         .lines()
         .map(str::trim)
         .filter(|l| l.starts_with("alerts/"))
@@ -34,28 +31,14 @@ fn check_story(stdout: &str) {
             (topic, payload)
         })
         .collect();
-    assert_eq!(alerts.len(), 3, "{alerts:?}\n{stdout}");
+    alerts.sort_by_key(|(topic, _)| *topic);
     let topics: Vec<&str> = alerts.iter().map(|(t, _)| *t).collect();
-    assert_eq!(
-        topics
-            .iter()
-            .filter(|t| **t == "alerts/plant2/dev3")
-            .count(),
-        2,
-        "{topics:?}"
-    );
-    assert_eq!(
-        topics
-            .iter()
-            .filter(|t| **t == "alerts/plant2/dev9")
-            .count(),
-        1,
-        "{topics:?}"
-    );
+    let dev3 = "alerts/plant2/dev3";
+    assert_eq!(topics, [dev3, dev3, "alerts/plant2/dev9"], "{stdout}");
     for (topic, payload) in &alerts {
-        let device = payload["device"].as_str().expect("device");
-        let site = payload["site"].as_str().expect("site");
-        assert_eq!(*topic, format!("alerts/{site}/{device}"), "{payload}");
+        let field = |name: &str| payload[name].as_str().unwrap_or_else(|| panic!("{name}"));
+        let want = format!("alerts/{}/{}", field("site"), field("device"));
+        assert_eq!(*topic, want, "{payload}");
         let celsius = payload["celsius"].as_f64().expect("celsius");
         assert!(celsius > 30.0, "an alert below 30 °C: {payload}");
     }
@@ -65,91 +48,62 @@ fn check_story(stdout: &str) {
 /// dead letters through `mqdb dlq list --json`.
 fn check_artefacts(dir: &Path) {
     for file in ["mqdb.yaml", "demo.db", "state.db"] {
-        assert!(
-            dir.join(file).is_file(),
-            "{file} missing in {}",
-            dir.display()
-        );
+        let path = dir.join(file);
+        assert!(path.is_file(), "{} missing", path.display());
     }
 
     // 7 rows: dev1, dev2 and dev3 twice each, and dev9's replayed reading
     let db = Db::Sqlite(dir.join("demo.db"));
-    let per_device: Vec<(String, i64)> = db
-        .query("SELECT device, COUNT(*) FROM readings GROUP BY device ORDER BY device")
-        .into_iter()
-        .map(|row| {
-            let device = row[0].clone().expect("device");
-            let n = row[1]
-                .as_deref()
-                .expect("count")
-                .trim()
-                .parse()
-                .expect("count is an integer");
-            (device, n)
-        })
-        .collect();
-    assert_eq!(
-        per_device,
-        vec![
-            ("dev1".to_string(), 2),
-            ("dev2".to_string(), 2),
-            ("dev3".to_string(), 2),
-            ("dev9".to_string(), 1),
-        ]
-    );
+    let per_device =
+        db.query("SELECT device, COUNT(*) FROM readings GROUP BY device ORDER BY device");
+    let s = |v: &str| Some(v.to_string());
+    let row = |device: &str, n: &str| vec![s(device), s(n)];
+    let want = [
+        row("dev1", "2"),
+        row("dev2", "2"),
+        row("dev3", "2"),
+        row("dev9", "1"),
+    ];
+    assert_eq!(per_device, want);
     assert_eq!(db.count("readings"), 7);
     // dev9's reading is the one replayed from the dead-letter queue, stored in UTC
     let dev9 = db.query("SELECT site, celsius, measured_at FROM readings WHERE device = 'dev9'");
     let row = &dev9[0];
     assert_eq!(row[0].as_deref(), Some("plant2"));
-    let celsius: f64 = row[1]
-        .as_deref()
-        .expect("celsius")
-        .trim()
-        .parse()
-        .expect("a number");
+    let celsius: f64 = row[1].as_deref().expect("celsius").trim().parse().unwrap();
     assert!((celsius - 35.2).abs() < 1e-9, "{row:?}");
-    let measured = row[2].as_deref().expect("measured_at");
-    assert!(
-        measured
-            .replace('T', " ")
-            .starts_with("2026-05-01 06:02:30"),
-        "{measured:?} is not 08:02:30+02:00 in UTC"
-    );
+    let measured = row[2].as_deref().expect("measured_at").replace('T', " ");
+    let utc = measured.starts_with("2026-05-01 06:02:30");
+    assert!(utc, "{measured:?} is not 08:02:30+02:00 in UTC");
     // the malformed reading never became a row
-    assert_eq!(
-        scalar(
-            &db,
-            "SELECT COUNT(*) FROM readings WHERE celsius BETWEEN 22.55 AND 22.65"
-        ),
-        0,
-        "the cut-short message became a row"
-    );
+    let sql = "SELECT COUNT(*) FROM readings WHERE celsius BETWEEN 22.55 AND 22.65";
+    assert_eq!(scalar(&db, sql), 0, "the cut-short message became a row");
 
     // Exactly one dead letter is left: the malformed message (the rejected one was replayed)
     let letters = dlq_list(&dir.join("mqdb.yaml"));
     assert_eq!(letters.len(), 1, "{letters:?}");
     let letter = &letters[0];
-    assert_eq!(letter["error_kind"], "decode", "{letter}");
-    assert_eq!(letter["route"], "readings", "{letter}");
-    assert_eq!(letter["direction"], "inbound", "{letter}");
+    for (key, value) in [
+        ("error_kind", "decode"),
+        ("route", "readings"),
+        ("direction", "inbound"),
+    ] {
+        assert_eq!(letter[key], value, "{letter}");
+    }
     let payload = letter["payload"].as_str().expect("payload as text");
     assert!(payload.starts_with(r#"{"value": 22.6"#), "{letter}");
 }
 
 #[test]
 fn demo_tells_its_story_and_leaves_a_database_and_a_dead_letter_queue() {
-    let scratch = tempfile::Builder::new()
-        .prefix("mqdb-demo-test-")
-        .tempdir()
-        .expect("temp dir");
+    let scratch = common::temp_dir("demo-test");
     // A directory that does not exist yet: the demo creates it
     let dir = scratch.path().join("tour");
 
     for run in 1..=2 {
         // When the demo runs (the second time in the same directory)
-        let (status, stdout, stderr) =
-            run_bounded(&["demo", "--dir", path_str(&dir)], scratch.path(), DEADLINE);
+        let args = ["demo", "--dir", path_str(&dir)];
+        let (status, stdout, stderr) = run_bounded(&args, scratch.path(), DEADLINE);
 
         // Then it exits 0 having told the story, and leaves the same artefacts: the second
         // run started afresh rather than adding to the first one's rows and letters

@@ -1,27 +1,26 @@
 //! The shipped examples (`examples/*.yaml`): each one passes `mqdb check` against the local
-//! services once its `.sql` has created its tables, with an `ok` line for each of its
-//! routes. The AMQP CSV, outbox and edge gateway examples are also run end to end.
-//! [`every_example_is_checked`] fails when an example has no test here.
+//! services once its `.sql` has created its tables; the AMQP CSV, outbox and edge gateway
+//! examples also run end to end. [`every_example_is_checked`] fails when an example has no
+//! test here. `check` runs in a temporary working directory (where the default
+//! `state: sqlite://mqdb-state.db` lands), with every `${VAR}` the example reads cleared
+//! unless the test sets it: the defaults are what is checked. A run that touches shared
+//! names (queues, exchanges, the outbox table) uses a private copy with those names unique.
 //!
-//! `check` runs on the example file itself, in a temporary working directory (where the
-//! default `state: sqlite://mqdb-state.db`, and the edge gateway's SQLite file, land), with
-//! every `${VAR}` the example reads cleared unless the test sets it: the defaults are what
-//! is checked. A run that touches shared names (queues, exchanges, the outbox table) uses a
-//! private copy of the example with those names made unique.
-//!
-//! The configuration blocks of README.md are loaded and validated as `mqdb` loads a config
-//! file (without connecting): see `common::readme` for the markers that say how a block
-//! is loaded.
+//! Also: README.md's configuration blocks load (see `common::readme` for their markers),
+//! the systemd unit, and `scripts/setup.sh`'s use of sudo.
 
 mod common;
 
 use common::{
-    Bridge, Db, Header, LIVENESS, Mosquitto, Publisher, Rabbit, Subscriber, TempTable, make_pki,
-    mqdb_command, readme, terminate_ok, unique, wait_for,
+    Bridge, Db, Header, LIVENESS, Mosquitto, Publisher, Rabbit, Subscriber, TempTable, dlq_list_in,
+    make_pki, mqdb_command, readme, temp_dir, terminate_ok, unique, wait_for,
 };
 use serde_json::Value as Json;
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::{Command, Output, Stdio};
+use tempfile::TempDir;
 
 /// The stems of `examples/*.yaml` that the tests in this file cover.
 const COVERED: &[&str] = &[
@@ -32,10 +31,6 @@ const COVERED: &[&str] = &[
     "tls-broker",
     "sqlite-edge-gateway",
 ];
-
-// ---------------------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------------------
 
 fn examples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
@@ -50,69 +45,42 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-/// The statements of `examples/STEM.sql`: `--` comments removed, split on `;`.
-fn statements(stem: &str) -> Vec<String> {
+/// Runs the statements of `examples/STEM.sql` (`--` comments removed, split on `;`) on `db`,
+/// with each (from, to) of `renames` applied to their text.
+fn create_tables(db: &Db, stem: &str, renames: &[(&str, &str)]) {
     let text = read(&examples_dir().join(format!("{stem}.sql")));
-    let code: String = text
-        .lines()
-        .map(|l| l.split("--").next().unwrap_or(""))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let statements: Vec<String> = code
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    assert!(
-        !statements.is_empty(),
-        "examples/{stem}.sql has no statement"
-    );
-    statements
-}
-
-/// Runs `examples/STEM.sql` on `db`, with `rename` (from, to) applied to its text.
-fn create_tables(db: &Db, stem: &str, rename: Option<(&str, &str)>) {
-    for sql in statements(stem) {
-        let sql = match rename {
-            Some((from, to)) => sql.replace(from, to),
-            None => sql,
-        };
-        db.exec(&sql);
+    let mut code = String::new();
+    for line in text.lines() {
+        code += line.split("--").next().unwrap_or("");
+        code += "\n";
     }
+    let statements = code.split(';').map(str::trim).filter(|s| !s.is_empty());
+    let mut count = 0;
+    for sql in statements {
+        db.exec(&renamed(sql.to_owned(), renames));
+        count += 1;
+    }
+    assert!(count > 0, "examples/{stem}.sql has no statement");
 }
 
-/// The names of the `${VAR}` / `${VAR:-default}` references in an example.
-fn variables(text: &str) -> Vec<String> {
-    let mut names: Vec<String> = text
-        .split("${")
-        .skip(1)
-        .map(|rest| {
-            rest.chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect::<String>()
-        })
-        .filter(|n| !n.is_empty())
-        .collect();
-    names.sort();
-    names.dedup();
-    names
+fn renamed(text: String, renames: &[(&str, &str)]) -> String {
+    renames.iter().fold(text, |t, (a, b)| t.replace(a, b))
 }
 
-/// A private working directory.
-fn temp_dir(prefix: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .expect("temp dir")
+/// A copy of example `stem` in `dir` (where the bridge then runs), with `renames` applied.
+fn private_copy(stem: &str, dir: &Path, renames: &[(&str, &str)]) -> PathBuf {
+    let path = dir.join(format!("{stem}.yaml"));
+    std::fs::write(&path, renamed(read(&example(stem)), renames)).unwrap();
+    path
 }
 
-/// `mqdb -c CONFIG check` in `dir`, with every variable the config reads cleared and then
+/// `mqdb -c CONFIG check` in `dir`, with every `${VAR}` the config reads cleared and then
 /// `env` set.
 fn check(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Output {
     let mut cmd = mqdb_command();
-    for name in variables(&read(config)) {
-        cmd.env_remove(name);
+    for rest in read(config).split("${").skip(1) {
+        let end = rest.find(|c: char| !c.is_ascii_alphanumeric() && c != '_');
+        cmd.env_remove(&rest[..end.unwrap_or(rest.len())]);
     }
     cmd.envs(env.iter().copied())
         .arg("-c")
@@ -133,58 +101,38 @@ fn show(out: &Output) -> String {
     )
 }
 
-/// `check` exited 0 and printed exactly one line per route, each `ok`: `routes` are
-/// `inbound NAME` / `outbound NAME`.
-fn assert_check_passes(out: &Output, routes: &[&str]) {
-    assert!(out.status.success(), "check failed\n{}", show(out));
+/// `check` of `config` in `dir` with `env` exits 0 and prints exactly one line per route,
+/// each `ok`: `routes` are `inbound NAME` / `outbound NAME`.
+fn assert_check_passes(config: &Path, dir: &Path, env: &[(&str, &str)], routes: &[&str]) {
+    let out = check(config, dir, env);
+    assert!(out.status.success(), "check failed\n{}", show(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
     for route in routes {
         let ok = lines.iter().filter(|l| {
-            l.strip_prefix("ok")
-                .is_some_and(|rest| rest.trim_start().starts_with(&format!("{route}:")))
+            let rest = l.strip_prefix("ok").map(str::trim_start);
+            rest.is_some_and(|rest| rest.starts_with(&format!("{route}:")))
         });
-        assert_eq!(
-            ok.count(),
-            1,
-            "no single ok line for {route}\n{}",
-            show(out)
-        );
+        let what = format!("no single ok line for {route}\n{}", show(&out));
+        assert_eq!(ok.count(), 1, "{what}");
     }
-    assert_eq!(
-        lines.len(),
-        routes.len(),
-        "expected one line per route {routes:?}\n{}",
-        show(out)
-    );
+    let what = format!("expected one line per route {routes:?}\n{}", show(&out));
+    assert_eq!(lines.len(), routes.len(), "{what}");
 }
 
-/// `mqdb -c CONFIG dlq list --json` in `dir` (where the config's relative state store is).
-fn dead_letters(config: &Path, dir: &Path) -> Vec<Json> {
-    let out = mqdb_command()
-        .arg("-c")
-        .arg(config)
-        .args(["dlq", "list", "--json"])
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run mqdb dlq list: {e}"));
-    assert!(out.status.success(), "dlq list failed\n{}", show(&out));
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
-        .collect()
+/// Creates the tables of example `stem` on `db`, then checks it (with `env`) in a fresh
+/// working directory, which is returned.
+fn example_passes_check(db: &Db, stem: &str, env: &[(&str, &str)], routes: &[&str]) -> TempDir {
+    create_tables(db, stem, &[]);
+    let dir = temp_dir("example");
+    assert_check_passes(&example(stem), dir.path(), env, routes);
+    dir
 }
 
 fn json(payload: &[u8]) -> Json {
     serde_json::from_slice(payload)
         .unwrap_or_else(|e| panic!("not JSON: {}: {e}", String::from_utf8_lossy(payload)))
 }
-
-// ---------------------------------------------------------------------------------------
-// The README's configuration blocks
-// ---------------------------------------------------------------------------------------
 
 /// Values for the variables README blocks reference without a default.
 const README_VARIABLES: &[(&str, &str)] = &[("MQTT_USER", "mqdb"), ("MQTT_PASSWORD", "secret")];
@@ -203,7 +151,7 @@ fn every_readme_config_block_loads_and_validates() {
         "README.md line {}: the first ```yaml block is the main example and loads on its own",
         first.line
     );
-    let dir = temp_dir("mqdb-readme-");
+    let dir = temp_dir("readme");
     let mut failures = Vec::new();
     let mut loaded = 0;
     for block in &blocks {
@@ -212,19 +160,20 @@ fn every_readme_config_block_loads_and_validates() {
             readme::Role::AddsToFirst => format!("{}\n{}", first.text, block.text),
             readme::Role::Skip => continue,
         };
-        let text = readme::with_defaults(&text, README_VARIABLES)
-            .unwrap_or_else(|e| panic!("README.md line {}: {e}", block.line));
+        let at = format!("README.md line {}", block.line);
+        let text =
+            readme::with_defaults(&text, README_VARIABLES).unwrap_or_else(|e| panic!("{at}: {e}"));
         let path = dir.path().join(format!("readme-line-{}.yaml", block.line));
         std::fs::write(&path, text).expect("write the block");
         match mqdb::config::load(&path) {
             Ok(_) => loaded += 1,
-            Err(e) => failures.push(format!("README.md line {}: {e}", block.line)),
+            Err(e) => failures.push(format!("{at}: {e}")),
         }
     }
+    let failures = failures.join("\n");
     assert!(
         failures.is_empty(),
-        "README configuration blocks that do not load:\n{}",
-        failures.join("\n")
+        "README configuration blocks that do not load:\n{failures}"
     );
     assert!(loaded >= 1, "no README block was loaded");
 }
@@ -234,113 +183,80 @@ fn readme_markers_are_read_and_a_typo_is_refused() {
     let text = "```yaml\na: 1\n```\n<!-- config-test: adds to the first example -->\n```yaml\nb: 2\n```\n\
                 <!-- config-test: skip -->\n  ```yaml\n  c: 3\n  ```\n";
     let blocks = readme::yaml_blocks(text).unwrap();
-    let got: Vec<(usize, readme::Role, &str)> = blocks
-        .iter()
-        .map(|b| (b.line, b.role, b.text.as_str()))
-        .collect();
-    assert_eq!(
-        got,
-        vec![
-            (1, readme::Role::Whole, "a: 1\n"),
-            (5, readme::Role::AddsToFirst, "b: 2\n"),
-            (9, readme::Role::Skip, "c: 3\n"),
-        ]
-    );
+    let got = blocks.iter().map(|b| (b.line, b.role, b.text.as_str()));
+    let want = [
+        (1, readme::Role::Whole, "a: 1\n"),
+        (5, readme::Role::AddsToFirst, "b: 2\n"),
+        (9, readme::Role::Skip, "c: 3\n"),
+    ];
+    assert_eq!(got.collect::<Vec<_>>(), want);
     let typo = "<!-- config-test: skp -->\n```yaml\na: 1\n```\n";
     let e = readme::yaml_blocks(typo).unwrap_err();
     assert!(e.contains("line 2") && e.contains("skp"), "{e}");
+    let with_defaults = |text: &str| readme::with_defaults(text, README_VARIABLES);
     assert_eq!(
-        readme::with_defaults("u: ${MQTT_USER}\np: ${X:-d}\nq: $${Y}\n", README_VARIABLES).unwrap(),
+        with_defaults("u: ${MQTT_USER}\np: ${X:-d}\nq: $${Y}\n").unwrap(),
         "u: ${MQTT_USER:-mqdb}\np: ${X:-d}\nq: $${Y}\n"
     );
-    assert!(
-        readme::with_defaults("u: ${NOPE}", README_VARIABLES)
-            .unwrap_err()
-            .contains("NOPE")
-    );
+    assert!(with_defaults("u: ${NOPE}").unwrap_err().contains("NOPE"));
 }
-
-// ---------------------------------------------------------------------------------------
-// Every example has a test
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn every_example_is_checked() {
-    let mut stems: Vec<String> = std::fs::read_dir(examples_dir())
+    let stems: BTreeSet<String> = std::fs::read_dir(examples_dir())
         .expect("read examples/")
         .map(|entry| entry.expect("examples/ entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
         .map(|p| {
             p.file_stem()
                 .and_then(|s| s.to_str())
-                .expect("UTF-8 file name")
-                .to_owned()
+                .expect("UTF-8")
+                .into()
         })
         .collect();
-    stems.sort();
-    let untested: Vec<&String> = stems
-        .iter()
-        .filter(|s| !COVERED.contains(&s.as_str()))
-        .collect();
-    assert!(
-        untested.is_empty(),
-        "examples without a test in tests/examples.rs: {untested:?}"
-    );
-    let missing: Vec<&&str> = COVERED
-        .iter()
-        .filter(|c| !stems.iter().any(|s| s == *c))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "COVERED names examples that do not exist: {missing:?}"
+    let covered: BTreeSet<String> = COVERED.iter().map(|s| s.to_string()).collect();
+    // Left: the examples; right: those with a test in tests/examples.rs (`COVERED`).
+    assert_eq!(
+        stems, covered,
+        "an example without a test, or a test without one"
     );
 }
-
-// ---------------------------------------------------------------------------------------
-// One test per example
-// ---------------------------------------------------------------------------------------
 
 /// mqtt-json-postgres: MQTT JSON → PostgreSQL, on the shared Mosquitto.
 #[test]
 fn the_postgres_example_passes_check() {
-    create_tables(&Db::Postgres, "mqtt-json-postgres", None);
-    let dir = temp_dir("mqdb-example-");
-    let out = check(&example("mqtt-json-postgres"), dir.path(), &[]);
-    assert_check_passes(&out, &["inbound temperatures"]);
+    let routes = ["inbound temperatures"];
+    example_passes_check(&Db::Postgres, "mqtt-json-postgres", &[], &routes);
 }
 
 /// postgres-mqtt-alarms: PostgreSQL → MQTT with `track: id` and `after_publish`.
 #[test]
 fn the_alarms_example_passes_check() {
-    create_tables(&Db::Postgres, "postgres-mqtt-alarms", None);
-    let dir = temp_dir("mqdb-example-");
-    let out = check(&example("postgres-mqtt-alarms"), dir.path(), &[]);
-    assert_check_passes(&out, &["outbound alarms"]);
+    let routes = ["outbound alarms"];
+    example_passes_check(&Db::Postgres, "postgres-mqtt-alarms", &[], &routes);
 }
 
 /// amqp-csv-mariadb: passes `check` against the local RabbitMQ and MariaDB once its table
 /// exists, and a message in its documented shape lands as rows.
 #[test]
 fn the_amqp_csv_example_passes_check_and_runs() {
-    create_tables(&Db::MariaDb, "amqp-csv-mariadb", None);
-    let dir = temp_dir("mqdb-example-");
     // `check` only looks at the queue (it does not declare it, nor the exchange).
-    let out = check(&example("amqp-csv-mariadb"), dir.path(), &[]);
-    assert_check_passes(&out, &["inbound movements"]);
+    let routes = ["inbound movements"];
+    let dir = example_passes_check(&Db::MariaDb, "amqp-csv-mariadb", &[], &routes);
 
     // A private copy, so this test's queue, exchange and state are its own.
     let queue = unique("mqdb_example_movements");
     let exchange = unique("warehouse");
-    let text = read(&example("amqp-csv-mariadb"))
-        .replace("mqdb.example.movements", &queue)
-        .replace("exchange: warehouse", &format!("exchange: {exchange}"));
-    let config = dir.path().join("example.yaml");
-    std::fs::write(&config, text).unwrap();
+    let exchange_line = format!("exchange: {exchange}");
+    let renames = [
+        ("mqdb.example.movements", &*queue),
+        ("exchange: warehouse", &exchange_line),
+    ];
+    let config = private_copy("amqp-csv-mariadb", dir.path(), &renames);
     let mut rabbit = Rabbit::connect();
     rabbit.adopt_queue(&queue);
     rabbit.adopt_exchange(&exchange);
-    let out = check(&config, dir.path(), &[]);
-    assert_check_passes(&out, &["inbound movements"]);
+    assert_check_passes(&config, dir.path(), &[], &routes);
 
     let sku = unique("A");
     let mut bridge = Bridge::start(&config);
@@ -348,43 +264,32 @@ fn the_amqp_csv_example_passes_check_and_runs() {
     let payload = format!(
         "sku;qty;moved_at;note\r\n{sku};12;2024-05-01T08:00:00+02:00;\"inbound; pallet 7\"\r\n{sku};-3;2024-05-01T08:01:30+02:00;\r\n"
     );
-    rabbit.publish(
-        &exchange,
-        "movements.north",
-        payload.as_bytes(),
-        &[("warehouse", Header::Str("north".into()))],
-    );
+    let headers = [("warehouse", Header::Str("north".into()))];
+    rabbit.publish(&exchange, "movements.north", payload.as_bytes(), &headers);
     let query = format!(
         "SELECT qty, DATE_FORMAT(moved_at, '%H:%i:%s'), note, warehouse, routing_key FROM mqdb_example_movements WHERE sku = '{sku}' ORDER BY moved_at"
     );
     wait_for(&mut bridge, "the example's two rows", || {
         Ok(Db::MariaDb.query(&query).len() == 2)
     });
-    let rows = Db::MariaDb.query(&query);
-    let s = |v: &str| Some(v.to_string());
-    assert_eq!(
-        rows,
-        vec![
-            vec![
-                s("12"),
-                s("06:00:00"),
-                s("inbound; pallet 7"),
-                s("north"),
-                s("movements.north")
-            ],
-            vec![
-                s("-3"),
-                s("06:01:30"),
-                None,
-                s("north"),
-                s("movements.north")
-            ],
-        ]
-    );
+    let row = |qty: &str, at: &str, note: Option<&str>| {
+        let row = [
+            Some(qty),
+            Some(at),
+            note,
+            Some("north"),
+            Some("movements.north"),
+        ];
+        row.map(|v| v.map(str::to_string)).to_vec()
+    };
+    let rows = [
+        row("12", "06:00:00", Some("inbound; pallet 7")),
+        row("-3", "06:01:30", None),
+    ];
+    assert_eq!(Db::MariaDb.query(&query), rows);
     terminate_ok(&mut bridge);
-    Db::MariaDb.exec(&format!(
-        "DELETE FROM mqdb_example_movements WHERE sku = '{sku}'"
-    ));
+    let delete = format!("DELETE FROM mqdb_example_movements WHERE sku = '{sku}'");
+    Db::MariaDb.exec(&delete);
 }
 
 /// outbox-after-publish: passes `check` with its exchange present and fails it without;
@@ -392,79 +297,54 @@ fn the_amqp_csv_example_passes_check_and_runs() {
 /// that appears behind one already sent.
 #[test]
 fn the_outbox_example_passes_check_and_never_skips_a_row() {
-    create_tables(&Db::MariaDb, "outbox-after-publish", None);
-    let dir = temp_dir("mqdb-example-");
+    let stem = "outbox-after-publish";
     let mut rabbit = Rabbit::connect();
     let exchange = unique("mqdb_example_outbox");
     rabbit.declare_exchange(&exchange, "topic");
     let queue = unique("outbox_events");
     rabbit.declare_bound_queue(&queue, &exchange, "#");
-
-    let out = check(
-        &example("outbox-after-publish"),
-        dir.path(),
-        &[("OUTBOX_EXCHANGE", &exchange)],
-    );
-    assert_check_passes(&out, &["outbound outbox"]);
+    let env = [("OUTBOX_EXCHANGE", exchange.as_str())];
+    let dir = example_passes_check(&Db::MariaDb, stem, &env, &["outbound outbox"]);
 
     // Without its exchange the route fails the check, naming it.
     let missing = unique("no_such_exchange");
-    let out = check(
-        &example("outbox-after-publish"),
-        dir.path(),
-        &[("OUTBOX_EXCHANGE", &missing)],
-    );
+    let out = check(&example(stem), dir.path(), &[("OUTBOX_EXCHANGE", &missing)]);
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout.lines().any(|l| l.starts_with("FAIL")
-            && l.contains("outbound outbox")
-            && l.contains(&missing)),
-        "{}",
-        show(&out)
-    );
+    let fails = |l: &str| l.starts_with("FAIL") && l.contains("outbound outbox");
+    let named = stdout.lines().any(|l| fails(l) && l.contains(&missing));
+    assert!(named, "{}", show(&out));
 
     // The run uses a private outbox table, so no other bridge polls it.
-    let table = TempTable {
+    let t = unique("mqdb_example_outbox");
+    let _table = TempTable {
         db: Db::MariaDb,
-        name: unique("mqdb_example_outbox"),
+        name: t.clone(),
     };
-    let t = table.name.clone();
-    create_tables(
-        &Db::MariaDb,
-        "outbox-after-publish",
-        Some(("mqdb_example_outbox", &t)),
+    let renames = [("mqdb_example_outbox", t.as_str())];
+    create_tables(&Db::MariaDb, stem, &renames);
+    let config = private_copy(stem, dir.path(), &renames);
+    let insert = |values: &str| {
+        let columns = "id, event_type, aggregate_id, payload";
+        Db::MariaDb.exec(&format!("INSERT INTO {t} ({columns}) VALUES {values}"));
+    };
+    insert(
+        "(1, 'order.created', 'A-1', '{\"total\": 12.5}'), (2, 'order.paid', 'A-1', '{}'), \
+         (10, 'order.shipped', 'A-1', '{}')",
     );
-    let config = dir.path().join("outbox.yaml");
-    std::fs::write(
-        &config,
-        read(&example("outbox-after-publish")).replace("mqdb_example_outbox", &t),
-    )
-    .unwrap();
-    Db::MariaDb.exec(&format!(
-        "INSERT INTO {t} (id, event_type, aggregate_id, payload) VALUES \
-         (1, 'order.created', 'A-1', '{{\"total\": 12.5}}'), \
-         (2, 'order.paid', 'A-1', '{{}}'), \
-         (10, 'order.shipped', 'A-1', '{{}}')"
-    ));
-    let mut bridge = Bridge::start_with_env(&config, &[("OUTBOX_EXCHANGE", &exchange)]);
+    let mut bridge = Bridge::start_with_env(&config, &env);
     // Every row of the table, `n` of them, is marked sent.
     let all_sent = |n: i64| {
         let total = format!("SELECT COUNT(*) FROM {t}");
         let unsent = format!("SELECT COUNT(*) FROM {t} WHERE sent_at IS NULL");
-        move || {
-            Ok(common::try_scalar(&Db::MariaDb, &total) == Some(n)
-                && common::try_scalar(&Db::MariaDb, &unsent) == Some(0))
-        }
+        let count = |sql: &str| common::try_scalar(&Db::MariaDb, sql);
+        move || Ok(count(&total) == Some(n) && count(&unsent) == Some(0))
     };
     wait_for(&mut bridge, "the three rows marked sent", all_sent(3));
     let first = rabbit.take_all(&queue);
 
     // A row committed late, behind the highest id already sent: still published.
-    Db::MariaDb.exec(&format!(
-        "INSERT INTO {t} (id, event_type, aggregate_id, payload) VALUES \
-         (5, 'order.cancelled', 'A-2', '{{}}')"
-    ));
+    insert("(5, 'order.cancelled', 'A-2', '{}')");
     wait_for(&mut bridge, "the late row marked sent", all_sent(4));
     let second = rabbit.take_all(&queue);
     terminate_ok(&mut bridge);
@@ -481,47 +361,30 @@ fn the_outbox_example_passes_check_and_never_skips_a_row() {
             })
             .collect()
     };
-    assert_eq!(
-        keys(&first),
-        vec![
-            (1, "order.created".to_string()),
-            (2, "order.paid".to_string()),
-            (10, "order.shipped".to_string()),
-        ]
-    );
-    assert_eq!(keys(&second), vec![(5, "order.cancelled".to_string())]);
+    let key = |id: i64, event: &str| (id, event.to_string());
+    let created = key(1, "order.created");
+    let sent_first = [created, key(2, "order.paid"), key(10, "order.shipped")];
+    assert_eq!(keys(&first), sent_first);
+    assert_eq!(keys(&second), [key(5, "order.cancelled")]);
     let body = json(&first[0].payload);
-    let names: Vec<&str> = body
-        .as_object()
-        .expect("a JSON object")
-        .keys()
-        .map(String::as_str)
-        .collect();
-    assert_eq!(
-        names,
-        ["id", "event_type", "aggregate_id", "payload", "created_at"]
-    );
+    let names = body.as_object().expect("a JSON object").keys();
+    let want = ["id", "event_type", "aggregate_id", "payload", "created_at"];
+    assert_eq!(names.map(String::as_str).collect::<Vec<_>>(), want);
     assert_eq!(body["aggregate_id"].as_str(), Some("A-1"));
     assert_eq!(body["payload"].as_str(), Some("{\"total\": 12.5}"));
-    assert!(
-        body["created_at"]
-            .as_str()
-            .is_some_and(|s| s.ends_with('Z')),
-        "{body}"
-    );
-    assert_eq!(dead_letters(&config, dir.path()), Vec::<Json>::new());
+    let created_at = body["created_at"].as_str();
+    assert!(created_at.is_some_and(|s| s.ends_with('Z')), "{body}");
+    assert_eq!(dlq_list_in(&config, dir.path()), Vec::<Json>::new());
 }
 
 /// tls-broker: passes `check` against a private Mosquitto whose TLS listener requires a
 /// client certificate, with the URL and the PEM files from the environment.
 #[test]
 fn the_tls_example_passes_check() {
-    create_tables(&Db::Postgres, "tls-broker", None);
-    let pki = temp_dir("mqdb-example-pki-");
-    let p = pki.path();
-    make_pki(p);
-    let file = |name: &str| p.join(name).display().to_string();
-    let (_broker, tls_port) = Mosquitto::start_tls(p);
+    let pki = temp_dir("example-pki");
+    make_pki(pki.path());
+    let file = |name: &str| pki.path().join(name).display().to_string();
+    let (_broker, tls_port) = Mosquitto::start_tls(pki.path());
     let url = format!("mqtts://127.0.0.1:{tls_port}");
     let (ca, cert, key) = (file("ca.pem"), file("client.pem"), file("client.key"));
     let env = [
@@ -530,9 +393,8 @@ fn the_tls_example_passes_check() {
         ("MQTT_TLS_CERT", cert.as_str()),
         ("MQTT_TLS_KEY", key.as_str()),
     ];
-    let dir = temp_dir("mqdb-example-");
-    let out = check(&example("tls-broker"), dir.path(), &env);
-    assert_check_passes(&out, &["inbound secure_readings"]);
+    let routes = ["inbound secure_readings"];
+    example_passes_check(&Db::Postgres, "tls-broker", &env, &routes);
 }
 
 /// sqlite-edge-gateway: passes `check` with its defaults (the SQLite file in the working
@@ -540,96 +402,69 @@ fn the_tls_example_passes_check() {
 /// are stored once each and forwarded upstream, and marked forwarded.
 #[test]
 fn the_edge_gateway_example_passes_check_and_forwards() {
-    let dir = temp_dir("mqdb-example-");
+    let dir = temp_dir("example");
     let edge = Db::Sqlite(dir.path().join("mqdb-edge.db"));
-    create_tables(&edge, "sqlite-edge-gateway", None);
-    let out = check(&example("sqlite-edge-gateway"), dir.path(), &[]);
-    assert_check_passes(&out, &["inbound capture", "outbound forward"]);
+    create_tables(&edge, "sqlite-edge-gateway", &[]);
+    let routes = ["inbound capture", "outbound forward"];
+    assert_check_passes(&example("sqlite-edge-gateway"), dir.path(), &[], &routes);
 
     // The run: a verbatim copy next to the SQLite file (the bridge runs in its config's
     // directory), on a private broker standing for both the local and the upstream one.
     let broker = Mosquitto::start();
-    let config = dir.path().join("sqlite-edge-gateway.yaml");
-    std::fs::copy(example("sqlite-edge-gateway"), &config).unwrap();
+    let config = private_copy("sqlite-edge-gateway", dir.path(), &[]);
     // The bridge's persistent session exists before it starts, so readings published now
     // are queued for it, as they would be while the gateway restarts.
     Subscriber::connect_with(broker.port, "mqdb-example-edge", false, &[("edge/+/+", 1)])
         .disconnect();
     let upstream = Subscriber::connect(broker.port, "plant/#", 1);
-    let publisher = Publisher::connect(broker.port);
     let reading = |device: &str, value: &str, ts: &str| {
-        (
-            format!("edge/{device}/temperature"),
-            format!("{{\"value\": {value}, \"ts\": \"{ts}\"}}").into_bytes(),
-        )
+        let payload = format!("{{\"value\": {value}, \"ts\": \"{ts}\"}}");
+        (format!("edge/{device}/temperature"), payload.into_bytes())
     };
-    publisher.publish_all_confirmed(
-        vec![
-            reading("press3", "71.5", "2024-05-01T12:00:00+02:00"),
-            // The same reading again (a sensor resending): stored and forwarded once.
-            reading("press3", "71.5", "2024-05-01T12:00:00+02:00"),
-            reading("press4", "3", "2024-05-01T10:00:01Z"),
-        ],
-        1,
-    );
+    let readings = vec![
+        reading("press3", "71.5", "2024-05-01T12:00:00+02:00"),
+        // The same reading again (a sensor resending): stored and forwarded once.
+        reading("press3", "71.5", "2024-05-01T12:00:00+02:00"),
+        reading("press4", "3", "2024-05-01T10:00:01Z"),
+    ];
+    Publisher::connect(broker.port).publish_all_confirmed(readings, 1);
     let url = broker.url();
-    let mut bridge = Bridge::start_with_env(
-        &config,
-        &[
-            ("EDGE_MQTT_URL", url.as_str()),
-            ("UPSTREAM_MQTT_URL", url.as_str()),
-            ("GATEWAY_ID", "gw-test"),
-        ],
-    );
+    let env = [
+        ("EDGE_MQTT_URL", url.as_str()),
+        ("UPSTREAM_MQTT_URL", url.as_str()),
+        ("GATEWAY_ID", "gw-test"),
+    ];
+    let mut bridge = Bridge::start_with_env(&config, &env);
+    let forwarded =
+        "SELECT COUNT(*) FROM mqdb_example_edge_readings WHERE forwarded_at IS NOT NULL";
     wait_for(&mut bridge, "both readings forwarded and marked", || {
-        Ok(common::try_scalar(
-            &edge,
-            "SELECT COUNT(*) FROM mqdb_example_edge_readings WHERE forwarded_at IS NOT NULL",
-        ) == Some(2))
+        Ok(common::try_scalar(&edge, forwarded) == Some(2))
     });
     upstream.wait_for(2, LIVENESS);
     terminate_ok(&mut bridge);
 
     assert_eq!(edge.count("mqdb_example_edge_readings"), 2);
-    let received = upstream.messages();
-    let got: Vec<(String, String, f64, String)> = received
+    let got: Vec<(String, String, f64, String)> = upstream
+        .messages()
         .iter()
         .map(|m| {
             let body = json(&m.payload);
-            (
-                m.topic.clone(),
-                body["device"].as_str().expect("device").to_owned(),
-                body["value"].as_f64().expect("value"),
-                body["measured_at"]
-                    .as_str()
-                    .expect("measured_at")
-                    .to_owned(),
-            )
+            let text = |key: &str| body[key].as_str().expect(key).to_owned();
+            let value = body["value"].as_f64().expect("value");
+            (m.topic.clone(), text("device"), value, text("measured_at"))
         })
         .collect();
-    assert_eq!(
-        got,
-        vec![
-            (
-                "plant/gw-test/press3/temperature".to_string(),
-                "press3".to_string(),
-                71.5,
-                "2024-05-01T10:00:00Z".to_string()
-            ),
-            (
-                "plant/gw-test/press4/temperature".to_string(),
-                "press4".to_string(),
-                3.0,
-                "2024-05-01T10:00:01Z".to_string()
-            ),
-        ]
-    );
-    assert_eq!(dead_letters(&config, dir.path()), Vec::<Json>::new());
+    let forward = |device: &str, value: f64, at: &str| {
+        let topic = format!("plant/gw-test/{device}/temperature");
+        (topic, device.to_string(), value, at.to_string())
+    };
+    let want = [
+        forward("press3", 71.5, "2024-05-01T10:00:00Z"),
+        forward("press4", 3.0, "2024-05-01T10:00:01Z"),
+    ];
+    assert_eq!(got, want);
+    assert_eq!(dlq_list_in(&config, dir.path()), Vec::<Json>::new());
 }
-
-// ---------------------------------------------------------------------------------------
-// The systemd unit
-// ---------------------------------------------------------------------------------------
 
 const UNIT: &str = "deploy/systemd/mqdb.service";
 
@@ -648,11 +483,7 @@ fn unit_settings(text: &str) -> Vec<(String, String, String)> {
         let (key, value) = line
             .split_once('=')
             .unwrap_or_else(|| panic!("{UNIT}: not a setting: {line}"));
-        out.push((
-            section.clone(),
-            key.trim().to_string(),
-            value.trim().to_string(),
-        ));
+        out.push((section.clone(), key.trim().into(), value.trim().into()));
     }
     out
 }
@@ -662,15 +493,12 @@ fn the_systemd_unit_matches_the_readme_and_verifies() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let text = read(&root.join(UNIT));
     let settings = unit_settings(&text);
-    let service = |key: &str| -> Vec<&str> {
-        settings
-            .iter()
-            .filter(|(s, k, _)| s == "Service" && k == key)
-            .map(|(_, _, v)| v.as_str())
-            .collect()
-    };
     let one = |key: &str| -> &str {
-        match service(key).as_slice() {
+        let service = settings
+            .iter()
+            .filter(|(s, k, _)| s == "Service" && k == key);
+        let values: Vec<&str> = service.map(|(_, _, v)| v.as_str()).collect();
+        match values.as_slice() {
             [v] => v,
             other => panic!("{UNIT}: expected one {key}=, found {other:?}"),
         }
@@ -680,13 +508,12 @@ fn the_systemd_unit_matches_the_readme_and_verifies() {
     let exec: Vec<&str> = one("ExecStart").split_whitespace().collect();
     assert_eq!(exec, ["/usr/local/bin/mqdb", "run"], "{UNIT}: ExecStart");
     let dockerfile = read(&root.join("Dockerfile"));
-    assert!(
-        dockerfile.contains(" /usr/local/bin/mqdb\n"),
-        "Dockerfile installs elsewhere"
-    );
+    let docker_installs = dockerfile.contains(" /usr/local/bin/mqdb\n");
+    assert!(docker_installs, "Dockerfile installs elsewhere");
     let readme = readme_text();
+    let install = "install -m 0755 target/release/mqdb /usr/local/bin/mqdb";
     assert!(
-        readme.contains("install -m 0755 target/release/mqdb /usr/local/bin/mqdb"),
+        readme.contains(install),
         "the README's install step names another path"
     );
 
@@ -703,17 +530,15 @@ fn the_systemd_unit_matches_the_readme_and_verifies() {
         readme.contains(&state),
         "README.md does not configure `{state}`"
     );
-    assert!(
-        dockerfile.contains(&format!("VOLUME [\"{state_dir}\"]")),
-        "the Dockerfile's volume is not {state_dir}"
-    );
+    let volume = dockerfile.contains(&format!("VOLUME [\"{state_dir}\"]"));
+    assert!(volume, "the Dockerfile's volume is not {state_dir}");
     assert_eq!(one("Environment"), "MQDB_CONFIG=/etc/mqdb/mqdb.yaml");
     assert!(readme.contains("/etc/mqdb/mqdb.yaml"));
 
     // Restarted after a failure, but not for a configuration error (exit 2).
-    assert_eq!(one("Restart"), "on-failure");
-    assert_eq!(one("RestartPreventExitStatus"), "2");
     for (key, value) in [
+        ("Restart", "on-failure"),
+        ("RestartPreventExitStatus", "2"),
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),
         ("ProtectHome", "yes"),
@@ -724,72 +549,51 @@ fn the_systemd_unit_matches_the_readme_and_verifies() {
 
     // systemd's own check, with ExecStart pointing at the binary under test (verify
     // requires it to exist). Warnings (an unknown key, a bad value) fail it too.
-    let Ok(analyze) = which("systemd-analyze") else {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut on_path = std::env::split_paths(&path).map(|dir| dir.join("systemd-analyze"));
+    let Some(analyze) = on_path.find(|p| p.is_file()) else {
         eprintln!("systemd-analyze is not installed: {UNIT} was only parsed");
         return;
     };
-    let dir = temp_dir("mqdb-unit-");
+    let dir = temp_dir("unit");
     let unit = dir.path().join("mqdb.service");
-    let bin = common::mqdb_bin();
-    std::fs::write(
-        &unit,
-        text.replace("/usr/local/bin/mqdb", &bin.display().to_string()),
-    )
-    .unwrap();
-    let out = std::process::Command::new(analyze)
+    let bin = common::mqdb_bin().display().to_string();
+    std::fs::write(&unit, text.replace("/usr/local/bin/mqdb", &bin)).unwrap();
+    let out = Command::new(analyze)
         .arg("verify")
         .arg(&unit)
         .stdin(Stdio::null())
         .output()
         .expect("run systemd-analyze verify");
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "systemd-analyze verify {UNIT}\n{}",
-        show(&out)
-    );
+    let clean = out.status.success() && out.stdout.is_empty() && out.stderr.is_empty();
+    assert!(clean, "systemd-analyze verify {UNIT}\n{}", show(&out));
 }
-
-/// The path of `program` on `PATH`.
-fn which(program: &str) -> Result<PathBuf, ()> {
-    let path = std::env::var_os("PATH").ok_or(())?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-        .ok_or(())
-}
-
-// ---------------------------------------------------------------------------------------
-// scripts/setup.sh
-// ---------------------------------------------------------------------------------------
 
 /// Runs `scripts/setup.sh --packages` as user id `uid` with every package missing, every
 /// driver unregistered and CommLog on, on stand-ins for the system commands (`id`, `sudo`,
 /// `dpkg-query`, `apt-get`, `odbcinst`) that log what they were asked to do instead of
 /// doing it, and returns that log. `sudo` logs its command and does not run it.
 fn setup_steps(uid: u32) -> Vec<String> {
-    let dir = temp_dir("mqdb-setup-");
+    let dir = temp_dir("setup");
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     let log = dir.path().join("log");
-    let fake = |name: &str, body: &str| {
+    let logs = r#"echo "$(basename "$0") $*" >> "$FAKE_LOG""#;
+    let odbcinst = format!("{logs}\n[ \"$1\" = -q ] && exit 1\ncat >/dev/null");
+    for (name, body) in [
+        (
+            "id",
+            r#"[ "$1" = -u ] && echo "$FAKE_UID" || exec /usr/bin/id "$@""#,
+        ),
+        ("sudo", logs),
+        ("dpkg-query", "exit 1"),
+        ("apt-get", logs),
+        ("odbcinst", &odbcinst),
+    ] {
         let path = bin.join(name);
         std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        let mut mode = std::fs::metadata(&path).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut mode, 0o755);
-        std::fs::set_permissions(&path, mode).unwrap();
-    };
-    let logs = r#"echo "$(basename "$0") $*" >> "$FAKE_LOG""#;
-    fake(
-        "id",
-        r#"[ "$1" = -u ] && echo "$FAKE_UID" || exec /usr/bin/id "$@""#,
-    );
-    fake("sudo", logs);
-    fake("dpkg-query", "exit 1");
-    fake("apt-get", logs);
-    fake(
-        "odbcinst",
-        &format!("{logs}\n[ \"$1\" = -q ] && exit 1\ncat >/dev/null"),
-    );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let ini = dir.path().join("odbcinst.ini");
     std::fs::write(&ini, "[PostgreSQL Unicode]\nCommLog=1\n").unwrap();
 
@@ -799,7 +603,7 @@ fn setup_steps(uid: u32) -> Vec<String> {
         std::env::var("PATH").unwrap_or_default()
     );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup.sh");
-    let out = std::process::Command::new("bash")
+    let out = Command::new("bash")
         .arg(&script)
         .arg("--packages")
         .env("PATH", path)
@@ -814,9 +618,11 @@ fn setup_steps(uid: u32) -> Vec<String> {
         "setup.sh as uid {uid}\n{}",
         show(&out)
     );
-    let mut steps: Vec<String> = std::fs::read_to_string(&log)
-        .unwrap_or_default()
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    // The registrations' queries (`odbcinst -q`) are not privileged steps.
+    let mut steps: Vec<String> = logged
         .lines()
+        .filter(|s| !s.starts_with("odbcinst -q"))
         .map(str::to_owned)
         .collect();
     if read(&ini).contains("CommLog=0") {
@@ -827,42 +633,30 @@ fn setup_steps(uid: u32) -> Vec<String> {
 
 #[test]
 fn setup_uses_sudo_for_every_privileged_step_unless_root() {
-    let privileged = |steps: &[String]| {
-        steps
-            .iter()
-            .filter(|s| !s.starts_with("odbcinst -q"))
-            .cloned()
-            .collect::<Vec<_>>()
-    };
     let missing = "unixodbc unixodbc-dev odbc-postgresql odbc-mariadb libsqliteodbc";
+    let expected = |apt: &str, odbcinst: &str| {
+        let mut steps = vec![
+            format!("{apt}update -qq"),
+            format!("{apt}install -y -qq --no-install-recommends {missing}"),
+        ];
+        steps.extend(std::iter::repeat_n(format!("{odbcinst} -i -d -r"), 3));
+        steps
+    };
 
     // Not root: apt-get, the driver registrations and the CommLog fix all go through sudo.
-    let steps = privileged(&setup_steps(1000));
-    let expected_user = [
-        "sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq".to_string(),
-        format!(
-            "sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends {missing}"
-        ),
-        "sudo odbcinst -i -d -r".into(),
-        "sudo odbcinst -i -d -r".into(),
-        "sudo odbcinst -i -d -r".into(),
-    ];
-    assert_eq!(steps[..5], expected_user[..], "{steps:#?}");
-    assert_eq!(steps.len(), 6, "{steps:#?}");
-    assert!(
-        steps[5].starts_with("sudo sed -i s/^CommLog=1/CommLog=0/ "),
+    let steps = setup_steps(1000);
+    let sudo_apt = "sudo env DEBIAN_FRONTEND=noninteractive apt-get ";
+    assert_eq!(
+        steps[..5],
+        expected(sudo_apt, "sudo odbcinst")[..],
         "{steps:#?}"
     );
+    assert_eq!(steps.len(), 6, "{steps:#?}");
+    let sed = steps[5].starts_with("sudo sed -i s/^CommLog=1/CommLog=0/ ");
+    assert!(sed, "{steps:#?}");
 
     // Root: the same steps run directly, sudo is never asked for.
-    let steps = privileged(&setup_steps(0));
-    let expected_root = vec![
-        "apt-get update -qq".to_string(),
-        format!("apt-get install -y -qq --no-install-recommends {missing}"),
-        "odbcinst -i -d -r".into(),
-        "odbcinst -i -d -r".into(),
-        "odbcinst -i -d -r".into(),
-        "(CommLog turned off without sudo)".into(),
-    ];
-    assert_eq!(steps, expected_root);
+    let mut expected_root = expected("apt-get ", "odbcinst");
+    expected_root.push("(CommLog turned off without sudo)".into());
+    assert_eq!(setup_steps(0), expected_root);
 }

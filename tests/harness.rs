@@ -3,8 +3,8 @@
 mod common;
 
 use common::{
-    Db, Mosquitto, Publisher, Subscriber, TcpProxy, TempTable, odbc_connect, odbc_query, unique,
-    wait_until,
+    Config, Db, Mosquitto, Publisher, Route, Subscriber, TcpProxy, TempTable, odbc_connect,
+    odbc_query, temp_sqlite, unique, wait_until,
 };
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -143,11 +143,8 @@ fn db_roundtrip(db: &Db, text_type: &str) {
     let name;
     {
         // Given a unique table
-        let table = TempTable::create(
-            db,
-            "harness",
-            &format!("id INTEGER PRIMARY KEY, name VARCHAR(50), body {text_type}"),
-        );
+        let columns = format!("id INTEGER PRIMARY KEY, name VARCHAR(50), body {text_type}");
+        let table = TempTable::create(db, "harness", &columns);
         name = table.name.clone();
         assert_eq!(table.count(), 0);
 
@@ -159,26 +156,21 @@ fn db_roundtrip(db: &Db, text_type: &str) {
         // Then they read back as text, NULL as None, the long value untruncated
         let rows = db.query(&format!("SELECT id, name, body FROM {name} ORDER BY id"));
         assert_eq!(rows.len(), 3);
-        assert_eq!(
-            rows[0],
-            vec![Some("1".into()), Some("Grüße".into()), Some("short".into())]
-        );
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(rows[0], vec![s("1"), s("Grüße"), s("short")]);
         assert_eq!(rows[1][1], None);
         assert_eq!(rows[1][2].as_deref(), Some(long.as_str()));
         assert_eq!(rows[2][2], None);
         assert_eq!(db.count(&name), 3);
 
         // And a failing statement is reported with its SQL
-        let err = db
-            .try_exec(&format!("INSERT INTO {name} (id) VALUES (1)"))
-            .expect_err("duplicate key");
+        let duplicate = db.try_exec(&format!("INSERT INTO {name} (id) VALUES (1)"));
+        let err = duplicate.expect_err("duplicate key");
         assert!(err.contains(&name), "{err}");
     }
     // And the table is gone once the guard drops
-    assert!(
-        db.try_query(&format!("SELECT COUNT(*) FROM {name}"))
-            .is_err()
-    );
+    let gone = db.try_query(&format!("SELECT COUNT(*) FROM {name}"));
+    assert!(gone.is_err());
 }
 
 #[test]
@@ -193,9 +185,8 @@ fn db_roundtrip_mariadb() {
 
 #[test]
 fn db_roundtrip_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::Sqlite(dir.path().join("harness.db"));
-    assert!(db.connection_string().contains("harness.db"));
+    let db = temp_sqlite();
+    assert!(db.connection_string().contains("test.db"));
     db_roundtrip(&db, "TEXT");
 }
 
@@ -219,7 +210,7 @@ fn wait_until_returns_when_true_and_panics_with_its_description() {
 #[test]
 fn config_builder_writes_block_yaml_with_typed_values() {
     // Given a config with a broker, a database and two routes
-    let config = common::Config::at("/tmp/unused.yaml")
+    let config = Config::at("/tmp/unused.yaml")
         .state("sqlite:///tmp/x/state.db")
         .broker(
             "b",
@@ -228,11 +219,25 @@ fn config_builder_writes_block_yaml_with_typed_values() {
         )
         .database("d", "Driver={SQLite3};Database=/tmp/x/t.db")
         .inbound(
-            common::Route::inbound("r", "t/#", "tbl")
+            Route::inbound("r", "t/#", "tbl")
                 .columns(&[("id", "payload.id")])
                 .lines(&["batch: { max_rows: 5, max_delay: 100ms }", "start: 0"]),
         )
-        .outbound(common::Route::outbound("o", "SELECT 1").set("track", "id"));
+        .outbound(
+            Route::outbound("o", "SELECT 1")
+                .track("id", 0)
+                .interval("1s"),
+        )
+        .outbound(
+            Route::named("p")
+                .broker("b")
+                .topic("x/{id}")
+                .qos(0)
+                .format("csv")
+                .batch(5, "1s")
+                .max_rows(7)
+                .on_conflict("ignore", &["id"]),
+        );
 
     // Then its YAML has one setting a line, numbers unquoted and strings quoted
     assert_eq!(
@@ -245,6 +250,9 @@ fn config_builder_writes_block_yaml_with_typed_values() {
          id: \"payload.id\"\n    batch:\n      max_rows: 5\n      max_delay: \"100ms\"\n    \
          start: 0\n\
          outbound:\n  - name: \"o\"\n    database: \"d\"\n    query: \"SELECT 1\"\n    \
-         track: \"id\"\n"
+         track: \"id\"\n    start: 0\n    interval: \"1s\"\n  - name: \"p\"\n    \
+         broker: \"b\"\n    topic: \"x/{id}\"\n    qos: 0\n    format: \"csv\"\n    \
+         batch:\n      max_rows: 7\n      max_delay: \"1s\"\n    on_conflict: \"ignore\"\n    \
+         key:\n      - \"id\"\n"
     );
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use super::{Bridge, Db, run_mqdb};
+use super::{Bridge, Db};
 
 /// Liveness deadline for waits: a hang detector, never a speed assertion.
 pub const LIVENESS: Duration = Duration::from_secs(60);
@@ -17,7 +17,17 @@ pub fn path_str(path: &Path) -> &str {
 
 /// `mqdb -c CONFIG dlq list --json`: one JSON object per line.
 pub fn dlq_list(config: &Path) -> Vec<Json> {
-    let out = run_mqdb(&["-c", path_str(config), "dlq", "list", "--json"]);
+    dlq_list_in(config, Path::new("."))
+}
+
+/// [`dlq_list`] run in `cwd` (where a config's relative state store is).
+pub fn dlq_list_in(config: &Path, cwd: &Path) -> Vec<Json> {
+    let out = super::mqdb_command()
+        .args(["-c", path_str(config), "dlq", "list", "--json"])
+        .current_dir(cwd)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run mqdb dlq list: {e}"));
     let stdout = String::from_utf8(out.stdout).expect("dlq list prints UTF-8");
     assert!(
         out.status.success(),

@@ -154,6 +154,74 @@ impl Route {
         self.set("columns", map)
     }
 
+    pub fn broker(self, broker: &str) -> Route {
+        self.set("broker", broker)
+    }
+
+    pub fn topic(self, topic: &str) -> Route {
+        self.set("topic", topic)
+    }
+
+    pub fn qos(self, qos: u8) -> Route {
+        self.set("qos", qos)
+    }
+
+    pub fn format(self, format: &str) -> Route {
+        self.set("format", format)
+    }
+
+    pub fn exchange(self, exchange: &str) -> Route {
+        self.set("exchange", exchange)
+    }
+
+    pub fn routing_key(self, routing_key: &str) -> Route {
+        self.set("routing_key", routing_key)
+    }
+
+    pub fn prefetch(self, prefetch: u32) -> Route {
+        self.set("prefetch", prefetch)
+    }
+
+    /// Outbound: `track: column` and `start: value`.
+    pub fn track(self, column: &str, start: impl Into<Json>) -> Route {
+        self.set("track", column).set("start", start)
+    }
+
+    /// Outbound: the poll `interval` (e.g. `100ms`).
+    pub fn interval(self, interval: &str) -> Route {
+        self.set("interval", interval)
+    }
+
+    /// `batch: { max_rows, max_delay }`.
+    pub fn batch(self, max_rows: u32, max_delay: &str) -> Route {
+        self.set(
+            "batch",
+            json!({ "max_rows": max_rows, "max_delay": max_delay }),
+        )
+    }
+
+    /// `batch: { max_rows }`, keeping a `max_delay` set before.
+    pub fn max_rows(mut self, max_rows: u32) -> Route {
+        let batch = self
+            .0
+            .entry("batch")
+            .or_insert_with(|| Json::Object(Map::new()));
+        batch
+            .as_object_mut()
+            .expect("batch is a map")
+            .insert("max_rows".into(), max_rows.into());
+        self
+    }
+
+    /// `on_conflict: rule` with its `key` columns (none for `error`).
+    pub fn on_conflict(self, rule: &str, key: &[&str]) -> Route {
+        let route = self.set("on_conflict", rule);
+        if key.is_empty() {
+            return route;
+        }
+        route.set("key", key)
+    }
+
     /// Settings written as `key: value` lines (a scalar or a flow collection per line), for
     /// call sites that list a route's options compactly.
     pub fn lines(mut self, lines: &[&str]) -> Route {

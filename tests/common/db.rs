@@ -226,3 +226,26 @@ impl Drop for TempTable {
         self.db.drop_table(&self.name);
     }
 }
+
+/// A SQLite database in a temp dir of its own, removed on drop; it derefs to its [`Db`], so
+/// `case(&temp_sqlite())` runs a per-database body on SQLite.
+pub struct TempSqlite {
+    db: Db,
+    _dir: tempfile::TempDir,
+}
+
+pub fn temp_sqlite() -> TempSqlite {
+    let dir = super::temp_dir("sqlite");
+    TempSqlite {
+        db: Db::Sqlite(dir.path().join("test.db")),
+        _dir: dir,
+    }
+}
+
+impl std::ops::Deref for TempSqlite {
+    type Target = Db;
+
+    fn deref(&self) -> &Db {
+        &self.db
+    }
+}

@@ -1,29 +1,10 @@
-//! Shared integration-test harness for `mqdb`.
+//! Shared integration-test harness for `mqdb`: each test binary declares `mod common;` and
+//! uses the subset it needs; each type says what it stands for.
 //!
-//! Every test binary declares `mod common;` and uses the subset it needs. The harness talks to
-//! the real services on loopback (see GUIDE.md, "Test environment"):
-//!
-//! - [`Mosquitto`]: a private broker on a free port that queues QoS 1 without limit and keeps
-//!   sessions across [`Mosquitto::restart`].
-//! - [`TcpProxy`]: a loopback forwarder whose [`TcpProxy::set_down`] simulates a network cut.
-//! - [`Db`]: PostgreSQL, MariaDB and SQLite through ODBC, text results.
-//! - [`Bridge`], [`run_mqdb`], [`mqdb_command`]: the `mqdb` binary under test.
-//! - [`Publisher`], [`Subscriber`]: MQTT clients that run their own event loop thread, so they
-//!   work from sync tests and from `#[tokio::test]` alike.
-//! - [`Subscriber5`]: an MQTT 5 subscriber that keeps each message's properties.
-//! - [`Rabbit`]: the shared RabbitMQ (127.0.0.1:5672) from sync tests: declare exchanges and
-//!   bound queues (deleted on drop) and take what arrived.
-//! - [`RabbitNode`]: a private RabbitMQ node on free ports (plain AMQP plus a TLS listener that
-//!   requires a client certificate), for `amqps://` tests; stopped on drop.
-//! - [`make_ca`], [`make_leaf`], [`openssl`]: test certificates for the TLS tests.
-//!
-//! - [`World`], [`Config`], [`Route`]: a bridge under test in a few lines: a private world
-//!   (temp dir, Mosquitto, client id) and a typed config instead of hand-written YAML.
-//! - [`StateStore`]: the store a bridge keeps dead letters and positions in; store tests
-//!   take it as a parameter so they run against each kind.
-//!
-//! Names: [`unique`] gives table, topic, queue and client-id names that never collide across
-//! parallel test threads and processes.
+//! Everything talks to the real services on loopback (see GUIDE.md, "Test environment").
+//! Names come from [`unique`], so tables, topics, queues and client ids never collide across
+//! parallel test threads and processes. Tests that look at the state store take a
+//! [`StateStore`], so they run against each kind.
 //!
 //! Waiting: [`wait_until`] is a liveness deadline (a hang detector), never a speed assertion.
 #![allow(dead_code)]
@@ -49,13 +30,15 @@ mod world;
 pub use bridge::{Bridge, mqdb_bin, mqdb_command, run_mqdb};
 #[allow(unused_imports)]
 pub use checks::{
-    LIVENESS, dlq_list, path_str, run_bounded, scalar, terminate_ok, try_scalar, wait_for,
-    wait_for_count,
+    LIVENESS, dlq_list, dlq_list_in, path_str, run_bounded, scalar, terminate_ok, try_scalar,
+    wait_for, wait_for_count,
 };
 #[allow(unused_imports)]
 pub use config::{Config, Route, settings};
 #[allow(unused_imports)]
-pub use db::{Db, TempTable, odbc_connect, odbc_env, odbc_exec, odbc_query};
+pub use db::{
+    Db, TempSqlite, TempTable, odbc_connect, odbc_env, odbc_exec, odbc_query, temp_sqlite,
+};
 #[allow(unused_imports)]
 pub use mqtt::{Mosquitto, Publisher, Received, Subscriber, publish_retained, with_mqtt5};
 #[allow(unused_imports)]
@@ -126,6 +109,14 @@ fn base36(mut v: u128) -> String {
     }
     out.reverse();
     String::from_utf8(out).expect("ascii")
+}
+
+/// A temp dir whose name starts with `mqdb-<label>-`, removed on drop.
+pub fn temp_dir(label: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("mqdb-{label}-"))
+        .tempdir()
+        .expect("temp dir")
 }
 
 /// Polls `f` every 100 ms until it returns true; panics naming `what` after `timeout`.

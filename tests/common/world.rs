@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value as Json, json};
 
-use super::{Config, Db, Mosquitto, Publisher, StateStore, Subscriber, unique};
+use super::{Config, Db, Mosquitto, Publisher, StateStore, Subscriber, temp_dir, unique};
 
 /// A temp dir (config, state store, logs, SQLite targets) for a bridge whose brokers the
 /// test brings itself (RabbitMQ, or several Mosquittos).
@@ -24,10 +24,7 @@ pub struct Workdir {
 impl Workdir {
     /// A temp dir whose name starts with `mqdb-<label>-`.
     pub fn new(label: &str) -> Workdir {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("mqdb-{label}-"))
-            .tempdir()
-            .expect("temp dir");
+        let dir = temp_dir(label);
         let store = StateStore::sqlite_in(dir.path());
         Workdir { dir, store }
     }
@@ -64,10 +61,7 @@ impl World {
 
     /// Like [`World::new`] with a broker the test started itself (e.g. with TLS).
     pub fn with_broker(label: &str, broker: Mosquitto) -> World {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("mqdb-{label}-"))
-            .tempdir()
-            .expect("temp dir");
+        let dir = temp_dir(label);
         let store = StateStore::sqlite_in(dir.path());
         World {
             dir,
