@@ -295,7 +295,7 @@ fn json_cases(db: &Db) -> Vec<(&'static str, String, Outcome)> {
 
 /// The whole inbound matrix on one database; `extra` is added to its `databases:` entry
 /// (e.g. `dialect: generic`).
-pub fn matrix(db: Db, extra: &str) {
+pub fn matrix(db: Db, extra: &[&str]) {
     let world = World::new("fid-in");
     let cols = columns(&db);
     let defs: Vec<String> = cols
@@ -333,7 +333,7 @@ pub fn matrix(db: Db, extra: &str) {
         cases.push(Case::new(id, column, payload, outcome));
     }
     csv_cases(&db, &topic, &mut cases, &mut messages);
-    user_property_cases(&db, &topic, &mut cases, &mut messages);
+    user_property_cases(&topic, &mut cases, &mut messages);
     header_cases(&db, &rabbit, &queue, &mut cases);
     payload_cases(&topic, &mut cases, &mut messages);
     publish_v5(world.broker.port, messages);
@@ -426,8 +426,7 @@ fn csv_cases(db: &Db, topic: &str, cases: &mut Vec<Case>, messages: &mut Vec<Out
 
 /// MQTT 5 user properties: a repeated name maps its first value, and a dead letter keeps
 /// every value.
-fn user_property_cases(db: &Db, topic: &str, cases: &mut Vec<Case>, messages: &mut Vec<Outgoing>) {
-    let _ = db;
+fn user_property_cases(topic: &str, cases: &mut Vec<Case>, messages: &mut Vec<Outgoing>) {
     let props = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
         pairs
             .iter()
@@ -529,11 +528,7 @@ fn header_cases(db: &Db, rabbit: &Rabbit, queue: &str, cases: &mut Vec<Case>) {
 type Outgoing = (String, Vec<u8>, Vec<(String, String)>);
 
 /// Every row, by id: column name → the value as read back.
-fn read_back(
-    db: &Db,
-    table: &str,
-    cols: &[(&'static str, Family, &'static str)],
-) -> BTreeMap<i64, BTreeMap<&'static str, Option<String>>> {
+fn read_back(db: &Db, table: &str, cols: &[(&'static str, Family, &'static str)]) -> Rows {
     let exprs: Vec<String> = cols.iter().map(|(n, f, _)| read_expr(db, n, *f)).collect();
     let sql = format!(
         "SELECT CAST(id AS CHAR(20)), {} FROM {table}",
@@ -634,7 +629,7 @@ fn dead_letters(config: &std::path::Path) -> BTreeMap<i64, (String, String, Json
 fn check(
     case: &Case,
     cols: &[(&'static str, Family, &'static str)],
-    stored: &BTreeMap<i64, BTreeMap<&'static str, Option<String>>>,
+    stored: &Rows,
     dead: &BTreeMap<i64, (String, String, Json)>,
 ) -> Result<(), String> {
     let family = cols
@@ -737,13 +732,15 @@ fn strip_zero_fraction(text: &str) -> String {
 
 /// Writes `mqdb.yaml`: MQTT 5 broker `m` (the world's), AMQP broker `r`, database `d` with
 /// `extra` settings, and one route per way a value arrives, all into `table`.
-fn config(world: &World, db: &Db, extra: &str, table: &str, topic: &str, queue: &str) -> PathBuf {
-    let extra: Vec<&str> = extra
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let mut database = settings(&extra);
+fn config(
+    world: &World,
+    db: &Db,
+    extra: &[&str],
+    table: &str,
+    topic: &str,
+    queue: &str,
+) -> PathBuf {
+    let mut database = settings(extra);
     database.insert("connection_string".into(), db.connection_string().into());
     // Upserts, so every value also goes through each dialect's conflict statement
     // (`MERGE` in standard SQL).
@@ -835,23 +832,23 @@ fn publish_v5(port: u16, messages: Vec<Outgoing>) {
 
 #[test]
 fn inbound_matrix_postgres() {
-    matrix(Db::Postgres, "");
+    matrix(Db::Postgres, &[]);
 }
 
 #[test]
 fn inbound_matrix_mariadb() {
-    matrix(Db::MariaDb, "");
+    matrix(Db::MariaDb, &[]);
 }
 
 #[test]
 fn inbound_matrix_sqlite() {
     let dir = tempfile::tempdir().expect("temp dir");
-    matrix(Db::Sqlite(dir.path().join("fidelity.db")), "");
+    matrix(Db::Sqlite(dir.path().join("fidelity.db")), &[]);
 }
 
 /// PostgreSQL spoken to in standard SQL only, as a database mqdb does not know: plain
 /// multi-row `INSERT`s, types from the driver's catalog alone.
 #[test]
 fn inbound_matrix_postgres_in_standard_sql() {
-    matrix(Db::Postgres, "dialect: generic");
+    matrix(Db::Postgres, &["dialect: generic"]);
 }
