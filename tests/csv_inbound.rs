@@ -40,14 +40,14 @@ struct Case {
 
 impl Case {
     /// A route with the given `csv:` lines and `columns:` (none: no block).
-    fn new(t: Target, prefix: &str, table: &str, csv: &[&str], columns: &[(&str, &str)]) -> Case {
-        Case::in_world(World::new("csv"), t, prefix, table, csv, columns)
+    fn new(db: Target, prefix: &str, table: &str, csv: &[&str], cols: &[(&str, &str)]) -> Case {
+        Case::in_world(World::new("csv"), db, prefix, table, csv, cols)
     }
 
     /// Like [`Case::new`] on a broker that logs every packet, so PUBACKs can be counted.
-    fn logged(t: Target, prefix: &str, table: &str, csv: &[&str], cols: &[(&str, &str)]) -> Case {
+    fn logged(db: Target, prefix: &str, table: &str, csv: &[&str], cols: &[(&str, &str)]) -> Case {
         let world = World::with_broker_config("csv", "log_type all\n");
-        Case::in_world(world, t, prefix, table, csv, cols)
+        Case::in_world(world, db, prefix, table, csv, cols)
     }
 
     fn in_world(

@@ -31,15 +31,10 @@ fn route(name: &str, topic: &str, table: &str, columns: &[(&str, &str)], extra: 
 /// A route of `{"seq":N}` messages on `topic` (with a `{part}` level) into (seq, part), in
 /// batches of at most 50 rows.
 fn seq_route(name: &str, topic: &str, table: &str, on_conflict: &[&str]) -> Route {
-    let columns = [("seq", "payload.seq"), ("part", "topic.part")];
-    route(
-        name,
-        topic,
-        table,
-        &columns,
-        &["batch: { max_rows: 50, max_delay: 50ms }"],
-    )
-    .lines(on_conflict)
+    Route::inbound(name, topic, table)
+        .columns(&[("seq", "payload.seq"), ("part", "topic.part")])
+        .lines(&["batch: { max_rows: 50, max_delay: 50ms }"])
+        .lines(on_conflict)
 }
 
 /// `{"seq":N}` for each N of `seqs`, on `topic` with its `{part}` level set to `part`.
@@ -49,10 +44,10 @@ fn seq_messages(topic: &str, part: &str, seqs: std::ops::Range<i64>) -> Messages
     seqs.map(message).collect()
 }
 
-/// Asserts that table `t` holds seq 0..n exactly once each, `second` of them from the
-/// `second` part, and that nothing was dead-lettered.
+/// Asserts that table `t` holds `n` distinct seqs, `second` of them from the `second` part,
+/// and that nothing was dead-lettered.
 fn assert_every_seq_once(db: &Db, t: &str, config: &Path, n: i64, second: i64) {
-    let count = |filter: &str| scalar(db, &format!("SELECT COUNT({filter}) FROM {t}"));
+    let count = |what: &str| scalar(db, &format!("SELECT COUNT({what}) FROM {t}"));
     assert_eq!(count("DISTINCT seq"), n);
     let parts = format!("SELECT COUNT(*) FROM {t} WHERE part = 'second'");
     assert_eq!(scalar(db, &parts), second);
@@ -688,8 +683,9 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
     db.exec(&format!("DROP FUNCTION {slow}()"));
 }
 
-/// What a connection cut can leave on `t`: at most `published` rows.
-fn assert_not_more_than(db: &Db, t: &str, bridge: &mut Bridge, published: i64) -> i64 {
+/// The rows of `t` while a connection is cut, asserted to be at most the `published` ones
+/// and the bridge still running.
+fn rows_during_cut(db: &Db, t: &str, bridge: &mut Bridge, published: i64) -> i64 {
     assert!(bridge.is_running(), "mqdb died:\n{}", bridge.log());
     let during = scalar(db, &format!("SELECT COUNT(*) FROM {t}"));
     assert!(
@@ -732,7 +728,7 @@ fn database_outage_loses_nothing(db: Db, port: u16, columns: &str) {
         Vec::<Json>::new(),
         "an outage is never a dead letter"
     );
-    let during = assert_not_more_than(&db, &t, &mut bridge, 600);
+    let during = rows_during_cut(&db, &t, &mut bridge, 600);
 
     // Then, once it is back, every message becomes exactly one row, none dead-lettered
     proxy.set_down(false);
@@ -804,7 +800,7 @@ fn broker_connection_cut_loses_nothing() {
     let count_sql = format!("SELECT COUNT(*) FROM {t}");
     wait_at_least(&mut bridge, &db, "the held rows to commit", &count_sql, 1);
     std::thread::sleep(Duration::from_secs(2));
-    let during = assert_not_more_than(&db, &t, &mut bridge, 1000);
+    let during = rows_during_cut(&db, &t, &mut bridge, 1000);
 
     // Then, once the broker is reachable again, every message becomes exactly one row
     proxy.set_down(false);
