@@ -55,11 +55,7 @@ enum Family {
 
 /// The columns of the fidelity table: name, family, SQL type per database.
 fn columns(db: &Db) -> Vec<(&'static str, Family, &'static str)> {
-    let pick = |pg: &'static str, my: &'static str, lite: &'static str| match db {
-        Db::Postgres => pg,
-        Db::MariaDb => my,
-        Db::Sqlite(_) => lite,
-    };
+    let pick = |pg, my, lite| by(db, pg, my, lite);
     vec![
         ("i16", Family::Int, "SMALLINT"),
         ("i32", Family::Int, "INTEGER"),
@@ -149,8 +145,8 @@ impl Case {
     }
 }
 
-/// The per-database outcome: PostgreSQL, MariaDB, SQLite.
-fn by(db: &Db, pg: Outcome, my: Outcome, lite: Outcome) -> Outcome {
+/// The per-database choice: PostgreSQL, MariaDB, SQLite.
+fn by<T>(db: &Db, pg: T, my: T, lite: T) -> T {
     match db {
         Db::Postgres => pg,
         Db::MariaDb => my,
