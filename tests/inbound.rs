@@ -1,16 +1,7 @@
-//! `mqdb run` for inbound routes (MQTT → ODBC) against the real local services (SPEC §3, §4):
-//! values and types in PostgreSQL, MariaDB and SQLite (with and without `columns:`, and
-//! `on_conflict: update`); dead letters beside a committed batch; a database outage and a
-//! broker connection cut; SIGKILL in the middle of a batch; SIGTERM in the middle of a batch.
-//!
-//! Most tests create the bridge's persistent session first (its client id, subscribed), so the
-//! broker queues the messages published before the bridge starts; the SIGTERM test lets a
-//! fresh bridge subscribe by itself. Where a test needs the bridge stopped in the middle of a
-//! batch, a PostgreSQL lock held by the test makes that deterministic instead of timed.
-//!
-//! Every test has its own private Mosquitto (which never drops QoS 1 messages), its own temp
-//! dir (config, state store, log), unique table, topic and client-id names, and drops its
-//! tables when it ends. Waits are liveness deadlines, never speed assertions.
+//! `mqdb run` for inbound routes (MQTT → ODBC): values and types in each database, dead
+//! letters beside a committed batch, database and broker outages, SIGKILL and SIGTERM in the
+//! middle of a batch. Where a test needs a batch held mid-way, a PostgreSQL lock held by the
+//! test makes that deterministic instead of timed.
 
 mod common;
 
@@ -24,13 +15,10 @@ use common::{
     path_str, pg_lock_waiters, publish_retained, run_mqdb, ts, unique, wait_for,
 };
 use common::{scalar, terminate_ok, try_scalar, wait_for_count};
+use odbc_api::Connection;
 use serde_json::Value as Json;
 
 type Messages = Vec<(String, Vec<u8>)>;
-
-// ---------------------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------------------
 
 /// One `inbound:` list item with broker `b`, database `d`, QoS 1 and JSON, plus `extra`
 /// settings (e.g. `on_conflict: ignore`).
@@ -40,27 +28,52 @@ fn route(name: &str, topic: &str, table: &str, columns: &[(&str, &str)], extra: 
         .lines(extra)
 }
 
+/// A route of `{"seq":N}` messages on `topic` (with a `{part}` level) into (seq, part), in
+/// batches of at most 50 rows.
+fn seq_route(name: &str, topic: &str, table: &str, on_conflict: &[&str]) -> Route {
+    Route::inbound(name, topic, table)
+        .columns(&[("seq", "payload.seq"), ("part", "topic.part")])
+        .lines(&["batch: { max_rows: 50, max_delay: 50ms }"])
+        .lines(on_conflict)
+}
+
 /// `{"seq":N}` for each N of `seqs`, on `topic` with its `{part}` level set to `part`.
 fn seq_messages(topic: &str, part: &str, seqs: std::ops::Range<i64>) -> Messages {
-    seqs.map(|seq| {
-        (
-            topic.replace("{part}", part),
-            format!(r#"{{"seq":{seq}}}"#).into_bytes(),
-        )
-    })
-    .collect()
+    let topic = topic.replace("{part}", part);
+    let message = |seq| (topic.clone(), format!(r#"{{"seq":{seq}}}"#).into_bytes());
+    seqs.map(message).collect()
+}
+
+/// Asserts that table `t` holds `n` distinct seqs, `second` of them from the `second` part,
+/// and that nothing was dead-lettered.
+fn assert_every_seq_once(db: &Db, t: &str, config: &Path, n: i64, second: i64) {
+    let count = |what: &str| scalar(db, &format!("SELECT COUNT({what}) FROM {t}"));
+    assert_eq!(count("DISTINCT seq"), n);
+    let parts = format!("SELECT COUNT(*) FROM {t} WHERE part = 'second'");
+    assert_eq!(scalar(db, &parts), second);
+    assert_eq!(dlq_list(config), Vec::<Json>::new());
+}
+
+/// Waits until `sql` returns at least `n` (0 while the database cannot answer).
+fn wait_at_least(bridge: &mut Bridge, db: &Db, what: &str, sql: &str, n: i64) {
+    wait_for(bridge, what, || Ok(try_scalar(db, sql).unwrap_or(0) >= n));
+}
+
+/// A connection of the test's own with autocommit off, that has run `sql` (which takes a
+/// lock the bridge's batch will wait on); rolling back releases it.
+fn hold(db: &Db, sql: &str) -> Connection<'static> {
+    let conn = odbc_connect(&db.connection_string()).expect("connect the lock holder");
+    conn.set_autocommit(false).expect("autocommit off");
+    odbc_exec(&conn, sql).expect("take the lock");
+    conn
 }
 
 /// `mqdb -c CONFIG dlq show ID`: the text it prints (exit 0 asserted).
 fn dlq_show(config: &Path, id: i64) -> String {
     let out = run_mqdb(&["-c", path_str(config), "dlq", "show", &id.to_string()]);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "dlq show {id} failed ({}): {stdout}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "dlq show {id}: {stdout}{stderr}");
     stdout
 }
 
@@ -79,29 +92,13 @@ fn parse_f64(text: &str) -> f64 {
         .unwrap_or_else(|e| panic!("{text:?} is not a number: {e}"))
 }
 
-// ---------------------------------------------------------------------------------------
-// 1. Values and types
-// ---------------------------------------------------------------------------------------
-
-/// What differs between the databases in the values test.
-struct TypesCase {
-    db: Db,
-    columns: &'static str,
-    /// How to select `ts` as UTC text.
-    ts_select: &'static str,
-    /// numeric(30,10) keeps every digit (PostgreSQL, MariaDB); SQLite's NUMERIC affinity
-    /// keeps about 15 significant digits.
-    exact_decimals: bool,
+fn s(v: &str) -> Option<String> {
+    Some(v.to_string())
 }
 
-fn values_and_types_land(case: TypesCase) {
-    let TypesCase {
-        db,
-        columns,
-        ts_select,
-        exact_decimals,
-    } = case;
-
+/// `ts_select` selects `ts` as UTC text; `exact_decimals`: numeric(30,10) keeps every digit
+/// (PostgreSQL, MariaDB), where SQLite's NUMERIC affinity keeps about 15 significant digits.
+fn values_and_types_land(db: Db, columns: &str, ts_select: &str, exact_decimals: bool) {
     // Given a table with one column per type and a route that maps topic levels, payload
     // keys, the whole payload and the receive time to it
     let world = World::new("inbound");
@@ -170,61 +167,48 @@ fn values_and_types_land(case: TypesCase) {
         .iter()
         .map(|(topic, payload)| (topic.clone(), payload.clone().into_bytes()))
         .collect();
-    for id in 100..300 {
-        messages.push((
-            format!("{root}/fill/f{id}"),
-            format!(
-                r#"{{"id":{id},"big":{},"amount":"1.5","ratio":0.5,"flag":true,"label":"row {id}","ts":{},"dt":"2024-01-01"}}"#,
-                id * 3,
-                1_714_564_800 + id
-            )
-            .into_bytes(),
-        ));
-    }
+    messages.extend((100..300).map(|id| {
+        let payload = format!(
+            r#"{{"id":{id},"big":{},"amount":"1.5","ratio":0.5,"flag":true,"label":"row {id}","ts":{},"dt":"2024-01-01"}}"#,
+            id * 3,
+            1_714_564_800 + id
+        );
+        (format!("{root}/fill/f{id}"), payload.into_bytes())
+    }));
     let before = Utc::now().naive_utc();
     world.publisher().publish_all_confirmed(messages.clone(), 1);
     let mut bridge = Bridge::start(&config);
 
     // Then every message becomes exactly one row
-    wait_for_count(
-        &mut bridge,
-        &db,
-        &format!("SELECT COUNT(*) FROM {t}"),
-        messages.len() as i64,
-    );
+    let count_sql = format!("SELECT COUNT(*) FROM {t}");
+    wait_for_count(&mut bridge, &db, &count_sql, messages.len() as i64);
     let after = Utc::now().naive_utc();
     let rows = db.query(&format!(
         "SELECT id, site, device, big, amount, ratio, flag, label, {ts_select}, dt, num, dflt, raw, at \
          FROM {t} WHERE id < 100 ORDER BY id"
     ));
     assert_eq!(rows.len(), 4, "{rows:?}");
-    let get = |r: usize, c: usize| rows[r][c].as_deref();
-    let text = |r: usize, c: usize| {
-        get(r, c).unwrap_or_else(|| panic!("row {r} column {c} is NULL: {:?}", rows[r]))
+    let get = |c: usize| -> Vec<Option<&str>> { rows.iter().map(|r| r[c].as_deref()).collect() };
+    let column = |c: usize| -> Vec<&str> {
+        let text = |r: usize| rows[r][c].as_deref();
+        (0..4)
+            .map(|r| text(r).unwrap_or_else(|| panic!("NULL in {c}: {:?}", rows[r])))
+            .collect()
     };
+    let trimmed = |c: usize| -> Vec<&str> { column(c).into_iter().map(str::trim).collect() };
 
     // And topic captures became columns, the injection-shaped level stored verbatim
-    let sites_devices: Vec<(&str, &str)> = (0..4).map(|r| (text(r, 1), text(r, 2))).collect();
-    assert_eq!(
-        sites_devices,
-        vec![
-            ("north", "d1"),
-            ("south", "d-2"),
-            ("north", injection.as_str()),
-            ("east", "d4")
-        ]
-    );
+    assert_eq!(column(1), ["north", "south", "north", "east"]);
+    assert_eq!(column(2), ["d1", "d-2", injection.as_str(), "d4"]);
     // And integers are exact, also beyond 2^53 and at i64::MAX, also from a JSON string
-    let bigs: Vec<&str> = (0..4).map(|r| text(r, 3).trim()).collect();
     assert_eq!(
-        bigs,
+        trimmed(3),
         ["9007199254740993", "-42", "77", "9223372036854775807"]
     );
     // And decimals keep every digit where the column can hold them
     if exact_decimals {
-        let amounts: Vec<&str> = (0..4).map(|r| text(r, 4).trim()).collect();
         assert_eq!(
-            amounts,
+            trimmed(4),
             [
                 "12345678901234567890.1234567890",
                 "-0.5000000000",
@@ -233,24 +217,20 @@ fn values_and_types_land(case: TypesCase) {
             ]
         );
     } else {
-        let expected = [1_234_567_890.123_45_f64, -0.5, 3.25, 0.0];
-        for (r, want) in expected.iter().enumerate() {
-            let got = parse_f64(text(r, 4));
-            assert_eq!(got, *want, "row {r}: amount");
-        }
+        let amounts: Vec<f64> = column(4).into_iter().map(parse_f64).collect();
+        assert_eq!(amounts, [1_234_567_890.123_45_f64, -0.5, 3.25, 0.0]);
     }
     // And floats, booleans and text (non-ASCII, quotes, empty) arrive unchanged
-    let ratios: Vec<f64> = (0..4).map(|r| parse_f64(text(r, 5))).collect();
+    let ratios: Vec<f64> = column(5).into_iter().map(parse_f64).collect();
     assert_eq!(ratios, [1.5, -0.25, 2.5, 6.02214076e23]);
-    let flags: Vec<bool> = (0..4).map(|r| parse_bool(text(r, 6))).collect();
+    let flags: Vec<bool> = column(6).into_iter().map(parse_bool).collect();
     assert_eq!(flags, [true, false, true, false]);
-    let labels: Vec<&str> = (0..4).map(|r| text(r, 7)).collect();
     assert_eq!(
-        labels,
+        column(7),
         ["é 日本 🎉", "plain ascii", "it's \"quoted\" \\ back", ""]
     );
     // And timestamps with offsets, epoch seconds and epoch millis are stored as UTC
-    let stamps: Vec<NaiveDateTime> = (0..4).map(|r| parse_ts(text(r, 8))).collect();
+    let stamps: Vec<NaiveDateTime> = column(8).into_iter().map(parse_ts).collect();
     assert_eq!(
         stamps,
         [
@@ -260,23 +240,19 @@ fn values_and_types_land(case: TypesCase) {
             ts("2024-05-01 12:00:00.250"),
         ]
     );
-    let dates: Vec<&str> = (0..4).map(|r| text(r, 9).trim()).collect();
     assert_eq!(
-        dates,
+        trimmed(9),
         ["2024-02-29", "2024-12-31", "2000-01-01", "1999-12-31"]
     );
     // And JSON null is NULL (not the default), an absent key leaves the column's default
-    let nums: Vec<Option<&str>> = (0..4).map(|r| get(r, 10).map(str::trim)).collect();
+    let nums: Vec<Option<&str>> = get(10).into_iter().map(|v| v.map(str::trim)).collect();
     assert_eq!(nums, [None, Some("7"), Some("5"), Some("-1")]);
-    let dflts: Vec<&str> = (0..4).map(|r| text(r, 11)).collect();
-    assert_eq!(dflts, ["dflt", "given", "dflt", "dflt"]);
+    assert_eq!(column(11), ["dflt", "given", "dflt", "dflt"]);
     // And the whole payload is stored as text, byte for byte
-    for (r, (_, payload)) in specials.iter().enumerate() {
-        assert_eq!(text(r, 12), payload, "raw payload of row {r}");
-    }
+    let payloads: Vec<&str> = specials.iter().map(|(_, p)| p.as_str()).collect();
+    assert_eq!(column(12), payloads, "raw payloads");
     // And meta.received_at is the (UTC) time the bridge received the message
-    for r in 0..4 {
-        let at = parse_ts(text(r, 13));
+    for (r, at) in column(13).into_iter().map(parse_ts).enumerate() {
         let slack = chrono::Duration::seconds(2);
         assert!(
             at >= before - slack && at <= after + slack,
@@ -288,15 +264,8 @@ fn values_and_types_land(case: TypesCase) {
         scalar(&db, &format!("SELECT SUM(big) FROM {t} WHERE id >= 100")),
         3 * (100..300).sum::<i64>()
     );
-    assert_eq!(
-        scalar(
-            &db,
-            &format!(
-                "SELECT COUNT(*) FROM {t} WHERE id >= 100 AND site = 'fill' AND num = 7 AND dflt = 'dflt'"
-            )
-        ),
-        200
-    );
+    let filler = "id >= 100 AND site = 'fill' AND num = 7 AND dflt = 'dflt'";
+    assert_eq!(scalar(&db, &format!("{count_sql} WHERE {filler}")), 200);
     // And nothing was dead-lettered
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
     terminate_ok(&mut bridge);
@@ -304,42 +273,42 @@ fn values_and_types_land(case: TypesCase) {
 
 #[test]
 fn values_and_types_land_in_postgres() {
-    values_and_types_land(TypesCase {
-        db: Db::Postgres,
-        columns: "id INTEGER PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
-                  amount NUMERIC(30,10), ratio DOUBLE PRECISION, flag BOOLEAN, label TEXT, \
-                  ts TIMESTAMPTZ, dt DATE, num INTEGER DEFAULT 7, \
-                  dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at TIMESTAMP",
-        ts_select: "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
-        exact_decimals: true,
-    });
+    values_and_types_land(
+        Db::Postgres,
+        "id INTEGER PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
+         amount NUMERIC(30,10), ratio DOUBLE PRECISION, flag BOOLEAN, label TEXT, \
+         ts TIMESTAMPTZ, dt DATE, num INTEGER DEFAULT 7, \
+         dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at TIMESTAMP",
+        "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
+        true,
+    );
 }
 
 #[test]
 fn values_and_types_land_in_mariadb() {
-    values_and_types_land(TypesCase {
-        db: Db::MariaDb,
-        columns: "id INT PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
-                  amount DECIMAL(30,10), ratio DOUBLE, flag BOOLEAN, label TEXT, \
-                  ts DATETIME(6), dt DATE, num INT DEFAULT 7, \
-                  dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at DATETIME(6)",
-        ts_select: "ts",
-        exact_decimals: true,
-    });
+    values_and_types_land(
+        Db::MariaDb,
+        "id INT PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
+         amount DECIMAL(30,10), ratio DOUBLE, flag BOOLEAN, label TEXT, \
+         ts DATETIME(6), dt DATE, num INT DEFAULT 7, \
+         dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at DATETIME(6)",
+        "ts",
+        true,
+    );
 }
 
 #[test]
 fn values_and_types_land_in_sqlite() {
     let dir = tempfile::tempdir().expect("temp dir");
-    values_and_types_land(TypesCase {
-        db: Db::Sqlite(dir.path().join("target.db")),
-        columns: "id INTEGER PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
-                  amount NUMERIC(30,10), ratio DOUBLE, flag BOOLEAN, label TEXT, \
-                  ts TIMESTAMP, dt DATE, num INTEGER DEFAULT 7, \
-                  dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at TIMESTAMP",
-        ts_select: "ts",
-        exact_decimals: false,
-    });
+    values_and_types_land(
+        Db::Sqlite(dir.path().join("target.db")),
+        "id INTEGER PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
+         amount NUMERIC(30,10), ratio DOUBLE, flag BOOLEAN, label TEXT, \
+         ts TIMESTAMP, dt DATE, num INTEGER DEFAULT 7, \
+         dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at TIMESTAMP",
+        "ts",
+        false,
+    );
 }
 
 #[test]
@@ -366,21 +335,16 @@ fn json_keys_map_to_same_named_columns_without_a_columns_block() {
         r#"{"id":2,"name":"some"}"#,
         r#"{"qty":null,"id":3}"#,
     ];
-    world.publisher().publish_all_confirmed(
-        payloads
-            .iter()
-            .map(|p| (topic.clone(), p.as_bytes().to_vec()))
-            .collect(),
-        1,
-    );
+    let messages = payloads.map(|p| (topic.clone(), p.as_bytes().to_vec()));
+    world
+        .publisher()
+        .publish_all_confirmed(messages.to_vec(), 1);
     let mut bridge = Bridge::start(&config);
     wait_for_count(&mut bridge, &db, &format!("SELECT COUNT(*) FROM {t}"), 3);
 
     // Then keys land in the same-named columns; absent keys keep the defaults
-    let rows = db.query(&format!("SELECT id, name, qty, note FROM {t} ORDER BY id"));
-    let s = |v: &str| Some(v.to_string());
     assert_eq!(
-        rows,
+        db.query(&format!("SELECT id, name, qty, note FROM {t} ORDER BY id")),
         vec![
             vec![s("1"), s("all"), s("2"), s("x")],
             vec![s("2"), s("some"), s("5"), s("none")],
@@ -418,49 +382,34 @@ fn on_conflict_update_keeps_the_last_message(db: Db, columns: &str) {
         .write();
     world.persistent_session(&topic);
     let msg = |id: i64, v: &str, rev: i64| {
-        (
-            topic.clone(),
-            format!(r#"{{"id":{id},"v":"{v}","rev":{rev}}}"#).into_bytes(),
-        )
+        let payload = format!(r#"{{"id":{id},"v":"{v}","rev":{rev}}}"#);
+        (topic.clone(), payload.into_bytes())
     };
+    let rows_sql = format!("SELECT id, v, rev FROM {t} ORDER BY id");
+    let row = |id: &str, v: &str, rev: &str| vec![s(id), s(v), s(rev)];
 
     // When several messages per key are queued (so they meet in one batch) ...
     let publisher = world.publisher();
-    publisher.publish_all_confirmed(
-        vec![
-            msg(1, "a", 1),
-            msg(2, "b", 1),
-            msg(1, "c", 2),
-            msg(3, "d", 1),
-            msg(1, "e", 3),
-            msg(2, "f", 2),
-        ],
-        1,
-    );
-    let mut bridge = Bridge::start(&config);
-    let rows_sql = format!("SELECT id, v, rev FROM {t} ORDER BY id");
-    let s = |v: &str| Some(v.to_string());
-    let last = vec![
-        vec![s("1"), s("e"), s("3")],
-        vec![s("2"), s("f"), s("2")],
-        vec![s("3"), s("d"), s("1")],
+    let first = [
+        (1, "a", 1),
+        (2, "b", 1),
+        (1, "c", 2),
+        (3, "d", 1),
+        (1, "e", 3),
+        (2, "f", 2),
     ];
-    let mut seen = Vec::new();
+    publisher.publish_all_confirmed(first.iter().map(|&(i, v, r)| msg(i, v, r)).collect(), 1);
+    let mut bridge = Bridge::start(&config);
+    let last = vec![row("1", "e", "3"), row("2", "f", "2"), row("3", "d", "1")];
     wait_for(&mut bridge, "the last value of every key", || {
-        seen = db.try_query(&rows_sql).unwrap_or_default();
-        Ok(seen == last)
+        Ok(db.try_query(&rows_sql).unwrap_or_default() == last)
     });
 
     // ... and one more arrives for an existing key in a later batch
     publisher.publish_all_confirmed(vec![msg(3, "g", 2)], 1);
-    let updated = vec![
-        last[0].clone(),
-        last[1].clone(),
-        vec![s("3"), s("g"), s("2")],
-    ];
+    let updated = vec![last[0].clone(), last[1].clone(), row("3", "g", "2")];
     wait_for(&mut bridge, "the later update", || {
-        seen = db.try_query(&rows_sql).unwrap_or_default();
-        Ok(seen == updated)
+        Ok(db.try_query(&rows_sql).unwrap_or_default() == updated)
     });
 
     // Then each key holds its last message, and nothing was dead-lettered
@@ -494,22 +443,12 @@ fn on_conflict_update_keeps_the_last_message_sqlite() {
     );
 }
 
-// ---------------------------------------------------------------------------------------
-// 2. Dead letters beside a committed batch
-// ---------------------------------------------------------------------------------------
-
 /// Invalid UTF-8 (and base64 "//57fQ==").
 const NOT_UTF8: [u8; 4] = [0xff, 0xfe, b'{', b'}'];
 
-/// The SQLSTATEs one database reports for the rejected rows of [`dead_letters_beside_committed_rows`].
-struct Rejections {
-    not_null: &'static str,
-    check: &'static str,
-    duplicate: &'static str,
-    overflow: &'static str,
-}
-
-fn dead_letters_beside_committed_rows(db: Db, columns: &str, states: Rejections) {
+/// `states`: the SQLSTATEs the database reports for NOT NULL, CHECK, duplicate key and
+/// numeric overflow.
+fn dead_letters_beside_committed_rows(db: Db, columns: &str, states: [&str; 4]) {
     // Given a table with constraints and a route with on_conflict: error
     let world = World::new("inbound");
     let table = TempTable::create(&db, "dlq", columns);
@@ -539,61 +478,39 @@ fn dead_letters_beside_committed_rows(db: Db, columns: &str, states: Rejections)
 
     // When 60 valid messages are published with bad ones in between: each kind of failure
     // on its own topic level
-    let bad: Vec<(&str, Vec<u8>, &str, Option<&str>)> = vec![
-        (
-            "bad_json",
-            br#"{"id": 1001, "v": "#.to_vec(),
-            "decode",
-            None,
-        ),
-        ("bad_utf8", NOT_UTF8.to_vec(), "decode", None),
-        (
-            "convert",
-            br#"{"id":1002,"v":"abc"}"#.to_vec(),
-            "convert",
-            None,
-        ),
-        (
-            "not_null",
-            br#"{"id":1003,"v":null}"#.to_vec(),
-            "rejected",
-            Some(states.not_null),
-        ),
+    let [not_null, check, duplicate, overflow] = states.map(Some);
+    let bad: [(&str, &[u8], &str, Option<&str>); 7] = [
+        ("bad_json", br#"{"id": 1001, "v": "#, "decode", None),
+        ("bad_utf8", &NOT_UTF8, "decode", None),
+        ("convert", br#"{"id":1002,"v":"abc"}"#, "convert", None),
+        ("not_null", br#"{"id":1003,"v":null}"#, "rejected", not_null),
         (
             "check",
-            br#"{"id":1004,"v":1,"pct":150}"#.to_vec(),
+            br#"{"id":1004,"v":1,"pct":150}"#,
             "rejected",
-            Some(states.check),
+            check,
         ),
-        (
-            "duplicate",
-            br#"{"id":1,"v":999}"#.to_vec(),
-            "rejected",
-            Some(states.duplicate),
-        ),
+        ("duplicate", br#"{"id":1,"v":999}"#, "rejected", duplicate),
         (
             "overflow",
-            br#"{"id":1005,"v":1,"amount":123456.78}"#.to_vec(),
+            br#"{"id":1005,"v":1,"amount":123456.78}"#,
             "rejected",
-            Some(states.overflow),
+            overflow,
         ),
     ];
     let mut messages: Messages = Vec::new();
     let mut next_bad = bad.iter();
     for id in 1..=60 {
-        messages.push((
-            format!("{root}/ok"),
-            format!(
-                r#"{{"id":{id},"v":{},"pct":{},"amount":"12.34"}}"#,
-                id * 10,
-                id % 101
-            )
-            .into_bytes(),
-        ));
+        let payload = format!(
+            r#"{{"id":{id},"v":{},"pct":{},"amount":"12.34"}}"#,
+            id * 10,
+            id % 101
+        );
+        messages.push((format!("{root}/ok"), payload.into_bytes()));
         if id % 8 == 0
             && let Some((kind, payload, _, _)) = next_bad.next()
         {
-            messages.push((format!("{root}/{kind}"), payload.clone()));
+            messages.push((format!("{root}/{kind}"), payload.to_vec()));
         }
     }
     assert!(
@@ -618,20 +535,17 @@ fn dead_letters_beside_committed_rows(db: Db, columns: &str, states: Rejections)
         "the duplicate did not overwrite row 1 and no bad row slipped in"
     );
     assert_eq!(scalar(&db, &format!("SELECT v FROM {t} WHERE id = 1")), 10);
-    assert_eq!(
-        scalar(&db, &format!("SELECT COUNT(*) FROM {t} WHERE kind <> 'ok'")),
-        0
-    );
+    let misrouted = format!("SELECT COUNT(*) FROM {t} WHERE kind <> 'ok'");
+    assert_eq!(scalar(&db, &misrouted), 0);
 
     let letters = dlq_list(&config);
     let mut by_source: BTreeMap<String, Json> = BTreeMap::new();
     for letter in &letters {
-        let source = letter["source"]
-            .as_str()
-            .expect("source is text")
-            .to_string();
+        let source = letter["source"].as_str().expect("source is text");
         assert!(
-            by_source.insert(source.clone(), letter.clone()).is_none(),
+            by_source
+                .insert(source.to_string(), letter.clone())
+                .is_none(),
             "two dead letters from {source}: {letters:#?}"
         );
     }
@@ -654,16 +568,12 @@ fn dead_letters_beside_committed_rows(db: Db, columns: &str, states: Rejections)
                 .unwrap_or_else(|e| panic!("{at} {text:?} is not RFC 3339 ({e}): {ctx}"));
             assert_eq!(parsed.offset().local_minus_utc(), 0, "{at} in UTC: {ctx}");
         }
-        match std::str::from_utf8(payload) {
-            Ok(text) => {
-                assert_eq!(letter["payload"], text, "{ctx}");
-                assert!(letter.get("payload_base64").is_none(), "{ctx}");
-            }
-            Err(_) => {
-                assert_eq!(letter["payload_base64"], "//57fQ==", "{ctx}");
-                assert!(letter.get("payload").is_none(), "{ctx}");
-            }
-        }
+        let (text, base64) = match std::str::from_utf8(payload) {
+            Ok(text) => (Some(Json::from(text)), None),
+            Err(_) => (None, Some(Json::from("//57fQ=="))),
+        };
+        assert_eq!(letter.get("payload"), text.as_ref(), "{ctx}");
+        assert_eq!(letter.get("payload_base64"), base64.as_ref(), "{ctx}");
         match sqlstate {
             Some(state) => assert_eq!(letter["sqlstate"], *state, "{ctx}"),
             None => assert!(letter.get("sqlstate").is_none_or(Json::is_null), "{ctx}"),
@@ -675,26 +585,21 @@ fn dead_letters_beside_committed_rows(db: Db, columns: &str, states: Rejections)
 
     // And `dlq show` prints the error and the payload, in hex when it is binary
     let compact = |s: &str| -> String {
-        s.chars()
-            .filter(|c| !c.is_whitespace())
-            .collect::<String>()
-            .to_ascii_lowercase()
+        let s = s.chars().filter(|c| !c.is_whitespace());
+        s.collect::<String>().to_ascii_lowercase()
     };
-    let binary = &by_source[&format!("{root}/bad_utf8")];
-    let shown = dlq_show(&config, binary["id"].as_i64().expect("id"));
-    assert!(
-        shown.contains(binary["error"].as_str().expect("error")),
-        "{shown}"
-    );
+    let show = |kind: &str| -> String {
+        let letter = &by_source[&format!("{root}/{kind}")];
+        let shown = dlq_show(&config, letter["id"].as_i64().expect("id"));
+        let error = letter["error"].as_str().expect("error");
+        assert!(shown.contains(error), "{shown}");
+        shown
+    };
+    let shown = show("bad_utf8");
     assert!(compact(&shown).contains("fffe7b7d"), "hex payload: {shown}");
-    let duplicate = &by_source[&format!("{root}/duplicate")];
-    let shown = dlq_show(&config, duplicate["id"].as_i64().expect("id"));
-    assert!(
-        shown.contains(duplicate["error"].as_str().expect("error")),
-        "{shown}"
-    );
+    let shown = show("duplicate");
     assert!(shown.contains(r#"{"id":1,"v":999}"#), "{shown}");
-    assert!(shown.contains(states.duplicate), "{shown}");
+    assert!(shown.contains(states[2]), "{shown}");
     terminate_ok(&mut bridge);
 }
 
@@ -704,12 +609,7 @@ fn dead_letters_beside_committed_rows_postgres() {
         Db::Postgres,
         "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, pct INTEGER CHECK (pct BETWEEN 0 AND 100), \
          amount NUMERIC(5,2), kind VARCHAR(40)",
-        Rejections {
-            not_null: "23502",
-            check: "23514",
-            duplicate: "23505",
-            overflow: "22003",
-        },
+        ["23502", "23514", "23505", "22003"],
     );
 }
 
@@ -719,18 +619,9 @@ fn dead_letters_beside_committed_rows_mariadb() {
         Db::MariaDb,
         "id INT PRIMARY KEY, v INT NOT NULL, pct INT CHECK (pct BETWEEN 0 AND 100), \
          amount DECIMAL(5,2), kind VARCHAR(40)",
-        Rejections {
-            not_null: "23000",
-            check: "23000",
-            duplicate: "23000",
-            overflow: "22003",
-        },
+        ["23000", "23000", "23000", "22003"],
     );
 }
-
-// ---------------------------------------------------------------------------------------
-// 3. Database outage
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn a_commit_lost_to_an_outage_is_not_written_twice() {
@@ -753,42 +644,35 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
     let topic = format!("{}/{{part}}", unique("lost"));
     let config = world
         .config_cs(&db.connection_string_via(proxy.port))
-        .inbound(route(
-            "lost",
-            &topic,
-            &t,
-            &[("seq", "payload.seq"), ("part", "topic.part")],
-            &[
-                "batch: { max_rows: 50, max_delay: 50ms }",
-                "on_conflict: error",
-            ],
-        ))
+        .inbound(seq_route("lost", &topic, &t, &["on_conflict: error"]))
         .write();
     world.persistent_session(&topic.replace("{part}", "+"));
-    let msgs = |part: &str, seqs: std::ops::Range<i64>| seq_messages(&topic, part, seqs);
     let publisher = world.publisher();
-    publisher.publish_all_confirmed(msgs("first", 0..20), 1);
+    publisher.publish_all_confirmed(seq_messages(&topic, "first", 0..20), 1);
     let mut bridge = Bridge::start(&config);
 
     // When the connection is cut while the server is committing the batch with row 7
     let sleeping = "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'";
-    wait_for(&mut bridge, "the commit of row 7 under way", || {
-        Ok(try_scalar(&db, sleeping).unwrap_or(0) >= 1)
-    });
+    wait_at_least(
+        &mut bridge,
+        &db,
+        "the commit of row 7 under way",
+        sleeping,
+        1,
+    );
     proxy.set_down(true);
     wait_for(&mut bridge, "the server to finish that commit", || {
         Ok(try_scalar(&db, sleeping).unwrap_or(1) == 0)
     });
     let committed = scalar(&db, &format!("SELECT COUNT(*) FROM {t} WHERE seq = 7"));
     proxy.set_down(false);
-    publisher.publish_all_confirmed(msgs("second", 20..40), 1);
+    publisher.publish_all_confirmed(seq_messages(&topic, "second", 20..40), 1);
 
     // Then every message is one row and nothing was dead-lettered: the bridge asked the
     // server whether the lost commit happened instead of writing the batch again
-    let count_sql = format!("SELECT COUNT(*) FROM {t}");
-    wait_for_count(&mut bridge, &db, &count_sql, 40);
+    wait_for_count(&mut bridge, &db, &format!("SELECT COUNT(*) FROM {t}"), 40);
     assert_eq!(committed, 1, "the cut came after the server committed");
-    assert_eq!(dlq_list(&config), Vec::<Json>::new(), "{}", bridge.log());
+    assert_every_seq_once(&db, &t, &config, 40, 20);
     assert!(
         bridge.log().contains("committed before the outage"),
         "the lost commit was not noticed:\n{}",
@@ -797,6 +681,18 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
     terminate_ok(&mut bridge);
     db.exec(&format!("DROP TABLE {t}"));
     db.exec(&format!("DROP FUNCTION {slow}()"));
+}
+
+/// The rows of `t` while a connection is cut, asserted to be at most the `published` ones
+/// and the bridge still running.
+fn rows_during_cut(db: &Db, t: &str, bridge: &mut Bridge, published: i64) -> i64 {
+    assert!(bridge.is_running(), "mqdb died:\n{}", bridge.log());
+    let during = scalar(db, &format!("SELECT COUNT(*) FROM {t}"));
+    assert!(
+        during <= published,
+        "{during} rows, but only {published} were published before the cut"
+    );
+    during
 }
 
 fn database_outage_loses_nothing(db: Db, port: u16, columns: &str) {
@@ -808,64 +704,36 @@ fn database_outage_loses_nothing(db: Db, port: u16, columns: &str) {
     let topic = format!("{}/{{part}}", unique("outage"));
     let config = world
         .config_cs(&db.connection_string_via(proxy.port))
-        .inbound(route(
+        .inbound(seq_route(
             "outage",
             &topic,
             &t,
-            &[("seq", "payload.seq"), ("part", "topic.part")],
-            &[
-                "batch: { max_rows: 50, max_delay: 50ms }",
-                "on_conflict: ignore",
-                "key: [seq]",
-            ],
+            &["on_conflict: ignore", "key: [seq]"],
         ))
         .write();
-    let filter = topic.replace("{part}", "+");
-    world.persistent_session(&filter);
-    let msgs = |part: &str, seqs: std::ops::Range<i64>| seq_messages(&topic, part, seqs);
+    world.persistent_session(&topic.replace("{part}", "+"));
     let publisher = world.publisher();
-    publisher.publish_all_confirmed(msgs("first", 0..600), 1);
+    publisher.publish_all_confirmed(seq_messages(&topic, "first", 0..600), 1);
     let mut bridge = Bridge::start(&config);
     let count_sql = format!("SELECT COUNT(*) FROM {t}");
-    wait_for(&mut bridge, "the first rows", || {
-        Ok(try_scalar(&db, &count_sql).unwrap_or(0) >= 100)
-    });
+    wait_at_least(&mut bridge, &db, "the first rows", &count_sql, 100);
 
     // When the database becomes unreachable while more messages arrive
     proxy.set_down(true);
-    publisher.publish_all_confirmed(msgs("second", 600..1200), 1);
+    publisher.publish_all_confirmed(seq_messages(&topic, "second", 600..1200), 1);
     std::thread::sleep(Duration::from_secs(4));
-    assert!(
-        bridge.is_running(),
-        "mqdb died in the outage:\n{}",
-        bridge.log()
-    );
+    let no_letters = dlq_list(&config);
     assert_eq!(
-        dlq_list(&config),
+        no_letters,
         Vec::<Json>::new(),
         "an outage is never a dead letter"
     );
-    let during = scalar(&db, &count_sql);
-    assert!(
-        during <= 600,
-        "{during} rows, but only 600 were published before the outage"
-    );
+    let during = rows_during_cut(&db, &t, &mut bridge, 600);
 
     // Then, once it is back, every message becomes exactly one row, none dead-lettered
     proxy.set_down(false);
     wait_for_count(&mut bridge, &db, &count_sql, 1200);
-    assert_eq!(
-        scalar(&db, &format!("SELECT COUNT(DISTINCT seq) FROM {t}")),
-        1200
-    );
-    assert_eq!(
-        scalar(
-            &db,
-            &format!("SELECT COUNT(*) FROM {t} WHERE part = 'second'")
-        ),
-        600
-    );
-    assert_eq!(dlq_list(&config), Vec::<Json>::new());
+    assert_every_seq_once(&db, &t, &config, 1200, 600);
     assert!(
         proxy.accepted() >= 2,
         "the bridge never reconnected, so it never saw the outage"
@@ -898,84 +766,50 @@ fn broker_connection_cut_loses_nothing() {
     let db = Db::Postgres;
     let world = World::new("inbound");
     let proxy = TcpProxy::start(world.broker.addr());
-    let table = TempTable::create(
-        &db,
-        "bcut",
-        "seq INTEGER PRIMARY KEY, part VARCHAR(10) NOT NULL",
-    );
+    let columns = "seq INTEGER PRIMARY KEY, part VARCHAR(10) NOT NULL";
+    let table = TempTable::create(&db, "bcut", columns);
     let t = table.name.clone();
     let topic = format!("{}/{{part}}", unique("bcut"));
     let (_, settings) = world.mqtt(Json::Null);
     let config = world
         .config(&db)
         .broker("b", &format!("mqtt://127.0.0.1:{}", proxy.port), settings)
-        .inbound(route(
+        .inbound(seq_route(
             "bcut",
             &topic,
             &t,
-            &[("seq", "payload.seq"), ("part", "topic.part")],
-            &[
-                "batch: { max_rows: 50, max_delay: 50ms }",
-                "on_conflict: ignore",
-                "key: [seq]",
-            ],
+            &["on_conflict: ignore", "key: [seq]"],
         ))
         .write();
     world.persistent_session(&topic.replace("{part}", "+"));
-    let msgs = |part: &str, seqs: std::ops::Range<i64>| seq_messages(&topic, part, seqs);
     // And a test transaction that locks the table, so received messages stay uncommitted
     // and unacknowledged
-    let locker = odbc_connect(&db.connection_string()).expect("connect the locker");
-    locker.set_autocommit(false).expect("autocommit off");
-    odbc_exec(&locker, &format!("LOCK TABLE {t} IN SHARE MODE")).expect("lock the table");
+    let locker = hold(&db, &format!("LOCK TABLE {t} IN SHARE MODE"));
     let publisher = world.publisher();
-    publisher.publish_all_confirmed(msgs("first", 0..1000), 1);
+    publisher.publish_all_confirmed(seq_messages(&topic, "first", 0..1000), 1);
     let mut bridge = Bridge::start(&config);
-    wait_for(&mut bridge, "a batch waiting on the table lock", || {
-        Ok(try_scalar(&db, &pg_lock_waiters(&t)).unwrap_or(0) >= 1)
-    });
+    let waiting = pg_lock_waiters(&t);
+    wait_at_least(&mut bridge, &db, "a batch waiting on the lock", &waiting, 1);
 
     // When the broker connection is cut, the held batches commit meanwhile (their
     // acknowledgements cannot reach the broker) and more messages are published
     proxy.set_down(true);
     locker.rollback().expect("release the lock");
     drop(locker);
-    publisher.publish_all_confirmed(msgs("second", 1000..2000), 1);
+    publisher.publish_all_confirmed(seq_messages(&topic, "second", 1000..2000), 1);
     let count_sql = format!("SELECT COUNT(*) FROM {t}");
-    wait_for(&mut bridge, "the held rows to commit", || {
-        Ok(try_scalar(&db, &count_sql).unwrap_or(0) > 0)
-    });
+    wait_at_least(&mut bridge, &db, "the held rows to commit", &count_sql, 1);
     std::thread::sleep(Duration::from_secs(2));
-    assert!(bridge.is_running(), "mqdb died:\n{}", bridge.log());
-    let during = scalar(&db, &count_sql);
-    assert!(
-        during <= 1000,
-        "{during} rows, but only 1000 were published before the cut"
-    );
+    let during = rows_during_cut(&db, &t, &mut bridge, 1000);
 
     // Then, once the broker is reachable again, every message becomes exactly one row
     proxy.set_down(false);
     wait_for_count(&mut bridge, &db, &count_sql, 2000);
-    assert_eq!(
-        scalar(&db, &format!("SELECT COUNT(DISTINCT seq) FROM {t}")),
-        2000
-    );
-    assert_eq!(
-        scalar(
-            &db,
-            &format!("SELECT COUNT(*) FROM {t} WHERE part = 'second'")
-        ),
-        1000
-    );
-    assert_eq!(dlq_list(&config), Vec::<Json>::new());
+    assert_every_seq_once(&db, &t, &config, 2000, 1000);
     assert!(proxy.accepted() >= 2, "the bridge never reconnected");
     terminate_ok(&mut bridge);
     eprintln!("rows before the broker came back: {during}");
 }
-
-// ---------------------------------------------------------------------------------------
-// 4. SIGKILL in the middle of a batch
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn sigkill_mid_batch_then_restart_loses_and_duplicates_nothing() {
@@ -1002,31 +836,30 @@ fn sigkill_mid_batch_then_restart_loses_and_duplicates_nothing() {
         .write();
     world.persistent_session(&topic);
     let n = 3000;
-    world.publisher().publish_all_confirmed(
-        (1..=n)
-            .map(|seq| {
-                (
-                    topic.clone(),
-                    format!(r#"{{"seq":{seq},"v":"m{seq}"}}"#).into_bytes(),
-                )
-            })
-            .collect(),
-        1,
-    );
-    let blocker = odbc_connect(&db.connection_string()).expect("connect the blocker");
-    blocker.set_autocommit(false).expect("autocommit off");
-    odbc_exec(
-        &blocker,
+    let message = |seq| {
+        (
+            topic.clone(),
+            format!(r#"{{"seq":{seq},"v":"m{seq}"}}"#).into_bytes(),
+        )
+    };
+    world
+        .publisher()
+        .publish_all_confirmed((1..=n).map(message).collect(), 1);
+    let blocker = hold(
+        &db,
         &format!("INSERT INTO {t} (seq, v) VALUES (1500, 'blocker')"),
-    )
-    .expect("hold seq 1500");
+    );
 
     // When the bridge runs until its batch with seq 1500 waits on that lock, and is killed
     let mut bridge = Bridge::start(&config);
     let waiting = pg_lock_waiters(&t);
-    wait_for(&mut bridge, "a batch waiting on the held row", || {
-        Ok(try_scalar(&db, &waiting).unwrap_or(0) >= 1)
-    });
+    wait_at_least(
+        &mut bridge,
+        &db,
+        "a batch waiting on the held row",
+        &waiting,
+        1,
+    );
     let count_sql = format!("SELECT COUNT(*) FROM {t}");
     let before_kill = scalar(&db, &count_sql);
     bridge.kill();
@@ -1041,28 +874,13 @@ fn sigkill_mid_batch_then_restart_loses_and_duplicates_nothing() {
     // And a new bridge with the same config resumes the session and completes the stream
     let mut bridge = Bridge::start(&config);
     wait_for_count(&mut bridge, &db, &count_sql, n);
-    assert_eq!(
-        scalar(&db, &format!("SELECT COUNT(DISTINCT seq) FROM {t}")),
-        n
-    );
-    assert_eq!(
-        scalar(&db, &format!("SELECT MIN(seq) + MAX(seq) FROM {t}")),
-        1 + n
-    );
-    assert_eq!(
-        scalar(
-            &db,
-            &format!("SELECT COUNT(*) FROM {t} WHERE v = 'blocker'")
-        ),
-        0
-    );
+    let select = |what: &str| scalar(&db, &format!("SELECT {what} FROM {t}"));
+    assert_eq!(select("COUNT(DISTINCT seq)"), n);
+    assert_eq!(select("MIN(seq) + MAX(seq)"), 1 + n);
+    assert_eq!(scalar(&db, &format!("{count_sql} WHERE v = 'blocker'")), 0);
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
     terminate_ok(&mut bridge);
 }
-
-// ---------------------------------------------------------------------------------------
-// 5. SIGTERM
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn sigterm_mid_batch_exits_zero_and_a_restart_completes_without_duplicates() {
@@ -1084,44 +902,40 @@ fn sigterm_mid_batch_exits_zero_and_a_restart_completes_without_duplicates() {
         ))
         .write();
     // A retained probe reaches the bridge as soon as its subscription is in place
-    publish_retained(
-        world.broker.port,
-        &format!("{root}/probe"),
-        1,
-        r#"{"seq":0}"#,
-    );
+    let port = world.broker.port;
+    publish_retained(port, &format!("{root}/probe"), 1, r#"{"seq":0}"#);
     let mut bridge = Bridge::start(&config);
-    wait_for(&mut bridge, "the retained probe row", || {
-        Ok(try_scalar(&db, &format!("SELECT COUNT(*) FROM {t} WHERE seq = 0")).unwrap_or(0) >= 1)
-    });
+    let probe = format!("SELECT COUNT(*) FROM {t} WHERE seq = 0");
+    wait_at_least(&mut bridge, &db, "the retained probe row", &probe, 1);
 
     // When 2000 messages arrive while a test transaction locks the table against inserts,
     // and SIGTERM comes while the bridge's batch waits on that lock
-    let locker = odbc_connect(&db.connection_string()).expect("connect the locker");
-    locker.set_autocommit(false).expect("autocommit off");
-    odbc_exec(&locker, &format!("LOCK TABLE {t} IN SHARE MODE")).expect("lock the table");
+    let locker = hold(&db, &format!("LOCK TABLE {t} IN SHARE MODE"));
     let n = 2000;
-    world.publisher().publish_all_confirmed(
-        (1..=n)
-            .map(|seq| {
-                (
-                    format!("{root}/data"),
-                    format!(r#"{{"seq":{seq}}}"#).into_bytes(),
-                )
-            })
-            .collect(),
+    let data = format!("{root}/data");
+    let message = |seq| (data.clone(), format!(r#"{{"seq":{seq}}}"#).into_bytes());
+    world
+        .publisher()
+        .publish_all_confirmed((1..=n).map(message).collect(), 1);
+    let waiting = pg_lock_waiters(&t);
+    wait_at_least(
+        &mut bridge,
+        &db,
+        "a batch waiting on the table lock",
+        &waiting,
         1,
     );
-    let waiting = pg_lock_waiters(&t);
-    wait_for(&mut bridge, "a batch waiting on the table lock", || {
-        Ok(try_scalar(&db, &waiting).unwrap_or(0) >= 1)
-    });
     let data_sql = format!("SELECT COUNT(*) FROM {t} WHERE seq > 0");
     assert_eq!(scalar(&db, &data_sql), 0, "nothing committed past the lock");
     let log_before = bridge.log().len();
     common::send_signal(bridge.pid().expect("running"), "TERM");
     wait_for(&mut bridge, "the log to mention stopping", || {
-        Ok(bridge_log_since(&config, log_before).contains("stop"))
+        let log = std::fs::read_to_string(config.with_extension("log")).unwrap_or_default();
+        Ok(log
+            .get(log_before..)
+            .unwrap_or("")
+            .to_lowercase()
+            .contains("stop"))
     });
     locker.rollback().expect("release the lock");
     drop(locker);
@@ -1131,11 +945,8 @@ fn sigterm_mid_batch_exits_zero_and_a_restart_completes_without_duplicates() {
     let distinct_sql = format!("SELECT COUNT(DISTINCT seq) FROM {t} WHERE seq > 0");
     let first = scalar(&db, &data_sql);
     assert!(first <= n, "{first} rows after SIGTERM");
-    assert_eq!(
-        scalar(&db, &distinct_sql),
-        first,
-        "duplicates after SIGTERM"
-    );
+    let distinct = scalar(&db, &distinct_sql);
+    assert_eq!(distinct, first, "duplicates after SIGTERM");
 
     // And a restart delivers the rest: every message exactly once
     let mut bridge = Bridge::start(&config);
@@ -1145,10 +956,4 @@ fn sigterm_mid_batch_exits_zero_and_a_restart_completes_without_duplicates() {
     assert_eq!(scalar(&db, &data_sql), n, "rows added while draining");
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
     eprintln!("rows committed by the SIGTERMed bridge: {first} of {n}");
-}
-
-/// The bridge log (next to `config`) from byte `from` on, lower-cased.
-fn bridge_log_since(config: &Path, from: usize) -> String {
-    let log = std::fs::read_to_string(config.with_extension("log")).unwrap_or_default();
-    log.get(from..).unwrap_or("").to_lowercase()
 }

@@ -55,11 +55,7 @@ enum Family {
 
 /// The columns of the fidelity table: name, family, SQL type per database.
 fn columns(db: &Db) -> Vec<(&'static str, Family, &'static str)> {
-    let pick = |pg: &'static str, my: &'static str, lite: &'static str| match db {
-        Db::Postgres => pg,
-        Db::MariaDb => my,
-        Db::Sqlite(_) => lite,
-    };
+    let pick = |pg, my, lite| by(db, pg, my, lite);
     vec![
         ("i16", Family::Int, "SMALLINT"),
         ("i32", Family::Int, "INTEGER"),
@@ -137,8 +133,20 @@ struct Case {
     outcome: Outcome,
 }
 
-/// The per-database outcome: PostgreSQL, MariaDB, SQLite.
-fn by(db: &Db, pg: Outcome, my: Outcome, lite: Outcome) -> Outcome {
+impl Case {
+    fn new(id: i64, column: &'static str, sent: impl Into<String>, outcome: Outcome) -> Case {
+        let sent = sent.into();
+        Case {
+            id,
+            column,
+            sent,
+            outcome,
+        }
+    }
+}
+
+/// The per-database choice: PostgreSQL, MariaDB, SQLite.
+fn by<T>(db: &Db, pg: T, my: T, lite: T) -> T {
     match db {
         Db::Postgres => pg,
         Db::MariaDb => my,
@@ -150,63 +158,55 @@ fn s(v: &str) -> Outcome {
     Stored(v.to_string())
 }
 
+/// A value whose JSON text is also what the column holds.
+fn same_text(column: &'static str, v: &str) -> (&'static str, String, Outcome) {
+    (column, v.into(), s(v))
+}
+
+/// A JSON string whose content is what the column holds.
+fn same_string(column: &'static str, v: &str) -> (&'static str, String, Outcome) {
+    (column, json!(v).to_string(), s(v))
+}
+
 /// JSON values (as JSON text) per column, with their outcome on `db`.
 fn json_cases(db: &Db) -> Vec<(&'static str, String, Outcome)> {
     let beyond_width = |v: &str| by(db, Refused("out of range"), Refused("Out of range"), s(v));
-    let long = |n: usize, c: char| c.to_string().repeat(n);
+    let refused = |c: &'static str, v: &str| (c, v.to_string(), beyond_width(v));
+    let case = |c: &'static str, v: &str, outcome: Outcome| (c, v.to_string(), outcome);
+    let long = |n: usize, c: char| same_string("t", &c.to_string().repeat(n));
     let nul = by(db, Dead("NUL character"), s("a\u{0}b"), s("a\u{0}b"));
-    let mut cases: Vec<(&'static str, String, Outcome)> = vec![
-        ("i16", "32767".into(), s("32767")),
-        ("i16", "-32768".into(), s("-32768")),
-        ("i16", "32768".into(), beyond_width("32768")),
-        ("i16", "-32769".into(), beyond_width("-32769")),
-        ("i32", "2147483647".into(), s("2147483647")),
-        ("i32", "-2147483648".into(), s("-2147483648")),
-        ("i32", "2147483648".into(), beyond_width("2147483648")),
-        (
-            "i64",
-            "9223372036854775807".into(),
-            s("9223372036854775807"),
-        ),
-        (
-            "i64",
-            "-9223372036854775808".into(),
-            s("-9223372036854775808"),
-        ),
-        ("i64", "9223372036854775808".into(), Dead("out of range")),
-        ("i64", "9007199254740993".into(), s("9007199254740993")),
-        ("i64", "12345678901234567.0".into(), s("12345678901234567")),
-        (
-            "i64",
-            "1.2345678901234567e16".into(),
-            s("12345678901234567"),
-        ),
-        ("i64", "12345678901234567.5".into(), Dead("fractional part")),
-        (
-            "i64",
-            "9100000000000000001.5".into(),
-            Dead("fractional part"),
-        ),
-        ("i64", "3.5".into(), Dead("fractional part")),
-        ("i64", "\"-42\"".into(), s("-42")),
-        ("i64", "\"4.0e1\"".into(), s("40")),
-        ("i64", "true".into(), s("1")),
-        ("i64", "null".into(), Null),
-        ("i64", "\"x\"".into(), Dead("not an integer")),
-        (
+    let digits = "1234567890123456789012345678.1234567890";
+    vec![
+        same_text("i16", "32767"),
+        same_text("i16", "-32768"),
+        refused("i16", "32768"),
+        refused("i16", "-32769"),
+        same_text("i32", "2147483647"),
+        same_text("i32", "-2147483648"),
+        refused("i32", "2147483648"),
+        same_text("i64", "9223372036854775807"),
+        same_text("i64", "-9223372036854775808"),
+        case("i64", "9223372036854775808", Dead("out of range")),
+        same_text("i64", "9007199254740993"),
+        case("i64", "12345678901234567.0", s("12345678901234567")),
+        case("i64", "1.2345678901234567e16", s("12345678901234567")),
+        case("i64", "12345678901234567.5", Dead("fractional part")),
+        case("i64", "9100000000000000001.5", Dead("fractional part")),
+        case("i64", "3.5", Dead("fractional part")),
+        case("i64", "\"-42\"", s("-42")),
+        case("i64", "\"4.0e1\"", s("40")),
+        case("i64", "true", s("1")),
+        case("i64", "null", Null),
+        case("i64", "\"x\"", Dead("not an integer")),
+        case(
             "dec",
-            "1234567890123456789012345678.1234567890".into(),
-            by(
-                db,
-                s("1234567890123456789012345678.1234567890"),
-                s("1234567890123456789012345678.1234567890"),
-                Dead("15 significant digits"),
-            ),
+            digits,
+            by(db, s(digits), s(digits), Dead("15 significant digits")),
         ),
-        ("dec", "-0.0000000001".into(), s("-0.0000000001")),
-        (
+        same_text("dec", "-0.0000000001"),
+        case(
             "dec",
-            "0.12345678901".into(),
+            "0.12345678901",
             by(
                 db,
                 Dead("more digits after the point"),
@@ -214,85 +214,65 @@ fn json_cases(db: &Db) -> Vec<(&'static str, String, Outcome)> {
                 s("0.12345678901"),
             ),
         ),
-        ("dec", "1.50000000000000".into(), s("1.5")),
-        ("dec", "\"12.5\"".into(), s("12.5")),
-        ("dec", "\"1.2.3\"".into(), Dead("not a decimal")),
-        ("f64", "5e-324".into(), s("5e-324")),
-        ("f64", "-0.0".into(), by(db, s("-0"), s("0"), s("0"))),
-        (
-            "f64",
-            "1.7976931348623157e308".into(),
-            s("1.7976931348623157e308"),
-        ),
-        ("f64", "0.1".into(), s("0.1")),
-        ("f64", "1e309".into(), Dead("out of range")),
-        ("f64", "\"NaN\"".into(), Dead("not a number")),
-        ("b", "true".into(), s("true")),
-        ("b", "false".into(), s("false")),
-        ("b", "1".into(), s("true")),
+        case("dec", "1.50000000000000", s("1.5")),
+        case("dec", "\"12.5\"", s("12.5")),
+        case("dec", "\"1.2.3\"", Dead("not a decimal")),
+        same_text("f64", "5e-324"),
+        case("f64", "-0.0", by(db, s("-0"), s("0"), s("0"))),
+        same_text("f64", "1.7976931348623157e308"),
+        same_text("f64", "0.1"),
+        case("f64", "1e309", Dead("out of range")),
+        case("f64", "\"NaN\"", Dead("not a number")),
+        same_text("b", "true"),
+        same_text("b", "false"),
+        case("b", "1", s("true")),
         // MariaDB's BOOLEAN is TINYINT(1), told apart by its catalog: a boolean column.
-        ("b", "\"off\"".into(), s("false")),
-        ("b", "2".into(), Dead("not a boolean")),
-        ("t", "\"short\"".into(), s("short")),
-        ("t", "\"\"".into(), s("")),
-        ("t", "null".into(), Null),
-        ("t", json!(long(4097, 'x')).to_string(), s(&long(4097, 'x'))),
-        (
-            "t",
-            json!(long(65537, 'y')).to_string(),
-            s(&long(65537, 'y')),
-        ),
-        ("t", json!(long(3000, 'é')).to_string(), s(&long(3000, 'é'))),
-        (
-            "t",
-            "\"日本語 😀 \\ud83d\\ude00\"".into(),
-            s("日本語 😀 😀"),
-        ),
-        ("t", "\"a\\u0000b\"".into(), nul),
-        ("t", "12.50".into(), s("12.50")),
-        ("bin", "\"AP8Q\"".into(), s("00ff10")),
-        ("bin", "\"AP8QAA==\"".into(), s("00ff1000")),
-        ("bin", "\"AP8QAA\"".into(), s("00ff1000")),
-        ("bin", "\"\"".into(), s("")),
-        ("bin", "\"not base64!\"".into(), Dead("not base64")),
-        ("bin", "17".into(), Dead("base64 strings")),
-        ("d", "\"2024-05-01\"".into(), s("2024-05-01")),
-        ("d", "\"2024-05-01T23:30:00-05:00\"".into(), s("2024-05-01")),
-        ("d", "\"2024-02-30\"".into(), Dead("not a date")),
-        ("tm", "\"07:30:00\"".into(), s("07:30:00")),
-        ("tm", "\"23:59:59.123456\"".into(), s("23:59:59.123456")),
-        ("tm", "\"23:59:60\"".into(), Dead("leap second")),
-        (
+        case("b", "\"off\"", s("false")),
+        case("b", "2", Dead("not a boolean")),
+        same_string("t", "short"),
+        same_string("t", ""),
+        case("t", "null", Null),
+        long(4097, 'x'),
+        long(65537, 'y'),
+        long(3000, 'é'),
+        case("t", "\"日本語 😀 \\ud83d\\ude00\"", s("日本語 😀 😀")),
+        case("t", "\"a\\u0000b\"", nul),
+        same_text("t", "12.50"),
+        case("bin", "\"AP8Q\"", s("00ff10")),
+        case("bin", "\"AP8QAA==\"", s("00ff1000")),
+        case("bin", "\"AP8QAA\"", s("00ff1000")),
+        case("bin", "\"\"", s("")),
+        case("bin", "\"not base64!\"", Dead("not base64")),
+        case("bin", "17", Dead("base64 strings")),
+        same_string("d", "2024-05-01"),
+        case("d", "\"2024-05-01T23:30:00-05:00\"", s("2024-05-01")),
+        case("d", "\"2024-02-30\"", Dead("not a date")),
+        same_string("tm", "07:30:00"),
+        same_string("tm", "23:59:59.123456"),
+        case("tm", "\"23:59:60\"", Dead("leap second")),
+        case(
             "ts",
-            "\"2024-05-01T12:00:00.123456+02:00\"".into(),
+            "\"2024-05-01T12:00:00.123456+02:00\"",
             s("2024-05-01 10:00:00.123456"),
         ),
-        (
+        same_string("ts", "2024-05-01 12:00:00"),
+        case("ts", "1714564800.25", s("2024-05-01 12:00:00.25")),
+        case("ts", "\"2016-12-31T23:59:60Z\"", Dead("leap second")),
+        case(
             "ts",
-            "\"2024-05-01 12:00:00\"".into(),
-            s("2024-05-01 12:00:00"),
-        ),
-        ("ts", "1714564800.25".into(), s("2024-05-01 12:00:00.25")),
-        ("ts", "\"2016-12-31T23:59:60Z\"".into(), Dead("leap second")),
-        (
-            "ts",
-            "\"2024-05-01T12:00:00.1234567Z\"".into(),
+            "\"2024-05-01T12:00:00.1234567Z\"",
             Dead("finer than a microsecond"),
         ),
-        (
+        case(
             "tz",
-            "\"2024-05-01T01:30:00.654321-05:00\"".into(),
+            "\"2024-05-01T01:30:00.654321-05:00\"",
             s("2024-05-01 06:30:00.654321"),
         ),
-        (
-            "tz",
-            "\"2024-12-31T23:59:60+01:00\"".into(),
-            Dead("leap second"),
-        ),
+        case("tz", "\"2024-12-31T23:59:60+01:00\"", Dead("leap second")),
         // A column declared with fewer digits of a second would round.
-        (
+        case(
             "ts0",
-            "\"2024-05-01T12:00:00.5Z\"".into(),
+            "\"2024-05-01T12:00:00.5Z\"",
             by(
                 db,
                 Dead("digits of a second"),
@@ -300,35 +280,18 @@ fn json_cases(db: &Db) -> Vec<(&'static str, String, Outcome)> {
                 s("2024-05-01 12:00:00.5"),
             ),
         ),
-        (
-            "ts0",
-            "\"2024-05-01T12:00:00Z\"".into(),
-            s("2024-05-01 12:00:00"),
-        ),
-        (
-            "t",
-            "\"2016-12-31T23:59:60Z\"".into(),
-            s("2016-12-31T23:59:60Z"),
-        ),
-        (
-            "j",
-            r#"{"a": [1, 2.50, "x"], "b": null}"#.into(),
-            s(r#"{"a": [1, 2.50, "x"], "b": null}"#),
-        ),
-        (
-            "u",
-            "\"3f2504e0-4f89-11d3-9a0c-0305e82c3301\"".into(),
-            s("3f2504e0-4f89-11d3-9a0c-0305e82c3301"),
-        ),
-    ];
-    // Mapped by column name: the payload's key differs from the column's only in case.
-    cases.push(("ÜberTemp", "7".into(), s("7")));
-    cases
+        case("ts0", "\"2024-05-01T12:00:00Z\"", s("2024-05-01 12:00:00")),
+        same_string("t", "2016-12-31T23:59:60Z"),
+        same_text("j", r#"{"a": [1, 2.50, "x"], "b": null}"#),
+        same_string("u", "3f2504e0-4f89-11d3-9a0c-0305e82c3301"),
+        // Mapped by column name: the payload's key differs from the column's only in case.
+        same_text("ÜberTemp", "7"),
+    ]
 }
 
 /// The whole inbound matrix on one database; `extra` is added to its `databases:` entry
 /// (e.g. `dialect: generic`).
-pub fn matrix(db: Db, extra: &str) {
+pub fn matrix(db: Db, extra: &[&str]) {
     let world = World::new("fid-in");
     let cols = columns(&db);
     let defs: Vec<String> = cols
@@ -363,15 +326,10 @@ pub fn matrix(db: Db, extra: &str) {
             payload.clone().into_bytes(),
             vec![],
         ));
-        cases.push(Case {
-            id,
-            column,
-            sent: payload,
-            outcome,
-        });
+        cases.push(Case::new(id, column, payload, outcome));
     }
     csv_cases(&db, &topic, &mut cases, &mut messages);
-    user_property_cases(&db, &topic, &mut cases, &mut messages);
+    user_property_cases(&topic, &mut cases, &mut messages);
     header_cases(&db, &rabbit, &queue, &mut cases);
     payload_cases(&topic, &mut cases, &mut messages);
     publish_v5(world.broker.port, messages);
@@ -451,12 +409,12 @@ fn csv_cases(db: &Db, topic: &str, cases: &mut Vec<Case>, messages: &mut Vec<Out
         let mut payload = String::new();
         for (id, column, value, outcome) in lines.iter().filter(|l| l.1 == field) {
             payload.push_str(&format!("{id},{value}\n"));
-            cases.push(Case {
-                id: *id,
+            cases.push(Case::new(
+                *id,
                 column,
-                sent: format!("{id},{value}"),
-                outcome: outcome.clone(),
-            });
+                format!("{id},{value}"),
+                outcome.clone(),
+            ));
         }
         messages.push((format!("{topic}/csv/{field}"), payload.into_bytes(), vec![]));
     }
@@ -464,8 +422,7 @@ fn csv_cases(db: &Db, topic: &str, cases: &mut Vec<Case>, messages: &mut Vec<Out
 
 /// MQTT 5 user properties: a repeated name maps its first value, and a dead letter keeps
 /// every value.
-fn user_property_cases(db: &Db, topic: &str, cases: &mut Vec<Case>, messages: &mut Vec<Outgoing>) {
-    let _ = db;
+fn user_property_cases(topic: &str, cases: &mut Vec<Case>, messages: &mut Vec<Outgoing>) {
     let props = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
         pairs
             .iter()
@@ -488,12 +445,12 @@ fn user_property_cases(db: &Db, topic: &str, cases: &mut Vec<Case>, messages: &m
             payload.clone().into_bytes(),
             properties,
         ));
-        cases.push(Case {
+        cases.push(Case::new(
             id,
-            column: if id == 3003 { "i64" } else { "t" },
-            sent: payload,
+            if id == 3003 { "i64" } else { "t" },
+            payload,
             outcome,
-        });
+        ));
     }
 }
 
@@ -522,61 +479,25 @@ fn payload_cases(topic: &str, cases: &mut Vec<Case>, messages: &mut Vec<Outgoing
             ));
         }
         let id = if column == "bin" { id - 1 } else { id };
-        cases.push(Case {
-            id,
-            column,
-            sent: payload.to_string(),
-            outcome,
-        });
+        cases.push(Case::new(id, column, payload.to_string(), outcome));
     }
 }
 
 /// AMQP headers through `header.x`: signed decimals, integers, text with NUL.
 fn header_cases(db: &Db, rabbit: &Rabbit, queue: &str, cases: &mut Vec<Case>) {
     let nul = by(db, Dead("NUL character"), s("\u{0}nul"), s("\u{0}nul"));
+    let dec = |scale, value| Header::Decimal { scale, value };
     let sends: Vec<(i64, &'static str, Header, Outcome)> = vec![
-        (
-            2001,
-            "dec",
-            Header::Decimal {
-                scale: 6,
-                value: -1,
-            },
-            s("-0.000001"),
-        ),
-        (
-            2002,
-            "i64",
-            Header::Decimal {
-                scale: 0,
-                value: -5,
-            },
-            s("-5"),
-        ),
-        (
-            2003,
-            "dec",
-            Header::Decimal {
-                scale: 2,
-                value: i32::MIN,
-            },
-            s("-21474836.48"),
-        ),
+        (2001, "dec", dec(6, -1), s("-0.000001")),
+        (2002, "i64", dec(0, -5), s("-5")),
+        (2003, "dec", dec(2, i32::MIN), s("-21474836.48")),
         (
             2004,
             "i64",
             Header::Int(i64::MIN),
             s("-9223372036854775808"),
         ),
-        (
-            2005,
-            "i64",
-            Header::Decimal {
-                scale: 1,
-                value: 15,
-            },
-            Dead("fractional part"),
-        ),
+        (2005, "i64", dec(1, 15), Dead("fractional part")),
         (2006, "t", Header::Str("\u{0}nul".into()), nul),
         (
             2007,
@@ -596,23 +517,14 @@ fn header_cases(db: &Db, rabbit: &Rabbit, queue: &str, cases: &mut Vec<Case>) {
             _ => "hfloat",
         };
         rabbit.publish("", queue, payload.as_bytes(), &[(name, header)]);
-        cases.push(Case {
-            id,
-            column,
-            sent: payload,
-            outcome,
-        });
+        cases.push(Case::new(id, column, payload, outcome));
     }
 }
 
 type Outgoing = (String, Vec<u8>, Vec<(String, String)>);
 
 /// Every row, by id: column name → the value as read back.
-fn read_back(
-    db: &Db,
-    table: &str,
-    cols: &[(&'static str, Family, &'static str)],
-) -> BTreeMap<i64, BTreeMap<&'static str, Option<String>>> {
+fn read_back(db: &Db, table: &str, cols: &[(&'static str, Family, &'static str)]) -> Rows {
     let exprs: Vec<String> = cols.iter().map(|(n, f, _)| read_expr(db, n, *f)).collect();
     let sql = format!(
         "SELECT CAST(id AS CHAR(20)), {} FROM {table}",
@@ -713,7 +625,7 @@ fn dead_letters(config: &std::path::Path) -> BTreeMap<i64, (String, String, Json
 fn check(
     case: &Case,
     cols: &[(&'static str, Family, &'static str)],
-    stored: &BTreeMap<i64, BTreeMap<&'static str, Option<String>>>,
+    stored: &Rows,
     dead: &BTreeMap<i64, (String, String, Json)>,
 ) -> Result<(), String> {
     let family = cols
@@ -816,13 +728,15 @@ fn strip_zero_fraction(text: &str) -> String {
 
 /// Writes `mqdb.yaml`: MQTT 5 broker `m` (the world's), AMQP broker `r`, database `d` with
 /// `extra` settings, and one route per way a value arrives, all into `table`.
-fn config(world: &World, db: &Db, extra: &str, table: &str, topic: &str, queue: &str) -> PathBuf {
-    let extra: Vec<&str> = extra
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let mut database = settings(&extra);
+fn config(
+    world: &World,
+    db: &Db,
+    extra: &[&str],
+    table: &str,
+    topic: &str,
+    queue: &str,
+) -> PathBuf {
+    let mut database = settings(extra);
     database.insert("connection_string".into(), db.connection_string().into());
     // Upserts, so every value also goes through each dialect's conflict statement
     // (`MERGE` in standard SQL).
@@ -914,23 +828,23 @@ fn publish_v5(port: u16, messages: Vec<Outgoing>) {
 
 #[test]
 fn inbound_matrix_postgres() {
-    matrix(Db::Postgres, "");
+    matrix(Db::Postgres, &[]);
 }
 
 #[test]
 fn inbound_matrix_mariadb() {
-    matrix(Db::MariaDb, "");
+    matrix(Db::MariaDb, &[]);
 }
 
 #[test]
 fn inbound_matrix_sqlite() {
     let dir = tempfile::tempdir().expect("temp dir");
-    matrix(Db::Sqlite(dir.path().join("fidelity.db")), "");
+    matrix(Db::Sqlite(dir.path().join("fidelity.db")), &[]);
 }
 
 /// PostgreSQL spoken to in standard SQL only, as a database mqdb does not know: plain
 /// multi-row `INSERT`s, types from the driver's catalog alone.
 #[test]
 fn inbound_matrix_postgres_in_standard_sql() {
-    matrix(Db::Postgres, "dialect: generic");
+    matrix(Db::Postgres, &["dialect: generic"]);
 }

@@ -2,31 +2,29 @@
 //! of the same bridge writes into a table of the same shape arrive equal, column by column,
 //! as the database itself prints them.
 
-use std::path::PathBuf;
+use crate::common::{Bridge, Db, Route, TempTable, World, dlq_list, wait_for};
 
-use crate::common::{Bridge, Db, Mosquitto, Subscriber, TempTable, dlq_list, unique, wait_for};
-
-/// One database's table for the round trip: its columns and the rows to send, as SQL
-/// expressions in that database's dialect.
+/// One database's table for the round trip, in that database's dialect.
 struct Case {
     db: Db,
-    /// `(name, type)`; the first column is the `id` the outbound route tracks.
-    columns: Vec<(&'static str, &'static str)>,
-    /// One SQL expression per column, per row.
-    rows: Vec<Vec<String>>,
+    /// The table's definition; the first column is the `id` the outbound route tracks.
+    columns: &'static str,
+    /// Each row's values as SQL expressions, in the columns' order.
+    rows: [&'static str; 4],
 }
 
 impl Case {
-    fn definition(&self) -> String {
+    /// `(name, type)` of each column.
+    fn columns(&self) -> Vec<(&'static str, &'static str)> {
         self.columns
-            .iter()
-            .map(|(name, ty)| format!("{name} {ty}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+            .split(", ")
+            .map(|c| c.split_once(' ').expect("name and type"))
+            .collect()
     }
 
-    fn names(&self) -> Vec<&'static str> {
-        self.columns.iter().map(|(n, _)| *n).collect()
+    fn names(&self) -> String {
+        let names: Vec<&str> = self.columns().iter().map(|c| c.0).collect();
+        names.join(", ")
     }
 
     /// The value of `column` of table `t` as the database prints it: its own text cast,
@@ -62,51 +60,61 @@ impl Case {
 /// through an inbound route; returns the columns whose values changed, with an example.
 fn round_trip(case: &Case, format: &str) -> Vec<String> {
     let db = &case.db;
-    let source = TempTable::create(db, "rt_src", &case.definition());
-    let sink = TempTable::create(db, "rt_dst", &case.definition());
-    for row in &case.rows {
+    let source = TempTable::create(db, "rt_src", case.columns);
+    let sink = TempTable::create(db, "rt_dst", case.columns);
+    for row in case.rows {
         db.exec(&format!(
-            "INSERT INTO {} ({}) VALUES ({})",
+            "INSERT INTO {} ({}) VALUES ({row})",
             source.name,
-            case.names().join(", "),
-            row.join(", ")
+            case.names()
         ));
     }
 
     // Given one bridge whose outbound route publishes the source table on a topic that
     // its inbound route writes into the sink table
-    let dir = tempfile::tempdir().expect("temp dir");
-    let broker = Mosquitto::start();
-    let client_id = unique("rt");
-    let topic = format!("rt/{}", unique("t"));
+    let world = World::new("rt");
+    let topic = format!("rt/{}", crate::common::unique("t"));
     // The bridge's session exists before the first publish, so the broker keeps every row.
-    Subscriber::connect_with(broker.port, &client_id, false, &[(topic.as_str(), 1)]).disconnect();
-    let config = write_config(
-        dir.path(),
-        &broker,
-        &client_id,
-        &topic,
-        case,
-        format,
-        &source,
-        &sink,
+    world.persistent_session(&topic);
+    let query = format!(
+        "SELECT {} FROM {} WHERE id > ? ORDER BY id",
+        case.names(),
+        source.name
     );
+    let config = world
+        .config(db)
+        .inbound(Route::named("back").lines(&[
+            "broker: b",
+            &format!("topic: \"{topic}\""),
+            "database: d",
+            &format!("table: {}", sink.name),
+            &format!("format: {format}"),
+        ]))
+        .outbound(Route::outbound("out", &query).lines(&[
+            "track: id",
+            "start: 0",
+            "interval: 200ms",
+            "broker: b",
+            &format!("topic: \"{topic}\""),
+            "qos: 1",
+            &format!("format: {format}"),
+        ]))
+        .write();
 
     // When the bridge runs until every row is back
     let mut bridge = Bridge::start(&config);
-    let want = case.rows.len() as i64;
     wait_for(&mut bridge, "every row written back", || {
         let letters = dlq_list(&config);
         if !letters.is_empty() {
             return Err(format!("dead letters: {letters:#?}"));
         }
-        Ok(sink.count() == want)
+        Ok(sink.count() == 4)
     });
     bridge.terminate();
 
     // Then each column of each row prints the same in both tables
     let mut changed = Vec::new();
-    for (name, ty) in &case.columns {
+    for (name, ty) in case.columns() {
         let (a, b) = (case.printed("s", name, ty), case.printed("d", name, ty));
         let sql = format!(
             "SELECT s.id, {a}, {b} FROM {} s JOIN {} d ON s.id = d.id WHERE {}",
@@ -128,298 +136,69 @@ fn round_trip(case: &Case, format: &str) -> Vec<String> {
     changed
 }
 
-#[allow(clippy::too_many_arguments)]
-fn write_config(
-    dir: &std::path::Path,
-    broker: &Mosquitto,
-    client_id: &str,
-    topic: &str,
-    case: &Case,
-    format: &str,
-    source: &TempTable,
-    sink: &TempTable,
-) -> PathBuf {
-    let text = format!(
-        "state: \"sqlite://{state}\"\n\
-         brokers:\n  b:\n    url: \"{url}\"\n    client_id: \"{client_id}\"\n\
-         databases:\n  d:\n    connection_string: \"{cs}\"\n\
-         inbound:\n  - name: back\n    broker: b\n    topic: \"{topic}\"\n    database: d\n    \
-         table: {sink}\n    format: {format}\n\
-         outbound:\n  - name: out\n    database: d\n    \
-         query: SELECT {names} FROM {source} WHERE id > ? ORDER BY id\n    track: id\n    \
-         start: 0\n    interval: 200ms\n    broker: b\n    topic: \"{topic}\"\n    qos: 1\n    \
-         format: {format}\n",
-        state = dir.join("state.db").display(),
-        url = broker.url(),
-        cs = case.db.connection_string(),
-        sink = sink.name,
-        source = source.name,
-        names = case.names().join(", "),
-    );
-    let path = dir.join("mqdb.yaml");
-    std::fs::write(&path, text).expect("write mqdb.yaml");
-    path
-}
-
-fn strings(values: &[&str]) -> Vec<String> {
-    values.iter().map(|v| v.to_string()).collect()
-}
-
 fn postgres() -> Case {
-    let long = "repeat('é', 35000) || repeat('😀', 300)";
     Case {
         db: Db::Postgres,
-        columns: vec![
-            ("id", "BIGINT PRIMARY KEY"),
-            ("i2", "SMALLINT"),
-            ("i4", "INTEGER"),
-            ("i8", "BIGINT"),
-            ("num", "NUMERIC(38,10)"),
-            ("f8", "DOUBLE PRECISION"),
-            ("f4", "REAL"),
-            ("b", "BOOLEAN"),
-            ("t", "TEXT"),
-            ("vc", "VARCHAR(50)"),
-            ("bin", "BYTEA"),
-            ("d", "DATE"),
-            ("tm", "TIME"),
-            ("ts", "TIMESTAMP"),
-            ("tstz", "TIMESTAMPTZ"),
-            ("j", "JSONB"),
-            ("u", "UUID"),
-        ],
-        rows: vec![
-            strings(&[
-                "1",
-                "1",
-                "2",
-                "3",
-                "1.5",
-                "0.25",
-                "0.5",
-                "true",
-                "'a'",
-                "'b'",
-                "'\\x00ff'::bytea",
-                "'2024-05-01'",
-                "'12:34:56'",
-                "'2024-05-01 10:00:00'",
-                "'2024-05-01 10:00:00+00'",
-                "'{\"a\": 1}'",
-                "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
-            ]),
-            strings(&[
-                "2",
-                "-32768",
-                "2147483647",
-                "9223372036854775807",
-                "'1234567890123456789012345678.0123456789'",
-                "'-0'",
-                "'3.4028235e38'",
-                "false",
-                long,
-                "'ünïcødé 漢字 😀'",
-                "decode(repeat('00ff10', 30000), 'hex')",
-                "'1970-01-01'",
-                "'23:59:59.999999'",
-                "'2024-02-29 23:59:58.123456'",
-                "'2024-05-01 12:00:00.000001+02'",
-                "'{\"n\": {\"x\": [1, 2.5, null]}}'",
-                "'00000000-0000-0000-0000-000000000000'",
-            ]),
-            strings(&[
-                "3",
-                "32767",
-                "-2147483648",
-                "-9223372036854775808",
-                "'-0.0000000001'",
-                "'1.7976931348623157e308'",
-                "'1e-38'",
-                "NULL",
-                "''",
-                "NULL",
-                "''::bytea",
-                "NULL",
-                "'00:00:00'",
-                "NULL",
-                "NULL",
-                "'[]'",
-                "NULL",
-            ]),
-            strings(&[
-                "4",
-                "NULL",
-                "NULL",
-                "9007199254740993",
-                "'0'",
-                "'5e-324'",
-                "NULL",
-                "true",
-                "'line\nbreak, \"quoted\"; tab\t'",
-                "'x''); DROP TABLE t; --'",
-                "NULL",
-                "NULL",
-                "NULL",
-                "NULL",
-                "NULL",
-                "NULL",
-                "NULL",
-            ]),
+        columns: "id BIGINT PRIMARY KEY, i2 SMALLINT, i4 INTEGER, i8 BIGINT, num NUMERIC(38,10), \
+                  f8 DOUBLE PRECISION, f4 REAL, b BOOLEAN, t TEXT, vc VARCHAR(50), bin BYTEA, \
+                  d DATE, tm TIME, ts TIMESTAMP, tstz TIMESTAMPTZ, j JSONB, u UUID",
+        rows: [
+            "1, 1, 2, 3, 1.5, 0.25, 0.5, true, 'a', 'b', '\\x00ff'::bytea, '2024-05-01', \
+             '12:34:56', '2024-05-01 10:00:00', '2024-05-01 10:00:00+00', '{\"a\": 1}', \
+             'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+            "2, -32768, 2147483647, 9223372036854775807, \
+             '1234567890123456789012345678.0123456789', '-0', '3.4028235e38', false, \
+             repeat('é', 35000) || repeat('😀', 300), 'ünïcødé 漢字 😀', \
+             decode(repeat('00ff10', 30000), 'hex'), '1970-01-01', '23:59:59.999999', \
+             '2024-02-29 23:59:58.123456', '2024-05-01 12:00:00.000001+02', \
+             '{\"n\": {\"x\": [1, 2.5, null]}}', '00000000-0000-0000-0000-000000000000'",
+            "3, 32767, -2147483648, -9223372036854775808, '-0.0000000001', \
+             '1.7976931348623157e308', '1e-38', NULL, '', NULL, ''::bytea, NULL, '00:00:00', \
+             NULL, NULL, '[]', NULL",
+            "4, NULL, NULL, 9007199254740993, '0', '5e-324', NULL, true, \
+             'line\nbreak, \"quoted\"; tab\t', 'x''); DROP TABLE t; --', NULL, NULL, NULL, \
+             NULL, NULL, NULL, NULL",
         ],
     }
 }
 
 fn mariadb() -> Case {
-    let long = "CONCAT(REPEAT('é', 35000), REPEAT('😀', 300))";
     Case {
         db: Db::MariaDb,
-        columns: vec![
-            ("id", "BIGINT PRIMARY KEY"),
-            ("i1", "TINYINT"),
-            ("i2", "SMALLINT"),
-            ("i8", "BIGINT"),
-            ("num", "DECIMAL(38,10)"),
-            ("f8", "DOUBLE"),
-            ("b", "BOOLEAN"),
-            ("t", "MEDIUMTEXT"),
-            ("vc", "VARCHAR(50)"),
-            ("bin", "MEDIUMBLOB"),
-            ("d", "DATE"),
-            ("tm", "TIME(6)"),
-            ("ts", "DATETIME(6)"),
-            ("tstz", "TIMESTAMP(6) NULL"),
-        ],
-        rows: vec![
-            strings(&[
-                "1",
-                "1",
-                "2",
-                "3",
-                "1.5",
-                "0.25",
-                "TRUE",
-                "'a'",
-                "'b'",
-                "X'00FF'",
-                "'2024-05-01'",
-                "'12:34:56'",
-                "'2024-05-01 10:00:00'",
-                "'2024-05-01 10:00:00'",
-            ]),
-            strings(&[
-                "2",
-                "-128",
-                "-32768",
-                "9223372036854775807",
-                "1234567890123456789012345678.0123456789",
-                "-1.5e-300",
-                "FALSE",
-                long,
-                "'ünïcødé 漢字 😀'",
-                "UNHEX(REPEAT('00FF10', 30000))",
-                "'1970-01-01'",
-                "'23:59:59.999999'",
-                "'2024-02-29 23:59:58.123456'",
-                "'2024-05-01 12:00:00.000001'",
-            ]),
-            strings(&[
-                "3",
-                "127",
-                "32767",
-                "-9223372036854775808",
-                "-0.0000000001",
-                "1.7976931348623157e308",
-                "NULL",
-                "''",
-                "NULL",
-                "X''",
-                "NULL",
-                "'00:00:00'",
-                "NULL",
-                "NULL",
-            ]),
-            strings(&[
-                "4",
-                "NULL",
-                "NULL",
-                "9007199254740993",
-                "0",
-                "5e-324",
-                "TRUE",
-                "'line\\nbreak, \"quoted\"; tab\\t'",
-                "'x''); DROP TABLE t; --'",
-                "NULL",
-                "NULL",
-                "NULL",
-                "NULL",
-                "NULL",
-            ]),
+        columns: "id BIGINT PRIMARY KEY, i1 TINYINT, i2 SMALLINT, i8 BIGINT, num DECIMAL(38,10), \
+                  f8 DOUBLE, b BOOLEAN, t MEDIUMTEXT, vc VARCHAR(50), bin MEDIUMBLOB, d DATE, \
+                  tm TIME(6), ts DATETIME(6), tstz TIMESTAMP(6) NULL",
+        rows: [
+            "1, 1, 2, 3, 1.5, 0.25, TRUE, 'a', 'b', X'00FF', '2024-05-01', '12:34:56', \
+             '2024-05-01 10:00:00', '2024-05-01 10:00:00'",
+            "2, -128, -32768, 9223372036854775807, 1234567890123456789012345678.0123456789, \
+             -1.5e-300, FALSE, CONCAT(REPEAT('é', 35000), REPEAT('😀', 300)), \
+             'ünïcødé 漢字 😀', UNHEX(REPEAT('00FF10', 30000)), '1970-01-01', \
+             '23:59:59.999999', '2024-02-29 23:59:58.123456', '2024-05-01 12:00:00.000001'",
+            "3, 127, 32767, -9223372036854775808, -0.0000000001, 1.7976931348623157e308, NULL, \
+             '', NULL, X'', NULL, '00:00:00', NULL, NULL",
+            "4, NULL, NULL, 9007199254740993, 0, 5e-324, TRUE, \
+             'line\\nbreak, \"quoted\"; tab\\t', 'x''); DROP TABLE t; --', NULL, NULL, NULL, \
+             NULL, NULL",
         ],
     }
 }
 
-fn sqlite(path: PathBuf) -> Case {
-    // SQLite has no repeat(): a zero blob's hex digits, each pair replaced.
-    let long = "replace(hex(zeroblob(35000)), '00', 'é')";
+fn sqlite(path: std::path::PathBuf) -> Case {
     Case {
         db: Db::Sqlite(path),
-        columns: vec![
-            ("id", "INTEGER PRIMARY KEY"),
-            ("i", "INTEGER"),
-            ("n", "NUMERIC"),
-            ("f", "REAL"),
-            ("b", "BOOLEAN"),
-            ("t", "TEXT"),
-            ("bin", "BLOB"),
-            ("d", "DATE"),
-            ("ts", "TIMESTAMP"),
-        ],
-        rows: vec![
-            strings(&[
-                "1",
-                "1",
-                "1.5",
-                "0.25",
-                "1",
-                "'a'",
-                "X'00FF'",
-                "'2024-05-01'",
-                "'2024-05-01 10:00:00'",
-            ]),
-            strings(&[
-                "2",
-                "9223372036854775807",
-                "'12345678901234567890'",
-                "-1.5e-300",
-                "0",
-                long,
-                "X'00FF10'",
-                "'1970-01-01'",
-                "'2024-02-29 23:59:58.123'",
-            ]),
-            strings(&[
-                "3",
-                "-9223372036854775808",
-                "NULL",
-                // sqliteodbc reads REAL values with 15 significant digits (see the README).
-                "1.5e308",
-                "NULL",
-                "''",
-                "X''",
-                "NULL",
-                "NULL",
-            ]),
-            strings(&[
-                "4",
-                "9007199254740993",
-                "0",
-                "5e-324",
-                "1",
-                "'line' || char(10) || 'break, \"quoted\"; tab' || char(9)",
-                "NULL",
-                "NULL",
-                "NULL",
-            ]),
+        columns: "id INTEGER PRIMARY KEY, i INTEGER, n NUMERIC, f REAL, b BOOLEAN, t TEXT, \
+                  bin BLOB, d DATE, ts TIMESTAMP",
+        rows: [
+            "1, 1, 1.5, 0.25, 1, 'a', X'00FF', '2024-05-01', '2024-05-01 10:00:00'",
+            // SQLite has no repeat(): a zero blob's hex digits, each pair replaced.
+            "2, 9223372036854775807, '12345678901234567890', -1.5e-300, 0, \
+             replace(hex(zeroblob(35000)), '00', 'é'), X'00FF10', '1970-01-01', \
+             '2024-02-29 23:59:58.123'",
+            // sqliteodbc reads REAL values with 15 significant digits (see the README).
+            "3, -9223372036854775808, NULL, 1.5e308, NULL, '', X'', NULL, NULL",
+            "4, 9007199254740993, 0, 5e-324, 1, \
+             'line' || char(10) || 'break, \"quoted\"; tab' || char(9), NULL, NULL, NULL",
         ],
     }
 }
