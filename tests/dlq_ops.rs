@@ -1,18 +1,10 @@
-//! Dead-letter operations against the real services: the `dead_letter.publish` mirror (to a
-//! private Mosquitto, to a RabbitMQ exchange, and across an outage of the mirror's broker),
-//! `mqdb dlq replay` interrupted with SIGINT, a replay beside a running `mqdb run` on the
-//! same state store, two replays at once, a replay after one that was killed, and the
-//! mirror's configuration errors.
+//! Dead-letter operations: the `dead_letter.publish` mirror (MQTT, AMQP, across an outage of
+//! its broker), and `mqdb dlq replay` interrupted, beside a running bridge, twice at once,
+//! under a purge and after a killed one.
 //!
-//! Dead letters are produced the way production produces them: a running bridge and a table
-//! that rejects the rows (a CHECK constraint the test drops afterwards to make them
-//! replayable). Where a test needs a replay to be in the middle of its work at a given
-//! moment, the test holds an uncommitted PostgreSQL row with the primary key of one of the
-//! replay's rows, so the replay's insert waits on it: deterministic, never timed.
-//!
-//! Every test has its own temp dir (config, state store, logs), its own private Mosquitto,
-//! unique table, topic, client-id, queue and exchange names, and drops what it created when
-//! it ends. Waits are liveness deadlines, never speed assertions.
+//! Where a replay must be in the middle of its work at a given moment, the test holds an
+//! uncommitted PostgreSQL row with the primary key of one of the replay's rows, so the
+//! replay's insert waits on it: deterministic, never timed.
 
 mod common;
 
@@ -23,11 +15,11 @@ use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    Bridge, Db, LIVENESS, Mosquitto, Rabbit, Route, Subscriber, TcpProxy, TempTable, World,
-    dlq_list, mqdb_command, odbc_connect, odbc_exec, path_str, pg_lock_waiters, run_mqdb, unique,
-    wait_for,
+    Bridge, Config, Db, LIVENESS, Mosquitto, Rabbit, Route, Subscriber, TcpProxy, TempTable, World,
+    dlq_list, letter_id as id_of, mqdb_command, odbc_connect, odbc_exec, path_str, pg_lock_waiters,
+    run_mqdb, scalar, terminate_ok, try_scalar, unique, wait_dead_letters, wait_for,
+    wait_for_count,
 };
-use common::{scalar, terminate_ok, try_scalar, wait_for_count};
 use serde_json::{Value as Json, json};
 
 type Messages = Vec<(String, Vec<u8>)>;
@@ -35,12 +27,8 @@ type Messages = Vec<(String, Vec<u8>)>;
 /// A hang detector for a whole replay of a few thousand entries (never a speed assertion).
 const REPLAY_DEADLINE: Duration = Duration::from_secs(180);
 
-// ---------------------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------------------
-
-/// One `inbound:` list item with broker `b`, database `d`, QoS 1, JSON, `id` and `v` from
-/// the payload, `on_conflict: error` and 500-row batches.
+/// One `inbound:` list item with `id` and `v` from the payload, `on_conflict: error` and
+/// 500-row batches.
 fn route(name: &str, topic: &str, table: &str) -> Route {
     Route::inbound(name, topic, table)
         .columns(&[("id", "payload.id"), ("v", "payload.v")])
@@ -48,43 +36,34 @@ fn route(name: &str, topic: &str, table: &str) -> Route {
         .set("batch", json!({ "max_rows": 500, "max_delay": "100ms" }))
 }
 
-/// `good` messages `{"id":N,"v":N}` on `<root>/<route_of(N)>`, with the `bad` ones spread
-/// evenly among them (one after every `good / bad.len()` good ones).
+/// `{"id":N,"v":N}` on `topic` for each id.
+fn good(topic: &str, ids: impl IntoIterator<Item = i64>) -> Messages {
+    let message = |id| {
+        (
+            topic.to_owned(),
+            format!(r#"{{"id":{id},"v":{id}}}"#).into_bytes(),
+        )
+    };
+    ids.into_iter().map(message).collect()
+}
+
+/// `count` good messages on `<root>/<route_of(N)>`, with the `bad` ones spread evenly among
+/// them (one after every `good / bad.len()` good ones).
 fn good_among_bad(
     root: &str,
-    good: i64,
-    route_of: impl Fn(i64) -> &'static str,
+    count: i64,
+    route_of: fn(i64) -> &'static str,
     bad: &Messages,
 ) -> Messages {
-    let every = good / bad.len() as i64;
+    let every = count / bad.len() as i64;
     let mut messages: Messages = Vec::new();
-    for id in 1..=good {
-        messages.push((
-            format!("{root}/{}", route_of(id)),
-            format!(r#"{{"id":{id},"v":{id}}}"#).into_bytes(),
-        ));
+    for id in 1..=count {
+        messages.extend(good(&format!("{root}/{}", route_of(id)), [id]));
         if id % every == 0 {
             messages.push(bad[(id / every - 1) as usize].clone());
         }
     }
     messages
-}
-
-/// Waits until `dlq list` holds exactly `want` entries; more fails at once.
-fn wait_for_dead_letters(bridge: &mut Bridge, config: &Path, want: usize) {
-    wait_for(bridge, &format!("{want} dead letters"), || {
-        let n = dlq_list(config).len();
-        if n > want {
-            return Err(format!("{n} dead letters, expected {want}"));
-        }
-        Ok(n == want)
-    });
-}
-
-fn id_of(letter: &Json) -> i64 {
-    letter["id"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no id: {letter}"))
 }
 
 fn text<'a>(letter: &'a Json, key: &str) -> &'a str {
@@ -102,16 +81,23 @@ fn payload_id(letter: &Json) -> i64 {
         .unwrap_or_else(|| panic!("payload without an integer id: {letter}"))
 }
 
-/// Every mirrored copy, in arrival order (address, envelope), is exactly the `dlq list
+/// Every mirrored copy, in arrival order (address, payload), is exactly the `dlq list
 /// --json` object of the dead letter with the same id, at the address `address` builds from
 /// it; one copy per dead letter, none missing, none twice, in id order.
-fn assert_mirrored(letters: &[Json], copies: &[(String, Json)], address: impl Fn(&Json) -> String) {
+fn assert_mirrored(letters: &[Json], copies: Messages, address: impl Fn(&Json) -> String) {
+    let copies: Vec<(String, Json)> = copies
+        .into_iter()
+        .map(|(to, payload)| {
+            let copy = serde_json::from_slice(&payload).unwrap_or_else(|e| {
+                panic!("not JSON ({e}): {}", String::from_utf8_lossy(&payload))
+            });
+            (to, copy)
+        })
+        .collect();
     let listed: Vec<i64> = letters.iter().map(id_of).collect();
     let copied: Vec<i64> = copies.iter().map(|(_, c)| id_of(c)).collect();
-    assert_eq!(
-        copied, listed,
-        "the mirrored ids (arrival order) are not the stored ids (id order)"
-    );
+    let order = "the mirrored ids (arrival order) are not the stored ids (id order)";
+    assert_eq!(copied, listed, "{order}");
     for ((to, copy), letter) in copies.iter().zip(letters) {
         assert_eq!(
             copy, letter,
@@ -121,34 +107,45 @@ fn assert_mirrored(letters: &[Json], copies: &[(String, Json)], address: impl Fn
     }
 }
 
-/// `(route, error_kind)` → how many of `letters` have it.
-fn kinds(letters: &[Json]) -> BTreeMap<(String, String), usize> {
-    let mut out = BTreeMap::new();
+/// Asserts how many of `letters` each `(route, error_kind)` has.
+fn assert_kinds(letters: &[Json], want: &[(&str, &str, usize)]) {
+    let mut got = BTreeMap::new();
     for l in letters {
-        *out.entry((
-            text(l, "route").to_owned(),
-            text(l, "error_kind").to_owned(),
-        ))
-        .or_default() += 1;
+        *got.entry((text(l, "route"), text(l, "error_kind")))
+            .or_insert(0) += 1;
     }
-    out
+    let want: BTreeMap<_, _> = want.iter().map(|(r, k, n)| ((*r, *k), *n)).collect();
+    assert_eq!(got, want, "{letters:#?}");
 }
 
 /// The primary keys of every row of `table`.
 fn row_ids(db: &Db, table: &str) -> Vec<i64> {
-    db.query(&format!("SELECT id FROM {table} ORDER BY id"))
-        .into_iter()
-        .map(|r| {
-            r[0].as_deref()
-                .expect("id is not NULL")
-                .trim()
-                .parse()
-                .expect("integer id")
-        })
-        .collect()
+    let rows = db.query(&format!("SELECT id FROM {table} ORDER BY id"));
+    let id = |r: &Vec<Option<String>>| {
+        r[0].as_deref()
+            .expect("an id")
+            .trim()
+            .parse()
+            .expect("an integer id")
+    };
+    rows.iter().map(id).collect()
 }
 
-/// A `mqdb dlq replay` child process; stdout and stderr go to files in the test's dir.
+/// Asserts that every original dead letter (its id → its row's id) is either a row or still
+/// queued: never both, never neither.
+fn assert_one_place(rows: &[i64], listed: &[Json], originals: &BTreeMap<i64, i64>, ctx: &str) {
+    let rows: BTreeSet<i64> = rows.iter().copied().collect();
+    let listed: BTreeSet<i64> = listed.iter().map(id_of).collect();
+    for (id, key) in originals {
+        let (in_table, queued) = (rows.contains(key), listed.contains(id));
+        assert!(
+            in_table != queued,
+            "dead letter {id} (row {key}): in the table {in_table}, still queued {queued}; {ctx}"
+        );
+    }
+}
+
+/// A `mqdb dlq replay --all` child process; stdout and stderr go to files in the test's dir.
 struct Replay {
     child: Option<Child>,
     out: PathBuf,
@@ -163,17 +160,24 @@ struct Finished {
     summary: Summary,
 }
 
+impl Finished {
+    fn ctx(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
 impl Replay {
-    /// Starts `mqdb -c CONFIG dlq replay ARGS…` (stdin closed, not a terminal).
-    fn start(config: &Path, args: &[&str], label: &str) -> Replay {
+    /// Starts `mqdb -c CONFIG dlq replay --all` (stdin closed, not a terminal).
+    fn start(config: &Path, label: &str) -> Replay {
         let dir = config.parent().expect("config dir");
-        let out = dir.join(format!("{label}.out"));
-        let err = dir.join(format!("{label}.err"));
+        let (out, err) = (
+            dir.join(format!("{label}.out")),
+            dir.join(format!("{label}.err")),
+        );
         let child = mqdb_command()
             .arg("-c")
             .arg(config)
-            .args(["dlq", "replay"])
-            .args(args)
+            .args(["dlq", "replay", "--all"])
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(File::create(&out).expect("create replay stdout"))
@@ -192,31 +196,26 @@ impl Replay {
     }
 
     fn output(&self) -> String {
-        format!(
-            "stdout:\n{}\nstderr:\n{}",
-            std::fs::read_to_string(&self.out).unwrap_or_default(),
-            std::fs::read_to_string(&self.err).unwrap_or_default()
-        )
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!("stdout:\n{}\nstderr:\n{}", read(&self.out), read(&self.err))
     }
 
-    /// Polls `check` every 50 ms until it is true; panics with the replay's output if the
-    /// replay exits first or after [`LIVENESS`].
-    fn wait_until(&mut self, what: &str, mut check: impl FnMut() -> bool) {
+    /// Waits until `n` statements wait on a row lock of `table` (the rows a [`Blocker`]
+    /// holds); panics with the replay's output if it exits first or after [`LIVENESS`].
+    fn wait_held(&mut self, db: &Db, table: &str, n: i64) {
+        let waiting = pg_lock_waiters(table);
         let start = Instant::now();
-        loop {
-            if check() {
-                return;
-            }
+        while try_scalar(db, &waiting).unwrap_or(0) < n {
             let child = self.child.as_mut().expect("replay not reaped");
             if let Ok(Some(status)) = child.try_wait() {
                 panic!(
-                    "the replay exited ({status}) while waiting for {what}; {}",
+                    "the replay exited ({status}) before {n} held; {}",
                     self.output()
                 );
             }
             if start.elapsed() >= LIVENESS {
                 panic!(
-                    "timed out after {LIVENESS:?} waiting for {what}; replay {}",
+                    "timed out after {LIVENESS:?} waiting for {n} held; {}",
                     self.output()
                 );
             }
@@ -224,8 +223,8 @@ impl Replay {
         }
     }
 
-    /// Waits for the exit (a [`REPLAY_DEADLINE`] hang detector), without a summary.
-    fn finish_status(&mut self) -> ExitStatus {
+    /// Waits for the exit (a [`REPLAY_DEADLINE`] hang detector).
+    fn exit(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("replay not reaped");
         common::wait_child(&mut child, REPLAY_DEADLINE).unwrap_or_else(|| {
             let _ = child.kill();
@@ -237,17 +236,9 @@ impl Replay {
         })
     }
 
-    /// Waits for the exit (a [`REPLAY_DEADLINE`] hang detector) and parses the summary.
+    /// Waits for the exit and parses the summary.
     fn finish(&mut self) -> Finished {
-        let mut child = self.child.take().expect("replay not reaped");
-        let Some(status) = common::wait_child(&mut child, REPLAY_DEADLINE) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the replay did not finish within {REPLAY_DEADLINE:?}; {}",
-                self.output()
-            );
-        };
+        let status = self.exit();
         let stdout = std::fs::read_to_string(&self.out).unwrap_or_default();
         let stderr = std::fs::read_to_string(&self.err).unwrap_or_default();
         let summary = Summary::parse(&stdout)
@@ -291,8 +282,6 @@ impl Summary {
         if words.get(2) != Some(&"of") {
             return None;
         }
-        let replayed = num(words.get(1)?)?;
-        let total = num(words.get(3)?)?;
         let mut failed = BTreeMap::new();
         if let Some(at) = line.find(", failed ") {
             let rest = &line[at..];
@@ -311,8 +300,8 @@ impl Summary {
         };
         Some(Summary {
             line: line.to_owned(),
-            replayed,
-            total,
+            replayed: num(words.get(1)?)?,
+            total: num(words.get(3)?)?,
             failed,
             held: count_before(" held by another replay"),
             gone: count_before(" no longer in the queue"),
@@ -329,10 +318,10 @@ impl Summary {
     }
 }
 
-/// Produces `n` rejected dead letters on route `load` (topic `{root}/data`, payload ids
-/// `1..=n`, `v = id`) with a bridge and a table whose CHECK (`v < 0`) rejects every row;
-/// stops the bridge and drops the constraint so the entries become replayable. Returns the
-/// config, the table and the dead letters (id order).
+/// Produces `n` rejected dead letters on route `load` (payload ids `1..=n`, `v = id`) with a
+/// bridge and a table whose CHECK (`v < 0`) rejects every row; stops the bridge and drops
+/// the constraint so the entries become replayable. Returns the config, the table and the
+/// dead letters (id order).
 fn replayable_dead_letters(world: &World, n: i64) -> (PathBuf, TempTable, Vec<Json>) {
     let db = Db::Postgres;
     let table = TempTable::create(
@@ -340,25 +329,17 @@ fn replayable_dead_letters(world: &World, n: i64) -> (PathBuf, TempTable, Vec<Js
         "replay",
         "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, CONSTRAINT v_negative CHECK (v < 0)",
     );
-    let root = unique("replay");
+    let topic = format!("{}/data", unique("replay"));
     let config = world
-        .config(&Db::Postgres)
-        .inbound(route("load", &format!("{root}/data"), &table.name))
+        .config(&db)
+        .inbound(route("load", &topic, &table.name))
         .write();
-    world.persistent_session(&format!("{root}/data"));
-    world.publisher().publish_all_confirmed(
-        (1..=n)
-            .map(|id| {
-                (
-                    format!("{root}/data"),
-                    format!(r#"{{"id":{id},"v":{id}}}"#).into_bytes(),
-                )
-            })
-            .collect(),
-        1,
-    );
+    world.persistent_session(&topic);
+    world
+        .publisher()
+        .publish_all_confirmed(good(&topic, 1..=n), 1);
     let mut bridge = Bridge::start(&config);
-    wait_for_dead_letters(&mut bridge, &config, n as usize);
+    wait_dead_letters(&mut bridge, &config, n as usize);
     terminate_ok(&mut bridge);
     assert_eq!(table.count(), 0, "the CHECK constraint rejected every row");
     db.exec(&format!(
@@ -384,11 +365,8 @@ impl Blocker {
     fn hold(db: &Db, table: &str, id: i64) -> Blocker {
         let conn = odbc_connect(&db.connection_string()).expect("connect the blocker");
         conn.set_autocommit(false).expect("autocommit off");
-        odbc_exec(
-            &conn,
-            &format!("INSERT INTO {table} (id, v) VALUES ({id}, -1)"),
-        )
-        .expect("hold the row");
+        let sql = format!("INSERT INTO {table} (id, v) VALUES ({id}, -1)");
+        odbc_exec(&conn, &sql).expect("hold the row");
         Blocker { conn }
     }
 
@@ -397,179 +375,158 @@ impl Blocker {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// 1. The mirror to MQTT
-// ---------------------------------------------------------------------------------------
+/// A running bridge whose routes (`<root>/<name>`, into one table that rejects NULL values)
+/// store dead letters and mirror them as `mirror` configures.
+struct Mirror {
+    world: World,
+    table: TempTable,
+    root: String,
+    config: PathBuf,
+    bridge: Bridge,
+}
+
+impl Mirror {
+    fn start(routes: &[&str], mirror: impl FnOnce(Config) -> Config) -> Mirror {
+        let (db, world, root) = (Db::Postgres, World::new("dlq-ops"), unique("mirror"));
+        let columns = "id INTEGER PRIMARY KEY, v INTEGER NOT NULL";
+        let table = TempTable::create(&db, "mirror", columns);
+        let add = |c: Config, r: &&str| c.inbound(route(r, &format!("{root}/{r}"), &table.name));
+        let config = mirror(routes.iter().fold(world.config(&db), add)).write();
+        world.persistent_session(&format!("{root}/+"));
+        let bridge = Bridge::start(&config);
+        bridge.wait_for_log("mirroring dead letters", LIVENESS);
+        Mirror {
+            world,
+            table,
+            root,
+            config,
+            bridge,
+        }
+    }
+
+    /// The topic of route `name`.
+    fn topic(&self, name: &str) -> String {
+        format!("{}/{name}", self.root)
+    }
+
+    /// Publishes `messages` and waits until the table has `rows` rows and `letters` dead
+    /// letters are stored.
+    fn flow(&mut self, messages: Messages, rows: i64, letters: usize) {
+        self.world.publisher().publish_all_confirmed(messages, 1);
+        let count = format!("SELECT COUNT(*) FROM {}", self.table.name);
+        wait_for_count(&mut self.bridge, &Db::Postgres, &count, rows);
+        wait_dead_letters(&mut self.bridge, &self.config, letters);
+    }
+
+    /// Waits until `mirrored` counts at least `n` copies.
+    fn wait_mirrored(&mut self, n: usize, mut mirrored: impl FnMut() -> usize) {
+        let what = format!("{n} mirrored dead letters");
+        wait_for(&mut self.bridge, &what, || Ok(mirrored() >= n));
+    }
+}
 
 #[test]
 fn mirror_to_mqtt_publishes_each_dead_letter_once_as_its_list_object() {
     // Given two routes into a table that rejects NULL values, and a mirror to the same
     // broker on a topic built from the route and the kind of error
-    let db = Db::Postgres;
-    let world = World::new("dlq-ops");
-    let table = TempTable::create(
-        &db,
-        "mirror_mqtt",
-        "id INTEGER PRIMARY KEY, v INTEGER NOT NULL",
-    );
-    let t = table.name.clone();
-    let root = unique("mm");
-    let config = world
-        .config(&db)
-        .inbound(route("alpha", &format!("{root}/alpha"), &t))
-        .inbound(route("beta", &format!("{root}/beta"), &t))
-        .set(
-            "dead_letter",
-            json!({ "publish": { "broker": "b", "topic": "mqdb/dead/{route}/{error_kind}", "qos": 1 } }),
-        )
-        .write();
-    let watcher = Subscriber::connect(world.broker.port, "mqdb/dead/#", 1);
-    world.persistent_session(&format!("{root}/+"));
-    let mut bridge = Bridge::start(&config);
-    bridge.wait_for_log("mirroring dead letters", LIVENESS);
+    let mut m = Mirror::start(&["alpha", "beta"], |c| {
+        let publish = json!({ "broker": "b", "topic": "mqdb/dead/{route}/{error_kind}", "qos": 1 });
+        c.set("dead_letter", json!({ "publish": publish }))
+    });
+    let watcher = m.world.subscribe("mqdb/dead/#");
 
     // When 40 good messages flow with 5 bad ones of three kinds among them
+    let (alpha, beta) = (m.topic("alpha"), m.topic("beta"));
     let bad: Messages = vec![
-        (format!("{root}/alpha"), br#"{"id": 9001, "v": "#.to_vec()),
-        (format!("{root}/alpha"), br#"{"id":9002,"v":null}"#.to_vec()),
-        (format!("{root}/beta"), br#"{"id":9003,"v":"abc"}"#.to_vec()),
-        (format!("{root}/beta"), b"not json".to_vec()),
-        (format!("{root}/beta"), br#"{"id":9005,"v":null}"#.to_vec()),
+        (alpha.clone(), br#"{"id": 9001, "v": "#.to_vec()),
+        (alpha.clone(), br#"{"id":9002,"v":null}"#.to_vec()),
+        (beta.clone(), br#"{"id":9003,"v":"abc"}"#.to_vec()),
+        (beta.clone(), b"not json".to_vec()),
+        (beta.clone(), br#"{"id":9005,"v":null}"#.to_vec()),
     ];
     let route_of = |id: i64| if id % 2 == 0 { "alpha" } else { "beta" };
-    let messages = good_among_bad(&root, 40, route_of, &bad);
-    let publisher = world.publisher();
-    publisher.publish_all_confirmed(messages, 1);
 
     // Then the good rows land, the bad ones are stored, and each is mirrored
-    wait_for_count(&mut bridge, &db, &format!("SELECT COUNT(*) FROM {t}"), 40);
-    wait_for_dead_letters(&mut bridge, &config, 5);
-    wait_for(&mut bridge, "5 mirrored dead letters", || {
-        Ok(watcher.count() >= 5)
-    });
+    m.flow(good_among_bad(&m.root, 40, route_of, &bad), 40, 5);
+    m.wait_mirrored(5, || watcher.count());
     // And once one more dead letter is mirrored after them, nothing was mirrored twice
-    publisher.publish_all_confirmed(
-        vec![(format!("{root}/alpha"), br#"{"id":9006,"v":null}"#.to_vec())],
-        1,
-    );
-    wait_for_dead_letters(&mut bridge, &config, 6);
-    wait_for(&mut bridge, "the 6th mirrored dead letter", || {
-        Ok(watcher.count() >= 6)
-    });
+    m.flow(vec![(alpha, br#"{"id":9006,"v":null}"#.to_vec())], 40, 6);
+    m.wait_mirrored(6, || watcher.count());
 
-    let letters = dlq_list(&config);
-    let expected: BTreeMap<(String, String), usize> = [
-        (("alpha", "decode"), 1),
-        (("alpha", "rejected"), 2),
-        (("beta", "convert"), 1),
-        (("beta", "decode"), 1),
-        (("beta", "rejected"), 1),
-    ]
-    .into_iter()
-    .map(|((r, k), n)| ((r.to_owned(), k.to_owned()), n))
-    .collect();
-    assert_eq!(kinds(&letters), expected, "{letters:#?}");
+    let letters = dlq_list(&m.config);
+    assert_kinds(
+        &letters,
+        &[
+            ("alpha", "decode", 1),
+            ("alpha", "rejected", 2),
+            ("beta", "convert", 1),
+            ("beta", "decode", 1),
+            ("beta", "rejected", 1),
+        ],
+    );
     let received = watcher.messages();
     for m in &received {
         assert_eq!(m.qos, 1, "published at the configured QoS 1: {m:?}");
         assert!(!m.retain, "{m:?}");
     }
-    let copies: Vec<(String, Json)> = received
-        .iter()
-        .map(|m| {
-            let copy = serde_json::from_slice(&m.payload)
-                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", m.payload_str()));
-            (m.topic.clone(), copy)
-        })
-        .collect();
-    assert_mirrored(&letters, &copies, |l| {
+    let copies = received.into_iter().map(|m| (m.topic, m.payload)).collect();
+    assert_mirrored(&letters, copies, |l| {
         format!("mqdb/dead/{}/{}", text(l, "route"), text(l, "error_kind"))
     });
     // And the local store keeps them all
-    assert_eq!(dlq_list(&config), letters);
-    terminate_ok(&mut bridge);
+    assert_eq!(dlq_list(&m.config), letters);
+    terminate_ok(&mut m.bridge);
 }
-
-// ---------------------------------------------------------------------------------------
-// 2. The mirror to AMQP
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn mirror_to_amqp_publishes_each_dead_letter_once_to_the_exchange() {
     // Given a topic exchange with a bound queue, and a mirror to it with a routing key
     // built from the route and the kind of error
-    let db = Db::Postgres;
-    let world = World::new("dlq-ops");
     let mut rabbit = Rabbit::connect();
-    let exchange = unique("mqdb_dead_x");
-    let queue = unique("mqdb_dead_q");
+    let (exchange, queue) = (unique("mqdb_dead_x"), unique("mqdb_dead_q"));
     rabbit.declare_exchange(&exchange, "topic");
     rabbit.declare_bound_queue(&queue, &exchange, "#");
-    let table = TempTable::create(
-        &db,
-        "mirror_amqp",
-        "id INTEGER PRIMARY KEY, v INTEGER NOT NULL",
-    );
-    let t = table.name.clone();
-    let root = unique("ma");
-    let config = world
-        .config(&db)
-        .broker("r", Rabbit::URL, Json::Null)
-        .inbound(route("gamma", &format!("{root}/gamma"), &t))
-        .inbound(route("delta", &format!("{root}/delta"), &t))
-        .set(
-            "dead_letter",
-            json!({ "publish": { "broker": "r", "exchange": exchange, "routing_key": "{route}.{error_kind}" } }),
-        )
-        .write();
-    world.persistent_session(&format!("{root}/+"));
-    let mut bridge = Bridge::start(&config);
-    bridge.wait_for_log("mirroring dead letters", LIVENESS);
+    let mut m = Mirror::start(&["gamma", "delta"], |c| {
+        let publish =
+            json!({ "broker": "r", "exchange": exchange, "routing_key": "{route}.{error_kind}" });
+        let c = c.broker("r", Rabbit::URL, Json::Null);
+        c.set("dead_letter", json!({ "publish": publish }))
+    });
 
     // When 30 good messages flow with 5 bad ones among them
+    let (gamma, delta) = (m.topic("gamma"), m.topic("delta"));
     let bad: Messages = vec![
-        (format!("{root}/gamma"), b"{".to_vec()),
-        (format!("{root}/delta"), br#"{"id":9002,"v":null}"#.to_vec()),
-        (format!("{root}/gamma"), br#"{"id":9003,"v":"x"}"#.to_vec()),
-        (format!("{root}/gamma"), br#"{"id":9004,"v":null}"#.to_vec()),
-        (format!("{root}/delta"), b"[1,".to_vec()),
+        (gamma.clone(), b"{".to_vec()),
+        (delta.clone(), br#"{"id":9002,"v":null}"#.to_vec()),
+        (gamma.clone(), br#"{"id":9003,"v":"x"}"#.to_vec()),
+        (gamma.clone(), br#"{"id":9004,"v":null}"#.to_vec()),
+        (delta.clone(), b"[1,".to_vec()),
     ];
     let route_of = |id: i64| if id % 3 == 0 { "gamma" } else { "delta" };
-    let messages = good_among_bad(&root, 30, route_of, &bad);
-    let publisher = world.publisher();
-    publisher.publish_all_confirmed(messages, 1);
 
     // Then the queue receives one persistent envelope per stored dead letter
-    wait_for_count(&mut bridge, &db, &format!("SELECT COUNT(*) FROM {t}"), 30);
-    wait_for_dead_letters(&mut bridge, &config, 5);
+    m.flow(good_among_bad(&m.root, 30, route_of, &bad), 30, 5);
     let mut taken = Vec::new();
-    wait_for(&mut bridge, "5 mirrored dead letters in the queue", || {
+    let mut take = || {
         taken.extend(rabbit.take_up_to(&queue, 100));
-        Ok(taken.len() >= 5)
-    });
+        taken.len()
+    };
+    m.wait_mirrored(5, &mut take);
     // And after one more, nothing arrived twice
-    publisher.publish_all_confirmed(
-        vec![(format!("{root}/delta"), br#"{"id":9006,"v":null}"#.to_vec())],
-        1,
-    );
-    wait_for_dead_letters(&mut bridge, &config, 6);
-    wait_for(&mut bridge, "the 6th mirrored dead letter", || {
-        taken.extend(rabbit.take_up_to(&queue, 100));
-        Ok(taken.len() >= 6)
-    });
+    m.flow(vec![(delta, br#"{"id":9006,"v":null}"#.to_vec())], 30, 6);
+    m.wait_mirrored(6, &mut take);
 
-    let letters = dlq_list(&config);
-    let expected: BTreeMap<(String, String), usize> = [
-        (("delta", "decode"), 1),
-        (("delta", "rejected"), 2),
-        (("gamma", "convert"), 1),
-        (("gamma", "decode"), 1),
-        (("gamma", "rejected"), 1),
-    ]
-    .into_iter()
-    .map(|((r, k), n)| ((r.to_owned(), k.to_owned()), n))
-    .collect();
-    assert_eq!(kinds(&letters), expected, "{letters:#?}");
+    let letters = dlq_list(&m.config);
+    assert_kinds(
+        &letters,
+        &[
+            ("delta", "decode", 1),
+            ("delta", "rejected", 2),
+            ("gamma", "convert", 1),
+            ("gamma", "decode", 1),
+            ("gamma", "rejected", 1),
+        ],
+    );
     for m in &taken {
         assert_eq!(m.exchange, exchange, "{m:?}");
         assert_eq!(m.delivery_mode, Some(2), "persistent: {m:?}");
@@ -579,67 +536,30 @@ fn mirror_to_amqp_publishes_each_dead_letter_once_to_the_exchange() {
         let id = copy["id"].as_i64().expect("an id").to_string();
         assert_eq!(m.message_id.as_deref(), Some(id.as_str()), "{m:?}");
     }
-    let copies: Vec<(String, Json)> = taken
-        .iter()
-        .map(|m| {
-            let copy = serde_json::from_slice(&m.payload).unwrap_or_else(|e| {
-                panic!("not JSON ({e}): {}", String::from_utf8_lossy(&m.payload))
-            });
-            (m.routing_key.clone(), copy)
-        })
+    let copies = taken
+        .into_iter()
+        .map(|m| (m.routing_key, m.payload))
         .collect();
-    assert_mirrored(&letters, &copies, |l| {
+    assert_mirrored(&letters, copies, |l| {
         format!("{}.{}", text(l, "route"), text(l, "error_kind"))
     });
-    assert_eq!(dlq_list(&config), letters, "mirroring removes nothing");
-    terminate_ok(&mut bridge);
+    assert_eq!(dlq_list(&m.config), letters, "mirroring removes nothing");
+    terminate_ok(&mut m.bridge);
 }
-
-// ---------------------------------------------------------------------------------------
-// 3. A mirror outage
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn mirror_outage_never_blocks_the_data_path_and_catches_up_in_order() {
     // Given a mirror to a second private Mosquitto reached through a proxy
-    let db = Db::Postgres;
-    let world = World::new("dlq-ops");
     let mirror_broker = Mosquitto::start();
     let proxy = TcpProxy::start(mirror_broker.addr());
-    let table = TempTable::create(
-        &db,
-        "mirror_out",
-        "id INTEGER PRIMARY KEY, v INTEGER NOT NULL",
-    );
-    let t = table.name.clone();
-    let root = unique("mo");
-    let config = world
-        .config(&db)
-        .broker(
-            "m",
-            &format!("mqtt://127.0.0.1:{}", proxy.port),
-            json!({ "client_id": unique("mqdb_mirror") }),
-        )
-        .inbound(route("omega", &format!("{root}/omega"), &t))
-        .set(
-            "dead_letter",
-            json!({ "publish": { "broker": "m", "topic": "mqdb/dead/{route}/{error_kind}" } }),
-        )
-        .write();
+    let mut m = Mirror::start(&["omega"], |c| {
+        let url = format!("mqtt://127.0.0.1:{}", proxy.port);
+        let c = c.broker("m", &url, json!({ "client_id": unique("mqdb_mirror") }));
+        let publish = json!({ "broker": "m", "topic": "mqdb/dead/{route}/{error_kind}" });
+        c.set("dead_letter", json!({ "publish": publish }))
+    });
     let watcher = Subscriber::connect(mirror_broker.port, "mqdb/dead/#", 1);
-    world.persistent_session(&format!("{root}/+"));
-    let mut bridge = Bridge::start(&config);
-    bridge.wait_for_log("mirroring dead letters", LIVENESS);
-    let topic = format!("{root}/omega");
-    let good = |ids: std::ops::RangeInclusive<i64>| -> Messages {
-        ids.map(|id| {
-            (
-                topic.clone(),
-                format!(r#"{{"id":{id},"v":{id}}}"#).into_bytes(),
-            )
-        })
-        .collect()
-    };
+    let topic = m.topic("omega");
     let bad = |n: i64| -> (String, Vec<u8>) {
         let payload = match n % 3 {
             0 => format!(r#"{{"id":{},"v":null}}"#, 10_000 + n),
@@ -648,27 +568,20 @@ fn mirror_outage_never_blocks_the_data_path_and_catches_up_in_order() {
         };
         (topic.clone(), payload.into_bytes())
     };
-    let publisher = world.publisher();
-    let mut first = good(1..=10);
-    first.push(bad(0));
-    first.push(bad(1));
-    publisher.publish_all_confirmed(first, 1);
-    let count_sql = format!("SELECT COUNT(*) FROM {t}");
-    wait_for_count(&mut bridge, &db, &count_sql, 10);
-    wait_for_dead_letters(&mut bridge, &config, 2);
-    wait_for(&mut bridge, "the first 2 mirrored", || {
-        Ok(watcher.count() >= 2)
-    });
+    m.flow([good(&topic, 1..=10), vec![bad(0), bad(1)]].concat(), 10, 2);
+    m.wait_mirrored(2, || watcher.count());
     // (the mirror stored its position past them: nothing of it is in flight at the cut)
-    let last_id = dlq_list(&config)
+    let last_id = dlq_list(&m.config)
         .iter()
         .map(id_of)
         .max()
         .expect("2 letters");
-    let state = world.store.reader();
-    wait_for(&mut bridge, "the mirror position past the first 2", || {
-        Ok(try_scalar(&state, "SELECT MAX(last_id) FROM mirror_position") == Some(last_id))
-    });
+    let state = m.world.store.reader();
+    wait_for(
+        &mut m.bridge,
+        "the mirror position past the first 2",
+        || Ok(try_scalar(&state, "SELECT MAX(last_id) FROM mirror_position") == Some(last_id)),
+    );
 
     // When the mirror's broker is unreachable while good and bad messages keep flowing, in
     // four waves, each after the mirror has tried (and failed) to reconnect once more, so
@@ -676,64 +589,47 @@ fn mirror_outage_never_blocks_the_data_path_and_catches_up_in_order() {
     proxy.set_down(true);
     let mut attempts = proxy.accepted();
     for wave in 0..4_i64 {
-        wait_for(&mut bridge, "another refused mirror connection", || {
+        wait_for(&mut m.bridge, "another refused mirror connection", || {
             Ok(proxy.accepted() > attempts)
         });
         attempts = proxy.accepted();
+        let ids = 11 + wave * 75..11 + (wave + 1) * 75;
         let mut msgs = Vec::new();
-        for id in 11 + wave * 75..11 + (wave + 1) * 75 {
-            msgs.extend(good(id..=id));
+        for id in ids {
+            msgs.extend(good(&topic, [id]));
             if id % 15 == 0 {
                 msgs.push(bad(id));
             }
         }
-        publisher.publish_all_confirmed(msgs, 1);
-
         // Then the good rows keep landing and the dead letters are stored meanwhile
-        wait_for_count(&mut bridge, &db, &count_sql, 10 + (wave + 1) * 75);
         let stored = 2 + (11..11 + (wave + 1) * 75).filter(|id| id % 15 == 0).count();
-        wait_for_dead_letters(&mut bridge, &config, stored);
+        m.flow(msgs, 10 + (wave + 1) * 75, stored);
     }
-    assert_eq!(dlq_list(&config).len(), 22);
-    assert_eq!(
-        watcher.count(),
-        2,
-        "nothing was mirrored through the cut proxy (the test's own premise)"
-    );
+    assert_eq!(dlq_list(&m.config).len(), 22);
+    let premise = "nothing was mirrored through the cut proxy (the test's own premise)";
+    assert_eq!(watcher.count(), 2, "{premise}");
 
     // And once it is back, every dead letter is mirrored, in id order, none missing
     proxy.set_down(false);
-    wait_for(&mut bridge, "22 mirrored dead letters", || {
-        Ok(watcher.count() >= 22)
-    });
-    publisher.publish_all_confirmed(vec![bad(1000)], 1);
-    wait_for_dead_letters(&mut bridge, &config, 23);
-    wait_for(&mut bridge, "the 23rd mirrored dead letter", || {
-        Ok(watcher.count() >= 23)
-    });
-    let letters = dlq_list(&config);
-    let copies: Vec<(String, Json)> = watcher
+    m.wait_mirrored(22, || watcher.count());
+    m.flow(vec![bad(1000)], 310, 23);
+    m.wait_mirrored(23, || watcher.count());
+    let letters = dlq_list(&m.config);
+    let copies = watcher
         .messages()
-        .iter()
-        .map(|m| {
-            let copy = serde_json::from_slice(&m.payload)
-                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", m.payload_str()));
-            (m.topic.clone(), copy)
-        })
+        .into_iter()
+        .map(|m| (m.topic, m.payload))
         .collect();
-    assert_mirrored(&letters, &copies, |l| {
+    assert_mirrored(&letters, copies, |l| {
         format!("mqdb/dead/{}/{}", text(l, "route"), text(l, "error_kind"))
     });
+    let reconnected = proxy.accepted() >= 2;
     assert!(
-        proxy.accepted() >= 2,
+        reconnected,
         "the mirror never reconnected, so it never saw the outage"
     );
-    terminate_ok(&mut bridge);
+    terminate_ok(&mut m.bridge);
 }
-
-// ---------------------------------------------------------------------------------------
-// 4. A replay interrupted with SIGINT
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn replay_interrupted_by_sigint_leaves_every_entry_in_exactly_one_place() {
@@ -749,67 +645,49 @@ fn replay_interrupted_by_sigint_leaves_every_entry_in_exactly_one_place() {
     // SIGINT once its first rows are in the table
     let held = payload_id(&letters[750]);
     let blocker = Blocker::hold(&db, &t, held);
-    let mut replay = Replay::start(&config, &["--all"], "replay1");
-    let waiting = pg_lock_waiters(&t);
-    replay.wait_until("the replay's batch waiting on the held row", || {
-        try_scalar(&db, &waiting).unwrap_or(0) >= 1
-    });
-    let before = table.count();
-    assert!(before > 0, "rows appeared before the interrupt");
+    let mut replay = Replay::start(&config, "replay1");
+    replay.wait_held(&db, &t, 1);
+    assert!(table.count() > 0, "rows appeared before the interrupt");
     common::send_signal(replay.pid(), "INT");
     blocker.release();
     let first = replay.finish();
     eprintln!("interrupted replay: {}", first.summary.line);
 
     // Then it exits 1 and says it was interrupted
-    let ctx = format!("{}\n{}", first.stdout, first.stderr);
+    let ctx = first.ctx();
     assert_eq!(first.status.code(), Some(1), "{ctx}");
     assert!(first.summary.line.contains("interrupted"), "{ctx}");
     assert_eq!(first.summary.total, n as u64, "{ctx}");
     assert_eq!(first.summary.failures(), 0, "{ctx}");
-    assert!(
-        first.summary.replayed > 0 && first.summary.replayed < n as u64,
-        "{ctx}"
-    );
+    let replayed = first.summary.replayed;
+    assert!(replayed > 0 && replayed < n as u64, "{ctx}");
     // And the batch at hand finished: the held row's entry is in the table
-    let rows: BTreeSet<i64> = row_ids(&db, &t).into_iter().collect();
+    let rows = row_ids(&db, &t);
     assert!(
         rows.contains(&held),
         "the batch at hand was not finished; {ctx}"
     );
-    assert_eq!(rows.len() as u64, first.summary.replayed, "{ctx}");
+    assert_eq!(rows.len() as u64, replayed, "{ctx}");
     // And every entry is either a row (and gone from the queue) or still queued (and not a
     // row), untouched: never both, never neither
     let left = dlq_list(&config);
-    let listed: BTreeMap<i64, &Json> = left.iter().map(|l| (id_of(l), l)).collect();
-    for (id, key) in &originals {
-        let in_table = rows.contains(key);
-        let queued = listed.contains_key(id);
-        assert!(
-            in_table != queued,
-            "dead letter {id} (row {key}): in the table {in_table}, still queued {queued}; {ctx}"
-        );
-    }
-    assert!(
-        listed.keys().all(|id| originals.contains_key(id)),
-        "no new entries"
-    );
+    assert_one_place(&rows, &left, &originals, &ctx);
     for l in &left {
+        assert!(originals.contains_key(&id_of(l)), "no new entries: {l}");
         assert_eq!(l["attempts"], 1, "an untouched entry: {l}");
         assert_eq!(l["sqlstate"], "23514", "an untouched entry: {l}");
     }
 
     // When the replay runs again
-    let mut again = Replay::start(&config, &["--all"], "replay2");
-    let second = again.finish();
+    let second = Replay::start(&config, "replay2").finish();
     eprintln!("second replay: {}", second.summary.line);
 
     // Then it finishes the rest, and the counts add up exactly
-    let ctx = format!("{}\n{}", second.stdout, second.stderr);
+    let ctx = second.ctx();
     assert_eq!(second.status.code(), Some(0), "{ctx}");
     assert_eq!(second.summary.total, left.len() as u64, "{ctx}");
     assert_eq!(second.summary.replayed, left.len() as u64, "{ctx}");
-    assert_eq!(first.summary.replayed + second.summary.replayed, n as u64);
+    assert_eq!(replayed + second.summary.replayed, n as u64);
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
     assert_eq!(table.count(), n);
     assert_eq!(
@@ -822,10 +700,6 @@ fn replay_interrupted_by_sigint_leaves_every_entry_in_exactly_one_place() {
         n * (n + 1) / 2
     );
 }
-
-// ---------------------------------------------------------------------------------------
-// 5. A replay beside `mqdb run`
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
@@ -840,8 +714,7 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
         "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, CONSTRAINT v_small CHECK (v < 1000000)",
     );
     let t = table.name.clone();
-    let root = unique("beside");
-    let topic = format!("{root}/data");
+    let topic = format!("{}/data", unique("beside"));
     let config = world
         .config(&db)
         .inbound(route("beside", &topic, &t))
@@ -851,24 +724,19 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     let n: i64 = 1500;
     let mut first: Messages = Vec::new();
     for id in 1..=n {
-        first.push((
-            topic.clone(),
-            format!(r#"{{"id":{id},"v":{}}}"#, 1_000_000 + id).into_bytes(),
-        ));
+        let payload = format!(r#"{{"id":{id},"v":{}}}"#, 1_000_000 + id);
+        first.push((topic.clone(), payload.into_bytes()));
         if id % 100 == 50 {
-            first.push((
-                topic.clone(),
-                format!(r#"{{"id":{}"#, 50_000 + id).into_bytes(),
-            ));
+            let undecodable = format!(r#"{{"id":{}"#, 50_000 + id);
+            first.push((topic.clone(), undecodable.into_bytes()));
         }
     }
     let hopeless_count = (n / 100) as usize;
     publisher.publish_all_confirmed(first, 1);
     let mut bridge = Bridge::start(&config);
-    wait_for_dead_letters(&mut bridge, &config, n as usize + hopeless_count);
+    let letters = wait_dead_letters(&mut bridge, &config, n as usize + hopeless_count);
     assert_eq!(table.count(), 0);
     db.exec(&format!("ALTER TABLE {t} DROP CONSTRAINT v_small"));
-    let letters = dlq_list(&config);
     // dead-letter id -> row id, for the replayable ones; the ids of the undecodable ones
     let replayable: BTreeMap<i64, i64> = letters
         .iter()
@@ -887,41 +755,31 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     // The bridge's traffic: good rows (ids from 100000) and bad messages that stay dead
     // letters whatever happens (NULL into NOT NULL, bad JSON)
     let traffic = |from: i64, count: i64| -> (Messages, i64, i64) {
-        let mut msgs = Vec::new();
-        let (mut good, mut bad) = (0, 0);
-        for id in from..from + count {
-            if id % 5 == 0 {
-                let payload = if id % 10 == 0 {
-                    format!(r#"{{"id":{id},"v":null}}"#)
-                } else {
-                    format!(r#"{{"id":{id},"v":"#)
-                };
-                msgs.push((topic.clone(), payload.into_bytes()));
-                bad += 1;
-            } else {
-                msgs.push((
-                    topic.clone(),
-                    format!(r#"{{"id":{id},"v":{id}}}"#).into_bytes(),
-                ));
-                good += 1;
-            }
-        }
-        (msgs, good, bad)
+        let ids = from..from + count;
+        let (bad, fine): (Vec<i64>, Vec<i64>) = ids.clone().partition(|id| id % 5 == 0);
+        let msgs = ids.map(|id| match (id % 5, id % 10) {
+            (0, 0) => (
+                topic.clone(),
+                format!(r#"{{"id":{id},"v":null}}"#).into_bytes(),
+            ),
+            (0, _) => (topic.clone(), format!(r#"{{"id":{id},"v":"#).into_bytes()),
+            _ => good(&topic, [id]).remove(0),
+        });
+        (msgs.collect(), fine.len() as i64, bad.len() as i64)
     };
 
     // When a replay of all entries runs, held in its second batch while the bridge stores
     // new rows and new dead letters, and the bridge keeps going after the hold is released
     let held = letters[750..]
         .iter()
-        .find(|l| l["error_kind"] == "rejected")
-        .map(payload_id)
-        .expect("a replayable entry in the second batch");
-    let blocker = Blocker::hold(&db, &t, held);
-    let mut replay = Replay::start(&config, &["--all"], "replay");
-    let waiting = pg_lock_waiters(&t);
-    replay.wait_until("the replay's batch waiting on the held row", || {
-        try_scalar(&db, &waiting).unwrap_or(0) >= 1
-    });
+        .find(|l| l["error_kind"] == "rejected");
+    let blocker = Blocker::hold(
+        &db,
+        &t,
+        payload_id(held.expect("a replayable entry in the second batch")),
+    );
+    let mut replay = Replay::start(&config, "replay");
+    replay.wait_held(&db, &t, 1);
     let (msgs, good_a, bad_a) = traffic(100_000, 300);
     publisher.publish_all_confirmed(msgs, 1);
     let new_rows_sql = format!("SELECT COUNT(*) FROM {t} WHERE id >= 100000");
@@ -948,7 +806,7 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     publisher.publish_all_confirmed(msgs, 1);
     let done = replay.finish();
     eprintln!("replay beside the bridge: {}", done.summary.line);
-    let ctx = format!("{}\n{}", done.stdout, done.stderr);
+    let ctx = done.ctx();
 
     // Then every replayable entry was replayed exactly once, and only those succeeded
     wait_for_count(&mut bridge, &db, &new_rows_sql, good_a + good_b);
@@ -967,23 +825,22 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     );
     assert!(done.summary.adds_up(), "{ctx}");
     for kind in done.summary.failed.keys() {
+        let expected = kind == "decode" || kind == "rejected";
         assert!(
-            kind == "decode" || kind == "rejected",
+            expected,
             "only undecodable and new entries fail again: {ctx}"
         );
     }
     assert_eq!(done.status.code(), Some(1), "{ctx}");
-    let rows: Vec<i64> = row_ids(&db, &t);
+    let rows = row_ids(&db, &t);
     let unique_rows: BTreeSet<i64> = rows.iter().copied().collect();
     assert_eq!(rows.len(), unique_rows.len(), "no duplicate rows");
     assert_eq!(rows.len() as i64, n + good_a + good_b, "{ctx}");
     for key in replayable.values() {
         assert!(unique_rows.contains(key), "original row {key} is missing");
     }
-    assert_eq!(
-        scalar(&db, &format!("SELECT SUM(v) FROM {t} WHERE id <= {n}")),
-        (1..=n).map(|id| 1_000_000 + id).sum::<i64>()
-    );
+    let sum = scalar(&db, &format!("SELECT SUM(v) FROM {t} WHERE id <= {n}"));
+    assert_eq!(sum, (1..=n).map(|id| 1_000_000 + id).sum::<i64>());
     // And nothing is lost: the queue holds exactly the undecodable originals and the new bad
     // messages, each once, the ones the replay tried with one more attempt; no replayed
     // original and no duplicate insert
@@ -992,45 +849,35 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     let mut payloads = BTreeSet::new();
     for l in &left {
         let id = id_of(l);
-        assert!(
-            id > last_original || hopeless.contains(&id),
-            "a replayed original is still queued: {l}"
-        );
+        let allowed = id > last_original || hopeless.contains(&id);
+        assert!(allowed, "a replayed original is still queued: {l}");
         assert!(payloads.insert(text(l, "payload").to_owned()), "twice: {l}");
         match text(l, "error_kind") {
             "decode" => {}
             "rejected" => assert_eq!(l["sqlstate"], "23502", "{l}"),
             other => panic!("unexpected kind {other}: {l}"),
         }
+        if id > last_original {
+            assert_eq!(
+                l["attempts"], 1,
+                "stored after the replay began, left for the next one: {l}"
+            );
+        } else {
+            assert_eq!(
+                l["attempts"], 2,
+                "an undecodable original, tried once more: {l}"
+            );
+        }
     }
     for id in &hopeless {
-        let l = left.iter().find(|l| id_of(l) == *id);
-        let l = l.unwrap_or_else(|| panic!("undecodable original {id} was lost; {ctx}"));
-        assert_eq!(l["attempts"], 2, "tried once more: {l}");
+        let kept = left.iter().any(|l| id_of(l) == *id);
+        assert!(kept, "undecodable original {id} was lost; {ctx}");
     }
     let retried = left.iter().filter(|l| l["attempts"] == 2).count() as u64;
-    assert_eq!(
-        retried,
-        done.summary.failures(),
-        "each entry the replay failed again is still queued with 2 attempts; {ctx}"
-    );
-    assert!(
-        left.iter()
-            .filter(|l| id_of(l) > last_original)
-            .all(|l| l["attempts"] == 1),
-        "entries stored after the replay began were left for the next one: {left:#?}"
-    );
-    assert!(
-        left.iter()
-            .all(|l| l["attempts"] == 1 || l["attempts"] == 2),
-        "{left:#?}"
-    );
+    let failed_again = "each entry the replay failed again is still queued with 2 attempts";
+    assert_eq!(retried, done.summary.failures(), "{failed_again}; {ctx}");
     terminate_ok(&mut bridge);
 }
-
-// ---------------------------------------------------------------------------------------
-// 6. Two replays at once
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn two_concurrent_replays_replay_each_entry_exactly_once() {
@@ -1047,34 +894,19 @@ fn two_concurrent_replays_replay_each_entry_exactly_once() {
     let holds: Vec<Blocker> = (0..6)
         .map(|k| Blocker::hold(&db, &t, payload_id(&letters[250 + 500 * k])))
         .collect();
-    let mut a = Replay::start(&config, &["--all"], "replay_a");
-    let mut b = Replay::start(&config, &["--all"], "replay_b");
-    let waiting = pg_lock_waiters(&t);
-    a.wait_until("both replays waiting on a held row", || {
-        try_scalar(&db, &waiting).unwrap_or(0) >= 2
-    });
+    let mut a = Replay::start(&config, "replay_a");
+    let mut b = Replay::start(&config, "replay_b");
+    a.wait_held(&db, &t, 2);
     holds.into_iter().for_each(Blocker::release);
-    let done_a = a.finish();
-    let done_b = b.finish();
-    eprintln!(
-        "replay A: {}; replay B: {}",
-        done_a.summary.line, done_b.summary.line
-    );
-    let ctx = format!(
-        "A:\n{}\n{}\nB:\n{}\n{}",
-        done_a.stdout, done_a.stderr, done_b.stdout, done_b.stderr
-    );
+    let (done_a, done_b) = (a.finish(), b.finish());
+    let (sa, sb) = (&done_a.summary, &done_b.summary);
+    eprintln!("replay A: {}; replay B: {}", sa.line, sb.line);
+    let ctx = format!("A:\n{}\nB:\n{}", done_a.ctx(), done_b.ctx());
 
     // Then between them every entry was replayed once, none failed
-    assert_eq!(done_a.summary.failures(), 0, "{ctx}");
-    assert_eq!(done_b.summary.failures(), 0, "{ctx}");
-    assert!(done_a.summary.replayed > 0, "both worked: {ctx}");
-    assert!(done_b.summary.replayed > 0, "both worked: {ctx}");
-    assert_eq!(
-        done_a.summary.replayed + done_b.summary.replayed,
-        n as u64,
-        "{ctx}"
-    );
+    assert_eq!((sa.failures(), sb.failures()), (0, 0), "{ctx}");
+    assert!(sa.replayed > 0 && sb.replayed > 0, "both worked: {ctx}");
+    assert_eq!(sa.replayed + sb.replayed, n as u64, "{ctx}");
     // (each summary adds up; an exit 1 is fair only for the entries the other replay held,
     // and says so, never "0 dead letters failed again")
     for done in [&done_a, &done_b] {
@@ -1100,10 +932,6 @@ fn two_concurrent_replays_replay_each_entry_exactly_once() {
     );
 }
 
-// ---------------------------------------------------------------------------------------
-// 6a. A purge during a replay
-// ---------------------------------------------------------------------------------------
-
 #[test]
 fn entries_purged_during_a_replay_are_reported_as_gone_not_held() {
     // Given 1200 dead letters whose table accepts them now
@@ -1111,29 +939,18 @@ fn entries_purged_during_a_replay_are_reported_as_gone_not_held() {
     let world = World::new("dlq-ops");
     let n: i64 = 1200;
     let (config, table, letters) = replayable_dead_letters(&world, n);
-    let t = table.name.clone();
 
     // When a replay of all of them waits in its first batch, and everything it has not
     // claimed is purged meanwhile
-    let blocker = Blocker::hold(&db, &t, payload_id(&letters[250]));
-    let mut replay = Replay::start(&config, &["--all"], "purged_under");
-    let waiting = pg_lock_waiters(&t);
-    replay.wait_until("the replay's batch waiting on the held row", || {
-        try_scalar(&db, &waiting).unwrap_or(0) >= 1
-    });
-    let purge = common::run_mqdb(&[
-        "-c",
-        config.to_str().expect("UTF-8 path"),
-        "dlq",
-        "purge",
-        "--all",
-        "--yes",
-    ]);
+    let blocker = Blocker::hold(&db, &table.name, payload_id(&letters[250]));
+    let mut replay = Replay::start(&config, "purged_under");
+    replay.wait_held(&db, &table.name, 1);
+    let purge = run_mqdb(&["-c", path_str(&config), "dlq", "purge", "--all", "--yes"]);
     assert_eq!(purge.status.code(), Some(0), "{purge:?}");
     blocker.release();
     let done = replay.finish();
     eprintln!("replay under a purge: {}", done.summary.line);
-    let ctx = format!("{}\n{}", done.stdout, done.stderr);
+    let ctx = done.ctx();
 
     // Then the purged entries are named as such, never as held by another replay, and the
     // summary adds up to the selection
@@ -1145,10 +962,6 @@ fn entries_purged_during_a_replay_are_reported_as_gone_not_held() {
     assert_eq!(done.status.code(), Some(0), "{ctx}");
     assert_eq!(dlq_list(&config), Vec::<Json>::new(), "{ctx}");
 }
-
-// ---------------------------------------------------------------------------------------
-// 6b. A replay after a killed one
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn replay_after_a_killed_replay_reports_success_only_when_the_queue_is_done() {
@@ -1162,40 +975,22 @@ fn replay_after_a_killed_replay_reports_success_only_when_the_queue_is_done() {
 
     // When a replay is killed (SIGKILL) in the middle of its second batch
     let blocker = Blocker::hold(&db, &t, payload_id(&letters[750]));
-    let mut replay = Replay::start(&config, &["--all"], "killed");
-    let waiting = pg_lock_waiters(&t);
-    replay.wait_until("the replay's batch waiting on the held row", || {
-        try_scalar(&db, &waiting).unwrap_or(0) >= 1
-    });
+    let mut replay = Replay::start(&config, "killed");
+    replay.wait_held(&db, &t, 1);
     common::send_signal(replay.pid(), "KILL");
-    let killed = replay.finish_status();
-    assert_eq!(killed.code(), None, "killed by the signal");
+    assert_eq!(replay.exit().code(), None, "killed by the signal");
     blocker.release();
 
     // Then every entry is a row or still queued, never both, never neither
-    let rows: BTreeSet<i64> = row_ids(&db, &t).into_iter().collect();
-    let listed: BTreeSet<i64> = dlq_list(&config).iter().map(id_of).collect();
-    for (id, key) in &originals {
-        assert!(
-            rows.contains(key) != listed.contains(id),
-            "dead letter {id} (row {key}): in the table {}, still queued {}",
-            rows.contains(key),
-            listed.contains(id)
-        );
-    }
+    let listed = dlq_list(&config);
+    assert_one_place(&row_ids(&db, &t), &listed, &originals, "after the kill");
     assert!(!listed.is_empty(), "the killed batch is still queued");
 
     // And a new replay either replays everything, or does not claim success
-    let mut again = Replay::start(&config, &["--all"], "again");
-    let done = again.finish();
+    let done = Replay::start(&config, "again").finish();
     eprintln!("replay after a killed one: {}", done.summary.line);
     let left = dlq_list(&config);
-    let ctx = format!(
-        "{}{}{} entries still queued",
-        done.stdout,
-        done.stderr,
-        left.len()
-    );
+    let ctx = format!("{}{} entries still queued", done.ctx(), left.len());
     assert_eq!(done.summary.failures(), 0, "{ctx}");
     if done.status.code() == Some(0) {
         assert_eq!(left.len(), 0, "exit 0 while entries remain: {ctx}");
@@ -1203,21 +998,8 @@ fn replay_after_a_killed_replay_reports_success_only_when_the_queue_is_done() {
     } else {
         assert_eq!(done.status.code(), Some(1), "{ctx}");
     }
-    let rows: BTreeSet<i64> = row_ids(&db, &t).into_iter().collect();
-    let listed: BTreeSet<i64> = left.iter().map(id_of).collect();
-    for (id, key) in &originals {
-        assert!(
-            rows.contains(key) != listed.contains(id),
-            "dead letter {id} (row {key}): in the table {}, still queued {}; {ctx}",
-            rows.contains(key),
-            listed.contains(id)
-        );
-    }
+    assert_one_place(&row_ids(&db, &t), &left, &originals, &ctx);
 }
-
-// ---------------------------------------------------------------------------------------
-// 7. Configuration errors
-// ---------------------------------------------------------------------------------------
 
 /// Runs `mqdb -c CONFIG check` on `text` and asserts exit 2 with `file:LINE:` where LINE is
 /// one of `lines` (1-based), and the message naming `needle`.
@@ -1226,11 +1008,8 @@ fn assert_config_error(dir: &Path, text: &str, lines: &[usize], needle: &str) {
     std::fs::write(&path, text).expect("write config");
     let out = run_mqdb(&["-c", path_str(&path), "check"]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let ctx = format!(
-        "{}\n---\n{}{stderr}",
-        text,
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ctx = format!("{text}\n---\n{stdout}{stderr}");
     assert_eq!(out.status.code(), Some(2), "{ctx}");
     let named = lines
         .iter()
@@ -1254,22 +1033,28 @@ fn mirror_config_errors_exit_2_naming_the_line() {
         dir.path().join("state.db").display()
     );
     let base = head.lines().count();
-
-    // A template field a dead letter does not have (MQTT topic)
-    let text = format!(
-        "{head}dead_letter:\n  publish:\n    broker: b\n    topic: \"mqdb/dead/{{topic}}\"\n"
-    );
-    assert_config_error(dir.path(), &text, &[base + 4], "{topic}");
-
-    // … and in an AMQP routing key
-    let text = format!(
-        "{head}dead_letter:\n  publish:\n    broker: r\n    exchange: x\n    routing_key: \"{{route}}.{{payload}}\"\n"
-    );
-    assert_config_error(dir.path(), &text, &[base + 5], "{payload}");
-
-    // A topic on an AMQP broker
-    let text = format!(
-        "{head}dead_letter:\n  publish:\n    broker: r\n    topic: \"mqdb/dead/{{route}}\"\n"
-    );
-    assert_config_error(dir.path(), &text, &[base + 2, base + 3, base + 4], "topic");
+    let cases = [
+        // A template field a dead letter does not have (MQTT topic)
+        (
+            "broker: b\n    topic: \"mqdb/dead/{topic}\"\n",
+            &[base + 4][..],
+            "{topic}",
+        ),
+        // … and in an AMQP routing key
+        (
+            "broker: r\n    exchange: x\n    routing_key: \"{route}.{payload}\"\n",
+            &[base + 5],
+            "{payload}",
+        ),
+        // A topic on an AMQP broker
+        (
+            "broker: r\n    topic: \"mqdb/dead/{route}\"\n",
+            &[base + 2, base + 3, base + 4],
+            "topic",
+        ),
+    ];
+    for (publish, lines, needle) in cases {
+        let text = format!("{head}dead_letter:\n  publish:\n    {publish}");
+        assert_config_error(dir.path(), &text, lines, needle);
+    }
 }

@@ -32,6 +32,7 @@ mod bridge;
 mod checks;
 mod config;
 mod db;
+mod dlq;
 pub mod http;
 mod mqtt;
 mod mqtt5;
@@ -56,6 +57,8 @@ pub use checks::{
 pub use config::{Config, Route, settings};
 #[allow(unused_imports)]
 pub use db::{Db, TempTable, odbc_connect, odbc_env, odbc_exec, odbc_query};
+#[allow(unused_imports)]
+pub use dlq::{letter_id, wait_dead_letters};
 #[allow(unused_imports)]
 pub use mqtt::{Mosquitto, Publisher, Received, Subscriber, publish_retained, with_mqtt5};
 #[allow(unused_imports)]
