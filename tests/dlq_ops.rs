@@ -23,6 +23,7 @@ use common::{
 use serde_json::{Value as Json, json};
 
 type Messages = Vec<(String, Vec<u8>)>;
+type RouteOf = fn(i64) -> &'static str;
 
 /// A hang detector for a whole replay of a few thousand entries (never a speed assertion).
 const REPLAY_DEADLINE: Duration = Duration::from_secs(180);
@@ -36,25 +37,150 @@ fn route(name: &str, topic: &str, table: &str) -> Route {
         .set("batch", json!({ "max_rows": 500, "max_delay": "100ms" }))
 }
 
+/// `payload` on `topic`.
+fn msg(topic: &str, payload: String) -> (String, Vec<u8>) {
+    (topic.to_owned(), payload.into_bytes())
+}
+
 /// `{"id":N,"v":N}` on `topic` for each id.
 fn good(topic: &str, ids: impl IntoIterator<Item = i64>) -> Messages {
-    let message = |id| {
-        (
-            topic.to_owned(),
-            format!(r#"{{"id":{id},"v":{id}}}"#).into_bytes(),
-        )
-    };
-    ids.into_iter().map(message).collect()
+    let good = |id| msg(topic, format!(r#"{{"id":{id},"v":{id}}}"#));
+    ids.into_iter().map(good).collect()
+}
+
+fn text<'a>(letter: &'a Json, key: &str) -> &'a str {
+    let text = letter[key].as_str();
+    text.unwrap_or_else(|| panic!("no text {key}: {letter}"))
+}
+
+/// The `id` inside a dead letter's JSON payload (the row's primary key).
+fn payload_id(letter: &Json) -> i64 {
+    let payload: Result<Json, _> = serde_json::from_str(text(letter, "payload"));
+    let payload = payload.unwrap_or_else(|e| panic!("payload is not JSON ({e}): {letter}"));
+    let id = payload["id"].as_i64();
+    id.unwrap_or_else(|| panic!("payload without an integer id: {letter}"))
+}
+
+/// How many of `letters` each route and error kind has: `route kind n, …` in that order.
+fn kinds(letters: &[Json]) -> String {
+    let mut got = BTreeMap::new();
+    for l in letters {
+        let key = (text(l, "route"), text(l, "error_kind"));
+        *got.entry(key).or_insert(0) += 1;
+    }
+    let kind = |((r, k), n): (_, usize)| format!("{r} {k} {n}");
+    got.into_iter().map(kind).collect::<Vec<_>>().join(", ")
+}
+
+/// The primary keys of every row of `table`.
+fn row_ids(db: &Db, table: &str) -> Vec<i64> {
+    let rows = db.query(&format!("SELECT id FROM {table} ORDER BY id"));
+    let id = |r: &Vec<Option<String>>| r[0].as_deref().expect("an id").trim().parse();
+    rows.iter().map(|r| id(r).expect("an integer id")).collect()
+}
+
+/// `SUM(v)` over the rows of `table` that match `filter`.
+fn sum_v(db: &Db, table: &str, filter: &str) -> i64 {
+    scalar(db, &format!("SELECT SUM(v) FROM {table} WHERE {filter}"))
+}
+
+/// Asserts that every original dead letter (its id → its row's id) is either a row or still
+/// queued: never both, never neither.
+fn assert_one_place(rows: &[i64], listed: &[Json], originals: &BTreeMap<i64, i64>, ctx: &str) {
+    let rows: BTreeSet<i64> = rows.iter().copied().collect();
+    let listed: BTreeSet<i64> = listed.iter().map(id_of).collect();
+    for (id, key) in originals {
+        let (in_table, queued) = (rows.contains(key), listed.contains(id));
+        let both_or_neither = format!("{id} (row {key}): in the table {in_table}, queued {queued}");
+        assert!(in_table != queued, "{both_or_neither}; {ctx}");
+    }
+}
+
+/// A bridge with routes `<root>/<name>` into one table that rejects NULL values, which
+/// mirrors its dead letters as `mirror` configures; `copies` reads every mirrored copy so
+/// far (address, payload), in arrival order.
+struct Mirror {
+    world: World,
+    table: TempTable,
+    root: String,
+    config: PathBuf,
+    bridge: Bridge,
+    copies: Box<dyn FnMut() -> Messages>,
+}
+
+impl Mirror {
+    fn start(
+        world: World,
+        routes: &[&str],
+        copies: impl FnMut() -> Messages + 'static,
+        mirror: impl FnOnce(Config) -> Config,
+    ) -> Mirror {
+        let (db, root) = (Db::Postgres, unique("mirror"));
+        let columns = "id INTEGER PRIMARY KEY, v INTEGER NOT NULL";
+        let table = TempTable::create(&db, "mirror", columns);
+        let add = |c: Config, r: &&str| c.inbound(route(r, &format!("{root}/{r}"), &table.name));
+        let config = mirror(routes.iter().fold(world.config(&db), add)).write();
+        world.persistent_session(&format!("{root}/+"));
+        let bridge = Bridge::start(&config);
+        bridge.wait_for_log("mirroring dead letters", LIVENESS);
+        let copies = Box::new(copies);
+        Mirror {
+            world,
+            table,
+            root,
+            config,
+            bridge,
+            copies,
+        }
+    }
+
+    /// The topic of route `name`.
+    fn topic(&self, name: &str) -> String {
+        format!("{}/{name}", self.root)
+    }
+
+    /// Publishes `messages`, then waits until the table has `rows` rows, `letters` dead
+    /// letters are stored and at least `mirrored` copies arrived.
+    fn flow(&mut self, messages: Messages, rows: i64, letters: usize, mirrored: usize) {
+        self.world.publisher().publish_all_confirmed(messages, 1);
+        let count = format!("SELECT COUNT(*) FROM {}", self.table.name);
+        wait_for_count(&mut self.bridge, &Db::Postgres, &count, rows);
+        wait_dead_letters(&mut self.bridge, &self.config, letters);
+        let (what, copies) = (format!("{mirrored} mirrored"), &mut self.copies);
+        wait_for(&mut self.bridge, &what, || Ok(copies().len() >= mirrored));
+    }
+
+    /// Asserts that the copies are exactly the `dlq list --json` objects, one per dead
+    /// letter, in id order, each at the address `address` builds from it, and that mirroring
+    /// removed none; stops the bridge and returns the dead letters.
+    fn finish(mut self, address: impl Fn(&Json) -> String) -> Vec<Json> {
+        let letters = dlq_list(&self.config);
+        let parse = |(to, payload): (String, Vec<u8>)| {
+            let lossy = String::from_utf8_lossy(&payload).into_owned();
+            let json = serde_json::from_slice(&payload);
+            (
+                to,
+                json.unwrap_or_else(|e| panic!("not JSON ({e}): {lossy}")),
+            )
+        };
+        let copies: Vec<(String, Json)> = (self.copies)().into_iter().map(parse).collect();
+        let copied: Vec<i64> = copies.iter().map(|(_, c)| id_of(c)).collect();
+        let listed: Vec<i64> = letters.iter().map(id_of).collect();
+        let order = "the mirrored ids (arrival order) are the stored ids";
+        assert_eq!(copied, listed, "{order}");
+        for ((to, copy), letter) in copies.iter().zip(&letters) {
+            assert_eq!(copy, letter, "the envelope is the `dlq list --json` object");
+            assert_eq!(*to, address(letter), "address of {letter}");
+        }
+        assert_eq!(dlq_list(&self.config), letters, "mirroring removes nothing");
+        terminate_ok(&mut self.bridge);
+        letters
+    }
 }
 
 /// `count` good messages on `<root>/<route_of(N)>`, with the `bad` ones spread evenly among
-/// them (one after every `good / bad.len()` good ones).
-fn good_among_bad(
-    root: &str,
-    count: i64,
-    route_of: fn(i64) -> &'static str,
-    bad: &Messages,
-) -> Messages {
+/// them (one after every `count / bad.len()` good ones).
+fn good_among_bad(root: &str, count: i64, route_of: RouteOf, bad: &Messages) -> Messages {
     let every = count / bad.len() as i64;
     let mut messages: Messages = Vec::new();
     for id in 1..=count {
@@ -66,82 +192,279 @@ fn good_among_bad(
     messages
 }
 
-fn text<'a>(letter: &'a Json, key: &str) -> &'a str {
-    letter[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("no text {key}: {letter}"))
-}
-
-/// The `id` inside a dead letter's JSON payload (the row's primary key).
-fn payload_id(letter: &Json) -> i64 {
-    let payload: Json = serde_json::from_str(text(letter, "payload"))
-        .unwrap_or_else(|e| panic!("payload is not JSON ({e}): {letter}"));
-    payload["id"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("payload without an integer id: {letter}"))
-}
-
-/// Every mirrored copy, in arrival order (address, payload), is exactly the `dlq list
-/// --json` object of the dead letter with the same id, at the address `address` builds from
-/// it; one copy per dead letter, none missing, none twice, in id order.
-fn assert_mirrored(letters: &[Json], copies: Messages, address: impl Fn(&Json) -> String) {
-    let copies: Vec<(String, Json)> = copies
-        .into_iter()
-        .map(|(to, payload)| {
-            let copy = serde_json::from_slice(&payload).unwrap_or_else(|e| {
-                panic!("not JSON ({e}): {}", String::from_utf8_lossy(&payload))
-            });
-            (to, copy)
-        })
-        .collect();
-    let listed: Vec<i64> = letters.iter().map(id_of).collect();
-    let copied: Vec<i64> = copies.iter().map(|(_, c)| id_of(c)).collect();
-    let order = "the mirrored ids (arrival order) are not the stored ids (id order)";
-    assert_eq!(copied, listed, "{order}");
-    for ((to, copy), letter) in copies.iter().zip(letters) {
-        assert_eq!(
-            copy, letter,
-            "the envelope is not the `dlq list --json` object"
-        );
-        assert_eq!(*to, address(letter), "address of {letter}");
+/// Every message `watcher` received (topic, payload), each published at QoS `qos` and not
+/// retained.
+fn mqtt_copies(watcher: Subscriber, qos: u8) -> impl FnMut() -> Messages {
+    move || {
+        let copy = |m: common::Received| {
+            assert_eq!(m.qos, qos, "published at the configured QoS: {m:?}");
+            assert!(!m.retain, "{m:?}");
+            (m.topic, m.payload)
+        };
+        watcher.messages().into_iter().map(copy).collect()
     }
 }
 
-/// Asserts how many of `letters` each `(route, error_kind)` has.
-fn assert_kinds(letters: &[Json], want: &[(&str, &str, usize)]) {
-    let mut got = BTreeMap::new();
-    for l in letters {
-        *got.entry((text(l, "route"), text(l, "error_kind")))
-            .or_insert(0) += 1;
-    }
-    let want: BTreeMap<_, _> = want.iter().map(|(r, k, n)| ((*r, *k), *n)).collect();
-    assert_eq!(got, want, "{letters:#?}");
+/// The MQTT mirror's address of a dead letter.
+fn mqtt_address(l: &Json) -> String {
+    format!("mqdb/dead/{}/{}", text(l, "route"), text(l, "error_kind"))
 }
 
-/// The primary keys of every row of `table`.
-fn row_ids(db: &Db, table: &str) -> Vec<i64> {
-    let rows = db.query(&format!("SELECT id FROM {table} ORDER BY id"));
-    let id = |r: &Vec<Option<String>>| {
-        r[0].as_deref()
-            .expect("an id")
-            .trim()
-            .parse()
-            .expect("an integer id")
+#[test]
+fn mirror_to_mqtt_publishes_each_dead_letter_once_as_its_list_object() {
+    // Given two routes into a table that rejects NULL values, and a mirror to the same
+    // broker on a topic built from the route and the kind of error
+    let world = World::new("dlq-ops");
+    let copies = mqtt_copies(world.subscribe("mqdb/dead/#"), 1);
+    let mut m = Mirror::start(world, &["alpha", "beta"], copies, |c| {
+        let topic = "mqdb/dead/{route}/{error_kind}";
+        let publish = json!({ "broker": "b", "topic": topic, "qos": 1 });
+        c.set("dead_letter", json!({ "publish": publish }))
+    });
+
+    // When 40 good messages flow with 5 bad ones of three kinds among them
+    let (alpha, beta) = (m.topic("alpha"), m.topic("beta"));
+    let bad: Messages = vec![
+        msg(&alpha, r#"{"id": 9001, "v": "#.into()),
+        msg(&alpha, r#"{"id":9002,"v":null}"#.into()),
+        msg(&beta, r#"{"id":9003,"v":"abc"}"#.into()),
+        msg(&beta, "not json".into()),
+        msg(&beta, r#"{"id":9005,"v":null}"#.into()),
+    ];
+    let route_of = |id: i64| if id % 2 == 0 { "alpha" } else { "beta" };
+
+    // Then the good rows land, the bad ones are stored, and each is mirrored
+    m.flow(good_among_bad(&m.root, 40, route_of, &bad), 40, 5, 5);
+    // And once one more dead letter is mirrored after them, nothing was mirrored twice
+    let last = msg(&alpha, r#"{"id":9006,"v":null}"#.into());
+    m.flow(vec![last], 40, 6, 6);
+    let letters = m.finish(mqtt_address);
+    let want = "alpha decode 1, alpha rejected 2, beta convert 1, beta decode 1, beta rejected 1";
+    assert_eq!(kinds(&letters), want, "{letters:#?}");
+}
+
+#[test]
+fn mirror_to_amqp_publishes_each_dead_letter_once_to_the_exchange() {
+    // Given a topic exchange with a bound queue, and a mirror to it with a routing key
+    // built from the route and the kind of error
+    let mut rabbit = Rabbit::connect();
+    let (exchange, queue) = (unique("mqdb_dead_x"), unique("mqdb_dead_q"));
+    rabbit.declare_exchange(&exchange, "topic");
+    rabbit.declare_bound_queue(&queue, &exchange, "#");
+    let publish =
+        json!({ "broker": "r", "exchange": exchange, "routing_key": "{route}.{error_kind}" });
+    let mut taken = Vec::new();
+    // Each a persistent envelope that says it is JSON, with the dead letter's id as its
+    // message id
+    let copies = move || -> Messages {
+        taken.extend(rabbit.take_up_to(&queue, 100));
+        let mut copies = Messages::new();
+        for m in &taken {
+            assert_eq!(m.exchange, exchange, "{m:?}");
+            assert_eq!(m.delivery_mode, Some(2), "persistent: {m:?}");
+            let json = m.content_type.as_deref();
+            assert_eq!(json, Some("application/json"), "{m:?}");
+            let copy: Json = serde_json::from_slice(&m.payload).expect("a JSON envelope");
+            let id = copy["id"].as_i64().expect("an id").to_string();
+            assert_eq!(m.message_id.as_deref(), Some(id.as_str()), "{m:?}");
+            copies.push((m.routing_key.clone(), m.payload.clone()));
+        }
+        copies
     };
-    rows.iter().map(id).collect()
+    let mut m = Mirror::start(World::new("dlq-ops"), &["gamma", "delta"], copies, |c| {
+        let c = c.broker("r", Rabbit::URL, Json::Null);
+        c.set("dead_letter", json!({ "publish": publish }))
+    });
+
+    // When 30 good messages flow with 5 bad ones among them
+    let (gamma, delta) = (m.topic("gamma"), m.topic("delta"));
+    let bad: Messages = vec![
+        msg(&gamma, "{".into()),
+        msg(&delta, r#"{"id":9002,"v":null}"#.into()),
+        msg(&gamma, r#"{"id":9003,"v":"x"}"#.into()),
+        msg(&gamma, r#"{"id":9004,"v":null}"#.into()),
+        msg(&delta, "[1,".into()),
+    ];
+    let route_of = |id: i64| if id % 3 == 0 { "gamma" } else { "delta" };
+
+    // Then the queue receives one envelope per stored dead letter
+    m.flow(good_among_bad(&m.root, 30, route_of, &bad), 30, 5, 5);
+    // And after one more, nothing arrived twice
+    let last = msg(&delta, r#"{"id":9006,"v":null}"#.into());
+    m.flow(vec![last], 30, 6, 6);
+    let address = |l: &Json| format!("{}.{}", text(l, "route"), text(l, "error_kind"));
+    let letters = m.finish(address);
+    let want =
+        "delta decode 1, delta rejected 2, gamma convert 1, gamma decode 1, gamma rejected 1";
+    assert_eq!(kinds(&letters), want, "{letters:#?}");
 }
 
-/// Asserts that every original dead letter (its id → its row's id) is either a row or still
-/// queued: never both, never neither.
-fn assert_one_place(rows: &[i64], listed: &[Json], originals: &BTreeMap<i64, i64>, ctx: &str) {
-    let rows: BTreeSet<i64> = rows.iter().copied().collect();
-    let listed: BTreeSet<i64> = listed.iter().map(id_of).collect();
-    for (id, key) in originals {
-        let (in_table, queued) = (rows.contains(key), listed.contains(id));
-        assert!(
-            in_table != queued,
-            "dead letter {id} (row {key}): in the table {in_table}, still queued {queued}; {ctx}"
-        );
+#[test]
+fn mirror_outage_never_blocks_the_data_path_and_catches_up_in_order() {
+    // Given a mirror to a second private Mosquitto reached through a proxy
+    let mirror_broker = Mosquitto::start();
+    let proxy = TcpProxy::start(mirror_broker.addr());
+    let watcher = Subscriber::connect(mirror_broker.port, "mqdb/dead/#", 1);
+    let copies = move || -> Messages {
+        let copy = |m: common::Received| (m.topic, m.payload);
+        watcher.messages().into_iter().map(copy).collect()
+    };
+    let world = World::new("dlq-ops");
+    let state = world.store.reader();
+    let mut m = Mirror::start(world, &["omega"], copies, |c| {
+        let url = format!("mqtt://127.0.0.1:{}", proxy.port);
+        let c = c.broker("m", &url, json!({ "client_id": unique("mqdb_mirror") }));
+        let publish = json!({ "broker": "m", "topic": "mqdb/dead/{route}/{error_kind}" });
+        c.set("dead_letter", json!({ "publish": publish }))
+    });
+    let topic = m.topic("omega");
+    let bad = |n: i64| {
+        let id = 10_000 + n;
+        let payload = match n % 3 {
+            0 => format!(r#"{{"id":{id},"v":null}}"#),
+            1 => format!(r#"{{"id":{id},"v":"#),
+            _ => format!(r#"{{"id":{id},"v":"nope"}}"#),
+        };
+        msg(&topic, payload)
+    };
+    let first = [good(&topic, 1..=10), vec![bad(0), bad(1)]].concat();
+    m.flow(first, 10, 2, 2);
+    // (the mirror stored its position past them: nothing of it is in flight at the cut)
+    let last_id = dlq_list(&m.config).iter().map(id_of).max();
+    let last_id = Some(last_id.expect("2 letters"));
+    let (what, position) = (
+        "the mirror position",
+        "SELECT MAX(last_id) FROM mirror_position",
+    );
+    wait_for(&mut m.bridge, what, || {
+        Ok(try_scalar(&state, position) == last_id)
+    });
+
+    // When the mirror's broker is unreachable while good and bad messages keep flowing, in
+    // four waves, each after the mirror has tried (and failed) to reconnect once more, so
+    // the mirror has long been stuck on what it could not publish
+    proxy.set_down(true);
+    let mut attempts = proxy.accepted();
+    for wave in 0..4_i64 {
+        wait_for(&mut m.bridge, "another refused mirror connection", || {
+            Ok(proxy.accepted() > attempts)
+        });
+        attempts = proxy.accepted();
+        let mut msgs = Vec::new();
+        for id in 11 + wave * 75..11 + (wave + 1) * 75 {
+            msgs.extend(good(&topic, [id]));
+            if id % 15 == 0 {
+                msgs.push(bad(id));
+            }
+        }
+        // Then the good rows keep landing and the dead letters are stored meanwhile
+        let stored = 2 + (11..11 + (wave + 1) * 75).filter(|id| id % 15 == 0).count();
+        m.flow(msgs, 10 + (wave + 1) * 75, stored, 2);
+    }
+    assert_eq!(dlq_list(&m.config).len(), 22);
+    let premise = "nothing was mirrored through the cut proxy (the test's own premise)";
+    assert_eq!((m.copies)().len(), 2, "{premise}");
+
+    // And once it is back, every dead letter is mirrored, in id order, none missing
+    proxy.set_down(false);
+    m.flow(Vec::new(), 310, 22, 22);
+    m.flow(vec![bad(1000)], 310, 23, 23);
+    m.finish(mqtt_address);
+    let never = "the mirror never reconnected, so it never saw the outage";
+    assert!(proxy.accepted() >= 2, "{never}");
+}
+
+/// `n` rejected dead letters on route `load` (payload ids `1..=n`, `v = id`) from a bridge
+/// and a table whose CHECK (`v < 0`) rejected every row, dropped since, so that the entries
+/// are replayable.
+struct Replayable {
+    _world: World,
+    db: Db,
+    config: PathBuf,
+    table: TempTable,
+    /// The dead letters, in id order.
+    letters: Vec<Json>,
+}
+
+impl Replayable {
+    fn new(n: i64) -> Replayable {
+        let (db, world) = (Db::Postgres, World::new("dlq-ops"));
+        let columns = "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, \
+                       CONSTRAINT v_negative CHECK (v < 0)";
+        let table = TempTable::create(&db, "replay", columns);
+        let topic = format!("{}/data", unique("replay"));
+        let config = world
+            .config(&db)
+            .inbound(route("load", &topic, &table.name));
+        let config = config.write();
+        world.persistent_session(&topic);
+        world
+            .publisher()
+            .publish_all_confirmed(good(&topic, 1..=n), 1);
+        let mut bridge = Bridge::start(&config);
+        wait_dead_letters(&mut bridge, &config, n as usize);
+        terminate_ok(&mut bridge);
+        assert_eq!(table.count(), 0, "the CHECK constraint rejected every row");
+        let t = &table.name;
+        db.exec(&format!("ALTER TABLE {t} DROP CONSTRAINT v_negative"));
+        let letters = dlq_list(&config);
+        assert_eq!(letters.len() as i64, n);
+        for l in &letters {
+            assert_eq!(l["error_kind"], "rejected", "{l}");
+            assert_eq!(l["sqlstate"], "23514", "{l}");
+        }
+        Replayable {
+            _world: world,
+            db,
+            config,
+            table,
+            letters,
+        }
+    }
+
+    /// Dead-letter id → the id of its row.
+    fn originals(&self) -> BTreeMap<i64, i64> {
+        self.letters
+            .iter()
+            .map(|l| (id_of(l), payload_id(l)))
+            .collect()
+    }
+
+    /// Holds the row of the dead letter at `index` (see [`Blocker`]).
+    fn hold(&self, index: usize) -> Blocker {
+        Blocker::hold(&self.db, &self.table.name, payload_id(&self.letters[index]))
+    }
+
+    /// Starts a replay of every entry and waits until `held` of its inserts wait on a held
+    /// row.
+    fn replay_held(&self, label: &str, held: i64) -> Replay {
+        let mut replay = Replay::start(&self.config, label);
+        replay.wait_held(&self.db, &self.table.name, held);
+        replay
+    }
+
+    fn rows(&self) -> Vec<i64> {
+        row_ids(&self.db, &self.table.name)
+    }
+}
+
+/// An open transaction that holds an uncommitted row with primary key `id` in `table`: a
+/// replay inserting that id waits on it until [`Blocker::release`] rolls it back.
+struct Blocker {
+    conn: odbc_api::Connection<'static>,
+}
+
+impl Blocker {
+    fn hold(db: &Db, table: &str, id: i64) -> Blocker {
+        let conn = odbc_connect(&db.connection_string()).expect("connect the blocker");
+        conn.set_autocommit(false).expect("autocommit off");
+        let sql = format!("INSERT INTO {table} (id, v) VALUES ({id}, -1)");
+        odbc_exec(&conn, &sql).expect("hold the row");
+        Blocker { conn }
+    }
+
+    fn release(self) {
+        self.conn.rollback().expect("release the held row");
     }
 }
 
@@ -170,10 +493,8 @@ impl Replay {
     /// Starts `mqdb -c CONFIG dlq replay --all` (stdin closed, not a terminal).
     fn start(config: &Path, label: &str) -> Replay {
         let dir = config.parent().expect("config dir");
-        let (out, err) = (
-            dir.join(format!("{label}.out")),
-            dir.join(format!("{label}.err")),
-        );
+        let file = |ext: &str| dir.join(format!("{label}.{ext}"));
+        let (out, err) = (file("out"), file("err"));
         let child = mqdb_command()
             .arg("-c")
             .arg(config)
@@ -184,11 +505,8 @@ impl Replay {
             .stderr(File::create(&err).expect("create replay stderr"))
             .spawn()
             .expect("spawn mqdb dlq replay");
-        Replay {
-            child: Some(child),
-            out,
-            err,
-        }
+        let child = Some(child);
+        Replay { child, out, err }
     }
 
     fn pid(&self) -> u32 {
@@ -203,22 +521,17 @@ impl Replay {
     /// Waits until `n` statements wait on a row lock of `table` (the rows a [`Blocker`]
     /// holds); panics with the replay's output if it exits first or after [`LIVENESS`].
     fn wait_held(&mut self, db: &Db, table: &str, n: i64) {
-        let waiting = pg_lock_waiters(table);
-        let start = Instant::now();
+        let (waiting, start) = (pg_lock_waiters(table), Instant::now());
         while try_scalar(db, &waiting).unwrap_or(0) < n {
             let child = self.child.as_mut().expect("replay not reaped");
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "the replay exited ({status}) before {n} held; {}",
-                    self.output()
-                );
-            }
-            if start.elapsed() >= LIVENESS {
-                panic!(
-                    "timed out after {LIVENESS:?} waiting for {n} held; {}",
-                    self.output()
-                );
-            }
+            let exited = child.try_wait().ok().flatten();
+            assert!(
+                exited.is_none(),
+                "exited before {n} held: {exited:?}; {}",
+                self.output()
+            );
+            let late = start.elapsed() >= LIVENESS;
+            assert!(!late, "no {n} held after {LIVENESS:?}; {}", self.output());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -226,7 +539,8 @@ impl Replay {
     /// Waits for the exit (a [`REPLAY_DEADLINE`] hang detector).
     fn exit(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("replay not reaped");
-        common::wait_child(&mut child, REPLAY_DEADLINE).unwrap_or_else(|| {
+        let status = common::wait_child(&mut child, REPLAY_DEADLINE);
+        status.unwrap_or_else(|| {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
@@ -241,8 +555,10 @@ impl Replay {
         let status = self.exit();
         let stdout = std::fs::read_to_string(&self.out).unwrap_or_default();
         let stderr = std::fs::read_to_string(&self.err).unwrap_or_default();
-        let summary = Summary::parse(&stdout)
-            .unwrap_or_else(|| panic!("no summary line ({status}); {}", self.output()));
+        let summary = Summary::parse(&stdout);
+        let summary =
+            summary.unwrap_or_else(|| panic!("no summary line ({status}); {}", self.output()));
+        eprintln!("replay {}: {}", self.out.display(), summary.line);
         Finished {
             status,
             stdout,
@@ -293,10 +609,10 @@ impl Summary {
         }
         // The count just before `phrase`, or 0 when the phrase is absent.
         let count_before = |phrase: &str| -> u64 {
-            line.find(phrase)
-                .and_then(|at| line[..at].split_whitespace().last())
-                .and_then(|w| w.parse().ok())
-                .unwrap_or(0)
+            let before = line
+                .find(phrase)
+                .and_then(|at| line[..at].split_whitespace().last());
+            before.and_then(|w| w.parse().ok()).unwrap_or(0)
         };
         Some(Summary {
             line: line.to_owned(),
@@ -318,359 +634,35 @@ impl Summary {
     }
 }
 
-/// Produces `n` rejected dead letters on route `load` (payload ids `1..=n`, `v = id`) with a
-/// bridge and a table whose CHECK (`v < 0`) rejects every row; stops the bridge and drops
-/// the constraint so the entries become replayable. Returns the config, the table and the
-/// dead letters (id order).
-fn replayable_dead_letters(world: &World, n: i64) -> (PathBuf, TempTable, Vec<Json>) {
-    let db = Db::Postgres;
-    let table = TempTable::create(
-        &db,
-        "replay",
-        "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, CONSTRAINT v_negative CHECK (v < 0)",
-    );
-    let topic = format!("{}/data", unique("replay"));
-    let config = world
-        .config(&db)
-        .inbound(route("load", &topic, &table.name))
-        .write();
-    world.persistent_session(&topic);
-    world
-        .publisher()
-        .publish_all_confirmed(good(&topic, 1..=n), 1);
-    let mut bridge = Bridge::start(&config);
-    wait_dead_letters(&mut bridge, &config, n as usize);
-    terminate_ok(&mut bridge);
-    assert_eq!(table.count(), 0, "the CHECK constraint rejected every row");
-    db.exec(&format!(
-        "ALTER TABLE {} DROP CONSTRAINT v_negative",
-        table.name
-    ));
-    let letters = dlq_list(&config);
-    assert_eq!(letters.len() as i64, n);
-    for l in &letters {
-        assert_eq!(l["error_kind"], "rejected", "{l}");
-        assert_eq!(l["sqlstate"], "23514", "{l}");
-    }
-    (config, table, letters)
-}
-
-/// An open transaction that holds an uncommitted row with primary key `id` in `table`: a
-/// replay inserting that id waits on it until [`Blocker::release`] rolls it back.
-struct Blocker {
-    conn: odbc_api::Connection<'static>,
-}
-
-impl Blocker {
-    fn hold(db: &Db, table: &str, id: i64) -> Blocker {
-        let conn = odbc_connect(&db.connection_string()).expect("connect the blocker");
-        conn.set_autocommit(false).expect("autocommit off");
-        let sql = format!("INSERT INTO {table} (id, v) VALUES ({id}, -1)");
-        odbc_exec(&conn, &sql).expect("hold the row");
-        Blocker { conn }
-    }
-
-    fn release(self) {
-        self.conn.rollback().expect("release the held row");
-    }
-}
-
-/// A running bridge whose routes (`<root>/<name>`, into one table that rejects NULL values)
-/// store dead letters and mirror them as `mirror` configures.
-struct Mirror {
-    world: World,
-    table: TempTable,
-    root: String,
-    config: PathBuf,
-    bridge: Bridge,
-}
-
-impl Mirror {
-    fn start(routes: &[&str], mirror: impl FnOnce(Config) -> Config) -> Mirror {
-        let (db, world, root) = (Db::Postgres, World::new("dlq-ops"), unique("mirror"));
-        let columns = "id INTEGER PRIMARY KEY, v INTEGER NOT NULL";
-        let table = TempTable::create(&db, "mirror", columns);
-        let add = |c: Config, r: &&str| c.inbound(route(r, &format!("{root}/{r}"), &table.name));
-        let config = mirror(routes.iter().fold(world.config(&db), add)).write();
-        world.persistent_session(&format!("{root}/+"));
-        let bridge = Bridge::start(&config);
-        bridge.wait_for_log("mirroring dead letters", LIVENESS);
-        Mirror {
-            world,
-            table,
-            root,
-            config,
-            bridge,
-        }
-    }
-
-    /// The topic of route `name`.
-    fn topic(&self, name: &str) -> String {
-        format!("{}/{name}", self.root)
-    }
-
-    /// Publishes `messages` and waits until the table has `rows` rows and `letters` dead
-    /// letters are stored.
-    fn flow(&mut self, messages: Messages, rows: i64, letters: usize) {
-        self.world.publisher().publish_all_confirmed(messages, 1);
-        let count = format!("SELECT COUNT(*) FROM {}", self.table.name);
-        wait_for_count(&mut self.bridge, &Db::Postgres, &count, rows);
-        wait_dead_letters(&mut self.bridge, &self.config, letters);
-    }
-
-    /// Waits until `mirrored` counts at least `n` copies.
-    fn wait_mirrored(&mut self, n: usize, mut mirrored: impl FnMut() -> usize) {
-        let what = format!("{n} mirrored dead letters");
-        wait_for(&mut self.bridge, &what, || Ok(mirrored() >= n));
-    }
-}
-
-#[test]
-fn mirror_to_mqtt_publishes_each_dead_letter_once_as_its_list_object() {
-    // Given two routes into a table that rejects NULL values, and a mirror to the same
-    // broker on a topic built from the route and the kind of error
-    let mut m = Mirror::start(&["alpha", "beta"], |c| {
-        let publish = json!({ "broker": "b", "topic": "mqdb/dead/{route}/{error_kind}", "qos": 1 });
-        c.set("dead_letter", json!({ "publish": publish }))
-    });
-    let watcher = m.world.subscribe("mqdb/dead/#");
-
-    // When 40 good messages flow with 5 bad ones of three kinds among them
-    let (alpha, beta) = (m.topic("alpha"), m.topic("beta"));
-    let bad: Messages = vec![
-        (alpha.clone(), br#"{"id": 9001, "v": "#.to_vec()),
-        (alpha.clone(), br#"{"id":9002,"v":null}"#.to_vec()),
-        (beta.clone(), br#"{"id":9003,"v":"abc"}"#.to_vec()),
-        (beta.clone(), b"not json".to_vec()),
-        (beta.clone(), br#"{"id":9005,"v":null}"#.to_vec()),
-    ];
-    let route_of = |id: i64| if id % 2 == 0 { "alpha" } else { "beta" };
-
-    // Then the good rows land, the bad ones are stored, and each is mirrored
-    m.flow(good_among_bad(&m.root, 40, route_of, &bad), 40, 5);
-    m.wait_mirrored(5, || watcher.count());
-    // And once one more dead letter is mirrored after them, nothing was mirrored twice
-    m.flow(vec![(alpha, br#"{"id":9006,"v":null}"#.to_vec())], 40, 6);
-    m.wait_mirrored(6, || watcher.count());
-
-    let letters = dlq_list(&m.config);
-    assert_kinds(
-        &letters,
-        &[
-            ("alpha", "decode", 1),
-            ("alpha", "rejected", 2),
-            ("beta", "convert", 1),
-            ("beta", "decode", 1),
-            ("beta", "rejected", 1),
-        ],
-    );
-    let received = watcher.messages();
-    for m in &received {
-        assert_eq!(m.qos, 1, "published at the configured QoS 1: {m:?}");
-        assert!(!m.retain, "{m:?}");
-    }
-    let copies = received.into_iter().map(|m| (m.topic, m.payload)).collect();
-    assert_mirrored(&letters, copies, |l| {
-        format!("mqdb/dead/{}/{}", text(l, "route"), text(l, "error_kind"))
-    });
-    // And the local store keeps them all
-    assert_eq!(dlq_list(&m.config), letters);
-    terminate_ok(&mut m.bridge);
-}
-
-#[test]
-fn mirror_to_amqp_publishes_each_dead_letter_once_to_the_exchange() {
-    // Given a topic exchange with a bound queue, and a mirror to it with a routing key
-    // built from the route and the kind of error
-    let mut rabbit = Rabbit::connect();
-    let (exchange, queue) = (unique("mqdb_dead_x"), unique("mqdb_dead_q"));
-    rabbit.declare_exchange(&exchange, "topic");
-    rabbit.declare_bound_queue(&queue, &exchange, "#");
-    let mut m = Mirror::start(&["gamma", "delta"], |c| {
-        let publish =
-            json!({ "broker": "r", "exchange": exchange, "routing_key": "{route}.{error_kind}" });
-        let c = c.broker("r", Rabbit::URL, Json::Null);
-        c.set("dead_letter", json!({ "publish": publish }))
-    });
-
-    // When 30 good messages flow with 5 bad ones among them
-    let (gamma, delta) = (m.topic("gamma"), m.topic("delta"));
-    let bad: Messages = vec![
-        (gamma.clone(), b"{".to_vec()),
-        (delta.clone(), br#"{"id":9002,"v":null}"#.to_vec()),
-        (gamma.clone(), br#"{"id":9003,"v":"x"}"#.to_vec()),
-        (gamma.clone(), br#"{"id":9004,"v":null}"#.to_vec()),
-        (delta.clone(), b"[1,".to_vec()),
-    ];
-    let route_of = |id: i64| if id % 3 == 0 { "gamma" } else { "delta" };
-
-    // Then the queue receives one persistent envelope per stored dead letter
-    m.flow(good_among_bad(&m.root, 30, route_of, &bad), 30, 5);
-    let mut taken = Vec::new();
-    let mut take = || {
-        taken.extend(rabbit.take_up_to(&queue, 100));
-        taken.len()
-    };
-    m.wait_mirrored(5, &mut take);
-    // And after one more, nothing arrived twice
-    m.flow(vec![(delta, br#"{"id":9006,"v":null}"#.to_vec())], 30, 6);
-    m.wait_mirrored(6, &mut take);
-
-    let letters = dlq_list(&m.config);
-    assert_kinds(
-        &letters,
-        &[
-            ("delta", "decode", 1),
-            ("delta", "rejected", 2),
-            ("gamma", "convert", 1),
-            ("gamma", "decode", 1),
-            ("gamma", "rejected", 1),
-        ],
-    );
-    for m in &taken {
-        assert_eq!(m.exchange, exchange, "{m:?}");
-        assert_eq!(m.delivery_mode, Some(2), "persistent: {m:?}");
-        // And says it is JSON, with the dead letter's id as its message id
-        assert_eq!(m.content_type.as_deref(), Some("application/json"), "{m:?}");
-        let copy: Json = serde_json::from_slice(&m.payload).expect("a JSON envelope");
-        let id = copy["id"].as_i64().expect("an id").to_string();
-        assert_eq!(m.message_id.as_deref(), Some(id.as_str()), "{m:?}");
-    }
-    let copies = taken
-        .into_iter()
-        .map(|m| (m.routing_key, m.payload))
-        .collect();
-    assert_mirrored(&letters, copies, |l| {
-        format!("{}.{}", text(l, "route"), text(l, "error_kind"))
-    });
-    assert_eq!(dlq_list(&m.config), letters, "mirroring removes nothing");
-    terminate_ok(&mut m.bridge);
-}
-
-#[test]
-fn mirror_outage_never_blocks_the_data_path_and_catches_up_in_order() {
-    // Given a mirror to a second private Mosquitto reached through a proxy
-    let mirror_broker = Mosquitto::start();
-    let proxy = TcpProxy::start(mirror_broker.addr());
-    let mut m = Mirror::start(&["omega"], |c| {
-        let url = format!("mqtt://127.0.0.1:{}", proxy.port);
-        let c = c.broker("m", &url, json!({ "client_id": unique("mqdb_mirror") }));
-        let publish = json!({ "broker": "m", "topic": "mqdb/dead/{route}/{error_kind}" });
-        c.set("dead_letter", json!({ "publish": publish }))
-    });
-    let watcher = Subscriber::connect(mirror_broker.port, "mqdb/dead/#", 1);
-    let topic = m.topic("omega");
-    let bad = |n: i64| -> (String, Vec<u8>) {
-        let payload = match n % 3 {
-            0 => format!(r#"{{"id":{},"v":null}}"#, 10_000 + n),
-            1 => format!(r#"{{"id":{},"v":"#, 10_000 + n),
-            _ => format!(r#"{{"id":{},"v":"nope"}}"#, 10_000 + n),
-        };
-        (topic.clone(), payload.into_bytes())
-    };
-    m.flow([good(&topic, 1..=10), vec![bad(0), bad(1)]].concat(), 10, 2);
-    m.wait_mirrored(2, || watcher.count());
-    // (the mirror stored its position past them: nothing of it is in flight at the cut)
-    let last_id = dlq_list(&m.config)
-        .iter()
-        .map(id_of)
-        .max()
-        .expect("2 letters");
-    let state = m.world.store.reader();
-    wait_for(
-        &mut m.bridge,
-        "the mirror position past the first 2",
-        || Ok(try_scalar(&state, "SELECT MAX(last_id) FROM mirror_position") == Some(last_id)),
-    );
-
-    // When the mirror's broker is unreachable while good and bad messages keep flowing, in
-    // four waves, each after the mirror has tried (and failed) to reconnect once more, so
-    // the mirror has long been stuck on what it could not publish
-    proxy.set_down(true);
-    let mut attempts = proxy.accepted();
-    for wave in 0..4_i64 {
-        wait_for(&mut m.bridge, "another refused mirror connection", || {
-            Ok(proxy.accepted() > attempts)
-        });
-        attempts = proxy.accepted();
-        let ids = 11 + wave * 75..11 + (wave + 1) * 75;
-        let mut msgs = Vec::new();
-        for id in ids {
-            msgs.extend(good(&topic, [id]));
-            if id % 15 == 0 {
-                msgs.push(bad(id));
-            }
-        }
-        // Then the good rows keep landing and the dead letters are stored meanwhile
-        let stored = 2 + (11..11 + (wave + 1) * 75).filter(|id| id % 15 == 0).count();
-        m.flow(msgs, 10 + (wave + 1) * 75, stored);
-    }
-    assert_eq!(dlq_list(&m.config).len(), 22);
-    let premise = "nothing was mirrored through the cut proxy (the test's own premise)";
-    assert_eq!(watcher.count(), 2, "{premise}");
-
-    // And once it is back, every dead letter is mirrored, in id order, none missing
-    proxy.set_down(false);
-    m.wait_mirrored(22, || watcher.count());
-    m.flow(vec![bad(1000)], 310, 23);
-    m.wait_mirrored(23, || watcher.count());
-    let letters = dlq_list(&m.config);
-    let copies = watcher
-        .messages()
-        .into_iter()
-        .map(|m| (m.topic, m.payload))
-        .collect();
-    assert_mirrored(&letters, copies, |l| {
-        format!("mqdb/dead/{}/{}", text(l, "route"), text(l, "error_kind"))
-    });
-    let reconnected = proxy.accepted() >= 2;
-    assert!(
-        reconnected,
-        "the mirror never reconnected, so it never saw the outage"
-    );
-    terminate_ok(&mut m.bridge);
-}
-
 #[test]
 fn replay_interrupted_by_sigint_leaves_every_entry_in_exactly_one_place() {
     // Given 4000 inbound dead letters whose table accepts them now
-    let db = Db::Postgres;
-    let world = World::new("dlq-ops");
     let n: i64 = 4000;
-    let (config, table, letters) = replayable_dead_letters(&world, n);
-    let t = table.name.clone();
-    let originals: BTreeMap<i64, i64> = letters.iter().map(|l| (id_of(l), payload_id(l))).collect();
+    let q = Replayable::new(n);
 
     // When a replay of all of them is in its second batch (held on a row of it) and gets
     // SIGINT once its first rows are in the table
-    let held = payload_id(&letters[750]);
-    let blocker = Blocker::hold(&db, &t, held);
-    let mut replay = Replay::start(&config, "replay1");
-    replay.wait_held(&db, &t, 1);
-    assert!(table.count() > 0, "rows appeared before the interrupt");
+    let (blocker, held) = (q.hold(750), payload_id(&q.letters[750]));
+    let mut replay = q.replay_held("replay1", 1);
+    assert!(q.table.count() > 0, "rows appeared before the interrupt");
     common::send_signal(replay.pid(), "INT");
     blocker.release();
     let first = replay.finish();
-    eprintln!("interrupted replay: {}", first.summary.line);
 
     // Then it exits 1 and says it was interrupted
-    let ctx = first.ctx();
+    let (s, ctx) = (&first.summary, first.ctx());
     assert_eq!(first.status.code(), Some(1), "{ctx}");
-    assert!(first.summary.line.contains("interrupted"), "{ctx}");
-    assert_eq!(first.summary.total, n as u64, "{ctx}");
-    assert_eq!(first.summary.failures(), 0, "{ctx}");
-    let replayed = first.summary.replayed;
-    assert!(replayed > 0 && replayed < n as u64, "{ctx}");
+    assert!(s.line.contains("interrupted"), "{ctx}");
+    assert_eq!((s.total, s.failures()), (n as u64, 0), "{ctx}");
+    assert!(s.replayed > 0 && s.replayed < n as u64, "{ctx}");
     // And the batch at hand finished: the held row's entry is in the table
-    let rows = row_ids(&db, &t);
-    assert!(
-        rows.contains(&held),
-        "the batch at hand was not finished; {ctx}"
-    );
-    assert_eq!(rows.len() as u64, replayed, "{ctx}");
+    let rows = q.rows();
+    assert!(rows.contains(&held), "the batch at hand is not done; {ctx}");
+    assert_eq!(rows.len() as u64, s.replayed, "{ctx}");
     // And every entry is either a row (and gone from the queue) or still queued (and not a
     // row), untouched: never both, never neither
-    let left = dlq_list(&config);
+    let left = dlq_list(&q.config);
+    let originals = q.originals();
     assert_one_place(&rows, &left, &originals, &ctx);
     for l in &left {
         assert!(originals.contains_key(&id_of(l)), "no new entries: {l}");
@@ -679,26 +671,18 @@ fn replay_interrupted_by_sigint_leaves_every_entry_in_exactly_one_place() {
     }
 
     // When the replay runs again
-    let second = Replay::start(&config, "replay2").finish();
-    eprintln!("second replay: {}", second.summary.line);
+    let second = Replay::start(&q.config, "replay2").finish();
 
     // Then it finishes the rest, and the counts add up exactly
-    let ctx = second.ctx();
+    let (s2, ctx) = (&second.summary, second.ctx());
     assert_eq!(second.status.code(), Some(0), "{ctx}");
-    assert_eq!(second.summary.total, left.len() as u64, "{ctx}");
-    assert_eq!(second.summary.replayed, left.len() as u64, "{ctx}");
-    assert_eq!(replayed + second.summary.replayed, n as u64);
-    assert_eq!(dlq_list(&config), Vec::<Json>::new());
-    assert_eq!(table.count(), n);
-    assert_eq!(
-        row_ids(&db, &t),
-        (1..=n).collect::<Vec<_>>(),
-        "every entry is one row"
-    );
-    assert_eq!(
-        scalar(&db, &format!("SELECT SUM(v) FROM {t}")),
-        n * (n + 1) / 2
-    );
+    let rest = left.len() as u64;
+    assert_eq!((s2.total, s2.replayed), (rest, rest), "{ctx}");
+    assert_eq!(s.replayed + s2.replayed, n as u64);
+    assert_eq!(dlq_list(&q.config), Vec::<Json>::new());
+    assert_eq!(q.table.count(), n);
+    assert_eq!(q.rows(), Vec::from_iter(1..=n), "every entry is one row");
+    assert_eq!(sum_v(&q.db, &q.table.name, "TRUE"), n * (n + 1) / 2);
 }
 
 #[test]
@@ -706,29 +690,25 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     // Given 1500 rejected dead letters whose table accepts them now, 15 undecodable ones
     // among them (they fail again, in the same batches as the others), and a bridge that
     // keeps running on the same state store
-    let db = Db::Postgres;
-    let world = World::new("dlq-ops");
-    let table = TempTable::create(
-        &db,
-        "beside",
-        "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, CONSTRAINT v_small CHECK (v < 1000000)",
-    );
-    let t = table.name.clone();
+    let (db, world) = (Db::Postgres, World::new("dlq-ops"));
+    let columns = "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, \
+                   CONSTRAINT v_small CHECK (v < 1000000)";
+    let table = TempTable::create(&db, "beside", columns);
+    let t = table.name.as_str();
     let topic = format!("{}/data", unique("beside"));
     let config = world
         .config(&db)
-        .inbound(route("beside", &topic, &t))
+        .inbound(route("beside", &topic, t))
         .write();
     world.persistent_session(&topic);
     let publisher = world.publisher();
     let n: i64 = 1500;
     let mut first: Messages = Vec::new();
     for id in 1..=n {
-        let payload = format!(r#"{{"id":{id},"v":{}}}"#, 1_000_000 + id);
-        first.push((topic.clone(), payload.into_bytes()));
+        let v = 1_000_000 + id;
+        first.push(msg(&topic, format!(r#"{{"id":{id},"v":{v}}}"#)));
         if id % 100 == 50 {
-            let undecodable = format!(r#"{{"id":{}"#, 50_000 + id);
-            first.push((topic.clone(), undecodable.into_bytes()));
+            first.push(msg(&topic, format!(r#"{{"id":{}"#, 50_000 + id)));
         }
     }
     let hopeless_count = (n / 100) as usize;
@@ -738,32 +718,27 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     assert_eq!(table.count(), 0);
     db.exec(&format!("ALTER TABLE {t} DROP CONSTRAINT v_small"));
     // dead-letter id -> row id, for the replayable ones; the ids of the undecodable ones
-    let replayable: BTreeMap<i64, i64> = letters
-        .iter()
-        .filter(|l| l["error_kind"] == "rejected")
-        .map(|l| (id_of(l), payload_id(l)))
-        .collect();
-    let hopeless: BTreeSet<i64> = letters
-        .iter()
-        .filter(|l| l["error_kind"] == "decode")
-        .map(id_of)
-        .collect();
+    let (mut replayable, mut hopeless) = (BTreeMap::new(), BTreeSet::new());
+    for l in &letters {
+        match text(l, "error_kind") {
+            "rejected" => replayable.insert(id_of(l), payload_id(l)).is_none(),
+            "decode" => hopeless.insert(id_of(l)),
+            other => panic!("unexpected kind {other}: {l}"),
+        };
+    }
     assert_eq!(replayable.len() as i64, n, "{letters:#?}");
     assert_eq!(hopeless.len(), hopeless_count, "{letters:#?}");
     let last_original = letters.iter().map(id_of).max().expect("originals");
 
     // The bridge's traffic: good rows (ids from 100000) and bad messages that stay dead
     // letters whatever happens (NULL into NOT NULL, bad JSON)
-    let traffic = |from: i64, count: i64| -> (Messages, i64, i64) {
-        let ids = from..from + count;
+    let traffic = |from: i64| -> (Messages, i64, i64) {
+        let ids = from..from + 300;
         let (bad, fine): (Vec<i64>, Vec<i64>) = ids.clone().partition(|id| id % 5 == 0);
         let msgs = ids.map(|id| match (id % 5, id % 10) {
-            (0, 0) => (
-                topic.clone(),
-                format!(r#"{{"id":{id},"v":null}}"#).into_bytes(),
-            ),
-            (0, _) => (topic.clone(), format!(r#"{{"id":{id},"v":"#).into_bytes()),
-            _ => good(&topic, [id]).remove(0),
+            (0, 0) => msg(&topic, format!(r#"{{"id":{id},"v":null}}"#)),
+            (0, _) => msg(&topic, format!(r#"{{"id":{id},"v":"#)),
+            _ => msg(&topic, format!(r#"{{"id":{id},"v":{id}}}"#)),
         });
         (msgs.collect(), fine.len() as i64, bad.len() as i64)
     };
@@ -773,74 +748,58 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     let held = letters[750..]
         .iter()
         .find(|l| l["error_kind"] == "rejected");
-    let blocker = Blocker::hold(
-        &db,
-        &t,
-        payload_id(held.expect("a replayable entry in the second batch")),
-    );
+    let held = payload_id(held.expect("a replayable entry in the second batch"));
+    let blocker = Blocker::hold(&db, t, held);
     let mut replay = Replay::start(&config, "replay");
-    replay.wait_held(&db, &t, 1);
-    let (msgs, good_a, bad_a) = traffic(100_000, 300);
+    replay.wait_held(&db, t, 1);
+    let (msgs, good_a, bad_a) = traffic(100_000);
     publisher.publish_all_confirmed(msgs, 1);
     let new_rows_sql = format!("SELECT COUNT(*) FROM {t} WHERE id >= 100000");
     wait_for_count(&mut bridge, &db, &new_rows_sql, good_a);
-    let new_letters = |config: &Path| -> Vec<Json> {
-        dlq_list(config)
-            .into_iter()
-            .filter(|l| id_of(l) > last_original)
-            .collect()
+    let new_letters = || -> Vec<Json> {
+        let letters = dlq_list(&config).into_iter();
+        letters.filter(|l| id_of(l) > last_original).collect()
     };
-    wait_for(
-        &mut bridge,
-        "the new dead letters during the replay",
-        || {
-            let new = new_letters(&config).len() as i64;
-            if new > bad_a {
-                return Err(format!("{new} new dead letters, expected {bad_a}"));
-            }
-            Ok(new == bad_a)
-        },
-    );
+    wait_for(&mut bridge, "the new dead letters", || {
+        let new = new_letters().len() as i64;
+        if new > bad_a {
+            return Err(format!("{new} new dead letters, expected {bad_a}"));
+        }
+        Ok(new == bad_a)
+    });
     blocker.release();
-    let (msgs, good_b, bad_b) = traffic(100_300, 300);
+    let (msgs, good_b, bad_b) = traffic(100_300);
     publisher.publish_all_confirmed(msgs, 1);
     let done = replay.finish();
-    eprintln!("replay beside the bridge: {}", done.summary.line);
-    let ctx = done.ctx();
+    let (s, ctx) = (&done.summary, done.ctx());
 
     // Then every replayable entry was replayed exactly once, and only those succeeded
     wait_for_count(&mut bridge, &db, &new_rows_sql, good_a + good_b);
     let bad_total = (bad_a + bad_b) as usize;
     wait_for(&mut bridge, "every new dead letter stored", || {
-        Ok(new_letters(&config).len() == bad_total)
+        Ok(new_letters().len() == bad_total)
     });
     // (the words match what happened: what was selected at the start, each counted once;
     // the entries the bridge stored meanwhile wait for the next replay)
-    assert_eq!(done.summary.total, letters.len() as u64, "{ctx}");
-    assert_eq!(done.summary.replayed, n as u64, "{ctx}");
-    assert_eq!(
-        done.summary.failures(),
-        hopeless_count as u64,
-        "the undecodable originals failed again, and nothing stored after the start was tried: {ctx}"
-    );
-    assert!(done.summary.adds_up(), "{ctx}");
-    for kind in done.summary.failed.keys() {
+    let selected = letters.len() as u64;
+    assert_eq!((s.total, s.replayed), (selected, n as u64), "{ctx}");
+    let only = "the undecodable originals failed again, and nothing stored after the start";
+    assert_eq!(s.failures(), hopeless_count as u64, "{only}: {ctx}");
+    assert!(s.adds_up(), "{ctx}");
+    for kind in s.failed.keys() {
         let expected = kind == "decode" || kind == "rejected";
-        assert!(
-            expected,
-            "only undecodable and new entries fail again: {ctx}"
-        );
+        assert!(expected, "only undecodable and new entries fail: {ctx}");
     }
     assert_eq!(done.status.code(), Some(1), "{ctx}");
-    let rows = row_ids(&db, &t);
+    let rows = row_ids(&db, t);
     let unique_rows: BTreeSet<i64> = rows.iter().copied().collect();
     assert_eq!(rows.len(), unique_rows.len(), "no duplicate rows");
     assert_eq!(rows.len() as i64, n + good_a + good_b, "{ctx}");
     for key in replayable.values() {
         assert!(unique_rows.contains(key), "original row {key} is missing");
     }
-    let sum = scalar(&db, &format!("SELECT SUM(v) FROM {t} WHERE id <= {n}"));
-    assert_eq!(sum, (1..=n).map(|id| 1_000_000 + id).sum::<i64>());
+    let sum = (1..=n).map(|id| 1_000_000 + id).sum::<i64>();
+    assert_eq!(sum_v(&db, t, &format!("id <= {n}")), sum);
     // And nothing is lost: the queue holds exactly the undecodable originals and the new bad
     // messages, each once, the ones the replay tried with one more attempt; no replayed
     // original and no duplicate insert
@@ -848,26 +807,17 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     assert_eq!(left.len(), hopeless_count + bad_total, "{left:#?}");
     let mut payloads = BTreeSet::new();
     for l in &left {
-        let id = id_of(l);
-        let allowed = id > last_original || hopeless.contains(&id);
-        assert!(allowed, "a replayed original is still queued: {l}");
+        let (id, new) = (id_of(l), id_of(l) > last_original);
+        let hopeless = hopeless.contains(&id);
+        assert!(new || hopeless, "a replayed original is still queued: {l}");
         assert!(payloads.insert(text(l, "payload").to_owned()), "twice: {l}");
         match text(l, "error_kind") {
             "decode" => {}
             "rejected" => assert_eq!(l["sqlstate"], "23502", "{l}"),
             other => panic!("unexpected kind {other}: {l}"),
         }
-        if id > last_original {
-            assert_eq!(
-                l["attempts"], 1,
-                "stored after the replay began, left for the next one: {l}"
-            );
-        } else {
-            assert_eq!(
-                l["attempts"], 2,
-                "an undecodable original, tried once more: {l}"
-            );
-        }
+        // (stored after the replay began: left for the next one; undecodable: tried again)
+        assert_eq!(l["attempts"], if new { 1 } else { 2 }, "{l}");
     }
     for id in &hopeless {
         let kept = left.iter().any(|l| id_of(l) == *id);
@@ -875,32 +825,25 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     }
     let retried = left.iter().filter(|l| l["attempts"] == 2).count() as u64;
     let failed_again = "each entry the replay failed again is still queued with 2 attempts";
-    assert_eq!(retried, done.summary.failures(), "{failed_again}; {ctx}");
+    assert_eq!(retried, s.failures(), "{failed_again}; {ctx}");
     terminate_ok(&mut bridge);
 }
 
 #[test]
 fn two_concurrent_replays_replay_each_entry_exactly_once() {
     // Given 3000 dead letters whose table accepts them now
-    let db = Db::Postgres;
-    let world = World::new("dlq-ops");
     let n: i64 = 3000;
-    let (config, table, letters) = replayable_dead_letters(&world, n);
-    let t = table.name.clone();
+    let q = Replayable::new(n);
 
     // When two replays of all of them start at once, and both are held in the middle of a
     // batch (a row held in every batch of 500, whichever batches each replay claims: a
     // replay claims its next batch while it writes one), then let go
-    let holds: Vec<Blocker> = (0..6)
-        .map(|k| Blocker::hold(&db, &t, payload_id(&letters[250 + 500 * k])))
-        .collect();
-    let mut a = Replay::start(&config, "replay_a");
-    let mut b = Replay::start(&config, "replay_b");
-    a.wait_held(&db, &t, 2);
+    let holds: Vec<Blocker> = (0..6).map(|k| q.hold(250 + 500 * k)).collect();
+    let mut b = Replay::start(&q.config, "replay_b");
+    let mut a = q.replay_held("replay_a", 2);
     holds.into_iter().for_each(Blocker::release);
     let (done_a, done_b) = (a.finish(), b.finish());
     let (sa, sb) = (&done_a.summary, &done_b.summary);
-    eprintln!("replay A: {}; replay B: {}", sa.line, sb.line);
     let ctx = format!("A:\n{}\nB:\n{}", done_a.ctx(), done_b.ctx());
 
     // Then between them every entry was replayed once, none failed
@@ -910,120 +853,88 @@ fn two_concurrent_replays_replay_each_entry_exactly_once() {
     // (each summary adds up; an exit 1 is fair only for the entries the other replay held,
     // and says so, never "0 dead letters failed again")
     for done in [&done_a, &done_b] {
-        assert!(done.summary.adds_up(), "{ctx}");
+        let (s, err) = (&done.summary, &done.stderr);
+        assert!(s.adds_up(), "{ctx}");
         match done.status.code() {
-            Some(0) => assert_eq!(done.summary.held, 0, "{ctx}"),
-            Some(1) => {
-                assert!(done.summary.held > 0, "{ctx}");
-                assert!(done.stderr.contains("held by another replay"), "{ctx}");
-            }
+            Some(0) => assert_eq!(s.held, 0, "{ctx}"),
+            Some(1) => assert!(s.held > 0 && err.contains("held by another"), "{ctx}"),
             other => panic!("exit {other:?}: {ctx}"),
         }
-        assert!(!done.stderr.contains("failed again"), "{ctx}");
-        assert!(!done.summary.line.contains("interrupted"), "{ctx}");
-        assert!(!done.summary.line.contains("outage"), "{ctx}");
+        assert!(!err.contains("failed again"), "{ctx}");
+        let line = &s.line;
+        assert!(
+            !line.contains("interrupted") && !line.contains("outage"),
+            "{ctx}"
+        );
     }
     // And each is one row, with nothing left in the queue (no rejected duplicate)
-    assert_eq!(dlq_list(&config), Vec::<Json>::new(), "{ctx}");
-    assert_eq!(row_ids(&db, &t), (1..=n).collect::<Vec<_>>());
-    assert_eq!(
-        scalar(&db, &format!("SELECT SUM(v) FROM {t}")),
-        n * (n + 1) / 2
-    );
+    assert_eq!(dlq_list(&q.config), Vec::<Json>::new(), "{ctx}");
+    assert_eq!(q.rows(), (1..=n).collect::<Vec<_>>());
+    assert_eq!(sum_v(&q.db, &q.table.name, "TRUE"), n * (n + 1) / 2);
 }
 
 #[test]
 fn entries_purged_during_a_replay_are_reported_as_gone_not_held() {
     // Given 1200 dead letters whose table accepts them now
-    let db = Db::Postgres;
-    let world = World::new("dlq-ops");
     let n: i64 = 1200;
-    let (config, table, letters) = replayable_dead_letters(&world, n);
+    let q = Replayable::new(n);
 
     // When a replay of all of them waits in its first batch, and everything it has not
     // claimed is purged meanwhile
-    let blocker = Blocker::hold(&db, &table.name, payload_id(&letters[250]));
-    let mut replay = Replay::start(&config, "purged_under");
-    replay.wait_held(&db, &table.name, 1);
-    let purge = run_mqdb(&["-c", path_str(&config), "dlq", "purge", "--all", "--yes"]);
+    let blocker = q.hold(250);
+    let mut replay = q.replay_held("purged_under", 1);
+    let purge = run_mqdb(&["-c", path_str(&q.config), "dlq", "purge", "--all", "--yes"]);
     assert_eq!(purge.status.code(), Some(0), "{purge:?}");
     blocker.release();
     let done = replay.finish();
-    eprintln!("replay under a purge: {}", done.summary.line);
-    let ctx = done.ctx();
+    let (s, ctx) = (&done.summary, done.ctx());
 
     // Then the purged entries are named as such, never as held by another replay, and the
     // summary adds up to the selection
-    assert_eq!(done.summary.total, n as u64, "{ctx}");
-    assert!(done.summary.adds_up(), "{ctx}");
-    assert_eq!(done.summary.held, 0, "{ctx}");
-    assert!(done.summary.gone > 0, "{ctx}");
-    assert_eq!(done.summary.replayed as i64, table.count(), "{ctx}");
+    assert_eq!((s.total, s.held), (n as u64, 0), "{ctx}");
+    assert!(s.adds_up(), "{ctx}");
+    assert!(s.gone > 0, "{ctx}");
+    assert_eq!(s.replayed as i64, q.table.count(), "{ctx}");
     assert_eq!(done.status.code(), Some(0), "{ctx}");
-    assert_eq!(dlq_list(&config), Vec::<Json>::new(), "{ctx}");
+    assert_eq!(dlq_list(&q.config), Vec::<Json>::new(), "{ctx}");
 }
 
 #[test]
 fn replay_after_a_killed_replay_reports_success_only_when_the_queue_is_done() {
     // Given 2000 dead letters whose table accepts them now
-    let db = Db::Postgres;
-    let world = World::new("dlq-ops");
     let n: i64 = 2000;
-    let (config, table, letters) = replayable_dead_letters(&world, n);
-    let t = table.name.clone();
-    let originals: BTreeMap<i64, i64> = letters.iter().map(|l| (id_of(l), payload_id(l))).collect();
+    let q = Replayable::new(n);
+    let originals = q.originals();
 
     // When a replay is killed (SIGKILL) in the middle of its second batch
-    let blocker = Blocker::hold(&db, &t, payload_id(&letters[750]));
-    let mut replay = Replay::start(&config, "killed");
-    replay.wait_held(&db, &t, 1);
+    let blocker = q.hold(750);
+    let mut replay = q.replay_held("killed", 1);
     common::send_signal(replay.pid(), "KILL");
     assert_eq!(replay.exit().code(), None, "killed by the signal");
     blocker.release();
 
     // Then every entry is a row or still queued, never both, never neither
-    let listed = dlq_list(&config);
-    assert_one_place(&row_ids(&db, &t), &listed, &originals, "after the kill");
+    let listed = dlq_list(&q.config);
+    assert_one_place(&q.rows(), &listed, &originals, "after the kill");
     assert!(!listed.is_empty(), "the killed batch is still queued");
 
     // And a new replay either replays everything, or does not claim success
-    let done = Replay::start(&config, "again").finish();
-    eprintln!("replay after a killed one: {}", done.summary.line);
-    let left = dlq_list(&config);
+    let done = Replay::start(&q.config, "again").finish();
+    let left = dlq_list(&q.config);
     let ctx = format!("{}{} entries still queued", done.ctx(), left.len());
     assert_eq!(done.summary.failures(), 0, "{ctx}");
     if done.status.code() == Some(0) {
         assert_eq!(left.len(), 0, "exit 0 while entries remain: {ctx}");
-        assert_eq!(table.count(), n, "{ctx}");
+        assert_eq!(q.table.count(), n, "{ctx}");
     } else {
         assert_eq!(done.status.code(), Some(1), "{ctx}");
     }
-    assert_one_place(&row_ids(&db, &t), &left, &originals, &ctx);
-}
-
-/// Runs `mqdb -c CONFIG check` on `text` and asserts exit 2 with `file:LINE:` where LINE is
-/// one of `lines` (1-based), and the message naming `needle`.
-fn assert_config_error(dir: &Path, text: &str, lines: &[usize], needle: &str) {
-    let path = dir.join(format!("{}.yaml", unique("bad")));
-    std::fs::write(&path, text).expect("write config");
-    let out = run_mqdb(&["-c", path_str(&path), "check"]);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let ctx = format!("{text}\n---\n{stdout}{stderr}");
-    assert_eq!(out.status.code(), Some(2), "{ctx}");
-    let named = lines
-        .iter()
-        .any(|l| stderr.contains(&format!("{}:{l}:", path.display())));
-    assert!(named, "the error names line {lines:?}: {ctx}");
-    assert!(stderr.contains(needle), "{ctx}");
+    assert_one_place(&q.rows(), &left, &originals, &ctx);
 }
 
 #[test]
 fn mirror_config_errors_exit_2_naming_the_line() {
-    let dir = tempfile::Builder::new()
-        .prefix("mqdb-dlq-ops-config-")
-        .tempdir()
-        .expect("temp dir");
+    let dir = tempfile::tempdir().expect("temp dir");
     let head = format!(
         "state: \"sqlite://{}\"\n\
                 brokers:\n  b:\n    url: \"mqtt://127.0.0.1:1883\"\n  \
@@ -1033,11 +944,12 @@ fn mirror_config_errors_exit_2_naming_the_line() {
         dir.path().join("state.db").display()
     );
     let base = head.lines().count();
-    let cases = [
+    // Each: the `publish:` settings, the lines one of which the error names, what it names
+    let cases: [(&str, &[usize], &str); 3] = [
         // A template field a dead letter does not have (MQTT topic)
         (
             "broker: b\n    topic: \"mqdb/dead/{topic}\"\n",
-            &[base + 4][..],
+            &[base + 4],
             "{topic}",
         ),
         // … and in an AMQP routing key
@@ -1055,6 +967,15 @@ fn mirror_config_errors_exit_2_naming_the_line() {
     ];
     for (publish, lines, needle) in cases {
         let text = format!("{head}dead_letter:\n  publish:\n    {publish}");
-        assert_config_error(dir.path(), &text, lines, needle);
+        let path = dir.path().join(format!("{}.yaml", unique("bad")));
+        std::fs::write(&path, &text).expect("write config");
+        let out = run_mqdb(&["-c", path_str(&path), "check"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let ctx = format!("{text}\n---\n{stdout}{stderr}");
+        assert_eq!(out.status.code(), Some(2), "{ctx}");
+        let at = |l: &usize| stderr.contains(&format!("{}:{l}:", path.display()));
+        assert!(lines.iter().any(at), "not at line {lines:?}: {ctx}");
+        assert!(stderr.contains(needle), "{ctx}");
     }
 }

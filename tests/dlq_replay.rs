@@ -128,10 +128,13 @@ impl std::fmt::Display for Cli {
     }
 }
 
-/// `mqdb -c CONFIG dlq ARGS…` with stdin closed (not a terminal), killed and failed if it
-/// runs past [`LIVENESS`].
-fn dlq(config: &Path, args: &[&str]) -> Cli {
-    let all = [&["-c", path_str(config), "dlq"][..], args].concat();
+/// `mqdb -c CONFIG dlq ARGS…` (`args` split at spaces) with stdin closed (not a terminal),
+/// killed and failed if it runs past [`LIVENESS`].
+fn dlq(config: &Path, args: &str) -> Cli {
+    let all = ["-c", path_str(config), "dlq"]
+        .into_iter()
+        .chain(args.split_whitespace());
+    let all: Vec<&str> = all.collect();
     let dir = config.parent().expect("config dir");
     let (status, stdout, stderr) = run_bounded(&all, dir, LIVENESS);
     let code = status.code();
@@ -143,17 +146,16 @@ fn dlq(config: &Path, args: &[&str]) -> Cli {
 }
 
 /// Like [`dlq`], asserting the exit code.
-fn dlq_expect(config: &Path, args: &[&str], code: i32) -> Cli {
+fn dlq_expect(config: &Path, args: &str, code: i32) -> Cli {
     let cli = dlq(config, args);
-    assert_eq!(cli.code, Some(code), "mqdb dlq {args:?}:\n{cli}");
+    assert_eq!(cli.code, Some(code), "mqdb dlq {args}:\n{cli}");
     cli
 }
 
 /// `mqdb dlq replay ARGS…`, asserting the exit code and the summary line.
-fn replay(config: &Path, args: &[&str], code: i32, summary: &str) -> Cli {
-    let all = [&["replay"][..], args].concat();
-    let cli = dlq_expect(config, &all, code);
-    assert_eq!(cli.summary(), summary, "mqdb dlq {all:?}:\n{cli}");
+fn replay(config: &Path, args: &str, code: i32, summary: &str) -> Cli {
+    let cli = dlq_expect(config, &format!("replay {args}"), code);
+    assert_eq!(cli.summary(), summary, "mqdb dlq replay {args}:\n{cli}");
     cli
 }
 
@@ -172,8 +174,8 @@ fn letters(config: &Path) -> Letters {
 }
 
 /// The ids `dlq list --json ARGS…` prints, sorted.
-fn listed_ids(config: &Path, args: &[&str]) -> Vec<i64> {
-    let cli = dlq_expect(config, &[&["list", "--json"][..], args].concat(), 0);
+fn listed_ids(config: &Path, args: &str) -> Vec<i64> {
+    let cli = dlq_expect(config, &format!("list --json {args}"), 0);
     let parse = |l: &str| -> Json {
         let e = |e| panic!("not a JSON object: {l}: {e}\n{cli}");
         serde_json::from_str(l).unwrap_or_else(e)
@@ -205,9 +207,9 @@ fn rows(db: &Db, sql: &str) -> Vec<Vec<Option<String>>> {
     db.query(sql).into_iter().map(row).collect()
 }
 
-/// Expected rows, every value set.
-fn texts(rows: &[&[&str]]) -> Vec<Vec<Option<String>>> {
-    let row = |r: &&[&str]| r.iter().map(|v| s(v)).collect();
+/// Expected rows, each written as its values joined by a space, every value set.
+fn texts(rows: &[&str]) -> Vec<Vec<Option<String>>> {
+    let row = |r: &&str| r.split(' ').map(s).collect();
     rows.iter().map(row).collect()
 }
 
@@ -335,7 +337,7 @@ fn rejected_rows_fail_again_then_land_with_their_metadata_once_the_table_is_fixe
 
     // When every entry is replayed before the table is fixed
     std::thread::sleep(TICK);
-    replay(&config, &["--all"], 1, &failed(4, "rejected: 4"));
+    replay(&config, "--all", 1, &failed(4, "rejected: 4"));
 
     // Then every entry is kept with a second attempt, a new last_failed_at and the error
     let second = letters(&config);
@@ -350,7 +352,7 @@ fn rejected_rows_fail_again_then_land_with_their_metadata_once_the_table_is_fixe
 
     // When the column gets a default and the route's entries are replayed
     db.exec(&format!("ALTER TABLE {t} ALTER COLUMN v SET DEFAULT -1"));
-    replay(&config, &["--route", "readings"], 0, "replayed 3 of 3");
+    replay(&config, "--route readings", 0, "replayed 3 of 3");
 
     // Then the rows are in the table with the default and the original message's topic,
     // topic level and receive time
@@ -413,7 +415,7 @@ fn rejected_rows_replayed_with_on_conflict_ignore_never_duplicate_mariadb() {
 
     // When the CHECK is dropped and the first id-101 entry alone is replayed
     db.exec(&format!("ALTER TABLE {t} DROP CONSTRAINT {check}"));
-    replay(&config, &["--id", &id(a).to_string()], 0, "replayed 1 of 1");
+    replay(&config, &format!("--id {}", id(a)), 0, "replayed 1 of 1");
 
     // Then that row is in, with its topic and receive time; the others still wait
     let sql = format!("SELECT v, topic, received FROM {t} WHERE id = 101");
@@ -424,14 +426,14 @@ fn rejected_rows_replayed_with_on_conflict_ignore_never_duplicate_mariadb() {
     assert_eq!(letters(&config).len(), 2);
 
     // When everything left is replayed, and then again
-    replay(&config, &["--all"], 0, "replayed 2 of 2");
-    replay(&config, &["--all"], 0, "replayed 0 of 0");
+    replay(&config, "--all", 0, "replayed 2 of 2");
+    replay(&config, "--all", 0, "replayed 0 of 0");
 
     // Then the second id-101 entry was ignored (no duplicate, the first kept), 102 is in,
     // and the queue is empty
     let (ta, tc) = (format!("{root}/a"), format!("{root}/c"));
     let sql = format!("SELECT id, v, topic FROM {t} WHERE id > 100 ORDER BY id");
-    let want = texts(&[&["101", "-5", &ta], &["102", "-7", &tc]]);
+    let want = texts(&[&format!("101 -5 {ta}"), &format!("102 -7 {tc}")]);
     assert_eq!(rows(&db, &sql), want);
     assert_eq!(table.count(), 7);
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
@@ -455,24 +457,19 @@ fn a_conversion_that_is_still_wrong_counts_every_attempt_and_id_selects_exactly(
 
     // When one entry is replayed by id, several times, then with others in both --id forms
     // and by error kind, each step checked against the one before
-    let [xs, ys, zs] = [x, y, z].map(|i| i.to_string());
-    let xy = format!("{x},{y}");
-    let steps: [(&[&str], String, &[i64]); 6] = [
-        (&["--id", &xs], failed(1, "convert: 1"), &[x]),
-        (&["--id", &xs], failed(1, "convert: 1"), &[x]),
-        (&["--id", &xy], failed(2, "convert: 2"), &[x, y]),
+    let (by_x, decode) = (format!("--id {x}"), "--all --error-kind decode");
+    let steps: [(&str, String, &[i64]); 6] = [
+        (&by_x, failed(1, "convert: 1"), &[x]),
+        (&by_x, failed(1, "convert: 1"), &[x]),
+        (&format!("--id {x},{y}"), failed(2, "convert: 2"), &[x, y]),
         (
-            &["--id", &xs, "--id", &zs],
+            &format!("--id {x} --id {z}"),
             failed(2, "convert: 1, decode: 1"),
             &[x, z],
         ),
+        (decode, failed(1, "decode: 1"), &[z]),
         (
-            &["--all", "--error-kind", "decode"],
-            failed(1, "decode: 1"),
-            &[z],
-        ),
-        (
-            &["--route", "conv", "--error-kind", "convert"],
+            "--route conv --error-kind convert",
             failed(2, "convert: 2"),
             &[x, y],
         ),
@@ -483,7 +480,7 @@ fn a_conversion_that_is_still_wrong_counts_every_attempt_and_id_selects_exactly(
         // Then exactly the selected entries have one more attempt and the same error kind;
         // the others are unchanged
         let now = letters(&config);
-        assert_touched(&last, &now, touched, &format!("replay {args:?}"));
+        assert_touched(&last, &now, touched, &format!("replay {args}"));
         last = now;
     }
     // And the attempts add up: x 6, y 3, z 3; the error still names the value
@@ -493,15 +490,14 @@ fn a_conversion_that_is_still_wrong_counts_every_attempt_and_id_selects_exactly(
     assert!(error.contains("abc"), "{:#}", last[&x]);
 
     // When nothing matches the selection
-    let none = ["--all", "--error-kind", "rejected"];
-    replay(&config, &none, 0, "replayed 0 of 0");
+    replay(&config, "--all --error-kind rejected", 0, "replayed 0 of 0");
     // Or the selection is not exactly one of --all, --id, --route
     for args in [
-        &["replay"][..],
-        &["replay", "--error-kind", "convert"],
-        &["replay", "--all", "--route", "conv"],
-        &["replay", "--all", "--id", &xs],
-        &["replay", "--route", "conv", "--id", &ys],
+        "replay",
+        "replay --error-kind convert",
+        "replay --all --route conv",
+        &format!("replay --all --id {x}"),
+        &format!("replay --route conv --id {y}"),
     ] {
         dlq_expect(&config, args, 2);
     }
@@ -537,13 +533,13 @@ fn dry_run_changes_nothing_and_reports_database_rejections() {
     let table_before = rows(&db, &ids_sql);
     std::thread::sleep(TICK);
     let summary = "would replay 1 of 3, would fail 2 (convert: 1, rejected: 1)";
-    let dry = replay(&config, &["--all", "--dry-run"], 1, summary);
+    let dry = replay(&config, "--all --dry-run", 1, summary);
     // (it says what would happen: nothing failed "again")
     let err = &dry.stderr;
     let said = err.contains("2 dead letters would fail") && !err.contains("again");
     assert!(said, "{dry}");
     // And the insertable one alone
-    let one = ["--id", &dup_id, "--dry-run"];
+    let one = format!("--id {dup_id} --dry-run");
     replay(&config, &one, 0, "would replay 1 of 1");
 
     // Then the table and the entries (attempts, times, errors) are exactly as before: the
@@ -553,8 +549,8 @@ fn dry_run_changes_nothing_and_reports_database_rejections() {
 
     // And a real replay does what the dry run said
     let summary = "replayed 1 of 3, failed 2 (convert: 1, rejected: 1)";
-    replay(&config, &["--all"], 1, summary);
-    let want = texts(&[&["1", "7"], &["2", "2"], &["3", "3"]]);
+    replay(&config, "--all", 1, summary);
+    let want = texts(&["1 7", "2 2", "3 3"]);
     assert_eq!(rows(&db, &ids_sql), want);
     let after = letters(&config);
     assert_eq!(after.len(), 2, "{after:#?}");
@@ -622,19 +618,19 @@ fn csv_record_dead_letters_land_once_with_values_from_their_own_header() {
 
     // When the CHECK is dropped and the route's entries are replayed (twice)
     db.exec(&format!("ALTER TABLE {t} DROP CONSTRAINT {check}"));
-    replay(&config_v1, &["--route", "items"], 0, "replayed 2 of 2");
-    replay(&config_v1, &["--route", "items"], 0, "replayed 0 of 0");
+    replay(&config_v1, "--route items", 0, "replayed 2 of 2");
+    replay(&config_v1, "--route items", 0, "replayed 0 of 0");
 
     // Then each record is one row, its values read through its own message's header, and
     // `payload` is the record's own line as for the records stored by `run`
     let sql = format!("SELECT id, sku, qty, raw FROM {t} ORDER BY id");
     let want = texts(&[
-        &["1", "A", "5", "5,1,A"],
-        &["2", "B", "500", "500,2,B"],
-        &["3", "C", "7", "7,3,C"],
-        &["4", "D", "8", "D,8,4"],
-        &["5", "E", "900", "E,900,5"],
-        &["6", "F", "9", "F,9,6"],
+        "1 A 5 5,1,A",
+        "2 B 500 500,2,B",
+        "3 C 7 7,3,C",
+        "4 D 8 D,8,4",
+        "5 E 900 E,900,5",
+        "6 F 9 F,9,6",
     ]);
     assert_eq!(rows(&db, &sql), want);
 
@@ -642,12 +638,12 @@ fn csv_record_dead_letters_land_once_with_values_from_their_own_header() {
     let config_v2 = config("id=payload.id sku=payload.sku");
     std::thread::sleep(TICK);
     let summary = "replayed 1 of 2, failed 1 (rejected: 1)";
-    replay(&config_v2, &["--route", "whole"], 1, summary);
+    replay(&config_v2, "--route whole", 1, summary);
 
     // Then the whole message without a conflict is in (every record, qty defaulted), the
     // one with a taken key is all or nothing: none of its records, the entry kept
     let sql = format!("SELECT id, sku, qty FROM {w} ORDER BY id");
-    let want = texts(&[&["1", "pre", "1"], &["7", "G", "42"], &["8", "H", "42"]]);
+    let want = texts(&["1 pre 1", "7 G 42", "8 H 42"]);
     assert_eq!(rows(&db, &sql), want);
     let left = letters(&config_v2);
     assert_eq!(left.len(), 1, "{left:#?}");
@@ -724,7 +720,7 @@ fn amqp_dead_letters_replay_with_their_routing_key_and_headers_without_a_broker(
     // and the entries are replayed
     let config = config("amqp://guest:guest@127.0.0.1:1/%2f");
     db.exec(&format!("ALTER TABLE {t} DROP CONSTRAINT {check}"));
-    replay(&config, &["--all"], 0, "replayed 2 of 2");
+    replay(&config, "--all", 0, "replayed 2 of 2");
 
     // Then the rows carry the original routing key, exchange, queue, flag, broker, headers
     // and receive time
@@ -732,19 +728,10 @@ fn amqp_dead_letters_replay_with_their_routing_key_and_headers_without_a_broker(
     let select = format!("SELECT id, v, rk, ex, q, re::text, br, site, seq, {received}");
     let got = rows(&db, &format!("{select} FROM {t} WHERE id > 1 ORDER BY id"));
     let (x, q) = (exchange.as_str(), queue.as_str());
+    // (the default exchange has an empty name: two spaces)
     let want = texts(&[
-        &[
-            "2",
-            "-1",
-            rk,
-            x,
-            q,
-            "false",
-            "r",
-            "Zürich-1",
-            "9007199254740993",
-        ],
-        &["3", "-2", q, "", q, "false", "r", "south", "-7"],
+        &format!("2 -1 {rk} {x} {q} false r Zürich-1 9007199254740993"),
+        &format!("3 -2 {q}  {q} false r south -7"),
     ]);
     assert_eq!(
         got.iter().map(|r| r[..9].to_vec()).collect::<Vec<_>>(),
@@ -776,7 +763,7 @@ fn unroutable_outbound_dead_letters_fail_again_until_a_queue_is_bound_then_arriv
 
     // When they are replayed while nothing is bound
     std::thread::sleep(TICK);
-    replay(&config, &["--all"], 1, &failed(3, "unroutable: 3"));
+    replay(&config, "--all", 1, &failed(3, "unroutable: 3"));
 
     // Then they are kept, with a second attempt
     let second = letters(&config);
@@ -786,7 +773,7 @@ fn unroutable_outbound_dead_letters_fail_again_until_a_queue_is_bound_then_arriv
 
     // When a queue is bound to the exchange and they are replayed with --dry-run
     rabbit.declare_bound_queue(&queue, &exchange, "r.#");
-    replay(&config, &["--all", "--dry-run"], 0, "would replay 3 of 3");
+    replay(&config, "--all --dry-run", 0, "would replay 3 of 3");
     // Then nothing is published and the entries are unchanged
     std::thread::sleep(Duration::from_millis(300));
     let early = rabbit.take_all(&queue);
@@ -794,7 +781,7 @@ fn unroutable_outbound_dead_letters_fail_again_until_a_queue_is_bound_then_arriv
     assert_eq!(letters(&config), second);
 
     // When they are replayed for real
-    replay(&config, &["--all"], 0, "replayed 3 of 3");
+    replay(&config, "--all", 0, "replayed 3 of 3");
 
     // Then the queue receives exactly the original payloads, with their routing keys,
     // persistent, with their rows' keys, and the entries are gone
@@ -875,32 +862,29 @@ fn list_filters_by_route_kind_and_time_and_show_prints_one_entry() {
     let future = future.to_rfc3339_opts(SecondsFormat::Secs, true);
     let every: Vec<i64> = all.keys().copied().collect();
     let alpha = [a_decode, a_convert, a_rejected1, a_rejected2];
-    let a_rejected = ["--route", "alpha", "--error-kind", "rejected"];
-    let cases: [(&[&str], &[i64]); 14] = [
-        (&[], &every),
-        (&["--route", "alpha"], &alpha),
-        (&["--route", "beta"], &[b_decode, b_convert]),
-        (&["--error-kind", "decode"], &[a_decode, b_decode]),
-        (&["--error-kind", "convert"], &[a_convert, b_convert]),
-        (&a_rejected, &[a_rejected1, a_rejected2]),
-        (&["--route", "beta", "--error-kind", "rejected"], &[]),
-        (&["--since", "1h"], &every),
-        (&["--since", "7d"], &every),
-        (&["--since", &between_z], &round2),
-        (&["--since", &between_plus2], &round2),
-        (
-            &[&["--since", &between_z][..], &a_rejected].concat(),
-            &[a_rejected2],
-        ),
-        (&["--since", &between_z, "--error-kind", "decode"], &[]),
-        (&["--since", &future], &[]),
+    let a_rejected = "--route alpha --error-kind rejected";
+    let cases: [(&str, &[i64]); 14] = [
+        ("", &every),
+        ("--route alpha", &alpha),
+        ("--route beta", &[b_decode, b_convert]),
+        ("--error-kind decode", &[a_decode, b_decode]),
+        ("--error-kind convert", &[a_convert, b_convert]),
+        (a_rejected, &[a_rejected1, a_rejected2]),
+        ("--route beta --error-kind rejected", &[]),
+        ("--since 1h", &every),
+        ("--since 7d", &every),
+        (&format!("--since {between_z}"), &round2),
+        (&format!("--since {between_plus2}"), &round2),
+        (&format!("--since {between_z} {a_rejected}"), &[a_rejected2]),
+        (&format!("--since {between_z} --error-kind decode"), &[]),
+        (&format!("--since {future}"), &[]),
     ];
     for (args, want) in cases {
-        let what = format!("dlq list --json {args:?}");
+        let what = format!("dlq list --json {args}");
         assert_eq!(listed_ids(&config, args), sorted(want.to_vec()), "{what}");
     }
     // (a route that is neither configured nor stored is a usage error naming the routes)
-    let unknown = dlq_expect(&config, &["list", "--json", "--route", "gamma"], 2);
+    let unknown = dlq_expect(&config, "list --json --route gamma", 2);
     let err = &unknown.stderr;
     assert!(
         err.contains("gamma") && err.contains("alpha, beta"),
@@ -908,7 +892,7 @@ fn list_filters_by_route_kind_and_time_and_show_prints_one_entry() {
     );
 
     // And the table form prints its header and one line per match, or says nothing matches
-    let table = dlq_expect(&config, &["list", "--route", "beta"], 0);
+    let table = dlq_expect(&config, "list --route beta", 0);
     let header = table.stdout.lines().next().unwrap_or("");
     for column in ["ID", "ROUTE", "AGE", "ATTEMPTS", "KIND", "ERROR", "PAYLOAD"] {
         assert!(header.contains(column), "{table}");
@@ -925,13 +909,13 @@ fn list_filters_by_route_kind_and_time_and_show_prints_one_entry() {
         assert_eq!(first_word, Some(want.to_string().as_str()), "{table}");
         assert!(line.contains("beta"), "{table}");
     }
-    let none = dlq_expect(&config, &["list", "--since", &future], 0);
+    let none = dlq_expect(&config, &format!("list --since {future}"), 0);
     assert_eq!(none.stdout.trim(), "no dead letters match", "{none}");
     // And a time that is neither RFC 3339 nor a duration is a usage error
-    dlq_expect(&config, &["list", "--since", "yesterday"], 2);
+    dlq_expect(&config, "list --since yesterday", 2);
 
     // And show prints one entry with its payload and error; a missing id exits 1
-    let shown = dlq_expect(&config, &["show", &b_convert.to_string()], 0);
+    let shown = dlq_expect(&config, &format!("show {b_convert}"), 0);
     let error = all[&b_convert]["error"].as_str().expect("error");
     for part in [b_late, "beta", error] {
         assert!(shown.stdout.contains(part), "{shown}");
@@ -939,7 +923,7 @@ fn list_filters_by_route_kind_and_time_and_show_prints_one_entry() {
     let only = !shown.stdout.contains("not json");
     assert!(only, "only that entry: {shown}");
     let missing = 1 + all.keys().max().expect("ids");
-    let absent = dlq_expect(&config, &["show", &missing.to_string()], 1);
+    let absent = dlq_expect(&config, &format!("show {missing}"), 1);
     let said = format!("no dead letter with id {missing}");
     assert!(absent.stderr.contains(&said), "{absent}");
     // And listing changed nothing
@@ -972,21 +956,20 @@ fn purge_selects_by_id_route_and_time_and_needs_yes_without_a_terminal() {
     let nothing = "no dead letters match; nothing purged";
 
     // When the selection is not exactly one of --all, --id, --route (or --before alone)
-    let (a1s, b1s) = (a1.to_string(), b1.to_string());
     for args in [
-        &["purge", "--yes"][..],
-        &["purge", "--all", "--route", "alpha", "--yes"],
-        &["purge", "--id", &a1s, "--all", "-y"],
-        &["purge", "--route", "alpha", "--id", &b1s, "--yes"],
+        "purge --yes",
+        "purge --all --route alpha --yes",
+        &format!("purge --id {a1} --all -y"),
+        &format!("purge --route alpha --id {b1} --yes"),
     ] {
         dlq_expect(&config, args, 2);
     }
     // Or --yes is missing and stdin is not a terminal
     for args in [
-        &["purge", "--route", "alpha"][..],
-        &["purge", "--all"],
-        &["purge", "--id", &a1s],
-        &["purge", "--before", &future],
+        "purge --route alpha",
+        "purge --all",
+        &format!("purge --id {a1}"),
+        &format!("purge --before {future}"),
     ] {
         let cli = dlq_expect(&config, args, 2);
         assert!(cli.stderr.contains("--yes"), "{cli}");
@@ -996,46 +979,41 @@ fn purge_selects_by_id_route_and_time_and_needs_yes_without_a_terminal() {
 
     // When nothing matches: a time in the past, also narrowed by route; an id that is gone
     for args in [
-        &["purge", "--before", past, "--yes"][..],
-        &["purge", "--route", "alpha", "--before", past, "-y"],
-        &["purge", "--before", "1h", "--yes"],
+        &format!("purge --before {past} --yes"),
+        &format!("purge --route alpha --before {past} -y"),
+        "purge --before 1h --yes",
     ] {
         let cli = dlq_expect(&config, args, 0);
         assert_eq!(cli.stdout.trim(), nothing, "{cli}");
     }
-    let unknown = dlq_expect(&config, &["purge", "--route", "gamma", "--yes"], 2);
+    let unknown = dlq_expect(&config, "purge --route gamma --yes", 2);
     assert!(unknown.stderr.contains("alpha, beta"), "{unknown}");
     assert_eq!(ids(&config), sorted(vec![a1, a2, a3, b1, b2, b3]));
 
     // When one id, then two ids, then a route before a future time are purged
-    let b12 = format!("{b1},{b2}");
-    let steps: [(&[&str], u64, &[i64]); 4] = [
-        (&["--id", &a1s, "--yes"], 1, &[a2, a3, b1, b2, b3]),
-        (&["--id", &b12, "-y"], 2, &[a2, a3, b3]),
-        (
-            &["--route", "alpha", "--before", &future, "--yes"],
-            2,
-            &[b3],
-        ),
-        (&["--before", &future, "--yes"], 1, &[]),
+    let steps: [(&str, u64, &[i64]); 4] = [
+        (&format!("--id {a1} --yes"), 1, &[a2, a3, b1, b2, b3]),
+        (&format!("--id {b1},{b2} -y"), 2, &[a2, a3, b3]),
+        (&format!("--route alpha --before {future} --yes"), 2, &[b3]),
+        (&format!("--before {future} --yes"), 1, &[]),
     ];
     for (args, n, left) in steps {
-        let cli = dlq_expect(&config, &[&["purge"][..], args].concat(), 0);
+        let cli = dlq_expect(&config, &format!("purge {args}"), 0);
         // Then exactly those are gone
         let purged = format!("purged {n} dead letters");
         assert_eq!(cli.stdout.trim(), purged, "{cli}");
-        assert_eq!(ids(&config), sorted(left.to_vec()), "after purge {args:?}");
+        assert_eq!(ids(&config), sorted(left.to_vec()), "after purge {args}");
     }
 
     // When new dead letters arrive and everything is purged
     publisher.publish_all_confirmed(bad(&topics[0], 2, "c"), 1);
     wait_dead_letters(&mut bridge, &config, 2);
-    dlq_expect(&config, &["purge", "--all"], 2);
+    dlq_expect(&config, "purge --all", 2);
     assert_eq!(letters(&config).len(), 2);
-    let cli = dlq_expect(&config, &["purge", "--all", "--yes"], 0);
+    let cli = dlq_expect(&config, "purge --all --yes", 0);
     assert_eq!(cli.stdout.trim(), "purged 2 dead letters", "{cli}");
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
-    let cli = dlq_expect(&config, &["purge", "--all", "--yes"], 0);
+    let cli = dlq_expect(&config, "purge --all --yes", 0);
     assert_eq!(cli.stdout.trim(), nothing, "{cli}");
     terminate_ok(&mut bridge);
     assert_eq!(ta.count() + tb.count(), 0);
@@ -1077,12 +1055,12 @@ fn dead_letters_of_a_route_no_longer_configured_are_kept_as_no_route() {
     let config = config.outbound(flipped_out).write();
     std::thread::sleep(TICK);
     let summary = "replayed 1 of 3, failed 2 (no_route: 2)";
-    replay(&config, &["--all"], 1, summary);
+    replay(&config, "--all", 1, summary);
 
     // Then the configured route's entry is in its table, and the other two are kept with
     // kind no_route, naming their route
     let kept_rows = rows(&db, &format!("SELECT id, v FROM {}", routed[0].1));
-    assert_eq!(kept_rows, texts(&[&["1", "2"]]));
+    assert_eq!(kept_rows, texts(&["1 2"]));
     for table in &tables[1..] {
         assert_eq!(table.count(), 0, "{}", table.name);
     }
@@ -1101,13 +1079,13 @@ fn dead_letters_of_a_route_no_longer_configured_are_kept_as_no_route() {
 
 /// `mqdb -c CONFIG dlq ARGS…` on a pseudo-terminal (util-linux `script`), with `input`
 /// typed in: its exit code and everything it wrote (stdout and stderr share the terminal).
-fn dlq_on_terminal(config: &Path, args: &[&str], input: &str) -> (Option<i32>, String) {
+fn dlq_on_terminal(config: &Path, args: &str, input: &str) -> (Option<i32>, String) {
     use std::io::Write as _;
     use std::process::Stdio;
     let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
     let mut cmd = vec![quote(path_str(&common::mqdb_bin())), "-c".into()];
     cmd.extend([quote(path_str(config)), "dlq".into()]);
-    cmd.extend(args.iter().map(|a| quote(a)));
+    cmd.extend(args.split_whitespace().map(quote));
     let mut child = std::process::Command::new("script")
         .args(["-qec", &cmd.join(" "), "/dev/null"])
         .env_remove("RUST_LOG")
@@ -1137,7 +1115,7 @@ fn on_a_terminal_purge_asks_first_and_replay_shows_progress() {
     let first = run_until(&config, &db, &[], 3);
 
     // When purge runs on a terminal without --yes and the answer is no
-    let (code, out) = dlq_on_terminal(&config, &["purge", "--all"], "n\n");
+    let (code, out) = dlq_on_terminal(&config, "purge --all", "n\n");
     // Then it asked, purged nothing, and exits 0
     assert_eq!(code, Some(0), "{out}");
     let asked = out.contains("purge 3 dead letters for good? [y/N]");
@@ -1145,7 +1123,7 @@ fn on_a_terminal_purge_asks_first_and_replay_shows_progress() {
     assert_eq!(letters(&config), first);
 
     // When replay runs on a terminal
-    let (code, out) = dlq_on_terminal(&config, &["replay", "--all"], "");
+    let (code, out) = dlq_on_terminal(&config, "replay --all", "");
     // Then it shows its progress and the summary, and the entries failed again
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("3/3"), "progress: {out}");
@@ -1153,7 +1131,7 @@ fn on_a_terminal_purge_asks_first_and_replay_shows_progress() {
     assert_fields(letters(&config).values(), json!({"attempts": 2}));
 
     // When purge asks again and the answer is yes
-    let (code, out) = dlq_on_terminal(&config, &["purge", "--route", "tty"], "y\n");
+    let (code, out) = dlq_on_terminal(&config, "purge --route tty", "y\n");
     // Then they are gone
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("purged 3 dead letters"), "{out}");
@@ -1191,21 +1169,21 @@ fn a_database_outage_stops_the_replay_and_counts_no_attempt() {
 
     // When the database is unreachable during a replay
     proxy.set_down(true);
-    let cli = dlq(&config, &["replay", "--all"]);
+    let cli = dlq(&config, "replay --all");
 
     // Then the replay stops with exit 1, says so, and every entry is as it was
     assert_stopped_by_outage(&cli, 3);
     assert_eq!(letters(&config), first);
     // And a dry run is stopped the same way
-    let cli = dlq(&config, &["replay", "--all", "--dry-run"]);
+    let cli = dlq(&config, "replay --all --dry-run");
     assert_stopped_by_outage(&cli, 0);
     assert_eq!(letters(&config), first);
 
     // When the database is back
     proxy.set_down(false);
-    replay(&config, &["--all"], 0, "replayed 3 of 3");
+    replay(&config, "--all", 0, "replayed 3 of 3");
     let sql = format!("SELECT id, v FROM {t} ORDER BY id");
-    let want = texts(&[&["1", "2"], &["2", "2"], &["3", "2"]]);
+    let want = texts(&["1 2", "2 2", "3 2"]);
     assert_eq!(rows(&db, &sql), want);
 }
 
@@ -1229,7 +1207,7 @@ fn a_broker_outage_stops_an_outbound_replay_and_counts_no_attempt() {
 
     // When the broker is unreachable during a replay
     proxy.set_down(true);
-    let cli = dlq(&config, &["replay", "--all"]);
+    let cli = dlq(&config, "replay --all");
 
     // Then the replay stops with exit 1, says so, and every entry is as it was
     assert_stopped_by_outage(&cli, 2);
@@ -1237,7 +1215,7 @@ fn a_broker_outage_stops_an_outbound_replay_and_counts_no_attempt() {
 
     // When the broker is back
     proxy.set_down(false);
-    replay(&config, &["--all"], 0, "replayed 2 of 2");
+    replay(&config, "--all", 0, "replayed 2 of 2");
     let got = take(&rabbit, &queue, 2);
     let mut keys: Vec<String> = got.into_iter().map(|m| m.routing_key).collect();
     keys.sort();
