@@ -25,43 +25,33 @@ const ID_V: &[(&str, &str)] = &[("id", "payload.id"), ("v", "payload.v")];
 
 type Letters = BTreeMap<i64, Json>;
 type Messages = Vec<(String, Vec<u8>)>;
+type Shape = fn(Route) -> Route;
 
-/// A world and its config with one inbound route `(name, table)` on `db` per item, each
-/// on its own topic (returned in the same order) and shaped by `shape`; the bridge's
-/// persistent session already subscribes to every topic.
-fn routes(
-    db: &Db,
-    world: &World,
-    routes: &[(&str, &str)],
-    shape: impl Fn(Route) -> Route,
-) -> (PathBuf, Vec<String>) {
+/// The config with one inbound route `(name, table)` on `db` per item, each on its own
+/// topic (returned in the same order) and shaped by `shape`; the bridge's persistent
+/// session already subscribes to every topic.
+fn routes(world: &World, db: &Db, routes: &[(&str, &str)], shape: Shape) -> (PathBuf, Vec<String>) {
     let topics: Vec<String> = routes.iter().map(|(n, _)| unique(n)).collect();
     let mut config = world.config(db);
     for ((name, table), topic) in routes.iter().zip(&topics) {
         config = config.inbound(shape(Route::inbound(name, topic, table)));
     }
-    sessions(
-        world,
-        &topics.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    sessions(world, &topics);
     (config.write(), topics)
 }
 
 /// The bridge's persistent session subscribed to every route's filter, so that the broker
 /// queues what is published before the bridge first starts.
-fn sessions(world: &World, filters: &[&str]) {
-    let filters: Vec<(&str, u8)> = filters.iter().map(|f| (*f, 1)).collect();
+fn sessions(world: &World, filters: &[String]) {
+    let filters: Vec<(&str, u8)> = filters.iter().map(|f| (f.as_str(), 1)).collect();
     let (port, client) = (world.broker.port, &world.client_id);
     Subscriber::connect_with(port, client, false, &filters).disconnect();
 }
 
 /// `columns:` from `column=source` words.
-fn cols(route: Route, spec: &str) -> Route {
-    let pairs: Vec<(&str, &str)> = spec
-        .split_whitespace()
-        .map(|w| w.split_once('=').expect("column=source"))
-        .collect();
-    route.columns(&pairs)
+fn cols<'a>(route: Route, spec: &'a str) -> Route {
+    let pair = |w: &'a str| w.split_once('=').expect("column=source");
+    route.columns(&spec.split_whitespace().map(pair).collect::<Vec<_>>())
 }
 
 /// Each of `payloads` on `topic`.
@@ -131,10 +121,8 @@ impl std::fmt::Display for Cli {
 /// `mqdb -c CONFIG dlq ARGS…` (`args` split at spaces) with stdin closed (not a terminal),
 /// killed and failed if it runs past [`LIVENESS`].
 fn dlq(config: &Path, args: &str) -> Cli {
-    let all = ["-c", path_str(config), "dlq"]
-        .into_iter()
-        .chain(args.split_whitespace());
-    let all: Vec<&str> = all.collect();
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let all = [&["-c", path_str(config), "dlq"][..], &args].concat();
     let dir = config.parent().expect("config dir");
     let (status, stdout, stderr) = run_bounded(&all, dir, LIVENESS);
     let code = status.code();
@@ -264,10 +252,10 @@ fn assert_failed_again(before: &Json, after: &Json, kind: &str) {
     let (Json::Object(b), Json::Object(a)) = (before, after) else {
         panic!("not objects: {ctx}");
     };
-    for (k, v) in b
+    let same = b
         .iter()
-        .filter(|(k, _)| !changed.split(' ').any(|c| c == k.as_str()))
-    {
+        .filter(|(k, _)| !changed.split(' ').any(|c| *k == c));
+    for (k, v) in same {
         assert_eq!(a.get(k), Some(v), "{k} changed: {ctx}");
     }
 }
@@ -306,14 +294,13 @@ fn rejected_rows_fail_again_then_land_with_their_metadata_once_the_table_is_fixe
     let (root, root2) = (unique("rr"), unique("rr_other"));
     let readings_route = Route::inbound("readings", &format!("{root}/{{site}}"), t)
         .lines(&["batch: { max_rows: 100, max_delay: 50ms }"]);
-    let readings_route = cols(
-        readings_route,
-        "id=payload.id v=payload.v site=topic.site topic=meta.topic received=meta.received_at",
-    );
+    let spec = "id=payload.id v=payload.v site=topic.site topic=meta.topic \
+                received=meta.received_at";
+    let readings_route = cols(readings_route, spec);
     let config = world.config(&db).inbound(readings_route);
     let others_route = Route::inbound("others", &root2, &others.name).columns(ID_V);
     let config = config.inbound(others_route).write();
-    sessions(&world, &[&format!("{root}/+"), &root2]);
+    sessions(&world, &[format!("{root}/+"), root2.clone()]);
 
     // When good messages and messages without `v` are published and the bridge runs
     let good = (1..=5).map(|i| format!(r#"{{"id":{i},"v":{}}}"#, i * 10));
@@ -323,17 +310,16 @@ fn rejected_rows_fail_again_then_land_with_their_metadata_once_the_table_is_fixe
         ("south", "102", r#"{"id":102,"note":"no v"}"#),
         ("east", "103", r#"{"id":103}"#),
     ];
-    for (site, _, payload) in bad {
-        messages.extend(on(&format!("{root}/{site}"), [payload]));
-    }
+    messages.extend(
+        bad.iter()
+            .flat_map(|(site, _, p)| on(&format!("{root}/{site}"), [p])),
+    );
     messages.extend(on(&root2, [r#"{"id":1,"v":-1}"#]));
     world.publisher().publish_all_confirmed(messages, 1);
     let first = run_until(&config, &db, &[(t, 5)], 4);
     let stopped_at = Utc::now();
-    assert_fields(
-        first.values(),
-        json!({"error_kind": "rejected", "attempts": 1}),
-    );
+    let want = json!({"error_kind": "rejected", "attempts": 1});
+    assert_fields(first.values(), want);
 
     // When every entry is replayed before the table is fixed
     std::thread::sleep(TICK);
@@ -404,9 +390,10 @@ fn rejected_rows_replayed_with_on_conflict_ignore_never_duplicate_mariadb() {
         ("b", r#"{"id":101,"v":-6}"#),
         ("c", r#"{"id":102,"v":-7}"#),
     ];
-    for (level, payload) in bad {
-        messages.extend(on(&format!("{root}/{level}"), [payload]));
-    }
+    messages.extend(
+        bad.iter()
+            .flat_map(|(level, p)| on(&format!("{root}/{level}"), [p])),
+    );
     world.publisher().publish_all_confirmed(messages, 1);
     let first = run_until(&config, &db, &[(t, 5)], 3);
     let want = json!({"error_kind": "rejected", "sqlstate": "23000"});
@@ -431,9 +418,8 @@ fn rejected_rows_replayed_with_on_conflict_ignore_never_duplicate_mariadb() {
 
     // Then the second id-101 entry was ignored (no duplicate, the first kept), 102 is in,
     // and the queue is empty
-    let (ta, tc) = (format!("{root}/a"), format!("{root}/c"));
     let sql = format!("SELECT id, v, topic FROM {t} WHERE id > 100 ORDER BY id");
-    let want = texts(&[&format!("101 -5 {ta}"), &format!("102 -7 {tc}")]);
+    let want = texts(&[&format!("101 -5 {root}/a"), &format!("102 -7 {root}/c")]);
     assert_eq!(rows(&db, &sql), want);
     assert_eq!(table.count(), 7);
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
@@ -446,7 +432,7 @@ fn a_conversion_that_is_still_wrong_counts_every_attempt_and_id_selects_exactly(
     let table = TempTable::create(&db, "conv", "id INTEGER PRIMARY KEY, n INTEGER");
     let t = table.name.as_str();
     let shape = |r: Route| r.columns(&[("id", "payload.id"), ("n", "payload.n")]);
-    let (config, topics) = routes(&db, &world, &[("conv", t)], shape);
+    let (config, topics) = routes(&world, &db, &[("conv", t)], shape);
     let (px, py) = (r#"{"id":7,"n":"abc"}"#, r#"{"id":8,"n":"xyz"}"#);
     let messages = on(&topics[0], [r#"{"id":1,"n":1}"#, px, py, "not json"]);
     world.publisher().publish_all_confirmed(messages, 1);
@@ -514,7 +500,7 @@ fn dry_run_changes_nothing_and_reports_database_rejections() {
     let columns = "id INTEGER PRIMARY KEY, v INTEGER CHECK (v > 0)";
     let table = TempTable::create(&db, "dry", columns);
     let t = table.name.as_str();
-    let (config, topics) = routes(&db, &world, &[("dry", t)], |r| r.columns(ID_V));
+    let (config, topics) = routes(&world, &db, &[("dry", t)], |r| r.columns(ID_V));
     let check = r#"{"id":10,"v":-1}"#;
     let convert = r#"{"id":11,"v":"abc"}"#;
     let duplicate = r#"{"id":1,"v":7}"#;
@@ -524,7 +510,6 @@ fn dry_run_changes_nothing_and_reports_database_rejections() {
     world.publisher().publish_all_confirmed(messages, 1);
     let before = run_until(&config, &db, &[(t, 3)], 3);
     assert_eq!(with_payload(&before, duplicate)["sqlstate"], "23505");
-    let dup_id = id(with_payload(&before, duplicate)).to_string();
 
     // When the row the duplicate collided with is deleted (so it would go in now) and every
     // entry is replayed with --dry-run
@@ -539,7 +524,7 @@ fn dry_run_changes_nothing_and_reports_database_rejections() {
     let said = err.contains("2 dead letters would fail") && !err.contains("again");
     assert!(said, "{dry}");
     // And the insertable one alone
-    let one = format!("--id {dup_id} --dry-run");
+    let one = format!("--id {} --dry-run", id(with_payload(&before, duplicate)));
     replay(&config, &one, 0, "would replay 1 of 1");
 
     // Then the table and the entries (attempts, times, errors) are exactly as before: the
@@ -584,15 +569,11 @@ fn csv_record_dead_letters_land_once_with_values_from_their_own_header() {
     let spec = "id=payload.id sku=payload.sku qty=payload.qty raw=payload";
     let items = csv("items", &topics[0], t, spec);
     let config = |spec: &str| {
-        let whole = csv("whole", &topics[1], w, spec);
-        world
-            .config(&db)
-            .inbound(items.clone())
-            .inbound(whole)
-            .write()
+        let config = world.config(&db).inbound(items.clone());
+        config.inbound(csv("whole", &topics[1], w, spec)).write()
     };
     let config_v1 = config("id=payload.id sku=payload.sku qty=payload.qty");
-    sessions(&world, &[&topics[0], &topics[1]]);
+    sessions(&world, &topics);
 
     // When two multi-line messages with differently ordered headers each carry a rejected
     // record in the middle, and two messages without `qty` in their header arrive for the
@@ -611,10 +592,8 @@ fn csv_record_dead_letters_land_once_with_values_from_their_own_header() {
         assert_fields([l], json!({"error_kind": "rejected"}));
     }
     let whole_letters = [w_ok, w_dup].map(|p| with_payload(&first, p));
-    assert_fields(
-        whole_letters,
-        json!({"error_kind": "decode", "route": "whole"}),
-    );
+    let want = json!({"error_kind": "decode", "route": "whole"});
+    assert_fields(whole_letters, want);
 
     // When the CHECK is dropped and the route's entries are replayed (twice)
     db.exec(&format!("ALTER TABLE {t} DROP CONSTRAINT {check}"));
@@ -675,12 +654,10 @@ fn amqp_dead_letters_replay_with_their_routing_key_and_headers_without_a_broker(
         .set("queue", queue.as_str())
         .set("table", t.as_str())
         .set("bind", bind);
-    let route = cols(
-        route,
-        "id=payload.id v=payload.v rk=meta.routing_key ex=meta.exchange q=meta.queue \
-         re=meta.redelivered br=meta.broker site=header.x-site seq=header.x-seq \
-         received=meta.received_at",
-    );
+    let spec = "id=payload.id v=payload.v rk=meta.routing_key ex=meta.exchange q=meta.queue \
+                re=meta.redelivered br=meta.broker site=header.x-site seq=header.x-seq \
+                received=meta.received_at";
+    let route = cols(route, spec);
     let config = |url: &str| {
         let config = work.bare_config().broker("r", url, Json::Null);
         let cs = db.connection_string();
@@ -700,12 +677,8 @@ fn amqp_dead_letters_replay_with_their_routing_key_and_headers_without_a_broker(
     let (ok, north) = (br#"{"id":1,"v":1}"#, br#"{"id":2,"v":-1}"#);
     rabbit.publish(&exchange, "sensors.ok.t", ok, &[site("ok")]);
     let seq = ("x-seq", Header::Int(9_007_199_254_740_993));
-    rabbit.publish(
-        &exchange,
-        "sensors.north.t",
-        north,
-        &[site("Zürich-1"), seq],
-    );
+    let headers = [site("Zürich-1"), seq];
+    rabbit.publish(&exchange, "sensors.north.t", north, &headers);
     let seq = ("x-seq", Header::Int32(-7));
     rabbit.publish("", &queue, br#"{"id":3,"v":-2}"#, &[site("south"), seq]);
     let sql = format!("SELECT COUNT(*) FROM {t}");
@@ -733,10 +706,8 @@ fn amqp_dead_letters_replay_with_their_routing_key_and_headers_without_a_broker(
         &format!("2 -1 {rk} {x} {q} false r Zürich-1 9007199254740993"),
         &format!("3 -2 {q}  {q} false r south -7"),
     ]);
-    assert_eq!(
-        got.iter().map(|r| r[..9].to_vec()).collect::<Vec<_>>(),
-        want
-    );
+    let head: Vec<_> = got.iter().map(|r| r[..9].to_vec()).collect();
+    assert_eq!(head, want);
     for (row, payload) in got.iter().zip([r#"{"id":2,"v":-1}"#, r#"{"id":3,"v":-2}"#]) {
         assert_received_at(row[9].as_deref(), with_payload(&first, payload));
     }
@@ -752,9 +723,8 @@ fn unroutable_outbound_dead_letters_fail_again_until_a_queue_is_bound_then_arriv
     rabbit.declare_exchange(&exchange, "topic");
     let table = TempTable::create(&db, "out_unr", "id INTEGER PRIMARY KEY, kind TEXT NOT NULL");
     let t = &table.name;
-    db.exec(&format!(
-        "INSERT INTO {t} VALUES (1, 'a'), (2, 'b'), (3, 'a')"
-    ));
+    let kinds = "(1, 'a'), (2, 'b'), (3, 'a')";
+    db.exec(&format!("INSERT INTO {t} VALUES {kinds}"));
     let query = format!("SELECT id, kind FROM {t} WHERE id > ? ORDER BY id");
     let config = rabbit_out(&work, Rabbit::URL, &query, &exchange, "r.{kind}");
     let first = run_until(&config, &db, &[], 3);
@@ -825,14 +795,11 @@ fn list_filters_by_route_kind_and_time_and_show_prints_one_entry() {
     let ta = TempTable::create(&db, "lst_a", columns);
     let tb = TempTable::create(&db, "lst_b", columns);
     let tables = [("alpha", ta.name.as_str()), ("beta", tb.name.as_str())];
-    let (config, topics) = routes(&db, &world, &tables, |r| r.columns(ID_V));
+    let (config, topics) = routes(&world, &db, &tables, |r| r.columns(ID_V));
     let publisher = world.publisher();
     let mut bridge = Bridge::start(&config);
-    let a_bad = [
-        "alpha not json",
-        r#"{"id":1,"v":"abc"}"#,
-        r#"{"id":2,"v":-1}"#,
-    ];
+    let (convert, rejected) = (r#"{"id":1,"v":"abc"}"#, r#"{"id":2,"v":-1}"#);
+    let a_bad = ["alpha not json", convert, rejected];
     let b_bad = "beta not json";
     let mut messages = on(&topics[0], a_bad);
     messages.extend(on(&topics[1], [b_bad]));
@@ -886,10 +853,8 @@ fn list_filters_by_route_kind_and_time_and_show_prints_one_entry() {
     // (a route that is neither configured nor stored is a usage error naming the routes)
     let unknown = dlq_expect(&config, "list --json --route gamma", 2);
     let err = &unknown.stderr;
-    assert!(
-        err.contains("gamma") && err.contains("alpha, beta"),
-        "{unknown}"
-    );
+    let named = err.contains("gamma") && err.contains("alpha, beta");
+    assert!(named, "{unknown}");
 
     // And the table form prints its header and one line per match, or says nothing matches
     let table = dlq_expect(&config, "list --route beta", 0);
@@ -897,12 +862,8 @@ fn list_filters_by_route_kind_and_time_and_show_prints_one_entry() {
     for column in ["ID", "ROUTE", "AGE", "ATTEMPTS", "KIND", "ERROR", "PAYLOAD"] {
         assert!(header.contains(column), "{table}");
     }
-    let lines = table
-        .stdout
-        .lines()
-        .skip(1)
-        .filter(|l| !l.trim().is_empty());
-    let lines: Vec<&str> = lines.collect();
+    let body = table.stdout.lines().skip(1);
+    let lines: Vec<&str> = body.filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 2, "{table}");
     for (line, want) in lines.iter().zip(sorted(vec![b_decode, b_convert])) {
         let first_word = line.split_whitespace().next();
@@ -938,7 +899,7 @@ fn purge_selects_by_id_route_and_time_and_needs_yes_without_a_terminal() {
     let ta = TempTable::create(&db, "pg_a", "id INTEGER PRIMARY KEY, v TEXT");
     let tb = TempTable::create(&db, "pg_b", "id INTEGER PRIMARY KEY, v TEXT");
     let tables = [("alpha", ta.name.as_str()), ("beta", tb.name.as_str())];
-    let (config, topics) = routes(&db, &world, &tables, |r| r);
+    let (config, topics) = routes(&world, &db, &tables, |r| r);
     let publisher = world.publisher();
     let bad = |topic: &str, n: usize, tag: &str| -> Messages {
         on(topic, (1..=n).map(|i| format!("{tag} {i} not json")))
@@ -1028,7 +989,7 @@ fn dead_letters_of_a_route_no_longer_configured_are_kept_as_no_route() {
     let columns = "id INTEGER PRIMARY KEY, v INTEGER";
     let tables = names.map(|n| TempTable::create(&db, &format!("nr_{n}"), columns));
     let routed = [0, 1, 2].map(|i| (names[i], tables[i].name.as_str()));
-    let (config, topics) = routes(&db, &world, &routed, |r| r.columns(ID_V));
+    let (config, topics) = routes(&world, &db, &routed, |r| r.columns(ID_V));
     let dup = [r#"{"id":1,"v":1}"#, r#"{"id":1,"v":2}"#];
     let messages = topics.iter().flat_map(|t| on(t, dup)).collect();
     world.publisher().publish_all_confirmed(messages, 1);
@@ -1109,7 +1070,7 @@ fn on_a_terminal_purge_asks_first_and_replay_shows_progress() {
     let world = World::new("dlq-replay");
     let db = Db::Sqlite(world.path("target.db"));
     let table = TempTable::create(&db, "tty", "id INTEGER PRIMARY KEY, v TEXT");
-    let (config, topics) = routes(&db, &world, &[("tty", table.name.as_str())], |r| r);
+    let (config, topics) = routes(&world, &db, &[("tty", table.name.as_str())], |r| r);
     let junk = on(&topics[0], ["junk 1", "junk 2", "junk 3"]);
     world.publisher().publish_all_confirmed(junk, 1);
     let first = run_until(&config, &db, &[], 3);
@@ -1138,14 +1099,16 @@ fn on_a_terminal_purge_asks_first_and_replay_shows_progress() {
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
 }
 
-/// Asserts that a replay of `n` entries (0: of any count) stopped with exit 1 and said it was
-/// an outage.
-fn assert_stopped_by_outage(cli: &Cli, n: usize) {
+/// Asserts that `mqdb dlq ARGS` (a replay of `n` entries; 0: of any count) stopped with exit
+/// 1, said it was an outage, and left every entry as it was in `before`.
+fn assert_stopped_by_outage(config: &Path, args: &str, n: usize, before: &Letters) {
+    let cli = dlq(config, args);
     assert_eq!(cli.code, Some(1), "{cli}");
     let (summary, start) = (cli.summary(), format!("replayed 0 of {n}"));
     let counted = n == 0 || summary.starts_with(&start);
     let said = counted && summary.contains("; stopped by an outage");
     assert!(said, "{cli}");
+    assert_eq!(&letters(config), before);
 }
 
 #[test]
@@ -1169,22 +1132,16 @@ fn a_database_outage_stops_the_replay_and_counts_no_attempt() {
 
     // When the database is unreachable during a replay
     proxy.set_down(true);
-    let cli = dlq(&config, "replay --all");
-
     // Then the replay stops with exit 1, says so, and every entry is as it was
-    assert_stopped_by_outage(&cli, 3);
-    assert_eq!(letters(&config), first);
+    assert_stopped_by_outage(&config, "replay --all", 3, &first);
     // And a dry run is stopped the same way
-    let cli = dlq(&config, "replay --all --dry-run");
-    assert_stopped_by_outage(&cli, 0);
-    assert_eq!(letters(&config), first);
+    assert_stopped_by_outage(&config, "replay --all --dry-run", 0, &first);
 
     // When the database is back
     proxy.set_down(false);
     replay(&config, "--all", 0, "replayed 3 of 3");
-    let sql = format!("SELECT id, v FROM {t} ORDER BY id");
-    let want = texts(&["1 2", "2 2", "3 2"]);
-    assert_eq!(rows(&db, &sql), want);
+    let got = rows(&db, &format!("SELECT id, v FROM {t} ORDER BY id"));
+    assert_eq!(got, texts(&["1 2", "2 2", "3 2"]));
 }
 
 #[test]
@@ -1207,17 +1164,14 @@ fn a_broker_outage_stops_an_outbound_replay_and_counts_no_attempt() {
 
     // When the broker is unreachable during a replay
     proxy.set_down(true);
-    let cli = dlq(&config, "replay --all");
-
     // Then the replay stops with exit 1, says so, and every entry is as it was
-    assert_stopped_by_outage(&cli, 2);
-    assert_eq!(letters(&config), first);
+    assert_stopped_by_outage(&config, "replay --all", 2, &first);
 
     // When the broker is back
     proxy.set_down(false);
     replay(&config, "--all", 0, "replayed 2 of 2");
-    let got = take(&rabbit, &queue, 2);
-    let mut keys: Vec<String> = got.into_iter().map(|m| m.routing_key).collect();
+    let got = take(&rabbit, &queue, 2).into_iter();
+    let mut keys: Vec<String> = got.map(|m| m.routing_key).collect();
     keys.sort();
     assert_eq!(keys, ["k.1", "k.2"]);
 }
