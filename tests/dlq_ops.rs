@@ -1,18 +1,10 @@
-//! Dead-letter operations against the real services: the `dead_letter.publish` mirror (to a
-//! private Mosquitto, to a RabbitMQ exchange, and across an outage of the mirror's broker),
-//! `mqdb dlq replay` interrupted with SIGINT, a replay beside a running `mqdb run` on the
-//! same state store, two replays at once, a replay after one that was killed, and the
-//! mirror's configuration errors.
+//! Dead-letter operations: the `dead_letter.publish` mirror (MQTT, AMQP, across an outage of
+//! its broker), and `mqdb dlq replay` interrupted, beside a running bridge, twice at once,
+//! under a purge and after a killed one.
 //!
-//! Dead letters are produced the way production produces them: a running bridge and a table
-//! that rejects the rows (a CHECK constraint the test drops afterwards to make them
-//! replayable). Where a test needs a replay to be in the middle of its work at a given
-//! moment, the test holds an uncommitted PostgreSQL row with the primary key of one of the
-//! replay's rows, so the replay's insert waits on it: deterministic, never timed.
-//!
-//! Every test has its own temp dir (config, state store, logs), its own private Mosquitto,
-//! unique table, topic, client-id, queue and exchange names, and drops what it created when
-//! it ends. Waits are liveness deadlines, never speed assertions.
+//! Where a replay must be in the middle of its work at a given moment, the test holds an
+//! uncommitted PostgreSQL row with the primary key of one of the replay's rows, so the
+//! replay's insert waits on it: deterministic, never timed.
 
 mod common;
 
@@ -23,24 +15,21 @@ use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    Bridge, Db, LIVENESS, Mosquitto, Rabbit, Route, Subscriber, TcpProxy, TempTable, World,
-    dlq_list, mqdb_command, odbc_connect, odbc_exec, path_str, pg_lock_waiters, run_mqdb, unique,
-    wait_for,
+    Bridge, Config, Db, LIVENESS, Mosquitto, Rabbit, Route, Subscriber, TcpProxy, TempTable, World,
+    dlq_list, letter_id as id_of, mqdb_command, odbc_connect, odbc_exec, path_str, pg_lock_waiters,
+    run_mqdb, scalar, terminate_ok, try_scalar, unique, wait_dead_letters, wait_for,
+    wait_for_count,
 };
-use common::{scalar, terminate_ok, try_scalar, wait_for_count};
 use serde_json::{Value as Json, json};
 
 type Messages = Vec<(String, Vec<u8>)>;
+type RouteOf = fn(i64) -> &'static str;
 
 /// A hang detector for a whole replay of a few thousand entries (never a speed assertion).
 const REPLAY_DEADLINE: Duration = Duration::from_secs(180);
 
-// ---------------------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------------------
-
-/// One `inbound:` list item with broker `b`, database `d`, QoS 1, JSON, `id` and `v` from
-/// the payload, `on_conflict: error` and 500-row batches.
+/// One `inbound:` list item with `id` and `v` from the payload, `on_conflict: error` and
+/// 500-row batches.
 fn route(name: &str, topic: &str, table: &str) -> Route {
     Route::inbound(name, topic, table)
         .columns(&[("id", "payload.id"), ("v", "payload.v")])
@@ -48,21 +37,154 @@ fn route(name: &str, topic: &str, table: &str) -> Route {
         .set("batch", json!({ "max_rows": 500, "max_delay": "100ms" }))
 }
 
-/// `good` messages `{"id":N,"v":N}` on `<root>/<route_of(N)>`, with the `bad` ones spread
-/// evenly among them (one after every `good / bad.len()` good ones).
-fn good_among_bad(
-    root: &str,
-    good: i64,
-    route_of: impl Fn(i64) -> &'static str,
-    bad: &Messages,
-) -> Messages {
-    let every = good / bad.len() as i64;
+/// `payload` on `topic`.
+fn msg(topic: &str, payload: String) -> (String, Vec<u8>) {
+    (topic.to_owned(), payload.into_bytes())
+}
+
+/// `{"id":N,"v":N}` on `topic` for each id.
+fn good(topic: &str, ids: impl IntoIterator<Item = i64>) -> Messages {
+    let good = |id| msg(topic, format!(r#"{{"id":{id},"v":{id}}}"#));
+    ids.into_iter().map(good).collect()
+}
+
+fn text<'a>(letter: &'a Json, key: &str) -> &'a str {
+    let text = letter[key].as_str();
+    text.unwrap_or_else(|| panic!("no text {key}: {letter}"))
+}
+
+/// The `id` inside a dead letter's JSON payload (the row's primary key).
+fn payload_id(letter: &Json) -> i64 {
+    let payload: Result<Json, _> = serde_json::from_str(text(letter, "payload"));
+    let payload = payload.unwrap_or_else(|e| panic!("payload is not JSON ({e}): {letter}"));
+    let id = payload["id"].as_i64();
+    id.unwrap_or_else(|| panic!("payload without an integer id: {letter}"))
+}
+
+/// How many of `letters` each route and error kind has: `route kind n, …` in that order.
+fn kinds(letters: &[Json]) -> String {
+    let mut got = BTreeMap::new();
+    for l in letters {
+        let key = (text(l, "route"), text(l, "error_kind"));
+        *got.entry(key).or_insert(0) += 1;
+    }
+    let kind = |((r, k), n): (_, usize)| format!("{r} {k} {n}");
+    got.into_iter().map(kind).collect::<Vec<_>>().join(", ")
+}
+
+/// The primary keys of every row of `table`.
+fn row_ids(db: &Db, table: &str) -> Vec<i64> {
+    let rows = db.query(&format!("SELECT id FROM {table} ORDER BY id"));
+    let id = |r: &Vec<Option<String>>| r[0].as_deref().expect("an id").trim().parse();
+    rows.iter().map(|r| id(r).expect("an integer id")).collect()
+}
+
+/// `SUM(v)` over the rows of `table` that match `filter`.
+fn sum_v(db: &Db, table: &str, filter: &str) -> i64 {
+    scalar(db, &format!("SELECT SUM(v) FROM {table} WHERE {filter}"))
+}
+
+/// Asserts that every original dead letter (its id → its row's id) is either a row or still
+/// queued: never both, never neither.
+fn assert_one_place(rows: &[i64], listed: &[Json], originals: &BTreeMap<i64, i64>, ctx: &str) {
+    let rows: BTreeSet<i64> = rows.iter().copied().collect();
+    let listed: BTreeSet<i64> = listed.iter().map(id_of).collect();
+    for (id, key) in originals {
+        let (in_table, queued) = (rows.contains(key), listed.contains(id));
+        let both_or_neither = format!("{id} (row {key}): in the table {in_table}, queued {queued}");
+        assert!(in_table != queued, "{both_or_neither}; {ctx}");
+    }
+}
+
+/// A bridge with routes `<root>/<name>` into one table that rejects NULL values, which
+/// mirrors its dead letters as `mirror` configures; `copies` reads every mirrored copy so
+/// far (address, payload), in arrival order.
+struct Mirror {
+    world: World,
+    table: TempTable,
+    root: String,
+    config: PathBuf,
+    bridge: Bridge,
+    copies: Box<dyn FnMut() -> Messages>,
+}
+
+impl Mirror {
+    fn start(
+        world: World,
+        routes: &[&str],
+        copies: impl FnMut() -> Messages + 'static,
+        mirror: impl FnOnce(Config) -> Config,
+    ) -> Mirror {
+        let (db, root) = (Db::Postgres, unique("mirror"));
+        let columns = "id INTEGER PRIMARY KEY, v INTEGER NOT NULL";
+        let table = TempTable::create(&db, "mirror", columns);
+        let add = |c: Config, r: &&str| c.inbound(route(r, &format!("{root}/{r}"), &table.name));
+        let config = mirror(routes.iter().fold(world.config(&db), add)).write();
+        world.persistent_session(&format!("{root}/+"));
+        let bridge = Bridge::start(&config);
+        bridge.wait_for_log("mirroring dead letters", LIVENESS);
+        let copies = Box::new(copies);
+        Mirror {
+            world,
+            table,
+            root,
+            config,
+            bridge,
+            copies,
+        }
+    }
+
+    /// The topic of route `name`.
+    fn topic(&self, name: &str) -> String {
+        format!("{}/{name}", self.root)
+    }
+
+    /// Publishes `messages`, then waits until the table has `rows` rows, `letters` dead
+    /// letters are stored and at least `mirrored` copies arrived.
+    fn flow(&mut self, messages: Messages, rows: i64, letters: usize, mirrored: usize) {
+        self.world.publisher().publish_all_confirmed(messages, 1);
+        let count = format!("SELECT COUNT(*) FROM {}", self.table.name);
+        wait_for_count(&mut self.bridge, &Db::Postgres, &count, rows);
+        wait_dead_letters(&mut self.bridge, &self.config, letters);
+        let (what, copies) = (format!("{mirrored} mirrored"), &mut self.copies);
+        wait_for(&mut self.bridge, &what, || Ok(copies().len() >= mirrored));
+    }
+
+    /// Asserts that the copies are exactly the `dlq list --json` objects, one per dead
+    /// letter, in id order, each at the address `address` builds from it, and that mirroring
+    /// removed none; stops the bridge and returns the dead letters.
+    fn finish(mut self, address: impl Fn(&Json) -> String) -> Vec<Json> {
+        let letters = dlq_list(&self.config);
+        let parse = |(to, payload): (String, Vec<u8>)| {
+            let lossy = String::from_utf8_lossy(&payload).into_owned();
+            let json = serde_json::from_slice(&payload);
+            (
+                to,
+                json.unwrap_or_else(|e| panic!("not JSON ({e}): {lossy}")),
+            )
+        };
+        let copies: Vec<(String, Json)> = (self.copies)().into_iter().map(parse).collect();
+        let copied: Vec<i64> = copies.iter().map(|(_, c)| id_of(c)).collect();
+        let listed: Vec<i64> = letters.iter().map(id_of).collect();
+        let order = "the mirrored ids (arrival order) are the stored ids";
+        assert_eq!(copied, listed, "{order}");
+        for ((to, copy), letter) in copies.iter().zip(&letters) {
+            assert_eq!(copy, letter, "the envelope is the `dlq list --json` object");
+            assert_eq!(*to, address(letter), "address of {letter}");
+        }
+        assert_eq!(dlq_list(&self.config), letters, "mirroring removes nothing");
+        terminate_ok(&mut self.bridge);
+        letters
+    }
+}
+
+/// `count` good messages on `<root>/<route_of(N)>`, with the `bad` ones spread evenly among
+/// them (one after every `count / bad.len()` good ones).
+fn good_among_bad(root: &str, count: i64, route_of: RouteOf, bad: &Messages) -> Messages {
+    let every = count / bad.len() as i64;
     let mut messages: Messages = Vec::new();
-    for id in 1..=good {
-        messages.push((
-            format!("{root}/{}", route_of(id)),
-            format!(r#"{{"id":{id},"v":{id}}}"#).into_bytes(),
-        ));
+    for id in 1..=count {
+        messages.extend(good(&format!("{root}/{}", route_of(id)), [id]));
         if id % every == 0 {
             messages.push(bad[(id / every - 1) as usize].clone());
         }
@@ -70,85 +192,283 @@ fn good_among_bad(
     messages
 }
 
-/// Waits until `dlq list` holds exactly `want` entries; more fails at once.
-fn wait_for_dead_letters(bridge: &mut Bridge, config: &Path, want: usize) {
-    wait_for(bridge, &format!("{want} dead letters"), || {
-        let n = dlq_list(config).len();
-        if n > want {
-            return Err(format!("{n} dead letters, expected {want}"));
-        }
-        Ok(n == want)
+/// Every message `watcher` received (topic, payload), each published at QoS `qos` and not
+/// retained.
+fn mqtt_copies(watcher: Subscriber, qos: u8) -> impl FnMut() -> Messages {
+    move || {
+        let copy = |m: common::Received| {
+            assert_eq!(m.qos, qos, "published at the configured QoS: {m:?}");
+            assert!(!m.retain, "{m:?}");
+            (m.topic, m.payload)
+        };
+        watcher.messages().into_iter().map(copy).collect()
+    }
+}
+
+/// The MQTT mirror's address of a dead letter.
+fn mqtt_address(l: &Json) -> String {
+    format!("mqdb/dead/{}/{}", text(l, "route"), text(l, "error_kind"))
+}
+
+#[test]
+fn mirror_to_mqtt_publishes_each_dead_letter_once_as_its_list_object() {
+    // Given two routes into a table that rejects NULL values, and a mirror to the same
+    // broker on a topic built from the route and the kind of error
+    let world = World::new("dlq-ops");
+    let copies = mqtt_copies(world.subscribe("mqdb/dead/#"), 1);
+    let mut m = Mirror::start(world, &["alpha", "beta"], copies, |c| {
+        let topic = "mqdb/dead/{route}/{error_kind}";
+        let publish = json!({ "broker": "b", "topic": topic, "qos": 1 });
+        c.set("dead_letter", json!({ "publish": publish }))
     });
+
+    // When 40 good messages flow with 5 bad ones of three kinds among them
+    let (alpha, beta) = (m.topic("alpha"), m.topic("beta"));
+    let bad: Messages = vec![
+        msg(&alpha, r#"{"id": 9001, "v": "#.into()),
+        msg(&alpha, r#"{"id":9002,"v":null}"#.into()),
+        msg(&beta, r#"{"id":9003,"v":"abc"}"#.into()),
+        msg(&beta, "not json".into()),
+        msg(&beta, r#"{"id":9005,"v":null}"#.into()),
+    ];
+    let route_of = |id: i64| if id % 2 == 0 { "alpha" } else { "beta" };
+
+    // Then the good rows land, the bad ones are stored, and each is mirrored
+    m.flow(good_among_bad(&m.root, 40, route_of, &bad), 40, 5, 5);
+    // And once one more dead letter is mirrored after them, nothing was mirrored twice
+    let last = msg(&alpha, r#"{"id":9006,"v":null}"#.into());
+    m.flow(vec![last], 40, 6, 6);
+    let letters = m.finish(mqtt_address);
+    let want = "alpha decode 1, alpha rejected 2, beta convert 1, beta decode 1, beta rejected 1";
+    assert_eq!(kinds(&letters), want, "{letters:#?}");
 }
 
-fn id_of(letter: &Json) -> i64 {
-    letter["id"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no id: {letter}"))
+#[test]
+fn mirror_to_amqp_publishes_each_dead_letter_once_to_the_exchange() {
+    // Given a topic exchange with a bound queue, and a mirror to it with a routing key
+    // built from the route and the kind of error
+    let mut rabbit = Rabbit::connect();
+    let (exchange, queue) = (unique("mqdb_dead_x"), unique("mqdb_dead_q"));
+    rabbit.declare_exchange(&exchange, "topic");
+    rabbit.declare_bound_queue(&queue, &exchange, "#");
+    let publish =
+        json!({ "broker": "r", "exchange": exchange, "routing_key": "{route}.{error_kind}" });
+    let mut taken = Vec::new();
+    // Each a persistent envelope that says it is JSON, with the dead letter's id as its
+    // message id
+    let copies = move || -> Messages {
+        taken.extend(rabbit.take_up_to(&queue, 100));
+        let mut copies = Messages::new();
+        for m in &taken {
+            assert_eq!(m.exchange, exchange, "{m:?}");
+            assert_eq!(m.delivery_mode, Some(2), "persistent: {m:?}");
+            let json = m.content_type.as_deref();
+            assert_eq!(json, Some("application/json"), "{m:?}");
+            let copy: Json = serde_json::from_slice(&m.payload).expect("a JSON envelope");
+            let id = copy["id"].as_i64().expect("an id").to_string();
+            assert_eq!(m.message_id.as_deref(), Some(id.as_str()), "{m:?}");
+            copies.push((m.routing_key.clone(), m.payload.clone()));
+        }
+        copies
+    };
+    let mut m = Mirror::start(World::new("dlq-ops"), &["gamma", "delta"], copies, |c| {
+        let c = c.broker("r", Rabbit::URL, Json::Null);
+        c.set("dead_letter", json!({ "publish": publish }))
+    });
+
+    // When 30 good messages flow with 5 bad ones among them
+    let (gamma, delta) = (m.topic("gamma"), m.topic("delta"));
+    let bad: Messages = vec![
+        msg(&gamma, "{".into()),
+        msg(&delta, r#"{"id":9002,"v":null}"#.into()),
+        msg(&gamma, r#"{"id":9003,"v":"x"}"#.into()),
+        msg(&gamma, r#"{"id":9004,"v":null}"#.into()),
+        msg(&delta, "[1,".into()),
+    ];
+    let route_of = |id: i64| if id % 3 == 0 { "gamma" } else { "delta" };
+
+    // Then the queue receives one envelope per stored dead letter
+    m.flow(good_among_bad(&m.root, 30, route_of, &bad), 30, 5, 5);
+    // And after one more, nothing arrived twice
+    let last = msg(&delta, r#"{"id":9006,"v":null}"#.into());
+    m.flow(vec![last], 30, 6, 6);
+    let address = |l: &Json| format!("{}.{}", text(l, "route"), text(l, "error_kind"));
+    let letters = m.finish(address);
+    let want =
+        "delta decode 1, delta rejected 2, gamma convert 1, gamma decode 1, gamma rejected 1";
+    assert_eq!(kinds(&letters), want, "{letters:#?}");
 }
 
-fn text<'a>(letter: &'a Json, key: &str) -> &'a str {
-    letter[key]
-        .as_str()
-        .unwrap_or_else(|| panic!("no text {key}: {letter}"))
-}
-
-/// The `id` inside a dead letter's JSON payload (the row's primary key).
-fn payload_id(letter: &Json) -> i64 {
-    let payload: Json = serde_json::from_str(text(letter, "payload"))
-        .unwrap_or_else(|e| panic!("payload is not JSON ({e}): {letter}"));
-    payload["id"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("payload without an integer id: {letter}"))
-}
-
-/// Every mirrored copy, in arrival order (address, envelope), is exactly the `dlq list
-/// --json` object of the dead letter with the same id, at the address `address` builds from
-/// it; one copy per dead letter, none missing, none twice, in id order.
-fn assert_mirrored(letters: &[Json], copies: &[(String, Json)], address: impl Fn(&Json) -> String) {
-    let listed: Vec<i64> = letters.iter().map(id_of).collect();
-    let copied: Vec<i64> = copies.iter().map(|(_, c)| id_of(c)).collect();
-    assert_eq!(
-        copied, listed,
-        "the mirrored ids (arrival order) are not the stored ids (id order)"
+#[test]
+fn mirror_outage_never_blocks_the_data_path_and_catches_up_in_order() {
+    // Given a mirror to a second private Mosquitto reached through a proxy
+    let mirror_broker = Mosquitto::start();
+    let proxy = TcpProxy::start(mirror_broker.addr());
+    let watcher = Subscriber::connect(mirror_broker.port, "mqdb/dead/#", 1);
+    let copies = move || -> Messages {
+        let copy = |m: common::Received| (m.topic, m.payload);
+        watcher.messages().into_iter().map(copy).collect()
+    };
+    let world = World::new("dlq-ops");
+    let state = world.store.reader();
+    let mut m = Mirror::start(world, &["omega"], copies, |c| {
+        let url = format!("mqtt://127.0.0.1:{}", proxy.port);
+        let c = c.broker("m", &url, json!({ "client_id": unique("mqdb_mirror") }));
+        let publish = json!({ "broker": "m", "topic": "mqdb/dead/{route}/{error_kind}" });
+        c.set("dead_letter", json!({ "publish": publish }))
+    });
+    let topic = m.topic("omega");
+    let bad = |n: i64| {
+        let id = 10_000 + n;
+        let payload = match n % 3 {
+            0 => format!(r#"{{"id":{id},"v":null}}"#),
+            1 => format!(r#"{{"id":{id},"v":"#),
+            _ => format!(r#"{{"id":{id},"v":"nope"}}"#),
+        };
+        msg(&topic, payload)
+    };
+    let first = [good(&topic, 1..=10), vec![bad(0), bad(1)]].concat();
+    m.flow(first, 10, 2, 2);
+    // (the mirror stored its position past them: nothing of it is in flight at the cut)
+    let last_id = dlq_list(&m.config).iter().map(id_of).max();
+    let last_id = Some(last_id.expect("2 letters"));
+    let (what, position) = (
+        "the mirror position",
+        "SELECT MAX(last_id) FROM mirror_position",
     );
-    for ((to, copy), letter) in copies.iter().zip(letters) {
-        assert_eq!(
-            copy, letter,
-            "the envelope is not the `dlq list --json` object"
-        );
-        assert_eq!(*to, address(letter), "address of {letter}");
+    wait_for(&mut m.bridge, what, || {
+        Ok(try_scalar(&state, position) == last_id)
+    });
+
+    // When the mirror's broker is unreachable while good and bad messages keep flowing, in
+    // four waves, each after the mirror has tried (and failed) to reconnect once more, so
+    // the mirror has long been stuck on what it could not publish
+    proxy.set_down(true);
+    let mut attempts = proxy.accepted();
+    for wave in 0..4_i64 {
+        wait_for(&mut m.bridge, "another refused mirror connection", || {
+            Ok(proxy.accepted() > attempts)
+        });
+        attempts = proxy.accepted();
+        let mut msgs = Vec::new();
+        for id in 11 + wave * 75..11 + (wave + 1) * 75 {
+            msgs.extend(good(&topic, [id]));
+            if id % 15 == 0 {
+                msgs.push(bad(id));
+            }
+        }
+        // Then the good rows keep landing and the dead letters are stored meanwhile
+        let stored = 2 + (11..11 + (wave + 1) * 75).filter(|id| id % 15 == 0).count();
+        m.flow(msgs, 10 + (wave + 1) * 75, stored, 2);
+    }
+    assert_eq!(dlq_list(&m.config).len(), 22);
+    let premise = "nothing was mirrored through the cut proxy (the test's own premise)";
+    assert_eq!((m.copies)().len(), 2, "{premise}");
+
+    // And once it is back, every dead letter is mirrored, in id order, none missing
+    proxy.set_down(false);
+    m.flow(Vec::new(), 310, 22, 22);
+    m.flow(vec![bad(1000)], 310, 23, 23);
+    m.finish(mqtt_address);
+    let never = "the mirror never reconnected, so it never saw the outage";
+    assert!(proxy.accepted() >= 2, "{never}");
+}
+
+/// `n` rejected dead letters on route `load` (payload ids `1..=n`, `v = id`) from a bridge
+/// and a table whose CHECK (`v < 0`) rejected every row, dropped since, so that the entries
+/// are replayable.
+struct Replayable {
+    _world: World,
+    db: Db,
+    config: PathBuf,
+    table: TempTable,
+    /// The dead letters, in id order.
+    letters: Vec<Json>,
+}
+
+impl Replayable {
+    fn new(n: i64) -> Replayable {
+        let (db, world) = (Db::Postgres, World::new("dlq-ops"));
+        let columns = "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, \
+                       CONSTRAINT v_negative CHECK (v < 0)";
+        let table = TempTable::create(&db, "replay", columns);
+        let topic = format!("{}/data", unique("replay"));
+        let config = world
+            .config(&db)
+            .inbound(route("load", &topic, &table.name));
+        let config = config.write();
+        world.persistent_session(&topic);
+        world
+            .publisher()
+            .publish_all_confirmed(good(&topic, 1..=n), 1);
+        let mut bridge = Bridge::start(&config);
+        wait_dead_letters(&mut bridge, &config, n as usize);
+        terminate_ok(&mut bridge);
+        assert_eq!(table.count(), 0, "the CHECK constraint rejected every row");
+        let t = &table.name;
+        db.exec(&format!("ALTER TABLE {t} DROP CONSTRAINT v_negative"));
+        let letters = dlq_list(&config);
+        assert_eq!(letters.len() as i64, n);
+        for l in &letters {
+            assert_eq!(l["error_kind"], "rejected", "{l}");
+            assert_eq!(l["sqlstate"], "23514", "{l}");
+        }
+        Replayable {
+            _world: world,
+            db,
+            config,
+            table,
+            letters,
+        }
+    }
+
+    /// Dead-letter id → the id of its row.
+    fn originals(&self) -> BTreeMap<i64, i64> {
+        self.letters
+            .iter()
+            .map(|l| (id_of(l), payload_id(l)))
+            .collect()
+    }
+
+    /// Holds the row of the dead letter at `index` (see [`Blocker`]).
+    fn hold(&self, index: usize) -> Blocker {
+        Blocker::hold(&self.db, &self.table.name, payload_id(&self.letters[index]))
+    }
+
+    /// Starts a replay of every entry and waits until `held` of its inserts wait on a held
+    /// row.
+    fn replay_held(&self, label: &str, held: i64) -> Replay {
+        let mut replay = Replay::start(&self.config, label);
+        replay.wait_held(&self.db, &self.table.name, held);
+        replay
+    }
+
+    fn rows(&self) -> Vec<i64> {
+        row_ids(&self.db, &self.table.name)
     }
 }
 
-/// `(route, error_kind)` → how many of `letters` have it.
-fn kinds(letters: &[Json]) -> BTreeMap<(String, String), usize> {
-    let mut out = BTreeMap::new();
-    for l in letters {
-        *out.entry((
-            text(l, "route").to_owned(),
-            text(l, "error_kind").to_owned(),
-        ))
-        .or_default() += 1;
+/// An open transaction that holds an uncommitted row with primary key `id` in `table`: a
+/// replay inserting that id waits on it until [`Blocker::release`] rolls it back.
+struct Blocker {
+    conn: odbc_api::Connection<'static>,
+}
+
+impl Blocker {
+    fn hold(db: &Db, table: &str, id: i64) -> Blocker {
+        let conn = odbc_connect(&db.connection_string()).expect("connect the blocker");
+        conn.set_autocommit(false).expect("autocommit off");
+        let sql = format!("INSERT INTO {table} (id, v) VALUES ({id}, -1)");
+        odbc_exec(&conn, &sql).expect("hold the row");
+        Blocker { conn }
     }
-    out
+
+    fn release(self) {
+        self.conn.rollback().expect("release the held row");
+    }
 }
 
-/// The primary keys of every row of `table`.
-fn row_ids(db: &Db, table: &str) -> Vec<i64> {
-    db.query(&format!("SELECT id FROM {table} ORDER BY id"))
-        .into_iter()
-        .map(|r| {
-            r[0].as_deref()
-                .expect("id is not NULL")
-                .trim()
-                .parse()
-                .expect("integer id")
-        })
-        .collect()
-}
-
-/// A `mqdb dlq replay` child process; stdout and stderr go to files in the test's dir.
+/// A `mqdb dlq replay --all` child process; stdout and stderr go to files in the test's dir.
 struct Replay {
     child: Option<Child>,
     out: PathBuf,
@@ -163,28 +483,30 @@ struct Finished {
     summary: Summary,
 }
 
+impl Finished {
+    fn ctx(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
 impl Replay {
-    /// Starts `mqdb -c CONFIG dlq replay ARGS…` (stdin closed, not a terminal).
-    fn start(config: &Path, args: &[&str], label: &str) -> Replay {
+    /// Starts `mqdb -c CONFIG dlq replay --all` (stdin closed, not a terminal).
+    fn start(config: &Path, label: &str) -> Replay {
         let dir = config.parent().expect("config dir");
-        let out = dir.join(format!("{label}.out"));
-        let err = dir.join(format!("{label}.err"));
+        let file = |ext: &str| dir.join(format!("{label}.{ext}"));
+        let (out, err) = (file("out"), file("err"));
         let child = mqdb_command()
             .arg("-c")
             .arg(config)
-            .args(["dlq", "replay"])
-            .args(args)
+            .args(["dlq", "replay", "--all"])
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(File::create(&out).expect("create replay stdout"))
             .stderr(File::create(&err).expect("create replay stderr"))
             .spawn()
             .expect("spawn mqdb dlq replay");
-        Replay {
-            child: Some(child),
-            out,
-            err,
-        }
+        let child = Some(child);
+        Replay { child, out, err }
     }
 
     fn pid(&self) -> u32 {
@@ -192,42 +514,33 @@ impl Replay {
     }
 
     fn output(&self) -> String {
-        format!(
-            "stdout:\n{}\nstderr:\n{}",
-            std::fs::read_to_string(&self.out).unwrap_or_default(),
-            std::fs::read_to_string(&self.err).unwrap_or_default()
-        )
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        format!("stdout:\n{}\nstderr:\n{}", read(&self.out), read(&self.err))
     }
 
-    /// Polls `check` every 50 ms until it is true; panics with the replay's output if the
-    /// replay exits first or after [`LIVENESS`].
-    fn wait_until(&mut self, what: &str, mut check: impl FnMut() -> bool) {
-        let start = Instant::now();
-        loop {
-            if check() {
-                return;
-            }
+    /// Waits until `n` statements wait on a row lock of `table` (the rows a [`Blocker`]
+    /// holds); panics with the replay's output if it exits first or after [`LIVENESS`].
+    fn wait_held(&mut self, db: &Db, table: &str, n: i64) {
+        let (waiting, start) = (pg_lock_waiters(table), Instant::now());
+        while try_scalar(db, &waiting).unwrap_or(0) < n {
             let child = self.child.as_mut().expect("replay not reaped");
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "the replay exited ({status}) while waiting for {what}; {}",
-                    self.output()
-                );
-            }
-            if start.elapsed() >= LIVENESS {
-                panic!(
-                    "timed out after {LIVENESS:?} waiting for {what}; replay {}",
-                    self.output()
-                );
-            }
+            let exited = child.try_wait().ok().flatten();
+            assert!(
+                exited.is_none(),
+                "exited before {n} held: {exited:?}; {}",
+                self.output()
+            );
+            let late = start.elapsed() >= LIVENESS;
+            assert!(!late, "no {n} held after {LIVENESS:?}; {}", self.output());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
-    /// Waits for the exit (a [`REPLAY_DEADLINE`] hang detector), without a summary.
-    fn finish_status(&mut self) -> ExitStatus {
+    /// Waits for the exit (a [`REPLAY_DEADLINE`] hang detector).
+    fn exit(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("replay not reaped");
-        common::wait_child(&mut child, REPLAY_DEADLINE).unwrap_or_else(|| {
+        let status = common::wait_child(&mut child, REPLAY_DEADLINE);
+        status.unwrap_or_else(|| {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
@@ -237,21 +550,15 @@ impl Replay {
         })
     }
 
-    /// Waits for the exit (a [`REPLAY_DEADLINE`] hang detector) and parses the summary.
+    /// Waits for the exit and parses the summary.
     fn finish(&mut self) -> Finished {
-        let mut child = self.child.take().expect("replay not reaped");
-        let Some(status) = common::wait_child(&mut child, REPLAY_DEADLINE) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the replay did not finish within {REPLAY_DEADLINE:?}; {}",
-                self.output()
-            );
-        };
+        let status = self.exit();
         let stdout = std::fs::read_to_string(&self.out).unwrap_or_default();
         let stderr = std::fs::read_to_string(&self.err).unwrap_or_default();
-        let summary = Summary::parse(&stdout)
-            .unwrap_or_else(|| panic!("no summary line ({status}); {}", self.output()));
+        let summary = Summary::parse(&stdout);
+        let summary =
+            summary.unwrap_or_else(|| panic!("no summary line ({status}); {}", self.output()));
+        eprintln!("replay {}: {}", self.out.display(), summary.line);
         Finished {
             status,
             stdout,
@@ -291,8 +598,6 @@ impl Summary {
         if words.get(2) != Some(&"of") {
             return None;
         }
-        let replayed = num(words.get(1)?)?;
-        let total = num(words.get(3)?)?;
         let mut failed = BTreeMap::new();
         if let Some(at) = line.find(", failed ") {
             let rest = &line[at..];
@@ -304,15 +609,15 @@ impl Summary {
         }
         // The count just before `phrase`, or 0 when the phrase is absent.
         let count_before = |phrase: &str| -> u64 {
-            line.find(phrase)
-                .and_then(|at| line[..at].split_whitespace().last())
-                .and_then(|w| w.parse().ok())
-                .unwrap_or(0)
+            let before = line
+                .find(phrase)
+                .and_then(|at| line[..at].split_whitespace().last());
+            before.and_then(|w| w.parse().ok()).unwrap_or(0)
         };
         Some(Summary {
             line: line.to_owned(),
-            replayed,
-            total,
+            replayed: num(words.get(1)?)?,
+            total: num(words.get(3)?)?,
             failed,
             held: count_before(" held by another replay"),
             gone: count_before(" no longer in the queue"),
@@ -329,661 +634,172 @@ impl Summary {
     }
 }
 
-/// Produces `n` rejected dead letters on route `load` (topic `{root}/data`, payload ids
-/// `1..=n`, `v = id`) with a bridge and a table whose CHECK (`v < 0`) rejects every row;
-/// stops the bridge and drops the constraint so the entries become replayable. Returns the
-/// config, the table and the dead letters (id order).
-fn replayable_dead_letters(world: &World, n: i64) -> (PathBuf, TempTable, Vec<Json>) {
-    let db = Db::Postgres;
-    let table = TempTable::create(
-        &db,
-        "replay",
-        "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, CONSTRAINT v_negative CHECK (v < 0)",
-    );
-    let root = unique("replay");
-    let config = world
-        .config(&Db::Postgres)
-        .inbound(route("load", &format!("{root}/data"), &table.name))
-        .write();
-    world.persistent_session(&format!("{root}/data"));
-    world.publisher().publish_all_confirmed(
-        (1..=n)
-            .map(|id| {
-                (
-                    format!("{root}/data"),
-                    format!(r#"{{"id":{id},"v":{id}}}"#).into_bytes(),
-                )
-            })
-            .collect(),
-        1,
-    );
-    let mut bridge = Bridge::start(&config);
-    wait_for_dead_letters(&mut bridge, &config, n as usize);
-    terminate_ok(&mut bridge);
-    assert_eq!(table.count(), 0, "the CHECK constraint rejected every row");
-    db.exec(&format!(
-        "ALTER TABLE {} DROP CONSTRAINT v_negative",
-        table.name
-    ));
-    let letters = dlq_list(&config);
-    assert_eq!(letters.len() as i64, n);
-    for l in &letters {
-        assert_eq!(l["error_kind"], "rejected", "{l}");
-        assert_eq!(l["sqlstate"], "23514", "{l}");
-    }
-    (config, table, letters)
-}
-
-/// An open transaction that holds an uncommitted row with primary key `id` in `table`: a
-/// replay inserting that id waits on it until [`Blocker::release`] rolls it back.
-struct Blocker {
-    conn: odbc_api::Connection<'static>,
-}
-
-impl Blocker {
-    fn hold(db: &Db, table: &str, id: i64) -> Blocker {
-        let conn = odbc_connect(&db.connection_string()).expect("connect the blocker");
-        conn.set_autocommit(false).expect("autocommit off");
-        odbc_exec(
-            &conn,
-            &format!("INSERT INTO {table} (id, v) VALUES ({id}, -1)"),
-        )
-        .expect("hold the row");
-        Blocker { conn }
-    }
-
-    fn release(self) {
-        self.conn.rollback().expect("release the held row");
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// 1. The mirror to MQTT
-// ---------------------------------------------------------------------------------------
-
-#[test]
-fn mirror_to_mqtt_publishes_each_dead_letter_once_as_its_list_object() {
-    // Given two routes into a table that rejects NULL values, and a mirror to the same
-    // broker on a topic built from the route and the kind of error
-    let db = Db::Postgres;
-    let world = World::new("dlq-ops");
-    let table = TempTable::create(
-        &db,
-        "mirror_mqtt",
-        "id INTEGER PRIMARY KEY, v INTEGER NOT NULL",
-    );
-    let t = table.name.clone();
-    let root = unique("mm");
-    let config = world
-        .config(&db)
-        .inbound(route("alpha", &format!("{root}/alpha"), &t))
-        .inbound(route("beta", &format!("{root}/beta"), &t))
-        .set(
-            "dead_letter",
-            json!({ "publish": { "broker": "b", "topic": "mqdb/dead/{route}/{error_kind}", "qos": 1 } }),
-        )
-        .write();
-    let watcher = Subscriber::connect(world.broker.port, "mqdb/dead/#", 1);
-    world.persistent_session(&format!("{root}/+"));
-    let mut bridge = Bridge::start(&config);
-    bridge.wait_for_log("mirroring dead letters", LIVENESS);
-
-    // When 40 good messages flow with 5 bad ones of three kinds among them
-    let bad: Messages = vec![
-        (format!("{root}/alpha"), br#"{"id": 9001, "v": "#.to_vec()),
-        (format!("{root}/alpha"), br#"{"id":9002,"v":null}"#.to_vec()),
-        (format!("{root}/beta"), br#"{"id":9003,"v":"abc"}"#.to_vec()),
-        (format!("{root}/beta"), b"not json".to_vec()),
-        (format!("{root}/beta"), br#"{"id":9005,"v":null}"#.to_vec()),
-    ];
-    let route_of = |id: i64| if id % 2 == 0 { "alpha" } else { "beta" };
-    let messages = good_among_bad(&root, 40, route_of, &bad);
-    let publisher = world.publisher();
-    publisher.publish_all_confirmed(messages, 1);
-
-    // Then the good rows land, the bad ones are stored, and each is mirrored
-    wait_for_count(&mut bridge, &db, &format!("SELECT COUNT(*) FROM {t}"), 40);
-    wait_for_dead_letters(&mut bridge, &config, 5);
-    wait_for(&mut bridge, "5 mirrored dead letters", || {
-        Ok(watcher.count() >= 5)
-    });
-    // And once one more dead letter is mirrored after them, nothing was mirrored twice
-    publisher.publish_all_confirmed(
-        vec![(format!("{root}/alpha"), br#"{"id":9006,"v":null}"#.to_vec())],
-        1,
-    );
-    wait_for_dead_letters(&mut bridge, &config, 6);
-    wait_for(&mut bridge, "the 6th mirrored dead letter", || {
-        Ok(watcher.count() >= 6)
-    });
-
-    let letters = dlq_list(&config);
-    let expected: BTreeMap<(String, String), usize> = [
-        (("alpha", "decode"), 1),
-        (("alpha", "rejected"), 2),
-        (("beta", "convert"), 1),
-        (("beta", "decode"), 1),
-        (("beta", "rejected"), 1),
-    ]
-    .into_iter()
-    .map(|((r, k), n)| ((r.to_owned(), k.to_owned()), n))
-    .collect();
-    assert_eq!(kinds(&letters), expected, "{letters:#?}");
-    let received = watcher.messages();
-    for m in &received {
-        assert_eq!(m.qos, 1, "published at the configured QoS 1: {m:?}");
-        assert!(!m.retain, "{m:?}");
-    }
-    let copies: Vec<(String, Json)> = received
-        .iter()
-        .map(|m| {
-            let copy = serde_json::from_slice(&m.payload)
-                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", m.payload_str()));
-            (m.topic.clone(), copy)
-        })
-        .collect();
-    assert_mirrored(&letters, &copies, |l| {
-        format!("mqdb/dead/{}/{}", text(l, "route"), text(l, "error_kind"))
-    });
-    // And the local store keeps them all
-    assert_eq!(dlq_list(&config), letters);
-    terminate_ok(&mut bridge);
-}
-
-// ---------------------------------------------------------------------------------------
-// 2. The mirror to AMQP
-// ---------------------------------------------------------------------------------------
-
-#[test]
-fn mirror_to_amqp_publishes_each_dead_letter_once_to_the_exchange() {
-    // Given a topic exchange with a bound queue, and a mirror to it with a routing key
-    // built from the route and the kind of error
-    let db = Db::Postgres;
-    let world = World::new("dlq-ops");
-    let mut rabbit = Rabbit::connect();
-    let exchange = unique("mqdb_dead_x");
-    let queue = unique("mqdb_dead_q");
-    rabbit.declare_exchange(&exchange, "topic");
-    rabbit.declare_bound_queue(&queue, &exchange, "#");
-    let table = TempTable::create(
-        &db,
-        "mirror_amqp",
-        "id INTEGER PRIMARY KEY, v INTEGER NOT NULL",
-    );
-    let t = table.name.clone();
-    let root = unique("ma");
-    let config = world
-        .config(&db)
-        .broker("r", Rabbit::URL, Json::Null)
-        .inbound(route("gamma", &format!("{root}/gamma"), &t))
-        .inbound(route("delta", &format!("{root}/delta"), &t))
-        .set(
-            "dead_letter",
-            json!({ "publish": { "broker": "r", "exchange": exchange, "routing_key": "{route}.{error_kind}" } }),
-        )
-        .write();
-    world.persistent_session(&format!("{root}/+"));
-    let mut bridge = Bridge::start(&config);
-    bridge.wait_for_log("mirroring dead letters", LIVENESS);
-
-    // When 30 good messages flow with 5 bad ones among them
-    let bad: Messages = vec![
-        (format!("{root}/gamma"), b"{".to_vec()),
-        (format!("{root}/delta"), br#"{"id":9002,"v":null}"#.to_vec()),
-        (format!("{root}/gamma"), br#"{"id":9003,"v":"x"}"#.to_vec()),
-        (format!("{root}/gamma"), br#"{"id":9004,"v":null}"#.to_vec()),
-        (format!("{root}/delta"), b"[1,".to_vec()),
-    ];
-    let route_of = |id: i64| if id % 3 == 0 { "gamma" } else { "delta" };
-    let messages = good_among_bad(&root, 30, route_of, &bad);
-    let publisher = world.publisher();
-    publisher.publish_all_confirmed(messages, 1);
-
-    // Then the queue receives one persistent envelope per stored dead letter
-    wait_for_count(&mut bridge, &db, &format!("SELECT COUNT(*) FROM {t}"), 30);
-    wait_for_dead_letters(&mut bridge, &config, 5);
-    let mut taken = Vec::new();
-    wait_for(&mut bridge, "5 mirrored dead letters in the queue", || {
-        taken.extend(rabbit.take_up_to(&queue, 100));
-        Ok(taken.len() >= 5)
-    });
-    // And after one more, nothing arrived twice
-    publisher.publish_all_confirmed(
-        vec![(format!("{root}/delta"), br#"{"id":9006,"v":null}"#.to_vec())],
-        1,
-    );
-    wait_for_dead_letters(&mut bridge, &config, 6);
-    wait_for(&mut bridge, "the 6th mirrored dead letter", || {
-        taken.extend(rabbit.take_up_to(&queue, 100));
-        Ok(taken.len() >= 6)
-    });
-
-    let letters = dlq_list(&config);
-    let expected: BTreeMap<(String, String), usize> = [
-        (("delta", "decode"), 1),
-        (("delta", "rejected"), 2),
-        (("gamma", "convert"), 1),
-        (("gamma", "decode"), 1),
-        (("gamma", "rejected"), 1),
-    ]
-    .into_iter()
-    .map(|((r, k), n)| ((r.to_owned(), k.to_owned()), n))
-    .collect();
-    assert_eq!(kinds(&letters), expected, "{letters:#?}");
-    for m in &taken {
-        assert_eq!(m.exchange, exchange, "{m:?}");
-        assert_eq!(m.delivery_mode, Some(2), "persistent: {m:?}");
-        // And says it is JSON, with the dead letter's id as its message id
-        assert_eq!(m.content_type.as_deref(), Some("application/json"), "{m:?}");
-        let copy: Json = serde_json::from_slice(&m.payload).expect("a JSON envelope");
-        let id = copy["id"].as_i64().expect("an id").to_string();
-        assert_eq!(m.message_id.as_deref(), Some(id.as_str()), "{m:?}");
-    }
-    let copies: Vec<(String, Json)> = taken
-        .iter()
-        .map(|m| {
-            let copy = serde_json::from_slice(&m.payload).unwrap_or_else(|e| {
-                panic!("not JSON ({e}): {}", String::from_utf8_lossy(&m.payload))
-            });
-            (m.routing_key.clone(), copy)
-        })
-        .collect();
-    assert_mirrored(&letters, &copies, |l| {
-        format!("{}.{}", text(l, "route"), text(l, "error_kind"))
-    });
-    assert_eq!(dlq_list(&config), letters, "mirroring removes nothing");
-    terminate_ok(&mut bridge);
-}
-
-// ---------------------------------------------------------------------------------------
-// 3. A mirror outage
-// ---------------------------------------------------------------------------------------
-
-#[test]
-fn mirror_outage_never_blocks_the_data_path_and_catches_up_in_order() {
-    // Given a mirror to a second private Mosquitto reached through a proxy
-    let db = Db::Postgres;
-    let world = World::new("dlq-ops");
-    let mirror_broker = Mosquitto::start();
-    let proxy = TcpProxy::start(mirror_broker.addr());
-    let table = TempTable::create(
-        &db,
-        "mirror_out",
-        "id INTEGER PRIMARY KEY, v INTEGER NOT NULL",
-    );
-    let t = table.name.clone();
-    let root = unique("mo");
-    let config = world
-        .config(&db)
-        .broker(
-            "m",
-            &format!("mqtt://127.0.0.1:{}", proxy.port),
-            json!({ "client_id": unique("mqdb_mirror") }),
-        )
-        .inbound(route("omega", &format!("{root}/omega"), &t))
-        .set(
-            "dead_letter",
-            json!({ "publish": { "broker": "m", "topic": "mqdb/dead/{route}/{error_kind}" } }),
-        )
-        .write();
-    let watcher = Subscriber::connect(mirror_broker.port, "mqdb/dead/#", 1);
-    world.persistent_session(&format!("{root}/+"));
-    let mut bridge = Bridge::start(&config);
-    bridge.wait_for_log("mirroring dead letters", LIVENESS);
-    let topic = format!("{root}/omega");
-    let good = |ids: std::ops::RangeInclusive<i64>| -> Messages {
-        ids.map(|id| {
-            (
-                topic.clone(),
-                format!(r#"{{"id":{id},"v":{id}}}"#).into_bytes(),
-            )
-        })
-        .collect()
-    };
-    let bad = |n: i64| -> (String, Vec<u8>) {
-        let payload = match n % 3 {
-            0 => format!(r#"{{"id":{},"v":null}}"#, 10_000 + n),
-            1 => format!(r#"{{"id":{},"v":"#, 10_000 + n),
-            _ => format!(r#"{{"id":{},"v":"nope"}}"#, 10_000 + n),
-        };
-        (topic.clone(), payload.into_bytes())
-    };
-    let publisher = world.publisher();
-    let mut first = good(1..=10);
-    first.push(bad(0));
-    first.push(bad(1));
-    publisher.publish_all_confirmed(first, 1);
-    let count_sql = format!("SELECT COUNT(*) FROM {t}");
-    wait_for_count(&mut bridge, &db, &count_sql, 10);
-    wait_for_dead_letters(&mut bridge, &config, 2);
-    wait_for(&mut bridge, "the first 2 mirrored", || {
-        Ok(watcher.count() >= 2)
-    });
-    // (the mirror stored its position past them: nothing of it is in flight at the cut)
-    let last_id = dlq_list(&config)
-        .iter()
-        .map(id_of)
-        .max()
-        .expect("2 letters");
-    let state = world.store.reader();
-    wait_for(&mut bridge, "the mirror position past the first 2", || {
-        Ok(try_scalar(&state, "SELECT MAX(last_id) FROM mirror_position") == Some(last_id))
-    });
-
-    // When the mirror's broker is unreachable while good and bad messages keep flowing, in
-    // four waves, each after the mirror has tried (and failed) to reconnect once more, so
-    // the mirror has long been stuck on what it could not publish
-    proxy.set_down(true);
-    let mut attempts = proxy.accepted();
-    for wave in 0..4_i64 {
-        wait_for(&mut bridge, "another refused mirror connection", || {
-            Ok(proxy.accepted() > attempts)
-        });
-        attempts = proxy.accepted();
-        let mut msgs = Vec::new();
-        for id in 11 + wave * 75..11 + (wave + 1) * 75 {
-            msgs.extend(good(id..=id));
-            if id % 15 == 0 {
-                msgs.push(bad(id));
-            }
-        }
-        publisher.publish_all_confirmed(msgs, 1);
-
-        // Then the good rows keep landing and the dead letters are stored meanwhile
-        wait_for_count(&mut bridge, &db, &count_sql, 10 + (wave + 1) * 75);
-        let stored = 2 + (11..11 + (wave + 1) * 75).filter(|id| id % 15 == 0).count();
-        wait_for_dead_letters(&mut bridge, &config, stored);
-    }
-    assert_eq!(dlq_list(&config).len(), 22);
-    assert_eq!(
-        watcher.count(),
-        2,
-        "nothing was mirrored through the cut proxy (the test's own premise)"
-    );
-
-    // And once it is back, every dead letter is mirrored, in id order, none missing
-    proxy.set_down(false);
-    wait_for(&mut bridge, "22 mirrored dead letters", || {
-        Ok(watcher.count() >= 22)
-    });
-    publisher.publish_all_confirmed(vec![bad(1000)], 1);
-    wait_for_dead_letters(&mut bridge, &config, 23);
-    wait_for(&mut bridge, "the 23rd mirrored dead letter", || {
-        Ok(watcher.count() >= 23)
-    });
-    let letters = dlq_list(&config);
-    let copies: Vec<(String, Json)> = watcher
-        .messages()
-        .iter()
-        .map(|m| {
-            let copy = serde_json::from_slice(&m.payload)
-                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", m.payload_str()));
-            (m.topic.clone(), copy)
-        })
-        .collect();
-    assert_mirrored(&letters, &copies, |l| {
-        format!("mqdb/dead/{}/{}", text(l, "route"), text(l, "error_kind"))
-    });
-    assert!(
-        proxy.accepted() >= 2,
-        "the mirror never reconnected, so it never saw the outage"
-    );
-    terminate_ok(&mut bridge);
-}
-
-// ---------------------------------------------------------------------------------------
-// 4. A replay interrupted with SIGINT
-// ---------------------------------------------------------------------------------------
-
 #[test]
 fn replay_interrupted_by_sigint_leaves_every_entry_in_exactly_one_place() {
     // Given 4000 inbound dead letters whose table accepts them now
-    let db = Db::Postgres;
-    let world = World::new("dlq-ops");
     let n: i64 = 4000;
-    let (config, table, letters) = replayable_dead_letters(&world, n);
-    let t = table.name.clone();
-    let originals: BTreeMap<i64, i64> = letters.iter().map(|l| (id_of(l), payload_id(l))).collect();
+    let q = Replayable::new(n);
 
     // When a replay of all of them is in its second batch (held on a row of it) and gets
     // SIGINT once its first rows are in the table
-    let held = payload_id(&letters[750]);
-    let blocker = Blocker::hold(&db, &t, held);
-    let mut replay = Replay::start(&config, &["--all"], "replay1");
-    let waiting = pg_lock_waiters(&t);
-    replay.wait_until("the replay's batch waiting on the held row", || {
-        try_scalar(&db, &waiting).unwrap_or(0) >= 1
-    });
-    let before = table.count();
-    assert!(before > 0, "rows appeared before the interrupt");
+    let (blocker, held) = (q.hold(750), payload_id(&q.letters[750]));
+    let mut replay = q.replay_held("replay1", 1);
+    assert!(q.table.count() > 0, "rows appeared before the interrupt");
     common::send_signal(replay.pid(), "INT");
     blocker.release();
     let first = replay.finish();
-    eprintln!("interrupted replay: {}", first.summary.line);
 
     // Then it exits 1 and says it was interrupted
-    let ctx = format!("{}\n{}", first.stdout, first.stderr);
+    let (s, ctx) = (&first.summary, first.ctx());
     assert_eq!(first.status.code(), Some(1), "{ctx}");
-    assert!(first.summary.line.contains("interrupted"), "{ctx}");
-    assert_eq!(first.summary.total, n as u64, "{ctx}");
-    assert_eq!(first.summary.failures(), 0, "{ctx}");
-    assert!(
-        first.summary.replayed > 0 && first.summary.replayed < n as u64,
-        "{ctx}"
-    );
+    assert!(s.line.contains("interrupted"), "{ctx}");
+    assert_eq!((s.total, s.failures()), (n as u64, 0), "{ctx}");
+    assert!(s.replayed > 0 && s.replayed < n as u64, "{ctx}");
     // And the batch at hand finished: the held row's entry is in the table
-    let rows: BTreeSet<i64> = row_ids(&db, &t).into_iter().collect();
-    assert!(
-        rows.contains(&held),
-        "the batch at hand was not finished; {ctx}"
-    );
-    assert_eq!(rows.len() as u64, first.summary.replayed, "{ctx}");
+    let rows = q.rows();
+    assert!(rows.contains(&held), "the batch at hand is not done; {ctx}");
+    assert_eq!(rows.len() as u64, s.replayed, "{ctx}");
     // And every entry is either a row (and gone from the queue) or still queued (and not a
     // row), untouched: never both, never neither
-    let left = dlq_list(&config);
-    let listed: BTreeMap<i64, &Json> = left.iter().map(|l| (id_of(l), l)).collect();
-    for (id, key) in &originals {
-        let in_table = rows.contains(key);
-        let queued = listed.contains_key(id);
-        assert!(
-            in_table != queued,
-            "dead letter {id} (row {key}): in the table {in_table}, still queued {queued}; {ctx}"
-        );
-    }
-    assert!(
-        listed.keys().all(|id| originals.contains_key(id)),
-        "no new entries"
-    );
+    let left = dlq_list(&q.config);
+    let originals = q.originals();
+    assert_one_place(&rows, &left, &originals, &ctx);
     for l in &left {
+        assert!(originals.contains_key(&id_of(l)), "no new entries: {l}");
         assert_eq!(l["attempts"], 1, "an untouched entry: {l}");
         assert_eq!(l["sqlstate"], "23514", "an untouched entry: {l}");
     }
 
     // When the replay runs again
-    let mut again = Replay::start(&config, &["--all"], "replay2");
-    let second = again.finish();
-    eprintln!("second replay: {}", second.summary.line);
+    let second = Replay::start(&q.config, "replay2").finish();
 
     // Then it finishes the rest, and the counts add up exactly
-    let ctx = format!("{}\n{}", second.stdout, second.stderr);
+    let (s2, ctx) = (&second.summary, second.ctx());
     assert_eq!(second.status.code(), Some(0), "{ctx}");
-    assert_eq!(second.summary.total, left.len() as u64, "{ctx}");
-    assert_eq!(second.summary.replayed, left.len() as u64, "{ctx}");
-    assert_eq!(first.summary.replayed + second.summary.replayed, n as u64);
-    assert_eq!(dlq_list(&config), Vec::<Json>::new());
-    assert_eq!(table.count(), n);
-    assert_eq!(
-        row_ids(&db, &t),
-        (1..=n).collect::<Vec<_>>(),
-        "every entry is one row"
-    );
-    assert_eq!(
-        scalar(&db, &format!("SELECT SUM(v) FROM {t}")),
-        n * (n + 1) / 2
-    );
+    let rest = left.len() as u64;
+    assert_eq!((s2.total, s2.replayed), (rest, rest), "{ctx}");
+    assert_eq!(s.replayed + s2.replayed, n as u64);
+    assert_eq!(dlq_list(&q.config), Vec::<Json>::new());
+    assert_eq!(q.table.count(), n);
+    assert_eq!(q.rows(), Vec::from_iter(1..=n), "every entry is one row");
+    assert_eq!(sum_v(&q.db, &q.table.name, "TRUE"), n * (n + 1) / 2);
 }
-
-// ---------------------------------------------------------------------------------------
-// 5. A replay beside `mqdb run`
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     // Given 1500 rejected dead letters whose table accepts them now, 15 undecodable ones
     // among them (they fail again, in the same batches as the others), and a bridge that
     // keeps running on the same state store
-    let db = Db::Postgres;
-    let world = World::new("dlq-ops");
-    let table = TempTable::create(
-        &db,
-        "beside",
-        "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, CONSTRAINT v_small CHECK (v < 1000000)",
-    );
-    let t = table.name.clone();
-    let root = unique("beside");
-    let topic = format!("{root}/data");
+    let (db, world) = (Db::Postgres, World::new("dlq-ops"));
+    let columns = "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, \
+                   CONSTRAINT v_small CHECK (v < 1000000)";
+    let table = TempTable::create(&db, "beside", columns);
+    let t = table.name.as_str();
+    let topic = format!("{}/data", unique("beside"));
     let config = world
         .config(&db)
-        .inbound(route("beside", &topic, &t))
+        .inbound(route("beside", &topic, t))
         .write();
     world.persistent_session(&topic);
     let publisher = world.publisher();
     let n: i64 = 1500;
     let mut first: Messages = Vec::new();
     for id in 1..=n {
-        first.push((
-            topic.clone(),
-            format!(r#"{{"id":{id},"v":{}}}"#, 1_000_000 + id).into_bytes(),
-        ));
+        let v = 1_000_000 + id;
+        first.push(msg(&topic, format!(r#"{{"id":{id},"v":{v}}}"#)));
         if id % 100 == 50 {
-            first.push((
-                topic.clone(),
-                format!(r#"{{"id":{}"#, 50_000 + id).into_bytes(),
-            ));
+            first.push(msg(&topic, format!(r#"{{"id":{}"#, 50_000 + id)));
         }
     }
     let hopeless_count = (n / 100) as usize;
     publisher.publish_all_confirmed(first, 1);
     let mut bridge = Bridge::start(&config);
-    wait_for_dead_letters(&mut bridge, &config, n as usize + hopeless_count);
+    let letters = wait_dead_letters(&mut bridge, &config, n as usize + hopeless_count);
     assert_eq!(table.count(), 0);
     db.exec(&format!("ALTER TABLE {t} DROP CONSTRAINT v_small"));
-    let letters = dlq_list(&config);
     // dead-letter id -> row id, for the replayable ones; the ids of the undecodable ones
-    let replayable: BTreeMap<i64, i64> = letters
-        .iter()
-        .filter(|l| l["error_kind"] == "rejected")
-        .map(|l| (id_of(l), payload_id(l)))
-        .collect();
-    let hopeless: BTreeSet<i64> = letters
-        .iter()
-        .filter(|l| l["error_kind"] == "decode")
-        .map(id_of)
-        .collect();
+    let (mut replayable, mut hopeless) = (BTreeMap::new(), BTreeSet::new());
+    for l in &letters {
+        match text(l, "error_kind") {
+            "rejected" => replayable.insert(id_of(l), payload_id(l)).is_none(),
+            "decode" => hopeless.insert(id_of(l)),
+            other => panic!("unexpected kind {other}: {l}"),
+        };
+    }
     assert_eq!(replayable.len() as i64, n, "{letters:#?}");
     assert_eq!(hopeless.len(), hopeless_count, "{letters:#?}");
     let last_original = letters.iter().map(id_of).max().expect("originals");
 
     // The bridge's traffic: good rows (ids from 100000) and bad messages that stay dead
     // letters whatever happens (NULL into NOT NULL, bad JSON)
-    let traffic = |from: i64, count: i64| -> (Messages, i64, i64) {
-        let mut msgs = Vec::new();
-        let (mut good, mut bad) = (0, 0);
-        for id in from..from + count {
-            if id % 5 == 0 {
-                let payload = if id % 10 == 0 {
-                    format!(r#"{{"id":{id},"v":null}}"#)
-                } else {
-                    format!(r#"{{"id":{id},"v":"#)
-                };
-                msgs.push((topic.clone(), payload.into_bytes()));
-                bad += 1;
-            } else {
-                msgs.push((
-                    topic.clone(),
-                    format!(r#"{{"id":{id},"v":{id}}}"#).into_bytes(),
-                ));
-                good += 1;
-            }
-        }
-        (msgs, good, bad)
+    let traffic = |from: i64| -> (Messages, i64, i64) {
+        let ids = from..from + 300;
+        let (bad, fine): (Vec<i64>, Vec<i64>) = ids.clone().partition(|id| id % 5 == 0);
+        let msgs = ids.map(|id| match (id % 5, id % 10) {
+            (0, 0) => msg(&topic, format!(r#"{{"id":{id},"v":null}}"#)),
+            (0, _) => msg(&topic, format!(r#"{{"id":{id},"v":"#)),
+            _ => msg(&topic, format!(r#"{{"id":{id},"v":{id}}}"#)),
+        });
+        (msgs.collect(), fine.len() as i64, bad.len() as i64)
     };
 
     // When a replay of all entries runs, held in its second batch while the bridge stores
     // new rows and new dead letters, and the bridge keeps going after the hold is released
     let held = letters[750..]
         .iter()
-        .find(|l| l["error_kind"] == "rejected")
-        .map(payload_id)
-        .expect("a replayable entry in the second batch");
-    let blocker = Blocker::hold(&db, &t, held);
-    let mut replay = Replay::start(&config, &["--all"], "replay");
-    let waiting = pg_lock_waiters(&t);
-    replay.wait_until("the replay's batch waiting on the held row", || {
-        try_scalar(&db, &waiting).unwrap_or(0) >= 1
-    });
-    let (msgs, good_a, bad_a) = traffic(100_000, 300);
+        .find(|l| l["error_kind"] == "rejected");
+    let held = payload_id(held.expect("a replayable entry in the second batch"));
+    let blocker = Blocker::hold(&db, t, held);
+    let mut replay = Replay::start(&config, "replay");
+    replay.wait_held(&db, t, 1);
+    let (msgs, good_a, bad_a) = traffic(100_000);
     publisher.publish_all_confirmed(msgs, 1);
     let new_rows_sql = format!("SELECT COUNT(*) FROM {t} WHERE id >= 100000");
     wait_for_count(&mut bridge, &db, &new_rows_sql, good_a);
-    let new_letters = |config: &Path| -> Vec<Json> {
-        dlq_list(config)
-            .into_iter()
-            .filter(|l| id_of(l) > last_original)
-            .collect()
+    let new_letters = || -> Vec<Json> {
+        let letters = dlq_list(&config).into_iter();
+        letters.filter(|l| id_of(l) > last_original).collect()
     };
-    wait_for(
-        &mut bridge,
-        "the new dead letters during the replay",
-        || {
-            let new = new_letters(&config).len() as i64;
-            if new > bad_a {
-                return Err(format!("{new} new dead letters, expected {bad_a}"));
-            }
-            Ok(new == bad_a)
-        },
-    );
+    wait_for(&mut bridge, "the new dead letters", || {
+        let new = new_letters().len() as i64;
+        if new > bad_a {
+            return Err(format!("{new} new dead letters, expected {bad_a}"));
+        }
+        Ok(new == bad_a)
+    });
     blocker.release();
-    let (msgs, good_b, bad_b) = traffic(100_300, 300);
+    let (msgs, good_b, bad_b) = traffic(100_300);
     publisher.publish_all_confirmed(msgs, 1);
     let done = replay.finish();
-    eprintln!("replay beside the bridge: {}", done.summary.line);
-    let ctx = format!("{}\n{}", done.stdout, done.stderr);
+    let (s, ctx) = (&done.summary, done.ctx());
 
     // Then every replayable entry was replayed exactly once, and only those succeeded
     wait_for_count(&mut bridge, &db, &new_rows_sql, good_a + good_b);
     let bad_total = (bad_a + bad_b) as usize;
     wait_for(&mut bridge, "every new dead letter stored", || {
-        Ok(new_letters(&config).len() == bad_total)
+        Ok(new_letters().len() == bad_total)
     });
     // (the words match what happened: what was selected at the start, each counted once;
     // the entries the bridge stored meanwhile wait for the next replay)
-    assert_eq!(done.summary.total, letters.len() as u64, "{ctx}");
-    assert_eq!(done.summary.replayed, n as u64, "{ctx}");
-    assert_eq!(
-        done.summary.failures(),
-        hopeless_count as u64,
-        "the undecodable originals failed again, and nothing stored after the start was tried: {ctx}"
-    );
-    assert!(done.summary.adds_up(), "{ctx}");
-    for kind in done.summary.failed.keys() {
-        assert!(
-            kind == "decode" || kind == "rejected",
-            "only undecodable and new entries fail again: {ctx}"
-        );
+    let selected = letters.len() as u64;
+    assert_eq!((s.total, s.replayed), (selected, n as u64), "{ctx}");
+    let only = "the undecodable originals failed again, and nothing stored after the start";
+    assert_eq!(s.failures(), hopeless_count as u64, "{only}: {ctx}");
+    assert!(s.adds_up(), "{ctx}");
+    for kind in s.failed.keys() {
+        let expected = kind == "decode" || kind == "rejected";
+        assert!(expected, "only undecodable and new entries fail: {ctx}");
     }
     assert_eq!(done.status.code(), Some(1), "{ctx}");
-    let rows: Vec<i64> = row_ids(&db, &t);
+    let rows = row_ids(&db, t);
     let unique_rows: BTreeSet<i64> = rows.iter().copied().collect();
     assert_eq!(rows.len(), unique_rows.len(), "no duplicate rows");
     assert_eq!(rows.len() as i64, n + good_a + good_b, "{ctx}");
     for key in replayable.values() {
         assert!(unique_rows.contains(key), "original row {key} is missing");
     }
-    assert_eq!(
-        scalar(&db, &format!("SELECT SUM(v) FROM {t} WHERE id <= {n}")),
-        (1..=n).map(|id| 1_000_000 + id).sum::<i64>()
-    );
+    let sum = (1..=n).map(|id| 1_000_000 + id).sum::<i64>();
+    assert_eq!(sum_v(&db, t, &format!("id <= {n}")), sum);
     // And nothing is lost: the queue holds exactly the undecodable originals and the new bad
     // messages, each once, the ones the replay tried with one more attempt; no replayed
     // original and no duplicate insert
@@ -991,260 +807,134 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     assert_eq!(left.len(), hopeless_count + bad_total, "{left:#?}");
     let mut payloads = BTreeSet::new();
     for l in &left {
-        let id = id_of(l);
-        assert!(
-            id > last_original || hopeless.contains(&id),
-            "a replayed original is still queued: {l}"
-        );
+        let (id, new) = (id_of(l), id_of(l) > last_original);
+        let hopeless = hopeless.contains(&id);
+        assert!(new || hopeless, "a replayed original is still queued: {l}");
         assert!(payloads.insert(text(l, "payload").to_owned()), "twice: {l}");
         match text(l, "error_kind") {
             "decode" => {}
             "rejected" => assert_eq!(l["sqlstate"], "23502", "{l}"),
             other => panic!("unexpected kind {other}: {l}"),
         }
+        // (stored after the replay began: left for the next one; undecodable: tried again)
+        assert_eq!(l["attempts"], if new { 1 } else { 2 }, "{l}");
     }
     for id in &hopeless {
-        let l = left.iter().find(|l| id_of(l) == *id);
-        let l = l.unwrap_or_else(|| panic!("undecodable original {id} was lost; {ctx}"));
-        assert_eq!(l["attempts"], 2, "tried once more: {l}");
+        let kept = left.iter().any(|l| id_of(l) == *id);
+        assert!(kept, "undecodable original {id} was lost; {ctx}");
     }
     let retried = left.iter().filter(|l| l["attempts"] == 2).count() as u64;
-    assert_eq!(
-        retried,
-        done.summary.failures(),
-        "each entry the replay failed again is still queued with 2 attempts; {ctx}"
-    );
-    assert!(
-        left.iter()
-            .filter(|l| id_of(l) > last_original)
-            .all(|l| l["attempts"] == 1),
-        "entries stored after the replay began were left for the next one: {left:#?}"
-    );
-    assert!(
-        left.iter()
-            .all(|l| l["attempts"] == 1 || l["attempts"] == 2),
-        "{left:#?}"
-    );
+    let failed_again = "each entry the replay failed again is still queued with 2 attempts";
+    assert_eq!(retried, s.failures(), "{failed_again}; {ctx}");
     terminate_ok(&mut bridge);
 }
-
-// ---------------------------------------------------------------------------------------
-// 6. Two replays at once
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn two_concurrent_replays_replay_each_entry_exactly_once() {
     // Given 3000 dead letters whose table accepts them now
-    let db = Db::Postgres;
-    let world = World::new("dlq-ops");
     let n: i64 = 3000;
-    let (config, table, letters) = replayable_dead_letters(&world, n);
-    let t = table.name.clone();
+    let q = Replayable::new(n);
 
     // When two replays of all of them start at once, and both are held in the middle of a
     // batch (a row held in every batch of 500, whichever batches each replay claims: a
     // replay claims its next batch while it writes one), then let go
-    let holds: Vec<Blocker> = (0..6)
-        .map(|k| Blocker::hold(&db, &t, payload_id(&letters[250 + 500 * k])))
-        .collect();
-    let mut a = Replay::start(&config, &["--all"], "replay_a");
-    let mut b = Replay::start(&config, &["--all"], "replay_b");
-    let waiting = pg_lock_waiters(&t);
-    a.wait_until("both replays waiting on a held row", || {
-        try_scalar(&db, &waiting).unwrap_or(0) >= 2
-    });
+    let holds: Vec<Blocker> = (0..6).map(|k| q.hold(250 + 500 * k)).collect();
+    let mut b = Replay::start(&q.config, "replay_b");
+    let mut a = q.replay_held("replay_a", 2);
     holds.into_iter().for_each(Blocker::release);
-    let done_a = a.finish();
-    let done_b = b.finish();
-    eprintln!(
-        "replay A: {}; replay B: {}",
-        done_a.summary.line, done_b.summary.line
-    );
-    let ctx = format!(
-        "A:\n{}\n{}\nB:\n{}\n{}",
-        done_a.stdout, done_a.stderr, done_b.stdout, done_b.stderr
-    );
+    let (done_a, done_b) = (a.finish(), b.finish());
+    let (sa, sb) = (&done_a.summary, &done_b.summary);
+    let ctx = format!("A:\n{}\nB:\n{}", done_a.ctx(), done_b.ctx());
 
     // Then between them every entry was replayed once, none failed
-    assert_eq!(done_a.summary.failures(), 0, "{ctx}");
-    assert_eq!(done_b.summary.failures(), 0, "{ctx}");
-    assert!(done_a.summary.replayed > 0, "both worked: {ctx}");
-    assert!(done_b.summary.replayed > 0, "both worked: {ctx}");
-    assert_eq!(
-        done_a.summary.replayed + done_b.summary.replayed,
-        n as u64,
-        "{ctx}"
-    );
+    assert_eq!((sa.failures(), sb.failures()), (0, 0), "{ctx}");
+    assert!(sa.replayed > 0 && sb.replayed > 0, "both worked: {ctx}");
+    assert_eq!(sa.replayed + sb.replayed, n as u64, "{ctx}");
     // (each summary adds up; an exit 1 is fair only for the entries the other replay held,
     // and says so, never "0 dead letters failed again")
     for done in [&done_a, &done_b] {
-        assert!(done.summary.adds_up(), "{ctx}");
+        let (s, err) = (&done.summary, &done.stderr);
+        assert!(s.adds_up(), "{ctx}");
         match done.status.code() {
-            Some(0) => assert_eq!(done.summary.held, 0, "{ctx}"),
-            Some(1) => {
-                assert!(done.summary.held > 0, "{ctx}");
-                assert!(done.stderr.contains("held by another replay"), "{ctx}");
-            }
+            Some(0) => assert_eq!(s.held, 0, "{ctx}"),
+            Some(1) => assert!(s.held > 0 && err.contains("held by another"), "{ctx}"),
             other => panic!("exit {other:?}: {ctx}"),
         }
-        assert!(!done.stderr.contains("failed again"), "{ctx}");
-        assert!(!done.summary.line.contains("interrupted"), "{ctx}");
-        assert!(!done.summary.line.contains("outage"), "{ctx}");
+        assert!(!err.contains("failed again"), "{ctx}");
+        let line = &s.line;
+        assert!(
+            !line.contains("interrupted") && !line.contains("outage"),
+            "{ctx}"
+        );
     }
     // And each is one row, with nothing left in the queue (no rejected duplicate)
-    assert_eq!(dlq_list(&config), Vec::<Json>::new(), "{ctx}");
-    assert_eq!(row_ids(&db, &t), (1..=n).collect::<Vec<_>>());
-    assert_eq!(
-        scalar(&db, &format!("SELECT SUM(v) FROM {t}")),
-        n * (n + 1) / 2
-    );
+    assert_eq!(dlq_list(&q.config), Vec::<Json>::new(), "{ctx}");
+    assert_eq!(q.rows(), (1..=n).collect::<Vec<_>>());
+    assert_eq!(sum_v(&q.db, &q.table.name, "TRUE"), n * (n + 1) / 2);
 }
-
-// ---------------------------------------------------------------------------------------
-// 6a. A purge during a replay
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn entries_purged_during_a_replay_are_reported_as_gone_not_held() {
     // Given 1200 dead letters whose table accepts them now
-    let db = Db::Postgres;
-    let world = World::new("dlq-ops");
     let n: i64 = 1200;
-    let (config, table, letters) = replayable_dead_letters(&world, n);
-    let t = table.name.clone();
+    let q = Replayable::new(n);
 
     // When a replay of all of them waits in its first batch, and everything it has not
     // claimed is purged meanwhile
-    let blocker = Blocker::hold(&db, &t, payload_id(&letters[250]));
-    let mut replay = Replay::start(&config, &["--all"], "purged_under");
-    let waiting = pg_lock_waiters(&t);
-    replay.wait_until("the replay's batch waiting on the held row", || {
-        try_scalar(&db, &waiting).unwrap_or(0) >= 1
-    });
-    let purge = common::run_mqdb(&[
-        "-c",
-        config.to_str().expect("UTF-8 path"),
-        "dlq",
-        "purge",
-        "--all",
-        "--yes",
-    ]);
+    let blocker = q.hold(250);
+    let mut replay = q.replay_held("purged_under", 1);
+    let purge = run_mqdb(&["-c", path_str(&q.config), "dlq", "purge", "--all", "--yes"]);
     assert_eq!(purge.status.code(), Some(0), "{purge:?}");
     blocker.release();
     let done = replay.finish();
-    eprintln!("replay under a purge: {}", done.summary.line);
-    let ctx = format!("{}\n{}", done.stdout, done.stderr);
+    let (s, ctx) = (&done.summary, done.ctx());
 
     // Then the purged entries are named as such, never as held by another replay, and the
     // summary adds up to the selection
-    assert_eq!(done.summary.total, n as u64, "{ctx}");
-    assert!(done.summary.adds_up(), "{ctx}");
-    assert_eq!(done.summary.held, 0, "{ctx}");
-    assert!(done.summary.gone > 0, "{ctx}");
-    assert_eq!(done.summary.replayed as i64, table.count(), "{ctx}");
+    assert_eq!((s.total, s.held), (n as u64, 0), "{ctx}");
+    assert!(s.adds_up(), "{ctx}");
+    assert!(s.gone > 0, "{ctx}");
+    assert_eq!(s.replayed as i64, q.table.count(), "{ctx}");
     assert_eq!(done.status.code(), Some(0), "{ctx}");
-    assert_eq!(dlq_list(&config), Vec::<Json>::new(), "{ctx}");
+    assert_eq!(dlq_list(&q.config), Vec::<Json>::new(), "{ctx}");
 }
-
-// ---------------------------------------------------------------------------------------
-// 6b. A replay after a killed one
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn replay_after_a_killed_replay_reports_success_only_when_the_queue_is_done() {
     // Given 2000 dead letters whose table accepts them now
-    let db = Db::Postgres;
-    let world = World::new("dlq-ops");
     let n: i64 = 2000;
-    let (config, table, letters) = replayable_dead_letters(&world, n);
-    let t = table.name.clone();
-    let originals: BTreeMap<i64, i64> = letters.iter().map(|l| (id_of(l), payload_id(l))).collect();
+    let q = Replayable::new(n);
+    let originals = q.originals();
 
     // When a replay is killed (SIGKILL) in the middle of its second batch
-    let blocker = Blocker::hold(&db, &t, payload_id(&letters[750]));
-    let mut replay = Replay::start(&config, &["--all"], "killed");
-    let waiting = pg_lock_waiters(&t);
-    replay.wait_until("the replay's batch waiting on the held row", || {
-        try_scalar(&db, &waiting).unwrap_or(0) >= 1
-    });
+    let blocker = q.hold(750);
+    let mut replay = q.replay_held("killed", 1);
     common::send_signal(replay.pid(), "KILL");
-    let killed = replay.finish_status();
-    assert_eq!(killed.code(), None, "killed by the signal");
+    assert_eq!(replay.exit().code(), None, "killed by the signal");
     blocker.release();
 
     // Then every entry is a row or still queued, never both, never neither
-    let rows: BTreeSet<i64> = row_ids(&db, &t).into_iter().collect();
-    let listed: BTreeSet<i64> = dlq_list(&config).iter().map(id_of).collect();
-    for (id, key) in &originals {
-        assert!(
-            rows.contains(key) != listed.contains(id),
-            "dead letter {id} (row {key}): in the table {}, still queued {}",
-            rows.contains(key),
-            listed.contains(id)
-        );
-    }
+    let listed = dlq_list(&q.config);
+    assert_one_place(&q.rows(), &listed, &originals, "after the kill");
     assert!(!listed.is_empty(), "the killed batch is still queued");
 
     // And a new replay either replays everything, or does not claim success
-    let mut again = Replay::start(&config, &["--all"], "again");
-    let done = again.finish();
-    eprintln!("replay after a killed one: {}", done.summary.line);
-    let left = dlq_list(&config);
-    let ctx = format!(
-        "{}{}{} entries still queued",
-        done.stdout,
-        done.stderr,
-        left.len()
-    );
+    let done = Replay::start(&q.config, "again").finish();
+    let left = dlq_list(&q.config);
+    let ctx = format!("{}{} entries still queued", done.ctx(), left.len());
     assert_eq!(done.summary.failures(), 0, "{ctx}");
     if done.status.code() == Some(0) {
         assert_eq!(left.len(), 0, "exit 0 while entries remain: {ctx}");
-        assert_eq!(table.count(), n, "{ctx}");
+        assert_eq!(q.table.count(), n, "{ctx}");
     } else {
         assert_eq!(done.status.code(), Some(1), "{ctx}");
     }
-    let rows: BTreeSet<i64> = row_ids(&db, &t).into_iter().collect();
-    let listed: BTreeSet<i64> = left.iter().map(id_of).collect();
-    for (id, key) in &originals {
-        assert!(
-            rows.contains(key) != listed.contains(id),
-            "dead letter {id} (row {key}): in the table {}, still queued {}; {ctx}",
-            rows.contains(key),
-            listed.contains(id)
-        );
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// 7. Configuration errors
-// ---------------------------------------------------------------------------------------
-
-/// Runs `mqdb -c CONFIG check` on `text` and asserts exit 2 with `file:LINE:` where LINE is
-/// one of `lines` (1-based), and the message naming `needle`.
-fn assert_config_error(dir: &Path, text: &str, lines: &[usize], needle: &str) {
-    let path = dir.join(format!("{}.yaml", unique("bad")));
-    std::fs::write(&path, text).expect("write config");
-    let out = run_mqdb(&["-c", path_str(&path), "check"]);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let ctx = format!(
-        "{}\n---\n{}{stderr}",
-        text,
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert_eq!(out.status.code(), Some(2), "{ctx}");
-    let named = lines
-        .iter()
-        .any(|l| stderr.contains(&format!("{}:{l}:", path.display())));
-    assert!(named, "the error names line {lines:?}: {ctx}");
-    assert!(stderr.contains(needle), "{ctx}");
+    assert_one_place(&q.rows(), &left, &originals, &ctx);
 }
 
 #[test]
 fn mirror_config_errors_exit_2_naming_the_line() {
-    let dir = tempfile::Builder::new()
-        .prefix("mqdb-dlq-ops-config-")
-        .tempdir()
-        .expect("temp dir");
+    let dir = tempfile::tempdir().expect("temp dir");
     let head = format!(
         "state: \"sqlite://{}\"\n\
                 brokers:\n  b:\n    url: \"mqtt://127.0.0.1:1883\"\n  \
@@ -1254,22 +944,38 @@ fn mirror_config_errors_exit_2_naming_the_line() {
         dir.path().join("state.db").display()
     );
     let base = head.lines().count();
-
-    // A template field a dead letter does not have (MQTT topic)
-    let text = format!(
-        "{head}dead_letter:\n  publish:\n    broker: b\n    topic: \"mqdb/dead/{{topic}}\"\n"
-    );
-    assert_config_error(dir.path(), &text, &[base + 4], "{topic}");
-
-    // … and in an AMQP routing key
-    let text = format!(
-        "{head}dead_letter:\n  publish:\n    broker: r\n    exchange: x\n    routing_key: \"{{route}}.{{payload}}\"\n"
-    );
-    assert_config_error(dir.path(), &text, &[base + 5], "{payload}");
-
-    // A topic on an AMQP broker
-    let text = format!(
-        "{head}dead_letter:\n  publish:\n    broker: r\n    topic: \"mqdb/dead/{{route}}\"\n"
-    );
-    assert_config_error(dir.path(), &text, &[base + 2, base + 3, base + 4], "topic");
+    // Each: the `publish:` settings, the lines one of which the error names, what it names
+    let cases: [(&str, &[usize], &str); 3] = [
+        // A template field a dead letter does not have (MQTT topic)
+        (
+            "broker: b\n    topic: \"mqdb/dead/{topic}\"\n",
+            &[base + 4],
+            "{topic}",
+        ),
+        // … and in an AMQP routing key
+        (
+            "broker: r\n    exchange: x\n    routing_key: \"{route}.{payload}\"\n",
+            &[base + 5],
+            "{payload}",
+        ),
+        // A topic on an AMQP broker
+        (
+            "broker: r\n    topic: \"mqdb/dead/{route}\"\n",
+            &[base + 2, base + 3, base + 4],
+            "topic",
+        ),
+    ];
+    for (publish, lines, needle) in cases {
+        let text = format!("{head}dead_letter:\n  publish:\n    {publish}");
+        let path = dir.path().join(format!("{}.yaml", unique("bad")));
+        std::fs::write(&path, &text).expect("write config");
+        let out = run_mqdb(&["-c", path_str(&path), "check"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let ctx = format!("{text}\n---\n{stdout}{stderr}");
+        assert_eq!(out.status.code(), Some(2), "{ctx}");
+        let at = |l: &usize| stderr.contains(&format!("{}:{l}:", path.display()));
+        assert!(lines.iter().any(at), "not at line {lines:?}: {ctx}");
+        assert!(stderr.contains(needle), "{ctx}");
+    }
 }

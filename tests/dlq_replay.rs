@@ -1,31 +1,7 @@
-//! `mqdb dlq list | show | replay | purge` against dead letters that a real `mqdb run` made,
-//! with the real PostgreSQL, MariaDB, SQLite (ODBC), Mosquitto and RabbitMQ:
+//! `mqdb dlq list | show | replay | purge` against dead letters that a real `mqdb run` made.
 //!
-//! 1. Rows the database rejected (NOT NULL on PostgreSQL, CHECK on MariaDB with
-//!    `on_conflict: ignore`) fail again before the table is fixed and land afterwards, with
-//!    the original message's metadata; `--route` selects one route.
-//! 2. A conversion that is still wrong fails again on every replay and counts each attempt;
-//!    `--id` (repeated and comma-separated) and `--error-kind` select exactly their entries.
-//! 3. `--dry-run` changes nothing and still reports database rejections.
-//! 4. CSV record dead letters (`header: true`) land with values from their own header; whole
-//!    CSV messages land all or nothing once the mapping is fixed.
-//! 5. AMQP inbound dead letters land with their routing key, exchange, queue and headers,
-//!    with no broker reachable.
-//! 6. Outbound `unroutable` dead letters fail again until a queue is bound, then arrive
-//!    (and a dry run publishes nothing).
-//! 7. `dlq list` filters (`--route`, `--error-kind`, `--since`) and `dlq show`.
-//! 8. `dlq purge` selections, `--before`, and the `--yes` rule without a terminal.
-//! 9. A route that is no longer configured: `no_route` (beside a route that replays into
-//!    SQLite).
-//! 10. On a terminal: purge asks first, replay shows progress.
-//! 11. A database or broker outage stops a replay without counting attempts.
-//!
-//! Every test has its own temp dir (config, state store, log), unique table, topic, queue,
-//! exchange and client-id names, a private Mosquitto where MQTT is involved, and drops what
-//! it created. The bridge is stopped before the CLI works on its dead letters (except in the
-//! purge test, where it keeps running beside it). Waits are liveness deadlines, never speed
-//! assertions; the few short sleeps only make sure the millisecond timestamps of the store
-//! move on between two steps.
+//! The bridge is stopped before the CLI works on its dead letters, except in the purge test,
+//! where it keeps running beside it.
 
 mod common;
 
@@ -35,113 +11,89 @@ use std::time::Duration;
 
 use chrono::{DateTime, FixedOffset, NaiveDateTime, SecondsFormat, Utc};
 use common::{
-    AmqpMessage, Bridge, Db, Header, LIVENESS, Mosquitto, Publisher, Rabbit, Route, Subscriber,
-    TempTable, Workdir, dlq_list, path_str, run_mqdb, unique, wait_for, wait_until,
+    AmqpMessage, Bridge, Db, Header, LIVENESS, Rabbit, Route, Subscriber, TempTable, Workdir,
+    World, dlq_list, letter_id as id, path_str, run_bounded, terminate_ok, unique,
+    wait_dead_letters, wait_for, wait_for_count, wait_until,
 };
-use common::{terminate_ok, try_scalar};
 use serde_json::{Value as Json, json};
-
-// ---------------------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------------------
 
 /// Long enough for the store's millisecond timestamps to move on (a clock-granularity guard,
 /// not a speed assumption).
 const TICK: Duration = Duration::from_millis(20);
 
-/// One test's private world: a temp dir for the config, the state store and the bridge log,
-/// and the bridge's (stable, unique) MQTT client id.
-struct World {
-    work: Workdir,
-    client_id: String,
-}
+const ID_V: &[(&str, &str)] = &[("id", "payload.id"), ("v", "payload.v")];
 
-impl World {
-    fn new() -> World {
-        World {
-            work: Workdir::new("dlq-replay"),
-            client_id: unique("mqdb_dlq"),
-        }
+type Letters = BTreeMap<i64, Json>;
+type Messages = Vec<(String, Vec<u8>)>;
+type Shape = fn(Route) -> Route;
+
+/// The config with one inbound route `(name, table)` on `db` per item, each on its own
+/// topic (returned in the same order) and shaped by `shape`; the bridge's persistent
+/// session already subscribes to every topic.
+fn routes(world: &World, db: &Db, routes: &[(&str, &str)], shape: Shape) -> (PathBuf, Vec<String>) {
+    let topics: Vec<String> = routes.iter().map(|(n, _)| unique(n)).collect();
+    let mut config = world.config(db);
+    for ((name, table), topic) in routes.iter().zip(&topics) {
+        config = config.inbound(shape(Route::inbound(name, topic, table)));
     }
+    sessions(world, &topics);
+    (config.write(), topics)
+}
 
-    /// A SQLite database file in this world's temp dir.
-    fn sqlite(&self) -> Db {
-        Db::Sqlite(self.work.path("target.db"))
+/// The bridge's persistent session subscribed to every route's filter, so that the broker
+/// queues what is published before the bridge first starts.
+fn sessions(world: &World, filters: &[String]) {
+    let filters: Vec<(&str, u8)> = filters.iter().map(|f| (f.as_str(), 1)).collect();
+    let (port, client) = (world.broker.port, &world.client_id);
+    Subscriber::connect_with(port, client, false, &filters).disconnect();
+}
+
+/// `columns:` from `column=source` words.
+fn cols<'a>(route: Route, spec: &'a str) -> Route {
+    let pair = |w: &'a str| w.split_once('=').expect("column=source");
+    route.columns(&spec.split_whitespace().map(pair).collect::<Vec<_>>())
+}
+
+/// Each of `payloads` on `topic`.
+fn on<P: AsRef<str>>(topic: &str, payloads: impl IntoIterator<Item = P>) -> Messages {
+    let message = |p: P| (topic.to_owned(), p.as_ref().as_bytes().to_vec());
+    payloads.into_iter().map(message).collect()
+}
+
+/// Runs the bridge until each table has its row count and `n` dead letters are stored,
+/// then stops it; returns the dead letters.
+fn run_until(config: &Path, db: &Db, tables: &[(&str, i64)], n: usize) -> Letters {
+    let mut bridge = Bridge::start(config);
+    for (table, rows) in tables {
+        let sql = format!("SELECT COUNT(*) FROM {table}");
+        wait_for_count(&mut bridge, db, &sql, *rows);
     }
-
-    /// Writes (or rewrites) `mqdb.yaml`: the `brokers` (name, url; MQTT ones get this
-    /// world's client id), database `d` and the given `inbound` and `outbound` routes.
-    fn config(
-        &self,
-        brokers: &[(&str, &str)],
-        connection_string: &str,
-        inbound: &[Route],
-        outbound: &[Route],
-    ) -> PathBuf {
-        let mut config = self.work.bare_config();
-        for (name, url) in brokers {
-            let client = url
-                .starts_with("mqtt")
-                .then(|| json!({ "client_id": self.client_id }));
-            config = config.broker(name, url, client.unwrap_or(Json::Null));
-        }
-        config = config.database("d", connection_string);
-        for route in inbound {
-            config = config.inbound(route.clone());
-        }
-        for route in outbound {
-            config = config.outbound(route.clone());
-        }
-        config.write()
-    }
-
-    /// Creates the bridge's persistent MQTT session on `broker` subscribed to `filters` at
-    /// QoS 1, then disconnects: the broker queues every matching message for the bridge.
-    fn persistent_session(&self, broker: &Mosquitto, filters: &[&str]) {
-        let filters: Vec<(&str, u8)> = filters.iter().map(|f| (*f, 1)).collect();
-        Subscriber::connect_with(broker.port, &self.client_id, false, &filters).disconnect();
-    }
+    let letters = by_id(wait_dead_letters(&mut bridge, config, n));
+    terminate_ok(&mut bridge);
+    letters
 }
 
-/// A YAML double-quoted scalar (JSON string syntax is valid YAML).
-fn yq(text: &str) -> String {
-    serde_json::to_string(text).expect("a string serializes")
+/// A config with the outbound route `out` on PostgreSQL that publishes each row of `query`
+/// to `exchange` on broker `rabbit` at `url` with routing key `key`.
+fn rabbit_out(work: &Workdir, url: &str, query: &str, exchange: &str, key: &str) -> PathBuf {
+    let route = Route::outbound("out", query)
+        .lines(&["track: id", "start: 0", "interval: 100ms"])
+        .set("broker", "rabbit")
+        .set("exchange", exchange)
+        .set("routing_key", key);
+    let config = work.bare_config().broker("rabbit", url, Json::Null);
+    let cs = Db::Postgres.connection_string();
+    config.database("d", &cs).outbound(route).write()
 }
 
-/// Where an inbound route reads from: an MQTT topic on broker `m`, or an AMQP queue on
-/// broker `r`.
-enum Src<'a> {
-    Topic(&'a str),
-    Queue(&'a str),
-}
-
-/// One `inbound:` list item into `table` of database `d`, with `columns` (column, source)
-/// and `extra` settings written as `key: value` lines.
-fn inbound(
-    name: &str,
-    from: Src<'_>,
-    table: &str,
-    columns: &[(&str, &str)],
-    extra: &[&str],
-) -> Route {
-    let route = match from {
-        Src::Topic(topic) => Route::named(name)
-            .set("broker", "m")
-            .set("topic", topic)
-            .set("qos", 1),
-        Src::Queue(queue) => Route::named(name).set("broker", "r").set("queue", queue),
-    };
-    route
-        .set("database", "d")
-        .set("table", table)
-        .lines(extra)
-        .columns(columns)
-}
-
-/// One `outbound:` list item named `name` on database `d` polling `query`, plus settings
-/// written as `key: value` `lines`.
-fn outbound(name: &str, query: &str, lines: &[&str]) -> Route {
-    Route::outbound(name, query).lines(lines)
+/// Takes messages from `queue` until there are at least `n`.
+fn take(rabbit: &Rabbit, queue: &str, n: usize) -> Vec<AmqpMessage> {
+    let mut got = Vec::new();
+    wait_until(&format!("{n} messages in {queue}"), LIVENESS, || {
+        got.extend(rabbit.take_all(queue));
+        got.len() >= n
+    });
+    got
 }
 
 /// What one `mqdb dlq …` run printed.
@@ -154,150 +106,117 @@ struct Cli {
 impl Cli {
     /// The last non-empty line of stdout (the replay summary).
     fn summary(&self) -> &str {
-        self.stdout
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim()
+        let last = self.stdout.lines().rev().find(|l| !l.trim().is_empty());
+        last.unwrap_or("").trim()
     }
 }
 
 impl std::fmt::Display for Cli {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-            self.code, self.stdout, self.stderr
-        )
+        let (code, out, err) = (self.code, &self.stdout, &self.stderr);
+        write!(f, "exit {code:?}\n--- stdout\n{out}--- stderr\n{err}")
     }
 }
 
-/// `mqdb -c CONFIG dlq ARGS…` with stdin closed (not a terminal).
-fn dlq(config: &Path, args: &[&str]) -> Cli {
-    let mut all = vec!["-c", path_str(config), "dlq"];
-    all.extend_from_slice(args);
-    let out = run_mqdb(&all);
+/// `mqdb -c CONFIG dlq ARGS…` (`args` split at spaces) with stdin closed (not a terminal),
+/// killed and failed if it runs past [`LIVENESS`].
+fn dlq(config: &Path, args: &str) -> Cli {
+    let args: Vec<&str> = args.split_whitespace().collect();
+    let all = [&["-c", path_str(config), "dlq"][..], &args].concat();
+    let dir = config.parent().expect("config dir");
+    let (status, stdout, stderr) = run_bounded(&all, dir, LIVENESS);
+    let code = status.code();
     Cli {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        code,
+        stdout,
+        stderr,
     }
 }
 
 /// Like [`dlq`], asserting the exit code.
-fn dlq_expect(config: &Path, args: &[&str], code: i32) -> Cli {
+fn dlq_expect(config: &Path, args: &str, code: i32) -> Cli {
     let cli = dlq(config, args);
-    assert_eq!(cli.code, Some(code), "mqdb dlq {args:?}:\n{cli}");
+    assert_eq!(cli.code, Some(code), "mqdb dlq {args}:\n{cli}");
     cli
 }
 
 /// `mqdb dlq replay ARGS…`, asserting the exit code and the summary line.
-fn replay(config: &Path, args: &[&str], code: i32, summary: &str) -> Cli {
-    let mut all = vec!["replay"];
-    all.extend_from_slice(args);
-    let cli = dlq_expect(config, &all, code);
-    assert_eq!(cli.summary(), summary, "mqdb dlq {all:?}:\n{cli}");
+fn replay(config: &Path, args: &str, code: i32, summary: &str) -> Cli {
+    let cli = dlq_expect(config, &format!("replay {args}"), code);
+    assert_eq!(cli.summary(), summary, "mqdb dlq replay {args}:\n{cli}");
     cli
 }
 
+/// The summary of a replay of `n` entries that all failed again, `kinds` as it counts them.
+fn failed(n: usize, kinds: &str) -> String {
+    format!("replayed 0 of {n}, failed {n} ({kinds})")
+}
+
+fn by_id(letters: Vec<Json>) -> Letters {
+    letters.into_iter().map(|l| (id(&l), l)).collect()
+}
+
 /// Every dead letter by id (`dlq list --json`).
-fn letters(config: &Path) -> BTreeMap<i64, Json> {
-    dlq_list(config).into_iter().map(|l| (id(&l), l)).collect()
+fn letters(config: &Path) -> Letters {
+    by_id(dlq_list(config))
 }
 
-fn id(letter: &Json) -> i64 {
-    letter["id"]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no integer id: {letter:#}"))
-}
-
-/// The ids `dlq list --json ARGS…` prints, in order.
-fn listed_ids(config: &Path, args: &[&str]) -> Vec<i64> {
-    let mut all = vec!["list", "--json"];
-    all.extend_from_slice(args);
-    let cli = dlq_expect(config, &all, 0);
-    cli.stdout
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Json = serde_json::from_str(l)
-                .unwrap_or_else(|e| panic!("not a JSON object: {l}: {e}\n{cli}"));
-            id(&v)
-        })
-        .collect()
+/// The ids `dlq list --json ARGS…` prints, sorted.
+fn listed_ids(config: &Path, args: &str) -> Vec<i64> {
+    let cli = dlq_expect(config, &format!("list --json {args}"), 0);
+    let parse = |l: &str| -> Json {
+        let e = |e| panic!("not a JSON object: {l}: {e}\n{cli}");
+        serde_json::from_str(l).unwrap_or_else(e)
+    };
+    let lines = cli.stdout.lines().filter(|l| !l.trim().is_empty());
+    sorted(lines.map(|l| id(&parse(l))).collect())
 }
 
 /// The one dead letter whose payload is `payload`.
-fn letter_with_payload<'a>(letters: &'a BTreeMap<i64, Json>, payload: &str) -> &'a Json {
-    let found: Vec<&Json> = letters
-        .values()
-        .filter(|l| l["payload"] == payload)
-        .collect();
-    assert_eq!(
-        found.len(),
-        1,
-        "one dead letter with {payload:?}: {letters:#?}"
-    );
+fn with_payload<'a>(letters: &'a Letters, payload: &str) -> &'a Json {
+    let found = Vec::from_iter(letters.values().filter(|l| l["payload"] == payload));
+    assert_eq!(found.len(), 1, "one {payload:?}: {letters:#?}");
     found[0]
 }
 
-/// Waits until exactly `n` dead letters are stored (more fails at once).
-fn wait_letters(bridge: &mut Bridge, config: &Path, n: usize) -> BTreeMap<i64, Json> {
-    wait_for(bridge, &format!("{n} dead letters"), || {
-        let now = dlq_list(config).len();
-        if now > n {
-            return Err(format!("{now} dead letters, expected {n}"));
+/// Asserts that each of `letters` has the fields of `want` (an object) with its values.
+fn assert_fields<'a>(letters: impl IntoIterator<Item = &'a Json>, want: Json) {
+    for l in letters {
+        for (k, v) in want.as_object().expect("an object") {
+            assert_eq!(&l[k], v, "{k}: {l:#}");
         }
-        Ok(now == n)
-    });
-    letters(config)
-}
-
-/// Waits until `table` holds exactly `n` rows (more fails at once).
-fn wait_rows(bridge: &mut Bridge, db: &Db, table: &str, n: i64) {
-    let sql = format!("SELECT COUNT(*) FROM {table}");
-    wait_for(
-        bridge,
-        &format!("{n} rows in {table}"),
-        || match try_scalar(db, &sql) {
-            Some(now) if now > n => Err(format!("{now} rows, expected {n}")),
-            Some(now) => Ok(now == n),
-            None => Ok(false),
-        },
-    );
+    }
 }
 
 /// The rows of `sql`, each value trimmed.
 fn rows(db: &Db, sql: &str) -> Vec<Vec<Option<String>>> {
-    db.query(sql)
-        .into_iter()
-        .map(|r| {
-            r.into_iter()
-                .map(|v| v.map(|t| t.trim().to_owned()))
-                .collect()
-        })
-        .collect()
+    let trim = |v: Option<String>| v.map(|t| t.trim().to_owned());
+    let row = |r: Vec<Option<String>>| r.into_iter().map(trim).collect();
+    db.query(sql).into_iter().map(row).collect()
+}
+
+/// Expected rows, each written as its values joined by a space, every value set.
+fn texts(rows: &[&str]) -> Vec<Vec<Option<String>>> {
+    let row = |r: &&str| r.split(' ').map(s).collect();
+    rows.iter().map(row).collect()
 }
 
 fn s(text: &str) -> Option<String> {
     Some(text.to_owned())
 }
 
-/// An RFC 3339 text as an instant.
-fn rfc3339(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text)
-        .unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"))
-        .with_timezone(&Utc)
+fn sorted(mut v: Vec<i64>) -> Vec<i64> {
+    v.sort_unstable();
+    v
 }
 
 /// A JSON string field holding an RFC 3339 time.
 fn json_instant(letter: &Json, field: &str) -> DateTime<Utc> {
-    rfc3339(
-        letter[field]
-            .as_str()
-            .unwrap_or_else(|| panic!("{field} is not text: {letter:#}")),
-    )
+    let text = letter[field].as_str();
+    let text = text.unwrap_or_else(|| panic!("{field} is not text: {letter:#}"));
+    DateTime::parse_from_rfc3339(text)
+        .unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"))
+        .with_timezone(&Utc)
 }
 
 /// A timestamp read back as UTC text (`YYYY-MM-DD HH:MM:SS[.ffffff]`).
@@ -310,60 +229,50 @@ fn db_instant(text: &str) -> DateTime<Utc> {
 
 /// Asserts that a stored timestamp is the dead letter's `received_at` (to the microsecond
 /// the databases keep).
-fn assert_received_at(stored: &str, letter: &Json) {
+fn assert_received_at(stored: Option<&str>, letter: &Json) {
     let want = json_instant(&letter["headers"], "received_at");
-    let got = db_instant(stored);
+    let got = db_instant(stored.expect("received is set"));
     let diff = (got - want).num_microseconds().unwrap_or(i64::MAX).abs();
-    assert!(
-        diff <= 1,
-        "stored {got} is not the message's received_at {want}: {letter:#}"
-    );
+    let ctx = format!("{letter:#}");
+    assert!(diff <= 1, "stored {got} is not received_at {want}: {ctx}");
 }
 
-/// Asserts that every field of `after` except those named in `changed` equals `before`.
-fn assert_same_except(before: &Json, after: &Json, changed: &[&str]) {
+/// Asserts a failed-again entry: one more attempt, a later last_failed_at, the new error
+/// kind and an error, every other field (first_failed_at, payload, …) as before.
+fn assert_failed_again(before: &Json, after: &Json, kind: &str) {
+    let ctx = format!("before {before:#}, after {after:#}");
+    let attempts = before["attempts"].as_i64().map(|a| a + 1);
+    assert_eq!(after["attempts"].as_i64(), attempts, "{ctx}");
+    let last = |l: &Json| json_instant(l, "last_failed_at");
+    assert!(last(after) > last(before), "last_failed_at: {ctx}");
+    assert_eq!(after["error_kind"], kind, "{ctx}");
+    let error = after["error"].as_str().unwrap_or("");
+    assert!(!error.trim().is_empty(), "{ctx}");
+    let changed = "attempts last_failed_at error error_kind sqlstate";
     let (Json::Object(b), Json::Object(a)) = (before, after) else {
-        panic!("not objects: {before} / {after}");
+        panic!("not objects: {ctx}");
     };
-    for (k, v) in b {
-        if !changed.contains(&k.as_str()) {
-            assert_eq!(
-                a.get(k),
-                Some(v),
-                "{k} changed: before {before:#}, after {after:#}"
-            );
-        }
+    let same = b
+        .iter()
+        .filter(|(k, _)| !changed.split(' ').any(|c| *k == c));
+    for (k, v) in same {
+        assert_eq!(a.get(k), Some(v), "{k} changed: {ctx}");
     }
 }
 
-/// Asserts a failed-again entry: one more attempt, a later last_failed_at, the same
-/// first_failed_at and payload, the new error kind.
-fn assert_failed_again(before: &Json, after: &Json, kind: &str) {
-    assert_eq!(
-        after["attempts"].as_i64(),
-        before["attempts"].as_i64().map(|a| a + 1),
-        "one more attempt: before {before:#}, after {after:#}"
-    );
-    assert!(
-        json_instant(after, "last_failed_at") > json_instant(before, "last_failed_at"),
-        "last_failed_at moved on: before {before:#}, after {after:#}"
-    );
-    assert_eq!(after["error_kind"], kind, "{after:#}");
-    assert!(
-        !after["error"].as_str().unwrap_or("").trim().is_empty(),
-        "{after:#}"
-    );
-    assert_same_except(
-        before,
-        after,
-        &[
-            "attempts",
-            "last_failed_at",
-            "error",
-            "error_kind",
-            "sqlstate",
-        ],
-    );
+/// Asserts that exactly the `touched` entries failed again with their kind and the others
+/// are unchanged.
+fn assert_touched(before: &Letters, after: &Letters, touched: &[i64], what: &str) {
+    let keys = |l: &Letters| l.keys().copied().collect::<Vec<_>>();
+    assert_eq!(keys(after), keys(before), "{what}");
+    for (id, now) in after {
+        let was = &before[id];
+        if touched.contains(id) {
+            assert_failed_again(was, now, was["error_kind"].as_str().expect("kind"));
+        } else {
+            assert_eq!(now, was, "{what} touched {id}");
+        }
+    }
 }
 
 /// PostgreSQL: a TIMESTAMPTZ column as UTC text.
@@ -371,142 +280,78 @@ fn pg_utc(column: &str) -> String {
     format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')")
 }
 
-// ---------------------------------------------------------------------------------------
-// 1. Rejected rows, replayed after the table is fixed
-// ---------------------------------------------------------------------------------------
-
 #[test]
 fn rejected_rows_fail_again_then_land_with_their_metadata_once_the_table_is_fixed_postgres() {
     // Given a NOT NULL column without a default, a route mapping the payload, a topic level,
     // the topic and the receive time, and a second route into a table with a CHECK
-    let db = Db::Postgres;
-    let world = World::new();
-    let broker = Mosquitto::start();
-    let readings = TempTable::create(
-        &db,
-        "rr_read",
-        "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, site TEXT, topic TEXT, received TIMESTAMPTZ",
-    );
-    let others = TempTable::create(
-        &db,
-        "rr_other",
-        "id INTEGER PRIMARY KEY, v INTEGER CHECK (v > 0)",
-    );
-    let root = unique("rr");
-    let root2 = unique("rr_other");
-    let config = world.config(
-        &[("m", &broker.url())],
-        &db.connection_string(),
-        &[
-            inbound(
-                "readings",
-                Src::Topic(&format!("{root}/{{site}}")),
-                &readings.name,
-                &[
-                    ("id", "payload.id"),
-                    ("v", "payload.v"),
-                    ("site", "topic.site"),
-                    ("topic", "meta.topic"),
-                    ("received", "meta.received_at"),
-                ],
-                &["batch: { max_rows: 100, max_delay: 50ms }"],
-            ),
-            inbound(
-                "others",
-                Src::Topic(&root2),
-                &others.name,
-                &[("id", "payload.id"), ("v", "payload.v")],
-                &[],
-            ),
-        ],
-        &[],
-    );
-    world.persistent_session(&broker, &[&format!("{root}/+"), &root2]);
+    let (db, world) = (Db::Postgres, World::new("dlq-replay"));
+    let columns = "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, site TEXT, topic TEXT, \
+                   received TIMESTAMPTZ";
+    let readings = TempTable::create(&db, "rr_read", columns);
+    let check = "id INTEGER PRIMARY KEY, v INTEGER CHECK (v > 0)";
+    let others = TempTable::create(&db, "rr_other", check);
+    let t = &readings.name;
+    let (root, root2) = (unique("rr"), unique("rr_other"));
+    let readings_route = Route::inbound("readings", &format!("{root}/{{site}}"), t)
+        .lines(&["batch: { max_rows: 100, max_delay: 50ms }"]);
+    let spec = "id=payload.id v=payload.v site=topic.site topic=meta.topic \
+                received=meta.received_at";
+    let readings_route = cols(readings_route, spec);
+    let config = world.config(&db).inbound(readings_route);
+    let others_route = Route::inbound("others", &root2, &others.name).columns(ID_V);
+    let config = config.inbound(others_route).write();
+    sessions(&world, &[format!("{root}/+"), root2.clone()]);
 
     // When good messages and messages without `v` are published and the bridge runs
-    let mut messages: Vec<(String, Vec<u8>)> = (1..=5)
-        .map(|i| {
-            (
-                format!("{root}/north"),
-                format!(r#"{{"id":{i},"v":{}}}"#, i * 10).into_bytes(),
-            )
-        })
-        .collect();
+    let good = (1..=5).map(|i| format!(r#"{{"id":{i},"v":{}}}"#, i * 10));
+    let mut messages = on(&format!("{root}/north"), good);
     let bad = [
         ("north", "101", r#"{"id":101}"#),
         ("south", "102", r#"{"id":102,"note":"no v"}"#),
         ("east", "103", r#"{"id":103}"#),
     ];
-    for (site, _, payload) in bad {
-        messages.push((format!("{root}/{site}"), payload.as_bytes().to_vec()));
-    }
-    messages.push((root2.clone(), br#"{"id":1,"v":-1}"#.to_vec()));
-    Publisher::connect(broker.port).publish_all_confirmed(messages, 1);
-    let mut bridge = Bridge::start(&config);
-    wait_rows(&mut bridge, &db, &readings.name, 5);
-    let first = wait_letters(&mut bridge, &config, 4);
-    terminate_ok(&mut bridge);
+    messages.extend(
+        bad.iter()
+            .flat_map(|(site, _, p)| on(&format!("{root}/{site}"), [p])),
+    );
+    messages.extend(on(&root2, [r#"{"id":1,"v":-1}"#]));
+    world.publisher().publish_all_confirmed(messages, 1);
+    let first = run_until(&config, &db, &[(t, 5)], 4);
     let stopped_at = Utc::now();
-    for letter in first.values() {
-        assert_eq!(letter["error_kind"], "rejected", "{letter:#}");
-        assert_eq!(letter["attempts"], 1, "{letter:#}");
-    }
+    let want = json!({"error_kind": "rejected", "attempts": 1});
+    assert_fields(first.values(), want);
 
     // When every entry is replayed before the table is fixed
     std::thread::sleep(TICK);
-    replay(
-        &config,
-        &["--all"],
-        1,
-        "replayed 0 of 4, failed 4 (rejected: 4)",
-    );
+    replay(&config, "--all", 1, &failed(4, "rejected: 4"));
 
     // Then every entry is kept with a second attempt, a new last_failed_at and the error
     let second = letters(&config);
-    assert_eq!(
-        second.keys().collect::<Vec<_>>(),
-        first.keys().collect::<Vec<_>>()
-    );
-    for (id, after) in &second {
-        let before = &first[id];
-        assert_failed_again(before, after, "rejected");
-        let state = if before["route"] == "readings" {
-            "23502"
-        } else {
-            "23514"
-        };
+    let all: Vec<i64> = first.keys().copied().collect();
+    assert_touched(&first, &second, &all, "--all");
+    for after in second.values() {
+        let readings = after["route"] == "readings";
+        let state = if readings { "23502" } else { "23514" };
         assert_eq!(after["sqlstate"], state, "{after:#}");
     }
     assert_eq!(readings.count(), 5, "nothing was inserted");
 
     // When the column gets a default and the route's entries are replayed
-    db.exec(&format!(
-        "ALTER TABLE {} ALTER COLUMN v SET DEFAULT -1",
-        readings.name
-    ));
-    replay(&config, &["--route", "readings"], 0, "replayed 3 of 3");
+    db.exec(&format!("ALTER TABLE {t} ALTER COLUMN v SET DEFAULT -1"));
+    replay(&config, "--route readings", 0, "replayed 3 of 3");
 
     // Then the rows are in the table with the default and the original message's topic,
     // topic level and receive time
-    let got = rows(
-        &db,
-        &format!(
-            "SELECT id, v, site, topic, {} FROM {} WHERE id > 100 ORDER BY id",
-            pg_utc("received"),
-            readings.name
-        ),
-    );
+    let received = pg_utc("received");
+    let sql = format!("SELECT id, v, site, topic, {received} FROM {t} WHERE id > 100 ORDER BY id");
+    let got = rows(&db, &sql);
     assert_eq!(got.len(), 3, "{got:?}");
     for (row, (site, id, payload)) in got.iter().zip(bad) {
-        let letter = letter_with_payload(&first, payload);
-        assert_eq!(
-            row[..4],
-            [s(id), s("-1"), s(site), s(&format!("{root}/{site}"))],
-            "{row:?}"
-        );
-        let received = row[4].as_deref().expect("received is set");
-        assert_received_at(received, letter);
-        assert!(db_instant(received) < stopped_at, "{row:?}");
+        let topic = format!("{root}/{site}");
+        assert_eq!(row[..4], [s(id), s("-1"), s(site), s(&topic)], "{row:?}");
+        assert_received_at(row[4].as_deref(), with_payload(&first, payload));
+        let received = db_instant(row[4].as_deref().expect("set"));
+        assert!(received < stopped_at, "{row:?}");
     }
     assert_eq!(readings.count(), 8);
     // And only the other route's entry is left, untouched by the --route replay
@@ -514,245 +359,131 @@ fn rejected_rows_fail_again_then_land_with_their_metadata_once_the_table_is_fixe
     assert_eq!(left.len(), 1, "{left:#?}");
     let other = left.values().next().expect("one");
     assert_eq!(other["route"], "others", "{other:#}");
-    let before = &second[&id(other)];
-    assert_eq!(other, before);
+    assert_eq!(other, &second[&id(other)]);
     assert_eq!(others.count(), 0);
 }
 
 #[test]
 fn rejected_rows_replayed_with_on_conflict_ignore_never_duplicate_mariadb() {
     // Given a MariaDB table with a named CHECK and a route with on_conflict: ignore on `id`
-    let db = Db::MariaDb;
-    let world = World::new();
-    let broker = Mosquitto::start();
+    let (db, world) = (Db::MariaDb, World::new("dlq-replay"));
     let check = unique("v_nonneg");
-    let table = TempTable::create(
-        &db,
-        "rr_maria",
-        &format!(
-            "id INT PRIMARY KEY, v INT, topic VARCHAR(200), received DATETIME(6), \
-             CONSTRAINT {check} CHECK (v >= 0)"
-        ),
+    let columns = format!(
+        "id INT PRIMARY KEY, v INT, topic VARCHAR(200), received DATETIME(6), \
+         CONSTRAINT {check} CHECK (v >= 0)"
     );
+    let table = TempTable::create(&db, "rr_maria", &columns);
     let t = &table.name;
     let root = unique("rrm");
-    let config = world.config(
-        &[("m", &broker.url())],
-        &db.connection_string(),
-        &[inbound(
-            "maria",
-            Src::Topic(&format!("{root}/+")),
-            t,
-            &[
-                ("id", "payload.id"),
-                ("v", "payload.v"),
-                ("topic", "meta.topic"),
-                ("received", "meta.received_at"),
-            ],
-            &["on_conflict: ignore", "key: [id]"],
-        )],
-        &[],
-    );
-    world.persistent_session(&broker, &[&format!("{root}/+")]);
+    let route = Route::inbound("maria", &format!("{root}/+"), t)
+        .lines(&["on_conflict: ignore", "key: [id]"]);
+    let spec = "id=payload.id v=payload.v topic=meta.topic received=meta.received_at";
+    let route = cols(route, spec);
+    let config = world.config(&db).inbound(route).write();
+    world.persistent_session(&format!("{root}/+"));
 
     // When good messages and negative ones (id 101 twice) are published and the bridge runs
-    let mut messages: Vec<(String, Vec<u8>)> = (1..=5)
-        .map(|i| {
-            (
-                format!("{root}/good"),
-                format!(r#"{{"id":{i},"v":{i}}}"#).into_bytes(),
-            )
-        })
-        .collect();
+    let good = (1..=5).map(|i| format!(r#"{{"id":{i},"v":{i}}}"#));
+    let mut messages = on(&format!("{root}/good"), good);
     let bad = [
         ("a", r#"{"id":101,"v":-5}"#),
         ("b", r#"{"id":101,"v":-6}"#),
         ("c", r#"{"id":102,"v":-7}"#),
     ];
-    for (level, payload) in bad {
-        messages.push((format!("{root}/{level}"), payload.as_bytes().to_vec()));
-    }
-    Publisher::connect(broker.port).publish_all_confirmed(messages, 1);
-    let mut bridge = Bridge::start(&config);
-    wait_rows(&mut bridge, &db, t, 5);
-    let first = wait_letters(&mut bridge, &config, 3);
-    terminate_ok(&mut bridge);
-    for letter in first.values() {
-        assert_eq!(letter["error_kind"], "rejected", "{letter:#}");
-        assert_eq!(letter["sqlstate"], "23000", "{letter:#}");
-    }
-    let a = letter_with_payload(&first, bad[0].1).clone();
+    messages.extend(
+        bad.iter()
+            .flat_map(|(level, p)| on(&format!("{root}/{level}"), [p])),
+    );
+    world.publisher().publish_all_confirmed(messages, 1);
+    let first = run_until(&config, &db, &[(t, 5)], 3);
+    let want = json!({"error_kind": "rejected", "sqlstate": "23000"});
+    assert_fields(first.values(), want);
+    let a = with_payload(&first, bad[0].1);
 
     // When the CHECK is dropped and the first id-101 entry alone is replayed
     db.exec(&format!("ALTER TABLE {t} DROP CONSTRAINT {check}"));
-    let a_id = id(&a).to_string();
-    replay(&config, &["--id", &a_id], 0, "replayed 1 of 1");
+    replay(&config, &format!("--id {}", id(a)), 0, "replayed 1 of 1");
 
     // Then that row is in, with its topic and receive time; the others still wait
-    let row = rows(
-        &db,
-        &format!("SELECT v, topic, received FROM {t} WHERE id = 101"),
-    );
+    let sql = format!("SELECT v, topic, received FROM {t} WHERE id = 101");
+    let row = rows(&db, &sql);
     assert_eq!(row.len(), 1, "{row:?}");
     assert_eq!(row[0][..2], [s("-5"), s(&format!("{root}/a"))]);
-    assert_received_at(row[0][2].as_deref().expect("received"), &a);
+    assert_received_at(row[0][2].as_deref(), a);
     assert_eq!(letters(&config).len(), 2);
 
     // When everything left is replayed, and then again
-    replay(&config, &["--all"], 0, "replayed 2 of 2");
-    replay(&config, &["--all"], 0, "replayed 0 of 0");
+    replay(&config, "--all", 0, "replayed 2 of 2");
+    replay(&config, "--all", 0, "replayed 0 of 0");
 
     // Then the second id-101 entry was ignored (no duplicate, the first kept), 102 is in,
     // and the queue is empty
-    assert_eq!(
-        rows(
-            &db,
-            &format!("SELECT id, v, topic FROM {t} WHERE id > 100 ORDER BY id")
-        ),
-        vec![
-            vec![s("101"), s("-5"), s(&format!("{root}/a"))],
-            vec![s("102"), s("-7"), s(&format!("{root}/c"))],
-        ]
-    );
+    let sql = format!("SELECT id, v, topic FROM {t} WHERE id > 100 ORDER BY id");
+    let want = texts(&[&format!("101 -5 {root}/a"), &format!("102 -7 {root}/c")]);
+    assert_eq!(rows(&db, &sql), want);
     assert_eq!(table.count(), 7);
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
 }
 
-// ---------------------------------------------------------------------------------------
-// 2. A replay that fails again; --id and --error-kind
-// ---------------------------------------------------------------------------------------
-
 #[test]
 fn a_conversion_that_is_still_wrong_counts_every_attempt_and_id_selects_exactly() {
     // Given two values that do not convert to INTEGER and a payload that is not JSON
-    let db = Db::Postgres;
-    let world = World::new();
-    let broker = Mosquitto::start();
+    let (db, world) = (Db::Postgres, World::new("dlq-replay"));
     let table = TempTable::create(&db, "conv", "id INTEGER PRIMARY KEY, n INTEGER");
-    let topic = unique("conv");
-    let config = world.config(
-        &[("m", &broker.url())],
-        &db.connection_string(),
-        &[inbound(
-            "conv",
-            Src::Topic(&topic),
-            &table.name,
-            &[("id", "payload.id"), ("n", "payload.n")],
-            &[],
-        )],
-        &[],
-    );
-    world.persistent_session(&broker, &[&topic]);
-    Publisher::connect(broker.port).publish_all_confirmed(
-        [
-            r#"{"id":1,"n":1}"#,
-            r#"{"id":7,"n":"abc"}"#,
-            r#"{"id":8,"n":"xyz"}"#,
-            "not json",
-        ]
-        .iter()
-        .map(|p| (topic.clone(), p.as_bytes().to_vec()))
-        .collect(),
-        1,
-    );
-    let mut bridge = Bridge::start(&config);
-    wait_rows(&mut bridge, &db, &table.name, 1);
-    let mut last = wait_letters(&mut bridge, &config, 3);
-    terminate_ok(&mut bridge);
-    let x = id(letter_with_payload(&last, r#"{"id":7,"n":"abc"}"#));
-    let y = id(letter_with_payload(&last, r#"{"id":8,"n":"xyz"}"#));
-    let z = id(letter_with_payload(&last, "not json"));
+    let t = table.name.as_str();
+    let shape = |r: Route| r.columns(&[("id", "payload.id"), ("n", "payload.n")]);
+    let (config, topics) = routes(&world, &db, &[("conv", t)], shape);
+    let (px, py) = (r#"{"id":7,"n":"abc"}"#, r#"{"id":8,"n":"xyz"}"#);
+    let messages = on(&topics[0], [r#"{"id":1,"n":1}"#, px, py, "not json"]);
+    world.publisher().publish_all_confirmed(messages, 1);
+    let mut last = run_until(&config, &db, &[(t, 1)], 3);
+    let [x, y, z] = [px, py, "not json"].map(|p| id(with_payload(&last, p)));
     assert_eq!(last[&x]["error_kind"], "convert");
     assert_eq!(last[&z]["error_kind"], "decode");
 
     // When one entry is replayed by id, several times, then with others in both --id forms
     // and by error kind, each step checked against the one before
-    let steps: Vec<(Vec<String>, &str, Vec<i64>)> = vec![
+    let (by_x, decode) = (format!("--id {x}"), "--all --error-kind decode");
+    let steps: [(&str, String, &[i64]); 6] = [
+        (&by_x, failed(1, "convert: 1"), &[x]),
+        (&by_x, failed(1, "convert: 1"), &[x]),
+        (&format!("--id {x},{y}"), failed(2, "convert: 2"), &[x, y]),
         (
-            vec!["--id".into(), x.to_string()],
-            "replayed 0 of 1, failed 1 (convert: 1)",
-            vec![x],
+            &format!("--id {x} --id {z}"),
+            failed(2, "convert: 1, decode: 1"),
+            &[x, z],
         ),
+        (decode, failed(1, "decode: 1"), &[z]),
         (
-            vec!["--id".into(), x.to_string()],
-            "replayed 0 of 1, failed 1 (convert: 1)",
-            vec![x],
-        ),
-        (
-            vec!["--id".into(), format!("{x},{y}")],
-            "replayed 0 of 2, failed 2 (convert: 2)",
-            vec![x, y],
-        ),
-        (
-            vec!["--id".into(), x.to_string(), "--id".into(), z.to_string()],
-            "replayed 0 of 2, failed 2 (convert: 1, decode: 1)",
-            vec![x, z],
-        ),
-        (
-            vec!["--all".into(), "--error-kind".into(), "decode".into()],
-            "replayed 0 of 1, failed 1 (decode: 1)",
-            vec![z],
-        ),
-        (
-            vec![
-                "--route".into(),
-                "conv".into(),
-                "--error-kind".into(),
-                "convert".into(),
-            ],
-            "replayed 0 of 2, failed 2 (convert: 2)",
-            vec![x, y],
+            "--route conv --error-kind convert",
+            failed(2, "convert: 2"),
+            &[x, y],
         ),
     ];
     for (args, summary, touched) in steps {
         std::thread::sleep(TICK);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        replay(&config, &args, 1, summary);
+        replay(&config, args, 1, &summary);
         // Then exactly the selected entries have one more attempt and the same error kind;
         // the others are unchanged
         let now = letters(&config);
-        assert_eq!(
-            now.keys().collect::<Vec<_>>(),
-            last.keys().collect::<Vec<_>>()
-        );
-        for (id, after) in &now {
-            let before = &last[id];
-            if touched.contains(id) {
-                let kind = before["error_kind"].as_str().expect("kind");
-                assert_failed_again(before, after, kind);
-            } else {
-                assert_eq!(after, before, "replay {args:?} touched {id}");
-            }
-        }
+        assert_touched(&last, &now, touched, &format!("replay {args}"));
         last = now;
     }
     // And the attempts add up: x 6, y 3, z 3; the error still names the value
-    let attempts: Vec<i64> = [x, y, z]
-        .iter()
-        .map(|i| last[i]["attempts"].as_i64().expect("attempts"))
-        .collect();
+    let attempts = [x, y, z].map(|i| last[&i]["attempts"].as_i64().expect("attempts"));
     assert_eq!(attempts, [6, 3, 3], "{last:#?}");
-    assert!(
-        last[&x]["error"].as_str().unwrap_or("").contains("abc"),
-        "{:#}",
-        last[&x]
-    );
+    let error = last[&x]["error"].as_str().unwrap_or("");
+    assert!(error.contains("abc"), "{:#}", last[&x]);
 
     // When nothing matches the selection
-    replay(
-        &config,
-        &["--all", "--error-kind", "rejected"],
-        0,
-        "replayed 0 of 0",
-    );
+    replay(&config, "--all --error-kind rejected", 0, "replayed 0 of 0");
     // Or the selection is not exactly one of --all, --id, --route
-    let (xs, ys) = (x.to_string(), y.to_string());
     for args in [
-        &["replay"][..],
-        &["replay", "--error-kind", "convert"],
-        &["replay", "--all", "--route", "conv"],
-        &["replay", "--all", "--id", &xs],
-        &["replay", "--route", "conv", "--id", &ys],
+        "replay",
+        "replay --error-kind convert",
+        "replay --all --route conv",
+        &format!("replay --all --id {x}"),
+        &format!("replay --route conv --id {y}"),
     ] {
         dlq_expect(&config, args, 2);
     }
@@ -761,60 +492,24 @@ fn a_conversion_that_is_still_wrong_counts_every_attempt_and_id_selects_exactly(
     assert_eq!(table.count(), 1);
 }
 
-// ---------------------------------------------------------------------------------------
-// 3. --dry-run
-// ---------------------------------------------------------------------------------------
-
 #[test]
 fn dry_run_changes_nothing_and_reports_database_rejections() {
     // Given three dead letters: a CHECK violation, a value that does not convert, and a
     // duplicate key
-    let db = Db::Postgres;
-    let world = World::new();
-    let broker = Mosquitto::start();
-    let table = TempTable::create(
-        &db,
-        "dry",
-        "id INTEGER PRIMARY KEY, v INTEGER CHECK (v > 0)",
-    );
-    let t = &table.name;
-    let topic = unique("dry");
-    let config = world.config(
-        &[("m", &broker.url())],
-        &db.connection_string(),
-        &[inbound(
-            "dry",
-            Src::Topic(&topic),
-            t,
-            &[("id", "payload.id"), ("v", "payload.v")],
-            &[],
-        )],
-        &[],
-    );
-    world.persistent_session(&broker, &[&topic]);
+    let (db, world) = (Db::Postgres, World::new("dlq-replay"));
+    let columns = "id INTEGER PRIMARY KEY, v INTEGER CHECK (v > 0)";
+    let table = TempTable::create(&db, "dry", columns);
+    let t = table.name.as_str();
+    let (config, topics) = routes(&world, &db, &[("dry", t)], |r| r.columns(ID_V));
     let check = r#"{"id":10,"v":-1}"#;
     let convert = r#"{"id":11,"v":"abc"}"#;
     let duplicate = r#"{"id":1,"v":7}"#;
-    Publisher::connect(broker.port).publish_all_confirmed(
-        [
-            r#"{"id":1,"v":1}"#,
-            r#"{"id":2,"v":2}"#,
-            r#"{"id":3,"v":3}"#,
-            check,
-            convert,
-            duplicate,
-        ]
-        .iter()
-        .map(|p| (topic.clone(), p.as_bytes().to_vec()))
-        .collect(),
-        1,
-    );
-    let mut bridge = Bridge::start(&config);
-    wait_rows(&mut bridge, &db, t, 3);
-    let before = wait_letters(&mut bridge, &config, 3);
-    terminate_ok(&mut bridge);
-    assert_eq!(letter_with_payload(&before, duplicate)["sqlstate"], "23505");
-    let dup_id = id(letter_with_payload(&before, duplicate)).to_string();
+    let good = (1..=3).map(|i| format!(r#"{{"id":{i},"v":{i}}}"#));
+    let bad = [check, convert, duplicate].map(String::from);
+    let messages = on(&topics[0], good.chain(bad));
+    world.publisher().publish_all_confirmed(messages, 1);
+    let before = run_until(&config, &db, &[(t, 3)], 3);
+    assert_eq!(with_payload(&before, duplicate)["sqlstate"], "23505");
 
     // When the row the duplicate collided with is deleted (so it would go in now) and every
     // entry is replayed with --dry-run
@@ -822,24 +517,15 @@ fn dry_run_changes_nothing_and_reports_database_rejections() {
     let ids_sql = format!("SELECT id, v FROM {t} ORDER BY id");
     let table_before = rows(&db, &ids_sql);
     std::thread::sleep(TICK);
-    let dry = replay(
-        &config,
-        &["--all", "--dry-run"],
-        1,
-        "would replay 1 of 3, would fail 2 (convert: 1, rejected: 1)",
-    );
+    let summary = "would replay 1 of 3, would fail 2 (convert: 1, rejected: 1)";
+    let dry = replay(&config, "--all --dry-run", 1, summary);
     // (it says what would happen: nothing failed "again")
-    assert!(
-        dry.stderr.contains("2 dead letters would fail") && !dry.stderr.contains("again"),
-        "{dry}"
-    );
+    let err = &dry.stderr;
+    let said = err.contains("2 dead letters would fail") && !err.contains("again");
+    assert!(said, "{dry}");
     // And the insertable one alone
-    replay(
-        &config,
-        &["--id", &dup_id, "--dry-run"],
-        0,
-        "would replay 1 of 1",
-    );
+    let one = format!("--id {} --dry-run", id(with_payload(&before, duplicate)));
+    replay(&config, &one, 0, "would replay 1 of 1");
 
     // Then the table and the entries (attempts, times, errors) are exactly as before: the
     // rejection was found by the database, and the insert that worked was rolled back
@@ -847,284 +533,157 @@ fn dry_run_changes_nothing_and_reports_database_rejections() {
     assert_eq!(letters(&config), before);
 
     // And a real replay does what the dry run said
-    replay(
-        &config,
-        &["--all"],
-        1,
-        "replayed 1 of 3, failed 2 (convert: 1, rejected: 1)",
-    );
-    assert_eq!(
-        rows(&db, &ids_sql),
-        vec![
-            vec![s("1"), s("7")],
-            vec![s("2"), s("2")],
-            vec![s("3"), s("3")]
-        ]
-    );
+    let summary = "replayed 1 of 3, failed 2 (convert: 1, rejected: 1)";
+    replay(&config, "--all", 1, summary);
+    let want = texts(&["1 7", "2 2", "3 3"]);
+    assert_eq!(rows(&db, &ids_sql), want);
     let after = letters(&config);
     assert_eq!(after.len(), 2, "{after:#?}");
-    assert_failed_again(
-        letter_with_payload(&before, check),
-        letter_with_payload(&after, check),
-        "rejected",
-    );
-    assert_eq!(letter_with_payload(&after, check)["sqlstate"], "23514");
-    assert_failed_again(
-        letter_with_payload(&before, convert),
-        letter_with_payload(&after, convert),
-        "convert",
-    );
+    for (payload, kind) in [(check, "rejected"), (convert, "convert")] {
+        let now = with_payload(&after, payload);
+        assert_failed_again(with_payload(&before, payload), now, kind);
+    }
+    assert_eq!(with_payload(&after, check)["sqlstate"], "23514");
 }
-
-// ---------------------------------------------------------------------------------------
-// 4. CSV records with a header
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn csv_record_dead_letters_land_once_with_values_from_their_own_header() {
     // Given a CSV route with `header: true` and a CHECK that rejects large quantities, and
     // a second one (`whole`) mapping a header name that its messages lack
-    let db = Db::Postgres;
-    let world = World::new();
-    let broker = Mosquitto::start();
+    let (db, world) = (Db::Postgres, World::new("dlq-replay"));
     let check = unique("qty_small");
-    let table = TempTable::create(
-        &db,
-        "csvh",
-        &format!(
-            "id INTEGER PRIMARY KEY, sku TEXT, qty INTEGER, raw TEXT, \
-             CONSTRAINT {check} CHECK (qty < 100)"
-        ),
+    let columns = format!(
+        "id INTEGER PRIMARY KEY, sku TEXT, qty INTEGER, raw TEXT, \
+         CONSTRAINT {check} CHECK (qty < 100)"
     );
-    let t = &table.name;
-    let whole_table = TempTable::create(
-        &db,
-        "csvw",
-        "id INTEGER PRIMARY KEY, sku TEXT, qty INTEGER DEFAULT 42",
-    );
-    let w = &whole_table.name;
+    let table = TempTable::create(&db, "csvh", &columns);
+    let whole_columns = "id INTEGER PRIMARY KEY, sku TEXT, qty INTEGER DEFAULT 42";
+    let whole_table = TempTable::create(&db, "csvw", whole_columns);
+    let (t, w) = (table.name.as_str(), whole_table.name.as_str());
     db.exec(&format!("INSERT INTO {w} VALUES (1, 'pre', 1)"));
-    let topic = unique("csvh");
-    let whole_topic = unique("csvw");
-    let items = inbound(
-        "items",
-        Src::Topic(&topic),
-        t,
-        &[
-            ("id", "payload.id"),
-            ("sku", "payload.sku"),
-            ("qty", "payload.qty"),
-            ("raw", "payload"),
-        ],
-        &["format: csv", "csv: { header: true }"],
-    );
-    let whole = |columns: &[(&str, &str)]| {
-        inbound(
-            "whole",
-            Src::Topic(&whole_topic),
-            w,
-            columns,
-            &["format: csv", "csv: { header: true }"],
-        )
+    let topics = [unique("csvh"), unique("csvw")];
+    let csv = |name: &str, topic: &str, table: &str, spec: &str| {
+        let route = cols(Route::inbound(name, topic, table), spec);
+        route.lines(&["format: csv", "csv: { header: true }"])
     };
-    let config = world.config(
-        &[("m", &broker.url())],
-        &db.connection_string(),
-        &[
-            items.clone(),
-            whole(&[
-                ("id", "payload.id"),
-                ("sku", "payload.sku"),
-                ("qty", "payload.qty"),
-            ]),
-        ],
-        &[],
-    );
-    world.persistent_session(&broker, &[&topic, &whole_topic]);
+    let spec = "id=payload.id sku=payload.sku qty=payload.qty raw=payload";
+    let items = csv("items", &topics[0], t, spec);
+    let config = |spec: &str| {
+        let config = world.config(&db).inbound(items.clone());
+        config.inbound(csv("whole", &topics[1], w, spec)).write()
+    };
+    let config_v1 = config("id=payload.id sku=payload.sku qty=payload.qty");
+    sessions(&world, &topics);
 
     // When two multi-line messages with differently ordered headers each carry a rejected
     // record in the middle, and two messages without `qty` in their header arrive for the
     // other route (the second with a key that is taken)
-    let w_ok = "id,sku\n7,G\n8,H\n";
-    let w_dup = "id,sku\n9,I\n1,J\n";
-    Publisher::connect(broker.port).publish_all_confirmed(
-        vec![
-            (
-                topic.clone(),
-                b"qty,id,sku\n5,1,A\n500,2,B\n7,3,C\n".to_vec(),
-            ),
-            (
-                topic.clone(),
-                b"sku,qty,id\nD,8,4\nE,900,5\nF,9,6\n".to_vec(),
-            ),
-            (whole_topic.clone(), w_ok.as_bytes().to_vec()),
-            (whole_topic.clone(), w_dup.as_bytes().to_vec()),
-        ],
-        1,
-    );
-    let mut bridge = Bridge::start(&config);
-    wait_rows(&mut bridge, &db, t, 4);
-    let first = wait_letters(&mut bridge, &config, 4);
-    terminate_ok(&mut bridge);
-    let b = letter_with_payload(&first, "500,2,B");
-    let e = letter_with_payload(&first, "E,900,5");
-    assert_eq!(b["headers"]["csv_header"], "qty,id,sku", "{b:#}");
-    assert_eq!(e["headers"]["csv_header"], "sku,qty,id", "{e:#}");
-    for l in [b, e] {
-        assert_eq!(l["error_kind"], "rejected", "{l:#}");
+    let (w_ok, w_dup) = ("id,sku\n7,G\n8,H\n", "id,sku\n9,I\n1,J\n");
+    let one = "qty,id,sku\n5,1,A\n500,2,B\n7,3,C\n";
+    let two = "sku,qty,id\nD,8,4\nE,900,5\nF,9,6\n";
+    let mut messages = on(&topics[0], [one, two]);
+    messages.extend(on(&topics[1], [w_ok, w_dup]));
+    world.publisher().publish_all_confirmed(messages, 1);
+    let first = run_until(&config_v1, &db, &[(t, 4)], 4);
+    for (payload, header) in [("500,2,B", "qty,id,sku"), ("E,900,5", "sku,qty,id")] {
+        let l = with_payload(&first, payload);
+        assert_eq!(l["headers"]["csv_header"], header, "{l:#}");
         assert_eq!(l["headers"]["line"], 3, "{l:#}");
+        assert_fields([l], json!({"error_kind": "rejected"}));
     }
-    for p in [w_ok, w_dup] {
-        let l = letter_with_payload(&first, p);
-        assert_eq!(l["error_kind"], "decode", "{l:#}");
-        assert_eq!(l["route"], "whole", "{l:#}");
-    }
+    let whole_letters = [w_ok, w_dup].map(|p| with_payload(&first, p));
+    let want = json!({"error_kind": "decode", "route": "whole"});
+    assert_fields(whole_letters, want);
 
     // When the CHECK is dropped and the route's entries are replayed (twice)
     db.exec(&format!("ALTER TABLE {t} DROP CONSTRAINT {check}"));
-    replay(&config, &["--route", "items"], 0, "replayed 2 of 2");
-    replay(&config, &["--route", "items"], 0, "replayed 0 of 0");
+    replay(&config_v1, "--route items", 0, "replayed 2 of 2");
+    replay(&config_v1, "--route items", 0, "replayed 0 of 0");
 
     // Then each record is one row, its values read through its own message's header, and
     // `payload` is the record's own line as for the records stored by `run`
-    assert_eq!(
-        rows(
-            &db,
-            &format!("SELECT id, sku, qty, raw FROM {t} ORDER BY id")
-        ),
-        vec![
-            vec![s("1"), s("A"), s("5"), s("5,1,A")],
-            vec![s("2"), s("B"), s("500"), s("500,2,B")],
-            vec![s("3"), s("C"), s("7"), s("7,3,C")],
-            vec![s("4"), s("D"), s("8"), s("D,8,4")],
-            vec![s("5"), s("E"), s("900"), s("E,900,5")],
-            vec![s("6"), s("F"), s("9"), s("F,9,6")],
-        ]
-    );
+    let sql = format!("SELECT id, sku, qty, raw FROM {t} ORDER BY id");
+    let want = texts(&[
+        "1 A 5 5,1,A",
+        "2 B 500 500,2,B",
+        "3 C 7 7,3,C",
+        "4 D 8 D,8,4",
+        "5 E 900 E,900,5",
+        "6 F 9 F,9,6",
+    ]);
+    assert_eq!(rows(&db, &sql), want);
 
     // When the other route's mapping no longer asks for `qty` and its entries are replayed
-    let config = world.config(
-        &[("m", &broker.url())],
-        &db.connection_string(),
-        &[
-            items,
-            whole(&[("id", "payload.id"), ("sku", "payload.sku")]),
-        ],
-        &[],
-    );
+    let config_v2 = config("id=payload.id sku=payload.sku");
     std::thread::sleep(TICK);
-    replay(
-        &config,
-        &["--route", "whole"],
-        1,
-        "replayed 1 of 2, failed 1 (rejected: 1)",
-    );
+    let summary = "replayed 1 of 2, failed 1 (rejected: 1)";
+    replay(&config_v2, "--route whole", 1, summary);
 
     // Then the whole message without a conflict is in (every record, qty defaulted), the
     // one with a taken key is all or nothing: none of its records, the entry kept
-    assert_eq!(
-        rows(&db, &format!("SELECT id, sku, qty FROM {w} ORDER BY id")),
-        vec![
-            vec![s("1"), s("pre"), s("1")],
-            vec![s("7"), s("G"), s("42")],
-            vec![s("8"), s("H"), s("42")],
-        ]
-    );
-    let left = letters(&config);
+    let sql = format!("SELECT id, sku, qty FROM {w} ORDER BY id");
+    let want = texts(&["1 pre 1", "7 G 42", "8 H 42"]);
+    assert_eq!(rows(&db, &sql), want);
+    let left = letters(&config_v2);
     assert_eq!(left.len(), 1, "{left:#?}");
-    let dup = letter_with_payload(&left, w_dup);
-    assert_failed_again(letter_with_payload(&first, w_dup), dup, "rejected");
+    let dup = with_payload(&left, w_dup);
+    assert_failed_again(with_payload(&first, w_dup), dup, "rejected");
     assert_eq!(dup["sqlstate"], "23505", "{dup:#}");
 }
-
-// ---------------------------------------------------------------------------------------
-// 5. AMQP inbound, replayed without a broker
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn amqp_dead_letters_replay_with_their_routing_key_and_headers_without_a_broker() {
     // Given an AMQP route (the bridge declares its queue and binds it to an exchange) mapping
     // the routing key, exchange, queue, redelivered flag, broker, two headers and the
     // receive time, into a table with a CHECK
-    let db = Db::Postgres;
-    let world = World::new();
+    let (db, work) = (Db::Postgres, Workdir::new("dlq-replay"));
     let mut rabbit = Rabbit::connect();
-    let queue = unique("mqdb_dlq_q");
-    let exchange = unique("mqdb_dlq_x");
+    let (queue, exchange) = (unique("mqdb_dlq_q"), unique("mqdb_dlq_x"));
     rabbit.adopt_queue(&queue);
     rabbit.adopt_exchange(&exchange);
     let check = unique("v_nonneg");
-    let table = TempTable::create(
-        &db,
-        "amqp_rp",
-        &format!(
-            "id INTEGER PRIMARY KEY, v INTEGER, rk TEXT, ex TEXT, q TEXT, re BOOLEAN, br TEXT, \
-             site TEXT, seq BIGINT, received TIMESTAMPTZ, CONSTRAINT {check} CHECK (v >= 0)"
-        ),
+    let columns = format!(
+        "id INTEGER PRIMARY KEY, v INTEGER, rk TEXT, ex TEXT, q TEXT, re BOOLEAN, br TEXT, \
+         site TEXT, seq BIGINT, received TIMESTAMPTZ, CONSTRAINT {check} CHECK (v >= 0)"
     );
+    let table = TempTable::create(&db, "amqp_rp", &columns);
     let t = &table.name;
-    let route = |url: &str| {
-        world.config(
-            &[("r", url)],
-            &db.connection_string(),
-            &[inbound(
-                "amqp_in",
-                Src::Queue(&queue),
-                t,
-                &[
-                    ("id", "payload.id"),
-                    ("v", "payload.v"),
-                    ("rk", "meta.routing_key"),
-                    ("ex", "meta.exchange"),
-                    ("q", "meta.queue"),
-                    ("re", "meta.redelivered"),
-                    ("br", "meta.broker"),
-                    ("site", "header.x-site"),
-                    ("seq", "header.x-seq"),
-                    ("received", "meta.received_at"),
-                ],
-                &[&format!(
-                    "bind: {{ exchange: {}, routing_key: \"sensors.#\" }}",
-                    yq(&exchange)
-                )],
-            )],
-            &[],
-        )
+    let bind = json!({ "exchange": exchange, "routing_key": "sensors.#" });
+    let route = Route::named("amqp_in")
+        .lines(&["broker: r", "database: d"])
+        .set("queue", queue.as_str())
+        .set("table", t.as_str())
+        .set("bind", bind);
+    let spec = "id=payload.id v=payload.v rk=meta.routing_key ex=meta.exchange q=meta.queue \
+                re=meta.redelivered br=meta.broker site=header.x-site seq=header.x-seq \
+                received=meta.received_at";
+    let route = cols(route, spec);
+    let config = |url: &str| {
+        let config = work.bare_config().broker("r", url, Json::Null);
+        let cs = db.connection_string();
+        config.database("d", &cs).inbound(route.clone()).write()
     };
-    let config = route(Rabbit::URL);
-    let mut bridge = Bridge::start(&config);
+    let config_up = config(Rabbit::URL);
+    let mut bridge = Bridge::start(&config_up);
     wait_for(&mut bridge, "the queue and its binding", || {
-        Ok(bridge_log_has(&config, "consuming") && Rabbit::queue_info(&queue).is_some())
+        let log = std::fs::read_to_string(config_up.with_extension("log"));
+        let consuming = log.unwrap_or_default().contains("consuming");
+        Ok(consuming && Rabbit::queue_info(&queue).is_some())
     });
 
     // When a good message and two negative ones (one through the exchange, one straight to
     // the queue through the default exchange) arrive, with headers
-    rabbit.publish(
-        &exchange,
-        "sensors.ok.t",
-        br#"{"id":1,"v":1}"#,
-        &[("x-site", Header::Str("ok".into()))],
-    );
-    rabbit.publish(
-        &exchange,
-        "sensors.north.t",
-        br#"{"id":2,"v":-1}"#,
-        &[
-            ("x-site", Header::Str("Zürich-1".into())),
-            ("x-seq", Header::Int(9_007_199_254_740_993)),
-        ],
-    );
-    rabbit.publish(
-        "",
-        &queue,
-        br#"{"id":3,"v":-2}"#,
-        &[
-            ("x-site", Header::Str("south".into())),
-            ("x-seq", Header::Int32(-7)),
-        ],
-    );
-    wait_rows(&mut bridge, &db, t, 1);
-    let first = wait_letters(&mut bridge, &config, 2);
+    let site = |s: &str| ("x-site", Header::Str(s.into()));
+    let (ok, north) = (br#"{"id":1,"v":1}"#, br#"{"id":2,"v":-1}"#);
+    rabbit.publish(&exchange, "sensors.ok.t", ok, &[site("ok")]);
+    let seq = ("x-seq", Header::Int(9_007_199_254_740_993));
+    let headers = [site("Zürich-1"), seq];
+    rabbit.publish(&exchange, "sensors.north.t", north, &headers);
+    let seq = ("x-seq", Header::Int32(-7));
+    rabbit.publish("", &queue, br#"{"id":3,"v":-2}"#, &[site("south"), seq]);
+    let sql = format!("SELECT COUNT(*) FROM {t}");
+    wait_for_count(&mut bridge, &db, &sql, 1);
+    let first = by_id(wait_dead_letters(&mut bridge, &config_up, 2));
     wait_for(&mut bridge, "the queue acknowledged empty", || {
         Ok(Rabbit::queue_info(&queue).is_some_and(|q| q.messages == 0))
     });
@@ -1132,127 +691,59 @@ fn amqp_dead_letters_replay_with_their_routing_key_and_headers_without_a_broker(
 
     // When the configuration points at a broker that is not there, the CHECK is dropped,
     // and the entries are replayed
-    let config = route("amqp://guest:guest@127.0.0.1:1/%2f");
+    let config = config("amqp://guest:guest@127.0.0.1:1/%2f");
     db.exec(&format!("ALTER TABLE {t} DROP CONSTRAINT {check}"));
-    replay(&config, &["--all"], 0, "replayed 2 of 2");
+    replay(&config, "--all", 0, "replayed 2 of 2");
 
     // Then the rows carry the original routing key, exchange, queue, flag, broker, headers
     // and receive time
-    let got = rows(
-        &db,
-        &format!(
-            "SELECT id, v, rk, ex, q, re::text, br, site, seq, {} FROM {t} WHERE id > 1 ORDER BY id",
-            pg_utc("received")
-        ),
-    );
-    assert_eq!(
-        got.iter().map(|r| r[..9].to_vec()).collect::<Vec<_>>(),
-        vec![
-            vec![
-                s("2"),
-                s("-1"),
-                s("sensors.north.t"),
-                s(&exchange),
-                s(&queue),
-                s("false"),
-                s("r"),
-                s("Zürich-1"),
-                s("9007199254740993"),
-            ],
-            vec![
-                s("3"),
-                s("-2"),
-                s(&queue),
-                s(""),
-                s(&queue),
-                s("false"),
-                s("r"),
-                s("south"),
-                s("-7"),
-            ],
-        ]
-    );
-    assert_received_at(
-        got[0][9].as_deref().expect("received"),
-        letter_with_payload(&first, r#"{"id":2,"v":-1}"#),
-    );
-    assert_received_at(
-        got[1][9].as_deref().expect("received"),
-        letter_with_payload(&first, r#"{"id":3,"v":-2}"#),
-    );
+    let (received, rk) = (pg_utc("received"), "sensors.north.t");
+    let select = format!("SELECT id, v, rk, ex, q, re::text, br, site, seq, {received}");
+    let got = rows(&db, &format!("{select} FROM {t} WHERE id > 1 ORDER BY id"));
+    let (x, q) = (exchange.as_str(), queue.as_str());
+    // (the default exchange has an empty name: two spaces)
+    let want = texts(&[
+        &format!("2 -1 {rk} {x} {q} false r Zürich-1 9007199254740993"),
+        &format!("3 -2 {q}  {q} false r south -7"),
+    ]);
+    let head: Vec<_> = got.iter().map(|r| r[..9].to_vec()).collect();
+    assert_eq!(head, want);
+    for (row, payload) in got.iter().zip([r#"{"id":2,"v":-1}"#, r#"{"id":3,"v":-2}"#]) {
+        assert_received_at(row[9].as_deref(), with_payload(&first, payload));
+    }
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
 }
-
-/// Whether the bridge log next to `config` contains `needle`.
-fn bridge_log_has(config: &Path, needle: &str) -> bool {
-    std::fs::read_to_string(config.with_extension("log"))
-        .unwrap_or_default()
-        .contains(needle)
-}
-
-// ---------------------------------------------------------------------------------------
-// 6. Outbound: unroutable, then bound
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn unroutable_outbound_dead_letters_fail_again_until_a_queue_is_bound_then_arrive() {
     // Given an exchange without any binding and a route publishing three rows to it
-    let db = Db::Postgres;
-    let world = World::new();
+    let (db, work) = (Db::Postgres, Workdir::new("dlq-replay"));
     let mut rabbit = Rabbit::connect();
-    let exchange = unique("mqdb_dlq_out_x");
-    let queue = unique("mqdb_dlq_out_q");
+    let (exchange, queue) = (unique("mqdb_dlq_out_x"), unique("mqdb_dlq_out_q"));
     rabbit.declare_exchange(&exchange, "topic");
     let table = TempTable::create(&db, "out_unr", "id INTEGER PRIMARY KEY, kind TEXT NOT NULL");
     let t = &table.name;
-    db.exec(&format!(
-        "INSERT INTO {t} VALUES (1, 'a'), (2, 'b'), (3, 'a')"
-    ));
-    let config = world.config(
-        &[("rabbit", Rabbit::URL)],
-        &db.connection_string(),
-        &[],
-        &[outbound(
-            "out",
-            &format!("SELECT id, kind FROM {t} WHERE id > ? ORDER BY id"),
-            &[
-                "track: id",
-                "start: 0",
-                "interval: 100ms",
-                "broker: rabbit",
-                &format!("exchange: {}", yq(&exchange)),
-                "routing_key: \"r.{kind}\"",
-            ],
-        )],
-    );
-    let mut bridge = Bridge::start(&config);
-    let first = wait_letters(&mut bridge, &config, 3);
-    terminate_ok(&mut bridge);
-    for l in first.values() {
-        assert_eq!(l["error_kind"], "unroutable", "{l:#}");
-        assert_eq!(l["direction"], "outbound", "{l:#}");
-    }
+    let kinds = "(1, 'a'), (2, 'b'), (3, 'a')";
+    db.exec(&format!("INSERT INTO {t} VALUES {kinds}"));
+    let query = format!("SELECT id, kind FROM {t} WHERE id > ? ORDER BY id");
+    let config = rabbit_out(&work, Rabbit::URL, &query, &exchange, "r.{kind}");
+    let first = run_until(&config, &db, &[], 3);
+    let want = json!({"error_kind": "unroutable", "direction": "outbound"});
+    assert_fields(first.values(), want);
 
     // When they are replayed while nothing is bound
     std::thread::sleep(TICK);
-    replay(
-        &config,
-        &["--all"],
-        1,
-        "replayed 0 of 3, failed 3 (unroutable: 3)",
-    );
+    replay(&config, "--all", 1, &failed(3, "unroutable: 3"));
 
     // Then they are kept, with a second attempt
     let second = letters(&config);
-    assert_eq!(second.len(), 3, "{second:#?}");
-    for (id, after) in &second {
-        assert_failed_again(&first[id], after, "unroutable");
-        assert_eq!(after["attempts"], 2, "{after:#}");
-    }
+    let all: Vec<i64> = first.keys().copied().collect();
+    assert_touched(&first, &second, &all, "--all");
+    assert_fields(second.values(), json!({"attempts": 2}));
 
     // When a queue is bound to the exchange and they are replayed with --dry-run
     rabbit.declare_bound_queue(&queue, &exchange, "r.#");
-    replay(&config, &["--all", "--dry-run"], 0, "would replay 3 of 3");
+    replay(&config, "--all --dry-run", 0, "would replay 3 of 3");
     // Then nothing is published and the entries are unchanged
     std::thread::sleep(Duration::from_millis(300));
     let early = rabbit.take_all(&queue);
@@ -1260,44 +751,35 @@ fn unroutable_outbound_dead_letters_fail_again_until_a_queue_is_bound_then_arriv
     assert_eq!(letters(&config), second);
 
     // When they are replayed for real
-    replay(&config, &["--all"], 0, "replayed 3 of 3");
+    replay(&config, "--all", 0, "replayed 3 of 3");
 
     // Then the queue receives exactly the original payloads, with their routing keys,
     // persistent, with their rows' keys, and the entries are gone
-    let mut got: Vec<AmqpMessage> = Vec::new();
-    wait_until("three messages in the queue", LIVENESS, || {
-        got.extend(rabbit.take_all(&queue));
-        got.len() >= 3
-    });
+    let mut got = take(&rabbit, &queue, 3);
     std::thread::sleep(Duration::from_millis(300));
     got.extend(rabbit.take_all(&queue));
-    let mut received: Vec<(String, Vec<u8>)> = got
-        .iter()
-        .map(|m| {
-            assert_eq!(m.exchange, exchange, "{m:?}");
-            assert_eq!(m.delivery_mode, Some(2), "{m:?}");
-            // With the key the route gives the row, so a consumer can tell a row it has
-            assert_eq!(m.content_type.as_deref(), Some("application/json"), "{m:?}");
-            let id: Json = serde_json::from_slice::<Json>(&m.payload).expect("JSON")["id"].clone();
-            let key = mqdb::dedup::message_id("out", &[Some(id.to_string())], &m.payload);
-            assert_eq!(m.message_id.as_deref(), Some(key.as_str()), "{m:?}");
-            (m.routing_key.clone(), m.payload.clone())
-        })
-        .collect();
+    let mut received = Messages::new();
+    for m in got {
+        assert_eq!(m.exchange, exchange, "{m:?}");
+        assert_eq!(m.delivery_mode, Some(2), "{m:?}");
+        // With the key the route gives the row, so a consumer can tell a row it has
+        let json = m.content_type.as_deref();
+        assert_eq!(json, Some("application/json"), "{m:?}");
+        let row: Json = serde_json::from_slice(&m.payload).expect("JSON");
+        let row_key = [Some(row["id"].to_string())];
+        let key = mqdb::dedup::message_id("out", &row_key, &m.payload);
+        assert_eq!(m.message_id.as_deref(), Some(key.as_str()), "{m:?}");
+        received.push((m.routing_key, m.payload));
+    }
     received.sort();
-    let mut expected: Vec<(String, Vec<u8>)> = first
-        .values()
-        .map(|l| {
-            let source = l["source"].as_str().expect("source");
-            let key = source
-                .strip_prefix(&format!("{exchange}/"))
-                .unwrap_or_else(|| panic!("source {source:?} is not {exchange}/KEY"));
-            (
-                key.to_owned(),
-                l["payload"].as_str().expect("payload").as_bytes().to_vec(),
-            )
-        })
-        .collect();
+    let mut expected = Messages::new();
+    for l in first.values() {
+        let source = l["source"].as_str().expect("source");
+        let key = source.strip_prefix(&format!("{exchange}/"));
+        let key = key.unwrap_or_else(|| panic!("source {source:?} is not {exchange}/KEY"));
+        let payload = l["payload"].as_str().expect("payload");
+        expected.push((key.to_owned(), payload.as_bytes().to_vec()));
+    }
     expected.sort();
     assert_eq!(received, expected);
     let keys: Vec<&str> = expected.iter().map(|(k, _)| k.as_str()).collect();
@@ -1305,248 +787,150 @@ fn unroutable_outbound_dead_letters_fail_again_until_a_queue_is_bound_then_arriv
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
 }
 
-// ---------------------------------------------------------------------------------------
-// 7. List filters and show
-// ---------------------------------------------------------------------------------------
-
 #[test]
 fn list_filters_by_route_kind_and_time_and_show_prints_one_entry() {
     // Given two routes and dead letters of several kinds, made in two rounds
-    let db = Db::Postgres;
-    let world = World::new();
-    let broker = Mosquitto::start();
-    let ta = TempTable::create(
-        &db,
-        "lst_a",
-        "id INTEGER PRIMARY KEY, v INTEGER CHECK (v > 0)",
-    );
-    let tb = TempTable::create(
-        &db,
-        "lst_b",
-        "id INTEGER PRIMARY KEY, v INTEGER CHECK (v > 0)",
-    );
-    let topic_a = unique("lst_a");
-    let topic_b = unique("lst_b");
-    let columns = [("id", "payload.id"), ("v", "payload.v")];
-    let config = world.config(
-        &[("m", &broker.url())],
-        &db.connection_string(),
-        &[
-            inbound("alpha", Src::Topic(&topic_a), &ta.name, &columns, &[]),
-            inbound("beta", Src::Topic(&topic_b), &tb.name, &columns, &[]),
-        ],
-        &[],
-    );
-    world.persistent_session(&broker, &[&topic_a, &topic_b]);
-    let publisher = Publisher::connect(broker.port);
+    let (db, world) = (Db::Postgres, World::new("dlq-replay"));
+    let columns = "id INTEGER PRIMARY KEY, v INTEGER CHECK (v > 0)";
+    let ta = TempTable::create(&db, "lst_a", columns);
+    let tb = TempTable::create(&db, "lst_b", columns);
+    let tables = [("alpha", ta.name.as_str()), ("beta", tb.name.as_str())];
+    let (config, topics) = routes(&world, &db, &tables, |r| r.columns(ID_V));
+    let publisher = world.publisher();
     let mut bridge = Bridge::start(&config);
-    publisher.publish_all_confirmed(
-        vec![
-            (topic_a.clone(), b"alpha not json".to_vec()),
-            (topic_a.clone(), br#"{"id":1,"v":"abc"}"#.to_vec()),
-            (topic_a.clone(), br#"{"id":2,"v":-1}"#.to_vec()),
-            (topic_b.clone(), b"beta not json".to_vec()),
-        ],
-        1,
-    );
-    let round1 = wait_letters(&mut bridge, &config, 4);
+    let (convert, rejected) = (r#"{"id":1,"v":"abc"}"#, r#"{"id":2,"v":-1}"#);
+    let a_bad = ["alpha not json", convert, rejected];
+    let b_bad = "beta not json";
+    let mut messages = on(&topics[0], a_bad);
+    messages.extend(on(&topics[1], [b_bad]));
+    publisher.publish_all_confirmed(messages, 1);
+    let round1 = by_id(wait_dead_letters(&mut bridge, &config, 4));
     std::thread::sleep(TICK);
     let between = Utc::now();
     std::thread::sleep(TICK);
-    publisher.publish_all_confirmed(
-        vec![
-            (topic_a.clone(), br#"{"id":3,"v":-3}"#.to_vec()),
-            (topic_b.clone(), br#"{"id":4,"v":"zz"}"#.to_vec()),
-        ],
-        1,
-    );
-    let all = wait_letters(&mut bridge, &config, 6);
+    let (a_late, b_late) = (r#"{"id":3,"v":-3}"#, r#"{"id":4,"v":"zz"}"#);
+    let mut messages = on(&topics[0], [a_late]);
+    messages.extend(on(&topics[1], [b_late]));
+    publisher.publish_all_confirmed(messages, 1);
+    let all = by_id(wait_dead_letters(&mut bridge, &config, 6));
     terminate_ok(&mut bridge);
-    let by_payload = |p: &str| id(letter_with_payload(&all, p));
-    let a_decode = by_payload("alpha not json");
-    let a_convert = by_payload(r#"{"id":1,"v":"abc"}"#);
-    let a_rejected1 = by_payload(r#"{"id":2,"v":-1}"#);
-    let b_decode = by_payload("beta not json");
-    let a_rejected2 = by_payload(r#"{"id":3,"v":-3}"#);
-    let b_convert = by_payload(r#"{"id":4,"v":"zz"}"#);
-    let round2 = {
-        let mut v: Vec<i64> = all
-            .keys()
-            .filter(|i| !round1.contains_key(i))
-            .copied()
-            .collect();
-        v.sort_unstable();
-        v
-    };
+    let by = |p: &str| id(with_payload(&all, p));
+    let [a_decode, a_convert, a_rejected1] = a_bad.map(by);
+    let [b_decode, a_rejected2, b_convert] = [b_bad, a_late, b_late].map(by);
+    let new = |i: &&i64| !round1.contains_key(*i);
+    let round2: Vec<i64> = all.keys().filter(new).copied().collect();
     assert_eq!(round2, sorted(vec![a_rejected2, b_convert]));
 
     let between_z = between.to_rfc3339_opts(SecondsFormat::Millis, true);
-    let between_plus2 = between
-        .with_timezone(&FixedOffset::east_opt(2 * 3600).expect("offset"))
-        .to_rfc3339_opts(SecondsFormat::Millis, false);
-    let future =
-        (Utc::now() + chrono::Duration::days(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
-    let cases: Vec<(Vec<&str>, Vec<i64>)> = vec![
-        (vec![], all.keys().copied().collect()),
-        (
-            vec!["--route", "alpha"],
-            vec![a_decode, a_convert, a_rejected1, a_rejected2],
-        ),
-        (vec!["--route", "beta"], vec![b_decode, b_convert]),
-        (vec!["--error-kind", "decode"], vec![a_decode, b_decode]),
-        (vec!["--error-kind", "convert"], vec![a_convert, b_convert]),
-        (
-            vec!["--route", "alpha", "--error-kind", "rejected"],
-            vec![a_rejected1, a_rejected2],
-        ),
-        (vec!["--route", "beta", "--error-kind", "rejected"], vec![]),
-        (vec!["--since", "1h"], all.keys().copied().collect()),
-        (vec!["--since", "7d"], all.keys().copied().collect()),
-        (vec!["--since", &between_z], round2.clone()),
-        (vec!["--since", &between_plus2], round2.clone()),
-        (
-            vec![
-                "--since",
-                &between_z,
-                "--route",
-                "alpha",
-                "--error-kind",
-                "rejected",
-            ],
-            vec![a_rejected2],
-        ),
-        (
-            vec!["--since", &between_z, "--error-kind", "decode"],
-            vec![],
-        ),
-        (vec!["--since", &future], vec![]),
+    let plus2 = FixedOffset::east_opt(2 * 3600).expect("offset");
+    let between_plus2 = between.with_timezone(&plus2);
+    let between_plus2 = between_plus2.to_rfc3339_opts(SecondsFormat::Millis, false);
+    let future = Utc::now() + chrono::Duration::days(1);
+    let future = future.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let every: Vec<i64> = all.keys().copied().collect();
+    let alpha = [a_decode, a_convert, a_rejected1, a_rejected2];
+    let a_rejected = "--route alpha --error-kind rejected";
+    let cases: [(&str, &[i64]); 14] = [
+        ("", &every),
+        ("--route alpha", &alpha),
+        ("--route beta", &[b_decode, b_convert]),
+        ("--error-kind decode", &[a_decode, b_decode]),
+        ("--error-kind convert", &[a_convert, b_convert]),
+        (a_rejected, &[a_rejected1, a_rejected2]),
+        ("--route beta --error-kind rejected", &[]),
+        ("--since 1h", &every),
+        ("--since 7d", &every),
+        (&format!("--since {between_z}"), &round2),
+        (&format!("--since {between_plus2}"), &round2),
+        (&format!("--since {between_z} {a_rejected}"), &[a_rejected2]),
+        (&format!("--since {between_z} --error-kind decode"), &[]),
+        (&format!("--since {future}"), &[]),
     ];
     for (args, want) in cases {
-        assert_eq!(
-            sorted(listed_ids(&config, &args)),
-            sorted(want),
-            "dlq list --json {args:?}"
-        );
+        let what = format!("dlq list --json {args}");
+        assert_eq!(listed_ids(&config, args), sorted(want.to_vec()), "{what}");
     }
     // (a route that is neither configured nor stored is a usage error naming the routes)
-    let unknown = dlq_expect(&config, &["list", "--json", "--route", "gamma"], 2);
-    assert!(
-        unknown.stderr.contains("gamma") && unknown.stderr.contains("alpha, beta"),
-        "{unknown}"
-    );
+    let unknown = dlq_expect(&config, "list --json --route gamma", 2);
+    let err = &unknown.stderr;
+    let named = err.contains("gamma") && err.contains("alpha, beta");
+    assert!(named, "{unknown}");
 
     // And the table form prints its header and one line per match, or says nothing matches
-    let table = dlq_expect(&config, &["list", "--route", "beta"], 0);
+    let table = dlq_expect(&config, "list --route beta", 0);
     let header = table.stdout.lines().next().unwrap_or("");
     for column in ["ID", "ROUTE", "AGE", "ATTEMPTS", "KIND", "ERROR", "PAYLOAD"] {
         assert!(header.contains(column), "{table}");
     }
-    let lines: Vec<&str> = table
-        .stdout
-        .lines()
-        .skip(1)
-        .filter(|l| !l.trim().is_empty())
-        .collect();
+    let body = table.stdout.lines().skip(1);
+    let lines: Vec<&str> = body.filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 2, "{table}");
     for (line, want) in lines.iter().zip(sorted(vec![b_decode, b_convert])) {
-        assert_eq!(
-            line.split_whitespace().next(),
-            Some(want.to_string().as_str()),
-            "{table}"
-        );
+        let first_word = line.split_whitespace().next();
+        assert_eq!(first_word, Some(want.to_string().as_str()), "{table}");
         assert!(line.contains("beta"), "{table}");
     }
-    let none = dlq_expect(&config, &["list", "--since", &future], 0);
+    let none = dlq_expect(&config, &format!("list --since {future}"), 0);
     assert_eq!(none.stdout.trim(), "no dead letters match", "{none}");
     // And a time that is neither RFC 3339 nor a duration is a usage error
-    dlq_expect(&config, &["list", "--since", "yesterday"], 2);
+    dlq_expect(&config, "list --since yesterday", 2);
 
     // And show prints one entry with its payload and error; a missing id exits 1
-    let shown = dlq_expect(&config, &["show", &b_convert.to_string()], 0);
-    assert!(shown.stdout.contains(r#"{"id":4,"v":"zz"}"#), "{shown}");
-    assert!(shown.stdout.contains("beta"), "{shown}");
+    let shown = dlq_expect(&config, &format!("show {b_convert}"), 0);
     let error = all[&b_convert]["error"].as_str().expect("error");
-    assert!(shown.stdout.contains(error), "{shown}");
-    assert!(
-        !shown.stdout.contains("not json"),
-        "only that entry: {shown}"
-    );
+    for part in [b_late, "beta", error] {
+        assert!(shown.stdout.contains(part), "{shown}");
+    }
+    let only = !shown.stdout.contains("not json");
+    assert!(only, "only that entry: {shown}");
     let missing = 1 + all.keys().max().expect("ids");
-    let absent = dlq_expect(&config, &["show", &missing.to_string()], 1);
-    assert!(
-        absent
-            .stderr
-            .contains(&format!("no dead letter with id {missing}")),
-        "{absent}"
-    );
+    let absent = dlq_expect(&config, &format!("show {missing}"), 1);
+    let said = format!("no dead letter with id {missing}");
+    assert!(absent.stderr.contains(&said), "{absent}");
     // And listing changed nothing
     assert_eq!(letters(&config), all);
 }
 
-fn sorted(mut v: Vec<i64>) -> Vec<i64> {
-    v.sort_unstable();
-    v
-}
-
-// ---------------------------------------------------------------------------------------
-// 8. Purge
-// ---------------------------------------------------------------------------------------
-
 #[test]
 fn purge_selects_by_id_route_and_time_and_needs_yes_without_a_terminal() {
     // Given dead letters on two routes, the bridge still running beside the CLI
-    let world = World::new();
-    let db = world.sqlite();
-    let broker = Mosquitto::start();
+    let world = World::new("dlq-replay");
+    let db = Db::Sqlite(world.path("target.db"));
     let ta = TempTable::create(&db, "pg_a", "id INTEGER PRIMARY KEY, v TEXT");
     let tb = TempTable::create(&db, "pg_b", "id INTEGER PRIMARY KEY, v TEXT");
-    let topic_a = unique("purge_a");
-    let topic_b = unique("purge_b");
-    let config = world.config(
-        &[("m", &broker.url())],
-        &db.connection_string(),
-        &[
-            inbound("alpha", Src::Topic(&topic_a), &ta.name, &[], &[]),
-            inbound("beta", Src::Topic(&topic_b), &tb.name, &[], &[]),
-        ],
-        &[],
-    );
-    world.persistent_session(&broker, &[&topic_a, &topic_b]);
-    let publisher = Publisher::connect(broker.port);
-    let bad = |topic: &str, n: usize, tag: &str| -> Vec<(String, Vec<u8>)> {
-        (1..=n)
-            .map(|i| (topic.to_owned(), format!("{tag} {i} not json").into_bytes()))
-            .collect()
+    let tables = [("alpha", ta.name.as_str()), ("beta", tb.name.as_str())];
+    let (config, topics) = routes(&world, &db, &tables, |r| r);
+    let publisher = world.publisher();
+    let bad = |topic: &str, n: usize, tag: &str| -> Messages {
+        on(topic, (1..=n).map(|i| format!("{tag} {i} not json")))
     };
-    let mut first = bad(&topic_a, 3, "a");
-    first.extend(bad(&topic_b, 3, "b"));
-    publisher.publish_all_confirmed(first, 1);
+    let first = [bad(&topics[0], 3, "a"), bad(&topics[1], 3, "b")];
+    publisher.publish_all_confirmed(first.concat(), 1);
     let mut bridge = Bridge::start(&config);
-    let all = wait_letters(&mut bridge, &config, 6);
-    let by = |p: &str| id(letter_with_payload(&all, p));
-    let (a1, a2, a3) = (by("a 1 not json"), by("a 2 not json"), by("a 3 not json"));
-    let (b1, b2, b3) = (by("b 1 not json"), by("b 2 not json"), by("b 3 not json"));
+    let all = by_id(wait_dead_letters(&mut bridge, &config, 6));
+    let by = |p: &str| id(with_payload(&all, &format!("{p} not json")));
+    let [a1, a2, a3, b1, b2, b3] = ["a 1", "a 2", "a 3", "b 1", "b 2", "b 3"].map(by);
     let ids = |config: &Path| sorted(letters(config).keys().copied().collect());
     let past = "2000-01-01T00:00:00Z";
-    let future =
-        (Utc::now() + chrono::Duration::days(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let future = Utc::now() + chrono::Duration::days(1);
+    let future = future.to_rfc3339_opts(SecondsFormat::Secs, true);
+    let nothing = "no dead letters match; nothing purged";
 
     // When the selection is not exactly one of --all, --id, --route (or --before alone)
-    let (a1s, b1s) = (a1.to_string(), b1.to_string());
     for args in [
-        &["purge", "--yes"][..],
-        &["purge", "--all", "--route", "alpha", "--yes"],
-        &["purge", "--id", &a1s, "--all", "-y"],
-        &["purge", "--route", "alpha", "--id", &b1s, "--yes"],
+        "purge --yes",
+        "purge --all --route alpha --yes",
+        &format!("purge --id {a1} --all -y"),
+        &format!("purge --route alpha --id {b1} --yes"),
     ] {
         dlq_expect(&config, args, 2);
     }
     // Or --yes is missing and stdin is not a terminal
     for args in [
-        &["purge", "--route", "alpha"][..],
-        &["purge", "--all"],
-        &["purge", "--id", &a1s],
-        &["purge", "--before", &future],
+        "purge --route alpha",
+        "purge --all",
+        &format!("purge --id {a1}"),
+        &format!("purge --before {future}"),
     ] {
         let cli = dlq_expect(&config, args, 2);
         assert!(cli.stderr.contains("--yes"), "{cli}");
@@ -1556,455 +940,238 @@ fn purge_selects_by_id_route_and_time_and_needs_yes_without_a_terminal() {
 
     // When nothing matches: a time in the past, also narrowed by route; an id that is gone
     for args in [
-        &["purge", "--before", past, "--yes"][..],
-        &["purge", "--route", "alpha", "--before", past, "-y"],
-        &["purge", "--before", "1h", "--yes"],
+        &format!("purge --before {past} --yes"),
+        &format!("purge --route alpha --before {past} -y"),
+        "purge --before 1h --yes",
     ] {
         let cli = dlq_expect(&config, args, 0);
-        assert_eq!(
-            cli.stdout.trim(),
-            "no dead letters match; nothing purged",
-            "{cli}"
-        );
+        assert_eq!(cli.stdout.trim(), nothing, "{cli}");
     }
-    let unknown = dlq_expect(&config, &["purge", "--route", "gamma", "--yes"], 2);
+    let unknown = dlq_expect(&config, "purge --route gamma --yes", 2);
     assert!(unknown.stderr.contains("alpha, beta"), "{unknown}");
     assert_eq!(ids(&config), sorted(vec![a1, a2, a3, b1, b2, b3]));
 
     // When one id, then two ids, then a route before a future time are purged
-    let steps: Vec<(Vec<String>, u64, Vec<i64>)> = vec![
-        (
-            vec!["--id".into(), a1.to_string(), "--yes".into()],
-            1,
-            vec![a2, a3, b1, b2, b3],
-        ),
-        (
-            vec!["--id".into(), format!("{b1},{b2}"), "-y".into()],
-            2,
-            vec![a2, a3, b3],
-        ),
-        (
-            vec![
-                "--route".into(),
-                "alpha".into(),
-                "--before".into(),
-                future.clone(),
-                "--yes".into(),
-            ],
-            2,
-            vec![b3],
-        ),
-        (
-            vec!["--before".into(), future.clone(), "--yes".into()],
-            1,
-            vec![],
-        ),
+    let steps: [(&str, u64, &[i64]); 4] = [
+        (&format!("--id {a1} --yes"), 1, &[a2, a3, b1, b2, b3]),
+        (&format!("--id {b1},{b2} -y"), 2, &[a2, a3, b3]),
+        (&format!("--route alpha --before {future} --yes"), 2, &[b3]),
+        (&format!("--before {future} --yes"), 1, &[]),
     ];
     for (args, n, left) in steps {
-        let mut all_args = vec!["purge"];
-        all_args.extend(args.iter().map(String::as_str));
-        let cli = dlq_expect(&config, &all_args, 0);
+        let cli = dlq_expect(&config, &format!("purge {args}"), 0);
         // Then exactly those are gone
-        assert_eq!(
-            cli.stdout.trim(),
-            format!("purged {n} dead letters"),
-            "{cli}"
-        );
-        assert_eq!(ids(&config), sorted(left), "after {all_args:?}");
+        let purged = format!("purged {n} dead letters");
+        assert_eq!(cli.stdout.trim(), purged, "{cli}");
+        assert_eq!(ids(&config), sorted(left.to_vec()), "after purge {args}");
     }
 
     // When new dead letters arrive and everything is purged
-    publisher.publish_all_confirmed(bad(&topic_a, 2, "c"), 1);
-    wait_letters(&mut bridge, &config, 2);
-    dlq_expect(&config, &["purge", "--all"], 2);
+    publisher.publish_all_confirmed(bad(&topics[0], 2, "c"), 1);
+    wait_dead_letters(&mut bridge, &config, 2);
+    dlq_expect(&config, "purge --all", 2);
     assert_eq!(letters(&config).len(), 2);
-    let cli = dlq_expect(&config, &["purge", "--all", "--yes"], 0);
+    let cli = dlq_expect(&config, "purge --all --yes", 0);
     assert_eq!(cli.stdout.trim(), "purged 2 dead letters", "{cli}");
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
-    let cli = dlq_expect(&config, &["purge", "--all", "--yes"], 0);
-    assert_eq!(
-        cli.stdout.trim(),
-        "no dead letters match; nothing purged",
-        "{cli}"
-    );
+    let cli = dlq_expect(&config, "purge --all --yes", 0);
+    assert_eq!(cli.stdout.trim(), nothing, "{cli}");
     terminate_ok(&mut bridge);
     assert_eq!(ta.count() + tb.count(), 0);
 }
 
-// ---------------------------------------------------------------------------------------
-// 9. A route that is gone
-// ---------------------------------------------------------------------------------------
-
 #[test]
 fn dead_letters_of_a_route_no_longer_configured_are_kept_as_no_route() {
     // Given three inbound routes into SQLite, each with a duplicate-key dead letter
-    let world = World::new();
-    let db = world.sqlite();
-    let broker = Mosquitto::start();
-    let tables: Vec<TempTable> = ["nr_kept", "nr_gone", "nr_flip"]
-        .iter()
-        .map(|p| TempTable::create(&db, p, "id INTEGER PRIMARY KEY, v INTEGER"))
-        .collect();
+    let world = World::new("dlq-replay");
+    let db = Db::Sqlite(world.path("target.db"));
     let names = ["kept", "gone", "flipped"];
-    let topics: Vec<String> = names.iter().map(|n| unique(&format!("nr_{n}"))).collect();
-    let columns = [("id", "payload.id"), ("v", "payload.v")];
-    let routes: Vec<Route> = (0..3)
-        .map(|i| {
-            inbound(
-                names[i],
-                Src::Topic(&topics[i]),
-                &tables[i].name,
-                &columns,
-                &[],
-            )
-        })
-        .collect();
-    let config = world.config(
-        &[("m", &broker.url())],
-        &db.connection_string(),
-        &routes,
-        &[],
-    );
-    let filters: Vec<&str> = topics.iter().map(String::as_str).collect();
-    world.persistent_session(&broker, &filters);
-    let mut messages = Vec::new();
-    for topic in &topics {
-        messages.push((topic.clone(), br#"{"id":1,"v":1}"#.to_vec()));
-        messages.push((topic.clone(), br#"{"id":1,"v":2}"#.to_vec()));
-    }
-    Publisher::connect(broker.port).publish_all_confirmed(messages, 1);
-    let mut bridge = Bridge::start(&config);
-    for table in &tables {
-        wait_rows(&mut bridge, &db, &table.name, 1);
-    }
-    let first = wait_letters(&mut bridge, &config, 3);
-    terminate_ok(&mut bridge);
+    let columns = "id INTEGER PRIMARY KEY, v INTEGER";
+    let tables = names.map(|n| TempTable::create(&db, &format!("nr_{n}"), columns));
+    let routed = [0, 1, 2].map(|i| (names[i], tables[i].name.as_str()));
+    let (config, topics) = routes(&world, &db, &routed, |r| r.columns(ID_V));
+    let dup = [r#"{"id":1,"v":1}"#, r#"{"id":1,"v":2}"#];
+    let messages = topics.iter().flat_map(|t| on(t, dup)).collect();
+    world.publisher().publish_all_confirmed(messages, 1);
+    let counts = routed.map(|(_, t)| (t, 1));
+    let first = run_until(&config, &db, &counts, 3);
     let by_route = |route: &str| -> i64 {
-        let found: Vec<i64> = first
-            .values()
-            .filter(|l| l["route"] == route)
-            .map(id)
-            .collect();
+        let found = Vec::from_iter(first.values().filter(|l| l["route"] == route));
         assert_eq!(found.len(), 1, "{route}: {first:#?}");
-        found[0]
+        id(found[0])
     };
-    let (kept, gone, flipped) = (by_route("kept"), by_route("gone"), by_route("flipped"));
+    let [kept, gone, flipped] = names.map(by_route);
 
     // When the conflicting rows are deleted (every entry could go in now), `gone` is removed
     // from the config and `flipped` becomes the name of an outbound route
-    for table in &tables {
-        db.exec(&format!("DELETE FROM {} WHERE id = 1", table.name));
+    for (_, table) in routed {
+        db.exec(&format!("DELETE FROM {table} WHERE id = 1"));
     }
-    let config = world.config(
-        &[("m", &broker.url())],
-        &db.connection_string(),
-        &routes[..1],
-        &[outbound(
-            "flipped",
-            &format!(
-                "SELECT id, v FROM {} WHERE id > ? ORDER BY id",
-                tables[2].name
-            ),
-            &["track: id", "start: 0", "broker: m", "topic: \"x/{id}\""],
-        )],
-    );
+    let query = format!("SELECT id, v FROM {} WHERE id > ? ORDER BY id", routed[2].1);
+    let flipped_out = Route::outbound("flipped", &query)
+        .lines(&["track: id", "start: 0", "broker: b"])
+        .set("topic", "x/{id}");
+    let kept_route = Route::inbound("kept", &topics[0], routed[0].1).columns(ID_V);
+    let config = world.config(&db).inbound(kept_route);
+    let config = config.outbound(flipped_out).write();
     std::thread::sleep(TICK);
-    replay(
-        &config,
-        &["--all"],
-        1,
-        "replayed 1 of 3, failed 2 (no_route: 2)",
-    );
+    let summary = "replayed 1 of 3, failed 2 (no_route: 2)";
+    replay(&config, "--all", 1, summary);
 
     // Then the configured route's entry is in its table, and the other two are kept with
     // kind no_route, naming their route
-    assert_eq!(
-        rows(&db, &format!("SELECT id, v FROM {}", tables[0].name)),
-        vec![vec![s("1"), s("2")]]
-    );
+    let kept_rows = rows(&db, &format!("SELECT id, v FROM {}", routed[0].1));
+    assert_eq!(kept_rows, texts(&["1 2"]));
     for table in &tables[1..] {
         assert_eq!(table.count(), 0, "{}", table.name);
     }
     let left = letters(&config);
-    assert_eq!(
-        left.keys().copied().collect::<Vec<_>>(),
-        sorted(vec![gone, flipped]),
-        "{left:#?}"
-    );
+    let left_ids: Vec<i64> = left.keys().copied().collect();
+    assert_eq!(left_ids, sorted(vec![gone, flipped]), "{left:#?}");
     assert!(!left.contains_key(&kept));
     for (id, route) in [(gone, "gone"), (flipped, "flipped")] {
         let after = &left[&id];
         assert_failed_again(&first[&id], after, "no_route");
         assert!(after["sqlstate"].is_null(), "{after:#}");
-        assert!(
-            after["error"].as_str().unwrap_or("").contains(route),
-            "the error names the route: {after:#}"
-        );
+        let named = after["error"].as_str().unwrap_or("").contains(route);
+        assert!(named, "the error names the route: {after:#}");
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// 10. On a terminal
-// ---------------------------------------------------------------------------------------
-
 /// `mqdb -c CONFIG dlq ARGS…` on a pseudo-terminal (util-linux `script`), with `input`
 /// typed in: its exit code and everything it wrote (stdout and stderr share the terminal).
-fn dlq_on_terminal(config: &Path, args: &[&str], input: &str) -> (Option<i32>, String) {
+fn dlq_on_terminal(config: &Path, args: &str, input: &str) -> (Option<i32>, String) {
     use std::io::Write as _;
+    use std::process::Stdio;
     let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
-    let mut cmd = vec![
-        quote(path_str(&common::mqdb_bin())),
-        "-c".into(),
-        quote(path_str(config)),
-        "dlq".into(),
-    ];
-    cmd.extend(args.iter().map(|a| quote(a)));
+    let mut cmd = vec![quote(path_str(&common::mqdb_bin())), "-c".into()];
+    cmd.extend([quote(path_str(config)), "dlq".into()]);
+    cmd.extend(args.split_whitespace().map(quote));
     let mut child = std::process::Command::new("script")
         .args(["-qec", &cmd.join(" "), "/dev/null"])
         .env_remove("RUST_LOG")
         .env_remove("MQDB_CONFIG")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("run script(1)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("type the answer");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input.as_bytes()).expect("type the answer");
+    drop(stdin);
     let out = child.wait_with_output().expect("wait for script(1)");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code(), text)
 }
 
 #[test]
 fn on_a_terminal_purge_asks_first_and_replay_shows_progress() {
     // Given three dead letters
-    let world = World::new();
-    let db = world.sqlite();
-    let broker = Mosquitto::start();
+    let world = World::new("dlq-replay");
+    let db = Db::Sqlite(world.path("target.db"));
     let table = TempTable::create(&db, "tty", "id INTEGER PRIMARY KEY, v TEXT");
-    let topic = unique("tty");
-    let config = world.config(
-        &[("m", &broker.url())],
-        &db.connection_string(),
-        &[inbound("tty", Src::Topic(&topic), &table.name, &[], &[])],
-        &[],
-    );
-    world.persistent_session(&broker, &[&topic]);
-    Publisher::connect(broker.port).publish_all_confirmed(
-        (1..=3)
-            .map(|i| (topic.clone(), format!("junk {i}").into_bytes()))
-            .collect(),
-        1,
-    );
-    let mut bridge = Bridge::start(&config);
-    let first = wait_letters(&mut bridge, &config, 3);
-    terminate_ok(&mut bridge);
+    let (config, topics) = routes(&world, &db, &[("tty", table.name.as_str())], |r| r);
+    let junk = on(&topics[0], ["junk 1", "junk 2", "junk 3"]);
+    world.publisher().publish_all_confirmed(junk, 1);
+    let first = run_until(&config, &db, &[], 3);
 
     // When purge runs on a terminal without --yes and the answer is no
-    let (code, out) = dlq_on_terminal(&config, &["purge", "--all"], "n\n");
+    let (code, out) = dlq_on_terminal(&config, "purge --all", "n\n");
     // Then it asked, purged nothing, and exits 0
     assert_eq!(code, Some(0), "{out}");
-    assert!(
-        out.contains("purge 3 dead letters for good? [y/N]"),
-        "{out}"
-    );
-    assert!(out.contains("nothing purged"), "{out}");
+    let asked = out.contains("purge 3 dead letters for good? [y/N]");
+    assert!(asked && out.contains("nothing purged"), "{out}");
     assert_eq!(letters(&config), first);
 
     // When replay runs on a terminal
-    let (code, out) = dlq_on_terminal(&config, &["replay", "--all"], "");
+    let (code, out) = dlq_on_terminal(&config, "replay --all", "");
     // Then it shows its progress and the summary, and the entries failed again
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("3/3"), "progress: {out}");
-    assert!(
-        out.contains("replayed 0 of 3, failed 3 (decode: 3)"),
-        "{out}"
-    );
-    let second = letters(&config);
-    assert!(second.values().all(|l| l["attempts"] == 2), "{second:#?}");
+    assert!(out.contains(&failed(3, "decode: 3")), "{out}");
+    assert_fields(letters(&config).values(), json!({"attempts": 2}));
 
     // When purge asks again and the answer is yes
-    let (code, out) = dlq_on_terminal(&config, &["purge", "--route", "tty"], "y\n");
+    let (code, out) = dlq_on_terminal(&config, "purge --route tty", "y\n");
     // Then they are gone
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("purged 3 dead letters"), "{out}");
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
 }
 
-// ---------------------------------------------------------------------------------------
-// 11. Outages stop a replay without counting attempts
-// ---------------------------------------------------------------------------------------
-
-/// Like [`dlq`], killing the command (and failing) if it runs past [`LIVENESS`].
-fn dlq_within_liveness(config: &Path, args: &[&str]) -> Cli {
-    let mut all = vec!["-c", path_str(config), "dlq"];
-    all.extend_from_slice(args);
-    let mut child = common::mqdb_command()
-        .args(&all)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn mqdb");
-    let start = std::time::Instant::now();
-    while child.try_wait().expect("try_wait").is_none() {
-        if start.elapsed() > LIVENESS {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("wait");
-            panic!(
-                "mqdb dlq {args:?} still running after {LIVENESS:?}:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().expect("wait");
-    Cli {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+/// Asserts that `mqdb dlq ARGS` (a replay of `n` entries; 0: of any count) stopped with exit
+/// 1, said it was an outage, and left every entry as it was in `before`.
+fn assert_stopped_by_outage(config: &Path, args: &str, n: usize, before: &Letters) {
+    let cli = dlq(config, args);
+    assert_eq!(cli.code, Some(1), "{cli}");
+    let (summary, start) = (cli.summary(), format!("replayed 0 of {n}"));
+    let counted = n == 0 || summary.starts_with(&start);
+    let said = counted && summary.contains("; stopped by an outage");
+    assert!(said, "{cli}");
+    assert_eq!(&letters(config), before);
 }
 
 #[test]
 fn a_database_outage_stops_the_replay_and_counts_no_attempt() {
     // Given duplicate-key dead letters of a route whose database is reached through a proxy,
     // and the conflicting rows deleted afterwards (so every entry could go in now)
-    let db = Db::Postgres;
-    let world = World::new();
-    let broker = Mosquitto::start();
-    let proxy = common::TcpProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], 5432)));
+    let (db, world) = (Db::Postgres, World::new("dlq-replay"));
+    let proxy = common::TcpProxy::start(([127, 0, 0, 1], 5432).into());
     let table = TempTable::create(&db, "outage", "id INTEGER PRIMARY KEY, v INTEGER");
+    let t = &table.name;
     let topic = unique("outage");
-    let config = world.config(
-        &[("m", &broker.url())],
-        &db.connection_string_via(proxy.port),
-        &[inbound(
-            "outage",
-            Src::Topic(&topic),
-            &table.name,
-            &[("id", "payload.id"), ("v", "payload.v")],
-            &[],
-        )],
-        &[],
-    );
-    world.persistent_session(&broker, &[&topic]);
-    let mut messages = Vec::new();
-    for id in 1..=3 {
-        messages.push((
-            topic.clone(),
-            format!(r#"{{"id":{id},"v":1}}"#).into_bytes(),
-        ));
-        messages.push((
-            topic.clone(),
-            format!(r#"{{"id":{id},"v":2}}"#).into_bytes(),
-        ));
-    }
-    Publisher::connect(broker.port).publish_all_confirmed(messages, 1);
-    let mut bridge = Bridge::start(&config);
-    wait_rows(&mut bridge, &db, &table.name, 3);
-    let first = wait_letters(&mut bridge, &config, 3);
-    terminate_ok(&mut bridge);
-    db.exec(&format!("DELETE FROM {}", table.name));
+    let route = Route::inbound("outage", &topic, t).columns(ID_V);
+    let config = world.config_cs(&db.connection_string_via(proxy.port));
+    let config = config.inbound(route).write();
+    world.persistent_session(&topic);
+    let payload = |id| [1, 2].map(|v| format!(r#"{{"id":{id},"v":{v}}}"#));
+    let messages = on(&topic, (1..=3).flat_map(payload));
+    world.publisher().publish_all_confirmed(messages, 1);
+    let first = run_until(&config, &db, &[(t, 3)], 3);
+    db.exec(&format!("DELETE FROM {t}"));
 
     // When the database is unreachable during a replay
     proxy.set_down(true);
-    let cli = dlq_within_liveness(&config, &["replay", "--all"]);
-
     // Then the replay stops with exit 1, says so, and every entry is as it was
-    assert_eq!(cli.code, Some(1), "{cli}");
-    assert!(
-        cli.summary().starts_with("replayed 0 of 3")
-            && cli.summary().contains("; stopped by an outage"),
-        "{cli}"
-    );
-    assert_eq!(letters(&config), first);
+    assert_stopped_by_outage(&config, "replay --all", 3, &first);
     // And a dry run is stopped the same way
-    let cli = dlq_within_liveness(&config, &["replay", "--all", "--dry-run"]);
-    assert_eq!(cli.code, Some(1), "{cli}");
-    assert!(cli.summary().contains("; stopped by an outage"), "{cli}");
-    assert_eq!(letters(&config), first);
+    assert_stopped_by_outage(&config, "replay --all --dry-run", 0, &first);
 
     // When the database is back
     proxy.set_down(false);
-    replay(&config, &["--all"], 0, "replayed 3 of 3");
-    assert_eq!(
-        rows(
-            &db,
-            &format!("SELECT id, v FROM {} ORDER BY id", table.name)
-        ),
-        vec![
-            vec![s("1"), s("2")],
-            vec![s("2"), s("2")],
-            vec![s("3"), s("2")]
-        ]
-    );
+    replay(&config, "--all", 0, "replayed 3 of 3");
+    let got = rows(&db, &format!("SELECT id, v FROM {t} ORDER BY id"));
+    assert_eq!(got, texts(&["1 2", "2 2", "3 2"]));
 }
 
 #[test]
 fn a_broker_outage_stops_an_outbound_replay_and_counts_no_attempt() {
     // Given unroutable outbound dead letters of a route whose broker is reached through a
     // proxy, and a queue bound afterwards (so every entry could be delivered now)
-    let db = Db::Postgres;
-    let world = World::new();
+    let (db, work) = (Db::Postgres, Workdir::new("dlq-replay"));
     let mut rabbit = Rabbit::connect();
     let proxy = common::TcpProxy::start(Rabbit::addr());
-    let exchange = unique("mqdb_dlq_outage_x");
-    let queue = unique("mqdb_dlq_outage_q");
+    let (exchange, queue) = (unique("mqdb_dlq_outage_x"), unique("mqdb_dlq_outage_q"));
     rabbit.declare_exchange(&exchange, "topic");
     let table = TempTable::create(&db, "out_outage", "id INTEGER PRIMARY KEY");
-    db.exec(&format!("INSERT INTO {} VALUES (1), (2)", table.name));
-    let config = world.config(
-        &[("rabbit", &Rabbit::url_via(proxy.port))],
-        &db.connection_string(),
-        &[],
-        &[outbound(
-            "out",
-            &format!("SELECT id FROM {} WHERE id > ? ORDER BY id", table.name),
-            &[
-                "track: id",
-                "start: 0",
-                "interval: 100ms",
-                "broker: rabbit",
-                &format!("exchange: {}", yq(&exchange)),
-                "routing_key: \"k.{id}\"",
-            ],
-        )],
-    );
-    let mut bridge = Bridge::start(&config);
-    let first = wait_letters(&mut bridge, &config, 2);
-    terminate_ok(&mut bridge);
+    let t = &table.name;
+    db.exec(&format!("INSERT INTO {t} VALUES (1), (2)"));
+    let query = format!("SELECT id FROM {t} WHERE id > ? ORDER BY id");
+    let url = Rabbit::url_via(proxy.port);
+    let config = rabbit_out(&work, &url, &query, &exchange, "k.{id}");
+    let first = run_until(&config, &db, &[], 2);
     rabbit.declare_bound_queue(&queue, &exchange, "k.#");
 
     // When the broker is unreachable during a replay
     proxy.set_down(true);
-    let cli = dlq_within_liveness(&config, &["replay", "--all"]);
-
     // Then the replay stops with exit 1, says so, and every entry is as it was
-    assert_eq!(cli.code, Some(1), "{cli}");
-    assert!(
-        cli.summary().starts_with("replayed 0 of 2")
-            && cli.summary().contains("; stopped by an outage"),
-        "{cli}"
-    );
-    assert_eq!(letters(&config), first);
+    assert_stopped_by_outage(&config, "replay --all", 2, &first);
 
     // When the broker is back
     proxy.set_down(false);
-    replay(&config, &["--all"], 0, "replayed 2 of 2");
-    let mut got: Vec<AmqpMessage> = Vec::new();
-    wait_until("two messages in the queue", LIVENESS, || {
-        got.extend(rabbit.take_all(&queue));
-        got.len() >= 2
-    });
-    let mut keys: Vec<String> = got.iter().map(|m| m.routing_key.clone()).collect();
+    replay(&config, "--all", 0, "replayed 2 of 2");
+    let got = take(&rabbit, &queue, 2).into_iter();
+    let mut keys: Vec<String> = got.map(|m| m.routing_key).collect();
     keys.sort();
     assert_eq!(keys, ["k.1", "k.2"]);
 }

@@ -13,6 +13,7 @@ mod bridge;
 mod checks;
 mod config;
 mod db;
+mod dlq;
 pub mod http;
 mod mqtt;
 mod mqtt5;
@@ -39,6 +40,8 @@ pub use config::{Config, Route, settings};
 pub use db::{
     Db, TempSqlite, TempTable, odbc_connect, odbc_env, odbc_exec, odbc_query, temp_sqlite,
 };
+#[allow(unused_imports)]
+pub use dlq::{letter_id, wait_dead_letters};
 #[allow(unused_imports)]
 pub use mqtt::{Mosquitto, Publisher, Received, Subscriber, publish_retained, with_mqtt5};
 #[allow(unused_imports)]
