@@ -29,6 +29,7 @@
 #![allow(dead_code)]
 
 mod bridge;
+mod check_cmd;
 mod checks;
 mod config;
 mod db;
@@ -48,6 +49,8 @@ mod world;
 #[allow(unused_imports)]
 pub use bridge::{Bridge, mqdb_bin, mqdb_command, run_mqdb};
 #[allow(unused_imports)]
+pub use check_cmd::run_check;
+#[allow(unused_imports)]
 pub use checks::{
     LIVENESS, dlq_list, path_str, run_bounded, scalar, terminate_ok, try_scalar, wait_for,
     wait_for_count,
@@ -63,7 +66,10 @@ pub use mqtt5::{Received5, Subscriber5};
 #[allow(unused_imports)]
 pub use proxy::TcpProxy;
 #[allow(unused_imports)]
-pub use rabbit::{AmqpMessage, ExchangeInfo, Header, Outgoing, QueueInfo, Rabbit};
+pub use rabbit::{
+    AmqpMessage, ExchangeInfo, Header, Outgoing, QueueInfo, Rabbit, amqp_route, id_payloads,
+    wait_consuming, wait_queue, wait_queue_drained,
+};
 #[allow(unused_imports)]
 pub use rabbit_node::RabbitNode;
 #[allow(unused_imports)]
