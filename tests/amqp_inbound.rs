@@ -101,21 +101,14 @@ fn parse_bool(text: &str) -> bool {
     }
 }
 
-/// What differs between the databases in the JSON test.
-struct JsonCase {
-    db: Db,
-    columns: &'static str,
-    /// How to select `ts` as UTC text.
-    ts_select: &'static str,
+/// `column=source` pairs separated by white space.
+fn pairs(spec: &str) -> Vec<(&str, &str)> {
+    let pairs = spec.split_whitespace().map(|p| p.split_once('='));
+    pairs.map(|p| p.expect("column=source")).collect()
 }
 
-fn json_over_amqp_lands(case: JsonCase) {
-    let JsonCase {
-        db,
-        columns,
-        ts_select,
-    } = case;
-
+/// `ts_select` selects `ts` as UTC text.
+fn json_over_amqp_lands(db: Db, columns: &str, ts_select: &str) {
     // Given a route whose queue and exchange do not exist yet (the bridge declares them and
     // binds with `sensors.#`), mapping payload keys, message metadata and headers
     let mut world = World::new();
@@ -124,29 +117,15 @@ fn json_over_amqp_lands(case: JsonCase) {
     world.rabbit.adopt_queue(&queue);
     world.rabbit.adopt_exchange(&exchange);
     assert_eq!(Rabbit::queue_info(&queue), None, "the queue exists already");
-    assert_eq!(
-        Rabbit::exchange_info(&exchange),
-        None,
-        "the exchange exists already"
-    );
+    let exists = Rabbit::exchange_info(&exchange).is_some();
+    assert!(!exists, "the exchange exists already");
     let table = TempTable::create(&db, "amqp_json", columns);
     let t = table.name.clone();
-    let sources = [
-        ("id", "payload.id"),
-        ("big", "payload.big"),
-        ("amount", "payload.amount"),
-        ("label", "payload.label"),
-        ("ts", "payload.ts"),
-        ("num", "payload.num"),
-        ("rk", "meta.routing_key"),
-        ("ex", "meta.exchange"),
-        ("re", "meta.redelivered"),
-        ("q", "meta.queue"),
-        ("br", "meta.broker"),
-        ("site", "header.x-site"),
-        ("seq", "header.x-seq"),
-        ("nohdr", "header.x-missing"),
-    ];
+    let sources = pairs(
+        "id=payload.id big=payload.big amount=payload.amount label=payload.label ts=payload.ts \
+         num=payload.num rk=meta.routing_key ex=meta.exchange re=meta.redelivered q=meta.queue \
+         br=meta.broker site=header.x-site seq=header.x-seq nohdr=header.x-missing",
+    );
     let bind = format!("bind: {{ exchange: \"{exchange}\", routing_key: \"sensors.#\" }}");
     let extra = [
         bind.as_str(),
@@ -282,25 +261,25 @@ fn json_over_amqp_lands(case: JsonCase) {
 
 #[test]
 fn json_over_amqp_lands_in_postgres() {
-    json_over_amqp_lands(JsonCase {
-        db: Db::Postgres,
-        columns: "id INTEGER PRIMARY KEY, big BIGINT, amount NUMERIC(30,10), label TEXT, \
-                  ts TIMESTAMPTZ, num INTEGER DEFAULT 7, rk TEXT, ex TEXT, re BOOLEAN, \
-                  q TEXT, br TEXT, site TEXT, seq BIGINT, nohdr TEXT DEFAULT 'none'",
-        ts_select: "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
-    });
+    json_over_amqp_lands(
+        Db::Postgres,
+        "id INTEGER PRIMARY KEY, big BIGINT, amount NUMERIC(30,10), label TEXT, \
+         ts TIMESTAMPTZ, num INTEGER DEFAULT 7, rk TEXT, ex TEXT, re BOOLEAN, \
+         q TEXT, br TEXT, site TEXT, seq BIGINT, nohdr TEXT DEFAULT 'none'",
+        "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
+    );
 }
 
 #[test]
 fn json_over_amqp_lands_in_mariadb() {
-    json_over_amqp_lands(JsonCase {
-        db: Db::MariaDb,
-        columns: "id INT PRIMARY KEY, big BIGINT, amount DECIMAL(30,10), label TEXT, \
-                  ts DATETIME(6), num INT DEFAULT 7, rk VARCHAR(255), ex VARCHAR(255), \
-                  re BOOLEAN, q VARCHAR(255), br VARCHAR(50), site VARCHAR(100), seq BIGINT, \
-                  nohdr VARCHAR(20) DEFAULT 'none'",
-        ts_select: "ts",
-    });
+    json_over_amqp_lands(
+        Db::MariaDb,
+        "id INT PRIMARY KEY, big BIGINT, amount DECIMAL(30,10), label TEXT, \
+         ts DATETIME(6), num INT DEFAULT 7, rk VARCHAR(255), ex VARCHAR(255), \
+         re BOOLEAN, q VARCHAR(255), br VARCHAR(50), site VARCHAR(100), seq BIGINT, \
+         nohdr VARCHAR(20) DEFAULT 'none'",
+        "ts",
+    );
 }
 
 #[test]
@@ -314,13 +293,8 @@ fn csv_over_amqp_stores_every_good_line_and_dead_letters_the_bad_one_sqlite() {
     let columns = "id INTEGER PRIMARY KEY, sku TEXT, qty INTEGER, note TEXT, q TEXT";
     let table = TempTable::create(&db, "amqp_csv", columns);
     let t = table.name.clone();
-    let sources = [
-        ("id", "payload.id"),
-        ("sku", "payload.sku"),
-        ("qty", "payload.2"),
-        ("note", "payload.note"),
-        ("q", "meta.queue"),
-    ];
+    let sources =
+        pairs("id=payload.id sku=payload.sku qty=payload.2 note=payload.note q=meta.queue");
     let extra = [
         "format: csv",
         "csv: { fields: [id, sku, qty, note] }",
@@ -636,11 +610,7 @@ fn check_accepts_an_amqp_inbound_route_and_rejects_mqtt_only_keys() {
     let columns = "id INTEGER PRIMARY KEY, rk TEXT, site TEXT";
     let table = TempTable::create(&Db::Postgres, "amqp_check", columns);
     let t = table.name.clone();
-    let sources = [
-        ("id", "payload.id"),
-        ("rk", "meta.routing_key"),
-        ("site", "header.x-site"),
-    ];
+    let sources = pairs("id=payload.id rk=meta.routing_key site=header.x-site");
     let good = route(
         "amqp_good",
         &queue,

@@ -8,8 +8,8 @@ mod common;
 use std::path::PathBuf;
 
 use common::{
-    Bridge, Db, RabbitNode, TempTable, Workdir, amqp_route, dlq_list, id_payloads, make_ca,
-    make_pki, run_check, terminate_ok, unique, wait_consuming, wait_for_count, wait_until,
+    Bridge, Config, Db, RabbitNode, TempTable, Workdir, amqp_route, dlq_list, id_payloads,
+    pki_with_other_ca, run_check, terminate_ok, unique, wait_consuming, wait_for_count, wait_until,
 };
 use serde_json::{Value as Json, json};
 
@@ -26,12 +26,7 @@ struct Setup {
 
 impl Setup {
     fn new(name: &'static str) -> Setup {
-        let pki = tempfile::Builder::new()
-            .prefix("mqdb-amqps-pki-")
-            .tempdir()
-            .expect("temp dir for certificates");
-        make_pki(pki.path());
-        make_ca(pki.path(), "other_ca");
+        let pki = pki_with_other_ca();
         let file = |name: &str| pki.path().join(name);
         let node = RabbitNode::start_tls(&file("ca.pem"), &file("server.pem"), &file("server.key"));
         let columns = "id INTEGER PRIMARY KEY, v TEXT NOT NULL";
@@ -64,14 +59,10 @@ impl Setup {
             .set("format", "json")
             .lines(&["batch: { max_rows: 50, max_delay: 50ms }"])
             .columns(&[("id", "payload.id"), ("v", "payload.v")]);
-        let config = self
-            .work
-            .bare_config()
-            .broker("r", &url, json!({ "tls": tls }));
+        let config = Config::at(self.work.path(file)).state(&self.work.store.url());
+        let config = config.broker("r", &url, json!({ "tls": tls }));
         let config = config.database("d", &Db::Postgres.connection_string());
-        let path = self.work.path(file);
-        config.inbound(route).write_to(&path);
-        path
+        config.inbound(route).write()
     }
 
     /// Runs `check` on `config`, expecting `code`; returns the line for the route and the

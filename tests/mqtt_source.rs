@@ -9,63 +9,41 @@ use std::ops::Range;
 use std::path::PathBuf;
 
 use common::{
-    Bridge, Config, Db, LIVENESS, Mosquitto, Route, TempTable, World, dlq_list, make_ca, make_pki,
-    path_str, publish_retained, run_check, run_mqdb, settings, terminate_ok, unique, with_mqtt5,
+    Bridge, Config, Db, LIVENESS, Mosquitto, Route, TempTable, World, dlq_list, path_str,
+    pki_with_other_ca, publish_retained, run_check, run_mqdb, settings, terminate_ok, unique,
+    with_mqtt5,
 };
 use serde_json::Value as Json;
 
 type Messages = Vec<(String, Vec<u8>)>;
 
 /// Writes `file` in the world's dir: broker `b` at `url` with the world's client id and
-/// `broker_extra` settings, database `d` (PostgreSQL) and `routes`.
+/// `extra` settings, database `d` (PostgreSQL) and `routes`.
 fn config_at(world: &World, file: &str, url: &str, extra: &[&str], routes: &[Route]) -> PathBuf {
     let (_, client) = world.mqtt(Json::Object(settings(extra)));
     let config = Config::at(world.path(file))
         .state(&world.store.url())
         .broker("b", url, client)
         .database("d", &Db::Postgres.connection_string());
-    let config = routes
+    routes
         .iter()
-        .fold(config, |c, route| c.inbound(route.clone()));
-    config.write()
+        .fold(config, |c, r| c.inbound(r.clone()))
+        .write()
 }
 
 /// `mqdb.yaml` with the world's plain listener.
-fn config(world: &World, broker_extra: &[&str], routes: &[Route]) -> PathBuf {
-    config_at(
-        world,
-        "mqdb.yaml",
-        &world.broker.url(),
-        broker_extra,
-        routes,
-    )
-}
-
-/// An inbound route at `qos` with `columns` and `extra` settings (`key: value` lines).
-fn route(
-    name: &str,
-    topic: &str,
-    qos: u8,
-    table: &str,
-    columns: &[(&str, &str)],
-    extra: &[&str],
-) -> Route {
-    let route = Route::inbound(name, topic, table).set("qos", qos);
-    route.columns(columns).lines(extra)
+fn config(world: &World, extra: &[&str], routes: &[Route]) -> PathBuf {
+    config_at(world, "mqdb.yaml", &world.broker.url(), extra, routes)
 }
 
 /// The route of `{"seq":N}` messages on `ROOT/{part}` that most tests use.
 fn part_route(name: &str, root: &str, table: &str) -> Route {
     let columns = [("seq", "payload.seq"), ("part", "topic.part")];
     let batch = "batch: { max_rows: 50, max_delay: 50ms }";
-    route(
-        name,
-        &format!("{root}/{{part}}"),
-        1,
-        table,
-        &columns,
-        &[batch],
-    )
+    let topic = format!("{root}/{{part}}");
+    Route::inbound(name, &topic, table)
+        .columns(&columns)
+        .lines(&[batch])
 }
 
 fn scalar(sql: &str) -> i64 {
@@ -186,13 +164,8 @@ fn back_pressure_max_in_flight_1_delivers_every_message() {
 type RouteRow = (i64, Option<String>, Option<String>, i64, String);
 
 /// Messages of the QoS test: the route (index) they match, the QoS they are published at,
-/// their seqs, and per seq the topic under the root with the two levels the route captures.
-type Group = (
-    usize,
-    u8,
-    Range<i64>,
-    fn(i64) -> (String, String, Option<String>),
-);
+/// their seqs, and the topic under the root for a seq.
+type Group = (usize, u8, Range<i64>, fn(i64) -> String);
 
 #[test]
 fn qos_0_1_2_routes_with_wildcards_and_captures() {
@@ -212,27 +185,20 @@ fn qos_0_1_2_routes_with_wildcards_and_captures() {
     let tables: Vec<TempTable> = (0..3)
         .map(|n| TempTable::create(&Db::Postgres, &format!("q{n}"), columns))
         .collect();
-    let routes: Vec<Route> = specs
-        .iter()
-        .zip(&tables)
-        .enumerate()
-        .map(|(n, ((filter, a, b), t))| {
+    let routes: Vec<Route> = (0..3)
+        .map(|n| {
+            let (filter, a, b) = specs[n];
             let sources = [
                 ("seq", "payload.seq"),
                 ("qos", "meta.qos"),
                 ("topic", "meta.topic"),
-                ("a", *a),
-                ("b", *b),
             ];
             let batch = "batch: { max_rows: 50, max_delay: 50ms }";
-            route(
-                &format!("r{n}"),
-                &format!("{root}/{filter}"),
-                n as u8,
-                &t.name,
-                &sources,
-                &[batch],
-            )
+            let topic = format!("{root}/{filter}");
+            let route = Route::inbound(&format!("r{n}"), &topic, &tables[n].name).set("qos", n);
+            route
+                .columns(&[&sources[..], &[("a", a), ("b", b)]].concat())
+                .lines(&[batch])
         })
         .collect();
     let config = config(&world, &[], &routes);
@@ -262,57 +228,33 @@ fn qos_0_1_2_routes_with_wildcards_and_captures() {
     // …then 100 per route at the route's QoS, and 10 for r0 and r1 at QoS 2, which the broker
     // must downgrade to the route's
     let groups: [Group; 5] = [
-        (0, 0, 0..100, |i| {
-            let site = format!("site{}", i % 3);
-            (
-                format!("q0/{site}/dev{i}/temp"),
-                site,
-                Some(format!("dev{i}")),
-            )
+        (0, 0, 0..100, |i| format!("q0/site{}/dev{i}/temp", i % 3)),
+        (1, 1, 100..200, |i| match i % 3 {
+            0 => format!("q1/line{}/m{i}", i % 4),
+            1 => format!("q1/line{}/m{i}/x/y", i % 4),
+            _ => format!("q1/line{}", i % 4),
         }),
-        (1, 1, 100..200, |i| {
-            let line = format!("line{}", i % 4);
-            match i % 3 {
-                0 => (format!("q1/{line}/m{i}"), line, Some(format!("m{i}"))),
-                1 => (format!("q1/{line}/m{i}/x/y"), line, Some(format!("m{i}"))),
-                _ => (format!("q1/{line}"), line, None),
-            }
-        }),
-        (2, 2, 200..300, |i| {
-            let area = format!("area{}", i % 2);
-            (format!("q2/{area}/dev{i}"), area, Some(format!("dev{i}")))
-        }),
-        (0, 2, 300..310, |i| {
-            let topic = format!("q0/siteD/dev{i}/temp");
-            (topic, "siteD".into(), Some(format!("dev{i}")))
-        }),
-        (1, 2, 310..320, |i| {
-            (
-                format!("q1/lineD/m{i}"),
-                "lineD".into(),
-                Some(format!("m{i}")),
-            )
-        }),
+        (2, 2, 200..300, |i| format!("q2/area{}/dev{i}", i % 2)),
+        (0, 2, 300..310, |i| format!("q0/siteD/dev{i}/temp")),
+        (1, 2, 310..320, |i| format!("q1/lineD/m{i}")),
     ];
     for (_, qos, seqs, at) in &groups {
         publisher.publish_all_confirmed(
-            seq_messages(|i| format!("{root}/{}", at(i).0), seqs.clone()),
+            seq_messages(|i| format!("{root}/{}", at(i)), seqs.clone()),
             *qos,
         );
     }
 
-    // Then every matching message is one row in its route's table, the captured levels are
-    // right, and each arrived at its route's QoS
-    let root = root.as_str();
+    // Then every matching message is one row in its route's table, the captured levels (the
+    // two under the route's first) are right, and each arrived at its route's QoS
     for (n, t) in tables.iter().enumerate() {
         let want: Vec<RouteRow> = groups
             .iter()
             .filter(|g| g.0 == n)
-            .flat_map(|(_, _, seqs, at)| {
-                seqs.clone().map(move |i| {
-                    let (topic, a, b) = at(i);
-                    (i, Some(a), b, n as i64, format!("{root}/{topic}"))
-                })
+            .flat_map(|(_, _, seqs, at)| seqs.clone().map(move |i| (i, at(i))))
+            .map(|(i, topic)| {
+                let level = |l: usize| topic.split('/').nth(l).map(str::to_owned);
+                (i, level(1), level(2), n as i64, format!("{root}/{topic}"))
             })
             .collect();
         let probes = if n == 1 { 1 } else { 0 };
@@ -324,15 +266,9 @@ fn qos_0_1_2_routes_with_wildcards_and_captures() {
         ))
         .into_iter()
         .map(|r| {
-            let num =
-                |v: &Option<String>| v.as_deref().expect("a number").parse().expect("a number");
-            (
-                num(&r[0]),
-                r[1].clone(),
-                r[2].clone(),
-                num(&r[3]),
-                r[4].clone().expect("topic"),
-            )
+            let num = |v: &Option<String>| v.as_deref().expect("number").parse().expect("number");
+            let topic = r[4].clone().expect("topic");
+            (num(&r[0]), r[1].clone(), r[2].clone(), num(&r[3]), topic)
         })
         .collect();
         assert_rows(&format!("route r{n}"), &got, &want);
@@ -452,7 +388,11 @@ fn large_payloads_land_intact() {
     let t = table.name.clone();
     let topic = format!("{}/big", unique("big"));
     let sources = [("seq", "payload.seq"), ("v", "payload.v")];
-    let config = config(&world, &[], &[route("big", &topic, 1, &t, &sources, &[])]);
+    let config = config(
+        &world,
+        &[],
+        &[Route::inbound("big", &topic, &t).columns(&sources)],
+    );
     world.persistent_session(&topic);
 
     // When a 1 MiB and a 5 MiB string value arrive (each payload slightly larger, escaped),
@@ -499,13 +439,8 @@ fn tls_with_client_certificates_run_and_check() {
     // Given a CA, a server certificate for localhost and 127.0.0.1, a client certificate,
     // an unrelated second CA, and a private mosquitto with a second listener that requires a
     // client certificate
-    let pki = tempfile::Builder::new()
-        .prefix("mqdb-pki-")
-        .tempdir()
-        .expect("temp dir for certificates");
+    let pki = pki_with_other_ca();
     let p = pki.path();
-    make_pki(p);
-    make_ca(p, "other_ca");
     let file = |name: &str| p.join(name).display().to_string();
     let (broker, tls_port) = Mosquitto::start_tls(p);
     let world = World::with_broker("mqtt-source", broker);
@@ -628,7 +563,7 @@ fn mqtt5_user_properties_map_to_columns_and_the_session_outlives_the_bridge() {
         ("line", "header.LINE"),
         ("qos", "meta.qos"),
     ];
-    let route = route("m5", &topic, 1, &table.name, &sources, &[]);
+    let route = Route::inbound("m5", &topic, &table.name).columns(&sources);
     let config = config(&world, &["mqtt_version: 5"], &[route]);
     let mut bridge = Bridge::start(&config);
     let count = format!("SELECT COUNT(*) FROM {}", table.name);
@@ -659,7 +594,7 @@ fn mqtt5_user_properties_map_to_columns_and_the_session_outlives_the_bridge() {
 #[test]
 fn header_sources_on_mqtt_need_mqtt_version_5() {
     let world = World::new("mqtt-source");
-    let route = route("h", "a/b", 1, "t", &[("site", "header.site")], &[]);
+    let route = Route::inbound("h", "a/b", "t").columns(&[("site", "header.site")]);
     let config = config(&world, &[], &[route]);
     let out = run_mqdb(&["-c", path_str(&config), "check"]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -75,7 +75,7 @@ pub use rabbit_node::RabbitNode;
 #[allow(unused_imports)]
 pub use store::StateStore;
 #[allow(unused_imports)]
-pub use tls::{make_ca, make_leaf, make_pki, openssl};
+pub use tls::{make_ca, make_leaf, make_pki, openssl, pki_with_other_ca};
 #[allow(unused_imports)]
 pub use values::{parse_ts, pg_lock_waiters, ts};
 #[allow(unused_imports)]

@@ -272,78 +272,144 @@ impl<S> Shared<S> {
     }
 }
 
-/// Connection facts both clients keep.
+/// What a client's event loop has seen.
 #[derive(Default)]
-struct Link {
-    connected: bool,
-    errors: u64,
-    last_error: Option<String>,
-}
-
-impl Link {
-    fn failed(&mut self, e: String) {
-        self.connected = false;
-        self.errors += 1;
-        self.last_error = Some(e);
-    }
-}
-
-/// Runs a rumqttc event loop on its own thread with its own current-thread tokio runtime, so
-/// it never depends on (or blocks) the test's runtime. Errors are passed to `on_event` and
-/// the loop reconnects after 200 ms. Stops when `stop` is set or the client is dropped.
-fn spawn_event_loop(
-    name: String,
-    connection: Connection,
-    stop: Arc<AtomicBool>,
-    mut on_event: impl FnMut(Result<&Event, String>) + Send + 'static,
-) {
-    let Connection { mut eventloop, .. } = connection;
-    let run = move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime for the MQTT event loop");
-        rt.block_on(async move {
-            while !stop.load(Ordering::SeqCst) {
-                // A periodic wake-up to check `stop`; the poll future is only cancelled when
-                // stopping.
-                let polled = tokio::select! {
-                    r = eventloop.poll() => r,
-                    _ = wait_for_flag(&stop) => break,
-                };
-                match polled {
-                    Ok(event) => on_event(Ok(&event)),
-                    Err(rumqttc::ConnectionError::RequestsDone) => break,
-                    Err(e) => {
-                        on_event(Err(e.to_string()));
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                    }
-                }
-            }
-        });
-    };
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(run)
-        .expect("spawn MQTT event loop thread");
-}
-
-async fn wait_for_flag(flag: &AtomicBool) {
-    while !flag.load(Ordering::SeqCst) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-#[derive(Default)]
-struct PubState {
+struct State {
     /// Packet ids sent (QoS 1/2) and not yet PUBACKed / PUBCOMPed.
     outstanding: HashSet<u16>,
     acked: u64,
     sent_qos0: u64,
     /// Unacked publishes known to be discarded on a reconnect without a session.
     lost: u64,
-    connacks: u64,
-    link: Link,
+    messages: Vec<Received>,
+    /// `session_present` of each CONNACK.
+    connacks: Vec<bool>,
+    subacks: u64,
+    disconnect_sent: bool,
+    connected: bool,
+    errors: u64,
+    last_error: Option<String>,
+}
+
+impl State {
+    fn on_event(&mut self, event: Result<&Event, String>) {
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                self.connected = true;
+                self.connacks.push(ack.session_present);
+                if !ack.session_present {
+                    self.lost += self.outstanding.len() as u64;
+                    self.outstanding.clear();
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(0))) => self.sent_qos0 += 1,
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                self.outstanding.insert(*pkid);
+            }
+            Ok(Event::Incoming(Packet::PubAck(rumqttc::PubAck { pkid })))
+            | Ok(Event::Incoming(Packet::PubComp(rumqttc::PubComp { pkid }))) => {
+                if self.outstanding.remove(pkid) {
+                    self.acked += 1;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => self.subacks += 1,
+            Ok(Event::Incoming(Packet::Publish(p))) => self.messages.push(Received {
+                topic: p.topic.clone(),
+                payload: p.payload.to_vec(),
+                qos: p.qos as u8,
+                retain: p.retain,
+                dup: p.dup,
+            }),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => self.disconnect_sent = true,
+            Ok(_) => {}
+            Err(e) => {
+                self.connected = false;
+                self.errors += 1;
+                self.last_error = Some(e);
+            }
+        }
+    }
+}
+
+/// A client connected to `127.0.0.1:port` whose event loop runs on its own thread with its
+/// own current-thread tokio runtime, so it never depends on (or blocks) the test's runtime.
+/// The loop reconnects after 200 ms on errors and stops when this is dropped.
+struct Conn {
+    id: String,
+    client: Client,
+    shared: Arc<Shared<State>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Conn {
+    /// Connects and waits (up to 20 s) for the CONNACK.
+    fn open(port: u16, client_id: &str, clean_session: bool) -> Conn {
+        let (client, connection) = Client::new(options(client_id, port, clean_session), 1000);
+        let Connection { mut eventloop, .. } = connection;
+        let shared = Shared::new(State::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, halt) = (shared.clone(), stop.clone());
+        let run = move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime for the MQTT event loop");
+            rt.block_on(async move {
+                while !halt.load(Ordering::SeqCst) {
+                    // A periodic wake-up to check `halt`; the poll future is only cancelled
+                    // when stopping.
+                    let polled = tokio::select! {
+                        r = eventloop.poll() => r,
+                        _ = wait_for_flag(&halt) => break,
+                    };
+                    match polled {
+                        Ok(event) => s.update(|st| st.on_event(Ok(&event))),
+                        Err(rumqttc::ConnectionError::RequestsDone) => break,
+                        Err(e) => {
+                            s.update(|st| st.on_event(Err(e.to_string())));
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+            });
+        };
+        std::thread::Builder::new()
+            .name(format!("mqtt-{client_id}"))
+            .spawn(run)
+            .expect("spawn MQTT event loop thread");
+        let conn = Conn {
+            id: client_id.to_owned(),
+            client,
+            shared,
+            stop,
+        };
+        conn.wait(&format!("CONNACK from 127.0.0.1:{port}"), |st| {
+            (!st.connacks.is_empty()).then_some(())
+        });
+        conn
+    }
+
+    /// Waits up to 20 s for `done`.
+    fn wait<R>(&self, what: &str, done: impl FnMut(&State) -> Option<R>) -> R {
+        let describe = |st: &State| {
+            let (c, s, e) = (&st.connacks, st.subacks, &st.last_error);
+            format!("connacks {c:?}, subacks {s}, last error {e:?}")
+        };
+        let what = format!("{what} for {}", self.id);
+        self.shared.wait(&what, HANDSHAKE, done, |_| 0, describe)
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+async fn wait_for_flag(flag: &AtomicBool) {
+    while !flag.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// An MQTT publisher (clean session, unique client id, up to 100 QoS 1/2 messages in flight)
@@ -354,61 +420,22 @@ struct PubState {
 /// loss) rather than silently lose messages.
 pub struct Publisher {
     pub client_id: String,
-    client: Client,
-    shared: Arc<Shared<PubState>>,
+    conn: Conn,
     queued_qos12: AtomicU64,
     queued_qos0: AtomicU64,
-    stop: Arc<AtomicBool>,
 }
 
 impl Publisher {
     /// Connects to `127.0.0.1:port` and waits (up to 20 s) for the CONNACK.
     pub fn connect(port: u16) -> Publisher {
         let client_id = unique("pub");
-        let (client, connection) = Client::new(options(&client_id, port, true), 1000);
-        let shared = Shared::new(PubState::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = shared.clone();
-        let name = format!("mqtt-{client_id}");
-        spawn_event_loop(name, connection, stop.clone(), move |event| {
-            s.update(|st| match event {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    st.link.connected = true;
-                    st.connacks += 1;
-                    if !ack.session_present {
-                        st.lost += st.outstanding.len() as u64;
-                        st.outstanding.clear();
-                    }
-                }
-                Ok(Event::Outgoing(Outgoing::Publish(0))) => st.sent_qos0 += 1,
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    st.outstanding.insert(*pkid);
-                }
-                Ok(Event::Incoming(Packet::PubAck(rumqttc::PubAck { pkid, .. })))
-                | Ok(Event::Incoming(Packet::PubComp(rumqttc::PubComp { pkid, .. }))) => {
-                    if st.outstanding.remove(pkid) {
-                        st.acked += 1;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => st.link.failed(e),
-            })
-        });
-        shared.wait(
-            &format!("CONNACK for publisher {client_id} from 127.0.0.1:{port}"),
-            HANDSHAKE,
-            |st| (st.connacks > 0).then_some(()),
-            |_| 0,
-            |st| format!("last error {:?}", st.link.last_error),
-        );
+        let conn = Conn::open(port, &client_id, true);
         let (queued_qos12, queued_qos0) = (AtomicU64::new(0), AtomicU64::new(0));
         Publisher {
             client_id,
-            client,
-            shared,
+            conn,
             queued_qos12,
             queued_qos0,
-            stop,
         }
     }
 
@@ -423,7 +450,8 @@ impl Publisher {
             _ => &self.queued_qos12,
         };
         counter.fetch_add(1, Ordering::SeqCst);
-        self.client
+        let client = &self.conn.client;
+        client
             .publish(topic, self::qos(qos), retain, payload)
             .unwrap_or_else(|e| panic!("publish to {topic}: {e}"));
     }
@@ -447,7 +475,7 @@ impl Publisher {
         let want12 = self.queued_qos12.load(Ordering::SeqCst);
         let want0 = self.queued_qos0.load(Ordering::SeqCst);
         let id = &self.client_id;
-        self.shared.wait(
+        self.conn.shared.wait(
             &format!("publisher {id} confirmations"),
             Duration::from_secs(30),
             |st| {
@@ -455,7 +483,7 @@ impl Publisher {
                     panic!(
                         "publisher {id}: {} unacknowledged publishes were discarded when the \
                          connection was re-established without a session (last error: {:?})",
-                        st.lost, st.link.last_error
+                        st.lost, st.last_error
                     );
                 }
                 (st.acked >= want12 && st.sent_qos0 >= want0).then_some(())
@@ -468,9 +496,9 @@ impl Publisher {
                     st.acked,
                     st.sent_qos0,
                     st.outstanding.len(),
-                    st.link.connected,
-                    st.link.errors,
-                    st.link.last_error
+                    st.connected,
+                    st.errors,
+                    st.last_error
                 )
             },
         );
@@ -478,14 +506,13 @@ impl Publisher {
 
     /// QoS 1/2 publishes confirmed so far.
     pub fn acked(&self) -> u64 {
-        self.shared.read(|st| st.acked)
+        self.conn.shared.read(|st| st.acked)
     }
 }
 
 impl Drop for Publisher {
     fn drop(&mut self) {
-        let _ = self.client.try_disconnect();
-        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.conn.client.try_disconnect();
     }
 }
 
@@ -505,24 +532,13 @@ impl Received {
     }
 }
 
-#[derive(Default)]
-struct SubState {
-    messages: Vec<Received>,
-    connacks: Vec<bool>,
-    subacks: u64,
-    disconnect_sent: bool,
-    link: Link,
-}
-
 /// An MQTT subscriber that records every message it receives (acknowledging automatically)
 /// on its own event loop thread.
 pub struct Subscriber {
     pub client_id: String,
     /// Whether the broker resumed an existing session on the first CONNACK.
     pub session_present: bool,
-    client: Client,
-    shared: Arc<Shared<SubState>>,
-    stop: Arc<AtomicBool>,
+    conn: Conn,
 }
 
 impl Subscriber {
@@ -540,82 +556,40 @@ impl Subscriber {
         clean_session: bool,
         filters: &[(&str, u8)],
     ) -> Subscriber {
-        let (client, connection) = Client::new(options(client_id, port, clean_session), 1000);
-        let shared = Shared::new(SubState::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = shared.clone();
-        let name = format!("mqtt-{client_id}");
-        spawn_event_loop(name, connection, stop.clone(), move |event| {
-            s.update(|st| match event {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                    st.link.connected = true;
-                    st.connacks.push(ack.session_present);
-                }
-                Ok(Event::Incoming(Packet::SubAck(_))) => st.subacks += 1,
-                Ok(Event::Incoming(Packet::Publish(p))) => st.messages.push(Received {
-                    topic: p.topic.clone(),
-                    payload: p.payload.to_vec(),
-                    qos: p.qos as u8,
-                    retain: p.retain,
-                    dup: p.dup,
-                }),
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => st.disconnect_sent = true,
-                Ok(_) => {}
-                Err(e) => st.link.failed(e),
-            })
-        });
-        let describe = |st: &SubState| {
-            let (c, s, e) = (&st.connacks, st.subacks, &st.link.last_error);
-            format!("connacks {c:?}, subacks {s}, last error {e:?}")
-        };
-        let session_present = shared.wait(
-            &format!("CONNACK for {client_id} from 127.0.0.1:{port}"),
-            HANDSHAKE,
-            |st| st.connacks.first().copied(),
-            |_| 0,
-            describe,
-        );
+        let conn = Conn::open(port, client_id, clean_session);
         for (filter, q) in filters {
-            client
-                .subscribe(*filter, qos(*q))
-                .unwrap_or_else(|e| panic!("subscribe {filter}: {e}"));
+            let subscribed = conn.client.subscribe(*filter, qos(*q));
+            subscribed.unwrap_or_else(|e| panic!("subscribe {filter}: {e}"));
         }
         let want = filters.len() as u64;
-        shared.wait(
-            &format!("SUBACKs for {client_id}"),
-            HANDSHAKE,
-            |st| (st.subacks >= want).then_some(()),
-            |_| 0,
-            describe,
-        );
+        conn.wait("SUBACKs", |st| (st.subacks >= want).then_some(()));
+        let session_present = conn.shared.read(|st| st.connacks[0]);
         Subscriber {
             client_id: client_id.to_owned(),
             session_present,
-            client,
-            shared,
-            stop,
+            conn,
         }
     }
 
     /// Messages received so far.
     pub fn count(&self) -> usize {
-        self.shared.read(|st| st.messages.len())
+        self.conn.shared.read(|st| st.messages.len())
     }
 
     /// A copy of every message received so far, in arrival order.
     pub fn messages(&self) -> Vec<Received> {
-        self.shared.read(|st| st.messages.clone())
+        self.conn.shared.read(|st| st.messages.clone())
     }
 
     /// Waits until at least `n` messages arrived; panics after `timeout` (a liveness deadline).
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
-        self.shared.wait(
+        self.conn.shared.wait(
             &format!("{n} messages for subscriber {}", self.client_id),
             timeout,
             |st| (st.messages.len() >= n).then(|| st.messages.clone()),
             |_| 0,
             |st| {
-                let (got, e) = (st.messages.len(), &st.link.last_error);
+                let (got, e) = (st.messages.len(), &st.last_error);
                 format!("got {got} of {n} messages (last error {e:?})")
             },
         )
@@ -624,18 +598,11 @@ impl Subscriber {
     /// Sends DISCONNECT (so a persistent session is kept without a will), waits for it to be
     /// written (up to 10 s), then stops the event loop.
     pub fn disconnect(self) {
-        let _ = self.client.disconnect();
+        let _ = self.conn.client.disconnect();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.shared.read(|st| st.disconnect_sent) && Instant::now() < deadline {
+        while !self.conn.shared.read(|st| st.disconnect_sent) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        // Drop stops the event loop.
-    }
-}
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
     }
 }
 

@@ -73,3 +73,14 @@ pub fn make_pki(dir: &Path) {
     let client = "extendedKeyUsage = clientAuth";
     make_leaf(dir, "ca", "client", "mqdb-client", client, 1002);
 }
+
+/// A temp dir with [`make_pki`]'s set and an unrelated CA `other_ca`.
+pub fn pki_with_other_ca() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("mqdb-pki-")
+        .tempdir()
+        .expect("temp dir for certificates");
+    make_pki(dir.path());
+    make_ca(dir.path(), "other_ca");
+    dir
+}
