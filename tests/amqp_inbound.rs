@@ -58,15 +58,18 @@ fn route(name: &str, queue: &str, table: &str, columns: &[(&str, &str)], extra: 
 /// The table for `{"id":…,"v":…}` messages ([`id_payloads`]) and their redelivered flag.
 const ID_COLUMNS: &str = "id INTEGER PRIMARY KEY, v TEXT NOT NULL, re BOOLEAN";
 
-/// A JSON route into an [`ID_COLUMNS`] table, with `extra` settings.
-fn id_route(name: &str, queue: &str, table: &str, extra: &[&str]) -> Route {
-    let columns = [
-        ("id", "payload.id"),
-        ("v", "payload.v"),
-        ("re", "meta.redelivered"),
-    ];
-    route(name, queue, table, &columns, extra).set("format", "json")
+/// A durable queue, an [`ID_COLUMNS`] table and a config with a JSON route `name` between
+/// them (`extra` settings), the broker at `amqp_url` and PostgreSQL at `cs`.
+fn id_case(name: &str, amqp_url: &str, cs: &str, extra: &[&str]) -> IdCase {
+    let (world, queue) = World::with_queue(&format!("mqdb_in_{name}"));
+    let table = TempTable::create(&Db::Postgres, &format!("amqp_{name}"), ID_COLUMNS);
+    let columns = pairs("id=payload.id v=payload.v re=meta.redelivered");
+    let route = route(name, &queue, &table.name, &columns, extra).set("format", "json");
+    let config = world.config(amqp_url, cs, route);
+    (world, queue, table, config)
 }
+
+type IdCase = (World, String, TempTable, PathBuf);
 
 /// Each of `n` ids stored once with its own value, and nothing dead-lettered.
 fn assert_each_id_once(db: &Db, t: &str, n: i64, config: &Path) {
@@ -380,18 +383,16 @@ fn database_outage_holds_prefetch_unacked_and_catches_up_postgres() {
     // Given a bridge that reaches PostgreSQL through a proxy, consuming with prefetch 50, and
     // a first message stored (the database path works)
     let db = Db::Postgres;
-    let (world, queue) = World::with_queue("mqdb_in_outage");
     let proxy = TcpProxy::start(([127, 0, 0, 1], 5432).into());
-    let table = TempTable::create(&db, "amqp_outage", ID_COLUMNS);
-    let t = table.name.clone();
     let prefetch = 50;
     let extra = [
         &format!("prefetch: {prefetch}"),
         "batch: { max_rows: 100, max_delay: 50ms }",
         "on_conflict: error",
     ];
-    let route = id_route("outage", &queue, &t, &extra);
-    let config = world.config(Rabbit::URL, &db.connection_string_via(proxy.port), route);
+    let cs = db.connection_string_via(proxy.port);
+    let (world, queue, table, config) = id_case("outage", Rabbit::URL, &cs, &extra);
+    let t = &table.name;
     let mut bridge = Bridge::start(&config);
     wait_consuming(&mut bridge, &queue);
     world.rabbit.publish_to_queue(&queue, id_payloads(0..1));
@@ -439,7 +440,7 @@ fn database_outage_holds_prefetch_unacked_and_catches_up_postgres() {
     wait_queue_drained(&mut bridge, &queue);
     let requeued = scalar(&db, &format!("SELECT COUNT(*) FROM {t} WHERE re"));
     assert_eq!(requeued, 0, "messages were requeued during the outage");
-    assert_each_id_once(&db, &t, n as i64 + 1, &config);
+    assert_each_id_once(&db, t, n as i64 + 1, &config);
     let reconnected = proxy.accepted() >= 2;
     assert!(
         reconnected,
@@ -454,24 +455,22 @@ fn sigkill_mid_stream_then_restart_stores_every_message_once_postgres() {
     // Given 2000 messages waiting in a durable queue, and a test transaction holding id 1000
     // so the batch containing it cannot commit
     let db = Db::Postgres;
-    let (world, queue) = World::with_queue("mqdb_in_kill");
-    let table = TempTable::create(&db, "amqp_kill", ID_COLUMNS);
-    let t = table.name.clone();
     let extra = [
         "prefetch: 300",
         "batch: { max_rows: 100, max_delay: 50ms }",
         "on_conflict: ignore",
         "key: [id]",
     ];
-    let route = id_route("kill", &queue, &t, &extra);
-    let config = world.config(Rabbit::URL, &db.connection_string(), route);
+    let (world, queue, table, config) =
+        id_case("kill", Rabbit::URL, &db.connection_string(), &extra);
+    let t = &table.name;
     let n = 2000_i64;
     world.rabbit.publish_to_queue(&queue, id_payloads(1..=n));
     let blocker = hold(&format!("INSERT INTO {t} (id, v) VALUES (1000, 'blocker')"));
 
     // When the bridge runs until its batch with id 1000 waits on that lock, and is killed
     let mut bridge = Bridge::start(&config);
-    wait_blocked(&mut bridge, &t);
+    wait_blocked(&mut bridge, t);
     bridge.kill();
     let count_sql = format!("SELECT COUNT(*) FROM {t}");
     let before_kill = scalar(&db, &count_sql);
@@ -507,7 +506,7 @@ fn sigkill_mid_stream_then_restart_stores_every_message_once_postgres() {
         scalar(&db, &format!("SELECT MIN(id) + MAX(id) FROM {t}")),
         1 + n
     );
-    assert_each_id_once(&db, &t, n, &config);
+    assert_each_id_once(&db, t, n, &config);
     let flag = |id: i64| {
         let rows = db.query(&format!("SELECT re FROM {t} WHERE id = {id}"));
         parse_bool(rows[0][0].as_deref().expect("re is not NULL"))
@@ -527,22 +526,20 @@ fn broker_connection_cut_loses_and_duplicates_nothing_postgres() {
     // queue, and a test transaction that locks the table, so received messages stay
     // uncommitted and unacknowledged
     let db = Db::Postgres;
-    let (world, queue) = World::with_queue("mqdb_in_bcut");
     let proxy = TcpProxy::start(Rabbit::addr());
-    let table = TempTable::create(&db, "amqp_bcut", ID_COLUMNS);
-    let t = table.name.clone();
     let extra = [
         "prefetch: 200",
         "batch: { max_rows: 50, max_delay: 50ms }",
         "on_conflict: ignore",
         "key: [id]",
     ];
-    let route = id_route("bcut", &queue, &t, &extra);
-    let config = world.config(&Rabbit::url_via(proxy.port), &db.connection_string(), route);
+    let url = Rabbit::url_via(proxy.port);
+    let (world, queue, table, config) = id_case("bcut", &url, &db.connection_string(), &extra);
+    let t = &table.name;
     let locker = hold(&format!("LOCK TABLE {t} IN SHARE MODE"));
     world.rabbit.publish_to_queue(&queue, id_payloads(1..=1000));
     let mut bridge = Bridge::start(&config);
-    wait_blocked(&mut bridge, &t);
+    wait_blocked(&mut bridge, t);
 
     // When the broker connection is cut, the lock is released (the held batch may commit,
     // but its acknowledgements cannot reach the broker) and 1000 more messages arrive
@@ -574,7 +571,7 @@ fn broker_connection_cut_loses_and_duplicates_nothing_postgres() {
     proxy.set_down(false);
     wait_for_count(&mut bridge, &db, &count_sql, 2000);
     wait_queue_drained(&mut bridge, &queue);
-    assert_each_id_once(&db, &t, 2000, &config);
+    assert_each_id_once(&db, t, 2000, &config);
     assert!(proxy.accepted() >= 2, "the bridge never reconnected");
     terminate_ok(&mut bridge);
     eprintln!("rows before the broker came back: {during}");

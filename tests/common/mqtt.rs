@@ -40,23 +40,15 @@ impl Mosquitto {
             .prefix("mqdb-mosquitto-")
             .tempdir()
             .expect("temp dir for mosquitto");
-        let extra_config = extra.to_owned();
+        let (child, extra_config) = (None, extra.to_owned());
         let mut m = Mosquitto {
             port: 0,
             dir,
-            child: None,
+            child,
             extra_config,
         };
-        let mut last_log = String::new();
-        for _attempt in 0..5 {
-            m.port = free_port();
-            match m.spawn() {
-                Ok(()) => return m,
-                // Most likely the free port was taken in between; try another one.
-                Err(log) => last_log = log,
-            }
-        }
-        panic!("mosquitto did not start after 5 attempts; last log:\n{last_log}");
+        m.spawn_retrying(5, true);
+        m
     }
 
     /// A private broker with a second listener, on the returned port, that serves the
@@ -91,16 +83,23 @@ impl Mosquitto {
     /// is running).
     pub fn restart(&mut self) {
         self.stop();
-        // The port was ours a moment ago; retry briefly in case the old socket lingers.
+        self.spawn_retrying(20, false);
+    }
+
+    /// Spawns up to `attempts` times, each on a new free port if `new_port` (another process
+    /// may take one before mosquitto binds it), else on the same (its old socket may linger).
+    fn spawn_retrying(&mut self, attempts: u32, new_port: bool) {
         let mut last = String::new();
-        for _ in 0..20 {
+        for _ in 0..attempts {
+            self.port = if new_port { free_port() } else { self.port };
             match self.spawn() {
                 Ok(()) => return,
                 Err(log) => last = log,
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        panic!("mosquitto did not restart on port {}:\n{last}", self.port);
+        let port = self.port;
+        panic!("mosquitto did not start on port {port} in {attempts} attempts:\n{last}");
     }
 
     /// Restarts without the persistence file: every session, subscription, queued and
@@ -129,7 +128,6 @@ impl Mosquitto {
         matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
     }
 
-    /// The broker's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
@@ -571,12 +569,11 @@ impl Subscriber {
         }
     }
 
-    /// Messages received so far.
     pub fn count(&self) -> usize {
         self.conn.shared.read(|st| st.messages.len())
     }
 
-    /// A copy of every message received so far, in arrival order.
+    /// Every message received so far, in arrival order.
     pub fn messages(&self) -> Vec<Received> {
         self.conn.shared.read(|st| st.messages.clone())
     }

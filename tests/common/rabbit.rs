@@ -173,13 +173,8 @@ impl Rabbit {
 
     /// Declares a non-durable exchange of `kind` (`direct`, `topic`, `fanout`); deleted on drop.
     pub fn declare_exchange(&mut self, name: &str, kind: &str) {
-        let kind = match kind {
-            "direct" => ExchangeKind::Direct,
-            "topic" => ExchangeKind::Topic,
-            "fanout" => ExchangeKind::Fanout,
-            "headers" => ExchangeKind::Headers,
-            other => ExchangeKind::Custom(other.to_owned()),
-        };
+        // lapin sends any kind by its name alone.
+        let kind = ExchangeKind::Custom(kind.to_owned());
         self.rt
             .block_on(self.channel.exchange_declare(
                 name.into(),
@@ -234,17 +229,16 @@ impl Rabbit {
     /// The number of messages ready in `queue` (a passive declare; messages a consumer holds
     /// unacknowledged are not counted).
     pub fn ready_count(&self, queue: &str) -> u32 {
-        let options = QueueDeclareOptions {
+        let passive = QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()
         };
         let declare = self
             .channel
-            .queue_declare(queue.into(), options, FieldTable::default());
+            .queue_declare(queue.into(), passive, FieldTable::default());
         let declared = self.rt.block_on(declare);
-        declared
-            .unwrap_or_else(|e| panic!("passive declare of queue {queue}: {e}"))
-            .message_count()
+        let declared = declared.unwrap_or_else(|e| panic!("passive declare of {queue}: {e}"));
+        declared.message_count()
     }
 
     /// Deletes `queue` on drop, whoever declares it (e.g. the bridge). Call it before the
@@ -316,24 +310,16 @@ impl Rabbit {
     /// Publishes one persistent message per payload to the default exchange, routed to
     /// `queue` by its name, and waits for every confirm.
     pub fn publish_to_queue(&self, queue: &str, payloads: Vec<Vec<u8>>) {
-        self.publish_all(
-            "",
-            payloads
-                .into_iter()
-                .map(|p| (queue.to_owned(), p, Vec::new()))
-                .collect(),
-        );
+        let messages = payloads
+            .into_iter()
+            .map(|p| (queue.to_owned(), p, Vec::new()));
+        self.publish_all("", messages.collect());
     }
 
     /// The broker's view of `queue` (`rabbitmqctl list_queues`), `None` if it does not exist.
     pub fn queue_info(queue: &str) -> Option<QueueInfo> {
-        let fields = [
-            "messages",
-            "messages_ready",
-            "messages_unacknowledged",
-            "durable",
-        ];
-        let row = ctl_row(&[&["list_queues", "name"], &fields[..]].concat(), queue)?;
+        let list = "list_queues name messages messages_ready messages_unacknowledged durable";
+        let row = ctl_row(&list.split(' ').collect::<Vec<_>>(), queue)?;
         let [_, messages, ready, unacked, durable] = &row[..] else {
             panic!("rabbitmqctl list_queues: unexpected line {row:?}");
         };
@@ -430,25 +416,25 @@ impl Drop for Rabbit {
             // may this one by a failed delete (then the next one gets another).
             let mut channel = conn.create_channel().await.unwrap_or(old);
             let mut failed = Vec::new();
-            for q in queues {
-                let deleted = channel
-                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                    .await;
+            let queues = queues.into_iter().map(|q| (q, true));
+            for (name, queue) in queues.chain(exchanges.into_iter().map(|x| (x, false))) {
+                let deleted = if queue {
+                    let options = QueueDeleteOptions::default();
+                    channel
+                        .queue_delete(name.as_str().into(), options)
+                        .await
+                        .map(drop)
+                } else {
+                    let options = ExchangeDeleteOptions::default();
+                    channel.exchange_delete(name.as_str().into(), options).await
+                };
                 if deleted.is_err() {
-                    failed.push(q);
+                    if queue {
+                        failed.push(name);
+                    }
                     if let Ok(c) = conn.create_channel().await {
                         channel = c;
                     }
-                }
-            }
-            for x in exchanges {
-                let deleted = channel
-                    .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-                if deleted.is_err()
-                    && let Ok(c) = conn.create_channel().await
-                {
-                    channel = c;
                 }
             }
             let _ = conn.close(200, "bye".into()).await;

@@ -125,9 +125,7 @@ impl RabbitNode {
         let stopped = wait_child(&mut child, Duration::from_secs(30)).is_some()
             && wait_group_gone(group, Duration::from_secs(10));
         if !stopped {
-            signal_group(group, "KILL");
-            let _ = child.wait();
-            wait_group_gone(group, Duration::from_secs(10));
+            kill_group(&mut child);
         }
     }
 
@@ -201,8 +199,7 @@ impl RabbitNode {
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 // The VM may outlive the start script for a moment.
-                signal_group(child.id(), "KILL");
-                wait_group_gone(child.id(), Duration::from_secs(10));
+                kill_group(&mut child);
                 return Err(format!("exited with {status}:\n{}", self.log()));
             }
             if accepts(self.amqp_port) && accepts(self.tls_port) {
@@ -217,9 +214,7 @@ impl RabbitNode {
                 return Ok(());
             }
             if started.elapsed() > START_DEADLINE {
-                signal_group(child.id(), "KILL");
-                let _ = child.wait();
-                wait_group_gone(child.id(), Duration::from_secs(10));
+                kill_group(&mut child);
                 panic!(
                     "the private RabbitMQ node {} did not accept on ports {} and {} within \
                      {START_DEADLINE:?}:\n{}",
@@ -240,36 +235,32 @@ impl Drop for RabbitNode {
     }
 }
 
-/// Sends `signal` to every process of the process group `group` (which this module created
-/// with the node's start script as its leader).
-fn signal_group(group: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg("--")
-        .arg(format!("-{group}"))
+/// Runs `kill -SIGNAL -- -GROUP` for the process group this module created with the node's
+/// start script as its leader; whether it succeeded (with signal `0`: whether any is left).
+fn signal_group(group: u32, signal: &str) -> bool {
+    let kill = Command::new("kill")
+        .args([format!("-{signal}"), "--".into(), format!("-{group}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
+    kill.is_ok_and(|s| s.success())
 }
 
-/// Waits until no process of `group` is left (`kill -0` fails); false after `timeout`.
+/// Waits until no process of `group` is left; false after `timeout`.
 fn wait_group_gone(group: u32, timeout: Duration) -> bool {
     let start = Instant::now();
-    loop {
-        let alive = Command::new("kill")
-            .arg("-0")
-            .arg("--")
-            .arg(format!("-{group}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !alive {
-            return true;
-        }
+    while signal_group(group, "0") {
         if start.elapsed() >= timeout {
             return false;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    true
+}
+
+/// SIGKILL to the whole group, and waits for it.
+fn kill_group(child: &mut Child) {
+    signal_group(child.id(), "KILL");
+    let _ = child.wait();
+    wait_group_gone(child.id(), Duration::from_secs(10));
 }
