@@ -8,8 +8,9 @@ mod common;
 use std::path::PathBuf;
 
 use common::{
-    Bridge, Config, Db, RabbitNode, TempTable, Workdir, amqp_route, dlq_list, id_payloads,
-    pki_with_other_ca, run_check, terminate_ok, unique, wait_consuming, wait_for_count, wait_until,
+    Bridge, Config, Db, RabbitNode, TempTable, Workdir, amqp_route, check_route, dlq_list,
+    id_payloads, pki_with_other_ca, terminate_ok, unique, wait_consuming, wait_for_count,
+    wait_until,
 };
 use serde_json::{Value as Json, json};
 
@@ -63,20 +64,6 @@ impl Setup {
         let config = config.broker("r", &url, json!({ "tls": tls }));
         let config = config.database("d", &Db::Postgres.connection_string());
         config.inbound(route).write()
-    }
-
-    /// Runs `check` on `config`, expecting `code`; returns the line for the route and the
-    /// whole output with the config (for messages).
-    fn check(&self, config: &PathBuf, code: i32, status: &str) -> (String, String, String) {
-        let (got, out, err) = run_check(config);
-        let text = std::fs::read_to_string(config).expect("read the config");
-        let show = format!("{text}\n{out}{err}");
-        assert_eq!(got, Some(code), "{show}");
-        let route = format!("inbound {}:", self.name);
-        let lines: Vec<&str> = out.lines().filter(|l| l.contains(&route)).collect();
-        assert_eq!(lines.len(), 1, "one line for the route:\n{show}");
-        assert!(lines[0].starts_with(status), "not {status}:\n{show}");
-        (lines[0].to_lowercase(), err, show)
     }
 }
 
@@ -134,7 +121,7 @@ fn amqps_with_client_certificate_run_and_check() {
         "messages left in {}",
         s.queue
     );
-    s.check(&config, 0, "ok");
+    check_route(&config, 0, s.name, "ok");
 }
 
 #[test]
@@ -143,13 +130,14 @@ fn amqps_check_fails_without_client_certificate_or_with_a_wrong_ca() {
     let s = Setup::new("amqps_chk");
     let mut client = s.node.client();
     client.declare_durable_queue(&s.queue);
-    s.check(&s.config("good.yaml", "ca.pem", true), 0, "ok");
+    check_route(&s.config("good.yaml", "ca.pem", true), 0, s.name, "ok");
 
     // When `check` runs without a client certificate (the CA alone), then it fails for the
     // route naming the broker and that a client certificate is wanted: RabbitMQ closes the
     // socket right after its `certificate_required` alert, so the alert is often lost to a
     // reset, and the bridge says what is wanted either way
-    let (fail, _, show) = s.check(&s.config("no_cert.yaml", "ca.pem", false), 1, "FAIL");
+    let no_cert = s.config("no_cert.yaml", "ca.pem", false);
+    let [fail, _, show] = check_route(&no_cert, 1, s.name, "FAIL");
     assert!(fail.contains("broker r"), "{show}");
     assert!(
         fail.contains("client certificate"),
@@ -164,7 +152,8 @@ fn amqps_check_fails_without_client_certificate_or_with_a_wrong_ca() {
 
     // When `check` runs with a CA that did not sign the server's certificate, then it fails
     // for the route naming the broker and the certificate it could not verify
-    let (fail, err, show) = s.check(&s.config("wrong_ca.yaml", "other_ca.pem", true), 1, "FAIL");
+    let wrong_ca = s.config("wrong_ca.yaml", "other_ca.pem", true);
+    let [fail, err, show] = check_route(&wrong_ca, 1, s.name, "FAIL");
     assert!(
         fail.contains("broker r")
             && fail.contains("certificate")

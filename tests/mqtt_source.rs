@@ -9,9 +9,9 @@ use std::ops::Range;
 use std::path::PathBuf;
 
 use common::{
-    Bridge, Config, Db, LIVENESS, Mosquitto, Route, TempTable, World, dlq_list, path_str,
-    pki_with_other_ca, publish_retained, run_check, run_mqdb, settings, terminate_ok, unique,
-    with_mqtt5,
+    Bridge, Config, Db, LIVENESS, Mosquitto, Route, TempTable, World, check_route, dlq_list,
+    path_str, pki_with_other_ca, publish_retained, run_check, run_mqdb, settings, terminate_ok,
+    unique, with_mqtt5,
 };
 use serde_json::Value as Json;
 
@@ -46,8 +46,12 @@ fn part_route(name: &str, root: &str, table: &str) -> Route {
         .lines(&[batch])
 }
 
-fn scalar(sql: &str) -> i64 {
-    common::scalar(&Db::Postgres, sql)
+/// `SELECT expr FROM t WHERE cond` as an integer.
+fn int(t: &str, expr: &str, cond: &str) -> i64 {
+    common::scalar(
+        &Db::Postgres,
+        &format!("SELECT {expr} FROM {t} WHERE {cond}"),
+    )
 }
 
 fn rows(sql: &str) -> Vec<Vec<Option<String>>> {
@@ -124,19 +128,10 @@ fn back_pressure_delivers_everything(max_in_flight: usize) {
 
     // Then every message is exactly one row
     wait_for_count(&mut bridge, &format!("SELECT COUNT(*) FROM {t}"), 3000);
-    assert_eq!(
-        scalar(&format!("SELECT COUNT(DISTINCT seq) FROM {t}")),
-        3000
-    );
-    assert_eq!(
-        scalar(&format!("SELECT MIN(seq) + MAX(seq) FROM {t}")),
-        2999
-    );
-    let sql = format!(
-        "SELECT COUNT(*) FROM {t} WHERE (part = 'queued' AND seq < 1500) \
-         OR (part = 'live' AND seq >= 1500)"
-    );
-    assert_eq!(scalar(&sql), 3000);
+    assert_eq!(int(&t, "COUNT(DISTINCT seq)", "TRUE"), 3000);
+    assert_eq!(int(&t, "MIN(seq) + MAX(seq)", "TRUE"), 2999);
+    let cond = "(part = 'queued' AND seq < 1500) OR (part = 'live' AND seq >= 1500)";
+    assert_eq!(int(&t, "COUNT(*)", cond), 3000);
     // And nothing was dead-lettered, and the broker connection never had to be re-made
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
     terminate_ok(&mut bridge);
@@ -277,10 +272,7 @@ fn qos_0_1_2_routes_with_wildcards_and_captures() {
     // confirmed) before every matching message on the same connection, so the broker would
     // have delivered them first, and each route commits in receive order.
     for t in &tables {
-        let strays = scalar(&format!(
-            "SELECT COUNT(*) FROM {} WHERE seq >= 9000",
-            t.name
-        ));
+        let strays = int(&t.name, "COUNT(*)", "seq >= 9000");
         assert_eq!(strays, 0, "a stray message landed in {}", t.name);
     }
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
@@ -321,12 +313,9 @@ fn resubscribes_when_the_broker_lost_the_session() {
     let after = seq_messages(|_| format!("{root}/after"), 1000..1500);
     world.publisher().publish_all_confirmed(after, 1);
     wait_for_count(&mut bridge, &count_sql, 702);
-    let sql = format!("SELECT COUNT(DISTINCT seq) FROM {t} WHERE part = 'after' AND seq >= 1000");
-    assert_eq!(scalar(&sql), 500);
-    assert_eq!(
-        scalar(&format!("SELECT COUNT(*) FROM {t} WHERE part = 'before'")),
-        200
-    );
+    let after = int(&t, "COUNT(DISTINCT seq)", "part = 'after' AND seq >= 1000");
+    assert_eq!(after, 500);
+    assert_eq!(int(&t, "COUNT(*)", "part = 'before'"), 200);
     let probes = rows(&format!(
         "SELECT part FROM {t} WHERE seq < 0 ORDER BY seq DESC"
     ));
@@ -475,11 +464,8 @@ fn tls_with_client_certificates_run_and_check() {
 
     // Then every message is one row
     wait_for_count(&mut bridge, &format!("SELECT COUNT(*) FROM {t}"), 600);
-    assert_eq!(scalar(&format!("SELECT COUNT(DISTINCT seq) FROM {t}")), 600);
-    assert_eq!(
-        scalar(&format!("SELECT COUNT(*) FROM {t} WHERE part = 'live'")),
-        300
-    );
+    assert_eq!(int(&t, "COUNT(DISTINCT seq)", "TRUE"), 600);
+    assert_eq!(int(&t, "COUNT(*)", "part = 'live'"), 300);
     assert_eq!(dlq_list(&good), Vec::<Json>::new());
     terminate_ok(&mut bridge);
     let log = plain_log(&bridge);
@@ -490,14 +476,13 @@ fn tls_with_client_certificates_run_and_check() {
     );
 
     // And `check` with the same config passes, also by IP address (the IP SAN)
-    let (code, out, err) = run_check(&good);
-    assert_eq!(code, Some(0), "check failed:\n{out}{err}");
-    let ok = out
-        .lines()
-        .any(|l| l.starts_with("ok") && l.contains("inbound tls"));
-    assert!(ok, "no ok line for route tls:\n{out}{err}");
-    let (code, out, err) = run_check(&config("by_ip.yaml", "127.0.0.1", "ca.pem", true));
-    assert_eq!(code, Some(0), "check by IP failed:\n{out}{err}");
+    check_route(&good, 0, "tls", "ok");
+    check_route(
+        &config("by_ip.yaml", "127.0.0.1", "ca.pem", true),
+        0,
+        "tls",
+        "ok",
+    );
 
     // And `check` with an unrelated CA fails, naming the broker, and so does one without a
     // client certificate, which the broker refuses

@@ -49,7 +49,7 @@ mod world;
 #[allow(unused_imports)]
 pub use bridge::{Bridge, mqdb_bin, mqdb_command, run_mqdb};
 #[allow(unused_imports)]
-pub use check_cmd::run_check;
+pub use check_cmd::{check_route, run_check};
 #[allow(unused_imports)]
 pub use checks::{
     LIVENESS, dlq_list, path_str, run_bounded, scalar, terminate_ok, try_scalar, wait_for,

@@ -79,8 +79,7 @@ impl Mosquitto {
         }
     }
 
-    /// Starts the broker again on the same port, config and persistence (stops it first if it
-    /// is running).
+    /// Stops the broker and starts it again on the same port, config and persistence.
     pub fn restart(&mut self) {
         self.stop();
         self.spawn_retrying(20, false);
@@ -115,7 +114,6 @@ impl Mosquitto {
         }
     }
 
-    /// `mqtt://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
@@ -467,8 +465,7 @@ impl Publisher {
         self.wait_confirmed();
     }
 
-    /// Waits until everything published so far is confirmed (see
-    /// [`Publisher::publish_all_confirmed`]).
+    /// Waits until everything published so far is confirmed.
     pub fn wait_confirmed(&self) {
         let want12 = self.queued_qos12.load(Ordering::SeqCst);
         let want0 = self.queued_qos0.load(Ordering::SeqCst);
@@ -514,7 +511,6 @@ impl Drop for Publisher {
     }
 }
 
-/// A message a [`Subscriber`] received.
 #[derive(Clone, Debug)]
 pub struct Received {
     pub topic: String,

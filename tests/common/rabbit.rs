@@ -16,7 +16,6 @@ use std::process::{Command, Stdio};
 
 use super::{Bridge, Route, wait_for};
 
-/// A connection and a channel to the shared RabbitMQ, plus what the test declared.
 pub struct Rabbit {
     rt: tokio::runtime::Runtime,
     conn: Connection,
@@ -30,9 +29,7 @@ pub struct Rabbit {
 /// An AMQP header value for [`Rabbit::publish`].
 #[derive(Clone, Debug)]
 pub enum Header {
-    /// A long string.
     Str(String),
-    /// A signed 64-bit integer.
     Int(i64),
     /// A signed 32-bit integer (what many clients send for small numbers).
     Int32(i32),
@@ -125,7 +122,6 @@ fn parse_bool_field(text: &str, what: &str) -> bool {
 }
 
 impl Rabbit {
-    /// The shared broker, directly (not through a proxy).
     pub const URL: &'static str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
     /// The shared broker reached at `127.0.0.1:port` (e.g. through a [`super::TcpProxy`]).
@@ -138,7 +134,6 @@ impl Rabbit {
         std::net::SocketAddr::from(([127, 0, 0, 1], 5672))
     }
 
-    /// Connects to [`Rabbit::URL`].
     pub fn connect() -> Rabbit {
         Rabbit::connect_to(Rabbit::URL)
     }
@@ -186,8 +181,7 @@ impl Rabbit {
         self.exchanges.push(name.to_owned());
     }
 
-    /// Declares a non-durable queue (reachable through the default exchange by its name);
-    /// deleted on drop.
+    /// Declares a non-durable queue; deleted on drop.
     pub fn declare_queue(&mut self, queue: &str) {
         self.declare(queue, false, None);
     }
@@ -197,8 +191,8 @@ impl Rabbit {
         self.declare(queue, false, Some((exchange, routing_key)));
     }
 
-    /// Declares a durable queue (as the bridge declares the queues it consumes), reachable
-    /// through the default exchange by its name; deleted on drop.
+    /// Declares a durable queue (as the bridge declares the queues it consumes); deleted on
+    /// drop.
     pub fn declare_durable_queue(&mut self, queue: &str) {
         self.declare(queue, true, None);
     }
@@ -307,8 +301,7 @@ impl Rabbit {
         });
     }
 
-    /// Publishes one persistent message per payload to the default exchange, routed to
-    /// `queue` by its name, and waits for every confirm.
+    /// Publishes one persistent message per payload to `queue` (by the default exchange).
     pub fn publish_to_queue(&self, queue: &str, payloads: Vec<Vec<u8>>) {
         let messages = payloads
             .into_iter()
@@ -335,8 +328,7 @@ impl Rabbit {
         })
     }
 
-    /// The broker's view of `exchange` (`rabbitmqctl list_exchanges`), `None` if it does not
-    /// exist.
+    /// The broker's view of `exchange` (`rabbitmqctl list_exchanges`), if it exists.
     pub fn exchange_info(exchange: &str) -> Option<ExchangeInfo> {
         let row = ctl_row(&["list_exchanges", "name", "type", "durable"], exchange)?;
         let [_, kind, durable] = &row[..] else {
@@ -348,8 +340,7 @@ impl Rabbit {
         })
     }
 
-    /// Takes every message currently in `queue` (basic.get with no_ack until it is empty), in
-    /// queue order.
+    /// Takes every message currently in `queue`, in queue order.
     pub fn take_all(&self, queue: &str) -> Vec<AmqpMessage> {
         self.take_up_to(queue, usize::MAX)
     }
@@ -410,31 +401,24 @@ impl Drop for Rabbit {
         let queues = std::mem::take(&mut self.queues);
         let exchanges = std::mem::take(&mut self.exchanges);
         let conn = &self.conn;
-        let old = self.channel.clone();
         let failed: Vec<String> = self.rt.block_on(async move {
-            // A fresh channel: the test's may have been closed by a channel error, and so
-            // may this one by a failed delete (then the next one gets another).
-            let mut channel = conn.create_channel().await.unwrap_or(old);
+            // A fresh channel for each delete: the test's may have been closed by a channel
+            // error, and a failed delete closes its own.
             let mut failed = Vec::new();
-            let queues = queues.into_iter().map(|q| (q, true));
-            for (name, queue) in queues.chain(exchanges.into_iter().map(|x| (x, false))) {
-                let deleted = if queue {
-                    let options = QueueDeleteOptions::default();
-                    channel
-                        .queue_delete(name.as_str().into(), options)
-                        .await
-                        .map(drop)
-                } else {
-                    let options = ExchangeDeleteOptions::default();
-                    channel.exchange_delete(name.as_str().into(), options).await
+            for q in queues {
+                let options = QueueDeleteOptions::default();
+                let deleted = match conn.create_channel().await {
+                    Ok(c) => c.queue_delete(q.as_str().into(), options).await.is_ok(),
+                    Err(_) => false,
                 };
-                if deleted.is_err() {
-                    if queue {
-                        failed.push(name);
-                    }
-                    if let Ok(c) = conn.create_channel().await {
-                        channel = c;
-                    }
+                if !deleted {
+                    failed.push(q);
+                }
+            }
+            for x in exchanges {
+                if let Ok(c) = conn.create_channel().await {
+                    let options = ExchangeDeleteOptions::default();
+                    let _ = c.exchange_delete(x.as_str().into(), options).await;
                 }
             }
             let _ = conn.close(200, "bye".into()).await;

@@ -24,11 +24,9 @@ const START_DEADLINE: Duration = Duration::from_secs(120);
 
 /// A private RabbitMQ node with a plain and a TLS (client certificate required) listener.
 pub struct RabbitNode {
-    /// `mqdbtls-…@localhost`
     pub node: String,
-    /// Plain AMQP on 127.0.0.1.
     pub amqp_port: u16,
-    /// AMQP over TLS on 127.0.0.1; the client must present a certificate.
+    /// The client must present a certificate.
     pub tls_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -65,12 +63,10 @@ impl RabbitNode {
         panic!("the private RabbitMQ node did not start after 3 attempts; last output:\n{last}");
     }
 
-    /// `amqp://guest:guest@127.0.0.1:AMQP_PORT/%2f`
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port)
     }
 
-    /// `amqps://guest:guest@HOST:TLS_PORT/%2f`
     pub fn amqps_url(&self, host: &str) -> String {
         format!("amqps://guest:guest@{host}:{}/%2f", self.tls_port)
     }
@@ -109,8 +105,7 @@ impl RabbitNode {
         ])
     }
 
-    /// A client of the plain listener (what it declares lives as long as the node or the
-    /// client).
+    /// A client of the plain listener.
     pub fn client(&self) -> Rabbit {
         Rabbit::connect_to(&self.amqp_url())
     }
