@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 mod bridge;
+mod check_cmd;
 mod checks;
 mod config;
 mod db;
@@ -30,6 +31,8 @@ mod world;
 #[allow(unused_imports)]
 pub use bridge::{Bridge, mqdb_bin, mqdb_command, run_mqdb};
 #[allow(unused_imports)]
+pub use check_cmd::{check_route, run_check};
+#[allow(unused_imports)]
 pub use checks::{
     LIVENESS, dlq_list, dlq_list_in, path_str, run_bounded, scalar, terminate_ok, try_scalar,
     wait_for, wait_for_count,
@@ -49,13 +52,16 @@ pub use mqtt5::{Received5, Subscriber5};
 #[allow(unused_imports)]
 pub use proxy::TcpProxy;
 #[allow(unused_imports)]
-pub use rabbit::{AmqpMessage, ExchangeInfo, Header, Outgoing, QueueInfo, Rabbit};
+pub use rabbit::{
+    AmqpMessage, ExchangeInfo, Header, Outgoing, QueueInfo, Rabbit, amqp_route, id_payloads,
+    wait_consuming, wait_queue, wait_queue_drained,
+};
 #[allow(unused_imports)]
 pub use rabbit_node::RabbitNode;
 #[allow(unused_imports)]
 pub use store::StateStore;
 #[allow(unused_imports)]
-pub use tls::{make_ca, make_leaf, make_pki, openssl};
+pub use tls::{make_ca, make_leaf, make_pki, openssl, pki_with_other_ca};
 #[allow(unused_imports)]
 pub use values::{parse_ts, pg_lock_waiters, ts};
 #[allow(unused_imports)]

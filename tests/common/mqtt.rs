@@ -6,12 +6,14 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::{LIVENESS, free_port, send_signal, unique, wait_child};
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+/// How long a client waits for its CONNACK and SUBACKs.
+const HANDSHAKE: Duration = Duration::from_secs(20);
 
 /// A private mosquitto on a free `127.0.0.1` port.
 ///
@@ -23,7 +25,6 @@ pub struct Mosquitto {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
-    /// Lines appended to the generated config (e.g. a TLS listener).
     extra_config: String,
 }
 
@@ -32,44 +33,32 @@ impl Mosquitto {
         Mosquitto::start_with_extra_config("")
     }
 
-    /// Like [`Mosquitto::start`], with `extra` appended verbatim to the generated config
-    /// (for example a second `listener PORT 127.0.0.1` block with `cafile`, `certfile`,
-    /// `keyfile` and `require_certificate true`). The main listener stays plain MQTT on
-    /// [`Mosquitto::port`]; a port named in `extra` is the caller's to choose.
+    /// Like [`Mosquitto::start`], with `extra` appended verbatim to the generated config (e.g.
+    /// a second `listener`); the main listener stays plain MQTT on [`Mosquitto::port`].
     pub fn start_with_extra_config(extra: &str) -> Mosquitto {
         let dir = tempfile::Builder::new()
             .prefix("mqdb-mosquitto-")
             .tempdir()
             .expect("temp dir for mosquitto");
+        let (child, extra_config) = (None, extra.to_owned());
         let mut m = Mosquitto {
             port: 0,
             dir,
-            child: None,
-            extra_config: extra.to_owned(),
+            child,
+            extra_config,
         };
-        let mut last_log = String::new();
-        for _attempt in 0..5 {
-            m.port = free_port();
-            match m.spawn() {
-                Ok(()) => return m,
-                // Most likely the free port was taken in between; try another one.
-                Err(log) => last_log = log,
-            }
-        }
-        panic!("mosquitto did not start after 5 attempts; last log:\n{last_log}");
+        m.spawn_retrying(5, true);
+        m
     }
 
-    /// Stops the broker with SIGTERM and waits; mosquitto writes its persistence file on the
-    /// way out. Idempotent.
     /// A private broker with a second listener, on the returned port, that serves the
     /// `server` certificate of `pki` (see `make_pki`) and requires a client certificate
     /// signed by its `ca`.
     pub fn start_tls(pki: &std::path::Path) -> (Mosquitto, u16) {
         let file = |name: &str| pki.join(name).display().to_string();
-        let port = super::free_port();
+        let port = free_port();
         let broker = Mosquitto::start_with_extra_config(&format!(
-            "listener {port} 127.0.0.1\n\
-             cafile {}\ncertfile {}\nkeyfile {}\n\
+            "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
              require_certificate true\n",
             file("ca.pem"),
             file("server.pem"),
@@ -78,6 +67,7 @@ impl Mosquitto {
         (broker, port)
     }
 
+    /// SIGTERM and wait (mosquitto writes its persistence file on the way out). Idempotent.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             send_signal(child.id(), "TERM");
@@ -89,37 +79,41 @@ impl Mosquitto {
         }
     }
 
-    /// Starts the broker again on the same port, config and persistence (stops it first if it
-    /// is running).
+    /// Stops the broker and starts it again on the same port, config and persistence.
     pub fn restart(&mut self) {
         self.stop();
-        // The port was ours a moment ago; retry briefly in case the old socket lingers.
+        self.spawn_retrying(20, false);
+    }
+
+    /// Spawns up to `attempts` times, each on a new free port if `new_port` (another process
+    /// may take one before mosquitto binds it), else on the same (its old socket may linger).
+    fn spawn_retrying(&mut self, attempts: u32, new_port: bool) {
         let mut last = String::new();
-        for _ in 0..20 {
+        for _ in 0..attempts {
+            self.port = if new_port { free_port() } else { self.port };
             match self.spawn() {
                 Ok(()) => return,
                 Err(log) => last = log,
             }
             std::thread::sleep(Duration::from_millis(250));
         }
-        panic!("mosquitto did not restart on port {}:\n{last}", self.port);
+        let port = self.port;
+        panic!("mosquitto did not start on port {port} in {attempts} attempts:\n{last}");
     }
 
-    /// Stops the broker, deletes its persistence file, and starts it again on the same port
-    /// and config: every session, subscription, queued and retained message is gone, as if
-    /// the broker had been replaced.
+    /// Restarts without the persistence file: every session, subscription, queued and
+    /// retained message is gone, as if the broker had been replaced.
     pub fn restart_clean(&mut self) {
         self.stop();
         let db = self.dir.path().join("mosquitto.db");
         match std::fs::remove_file(&db) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => panic!("remove {}: {e}", db.display()),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                panic!("remove {}: {e}", db.display())
+            }
+            _ => self.restart(),
         }
-        self.restart();
     }
 
-    /// `mqtt://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
@@ -129,13 +123,9 @@ impl Mosquitto {
     }
 
     pub fn is_running(&mut self) -> bool {
-        match &mut self.child {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
     }
 
-    /// The broker's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
@@ -144,34 +134,21 @@ impl Mosquitto {
         self.dir.path().join("mosquitto.log")
     }
 
-    fn write_config(&self) -> PathBuf {
+    /// Spawns the process and waits until the port accepts. `Err(log)` if it exited.
+    fn spawn(&mut self) -> Result<(), String> {
         let dir = self.dir.path();
-        let config = format!(
-            "listener {port} 127.0.0.1\n\
-             allow_anonymous true\n\
-             max_queued_messages 0\n\
-             max_queued_bytes 0\n\
-             max_inflight_messages 1000\n\
-             persistence true\n\
-             persistence_location {dir}/\n\
-             autosave_interval 1800\n\
-             log_dest file {log}\n\
-             set_tcp_nodelay true\n\
-             user root\n\
-             {extra}\n",
+        let config = dir.join("mosquitto.conf");
+        let text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
+             max_queued_bytes 0\nmax_inflight_messages 1000\npersistence true\n\
+             persistence_location {dir}/\nautosave_interval 1800\nlog_dest file {log}\n\
+             set_tcp_nodelay true\nuser root\n{extra}\n",
             port = self.port,
             dir = dir.display(),
             log = self.log_path().display(),
             extra = self.extra_config,
         );
-        let path = dir.join("mosquitto.conf");
-        std::fs::write(&path, config).expect("write mosquitto.conf");
-        path
-    }
-
-    /// Spawns the process and waits until the port accepts. `Err(log)` if it exited.
-    fn spawn(&mut self) -> Result<(), String> {
-        let config = self.write_config();
+        std::fs::write(&config, text).expect("write mosquitto.conf");
         let mut child = Command::new(MOSQUITTO)
             .arg("-c")
             .arg(&config)
@@ -192,9 +169,9 @@ impl Mosquitto {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
+                let port = self.port;
                 panic!(
-                    "mosquitto on port {} did not accept within 20 s:\n{}",
-                    self.port,
+                    "mosquitto on port {port} did not accept within 20 s:\n{}",
                     self.log()
                 );
             }
@@ -238,26 +215,14 @@ struct Shared<S> {
 
 impl<S> Shared<S> {
     fn new(s: S) -> Arc<Self> {
-        Arc::new(Shared {
-            state: Mutex::new(s),
-            changed: Condvar::new(),
-        })
+        let (state, changed) = (Mutex::new(s), Condvar::new());
+        Arc::new(Shared { state, changed })
     }
 
     /// Locks, ignoring poison: a test thread that panicked while waiting must not take the
     /// event loop thread down with a second, confusing panic.
-    fn lock(&self) -> std::sync::MutexGuard<'_, S> {
+    fn lock(&self) -> MutexGuard<'_, S> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn wait_timeout<'a>(
-        &self,
-        guard: std::sync::MutexGuard<'a, S>,
-    ) -> std::sync::MutexGuard<'a, S> {
-        match self.changed.wait_timeout(guard, Duration::from_millis(100)) {
-            Ok((g, _)) => g,
-            Err(e) => e.into_inner().0,
-        }
     }
 
     fn update<R>(&self, f: impl FnOnce(&mut S) -> R) -> R {
@@ -270,73 +235,171 @@ impl<S> Shared<S> {
         f(&self.lock())
     }
 
-    /// Waits until `done` holds; panics with `what` and `describe(state)` when `progress`
-    /// (a monotonic counter) has not moved for `stall`.
-    fn wait(
+    /// Waits until `done` holds and returns `done`'s view of the state; panics with `what`
+    /// and `describe(state)` when `progress` (a monotonic counter) has not moved for `stall`.
+    /// With a constant `progress`, `stall` is a plain deadline.
+    fn wait<R>(
         &self,
         what: &str,
         stall: Duration,
-        mut done: impl FnMut(&S) -> bool,
+        mut done: impl FnMut(&S) -> Option<R>,
         progress: impl Fn(&S) -> u64,
         describe: impl Fn(&S) -> String,
-    ) {
+    ) -> R {
         let mut guard = self.lock();
         let mut last = progress(&guard);
         let mut since = Instant::now();
-        while !done(&guard) {
+        loop {
+            if let Some(r) = done(&guard) {
+                return r;
+            }
             let p = progress(&guard);
             if p != last {
-                last = p;
-                since = Instant::now();
+                (last, since) = (p, Instant::now());
             } else if since.elapsed() >= stall {
-                panic!(
-                    "no progress for {stall:?} waiting for {what}: {}",
-                    describe(&guard)
-                );
+                let state = describe(&guard);
+                panic!("no progress for {stall:?} waiting for {what}: {state}");
             }
-            guard = self.wait_timeout(guard);
+            guard = match self.changed.wait_timeout(guard, Duration::from_millis(100)) {
+                Ok((g, _)) => g,
+                Err(e) => e.into_inner().0,
+            };
         }
     }
 }
 
-/// Runs a rumqttc event loop on its own thread with its own current-thread tokio runtime, so
-/// it never depends on (or blocks) the test's runtime. Errors are passed to `on_event` and
-/// the loop reconnects after 200 ms. Stops when `stop` is set or the client is dropped.
-fn spawn_event_loop(
-    name: String,
-    connection: Connection,
+/// What a client's event loop has seen.
+#[derive(Default)]
+struct State {
+    /// Packet ids sent (QoS 1/2) and not yet PUBACKed / PUBCOMPed.
+    outstanding: HashSet<u16>,
+    acked: u64,
+    sent_qos0: u64,
+    /// Unacked publishes known to be discarded on a reconnect without a session.
+    lost: u64,
+    messages: Vec<Received>,
+    /// `session_present` of each CONNACK.
+    connacks: Vec<bool>,
+    subacks: u64,
+    disconnect_sent: bool,
+    connected: bool,
+    errors: u64,
+    last_error: Option<String>,
+}
+
+impl State {
+    fn on_event(&mut self, event: Result<&Event, String>) {
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                self.connected = true;
+                self.connacks.push(ack.session_present);
+                if !ack.session_present {
+                    self.lost += self.outstanding.len() as u64;
+                    self.outstanding.clear();
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(0))) => self.sent_qos0 += 1,
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                self.outstanding.insert(*pkid);
+            }
+            Ok(Event::Incoming(Packet::PubAck(rumqttc::PubAck { pkid })))
+            | Ok(Event::Incoming(Packet::PubComp(rumqttc::PubComp { pkid }))) => {
+                if self.outstanding.remove(pkid) {
+                    self.acked += 1;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => self.subacks += 1,
+            Ok(Event::Incoming(Packet::Publish(p))) => self.messages.push(Received {
+                topic: p.topic.clone(),
+                payload: p.payload.to_vec(),
+                qos: p.qos as u8,
+                retain: p.retain,
+                dup: p.dup,
+            }),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => self.disconnect_sent = true,
+            Ok(_) => {}
+            Err(e) => {
+                self.connected = false;
+                self.errors += 1;
+                self.last_error = Some(e);
+            }
+        }
+    }
+}
+
+/// A client connected to `127.0.0.1:port` whose event loop runs on its own thread with its
+/// own current-thread tokio runtime, so it never depends on (or blocks) the test's runtime.
+/// The loop reconnects after 200 ms on errors and stops when this is dropped.
+struct Conn {
+    id: String,
+    client: Client,
+    shared: Arc<Shared<State>>,
     stop: Arc<AtomicBool>,
-    mut on_event: impl FnMut(Result<&Event, String>) + Send + 'static,
-) {
-    let Connection { mut eventloop, .. } = connection;
-    std::thread::Builder::new()
-        .name(name)
-        .spawn(move || {
+}
+
+impl Conn {
+    /// Connects and waits (up to 20 s) for the CONNACK.
+    fn open(port: u16, client_id: &str, clean_session: bool) -> Conn {
+        let (client, connection) = Client::new(options(client_id, port, clean_session), 1000);
+        let Connection { mut eventloop, .. } = connection;
+        let shared = Shared::new(State::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (s, halt) = (shared.clone(), stop.clone());
+        let run = move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .expect("tokio runtime for the MQTT event loop");
             rt.block_on(async move {
-                while !stop.load(Ordering::SeqCst) {
-                    // A periodic wake-up to check `stop`; the poll future is only cancelled
+                while !halt.load(Ordering::SeqCst) {
+                    // A periodic wake-up to check `halt`; the poll future is only cancelled
                     // when stopping.
                     let polled = tokio::select! {
-                        r = eventloop.poll() => Some(r),
-                        _ = wait_for_flag(&stop) => None,
+                        r = eventloop.poll() => r,
+                        _ = wait_for_flag(&halt) => break,
                     };
                     match polled {
-                        None => break,
-                        Some(Ok(event)) => on_event(Ok(&event)),
-                        Some(Err(rumqttc::ConnectionError::RequestsDone)) => break,
-                        Some(Err(e)) => {
-                            on_event(Err(e.to_string()));
+                        Ok(event) => s.update(|st| st.on_event(Ok(&event))),
+                        Err(rumqttc::ConnectionError::RequestsDone) => break,
+                        Err(e) => {
+                            s.update(|st| st.on_event(Err(e.to_string())));
                             tokio::time::sleep(Duration::from_millis(200)).await;
                         }
                     }
                 }
             });
-        })
-        .expect("spawn MQTT event loop thread");
+        };
+        std::thread::Builder::new()
+            .name(format!("mqtt-{client_id}"))
+            .spawn(run)
+            .expect("spawn MQTT event loop thread");
+        let conn = Conn {
+            id: client_id.to_owned(),
+            client,
+            shared,
+            stop,
+        };
+        conn.wait(&format!("CONNACK from 127.0.0.1:{port}"), |st| {
+            (!st.connacks.is_empty()).then_some(())
+        });
+        conn
+    }
+
+    /// Waits up to 20 s for `done`.
+    fn wait<R>(&self, what: &str, done: impl FnMut(&State) -> Option<R>) -> R {
+        let describe = |st: &State| {
+            let (c, s, e) = (&st.connacks, st.subacks, &st.last_error);
+            format!("connacks {c:?}, subacks {s}, last error {e:?}")
+        };
+        let what = format!("{what} for {}", self.id);
+        self.shared.wait(&what, HANDSHAKE, done, |_| 0, describe)
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
 }
 
 async fn wait_for_flag(flag: &AtomicBool) {
@@ -345,117 +408,47 @@ async fn wait_for_flag(flag: &AtomicBool) {
     }
 }
 
-#[derive(Default)]
-struct PubState {
-    /// Packet ids sent (QoS 1/2) and not yet PUBACKed / PUBCOMPed.
-    outstanding: HashSet<u16>,
-    acked: u64,
-    sent_qos0: u64,
-    /// Unacked publishes known to be discarded on a reconnect without a session.
-    lost: u64,
-    connected: bool,
-    connacks: u64,
-    errors: u64,
-    last_error: Option<String>,
-}
-
 /// An MQTT publisher (clean session, unique client id, up to 100 QoS 1/2 messages in flight)
 /// whose event loop runs on its own thread. Usable from sync and async tests.
 ///
-/// Note: with a clean session rumqttc discards unacknowledged publishes when it reconnects,
-/// so a broker restart during [`Publisher::publish_all_confirmed`] makes it panic (reporting
-/// the loss) rather than silently lose messages.
+/// With a clean session rumqttc discards unacknowledged publishes when it reconnects, so a
+/// broker restart during [`Publisher::publish_all_confirmed`] makes it panic (reporting the
+/// loss) rather than silently lose messages.
 pub struct Publisher {
     pub client_id: String,
-    client: Client,
-    shared: Arc<Shared<PubState>>,
+    conn: Conn,
     queued_qos12: AtomicU64,
     queued_qos0: AtomicU64,
-    stop: Arc<AtomicBool>,
 }
 
 impl Publisher {
     /// Connects to `127.0.0.1:port` and waits (up to 20 s) for the CONNACK.
     pub fn connect(port: u16) -> Publisher {
         let client_id = unique("pub");
-        let (client, connection) = Client::new(options(&client_id, port, true), 1000);
-        let shared = Shared::new(PubState::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = shared.clone();
-        spawn_event_loop(
-            format!("mqtt-{client_id}"),
-            connection,
-            stop.clone(),
-            move |event| {
-                s.update(|st| match event {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                        st.connected = true;
-                        st.connacks += 1;
-                        if !ack.session_present {
-                            st.lost += st.outstanding.len() as u64;
-                            st.outstanding.clear();
-                        }
-                    }
-                    Ok(Event::Outgoing(Outgoing::Publish(0))) => st.sent_qos0 += 1,
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        st.outstanding.insert(*pkid);
-                    }
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if st.outstanding.remove(&ack.pkid) {
-                            st.acked += 1;
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::PubComp(comp))) => {
-                        if st.outstanding.remove(&comp.pkid) {
-                            st.acked += 1;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        st.connected = false;
-                        st.errors += 1;
-                        st.last_error = Some(e);
-                    }
-                })
-            },
-        );
-        let p = Publisher {
+        let conn = Conn::open(port, &client_id, true);
+        let (queued_qos12, queued_qos0) = (AtomicU64::new(0), AtomicU64::new(0));
+        Publisher {
             client_id,
-            client,
-            shared,
-            queued_qos12: AtomicU64::new(0),
-            queued_qos0: AtomicU64::new(0),
-            stop,
-        };
-        p.wait_connected(port);
-        p
-    }
-
-    fn wait_connected(&self, port: u16) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut st = self.shared.lock();
-        while st.connacks == 0 {
-            if Instant::now() > deadline {
-                panic!(
-                    "publisher {} got no CONNACK from 127.0.0.1:{port} in 20 s (last error: {:?})",
-                    self.client_id, st.last_error
-                );
-            }
-            st = self.shared.wait_timeout(st);
+            conn,
+            queued_qos12,
+            queued_qos0,
         }
     }
 
     /// Queues one publish (blocks only while rumqttc's request channel is full).
     pub fn publish(&self, topic: &str, qos: u8, payload: impl Into<Vec<u8>>) {
-        let q = self::qos(qos);
-        let counter = if qos == 0 {
-            &self.queued_qos0
-        } else {
-            &self.queued_qos12
+        self.send(topic, qos, false, payload.into());
+    }
+
+    fn send(&self, topic: &str, qos: u8, retain: bool, payload: Vec<u8>) {
+        let counter = match qos {
+            0 => &self.queued_qos0,
+            _ => &self.queued_qos12,
         };
         counter.fetch_add(1, Ordering::SeqCst);
-        self.client
-            .publish(topic, q, false, payload.into())
+        let client = &self.conn.client;
+        client
+            .publish(topic, self::qos(qos), retain, payload)
             .unwrap_or_else(|e| panic!("publish to {topic}: {e}"));
     }
 
@@ -472,13 +465,12 @@ impl Publisher {
         self.wait_confirmed();
     }
 
-    /// Waits until everything published so far is confirmed (see
-    /// [`Publisher::publish_all_confirmed`]).
+    /// Waits until everything published so far is confirmed.
     pub fn wait_confirmed(&self) {
         let want12 = self.queued_qos12.load(Ordering::SeqCst);
         let want0 = self.queued_qos0.load(Ordering::SeqCst);
-        let id = self.client_id.clone();
-        self.shared.wait(
+        let id = &self.client_id;
+        self.conn.shared.wait(
             &format!("publisher {id} confirmations"),
             Duration::from_secs(30),
             |st| {
@@ -489,7 +481,7 @@ impl Publisher {
                         st.lost, st.last_error
                     );
                 }
-                st.acked >= want12 && st.sent_qos0 >= want0
+                (st.acked >= want12 && st.sent_qos0 >= want0).then_some(())
             },
             |st| st.acked + st.sent_qos0,
             |st| {
@@ -509,18 +501,16 @@ impl Publisher {
 
     /// QoS 1/2 publishes confirmed so far.
     pub fn acked(&self) -> u64 {
-        self.shared.read(|st| st.acked)
+        self.conn.shared.read(|st| st.acked)
     }
 }
 
 impl Drop for Publisher {
     fn drop(&mut self) {
-        let _ = self.client.try_disconnect();
-        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.conn.client.try_disconnect();
     }
 }
 
-/// A message a [`Subscriber`] received.
 #[derive(Clone, Debug)]
 pub struct Received {
     pub topic: String,
@@ -536,26 +526,13 @@ impl Received {
     }
 }
 
-#[derive(Default)]
-struct SubState {
-    messages: Vec<Received>,
-    connacks: Vec<bool>,
-    subacks: u64,
-    disconnect_sent: bool,
-    connected: bool,
-    errors: u64,
-    last_error: Option<String>,
-}
-
 /// An MQTT subscriber that records every message it receives (acknowledging automatically)
 /// on its own event loop thread.
 pub struct Subscriber {
     pub client_id: String,
     /// Whether the broker resumed an existing session on the first CONNACK.
     pub session_present: bool,
-    client: Client,
-    shared: Arc<Shared<SubState>>,
-    stop: Arc<AtomicBool>,
+    conn: Conn,
 }
 
 impl Subscriber {
@@ -573,117 +550,52 @@ impl Subscriber {
         clean_session: bool,
         filters: &[(&str, u8)],
     ) -> Subscriber {
-        let (client, connection) = Client::new(options(client_id, port, clean_session), 1000);
-        let shared = Shared::new(SubState::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = shared.clone();
-        spawn_event_loop(
-            format!("mqtt-{client_id}"),
-            connection,
-            stop.clone(),
-            move |event| {
-                s.update(|st| match event {
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                        st.connected = true;
-                        st.connacks.push(ack.session_present);
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => st.subacks += 1,
-                    Ok(Event::Incoming(Packet::Publish(p))) => st.messages.push(Received {
-                        topic: p.topic.clone(),
-                        payload: p.payload.to_vec(),
-                        qos: p.qos as u8,
-                        retain: p.retain,
-                        dup: p.dup,
-                    }),
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) => st.disconnect_sent = true,
-                    Ok(_) => {}
-                    Err(e) => {
-                        st.connected = false;
-                        st.errors += 1;
-                        st.last_error = Some(e);
-                    }
-                })
-            },
-        );
-        let describe = |st: &SubState| {
-            format!(
-                "connacks {:?}, subacks {}, last error {:?}",
-                st.connacks, st.subacks, st.last_error
-            )
-        };
-        shared.wait(
-            &format!("CONNACK for {client_id} from 127.0.0.1:{port}"),
-            Duration::from_secs(20),
-            |st| !st.connacks.is_empty(),
-            |_| 0,
-            describe,
-        );
+        let conn = Conn::open(port, client_id, clean_session);
         for (filter, q) in filters {
-            client
-                .subscribe(*filter, qos(*q))
-                .unwrap_or_else(|e| panic!("subscribe {filter}: {e}"));
+            let subscribed = conn.client.subscribe(*filter, qos(*q));
+            subscribed.unwrap_or_else(|e| panic!("subscribe {filter}: {e}"));
         }
         let want = filters.len() as u64;
-        shared.wait(
-            &format!("SUBACKs for {client_id}"),
-            Duration::from_secs(20),
-            |st| st.subacks >= want,
-            |_| 0,
-            describe,
-        );
-        let session_present = shared.read(|st| st.connacks[0]);
+        conn.wait("SUBACKs", |st| (st.subacks >= want).then_some(()));
+        let session_present = conn.shared.read(|st| st.connacks[0]);
         Subscriber {
             client_id: client_id.to_owned(),
             session_present,
-            client,
-            shared,
-            stop,
+            conn,
         }
     }
 
-    /// Messages received so far.
     pub fn count(&self) -> usize {
-        self.shared.read(|st| st.messages.len())
+        self.conn.shared.read(|st| st.messages.len())
     }
 
-    /// A copy of every message received so far, in arrival order.
+    /// Every message received so far, in arrival order.
     pub fn messages(&self) -> Vec<Received> {
-        self.shared.read(|st| st.messages.clone())
+        self.conn.shared.read(|st| st.messages.clone())
     }
 
     /// Waits until at least `n` messages arrived; panics after `timeout` (a liveness deadline).
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.shared.lock();
-        while st.messages.len() < n {
-            if Instant::now() > deadline {
-                panic!(
-                    "subscriber {} got {} of {n} messages in {timeout:?} (last error {:?})",
-                    self.client_id,
-                    st.messages.len(),
-                    st.last_error
-                );
-            }
-            st = self.shared.wait_timeout(st);
-        }
-        st.messages.clone()
+        self.conn.shared.wait(
+            &format!("{n} messages for subscriber {}", self.client_id),
+            timeout,
+            |st| (st.messages.len() >= n).then(|| st.messages.clone()),
+            |_| 0,
+            |st| {
+                let (got, e) = (st.messages.len(), &st.last_error);
+                format!("got {got} of {n} messages (last error {e:?})")
+            },
+        )
     }
 
     /// Sends DISCONNECT (so a persistent session is kept without a will), waits for it to be
     /// written (up to 10 s), then stops the event loop.
     pub fn disconnect(self) {
-        let _ = self.client.disconnect();
+        let _ = self.conn.client.disconnect();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.shared.read(|st| st.disconnect_sent) && Instant::now() < deadline {
+        while !self.conn.shared.read(|st| st.disconnect_sent) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        // Drop stops the event loop.
-    }
-}
-
-impl Drop for Subscriber {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
     }
 }
 
@@ -731,35 +643,8 @@ pub fn with_mqtt5(
 /// Publishes one retained message at `qos` (1 or 2) and waits for its confirmation, so the
 /// next subscriber of a matching filter receives it as soon as its subscription is in place.
 pub fn publish_retained(port: u16, topic: &str, qos: u8, payload: &str) {
-    let q = match qos {
-        1 => rumqttc::QoS::AtLeastOnce,
-        2 => rumqttc::QoS::ExactlyOnce,
-        other => panic!("a retained probe needs QoS 1 or 2, not {other}"),
-    };
-    let mut options = rumqttc::MqttOptions::new(unique("retainer"), "127.0.0.1", port);
-    options.set_keep_alive(Duration::from_secs(30));
-    let (client, mut connection) = rumqttc::Client::new(options, 10);
-    client
-        .publish(topic, q, true, payload.as_bytes().to_vec())
-        .expect("queue the retained publish");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match connection.recv_timeout(left) {
-            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))))
-            | Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubComp(_)))) => break,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => panic!("retained publish to {topic}: {e}"),
-            Err(_) => panic!("no confirmation for the retained publish to {topic} within 20 s"),
-        }
-    }
-    let _ = client.disconnect();
-    while let Ok(Ok(event)) = connection.recv_timeout(Duration::from_secs(2)) {
-        if matches!(
-            event,
-            rumqttc::Event::Outgoing(rumqttc::Outgoing::Disconnect)
-        ) {
-            break;
-        }
-    }
+    assert!(qos > 0, "a retained probe needs QoS 1 or 2, not {qos}");
+    let publisher = Publisher::connect(port);
+    publisher.send(topic, qos, true, payload.as_bytes().to_vec());
+    publisher.wait_confirmed();
 }

@@ -1,13 +1,8 @@
-//! A RabbitMQ client for tests (the shared broker on 127.0.0.1:5672, guest/guest), usable from
-//! sync tests: it owns a small tokio runtime and blocks on each call.
+//! A RabbitMQ client for sync tests (it owns a small tokio runtime and blocks on each call),
+//! and waits on the broker's view of a queue while a bridge consumes it.
 //!
-//! The tests declare their own (uniquely named) exchanges and queues; they are deleted when
-//! the [`Rabbit`] is dropped, also when the test panics. So are the queues and exchanges the
-//! bridge declared, once the test hands their names to [`Rabbit::adopt_queue`] and
-//! [`Rabbit::adopt_exchange`].
-//!
-//! [`Rabbit::queue_info`] and [`Rabbit::exchange_info`] read the broker's own view with
-//! `rabbitmqctl` (about a second per call).
+//! What a test declares, or adopts by name ([`Rabbit::adopt_queue`]) before the bridge
+//! declares it, is deleted when the [`Rabbit`] is dropped, also when the test panics.
 
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
@@ -17,8 +12,10 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
 };
+use std::process::{Command, Stdio};
 
-/// A connection and a channel to the shared RabbitMQ, plus what the test declared.
+use super::{Bridge, Route, wait_for};
+
 pub struct Rabbit {
     rt: tokio::runtime::Runtime,
     conn: Connection,
@@ -32,9 +29,7 @@ pub struct Rabbit {
 /// An AMQP header value for [`Rabbit::publish`].
 #[derive(Clone, Debug)]
 pub enum Header {
-    /// A long string.
     Str(String),
-    /// A signed 64-bit integer.
     Int(i64),
     /// A signed 32-bit integer (what many clients send for small numbers).
     Int32(i32),
@@ -87,19 +82,20 @@ pub struct ExchangeInfo {
     pub durable: bool,
 }
 
-/// Runs `rabbitmqctl -q ARGS --no-table-headers` and returns its stdout lines split on tabs.
-fn rabbitmqctl_rows(args: &[&str]) -> Vec<Vec<String>> {
-    let out = std::process::Command::new("rabbitmqctl")
+/// Runs `cmd -q ARGS --no-table-headers` (a `rabbitmqctl`) and returns its stdout lines
+/// split on tabs (about a second per call).
+pub(crate) fn ctl_rows(mut cmd: Command, args: &[&str]) -> Vec<Vec<String>> {
+    let out = cmd
         .arg("-q")
         .args(args)
         .arg("--no-table-headers")
-        .stdin(std::process::Stdio::null())
+        .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("run rabbitmqctl {args:?}: {e}"));
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
-        "rabbitmqctl {args:?} failed ({}): {stdout}{}",
+        "{cmd:?} failed ({}): {stdout}{}",
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
@@ -108,6 +104,13 @@ fn rabbitmqctl_rows(args: &[&str]) -> Vec<Vec<String>> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| l.split('\t').map(|f| f.trim().to_owned()).collect())
         .collect()
+}
+
+/// The row of `list` (a `rabbitmqctl` listing) whose first field is `name`.
+fn ctl_row(list: &[&str], name: &str) -> Option<Vec<String>> {
+    let rows = ctl_rows(Command::new("rabbitmqctl"), list);
+    rows.into_iter()
+        .find(|r| r.first().map(String::as_str) == Some(name))
 }
 
 fn parse_bool_field(text: &str, what: &str) -> bool {
@@ -119,7 +122,6 @@ fn parse_bool_field(text: &str, what: &str) -> bool {
 }
 
 impl Rabbit {
-    /// The shared broker, directly (not through a proxy).
     pub const URL: &'static str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
     /// The shared broker reached at `127.0.0.1:port` (e.g. through a [`super::TcpProxy`]).
@@ -132,44 +134,42 @@ impl Rabbit {
         std::net::SocketAddr::from(([127, 0, 0, 1], 5672))
     }
 
-    /// Connects to [`Rabbit::URL`] and opens one channel.
     pub fn connect() -> Rabbit {
+        Rabbit::connect_to(Rabbit::URL)
+    }
+
+    /// Connects to the broker at `url` and opens a channel, and one in confirm mode.
+    pub fn connect_to(url: &str) -> Rabbit {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("tokio runtime for the AMQP test client");
         let (conn, channel, confirms) = rt.block_on(async {
-            let conn = Connection::connect(Rabbit::URL, ConnectionProperties::default())
+            let conn = Connection::connect(url, ConnectionProperties::default())
                 .await
-                .unwrap_or_else(|e| panic!("connect {}: {e}", Rabbit::URL));
+                .unwrap_or_else(|e| panic!("connect {url}: {e}"));
             let channel = conn.create_channel().await.expect("open an AMQP channel");
             let confirms = conn.create_channel().await.expect("open an AMQP channel");
-            confirms
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .expect("confirm.select");
+            let select = confirms.confirm_select(ConfirmSelectOptions::default());
+            select.await.expect("confirm.select");
             (conn, channel, confirms)
         });
+        let (exchanges, queues) = (Vec::new(), Vec::new());
         Rabbit {
             rt,
             conn,
             channel,
             confirms,
-            exchanges: Vec::new(),
-            queues: Vec::new(),
+            exchanges,
+            queues,
         }
     }
 
     /// Declares a non-durable exchange of `kind` (`direct`, `topic`, `fanout`); deleted on drop.
     pub fn declare_exchange(&mut self, name: &str, kind: &str) {
-        let kind = match kind {
-            "direct" => ExchangeKind::Direct,
-            "topic" => ExchangeKind::Topic,
-            "fanout" => ExchangeKind::Fanout,
-            "headers" => ExchangeKind::Headers,
-            other => ExchangeKind::Custom(other.to_owned()),
-        };
+        // lapin sends any kind by its name alone.
+        let kind = ExchangeKind::Custom(kind.to_owned());
         self.rt
             .block_on(self.channel.exchange_declare(
                 name.into(),
@@ -181,58 +181,58 @@ impl Rabbit {
         self.exchanges.push(name.to_owned());
     }
 
-    /// Declares a non-durable queue (reachable through the default exchange by its name);
-    /// deleted on drop.
+    /// Declares a non-durable queue; deleted on drop.
     pub fn declare_queue(&mut self, queue: &str) {
-        self.rt
-            .block_on(self.channel.queue_declare(
-                queue.into(),
-                QueueDeclareOptions::default(),
-                FieldTable::default(),
-            ))
-            .unwrap_or_else(|e| panic!("declare queue {queue}: {e}"));
-        self.queues.push(queue.to_owned());
+        self.declare(queue, false, None);
     }
 
     /// Declares a non-durable queue bound to `exchange` with `routing_key`; deleted on drop.
     pub fn declare_bound_queue(&mut self, queue: &str, exchange: &str, routing_key: &str) {
+        self.declare(queue, false, Some((exchange, routing_key)));
+    }
+
+    /// Declares a durable queue (as the bridge declares the queues it consumes); deleted on
+    /// drop.
+    pub fn declare_durable_queue(&mut self, queue: &str) {
+        self.declare(queue, true, None);
+    }
+
+    fn declare(&mut self, queue: &str, durable: bool, bind: Option<(&str, &str)>) {
+        let options = QueueDeclareOptions {
+            durable,
+            ..QueueDeclareOptions::default()
+        };
+        let channel = &self.channel;
         self.rt
             .block_on(async {
-                self.channel
-                    .queue_declare(
-                        queue.into(),
-                        QueueDeclareOptions::default(),
-                        FieldTable::default(),
-                    )
+                let table = FieldTable::default;
+                channel
+                    .queue_declare(queue.into(), options, table())
                     .await?;
-                self.channel
-                    .queue_bind(
-                        queue.into(),
-                        exchange.into(),
-                        routing_key.into(),
-                        QueueBindOptions::default(),
-                        FieldTable::default(),
-                    )
-                    .await
+                let Some((exchange, key)) = bind else {
+                    return Ok(());
+                };
+                let bind_options = QueueBindOptions::default();
+                let (q, x, k) = (queue.into(), exchange.into(), key.into());
+                channel.queue_bind(q, x, k, bind_options, table()).await
             })
-            .unwrap_or_else(|e| panic!("declare queue {queue} bound to {exchange}: {e}"));
+            .unwrap_or_else(|e| panic!("declare queue {queue} (bound: {bind:?}): {e}"));
         self.queues.push(queue.to_owned());
     }
 
-    /// Declares a durable queue (as the bridge declares the queues it consumes), reachable
-    /// through the default exchange by its name; deleted on drop.
-    pub fn declare_durable_queue(&mut self, queue: &str) {
-        self.rt
-            .block_on(self.channel.queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                },
-                FieldTable::default(),
-            ))
-            .unwrap_or_else(|e| panic!("declare durable queue {queue}: {e}"));
-        self.queues.push(queue.to_owned());
+    /// The number of messages ready in `queue` (a passive declare; messages a consumer holds
+    /// unacknowledged are not counted).
+    pub fn ready_count(&self, queue: &str) -> u32 {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let declare = self
+            .channel
+            .queue_declare(queue.into(), passive, FieldTable::default());
+        let declared = self.rt.block_on(declare);
+        let declared = declared.unwrap_or_else(|e| panic!("passive declare of {queue}: {e}"));
+        declared.message_count()
     }
 
     /// Deletes `queue` on drop, whoever declares it (e.g. the bridge). Call it before the
@@ -301,31 +301,18 @@ impl Rabbit {
         });
     }
 
-    /// Publishes one persistent message per payload to the default exchange, routed to
-    /// `queue` by its name, and waits for every confirm.
+    /// Publishes one persistent message per payload to `queue` (by the default exchange).
     pub fn publish_to_queue(&self, queue: &str, payloads: Vec<Vec<u8>>) {
-        self.publish_all(
-            "",
-            payloads
-                .into_iter()
-                .map(|p| (queue.to_owned(), p, Vec::new()))
-                .collect(),
-        );
+        let messages = payloads
+            .into_iter()
+            .map(|p| (queue.to_owned(), p, Vec::new()));
+        self.publish_all("", messages.collect());
     }
 
     /// The broker's view of `queue` (`rabbitmqctl list_queues`), `None` if it does not exist.
     pub fn queue_info(queue: &str) -> Option<QueueInfo> {
-        let rows = rabbitmqctl_rows(&[
-            "list_queues",
-            "name",
-            "messages",
-            "messages_ready",
-            "messages_unacknowledged",
-            "durable",
-        ]);
-        let row = rows
-            .into_iter()
-            .find(|r| r.first().map(String::as_str) == Some(queue))?;
+        let list = "list_queues name messages messages_ready messages_unacknowledged durable";
+        let row = ctl_row(&list.split(' ').collect::<Vec<_>>(), queue)?;
         let [_, messages, ready, unacked, durable] = &row[..] else {
             panic!("rabbitmqctl list_queues: unexpected line {row:?}");
         };
@@ -341,13 +328,9 @@ impl Rabbit {
         })
     }
 
-    /// The broker's view of `exchange` (`rabbitmqctl list_exchanges`), `None` if it does not
-    /// exist.
+    /// The broker's view of `exchange` (`rabbitmqctl list_exchanges`), if it exists.
     pub fn exchange_info(exchange: &str) -> Option<ExchangeInfo> {
-        let rows = rabbitmqctl_rows(&["list_exchanges", "name", "type", "durable"]);
-        let row = rows
-            .into_iter()
-            .find(|r| r.first().map(String::as_str) == Some(exchange))?;
+        let row = ctl_row(&["list_exchanges", "name", "type", "durable"], exchange)?;
         let [_, kind, durable] = &row[..] else {
             panic!("rabbitmqctl list_exchanges: unexpected line {row:?}");
         };
@@ -357,23 +340,9 @@ impl Rabbit {
         })
     }
 
-    /// Takes every message currently in `queue` (basic.get with no_ack until it is empty), in
-    /// queue order.
+    /// Takes every message currently in `queue`, in queue order.
     pub fn take_all(&self, queue: &str) -> Vec<AmqpMessage> {
-        self.rt.block_on(async {
-            let mut out = Vec::new();
-            loop {
-                let got = self
-                    .channel
-                    .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-                    .await
-                    .unwrap_or_else(|e| panic!("basic.get from {queue}: {e}"));
-                match got {
-                    Some(m) => out.push(AmqpMessage::from(&m.delivery)),
-                    None => return out,
-                }
-            }
-        })
+        self.take_up_to(queue, usize::MAX)
     }
 
     /// Takes at most `max` messages from `queue` (basic.get with no_ack until it is empty or
@@ -432,31 +401,24 @@ impl Drop for Rabbit {
         let queues = std::mem::take(&mut self.queues);
         let exchanges = std::mem::take(&mut self.exchanges);
         let conn = &self.conn;
-        let old = self.channel.clone();
         let failed: Vec<String> = self.rt.block_on(async move {
-            // A fresh channel: the test's may have been closed by a channel error, and so
-            // may this one by a failed delete (then the next one gets another).
-            let mut channel = conn.create_channel().await.unwrap_or(old);
+            // A fresh channel for each delete: the test's may have been closed by a channel
+            // error, and a failed delete closes its own.
             let mut failed = Vec::new();
             for q in queues {
-                let deleted = channel
-                    .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                    .await;
-                if deleted.is_err() {
+                let options = QueueDeleteOptions::default();
+                let deleted = match conn.create_channel().await {
+                    Ok(c) => c.queue_delete(q.as_str().into(), options).await.is_ok(),
+                    Err(_) => false,
+                };
+                if !deleted {
                     failed.push(q);
-                    if let Ok(c) = conn.create_channel().await {
-                        channel = c;
-                    }
                 }
             }
             for x in exchanges {
-                let deleted = channel
-                    .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-                    .await;
-                if deleted.is_err()
-                    && let Ok(c) = conn.create_channel().await
-                {
-                    channel = c;
+                if let Ok(c) = conn.create_channel().await {
+                    let options = ExchangeDeleteOptions::default();
+                    let _ = c.exchange_delete(x.as_str().into(), options).await;
                 }
             }
             let _ = conn.close(200, "bye".into()).await;
@@ -464,12 +426,67 @@ impl Drop for Rabbit {
         });
         // Last resort for queues (e.g. the connection is gone): the broker's own tool.
         for q in failed {
-            let _ = std::process::Command::new("rabbitmqctl")
+            let _ = Command::new("rabbitmqctl")
                 .args(["-q", "delete_queue", &q])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
                 .status();
         }
     }
+}
+
+/// Waits until the bridge logs that it consumes `queue` (a line with `consuming` and
+/// `queue=<name>`): from then on its queue (and binding) exist.
+pub fn wait_consuming(bridge: &mut Bridge, queue: &str) {
+    let plain = format!("queue={queue}");
+    let quoted = format!("queue=\"{queue}\"");
+    let log_path = bridge.log_path.clone();
+    let what = format!("the log line `consuming … {plain}`");
+    wait_for(bridge, &what, || {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        Ok(log.lines().any(|l| {
+            l.contains("consuming")
+                && (l.contains(&quoted) || l.split_whitespace().any(|w| w == plain))
+        }))
+    });
+}
+
+/// Waits until `check` accepts the broker's view of `queue` (`Err` fails at once); returns
+/// the last view.
+pub fn wait_queue(
+    bridge: &mut Bridge,
+    queue: &str,
+    what: &str,
+    mut check: impl FnMut(&QueueInfo) -> Result<bool, String>,
+) -> QueueInfo {
+    let mut last = None;
+    wait_for(bridge, &format!("queue {queue}: {what}"), || {
+        let info = Rabbit::queue_info(queue).ok_or_else(|| format!("queue {queue} is gone"))?;
+        last = Some(info);
+        check(&info).map_err(|e| format!("{e} ({info:?})"))
+    });
+    last.expect("at least one look at the queue")
+}
+
+/// Waits until the broker holds nothing for `queue`: every message was acknowledged.
+pub fn wait_queue_drained(bridge: &mut Bridge, queue: &str) {
+    wait_queue(bridge, queue, "every message acknowledged", |q| {
+        Ok(q.messages == 0 && q.unacked == 0)
+    });
+}
+
+/// JSON payloads `{"id":ID,"v":"mID"}`, one per id.
+pub fn id_payloads(ids: impl Iterator<Item = i64>) -> Vec<Vec<u8>> {
+    ids.map(|id| format!(r#"{{"id":{id},"v":"m{id}"}}"#).into_bytes())
+        .collect()
+}
+
+/// An inbound route `name` consuming `queue` from broker `r` into `table` of database `d`.
+pub fn amqp_route(name: &str, queue: &str, table: &str) -> Route {
+    Route::named(name)
+        .set("broker", "r")
+        .set("queue", queue)
+        .set("database", "d")
+        .set("table", table)
 }

@@ -1,30 +1,20 @@
 //! A private RabbitMQ node for TLS tests, so the shared broker (127.0.0.1:5672, no TLS
 //! listener) is never reconfigured or restarted.
 //!
-//! [`RabbitNode::start_tls`] runs `/usr/lib/rabbitmq/bin/rabbitmq-server` in the foreground,
-//! as the current user (root), in its own process group, with everything in a temp dir: node
-//! name `mqdbtls-…@localhost`, mnesia and log dirs, `rabbitmq.conf`, an empty plugins file,
-//! an empty `rabbitmq-env.conf` (the system one names the shared node) and `HOME` (its Erlang
-//! cookie). It listens on free `127.0.0.1` ports: plain AMQP ([`RabbitNode::amqp_port`], for
-//! the test's own client) and TLS ([`RabbitNode::tls_port`]) with `verify_peer` and
-//! `fail_if_no_peer_cert`, so only clients with a certificate the given CA signed get in.
-//! `guest` may connect from anywhere (`loopback_users = none`).
-//!
-//! Dropping it stops the node: SIGTERM to its process group (the start script stops the VM
-//! gracefully), SIGKILL to the group if that takes more than 30 s. This also happens when the
-//! test panics.
+//! It runs `rabbitmq-server` in the foreground in its own process group, with everything in a
+//! temp dir (node name, mnesia and log dirs, config, an empty plugins file, an empty
+//! `rabbitmq-env.conf` since the system one names the shared node, and `HOME` for its Erlang
+//! cookie). Dropping it stops the node: SIGTERM to its process group, SIGKILL if that takes
+//! more than 30 s.
 
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Confirmation, Connection, ConnectionProperties};
-
-use super::{free_port, unique, wait_child};
+use super::rabbit::ctl_rows;
+use super::{Rabbit, free_port, unique, wait_child};
 
 const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 const RABBITMQCTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
@@ -34,11 +24,9 @@ const START_DEADLINE: Duration = Duration::from_secs(120);
 
 /// A private RabbitMQ node with a plain and a TLS (client certificate required) listener.
 pub struct RabbitNode {
-    /// `mqdbtls-…@localhost`
     pub node: String,
-    /// Plain AMQP on 127.0.0.1.
     pub amqp_port: u16,
-    /// AMQP over TLS on 127.0.0.1; the client must present a certificate.
+    /// The client must present a certificate.
     pub tls_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
@@ -75,46 +63,34 @@ impl RabbitNode {
         panic!("the private RabbitMQ node did not start after 3 attempts; last output:\n{last}");
     }
 
-    /// `amqp://guest:guest@127.0.0.1:AMQP_PORT/%2f`
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.amqp_port)
     }
 
-    /// `amqps://guest:guest@HOST:TLS_PORT/%2f`
     pub fn amqps_url(&self, host: &str) -> String {
         format!("amqps://guest:guest@{host}:{}/%2f", self.tls_port)
     }
 
-    /// The node's log so far (its log file, then the start script's stdout and stderr).
+    /// The node's log so far (its log files, then the start script's stdout and stderr).
     pub fn log(&self) -> String {
         let mut text = String::new();
-        for base in self.attempt_dirs() {
+        for attempt in 0..3 {
+            let base = self.dir.path().join(format!("attempt{attempt}"));
             let log = base.join("log").join(format!("{}.log", self.node));
             text.push_str(&std::fs::read_to_string(log).unwrap_or_default());
         }
-        text.push_str(
-            &std::fs::read_to_string(self.dir.path().join("server.out")).unwrap_or_default(),
-        );
-        text
+        let out = self.dir.path().join("server.out");
+        text + &std::fs::read_to_string(out).unwrap_or_default()
     }
 
     /// Runs `rabbitmqctl -n NODE -q ARGS --no-table-headers` against this node and returns its
     /// stdout lines split on tabs (about a second per call).
     pub fn ctl_rows(&self, args: &[&str]) -> Vec<Vec<String>> {
-        let out = self.ctl(&[&["-q"], args, &["--no-table-headers"]].concat());
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "rabbitmqctl -n {} {args:?} failed ({}): {stdout}{}",
-            self.node,
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| l.split('\t').map(|f| f.trim().to_owned()).collect())
-            .collect()
+        let mut cmd = Command::new(RABBITMQCTL);
+        let dir = self.dir.path();
+        cmd.arg("-n").arg(&self.node).env("HOME", dir.join("home"));
+        cmd.env("RABBITMQ_CONF_ENV_FILE", dir.join("rabbitmq-env.conf"));
+        ctl_rows(cmd, args)
     }
 
     /// The node's AMQP connections: `[user, port, ssl, peer_cert_subject]` per connection,
@@ -129,71 +105,9 @@ impl RabbitNode {
         ])
     }
 
-    /// Declares a durable queue over the plain listener (the queue lives as long as the node).
-    pub fn declare_durable_queue(&self, queue: &str) {
-        self.with_channel(|channel| async move {
-            channel
-                .queue_declare(
-                    queue.into(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .unwrap_or_else(|e| panic!("declare durable queue {queue}: {e}"));
-        });
-    }
-
-    /// The number of messages ready in `queue` (a passive declare over the plain listener;
-    /// messages a consumer holds unacknowledged are not counted).
-    pub fn ready_count(&self, queue: &str) -> u32 {
-        self.with_channel(|channel| async move {
-            channel
-                .queue_declare(
-                    queue.into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await
-                .unwrap_or_else(|e| panic!("passive declare of queue {queue}: {e}"))
-                .message_count()
-        })
-    }
-
-    /// Publishes one persistent message per payload to the default exchange, routed to
-    /// `queue` by its name, over the plain listener, and waits for every publisher confirm.
-    pub fn publish_to_queue(&self, queue: &str, payloads: Vec<Vec<u8>>) {
-        self.with_channel(|channel| async move {
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await
-                .expect("confirm.select");
-            let mut pending = Vec::with_capacity(payloads.len());
-            for payload in &payloads {
-                let confirm = channel
-                    .basic_publish(
-                        "".into(),
-                        queue.into(),
-                        BasicPublishOptions::default(),
-                        payload,
-                        BasicProperties::default().with_delivery_mode(2),
-                    )
-                    .await
-                    .unwrap_or_else(|e| panic!("publish to queue {queue}: {e}"));
-                pending.push(confirm);
-            }
-            for (i, confirm) in pending.into_iter().enumerate() {
-                match confirm.await {
-                    Ok(Confirmation::Ack(_)) => {}
-                    other => panic!("publish #{i} to {queue} was not confirmed: {other:?}"),
-                }
-            }
-        });
+    /// A client of the plain listener.
+    pub fn client(&self) -> Rabbit {
+        Rabbit::connect_to(&self.amqp_url())
     }
 
     /// Stops the node and waits until its processes are gone. Idempotent.
@@ -206,65 +120,8 @@ impl RabbitNode {
         let stopped = wait_child(&mut child, Duration::from_secs(30)).is_some()
             && wait_group_gone(group, Duration::from_secs(10));
         if !stopped {
-            signal_group(group, "KILL");
-            let _ = child.wait();
-            wait_group_gone(group, Duration::from_secs(10));
+            kill_group(&mut child);
         }
-    }
-
-    /// Runs `f` with a fresh connection and channel to the plain listener, on a private
-    /// runtime, and closes the connection afterwards.
-    fn with_channel<F, Fut, T>(&self, f: F) -> T
-    where
-        F: FnOnce(lapin::Channel) -> Fut,
-        Fut: std::future::Future<Output = T>,
-    {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime for the AMQP test client");
-        let url = self.amqp_url();
-        rt.block_on(async {
-            let conn = Connection::connect(&url, ConnectionProperties::default())
-                .await
-                .unwrap_or_else(|e| panic!("connect {url}: {e}"));
-            let channel = conn.create_channel().await.expect("open an AMQP channel");
-            let out = f(channel).await;
-            let _ = conn.close(200, "bye".into()).await;
-            out
-        })
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(RABBITMQCTL)
-            .arg("-n")
-            .arg(&self.node)
-            .args(args)
-            .env("HOME", self.dir.path().join("home"))
-            .env(
-                "RABBITMQ_CONF_ENV_FILE",
-                self.dir.path().join("rabbitmq-env.conf"),
-            )
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("run {RABBITMQCTL}: {e}"))
-    }
-
-    fn attempt_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
-            .map(|entries| {
-                entries
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| {
-                        p.file_name()
-                            .and_then(|n| n.to_str())
-                            .is_some_and(|n| n.starts_with("attempt"))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        dirs.sort();
-        dirs
     }
 
     /// Writes the node's files under `base`, starts it and waits until both listeners accept.
@@ -337,8 +194,7 @@ impl RabbitNode {
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 // The VM may outlive the start script for a moment.
-                signal_group(child.id(), "KILL");
-                wait_group_gone(child.id(), Duration::from_secs(10));
+                kill_group(&mut child);
                 return Err(format!("exited with {status}:\n{}", self.log()));
             }
             if accepts(self.amqp_port) && accepts(self.tls_port) {
@@ -353,9 +209,7 @@ impl RabbitNode {
                 return Ok(());
             }
             if started.elapsed() > START_DEADLINE {
-                signal_group(child.id(), "KILL");
-                let _ = child.wait();
-                wait_group_gone(child.id(), Duration::from_secs(10));
+                kill_group(&mut child);
                 panic!(
                     "the private RabbitMQ node {} did not accept on ports {} and {} within \
                      {START_DEADLINE:?}:\n{}",
@@ -376,36 +230,32 @@ impl Drop for RabbitNode {
     }
 }
 
-/// Sends `signal` to every process of the process group `group` (which this module created
-/// with the node's start script as its leader).
-fn signal_group(group: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{signal}"))
-        .arg("--")
-        .arg(format!("-{group}"))
+/// Runs `kill -SIGNAL -- -GROUP` for the process group this module created with the node's
+/// start script as its leader; whether it succeeded (with signal `0`: whether any is left).
+fn signal_group(group: u32, signal: &str) -> bool {
+    let kill = Command::new("kill")
+        .args([format!("-{signal}"), "--".into(), format!("-{group}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
+    kill.is_ok_and(|s| s.success())
 }
 
-/// Waits until no process of `group` is left (`kill -0` fails); false after `timeout`.
+/// Waits until no process of `group` is left; false after `timeout`.
 fn wait_group_gone(group: u32, timeout: Duration) -> bool {
     let start = Instant::now();
-    loop {
-        let alive = Command::new("kill")
-            .arg("-0")
-            .arg("--")
-            .arg(format!("-{group}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !alive {
-            return true;
-        }
+    while signal_group(group, "0") {
         if start.elapsed() >= timeout {
             return false;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    true
+}
+
+/// SIGKILL to the whole group, and waits for it.
+fn kill_group(child: &mut Child) {
+    signal_group(child.id(), "KILL");
+    let _ = child.wait();
+    wait_group_gone(child.id(), Duration::from_secs(10));
 }
