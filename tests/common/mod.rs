@@ -38,6 +38,7 @@ mod mqtt5;
 mod proxy;
 mod rabbit;
 mod rabbit_node;
+mod ran;
 pub mod readme;
 mod store;
 mod tls;
@@ -66,6 +67,8 @@ pub use proxy::TcpProxy;
 pub use rabbit::{AmqpMessage, ExchangeInfo, Header, Outgoing, QueueInfo, Rabbit};
 #[allow(unused_imports)]
 pub use rabbit_node::RabbitNode;
+#[allow(unused_imports)]
+pub use ran::{Ran, line_of, mqdb_at};
 #[allow(unused_imports)]
 pub use store::StateStore;
 #[allow(unused_imports)]

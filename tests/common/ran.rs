@@ -1,0 +1,102 @@
+//! One finished run of the `mqdb` binary, kept whole so that a failed assertion prints its
+//! exit code, stdout and stderr.
+
+use std::fmt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use super::mqdb_command;
+
+pub struct Ran {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// `mqdb -c CONFIG ARGS...` to completion, stdin closed.
+pub fn mqdb_at(config: &Path, args: &[&str]) -> Ran {
+    Ran::of(mqdb_command().arg("-c").arg(config).args(args))
+}
+
+/// The 1-based number of the first line of `text` that contains `needle`.
+pub fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not in:\n{text}"))
+        + 1
+}
+
+impl From<Output> for Ran {
+    fn from(o: Output) -> Ran {
+        Ran {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl fmt::Display for Ran {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (code, out, err) = (self.code, &self.stdout, &self.stderr);
+        write!(f, "status {code:?}\n--- stdout\n{out}--- stderr\n{err}")
+    }
+}
+
+impl Ran {
+    /// Runs `cmd` to completion with stdin closed.
+    pub fn of(cmd: &mut Command) -> Ran {
+        cmd.stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"))
+            .into()
+    }
+
+    /// Asserts the exit code.
+    pub fn code(&self, want: i32) -> &Ran {
+        assert_eq!(self.code, Some(want), "{self}");
+        self
+    }
+
+    pub fn stdout_has(&self, needle: &str) -> &Ran {
+        assert!(
+            self.stdout.contains(needle),
+            "{needle:?} not in stdout\n{self}"
+        );
+        self
+    }
+
+    pub fn stderr_has(&self, needle: &str) -> &Ran {
+        assert!(
+            self.stderr.contains(needle),
+            "{needle:?} not in stderr\n{self}"
+        );
+        self
+    }
+
+    /// Asserts that neither stdout nor stderr contains `secret`.
+    pub fn never_shows(&self, secret: &str) -> &Ran {
+        let all = format!("{}{}", self.stdout, self.stderr);
+        assert!(!all.contains(secret), "{secret:?} was printed\n{self}");
+        self
+    }
+
+    /// `check`'s one line for `route` (`inbound r1`, or a bare route name).
+    pub fn route_line(&self, route: &str) -> &str {
+        let tag = format!(" {route}:");
+        let lines: Vec<&str> = self.stdout.lines().filter(|l| l.contains(&tag)).collect();
+        assert_eq!(lines.len(), 1, "one line for {route}\n{self}");
+        lines[0]
+    }
+
+    /// Asserts `check`'s line for `route` starts with `verdict` (`ok`, `FAIL`) and contains
+    /// every needle.
+    pub fn route_is(&self, route: &str, verdict: &str, needles: &[&str]) -> &Ran {
+        let line = self.route_line(route);
+        assert!(line.starts_with(verdict), "{route}: not {verdict}\n{self}");
+        for n in needles {
+            assert!(line.contains(n), "{route}: {n:?} not in its line\n{self}");
+        }
+        self
+    }
+}
