@@ -6,7 +6,7 @@ mod common;
 
 use common::{
     Bridge, Config, Db, Mosquitto, Ran, Route, TempTable, Workdir, World, free_port, line_of,
-    mqdb_at, mqdb_command, run_mqdb, unique, wait_for, wait_for_count,
+    mqdb_at, mqdb_command, mqdb_env, run_mqdb, unique, wait_for, wait_for_count,
 };
 use serde_json::{Value as Json, json};
 use std::process::Stdio;
@@ -48,6 +48,11 @@ fn site_table(db: &Db, prefix: &str) -> TempTable {
         Db::Sqlite(_) => "site TEXT, v REAL",
     };
     TempTable::create(db, prefix, columns)
+}
+
+/// `mqdb check` on `config`.
+fn check(config: &Config) -> Ran {
+    mqdb_at(&config.write(), &["check"])
 }
 
 /// Runs `check` on a configuration that must be rejected: exit code 2, stderr names
@@ -201,15 +206,11 @@ fn env_substitution_reaches_check_end_to_end() {
         .inbound(site_route("r_env", &table.name))
         .write();
     let run = |args: &[&str], mqtt_port: &str, db: &str| {
-        Ran::of(
-            mqdb_command()
-                .arg("-c")
-                .arg(&path)
-                .args(args)
-                .env(&port_var, mqtt_port)
-                .env(&cid_var, unique("cli_cid"))
-                .env(&db_var, db)
-                .env_remove(&unset),
+        let cid = unique("cli_cid");
+        mqdb_env(
+            &path,
+            args,
+            &[(&port_var, mqtt_port), (&cid_var, &cid), (&db_var, db)],
         )
     };
 
@@ -251,16 +252,12 @@ fn env_substitution_in_route_table_and_topic() {
             &format!("${{{unset}:-{}}}", t2.name),
         ))
         .write();
-    let out = Ran::of(
-        mqdb_command()
-            .arg("-c")
-            .arg(&path)
-            .arg("check")
-            .env(&table_var, &t1.name)
-            .env(&topic_var, "cli_env_topic")
-            .env_remove(&unset),
-    );
-    out.code(0)
+    let env = [
+        (table_var.as_str(), t1.name.as_str()),
+        (&topic_var, "cli_env_topic"),
+    ];
+    mqdb_env(&path, &["check"], &env)
+        .code(0)
         .route_is("inbound r_env", "", &[&t1.name, "cli_env_topic/+/+"])
         .route_is("inbound r_default", "", &[&t2.name]);
 }
@@ -324,7 +321,7 @@ fn check_passes_for_postgres_mariadb_and_sqlite_routes() {
             .database(name, &table.db.connection_string())
             .inbound(route);
     }
-    let out = mqdb_at(&config.write(), &["check"]);
+    let out = check(&config);
     out.code(0);
     let non_empty = out.stdout.lines().filter(|l| !l.trim().is_empty());
     assert_eq!(non_empty.count(), 3, "one line per route\n{out}");
@@ -341,7 +338,7 @@ fn check_fails_naming_route_and_missing_table() {
     let config = base(&work, &Db::Postgres)
         .inbound(site_route("r_present", &present.name))
         .inbound(site_route("r_missing", &missing));
-    mqdb_at(&config.write(), &["check"])
+    check(&config)
         .code(1)
         .route_is("inbound r_missing", "FAIL", &[&missing])
         // The other route is still checked and reported
@@ -357,12 +354,10 @@ fn check_fails_naming_missing_column() {
         ("v", "payload.value"),
         ("humidity_pct", "payload.h"),
     ]);
-    mqdb_at(
-        &base(&work, &Db::MariaDb).inbound(route).write(),
-        &["check"],
-    )
-    .code(1)
-    .route_is("inbound r_col", "FAIL", &["humidity_pct"]);
+    let config = base(&work, &Db::MariaDb).inbound(route);
+    check(&config)
+        .code(1)
+        .route_is("inbound r_col", "FAIL", &["humidity_pct"]);
 }
 
 #[test]
@@ -376,7 +371,7 @@ fn check_fails_naming_unreachable_broker() {
         .broker("deadbroker", &url, json!({ "client_id": unique("cli") }))
         .database("d", &sqlite.connection_string())
         .inbound(site_route("r_nb", &table.name).set("broker", "deadbroker"));
-    mqdb_at(&config.write(), &["check"])
+    check(&config)
         .code(1)
         .route_is("inbound r_nb", "FAIL", &["deadbroker"]);
 }
@@ -387,14 +382,17 @@ fn check_fails_naming_unreachable_database() {
     let config = with_broker(&work)
         .database("deaddb", &Db::Postgres.connection_string_via(free_port()))
         .inbound(site_route("r_nd", "whatever").set("database", "deaddb"));
-    mqdb_at(&config.write(), &["check"])
+    check(&config)
         .code(1)
         .route_is("inbound r_nd", "FAIL", &["deaddb"]);
 }
 
-// ---------------------------------------------------------------------------------------
 // Secrets never appear in any output
-// ---------------------------------------------------------------------------------------
+
+/// PostgreSQL (trust auth, so any password logs in) with `password`.
+fn pg_with(password: &str) -> Json {
+    json!({ "connection_string": Db::Postgres.connection_string(), "password": password })
+}
 
 fn secret() -> String {
     format!("S3cr3t-pw-{}", unique("x"))
@@ -424,15 +422,12 @@ fn wrong_maria_passwords(work: &Workdir) -> [(&'static str, Json, String); 3] {
     let [pw, file_pw, cs_pw] = [secret(), secret(), secret()];
     let file = work.path("db_password");
     std::fs::write(&file, format!("{file_pw}\n")).expect("write the password file");
+    let maria = |key: &str, value: Json| json!({ "connection_string": MARIA_NO_PWD, key: value });
     [
-        (
-            "password.yaml",
-            json!({ "connection_string": MARIA_NO_PWD, "password": pw }),
-            pw,
-        ),
+        ("password.yaml", maria("password", json!(pw)), pw),
         (
             "password_file.yaml",
-            json!({ "connection_string": MARIA_NO_PWD, "password_file": file }),
+            maria("password_file", json!(file)),
             file_pw,
         ),
         (
@@ -464,9 +459,13 @@ fn check_never_prints_database_or_broker_passwords() {
 
     // A succeeding check (PostgreSQL trust auth ignores the password) prints it nowhere
     let ok_secret = secret();
-    let db =
-        json!({ "connection_string": Db::Postgres.connection_string(), "password": ok_secret });
-    let config = secret_config(&work, SHARED_BROKER, &broker_secret, db, &pg.name);
+    let config = secret_config(
+        &work,
+        SHARED_BROKER,
+        &broker_secret,
+        pg_with(&ok_secret),
+        &pg.name,
+    );
     mqdb_at(&config.write(), &["-vv", "check"])
         .code(0)
         .never_shows(&ok_secret)
@@ -501,8 +500,7 @@ fn run_never_logs_passwords() {
 
     // A succeeding run: PostgreSQL (trust) with a password, broker with a password
     let db_secret = secret();
-    let db =
-        json!({ "connection_string": Db::Postgres.connection_string(), "password": db_secret });
+    let db = pg_with(&db_secret);
     let config = secret_config(&work, &broker.url(), &broker_secret, db, &pg.name);
     let mut bridge = Bridge::start_with_env(&config.write(), &env);
     bridge.wait_for_log("route ready", Duration::from_secs(60));
@@ -534,9 +532,7 @@ fn run_never_logs_passwords() {
     }
 }
 
-// ---------------------------------------------------------------------------------------
 // dlq list / show, and JSON logs
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn dlq_on_an_empty_store() {
@@ -637,9 +633,7 @@ fn malformed_message_is_listed_for_its_route_and_logs_are_json() {
     assert!(!log.contains("not json"), "payload in the log:\n{log}");
 }
 
-// ---------------------------------------------------------------------------------------
 // Help and usage errors
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn help_lists_the_commands() {
@@ -729,13 +723,8 @@ fn username_and_password_keys_log_in_on_every_driver() {
         });
         let mut config = with_broker(&work).set("databases", databases);
         for (db, table) in [("pg", &pg), ("my", &my), ("lite", &lite)] {
-            let topic = format!("cli/cred/{db}");
-            let route = Route::named(&format!("r_{db}"))
-                .set("broker", "b")
-                .set("topic", topic)
-                .set("database", db)
-                .set("table", table.name.as_str());
-            config = config.inbound(route);
+            let route = Route::inbound(&format!("r_{db}"), &format!("cli/cred/{db}"), &table.name);
+            config = config.inbound(route.set("database", db));
         }
         config.write()
     };
@@ -770,20 +759,20 @@ fn mqtt_url_credentials_log_in_and_never_show() {
     let sqlite = Db::Sqlite(work.path("data.db"));
     let table = TempTable::create(&sqlite, "cli_url", "v INTEGER");
     let port = broker.port;
-    let check = |url: String| {
+    let check_url = |url: String| {
         let config = work
             .bare_config()
             .broker("b", &url, json!({ "client_id": unique("cli_url") }))
             .database("d", &sqlite.connection_string())
             .inbound(Route::inbound("r", "cli/url", &table.name));
-        mqdb_at(&config.write(), &["check"])
+        check(&config)
     };
 
     // When `check` runs with the credentials in the URL (percent-encoded), with a wrong
     // password, and with a mistyped scheme
-    let good = check(format!("mqtt://plant:s3%40cr%3At@127.0.0.1:{port}"));
-    let bad = check(format!("mqtt://plant:wr0ng@127.0.0.1:{port}"));
-    let typo = check(format!("mqtp://plant:s3%40cr%3At@127.0.0.1:{port}"));
+    let good = check_url(format!("mqtt://plant:s3%40cr%3At@127.0.0.1:{port}"));
+    let bad = check_url(format!("mqtt://plant:wr0ng@127.0.0.1:{port}"));
+    let typo = check_url(format!("mqtp://plant:s3%40cr%3At@127.0.0.1:{port}"));
 
     // Then the right password logs in, the wrong one is refused, the typo is a config
     // error naming the URL without its password, and no password is ever printed

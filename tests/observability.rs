@@ -7,13 +7,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use common::http;
 use common::{
-    Bridge, Db, LIVENESS, Rabbit, Route, TcpProxy, TempTable, Workdir, World, dlq_list, free_port,
-    line_of, path_str, run_bounded, terminate_ok, unique, wait_for, wait_for_count,
+    Bridge, Db, LIVENESS, Rabbit, Ran, Route, TcpProxy, TempTable, Workdir, World, dlq_list,
+    free_port, line_of, mqdb_bounded, path_str, terminate_ok, unique, wait_for, wait_for_count,
 };
 use serde_json::{Value as Json, json};
 
@@ -187,39 +186,35 @@ impl Scrape {
                 Some((le, *v))
             })
             .collect();
+        let (text, last) = (&self.text, buckets.last().copied());
         assert!(
             buckets.len() >= 2,
-            "{route}: fewer than two buckets:\n{}",
-            self.text
+            "{route}: fewer than two buckets:\n{text}"
         );
+        let last_le = last.map(|b| b.0);
         assert_eq!(
-            buckets.last().map(|b| b.0),
+            last_le,
             Some(f64::INFINITY),
-            "{route}: the last bucket is not +Inf:\n{}",
-            self.text
+            "{route}: no +Inf bucket last:\n{text}"
         );
         for pair in buckets.windows(2) {
+            let ((le0, n0), (le1, n1)) = (pair[0], pair[1]);
             assert!(
-                pair[0].0 < pair[1].0,
+                le0 < le1,
                 "{route}: bucket bounds not increasing: {buckets:?}"
             );
             assert!(
-                pair[0].1 <= pair[1].1,
+                n0 <= n1,
                 "{route}: cumulative bucket counts decrease: {buckets:?}"
             );
         }
         let count = self.route("mqdb_batch_seconds_count", route, direction);
         let sum = self.route("mqdb_batch_seconds_sum", route, direction);
-        assert_eq!(
-            buckets.last().map(|b| b.1),
-            Some(count),
-            "{route}: +Inf bucket != _count:\n{}",
-            self.text
-        );
+        let inf = last.map(|b| b.1);
+        assert_eq!(inf, Some(count), "{route}: +Inf bucket != _count:\n{text}");
         assert!(
             sum.is_finite() && sum >= 0.0,
-            "{route}: _sum is {sum}:\n{}",
-            self.text
+            "{route}: _sum is {sum}:\n{text}"
         );
         count
     }
@@ -240,17 +235,17 @@ fn series(name: &str, route: &str, direction: &str) -> String {
 
 /// `GET /metrics` (asserting 200), parsed.
 fn scrape(addr: &str) -> Scrape {
-    let (status, body) = http::get(addr, "/metrics");
-    assert_eq!(status, 200, "GET /metrics: {body}");
-    Scrape::parse(body)
+    metrics(http::get(addr, "/metrics"))
 }
 
 /// `GET /metrics` parsed, `None` while nothing listens.
 fn try_scrape(addr: &str) -> Option<Scrape> {
-    match http::try_get(addr, "/metrics")? {
-        (200, body) => Some(Scrape::parse(body)),
-        (status, body) => panic!("GET /metrics answered {status}: {body}"),
-    }
+    http::try_get(addr, "/metrics").map(metrics)
+}
+
+fn metrics((status, body): (u16, String)) -> Scrape {
+    assert_eq!(status, 200, "GET /metrics: {body}");
+    Scrape::parse(body)
 }
 
 /// A `/health` answer: the status code and the JSON document (asserted to be JSON).
@@ -365,30 +360,24 @@ fn wait_inbound_settled(bridge: &mut Bridge, addr: &str, route: &str, want: i64)
     })
 }
 
-/// `mqdb -c CONFIG health`, bounded by a deadline: exit status, stdout, stderr.
-fn mqdb_health(config: &Path) -> (ExitStatus, String, String) {
-    let args = ["-c", path_str(config), "health"];
-    run_bounded(&args, &std::env::temp_dir(), Duration::from_secs(30))
+/// `mqdb -c CONFIG COMMAND`, bounded by a deadline.
+fn mqdb(config: &Path, command: &str) -> Ran {
+    let args = ["-c", path_str(config), command];
+    mqdb_bounded(&args, &std::env::temp_dir(), LIVENESS)
 }
 
 /// `mqdb health` exits with `code` and prints the health document with `status`.
 fn assert_mqdb_health(config: &Path, code: i32, status: &str) {
-    let (exit, stdout, stderr) = mqdb_health(config);
-    assert_eq!(exit.code(), Some(code), "mqdb health: {stdout}{stderr}");
-    let printed: Json = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("mqdb health printed no JSON ({e}): {stdout}"));
+    let out = mqdb(config, "health");
+    let printed: Json = serde_json::from_str(out.code(code).stdout.trim())
+        .unwrap_or_else(|e| panic!("mqdb health printed no JSON ({e}): {out}"));
     assert_eq!(printed["status"], status, "{printed}");
 }
 
 /// JSON payloads `{"id":ID,"v":"vID"}` on `topic` for each id.
 fn good(topic: &str, ids: impl Iterator<Item = i64>) -> Vec<(String, Vec<u8>)> {
-    ids.map(|id| {
-        (
-            topic.to_string(),
-            format!(r#"{{"id":{id},"v":"v{id}"}}"#).into(),
-        )
-    })
-    .collect()
+    let json = |id| format!(r#"{{"id":{id},"v":"v{id}"}}"#).into_bytes();
+    ids.map(|id| (topic.to_string(), json(id))).collect()
 }
 
 /// `n` good messages (ids `first..first+n`) with `k` bad ones (not JSON) spread among them.
@@ -419,11 +408,8 @@ fn metrics_and_health_report_exactly_what_the_routes_did() {
     let sink = id_v_table("obs_sink");
     let source = id_v_table("obs_src");
     let values: Vec<String> = (1..=R).map(|i| format!("({i}, 'r{i}')")).collect();
-    let values = values.join(", ");
-    db.exec(&format!(
-        "INSERT INTO {} (id, v) VALUES {values}",
-        source.name
-    ));
+    let insert = format!("INSERT INTO {} VALUES {}", source.name, values.join(", "));
+    db.exec(&insert);
     let base = unique("obs");
     let in_topic = format!("obs/{base}/in");
     let out_prefix = format!("obs/{base}/out");
@@ -699,8 +685,7 @@ fn an_idle_amqp_outbound_route_is_healthy_again_after_a_connection_cut() {
     wait_for(&mut bridge, "the row published to the queue", || {
         Ok(Rabbit::queue_info(&queue).is_some_and(|q| q.messages == 1))
     });
-    let (busy_status, busy_doc) = wait_health_or_last(&mut bridge, &addr, |s, _| s == 200);
-    assert_eq!(busy_status, 200, "{busy_doc}");
+    wait_healthy(&mut bridge, &addr);
     assert!(
         idle_ok,
         "an idle AMQP outbound route stayed unhealthy for {LIVENESS:?} after its broker came \
@@ -895,16 +880,9 @@ fn a_bad_http_listen_is_a_config_error_naming_file_and_line() {
 
     // Then run, check and health refuse it with exit 2, naming file:line and the key
     for command in ["run", "check", "health"] {
-        let args = ["-c", path_str(&path), command];
-        let (status, stdout, stderr) =
-            run_bounded(&args, &std::env::temp_dir(), Duration::from_secs(60));
-        assert_eq!(status.code(), Some(2), "{command}: {stdout}{stderr}");
-        for needle in [located.as_str(), "http.listen", "not-an-address"] {
-            assert!(
-                stderr.contains(needle),
-                "{command}: {needle} not in {stderr}"
-            );
-        }
+        let out = mqdb(&path, command);
+        out.code(2).stderr_has(&located).stderr_has("http.listen");
+        out.stderr_has("not-an-address");
     }
 }
 
@@ -921,11 +899,8 @@ fn a_taken_http_port_stops_run_with_exit_1() {
         .write();
 
     // Then `run` exits 1 saying which setting failed
-    let args = ["-c", path_str(&path), "run"];
-    let (status, stdout, stderr) = run_bounded(&args, &std::env::temp_dir(), LIVENESS);
-    assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
     let named = format!("http.listen {addr}");
-    assert!(stderr.contains(&named), "`{named}` not in: {stderr}");
+    mqdb(&path, "run").code(1).stderr_has(&named);
     drop(taken);
 }
 
@@ -933,16 +908,13 @@ fn a_taken_http_port_stops_run_with_exit_1() {
 fn mqdb_health_needs_http_and_a_listener() {
     // Given a config without http, `mqdb health` is a usage error (exit 2)
     let work = Workdir::new("obs");
-    let (status, stdout, stderr) = mqdb_health(&work.bare_config().write());
-    assert_eq!(status.code(), Some(2), "{stdout}{stderr}");
-    assert!(stderr.contains("http.listen"), "{stderr}");
+    let out = mqdb(&work.bare_config().write(), "health");
+    out.code(2).stderr_has("http.listen");
 
     // Given http.listen on a port where nothing listens, it exits 1
     let addr = free_addr();
     let path = work.bare_config().set("http", http_at(&addr)).write();
-    let (status, stdout, stderr) = mqdb_health(&path);
-    assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
-    assert!(stderr.contains(&addr), "{stderr}");
+    mqdb(&path, "health").code(1).stderr_has(&addr);
 }
 
 #[test]

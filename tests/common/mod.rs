@@ -68,7 +68,7 @@ pub use rabbit::{AmqpMessage, ExchangeInfo, Header, Outgoing, QueueInfo, Rabbit}
 #[allow(unused_imports)]
 pub use rabbit_node::RabbitNode;
 #[allow(unused_imports)]
-pub use ran::{Ran, line_of, mqdb_at};
+pub use ran::{Ran, line_of, mqdb_at, mqdb_bounded, mqdb_env};
 #[allow(unused_imports)]
 pub use store::StateStore;
 #[allow(unused_imports)]

@@ -4,9 +4,11 @@
 use std::fmt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
-use super::mqdb_command;
+use super::{mqdb_command, run_bounded};
 
+/// The exit code (`None` after a signal), stdout and stderr.
 pub struct Ran {
     pub code: Option<i32>,
     pub stdout: String,
@@ -15,7 +17,28 @@ pub struct Ran {
 
 /// `mqdb -c CONFIG ARGS...` to completion, stdin closed.
 pub fn mqdb_at(config: &Path, args: &[&str]) -> Ran {
-    Ran::of(mqdb_command().arg("-c").arg(config).args(args))
+    mqdb_env(config, args, &[])
+}
+
+/// Like [`mqdb_at`] with extra environment variables.
+pub fn mqdb_env(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Ran {
+    Ran::of(
+        mqdb_command()
+            .arg("-c")
+            .arg(config)
+            .args(args)
+            .envs(env.iter().copied()),
+    )
+}
+
+/// [`run_bounded`]: `mqdb ARGS...` in `cwd`, killed (and the test failed) after `timeout`.
+pub fn mqdb_bounded(args: &[&str], cwd: &Path, timeout: Duration) -> Ran {
+    let (status, stdout, stderr) = run_bounded(args, cwd, timeout);
+    Ran {
+        code: status.code(),
+        stdout,
+        stderr,
+    }
 }
 
 /// The 1-based number of the first line of `text` that contains `needle`.
