@@ -62,10 +62,8 @@ fn assert_config_error(config: Config, at: &str, needles: &[&str]) -> usize {
     let line = line_of(&config.yaml(), at);
     let out = mqdb_at(&path, &["check"]);
     out.code(2)
-        .stderr_has(&format!("{}:{line}:", path.display()));
-    for n in needles {
-        out.stderr_has(n);
-    }
+        .stderr_has(&[&format!("{}:{line}:", path.display())]);
+    out.stderr_has(needles);
     assert!(out.stdout.trim().is_empty(), "no check lines\n{out}");
     line
 }
@@ -141,7 +139,7 @@ fn on_conflict_ignore_without_key_names_route_line() {
     let config = base(&work, &Db::Postgres).inbound(route);
     let (path, text) = (config.write(), config.yaml());
     let out = mqdb_at(&path, &["check"]);
-    out.code(2).stderr_has("key").stderr_has("ignore");
+    out.code(2).stderr_has(&["key", "ignore"]);
     // Either the route's first line or the on_conflict line is an exact, useful location.
     let route_line = format!("{}:{}:", path.display(), line_of(&text, "- name:"));
     let key_line = format!("{}:{}:", path.display(), line_of(&text, "on_conflict:"));
@@ -167,7 +165,7 @@ fn missing_config_file_is_a_usage_error_naming_the_file() {
     let path = work.path("does-not-exist.yaml");
     mqdb_at(&path, &["check"])
         .code(2)
-        .stderr_has(&path.display().to_string());
+        .stderr_has(&[&path.display().to_string()]);
     // The same for the other commands: the file is read before anything else happens.
     for args in [&["run"][..], &["dlq", "list"][..]] {
         mqdb_at(&path, args).code(2);
@@ -296,9 +294,9 @@ fn mqdb_config_env_selects_the_file_and_dash_c_wins() {
     // MQDB_CONFIG pointing at a bad file is what gets reported
     run(&["check"], Some(bad.as_path()))
         .code(2)
-        .stderr_has(&format!("{}:3:", bad.display()));
+        .stderr_has(&[&format!("{}:3:", bad.display())]);
     // Neither: the default mqdb.yaml in the working directory, which does not exist here
-    run(&["check"], None).code(2).stderr_has("mqdb.yaml");
+    run(&["check"], None).code(2).stderr_has(&["mqdb.yaml"]);
 }
 
 #[test]
@@ -543,10 +541,10 @@ fn dlq_on_an_empty_store() {
     assert_eq!(out.code(0).stdout, "", "{out}");
     // A route that is neither configured nor stored is a usage error, not "no match".
     let out = mqdb_at(&path, &["dlq", "list", "--route", "r1"]);
-    out.code(2).stderr_has("r1");
+    out.code(2).stderr_has(&["r1"]);
     mqdb_at(&path, &["dlq", "show", "999"])
         .code(1)
-        .stderr_has("999");
+        .stderr_has(&["999"]);
     mqdb_at(&path, &["dlq", "show", "not-a-number"]).code(2);
 }
 
@@ -611,7 +609,7 @@ fn malformed_message_is_listed_for_its_route_and_logs_are_json() {
 
     // And a route that does not exist is a usage error naming the one that does
     let out = mqdb_at(&path, &["dlq", "list", "--route", "other", "--json"]);
-    assert_eq!(out.code(2).stderr_has("valid: r1").stdout, "", "{out}");
+    assert_eq!(out.code(2).stderr_has(&["valid: r1"]).stdout, "", "{out}");
     // And a kind with no dead letters matches nothing
     mqdb_at(&path, &["dlq", "list", "--error-kind", "convert"])
         .code(0)

@@ -97,6 +97,7 @@ impl Serving {
         }
     }
 }
+
 /// One scrape of `/metrics`: every sample in order, by its series (`name{labels}`).
 struct Scrape {
     text: String,
@@ -880,9 +881,8 @@ fn a_bad_http_listen_is_a_config_error_naming_file_and_line() {
 
     // Then run, check and health refuse it with exit 2, naming file:line and the key
     for command in ["run", "check", "health"] {
-        let out = mqdb(&path, command);
-        out.code(2).stderr_has(&located).stderr_has("http.listen");
-        out.stderr_has("not-an-address");
+        let needles = [located.as_str(), "http.listen", "not-an-address"];
+        mqdb(&path, command).code(2).stderr_has(&needles);
     }
 }
 
@@ -900,7 +900,7 @@ fn a_taken_http_port_stops_run_with_exit_1() {
 
     // Then `run` exits 1 saying which setting failed
     let named = format!("http.listen {addr}");
-    mqdb(&path, "run").code(1).stderr_has(&named);
+    mqdb(&path, "run").code(1).stderr_has(&[&named]);
     drop(taken);
 }
 
@@ -909,12 +909,12 @@ fn mqdb_health_needs_http_and_a_listener() {
     // Given a config without http, `mqdb health` is a usage error (exit 2)
     let work = Workdir::new("obs");
     let out = mqdb(&work.bare_config().write(), "health");
-    out.code(2).stderr_has("http.listen");
+    out.code(2).stderr_has(&["http.listen"]);
 
     // Given http.listen on a port where nothing listens, it exits 1
     let addr = free_addr();
     let path = work.bare_config().set("http", http_at(&addr)).write();
-    mqdb(&path, "health").code(1).stderr_has(&addr);
+    mqdb(&path, "health").code(1).stderr_has(&[&addr]);
 }
 
 #[test]

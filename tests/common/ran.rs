@@ -22,13 +22,9 @@ pub fn mqdb_at(config: &Path, args: &[&str]) -> Ran {
 
 /// Like [`mqdb_at`] with extra environment variables.
 pub fn mqdb_env(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Ran {
-    Ran::of(
-        mqdb_command()
-            .arg("-c")
-            .arg(config)
-            .args(args)
-            .envs(env.iter().copied()),
-    )
+    let mut cmd = mqdb_command();
+    cmd.arg("-c").arg(config).args(args);
+    Ran::of(cmd.envs(env.iter().copied()))
 }
 
 /// [`run_bounded`]: `mqdb ARGS...` in `cwd`, killed (and the test failed) after `timeout`.
@@ -82,18 +78,17 @@ impl Ran {
     }
 
     pub fn stdout_has(&self, needle: &str) -> &Ran {
-        assert!(
-            self.stdout.contains(needle),
-            "{needle:?} not in stdout\n{self}"
-        );
+        let found = self.stdout.contains(needle);
+        assert!(found, "{needle:?} not in stdout\n{self}");
         self
     }
 
-    pub fn stderr_has(&self, needle: &str) -> &Ran {
-        assert!(
-            self.stderr.contains(needle),
-            "{needle:?} not in stderr\n{self}"
-        );
+    /// Asserts stderr contains every needle.
+    pub fn stderr_has(&self, needles: &[&str]) -> &Ran {
+        for needle in needles {
+            let found = self.stderr.contains(needle);
+            assert!(found, "{needle:?} not in stderr\n{self}");
+        }
         self
     }
 
