@@ -24,7 +24,6 @@ fn with_broker(work: &Workdir) -> Config {
     work.bare_config().broker("b", SHARED_BROKER, client_id)
 }
 
-/// [`with_broker`] and database `d`.
 fn base(work: &Workdir, db: &Db) -> Config {
     with_broker(work).database("d", &db.connection_string())
 }
@@ -50,7 +49,6 @@ fn site_table(db: &Db, prefix: &str) -> TempTable {
     TempTable::create(db, prefix, columns)
 }
 
-/// `mqdb check` on `config`.
 fn check(config: &Config) -> Ran {
     mqdb_at(&config.write(), &["check"])
 }
@@ -421,18 +419,14 @@ fn wrong_maria_passwords(work: &Workdir) -> [(&'static str, Json, String); 3] {
     let file = work.path("db_password");
     std::fs::write(&file, format!("{file_pw}\n")).expect("write the password file");
     let maria = |key: &str, value: Json| json!({ "connection_string": MARIA_NO_PWD, key: value });
+    let (in_file, in_cs) = (
+        maria("password_file", json!(file)),
+        json!({ "connection_string": format!("{MARIA_NO_PWD}PWD={cs_pw};") }),
+    );
     [
         ("password.yaml", maria("password", json!(pw)), pw),
-        (
-            "password_file.yaml",
-            maria("password_file", json!(file)),
-            file_pw,
-        ),
-        (
-            "cs.yaml",
-            json!({ "connection_string": format!("{MARIA_NO_PWD}PWD={cs_pw};") }),
-            cs_pw,
-        ),
+        ("password_file.yaml", in_file, file_pw),
+        ("cs.yaml", in_cs, cs_pw),
     ]
 }
 
