@@ -223,11 +223,11 @@ fn env_substitution_reaches_check_end_to_end() {
     // When the port variable points at a closed port, the broker fails
     let closed = free_port().to_string();
     let out = run(&["check"], &closed, "test");
-    out.code(1).route_is(route, "FAIL", &["broker b"]);
+    out.fails(route, &["broker b"]);
 
     // When the database variable names a database that does not exist, the database fails
     let out = run(&["check"], "1883", &unique("nodb"));
-    out.code(1).route_is(route, "FAIL", &["database d"]);
+    out.fails(route, &["database d"]);
 }
 
 /// `${VAR}` in route fields (table, topic) should be substituted like everywhere else.
@@ -335,8 +335,7 @@ fn check_fails_naming_route_and_missing_table() {
         .inbound(site_route("r_present", &present.name))
         .inbound(site_route("r_missing", &missing));
     check(&config)
-        .code(1)
-        .route_is("inbound r_missing", "FAIL", &[&missing])
+        .fails("inbound r_missing", &[&missing])
         // The other route is still checked and reported
         .route_is("inbound r_present", "ok", &[]);
 }
@@ -351,9 +350,7 @@ fn check_fails_naming_missing_column() {
         ("humidity_pct", "payload.h"),
     ]);
     let config = base(&work, &Db::MariaDb).inbound(route);
-    check(&config)
-        .code(1)
-        .route_is("inbound r_col", "FAIL", &["humidity_pct"]);
+    check(&config).fails("inbound r_col", &["humidity_pct"]);
 }
 
 #[test]
@@ -367,9 +364,7 @@ fn check_fails_naming_unreachable_broker() {
         .broker("deadbroker", &url, json!({ "client_id": unique("cli") }))
         .database("d", &sqlite.connection_string())
         .inbound(site_route("r_nb", &table.name).set("broker", "deadbroker"));
-    check(&config)
-        .code(1)
-        .route_is("inbound r_nb", "FAIL", &["deadbroker"]);
+    check(&config).fails("inbound r_nb", &["deadbroker"]);
 }
 
 #[test]
@@ -378,9 +373,7 @@ fn check_fails_naming_unreachable_database() {
     let config = with_broker(&work)
         .database("deaddb", &Db::Postgres.connection_string_via(free_port()))
         .inbound(site_route("r_nd", "whatever").set("database", "deaddb"));
-    check(&config)
-        .code(1)
-        .route_is("inbound r_nd", "FAIL", &["deaddb"]);
+    check(&config).fails("inbound r_nd", &["deaddb"]);
 }
 
 // Secrets never appear in any output
@@ -443,8 +436,7 @@ fn check_never_prints_database_or_broker_passwords() {
         let config = secret_config(&work, SHARED_BROKER, &broker_secret, db, &my.name);
         config.write_to(&work.path(name));
         mqdb_at(&work.path(name), &["check"])
-            .code(1)
-            .route_is("inbound r1", "FAIL", &["database d"])
+            .fails("inbound r1", &["database d"])
             .never_shows(&db_secret)
             .never_shows(&broker_secret);
     }

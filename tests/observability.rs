@@ -65,34 +65,20 @@ fn outbound(name: &str, table: &str, topic_prefix: &str) -> Route {
         .set("qos", 1)
 }
 
-/// A running bridge with inbound route `readings` from its world's broker into `sink`, and
-/// an HTTP endpoint at `addr` that has answered 200.
-struct Serving {
-    _world: World,
-    _sink: TempTable,
-    addr: String,
-    bridge: Bridge,
-}
-
-impl Serving {
-    fn start(sink_prefix: &str) -> Serving {
-        let world = World::new("obs");
-        let sink = id_v_table(sink_prefix);
-        let addr = free_addr();
-        let topic = format!("obs/{}", unique("p"));
-        let config = (world.config(&Db::Postgres))
-            .inbound(inbound("readings", "b", ("topic", &topic), &sink.name))
-            .set("http", http_at(&addr))
-            .write();
-        let mut bridge = Bridge::start(&config);
-        wait_healthy(&mut bridge, &addr);
-        Serving {
-            _world: world,
-            _sink: sink,
-            addr,
-            bridge,
-        }
-    }
+/// A running bridge with inbound route `readings` from its world's broker into a new sink
+/// table, and an HTTP endpoint at the address returned that has answered 200.
+fn serving(sink_prefix: &str) -> (World, TempTable, String, Bridge) {
+    let world = World::new("obs");
+    let sink = id_v_table(sink_prefix);
+    let addr = free_addr();
+    let topic = format!("obs/{}", unique("p"));
+    let config = (world.config(&Db::Postgres))
+        .inbound(inbound("readings", "b", ("topic", &topic), &sink.name))
+        .set("http", http_at(&addr))
+        .write();
+    let mut bridge = Bridge::start(&config);
+    wait_healthy(&mut bridge, &addr);
+    (world, sink, addr, bridge)
 }
 
 /// One scrape of `/metrics`: every sample in order, by its series (`name{labels}`).
@@ -883,8 +869,7 @@ fn mqdb_health_needs_http_and_a_listener() {
 
 #[test]
 fn unknown_paths_are_404_and_other_methods_405() {
-    let mut serving = Serving::start("obs_http");
-    let (addr, bridge) = (serving.addr.clone(), &mut serving.bridge);
+    let (_world, _sink, addr, mut bridge) = serving("obs_http");
 
     // Then unknown paths are 404
     for path in ["/", "/nope", "/metrics/extra", "/healthz"] {
@@ -908,7 +893,7 @@ fn unknown_paths_are_404_and_other_methods_405() {
     assert_eq!((status, body.as_str()), (200, ""));
     assert_eq!(health(&addr).0, 200);
 
-    terminate_ok(bridge);
+    terminate_ok(&mut bridge);
 }
 
 /// Opens a connection to `addr`; with `first_bytes`, sends them and nothing more.
@@ -952,8 +937,7 @@ fn wait_closed_by_server(stream: &mut std::net::TcpStream, deadline: Instant, wh
 
 #[test]
 fn health_answers_while_idle_and_slow_connections_are_open() {
-    let mut serving = Serving::start("obs_idle");
-    let (addr, bridge) = (serving.addr.clone(), &mut serving.bridge);
+    let (_world, _sink, addr, mut bridge) = serving("obs_idle");
 
     // When 100 clients connect and send nothing, and 10 send half a request line
     let mut held: Vec<std::net::TcpStream> =
@@ -979,5 +963,5 @@ fn health_answers_while_idle_and_slow_connections_are_open() {
         wait_closed_by_server(stream, deadline, &format!("held connection {i}"));
     }
     assert_eq!(health(&addr).0, 200);
-    terminate_ok(bridge);
+    terminate_ok(&mut bridge);
 }

@@ -112,7 +112,7 @@ fn a_table_named_in_the_wrong_case_fails_with_the_name_that_exists() {
         } else {
             // The hint names the existing table.
             let hint = format!("table: {}", table.name);
-            out.code(1).route_is("cased", "FAIL", &[&hint]);
+            out.fails("cased", &[&hint]);
         }
     }
 }
@@ -131,22 +131,14 @@ fn a_start_value_that_does_not_convert_fails_check_and_stops_run_with_exit_2() {
         .lines(&["track: id", "start: abc", "interval: 100ms", "broker: b"])
         .set("topic", format!("opcheck/{}/{{site}}", unique("t")));
     let config = head(&work, &db).outbound(route).write();
-    mqdb_at(&config, &["check"]).code(1).route_is(
-        "from_abc",
-        "FAIL",
-        // It names the value and its track column.
-        &["start", "abc", "`id`"],
-    );
+    // It names the value and its track column.
+    let needles = ["start", "abc", "`id`"];
+    mqdb_at(&config, &["check"]).fails("from_abc", &needles);
 
     // `run` stops on it (bounded: a bridge that keeps retrying fails here).
     let args = ["-c", common::path_str(&config), "run"];
-    let (status, stdout, stderr) =
-        common::run_bounded(&args, work.dir.path(), Duration::from_secs(60));
-    let log = format!("{status}\n--- stdout\n{stdout}--- stderr\n{stderr}");
-    assert_eq!(status.code(), Some(2), "{log}");
-    for needle in ["from_abc", "start value", "abc"] {
-        assert!(stderr.contains(needle), "{log}");
-    }
+    let out = common::mqdb_bounded(&args, work.dir.path(), Duration::from_secs(60));
+    out.code(2).stderr_has(&["from_abc", "start value", "abc"]);
 }
 
 #[test]

@@ -107,6 +107,11 @@ impl Ran {
         lines[0]
     }
 
+    /// Asserts `check` exits 1 with a `FAIL` line for `route` that contains every needle.
+    pub fn fails(&self, route: &str, needles: &[&str]) -> &Ran {
+        self.code(1).route_is(route, "FAIL", needles)
+    }
+
     /// Asserts `check`'s line for `route` starts with `verdict` (`ok`, `FAIL`) and contains
     /// every needle.
     pub fn route_is(&self, route: &str, verdict: &str, needles: &[&str]) -> &Ran {
