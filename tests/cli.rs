@@ -6,7 +6,7 @@ mod common;
 
 use common::{
     Bridge, Config, Db, Mosquitto, Ran, Route, TempTable, Workdir, World, free_port, line_of,
-    mqdb_at, mqdb_command, mqdb_env, run_mqdb, unique, wait_for, wait_for_count,
+    mqdb_at, mqdb_command, mqdb_env, unique, wait_for, wait_for_count,
 };
 use serde_json::{Value as Json, json};
 use std::process::Stdio;
@@ -66,14 +66,17 @@ fn assert_config_error(config: Config, at: &str, needles: &[&str]) -> usize {
     line
 }
 
-/// [`assert_config_error`] for a config whose route `r1` is written as `route` lines.
-fn route_error(route: &[&str], at: &str, needles: &[&str]) {
+/// [`assert_config_error`] for a config with `route`.
+fn route_error(route: Route, at: &str, needles: &[&str]) {
     let work = Workdir::new("cli");
-    let config = base(&work, &Db::Postgres).inbound(Route::named("r1").lines(route));
-    assert_config_error(config, at, needles);
+    assert_config_error(base(&work, &Db::Postgres).inbound(route), at, needles);
 }
 
-const R1: [&str; 4] = ["broker: b", "topic: a/b", "database: d", "table: t"];
+/// Route `r1` from broker `b` on `a/b` into table `t` of database `d`, then `changes`.
+fn r1(changes: &[&str]) -> Route {
+    let route = ["broker: b", "topic: a/b", "database: d", "table: t"];
+    Route::named("r1").lines(&route).lines(changes)
+}
 
 #[test]
 fn unknown_broker_key_names_line_and_suggests_client_id() {
@@ -86,55 +89,43 @@ fn unknown_broker_key_names_line_and_suggests_client_id() {
 
 #[test]
 fn unknown_route_key_names_line_and_suggests_table() {
-    let route = ["broker: b", "topic: a/b", "database: d", "tabel: t"];
-    route_error(&route, "tabel:", &["tabel", "`table`"]);
+    let route = Route::named("r1").lines(&["broker: b", "topic: a/b", "database: d", "tabel: t"]);
+    route_error(route, "tabel:", &["tabel", "`table`"]);
 }
 
 #[test]
 fn bad_qos_value_names_line() {
-    route_error(&[&R1[..], &["qos: 7"]].concat(), "qos: 7", &["qos", "7"]);
+    route_error(r1(&["qos: 7"]), "qos: 7", &["qos", "7"]);
 }
 
 #[test]
 fn route_with_undefined_broker_names_line_and_broker() {
-    let route = [
-        "broker: nosuchbroker",
-        "topic: a/b",
-        "database: d",
-        "table: t",
-    ];
-    route_error(&route, "nosuchbroker", &["nosuchbroker", "brokers"]);
+    let needles = ["nosuchbroker", "brokers"];
+    route_error(r1(&["broker: nosuchbroker"]), "nosuchbroker", &needles);
 }
 
 #[test]
 fn route_with_undefined_database_names_line_and_database() {
-    let route = ["broker: b", "topic: a/b", "database: nosuchdb", "table: t"];
-    route_error(&route, "nosuchdb", &["nosuchdb", "databases"]);
+    let needles = ["nosuchdb", "databases"];
+    route_error(r1(&["database: nosuchdb"]), "nosuchdb", &needles);
 }
 
 #[test]
 fn malformed_topic_filter_names_line() {
-    let route = ["broker: b", "topic: 'a/#/b'", "database: d", "table: t"];
-    route_error(&route, "a/#/b", &["r1", "#"]);
+    route_error(r1(&["topic: 'a/#/b'"]), "a/#/b", &["r1", "#"]);
 }
 
 #[test]
 fn unknown_mapping_source_names_line() {
-    let route = [
-        "broker: b",
-        "topic: 'a/{site}/+'",
-        "database: d",
-        "table: t",
-        "columns: { site: topic.site, other: topic.nope, v: payload.value }",
-    ];
-    route_error(&route, "topic.nope", &["r1", "nope"]);
+    let columns = "columns: { site: topic.site, other: topic.nope, v: payload.value }";
+    let route = r1(&["topic: 'a/{site}/+'", columns]);
+    route_error(route, "topic.nope", &["r1", "nope"]);
 }
 
 #[test]
 fn on_conflict_ignore_without_key_names_route_line() {
     let work = Workdir::new("cli");
-    let route = Route::named("r1").lines(&[&R1[..], &["on_conflict: ignore"]].concat());
-    let config = base(&work, &Db::Postgres).inbound(route);
+    let config = base(&work, &Db::Postgres).inbound(r1(&["on_conflict: ignore"]));
     let (path, text) = (config.write(), config.yaml());
     let out = mqdb_at(&path, &["check"]);
     out.code(2).stderr_has(&["key", "ignore"]);
@@ -387,20 +378,13 @@ fn secret() -> String {
     format!("S3cr3t-pw-{}", unique("x"))
 }
 
-/// A config with broker `b` at `broker_url` (username + `broker_secret`), database `d` as
-/// `db` and route `r1` into `table`.
-fn secret_config(
-    work: &Workdir,
-    broker_url: &str,
-    broker_secret: &str,
-    db: Json,
-    table: &str,
-) -> Config {
-    let broker = json!({
-        "client_id": unique("cli_sec"), "username": "mqdbuser", "password": broker_secret,
-    });
+/// A config with broker `b` (url, password), database `d` as `db` and route `r1` into `table`.
+fn secret_config(work: &Workdir, broker: (&str, &str), db: Json, table: &str) -> Config {
+    let (url, secret) = broker;
+    let broker =
+        json!({ "client_id": unique("cli_sec"), "username": "mqdbuser", "password": secret });
     work.bare_config()
-        .broker("b", broker_url, broker)
+        .broker("b", url, broker)
         .set("databases", json!({ "d": db }))
         .inbound(site_route("r1", table))
 }
@@ -433,7 +417,7 @@ fn check_never_prints_database_or_broker_passwords() {
     // A wrong MariaDB password, however it is given: the connection fails with an auth
     // error, which is reported without the password
     for (name, db, db_secret) in wrong_maria_passwords(&work) {
-        let config = secret_config(&work, SHARED_BROKER, &broker_secret, db, &my.name);
+        let config = secret_config(&work, (SHARED_BROKER, &broker_secret), db, &my.name);
         config.write_to(&work.path(name));
         mqdb_at(&work.path(name), &["check"])
             .fails("inbound r1", &["database d"])
@@ -443,13 +427,8 @@ fn check_never_prints_database_or_broker_passwords() {
 
     // A succeeding check (PostgreSQL trust auth ignores the password) prints it nowhere
     let ok_secret = secret();
-    let config = secret_config(
-        &work,
-        SHARED_BROKER,
-        &broker_secret,
-        pg_with(&ok_secret),
-        &pg.name,
-    );
+    let broker = (SHARED_BROKER, broker_secret.as_str());
+    let config = secret_config(&work, broker, pg_with(&ok_secret), &pg.name);
     mqdb_at(&config.write(), &["-vv", "check"])
         .code(0)
         .never_shows(&ok_secret)
@@ -464,7 +443,7 @@ fn check_never_prints_the_broker_password_when_the_broker_fails() {
     let broker_secret = secret();
     let url = format!("mqtt://127.0.0.1:{}", free_port());
     let db = json!({ "connection_string": sqlite.connection_string() });
-    let config = secret_config(&work, &url, &broker_secret, db, &table.name);
+    let config = secret_config(&work, (&url, &broker_secret), db, &table.name);
     mqdb_at(&config.write(), &["-vv", "check"])
         .code(1)
         .stdout_has("FAIL")
@@ -485,7 +464,7 @@ fn run_never_logs_passwords() {
     // A succeeding run: PostgreSQL (trust) with a password, broker with a password
     let db_secret = secret();
     let db = pg_with(&db_secret);
-    let config = secret_config(&work, &broker.url(), &broker_secret, db, &pg.name);
+    let config = secret_config(&work, (&broker.url(), &broker_secret), db, &pg.name);
     let mut bridge = Bridge::start_with_env(&config.write(), &env);
     bridge.wait_for_log("route ready", Duration::from_secs(60));
     bridge.wait_for_log("broker connected", Duration::from_secs(60));
@@ -498,7 +477,7 @@ fn run_never_logs_passwords() {
     for (name, db, db_secret) in wrong_maria_passwords(&work) {
         let table = unique("cli_never");
         let path = work.path(name);
-        secret_config(&work, &broker.url(), &broker_secret, db, &table).write_to(&path);
+        secret_config(&work, (&broker.url(), &broker_secret), db, &table).write_to(&path);
         let mut bridge = Bridge::start_with_env(&path, &env);
         // The auth error is logged (so the path that could leak ran) ...
         bridge.wait_for_log("database unreachable", Duration::from_secs(60));
@@ -625,7 +604,7 @@ fn help_lists_the_commands() {
         (&["--help"][..], &["run", "check", "dlq"][..]),
         (&["dlq", "--help"][..], &["list", "show"][..]),
     ] {
-        let out = Ran::from(run_mqdb(args));
+        let out = Ran::of(mqdb_command().args(args));
         out.code(0);
         for cmd in commands {
             let listed = out.stdout.lines().any(|l| l.trim_start().starts_with(cmd));
@@ -645,7 +624,7 @@ fn usage_errors_exit_2() {
         &["--log-format", "xml", "check"][..],
         &["-v", "-q", "check"][..],
     ] {
-        let out = Ran::from(run_mqdb(args));
+        let out = Ran::of(mqdb_command().args(args));
         assert_eq!(out.code, Some(2), "{args:?}\n{out}");
         let quiet = out.stdout.is_empty() || args.is_empty();
         assert!(quiet, "{args:?}\n{out}");

@@ -16,9 +16,6 @@ use common::{
 };
 use serde_json::{Value as Json, json};
 
-/// How long to keep watching for messages that must not come (several poll intervals).
-const QUIET: Duration = Duration::from_millis(800);
-
 /// A free `127.0.0.1:PORT` for `http.listen`.
 fn free_addr() -> String {
     format!("127.0.0.1:{}", free_port())
@@ -462,7 +459,8 @@ fn metrics_and_health_report_exactly_what_the_routes_did() {
     wait_scrape(&mut bridge, &addr, "alerts lag back to 0", |s| {
         Ok(s.route("mqdb_outbound_lag_seconds", "alerts", "outbound") == 0.0)
     });
-    std::thread::sleep(QUIET);
+    // Several poll intervals, for messages that must not come.
+    std::thread::sleep(Duration::from_millis(800));
     let s = scrape(&addr);
     let got = counter.messages();
     let mut ids: Vec<i64> = got

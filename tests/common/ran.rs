@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use super::{mqdb_command, run_bounded};
@@ -45,16 +45,6 @@ pub fn line_of(text: &str, needle: &str) -> usize {
         + 1
 }
 
-impl From<Output> for Ran {
-    fn from(o: Output) -> Ran {
-        Ran {
-            code: o.status.code(),
-            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-        }
-    }
-}
-
 impl fmt::Display for Ran {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (code, out, err) = (self.code, &self.stdout, &self.stderr);
@@ -65,10 +55,12 @@ impl fmt::Display for Ran {
 impl Ran {
     /// Runs `cmd` to completion with stdin closed.
     pub fn of(cmd: &mut Command) -> Ran {
-        cmd.stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"))
-            .into()
+        let o = (cmd.stdin(Stdio::null()).output()).unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+        Ran {
+            code: o.status.code(),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
     }
 
     /// Asserts the exit code.
