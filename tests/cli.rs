@@ -8,6 +8,8 @@ use common::{
     Bridge, Config, Db, Mosquitto, Ran, Route, TempTable, Workdir, World, free_port, line_of,
     mqdb_at, mqdb_command, mqdb_env, unique, wait_for, wait_for_count,
 };
+use mqdb::dlq::{Direction, NewDeadLetter};
+use mqdb::state::State;
 use serde_json::{Value as Json, json};
 use std::process::Stdio;
 use std::time::Duration;
@@ -755,21 +757,16 @@ fn dlq_list_into_a_pipe_closed_early_exits_quietly() {
     // Given more dead letters than a pipe buffers
     let work = Workdir::new("cli");
     let state = work.store.url();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(async {
-        let store = mqdb::state::State::open(&state)
-            .await
-            .expect("open the store");
-        let letters: Vec<mqdb::dlq::NewDeadLetter> = (0..2000)
-            .map(|i| mqdb::dlq::NewDeadLetter {
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(async {
+        let store = State::open(&state).await.expect("open the store");
+        let letters: Vec<NewDeadLetter> = (0..2000)
+            .map(|i| NewDeadLetter {
                 route: "r".into(),
-                direction: mqdb::dlq::Direction::Inbound,
+                direction: Direction::Inbound,
                 source: "t".into(),
                 payload: format!("{i:0>200}").into_bytes(),
-                headers: serde_json::json!({}),
+                headers: json!({}),
                 error_kind: "decode".into(),
                 error: "invalid JSON".into(),
                 sqlstate: None,

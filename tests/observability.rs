@@ -111,12 +111,10 @@ impl Scrape {
                 .parse()
                 .unwrap_or_else(|e| panic!("{line:?}: the value is not a number: {e}"));
             let name = series.split('{').next().unwrap_or(series);
+            let suffixes = ["_bucket", "_sum", "_count"];
+            let histogram = suffixes.iter().find_map(|s| name.strip_suffix(s));
             let declared = typed.iter().any(|(t, kind)| {
-                name == t
-                    || (kind == "histogram"
-                        && ["_bucket", "_sum", "_count"]
-                            .iter()
-                            .any(|s| name.strip_suffix(s) == Some(t)))
+                name == t || (kind == "histogram" && histogram == Some(t.as_str()))
             });
             assert!(declared, "{name} has no # TYPE line before it:\n{text}");
             samples.push((series.to_string(), value));
@@ -351,6 +349,12 @@ fn mqdb(config: &Path, command: &str) -> Ran {
     mqdb_bounded(&args, &std::env::temp_dir(), LIVENESS)
 }
 
+/// Waits until `/health` is 200, and then `mqdb health` says so too.
+fn wait_healthy_mqdb(bridge: &mut Bridge, addr: &str, config: &Path) {
+    wait_healthy(bridge, addr);
+    assert_mqdb_health(config, 0, "ok");
+}
+
 /// `mqdb health` exits with `code` and prints the health document with `status`.
 fn assert_mqdb_health(config: &Path, code: i32, status: &str) {
     let out = mqdb(config, "health");
@@ -534,8 +538,7 @@ fn health_and_metrics_follow_broker_and_database_outages() {
         .set("http", http_at(&addr))
         .write();
     let mut bridge = Bridge::start(&config);
-    wait_healthy(&mut bridge, &addr);
-    assert_mqdb_health(&config, 0, "ok");
+    wait_healthy_mqdb(&mut bridge, &addr, &config);
     let publisher = world.publisher();
     publisher.publish_all_confirmed(good(&in_topic, 1..=P0), 1);
     wait_for_count(&mut bridge, &db, &count, P0);
@@ -569,8 +572,7 @@ fn health_and_metrics_follow_broker_and_database_outages() {
     world.broker.restart();
 
     // Then /health is 200 again, `mqdb health` exits 0, and messages flow again
-    wait_healthy(&mut bridge, &addr);
-    assert_mqdb_health(&config, 0, "ok");
+    wait_healthy_mqdb(&mut bridge, &addr, &config);
     let publisher = world.publisher();
     publisher.publish_all_confirmed(good(&in_topic, P0 + 1..=P0 + P1), 1);
     wait_for_count(&mut bridge, &db, &count, P0 + P1);
@@ -599,11 +601,7 @@ fn health_and_metrics_follow_broker_and_database_outages() {
     assert_eq!(s.up("readings", "inbound", "broker"), 1.0);
     // and nothing of the outage's messages is in the table yet
     let stored = common::scalar(&db, &count);
-    assert_eq!(
-        stored,
-        P0 + P1,
-        "rows committed while the database was cut off"
-    );
+    assert_eq!(stored, P0 + P1, "rows committed while cut off");
 
     // When the connection is restored
     proxy.set_down(false);
@@ -611,8 +609,7 @@ fn health_and_metrics_follow_broker_and_database_outages() {
     // Then every message published during the outage arrives, /health is 200 again, and the
     // counters add up
     wait_for_count(&mut bridge, &db, &count, P0 + P1 + M);
-    wait_healthy(&mut bridge, &addr);
-    assert_mqdb_health(&config, 0, "ok");
+    wait_healthy_mqdb(&mut bridge, &addr, &config);
     let s = wait_inbound_settled(&mut bridge, &addr, "readings", P0 + P1 + M);
     let totals = [
         ("mqdb_rows_written_total", P0 + P1 + M),
