@@ -6,6 +6,8 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -892,19 +894,15 @@ fn unknown_paths_are_404_and_other_methods_405() {
 }
 
 /// Opens a connection to `addr`; with `first_bytes`, sends them and nothing more.
-fn hold_connection(addr: &str, first_bytes: &[u8]) -> std::net::TcpStream {
-    use std::io::Write;
-    let mut stream =
-        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    if !first_bytes.is_empty() {
-        stream.write_all(first_bytes).expect("send the first bytes");
-    }
+fn hold_connection(addr: &str, first_bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream.write_all(first_bytes).expect("send the first bytes");
     stream
 }
 
 /// Whether the server has closed `stream` (or answered on it) without waiting: an open
 /// connection that was sent nothing has nothing to read yet.
-fn closed_by_server(stream: &std::net::TcpStream) -> bool {
+fn closed_by_server(stream: &TcpStream) -> bool {
     stream.set_nonblocking(true).expect("nonblocking");
     let mut byte = [0u8; 1];
     let open = matches!(
@@ -916,8 +914,7 @@ fn closed_by_server(stream: &std::net::TcpStream) -> bool {
 }
 
 /// Waits until the server closes `stream` (EOF or reset); panics at `deadline`.
-fn wait_closed_by_server(stream: &mut std::net::TcpStream, deadline: Instant, which: &str) {
-    use std::io::Read;
+fn wait_closed_by_server(stream: &mut TcpStream, deadline: Instant, which: &str) {
     let mut sink = Vec::new();
     let left = deadline.saturating_duration_since(Instant::now());
     stream
@@ -935,8 +932,7 @@ fn health_answers_while_idle_and_slow_connections_are_open() {
     let (_world, _sink, addr, mut bridge) = serving("obs_idle");
 
     // When 100 clients connect and send nothing, and 10 send half a request line
-    let mut held: Vec<std::net::TcpStream> =
-        (0..100).map(|_| hold_connection(&addr, b"")).collect();
+    let mut held: Vec<TcpStream> = (0..100).map(|_| hold_connection(&addr, b"")).collect();
     held.extend((0..10).map(|_| hold_connection(&addr, b"GET /hea")));
 
     // Then /health answers while every one of them is still open
