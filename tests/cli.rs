@@ -231,16 +231,11 @@ fn env_substitution_in_route_table_and_topic() {
     let t2 = site_table(&Db::Postgres, "cli_env2");
     let [table_var, topic_var, unset] =
         ["MQDB_T_TABLE", "MQDB_T_TOPIC", "MQDB_T_UNSET"].map(|v| unique(v).to_ascii_uppercase());
-    let path = base(&work, &Db::Postgres)
-        .inbound(
-            site_route("r_env", &format!("${{{table_var}}}"))
-                .set("topic", format!("${{{topic_var}}}/{{site}}/+")),
-        )
-        .inbound(site_route(
-            "r_default",
-            &format!("${{{unset}:-{}}}", t2.name),
-        ))
-        .write();
+    let topic = format!("${{{topic_var}}}/{{site}}/+");
+    let with_env = site_route("r_env", &format!("${{{table_var}}}")).set("topic", topic);
+    let with_default = site_route("r_default", &format!("${{{unset}:-{}}}", t2.name));
+    let config = base(&work, &Db::Postgres).inbound(with_env);
+    let path = config.inbound(with_default).write();
     let env = [
         (table_var.as_str(), t1.name.as_str()),
         (&topic_var, "cli_env_topic"),
@@ -543,7 +538,9 @@ fn malformed_message_is_listed_for_its_route_and_logs_are_json() {
     // Then `dlq list --route r1` shows it, in JSON and as text
     let out = listed();
     out.code(0);
-    let letters: Vec<Json> = (out.stdout.lines())
+    let letters: Vec<Json> = out
+        .stdout
+        .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
         .collect();
     assert_eq!(letters.len(), 1, "{out}");
@@ -633,30 +630,12 @@ fn usage_errors_exit_2() {
     }
 }
 
-/// A MariaDB account with a password that the connection-string grammar must brace, dropped
-/// when the test ends.
-struct MariaDbUser {
-    name: String,
-}
+/// Runs its closure when dropped, also when the test fails.
+struct Defer<F: FnMut()>(F);
 
-impl MariaDbUser {
-    fn create(password: &str) -> MariaDbUser {
-        let name = unique("u");
-        for host in ["%", "localhost"] {
-            Db::MariaDb.exec(&format!(
-                "CREATE USER '{name}'@'{host}' IDENTIFIED BY '{password}'"
-            ));
-            Db::MariaDb.exec(&format!("GRANT ALL ON test.* TO '{name}'@'{host}'"));
-        }
-        MariaDbUser { name }
-    }
-}
-
-impl Drop for MariaDbUser {
+impl<F: FnMut()> Drop for Defer<F> {
     fn drop(&mut self) {
-        for host in ["%", "localhost"] {
-            let _ = Db::MariaDb.try_exec(&format!("DROP USER '{}'@'{host}'", self.name));
-        }
+        (self.0)()
     }
 }
 
@@ -665,7 +644,18 @@ fn username_and_password_keys_log_in_on_every_driver() {
     // Given a MariaDB account whose password holds `;`, `}`, `=` and `@`, and databases
     // whose credentials come only from the username/password keys
     let password = "p;w}d=x@1";
-    let account = MariaDbUser::create(password);
+    let user = unique("u");
+    let hosts = ["%", "localhost"];
+    for host in hosts {
+        let account = format!("'{user}'@'{host}'");
+        Db::MariaDb.exec(&format!("CREATE USER {account} IDENTIFIED BY '{password}'"));
+        Db::MariaDb.exec(&format!("GRANT ALL ON test.* TO {account}"));
+    }
+    let _drop_user = Defer(|| {
+        for host in hosts {
+            let _ = Db::MariaDb.try_exec(&format!("DROP USER '{user}'@'{host}'"));
+        }
+    });
     let work = Workdir::new("cli");
     let sqlite = Db::Sqlite(work.path("data.db"));
     let pg = TempTable::create(&Db::Postgres, "cli_cred", "v INTEGER");
@@ -679,7 +669,7 @@ fn username_and_password_keys_log_in_on_every_driver() {
             },
             "my": {
                 "connection_string": "Driver={MariaDB Unicode};Server=127.0.0.1;Port=3306;Database=test;",
-                "username": account.name, "password": my_password,
+                "username": user, "password": my_password,
             },
             "lite": {
                 "connection_string": sqlite.connection_string(),
@@ -775,7 +765,8 @@ fn dlq_list_into_a_pipe_closed_early_exits_quietly() {
         store.store_dead_letters(&letters).await.expect("store");
         store.close().await;
     });
-    let path = (work.bare_config())
+    let path = work
+        .bare_config()
         .set("brokers", json!({}))
         .set("databases", json!({}))
         .write();

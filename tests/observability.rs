@@ -71,7 +71,8 @@ fn serving(sink_prefix: &str) -> (World, TempTable, String, Bridge) {
     let sink = id_v_table(sink_prefix);
     let addr = free_addr();
     let topic = format!("obs/{}", unique("p"));
-    let config = (world.config(&Db::Postgres))
+    let config = world
+        .config(&Db::Postgres)
         .inbound(inbound("readings", "b", ("topic", &topic), &sink.name))
         .set("http", http_at(&addr))
         .write();
@@ -234,6 +235,15 @@ fn health_doc((status, body): (u16, String)) -> (u16, Json) {
     let doc = serde_json::from_str(&body)
         .unwrap_or_else(|e| panic!("GET /health ({status}) is not JSON: {e}: {body:?}"));
     (status, doc)
+}
+
+/// The `/health` document with broker `broker`, database `d` and every route (name,
+/// direction) up.
+fn all_up(broker: &str, routes: &[(&str, &str)]) -> Json {
+    let up = |direction| json!({ "direction": direction, "broker": true, "database": true });
+    let routes: serde_json::Map<String, Json> =
+        routes.iter().map(|(r, d)| (r.to_string(), up(d))).collect();
+    json!({ "status": "ok", "brokers": { broker: true }, "databases": { "d": true }, "routes": routes })
 }
 
 fn health(addr: &str) -> (u16, Json) {
@@ -405,7 +415,8 @@ fn metrics_and_health_report_exactly_what_the_routes_did() {
     let in_topic = format!("obs/{base}/in");
     let out_prefix = format!("obs/{base}/out");
     let addr = free_addr();
-    let config = (world.config(&db))
+    let config = world
+        .config(&db)
         .inbound(inbound("readings", "b", ("topic", &in_topic), &sink.name))
         .outbound(outbound("alerts", &source.name, &out_prefix))
         .set("http", http_at(&addr))
@@ -417,15 +428,7 @@ fn metrics_and_health_report_exactly_what_the_routes_did() {
 
     // Then /health turns 200 with every connection up (so the inbound route has subscribed)
     let doc = wait_healthy(&mut bridge, &addr);
-    let all_up = json!({
-        "status": "ok",
-        "brokers": {"b": true},
-        "databases": {"d": true},
-        "routes": {
-            "readings": {"direction": "inbound", "broker": true, "database": true},
-            "alerts": {"direction": "outbound", "broker": true, "database": true},
-        },
-    });
+    let all_up = all_up("b", &[("readings", "inbound"), ("alerts", "outbound")]);
     assert_eq!(doc, all_up);
 
     // When N good and K malformed messages are published
@@ -534,7 +537,8 @@ fn health_and_metrics_follow_broker_and_database_outages() {
     let base = unique("obs");
     let in_topic = format!("obs/{base}/in");
     let addr = free_addr();
-    let config = (world.config_cs(&db.connection_string_via(proxy.port)))
+    let config = world
+        .config_cs(&db.connection_string_via(proxy.port))
         .inbound(inbound("readings", "b", ("topic", &in_topic), &sink.name))
         .outbound(outbound("alerts", &source.name, &format!("obs/{base}/out")))
         .set("http", http_at(&addr))
@@ -639,7 +643,8 @@ fn an_idle_amqp_outbound_route_is_healthy_again_after_a_connection_cut() {
     let route = polling("alerts", "r", &source.name)
         .set("exchange", "")
         .set("routing_key", queue.as_str());
-    let config = (work.bare_config())
+    let config = work
+        .bare_config()
         .broker("r", &Rabbit::url_via(proxy.port), Json::Null)
         .database("d", &db.connection_string())
         .outbound(route)
@@ -681,7 +686,8 @@ fn an_amqp_inbound_route_counts_what_it_consumed() {
     let sink = id_v_table("obs_amqp");
     let addr = free_addr();
     let work = Workdir::new("obs");
-    let config = (work.bare_config())
+    let config = work
+        .bare_config()
         .broker("r", Rabbit::URL, Json::Null)
         .database("d", &db.connection_string())
         .inbound(inbound("amqp_in", "r", ("queue", &queue), &sink.name))
@@ -691,15 +697,7 @@ fn an_amqp_inbound_route_counts_what_it_consumed() {
 
     // When it consumes (health 200) and N good and K malformed messages are queued
     let doc = wait_healthy(&mut bridge, &addr);
-    assert_eq!(
-        doc,
-        json!({
-            "status": "ok",
-            "brokers": {"r": true},
-            "databases": {"d": true},
-            "routes": {"amqp_in": {"direction": "inbound", "broker": true, "database": true}},
-        })
-    );
+    assert_eq!(doc, all_up("r", &[("amqp_in", "inbound")]));
     let payloads: Vec<Vec<u8>> = mixed(&queue, 1, N, K).into_iter().map(|m| m.1).collect();
     rabbit.publish_to_queue(&queue, payloads);
 
@@ -756,7 +754,8 @@ fn without_http_the_log_summary_adds_up_to_what_happened() {
     world
         .publisher()
         .publish_all_confirmed(mixed(&topic, 1, M, K), 1);
-    let config = (world.config(&db))
+    let config = world
+        .config(&db)
         .inbound(inbound("readings", "b", ("topic", &topic), &sink.name))
         .set("log_summary", "1s")
         .write();
@@ -818,7 +817,8 @@ fn a_bad_http_listen_is_a_config_error_naming_file_and_line() {
     let sink = id_v_table("obs_cfg");
     let work = Workdir::new("obs");
     let client_id = json!({ "client_id": unique("mqdb_obs") });
-    let config = (work.bare_config())
+    let config = work
+        .bare_config()
         .broker("b", "mqtt://127.0.0.1:1883", client_id)
         .database("d", &Db::Postgres.connection_string())
         .inbound(inbound("readings", "b", ("topic", "obs/cfg"), &sink.name))
@@ -840,7 +840,8 @@ fn a_taken_http_port_stops_run_with_exit_1() {
     let addr = taken.local_addr().expect("local_addr").to_string();
     let world = World::new("obs");
     let sink = id_v_table("obs_port");
-    let path = (world.config(&Db::Postgres))
+    let path = world
+        .config(&Db::Postgres)
         .inbound(inbound("readings", "b", ("topic", "obs/port"), &sink.name))
         .set("http", http_at(&addr))
         .write();

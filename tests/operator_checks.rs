@@ -11,7 +11,7 @@ use std::time::Duration;
 /// The state store, broker `b` (the shared Mosquitto) and database `d`.
 fn head(work: &Workdir, db: &Db) -> Config {
     let client_id = json!({ "client_id": unique("opcheck") });
-    (work.bare_config())
+    work.bare_config()
         .broker("b", "mqtt://127.0.0.1:1883", client_id)
         .database("d", &db.connection_string())
 }

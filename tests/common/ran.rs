@@ -55,7 +55,8 @@ impl fmt::Display for Ran {
 impl Ran {
     /// Runs `cmd` to completion with stdin closed.
     pub fn of(cmd: &mut Command) -> Ran {
-        let o = (cmd.stdin(Stdio::null()).output()).unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+        let output = cmd.stdin(Stdio::null()).output();
+        let o = output.unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
         Ran {
             code: o.status.code(),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
