@@ -183,7 +183,10 @@ fn env_substitution_reaches_check_end_to_end() {
         .broker(
             "b",
             &format!("mqtt://127.0.0.1:${{{port_var}}}"),
-            json!({ "client_id": format!("${{{cid_var}}}"), "username": format!("${{{unset}:-}}") }),
+            json!({
+                "client_id": format!("${{{cid_var}}}"),
+                "username": format!("${{{unset}:-}}"),
+            }),
         )
         .database(
             "d",
@@ -664,11 +667,13 @@ fn username_and_password_keys_log_in_on_every_driver() {
     let config = |my_password: &str| {
         let databases = json!({
             "pg": {
-                "connection_string": "Driver={PostgreSQL Unicode};Server=127.0.0.1;Port=5432;Database=test;",
+                "connection_string":
+                    "Driver={PostgreSQL Unicode};Server=127.0.0.1;Port=5432;Database=test;",
                 "username": "root", "password": password,
             },
             "my": {
-                "connection_string": "Driver={MariaDB Unicode};Server=127.0.0.1;Port=3306;Database=test;",
+                "connection_string":
+                    "Driver={MariaDB Unicode};Server=127.0.0.1;Port=3306;Database=test;",
                 "username": user, "password": my_password,
             },
             "lite": {

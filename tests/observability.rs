@@ -243,7 +243,8 @@ fn all_up(broker: &str, routes: &[(&str, &str)]) -> Json {
     let up = |direction| json!({ "direction": direction, "broker": true, "database": true });
     let routes: serde_json::Map<String, Json> =
         routes.iter().map(|(r, d)| (r.to_string(), up(d))).collect();
-    json!({ "status": "ok", "brokers": { broker: true }, "databases": { "d": true }, "routes": routes })
+    let (brokers, databases) = (json!({ broker: true }), json!({ "d": true }));
+    json!({ "status": "ok", "brokers": brokers, "databases": databases, "routes": routes })
 }
 
 fn health(addr: &str) -> (u16, Json) {

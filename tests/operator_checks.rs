@@ -21,14 +21,9 @@ fn topic() -> String {
 }
 
 fn inbound(name: &str, table: &str, conflict: &str, key: &str) -> Route {
-    let columns = [
-        ("site", "payload.site"),
-        ("ts", "payload.ts"),
-        ("v", "payload.v"),
-        ("id", "payload.id"),
-    ];
+    let columns = "columns: { site: payload.site, ts: payload.ts, v: payload.v, id: payload.id }";
     Route::inbound(name, &topic(), table)
-        .columns(&columns)
+        .lines(&[columns])
         .set("on_conflict", conflict)
         .lines(&[&format!("key: [{key}]")])
 }
