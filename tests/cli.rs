@@ -5,437 +5,163 @@
 mod common;
 
 use common::{
-    Bridge, Db, Mosquitto, Publisher, TempTable, free_port, mqdb_command, run_mqdb, unique,
-    wait_until,
+    Bridge, Config, Db, Mosquitto, Ran, Route, TempTable, Workdir, World, free_port, line_of,
+    mqdb_at, mqdb_command, mqdb_env, unique, wait_for, wait_for_count,
 };
-use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use mqdb::dlq::{Direction, NewDeadLetter};
+use mqdb::state::State;
+use serde_json::{Value as Json, json};
+use std::process::Stdio;
 use std::time::Duration;
 
-// ---------------------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------------------
-
-/// A private directory for one test's config, state store, logs and SQLite files.
-struct Dir {
-    dir: tempfile::TempDir,
-}
-
-impl Dir {
-    fn new() -> Dir {
-        Dir {
-            dir: tempfile::Builder::new()
-                .prefix("mqdb-cli-")
-                .tempdir()
-                .expect("temp dir"),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// `sqlite:///ABS/state.db`
-    fn state(&self) -> String {
-        format!("sqlite://{}", self.path("state.db").display())
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.path(name);
-        std::fs::write(&p, text).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
-        p
-    }
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn show(o: &Output) -> String {
-    format!(
-        "status {:?}\n--- stdout\n{}--- stderr\n{}",
-        o.status.code(),
-        stdout(o),
-        stderr(o)
-    )
-}
-
-/// `mqdb -c CONFIG ARGS...`
-fn mqdb(config: &Path, args: &[&str]) -> Output {
-    let c = config.to_str().expect("UTF-8 path");
-    let mut all = vec!["-c", c];
-    all.extend_from_slice(args);
-    run_mqdb(&all)
-}
-
-/// 1-based line number of the first line of `text` that contains `needle`.
-fn line_of(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(needle))
-        .map(|i| i + 1)
-        .unwrap_or_else(|| panic!("{needle:?} not in config:\n{text}"))
-}
-
-/// A PostgreSQL connection string (trust auth), quoted for YAML.
-fn pg_cs() -> String {
-    format!("'{}'", Db::Postgres.connection_string())
-}
+const SHARED_BROKER: &str = "mqtt://127.0.0.1:1883";
 
 /// The MariaDB connection string without `Pwd=`, so a configured password is the only one.
-fn maria_cs_no_pwd() -> String {
-    "'Driver={MariaDB Unicode};Server=127.0.0.1;Port=3306;Database=test;Uid=root;'".to_string()
+const MARIA_NO_PWD: &str =
+    "Driver={MariaDB Unicode};Server=127.0.0.1;Port=3306;Database=test;Uid=root;";
+
+/// The config's state store and broker `b` (the shared Mosquitto).
+fn with_broker(work: &Workdir) -> Config {
+    let client_id = json!({ "client_id": unique("cli") });
+    work.bare_config().broker("b", SHARED_BROKER, client_id)
 }
 
-/// A config file with one broker `b` on `broker_url`, one database `d` and one route `r1`
-/// writing `site` (topic level) and `v` (payload.value) into `table`.
-fn simple_config(dir: &Dir, broker_url: &str, db_cs: &str, table: &str) -> String {
-    format!(
-        "state: {state}
-brokers:
-  b:
-    url: {broker_url}
-    client_id: {cid}
-databases:
-  d:
-    connection_string: {db_cs}
-inbound:
-  - name: r1
-    broker: b
-    topic: 'cli/{topic}/{{site}}/+'
-    database: d
-    table: {table}
-    columns:
-      site: topic.site
-      v: payload.value
-",
-        state = dir.state(),
-        cid = unique("cli"),
-        topic = unique("t"),
-    )
+fn base(work: &Workdir, db: &Db) -> Config {
+    with_broker(work).database("d", &db.connection_string())
 }
 
-/// Runs `check` on a configuration that must be rejected and verifies: exit code 2,
-/// stderr names `FILE:LINE:` and contains every needle.
-fn assert_config_error(dir: &Dir, text: &str, line: usize, needles: &[&str]) {
-    let path = dir.write("mqdb.yaml", text);
-    let out = mqdb(&path, &["check"]);
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
-    let err = stderr(&out);
-    let located = format!("{}:{line}:", path.display());
-    assert!(
-        err.contains(&located),
-        "expected {located:?} in stderr\nconfig:\n{text}\n{}",
-        show(&out)
-    );
-    for n in needles {
-        assert!(
-            err.contains(n),
-            "expected {n:?} in stderr\nconfig:\n{text}\n{}",
-            show(&out)
-        );
-    }
-    assert!(
-        stdout(&out).trim().is_empty(),
-        "no check lines for an invalid file\n{}",
-        show(&out)
-    );
+/// Inbound route `name` writing `site` (a topic level) and `v` (payload.value) into `table`.
+fn site_route(name: &str, table: &str) -> Route {
+    let topic = format!("cli/{}/{{site}}/+", unique("t"));
+    Route::named(name)
+        .set("broker", "b")
+        .set("topic", topic)
+        .set("database", "d")
+        .set("table", table)
+        .columns(&[("site", "topic.site"), ("v", "payload.value")])
 }
 
-/// Lines of `check` output that mention `route` (as `inbound ROUTE:`).
-fn route_lines<'a>(out: &'a str, route: &str) -> Vec<&'a str> {
-    let tag = format!("inbound {route}:");
-    out.lines().filter(|l| l.contains(&tag)).collect()
+/// A `site VARCHAR, v DOUBLE` table for [`site_route`].
+fn site_table(db: &Db, prefix: &str) -> TempTable {
+    let columns = match db {
+        Db::Postgres => "site VARCHAR(40), v DOUBLE PRECISION",
+        Db::MariaDb => "site VARCHAR(40), v DOUBLE",
+        Db::Sqlite(_) => "site TEXT, v REAL",
+    };
+    TempTable::create(db, prefix, columns)
 }
 
-fn assert_no_secret(secret: &str, what: &str, text: &str) {
-    assert!(
-        !text.contains(secret),
-        "the secret {secret:?} appears in {what}:\n{text}"
-    );
+fn check(config: &Config) -> Ran {
+    mqdb_at(&config.write(), &["check"])
 }
 
-/// A `mqdb ARGS... run` with stdout and stderr appended to `log`.
-struct Running {
-    child: Option<Child>,
-    log: PathBuf,
+/// Runs `check` on a configuration that must be rejected: exit code 2, stderr names
+/// `FILE:LINE:` (the first line holding `at`) and every needle, nothing on stdout.
+fn assert_config_error(config: Config, at: &str, needles: &[&str]) -> usize {
+    let path = config.write();
+    let line = line_of(&config.yaml(), at);
+    let out = mqdb_at(&path, &["check"]);
+    out.code(2)
+        .stderr_has(&[&format!("{}:{line}:", path.display())]);
+    out.stderr_has(needles);
+    assert!(out.stdout.trim().is_empty(), "no check lines\n{out}");
+    line
 }
 
-impl Running {
-    fn start(config: &Path, extra: &[&str], log: PathBuf) -> Running {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .expect("open log");
-        let file2 = file.try_clone().expect("clone log handle");
-        let child = mqdb_command()
-            .arg("-c")
-            .arg(config)
-            .args(extra)
-            .arg("run")
-            .current_dir(config.parent().expect("config dir"))
-            .stdin(Stdio::null())
-            .stdout(file)
-            .stderr(file2)
-            .spawn()
-            .expect("spawn mqdb");
-        Running {
-            child: Some(child),
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_for_log(&self, needle: &str) {
-        wait_until(
-            &format!("{needle:?} in the log"),
-            Duration::from_secs(60),
-            || self.log().contains(needle),
-        );
-    }
-
-    /// SIGTERM and wait (30 s, then SIGKILL and panic).
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        for _ in 0..300 {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return status;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("mqdb ignored SIGTERM for 30 s; log:\n{}", self.log());
-    }
+/// [`assert_config_error`] for a config with `route`.
+fn route_error(route: Route, at: &str, needles: &[&str]) {
+    let work = Workdir::new("cli");
+    assert_config_error(base(&work, &Db::Postgres).inbound(route), at, needles);
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// 1. Bad configuration: exit 2, FILE:LINE: and the problem
-// ---------------------------------------------------------------------------------------
-
-const ROUTE_TAIL: &str = "    database: d
-    table: t
-";
-
-fn config_prefix(dir: &Dir) -> String {
-    format!(
-        "state: {}
-brokers:
-  b:
-    url: mqtt://127.0.0.1:1883
-databases:
-  d:
-    connection_string: {}
-",
-        dir.state(),
-        pg_cs()
-    )
+/// Route `r1` from broker `b` on `a/b` into table `t` of database `d`, then `changes`.
+fn r1(changes: &[&str]) -> Route {
+    let route = ["broker: b", "topic: a/b", "database: d", "table: t"];
+    Route::named("r1").lines(&route).lines(changes)
 }
 
 #[test]
 fn unknown_broker_key_names_line_and_suggests_client_id() {
-    let dir = Dir::new();
-    let text = format!(
-        "state: {}
-brokers:
-  b:
-    url: mqtt://127.0.0.1:1883
-    clientid: mqdb-x
-",
-        dir.state()
-    );
-    let line = line_of(&text, "clientid:");
+    let work = Workdir::new("cli");
+    let broker = json!({ "clientid": "mqdb-x" });
+    let config = work.bare_config().broker("b", SHARED_BROKER, broker);
+    let line = assert_config_error(config, "clientid:", &["clientid", "client_id"]);
     assert_eq!(line, 5);
-    assert_config_error(&dir, &text, line, &["clientid", "client_id"]);
 }
 
 #[test]
 fn unknown_route_key_names_line_and_suggests_table() {
-    let dir = Dir::new();
-    let text = format!(
-        "{}inbound:
-  - name: r1
-    broker: b
-    topic: a/b
-    database: d
-    tabel: t
-",
-        config_prefix(&dir)
-    );
-    let line = line_of(&text, "tabel:");
-    assert_config_error(&dir, &text, line, &["tabel", "`table`"]);
+    let route = Route::named("r1").lines(&["broker: b", "topic: a/b", "database: d", "tabel: t"]);
+    route_error(route, "tabel:", &["tabel", "`table`"]);
 }
 
 #[test]
 fn bad_qos_value_names_line() {
-    let dir = Dir::new();
-    let text = format!(
-        "{}inbound:
-  - name: r1
-    broker: b
-    topic: a/b
-    qos: 7
-{ROUTE_TAIL}",
-        config_prefix(&dir)
-    );
-    let line = line_of(&text, "qos: 7");
-    assert_config_error(&dir, &text, line, &["qos", "7"]);
+    route_error(r1(&["qos: 7"]), "qos: 7", &["qos", "7"]);
 }
 
 #[test]
 fn route_with_undefined_broker_names_line_and_broker() {
-    let dir = Dir::new();
-    let text = format!(
-        "{}inbound:
-  - name: r1
-    broker: nosuchbroker
-    topic: a/b
-{ROUTE_TAIL}",
-        config_prefix(&dir)
-    );
-    let line = line_of(&text, "broker: nosuchbroker");
-    assert_config_error(&dir, &text, line, &["nosuchbroker", "brokers"]);
+    let needles = ["nosuchbroker", "brokers"];
+    route_error(r1(&["broker: nosuchbroker"]), "nosuchbroker", &needles);
 }
 
 #[test]
 fn route_with_undefined_database_names_line_and_database() {
-    let dir = Dir::new();
-    let text = format!(
-        "{}inbound:
-  - name: r1
-    broker: b
-    topic: a/b
-    database: nosuchdb
-    table: t
-",
-        config_prefix(&dir)
-    );
-    let line = line_of(&text, "database: nosuchdb");
-    assert_config_error(&dir, &text, line, &["nosuchdb", "databases"]);
+    let needles = ["nosuchdb", "databases"];
+    route_error(r1(&["database: nosuchdb"]), "nosuchdb", &needles);
 }
 
 #[test]
 fn malformed_topic_filter_names_line() {
-    let dir = Dir::new();
-    let text = format!(
-        "{}inbound:
-  - name: r1
-    broker: b
-    topic: 'a/#/b'
-{ROUTE_TAIL}",
-        config_prefix(&dir)
-    );
-    let line = line_of(&text, "topic: 'a/#/b'");
-    assert_config_error(&dir, &text, line, &["r1", "#"]);
+    route_error(r1(&["topic: 'a/#/b'"]), "a/#/b", &["r1", "#"]);
 }
 
 #[test]
 fn unknown_mapping_source_names_line() {
-    let dir = Dir::new();
-    let text = format!(
-        "{}inbound:
-  - name: r1
-    broker: b
-    topic: 'a/{{site}}/+'
-{ROUTE_TAIL}    columns:
-      site: topic.site
-      other: topic.nope
-      v: payload.value
-",
-        config_prefix(&dir)
-    );
-    let line = line_of(&text, "topic.nope");
-    assert_config_error(&dir, &text, line, &["r1", "nope"]);
+    let columns = "columns: { site: topic.site, other: topic.nope, v: payload.value }";
+    let route = r1(&["topic: 'a/{site}/+'", columns]);
+    route_error(route, "topic.nope", &["r1", "nope"]);
 }
 
 #[test]
 fn on_conflict_ignore_without_key_names_route_line() {
-    let dir = Dir::new();
-    let text = format!(
-        "{}inbound:
-  - name: r1
-    broker: b
-    topic: a/b
-{ROUTE_TAIL}    on_conflict: ignore
-",
-        config_prefix(&dir)
-    );
-    let path = dir.write("mqdb.yaml", &text);
-    let out = mqdb(&path, &["check"]);
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
-    let err = stderr(&out);
+    let work = Workdir::new("cli");
+    let config = base(&work, &Db::Postgres).inbound(r1(&["on_conflict: ignore"]));
+    let (path, text) = (config.write(), config.yaml());
+    let out = mqdb_at(&path, &["check"]);
+    out.code(2).stderr_has(&["key", "ignore"]);
     // Either the route's first line or the on_conflict line is an exact, useful location.
-    let route_line = format!("{}:{}:", path.display(), line_of(&text, "- name: r1"));
+    let route_line = format!("{}:{}:", path.display(), line_of(&text, "- name:"));
     let key_line = format!("{}:{}:", path.display(), line_of(&text, "on_conflict:"));
     assert!(
-        err.contains(&route_line) || err.contains(&key_line),
-        "expected {route_line:?} or {key_line:?}\n{}",
-        show(&out)
+        out.stderr.contains(&route_line) || out.stderr.contains(&key_line),
+        "expected {route_line:?} or {key_line:?}\n{out}"
     );
-    assert!(err.contains("key"), "{}", show(&out));
-    assert!(err.contains("ignore"), "{}", show(&out));
 }
 
 #[test]
 fn unset_variable_without_default_names_line_and_variable() {
-    let dir = Dir::new();
+    let work = Workdir::new("cli");
     let var = unique("MQDB_UNSET").to_ascii_uppercase();
-    let text = format!(
-        "state: {}
-brokers:
-  b:
-    url: mqtt://127.0.0.1:1883
-    username: '${{{var}}}'
-",
-        dir.state()
-    );
-    let line = line_of(&text, &var);
+    let broker = json!({ "username": format!("${{{var}}}") });
+    let config = work.bare_config().broker("b", SHARED_BROKER, broker);
+    let line = assert_config_error(config, &var, &[&var, "not set"]);
     assert_eq!(line, 5);
-    assert_config_error(&dir, &text, line, &[&var, "not set"]);
 }
 
 #[test]
 fn missing_config_file_is_a_usage_error_naming_the_file() {
-    let dir = Dir::new();
-    let path = dir.path("does-not-exist.yaml");
-    let out = mqdb(&path, &["check"]);
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
-    assert!(
-        stderr(&out).contains(&path.display().to_string()),
-        "{}",
-        show(&out)
-    );
+    let work = Workdir::new("cli");
+    let path = work.path("does-not-exist.yaml");
+    mqdb_at(&path, &["check"])
+        .code(2)
+        .stderr_has(&[&path.display().to_string()]);
     // The same for the other commands: the file is read before anything else happens.
     for args in [&["run"][..], &["dlq", "list"][..]] {
-        let out = mqdb(&path, args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}\n{}", show(&out));
+        mqdb_at(&path, args).code(2);
     }
 }
-
-// ---------------------------------------------------------------------------------------
-// 2. ${VAR} substitution and MQDB_CONFIG
-// ---------------------------------------------------------------------------------------
 
 /// `${VAR}` in the broker url and client id and in the connection string, and
 /// `${VAR:-default}` in the state URL and the connection string, all take effect: `check`
@@ -443,696 +169,316 @@ fn missing_config_file_is_a_usage_error_naming_the_file() {
 /// points somewhere else.
 #[test]
 fn env_substitution_reaches_check_end_to_end() {
-    let dir = Dir::new();
-    let table = TempTable::create(
-        &Db::Postgres,
-        "cli_env",
-        "site VARCHAR(40), v DOUBLE PRECISION",
-    );
-    let port_var = unique("MQDB_T_MQTT_PORT").to_ascii_uppercase();
-    let cid_var = unique("MQDB_T_CID").to_ascii_uppercase();
-    let db_var = unique("MQDB_T_DB").to_ascii_uppercase();
-    let unset_var = unique("MQDB_T_UNSET").to_ascii_uppercase();
-    let text = format!(
-        "state: '${{{unset_var}:-{state}}}'
-brokers:
-  b:
-    url: 'mqtt://127.0.0.1:${{{port_var}}}'
-    client_id: '${{{cid_var}}}'
-    username: '${{{unset_var}:-}}'
-databases:
-  d:
-    connection_string: 'Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port=${{{unset_var}:-5432}};Database=${{{db_var}}};Uid=root;'
-inbound:
-  - name: r_env
-    broker: b
-    topic: 'cli/{{site}}/+'
-    database: d
-    table: {table}
-    columns: {{ site: topic.site, v: payload.value }}
-",
-        state = dir.state(),
-        table = table.name,
-    );
-    let path = dir.write("mqdb.yaml", &text);
-    let run = |mqtt_port: &str, db: &str| {
-        mqdb_command()
-            .arg("-c")
-            .arg(&path)
-            .arg("check")
-            .env(&port_var, mqtt_port)
-            .env(&cid_var, unique("cli_cid"))
-            .env(&db_var, db)
-            .env_remove(&unset_var)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run mqdb")
+    let work = Workdir::new("cli");
+    let table = site_table(&Db::Postgres, "cli_env");
+    let [port_var, cid_var, db_var, unset] = [
+        "MQDB_T_MQTT_PORT",
+        "MQDB_T_CID",
+        "MQDB_T_DB",
+        "MQDB_T_UNSET",
+    ]
+    .map(|v| unique(v).to_ascii_uppercase());
+    let path = Config::at(work.path("mqdb.yaml"))
+        .state(&format!("${{{unset}:-{}}}", work.store.url()))
+        .broker(
+            "b",
+            &format!("mqtt://127.0.0.1:${{{port_var}}}"),
+            json!({
+                "client_id": format!("${{{cid_var}}}"),
+                "username": format!("${{{unset}:-}}"),
+            }),
+        )
+        .database(
+            "d",
+            &format!(
+                "Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port=${{{unset}:-5432}};\
+                 Database=${{{db_var}}};Uid=root;"
+            ),
+        )
+        .inbound(site_route("r_env", &table.name))
+        .write();
+    let run = |args: &[&str], mqtt_port: &str, db: &str| {
+        let cid = unique("cli_cid");
+        mqdb_env(
+            &path,
+            args,
+            &[(&port_var, mqtt_port), (&cid_var, &cid), (&db_var, db)],
+        )
     };
 
     // Given variables with the real broker port and database name, check passes
-    let out = run("1883", "test");
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    let s = stdout(&out);
-    let lines = route_lines(&s, "r_env");
-    assert_eq!(lines.len(), 1, "{}", show(&out));
-    assert!(lines[0].starts_with("ok"), "{}", show(&out));
-    assert!(lines[0].contains(&table.name), "{}", show(&out));
+    let route = "inbound r_env";
+    run(&["check"], "1883", "test")
+        .code(0)
+        .route_is(route, "ok", &[&table.name]);
     // And the state URL's default is where `dlq list` opens the store
-    assert!(!dir.path("state.db").exists());
-    let out = mqdb_command()
-        .arg("-c")
-        .arg(&path)
-        .args(["dlq", "list"])
-        .env(&port_var, "1883")
-        .env(&cid_var, "x")
-        .env(&db_var, "test")
-        .env_remove(&unset_var)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run mqdb");
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    assert!(dir.path("state.db").exists(), "{}", show(&out));
+    assert!(!work.path("state.db").exists());
+    let out = run(&["dlq", "list"], "1883", "test");
+    assert!(work.path("state.db").exists(), "{}", out.code(0));
 
     // When the port variable points at a closed port, the broker fails
     let closed = free_port().to_string();
-    let out = run(&closed, "test");
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    let s = stdout(&out);
-    let lines = route_lines(&s, "r_env");
-    assert!(
-        lines.len() == 1 && lines[0].starts_with("FAIL") && lines[0].contains("broker b"),
-        "{}",
-        show(&out)
-    );
+    let out = run(&["check"], &closed, "test");
+    out.fails(route, &["broker b"]);
 
     // When the database variable names a database that does not exist, the database fails
-    let out = run("1883", &unique("nodb"));
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    let s = stdout(&out);
-    let lines = route_lines(&s, "r_env");
-    assert!(
-        lines.len() == 1 && lines[0].starts_with("FAIL") && lines[0].contains("database d"),
-        "{}",
-        show(&out)
-    );
+    let out = run(&["check"], "1883", &unique("nodb"));
+    out.fails(route, &["database d"]);
 }
 
 /// `${VAR}` in route fields (table, topic) should be substituted like everywhere else.
 #[test]
 fn env_substitution_in_route_table_and_topic() {
-    let dir = Dir::new();
-    let t1 = TempTable::create(
-        &Db::Postgres,
-        "cli_env1",
-        "site VARCHAR(40), v DOUBLE PRECISION",
-    );
-    let t2 = TempTable::create(
-        &Db::Postgres,
-        "cli_env2",
-        "site VARCHAR(40), v DOUBLE PRECISION",
-    );
-    let table_var = unique("MQDB_T_TABLE").to_ascii_uppercase();
-    let topic_var = unique("MQDB_T_TOPIC").to_ascii_uppercase();
-    let unset_var = unique("MQDB_T_UNSET").to_ascii_uppercase();
-    let text = format!(
-        "state: {state}
-brokers:
-  b: {{ url: 'mqtt://127.0.0.1:1883', client_id: {cid} }}
-databases:
-  d: {{ connection_string: {cs} }}
-inbound:
-  - name: r_env
-    broker: b
-    topic: '${{{topic_var}}}/{{site}}/+'
-    database: d
-    table: '${{{table_var}}}'
-    columns: {{ site: topic.site, v: payload.value }}
-  - name: r_default
-    broker: b
-    topic: 'cli2/{{site}}/+'
-    database: d
-    table: '${{{unset_var}:-{t2}}}'
-    columns: {{ site: topic.site, v: payload.value }}
-",
-        state = dir.state(),
-        cid = unique("cli"),
-        cs = pg_cs(),
-        t2 = t2.name,
-    );
-    let path = dir.write("mqdb.yaml", &text);
-    let out = mqdb_command()
-        .arg("-c")
-        .arg(&path)
-        .arg("check")
-        .env(&table_var, &t1.name)
-        .env(&topic_var, "cli_env_topic")
-        .env_remove(&unset_var)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run mqdb");
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    let s = stdout(&out);
-    let env_line = route_lines(&s, "r_env");
-    assert_eq!(env_line.len(), 1, "{}", show(&out));
-    assert!(env_line[0].contains(&t1.name), "{}", show(&out));
-    assert!(env_line[0].contains("cli_env_topic/+/+"), "{}", show(&out));
-    let default_line = route_lines(&s, "r_default");
-    assert_eq!(default_line.len(), 1, "{}", show(&out));
-    assert!(default_line[0].contains(&t2.name), "{}", show(&out));
+    let work = Workdir::new("cli");
+    let t1 = site_table(&Db::Postgres, "cli_env1");
+    let t2 = site_table(&Db::Postgres, "cli_env2");
+    let [table_var, topic_var, unset] =
+        ["MQDB_T_TABLE", "MQDB_T_TOPIC", "MQDB_T_UNSET"].map(|v| unique(v).to_ascii_uppercase());
+    let topic = format!("${{{topic_var}}}/{{site}}/+");
+    let with_env = site_route("r_env", &format!("${{{table_var}}}")).set("topic", topic);
+    let with_default = site_route("r_default", &format!("${{{unset}:-{}}}", t2.name));
+    let config = base(&work, &Db::Postgres).inbound(with_env);
+    let path = config.inbound(with_default).write();
+    let env = [
+        (table_var.as_str(), t1.name.as_str()),
+        (&topic_var, "cli_env_topic"),
+    ];
+    mqdb_env(&path, &["check"], &env)
+        .code(0)
+        .route_is("inbound r_env", "", &[&t1.name, "cli_env_topic/+/+"])
+        .route_is("inbound r_default", "", &[&t2.name]);
 }
 
 #[test]
 fn mqdb_config_env_selects_the_file_and_dash_c_wins() {
-    let dir = Dir::new();
-    let sqlite = Db::Sqlite(dir.path("data.db"));
-    let table = TempTable::create(&sqlite, "cli_cfg", "site TEXT, v REAL");
-    let text = simple_config(
-        &dir,
-        "mqtt://127.0.0.1:1883",
-        &format!("'{}'", sqlite.connection_string()),
-        &table.name,
-    );
-    let good = dir.write("selected.yaml", &text);
-    let bad = dir.write("bad.yaml", "brokers:\n  b:\n    urll: x\n");
-    let elsewhere = Dir::new(); // a working directory without mqdb.yaml
+    let work = Workdir::new("cli");
+    let sqlite = Db::Sqlite(work.path("data.db"));
+    let table = site_table(&sqlite, "cli_cfg");
+    let good = work.path("selected.yaml");
+    base(&work, &sqlite)
+        .inbound(site_route("r1", &table.name))
+        .write_to(&good);
+    let bad = work.path("bad.yaml");
+    std::fs::write(&bad, "brokers:\n  b:\n    urll: x\n").expect("write bad.yaml");
+    let elsewhere = Workdir::new("cli"); // a working directory without mqdb.yaml
+    let run = |args: &[&str], config: Option<&std::path::Path>| {
+        let mut cmd = mqdb_command();
+        cmd.args(args).current_dir(elsewhere.dir.path());
+        if let Some(config) = config {
+            cmd.env("MQDB_CONFIG", config);
+        }
+        Ran::of(&mut cmd)
+    };
 
     // MQDB_CONFIG alone selects the file
-    let out = mqdb_command()
-        .arg("check")
-        .env("MQDB_CONFIG", &good)
-        .current_dir(elsewhere.dir.path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run mqdb");
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    let lines = route_lines(&stdout(&out), "r1").len();
-    assert_eq!(lines, 1, "{}", show(&out));
-
+    run(&["check"], Some(good.as_path()))
+        .code(0)
+        .route_line("inbound r1");
     // -c takes precedence over MQDB_CONFIG
-    let out = mqdb_command()
-        .arg("-c")
-        .arg(&good)
-        .arg("check")
-        .env("MQDB_CONFIG", &bad)
-        .current_dir(elsewhere.dir.path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run mqdb");
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-
+    run(
+        &["-c", common::path_str(&good), "check"],
+        Some(bad.as_path()),
+    )
+    .code(0);
     // MQDB_CONFIG pointing at a bad file is what gets reported
-    let out = mqdb_command()
-        .arg("check")
-        .env("MQDB_CONFIG", &bad)
-        .current_dir(elsewhere.dir.path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run mqdb");
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
-    assert!(
-        stderr(&out).contains(&format!("{}:3:", bad.display())),
-        "{}",
-        show(&out)
-    );
-
+    run(&["check"], Some(bad.as_path()))
+        .code(2)
+        .stderr_has(&[&format!("{}:3:", bad.display())]);
     // Neither: the default mqdb.yaml in the working directory, which does not exist here
-    let out = mqdb_command()
-        .arg("check")
-        .current_dir(elsewhere.dir.path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run mqdb");
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
-    assert!(stderr(&out).contains("mqdb.yaml"), "{}", show(&out));
+    run(&["check"], None).code(2).stderr_has(&["mqdb.yaml"]);
 }
-
-// ---------------------------------------------------------------------------------------
-// 3. check
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn check_passes_for_postgres_mariadb_and_sqlite_routes() {
-    let dir = Dir::new();
-    let sqlite = Db::Sqlite(dir.path("data.db"));
-    let pg = TempTable::create(
-        &Db::Postgres,
-        "cli_pg",
-        "site VARCHAR(40), v DOUBLE PRECISION",
-    );
-    let my = TempTable::create(&Db::MariaDb, "cli_my", "site VARCHAR(40), v DOUBLE");
-    let lite = TempTable::create(&sqlite, "cli_lite", "site TEXT, v REAL");
-    let text = format!(
-        "state: {state}
-brokers:
-  b:
-    url: mqtt://127.0.0.1:1883
-    client_id: {cid}
-databases:
-  pg:
-    connection_string: {pg_cs}
-  my:
-    connection_string: '{my_cs}'
-  lite:
-    connection_string: '{lite_cs}'
-inbound:
-  - name: r_pg
-    broker: b
-    topic: 'cli/pg/{{site}}/+'
-    database: pg
-    table: {pg_t}
-    columns: {{ site: topic.site, v: payload.value }}
-  - name: r_my
-    broker: b
-    topic: 'cli/my/{{site}}/+'
-    database: my
-    table: {my_t}
-    columns: {{ site: topic.site, v: payload.value }}
-    on_conflict: error
-  - name: r_lite
-    broker: b
-    topic: 'cli/lite/{{site}}/+'
-    database: lite
-    table: {lite_t}
-    columns: {{ site: topic.site, v: payload.value }}
-",
-        state = dir.state(),
-        cid = unique("cli_check"),
-        pg_cs = pg_cs(),
-        my_cs = Db::MariaDb.connection_string(),
-        lite_cs = sqlite.connection_string(),
-        pg_t = pg.name,
-        my_t = my.name,
-        lite_t = lite.name,
-    );
-    let path = dir.write("mqdb.yaml", &text);
-    let out = mqdb(&path, &["check"]);
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    let s = stdout(&out);
-    let non_empty: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(non_empty.len(), 3, "one line per route\n{}", show(&out));
-    for (route, table) in [
-        ("r_pg", &pg.name),
-        ("r_my", &my.name),
-        ("r_lite", &lite.name),
-    ] {
-        let lines = route_lines(&s, route);
-        assert_eq!(lines.len(), 1, "{route}\n{}", show(&out));
-        assert!(lines[0].starts_with("ok"), "{route}\n{}", show(&out));
-        assert!(lines[0].contains(table.as_str()), "{route}\n{}", show(&out));
+    let work = Workdir::new("cli");
+    let sqlite = Db::Sqlite(work.path("data.db"));
+    let tables = [
+        ("pg", site_table(&Db::Postgres, "cli_pg")),
+        ("my", site_table(&Db::MariaDb, "cli_my")),
+        ("lite", site_table(&sqlite, "cli_lite")),
+    ];
+    let mut config = with_broker(&work);
+    for (name, table) in &tables {
+        let route = site_route(&format!("r_{name}"), &table.name).set("database", *name);
+        let route = match *name {
+            "my" => route.set("on_conflict", "error"),
+            _ => route,
+        };
+        config = config
+            .database(name, &table.db.connection_string())
+            .inbound(route);
+    }
+    let out = check(&config);
+    out.code(0);
+    let non_empty = out.stdout.lines().filter(|l| !l.trim().is_empty());
+    assert_eq!(non_empty.count(), 3, "one line per route\n{out}");
+    for (name, table) in &tables {
+        out.route_is(&format!("inbound r_{name}"), "ok", &[&table.name]);
     }
 }
 
 #[test]
 fn check_fails_naming_route_and_missing_table() {
-    let dir = Dir::new();
-    let present = TempTable::create(
-        &Db::Postgres,
-        "cli_ok",
-        "site VARCHAR(40), v DOUBLE PRECISION",
-    );
+    let work = Workdir::new("cli");
+    let present = site_table(&Db::Postgres, "cli_ok");
     let missing = unique("cli_missing");
-    let text = format!(
-        "state: {state}
-brokers:
-  b: {{ url: 'mqtt://127.0.0.1:1883', client_id: {cid} }}
-databases:
-  d: {{ connection_string: {cs} }}
-inbound:
-  - name: r_present
-    broker: b
-    topic: 'cli/a/{{site}}/+'
-    database: d
-    table: {present}
-    columns: {{ site: topic.site, v: payload.value }}
-  - name: r_missing
-    broker: b
-    topic: 'cli/b/{{site}}/+'
-    database: d
-    table: {missing}
-    columns: {{ site: topic.site, v: payload.value }}
-",
-        state = dir.state(),
-        cid = unique("cli"),
-        cs = pg_cs(),
-        present = present.name,
-    );
-    let path = dir.write("mqdb.yaml", &text);
-    let out = mqdb(&path, &["check"]);
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    let s = stdout(&out);
-    let bad = route_lines(&s, "r_missing");
-    assert_eq!(bad.len(), 1, "{}", show(&out));
-    assert!(bad[0].starts_with("FAIL"), "{}", show(&out));
-    assert!(bad[0].contains(&missing), "{}", show(&out));
-    // The other route is still checked and reported
-    let good = route_lines(&s, "r_present");
-    assert_eq!(good.len(), 1, "{}", show(&out));
-    assert!(good[0].starts_with("ok"), "{}", show(&out));
+    let config = base(&work, &Db::Postgres)
+        .inbound(site_route("r_present", &present.name))
+        .inbound(site_route("r_missing", &missing));
+    check(&config)
+        .fails("inbound r_missing", &[&missing])
+        // The other route is still checked and reported
+        .route_is("inbound r_present", "ok", &[]);
 }
 
 #[test]
 fn check_fails_naming_missing_column() {
-    let dir = Dir::new();
-    let table = TempTable::create(&Db::MariaDb, "cli_col", "site VARCHAR(40), v DOUBLE");
-    let text = format!(
-        "state: {state}
-brokers:
-  b: {{ url: 'mqtt://127.0.0.1:1883', client_id: {cid} }}
-databases:
-  d: {{ connection_string: '{cs}' }}
-inbound:
-  - name: r_col
-    broker: b
-    topic: 'cli/{{site}}/+'
-    database: d
-    table: {table}
-    columns:
-      site: topic.site
-      v: payload.value
-      humidity_pct: payload.h
-",
-        state = dir.state(),
-        cid = unique("cli"),
-        cs = Db::MariaDb.connection_string(),
-        table = table.name,
-    );
-    let path = dir.write("mqdb.yaml", &text);
-    let out = mqdb(&path, &["check"]);
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    let s = stdout(&out);
-    let lines = route_lines(&s, "r_col");
-    assert_eq!(lines.len(), 1, "{}", show(&out));
-    assert!(lines[0].starts_with("FAIL"), "{}", show(&out));
-    assert!(lines[0].contains("humidity_pct"), "{}", show(&out));
+    let work = Workdir::new("cli");
+    let table = site_table(&Db::MariaDb, "cli_col");
+    let route = site_route("r_col", &table.name).columns(&[
+        ("site", "topic.site"),
+        ("v", "payload.value"),
+        ("humidity_pct", "payload.h"),
+    ]);
+    let config = base(&work, &Db::MariaDb).inbound(route);
+    check(&config).fails("inbound r_col", &["humidity_pct"]);
 }
 
 #[test]
 fn check_fails_naming_unreachable_broker() {
-    let dir = Dir::new();
-    let sqlite = Db::Sqlite(dir.path("data.db"));
-    let table = TempTable::create(&sqlite, "cli_nb", "site TEXT, v REAL");
-    let port = free_port();
-    let text = format!(
-        "state: {state}
-brokers:
-  deadbroker: {{ url: 'mqtt://127.0.0.1:{port}', client_id: {cid} }}
-databases:
-  d: {{ connection_string: '{cs}' }}
-inbound:
-  - name: r_nb
-    broker: deadbroker
-    topic: 'cli/{{site}}/+'
-    database: d
-    table: {table}
-    columns: {{ site: topic.site, v: payload.value }}
-",
-        state = dir.state(),
-        cid = unique("cli"),
-        cs = sqlite.connection_string(),
-        table = table.name,
-    );
-    let path = dir.write("mqdb.yaml", &text);
-    let out = mqdb(&path, &["check"]);
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    let s = stdout(&out);
-    let lines = route_lines(&s, "r_nb");
-    assert_eq!(lines.len(), 1, "{}", show(&out));
-    assert!(lines[0].starts_with("FAIL"), "{}", show(&out));
-    assert!(lines[0].contains("deadbroker"), "{}", show(&out));
+    let work = Workdir::new("cli");
+    let sqlite = Db::Sqlite(work.path("data.db"));
+    let table = site_table(&sqlite, "cli_nb");
+    let url = format!("mqtt://127.0.0.1:{}", free_port());
+    let config = work
+        .bare_config()
+        .broker("deadbroker", &url, json!({ "client_id": unique("cli") }))
+        .database("d", &sqlite.connection_string())
+        .inbound(site_route("r_nb", &table.name).set("broker", "deadbroker"));
+    check(&config).fails("inbound r_nb", &["deadbroker"]);
 }
 
 #[test]
 fn check_fails_naming_unreachable_database() {
-    let dir = Dir::new();
-    let port = free_port();
-    let text = format!(
-        "state: {state}
-brokers:
-  b: {{ url: 'mqtt://127.0.0.1:1883', client_id: {cid} }}
-databases:
-  deaddb: {{ connection_string: '{cs}' }}
-inbound:
-  - name: r_nd
-    broker: b
-    topic: 'cli/{{site}}/+'
-    database: deaddb
-    table: whatever
-    columns: {{ site: topic.site, v: payload.value }}
-",
-        state = dir.state(),
-        cid = unique("cli"),
-        cs = Db::Postgres.connection_string_via(port),
-    );
-    let path = dir.write("mqdb.yaml", &text);
-    let out = mqdb(&path, &["check"]);
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    let s = stdout(&out);
-    let lines = route_lines(&s, "r_nd");
-    assert_eq!(lines.len(), 1, "{}", show(&out));
-    assert!(lines[0].starts_with("FAIL"), "{}", show(&out));
-    assert!(lines[0].contains("deaddb"), "{}", show(&out));
+    let work = Workdir::new("cli");
+    let config = with_broker(&work)
+        .database("deaddb", &Db::Postgres.connection_string_via(free_port()))
+        .inbound(site_route("r_nd", "whatever").set("database", "deaddb"));
+    check(&config).fails("inbound r_nd", &["deaddb"]);
 }
 
-// ---------------------------------------------------------------------------------------
-// 4. Secrets never appear in any output
-// ---------------------------------------------------------------------------------------
+// Secrets never appear in any output
+
+/// PostgreSQL (trust auth, so any password logs in) with `password`.
+fn pg_with(password: &str) -> Json {
+    json!({ "connection_string": Db::Postgres.connection_string(), "password": password })
+}
 
 fn secret() -> String {
     format!("S3cr3t-pw-{}", unique("x"))
 }
 
-/// A config with broker `b` (username + `broker_secret`) and database `d`, whose block is
-/// `db_block` (indented by 4), and route `r1` into `table`.
-fn secret_config(
-    dir: &Dir,
-    broker_url: &str,
-    broker_secret: &str,
-    db_block: &str,
-    table: &str,
-) -> String {
-    format!(
-        "state: {state}
-brokers:
-  b:
-    url: {broker_url}
-    client_id: {cid}
-    username: mqdbuser
-    password: '{broker_secret}'
-databases:
-  d:
-{db_block}
-inbound:
-  - name: r1
-    broker: b
-    topic: 'cli/{topic}/{{site}}/+'
-    database: d
-    table: {table}
-    columns: {{ site: topic.site, v: payload.value }}
-",
-        state = dir.state(),
-        cid = unique("cli_sec"),
-        topic = unique("t"),
-    )
+/// A config with broker `b` (url, password), database `d` as `db` and route `r1` into `table`.
+fn secret_config(work: &Workdir, broker: (&str, &str), db: Json, table: &str) -> Config {
+    let (url, secret) = broker;
+    let broker =
+        json!({ "client_id": unique("cli_sec"), "username": "mqdbuser", "password": secret });
+    work.bare_config()
+        .broker("b", url, broker)
+        .set("databases", json!({ "d": db }))
+        .inbound(site_route("r1", table))
+}
+
+/// MariaDB with a wrong password given as `password:`, as `password_file:` and inside the
+/// connection string: a file name for each, the database entry and its secret.
+fn wrong_maria_passwords(work: &Workdir) -> [(&'static str, Json, String); 3] {
+    let [pw, file_pw, cs_pw] = [secret(), secret(), secret()];
+    let file = work.path("db_password");
+    std::fs::write(&file, format!("{file_pw}\n")).expect("write the password file");
+    let maria = |key: &str, value: Json| json!({ "connection_string": MARIA_NO_PWD, key: value });
+    let (in_file, in_cs) = (
+        maria("password_file", json!(file)),
+        json!({ "connection_string": format!("{MARIA_NO_PWD}PWD={cs_pw};") }),
+    );
+    [
+        ("password.yaml", maria("password", json!(pw)), pw),
+        ("password_file.yaml", in_file, file_pw),
+        ("cs.yaml", in_cs, cs_pw),
+    ]
 }
 
 #[test]
 fn check_never_prints_database_or_broker_passwords() {
-    let dir = Dir::new();
-    let my = TempTable::create(&Db::MariaDb, "cli_sec", "site VARCHAR(40), v DOUBLE");
-    let pg = TempTable::create(
-        &Db::Postgres,
-        "cli_sec",
-        "site VARCHAR(40), v DOUBLE PRECISION",
-    );
+    let work = Workdir::new("cli");
+    let my = site_table(&Db::MariaDb, "cli_sec");
+    let pg = site_table(&Db::Postgres, "cli_sec");
     let broker_secret = secret();
 
-    // A wrong MariaDB password given as `password:`: the connection fails with an auth
+    // A wrong MariaDB password, however it is given: the connection fails with an auth
     // error, which is reported without the password
-    let db_secret = secret();
-    let text = secret_config(
-        &dir,
-        "mqtt://127.0.0.1:1883",
-        &broker_secret,
-        &format!(
-            "    connection_string: {}\n    password: '{db_secret}'",
-            maria_cs_no_pwd()
-        ),
-        &my.name,
-    );
-    let path = dir.write("password.yaml", &text);
-    let out = mqdb(&path, &["check"]);
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    let s = stdout(&out);
-    let lines = route_lines(&s, "r1");
-    assert_eq!(lines.len(), 1, "{}", show(&out));
-    assert!(
-        lines[0].starts_with("FAIL") && lines[0].contains("database d"),
-        "{}",
-        show(&out)
-    );
-    for (what, s) in [("stdout", stdout(&out)), ("stderr", stderr(&out))] {
-        assert_no_secret(&db_secret, what, &s);
-        assert_no_secret(&broker_secret, what, &s);
-    }
-
-    // The same with `password_file:`
-    let file_secret = secret();
-    let pw_file = dir.write("db_password", &format!("{file_secret}\n"));
-    let text = secret_config(
-        &dir,
-        "mqtt://127.0.0.1:1883",
-        &broker_secret,
-        &format!(
-            "    connection_string: {}\n    password_file: '{}'",
-            maria_cs_no_pwd(),
-            pw_file.display()
-        ),
-        &my.name,
-    );
-    let path = dir.write("password_file.yaml", &text);
-    let out = mqdb(&path, &["check"]);
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    assert!(stdout(&out).contains("FAIL"), "{}", show(&out));
-    for (what, s) in [("stdout", stdout(&out)), ("stderr", stderr(&out))] {
-        assert_no_secret(&file_secret, what, &s);
-        assert_no_secret(&broker_secret, what, &s);
-    }
-
-    // A password inside the connection string itself
-    let cs_secret = secret();
-    let text = secret_config(
-        &dir,
-        "mqtt://127.0.0.1:1883",
-        &broker_secret,
-        &format!(
-            "    connection_string: 'Driver={{MariaDB Unicode}};Server=127.0.0.1;Port=3306;Database=test;Uid=root;PWD={cs_secret};'"
-        ),
-        &my.name,
-    );
-    let path = dir.write("cs.yaml", &text);
-    let out = mqdb(&path, &["check"]);
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    assert!(stdout(&out).contains("FAIL"), "{}", show(&out));
-    for (what, s) in [("stdout", stdout(&out)), ("stderr", stderr(&out))] {
-        assert_no_secret(&cs_secret, what, &s);
-        assert_no_secret(&broker_secret, what, &s);
+    for (name, db, db_secret) in wrong_maria_passwords(&work) {
+        let config = secret_config(&work, (SHARED_BROKER, &broker_secret), db, &my.name);
+        config.write_to(&work.path(name));
+        mqdb_at(&work.path(name), &["check"])
+            .fails("inbound r1", &["database d"])
+            .never_shows(&db_secret)
+            .never_shows(&broker_secret);
     }
 
     // A succeeding check (PostgreSQL trust auth ignores the password) prints it nowhere
     let ok_secret = secret();
-    let text = secret_config(
-        &dir,
-        "mqtt://127.0.0.1:1883",
-        &broker_secret,
-        &format!(
-            "    connection_string: {}\n    password: '{ok_secret}'",
-            pg_cs()
-        ),
-        &pg.name,
-    );
-    let path = dir.write("ok.yaml", &text);
-    let out = mqdb(&path, &["-vv", "check"]);
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    for (what, s) in [("stdout", stdout(&out)), ("stderr", stderr(&out))] {
-        assert_no_secret(&ok_secret, what, &s);
-        assert_no_secret(&broker_secret, what, &s);
-    }
+    let broker = (SHARED_BROKER, broker_secret.as_str());
+    let config = secret_config(&work, broker, pg_with(&ok_secret), &pg.name);
+    mqdb_at(&config.write(), &["-vv", "check"])
+        .code(0)
+        .never_shows(&ok_secret)
+        .never_shows(&broker_secret);
 }
 
 #[test]
 fn check_never_prints_the_broker_password_when_the_broker_fails() {
-    let dir = Dir::new();
-    let sqlite = Db::Sqlite(dir.path("data.db"));
-    let table = TempTable::create(&sqlite, "cli_bs", "site TEXT, v REAL");
+    let work = Workdir::new("cli");
+    let sqlite = Db::Sqlite(work.path("data.db"));
+    let table = site_table(&sqlite, "cli_bs");
     let broker_secret = secret();
-    let text = secret_config(
-        &dir,
-        &format!("mqtt://127.0.0.1:{}", free_port()),
-        &broker_secret,
-        &format!("    connection_string: '{}'", sqlite.connection_string()),
-        &table.name,
-    );
-    let path = dir.write("mqdb.yaml", &text);
-    let out = mqdb(&path, &["-vv", "check"]);
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    assert!(stdout(&out).contains("FAIL"), "{}", show(&out));
-    for (what, s) in [("stdout", stdout(&out)), ("stderr", stderr(&out))] {
-        assert_no_secret(&broker_secret, what, &s);
-    }
+    let url = format!("mqtt://127.0.0.1:{}", free_port());
+    let db = json!({ "connection_string": sqlite.connection_string() });
+    let config = secret_config(&work, (&url, &broker_secret), db, &table.name);
+    mqdb_at(&config.write(), &["-vv", "check"])
+        .code(1)
+        .stdout_has("FAIL")
+        .never_shows(&broker_secret);
 }
 
 #[test]
 fn run_never_logs_passwords() {
     let broker = Mosquitto::start();
-    let dir = Dir::new();
-    let pg = TempTable::create(
-        &Db::Postgres,
-        "cli_run_sec",
-        "site VARCHAR(40), v DOUBLE PRECISION",
-    );
+    let work = Workdir::new("cli");
+    let pg = site_table(&Db::Postgres, "cli_run_sec");
     let broker_secret = secret();
+    let env = [("RUST_LOG", "warn,odbc_api=error,mqdb=trace")];
+    let assert_hidden = |secret: &str, what: &str, log: &str| {
+        assert!(!log.contains(secret), "{secret:?} in {what}:\n{log}");
+    };
 
     // A succeeding run: PostgreSQL (trust) with a password, broker with a password
     let db_secret = secret();
-    let text = secret_config(
-        &dir,
-        &broker.url(),
-        &broker_secret,
-        &format!(
-            "    connection_string: {}\n    password: '{db_secret}'",
-            pg_cs()
-        ),
-        &pg.name,
-    );
-    let path = dir.write("ok.yaml", &text);
-    let mut bridge =
-        Bridge::start_with_env(&path, &[("RUST_LOG", "warn,odbc_api=error,mqdb=trace")]);
+    let db = pg_with(&db_secret);
+    let config = secret_config(&work, (&broker.url(), &broker_secret), db, &pg.name);
+    let mut bridge = Bridge::start_with_env(&config.write(), &env);
     bridge.wait_for_log("route ready", Duration::from_secs(60));
     bridge.wait_for_log("broker connected", Duration::from_secs(60));
-    let status = bridge.terminate();
-    assert!(status.success(), "{status:?}\n{}", bridge.log());
-    let log = bridge.log();
-    assert_no_secret(&db_secret, "the run log", &log);
-    assert_no_secret(&broker_secret, "the run log", &log);
+    common::terminate_ok(&mut bridge);
+    for secret in [&db_secret, &broker_secret] {
+        assert_hidden(secret, "the run log", &bridge.log());
+    }
 
     // A failing run: a wrong MariaDB password, retried and logged
-    for (name, db_block, db_secret) in {
-        let pw = secret();
-        let file_pw = secret();
-        let cs_pw = secret();
-        let file = dir.write("pw", &format!("{file_pw}\n"));
-        vec![
-            (
-                "password.yaml",
-                format!(
-                    "    connection_string: {}\n    password: '{pw}'",
-                    maria_cs_no_pwd()
-                ),
-                pw,
-            ),
-            (
-                "password_file.yaml",
-                format!(
-                    "    connection_string: {}\n    password_file: '{}'",
-                    maria_cs_no_pwd(),
-                    file.display()
-                ),
-                file_pw,
-            ),
-            (
-                "cs.yaml",
-                format!(
-                    "    connection_string: 'Driver={{MariaDB Unicode}};Server=127.0.0.1;Port=3306;Database=test;Uid=root;PWD={cs_pw};'"
-                ),
-                cs_pw,
-            ),
-        ]
-    } {
+    for (name, db, db_secret) in wrong_maria_passwords(&work) {
         let table = unique("cli_never");
-        let text = secret_config(&dir, &broker.url(), &broker_secret, &db_block, &table);
-        let path = dir.write(name, &text);
-        let mut bridge =
-            Bridge::start_with_env(&path, &[("RUST_LOG", "warn,odbc_api=error,mqdb=trace")]);
+        let path = work.path(name);
+        secret_config(&work, (&broker.url(), &broker_secret), db, &table).write_to(&path);
+        let mut bridge = Bridge::start_with_env(&path, &env);
         // The auth error is logged (so the path that could leak ran) ...
         bridge.wait_for_log("database unreachable", Duration::from_secs(60));
         let status = bridge.terminate();
@@ -1143,100 +489,64 @@ fn run_never_logs_passwords() {
         );
         assert!(status.success(), "{name}: {status:?}\n{log}");
         // ... without the password
-        assert_no_secret(&db_secret, &format!("the run log of {name}"), &log);
-        assert_no_secret(&broker_secret, &format!("the run log of {name}"), &log);
+        for secret in [&db_secret, &broker_secret] {
+            assert_hidden(secret, &format!("the run log of {name}"), &log);
+        }
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// 5. dlq list / show, and JSON logs
-// ---------------------------------------------------------------------------------------
+// dlq list / show, and JSON logs
 
 #[test]
 fn dlq_on_an_empty_store() {
-    let dir = Dir::new();
-    let path = dir.write("mqdb.yaml", &format!("state: {}\n", dir.state()));
-
-    let out = mqdb(&path, &["dlq", "list"]);
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    assert!(stdout(&out).contains("empty"), "{}", show(&out));
-
-    let out = mqdb(&path, &["dlq", "list", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    assert_eq!(stdout(&out), "", "{}", show(&out));
-
+    let work = Workdir::new("cli");
+    let path = work.bare_config().write();
+    mqdb_at(&path, &["dlq", "list"]).code(0).stdout_has("empty");
+    let out = mqdb_at(&path, &["dlq", "list", "--json"]);
+    assert_eq!(out.code(0).stdout, "", "{out}");
     // A route that is neither configured nor stored is a usage error, not "no match".
-    let out = mqdb(&path, &["dlq", "list", "--route", "r1"]);
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
-    assert!(stderr(&out).contains("r1"), "{}", show(&out));
-
-    let out = mqdb(&path, &["dlq", "show", "999"]);
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    assert!(stderr(&out).contains("999"), "{}", show(&out));
-
-    let out = mqdb(&path, &["dlq", "show", "not-a-number"]);
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    let out = mqdb_at(&path, &["dlq", "list", "--route", "r1"]);
+    out.code(2).stderr_has(&["r1"]);
+    mqdb_at(&path, &["dlq", "show", "999"])
+        .code(1)
+        .stderr_has(&["999"]);
+    mqdb_at(&path, &["dlq", "show", "not-a-number"]).code(2);
 }
 
 #[test]
 fn malformed_message_is_listed_for_its_route_and_logs_are_json() {
-    let broker = Mosquitto::start();
-    let dir = Dir::new();
-    let sqlite = Db::Sqlite(dir.path("data.db"));
-    let table = TempTable::create(&sqlite, "cli_dlq", "site TEXT, v REAL");
+    let world = World::new("cli");
+    let sqlite = Db::Sqlite(world.path("data.db"));
+    let table = site_table(&sqlite, "cli_dlq");
     let topic_base = format!("cli/{}", unique("dlq"));
-    let text = format!(
-        "state: {state}
-brokers:
-  b: {{ url: '{url}', client_id: {cid} }}
-databases:
-  d: {{ connection_string: '{cs}' }}
-inbound:
-  - name: r1
-    broker: b
-    topic: '{topic_base}/{{site}}/+'
-    database: d
-    table: {table}
-    columns: {{ site: topic.site, v: payload.value }}
-",
-        state = dir.state(),
-        url = broker.url(),
-        cid = unique("cli_dlq"),
-        cs = sqlite.connection_string(),
-        table = table.name,
-    );
-    let path = dir.write("mqdb.yaml", &text);
-    let mut bridge = Running::start(&path, &["--log-format", "json"], dir.path("run.log"));
-    bridge.wait_for_log("route ready");
-    bridge.wait_for_log("broker connected");
+    let route = site_route("r1", &table.name).set("topic", format!("{topic_base}/{{site}}/+"));
+    let path = world.config(&sqlite).inbound(route).write();
+    let mut bridge = Bridge::start_with(&path, &["--log-format", "json"], &[]);
+    bridge.wait_for_log("route ready", Duration::from_secs(60));
+    bridge.wait_for_log("broker connected", Duration::from_secs(60));
 
     // When one good and one malformed message arrive
-    let publisher = Publisher::connect(broker.port);
     let topic = format!("{topic_base}/north/s1");
-    publisher.publish_all_confirmed(
-        vec![
-            (topic.clone(), b"not json".to_vec()),
-            (topic.clone(), br#"{"value": 1.5}"#.to_vec()),
-        ],
-        1,
-    );
-    wait_until("the good row", Duration::from_secs(60), || {
-        table.count() == 1
-    });
-    let listed = || mqdb(&path, &["dlq", "list", "--route", "r1", "--json"]);
-    wait_until("a dead letter for r1", Duration::from_secs(60), || {
-        !stdout(&listed()).trim().is_empty()
+    let msgs = [b"not json".to_vec(), br#"{"value": 1.5}"#.to_vec()];
+    world
+        .publisher()
+        .publish_all_confirmed(msgs.map(|m| (topic.clone(), m)).to_vec(), 1);
+    let count = format!("SELECT COUNT(*) FROM {}", table.name);
+    wait_for_count(&mut bridge, &sqlite, &count, 1);
+    let listed = || mqdb_at(&path, &["dlq", "list", "--route", "r1", "--json"]);
+    wait_for(&mut bridge, "a dead letter for r1", || {
+        Ok(!listed().stdout.trim().is_empty())
     });
 
     // Then `dlq list --route r1` shows it, in JSON and as text
     let out = listed();
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    let s = stdout(&out);
-    let letters: Vec<serde_json::Value> = s
+    out.code(0);
+    let letters: Vec<Json> = out
+        .stdout
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
         .collect();
-    assert_eq!(letters.len(), 1, "{s}");
+    assert_eq!(letters.len(), 1, "{out}");
     let l = &letters[0];
     assert_eq!(l["route"], "r1", "{l}");
     assert_eq!(l["direction"], "inbound", "{l}");
@@ -1252,38 +562,32 @@ inbound:
     ] {
         assert!(!l[key].is_null(), "{key} missing in {l}");
     }
-    let out = mqdb(&path, &["dlq", "list", "--route", "r1"]);
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    assert!(stdout(&out).contains("r1"), "{}", show(&out));
-    assert!(!stdout(&out).contains("is empty"), "{}", show(&out));
+    let out = mqdb_at(&path, &["dlq", "list", "--route", "r1"]);
+    assert!(
+        !out.code(0).stdout_has("r1").stdout.contains("is empty"),
+        "{out}"
+    );
 
     // And `dlq show ID` prints it
     let id = l["id"].as_i64().expect("numeric id").to_string();
-    let out = mqdb(&path, &["dlq", "show", &id]);
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    assert!(stdout(&out).contains("not json"), "{}", show(&out));
+    mqdb_at(&path, &["dlq", "show", &id])
+        .code(0)
+        .stdout_has("not json");
 
     // And a route that does not exist is a usage error naming the one that does
-    let out = mqdb(&path, &["dlq", "list", "--route", "other", "--json"]);
-    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
-    assert_eq!(stdout(&out), "", "{}", show(&out));
-    assert!(stderr(&out).contains("valid: r1"), "{}", show(&out));
+    let out = mqdb_at(&path, &["dlq", "list", "--route", "other", "--json"]);
+    assert_eq!(out.code(2).stderr_has(&["valid: r1"]).stdout, "", "{out}");
     // And a kind with no dead letters matches nothing
-    let out = mqdb(&path, &["dlq", "list", "--error-kind", "convert"]);
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    assert!(
-        stdout(&out).contains("no dead letters match"),
-        "{}",
-        show(&out)
-    );
+    mqdb_at(&path, &["dlq", "list", "--error-kind", "convert"])
+        .code(0)
+        .stdout_has("no dead letters match");
 
     // And every line the bridge logged is a JSON object
-    let status = bridge.terminate();
-    assert!(status.success(), "{status:?}\n{}", bridge.log());
+    common::terminate_ok(&mut bridge);
     let log = bridge.log();
     let mut lines = 0;
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line)
+        let v: Json = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line:?}\nlog:\n{log}"));
         assert!(v.is_object(), "{line}");
         lines += 1;
@@ -1294,29 +598,20 @@ inbound:
     assert!(!log.contains("not json"), "payload in the log:\n{log}");
 }
 
-// ---------------------------------------------------------------------------------------
-// 6. Help and usage errors
-// ---------------------------------------------------------------------------------------
+// Help and usage errors
 
 #[test]
 fn help_lists_the_commands() {
-    let out = run_mqdb(&["--help"]);
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    let s = stdout(&out);
-    for cmd in ["run", "check", "dlq"] {
-        assert!(
-            s.lines().any(|l| l.trim_start().starts_with(cmd)),
-            "{cmd} not listed\n{s}"
-        );
-    }
-    let out = run_mqdb(&["dlq", "--help"]);
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    let s = stdout(&out);
-    for cmd in ["list", "show"] {
-        assert!(
-            s.lines().any(|l| l.trim_start().starts_with(cmd)),
-            "{cmd} not listed\n{s}"
-        );
+    for (args, commands) in [
+        (&["--help"][..], &["run", "check", "dlq"][..]),
+        (&["dlq", "--help"][..], &["list", "show"][..]),
+    ] {
+        let out = Ran::of(mqdb_command().args(args));
+        out.code(0);
+        for cmd in commands {
+            let listed = out.stdout.lines().any(|l| l.trim_start().starts_with(cmd));
+            assert!(listed, "{cmd} not listed\n{out}");
+        }
     }
 }
 
@@ -1331,40 +626,19 @@ fn usage_errors_exit_2() {
         &["--log-format", "xml", "check"][..],
         &["-v", "-q", "check"][..],
     ] {
-        let out = run_mqdb(args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}\n{}", show(&out));
-        assert!(
-            stdout(&out).is_empty() || args.is_empty(),
-            "{args:?}\n{}",
-            show(&out)
-        );
+        let out = Ran::of(mqdb_command().args(args));
+        assert_eq!(out.code, Some(2), "{args:?}\n{out}");
+        let quiet = out.stdout.is_empty() || args.is_empty();
+        assert!(quiet, "{args:?}\n{out}");
     }
 }
 
-/// A MariaDB account with a password that the connection-string grammar must brace, dropped
-/// when the test ends.
-struct MariaDbUser {
-    name: String,
-}
+/// Runs its closure when dropped, also when the test fails.
+struct Defer<F: FnMut()>(F);
 
-impl MariaDbUser {
-    fn create(password: &str) -> MariaDbUser {
-        let name = unique("u");
-        for host in ["%", "localhost"] {
-            Db::MariaDb.exec(&format!(
-                "CREATE USER '{name}'@'{host}' IDENTIFIED BY '{password}'"
-            ));
-            Db::MariaDb.exec(&format!("GRANT ALL ON test.* TO '{name}'@'{host}'"));
-        }
-        MariaDbUser { name }
-    }
-}
-
-impl Drop for MariaDbUser {
+impl<F: FnMut()> Drop for Defer<F> {
     fn drop(&mut self) {
-        for host in ["%", "localhost"] {
-            let _ = Db::MariaDb.try_exec(&format!("DROP USER '{}'@'{host}'", self.name));
-        }
+        (self.0)()
     }
 }
 
@@ -1373,157 +647,121 @@ fn username_and_password_keys_log_in_on_every_driver() {
     // Given a MariaDB account whose password holds `;`, `}`, `=` and `@`, and databases
     // whose credentials come only from the username/password keys
     let password = "p;w}d=x@1";
-    let account = MariaDbUser::create(password);
-    let dir = Dir::new();
-    let sqlite = Db::Sqlite(dir.path("data.db"));
+    let user = unique("u");
+    let hosts = ["%", "localhost"];
+    for host in hosts {
+        let account = format!("'{user}'@'{host}'");
+        Db::MariaDb.exec(&format!("CREATE USER {account} IDENTIFIED BY '{password}'"));
+        Db::MariaDb.exec(&format!("GRANT ALL ON test.* TO {account}"));
+    }
+    let _drop_user = Defer(|| {
+        for host in hosts {
+            let _ = Db::MariaDb.try_exec(&format!("DROP USER '{user}'@'{host}'"));
+        }
+    });
+    let work = Workdir::new("cli");
+    let sqlite = Db::Sqlite(work.path("data.db"));
     let pg = TempTable::create(&Db::Postgres, "cli_cred", "v INTEGER");
     let my = TempTable::create(&Db::MariaDb, "cli_cred", "v INTEGER");
     let lite = TempTable::create(&sqlite, "cli_cred", "v INTEGER");
     let config = |my_password: &str| {
-        let text = format!(
-            "state: {state}
-brokers:
-  b: {{ url: 'mqtt://127.0.0.1:1883', client_id: {cid} }}
-databases:
-  pg:
-    connection_string: 'Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port=5432;Database=test;'
-    username: root
-    password: '{password}'
-  my:
-    connection_string: 'Driver={{MariaDB Unicode}};Server=127.0.0.1;Port=3306;Database=test;'
-    username: {user}
-    password: '{my_password}'
-  lite:
-    connection_string: '{lite_cs}'
-    username: nobody
-    password: '{password}'
-inbound:
-  - {{ name: r_pg, broker: b, topic: cli/cred/pg, database: pg, table: {pg_t} }}
-  - {{ name: r_my, broker: b, topic: cli/cred/my, database: my, table: {my_t} }}
-  - {{ name: r_lite, broker: b, topic: cli/cred/lite, database: lite, table: {lite_t} }}
-",
-            state = dir.state(),
-            cid = unique("cli_cred"),
-            user = account.name,
-            lite_cs = sqlite.connection_string(),
-            pg_t = pg.name,
-            my_t = my.name,
-            lite_t = lite.name,
-        );
-        dir.write("mqdb.yaml", &text)
+        let databases = json!({
+            "pg": {
+                "connection_string":
+                    "Driver={PostgreSQL Unicode};Server=127.0.0.1;Port=5432;Database=test;",
+                "username": "root", "password": password,
+            },
+            "my": {
+                "connection_string":
+                    "Driver={MariaDB Unicode};Server=127.0.0.1;Port=3306;Database=test;",
+                "username": user, "password": my_password,
+            },
+            "lite": {
+                "connection_string": sqlite.connection_string(),
+                "username": "nobody", "password": password,
+            },
+        });
+        let mut config = with_broker(&work).set("databases", databases);
+        for (db, table) in [("pg", &pg), ("my", &my), ("lite", &lite)] {
+            let route = Route::inbound(&format!("r_{db}"), &format!("cli/cred/{db}"), &table.name);
+            config = config.inbound(route.set("database", db));
+        }
+        config.write()
     };
 
     // When `check` connects with the right password, then with a wrong one
-    let good = mqdb(&config(password), &["check"]);
-    let bad = mqdb(&config("p;w}d=x@2"), &["check"]);
+    let good = mqdb_at(&config(password), &["check"]);
+    let bad = mqdb_at(&config("p;w}d=x@2"), &["check"]);
 
     // Then every driver logs in (PostgreSQL as `root`, not `{root}`), MariaDB refuses the
     // wrong password, and neither password is ever printed
-    assert_eq!(good.status.code(), Some(0), "{}", show(&good));
-    assert_eq!(bad.status.code(), Some(1), "{}", show(&bad));
-    let printed = stdout(&bad);
-    let refused = route_lines(&printed, "r_my");
-    assert!(
-        refused.len() == 1 && !refused[0].starts_with("ok"),
-        "{}",
-        show(&bad)
-    );
-    for out in [&good, &bad] {
-        let all = show(out);
-        assert!(!all.contains("p;w}d=x@"), "a password was printed:\n{all}");
-    }
+    good.code(0).never_shows("p;w}d=x@");
+    bad.code(1).never_shows("p;w}d=x@");
+    let refused = bad.route_line("inbound r_my");
+    assert!(!refused.starts_with("ok"), "{bad}");
 }
 
 #[test]
 fn mqtt_url_credentials_log_in_and_never_show() {
     // Given a broker that only lets `plant` in with a password holding `@` and `:`
-    let dir = Dir::new();
-    let passwords = dir.path("passwd");
+    let work = Workdir::new("cli");
+    let passwords = work.path("passwd");
     std::fs::write(&passwords, "").unwrap();
     let made = std::process::Command::new("mosquitto_passwd")
         .args(["-b", passwords.to_str().unwrap(), "plant", "s3@cr:t"])
         .status()
         .expect("run mosquitto_passwd");
     assert!(made.success());
-    let broker = common::Mosquitto::start_with_extra_config(&format!(
+    let broker = Mosquitto::start_with_extra_config(&format!(
         "allow_anonymous false\npassword_file {}\n",
         passwords.display()
     ));
-    let sqlite = Db::Sqlite(dir.path("data.db"));
+    let sqlite = Db::Sqlite(work.path("data.db"));
     let table = TempTable::create(&sqlite, "cli_url", "v INTEGER");
-    let config = |url: &str| {
-        let text = format!(
-            "state: {state}
-brokers:
-  b: {{ url: '{url}', client_id: {cid} }}
-databases:
-  d: {{ connection_string: '{cs}' }}
-inbound:
-  - {{ name: r, broker: b, topic: cli/url, database: d, table: {table} }}
-",
-            state = dir.state(),
-            cid = unique("cli_url"),
-            cs = sqlite.connection_string(),
-            table = table.name,
-        );
-        dir.write("mqdb.yaml", &text)
-    };
     let port = broker.port;
+    let check_url = |url: String| {
+        let config = work
+            .bare_config()
+            .broker("b", &url, json!({ "client_id": unique("cli_url") }))
+            .database("d", &sqlite.connection_string())
+            .inbound(Route::inbound("r", "cli/url", &table.name));
+        check(&config)
+    };
 
     // When `check` runs with the credentials in the URL (percent-encoded), with a wrong
     // password, and with a mistyped scheme
-    let good = mqdb(
-        &config(&format!("mqtt://plant:s3%40cr%3At@127.0.0.1:{port}")),
-        &["check"],
-    );
-    let bad = mqdb(
-        &config(&format!("mqtt://plant:wr0ng@127.0.0.1:{port}")),
-        &["check"],
-    );
-    let typo = mqdb(
-        &config(&format!("mqtp://plant:s3%40cr%3At@127.0.0.1:{port}")),
-        &["check"],
-    );
+    let good = check_url(format!("mqtt://plant:s3%40cr%3At@127.0.0.1:{port}"));
+    let bad = check_url(format!("mqtt://plant:wr0ng@127.0.0.1:{port}"));
+    let typo = check_url(format!("mqtp://plant:s3%40cr%3At@127.0.0.1:{port}"));
 
     // Then the right password logs in, the wrong one is refused, the typo is a config
     // error naming the URL without its password, and no password is ever printed
-    assert_eq!(good.status.code(), Some(0), "{}", show(&good));
-    assert_eq!(bad.status.code(), Some(1), "{}", show(&bad));
-    assert_eq!(typo.status.code(), Some(2), "{}", show(&typo));
-    assert!(
-        show(&typo).contains(&format!("mqtp://plant:***@127.0.0.1:{port}")),
-        "{}",
-        show(&typo)
-    );
+    good.code(0);
+    bad.code(1);
+    let masked = format!("mqtp://plant:***@127.0.0.1:{port}");
+    assert!(typo.code(2).to_string().contains(&masked), "{typo}");
     for out in [&good, &bad, &typo] {
-        let all = show(out);
-        assert!(
-            !all.contains("s3%40cr") && !all.contains("s3@cr") && !all.contains("wr0ng"),
-            "a password was printed:\n{all}"
-        );
+        out.never_shows("s3%40cr")
+            .never_shows("s3@cr")
+            .never_shows("wr0ng");
     }
 }
 
 #[test]
 fn dlq_list_into_a_pipe_closed_early_exits_quietly() {
     // Given more dead letters than a pipe buffers
-    let dir = Dir::new();
-    let state = dir.state();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    rt.block_on(async {
-        let store = mqdb::state::State::open(&state)
-            .await
-            .expect("open the store");
-        let letters: Vec<mqdb::dlq::NewDeadLetter> = (0..2000)
-            .map(|i| mqdb::dlq::NewDeadLetter {
+    let work = Workdir::new("cli");
+    let state = work.store.url();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    runtime.block_on(async {
+        let store = State::open(&state).await.expect("open the store");
+        let letters: Vec<NewDeadLetter> = (0..2000)
+            .map(|i| NewDeadLetter {
                 route: "r".into(),
-                direction: mqdb::dlq::Direction::Inbound,
+                direction: Direction::Inbound,
                 source: "t".into(),
                 payload: format!("{i:0>200}").into_bytes(),
-                headers: serde_json::json!({}),
+                headers: json!({}),
                 error_kind: "decode".into(),
                 error: "invalid JSON".into(),
                 sqlstate: None,
@@ -1532,15 +770,16 @@ fn dlq_list_into_a_pipe_closed_early_exits_quietly() {
         store.store_dead_letters(&letters).await.expect("store");
         store.close().await;
     });
-    let path = dir.write(
-        "mqdb.yaml",
-        &format!("state: {state}\nbrokers: {{}}\ndatabases: {{}}\n"),
-    );
+    let path = work
+        .bare_config()
+        .set("brokers", json!({}))
+        .set("databases", json!({}))
+        .write();
 
     // When `dlq list --json` (and the table) are read for one line and the pipe is closed,
     // as `| head -1` does
     for args in [&["dlq", "list", "--json"][..], &["dlq", "list"][..]] {
-        let mut child = common::mqdb_command()
+        let mut child = mqdb_command()
             .arg("-c")
             .arg(&path)
             .args(args)

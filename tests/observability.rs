@@ -1,157 +1,84 @@
-//! What `mqdb run` tells an operator about itself, against the real local services:
-//! `GET /metrics` (Prometheus text) and `GET /health` at `http.listen`, `mqdb health`, and the
-//! periodic log summary when there is no HTTP endpoint.
-//!
-//! 1. Known counts: an MQTT inbound route and an outbound route on PostgreSQL; after N good
-//!    and K malformed messages and R source rows every counter, gauge and histogram says
-//!    exactly what happened, and `/health` says every connection is up.
-//! 2. Outages: a private Mosquitto stopped and restarted, and PostgreSQL cut by a TCP proxy,
-//!    turn `/health` (and `mqdb health`) to 503 / exit 1 with the right flag false, count
-//!    retries, and come back to 200 / exit 0 with every message stored. An idle AMQP
-//!    outbound route must also be healthy again once its broker is back (it is not, today:
-//!    its publisher reconnects only when a row needs publishing).
-//! 3. An AMQP inbound route (RabbitMQ) counts the same way.
-//! 4. Without `http`, `log_summary: 1s` logs lines whose increments add up to what happened.
-//! 5. Config and start-up errors: a bad `http.listen` (exit 2, file:line), a taken port
-//!    (exit 1), `mqdb health` without `http` (exit 2) or with nothing listening (exit 1).
-//! 6. Unknown paths are 404 and other methods than GET/HEAD are 405.
-//!
-//! Every test has its own temp dir (config, state store, log), its own HTTP port, unique
-//! table, topic, queue and client-id names, and a private Mosquitto where MQTT is involved.
-//! Waits are liveness deadlines (they only bound a hang), never speed assertions.
+//! What `mqdb run` tells an operator about itself: `GET /metrics` (Prometheus text) and
+//! `GET /health` at `http.listen`, `mqdb health`, and the periodic log summary when there is
+//! no HTTP endpoint; exact counts after known traffic, outages of the broker and of the
+//! database, config and start-up errors, and how the endpoint treats odd clients.
 
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::http;
 use common::{
-    Bridge, Db, LIVENESS, Mosquitto, Publisher, Rabbit, Route, Subscriber, TcpProxy, TempTable,
-    Workdir, dlq_list, free_port, path_str, run_bounded, settings, terminate_ok, unique, wait_for,
-    wait_for_count,
+    Bridge, Db, LIVENESS, Rabbit, Ran, Route, TcpProxy, TempTable, Workdir, World, dlq_list,
+    free_port, line_of, mqdb_bounded, path_str, terminate_ok, unique, wait_for, wait_for_count,
 };
 use serde_json::{Value as Json, json};
-
-/// The poll interval of the outbound routes here.
-const INTERVAL: &str = "interval: 100ms";
-
-/// How long to keep watching for messages that must not come (several poll intervals).
-const QUIET: Duration = Duration::from_millis(800);
-
-// ---------------------------------------------------------------------------------------
-// Helpers
-// ---------------------------------------------------------------------------------------
-
-/// A YAML double-quoted scalar (JSON string syntax is valid YAML).
-fn yq(text: &str) -> String {
-    serde_json::to_string(text).expect("a string serializes")
-}
 
 /// A free `127.0.0.1:PORT` for `http.listen`.
 fn free_addr() -> String {
     format!("127.0.0.1:{}", free_port())
 }
 
-/// One test's temp dir and its `mqdb.yaml` under construction (the shared typed builder,
-/// with the route shapes these tests use).
-struct Config {
-    // Held so that the temp dir lives as long as the config.
-    _work: Workdir,
-    config: common::Config,
+fn http_at(addr: &str) -> Json {
+    json!({ "listen": addr })
 }
 
-impl Config {
-    fn new() -> Config {
-        let work = Workdir::new("obs");
-        let config = work.bare_config();
-        Config {
-            _work: work,
-            config,
-        }
-    }
+/// A PostgreSQL table for [`inbound`] routes and [`polling`] routes.
+fn id_v_table(prefix: &str) -> TempTable {
+    let columns = "id INTEGER PRIMARY KEY, v TEXT NOT NULL";
+    TempTable::create(&Db::Postgres, prefix, columns)
+}
 
-    fn edit(&mut self, change: impl FnOnce(common::Config) -> common::Config) -> &mut Self {
-        self.config = change(std::mem::take(&mut self.config));
-        self
-    }
+/// An inbound route from broker `broker` (`source` is its `topic` or `queue`) into `table`
+/// of database `d`: JSON `{"id": .., "v": ..}`.
+fn inbound(name: &str, broker: &str, source: (&str, &str), table: &str) -> Route {
+    Route::named(name)
+        .set("broker", broker)
+        .set(source.0, source.1)
+        .set("database", "d")
+        .set("table", table)
+        .set("format", "json")
+        .set("batch", json!({ "max_rows": 100, "max_delay": "50ms" }))
+        .columns(&[("id", "payload.id"), ("v", "payload.v")])
+}
 
-    fn mqtt_broker(&mut self, name: &str, url: &str, client_id: &str) -> &mut Self {
-        self.edit(|c| c.broker(name, url, json!({ "client_id": client_id })))
-    }
-
-    fn amqp_broker(&mut self, name: &str, url: &str) -> &mut Self {
-        self.edit(|c| c.broker(name, url, Json::Null))
-    }
-
-    fn database(&mut self, name: &str, connection_string: &str) -> &mut Self {
-        self.edit(|c| c.database(name, connection_string))
-    }
-
-    /// An inbound route from broker `broker` (`topic:` for MQTT, `queue:` for AMQP, as
-    /// given in `source`) into `table` of database `d`: JSON `{"id": .., "v": ..}`.
-    fn inbound(&mut self, name: &str, broker: &str, source: &str, table: &str) -> &mut Self {
-        let route = Route::named(name)
-            .set("broker", broker)
-            .lines(&[source])
-            .set("database", "d")
-            .set("table", table)
-            .set("format", "json")
-            .set("batch", json!({ "max_rows": 100, "max_delay": "50ms" }))
-            .columns(&[("id", "payload.id"), ("v", "payload.v")]);
-        self.edit(|c| c.inbound(route))
-    }
-
-    /// An outbound route polling `SELECT id, v FROM table WHERE id > ?` on database `d`
-    /// with broker `broker`.
-    fn polling(name: &str, broker: &str, table: &str) -> Route {
-        Route::outbound(
-            name,
-            &format!("SELECT id, v FROM {table} WHERE id > ? ORDER BY id"),
-        )
+/// An outbound route polling `SELECT id, v FROM table WHERE id > ?` on database `d` every
+/// 100 ms, for broker `broker`.
+fn polling(name: &str, broker: &str, table: &str) -> Route {
+    let query = format!("SELECT id, v FROM {table} WHERE id > ? ORDER BY id");
+    Route::outbound(name, &query)
         .set("track", "id")
         .set("start", 0)
-        .lines(&[INTERVAL])
+        .set("interval", "100ms")
         .set("broker", broker)
-    }
+}
 
-    /// An outbound route publishing each row of `table` to `topic_prefix/{id}` on broker
-    /// `broker`.
-    fn outbound(&mut self, name: &str, broker: &str, table: &str, topic_prefix: &str) -> &mut Self {
-        let route = Config::polling(name, broker, table)
-            .set("topic", format!("{topic_prefix}/{{id}}"))
-            .set("qos", 1);
-        self.edit(|c| c.outbound(route))
-    }
+/// An outbound route publishing each row of `table` to `topic_prefix/{id}` on broker `b`.
+fn outbound(name: &str, table: &str, topic_prefix: &str) -> Route {
+    polling(name, "b", table)
+        .set("topic", format!("{topic_prefix}/{{id}}"))
+        .set("qos", 1)
+}
 
-    /// An outbound route publishing each row of `table` to the default exchange of AMQP
-    /// broker `broker`, routed to `queue`.
-    fn outbound_amqp(&mut self, name: &str, broker: &str, table: &str, queue: &str) -> &mut Self {
-        let route = Config::polling(name, broker, table)
-            .set("exchange", "")
-            .set("routing_key", queue);
-        self.edit(|c| c.outbound(route))
-    }
-
-    fn http(&mut self, listen: &str) -> &mut Self {
-        self.edit(|c| c.set("http", json!({ "listen": listen })))
-    }
-
-    /// A top-level setting written as `key: value` (the value may span lines).
-    fn line(&mut self, line: &str) -> &mut Self {
-        self.edit(|c| {
-            settings(&[line])
-                .into_iter()
-                .fold(c, |c, (key, value)| c.set(&key, value))
-        })
-    }
-
-    /// Writes `mqdb.yaml` and returns its path.
-    fn write(&self) -> PathBuf {
-        self.config.write()
-    }
+/// A running bridge with inbound route `readings` from its world's broker into a new sink
+/// table, and an HTTP endpoint at the address returned that has answered 200.
+fn serving(sink_prefix: &str) -> (World, TempTable, String, Bridge) {
+    let world = World::new("obs");
+    let sink = id_v_table(sink_prefix);
+    let addr = free_addr();
+    let topic = format!("obs/{}", unique("p"));
+    let config = world
+        .config(&Db::Postgres)
+        .inbound(inbound("readings", "b", ("topic", &topic), &sink.name))
+        .set("http", http_at(&addr))
+        .write();
+    let mut bridge = Bridge::start(&config);
+    wait_healthy(&mut bridge, &addr);
+    (world, sink, addr, bridge)
 }
 
 /// One scrape of `/metrics`: every sample in order, by its series (`name{labels}`).
@@ -187,12 +114,10 @@ impl Scrape {
                 .parse()
                 .unwrap_or_else(|e| panic!("{line:?}: the value is not a number: {e}"));
             let name = series.split('{').next().unwrap_or(series);
+            let suffixes = ["_bucket", "_sum", "_count"];
+            let histogram = suffixes.iter().find_map(|s| name.strip_suffix(s));
             let declared = typed.iter().any(|(t, kind)| {
-                name == t
-                    || (kind == "histogram"
-                        && ["_bucket", "_sum", "_count"]
-                            .iter()
-                            .any(|s| name.strip_suffix(s) == Some(t)))
+                name == t || (kind == "histogram" && histogram == Some(t.as_str()))
             });
             assert!(declared, "{name} has no # TYPE line before it:\n{text}");
             samples.push((series.to_string(), value));
@@ -243,39 +168,35 @@ impl Scrape {
                 Some((le, *v))
             })
             .collect();
+        let (text, last) = (&self.text, buckets.last().copied());
         assert!(
             buckets.len() >= 2,
-            "{route}: fewer than two buckets:\n{}",
-            self.text
+            "{route}: fewer than two buckets:\n{text}"
         );
+        let last_le = last.map(|b| b.0);
         assert_eq!(
-            buckets.last().map(|b| b.0),
+            last_le,
             Some(f64::INFINITY),
-            "{route}: the last bucket is not +Inf:\n{}",
-            self.text
+            "{route}: no +Inf bucket last:\n{text}"
         );
         for pair in buckets.windows(2) {
+            let ((le0, n0), (le1, n1)) = (pair[0], pair[1]);
             assert!(
-                pair[0].0 < pair[1].0,
+                le0 < le1,
                 "{route}: bucket bounds not increasing: {buckets:?}"
             );
             assert!(
-                pair[0].1 <= pair[1].1,
+                n0 <= n1,
                 "{route}: cumulative bucket counts decrease: {buckets:?}"
             );
         }
         let count = self.route("mqdb_batch_seconds_count", route, direction);
         let sum = self.route("mqdb_batch_seconds_sum", route, direction);
-        assert_eq!(
-            buckets.last().map(|b| b.1),
-            Some(count),
-            "{route}: +Inf bucket != _count:\n{}",
-            self.text
-        );
+        let inf = last.map(|b| b.1);
+        assert_eq!(inf, Some(count), "{route}: +Inf bucket != _count:\n{text}");
         assert!(
             sum.is_finite() && sum >= 0.0,
-            "{route}: _sum is {sum}:\n{}",
-            self.text
+            "{route}: _sum is {sum}:\n{text}"
         );
         count
     }
@@ -296,32 +217,42 @@ fn series(name: &str, route: &str, direction: &str) -> String {
 
 /// `GET /metrics` (asserting 200), parsed.
 fn scrape(addr: &str) -> Scrape {
-    let (status, body) = http::get(addr, "/metrics");
-    assert_eq!(status, 200, "GET /metrics: {body}");
-    Scrape::parse(body)
+    metrics(http::get(addr, "/metrics"))
 }
 
 /// `GET /metrics` parsed, `None` while nothing listens.
 fn try_scrape(addr: &str) -> Option<Scrape> {
-    match http::try_get(addr, "/metrics")? {
-        (200, body) => Some(Scrape::parse(body)),
-        (status, body) => panic!("GET /metrics answered {status}: {body}"),
-    }
+    http::try_get(addr, "/metrics").map(metrics)
 }
 
-/// `GET /health`: the status code and the JSON document (asserted to be JSON).
-fn health(addr: &str) -> (u16, Json) {
-    let (status, body) = http::get(addr, "/health");
+fn metrics((status, body): (u16, String)) -> Scrape {
+    assert_eq!(status, 200, "GET /metrics: {body}");
+    Scrape::parse(body)
+}
+
+/// A `/health` answer: the status code and the JSON document (asserted to be JSON).
+fn health_doc((status, body): (u16, String)) -> (u16, Json) {
     let doc = serde_json::from_str(&body)
         .unwrap_or_else(|e| panic!("GET /health ({status}) is not JSON: {e}: {body:?}"));
     (status, doc)
 }
 
+/// The `/health` document with broker `broker`, database `d` and every route (name,
+/// direction) up.
+fn all_up(broker: &str, routes: &[(&str, &str)]) -> Json {
+    let up = |direction| json!({ "direction": direction, "broker": true, "database": true });
+    let routes: serde_json::Map<String, Json> =
+        routes.iter().map(|(r, d)| (r.to_string(), up(d))).collect();
+    let (brokers, databases) = (json!({ broker: true }), json!({ "d": true }));
+    json!({ "status": "ok", "brokers": brokers, "databases": databases, "routes": routes })
+}
+
+fn health(addr: &str) -> (u16, Json) {
+    health_doc(http::get(addr, "/health"))
+}
+
 fn try_health(addr: &str) -> Option<(u16, Json)> {
-    let (status, body) = http::try_get(addr, "/health")?;
-    let doc = serde_json::from_str(&body)
-        .unwrap_or_else(|e| panic!("GET /health ({status}) is not JSON: {e}: {body:?}"));
-    Some((status, doc))
+    http::try_get(addr, "/health").map(health_doc)
 }
 
 /// Waits until `/health` answers and `check(status, doc)` holds; returns the last answer.
@@ -348,6 +279,17 @@ fn wait_healthy(bridge: &mut Bridge, addr: &str) -> Json {
     wait_health(bridge, addr, "200", |status, _| status == 200).1
 }
 
+/// Waits until `/health` is 503 with `flag` (e.g. `["routes", "alerts", "broker"]`) false on
+/// every route in `routes`; returns the document.
+fn wait_degraded(bridge: &mut Bridge, addr: &str, routes: &[&str], flag: &str) -> Json {
+    let what = format!("503 with the {flag} of {routes:?} down");
+    let (_, doc) = wait_health(bridge, addr, &what, |status, doc| {
+        status == 503 && routes.iter().all(|r| doc["routes"][r][flag] == false)
+    });
+    assert_eq!(doc["status"], "degraded", "{doc}");
+    doc
+}
+
 /// Waits until `/metrics` answers and `check` accepts it; returns that scrape.
 fn wait_scrape(
     bridge: &mut Bridge,
@@ -367,75 +309,86 @@ fn wait_scrape(
     last.expect("at least one scrape")
 }
 
+/// Asserts `name{route,direction}` is `want` for each `(name, want)`.
+fn assert_series(s: &Scrape, route: &str, direction: &str, want: &[(&str, i64)]) {
+    for (name, value) in want {
+        let got = s.route(name, route, direction);
+        assert_eq!(got, *value as f64, "{name} of {route}:\n{}", s.text);
+    }
+}
+
+/// Asserts the route's well-formed batch histogram counts 1 to `max` batches.
+fn assert_batches(s: &Scrape, route: &str, direction: &str, max: i64) {
+    let batches = s.histogram_count(route, direction);
+    let ok = (1.0..=max as f64).contains(&batches);
+    assert!(ok, "{route}: {batches} batches, not 1..={max}");
+}
+
 /// The counters of an inbound route that took `n` good and `k` bad messages and has
 /// finished them all, with no outage.
 fn assert_inbound_counts(s: &Scrape, route: &str, n: i64, k: i64) {
-    let get = |name| s.route(name, route, "inbound");
-    assert_eq!(get("mqdb_messages_received_total"), (n + k) as f64);
-    assert_eq!(get("mqdb_rows_written_total"), n as f64);
-    assert_eq!(get("mqdb_dead_letters_total"), k as f64);
-    assert_eq!(get("mqdb_retries_total"), 0.0);
-    assert_eq!(get("mqdb_in_flight"), 0.0);
-    let batches = s.histogram_count(route, "inbound");
-    assert!(
-        (1.0..=n as f64).contains(&batches),
-        "inbound batches: {batches} (every committed batch has 1..=n rows)"
+    assert_series(
+        s,
+        route,
+        "inbound",
+        &[
+            ("mqdb_messages_received_total", n + k),
+            ("mqdb_rows_written_total", n),
+            ("mqdb_dead_letters_total", k),
+            ("mqdb_retries_total", 0),
+            ("mqdb_in_flight", 0),
+        ],
     );
+    // Every committed batch has 1..=n rows.
+    assert_batches(s, route, "inbound", n);
 }
 
 /// Waits until an inbound route has taken `want` messages and finished all of them
 /// (`mqdb_in_flight` 0); more than `want` fails at once (duplicates).
-fn wait_inbound_settled(bridge: &mut Bridge, addr: &str, route: &str, want: f64) -> Scrape {
-    wait_scrape(
-        bridge,
-        addr,
-        &format!("{route} received {want} messages and has none in flight"),
-        |s| {
-            let received = s.route("mqdb_messages_received_total", route, "inbound");
-            if received > want {
-                return Err(format!("{route} received {received}, more than {want}"));
-            }
-            Ok(received == want && s.route("mqdb_in_flight", route, "inbound") == 0.0)
-        },
-    )
+fn wait_inbound_settled(bridge: &mut Bridge, addr: &str, route: &str, want: i64) -> Scrape {
+    let what = format!("{route} received {want} messages and has none in flight");
+    wait_scrape(bridge, addr, &what, |s| {
+        let received = s.route("mqdb_messages_received_total", route, "inbound");
+        if received > want as f64 {
+            return Err(format!("{route} received {received}, more than {want}"));
+        }
+        Ok(received == want as f64 && s.route("mqdb_in_flight", route, "inbound") == 0.0)
+    })
 }
 
-/// Waits until `broker` (started with `log_type all`) has logged `n` PUBACKs from
-/// `client_id`.
-fn wait_acked(bridge: &mut Bridge, broker: &Mosquitto, client_id: &str, n: usize) {
-    let needle = format!("Received PUBACK from {client_id} ");
-    wait_for(bridge, &format!("{n} PUBACKs from {client_id}"), || {
-        Ok(broker.log().matches(&needle).count() >= n)
-    });
+/// `mqdb -c CONFIG COMMAND`, bounded by a deadline.
+fn mqdb(config: &Path, command: &str) -> Ran {
+    let args = ["-c", path_str(config), command];
+    mqdb_bounded(&args, &std::env::temp_dir(), LIVENESS)
 }
 
-/// `mqdb -c CONFIG health`, bounded by a deadline: exit status, stdout, stderr.
-fn mqdb_health(config: &Path) -> (ExitStatus, String, String) {
-    run_bounded(
-        &["-c", path_str(config), "health"],
-        &std::env::temp_dir(),
-        Duration::from_secs(30),
-    )
+/// Waits until `/health` is 200, and then `mqdb health` says so too.
+fn wait_healthy_mqdb(bridge: &mut Bridge, addr: &str, config: &Path) {
+    wait_healthy(bridge, addr);
+    assert_mqdb_health(config, 0, "ok");
 }
 
-/// JSON payloads `{"id":ID,"v":"vID"}`.
-fn good(id: i64) -> Vec<u8> {
-    format!(r#"{{"id":{id},"v":"v{id}"}}"#).into_bytes()
+/// `mqdb health` exits with `code` and prints the health document with `status`.
+fn assert_mqdb_health(config: &Path, code: i32, status: &str) {
+    let out = mqdb(config, "health");
+    let printed: Json = serde_json::from_str(out.code(code).stdout.trim())
+        .unwrap_or_else(|e| panic!("mqdb health printed no JSON ({e}): {out}"));
+    assert_eq!(printed["status"], status, "{printed}");
 }
 
-/// A payload that is not JSON.
-fn bad(i: i64) -> Vec<u8> {
-    format!(r#"{{"id":{i},"v":"cut short"#).into_bytes()
+/// JSON payloads `{"id":ID,"v":"vID"}` on `topic` for each id.
+fn good(topic: &str, ids: impl Iterator<Item = i64>) -> Vec<(String, Vec<u8>)> {
+    let json = |id| format!(r#"{{"id":{id},"v":"v{id}"}}"#).into_bytes();
+    ids.map(|id| (topic.to_string(), json(id))).collect()
 }
 
-/// `n` good messages (ids `first..first+n`) with `k` bad ones spread among them, on `topic`.
+/// `n` good messages (ids `first..first+n`) with `k` bad ones (not JSON) spread among them.
 fn mixed(topic: &str, first: i64, n: i64, k: i64) -> Vec<(String, Vec<u8>)> {
-    let mut msgs: Vec<(String, Vec<u8>)> = (0..n)
-        .map(|i| (topic.to_string(), good(first + i)))
-        .collect();
+    let mut msgs = good(topic, first..first + n);
     for j in 0..k {
         let at = ((j + 1) * n / (k + 1) + j) as usize;
-        msgs.insert(at.min(msgs.len()), (topic.to_string(), bad(j)));
+        let bad = format!(r#"{{"id":{j},"v":"cut short"#).into_bytes();
+        msgs.insert(at.min(msgs.len()), (topic.to_string(), bad));
     }
     msgs
 }
@@ -443,10 +396,6 @@ fn mixed(topic: &str, first: i64, n: i64, k: i64) -> Vec<(String, Vec<u8>)> {
 fn count_sql(table: &str) -> String {
     format!("SELECT COUNT(*) FROM {table}")
 }
-
-// ---------------------------------------------------------------------------------------
-// 1. Known counts
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn metrics_and_health_report_exactly_what_the_routes_did() {
@@ -457,59 +406,40 @@ fn metrics_and_health_report_exactly_what_the_routes_did() {
     // Given a private broker, an inbound route into one PostgreSQL table and an outbound
     // route reading another one that holds R rows, and an HTTP endpoint
     let db = Db::Postgres;
-    let broker = Mosquitto::start();
-    let sink = TempTable::create(&db, "obs_sink", "id INTEGER PRIMARY KEY, v TEXT NOT NULL");
-    let source = TempTable::create(&db, "obs_src", "id INTEGER PRIMARY KEY, v TEXT NOT NULL");
+    let world = World::new("obs");
+    let sink = id_v_table("obs_sink");
+    let source = id_v_table("obs_src");
     let values: Vec<String> = (1..=R).map(|i| format!("({i}, 'r{i}')")).collect();
-    db.exec(&format!(
-        "INSERT INTO {} (id, v) VALUES {}",
-        source.name,
-        values.join(", ")
-    ));
+    let insert = format!("INSERT INTO {} VALUES {}", source.name, values.join(", "));
+    db.exec(&insert);
     let base = unique("obs");
     let in_topic = format!("obs/{base}/in");
     let out_prefix = format!("obs/{base}/out");
     let addr = free_addr();
-    let mut config = Config::new();
-    config
-        .mqtt_broker("b", &broker.url(), &unique("mqdb_obs"))
-        .database("d", &db.connection_string())
-        .inbound(
-            "readings",
-            "b",
-            &format!("topic: {}", yq(&in_topic)),
-            &sink.name,
-        )
-        .outbound("alerts", "b", &source.name, &out_prefix)
-        .http(&addr);
-    let config = config.write();
-    let counter = Subscriber::connect(broker.port, &format!("{out_prefix}/#"), 1);
+    let config = world
+        .config(&db)
+        .inbound(inbound("readings", "b", ("topic", &in_topic), &sink.name))
+        .outbound(outbound("alerts", &source.name, &out_prefix))
+        .set("http", http_at(&addr))
+        .write();
+    let counter = world.subscribe(&format!("{out_prefix}/#"));
 
     // When the bridge runs
     let mut bridge = Bridge::start(&config);
 
     // Then /health turns 200 with every connection up (so the inbound route has subscribed)
     let doc = wait_healthy(&mut bridge, &addr);
-    let all_up = json!({
-        "status": "ok",
-        "brokers": {"b": true},
-        "databases": {"d": true},
-        "routes": {
-            "readings": {"direction": "inbound", "broker": true, "database": true},
-            "alerts": {"direction": "outbound", "broker": true, "database": true},
-        },
-    });
+    let all_up = all_up("b", &[("readings", "inbound"), ("alerts", "outbound")]);
     assert_eq!(doc, all_up);
 
     // When N good and K malformed messages are published
-    let publisher = Publisher::connect(broker.port);
     let msgs = mixed(&in_topic, 1, N, K);
     assert_eq!(msgs.len() as i64, N + K);
-    publisher.publish_all_confirmed(msgs, 1);
+    world.publisher().publish_all_confirmed(msgs, 1);
 
     // Then N rows arrive, and once every message is done the counters are exact
     wait_for_count(&mut bridge, &db, &count_sql(&sink.name), N);
-    let s = wait_inbound_settled(&mut bridge, &addr, "readings", (N + K) as f64);
+    let s = wait_inbound_settled(&mut bridge, &addr, "readings", N + K);
     assert_inbound_counts(&s, "readings", N, K);
     // Inbound routes have no outbound series and vice versa
     for name in ["mqdb_rows_read_total", "mqdb_messages_published_total"] {
@@ -539,7 +469,8 @@ fn metrics_and_health_report_exactly_what_the_routes_did() {
     wait_scrape(&mut bridge, &addr, "alerts lag back to 0", |s| {
         Ok(s.route("mqdb_outbound_lag_seconds", "alerts", "outbound") == 0.0)
     });
-    std::thread::sleep(QUIET);
+    // Several poll intervals, for messages that must not come.
+    std::thread::sleep(Duration::from_millis(800));
     let s = scrape(&addr);
     let got = counter.messages();
     let mut ids: Vec<i64> = got
@@ -551,38 +482,27 @@ fn metrics_and_health_report_exactly_what_the_routes_did() {
         .collect();
     ids.sort_unstable();
     assert_eq!(ids, (1..=R).collect::<Vec<_>>(), "{got:?}");
-    assert_eq!(
-        s.route("mqdb_rows_read_total", "alerts", "outbound"),
-        R as f64
+    assert_series(
+        &s,
+        "alerts",
+        "outbound",
+        &[
+            ("mqdb_rows_read_total", R),
+            ("mqdb_messages_published_total", R),
+            ("mqdb_dead_letters_total", 0),
+            ("mqdb_retries_total", 0),
+            ("mqdb_in_flight", 0),
+            ("mqdb_outbound_lag_seconds", 0),
+        ],
     );
-    assert_eq!(
-        s.route("mqdb_messages_published_total", "alerts", "outbound"),
-        R as f64
-    );
-    assert_eq!(
-        s.route("mqdb_dead_letters_total", "alerts", "outbound"),
-        0.0
-    );
-    assert_eq!(s.route("mqdb_retries_total", "alerts", "outbound"), 0.0);
-    assert_eq!(s.route("mqdb_in_flight", "alerts", "outbound"), 0.0);
-    assert_eq!(
-        s.route("mqdb_outbound_lag_seconds", "alerts", "outbound"),
-        0.0
-    );
-    let rounds = s.histogram_count("alerts", "outbound");
-    assert!(
-        (1.0..=R as f64).contains(&rounds),
-        "outbound rounds with rows: {rounds}"
-    );
+    // Every round with rows counts once.
+    assert_batches(&s, "alerts", "outbound", R);
     // The inbound counters have not moved since
-    assert_eq!(
-        s.route("mqdb_messages_received_total", "readings", "inbound"),
-        (N + K) as f64
-    );
-    assert_eq!(
-        s.route("mqdb_rows_written_total", "readings", "inbound"),
-        N as f64
-    );
+    let inbound_totals = [
+        ("mqdb_messages_received_total", N + K),
+        ("mqdb_rows_written_total", N),
+    ];
+    assert_series(&s, "readings", "inbound", &inbound_totals);
 
     // And every connection is up: in /metrics and in /health
     let ups = s.ups();
@@ -600,10 +520,6 @@ fn metrics_and_health_report_exactly_what_the_routes_did() {
     terminate_ok(&mut bridge);
 }
 
-// ---------------------------------------------------------------------------------------
-// 2. Outages
-// ---------------------------------------------------------------------------------------
-
 #[test]
 fn health_and_metrics_follow_broker_and_database_outages() {
     const P0: i64 = 5; // before any outage
@@ -613,76 +529,45 @@ fn health_and_metrics_follow_broker_and_database_outages() {
     // Given an inbound and an outbound route on a private broker and on PostgreSQL reached
     // through a proxy, and an HTTP endpoint
     let db = Db::Postgres;
-    // `log_type all`: the broker logs each PUBACK it receives (see `wait_acked`)
-    let mut broker = Mosquitto::start_with_extra_config("log_type all");
-    let client_id = unique("mqdb_obs");
+    // `log_type all`: the broker logs each PUBACK it receives (waited for below)
+    let mut world = World::with_broker_config("obs", "log_type all");
     let proxy = TcpProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], 5432)));
-    let sink = TempTable::create(
-        &db,
-        "obs_out_sink",
-        "id INTEGER PRIMARY KEY, v TEXT NOT NULL",
-    );
-    let source = TempTable::create(
-        &db,
-        "obs_out_src",
-        "id INTEGER PRIMARY KEY, v TEXT NOT NULL",
-    );
+    let sink = id_v_table("obs_out_sink");
+    let source = id_v_table("obs_out_src");
+    let count = count_sql(&sink.name);
     let base = unique("obs");
     let in_topic = format!("obs/{base}/in");
     let addr = free_addr();
-    let mut config = Config::new();
-    config
-        .mqtt_broker("b", &broker.url(), &client_id)
-        .database("d", &db.connection_string_via(proxy.port))
-        .inbound(
-            "readings",
-            "b",
-            &format!("topic: {}", yq(&in_topic)),
-            &sink.name,
-        )
-        .outbound("alerts", "b", &source.name, &format!("obs/{base}/out"))
-        .http(&addr);
-    let config = config.write();
+    let config = world
+        .config_cs(&db.connection_string_via(proxy.port))
+        .inbound(inbound("readings", "b", ("topic", &in_topic), &sink.name))
+        .outbound(outbound("alerts", &source.name, &format!("obs/{base}/out")))
+        .set("http", http_at(&addr))
+        .write();
     let mut bridge = Bridge::start(&config);
-    wait_healthy(&mut bridge, &addr);
-    let (status, stdout, stderr) = mqdb_health(&config);
-    assert!(status.success(), "mqdb health: {status}: {stdout}{stderr}");
-    let printed: Json = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("mqdb health printed no JSON ({e}): {stdout}"));
-    assert_eq!(printed["status"], "ok", "{printed}");
-    let publisher = Publisher::connect(broker.port);
-    publisher.publish_all_confirmed((1..=P0).map(|i| (in_topic.clone(), good(i))).collect(), 1);
-    wait_for_count(&mut bridge, &db, &count_sql(&sink.name), P0);
+    wait_healthy_mqdb(&mut bridge, &addr, &config);
+    let publisher = world.publisher();
+    publisher.publish_all_confirmed(good(&in_topic, 1..=P0), 1);
+    wait_for_count(&mut bridge, &db, &count, P0);
     // The broker must have the bridge's acknowledgements before it stops, or it redelivers
     // those messages after the restart (at least once: they would come back as duplicates)
-    wait_acked(&mut bridge, &broker, &client_id, P0 as usize);
+    let puback = format!("Received PUBACK from {} ", world.client_id);
+    wait_for(&mut bridge, &format!("{P0} PUBACKs"), || {
+        Ok(world.broker.log().matches(&puback).count() >= P0 as usize)
+    });
     let retries_before = scrape(&addr).route("mqdb_retries_total", "readings", "inbound");
     drop(publisher);
 
     // When the broker stops
-    broker.stop();
+    world.broker.stop();
 
     // Then /health turns 503 with the broker down for both routes, the database still up
-    let (_, doc) = wait_health(
-        &mut bridge,
-        &addr,
-        "503 with broker b down",
-        |status, doc| {
-            status == 503
-                && doc["routes"]["readings"]["broker"] == false
-                && doc["routes"]["alerts"]["broker"] == false
-        },
-    );
-    assert_eq!(doc["status"], "degraded", "{doc}");
+    let doc = wait_degraded(&mut bridge, &addr, &["readings", "alerts"], "broker");
     assert_eq!(doc["brokers"]["b"], false, "{doc}");
     assert_eq!(doc["databases"]["d"], true, "{doc}");
     assert_eq!(doc["routes"]["readings"]["database"], true, "{doc}");
     // and `mqdb health` exits 1, printing the degraded document
-    let (status, stdout, stderr) = mqdb_health(&config);
-    assert_eq!(status.code(), Some(1), "mqdb health: {stdout}{stderr}");
-    let printed: Json = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("mqdb health printed no JSON ({e}): {stdout}"));
-    assert_eq!(printed["status"], "degraded", "{printed}");
+    assert_mqdb_health(&config, 1, "degraded");
     // and /metrics shows the broker down and counts the lost connection as a retry
     let s = wait_scrape(&mut bridge, &addr, "inbound retries counted", |s| {
         Ok(s.route("mqdb_retries_total", "readings", "inbound") > retries_before)
@@ -691,49 +576,26 @@ fn health_and_metrics_follow_broker_and_database_outages() {
     assert_eq!(s.up("readings", "inbound", "database"), 1.0);
 
     // When the broker comes back
-    broker.restart();
+    world.broker.restart();
 
     // Then /health is 200 again, `mqdb health` exits 0, and messages flow again
-    wait_healthy(&mut bridge, &addr);
-    let (status, stdout, stderr) = mqdb_health(&config);
-    assert!(status.success(), "mqdb health: {status}: {stdout}{stderr}");
-    let publisher = Publisher::connect(broker.port);
-    publisher.publish_all_confirmed(
-        (P0 + 1..=P0 + P1)
-            .map(|i| (in_topic.clone(), good(i)))
-            .collect(),
-        1,
-    );
-    wait_for_count(&mut bridge, &db, &count_sql(&sink.name), P0 + P1);
+    wait_healthy_mqdb(&mut bridge, &addr, &config);
+    let publisher = world.publisher();
+    publisher.publish_all_confirmed(good(&in_topic, P0 + 1..=P0 + P1), 1);
+    wait_for_count(&mut bridge, &db, &count, P0 + P1);
     let s = scrape(&addr);
     let retries_before = s.route("mqdb_retries_total", "readings", "inbound");
     let out_retries_before = s.route("mqdb_retries_total", "alerts", "outbound");
 
     // When the database connection is cut and M messages arrive meanwhile
     proxy.set_down(true);
-    publisher.publish_all_confirmed(
-        (P0 + P1 + 1..=P0 + P1 + M)
-            .map(|i| (in_topic.clone(), good(i)))
-            .collect(),
-        1,
-    );
+    publisher.publish_all_confirmed(good(&in_topic, P0 + P1 + 1..=P0 + P1 + M), 1);
 
     // Then /health turns 503 with the database down for both routes, the broker up
-    let (_, doc) = wait_health(
-        &mut bridge,
-        &addr,
-        "503 with database d down",
-        |status, doc| {
-            status == 503
-                && doc["routes"]["readings"]["database"] == false
-                && doc["routes"]["alerts"]["database"] == false
-        },
-    );
-    assert_eq!(doc["status"], "degraded", "{doc}");
+    let doc = wait_degraded(&mut bridge, &addr, &["readings", "alerts"], "database");
     assert_eq!(doc["databases"]["d"], false, "{doc}");
     assert_eq!(doc["brokers"]["b"], true, "{doc}");
-    let (status, stdout, stderr) = mqdb_health(&config);
-    assert_eq!(status.code(), Some(1), "mqdb health: {stdout}{stderr}");
+    assert_mqdb_health(&config, 1, "degraded");
     // and the failed writes and polls count as retries
     let s = wait_scrape(&mut bridge, &addr, "retries grow on both routes", |s| {
         Ok(
@@ -745,30 +607,22 @@ fn health_and_metrics_follow_broker_and_database_outages() {
     assert_eq!(s.up("alerts", "outbound", "database"), 0.0);
     assert_eq!(s.up("readings", "inbound", "broker"), 1.0);
     // and nothing of the outage's messages is in the table yet
-    assert_eq!(
-        common::scalar(&db, &count_sql(&sink.name)),
-        P0 + P1,
-        "rows committed while the database was cut off"
-    );
+    let stored = common::scalar(&db, &count);
+    assert_eq!(stored, P0 + P1, "rows committed while cut off");
 
     // When the connection is restored
     proxy.set_down(false);
 
     // Then every message published during the outage arrives, /health is 200 again, and the
     // counters add up
-    wait_for_count(&mut bridge, &db, &count_sql(&sink.name), P0 + P1 + M);
-    wait_healthy(&mut bridge, &addr);
-    let (status, stdout, stderr) = mqdb_health(&config);
-    assert!(status.success(), "mqdb health: {status}: {stdout}{stderr}");
-    let s = wait_inbound_settled(&mut bridge, &addr, "readings", (P0 + P1 + M) as f64);
-    assert_eq!(
-        s.route("mqdb_rows_written_total", "readings", "inbound"),
-        (P0 + P1 + M) as f64
-    );
-    assert_eq!(
-        s.route("mqdb_dead_letters_total", "readings", "inbound"),
-        0.0
-    );
+    wait_for_count(&mut bridge, &db, &count, P0 + P1 + M);
+    wait_healthy_mqdb(&mut bridge, &addr, &config);
+    let s = wait_inbound_settled(&mut bridge, &addr, "readings", P0 + P1 + M);
+    let totals = [
+        ("mqdb_rows_written_total", P0 + P1 + M),
+        ("mqdb_dead_letters_total", 0),
+    ];
+    assert_series(&s, "readings", "inbound", &totals);
     assert!(s.ups().iter().all(|(_, v)| *v == 1.0), "{:?}", s.ups());
     assert!(dlq_list(&config).is_empty());
 
@@ -784,87 +638,41 @@ fn an_idle_amqp_outbound_route_is_healthy_again_after_a_connection_cut() {
     let queue = unique("obs_out_q");
     rabbit.declare_queue(&queue);
     let proxy = TcpProxy::start(Rabbit::addr());
-    let source = TempTable::create(
-        &db,
-        "obs_amqp_src",
-        "id INTEGER PRIMARY KEY, v TEXT NOT NULL",
-    );
+    let source = id_v_table("obs_amqp_src");
     let addr = free_addr();
-    let mut config = Config::new();
-    config
-        .amqp_broker("r", &Rabbit::url_via(proxy.port))
+    let work = Workdir::new("obs");
+    let route = polling("alerts", "r", &source.name)
+        .set("exchange", "")
+        .set("routing_key", queue.as_str());
+    let config = work
+        .bare_config()
+        .broker("r", &Rabbit::url_via(proxy.port), Json::Null)
         .database("d", &db.connection_string())
-        .outbound_amqp("alerts", "r", &source.name, &queue)
-        .http(&addr);
-    let config = config.write();
+        .outbound(route)
+        .set("http", http_at(&addr))
+        .write();
     let mut bridge = Bridge::start(&config);
     wait_healthy(&mut bridge, &addr);
 
-    // When the broker connection is cut
+    // When the broker connection is cut, /health turns 503 with the route's broker down
     proxy.set_down(true);
-
-    // Then /health turns 503 with the route's broker down
-    wait_health(
-        &mut bridge,
-        &addr,
-        "503 with broker r down",
-        |status, doc| status == 503 && doc["routes"]["alerts"]["broker"] == false,
-    );
+    wait_degraded(&mut bridge, &addr, &["alerts"], "broker");
 
     // When the broker is reachable again, /health returns to 200 without any row to publish:
     // an idle route is as healthy as a busy one (a container health check must not restart
     // a bridge that would work)
     proxy.set_down(false);
-    let (status, doc) = wait_health_or_last(&mut bridge, &addr, |status, _| status == 200);
-    let idle_ok = status == 200;
+    wait_healthy(&mut bridge, &addr);
 
-    // (And with a row to publish, it reconnects and publishes it)
-    db.exec(&format!(
-        "INSERT INTO {} (id, v) VALUES (1, 'one')",
-        source.name
-    ));
+    // (And with a row to publish, it publishes it and stays healthy)
+    db.exec(&format!("INSERT INTO {} VALUES (1, 'one')", source.name));
     wait_for(&mut bridge, "the row published to the queue", || {
         Ok(Rabbit::queue_info(&queue).is_some_and(|q| q.messages == 1))
     });
-    let (busy_status, busy_doc) = wait_health_or_last(&mut bridge, &addr, |s, _| s == 200);
-    assert_eq!(busy_status, 200, "{busy_doc}");
-    assert!(
-        idle_ok,
-        "an idle AMQP outbound route stayed unhealthy for {LIVENESS:?} after its broker came \
-         back (it recovered only once a row had to be published): /health {status} {doc}; \
-         log:\n{}",
-        bridge.log()
-    );
+    wait_healthy(&mut bridge, &addr);
 
     terminate_ok(&mut bridge);
 }
-
-/// Like [`wait_health`] but returns the last answer instead of panicking at the deadline.
-fn wait_health_or_last(
-    bridge: &mut Bridge,
-    addr: &str,
-    mut check: impl FnMut(u16, &Json) -> bool,
-) -> (u16, Json) {
-    let start = Instant::now();
-    loop {
-        if let Some((status, doc)) = try_health(addr)
-            && (check(status, &doc) || start.elapsed() >= LIVENESS)
-        {
-            return (status, doc);
-        }
-        assert!(bridge.is_running(), "mqdb exited; log:\n{}", bridge.log());
-        assert!(
-            start.elapsed() < LIVENESS * 2,
-            "no /health answer; log:\n{}",
-            bridge.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// 3. AMQP inbound
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn an_amqp_inbound_route_counts_what_it_consumed() {
@@ -876,39 +684,27 @@ fn an_amqp_inbound_route_counts_what_it_consumed() {
     let mut rabbit = Rabbit::connect();
     let queue = unique("obs_q");
     rabbit.adopt_queue(&queue);
-    let sink = TempTable::create(&db, "obs_amqp", "id INTEGER PRIMARY KEY, v TEXT NOT NULL");
+    let sink = id_v_table("obs_amqp");
     let addr = free_addr();
-    let mut config = Config::new();
-    config
-        .amqp_broker("r", Rabbit::URL)
+    let work = Workdir::new("obs");
+    let config = work
+        .bare_config()
+        .broker("r", Rabbit::URL, Json::Null)
         .database("d", &db.connection_string())
-        .inbound(
-            "amqp_in",
-            "r",
-            &format!("queue: {}", yq(&queue)),
-            &sink.name,
-        )
-        .http(&addr);
-    let config = config.write();
+        .inbound(inbound("amqp_in", "r", ("queue", &queue), &sink.name))
+        .set("http", http_at(&addr))
+        .write();
     let mut bridge = Bridge::start(&config);
 
     // When it consumes (health 200) and N good and K malformed messages are queued
     let doc = wait_healthy(&mut bridge, &addr);
-    assert_eq!(
-        doc,
-        json!({
-            "status": "ok",
-            "brokers": {"r": true},
-            "databases": {"d": true},
-            "routes": {"amqp_in": {"direction": "inbound", "broker": true, "database": true}},
-        })
-    );
+    assert_eq!(doc, all_up("r", &[("amqp_in", "inbound")]));
     let payloads: Vec<Vec<u8>> = mixed(&queue, 1, N, K).into_iter().map(|m| m.1).collect();
     rabbit.publish_to_queue(&queue, payloads);
 
     // Then the N rows arrive and the counters are exact
     wait_for_count(&mut bridge, &db, &count_sql(&sink.name), N);
-    let s = wait_inbound_settled(&mut bridge, &addr, "amqp_in", (N + K) as f64);
+    let s = wait_inbound_settled(&mut bridge, &addr, "amqp_in", N + K);
     assert_inbound_counts(&s, "amqp_in", N, K);
     assert_eq!(s.up("amqp_in", "inbound", "broker"), 1.0);
     assert_eq!(s.up("amqp_in", "inbound", "database"), 1.0);
@@ -923,10 +719,6 @@ fn an_amqp_inbound_route_counts_what_it_consumed() {
 
     terminate_ok(&mut bridge);
 }
-
-// ---------------------------------------------------------------------------------------
-// 4. The log summary
-// ---------------------------------------------------------------------------------------
 
 /// The `key=value` fields of every `summary:` line in `log`.
 fn summaries(log: &str) -> Vec<BTreeMap<String, String>> {
@@ -956,24 +748,18 @@ fn without_http_the_log_summary_adds_up_to_what_happened() {
     // Given an inbound route with no HTTP endpoint and `log_summary: 1s`, whose persistent
     // session already holds M good and K malformed messages
     let db = Db::Postgres;
-    let broker = Mosquitto::start();
-    let sink = TempTable::create(&db, "obs_log", "id INTEGER PRIMARY KEY, v TEXT NOT NULL");
+    let world = World::new("obs");
+    let sink = id_v_table("obs_log");
     let topic = format!("obs/{}/in", unique("obs"));
-    let client_id = unique("mqdb_obs");
-    Subscriber::connect_with(broker.port, &client_id, false, &[(&topic, 1)]).disconnect();
-    Publisher::connect(broker.port).publish_all_confirmed(mixed(&topic, 1, M, K), 1);
-    let mut config = Config::new();
-    config
-        .mqtt_broker("b", &broker.url(), &client_id)
-        .database("d", &db.connection_string())
-        .inbound(
-            "readings",
-            "b",
-            &format!("topic: {}", yq(&topic)),
-            &sink.name,
-        )
-        .line("log_summary: 1s");
-    let config = config.write();
+    world.persistent_session(&topic);
+    world
+        .publisher()
+        .publish_all_confirmed(mixed(&topic, 1, M, K), 1);
+    let config = world
+        .config(&db)
+        .inbound(inbound("readings", "b", ("topic", &topic), &sink.name))
+        .set("log_summary", "1s")
+        .write();
 
     // When the bridge runs
     let mut bridge = Bridge::start(&config);
@@ -998,18 +784,15 @@ fn without_http_the_log_summary_adds_up_to_what_happened() {
     let log = bridge.log();
     let lines = summaries(&log);
     let last = lines.last().expect("summary lines");
-    assert_eq!(
-        last.get("routes_down").map(String::as_str),
-        Some("none"),
-        "{log}"
-    );
+    let routes_down = |line: &BTreeMap<String, String>| line.get("routes_down").cloned();
+    assert_eq!(routes_down(last).as_deref(), Some("none"), "{log}");
     for line in log.lines().filter(|l| l.contains("summary: ")) {
         assert!(line.contains("INFO"), "not an INFO line: {line}");
     }
     for line in &lines {
-        assert_eq!(field(line, "read"), 0, "{line:?}");
-        assert_eq!(field(line, "published"), 0, "{line:?}");
-        assert_eq!(field(line, "retries"), 0, "{line:?}");
+        for key in ["read", "published", "retries"] {
+            assert_eq!(field(line, key), 0, "{line:?}");
+        }
     }
     // and the next line, with nothing new, reports zero increments
     wait_for(&mut bridge, "one more summary line", || {
@@ -1020,7 +803,7 @@ fn without_http_the_log_summary_adds_up_to_what_happened() {
     for key in ["received", "written", "dead_letters", "retries"] {
         assert_eq!(field(next, key), 0, "{next:?}");
     }
-    assert_eq!(next.get("routes_down").map(String::as_str), Some("none"));
+    assert_eq!(routes_down(next).as_deref(), Some("none"));
     assert!(
         !bridge.log().contains("serving /health"),
         "an HTTP endpoint started without `http`"
@@ -1029,47 +812,25 @@ fn without_http_the_log_summary_adds_up_to_what_happened() {
     terminate_ok(&mut bridge);
 }
 
-// ---------------------------------------------------------------------------------------
-// 5. Config and start-up errors
-// ---------------------------------------------------------------------------------------
-
-/// The 1-based number of the first line of `text` that contains `needle`.
-fn line_of(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(needle))
-        .unwrap_or_else(|| panic!("{needle:?} not in:\n{text}"))
-        + 1
-}
-
 #[test]
 fn a_bad_http_listen_is_a_config_error_naming_file_and_line() {
     // Given a config whose http.listen is not an address
-    let db = Db::Postgres;
-    let sink = TempTable::create(&db, "obs_cfg", "id INTEGER PRIMARY KEY, v TEXT NOT NULL");
-    let mut config = Config::new();
-    config
-        .mqtt_broker("b", "mqtt://127.0.0.1:1883", &unique("mqdb_obs"))
-        .database("d", &db.connection_string())
-        .inbound("readings", "b", "topic: \"obs/cfg\"", &sink.name)
-        .line("http:\n  listen: not-an-address");
+    let sink = id_v_table("obs_cfg");
+    let work = Workdir::new("obs");
+    let client_id = json!({ "client_id": unique("mqdb_obs") });
+    let config = work
+        .bare_config()
+        .broker("b", "mqtt://127.0.0.1:1883", client_id)
+        .database("d", &Db::Postgres.connection_string())
+        .inbound(inbound("readings", "b", ("topic", "obs/cfg"), &sink.name))
+        .set("http", http_at("not-an-address"));
     let path = config.write();
-    let text = std::fs::read_to_string(&path).expect("read config");
-    let located = format!("{}:{}:", path.display(), line_of(&text, "listen:"));
+    let located = format!("{}:{}:", path.display(), line_of(&config.yaml(), "listen:"));
 
     // Then run, check and health refuse it with exit 2, naming file:line and the key
     for command in ["run", "check", "health"] {
-        let (status, stdout, stderr) = run_bounded(
-            &["-c", path_str(&path), command],
-            &std::env::temp_dir(),
-            Duration::from_secs(60),
-        );
-        assert_eq!(status.code(), Some(2), "{command}: {stdout}{stderr}");
-        assert!(
-            stderr.contains(&located),
-            "{command}: {located} not in {stderr}"
-        );
-        assert!(stderr.contains("http.listen"), "{command}: {stderr}");
-        assert!(stderr.contains("not-an-address"), "{command}: {stderr}");
+        let needles = [located.as_str(), "http.listen", "not-an-address"];
+        mqdb(&path, command).code(2).stderr_has(&needles);
     }
 }
 
@@ -1078,74 +839,36 @@ fn a_taken_http_port_stops_run_with_exit_1() {
     // Given a config whose http.listen port is already taken
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("local_addr").to_string();
-    let db = Db::Postgres;
-    let broker = Mosquitto::start();
-    let sink = TempTable::create(&db, "obs_port", "id INTEGER PRIMARY KEY, v TEXT NOT NULL");
-    let mut config = Config::new();
-    config
-        .mqtt_broker("b", &broker.url(), &unique("mqdb_obs"))
-        .database("d", &db.connection_string())
-        .inbound("readings", "b", "topic: \"obs/port\"", &sink.name)
-        .http(&addr);
-    let path = config.write();
+    let world = World::new("obs");
+    let sink = id_v_table("obs_port");
+    let path = world
+        .config(&Db::Postgres)
+        .inbound(inbound("readings", "b", ("topic", "obs/port"), &sink.name))
+        .set("http", http_at(&addr))
+        .write();
 
     // Then `run` exits 1 saying which setting failed
-    let (status, stdout, stderr) = run_bounded(
-        &["-c", path_str(&path), "run"],
-        &std::env::temp_dir(),
-        LIVENESS,
-    );
-    assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
-    assert!(
-        stderr.contains(&format!("http.listen {addr}")),
-        "`http.listen {addr}` not in: {stderr}"
-    );
+    let named = format!("http.listen {addr}");
+    mqdb(&path, "run").code(1).stderr_has(&[&named]);
     drop(taken);
 }
 
 #[test]
 fn mqdb_health_needs_http_and_a_listener() {
     // Given a config without http, `mqdb health` is a usage error (exit 2)
-    let mut config = Config::new();
-    let path = config.write();
-    let (status, stdout, stderr) = mqdb_health(&path);
-    assert_eq!(status.code(), Some(2), "{stdout}{stderr}");
-    assert!(stderr.contains("http.listen"), "{stderr}");
+    let work = Workdir::new("obs");
+    let out = mqdb(&work.bare_config().write(), "health");
+    out.code(2).stderr_has(&["http.listen"]);
 
     // Given http.listen on a port where nothing listens, it exits 1
     let addr = free_addr();
-    config.http(&addr);
-    let path = config.write();
-    let (status, stdout, stderr) = mqdb_health(&path);
-    assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
-    assert!(stderr.contains(&addr), "{stderr}");
+    let path = work.bare_config().set("http", http_at(&addr)).write();
+    mqdb(&path, "health").code(1).stderr_has(&[&addr]);
 }
-
-// ---------------------------------------------------------------------------------------
-// 6. Paths and methods
-// ---------------------------------------------------------------------------------------
 
 #[test]
 fn unknown_paths_are_404_and_other_methods_405() {
-    // Given a running bridge with an HTTP endpoint
-    let db = Db::Postgres;
-    let broker = Mosquitto::start();
-    let sink = TempTable::create(&db, "obs_http", "id INTEGER PRIMARY KEY, v TEXT NOT NULL");
-    let addr = free_addr();
-    let mut config = Config::new();
-    config
-        .mqtt_broker("b", &broker.url(), &unique("mqdb_obs"))
-        .database("d", &db.connection_string())
-        .inbound(
-            "readings",
-            "b",
-            &format!("topic: {}", yq(&format!("obs/{}", unique("p")))),
-            &sink.name,
-        )
-        .http(&addr);
-    let config = config.write();
-    let mut bridge = Bridge::start(&config);
-    wait_healthy(&mut bridge, &addr);
+    let (_world, _sink, addr, mut bridge) = serving("obs_http");
 
     // Then unknown paths are 404
     for path in ["/", "/nope", "/metrics/extra", "/healthz"] {
@@ -1172,24 +895,16 @@ fn unknown_paths_are_404_and_other_methods_405() {
     terminate_ok(&mut bridge);
 }
 
-// ---------------------------------------------------------------------------------------
-// 7. Idle and slow clients
-// ---------------------------------------------------------------------------------------
-
 /// Opens a connection to `addr`; with `first_bytes`, sends them and nothing more.
-fn hold_connection(addr: &str, first_bytes: &[u8]) -> std::net::TcpStream {
-    use std::io::Write;
-    let mut stream =
-        std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    if !first_bytes.is_empty() {
-        stream.write_all(first_bytes).expect("send the first bytes");
-    }
+fn hold_connection(addr: &str, first_bytes: &[u8]) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream.write_all(first_bytes).expect("send the first bytes");
     stream
 }
 
 /// Whether the server has closed `stream` (or answered on it) without waiting: an open
 /// connection that was sent nothing has nothing to read yet.
-fn closed_by_server(stream: &std::net::TcpStream) -> bool {
+fn closed_by_server(stream: &TcpStream) -> bool {
     stream.set_nonblocking(true).expect("nonblocking");
     let mut byte = [0u8; 1];
     let open = matches!(
@@ -1201,8 +916,7 @@ fn closed_by_server(stream: &std::net::TcpStream) -> bool {
 }
 
 /// Waits until the server closes `stream` (EOF or reset); panics at `deadline`.
-fn wait_closed_by_server(stream: &mut std::net::TcpStream, deadline: Instant, which: &str) {
-    use std::io::Read;
+fn wait_closed_by_server(stream: &mut TcpStream, deadline: Instant, which: &str) {
     let mut sink = Vec::new();
     let left = deadline.saturating_duration_since(Instant::now());
     stream
@@ -1217,29 +931,10 @@ fn wait_closed_by_server(stream: &mut std::net::TcpStream, deadline: Instant, wh
 
 #[test]
 fn health_answers_while_idle_and_slow_connections_are_open() {
-    // Given a running bridge with an HTTP endpoint
-    let db = Db::Postgres;
-    let broker = Mosquitto::start();
-    let sink = TempTable::create(&db, "obs_idle", "id INTEGER PRIMARY KEY, v TEXT NOT NULL");
-    let addr = free_addr();
-    let mut config = Config::new();
-    config
-        .mqtt_broker("b", &broker.url(), &unique("mqdb_obs"))
-        .database("d", &db.connection_string())
-        .inbound(
-            "readings",
-            "b",
-            &format!("topic: {}", yq(&format!("obs/{}", unique("i")))),
-            &sink.name,
-        )
-        .http(&addr);
-    let config = config.write();
-    let mut bridge = Bridge::start(&config);
-    wait_healthy(&mut bridge, &addr);
+    let (_world, _sink, addr, mut bridge) = serving("obs_idle");
 
     // When 100 clients connect and send nothing, and 10 send half a request line
-    let mut held: Vec<std::net::TcpStream> =
-        (0..100).map(|_| hold_connection(&addr, b"")).collect();
+    let mut held: Vec<TcpStream> = (0..100).map(|_| hold_connection(&addr, b"")).collect();
     held.extend((0..10).map(|_| hold_connection(&addr, b"GET /hea")));
 
     // Then /health answers while every one of them is still open

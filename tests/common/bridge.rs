@@ -51,6 +51,12 @@ impl Bridge {
     /// Like [`Bridge::start`] with extra environment variables (e.g. for `${VAR}` in the
     /// config).
     pub fn start_with_env(config_path: &Path, env: &[(&str, &str)]) -> Bridge {
+        Bridge::start_with(config_path, &[], env)
+    }
+
+    /// Like [`Bridge::start_with_env`] with global options before `run` (e.g.
+    /// `--log-format json`).
+    pub fn start_with(config_path: &Path, options: &[&str], env: &[(&str, &str)]) -> Bridge {
         let config = std::path::absolute(config_path)
             .unwrap_or_else(|e| panic!("absolute path of {}: {e}", config_path.display()));
         let dir = config
@@ -67,6 +73,7 @@ impl Bridge {
         let mut cmd = mqdb_command();
         cmd.arg("-c")
             .arg(&config)
+            .args(options)
             .arg("run")
             .current_dir(&dir)
             .stdin(Stdio::null())

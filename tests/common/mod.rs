@@ -21,6 +21,7 @@ mod mqtt5;
 mod proxy;
 mod rabbit;
 mod rabbit_node;
+mod ran;
 pub mod readme;
 mod store;
 mod tls;
@@ -58,6 +59,8 @@ pub use rabbit::{
 };
 #[allow(unused_imports)]
 pub use rabbit_node::RabbitNode;
+#[allow(unused_imports)]
+pub use ran::{Ran, line_of, mqdb_at, mqdb_bounded, mqdb_env};
 #[allow(unused_imports)]
 pub use store::StateStore;
 #[allow(unused_imports)]
