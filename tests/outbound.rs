@@ -26,7 +26,6 @@ const QUIET: Duration = Duration::from_millis(800);
 
 type Row = Map<String, Json>;
 
-/// A route `name` polling `query` every 100 ms.
 fn polled(name: &str, query: &str) -> Route {
     Route::outbound(name, query).set("interval", "100ms")
 }
@@ -56,12 +55,10 @@ fn by_stamp(route: Route) -> Route {
         .set("start", json!(["1970-01-01 00:00:00", 0]))
 }
 
-/// `SELECT cols FROM table WHERE id > ? ORDER BY id`.
 fn after_id(cols: &str, table: &str) -> String {
     format!("SELECT {cols} FROM {table} WHERE id > ? ORDER BY id")
 }
 
-/// `UPDATE table SET sent_at = now() WHERE id = ?`.
 fn mark_sent(table: &str) -> String {
     format!("UPDATE {table} SET sent_at = now() WHERE id = ?")
 }
@@ -100,20 +97,6 @@ fn exchange_with_queue(rabbit: &mut Rabbit, prefix: &str, key: &str) -> (String,
     (exchange, queue)
 }
 
-/// Moves what arrives in `queue` into `got` until `done(got)`.
-fn take_until(
-    bridge: &mut Bridge,
-    rabbit: &Rabbit,
-    queue: &str,
-    got: &mut Vec<AmqpMessage>,
-    mut done: impl FnMut(&[AmqpMessage]) -> bool,
-) {
-    wait_for(bridge, &format!("messages in {queue}"), || {
-        got.extend(rabbit.take_all(queue));
-        Ok(done(got))
-    });
-}
-
 /// A bridge under test and a subscriber that connected before it started. Declared so that
 /// the bridge stops before its broker.
 struct Run {
@@ -134,21 +117,27 @@ impl Run {
         }
     }
 
-    /// `routes` on a new world, and a QoS 1 subscriber of `filter`.
     fn start(cs: &str, routes: &[Route], filter: &str) -> Run {
-        Run::on(World::new("outbound"), cs, routes, filter)
-    }
-
-    fn on(world: World, cs: &str, routes: &[Route], filter: &str) -> Run {
+        let world = World::new("outbound");
         let config = config(&world, cs, routes);
         let sub = world.subscribe(filter);
         Run::new(world, config, sub)
     }
 
+    fn pg(route: Route, filter: &str) -> Run {
+        Run::start(&Db::Postgres.connection_string(), &[route], filter)
+    }
+
     fn wait(&mut self, n: usize) {
-        let sub = &self.sub;
-        wait_for(&mut self.bridge, &format!("{n} messages"), || {
-            Ok(sub.count() >= n)
+        self.wait_with_letters(n, 0);
+    }
+
+    /// Waits until `n` messages arrived and `k` rows were dead-lettered.
+    fn wait_with_letters(&mut self, n: usize, k: usize) {
+        let (sub, config) = (&self.sub, &self.config);
+        let what = format!("{n} messages and {k} dead letters");
+        wait_for(&mut self.bridge, &what, || {
+            Ok(sub.count() >= n && (k == 0 || dlq_list(config).len() >= k))
         });
     }
 
@@ -161,17 +150,25 @@ impl Run {
         messages
     }
 
-    /// Waits until every id in `1..=n` arrived at least once.
     fn wait_ids(&mut self, n: i64) {
         wait_for_ids(&mut self.bridge, &self.sub, n);
     }
 
+    fn wait_all_sent(&mut self, db: &Db, table: &str) {
+        let unsent = format!("SELECT COUNT(*) FROM {table} WHERE sent_at IS NULL");
+        wait_for(&mut self.bridge, "every row marked sent", || {
+            Ok(try_scalar(db, &unsent) == Some(0))
+        });
+    }
+
     fn ids(&self) -> Vec<i64> {
-        self.sub
-            .messages()
-            .iter()
-            .map(|m| id_of(&m.payload))
-            .collect()
+        let messages = self.sub.messages();
+        messages.iter().map(|m| id_of(&m.payload)).collect()
+    }
+
+    fn rows(&self) -> Vec<Row> {
+        let rows = rows_by_id(&self.sub.messages());
+        rows.into_iter().map(|(_, row)| row).collect()
     }
 
     fn counts(&self) -> BTreeMap<i64, usize> {
@@ -188,50 +185,91 @@ impl Run {
         dlq_list(&self.config)
     }
 
-    /// Waits until every row of `table` has `sent_at` set.
-    fn wait_all_sent(&mut self, db: &Db, table: &str) {
-        let unsent = format!("SELECT COUNT(*) FROM {table} WHERE sent_at IS NULL");
-        wait_for(&mut self.bridge, "every row marked sent", || {
-            Ok(try_scalar(db, &unsent) == Some(0))
+    fn finish(mut self) {
+        finish_clean(&mut self.bridge, &self.config);
+    }
+}
+
+/// Asserts nothing was dead-lettered, then stops the bridge (exit 0).
+fn finish_clean(bridge: &mut Bridge, config: &Path) {
+    assert_eq!(dlq_list(config), Vec::<Json>::new());
+    terminate_ok(bridge);
+}
+
+/// A bridge publishing to the shared RabbitMQ (broker `rabbit`), and what arrived so far in
+/// `queue`.
+struct AmqpRun {
+    bridge: Bridge,
+    config: PathBuf,
+    rabbit: Rabbit,
+    queue: String,
+    got: Vec<AmqpMessage>,
+    _world: World,
+}
+
+impl AmqpRun {
+    fn start(rabbit: Rabbit, queue: &str, url: &str, cs: &str, routes: &[Route]) -> AmqpRun {
+        let world = World::new("outbound");
+        let config = config_amqp(&world, url, cs, routes);
+        AmqpRun {
+            bridge: Bridge::start(&config),
+            config,
+            rabbit,
+            queue: queue.to_owned(),
+            got: Vec::new(),
+            _world: world,
+        }
+    }
+
+    fn pg(rabbit: Rabbit, queue: &str, route: Route) -> AmqpRun {
+        let cs = Db::Postgres.connection_string();
+        AmqpRun::start(rabbit, queue, Rabbit::URL, &cs, &[route])
+    }
+
+    /// Takes what arrives in the queue until `done(messages, config)`.
+    fn until(&mut self, mut done: impl FnMut(&[AmqpMessage], &Path) -> bool) {
+        let (rabbit, queue, got, config) = (&self.rabbit, &self.queue, &mut self.got, &self.config);
+        wait_for(&mut self.bridge, &format!("messages in {queue}"), || {
+            got.extend(rabbit.take_all(queue));
+            Ok(done(got, config))
         });
     }
 
-    /// Asserts nothing was dead-lettered, then stops the bridge (exit 0).
-    fn finish(mut self) {
-        assert_eq!(self.letters(), Vec::<Json>::new());
-        terminate_ok(&mut self.bridge);
+    /// Waits a few polls more and takes what came.
+    fn settle(&mut self) {
+        std::thread::sleep(QUIET);
+        self.got.extend(self.rabbit.take_all(&self.queue));
+    }
+
+    fn ids(&self) -> Vec<i64> {
+        self.got.iter().map(|m| id_of(&m.payload)).collect()
+    }
+
+    fn letters(&self) -> Vec<Json> {
+        dlq_list(&self.config)
     }
 }
 
-/// A message payload as a JSON object.
 fn json_of(payload: &[u8]) -> Row {
+    let text = || String::from_utf8_lossy(payload);
     match serde_json::from_slice(payload) {
         Ok(Json::Object(map)) => map,
         Ok(other) => panic!("payload is not a JSON object: {other}"),
-        Err(e) => panic!(
-            "payload is not JSON ({e}): {}",
-            String::from_utf8_lossy(payload)
-        ),
+        Err(e) => panic!("payload is not JSON ({e}): {}", text()),
     }
 }
 
-/// The `id` of a JSON row payload.
 fn id_of(payload: &[u8]) -> i64 {
-    json_of(payload)
-        .get("id")
-        .and_then(Json::as_i64)
-        .unwrap_or_else(|| panic!("no integer id in {}", String::from_utf8_lossy(payload)))
+    let id = json_of(payload).get("id").and_then(Json::as_i64);
+    id.unwrap_or_else(|| panic!("no integer id in {}", String::from_utf8_lossy(payload)))
 }
 
-/// The `id` of the row a dead letter holds.
 fn letter_id(letter: &Json) -> i64 {
-    let payload = letter["payload"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no text payload: {letter}"));
+    let payload = letter["payload"].as_str();
+    let payload = payload.unwrap_or_else(|| panic!("no text payload: {letter}"));
     id_of(payload.as_bytes())
 }
 
-/// How many times each id arrived.
 fn id_counts<'a>(payloads: impl IntoIterator<Item = &'a [u8]>) -> BTreeMap<i64, usize> {
     let mut counts = BTreeMap::new();
     for p in payloads {
@@ -244,7 +282,6 @@ fn mqtt_id_counts(messages: &[Received]) -> BTreeMap<i64, usize> {
     id_counts(messages.iter().map(|m| m.payload.as_slice()))
 }
 
-/// Each of `ids` arrived once.
 fn once_each(ids: impl IntoIterator<Item = i64>) -> BTreeMap<i64, usize> {
     ids.into_iter().map(|i| (i, 1)).collect()
 }
@@ -254,7 +291,6 @@ fn duplicates(counts: &BTreeMap<i64, usize>) -> usize {
     counts.values().map(|c| c - 1).sum()
 }
 
-/// Ids in `1..=n` that never arrived.
 fn missing(counts: &BTreeMap<i64, usize>, n: i64) -> Vec<i64> {
     (1..=n).filter(|i| !counts.contains_key(i)).collect()
 }
@@ -265,6 +301,13 @@ fn wait_for_ids(bridge: &mut Bridge, sub: &Subscriber, n: i64) {
     });
 }
 
+/// A new table on `db` with `columns`, holding `values` (SQL value lists).
+fn filled(db: &Db, prefix: &str, columns: &str, values: &str) -> TempTable {
+    let table = TempTable::create(db, prefix, columns);
+    db.exec(&format!("INSERT INTO {} VALUES {values}", table.name));
+    table
+}
+
 /// Inserts rows `from..=to` as `(id, v)` with `v = 'row <id>'` (PostgreSQL).
 fn pg_insert_range(table: &str, from: i64, to: i64) {
     Db::Postgres.exec(&format!(
@@ -272,12 +315,16 @@ fn pg_insert_range(table: &str, from: i64, to: i64) {
     ));
 }
 
+fn number_text(value: &Json) -> String {
+    match value {
+        Json::Number(n) => n.to_string(),
+        other => panic!("{other} is not a JSON number"),
+    }
+}
+
 /// A JSON number's text with trailing fractional zeros (and a bare `.`) removed.
 fn normalized_decimal(n: &Json) -> String {
-    let Json::Number(n) = n else {
-        panic!("{n} is not a JSON number");
-    };
-    let text = n.to_string();
+    let text = number_text(n);
     if text.contains('.') && !text.contains(['e', 'E']) {
         text.trim_end_matches('0').trim_end_matches('.').to_owned()
     } else {
@@ -287,29 +334,25 @@ fn normalized_decimal(n: &Json) -> String {
 
 /// An RFC 3339 timestamp in UTC (`Z`), as an instant.
 fn utc(value: &Json) -> DateTime<Utc> {
-    let text = value
-        .as_str()
-        .unwrap_or_else(|| panic!("{value} is not a timestamp string"));
+    let text = value.as_str();
+    let text = text.unwrap_or_else(|| panic!("{value} is not a timestamp string"));
     assert!(text.ends_with('Z'), "{text:?} is not in UTC (Z)");
-    DateTime::parse_from_rfc3339(text)
+    let instant = DateTime::parse_from_rfc3339(text);
+    instant
         .unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"))
-        .with_timezone(&Utc)
+        .to_utc()
 }
 
 /// Asserts `value` is a JSON integer (no fraction, no exponent) equal to `want`.
 fn assert_int(value: &Json, want: i64, what: &str) {
-    let Json::Number(n) = value else {
-        panic!("{what}: {value} is not a JSON number");
-    };
     assert_eq!(
-        n.to_string(),
+        number_text(value),
         want.to_string(),
         "{what}: not the exact integer"
     );
-    assert_eq!(n.as_i64(), Some(want), "{what}");
+    assert_eq!(value.as_i64(), Some(want), "{what}");
 }
 
-/// The messages' topics and rows, sorted by `id`.
 fn rows_by_id(messages: &[Received]) -> Vec<(String, Row)> {
     let mut rows: Vec<(String, Row)> = messages
         .iter()
@@ -319,7 +362,6 @@ fn rows_by_id(messages: &[Received]) -> Vec<(String, Row)> {
     rows
 }
 
-/// Column `name` of each row.
 fn column(rows: &[Row], name: &str) -> Vec<Json> {
     rows.iter().map(|r| r[name].clone()).collect()
 }
@@ -328,14 +370,16 @@ fn column(rows: &[Row], name: &str) -> Vec<Json> {
 /// `device` and `select`, each on a topic named after its `device`; checks each arrived once
 /// on its own topic and nothing was dead-lettered, and returns the rows in id order.
 fn publish_rows(db: &Db, columns: &str, select: &str, rows: &[&str]) -> Vec<Row> {
-    let table = TempTable::create(db, "out_types", columns);
-    let t = &table.name;
-    db.exec(&format!("INSERT INTO {t} VALUES ({})", rows.join("), (")));
+    let table = filled(
+        db,
+        "out_types",
+        columns,
+        &format!("({})", rows.join("), (")),
+    );
     let root = unique("types");
-    let query = after_id(&format!("id, device, {select}"), t);
-    let route = to_topic("types", &query, &format!("{root}/{{device}}"))
-        .set("qos", 1)
-        .set("format", "json");
+    let query = after_id(&format!("id, device, {select}"), &table.name);
+    let route = to_topic("types", &query, &format!("{root}/{{device}}"));
+    let route = route.set("qos", 1).set("format", "json");
     let mut run = Run::start(&db.connection_string(), &[route], &format!("{root}/#"));
     let published = rows_by_id(&run.settled(rows.len()));
     run.finish();
@@ -344,7 +388,7 @@ fn publish_rows(db: &Db, columns: &str, select: &str, rows: &[&str]) -> Vec<Row>
         assert_eq!(
             topic,
             &format!("{root}/{device}"),
-            "topics are filled from the row"
+            "topics come from the row"
         );
     }
     published.into_iter().map(|(_, row)| row).collect()
@@ -368,91 +412,77 @@ fn json_values_and_types_from_postgres() {
              '1970-01-01 00:00:00+00', '2000-01-01 00:00:00', '2000-01-01', NULL, NULL",
         ],
     );
-    assert_eq!(column(&rows, "device"), ["d1", "d-2", "d3"]);
-    // Each payload is an object whose keys are the column names
-    let want: BTreeSet<&str> = [
-        "id", "device", "n", "amount", "ratio", "flag", "label", "ts", "naive", "dt", "bin",
-        "nothing",
-    ]
-    .into();
+    let keys = "id device n amount ratio flag label ts naive dt bin nothing";
+    let keys: BTreeSet<&str> = keys.split(' ').collect();
     for row in &rows {
         assert_eq!(
             row.keys().map(String::as_str).collect::<BTreeSet<_>>(),
-            want
+            keys
         );
     }
-    // Integers are exact JSON integers, beyond 2^53 and at i64::MAX too
+    // Integers are exact JSON integers, beyond 2^53 and at i64::MAX too; decimals keep every
+    // digit
     let ints = [
-        (0, "id", 1),
-        (1, "id", 9_007_199_254_740_993),
-        (2, "id", i64::MAX),
+        [1, 9_007_199_254_740_993, i64::MAX],
+        [42, -7, i64::from(i32::MAX)],
     ];
-    let more = [(0, "n", 42), (1, "n", -7), (2, "n", i64::from(i32::MAX))];
-    for (r, c, want) in ints.into_iter().chain(more) {
-        assert_int(&rows[r][c], want, &format!("row {r} {c}"));
+    for (c, want) in ["id", "n"].into_iter().zip(ints) {
+        for (r, want) in want.into_iter().enumerate() {
+            assert_int(&rows[r][c], want, &format!("row {r} {c}"));
+        }
     }
-    // Decimals are JSON numbers that keep every digit
-    let Json::Number(amount) = &rows[0]["amount"] else {
-        panic!("amount is not a JSON number: {}", rows[0]["amount"]);
-    };
-    assert_eq!(amount.to_string(), "12345678901234567890.1234567891");
+    assert_eq!(
+        number_text(&rows[0]["amount"]),
+        "12345678901234567890.1234567891"
+    );
     assert_eq!(normalized_decimal(&rows[1]["amount"]), "-0.5");
     assert_eq!(normalized_decimal(&rows[2]["amount"]), "0");
     let ratios: Vec<Option<f64>> = column(&rows, "ratio").iter().map(Json::as_f64).collect();
     assert_eq!(ratios, [Some(1.5), Some(-0.25), Some(6.02214076e23)]);
-    assert_eq!(
-        column(&rows, "flag"),
-        [json!(true), json!(false), Json::Null]
-    );
-    let labels = ["é 日本 🎉", "it's \"quoted\" \\ back", ""];
-    assert_eq!(column(&rows, "label"), labels);
     // timestamptz values are RFC 3339 in UTC, timestamps without time zone have no offset
-    assert_eq!(rows[0]["ts"], "2024-05-01T10:00:00Z");
     let quarter = DateTime::parse_from_rfc3339("2024-05-01T12:00:00.25Z").expect("instant");
     assert_eq!(utc(&rows[1]["ts"]), quarter);
+    let columns = [
+        ("device", [json!("d1"), json!("d-2"), json!("d3")]),
+        ("flag", [json!(true), json!(false), Json::Null]),
+        (
+            "label",
+            ["é 日本 🎉", "it's \"quoted\" \\ back", ""].map(Json::from),
+        ),
+        (
+            "dt",
+            ["2024-02-29", "1999-12-31", "2000-01-01"].map(Json::from),
+        ),
+        ("bin", [json!("AAH+/2hp"), json!(""), Json::Null]),
+        ("nothing", [Json::Null, Json::Null, Json::Null]),
+    ];
+    for (c, want) in columns {
+        assert_eq!(column(&rows, c), want, "{c}");
+    }
+    assert_eq!(rows[0]["ts"], "2024-05-01T10:00:00Z");
     assert_eq!(rows[2]["ts"], "1970-01-01T00:00:00Z");
     assert_eq!(rows[0]["naive"], "2024-05-01T12:00:00.123456");
     assert_eq!(rows[1]["naive"], "1999-12-31T23:59:59");
-    // Dates are YYYY-MM-DD, binary is base64
-    assert_eq!(
-        column(&rows, "dt"),
-        ["2024-02-29", "1999-12-31", "2000-01-01"]
-    );
-    assert_eq!(
-        column(&rows, "bin"),
-        [json!("AAH+/2hp"), json!(""), Json::Null]
-    );
-    assert_eq!(column(&rows, "nothing"), vec![Json::Null; 3]);
 }
 
 #[test]
 fn timestamptz_is_utc_whatever_the_session_time_zone() {
     let db = Db::Postgres;
-    let table = TempTable::create(&db, "out_tz", "id INTEGER PRIMARY KEY, ts TIMESTAMPTZ");
-    let t = &table.name;
-    db.exec(&format!(
-        "INSERT INTO {t} VALUES (1, '2024-05-01 12:00:00+02'), (2, '2024-12-31 23:30:00-05')"
-    ));
+    let values = "(1, '2024-05-01 12:00:00+02'), (2, '2024-12-31 23:30:00-05')";
+    let table = filled(
+        &db,
+        "out_tz",
+        "id INTEGER PRIMARY KEY, ts TIMESTAMPTZ",
+        values,
+    );
     // A session time zone of +05:30
-    let cs = format!(
-        "{}ConnSettings={{SET TIME ZONE 'Asia/Kolkata'}};",
-        db.connection_string()
-    );
+    let cs = db.connection_string() + "ConnSettings={SET TIME ZONE 'Asia/Kolkata'};";
     let topic = unique("tz");
-    let mut run = Run::start(
-        &cs,
-        &[to_topic("tz", &after_id("id, ts", t), &topic)],
-        &topic,
-    );
+    let route = to_topic("tz", &after_id("id, ts", &table.name), &topic);
+    let mut run = Run::start(&cs, &[route], &topic);
     run.wait(2);
-    let rows: Vec<Row> = rows_by_id(&run.sub.messages())
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect();
-    assert_eq!(
-        column(&rows, "ts"),
-        ["2024-05-01T10:00:00Z", "2025-01-01T04:30:00Z"]
-    );
+    let stamps = column(&run.rows(), "ts");
+    assert_eq!(stamps, ["2024-05-01T10:00:00Z", "2025-01-01T04:30:00Z"]);
     run.finish();
 }
 
@@ -475,43 +505,44 @@ fn json_values_and_types_from_mariadb() {
     assert_int(&big["id"], 9_007_199_254_740_993, "id");
     assert_int(&big["n"], -7, "n");
     assert_int(&small["n"], i64::from(i32::MAX), "n");
-    let Json::Number(amount) = &big["amount"] else {
-        panic!("amount is not a JSON number: {}", big["amount"]);
-    };
-    assert_eq!(amount.to_string(), "12345678901234567890.1234567891");
+    assert_eq!(
+        number_text(&big["amount"]),
+        "12345678901234567890.1234567891"
+    );
     assert_eq!(normalized_decimal(&small["amount"]), "-0.5");
     assert_eq!(big["ratio"].as_f64(), Some(1.5));
     assert_eq!(small["ratio"].as_f64(), Some(6.02214076e23));
     assert_eq!(column(&rows, "label"), ["it's \"q\"", "é 日本 🎉"]);
     // DATETIME has no time zone: published without an offset
-    assert_eq!(big["ts"], "2024-05-01T10:00:00");
-    assert_eq!(small["ts"], "2024-05-01T12:00:00.25");
+    assert_eq!(
+        column(&rows, "ts"),
+        ["2024-05-01T12:00:00.25", "2024-05-01T10:00:00"]
+    );
     assert_eq!(big["dt"], "2024-02-29");
     assert_eq!(column(&rows, "bin"), [Json::Null, json!("AAH+/2hp")]);
     assert_eq!(big["nothing"], Json::Null);
 }
 
 /// Text and binary values far beyond the bridge's initial column buffers arrive whole, and
-/// the rows after them are neither skipped nor repeated. `zeros(n)` is `n` zero bytes and
-/// `one` the single byte 0x01, as `db` writes them.
+/// the rows after them are neither skipped nor repeated. `zeros` is 99 999 zero bytes and
+/// `one` the byte 0x01, as `db` writes them.
 fn large_values_arrive_whole(db: Db, columns: &str, zeros: &str, one: &str) {
     let table = TempTable::create(&db, "out_large", columns);
     let t = &table.name;
-    let insert = |id: i32, label: &str, bin: &str| {
+    for (id, label, bin) in [
+        (1, "REPEAT('é', 50000)", zeros),
+        (2, "REPEAT('x', 1000000)", "NULL"),
+        (3, "'small'", one),
+    ] {
         db.exec(&format!(
             "INSERT INTO {t} (id, label, bin) VALUES ({id}, {label}, {bin})"
         ));
-    };
-    insert(1, "REPEAT('é', 50000)", zeros);
-    insert(2, "REPEAT('x', 1000000)", "NULL");
-    insert(3, "'small'", one);
+    }
     let topic = unique("large");
     let route = to_topic("large", &after_id("id, label, bin", t), &topic);
     let mut run = Run::start(&db.connection_string(), &[route], &topic);
-    let rows: Vec<Row> = rows_by_id(&run.settled(3))
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect();
+    run.settled(3);
+    let rows = run.rows();
     assert_eq!(column(&rows, "id"), [1, 2, 3]);
     let label = |r: usize| rows[r]["label"].as_str().map(str::to_owned);
     assert_eq!(label(0), Some("é".repeat(50_000)));
@@ -563,14 +594,13 @@ fn json_values_and_types_from_sqlite() {
             "2, 's2', -42, -0.25, 'it''s \"q\"', NULL",
         ],
     );
-    let (a, b) = (&rows[0], &rows[1]);
-    assert_int(&a["id"], 1, "id");
-    assert_int(&a["n"], 9_007_199_254_740_993, "n");
-    assert_int(&b["n"], -42, "n");
-    assert_eq!(a["ratio"].as_f64(), Some(1.5));
-    assert_eq!(b["ratio"].as_f64(), Some(-0.25));
+    assert_int(&rows[0]["id"], 1, "id");
+    assert_int(&rows[0]["n"], 9_007_199_254_740_993, "n");
+    assert_int(&rows[1]["n"], -42, "n");
+    let ratios: Vec<Option<f64>> = column(&rows, "ratio").iter().map(Json::as_f64).collect();
+    assert_eq!(ratios, [Some(1.5), Some(-0.25)]);
     assert_eq!(column(&rows, "label"), ["é 日本 🎉", "it's \"q\""]);
-    assert_eq!(a["empty"], Json::Null);
+    assert_eq!(rows[0]["empty"], Json::Null);
 }
 
 #[test]
@@ -588,18 +618,15 @@ fn sqlite_bigint_and_blob_columns_keep_their_json_types() {
     assert_eq!(column(&rows, "bin"), [json!("AAH+/2hp"), Json::Null]);
 }
 
-/// Parses one payload as CSV and returns its only record.
 fn csv_record(payload: &[u8], delimiter: u8, quote: u8) -> Vec<String> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .delimiter(delimiter)
         .quote(quote)
         .from_reader(payload);
-    let records: Vec<csv::StringRecord> = reader
-        .records()
-        .collect::<Result<_, _>>()
-        .unwrap_or_else(|e| panic!("not CSV ({e}): {}", String::from_utf8_lossy(payload)));
     let text = String::from_utf8_lossy(payload);
+    let records: Result<Vec<csv::StringRecord>, _> = reader.records().collect();
+    let records = records.unwrap_or_else(|e| panic!("not CSV ({e}): {text}"));
     assert_eq!(records.len(), 1, "one record per message: {text}");
     records[0].iter().map(str::to_owned).collect()
 }
@@ -608,33 +635,24 @@ fn csv_record(payload: &[u8], delimiter: u8, quote: u8) -> Vec<String> {
 fn csv_rows_are_one_line_each_and_round_trip() {
     // Text holding the delimiter, the quote and a newline, through the default `,` and `"`,
     // and through `;` with `'`
-    let db = Db::Postgres;
-    let table = TempTable::create(
-        &db,
+    let table = filled(
+        &Db::Postgres,
         "out_csv",
         "id INTEGER PRIMARY KEY, label TEXT, amount NUMERIC(12,3), nothing TEXT, \
          ts TIMESTAMPTZ, flag BOOLEAN",
-    );
-    let t = &table.name;
-    db.exec(&format!(
-        "INSERT INTO {t} VALUES \
-         (1, 'plain', 1.125, NULL, '2024-05-01 12:00:00+02', true), \
+        "(1, 'plain', 1.125, NULL, '2024-05-01 12:00:00+02', true), \
          (2, E'a,b \"q\"\\nline2', -2.125, NULL, '2024-05-01 10:00:00+00', false), \
-         (3, 'semi;colon ''single''', 0.001, 'x', '2024-05-01 10:00:00+00', NULL)"
-    ));
+         (3, 'semi;colon ''single''', 0.001, 'x', '2024-05-01 10:00:00+00', NULL)",
+    );
     let root = unique("csv");
-    let query = after_id("id, label, amount, nothing, ts, flag", t);
+    let query = after_id("id, label, amount, nothing, ts, flag", &table.name);
     let csv_to = |variant: &str| {
-        to_topic(
-            &format!("csv_{variant}"),
-            &query,
-            &format!("{root}/{variant}/{{id}}"),
-        )
-        .set("format", "csv")
+        let topic = format!("{root}/{variant}/{{id}}");
+        to_topic(&format!("csv_{variant}"), &query, &topic).set("format", "csv")
     };
     let custom = csv_to("custom").set("csv", json!({ "delimiter": ";", "quote": "'" }));
-    let routes = [csv_to("default"), custom];
-    let mut run = Run::start(&db.connection_string(), &routes, &format!("{root}/#"));
+    let cs = Db::Postgres.connection_string();
+    let mut run = Run::start(&cs, &[csv_to("default"), custom], &format!("{root}/#"));
     let messages = run.settled(6);
 
     // Every message is one CSV record with the row's values (NULL = empty field)
@@ -656,11 +674,8 @@ fn csv_rows_are_one_line_each_and_round_trip() {
         assert_eq!(topics, want_topics, "{variant}");
         assert_eq!(records, want, "{variant}");
         // A row without special characters is a single line
-        let plain = messages
-            .iter()
-            .find(|m| m.topic == want_topics[0])
-            .expect("row 1");
-        let text = plain.payload_str();
+        let plain = messages.iter().find(|m| m.topic == want_topics[0]);
+        let text = plain.expect("row 1").payload_str();
         let line = text.strip_suffix('\n').unwrap_or(text);
         let line = line.strip_suffix('\r').unwrap_or(line);
         assert!(!line.contains('\n'), "{variant}: {text:?} is not one line");
@@ -670,28 +685,16 @@ fn csv_rows_are_one_line_each_and_round_trip() {
 
 #[test]
 fn qos_2_and_retain_reach_live_and_late_subscribers() {
-    let db = Db::Postgres;
     let world = World::new("outbound");
-    let table = TempTable::create(
-        &db,
-        "out_retain",
-        "id INTEGER PRIMARY KEY, dev TEXT NOT NULL",
-    );
-    let t = &table.name;
-    db.exec(&format!("INSERT INTO {t} VALUES (1, 'd1'), (2, 'd2')"));
+    let table = devices("out_retain", "(1, 'd1'), (2, 'd2')");
     let root = unique("retain");
-    let route = to_topic(
-        "retain",
-        &after_id("id, dev", t),
-        &format!("{root}/{{dev}}"),
-    )
-    .set("qos", 2)
-    .set("retain", true);
-    let config = config(&world, &db.connection_string(), &[route]);
+    let route = dev_route("retain", &table, &root)
+        .set("qos", 2)
+        .set("retain", true);
+    let config = config(&world, &Db::Postgres.connection_string(), &[route]);
     let live = Subscriber::connect(world.broker.port, &format!("{root}/#"), 2);
     let mut run = Run::new(world, config, live);
 
-    // A live QoS 2 subscriber gets each row once, at QoS 2
     let messages = run.settled(2);
     assert!(messages.iter().all(|m| m.qos == 2), "{messages:?}");
     // And a subscriber that comes later gets both as retained messages
@@ -702,25 +705,26 @@ fn qos_2_and_retain_reach_live_and_late_subscribers() {
         .map(|m| (m.topic.clone(), id_of(&m.payload), m.retain))
         .collect();
     got.sort();
-    let want = [1, 2].map(|i| (format!("{root}/d{i}"), i, true));
-    assert_eq!(got, want);
+    assert_eq!(got, [1, 2].map(|i| (format!("{root}/d{i}"), i, true)));
     terminate_ok(&mut run.bridge);
 }
 
 #[test]
 fn without_track_every_poll_publishes_every_row() {
-    let db = Db::Postgres;
-    let table = TempTable::create(&db, "out_notrack", "id INTEGER PRIMARY KEY, v TEXT");
+    let table = TempTable::create(
+        &Db::Postgres,
+        "out_notrack",
+        "id INTEGER PRIMARY KEY, v TEXT",
+    );
     let t = &table.name;
     pg_insert_range(t, 1, 2);
     let topic = unique("notrack");
-    let query = format!("SELECT id, v FROM {t} ORDER BY id");
-    let route = polled("notrack", &query)
-        .set("broker", "b")
-        .set("topic", topic.as_str());
-    let mut run = Run::start(&db.connection_string(), &[route], &topic);
+    let route = polled("notrack", &format!("SELECT id, v FROM {t} ORDER BY id"));
+    let mut run = Run::pg(
+        route.set("broker", "b").set("topic", topic.as_str()),
+        &topic,
+    );
 
-    // Once the bridge has polled several times
     let sub = &run.sub;
     wait_for(&mut run.bridge, "three polls' worth", || {
         let counts = mqtt_id_counts(&sub.messages());
@@ -736,29 +740,26 @@ fn without_track_every_poll_publishes_every_row() {
     assert_eq!(run.letters(), Vec::<Json>::new());
 }
 
+fn after_stamp(cols: &str, table: &str) -> String {
+    format!("SELECT {cols} FROM {table} WHERE (updated_at, id) > (?, ?) ORDER BY updated_at, id")
+}
+
 #[test]
 fn delay_leaves_young_rows_for_a_later_poll() {
     // A row an hour old and a row stamped an hour from now, and `delay: 5s`
     let db = Db::Postgres;
-    let table = TempTable::create(
+    let utc_now = "(now() AT TIME ZONE 'UTC')";
+    let table = filled(
         &db,
         "out_delay",
         "id INTEGER PRIMARY KEY, updated_at TIMESTAMP NOT NULL",
+        &format!("(1, {utc_now} - interval '1 hour'), (2, {utc_now} + interval '1 hour')"),
     );
     let t = &table.name;
-    let utc_now = "(now() AT TIME ZONE 'UTC')";
-    db.exec(&format!(
-        "INSERT INTO {t} VALUES (1, {utc_now} - interval '1 hour'), \
-         (2, {utc_now} + interval '1 hour')"
-    ));
     let topic = unique("delay");
-    let query = format!(
-        "SELECT id, updated_at FROM {t} WHERE (updated_at, id) > (?, ?) ORDER BY updated_at, id"
-    );
-    let route = by_stamp(to_topic("delay", &query, &topic)).set("delay", "5s");
-    let mut run = Run::start(&db.connection_string(), &[route], &topic);
+    let route = to_topic("delay", &after_stamp("id, updated_at", t), &topic);
+    let mut run = Run::pg(by_stamp(route).set("delay", "5s"), &topic);
 
-    // Only the old row goes out
     run.settled(1);
     assert_eq!(run.ids(), [1]);
 
@@ -774,63 +775,61 @@ fn delay_leaves_young_rows_for_a_later_poll() {
 #[test]
 fn amqp_default_exchange_delivers_to_the_queue_named_by_the_routing_key() {
     // `exchange: ""`, with the queue's name as routing key
-    let db = Db::Postgres;
-    let world = World::new("outbound");
     let mut rabbit = Rabbit::connect();
     let queue = unique("mqdb_out_default_q");
     rabbit.declare_queue(&queue);
-    let table = TempTable::create(&db, "out_dflt", "id INTEGER PRIMARY KEY, v TEXT");
+    let table = TempTable::create(&Db::Postgres, "out_dflt", "id INTEGER PRIMARY KEY, v TEXT");
     pg_insert_range(&table.name, 1, 3);
     let route = to_exchange("dflt", &after_id("id, v", &table.name), "", &queue);
-    let config = config_amqp(&world, Rabbit::URL, &db.connection_string(), &[route]);
-    let mut bridge = Bridge::start(&config);
-    let mut got = Vec::new();
-    take_until(&mut bridge, &rabbit, &queue, &mut got, |got| got.len() >= 3);
-    let ids: Vec<i64> = got.iter().map(|m| id_of(&m.payload)).collect();
-    assert_eq!(ids, [1, 2, 3]);
-    finish_clean(&mut bridge, &config);
+    let mut run = AmqpRun::pg(rabbit, &queue, route);
+    run.until(|got, _| got.len() >= 3);
+    assert_eq!(run.ids(), [1, 2, 3]);
+    finish_clean(&mut run.bridge, &run.config);
 }
 
 #[test]
 fn a_numeric_track_column_is_bound_as_a_number() {
     // A key of NUMERIC(20,0), as in many legacy schemas; one row per poll, so the second poll
     // binds the first row's id
-    let db = Db::Postgres;
-    let table = TempTable::create(&db, "out_numtrack", "id NUMERIC(20,0) PRIMARY KEY, v TEXT");
-    let t = &table.name;
-    db.exec(&format!(
-        "INSERT INTO {t} VALUES (10000000000000000001, 'a'), (10000000000000000002, 'b')"
-    ));
+    let table = filled(
+        &Db::Postgres,
+        "out_numtrack",
+        "id NUMERIC(20,0) PRIMARY KEY, v TEXT",
+        "(10000000000000000001, 'a'), (10000000000000000002, 'b')",
+    );
     let topic = unique("numtrack");
-    let route = to_topic("numtrack", &after_id("id, v", t), &topic).set("max_rows", 1);
-    let mut run = Run::start(&db.connection_string(), &[route], &topic);
+    let route = to_topic("numtrack", &after_id("id, v", &table.name), &topic);
+    let mut run = Run::pg(route.set("max_rows", 1), &topic);
     let ids: Vec<String> = run
         .settled(2)
         .iter()
-        .map(|m| json_of(&m.payload)["id"].to_string())
+        .map(|m| number_text(&json_of(&m.payload)["id"]))
         .collect();
     assert_eq!(ids, ["10000000000000000001", "10000000000000000002"]);
     run.finish();
 }
 
+fn devices(prefix: &str, values: &str) -> TempTable {
+    let columns = "id INTEGER PRIMARY KEY, dev TEXT NOT NULL";
+    filled(&Db::Postgres, prefix, columns, values)
+}
+
+/// Route `name` publishing each row of `table` (of [`devices`]) to `<root>/{dev}`.
+fn dev_route(name: &str, table: &TempTable, root: &str) -> Route {
+    to_topic(
+        name,
+        &after_id("id, dev", &table.name),
+        &format!("{root}/{{dev}}"),
+    )
+}
+
 #[test]
 fn a_topic_template_with_a_leading_slash_publishes() {
     // A legal MQTT topic: the first level is empty, but no row value is
-    let db = Db::Postgres;
-    let table = TempTable::create(
-        &db,
-        "out_slash",
-        "id INTEGER PRIMARY KEY, dev TEXT NOT NULL",
-    );
-    let t = &table.name;
-    db.exec(&format!("INSERT INTO {t} VALUES (1, 'd1')"));
+    let table = devices("out_slash", "(1, 'd1')");
     let root = unique("slash");
-    let route = to_topic(
-        "slash",
-        &after_id("id, dev", t),
-        &format!("/{root}/{{dev}}"),
-    );
-    let mut run = Run::start(&db.connection_string(), &[route], &format!("/{root}/#"));
+    let route = dev_route("slash", &table, &format!("/{root}"));
+    let mut run = Run::pg(route, &format!("/{root}/#"));
     let (sub, config) = (&run.sub, &run.config);
     wait_for(&mut run.bridge, "the message or a dead letter", || {
         Ok(sub.count() >= 1 || !dlq_list(config).is_empty())
@@ -845,8 +844,10 @@ fn outbound_mqtt_publishes_use_the_route_client_id() {
     let table = TempTable::create(&Db::Postgres, "out_cid", "id INTEGER PRIMARY KEY, v TEXT");
     pg_insert_range(&table.name, 1, 1);
     let topic = unique("cid");
-    let route = to_topic("cid", &after_id("id, v", &table.name), &topic);
-    let mut run = Run::start(&Db::Postgres.connection_string(), &[route], &topic);
+    let mut run = Run::pg(
+        to_topic("cid", &after_id("id, v", &table.name), &topic),
+        &topic,
+    );
     run.wait(1);
     terminate_ok(&mut run.bridge);
     // The broker saw the publisher connect as "<client_id>-<route>"
@@ -858,15 +859,19 @@ fn outbound_mqtt_publishes_use_the_route_client_id() {
 /// At most this many rows per poll in the restart and outage tests.
 const STREAM_MAX_ROWS: usize = 100;
 
-/// A table `out_<name>` of `(id INTEGER, v TEXT)` rows.
 fn stream_table(name: &str) -> TempTable {
     let columns = "id INTEGER PRIMARY KEY, v TEXT";
     TempTable::create(&Db::Postgres, &format!("out_{name}"), columns)
 }
 
-/// Route `name` polling a [`stream_table`], [`STREAM_MAX_ROWS`] rows at a time.
-fn stream_route(name: &str, table: &str) -> Route {
-    tracked(name, &after_id("id, v", table)).set("max_rows", STREAM_MAX_ROWS)
+/// Cuts the connection behind `proxy` while rows 1001..=2000 come, and restores it a few
+/// seconds later.
+fn cut_while_rows_come(proxy: &TcpProxy, bridge: &mut Bridge, table: &str) {
+    proxy.set_down(true);
+    pg_insert_range(table, 1001, 2000);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(bridge.is_running(), "mqdb died:\n{}", bridge.log());
+    proxy.set_down(false);
 }
 
 /// A [`stream_table`] published by route `name` to `topic` at QoS 1.
@@ -882,10 +887,8 @@ impl MqttStream {
         let world = World::new("outbound");
         let table = stream_table(name);
         let topic = unique(name);
-        let route = stream_route(name, &table.name)
-            .set("broker", "b")
-            .set("topic", topic.as_str())
-            .set("qos", 1);
+        let route = to_topic(name, &after_id("id, v", &table.name), &topic);
+        let route = route.set("max_rows", STREAM_MAX_ROWS).set("qos", 1);
         let config = config(&world, &Db::Postgres.connection_string(), &[route]);
         MqttStream {
             table,
@@ -921,7 +924,6 @@ impl MqttStream {
         before
     }
 
-    /// Restarts the broker and resumes the session of subscriber `id`.
     fn broker_back(&mut self, id: &str) -> Subscriber {
         self.world.broker.restart();
         Subscriber::connect_with(self.world.broker.port, id, false, &[])
@@ -943,12 +945,6 @@ fn wait_all(
     all()
 }
 
-/// Asserts nothing was dead-lettered, then stops the bridge (exit 0).
-fn finish_clean(bridge: &mut Bridge, config: &Path) {
-    assert_eq!(dlq_list(config), Vec::<Json>::new());
-    terminate_ok(bridge);
-}
-
 /// Runs 2000 rows through a bridge that is stopped (SIGKILL or SIGTERM) after the first
 /// messages arrive and then started again; returns how often each id arrived.
 fn restart_mid_stream(graceful: bool) -> BTreeMap<i64, usize> {
@@ -963,7 +959,6 @@ fn restart_mid_stream(graceful: bool) -> BTreeMap<i64, usize> {
     }
     let at_stop = sub.count();
 
-    // 1000 more rows come while it is down
     pg_insert_range(&stream.table.name, 1001, 2000);
     let mut bridge = Bridge::start(&stream.config);
     wait_for_ids(&mut bridge, &sub, 2000);
@@ -1006,7 +1001,6 @@ fn mosquitto_stopped_mid_stream_loses_nothing() {
     let (sub_id, sub) = stream.durable_subscriber();
     let mut bridge = stream.start_mid_stream(&sub);
 
-    // The broker stops while rows keep coming, and comes back a few seconds later
     let before = stream.broker_down(sub);
     std::thread::sleep(Duration::from_secs(3));
     assert!(bridge.is_running(), "mqdb died:\n{}", bridge.log());
@@ -1035,15 +1029,14 @@ fn a_connection_lost_while_confirms_are_awaited_loses_nothing() {
     let proxy = TcpProxy::start(world.broker.addr());
     let table = stream_table("lost");
     let topic = unique("lost");
-    let route = to_topic("lost", &after_id("id, v", &table.name), &topic)
-        .set("max_rows", 5000)
-        .set("qos", 1);
+    let route = to_topic("lost", &after_id("id, v", &table.name), &topic);
+    let route = route.set("max_rows", 5000).set("qos", 1);
     let url = format!("mqtt://127.0.0.1:{}", proxy.port);
-    let broker = world
+    let config = world
         .bare_config()
         .broker("b", &url, world.mqtt(Json::Null).1);
     let config = write(
-        broker.database("d", &Db::Postgres.connection_string()),
+        config.database("d", &Db::Postgres.connection_string()),
         &[route],
     );
     let sub = world.subscribe(&topic);
@@ -1093,7 +1086,6 @@ fn sigterm_while_the_broker_is_down_exits_and_a_restart_loses_nothing() {
     terminate_ok(&mut bridge);
     let took = asked.elapsed();
 
-    // With the broker back, a new bridge publishes every row
     let sub = stream.broker_back(&sub_id);
     let mut bridge = Bridge::start(&stream.config);
     wait_all(&mut bridge, &before, &sub, 2000);
@@ -1103,41 +1095,27 @@ fn sigterm_while_the_broker_is_down_exits_and_a_restart_loses_nothing() {
 
 #[test]
 fn rabbitmq_connection_cut_mid_stream_loses_nothing() {
-    let world = World::new("outbound");
     let mut rabbit = Rabbit::connect();
     let (exchange, queue) = exchange_with_queue(&mut rabbit, "mqdb_out_cut", "rows");
     let proxy = TcpProxy::start(Rabbit::addr());
     let table = stream_table("acut");
     let t = &table.name;
-    let route = stream_route("acut", t)
-        .set("broker", "rabbit")
-        .set("exchange", exchange.as_str())
-        .set("routing_key", "rows");
-    let url = Rabbit::url_via(proxy.port);
-    let config = config_amqp(&world, &url, &Db::Postgres.connection_string(), &[route]);
+    let route = to_exchange("acut", &after_id("id, v", t), &exchange, "rows");
+    let route = route.set("max_rows", STREAM_MAX_ROWS);
     pg_insert_range(t, 1, 1000);
-    let mut bridge = Bridge::start(&config);
-    let mut got = Vec::new();
-    take_until(&mut bridge, &rabbit, &queue, &mut got, |got| {
-        got.len() >= 100
-    });
-
-    // The connection is cut while rows keep coming, and restored a few seconds later
-    proxy.set_down(true);
-    pg_insert_range(t, 1001, 2000);
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(bridge.is_running(), "mqdb died:\n{}", bridge.log());
-    proxy.set_down(false);
+    let url = Rabbit::url_via(proxy.port);
+    let cs = Db::Postgres.connection_string();
+    let mut run = AmqpRun::start(rabbit, &queue, &url, &cs, &[route]);
+    run.until(|got, _| got.len() >= 100);
+    cut_while_rows_come(&proxy, &mut run.bridge, t);
 
     let counts = |got: &[AmqpMessage]| id_counts(got.iter().map(|m| m.payload.as_slice()));
-    take_until(&mut bridge, &rabbit, &queue, &mut got, |got| {
-        missing(&counts(got), 2000).is_empty()
-    });
-    assert_eq!(dlq_list(&config), Vec::<Json>::new());
-    let counts = counts(&got);
+    run.until(|got, _| missing(&counts(got), 2000).is_empty());
+    assert_eq!(run.letters(), Vec::<Json>::new());
+    let counts = counts(&run.got);
     assert_eq!(counts.len(), 2000, "ids outside 1..=2000");
     assert!(proxy.accepted() >= 2, "the bridge never reconnected");
-    terminate_ok(&mut bridge);
+    terminate_ok(&mut run.bridge);
     eprintln!("duplicates after the cut: {}", duplicates(&counts));
 }
 
@@ -1150,20 +1128,13 @@ fn database_outage_mid_stream_loses_nothing() {
     let table = TempTable::create(&db, "out_dbcut", columns);
     let t = &table.name;
     let topic = unique("dbcut");
-    let route = stream_route("dbcut", t)
-        .set("broker", "b")
-        .set("topic", topic.as_str())
-        .set("after_publish", mark_sent(t));
+    let route = to_topic("dbcut", &after_id("id, v", t), &topic);
+    let route = route.set("max_rows", STREAM_MAX_ROWS);
     pg_insert_range(t, 1, 1000);
-    let mut run = Run::start(&db.connection_string_via(proxy.port), &[route], &topic);
+    let cs = db.connection_string_via(proxy.port);
+    let mut run = Run::start(&cs, &[route.set("after_publish", mark_sent(t))], &topic);
     run.wait(100);
-
-    // The connection is cut while rows keep coming, and restored later
-    proxy.set_down(true);
-    pg_insert_range(t, 1001, 2000);
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(run.bridge.is_running(), "mqdb died:\n{}", run.bridge.log());
-    proxy.set_down(false);
+    cut_while_rows_come(&proxy, &mut run.bridge, t);
 
     run.wait_ids(2000);
     run.wait_all_sent(&db, t);
@@ -1173,11 +1144,6 @@ fn database_outage_mid_stream_loses_nothing() {
     assert!(proxy.accepted() >= 2, "the bridge never reconnected");
     run.finish();
     eprintln!("duplicates after the database cut: {}", duplicates(&counts));
-}
-
-/// `SELECT cols FROM table` after the position `(updated_at, id)`.
-fn after_stamp(cols: &str, table: &str) -> String {
-    format!("SELECT {cols} FROM {table} WHERE (updated_at, id) > (?, ?) ORDER BY updated_at, id")
 }
 
 fn rows_sharing_a_timestamp_survive_a_restart(db: Db, columns: &str) {
@@ -1195,8 +1161,8 @@ fn rows_sharing_a_timestamp_survive_a_restart(db: Db, columns: &str) {
     };
     insert(1, 10);
     let topic = unique("ts");
-    let query = after_stamp("id, updated_at, v", t);
-    let route = by_stamp(to_topic("ts", &query, &topic)).set("max_rows", 3);
+    let route = to_topic("ts", &after_stamp("id, updated_at, v", t), &topic);
+    let route = by_stamp(route).set("max_rows", 3);
     let mut run = Run::start(&db.connection_string(), &[route], &topic);
 
     // The bridge is stopped after its first poll, ten more rows come, and it starts again
@@ -1232,56 +1198,20 @@ fn rows_sharing_a_timestamp_survive_a_restart_mariadb() {
     );
 }
 
-/// A table of `(id, dev)` rows (SQL value lists) and a route publishing each to
-/// `<root>/{dev}`, plus `settings`; returns the table, the run and `<root>`.
-fn dev_topics(name: &str, rows: &str, settings: &[&str]) -> (TempTable, Run, String) {
-    let db = Db::Postgres;
-    let table = TempTable::create(
-        &db,
-        &format!("out_{name}"),
-        "id INTEGER PRIMARY KEY, dev TEXT NOT NULL",
-    );
-    db.exec(&format!("INSERT INTO {} VALUES {rows}", table.name));
-    let root = unique(name);
-    let route = to_topic(
-        name,
-        &after_id("id, dev", &table.name),
-        &format!("{root}/{{dev}}"),
-    );
-    let run = Run::start(
-        &db.connection_string(),
-        &[route.lines(settings)],
-        &format!("{root}/#"),
-    );
-    (table, run, root)
-}
-
-impl Run {
-    /// Waits until `n` messages arrived and `k` rows were dead-lettered.
-    fn wait_with_letters(&mut self, n: usize, k: usize) {
-        let (sub, config) = (&self.sub, &self.config);
-        let what = format!("{n} messages and {k} dead letters");
-        wait_for(&mut self.bridge, &what, || {
-            Ok(sub.count() >= n && dlq_list(config).len() >= k)
-        });
-    }
-}
-
 #[test]
 fn rows_whose_topic_cannot_be_built_become_dead_letters() {
     // Topic values holding `+`, `#`, `/`, or nothing, between good rows
-    let (table, mut run, root) = dev_topics(
-        "badtopic",
+    let table = devices(
+        "out_topic",
         "(1, 'ok1'), (2, 'a+b'), (3, 'ok3'), (4, 'x#'), (5, ''), (6, 'ok6'), \
          (7, E'site/\\u001b[2J')",
-        &[],
     );
+    let root = unique("topic");
+    let mut run = Run::pg(dev_route("badtopic", &table, &root), &format!("{root}/#"));
     run.wait_with_letters(3, 4);
-    // A later good row, once the first ones are done
     Db::Postgres.exec(&format!("INSERT INTO {} VALUES (8, 'ok8')", table.name));
     run.settled(4);
 
-    // The good rows were published once each, on their topics
     let good = ["ok1", "ok3", "ok6", "ok8"].map(|d| format!("{root}/{d}"));
     assert_eq!(run.topics(), good);
     // And each bad row is exactly one outbound dead letter of kind "topic", with the row
@@ -1311,11 +1241,11 @@ fn rows_whose_topic_cannot_be_built_become_dead_letters() {
 
 #[test]
 fn topic_values_add_levels_lets_a_slash_in_a_value_add_levels() {
-    let (_table, mut run, root) = dev_topics(
-        "levels",
-        "(1, 'hall/dev1'), (2, 'dev2'), (3, 'hall//dev3')",
-        &["topic_values_add_levels: true"],
-    );
+    let values = "(1, 'hall/dev1'), (2, 'dev2'), (3, 'hall//dev3')";
+    let table = devices("out_levels", values);
+    let root = unique("levels");
+    let route = dev_route("levels", &table, &root).set("topic_values_add_levels", true);
+    let mut run = Run::pg(route, &format!("{root}/#"));
     run.wait_with_letters(2, 1);
     terminate_ok(&mut run.bridge);
 
@@ -1333,43 +1263,31 @@ fn topic_values_add_levels_lets_a_slash_in_a_value_add_levels() {
 fn unroutable_amqp_rows_become_dead_letters_and_the_position_moves_on() {
     // Only routing key `r.good` has a queue; rows with keys `r.good`, `r.bad` and `r.other`
     let db = Db::Postgres;
-    let world = World::new("outbound");
     let mut rabbit = Rabbit::connect();
     let (exchange, queue) = exchange_with_queue(&mut rabbit, "mqdb_out_unr", "r.good");
-    let table = TempTable::create(&db, "out_unr", "id INTEGER PRIMARY KEY, kind TEXT NOT NULL");
-    let t = &table.name;
-    db.exec(&format!(
-        "INSERT INTO {t} VALUES (1, 'good'), (2, 'bad'), (3, 'good'), (4, 'other'), (5, 'good')"
-    ));
-    let route = to_exchange(
-        "unroutable",
-        &after_id("id, kind", t),
-        &exchange,
-        "r.{kind}",
+    let table = filled(
+        &db,
+        "out_unr",
+        "id INTEGER PRIMARY KEY, kind TEXT NOT NULL",
+        "(1, 'good'), (2, 'bad'), (3, 'good'), (4, 'other'), (5, 'good')",
     );
-    let config = config_amqp(&world, Rabbit::URL, &db.connection_string(), &[route]);
-    let mut bridge = Bridge::start(&config);
-    let mut got = Vec::new();
-    take_until(&mut bridge, &rabbit, &queue, &mut got, |got| {
-        got.len() >= 3 && dlq_list(&config).len() >= 2
-    });
-    // A later good row, once the first ones are done
-    db.exec(&format!("INSERT INTO {t} VALUES (6, 'good')"));
-    take_until(&mut bridge, &rabbit, &queue, &mut got, |got| got.len() >= 4);
-    std::thread::sleep(QUIET);
-    got.extend(rabbit.take_all(&queue));
+    let query = after_id("id, kind", &table.name);
+    let route = to_exchange("unroutable", &query, &exchange, "r.{kind}");
+    let mut run = AmqpRun::pg(rabbit, &queue, route);
+    run.until(|got, config| got.len() >= 3 && dlq_list(config).len() >= 2);
+    db.exec(&format!("INSERT INTO {} VALUES (6, 'good')", table.name));
+    run.until(|got, _| got.len() >= 4);
+    run.settle();
 
-    // The routable rows are in the queue once each, with their routing key, persistent
-    let mut ids: Vec<i64> = got.iter().map(|m| id_of(&m.payload)).collect();
+    let mut ids = run.ids();
     ids.sort_unstable();
     assert_eq!(ids, [1, 3, 5, 6]);
-    for m in &got {
+    for m in &run.got {
         let to = (m.exchange.as_str(), m.routing_key.as_str());
         assert_eq!(to, (exchange.as_str(), "r.good"));
         assert_eq!(m.delivery_mode, Some(2), "{m:?}");
     }
-    // And the unroutable ones are dead letters (once each: the position moved past them)
-    let letters = dlq_list(&config);
+    let letters = run.letters();
     assert_eq!(letters.len(), 2, "{letters:#?}");
     let mut seen: Vec<(String, i64)> = letters
         .iter()
@@ -1386,7 +1304,7 @@ fn unroutable_amqp_rows_become_dead_letters_and_the_position_moves_on() {
     seen.sort();
     let want = [("bad", 2), ("other", 4)].map(|(k, i)| (format!("{exchange}/r.{k}"), i));
     assert_eq!(seen, want);
-    terminate_ok(&mut bridge);
+    terminate_ok(&mut run.bridge);
 }
 
 /// An outbox `(id, dev, sent_at)` holding rows `from..=to` of [`insert_devs`].
@@ -1397,7 +1315,6 @@ fn outbox(db: &Db, prefix: &str, from: i64, to: i64) -> TempTable {
     table
 }
 
-/// Inserts `(g, 'd' || g)` for `g` in `from..=to` (PostgreSQL).
 fn insert_devs(table: &TempTable, from: i64, to: i64) {
     table.db.exec(&format!(
         "INSERT INTO {} (id, dev) SELECT g, 'd' || g FROM generate_series({from}, {to}) g",
@@ -1407,18 +1324,13 @@ fn insert_devs(table: &TempTable, from: i64, to: i64) {
 
 /// An outbox polled by position (`id > ?`) whose `after_publish` marks each row sent.
 fn after_publish_marks_every_row(db: Db, columns: &str, mark: &str) {
-    let table = TempTable::create(&db, "out_after", columns);
+    let values: Vec<String> = (1..=50).map(|i| format!("({i}, 'd{i}', NULL)")).collect();
+    let table = filled(&db, "out_after", columns, &values.join(", "));
     let t = &table.name;
-    let values: Vec<String> = (1..=50).map(|i| format!("({i}, 'd{i}')")).collect();
-    let values = values.join(", ");
-    db.exec(&format!("INSERT INTO {t} (id, dev) VALUES {values}"));
     let topic = unique("after");
-    let route = to_topic("after", &after_id("id, dev", t), &topic)
-        .set("max_rows", 20)
-        .set(
-            "after_publish",
-            format!("UPDATE {t} SET sent_at = {mark} WHERE id = ?"),
-        );
+    let update = format!("UPDATE {t} SET sent_at = {mark} WHERE id = ?");
+    let route = to_topic("after", &after_id("id, dev", t), &topic);
+    let route = route.set("max_rows", 20).set("after_publish", update);
     let mut run = Run::start(&db.connection_string(), &[route], &topic);
     run.wait_ids(50);
     run.wait_all_sent(&db, t);
@@ -1449,25 +1361,24 @@ fn after_publish_marks_every_row_mariadb() {
 fn after_publish_rejections_become_dead_letters_and_the_rest_commit() {
     // An after_publish the database rejects for row 3 only (a CHECK constraint, SQLSTATE 23514)
     let db = Db::Postgres;
-    let table = TempTable::create(
+    let values: Vec<String> = (1..=10)
+        .map(|i| format!("({i}, {}, NULL)", if i == 3 { 50 } else { 1 }))
+        .collect();
+    let table = filled(
         &db,
         "out_after_rej",
         "id INTEGER PRIMARY KEY, n INTEGER CHECK (n <= 100), sent_at TIMESTAMPTZ NULL",
+        &values.join(", "),
     );
     let t = &table.name;
-    db.exec(&format!(
-        "INSERT INTO {t} (id, n) SELECT g, CASE WHEN g = 3 THEN 50 ELSE 1 END \
-         FROM generate_series(1, 10) g"
-    ));
     let topic = unique("after_rej");
     let update = format!("UPDATE {t} SET n = n * 10, sent_at = now() WHERE id = ?");
-    let route = to_topic("after_rej", &after_id("id, n", t), &topic).set("after_publish", update);
-    let mut run = Run::start(&db.connection_string(), &[route], &topic);
+    let route = to_topic("after_rej", &after_id("id, n", t), &topic);
+    let mut run = Run::pg(route.set("after_publish", update), &topic);
     run.wait_ids(10);
     run.wait_with_letters(10, 1);
     std::thread::sleep(QUIET);
 
-    // Every row was published once (the position moved past row 3)
     assert_eq!(run.counts(), once_each(1..=10));
     // And every other row's after_publish committed
     let unsent: Vec<i64> = db
@@ -1478,7 +1389,6 @@ fn after_publish_rejections_become_dead_letters_and_the_rest_commit() {
         .filter_map(|r| r[0].as_deref()?.trim().parse().ok())
         .collect();
     assert_eq!(unsent, [3], "rows whose after_publish did not commit");
-    // And row 3 is one outbound dead letter
     let letters = run.letters();
     assert_eq!(letters.len(), 1, "{letters:#?}");
     assert_eq!(letters[0]["route"], "after_rej");
@@ -1491,9 +1401,8 @@ fn after_publish_rejections_become_dead_letters_and_the_rest_commit() {
 /// `max_rows` rows per poll, to `topic`.
 fn outbox_route(table: &str, max_rows: usize, topic: &str) -> Route {
     let query = format!("SELECT id, dev FROM {table} WHERE sent_at IS NULL ORDER BY id");
-    to_topic("outbox", &query, topic)
-        .set("max_rows", max_rows)
-        .set("after_publish", mark_sent(table))
+    let route = to_topic("outbox", &query, topic).set("max_rows", max_rows);
+    route.set("after_publish", mark_sent(table))
 }
 
 #[test]
@@ -1501,11 +1410,9 @@ fn outbox_without_a_position_parameter_publishes_each_row_once() {
     let db = Db::Postgres;
     let table = outbox(&db, "out_outbox", 1, 30);
     let topic = unique("outbox");
-    let route = outbox_route(&table.name, 10, &topic);
-    let mut run = Run::start(&db.connection_string(), &[route], &topic);
+    let mut run = Run::pg(outbox_route(&table.name, 10, &topic), &topic);
     run.wait_ids(30);
     run.wait_all_sent(&db, &table.name);
-    // Ten more rows, once the first are sent
     insert_devs(&table, 31, 40);
     run.wait_ids(40);
     run.wait_all_sent(&db, &table.name);
@@ -1524,7 +1431,7 @@ fn an_outbox_marks_dead_lettered_rows_so_they_are_dead_lettered_once() {
     db.exec(&format!("UPDATE {t} SET dev = 'bad+dev' WHERE id = 4"));
     let topic = unique("outbox_dead");
     let route = outbox_route(t, 3, &format!("{topic}/{{dev}}"));
-    let mut run = Run::start(&db.connection_string(), &[route], &format!("{topic}/#"));
+    let mut run = Run::pg(route, &format!("{topic}/#"));
     let sub = &run.sub;
     wait_for(&mut run.bridge, "seven rows published", || {
         Ok(mqtt_id_counts(&sub.messages()).len() == 7)
@@ -1588,26 +1495,29 @@ fn check_reports_each_outbound_route() {
         to_exchange("good_amqp", &select, &exchange, "x.{dev}"),
     ];
     let by_seq_no = format!("SELECT id, dev FROM {t} WHERE seq_no > ? ORDER BY seq_no");
-    let no_level = format!("{root}/{{no_such_level}}");
     let bad = [
-        (
+        to_topic(
             "bad_column",
-            "no_such_column",
-            after_id("id, dev, no_such_column", t),
+            &after_id("id, dev, no_such_column", t),
             &topic,
         ),
-        ("bad_track", "seq_no", by_seq_no, &topic),
-        ("bad_template", "no_such_level", select.clone(), &no_level),
-        ("no_exchange", absent.as_str(), select.clone(), &topic),
-        ("gone_broker", "gone", select.clone(), &topic),
+        to_topic("bad_track", &by_seq_no, &topic).set("track", "seq_no"),
+        to_topic(
+            "bad_template",
+            &select,
+            &format!("{root}/{{no_such_level}}"),
+        ),
+        to_exchange("no_exchange", &select, &absent, "x.{dev}"),
+        to_topic("gone_broker", &select, &topic).set("broker", "gone"),
     ];
-    let routes = bad.iter().map(|(name, _, query, topic)| match *name {
-        "bad_track" => to_topic(name, query, topic).set("track", "seq_no"),
-        "no_exchange" => to_exchange(name, query, &absent, "x.{dev}"),
-        "gone_broker" => to_topic(name, query, topic).set("broker", "gone"),
-        _ => to_topic(name, query, topic),
-    });
-    let routes: Vec<Route> = good.iter().cloned().chain(routes).collect();
+    let problems = [
+        ("bad_column", "no_such_column"),
+        ("bad_track", "seq_no"),
+        ("bad_template", "no_such_level"),
+        ("no_exchange", absent.as_str()),
+        ("gone_broker", "gone"),
+    ];
+    let routes: Vec<Route> = good.iter().cloned().chain(bad).collect();
     let brokers = world.config(&db).broker("rabbit", Rabbit::URL, Json::Null);
     let closed = format!("mqtt://127.0.0.1:{}", common::free_port());
     let with_gone = brokers
@@ -1621,7 +1531,7 @@ fn check_reports_each_outbound_route() {
     for name in ["good", "good_amqp"] {
         outbound_line(&stdout, &show, name, "ok");
     }
-    for (name, needle, ..) in bad {
+    for (name, needle) in problems {
         let line = outbound_line(&stdout, &show, name, "FAIL");
         let detail = line.split_once(':').map_or("", |(_, d)| d);
         assert!(
@@ -1630,7 +1540,6 @@ fn check_reports_each_outbound_route() {
         );
     }
 
-    // And with only the good routes it passes (exit 0)
     let (code, stdout, show) = check(&write(brokers, &good));
     assert_eq!(code, Some(0), "{show}");
     outbound_line(&stdout, &show, "good", "ok");
@@ -1776,40 +1685,37 @@ fn amqp_messages_carry_a_key_stable_across_instances_their_content_type_and_a_ti
 #[test]
 fn rows_sharing_a_track_value_get_their_own_keys_and_only_the_unroutable_one_is_a_dead_letter() {
     // Rows in one poll that share their track value, one of them unroutable
-    let db = Db::Postgres;
-    let world = World::new("outbound");
     let mut rabbit = Rabbit::connect();
     let (exchange, queue) = exchange_with_queue(&mut rabbit, "mqdb_out_tie", "r.good");
-    let columns = "id INTEGER PRIMARY KEY, at INTEGER NOT NULL, kind TEXT NOT NULL";
-    let table = TempTable::create(&db, "out_tie", columns);
+    let table = filled(
+        &Db::Postgres,
+        "out_tie",
+        "id INTEGER PRIMARY KEY, at INTEGER NOT NULL, kind TEXT NOT NULL",
+        "(1, 10, 'good'), (2, 10, 'bad'), (3, 10, 'good'), (4, 10, 'good')",
+    );
     let t = &table.name;
-    db.exec(&format!(
-        "INSERT INTO {t} VALUES (1, 10, 'good'), (2, 10, 'bad'), (3, 10, 'good'), (4, 10, 'good')"
-    ));
     let query = format!("SELECT id, at, kind FROM {t} WHERE at > ? ORDER BY at, id");
     let route = to_exchange("ties", &query, &exchange, "r.{kind}").set("track", "at");
-    let config = config_amqp(&world, Rabbit::URL, &db.connection_string(), &[route]);
-    let mut bridge = Bridge::start(&config);
-    let mut got = Vec::new();
-    take_until(&mut bridge, &rabbit, &queue, &mut got, |got| {
-        got.len() >= 3 && !dlq_list(&config).is_empty()
-    });
-    std::thread::sleep(QUIET);
-    got.extend(rabbit.take_all(&queue));
-    terminate_ok(&mut bridge);
+    let mut run = AmqpRun::pg(rabbit, &queue, route);
+    run.until(|got, config| got.len() >= 3 && !dlq_list(config).is_empty());
+    run.settle();
+    terminate_ok(&mut run.bridge);
 
     // The routable rows arrived once each, each with a key of its own
     let mut keys = BTreeMap::new();
-    for m in &got {
+    for m in &run.got {
         let want = key_of("ties", &["10"], &m.payload);
         assert_eq!(m.message_id.as_deref(), Some(want.as_str()), "{m:?}");
-        assert!(keys.insert(id_of(&m.payload), want).is_none(), "{got:?}");
+        assert!(
+            keys.insert(id_of(&m.payload), want).is_none(),
+            "{:?}",
+            run.got
+        );
     }
     assert_eq!(keys.keys().copied().collect::<Vec<_>>(), [1, 3, 4]);
     let distinct: BTreeSet<&String> = keys.values().collect();
     assert_eq!(distinct.len(), 3, "{keys:?}");
-    // And only the unroutable row is a dead letter
-    let letters = dlq_list(&config);
+    let letters = run.letters();
     assert_eq!(letters.len(), 1, "{letters:#?}");
     assert_eq!(letters[0]["error_kind"], "unroutable", "{letters:#?}");
     assert_eq!(letter_id(&letters[0]), 2);
@@ -1867,11 +1773,14 @@ fn an_mqtt5_broker_refusing_a_publish_makes_a_dead_letter_at_qos_1_and_2() {
     );
     let world = World::with_broker_config("outbound", &broker);
     let db = Db::Postgres;
-    let table = TempTable::create(&db, "out_acl", "id INTEGER PRIMARY KEY, kind TEXT NOT NULL");
+    let columns = "id INTEGER PRIMARY KEY, kind TEXT NOT NULL";
+    let table = filled(
+        &db,
+        "out_acl",
+        columns,
+        "(1, 'ok'), (2, 'denied'), (3, 'ok')",
+    );
     let t = &table.name;
-    db.exec(&format!(
-        "INSERT INTO {t} VALUES (1, 'ok'), (2, 'denied'), (3, 'ok')"
-    ));
     let query = after_id("id, kind", t);
     let routes = [1, 2].map(|qos| {
         let topic = format!("{root}/{{kind}}/q{qos}/{{id}}");
@@ -1881,7 +1790,6 @@ fn an_mqtt5_broker_refusing_a_publish_makes_a_dead_letter_at_qos_1_and_2() {
     let sub = world.subscribe(&format!("{root}/ok/#"));
     let mut run = Run::new(world, config, sub);
     run.wait(4);
-    // A later row, once the first ones are done
     db.exec(&format!("INSERT INTO {t} VALUES (4, 'ok')"));
     run.wait(6);
     terminate_ok(&mut run.bridge);
