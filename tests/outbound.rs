@@ -315,6 +315,14 @@ fn pg_insert_range(table: &str, from: i64, to: i64) {
     ));
 }
 
+/// A PostgreSQL table `out_<name>` of `(id, v)` rows, holding rows `1..=n`.
+fn rows_table(name: &str, n: i64) -> TempTable {
+    let columns = "id INTEGER PRIMARY KEY, v TEXT";
+    let table = TempTable::create(&Db::Postgres, &format!("out_{name}"), columns);
+    pg_insert_range(&table.name, 1, n);
+    table
+}
+
 fn number_text(value: &Json) -> String {
     match value {
         Json::Number(n) => n.to_string(),
@@ -711,13 +719,8 @@ fn qos_2_and_retain_reach_live_and_late_subscribers() {
 
 #[test]
 fn without_track_every_poll_publishes_every_row() {
-    let table = TempTable::create(
-        &Db::Postgres,
-        "out_notrack",
-        "id INTEGER PRIMARY KEY, v TEXT",
-    );
+    let table = rows_table("notrack", 2);
     let t = &table.name;
-    pg_insert_range(t, 1, 2);
     let topic = unique("notrack");
     let route = polled("notrack", &format!("SELECT id, v FROM {t} ORDER BY id"));
     let mut run = Run::pg(
@@ -778,8 +781,7 @@ fn amqp_default_exchange_delivers_to_the_queue_named_by_the_routing_key() {
     let mut rabbit = Rabbit::connect();
     let queue = unique("mqdb_out_default_q");
     rabbit.declare_queue(&queue);
-    let table = TempTable::create(&Db::Postgres, "out_dflt", "id INTEGER PRIMARY KEY, v TEXT");
-    pg_insert_range(&table.name, 1, 3);
+    let table = rows_table("dflt", 3);
     let route = to_exchange("dflt", &after_id("id, v", &table.name), "", &queue);
     let mut run = AmqpRun::pg(rabbit, &queue, route);
     run.until(|got, _| got.len() >= 3);
@@ -841,8 +843,7 @@ fn a_topic_template_with_a_leading_slash_publishes() {
 
 #[test]
 fn outbound_mqtt_publishes_use_the_route_client_id() {
-    let table = TempTable::create(&Db::Postgres, "out_cid", "id INTEGER PRIMARY KEY, v TEXT");
-    pg_insert_range(&table.name, 1, 1);
+    let table = rows_table("cid", 1);
     let topic = unique("cid");
     let mut run = Run::pg(
         to_topic("cid", &after_id("id, v", &table.name), &topic),
@@ -859,11 +860,6 @@ fn outbound_mqtt_publishes_use_the_route_client_id() {
 /// At most this many rows per poll in the restart and outage tests.
 const STREAM_MAX_ROWS: usize = 100;
 
-fn stream_table(name: &str) -> TempTable {
-    let columns = "id INTEGER PRIMARY KEY, v TEXT";
-    TempTable::create(&Db::Postgres, &format!("out_{name}"), columns)
-}
-
 /// Cuts the connection behind `proxy` while rows 1001..=2000 come, and restores it a few
 /// seconds later.
 fn cut_while_rows_come(proxy: &TcpProxy, bridge: &mut Bridge, table: &str) {
@@ -874,7 +870,7 @@ fn cut_while_rows_come(proxy: &TcpProxy, bridge: &mut Bridge, table: &str) {
     proxy.set_down(false);
 }
 
-/// A [`stream_table`] published by route `name` to `topic` at QoS 1.
+/// A [`rows_table`] published by route `name` to `topic` at QoS 1.
 struct MqttStream {
     table: TempTable,
     world: World,
@@ -885,7 +881,7 @@ struct MqttStream {
 impl MqttStream {
     fn new(name: &str) -> MqttStream {
         let world = World::new("outbound");
-        let table = stream_table(name);
+        let table = rows_table(name, 0);
         let topic = unique(name);
         let route = to_topic(name, &after_id("id, v", &table.name), &topic);
         let route = route.set("max_rows", STREAM_MAX_ROWS).set("qos", 1);
@@ -1027,7 +1023,7 @@ fn a_connection_lost_while_confirms_are_awaited_loses_nothing() {
     // than a few polls
     let world = World::new("outbound");
     let proxy = TcpProxy::start(world.broker.addr());
-    let table = stream_table("lost");
+    let table = rows_table("lost", 0);
     let topic = unique("lost");
     let route = to_topic("lost", &after_id("id, v", &table.name), &topic);
     let route = route.set("max_rows", 5000).set("qos", 1);
@@ -1098,7 +1094,7 @@ fn rabbitmq_connection_cut_mid_stream_loses_nothing() {
     let mut rabbit = Rabbit::connect();
     let (exchange, queue) = exchange_with_queue(&mut rabbit, "mqdb_out_cut", "rows");
     let proxy = TcpProxy::start(Rabbit::addr());
-    let table = stream_table("acut");
+    let table = rows_table("acut", 0);
     let t = &table.name;
     let route = to_exchange("acut", &after_id("id, v", t), &exchange, "rows");
     let route = route.set("max_rows", STREAM_MAX_ROWS);
@@ -1621,9 +1617,8 @@ fn amqp_messages_carry_a_key_stable_across_instances_their_content_type_and_a_ti
     let (exchange, json_q) = exchange_with_queue(&mut rabbit, "mqdb_out_key", "json");
     let csv_q = unique("mqdb_out_key_csv");
     rabbit.declare_bound_queue(&csv_q, &exchange, "csv");
-    let table = TempTable::create(&db, "out_key", "id INTEGER PRIMARY KEY, v TEXT");
+    let table = rows_table("key", 3);
     let t = &table.name;
-    pg_insert_range(t, 1, 3);
     let query = after_id("id, v", t);
     let routes = [("keys_json", "json"), ("keys_csv", "csv")]
         .map(|(name, format)| to_exchange(name, &query, &exchange, format).set("format", format));
@@ -1726,8 +1721,7 @@ fn mqtt5_messages_carry_content_type_payload_format_and_key() {
     // An MQTT 5 broker and subscriber, and a JSON and a CSV route
     let db = Db::Postgres;
     let world = World::new("outbound");
-    let table = TempTable::create(&db, "out_v5", "id INTEGER PRIMARY KEY, v TEXT");
-    pg_insert_range(&table.name, 1, 2);
+    let table = rows_table("v5", 2);
     let root = unique("v5");
     let query = after_id("id, v", &table.name);
     let routes = [("v5_json", "json"), ("v5_csv", "csv")].map(|(name, format)| {

@@ -229,32 +229,27 @@ fn text_expect(db: &Db) -> &'static str {
 /// The rows: short first, then extremes, then one per long size, then all NULL.
 fn insert_rows(db: &Db, table: &str, cols: &[Col]) -> usize {
     let names: Vec<&str> = cols.iter().map(|c| c.name).collect();
-    let mut rows: Vec<Vec<String>> = vec![
-        cols.iter().map(|c| c.short.to_string()).collect(),
-        cols.iter().map(|c| c.extreme.to_string()).collect(),
-    ];
-    for n in LONG {
-        rows.push(
-            cols.iter()
-                .map(|c| c.long.map_or("NULL".into(), |f| f(db, n)))
-                .collect(),
-        );
-    }
-    rows.push(cols.iter().map(|_| "NULL".to_string()).collect());
-    for (i, row) in rows.iter().enumerate() {
+    let literal = |c: &Col, row: usize| match row {
+        0 => c.short.to_string(),
+        1 => c.extreme.to_string(),
+        2..=4 => c.long.map_or("NULL".into(), |f| f(db, LONG[row - 2])),
+        _ => "NULL".to_string(),
+    };
+    let rows = 2 + LONG.len() + 1;
+    for i in 0..rows {
+        let values: Vec<String> = cols.iter().map(|c| literal(c, i)).collect();
+        let tag = match i {
+            3 => repeat_sql(db, "é", 5001),
+            _ => format!("'tag{i}'"),
+        };
         db.exec(&format!(
-            "INSERT INTO {table} (id, tag, {}) VALUES ({}, {}, {})",
+            "INSERT INTO {table} (id, tag, {}) VALUES ({}, {tag}, {})",
             names.join(", "),
             i + 1,
-            if i == 3 {
-                repeat_sql(db, "é", 5001)
-            } else {
-                format!("'tag{i}'")
-            },
-            row.join(", ")
+            values.join(", ")
         ));
     }
-    rows.len()
+    rows
 }
 
 /// One outbound route: name, query, topic, format.
