@@ -1,20 +1,16 @@
 //! Rows → messages: each column type published as JSON and CSV, parsed back and compared
-//! with the database's own text of the same value, on PostgreSQL, MariaDB and SQLite.
-//!
-//! Given a table with one column per type, whose first row is short and whose later rows
-//! hold values of 4 KiB + 1, 64 KiB + 1 and 1 MiB + 1 bytes (ASCII, `é`, a non-BMP
-//! character, binary), when the real `mqdb` publishes it as JSON and as CSV to a private
-//! Mosquitto, then every value reads back exactly as the database prints it, and a topic
-//! built from a long value is whole.
+//! with the database's own text of the same value, on PostgreSQL, MariaDB and SQLite. After a
+//! short row and one of extremes come values of 4 KiB + 1, 64 KiB + 1 and 1 MiB + 1 bytes
+//! (ASCII, `é`, a non-BMP character, binary); a topic built from a long value is whole.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::NaiveDateTime;
-use serde_json::{Value as Json, json};
+use serde_json::{Map, Value as Json, json};
 
 use crate::common::{
-    Bridge, Db, Mosquitto, Received, Subscriber, TempTable, dlq_list, path_str, run_mqdb, unique,
+    Bridge, Config, Db, Received, TempTable, World, dlq_list, path_str, run_mqdb, unique, wait_for,
 };
 
 /// Liveness deadline for the messages of one table (1 MiB values take a while in debug).
@@ -115,59 +111,46 @@ fn bytes_sql(db: &Db, n: usize) -> String {
 /// The columns each database holds, with what it prints for them.
 fn columns(db: &Db) -> Vec<Col> {
     let text = |name, ddl| {
-        col(name, ddl, "'plain'", "''")
-            .long(match name {
-                "t_ascii" => ascii_text,
-                "t_accent" => accented_text,
-                _ => astral_text,
-            })
-            .expect(text_expect(db))
+        col(name, ddl, "'plain'", "''").long(match name {
+            "t_ascii" => ascii_text,
+            "t_accent" => accented_text,
+            _ => astral_text,
+        })
     };
     let mut cols = match db {
         Db::Postgres => vec![
-            col("i2", "smallint", "-32768", "32767").expect("{}::text"),
-            col("i4", "integer", "-2147483648", "2147483647").expect("{}::text"),
-            col("i8", "bigint", "-9223372036854775808", "9007199254740993").expect("{}::text"),
-            col("i8max", "bigint", "1", "9223372036854775807").expect("{}::text"),
+            col("i2", "smallint", "-32768", "32767"),
+            col("i4", "integer", "-2147483648", "2147483647"),
+            col("i8", "bigint", "-9223372036854775808", "9007199254740993"),
+            col("i8max", "bigint", "1", "9223372036854775807"),
             col(
                 "dec38",
                 "numeric(38,10)",
                 "0.5",
                 "1234567890123456789012345678.0123456789",
-            )
-            .expect("{}::text"),
-            col("f8", "double precision", "'4.9e-324'", "'-0'").expect("{}::text").cmp(Cmp::Float),
-            col("f8max", "double precision", "'1.7976931348623157e308'", "'NaN'")
-                .expect("{}::text")
-                .cmp(Cmp::Float),
-            col("f8inf", "double precision", "'Infinity'", "'-Infinity'")
-                .expect("{}::text")
-                .cmp(Cmp::Float),
-            col("decnan", "numeric", "'NaN'", "-0.000000000000000000000000000000000001")
-                .expect("{}::text"),
-            col("f4", "real", "0.1", "'3.4028235e38'").expect("{}::text").cmp(Cmp::Float),
-            col("ok", "boolean", "true", "false").expect("{}::text").cmp(Cmp::Bool),
-            col("d", "date", "'2024-02-29'", "'0001-01-01'").expect("{}::text"),
-            col("tm", "time", "'12:00:00.5'", "'23:59:59.999999'").expect("{}::text").cmp(Cmp::Time),
+            ),
+            col("f8", "double precision", "'4.9e-324'", "'-0'").cmp(Cmp::Float),
+            col("f8max", "double precision", "'1.7976931348623157e308'", "'NaN'").cmp(Cmp::Float),
+            col("f8inf", "double precision", "'Infinity'", "'-Infinity'").cmp(Cmp::Float),
+            col("decnan", "numeric", "'NaN'", "-0.000000000000000000000000000000000001"),
+            col("f4", "real", "0.1", "'3.4028235e38'").cmp(Cmp::Float),
+            col("ok", "boolean", "true", "false").cmp(Cmp::Bool),
+            col("d", "date", "'2024-02-29'", "'0001-01-01'"),
+            col("tm", "time", "'12:00:00.5'", "'23:59:59.999999'").cmp(Cmp::Time),
             col("ts", "timestamp", "'2024-05-01 12:00:00.123456'", "'1970-01-01 00:00:00'")
                 .expect("to_char({}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US')")
                 .cmp(Cmp::Stamp { utc: false }),
             col("tz", "timestamptz", "'2024-05-01 12:00:00.5+02'", "'2000-01-01 00:00:00Z'")
                 .expect("to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US')")
                 .cmp(Cmp::Stamp { utc: true }),
-            col("js", "json", "'{\"b\": [1, 2.50], \"a\": null}'", "'\"s\"'")
-                .expect("{}::text")
-                .cmp(Cmp::Json),
-            col("jb", "jsonb", "'{\"k\": 12345678901234567890}'", "'[]'")
-                .expect("{}::text")
-                .cmp(Cmp::Json),
+            col("js", "json", "'{\"b\": [1, 2.50], \"a\": null}'", "'\"s\"'").cmp(Cmp::Json),
+            col("jb", "jsonb", "'{\"k\": 12345678901234567890}'", "'[]'").cmp(Cmp::Json),
             col(
                 "u",
                 "uuid",
                 "'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11'",
                 "'00000000-0000-0000-0000-000000000000'",
-            )
-            .expect("{}::text"),
+            ),
             text("t_ascii", "text"),
             text("t_accent", "text"),
             text("t_astral", "text"),
@@ -177,33 +160,23 @@ fn columns(db: &Db) -> Vec<Col> {
                 .cmp(Cmp::Hex),
         ],
         Db::MariaDb => vec![
-            col("i1", "tinyint", "-128", "127").expect("CAST({} AS CHAR)"),
-            col("i2", "smallint", "-32768", "32767").expect("CAST({} AS CHAR)"),
-            col("i4", "int", "-2147483648", "2147483647").expect("CAST({} AS CHAR)"),
-            col("i8", "bigint", "-9223372036854775808", "9007199254740993")
-                .expect("CAST({} AS CHAR)"),
-            col("u8", "bigint unsigned", "0", "18446744073709551615").expect("CAST({} AS CHAR)"),
+            col("i1", "tinyint", "-128", "127"),
+            col("i2", "smallint", "-32768", "32767"),
+            col("i4", "int", "-2147483648", "2147483647"),
+            col("i8", "bigint", "-9223372036854775808", "9007199254740993"),
+            col("u8", "bigint unsigned", "0", "18446744073709551615"),
             col(
                 "dec38",
                 "decimal(38,10)",
                 "0.5",
                 "1234567890123456789012345678.0123456789",
-            )
-            .expect("CAST({} AS CHAR)"),
-            col("f8", "double", "2.2250738585072014e-308", "-0e0")
-                .expect("CAST({} AS CHAR)")
-                .cmp(Cmp::Float),
-            col("f4", "float", "0.1", "-3.40282e38")
-                .expect("CAST({} AS CHAR)")
-                .cmp(Cmp::Float),
-            col("f8max", "double", "1.7976931348623157e308", "1.5e300")
-                .expect("CAST({} AS CHAR)")
-                .cmp(Cmp::Float),
-            col("ok", "boolean", "1", "0").expect("CAST({} AS CHAR)").cmp(Cmp::Bool),
-            col("d", "date", "'2024-02-29'", "'1000-01-01'").expect("CAST({} AS CHAR)"),
-            col("tm", "time(6)", "'12:00:00.5'", "'23:59:59.999999'")
-                .expect("CAST({} AS CHAR)")
-                .cmp(Cmp::Time),
+            ),
+            col("f8", "double", "2.2250738585072014e-308", "-0e0").cmp(Cmp::Float),
+            col("f4", "float", "0.1", "-3.40282e38").cmp(Cmp::Float),
+            col("f8max", "double", "1.7976931348623157e308", "1.5e300").cmp(Cmp::Float),
+            col("ok", "boolean", "1", "0").cmp(Cmp::Bool),
+            col("d", "date", "'2024-02-29'", "'1000-01-01'"),
+            col("tm", "time(6)", "'12:00:00.5'", "'23:59:59.999999'").cmp(Cmp::Time),
             col("ts", "datetime(6)", "'2024-05-01 12:00:00.123456'", "'1970-01-01 00:00:00'")
                 .expect("DATE_FORMAT({}, '%Y-%m-%dT%H:%i:%s.%f')")
                 .cmp(Cmp::Stamp { utc: false }),
@@ -219,19 +192,15 @@ fn columns(db: &Db) -> Vec<Col> {
                 .cmp(Cmp::Hex),
         ],
         Db::Sqlite(_) => vec![
-            col("i8", "INTEGER", "-9223372036854775808", "9007199254740993")
-                .expect("CAST({} AS TEXT)"),
-            col("i8max", "BIGINT", "1", "9223372036854775807").expect("CAST({} AS TEXT)"),
-            col("f8", "REAL", "1.5", "-2.5e-300").expect("CAST({} AS TEXT)").cmp(Cmp::Float),
-            col("f8inf", "REAL", "9e999", "-9e999").expect("CAST({} AS TEXT)").cmp(Cmp::Float),
-            col("ok", "BOOLEAN", "1", "0").expect("CAST({} AS TEXT)").cmp(Cmp::Bool),
-            col("d", "DATE", "'2024-02-29'", "'0001-01-01'").expect("CAST({} AS TEXT)"),
+            col("i8", "INTEGER", "-9223372036854775808", "9007199254740993"),
+            col("i8max", "BIGINT", "1", "9223372036854775807"),
+            col("f8", "REAL", "1.5", "-2.5e-300").cmp(Cmp::Float),
+            col("f8inf", "REAL", "9e999", "-9e999").cmp(Cmp::Float),
+            col("ok", "BOOLEAN", "1", "0").cmp(Cmp::Bool),
+            col("d", "DATE", "'2024-02-29'", "'0001-01-01'"),
             col("ts", "TIMESTAMP", "'2024-05-01 12:00:00.123456'", "'1970-01-01T00:00:00'")
-                .expect("CAST({} AS TEXT)")
                 .cmp(Cmp::Stamp { utc: true }),
-            col("js", "JSON", "'{\"b\": [1, 2.50], \"a\": null}'", "'[]'")
-                .expect("CAST({} AS TEXT)")
-                .cmp(Cmp::Json),
+            col("js", "JSON", "'{\"b\": [1, 2.50], \"a\": null}'", "'[]'").cmp(Cmp::Json),
             text("t_ascii", "TEXT"),
             text("t_accent", "TEXT"),
             text("t_astral", "TEXT"),
@@ -260,60 +229,52 @@ fn text_expect(db: &Db) -> &'static str {
 /// The rows: short first, then extremes, then one per long size, then all NULL.
 fn insert_rows(db: &Db, table: &str, cols: &[Col]) -> usize {
     let names: Vec<&str> = cols.iter().map(|c| c.name).collect();
-    let mut rows: Vec<Vec<String>> = vec![
-        cols.iter().map(|c| c.short.to_string()).collect(),
-        cols.iter().map(|c| c.extreme.to_string()).collect(),
-    ];
-    for n in LONG {
-        rows.push(
-            cols.iter()
-                .map(|c| c.long.map_or("NULL".into(), |f| f(db, n)))
-                .collect(),
-        );
-    }
-    rows.push(cols.iter().map(|_| "NULL".to_string()).collect());
-    for (i, row) in rows.iter().enumerate() {
+    let literal = |c: &Col, row: usize| match row {
+        0 => c.short.to_string(),
+        1 => c.extreme.to_string(),
+        2..=4 => c.long.map_or("NULL".into(), |f| f(db, LONG[row - 2])),
+        _ => "NULL".to_string(),
+    };
+    let rows = 2 + LONG.len() + 1;
+    for i in 0..rows {
+        let values: Vec<String> = cols.iter().map(|c| literal(c, i)).collect();
+        let tag = match i {
+            3 => repeat_sql(db, "é", 5001),
+            _ => format!("'tag{i}'"),
+        };
         db.exec(&format!(
-            "INSERT INTO {table} (id, tag, {}) VALUES ({}, {}, {})",
+            "INSERT INTO {table} (id, tag, {}) VALUES ({}, {tag}, {})",
             names.join(", "),
             i + 1,
-            if i == 3 {
-                repeat_sql(db, "é", 5001)
-            } else {
-                format!("'tag{i}'")
-            },
-            row.join(", ")
+            values.join(", ")
         ));
     }
-    rows.len()
+    rows
 }
 
 /// One outbound route: name, query, topic, format.
-type Route<'a> = (&'a str, String, String, &'a str);
+type Out<'a> = (&'a str, String, String, &'a str);
 
-/// Writes `mqdb.yaml` with broker `m`, database `d` and `routes` (tracking `id` from 0).
-fn config(dir: &std::path::Path, broker: &Mosquitto, db: &Db, routes: &[Route<'_>]) -> PathBuf {
-    let quoted = |t: &str| serde_json::to_string(t).expect("a string serializes");
-    let routes: String = routes
+/// `mqdb.yaml` for `world` and `db` with `routes`, tracking `id` from 0.
+fn config(world: &World, db: &Db, routes: &[Out<'_>]) -> PathBuf {
+    let route = |(name, query, topic, format): &Out<'_>| {
+        crate::common::Route::outbound(name, query)
+            .lines(&[
+                "track: id",
+                "start: 0",
+                "interval: 100ms",
+                "broker: b",
+                "qos: 1",
+            ])
+            .set("topic", topic.as_str())
+            .set("format", *format)
+    };
+    let config = world.config(db);
+    routes
         .iter()
-        .map(|(name, query, topic, format)| {
-            format!(
-                "  - {{ name: {name}, database: d, query: {}, track: id, start: 0, interval: 100ms, broker: m, topic: {}, qos: 1, format: {format} }}\n",
-                quoted(query),
-                quoted(topic)
-            )
-        })
-        .collect();
-    let text = format!(
-        "state: {}\nbrokers:\n  m: {{ url: {}, client_id: {} }}\ndatabases:\n  d: {{ connection_string: {} }}\noutbound:\n{routes}",
-        quoted(&format!("sqlite://{}", dir.join("state.db").display())),
-        quoted(&broker.url()),
-        unique("fid_out"),
-        quoted(&db.connection_string()),
-    );
-    let path = dir.join("mqdb.yaml");
-    std::fs::write(&path, text).expect("write mqdb.yaml");
-    path
+        .map(route)
+        .fold(config, Config::outbound)
+        .write()
 }
 
 /// What the database prints for each row: `id` first, then each column.
@@ -330,11 +291,7 @@ fn expected(db: &Db, table: &str, cols: &[Col]) -> Vec<Vec<Option<String>>> {
 
 /// Runs the matrix on `db`.
 fn values_arrive_exactly(db: Db) {
-    let dir = tempfile::Builder::new()
-        .prefix("mqdb-fid-out-")
-        .tempdir()
-        .expect("temp dir");
-    let broker = Mosquitto::start();
+    let world = World::new("fid-out");
     let cols = columns(&db);
     let ddl: Vec<String> = cols
         .iter()
@@ -352,9 +309,9 @@ fn values_arrive_exactly(db: Db) {
     let rows = insert_rows(&db, &table.name, &cols);
     let want = expected(&db, &table.name, &cols);
     let base = unique("fid");
-    let json_sub = Subscriber::connect(broker.port, &format!("{base}/json"), 1);
-    let csv_sub = Subscriber::connect(broker.port, &format!("{base}/csv"), 1);
-    let tag_sub = Subscriber::connect(broker.port, &format!("{base}/tag/#"), 1);
+    let json_sub = world.subscribe(&format!("{base}/json"));
+    let csv_sub = world.subscribe(&format!("{base}/csv"));
+    let tag_sub = world.subscribe(&format!("{base}/tag/#"));
     let all = format!("SELECT * FROM {} WHERE id > ? ORDER BY id", table.name);
     let tags = format!(
         "SELECT id, tag FROM {} WHERE id > ? ORDER BY id",
@@ -365,7 +322,7 @@ fn values_arrive_exactly(db: Db) {
         ("as_csv", all, format!("{base}/csv"), "csv"),
         ("as_topic", tags, format!("{base}/tag/{{tag}}"), "json"),
     ];
-    let config = config(dir.path(), &broker, &db, &routes);
+    let config = config(&world, &db, &routes);
     let bridge = Bridge::start(&config);
 
     let json = json_sub.wait_for(rows, DEADLINE);
@@ -378,11 +335,19 @@ fn values_arrive_exactly(db: Db) {
         db.label()
     );
     let mut wrong = Vec::new();
-    for (r, (message, expected)) in json.iter().zip(&want).enumerate() {
-        check_json_row(&db, r, message, &cols, expected, &mut wrong);
-    }
-    for (r, (message, expected)) in csv.iter().zip(&want).enumerate() {
-        check_csv_row(&db, r, message, &cols, expected, &mut wrong);
+    for (format, messages) in [("json", &json), ("csv", &csv)] {
+        for (r, (message, expected)) in messages.iter().zip(&want).enumerate() {
+            let got = published(&db, r, format, message, &cols);
+            for ((c, got), expected) in cols.iter().zip(got).zip(expected) {
+                // CSV writes NULL as an empty field.
+                let expected = expected
+                    .as_deref()
+                    .filter(|e| format == "json" || !e.is_empty());
+                if let Err(e) = same(c, format, got, expected) {
+                    wrong.push(format!("{format} row {} column {}: {e}", r + 1, c.name));
+                }
+            }
+        }
     }
     assert!(
         wrong.is_empty(),
@@ -402,56 +367,34 @@ fn values_arrive_exactly(db: Db) {
     drop(bridge);
 }
 
-fn check_json_row(
+/// Each column's value in `message` (row `r`), as JSON or as CSV text; `None` for NULL.
+fn published(
     db: &Db,
     r: usize,
+    format: &str,
     message: &Received,
     cols: &[Col],
-    want: &[Option<String>],
-    wrong: &mut Vec<String>,
-) {
-    let object: serde_json::Map<String, Json> =
-        serde_json::from_slice(&message.payload).expect("a JSON object");
-    for (c, expected) in cols.iter().zip(want) {
-        let got = object
-            .get(c.name)
-            .unwrap_or_else(|| panic!("[{}] row {r}: no key {}", db.label(), c.name));
-        let got = match got {
-            Json::Null => None,
-            other => Some(other.clone()),
+) -> Vec<Option<Json>> {
+    let fail = |what: String| -> ! { panic!("[{}] row {r}: {what}", db.label()) };
+    if format == "json" {
+        let object: Map<String, Json> =
+            serde_json::from_slice(&message.payload).expect("a JSON object");
+        let value = |c: &Col| match object.get(c.name) {
+            Some(Json::Null) => None,
+            Some(other) => Some(other.clone()),
+            None => fail(format!("no key {}", c.name)),
         };
-        if let Err(e) = same(c, "json", got, expected.as_deref()) {
-            wrong.push(format!("json row {} column {}: {e}", r + 1, c.name));
-        }
+        return cols.iter().map(value).collect();
     }
-}
-
-fn check_csv_row(
-    db: &Db,
-    r: usize,
-    message: &Received,
-    cols: &[Col],
-    want: &[Option<String>],
-    wrong: &mut Vec<String>,
-) {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(false)
         .from_reader(message.payload.as_slice());
-    let record = reader
-        .records()
-        .next()
-        .expect("one CSV record")
-        .unwrap_or_else(|e| panic!("[{}] row {r}: not CSV: {e}", db.label()));
+    let record = reader.records().next().expect("one CSV record");
+    let record = record.unwrap_or_else(|e| fail(format!("not CSV: {e}")));
     // The CSV row has id and tag first, as in the table.
-    for (i, (c, expected)) in cols.iter().zip(want).enumerate() {
-        let field = record.get(i + 2).expect("a field per column");
-        // CSV writes NULL as an empty field.
-        let got = (!field.is_empty()).then(|| Json::String(field.to_string()));
-        let expected = expected.as_deref().filter(|e| !e.is_empty());
-        if let Err(e) = same(c, "csv", got, expected) {
-            wrong.push(format!("csv row {} column {}: {e}", r + 1, c.name));
-        }
-    }
+    let field = |i: usize| record.get(i + 2).expect("a field per column");
+    let value = |i| (!field(i).is_empty()).then(|| Json::String(field(i).to_string()));
+    (0..cols.len()).map(value).collect()
 }
 
 /// Compares one published value with the database's text of it.
@@ -465,45 +408,20 @@ fn same(c: &Col, format: &str, got: Option<Json>, want: Option<&str>) -> Result<
     };
     let text = match got {
         Json::String(s) => s.clone(),
-        Json::Number(n) => n.to_string(),
-        Json::Bool(b) => b.to_string(),
         other => other.to_string(),
     };
-    let shown = |t: &str| {
-        if t.len() > 60 {
-            format!(
-                "{}… ({} bytes)",
-                t.chars().take(20).collect::<String>(),
-                t.len()
-            )
-        } else {
-            t.to_string()
-        }
-    };
-    let differs = || {
-        Err(format!(
-            "published {}, stored {}",
-            shown(&text),
-            shown(want)
-        ))
-    };
-    match c.cmp {
-        Cmp::Same if text != want => differs(),
-        Cmp::Float => {
-            let (Some(a), Some(b)) = (float(&text), float(want)) else {
-                return differs();
-            };
-            let equal = a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+    let equal = match c.cmp {
+        Cmp::Same => text == want,
+        Cmp::Float => match (float(&text), float(want)) {
             // One text for both formats: the names JSON cannot hold are strings.
-            if !equal || (!a.is_finite() && !matches!(got, Json::String(_))) {
-                differs()
-            } else {
-                Ok(())
+            (Some(a), Some(b)) => {
+                (a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()))
+                    && (a.is_finite() || matches!(got, Json::String(_)))
             }
-        }
-        Cmp::Hex if hex(&base64_decode(&text)) != want.to_ascii_uppercase() => differs(),
+            _ => false,
+        },
+        Cmp::Hex => hex(&base64_decode(&text)) == want.to_ascii_uppercase(),
         Cmp::Json => {
-            let stored: Json = serde_json::from_str(want).expect("stored JSON");
             let published = match got {
                 Json::String(s) if format == "csv" => {
                     serde_json::from_str(s).map_err(|e| format!("{s} is not JSON: {e}"))?
@@ -511,23 +429,26 @@ fn same(c: &Col, format: &str, got: Option<Json>, want: Option<&str>) -> Result<
                 // Nested, not a string holding the document.
                 other => other.clone(),
             };
-            if published == stored {
-                Ok(())
-            } else {
-                differs()
-            }
+            published == serde_json::from_str::<Json>(want).expect("stored JSON")
         }
         Cmp::Stamp { utc } => {
             let bare = text.strip_suffix('Z');
-            if bare.is_some() != utc || stamp(bare.unwrap_or(&text)) != stamp(want) {
-                differs()
-            } else {
-                Ok(())
-            }
+            bare.is_some() == utc && stamp(bare.unwrap_or(&text)) == stamp(want)
         }
-        Cmp::Time if text != crate::trim_fraction(want) => differs(),
-        Cmp::Bool if text != matches!(want, "true" | "t" | "1").to_string() => differs(),
-        _ => Ok(()),
+        Cmp::Time => text == crate::trim_fraction(want),
+        Cmp::Bool => text == matches!(want, "true" | "t" | "1").to_string(),
+    };
+    let shown = |t: &str| match t.len() {
+        len if len > 60 => format!("{}… ({len} bytes)", t.chars().take(20).collect::<String>()),
+        _ => t.to_string(),
+    };
+    match equal {
+        true => Ok(()),
+        false => Err(format!(
+            "published {}, stored {}",
+            shown(&text),
+            shown(want)
+        )),
     }
 }
 
@@ -569,40 +490,26 @@ fn base64_decode(text: &str) -> Vec<u8> {
     out
 }
 
-/// Publishes every row of `table` as JSON; returns the messages once `rows` have been
-/// published or dead-lettered, and the dead letters.
+/// Publishes every row (`values`, SQL value lists) of a new table with `columns` as JSON;
+/// once each has been published or dead-lettered, runs `then` with the config while the
+/// bridge still runs, and returns the messages and the dead letters.
 fn publish_json(
     db: &Db,
-    table: &str,
-    rows: usize,
-) -> (Vec<serde_json::Map<String, Json>>, Vec<Json>) {
-    publish_json_then(db, table, rows, |_| {})
-}
-
-/// [`publish_json`], then `then` with the config while the bridge still runs.
-fn publish_json_then(
-    db: &Db,
-    table: &str,
-    rows: usize,
-    then: impl FnOnce(&std::path::Path),
-) -> (Vec<serde_json::Map<String, Json>>, Vec<Json>) {
-    let dir = tempfile::Builder::new()
-        .prefix("mqdb-fid-out-")
-        .tempdir()
-        .expect("temp dir");
-    let broker = Mosquitto::start();
+    columns: &str,
+    values: &str,
+    then: impl FnOnce(&Path),
+) -> (Vec<Map<String, Json>>, Vec<Json>) {
+    let table = TempTable::create(db, "fid_out", columns);
+    db.exec(&format!("INSERT INTO {} VALUES {values}", table.name));
+    let rows = table.count() as usize;
+    let world = World::new("fid-out");
     let topic = unique("fid");
-    let sub = Subscriber::connect(broker.port, &topic, 1);
-    let query = format!("SELECT * FROM {table} WHERE id > ? ORDER BY id");
-    let config = config(
-        dir.path(),
-        &broker,
-        db,
-        &[("rows", query, topic.clone(), "json")],
-    );
+    let sub = world.subscribe(&topic);
+    let query = format!("SELECT * FROM {} WHERE id > ? ORDER BY id", table.name);
+    let config = config(&world, db, &[("rows", query, topic, "json")]);
     let mut bridge = Bridge::start(&config);
     let mut letters = Vec::new();
-    crate::common::wait_for(&mut bridge, "every row published or dead-lettered", || {
+    wait_for(&mut bridge, "every row published or dead-lettered", || {
         letters = dlq_list(&config);
         Ok(sub.count() + letters.len() >= rows)
     });
@@ -628,22 +535,17 @@ fn reasons(letters: &[Json]) -> Vec<String> {
 /// rows after them are published.
 #[test]
 fn postgres_infinities_the_driver_cannot_tell_apart_are_dead_letters() {
-    let db = Db::Postgres;
-    let table = TempTable::create(
-        &db,
-        "fid_inf",
-        "id integer PRIMARY KEY, tz timestamptz, d date, f float8",
-    );
-    db.exec(&format!(
-        "INSERT INTO {} VALUES (1, 'infinity', '2024-01-01', 1), (2, '2024-01-01Z', '-infinity', 2), \
-         (3, '-infinity', NULL, 3), (4, '2024-05-01 12:00:00+02', '2024-01-02', 'NaN')",
-        table.name
-    ));
     let mut replayed = None;
-    let (messages, letters) = publish_json_then(&db, &table.name, 4, |config| {
-        let out = run_mqdb(&["-c", path_str(config), "dlq", "replay", "--all"]);
-        replayed = Some((out.status.success(), dlq_list(config)));
-    });
+    let (messages, letters) = publish_json(
+        &Db::Postgres,
+        "id integer PRIMARY KEY, tz timestamptz, d date, f float8",
+        "(1, 'infinity', '2024-01-01', 1), (2, '2024-01-01Z', '-infinity', 2), \
+         (3, '-infinity', NULL, 3), (4, '2024-05-01 12:00:00+02', '2024-01-02', 'NaN')",
+        |config| {
+            let out = run_mqdb(&["-c", path_str(config), "dlq", "replay", "--all"]);
+            replayed = Some((out.status.success(), dlq_list(config)));
+        },
+    );
     // A replay publishes nothing for them: the stored payload lacks the value.
     let (replay_ok, after) = replayed.expect("replayed");
     assert!(
@@ -686,17 +588,12 @@ fn postgres_infinities_the_driver_cannot_tell_apart_are_dead_letters() {
 /// number, and a `BOOLEAN` holding another value is a dead letter naming it, never `true`.
 #[test]
 fn mariadb_booleans_are_booleans_and_other_values_dead_letters() {
-    let db = Db::MariaDb;
-    let table = TempTable::create(
-        &db,
-        "fid_bool",
+    let (messages, letters) = publish_json(
+        &Db::MariaDb,
         "id INTEGER PRIMARY KEY, ok BOOLEAN, n TINYINT",
+        "(1, TRUE, 1), (2, FALSE, 0), (3, 5, 5), (4, NULL, -128)",
+        |_| {},
     );
-    db.exec(&format!(
-        "INSERT INTO {} VALUES (1, TRUE, 1), (2, FALSE, 0), (3, 5, 5), (4, NULL, -128)",
-        table.name
-    ));
-    let (messages, letters) = publish_json_then(&db, &table.name, 4, |_| {});
     let got: Vec<(Json, Json)> = messages
         .iter()
         .map(|m| (m["ok"].clone(), m["n"].clone()))
@@ -723,22 +620,18 @@ fn mariadb_booleans_are_booleans_and_other_values_dead_letters() {
 fn sqlite_values_keep_the_type_they_were_stored_with() {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = Db::Sqlite(dir.path().join("values.db"));
-    let table = TempTable::create(
+    let (messages, letters) = publish_json(
         &db,
-        "fid_loose",
         "id INTEGER PRIMARY KEY, n NUMERIC, i INTEGER, d DATE, ts TIMESTAMP, b BLOB, r REAL",
-    );
-    db.exec(&format!(
-        "INSERT INTO {} VALUES (1, 'abc', 'notint', 'garbage', '2024-05-01T12:00:00+02:00', x'00FF', 'str'), \
+        "(1, 'abc', 'notint', 'garbage', '2024-05-01T12:00:00+02:00', x'00FF', 'str'), \
          (2, 12, 7, '2024-01-01', '2024-05-01 10:00:00.25', 'text', 1.5)",
-        table.name
-    ));
-    let (messages, letters) = publish_json(&db, &table.name, 2);
+        |_| {},
+    );
     assert!(letters.is_empty(), "{:?}", reasons(&letters));
     let want = [
-        serde_json::json!({"id": 1, "n": "abc", "i": "notint", "d": "garbage",
+        json!({"id": 1, "n": "abc", "i": "notint", "d": "garbage",
             "ts": "2024-05-01T10:00:00Z", "b": "AP8=", "r": "str"}),
-        serde_json::json!({"id": 2, "n": 12, "i": 7, "d": "2024-01-01",
+        json!({"id": 2, "n": 12, "i": 7, "d": "2024-01-01",
             "ts": "2024-05-01T10:00:00.25Z", "b": "dGV4dA==", "r": 1.5}),
     ];
     let got: Vec<Json> = messages.into_iter().map(Json::Object).collect();
@@ -752,17 +645,14 @@ fn too_large_values_are_dead_letters(db: Db) {
         Db::Postgres => "bytea",
         _ => "BLOB",
     };
-    let table = TempTable::create(&db, "fid_big", &format!("id integer PRIMARY KEY, b {blob}"));
     let big = match db {
         Db::Postgres => format!("decode(repeat('ab', {}), 'hex')", (64 << 20) + 1),
         _ => format!("zeroblob({})", (64 << 20) + 1),
     };
-    db.exec(&format!(
-        "INSERT INTO {t} VALUES (1, {short}), (2, {big}), (3, {short})",
-        t = table.name,
-        short = bytes_sql(&db, 4097)
-    ));
-    let (messages, letters) = publish_json(&db, &table.name, 3);
+    let short = bytes_sql(&db, 4097);
+    let columns = format!("id integer PRIMARY KEY, b {blob}");
+    let values = format!("(1, {short}), (2, {big}), (3, {short})");
+    let (messages, letters) = publish_json(&db, &columns, &values, |_| {});
     let errors = reasons(&letters);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
