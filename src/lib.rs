@@ -25,40 +25,52 @@
 //!      `meta.x`) → rows, one per JSON message or CSV record.
 //!    - [`topic`]: MQTT topic filters with `{name}` captures.
 //!    - [`template`]: outbound topic, exchange and routing-key templates.
-//! 3. [`config`]: the YAML model (plain data), `${VAR}` substitution, and validation with
-//!    file:line errors, which parses filters, templates and CSV formats with layer 2.
+//! 3. [`config`]: the YAML model as plain data, one file per block (`values`, `broker`,
+//!    `database`, `inbound`, `outbound` with the destination both outbound routes and the
+//!    mirror use, `model` for the root), `${VAR}` substitution, and validation with
+//!    file:line errors (`validate/`), which parses filters, templates and CSV formats with
+//!    layer 2.
 //! 4. Adapters, side by side — none imports another:
 //!    - [`db`]: ODBC: the sink thread (`worker`, `write`, `insert`, `bulk`, `postgres`),
-//!      the poller (`poll`) with how each result column is read (`shape`) and its buffers
-//!      (`fetch`), the catalog, dialects, and the `check` probe.
+//!      the poller (`poll`) over the query's described shape and position binding
+//!      (`describe`), how each result column is read (`shape`) and its buffers (`fetch`),
+//!      the catalog, dialects, and the `check` probe.
 //!    - [`broker`]: sources (`mqtt` over `mqtt_link` for 3.1.1 and 5, `amqp_source`) that
 //!      acknowledge in receive order (`sequence`); confirming publishers (`publisher` over
 //!      `mqtt_publish` and `amqp_publish`, sharing the types in `publish`); each connects
 //!      with its resolved settings (`mqtt_settings`, `amqp`).
-//!    - [`state`]: the sqlx state store (`migrations/`): dead letters and positions.
+//!    - [`state`]: the sqlx state store (`migrations/`): opening and writing (`store`),
+//!      dead letters and replay claims (`dead_letters`), positions (`positions`).
 //! 5. Routes, composing the adapters:
 //!    - [`routes`]: configuration routes resolved into filters, sink targets and mappers.
 //!    - [`inbound`]: the inbound route loop: batching, dead letters, acknowledgements.
 //!    - [`destination`]: where an outbound route's rows and the dead-letter mirror's copies
 //!      go (a broker, a topic or an exchange and routing key, qos, retain).
-//!    - [`outbound`]: the outbound route loop: poll, publish, confirm, store the position;
-//!      [`dedup`]: each published message's deduplication key and content type.
-//!    - [`replay`]: dead letters through their routes again.
+//!    - [`outbound`]: the outbound route loop: poll, publish, confirm, store the position,
+//!      with what each row becomes in `outbound/row.rs`; [`dedup`]: each published
+//!      message's deduplication key and content type.
+//!    - [`replay`]: dead letters through their routes again: the claim loop (`mod.rs`),
+//!      the routes it re-sends through (`engine`, `inbound`, `outbound`), each letter's
+//!      outcome (`outcome`) and the summary (`report`).
 //!    - [`mirror`]: new dead letters copied to a broker (`dead_letter.publish`).
 //! 6. Application:
-//!    - [`app`]: the commands `run` and `check`.
+//!    - [`app`]: the commands `run` (`mod.rs`, building each route in `wiring.rs`) and
+//!      `check` (`check.rs`).
 //!    - [`cli`]: the command line (clap); [`logging`]: text or JSON log lines.
 //!    - [`dlq_commands`]: `dlq list`, `show`, `replay`, `purge`.
 //!    - [`http`]: `/health`, `/metrics` and the periodic log summary.
-//!    - [`demo`]: `mqdb demo`, a guided run on an embedded broker and SQLite.
+//!    - [`demo`]: `mqdb demo`, a guided run on an embedded broker (`embedded_broker.rs`)
+//!      and SQLite (`sqlite.rs`, `files.rs`).
 //!
 //! # A message inbound
 //!
 //! 1. source: `broker/mqtt.rs` (over `broker/mqtt_link.rs`) or `broker/amqp_source.rs`
 //!    receive it into a [`message::Message`], holding its bytes against `broker/budget.rs`;
 //! 2. decode: `codec/json.rs` or `codec/csv.rs`;
-//! 3. map: `mapping.rs` builds the row, `convert.rs` converts each value to its column;
-//! 4. batch: `inbound.rs` gathers rows and dead-letters what did not map (`state.rs`);
+//! 3. map: `mapping/mod.rs` builds the row from the sources of `mapping/source.rs`, and
+//!    `convert.rs` converts each value to its column;
+//! 4. batch: `inbound.rs` gathers rows and dead-letters what did not map
+//!    (`state/dead_letters.rs`);
 //! 5. write: `db/worker.rs` runs the transaction, `db/write.rs` with the statement of
 //!    `db/insert.rs` (or `db/bulk.rs`, `db/postgres.rs`), isolating rejected rows;
 //! 6. ack: `inbound.rs` marks the messages done and `broker/sequence.rs` releases their
@@ -68,13 +80,15 @@
 //!
 //! 1. poll: `db/poll.rs` runs the query past the stored position, reading values as
 //!    `cell.rs` cells (`db/shape.rs`, `db/fetch.rs`);
-//! 2. encode: `codec/json.rs` or `codec/csv.rs`, with `dedup.rs` naming the message and its
-//!    content type and `template.rs` its topic or routing key;
+//! 2. encode: `outbound/row.rs` with `codec/json.rs` or `codec/csv.rs`, `dedup.rs` naming
+//!    the message and its content type, and `destination.rs` with `template.rs` its topic
+//!    or exchange and routing key;
 //! 3. publish: `broker/publisher.rs` over `broker/mqtt_publish.rs` or
 //!    `broker/amqp_publish.rs`;
-//! 4. confirm: `outbound.rs` awaits each broker answer (`broker/publish.rs`), dead-lettering
-//!    rejected rows;
-//! 5. position: `outbound.rs` stores the position past the confirmed rows in `state.rs`.
+//! 4. confirm: `outbound/mod.rs` awaits each broker answer (`broker/publish.rs`),
+//!    dead-lettering rejected rows;
+//! 5. position: `outbound/mod.rs` stores the position past the confirmed rows
+//!    (`state/positions.rs`).
 
 pub mod app;
 pub mod backoff;

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::config::{Config, CsvOptions, Format, Qos};
+use crate::db::describe::PollSpec;
 use crate::db::insert::TablePlan;
-use crate::db::poll::PollSpec;
 use crate::db::worker::SinkTarget;
 use crate::destination::Destination;
 use crate::mapping::{Field, MappedColumn, Mapper, PayloadFormat, Source, SourceContext};

@@ -3,6 +3,7 @@
 
 pub mod bulk;
 pub mod catalog;
+pub mod describe;
 pub mod dialect;
 pub mod fetch;
 pub mod insert;

@@ -3,9 +3,9 @@
 use odbc_api::Connection;
 
 use super::DbSpec;
+use super::describe::{PollSpec, check_position, describe};
 use super::dialect::Dialect;
 use super::insert::TablePlan;
-use super::poll::{PollSpec, describe};
 use super::worker::{self, SinkTarget};
 
 /// Verifies that the route's table and columns exist and its insert statement prepares.
@@ -71,7 +71,7 @@ pub fn check_query(
 ) -> Result<(), String> {
     let conn = worker::open(spec).map_err(|e| format!("cannot connect: {e}"))?;
     let described = describe(&conn, poll).map_err(|e| format!("the query: {e}"))?;
-    super::poll::check_position(&described, start).map_err(|e| format!("start: {e}"))?;
+    check_position(&described, start).map_err(|e| format!("start: {e}"))?;
     let names = described.names;
     for column in template_columns {
         if !names.iter().any(|n| n.eq_ignore_ascii_case(column)) {

@@ -13,7 +13,6 @@ use crate::backoff::Backoff;
 use crate::broker::publish::{Address, Answer, Delivery, Envelope, Pending};
 use crate::broker::publisher::Publisher;
 use crate::cell::Cell;
-use crate::codec;
 use crate::config::{CsvOptions, Format};
 use crate::db::poll::{Polled, Poller};
 use crate::dedup;
@@ -21,6 +20,10 @@ use crate::destination::Target;
 use crate::dlq::{Direction, NewDeadLetter};
 use crate::metrics::RouteMetrics;
 use crate::state::State;
+
+mod row;
+
+use row::{column_text, next_position, older_than, payload, track_values, unpublishable};
 
 pub struct OutboundRoute {
     pub name: String,
@@ -166,15 +169,7 @@ impl OutboundRoute {
         let tracked = !polled.track.is_empty();
         let mut rows: &[Vec<Cell>] = &polled.rows;
         if let (Some(delay), Some(&first)) = (self.delay, polled.track.first()) {
-            let cutoff = chrono::Utc::now().naive_utc()
-                - chrono::Duration::from_std(delay).unwrap_or_default();
-            let ready = rows
-                .iter()
-                .take_while(|row| {
-                    !matches!(&row[first], Cell::Timestamp(t) | Cell::LocalTimestamp(t) if *t > cutoff)
-                })
-                .count();
-            rows = &rows[..ready];
+            rows = &rows[..older_than(rows, first, delay)];
         }
         let more = tracked && rows.len() >= self.max_rows;
         if rows.is_empty() {
@@ -188,10 +183,7 @@ impl OutboundRoute {
         let mut attempts: Vec<(Attempt, Option<Address>, Vec<u8>)> = Vec::with_capacity(rows.len());
         let mut publish_failure = None;
         for row in rows {
-            let payload = match self.format {
-                Format::Json => codec::json_row(&polled.columns, row),
-                Format::Csv => codec::csv_row(row, self.csv.delimiter, self.csv.quote),
-            };
+            let payload = payload(self.format, &self.csv, &polled.columns, row);
             let address = match unpublishable(row) {
                 Some(reason) => Err((Some("value"), reason)),
                 None => self
@@ -336,10 +328,7 @@ impl OutboundRoute {
                     warn!(route = %self.name, error = %error, "after_publish rejected a dead-lettered row");
                     continue;
                 }
-                let payload = match self.format {
-                    Format::Json => codec::json_row(&polled.columns, &rows[i]),
-                    Format::Csv => codec::csv_row(&rows[i], self.csv.delimiter, self.csv.quote),
-                };
+                let payload = payload(self.format, &self.csv, &polled.columns, &rows[i]);
                 letters.push(self.dead_letter(
                     &polled,
                     &rows[i],
@@ -429,36 +418,10 @@ impl OutboundRoute {
     }
 }
 
-/// Why a row cannot be published exactly, naming its value's problem.
-fn unpublishable(row: &[Cell]) -> Option<String> {
-    let reasons: Vec<&str> = row
-        .iter()
-        .filter_map(|c| match c {
-            Cell::Invalid(reason) => Some(reason.as_str()),
-            _ => None,
-        })
-        .collect();
-    (!reasons.is_empty()).then(|| reasons.join("; "))
-}
-
-/// The row's track values, as its dead letter keeps them.
-fn track_values(polled: &Polled, row: &[Cell]) -> Vec<Option<String>> {
-    polled.track.iter().map(|&c| row[c].text()).collect()
-}
-
 /// A poll read before the one before it was done, and the position it was read from.
 struct ReadAhead {
     from: Vec<String>,
     polled: Polled,
-}
-
-/// The position just past `row`; a NULL track value keeps the old one.
-fn next_position(track: &[usize], row: &[Cell], old: &[String]) -> Vec<String> {
-    track
-        .iter()
-        .zip(old.iter())
-        .map(|(&c, old)| row[c].text().unwrap_or_else(|| old.clone()))
-        .collect()
 }
 
 /// Sleeps; true if shutdown came first.
@@ -470,13 +433,4 @@ async fn sleep_or_stop(pause: Duration, stop: &mut watch::Receiver<bool>) -> boo
         _ = tokio::time::sleep(pause) => *stop.borrow(),
         changed = stop.changed() => changed.is_err() || *stop.borrow(),
     }
-}
-
-/// The text of `row`'s value in `column` (named case-insensitively), for templates.
-fn column_text(polled: &Polled, row: &[Cell], column: &str) -> Option<String> {
-    polled
-        .columns
-        .iter()
-        .position(|c| c.eq_ignore_ascii_case(column))
-        .and_then(|i| row[i].text())
 }

@@ -3,22 +3,25 @@
 //! the bridge itself is the real `run`, `dlq list` and `dlq replay` on a config file the
 //! demo writes, so what the user sees is what production does.
 
-use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+mod embedded_broker;
+mod files;
+mod sqlite;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use odbc_api::buffers::TextRowSet;
-use odbc_api::{Connection, Cursor};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::QoS;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::app::{self, AppError};
 use crate::cli::Selection;
-use crate::db;
 use crate::dlq_commands;
 use crate::error::DbError;
 use crate::metrics::Metrics;
+
+use embedded_broker::{Watcher, start_broker};
+use files::{SCHEMA, config_text};
+use sqlite::{blocking, connect, count, driver_hint, query};
 
 /// Long enough for a slow machine, short enough that a broken demo says so quickly.
 const WAIT: Duration = Duration::from_secs(30);
@@ -68,17 +71,6 @@ const READINGS: [(&str, &str, &str); 8] = [
     ),
 ];
 
-const SCHEMA: [&str; 3] = [
-    "CREATE TABLE devices (id TEXT PRIMARY KEY, site TEXT NOT NULL)",
-    "CREATE TABLE readings (id INTEGER PRIMARY KEY AUTOINCREMENT, site TEXT NOT NULL, \
-     device TEXT NOT NULL, celsius REAL, measured_at TIMESTAMP, received_at TIMESTAMP)",
-    // A foreign key would need a pragma on every connection; a trigger always holds.
-    "CREATE TRIGGER readings_registered BEFORE INSERT ON readings \
-     WHEN NOT EXISTS (SELECT 1 FROM devices WHERE id = NEW.device) \
-     BEGIN SELECT RAISE(ABORT, 'device is not registered in devices'); END",
-];
-
-/// Runs the tour in `dir`, which keeps the config, the database and the state afterwards.
 pub async fn run(dir: PathBuf) -> Result<(), AppError> {
     let started = Instant::now();
     let fail =
@@ -162,7 +154,7 @@ pub async fn run(dir: PathBuf) -> Result<(), AppError> {
     say("     route readings:    sensors/{site}/{device}/temperature → table readings");
     say("     route heat_alerts: readings above 30 °C → alerts/{site}/{device}");
 
-    let watcher = Watcher::connect(broker)
+    let watcher = Watcher::connect(broker, WAIT)
         .await
         .map_err(|e| fail("MQTT client", &e))?;
 
@@ -291,143 +283,6 @@ fn load(path: &Path) -> Result<crate::config::Config, AppError> {
     crate::config::load(path).map_err(|e| AppError::Usage(e.to_string()))
 }
 
-fn config_text(dir: &Path, broker: SocketAddr, connection_string: &str) -> String {
-    // `$` starts a variable in the config file.
-    let state = format!("sqlite://{}", dir.join("state.db").display()).replace('$', "$$");
-    let connection_string = connection_string.replace('$', "$$").replace('"', "\\\"");
-    format!(
-        r#"# Written by `mqdb demo`. Its broker lived inside the demo: to run this file with
-# `mqdb -c THIS_FILE run`, point brokers.demo.url at a broker of yours
-# (e.g. mqtt://127.0.0.1:1883).
-state: {state}
-
-brokers:
-  demo:
-    url: mqtt://{broker}
-    client_id: mqdb-demo
-
-databases:
-  demo:
-    connection_string: "{connection_string}"
-
-inbound:
-  - name: readings
-    broker: demo
-    topic: sensors/{{site}}/{{device}}/temperature
-    qos: 1
-    database: demo
-    table: readings
-    columns:
-      site: topic.site
-      device: topic.device
-      celsius: payload.value
-      measured_at: payload.ts
-      received_at: meta.received_at
-    batch: {{ max_rows: 100, max_delay: 50ms }}
-
-outbound:
-  - name: heat_alerts
-    database: demo
-    query: SELECT id, site, device, celsius, measured_at FROM readings WHERE id > ? AND celsius > 30 ORDER BY id
-    track: id
-    start: 0
-    interval: 200ms
-    broker: demo
-    topic: alerts/{{site}}/{{device}}
-    qos: 1
-"#
-    )
-}
-
-/// rumqttd on a free loopback port, in a thread of its own for the life of the process.
-fn start_broker() -> Result<SocketAddr, String> {
-    let addr = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("no free port: {e}"))?;
-    let connections = rumqttd::ConnectionSettings {
-        connection_timeout_ms: 10_000,
-        max_payload_size: 1 << 20,
-        max_inflight_count: 1000,
-        auth: None,
-        external_auth: None,
-        dynamic_filters: true,
-    };
-    let server = rumqttd::ServerSettings {
-        name: "demo".into(),
-        listen: addr,
-        tls: None,
-        next_connection_delay_ms: 1,
-        connections,
-    };
-    let config = rumqttd::Config {
-        router: rumqttd::RouterConfig {
-            max_connections: 64,
-            max_outgoing_packet_count: 1000,
-            max_segment_size: 10 << 20,
-            max_segment_count: 10,
-            ..Default::default()
-        },
-        v4: Some(HashMap::from([("demo".to_string(), server)])),
-        ..Default::default()
-    };
-    let mut broker = rumqttd::Broker::new(config);
-    std::thread::Builder::new()
-        .name("demo-broker".into())
-        .spawn(move || {
-            if let Err(e) = broker.start() {
-                eprintln!("demo: the embedded broker stopped: {e}");
-            }
-        })
-        .map_err(|e| e.to_string())?;
-    Ok(addr)
-}
-
-/// The demo's own MQTT client: publishes the readings and hears the alerts.
-struct Watcher {
-    client: AsyncClient,
-    alerts: mpsc::Receiver<(String, String)>,
-}
-
-impl Watcher {
-    async fn connect(broker: SocketAddr) -> Result<Watcher, String> {
-        let mut options =
-            MqttOptions::new("mqdb-demo-watcher", broker.ip().to_string(), broker.port());
-        options.set_keep_alive(Duration::from_secs(30));
-        let (client, mut events) = AsyncClient::new(options, 100);
-        let (alerts_tx, alerts) = mpsc::channel(100);
-        let (subscribed_tx, subscribed) = oneshot::channel();
-        client
-            .subscribe("alerts/#", QoS::AtLeastOnce)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokio::spawn(async move {
-            let mut subscribed_tx = Some(subscribed_tx);
-            loop {
-                match events.poll().await {
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        if let Some(tx) = subscribed_tx.take() {
-                            let _ = tx.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let payload = String::from_utf8_lossy(&p.payload).into_owned();
-                        if alerts_tx.send((p.topic, payload)).await.is_err() {
-                            return;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        tokio::time::timeout(WAIT, subscribed)
-            .await
-            .map_err(|_| "no SUBACK from the embedded broker".to_string())?
-            .map_err(|_| "the MQTT client stopped".to_string())?;
-        Ok(Watcher { client, alerts })
-    }
-}
-
 async fn receive_alerts(
     alerts: &mut mpsc::Receiver<(String, String)>,
     n: usize,
@@ -464,17 +319,6 @@ where
         "demo: waited {} s for {what}; last seen: {last:?}",
         WAIT.as_secs()
     )))
-}
-
-async fn count(connection_string: &str, sql: &'static str) -> Result<i64, String> {
-    let cs = connection_string.to_string();
-    let rows = blocking(move || query(&connect(&cs)?, sql))
-        .await
-        .map_err(|e| e.to_string())?;
-    rows.first()
-        .and_then(|r| r.first().cloned().flatten())
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| "no count".to_string())
 }
 
 async fn dead_letters(state_db: &Path) -> Result<i64, String> {
@@ -518,46 +362,4 @@ async fn print_rows(connection_string: &str) -> Result<(), AppError> {
         ));
     }
     Ok(())
-}
-
-fn connect(connection_string: &str) -> Result<Connection<'static>, DbError> {
-    db::DbSpec::from_connection_string("demo", connection_string).connect()
-}
-
-/// Every row of `sql` as text.
-fn query(conn: &Connection<'_>, sql: &str) -> Result<Vec<Vec<Option<String>>>, DbError> {
-    let odbc = |e: odbc_api::Error| DbError::from_odbc(&e);
-    let mut out = Vec::new();
-    let Some(mut cursor) = conn.execute(sql, (), None).map_err(odbc)? else {
-        return Ok(out);
-    };
-    let mut buffer = TextRowSet::for_cursor(64, &mut cursor, Some(256)).map_err(odbc)?;
-    let mut rows = cursor.bind_buffer(&mut buffer).map_err(odbc)?;
-    while let Some(batch) = rows.fetch().map_err(odbc)? {
-        for r in 0..batch.num_rows() {
-            out.push(
-                (0..batch.num_cols())
-                    .map(|c| batch.at_as_str(c, r).ok().flatten().map(str::to_string))
-                    .collect(),
-            );
-        }
-    }
-    Ok(out)
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, DbError> + Send + 'static,
-) -> Result<T, DbError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| DbError::new(format!("database task failed: {e}")))?
-}
-
-/// A missing driver is the likely first failure on a new machine.
-fn driver_hint(e: DbError) -> String {
-    if e.sqlstate.as_deref() == Some("IM002") || e.message.contains("SQLite3") {
-        format!("{e}; the SQLite ODBC driver `SQLite3` is missing: run scripts/setup.sh")
-    } else {
-        e.to_string()
-    }
 }
