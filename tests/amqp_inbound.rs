@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use common::{
-    Bridge, Db, Header, Outgoing, Rabbit, Route, TcpProxy, TempTable, Workdir, amqp_route,
-    check_route, dlq_list, id_payloads, odbc_connect, odbc_exec, parse_ts, pg_lock_waiters,
-    process_stats, run_check, scalar, terminate_ok, try_scalar, ts, unique, wait_consuming,
-    wait_for, wait_for_count, wait_queue, wait_queue_drained,
+    Bridge, Db, Header, LIVENESS, Outgoing, Rabbit, Route, TcpProxy, TempTable, Workdir,
+    amqp_route, check_route, dlq_list, id_payloads, line_of, odbc_connect, odbc_exec, parse_ts,
+    pg_lock_waiters, process_stats, run_check, scalar, terminate_ok, try_scalar, ts, unique,
+    wait_consuming, wait_dead_letters, wait_for, wait_for_count, wait_queue, wait_queue_drained,
+    wait_until,
 };
 use serde_json::Value as Json;
 
@@ -316,12 +317,7 @@ fn csv_over_amqp_stores_every_good_line_and_dead_letters_the_bad_one_sqlite() {
     // letter, and every message (the empty one too) is acknowledged
     let mut bridge = Bridge::start(&config);
     wait_for_count(&mut bridge, &db, &format!("SELECT COUNT(*) FROM {t}"), 7);
-    wait_for(&mut bridge, "one dead letter", || {
-        match dlq_list(&config).len() {
-            n if n > 1 => Err(format!("{n} dead letters, expected 1")),
-            n => Ok(n == 1),
-        }
-    });
+    wait_dead_letters(&mut bridge, &config, 1);
     wait_queue_drained(&mut bridge, &queue);
     terminate_ok(&mut bridge);
     let rows = db.query(&format!(
@@ -365,10 +361,8 @@ fn csv_over_amqp_stores_every_good_line_and_dead_letters_the_bad_one_sqlite() {
         assert_eq!(got, &want, "{ctx}");
     }
     let error = letter["error"].as_str().unwrap_or("");
-    assert!(
-        error.contains("line 2") && error.contains("3 fields, expected 4"),
-        "{ctx}"
-    );
+    assert!(error.contains("line 2"), "{ctx}");
+    assert!(error.contains("3 fields, expected 4"), "{ctx}");
 }
 
 #[test]
@@ -385,10 +379,10 @@ fn database_outage_holds_prefetch_unacked_and_catches_up_postgres() {
     ];
     let cs = db.connection_string_via(proxy.port);
     let (world, queue, table, config) = id_case("outage", Rabbit::URL, &cs, &extra);
-    let t = &table.name;
+    let (t, rabbit) = (&table.name, &world.rabbit);
     let mut bridge = Bridge::start(&config);
     wait_consuming(&mut bridge, &queue);
-    world.rabbit.publish_to_queue(&queue, id_payloads(0..1));
+    rabbit.publish_to_queue(&queue, id_payloads(0..1));
     let count_sql = format!("SELECT COUNT(*) FROM {t}");
     wait_for_count(&mut bridge, &db, &count_sql, 1);
     wait_queue_drained(&mut bridge, &queue);
@@ -396,9 +390,7 @@ fn database_outage_holds_prefetch_unacked_and_catches_up_postgres() {
     // When the database becomes unreachable and 300 messages arrive
     proxy.set_down(true);
     let n = 300_u64;
-    world
-        .rabbit
-        .publish_to_queue(&queue, id_payloads(1..=n as i64));
+    rabbit.publish_to_queue(&queue, id_payloads(1..=n as i64));
 
     // Then the bridge holds exactly `prefetch` of them unacknowledged, and the broker keeps
     // all 300: nothing is acknowledged, dropped or dead-lettered
@@ -419,11 +411,7 @@ fn database_outage_holds_prefetch_unacked_and_catches_up_postgres() {
     }
     assert_eq!(scalar(&db, &count_sql), 1, "rows appeared past the outage");
     let letters = dlq_list(&config);
-    assert_eq!(
-        letters,
-        Vec::<Json>::new(),
-        "an outage is never a dead letter"
-    );
+    assert!(letters.is_empty(), "outage dead letters: {letters:?}");
     let (rss_kb, _) = process_stats(pid);
 
     // When the database is back, then every message becomes exactly one row, none redelivered
@@ -434,11 +422,8 @@ fn database_outage_holds_prefetch_unacked_and_catches_up_postgres() {
     let requeued = scalar(&db, &format!("SELECT COUNT(*) FROM {t} WHERE re"));
     assert_eq!(requeued, 0, "messages were requeued during the outage");
     assert_each_id_once(&db, t, n as i64 + 1, &config);
-    let reconnected = proxy.accepted() >= 2;
-    assert!(
-        reconnected,
-        "the bridge never reconnected, so it never saw the outage"
-    );
+    // (Had it never reconnected, it would never have seen the outage.)
+    assert!(proxy.accepted() >= 2, "the bridge never reconnected");
     terminate_ok(&mut bridge);
     eprintln!("mqdb peak RSS during the outage: {rss_kb} kB");
 }
@@ -475,15 +460,12 @@ fn sigkill_mid_stream_then_restart_stores_every_message_once_postgres() {
     let committed = (1..1000).contains(&before_kill);
     assert!(committed, "{before_kill} rows committed before the kill");
     let mut after_kill = None;
-    common::wait_until(
-        "the broker requeues the killed bridge's messages",
-        common::LIVENESS,
-        || {
-            let q = Rabbit::queue_info(&queue).expect("the queue exists");
-            after_kill = Some(q);
-            q.unacked == 0
-        },
-    );
+    let requeued = "the broker requeues the killed bridge's messages";
+    wait_until(requeued, LIVENESS, || {
+        let q = Rabbit::queue_info(&queue).expect("the queue exists");
+        after_kill = Some(q);
+        q.unacked == 0
+    });
     let after_kill = after_kill.expect("looked at the queue");
     assert!(
         after_kill.messages as i64 >= n - before_kill,
@@ -495,18 +477,17 @@ fn sigkill_mid_stream_then_restart_stores_every_message_once_postgres() {
     let mut bridge = Bridge::start(&config);
     wait_for_count(&mut bridge, &db, &count_sql, n);
     wait_queue_drained(&mut bridge, &queue);
-    assert_eq!(
-        scalar(&db, &format!("SELECT MIN(id) + MAX(id) FROM {t}")),
-        1 + n
-    );
+    let ends = scalar(&db, &format!("SELECT MIN(id) + MAX(id) FROM {t}"));
+    assert_eq!(ends, 1 + n);
     assert_each_id_once(&db, t, n, &config);
     let flag = |id: i64| {
         let rows = db.query(&format!("SELECT re FROM {t} WHERE id = {id}"));
         parse_bool(rows[0][0].as_deref().expect("re is not NULL"))
     };
+    let held_came_back = flag(1000);
     assert!(
-        flag(1000),
-        "the message held at the kill came back with redelivered = false"
+        held_came_back,
+        "redelivered = false for the one held at the kill"
     );
     assert!(!flag(1), "the first message was stored as redelivered");
     terminate_ok(&mut bridge);
@@ -555,7 +536,7 @@ fn broker_connection_cut_loses_and_duplicates_nothing_postgres() {
     let during = scalar(&db, &count_sql);
     assert!(
         during <= 1000,
-        "{during} rows, but only 1000 were published before the cut"
+        "{during} rows, 1000 published before the cut"
     );
     assert!(bridge.is_running(), "mqdb died:\n{}", bridge.log());
 
@@ -578,12 +559,7 @@ fn assert_rejected_at(dir: &Path, text: &str, needle: &str, word: &str) -> Strin
     let (code, stdout, stderr) = run_check(&path);
     let show = format!("{text}\n{stdout}{stderr}");
     assert_eq!(code, Some(2), "{show}");
-    let line = text
-        .lines()
-        .position(|l| l.contains(needle))
-        .expect("the needle")
-        + 1;
-    let located = format!("{}:{line}:", path.display());
+    let located = format!("{}:{}:", path.display(), line_of(text, needle));
     assert!(stderr.contains(&located), "expected {located:?}\n{show}");
     assert!(stderr.contains(word), "{show}");
     stdout
@@ -597,13 +573,8 @@ fn check_accepts_an_amqp_inbound_route_and_rejects_mqtt_only_keys() {
     let table = TempTable::create(&Db::Postgres, "amqp_check", columns);
     let t = table.name.clone();
     let sources = pairs("id=payload.id rk=meta.routing_key site=header.x-site");
-    let good = route(
-        "amqp_good",
-        &queue,
-        &t,
-        &sources,
-        &["format: json", "prefetch: 20"],
-    );
+    let extra = ["format: json", "prefetch: 20"];
+    let good = route("amqp_good", &queue, &t, &sources, &extra);
     let config = world.config(Rabbit::URL, &Db::Postgres.connection_string(), good);
 
     // When check runs, then it prints one ok line for it and exits 0

@@ -12,14 +12,14 @@
 mod common;
 
 use common::{
-    Bridge, Db, Header, LIVENESS, Mosquitto, Publisher, Rabbit, Subscriber, TempTable, dlq_list_in,
-    make_pki, mqdb_command, readme, temp_dir, terminate_ok, unique, wait_for,
+    Bridge, Db, Header, LIVENESS, Mosquitto, Publisher, Rabbit, Ran, Subscriber, TempTable,
+    dlq_list_in, make_pki, mqdb_command, readme, temp_dir, terminate_ok, unique, wait_for,
 };
 use serde_json::Value as Json;
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use tempfile::TempDir;
 
 /// The stems of `examples/*.yaml` that the tests in this file cover.
@@ -76,48 +76,26 @@ fn private_copy(stem: &str, dir: &Path, renames: &[(&str, &str)]) -> PathBuf {
 
 /// `mqdb -c CONFIG check` in `dir`, with every `${VAR}` the config reads cleared and then
 /// `env` set.
-fn check(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Output {
+fn check(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Ran {
     let mut cmd = mqdb_command();
     for rest in read(config).split("${").skip(1) {
         let end = rest.find(|c: char| !c.is_ascii_alphanumeric() && c != '_');
         cmd.env_remove(&rest[..end.unwrap_or(rest.len())]);
     }
-    cmd.envs(env.iter().copied())
-        .arg("-c")
-        .arg(config)
-        .arg("check")
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run mqdb check: {e}"))
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    cmd.envs(env.iter().copied()).current_dir(dir);
+    Ran::of(cmd.arg("-c").arg(config).arg("check"))
 }
 
 /// `check` of `config` in `dir` with `env` exits 0 and prints exactly one line per route,
 /// each `ok`: `routes` are `inbound NAME` / `outbound NAME`.
 fn assert_check_passes(config: &Path, dir: &Path, env: &[(&str, &str)], routes: &[&str]) {
     let out = check(config, dir, env);
-    assert!(out.status.success(), "check failed\n{}", show(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    out.code(0);
     for route in routes {
-        let ok = lines.iter().filter(|l| {
-            let rest = l.strip_prefix("ok").map(str::trim_start);
-            rest.is_some_and(|rest| rest.starts_with(&format!("{route}:")))
-        });
-        let what = format!("no single ok line for {route}\n{}", show(&out));
-        assert_eq!(ok.count(), 1, "{what}");
+        out.route_is(route, "ok", &[]);
     }
-    let what = format!("expected one line per route {routes:?}\n{}", show(&out));
-    assert_eq!(lines.len(), routes.len(), "{what}");
+    let lines = out.stdout.lines().filter(|l| !l.trim().is_empty());
+    assert_eq!(lines.count(), routes.len(), "one line per route\n{out}");
 }
 
 /// Creates the tables of example `stem` on `db`, then checks it (with `env`) in a fresh
@@ -216,10 +194,7 @@ fn every_example_is_checked() {
         .collect();
     let covered: BTreeSet<String> = COVERED.iter().map(|s| s.to_string()).collect();
     // Left: the examples; right: those with a test in tests/examples.rs (`COVERED`).
-    assert_eq!(
-        stems, covered,
-        "an example without a test, or a test without one"
-    );
+    assert_eq!(stems, covered, "an example or a test without the other");
 }
 
 /// mqtt-json-postgres: MQTT JSON → PostgreSQL, on the shared Mosquitto.
@@ -309,11 +284,7 @@ fn the_outbox_example_passes_check_and_never_skips_a_row() {
     // Without its exchange the route fails the check, naming it.
     let missing = unique("no_such_exchange");
     let out = check(&example(stem), dir.path(), &[("OUTBOX_EXCHANGE", &missing)]);
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let fails = |l: &str| l.starts_with("FAIL") && l.contains("outbound outbox");
-    let named = stdout.lines().any(|l| fails(l) && l.contains(&missing));
-    assert!(named, "{}", show(&out));
+    out.fails("outbound outbox", &[&missing]);
 
     // The run uses a private outbox table, so no other bridge polls it.
     let t = unique("mqdb_example_outbox");
@@ -559,14 +530,9 @@ fn the_systemd_unit_matches_the_readme_and_verifies() {
     let unit = dir.path().join("mqdb.service");
     let bin = common::mqdb_bin().display().to_string();
     std::fs::write(&unit, text.replace("/usr/local/bin/mqdb", &bin)).unwrap();
-    let out = Command::new(analyze)
-        .arg("verify")
-        .arg(&unit)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run systemd-analyze verify");
-    let clean = out.status.success() && out.stdout.is_empty() && out.stderr.is_empty();
-    assert!(clean, "systemd-analyze verify {UNIT}\n{}", show(&out));
+    let out = Ran::of(Command::new(analyze).arg("verify").arg(&unit));
+    let clean = out.code == Some(0) && out.stdout.is_empty() && out.stderr.is_empty();
+    assert!(clean, "systemd-analyze verify {UNIT}\n{out}");
 }
 
 /// Runs `scripts/setup.sh --packages` as user id `uid` with every package missing, every
@@ -580,11 +546,9 @@ fn setup_steps(uid: u32) -> Vec<String> {
     let log = dir.path().join("log");
     let logs = r#"echo "$(basename "$0") $*" >> "$FAKE_LOG""#;
     let odbcinst = format!("{logs}\n[ \"$1\" = -q ] && exit 1\ncat >/dev/null");
+    let id = r#"[ "$1" = -u ] && echo "$FAKE_UID" || exec /usr/bin/id "$@""#;
     for (name, body) in [
-        (
-            "id",
-            r#"[ "$1" = -u ] && echo "$FAKE_UID" || exec /usr/bin/id "$@""#,
-        ),
+        ("id", id),
         ("sudo", logs),
         ("dpkg-query", "exit 1"),
         ("apt-get", logs),
@@ -603,21 +567,15 @@ fn setup_steps(uid: u32) -> Vec<String> {
         std::env::var("PATH").unwrap_or_default()
     );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup.sh");
-    let out = Command::new("bash")
-        .arg(&script)
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script)
         .arg("--packages")
         .env("PATH", path)
-        .env("FAKE_LOG", &log)
-        .env("FAKE_UID", uid.to_string())
-        .env("ODBCSYSINI", dir.path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/setup.sh");
-    assert!(
-        out.status.success(),
-        "setup.sh as uid {uid}\n{}",
-        show(&out)
-    );
+        .env("FAKE_LOG", &log);
+    cmd.env("FAKE_UID", uid.to_string())
+        .env("ODBCSYSINI", dir.path());
+    let out = Ran::of(&mut cmd);
+    assert_eq!(out.code, Some(0), "setup.sh as uid {uid}\n{out}");
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
     // The registrations' queries (`odbcinst -q`) are not privileged steps.
     let mut steps: Vec<String> = logged

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 
 use common::{
     Bridge, Config, Db, LIVENESS, Mosquitto, Route, TempTable, World, check_route, dlq_list,
-    path_str, pki_with_other_ca, publish_retained, run_check, run_mqdb, settings, terminate_ok,
-    unique, with_mqtt5,
+    mqdb_at, pki_with_other_ca, publish_retained, run_check, settings, terminate_ok, unique,
+    with_mqtt5,
 };
 use serde_json::Value as Json;
 
@@ -48,10 +48,8 @@ fn part_route(name: &str, root: &str, table: &str) -> Route {
 
 /// `SELECT expr FROM t WHERE cond` as an integer.
 fn int(t: &str, expr: &str, cond: &str) -> i64 {
-    common::scalar(
-        &Db::Postgres,
-        &format!("SELECT {expr} FROM {t} WHERE {cond}"),
-    )
+    let sql = format!("SELECT {expr} FROM {t} WHERE {cond}");
+    common::scalar(&Db::Postgres, &sql)
 }
 
 fn rows(sql: &str) -> Vec<Vec<Option<String>>> {
@@ -113,11 +111,8 @@ fn back_pressure_delivers_everything(max_in_flight: usize) {
     let root = unique("bp");
     let batch = "batch: { max_rows: 7, max_delay: 50ms }";
     let route = part_route("bp", &root, &t).lines(&[batch]);
-    let config = config(
-        &world,
-        &[&format!("max_in_flight: {max_in_flight}")],
-        &[route],
-    );
+    let max_in_flight = format!("max_in_flight: {max_in_flight}");
+    let config = config(&world, &[&max_in_flight], &[route]);
     world.persistent_session(&format!("{root}/+"));
     let publisher = world.publisher();
     publisher.publish_all_confirmed(seq_messages(|_| format!("{root}/queued"), 0..1500), 1);
@@ -137,10 +132,7 @@ fn back_pressure_delivers_everything(max_in_flight: usize) {
     terminate_ok(&mut bridge);
     let log = plain_log(&bridge);
     let connects = log.matches("broker connected").count();
-    assert_eq!(
-        connects, 1,
-        "the bridge reconnected during the run; log:\n{log}"
-    );
+    assert_eq!(connects, 1, "the bridge reconnected; log:\n{log}");
     let lost = log.contains("broker connection lost");
     assert!(!lost, "the bridge lost its connection; log:\n{log}");
 }
@@ -339,7 +331,7 @@ fn resubscribes_when_the_broker_lost_the_session() {
     let lost_session = line.contains("session_present=false");
     assert!(
         lost_session,
-        "the reconnect should report a lost session: {line}"
+        "the reconnect reports no lost session: {line}"
     );
 }
 
@@ -377,11 +369,8 @@ fn large_payloads_land_intact() {
     let t = table.name.clone();
     let topic = format!("{}/big", unique("big"));
     let sources = [("seq", "payload.seq"), ("v", "payload.v")];
-    let config = config(
-        &world,
-        &[],
-        &[Route::inbound("big", &topic, &t).columns(&sources)],
-    );
+    let route = Route::inbound("big", &topic, &t).columns(&sources);
+    let config = config(&world, &[], &[route]);
     world.persistent_session(&topic);
 
     // When a 1 MiB and a 5 MiB string value arrive (each payload slightly larger, escaped),
@@ -469,20 +458,13 @@ fn tls_with_client_certificates_run_and_check() {
     assert_eq!(dlq_list(&good), Vec::<Json>::new());
     terminate_ok(&mut bridge);
     let log = plain_log(&bridge);
-    let endpoint = format!("endpoint=localhost:{tls_port}");
-    assert!(
-        log.contains(&endpoint),
-        "the bridge did not use the TLS listener; log:\n{log}"
-    );
+    let over_tls = log.contains(&format!("endpoint=localhost:{tls_port}"));
+    assert!(over_tls, "not over the TLS listener; log:\n{log}");
 
     // And `check` with the same config passes, also by IP address (the IP SAN)
     check_route(&good, 0, "tls", "ok");
-    check_route(
-        &config("by_ip.yaml", "127.0.0.1", "ca.pem", true),
-        0,
-        "tls",
-        "ok",
-    );
+    let by_ip = config("by_ip.yaml", "127.0.0.1", "ca.pem", true);
+    check_route(&by_ip, 0, "tls", "ok");
 
     // And `check` with an unrelated CA fails, naming the broker, and so does one without a
     // client certificate, which the broker refuses
@@ -496,11 +478,9 @@ fn tls_with_client_certificates_run_and_check() {
                 && l.contains("broker b")
                 && l.to_lowercase().contains("certificate")
         };
+        // A FAIL line naming broker b and the certificate problem.
         let named = out.lines().any(fail);
-        assert!(
-            named,
-            "{what}: no FAIL line naming broker b and the certificate problem:\n{out}{err}"
-        );
+        assert!(named, "{what}: no such FAIL line:\n{out}{err}");
     }
 }
 
@@ -535,12 +515,8 @@ fn mqtt5_user_properties_map_to_columns_and_the_session_outlives_the_bridge() {
             .try_subscribe(topic.as_str(), qos)
             .expect("queue the subscribe");
     });
-    publish_with_properties(
-        port,
-        &topic,
-        r#"{"id": 1}"#,
-        &[("site", "north"), ("line", "7")],
-    );
+    let properties = [("site", "north"), ("line", "7")];
+    publish_with_properties(port, &topic, r#"{"id": 1}"#, &properties);
     publish_with_properties(port, &topic, r#"{"id": 2}"#, &[]);
     let sources = [
         ("id", "payload.id"),
@@ -581,12 +557,7 @@ fn header_sources_on_mqtt_need_mqtt_version_5() {
     let world = World::new("mqtt-source");
     let route = Route::inbound("h", "a/b", "t").columns(&[("site", "header.site")]);
     let config = config(&world, &[], &[route]);
-    let out = run_mqdb(&["-c", path_str(&config), "check"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("mqtt_version: 5"), "{stderr}");
-    assert!(
-        stderr.contains("mqdb.yaml:"),
-        "the error names the file and line: {stderr}"
-    );
+    // The error names the file and line.
+    let out = mqdb_at(&config, &["check"]);
+    out.code(2).stderr_has(&["mqtt_version: 5", "mqdb.yaml:"]);
 }
