@@ -54,13 +54,18 @@ fn create_tables(db: &Db, stem: &str, renames: &[(&str, &str)]) {
         code += line.split("--").next().unwrap_or("");
         code += "\n";
     }
-    let statements = code.split(';').map(str::trim).filter(|s| !s.is_empty());
-    let mut count = 0;
+    let statements: Vec<&str> = code
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert!(
+        !statements.is_empty(),
+        "examples/{stem}.sql has no statement"
+    );
     for sql in statements {
         db.exec(&renamed(sql.to_owned(), renames));
-        count += 1;
     }
-    assert!(count > 0, "examples/{stem}.sql has no statement");
 }
 
 fn renamed(text: String, renames: &[(&str, &str)]) -> String {
@@ -483,24 +488,17 @@ fn the_systemd_unit_matches_the_readme_and_verifies() {
     assert!(docker_installs, "Dockerfile installs elsewhere");
     let readme = readme_text();
     let install = "install -m 0755 target/release/mqdb /usr/local/bin/mqdb";
-    assert!(
-        readme.contains(install),
-        "the README's install step names another path"
-    );
+    let same_path = readme.contains(install);
+    assert!(same_path, "the README's install step names another path");
 
     // A non-root user, its state in the state directory the README's config names.
     let user = one("User");
-    assert!(
-        !user.is_empty() && user != "root" && user != "0",
-        "User={user}"
-    );
+    assert!(!["", "root", "0"].contains(&user), "User={user}");
     let state_dir = format!("/var/lib/{}", one("StateDirectory"));
     assert_eq!(one("WorkingDirectory"), state_dir);
     let state = format!("state: sqlite://{state_dir}/state.db");
-    assert!(
-        readme.contains(&state),
-        "README.md does not configure `{state}`"
-    );
+    let configured = readme.contains(&state);
+    assert!(configured, "README.md does not configure `{state}`");
     let volume = dockerfile.contains(&format!("VOLUME [\"{state_dir}\"]"));
     assert!(volume, "the Dockerfile's volume is not {state_dir}");
     assert_eq!(one("Environment"), "MQDB_CONFIG=/etc/mqdb/mqdb.yaml");
@@ -604,11 +602,8 @@ fn setup_uses_sudo_for_every_privileged_step_unless_root() {
     // Not root: apt-get, the driver registrations and the CommLog fix all go through sudo.
     let steps = setup_steps(1000);
     let sudo_apt = "sudo env DEBIAN_FRONTEND=noninteractive apt-get ";
-    assert_eq!(
-        steps[..5],
-        expected(sudo_apt, "sudo odbcinst")[..],
-        "{steps:#?}"
-    );
+    let with_sudo = expected(sudo_apt, "sudo odbcinst");
+    assert_eq!(steps[..5], with_sudo[..], "{steps:#?}");
     assert_eq!(steps.len(), 6, "{steps:#?}");
     let sed = steps[5].starts_with("sudo sed -i s/^CommLog=1/CommLog=0/ ");
     assert!(sed, "{steps:#?}");

@@ -10,8 +10,7 @@ use std::path::PathBuf;
 
 use common::{
     Bridge, Config, Db, LIVENESS, Mosquitto, Route, TempTable, World, check_route, dlq_list,
-    mqdb_at, pki_with_other_ca, publish_retained, run_check, settings, terminate_ok, unique,
-    with_mqtt5,
+    mqdb_at, pki_with_other_ca, publish_retained, settings, terminate_ok, unique, with_mqtt5,
 };
 use serde_json::Value as Json;
 
@@ -147,9 +146,6 @@ fn back_pressure_max_in_flight_1_delivers_every_message() {
     back_pressure_delivers_everything(1);
 }
 
-/// `(seq, a, b, qos, topic)` as stored by the routes of the QoS test.
-type RouteRow = (i64, Option<String>, Option<String>, i64, String);
-
 /// Messages of the QoS test: the route (index) they match, the QoS they are published at,
 /// their seqs, and the topic under the root for a seq.
 type Group = (usize, u8, Range<i64>, fn(i64) -> String);
@@ -226,38 +222,29 @@ fn qos_0_1_2_routes_with_wildcards_and_captures() {
         (1, 2, 310..320, |i| format!("q1/lineD/m{i}")),
     ];
     for (_, qos, seqs, at) in &groups {
-        publisher.publish_all_confirmed(
-            seq_messages(|i| format!("{root}/{}", at(i)), seqs.clone()),
-            *qos,
-        );
+        let messages = seq_messages(|i| format!("{root}/{}", at(i)), seqs.clone());
+        publisher.publish_all_confirmed(messages, *qos);
     }
 
     // Then every matching message is one row in its route's table, the captured levels (the
     // two under the route's first) are right, and each arrived at its route's QoS
+    // (Rows as text: seq, a, b, qos, topic.)
     for (n, t) in tables.iter().enumerate() {
-        let want: Vec<RouteRow> = groups
+        let want: Vec<Vec<Option<String>>> = groups
             .iter()
             .filter(|g| g.0 == n)
             .flat_map(|(_, _, seqs, at)| seqs.clone().map(move |i| (i, at(i))))
             .map(|(i, topic)| {
                 let level = |l: usize| topic.split('/').nth(l).map(str::to_owned);
-                (i, level(1), level(2), n as i64, format!("{root}/{topic}"))
+                let (seq, qos, topic) = (i.to_string(), n.to_string(), format!("{root}/{topic}"));
+                vec![Some(seq), level(1), level(2), Some(qos), Some(topic)]
             })
             .collect();
         let probes = if n == 1 { 1 } else { 0 };
         let count_sql = format!("SELECT COUNT(*) FROM {}", t.name);
         wait_for_count(&mut bridge, &count_sql, want.len() as i64 + probes);
-        let got: Vec<RouteRow> = rows(&format!(
-            "SELECT seq, a, b, qos, topic FROM {} WHERE seq >= 0 ORDER BY seq",
-            t.name
-        ))
-        .into_iter()
-        .map(|r| {
-            let num = |v: &Option<String>| v.as_deref().expect("number").parse().expect("number");
-            let topic = r[4].clone().expect("topic");
-            (num(&r[0]), r[1].clone(), r[2].clone(), num(&r[3]), topic)
-        })
-        .collect();
+        let select = "SELECT seq, a, b, qos, topic FROM";
+        let got = rows(&format!("{select} {} WHERE seq >= 0 ORDER BY seq", t.name));
         assert_rows(&format!("route r{n}"), &got, &want);
     }
     // And no message that matched no route was stored anywhere. They were published (and
@@ -351,11 +338,8 @@ fn big_text(bytes: usize, salt: u64) -> String {
     while s.len() < bytes {
         x = step(x);
         let piece = PIECES[((x >> 33) % PIECES.len() as u64) as usize];
-        s.push_str(if s.len() + piece.len() <= bytes {
-            piece
-        } else {
-            "."
-        });
+        let fits = s.len() + piece.len() <= bytes;
+        s.push_str(if fits { piece } else { "." });
     }
     s
 }
@@ -430,11 +414,8 @@ fn tls_with_client_certificates_run_and_check() {
     // A config reaching `host` over TLS with CA file `ca`, and the client certificate if
     // `client_cert`
     let config = |file_name: &str, host: &str, ca: &str, client_cert: bool| {
-        let cert = format!(
-            ", cert_file: \"{}\", key_file: \"{}\"",
-            file("client.pem"),
-            file("client.key")
-        );
+        let (cert, key) = (file("client.pem"), file("client.key"));
+        let cert = format!(", cert_file: \"{cert}\", key_file: \"{key}\"");
         let cert = if client_cert { cert.as_str() } else { "" };
         let tls = format!("tls: {{ ca_file: \"{}\"{cert} }}", file(ca));
         let url = format!("mqtts://{host}:{tls_port}");
@@ -470,17 +451,10 @@ fn tls_with_client_certificates_run_and_check() {
     // client certificate, which the broker refuses
     let wrong_ca = config("wrong_ca.yaml", "localhost", "other_ca.pem", true);
     let no_cert = config("no_cert.yaml", "localhost", "ca.pem", false);
-    for (what, config) in [("a wrong CA", wrong_ca), ("no client certificate", no_cert)] {
-        let (code, out, err) = run_check(&config);
-        assert_eq!(code, Some(1), "check with {what}:\n{out}{err}");
-        let fail = |l: &str| {
-            l.starts_with("FAIL")
-                && l.contains("broker b")
-                && l.to_lowercase().contains("certificate")
-        };
-        // A FAIL line naming broker b and the certificate problem.
-        let named = out.lines().any(fail);
-        assert!(named, "{what}: no such FAIL line:\n{out}{err}");
+    for config in [wrong_ca, no_cert] {
+        let [fail, _, show] = check_route(&config, 1, "tls", "FAIL");
+        let named = fail.contains("broker b") && fail.contains("certificate");
+        assert!(named, "not naming broker b and the certificate:\n{show}");
     }
 }
 
