@@ -54,15 +54,9 @@ fn create_tables(db: &Db, stem: &str, renames: &[(&str, &str)]) {
         code += line.split("--").next().unwrap_or("");
         code += "\n";
     }
-    let statements: Vec<&str> = code
-        .split(';')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    assert!(
-        !statements.is_empty(),
-        "examples/{stem}.sql has no statement"
-    );
+    let statements = code.split(';').map(str::trim).filter(|s| !s.is_empty());
+    let statements: Vec<&str> = statements.collect();
+    assert!(!statements.is_empty(), "{stem}.sql has no statement");
     for sql in statements {
         db.exec(&renamed(sql.to_owned(), renames));
     }
@@ -128,12 +122,9 @@ fn readme_text() -> String {
 fn every_readme_config_block_loads_and_validates() {
     let blocks = readme::yaml_blocks(&readme_text()).unwrap_or_else(|e| panic!("README.md {e}"));
     let first = blocks.first().expect("README.md has a ```yaml block");
-    assert_eq!(
-        first.role,
-        readme::Role::Whole,
-        "README.md line {}: the first ```yaml block is the main example and loads on its own",
-        first.line
-    );
+    // The first ```yaml block is the main example and loads on its own.
+    let (whole, at) = (first.role == readme::Role::Whole, first.line);
+    assert!(whole, "README.md line {at}: not a whole config");
     let dir = temp_dir("readme");
     let mut failures = Vec::new();
     let mut loaded = 0;
@@ -154,10 +145,8 @@ fn every_readme_config_block_loads_and_validates() {
         }
     }
     let failures = failures.join("\n");
-    assert!(
-        failures.is_empty(),
-        "README configuration blocks that do not load:\n{failures}"
-    );
+    let all_load = failures.is_empty();
+    assert!(all_load, "README blocks not loading:\n{failures}");
     assert!(loaded >= 1, "no README block was loaded");
 }
 
@@ -177,10 +166,8 @@ fn readme_markers_are_read_and_a_typo_is_refused() {
     let e = readme::yaml_blocks(typo).unwrap_err();
     assert!(e.contains("line 2") && e.contains("skp"), "{e}");
     let with_defaults = |text: &str| readme::with_defaults(text, README_VARIABLES);
-    assert_eq!(
-        with_defaults("u: ${MQTT_USER}\np: ${X:-d}\nq: $${Y}\n").unwrap(),
-        "u: ${MQTT_USER:-mqdb}\np: ${X:-d}\nq: $${Y}\n"
-    );
+    let got = with_defaults("u: ${MQTT_USER}\np: ${X:-d}\nq: $${Y}\n").unwrap();
+    assert_eq!(got, "u: ${MQTT_USER:-mqdb}\np: ${X:-d}\nq: $${Y}\n");
     assert!(with_defaults("u: ${NOPE}").unwrap_err().contains("NOPE"));
 }
 

@@ -295,9 +295,8 @@ fn resubscribes_when_the_broker_lost_the_session() {
     let after = int(&t, "COUNT(DISTINCT seq)", "part = 'after' AND seq >= 1000");
     assert_eq!(after, 500);
     assert_eq!(int(&t, "COUNT(*)", "part = 'before'"), 200);
-    let probes = rows(&format!(
-        "SELECT part FROM {t} WHERE seq < 0 ORDER BY seq DESC"
-    ));
+    let probes = format!("SELECT part FROM {t} WHERE seq < 0 ORDER BY seq DESC");
+    let probes = rows(&probes);
     let s = |v: &str| vec![Some(v.to_string())];
     assert_eq!(probes, [s("probe1"), s("probe2")]);
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
@@ -316,10 +315,7 @@ fn resubscribes_when_the_broker_lost_the_session() {
     let reconnected = lost + find(&after[lost..], "broker connected");
     let line = after[reconnected..].lines().next().unwrap_or("");
     let lost_session = line.contains("session_present=false");
-    assert!(
-        lost_session,
-        "the reconnect reports no lost session: {line}"
-    );
+    assert!(lost_session, "no lost session reported: {line}");
 }
 
 /// A deterministic string of exactly `bytes` UTF-8 bytes mixing ASCII, characters JSON must
