@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use common::{
-    Bridge, Db, Header, LIVENESS, Outgoing, Rabbit, Route, TcpProxy, TempTable, Workdir,
+    Bridge, Config, Db, Header, LIVENESS, Outgoing, Rabbit, Route, TcpProxy, TempTable, Workdir,
     amqp_route, check_route, dlq_list, id_payloads, line_of, odbc_connect, odbc_exec, parse_ts,
     pg_lock_waiters, process_stats, run_check, scalar, terminate_ok, try_scalar, ts, unique,
     wait_consuming, wait_dead_letters, wait_for, wait_for_count, wait_queue, wait_queue_drained,
     wait_until,
 };
-use serde_json::Value as Json;
+use serde_json::{Value as Json, json};
 
 /// A work dir and a RabbitMQ client that deletes what the test declared or adopted.
 struct World {
@@ -41,13 +41,15 @@ impl World {
         (world, queue)
     }
 
-    /// Writes `mqdb.yaml`: AMQP broker `r` at `amqp_url`, database `d` and `route`.
-    fn config(&self, amqp_url: &str, connection_string: &str, route: Route) -> PathBuf {
+    /// `mqdb.yaml`: AMQP broker `r` at `amqp_url`, database `d` and `route`.
+    fn yaml(&self, amqp_url: &str, connection_string: &str, route: Route) -> Config {
         let config = self.work.bare_config().broker("r", amqp_url, Json::Null);
-        config
-            .database("d", connection_string)
-            .inbound(route)
-            .write()
+        config.database("d", connection_string).inbound(route)
+    }
+
+    /// Writes [`World::yaml`].
+    fn config(&self, amqp_url: &str, connection_string: &str, route: Route) -> PathBuf {
+        self.yaml(amqp_url, connection_string, route).write()
     }
 }
 
@@ -303,15 +305,13 @@ fn csv_over_amqp_stores_every_good_line_and_dead_letters_the_bad_one_sqlite() {
     let config = world.config(Rabbit::URL, &db.connection_string(), route);
     let mut with_bom = b"\xEF\xBB\xBF".to_vec();
     with_bom.extend_from_slice(b"20,mango,7,x\n\n21,\"say \"\"hi\"\"\",8,y");
-    world.rabbit.publish_to_queue(
-        &queue,
-        vec![
-            b"1,apple,3,plain\n2,\"pear, green\",5,\"two\nlines\"\n3,plum,,\n".to_vec(),
-            b"10,kiwi,1,a\r\n11,lime,2\r\n12,fig,4,b\r\n".to_vec(),
-            with_bom,
-            Vec::new(),
-        ],
-    );
+    let messages = vec![
+        b"1,apple,3,plain\n2,\"pear, green\",5,\"two\nlines\"\n3,plum,,\n".to_vec(),
+        b"10,kiwi,1,a\r\n11,lime,2\r\n12,fig,4,b\r\n".to_vec(),
+        with_bom,
+        Vec::new(),
+    ];
+    world.rabbit.publish_to_queue(&queue, messages);
 
     // When the bridge runs, then the 7 good records are rows, the bad one is one dead
     // letter, and every message (the empty one too) is acknowledged
@@ -568,7 +568,8 @@ fn check_accepts_an_amqp_inbound_route_and_rejects_mqtt_only_keys() {
     let sources = pairs("id=payload.id rk=meta.routing_key site=header.x-site");
     let extra = ["format: json", "prefetch: 20"];
     let good = route("amqp_good", &queue, &t, &sources, &extra);
-    let config = world.config(Rabbit::URL, &Db::Postgres.connection_string(), good);
+    let cs = Db::Postgres.connection_string();
+    let config = world.config(Rabbit::URL, &cs, good.clone());
 
     // When check runs, then it prints one ok line for it and exits 0
     check_route(&config, 0, "amqp_good", "ok");
@@ -576,33 +577,25 @@ fn check_accepts_an_amqp_inbound_route_and_rejects_mqtt_only_keys() {
     // Given the same route with `topic:` (an MQTT key), then check rejects the file (exit 2)
     // naming the line of `topic:`
     let dir = world.work.dir.path();
-    let text = std::fs::read_to_string(&config).expect("read the config");
-    let with_topic = text.replace(
-        "    database: \"d\"\n",
-        "    topic: \"sensors/+/temp\"\n    database: \"d\"\n",
-    );
-    assert_ne!(with_topic, text);
+    let with_topic = good.clone().topic("sensors/+/temp");
+    let with_topic = world.yaml(Rabbit::URL, &cs, with_topic).yaml();
     let stdout = assert_rejected_at(dir, &with_topic, "topic:", "topic");
     assert!(stdout.trim().is_empty(), "no check lines: {stdout}");
 
     // Given the same route with a `meta.topic` source, then check rejects it at that line
-    let with_meta_topic = text.replace(
-        "      rk: \"meta.routing_key\"\n",
-        "      rk: \"meta.topic\"\n",
-    );
-    assert_ne!(with_meta_topic, text);
+    let meta_topic = pairs("id=payload.id rk=meta.topic site=header.x-site");
+    let with_meta_topic = world
+        .yaml(Rabbit::URL, &cs, good.columns(&meta_topic))
+        .yaml();
     assert_rejected_at(dir, &with_meta_topic, "meta.topic", "meta.topic");
 
     // Given an MQTT route with `queue:` (an AMQP key), then check rejects it too, at that line
-    let mqtt = format!(
-        "state: \"sqlite://{state}\"\n\
-         brokers:\n  m:\n    url: \"mqtt://127.0.0.1:1883\"\n    client_id: \"{cid}\"\n\
-         databases:\n  d:\n    connection_string: \"{cs}\"\n\
-         inbound:\n  - name: mqtt_with_queue\n    broker: m\n    topic: \"a/b\"\n    \
-         queue: \"{queue}\"\n    database: d\n    table: {t}\n",
-        state = world.work.path("state.db").display(),
-        cid = unique("mqdb_chk"),
-        cs = Db::Postgres.connection_string(),
-    );
+    let mqtt = Route::inbound("mqtt_with_queue", "a/b", &t).set("queue", queue.as_str());
+    let client = json!({ "client_id": unique("mqdb_chk") });
+    let config = world
+        .work
+        .bare_config()
+        .broker("b", "mqtt://127.0.0.1:1883", client);
+    let mqtt = config.database("d", &cs).inbound(mqtt).yaml();
     assert_rejected_at(dir, &mqtt, "queue:", "queue");
 }

@@ -177,23 +177,16 @@ fn env_substitution_reaches_check_end_to_end() {
     let table = site_table(&Db::Postgres, "cli_env");
     let [port_var, cid_var, db_var, unset] =
         env_vars(["MQDB_T_PORT", "MQDB_T_CID", "MQDB_T_DB", "MQDB_T_UNSET"]);
+    let url = format!("mqtt://127.0.0.1:${{{port_var}}}");
+    let (cid, username) = (format!("${{{cid_var}}}"), format!("${{{unset}:-}}"));
+    let cs = format!(
+        "Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port=${{{unset}:-5432}};\
+         Database=${{{db_var}}};Uid=root;"
+    );
     let path = Config::at(work.path("mqdb.yaml"))
         .state(&format!("${{{unset}:-{}}}", work.store.url()))
-        .broker(
-            "b",
-            &format!("mqtt://127.0.0.1:${{{port_var}}}"),
-            json!({
-                "client_id": format!("${{{cid_var}}}"),
-                "username": format!("${{{unset}:-}}"),
-            }),
-        )
-        .database(
-            "d",
-            &format!(
-                "Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port=${{{unset}:-5432}};\
-                 Database=${{{db_var}}};Uid=root;"
-            ),
-        )
+        .broker("b", &url, json!({ "client_id": cid, "username": username }))
+        .database("d", &cs)
         .inbound(site_route("r_env", &table.name))
         .write();
     let run = |args: &[&str], mqtt_port: &str, db: &str| {
@@ -691,15 +684,13 @@ fn mqtt_url_credentials_log_in_and_never_show() {
     let work = Workdir::new("cli");
     let passwords = work.path("passwd");
     std::fs::write(&passwords, "").unwrap();
-    let made = std::process::Command::new("mosquitto_passwd")
-        .args(["-b", passwords.to_str().unwrap(), "plant", "s3@cr:t"])
-        .status()
-        .expect("run mosquitto_passwd");
-    assert!(made.success());
-    let broker = Mosquitto::start_with_extra_config(&format!(
+    let add_plant = ["-b", path_str(&passwords), "plant", "s3@cr:t"];
+    Ran::of(std::process::Command::new("mosquitto_passwd").args(add_plant)).code(0);
+    let only_users = format!(
         "allow_anonymous false\npassword_file {}\n",
         passwords.display()
-    ));
+    );
+    let broker = Mosquitto::start_with_extra_config(&only_users);
     let sqlite = Db::Sqlite(work.path("data.db"));
     let table = TempTable::create(&sqlite, "cli_url", "v INTEGER");
     let port = broker.port;
