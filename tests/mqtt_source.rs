@@ -456,11 +456,9 @@ fn tls_with_client_certificates_run_and_check() {
 
 fn publish_with_properties(port: u16, topic: &str, payload: &str, properties: &[(&str, &str)]) {
     use rumqttc::v5::mqttbytes::{QoS, v5::PublishProperties};
-    let user_properties = properties
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()));
+    let owned = |(k, v): &(&str, &str)| (k.to_string(), v.to_string());
     let props = PublishProperties {
-        user_properties: user_properties.collect(),
+        user_properties: properties.iter().map(owned).collect(),
         ..Default::default()
     };
     with_mqtt5(port, &unique("mqdb_pub5"), true, 1, |client| {

@@ -582,10 +582,8 @@ fn health_and_metrics_follow_broker_and_database_outages() {
     assert_mqdb_health(&config, 1, "degraded");
     // and the failed writes and polls count as retries
     let s = wait_scrape(&mut bridge, &addr, "retries grow on both routes", |s| {
-        Ok(
-            s.route("mqdb_retries_total", "readings", "inbound") > retries_before
-                && s.route("mqdb_retries_total", "alerts", "outbound") > out_retries_before,
-        )
+        let inbound = s.route("mqdb_retries_total", "readings", "inbound") > retries_before;
+        Ok(inbound && s.route("mqdb_retries_total", "alerts", "outbound") > out_retries_before)
     });
     assert_eq!(s.up("readings", "inbound", "database"), 0.0);
     assert_eq!(s.up("alerts", "outbound", "database"), 0.0);
@@ -875,11 +873,8 @@ fn hold_connection(addr: &str, first_bytes: &[u8]) -> TcpStream {
 /// connection that was sent nothing has nothing to read yet.
 fn closed_by_server(stream: &TcpStream) -> bool {
     stream.set_nonblocking(true).expect("nonblocking");
-    let mut byte = [0u8; 1];
-    let open = matches!(
-        stream.peek(&mut byte),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-    );
+    let peeked = stream.peek(&mut [0u8; 1]);
+    let open = matches!(peeked, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
     stream.set_nonblocking(false).expect("blocking");
     !open
 }
