@@ -61,10 +61,9 @@ fn check(config: &Config) -> Ran {
 fn assert_config_error(config: Config, at: &str, needles: &[&str]) -> usize {
     let path = config.write();
     let line = line_of(&config.yaml(), at);
+    let located = format!("{}:{line}:", path.display());
     let out = mqdb_at(&path, &["check"]);
-    out.code(2)
-        .stderr_has(&[&format!("{}:{line}:", path.display())]);
-    out.stderr_has(needles);
+    out.code(2).stderr_has(&[&located]).stderr_has(needles);
     assert!(out.stdout.trim().is_empty(), "no check lines\n{out}");
     line
 }
