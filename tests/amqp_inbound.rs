@@ -11,12 +11,13 @@ use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use common::{
-    Bridge, Db, Header, Outgoing, Rabbit, Route, TcpProxy, TempTable, Workdir, amqp_route,
-    check_route, dlq_list, id_payloads, odbc_connect, odbc_exec, parse_ts, pg_lock_waiters,
-    process_stats, run_check, scalar, terminate_ok, try_scalar, ts, unique, wait_consuming,
-    wait_for, wait_for_count, wait_queue, wait_queue_drained,
+    Bridge, Config, Db, Header, LIVENESS, Outgoing, Rabbit, Route, TcpProxy, TempTable, Workdir,
+    amqp_route, check_route, dlq_list, id_payloads, line_of, odbc_connect, odbc_exec, parse_ts,
+    pg_lock_waiters, process_stats, run_check, scalar, terminate_ok, try_scalar, ts, unique,
+    wait_consuming, wait_dead_letters, wait_for, wait_for_count, wait_queue, wait_queue_drained,
+    wait_until,
 };
-use serde_json::Value as Json;
+use serde_json::{Value as Json, json};
 
 /// A work dir and a RabbitMQ client that deletes what the test declared or adopted.
 struct World {
@@ -40,13 +41,15 @@ impl World {
         (world, queue)
     }
 
-    /// Writes `mqdb.yaml`: AMQP broker `r` at `amqp_url`, database `d` and `route`.
-    fn config(&self, amqp_url: &str, connection_string: &str, route: Route) -> PathBuf {
+    /// `mqdb.yaml`: AMQP broker `r` at `amqp_url`, database `d` and `route`.
+    fn yaml(&self, amqp_url: &str, connection_string: &str, route: Route) -> Config {
         let config = self.work.bare_config().broker("r", amqp_url, Json::Null);
-        config
-            .database("d", connection_string)
-            .inbound(route)
-            .write()
+        config.database("d", connection_string).inbound(route)
+    }
+
+    /// Writes [`World::yaml`].
+    fn config(&self, amqp_url: &str, connection_string: &str, route: Route) -> PathBuf {
+        self.yaml(amqp_url, connection_string, route).write()
     }
 }
 
@@ -302,31 +305,23 @@ fn csv_over_amqp_stores_every_good_line_and_dead_letters_the_bad_one_sqlite() {
     let config = world.config(Rabbit::URL, &db.connection_string(), route);
     let mut with_bom = b"\xEF\xBB\xBF".to_vec();
     with_bom.extend_from_slice(b"20,mango,7,x\n\n21,\"say \"\"hi\"\"\",8,y");
-    world.rabbit.publish_to_queue(
-        &queue,
-        vec![
-            b"1,apple,3,plain\n2,\"pear, green\",5,\"two\nlines\"\n3,plum,,\n".to_vec(),
-            b"10,kiwi,1,a\r\n11,lime,2\r\n12,fig,4,b\r\n".to_vec(),
-            with_bom,
-            Vec::new(),
-        ],
-    );
+    let messages = vec![
+        b"1,apple,3,plain\n2,\"pear, green\",5,\"two\nlines\"\n3,plum,,\n".to_vec(),
+        b"10,kiwi,1,a\r\n11,lime,2\r\n12,fig,4,b\r\n".to_vec(),
+        with_bom,
+        Vec::new(),
+    ];
+    world.rabbit.publish_to_queue(&queue, messages);
 
     // When the bridge runs, then the 7 good records are rows, the bad one is one dead
     // letter, and every message (the empty one too) is acknowledged
     let mut bridge = Bridge::start(&config);
     wait_for_count(&mut bridge, &db, &format!("SELECT COUNT(*) FROM {t}"), 7);
-    wait_for(&mut bridge, "one dead letter", || {
-        match dlq_list(&config).len() {
-            n if n > 1 => Err(format!("{n} dead letters, expected 1")),
-            n => Ok(n == 1),
-        }
-    });
+    wait_dead_letters(&mut bridge, &config, 1);
     wait_queue_drained(&mut bridge, &queue);
     terminate_ok(&mut bridge);
-    let rows = db.query(&format!(
-        "SELECT id, sku, qty, note, q FROM {t} ORDER BY id"
-    ));
+    let rows = format!("SELECT id, sku, qty, note, q FROM {t} ORDER BY id");
+    let rows = db.query(&rows);
     let (s, q) = (|v: &str| Some(v.to_owned()), Some(queue.clone()));
     let want = [
         [s("1"), s("apple"), s("3"), s("plain")],
@@ -365,10 +360,8 @@ fn csv_over_amqp_stores_every_good_line_and_dead_letters_the_bad_one_sqlite() {
         assert_eq!(got, &want, "{ctx}");
     }
     let error = letter["error"].as_str().unwrap_or("");
-    assert!(
-        error.contains("line 2") && error.contains("3 fields, expected 4"),
-        "{ctx}"
-    );
+    assert!(error.contains("line 2"), "{ctx}");
+    assert!(error.contains("3 fields, expected 4"), "{ctx}");
 }
 
 #[test]
@@ -385,10 +378,10 @@ fn database_outage_holds_prefetch_unacked_and_catches_up_postgres() {
     ];
     let cs = db.connection_string_via(proxy.port);
     let (world, queue, table, config) = id_case("outage", Rabbit::URL, &cs, &extra);
-    let t = &table.name;
+    let (t, rabbit) = (&table.name, &world.rabbit);
     let mut bridge = Bridge::start(&config);
     wait_consuming(&mut bridge, &queue);
-    world.rabbit.publish_to_queue(&queue, id_payloads(0..1));
+    rabbit.publish_to_queue(&queue, id_payloads(0..1));
     let count_sql = format!("SELECT COUNT(*) FROM {t}");
     wait_for_count(&mut bridge, &db, &count_sql, 1);
     wait_queue_drained(&mut bridge, &queue);
@@ -396,9 +389,7 @@ fn database_outage_holds_prefetch_unacked_and_catches_up_postgres() {
     // When the database becomes unreachable and 300 messages arrive
     proxy.set_down(true);
     let n = 300_u64;
-    world
-        .rabbit
-        .publish_to_queue(&queue, id_payloads(1..=n as i64));
+    rabbit.publish_to_queue(&queue, id_payloads(1..=n as i64));
 
     // Then the bridge holds exactly `prefetch` of them unacknowledged, and the broker keeps
     // all 300: nothing is acknowledged, dropped or dead-lettered
@@ -419,11 +410,7 @@ fn database_outage_holds_prefetch_unacked_and_catches_up_postgres() {
     }
     assert_eq!(scalar(&db, &count_sql), 1, "rows appeared past the outage");
     let letters = dlq_list(&config);
-    assert_eq!(
-        letters,
-        Vec::<Json>::new(),
-        "an outage is never a dead letter"
-    );
+    assert!(letters.is_empty(), "outage dead letters: {letters:?}");
     let (rss_kb, _) = process_stats(pid);
 
     // When the database is back, then every message becomes exactly one row, none redelivered
@@ -434,11 +421,8 @@ fn database_outage_holds_prefetch_unacked_and_catches_up_postgres() {
     let requeued = scalar(&db, &format!("SELECT COUNT(*) FROM {t} WHERE re"));
     assert_eq!(requeued, 0, "messages were requeued during the outage");
     assert_each_id_once(&db, t, n as i64 + 1, &config);
-    let reconnected = proxy.accepted() >= 2;
-    assert!(
-        reconnected,
-        "the bridge never reconnected, so it never saw the outage"
-    );
+    // (Had it never reconnected, it would never have seen the outage.)
+    assert!(proxy.accepted() >= 2, "the bridge never reconnected");
     terminate_ok(&mut bridge);
     eprintln!("mqdb peak RSS during the outage: {rss_kb} kB");
 }
@@ -475,39 +459,31 @@ fn sigkill_mid_stream_then_restart_stores_every_message_once_postgres() {
     let committed = (1..1000).contains(&before_kill);
     assert!(committed, "{before_kill} rows committed before the kill");
     let mut after_kill = None;
-    common::wait_until(
-        "the broker requeues the killed bridge's messages",
-        common::LIVENESS,
-        || {
-            let q = Rabbit::queue_info(&queue).expect("the queue exists");
-            after_kill = Some(q);
-            q.unacked == 0
-        },
-    );
+    let requeued = "the broker requeues the killed bridge's messages";
+    wait_until(requeued, LIVENESS, || {
+        let q = Rabbit::queue_info(&queue).expect("the queue exists");
+        after_kill = Some(q);
+        q.unacked == 0
+    });
     let after_kill = after_kill.expect("looked at the queue");
-    assert!(
-        after_kill.messages as i64 >= n - before_kill,
-        "{after_kill:?}: messages were acknowledged without their rows ({before_kill} rows)"
-    );
+    // Fewer would mean messages acknowledged without their rows.
+    let kept = after_kill.messages as i64 >= n - before_kill;
+    assert!(kept, "{after_kill:?} with {before_kill} rows");
 
     // And a new bridge with the same config completes the stream: every message exactly
     // once, the held one redelivered
     let mut bridge = Bridge::start(&config);
     wait_for_count(&mut bridge, &db, &count_sql, n);
     wait_queue_drained(&mut bridge, &queue);
-    assert_eq!(
-        scalar(&db, &format!("SELECT MIN(id) + MAX(id) FROM {t}")),
-        1 + n
-    );
+    let ends = scalar(&db, &format!("SELECT MIN(id) + MAX(id) FROM {t}"));
+    assert_eq!(ends, 1 + n);
     assert_each_id_once(&db, t, n, &config);
     let flag = |id: i64| {
         let rows = db.query(&format!("SELECT re FROM {t} WHERE id = {id}"));
         parse_bool(rows[0][0].as_deref().expect("re is not NULL"))
     };
-    assert!(
-        flag(1000),
-        "the message held at the kill came back with redelivered = false"
-    );
+    let held_came_back = flag(1000);
+    assert!(held_came_back, "the one held at the kill: not redelivered");
     assert!(!flag(1), "the first message was stored as redelivered");
     terminate_ok(&mut bridge);
     eprintln!("rows committed before the kill: {before_kill} of {n}");
@@ -553,10 +529,8 @@ fn broker_connection_cut_loses_and_duplicates_nothing_postgres() {
     });
     let count_sql = format!("SELECT COUNT(*) FROM {t}");
     let during = scalar(&db, &count_sql);
-    assert!(
-        during <= 1000,
-        "{during} rows, but only 1000 were published before the cut"
-    );
+    let within = during <= 1000;
+    assert!(within, "{during} rows, only 1000 sent before the cut");
     assert!(bridge.is_running(), "mqdb died:\n{}", bridge.log());
 
     // When the broker is reachable again, then every message becomes exactly one row,
@@ -578,12 +552,7 @@ fn assert_rejected_at(dir: &Path, text: &str, needle: &str, word: &str) -> Strin
     let (code, stdout, stderr) = run_check(&path);
     let show = format!("{text}\n{stdout}{stderr}");
     assert_eq!(code, Some(2), "{show}");
-    let line = text
-        .lines()
-        .position(|l| l.contains(needle))
-        .expect("the needle")
-        + 1;
-    let located = format!("{}:{line}:", path.display());
+    let located = format!("{}:{}:", path.display(), line_of(text, needle));
     assert!(stderr.contains(&located), "expected {located:?}\n{show}");
     assert!(stderr.contains(word), "{show}");
     stdout
@@ -597,14 +566,10 @@ fn check_accepts_an_amqp_inbound_route_and_rejects_mqtt_only_keys() {
     let table = TempTable::create(&Db::Postgres, "amqp_check", columns);
     let t = table.name.clone();
     let sources = pairs("id=payload.id rk=meta.routing_key site=header.x-site");
-    let good = route(
-        "amqp_good",
-        &queue,
-        &t,
-        &sources,
-        &["format: json", "prefetch: 20"],
-    );
-    let config = world.config(Rabbit::URL, &Db::Postgres.connection_string(), good);
+    let extra = ["format: json", "prefetch: 20"];
+    let good = route("amqp_good", &queue, &t, &sources, &extra);
+    let cs = Db::Postgres.connection_string();
+    let config = world.config(Rabbit::URL, &cs, good.clone());
 
     // When check runs, then it prints one ok line for it and exits 0
     check_route(&config, 0, "amqp_good", "ok");
@@ -612,33 +577,25 @@ fn check_accepts_an_amqp_inbound_route_and_rejects_mqtt_only_keys() {
     // Given the same route with `topic:` (an MQTT key), then check rejects the file (exit 2)
     // naming the line of `topic:`
     let dir = world.work.dir.path();
-    let text = std::fs::read_to_string(&config).expect("read the config");
-    let with_topic = text.replace(
-        "    database: \"d\"\n",
-        "    topic: \"sensors/+/temp\"\n    database: \"d\"\n",
-    );
-    assert_ne!(with_topic, text);
+    let with_topic = good.clone().topic("sensors/+/temp");
+    let with_topic = world.yaml(Rabbit::URL, &cs, with_topic).yaml();
     let stdout = assert_rejected_at(dir, &with_topic, "topic:", "topic");
     assert!(stdout.trim().is_empty(), "no check lines: {stdout}");
 
     // Given the same route with a `meta.topic` source, then check rejects it at that line
-    let with_meta_topic = text.replace(
-        "      rk: \"meta.routing_key\"\n",
-        "      rk: \"meta.topic\"\n",
-    );
-    assert_ne!(with_meta_topic, text);
+    let meta_topic = pairs("id=payload.id rk=meta.topic site=header.x-site");
+    let with_meta_topic = world
+        .yaml(Rabbit::URL, &cs, good.columns(&meta_topic))
+        .yaml();
     assert_rejected_at(dir, &with_meta_topic, "meta.topic", "meta.topic");
 
     // Given an MQTT route with `queue:` (an AMQP key), then check rejects it too, at that line
-    let mqtt = format!(
-        "state: \"sqlite://{state}\"\n\
-         brokers:\n  m:\n    url: \"mqtt://127.0.0.1:1883\"\n    client_id: \"{cid}\"\n\
-         databases:\n  d:\n    connection_string: \"{cs}\"\n\
-         inbound:\n  - name: mqtt_with_queue\n    broker: m\n    topic: \"a/b\"\n    \
-         queue: \"{queue}\"\n    database: d\n    table: {t}\n",
-        state = world.work.path("state.db").display(),
-        cid = unique("mqdb_chk"),
-        cs = Db::Postgres.connection_string(),
-    );
+    let mqtt = Route::inbound("mqtt_with_queue", "a/b", &t).set("queue", queue.as_str());
+    let client = json!({ "client_id": unique("mqdb_chk") });
+    let config = world
+        .work
+        .bare_config()
+        .broker("b", "mqtt://127.0.0.1:1883", client);
+    let mqtt = config.database("d", &cs).inbound(mqtt).yaml();
     assert_rejected_at(dir, &mqtt, "queue:", "queue");
 }

@@ -6,11 +6,12 @@ mod common;
 
 use common::{
     Bridge, Config, Db, Mosquitto, Ran, Route, TempTable, Workdir, World, free_port, line_of,
-    mqdb_at, mqdb_command, mqdb_env, unique, wait_for, wait_for_count,
+    mqdb_at, mqdb_command, mqdb_env, path_str, terminate_ok, unique, wait_for, wait_for_count,
 };
 use mqdb::dlq::{Direction, NewDeadLetter};
 use mqdb::state::State;
 use serde_json::{Value as Json, json};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -60,10 +61,9 @@ fn check(config: &Config) -> Ran {
 fn assert_config_error(config: Config, at: &str, needles: &[&str]) -> usize {
     let path = config.write();
     let line = line_of(&config.yaml(), at);
+    let located = format!("{}:{line}:", path.display());
     let out = mqdb_at(&path, &["check"]);
-    out.code(2)
-        .stderr_has(&[&format!("{}:{line}:", path.display())]);
-    out.stderr_has(needles);
+    out.code(2).stderr_has(&[&located]).stderr_has(needles);
     assert!(out.stdout.trim().is_empty(), "no check lines\n{out}");
     line
 }
@@ -134,10 +134,8 @@ fn on_conflict_ignore_without_key_names_route_line() {
     // Either the route's first line or the on_conflict line is an exact, useful location.
     let route_line = format!("{}:{}:", path.display(), line_of(&text, "- name:"));
     let key_line = format!("{}:{}:", path.display(), line_of(&text, "on_conflict:"));
-    assert!(
-        out.stderr.contains(&route_line) || out.stderr.contains(&key_line),
-        "expected {route_line:?} or {key_line:?}\n{out}"
-    );
+    let located = out.stderr.contains(&route_line) || out.stderr.contains(&key_line);
+    assert!(located, "expected {route_line:?} or {key_line:?}\n{out}");
 }
 
 #[test]
@@ -163,6 +161,11 @@ fn missing_config_file_is_a_usage_error_naming_the_file() {
     }
 }
 
+/// Unique environment variable names, one per prefix.
+fn env_vars<const N: usize>(prefixes: [&str; N]) -> [String; N] {
+    prefixes.map(|v| unique(v).to_ascii_uppercase())
+}
+
 /// `${VAR}` in the broker url and client id and in the connection string, and
 /// `${VAR:-default}` in the state URL and the connection string, all take effect: `check`
 /// passes only if the substituted values are the real ones, and fails when a variable
@@ -171,30 +174,18 @@ fn missing_config_file_is_a_usage_error_naming_the_file() {
 fn env_substitution_reaches_check_end_to_end() {
     let work = Workdir::new("cli");
     let table = site_table(&Db::Postgres, "cli_env");
-    let [port_var, cid_var, db_var, unset] = [
-        "MQDB_T_MQTT_PORT",
-        "MQDB_T_CID",
-        "MQDB_T_DB",
-        "MQDB_T_UNSET",
-    ]
-    .map(|v| unique(v).to_ascii_uppercase());
+    let [port_var, cid_var, db_var, unset] =
+        env_vars(["MQDB_T_PORT", "MQDB_T_CID", "MQDB_T_DB", "MQDB_T_UNSET"]);
+    let url = format!("mqtt://127.0.0.1:${{{port_var}}}");
+    let (cid, username) = (format!("${{{cid_var}}}"), format!("${{{unset}:-}}"));
+    let cs = format!(
+        "Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port=${{{unset}:-5432}};\
+         Database=${{{db_var}}};Uid=root;"
+    );
     let path = Config::at(work.path("mqdb.yaml"))
         .state(&format!("${{{unset}:-{}}}", work.store.url()))
-        .broker(
-            "b",
-            &format!("mqtt://127.0.0.1:${{{port_var}}}"),
-            json!({
-                "client_id": format!("${{{cid_var}}}"),
-                "username": format!("${{{unset}:-}}"),
-            }),
-        )
-        .database(
-            "d",
-            &format!(
-                "Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port=${{{unset}:-5432}};\
-                 Database=${{{db_var}}};Uid=root;"
-            ),
-        )
+        .broker("b", &url, json!({ "client_id": cid, "username": username }))
+        .database("d", &cs)
         .inbound(site_route("r_env", &table.name))
         .write();
     let run = |args: &[&str], mqtt_port: &str, db: &str| {
@@ -232,8 +223,7 @@ fn env_substitution_in_route_table_and_topic() {
     let work = Workdir::new("cli");
     let t1 = site_table(&Db::Postgres, "cli_env1");
     let t2 = site_table(&Db::Postgres, "cli_env2");
-    let [table_var, topic_var, unset] =
-        ["MQDB_T_TABLE", "MQDB_T_TOPIC", "MQDB_T_UNSET"].map(|v| unique(v).to_ascii_uppercase());
+    let [table_var, topic_var, unset] = env_vars(["MQDB_T_TABLE", "MQDB_T_TOPIC", "MQDB_T_UNSET"]);
     let topic = format!("${{{topic_var}}}/{{site}}/+");
     let with_env = site_route("r_env", &format!("${{{table_var}}}")).set("topic", topic);
     let with_default = site_route("r_default", &format!("${{{unset}:-{}}}", t2.name));
@@ -261,7 +251,7 @@ fn mqdb_config_env_selects_the_file_and_dash_c_wins() {
     let bad = work.path("bad.yaml");
     std::fs::write(&bad, "brokers:\n  b:\n    urll: x\n").expect("write bad.yaml");
     let elsewhere = Workdir::new("cli"); // a working directory without mqdb.yaml
-    let run = |args: &[&str], config: Option<&std::path::Path>| {
+    let run = |args: &[&str], config: Option<&PathBuf>| {
         let mut cmd = mqdb_command();
         cmd.args(args).current_dir(elsewhere.dir.path());
         if let Some(config) = config {
@@ -271,19 +261,14 @@ fn mqdb_config_env_selects_the_file_and_dash_c_wins() {
     };
 
     // MQDB_CONFIG alone selects the file
-    run(&["check"], Some(good.as_path()))
+    run(&["check"], Some(&good))
         .code(0)
         .route_line("inbound r1");
     // -c takes precedence over MQDB_CONFIG
-    run(
-        &["-c", common::path_str(&good), "check"],
-        Some(bad.as_path()),
-    )
-    .code(0);
+    run(&["-c", path_str(&good), "check"], Some(&bad)).code(0);
     // MQDB_CONFIG pointing at a bad file is what gets reported
-    run(&["check"], Some(bad.as_path()))
-        .code(2)
-        .stderr_has(&[&format!("{}:3:", bad.display())]);
+    let bad_line = format!("{}:3:", bad.display());
+    run(&["check"], Some(&bad)).code(2).stderr_has(&[&bad_line]);
     // Neither: the default mqdb.yaml in the working directory, which does not exist here
     run(&["check"], None).code(2).stderr_has(&["mqdb.yaml"]);
 }
@@ -468,7 +453,7 @@ fn run_never_logs_passwords() {
     let mut bridge = Bridge::start_with_env(&config.write(), &env);
     bridge.wait_for_log("route ready", Duration::from_secs(60));
     bridge.wait_for_log("broker connected", Duration::from_secs(60));
-    common::terminate_ok(&mut bridge);
+    terminate_ok(&mut bridge);
     for secret in [&db_secret, &broker_secret] {
         assert_hidden(secret, "the run log", &bridge.log());
     }
@@ -483,10 +468,8 @@ fn run_never_logs_passwords() {
         bridge.wait_for_log("database unreachable", Duration::from_secs(60));
         let status = bridge.terminate();
         let log = bridge.log();
-        assert!(
-            log.contains("Access denied") || log.contains("28000"),
-            "{name}: expected the auth failure in the log:\n{log}"
-        );
+        let auth_failed = log.contains("Access denied") || log.contains("28000");
+        assert!(auth_failed, "{name}: no auth failure in the log:\n{log}");
         assert!(status.success(), "{name}: {status:?}\n{log}");
         // ... without the password
         for secret in [&db_secret, &broker_secret] {
@@ -548,25 +531,18 @@ fn malformed_message_is_listed_for_its_route_and_logs_are_json() {
         .collect();
     assert_eq!(letters.len(), 1, "{out}");
     let l = &letters[0];
-    assert_eq!(l["route"], "r1", "{l}");
-    assert_eq!(l["direction"], "inbound", "{l}");
-    assert_eq!(l["source"], topic.as_str(), "{l}");
-    assert_eq!(l["payload"], "not json", "{l}");
-    assert_eq!(l["attempts"], 1, "{l}");
-    for key in [
-        "id",
-        "error",
-        "error_kind",
-        "first_failed_at",
-        "last_failed_at",
-    ] {
+    let want = json!({
+        "route": "r1", "direction": "inbound", "source": topic, "payload": "not json", "attempts": 1
+    });
+    for (key, value) in want.as_object().expect("an object") {
+        assert_eq!(&l[key], value, "{key} in {l}");
+    }
+    for key in "id error error_kind first_failed_at last_failed_at".split(' ') {
         assert!(!l[key].is_null(), "{key} missing in {l}");
     }
     let out = mqdb_at(&path, &["dlq", "list", "--route", "r1"]);
-    assert!(
-        !out.code(0).stdout_has("r1").stdout.contains("is empty"),
-        "{out}"
-    );
+    let listed = out.code(0).stdout_has("r1");
+    assert!(!listed.stdout.contains("is empty"), "{out}");
 
     // And `dlq show ID` prints it
     let id = l["id"].as_i64().expect("numeric id").to_string();
@@ -583,7 +559,7 @@ fn malformed_message_is_listed_for_its_route_and_logs_are_json() {
         .stdout_has("no dead letters match");
 
     // And every line the bridge logged is a JSON object
-    common::terminate_ok(&mut bridge);
+    terminate_ok(&mut bridge);
     let log = bridge.log();
     let mut lines = 0;
     for line in log.lines().filter(|l| !l.trim().is_empty()) {
@@ -707,15 +683,13 @@ fn mqtt_url_credentials_log_in_and_never_show() {
     let work = Workdir::new("cli");
     let passwords = work.path("passwd");
     std::fs::write(&passwords, "").unwrap();
-    let made = std::process::Command::new("mosquitto_passwd")
-        .args(["-b", passwords.to_str().unwrap(), "plant", "s3@cr:t"])
-        .status()
-        .expect("run mosquitto_passwd");
-    assert!(made.success());
-    let broker = Mosquitto::start_with_extra_config(&format!(
+    let add_plant = ["-b", path_str(&passwords), "plant", "s3@cr:t"];
+    Ran::of(std::process::Command::new("mosquitto_passwd").args(add_plant)).code(0);
+    let only_users = format!(
         "allow_anonymous false\npassword_file {}\n",
         passwords.display()
-    ));
+    );
+    let broker = Mosquitto::start_with_extra_config(&only_users);
     let sqlite = Db::Sqlite(work.path("data.db"));
     let table = TempTable::create(&sqlite, "cli_url", "v INTEGER");
     let port = broker.port;
@@ -780,9 +754,7 @@ fn dlq_list_into_a_pipe_closed_early_exits_quietly() {
     // as `| head -1` does
     for args in [&["dlq", "list", "--json"][..], &["dlq", "list"][..]] {
         let mut child = mqdb_command()
-            .arg("-c")
-            .arg(&path)
-            .args(args)
+            .args([&["-c", path_str(&path)], args].concat())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -12,14 +12,14 @@
 mod common;
 
 use common::{
-    Bridge, Db, Header, LIVENESS, Mosquitto, Publisher, Rabbit, Subscriber, TempTable, dlq_list_in,
-    make_pki, mqdb_command, readme, temp_dir, terminate_ok, unique, wait_for,
+    Bridge, Db, Header, LIVENESS, Mosquitto, Publisher, Rabbit, Ran, Subscriber, TempTable,
+    dlq_list_in, make_pki, mqdb_command, readme, temp_dir, terminate_ok, unique, wait_for,
 };
 use serde_json::Value as Json;
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use tempfile::TempDir;
 
 /// The stems of `examples/*.yaml` that the tests in this file cover.
@@ -55,12 +55,11 @@ fn create_tables(db: &Db, stem: &str, renames: &[(&str, &str)]) {
         code += "\n";
     }
     let statements = code.split(';').map(str::trim).filter(|s| !s.is_empty());
-    let mut count = 0;
+    let statements: Vec<&str> = statements.collect();
+    assert!(!statements.is_empty(), "{stem}.sql has no statement");
     for sql in statements {
         db.exec(&renamed(sql.to_owned(), renames));
-        count += 1;
     }
-    assert!(count > 0, "examples/{stem}.sql has no statement");
 }
 
 fn renamed(text: String, renames: &[(&str, &str)]) -> String {
@@ -76,48 +75,26 @@ fn private_copy(stem: &str, dir: &Path, renames: &[(&str, &str)]) -> PathBuf {
 
 /// `mqdb -c CONFIG check` in `dir`, with every `${VAR}` the config reads cleared and then
 /// `env` set.
-fn check(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Output {
+fn check(config: &Path, dir: &Path, env: &[(&str, &str)]) -> Ran {
     let mut cmd = mqdb_command();
     for rest in read(config).split("${").skip(1) {
         let end = rest.find(|c: char| !c.is_ascii_alphanumeric() && c != '_');
         cmd.env_remove(&rest[..end.unwrap_or(rest.len())]);
     }
-    cmd.envs(env.iter().copied())
-        .arg("-c")
-        .arg(config)
-        .arg("check")
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run mqdb check: {e}"))
-}
-
-fn show(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout\n{}--- stderr\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    cmd.envs(env.iter().copied()).current_dir(dir);
+    Ran::of(cmd.arg("-c").arg(config).arg("check"))
 }
 
 /// `check` of `config` in `dir` with `env` exits 0 and prints exactly one line per route,
 /// each `ok`: `routes` are `inbound NAME` / `outbound NAME`.
 fn assert_check_passes(config: &Path, dir: &Path, env: &[(&str, &str)], routes: &[&str]) {
     let out = check(config, dir, env);
-    assert!(out.status.success(), "check failed\n{}", show(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
+    out.code(0);
     for route in routes {
-        let ok = lines.iter().filter(|l| {
-            let rest = l.strip_prefix("ok").map(str::trim_start);
-            rest.is_some_and(|rest| rest.starts_with(&format!("{route}:")))
-        });
-        let what = format!("no single ok line for {route}\n{}", show(&out));
-        assert_eq!(ok.count(), 1, "{what}");
+        out.route_is(route, "ok", &[]);
     }
-    let what = format!("expected one line per route {routes:?}\n{}", show(&out));
-    assert_eq!(lines.len(), routes.len(), "{what}");
+    let lines = out.stdout.lines().filter(|l| !l.trim().is_empty());
+    assert_eq!(lines.count(), routes.len(), "one line per route\n{out}");
 }
 
 /// Creates the tables of example `stem` on `db`, then checks it (with `env`) in a fresh
@@ -145,12 +122,9 @@ fn readme_text() -> String {
 fn every_readme_config_block_loads_and_validates() {
     let blocks = readme::yaml_blocks(&readme_text()).unwrap_or_else(|e| panic!("README.md {e}"));
     let first = blocks.first().expect("README.md has a ```yaml block");
-    assert_eq!(
-        first.role,
-        readme::Role::Whole,
-        "README.md line {}: the first ```yaml block is the main example and loads on its own",
-        first.line
-    );
+    // The first ```yaml block is the main example and loads on its own.
+    let (whole, at) = (first.role == readme::Role::Whole, first.line);
+    assert!(whole, "README.md line {at}: not a whole config");
     let dir = temp_dir("readme");
     let mut failures = Vec::new();
     let mut loaded = 0;
@@ -171,10 +145,8 @@ fn every_readme_config_block_loads_and_validates() {
         }
     }
     let failures = failures.join("\n");
-    assert!(
-        failures.is_empty(),
-        "README configuration blocks that do not load:\n{failures}"
-    );
+    let all_load = failures.is_empty();
+    assert!(all_load, "README blocks not loading:\n{failures}");
     assert!(loaded >= 1, "no README block was loaded");
 }
 
@@ -194,10 +166,8 @@ fn readme_markers_are_read_and_a_typo_is_refused() {
     let e = readme::yaml_blocks(typo).unwrap_err();
     assert!(e.contains("line 2") && e.contains("skp"), "{e}");
     let with_defaults = |text: &str| readme::with_defaults(text, README_VARIABLES);
-    assert_eq!(
-        with_defaults("u: ${MQTT_USER}\np: ${X:-d}\nq: $${Y}\n").unwrap(),
-        "u: ${MQTT_USER:-mqdb}\np: ${X:-d}\nq: $${Y}\n"
-    );
+    let got = with_defaults("u: ${MQTT_USER}\np: ${X:-d}\nq: $${Y}\n").unwrap();
+    assert_eq!(got, "u: ${MQTT_USER:-mqdb}\np: ${X:-d}\nq: $${Y}\n");
     assert!(with_defaults("u: ${NOPE}").unwrap_err().contains("NOPE"));
 }
 
@@ -216,10 +186,7 @@ fn every_example_is_checked() {
         .collect();
     let covered: BTreeSet<String> = COVERED.iter().map(|s| s.to_string()).collect();
     // Left: the examples; right: those with a test in tests/examples.rs (`COVERED`).
-    assert_eq!(
-        stems, covered,
-        "an example without a test, or a test without one"
-    );
+    assert_eq!(stems, covered, "an example or a test without the other");
 }
 
 /// mqtt-json-postgres: MQTT JSON → PostgreSQL, on the shared Mosquitto.
@@ -309,11 +276,7 @@ fn the_outbox_example_passes_check_and_never_skips_a_row() {
     // Without its exchange the route fails the check, naming it.
     let missing = unique("no_such_exchange");
     let out = check(&example(stem), dir.path(), &[("OUTBOX_EXCHANGE", &missing)]);
-    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let fails = |l: &str| l.starts_with("FAIL") && l.contains("outbound outbox");
-    let named = stdout.lines().any(|l| fails(l) && l.contains(&missing));
-    assert!(named, "{}", show(&out));
+    out.fails("outbound outbox", &[&missing]);
 
     // The run uses a private outbox table, so no other bridge polls it.
     let t = unique("mqdb_example_outbox");
@@ -512,24 +475,17 @@ fn the_systemd_unit_matches_the_readme_and_verifies() {
     assert!(docker_installs, "Dockerfile installs elsewhere");
     let readme = readme_text();
     let install = "install -m 0755 target/release/mqdb /usr/local/bin/mqdb";
-    assert!(
-        readme.contains(install),
-        "the README's install step names another path"
-    );
+    let same_path = readme.contains(install);
+    assert!(same_path, "the README's install step names another path");
 
     // A non-root user, its state in the state directory the README's config names.
     let user = one("User");
-    assert!(
-        !user.is_empty() && user != "root" && user != "0",
-        "User={user}"
-    );
+    assert!(!["", "root", "0"].contains(&user), "User={user}");
     let state_dir = format!("/var/lib/{}", one("StateDirectory"));
     assert_eq!(one("WorkingDirectory"), state_dir);
     let state = format!("state: sqlite://{state_dir}/state.db");
-    assert!(
-        readme.contains(&state),
-        "README.md does not configure `{state}`"
-    );
+    let configured = readme.contains(&state);
+    assert!(configured, "README.md does not configure `{state}`");
     let volume = dockerfile.contains(&format!("VOLUME [\"{state_dir}\"]"));
     assert!(volume, "the Dockerfile's volume is not {state_dir}");
     assert_eq!(one("Environment"), "MQDB_CONFIG=/etc/mqdb/mqdb.yaml");
@@ -559,14 +515,9 @@ fn the_systemd_unit_matches_the_readme_and_verifies() {
     let unit = dir.path().join("mqdb.service");
     let bin = common::mqdb_bin().display().to_string();
     std::fs::write(&unit, text.replace("/usr/local/bin/mqdb", &bin)).unwrap();
-    let out = Command::new(analyze)
-        .arg("verify")
-        .arg(&unit)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run systemd-analyze verify");
-    let clean = out.status.success() && out.stdout.is_empty() && out.stderr.is_empty();
-    assert!(clean, "systemd-analyze verify {UNIT}\n{}", show(&out));
+    let out = Ran::of(Command::new(analyze).arg("verify").arg(&unit));
+    let clean = out.code == Some(0) && out.stdout.is_empty() && out.stderr.is_empty();
+    assert!(clean, "systemd-analyze verify {UNIT}\n{out}");
 }
 
 /// Runs `scripts/setup.sh --packages` as user id `uid` with every package missing, every
@@ -580,11 +531,9 @@ fn setup_steps(uid: u32) -> Vec<String> {
     let log = dir.path().join("log");
     let logs = r#"echo "$(basename "$0") $*" >> "$FAKE_LOG""#;
     let odbcinst = format!("{logs}\n[ \"$1\" = -q ] && exit 1\ncat >/dev/null");
+    let id = r#"[ "$1" = -u ] && echo "$FAKE_UID" || exec /usr/bin/id "$@""#;
     for (name, body) in [
-        (
-            "id",
-            r#"[ "$1" = -u ] && echo "$FAKE_UID" || exec /usr/bin/id "$@""#,
-        ),
+        ("id", id),
         ("sudo", logs),
         ("dpkg-query", "exit 1"),
         ("apt-get", logs),
@@ -603,21 +552,15 @@ fn setup_steps(uid: u32) -> Vec<String> {
         std::env::var("PATH").unwrap_or_default()
     );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/setup.sh");
-    let out = Command::new("bash")
-        .arg(&script)
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script)
         .arg("--packages")
         .env("PATH", path)
-        .env("FAKE_LOG", &log)
-        .env("FAKE_UID", uid.to_string())
-        .env("ODBCSYSINI", dir.path())
-        .stdin(Stdio::null())
-        .output()
-        .expect("run scripts/setup.sh");
-    assert!(
-        out.status.success(),
-        "setup.sh as uid {uid}\n{}",
-        show(&out)
-    );
+        .env("FAKE_LOG", &log);
+    cmd.env("FAKE_UID", uid.to_string())
+        .env("ODBCSYSINI", dir.path());
+    let out = Ran::of(&mut cmd);
+    assert_eq!(out.code, Some(0), "setup.sh as uid {uid}\n{out}");
     let logged = std::fs::read_to_string(&log).unwrap_or_default();
     // The registrations' queries (`odbcinst -q`) are not privileged steps.
     let mut steps: Vec<String> = logged
@@ -646,11 +589,8 @@ fn setup_uses_sudo_for_every_privileged_step_unless_root() {
     // Not root: apt-get, the driver registrations and the CommLog fix all go through sudo.
     let steps = setup_steps(1000);
     let sudo_apt = "sudo env DEBIAN_FRONTEND=noninteractive apt-get ";
-    assert_eq!(
-        steps[..5],
-        expected(sudo_apt, "sudo odbcinst")[..],
-        "{steps:#?}"
-    );
+    let with_sudo = expected(sudo_apt, "sudo odbcinst");
+    assert_eq!(steps[..5], with_sudo[..], "{steps:#?}");
     assert_eq!(steps.len(), 6, "{steps:#?}");
     let sed = steps[5].starts_with("sudo sed -i s/^CommLog=1/CommLog=0/ ");
     assert!(sed, "{steps:#?}");

@@ -10,8 +10,7 @@ use std::path::PathBuf;
 
 use common::{
     Bridge, Config, Db, LIVENESS, Mosquitto, Route, TempTable, World, check_route, dlq_list,
-    path_str, pki_with_other_ca, publish_retained, run_check, run_mqdb, settings, terminate_ok,
-    unique, with_mqtt5,
+    mqdb_at, pki_with_other_ca, publish_retained, settings, terminate_ok, unique, with_mqtt5,
 };
 use serde_json::Value as Json;
 
@@ -48,10 +47,8 @@ fn part_route(name: &str, root: &str, table: &str) -> Route {
 
 /// `SELECT expr FROM t WHERE cond` as an integer.
 fn int(t: &str, expr: &str, cond: &str) -> i64 {
-    common::scalar(
-        &Db::Postgres,
-        &format!("SELECT {expr} FROM {t} WHERE {cond}"),
-    )
+    let sql = format!("SELECT {expr} FROM {t} WHERE {cond}");
+    common::scalar(&Db::Postgres, &sql)
 }
 
 fn rows(sql: &str) -> Vec<Vec<Option<String>>> {
@@ -113,11 +110,8 @@ fn back_pressure_delivers_everything(max_in_flight: usize) {
     let root = unique("bp");
     let batch = "batch: { max_rows: 7, max_delay: 50ms }";
     let route = part_route("bp", &root, &t).lines(&[batch]);
-    let config = config(
-        &world,
-        &[&format!("max_in_flight: {max_in_flight}")],
-        &[route],
-    );
+    let max_in_flight = format!("max_in_flight: {max_in_flight}");
+    let config = config(&world, &[&max_in_flight], &[route]);
     world.persistent_session(&format!("{root}/+"));
     let publisher = world.publisher();
     publisher.publish_all_confirmed(seq_messages(|_| format!("{root}/queued"), 0..1500), 1);
@@ -137,10 +131,7 @@ fn back_pressure_delivers_everything(max_in_flight: usize) {
     terminate_ok(&mut bridge);
     let log = plain_log(&bridge);
     let connects = log.matches("broker connected").count();
-    assert_eq!(
-        connects, 1,
-        "the bridge reconnected during the run; log:\n{log}"
-    );
+    assert_eq!(connects, 1, "the bridge reconnected; log:\n{log}");
     let lost = log.contains("broker connection lost");
     assert!(!lost, "the bridge lost its connection; log:\n{log}");
 }
@@ -154,9 +145,6 @@ fn back_pressure_max_in_flight_20_delivers_every_message() {
 fn back_pressure_max_in_flight_1_delivers_every_message() {
     back_pressure_delivers_everything(1);
 }
-
-/// `(seq, a, b, qos, topic)` as stored by the routes of the QoS test.
-type RouteRow = (i64, Option<String>, Option<String>, i64, String);
 
 /// Messages of the QoS test: the route (index) they match, the QoS they are published at,
 /// their seqs, and the topic under the root for a seq.
@@ -234,38 +222,29 @@ fn qos_0_1_2_routes_with_wildcards_and_captures() {
         (1, 2, 310..320, |i| format!("q1/lineD/m{i}")),
     ];
     for (_, qos, seqs, at) in &groups {
-        publisher.publish_all_confirmed(
-            seq_messages(|i| format!("{root}/{}", at(i)), seqs.clone()),
-            *qos,
-        );
+        let messages = seq_messages(|i| format!("{root}/{}", at(i)), seqs.clone());
+        publisher.publish_all_confirmed(messages, *qos);
     }
 
     // Then every matching message is one row in its route's table, the captured levels (the
     // two under the route's first) are right, and each arrived at its route's QoS
+    // (Rows as text: seq, a, b, qos, topic.)
     for (n, t) in tables.iter().enumerate() {
-        let want: Vec<RouteRow> = groups
+        let want: Vec<Vec<Option<String>>> = groups
             .iter()
             .filter(|g| g.0 == n)
             .flat_map(|(_, _, seqs, at)| seqs.clone().map(move |i| (i, at(i))))
             .map(|(i, topic)| {
                 let level = |l: usize| topic.split('/').nth(l).map(str::to_owned);
-                (i, level(1), level(2), n as i64, format!("{root}/{topic}"))
+                let (seq, qos, topic) = (i.to_string(), n.to_string(), format!("{root}/{topic}"));
+                vec![Some(seq), level(1), level(2), Some(qos), Some(topic)]
             })
             .collect();
         let probes = if n == 1 { 1 } else { 0 };
         let count_sql = format!("SELECT COUNT(*) FROM {}", t.name);
         wait_for_count(&mut bridge, &count_sql, want.len() as i64 + probes);
-        let got: Vec<RouteRow> = rows(&format!(
-            "SELECT seq, a, b, qos, topic FROM {} WHERE seq >= 0 ORDER BY seq",
-            t.name
-        ))
-        .into_iter()
-        .map(|r| {
-            let num = |v: &Option<String>| v.as_deref().expect("number").parse().expect("number");
-            let topic = r[4].clone().expect("topic");
-            (num(&r[0]), r[1].clone(), r[2].clone(), num(&r[3]), topic)
-        })
-        .collect();
+        let select = "SELECT seq, a, b, qos, topic FROM";
+        let got = rows(&format!("{select} {} WHERE seq >= 0 ORDER BY seq", t.name));
         assert_rows(&format!("route r{n}"), &got, &want);
     }
     // And no message that matched no route was stored anywhere. They were published (and
@@ -316,9 +295,8 @@ fn resubscribes_when_the_broker_lost_the_session() {
     let after = int(&t, "COUNT(DISTINCT seq)", "part = 'after' AND seq >= 1000");
     assert_eq!(after, 500);
     assert_eq!(int(&t, "COUNT(*)", "part = 'before'"), 200);
-    let probes = rows(&format!(
-        "SELECT part FROM {t} WHERE seq < 0 ORDER BY seq DESC"
-    ));
+    let probes = format!("SELECT part FROM {t} WHERE seq < 0 ORDER BY seq DESC");
+    let probes = rows(&probes);
     let s = |v: &str| vec![Some(v.to_string())];
     assert_eq!(probes, [s("probe1"), s("probe2")]);
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
@@ -337,10 +315,7 @@ fn resubscribes_when_the_broker_lost_the_session() {
     let reconnected = lost + find(&after[lost..], "broker connected");
     let line = after[reconnected..].lines().next().unwrap_or("");
     let lost_session = line.contains("session_present=false");
-    assert!(
-        lost_session,
-        "the reconnect should report a lost session: {line}"
-    );
+    assert!(lost_session, "no lost session reported: {line}");
 }
 
 /// A deterministic string of exactly `bytes` UTF-8 bytes mixing ASCII, characters JSON must
@@ -359,11 +334,8 @@ fn big_text(bytes: usize, salt: u64) -> String {
     while s.len() < bytes {
         x = step(x);
         let piece = PIECES[((x >> 33) % PIECES.len() as u64) as usize];
-        s.push_str(if s.len() + piece.len() <= bytes {
-            piece
-        } else {
-            "."
-        });
+        let fits = s.len() + piece.len() <= bytes;
+        s.push_str(if fits { piece } else { "." });
     }
     s
 }
@@ -377,11 +349,8 @@ fn large_payloads_land_intact() {
     let t = table.name.clone();
     let topic = format!("{}/big", unique("big"));
     let sources = [("seq", "payload.seq"), ("v", "payload.v")];
-    let config = config(
-        &world,
-        &[],
-        &[Route::inbound("big", &topic, &t).columns(&sources)],
-    );
+    let route = Route::inbound("big", &topic, &t).columns(&sources);
+    let config = config(&world, &[], &[route]);
     world.persistent_session(&topic);
 
     // When a 1 MiB and a 5 MiB string value arrive (each payload slightly larger, escaped),
@@ -441,11 +410,8 @@ fn tls_with_client_certificates_run_and_check() {
     // A config reaching `host` over TLS with CA file `ca`, and the client certificate if
     // `client_cert`
     let config = |file_name: &str, host: &str, ca: &str, client_cert: bool| {
-        let cert = format!(
-            ", cert_file: \"{}\", key_file: \"{}\"",
-            file("client.pem"),
-            file("client.key")
-        );
+        let (cert, key) = (file("client.pem"), file("client.key"));
+        let cert = format!(", cert_file: \"{cert}\", key_file: \"{key}\"");
         let cert = if client_cert { cert.as_str() } else { "" };
         let tls = format!("tls: {{ ca_file: \"{}\"{cert} }}", file(ca));
         let url = format!("mqtts://{host}:{tls_port}");
@@ -469,48 +435,30 @@ fn tls_with_client_certificates_run_and_check() {
     assert_eq!(dlq_list(&good), Vec::<Json>::new());
     terminate_ok(&mut bridge);
     let log = plain_log(&bridge);
-    let endpoint = format!("endpoint=localhost:{tls_port}");
-    assert!(
-        log.contains(&endpoint),
-        "the bridge did not use the TLS listener; log:\n{log}"
-    );
+    let over_tls = log.contains(&format!("endpoint=localhost:{tls_port}"));
+    assert!(over_tls, "not over the TLS listener; log:\n{log}");
 
     // And `check` with the same config passes, also by IP address (the IP SAN)
     check_route(&good, 0, "tls", "ok");
-    check_route(
-        &config("by_ip.yaml", "127.0.0.1", "ca.pem", true),
-        0,
-        "tls",
-        "ok",
-    );
+    let by_ip = config("by_ip.yaml", "127.0.0.1", "ca.pem", true);
+    check_route(&by_ip, 0, "tls", "ok");
 
     // And `check` with an unrelated CA fails, naming the broker, and so does one without a
     // client certificate, which the broker refuses
     let wrong_ca = config("wrong_ca.yaml", "localhost", "other_ca.pem", true);
     let no_cert = config("no_cert.yaml", "localhost", "ca.pem", false);
-    for (what, config) in [("a wrong CA", wrong_ca), ("no client certificate", no_cert)] {
-        let (code, out, err) = run_check(&config);
-        assert_eq!(code, Some(1), "check with {what}:\n{out}{err}");
-        let fail = |l: &str| {
-            l.starts_with("FAIL")
-                && l.contains("broker b")
-                && l.to_lowercase().contains("certificate")
-        };
-        let named = out.lines().any(fail);
-        assert!(
-            named,
-            "{what}: no FAIL line naming broker b and the certificate problem:\n{out}{err}"
-        );
+    for config in [wrong_ca, no_cert] {
+        let [fail, _, show] = check_route(&config, 1, "tls", "FAIL");
+        let named = fail.contains("broker b") && fail.contains("certificate");
+        assert!(named, "not naming broker b and the certificate:\n{show}");
     }
 }
 
 fn publish_with_properties(port: u16, topic: &str, payload: &str, properties: &[(&str, &str)]) {
     use rumqttc::v5::mqttbytes::{QoS, v5::PublishProperties};
-    let user_properties = properties
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()));
+    let owned = |(k, v): &(&str, &str)| (k.to_string(), v.to_string());
     let props = PublishProperties {
-        user_properties: user_properties.collect(),
+        user_properties: properties.iter().map(owned).collect(),
         ..Default::default()
     };
     with_mqtt5(port, &unique("mqdb_pub5"), true, 1, |client| {
@@ -535,12 +483,8 @@ fn mqtt5_user_properties_map_to_columns_and_the_session_outlives_the_bridge() {
             .try_subscribe(topic.as_str(), qos)
             .expect("queue the subscribe");
     });
-    publish_with_properties(
-        port,
-        &topic,
-        r#"{"id": 1}"#,
-        &[("site", "north"), ("line", "7")],
-    );
+    let properties = [("site", "north"), ("line", "7")];
+    publish_with_properties(port, &topic, r#"{"id": 1}"#, &properties);
     publish_with_properties(port, &topic, r#"{"id": 2}"#, &[]);
     let sources = [
         ("id", "payload.id"),
@@ -581,12 +525,7 @@ fn header_sources_on_mqtt_need_mqtt_version_5() {
     let world = World::new("mqtt-source");
     let route = Route::inbound("h", "a/b", "t").columns(&[("site", "header.site")]);
     let config = config(&world, &[], &[route]);
-    let out = run_mqdb(&["-c", path_str(&config), "check"]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("mqtt_version: 5"), "{stderr}");
-    assert!(
-        stderr.contains("mqdb.yaml:"),
-        "the error names the file and line: {stderr}"
-    );
+    // The error names the file and line.
+    let out = mqdb_at(&config, &["check"]);
+    out.code(2).stderr_has(&["mqtt_version: 5", "mqdb.yaml:"]);
 }

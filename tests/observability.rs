@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use common::http;
 use common::{
-    Bridge, Db, LIVENESS, Rabbit, Ran, Route, TcpProxy, TempTable, Workdir, World, dlq_list,
-    free_port, line_of, mqdb_bounded, path_str, terminate_ok, unique, wait_for, wait_for_count,
+    Bridge, Config, Db, LIVENESS, Rabbit, Ran, Received, Route, TcpProxy, TempTable, Workdir,
+    World, dlq_list, free_port, line_of, mqdb_bounded, path_str, terminate_ok, unique, wait_for,
+    wait_for_count, wait_queue_drained,
 };
 use serde_json::{Value as Json, json};
 
@@ -50,11 +51,8 @@ fn inbound(name: &str, broker: &str, source: (&str, &str), table: &str) -> Route
 /// 100 ms, for broker `broker`.
 fn polling(name: &str, broker: &str, table: &str) -> Route {
     let query = format!("SELECT id, v FROM {table} WHERE id > ? ORDER BY id");
-    Route::outbound(name, &query)
-        .set("track", "id")
-        .set("start", 0)
-        .set("interval", "100ms")
-        .set("broker", broker)
+    let route = Route::outbound(name, &query).track("id", 0);
+    route.interval("100ms").broker(broker)
 }
 
 /// An outbound route publishing each row of `table` to `topic_prefix/{id}` on broker `b`.
@@ -62,6 +60,13 @@ fn outbound(name: &str, table: &str, topic_prefix: &str) -> Route {
     polling(name, "b", table)
         .set("topic", format!("{topic_prefix}/{{id}}"))
         .set("qos", 1)
+}
+
+/// Broker `r` (RabbitMQ at `url`), database `d` (PostgreSQL) and `http.listen` at `addr`.
+fn amqp_config(work: &Workdir, url: &str, addr: &str) -> Config {
+    let config = work.bare_config().broker("r", url, Json::Null);
+    let config = config.database("d", &Db::Postgres.connection_string());
+    config.set("http", http_at(addr))
 }
 
 /// A running bridge with inbound route `readings` from its world's broker into a new sink
@@ -110,9 +115,7 @@ impl Scrape {
             let (series, value) = line
                 .rsplit_once(' ')
                 .unwrap_or_else(|| panic!("sample line without a value: {line:?}\n{text}"));
-            let value: f64 = value
-                .parse()
-                .unwrap_or_else(|e| panic!("{line:?}: the value is not a number: {e}"));
+            let value = number(value, line);
             let name = series.split('{').next().unwrap_or(series);
             let suffixes = ["_bucket", "_sum", "_count"];
             let histogram = suffixes.iter().find_map(|s| name.strip_suffix(s));
@@ -143,9 +146,7 @@ impl Scrape {
     }
 
     fn up(&self, route: &str, direction: &str, component: &str) -> f64 {
-        self.get(&format!(
-            "mqdb_up{{route=\"{route}\",direction=\"{direction}\",component=\"{component}\"}}"
-        ))
+        self.get(&up_series(route, direction, component))
     }
 
     /// Checks the route's `mqdb_batch_seconds` histogram is well formed (buckets in
@@ -159,45 +160,26 @@ impl Scrape {
             .iter()
             .filter_map(|(s, v)| {
                 let le = s.strip_prefix(&prefix)?.strip_suffix("\"}")?;
-                let le = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse()
-                        .unwrap_or_else(|e| panic!("bucket bound {le:?} is not a number: {e}"))
-                };
-                Some((le, *v))
+                // `+Inf` parses as infinity.
+                Some((number(le, s), *v))
             })
             .collect();
         let (text, last) = (&self.text, buckets.last().copied());
-        assert!(
-            buckets.len() >= 2,
-            "{route}: fewer than two buckets:\n{text}"
-        );
-        let last_le = last.map(|b| b.0);
-        assert_eq!(
-            last_le,
-            Some(f64::INFINITY),
-            "{route}: no +Inf bucket last:\n{text}"
-        );
-        for pair in buckets.windows(2) {
-            let ((le0, n0), (le1, n1)) = (pair[0], pair[1]);
-            assert!(
-                le0 < le1,
-                "{route}: bucket bounds not increasing: {buckets:?}"
-            );
-            assert!(
-                n0 <= n1,
-                "{route}: cumulative bucket counts decrease: {buckets:?}"
-            );
-        }
+        let two = buckets.len() >= 2;
+        assert!(two, "{route}: fewer than two buckets:\n{text}");
+        let inf_last = last.map(|b| b.0) == Some(f64::INFINITY);
+        assert!(inf_last, "{route}: no +Inf bucket last:\n{text}");
+        // Bounds increase, cumulative counts never decrease.
+        let ordered = buckets
+            .windows(2)
+            .all(|p| p[0].0 < p[1].0 && p[0].1 <= p[1].1);
+        assert!(ordered, "{route}: buckets out of order: {buckets:?}");
         let count = self.route("mqdb_batch_seconds_count", route, direction);
         let sum = self.route("mqdb_batch_seconds_sum", route, direction);
         let inf = last.map(|b| b.1);
         assert_eq!(inf, Some(count), "{route}: +Inf bucket != _count:\n{text}");
-        assert!(
-            sum.is_finite() && sum >= 0.0,
-            "{route}: _sum is {sum}:\n{text}"
-        );
+        let sane = sum.is_finite() && sum >= 0.0;
+        assert!(sane, "{route}: _sum is {sum}:\n{text}");
         count
     }
 
@@ -211,8 +193,18 @@ impl Scrape {
     }
 }
 
+/// A sample value of `line`.
+fn number(text: &str, line: &str) -> f64 {
+    let value = text.parse();
+    value.unwrap_or_else(|e| panic!("{line:?}: {text:?} is not a number: {e}"))
+}
+
 fn series(name: &str, route: &str, direction: &str) -> String {
     format!("{name}{{route=\"{route}\",direction=\"{direction}\"}}")
+}
+
+fn up_series(route: &str, direction: &str, component: &str) -> String {
+    format!("mqdb_up{{route=\"{route}\",direction=\"{direction}\",component=\"{component}\"}}")
 }
 
 /// `GET /metrics` (asserting 200), parsed.
@@ -449,12 +441,10 @@ fn metrics_and_health_report_exactly_what_the_routes_did() {
         assert_eq!(s.try_get(&series(name, "alerts", "outbound")), None);
     }
     // The dead letters are the K malformed messages
-    let letters = dlq_list(&config);
-    assert_eq!(letters.len() as i64, K, "{letters:?}");
-    for l in &letters {
-        assert_eq!(l["error_kind"], "decode", "{l}");
-        assert_eq!(l["route"], "readings", "{l}");
-    }
+    let letters = dlq_list(&config).into_iter();
+    let letters = letters.map(|l| json!([l["error_kind"], l["route"]]));
+    let want = vec![json!(["decode", "readings"]); K as usize];
+    assert_eq!(letters.collect::<Vec<_>>(), want);
 
     // And the outbound route published its R rows: the subscriber got exactly R, and the
     // lag is back to 0 once it has caught up
@@ -473,15 +463,10 @@ fn metrics_and_health_report_exactly_what_the_routes_did() {
     std::thread::sleep(Duration::from_millis(800));
     let s = scrape(&addr);
     let got = counter.messages();
-    let mut ids: Vec<i64> = got
-        .iter()
-        .map(|m| {
-            let v: Json = serde_json::from_slice(&m.payload).expect("JSON payload");
-            v["id"].as_i64().expect("id")
-        })
-        .collect();
+    let id = |m: &Received| serde_json::from_slice::<Json>(&m.payload).ok()?["id"].as_i64();
+    let mut ids: Vec<Option<i64>> = got.iter().map(id).collect();
     ids.sort_unstable();
-    assert_eq!(ids, (1..=R).collect::<Vec<_>>(), "{got:?}");
+    assert_eq!(ids, (1..=R).map(Some).collect::<Vec<_>>(), "{got:?}");
     assert_series(
         &s,
         "alerts",
@@ -504,14 +489,13 @@ fn metrics_and_health_report_exactly_what_the_routes_did() {
     ];
     assert_series(&s, "readings", "inbound", &inbound_totals);
 
-    // And every connection is up: in /metrics and in /health
-    let ups = s.ups();
-    assert_eq!(ups.len(), 4, "{ups:?}");
-    for component in ["broker", "database"] {
-        assert_eq!(s.up("readings", "inbound", component), 1.0);
-        assert_eq!(s.up("alerts", "outbound", component), 1.0);
-    }
-    assert!(ups.iter().all(|(_, v)| *v == 1.0), "{ups:?}");
+    // And every connection is up, and only these four: in /metrics and in /health
+    let mut ups = s.ups();
+    ups.sort_by(|a, b| a.0.cmp(&b.0));
+    let routes = [("alerts", "outbound"), ("readings", "inbound")];
+    let up = |(r, d): (&str, &str), c| (up_series(r, d, c), 1.0);
+    let want = routes.map(|r| [up(r, "broker"), up(r, "database")]);
+    assert_eq!(ups, want.concat());
     let (status, doc) = health(&addr);
     assert_eq!(status, 200, "{doc}");
     assert_eq!(doc, all_up);
@@ -598,10 +582,8 @@ fn health_and_metrics_follow_broker_and_database_outages() {
     assert_mqdb_health(&config, 1, "degraded");
     // and the failed writes and polls count as retries
     let s = wait_scrape(&mut bridge, &addr, "retries grow on both routes", |s| {
-        Ok(
-            s.route("mqdb_retries_total", "readings", "inbound") > retries_before
-                && s.route("mqdb_retries_total", "alerts", "outbound") > out_retries_before,
-        )
+        let inbound = s.route("mqdb_retries_total", "readings", "inbound") > retries_before;
+        Ok(inbound && s.route("mqdb_retries_total", "alerts", "outbound") > out_retries_before)
     });
     assert_eq!(s.up("readings", "inbound", "database"), 0.0);
     assert_eq!(s.up("alerts", "outbound", "database"), 0.0);
@@ -639,17 +621,11 @@ fn an_idle_amqp_outbound_route_is_healthy_again_after_a_connection_cut() {
     rabbit.declare_queue(&queue);
     let proxy = TcpProxy::start(Rabbit::addr());
     let source = id_v_table("obs_amqp_src");
-    let addr = free_addr();
+    let route = polling("alerts", "r", &source.name).exchange("");
     let work = Workdir::new("obs");
-    let route = polling("alerts", "r", &source.name)
-        .set("exchange", "")
-        .set("routing_key", queue.as_str());
-    let config = work
-        .bare_config()
-        .broker("r", &Rabbit::url_via(proxy.port), Json::Null)
-        .database("d", &db.connection_string())
-        .outbound(route)
-        .set("http", http_at(&addr))
+    let addr = free_addr();
+    let config = amqp_config(&work, &Rabbit::url_via(proxy.port), &addr)
+        .outbound(route.routing_key(&queue))
         .write();
     let mut bridge = Bridge::start(&config);
     wait_healthy(&mut bridge, &addr);
@@ -685,14 +661,10 @@ fn an_amqp_inbound_route_counts_what_it_consumed() {
     let queue = unique("obs_q");
     rabbit.adopt_queue(&queue);
     let sink = id_v_table("obs_amqp");
-    let addr = free_addr();
     let work = Workdir::new("obs");
-    let config = work
-        .bare_config()
-        .broker("r", Rabbit::URL, Json::Null)
-        .database("d", &db.connection_string())
+    let addr = free_addr();
+    let config = amqp_config(&work, Rabbit::URL, &addr)
         .inbound(inbound("amqp_in", "r", ("queue", &queue), &sink.name))
-        .set("http", http_at(&addr))
         .write();
     let mut bridge = Bridge::start(&config);
 
@@ -711,10 +683,7 @@ fn an_amqp_inbound_route_counts_what_it_consumed() {
     assert_eq!(dlq_list(&config).len() as i64, K);
 
     // And the broker agrees: every message was acknowledged
-    wait_for(&mut bridge, "the queue drained", || {
-        let q = Rabbit::queue_info(&queue).ok_or_else(|| format!("queue {queue} is gone"))?;
-        Ok(q.messages == 0 && q.unacked == 0)
-    });
+    wait_queue_drained(&mut bridge, &queue);
     assert_eq!(health(&addr).0, 200);
 
     terminate_ok(&mut bridge);
@@ -804,10 +773,8 @@ fn without_http_the_log_summary_adds_up_to_what_happened() {
         assert_eq!(field(next, key), 0, "{next:?}");
     }
     assert_eq!(routes_down(next).as_deref(), Some("none"));
-    assert!(
-        !bridge.log().contains("serving /health"),
-        "an HTTP endpoint started without `http`"
-    );
+    let served = bridge.log().contains("serving /health");
+    assert!(!served, "an HTTP endpoint started without `http`");
 
     terminate_ok(&mut bridge);
 }
@@ -906,11 +873,8 @@ fn hold_connection(addr: &str, first_bytes: &[u8]) -> TcpStream {
 /// connection that was sent nothing has nothing to read yet.
 fn closed_by_server(stream: &TcpStream) -> bool {
     stream.set_nonblocking(true).expect("nonblocking");
-    let mut byte = [0u8; 1];
-    let open = matches!(
-        stream.peek(&mut byte),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-    );
+    let peeked = stream.peek(&mut [0u8; 1]);
+    let open = matches!(peeked, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
     stream.set_nonblocking(false).expect("blocking");
     !open
 }
