@@ -9,10 +9,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime, SecondsFormat, Utc};
+use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 use common::{
-    AmqpMessage, Bridge, Db, Header, LIVENESS, Rabbit, Route, Subscriber, TempTable, Workdir,
-    World, dlq_list, letter_id as id, path_str, run_bounded, terminate_ok, unique,
+    AmqpMessage, Bridge, Db, Header, LIVENESS, Rabbit, Ran, Route, Subscriber, TempTable, Workdir,
+    World, dlq_list, letter_id as id, mqdb_bounded, parse_ts, path_str, terminate_ok, unique,
     wait_dead_letters, wait_for, wait_for_count, wait_until,
 };
 use serde_json::{Value as Json, json};
@@ -96,55 +96,32 @@ fn take(rabbit: &Rabbit, queue: &str, n: usize) -> Vec<AmqpMessage> {
     got
 }
 
-/// What one `mqdb dlq …` run printed.
-struct Cli {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Cli {
-    /// The last non-empty line of stdout (the replay summary).
-    fn summary(&self) -> &str {
-        let last = self.stdout.lines().rev().find(|l| !l.trim().is_empty());
-        last.unwrap_or("").trim()
-    }
-}
-
-impl std::fmt::Display for Cli {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (code, out, err) = (self.code, &self.stdout, &self.stderr);
-        write!(f, "exit {code:?}\n--- stdout\n{out}--- stderr\n{err}")
-    }
-}
-
 /// `mqdb -c CONFIG dlq ARGS…` (`args` split at spaces) with stdin closed (not a terminal),
 /// killed and failed if it runs past [`LIVENESS`].
-fn dlq(config: &Path, args: &str) -> Cli {
+fn dlq(config: &Path, args: &str) -> Ran {
     let args: Vec<&str> = args.split_whitespace().collect();
     let all = [&["-c", path_str(config), "dlq"][..], &args].concat();
-    let dir = config.parent().expect("config dir");
-    let (status, stdout, stderr) = run_bounded(&all, dir, LIVENESS);
-    let code = status.code();
-    Cli {
-        code,
-        stdout,
-        stderr,
-    }
+    mqdb_bounded(&all, config.parent().expect("config dir"), LIVENESS)
 }
 
 /// Like [`dlq`], asserting the exit code.
-fn dlq_expect(config: &Path, args: &str, code: i32) -> Cli {
-    let cli = dlq(config, args);
-    assert_eq!(cli.code, Some(code), "mqdb dlq {args}:\n{cli}");
-    cli
+fn dlq_expect(config: &Path, args: &str, code: i32) -> Ran {
+    let ran = dlq(config, args);
+    assert_eq!(ran.code, Some(code), "mqdb dlq {args}:\n{ran}");
+    ran
+}
+
+/// The last non-empty line of stdout (the replay summary).
+fn summary(ran: &Ran) -> &str {
+    let last = ran.stdout.lines().rev().find(|l| !l.trim().is_empty());
+    last.unwrap_or("").trim()
 }
 
 /// `mqdb dlq replay ARGS…`, asserting the exit code and the summary line.
-fn replay(config: &Path, args: &str, code: i32, summary: &str) -> Cli {
-    let cli = dlq_expect(config, &format!("replay {args}"), code);
-    assert_eq!(cli.summary(), summary, "mqdb dlq replay {args}:\n{cli}");
-    cli
+fn replay(config: &Path, args: &str, code: i32, want: &str) -> Ran {
+    let ran = dlq_expect(config, &format!("replay {args}"), code);
+    assert_eq!(summary(&ran), want, "mqdb dlq replay {args}:\n{ran}");
+    ran
 }
 
 /// The summary of a replay of `n` entries that all failed again, `kinds` as it counts them.
@@ -163,13 +140,18 @@ fn letters(config: &Path) -> Letters {
 
 /// The ids `dlq list --json ARGS…` prints, sorted.
 fn listed_ids(config: &Path, args: &str) -> Vec<i64> {
-    let cli = dlq_expect(config, &format!("list --json {args}"), 0);
+    let ran = dlq_expect(config, &format!("list --json {args}"), 0);
     let parse = |l: &str| -> Json {
-        let e = |e| panic!("not a JSON object: {l}: {e}\n{cli}");
-        serde_json::from_str(l).unwrap_or_else(e)
+        serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object: {l}: {e}\n{ran}"))
     };
-    let lines = cli.stdout.lines().filter(|l| !l.trim().is_empty());
+    let lines = ran.stdout.lines().filter(|l| !l.trim().is_empty());
     sorted(lines.map(|l| id(&parse(l))).collect())
+}
+
+/// Like [`dlq_expect`], asserting also that stdout, trimmed, is `want`.
+fn dlq_says(config: &Path, args: &str, code: i32, want: &str) {
+    let ran = dlq_expect(config, args, code);
+    assert_eq!(ran.stdout.trim(), want, "mqdb dlq {args}:\n{ran}");
 }
 
 /// The one dead letter whose payload is `payload`.
@@ -219,19 +201,11 @@ fn json_instant(letter: &Json, field: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-/// A timestamp read back as UTC text (`YYYY-MM-DD HH:MM:SS[.ffffff]`).
-fn db_instant(text: &str) -> DateTime<Utc> {
-    let t = text.trim().replace('T', " ");
-    NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S%.f")
-        .unwrap_or_else(|e| panic!("{text:?} is not a timestamp: {e}"))
-        .and_utc()
-}
-
 /// Asserts that a stored timestamp is the dead letter's `received_at` (to the microsecond
 /// the databases keep).
 fn assert_received_at(stored: Option<&str>, letter: &Json) {
     let want = json_instant(&letter["headers"], "received_at");
-    let got = db_instant(stored.expect("received is set"));
+    let got = parse_ts(stored.expect("received is set")).and_utc();
     let diff = (got - want).num_microseconds().unwrap_or(i64::MAX).abs();
     let ctx = format!("{letter:#}");
     assert!(diff <= 1, "stored {got} is not received_at {want}: {ctx}");
@@ -350,7 +324,7 @@ fn rejected_rows_fail_again_then_land_with_their_metadata_once_the_table_is_fixe
         let topic = format!("{root}/{site}");
         assert_eq!(row[..4], [s(id), s("-1"), s(site), s(&topic)], "{row:?}");
         assert_received_at(row[4].as_deref(), with_payload(&first, payload));
-        let received = db_instant(row[4].as_deref().expect("set"));
+        let received = parse_ts(row[4].as_deref().expect("set")).and_utc();
         assert!(received < stopped_at, "{row:?}");
     }
     assert_eq!(readings.count(), 8);
@@ -799,26 +773,25 @@ fn list_filters_by_route_kind_and_time_and_show_prints_one_entry() {
     let publisher = world.publisher();
     let mut bridge = Bridge::start(&config);
     let (convert, rejected) = (r#"{"id":1,"v":"abc"}"#, r#"{"id":2,"v":-1}"#);
-    let a_bad = ["alpha not json", convert, rejected];
-    let b_bad = "beta not json";
-    let mut messages = on(&topics[0], a_bad);
-    messages.extend(on(&topics[1], [b_bad]));
-    publisher.publish_all_confirmed(messages, 1);
+    let (a_bad, b_bad) = (["alpha not json", convert, rejected], "beta not json");
+    let round = |alpha: &[&str], beta: &str| [on(&topics[0], alpha), on(&topics[1], [beta])];
+    publisher.publish_all_confirmed(round(&a_bad, b_bad).concat(), 1);
     let round1 = by_id(wait_dead_letters(&mut bridge, &config, 4));
     std::thread::sleep(TICK);
     let between = Utc::now();
     std::thread::sleep(TICK);
     let (a_late, b_late) = (r#"{"id":3,"v":-3}"#, r#"{"id":4,"v":"zz"}"#);
-    let mut messages = on(&topics[0], [a_late]);
-    messages.extend(on(&topics[1], [b_late]));
-    publisher.publish_all_confirmed(messages, 1);
+    publisher.publish_all_confirmed(round(&[a_late], b_late).concat(), 1);
     let all = by_id(wait_dead_letters(&mut bridge, &config, 6));
     terminate_ok(&mut bridge);
     let by = |p: &str| id(with_payload(&all, p));
     let [a_decode, a_convert, a_rejected1] = a_bad.map(by);
     let [b_decode, a_rejected2, b_convert] = [b_bad, a_late, b_late].map(by);
-    let new = |i: &&i64| !round1.contains_key(*i);
-    let round2: Vec<i64> = all.keys().filter(new).copied().collect();
+    let round2: Vec<i64> = all
+        .keys()
+        .filter(|i| !round1.contains_key(*i))
+        .copied()
+        .collect();
     assert_eq!(round2, sorted(vec![a_rejected2, b_convert]));
 
     let between_z = between.to_rfc3339_opts(SecondsFormat::Millis, true);
@@ -852,9 +825,7 @@ fn list_filters_by_route_kind_and_time_and_show_prints_one_entry() {
     }
     // (a route that is neither configured nor stored is a usage error naming the routes)
     let unknown = dlq_expect(&config, "list --json --route gamma", 2);
-    let err = &unknown.stderr;
-    let named = err.contains("gamma") && err.contains("alpha, beta");
-    assert!(named, "{unknown}");
+    unknown.stderr_has(&["gamma", "alpha, beta"]);
 
     // And the table form prints its header and one line per match, or says nothing matches
     let table = dlq_expect(&config, "list --route beta", 0);
@@ -862,31 +833,44 @@ fn list_filters_by_route_kind_and_time_and_show_prints_one_entry() {
     for column in ["ID", "ROUTE", "AGE", "ATTEMPTS", "KIND", "ERROR", "PAYLOAD"] {
         assert!(header.contains(column), "{table}");
     }
-    let body = table.stdout.lines().skip(1);
-    let lines: Vec<&str> = body.filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 2, "{table}");
-    for (line, want) in lines.iter().zip(sorted(vec![b_decode, b_convert])) {
-        let first_word = line.split_whitespace().next();
-        assert_eq!(first_word, Some(want.to_string().as_str()), "{table}");
-        assert!(line.contains("beta"), "{table}");
-    }
-    let none = dlq_expect(&config, &format!("list --since {future}"), 0);
-    assert_eq!(none.stdout.trim(), "no dead letters match", "{none}");
+    let lines = table
+        .stdout
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty());
+    let ids: Vec<&str> = lines
+        .clone()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let want: Vec<String> = sorted(vec![b_decode, b_convert])
+        .iter()
+        .map(i64::to_string)
+        .collect();
+    assert_eq!(ids, want, "{table}");
+    assert!(lines.clone().all(|l| l.contains("beta")), "{table}");
+    dlq_says(
+        &config,
+        &format!("list --since {future}"),
+        0,
+        "no dead letters match",
+    );
     // And a time that is neither RFC 3339 nor a duration is a usage error
     dlq_expect(&config, "list --since yesterday", 2);
 
     // And show prints one entry with its payload and error; a missing id exits 1
     let shown = dlq_expect(&config, &format!("show {b_convert}"), 0);
     let error = all[&b_convert]["error"].as_str().expect("error");
-    for part in [b_late, "beta", error] {
-        assert!(shown.stdout.contains(part), "{shown}");
-    }
-    let only = !shown.stdout.contains("not json");
-    assert!(only, "only that entry: {shown}");
+    shown
+        .stdout_has(b_late)
+        .stdout_has("beta")
+        .stdout_has(error);
+    assert!(
+        !shown.stdout.contains("not json"),
+        "only that entry: {shown}"
+    );
     let missing = 1 + all.keys().max().expect("ids");
     let absent = dlq_expect(&config, &format!("show {missing}"), 1);
-    let said = format!("no dead letter with id {missing}");
-    assert!(absent.stderr.contains(&said), "{absent}");
+    absent.stderr_has(&[&format!("no dead letter with id {missing}")]);
     // And listing changed nothing
     assert_eq!(letters(&config), all);
 }
@@ -911,45 +895,36 @@ fn purge_selects_by_id_route_and_time_and_needs_yes_without_a_terminal() {
     let by = |p: &str| id(with_payload(&all, &format!("{p} not json")));
     let [a1, a2, a3, b1, b2, b3] = ["a 1", "a 2", "a 3", "b 1", "b 2", "b 3"].map(by);
     let ids = |config: &Path| sorted(letters(config).keys().copied().collect());
-    let past = "2000-01-01T00:00:00Z";
     let future = Utc::now() + chrono::Duration::days(1);
     let future = future.to_rfc3339_opts(SecondsFormat::Secs, true);
     let nothing = "no dead letters match; nothing purged";
 
     // When the selection is not exactly one of --all, --id, --route (or --before alone)
-    for args in [
-        "purge --yes",
-        "purge --all --route alpha --yes",
-        &format!("purge --id {a1} --all -y"),
-        &format!("purge --route alpha --id {b1} --yes"),
-    ] {
-        dlq_expect(&config, args, 2);
+    let mixed = [
+        format!("--id {a1} --all -y"),
+        format!("--route alpha --id {b1} --yes"),
+    ];
+    for args in ["--yes", "--all --route alpha --yes", &mixed[0], &mixed[1]] {
+        dlq_expect(&config, &format!("purge {args}"), 2);
     }
     // Or --yes is missing and stdin is not a terminal
-    for args in [
-        "purge --route alpha",
-        "purge --all",
-        &format!("purge --id {a1}"),
-        &format!("purge --before {future}"),
-    ] {
-        let cli = dlq_expect(&config, args, 2);
-        assert!(cli.stderr.contains("--yes"), "{cli}");
+    let (one_id, before) = (format!("--id {a1}"), format!("--before {future}"));
+    for args in ["--route alpha", "--all", &one_id, &before] {
+        dlq_expect(&config, &format!("purge {args}"), 2).stderr_has(&["--yes"]);
     }
     // Then nothing is deleted
-    assert_eq!(ids(&config), sorted(vec![a1, a2, a3, b1, b2, b3]));
+    let six = sorted(vec![a1, a2, a3, b1, b2, b3]);
+    assert_eq!(ids(&config), six);
 
     // When nothing matches: a time in the past, also narrowed by route; an id that is gone
-    for args in [
-        &format!("purge --before {past} --yes"),
-        &format!("purge --route alpha --before {past} -y"),
-        "purge --before 1h --yes",
-    ] {
-        let cli = dlq_expect(&config, args, 0);
-        assert_eq!(cli.stdout.trim(), nothing, "{cli}");
+    let past = "--before 2000-01-01T00:00:00Z";
+    let alpha_past = format!("--route alpha {past} -y");
+    for args in [&format!("{past} --yes"), &alpha_past, "--before 1h --yes"] {
+        dlq_says(&config, &format!("purge {args}"), 0, nothing);
     }
     let unknown = dlq_expect(&config, "purge --route gamma --yes", 2);
-    assert!(unknown.stderr.contains("alpha, beta"), "{unknown}");
-    assert_eq!(ids(&config), sorted(vec![a1, a2, a3, b1, b2, b3]));
+    unknown.stderr_has(&["alpha, beta"]);
+    assert_eq!(ids(&config), six);
 
     // When one id, then two ids, then a route before a future time are purged
     let steps: [(&str, u64, &[i64]); 4] = [
@@ -959,10 +934,9 @@ fn purge_selects_by_id_route_and_time_and_needs_yes_without_a_terminal() {
         (&format!("--before {future} --yes"), 1, &[]),
     ];
     for (args, n, left) in steps {
-        let cli = dlq_expect(&config, &format!("purge {args}"), 0);
         // Then exactly those are gone
         let purged = format!("purged {n} dead letters");
-        assert_eq!(cli.stdout.trim(), purged, "{cli}");
+        dlq_says(&config, &format!("purge {args}"), 0, &purged);
         assert_eq!(ids(&config), sorted(left.to_vec()), "after purge {args}");
     }
 
@@ -971,11 +945,9 @@ fn purge_selects_by_id_route_and_time_and_needs_yes_without_a_terminal() {
     wait_dead_letters(&mut bridge, &config, 2);
     dlq_expect(&config, "purge --all", 2);
     assert_eq!(letters(&config).len(), 2);
-    let cli = dlq_expect(&config, "purge --all --yes", 0);
-    assert_eq!(cli.stdout.trim(), "purged 2 dead letters", "{cli}");
+    dlq_says(&config, "purge --all --yes", 0, "purged 2 dead letters");
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
-    let cli = dlq_expect(&config, "purge --all --yes", 0);
-    assert_eq!(cli.stdout.trim(), nothing, "{cli}");
+    dlq_says(&config, "purge --all --yes", 0, nothing);
     terminate_ok(&mut bridge);
     assert_eq!(ta.count() + tb.count(), 0);
 }
@@ -1102,12 +1074,10 @@ fn on_a_terminal_purge_asks_first_and_replay_shows_progress() {
 /// Asserts that `mqdb dlq ARGS` (a replay of `n` entries; 0: of any count) stopped with exit
 /// 1, said it was an outage, and left every entry as it was in `before`.
 fn assert_stopped_by_outage(config: &Path, args: &str, n: usize, before: &Letters) {
-    let cli = dlq(config, args);
-    assert_eq!(cli.code, Some(1), "{cli}");
-    let (summary, start) = (cli.summary(), format!("replayed 0 of {n}"));
-    let counted = n == 0 || summary.starts_with(&start);
-    let said = counted && summary.contains("; stopped by an outage");
-    assert!(said, "{cli}");
+    let ran = dlq_expect(config, args, 1);
+    let counted = n == 0 || summary(&ran).starts_with(&format!("replayed 0 of {n}"));
+    let said = counted && summary(&ran).contains("; stopped by an outage");
+    assert!(said, "{ran}");
     assert_eq!(&letters(config), before);
 }
 
