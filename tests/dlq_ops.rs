@@ -161,22 +161,14 @@ impl Mirror {
     fn finish(mut self, address: impl Fn(&Json) -> String) -> Vec<Json> {
         let letters = dlq_list(&self.config);
         let parse = |(to, payload): (String, Vec<u8>)| {
-            let lossy = String::from_utf8_lossy(&payload).into_owned();
-            let json = serde_json::from_slice(&payload);
-            (
-                to,
-                json.unwrap_or_else(|e| panic!("not JSON ({e}): {lossy}")),
-            )
+            let e = |e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&payload));
+            let json: Json = serde_json::from_slice(&payload).unwrap_or_else(e);
+            (to, json)
         };
         let copies: Vec<(String, Json)> = (self.copies)().into_iter().map(parse).collect();
-        let copied: Vec<i64> = copies.iter().map(|(_, c)| id_of(c)).collect();
-        let listed: Vec<i64> = letters.iter().map(id_of).collect();
-        let order = "the mirrored ids (arrival order) are the stored ids";
-        assert_eq!(copied, listed, "{order}");
-        for ((to, copy), letter) in copies.iter().zip(&letters) {
-            assert_eq!(copy, letter, "the envelope is the `dlq list --json` object");
-            assert_eq!(*to, address(letter), "address of {letter}");
-        }
+        // (in arrival order, each the `dlq list --json` object at its address)
+        let want = Vec::from_iter(letters.iter().map(|l| (address(l), l.clone())));
+        assert_eq!(copies, want, "the copies are the stored dead letters");
         assert_eq!(dlq_list(&self.config), letters, "mirroring removes nothing");
         terminate_ok(&mut self.bridge);
         letters
@@ -337,11 +329,8 @@ fn mirror_outage_never_blocks_the_data_path_and_catches_up_in_order() {
     // (the mirror stored its position past them: nothing of it is in flight at the cut)
     let last_id = dlq_list(&m.config).iter().map(id_of).max();
     let last_id = Some(last_id.expect("2 letters"));
-    let (what, position) = (
-        "the mirror position",
-        "SELECT MAX(last_id) FROM mirror_position",
-    );
-    wait_for(&mut m.bridge, what, || {
+    let position = "SELECT MAX(last_id) FROM mirror_position";
+    wait_for(&mut m.bridge, "the mirror position", || {
         Ok(try_scalar(&state, position) == last_id)
     });
 
@@ -480,10 +469,8 @@ impl Replay {
     /// Starts `mqdb -c CONFIG dlq replay --all` (stdin closed, not a terminal).
     fn start(config: &Path, label: &str) -> Replay {
         let dir = config.parent().expect("config dir");
-        let (out, err) = (
-            dir.join(format!("{label}.out")),
-            dir.join(format!("{label}.err")),
-        );
+        let file = |ext: &str| dir.join(format!("{label}.{ext}"));
+        let (out, err) = (file("out"), file("err"));
         let mut cmd = mqdb_command();
         cmd.arg("-c").arg(config).args(["dlq", "replay", "--all"]);
         cmd.current_dir(dir).stdin(Stdio::null());
@@ -515,13 +502,10 @@ impl Replay {
         while try_scalar(&table.db, &waiting).unwrap_or(0) < n {
             let child = self.child.as_mut().expect("replay not reaped");
             let exited = child.try_wait().ok().flatten();
-            let out = self.ran(None);
-            assert!(
-                exited.is_none(),
-                "exited before {n} held: {exited:?}; {out}"
-            );
-            let late = start.elapsed() >= LIVENESS;
-            assert!(!late, "no {n} held after {LIVENESS:?}; {out}");
+            if exited.is_some() || start.elapsed() >= LIVENESS {
+                let (out, after) = (self.ran(None), start.elapsed());
+                panic!("no {n} held: exited {exited:?} after {after:?}; {out}");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -767,10 +751,8 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     let only = "the undecodable originals failed again, and nothing stored after the start";
     assert_eq!(s.failures(), hopeless_count as u64, "{only}: {ctx}");
     assert!(s.adds_up(), "{ctx}");
-    for kind in s.failed.keys() {
-        let expected = kind == "decode" || kind == "rejected";
-        assert!(expected, "only undecodable and new entries fail: {ctx}");
-    }
+    let expected = s.failed.keys().all(|k| k == "decode" || k == "rejected");
+    assert!(expected, "only undecodable and new entries fail: {ctx}");
     assert_eq!(done.ran.code, Some(1), "{ctx}");
     // (each original row once, no duplicate, beside the bridge's new ones)
     let mut rows = [replayable.values().copied().collect(), new_rows].concat();
@@ -798,10 +780,8 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
         assert_eq!(l["attempts"], if new { 1 } else { 2 }, "{l}");
     }
     let kept: BTreeSet<i64> = left.iter().map(id_of).collect();
-    assert!(
-        hopeless.is_subset(&kept),
-        "an undecodable original was lost; {ctx}"
-    );
+    let lost = !hopeless.is_subset(&kept);
+    assert!(!lost, "an undecodable original was lost; {ctx}");
     let retried = left.iter().filter(|l| l["attempts"] == 2).count() as u64;
     let failed_again = "each entry the replay failed again is still queued with 2 attempts";
     assert_eq!(retried, s.failures(), "{failed_again}; {ctx}");
@@ -840,11 +820,8 @@ fn two_concurrent_replays_replay_each_entry_exactly_once() {
             other => panic!("exit {other:?}: {ctx}"),
         }
         assert!(!err.contains("failed again"), "{ctx}");
-        let line = &s.line;
-        assert!(
-            !line.contains("interrupted") && !line.contains("outage"),
-            "{ctx}"
-        );
+        let stopped = s.line.contains("interrupted") || s.line.contains("outage");
+        assert!(!stopped, "{ctx}");
     }
     // And each is one row, with nothing left in the queue (no rejected duplicate)
     assert_eq!(dlq_list(&q.config), Vec::<Json>::new(), "{ctx}");
