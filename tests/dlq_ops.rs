@@ -189,19 +189,6 @@ fn good_among_bad(root: &str, count: i64, route_of: RouteOf, bad: &Messages) -> 
     messages
 }
 
-/// Every message `watcher` received (topic, payload), each published at QoS `qos` and not
-/// retained.
-fn mqtt_copies(watcher: Subscriber, qos: u8) -> impl FnMut() -> Messages {
-    move || {
-        let copy = |m: common::Received| {
-            assert_eq!(m.qos, qos, "published at the configured QoS: {m:?}");
-            assert!(!m.retain, "{m:?}");
-            (m.topic, m.payload)
-        };
-        watcher.messages().into_iter().map(copy).collect()
-    }
-}
-
 /// The MQTT mirror's address of a dead letter.
 fn mqtt_address(l: &Json) -> String {
     format!("mqdb/dead/{}/{}", text(l, "route"), text(l, "error_kind"))
@@ -212,7 +199,16 @@ fn mirror_to_mqtt_publishes_each_dead_letter_once_as_its_list_object() {
     // Given two routes into a table that rejects NULL values, and a mirror to the same
     // broker on a topic built from the route and the kind of error
     let world = World::new("dlq-ops");
-    let copies = mqtt_copies(world.subscribe("mqdb/dead/#"), 1);
+    let watcher = world.subscribe("mqdb/dead/#");
+    // Each published at QoS 1, not retained
+    let copies = move || -> Messages {
+        let copy = |m: common::Received| {
+            assert_eq!(m.qos, 1, "published at the configured QoS: {m:?}");
+            assert!(!m.retain, "{m:?}");
+            (m.topic, m.payload)
+        };
+        watcher.messages().into_iter().map(copy).collect()
+    };
     let mut m = Mirror::start(world, &["alpha", "beta"], copies, |c| {
         let topic = "mqdb/dead/{route}/{error_kind}";
         let publish = json!({ "broker": "b", "topic": topic, "qos": 1 });
