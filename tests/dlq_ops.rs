@@ -455,12 +455,6 @@ struct Replay {
     err: PathBuf,
 }
 
-/// What a finished replay printed, how it exited, and its summary line.
-struct Finished {
-    ran: Ran,
-    summary: Summary,
-}
-
 impl Replay {
     /// Starts `mqdb -c CONFIG dlq replay --all` (stdin closed, not a terminal).
     fn start(config: &Path, label: &str) -> Replay {
@@ -518,14 +512,14 @@ impl Replay {
         })
     }
 
-    /// Waits for the exit and parses the summary.
-    fn finish(&mut self) -> Finished {
+    /// Waits for the exit: what it printed and how it exited, and its summary line.
+    fn finish(&mut self) -> (Ran, Summary) {
         let code = self.exit().code();
         let ran = self.ran(code);
         let summary = Summary::parse(&ran.stdout);
         let summary = summary.unwrap_or_else(|| panic!("no summary line; {ran}"));
         eprintln!("replay {}: {}", self.out.display(), summary.line);
-        Finished { ran, summary }
+        (ran, summary)
     }
 }
 
@@ -608,23 +602,22 @@ fn replay_interrupted_by_sigint_leaves_every_entry_in_exactly_one_place() {
     assert!(q.table.count() > 0, "rows appeared before the interrupt");
     common::send_signal(replay.pid(), "INT");
     blocker.release();
-    let first = replay.finish();
+    let (ran, s) = replay.finish();
 
     // Then it exits 1 and says it was interrupted
-    let (s, ctx) = (&first.summary, &first.ran);
-    assert_eq!(first.ran.code, Some(1), "{ctx}");
-    assert!(s.line.contains("interrupted"), "{ctx}");
-    assert_eq!((s.total, s.failures()), (n as u64, 0), "{ctx}");
-    assert!(s.replayed > 0 && s.replayed < n as u64, "{ctx}");
+    assert_eq!(ran.code, Some(1), "{ran}");
+    assert!(s.line.contains("interrupted"), "{ran}");
+    assert_eq!((s.total, s.failures()), (n as u64, 0), "{ran}");
+    assert!(s.replayed > 0 && s.replayed < n as u64, "{ran}");
     // And the batch at hand finished: the held row's entry is in the table
     let rows = row_ids(&q.table);
-    assert!(rows.contains(&held), "the batch at hand is not done; {ctx}");
-    assert_eq!(rows.len() as u64, s.replayed, "{ctx}");
+    assert!(rows.contains(&held), "the batch at hand is not done; {ran}");
+    assert_eq!(rows.len() as u64, s.replayed, "{ran}");
     // And every entry is either a row (and gone from the queue) or still queued (and not a
     // row), untouched: never both, never neither
     let left = dlq_list(&q.config);
     let originals = q.originals();
-    assert_one_place(&rows, &left, &originals, ctx);
+    assert_one_place(&rows, &left, &originals, &ran);
     for l in &left {
         assert!(originals.contains_key(&id_of(l)), "no new entries: {l}");
         assert_eq!(l["attempts"], 1, "an untouched entry: {l}");
@@ -632,13 +625,12 @@ fn replay_interrupted_by_sigint_leaves_every_entry_in_exactly_one_place() {
     }
 
     // When the replay runs again
-    let second = Replay::start(&q.config, "replay2").finish();
+    let (ran, s2) = Replay::start(&q.config, "replay2").finish();
 
     // Then it finishes the rest, and the counts add up exactly
-    let (s2, ctx) = (&second.summary, &second.ran);
-    assert_eq!(second.ran.code, Some(0), "{ctx}");
+    assert_eq!(ran.code, Some(0), "{ran}");
     let rest = left.len() as u64;
-    assert_eq!((s2.total, s2.replayed), (rest, rest), "{ctx}");
+    assert_eq!((s2.total, s2.replayed), (rest, rest), "{ran}");
     assert_eq!(s.replayed + s2.replayed, n as u64);
     assert_eq!(dlq_list(&q.config), Vec::<Json>::new());
     assert_eq!(q.table.count(), n);
@@ -730,8 +722,7 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     blocker.release();
     let (msgs, good_b, bad_b) = traffic(100_300);
     publisher.publish_all_confirmed(msgs, 1);
-    let done = replay.finish();
-    let (s, ctx) = (&done.summary, &done.ran);
+    let (ran, s) = replay.finish();
 
     // Then every replayable entry was replayed exactly once, and only those succeeded
     let new_rows = [good_a, good_b].concat();
@@ -743,17 +734,17 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     // (the words match what happened: what was selected at the start, each counted once;
     // the entries the bridge stored meanwhile wait for the next replay)
     let selected = letters.len() as u64;
-    assert_eq!((s.total, s.replayed), (selected, n as u64), "{ctx}");
+    assert_eq!((s.total, s.replayed), (selected, n as u64), "{ran}");
     let only = "the undecodable originals failed again, and nothing stored after the start";
-    assert_eq!(s.failures(), hopeless_count as u64, "{only}: {ctx}");
-    assert!(s.adds_up(), "{ctx}");
+    assert_eq!(s.failures(), hopeless_count as u64, "{only}: {ran}");
+    assert!(s.adds_up(), "{ran}");
     let expected = s.failed.keys().all(|k| k == "decode" || k == "rejected");
-    assert!(expected, "only undecodable and new entries fail: {ctx}");
-    assert_eq!(done.ran.code, Some(1), "{ctx}");
+    assert!(expected, "only undecodable and new entries fail: {ran}");
+    assert_eq!(ran.code, Some(1), "{ran}");
     // (each original row once, no duplicate, beside the bridge's new ones)
     let mut rows = [replayable.values().copied().collect(), new_rows].concat();
     rows.sort_unstable();
-    assert_eq!(row_ids(&table), rows, "{ctx}");
+    assert_eq!(row_ids(&table), rows, "{ran}");
     let sum = (1..=n).map(|id| 1_000_000 + id).sum::<i64>();
     assert_eq!(sum_v(&table, &format!("id <= {n}")), sum);
     // And nothing is lost: the queue holds exactly the undecodable originals and the new bad
@@ -777,10 +768,10 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     }
     let kept: BTreeSet<i64> = left.iter().map(id_of).collect();
     let lost = !hopeless.is_subset(&kept);
-    assert!(!lost, "an undecodable original was lost; {ctx}");
+    assert!(!lost, "an undecodable original was lost; {ran}");
     let retried = left.iter().filter(|l| l["attempts"] == 2).count() as u64;
     let failed_again = "each entry the replay failed again is still queued with 2 attempts";
-    assert_eq!(retried, s.failures(), "{failed_again}; {ctx}");
+    assert_eq!(retried, s.failures(), "{failed_again}; {ran}");
     terminate_ok(&mut bridge);
 }
 
@@ -797,9 +788,8 @@ fn two_concurrent_replays_replay_each_entry_exactly_once() {
     let mut b = Replay::start(&q.config, "replay_b");
     let mut a = q.replay_held("replay_a", 2);
     holds.into_iter().for_each(Blocker::release);
-    let (done_a, done_b) = (a.finish(), b.finish());
-    let (sa, sb) = (&done_a.summary, &done_b.summary);
-    let ctx = format!("A:\n{}\nB:\n{}", done_a.ran, done_b.ran);
+    let ((ran_a, sa), (ran_b, sb)) = (a.finish(), b.finish());
+    let ctx = format!("A:\n{ran_a}\nB:\n{ran_b}");
 
     // Then between them every entry was replayed once, none failed
     assert_eq!((sa.failures(), sb.failures()), (0, 0), "{ctx}");
@@ -807,10 +797,10 @@ fn two_concurrent_replays_replay_each_entry_exactly_once() {
     assert_eq!(sa.replayed + sb.replayed, n as u64, "{ctx}");
     // (each summary adds up; an exit 1 is fair only for the entries the other replay held,
     // and says so, never "0 dead letters failed again")
-    for done in [&done_a, &done_b] {
-        let (s, err) = (&done.summary, &done.ran.stderr);
+    for (ran, s) in [(&ran_a, &sa), (&ran_b, &sb)] {
+        let err = &ran.stderr;
         assert!(s.adds_up(), "{ctx}");
-        match done.ran.code {
+        match ran.code {
             Some(0) => assert_eq!(s.held, 0, "{ctx}"),
             Some(1) => assert!(s.held > 0 && err.contains("held by another"), "{ctx}"),
             other => panic!("exit {other:?}: {ctx}"),
@@ -837,17 +827,16 @@ fn entries_purged_during_a_replay_are_reported_as_gone_not_held() {
     let mut replay = q.replay_held("purged_under", 1);
     mqdb_at(&q.config, &["dlq", "purge", "--all", "--yes"]).code(0);
     blocker.release();
-    let done = replay.finish();
-    let (s, ctx) = (&done.summary, &done.ran);
+    let (ran, s) = replay.finish();
 
     // Then the purged entries are named as such, never as held by another replay, and the
     // summary adds up to the selection
-    assert_eq!((s.total, s.held), (n as u64, 0), "{ctx}");
-    assert!(s.adds_up(), "{ctx}");
-    assert!(s.gone > 0, "{ctx}");
-    assert_eq!(s.replayed as i64, q.table.count(), "{ctx}");
-    assert_eq!(done.ran.code, Some(0), "{ctx}");
-    assert_eq!(dlq_list(&q.config), Vec::<Json>::new(), "{ctx}");
+    assert_eq!((s.total, s.held), (n as u64, 0), "{ran}");
+    assert!(s.adds_up(), "{ran}");
+    assert!(s.gone > 0, "{ran}");
+    assert_eq!(s.replayed as i64, q.table.count(), "{ran}");
+    assert_eq!(ran.code, Some(0), "{ran}");
+    assert_eq!(dlq_list(&q.config), Vec::<Json>::new(), "{ran}");
 }
 
 #[test]
@@ -870,15 +859,15 @@ fn replay_after_a_killed_replay_reports_success_only_when_the_queue_is_done() {
     assert!(!listed.is_empty(), "the killed batch is still queued");
 
     // And a new replay either replays everything, or does not claim success
-    let done = Replay::start(&q.config, "again").finish();
+    let (ran, s) = Replay::start(&q.config, "again").finish();
     let left = dlq_list(&q.config);
-    let ctx = format!("{}{} entries still queued", done.ran, left.len());
-    assert_eq!(done.summary.failures(), 0, "{ctx}");
-    if done.ran.code == Some(0) {
+    let ctx = format!("{ran}{} entries still queued", left.len());
+    assert_eq!(s.failures(), 0, "{ctx}");
+    if ran.code == Some(0) {
         assert_eq!(left.len(), 0, "exit 0 while entries remain: {ctx}");
         assert_eq!(q.table.count(), n, "{ctx}");
     } else {
-        assert_eq!(done.ran.code, Some(1), "{ctx}");
+        assert_eq!(ran.code, Some(1), "{ctx}");
     }
     assert_one_place(&row_ids(&q.table), &left, &originals, &ctx);
 }
