@@ -40,7 +40,6 @@ fn route(name: &str, topic: &str, table: &str) -> Route {
         .set("batch", json!({ "max_rows": 500, "max_delay": "100ms" }))
 }
 
-/// `payload` on `topic`.
 fn msg(topic: &str, payload: String) -> (String, Vec<u8>) {
     (topic.to_owned(), payload.into_bytes())
 }
@@ -139,7 +138,6 @@ impl Mirror {
         }
     }
 
-    /// The topic of route `name`.
     fn topic(&self, name: &str) -> String {
         format!("{}/{name}", self.root)
     }
@@ -391,10 +389,8 @@ impl Replayable {
         wait_dead_letters(&mut bridge, &config, n as usize);
         terminate_ok(&mut bridge);
         assert_eq!(table.count(), 0, "the CHECK constraint rejected every row");
-        let t = &table.name;
-        table
-            .db
-            .exec(&format!("ALTER TABLE {t} DROP CONSTRAINT v_negative"));
+        let fix = format!("ALTER TABLE {} DROP CONSTRAINT v_negative", table.name);
+        table.db.exec(&fix);
         let letters = dlq_list(&config);
         let kinds = Vec::from_iter(letters.iter().map(|l| (&l["error_kind"], &l["sqlstate"])));
         let rejected = (&json!("rejected"), &json!("23514"));

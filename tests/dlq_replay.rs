@@ -55,7 +55,6 @@ fn cols<'a>(route: Route, spec: &'a str) -> Route {
     route.columns(&spec.split_whitespace().map(pair).collect::<Vec<_>>())
 }
 
-/// Each of `payloads` on `topic`.
 fn on<P: AsRef<str>>(topic: &str, payloads: impl IntoIterator<Item = P>) -> Messages {
     let message = |p: P| (topic.to_owned(), p.as_ref().as_bytes().to_vec());
     payloads.into_iter().map(message).collect()
@@ -764,11 +763,8 @@ fn list_filters_by_route_kind_and_time_and_show_prints_one_entry() {
     let by = |p: &str| id(with_payload(&all, p));
     let [a_decode, a_convert, a_rejected1] = a_bad.map(by);
     let [b_decode, a_rejected2, b_convert] = [b_bad, a_late, b_late].map(by);
-    let round2: Vec<i64> = all
-        .keys()
-        .filter(|i| !round1.contains_key(*i))
-        .copied()
-        .collect();
+    let new = |i: &&i64| !round1.contains_key(*i);
+    let round2: Vec<i64> = all.keys().filter(new).copied().collect();
     assert_eq!(round2, sorted(vec![a_rejected2, b_convert]));
 
     let between_z = between.to_rfc3339_opts(SecondsFormat::Millis, true);
@@ -862,11 +858,9 @@ fn purge_selects_by_id_route_and_time_and_needs_yes_without_a_terminal() {
     let nothing = "no dead letters match; nothing purged";
 
     // When the selection is not exactly one of --all, --id, --route (or --before alone)
-    let mixed = [
-        format!("--id {a1} --all -y"),
-        format!("--route alpha --id {b1} --yes"),
-    ];
-    for args in ["--yes", "--all --route alpha --yes", &mixed[0], &mixed[1]] {
+    let id_all = format!("--id {a1} --all -y");
+    let route_id = format!("--route alpha --id {b1} --yes");
+    for args in ["--yes", "--all --route alpha --yes", &id_all, &route_id] {
         dlq_expect(&config, &format!("purge {args}"), 2);
     }
     // Or --yes is missing and stdin is not a terminal
