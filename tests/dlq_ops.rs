@@ -9,21 +9,24 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Display;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    Bridge, Config, Db, LIVENESS, Mosquitto, Rabbit, Route, Subscriber, TcpProxy, TempTable, World,
-    dlq_list, letter_id as id_of, mqdb_command, odbc_connect, odbc_exec, path_str, pg_lock_waiters,
-    run_mqdb, scalar, terminate_ok, try_scalar, unique, wait_dead_letters, wait_for,
+    Bridge, Config, Db, LIVENESS, Mosquitto, Rabbit, Ran, Route, Subscriber, TcpProxy, TempTable,
+    Workdir, World, dlq_list, letter_id as id_of, mqdb_at, mqdb_command, odbc_connect, odbc_exec,
+    pg_lock_waiters, scalar, terminate_ok, try_scalar, unique, wait_dead_letters, wait_for,
     wait_for_count,
 };
 use serde_json::{Value as Json, json};
 
 type Messages = Vec<(String, Vec<u8>)>;
 type RouteOf = fn(i64) -> &'static str;
+/// Dead-letter id → the id of its row.
+type Originals = BTreeMap<i64, i64>;
 
 /// A hang detector for a whole replay of a few thousand entries (never a speed assertion).
 const REPLAY_DEADLINE: Duration = Duration::from_secs(180);
@@ -37,7 +40,6 @@ fn route(name: &str, topic: &str, table: &str) -> Route {
         .set("batch", json!({ "max_rows": 500, "max_delay": "100ms" }))
 }
 
-/// `payload` on `topic`.
 fn msg(topic: &str, payload: String) -> (String, Vec<u8>) {
     (topic.to_owned(), payload.into_bytes())
 }
@@ -73,20 +75,22 @@ fn kinds(letters: &[Json]) -> String {
 }
 
 /// The primary keys of every row of `table`.
-fn row_ids(db: &Db, table: &str) -> Vec<i64> {
-    let rows = db.query(&format!("SELECT id FROM {table} ORDER BY id"));
+fn row_ids(table: &TempTable) -> Vec<i64> {
+    let sql = format!("SELECT id FROM {} ORDER BY id", table.name);
+    let rows = table.db.query(&sql);
     let id = |r: &Vec<Option<String>>| r[0].as_deref().expect("an id").trim().parse();
     rows.iter().map(|r| id(r).expect("an integer id")).collect()
 }
 
 /// `SUM(v)` over the rows of `table` that match `filter`.
-fn sum_v(db: &Db, table: &str, filter: &str) -> i64 {
-    scalar(db, &format!("SELECT SUM(v) FROM {table} WHERE {filter}"))
+fn sum_v(table: &TempTable, filter: &str) -> i64 {
+    let sql = format!("SELECT SUM(v) FROM {} WHERE {filter}", table.name);
+    scalar(&table.db, &sql)
 }
 
 /// Asserts that every original dead letter (its id → its row's id) is either a row or still
 /// queued: never both, never neither.
-fn assert_one_place(rows: &[i64], listed: &[Json], originals: &BTreeMap<i64, i64>, ctx: &str) {
+fn assert_one_place(rows: &[i64], listed: &[Json], originals: &Originals, ctx: impl Display) {
     let rows: BTreeSet<i64> = rows.iter().copied().collect();
     let listed: BTreeSet<i64> = listed.iter().map(id_of).collect();
     for (id, key) in originals {
@@ -134,7 +138,6 @@ impl Mirror {
         }
     }
 
-    /// The topic of route `name`.
     fn topic(&self, name: &str) -> String {
         format!("{}/{name}", self.root)
     }
@@ -156,22 +159,14 @@ impl Mirror {
     fn finish(mut self, address: impl Fn(&Json) -> String) -> Vec<Json> {
         let letters = dlq_list(&self.config);
         let parse = |(to, payload): (String, Vec<u8>)| {
-            let lossy = String::from_utf8_lossy(&payload).into_owned();
-            let json = serde_json::from_slice(&payload);
-            (
-                to,
-                json.unwrap_or_else(|e| panic!("not JSON ({e}): {lossy}")),
-            )
+            let e = |e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&payload));
+            let json: Json = serde_json::from_slice(&payload).unwrap_or_else(e);
+            (to, json)
         };
         let copies: Vec<(String, Json)> = (self.copies)().into_iter().map(parse).collect();
-        let copied: Vec<i64> = copies.iter().map(|(_, c)| id_of(c)).collect();
-        let listed: Vec<i64> = letters.iter().map(id_of).collect();
-        let order = "the mirrored ids (arrival order) are the stored ids";
-        assert_eq!(copied, listed, "{order}");
-        for ((to, copy), letter) in copies.iter().zip(&letters) {
-            assert_eq!(copy, letter, "the envelope is the `dlq list --json` object");
-            assert_eq!(*to, address(letter), "address of {letter}");
-        }
+        // (in arrival order, each the `dlq list --json` object at its address)
+        let want = Vec::from_iter(letters.iter().map(|l| (address(l), l.clone())));
+        assert_eq!(copies, want, "the copies are the stored dead letters");
         assert_eq!(dlq_list(&self.config), letters, "mirroring removes nothing");
         terminate_ok(&mut self.bridge);
         letters
@@ -192,19 +187,6 @@ fn good_among_bad(root: &str, count: i64, route_of: RouteOf, bad: &Messages) -> 
     messages
 }
 
-/// Every message `watcher` received (topic, payload), each published at QoS `qos` and not
-/// retained.
-fn mqtt_copies(watcher: Subscriber, qos: u8) -> impl FnMut() -> Messages {
-    move || {
-        let copy = |m: common::Received| {
-            assert_eq!(m.qos, qos, "published at the configured QoS: {m:?}");
-            assert!(!m.retain, "{m:?}");
-            (m.topic, m.payload)
-        };
-        watcher.messages().into_iter().map(copy).collect()
-    }
-}
-
 /// The MQTT mirror's address of a dead letter.
 fn mqtt_address(l: &Json) -> String {
     format!("mqdb/dead/{}/{}", text(l, "route"), text(l, "error_kind"))
@@ -215,7 +197,16 @@ fn mirror_to_mqtt_publishes_each_dead_letter_once_as_its_list_object() {
     // Given two routes into a table that rejects NULL values, and a mirror to the same
     // broker on a topic built from the route and the kind of error
     let world = World::new("dlq-ops");
-    let copies = mqtt_copies(world.subscribe("mqdb/dead/#"), 1);
+    let watcher = world.subscribe("mqdb/dead/#");
+    // Each published at QoS 1, not retained
+    let copies = move || -> Messages {
+        let copy = |m: common::Received| {
+            assert_eq!(m.qos, 1, "published at the configured QoS: {m:?}");
+            assert!(!m.retain, "{m:?}");
+            (m.topic, m.payload)
+        };
+        watcher.messages().into_iter().map(copy).collect()
+    };
     let mut m = Mirror::start(world, &["alpha", "beta"], copies, |c| {
         let topic = "mqdb/dead/{route}/{error_kind}";
         let publish = json!({ "broker": "b", "topic": topic, "qos": 1 });
@@ -332,11 +323,8 @@ fn mirror_outage_never_blocks_the_data_path_and_catches_up_in_order() {
     // (the mirror stored its position past them: nothing of it is in flight at the cut)
     let last_id = dlq_list(&m.config).iter().map(id_of).max();
     let last_id = Some(last_id.expect("2 letters"));
-    let (what, position) = (
-        "the mirror position",
-        "SELECT MAX(last_id) FROM mirror_position",
-    );
-    wait_for(&mut m.bridge, what, || {
+    let position = "SELECT MAX(last_id) FROM mirror_position";
+    wait_for(&mut m.bridge, "the mirror position", || {
         Ok(try_scalar(&state, position) == last_id)
     });
 
@@ -379,7 +367,6 @@ fn mirror_outage_never_blocks_the_data_path_and_catches_up_in_order() {
 /// are replayable.
 struct Replayable {
     _world: World,
-    db: Db,
     config: PathBuf,
     table: TempTable,
     /// The dead letters, in id order.
@@ -388,42 +375,35 @@ struct Replayable {
 
 impl Replayable {
     fn new(n: i64) -> Replayable {
-        let (db, world) = (Db::Postgres, World::new("dlq-ops"));
+        let world = World::new("dlq-ops");
         let columns = "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, \
                        CONSTRAINT v_negative CHECK (v < 0)";
-        let table = TempTable::create(&db, "replay", columns);
+        let table = TempTable::create(&Db::Postgres, "replay", columns);
         let topic = format!("{}/data", unique("replay"));
-        let config = world
-            .config(&db)
-            .inbound(route("load", &topic, &table.name));
-        let config = config.write();
+        let route = route("load", &topic, &table.name);
+        let config = world.config(&table.db).inbound(route).write();
         world.persistent_session(&topic);
-        world
-            .publisher()
-            .publish_all_confirmed(good(&topic, 1..=n), 1);
+        let messages = good(&topic, 1..=n);
+        world.publisher().publish_all_confirmed(messages, 1);
         let mut bridge = Bridge::start(&config);
         wait_dead_letters(&mut bridge, &config, n as usize);
         terminate_ok(&mut bridge);
         assert_eq!(table.count(), 0, "the CHECK constraint rejected every row");
-        let t = &table.name;
-        db.exec(&format!("ALTER TABLE {t} DROP CONSTRAINT v_negative"));
+        let fix = format!("ALTER TABLE {} DROP CONSTRAINT v_negative", table.name);
+        table.db.exec(&fix);
         let letters = dlq_list(&config);
-        assert_eq!(letters.len() as i64, n);
-        for l in &letters {
-            assert_eq!(l["error_kind"], "rejected", "{l}");
-            assert_eq!(l["sqlstate"], "23514", "{l}");
-        }
+        let kinds = Vec::from_iter(letters.iter().map(|l| (&l["error_kind"], &l["sqlstate"])));
+        let rejected = (&json!("rejected"), &json!("23514"));
+        assert_eq!(kinds, vec![rejected; n as usize], "{letters:#?}");
         Replayable {
             _world: world,
-            db,
             config,
             table,
             letters,
         }
     }
 
-    /// Dead-letter id → the id of its row.
-    fn originals(&self) -> BTreeMap<i64, i64> {
+    fn originals(&self) -> Originals {
         self.letters
             .iter()
             .map(|l| (id_of(l), payload_id(l)))
@@ -432,19 +412,15 @@ impl Replayable {
 
     /// Holds the row of the dead letter at `index` (see [`Blocker`]).
     fn hold(&self, index: usize) -> Blocker {
-        Blocker::hold(&self.db, &self.table.name, payload_id(&self.letters[index]))
+        Blocker::hold(&self.table, payload_id(&self.letters[index]))
     }
 
     /// Starts a replay of every entry and waits until `held` of its inserts wait on a held
     /// row.
     fn replay_held(&self, label: &str, held: i64) -> Replay {
         let mut replay = Replay::start(&self.config, label);
-        replay.wait_held(&self.db, &self.table.name, held);
+        replay.wait_held(&self.table, held);
         replay
-    }
-
-    fn rows(&self) -> Vec<i64> {
-        row_ids(&self.db, &self.table.name)
     }
 }
 
@@ -455,10 +431,10 @@ struct Blocker {
 }
 
 impl Blocker {
-    fn hold(db: &Db, table: &str, id: i64) -> Blocker {
-        let conn = odbc_connect(&db.connection_string()).expect("connect the blocker");
+    fn hold(table: &TempTable, id: i64) -> Blocker {
+        let conn = odbc_connect(&table.db.connection_string()).expect("connect the blocker");
         conn.set_autocommit(false).expect("autocommit off");
-        let sql = format!("INSERT INTO {table} (id, v) VALUES ({id}, -1)");
+        let sql = format!("INSERT INTO {} (id, v) VALUES ({id}, -1)", table.name);
         odbc_exec(&conn, &sql).expect("hold the row");
         Blocker { conn }
     }
@@ -475,37 +451,18 @@ struct Replay {
     err: PathBuf,
 }
 
-/// What a finished replay printed and how it exited.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-    summary: Summary,
-}
-
-impl Finished {
-    fn ctx(&self) -> String {
-        format!("{}\n{}", self.stdout, self.stderr)
-    }
-}
-
 impl Replay {
     /// Starts `mqdb -c CONFIG dlq replay --all` (stdin closed, not a terminal).
     fn start(config: &Path, label: &str) -> Replay {
         let dir = config.parent().expect("config dir");
         let file = |ext: &str| dir.join(format!("{label}.{ext}"));
         let (out, err) = (file("out"), file("err"));
-        let child = mqdb_command()
-            .arg("-c")
-            .arg(config)
-            .args(["dlq", "replay", "--all"])
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(File::create(&out).expect("create replay stdout"))
-            .stderr(File::create(&err).expect("create replay stderr"))
-            .spawn()
-            .expect("spawn mqdb dlq replay");
-        let child = Some(child);
+        let mut cmd = mqdb_command();
+        cmd.arg("-c").arg(config).args(["dlq", "replay", "--all"]);
+        cmd.current_dir(dir).stdin(Stdio::null());
+        cmd.stdout(File::create(&out).expect("create replay stdout"));
+        cmd.stderr(File::create(&err).expect("create replay stderr"));
+        let child = Some(cmd.spawn().expect("spawn mqdb dlq replay"));
         Replay { child, out, err }
     }
 
@@ -513,25 +470,28 @@ impl Replay {
         self.child.as_ref().expect("replay not reaped").id()
     }
 
-    fn output(&self) -> String {
+    /// What it printed so far, with its exit `code`.
+    fn ran(&self, code: Option<i32>) -> Ran {
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-        format!("stdout:\n{}\nstderr:\n{}", read(&self.out), read(&self.err))
+        let (stdout, stderr) = (read(&self.out), read(&self.err));
+        Ran {
+            code,
+            stdout,
+            stderr,
+        }
     }
 
     /// Waits until `n` statements wait on a row lock of `table` (the rows a [`Blocker`]
     /// holds); panics with the replay's output if it exits first or after [`LIVENESS`].
-    fn wait_held(&mut self, db: &Db, table: &str, n: i64) {
-        let (waiting, start) = (pg_lock_waiters(table), Instant::now());
-        while try_scalar(db, &waiting).unwrap_or(0) < n {
+    fn wait_held(&mut self, table: &TempTable, n: i64) {
+        let (waiting, start) = (pg_lock_waiters(&table.name), Instant::now());
+        while try_scalar(&table.db, &waiting).unwrap_or(0) < n {
             let child = self.child.as_mut().expect("replay not reaped");
             let exited = child.try_wait().ok().flatten();
-            assert!(
-                exited.is_none(),
-                "exited before {n} held: {exited:?}; {}",
-                self.output()
-            );
-            let late = start.elapsed() >= LIVENESS;
-            assert!(!late, "no {n} held after {LIVENESS:?}; {}", self.output());
+            if exited.is_some() || start.elapsed() >= LIVENESS {
+                let (out, after) = (self.ran(None), start.elapsed());
+                panic!("no {n} held: exited {exited:?} after {after:?}; {out}");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -543,28 +503,19 @@ impl Replay {
         status.unwrap_or_else(|| {
             let _ = child.kill();
             let _ = child.wait();
-            panic!(
-                "the replay did not exit within {REPLAY_DEADLINE:?}; {}",
-                self.output()
-            )
+            let out = self.ran(None);
+            panic!("the replay did not exit within {REPLAY_DEADLINE:?}; {out}")
         })
     }
 
-    /// Waits for the exit and parses the summary.
-    fn finish(&mut self) -> Finished {
-        let status = self.exit();
-        let stdout = std::fs::read_to_string(&self.out).unwrap_or_default();
-        let stderr = std::fs::read_to_string(&self.err).unwrap_or_default();
-        let summary = Summary::parse(&stdout);
-        let summary =
-            summary.unwrap_or_else(|| panic!("no summary line ({status}); {}", self.output()));
+    /// Waits for the exit: what it printed and how it exited, and its summary line.
+    fn finish(&mut self) -> (Ran, Summary) {
+        let code = self.exit().code();
+        let ran = self.ran(code);
+        let summary = Summary::parse(&ran.stdout);
+        let summary = summary.unwrap_or_else(|| panic!("no summary line; {ran}"));
         eprintln!("replay {}: {}", self.out.display(), summary.line);
-        Finished {
-            status,
-            stdout,
-            stderr,
-            summary,
-        }
+        (ran, summary)
     }
 }
 
@@ -647,23 +598,22 @@ fn replay_interrupted_by_sigint_leaves_every_entry_in_exactly_one_place() {
     assert!(q.table.count() > 0, "rows appeared before the interrupt");
     common::send_signal(replay.pid(), "INT");
     blocker.release();
-    let first = replay.finish();
+    let (ran, s) = replay.finish();
 
     // Then it exits 1 and says it was interrupted
-    let (s, ctx) = (&first.summary, first.ctx());
-    assert_eq!(first.status.code(), Some(1), "{ctx}");
-    assert!(s.line.contains("interrupted"), "{ctx}");
-    assert_eq!((s.total, s.failures()), (n as u64, 0), "{ctx}");
-    assert!(s.replayed > 0 && s.replayed < n as u64, "{ctx}");
+    assert_eq!(ran.code, Some(1), "{ran}");
+    assert!(s.line.contains("interrupted"), "{ran}");
+    assert_eq!((s.total, s.failures()), (n as u64, 0), "{ran}");
+    assert!(s.replayed > 0 && s.replayed < n as u64, "{ran}");
     // And the batch at hand finished: the held row's entry is in the table
-    let rows = q.rows();
-    assert!(rows.contains(&held), "the batch at hand is not done; {ctx}");
-    assert_eq!(rows.len() as u64, s.replayed, "{ctx}");
+    let rows = row_ids(&q.table);
+    assert!(rows.contains(&held), "the batch at hand is not done; {ran}");
+    assert_eq!(rows.len() as u64, s.replayed, "{ran}");
     // And every entry is either a row (and gone from the queue) or still queued (and not a
     // row), untouched: never both, never neither
     let left = dlq_list(&q.config);
     let originals = q.originals();
-    assert_one_place(&rows, &left, &originals, &ctx);
+    assert_one_place(&rows, &left, &originals, &ran);
     for l in &left {
         assert!(originals.contains_key(&id_of(l)), "no new entries: {l}");
         assert_eq!(l["attempts"], 1, "an untouched entry: {l}");
@@ -671,18 +621,18 @@ fn replay_interrupted_by_sigint_leaves_every_entry_in_exactly_one_place() {
     }
 
     // When the replay runs again
-    let second = Replay::start(&q.config, "replay2").finish();
+    let (ran, s2) = Replay::start(&q.config, "replay2").finish();
 
     // Then it finishes the rest, and the counts add up exactly
-    let (s2, ctx) = (&second.summary, second.ctx());
-    assert_eq!(second.status.code(), Some(0), "{ctx}");
+    assert_eq!(ran.code, Some(0), "{ran}");
     let rest = left.len() as u64;
-    assert_eq!((s2.total, s2.replayed), (rest, rest), "{ctx}");
+    assert_eq!((s2.total, s2.replayed), (rest, rest), "{ran}");
     assert_eq!(s.replayed + s2.replayed, n as u64);
     assert_eq!(dlq_list(&q.config), Vec::<Json>::new());
     assert_eq!(q.table.count(), n);
-    assert_eq!(q.rows(), Vec::from_iter(1..=n), "every entry is one row");
-    assert_eq!(sum_v(&q.db, &q.table.name, "TRUE"), n * (n + 1) / 2);
+    let every = Vec::from_iter(1..=n);
+    assert_eq!(row_ids(&q.table), every, "every entry is one row");
+    assert_eq!(sum_v(&q.table, "TRUE"), n * (n + 1) / 2);
 }
 
 #[test]
@@ -696,10 +646,8 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     let table = TempTable::create(&db, "beside", columns);
     let t = table.name.as_str();
     let topic = format!("{}/data", unique("beside"));
-    let config = world
-        .config(&db)
-        .inbound(route("beside", &topic, t))
-        .write();
+    let config = world.config(&db).inbound(route("beside", &topic, t));
+    let config = config.write();
     world.persistent_session(&topic);
     let publisher = world.publisher();
     let n: i64 = 1500;
@@ -732,7 +680,7 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
 
     // The bridge's traffic: good rows (ids from 100000) and bad messages that stay dead
     // letters whatever happens (NULL into NOT NULL, bad JSON)
-    let traffic = |from: i64| -> (Messages, i64, i64) {
+    let traffic = |from: i64| -> (Messages, Vec<i64>, i64) {
         let ids = from..from + 300;
         let (bad, fine): (Vec<i64>, Vec<i64>) = ids.clone().partition(|id| id % 5 == 0);
         let msgs = ids.map(|id| match (id % 5, id % 10) {
@@ -740,7 +688,7 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
             (0, _) => msg(&topic, format!(r#"{{"id":{id},"v":"#)),
             _ => msg(&topic, format!(r#"{{"id":{id},"v":{id}}}"#)),
         });
-        (msgs.collect(), fine.len() as i64, bad.len() as i64)
+        (msgs.collect(), fine, bad.len() as i64)
     };
 
     // When a replay of all entries runs, held in its second batch while the bridge stores
@@ -749,13 +697,13 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
         .iter()
         .find(|l| l["error_kind"] == "rejected");
     let held = payload_id(held.expect("a replayable entry in the second batch"));
-    let blocker = Blocker::hold(&db, t, held);
+    let blocker = Blocker::hold(&table, held);
     let mut replay = Replay::start(&config, "replay");
-    replay.wait_held(&db, t, 1);
+    replay.wait_held(&table, 1);
     let (msgs, good_a, bad_a) = traffic(100_000);
     publisher.publish_all_confirmed(msgs, 1);
     let new_rows_sql = format!("SELECT COUNT(*) FROM {t} WHERE id >= 100000");
-    wait_for_count(&mut bridge, &db, &new_rows_sql, good_a);
+    wait_for_count(&mut bridge, &db, &new_rows_sql, good_a.len() as i64);
     let new_letters = || -> Vec<Json> {
         let letters = dlq_list(&config).into_iter();
         letters.filter(|l| id_of(l) > last_original).collect()
@@ -770,11 +718,11 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     blocker.release();
     let (msgs, good_b, bad_b) = traffic(100_300);
     publisher.publish_all_confirmed(msgs, 1);
-    let done = replay.finish();
-    let (s, ctx) = (&done.summary, done.ctx());
+    let (ran, s) = replay.finish();
 
     // Then every replayable entry was replayed exactly once, and only those succeeded
-    wait_for_count(&mut bridge, &db, &new_rows_sql, good_a + good_b);
+    let new_rows = [good_a, good_b].concat();
+    wait_for_count(&mut bridge, &db, &new_rows_sql, new_rows.len() as i64);
     let bad_total = (bad_a + bad_b) as usize;
     wait_for(&mut bridge, "every new dead letter stored", || {
         Ok(new_letters().len() == bad_total)
@@ -782,24 +730,19 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
     // (the words match what happened: what was selected at the start, each counted once;
     // the entries the bridge stored meanwhile wait for the next replay)
     let selected = letters.len() as u64;
-    assert_eq!((s.total, s.replayed), (selected, n as u64), "{ctx}");
+    assert_eq!((s.total, s.replayed), (selected, n as u64), "{ran}");
     let only = "the undecodable originals failed again, and nothing stored after the start";
-    assert_eq!(s.failures(), hopeless_count as u64, "{only}: {ctx}");
-    assert!(s.adds_up(), "{ctx}");
-    for kind in s.failed.keys() {
-        let expected = kind == "decode" || kind == "rejected";
-        assert!(expected, "only undecodable and new entries fail: {ctx}");
-    }
-    assert_eq!(done.status.code(), Some(1), "{ctx}");
-    let rows = row_ids(&db, t);
-    let unique_rows: BTreeSet<i64> = rows.iter().copied().collect();
-    assert_eq!(rows.len(), unique_rows.len(), "no duplicate rows");
-    assert_eq!(rows.len() as i64, n + good_a + good_b, "{ctx}");
-    for key in replayable.values() {
-        assert!(unique_rows.contains(key), "original row {key} is missing");
-    }
+    assert_eq!(s.failures(), hopeless_count as u64, "{only}: {ran}");
+    assert!(s.adds_up(), "{ran}");
+    let expected = s.failed.keys().all(|k| k == "decode" || k == "rejected");
+    assert!(expected, "only undecodable and new entries fail: {ran}");
+    assert_eq!(ran.code, Some(1), "{ran}");
+    // (each original row once, no duplicate, beside the bridge's new ones)
+    let mut rows = [replayable.values().copied().collect(), new_rows].concat();
+    rows.sort_unstable();
+    assert_eq!(row_ids(&table), rows, "{ran}");
     let sum = (1..=n).map(|id| 1_000_000 + id).sum::<i64>();
-    assert_eq!(sum_v(&db, t, &format!("id <= {n}")), sum);
+    assert_eq!(sum_v(&table, &format!("id <= {n}")), sum);
     // And nothing is lost: the queue holds exactly the undecodable originals and the new bad
     // messages, each once, the ones the replay tried with one more attempt; no replayed
     // original and no duplicate insert
@@ -819,13 +762,12 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
         // (stored after the replay began: left for the next one; undecodable: tried again)
         assert_eq!(l["attempts"], if new { 1 } else { 2 }, "{l}");
     }
-    for id in &hopeless {
-        let kept = left.iter().any(|l| id_of(l) == *id);
-        assert!(kept, "undecodable original {id} was lost; {ctx}");
-    }
+    let kept: BTreeSet<i64> = left.iter().map(id_of).collect();
+    let lost = !hopeless.is_subset(&kept);
+    assert!(!lost, "an undecodable original was lost; {ran}");
     let retried = left.iter().filter(|l| l["attempts"] == 2).count() as u64;
     let failed_again = "each entry the replay failed again is still queued with 2 attempts";
-    assert_eq!(retried, s.failures(), "{failed_again}; {ctx}");
+    assert_eq!(retried, s.failures(), "{failed_again}; {ran}");
     terminate_ok(&mut bridge);
 }
 
@@ -842,9 +784,8 @@ fn two_concurrent_replays_replay_each_entry_exactly_once() {
     let mut b = Replay::start(&q.config, "replay_b");
     let mut a = q.replay_held("replay_a", 2);
     holds.into_iter().for_each(Blocker::release);
-    let (done_a, done_b) = (a.finish(), b.finish());
-    let (sa, sb) = (&done_a.summary, &done_b.summary);
-    let ctx = format!("A:\n{}\nB:\n{}", done_a.ctx(), done_b.ctx());
+    let ((ran_a, sa), (ran_b, sb)) = (a.finish(), b.finish());
+    let ctx = format!("A:\n{ran_a}\nB:\n{ran_b}");
 
     // Then between them every entry was replayed once, none failed
     assert_eq!((sa.failures(), sb.failures()), (0, 0), "{ctx}");
@@ -852,25 +793,22 @@ fn two_concurrent_replays_replay_each_entry_exactly_once() {
     assert_eq!(sa.replayed + sb.replayed, n as u64, "{ctx}");
     // (each summary adds up; an exit 1 is fair only for the entries the other replay held,
     // and says so, never "0 dead letters failed again")
-    for done in [&done_a, &done_b] {
-        let (s, err) = (&done.summary, &done.stderr);
+    for (ran, s) in [(&ran_a, &sa), (&ran_b, &sb)] {
+        let err = &ran.stderr;
         assert!(s.adds_up(), "{ctx}");
-        match done.status.code() {
+        match ran.code {
             Some(0) => assert_eq!(s.held, 0, "{ctx}"),
             Some(1) => assert!(s.held > 0 && err.contains("held by another"), "{ctx}"),
             other => panic!("exit {other:?}: {ctx}"),
         }
         assert!(!err.contains("failed again"), "{ctx}");
-        let line = &s.line;
-        assert!(
-            !line.contains("interrupted") && !line.contains("outage"),
-            "{ctx}"
-        );
+        let stopped = s.line.contains("interrupted") || s.line.contains("outage");
+        assert!(!stopped, "{ctx}");
     }
     // And each is one row, with nothing left in the queue (no rejected duplicate)
     assert_eq!(dlq_list(&q.config), Vec::<Json>::new(), "{ctx}");
-    assert_eq!(q.rows(), (1..=n).collect::<Vec<_>>());
-    assert_eq!(sum_v(&q.db, &q.table.name, "TRUE"), n * (n + 1) / 2);
+    assert_eq!(row_ids(&q.table), (1..=n).collect::<Vec<_>>());
+    assert_eq!(sum_v(&q.table, "TRUE"), n * (n + 1) / 2);
 }
 
 #[test]
@@ -883,20 +821,18 @@ fn entries_purged_during_a_replay_are_reported_as_gone_not_held() {
     // claimed is purged meanwhile
     let blocker = q.hold(250);
     let mut replay = q.replay_held("purged_under", 1);
-    let purge = run_mqdb(&["-c", path_str(&q.config), "dlq", "purge", "--all", "--yes"]);
-    assert_eq!(purge.status.code(), Some(0), "{purge:?}");
+    mqdb_at(&q.config, &["dlq", "purge", "--all", "--yes"]).code(0);
     blocker.release();
-    let done = replay.finish();
-    let (s, ctx) = (&done.summary, done.ctx());
+    let (ran, s) = replay.finish();
 
     // Then the purged entries are named as such, never as held by another replay, and the
     // summary adds up to the selection
-    assert_eq!((s.total, s.held), (n as u64, 0), "{ctx}");
-    assert!(s.adds_up(), "{ctx}");
-    assert!(s.gone > 0, "{ctx}");
-    assert_eq!(s.replayed as i64, q.table.count(), "{ctx}");
-    assert_eq!(done.status.code(), Some(0), "{ctx}");
-    assert_eq!(dlq_list(&q.config), Vec::<Json>::new(), "{ctx}");
+    assert_eq!((s.total, s.held), (n as u64, 0), "{ran}");
+    assert!(s.adds_up(), "{ran}");
+    assert!(s.gone > 0, "{ran}");
+    assert_eq!(s.replayed as i64, q.table.count(), "{ran}");
+    assert_eq!(ran.code, Some(0), "{ran}");
+    assert_eq!(dlq_list(&q.config), Vec::<Json>::new(), "{ran}");
 }
 
 #[test]
@@ -915,67 +851,56 @@ fn replay_after_a_killed_replay_reports_success_only_when_the_queue_is_done() {
 
     // Then every entry is a row or still queued, never both, never neither
     let listed = dlq_list(&q.config);
-    assert_one_place(&q.rows(), &listed, &originals, "after the kill");
+    assert_one_place(&row_ids(&q.table), &listed, &originals, "after the kill");
     assert!(!listed.is_empty(), "the killed batch is still queued");
 
     // And a new replay either replays everything, or does not claim success
-    let done = Replay::start(&q.config, "again").finish();
+    let (ran, s) = Replay::start(&q.config, "again").finish();
     let left = dlq_list(&q.config);
-    let ctx = format!("{}{} entries still queued", done.ctx(), left.len());
-    assert_eq!(done.summary.failures(), 0, "{ctx}");
-    if done.status.code() == Some(0) {
+    let ctx = format!("{ran}{} entries still queued", left.len());
+    assert_eq!(s.failures(), 0, "{ctx}");
+    if ran.code == Some(0) {
         assert_eq!(left.len(), 0, "exit 0 while entries remain: {ctx}");
         assert_eq!(q.table.count(), n, "{ctx}");
     } else {
-        assert_eq!(done.status.code(), Some(1), "{ctx}");
+        assert_eq!(ran.code, Some(1), "{ctx}");
     }
-    assert_one_place(&q.rows(), &left, &originals, &ctx);
+    assert_one_place(&row_ids(&q.table), &left, &originals, &ctx);
 }
 
 #[test]
 fn mirror_config_errors_exit_2_naming_the_line() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let head = format!(
-        "state: \"sqlite://{}\"\n\
-                brokers:\n  b:\n    url: \"mqtt://127.0.0.1:1883\"\n  \
-                r:\n    url: \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n\
-                databases:\n  d:\n    connection_string: \"Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Database=test;Uid=root;\"\n\
-                inbound:\n  - name: i\n    broker: b\n    topic: \"a/b\"\n    database: d\n    table: t\n",
-        dir.path().join("state.db").display()
-    );
-    let base = head.lines().count();
+    let work = Workdir::new("dlq-ops");
+    let head = work
+        .bare_config()
+        .broker("b", "mqtt://127.0.0.1:1883", Json::Null);
+    let head = head.broker("r", Rabbit::URL, Json::Null);
+    let head = head.database("d", &Db::Postgres.connection_string());
+    let route = ["broker: b", "topic: a/b", "database: d", "table: t"];
+    let head = head.inbound(Route::named("i").lines(&route));
+    let base = head.yaml().lines().count();
     // Each: the `publish:` settings, the lines one of which the error names, what it names
-    let cases: [(&str, &[usize], &str); 3] = [
-        // A template field a dead letter does not have (MQTT topic)
-        (
-            "broker: b\n    topic: \"mqdb/dead/{topic}\"\n",
-            &[base + 4],
-            "{topic}",
-        ),
-        // … and in an AMQP routing key
-        (
-            "broker: r\n    exchange: x\n    routing_key: \"{route}.{payload}\"\n",
-            &[base + 5],
-            "{payload}",
-        ),
-        // A topic on an AMQP broker
-        (
-            "broker: r\n    topic: \"mqdb/dead/{route}\"\n",
-            &[base + 2, base + 3, base + 4],
-            "topic",
-        ),
-    ];
-    for (publish, lines, needle) in cases {
-        let text = format!("{head}dead_letter:\n  publish:\n    {publish}");
-        let path = dir.path().join(format!("{}.yaml", unique("bad")));
-        std::fs::write(&path, &text).expect("write config");
-        let out = run_mqdb(&["-c", path_str(&path), "check"]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let ctx = format!("{text}\n---\n{stdout}{stderr}");
-        assert_eq!(out.status.code(), Some(2), "{ctx}");
-        let at = |l: &usize| stderr.contains(&format!("{}:{l}:", path.display()));
+    let fails_at = |publish: Json, lines: &[usize], needle: &str| {
+        let path = work.path(&format!("{}.yaml", unique("bad")));
+        let config = head
+            .clone()
+            .set("dead_letter", json!({ "publish": publish }));
+        config.write_to(&path);
+        let ran = mqdb_at(&path, &["check"]);
+        let ctx = format!("{}\n---\n{ran}", config.yaml());
+        assert_eq!(ran.code, Some(2), "{ctx}");
+        let at = |l: &usize| ran.stderr.contains(&format!("{}:{l}:", path.display()));
         assert!(lines.iter().any(at), "not at line {lines:?}: {ctx}");
-        assert!(stderr.contains(needle), "{ctx}");
-    }
+        assert!(ran.stderr.contains(needle), "{ctx}");
+    };
+    // A template field a dead letter does not have (MQTT topic)
+    let publish = json!({ "broker": "b", "topic": "mqdb/dead/{topic}" });
+    fails_at(publish, &[base + 4], "{topic}");
+    // … and in an AMQP routing key
+    let key = "{route}.{payload}";
+    let publish = json!({ "broker": "r", "exchange": "x", "routing_key": key });
+    fails_at(publish, &[base + 5], "{payload}");
+    // A topic on an AMQP broker
+    let publish = json!({ "broker": "r", "topic": "mqdb/dead/{route}" });
+    fails_at(publish, &[base + 2, base + 3, base + 4], "topic");
 }

@@ -9,11 +9,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::{DateTime, FixedOffset, NaiveDateTime, SecondsFormat, Utc};
+use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 use common::{
-    AmqpMessage, Bridge, Db, Header, LIVENESS, Rabbit, Route, Subscriber, TempTable, Workdir,
-    World, dlq_list, letter_id as id, path_str, run_bounded, terminate_ok, unique,
-    wait_dead_letters, wait_for, wait_for_count, wait_until,
+    AmqpMessage, Bridge, Db, Header, LIVENESS, Rabbit, Ran, Route, Subscriber, TempTable, Workdir,
+    World, amqp_route, dlq_list, letter_id as id, mqdb_bounded, parse_ts, path_str, terminate_ok,
+    unique, wait_consuming, wait_dead_letters, wait_for_count, wait_queue_drained, wait_until,
 };
 use serde_json::{Value as Json, json};
 
@@ -26,11 +26,12 @@ const ID_V: &[(&str, &str)] = &[("id", "payload.id"), ("v", "payload.v")];
 type Letters = BTreeMap<i64, Json>;
 type Messages = Vec<(String, Vec<u8>)>;
 type Shape = fn(Route) -> Route;
+type Topics = Vec<String>;
 
 /// The config with one inbound route `(name, table)` on `db` per item, each on its own
 /// topic (returned in the same order) and shaped by `shape`; the bridge's persistent
 /// session already subscribes to every topic.
-fn routes(world: &World, db: &Db, routes: &[(&str, &str)], shape: Shape) -> (PathBuf, Vec<String>) {
+fn routes(world: &World, db: &Db, routes: &[(&str, &str)], shape: Shape) -> (PathBuf, Topics) {
     let topics: Vec<String> = routes.iter().map(|(n, _)| unique(n)).collect();
     let mut config = world.config(db);
     for ((name, table), topic) in routes.iter().zip(&topics) {
@@ -54,10 +55,15 @@ fn cols<'a>(route: Route, spec: &'a str) -> Route {
     route.columns(&spec.split_whitespace().map(pair).collect::<Vec<_>>())
 }
 
-/// Each of `payloads` on `topic`.
 fn on<P: AsRef<str>>(topic: &str, payloads: impl IntoIterator<Item = P>) -> Messages {
     let message = |p: P| (topic.to_owned(), p.as_ref().as_bytes().to_vec());
     payloads.into_iter().map(message).collect()
+}
+
+/// Each `(level, payload)` on `<root>/<level>`.
+fn at_levels(root: &str, items: &[(&str, &str)]) -> Messages {
+    let message = |(level, p): &(&str, &str)| on(&format!("{root}/{level}"), [p]);
+    items.iter().flat_map(message).collect()
 }
 
 /// Runs the bridge until each table has its row count and `n` dead letters are stored,
@@ -77,10 +83,9 @@ fn run_until(config: &Path, db: &Db, tables: &[(&str, i64)], n: usize) -> Letter
 /// to `exchange` on broker `rabbit` at `url` with routing key `key`.
 fn rabbit_out(work: &Workdir, url: &str, query: &str, exchange: &str, key: &str) -> PathBuf {
     let route = Route::outbound("out", query)
-        .lines(&["track: id", "start: 0", "interval: 100ms"])
-        .set("broker", "rabbit")
-        .set("exchange", exchange)
-        .set("routing_key", key);
+        .lines(&["track: id", "start: 0", "interval: 100ms", "broker: rabbit"])
+        .exchange(exchange)
+        .routing_key(key);
     let config = work.bare_config().broker("rabbit", url, Json::Null);
     let cs = Db::Postgres.connection_string();
     config.database("d", &cs).outbound(route).write()
@@ -96,55 +101,32 @@ fn take(rabbit: &Rabbit, queue: &str, n: usize) -> Vec<AmqpMessage> {
     got
 }
 
-/// What one `mqdb dlq …` run printed.
-struct Cli {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Cli {
-    /// The last non-empty line of stdout (the replay summary).
-    fn summary(&self) -> &str {
-        let last = self.stdout.lines().rev().find(|l| !l.trim().is_empty());
-        last.unwrap_or("").trim()
-    }
-}
-
-impl std::fmt::Display for Cli {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (code, out, err) = (self.code, &self.stdout, &self.stderr);
-        write!(f, "exit {code:?}\n--- stdout\n{out}--- stderr\n{err}")
-    }
-}
-
 /// `mqdb -c CONFIG dlq ARGS…` (`args` split at spaces) with stdin closed (not a terminal),
 /// killed and failed if it runs past [`LIVENESS`].
-fn dlq(config: &Path, args: &str) -> Cli {
+fn dlq(config: &Path, args: &str) -> Ran {
     let args: Vec<&str> = args.split_whitespace().collect();
     let all = [&["-c", path_str(config), "dlq"][..], &args].concat();
-    let dir = config.parent().expect("config dir");
-    let (status, stdout, stderr) = run_bounded(&all, dir, LIVENESS);
-    let code = status.code();
-    Cli {
-        code,
-        stdout,
-        stderr,
-    }
+    mqdb_bounded(&all, config.parent().expect("config dir"), LIVENESS)
 }
 
 /// Like [`dlq`], asserting the exit code.
-fn dlq_expect(config: &Path, args: &str, code: i32) -> Cli {
-    let cli = dlq(config, args);
-    assert_eq!(cli.code, Some(code), "mqdb dlq {args}:\n{cli}");
-    cli
+fn dlq_expect(config: &Path, args: &str, code: i32) -> Ran {
+    let ran = dlq(config, args);
+    assert_eq!(ran.code, Some(code), "mqdb dlq {args}:\n{ran}");
+    ran
+}
+
+/// The last non-empty line of stdout (the replay summary).
+fn summary(ran: &Ran) -> &str {
+    let last = ran.stdout.lines().rev().find(|l| !l.trim().is_empty());
+    last.unwrap_or("").trim()
 }
 
 /// `mqdb dlq replay ARGS…`, asserting the exit code and the summary line.
-fn replay(config: &Path, args: &str, code: i32, summary: &str) -> Cli {
-    let cli = dlq_expect(config, &format!("replay {args}"), code);
-    assert_eq!(cli.summary(), summary, "mqdb dlq replay {args}:\n{cli}");
-    cli
+fn replay(config: &Path, args: &str, code: i32, want: &str) -> Ran {
+    let ran = dlq_expect(config, &format!("replay {args}"), code);
+    assert_eq!(summary(&ran), want, "mqdb dlq replay {args}:\n{ran}");
+    ran
 }
 
 /// The summary of a replay of `n` entries that all failed again, `kinds` as it counts them.
@@ -163,13 +145,18 @@ fn letters(config: &Path) -> Letters {
 
 /// The ids `dlq list --json ARGS…` prints, sorted.
 fn listed_ids(config: &Path, args: &str) -> Vec<i64> {
-    let cli = dlq_expect(config, &format!("list --json {args}"), 0);
+    let ran = dlq_expect(config, &format!("list --json {args}"), 0);
     let parse = |l: &str| -> Json {
-        let e = |e| panic!("not a JSON object: {l}: {e}\n{cli}");
-        serde_json::from_str(l).unwrap_or_else(e)
+        serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON object: {l}: {e}\n{ran}"))
     };
-    let lines = cli.stdout.lines().filter(|l| !l.trim().is_empty());
+    let lines = ran.stdout.lines().filter(|l| !l.trim().is_empty());
     sorted(lines.map(|l| id(&parse(l))).collect())
+}
+
+/// Like [`dlq_expect`], asserting also that stdout, trimmed, is `want`.
+fn dlq_says(config: &Path, args: &str, code: i32, want: &str) {
+    let ran = dlq_expect(config, args, code);
+    assert_eq!(ran.stdout.trim(), want, "mqdb dlq {args}:\n{ran}");
 }
 
 /// The one dead letter whose payload is `payload`.
@@ -219,19 +206,11 @@ fn json_instant(letter: &Json, field: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-/// A timestamp read back as UTC text (`YYYY-MM-DD HH:MM:SS[.ffffff]`).
-fn db_instant(text: &str) -> DateTime<Utc> {
-    let t = text.trim().replace('T', " ");
-    NaiveDateTime::parse_from_str(&t, "%Y-%m-%d %H:%M:%S%.f")
-        .unwrap_or_else(|e| panic!("{text:?} is not a timestamp: {e}"))
-        .and_utc()
-}
-
 /// Asserts that a stored timestamp is the dead letter's `received_at` (to the microsecond
 /// the databases keep).
 fn assert_received_at(stored: Option<&str>, letter: &Json) {
     let want = json_instant(&letter["headers"], "received_at");
-    let got = db_instant(stored.expect("received is set"));
+    let got = parse_ts(stored.expect("received is set")).and_utc();
     let diff = (got - want).num_microseconds().unwrap_or(i64::MAX).abs();
     let ctx = format!("{letter:#}");
     assert!(diff <= 1, "stored {got} is not received_at {want}: {ctx}");
@@ -249,14 +228,9 @@ fn assert_failed_again(before: &Json, after: &Json, kind: &str) {
     let error = after["error"].as_str().unwrap_or("");
     assert!(!error.trim().is_empty(), "{ctx}");
     let changed = "attempts last_failed_at error error_kind sqlstate";
-    let (Json::Object(b), Json::Object(a)) = (before, after) else {
-        panic!("not objects: {ctx}");
-    };
-    let same = b
-        .iter()
-        .filter(|(k, _)| !changed.split(' ').any(|c| *k == c));
-    for (k, v) in same {
-        assert_eq!(a.get(k), Some(v), "{k} changed: {ctx}");
+    let fields = before.as_object().expect("an object").iter();
+    for (k, v) in fields.filter(|(k, _)| !changed.split(' ').any(|c| *k == c)) {
+        assert_eq!(after.get(k), Some(v), "{k} changed: {ctx}");
     }
 }
 
@@ -310,10 +284,7 @@ fn rejected_rows_fail_again_then_land_with_their_metadata_once_the_table_is_fixe
         ("south", "102", r#"{"id":102,"note":"no v"}"#),
         ("east", "103", r#"{"id":103}"#),
     ];
-    messages.extend(
-        bad.iter()
-            .flat_map(|(site, _, p)| on(&format!("{root}/{site}"), [p])),
-    );
+    messages.extend(at_levels(&root, &bad.map(|(site, _, p)| (site, p))));
     messages.extend(on(&root2, [r#"{"id":1,"v":-1}"#]));
     world.publisher().publish_all_confirmed(messages, 1);
     let first = run_until(&config, &db, &[(t, 5)], 4);
@@ -350,16 +321,14 @@ fn rejected_rows_fail_again_then_land_with_their_metadata_once_the_table_is_fixe
         let topic = format!("{root}/{site}");
         assert_eq!(row[..4], [s(id), s("-1"), s(site), s(&topic)], "{row:?}");
         assert_received_at(row[4].as_deref(), with_payload(&first, payload));
-        let received = db_instant(row[4].as_deref().expect("set"));
+        let received = parse_ts(row[4].as_deref().expect("set")).and_utc();
         assert!(received < stopped_at, "{row:?}");
     }
     assert_eq!(readings.count(), 8);
     // And only the other route's entry is left, untouched by the --route replay
-    let left = letters(&config);
-    assert_eq!(left.len(), 1, "{left:#?}");
-    let other = left.values().next().expect("one");
-    assert_eq!(other["route"], "others", "{other:#}");
-    assert_eq!(other, &second[&id(other)]);
+    let mut other = second.clone();
+    other.retain(|_, l| l["route"] == "others");
+    assert_eq!(letters(&config), other);
     assert_eq!(others.count(), 0);
 }
 
@@ -390,10 +359,7 @@ fn rejected_rows_replayed_with_on_conflict_ignore_never_duplicate_mariadb() {
         ("b", r#"{"id":101,"v":-6}"#),
         ("c", r#"{"id":102,"v":-7}"#),
     ];
-    messages.extend(
-        bad.iter()
-            .flat_map(|(level, p)| on(&format!("{root}/{level}"), [p])),
-    );
+    messages.extend(at_levels(&root, &bad));
     world.publisher().publish_all_confirmed(messages, 1);
     let first = run_until(&config, &db, &[(t, 5)], 3);
     let want = json!({"error_kind": "rejected", "sqlstate": "23000"});
@@ -443,26 +409,21 @@ fn a_conversion_that_is_still_wrong_counts_every_attempt_and_id_selects_exactly(
 
     // When one entry is replayed by id, several times, then with others in both --id forms
     // and by error kind, each step checked against the one before
-    let (by_x, decode) = (format!("--id {x}"), "--all --error-kind decode");
-    let steps: [(&str, String, &[i64]); 6] = [
-        (&by_x, failed(1, "convert: 1"), &[x]),
-        (&by_x, failed(1, "convert: 1"), &[x]),
-        (&format!("--id {x},{y}"), failed(2, "convert: 2"), &[x, y]),
-        (
-            &format!("--id {x} --id {z}"),
-            failed(2, "convert: 1, decode: 1"),
-            &[x, z],
-        ),
-        (decode, failed(1, "decode: 1"), &[z]),
-        (
-            "--route conv --error-kind convert",
-            failed(2, "convert: 2"),
-            &[x, y],
-        ),
+    // (each step: the selection, the kinds of the entries that failed again, which they are)
+    let by_x = format!("--id {x}");
+    let xy = format!("--id {x},{y}");
+    let xz = format!("--id {x} --id {z}");
+    let steps: [(&str, &str, &[i64]); 6] = [
+        (&by_x, "convert: 1", &[x]),
+        (&by_x, "convert: 1", &[x]),
+        (&xy, "convert: 2", &[x, y]),
+        (&xz, "convert: 1, decode: 1", &[x, z]),
+        ("--all --error-kind decode", "decode: 1", &[z]),
+        ("--route conv --error-kind convert", "convert: 2", &[x, y]),
     ];
-    for (args, summary, touched) in steps {
+    for (args, kinds, touched) in steps {
         std::thread::sleep(TICK);
-        replay(&config, args, 1, &summary);
+        replay(&config, args, 1, &failed(touched.len(), kinds));
         // Then exactly the selected entries have one more attempt and the same error kind;
         // the others are unchanged
         let now = letters(&config);
@@ -649,11 +610,7 @@ fn amqp_dead_letters_replay_with_their_routing_key_and_headers_without_a_broker(
     let table = TempTable::create(&db, "amqp_rp", &columns);
     let t = &table.name;
     let bind = json!({ "exchange": exchange, "routing_key": "sensors.#" });
-    let route = Route::named("amqp_in")
-        .lines(&["broker: r", "database: d"])
-        .set("queue", queue.as_str())
-        .set("table", t.as_str())
-        .set("bind", bind);
+    let route = amqp_route("amqp_in", &queue, t).set("bind", bind);
     let spec = "id=payload.id v=payload.v rk=meta.routing_key ex=meta.exchange q=meta.queue \
                 re=meta.redelivered br=meta.broker site=header.x-site seq=header.x-seq \
                 received=meta.received_at";
@@ -665,11 +622,7 @@ fn amqp_dead_letters_replay_with_their_routing_key_and_headers_without_a_broker(
     };
     let config_up = config(Rabbit::URL);
     let mut bridge = Bridge::start(&config_up);
-    wait_for(&mut bridge, "the queue and its binding", || {
-        let log = std::fs::read_to_string(config_up.with_extension("log"));
-        let consuming = log.unwrap_or_default().contains("consuming");
-        Ok(consuming && Rabbit::queue_info(&queue).is_some())
-    });
+    wait_consuming(&mut bridge, &queue);
 
     // When a good message and two negative ones (one through the exchange, one straight to
     // the queue through the default exchange) arrive, with headers
@@ -681,12 +634,9 @@ fn amqp_dead_letters_replay_with_their_routing_key_and_headers_without_a_broker(
     rabbit.publish(&exchange, "sensors.north.t", north, &headers);
     let seq = ("x-seq", Header::Int32(-7));
     rabbit.publish("", &queue, br#"{"id":3,"v":-2}"#, &[site("south"), seq]);
-    let sql = format!("SELECT COUNT(*) FROM {t}");
-    wait_for_count(&mut bridge, &db, &sql, 1);
+    wait_for_count(&mut bridge, &db, &format!("SELECT COUNT(*) FROM {t}"), 1);
     let first = by_id(wait_dead_letters(&mut bridge, &config_up, 2));
-    wait_for(&mut bridge, "the queue acknowledged empty", || {
-        Ok(Rabbit::queue_info(&queue).is_some_and(|q| q.messages == 0))
-    });
+    wait_queue_drained(&mut bridge, &queue);
     terminate_ok(&mut bridge);
 
     // When the configuration points at a broker that is not there, the CHECK is dropped,
@@ -799,19 +749,15 @@ fn list_filters_by_route_kind_and_time_and_show_prints_one_entry() {
     let publisher = world.publisher();
     let mut bridge = Bridge::start(&config);
     let (convert, rejected) = (r#"{"id":1,"v":"abc"}"#, r#"{"id":2,"v":-1}"#);
-    let a_bad = ["alpha not json", convert, rejected];
-    let b_bad = "beta not json";
-    let mut messages = on(&topics[0], a_bad);
-    messages.extend(on(&topics[1], [b_bad]));
-    publisher.publish_all_confirmed(messages, 1);
+    let (a_bad, b_bad) = (["alpha not json", convert, rejected], "beta not json");
+    let round = |alpha: &[&str], beta: &str| [on(&topics[0], alpha), on(&topics[1], [beta])];
+    publisher.publish_all_confirmed(round(&a_bad, b_bad).concat(), 1);
     let round1 = by_id(wait_dead_letters(&mut bridge, &config, 4));
     std::thread::sleep(TICK);
     let between = Utc::now();
     std::thread::sleep(TICK);
     let (a_late, b_late) = (r#"{"id":3,"v":-3}"#, r#"{"id":4,"v":"zz"}"#);
-    let mut messages = on(&topics[0], [a_late]);
-    messages.extend(on(&topics[1], [b_late]));
-    publisher.publish_all_confirmed(messages, 1);
+    publisher.publish_all_confirmed(round(&[a_late], b_late).concat(), 1);
     let all = by_id(wait_dead_letters(&mut bridge, &config, 6));
     terminate_ok(&mut bridge);
     let by = |p: &str| id(with_payload(&all, p));
@@ -852,9 +798,7 @@ fn list_filters_by_route_kind_and_time_and_show_prints_one_entry() {
     }
     // (a route that is neither configured nor stored is a usage error naming the routes)
     let unknown = dlq_expect(&config, "list --json --route gamma", 2);
-    let err = &unknown.stderr;
-    let named = err.contains("gamma") && err.contains("alpha, beta");
-    assert!(named, "{unknown}");
+    unknown.stderr_has(&["gamma", "alpha, beta"]);
 
     // And the table form prints its header and one line per match, or says nothing matches
     let table = dlq_expect(&config, "list --route beta", 0);
@@ -870,23 +814,21 @@ fn list_filters_by_route_kind_and_time_and_show_prints_one_entry() {
         assert_eq!(first_word, Some(want.to_string().as_str()), "{table}");
         assert!(line.contains("beta"), "{table}");
     }
-    let none = dlq_expect(&config, &format!("list --since {future}"), 0);
-    assert_eq!(none.stdout.trim(), "no dead letters match", "{none}");
+    let since_future = format!("list --since {future}");
+    dlq_says(&config, &since_future, 0, "no dead letters match");
     // And a time that is neither RFC 3339 nor a duration is a usage error
     dlq_expect(&config, "list --since yesterday", 2);
 
     // And show prints one entry with its payload and error; a missing id exits 1
     let shown = dlq_expect(&config, &format!("show {b_convert}"), 0);
     let error = all[&b_convert]["error"].as_str().expect("error");
-    for part in [b_late, "beta", error] {
-        assert!(shown.stdout.contains(part), "{shown}");
-    }
+    shown.stdout_has(b_late).stdout_has("beta");
+    shown.stdout_has(error);
     let only = !shown.stdout.contains("not json");
     assert!(only, "only that entry: {shown}");
     let missing = 1 + all.keys().max().expect("ids");
     let absent = dlq_expect(&config, &format!("show {missing}"), 1);
-    let said = format!("no dead letter with id {missing}");
-    assert!(absent.stderr.contains(&said), "{absent}");
+    absent.stderr_has(&[&format!("no dead letter with id {missing}")]);
     // And listing changed nothing
     assert_eq!(letters(&config), all);
 }
@@ -911,45 +853,34 @@ fn purge_selects_by_id_route_and_time_and_needs_yes_without_a_terminal() {
     let by = |p: &str| id(with_payload(&all, &format!("{p} not json")));
     let [a1, a2, a3, b1, b2, b3] = ["a 1", "a 2", "a 3", "b 1", "b 2", "b 3"].map(by);
     let ids = |config: &Path| sorted(letters(config).keys().copied().collect());
-    let past = "2000-01-01T00:00:00Z";
     let future = Utc::now() + chrono::Duration::days(1);
     let future = future.to_rfc3339_opts(SecondsFormat::Secs, true);
     let nothing = "no dead letters match; nothing purged";
 
     // When the selection is not exactly one of --all, --id, --route (or --before alone)
-    for args in [
-        "purge --yes",
-        "purge --all --route alpha --yes",
-        &format!("purge --id {a1} --all -y"),
-        &format!("purge --route alpha --id {b1} --yes"),
-    ] {
-        dlq_expect(&config, args, 2);
+    let id_all = format!("--id {a1} --all -y");
+    let route_id = format!("--route alpha --id {b1} --yes");
+    for args in ["--yes", "--all --route alpha --yes", &id_all, &route_id] {
+        dlq_expect(&config, &format!("purge {args}"), 2);
     }
     // Or --yes is missing and stdin is not a terminal
-    for args in [
-        "purge --route alpha",
-        "purge --all",
-        &format!("purge --id {a1}"),
-        &format!("purge --before {future}"),
-    ] {
-        let cli = dlq_expect(&config, args, 2);
-        assert!(cli.stderr.contains("--yes"), "{cli}");
+    let (one_id, before) = (format!("--id {a1}"), format!("--before {future}"));
+    for args in ["--route alpha", "--all", &one_id, &before] {
+        dlq_expect(&config, &format!("purge {args}"), 2).stderr_has(&["--yes"]);
     }
     // Then nothing is deleted
-    assert_eq!(ids(&config), sorted(vec![a1, a2, a3, b1, b2, b3]));
+    let six = sorted(vec![a1, a2, a3, b1, b2, b3]);
+    assert_eq!(ids(&config), six);
 
     // When nothing matches: a time in the past, also narrowed by route; an id that is gone
-    for args in [
-        &format!("purge --before {past} --yes"),
-        &format!("purge --route alpha --before {past} -y"),
-        "purge --before 1h --yes",
-    ] {
-        let cli = dlq_expect(&config, args, 0);
-        assert_eq!(cli.stdout.trim(), nothing, "{cli}");
+    let past = "--before 2000-01-01T00:00:00Z";
+    let alpha_past = format!("--route alpha {past} -y");
+    for args in [&format!("{past} --yes"), &alpha_past, "--before 1h --yes"] {
+        dlq_says(&config, &format!("purge {args}"), 0, nothing);
     }
     let unknown = dlq_expect(&config, "purge --route gamma --yes", 2);
-    assert!(unknown.stderr.contains("alpha, beta"), "{unknown}");
-    assert_eq!(ids(&config), sorted(vec![a1, a2, a3, b1, b2, b3]));
+    unknown.stderr_has(&["alpha, beta"]);
+    assert_eq!(ids(&config), six);
 
     // When one id, then two ids, then a route before a future time are purged
     let steps: [(&str, u64, &[i64]); 4] = [
@@ -959,10 +890,9 @@ fn purge_selects_by_id_route_and_time_and_needs_yes_without_a_terminal() {
         (&format!("--before {future} --yes"), 1, &[]),
     ];
     for (args, n, left) in steps {
-        let cli = dlq_expect(&config, &format!("purge {args}"), 0);
         // Then exactly those are gone
         let purged = format!("purged {n} dead letters");
-        assert_eq!(cli.stdout.trim(), purged, "{cli}");
+        dlq_says(&config, &format!("purge {args}"), 0, &purged);
         assert_eq!(ids(&config), sorted(left.to_vec()), "after purge {args}");
     }
 
@@ -971,11 +901,9 @@ fn purge_selects_by_id_route_and_time_and_needs_yes_without_a_terminal() {
     wait_dead_letters(&mut bridge, &config, 2);
     dlq_expect(&config, "purge --all", 2);
     assert_eq!(letters(&config).len(), 2);
-    let cli = dlq_expect(&config, "purge --all --yes", 0);
-    assert_eq!(cli.stdout.trim(), "purged 2 dead letters", "{cli}");
+    dlq_says(&config, "purge --all --yes", 0, "purged 2 dead letters");
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
-    let cli = dlq_expect(&config, "purge --all --yes", 0);
-    assert_eq!(cli.stdout.trim(), nothing, "{cli}");
+    dlq_says(&config, "purge --all --yes", 0, nothing);
     terminate_ok(&mut bridge);
     assert_eq!(ta.count() + tb.count(), 0);
 }
@@ -1039,8 +967,9 @@ fn dead_letters_of_a_route_no_longer_configured_are_kept_as_no_route() {
 }
 
 /// `mqdb -c CONFIG dlq ARGS…` on a pseudo-terminal (util-linux `script`), with `input`
-/// typed in: its exit code and everything it wrote (stdout and stderr share the terminal).
-fn dlq_on_terminal(config: &Path, args: &str, input: &str) -> (Option<i32>, String) {
+/// typed in, asserting its exit `code`: everything it wrote (stdout and stderr share the
+/// terminal).
+fn dlq_on_terminal(config: &Path, args: &str, input: &str, code: i32) -> String {
     use std::io::Write as _;
     use std::process::Stdio;
     let quote = |s: &str| format!("'{}'", s.replace('\'', r"'\''"));
@@ -1061,7 +990,8 @@ fn dlq_on_terminal(config: &Path, args: &str, input: &str) -> (Option<i32>, Stri
     drop(stdin);
     let out = child.wait_with_output().expect("wait for script(1)");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    (out.status.code(), text)
+    assert_eq!(out.status.code(), Some(code), "mqdb dlq {args}: {text}");
+    text
 }
 
 #[test]
@@ -1076,25 +1006,22 @@ fn on_a_terminal_purge_asks_first_and_replay_shows_progress() {
     let first = run_until(&config, &db, &[], 3);
 
     // When purge runs on a terminal without --yes and the answer is no
-    let (code, out) = dlq_on_terminal(&config, "purge --all", "n\n");
+    let out = dlq_on_terminal(&config, "purge --all", "n\n", 0);
     // Then it asked, purged nothing, and exits 0
-    assert_eq!(code, Some(0), "{out}");
     let asked = out.contains("purge 3 dead letters for good? [y/N]");
     assert!(asked && out.contains("nothing purged"), "{out}");
     assert_eq!(letters(&config), first);
 
     // When replay runs on a terminal
-    let (code, out) = dlq_on_terminal(&config, "replay --all", "");
+    let out = dlq_on_terminal(&config, "replay --all", "", 1);
     // Then it shows its progress and the summary, and the entries failed again
-    assert_eq!(code, Some(1), "{out}");
     assert!(out.contains("3/3"), "progress: {out}");
     assert!(out.contains(&failed(3, "decode: 3")), "{out}");
     assert_fields(letters(&config).values(), json!({"attempts": 2}));
 
     // When purge asks again and the answer is yes
-    let (code, out) = dlq_on_terminal(&config, "purge --route tty", "y\n");
+    let out = dlq_on_terminal(&config, "purge --route tty", "y\n", 0);
     // Then they are gone
-    assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("purged 3 dead letters"), "{out}");
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
 }
@@ -1102,12 +1029,10 @@ fn on_a_terminal_purge_asks_first_and_replay_shows_progress() {
 /// Asserts that `mqdb dlq ARGS` (a replay of `n` entries; 0: of any count) stopped with exit
 /// 1, said it was an outage, and left every entry as it was in `before`.
 fn assert_stopped_by_outage(config: &Path, args: &str, n: usize, before: &Letters) {
-    let cli = dlq(config, args);
-    assert_eq!(cli.code, Some(1), "{cli}");
-    let (summary, start) = (cli.summary(), format!("replayed 0 of {n}"));
-    let counted = n == 0 || summary.starts_with(&start);
-    let said = counted && summary.contains("; stopped by an outage");
-    assert!(said, "{cli}");
+    let ran = dlq_expect(config, args, 1);
+    let counted = n == 0 || summary(&ran).starts_with(&format!("replayed 0 of {n}"));
+    let said = counted && summary(&ran).contains("; stopped by an outage");
+    assert!(said, "{ran}");
     assert_eq!(&letters(config), before);
 }
 
