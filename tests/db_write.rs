@@ -322,82 +322,37 @@ fn upserts_keep_one_row_per_key(db: &Db, speak: Speak) {
     }
 }
 
-#[test]
-fn rejected_rows_are_found_exactly_postgres() {
-    rejected_rows_are_found_exactly(&Db::Postgres, Native);
-}
-
-#[test]
-fn rejected_rows_are_found_exactly_mariadb() {
-    rejected_rows_are_found_exactly(&Db::MariaDb, Native);
-}
-
-#[test]
-fn rejected_rows_are_found_exactly_sqlite() {
-    rejected_rows_are_found_exactly(&temp_sqlite(), Native);
-}
-
-#[test]
-fn rejected_rows_are_found_exactly_postgres_in_standard_sql() {
-    rejected_rows_are_found_exactly(&Db::Postgres, Generic);
-}
-
-#[test]
-fn values_survive_the_batch_statement_postgres() {
-    values_survive_the_batch_statement(&Db::Postgres, Native);
-}
-
-#[test]
-fn values_survive_the_batch_statement_mariadb() {
-    values_survive_the_batch_statement(&Db::MariaDb, Native);
-}
-
-#[test]
-fn values_survive_the_batch_statement_sqlite() {
-    values_survive_the_batch_statement(&temp_sqlite(), Native);
-}
-
-#[test]
-fn values_survive_the_batch_statement_postgres_in_standard_sql() {
-    values_survive_the_batch_statement(&Db::Postgres, Generic);
-}
-
-#[test]
-fn later_batches_may_carry_longer_values_postgres() {
-    later_batches_may_carry_longer_values(&Db::Postgres, Native);
-}
-
-#[test]
-fn later_batches_may_carry_longer_values_mariadb() {
-    later_batches_may_carry_longer_values(&Db::MariaDb, Native);
-}
-
-#[test]
-fn later_batches_may_carry_longer_values_sqlite() {
-    later_batches_may_carry_longer_values(&temp_sqlite(), Native);
-}
-
-#[test]
-fn later_batches_may_carry_longer_values_postgres_in_standard_sql() {
-    later_batches_may_carry_longer_values(&Db::Postgres, Generic);
-}
-
-#[test]
-fn upserts_keep_one_row_per_key_postgres() {
-    upserts_keep_one_row_per_key(&Db::Postgres, Native);
-}
-
-#[test]
-fn upserts_keep_one_row_per_key_postgres_in_standard_sql() {
-    upserts_keep_one_row_per_key(&Db::Postgres, Generic);
-}
-
-#[test]
-fn upserts_keep_one_row_per_key_mariadb() {
-    upserts_keep_one_row_per_key(&Db::MariaDb, Native);
-}
-
-#[test]
-fn upserts_keep_one_row_per_key_sqlite() {
-    upserts_keep_one_row_per_key(&temp_sqlite(), Native);
+common::cases! {
+    rejected_rows_are_found_exactly_postgres:
+        rejected_rows_are_found_exactly(&Db::Postgres, Native);
+    rejected_rows_are_found_exactly_mariadb:
+        rejected_rows_are_found_exactly(&Db::MariaDb, Native);
+    rejected_rows_are_found_exactly_sqlite:
+        rejected_rows_are_found_exactly(&temp_sqlite(), Native);
+    rejected_rows_are_found_exactly_postgres_in_standard_sql:
+        rejected_rows_are_found_exactly(&Db::Postgres, Generic);
+    values_survive_the_batch_statement_postgres:
+        values_survive_the_batch_statement(&Db::Postgres, Native);
+    values_survive_the_batch_statement_mariadb:
+        values_survive_the_batch_statement(&Db::MariaDb, Native);
+    values_survive_the_batch_statement_sqlite:
+        values_survive_the_batch_statement(&temp_sqlite(), Native);
+    values_survive_the_batch_statement_postgres_in_standard_sql:
+        values_survive_the_batch_statement(&Db::Postgres, Generic);
+    later_batches_may_carry_longer_values_postgres:
+        later_batches_may_carry_longer_values(&Db::Postgres, Native);
+    later_batches_may_carry_longer_values_mariadb:
+        later_batches_may_carry_longer_values(&Db::MariaDb, Native);
+    later_batches_may_carry_longer_values_sqlite:
+        later_batches_may_carry_longer_values(&temp_sqlite(), Native);
+    later_batches_may_carry_longer_values_postgres_in_standard_sql:
+        later_batches_may_carry_longer_values(&Db::Postgres, Generic);
+    upserts_keep_one_row_per_key_postgres:
+        upserts_keep_one_row_per_key(&Db::Postgres, Native);
+    upserts_keep_one_row_per_key_postgres_in_standard_sql:
+        upserts_keep_one_row_per_key(&Db::Postgres, Generic);
+    upserts_keep_one_row_per_key_mariadb:
+        upserts_keep_one_row_per_key(&Db::MariaDb, Native);
+    upserts_keep_one_row_per_key_sqlite:
+        upserts_keep_one_row_per_key(&temp_sqlite(), Native);
 }

@@ -173,14 +173,9 @@ fn db_roundtrip(db: &Db, text_type: &str) {
     assert!(gone.is_err());
 }
 
-#[test]
-fn db_roundtrip_postgres() {
-    db_roundtrip(&Db::Postgres, "TEXT");
-}
-
-#[test]
-fn db_roundtrip_mariadb() {
-    db_roundtrip(&Db::MariaDb, "LONGTEXT");
+common::cases! {
+    db_roundtrip_postgres: db_roundtrip(&Db::Postgres, "TEXT");
+    db_roundtrip_mariadb: db_roundtrip(&Db::MariaDb, "LONGTEXT");
 }
 
 #[test]

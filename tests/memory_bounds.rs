@@ -269,14 +269,11 @@ fn the_byte_budget_bounds_what_is_held(amqp: bool) {
     terminate_ok(&mut bridge);
 }
 
-#[test]
-fn the_byte_budget_bounds_what_an_mqtt_broker_hands_over() {
-    the_byte_budget_bounds_what_is_held(false);
-}
-
-#[test]
-fn the_byte_budget_bounds_what_an_amqp_broker_hands_over() {
-    the_byte_budget_bounds_what_is_held(true);
+common::cases! {
+    the_byte_budget_bounds_what_an_mqtt_broker_hands_over:
+        the_byte_budget_bounds_what_is_held(false);
+    the_byte_budget_bounds_what_an_amqp_broker_hands_over:
+        the_byte_budget_bounds_what_is_held(true);
 }
 
 /// Given `max_rows: 100`, when one CSV message carries 5,000 lines (two of them bad), then

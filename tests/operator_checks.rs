@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{Bridge, Config, Db, Route, TempTable, Workdir, free_port, mqdb_at, unique};
+use common::{
+    Bridge, Config, Db, Route, TempTable, Workdir, free_port, mqdb_at, temp_sqlite, unique,
+};
 use serde_json::json;
 use std::time::Duration;
 
@@ -59,9 +61,13 @@ fn conflict_keys_are_checked_against_the_catalog(db: &Db) {
         .route_is("by_id", "ok", &[]);
 }
 
-#[test]
-fn check_fails_an_on_conflict_key_without_a_unique_constraint_on_postgres() {
-    conflict_keys_are_checked_against_the_catalog(&Db::Postgres);
+common::cases! {
+    check_fails_an_on_conflict_key_without_a_unique_constraint_on_postgres:
+        conflict_keys_are_checked_against_the_catalog(&Db::Postgres);
+    check_fails_an_on_conflict_key_without_a_unique_constraint_on_mariadb:
+        conflict_keys_are_checked_against_the_catalog(&Db::MariaDb);
+    check_fails_an_on_conflict_key_without_a_unique_constraint_on_sqlite:
+        conflict_keys_are_checked_against_the_catalog(&temp_sqlite());
 }
 
 #[test]
@@ -79,17 +85,6 @@ fn check_fails_an_on_conflict_key_on_a_deferrable_constraint_on_postgres() {
     mqdb_at(&head(&work, &db).inbound(route).write(), &["check"])
         .code(1)
         .route_is("deferred", "", &["unique keys"]);
-}
-
-#[test]
-fn check_fails_an_on_conflict_key_without_a_unique_constraint_on_mariadb() {
-    conflict_keys_are_checked_against_the_catalog(&Db::MariaDb);
-}
-
-#[test]
-fn check_fails_an_on_conflict_key_without_a_unique_constraint_on_sqlite() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    conflict_keys_are_checked_against_the_catalog(&Db::Sqlite(dir.path().join("data.db")));
 }
 
 #[test]

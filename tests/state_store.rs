@@ -328,32 +328,17 @@ fn the_outbound_position_waits_for_a_full_disk(db: &Db) {
     });
 }
 
-#[test]
-fn no_dead_letter_is_lost_to_a_full_disk_postgres() {
-    no_dead_letter_is_lost_to_a_full_disk(&Db::Postgres);
-}
-
-#[test]
-fn no_dead_letter_is_lost_to_a_full_disk_mariadb() {
-    no_dead_letter_is_lost_to_a_full_disk(&Db::MariaDb);
-}
-
-#[test]
-fn no_dead_letter_is_lost_to_a_full_disk_sqlite() {
-    no_dead_letter_is_lost_to_a_full_disk(&temp_sqlite());
-}
-
-#[test]
-fn the_outbound_position_waits_for_a_full_disk_postgres() {
-    the_outbound_position_waits_for_a_full_disk(&Db::Postgres);
-}
-
-#[test]
-fn the_outbound_position_waits_for_a_full_disk_mariadb() {
-    the_outbound_position_waits_for_a_full_disk(&Db::MariaDb);
-}
-
-#[test]
-fn the_outbound_position_waits_for_a_full_disk_sqlite() {
-    the_outbound_position_waits_for_a_full_disk(&temp_sqlite());
+common::cases! {
+    no_dead_letter_is_lost_to_a_full_disk_postgres:
+        no_dead_letter_is_lost_to_a_full_disk(&Db::Postgres);
+    no_dead_letter_is_lost_to_a_full_disk_mariadb:
+        no_dead_letter_is_lost_to_a_full_disk(&Db::MariaDb);
+    no_dead_letter_is_lost_to_a_full_disk_sqlite:
+        no_dead_letter_is_lost_to_a_full_disk(&temp_sqlite());
+    the_outbound_position_waits_for_a_full_disk_postgres:
+        the_outbound_position_waits_for_a_full_disk(&Db::Postgres);
+    the_outbound_position_waits_for_a_full_disk_mariadb:
+        the_outbound_position_waits_for_a_full_disk(&Db::MariaDb);
+    the_outbound_position_waits_for_a_full_disk_sqlite:
+        the_outbound_position_waits_for_a_full_disk(&temp_sqlite());
 }

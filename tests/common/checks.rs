@@ -2,6 +2,7 @@
 //! failure, and the dead-letter list as JSON.
 
 use std::path::Path;
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
@@ -25,7 +26,7 @@ pub fn dlq_list_in(config: &Path, cwd: &Path) -> Vec<Json> {
     let out = super::mqdb_command()
         .args(["-c", path_str(config), "dlq", "list", "--json"])
         .current_dir(cwd)
-        .stdin(std::process::Stdio::null())
+        .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|e| panic!("run mqdb dlq list: {e}"));
     let stdout = String::from_utf8(out.stdout).expect("dlq list prints UTF-8");
@@ -77,14 +78,12 @@ pub fn try_scalar(db: &Db, sql: &str) -> Option<i64> {
 /// The single integer `sql` returns; panics naming the query otherwise.
 pub fn scalar(db: &Db, sql: &str) -> i64 {
     let rows = db.query(sql);
-    let text = rows
-        .first()
-        .and_then(|r| r.first())
-        .and_then(|v| v.as_deref())
-        .unwrap_or_else(|| panic!("{sql}: no value"));
+    let label = db.label();
+    let text = rows.first().and_then(|r| r.first()?.as_deref());
+    let text = text.unwrap_or_else(|| panic!("[{label}] {sql}: no value"));
     text.trim()
         .parse()
-        .unwrap_or_else(|e| panic!("{sql}: {text:?} is not an integer: {e}"))
+        .unwrap_or_else(|e| panic!("[{label}] {sql}: {text:?} is not an integer: {e}"))
 }
 
 /// Waits until `count_sql` returns exactly `want`; a larger value fails at once (it can only
@@ -114,46 +113,23 @@ pub fn terminate_ok(bridge: &mut Bridge) {
 /// Runs the binary with `args` in `cwd` until it exits (panics after `timeout`, which only
 /// bounds a hang); output goes through files, so a full pipe never blocks it. Returns the
 /// status, stdout and stderr.
-pub fn run_bounded(
-    args: &[&str],
-    cwd: &std::path::Path,
-    timeout: std::time::Duration,
-) -> (std::process::ExitStatus, String, String) {
-    let files = tempfile::Builder::new()
-        .prefix("mqdb-run-")
-        .tempdir()
-        .expect("temp dir");
-    let out_path = files.path().join("stdout");
-    let err_path = files.path().join("stderr");
-    let out = std::fs::File::create(&out_path).expect("create stdout file");
-    let err = std::fs::File::create(&err_path).expect("create stderr file");
+pub fn run_bounded(args: &[&str], cwd: &Path, timeout: Duration) -> (ExitStatus, String, String) {
+    let files = super::temp_dir("run");
+    let (out_path, err_path) = (files.path().join("stdout"), files.path().join("stderr"));
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
     let mut child = super::mqdb_command()
         .args(args)
         .current_dir(cwd)
-        .stdin(std::process::Stdio::null())
-        .stdout(out)
-        .stderr(err)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out_path).expect("create stdout file"))
+        .stderr(std::fs::File::create(&err_path).expect("create stderr file"))
         .spawn()
         .unwrap_or_else(|e| panic!("spawn mqdb {args:?}: {e}"));
-    let start = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if start.elapsed() >= timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "mqdb {args:?} did not exit within {timeout:?}; stdout:\n{}\nstderr:\n{}",
-                std::fs::read_to_string(&out_path).unwrap_or_default(),
-                std::fs::read_to_string(&err_path).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    let Some(status) = super::wait_child(&mut child, timeout) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let (out, err) = (read(&out_path), read(&err_path));
+        panic!("mqdb {args:?} did not exit within {timeout:?}; stdout:\n{out}\nstderr:\n{err}");
     };
-    (
-        status,
-        std::fs::read_to_string(&out_path).unwrap_or_default(),
-        std::fs::read_to_string(&err_path).unwrap_or_default(),
-    )
+    (status, read(&out_path), read(&err_path))
 }

@@ -174,16 +174,7 @@ impl Db {
 
     /// `SELECT COUNT(*) FROM table`.
     pub fn count(&self, table: &str) -> i64 {
-        let sql = format!("SELECT COUNT(*) FROM {table}");
-        let rows = self.query(&sql);
-        let text = rows
-            .first()
-            .and_then(|r| r.first())
-            .and_then(|v| v.as_deref())
-            .unwrap_or_else(|| panic!("[{}] {sql}: no value", self.label()));
-        text.trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("[{}] {sql}: {text:?} is not a count: {e}", self.label()))
+        super::scalar(self, &format!("SELECT COUNT(*) FROM {table}"))
     }
 
     /// `DROP TABLE IF EXISTS table`, ignoring errors (for cleanup paths).

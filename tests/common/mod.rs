@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 mod bridge;
+mod cases;
 mod check_cmd;
 mod checks;
 mod config;
@@ -31,6 +32,8 @@ mod world;
 // Each test binary uses a subset of these re-exports.
 #[allow(unused_imports)]
 pub use bridge::{Bridge, mqdb_bin, mqdb_command, run_mqdb};
+#[allow(unused_imports)]
+pub(crate) use cases::cases;
 #[allow(unused_imports)]
 pub use check_cmd::{check_route, run_check};
 #[allow(unused_imports)]
@@ -81,39 +84,27 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// works as an MQTT topic level, a client id or an AMQP queue name.
 pub fn unique(prefix: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut p: String = prefix
-        .chars()
-        .map(|c| {
-            let c = c.to_ascii_lowercase();
-            if c.is_ascii_lowercase() || c.is_ascii_digit() {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(20)
-        .collect();
+    let sanitize = |c: char| match c.to_ascii_lowercase() {
+        c if c.is_ascii_lowercase() || c.is_ascii_digit() => c,
+        _ => '_',
+    };
+    let mut p: String = prefix.chars().map(sanitize).take(20).collect();
     if !p.starts_with(|c: char| c.is_ascii_lowercase()) {
         p.insert(0, 't');
     }
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+        .map_or(0, |d| d.as_nanos());
     // 36^8 ns ~ 47 minutes of distinct values; pid + counter carry the real uniqueness.
-    format!(
-        "{p}_{}_{n}_{}",
-        std::process::id(),
-        base36(nanos % 36u128.pow(8))
-    )
+    let clock = base36(nanos % 36u128.pow(8));
+    format!("{p}_{}_{n}_{clock}", std::process::id())
 }
 
 fn base36(mut v: u128) -> String {
-    const DIGITS: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut out = Vec::new();
     loop {
-        out.push(DIGITS[(v % 36) as usize]);
+        out.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(v % 36) as usize]);
         v /= 36;
         if v == 0 {
             break;
@@ -195,6 +186,7 @@ pub fn process_stats(pid: u32) -> (u64, f64) {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    // utime and stime: fields 14 and 15 of /proc/PID/stat, counted after the `(comm)`.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
         .rsplit(')')
@@ -202,14 +194,9 @@ pub fn process_stats(pid: u32) -> (u64, f64) {
         .unwrap_or("")
         .split_whitespace()
         .collect();
-    let ticks: f64 = fields
-        .get(11)
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        + fields
-            .get(12)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
+    let ticks: f64 = (11..=12)
+        .filter_map(|i| fields.get(i)?.parse::<f64>().ok())
+        .sum();
     (rss, ticks / 100.0)
 }
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::{LIVENESS, free_port, send_signal, unique, wait_child};
+use super::{LIVENESS, free_port, send_signal, temp_dir, unique, wait_child};
 
 const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 /// How long a client waits for its CONNACK and SUBACKs.
@@ -36,13 +36,10 @@ impl Mosquitto {
     /// Like [`Mosquitto::start`], with `extra` appended verbatim to the generated config (e.g.
     /// a second `listener`); the main listener stays plain MQTT on [`Mosquitto::port`].
     pub fn start_with_extra_config(extra: &str) -> Mosquitto {
-        let dir = tempfile::Builder::new()
-            .prefix("mqdb-mosquitto-")
-            .tempdir()
-            .expect("temp dir for mosquitto");
-        let (child, extra_config) = (None, extra.to_owned());
+        let (dir, child, extra_config) = (temp_dir("mosquitto"), None, extra.to_owned());
+        let port = 0;
         let mut m = Mosquitto {
-            port: 0,
+            port,
             dir,
             child,
             extra_config,
@@ -72,8 +69,7 @@ impl Mosquitto {
         if let Some(mut child) = self.child.take() {
             send_signal(child.id(), "TERM");
             if wait_child(&mut child, Duration::from_secs(30)).is_none() {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill(child);
                 panic!("mosquitto on port {} ignored SIGTERM for 30 s", self.port);
             }
         }
@@ -167,8 +163,7 @@ impl Mosquitto {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill(child);
                 let port = self.port;
                 panic!(
                     "mosquitto on port {port} did not accept within 20 s:\n{}",
@@ -182,11 +177,16 @@ impl Mosquitto {
 
 impl Drop for Mosquitto {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            kill(child);
         }
     }
+}
+
+/// SIGKILL, and reap.
+fn kill(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn qos(q: u8) -> QoS {
@@ -425,13 +425,11 @@ impl Publisher {
     /// Connects to `127.0.0.1:port` and waits (up to 20 s) for the CONNACK.
     pub fn connect(port: u16) -> Publisher {
         let client_id = unique("pub");
-        let conn = Conn::open(port, &client_id, true);
-        let (queued_qos12, queued_qos0) = (AtomicU64::new(0), AtomicU64::new(0));
         Publisher {
+            conn: Conn::open(port, &client_id, true),
             client_id,
-            conn,
-            queued_qos12,
-            queued_qos0,
+            queued_qos12: AtomicU64::new(0),
+            queued_qos0: AtomicU64::new(0),
         }
     }
 
@@ -446,10 +444,11 @@ impl Publisher {
             _ => &self.queued_qos12,
         };
         counter.fetch_add(1, Ordering::SeqCst);
-        let client = &self.conn.client;
-        client
-            .publish(topic, self::qos(qos), retain, payload)
-            .unwrap_or_else(|e| panic!("publish to {topic}: {e}"));
+        let published = self
+            .conn
+            .client
+            .publish(topic, self::qos(qos), retain, payload);
+        published.unwrap_or_else(|e| panic!("publish to {topic}: {e}"));
     }
 
     /// Publishes every message and returns once each is confirmed: PUBACK (QoS 1) or

@@ -74,10 +74,6 @@ impl TcpProxy {
         }
     }
 
-    pub fn is_down(&self) -> bool {
-        self.shared.down.load(Ordering::SeqCst)
-    }
-
     /// Connections currently forwarded.
     pub fn live_connections(&self) -> usize {
         self.shared.conns.lock().unwrap().len()

@@ -2,7 +2,7 @@
 //! of the same bridge writes into a table of the same shape arrive equal, column by column,
 //! as the database itself prints them.
 
-use crate::common::{Bridge, Db, Route, TempTable, World, dlq_list, wait_for};
+use crate::common::{Bridge, Db, Route, TempTable, World, dlq_list, temp_sqlite, wait_for};
 
 /// One database's table for the round trip, in that database's dialect.
 struct Case {
@@ -184,9 +184,9 @@ fn mariadb() -> Case {
     }
 }
 
-fn sqlite(path: std::path::PathBuf) -> Case {
+fn sqlite(db: &Db) -> Case {
     Case {
-        db: Db::Sqlite(path),
+        db: db.clone(),
         columns: "id INTEGER PRIMARY KEY, i INTEGER, n NUMERIC, f REAL, b BOOLEAN, t TEXT, \
                   bin BLOB, d DATE, ts TIMESTAMP",
         rows: [
@@ -215,18 +215,8 @@ fn assert_round_trip(case: Case) {
     }
 }
 
-#[test]
-fn rows_come_back_equal_postgres() {
-    assert_round_trip(postgres());
-}
-
-#[test]
-fn rows_come_back_equal_mariadb() {
-    assert_round_trip(mariadb());
-}
-
-#[test]
-fn rows_come_back_equal_sqlite() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    assert_round_trip(sqlite(dir.path().join("rt.db")));
+crate::common::cases! {
+    rows_come_back_equal_postgres: assert_round_trip(postgres());
+    rows_come_back_equal_mariadb: assert_round_trip(mariadb());
+    rows_come_back_equal_sqlite: assert_round_trip(sqlite(&temp_sqlite()));
 }
