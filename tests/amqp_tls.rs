@@ -31,17 +31,12 @@ impl Setup {
         let file = |name: &str| pki.path().join(name);
         let node = RabbitNode::start_tls(&file("ca.pem"), &file("server.pem"), &file("server.key"));
         let columns = "id INTEGER PRIMARY KEY, v TEXT NOT NULL";
-        let (table, queue) = (
-            TempTable::create(&Db::Postgres, name, columns),
-            unique(name),
-        );
-        let work = Workdir::new("amqps");
         Setup {
             pki,
             node,
-            work,
-            table,
-            queue,
+            work: Workdir::new("amqps"),
+            table: TempTable::create(&Db::Postgres, name, columns),
+            queue: unique(name),
             name,
         }
     }
@@ -60,10 +55,12 @@ impl Setup {
             .set("format", "json")
             .lines(&["batch: { max_rows: 50, max_delay: 50ms }"])
             .columns(&[("id", "payload.id"), ("v", "payload.v")]);
-        let config = Config::at(self.work.path(file)).state(&self.work.store.url());
-        let config = config.broker("r", &url, json!({ "tls": tls }));
-        let config = config.database("d", &Db::Postgres.connection_string());
-        config.inbound(route).write()
+        Config::at(self.work.path(file))
+            .state(&self.work.store.url())
+            .broker("r", &url, json!({ "tls": tls }))
+            .database("d", &Db::Postgres.connection_string())
+            .inbound(route)
+            .write()
     }
 }
 
@@ -98,29 +95,22 @@ fn amqps_with_client_certificate_run_and_check() {
         .iter()
         .filter(|c| c.get(1) == Some(&tls_port))
         .collect();
-    assert!(
-        !on_tls.is_empty(),
-        "none on port {tls_port}: {connections:?}; {}",
-        bridge.log()
-    );
-    for c in &on_tls {
-        assert_eq!(c[0], "guest", "{connections:?}");
-        assert_eq!(c[2], "true", "not TLS: {connections:?}");
-        assert!(
-            c[3].contains("CN=mqdb-client"),
-            "not the client's: {connections:?}"
-        );
-    }
+    let log = bridge.log();
+    let none = format!("none on port {tls_port}: {connections:?}; {log}");
+    assert!(!on_tls.is_empty(), "{none}");
+    // Each as its user, whether it is TLS, and whether the certificate is the client's
+    let seen: Vec<String> = on_tls
+        .iter()
+        .map(|c| format!("{} {} {}", c[0], c[2], c[3].contains("CN=mqdb-client")))
+        .collect();
+    let want = vec!["guest true true"; on_tls.len()];
+    assert_eq!(seen, want, "{connections:?}");
 
     // And the bridge stops cleanly, having acknowledged every message, and `check` with the
     // same config prints ok for the route and exits 0
     terminate_ok(&mut bridge);
-    assert_eq!(
-        client.ready_count(&s.queue),
-        0,
-        "messages left in {}",
-        s.queue
-    );
+    let left = client.ready_count(&s.queue);
+    assert_eq!(left, 0, "messages left in {}", s.queue);
     check_route(&config, 0, s.name, "ok");
 }
 
@@ -139,26 +129,21 @@ fn amqps_check_fails_without_client_certificate_or_with_a_wrong_ca() {
     let no_cert = s.config("no_cert.yaml", "ca.pem", false);
     let [fail, _, show] = check_route(&no_cert, 1, s.name, "FAIL");
     assert!(fail.contains("broker r"), "{show}");
-    assert!(
-        fail.contains("client certificate"),
-        "no client certificate named:\n{show}"
-    );
+    let named = fail.contains("client certificate");
+    assert!(named, "no client certificate named:\n{show}");
     // And the node refused the handshake because the certificate was missing
-    wait_until(
-        "the node logs certificate_required",
-        common::LIVENESS,
-        || s.node.log().contains("certificate_required"),
-    );
+    let what = "the node logs certificate_required";
+    wait_until(what, common::LIVENESS, || {
+        s.node.log().contains("certificate_required")
+    });
 
     // When `check` runs with a CA that did not sign the server's certificate, then it fails
     // for the route naming the broker and the certificate it could not verify
     let wrong_ca = s.config("wrong_ca.yaml", "other_ca.pem", true);
     let [fail, err, show] = check_route(&wrong_ca, 1, s.name, "FAIL");
-    assert!(
-        fail.contains("broker r")
-            && fail.contains("certificate")
-            && (fail.contains("issuer") || fail.contains("verif")),
-        "the FAIL line does not say the server certificate failed verification:\n{show}"
-    );
+    let says = ["broker r", "certificate"].iter().all(|n| fail.contains(n))
+        && (fail.contains("issuer") || fail.contains("verif"));
+    let not = "the FAIL line does not say the server certificate failed verification";
+    assert!(says, "{not}:\n{show}");
     assert!(err.contains("failed the check"), "{show}");
 }

@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{
-    Bridge, Db, LIVENESS, Rabbit, Route, TempTable, World, dlq_list, http, path_str, terminate_ok,
-    unique, wait_for, wait_until,
+    Bridge, Db, LIVENESS, Rabbit, Route, TempTable, World, amqp_route, dlq_list, http, mqdb_at,
+    terminate_ok, unique, wait_for, wait_until,
 };
 use serde_json::{Value as Json, json};
 
@@ -56,8 +56,9 @@ impl Bounds {
     /// Publishes `payloads` to `topic` at QoS 1 and waits for the broker's PUBACKs.
     fn publish(&self, topic: &str, payloads: Vec<Vec<u8>>) {
         let messages = payloads.into_iter().map(|p| (topic.to_owned(), p));
-        let publisher = self.world.publisher();
-        publisher.publish_all_confirmed(messages.collect(), 1);
+        self.world
+            .publisher()
+            .publish_all_confirmed(messages.collect(), 1);
     }
 
     /// Waits for the row `id`, then for the one `too_large` dead letter, stored whole
@@ -91,12 +92,6 @@ fn mqtt_route(w: &Bounds, db: &Db, name: &str, columns: &str) -> (TempTable, Str
     (table, topic, route)
 }
 
-/// An AMQP route `name` from `queue` into `table`.
-fn amqp_route(name: &str, queue: &str, table: &str) -> Route {
-    let route = Route::named(name).broker("r").set("queue", queue);
-    route.set("database", "d").set("table", table)
-}
-
 fn note(id: i64, note: &str) -> Vec<u8> {
     json!({ "id": id, "note": note }).to_string().into_bytes()
 }
@@ -122,7 +117,9 @@ fn an_mqtt_311_message_over_the_limit_is_a_dead_letter_and_the_rest_flows() {
     let mut bridge = Bridge::start(&config);
     let letter = w.one_too_large(&mut bridge, &table, 2, large.len());
     let error = letter["error"].as_str().unwrap();
-    let says = error.contains(&large.len().to_string()) && error.contains("64 KiB");
+    let says = [&large.len().to_string(), "64 KiB"]
+        .iter()
+        .all(|n| error.contains(*n));
     assert!(says, "{error}");
     stop_having_stayed_connected(&mut bridge);
 }
@@ -180,7 +177,7 @@ fn an_amqp_message_over_the_limit_is_a_dead_letter_and_the_rest_flows() {
 #[test]
 fn sizes_that_cannot_work_are_configuration_errors() {
     let w = Bounds::new();
-    for (limits, says) in [
+    let cases = [
         (
             json!({ "max_message_bytes": "1MiB", "max_in_flight_bytes": "512KiB" }),
             "max_in_flight_bytes (512 KiB) must be at least max_message_bytes (1 MiB)",
@@ -193,16 +190,15 @@ fn sizes_that_cannot_work_are_configuration_errors() {
             json!({ "max_message_bytes": "16 parsecs" }),
             "unknown size unit `parsecs`",
         ),
-    ] {
+    ];
+    for (limits, says) in cases {
         let route = Route::named("r1").broker("b").topic("t/+");
         let route = route.set("database", "d").set("table", "t1");
-        let config = w.config(&Db::Postgres, limits.clone(), Json::Null, route);
-        let out = common::run_mqdb(&["-c", path_str(&config), "check"]);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{limits}: {stderr}");
-        assert!(stderr.contains(says), "{limits}: {stderr}");
-        let names_line = stderr.contains("mqdb.yaml:");
-        assert!(names_line, "names the file and line: {stderr}");
+        let config = w.config(&Db::Postgres, limits, Json::Null, route);
+        // It names the file and line.
+        mqdb_at(&config, &["check"])
+            .code(2)
+            .stderr_has(&[says, "mqdb.yaml:"]);
     }
 }
 
@@ -301,10 +297,8 @@ fn a_long_csv_message_is_written_in_batches_as_it_is_read() {
     wait_until("two dead letters", LIVENESS, || {
         dlq_list(&config).len() == 2
     });
-    let mut lines: Vec<i64> = dlq_list(&config)
-        .iter()
-        .map(|l| l["headers"]["line"].as_i64().unwrap())
-        .collect();
+    let line = |l: &Json| l["headers"]["line"].as_i64().unwrap();
+    let mut lines: Vec<i64> = dlq_list(&config).iter().map(line).collect();
     lines.sort();
     assert_eq!(lines, vec![1234, 4321]);
     let sum = common::scalar(&db, &format!("SELECT SUM(v) FROM {}", table.name));

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{
-    Bridge, Db, Publisher, Route, StateStore, Subscriber, TempTable, World, dlq_list, path_str,
-    run_mqdb, temp_sqlite, unique, wait_for,
+    Bridge, Db, Publisher, Route, StateStore, Subscriber, TempTable, World, dlq_list, letter_id,
+    mqdb_at, temp_sqlite, unique, wait_for,
 };
 use serde_json::{Value as Json, json};
 
@@ -93,9 +93,8 @@ fn wait_for_failures(bridge: &mut Bridge, needle: &str, before: usize) {
 }
 
 fn payload_text(letter: &Json) -> &str {
-    letter["payload"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no text payload: {letter}"))
+    let text = letter["payload"].as_str();
+    text.unwrap_or_else(|| panic!("no text payload: {letter}"))
 }
 
 /// The number after `n=` in a dead letter's payload: which published message it is.
@@ -198,10 +197,7 @@ fn no_dead_letter_is_lost_to_a_full_disk(db: &Db) {
 
         // And the mirror copied each stored letter, and its stored position reached the last
         let (_, count) = stored_markers(&config);
-        let ids: BTreeSet<i64> = dlq_list(&config)
-            .iter()
-            .map(|l| l["id"].as_i64().expect("an id"))
-            .collect();
+        let ids: BTreeSet<i64> = dlq_list(&config).iter().map(letter_id).collect();
         wait_for(&mut bridge, "every dead letter mirrored", || {
             let mirrored: BTreeSet<i64> = json_messages(&mirror)
                 .filter_map(|l| l["id"].as_i64())
@@ -216,14 +212,7 @@ fn no_dead_letter_is_lost_to_a_full_disk(db: &Db) {
         });
 
         // And another process can purge beside the running bridge
-        let out = run_mqdb(&["-c", path_str(&config), "dlq", "purge", "--all", "--yes"]);
-        let (stdout, stderr) = (&out.stdout, &out.stderr);
-        let output = format!(
-            "{}{}",
-            String::from_utf8_lossy(stdout),
-            String::from_utf8_lossy(stderr)
-        );
-        assert!(out.status.success(), "dlq purge failed: {output}");
+        mqdb_at(&config, &["dlq", "purge", "--all", "--yes"]).code(0);
         assert!(dlq_list(&config).is_empty(), "{count} letters were purged");
         assert_eq!(table.count(), 1, "no bad message became a row");
         bridge.terminate();
@@ -233,16 +222,13 @@ fn no_dead_letter_is_lost_to_a_full_disk(db: &Db) {
 /// Inserts rows `range`; a row whose id is a multiple of 5 has a `v` that cannot be a topic
 /// level, so it becomes a dead letter.
 fn insert_rows(db: &Db, table: &str, range: std::ops::RangeInclusive<u64>) {
-    let values: Vec<String> = range
-        .map(|id| {
-            let v = if id.is_multiple_of(5) { "bad+" } else { "ok" };
-            format!("({id}, '{v}')")
-        })
-        .collect();
-    db.exec(&format!(
-        "INSERT INTO {table} (id, v) VALUES {}",
-        values.join(", ")
-    ));
+    let value = |id: u64| {
+        let v = if id.is_multiple_of(5) { "bad+" } else { "ok" };
+        format!("({id}, '{v}')")
+    };
+    let values: Vec<String> = range.map(value).collect();
+    let values = values.join(", ");
+    db.exec(&format!("INSERT INTO {table} (id, v) VALUES {values}"));
 }
 
 /// The payloads of `subscriber`'s messages that are JSON.
@@ -253,9 +239,8 @@ fn json_messages(subscriber: &Subscriber) -> impl Iterator<Item = Json> {
 
 /// The `id` of a row published as JSON, a number or a text.
 fn row_id(row: Json) -> Option<u64> {
-    row["id"]
-        .as_u64()
-        .or_else(|| row["id"].as_str()?.parse().ok())
+    let id = &row["id"];
+    id.as_u64().or_else(|| id.as_str()?.parse().ok())
 }
 
 /// Waits until rows `1..=last` were each published or dead-lettered and the stored position

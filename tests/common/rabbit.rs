@@ -106,19 +106,17 @@ pub(crate) fn ctl_rows(mut cmd: Command, args: &[&str]) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// The row of `list` (a `rabbitmqctl` listing) whose first field is `name`.
-fn ctl_row(list: &[&str], name: &str) -> Option<Vec<String>> {
-    let rows = ctl_rows(Command::new("rabbitmqctl"), list);
-    rows.into_iter()
-        .find(|r| r.first().map(String::as_str) == Some(name))
+/// The row of `list` (a `rabbitmqctl` listing, its fields split on spaces) whose first
+/// field is `name`.
+fn ctl_row(list: &str, name: &str) -> Option<Vec<String>> {
+    let list: Vec<&str> = list.split(' ').collect();
+    let rows = ctl_rows(Command::new("rabbitmqctl"), &list);
+    rows.into_iter().find(|r| r[0] == name)
 }
 
 fn parse_bool_field(text: &str, what: &str) -> bool {
-    match text {
-        "true" => true,
-        "false" => false,
-        other => panic!("rabbitmqctl: {what} is {other:?}, not true/false"),
-    }
+    text.parse()
+        .unwrap_or_else(|_| panic!("rabbitmqctl: {what} is {text:?}, not true/false"))
 }
 
 impl Rabbit {
@@ -170,14 +168,12 @@ impl Rabbit {
     pub fn declare_exchange(&mut self, name: &str, kind: &str) {
         // lapin sends any kind by its name alone.
         let kind = ExchangeKind::Custom(kind.to_owned());
-        self.rt
-            .block_on(self.channel.exchange_declare(
-                name.into(),
-                kind,
-                ExchangeDeclareOptions::default(),
-                FieldTable::default(),
-            ))
-            .unwrap_or_else(|e| panic!("declare exchange {name}: {e}"));
+        let options = ExchangeDeclareOptions::default();
+        let declare = self
+            .channel
+            .exchange_declare(name.into(), kind, options, Default::default());
+        let declared = self.rt.block_on(declare);
+        declared.unwrap_or_else(|e| panic!("declare exchange {name}: {e}"));
         self.exchanges.push(name.to_owned());
     }
 
@@ -229,7 +225,7 @@ impl Rabbit {
         };
         let declare = self
             .channel
-            .queue_declare(queue.into(), passive, FieldTable::default());
+            .queue_declare(queue.into(), passive, Default::default());
         let declared = self.rt.block_on(declare);
         let declared = declared.unwrap_or_else(|e| panic!("passive declare of {queue}: {e}"));
         declared.message_count()
@@ -312,13 +308,13 @@ impl Rabbit {
     /// The broker's view of `queue` (`rabbitmqctl list_queues`), `None` if it does not exist.
     pub fn queue_info(queue: &str) -> Option<QueueInfo> {
         let list = "list_queues name messages messages_ready messages_unacknowledged durable";
-        let row = ctl_row(&list.split(' ').collect::<Vec<_>>(), queue)?;
+        let row = ctl_row(list, queue)?;
         let [_, messages, ready, unacked, durable] = &row[..] else {
             panic!("rabbitmqctl list_queues: unexpected line {row:?}");
         };
         let num = |text: &str, what: &str| -> u64 {
-            text.parse()
-                .unwrap_or_else(|e| panic!("rabbitmqctl: {what} of {queue} is {text:?}: {e}"))
+            let n = text.parse();
+            n.unwrap_or_else(|e| panic!("rabbitmqctl: {what} of {queue} is {text:?}: {e}"))
         };
         Some(QueueInfo {
             messages: num(messages, "messages"),
@@ -330,7 +326,7 @@ impl Rabbit {
 
     /// The broker's view of `exchange` (`rabbitmqctl list_exchanges`), if it exists.
     pub fn exchange_info(exchange: &str) -> Option<ExchangeInfo> {
-        let row = ctl_row(&["list_exchanges", "name", "type", "durable"], exchange)?;
+        let row = ctl_row("list_exchanges name type durable", exchange)?;
         let [_, kind, durable] = &row[..] else {
             panic!("rabbitmqctl list_exchanges: unexpected line {row:?}");
         };
@@ -352,15 +348,14 @@ impl Rabbit {
         self.rt.block_on(async {
             let mut out = Vec::new();
             while out.len() < max {
-                let got = self
+                let get = self
                     .channel
-                    .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+                    .basic_get(queue.into(), BasicGetOptions { no_ack: true });
+                let got = get
                     .await
                     .unwrap_or_else(|e| panic!("basic.get from {queue}: {e}"));
-                match got {
-                    Some(m) => out.push(AmqpMessage::from(&m.delivery)),
-                    None => break,
-                }
+                let Some(message) = got else { break };
+                out.push(AmqpMessage::from(&message.delivery));
             }
             out
         })
