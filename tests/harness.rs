@@ -3,8 +3,8 @@
 mod common;
 
 use common::{
-    Config, Db, Mosquitto, Publisher, Route, Subscriber, TcpProxy, TempTable, odbc_connect,
-    odbc_query, temp_sqlite, unique, wait_until,
+    Config, Db, Mosquitto, Publisher, Received, Route, Subscriber, TcpProxy, TempTable,
+    odbc_connect, odbc_query, temp_sqlite, unique, wait_until,
 };
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -20,11 +20,8 @@ fn unique_names_are_distinct_lowercase_identifiers() {
     assert_eq!(distinct.len(), names.len());
     for n in &names {
         assert!(n.starts_with("my_table_x_"), "{n}");
-        assert!(
-            n.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
-            "{n}"
-        );
+        let safe = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+        assert!(n.chars().all(safe), "{n}");
         assert!(n.len() <= 63, "{n} is too long for PostgreSQL");
     }
     // And a prefix that starts with a digit still yields a valid identifier
@@ -66,10 +63,10 @@ fn mosquitto_queues_beyond_default_limit_and_keeps_sessions_across_restart() {
 
     // Then the persistent session resumes with all queued messages, none dropped
     let resumed = Subscriber::connect_with(broker.port, &session_id, false, &[]);
+    let log = broker.log();
     assert!(
         resumed.session_present,
-        "session lost over restart; log:\n{}",
-        broker.log()
+        "session lost over restart; log:\n{log}"
     );
     let got = resumed.wait_for(n, Duration::from_secs(60));
     let payloads: HashSet<&str> = got.iter().map(|m| m.payload_str()).collect();
@@ -99,11 +96,8 @@ fn publisher_confirms_qos2_and_qos0_through_proxy() {
 
     // Then the subscriber receives the QoS 2 ones exactly once (QoS 0 on loopback: all)
     let got = sub.wait_for(250, Duration::from_secs(60));
-    let twos = got
-        .iter()
-        .filter(|m| m.payload_str().starts_with("two-"))
-        .count();
-    assert_eq!(twos, 200);
+    let two = |m: &&Received| m.payload_str().starts_with("two-");
+    assert_eq!(got.iter().filter(two).count(), 200);
     assert_eq!(proxy.live_connections(), 1);
 }
 

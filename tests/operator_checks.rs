@@ -163,30 +163,18 @@ fn unknown_routes_kinds_and_ids_are_usage_errors_naming_what_is_valid() {
     let route = inbound("known_route", "t", "ignore", "id");
     let config = head(&work, &db).inbound(route).write();
     for (args, needles) in [
-        (
-            &["dlq", "list", "--route", "nosuchroute"][..],
-            &["nosuchroute", "known_route"][..],
-        ),
-        (
-            &["dlq", "list", "--error-kind", "nope"],
-            &["nope", "decode", "rejected"],
-        ),
-        (
-            &["dlq", "replay", "--route", "nosuchroute"],
-            &["known_route"],
-        ),
-        (
-            &["dlq", "replay", "--all", "--error-kind", "nope"],
-            &["decode"],
-        ),
-        (
-            &["dlq", "purge", "--route", "nosuchroute", "--yes"],
-            &["known_route"],
-        ),
-        (&["dlq", "replay", "--id", "9999"], &["9999"]),
-        (&["dlq", "purge", "--yes"], &["--before"]),
+        ("dlq list --route nosuchroute", "nosuchroute known_route"),
+        ("dlq list --error-kind nope", "nope decode rejected"),
+        ("dlq replay --route nosuchroute", "known_route"),
+        ("dlq replay --all --error-kind nope", "decode"),
+        ("dlq purge --route nosuchroute --yes", "known_route"),
+        ("dlq replay --id 9999", "9999"),
+        ("dlq purge --yes", "--before"),
     ] {
-        mqdb_at(&config, args).code(2).stderr_has(needles);
+        let words = |text: &'static str| text.split(' ').collect::<Vec<_>>();
+        mqdb_at(&config, &words(args))
+            .code(2)
+            .stderr_has(&words(needles));
     }
     // A known route without letters is no error.
     mqdb_at(&config, &["dlq", "list", "--route", "known_route"]).code(0);

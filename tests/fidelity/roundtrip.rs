@@ -23,8 +23,8 @@ impl Case {
     }
 
     fn names(&self) -> String {
-        let names: Vec<&str> = self.columns().iter().map(|c| c.0).collect();
-        names.join(", ")
+        let names = self.columns().into_iter().map(|c| c.0);
+        names.collect::<Vec<_>>().join(", ")
     }
 
     /// The value of `column` of table `t` as the database prints it: its own text cast,
@@ -62,12 +62,9 @@ fn round_trip(case: &Case, format: &str) -> Vec<String> {
     let db = &case.db;
     let source = TempTable::create(db, "rt_src", case.columns);
     let sink = TempTable::create(db, "rt_dst", case.columns);
+    let (table, names) = (&source.name, case.names());
     for row in case.rows {
-        db.exec(&format!(
-            "INSERT INTO {} ({}) VALUES ({row})",
-            source.name,
-            case.names()
-        ));
+        db.exec(&format!("INSERT INTO {table} ({names}) VALUES ({row})"));
     }
 
     // Given one bridge whose outbound route publishes the source table on a topic that
@@ -76,11 +73,7 @@ fn round_trip(case: &Case, format: &str) -> Vec<String> {
     let topic = format!("rt/{}", crate::common::unique("t"));
     // The bridge's session exists before the first publish, so the broker keeps every row.
     world.persistent_session(&topic);
-    let query = format!(
-        "SELECT {} FROM {} WHERE id > ? ORDER BY id",
-        case.names(),
-        source.name
-    );
+    let query = format!("SELECT {names} FROM {table} WHERE id > ? ORDER BY id");
     let config = world
         .config(db)
         .inbound(Route::named("back").lines(&[
