@@ -59,10 +59,7 @@ impl Bridge {
     pub fn start_with(config_path: &Path, options: &[&str], env: &[(&str, &str)]) -> Bridge {
         let config = std::path::absolute(config_path)
             .unwrap_or_else(|e| panic!("absolute path of {}: {e}", config_path.display()));
-        let dir = config
-            .parent()
-            .expect("config file has a parent directory")
-            .to_path_buf();
+        let dir = config.parent().expect("config file has a parent directory");
         let log_path = config.with_extension("log");
         let log = OpenOptions::new()
             .create(true)
@@ -75,13 +72,11 @@ impl Bridge {
             .arg(&config)
             .args(options)
             .arg("run")
-            .current_dir(&dir)
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log)
-            .stderr(log2);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+            .stderr(log2)
+            .envs(env.iter().copied());
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", mqdb_bin().display()));
@@ -104,20 +99,16 @@ impl Bridge {
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("bridge is not running");
         send_signal(child.id(), "TERM");
-        match wait_child(&mut child, Duration::from_secs(30)) {
-            Some(status) => status,
-            None => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "mqdb did not exit within 30 s of SIGTERM; log:\n{}",
-                    self.log()
-                );
-            }
-        }
+        let Some(status) = wait_child(&mut child, Duration::from_secs(30)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = self.log();
+            panic!("mqdb did not exit within 30 s of SIGTERM; log:\n{log}");
+        };
+        status
     }
 
-    /// The log so far (stdout and stderr interleaved).
+    /// stdout and stderr so far, interleaved.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
@@ -127,20 +118,15 @@ impl Bridge {
         let start = std::time::Instant::now();
         while !self.log().contains(needle) {
             if start.elapsed() >= timeout {
-                panic!(
-                    "mqdb log did not contain {needle:?} within {timeout:?}; log:\n{}",
-                    self.log()
-                );
+                let log = self.log();
+                panic!("mqdb log did not contain {needle:?} within {timeout:?}; log:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     pub fn is_running(&mut self) -> bool {
-        match &mut self.child {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
     }
 
     /// The process id, while it has not been reaped.

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value as Json, json};
 
-/// A whole config file under construction.
 #[derive(Clone, Debug, Default)]
 pub struct Config {
     root: Map<String, Json>,
@@ -25,9 +24,10 @@ pub struct Config {
 impl Config {
     /// An empty config that [`Config::write`] writes to `path`.
     pub fn at(path: impl Into<PathBuf>) -> Config {
+        let path = Some(path.into());
         Config {
-            root: Map::new(),
-            path: Some(path.into()),
+            path,
+            ..Config::default()
         }
     }
 
@@ -45,11 +45,8 @@ impl Config {
 
     /// A database `name` reached with `connection_string`.
     pub fn database(self, name: &str, connection_string: &str) -> Config {
-        self.entry(
-            "databases",
-            name,
-            json!({ "connection_string": connection_string }),
-        )
+        let entry = json!({ "connection_string": connection_string });
+        self.entry("databases", name, entry)
     }
 
     pub fn inbound(self, route: Route) -> Config {
@@ -66,7 +63,6 @@ impl Config {
         self
     }
 
-    /// The document as YAML text.
     pub fn yaml(&self) -> String {
         let mut out = String::new();
         emit_map(&self.root, 0, &mut out);
@@ -80,31 +76,22 @@ impl Config {
         path
     }
 
-    /// Writes the YAML to `path`.
     pub fn write_to(&self, path: &Path) {
-        std::fs::write(path, self.yaml())
-            .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        let written = std::fs::write(path, self.yaml());
+        written.unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
     }
 
     fn entry(mut self, block: &str, name: &str, value: Json) -> Config {
-        let map = self
-            .root
-            .entry(block)
-            .or_insert_with(|| Json::Object(Map::new()));
-        map.as_object_mut()
-            .expect("a named block is a map")
-            .insert(name.to_owned(), value);
+        let map = self.root.entry(block).or_insert_with(|| json!({}));
+        let map = map.as_object_mut().expect("a named block is a map");
+        map.insert(name.to_owned(), value);
         self
     }
 
     fn push(mut self, block: &str, value: Map<String, Json>) -> Config {
-        let list = self
-            .root
-            .entry(block)
-            .or_insert_with(|| Json::Array(Vec::new()));
-        list.as_array_mut()
-            .expect("a route block is a list")
-            .push(Json::Object(value));
+        let list = self.root.entry(block).or_insert_with(|| json!([]));
+        let list = list.as_array_mut().expect("a route block is a list");
+        list.push(Json::Object(value));
         self
     }
 }
@@ -147,11 +134,10 @@ impl Route {
         if columns.is_empty() {
             return self;
         }
-        let map: Map<String, Json> = columns
+        let map = columns
             .iter()
-            .map(|(c, s)| ((*c).to_owned(), Json::from(*s)))
-            .collect();
-        self.set("columns", map)
+            .map(|(c, s)| ((*c).to_owned(), Json::from(*s)));
+        self.set("columns", map.collect::<Map<_, _>>())
     }
 
     pub fn broker(self, broker: &str) -> Route {
@@ -194,22 +180,15 @@ impl Route {
 
     /// `batch: { max_rows, max_delay }`.
     pub fn batch(self, max_rows: u32, max_delay: &str) -> Route {
-        self.set(
-            "batch",
-            json!({ "max_rows": max_rows, "max_delay": max_delay }),
-        )
+        let batch = json!({ "max_rows": max_rows, "max_delay": max_delay });
+        self.set("batch", batch)
     }
 
     /// `batch: { max_rows }`, keeping a `max_delay` set before.
     pub fn max_rows(mut self, max_rows: u32) -> Route {
-        let batch = self
-            .0
-            .entry("batch")
-            .or_insert_with(|| Json::Object(Map::new()));
-        batch
-            .as_object_mut()
-            .expect("batch is a map")
-            .insert("max_rows".into(), max_rows.into());
+        let batch = self.0.entry("batch").or_insert_with(|| json!({}));
+        let batch = batch.as_object_mut().expect("batch is a map");
+        batch.insert("max_rows".into(), max_rows.into());
         self
     }
 

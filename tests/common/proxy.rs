@@ -18,6 +18,7 @@ pub struct TcpProxy {
     shared: Arc<Shared>,
 }
 
+#[derive(Default)]
 struct Shared {
     down: AtomicBool,
     stopped: AtomicBool,
@@ -31,8 +32,7 @@ impl Shared {
     fn cut_all(&self) {
         let mut conns = self.conns.lock().unwrap();
         for (_, (client, server)) in conns.drain() {
-            let _ = client.shutdown(Shutdown::Both);
-            let _ = server.shutdown(Shutdown::Both);
+            cut(&client, &server);
         }
     }
 }
@@ -41,13 +41,7 @@ impl TcpProxy {
     pub fn start(target: SocketAddr) -> TcpProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy listener");
         let port = listener.local_addr().expect("proxy local_addr").port();
-        let shared = Arc::new(Shared {
-            down: AtomicBool::new(false),
-            stopped: AtomicBool::new(false),
-            next_id: AtomicU64::new(0),
-            accepted: AtomicU64::new(0),
-            conns: Mutex::new(HashMap::new()),
-        });
+        let shared = Arc::new(Shared::default());
         let s = shared.clone();
         std::thread::Builder::new()
             .name(format!("proxy-{port}"))
@@ -74,7 +68,6 @@ impl TcpProxy {
         }
     }
 
-    /// Connections currently forwarded.
     pub fn live_connections(&self) -> usize {
         self.shared.conns.lock().unwrap().len()
     }
@@ -84,7 +77,6 @@ impl TcpProxy {
         self.shared.accepted.load(Ordering::SeqCst)
     }
 
-    /// `127.0.0.1:port`.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
@@ -132,9 +124,7 @@ fn connect_and_forward(client: TcpStream, target: SocketAddr, shared: Arc<Shared
     {
         let mut conns = shared.conns.lock().unwrap();
         if shared.down.load(Ordering::SeqCst) {
-            let _ = client.shutdown(Shutdown::Both);
-            let _ = server.shutdown(Shutdown::Both);
-            return;
+            return cut(&client, &server);
         }
         let registry = (client.try_clone(), server.try_clone());
         if let (Ok(c), Ok(s)) = registry {
@@ -172,15 +162,19 @@ fn pump(mut from: TcpStream, mut to: TcpStream) {
             Err(_) => break,
         }
     }
-    let _ = from.shutdown(Shutdown::Both);
-    let _ = to.shutdown(Shutdown::Both);
+    cut(&from, &to);
+}
+
+/// Closes both streams in both directions.
+fn cut(a: &TcpStream, b: &TcpStream) {
+    let _ = a.shutdown(Shutdown::Both);
+    let _ = b.shutdown(Shutdown::Both);
 }
 
 fn finish(shared: &Shared, remaining: &AtomicUsize, id: u64) {
     if remaining.fetch_sub(1, Ordering::SeqCst) == 1
         && let Some((c, s)) = shared.conns.lock().unwrap().remove(&id)
     {
-        let _ = c.shutdown(Shutdown::Both);
-        let _ = s.shutdown(Shutdown::Both);
+        cut(&c, &s);
     }
 }

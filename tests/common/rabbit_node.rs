@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::rabbit::ctl_rows;
-use super::{Rabbit, free_port, unique, wait_child};
+use super::{Rabbit, free_port, temp_dir, unique, wait_child};
 
 const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 const RABBITMQCTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
@@ -36,10 +36,7 @@ impl RabbitNode {
     /// Starts a node whose TLS listener uses the PEM files `server_cert` / `server_key` and
     /// trusts client certificates signed by `ca`. Retries with other ports if one was taken.
     pub fn start_tls(ca: &Path, server_cert: &Path, server_key: &Path) -> RabbitNode {
-        let dir = tempfile::Builder::new()
-            .prefix("mqdb-rabbit-node-")
-            .tempdir()
-            .expect("temp dir for the RabbitMQ node");
+        let dir = temp_dir("rabbit-node");
         let mut node = RabbitNode {
             node: String::new(),
             amqp_port: 0,
@@ -96,13 +93,8 @@ impl RabbitNode {
     /// The node's AMQP connections: `[user, port, ssl, peer_cert_subject]` per connection,
     /// `port` being the node's listener the client connected to.
     pub fn connections(&self) -> Vec<Vec<String>> {
-        self.ctl_rows(&[
-            "list_connections",
-            "user",
-            "port",
-            "ssl",
-            "peer_cert_subject",
-        ])
+        let list = "list_connections user port ssl peer_cert_subject";
+        self.ctl_rows(&list.split(' ').collect::<Vec<_>>())
     }
 
     /// A client of the plain listener.
@@ -139,10 +131,13 @@ impl RabbitNode {
         for d in [base.join("mnesia"), base.join("log"), home.clone()] {
             std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("create {}: {e}", d.display()));
         }
+        let write = |path: &Path, text: &str| {
+            std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()))
+        };
         let config = base.join("rabbitmq.conf");
-        std::fs::write(
+        write(
             &config,
-            format!(
+            &format!(
                 "listeners.tcp.default = 127.0.0.1:{amqp}\n\
                  listeners.ssl.default = 127.0.0.1:{tls}\n\
                  ssl_options.cacertfile = {ca}\n\
@@ -157,12 +152,10 @@ impl RabbitNode {
                 cert = server_cert.display(),
                 key = server_key.display(),
             ),
-        )
-        .expect("write rabbitmq.conf");
-        let plugins = dir.join("enabled_plugins");
-        std::fs::write(&plugins, "[].\n").expect("write enabled_plugins");
-        let env_file = dir.join("rabbitmq-env.conf");
-        std::fs::write(&env_file, "").expect("write rabbitmq-env.conf");
+        );
+        let (plugins, env_file) = (dir.join("enabled_plugins"), dir.join("rabbitmq-env.conf"));
+        write(&plugins, "[].\n");
+        write(&env_file, "");
         let out_path = dir.join("server.out");
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -197,26 +190,22 @@ impl RabbitNode {
                 kill_group(&mut child);
                 return Err(format!("exited with {status}:\n{}", self.log()));
             }
-            if accepts(self.amqp_port) && accepts(self.tls_port) {
+            let (node, amqp, tls) = (&self.node, self.amqp_port, self.tls_port);
+            if accepts(amqp) && accepts(tls) {
+                let after = started.elapsed();
                 eprintln!(
-                    "private RabbitMQ node {} accepts on {} (AMQP) and {} (TLS) after {:?}",
-                    self.node,
-                    self.amqp_port,
-                    self.tls_port,
-                    started.elapsed()
+                    "private RabbitMQ node {node} accepts on {amqp} (AMQP) and {tls} (TLS) \
+                     after {after:?}"
                 );
                 self.child = Some(child);
                 return Ok(());
             }
             if started.elapsed() > START_DEADLINE {
                 kill_group(&mut child);
+                let log = self.log();
                 panic!(
-                    "the private RabbitMQ node {} did not accept on ports {} and {} within \
-                     {START_DEADLINE:?}:\n{}",
-                    self.node,
-                    self.amqp_port,
-                    self.tls_port,
-                    self.log()
+                    "the private RabbitMQ node {node} did not accept on ports {amqp} and {tls} \
+                     within {START_DEADLINE:?}:\n{log}"
                 );
             }
             std::thread::sleep(Duration::from_millis(100));

@@ -22,14 +22,12 @@ pub struct Workdir {
 }
 
 impl Workdir {
-    /// A temp dir whose name starts with `mqdb-<label>-`.
     pub fn new(label: &str) -> Workdir {
         let dir = temp_dir(label);
         let store = StateStore::sqlite_in(dir.path());
         Workdir { dir, store }
     }
 
-    /// A file in the temp dir.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -61,12 +59,12 @@ impl World {
 
     /// Like [`World::new`] with a broker the test started itself (e.g. with TLS).
     pub fn with_broker(label: &str, broker: Mosquitto) -> World {
-        let dir = temp_dir(label);
-        let store = StateStore::sqlite_in(dir.path());
+        let Workdir { dir, store } = Workdir::new(label);
+        let client_id = unique(&format!("mqdb_{label}"));
         World {
             dir,
             broker,
-            client_id: unique(&format!("mqdb_{label}")),
+            client_id,
             store,
         }
     }
@@ -77,7 +75,6 @@ impl World {
         self
     }
 
-    /// A file in this world's temp dir.
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -92,7 +89,7 @@ impl World {
         (self.broker.url(), settings)
     }
 
-    /// `mqdb.yaml` in the temp dir with this world's state store only.
+    /// `mqdb.yaml` in the temp dir with this state store only.
     pub fn bare_config(&self) -> Config {
         Config::at(self.path("mqdb.yaml")).state(&self.store.url())
     }
