@@ -67,26 +67,22 @@ fn query_with_limit(conn: &Connection<'_>, sql: &str, max_len: usize) -> Result<
         return Ok(Fetched::Rows(Vec::new()));
     }
     // Keep each column buffer around 1-4 MiB whatever the value size.
-    let batch = (4 << 20) / max_len.max(1);
-    let batch = batch.clamp(1, 256);
-    let buffer = TextRowSet::from_max_str_lens(batch, std::iter::repeat_n(max_len, num_cols))
-        .map_err(err)?;
+    let batch = ((4 << 20) / max_len.max(1)).clamp(1, 256);
+    let lens = std::iter::repeat_n(max_len, num_cols);
+    let buffer = TextRowSet::from_max_str_lens(batch, lens).map_err(err)?;
     let mut block = cursor.bind_buffer(buffer).map_err(err)?;
     let mut rows = Vec::new();
     while let Some(set) = block.fetch().map_err(err)? {
         for r in 0..set.num_rows() {
             let mut row = Vec::with_capacity(num_cols);
             for c in 0..num_cols {
+                // A NULL reads as `None` below.
                 match set.indicator_at(c, r) {
-                    Indicator::Null => {
-                        row.push(None);
-                        continue;
-                    }
                     Indicator::NoTotal => return Ok(Fetched::Truncated(None)),
                     Indicator::Length(n) if n > set.max_len(c) => {
                         return Ok(Fetched::Truncated(Some(n)));
                     }
-                    Indicator::Length(_) => {}
+                    Indicator::Length(_) | Indicator::Null => {}
                 }
                 let text = set
                     .at_as_str(c, r)
@@ -151,9 +147,8 @@ impl Db {
 
     /// Runs one statement (autocommit); panics with the SQL and the error on failure.
     pub fn exec(&self, sql: &str) {
-        if let Err(e) = self.try_exec(sql) {
-            panic!("[{}] {e}", self.label());
-        }
+        let done = self.try_exec(sql);
+        done.unwrap_or_else(|e| panic!("[{}] {e}", self.label()));
     }
 
     pub fn try_exec(&self, sql: &str) -> Result<(), String> {
@@ -163,8 +158,8 @@ impl Db {
 
     /// Every row of `sql`, each value as text (`NULL` -> `None`). Panics on error.
     pub fn query(&self, sql: &str) -> Vec<Vec<Option<String>>> {
-        self.try_query(sql)
-            .unwrap_or_else(|e| panic!("[{}] {e}", self.label()))
+        let rows = self.try_query(sql);
+        rows.unwrap_or_else(|e| panic!("[{}] {e}", self.label()))
     }
 
     pub fn try_query(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
@@ -175,11 +170,6 @@ impl Db {
     /// `SELECT COUNT(*) FROM table`.
     pub fn count(&self, table: &str) -> i64 {
         super::scalar(self, &format!("SELECT COUNT(*) FROM {table}"))
-    }
-
-    /// `DROP TABLE IF EXISTS table`, ignoring errors (for cleanup paths).
-    pub fn drop_table(&self, table: &str) {
-        let _ = self.try_exec(&format!("DROP TABLE IF EXISTS {table}"));
     }
 }
 
@@ -201,10 +191,8 @@ impl TempTable {
             _ => "",
         };
         db.exec(&format!("CREATE TABLE {name} ({columns}){options}"));
-        TempTable {
-            db: db.clone(),
-            name,
-        }
+        let db = db.clone();
+        TempTable { db, name }
     }
 
     pub fn count(&self) -> i64 {
@@ -213,8 +201,11 @@ impl TempTable {
 }
 
 impl Drop for TempTable {
+    /// Drops the table, ignoring errors.
     fn drop(&mut self) {
-        self.db.drop_table(&self.name);
+        let _ = self
+            .db
+            .try_exec(&format!("DROP TABLE IF EXISTS {}", self.name));
     }
 }
 

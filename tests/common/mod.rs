@@ -139,6 +139,12 @@ pub fn wait_until<F: FnMut() -> bool>(what: &str, timeout: Duration, mut f: F) {
     }
 }
 
+/// A current-thread tokio runtime, for a client that runs on a thread of its own.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all().build().expect("tokio runtime")
+}
+
 /// A free TCP port on 127.0.0.1 (bind port 0, read it, release it).
 ///
 /// Another process could take it before it is used; callers that start servers retry.

@@ -102,12 +102,12 @@ impl Mosquitto {
     pub fn restart_clean(&mut self) {
         self.stop();
         let db = self.dir.path().join("mosquitto.db");
-        match std::fs::remove_file(&db) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                panic!("remove {}: {e}", db.display())
-            }
-            _ => self.restart(),
+        if let Err(e) = std::fs::remove_file(&db)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            panic!("remove {}: {e}", db.display());
         }
+        self.restart();
     }
 
     pub fn url(&self) -> String {
@@ -164,11 +164,8 @@ impl Mosquitto {
             }
             if Instant::now() > deadline {
                 kill(child);
-                let port = self.port;
-                panic!(
-                    "mosquitto on port {port} did not accept within 20 s:\n{}",
-                    self.log()
-                );
+                let (port, log) = (self.port, self.log());
+                panic!("mosquitto on port {port} did not accept within 20 s:\n{log}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -346,10 +343,7 @@ impl Conn {
         let stop = Arc::new(AtomicBool::new(false));
         let (s, halt) = (shared.clone(), stop.clone());
         let run = move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime for the MQTT event loop");
+            let rt = super::runtime();
             rt.block_on(async move {
                 while !halt.load(Ordering::SeqCst) {
                     // A periodic wake-up to check `halt`; the poll future is only cancelled
@@ -610,10 +604,7 @@ pub fn with_mqtt5(
 ) {
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = super::runtime();
     let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
     options.set_clean_start(clean_start);
     if !clean_start {

@@ -50,10 +50,7 @@ impl Subscriber5 {
         let stop = Arc::new(AtomicBool::new(false));
         let (s, halt, filter) = (seen.clone(), stop.clone(), filter.to_owned());
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
+            let rt = super::runtime();
             rt.block_on(async move {
                 let options = MqttOptions::new(unique("sub5"), "127.0.0.1", port);
                 let (client, mut eventloop) = AsyncClient::new(options, 100);

@@ -109,13 +109,11 @@ pub fn with_defaults(text: &str, values: &[(&str, &str)]) -> Result<String, Stri
             .collect();
         match body[name.len()..].strip_prefix('}') {
             Some(tail) if !name.is_empty() => {
-                let value = values
-                    .iter()
-                    .find(|(n, _)| *n == name)
-                    .map(|(_, v)| *v)
-                    .ok_or_else(|| {
-                        format!("${{{name}}} has no value in the test: add one for it")
-                    })?;
+                let Some((_, value)) = values.iter().find(|(n, _)| *n == name) else {
+                    return Err(format!(
+                        "${{{name}}} has no value in the test: add one for it"
+                    ));
+                };
                 out.push_str(&format!("${{{name}:-{value}}}"));
                 rest = tail;
             }

@@ -37,11 +37,4 @@ impl StateStore {
             StateStore::Sqlite(path) => Db::Sqlite(path.clone()),
         }
     }
-
-    /// A short name for messages and test labels.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            StateStore::Sqlite(_) => "sqlite",
-        }
-    }
 }
