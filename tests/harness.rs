@@ -43,10 +43,8 @@ fn mosquitto_queues_beyond_default_limit_and_keeps_sessions_across_restart() {
     // When more QoS 1 messages than Mosquitto's default queue limit (1000) are published
     let n = 1500;
     let publisher = Publisher::connect(broker.port);
-    let msgs: Vec<(String, Vec<u8>)> = (0..n)
-        .map(|i| (topic.clone(), format!("m{i}").into_bytes()))
-        .collect();
-    publisher.publish_all_confirmed(msgs, 1);
+    let msgs = (0..n).map(|i| (topic.clone(), format!("m{i}").into_bytes()));
+    publisher.publish_all_confirmed(msgs.collect(), 1);
 
     // Then every one is PUBACKed and the live subscriber sees all of them
     assert_eq!(publisher.acked(), n as u64);
@@ -63,11 +61,8 @@ fn mosquitto_queues_beyond_default_limit_and_keeps_sessions_across_restart() {
 
     // Then the persistent session resumes with all queued messages, none dropped
     let resumed = Subscriber::connect_with(broker.port, &session_id, false, &[]);
-    let log = broker.log();
-    assert!(
-        resumed.session_present,
-        "session lost over restart; log:\n{log}"
-    );
+    let lost = format!("session lost over restart; log:\n{}", broker.log());
+    assert!(resumed.session_present, "{lost}");
     let got = resumed.wait_for(n, Duration::from_secs(60));
     let payloads: HashSet<&str> = got.iter().map(|m| m.payload_str()).collect();
     assert_eq!(payloads.len(), n, "distinct payloads after restart");

@@ -100,13 +100,11 @@ fn payload_text(letter: &Json) -> &str {
 /// The number after `n=` in a dead letter's payload: which published message it is.
 fn marker(letter: &Json) -> u64 {
     let text = payload_text(letter);
-    let digits = text.find("n=").map(|start| {
-        let rest = text[start + 2..].chars();
-        rest.take_while(char::is_ascii_digit).collect::<String>()
-    });
+    let after = text.split_once("n=").map(|(_, rest)| rest).unwrap_or("");
+    let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
     digits
-        .and_then(|d| d.parse().ok())
-        .unwrap_or_else(|| panic!("no marker: {letter}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("no marker: {letter}"))
 }
 
 /// The markers of every stored dead letter, and how many letters there are.

@@ -2,13 +2,12 @@
 
 use std::path::Path;
 
-use super::{path_str, run_mqdb};
+use super::mqdb_at;
 
 /// `mqdb -c CONFIG check`: (exit code, stdout, stderr).
 pub fn run_check(config: &Path) -> (Option<i32>, String, String) {
-    let out = run_mqdb(&["-c", path_str(config), "check"]);
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code(), text(&out.stdout), text(&out.stderr))
+    let ran = mqdb_at(config, &["check"]);
+    (ran.code, ran.stdout, ran.stderr)
 }
 
 /// Runs `check` on `config` and asserts exit `code` and one line for inbound route `route`

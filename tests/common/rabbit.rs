@@ -14,7 +14,7 @@ use lapin::{
 };
 use std::process::{Command, Stdio};
 
-use super::{Bridge, Route, wait_for};
+use super::{Bridge, Ran, Route, wait_for};
 
 pub struct Rabbit {
     rt: tokio::runtime::Runtime,
@@ -85,21 +85,9 @@ pub struct ExchangeInfo {
 /// Runs `cmd -q ARGS --no-table-headers` (a `rabbitmqctl`) and returns its stdout lines
 /// split on tabs (about a second per call).
 pub(crate) fn ctl_rows(mut cmd: Command, args: &[&str]) -> Vec<Vec<String>> {
-    let out = cmd
-        .arg("-q")
-        .args(args)
-        .arg("--no-table-headers")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}): {stdout}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
+    let ran = Ran::of(cmd.arg("-q").args(args).arg("--no-table-headers"));
+    ran.code(0)
+        .stdout
         .lines()
         .filter(|l| !l.trim().is_empty())
         .map(|l| l.split('\t').map(|f| f.trim().to_owned()).collect())

@@ -4,20 +4,11 @@
 use std::path::Path;
 use std::process::Command;
 
+use super::Ran;
+
 /// Runs `openssl ARGS` in `dir`; panics with its output on failure.
 pub fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("run openssl (is it installed?): {e}"));
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed ({}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    Ran::of(Command::new("openssl").args(args).current_dir(dir)).code(0);
 }
 
 /// `NAME.key`, and `NAME.pem` for subject CN `cn` with the extensions `ext`, signed as the
