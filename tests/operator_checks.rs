@@ -38,14 +38,11 @@ fn conflict_keys_are_checked_against_the_catalog(db: &Db) {
     } else {
         "INT"
     };
-    let table = TempTable::create(
-        db,
-        "opkey",
-        &format!(
-            "id {int} NOT NULL PRIMARY KEY, site VARCHAR(40), ts VARCHAR(40), v {int}, \
-             CONSTRAINT site_ts UNIQUE (site, ts)"
-        ),
+    let columns = format!(
+        "id {int} NOT NULL PRIMARY KEY, site VARCHAR(40), ts VARCHAR(40), v {int}, \
+         CONSTRAINT site_ts UNIQUE (site, ts)"
     );
+    let table = TempTable::create(db, "opkey", &columns);
     let t = &table.name;
     let work = Workdir::new("opcheck");
     let config = head(&work, db)
@@ -112,11 +109,9 @@ fn a_start_value_that_does_not_convert_fails_check_and_stops_run_with_exit_2() {
     let work = Workdir::new("opcheck");
     let db = Db::Postgres;
     let table = TempTable::create(&db, "opstart", "id INT PRIMARY KEY, site VARCHAR(40)");
-    db.exec(&format!("INSERT INTO {} VALUES (1, 'a')", table.name));
-    let query = format!(
-        "SELECT id, site FROM {} WHERE id > ? ORDER BY id",
-        table.name
-    );
+    let t = &table.name;
+    db.exec(&format!("INSERT INTO {t} VALUES (1, 'a')"));
+    let query = format!("SELECT id, site FROM {t} WHERE id > ? ORDER BY id");
     let route = Route::outbound("from_abc", &query)
         .lines(&["track: id", "start: abc", "interval: 100ms", "broker: b"])
         .set("topic", format!("opcheck/{}/{{site}}", unique("t")));
@@ -140,14 +135,12 @@ fn check_counts_a_failed_mirror_apart_from_the_routes() {
         .lines(&["broker: down", "database: d", "table: nowhere"])
         .set("topic", topic())
         .columns(&[("v", "payload.v")]);
+    let mirror = json!({ "publish": { "broker": "down", "topic": "dl/{route}" } });
     let config = work
         .bare_config()
         .broker("down", &down, serde_json::Value::Null)
         .database("d", &db.connection_string())
-        .set(
-            "dead_letter",
-            json!({ "publish": { "broker": "down", "topic": "dl/{route}" } }),
-        )
+        .set("dead_letter", mirror)
         .inbound(route);
     mqdb_at(&config.write(), &["check"])
         .code(1)

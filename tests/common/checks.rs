@@ -30,11 +30,10 @@ pub fn dlq_list_in(config: &Path, cwd: &Path) -> Vec<Json> {
         .output()
         .unwrap_or_else(|e| panic!("run mqdb dlq list: {e}"));
     let stdout = String::from_utf8(out.stdout).expect("dlq list prints UTF-8");
+    let (status, stderr) = (out.status, String::from_utf8_lossy(&out.stderr));
     assert!(
-        out.status.success(),
-        "dlq list failed ({}): {stdout}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+        status.success(),
+        "dlq list failed ({status}): {stdout}{stderr}"
     );
     stdout
         .lines()
@@ -54,16 +53,12 @@ pub fn wait_for(bridge: &mut Bridge, what: &str, mut check: impl FnMut() -> Resu
             Err(e) => panic!("{what}: {e}; mqdb log:\n{}", bridge.log()),
         }
         if !bridge.is_running() {
-            panic!(
-                "mqdb exited while waiting for {what}; log:\n{}",
-                bridge.log()
-            );
+            let log = bridge.log();
+            panic!("mqdb exited while waiting for {what}; log:\n{log}");
         }
         if start.elapsed() >= LIVENESS {
-            panic!(
-                "timed out after {LIVENESS:?} waiting for {what}; mqdb log:\n{}",
-                bridge.log()
-            );
+            let log = bridge.log();
+            panic!("timed out after {LIVENESS:?} waiting for {what}; mqdb log:\n{log}");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -103,10 +98,10 @@ pub fn wait_for_count(bridge: &mut Bridge, db: &Db, count_sql: &str, want: i64) 
 /// Stops the bridge with SIGTERM and asserts it exits with status 0.
 pub fn terminate_ok(bridge: &mut Bridge) {
     let status = bridge.terminate();
+    let log = bridge.log();
     assert!(
         status.success(),
-        "mqdb exited with {status} on SIGTERM; log:\n{}",
-        bridge.log()
+        "mqdb exited with {status} on SIGTERM; log:\n{log}"
     );
 }
 

@@ -107,22 +107,17 @@ fn round_trip(case: &Case, format: &str) -> Vec<String> {
 
     // Then each column of each row prints the same in both tables
     let mut changed = Vec::new();
+    let short = |v: &Option<String>| v.as_deref().map(|t| t.chars().take(80).collect::<String>());
+    let (s, d) = (&source.name, &sink.name);
     for (name, ty) in case.columns() {
         let (a, b) = (case.printed("s", name, ty), case.printed("d", name, ty));
-        let sql = format!(
-            "SELECT s.id, {a}, {b} FROM {} s JOIN {} d ON s.id = d.id WHERE {}",
-            source.name,
-            sink.name,
-            case.differs(&a, &b)
-        );
+        let differs = case.differs(&a, &b);
+        let sql =
+            format!("SELECT s.id, {a}, {b} FROM {s} s JOIN {d} d ON s.id = d.id WHERE {differs}");
         if let Some(row) = db.query(&sql).first() {
-            let short =
-                |v: &Option<String>| v.as_deref().map(|t| t.chars().take(80).collect::<String>());
+            let (id, was, now) = (&row[0], short(&row[1]), short(&row[2]));
             changed.push(format!(
-                "{name} ({ty}) of row {:?}: {:?} became {:?}",
-                row[0],
-                short(&row[1]),
-                short(&row[2])
+                "{name} ({ty}) of row {id:?}: {was:?} became {now:?}"
             ));
         }
     }
@@ -198,13 +193,10 @@ fn sqlite(db: &Db) -> Case {
 
 fn assert_round_trip(case: Case) {
     for format in ["json", "csv"] {
-        let changed = round_trip(&case, format);
-        assert!(
-            changed.is_empty(),
-            "[{} {format}] values changed on the way round:\n{}",
-            case.db.label(),
-            changed.join("\n")
-        );
+        let changed = round_trip(&case, format).join("\n");
+        let label = case.db.label();
+        let what = format!("[{label} {format}] values changed on the way round:\n{changed}");
+        assert!(changed.is_empty(), "{what}");
     }
 }
 
