@@ -1,5 +1,5 @@
 //! Assertion helpers shared by the bridge tests: waits that print the bridge log on
-//! failure, and the dead-letter list as JSON.
+//! failure, and the dead letters as `mqdb dlq list --json` shows them.
 
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
@@ -127,4 +127,24 @@ pub fn run_bounded(args: &[&str], cwd: &Path, timeout: Duration) -> (ExitStatus,
         panic!("mqdb {args:?} did not exit within {timeout:?}; stdout:\n{out}\nstderr:\n{err}");
     };
     (status, read(&out_path), read(&err_path))
+}
+
+/// Waits until exactly `want` dead letters are stored (more fails at once) and returns them.
+pub fn wait_dead_letters(bridge: &mut Bridge, config: &Path, want: usize) -> Vec<Json> {
+    let mut letters = Vec::new();
+    wait_for(bridge, &format!("{want} dead letters"), || {
+        letters = dlq_list(config);
+        match letters.len() {
+            n if n > want => Err(format!("{n} dead letters, expected {want}")),
+            n => Ok(n == want),
+        }
+    });
+    letters
+}
+
+/// A dead letter's `id`.
+pub fn letter_id(letter: &Json) -> i64 {
+    letter["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no integer id: {letter:#}"))
 }

@@ -11,11 +11,9 @@
 
 mod bridge;
 mod cases;
-mod check_cmd;
 mod checks;
 mod config;
 mod db;
-mod dlq;
 pub mod http;
 mod mqtt;
 mod mqtt5;
@@ -24,9 +22,7 @@ mod rabbit;
 mod rabbit_node;
 mod ran;
 pub mod readme;
-mod store;
 mod tls;
-mod values;
 mod world;
 
 // Each test binary uses a subset of these re-exports.
@@ -35,20 +31,17 @@ pub use bridge::{Bridge, mqdb_bin, mqdb_command, run_mqdb};
 #[allow(unused_imports)]
 pub(crate) use cases::cases;
 #[allow(unused_imports)]
-pub use check_cmd::{check_route, run_check};
-#[allow(unused_imports)]
 pub use checks::{
-    LIVENESS, dlq_list, dlq_list_in, path_str, run_bounded, scalar, terminate_ok, try_scalar,
-    wait_for, wait_for_count,
+    LIVENESS, dlq_list, dlq_list_in, letter_id, path_str, run_bounded, scalar, terminate_ok,
+    try_scalar, wait_dead_letters, wait_for, wait_for_count,
 };
 #[allow(unused_imports)]
 pub use config::{Config, Route, settings};
 #[allow(unused_imports)]
 pub use db::{
-    Db, TempSqlite, TempTable, odbc_connect, odbc_env, odbc_exec, odbc_query, temp_sqlite,
+    Db, TempSqlite, TempTable, odbc_connect, odbc_env, odbc_exec, odbc_query, parse_ts,
+    pg_lock_waiters, temp_sqlite, ts,
 };
-#[allow(unused_imports)]
-pub use dlq::{letter_id, wait_dead_letters};
 #[allow(unused_imports)]
 pub use mqtt::{Mosquitto, Publisher, Received, Subscriber, publish_retained, with_mqtt5};
 #[allow(unused_imports)]
@@ -63,15 +56,11 @@ pub use rabbit::{
 #[allow(unused_imports)]
 pub use rabbit_node::RabbitNode;
 #[allow(unused_imports)]
-pub use ran::{Ran, line_of, mqdb_at, mqdb_bounded, mqdb_env};
-#[allow(unused_imports)]
-pub use store::StateStore;
+pub use ran::{Ran, check_route, line_of, mqdb_at, mqdb_bounded, mqdb_env, run_check};
 #[allow(unused_imports)]
 pub use tls::{make_ca, make_leaf, make_pki, openssl, pki_with_other_ca};
 #[allow(unused_imports)]
-pub use values::{parse_ts, pg_lock_waiters, ts};
-#[allow(unused_imports)]
-pub use world::{Workdir, World};
+pub use world::{StateStore, Workdir, World};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -7,12 +7,15 @@
 //! world.persistent_session(&topic);
 //! let mut bridge = Bridge::start(&config);
 //! ```
+//!
+//! Tests that look at the state store take a [`StateStore`] rather than a SQLite path, so
+//! that they run against each kind [`StateStore::each_in`] lists. Only SQLite exists today.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value as Json, json};
 
-use super::{Config, Db, Mosquitto, Publisher, StateStore, Subscriber, temp_dir, unique};
+use super::{Config, Db, Mosquitto, Publisher, Subscriber, temp_dir, unique};
 
 /// A temp dir (config, state store, logs, SQLite targets) for a bridge whose brokers the
 /// test brings itself (RabbitMQ, or several Mosquittos).
@@ -123,5 +126,38 @@ impl World {
     /// A clean-session QoS 1 subscriber of `filter` on this world's broker.
     pub fn subscribe(&self, filter: &str) -> Subscriber {
         Subscriber::connect(self.broker.port, filter, 1)
+    }
+}
+
+/// The state store a bridge under test keeps its dead letters and positions in.
+#[derive(Clone, Debug)]
+pub enum StateStore {
+    /// A SQLite file the bridge creates on first use.
+    Sqlite(PathBuf),
+}
+
+impl StateStore {
+    /// A SQLite store named `state.db` in `dir`.
+    pub fn sqlite_in(dir: &Path) -> StateStore {
+        StateStore::Sqlite(dir.join("state.db"))
+    }
+
+    /// One store of every kind, each private to `dir`, for tests that run against each.
+    pub fn each_in(dir: &Path) -> Vec<StateStore> {
+        vec![StateStore::sqlite_in(dir)]
+    }
+
+    /// The `state:` setting that selects this store.
+    pub fn url(&self) -> String {
+        match self {
+            StateStore::Sqlite(path) => format!("sqlite://{}", path.display()),
+        }
+    }
+
+    /// The store read through ODBC, as another process sees it.
+    pub fn reader(&self) -> Db {
+        match self {
+            StateStore::Sqlite(path) => Db::Sqlite(path.clone()),
+        }
     }
 }
