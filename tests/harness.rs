@@ -194,34 +194,28 @@ fn wait_until_returns_when_true_and_panics_with_its_description() {
 #[test]
 fn config_builder_writes_block_yaml_with_typed_values() {
     // Given a config with a broker, a database and two routes
+    let client_id = serde_json::json!({ "client_id": "c" });
+    let r = Route::inbound("r", "t/#", "tbl")
+        .columns(&[("id", "payload.id")])
+        .lines(&["batch: { max_rows: 5, max_delay: 100ms }", "start: 0"]);
+    let o = Route::outbound("o", "SELECT 1")
+        .track("id", 0)
+        .interval("1s");
+    let p = Route::named("p")
+        .broker("b")
+        .topic("x/{id}")
+        .qos(0)
+        .format("csv")
+        .batch(5, "1s")
+        .max_rows(7)
+        .on_conflict("ignore", &["id"]);
     let config = Config::at("/tmp/unused.yaml")
         .state("sqlite:///tmp/x/state.db")
-        .broker(
-            "b",
-            "mqtt://127.0.0.1:1883",
-            serde_json::json!({ "client_id": "c" }),
-        )
+        .broker("b", "mqtt://127.0.0.1:1883", client_id)
         .database("d", "Driver={SQLite3};Database=/tmp/x/t.db")
-        .inbound(
-            Route::inbound("r", "t/#", "tbl")
-                .columns(&[("id", "payload.id")])
-                .lines(&["batch: { max_rows: 5, max_delay: 100ms }", "start: 0"]),
-        )
-        .outbound(
-            Route::outbound("o", "SELECT 1")
-                .track("id", 0)
-                .interval("1s"),
-        )
-        .outbound(
-            Route::named("p")
-                .broker("b")
-                .topic("x/{id}")
-                .qos(0)
-                .format("csv")
-                .batch(5, "1s")
-                .max_rows(7)
-                .on_conflict("ignore", &["id"]),
-        );
+        .inbound(r)
+        .outbound(o)
+        .outbound(p);
 
     // Then its YAML has one setting a line, numbers unquoted and strings quoted
     assert_eq!(

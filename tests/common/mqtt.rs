@@ -37,9 +37,8 @@ impl Mosquitto {
     /// a second `listener`); the main listener stays plain MQTT on [`Mosquitto::port`].
     pub fn start_with_extra_config(extra: &str) -> Mosquitto {
         let (dir, child, extra_config) = (temp_dir("mosquitto"), None, extra.to_owned());
-        let port = 0;
         let mut m = Mosquitto {
-            port,
+            port: 0,
             dir,
             child,
             extra_config,
@@ -54,12 +53,10 @@ impl Mosquitto {
     pub fn start_tls(pki: &std::path::Path) -> (Mosquitto, u16) {
         let file = |name: &str| pki.join(name).display().to_string();
         let port = free_port();
+        let (ca, cert, key) = (file("ca.pem"), file("server.pem"), file("server.key"));
         let broker = Mosquitto::start_with_extra_config(&format!(
-            "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
-             require_certificate true\n",
-            file("ca.pem"),
-            file("server.pem"),
-            file("server.key"),
+            "listener {port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\n\
+             require_certificate true\n"
         ));
         (broker, port)
     }
