@@ -74,25 +74,12 @@ fn round_trip(case: &Case, format: &str) -> Vec<String> {
     // The bridge's session exists before the first publish, so the broker keeps every row.
     world.persistent_session(&topic);
     let query = format!("SELECT {names} FROM {table} WHERE id > ? ORDER BY id");
-    let config = world
-        .config(db)
-        .inbound(Route::named("back").lines(&[
-            "broker: b",
-            &format!("topic: \"{topic}\""),
-            "database: d",
-            &format!("table: {}", sink.name),
-            &format!("format: {format}"),
-        ]))
-        .outbound(Route::outbound("out", &query).lines(&[
-            "track: id",
-            "start: 0",
-            "interval: 200ms",
-            "broker: b",
-            &format!("topic: \"{topic}\""),
-            "qos: 1",
-            &format!("format: {format}"),
-        ]))
-        .write();
+    let back = Route::named("back").broker("b").topic(&topic);
+    let back = back.set("database", "d").set("table", &*sink.name);
+    let out = Route::outbound("out", &query).track("id", 0);
+    let out = out.interval("200ms").broker("b").topic(&topic).qos(1);
+    let (back, out) = (back.format(format), out.format(format));
+    let config = world.config(db).inbound(back).outbound(out).write();
 
     // When the bridge runs until every row is back
     let mut bridge = Bridge::start(&config);
