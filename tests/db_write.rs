@@ -33,12 +33,8 @@ struct Target {
     table: TempTable,
 }
 
-fn target(db: &Db, speak: Speak, columns: &str, names: &[&str], max_rows: usize) -> Target {
-    target_on_conflict(db, speak, columns, names, max_rows, OnConflict::Error)
-}
-
-/// Like [`target`]; a rule other than `error` is keyed on `id`.
-fn target_on_conflict(
+/// A [`Target`] for `columns`; an `on_conflict` other than `error` is keyed on `id`.
+fn target(
     db: &Db,
     speak: Speak,
     columns: &str,
@@ -89,7 +85,7 @@ fn rejected_rows_are_found_exactly(db: &Db, speak: Speak) {
     // Given a table with a CHECK constraint and a batch of 1000 rows, 14 of them breaking it
     let id = pick(db, ["BIGINT", "BIGINT", "INTEGER"]);
     let columns = format!("id {id} PRIMARY KEY, v INTEGER CHECK (v < 1000)");
-    let t = target(db, speak, &columns, &["id", "v"], 1000);
+    let t = target(db, speak, &columns, &["id", "v"], 1000, OnConflict::Error);
     let bad = |i: &i64| i % 71 == 70;
     let batch: Vec<Row> = (0..1000)
         .map(|i| ints(i, if bad(&i) { 5000 } else { i % 1000 }))
@@ -146,7 +142,7 @@ fn values_survive_the_batch_statement(db: &Db, speak: Speak) {
     };
     let columns = format!("id INTEGER PRIMARY KEY, t TEXT, {types}");
     let names = ["id", "t", "ts", "d", "f", "b", "raw"];
-    let t = target(db, speak, &columns, &names, 500);
+    let t = target(db, speak, &columns, &names, 500, OnConflict::Error);
     // Values as mapping makes them: converted to each column's kind as the catalog has it.
     let kinds: Vec<SqlKind> = t.plan.columns.iter().map(|c| c.kind).collect();
     let stamp = json!("2024-03-01T01:59:58.123456+02:00");
@@ -218,7 +214,8 @@ fn later_batches_may_carry_longer_values(db: &Db, speak: Speak) {
         Db::Sqlite(_) => "t TEXT, raw BLOB",
     };
     let columns = format!("id INTEGER PRIMARY KEY, {types}");
-    let t = target(db, speak, &columns, &["id", "t", "raw"], 3);
+    let names = ["id", "t", "raw"];
+    let t = target(db, speak, &columns, &names, 3, OnConflict::Error);
     let mut writer = Writer::new(&t.conn, &t.plan);
     let mut batch = |from: i64, len: usize| {
         let rows: Vec<Row> = (from..from + 3)
@@ -275,7 +272,7 @@ fn upserts_keep_one_row_per_key(db: &Db, speak: Speak) {
         // Given a table keyed by id and a route that upserts on it
         let columns = "id INTEGER PRIMARY KEY, v DECIMAL(10,2), note VARCHAR(40)";
         let names = ["id", "v", "note"];
-        let t = target_on_conflict(db, speak, columns, &names, 100, rule);
+        let t = target(db, speak, columns, &names, 100, rule);
         let mut writer = Writer::new(&t.conn, &t.plan);
 
         // When ids 0..10 arrive, then ids 5..15 with new values

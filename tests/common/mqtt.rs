@@ -131,15 +131,13 @@ impl Mosquitto {
     fn spawn(&mut self) -> Result<(), String> {
         let dir = self.dir.path();
         let config = dir.join("mosquitto.conf");
+        let (port, extra, log) = (self.port, &self.extra_config, self.log_path());
+        let (dir_name, log) = (dir.display(), log.display());
         let text = format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
              max_queued_bytes 0\nmax_inflight_messages 1000\npersistence true\n\
-             persistence_location {dir}/\nautosave_interval 1800\nlog_dest file {log}\n\
-             set_tcp_nodelay true\nuser root\n{extra}\n",
-            port = self.port,
-            dir = dir.display(),
-            log = self.log_path().display(),
-            extra = self.extra_config,
+             persistence_location {dir_name}/\nautosave_interval 1800\nlog_dest file {log}\n\
+             set_tcp_nodelay true\nuser root\n{extra}\n"
         );
         std::fs::write(&config, text).expect("write mosquitto.conf");
         let mut child = Command::new(MOSQUITTO)

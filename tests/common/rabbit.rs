@@ -52,10 +52,8 @@ impl Header {
             Header::Bool(b) => AMQPValue::Boolean(*b),
             Header::Float(f) => AMQPValue::Double(*f),
             Header::Decimal { scale, value } => {
-                AMQPValue::DecimalValue(lapin::types::DecimalValue {
-                    scale: *scale,
-                    value: *value as u32,
-                })
+                let (scale, value) = (*scale, *value as u32);
+                AMQPValue::DecimalValue(lapin::types::DecimalValue { scale, value })
             }
         }
     }

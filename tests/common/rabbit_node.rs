@@ -135,24 +135,19 @@ impl RabbitNode {
             std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()))
         };
         let config = base.join("rabbitmq.conf");
-        write(
-            &config,
-            &format!(
-                "listeners.tcp.default = 127.0.0.1:{amqp}\n\
-                 listeners.ssl.default = 127.0.0.1:{tls}\n\
-                 ssl_options.cacertfile = {ca}\n\
-                 ssl_options.certfile = {cert}\n\
-                 ssl_options.keyfile = {key}\n\
-                 ssl_options.verify = verify_peer\n\
-                 ssl_options.fail_if_no_peer_cert = true\n\
-                 loopback_users = none\n",
-                amqp = self.amqp_port,
-                tls = self.tls_port,
-                ca = ca.display(),
-                cert = server_cert.display(),
-                key = server_key.display(),
-            ),
+        let (amqp, tls) = (self.amqp_port, self.tls_port);
+        let (ca, cert, key) = (ca.display(), server_cert.display(), server_key.display());
+        let text = format!(
+            "listeners.tcp.default = 127.0.0.1:{amqp}\n\
+             listeners.ssl.default = 127.0.0.1:{tls}\n\
+             ssl_options.cacertfile = {ca}\n\
+             ssl_options.certfile = {cert}\n\
+             ssl_options.keyfile = {key}\n\
+             ssl_options.verify = verify_peer\n\
+             ssl_options.fail_if_no_peer_cert = true\n\
+             loopback_users = none\n"
         );
+        write(&config, &text);
         let (plugins, env_file) = (dir.join("enabled_plugins"), dir.join("rabbitmq-env.conf"));
         write(&plugins, "[].\n");
         write(&env_file, "");
