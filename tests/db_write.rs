@@ -283,14 +283,11 @@ fn upserts_keep_one_row_per_key(db: &Db, speak: Speak) {
         // Then each id is stored once, with the first values kept (ignore) or the last
         // ones (update)
         let sql = format!("SELECT id, v, note FROM {} ORDER BY id", t.table.name);
-        let got: Vec<(String, f64, String)> = db
-            .query(&sql)
-            .into_iter()
-            .map(|r| {
-                let text = |i: usize| r[i].clone().unwrap_or_default();
-                (text(0), text(1).parse().unwrap_or(f64::NAN), text(2))
-            })
-            .collect();
+        let read = |r: Vec<Option<String>>| {
+            let text = |i: usize| r[i].clone().unwrap_or_default();
+            (text(0), text(1).parse().unwrap_or(f64::NAN), text(2))
+        };
+        let got: Vec<(String, f64, String)> = db.query(&sql).into_iter().map(read).collect();
         let want: Vec<(String, f64, String)> = (0..15)
             .map(|i| {
                 let updated = rule == OnConflict::Update && i >= 5;

@@ -56,9 +56,8 @@ impl Bounds {
     /// Publishes `payloads` to `topic` at QoS 1 and waits for the broker's PUBACKs.
     fn publish(&self, topic: &str, payloads: Vec<Vec<u8>>) {
         let messages = payloads.into_iter().map(|p| (topic.to_owned(), p));
-        self.world
-            .publisher()
-            .publish_all_confirmed(messages.collect(), 1);
+        let publisher = self.world.publisher();
+        publisher.publish_all_confirmed(messages.collect(), 1);
     }
 
     /// Waits for the row `id`, then for the one `too_large` dead letter, stored whole

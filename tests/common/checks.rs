@@ -84,15 +84,12 @@ pub fn scalar(db: &Db, sql: &str) -> i64 {
 /// Waits until `count_sql` returns exactly `want`; a larger value fails at once (it can only
 /// mean duplicate or misrouted rows).
 pub fn wait_for_count(bridge: &mut Bridge, db: &Db, count_sql: &str, want: i64) {
-    wait_for(
-        bridge,
-        &format!("`{count_sql}` = {want}"),
-        || match try_scalar(db, count_sql) {
-            Some(n) if n > want => Err(format!("{n} rows, more than the {want} expected")),
-            Some(n) => Ok(n == want),
-            None => Ok(false),
-        },
-    );
+    let what = format!("`{count_sql}` = {want}");
+    wait_for(bridge, &what, || match try_scalar(db, count_sql) {
+        Some(n) if n > want => Err(format!("{n} rows, more than the {want} expected")),
+        Some(n) => Ok(n == want),
+        None => Ok(false),
+    });
 }
 
 /// Stops the bridge with SIGTERM and asserts it exits with status 0.

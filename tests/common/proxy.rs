@@ -117,8 +117,7 @@ fn connect_and_forward(client: TcpStream, target: SocketAddr, shared: Arc<Shared
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
-    let clones = (|| Some((client.try_clone().ok()?, server.try_clone().ok()?)))();
-    let Some((client2, server2)) = clones else {
+    let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) else {
         return;
     };
     {

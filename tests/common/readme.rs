@@ -53,11 +53,8 @@ pub fn yaml_blocks(markdown: &str) -> Result<Vec<YamlBlock>, String> {
         if end == lines.len() {
             return Err(format!("line {}: the ```yaml block is never closed", i + 1));
         }
-        blocks.push(YamlBlock {
-            line: i + 1,
-            role,
-            text,
-        });
+        let line = i + 1;
+        blocks.push(YamlBlock { line, role, text });
         i = end + 1;
     }
     Ok(blocks)
