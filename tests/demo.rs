@@ -68,7 +68,6 @@ fn check_artefacts(dir: &Path) {
     let measured = row[2].as_deref().expect("measured_at").replace('T', " ");
     let utc = measured.starts_with("2026-05-01 06:02:30");
     assert!(utc, "{measured:?} is not 08:02:30+02:00 in UTC");
-    // the malformed reading never became a row
     let sql = "SELECT COUNT(*) FROM readings WHERE celsius BETWEEN 22.55 AND 22.65";
     assert_eq!(scalar(&db, sql), 0, "the cut-short message became a row");
 

@@ -128,36 +128,35 @@ fn tcp_proxy_cuts_and_restores_a_postgres_odbc_connection() {
 /// Create, insert (NULL, non-ASCII, a value larger than the first text buffer), read back,
 /// count, and drop a unique table.
 fn db_roundtrip(db: &Db, text_type: &str) {
+    // Given a unique table
     let long = "x".repeat(20_000);
-    let name;
-    {
-        // Given a unique table
-        let columns = format!("id INTEGER PRIMARY KEY, name VARCHAR(50), body {text_type}");
-        let table = TempTable::create(db, "harness", &columns);
-        name = table.name.clone();
-        assert_eq!(table.count(), 0);
+    let columns = format!("id INTEGER PRIMARY KEY, name VARCHAR(50), body {text_type}");
+    let table = TempTable::create(db, "harness", &columns);
+    let name = table.name.clone();
+    assert_eq!(table.count(), 0);
 
-        // When rows are inserted
-        db.exec(&format!(
-            "INSERT INTO {name} (id, name, body) VALUES (1, 'Grüße', 'short'), (2, NULL, '{long}'), (3, 'c', NULL)"
-        ));
+    // When rows are inserted
+    db.exec(&format!(
+        "INSERT INTO {name} (id, name, body) VALUES (1, 'Grüße', 'short'), (2, NULL, '{long}'), (3, 'c', NULL)"
+    ));
 
-        // Then they read back as text, NULL as None, the long value untruncated
-        let rows = db.query(&format!("SELECT id, name, body FROM {name} ORDER BY id"));
-        assert_eq!(rows.len(), 3);
-        let s = |v: &str| Some(v.to_string());
-        assert_eq!(rows[0], vec![s("1"), s("Grüße"), s("short")]);
-        assert_eq!(rows[1][1], None);
-        assert_eq!(rows[1][2].as_deref(), Some(long.as_str()));
-        assert_eq!(rows[2][2], None);
-        assert_eq!(db.count(&name), 3);
+    // Then they read back as text, NULL as None, the long value untruncated
+    let rows = db.query(&format!("SELECT id, name, body FROM {name} ORDER BY id"));
+    assert_eq!(rows.len(), 3);
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(rows[0], vec![s("1"), s("Grüße"), s("short")]);
+    assert_eq!(rows[1][1], None);
+    assert_eq!(rows[1][2].as_deref(), Some(long.as_str()));
+    assert_eq!(rows[2][2], None);
+    assert_eq!(db.count(&name), 3);
 
-        // And a failing statement is reported with its SQL
-        let duplicate = db.try_exec(&format!("INSERT INTO {name} (id) VALUES (1)"));
-        let err = duplicate.expect_err("duplicate key");
-        assert!(err.contains(&name), "{err}");
-    }
+    // And a failing statement is reported with its SQL
+    let duplicate = db.try_exec(&format!("INSERT INTO {name} (id) VALUES (1)"));
+    let err = duplicate.expect_err("duplicate key");
+    assert!(err.contains(&name), "{err}");
+
     // And the table is gone once the guard drops
+    drop(table);
     let gone = db.try_query(&format!("SELECT COUNT(*) FROM {name}"));
     assert!(gone.is_err());
 }

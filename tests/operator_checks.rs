@@ -30,8 +30,7 @@ fn inbound(name: &str, table: &str, conflict: &str, key: &str) -> Route {
         .lines(&[&format!("key: [{key}]")])
 }
 
-// on_conflict needs a unique key on exactly the key columns
-
+/// `on_conflict` needs a unique key on exactly the key columns.
 fn conflict_keys_are_checked_against_the_catalog(db: &Db) {
     let int = if matches!(db, Db::Sqlite(_)) {
         "INTEGER"
