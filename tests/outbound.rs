@@ -613,11 +613,9 @@ fn sqlite_bigint_and_blob_columns_keep_their_json_types() {
 }
 
 fn csv_record(payload: &[u8], delimiter: u8, quote: u8) -> Vec<String> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .delimiter(delimiter)
-        .quote(quote)
-        .from_reader(payload);
+    let mut builder = csv::ReaderBuilder::new();
+    builder.has_headers(false).delimiter(delimiter).quote(quote);
+    let mut reader = builder.from_reader(payload);
     let text = String::from_utf8_lossy(payload);
     let records: Result<Vec<csv::StringRecord>, _> = reader.records().collect();
     let records = records.unwrap_or_else(|e| panic!("not CSV ({e}): {text}"));
@@ -682,9 +680,8 @@ fn qos_2_and_retain_reach_live_and_late_subscribers() {
     let world = World::new("outbound");
     let table = devices("out_retain", "(1, 'd1'), (2, 'd2')");
     let root = unique("retain");
-    let route = dev_route("retain", &table, &root)
-        .qos(2)
-        .set("retain", true);
+    let route = dev_route("retain", &table, &root);
+    let route = route.qos(2).set("retain", true);
     let config = config(&world, &Db::Postgres.connection_string(), &[route]);
     let live = Subscriber::connect(world.broker.port, &format!("{root}/#"), 2);
     let mut run = Run::new(world, config, live);
@@ -1125,18 +1122,14 @@ fn rows_sharing_a_timestamp_survive_a_restart(db: Db, columns: &str) {
 
 #[test]
 fn rows_sharing_a_timestamp_survive_a_restart_postgres() {
-    rows_sharing_a_timestamp_survive_a_restart(
-        Db::Postgres,
-        "id INTEGER PRIMARY KEY, updated_at TIMESTAMP NOT NULL, v TEXT",
-    );
+    let columns = "id INTEGER PRIMARY KEY, updated_at TIMESTAMP NOT NULL, v TEXT";
+    rows_sharing_a_timestamp_survive_a_restart(Db::Postgres, columns);
 }
 
 #[test]
 fn rows_sharing_a_timestamp_survive_a_restart_mariadb() {
-    rows_sharing_a_timestamp_survive_a_restart(
-        Db::MariaDb,
-        "id INT PRIMARY KEY, updated_at DATETIME(6) NOT NULL, v TEXT",
-    );
+    let columns = "id INT PRIMARY KEY, updated_at DATETIME(6) NOT NULL, v TEXT";
+    rows_sharing_a_timestamp_survive_a_restart(Db::MariaDb, columns);
 }
 
 #[test]
@@ -1268,20 +1261,14 @@ fn after_publish_marks_every_row(db: Db, columns: &str, mark: &str) {
 
 #[test]
 fn after_publish_marks_every_row_postgres() {
-    after_publish_marks_every_row(
-        Db::Postgres,
-        "id INTEGER PRIMARY KEY, dev TEXT, sent_at TIMESTAMPTZ NULL",
-        "now()",
-    );
+    let columns = "id INTEGER PRIMARY KEY, dev TEXT, sent_at TIMESTAMPTZ NULL";
+    after_publish_marks_every_row(Db::Postgres, columns, "now()");
 }
 
 #[test]
 fn after_publish_marks_every_row_mariadb() {
-    after_publish_marks_every_row(
-        Db::MariaDb,
-        "id INT PRIMARY KEY, dev VARCHAR(20), sent_at DATETIME(6) NULL",
-        "CURRENT_TIMESTAMP(6)",
-    );
+    let columns = "id INT PRIMARY KEY, dev VARCHAR(20), sent_at DATETIME(6) NULL";
+    after_publish_marks_every_row(Db::MariaDb, columns, "CURRENT_TIMESTAMP(6)");
 }
 
 #[test]
