@@ -30,9 +30,8 @@ type Counts = BTreeMap<i64, usize>;
 
 /// A route `name` polling `query` every 100 ms, binding the last published `id` (from 0).
 fn tracked(name: &str, query: &str) -> Route {
-    Route::outbound(name, query)
-        .interval("100ms")
-        .track("id", 0)
+    let route = Route::outbound(name, query).interval("100ms");
+    route.track("id", 0)
 }
 
 /// [`tracked`], publishing to `topic` on the world's Mosquitto (broker `b`).
@@ -475,12 +474,8 @@ fn json_values_and_types_from_postgres() {
 fn timestamptz_is_utc_whatever_the_session_time_zone() {
     let db = Db::Postgres;
     let values = "(1, '2024-05-01 12:00:00+02'), (2, '2024-12-31 23:30:00-05')";
-    let table = filled(
-        &db,
-        "out_tz",
-        "id INTEGER PRIMARY KEY, ts TIMESTAMPTZ",
-        values,
-    );
+    let columns = "id INTEGER PRIMARY KEY, ts TIMESTAMPTZ";
+    let table = filled(&db, "out_tz", columns, values);
     // A session time zone of +05:30
     let cs = db.connection_string() + "ConnSettings={SET TIME ZONE 'Asia/Kolkata'};";
     let (route, topic) = to_new_topic("tz", "id, ts", &table.name);
@@ -1135,11 +1130,9 @@ fn rows_sharing_a_timestamp_survive_a_restart_mariadb() {
 #[test]
 fn rows_whose_topic_cannot_be_built_become_dead_letters() {
     // Topic values holding `+`, `#`, `/`, or nothing, between good rows
-    let table = devices(
-        "out_topic",
-        "(1, 'ok1'), (2, 'a+b'), (3, 'ok3'), (4, 'x#'), (5, ''), (6, 'ok6'), \
-         (7, E'site/\\u001b[2J')",
-    );
+    let values = "(1, 'ok1'), (2, 'a+b'), (3, 'ok3'), (4, 'x#'), (5, ''), (6, 'ok6'), \
+                  (7, E'site/\\u001b[2J')";
+    let table = devices("out_topic", values);
     let root = unique("topic");
     let mut run = Run::pg(dev_route("badtopic", &table, &root), &format!("{root}/#"));
     run.wait_with_letters(3, 4);
@@ -1196,12 +1189,8 @@ fn unroutable_amqp_rows_become_dead_letters_and_the_position_moves_on() {
     let mut rabbit = Rabbit::connect();
     let (exchange, queue) = exchange_with_queue(&mut rabbit, "mqdb_out_unr", "r.good");
     let values = "(1, 'good'), (2, 'bad'), (3, 'good'), (4, 'other'), (5, 'good')";
-    let table = filled(
-        &db,
-        "out_unr",
-        "id INTEGER PRIMARY KEY, kind TEXT NOT NULL",
-        values,
-    );
+    let columns = "id INTEGER PRIMARY KEY, kind TEXT NOT NULL";
+    let table = filled(&db, "out_unr", columns, values);
     let query = after_id("id, kind", &table.name);
     let route = to_exchange("unroutable", &query, &exchange, "r.{kind}");
     let mut run = AmqpRun::pg(rabbit, &queue, route);
@@ -1384,14 +1373,12 @@ fn check_reports_each_outbound_route() {
     let root = unique("check");
     let topic = format!("{root}/{{dev}}");
     let select = after_id("id, dev", t);
-    let good = [
-        to_topic("good", &select, &topic),
-        to_exchange("good_amqp", &select, &exchange, "x.{dev}"),
-    ];
     let by_seq_no = format!("SELECT id, dev FROM {t} WHERE seq_no > ? ORDER BY seq_no");
     let missing_column = after_id("id, dev, no_such_column", t);
     let no_such_level = format!("{root}/{{no_such_level}}");
-    let bad = [
+    let routes = [
+        to_topic("good", &select, &topic),
+        to_exchange("good_amqp", &select, &exchange, "x.{dev}"),
         to_topic("bad_column", &missing_column, &topic),
         to_topic("bad_track", &by_seq_no, &topic).set("track", "seq_no"),
         to_topic("bad_template", &select, &no_such_level),
@@ -1405,12 +1392,11 @@ fn check_reports_each_outbound_route() {
         ("no_exchange", absent.as_str()),
         ("gone_broker", "gone"),
     ];
-    let routes: Vec<Route> = good.iter().cloned().chain(bad).collect();
+    let good = &routes[..2];
     let brokers = world.config(&db).broker("rabbit", Rabbit::URL, Json::Null);
     let closed = format!("mqtt://127.0.0.1:{}", common::free_port());
-    let with_gone = brokers
-        .clone()
-        .broker("gone", &closed, world.mqtt(Json::Null).1);
+    let gone = world.mqtt(Json::Null).1;
+    let with_gone = brokers.clone().broker("gone", &closed, gone);
     let ran = check(&write(with_gone, &routes));
 
     // It fails (exit 1) with one line per route: ok for the good ones, FAIL naming the
@@ -1427,7 +1413,7 @@ fn check_reports_each_outbound_route() {
         assert!(detail.contains(needle), "{expected}\n{ran}");
     }
 
-    let ran = check(&write(brokers, &good));
+    let ran = check(&write(brokers, good));
     ran.code(0).route_is("outbound good", "ok", &[]);
     assert!(!ran.stdout.contains("FAIL"), "{ran}");
 }
