@@ -250,24 +250,18 @@ fn config(world: &World, db: &Db, routes: &[Out<'_>]) -> PathBuf {
 
 /// What the database prints for each row: `id` first, then each column.
 fn expected(db: &Db, table: &str, cols: &[Col]) -> Vec<Vec<Option<String>>> {
-    let exprs: Vec<String> = cols
-        .iter()
-        .map(|c| c.expect.replace("{}", c.name))
-        .collect();
-    db.query(&format!(
-        "SELECT {} FROM {table} ORDER BY id",
-        exprs.join(", ")
-    ))
+    let expr = |c: &Col| c.expect.replace("{}", c.name);
+    let exprs: Vec<String> = cols.iter().map(expr).collect();
+    let exprs = exprs.join(", ");
+    db.query(&format!("SELECT {exprs} FROM {table} ORDER BY id"))
 }
 
 /// Runs the matrix on `db`.
 fn values_arrive_exactly(db: &Db) {
     let world = World::new("fid-out");
     let cols = columns(db);
-    let ddl: Vec<String> = cols
-        .iter()
-        .map(|c| format!("{} {}", c.name, c.ddl))
-        .collect();
+    let ddl = |c: &Col| format!("{} {}", c.name, c.ddl);
+    let ddl: Vec<String> = cols.iter().map(ddl).collect();
     let tag_type = match db {
         Db::MariaDb => "mediumtext",
         _ => "text",
@@ -302,9 +296,8 @@ fn values_arrive_exactly(db: &Db) {
             let got = published(db, r, format, message, &cols);
             for ((c, got), expected) in cols.iter().zip(got).zip(expected) {
                 // CSV writes NULL as an empty field.
-                let expected = expected
-                    .as_deref()
-                    .filter(|e| format == "json" || !e.is_empty());
+                let not_null = |e: &&str| format == "json" || !e.is_empty();
+                let expected = expected.as_deref().filter(not_null);
                 if let Err(e) = same(c, format, got, expected) {
                     wrong.push(format!("{format} row {} column {}: {e}", r + 1, c.name));
                 }
@@ -316,10 +309,8 @@ fn values_arrive_exactly(db: &Db) {
     let long_topic = format!("{base}/tag/{}x", "é".repeat(2500));
     let lengths: Vec<usize> = tags.iter().map(|m| m.topic.len()).collect();
     let no_long = "no message on the topic built from the 5001-byte value; topic lengths";
-    assert!(
-        tags.iter().any(|m| m.topic == long_topic),
-        "[{label}] {no_long}: {lengths:?}"
-    );
+    let found = tags.iter().any(|m| m.topic == long_topic);
+    assert!(found, "[{label}] {no_long}: {lengths:?}");
     drop(bridge);
 }
 
@@ -335,9 +326,8 @@ fn published(db: &Db, r: usize, format: &str, m: &Received, cols: &[Col]) -> Vec
         };
         return cols.iter().map(value).collect();
     }
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .from_reader(m.payload.as_slice());
+    let mut builder = csv::ReaderBuilder::new();
+    let mut reader = builder.has_headers(false).from_reader(m.payload.as_slice());
     let record = reader.records().next().expect("one CSV record");
     let record = record.unwrap_or_else(|e| fail(format!("not CSV: {e}")));
     // The CSV row has id and tag first, as in the table.
