@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use serde_json::{Value as Json, json};
 
 use crate::common::{
-    Bridge, Db, Header, Rabbit, Route, TempTable, World, dlq_list, settings, unique, wait_for,
-    with_mqtt5,
+    Bridge, Db, Header, Rabbit, Route, TempTable, World, dlq_list, settings, temp_sqlite, unique,
+    wait_for, with_mqtt5,
 };
 
 /// What a case must end in.
@@ -263,26 +263,26 @@ fn json_cases(db: &Db) -> Vec<(&'static str, String, Outcome)> {
 
 /// The whole inbound matrix on one database; `extra` is added to its `databases:` entry
 /// (e.g. `dialect: generic`).
-pub fn matrix(db: Db, extra: &[&str]) {
+pub fn matrix(db: &Db, extra: &[&str]) {
     let world = World::new("fid-in");
-    let cols = columns(&db);
+    let cols = columns(db);
     let defs: Vec<String> = cols
         .iter()
-        .map(|(n, _, t)| format!("{} {t}", quote(&db, n)))
+        .map(|(n, _, t)| format!("{} {t}", quote(db, n)))
         .collect();
     let defs = format!("id BIGINT PRIMARY KEY, {}", defs.join(", "));
-    let table = TempTable::create(&db, "fid_in", &defs);
+    let table = TempTable::create(db, "fid_in", &defs);
     let topic = unique("fidelity");
     let queue = unique("fid_q");
     let mut rabbit = Rabbit::connect();
     rabbit.declare_queue(&queue);
-    let config = config(&world, &db, extra, &table.name, &topic, &queue);
+    let config = config(&world, db, extra, &table.name, &topic, &queue);
     prepare_session(world.broker.port, &world.client_id, &format!("{topic}/#"));
     let mut bridge = Bridge::start(&config);
 
     let mut cases = Vec::new();
     let mut messages = Vec::new();
-    for (i, (column, value, outcome)) in json_cases(&db).into_iter().enumerate() {
+    for (i, (column, value, outcome)) in json_cases(db).into_iter().enumerate() {
         let id = 1 + i as i64;
         // Every key in lower case: `übertemp` for the column `ÜberTemp`.
         let key = json!(column.to_lowercase());
@@ -290,9 +290,9 @@ pub fn matrix(db: Db, extra: &[&str]) {
         messages.push((format!("{topic}/json"), payload.clone().into(), vec![]));
         cases.push(Case::new(id, column, payload, outcome));
     }
-    csv_cases(&db, &topic, &mut cases, &mut messages);
+    csv_cases(db, &topic, &mut cases, &mut messages);
     user_property_cases(&topic, &mut cases, &mut messages);
-    header_cases(&db, &rabbit, &queue, &mut cases);
+    header_cases(db, &rabbit, &queue, &mut cases);
     payload_cases(&topic, &mut cases, &mut messages);
     publish_v5(world.broker.port, messages);
 
@@ -305,9 +305,9 @@ pub fn matrix(db: Db, extra: &[&str]) {
         let stored: usize = rows[0][0].as_deref().unwrap_or("0").parse().unwrap_or(0);
         Ok(stored + dlq_list(&config).len() >= total)
     });
-    let mut stored = read_back(&db, &table.name, &cols);
+    let mut stored = read_back(db, &table.name, &cols);
     if let Db::Sqlite(_) = db {
-        compare_sqlite_floats_in_sql(&db, &table.name, &cases, &mut stored);
+        compare_sqlite_floats_in_sql(db, &table.name, &cases, &mut stored);
     }
     let dead = dead_letters(&config);
     let label = db.label();
@@ -641,45 +641,40 @@ fn config(
     database.insert("connection_string".into(), db.connection_string().into());
     // Upserts, so every value also goes through each dialect's conflict statement
     // (`MERGE` in standard SQL).
-    let route = |name: &str, source: &str| {
-        Route::named(name)
-            .set("broker", source)
-            .set("database", "d")
-            .set("table", table)
-            .set("on_conflict", "update")
-            .set("key", json!(["id"]))
-    };
     let mqtt = |name: &str, level: &str| {
-        route(name, "m")
-            .set("topic", format!("{topic}/{level}"))
-            .set("qos", 1)
+        let route = Route::inbound(name, &format!("{topic}/{level}"), table).broker("m");
+        route.on_conflict("update", &["id"])
     };
     let csv_route = |field: &str| {
         mqtt(&format!("csv_{field}"), &format!("csv/{field}"))
-            .set("format", "csv")
+            .format("csv")
             .set("csv", json!({ "fields": ["id", "v"] }))
             .columns(&[("id", "payload.id"), (field, "payload.v")])
     };
     let routes = [
-        mqtt("json", "json").set("format", "json"),
+        mqtt("json", "json"),
         csv_route("i64"),
         csv_route("bin"),
         csv_route("dec"),
         csv_route("d"),
         csv_route("ts"),
-        mqtt("props", "props").set("format", "json").columns(&[
+        mqtt("props", "props").columns(&[
             ("id", "payload.id"),
             ("t", "header.T"),
             ("i64", "header.n"),
         ]),
-        mqtt("raw", "raw/{id}").set("format", "json").columns(&[
+        mqtt("raw", "raw/{id}").columns(&[
             ("id", "topic.id"),
             ("t", "payload"),
             ("bin", "payload"),
         ]),
-        route("headers", "r")
+        Route::named("headers")
+            .broker("r")
             .set("queue", queue)
-            .set("format", "json")
+            .set("database", "d")
+            .set("table", table)
+            .format("json")
+            .on_conflict("update", &["id"])
             .columns(&[
                 ("id", "payload.id"),
                 ("dec", "header.hdec"),
@@ -729,23 +724,22 @@ fn publish_v5(port: u16, messages: Vec<Outgoing>) {
 
 #[test]
 fn inbound_matrix_postgres() {
-    matrix(Db::Postgres, &[]);
+    matrix(&Db::Postgres, &[]);
 }
 
 #[test]
 fn inbound_matrix_mariadb() {
-    matrix(Db::MariaDb, &[]);
+    matrix(&Db::MariaDb, &[]);
 }
 
 #[test]
 fn inbound_matrix_sqlite() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    matrix(Db::Sqlite(dir.path().join("fidelity.db")), &[]);
+    matrix(&temp_sqlite(), &[]);
 }
 
 /// PostgreSQL spoken to in standard SQL only, as a database mqdb does not know: plain
 /// multi-row `INSERT`s, types from the driver's catalog alone.
 #[test]
 fn inbound_matrix_postgres_in_standard_sql() {
-    matrix(Db::Postgres, &["dialect: generic"]);
+    matrix(&Db::Postgres, &["dialect: generic"]);
 }
