@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use chrono::NaiveDateTime;
 use common::{
-    Bridge, Db, LIVENESS, Ran, Route, TempTable, World, dlq_list, mqdb_at, parse_ts, ts, unique,
-    wait_dead_letters, wait_for, wait_until,
+    Bridge, Db, LIVENESS, NULL, Ran, Route, TempTable, World, base64_decode, dlq_list, mqdb_at,
+    parse_ts, text_rows, ts, unique, wait_dead_letters, wait_for, wait_until,
 };
 use common::{scalar, terminate_ok, try_scalar, wait_for_count};
 use serde_json::Value as Json;
@@ -225,22 +225,6 @@ fn letter_payload(letter: &Json) -> Vec<u8> {
     text.as_bytes().to_vec()
 }
 
-fn base64_decode(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let (mut out, mut acc, mut bits) = (Vec::new(), 0u32, 0);
-    for c in text.bytes().filter(|&c| c != b'=') {
-        let v = ALPHABET.iter().position(|&a| a == c);
-        acc = (acc << 6) | v.unwrap_or_else(|| panic!("{text:?} is not base64")) as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
-}
-
 /// `lines` joined with LF, with a final LF.
 fn lf<S: AsRef<str>>(lines: &[S]) -> Vec<u8> {
     let line = |l: &S| format!("{}\n", l.as_ref());
@@ -249,15 +233,6 @@ fn lf<S: AsRef<str>>(lines: &[S]) -> Vec<u8> {
 
 /// The `csv:` block of a route that reads a header.
 const HEADER: [&str; 1] = ["header: true"];
-
-/// Stands for SQL NULL in [`rows`].
-const NULL: &str = "<NULL>";
-
-/// Rows of text values as [`Case::rows`] reads them back, [`NULL`] for SQL NULL.
-fn rows<const N: usize>(rows: &[[&str; N]]) -> Rows {
-    let value = |v: &&str| (*v != NULL).then(|| v.to_string());
-    rows.iter().map(|r| r.iter().map(value).collect()).collect()
-}
 
 /// For a world whose broker runs with `log_type all`, once the bridge has stopped: waits
 /// until the broker has logged `want` PUBACKs from the bridge (a liveness deadline), then
@@ -406,7 +381,7 @@ fn fields_by_declared_name_and_the_field_count_comes_from_fields() {
     // the expected count is fields:'s length, not the first record's
     let mut bridge = case.run(
         &[lf(&["9,Z,90", "1,A,10,x", "2,B,20,y"])],
-        rows(&[["1", "A", "10", "x"], ["2", "B", "20", "y"]]),
+        text_rows(&[["1", "A", "10", "x"], ["2", "B", "20", "y"]]),
     );
     case.expect_letters(&mut bridge, &[fields(1, "3 fields, expected 4", b"9,Z,90")]);
     terminate_ok(&mut bridge);
@@ -439,7 +414,7 @@ fn header_names_per_message_exact_then_case_insensitive() {
     ];
     let mut bridge = case.run(
         &payloads,
-        rows(&[
+        text_rows(&[
             ["1", "A-1", "10", "none"],
             ["2", "A-2", "20", "none"],
             ["3", "B-3", "30", "none"],
@@ -481,7 +456,7 @@ fn without_columns_declared_fields_map_to_same_named_columns() {
     // `qty` keeps its default and an empty field is NULL
     case.run_clean(
         &[lf(&["1,alpha,zzz,n1", "2,beta,,"])],
-        rows(&[["1", "alpha", "5", "n1"], ["2", "beta", "5", NULL]]),
+        text_rows(&[["1", "alpha", "5", "n1"], ["2", "beta", "5", NULL]]),
     );
 }
 
@@ -500,7 +475,7 @@ fn without_columns_header_names_map_to_same_named_columns() {
             lf(&["NOTE,Id,whatever,Qty", "n1,1,w,10"]),
             lf(&["id,name", "2,beta", "3,gamma"]),
         ],
-        rows(&[
+        text_rows(&[
             ["1", NULL, "10", "n1"],
             ["2", "beta", "5", "none"],
             ["3", "gamma", "5", "none"],
@@ -515,7 +490,7 @@ fn without_columns_or_names_fields_map_in_catalog_order(target: Target) {
     let case = Case::new(target, "csvorder", columns, &[], &[]);
     case.run_clean(
         &[lf(&["1,a,10", "2,b,20"]), lf(&["3,c,30"])],
-        rows(&[["1", "a", "10"], ["2", "b", "20"], ["3", "c", "30"]]),
+        text_rows(&[["1", "a", "10"], ["2", "b", "20"], ["3", "c", "30"]]),
     );
 }
 
@@ -545,7 +520,7 @@ fn quoted_delimiters_quotes_and_newlines(target: Target) {
             lf(&[rec1, rec2, rec3, "4,only-two", rec5]),
             lf(&["6,a,b", "7,c"]),
         ],
-        rows(&[
+        text_rows(&[
             ["1", "a,b", "say \"hi\"", rec1],
             ["2", "line1\nline2", "x", rec2],
             ["3", "", ",", rec3],
@@ -600,7 +575,7 @@ fn crlf_bom_blank_lines_and_trailing_newlines() {
     ];
     let mut bridge = case.run(
         &payloads,
-        rows(&[
+        text_rows(&[
             ["1", "a", "10", "1,a,10"],
             ["2", "b", "20", "2,b,20"],
             ["3", "c", "30", "3,c,30"],
@@ -630,7 +605,7 @@ fn bom_before_a_header_is_not_part_of_the_first_name() {
     // is `id` and both records land
     case.run_clean(
         &["\u{feff}id,name\r\n1,a\r\n2,b\r\n".into()],
-        rows(&[["1", "a"], ["2", "b"]]),
+        text_rows(&[["1", "a"], ["2", "b"]]),
     );
 }
 
@@ -646,7 +621,7 @@ fn null_markers(target: Target, csv: &[&str], payload: Vec<u8>, want: &[[&str; 4
         csv,
         &indexed(&["id", "a", "b", "n"]),
     );
-    case.run_clean(&[payload], rows(want));
+    case.run_clean(&[payload], text_rows(want));
 }
 
 #[test]
@@ -699,7 +674,7 @@ fn a_custom_null_marker_is_null_and_empty_fields_are_text() {
 fn delimited(target: Target, prefix: &str, csv: &[&str], payload: Vec<u8>, want: &[[&str; 3]]) {
     let columns = "id INTEGER PRIMARY KEY, a TEXT, b TEXT";
     let case = Case::new(target, prefix, columns, csv, &indexed(&["id", "a", "b"]));
-    case.run_clean(&[payload], rows(want));
+    case.run_clean(&[payload], text_rows(want));
 }
 
 #[test]
@@ -761,7 +736,7 @@ fn bad_lines_are_dead_letters_and_the_message_is_acked_once(target: Target) {
     // line, then the good lines are stored and each bad line is its own dead letter
     let mut bridge = case.run(
         &[lf(&["1,a,10", "2,b", "3,c,xyz", "4,d,40,extra", "5,e,50"])],
-        rows(&[["1", "a", "10"], ["5", "e", "50"]]),
+        text_rows(&[["1", "a", "10"], ["5", "e", "50"]]),
     );
     let letters = [
         fields(2, "2 fields, expected 3", b"2,b"),
@@ -807,7 +782,7 @@ fn invalid_utf8_in_one_line_is_a_dead_letter_for_that_line_only() {
     // lines are stored and that line is a dead letter with its raw bytes
     let mut bridge = case.run(
         &[b"1,ok,10\n2,\xff\xfe,20\n3,fine \xc3\xa9,30\n".to_vec()],
-        rows(&[["1", "ok", "10"], ["3", "fine é", "30"]]),
+        text_rows(&[["1", "ok", "10"], ["3", "fine é", "30"]]),
     );
     let letter = bad(2, "decode", "not valid UTF-8", b"2,\xff\xfe,20");
     case.expect_letters(&mut bridge, &[letter]);
@@ -829,7 +804,7 @@ fn rejected_lines_are_dead_letters_naming_their_line(target: Target, states: [&s
             lf(&["1,10,50", "2,,50", "3,30,150", "4,40,100", "1,99,1"]),
             lf(&["5,50,5", "6,60,6"]),
         ],
-        rows(&[
+        text_rows(&[
             ["1", "10", "50"],
             ["4", "40", "100"],
             ["5", "50", "5"],
@@ -896,7 +871,7 @@ fn twenty_thousand_lines_in_one_message_land_completely() {
         last.as_str(),
         "after",
     ];
-    assert_eq!(labels, rows(&want.map(|l| [l])));
+    assert_eq!(labels, text_rows(&want.map(|l| [l])));
     assert_eq!(dlq_list(&case.config), Vec::<Json>::new());
 
     // And after a restart the big message is not delivered again

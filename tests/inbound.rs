@@ -10,14 +10,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
-use common::letter_id;
-use common::temp_sqlite;
 use common::{
-    Bridge, Db, Route, TcpProxy, TempTable, World, dlq_list, mqdb_at, odbc_connect, odbc_exec,
-    parse_ts, pg_lock_waiters, publish_retained, ts, unique, wait_dead_letters, wait_for,
+    Bridge, Db, NULL, Route, TcpProxy, TempTable, World, dlq_list, letter_id, lock_holder, mqdb_at,
+    parse_bool, parse_ts, pg_lock_waiters, publish_retained, temp_sqlite, text_rows, ts, unique,
+    wait_dead_letters, wait_for,
 };
 use common::{scalar, terminate_ok, try_scalar, wait_for_count};
-use odbc_api::Connection;
 use serde_json::Value as Json;
 
 type Messages = Vec<(String, Vec<u8>)>;
@@ -67,15 +65,6 @@ fn wait_at_least(bridge: &mut Bridge, db: &Db, what: &str, sql: &str, n: i64) {
     wait_for(bridge, what, || Ok(try_scalar(db, sql).unwrap_or(0) >= n));
 }
 
-/// A connection of the test's own with autocommit off, that has run `sql` (which takes a
-/// lock the bridge's batch will wait on); rolling back releases it.
-fn hold(db: &Db, sql: &str) -> Connection<'static> {
-    let conn = odbc_connect(&db.connection_string()).expect("connect the lock holder");
-    conn.set_autocommit(false).expect("autocommit off");
-    odbc_exec(&conn, sql).expect("take the lock");
-    conn
-}
-
 /// `mqdb -c CONFIG dlq show ID`: the text it prints (exit 0 asserted).
 fn dlq_show(config: &Path, id: i64) -> String {
     mqdb_at(config, &["dlq", "show", &id.to_string()])
@@ -84,23 +73,10 @@ fn dlq_show(config: &Path, id: i64) -> String {
         .clone()
 }
 
-/// A boolean read back as text: PostgreSQL, MariaDB and SQLite spell them differently.
-fn parse_bool(text: &str) -> bool {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "1" | "t" | "true" => true,
-        "0" | "f" | "false" => false,
-        other => panic!("{other:?} is not a boolean"),
-    }
-}
-
 fn parse_f64(text: &str) -> f64 {
     text.trim()
         .parse()
         .unwrap_or_else(|e| panic!("{text:?} is not a number: {e}"))
-}
-
-fn s(v: &str) -> Option<String> {
-    Some(v.to_string())
 }
 
 /// `ts_select` selects `ts` as UTC text; `exact_decimals`: numeric(30,10) keeps every digit
@@ -119,10 +95,8 @@ fn values_and_types_land(db: &Db, columns: &str, ts_select: &str, exact_decimals
     let mut columns: Vec<(&str, &str)> = keys.iter().map(|(k, p)| (*k, p.as_str())).collect();
     columns.extend([("site", "topic.site"), ("device", "topic.device")]);
     columns.extend([("raw", "payload"), ("at", "meta.received_at")]);
-    let extra = [
-        "batch: { max_rows: 500, max_delay: 100ms }",
-        "on_conflict: error",
-    ];
+    let batch = "batch: { max_rows: 500, max_delay: 100ms }";
+    let extra = [batch, "on_conflict: error"];
     let topic = format!("{root}/{{site}}/{{device}}");
     let config = world
         .config(db)
@@ -139,29 +113,23 @@ fn values_and_types_land(db: &Db, columns: &str, ts_select: &str, exact_decimals
     };
 
     // When messages on several topics, with every kind of value, are published
-    let specials: Vec<(String, String)> = vec![
-        (
-            format!("{root}/north/d1"),
-            r#"{"id":1,"big":9007199254740993,"amount":AMOUNT,"ratio":1.5,"flag":true,"label":"é 日本 🎉","ts":"2024-05-01T12:00:00+02:00","dt":"2024-02-29","num":null}"#
-                .replace("AMOUNT", first_amount),
-        ),
-        (
-            format!("{root}/south/d-2"),
-            r#"{"id":2,"big":-42,"amount":"-0.5","ratio":-0.25,"flag":false,"label":"plain ascii","ts":1714564800,"dt":"2024-12-31","dflt":"given"}"#.into(),
-        ),
-        (
-            format!("{root}/north/{injection}"),
-            r#"{"id":3,"big":"77","amount":3.25,"ratio":"2.5","flag":1,"label":"it's \"quoted\" \\ back","ts":1714564800123,"dt":"2000-01-01","num":5}"#.into(),
-        ),
-        (
-            format!("{root}/east/d4"),
-            r#"{"id":4,"big":9223372036854775807,"amount":0,"ratio":6.02214076e23,"flag":false,"label":"","ts":"2024-05-01T12:00:00.250Z","dt":"1999-12-31","num":-1}"#.into(),
-        ),
+    let payloads = [
+        r#"{"id":1,"big":9007199254740993,"amount":AMOUNT,"ratio":1.5,"flag":true,"label":"é 日本 🎉","ts":"2024-05-01T12:00:00+02:00","dt":"2024-02-29","num":null}"#
+            .replace("AMOUNT", first_amount),
+        r#"{"id":2,"big":-42,"amount":"-0.5","ratio":-0.25,"flag":false,"label":"plain ascii","ts":1714564800,"dt":"2024-12-31","dflt":"given"}"#.into(),
+        r#"{"id":3,"big":"77","amount":3.25,"ratio":"2.5","flag":1,"label":"it's \"quoted\" \\ back","ts":1714564800123,"dt":"2000-01-01","num":5}"#.into(),
+        r#"{"id":4,"big":9223372036854775807,"amount":0,"ratio":6.02214076e23,"flag":false,"label":"","ts":"2024-05-01T12:00:00.250Z","dt":"1999-12-31","num":-1}"#.into(),
     ];
-    let mut messages: Messages = specials
-        .iter()
-        .map(|(topic, payload)| (topic.clone(), payload.clone().into_bytes()))
-        .collect();
+    let levels = [
+        "north/d1",
+        "south/d-2",
+        &format!("north/{injection}"),
+        "east/d4",
+    ];
+    let special = |(level, payload): (&&str, &String)| {
+        (format!("{root}/{level}"), payload.as_bytes().to_vec())
+    };
+    let mut messages: Messages = levels.iter().zip(&payloads).map(special).collect();
     messages.extend((100..300).map(|id| {
         let (big, ts) = (id * 3, 1_714_564_800 + id);
         let payload = format!(
@@ -224,7 +192,6 @@ fn values_and_types_land(db: &Db, columns: &str, ts_select: &str, exact_decimals
     assert_eq!(nums, [None, Some("7"), Some("5"), Some("-1")]);
     assert_eq!(column(11), ["dflt", "given", "dflt", "dflt"]);
     // And the whole payload is stored as text, byte for byte
-    let payloads: Vec<&str> = specials.iter().map(|(_, p)| p.as_str()).collect();
     assert_eq!(column(12), payloads, "raw payloads");
     // And meta.received_at is the (UTC) time the bridge received the message
     for (r, at) in column(13).into_iter().map(parse_ts).enumerate() {
@@ -317,11 +284,11 @@ fn json_keys_map_to_same_named_columns_without_a_columns_block() {
     // Then keys land in the same-named columns; absent keys keep the defaults
     assert_eq!(
         db.query(&format!("SELECT id, name, qty, note FROM {t} ORDER BY id")),
-        vec![
-            vec![s("1"), s("all"), s("2"), s("x")],
-            vec![s("2"), s("some"), s("5"), s("none")],
-            vec![s("3"), None, None, s("none")],
-        ]
+        text_rows(&[
+            ["1", "all", "2", "x"],
+            ["2", "some", "5", "none"],
+            ["3", NULL, NULL, "none"],
+        ])
     );
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
     terminate_ok(&mut bridge);
@@ -355,7 +322,6 @@ fn on_conflict_update_keeps_the_last_message(db: &Db) {
         (topic.clone(), payload.into_bytes())
     };
     let rows_sql = format!("SELECT id, v, rev FROM {t} ORDER BY id");
-    let row = |id: &str, v: &str, rev: &str| vec![s(id), s(v), s(rev)];
 
     // When several messages per key are queued (so they meet in one batch) ...
     let publisher = world.publisher();
@@ -369,14 +335,14 @@ fn on_conflict_update_keeps_the_last_message(db: &Db) {
     ];
     publisher.publish_all_confirmed(first.map(|(i, v, r)| msg(i, v, r)).into(), 1);
     let mut bridge = Bridge::start(&config);
-    let last = vec![row("1", "e", "3"), row("2", "f", "2"), row("3", "d", "1")];
+    let last = text_rows(&[["1", "e", "3"], ["2", "f", "2"], ["3", "d", "1"]]);
     wait_for(&mut bridge, "the last value of every key", || {
         Ok(db.try_query(&rows_sql).unwrap_or_default() == last)
     });
 
     // ... and one more arrives for an existing key in a later batch
     publisher.publish_all_confirmed(vec![msg(3, "g", 2)], 1);
-    let updated = vec![last[0].clone(), last[1].clone(), row("3", "g", "2")];
+    let updated = text_rows(&[["1", "e", "3"], ["2", "f", "2"], ["3", "g", "2"]]);
     wait_for(&mut bridge, "the later update", || {
         Ok(db.try_query(&rows_sql).unwrap_or_default() == updated)
     });
@@ -696,7 +662,7 @@ fn broker_connection_cut_loses_nothing() {
     world.persistent_session(&topic.replace("{part}", "+"));
     // And a test transaction that locks the table, so received messages stay uncommitted
     // and unacknowledged
-    let locker = hold(&db, &format!("LOCK TABLE {t} IN SHARE MODE"));
+    let locker = lock_holder(&db, &format!("LOCK TABLE {t} IN SHARE MODE"));
     let publisher = world.publisher();
     publisher.publish_all_confirmed(seq_messages(&topic, "first", 0..1000), 1);
     let mut bridge = Bridge::start(&config);
@@ -751,7 +717,7 @@ fn sigkill_mid_batch_then_restart_loses_and_duplicates_nothing() {
         .publisher()
         .publish_all_confirmed((1..=n).map(message).collect(), 1);
     let blocker = format!("INSERT INTO {t} (seq, v) VALUES (1500, 'blocker')");
-    let blocker = hold(&db, &blocker);
+    let blocker = lock_holder(&db, &blocker);
 
     // When the bridge runs until its batch with seq 1500 waits on that lock, and is killed
     let mut bridge = Bridge::start(&config);
@@ -803,7 +769,7 @@ fn sigterm_mid_batch_exits_zero_and_a_restart_completes_without_duplicates() {
 
     // When 2000 messages arrive while a test transaction locks the table against inserts,
     // and SIGTERM comes while the bridge's batch waits on that lock
-    let locker = hold(&db, &format!("LOCK TABLE {t} IN SHARE MODE"));
+    let locker = lock_holder(&db, &format!("LOCK TABLE {t} IN SHARE MODE"));
     let n = 2000;
     let data = format!("{root}/data");
     let message = |seq| (data.clone(), format!(r#"{{"seq":{seq}}}"#).into_bytes());
