@@ -934,25 +934,13 @@ fn check_config(dir: &Path, name: &str, text: &str) -> (PathBuf, Ran) {
 /// `text` with the one line equal to `old` (after indentation) replaced by `new` (same
 /// indentation); returns the new text and the 1-based line number.
 fn replace_line(text: &str, old: &str, new: &str) -> (String, usize) {
-    let hits: Vec<usize> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.trim() == old)
-        .map(|(i, _)| i)
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let hits: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].trim() == old)
         .collect();
     assert_eq!(hits.len(), 1, "{old:?} once in:\n{text}");
-    let mut out = String::new();
-    for (i, l) in text.lines().enumerate() {
-        if i == hits[0] {
-            let indent = &l[..l.len() - l.trim_start().len()];
-            out.push_str(indent);
-            out.push_str(new);
-        } else {
-            out.push_str(l);
-        }
-        out.push('\n');
-    }
-    (out, hits[0] + 1)
+    lines[hits[0]] = lines[hits[0]].replace(old, new);
+    (lines.join("\n") + "\n", hits[0] + 1)
 }
 
 #[test]

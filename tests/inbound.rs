@@ -65,14 +65,6 @@ fn wait_at_least(bridge: &mut Bridge, db: &Db, what: &str, sql: &str, n: i64) {
     wait_for(bridge, what, || Ok(try_scalar(db, sql).unwrap_or(0) >= n));
 }
 
-/// `mqdb -c CONFIG dlq show ID`: the text it prints (exit 0 asserted).
-fn dlq_show(config: &Path, id: i64) -> String {
-    mqdb_at(config, &["dlq", "show", &id.to_string()])
-        .code(0)
-        .stdout
-        .clone()
-}
-
 fn parse_f64(text: &str) -> f64 {
     text.trim()
         .parse()
@@ -146,8 +138,8 @@ fn values_and_types_land(db: &Db, columns: &str, ts_select: &str, exact_decimals
     wait_for_count(&mut bridge, db, &count_sql, messages.len() as i64);
     let after = Utc::now().naive_utc();
     let rows = db.query(&format!(
-        "SELECT id, site, device, big, amount, ratio, flag, label, {ts_select}, dt, num, dflt, raw, at \
-         FROM {t} WHERE id < 100 ORDER BY id"
+        "SELECT id, site, device, big, amount, ratio, flag, label, {ts_select}, dt, num, dflt, \
+         raw, at FROM {t} WHERE id < 100 ORDER BY id"
     ));
     let get = |c: usize| -> Vec<Option<&str>> { rows.iter().map(|r| r[c].as_deref()).collect() };
     let column = |c: usize| -> Vec<&str> {
@@ -377,7 +369,7 @@ fn dead_letters_beside_committed_rows(db: Db, states: [&str; 4]) {
     // Given a table with constraints and a route with on_conflict: error
     let world = World::new("inbound");
     let columns = "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, \
-                   pct INTEGER CHECK (pct BETWEEN 0 AND 100), amount DECIMAL(5,2), kind VARCHAR(40)";
+        pct INTEGER CHECK (pct BETWEEN 0 AND 100), amount DECIMAL(5,2), kind VARCHAR(40)";
     let table = TempTable::create(&db, "dlq", columns);
     let t = table.name.clone();
     let root = unique("dlq");
@@ -385,10 +377,8 @@ fn dead_letters_beside_committed_rows(db: Db, states: [&str; 4]) {
     let keys = ["id", "v", "pct", "amount"].map(|k| (k, format!("payload.{k}")));
     let mut columns: Vec<(&str, &str)> = keys.iter().map(|(k, p)| (*k, p.as_str())).collect();
     columns.push(("kind", "topic.kind"));
-    let extra = [
-        "batch: { max_rows: 500, max_delay: 200ms }",
-        "on_conflict: error",
-    ];
+    let batch = "batch: { max_rows: 500, max_delay: 200ms }";
+    let extra = [batch, "on_conflict: error"];
     let topic = format!("{root}/{{kind}}");
     let config = world
         .config(&db)
@@ -430,10 +420,8 @@ fn dead_letters_beside_committed_rows(db: Db, states: [&str; 4]) {
             messages.push((format!("{root}/{kind}"), payload.to_vec()));
         }
     }
-    assert!(
-        next_bad.next().is_none(),
-        "every bad message is interleaved"
-    );
+    let all_sent = next_bad.next().is_none();
+    assert!(all_sent, "every bad message is interleaved");
     world.publisher().publish_all_confirmed(messages, 1);
     let mut bridge = Bridge::start(&config);
 
@@ -452,10 +440,11 @@ fn dead_letters_beside_committed_rows(db: Db, states: [&str; 4]) {
     let letters = dlq_list(&config);
     let mut by_source: BTreeMap<String, Json> = BTreeMap::new();
     for letter in &letters {
-        let source = letter["source"].as_str().expect("source is text");
-        let first = by_source
-            .insert(source.to_string(), letter.clone())
-            .is_none();
+        let source = letter["source"]
+            .as_str()
+            .expect("source is text")
+            .to_string();
+        let first = by_source.insert(source.clone(), letter.clone()).is_none();
         assert!(first, "two dead letters from {source}: {letters:#?}");
     }
     for (kind, payload, error_kind, sqlstate) in &bad {
@@ -499,7 +488,11 @@ fn dead_letters_beside_committed_rows(db: Db, states: [&str; 4]) {
     };
     let show = |kind: &str| -> String {
         let letter = &by_source[&format!("{root}/{kind}")];
-        let shown = dlq_show(&config, letter_id(letter));
+        let id = letter_id(letter).to_string();
+        let shown = mqdb_at(&config, &["dlq", "show", &id])
+            .code(0)
+            .stdout
+            .clone();
         let error = letter["error"].as_str().expect("error");
         assert!(shown.contains(error), "{shown}");
         shown
