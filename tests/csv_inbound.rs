@@ -10,26 +10,16 @@ use std::path::{Path, PathBuf};
 use chrono::NaiveDateTime;
 use common::{
     Bridge, Db, LIVENESS, NULL, Ran, Route, TempTable, World, base64_decode, dlq_list, mqdb_at,
-    parse_ts, text_rows, ts, unique, wait_dead_letters, wait_for, wait_until,
+    parse_ts, temp_sqlite, text_rows, ts, unique, wait_dead_letters, wait_for, wait_until,
 };
 use common::{scalar, terminate_ok, try_scalar, wait_for_count};
 use serde_json::Value as Json;
 
 type Rows = Vec<Vec<Option<String>>>;
 
-/// Which database a [`Case`] writes to.
-#[derive(Clone, Copy, Debug)]
-enum Target {
-    Postgres,
-    MariaDb,
-    /// A database file in the test's temp dir.
-    Sqlite,
-}
-
 /// One CSV route on one topic into one fresh table, with the bridge's persistent session in
 /// place (so everything published before [`Case::start`] is queued for it).
 struct Case {
-    // Dropped first: the table lives in the world's temp dir for SQLite.
     table: TempTable,
     world: World,
     db: Db,
@@ -40,34 +30,29 @@ struct Case {
 
 impl Case {
     /// A route with the given `csv:` lines and `columns:` (none: no block).
-    fn new(db: Target, prefix: &str, table: &str, csv: &[&str], cols: &[(&str, &str)]) -> Case {
+    fn new(db: &Db, prefix: &str, table: &str, csv: &[&str], cols: &[(&str, &str)]) -> Case {
         Case::in_world(World::new("csv"), db, prefix, table, csv, cols)
     }
 
     /// Like [`Case::new`] on a broker that logs every packet, so PUBACKs can be counted.
-    fn logged(db: Target, prefix: &str, table: &str, csv: &[&str], cols: &[(&str, &str)]) -> Case {
+    fn logged(db: &Db, prefix: &str, table: &str, csv: &[&str], cols: &[(&str, &str)]) -> Case {
         let world = World::with_broker_config("csv", "log_type all\n");
         Case::in_world(world, db, prefix, table, csv, cols)
     }
 
     fn in_world(
         world: World,
-        target: Target,
+        db: &Db,
         prefix: &str,
         table_columns: &str,
         csv: &[&str],
         columns: &[(&str, &str)],
     ) -> Case {
-        let db = match target {
-            Target::Postgres => Db::Postgres,
-            Target::MariaDb => Db::MariaDb,
-            Target::Sqlite => Db::Sqlite(world.path("target.db")),
-        };
-        let table = TempTable::create(&db, prefix, table_columns);
+        let table = TempTable::create(db, prefix, table_columns);
         let topic = format!("{}/csv", unique(prefix));
         let route = format!("{prefix}_{}", db.label());
         let config = world
-            .config(&db)
+            .config(db)
             .inbound(
                 Route::inbound(&route, &topic, &table.name)
                     .format("csv")
@@ -79,7 +64,7 @@ impl Case {
         Case {
             table,
             world,
-            db,
+            db: db.clone(),
             topic,
             route,
             config,
@@ -269,15 +254,15 @@ fn indexed<'a>(names: &[&'a str]) -> Vec<(&'a str, &'static str)> {
 }
 
 /// A route by index (see [`indexed`]) without `csv:` options.
-fn by_index(target: Target, prefix: &str, table_columns: &str, fields: &[&str]) -> Case {
-    Case::new(target, prefix, table_columns, &[], &indexed(fields))
+fn by_index(db: &Db, prefix: &str, table_columns: &str, fields: &[&str]) -> Case {
+    Case::new(db, prefix, table_columns, &[], &indexed(fields))
 }
 
-fn several_rows_per_message_by_index(target: Target, table_columns: &str, ts_select: &str) {
+fn several_rows_per_message_by_index(db: &Db, table_columns: &str, ts_select: &str) {
     // Given a route mapping fields by index, and the whole record to a text column
     let mut columns = indexed(&["id", "qty", "amount", "label", "ts", "raw"]);
     columns.push(("src", "meta.topic"));
-    let case = Case::new(target, "csvidx", table_columns, &[], &columns);
+    let case = Case::new(db, "csvidx", table_columns, &[], &columns);
     let t = case.t().to_string();
 
     // When messages of several records each arrive: integers, decimals, text and
@@ -346,7 +331,7 @@ fn several_rows_per_message_by_index(target: Target, table_columns: &str, ts_sel
 #[test]
 fn several_rows_per_message_by_index_postgres() {
     several_rows_per_message_by_index(
-        Target::Postgres,
+        &Db::Postgres,
         "id INTEGER PRIMARY KEY, qty BIGINT, amount NUMERIC(30,6), label TEXT, \
          ts TIMESTAMPTZ, raw TEXT, src TEXT",
         "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
@@ -356,7 +341,7 @@ fn several_rows_per_message_by_index_postgres() {
 #[test]
 fn several_rows_per_message_by_index_mariadb() {
     several_rows_per_message_by_index(
-        Target::MariaDb,
+        &Db::MariaDb,
         "id INT PRIMARY KEY, qty BIGINT, amount DECIMAL(30,6), label TEXT, \
          ts DATETIME(6), raw TEXT, src TEXT",
         "ts",
@@ -374,7 +359,7 @@ fn fields_by_declared_name_and_the_field_count_comes_from_fields() {
         ("tag", "payload.3"),
     ];
     let csv = ["fields: [id, sku, qty, tag]"];
-    let case = Case::new(Target::Postgres, "csvfields", columns, &csv, &sources);
+    let case = Case::new(&Db::Postgres, "csvfields", columns, &csv, &sources);
 
     // When a message's first record has three fields and the others four, then the
     // four-field records land by name, and the first one (not the others) is a dead letter:
@@ -396,7 +381,7 @@ fn header_names_per_message_exact_then_case_insensitive() {
         ("sku", "payload.SKU"),
         ("qty", "payload.qty"),
     ];
-    let case = Case::logged(Target::Postgres, "csvhdr", columns, &HEADER, &sources);
+    let case = Case::logged(&Db::Postgres, "csvhdr", columns, &HEADER, &sources);
 
     // When messages arrive, each with its own header: other cases, another order, both an
     // exact and a case-variant name, a header only, a header without `qty`, and a header
@@ -450,7 +435,7 @@ fn without_columns_declared_fields_map_to_same_named_columns() {
     let columns =
         "id INTEGER PRIMARY KEY, name TEXT, qty INTEGER DEFAULT 5, note TEXT DEFAULT 'none'";
     let csv = ["fields: [ID, Name, junk, NOTE]"];
-    let case = Case::new(Target::Postgres, "csvnocolf", columns, &csv, &[]);
+    let case = Case::new(&Db::Postgres, "csvnocolf", columns, &csv, &[]);
 
     // When records arrive, then fields land in the same-named columns, `junk` is ignored,
     // `qty` keeps its default and an empty field is NULL
@@ -465,7 +450,7 @@ fn without_columns_header_names_map_to_same_named_columns() {
     // Given a route without `columns:` and with `header: true`
     let columns =
         "id INT PRIMARY KEY, name TEXT, qty INT DEFAULT 5, note VARCHAR(20) DEFAULT 'none'";
-    let case = Case::new(Target::MariaDb, "csvnocolh", columns, &HEADER, &[]);
+    let case = Case::new(&Db::MariaDb, "csvnocolh", columns, &HEADER, &[]);
 
     // When messages with different headers (other cases, other orders, an unknown name)
     // arrive, then each header name lands in its column, whatever the case; columns without
@@ -485,9 +470,9 @@ fn without_columns_header_names_map_to_same_named_columns() {
 
 /// Without `columns:`, `fields:` or a header, into a table whose catalog order is not
 /// alphabetical: field i lands in column i.
-fn without_columns_or_names_fields_map_in_catalog_order(target: Target) {
+fn without_columns_or_names_fields_map_in_catalog_order(db: &Db) {
     let columns = "zid INTEGER, name TEXT, amount INTEGER";
-    let case = Case::new(target, "csvorder", columns, &[], &[]);
+    let case = Case::new(db, "csvorder", columns, &[], &[]);
     case.run_clean(
         &[lf(&["1,a,10", "2,b,20"]), lf(&["3,c,30"])],
         text_rows(&[["1", "a", "10"], ["2", "b", "20"], ["3", "c", "30"]]),
@@ -496,17 +481,17 @@ fn without_columns_or_names_fields_map_in_catalog_order(target: Target) {
 
 #[test]
 fn without_columns_or_names_fields_map_in_catalog_order_postgres() {
-    without_columns_or_names_fields_map_in_catalog_order(Target::Postgres);
+    without_columns_or_names_fields_map_in_catalog_order(&Db::Postgres);
 }
 
 #[test]
 fn without_columns_or_names_fields_map_in_catalog_order_sqlite() {
-    without_columns_or_names_fields_map_in_catalog_order(Target::Sqlite);
+    without_columns_or_names_fields_map_in_catalog_order(&temp_sqlite());
 }
 
-fn quoted_delimiters_quotes_and_newlines(target: Target) {
+fn quoted_delimiters_quotes_and_newlines(db: &Db) {
     let columns = "id INTEGER PRIMARY KEY, a TEXT, b TEXT, raw TEXT";
-    let case = by_index(target, "csvquote", columns, &["id", "a", "b", "raw"]);
+    let case = by_index(db, "csvquote", columns, &["id", "a", "b", "raw"]);
 
     // When records with quoted delimiters, doubled quotes and newlines arrive, with a short
     // record after the multi-line ones, and a second message with a short record, then the
@@ -539,17 +524,17 @@ fn quoted_delimiters_quotes_and_newlines(target: Target) {
 
 #[test]
 fn quoted_delimiters_quotes_and_newlines_postgres() {
-    quoted_delimiters_quotes_and_newlines(Target::Postgres);
+    quoted_delimiters_quotes_and_newlines(&Db::Postgres);
 }
 
 #[test]
 fn quoted_delimiters_quotes_and_newlines_mariadb() {
-    quoted_delimiters_quotes_and_newlines(Target::MariaDb);
+    quoted_delimiters_quotes_and_newlines(&Db::MariaDb);
 }
 
 #[test]
 fn quoted_delimiters_quotes_and_newlines_sqlite() {
-    quoted_delimiters_quotes_and_newlines(Target::Sqlite);
+    quoted_delimiters_quotes_and_newlines(&temp_sqlite());
 }
 
 #[test]
@@ -558,7 +543,7 @@ fn crlf_bom_blank_lines_and_trailing_newlines() {
     // and a broker that logs every packet
     let columns = "id INTEGER PRIMARY KEY, label TEXT, qty INTEGER, raw TEXT";
     let sources = indexed(&["id", "label", "qty", "raw"]);
-    let case = Case::logged(Target::Postgres, "csvcrlf", columns, &[], &sources);
+    let case = Case::logged(&Db::Postgres, "csvcrlf", columns, &[], &sources);
 
     // When messages arrive with a BOM and CRLF line ends (a blank line, then a short
     // record), with LF and blank lines before, between and after records, without a final
@@ -599,7 +584,7 @@ fn bom_before_a_header_is_not_part_of_the_first_name() {
     // Given a route with `header: true` that maps the header's first name
     let columns = "id INTEGER PRIMARY KEY, name TEXT";
     let sources = [("id", "payload.id"), ("name", "payload.name")];
-    let case = Case::new(Target::Postgres, "csvbomhdr", columns, &HEADER, &sources);
+    let case = Case::new(&Db::Postgres, "csvbomhdr", columns, &HEADER, &sources);
 
     // When a message starts with a BOM before its CRLF header, then the header's first name
     // is `id` and both records land
@@ -611,11 +596,11 @@ fn bom_before_a_header_is_not_part_of_the_first_name() {
 
 /// Runs `payload` through a route by index into (id, a DEFAULT 'dflt', b, n DEFAULT 7) and
 /// asserts the rows read back.
-fn null_markers(target: Target, csv: &[&str], payload: Vec<u8>, want: &[[&str; 4]]) {
+fn null_markers(db: &Db, csv: &[&str], payload: Vec<u8>, want: &[[&str; 4]]) {
     let columns = "id INTEGER PRIMARY KEY, a VARCHAR(20) DEFAULT 'dflt', b VARCHAR(20), \
                    n INTEGER DEFAULT 7";
     let case = Case::new(
-        target,
+        db,
         "csvnull",
         columns,
         csv,
@@ -629,7 +614,7 @@ fn empty_fields_are_null_by_default() {
     // Empty fields are NULL (not the column default), text and integer; a quoted empty
     // field is the empty string, as outbound CSV writes it
     null_markers(
-        Target::Postgres,
+        &Db::Postgres,
         &[],
         lf(&["1,,x,", r#"2,"",,8"#]),
         &[["1", NULL, "x", NULL], ["2", "", NULL, "8"]],
@@ -640,7 +625,7 @@ fn empty_fields_are_null_by_default() {
 fn empty_fields_are_empty_strings_with_null_tilde() {
     // `null: ~`: nothing is NULL, empty fields are empty strings
     null_markers(
-        Target::Sqlite,
+        &temp_sqlite(),
         &["null: ~"],
         lf(&["1,,x,5", r#"2,"",,6"#]),
         &[["1", "", "x", "5"], ["2", "", "", "6"]],
@@ -652,7 +637,7 @@ fn a_custom_null_marker_is_null_and_empty_fields_are_text() {
     // `null: "\N"`: exactly `\N`, unquoted, is NULL; a quoted `\N`, empty fields and other
     // text are not
     null_markers(
-        Target::MariaDb,
+        &Db::MariaDb,
         &[r#"null: "\\N""#],
         lf(&[
             r"1,\N,x,\N",
@@ -671,9 +656,9 @@ fn a_custom_null_marker_is_null_and_empty_fields_are_text() {
 
 /// Runs `payload` through a route by index with `csv` options into (id, a, b) and asserts
 /// the rows read back.
-fn delimited(target: Target, prefix: &str, csv: &[&str], payload: Vec<u8>, want: &[[&str; 3]]) {
+fn delimited(db: &Db, prefix: &str, csv: &[&str], payload: Vec<u8>, want: &[[&str; 3]]) {
     let columns = "id INTEGER PRIMARY KEY, a TEXT, b TEXT";
-    let case = Case::new(target, prefix, columns, csv, &indexed(&["id", "a", "b"]));
+    let case = Case::new(db, prefix, columns, csv, &indexed(&["id", "a", "b"]));
     case.run_clean(&[payload], text_rows(want));
 }
 
@@ -681,7 +666,7 @@ fn delimited(target: Target, prefix: &str, csv: &[&str], payload: Vec<u8>, want:
 fn tab_delimiter() {
     // Commas and semicolons are data; a quoted tab is data
     delimited(
-        Target::Postgres,
+        &Db::Postgres,
         "csvtab",
         &[r#"delimiter: "\t""#],
         lf(&["1\ta,b\t\"in\ttab\"", "2\t;\tplain"]),
@@ -693,7 +678,7 @@ fn tab_delimiter() {
 fn semicolon_delimiter() {
     // Commas are data (decimal commas stay text); a quoted semicolon is data
     delimited(
-        Target::MariaDb,
+        &Db::MariaDb,
         "csvsemi",
         &[r#"delimiter: ";""#],
         lf(&["1;3,5;\"a;b\"", "2;x,y;z"]),
@@ -705,7 +690,7 @@ fn semicolon_delimiter() {
 fn custom_quote_character() {
     // `'` quotes (doubled inside); `"` is plain data
     delimited(
-        Target::Sqlite,
+        &temp_sqlite(),
         "csvsquote",
         &[r#"quote: "'""#],
         lf(&["1,'a,b','it''s'", r#"2,"x",'say "hi", ok'"#]),
@@ -717,7 +702,7 @@ fn custom_quote_character() {
 fn escape_character() {
     // `\"` inside quotes is a quote
     delimited(
-        Target::Postgres,
+        &Db::Postgres,
         "csvescape",
         &[r#"escape: "\\""#],
         lf(&[r#"1,"say \"hi\", ok",plain"#, r#"2,"\"",x"#]),
@@ -725,12 +710,12 @@ fn escape_character() {
     );
 }
 
-fn bad_lines_are_dead_letters_and_the_message_is_acked_once(target: Target) {
+fn bad_lines_are_dead_letters_and_the_message_is_acked_once(db: &Db) {
     // Given a table without a unique key (a redelivered message would add rows again), a
     // broker that logs every packet, and a route by index
     let columns = "id INTEGER NOT NULL, name TEXT, qty INTEGER";
     let sources = indexed(&["id", "name", "qty"]);
-    let case = Case::logged(target, "csvbad", columns, &[], &sources);
+    let case = Case::logged(db, "csvbad", columns, &[], &sources);
 
     // When one message holds good lines, a short line, an unconvertible value and a long
     // line, then the good lines are stored and each bad line is its own dead letter
@@ -765,18 +750,18 @@ fn bad_lines_are_dead_letters_and_the_message_is_acked_once(target: Target) {
 
 #[test]
 fn bad_lines_are_dead_letters_and_the_message_is_acked_once_postgres() {
-    bad_lines_are_dead_letters_and_the_message_is_acked_once(Target::Postgres);
+    bad_lines_are_dead_letters_and_the_message_is_acked_once(&Db::Postgres);
 }
 
 #[test]
 fn bad_lines_are_dead_letters_and_the_message_is_acked_once_sqlite() {
-    bad_lines_are_dead_letters_and_the_message_is_acked_once(Target::Sqlite);
+    bad_lines_are_dead_letters_and_the_message_is_acked_once(&temp_sqlite());
 }
 
 #[test]
 fn invalid_utf8_in_one_line_is_a_dead_letter_for_that_line_only() {
     let columns = "id INTEGER PRIMARY KEY, name TEXT, qty INTEGER";
-    let case = by_index(Target::Postgres, "csvutf8", columns, &["id", "name", "qty"]);
+    let case = by_index(&Db::Postgres, "csvutf8", columns, &["id", "name", "qty"]);
 
     // When the middle line of a message holds bytes that are not UTF-8, then the other
     // lines are stored and that line is a dead letter with its raw bytes
@@ -790,11 +775,11 @@ fn invalid_utf8_in_one_line_is_a_dead_letter_for_that_line_only() {
 }
 
 /// The SQLSTATEs one database reports for the rejected lines: NOT NULL, CHECK, duplicate.
-fn rejected_lines_are_dead_letters_naming_their_line(target: Target, states: [&str; 3]) {
+fn rejected_lines_are_dead_letters_naming_their_line(db: &Db, states: [&str; 3]) {
     // Given a table with NOT NULL, CHECK and primary-key constraints
     let columns =
         "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, pct INTEGER CHECK (pct BETWEEN 0 AND 100)";
-    let case = by_index(target, "csvreject", columns, &["id", "v", "pct"]);
+    let case = by_index(db, "csvreject", columns, &["id", "v", "pct"]);
 
     // When a message holds good lines, a NULL for the NOT NULL column, a CHECK violation and
     // a duplicate key, and another message follows, then the rest of the message is
@@ -825,25 +810,20 @@ fn rejected_lines_are_dead_letters_naming_their_line(target: Target, states: [&s
 #[test]
 fn rejected_lines_are_dead_letters_naming_their_line_postgres() {
     let states = ["23502", "23514", "23505"];
-    rejected_lines_are_dead_letters_naming_their_line(Target::Postgres, states);
+    rejected_lines_are_dead_letters_naming_their_line(&Db::Postgres, states);
 }
 
 #[test]
 fn rejected_lines_are_dead_letters_naming_their_line_mariadb() {
     let states = ["23000", "23000", "23000"];
-    rejected_lines_are_dead_letters_naming_their_line(Target::MariaDb, states);
+    rejected_lines_are_dead_letters_naming_their_line(&Db::MariaDb, states);
 }
 
 #[test]
 fn twenty_thousand_lines_in_one_message_land_completely() {
     // Given a route by index with the default batch size (500 rows)
     let columns = "id INTEGER PRIMARY KEY, label TEXT, qty BIGINT";
-    let case = by_index(
-        Target::Postgres,
-        "csvlarge",
-        columns,
-        &["id", "label", "qty"],
-    );
+    let case = by_index(&Db::Postgres, "csvlarge", columns, &["id", "label", "qty"]);
     let t = case.t().to_string();
     let n: i64 = 20_000;
 
@@ -883,9 +863,9 @@ fn twenty_thousand_lines_in_one_message_land_completely() {
     case.end_clean(bridge);
 }
 
-fn injection_shaped_fields_are_stored_verbatim(target: Target) {
+fn injection_shaped_fields_are_stored_verbatim(db: &Db) {
     let case = by_index(
-        target,
+        db,
         "csvinject",
         "id INTEGER PRIMARY KEY, v TEXT",
         &["id", "v"],
@@ -915,12 +895,12 @@ fn injection_shaped_fields_are_stored_verbatim(target: Target) {
 
 #[test]
 fn injection_shaped_fields_are_stored_verbatim_postgres() {
-    injection_shaped_fields_are_stored_verbatim(Target::Postgres);
+    injection_shaped_fields_are_stored_verbatim(&Db::Postgres);
 }
 
 #[test]
 fn injection_shaped_fields_are_stored_verbatim_mariadb() {
-    injection_shaped_fields_are_stored_verbatim(Target::MariaDb);
+    injection_shaped_fields_are_stored_verbatim(&Db::MariaDb);
 }
 
 /// Writes `text` to `dir/name` and runs `mqdb -c FILE check`: the file and the run.
