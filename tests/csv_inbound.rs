@@ -300,10 +300,8 @@ fn several_rows_per_message_by_index(db: &Db, table_columns: &str, ts_select: &s
     assert_eq!(trimmed(0), ["1", "2", "3", "4", "5"]);
     assert_eq!(trimmed(1), ["9223372036854775807", "-42", "0", "77", "1"]);
     assert_eq!(trimmed(2)[0], "12345678901234567890.123456");
-    assert_eq!(
-        trimmed(2)[1..],
-        ["-0.500000", "0.000000", "3.250000", "1.000001"]
-    );
+    let amounts = ["-0.500000", "0.000000", "3.250000", "1.000001"];
+    assert_eq!(trimmed(2)[1..], amounts);
     // And text arrives unchanged (non-ASCII, surrounding spaces kept)
     assert_eq!(column(3), ["é 日本 🎉", "plain", " padded ", "x", "y"]);
     // And timestamps with offsets are stored in UTC; a naive one is taken as UTC
@@ -929,11 +927,8 @@ fn config_errors_name_the_file_and_line() {
     let db = Db::Postgres;
     let world = World::new("csv-cfg");
     let table = TempTable::create(&db, "csvcfg", "id INTEGER, sku TEXT, qty INTEGER");
-    let base = format!(
-        "state: \"{state}\"\n\
-         brokers:\n  b:\n    url: \"{url}\"\n    client_id: \"{cid}\"\n\
-         databases:\n  d:\n    connection_string: \"{cs}\"\n\
-         inbound:\n\
+    let route = format!(
+        "inbound:\n\
          \x20 - name: csv_cfg\n\
          \x20   broker: b\n\
          \x20   topic: \"{topic}/#\"\n\
@@ -947,13 +942,10 @@ fn config_errors_name_the_file_and_line() {
          \x20     id: payload.0\n\
          \x20     sku: payload.sku\n\
          \x20     qty: payload.qty\n",
-        state = world.store.url(),
-        url = world.broker.url(),
-        cid = world.client_id,
-        cs = db.connection_string(),
         topic = unique("csvcfg"),
         t = table.name,
     );
+    let base = world.config(&db).yaml() + &route;
     let dir = world.dir.path();
     check_config(dir, "valid.yaml", &base).1.code(0);
     // And the same route with a header instead of fields: names are then the header's
