@@ -167,7 +167,7 @@ fn json_cases(db: &Db) -> Vec<(&'static str, String, Outcome)> {
     let only_sqlite = |v: &str, why| by(db, Dead(why), Dead(why), s(v));
     let not_sqlite = |v: &str, why| by(db, s(v), s(v), Dead(why));
     let digits = "1234567890123456789012345678.1234567890";
-    let digits = not_sqlite(digits, "15 significant digits");
+    let long_decimal = not_sqlite(digits, "15 significant digits");
     let more_digits = only_sqlite("0.12345678901", "more digits after the point");
     let rounds = only_sqlite("2024-05-01 12:00:00.5", "digits of a second");
     vec![
@@ -192,7 +192,7 @@ fn json_cases(db: &Db) -> Vec<(&'static str, String, Outcome)> {
         case("i64", "true", s("1")),
         case("i64", "null", Null),
         case("i64", "\"x\"", Dead("not an integer")),
-        case("dec", "1234567890123456789012345678.1234567890", digits),
+        case("dec", digits, long_decimal),
         same_text("dec", "-0.0000000001"),
         case("dec", "0.12345678901", more_digits),
         case("dec", "1.50000000000000", s("1.5")),
@@ -335,14 +335,14 @@ fn shorten(s: &str) -> String {
 
 /// CSV fields: the same rules as JSON strings, one record per line, a bad record alone.
 fn csv_cases(db: &Db, topic: &str, cases: &mut Vec<Case>, messages: &mut Vec<Outgoing>) {
-    let digits = "-12345678901234.5678901234";
-    let digits = by(db, s(digits), s(digits), Dead("15 significant digits"));
+    let decimal = "-12345678901234.5678901234";
+    let long_decimal = by(db, s(decimal), s(decimal), Dead("15 significant digits"));
     let lines: Vec<(i64, &'static str, &str, Outcome)> = vec![
         (1001, "i64", "12345678901234567.0", s("12345678901234567")),
         (1002, "i64", "12345678901234567.5", Dead("fractional part")),
         (1003, "bin", "AP8Q", s("00ff10")),
         (1004, "bin", "AP8Q*", Dead("not base64")),
-        (1005, "dec", "-12345678901234.5678901234", digits),
+        (1005, "dec", decimal, long_decimal),
         (1006, "d", "2024-05-01T23:30:00-05:00", s("2024-05-01")),
         (1007, "ts", "2016-12-31T23:59:60Z", Dead("leap second")),
     ];
