@@ -50,3 +50,14 @@ pub fn lock_holder(db: &Db, sql: &str) -> Connection<'static> {
     odbc_exec(&holder, sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
     holder
 }
+
+/// `column=source` pairs separated by white space (e.g. `"id=payload.id site=topic.site"`),
+/// as a route's `columns:`.
+pub fn pairs(spec: &str) -> Vec<(&str, &str)> {
+    let mut pairs = Vec::new();
+    for p in spec.split_whitespace() {
+        let pair = p.split_once('=');
+        pairs.push(pair.unwrap_or_else(|| panic!("{p:?} is not column=source")));
+    }
+    pairs
+}
