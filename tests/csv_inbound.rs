@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use chrono::NaiveDateTime;
 use common::{
     Bridge, Db, LIVENESS, NULL, Ran, Route, TempTable, World, base64_decode, dlq_list, mqdb_at,
-    parse_ts, temp_sqlite, text_rows, ts, unique, wait_dead_letters, wait_for, wait_until,
+    pairs, parse_ts, temp_sqlite, text_rows, ts, unique, wait_dead_letters, wait_for, wait_until,
 };
 use common::{scalar, terminate_ok, try_scalar, wait_for_count};
 use serde_json::Value as Json;
@@ -350,12 +350,7 @@ fn several_rows_per_message_by_index_mariadb() {
 fn fields_by_declared_name_and_the_field_count_comes_from_fields() {
     // Given a route with `fields:` naming four fields, mapped by name and by index
     let columns = "id INTEGER PRIMARY KEY, sku TEXT, qty INTEGER, tag TEXT";
-    let sources = [
-        ("id", "payload.id"),
-        ("sku", "payload.sku"),
-        ("qty", "payload.qty"),
-        ("tag", "payload.3"),
-    ];
+    let sources = pairs("id=payload.id sku=payload.sku qty=payload.qty tag=payload.3");
     let csv = ["fields: [id, sku, qty, tag]"];
     let case = Case::new(&Db::Postgres, "csvfields", columns, &csv, &sources);
 
@@ -374,11 +369,7 @@ fn fields_by_declared_name_and_the_field_count_comes_from_fields() {
 fn header_names_per_message_exact_then_case_insensitive() {
     // Given a route with `header: true` whose sources name header fields in other cases
     let columns = "id INTEGER PRIMARY KEY, sku TEXT, qty INTEGER, note TEXT DEFAULT 'none'";
-    let sources = [
-        ("id", "payload.id"),
-        ("sku", "payload.SKU"),
-        ("qty", "payload.qty"),
-    ];
+    let sources = pairs("id=payload.id sku=payload.SKU qty=payload.qty");
     let case = Case::logged(&Db::Postgres, "csvhdr", columns, &HEADER, &sources);
 
     // When messages arrive, each with its own header: other cases, another order, both an
@@ -581,7 +572,7 @@ fn crlf_bom_blank_lines_and_trailing_newlines() {
 fn bom_before_a_header_is_not_part_of_the_first_name() {
     // Given a route with `header: true` that maps the header's first name
     let columns = "id INTEGER PRIMARY KEY, name TEXT";
-    let sources = [("id", "payload.id"), ("name", "payload.name")];
+    let sources = pairs("id=payload.id name=payload.name");
     let case = Case::new(&Db::Postgres, "csvbomhdr", columns, &HEADER, &sources);
 
     // When a message starts with a BOM before its CRLF header, then the header's first name

@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use common::{
     Bridge, Db, NULL, Route, TcpProxy, TempTable, World, dlq_list, letter_id, lock_holder, mqdb_at,
-    parse_bool, parse_ts, pg_lock_waiters, publish_retained, temp_sqlite, text_rows, ts, unique,
-    wait_dead_letters, wait_for,
+    pairs, parse_bool, parse_ts, pg_lock_waiters, publish_retained, temp_sqlite, text_rows, ts,
+    unique, wait_dead_letters, wait_for,
 };
 use common::{scalar, terminate_ok, try_scalar, wait_for_count};
 use serde_json::Value as Json;
@@ -38,7 +38,7 @@ const IGNORE_DUPLICATES: [&str; 2] = ["on_conflict: ignore", "key: [seq]"];
 /// batches of at most 50 rows.
 fn seq_route(name: &str, topic: &str, table: &str, on_conflict: &[&str]) -> Route {
     Route::inbound(name, topic, table)
-        .columns(&[("seq", "payload.seq"), ("part", "topic.part")])
+        .columns(&pairs("seq=payload.seq part=topic.part"))
         .lines(&["batch: { max_rows: 50, max_delay: 50ms }"])
         .lines(on_conflict)
 }
@@ -80,13 +80,12 @@ fn values_and_types_land(db: &Db, columns: &str, ts_select: &str, exact_decimals
     let table = TempTable::create(db, "vals", columns);
     let t = table.name.clone();
     let root = unique("vals");
-    let keys = [
-        "id", "big", "amount", "ratio", "flag", "label", "ts", "dt", "num", "dflt",
-    ];
-    let keys = keys.map(|k| (k, format!("payload.{k}")));
-    let mut columns: Vec<(&str, &str)> = keys.iter().map(|(k, p)| (*k, p.as_str())).collect();
-    columns.extend([("site", "topic.site"), ("device", "topic.device")]);
-    columns.extend([("raw", "payload"), ("at", "meta.received_at")]);
+    let columns = pairs(
+        "id=payload.id site=topic.site device=topic.device big=payload.big \
+         amount=payload.amount ratio=payload.ratio flag=payload.flag label=payload.label \
+         ts=payload.ts dt=payload.dt num=payload.num dflt=payload.dflt raw=payload \
+         at=meta.received_at",
+    );
     let batch = "batch: { max_rows: 500, max_delay: 100ms }";
     let extra = [batch, "on_conflict: error"];
     let topic = format!("{root}/{{site}}/{{device}}");
@@ -292,11 +291,7 @@ fn on_conflict_update_keeps_the_last_message(db: &Db) {
     let table = TempTable::create(db, "upsert", layout);
     let t = table.name.clone();
     let topic = format!("{}/state", unique("upsert"));
-    let columns = [
-        ("id", "payload.id"),
-        ("v", "payload.v"),
-        ("rev", "payload.rev"),
-    ];
+    let columns = pairs("id=payload.id v=payload.v rev=payload.rev");
     let batch = "batch: { max_rows: 500, max_delay: 200ms }";
     let extra = [batch, "on_conflict: update", "key: [id]"];
     let config = world
@@ -369,9 +364,8 @@ fn dead_letters_beside_committed_rows(db: Db, states: [&str; 4]) {
     let t = table.name.clone();
     let root = unique("dlq");
     let route_name = format!("dl_{}", db.label());
-    let keys = ["id", "v", "pct", "amount"].map(|k| (k, format!("payload.{k}")));
-    let mut columns: Vec<(&str, &str)> = keys.iter().map(|(k, p)| (*k, p.as_str())).collect();
-    columns.push(("kind", "topic.kind"));
+    let columns =
+        pairs("id=payload.id v=payload.v pct=payload.pct amount=payload.amount kind=topic.kind");
     let batch = "batch: { max_rows: 500, max_delay: 200ms }";
     let extra = [batch, "on_conflict: error"];
     let topic = format!("{root}/{{kind}}");
@@ -682,7 +676,7 @@ fn sigkill_mid_batch_then_restart_loses_and_duplicates_nothing() {
     let table = TempTable::create(&db, "kill", "seq INTEGER PRIMARY KEY, v TEXT NOT NULL");
     let t = table.name.clone();
     let topic = format!("{}/data", unique("kill"));
-    let columns = [("seq", "payload.seq"), ("v", "payload.v")];
+    let columns = pairs("seq=payload.seq v=payload.v");
     let batch = "batch: { max_rows: 100, max_delay: 50ms }";
     let extra = [batch, "on_conflict: ignore", "key: [seq]"];
     let config = world
@@ -735,7 +729,7 @@ fn sigterm_mid_batch_exits_zero_and_a_restart_completes_without_duplicates() {
     let table = TempTable::create(&db, "term", "seq INTEGER NOT NULL, kind VARCHAR(10)");
     let t = table.name.clone();
     let root = unique("term");
-    let columns = [("seq", "payload.seq"), ("kind", "topic.kind")];
+    let columns = pairs("seq=payload.seq kind=topic.kind");
     let batch = ["batch: { max_rows: 100, max_delay: 50ms }"];
     let topic = format!("{root}/{{kind}}");
     let config = world
