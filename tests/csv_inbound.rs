@@ -236,33 +236,16 @@ fn assert_each_message_acked_once(world: &World, want: usize) {
     assert_eq!(count(&log, &resent), 0, "messages sent again:\n{log}");
 }
 
-/// `columns:` that map field i to column `names[i]`, and a column `raw` to the whole record.
-fn indexed<'a>(names: &[&'a str]) -> Vec<(&'a str, &'static str)> {
-    let index = [
-        "payload.0",
-        "payload.1",
-        "payload.2",
-        "payload.3",
-        "payload.4",
-    ];
-    let source = |(&name, i)| (name, if name == "raw" { "payload" } else { i });
-    names
-        .iter()
-        .zip(index.into_iter().chain(["payload"]))
-        .map(source)
-        .collect()
-}
-
-/// A route by index (see [`indexed`]) without `csv:` options.
-fn by_index(db: &Db, prefix: &str, table_columns: &str, fields: &[&str]) -> Case {
-    Case::new(db, prefix, table_columns, &[], &indexed(fields))
+/// A route without `csv:` options whose `columns` (`column=source` pairs) map fields by index.
+fn by_index(db: &Db, prefix: &str, table_columns: &str, columns: &str) -> Case {
+    Case::new(db, prefix, table_columns, &[], &pairs(columns))
 }
 
 fn several_rows_per_message_by_index(db: &Db, table_columns: &str, ts_select: &str) {
     // Given a route mapping fields by index, and the whole record to a text column
-    let mut columns = indexed(&["id", "qty", "amount", "label", "ts", "raw"]);
-    columns.push(("src", "meta.topic"));
-    let case = Case::new(db, "csvidx", table_columns, &[], &columns);
+    let columns = "id=payload.0 qty=payload.1 amount=payload.2 label=payload.3 ts=payload.4 \
+                   raw=payload src=meta.topic";
+    let case = by_index(db, "csvidx", table_columns, columns);
     let t = case.t().to_string();
 
     // When messages of several records each arrive: integers, decimals, text and
@@ -480,7 +463,8 @@ fn without_columns_or_names_fields_map_in_catalog_order_sqlite() {
 
 fn quoted_delimiters_quotes_and_newlines(db: &Db) {
     let columns = "id INTEGER PRIMARY KEY, a TEXT, b TEXT, raw TEXT";
-    let case = by_index(db, "csvquote", columns, &["id", "a", "b", "raw"]);
+    let sources = "id=payload.0 a=payload.1 b=payload.2 raw=payload";
+    let case = by_index(db, "csvquote", columns, sources);
 
     // When records with quoted delimiters, doubled quotes and newlines arrive, with a short
     // record after the multi-line ones, and a second message with a short record, then the
@@ -531,7 +515,7 @@ fn crlf_bom_blank_lines_and_trailing_newlines() {
     // Given a route by index (an integer first field, so a BOM left in it cannot convert),
     // and a broker that logs every packet
     let columns = "id INTEGER PRIMARY KEY, label TEXT, qty INTEGER, raw TEXT";
-    let sources = indexed(&["id", "label", "qty", "raw"]);
+    let sources = pairs("id=payload.0 label=payload.1 qty=payload.2 raw=payload");
     let case = Case::logged(&Db::Postgres, "csvcrlf", columns, &[], &sources);
 
     // When messages arrive with a BOM and CRLF line ends (a blank line, then a short
@@ -588,13 +572,8 @@ fn bom_before_a_header_is_not_part_of_the_first_name() {
 fn null_markers(db: &Db, csv: &[&str], payload: Vec<u8>, want: &[[&str; 4]]) {
     let columns = "id INTEGER PRIMARY KEY, a VARCHAR(20) DEFAULT 'dflt', b VARCHAR(20), \
                    n INTEGER DEFAULT 7";
-    let case = Case::new(
-        db,
-        "csvnull",
-        columns,
-        csv,
-        &indexed(&["id", "a", "b", "n"]),
-    );
+    let sources = pairs("id=payload.0 a=payload.1 b=payload.2 n=payload.3");
+    let case = Case::new(db, "csvnull", columns, csv, &sources);
     case.run_clean(&[payload], text_rows(want));
 }
 
@@ -647,7 +626,8 @@ fn a_custom_null_marker_is_null_and_empty_fields_are_text() {
 /// the rows read back.
 fn delimited(db: &Db, prefix: &str, csv: &[&str], payload: Vec<u8>, want: &[[&str; 3]]) {
     let columns = "id INTEGER PRIMARY KEY, a TEXT, b TEXT";
-    let case = Case::new(db, prefix, columns, csv, &indexed(&["id", "a", "b"]));
+    let sources = pairs("id=payload.0 a=payload.1 b=payload.2");
+    let case = Case::new(db, prefix, columns, csv, &sources);
     case.run_clean(&[payload], text_rows(want));
 }
 
@@ -703,7 +683,7 @@ fn bad_lines_are_dead_letters_and_the_message_is_acked_once(db: &Db) {
     // Given a table without a unique key (a redelivered message would add rows again), a
     // broker that logs every packet, and a route by index
     let columns = "id INTEGER NOT NULL, name TEXT, qty INTEGER";
-    let sources = indexed(&["id", "name", "qty"]);
+    let sources = pairs("id=payload.0 name=payload.1 qty=payload.2");
     let case = Case::logged(db, "csvbad", columns, &[], &sources);
 
     // When one message holds good lines, a short line, an unconvertible value and a long
@@ -750,7 +730,8 @@ fn bad_lines_are_dead_letters_and_the_message_is_acked_once_sqlite() {
 #[test]
 fn invalid_utf8_in_one_line_is_a_dead_letter_for_that_line_only() {
     let columns = "id INTEGER PRIMARY KEY, name TEXT, qty INTEGER";
-    let case = by_index(&Db::Postgres, "csvutf8", columns, &["id", "name", "qty"]);
+    let sources = "id=payload.0 name=payload.1 qty=payload.2";
+    let case = by_index(&Db::Postgres, "csvutf8", columns, sources);
 
     // When the middle line of a message holds bytes that are not UTF-8, then the other
     // lines are stored and that line is a dead letter with its raw bytes
@@ -768,7 +749,8 @@ fn rejected_lines_are_dead_letters_naming_their_line(db: &Db, states: [&str; 3])
     // Given a table with NOT NULL, CHECK and primary-key constraints
     let columns =
         "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, pct INTEGER CHECK (pct BETWEEN 0 AND 100)";
-    let case = by_index(db, "csvreject", columns, &["id", "v", "pct"]);
+    let sources = "id=payload.0 v=payload.1 pct=payload.2";
+    let case = by_index(db, "csvreject", columns, sources);
 
     // When a message holds good lines, a NULL for the NOT NULL column, a CHECK violation and
     // a duplicate key, and another message follows, then the rest of the message is
@@ -812,7 +794,8 @@ fn rejected_lines_are_dead_letters_naming_their_line_mariadb() {
 fn twenty_thousand_lines_in_one_message_land_completely() {
     // Given a route by index with the default batch size (500 rows)
     let columns = "id INTEGER PRIMARY KEY, label TEXT, qty BIGINT";
-    let case = by_index(&Db::Postgres, "csvlarge", columns, &["id", "label", "qty"]);
+    let sources = "id=payload.0 label=payload.1 qty=payload.2";
+    let case = by_index(&Db::Postgres, "csvlarge", columns, sources);
     let t = case.t().to_string();
     let n: i64 = 20_000;
 
@@ -853,12 +836,8 @@ fn twenty_thousand_lines_in_one_message_land_completely() {
 }
 
 fn injection_shaped_fields_are_stored_verbatim(db: &Db) {
-    let case = by_index(
-        db,
-        "csvinject",
-        "id INTEGER PRIMARY KEY, v TEXT",
-        &["id", "v"],
-    );
+    let columns = "id INTEGER PRIMARY KEY, v TEXT";
+    let case = by_index(db, "csvinject", columns, "id=payload.0 v=payload.1");
     let t = case.t().to_string();
 
     // When fields shaped like SQL injections, placeholders and substitutions arrive, each

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use serde_json::{Value as Json, json};
 
 use crate::common::{
-    Bridge, Db, Header, Rabbit, Route, TempTable, World, dlq_list, settings, temp_sqlite, unique,
-    wait_for, with_mqtt5,
+    Bridge, Db, Header, Rabbit, Route, TempTable, World, dlq_list, pairs, settings, temp_sqlite,
+    unique, wait_for, with_mqtt5,
 };
 
 /// What a case must end in.
@@ -658,16 +658,8 @@ fn config(
         csv_route("dec"),
         csv_route("d"),
         csv_route("ts"),
-        mqtt("props", "props").columns(&[
-            ("id", "payload.id"),
-            ("t", "header.T"),
-            ("i64", "header.n"),
-        ]),
-        mqtt("raw", "raw/{id}").columns(&[
-            ("id", "topic.id"),
-            ("t", "payload"),
-            ("bin", "payload"),
-        ]),
+        mqtt("props", "props").columns(&pairs("id=payload.id t=header.T i64=header.n")),
+        mqtt("raw", "raw/{id}").columns(&pairs("id=topic.id t=payload bin=payload")),
         Route::named("headers")
             .broker("r")
             .set("queue", queue)
@@ -675,13 +667,9 @@ fn config(
             .set("table", table)
             .format("json")
             .on_conflict("update", &["id"])
-            .columns(&[
-                ("id", "payload.id"),
-                ("dec", "header.hdec"),
-                ("i64", "header.hint"),
-                ("t", "header.htext"),
-                ("f64", "header.hfloat"),
-            ]),
+            .columns(&pairs(
+                "id=payload.id dec=header.hdec i64=header.hint t=header.htext f64=header.hfloat",
+            )),
     ];
     let (url, client) = world.mqtt(json!({ "mqtt_version": 5 }));
     let config = world
