@@ -51,15 +51,9 @@ impl Case {
         let table = TempTable::create(db, prefix, table_columns);
         let topic = format!("{}/csv", unique(prefix));
         let route = format!("{prefix}_{}", db.label());
-        let config = world
-            .config(db)
-            .inbound(
-                Route::inbound(&route, &topic, &table.name)
-                    .format("csv")
-                    .block("csv", csv)
-                    .columns(columns),
-            )
-            .write();
+        let inbound = Route::inbound(&route, &topic, &table.name).format("csv");
+        let inbound = inbound.block("csv", csv).columns(columns);
+        let config = world.config(db).inbound(inbound).write();
         world.persistent_session(&topic);
         Case {
             table,
@@ -79,9 +73,8 @@ impl Case {
     /// broker's PUBACKs.
     fn publish(&self, payloads: &[Vec<u8>]) {
         let messages = payloads.iter().map(|p| (self.topic.clone(), p.clone()));
-        self.world
-            .publisher()
-            .publish_all_confirmed(messages.collect(), 1);
+        let publisher = self.world.publisher();
+        publisher.publish_all_confirmed(messages.collect(), 1);
     }
 
     fn start(&self) -> Bridge {

@@ -89,10 +89,8 @@ fn values_and_types_land(db: &Db, columns: &str, ts_select: &str, exact_decimals
     let batch = "batch: { max_rows: 500, max_delay: 100ms }";
     let extra = [batch, "on_conflict: error"];
     let topic = format!("{root}/{{site}}/{{device}}");
-    let config = world
-        .config(db)
-        .inbound(route("values", &topic, &t, &columns, &extra))
-        .write();
+    let route = route("values", &topic, &t, &columns, &extra);
+    let config = world.config(db).inbound(route).write();
     world.persistent_session(&format!("{root}/+/+"));
     let injection = format!("x'); DROP TABLE {t}; --");
     // SQLite keeps a decimal that is not an integer to 15 significant digits; longer ones
@@ -251,10 +249,8 @@ fn json_keys_map_to_same_named_columns_without_a_columns_block() {
     );
     let t = table.name.clone();
     let topic = format!("{}/items", unique("keys"));
-    let config = world
-        .config(&db)
-        .inbound(route("keys", &topic, &t, &[], &[]))
-        .write();
+    let route = route("keys", &topic, &t, &[], &[]);
+    let config = world.config(&db).inbound(route).write();
     world.persistent_session(&topic);
 
     // When objects with all, some and null keys arrive
@@ -264,9 +260,7 @@ fn json_keys_map_to_same_named_columns_without_a_columns_block() {
         r#"{"qty":null,"id":3}"#,
     ];
     let messages = payloads.map(|p| (topic.clone(), p.as_bytes().to_vec()));
-    world
-        .publisher()
-        .publish_all_confirmed(messages.to_vec(), 1);
+    world.publisher().publish_all_confirmed(messages.into(), 1);
     let mut bridge = Bridge::start(&config);
     wait_for_count(&mut bridge, &db, &format!("SELECT COUNT(*) FROM {t}"), 3);
 
@@ -294,10 +288,8 @@ fn on_conflict_update_keeps_the_last_message(db: &Db) {
     let columns = pairs("id=payload.id v=payload.v rev=payload.rev");
     let batch = "batch: { max_rows: 500, max_delay: 200ms }";
     let extra = [batch, "on_conflict: update", "key: [id]"];
-    let config = world
-        .config(db)
-        .inbound(route("upsert", &topic, &t, &columns, &extra))
-        .write();
+    let route = route("upsert", &topic, &t, &columns, &extra);
+    let config = world.config(db).inbound(route).write();
     world.persistent_session(&topic);
     let msg = |id: i64, v: &str, rev: i64| {
         let payload = format!(r#"{{"id":{id},"v":"{v}","rev":{rev}}}"#);
@@ -369,10 +361,8 @@ fn dead_letters_beside_committed_rows(db: Db, states: [&str; 4]) {
     let batch = "batch: { max_rows: 500, max_delay: 200ms }";
     let extra = [batch, "on_conflict: error"];
     let topic = format!("{root}/{{kind}}");
-    let config = world
-        .config(&db)
-        .inbound(route(&route_name, &topic, &t, &columns, &extra))
-        .write();
+    let route = route(&route_name, &topic, &t, &columns, &extra);
+    let config = world.config(&db).inbound(route).write();
     world.persistent_session(&format!("{root}/+"));
 
     // When 60 valid messages are published with bad ones in between: each kind of failure
@@ -523,10 +513,9 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
          FOR EACH ROW EXECUTE FUNCTION {slow}()"
     ));
     let topic = format!("{}/{{part}}", unique("lost"));
-    let config = world
-        .config_cs(&db.connection_string_via(proxy.port))
-        .inbound(seq_route("lost", &topic, &t, &["on_conflict: error"]))
-        .write();
+    let base = world.config_cs(&db.connection_string_via(proxy.port));
+    let route = seq_route("lost", &topic, &t, &["on_conflict: error"]);
+    let config = base.inbound(route).write();
     world.persistent_session(&topic.replace("{part}", "+"));
     let publisher = world.publisher();
     publisher.publish_all_confirmed(seq_messages(&topic, "first", 0..20), 1);
@@ -578,10 +567,9 @@ fn database_outage_loses_nothing(db: Db, port: u16) {
     let table = TempTable::create(&db, "outage", SEQ_COLUMNS);
     let t = table.name.clone();
     let topic = format!("{}/{{part}}", unique("outage"));
-    let config = world
-        .config_cs(&db.connection_string_via(proxy.port))
-        .inbound(seq_route("outage", &topic, &t, &IGNORE_DUPLICATES))
-        .write();
+    let base = world.config_cs(&db.connection_string_via(proxy.port));
+    let route = seq_route("outage", &topic, &t, &IGNORE_DUPLICATES);
+    let config = base.inbound(route).write();
     world.persistent_session(&topic.replace("{part}", "+"));
     let publisher = world.publisher();
     publisher.publish_all_confirmed(seq_messages(&topic, "first", 0..600), 1);
@@ -679,19 +667,16 @@ fn sigkill_mid_batch_then_restart_loses_and_duplicates_nothing() {
     let columns = pairs("seq=payload.seq v=payload.v");
     let batch = "batch: { max_rows: 100, max_delay: 50ms }";
     let extra = [batch, "on_conflict: ignore", "key: [seq]"];
-    let config = world
-        .config(&db)
-        .inbound(route("kill", &topic, &t, &columns, &extra))
-        .write();
+    let route = route("kill", &topic, &t, &columns, &extra);
+    let config = world.config(&db).inbound(route).write();
     world.persistent_session(&topic);
     let n = 3000;
     let message = |seq| {
         let payload = format!(r#"{{"seq":{seq},"v":"m{seq}"}}"#);
         (topic.clone(), payload.into_bytes())
     };
-    world
-        .publisher()
-        .publish_all_confirmed((1..=n).map(message).collect(), 1);
+    let messages: Messages = (1..=n).map(message).collect();
+    world.publisher().publish_all_confirmed(messages, 1);
     let blocker = format!("INSERT INTO {t} (seq, v) VALUES (1500, 'blocker')");
     let blocker = lock_holder(&db, &blocker);
 
@@ -732,10 +717,8 @@ fn sigterm_mid_batch_exits_zero_and_a_restart_completes_without_duplicates() {
     let columns = pairs("seq=payload.seq kind=topic.kind");
     let batch = ["batch: { max_rows: 100, max_delay: 50ms }"];
     let topic = format!("{root}/{{kind}}");
-    let config = world
-        .config(&db)
-        .inbound(route("term", &topic, &t, &columns, &batch))
-        .write();
+    let route = route("term", &topic, &t, &columns, &batch);
+    let config = world.config(&db).inbound(route).write();
     // A retained probe reaches the bridge as soon as its subscription is in place
     let port = world.broker.port;
     publish_retained(port, &format!("{root}/probe"), 1, r#"{"seq":0}"#);
@@ -749,9 +732,8 @@ fn sigterm_mid_batch_exits_zero_and_a_restart_completes_without_duplicates() {
     let n = 2000;
     let data = format!("{root}/data");
     let message = |seq| (data.clone(), format!(r#"{{"seq":{seq}}}"#).into_bytes());
-    world
-        .publisher()
-        .publish_all_confirmed((1..=n).map(message).collect(), 1);
+    let messages: Messages = (1..=n).map(message).collect();
+    world.publisher().publish_all_confirmed(messages, 1);
     let waiting = pg_lock_waiters(&t);
     let what = "a batch waiting on the table lock";
     wait_at_least(&mut bridge, &db, what, &waiting, 1);
