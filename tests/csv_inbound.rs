@@ -333,10 +333,9 @@ fn fields_by_declared_name_and_the_field_count_comes_from_fields() {
     // When a message's first record has three fields and the others four, then the
     // four-field records land by name, and the first one (not the others) is a dead letter:
     // the expected count is fields:'s length, not the first record's
-    let mut bridge = case.run(
-        &[lf(&["9,Z,90", "1,A,10,x", "2,B,20,y"])],
-        text_rows(&[["1", "A", "10", "x"], ["2", "B", "20", "y"]]),
-    );
+    let payloads = [lf(&["9,Z,90", "1,A,10,x", "2,B,20,y"])];
+    let want = text_rows(&[["1", "A", "10", "x"], ["2", "B", "20", "y"]]);
+    let mut bridge = case.run(&payloads, want);
     case.expect_letters(&mut bridge, &[fields(1, "3 fields, expected 4", b"9,Z,90")]);
     terminate_ok(&mut bridge);
 }
@@ -362,16 +361,14 @@ fn header_names_per_message_exact_then_case_insensitive() {
         missing_qty.clone(),
         lf(&["id,sku,qty", "6,E-6,60", "7,E-7"]),
     ];
-    let mut bridge = case.run(
-        &payloads,
-        text_rows(&[
-            ["1", "A-1", "10", "none"],
-            ["2", "A-2", "20", "none"],
-            ["3", "B-3", "30", "none"],
-            ["4", "C-4", "40", "none"],
-            ["6", "E-6", "60", "none"],
-        ]),
-    );
+    let want = text_rows(&[
+        ["1", "A-1", "10", "none"],
+        ["2", "A-2", "20", "none"],
+        ["3", "B-3", "30", "none"],
+        ["4", "C-4", "40", "none"],
+        ["6", "E-6", "60", "none"],
+    ]);
+    let mut bridge = case.run(&payloads, want);
     // And the message whose header lacks `qty` is one dead letter with the whole payload
     let letters = wait_dead_letters(&mut bridge, &case.config, 2);
     let (whole, records): (Vec<&Json>, Vec<&Json>) = letters
@@ -404,10 +401,9 @@ fn without_columns_declared_fields_map_to_same_named_columns() {
 
     // When records arrive, then fields land in the same-named columns, `junk` is ignored,
     // `qty` keeps its default and an empty field is NULL
-    case.run_clean(
-        &[lf(&["1,alpha,zzz,n1", "2,beta,,"])],
-        text_rows(&[["1", "alpha", "5", "n1"], ["2", "beta", "5", NULL]]),
-    );
+    let payloads = [lf(&["1,alpha,zzz,n1", "2,beta,,"])];
+    let want = text_rows(&[["1", "alpha", "5", "n1"], ["2", "beta", "5", NULL]]);
+    case.run_clean(&payloads, want);
 }
 
 #[test]
@@ -420,17 +416,16 @@ fn without_columns_header_names_map_to_same_named_columns() {
     // When messages with different headers (other cases, other orders, an unknown name)
     // arrive, then each header name lands in its column, whatever the case; columns without
     // a field keep their default
-    case.run_clean(
-        &[
-            lf(&["NOTE,Id,whatever,Qty", "n1,1,w,10"]),
-            lf(&["id,name", "2,beta", "3,gamma"]),
-        ],
-        text_rows(&[
-            ["1", NULL, "10", "n1"],
-            ["2", "beta", "5", "none"],
-            ["3", "gamma", "5", "none"],
-        ]),
-    );
+    let payloads = [
+        lf(&["NOTE,Id,whatever,Qty", "n1,1,w,10"]),
+        lf(&["id,name", "2,beta", "3,gamma"]),
+    ];
+    let want = text_rows(&[
+        ["1", NULL, "10", "n1"],
+        ["2", "beta", "5", "none"],
+        ["3", "gamma", "5", "none"],
+    ]);
+    case.run_clean(&payloads, want);
 }
 
 /// Without `columns:`, `fields:` or a header, into a table whose catalog order is not
@@ -438,10 +433,9 @@ fn without_columns_header_names_map_to_same_named_columns() {
 fn without_columns_or_names_fields_map_in_catalog_order(db: &Db) {
     let columns = "zid INTEGER, name TEXT, amount INTEGER";
     let case = Case::new(db, "csvorder", columns, &[], &[]);
-    case.run_clean(
-        &[lf(&["1,a,10", "2,b,20"]), lf(&["3,c,30"])],
-        text_rows(&[["1", "a", "10"], ["2", "b", "20"], ["3", "c", "30"]]),
-    );
+    let payloads = [lf(&["1,a,10", "2,b,20"]), lf(&["3,c,30"])];
+    let want = text_rows(&[["1", "a", "10"], ["2", "b", "20"], ["3", "c", "30"]]);
+    case.run_clean(&payloads, want);
 }
 
 #[test]
@@ -466,19 +460,18 @@ fn quoted_delimiters_quotes_and_newlines(db: &Db) {
     let rec2 = "2,\"line1\nline2\",x";
     let rec3 = r#"3,"",",""#;
     let rec5 = "5,\"multi\nline\nthree\",\"\"\"\"";
-    let mut bridge = case.run(
-        &[
-            lf(&[rec1, rec2, rec3, "4,only-two", rec5]),
-            lf(&["6,a,b", "7,c"]),
-        ],
-        text_rows(&[
-            ["1", "a,b", "say \"hi\"", rec1],
-            ["2", "line1\nline2", "x", rec2],
-            ["3", "", ",", rec3],
-            ["5", "multi\nline\nthree", "\"", rec5],
-            ["6", "a", "b", "6,a,b"],
-        ]),
-    );
+    let payloads = [
+        lf(&[rec1, rec2, rec3, "4,only-two", rec5]),
+        lf(&["6,a,b", "7,c"]),
+    ];
+    let want = text_rows(&[
+        ["1", "a,b", "say \"hi\"", rec1],
+        ["2", "line1\nline2", "x", rec2],
+        ["3", "", ",", rec3],
+        ["5", "multi\nline\nthree", "\"", rec5],
+        ["6", "a", "b", "6,a,b"],
+    ]);
+    let mut bridge = case.run(&payloads, want);
     // And a record's line is the line it starts on, counted per message
     let letters = [
         fields(2, "2 fields, expected 3", b"7,c"),
@@ -524,19 +517,17 @@ fn crlf_bom_blank_lines_and_trailing_newlines() {
         Vec::new(),
         b"9,last,90\r\n".to_vec(),
     ];
-    let mut bridge = case.run(
-        &payloads,
-        text_rows(&[
-            ["1", "a", "10", "1,a,10"],
-            ["2", "b", "20", "2,b,20"],
-            ["3", "c", "30", "3,c,30"],
-            ["5", "d", "50", "5,d,50"],
-            ["6", "e", "60", "6,e,60"],
-            ["7", "f", "70", "7,f,70"],
-            ["8", "x\r\ny", "80", "8,\"x\r\ny\",80"],
-            ["9", "last", "90", "9,last,90"],
-        ]),
-    );
+    let want = text_rows(&[
+        ["1", "a", "10", "1,a,10"],
+        ["2", "b", "20", "2,b,20"],
+        ["3", "c", "30", "3,c,30"],
+        ["5", "d", "50", "5,d,50"],
+        ["6", "e", "60", "6,e,60"],
+        ["7", "f", "70", "7,f,70"],
+        ["8", "x\r\ny", "80", "8,\"x\r\ny\",80"],
+        ["9", "last", "90", "9,last,90"],
+    ]);
+    let mut bridge = case.run(&payloads, want);
     // And the short record is a dead letter: its line counts the blank line, and its
     // payload has no line end
     case.expect_letters(&mut bridge, &[fields(5, "2 fields, expected 3", b"4,bad")]);
@@ -554,10 +545,9 @@ fn bom_before_a_header_is_not_part_of_the_first_name() {
 
     // When a message starts with a BOM before its CRLF header, then the header's first name
     // is `id` and both records land
-    case.run_clean(
-        &["\u{feff}id,name\r\n1,a\r\n2,b\r\n".into()],
-        text_rows(&[["1", "a"], ["2", "b"]]),
-    );
+    let payloads = ["\u{feff}id,name\r\n1,a\r\n2,b\r\n".into()];
+    let want = text_rows(&[["1", "a"], ["2", "b"]]);
+    case.run_clean(&payloads, want);
 }
 
 /// Runs `payload` through a route by index into (id, a DEFAULT 'dflt', b, n DEFAULT 7) and
@@ -681,10 +671,9 @@ fn bad_lines_are_dead_letters_and_the_message_is_acked_once(db: &Db) {
 
     // When one message holds good lines, a short line, an unconvertible value and a long
     // line, then the good lines are stored and each bad line is its own dead letter
-    let mut bridge = case.run(
-        &[lf(&["1,a,10", "2,b", "3,c,xyz", "4,d,40,extra", "5,e,50"])],
-        text_rows(&[["1", "a", "10"], ["5", "e", "50"]]),
-    );
+    let payloads = [lf(&["1,a,10", "2,b", "3,c,xyz", "4,d,40,extra", "5,e,50"])];
+    let want = text_rows(&[["1", "a", "10"], ["5", "e", "50"]]);
+    let mut bridge = case.run(&payloads, want);
     let letters = [
         fields(2, "2 fields, expected 3", b"2,b"),
         bad(3, "convert", "column qty (from payload.2): ", b"3,c,xyz"),
@@ -728,10 +717,9 @@ fn invalid_utf8_in_one_line_is_a_dead_letter_for_that_line_only() {
 
     // When the middle line of a message holds bytes that are not UTF-8, then the other
     // lines are stored and that line is a dead letter with its raw bytes
-    let mut bridge = case.run(
-        &[b"1,ok,10\n2,\xff\xfe,20\n3,fine \xc3\xa9,30\n".to_vec()],
-        text_rows(&[["1", "ok", "10"], ["3", "fine é", "30"]]),
-    );
+    let payloads = [b"1,ok,10\n2,\xff\xfe,20\n3,fine \xc3\xa9,30\n".to_vec()];
+    let want = text_rows(&[["1", "ok", "10"], ["3", "fine é", "30"]]);
+    let mut bridge = case.run(&payloads, want);
     let letter = bad(2, "decode", "not valid UTF-8", b"2,\xff\xfe,20");
     case.expect_letters(&mut bridge, &[letter]);
     terminate_ok(&mut bridge);
@@ -748,18 +736,17 @@ fn rejected_lines_are_dead_letters_naming_their_line(db: &Db, states: [&str; 3])
     // When a message holds good lines, a NULL for the NOT NULL column, a CHECK violation and
     // a duplicate key, and another message follows, then the rest of the message is
     // stored, and the next message too
-    let mut bridge = case.run(
-        &[
-            lf(&["1,10,50", "2,,50", "3,30,150", "4,40,100", "1,99,1"]),
-            lf(&["5,50,5", "6,60,6"]),
-        ],
-        text_rows(&[
-            ["1", "10", "50"],
-            ["4", "40", "100"],
-            ["5", "50", "5"],
-            ["6", "60", "6"],
-        ]),
-    );
+    let payloads = [
+        lf(&["1,10,50", "2,,50", "3,30,150", "4,40,100", "1,99,1"]),
+        lf(&["5,50,5", "6,60,6"]),
+    ];
+    let want = text_rows(&[
+        ["1", "10", "50"],
+        ["4", "40", "100"],
+        ["5", "50", "5"],
+        ["6", "60", "6"],
+    ]);
+    let mut bridge = case.run(&payloads, want);
     // And each rejected line is its own dead letter naming its line and SQLSTATE
     let lines: [(i64, &[u8]); 3] = [(2, b"2,,50"), (3, b"3,30,150"), (5, b"1,99,1")];
     let letter = |((line, payload), state)| Expected {
