@@ -360,32 +360,19 @@ fn csv_cases(db: &Db, topic: &str, cases: &mut Vec<Case>, messages: &mut Vec<Out
 /// MQTT 5 user properties: a repeated name maps its first value, and a dead letter keeps
 /// every value.
 fn user_property_cases(topic: &str, cases: &mut Vec<Case>, messages: &mut Vec<Outgoing>) {
-    let props = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-        let pair = |(k, v): &(&str, &str)| (k.to_string(), v.to_string());
-        pairs.iter().map(pair).collect()
-    };
-    let fractional = Dead("fractional part");
-    for (id, column, properties, outcome) in [
-        // Mapped as header.T: no property has that exact name; `t` matches ignoring case.
-        (
-            3001,
-            "t",
-            props(&[("t", "first"), ("t", "second")]),
-            s("first"),
-        ),
-        // No 3002: MQTT strings cannot carry U+0000 (MQTT 5 §1.5.4), brokers drop the client.
-        (
-            3003,
-            "i64",
-            props(&[("t", "x"), ("n", "1.5"), ("n", "2")]),
-            fractional,
-        ),
-    ] {
+    let mut add = |id: i64, column, properties: &[(&str, &str)], outcome| {
         let payload = format!("{{\"id\": {id}}}");
+        let pair = |(k, v): &(&str, &str)| (k.to_string(), v.to_string());
+        let properties = properties.iter().map(pair).collect();
         let message = (format!("{topic}/props"), payload.clone().into(), properties);
         messages.push(message);
         cases.push(Case::new(id, column, payload, outcome));
-    }
+    };
+    // Mapped as header.T: no property has that exact name; `t` matches ignoring case.
+    add(3001, "t", &[("t", "first"), ("t", "second")], s("first"));
+    // No 3002: MQTT strings cannot carry U+0000 (MQTT 5 §1.5.4), brokers drop the client.
+    let repeated = [("t", "x"), ("n", "1.5"), ("n", "2")];
+    add(3003, "i64", &repeated, Dead("fractional part"));
 }
 
 /// Whole payloads on a JSON route that maps only `payload` and a topic level: anything but
@@ -393,14 +380,10 @@ fn user_property_cases(topic: &str, cases: &mut Vec<Case>, messages: &mut Vec<Ou
 /// the payload's own bytes.
 fn payload_cases(topic: &str, cases: &mut Vec<Case>, messages: &mut Vec<Outgoing>) {
     let bom = "\u{feff}{\"x\": 1}";
+    let array = Dead("a JSON array, not a JSON object");
     for (id, payload, column, outcome) in [
         (4001, "this is not json at all", "t", Dead("invalid JSON")),
-        (
-            4002,
-            "[{\"id\": 1}]",
-            "t",
-            Dead("a JSON array, not a JSON object"),
-        ),
+        (4002, "[{\"id\": 1}]", "t", array),
         (4003, "42", "t", Dead("a JSON number, not a JSON object")),
         (4004, bom, "t", s(bom)),
         (4005, bom, "bin", s(&hex(bom.as_bytes()))),
