@@ -304,22 +304,17 @@ fn several_rows_per_message_by_index(db: &Db, table_columns: &str, ts_select: &s
 
 #[test]
 fn several_rows_per_message_by_index_postgres() {
-    several_rows_per_message_by_index(
-        &Db::Postgres,
-        "id INTEGER PRIMARY KEY, qty BIGINT, amount NUMERIC(30,6), label TEXT, \
-         ts TIMESTAMPTZ, raw TEXT, src TEXT",
-        "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
-    );
+    let columns = "id INTEGER PRIMARY KEY, qty BIGINT, amount NUMERIC(30,6), label TEXT, \
+                   ts TIMESTAMPTZ, raw TEXT, src TEXT";
+    let ts_select = "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')";
+    several_rows_per_message_by_index(&Db::Postgres, columns, ts_select);
 }
 
 #[test]
 fn several_rows_per_message_by_index_mariadb() {
-    several_rows_per_message_by_index(
-        &Db::MariaDb,
-        "id INT PRIMARY KEY, qty BIGINT, amount DECIMAL(30,6), label TEXT, \
-         ts DATETIME(6), raw TEXT, src TEXT",
-        "ts",
-    );
+    let columns = "id INT PRIMARY KEY, qty BIGINT, amount DECIMAL(30,6), label TEXT, \
+                   ts DATETIME(6), raw TEXT, src TEXT";
+    several_rows_per_message_by_index(&Db::MariaDb, columns, "ts");
 }
 
 #[test]

@@ -200,41 +200,30 @@ fn values_and_types_land(db: &Db, columns: &str, ts_select: &str, exact_decimals
 
 #[test]
 fn values_and_types_land_in_postgres() {
-    values_and_types_land(
-        &Db::Postgres,
-        "id INTEGER PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
-         amount NUMERIC(30,10), ratio DOUBLE PRECISION, flag BOOLEAN, label TEXT, \
-         ts TIMESTAMPTZ, dt DATE, num INTEGER DEFAULT 7, \
-         dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at TIMESTAMP",
-        "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
-        true,
-    );
+    let columns = "id INTEGER PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
+                   amount NUMERIC(30,10), ratio DOUBLE PRECISION, flag BOOLEAN, label TEXT, \
+                   ts TIMESTAMPTZ, dt DATE, num INTEGER DEFAULT 7, \
+                   dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at TIMESTAMP";
+    let ts_select = "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')";
+    values_and_types_land(&Db::Postgres, columns, ts_select, true);
 }
 
 #[test]
 fn values_and_types_land_in_mariadb() {
-    values_and_types_land(
-        &Db::MariaDb,
-        "id INT PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
-         amount DECIMAL(30,10), ratio DOUBLE, flag BOOLEAN, label TEXT, \
-         ts DATETIME(6), dt DATE, num INT DEFAULT 7, \
-         dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at DATETIME(6)",
-        "ts",
-        true,
-    );
+    let columns = "id INT PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
+                   amount DECIMAL(30,10), ratio DOUBLE, flag BOOLEAN, label TEXT, \
+                   ts DATETIME(6), dt DATE, num INT DEFAULT 7, \
+                   dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at DATETIME(6)";
+    values_and_types_land(&Db::MariaDb, columns, "ts", true);
 }
 
 #[test]
 fn values_and_types_land_in_sqlite() {
-    values_and_types_land(
-        &temp_sqlite(),
-        "id INTEGER PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
-         amount NUMERIC(30,10), ratio DOUBLE, flag BOOLEAN, label TEXT, \
-         ts TIMESTAMP, dt DATE, num INTEGER DEFAULT 7, \
-         dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at TIMESTAMP",
-        "ts",
-        false,
-    );
+    let columns = "id INTEGER PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
+                   amount NUMERIC(30,10), ratio DOUBLE, flag BOOLEAN, label TEXT, \
+                   ts TIMESTAMP, dt DATE, num INTEGER DEFAULT 7, \
+                   dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at TIMESTAMP";
+    values_and_types_land(&temp_sqlite(), columns, "ts", false);
 }
 
 #[test]
@@ -242,11 +231,9 @@ fn json_keys_map_to_same_named_columns_without_a_columns_block() {
     // Given a route without `columns:` and a table with defaults
     let db = Db::Postgres;
     let world = World::new("inbound");
-    let table = TempTable::create(
-        &db,
-        "keys",
-        "id INTEGER PRIMARY KEY, name TEXT, qty INTEGER DEFAULT 5, note TEXT DEFAULT 'none'",
-    );
+    let layout =
+        "id INTEGER PRIMARY KEY, name TEXT, qty INTEGER DEFAULT 5, note TEXT DEFAULT 'none'";
+    let table = TempTable::create(&db, "keys", layout);
     let t = table.name.clone();
     let topic = format!("{}/items", unique("keys"));
     let route = route("keys", &topic, &t, &[], &[]);
@@ -265,14 +252,12 @@ fn json_keys_map_to_same_named_columns_without_a_columns_block() {
     wait_for_count(&mut bridge, &db, &format!("SELECT COUNT(*) FROM {t}"), 3);
 
     // Then keys land in the same-named columns; absent keys keep the defaults
-    assert_eq!(
-        db.query(&format!("SELECT id, name, qty, note FROM {t} ORDER BY id")),
-        text_rows(&[
-            ["1", "all", "2", "x"],
-            ["2", "some", "5", "none"],
-            ["3", NULL, NULL, "none"],
-        ])
-    );
+    let want = text_rows(&[
+        ["1", "all", "2", "x"],
+        ["2", "some", "5", "none"],
+        ["3", NULL, NULL, "none"],
+    ]);
+    assert_eq!(db.query(&format!("SELECT * FROM {t} ORDER BY id")), want);
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
     terminate_ok(&mut bridge);
 }
