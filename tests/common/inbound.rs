@@ -3,7 +3,7 @@
 
 use odbc_api::Connection;
 
-use super::{Db, odbc_connect, odbc_exec};
+use super::{Bridge, Db, odbc_connect, odbc_exec, pg_lock_waiters, try_scalar, wait_for};
 
 /// Stands for SQL NULL in [`text_rows`].
 pub const NULL: &str = "<NULL>";
@@ -60,4 +60,16 @@ pub fn pairs(spec: &str) -> Vec<(&str, &str)> {
         pairs.push(pair.unwrap_or_else(|| panic!("{p:?} is not column=source")));
     }
     pairs
+}
+
+/// Waits until a PostgreSQL session of the bridge waits on a lock in a statement that names
+/// `table` (a lock a [`lock_holder`] holds). Panics with the bridge log if it exits or after
+/// the liveness deadline.
+pub fn wait_lock_waiter(bridge: &mut Bridge, table: &str) {
+    let sql = pg_lock_waiters(table);
+    wait_for(
+        bridge,
+        &format!("a batch waiting on a lock on {table}"),
+        || Ok(try_scalar(&Db::Postgres, &sql).unwrap_or(0) >= 1),
+    );
 }
