@@ -183,9 +183,9 @@ fn fields<'a>(line: i64, error: &'a str, payload: &'a [u8]) -> Expected<'a> {
 fn by_line(letters: &[Json]) -> BTreeMap<i64, Json> {
     let mut map = BTreeMap::new();
     for letter in letters {
-        let line = letter["headers"]["line"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("a dead letter without headers.line: {letters:#?}"));
+        let line = letter["headers"]["line"].as_i64();
+        let line =
+            line.unwrap_or_else(|| panic!("a dead letter without headers.line: {letters:#?}"));
         let first = map.insert(line, letter.clone()).is_none();
         assert!(first, "two dead letters for line {line}: {letters:#?}");
     }
@@ -366,9 +366,8 @@ fn header_names_per_message_exact_then_case_insensitive() {
     let mut bridge = case.run(&payloads, want);
     // And the message whose header lacks `qty` is one dead letter with the whole payload
     let letters = wait_dead_letters(&mut bridge, &case.config, 2);
-    let (whole, records): (Vec<&Json>, Vec<&Json>) = letters
-        .iter()
-        .partition(|l| letter_payload(l) == missing_qty);
+    let is_whole = |l: &&Json| letter_payload(l) == missing_qty;
+    let (whole, records): (Vec<&Json>, Vec<&Json>) = letters.iter().partition(is_whole);
     assert_eq!(whole.len(), 1, "{letters:#?}");
     let whole = whole[0];
     assert_eq!(whole["error_kind"], "decode", "{whole:#}");
@@ -656,9 +655,8 @@ fn bad_lines_are_dead_letters_and_the_message_is_acked_once(db: &Db) {
     let mut bridge = case.start();
     case.publish(&[lf(&["6,marker,60"])]);
     let marker = format!("SELECT COUNT(*) FROM {} WHERE id = 6", case.t());
-    wait_for(&mut bridge, "the marker row", || {
-        Ok(try_scalar(&case.db, &marker) == Some(1))
-    });
+    let stored = || Ok(try_scalar(&case.db, &marker) == Some(1));
+    wait_for(&mut bridge, "the marker row", stored);
     let rows = case.rows();
     assert_eq!(case.count(""), 3, "rows after the restart: {rows:?}");
     let letters = dlq_list(&case.config).len();

@@ -12,8 +12,8 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use common::{
     Bridge, Db, NULL, Route, TcpProxy, TempTable, World, dlq_list, letter_id, lock_holder, mqdb_at,
-    pairs, parse_bool, parse_ts, pg_lock_waiters, publish_retained, temp_sqlite, text_rows, ts,
-    unique, wait_dead_letters, wait_for,
+    pairs, parse_bool, parse_ts, publish_retained, temp_sqlite, text_rows, ts, unique,
+    wait_dead_letters, wait_for, wait_lock_waiter,
 };
 use common::{scalar, terminate_ok, try_scalar, wait_for_count};
 use serde_json::Value as Json;
@@ -295,16 +295,15 @@ fn on_conflict_update_keeps_the_last_message(db: &Db) {
     publisher.publish_all_confirmed(first.map(|(i, v, r)| msg(i, v, r)).into(), 1);
     let mut bridge = Bridge::start(&config);
     let last = text_rows(&[["1", "e", "3"], ["2", "f", "2"], ["3", "d", "1"]]);
+    let holds = |want: &Vec<_>| db.try_query(&rows_sql).unwrap_or_default() == *want;
     wait_for(&mut bridge, "the last value of every key", || {
-        Ok(db.try_query(&rows_sql).unwrap_or_default() == last)
+        Ok(holds(&last))
     });
 
     // ... and one more arrives for an existing key in a later batch
     publisher.publish_all_confirmed(vec![msg(3, "g", 2)], 1);
     let updated = text_rows(&[["1", "e", "3"], ["2", "f", "2"], ["3", "g", "2"]]);
-    wait_for(&mut bridge, "the later update", || {
-        Ok(db.try_query(&rows_sql).unwrap_or_default() == updated)
-    });
+    wait_for(&mut bridge, "the later update", || Ok(holds(&updated)));
 
     // Then each key holds its last message, and nothing was dead-lettered
     assert_eq!(db.query(&rows_sql), updated);
@@ -446,10 +445,6 @@ fn dead_letters_beside_committed_rows(db: Db, states: [&str; 4]) {
     }
 
     // And `dlq show` prints the error and the payload, in hex when it is binary
-    let compact = |s: &str| -> String {
-        let s = s.chars().filter(|c| !c.is_whitespace());
-        s.collect::<String>().to_ascii_lowercase()
-    };
     let show = |kind: &str| -> String {
         let letter = &by_source[&format!("{root}/{kind}")];
         let id = letter_id(letter).to_string();
@@ -460,7 +455,9 @@ fn dead_letters_beside_committed_rows(db: Db, states: [&str; 4]) {
         shown
     };
     let shown = show("bad_utf8");
-    assert!(compact(&shown).contains("fffe7b7d"), "hex payload: {shown}");
+    let compact: String = shown.split_whitespace().collect();
+    let hex = compact.to_ascii_lowercase().contains("fffe7b7d");
+    assert!(hex, "hex payload: {shown}");
     let shown = show("duplicate");
     assert!(shown.contains(r#"{"id":1,"v":999}"#), "{shown}");
     assert!(shown.contains(states[2]), "{shown}");
@@ -523,11 +520,9 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
     wait_for_count(&mut bridge, &db, &format!("SELECT COUNT(*) FROM {t}"), 40);
     assert_eq!(committed, 1, "the cut came after the server committed");
     assert_every_seq_once(&db, &t, &config, 40, 20);
-    assert!(
-        bridge.log().contains("committed before the outage"),
-        "the lost commit was not noticed:\n{}",
-        bridge.log()
-    );
+    let log = bridge.log();
+    let noticed = log.contains("committed before the outage");
+    assert!(noticed, "the lost commit was not noticed:\n{log}");
     terminate_ok(&mut bridge);
     db.exec(&format!("DROP TABLE {t}"));
     db.exec(&format!("DROP FUNCTION {slow}()"));
@@ -538,10 +533,8 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
 fn rows_during_cut(db: &Db, t: &str, bridge: &mut Bridge, published: i64) -> i64 {
     assert!(bridge.is_running(), "mqdb died:\n{}", bridge.log());
     let during = scalar(db, &format!("SELECT COUNT(*) FROM {t}"));
-    assert!(
-        during <= published,
-        "{during} rows, but only {published} were published before the cut"
-    );
+    let at_most = format!("{during} rows, but only {published} were published before the cut");
+    assert!(during <= published, "{at_most}");
     during
 }
 
@@ -617,8 +610,7 @@ fn broker_connection_cut_loses_nothing() {
     let publisher = world.publisher();
     publisher.publish_all_confirmed(seq_messages(&topic, "first", 0..1000), 1);
     let mut bridge = Bridge::start(&config);
-    let waiting = pg_lock_waiters(&t);
-    wait_at_least(&mut bridge, &db, "a batch waiting on the lock", &waiting, 1);
+    wait_lock_waiter(&mut bridge, &t);
 
     // When the broker connection is cut, the held batches commit meanwhile (their
     // acknowledgements cannot reach the broker) and more messages are published
@@ -667,9 +659,7 @@ fn sigkill_mid_batch_then_restart_loses_and_duplicates_nothing() {
 
     // When the bridge runs until its batch with seq 1500 waits on that lock, and is killed
     let mut bridge = Bridge::start(&config);
-    let waiting = pg_lock_waiters(&t);
-    let what = "a batch waiting on the held row";
-    wait_at_least(&mut bridge, &db, what, &waiting, 1);
+    wait_lock_waiter(&mut bridge, &t);
     let count_sql = format!("SELECT COUNT(*) FROM {t}");
     let before_kill = scalar(&db, &count_sql);
     bridge.kill();
@@ -719,9 +709,7 @@ fn sigterm_mid_batch_exits_zero_and_a_restart_completes_without_duplicates() {
     let message = |seq| (data.clone(), format!(r#"{{"seq":{seq}}}"#).into_bytes());
     let messages: Messages = (1..=n).map(message).collect();
     world.publisher().publish_all_confirmed(messages, 1);
-    let waiting = pg_lock_waiters(&t);
-    let what = "a batch waiting on the table lock";
-    wait_at_least(&mut bridge, &db, what, &waiting, 1);
+    wait_lock_waiter(&mut bridge, &t);
     let data_sql = format!("SELECT COUNT(*) FROM {t} WHERE seq > 0");
     assert_eq!(scalar(&db, &data_sql), 0, "nothing committed past the lock");
     let log_before = bridge.log().len();

@@ -85,10 +85,8 @@ fn columns(db: &Db) -> Vec<Column> {
 }
 
 fn quote(db: &Db, name: &str) -> String {
-    match db {
-        Db::MariaDb => format!("`{name}`"),
-        _ => format!("\"{name}\""),
-    }
+    let q = by(db, '"', '`', '"');
+    format!("{q}{name}{q}")
 }
 
 /// The column as text the way the database itself prints it.
@@ -415,10 +413,8 @@ type Outgoing = (String, Vec<u8>, Vec<(String, String)>);
 /// Every row, by id: column name → the value as read back.
 fn read_back(db: &Db, table: &str, cols: &[Column]) -> Rows {
     let exprs: Vec<String> = cols.iter().map(|(n, f, _)| read_expr(db, n, *f)).collect();
-    let id = match db {
-        Db::Postgres => "id::text",
-        _ => "CAST(id AS CHAR(20))",
-    };
+    let cast = "CAST(id AS CHAR(20))";
+    let id = by(db, "id::text", cast, cast);
     let sql = format!("SELECT {id}, {} FROM {table}", exprs.join(", "));
     let floats = match db {
         Db::Sqlite(_) => BTreeMap::new(),
