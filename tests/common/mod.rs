@@ -16,6 +16,7 @@ mod config;
 mod db;
 mod dlq;
 pub mod http;
+mod inbound;
 mod mqtt;
 mod mqtt5;
 mod proxy;
@@ -46,6 +47,10 @@ pub use db::{
 };
 #[allow(unused_imports)]
 pub use dlq::{letter_id, wait_dead_letters};
+#[allow(unused_imports)]
+pub use inbound::{
+    NULL, base64_decode, lock_holder, pairs, parse_bool, text_rows, wait_lock_waiter,
+};
 #[allow(unused_imports)]
 pub use mqtt::{Mosquitto, Publisher, Received, Subscriber, publish_retained, with_mqtt5};
 #[allow(unused_imports)]
