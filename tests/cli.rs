@@ -406,9 +406,8 @@ fn check_never_prints_database_or_broker_passwords() {
     let broker = (SHARED_BROKER, broker_secret.as_str());
     let config = secret_config(&work, broker, pg_with(&ok_secret), &pg.name);
     let out = mqdb_at(&config.write(), &["-vv", "check"]);
-    out.code(0)
-        .never_shows(&ok_secret)
-        .never_shows(&broker_secret);
+    out.code(0).never_shows(&ok_secret);
+    out.never_shows(&broker_secret);
 }
 
 #[test]

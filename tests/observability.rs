@@ -248,12 +248,10 @@ fn wait_health(
 ) -> (u16, Json) {
     let mut last = None;
     wait_for(bridge, &format!("/health: {what}"), || {
-        let Some((status, doc)) = try_health(addr) else {
-            return Ok(false);
-        };
-        let ok = check(status, &doc);
-        last = Some((status, doc));
-        Ok(ok)
+        last = try_health(addr);
+        Ok(last
+            .as_ref()
+            .is_some_and(|(status, doc)| check(*status, doc)))
     });
     last.expect("at least one answer")
 }
@@ -283,12 +281,11 @@ fn wait_scrape(
 ) -> Scrape {
     let mut last = None;
     wait_for(bridge, &format!("/metrics: {what}"), || {
-        let Some(s) = try_scrape(addr) else {
-            return Ok(false);
-        };
-        let ok = check(&s).map_err(|e| format!("{e}\n{}", s.text))?;
-        last = Some(s);
-        Ok(ok)
+        last = try_scrape(addr);
+        match &last {
+            Some(s) => check(s).map_err(|e| format!("{e}\n{}", s.text)),
+            None => Ok(false),
+        }
     });
     last.expect("at least one scrape")
 }
@@ -393,8 +390,7 @@ fn metrics_and_health_report_exactly_what_the_routes_did() {
     let insert = format!("INSERT INTO {} VALUES {}", source.name, values.join(", "));
     db.exec(&insert);
     let base = unique("obs");
-    let in_topic = format!("obs/{base}/in");
-    let out_prefix = format!("obs/{base}/out");
+    let (in_topic, out_prefix) = (format!("obs/{base}/in"), format!("obs/{base}/out"));
     let addr = free_addr();
     let config = world
         .config(&db)
