@@ -923,7 +923,7 @@ fn mirror_config_errors_exit_2_naming_the_line() {
         config.write_to(&path);
         let ran = mqdb_at(&path, &["check"]);
         let ctx = format!("{}\n---\n{ran}", config.yaml());
-        ran.code(2);
+        assert_eq!(ran.code, Some(2), "{ctx}");
         let at = |l: &usize| ran.stderr.contains(&format!("{}:{l}:", path.display()));
         assert!(lines.iter().any(at), "not at line {lines:?}: {ctx}");
         assert!(ran.stderr.contains(needle), "{ctx}");
