@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::{
     Bridge, Config, Db, Header, LIVENESS, NULL, Outgoing, Rabbit, Route, TcpProxy, TempTable,
-    Workdir, amqp_route, check_route, dlq_list, id_payloads, line_of, lock_holder, pairs,
-    parse_bool, parse_ts, process_stats, run_check, scalar, terminate_ok, text_rows, ts, unique,
+    Workdir, amqp_route, check_route, dlq_list, id_payloads, line_of, lock_holder, mqdb_at, pairs,
+    parse_bool, parse_ts, process_stats, scalar, terminate_ok, text_rows, ts, unique,
     wait_consuming, wait_dead_letters, wait_for_count, wait_lock_waiter, wait_queue,
     wait_queue_drained, wait_until,
 };
@@ -40,21 +40,21 @@ impl World {
         (world, queue)
     }
 
-    /// `mqdb.yaml`: AMQP broker `r` at `amqp_url`, database `d` and `route`.
     fn yaml(&self, amqp_url: &str, connection_string: &str, route: Route) -> Config {
         let config = self.work.bare_config().broker("r", amqp_url, Json::Null);
         config.database("d", connection_string).inbound(route)
     }
 
-    /// Writes [`World::yaml`].
     fn config(&self, amqp_url: &str, connection_string: &str, route: Route) -> PathBuf {
         self.yaml(amqp_url, connection_string, route).write()
     }
 }
 
-/// An AMQP inbound route with `extra` settings and `columns` (column, source).
-fn route(name: &str, queue: &str, table: &str, columns: &[(&str, &str)], extra: &[&str]) -> Route {
-    amqp_route(name, queue, table).lines(extra).columns(columns)
+/// An AMQP inbound route with `extra` settings and `columns` as `column=source` pairs.
+fn route(name: &str, queue: &str, table: &str, columns: &str, extra: &[&str]) -> Route {
+    amqp_route(name, queue, table)
+        .lines(extra)
+        .columns(&pairs(columns))
 }
 
 /// The table for `{"id":…,"v":…}` messages ([`id_payloads`]) and their redelivered flag.
@@ -65,8 +65,8 @@ const ID_COLUMNS: &str = "id INTEGER PRIMARY KEY, v TEXT NOT NULL, re BOOLEAN";
 fn id_case(name: &str, amqp_url: &str, cs: &str, extra: &[&str]) -> IdCase {
     let (world, queue) = World::with_queue(&format!("mqdb_in_{name}"));
     let table = TempTable::create(&Db::Postgres, &format!("amqp_{name}"), ID_COLUMNS);
-    let columns = pairs("id=payload.id v=payload.v re=meta.redelivered");
-    let route = route(name, &queue, &table.name, &columns, extra).set("format", "json");
+    let columns = "id=payload.id v=payload.v re=meta.redelivered";
+    let route = route(name, &queue, &table.name, columns, extra).set("format", "json");
     let config = world.config(amqp_url, cs, route);
     (world, queue, table, config)
 }
@@ -96,11 +96,9 @@ fn json_over_amqp_lands(db: Db, columns: &str, ts_select: &str) {
     assert!(!exists, "the exchange exists already");
     let table = TempTable::create(&db, "amqp_json", columns);
     let t = table.name.clone();
-    let sources = pairs(
-        "id=payload.id big=payload.big amount=payload.amount label=payload.label ts=payload.ts \
-         num=payload.num rk=meta.routing_key ex=meta.exchange re=meta.redelivered q=meta.queue \
-         br=meta.broker site=header.x-site seq=header.x-seq nohdr=header.x-missing",
-    );
+    let sources = "id=payload.id big=payload.big amount=payload.amount label=payload.label \
+         ts=payload.ts num=payload.num rk=meta.routing_key ex=meta.exchange re=meta.redelivered \
+         q=meta.queue br=meta.broker site=header.x-site seq=header.x-seq nohdr=header.x-missing";
     let bind = format!("bind: {{ exchange: \"{exchange}\", routing_key: \"sensors.#\" }}");
     let extra = [
         bind.as_str(),
@@ -108,7 +106,7 @@ fn json_over_amqp_lands(db: Db, columns: &str, ts_select: &str) {
         "batch: { max_rows: 500, max_delay: 100ms }",
         "on_conflict: error",
     ];
-    let route = route("amqp_json", &queue, &t, &sources, &extra);
+    let route = route("amqp_json", &queue, &t, sources, &extra);
     let config = world.config(Rabbit::URL, &db.connection_string(), route);
 
     // When the bridge starts, then it declares a durable queue and a durable topic exchange
@@ -262,8 +260,7 @@ fn csv_over_amqp_stores_every_good_line_and_dead_letters_the_bad_one_sqlite() {
     let columns = "id INTEGER PRIMARY KEY, sku TEXT, qty INTEGER, note TEXT, q TEXT";
     let table = TempTable::create(&db, "amqp_csv", columns);
     let t = table.name.clone();
-    let sources =
-        pairs("id=payload.id sku=payload.sku qty=payload.2 note=payload.note q=meta.queue");
+    let sources = "id=payload.id sku=payload.sku qty=payload.2 note=payload.note q=meta.queue";
     let extra = [
         "format: csv",
         "csv: { fields: [id, sku, qty, note] }",
@@ -271,7 +268,7 @@ fn csv_over_amqp_stores_every_good_line_and_dead_letters_the_bad_one_sqlite() {
         "batch: { max_rows: 100, max_delay: 50ms }",
         "on_conflict: error",
     ];
-    let route = route("csv_items", &queue, &t, &sources, &extra);
+    let route = route("csv_items", &queue, &t, sources, &extra);
     let config = world.config(Rabbit::URL, &db.connection_string(), route);
     let mut with_bom = b"\xEF\xBB\xBF".to_vec();
     with_bom.extend_from_slice(b"20,mango,7,x\n\n21,\"say \"\"hi\"\"\",8,y");
@@ -512,13 +509,10 @@ fn broker_connection_cut_loses_and_duplicates_nothing_postgres() {
 fn assert_rejected_at(dir: &Path, text: &str, needle: &str, word: &str) -> String {
     let path = dir.join("check.yaml");
     std::fs::write(&path, text).expect("write check.yaml");
-    let (code, stdout, stderr) = run_check(&path);
-    let show = format!("{text}\n{stdout}{stderr}");
-    assert_eq!(code, Some(2), "{show}");
+    let ran = mqdb_at(&path, &["check"]);
     let located = format!("{}:{}:", path.display(), line_of(text, needle));
-    assert!(stderr.contains(&located), "expected {located:?}\n{show}");
-    assert!(stderr.contains(word), "{show}");
-    stdout
+    ran.code(2).stderr_has(&[&located, word]);
+    ran.stdout
 }
 
 #[test]
@@ -528,9 +522,9 @@ fn check_accepts_an_amqp_inbound_route_and_rejects_mqtt_only_keys() {
     let columns = "id INTEGER PRIMARY KEY, rk TEXT, site TEXT";
     let table = TempTable::create(&Db::Postgres, "amqp_check", columns);
     let t = table.name.clone();
-    let sources = pairs("id=payload.id rk=meta.routing_key site=header.x-site");
+    let sources = "id=payload.id rk=meta.routing_key site=header.x-site";
     let extra = ["format: json", "prefetch: 20"];
-    let good = route("amqp_good", &queue, &t, &sources, &extra);
+    let good = route("amqp_good", &queue, &t, sources, &extra);
     let cs = Db::Postgres.connection_string();
     let config = world.config(Rabbit::URL, &cs, good.clone());
 
