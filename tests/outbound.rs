@@ -38,7 +38,6 @@ fn to_topic(name: &str, query: &str, topic: &str) -> Route {
     tracked(name, query).broker("b").topic(topic)
 }
 
-/// On broker `rabbit`.
 fn to_exchange(name: &str, query: &str, exchange: &str, routing_key: &str) -> Route {
     let route = tracked(name, query).broker("rabbit");
     route.exchange(exchange).routing_key(routing_key)
@@ -78,20 +77,17 @@ fn config(world: &World, cs: &str, routes: &[Route]) -> PathBuf {
     write(world.config_cs(cs), routes)
 }
 
-/// `mqdb.yaml`: broker `(name, url, settings)`, database `d` at `cs`, and `routes`.
 fn config_on(world: &World, broker: (&str, &str, Json), cs: &str, routes: &[Route]) -> PathBuf {
     let (name, url, settings) = broker;
     let config = world.bare_config().broker(name, url, settings);
     write(config.database("d", cs), routes)
 }
 
-/// Like [`config`] with the broker spoken to in MQTT 5.
 fn config_mqtt5(world: &World, cs: &str, routes: &[Route]) -> PathBuf {
     let (url, settings) = world.mqtt(json!({ "mqtt_version": 5 }));
     config_on(world, ("b", &url, settings), cs, routes)
 }
 
-/// A direct exchange and a queue bound to it with `key`, both named after `prefix`.
 fn exchange_with_queue(rabbit: &mut Rabbit, prefix: &str, key: &str) -> (String, String) {
     let (exchange, queue) = (unique(prefix), unique(&format!("{prefix}_q")));
     rabbit.declare_exchange(&exchange, "direct");
@@ -134,7 +130,6 @@ impl Run {
         self.wait_with_letters(n, 0);
     }
 
-    /// Waits until `n` messages arrived and `k` rows were dead-lettered.
     fn wait_with_letters(&mut self, n: usize, k: usize) {
         let (sub, config) = (&self.sub, &self.config);
         let what = format!("{n} messages and {k} dead letters");
@@ -192,7 +187,6 @@ impl Run {
     }
 }
 
-/// Asserts nothing was dead-lettered, then stops the bridge (exit 0).
 fn finish_clean(bridge: &mut Bridge, config: &Path) {
     assert_eq!(dlq_list(config), Vec::<Json>::new());
     terminate_ok(bridge);
@@ -228,7 +222,6 @@ impl AmqpRun {
         AmqpRun::start(rabbit, queue, Rabbit::URL, &cs, &[route])
     }
 
-    /// Takes what arrives in the queue until `done(messages, config)`.
     fn until(&mut self, mut done: impl FnMut(&[AmqpMessage], &Path) -> bool) {
         let (rabbit, queue, got, config) = (&self.rabbit, &self.queue, &mut self.got, &self.config);
         wait_for(&mut self.bridge, &format!("messages in {queue}"), || {
@@ -237,7 +230,6 @@ impl AmqpRun {
         });
     }
 
-    /// Waits a few polls more and takes what came.
     fn settle(&mut self) {
         std::thread::sleep(QUIET);
         self.got.extend(self.rabbit.take_all(&self.queue));
@@ -307,7 +299,6 @@ fn once_each(ids: impl IntoIterator<Item = i64>) -> Counts {
     ids.into_iter().map(|i| (i, 1)).collect()
 }
 
-/// Messages beyond the first per id.
 fn duplicates(counts: &Counts) -> usize {
     counts.values().map(|c| c - 1).sum()
 }
@@ -322,14 +313,12 @@ fn wait_for_ids(bridge: &mut Bridge, sub: &Subscriber, n: i64) {
     });
 }
 
-/// A new table on `db` with `columns`, holding `values` (SQL value lists).
 fn filled(db: &Db, prefix: &str, columns: &str, values: &str) -> TempTable {
     let table = TempTable::create(db, prefix, columns);
     db.exec(&format!("INSERT INTO {} VALUES {values}", table.name));
     table
 }
 
-/// Inserts rows `from..=to` as `(id, v)` with `v = 'row <id>'` (PostgreSQL).
 fn pg_insert_range(table: &str, from: i64, to: i64) {
     Db::Postgres.exec(&format!(
         "INSERT INTO {table} (id, v) SELECT g, 'row ' || g FROM generate_series({from}, {to}) g"
@@ -357,7 +346,6 @@ fn floats(rows: &[Row], name: &str) -> Vec<Option<f64>> {
     rows.iter().map(|r| r[name].as_f64()).collect()
 }
 
-/// A number's text with trailing fractional zeros (and a bare `.`) removed.
 fn trim_zeros(text: &str) -> &str {
     if text.contains('.') && !text.contains(['e', 'E']) {
         text.trim_end_matches('0').trim_end_matches('.')
@@ -366,7 +354,6 @@ fn trim_zeros(text: &str) -> &str {
     }
 }
 
-/// An RFC 3339 timestamp in UTC (`Z`), as an instant.
 fn utc(value: &Json) -> DateTime<Utc> {
     let text = value.as_str();
     let text = text.unwrap_or_else(|| panic!("{value} is not a timestamp string"));
@@ -778,7 +765,6 @@ fn devices(prefix: &str, values: &str) -> TempTable {
     filled(&Db::Postgres, prefix, columns, values)
 }
 
-/// Route `name` publishing each row of `table` (of [`devices`]) to `<root>/{dev}`.
 fn dev_route(name: &str, table: &TempTable, root: &str) -> Route {
     let topic = format!("{root}/{{dev}}");
     to_topic(name, &after_id("id, dev", &table.name), &topic)
@@ -816,8 +802,6 @@ fn outbound_mqtt_publishes_use_the_route_client_id() {
 /// At most this many rows per poll in the restart and outage tests.
 const STREAM_MAX_ROWS: usize = 100;
 
-/// Cuts the connection behind `proxy` while rows 1001..=2000 come, and restores it a few
-/// seconds later.
 fn cut_while_rows_come(proxy: &TcpProxy, bridge: &mut Bridge, table: &str) {
     proxy.set_down(true);
     pg_insert_range(table, 1001, 2000);
@@ -853,8 +837,6 @@ impl MqttStream {
         }
     }
 
-    /// Inserts rows 1..=1000, starts the bridge and waits until `sub` has the first poll's
-    /// messages.
     fn start_mid_stream(&self, sub: &Subscriber) -> Bridge {
         pg_insert_range(&self.table.name, 1, 1000);
         let mut bridge = Bridge::start(&self.config);
@@ -869,7 +851,6 @@ impl MqttStream {
         Subscriber::connect_with(self.world.broker.port, &self.sub_id, false, &filters)
     }
 
-    /// Stops the broker and inserts rows 1001..=2000; returns what `sub` had received.
     fn broker_down(&mut self, sub: Subscriber) -> Vec<Received> {
         self.world.broker.stop();
         let before = sub.messages();
@@ -878,15 +859,12 @@ impl MqttStream {
         before
     }
 
-    /// Restarts the broker and resumes the durable subscriber's session.
     fn broker_back(&mut self) -> Subscriber {
         self.world.broker.restart();
         Subscriber::connect_with(self.world.broker.port, &self.sub_id, false, &[])
     }
 }
 
-/// Waits until `before` and `sub` together hold every id in `1..=n`; returns how often each
-/// arrived.
 fn wait_all(bridge: &mut Bridge, before: &[Received], sub: &Subscriber, n: i64) -> Counts {
     let all = || mqtt_id_counts(&[before, sub.messages().as_slice()].concat());
     wait_for(bridge, &format!("every id in 1..={n}"), || {
@@ -1210,7 +1188,6 @@ fn unroutable_amqp_rows_become_dead_letters_and_the_position_moves_on() {
     terminate_ok(&mut run.bridge);
 }
 
-/// An outbox `(id, dev, sent_at)` holding rows `from..=to` of [`insert_devs`].
 fn outbox(db: &Db, prefix: &str, from: i64, to: i64) -> TempTable {
     let columns = "id INTEGER PRIMARY KEY, dev TEXT, sent_at TIMESTAMPTZ NULL";
     let table = TempTable::create(db, prefix, columns);
@@ -1342,7 +1319,6 @@ fn check(config: &Path) -> Ran {
     mqdb_at(config, &["check"])
 }
 
-/// `check` on one route over a new table `(id INTEGER)`, built from the table's name.
 fn check_one(prefix: &str, route: impl FnOnce(&str) -> Route) -> Ran {
     let world = World::new("outbound");
     let table = TempTable::create(&Db::Postgres, prefix, "id INTEGER PRIMARY KEY");
@@ -1446,7 +1422,6 @@ fn key_of(route: &str, track: &[&str], payload: &[u8]) -> String {
     mqdb::dedup::message_id(route, &track, payload)
 }
 
-/// The first field of a CSV row, or the `id` of a JSON row.
 fn row_id(payload: &[u8]) -> i64 {
     if payload.first() == Some(&b'{') {
         return id_of(payload);
@@ -1457,7 +1432,6 @@ fn row_id(payload: &[u8]) -> i64 {
     id.unwrap_or_else(|_| panic!("no id first in {text:?}"))
 }
 
-/// Now, in whole seconds since the epoch (as an AMQP timestamp).
 fn epoch_seconds() -> u64 {
     Utc::now().timestamp().try_into().expect("clock after 1970")
 }

@@ -236,7 +236,6 @@ fn insert_rows(db: &Db, table: &str, cols: &[Col]) -> usize {
 /// One outbound route: name, query, topic, format.
 type Out<'a> = (&'a str, String, String, &'a str);
 
-/// `mqdb.yaml` for `world` and `db` with `routes`, tracking `id` from 0.
 fn config(world: &World, db: &Db, routes: &[Out<'_>]) -> PathBuf {
     let route = |(name, query, topic, format): &Out<'_>| {
         let route = Route::outbound(name, query).track("id", 0);
@@ -256,7 +255,6 @@ fn expected(db: &Db, table: &str, cols: &[Col]) -> Vec<Vec<Option<String>>> {
     db.query(&format!("SELECT {exprs} FROM {table} ORDER BY id"))
 }
 
-/// Runs the matrix on `db`.
 fn values_arrive_exactly(db: &Db) {
     let world = World::new("fid-out");
     let cols = columns(db);
