@@ -148,7 +148,7 @@ impl Run {
     }
 
     fn wait_ids(&mut self, n: i64) {
-        wait_for_ids(&mut self.bridge, &self.sub, n);
+        wait_all(&mut self.bridge, &[], &self.sub, n);
     }
 
     fn wait_all_sent(&mut self, db: &Db, table: &str) {
@@ -266,7 +266,9 @@ fn only(mut letters: Vec<Json>) -> Json {
 /// Each dead letter as its row's `id` and its fields named in `keys`, in row id order.
 fn picked(letters: &[Json], keys: &[&str]) -> Vec<Json> {
     let pick = |letter: &Json| {
-        let mut out = json!({ "id": letter_id(letter) });
+        let payload = letter["payload"].as_str();
+        let payload = payload.unwrap_or_else(|| panic!("no text payload: {letter}"));
+        let mut out = json!({ "id": id_of(payload.as_bytes()) });
         for key in keys {
             out[*key] = letter[*key].clone();
         }
@@ -275,12 +277,6 @@ fn picked(letters: &[Json], keys: &[&str]) -> Vec<Json> {
     let mut out: Vec<Json> = letters.iter().map(pick).collect();
     out.sort_by_key(|l| (l["id"].as_i64(), l.to_string()));
     out
-}
-
-fn letter_id(letter: &Json) -> i64 {
-    let payload = letter["payload"].as_str();
-    let payload = payload.unwrap_or_else(|| panic!("no text payload: {letter}"));
-    id_of(payload.as_bytes())
 }
 
 fn id_counts<'a>(payloads: impl IntoIterator<Item = &'a [u8]>) -> Counts {
@@ -307,10 +303,14 @@ fn missing(counts: &Counts, n: i64) -> Vec<i64> {
     (1..=n).filter(|i| !counts.contains_key(i)).collect()
 }
 
-fn wait_for_ids(bridge: &mut Bridge, sub: &Subscriber, n: i64) {
+/// Waits until `before` and `sub` together hold every id in `1..=n`; returns how often each
+/// arrived.
+fn wait_all(bridge: &mut Bridge, before: &[Received], sub: &Subscriber, n: i64) -> Counts {
+    let all = || mqtt_id_counts(&[before, sub.messages().as_slice()].concat());
     wait_for(bridge, &format!("every id in 1..={n}"), || {
-        Ok(missing(&mqtt_id_counts(&sub.messages()), n).is_empty())
+        Ok(missing(&all(), n).is_empty())
     });
+    all()
 }
 
 fn filled(db: &Db, prefix: &str, columns: &str, values: &str) -> TempTable {
@@ -865,14 +865,6 @@ impl MqttStream {
     }
 }
 
-fn wait_all(bridge: &mut Bridge, before: &[Received], sub: &Subscriber, n: i64) -> Counts {
-    let all = || mqtt_id_counts(&[before, sub.messages().as_slice()].concat());
-    wait_for(bridge, &format!("every id in 1..={n}"), || {
-        Ok(missing(&all(), n).is_empty())
-    });
-    all()
-}
-
 /// Runs 2000 rows through a bridge that is stopped (SIGKILL or SIGTERM) after the first
 /// messages arrive and then started again; returns how often each id arrived.
 fn restart_mid_stream(graceful: bool) -> Counts {
@@ -889,7 +881,7 @@ fn restart_mid_stream(graceful: bool) -> Counts {
 
     pg_insert_range(&stream.table.name, 1001, 2000);
     let mut bridge = Bridge::start(&stream.config);
-    wait_for_ids(&mut bridge, &sub, 2000);
+    wait_all(&mut bridge, &[], &sub, 2000);
     std::thread::sleep(QUIET);
     let counts = mqtt_id_counts(&sub.messages());
     assert_eq!(missing(&counts, 2000), Vec::<i64>::new());
