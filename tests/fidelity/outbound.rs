@@ -10,7 +10,7 @@ use chrono::NaiveDateTime;
 use serde_json::{Map, Value as Json, json};
 
 use crate::common::{
-    Bridge, Config, Db, Received, Route, TempTable, World, dlq_list, path_str, run_mqdb,
+    Bridge, Config, Db, Received, Route, TempTable, World, base64_decode, dlq_list, mqdb_at,
     temp_sqlite, unique, wait_for,
 };
 
@@ -236,7 +236,6 @@ fn insert_rows(db: &Db, table: &str, cols: &[Col]) -> usize {
 /// One outbound route: name, query, topic, format.
 type Out<'a> = (&'a str, String, String, &'a str);
 
-/// `mqdb.yaml` for `world` and `db` with `routes`, tracking `id` from 0.
 fn config(world: &World, db: &Db, routes: &[Out<'_>]) -> PathBuf {
     let route = |(name, query, topic, format): &Out<'_>| {
         let route = Route::outbound(name, query).track("id", 0);
@@ -256,7 +255,6 @@ fn expected(db: &Db, table: &str, cols: &[Col]) -> Vec<Vec<Option<String>>> {
     db.query(&format!("SELECT {exprs} FROM {table} ORDER BY id"))
 }
 
-/// Runs the matrix on `db`.
 fn values_arrive_exactly(db: &Db) {
     let world = World::new("fid-out");
     let cols = columns(db);
@@ -377,15 +375,18 @@ fn same(c: &Col, format: &str, got: Option<Json>, want: Option<&str>) -> Result<
         Cmp::Time => text == crate::trim_fraction(want),
         Cmp::Bool => text == matches!(want, "true" | "t" | "1").to_string(),
     };
+    if equal {
+        return Ok(());
+    }
     let shown = |t: &str| match t.len() {
         len if len > 60 => format!("{}… ({len} bytes)", t.chars().take(20).collect::<String>()),
         _ => t.to_string(),
     };
-    let (text, want) = (shown(&text), shown(want));
-    match equal {
-        true => Ok(()),
-        false => Err(format!("published {text}, stored {want}")),
-    }
+    Err(format!(
+        "published {}, stored {}",
+        shown(&text),
+        shown(want)
+    ))
 }
 
 fn float(text: &str) -> Option<f64> {
@@ -405,23 +406,6 @@ fn stamp(text: &str) -> Option<NaiveDateTime> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02X}")).collect()
-}
-
-fn base64_decode(text: &str) -> Vec<u8> {
-    const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::with_capacity(text.len() / 4 * 3);
-    let (mut acc, mut bits) = (0u32, 0);
-    for &b in text.as_bytes().iter().filter(|&&b| b != b'=') {
-        let v = TABLE.iter().position(|&t| t == b);
-        let v = v.unwrap_or_else(|| panic!("{:?} is not base64", b as char)) as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
 }
 
 /// Publishes every row (`values`, SQL value lists) of a new table with `columns` as JSON;
@@ -454,7 +438,6 @@ fn publish_json(
     (messages, letters)
 }
 
-/// The `error` of each dead letter.
 fn reasons(letters: &[Json]) -> Vec<String> {
     let reason = |l: &Json| l["error"].as_str().unwrap_or_default().to_string();
     letters.iter().map(reason).collect()
@@ -483,8 +466,8 @@ fn postgres_infinities_the_driver_cannot_tell_apart_are_dead_letters() {
         "(1, 'infinity', '2024-01-01', 1), (2, '2024-01-01Z', '-infinity', 2), \
          (3, '-infinity', NULL, 3), (4, '2024-05-01 12:00:00+02', '2024-01-02', 'NaN')",
         |config| {
-            let out = run_mqdb(&["-c", path_str(config), "dlq", "replay", "--all"]);
-            replayed = Some((out.status.success(), dlq_list(config)));
+            let ran = mqdb_at(config, &["dlq", "replay", "--all"]);
+            replayed = Some((ran.code == Some(0), dlq_list(config)));
         },
     );
     // A replay publishes nothing for them: the stored payload lacks the value.
