@@ -9,13 +9,12 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use chrono::NaiveDateTime;
 use common::{
-    Bridge, Config, Db, Header, LIVENESS, Outgoing, Rabbit, Route, TcpProxy, TempTable, Workdir,
-    amqp_route, check_route, dlq_list, id_payloads, line_of, odbc_connect, odbc_exec, parse_ts,
-    pg_lock_waiters, process_stats, run_check, scalar, terminate_ok, try_scalar, ts, unique,
-    wait_consuming, wait_dead_letters, wait_for, wait_for_count, wait_queue, wait_queue_drained,
-    wait_until,
+    Bridge, Config, Db, Header, LIVENESS, NULL, Outgoing, Rabbit, Route, TcpProxy, TempTable,
+    Workdir, amqp_route, check_route, dlq_list, id_payloads, line_of, lock_holder, mqdb_at, pairs,
+    parse_bool, parse_ts, process_stats, scalar, terminate_ok, text_rows, ts, unique,
+    wait_consuming, wait_dead_letters, wait_for_count, wait_lock_waiter, wait_queue,
+    wait_queue_drained, wait_until,
 };
 use serde_json::{Value as Json, json};
 
@@ -41,21 +40,21 @@ impl World {
         (world, queue)
     }
 
-    /// `mqdb.yaml`: AMQP broker `r` at `amqp_url`, database `d` and `route`.
     fn yaml(&self, amqp_url: &str, connection_string: &str, route: Route) -> Config {
         let config = self.work.bare_config().broker("r", amqp_url, Json::Null);
         config.database("d", connection_string).inbound(route)
     }
 
-    /// Writes [`World::yaml`].
     fn config(&self, amqp_url: &str, connection_string: &str, route: Route) -> PathBuf {
         self.yaml(amqp_url, connection_string, route).write()
     }
 }
 
-/// An AMQP inbound route with `extra` settings and `columns` (column, source).
-fn route(name: &str, queue: &str, table: &str, columns: &[(&str, &str)], extra: &[&str]) -> Route {
-    amqp_route(name, queue, table).lines(extra).columns(columns)
+/// An AMQP inbound route with `extra` settings and `columns` as `column=source` pairs.
+fn route(name: &str, queue: &str, table: &str, columns: &str, extra: &[&str]) -> Route {
+    amqp_route(name, queue, table)
+        .lines(extra)
+        .columns(&pairs(columns))
 }
 
 /// The table for `{"id":…,"v":…}` messages ([`id_payloads`]) and their redelivered flag.
@@ -66,8 +65,8 @@ const ID_COLUMNS: &str = "id INTEGER PRIMARY KEY, v TEXT NOT NULL, re BOOLEAN";
 fn id_case(name: &str, amqp_url: &str, cs: &str, extra: &[&str]) -> IdCase {
     let (world, queue) = World::with_queue(&format!("mqdb_in_{name}"));
     let table = TempTable::create(&Db::Postgres, &format!("amqp_{name}"), ID_COLUMNS);
-    let columns = pairs("id=payload.id v=payload.v re=meta.redelivered");
-    let route = route(name, &queue, &table.name, &columns, extra).set("format", "json");
+    let columns = "id=payload.id v=payload.v re=meta.redelivered";
+    let route = route(name, &queue, &table.name, columns, extra).set("format", "json");
     let config = world.config(amqp_url, cs, route);
     (world, queue, table, config)
 }
@@ -81,36 +80,6 @@ fn assert_each_id_once(db: &Db, t: &str, n: i64, config: &Path) {
     let own = format!("SELECT COUNT(*) FROM {t} WHERE v = 'm' || id");
     assert_eq!(scalar(db, &own), n, "a row holds another message's value");
     assert_eq!(dlq_list(config), Vec::<Json>::new());
-}
-
-/// A PostgreSQL session that ran `sql` in a transaction it keeps open, holding its locks.
-fn hold(sql: &str) -> odbc_api::Connection<'static> {
-    let holder = odbc_connect(&Db::Postgres.connection_string()).expect("connect the holder");
-    holder.set_autocommit(false).expect("autocommit off");
-    odbc_exec(&holder, sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
-    holder
-}
-
-/// Waits until a batch of the bridge waits on a lock on `t`.
-fn wait_blocked(bridge: &mut Bridge, t: &str) {
-    wait_for(bridge, "a batch waiting on the held lock", || {
-        Ok(try_scalar(&Db::Postgres, &pg_lock_waiters(t)).unwrap_or(0) >= 1)
-    });
-}
-
-/// A boolean read back as text: PostgreSQL and MariaDB spell them differently.
-fn parse_bool(text: &str) -> bool {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "1" | "t" | "true" => true,
-        "0" | "f" | "false" => false,
-        other => panic!("{other:?} is not a boolean"),
-    }
-}
-
-/// `column=source` pairs separated by white space.
-fn pairs(spec: &str) -> Vec<(&str, &str)> {
-    let pairs = spec.split_whitespace().map(|p| p.split_once('='));
-    pairs.map(|p| p.expect("column=source")).collect()
 }
 
 /// `ts_select` selects `ts` as UTC text.
@@ -127,11 +96,9 @@ fn json_over_amqp_lands(db: Db, columns: &str, ts_select: &str) {
     assert!(!exists, "the exchange exists already");
     let table = TempTable::create(&db, "amqp_json", columns);
     let t = table.name.clone();
-    let sources = pairs(
-        "id=payload.id big=payload.big amount=payload.amount label=payload.label ts=payload.ts \
-         num=payload.num rk=meta.routing_key ex=meta.exchange re=meta.redelivered q=meta.queue \
-         br=meta.broker site=header.x-site seq=header.x-seq nohdr=header.x-missing",
-    );
+    let sources = "id=payload.id big=payload.big amount=payload.amount label=payload.label \
+         ts=payload.ts num=payload.num rk=meta.routing_key ex=meta.exchange re=meta.redelivered \
+         q=meta.queue br=meta.broker site=header.x-site seq=header.x-seq nohdr=header.x-missing";
     let bind = format!("bind: {{ exchange: \"{exchange}\", routing_key: \"sensors.#\" }}");
     let extra = [
         bind.as_str(),
@@ -139,7 +106,7 @@ fn json_over_amqp_lands(db: Db, columns: &str, ts_select: &str) {
         "batch: { max_rows: 500, max_delay: 100ms }",
         "on_conflict: error",
     ];
-    let route = route("amqp_json", &queue, &t, &sources, &extra);
+    let route = route("amqp_json", &queue, &t, sources, &extra);
     let config = world.config(Rabbit::URL, &db.connection_string(), route);
 
     // When the bridge starts, then it declares a durable queue and a durable topic exchange
@@ -191,57 +158,58 @@ fn json_over_amqp_lands(db: Db, columns: &str, ts_select: &str) {
     assert_eq!(scalar(&db, &count_sql), 103);
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
 
-    let rows = db.query(&format!(
-        "SELECT id, big, amount, label, {ts_select}, num, rk, ex, re, q, br, site, seq, nohdr \
-         FROM {t} WHERE id < 100 ORDER BY id"
-    ));
-    let col = |c: usize| -> Vec<Option<&str>> { rows.iter().map(|r| r[c].as_deref()).collect() };
-    let (s, q, x) = (Some, Some(queue.as_str()), Some(exchange.as_str()));
     // Integers are exact beyond 2^53 and decimals keep every digit; text arrives unchanged
-    // (non-ASCII, quotes, empty); JSON null is NULL and an absent key leaves the column
-    // default; the routing key, the exchange ("" for the default one), the queue and the
-    // broker name are the message's; string and integer headers land in their columns, and
-    // without the header the column keeps its default (NULL, or 'none')
-    let want: [(usize, [Option<&str>; 3]); 12] = [
-        (0, [s("1"), s("2"), s("3")]),
-        (1, [s("9007199254740993"), s("-42"), s("0")]),
-        (
-            2,
-            [
-                s("12345678901234567890.1234567890"),
-                s("-0.5000000000"),
-                s("0.0000000000"),
-            ],
-        ),
-        (3, [s("é 日本 🎉"), s("it's \"quoted\""), s("")]),
-        (5, [None, s("5"), s("7")]),
-        (6, [s("sensors.plant1.temp"), s("sensors.plant2.hum"), q]),
-        (7, [x, x, s("")]),
-        (9, [q, q, q]),
-        (10, [s("r"), s("r"), s("r")]),
-        (11, [s("Zürich-1"), s("south"), None]),
-        (12, [s("9007199254740993"), s("-7"), None]),
-        (13, [s("none"), s("none"), s("none")]),
-    ];
-    for (c, want) in want {
-        assert_eq!(col(c), want, "column {c}: {rows:?}");
-    }
+    // (non-ASCII, quotes, empty); JSON null is NULL and an absent key leaves the column default
+    let first_three = |cols: &str| {
+        db.query(&format!(
+            "SELECT {cols} FROM {t} WHERE id < 100 ORDER BY id"
+        ))
+    };
+    let values = text_rows(&[
+        [
+            "1",
+            "9007199254740993",
+            "12345678901234567890.1234567890",
+            "é 日本 🎉",
+            NULL,
+        ],
+        ["2", "-42", "-0.5000000000", "it's \"quoted\"", "5"],
+        ["3", "0", "0.0000000000", "", "7"],
+    ]);
+    assert_eq!(first_three("id, big, amount, label, num"), values);
+    // And the routing key, the exchange ("" for the default one), the queue and the broker
+    // name are the message's; string and integer headers land in their columns, and without
+    // the header the column keeps its default (NULL, or 'none')
+    let (q, x) = (queue.as_str(), exchange.as_str());
+    let metadata = text_rows(&[
+        [
+            "sensors.plant1.temp",
+            x,
+            q,
+            "r",
+            "Zürich-1",
+            "9007199254740993",
+            "none",
+        ],
+        ["sensors.plant2.hum", x, q, "r", "south", "-7", "none"],
+        [q, "", q, "r", NULL, NULL, "none"],
+    ]);
+    assert_eq!(first_three("rk, ex, q, br, site, seq, nohdr"), metadata);
     // And timestamps with offsets are stored as UTC, and nothing was redelivered
-    let stamps: Vec<NaiveDateTime> = col(4)
-        .into_iter()
-        .map(|v| parse_ts(v.expect("ts")))
+    let read = |row: &Vec<Option<String>>| {
+        let text = |c: usize| row[c].clone().expect("not NULL");
+        (parse_ts(&text(0)), parse_bool(&text(1)))
+    };
+    let stamps: Vec<_> = first_three(&format!("{ts_select}, re"))
+        .iter()
+        .map(read)
         .collect();
     let want = [
         "2024-05-01 10:00:00",
         "2024-05-02 04:30:00",
         "2024-05-01 12:00:00.250",
     ];
-    assert_eq!(stamps, want.map(ts));
-    let redelivered: Vec<bool> = col(8)
-        .into_iter()
-        .map(|v| parse_bool(v.expect("re")))
-        .collect();
-    assert_eq!(redelivered, [false, false, false]);
+    assert_eq!(stamps, want.map(|w| (ts(w), false)));
     // And the 100 filler rows carry their values and headers
     let seq_sum = format!("SELECT SUM(seq) FROM {t} WHERE id >= 100");
     assert_eq!(scalar(&db, &seq_sum), (100..200).sum::<i64>());
@@ -292,8 +260,7 @@ fn csv_over_amqp_stores_every_good_line_and_dead_letters_the_bad_one_sqlite() {
     let columns = "id INTEGER PRIMARY KEY, sku TEXT, qty INTEGER, note TEXT, q TEXT";
     let table = TempTable::create(&db, "amqp_csv", columns);
     let t = table.name.clone();
-    let sources =
-        pairs("id=payload.id sku=payload.sku qty=payload.2 note=payload.note q=meta.queue");
+    let sources = "id=payload.id sku=payload.sku qty=payload.2 note=payload.note q=meta.queue";
     let extra = [
         "format: csv",
         "csv: { fields: [id, sku, qty, note] }",
@@ -301,7 +268,7 @@ fn csv_over_amqp_stores_every_good_line_and_dead_letters_the_bad_one_sqlite() {
         "batch: { max_rows: 100, max_delay: 50ms }",
         "on_conflict: error",
     ];
-    let route = route("csv_items", &queue, &t, &sources, &extra);
+    let route = route("csv_items", &queue, &t, sources, &extra);
     let config = world.config(Rabbit::URL, &db.connection_string(), route);
     let mut with_bom = b"\xEF\xBB\xBF".to_vec();
     with_bom.extend_from_slice(b"20,mango,7,x\n\n21,\"say \"\"hi\"\"\",8,y");
@@ -320,45 +287,35 @@ fn csv_over_amqp_stores_every_good_line_and_dead_letters_the_bad_one_sqlite() {
     wait_dead_letters(&mut bridge, &config, 1);
     wait_queue_drained(&mut bridge, &queue);
     terminate_ok(&mut bridge);
-    let rows = format!("SELECT id, sku, qty, note, q FROM {t} ORDER BY id");
-    let rows = db.query(&rows);
-    let (s, q) = (|v: &str| Some(v.to_owned()), Some(queue.clone()));
-    let want = [
-        [s("1"), s("apple"), s("3"), s("plain")],
-        [s("2"), s("pear, green"), s("5"), s("two\nlines")],
-        [s("3"), s("plum"), None, None],
-        [s("10"), s("kiwi"), s("1"), s("a")],
-        [s("12"), s("fig"), s("4"), s("b")],
-        [s("20"), s("mango"), s("7"), s("x")],
-        [s("21"), s("say \"hi\""), s("8"), s("y")],
-    ];
-    let want: Vec<Vec<_>> = want
-        .into_iter()
-        .map(|r| [&r[..], std::slice::from_ref(&q)].concat())
-        .collect();
+    let rows = db.query(&format!(
+        "SELECT id, sku, qty, note, q FROM {t} ORDER BY id"
+    ));
+    let q = queue.as_str();
+    let want = text_rows(&[
+        ["1", "apple", "3", "plain", q],
+        ["2", "pear, green", "5", "two\nlines", q],
+        ["3", "plum", NULL, NULL, q],
+        ["10", "kiwi", "1", "a", q],
+        ["12", "fig", "4", "b", q],
+        ["20", "mango", "7", "x", q],
+        ["21", "say \"hi\"", "8", "y", q],
+    ]);
     assert_eq!(rows, want);
 
     // And the dead letter is that record alone: its line, its raw bytes, the queue
     let letters = dlq_list(&config);
     assert_eq!(letters.len(), 1, "{letters:#?}");
-    let letter = &letters[0];
-    let ctx = format!("{letter:#}");
-    let (headers, qs) = (&letter["headers"], queue.as_str());
-    let fields = [
-        (&letter["route"], Json::from("csv_items")),
-        (&letter["direction"], "inbound".into()),
-        (&letter["source"], qs.into()),
-        (&letter["error_kind"], "decode".into()),
-        (&letter["payload"], "11,lime,2".into()),
-        (&headers["line"], 2.into()),
-        (&headers["queue"], qs.into()),
-        (&headers["exchange"], "".into()),
-        (&headers["routing_key"], qs.into()),
-        (&headers["broker"], "r".into()),
-    ];
-    for (got, want) in fields {
-        assert_eq!(got, &want, "{ctx}");
-    }
+    let (letter, ctx) = (&letters[0], format!("{:#}", letters[0]));
+    let pick =
+        |from: &Json, keys: &str| -> Json { keys.split(' ').map(|k| from[k].clone()).collect() };
+    let about = pick(letter, "route direction source error_kind payload");
+    assert_eq!(
+        about,
+        json!(["csv_items", "inbound", q, "decode", "11,lime,2"]),
+        "{ctx}"
+    );
+    let headers = pick(&letter["headers"], "line queue exchange routing_key broker");
+    assert_eq!(headers, json!([2, q, "", q, "r"]), "{ctx}");
     let error = letter["error"].as_str().unwrap_or("");
     assert!(error.contains("line 2"), "{ctx}");
     assert!(error.contains("3 fields, expected 4"), "{ctx}");
@@ -443,11 +400,14 @@ fn sigkill_mid_stream_then_restart_stores_every_message_once_postgres() {
     let t = &table.name;
     let n = 2000_i64;
     world.rabbit.publish_to_queue(&queue, id_payloads(1..=n));
-    let blocker = hold(&format!("INSERT INTO {t} (id, v) VALUES (1000, 'blocker')"));
+    let blocker = lock_holder(
+        &db,
+        &format!("INSERT INTO {t} (id, v) VALUES (1000, 'blocker')"),
+    );
 
     // When the bridge runs until its batch with id 1000 waits on that lock, and is killed
     let mut bridge = Bridge::start(&config);
-    wait_blocked(&mut bridge, t);
+    wait_lock_waiter(&mut bridge, t);
     bridge.kill();
     let count_sql = format!("SELECT COUNT(*) FROM {t}");
     let before_kill = scalar(&db, &count_sql);
@@ -482,8 +442,7 @@ fn sigkill_mid_stream_then_restart_stores_every_message_once_postgres() {
         let rows = db.query(&format!("SELECT re FROM {t} WHERE id = {id}"));
         parse_bool(rows[0][0].as_deref().expect("re is not NULL"))
     };
-    let held_came_back = flag(1000);
-    assert!(held_came_back, "the one held at the kill: not redelivered");
+    assert!(flag(1000), "the one held at the kill: not redelivered");
     assert!(!flag(1), "the first message was stored as redelivered");
     terminate_ok(&mut bridge);
     eprintln!("rows committed before the kill: {before_kill} of {n}");
@@ -505,10 +464,10 @@ fn broker_connection_cut_loses_and_duplicates_nothing_postgres() {
     let url = Rabbit::url_via(proxy.port);
     let (world, queue, table, config) = id_case("bcut", &url, &db.connection_string(), &extra);
     let t = &table.name;
-    let locker = hold(&format!("LOCK TABLE {t} IN SHARE MODE"));
+    let locker = lock_holder(&db, &format!("LOCK TABLE {t} IN SHARE MODE"));
     world.rabbit.publish_to_queue(&queue, id_payloads(1..=1000));
     let mut bridge = Bridge::start(&config);
-    wait_blocked(&mut bridge, t);
+    wait_lock_waiter(&mut bridge, t);
 
     // When the broker connection is cut, the lock is released (the held batch may commit,
     // but its acknowledgements cannot reach the broker) and 1000 more messages arrive
@@ -549,13 +508,10 @@ fn broker_connection_cut_loses_and_duplicates_nothing_postgres() {
 fn assert_rejected_at(dir: &Path, text: &str, needle: &str, word: &str) -> String {
     let path = dir.join("check.yaml");
     std::fs::write(&path, text).expect("write check.yaml");
-    let (code, stdout, stderr) = run_check(&path);
-    let show = format!("{text}\n{stdout}{stderr}");
-    assert_eq!(code, Some(2), "{show}");
+    let ran = mqdb_at(&path, &["check"]);
     let located = format!("{}:{}:", path.display(), line_of(text, needle));
-    assert!(stderr.contains(&located), "expected {located:?}\n{show}");
-    assert!(stderr.contains(word), "{show}");
-    stdout
+    ran.code(2).stderr_has(&[&located, word]);
+    ran.stdout
 }
 
 #[test]
@@ -565,9 +521,9 @@ fn check_accepts_an_amqp_inbound_route_and_rejects_mqtt_only_keys() {
     let columns = "id INTEGER PRIMARY KEY, rk TEXT, site TEXT";
     let table = TempTable::create(&Db::Postgres, "amqp_check", columns);
     let t = table.name.clone();
-    let sources = pairs("id=payload.id rk=meta.routing_key site=header.x-site");
+    let sources = "id=payload.id rk=meta.routing_key site=header.x-site";
     let extra = ["format: json", "prefetch: 20"];
-    let good = route("amqp_good", &queue, &t, &sources, &extra);
+    let good = route("amqp_good", &queue, &t, sources, &extra);
     let cs = Db::Postgres.connection_string();
     let config = world.config(Rabbit::URL, &cs, good.clone());
 

@@ -5,8 +5,9 @@
 mod common;
 
 use common::{
-    Bridge, Config, Db, Mosquitto, Ran, Route, TempTable, Workdir, World, free_port, line_of,
-    mqdb_at, mqdb_command, mqdb_env, path_str, terminate_ok, unique, wait_for, wait_for_count,
+    Bridge, Config, Db, Mosquitto, Ran, Route, TempTable, Workdir, World, free_port, letter_id,
+    line_of, mqdb_at, mqdb_command, mqdb_env, pairs, path_str, terminate_ok, unique, wait_for,
+    wait_for_count,
 };
 use mqdb::dlq::{Direction, NewDeadLetter};
 use mqdb::state::State;
@@ -39,7 +40,7 @@ fn site_route(name: &str, table: &str) -> Route {
         .set("topic", topic)
         .set("database", "d")
         .set("table", table)
-        .columns(&[("site", "topic.site"), ("v", "payload.value")])
+        .columns(&pairs("site=topic.site v=payload.value"))
 }
 
 /// A `site VARCHAR, v DOUBLE` table for [`site_route`].
@@ -152,9 +153,8 @@ fn unset_variable_without_default_names_line_and_variable() {
 fn missing_config_file_is_a_usage_error_naming_the_file() {
     let work = Workdir::new("cli");
     let path = work.path("does-not-exist.yaml");
-    mqdb_at(&path, &["check"])
-        .code(2)
-        .stderr_has(&[&path.display().to_string()]);
+    let out = mqdb_at(&path, &["check"]);
+    out.code(2).stderr_has(&[&path.display().to_string()]);
     // The same for the other commands: the file is read before anything else happens.
     for args in [&["run"][..], &["dlq", "list"][..]] {
         mqdb_at(&path, args).code(2);
@@ -182,26 +182,27 @@ fn env_substitution_reaches_check_end_to_end() {
         "Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port=${{{unset}:-5432}};\
          Database=${{{db_var}}};Uid=root;"
     );
-    let path = Config::at(work.path("mqdb.yaml"))
+    let config = Config::at(work.path("mqdb.yaml"))
         .state(&format!("${{{unset}:-{}}}", work.store.url()))
-        .broker("b", &url, json!({ "client_id": cid, "username": username }))
+        .broker("b", &url, json!({ "client_id": cid, "username": username }));
+    let path = config
         .database("d", &cs)
         .inbound(site_route("r_env", &table.name))
         .write();
     let run = |args: &[&str], mqtt_port: &str, db: &str| {
         let cid = unique("cli_cid");
-        mqdb_env(
-            &path,
-            args,
-            &[(&port_var, mqtt_port), (&cid_var, &cid), (&db_var, db)],
-        )
+        let env = [
+            (port_var.as_str(), mqtt_port),
+            (&cid_var, &cid),
+            (&db_var, db),
+        ];
+        mqdb_env(&path, args, &env)
     };
 
     // Given variables with the real broker port and database name, check passes
     let route = "inbound r_env";
-    run(&["check"], "1883", "test")
-        .code(0)
-        .route_is(route, "ok", &[&table.name]);
+    let out = run(&["check"], "1883", "test");
+    out.code(0).route_is(route, "ok", &[&table.name]);
     // And the state URL's default is where `dlq list` opens the store
     assert!(!work.path("state.db").exists());
     let out = run(&["dlq", "list"], "1883", "test");
@@ -209,12 +210,10 @@ fn env_substitution_reaches_check_end_to_end() {
 
     // When the port variable points at a closed port, the broker fails
     let closed = free_port().to_string();
-    let out = run(&["check"], &closed, "test");
-    out.fails(route, &["broker b"]);
+    run(&["check"], &closed, "test").fails(route, &["broker b"]);
 
     // When the database variable names a database that does not exist, the database fails
-    let out = run(&["check"], "1883", &unique("nodb"));
-    out.fails(route, &["database d"]);
+    run(&["check"], "1883", &unique("nodb")).fails(route, &["database d"]);
 }
 
 /// `${VAR}` in route fields (table, topic) should be substituted like everywhere else.
@@ -245,9 +244,8 @@ fn mqdb_config_env_selects_the_file_and_dash_c_wins() {
     let sqlite = Db::Sqlite(work.path("data.db"));
     let table = site_table(&sqlite, "cli_cfg");
     let good = work.path("selected.yaml");
-    base(&work, &sqlite)
-        .inbound(site_route("r1", &table.name))
-        .write_to(&good);
+    let config = base(&work, &sqlite).inbound(site_route("r1", &table.name));
+    config.write_to(&good);
     let bad = work.path("bad.yaml");
     std::fs::write(&bad, "brokers:\n  b:\n    urll: x\n").expect("write bad.yaml");
     let elsewhere = Workdir::new("cli"); // a working directory without mqdb.yaml
@@ -294,8 +292,7 @@ fn check_passes_for_postgres_mariadb_and_sqlite_routes() {
             .inbound(route);
     }
     let out = check(&config);
-    out.code(0);
-    let non_empty = out.stdout.lines().filter(|l| !l.trim().is_empty());
+    let non_empty = out.code(0).stdout.lines().filter(|l| !l.trim().is_empty());
     assert_eq!(non_empty.count(), 3, "one line per route\n{out}");
     for (name, table) in &tables {
         out.route_is(&format!("inbound r_{name}"), "ok", &[&table.name]);
@@ -320,11 +317,8 @@ fn check_fails_naming_route_and_missing_table() {
 fn check_fails_naming_missing_column() {
     let work = Workdir::new("cli");
     let table = site_table(&Db::MariaDb, "cli_col");
-    let route = site_route("r_col", &table.name).columns(&[
-        ("site", "topic.site"),
-        ("v", "payload.value"),
-        ("humidity_pct", "payload.h"),
-    ]);
+    let columns = pairs("site=topic.site v=payload.value humidity_pct=payload.h");
+    let route = site_route("r_col", &table.name).columns(&columns);
     let config = base(&work, &Db::MariaDb).inbound(route);
     check(&config).fails("inbound r_col", &["humidity_pct"]);
 }
@@ -335,20 +329,19 @@ fn check_fails_naming_unreachable_broker() {
     let sqlite = Db::Sqlite(work.path("data.db"));
     let table = site_table(&sqlite, "cli_nb");
     let url = format!("mqtt://127.0.0.1:{}", free_port());
-    let config = work
-        .bare_config()
-        .broker("deadbroker", &url, json!({ "client_id": unique("cli") }))
-        .database("d", &sqlite.connection_string())
-        .inbound(site_route("r_nb", &table.name).set("broker", "deadbroker"));
+    let client_id = json!({ "client_id": unique("cli") });
+    let config = work.bare_config().broker("deadbroker", &url, client_id);
+    let config = config.database("d", &sqlite.connection_string());
+    let config = config.inbound(site_route("r_nb", &table.name).set("broker", "deadbroker"));
     check(&config).fails("inbound r_nb", &["deadbroker"]);
 }
 
 #[test]
 fn check_fails_naming_unreachable_database() {
     let work = Workdir::new("cli");
-    let config = with_broker(&work)
-        .database("deaddb", &Db::Postgres.connection_string_via(free_port()))
-        .inbound(site_route("r_nd", "whatever").set("database", "deaddb"));
+    let config =
+        with_broker(&work).database("deaddb", &Db::Postgres.connection_string_via(free_port()));
+    let config = config.inbound(site_route("r_nd", "whatever").set("database", "deaddb"));
     check(&config).fails("inbound r_nd", &["deaddb"]);
 }
 
@@ -368,8 +361,8 @@ fn secret_config(work: &Workdir, broker: (&str, &str), db: Json, table: &str) ->
     let (url, secret) = broker;
     let broker =
         json!({ "client_id": unique("cli_sec"), "username": "mqdbuser", "password": secret });
-    work.bare_config()
-        .broker("b", url, broker)
+    let config = work.bare_config().broker("b", url, broker);
+    config
         .set("databases", json!({ "d": db }))
         .inbound(site_route("r1", table))
 }
@@ -381,10 +374,8 @@ fn wrong_maria_passwords(work: &Workdir) -> [(&'static str, Json, String); 3] {
     let file = work.path("db_password");
     std::fs::write(&file, format!("{file_pw}\n")).expect("write the password file");
     let maria = |key: &str, value: Json| json!({ "connection_string": MARIA_NO_PWD, key: value });
-    let (in_file, in_cs) = (
-        maria("password_file", json!(file)),
-        json!({ "connection_string": format!("{MARIA_NO_PWD}PWD={cs_pw};") }),
-    );
+    let in_file = maria("password_file", json!(file));
+    let in_cs = json!({ "connection_string": format!("{MARIA_NO_PWD}PWD={cs_pw};") });
     [
         ("password.yaml", maria("password", json!(pw)), pw),
         ("password_file.yaml", in_file, file_pw),
@@ -414,10 +405,9 @@ fn check_never_prints_database_or_broker_passwords() {
     let ok_secret = secret();
     let broker = (SHARED_BROKER, broker_secret.as_str());
     let config = secret_config(&work, broker, pg_with(&ok_secret), &pg.name);
-    mqdb_at(&config.write(), &["-vv", "check"])
-        .code(0)
-        .never_shows(&ok_secret)
-        .never_shows(&broker_secret);
+    let out = mqdb_at(&config.write(), &["-vv", "check"]);
+    out.code(0).never_shows(&ok_secret);
+    out.never_shows(&broker_secret);
 }
 
 #[test]
@@ -429,10 +419,8 @@ fn check_never_prints_the_broker_password_when_the_broker_fails() {
     let url = format!("mqtt://127.0.0.1:{}", free_port());
     let db = json!({ "connection_string": sqlite.connection_string() });
     let config = secret_config(&work, (&url, &broker_secret), db, &table.name);
-    mqdb_at(&config.write(), &["-vv", "check"])
-        .code(1)
-        .stdout_has("FAIL")
-        .never_shows(&broker_secret);
+    let out = mqdb_at(&config.write(), &["-vv", "check"]);
+    out.code(1).stdout_has("FAIL").never_shows(&broker_secret);
 }
 
 #[test]
@@ -490,9 +478,8 @@ fn dlq_on_an_empty_store() {
     // A route that is neither configured nor stored is a usage error, not "no match".
     let out = mqdb_at(&path, &["dlq", "list", "--route", "r1"]);
     out.code(2).stderr_has(&["r1"]);
-    mqdb_at(&path, &["dlq", "show", "999"])
-        .code(1)
-        .stderr_has(&["999"]);
+    let out = mqdb_at(&path, &["dlq", "show", "999"]);
+    out.code(1).stderr_has(&["999"]);
     mqdb_at(&path, &["dlq", "show", "not-a-number"]).code(2);
 }
 
@@ -510,10 +497,8 @@ fn malformed_message_is_listed_for_its_route_and_logs_are_json() {
 
     // When one good and one malformed message arrive
     let topic = format!("{topic_base}/north/s1");
-    let msgs = [b"not json".to_vec(), br#"{"value": 1.5}"#.to_vec()];
-    world
-        .publisher()
-        .publish_all_confirmed(msgs.map(|m| (topic.clone(), m)).to_vec(), 1);
+    let msgs = [&b"not json"[..], br#"{"value": 1.5}"#].map(|m| (topic.clone(), m.to_vec()));
+    world.publisher().publish_all_confirmed(msgs.to_vec(), 1);
     let count = format!("SELECT COUNT(*) FROM {}", table.name);
     wait_for_count(&mut bridge, &sqlite, &count, 1);
     let listed = || mqdb_at(&path, &["dlq", "list", "--route", "r1", "--json"]);
@@ -523,12 +508,8 @@ fn malformed_message_is_listed_for_its_route_and_logs_are_json() {
 
     // Then `dlq list --route r1` shows it, in JSON and as text
     let out = listed();
-    out.code(0);
-    let letters: Vec<Json> = out
-        .stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
-        .collect();
+    let parse = |l: &str| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"));
+    let letters: Vec<Json> = out.code(0).stdout.lines().map(parse).collect();
     assert_eq!(letters.len(), 1, "{out}");
     let l = &letters[0];
     let want = json!({
@@ -545,7 +526,7 @@ fn malformed_message_is_listed_for_its_route_and_logs_are_json() {
     assert!(!listed.stdout.contains("is empty"), "{out}");
 
     // And `dlq show ID` prints it
-    let id = l["id"].as_i64().expect("numeric id").to_string();
+    let id = letter_id(l).to_string();
     mqdb_at(&path, &["dlq", "show", &id])
         .code(0)
         .stdout_has("not json");
@@ -554,21 +535,19 @@ fn malformed_message_is_listed_for_its_route_and_logs_are_json() {
     let out = mqdb_at(&path, &["dlq", "list", "--route", "other", "--json"]);
     assert_eq!(out.code(2).stderr_has(&["valid: r1"]).stdout, "", "{out}");
     // And a kind with no dead letters matches nothing
-    mqdb_at(&path, &["dlq", "list", "--error-kind", "convert"])
-        .code(0)
-        .stdout_has("no dead letters match");
+    let out = mqdb_at(&path, &["dlq", "list", "--error-kind", "convert"]);
+    out.code(0).stdout_has("no dead letters match");
 
     // And every line the bridge logged is a JSON object
     terminate_ok(&mut bridge);
     let log = bridge.log();
-    let mut lines = 0;
-    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    for line in &lines {
         let v: Json = serde_json::from_str(line)
             .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line:?}\nlog:\n{log}"));
         assert!(v.is_object(), "{line}");
-        lines += 1;
     }
-    assert!(lines >= 3, "expected several log lines:\n{log}");
+    assert!(lines.len() >= 3, "expected several log lines:\n{log}");
     assert!(log.contains("route ready"), "{log}");
     // Payloads are not logged by default
     assert!(!log.contains("not json"), "payload in the log:\n{log}");
@@ -618,6 +597,11 @@ impl<F: FnMut()> Drop for Defer<F> {
     }
 }
 
+/// A database at `cs` whose credentials come only from the username/password keys.
+fn login(cs: &str, username: &str, password: &str) -> Json {
+    json!({ "connection_string": cs, "username": username, "password": password })
+}
+
 #[test]
 fn username_and_password_keys_log_in_on_every_driver() {
     // Given a MariaDB account whose password holds `;`, `}`, `=` and `@`, and databases
@@ -640,22 +624,13 @@ fn username_and_password_keys_log_in_on_every_driver() {
     let pg = TempTable::create(&Db::Postgres, "cli_cred", "v INTEGER");
     let my = TempTable::create(&Db::MariaDb, "cli_cred", "v INTEGER");
     let lite = TempTable::create(&sqlite, "cli_cred", "v INTEGER");
+    let pg_cs = "Driver={PostgreSQL Unicode};Server=127.0.0.1;Port=5432;Database=test;";
+    let my_cs = "Driver={MariaDB Unicode};Server=127.0.0.1;Port=3306;Database=test;";
     let config = |my_password: &str| {
         let databases = json!({
-            "pg": {
-                "connection_string":
-                    "Driver={PostgreSQL Unicode};Server=127.0.0.1;Port=5432;Database=test;",
-                "username": "root", "password": password,
-            },
-            "my": {
-                "connection_string":
-                    "Driver={MariaDB Unicode};Server=127.0.0.1;Port=3306;Database=test;",
-                "username": user, "password": my_password,
-            },
-            "lite": {
-                "connection_string": sqlite.connection_string(),
-                "username": "nobody", "password": password,
-            },
+            "pg": login(pg_cs, "root", password),
+            "my": login(my_cs, &user, my_password),
+            "lite": login(&sqlite.connection_string(), "nobody", password),
         });
         let mut config = with_broker(&work).set("databases", databases);
         for (db, table) in [("pg", &pg), ("my", &my), ("lite", &lite)] {
@@ -694,12 +669,10 @@ fn mqtt_url_credentials_log_in_and_never_show() {
     let table = TempTable::create(&sqlite, "cli_url", "v INTEGER");
     let port = broker.port;
     let check_url = |url: String| {
-        let config = work
-            .bare_config()
-            .broker("b", &url, json!({ "client_id": unique("cli_url") }))
-            .database("d", &sqlite.connection_string())
-            .inbound(Route::inbound("r", "cli/url", &table.name));
-        check(&config)
+        let client_id = json!({ "client_id": unique("cli_url") });
+        let config = work.bare_config().broker("b", &url, client_id);
+        let config = config.database("d", &sqlite.connection_string());
+        check(&config.inbound(Route::inbound("r", "cli/url", &table.name)))
     };
 
     // When `check` runs with the credentials in the URL (percent-encoded), with a wrong
@@ -729,26 +702,22 @@ fn dlq_list_into_a_pipe_closed_early_exits_quietly() {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     runtime.block_on(async {
         let store = State::open(&state).await.expect("open the store");
-        let letters: Vec<NewDeadLetter> = (0..2000)
-            .map(|i| NewDeadLetter {
-                route: "r".into(),
-                direction: Direction::Inbound,
-                source: "t".into(),
-                payload: format!("{i:0>200}").into_bytes(),
-                headers: json!({}),
-                error_kind: "decode".into(),
-                error: "invalid JSON".into(),
-                sqlstate: None,
-            })
-            .collect();
+        let letter = |i| NewDeadLetter {
+            route: "r".into(),
+            direction: Direction::Inbound,
+            source: "t".into(),
+            payload: format!("{i:0>200}").into_bytes(),
+            headers: json!({}),
+            error_kind: "decode".into(),
+            error: "invalid JSON".into(),
+            sqlstate: None,
+        };
+        let letters: Vec<NewDeadLetter> = (0..2000).map(letter).collect();
         store.store_dead_letters(&letters).await.expect("store");
         store.close().await;
     });
-    let path = work
-        .bare_config()
-        .set("brokers", json!({}))
-        .set("databases", json!({}))
-        .write();
+    let config = work.bare_config().set("brokers", json!({}));
+    let path = config.set("databases", json!({})).write();
 
     // When `dlq list --json` (and the table) are read for one line and the pipe is closed,
     // as `| head -1` does

@@ -9,27 +9,17 @@ use std::path::{Path, PathBuf};
 
 use chrono::NaiveDateTime;
 use common::{
-    Bridge, Db, LIVENESS, Mosquitto, Publisher, Route, TempTable, World, dlq_list, parse_ts,
-    path_str, run_mqdb, ts, unique, wait_for, wait_until,
+    Bridge, Db, LIVENESS, NULL, Ran, Route, TempTable, World, base64_decode, dlq_list, mqdb_at,
+    pairs, parse_ts, temp_sqlite, text_rows, ts, unique, wait_dead_letters, wait_for, wait_until,
 };
 use common::{scalar, terminate_ok, try_scalar, wait_for_count};
 use serde_json::Value as Json;
 
 type Rows = Vec<Vec<Option<String>>>;
 
-/// Which database a [`Case`] writes to.
-#[derive(Clone, Copy, Debug)]
-enum Target {
-    Postgres,
-    MariaDb,
-    /// A database file in the test's temp dir.
-    Sqlite,
-}
-
 /// One CSV route on one topic into one fresh table, with the bridge's persistent session in
 /// place (so everything published before [`Case::start`] is queued for it).
 struct Case {
-    // Dropped first: the table lives in the world's temp dir for SQLite.
     table: TempTable,
     world: World,
     db: Db,
@@ -40,46 +30,35 @@ struct Case {
 
 impl Case {
     /// A route with the given `csv:` lines and `columns:` (none: no block).
-    fn new(db: Target, prefix: &str, table: &str, csv: &[&str], cols: &[(&str, &str)]) -> Case {
+    fn new(db: &Db, prefix: &str, table: &str, csv: &[&str], cols: &[(&str, &str)]) -> Case {
         Case::in_world(World::new("csv"), db, prefix, table, csv, cols)
     }
 
     /// Like [`Case::new`] on a broker that logs every packet, so PUBACKs can be counted.
-    fn logged(db: Target, prefix: &str, table: &str, csv: &[&str], cols: &[(&str, &str)]) -> Case {
+    fn logged(db: &Db, prefix: &str, table: &str, csv: &[&str], cols: &[(&str, &str)]) -> Case {
         let world = World::with_broker_config("csv", "log_type all\n");
         Case::in_world(world, db, prefix, table, csv, cols)
     }
 
     fn in_world(
         world: World,
-        target: Target,
+        db: &Db,
         prefix: &str,
         table_columns: &str,
         csv: &[&str],
         columns: &[(&str, &str)],
     ) -> Case {
-        let db = match target {
-            Target::Postgres => Db::Postgres,
-            Target::MariaDb => Db::MariaDb,
-            Target::Sqlite => Db::Sqlite(world.dir.path().join("target.db")),
-        };
-        let table = TempTable::create(&db, prefix, table_columns);
+        let table = TempTable::create(db, prefix, table_columns);
         let topic = format!("{}/csv", unique(prefix));
         let route = format!("{prefix}_{}", db.label());
-        let config = world
-            .config(&db)
-            .inbound(
-                Route::inbound(&route, &topic, &table.name)
-                    .set("format", "csv")
-                    .block("csv", csv)
-                    .columns(columns),
-            )
-            .write();
+        let inbound = Route::inbound(&route, &topic, &table.name).format("csv");
+        let inbound = inbound.block("csv", csv).columns(columns);
+        let config = world.config(db).inbound(inbound).write();
         world.persistent_session(&topic);
         Case {
             table,
             world,
-            db,
+            db: db.clone(),
             topic,
             route,
             config,
@@ -94,24 +73,23 @@ impl Case {
     /// broker's PUBACKs.
     fn publish(&self, payloads: &[Vec<u8>]) {
         let messages = payloads.iter().map(|p| (self.topic.clone(), p.clone()));
-        Publisher::connect(self.world.broker.port).publish_all_confirmed(messages.collect(), 1);
+        let publisher = self.world.publisher();
+        publisher.publish_all_confirmed(messages.collect(), 1);
     }
 
     fn start(&self) -> Bridge {
         Bridge::start(&self.config)
     }
 
-    /// `SELECT {columns} FROM {table} ORDER BY` the first of them, every value as text.
-    fn rows(&self, columns: &str) -> Rows {
-        let sql = format!("SELECT {columns} FROM {} ORDER BY 1", self.t());
+    /// Every row of the table ordered by its first column, every value as text.
+    fn rows(&self) -> Rows {
+        let sql = format!("SELECT * FROM {} ORDER BY 1", self.t());
         self.db.query(&sql)
     }
 
     fn count(&self, filter: &str) -> i64 {
-        scalar(
-            &self.db,
-            &format!("SELECT COUNT(*) FROM {} {filter}", self.t()),
-        )
+        let sql = format!("SELECT COUNT(*) FROM {} {filter}", self.t());
+        scalar(&self.db, &sql)
     }
 
     /// Waits until the table holds exactly `want` rows (more fails at once).
@@ -120,14 +98,19 @@ impl Case {
         wait_for_count(bridge, &self.db, &sql, want);
     }
 
-    /// Publishes `payloads`, starts the bridge and waits until `columns` of the table
-    /// (ordered by the first) are `want`.
-    fn run(&self, payloads: &[Vec<u8>], columns: &str, want: Rows) -> Bridge {
+    /// Publishes `payloads`, starts the bridge and waits until the table's rows (ordered by
+    /// the first column) are `want`.
+    fn run(&self, payloads: &[Vec<u8>], want: Rows) -> Bridge {
         self.publish(payloads);
         let mut bridge = self.start();
         self.wait_rows(&mut bridge, want.len() as i64);
-        assert_eq!(self.rows(columns), want);
+        assert_eq!(self.rows(), want);
         bridge
+    }
+
+    /// [`Case::run`], then asserts that there are no dead letters and stops the bridge.
+    fn run_clean(&self, payloads: &[Vec<u8>], want: Rows) {
+        self.end_clean(self.run(payloads, want));
     }
 
     /// Asserts that there are no dead letters, then stops the bridge.
@@ -136,22 +119,9 @@ impl Case {
         terminate_ok(&mut bridge);
     }
 
-    /// Waits until exactly `want` dead letters are stored (more fails at once); returns them.
-    fn wait_letters(&self, bridge: &mut Bridge, want: usize) -> Vec<Json> {
-        let mut letters = Vec::new();
-        wait_for(bridge, &format!("{want} dead letters"), || {
-            letters = dlq_list(&self.config);
-            if letters.len() > want {
-                return Err(format!("{} dead letters: {letters:#?}", letters.len()));
-            }
-            Ok(letters.len() == want)
-        });
-        letters
-    }
-
     /// Waits for exactly the dead letters of `want`, one per line, and asserts each.
     fn expect_letters(&self, bridge: &mut Bridge, want: &[Expected]) {
-        let letters = by_line(&self.wait_letters(bridge, want.len()));
+        let letters = by_line(&wait_dead_letters(bridge, &self.config, want.len()));
         let lines: Vec<i64> = want.iter().map(|w| w.line).collect();
         assert_eq!(letters.keys().copied().collect::<Vec<_>>(), lines);
         for w in want {
@@ -172,12 +142,9 @@ impl Case {
         let prefix = format!("line {}: ", want.line);
         assert!(error.starts_with(&prefix), "starts with {prefix:?}: {ctx}");
         assert!(error.contains(want.error), "has {:?}: {ctx}", want.error);
-        assert_eq!(
-            letter_payload(letter),
-            want.payload,
-            "the payload is exactly the record's raw bytes ({:?}): {ctx}",
-            String::from_utf8_lossy(want.payload)
-        );
+        let raw = String::from_utf8_lossy(want.payload);
+        let what = format!("the payload is exactly the record's raw bytes ({raw:?}): {ctx}");
+        assert_eq!(letter_payload(letter), want.payload, "{what}");
         match want.sqlstate {
             Some(state) => assert_eq!(letter["sqlstate"], state, "{ctx}"),
             None => assert!(letter.get("sqlstate").is_none_or(Json::is_null), "{ctx}"),
@@ -216,64 +183,34 @@ fn fields<'a>(line: i64, error: &'a str, payload: &'a [u8]) -> Expected<'a> {
 fn by_line(letters: &[Json]) -> BTreeMap<i64, Json> {
     let mut map = BTreeMap::new();
     for letter in letters {
-        let line = letter["headers"]["line"]
-            .as_i64()
-            .unwrap_or_else(|| panic!("a dead letter without headers.line: {letters:#?}"));
-        assert!(
-            map.insert(line, letter.clone()).is_none(),
-            "two dead letters for line {line}: {letters:#?}"
-        );
+        let line = letter["headers"]["line"].as_i64();
+        let line =
+            line.unwrap_or_else(|| panic!("a dead letter without headers.line: {letters:#?}"));
+        let first = map.insert(line, letter.clone()).is_none();
+        assert!(first, "two dead letters for line {line}: {letters:#?}");
     }
     map
 }
 
-/// The payload bytes of a dead letter from `dlq list --json`: text, or base64 when it is not
-/// UTF-8 (`payload_base64`, or `payload` with `payload_encoding: "base64"`).
+/// The payload bytes of a dead letter from `dlq list --json`: text, or `payload_base64`
+/// when it is not UTF-8.
 fn letter_payload(letter: &Json) -> Vec<u8> {
     if let Some(b64) = letter.get("payload_base64").and_then(Json::as_str) {
         return base64_decode(b64);
     }
-    let text = letter["payload"]
-        .as_str()
-        .unwrap_or_else(|| panic!("a dead letter without a payload: {letter:#}"));
-    if letter.get("payload_encoding").and_then(Json::as_str) == Some("base64") {
-        base64_decode(text)
-    } else {
-        text.as_bytes().to_vec()
-    }
-}
-
-fn base64_decode(text: &str) -> Vec<u8> {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let (mut out, mut acc, mut bits) = (Vec::new(), 0u32, 0);
-    for c in text
-        .bytes()
-        .filter(|&c| c != b'=' && !c.is_ascii_whitespace())
-    {
-        let v = ALPHABET.iter().position(|&a| a == c);
-        acc = (acc << 6) | v.unwrap_or_else(|| panic!("{text:?} is not base64")) as u32;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    out
+    let text = letter["payload"].as_str();
+    let text = text.unwrap_or_else(|| panic!("a dead letter without a payload: {letter:#}"));
+    text.as_bytes().to_vec()
 }
 
 /// `lines` joined with LF, with a final LF.
 fn lf<S: AsRef<str>>(lines: &[S]) -> Vec<u8> {
-    lines
-        .iter()
-        .map(|l| format!("{}\n", l.as_ref()))
-        .collect::<String>()
-        .into_bytes()
+    let line = |l: &S| format!("{}\n", l.as_ref());
+    lines.iter().map(line).collect::<String>().into_bytes()
 }
 
-fn s(v: &str) -> Option<String> {
-    Some(v.to_string())
-}
+/// The `csv:` block of a route that reads a header.
+const HEADER: [&str; 1] = ["header: true"];
 
 /// For a world whose broker runs with `log_type all`, once the bridge has stopped: waits
 /// until the broker has logged `want` PUBACKs from the bridge (a liveness deadline), then
@@ -283,29 +220,25 @@ fn assert_each_message_acked_once(world: &World, want: usize) {
     let count = |log: &str, needle: &str| log.lines().filter(|l| l.contains(needle)).count();
     let acked = format!("Received PUBACK from {client_id} ");
     let resent = format!("Sending PUBLISH to {client_id} (d1");
-    wait_until(
-        &format!("{want} PUBACKs from {client_id}"),
-        LIVENESS,
-        || count(&world.broker.log(), &acked) >= want,
-    );
+    let what = format!("{want} PUBACKs from {client_id}");
+    wait_until(&what, LIVENESS, || {
+        count(&world.broker.log(), &acked) >= want
+    });
     let log = world.broker.log();
     assert_eq!(count(&log, &acked), want, "one PUBACK per message:\n{log}");
     assert_eq!(count(&log, &resent), 0, "messages sent again:\n{log}");
 }
 
-fn several_rows_per_message_by_index(target: Target, table_columns: &str, ts_select: &str) {
+/// A route without `csv:` options whose `columns` (`column=source` pairs) map fields by index.
+fn by_index(db: &Db, prefix: &str, table_columns: &str, columns: &str) -> Case {
+    Case::new(db, prefix, table_columns, &[], &pairs(columns))
+}
+
+fn several_rows_per_message_by_index(db: &Db, table_columns: &str, ts_select: &str) {
     // Given a route mapping fields by index, and the whole record to a text column
-    let case = Case::new(
-        target,
-        "csvidx",
-        table_columns,
-        &[],
-        &[
-            indexed(&["id", "qty", "amount", "label", "ts", "raw"]),
-            vec![("src", "meta.topic")],
-        ]
-        .concat(),
-    );
+    let columns = "id=payload.0 qty=payload.1 amount=payload.2 label=payload.3 ts=payload.4 \
+                   raw=payload src=meta.topic";
+    let case = by_index(db, "csvidx", table_columns, columns);
     let t = case.t().to_string();
 
     // When messages of several records each arrive: integers, decimals, text and
@@ -319,12 +252,10 @@ fn several_rows_per_message_by_index(target: Target, table_columns: &str, ts_sel
         "4,77,3.25,x,2024-05-01T12:00:00.250Z",
         "5,1,1.000001,y,2024-02-29T23:30:00-01:00",
     ];
+    let filler = |id: i64| format!("{id},{},1.5,row {id},2024-01-01T00:00:00Z", id * 3);
     let mut payloads = vec![lf(&first), lf(&second)];
     for m in 0..20 {
-        let ids = (0..10).map(|k| 100 + m * 10 + k);
-        let lines: Vec<String> = ids
-            .map(|id| format!("{id},{},1.5,row {id},2024-01-01T00:00:00Z", id * 3))
-            .collect();
+        let lines: Vec<String> = (0..10).map(|k| filler(100 + m * 10 + k)).collect();
         payloads.push(lf(&lines));
     }
     case.publish(&payloads);
@@ -335,103 +266,71 @@ fn several_rows_per_message_by_index(target: Target, table_columns: &str, ts_sel
     let rows = case.db.query(&format!(
         "SELECT id, qty, amount, label, {ts_select}, raw FROM {t} WHERE id < 100 ORDER BY id"
     ));
-    assert_eq!(rows.len(), 5, "{rows:?}");
     let column = |c: usize| -> Vec<&str> {
         let text = |r: usize| rows[r][c].as_deref();
-        (0..5)
-            .map(|r| text(r).unwrap_or_else(|| panic!("NULL in {c}: {:?}", rows[r])))
-            .collect()
+        let text = |r| text(r).unwrap_or_else(|| panic!("NULL in {c}: {:?}", rows[r]));
+        (0..rows.len()).map(text).collect()
     };
     let trimmed = |c: usize| -> Vec<&str> { column(c).into_iter().map(str::trim).collect() };
     // And integers are exact up to i64::MAX, decimals keep every digit
     assert_eq!(trimmed(0), ["1", "2", "3", "4", "5"]);
     assert_eq!(trimmed(1), ["9223372036854775807", "-42", "0", "77", "1"]);
-    assert_eq!(
-        trimmed(2),
-        [
-            "12345678901234567890.123456",
-            "-0.500000",
-            "0.000000",
-            "3.250000",
-            "1.000001"
-        ]
-    );
+    assert_eq!(trimmed(2)[0], "12345678901234567890.123456");
+    let amounts = ["-0.500000", "0.000000", "3.250000", "1.000001"];
+    assert_eq!(trimmed(2)[1..], amounts);
     // And text arrives unchanged (non-ASCII, surrounding spaces kept)
     assert_eq!(column(3), ["é 日本 🎉", "plain", " padded ", "x", "y"]);
     // And timestamps with offsets are stored in UTC; a naive one is taken as UTC
     let stamps: Vec<NaiveDateTime> = column(4).into_iter().map(parse_ts).collect();
-    assert_eq!(
-        stamps,
-        [
-            ts("2024-05-01 10:00:00"),
-            ts("2024-05-01 17:30:00"),
-            ts("2024-05-01 08:00:00"),
-            ts("2024-05-01 12:00:00.250"),
-            ts("2024-03-01 00:30:00"),
-        ]
-    );
+    let want = [
+        "2024-05-01 10:00:00",
+        "2024-05-01 17:30:00",
+        "2024-05-01 08:00:00",
+        "2024-05-01 12:00:00.250",
+        "2024-03-01 00:30:00",
+    ];
+    assert_eq!(stamps, want.map(ts));
     // And `payload` is the record's own line, without its line end
     assert_eq!(column(5), [first.as_slice(), &second].concat());
     // And meta sources work as for JSON: every row names its topic
     assert_eq!(case.count(&format!("WHERE src = '{}'", case.topic)), 205);
     // And the 200 filler records carry their values
-    let sum = scalar(
-        &case.db,
-        &format!("SELECT SUM(qty) FROM {t} WHERE id >= 100"),
-    );
-    assert_eq!(sum, 3 * (100..300).sum::<i64>());
-    let filler = "WHERE id >= 100 AND amount = 1.5 AND label LIKE 'row %'";
-    assert_eq!(case.count(filler), 200);
+    let sum = format!("SELECT SUM(qty) FROM {t} WHERE id >= 100");
+    assert_eq!(scalar(&case.db, &sum), 3 * (100..300).sum::<i64>());
+    let fillers = "WHERE id >= 100 AND amount = 1.5 AND label LIKE 'row %'";
+    assert_eq!(case.count(fillers), 200);
     case.end_clean(bridge);
 }
 
 #[test]
 fn several_rows_per_message_by_index_postgres() {
-    several_rows_per_message_by_index(
-        Target::Postgres,
-        "id INTEGER PRIMARY KEY, qty BIGINT, amount NUMERIC(30,6), label TEXT, \
-         ts TIMESTAMPTZ, raw TEXT, src TEXT",
-        "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
-    );
+    let columns = "id INTEGER PRIMARY KEY, qty BIGINT, amount NUMERIC(30,6), label TEXT, \
+                   ts TIMESTAMPTZ, raw TEXT, src TEXT";
+    let ts_select = "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')";
+    several_rows_per_message_by_index(&Db::Postgres, columns, ts_select);
 }
 
 #[test]
 fn several_rows_per_message_by_index_mariadb() {
-    several_rows_per_message_by_index(
-        Target::MariaDb,
-        "id INT PRIMARY KEY, qty BIGINT, amount DECIMAL(30,6), label TEXT, \
-         ts DATETIME(6), raw TEXT, src TEXT",
-        "ts",
-    );
+    let columns = "id INT PRIMARY KEY, qty BIGINT, amount DECIMAL(30,6), label TEXT, \
+                   ts DATETIME(6), raw TEXT, src TEXT";
+    several_rows_per_message_by_index(&Db::MariaDb, columns, "ts");
 }
 
 #[test]
 fn fields_by_declared_name_and_the_field_count_comes_from_fields() {
     // Given a route with `fields:` naming four fields, mapped by name and by index
-    let case = Case::new(
-        Target::Postgres,
-        "csvfields",
-        "id INTEGER PRIMARY KEY, sku TEXT, qty INTEGER, tag TEXT",
-        &["fields: [id, sku, qty, tag]"],
-        &[
-            ("id", "payload.id"),
-            ("sku", "payload.sku"),
-            ("qty", "payload.qty"),
-            ("tag", "payload.3"),
-        ],
-    );
+    let columns = "id INTEGER PRIMARY KEY, sku TEXT, qty INTEGER, tag TEXT";
+    let sources = pairs("id=payload.id sku=payload.sku qty=payload.qty tag=payload.3");
+    let csv = ["fields: [id, sku, qty, tag]"];
+    let case = Case::new(&Db::Postgres, "csvfields", columns, &csv, &sources);
 
     // When a message's first record has three fields and the others four, then the
     // four-field records land by name, and the first one (not the others) is a dead letter:
     // the expected count is fields:'s length, not the first record's
-    let mut bridge = case.run(
-        &[lf(&["9,Z,90", "1,A,10,x", "2,B,20,y"])],
-        "id, sku, qty, tag",
-        vec![
-            vec![s("1"), s("A"), s("10"), s("x")],
-            vec![s("2"), s("B"), s("20"), s("y")],
-        ],
-    );
+    let payloads = [lf(&["9,Z,90", "1,A,10,x", "2,B,20,y"])];
+    let want = text_rows(&[["1", "A", "10", "x"], ["2", "B", "20", "y"]]);
+    let mut bridge = case.run(&payloads, want);
     case.expect_letters(&mut bridge, &[fields(1, "3 fields, expected 4", b"9,Z,90")]);
     terminate_ok(&mut bridge);
 }
@@ -439,17 +338,9 @@ fn fields_by_declared_name_and_the_field_count_comes_from_fields() {
 #[test]
 fn header_names_per_message_exact_then_case_insensitive() {
     // Given a route with `header: true` whose sources name header fields in other cases
-    let case = Case::logged(
-        Target::Postgres,
-        "csvhdr",
-        "id INTEGER PRIMARY KEY, sku TEXT, qty INTEGER, note TEXT DEFAULT 'none'",
-        &["header: true"],
-        &[
-            ("id", "payload.id"),
-            ("sku", "payload.SKU"),
-            ("qty", "payload.qty"),
-        ],
-    );
+    let columns = "id INTEGER PRIMARY KEY, sku TEXT, qty INTEGER, note TEXT DEFAULT 'none'";
+    let sources = pairs("id=payload.id sku=payload.SKU qty=payload.qty");
+    let case = Case::logged(&Db::Postgres, "csvhdr", columns, &HEADER, &sources);
 
     // When messages arrive, each with its own header: other cases, another order, both an
     // exact and a case-variant name, a header only, a header without `qty`, and a header
@@ -465,26 +356,23 @@ fn header_names_per_message_exact_then_case_insensitive() {
         missing_qty.clone(),
         lf(&["id,sku,qty", "6,E-6,60", "7,E-7"]),
     ];
-    let mut bridge = case.run(
-        &payloads,
-        "id, sku, qty, note",
-        vec![
-            vec![s("1"), s("A-1"), s("10"), s("none")],
-            vec![s("2"), s("A-2"), s("20"), s("none")],
-            vec![s("3"), s("B-3"), s("30"), s("none")],
-            vec![s("4"), s("C-4"), s("40"), s("none")],
-            vec![s("6"), s("E-6"), s("60"), s("none")],
-        ],
-    );
+    let want = text_rows(&[
+        ["1", "A-1", "10", "none"],
+        ["2", "A-2", "20", "none"],
+        ["3", "B-3", "30", "none"],
+        ["4", "C-4", "40", "none"],
+        ["6", "E-6", "60", "none"],
+    ]);
+    let mut bridge = case.run(&payloads, want);
     // And the message whose header lacks `qty` is one dead letter with the whole payload
-    let letters = case.wait_letters(&mut bridge, 2);
-    let (whole, records): (Vec<&Json>, Vec<&Json>) = letters
-        .iter()
-        .partition(|l| letter_payload(l) == missing_qty);
+    let letters = wait_dead_letters(&mut bridge, &case.config, 2);
+    let is_whole = |l: &&Json| letter_payload(l) == missing_qty;
+    let (whole, records): (Vec<&Json>, Vec<&Json>) = letters.iter().partition(is_whole);
     assert_eq!(whole.len(), 1, "{letters:#?}");
-    assert_eq!(whole[0]["error_kind"], "decode", "{:#}", whole[0]);
-    assert_eq!(whole[0]["route"], case.route.as_str(), "{:#}", whole[0]);
-    assert_eq!(whole[0]["source"], case.topic.as_str(), "{:#}", whole[0]);
+    let whole = whole[0];
+    assert_eq!(whole["error_kind"], "decode", "{whole:#}");
+    assert_eq!(whole["route"], case.route.as_str(), "{whole:#}");
+    assert_eq!(whole["source"], case.topic.as_str(), "{whole:#}");
     // And the short record's line counts the header as line 1, with the header attached
     assert_eq!(records.len(), 1, "{letters:#?}");
     let short = fields(3, "2 fields, expected 3", b"7,E-7");
@@ -500,109 +388,64 @@ fn header_names_per_message_exact_then_case_insensitive() {
 fn without_columns_declared_fields_map_to_same_named_columns() {
     // Given a route without `columns:` whose `fields:` differ in case from the columns and
     // include a name that matches no column
-    let case = Case::new(
-        Target::Postgres,
-        "csvnocolf",
-        "id INTEGER PRIMARY KEY, name TEXT, qty INTEGER DEFAULT 5, note TEXT DEFAULT 'none'",
-        &["fields: [ID, Name, junk, NOTE]"],
-        &[],
-    );
+    let columns =
+        "id INTEGER PRIMARY KEY, name TEXT, qty INTEGER DEFAULT 5, note TEXT DEFAULT 'none'";
+    let csv = ["fields: [ID, Name, junk, NOTE]"];
+    let case = Case::new(&Db::Postgres, "csvnocolf", columns, &csv, &[]);
 
     // When records arrive, then fields land in the same-named columns, `junk` is ignored,
     // `qty` keeps its default and an empty field is NULL
-    let bridge = case.run(
-        &[lf(&["1,alpha,zzz,n1", "2,beta,,"])],
-        "id, name, qty, note",
-        vec![
-            vec![s("1"), s("alpha"), s("5"), s("n1")],
-            vec![s("2"), s("beta"), s("5"), None],
-        ],
-    );
-    case.end_clean(bridge);
+    let payloads = [lf(&["1,alpha,zzz,n1", "2,beta,,"])];
+    let want = text_rows(&[["1", "alpha", "5", "n1"], ["2", "beta", "5", NULL]]);
+    case.run_clean(&payloads, want);
 }
 
 #[test]
 fn without_columns_header_names_map_to_same_named_columns() {
     // Given a route without `columns:` and with `header: true`
-    let case = Case::new(
-        Target::MariaDb,
-        "csvnocolh",
-        "id INT PRIMARY KEY, name TEXT, qty INT DEFAULT 5, note VARCHAR(20) DEFAULT 'none'",
-        &["header: true"],
-        &[],
-    );
+    let columns =
+        "id INT PRIMARY KEY, name TEXT, qty INT DEFAULT 5, note VARCHAR(20) DEFAULT 'none'";
+    let case = Case::new(&Db::MariaDb, "csvnocolh", columns, &HEADER, &[]);
 
     // When messages with different headers (other cases, other orders, an unknown name)
     // arrive, then each header name lands in its column, whatever the case; columns without
     // a field keep their default
-    let bridge = case.run(
-        &[
-            lf(&["NOTE,Id,whatever,Qty", "n1,1,w,10"]),
-            lf(&["id,name", "2,beta", "3,gamma"]),
-        ],
-        "id, name, qty, note",
-        vec![
-            vec![s("1"), None, s("10"), s("n1")],
-            vec![s("2"), s("beta"), s("5"), s("none")],
-            vec![s("3"), s("gamma"), s("5"), s("none")],
-        ],
-    );
-    case.end_clean(bridge);
+    let payloads = [
+        lf(&["NOTE,Id,whatever,Qty", "n1,1,w,10"]),
+        lf(&["id,name", "2,beta", "3,gamma"]),
+    ];
+    let want = text_rows(&[
+        ["1", NULL, "10", "n1"],
+        ["2", "beta", "5", "none"],
+        ["3", "gamma", "5", "none"],
+    ]);
+    case.run_clean(&payloads, want);
 }
 
 /// Without `columns:`, `fields:` or a header, into a table whose catalog order is not
 /// alphabetical: field i lands in column i.
-fn without_columns_or_names_fields_map_in_catalog_order(target: Target) {
+fn without_columns_or_names_fields_map_in_catalog_order(db: &Db) {
     let columns = "zid INTEGER, name TEXT, amount INTEGER";
-    let case = Case::new(target, "csvorder", columns, &[], &[]);
-    let bridge = case.run(
-        &[lf(&["1,a,10", "2,b,20"]), lf(&["3,c,30"])],
-        "zid, name, amount",
-        vec![
-            vec![s("1"), s("a"), s("10")],
-            vec![s("2"), s("b"), s("20")],
-            vec![s("3"), s("c"), s("30")],
-        ],
-    );
-    case.end_clean(bridge);
+    let case = Case::new(db, "csvorder", columns, &[], &[]);
+    let payloads = [lf(&["1,a,10", "2,b,20"]), lf(&["3,c,30"])];
+    let want = text_rows(&[["1", "a", "10"], ["2", "b", "20"], ["3", "c", "30"]]);
+    case.run_clean(&payloads, want);
 }
 
 #[test]
 fn without_columns_or_names_fields_map_in_catalog_order_postgres() {
-    without_columns_or_names_fields_map_in_catalog_order(Target::Postgres);
+    without_columns_or_names_fields_map_in_catalog_order(&Db::Postgres);
 }
 
 #[test]
 fn without_columns_or_names_fields_map_in_catalog_order_sqlite() {
-    without_columns_or_names_fields_map_in_catalog_order(Target::Sqlite);
+    without_columns_or_names_fields_map_in_catalog_order(&temp_sqlite());
 }
 
-/// `columns:` that map field i to column `fields[i]` (`raw`: the whole record).
-fn indexed<'a>(fields: &[&'a str]) -> Vec<(&'a str, &'static str)> {
-    let index = [
-        "payload.0",
-        "payload.1",
-        "payload.2",
-        "payload.3",
-        "payload.4",
-    ];
-    let source = |(f, p): (&'a str, &'static str)| (f, if f == "raw" { "payload" } else { p });
-    fields
-        .iter()
-        .copied()
-        .zip(index.into_iter().chain(["payload"]))
-        .map(source)
-        .collect()
-}
-
-/// A route by index (see [`indexed`]) without `csv:` options.
-fn by_index(target: Target, prefix: &str, table_columns: &str, fields: &[&str]) -> Case {
-    Case::new(target, prefix, table_columns, &[], &indexed(fields))
-}
-
-fn quoted_delimiters_quotes_and_newlines(target: Target) {
+fn quoted_delimiters_quotes_and_newlines(db: &Db) {
     let columns = "id INTEGER PRIMARY KEY, a TEXT, b TEXT, raw TEXT";
-    let case = by_index(target, "csvquote", columns, &["id", "a", "b", "raw"]);
+    let sources = "id=payload.0 a=payload.1 b=payload.2 raw=payload";
+    let case = by_index(db, "csvquote", columns, sources);
 
     // When records with quoted delimiters, doubled quotes and newlines arrive, with a short
     // record after the multi-line ones, and a second message with a short record, then the
@@ -611,66 +454,56 @@ fn quoted_delimiters_quotes_and_newlines(target: Target) {
     let rec2 = "2,\"line1\nline2\",x";
     let rec3 = r#"3,"",",""#;
     let rec5 = "5,\"multi\nline\nthree\",\"\"\"\"";
-    let mut bridge = case.run(
-        &[
-            lf(&[rec1, rec2, rec3, "4,only-two", rec5]),
-            lf(&["6,a,b", "7,c"]),
-        ],
-        "id, a, b, raw",
-        vec![
-            vec![s("1"), s("a,b"), s("say \"hi\""), s(rec1)],
-            vec![s("2"), s("line1\nline2"), s("x"), s(rec2)],
-            vec![s("3"), s(""), s(","), s(rec3)],
-            vec![s("5"), s("multi\nline\nthree"), s("\""), s(rec5)],
-            vec![s("6"), s("a"), s("b"), s("6,a,b")],
-        ],
-    );
+    let payloads = [
+        lf(&[rec1, rec2, rec3, "4,only-two", rec5]),
+        lf(&["6,a,b", "7,c"]),
+    ];
+    let want = text_rows(&[
+        ["1", "a,b", "say \"hi\"", rec1],
+        ["2", "line1\nline2", "x", rec2],
+        ["3", "", ",", rec3],
+        ["5", "multi\nline\nthree", "\"", rec5],
+        ["6", "a", "b", "6,a,b"],
+    ]);
+    let mut bridge = case.run(&payloads, want);
     // And a record's line is the line it starts on, counted per message
-    case.expect_letters(
-        &mut bridge,
-        &[
-            fields(2, "2 fields, expected 3", b"7,c"),
-            fields(5, "2 fields, expected 3", b"4,only-two"),
-        ],
-    );
+    let letters = [
+        fields(2, "2 fields, expected 3", b"7,c"),
+        fields(5, "2 fields, expected 3", b"4,only-two"),
+    ];
+    case.expect_letters(&mut bridge, &letters);
     terminate_ok(&mut bridge);
 }
 
 #[test]
 fn quoted_delimiters_quotes_and_newlines_postgres() {
-    quoted_delimiters_quotes_and_newlines(Target::Postgres);
+    quoted_delimiters_quotes_and_newlines(&Db::Postgres);
 }
 
 #[test]
 fn quoted_delimiters_quotes_and_newlines_mariadb() {
-    quoted_delimiters_quotes_and_newlines(Target::MariaDb);
+    quoted_delimiters_quotes_and_newlines(&Db::MariaDb);
 }
 
 #[test]
 fn quoted_delimiters_quotes_and_newlines_sqlite() {
-    quoted_delimiters_quotes_and_newlines(Target::Sqlite);
+    quoted_delimiters_quotes_and_newlines(&temp_sqlite());
 }
 
 #[test]
 fn crlf_bom_blank_lines_and_trailing_newlines() {
     // Given a route by index (an integer first field, so a BOM left in it cannot convert),
     // and a broker that logs every packet
-    let case = Case::logged(
-        Target::Postgres,
-        "csvcrlf",
-        "id INTEGER PRIMARY KEY, label TEXT, qty INTEGER, raw TEXT",
-        &[],
-        &indexed(&["id", "label", "qty", "raw"]),
-    );
+    let columns = "id INTEGER PRIMARY KEY, label TEXT, qty INTEGER, raw TEXT";
+    let sources = pairs("id=payload.0 label=payload.1 qty=payload.2 raw=payload");
+    let case = Case::logged(&Db::Postgres, "csvcrlf", columns, &[], &sources);
 
     // When messages arrive with a BOM and CRLF line ends (a blank line, then a short
     // record), with LF and blank lines before, between and after records, without a final
     // line end, with a quoted CRLF, and with nothing but a line end or nothing at all, then
     // every record is a row with no line end or BOM left in its values
     let payloads = [
-        "\u{feff}1,a,10\r\n2,b,20\r\n\r\n3,c,30\r\n4,bad\r\n"
-            .as_bytes()
-            .to_vec(),
+        "\u{feff}1,a,10\r\n2,b,20\r\n\r\n3,c,30\r\n4,bad\r\n".into(),
         b"\n\n5,d,50\n\n6,e,60\n\n\n".to_vec(),
         b"7,f,70".to_vec(),
         b"8,\"x\r\ny\",80\r\n".to_vec(),
@@ -678,20 +511,17 @@ fn crlf_bom_blank_lines_and_trailing_newlines() {
         Vec::new(),
         b"9,last,90\r\n".to_vec(),
     ];
-    let mut bridge = case.run(
-        &payloads,
-        "id, label, qty, raw",
-        vec![
-            vec![s("1"), s("a"), s("10"), s("1,a,10")],
-            vec![s("2"), s("b"), s("20"), s("2,b,20")],
-            vec![s("3"), s("c"), s("30"), s("3,c,30")],
-            vec![s("5"), s("d"), s("50"), s("5,d,50")],
-            vec![s("6"), s("e"), s("60"), s("6,e,60")],
-            vec![s("7"), s("f"), s("70"), s("7,f,70")],
-            vec![s("8"), s("x\r\ny"), s("80"), s("8,\"x\r\ny\",80")],
-            vec![s("9"), s("last"), s("90"), s("9,last,90")],
-        ],
-    );
+    let want = text_rows(&[
+        ["1", "a", "10", "1,a,10"],
+        ["2", "b", "20", "2,b,20"],
+        ["3", "c", "30", "3,c,30"],
+        ["5", "d", "50", "5,d,50"],
+        ["6", "e", "60", "6,e,60"],
+        ["7", "f", "70", "7,f,70"],
+        ["8", "x\r\ny", "80", "8,\"x\r\ny\",80"],
+        ["9", "last", "90", "9,last,90"],
+    ]);
+    let mut bridge = case.run(&payloads, want);
     // And the short record is a dead letter: its line counts the blank line, and its
     // payload has no line end
     case.expect_letters(&mut bridge, &[fields(5, "2 fields, expected 3", b"4,bad")]);
@@ -703,169 +533,116 @@ fn crlf_bom_blank_lines_and_trailing_newlines() {
 #[test]
 fn bom_before_a_header_is_not_part_of_the_first_name() {
     // Given a route with `header: true` that maps the header's first name
-    let case = Case::new(
-        Target::Postgres,
-        "csvbomhdr",
-        "id INTEGER PRIMARY KEY, name TEXT",
-        &["header: true"],
-        &[("id", "payload.id"), ("name", "payload.name")],
-    );
+    let columns = "id INTEGER PRIMARY KEY, name TEXT";
+    let sources = pairs("id=payload.id name=payload.name");
+    let case = Case::new(&Db::Postgres, "csvbomhdr", columns, &HEADER, &sources);
 
     // When a message starts with a BOM before its CRLF header, then the header's first name
     // is `id` and both records land
-    let bridge = case.run(
-        &["\u{feff}id,name\r\n1,a\r\n2,b\r\n".as_bytes().to_vec()],
-        "id, name",
-        vec![vec![s("1"), s("a")], vec![s("2"), s("b")]],
-    );
-    case.end_clean(bridge);
+    let payloads = ["\u{feff}id,name\r\n1,a\r\n2,b\r\n".into()];
+    let want = text_rows(&[["1", "a"], ["2", "b"]]);
+    case.run_clean(&payloads, want);
 }
 
 /// Runs `payload` through a route by index into (id, a DEFAULT 'dflt', b, n DEFAULT 7) and
 /// asserts the rows read back.
-fn null_markers(target: Target, csv: &[&str], payload: Vec<u8>, want: Rows) {
-    let case = Case::new(
-        target,
-        "csvnull",
-        "id INTEGER PRIMARY KEY, a VARCHAR(20) DEFAULT 'dflt', b VARCHAR(20), \
-         n INTEGER DEFAULT 7",
-        csv,
-        &indexed(&["id", "a", "b", "n"]),
-    );
-    case.end_clean(case.run(&[payload], "id, a, b, n", want));
+fn null_markers(db: &Db, csv: &[&str], payload: Vec<u8>, want: &[[&str; 4]]) {
+    let columns = "id INTEGER PRIMARY KEY, a VARCHAR(20) DEFAULT 'dflt', b VARCHAR(20), \
+                   n INTEGER DEFAULT 7";
+    let sources = pairs("id=payload.0 a=payload.1 b=payload.2 n=payload.3");
+    let case = Case::new(db, "csvnull", columns, csv, &sources);
+    case.run_clean(&[payload], text_rows(want));
 }
 
 #[test]
 fn empty_fields_are_null_by_default() {
     // Empty fields are NULL (not the column default), text and integer; a quoted empty
     // field is the empty string, as outbound CSV writes it
-    null_markers(
-        Target::Postgres,
-        &[],
-        lf(&["1,,x,", r#"2,"",,8"#]),
-        vec![
-            vec![s("1"), None, s("x"), None],
-            vec![s("2"), s(""), None, s("8")],
-        ],
-    );
+    let payload = lf(&["1,,x,", r#"2,"",,8"#]);
+    let want = [["1", NULL, "x", NULL], ["2", "", NULL, "8"]];
+    null_markers(&Db::Postgres, &[], payload, &want);
 }
 
 #[test]
 fn empty_fields_are_empty_strings_with_null_tilde() {
     // `null: ~`: nothing is NULL, empty fields are empty strings
-    null_markers(
-        Target::Sqlite,
-        &["null: ~"],
-        lf(&["1,,x,5", r#"2,"",,6"#]),
-        vec![
-            vec![s("1"), s(""), s("x"), s("5")],
-            vec![s("2"), s(""), s(""), s("6")],
-        ],
-    );
+    let payload = lf(&["1,,x,5", r#"2,"",,6"#]);
+    let want = [["1", "", "x", "5"], ["2", "", "", "6"]];
+    null_markers(&temp_sqlite(), &["null: ~"], payload, &want);
 }
 
 #[test]
 fn a_custom_null_marker_is_null_and_empty_fields_are_text() {
     // `null: "\N"`: exactly `\N`, unquoted, is NULL; a quoted `\N`, empty fields and other
     // text are not
-    null_markers(
-        Target::MariaDb,
-        &[r#"null: "\\N""#],
-        lf(&[
-            r"1,\N,x,\N",
-            r#"2,,"\N",8"#,
-            r#"3,"",N,9"#,
-            r"4,\\N,\N\N,10",
-        ]),
-        vec![
-            vec![s("1"), None, s("x"), None],
-            vec![s("2"), s(""), s(r"\N"), s("8")],
-            vec![s("3"), s(""), s("N"), s("9")],
-            vec![s("4"), s(r"\\N"), s(r"\N\N"), s("10")],
-        ],
-    );
+    let payload = lf(&[
+        r"1,\N,x,\N",
+        r#"2,,"\N",8"#,
+        r#"3,"",N,9"#,
+        r"4,\\N,\N\N,10",
+    ]);
+    let want = [
+        ["1", NULL, "x", NULL],
+        ["2", "", r"\N", "8"],
+        ["3", "", "N", "9"],
+        ["4", r"\\N", r"\N\N", "10"],
+    ];
+    null_markers(&Db::MariaDb, &[r#"null: "\\N""#], payload, &want);
 }
 
 /// Runs `payload` through a route by index with `csv` options into (id, a, b) and asserts
 /// the rows read back.
-fn delimited(target: Target, prefix: &str, csv: &[&str], payload: Vec<u8>, want: &[[&str; 3]]) {
-    let case = Case::new(
-        target,
-        prefix,
-        "id INTEGER PRIMARY KEY, a TEXT, b TEXT",
-        csv,
-        &indexed(&["id", "a", "b"]),
-    );
-    let want = want.iter().map(|row| row.map(s).to_vec()).collect();
-    case.end_clean(case.run(&[payload], "id, a, b", want));
+fn delimited(db: &Db, csv: &[&str], payload: Vec<u8>, want: &[[&str; 3]]) {
+    let columns = "id INTEGER PRIMARY KEY, a TEXT, b TEXT";
+    let sources = pairs("id=payload.0 a=payload.1 b=payload.2");
+    let case = Case::new(db, "csvdelim", columns, csv, &sources);
+    case.run_clean(&[payload], text_rows(want));
 }
 
 #[test]
 fn tab_delimiter() {
     // Commas and semicolons are data; a quoted tab is data
-    delimited(
-        Target::Postgres,
-        "csvtab",
-        &[r#"delimiter: "\t""#],
-        lf(&["1\ta,b\t\"in\ttab\"", "2\t;\tplain"]),
-        &[["1", "a,b", "in\ttab"], ["2", ";", "plain"]],
-    );
+    let payload = lf(&["1\ta,b\t\"in\ttab\"", "2\t;\tplain"]);
+    let want = [["1", "a,b", "in\ttab"], ["2", ";", "plain"]];
+    delimited(&Db::Postgres, &[r#"delimiter: "\t""#], payload, &want);
 }
 
 #[test]
 fn semicolon_delimiter() {
     // Commas are data (decimal commas stay text); a quoted semicolon is data
-    delimited(
-        Target::MariaDb,
-        "csvsemi",
-        &[r#"delimiter: ";""#],
-        lf(&["1;3,5;\"a;b\"", "2;x,y;z"]),
-        &[["1", "3,5", "a;b"], ["2", "x,y", "z"]],
-    );
+    let payload = lf(&["1;3,5;\"a;b\"", "2;x,y;z"]);
+    let want = [["1", "3,5", "a;b"], ["2", "x,y", "z"]];
+    delimited(&Db::MariaDb, &[r#"delimiter: ";""#], payload, &want);
 }
 
 #[test]
 fn custom_quote_character() {
     // `'` quotes (doubled inside); `"` is plain data
-    delimited(
-        Target::Sqlite,
-        "csvsquote",
-        &[r#"quote: "'""#],
-        lf(&["1,'a,b','it''s'", r#"2,"x",'say "hi", ok'"#]),
-        &[["1", "a,b", "it's"], ["2", "\"x\"", "say \"hi\", ok"]],
-    );
+    let payload = lf(&["1,'a,b','it''s'", r#"2,"x",'say "hi", ok'"#]);
+    let want = [["1", "a,b", "it's"], ["2", "\"x\"", "say \"hi\", ok"]];
+    delimited(&temp_sqlite(), &[r#"quote: "'""#], payload, &want);
 }
 
 #[test]
 fn escape_character() {
     // `\"` inside quotes is a quote
-    delimited(
-        Target::Postgres,
-        "csvescape",
-        &[r#"escape: "\\""#],
-        lf(&[r#"1,"say \"hi\", ok",plain"#, r#"2,"\"",x"#]),
-        &[["1", "say \"hi\", ok", "plain"], ["2", "\"", "x"]],
-    );
+    let payload = lf(&[r#"1,"say \"hi\", ok",plain"#, r#"2,"\"",x"#]);
+    let want = [["1", "say \"hi\", ok", "plain"], ["2", "\"", "x"]];
+    delimited(&Db::Postgres, &[r#"escape: "\\""#], payload, &want);
 }
 
-fn bad_lines_are_dead_letters_and_the_message_is_acked_once(target: Target) {
+fn bad_lines_are_dead_letters_and_the_message_is_acked_once(db: &Db) {
     // Given a table without a unique key (a redelivered message would add rows again), a
     // broker that logs every packet, and a route by index
-    let case = Case::logged(
-        target,
-        "csvbad",
-        "id INTEGER NOT NULL, name TEXT, qty INTEGER",
-        &[],
-        &indexed(&["id", "name", "qty"]),
-    );
+    let columns = "id INTEGER NOT NULL, name TEXT, qty INTEGER";
+    let sources = pairs("id=payload.0 name=payload.1 qty=payload.2");
+    let case = Case::logged(db, "csvbad", columns, &[], &sources);
 
     // When one message holds good lines, a short line, an unconvertible value and a long
     // line, then the good lines are stored and each bad line is its own dead letter
-    let mut bridge = case.run(
-        &[lf(&["1,a,10", "2,b", "3,c,xyz", "4,d,40,extra", "5,e,50"])],
-        "id, name, qty",
-        vec![vec![s("1"), s("a"), s("10")], vec![s("5"), s("e"), s("50")]],
-    );
+    let payloads = [lf(&["1,a,10", "2,b", "3,c,xyz", "4,d,40,extra", "5,e,50"])];
+    let want = text_rows(&[["1", "a", "10"], ["5", "e", "50"]]);
+    let mut bridge = case.run(&payloads, want);
     let letters = [
         fields(2, "2 fields, expected 3", b"2,b"),
         bad(3, "convert", "column qty (from payload.2): ", b"3,c,xyz"),
@@ -878,16 +655,12 @@ fn bad_lines_are_dead_letters_and_the_message_is_acked_once(target: Target) {
     let mut bridge = case.start();
     case.publish(&[lf(&["6,marker,60"])]);
     let marker = format!("SELECT COUNT(*) FROM {} WHERE id = 6", case.t());
-    wait_for(&mut bridge, "the marker row", || {
-        Ok(try_scalar(&case.db, &marker) == Some(1))
-    });
-    let rows = case.rows("id, name, qty");
+    let stored = || Ok(try_scalar(&case.db, &marker) == Some(1));
+    wait_for(&mut bridge, "the marker row", stored);
+    let rows = case.rows();
     assert_eq!(case.count(""), 3, "rows after the restart: {rows:?}");
-    assert_eq!(
-        dlq_list(&case.config).len(),
-        3,
-        "dead letters after restart"
-    );
+    let letters = dlq_list(&case.config).len();
+    assert_eq!(letters, 3, "dead letters after restart");
     // And the broker got exactly one PUBACK for each of the two messages, and sent neither
     // of them twice
     terminate_ok(&mut bridge);
@@ -896,72 +669,59 @@ fn bad_lines_are_dead_letters_and_the_message_is_acked_once(target: Target) {
 
 #[test]
 fn bad_lines_are_dead_letters_and_the_message_is_acked_once_postgres() {
-    bad_lines_are_dead_letters_and_the_message_is_acked_once(Target::Postgres);
+    bad_lines_are_dead_letters_and_the_message_is_acked_once(&Db::Postgres);
 }
 
 #[test]
 fn bad_lines_are_dead_letters_and_the_message_is_acked_once_sqlite() {
-    bad_lines_are_dead_letters_and_the_message_is_acked_once(Target::Sqlite);
+    bad_lines_are_dead_letters_and_the_message_is_acked_once(&temp_sqlite());
 }
 
 #[test]
 fn invalid_utf8_in_one_line_is_a_dead_letter_for_that_line_only() {
     let columns = "id INTEGER PRIMARY KEY, name TEXT, qty INTEGER";
-    let case = by_index(Target::Postgres, "csvutf8", columns, &["id", "name", "qty"]);
+    let sources = "id=payload.0 name=payload.1 qty=payload.2";
+    let case = by_index(&Db::Postgres, "csvutf8", columns, sources);
 
     // When the middle line of a message holds bytes that are not UTF-8, then the other
     // lines are stored and that line is a dead letter with its raw bytes
-    let mut bridge = case.run(
-        &[b"1,ok,10\n2,\xff\xfe,20\n3,fine \xc3\xa9,30\n".to_vec()],
-        "id, name, qty",
-        vec![
-            vec![s("1"), s("ok"), s("10")],
-            vec![s("3"), s("fine é"), s("30")],
-        ],
-    );
+    let payloads = [b"1,ok,10\n2,\xff\xfe,20\n3,fine \xc3\xa9,30\n".to_vec()];
+    let want = text_rows(&[["1", "ok", "10"], ["3", "fine é", "30"]]);
+    let mut bridge = case.run(&payloads, want);
     let letter = bad(2, "decode", "not valid UTF-8", b"2,\xff\xfe,20");
     case.expect_letters(&mut bridge, &[letter]);
     terminate_ok(&mut bridge);
 }
 
 /// The SQLSTATEs one database reports for the rejected lines: NOT NULL, CHECK, duplicate.
-fn rejected_lines_are_dead_letters_naming_their_line(target: Target, states: [&str; 3]) {
+fn rejected_lines_are_dead_letters_naming_their_line(db: &Db, states: [&str; 3]) {
     // Given a table with NOT NULL, CHECK and primary-key constraints
-    let case = by_index(
-        target,
-        "csvreject",
-        "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, pct INTEGER CHECK (pct BETWEEN 0 AND 100)",
-        &["id", "v", "pct"],
-    );
+    let columns =
+        "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, pct INTEGER CHECK (pct BETWEEN 0 AND 100)";
+    let sources = "id=payload.0 v=payload.1 pct=payload.2";
+    let case = by_index(db, "csvreject", columns, sources);
 
     // When a message holds good lines, a NULL for the NOT NULL column, a CHECK violation and
     // a duplicate key, and another message follows, then the rest of the message is
     // stored, and the next message too
-    let mut bridge = case.run(
-        &[
-            lf(&["1,10,50", "2,,50", "3,30,150", "4,40,100", "1,99,1"]),
-            lf(&["5,50,5", "6,60,6"]),
-        ],
-        "id, v, pct",
-        vec![
-            vec![s("1"), s("10"), s("50")],
-            vec![s("4"), s("40"), s("100")],
-            vec![s("5"), s("50"), s("5")],
-            vec![s("6"), s("60"), s("6")],
-        ],
-    );
-    // And each rejected line is its own dead letter naming its line and SQLSTATE
-    let lines = [
-        (2, &b"2,,50"[..]),
-        (3, &b"3,30,150"[..]),
-        (5, &b"1,99,1"[..]),
+    let payloads = [
+        lf(&["1,10,50", "2,,50", "3,30,150", "4,40,100", "1,99,1"]),
+        lf(&["5,50,5", "6,60,6"]),
     ];
-    let letters: Vec<Expected> = (lines.into_iter().zip(states))
-        .map(|((line, payload), state)| Expected {
-            sqlstate: Some(state),
-            ..bad(line, "rejected", "", payload)
-        })
-        .collect();
+    let want = text_rows(&[
+        ["1", "10", "50"],
+        ["4", "40", "100"],
+        ["5", "50", "5"],
+        ["6", "60", "6"],
+    ]);
+    let mut bridge = case.run(&payloads, want);
+    // And each rejected line is its own dead letter naming its line and SQLSTATE
+    let lines: [(i64, &[u8]); 3] = [(2, b"2,,50"), (3, b"3,30,150"), (5, b"1,99,1")];
+    let letter = |((line, payload), state)| Expected {
+        sqlstate: Some(state),
+        ..bad(line, "rejected", "", payload)
+    };
+    let letters: Vec<Expected> = lines.into_iter().zip(states).map(letter).collect();
     case.expect_letters(&mut bridge, &letters);
     terminate_ok(&mut bridge);
 }
@@ -969,25 +729,21 @@ fn rejected_lines_are_dead_letters_naming_their_line(target: Target, states: [&s
 #[test]
 fn rejected_lines_are_dead_letters_naming_their_line_postgres() {
     let states = ["23502", "23514", "23505"];
-    rejected_lines_are_dead_letters_naming_their_line(Target::Postgres, states);
+    rejected_lines_are_dead_letters_naming_their_line(&Db::Postgres, states);
 }
 
 #[test]
 fn rejected_lines_are_dead_letters_naming_their_line_mariadb() {
     let states = ["23000", "23000", "23000"];
-    rejected_lines_are_dead_letters_naming_their_line(Target::MariaDb, states);
+    rejected_lines_are_dead_letters_naming_their_line(&Db::MariaDb, states);
 }
 
 #[test]
 fn twenty_thousand_lines_in_one_message_land_completely() {
     // Given a route by index with the default batch size (500 rows)
     let columns = "id INTEGER PRIMARY KEY, label TEXT, qty BIGINT";
-    let case = by_index(
-        Target::Postgres,
-        "csvlarge",
-        columns,
-        &["id", "label", "qty"],
-    );
+    let sources = "id=payload.0 label=payload.1 qty=payload.2";
+    let case = by_index(&Db::Postgres, "csvlarge", columns, sources);
     let t = case.t().to_string();
     let n: i64 = 20_000;
 
@@ -1004,18 +760,18 @@ fn twenty_thousand_lines_in_one_message_land_completely() {
     assert_eq!(sql("COUNT(DISTINCT id)"), n + 1);
     assert_eq!(sql("SUM(qty)"), 3 * (1..=n).sum::<i64>());
     assert_eq!(sql("SUM(id)"), (1..=n + 1).sum::<i64>());
-    assert_eq!(
-        case.db.query(&format!(
-            "SELECT label FROM {t} WHERE id IN (1, 12345, {n}, {}) ORDER BY id",
-            n + 1
-        )),
-        vec![
-            vec![s("label 1, quoted")],
-            vec![s("label 12345, quoted")],
-            vec![s(&format!("label {n}, quoted"))],
-            vec![s("after")],
-        ]
-    );
+    let some = format!("WHERE id IN (1, 12345, {n}, {})", n + 1);
+    let labels = case
+        .db
+        .query(&format!("SELECT label FROM {t} {some} ORDER BY id"));
+    let last = format!("label {n}, quoted");
+    let want = [
+        "label 1, quoted",
+        "label 12345, quoted",
+        last.as_str(),
+        "after",
+    ];
+    assert_eq!(labels, text_rows(&want.map(|l| [l])));
     assert_eq!(dlq_list(&case.config), Vec::<Json>::new());
 
     // And after a restart the big message is not delivered again
@@ -1027,9 +783,9 @@ fn twenty_thousand_lines_in_one_message_land_completely() {
     case.end_clean(bridge);
 }
 
-fn injection_shaped_fields_are_stored_verbatim(target: Target) {
+fn injection_shaped_fields_are_stored_verbatim(db: &Db) {
     let columns = "id INTEGER PRIMARY KEY, v TEXT";
-    let case = by_index(target, "csvinject", columns, &["id", "v"]);
+    let case = by_index(db, "csvinject", columns, "id=payload.0 v=payload.1");
     let t = case.t().to_string();
 
     // When fields shaped like SQL injections, placeholders and substitutions arrive, each
@@ -1043,85 +799,54 @@ fn injection_shaped_fields_are_stored_verbatim(target: Target) {
         "${HOME} $$ ${MQDB_UNSET:-x}".to_string(),
         "back\\slash \\\\ \\n".to_string(),
     ];
-    let mut lines: Vec<String> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| format!("{},\"{}\"", i + 1, v.replace('"', "\"\"")))
-        .collect();
+    let quoted = |(i, v): (usize, &String)| format!("{},\"{}\"", i + 1, v.replace('"', "\"\""));
+    let mut lines: Vec<String> = values.iter().enumerate().map(quoted).collect();
     // The first one also unquoted: it holds no delimiter
     lines.push(format!("{},{}", values.len() + 1, values[0]));
     values.push(values[0].clone());
     let want = values.iter().enumerate();
-    let want = want.map(|(i, v)| vec![s(&(i + 1).to_string()), s(v)]);
-    case.end_clean(case.run(&[lf(&lines)], "id, v", want.collect()));
+    let want = want.map(|(i, v)| vec![Some((i + 1).to_string()), Some(v.clone())]);
+    case.run_clean(&[lf(&lines)], want.collect());
 }
 
 #[test]
 fn injection_shaped_fields_are_stored_verbatim_postgres() {
-    injection_shaped_fields_are_stored_verbatim(Target::Postgres);
+    injection_shaped_fields_are_stored_verbatim(&Db::Postgres);
 }
 
 #[test]
 fn injection_shaped_fields_are_stored_verbatim_mariadb() {
-    injection_shaped_fields_are_stored_verbatim(Target::MariaDb);
+    injection_shaped_fields_are_stored_verbatim(&Db::MariaDb);
 }
 
-/// Writes `text` to `dir/name` and runs `mqdb -c FILE check`: the file, the exit code, the
-/// stderr and everything for a failure message.
-fn check_config(dir: &Path, name: &str, text: &str) -> (PathBuf, Option<i32>, String, String) {
+/// Writes `text` to `dir/name` and runs `mqdb -c FILE check`: the file and the run.
+fn check_config(dir: &Path, name: &str, text: &str) -> (PathBuf, Ran) {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write config");
-    let out = run_mqdb(&["-c", path_str(&path), "check"]);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let shown = format!(
-        "{name}: {}
-{stdout}{stderr}
-{text}",
-        out.status
-    );
-    (path, out.status.code(), stderr, shown)
+    let ran = mqdb_at(&path, &["check"]);
+    (path, ran)
 }
 
 /// `text` with the one line equal to `old` (after indentation) replaced by `new` (same
 /// indentation); returns the new text and the 1-based line number.
 fn replace_line(text: &str, old: &str, new: &str) -> (String, usize) {
-    let hits: Vec<usize> = text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| l.trim() == old)
-        .map(|(i, _)| i)
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let hits: Vec<usize> = (0..lines.len())
+        .filter(|&i| lines[i].trim() == old)
         .collect();
     assert_eq!(hits.len(), 1, "{old:?} once in:\n{text}");
-    let mut out = String::new();
-    for (i, l) in text.lines().enumerate() {
-        if i == hits[0] {
-            let indent = &l[..l.len() - l.trim_start().len()];
-            out.push_str(indent);
-            out.push_str(new);
-        } else {
-            out.push_str(l);
-        }
-        out.push('\n');
-    }
-    (out, hits[0] + 1)
+    lines[hits[0]] = lines[hits[0]].replace(old, new);
+    (lines.join("\n") + "\n", hits[0] + 1)
 }
 
 #[test]
 fn config_errors_name_the_file_and_line() {
     // Given a valid CSV route (checked against the real broker and table)
     let db = Db::Postgres;
-    let broker = Mosquitto::start();
+    let world = World::new("csv-cfg");
     let table = TempTable::create(&db, "csvcfg", "id INTEGER, sku TEXT, qty INTEGER");
-    let dir = tempfile::Builder::new()
-        .prefix("mqdb-csv-cfg-")
-        .tempdir()
-        .expect("temp dir");
-    let base = format!(
-        "state: \"sqlite://{state}\"\n\
-         brokers:\n  b:\n    url: \"{url}\"\n    client_id: \"{cid}\"\n\
-         databases:\n  d:\n    connection_string: \"{cs}\"\n\
-         inbound:\n\
+    let route = format!(
+        "inbound:\n\
          \x20 - name: csv_cfg\n\
          \x20   broker: b\n\
          \x20   topic: \"{topic}/#\"\n\
@@ -1135,19 +860,15 @@ fn config_errors_name_the_file_and_line() {
          \x20     id: payload.0\n\
          \x20     sku: payload.sku\n\
          \x20     qty: payload.qty\n",
-        state = dir.path().join("state.db").display(),
-        url = broker.url(),
-        cid = unique("mqdb_csv_cfg"),
-        cs = db.connection_string(),
         topic = unique("csvcfg"),
         t = table.name,
     );
-    let (_, code, _, shown) = check_config(dir.path(), "valid.yaml", &base);
-    assert_eq!(code, Some(0), "{shown}");
+    let base = world.config(&db).yaml() + &route;
+    let dir = world.dir.path();
+    check_config(dir, "valid.yaml", &base).1.code(0);
     // And the same route with a header instead of fields: names are then the header's
     let (header, _) = replace_line(&base, "fields: [id, sku, qty]", "header: true");
-    let (_, code, _, shown) = check_config(dir.path(), "header.yaml", &header);
-    assert_eq!(code, Some(0), "{shown}");
+    check_config(dir, "header.yaml", &header).1.code(0);
 
     // When one line is made invalid, then `check` exits 2 naming the file, that line and
     // the problem
@@ -1182,11 +903,10 @@ fn config_errors_name_the_file_and_line() {
     ];
     for (name, valid, old, new, named) in cases {
         let (text, line) = replace_line(valid, old, new);
-        let (path, code, err, shown) = check_config(dir.path(), name, &text);
-        assert_eq!(code, Some(2), "{shown}");
-        let located = format!("{}:{line}:", path.display());
-        assert!(err.contains(&located), "expected {located:?}: {shown}");
-        let names = named.iter().any(|n| err.contains(n));
-        assert!(names, "expected one of {named:?}: {shown}");
+        let (path, ran) = check_config(dir, name, &text);
+        ran.code(2)
+            .stderr_has(&[&format!("{}:{line}:", path.display())]);
+        let names = named.iter().any(|n| ran.stderr.contains(n));
+        assert!(names, "expected one of {named:?}:\n{ran}\n{text}");
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     Bridge, Config, Db, LIVENESS, Mosquitto, Rabbit, Ran, Route, Subscriber, TcpProxy, TempTable,
-    Workdir, World, dlq_list, letter_id as id_of, mqdb_at, mqdb_command, odbc_connect, odbc_exec,
+    Workdir, World, dlq_list, letter_id as id_of, lock_holder, mqdb_at, mqdb_command,
     pg_lock_waiters, scalar, terminate_ok, try_scalar, unique, wait_dead_letters, wait_for,
     wait_for_count,
 };
@@ -27,6 +27,7 @@ type Messages = Vec<(String, Vec<u8>)>;
 type RouteOf = fn(i64) -> &'static str;
 /// Dead-letter id → the id of its row.
 type Originals = BTreeMap<i64, i64>;
+type Blocker = odbc_api::Connection<'static>;
 
 /// A hang detector for a whole replay of a few thousand entries (never a speed assertion).
 const REPLAY_DEADLINE: Duration = Duration::from_secs(180);
@@ -187,6 +188,12 @@ fn good_among_bad(root: &str, count: i64, route_of: RouteOf, bad: &Messages) -> 
     messages
 }
 
+/// What `watcher` received so far, as (topic, payload).
+fn mqtt_copies(watcher: Subscriber) -> impl FnMut() -> Messages {
+    let copy = |m: common::Received| (m.topic, m.payload);
+    move || watcher.messages().into_iter().map(copy).collect()
+}
+
 /// The MQTT mirror's address of a dead letter.
 fn mqtt_address(l: &Json) -> String {
     format!("mqdb/dead/{}/{}", text(l, "route"), text(l, "error_kind"))
@@ -238,11 +245,7 @@ fn mirror_to_mqtt_publishes_each_dead_letter_once_as_its_list_object() {
 fn mirror_with_retain_leaves_each_topic_its_last_dead_letter_for_late_subscribers() {
     // Given a mirror that retains its copies, on one topic per route
     let world = World::new("dlq-ops");
-    let watcher = world.subscribe("mqdb/dead/#");
-    let copies = move || -> Messages {
-        let copy = |m: common::Received| (m.topic, m.payload);
-        watcher.messages().into_iter().map(copy).collect()
-    };
+    let copies = mqtt_copies(world.subscribe("mqdb/dead/#"));
     let mut m = Mirror::start(world, &["alpha", "beta"], copies, |c| {
         let topic = "mqdb/dead/{route}";
         let publish = json!({ "broker": "b", "topic": topic, "qos": 1, "retain": true });
@@ -262,19 +265,15 @@ fn mirror_with_retain_leaves_each_topic_its_last_dead_letter_for_late_subscriber
     // letter of each topic (and the live copies were each letter once, in order)
     let late = Subscriber::connect(m.world.broker.port, "mqdb/dead/#", 1);
     let got = late.wait_for(2, LIVENESS);
-    let letters = m.finish(|l| format!("mqdb/dead/{}", text(l, "route")));
-    let last_of_each: BTreeMap<String, Json> = letters
-        .iter()
-        .map(|l| (format!("mqdb/dead/{}", text(l, "route")), l.clone()))
-        .collect();
-    let retained: BTreeMap<String, Json> = got
-        .iter()
-        .map(|r| {
-            assert!(r.retain, "delivered as retained: {r:?}");
-            let json = serde_json::from_slice(&r.payload).expect("a JSON copy");
-            (r.topic.clone(), json)
-        })
-        .collect();
+    let address = |l: &Json| format!("mqdb/dead/{}", text(l, "route"));
+    let letters = m.finish(address);
+    let last_of_each = BTreeMap::from_iter(letters.iter().map(|l| (address(l), l.clone())));
+    let retained = |r: &common::Received| {
+        assert!(r.retain, "delivered as retained: {r:?}");
+        let json: Json = serde_json::from_slice(&r.payload).expect("a JSON copy");
+        (r.topic.clone(), json)
+    };
+    let retained = BTreeMap::from_iter(got.iter().map(retained));
     assert_eq!(got.len(), 2, "one retained copy per topic: {got:?}");
     assert_eq!(retained, last_of_each);
 }
@@ -340,11 +339,7 @@ fn mirror_outage_never_blocks_the_data_path_and_catches_up_in_order() {
     // Given a mirror to a second private Mosquitto reached through a proxy
     let mirror_broker = Mosquitto::start();
     let proxy = TcpProxy::start(mirror_broker.addr());
-    let watcher = Subscriber::connect(mirror_broker.port, "mqdb/dead/#", 1);
-    let copies = move || -> Messages {
-        let copy = |m: common::Received| (m.topic, m.payload);
-        watcher.messages().into_iter().map(copy).collect()
-    };
+    let copies = mqtt_copies(Subscriber::connect(mirror_broker.port, "mqdb/dead/#", 1));
     let world = World::new("dlq-ops");
     let state = world.store.reader();
     let mut m = Mirror::start(world, &["omega"], copies, |c| {
@@ -455,9 +450,9 @@ impl Replayable {
             .collect()
     }
 
-    /// Holds the row of the dead letter at `index` (see [`Blocker`]).
+    /// Holds the row of the dead letter at `index` (see [`hold`]).
     fn hold(&self, index: usize) -> Blocker {
-        Blocker::hold(&self.table, payload_id(&self.letters[index]))
+        hold(&self.table, payload_id(&self.letters[index]))
     }
 
     /// Starts a replay of every entry and waits until `held` of its inserts wait on a held
@@ -470,23 +465,14 @@ impl Replayable {
 }
 
 /// An open transaction that holds an uncommitted row with primary key `id` in `table`: a
-/// replay inserting that id waits on it until [`Blocker::release`] rolls it back.
-struct Blocker {
-    conn: odbc_api::Connection<'static>,
+/// replay inserting that id waits on it until [`release`] rolls it back.
+fn hold(table: &TempTable, id: i64) -> Blocker {
+    let sql = format!("INSERT INTO {} (id, v) VALUES ({id}, -1)", table.name);
+    lock_holder(&table.db, &sql)
 }
 
-impl Blocker {
-    fn hold(table: &TempTable, id: i64) -> Blocker {
-        let conn = odbc_connect(&table.db.connection_string()).expect("connect the blocker");
-        conn.set_autocommit(false).expect("autocommit off");
-        let sql = format!("INSERT INTO {} (id, v) VALUES ({id}, -1)", table.name);
-        odbc_exec(&conn, &sql).expect("hold the row");
-        Blocker { conn }
-    }
-
-    fn release(self) {
-        self.conn.rollback().expect("release the held row");
-    }
+fn release(blocker: Blocker) {
+    blocker.rollback().expect("release the held row");
 }
 
 /// A `mqdb dlq replay --all` child process; stdout and stderr go to files in the test's dir.
@@ -526,7 +512,7 @@ impl Replay {
         }
     }
 
-    /// Waits until `n` statements wait on a row lock of `table` (the rows a [`Blocker`]
+    /// Waits until `n` statements wait on a row lock of `table` (the rows [`hold`]
     /// holds); panics with the replay's output if it exits first or after [`LIVENESS`].
     fn wait_held(&mut self, table: &TempTable, n: i64) {
         let (waiting, start) = (pg_lock_waiters(&table.name), Instant::now());
@@ -642,7 +628,7 @@ fn replay_interrupted_by_sigint_leaves_every_entry_in_exactly_one_place() {
     let mut replay = q.replay_held("replay1", 1);
     assert!(q.table.count() > 0, "rows appeared before the interrupt");
     common::send_signal(replay.pid(), "INT");
-    blocker.release();
+    release(blocker);
     let (ran, s) = replay.finish();
 
     // Then it exits 1 and says it was interrupted
@@ -742,7 +728,7 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
         .iter()
         .find(|l| l["error_kind"] == "rejected");
     let held = payload_id(held.expect("a replayable entry in the second batch"));
-    let blocker = Blocker::hold(&table, held);
+    let blocker = hold(&table, held);
     let mut replay = Replay::start(&config, "replay");
     replay.wait_held(&table, 1);
     let (msgs, good_a, bad_a) = traffic(100_000);
@@ -760,7 +746,7 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
         }
         Ok(new == bad_a)
     });
-    blocker.release();
+    release(blocker);
     let (msgs, good_b, bad_b) = traffic(100_300);
     publisher.publish_all_confirmed(msgs, 1);
     let (ran, s) = replay.finish();
@@ -828,7 +814,7 @@ fn two_concurrent_replays_replay_each_entry_exactly_once() {
     let holds: Vec<Blocker> = (0..6).map(|k| q.hold(250 + 500 * k)).collect();
     let mut b = Replay::start(&q.config, "replay_b");
     let mut a = q.replay_held("replay_a", 2);
-    holds.into_iter().for_each(Blocker::release);
+    holds.into_iter().for_each(release);
     let ((ran_a, sa), (ran_b, sb)) = (a.finish(), b.finish());
     let ctx = format!("A:\n{ran_a}\nB:\n{ran_b}");
 
@@ -867,7 +853,7 @@ fn entries_purged_during_a_replay_are_reported_as_gone_not_held() {
     let blocker = q.hold(250);
     let mut replay = q.replay_held("purged_under", 1);
     mqdb_at(&q.config, &["dlq", "purge", "--all", "--yes"]).code(0);
-    blocker.release();
+    release(blocker);
     let (ran, s) = replay.finish();
 
     // Then the purged entries are named as such, never as held by another replay, and the
@@ -896,7 +882,7 @@ fn replay_after_a_killed_replay_reports_success_only_when_the_queue_is_done() {
     common::wait_until("the committed batches settled", LIVENESS, settled);
     common::send_signal(replay.pid(), "KILL");
     assert_eq!(replay.exit().code(), None, "killed by the signal");
-    blocker.release();
+    release(blocker);
 
     // Then every entry is a row or still queued, never both, never neither
     let listed = dlq_list(&q.config);

@@ -12,8 +12,9 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 use common::{
     AmqpMessage, Bridge, Db, Header, LIVENESS, Rabbit, Ran, Route, Subscriber, TempTable, Workdir,
-    World, amqp_route, dlq_list, letter_id as id, mqdb_bounded, parse_ts, path_str, terminate_ok,
-    unique, wait_consuming, wait_dead_letters, wait_for_count, wait_queue_drained, wait_until,
+    World, amqp_route, dlq_list, letter_id as id, mqdb_bounded, pairs, parse_ts, path_str,
+    terminate_ok, unique, wait_consuming, wait_dead_letters, wait_for_count, wait_queue_drained,
+    wait_until,
 };
 use serde_json::{Value as Json, json};
 
@@ -47,12 +48,6 @@ fn sessions(world: &World, filters: &[String]) {
     let filters: Vec<(&str, u8)> = filters.iter().map(|f| (f.as_str(), 1)).collect();
     let (port, client) = (world.broker.port, &world.client_id);
     Subscriber::connect_with(port, client, false, &filters).disconnect();
-}
-
-/// `columns:` from `column=source` words.
-fn cols<'a>(route: Route, spec: &'a str) -> Route {
-    let pair = |w: &'a str| w.split_once('=').expect("column=source");
-    route.columns(&spec.split_whitespace().map(pair).collect::<Vec<_>>())
 }
 
 fn on<P: AsRef<str>>(topic: &str, payloads: impl IntoIterator<Item = P>) -> Messages {
@@ -183,13 +178,9 @@ fn rows(db: &Db, sql: &str) -> Vec<Vec<Option<String>>> {
 }
 
 /// Expected rows, each written as its values joined by a space, every value set.
-fn texts(rows: &[&str]) -> Vec<Vec<Option<String>>> {
-    let row = |r: &&str| r.split(' ').map(s).collect();
+fn texts<S: AsRef<str>>(rows: &[S]) -> Vec<Vec<Option<String>>> {
+    let row = |r: &S| r.as_ref().split(' ').map(|v| Some(v.to_owned())).collect();
     rows.iter().map(row).collect()
-}
-
-fn s(text: &str) -> Option<String> {
-    Some(text.to_owned())
 }
 
 fn sorted(mut v: Vec<i64>) -> Vec<i64> {
@@ -270,7 +261,7 @@ fn rejected_rows_fail_again_then_land_with_their_metadata_once_the_table_is_fixe
         .lines(&["batch: { max_rows: 100, max_delay: 50ms }"]);
     let spec = "id=payload.id v=payload.v site=topic.site topic=meta.topic \
                 received=meta.received_at";
-    let readings_route = cols(readings_route, spec);
+    let readings_route = readings_route.columns(&pairs(spec));
     let config = world.config(&db).inbound(readings_route);
     let others_route = Route::inbound("others", &root2, &others.name).columns(ID_V);
     let config = config.inbound(others_route).write();
@@ -316,10 +307,10 @@ fn rejected_rows_fail_again_then_land_with_their_metadata_once_the_table_is_fixe
     let received = pg_utc("received");
     let sql = format!("SELECT id, v, site, topic, {received} FROM {t} WHERE id > 100 ORDER BY id");
     let got = rows(&db, &sql);
-    assert_eq!(got.len(), 3, "{got:?}");
-    for (row, (site, id, payload)) in got.iter().zip(bad) {
-        let topic = format!("{root}/{site}");
-        assert_eq!(row[..4], [s(id), s("-1"), s(site), s(&topic)], "{row:?}");
+    let head: Vec<_> = got.iter().map(|r| r[..4].to_vec()).collect();
+    let want = bad.map(|(site, id, _)| format!("{id} -1 {site} {root}/{site}"));
+    assert_eq!(head, texts(&want));
+    for (row, (_, _, payload)) in got.iter().zip(bad) {
         assert_received_at(row[4].as_deref(), with_payload(&first, payload));
         let received = parse_ts(row[4].as_deref().expect("set")).and_utc();
         assert!(received < stopped_at, "{row:?}");
@@ -347,7 +338,7 @@ fn rejected_rows_replayed_with_on_conflict_ignore_never_duplicate_mariadb() {
     let route = Route::inbound("maria", &format!("{root}/+"), t)
         .lines(&["on_conflict: ignore", "key: [id]"]);
     let spec = "id=payload.id v=payload.v topic=meta.topic received=meta.received_at";
-    let route = cols(route, spec);
+    let route = route.columns(&pairs(spec));
     let config = world.config(&db).inbound(route).write();
     world.persistent_session(&format!("{root}/+"));
 
@@ -374,7 +365,7 @@ fn rejected_rows_replayed_with_on_conflict_ignore_never_duplicate_mariadb() {
     let sql = format!("SELECT v, topic, received FROM {t} WHERE id = 101");
     let row = rows(&db, &sql);
     assert_eq!(row.len(), 1, "{row:?}");
-    assert_eq!(row[0][..2], [s("-5"), s(&format!("{root}/a"))]);
+    assert_eq!(row[0][..2], texts(&[format!("-5 {root}/a")])[0]);
     assert_received_at(row[0][2].as_deref(), a);
     assert_eq!(letters(&config).len(), 2);
 
@@ -524,7 +515,7 @@ fn csv_record_dead_letters_land_once_with_values_from_their_own_header() {
     db.exec(&format!("INSERT INTO {w} VALUES (1, 'pre', 1)"));
     let topics = [unique("csvh"), unique("csvw")];
     let csv = |name: &str, topic: &str, table: &str, spec: &str| {
-        let route = cols(Route::inbound(name, topic, table), spec);
+        let route = Route::inbound(name, topic, table).columns(&pairs(spec));
         route.lines(&["format: csv", "csv: { header: true }"])
     };
     let spec = "id=payload.id sku=payload.sku qty=payload.qty raw=payload";
@@ -614,7 +605,7 @@ fn amqp_dead_letters_replay_with_their_routing_key_and_headers_without_a_broker(
     let spec = "id=payload.id v=payload.v rk=meta.routing_key ex=meta.exchange q=meta.queue \
                 re=meta.redelivered br=meta.broker site=header.x-site seq=header.x-seq \
                 received=meta.received_at";
-    let route = cols(route, spec);
+    let route = route.columns(&pairs(spec));
     let config = |url: &str| {
         let config = work.bare_config().broker("r", url, Json::Null);
         let cs = db.connection_string();

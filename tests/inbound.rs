@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDateTime, Utc};
 use common::{
-    Bridge, Db, Route, TcpProxy, TempTable, World, dlq_list, odbc_connect, odbc_exec, parse_ts,
-    path_str, pg_lock_waiters, publish_retained, run_mqdb, ts, unique, wait_for,
+    Bridge, Db, NULL, Route, TcpProxy, TempTable, World, dlq_list, letter_id, lock_holder, mqdb_at,
+    pairs, parse_bool, parse_ts, publish_retained, temp_sqlite, text_rows, ts, unique,
+    wait_dead_letters, wait_for, wait_lock_waiter,
 };
 use common::{scalar, terminate_ok, try_scalar, wait_for_count};
-use odbc_api::Connection;
 use serde_json::Value as Json;
 
 type Messages = Vec<(String, Vec<u8>)>;
@@ -28,11 +28,17 @@ fn route(name: &str, topic: &str, table: &str, columns: &[(&str, &str)], extra: 
         .lines(extra)
 }
 
+/// The table of a [`seq_route`].
+const SEQ_COLUMNS: &str = "seq INTEGER PRIMARY KEY, part VARCHAR(10) NOT NULL";
+
+/// A [`seq_route`] that skips a seq already stored.
+const IGNORE_DUPLICATES: [&str; 2] = ["on_conflict: ignore", "key: [seq]"];
+
 /// A route of `{"seq":N}` messages on `topic` (with a `{part}` level) into (seq, part), in
 /// batches of at most 50 rows.
 fn seq_route(name: &str, topic: &str, table: &str, on_conflict: &[&str]) -> Route {
     Route::inbound(name, topic, table)
-        .columns(&[("seq", "payload.seq"), ("part", "topic.part")])
+        .columns(&pairs("seq=payload.seq part=topic.part"))
         .lines(&["batch: { max_rows: 50, max_delay: 50ms }"])
         .lines(on_conflict)
 }
@@ -59,80 +65,32 @@ fn wait_at_least(bridge: &mut Bridge, db: &Db, what: &str, sql: &str, n: i64) {
     wait_for(bridge, what, || Ok(try_scalar(db, sql).unwrap_or(0) >= n));
 }
 
-/// A connection of the test's own with autocommit off, that has run `sql` (which takes a
-/// lock the bridge's batch will wait on); rolling back releases it.
-fn hold(db: &Db, sql: &str) -> Connection<'static> {
-    let conn = odbc_connect(&db.connection_string()).expect("connect the lock holder");
-    conn.set_autocommit(false).expect("autocommit off");
-    odbc_exec(&conn, sql).expect("take the lock");
-    conn
-}
-
-/// `mqdb -c CONFIG dlq show ID`: the text it prints (exit 0 asserted).
-fn dlq_show(config: &Path, id: i64) -> String {
-    let out = run_mqdb(&["-c", path_str(config), "dlq", "show", &id.to_string()]);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "dlq show {id}: {stdout}{stderr}");
-    stdout
-}
-
-/// A boolean read back as text: PostgreSQL, MariaDB and SQLite spell them differently.
-fn parse_bool(text: &str) -> bool {
-    match text.trim().to_ascii_lowercase().as_str() {
-        "1" | "t" | "true" => true,
-        "0" | "f" | "false" => false,
-        other => panic!("{other:?} is not a boolean"),
-    }
-}
-
 fn parse_f64(text: &str) -> f64 {
     text.trim()
         .parse()
         .unwrap_or_else(|e| panic!("{text:?} is not a number: {e}"))
 }
 
-fn s(v: &str) -> Option<String> {
-    Some(v.to_string())
-}
-
 /// `ts_select` selects `ts` as UTC text; `exact_decimals`: numeric(30,10) keeps every digit
 /// (PostgreSQL, MariaDB), where SQLite's NUMERIC affinity keeps about 15 significant digits.
-fn values_and_types_land(db: Db, columns: &str, ts_select: &str, exact_decimals: bool) {
+fn values_and_types_land(db: &Db, columns: &str, ts_select: &str, exact_decimals: bool) {
     // Given a table with one column per type and a route that maps topic levels, payload
     // keys, the whole payload and the receive time to it
     let world = World::new("inbound");
-    let table = TempTable::create(&db, "vals", columns);
+    let table = TempTable::create(db, "vals", columns);
     let t = table.name.clone();
     let root = unique("vals");
-    let config = world
-        .config(&db)
-        .inbound(route(
-            "values",
-            &format!("{root}/{{site}}/{{device}}"),
-            &t,
-            &[
-                ("id", "payload.id"),
-                ("site", "topic.site"),
-                ("device", "topic.device"),
-                ("big", "payload.big"),
-                ("amount", "payload.amount"),
-                ("ratio", "payload.ratio"),
-                ("flag", "payload.flag"),
-                ("label", "payload.label"),
-                ("ts", "payload.ts"),
-                ("dt", "payload.dt"),
-                ("num", "payload.num"),
-                ("dflt", "payload.dflt"),
-                ("raw", "payload"),
-                ("at", "meta.received_at"),
-            ],
-            &[
-                "batch: { max_rows: 500, max_delay: 100ms }",
-                "on_conflict: error",
-            ],
-        ))
-        .write();
+    let columns = pairs(
+        "id=payload.id site=topic.site device=topic.device big=payload.big \
+         amount=payload.amount ratio=payload.ratio flag=payload.flag label=payload.label \
+         ts=payload.ts dt=payload.dt num=payload.num dflt=payload.dflt raw=payload \
+         at=meta.received_at",
+    );
+    let batch = "batch: { max_rows: 500, max_delay: 100ms }";
+    let extra = [batch, "on_conflict: error"];
+    let topic = format!("{root}/{{site}}/{{device}}");
+    let route = route("values", &topic, &t, &columns, &extra);
+    let config = world.config(db).inbound(route).write();
     world.persistent_session(&format!("{root}/+/+"));
     let injection = format!("x'); DROP TABLE {t}; --");
     // SQLite keeps a decimal that is not an integer to 15 significant digits; longer ones
@@ -144,34 +102,27 @@ fn values_and_types_land(db: Db, columns: &str, ts_select: &str, exact_decimals:
     };
 
     // When messages on several topics, with every kind of value, are published
-    let specials: Vec<(String, String)> = vec![
-        (
-            format!("{root}/north/d1"),
-            r#"{"id":1,"big":9007199254740993,"amount":AMOUNT,"ratio":1.5,"flag":true,"label":"é 日本 🎉","ts":"2024-05-01T12:00:00+02:00","dt":"2024-02-29","num":null}"#
-                .replace("AMOUNT", first_amount),
-        ),
-        (
-            format!("{root}/south/d-2"),
-            r#"{"id":2,"big":-42,"amount":"-0.5","ratio":-0.25,"flag":false,"label":"plain ascii","ts":1714564800,"dt":"2024-12-31","dflt":"given"}"#.into(),
-        ),
-        (
-            format!("{root}/north/{injection}"),
-            r#"{"id":3,"big":"77","amount":3.25,"ratio":"2.5","flag":1,"label":"it's \"quoted\" \\ back","ts":1714564800123,"dt":"2000-01-01","num":5}"#.into(),
-        ),
-        (
-            format!("{root}/east/d4"),
-            r#"{"id":4,"big":9223372036854775807,"amount":0,"ratio":6.02214076e23,"flag":false,"label":"","ts":"2024-05-01T12:00:00.250Z","dt":"1999-12-31","num":-1}"#.into(),
-        ),
+    let payloads = [
+        r#"{"id":1,"big":9007199254740993,"amount":AMOUNT,"ratio":1.5,"flag":true,"label":"é 日本 🎉","ts":"2024-05-01T12:00:00+02:00","dt":"2024-02-29","num":null}"#
+            .replace("AMOUNT", first_amount),
+        r#"{"id":2,"big":-42,"amount":"-0.5","ratio":-0.25,"flag":false,"label":"plain ascii","ts":1714564800,"dt":"2024-12-31","dflt":"given"}"#.into(),
+        r#"{"id":3,"big":"77","amount":3.25,"ratio":"2.5","flag":1,"label":"it's \"quoted\" \\ back","ts":1714564800123,"dt":"2000-01-01","num":5}"#.into(),
+        r#"{"id":4,"big":9223372036854775807,"amount":0,"ratio":6.02214076e23,"flag":false,"label":"","ts":"2024-05-01T12:00:00.250Z","dt":"1999-12-31","num":-1}"#.into(),
     ];
-    let mut messages: Messages = specials
-        .iter()
-        .map(|(topic, payload)| (topic.clone(), payload.clone().into_bytes()))
-        .collect();
+    let levels = [
+        "north/d1",
+        "south/d-2",
+        &format!("north/{injection}"),
+        "east/d4",
+    ];
+    let special = |(level, payload): (&&str, &String)| {
+        (format!("{root}/{level}"), payload.as_bytes().to_vec())
+    };
+    let mut messages: Messages = levels.iter().zip(&payloads).map(special).collect();
     messages.extend((100..300).map(|id| {
+        let (big, ts) = (id * 3, 1_714_564_800 + id);
         let payload = format!(
-            r#"{{"id":{id},"big":{},"amount":"1.5","ratio":0.5,"flag":true,"label":"row {id}","ts":{},"dt":"2024-01-01"}}"#,
-            id * 3,
-            1_714_564_800 + id
+            r#"{{"id":{id},"big":{big},"amount":"1.5","ratio":0.5,"flag":true,"label":"row {id}","ts":{ts},"dt":"2024-01-01"}}"#
         );
         (format!("{root}/fill/f{id}"), payload.into_bytes())
     }));
@@ -181,19 +132,17 @@ fn values_and_types_land(db: Db, columns: &str, ts_select: &str, exact_decimals:
 
     // Then every message becomes exactly one row
     let count_sql = format!("SELECT COUNT(*) FROM {t}");
-    wait_for_count(&mut bridge, &db, &count_sql, messages.len() as i64);
+    wait_for_count(&mut bridge, db, &count_sql, messages.len() as i64);
     let after = Utc::now().naive_utc();
     let rows = db.query(&format!(
-        "SELECT id, site, device, big, amount, ratio, flag, label, {ts_select}, dt, num, dflt, raw, at \
-         FROM {t} WHERE id < 100 ORDER BY id"
+        "SELECT id, site, device, big, amount, ratio, flag, label, {ts_select}, dt, num, dflt, \
+         raw, at FROM {t} WHERE id < 100 ORDER BY id"
     ));
-    assert_eq!(rows.len(), 4, "{rows:?}");
     let get = |c: usize| -> Vec<Option<&str>> { rows.iter().map(|r| r[c].as_deref()).collect() };
     let column = |c: usize| -> Vec<&str> {
         let text = |r: usize| rows[r][c].as_deref();
-        (0..4)
-            .map(|r| text(r).unwrap_or_else(|| panic!("NULL in {c}: {:?}", rows[r])))
-            .collect()
+        let text = |r| text(r).unwrap_or_else(|| panic!("NULL in {c}: {:?}", rows[r]));
+        (0..rows.len()).map(text).collect()
     };
     let trimmed = |c: usize| -> Vec<&str> { column(c).into_iter().map(str::trim).collect() };
 
@@ -201,21 +150,13 @@ fn values_and_types_land(db: Db, columns: &str, ts_select: &str, exact_decimals:
     assert_eq!(column(1), ["north", "south", "north", "east"]);
     assert_eq!(column(2), ["d1", "d-2", injection.as_str(), "d4"]);
     // And integers are exact, also beyond 2^53 and at i64::MAX, also from a JSON string
-    assert_eq!(
-        trimmed(3),
-        ["9007199254740993", "-42", "77", "9223372036854775807"]
-    );
+    let bigs = ["9007199254740993", "-42", "77", "9223372036854775807"];
+    assert_eq!(trimmed(3), bigs);
     // And decimals keep every digit where the column can hold them
     if exact_decimals {
-        assert_eq!(
-            trimmed(4),
-            [
-                "12345678901234567890.1234567890",
-                "-0.5000000000",
-                "3.2500000000",
-                "0.0000000000"
-            ]
-        );
+        assert_eq!(trimmed(4)[0], "12345678901234567890.1234567890");
+        let amounts = ["-0.5000000000", "3.2500000000", "0.0000000000"];
+        assert_eq!(trimmed(4)[1..], amounts);
     } else {
         let amounts: Vec<f64> = column(4).into_iter().map(parse_f64).collect();
         assert_eq!(amounts, [1_234_567_890.123_45_f64, -0.5, 3.25, 0.0]);
@@ -225,31 +166,19 @@ fn values_and_types_land(db: Db, columns: &str, ts_select: &str, exact_decimals:
     assert_eq!(ratios, [1.5, -0.25, 2.5, 6.02214076e23]);
     let flags: Vec<bool> = column(6).into_iter().map(parse_bool).collect();
     assert_eq!(flags, [true, false, true, false]);
-    assert_eq!(
-        column(7),
-        ["é 日本 🎉", "plain ascii", "it's \"quoted\" \\ back", ""]
-    );
+    let labels = ["é 日本 🎉", "plain ascii", "it's \"quoted\" \\ back", ""];
+    assert_eq!(column(7), labels);
     // And timestamps with offsets, epoch seconds and epoch millis are stored as UTC
     let stamps: Vec<NaiveDateTime> = column(8).into_iter().map(parse_ts).collect();
-    assert_eq!(
-        stamps,
-        [
-            ts("2024-05-01 10:00:00"),
-            ts("2024-05-01 12:00:00"),
-            ts("2024-05-01 12:00:00.123"),
-            ts("2024-05-01 12:00:00.250"),
-        ]
-    );
-    assert_eq!(
-        trimmed(9),
-        ["2024-02-29", "2024-12-31", "2000-01-01", "1999-12-31"]
-    );
+    let utc = ["10:00:00", "12:00:00", "12:00:00.123", "12:00:00.250"];
+    assert_eq!(stamps, utc.map(|t| ts(&format!("2024-05-01 {t}"))));
+    let dates = ["2024-02-29", "2024-12-31", "2000-01-01", "1999-12-31"];
+    assert_eq!(trimmed(9), dates);
     // And JSON null is NULL (not the default), an absent key leaves the column's default
     let nums: Vec<Option<&str>> = get(10).into_iter().map(|v| v.map(str::trim)).collect();
     assert_eq!(nums, [None, Some("7"), Some("5"), Some("-1")]);
     assert_eq!(column(11), ["dflt", "given", "dflt", "dflt"]);
     // And the whole payload is stored as text, byte for byte
-    let payloads: Vec<&str> = specials.iter().map(|(_, p)| p.as_str()).collect();
     assert_eq!(column(12), payloads, "raw payloads");
     // And meta.received_at is the (UTC) time the bridge received the message
     for (r, at) in column(13).into_iter().map(parse_ts).enumerate() {
@@ -260,12 +189,10 @@ fn values_and_types_land(db: Db, columns: &str, ts_select: &str, exact_decimals:
         );
     }
     // And the 200 filler rows carry their values and the column defaults
-    assert_eq!(
-        scalar(&db, &format!("SELECT SUM(big) FROM {t} WHERE id >= 100")),
-        3 * (100..300).sum::<i64>()
-    );
+    let sum = format!("SELECT SUM(big) FROM {t} WHERE id >= 100");
+    assert_eq!(scalar(db, &sum), 3 * (100..300).sum::<i64>());
     let filler = "id >= 100 AND site = 'fill' AND num = 7 AND dflt = 'dflt'";
-    assert_eq!(scalar(&db, &format!("{count_sql} WHERE {filler}")), 200);
+    assert_eq!(scalar(db, &format!("{count_sql} WHERE {filler}")), 200);
     // And nothing was dead-lettered
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
     terminate_ok(&mut bridge);
@@ -273,42 +200,30 @@ fn values_and_types_land(db: Db, columns: &str, ts_select: &str, exact_decimals:
 
 #[test]
 fn values_and_types_land_in_postgres() {
-    values_and_types_land(
-        Db::Postgres,
-        "id INTEGER PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
-         amount NUMERIC(30,10), ratio DOUBLE PRECISION, flag BOOLEAN, label TEXT, \
-         ts TIMESTAMPTZ, dt DATE, num INTEGER DEFAULT 7, \
-         dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at TIMESTAMP",
-        "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')",
-        true,
-    );
+    let columns = "id INTEGER PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
+                   amount NUMERIC(30,10), ratio DOUBLE PRECISION, flag BOOLEAN, label TEXT, \
+                   ts TIMESTAMPTZ, dt DATE, num INTEGER DEFAULT 7, \
+                   dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at TIMESTAMP";
+    let ts_select = "to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')";
+    values_and_types_land(&Db::Postgres, columns, ts_select, true);
 }
 
 #[test]
 fn values_and_types_land_in_mariadb() {
-    values_and_types_land(
-        Db::MariaDb,
-        "id INT PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
-         amount DECIMAL(30,10), ratio DOUBLE, flag BOOLEAN, label TEXT, \
-         ts DATETIME(6), dt DATE, num INT DEFAULT 7, \
-         dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at DATETIME(6)",
-        "ts",
-        true,
-    );
+    let columns = "id INT PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
+                   amount DECIMAL(30,10), ratio DOUBLE, flag BOOLEAN, label TEXT, \
+                   ts DATETIME(6), dt DATE, num INT DEFAULT 7, \
+                   dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at DATETIME(6)";
+    values_and_types_land(&Db::MariaDb, columns, "ts", true);
 }
 
 #[test]
 fn values_and_types_land_in_sqlite() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    values_and_types_land(
-        Db::Sqlite(dir.path().join("target.db")),
-        "id INTEGER PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
-         amount NUMERIC(30,10), ratio DOUBLE, flag BOOLEAN, label TEXT, \
-         ts TIMESTAMP, dt DATE, num INTEGER DEFAULT 7, \
-         dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at TIMESTAMP",
-        "ts",
-        false,
-    );
+    let columns = "id INTEGER PRIMARY KEY, site VARCHAR(100), device VARCHAR(200), big BIGINT, \
+                   amount NUMERIC(30,10), ratio DOUBLE, flag BOOLEAN, label TEXT, \
+                   ts TIMESTAMP, dt DATE, num INTEGER DEFAULT 7, \
+                   dflt VARCHAR(20) DEFAULT 'dflt', raw TEXT, at TIMESTAMP";
+    values_and_types_land(&temp_sqlite(), columns, "ts", false);
 }
 
 #[test]
@@ -316,17 +231,13 @@ fn json_keys_map_to_same_named_columns_without_a_columns_block() {
     // Given a route without `columns:` and a table with defaults
     let db = Db::Postgres;
     let world = World::new("inbound");
-    let table = TempTable::create(
-        &db,
-        "keys",
-        "id INTEGER PRIMARY KEY, name TEXT, qty INTEGER DEFAULT 5, note TEXT DEFAULT 'none'",
-    );
+    let layout =
+        "id INTEGER PRIMARY KEY, name TEXT, qty INTEGER DEFAULT 5, note TEXT DEFAULT 'none'";
+    let table = TempTable::create(&db, "keys", layout);
     let t = table.name.clone();
     let topic = format!("{}/items", unique("keys"));
-    let config = world
-        .config(&db)
-        .inbound(route("keys", &topic, &t, &[], &[]))
-        .write();
+    let route = route("keys", &topic, &t, &[], &[]);
+    let config = world.config(&db).inbound(route).write();
     world.persistent_session(&topic);
 
     // When objects with all, some and null keys arrive
@@ -336,57 +247,40 @@ fn json_keys_map_to_same_named_columns_without_a_columns_block() {
         r#"{"qty":null,"id":3}"#,
     ];
     let messages = payloads.map(|p| (topic.clone(), p.as_bytes().to_vec()));
-    world
-        .publisher()
-        .publish_all_confirmed(messages.to_vec(), 1);
+    world.publisher().publish_all_confirmed(messages.into(), 1);
     let mut bridge = Bridge::start(&config);
     wait_for_count(&mut bridge, &db, &format!("SELECT COUNT(*) FROM {t}"), 3);
 
     // Then keys land in the same-named columns; absent keys keep the defaults
-    assert_eq!(
-        db.query(&format!("SELECT id, name, qty, note FROM {t} ORDER BY id")),
-        vec![
-            vec![s("1"), s("all"), s("2"), s("x")],
-            vec![s("2"), s("some"), s("5"), s("none")],
-            vec![s("3"), None, None, s("none")],
-        ]
-    );
+    let want = text_rows(&[
+        ["1", "all", "2", "x"],
+        ["2", "some", "5", "none"],
+        ["3", NULL, NULL, "none"],
+    ]);
+    assert_eq!(db.query(&format!("SELECT * FROM {t} ORDER BY id")), want);
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
     terminate_ok(&mut bridge);
 }
 
 /// Rows with the same key in one batch and across batches: the last message wins.
-fn on_conflict_update_keeps_the_last_message(db: Db, columns: &str) {
+fn on_conflict_update_keeps_the_last_message(db: &Db) {
     // Given a route with on_conflict: update on key id
     let world = World::new("inbound");
-    let table = TempTable::create(&db, "upsert", columns);
+    let layout = "id INTEGER PRIMARY KEY, v VARCHAR(10), rev INTEGER";
+    let table = TempTable::create(db, "upsert", layout);
     let t = table.name.clone();
     let topic = format!("{}/state", unique("upsert"));
-    let config = world
-        .config(&db)
-        .inbound(route(
-            "upsert",
-            &topic,
-            &t,
-            &[
-                ("id", "payload.id"),
-                ("v", "payload.v"),
-                ("rev", "payload.rev"),
-            ],
-            &[
-                "batch: { max_rows: 500, max_delay: 200ms }",
-                "on_conflict: update",
-                "key: [id]",
-            ],
-        ))
-        .write();
+    let columns = pairs("id=payload.id v=payload.v rev=payload.rev");
+    let batch = "batch: { max_rows: 500, max_delay: 200ms }";
+    let extra = [batch, "on_conflict: update", "key: [id]"];
+    let route = route("upsert", &topic, &t, &columns, &extra);
+    let config = world.config(db).inbound(route).write();
     world.persistent_session(&topic);
     let msg = |id: i64, v: &str, rev: i64| {
         let payload = format!(r#"{{"id":{id},"v":"{v}","rev":{rev}}}"#);
         (topic.clone(), payload.into_bytes())
     };
     let rows_sql = format!("SELECT id, v, rev FROM {t} ORDER BY id");
-    let row = |id: &str, v: &str, rev: &str| vec![s(id), s(v), s(rev)];
 
     // When several messages per key are queued (so they meet in one batch) ...
     let publisher = world.publisher();
@@ -398,19 +292,18 @@ fn on_conflict_update_keeps_the_last_message(db: Db, columns: &str) {
         (1, "e", 3),
         (2, "f", 2),
     ];
-    publisher.publish_all_confirmed(first.iter().map(|&(i, v, r)| msg(i, v, r)).collect(), 1);
+    publisher.publish_all_confirmed(first.map(|(i, v, r)| msg(i, v, r)).into(), 1);
     let mut bridge = Bridge::start(&config);
-    let last = vec![row("1", "e", "3"), row("2", "f", "2"), row("3", "d", "1")];
+    let last = text_rows(&[["1", "e", "3"], ["2", "f", "2"], ["3", "d", "1"]]);
+    let holds = |want: &Vec<_>| db.try_query(&rows_sql).unwrap_or_default() == *want;
     wait_for(&mut bridge, "the last value of every key", || {
-        Ok(db.try_query(&rows_sql).unwrap_or_default() == last)
+        Ok(holds(&last))
     });
 
     // ... and one more arrives for an existing key in a later batch
     publisher.publish_all_confirmed(vec![msg(3, "g", 2)], 1);
-    let updated = vec![last[0].clone(), last[1].clone(), row("3", "g", "2")];
-    wait_for(&mut bridge, "the later update", || {
-        Ok(db.try_query(&rows_sql).unwrap_or_default() == updated)
-    });
+    let updated = text_rows(&[["1", "e", "3"], ["2", "f", "2"], ["3", "g", "2"]]);
+    wait_for(&mut bridge, "the later update", || Ok(holds(&updated)));
 
     // Then each key holds its last message, and nothing was dead-lettered
     assert_eq!(db.query(&rows_sql), updated);
@@ -420,27 +313,17 @@ fn on_conflict_update_keeps_the_last_message(db: Db, columns: &str) {
 
 #[test]
 fn on_conflict_update_keeps_the_last_message_postgres() {
-    on_conflict_update_keeps_the_last_message(
-        Db::Postgres,
-        "id INTEGER PRIMARY KEY, v VARCHAR(10), rev INTEGER",
-    );
+    on_conflict_update_keeps_the_last_message(&Db::Postgres);
 }
 
 #[test]
 fn on_conflict_update_keeps_the_last_message_mariadb() {
-    on_conflict_update_keeps_the_last_message(
-        Db::MariaDb,
-        "id INT PRIMARY KEY, v VARCHAR(10), rev INT",
-    );
+    on_conflict_update_keeps_the_last_message(&Db::MariaDb);
 }
 
 #[test]
 fn on_conflict_update_keeps_the_last_message_sqlite() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    on_conflict_update_keeps_the_last_message(
-        Db::Sqlite(dir.path().join("target.db")),
-        "id INTEGER PRIMARY KEY, v VARCHAR(10), rev INTEGER",
-    );
+    on_conflict_update_keeps_the_last_message(&temp_sqlite());
 }
 
 /// Invalid UTF-8 (and base64 "//57fQ==").
@@ -448,32 +331,22 @@ const NOT_UTF8: [u8; 4] = [0xff, 0xfe, b'{', b'}'];
 
 /// `states`: the SQLSTATEs the database reports for NOT NULL, CHECK, duplicate key and
 /// numeric overflow.
-fn dead_letters_beside_committed_rows(db: Db, columns: &str, states: [&str; 4]) {
+fn dead_letters_beside_committed_rows(db: Db, states: [&str; 4]) {
     // Given a table with constraints and a route with on_conflict: error
     let world = World::new("inbound");
+    let columns = "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, \
+        pct INTEGER CHECK (pct BETWEEN 0 AND 100), amount DECIMAL(5,2), kind VARCHAR(40)";
     let table = TempTable::create(&db, "dlq", columns);
     let t = table.name.clone();
     let root = unique("dlq");
     let route_name = format!("dl_{}", db.label());
-    let config = world
-        .config(&db)
-        .inbound(route(
-            &route_name,
-            &format!("{root}/{{kind}}"),
-            &t,
-            &[
-                ("id", "payload.id"),
-                ("v", "payload.v"),
-                ("pct", "payload.pct"),
-                ("amount", "payload.amount"),
-                ("kind", "topic.kind"),
-            ],
-            &[
-                "batch: { max_rows: 500, max_delay: 200ms }",
-                "on_conflict: error",
-            ],
-        ))
-        .write();
+    let columns =
+        pairs("id=payload.id v=payload.v pct=payload.pct amount=payload.amount kind=topic.kind");
+    let batch = "batch: { max_rows: 500, max_delay: 200ms }";
+    let extra = [batch, "on_conflict: error"];
+    let topic = format!("{root}/{{kind}}");
+    let route = route(&route_name, &topic, &t, &columns, &extra);
+    let config = world.config(&db).inbound(route).write();
     world.persistent_session(&format!("{root}/+"));
 
     // When 60 valid messages are published with bad ones in between: each kind of failure
@@ -501,11 +374,8 @@ fn dead_letters_beside_committed_rows(db: Db, columns: &str, states: [&str; 4]) 
     let mut messages: Messages = Vec::new();
     let mut next_bad = bad.iter();
     for id in 1..=60 {
-        let payload = format!(
-            r#"{{"id":{id},"v":{},"pct":{},"amount":"12.34"}}"#,
-            id * 10,
-            id % 101
-        );
+        let (v, pct) = (id * 10, id % 101);
+        let payload = format!(r#"{{"id":{id},"v":{v},"pct":{pct},"amount":"12.34"}}"#);
         messages.push((format!("{root}/ok"), payload.into_bytes()));
         if id % 8 == 0
             && let Some((kind, payload, _, _)) = next_bad.next()
@@ -513,22 +383,14 @@ fn dead_letters_beside_committed_rows(db: Db, columns: &str, states: [&str; 4]) 
             messages.push((format!("{root}/{kind}"), payload.to_vec()));
         }
     }
-    assert!(
-        next_bad.next().is_none(),
-        "every bad message is interleaved"
-    );
+    let all_sent = next_bad.next().is_none();
+    assert!(all_sent, "every bad message is interleaved");
     world.publisher().publish_all_confirmed(messages, 1);
     let mut bridge = Bridge::start(&config);
 
     // Then every valid row is committed, and exactly the bad messages are dead letters
     wait_for_count(&mut bridge, &db, &format!("SELECT COUNT(*) FROM {t}"), 60);
-    wait_for(&mut bridge, "7 dead letters", || {
-        let n = dlq_list(&config).len();
-        if n > bad.len() {
-            return Err(format!("{n} dead letters, expected {}", bad.len()));
-        }
-        Ok(n == bad.len())
-    });
+    wait_dead_letters(&mut bridge, &config, bad.len());
     assert_eq!(
         scalar(&db, &format!("SELECT SUM(v) FROM {t}")),
         (1..=60).map(|id| id * 10).sum::<i64>(),
@@ -542,10 +404,9 @@ fn dead_letters_beside_committed_rows(db: Db, columns: &str, states: [&str; 4]) 
     let mut by_source: BTreeMap<String, Json> = BTreeMap::new();
     for letter in &letters {
         let source = letter["source"].as_str().expect("source is text");
+        let earlier = by_source.insert(source.to_string(), letter.clone());
         assert!(
-            by_source
-                .insert(source.to_string(), letter.clone())
-                .is_none(),
+            earlier.is_none(),
             "two dead letters from {source}: {letters:#?}"
         );
     }
@@ -584,19 +445,19 @@ fn dead_letters_beside_committed_rows(db: Db, columns: &str, states: [&str; 4]) 
     }
 
     // And `dlq show` prints the error and the payload, in hex when it is binary
-    let compact = |s: &str| -> String {
-        let s = s.chars().filter(|c| !c.is_whitespace());
-        s.collect::<String>().to_ascii_lowercase()
-    };
     let show = |kind: &str| -> String {
         let letter = &by_source[&format!("{root}/{kind}")];
-        let shown = dlq_show(&config, letter["id"].as_i64().expect("id"));
+        let id = letter_id(letter).to_string();
+        let ran = mqdb_at(&config, &["dlq", "show", &id]);
+        let shown = ran.code(0).stdout.clone();
         let error = letter["error"].as_str().expect("error");
         assert!(shown.contains(error), "{shown}");
         shown
     };
     let shown = show("bad_utf8");
-    assert!(compact(&shown).contains("fffe7b7d"), "hex payload: {shown}");
+    let compact: String = shown.split_whitespace().collect();
+    let hex = compact.to_ascii_lowercase().contains("fffe7b7d");
+    assert!(hex, "hex payload: {shown}");
     let shown = show("duplicate");
     assert!(shown.contains(r#"{"id":1,"v":999}"#), "{shown}");
     assert!(shown.contains(states[2]), "{shown}");
@@ -605,22 +466,14 @@ fn dead_letters_beside_committed_rows(db: Db, columns: &str, states: [&str; 4]) 
 
 #[test]
 fn dead_letters_beside_committed_rows_postgres() {
-    dead_letters_beside_committed_rows(
-        Db::Postgres,
-        "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, pct INTEGER CHECK (pct BETWEEN 0 AND 100), \
-         amount NUMERIC(5,2), kind VARCHAR(40)",
-        ["23502", "23514", "23505", "22003"],
-    );
+    let states = ["23502", "23514", "23505", "22003"];
+    dead_letters_beside_committed_rows(Db::Postgres, states);
 }
 
 #[test]
 fn dead_letters_beside_committed_rows_mariadb() {
-    dead_letters_beside_committed_rows(
-        Db::MariaDb,
-        "id INT PRIMARY KEY, v INT NOT NULL, pct INT CHECK (pct BETWEEN 0 AND 100), \
-         amount DECIMAL(5,2), kind VARCHAR(40)",
-        ["23000", "23000", "23000", "22003"],
-    );
+    let states = ["23000", "23000", "23000", "22003"];
+    dead_letters_beside_committed_rows(Db::MariaDb, states);
 }
 
 #[test]
@@ -642,10 +495,9 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
          FOR EACH ROW EXECUTE FUNCTION {slow}()"
     ));
     let topic = format!("{}/{{part}}", unique("lost"));
-    let config = world
-        .config_cs(&db.connection_string_via(proxy.port))
-        .inbound(seq_route("lost", &topic, &t, &["on_conflict: error"]))
-        .write();
+    let base = world.config_cs(&db.connection_string_via(proxy.port));
+    let route = seq_route("lost", &topic, &t, &["on_conflict: error"]);
+    let config = base.inbound(route).write();
     world.persistent_session(&topic.replace("{part}", "+"));
     let publisher = world.publisher();
     publisher.publish_all_confirmed(seq_messages(&topic, "first", 0..20), 1);
@@ -653,13 +505,8 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
 
     // When the connection is cut while the server is committing the batch with row 7
     let sleeping = "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep'";
-    wait_at_least(
-        &mut bridge,
-        &db,
-        "the commit of row 7 under way",
-        sleeping,
-        1,
-    );
+    let what = "the commit of row 7 under way";
+    wait_at_least(&mut bridge, &db, what, sleeping, 1);
     proxy.set_down(true);
     wait_for(&mut bridge, "the server to finish that commit", || {
         Ok(try_scalar(&db, sleeping).unwrap_or(1) == 0)
@@ -673,11 +520,9 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
     wait_for_count(&mut bridge, &db, &format!("SELECT COUNT(*) FROM {t}"), 40);
     assert_eq!(committed, 1, "the cut came after the server committed");
     assert_every_seq_once(&db, &t, &config, 40, 20);
-    assert!(
-        bridge.log().contains("committed before the outage"),
-        "the lost commit was not noticed:\n{}",
-        bridge.log()
-    );
+    let log = bridge.log();
+    let noticed = log.contains("committed before the outage");
+    assert!(noticed, "the lost commit was not noticed:\n{log}");
     terminate_ok(&mut bridge);
     db.exec(&format!("DROP TABLE {t}"));
     db.exec(&format!("DROP FUNCTION {slow}()"));
@@ -688,29 +533,21 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
 fn rows_during_cut(db: &Db, t: &str, bridge: &mut Bridge, published: i64) -> i64 {
     assert!(bridge.is_running(), "mqdb died:\n{}", bridge.log());
     let during = scalar(db, &format!("SELECT COUNT(*) FROM {t}"));
-    assert!(
-        during <= published,
-        "{during} rows, but only {published} were published before the cut"
-    );
+    let at_most = format!("{during} rows, but only {published} were published before the cut");
+    assert!(during <= published, "{at_most}");
     during
 }
 
-fn database_outage_loses_nothing(db: Db, port: u16, columns: &str) {
+fn database_outage_loses_nothing(db: Db, port: u16) {
     // Given a bridge that reaches the database through a proxy
     let world = World::new("inbound");
     let proxy = TcpProxy::start(([127, 0, 0, 1], port).into());
-    let table = TempTable::create(&db, "outage", columns);
+    let table = TempTable::create(&db, "outage", SEQ_COLUMNS);
     let t = table.name.clone();
     let topic = format!("{}/{{part}}", unique("outage"));
-    let config = world
-        .config_cs(&db.connection_string_via(proxy.port))
-        .inbound(seq_route(
-            "outage",
-            &topic,
-            &t,
-            &["on_conflict: ignore", "key: [seq]"],
-        ))
-        .write();
+    let base = world.config_cs(&db.connection_string_via(proxy.port));
+    let route = seq_route("outage", &topic, &t, &IGNORE_DUPLICATES);
+    let config = base.inbound(route).write();
     world.persistent_session(&topic.replace("{part}", "+"));
     let publisher = world.publisher();
     publisher.publish_all_confirmed(seq_messages(&topic, "first", 0..600), 1);
@@ -722,11 +559,10 @@ fn database_outage_loses_nothing(db: Db, port: u16, columns: &str) {
     proxy.set_down(true);
     publisher.publish_all_confirmed(seq_messages(&topic, "second", 600..1200), 1);
     std::thread::sleep(Duration::from_secs(4));
-    let no_letters = dlq_list(&config);
-    assert_eq!(
-        no_letters,
-        Vec::<Json>::new(),
-        "an outage is never a dead letter"
+    let letters = dlq_list(&config);
+    assert!(
+        letters.is_empty(),
+        "an outage is never a dead letter: {letters:#?}"
     );
     let during = rows_during_cut(&db, &t, &mut bridge, 600);
 
@@ -744,20 +580,12 @@ fn database_outage_loses_nothing(db: Db, port: u16, columns: &str) {
 
 #[test]
 fn database_outage_loses_nothing_postgres() {
-    database_outage_loses_nothing(
-        Db::Postgres,
-        5432,
-        "seq INTEGER PRIMARY KEY, part VARCHAR(10) NOT NULL",
-    );
+    database_outage_loses_nothing(Db::Postgres, 5432);
 }
 
 #[test]
 fn database_outage_loses_nothing_mariadb() {
-    database_outage_loses_nothing(
-        Db::MariaDb,
-        3306,
-        "seq INT PRIMARY KEY, part VARCHAR(10) NOT NULL",
-    );
+    database_outage_loses_nothing(Db::MariaDb, 3306);
 }
 
 #[test]
@@ -766,30 +594,23 @@ fn broker_connection_cut_loses_nothing() {
     let db = Db::Postgres;
     let world = World::new("inbound");
     let proxy = TcpProxy::start(world.broker.addr());
-    let columns = "seq INTEGER PRIMARY KEY, part VARCHAR(10) NOT NULL";
-    let table = TempTable::create(&db, "bcut", columns);
+    let table = TempTable::create(&db, "bcut", SEQ_COLUMNS);
     let t = table.name.clone();
     let topic = format!("{}/{{part}}", unique("bcut"));
     let (_, settings) = world.mqtt(Json::Null);
     let config = world
         .config(&db)
         .broker("b", &format!("mqtt://127.0.0.1:{}", proxy.port), settings)
-        .inbound(seq_route(
-            "bcut",
-            &topic,
-            &t,
-            &["on_conflict: ignore", "key: [seq]"],
-        ))
+        .inbound(seq_route("bcut", &topic, &t, &IGNORE_DUPLICATES))
         .write();
     world.persistent_session(&topic.replace("{part}", "+"));
     // And a test transaction that locks the table, so received messages stay uncommitted
     // and unacknowledged
-    let locker = hold(&db, &format!("LOCK TABLE {t} IN SHARE MODE"));
+    let locker = lock_holder(&db, &format!("LOCK TABLE {t} IN SHARE MODE"));
     let publisher = world.publisher();
     publisher.publish_all_confirmed(seq_messages(&topic, "first", 0..1000), 1);
     let mut bridge = Bridge::start(&config);
-    let waiting = pg_lock_waiters(&t);
-    wait_at_least(&mut bridge, &db, "a batch waiting on the lock", &waiting, 1);
+    wait_lock_waiter(&mut bridge, &t);
 
     // When the broker connection is cut, the held batches commit meanwhile (their
     // acknowledgements cannot reach the broker) and more messages are published
@@ -820,46 +641,25 @@ fn sigkill_mid_batch_then_restart_loses_and_duplicates_nothing() {
     let table = TempTable::create(&db, "kill", "seq INTEGER PRIMARY KEY, v TEXT NOT NULL");
     let t = table.name.clone();
     let topic = format!("{}/data", unique("kill"));
-    let config = world
-        .config(&db)
-        .inbound(route(
-            "kill",
-            &topic,
-            &t,
-            &[("seq", "payload.seq"), ("v", "payload.v")],
-            &[
-                "batch: { max_rows: 100, max_delay: 50ms }",
-                "on_conflict: ignore",
-                "key: [seq]",
-            ],
-        ))
-        .write();
+    let columns = pairs("seq=payload.seq v=payload.v");
+    let batch = "batch: { max_rows: 100, max_delay: 50ms }";
+    let extra = [batch, "on_conflict: ignore", "key: [seq]"];
+    let route = route("kill", &topic, &t, &columns, &extra);
+    let config = world.config(&db).inbound(route).write();
     world.persistent_session(&topic);
     let n = 3000;
     let message = |seq| {
-        (
-            topic.clone(),
-            format!(r#"{{"seq":{seq},"v":"m{seq}"}}"#).into_bytes(),
-        )
+        let payload = format!(r#"{{"seq":{seq},"v":"m{seq}"}}"#);
+        (topic.clone(), payload.into_bytes())
     };
-    world
-        .publisher()
-        .publish_all_confirmed((1..=n).map(message).collect(), 1);
-    let blocker = hold(
-        &db,
-        &format!("INSERT INTO {t} (seq, v) VALUES (1500, 'blocker')"),
-    );
+    let messages: Messages = (1..=n).map(message).collect();
+    world.publisher().publish_all_confirmed(messages, 1);
+    let blocker = format!("INSERT INTO {t} (seq, v) VALUES (1500, 'blocker')");
+    let blocker = lock_holder(&db, &blocker);
 
     // When the bridge runs until its batch with seq 1500 waits on that lock, and is killed
     let mut bridge = Bridge::start(&config);
-    let waiting = pg_lock_waiters(&t);
-    wait_at_least(
-        &mut bridge,
-        &db,
-        "a batch waiting on the held row",
-        &waiting,
-        1,
-    );
+    wait_lock_waiter(&mut bridge, &t);
     let count_sql = format!("SELECT COUNT(*) FROM {t}");
     let before_kill = scalar(&db, &count_sql);
     bridge.kill();
@@ -867,10 +667,8 @@ fn sigkill_mid_batch_then_restart_loses_and_duplicates_nothing() {
     drop(blocker);
 
     // Then some but not all rows exist: every batch before the blocked one, none after
-    assert!(
-        (1..1500).contains(&before_kill),
-        "{before_kill} rows committed before the kill"
-    );
+    let some = (1..1500).contains(&before_kill);
+    assert!(some, "{before_kill} rows committed before the kill");
     // And a new bridge with the same config resumes the session and completes the stream
     let mut bridge = Bridge::start(&config);
     wait_for_count(&mut bridge, &db, &count_sql, n);
@@ -891,16 +689,11 @@ fn sigterm_mid_batch_exits_zero_and_a_restart_completes_without_duplicates() {
     let table = TempTable::create(&db, "term", "seq INTEGER NOT NULL, kind VARCHAR(10)");
     let t = table.name.clone();
     let root = unique("term");
-    let config = world
-        .config(&db)
-        .inbound(route(
-            "term",
-            &format!("{root}/{{kind}}"),
-            &t,
-            &[("seq", "payload.seq"), ("kind", "topic.kind")],
-            &["batch: { max_rows: 100, max_delay: 50ms }"],
-        ))
-        .write();
+    let columns = pairs("seq=payload.seq kind=topic.kind");
+    let batch = ["batch: { max_rows: 100, max_delay: 50ms }"];
+    let topic = format!("{root}/{{kind}}");
+    let route = route("term", &topic, &t, &columns, &batch);
+    let config = world.config(&db).inbound(route).write();
     // A retained probe reaches the bridge as soon as its subscription is in place
     let port = world.broker.port;
     publish_retained(port, &format!("{root}/probe"), 1, r#"{"seq":0}"#);
@@ -910,32 +703,21 @@ fn sigterm_mid_batch_exits_zero_and_a_restart_completes_without_duplicates() {
 
     // When 2000 messages arrive while a test transaction locks the table against inserts,
     // and SIGTERM comes while the bridge's batch waits on that lock
-    let locker = hold(&db, &format!("LOCK TABLE {t} IN SHARE MODE"));
+    let locker = lock_holder(&db, &format!("LOCK TABLE {t} IN SHARE MODE"));
     let n = 2000;
     let data = format!("{root}/data");
     let message = |seq| (data.clone(), format!(r#"{{"seq":{seq}}}"#).into_bytes());
-    world
-        .publisher()
-        .publish_all_confirmed((1..=n).map(message).collect(), 1);
-    let waiting = pg_lock_waiters(&t);
-    wait_at_least(
-        &mut bridge,
-        &db,
-        "a batch waiting on the table lock",
-        &waiting,
-        1,
-    );
+    let messages: Messages = (1..=n).map(message).collect();
+    world.publisher().publish_all_confirmed(messages, 1);
+    wait_lock_waiter(&mut bridge, &t);
     let data_sql = format!("SELECT COUNT(*) FROM {t} WHERE seq > 0");
     assert_eq!(scalar(&db, &data_sql), 0, "nothing committed past the lock");
     let log_before = bridge.log().len();
     common::send_signal(bridge.pid().expect("running"), "TERM");
     wait_for(&mut bridge, "the log to mention stopping", || {
         let log = std::fs::read_to_string(config.with_extension("log")).unwrap_or_default();
-        Ok(log
-            .get(log_before..)
-            .unwrap_or("")
-            .to_lowercase()
-            .contains("stop"))
+        let since = log.get(log_before..).unwrap_or("");
+        Ok(since.to_lowercase().contains("stop"))
     });
     locker.rollback().expect("release the lock");
     drop(locker);

@@ -103,18 +103,17 @@ impl Scrape {
                 continue;
             }
             if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let (name, kind) = rest
-                    .split_once(' ')
-                    .unwrap_or_else(|| panic!("bad TYPE line {line:?}"));
+                let name_kind = rest.split_once(' ');
+                let (name, kind) = name_kind.unwrap_or_else(|| panic!("bad TYPE line {line:?}"));
                 typed.push((name.to_string(), kind.to_string()));
                 continue;
             }
             if line.starts_with('#') {
                 continue;
             }
-            let (series, value) = line
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("sample line without a value: {line:?}\n{text}"));
+            let sample = line.rsplit_once(' ');
+            let no_value = || panic!("sample line without a value: {line:?}\n{text}");
+            let (series, value) = sample.unwrap_or_else(no_value);
             let value = number(value, line);
             let name = series.split('{').next().unwrap_or(series);
             let suffixes = ["_bucket", "_sum", "_count"];
@@ -129,10 +128,8 @@ impl Scrape {
     }
 
     fn try_get(&self, series: &str) -> Option<f64> {
-        self.samples
-            .iter()
-            .find(|(s, _)| s == series)
-            .map(|(_, v)| *v)
+        let sample = self.samples.iter().find(|(s, _)| s == series);
+        sample.map(|(_, v)| *v)
     }
 
     fn get(&self, series: &str) -> f64 {
@@ -155,15 +152,12 @@ impl Scrape {
     fn histogram_count(&self, route: &str, direction: &str) -> f64 {
         let prefix =
             format!("mqdb_batch_seconds_bucket{{route=\"{route}\",direction=\"{direction}\",le=\"");
-        let buckets: Vec<(f64, f64)> = self
-            .samples
-            .iter()
-            .filter_map(|(s, v)| {
-                let le = s.strip_prefix(&prefix)?.strip_suffix("\"}")?;
-                // `+Inf` parses as infinity.
-                Some((number(le, s), *v))
-            })
-            .collect();
+        // (`+Inf` parses as infinity)
+        let bucket = |(s, v): &(String, f64)| {
+            let le = s.strip_prefix(&prefix)?.strip_suffix("\"}")?;
+            Some((number(le, s), *v))
+        };
+        let buckets: Vec<(f64, f64)> = self.samples.iter().filter_map(bucket).collect();
         let (text, last) = (&self.text, buckets.last().copied());
         let two = buckets.len() >= 2;
         assert!(two, "{route}: fewer than two buckets:\n{text}");
@@ -185,11 +179,9 @@ impl Scrape {
 
     /// Every `mqdb_up` sample.
     fn ups(&self) -> Vec<(String, f64)> {
-        self.samples
-            .iter()
-            .filter(|(s, _)| s.starts_with("mqdb_up{"))
-            .cloned()
-            .collect()
+        let mut ups = self.samples.clone();
+        ups.retain(|(s, _)| s.starts_with("mqdb_up{"));
+        ups
     }
 }
 
@@ -256,12 +248,10 @@ fn wait_health(
 ) -> (u16, Json) {
     let mut last = None;
     wait_for(bridge, &format!("/health: {what}"), || {
-        let Some((status, doc)) = try_health(addr) else {
-            return Ok(false);
-        };
-        let ok = check(status, &doc);
-        last = Some((status, doc));
-        Ok(ok)
+        last = try_health(addr);
+        Ok(last
+            .as_ref()
+            .is_some_and(|(status, doc)| check(*status, doc)))
     });
     last.expect("at least one answer")
 }
@@ -291,12 +281,11 @@ fn wait_scrape(
 ) -> Scrape {
     let mut last = None;
     wait_for(bridge, &format!("/metrics: {what}"), || {
-        let Some(s) = try_scrape(addr) else {
-            return Ok(false);
-        };
-        let ok = check(&s).map_err(|e| format!("{e}\n{}", s.text))?;
-        last = Some(s);
-        Ok(ok)
+        last = try_scrape(addr);
+        match &last {
+            Some(s) => check(s).map_err(|e| format!("{e}\n{}", s.text)),
+            None => Ok(false),
+        }
     });
     last.expect("at least one scrape")
 }
@@ -319,18 +308,14 @@ fn assert_batches(s: &Scrape, route: &str, direction: &str, max: i64) {
 /// The counters of an inbound route that took `n` good and `k` bad messages and has
 /// finished them all, with no outage.
 fn assert_inbound_counts(s: &Scrape, route: &str, n: i64, k: i64) {
-    assert_series(
-        s,
-        route,
-        "inbound",
-        &[
-            ("mqdb_messages_received_total", n + k),
-            ("mqdb_rows_written_total", n),
-            ("mqdb_dead_letters_total", k),
-            ("mqdb_retries_total", 0),
-            ("mqdb_in_flight", 0),
-        ],
-    );
+    let want = [
+        ("mqdb_messages_received_total", n + k),
+        ("mqdb_rows_written_total", n),
+        ("mqdb_dead_letters_total", k),
+        ("mqdb_retries_total", 0),
+        ("mqdb_in_flight", 0),
+    ];
+    assert_series(s, route, "inbound", &want);
     // Every committed batch has 1..=n rows.
     assert_batches(s, route, "inbound", n);
 }
@@ -405,8 +390,7 @@ fn metrics_and_health_report_exactly_what_the_routes_did() {
     let insert = format!("INSERT INTO {} VALUES {}", source.name, values.join(", "));
     db.exec(&insert);
     let base = unique("obs");
-    let in_topic = format!("obs/{base}/in");
-    let out_prefix = format!("obs/{base}/out");
+    let (in_topic, out_prefix) = (format!("obs/{base}/in"), format!("obs/{base}/out"));
     let addr = free_addr();
     let config = world
         .config(&db)
@@ -467,19 +451,15 @@ fn metrics_and_health_report_exactly_what_the_routes_did() {
     let mut ids: Vec<Option<i64>> = got.iter().map(id).collect();
     ids.sort_unstable();
     assert_eq!(ids, (1..=R).map(Some).collect::<Vec<_>>(), "{got:?}");
-    assert_series(
-        &s,
-        "alerts",
-        "outbound",
-        &[
-            ("mqdb_rows_read_total", R),
-            ("mqdb_messages_published_total", R),
-            ("mqdb_dead_letters_total", 0),
-            ("mqdb_retries_total", 0),
-            ("mqdb_in_flight", 0),
-            ("mqdb_outbound_lag_seconds", 0),
-        ],
-    );
+    let want = [
+        ("mqdb_rows_read_total", R),
+        ("mqdb_messages_published_total", R),
+        ("mqdb_dead_letters_total", 0),
+        ("mqdb_retries_total", 0),
+        ("mqdb_in_flight", 0),
+        ("mqdb_outbound_lag_seconds", 0),
+    ];
+    assert_series(&s, "alerts", "outbound", &want);
     // Every round with rows counts once.
     assert_batches(&s, "alerts", "outbound", R);
     // The inbound counters have not moved since
@@ -496,9 +476,7 @@ fn metrics_and_health_report_exactly_what_the_routes_did() {
     let up = |(r, d): (&str, &str), c| (up_series(r, d, c), 1.0);
     let want = routes.map(|r| [up(r, "broker"), up(r, "database")]);
     assert_eq!(ups, want.concat());
-    let (status, doc) = health(&addr);
-    assert_eq!(status, 200, "{doc}");
-    assert_eq!(doc, all_up);
+    assert_eq!(health(&addr), (200, all_up));
     assert_eq!(counter.count() as i64, R, "more alerts arrived late");
 
     terminate_ok(&mut bridge);
@@ -691,21 +669,21 @@ fn an_amqp_inbound_route_counts_what_it_consumed() {
 
 /// The `key=value` fields of every `summary:` line in `log`.
 fn summaries(log: &str) -> Vec<BTreeMap<String, String>> {
+    let pair = |w: &str| {
+        w.split_once('=')
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+    };
+    let fields = |(_, rest): (&str, &str)| rest.split_whitespace().filter_map(pair).collect();
     log.lines()
         .filter_map(|l| l.split_once("summary: "))
-        .map(|(_, rest)| {
-            rest.split_whitespace()
-                .filter_map(|w| w.split_once('='))
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
+        .map(fields)
         .collect()
 }
 
 fn field(line: &BTreeMap<String, String>, key: &str) -> u64 {
-    line.get(key)
-        .unwrap_or_else(|| panic!("summary line without {key}=: {line:?}"))
-        .parse()
+    let text = line.get(key);
+    let text = text.unwrap_or_else(|| panic!("summary line without {key}=: {line:?}"));
+    text.parse()
         .unwrap_or_else(|e| panic!("{key} in {line:?}: {e}"))
 }
 
@@ -736,9 +714,10 @@ fn without_http_the_log_summary_adds_up_to_what_happened() {
 
     // Then the summary lines' increments add up to M+K received, M written, K dead letters
     let log_path = bridge.log_path.clone();
+    let logged = || summaries(&std::fs::read_to_string(&log_path).unwrap_or_default());
     let mut seen = 0;
     wait_for(&mut bridge, "summary lines adding up", || {
-        let lines = summaries(&std::fs::read_to_string(&log_path).unwrap_or_default());
+        let lines = logged();
         seen = lines.len();
         let sum = |key: &str| lines.iter().map(|l| field(l, key)).sum::<u64>();
         let (received, written, dead) = (sum("received"), sum("written"), sum("dead_letters"));
@@ -765,9 +744,9 @@ fn without_http_the_log_summary_adds_up_to_what_happened() {
     }
     // and the next line, with nothing new, reports zero increments
     wait_for(&mut bridge, "one more summary line", || {
-        Ok(summaries(&std::fs::read_to_string(&log_path).unwrap_or_default()).len() > seen)
+        Ok(logged().len() > seen)
     });
-    let lines = summaries(&bridge.log());
+    let lines = logged();
     let next = &lines[seen];
     for key in ["received", "written", "dead_letters", "retries"] {
         assert_eq!(field(next, key), 0, "{next:?}");
@@ -843,13 +822,15 @@ fn unknown_paths_are_404_and_other_methods_405() {
         assert_eq!(status, 404, "GET {path}: {body}");
     }
     // and anything but GET and HEAD is 405, on known and unknown paths
-    for (method, path) in [
-        ("POST", "/health"),
-        ("POST", "/metrics"),
-        ("PUT", "/metrics"),
-        ("DELETE", "/health"),
-        ("POST", "/nope"),
-    ] {
+    let refused = [
+        "POST /health",
+        "POST /metrics",
+        "PUT /metrics",
+        "DELETE /health",
+        "POST /nope",
+    ];
+    for request in refused {
+        let (method, path) = request.split_once(' ').expect("METHOD PATH");
         let (status, body) = http::request(&addr, method, path);
         assert_eq!(status, 405, "{method} {path}: {body}");
     }
@@ -906,7 +887,7 @@ fn health_answers_while_idle_and_slow_connections_are_open() {
     let closed = held.iter().filter(|s| closed_by_server(s)).count();
     assert_eq!(
         closed, 0,
-        "/health answered only after {closed} of the held connections were closed"
+        "/health answered only after held connections were closed"
     );
 
     // and with more held connections than the listener keeps, the oldest make room, so

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::{
-    AmqpMessage, Bridge, Config, Db, LIVENESS, Rabbit, Received, Route, Subscriber, Subscriber5,
-    TcpProxy, TempTable, World, dlq_list, path_str, run_mqdb, terminate_ok, try_scalar, unique,
-    wait_for,
+    AmqpMessage, Bridge, Config, Db, LIVENESS, Rabbit, Ran, Received, Route, Subscriber,
+    Subscriber5, TcpProxy, TempTable, World, dlq_list, mqdb_at, temp_sqlite, terminate_ok,
+    text_rows, try_scalar, unique, wait_for,
 };
 use serde_json::{Map, Value as Json, json};
 
@@ -25,38 +25,42 @@ use serde_json::{Map, Value as Json, json};
 const QUIET: Duration = Duration::from_millis(800);
 
 type Row = Map<String, Json>;
+/// How often each id arrived.
+type Counts = BTreeMap<i64, usize>;
 
-fn polled(name: &str, query: &str) -> Route {
-    Route::outbound(name, query).set("interval", "100ms")
-}
-
-/// [`polled`], binding the last published `id` (from 0).
+/// A route `name` polling `query` every 100 ms, binding the last published `id` (from 0).
 fn tracked(name: &str, query: &str) -> Route {
-    polled(name, query).set("track", "id").set("start", 0)
+    let route = Route::outbound(name, query).interval("100ms");
+    route.track("id", 0)
 }
 
-/// [`tracked`], publishing to `topic` on the world's Mosquitto (broker `b`).
 fn to_topic(name: &str, query: &str, topic: &str) -> Route {
-    tracked(name, query).set("broker", "b").set("topic", topic)
+    tracked(name, query).broker("b").topic(topic)
 }
 
-/// [`tracked`], publishing to `exchange` with `routing_key` on broker `rabbit`.
 fn to_exchange(name: &str, query: &str, exchange: &str, routing_key: &str) -> Route {
-    tracked(name, query)
-        .set("broker", "rabbit")
-        .set("exchange", exchange)
-        .set("routing_key", routing_key)
+    let route = tracked(name, query).broker("rabbit");
+    route.exchange(exchange).routing_key(routing_key)
 }
 
 /// `route` tracking `(updated_at, id)` from the epoch.
 fn by_stamp(route: Route) -> Route {
-    route
-        .set("track", json!(["updated_at", "id"]))
-        .set("start", json!(["1970-01-01 00:00:00", 0]))
+    let route = route.set("track", json!(["updated_at", "id"]));
+    route.set("start", json!(["1970-01-01 00:00:00", 0]))
+}
+
+/// [`to_topic`] of `cols` of `table` by `id`, to a new topic named after `name`; and the topic.
+fn to_new_topic(name: &str, cols: &str, table: &str) -> (Route, String) {
+    let topic = unique(name);
+    (to_topic(name, &after_id(cols, table), &topic), topic)
 }
 
 fn after_id(cols: &str, table: &str) -> String {
     format!("SELECT {cols} FROM {table} WHERE id > ? ORDER BY id")
+}
+
+fn after_stamp(cols: &str, table: &str) -> String {
+    format!("SELECT {cols} FROM {table} WHERE (updated_at, id) > (?, ?) ORDER BY updated_at, id")
 }
 
 fn mark_sent(table: &str) -> String {
@@ -64,11 +68,8 @@ fn mark_sent(table: &str) -> String {
 }
 
 fn write(config: Config, routes: &[Route]) -> PathBuf {
-    routes
-        .iter()
-        .cloned()
-        .fold(config, Config::outbound)
-        .write()
+    let config = routes.iter().cloned().fold(config, Config::outbound);
+    config.write()
 }
 
 /// `mqdb.yaml`: the world's Mosquitto as broker `b`, database `d` at `cs`, and `routes`.
@@ -76,20 +77,17 @@ fn config(world: &World, cs: &str, routes: &[Route]) -> PathBuf {
     write(world.config_cs(cs), routes)
 }
 
-/// `mqdb.yaml`: RabbitMQ at `url` as broker `rabbit`, database `d` at `cs`, and `routes`.
-fn config_amqp(world: &World, url: &str, cs: &str, routes: &[Route]) -> PathBuf {
-    let config = world.bare_config().broker("rabbit", url, Json::Null);
+fn config_on(world: &World, broker: (&str, &str, Json), cs: &str, routes: &[Route]) -> PathBuf {
+    let (name, url, settings) = broker;
+    let config = world.bare_config().broker(name, url, settings);
     write(config.database("d", cs), routes)
 }
 
-/// Like [`config`] with the broker spoken to in MQTT 5.
 fn config_mqtt5(world: &World, cs: &str, routes: &[Route]) -> PathBuf {
     let (url, settings) = world.mqtt(json!({ "mqtt_version": 5 }));
-    let config = world.bare_config().broker("b", &url, settings);
-    write(config.database("d", cs), routes)
+    config_on(world, ("b", &url, settings), cs, routes)
 }
 
-/// A direct exchange and a queue bound to it with `key`, both named after `prefix`.
 fn exchange_with_queue(rabbit: &mut Rabbit, prefix: &str, key: &str) -> (String, String) {
     let (exchange, queue) = (unique(prefix), unique(&format!("{prefix}_q")));
     rabbit.declare_exchange(&exchange, "direct");
@@ -132,7 +130,6 @@ impl Run {
         self.wait_with_letters(n, 0);
     }
 
-    /// Waits until `n` messages arrived and `k` rows were dead-lettered.
     fn wait_with_letters(&mut self, n: usize, k: usize) {
         let (sub, config) = (&self.sub, &self.config);
         let what = format!("{n} messages and {k} dead letters");
@@ -151,7 +148,7 @@ impl Run {
     }
 
     fn wait_ids(&mut self, n: i64) {
-        wait_for_ids(&mut self.bridge, &self.sub, n);
+        wait_all(&mut self.bridge, &[], &self.sub, n);
     }
 
     fn wait_all_sent(&mut self, db: &Db, table: &str) {
@@ -171,7 +168,7 @@ impl Run {
         rows.into_iter().map(|(_, row)| row).collect()
     }
 
-    fn counts(&self) -> BTreeMap<i64, usize> {
+    fn counts(&self) -> Counts {
         mqtt_id_counts(&self.sub.messages())
     }
 
@@ -190,7 +187,6 @@ impl Run {
     }
 }
 
-/// Asserts nothing was dead-lettered, then stops the bridge (exit 0).
 fn finish_clean(bridge: &mut Bridge, config: &Path) {
     assert_eq!(dlq_list(config), Vec::<Json>::new());
     terminate_ok(bridge);
@@ -210,7 +206,7 @@ struct AmqpRun {
 impl AmqpRun {
     fn start(rabbit: Rabbit, queue: &str, url: &str, cs: &str, routes: &[Route]) -> AmqpRun {
         let world = World::new("outbound");
-        let config = config_amqp(&world, url, cs, routes);
+        let config = config_on(&world, ("rabbit", url, Json::Null), cs, routes);
         AmqpRun {
             bridge: Bridge::start(&config),
             config,
@@ -226,7 +222,6 @@ impl AmqpRun {
         AmqpRun::start(rabbit, queue, Rabbit::URL, &cs, &[route])
     }
 
-    /// Takes what arrives in the queue until `done(messages, config)`.
     fn until(&mut self, mut done: impl FnMut(&[AmqpMessage], &Path) -> bool) {
         let (rabbit, queue, got, config) = (&self.rabbit, &self.queue, &mut self.got, &self.config);
         wait_for(&mut self.bridge, &format!("messages in {queue}"), || {
@@ -235,7 +230,6 @@ impl AmqpRun {
         });
     }
 
-    /// Waits a few polls more and takes what came.
     fn settle(&mut self) {
         std::thread::sleep(QUIET);
         self.got.extend(self.rabbit.take_all(&self.queue));
@@ -264,13 +258,28 @@ fn id_of(payload: &[u8]) -> i64 {
     id.unwrap_or_else(|| panic!("no integer id in {}", String::from_utf8_lossy(payload)))
 }
 
-fn letter_id(letter: &Json) -> i64 {
-    let payload = letter["payload"].as_str();
-    let payload = payload.unwrap_or_else(|| panic!("no text payload: {letter}"));
-    id_of(payload.as_bytes())
+fn only(mut letters: Vec<Json>) -> Json {
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    letters.remove(0)
 }
 
-fn id_counts<'a>(payloads: impl IntoIterator<Item = &'a [u8]>) -> BTreeMap<i64, usize> {
+/// Each dead letter as its row's `id` and its fields named in `keys`, in row id order.
+fn picked(letters: &[Json], keys: &[&str]) -> Vec<Json> {
+    let pick = |letter: &Json| {
+        let payload = letter["payload"].as_str();
+        let payload = payload.unwrap_or_else(|| panic!("no text payload: {letter}"));
+        let mut out = json!({ "id": id_of(payload.as_bytes()) });
+        for key in keys {
+            out[*key] = letter[*key].clone();
+        }
+        out
+    };
+    let mut out: Vec<Json> = letters.iter().map(pick).collect();
+    out.sort_by_key(|l| (l["id"].as_i64(), l.to_string()));
+    out
+}
+
+fn id_counts<'a>(payloads: impl IntoIterator<Item = &'a [u8]>) -> Counts {
     let mut counts = BTreeMap::new();
     for p in payloads {
         *counts.entry(id_of(p)).or_insert(0) += 1;
@@ -278,37 +287,38 @@ fn id_counts<'a>(payloads: impl IntoIterator<Item = &'a [u8]>) -> BTreeMap<i64, 
     counts
 }
 
-fn mqtt_id_counts(messages: &[Received]) -> BTreeMap<i64, usize> {
+fn mqtt_id_counts(messages: &[Received]) -> Counts {
     id_counts(messages.iter().map(|m| m.payload.as_slice()))
 }
 
-fn once_each(ids: impl IntoIterator<Item = i64>) -> BTreeMap<i64, usize> {
+fn once_each(ids: impl IntoIterator<Item = i64>) -> Counts {
     ids.into_iter().map(|i| (i, 1)).collect()
 }
 
-/// Messages beyond the first per id.
-fn duplicates(counts: &BTreeMap<i64, usize>) -> usize {
+fn duplicates(counts: &Counts) -> usize {
     counts.values().map(|c| c - 1).sum()
 }
 
-fn missing(counts: &BTreeMap<i64, usize>, n: i64) -> Vec<i64> {
+fn missing(counts: &Counts, n: i64) -> Vec<i64> {
     (1..=n).filter(|i| !counts.contains_key(i)).collect()
 }
 
-fn wait_for_ids(bridge: &mut Bridge, sub: &Subscriber, n: i64) {
+/// Waits until `before` and `sub` together hold every id in `1..=n`; returns how often each
+/// arrived.
+fn wait_all(bridge: &mut Bridge, before: &[Received], sub: &Subscriber, n: i64) -> Counts {
+    let all = || mqtt_id_counts(&[before, sub.messages().as_slice()].concat());
     wait_for(bridge, &format!("every id in 1..={n}"), || {
-        Ok(missing(&mqtt_id_counts(&sub.messages()), n).is_empty())
+        Ok(missing(&all(), n).is_empty())
     });
+    all()
 }
 
-/// A new table on `db` with `columns`, holding `values` (SQL value lists).
 fn filled(db: &Db, prefix: &str, columns: &str, values: &str) -> TempTable {
     let table = TempTable::create(db, prefix, columns);
     db.exec(&format!("INSERT INTO {} VALUES {values}", table.name));
     table
 }
 
-/// Inserts rows `from..=to` as `(id, v)` with `v = 'row <id>'` (PostgreSQL).
 fn pg_insert_range(table: &str, from: i64, to: i64) {
     Db::Postgres.exec(&format!(
         "INSERT INTO {table} (id, v) SELECT g, 'row ' || g FROM generate_series({from}, {to}) g"
@@ -323,42 +333,34 @@ fn rows_table(name: &str, n: i64) -> TempTable {
     table
 }
 
-fn number_text(value: &Json) -> String {
-    match value {
+/// The exact text of column `name` of each row, which must be a JSON number.
+fn numbers(rows: &[Row], name: &str) -> Vec<String> {
+    let text = |row: &Row| match &row[name] {
         Json::Number(n) => n.to_string(),
         other => panic!("{other} is not a JSON number"),
-    }
+    };
+    rows.iter().map(text).collect()
 }
 
-/// A JSON number's text with trailing fractional zeros (and a bare `.`) removed.
-fn normalized_decimal(n: &Json) -> String {
-    let text = number_text(n);
+fn floats(rows: &[Row], name: &str) -> Vec<Option<f64>> {
+    rows.iter().map(|r| r[name].as_f64()).collect()
+}
+
+fn trim_zeros(text: &str) -> &str {
     if text.contains('.') && !text.contains(['e', 'E']) {
-        text.trim_end_matches('0').trim_end_matches('.').to_owned()
+        text.trim_end_matches('0').trim_end_matches('.')
     } else {
         text
     }
 }
 
-/// An RFC 3339 timestamp in UTC (`Z`), as an instant.
 fn utc(value: &Json) -> DateTime<Utc> {
     let text = value.as_str();
     let text = text.unwrap_or_else(|| panic!("{value} is not a timestamp string"));
     assert!(text.ends_with('Z'), "{text:?} is not in UTC (Z)");
     let instant = DateTime::parse_from_rfc3339(text);
-    instant
-        .unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"))
-        .to_utc()
-}
-
-/// Asserts `value` is a JSON integer (no fraction, no exponent) equal to `want`.
-fn assert_int(value: &Json, want: i64, what: &str) {
-    assert_eq!(
-        number_text(value),
-        want.to_string(),
-        "{what}: not the exact integer"
-    );
-    assert_eq!(value.as_i64(), Some(want), "{what}");
+    let instant = instant.unwrap_or_else(|e| panic!("{text:?} is not RFC 3339: {e}"));
+    instant.to_utc()
 }
 
 fn rows_by_id(messages: &[Received]) -> Vec<(String, Row)> {
@@ -374,30 +376,30 @@ fn column(rows: &[Row], name: &str) -> Vec<Json> {
     rows.iter().map(|r| r[name].clone()).collect()
 }
 
+/// Asserts each column named in `want` (an object of arrays) holds those values, row by row.
+fn assert_columns(rows: &[Row], want: Json) {
+    for (name, values) in want.as_object().expect("columns") {
+        assert_eq!(&Json::from(column(rows, name)), values, "column {name}");
+    }
+}
+
 /// Publishes the rows (SQL value lists) of a new table with `columns`, selecting `id`,
 /// `device` and `select`, each on a topic named after its `device`; checks each arrived once
 /// on its own topic and nothing was dead-lettered, and returns the rows in id order.
 fn publish_rows(db: &Db, columns: &str, select: &str, rows: &[&str]) -> Vec<Row> {
-    let table = filled(
-        db,
-        "out_types",
-        columns,
-        &format!("({})", rows.join("), (")),
-    );
+    let values = format!("({})", rows.join("), ("));
+    let table = filled(db, "out_types", columns, &values);
     let root = unique("types");
     let query = after_id(&format!("id, device, {select}"), &table.name);
     let route = to_topic("types", &query, &format!("{root}/{{device}}"));
-    let route = route.set("qos", 1).set("format", "json");
+    let route = route.qos(1).format("json");
     let mut run = Run::start(&db.connection_string(), &[route], &format!("{root}/#"));
     let published = rows_by_id(&run.settled(rows.len()));
     run.finish();
     for (topic, row) in &published {
         let device = row["device"].as_str().unwrap_or_default();
-        assert_eq!(
-            topic,
-            &format!("{root}/{device}"),
-            "topics come from the row"
-        );
+        let from_row = format!("{root}/{device}");
+        assert_eq!(topic, &from_row, "topics come from the row");
     }
     published.into_iter().map(|(_, row)| row).collect()
 }
@@ -421,52 +423,41 @@ fn json_values_and_types_from_postgres() {
         ],
     );
     let keys = "id device n amount ratio flag label ts naive dt bin nothing";
-    let keys: BTreeSet<&str> = keys.split(' ').collect();
     for row in &rows {
-        assert_eq!(
-            row.keys().map(String::as_str).collect::<BTreeSet<_>>(),
-            keys
-        );
+        let got: BTreeSet<&str> = row.keys().map(String::as_str).collect();
+        assert_eq!(got, keys.split(' ').collect());
     }
     // Integers are exact JSON integers, beyond 2^53 and at i64::MAX too; decimals keep every
     // digit
-    let ints = [
-        [1, 9_007_199_254_740_993, i64::MAX],
-        [42, -7, i64::from(i32::MAX)],
-    ];
-    for (c, want) in ["id", "n"].into_iter().zip(ints) {
-        for (r, want) in want.into_iter().enumerate() {
-            assert_int(&rows[r][c], want, &format!("row {r} {c}"));
-        }
-    }
     assert_eq!(
-        number_text(&rows[0]["amount"]),
-        "12345678901234567890.1234567891"
+        numbers(&rows, "id"),
+        ["1", "9007199254740993", "9223372036854775807"]
     );
-    assert_eq!(normalized_decimal(&rows[1]["amount"]), "-0.5");
-    assert_eq!(normalized_decimal(&rows[2]["amount"]), "0");
-    let ratios: Vec<Option<f64>> = column(&rows, "ratio").iter().map(Json::as_f64).collect();
-    assert_eq!(ratios, [Some(1.5), Some(-0.25), Some(6.02214076e23)]);
+    assert_eq!(numbers(&rows, "n"), ["42", "-7", "2147483647"]);
+    let amounts = numbers(&rows, "amount");
+    assert_eq!(amounts[0], "12345678901234567890.1234567891");
+    assert_eq!(
+        [trim_zeros(&amounts[1]), trim_zeros(&amounts[2])],
+        ["-0.5", "0"]
+    );
+    assert_eq!(
+        floats(&rows, "ratio"),
+        [Some(1.5), Some(-0.25), Some(6.02214076e23)]
+    );
     // timestamptz values are RFC 3339 in UTC, timestamps without time zone have no offset
     let quarter = DateTime::parse_from_rfc3339("2024-05-01T12:00:00.25Z").expect("instant");
     assert_eq!(utc(&rows[1]["ts"]), quarter);
-    let columns = [
-        ("device", [json!("d1"), json!("d-2"), json!("d3")]),
-        ("flag", [json!(true), json!(false), Json::Null]),
-        (
-            "label",
-            ["é 日本 🎉", "it's \"quoted\" \\ back", ""].map(Json::from),
-        ),
-        (
-            "dt",
-            ["2024-02-29", "1999-12-31", "2000-01-01"].map(Json::from),
-        ),
-        ("bin", [json!("AAH+/2hp"), json!(""), Json::Null]),
-        ("nothing", [Json::Null, Json::Null, Json::Null]),
-    ];
-    for (c, want) in columns {
-        assert_eq!(column(&rows, c), want, "{c}");
-    }
+    assert_columns(
+        &rows,
+        json!({
+            "device": ["d1", "d-2", "d3"],
+            "flag": [true, false, null],
+            "label": ["é 日本 🎉", "it's \"quoted\" \\ back", ""],
+            "dt": ["2024-02-29", "1999-12-31", "2000-01-01"],
+            "bin": ["AAH+/2hp", "", null],
+            "nothing": [null, null, null],
+        }),
+    );
     assert_eq!(rows[0]["ts"], "2024-05-01T10:00:00Z");
     assert_eq!(rows[2]["ts"], "1970-01-01T00:00:00Z");
     assert_eq!(rows[0]["naive"], "2024-05-01T12:00:00.123456");
@@ -477,16 +468,11 @@ fn json_values_and_types_from_postgres() {
 fn timestamptz_is_utc_whatever_the_session_time_zone() {
     let db = Db::Postgres;
     let values = "(1, '2024-05-01 12:00:00+02'), (2, '2024-12-31 23:30:00-05')";
-    let table = filled(
-        &db,
-        "out_tz",
-        "id INTEGER PRIMARY KEY, ts TIMESTAMPTZ",
-        values,
-    );
+    let columns = "id INTEGER PRIMARY KEY, ts TIMESTAMPTZ";
+    let table = filled(&db, "out_tz", columns, values);
     // A session time zone of +05:30
     let cs = db.connection_string() + "ConnSettings={SET TIME ZONE 'Asia/Kolkata'};";
-    let topic = unique("tz");
-    let route = to_topic("tz", &after_id("id, ts", &table.name), &topic);
+    let (route, topic) = to_new_topic("tz", "id, ts", &table.name);
     let mut run = Run::start(&cs, &[route], &topic);
     run.wait(2);
     let stamps = column(&run.rows(), "ts");
@@ -508,24 +494,18 @@ fn json_values_and_types_from_mariadb() {
              '2024-05-01 12:00:00.250000', '1999-12-31', NULL, NULL",
         ],
     );
-    let (small, big) = (&rows[0], &rows[1]);
+    let big = &rows[1];
     assert_eq!(column(&rows, "device"), ["m2", "m1"]);
-    assert_int(&big["id"], 9_007_199_254_740_993, "id");
-    assert_int(&big["n"], -7, "n");
-    assert_int(&small["n"], i64::from(i32::MAX), "n");
-    assert_eq!(
-        number_text(&big["amount"]),
-        "12345678901234567890.1234567891"
-    );
-    assert_eq!(normalized_decimal(&small["amount"]), "-0.5");
-    assert_eq!(big["ratio"].as_f64(), Some(1.5));
-    assert_eq!(small["ratio"].as_f64(), Some(6.02214076e23));
+    assert_eq!(numbers(&rows, "id"), ["2", "9007199254740993"]);
+    assert_eq!(numbers(&rows, "n"), ["2147483647", "-7"]);
+    let amounts = numbers(&rows, "amount");
+    assert_eq!(amounts[1], "12345678901234567890.1234567891");
+    assert_eq!(trim_zeros(&amounts[0]), "-0.5");
+    assert_eq!(floats(&rows, "ratio"), [Some(6.02214076e23), Some(1.5)]);
     assert_eq!(column(&rows, "label"), ["it's \"q\"", "é 日本 🎉"]);
     // DATETIME has no time zone: published without an offset
-    assert_eq!(
-        column(&rows, "ts"),
-        ["2024-05-01T12:00:00.25", "2024-05-01T10:00:00"]
-    );
+    let stamps = ["2024-05-01T12:00:00.25", "2024-05-01T10:00:00"];
+    assert_eq!(column(&rows, "ts"), stamps);
     assert_eq!(big["dt"], "2024-02-29");
     assert_eq!(column(&rows, "bin"), [Json::Null, json!("AAH+/2hp")]);
     assert_eq!(big["nothing"], Json::Null);
@@ -542,21 +522,16 @@ fn large_values_arrive_whole(db: Db, columns: &str, zeros: &str, one: &str) {
         (2, "REPEAT('x', 1000000)", "NULL"),
         (3, "'small'", one),
     ] {
-        db.exec(&format!(
-            "INSERT INTO {t} (id, label, bin) VALUES ({id}, {label}, {bin})"
-        ));
+        let values = format!("({id}, {label}, {bin})");
+        db.exec(&format!("INSERT INTO {t} (id, label, bin) VALUES {values}"));
     }
-    let topic = unique("large");
-    let route = to_topic("large", &after_id("id, label, bin", t), &topic);
+    let (route, topic) = to_new_topic("large", "id, label, bin", t);
     let mut run = Run::start(&db.connection_string(), &[route], &topic);
     run.settled(3);
     let rows = run.rows();
     assert_eq!(column(&rows, "id"), [1, 2, 3]);
-    let label = |r: usize| rows[r]["label"].as_str().map(str::to_owned);
-    assert_eq!(label(0), Some("é".repeat(50_000)));
-    assert_eq!(label(1).map(|l| l.len()), Some(1_000_000));
-    assert_eq!(label(1), Some("x".repeat(1_000_000)));
-    assert_eq!(label(2).as_deref(), Some("small"));
+    let labels = ["é".repeat(50_000), "x".repeat(1_000_000), "small".into()];
+    assert_eq!(column(&rows, "label"), labels.map(Json::from));
     // 99 999 zero bytes are 33 333 groups of "AAAA" in base64
     let bins = [json!("AAAA".repeat(33_333)), Json::Null, json!("AQ==")];
     assert_eq!(column(&rows, "bin"), bins);
@@ -585,10 +560,8 @@ fn large_values_arrive_whole_mariadb() {
 
 /// [`publish_rows`] from a new SQLite file, `id` and `device` before `columns`.
 fn publish_sqlite_rows(columns: &str, select: &str, rows: &[&str]) -> Vec<Row> {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = Db::Sqlite(dir.path().join("source.db"));
     let columns = format!("id INTEGER PRIMARY KEY, device TEXT NOT NULL, {columns}");
-    publish_rows(&db, &columns, select, rows)
+    publish_rows(&temp_sqlite(), &columns, select, rows)
 }
 
 #[test]
@@ -602,11 +575,9 @@ fn json_values_and_types_from_sqlite() {
             "2, 's2', -42, -0.25, 'it''s \"q\"', NULL",
         ],
     );
-    assert_int(&rows[0]["id"], 1, "id");
-    assert_int(&rows[0]["n"], 9_007_199_254_740_993, "n");
-    assert_int(&rows[1]["n"], -42, "n");
-    let ratios: Vec<Option<f64>> = column(&rows, "ratio").iter().map(Json::as_f64).collect();
-    assert_eq!(ratios, [Some(1.5), Some(-0.25)]);
+    assert_eq!(numbers(&rows, "id"), ["1", "2"]);
+    assert_eq!(numbers(&rows, "n"), ["9007199254740993", "-42"]);
+    assert_eq!(floats(&rows, "ratio"), [Some(1.5), Some(-0.25)]);
     assert_eq!(column(&rows, "label"), ["é 日本 🎉", "it's \"q\""]);
     assert_eq!(rows[0]["empty"], Json::Null);
 }
@@ -621,17 +592,14 @@ fn sqlite_bigint_and_blob_columns_keep_their_json_types() {
             "2, 's2', -42, NULL",
         ],
     );
-    assert_int(&rows[0]["big"], 9_007_199_254_740_993, "big");
-    assert_int(&rows[1]["big"], -42, "big");
+    assert_eq!(numbers(&rows, "big"), ["9007199254740993", "-42"]);
     assert_eq!(column(&rows, "bin"), [json!("AAH+/2hp"), Json::Null]);
 }
 
 fn csv_record(payload: &[u8], delimiter: u8, quote: u8) -> Vec<String> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .delimiter(delimiter)
-        .quote(quote)
-        .from_reader(payload);
+    let mut builder = csv::ReaderBuilder::new();
+    builder.has_headers(false).delimiter(delimiter).quote(quote);
+    let mut reader = builder.from_reader(payload);
     let text = String::from_utf8_lossy(payload);
     let records: Result<Vec<csv::StringRecord>, _> = reader.records().collect();
     let records = records.unwrap_or_else(|e| panic!("not CSV ({e}): {text}"));
@@ -656,7 +624,7 @@ fn csv_rows_are_one_line_each_and_round_trip() {
     let query = after_id("id, label, amount, nothing, ts, flag", &table.name);
     let csv_to = |variant: &str| {
         let topic = format!("{root}/{variant}/{{id}}");
-        to_topic(&format!("csv_{variant}"), &query, &topic).set("format", "csv")
+        to_topic(&format!("csv_{variant}"), &query, &topic).format("csv")
     };
     let custom = csv_to("custom").set("csv", json!({ "delimiter": ";", "quote": "'" }));
     let cs = Db::Postgres.connection_string();
@@ -696,9 +664,8 @@ fn qos_2_and_retain_reach_live_and_late_subscribers() {
     let world = World::new("outbound");
     let table = devices("out_retain", "(1, 'd1'), (2, 'd2')");
     let root = unique("retain");
-    let route = dev_route("retain", &table, &root)
-        .set("qos", 2)
-        .set("retain", true);
+    let route = dev_route("retain", &table, &root);
+    let route = route.qos(2).set("retain", true);
     let config = config(&world, &Db::Postgres.connection_string(), &[route]);
     let live = Subscriber::connect(world.broker.port, &format!("{root}/#"), 2);
     let mut run = Run::new(world, config, live);
@@ -722,11 +689,8 @@ fn without_track_every_poll_publishes_every_row() {
     let table = rows_table("notrack", 2);
     let t = &table.name;
     let topic = unique("notrack");
-    let route = polled("notrack", &format!("SELECT id, v FROM {t} ORDER BY id"));
-    let mut run = Run::pg(
-        route.set("broker", "b").set("topic", topic.as_str()),
-        &topic,
-    );
+    let route = Route::outbound("notrack", &format!("SELECT id, v FROM {t} ORDER BY id"));
+    let mut run = Run::pg(route.interval("100ms").broker("b").topic(&topic), &topic);
 
     let sub = &run.sub;
     wait_for(&mut run.bridge, "three polls' worth", || {
@@ -743,21 +707,14 @@ fn without_track_every_poll_publishes_every_row() {
     assert_eq!(run.letters(), Vec::<Json>::new());
 }
 
-fn after_stamp(cols: &str, table: &str) -> String {
-    format!("SELECT {cols} FROM {table} WHERE (updated_at, id) > (?, ?) ORDER BY updated_at, id")
-}
-
 #[test]
 fn delay_leaves_young_rows_for_a_later_poll() {
     // A row an hour old and a row stamped an hour from now, and `delay: 5s`
     let db = Db::Postgres;
     let utc_now = "(now() AT TIME ZONE 'UTC')";
-    let table = filled(
-        &db,
-        "out_delay",
-        "id INTEGER PRIMARY KEY, updated_at TIMESTAMP NOT NULL",
-        &format!("(1, {utc_now} - interval '1 hour'), (2, {utc_now} + interval '1 hour')"),
-    );
+    let columns = "id INTEGER PRIMARY KEY, updated_at TIMESTAMP NOT NULL";
+    let values = format!("(1, {utc_now} - interval '1 hour'), (2, {utc_now} + interval '1 hour')");
+    let table = filled(&db, "out_delay", columns, &values);
     let t = &table.name;
     let topic = unique("delay");
     let route = to_topic("delay", &after_stamp("id, updated_at", t), &topic);
@@ -767,9 +724,8 @@ fn delay_leaves_young_rows_for_a_later_poll() {
     assert_eq!(run.ids(), [1]);
 
     // And once the young row has aged (its stamp moved back), it goes out too, once
-    db.exec(&format!(
-        "UPDATE {t} SET updated_at = {utc_now} - interval '30 minutes' WHERE id = 2"
-    ));
+    let aged = format!("{utc_now} - interval '30 minutes'");
+    db.exec(&format!("UPDATE {t} SET updated_at = {aged} WHERE id = 2"));
     run.settled(2);
     assert_eq!(run.ids(), [1, 2]);
     run.finish();
@@ -793,21 +749,14 @@ fn amqp_default_exchange_delivers_to_the_queue_named_by_the_routing_key() {
 fn a_numeric_track_column_is_bound_as_a_number() {
     // A key of NUMERIC(20,0), as in many legacy schemas; one row per poll, so the second poll
     // binds the first row's id
-    let table = filled(
-        &Db::Postgres,
-        "out_numtrack",
-        "id NUMERIC(20,0) PRIMARY KEY, v TEXT",
-        "(10000000000000000001, 'a'), (10000000000000000002, 'b')",
-    );
-    let topic = unique("numtrack");
-    let route = to_topic("numtrack", &after_id("id, v", &table.name), &topic);
+    let values = "(10000000000000000001, 'a'), (10000000000000000002, 'b')";
+    let columns = "id NUMERIC(20,0) PRIMARY KEY, v TEXT";
+    let table = filled(&Db::Postgres, "out_numtrack", columns, values);
+    let (route, topic) = to_new_topic("numtrack", "id, v", &table.name);
     let mut run = Run::pg(route.set("max_rows", 1), &topic);
-    let ids: Vec<String> = run
-        .settled(2)
-        .iter()
-        .map(|m| number_text(&json_of(&m.payload)["id"]))
-        .collect();
-    assert_eq!(ids, ["10000000000000000001", "10000000000000000002"]);
+    let rows: Vec<Row> = run.settled(2).iter().map(|m| json_of(&m.payload)).collect();
+    let ids = ["10000000000000000001", "10000000000000000002"];
+    assert_eq!(numbers(&rows, "id"), ids);
     run.finish();
 }
 
@@ -816,13 +765,9 @@ fn devices(prefix: &str, values: &str) -> TempTable {
     filled(&Db::Postgres, prefix, columns, values)
 }
 
-/// Route `name` publishing each row of `table` (of [`devices`]) to `<root>/{dev}`.
 fn dev_route(name: &str, table: &TempTable, root: &str) -> Route {
-    to_topic(
-        name,
-        &after_id("id, dev", &table.name),
-        &format!("{root}/{{dev}}"),
-    )
+    let topic = format!("{root}/{{dev}}");
+    to_topic(name, &after_id("id, dev", &table.name), &topic)
 }
 
 #[test]
@@ -844,11 +789,8 @@ fn a_topic_template_with_a_leading_slash_publishes() {
 #[test]
 fn outbound_mqtt_publishes_use_the_route_client_id() {
     let table = rows_table("cid", 1);
-    let topic = unique("cid");
-    let mut run = Run::pg(
-        to_topic("cid", &after_id("id, v", &table.name), &topic),
-        &topic,
-    );
+    let (route, topic) = to_new_topic("cid", "id, v", &table.name);
+    let mut run = Run::pg(route, &topic);
     run.wait(1);
     terminate_ok(&mut run.bridge);
     // The broker saw the publisher connect as "<client_id>-<route>"
@@ -860,8 +802,6 @@ fn outbound_mqtt_publishes_use_the_route_client_id() {
 /// At most this many rows per poll in the restart and outage tests.
 const STREAM_MAX_ROWS: usize = 100;
 
-/// Cuts the connection behind `proxy` while rows 1001..=2000 come, and restores it a few
-/// seconds later.
 fn cut_while_rows_come(proxy: &TcpProxy, bridge: &mut Bridge, table: &str) {
     proxy.set_down(true);
     pg_insert_range(table, 1001, 2000);
@@ -870,32 +810,33 @@ fn cut_while_rows_come(proxy: &TcpProxy, bridge: &mut Bridge, table: &str) {
     proxy.set_down(false);
 }
 
-/// A [`rows_table`] published by route `name` to `topic` at QoS 1.
+/// A [`rows_table`] published by route `name` to `topic` at QoS 1, [`STREAM_MAX_ROWS`] rows a
+/// poll, and the client id of a persistent-session subscriber of the topic.
 struct MqttStream {
     table: TempTable,
     world: World,
     topic: String,
     config: PathBuf,
+    sub_id: String,
 }
 
 impl MqttStream {
     fn new(name: &str) -> MqttStream {
         let world = World::new("outbound");
         let table = rows_table(name, 0);
-        let topic = unique(name);
-        let route = to_topic(name, &after_id("id, v", &table.name), &topic);
-        let route = route.set("max_rows", STREAM_MAX_ROWS).set("qos", 1);
+        let (route, topic) = to_new_topic(name, "id, v", &table.name);
+        let route = route.set("max_rows", STREAM_MAX_ROWS).qos(1);
         let config = config(&world, &Db::Postgres.connection_string(), &[route]);
+        let sub_id = unique(&format!("{}_sub", table.name));
         MqttStream {
             table,
             world,
             topic,
             config,
+            sub_id,
         }
     }
 
-    /// Inserts rows 1..=1000, starts the bridge and waits until `sub` has the first poll's
-    /// messages.
     fn start_mid_stream(&self, sub: &Subscriber) -> Bridge {
         pg_insert_range(&self.table.name, 1, 1000);
         let mut bridge = Bridge::start(&self.config);
@@ -903,15 +844,13 @@ impl MqttStream {
         bridge
     }
 
-    /// A persistent-session subscriber of the topic (the broker keeps its messages across
-    /// its own restart) and its client id.
-    fn durable_subscriber(&self) -> (String, Subscriber) {
-        let id = unique(&format!("{}_sub", self.table.name));
-        let sub = Subscriber::connect_with(self.world.broker.port, &id, false, &[(&self.topic, 1)]);
-        (id, sub)
+    /// A persistent-session subscriber of the topic: the broker keeps its messages across
+    /// its own restart.
+    fn durable_subscriber(&self) -> Subscriber {
+        let filters = [(self.topic.as_str(), 1)];
+        Subscriber::connect_with(self.world.broker.port, &self.sub_id, false, &filters)
     }
 
-    /// Stops the broker and inserts rows 1001..=2000; returns what `sub` had received.
     fn broker_down(&mut self, sub: Subscriber) -> Vec<Received> {
         self.world.broker.stop();
         let before = sub.messages();
@@ -920,30 +859,15 @@ impl MqttStream {
         before
     }
 
-    fn broker_back(&mut self, id: &str) -> Subscriber {
+    fn broker_back(&mut self) -> Subscriber {
         self.world.broker.restart();
-        Subscriber::connect_with(self.world.broker.port, id, false, &[])
+        Subscriber::connect_with(self.world.broker.port, &self.sub_id, false, &[])
     }
-}
-
-/// Waits until `before` and `sub` together hold every id in `1..=n`; returns how often each
-/// arrived.
-fn wait_all(
-    bridge: &mut Bridge,
-    before: &[Received],
-    sub: &Subscriber,
-    n: i64,
-) -> BTreeMap<i64, usize> {
-    let all = || mqtt_id_counts(&[before, sub.messages().as_slice()].concat());
-    wait_for(bridge, &format!("every id in 1..={n}"), || {
-        Ok(missing(&all(), n).is_empty())
-    });
-    all()
 }
 
 /// Runs 2000 rows through a bridge that is stopped (SIGKILL or SIGTERM) after the first
 /// messages arrive and then started again; returns how often each id arrived.
-fn restart_mid_stream(graceful: bool) -> BTreeMap<i64, usize> {
+fn restart_mid_stream(graceful: bool) -> Counts {
     // A subscriber that stays connected throughout
     let stream = MqttStream::new("restart");
     let sub = stream.world.subscribe(&stream.topic);
@@ -957,7 +881,7 @@ fn restart_mid_stream(graceful: bool) -> BTreeMap<i64, usize> {
 
     pg_insert_range(&stream.table.name, 1001, 2000);
     let mut bridge = Bridge::start(&stream.config);
-    wait_for_ids(&mut bridge, &sub, 2000);
+    wait_all(&mut bridge, &[], &sub, 2000);
     std::thread::sleep(QUIET);
     let counts = mqtt_id_counts(&sub.messages());
     assert_eq!(missing(&counts, 2000), Vec::<i64>::new());
@@ -973,47 +897,36 @@ fn sigkill_mid_stream_then_restart_skips_nothing() {
     let counts = restart_mid_stream(false);
     // At most one poll's worth was published again (a crash between confirm and store)
     let dups = duplicates(&counts);
-    assert!(
-        dups <= STREAM_MAX_ROWS,
-        "{dups} duplicates after SIGKILL, more than one poll (max_rows {STREAM_MAX_ROWS})"
-    );
+    let more = format!("{dups} duplicates after SIGKILL, more than one poll ({STREAM_MAX_ROWS})");
+    assert!(dups <= STREAM_MAX_ROWS, "{more}");
 }
 
 #[test]
 fn sigterm_mid_stream_then_restart_publishes_each_row_once() {
     let counts = restart_mid_stream(true);
-    // SIGTERM is not a crash
-    let twice: Vec<&i64> = counts
-        .iter()
-        .filter(|(_, c)| **c > 1)
-        .map(|(i, _)| i)
-        .collect();
-    assert_eq!(twice, Vec::<&i64>::new(), "ids published more than once");
+    // SIGTERM is not a crash: every id of 1..=2000 (and no other) arrived once
+    assert_eq!(counts, once_each(1..=2000), "ids published more than once");
 }
 
 #[test]
 fn mosquitto_stopped_mid_stream_loses_nothing() {
     let mut stream = MqttStream::new("mqstop");
-    let (sub_id, sub) = stream.durable_subscriber();
+    let sub = stream.durable_subscriber();
     let mut bridge = stream.start_mid_stream(&sub);
 
     let before = stream.broker_down(sub);
     std::thread::sleep(Duration::from_secs(3));
     assert!(bridge.is_running(), "mqdb died:\n{}", bridge.log());
-    let sub = stream.broker_back(&sub_id);
-    assert!(
-        sub.session_present,
-        "the broker lost the subscriber's session"
-    );
+    let sub = stream.broker_back();
+    let lost = "the broker lost the subscriber's session";
+    assert!(sub.session_present, "{lost}");
 
     let counts = wait_all(&mut bridge, &before, &sub, 2000);
     assert_eq!(counts.len(), 2000, "ids outside 1..=2000");
     finish_clean(&mut bridge, &stream.config);
     let dups = duplicates(&counts);
-    eprintln!(
-        "messages before the stop: {}; duplicates: {dups}",
-        before.len()
-    );
+    let at_stop = before.len();
+    eprintln!("messages before the stop: {at_stop}; duplicates: {dups}");
 }
 
 #[test]
@@ -1024,17 +937,11 @@ fn a_connection_lost_while_confirms_are_awaited_loses_nothing() {
     let world = World::new("outbound");
     let proxy = TcpProxy::start(world.broker.addr());
     let table = rows_table("lost", 0);
-    let topic = unique("lost");
-    let route = to_topic("lost", &after_id("id, v", &table.name), &topic);
-    let route = route.set("max_rows", 5000).set("qos", 1);
+    let (route, topic) = to_new_topic("lost", "id, v", &table.name);
+    let route = route.set("max_rows", 5000).qos(1);
     let url = format!("mqtt://127.0.0.1:{}", proxy.port);
-    let config = world
-        .bare_config()
-        .broker("b", &url, world.mqtt(Json::Null).1);
-    let config = write(
-        config.database("d", &Db::Postgres.connection_string()),
-        &[route],
-    );
+    let (broker, cs) = (("b", url.as_str(), world.mqtt(Json::Null).1), Db::Postgres);
+    let config = config_on(&world, broker, &cs.connection_string(), &[route]);
     let sub = world.subscribe(&topic);
     let n = 30_000;
     pg_insert_range(&table.name, 1, n);
@@ -1057,10 +964,8 @@ fn a_connection_lost_while_confirms_are_awaited_loses_nothing() {
         }
     }
     let log = run.bridge.log();
-    assert!(
-        in_flight_cut(&log),
-        "no cut came while publishes were in flight:\n{log}"
-    );
+    let no_cut = "no cut came while publishes were in flight";
+    assert!(in_flight_cut(&log), "{no_cut}:\n{log}");
 
     run.wait_ids(n);
     let counts = run.counts();
@@ -1072,7 +977,7 @@ fn a_connection_lost_while_confirms_are_awaited_loses_nothing() {
 #[test]
 fn sigterm_while_the_broker_is_down_exits_and_a_restart_loses_nothing() {
     let mut stream = MqttStream::new("termdown");
-    let (sub_id, sub) = stream.durable_subscriber();
+    let sub = stream.durable_subscriber();
     let mut bridge = stream.start_mid_stream(&sub);
 
     // The broker stops, more rows come, and the bridge gets SIGTERM while it cannot publish
@@ -1082,7 +987,7 @@ fn sigterm_while_the_broker_is_down_exits_and_a_restart_loses_nothing() {
     terminate_ok(&mut bridge);
     let took = asked.elapsed();
 
-    let sub = stream.broker_back(&sub_id);
+    let sub = stream.broker_back();
     let mut bridge = Bridge::start(&stream.config);
     wait_all(&mut bridge, &before, &sub, 2000);
     finish_clean(&mut bridge, &stream.config);
@@ -1123,8 +1028,7 @@ fn database_outage_mid_stream_loses_nothing() {
     let columns = "id INTEGER PRIMARY KEY, v TEXT, sent_at TIMESTAMPTZ NULL";
     let table = TempTable::create(&db, "out_dbcut", columns);
     let t = &table.name;
-    let topic = unique("dbcut");
-    let route = to_topic("dbcut", &after_id("id, v", t), &topic);
+    let (route, topic) = to_new_topic("dbcut", "id, v", t);
     let route = route.set("max_rows", STREAM_MAX_ROWS);
     pg_insert_range(t, 1, 1000);
     let cs = db.connection_string_via(proxy.port);
@@ -1147,13 +1051,10 @@ fn rows_sharing_a_timestamp_survive_a_restart(db: Db, columns: &str) {
     let table = TempTable::create(&db, "out_ts", columns);
     let t = &table.name;
     let insert = |from: i64, to: i64| {
-        let values: Vec<String> = (from..=to)
-            .map(|i| format!("({i}, '2024-05-01 12:00:00.123456', 'row {i}')"))
-            .collect();
-        let values = values.join(", ");
-        db.exec(&format!(
-            "INSERT INTO {t} (id, updated_at, v) VALUES {values}"
-        ));
+        for i in from..=to {
+            let row = format!("({i}, '2024-05-01 12:00:00.123456', 'row {i}')");
+            db.exec(&format!("INSERT INTO {t} (id, updated_at, v) VALUES {row}"));
+        }
     };
     insert(1, 10);
     let topic = unique("ts");
@@ -1180,28 +1081,22 @@ fn rows_sharing_a_timestamp_survive_a_restart(db: Db, columns: &str) {
 
 #[test]
 fn rows_sharing_a_timestamp_survive_a_restart_postgres() {
-    rows_sharing_a_timestamp_survive_a_restart(
-        Db::Postgres,
-        "id INTEGER PRIMARY KEY, updated_at TIMESTAMP NOT NULL, v TEXT",
-    );
+    let columns = "id INTEGER PRIMARY KEY, updated_at TIMESTAMP NOT NULL, v TEXT";
+    rows_sharing_a_timestamp_survive_a_restart(Db::Postgres, columns);
 }
 
 #[test]
 fn rows_sharing_a_timestamp_survive_a_restart_mariadb() {
-    rows_sharing_a_timestamp_survive_a_restart(
-        Db::MariaDb,
-        "id INT PRIMARY KEY, updated_at DATETIME(6) NOT NULL, v TEXT",
-    );
+    let columns = "id INT PRIMARY KEY, updated_at DATETIME(6) NOT NULL, v TEXT";
+    rows_sharing_a_timestamp_survive_a_restart(Db::MariaDb, columns);
 }
 
 #[test]
 fn rows_whose_topic_cannot_be_built_become_dead_letters() {
     // Topic values holding `+`, `#`, `/`, or nothing, between good rows
-    let table = devices(
-        "out_topic",
-        "(1, 'ok1'), (2, 'a+b'), (3, 'ok3'), (4, 'x#'), (5, ''), (6, 'ok6'), \
-         (7, E'site/\\u001b[2J')",
-    );
+    let values = "(1, 'ok1'), (2, 'a+b'), (3, 'ok3'), (4, 'x#'), (5, ''), (6, 'ok6'), \
+                  (7, E'site/\\u001b[2J')";
+    let table = devices("out_topic", values);
     let root = unique("topic");
     let mut run = Run::pg(dev_route("badtopic", &table, &root), &format!("{root}/#"));
     run.wait_with_letters(3, 4);
@@ -1210,19 +1105,16 @@ fn rows_whose_topic_cannot_be_built_become_dead_letters() {
 
     let good = ["ok1", "ok3", "ok6", "ok8"].map(|d| format!("{root}/{d}"));
     assert_eq!(run.topics(), good);
-    // And each bad row is exactly one outbound dead letter of kind "topic", with the row
+    // And each bad row is exactly one outbound dead letter of kind "topic", with the row;
+    // as it never got a topic, its source is the template it was meant for
+    let template = format!("{root}/{{dev}}");
+    let want = [2, 4, 5, 7].map(|id| {
+        json!({ "id": id, "route": "badtopic", "direction": "outbound",
+            "error_kind": "topic", "source": template })
+    });
     let letters = run.letters();
-    assert_eq!(letters.len(), 4, "{letters:#?}");
-    for letter in &letters {
-        assert_eq!(letter["route"], "badtopic", "{letter}");
-        assert_eq!(letter["direction"], "outbound", "{letter}");
-        assert_eq!(letter["error_kind"], "topic", "{letter}");
-        // The row never got a topic: its source is the template it was meant for.
-        assert_eq!(letter["source"], format!("{root}/{{dev}}"), "{letter}");
-    }
-    let mut ids: Vec<i64> = letters.iter().map(letter_id).collect();
-    ids.sort_unstable();
-    assert_eq!(ids, [2, 4, 5, 7]);
+    let keys = ["route", "direction", "error_kind", "source"];
+    assert_eq!(picked(&letters, &keys), want);
     // And the `/` one names the column and its value, escaped, and the key that allows it
     let slash = letters
         .iter()
@@ -1248,10 +1140,9 @@ fn topic_values_add_levels_lets_a_slash_in_a_value_add_levels() {
     // The `/` made a level, and an empty level is still a dead letter
     let topics = [format!("{root}/dev2"), format!("{root}/hall/dev1")];
     assert_eq!(run.topics(), topics);
-    let letters = run.letters();
-    assert_eq!(letters.len(), 1, "{letters:#?}");
-    assert_eq!(letters[0]["error_kind"], "topic", "{letters:#?}");
-    let error = letters[0]["error"].as_str().unwrap_or_default();
+    let letter = only(run.letters());
+    assert_eq!(letter["error_kind"], "topic", "{letter:#}");
+    let error = letter["error"].as_str().unwrap_or_default();
     assert!(error.contains("empty topic level"), "{error}");
 }
 
@@ -1261,12 +1152,9 @@ fn unroutable_amqp_rows_become_dead_letters_and_the_position_moves_on() {
     let db = Db::Postgres;
     let mut rabbit = Rabbit::connect();
     let (exchange, queue) = exchange_with_queue(&mut rabbit, "mqdb_out_unr", "r.good");
-    let table = filled(
-        &db,
-        "out_unr",
-        "id INTEGER PRIMARY KEY, kind TEXT NOT NULL",
-        "(1, 'good'), (2, 'bad'), (3, 'good'), (4, 'other'), (5, 'good')",
-    );
+    let values = "(1, 'good'), (2, 'bad'), (3, 'good'), (4, 'other'), (5, 'good')";
+    let columns = "id INTEGER PRIMARY KEY, kind TEXT NOT NULL";
+    let table = filled(&db, "out_unr", columns, values);
     let query = after_id("id, kind", &table.name);
     let route = to_exchange("unroutable", &query, &exchange, "r.{kind}");
     let mut run = AmqpRun::pg(rabbit, &queue, route);
@@ -1283,27 +1171,15 @@ fn unroutable_amqp_rows_become_dead_letters_and_the_position_moves_on() {
         assert_eq!(to, (exchange.as_str(), "r.good"));
         assert_eq!(m.delivery_mode, Some(2), "{m:?}");
     }
-    let letters = run.letters();
-    assert_eq!(letters.len(), 2, "{letters:#?}");
-    let mut seen: Vec<(String, i64)> = letters
-        .iter()
-        .map(|l| {
-            assert_eq!(l["route"], "unroutable", "{l}");
-            assert_eq!(l["direction"], "outbound", "{l}");
-            assert_eq!(l["error_kind"], "unroutable", "{l}");
-            (
-                l["source"].as_str().unwrap_or_default().to_owned(),
-                letter_id(l),
-            )
-        })
-        .collect();
-    seen.sort();
-    let want = [("bad", 2), ("other", 4)].map(|(k, i)| (format!("{exchange}/r.{k}"), i));
-    assert_eq!(seen, want);
+    let want = [(2, "bad"), (4, "other")].map(|(id, key)| {
+        json!({ "id": id, "route": "unroutable", "direction": "outbound",
+            "error_kind": "unroutable", "source": format!("{exchange}/r.{key}") })
+    });
+    let keys = ["route", "direction", "error_kind", "source"];
+    assert_eq!(picked(&run.letters(), &keys), want);
     terminate_ok(&mut run.bridge);
 }
 
-/// An outbox `(id, dev, sent_at)` holding rows `from..=to` of [`insert_devs`].
 fn outbox(db: &Db, prefix: &str, from: i64, to: i64) -> TempTable {
     let columns = "id INTEGER PRIMARY KEY, dev TEXT, sent_at TIMESTAMPTZ NULL";
     let table = TempTable::create(db, prefix, columns);
@@ -1337,20 +1213,14 @@ fn after_publish_marks_every_row(db: Db, columns: &str, mark: &str) {
 
 #[test]
 fn after_publish_marks_every_row_postgres() {
-    after_publish_marks_every_row(
-        Db::Postgres,
-        "id INTEGER PRIMARY KEY, dev TEXT, sent_at TIMESTAMPTZ NULL",
-        "now()",
-    );
+    let columns = "id INTEGER PRIMARY KEY, dev TEXT, sent_at TIMESTAMPTZ NULL";
+    after_publish_marks_every_row(Db::Postgres, columns, "now()");
 }
 
 #[test]
 fn after_publish_marks_every_row_mariadb() {
-    after_publish_marks_every_row(
-        Db::MariaDb,
-        "id INT PRIMARY KEY, dev VARCHAR(20), sent_at DATETIME(6) NULL",
-        "CURRENT_TIMESTAMP(6)",
-    );
+    let columns = "id INT PRIMARY KEY, dev VARCHAR(20), sent_at DATETIME(6) NULL";
+    after_publish_marks_every_row(Db::MariaDb, columns, "CURRENT_TIMESTAMP(6)");
 }
 
 #[test]
@@ -1360,12 +1230,8 @@ fn after_publish_rejections_become_dead_letters_and_the_rest_commit() {
     let values: Vec<String> = (1..=10)
         .map(|i| format!("({i}, {}, NULL)", if i == 3 { 50 } else { 1 }))
         .collect();
-    let table = filled(
-        &db,
-        "out_after_rej",
-        "id INTEGER PRIMARY KEY, n INTEGER CHECK (n <= 100), sent_at TIMESTAMPTZ NULL",
-        &values.join(", "),
-    );
+    let columns = "id INTEGER PRIMARY KEY, n INTEGER CHECK (n <= 100), sent_at TIMESTAMPTZ NULL";
+    let table = filled(&db, "out_after_rej", columns, &values.join(", "));
     let t = &table.name;
     let topic = unique("after_rej");
     let update = format!("UPDATE {t} SET n = n * 10, sent_at = now() WHERE id = ?");
@@ -1377,19 +1243,17 @@ fn after_publish_rejections_become_dead_letters_and_the_rest_commit() {
 
     assert_eq!(run.counts(), once_each(1..=10));
     // And every other row's after_publish committed
-    let unsent: Vec<i64> = db
-        .query(&format!(
-            "SELECT id FROM {t} WHERE sent_at IS NULL ORDER BY id"
-        ))
-        .iter()
-        .filter_map(|r| r[0].as_deref()?.trim().parse().ok())
-        .collect();
-    assert_eq!(unsent, [3], "rows whose after_publish did not commit");
-    let letters = run.letters();
-    assert_eq!(letters.len(), 1, "{letters:#?}");
-    assert_eq!(letters[0]["route"], "after_rej");
-    assert_eq!(letters[0]["direction"], "outbound");
-    assert_eq!(letter_id(&letters[0]), 3, "{}", letters[0]);
+    let unsent = db.query(&format!(
+        "SELECT id FROM {t} WHERE sent_at IS NULL ORDER BY id"
+    ));
+    assert_eq!(
+        unsent,
+        text_rows(&[["3"]]),
+        "rows whose after_publish did not commit"
+    );
+    let letters = picked(&run.letters(), &["route", "direction"]);
+    let want = json!({ "id": 3, "route": "after_rej", "direction": "outbound" });
+    assert_eq!(letters, [want]);
     terminate_ok(&mut run.bridge);
 }
 
@@ -1437,36 +1301,21 @@ fn an_outbox_marks_dead_lettered_rows_so_they_are_dead_lettered_once() {
 
     // The bad row is one dead letter, however many polls ran, and every other row was
     // published once
-    let letters = run.letters();
-    assert_eq!(letters.len(), 1, "{letters:?}");
-    assert_eq!(letters[0]["error_kind"], "topic", "{}", letters[0]);
+    let letter = only(run.letters());
+    assert_eq!(letter["error_kind"], "topic", "{letter}");
     assert_eq!(run.counts(), once_each([1, 2, 3, 5, 6, 7, 8]));
     terminate_ok(&mut run.bridge);
 }
 
-/// `mqdb check` on `config`: its exit code, stdout, and stdout + stderr to show.
-fn check(config: &Path) -> (Option<i32>, String, String) {
-    let out = run_mqdb(&["-c", path_str(config), "check"]);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let show = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    (out.status.code(), stdout, show)
+fn check(config: &Path) -> Ran {
+    mqdb_at(config, &["check"])
 }
 
-/// `check` on one route over a new table `(id INTEGER)`, built from the table's name.
-fn check_one(prefix: &str, route: impl FnOnce(&str) -> Route) -> (Option<i32>, String, String) {
+fn check_one(prefix: &str, route: impl FnOnce(&str) -> Route) -> Ran {
     let world = World::new("outbound");
     let table = TempTable::create(&Db::Postgres, prefix, "id INTEGER PRIMARY KEY");
     let route = route(&table.name);
     check(&config(&world, &Db::Postgres.connection_string(), &[route]))
-}
-
-/// Asserts `check` printed one line for outbound `route`, starting with `status`; returns it.
-fn outbound_line(stdout: &str, show: &str, route: &str, status: &str) -> String {
-    let tag = format!("outbound {route}:");
-    let lines: Vec<&str> = stdout.lines().filter(|l| l.contains(&tag)).collect();
-    assert_eq!(lines.len(), 1, "{route}\n{show}");
-    assert!(lines[0].starts_with(status), "{route}\n{show}");
-    lines[0].to_owned()
 }
 
 #[test]
@@ -1486,25 +1335,17 @@ fn check_reports_each_outbound_route() {
     let root = unique("check");
     let topic = format!("{root}/{{dev}}");
     let select = after_id("id, dev", t);
-    let good = [
+    let by_seq_no = format!("SELECT id, dev FROM {t} WHERE seq_no > ? ORDER BY seq_no");
+    let missing_column = after_id("id, dev, no_such_column", t);
+    let no_such_level = format!("{root}/{{no_such_level}}");
+    let routes = [
         to_topic("good", &select, &topic),
         to_exchange("good_amqp", &select, &exchange, "x.{dev}"),
-    ];
-    let by_seq_no = format!("SELECT id, dev FROM {t} WHERE seq_no > ? ORDER BY seq_no");
-    let bad = [
-        to_topic(
-            "bad_column",
-            &after_id("id, dev, no_such_column", t),
-            &topic,
-        ),
+        to_topic("bad_column", &missing_column, &topic),
         to_topic("bad_track", &by_seq_no, &topic).set("track", "seq_no"),
-        to_topic(
-            "bad_template",
-            &select,
-            &format!("{root}/{{no_such_level}}"),
-        ),
+        to_topic("bad_template", &select, &no_such_level),
         to_exchange("no_exchange", &select, &absent, "x.{dev}"),
-        to_topic("gone_broker", &select, &topic).set("broker", "gone"),
+        to_topic("gone_broker", &select, &topic).broker("gone"),
     ];
     let problems = [
         ("bad_column", "no_such_column"),
@@ -1513,62 +1354,58 @@ fn check_reports_each_outbound_route() {
         ("no_exchange", absent.as_str()),
         ("gone_broker", "gone"),
     ];
-    let routes: Vec<Route> = good.iter().cloned().chain(bad).collect();
+    let good = &routes[..2];
     let brokers = world.config(&db).broker("rabbit", Rabbit::URL, Json::Null);
     let closed = format!("mqtt://127.0.0.1:{}", common::free_port());
-    let with_gone = brokers
-        .clone()
-        .broker("gone", &closed, world.mqtt(Json::Null).1);
-    let (code, stdout, show) = check(&write(with_gone, &routes));
+    let gone = world.mqtt(Json::Null).1;
+    let with_gone = brokers.clone().broker("gone", &closed, gone);
+    let ran = check(&write(with_gone, &routes));
 
     // It fails (exit 1) with one line per route: ok for the good ones, FAIL naming the
-    // problem for the others
-    assert_eq!(code, Some(1), "{show}");
+    // problem (after the route's name) for the others
+    ran.code(1);
     for name in ["good", "good_amqp"] {
-        outbound_line(&stdout, &show, name, "ok");
+        ran.route_is(&format!("outbound {name}"), "ok", &[]);
     }
     for (name, needle) in problems {
-        let line = outbound_line(&stdout, &show, name, "FAIL");
+        let route = format!("outbound {name}");
+        let line = ran.route_is(&route, "FAIL", &[]).route_line(&route);
         let detail = line.split_once(':').map_or("", |(_, d)| d);
-        assert!(
-            detail.contains(needle),
-            "{name}: expected {needle:?}\n{show}"
-        );
+        let expected = format!("{name}: expected {needle:?}");
+        assert!(detail.contains(needle), "{expected}\n{ran}");
     }
 
-    let (code, stdout, show) = check(&write(brokers, &good));
-    assert_eq!(code, Some(0), "{show}");
-    outbound_line(&stdout, &show, "good", "ok");
-    assert!(!stdout.contains("FAIL"), "{stdout}");
+    let ran = check(&write(brokers, good));
+    ran.code(0).route_is("outbound good", "ok", &[]);
+    assert!(!ran.stdout.contains("FAIL"), "{ran}");
 }
 
 #[test]
 fn check_fails_when_after_publish_does_not_prepare() {
     // An after_publish that updates a column that does not exist
-    let (code, stdout, show) = check_one("out_chk_after", |t| {
+    let ran = check_one("out_chk_after", |t| {
         let update = format!("UPDATE {t} SET no_such_target = 1 WHERE id = ?");
         to_topic("bad_after", &after_id("id", t), &unique("chk")).set("after_publish", update)
     });
-    assert_eq!(code, Some(1), "{show}");
-    let line = outbound_line(&stdout, &show, "bad_after", "FAIL");
-    assert!(line.contains("no_such_target"), "{show}");
+    ran.fails("outbound bad_after", &["no_such_target"]);
 }
 
 #[test]
 fn check_prints_one_line_per_outbound_route() {
     // A query naming a missing column (psqlODBC's message has two lines)
-    let (code, stdout, show) = check_one("out_chk_line", |t| {
-        to_topic(
-            "one_line",
-            &after_id("id, no_such_column", t),
-            &unique("chk"),
-        )
+    let ran = check_one("out_chk_line", |t| {
+        let query = after_id("id, no_such_column", t);
+        to_topic("one_line", &query, &unique("chk"))
     });
-    assert_eq!(code, Some(1), "{show}");
-    let lines: Vec<&str> = stdout.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "{show}");
-    assert!(lines[0].starts_with("FAIL  outbound one_line:"), "{show}");
-    assert!(lines[0].contains("no_such_column"), "{show}");
+    ran.code(1);
+    let lines: Vec<&str> = ran
+        .stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(lines.len(), 1, "{ran}");
+    assert!(lines[0].starts_with("FAIL  outbound one_line:"), "{ran}");
+    assert!(lines[0].contains("no_such_column"), "{ran}");
 }
 
 /// The deduplication key of the row of `route` with track values `track` and body `payload`.
@@ -1577,23 +1414,18 @@ fn key_of(route: &str, track: &[&str], payload: &[u8]) -> String {
     mqdb::dedup::message_id(route, &track, payload)
 }
 
-/// The first field of a CSV row, or the `id` of a JSON row.
 fn row_id(payload: &[u8]) -> i64 {
     if payload.first() == Some(&b'{') {
         return id_of(payload);
     }
     let text = String::from_utf8_lossy(payload);
     let first = text.split(',').next().unwrap_or_default();
-    first
-        .parse()
-        .unwrap_or_else(|_| panic!("no id first in {text:?}"))
+    let id = first.parse();
+    id.unwrap_or_else(|_| panic!("no id first in {text:?}"))
 }
 
 fn epoch_seconds() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
+    Utc::now().timestamp().try_into().expect("clock after 1970")
 }
 
 /// Each message's row id and key, checked against the key of `route` for that row.
@@ -1621,8 +1453,9 @@ fn amqp_messages_carry_a_key_stable_across_instances_their_content_type_and_a_ti
     let t = &table.name;
     let query = after_id("id, v", t);
     let routes = [("keys_json", "json"), ("keys_csv", "csv")]
-        .map(|(name, format)| to_exchange(name, &query, &exchange, format).set("format", format));
-    let config = config_amqp(&world, Rabbit::URL, &db.connection_string(), &routes);
+        .map(|(name, format)| to_exchange(name, &query, &exchange, format).format(format));
+    let rabbit_at = ("rabbit", Rabbit::URL, Json::Null);
+    let config = config_on(&world, rabbit_at, &db.connection_string(), &routes);
     let run = |rabbit: &mut Rabbit, n: usize| {
         let mut bridge = Bridge::start(&config);
         let (mut json, mut csv) = (Vec::new(), Vec::new());
@@ -1644,10 +1477,8 @@ fn amqp_messages_carry_a_key_stable_across_instances_their_content_type_and_a_ti
     for (m, content_type) in typed.chain(csv.iter().map(|m| (m, "text/csv"))) {
         assert_eq!(m.content_type.as_deref(), Some(content_type), "{m:?}");
         let at = m.timestamp.unwrap_or_else(|| panic!("no timestamp: {m:?}"));
-        assert!(
-            (before..=after).contains(&at),
-            "{at} not in {before}..={after}"
-        );
+        let published = before..=after;
+        assert!(published.contains(&at), "{at} not in {published:?}");
     }
     // And each carries its row's key, which differs between rows and between routes
     let json_keys = keys_by_id("keys_json", &json);
@@ -1682,12 +1513,9 @@ fn rows_sharing_a_track_value_get_their_own_keys_and_only_the_unroutable_one_is_
     // Rows in one poll that share their track value, one of them unroutable
     let mut rabbit = Rabbit::connect();
     let (exchange, queue) = exchange_with_queue(&mut rabbit, "mqdb_out_tie", "r.good");
-    let table = filled(
-        &Db::Postgres,
-        "out_tie",
-        "id INTEGER PRIMARY KEY, at INTEGER NOT NULL, kind TEXT NOT NULL",
-        "(1, 10, 'good'), (2, 10, 'bad'), (3, 10, 'good'), (4, 10, 'good')",
-    );
+    let columns = "id INTEGER PRIMARY KEY, at INTEGER NOT NULL, kind TEXT NOT NULL";
+    let values = "(1, 10, 'good'), (2, 10, 'bad'), (3, 10, 'good'), (4, 10, 'good')";
+    let table = filled(&Db::Postgres, "out_tie", columns, values);
     let t = &table.name;
     let query = format!("SELECT id, at, kind FROM {t} WHERE at > ? ORDER BY at, id");
     let route = to_exchange("ties", &query, &exchange, "r.{kind}").set("track", "at");
@@ -1701,19 +1529,14 @@ fn rows_sharing_a_track_value_get_their_own_keys_and_only_the_unroutable_one_is_
     for m in &run.got {
         let want = key_of("ties", &["10"], &m.payload);
         assert_eq!(m.message_id.as_deref(), Some(want.as_str()), "{m:?}");
-        assert!(
-            keys.insert(id_of(&m.payload), want).is_none(),
-            "{:?}",
-            run.got
-        );
+        let first = keys.insert(id_of(&m.payload), want).is_none();
+        assert!(first, "{:?}", run.got);
     }
     assert_eq!(keys.keys().copied().collect::<Vec<_>>(), [1, 3, 4]);
     let distinct: BTreeSet<&String> = keys.values().collect();
     assert_eq!(distinct.len(), 3, "{keys:?}");
-    let letters = run.letters();
-    assert_eq!(letters.len(), 1, "{letters:#?}");
-    assert_eq!(letters[0]["error_kind"], "unroutable", "{letters:#?}");
-    assert_eq!(letter_id(&letters[0]), 2);
+    let letters = picked(&run.letters(), &["error_kind"]);
+    assert_eq!(letters, [json!({ "id": 2, "error_kind": "unroutable" })]);
 }
 
 #[test]
@@ -1726,12 +1549,12 @@ fn mqtt5_messages_carry_content_type_payload_format_and_key() {
     let query = after_id("id, v", &table.name);
     let routes = [("v5_json", "json"), ("v5_csv", "csv")].map(|(name, format)| {
         let topic = format!("{root}/{format}/{{id}}");
-        to_topic(name, &query, &topic).set("format", format)
+        to_topic(name, &query, &topic).format(format)
     });
     let config = config_mqtt5(&world, &db.connection_string(), &routes);
     let sub = Subscriber5::connect(world.broker.port, &format!("{root}/#"));
     let mut bridge = Bridge::start(&config);
-    wait_for(&mut bridge, "two rows of each route", || {
+    wait_for(&mut bridge, "two rows of each", || {
         Ok(sub.messages().len() >= 4)
     });
     terminate_ok(&mut bridge);
@@ -1761,24 +1584,18 @@ fn an_mqtt5_broker_refusing_a_publish_makes_a_dead_letter_at_qos_1_and_2() {
     let acl = tempfile::NamedTempFile::new().expect("acl file");
     std::fs::write(acl.path(), format!("topic readwrite {root}/ok/#\n")).expect("write acl");
     // A non-zero queue limit: at 0, mosquitto 2.0 also drops a client it refused.
-    let broker = format!(
-        "acl_file {}\nmax_queued_messages 1000",
-        acl.path().display()
-    );
+    let acl_file = acl.path().display();
+    let broker = format!("acl_file {acl_file}\nmax_queued_messages 1000");
     let world = World::with_broker_config("outbound", &broker);
     let db = Db::Postgres;
     let columns = "id INTEGER PRIMARY KEY, kind TEXT NOT NULL";
-    let table = filled(
-        &db,
-        "out_acl",
-        columns,
-        "(1, 'ok'), (2, 'denied'), (3, 'ok')",
-    );
+    let values = "(1, 'ok'), (2, 'denied'), (3, 'ok')";
+    let table = filled(&db, "out_acl", columns, values);
     let t = &table.name;
     let query = after_id("id, kind", t);
     let routes = [1, 2].map(|qos| {
         let topic = format!("{root}/{{kind}}/q{qos}/{{id}}");
-        to_topic(&format!("acl{qos}"), &query, &topic).set("qos", qos)
+        to_topic(&format!("acl{qos}"), &query, &topic).qos(qos)
     });
     let config = config_mqtt5(&world, &db.connection_string(), &routes);
     let sub = world.subscribe(&format!("{root}/ok/#"));
@@ -1789,19 +1606,11 @@ fn an_mqtt5_broker_refusing_a_publish_makes_a_dead_letter_at_qos_1_and_2() {
     terminate_ok(&mut run.bridge);
 
     // The refused row is a dead letter of each route, naming the broker's reason
-    let mut letters: Vec<(String, i64)> = run
-        .letters()
-        .iter()
-        .map(|l| {
-            assert_eq!(l["error_kind"], "nacked", "{l:#}");
-            let error = l["error"].as_str().unwrap_or_default();
-            assert!(error.contains("NotAuthorized"), "{l:#}");
-            (
-                l["route"].as_str().unwrap_or_default().to_owned(),
-                letter_id(l),
-            )
-        })
-        .collect();
-    letters.sort();
-    assert_eq!(letters, [("acl1".to_owned(), 2), ("acl2".to_owned(), 2)]);
+    let letters = run.letters();
+    for l in &letters {
+        let error = l["error"].as_str().unwrap_or_default();
+        assert!(error.contains("NotAuthorized"), "{l:#}");
+    }
+    let want = ["acl1", "acl2"].map(|r| json!({ "id": 2, "route": r, "error_kind": "nacked" }));
+    assert_eq!(picked(&letters, &["route", "error_kind"]), want);
 }

@@ -15,6 +15,7 @@ mod checks;
 mod config;
 mod db;
 pub mod http;
+mod inbound;
 mod mqtt;
 mod mqtt5;
 mod proxy;
@@ -41,6 +42,10 @@ pub use config::{Config, Route, settings};
 pub use db::{
     Db, TempSqlite, TempTable, odbc_connect, odbc_env, odbc_exec, odbc_query, parse_ts,
     pg_lock_waiters, temp_sqlite, ts,
+};
+#[allow(unused_imports)]
+pub use inbound::{
+    NULL, base64_decode, lock_holder, pairs, parse_bool, text_rows, wait_lock_waiter,
 };
 #[allow(unused_imports)]
 pub use mqtt::{Mosquitto, Publisher, Received, Subscriber, publish_retained, with_mqtt5};

@@ -13,8 +13,8 @@ use std::path::PathBuf;
 use serde_json::{Value as Json, json};
 
 use crate::common::{
-    Bridge, Db, Header, Rabbit, Route, TempTable, World, dlq_list, settings, unique, wait_for,
-    with_mqtt5,
+    Bridge, Db, Header, Rabbit, Route, TempTable, World, dlq_list, pairs, settings, temp_sqlite,
+    unique, wait_for, with_mqtt5,
 };
 
 /// What a case must end in.
@@ -53,43 +53,31 @@ enum Family {
     Uuid,
 }
 
-/// The columns of the fidelity table: name, family, SQL type per database.
-fn columns(db: &Db) -> Vec<(&'static str, Family, &'static str)> {
+/// A column of the fidelity table: name, family, SQL type.
+type Column = (&'static str, Family, &'static str);
+
+/// The columns of the fidelity table on `db`.
+fn columns(db: &Db) -> Vec<Column> {
     let pick = |pg, my, lite| by(db, pg, my, lite);
+    let dec = pick("NUMERIC(38,10)", "DECIMAL(38,10)", "DECIMAL(38,10)");
+    let f64 = pick("DOUBLE PRECISION", "DOUBLE", "DOUBLE");
+    let ts = pick("TIMESTAMP(6)", "DATETIME(6)", "TIMESTAMP");
+    let ts0 = pick("TIMESTAMP(0)", "DATETIME", "TIMESTAMP");
+    let tz = pick("TIMESTAMPTZ", "TIMESTAMP(6) NULL", "TIMESTAMP");
     vec![
         ("i16", Family::Int, "SMALLINT"),
         ("i32", Family::Int, "INTEGER"),
         ("i64", Family::Int, "BIGINT"),
-        (
-            "dec",
-            Family::Decimal,
-            pick("NUMERIC(38,10)", "DECIMAL(38,10)", "DECIMAL(38,10)"),
-        ),
-        (
-            "f64",
-            Family::Float,
-            pick("DOUBLE PRECISION", "DOUBLE", "DOUBLE"),
-        ),
+        ("dec", Family::Decimal, dec),
+        ("f64", Family::Float, f64),
         ("b", Family::Bool, "BOOLEAN"),
         ("t", Family::Text, pick("TEXT", "LONGTEXT", "TEXT")),
         ("bin", Family::Binary, pick("BYTEA", "LONGBLOB", "BLOB")),
         ("d", Family::Date, "DATE"),
         ("tm", Family::Time, pick("TIME(6)", "TIME(6)", "TIME")),
-        (
-            "ts",
-            Family::Timestamp,
-            pick("TIMESTAMP(6)", "DATETIME(6)", "TIMESTAMP"),
-        ),
-        (
-            "ts0",
-            Family::Timestamp,
-            pick("TIMESTAMP(0)", "DATETIME", "TIMESTAMP"),
-        ),
-        (
-            "tz",
-            Family::TimestampTz,
-            pick("TIMESTAMPTZ", "TIMESTAMP(6) NULL", "TIMESTAMP"),
-        ),
+        ("ts", Family::Timestamp, ts),
+        ("ts0", Family::Timestamp, ts0),
+        ("tz", Family::TimestampTz, tz),
         ("j", Family::Json, pick("JSONB", "JSON", "TEXT")),
         ("u", Family::Uuid, pick("UUID", "UUID", "TEXT")),
         ("ÜberTemp", Family::Int, "INTEGER"),
@@ -97,10 +85,8 @@ fn columns(db: &Db) -> Vec<(&'static str, Family, &'static str)> {
 }
 
 fn quote(db: &Db, name: &str) -> String {
-    match db {
-        Db::MariaDb => format!("`{name}`"),
-        _ => format!("\"{name}\""),
-    }
+    let q = by(db, '"', '`', '"');
+    format!("{q}{name}{q}")
 }
 
 /// The column as text the way the database itself prints it.
@@ -175,7 +161,16 @@ fn json_cases(db: &Db) -> Vec<(&'static str, String, Outcome)> {
     let case = |c: &'static str, v: &str, outcome: Outcome| (c, v.to_string(), outcome);
     let long = |n: usize, c: char| same_string("t", &c.to_string().repeat(n));
     let nul = by(db, Dead("NUL character"), s("a\u{0}b"), s("a\u{0}b"));
+    // What only SQLite stores, and what SQLite alone does not.
+    let only_sqlite = |v: &str, why| by(db, Dead(why), Dead(why), s(v));
+    let not_sqlite = |v: &str, why| by(db, s(v), s(v), Dead(why));
     let digits = "1234567890123456789012345678.1234567890";
+    let long_decimal = not_sqlite(digits, "15 significant digits");
+    let more_digits = only_sqlite("0.12345678901", "more digits after the point");
+    let rounds = only_sqlite("2024-05-01 12:00:00.5", "digits of a second");
+    let micros_in_utc = s("2024-05-01 10:00:00.123456");
+    let tz_in_utc = s("2024-05-01 06:30:00.654321");
+    let too_fine = Dead("finer than a microsecond");
     vec![
         same_text("i16", "32767"),
         same_text("i16", "-32768"),
@@ -198,22 +193,9 @@ fn json_cases(db: &Db) -> Vec<(&'static str, String, Outcome)> {
         case("i64", "true", s("1")),
         case("i64", "null", Null),
         case("i64", "\"x\"", Dead("not an integer")),
-        case(
-            "dec",
-            digits,
-            by(db, s(digits), s(digits), Dead("15 significant digits")),
-        ),
+        case("dec", digits, long_decimal),
         same_text("dec", "-0.0000000001"),
-        case(
-            "dec",
-            "0.12345678901",
-            by(
-                db,
-                Dead("more digits after the point"),
-                Dead("more digits after the point"),
-                s("0.12345678901"),
-            ),
-        ),
+        case("dec", "0.12345678901", more_digits),
         case("dec", "1.50000000000000", s("1.5")),
         case("dec", "\"12.5\"", s("12.5")),
         case("dec", "\"1.2.3\"", Dead("not a decimal")),
@@ -250,36 +232,15 @@ fn json_cases(db: &Db) -> Vec<(&'static str, String, Outcome)> {
         same_string("tm", "07:30:00"),
         same_string("tm", "23:59:59.123456"),
         case("tm", "\"23:59:60\"", Dead("leap second")),
-        case(
-            "ts",
-            "\"2024-05-01T12:00:00.123456+02:00\"",
-            s("2024-05-01 10:00:00.123456"),
-        ),
+        case("ts", "\"2024-05-01T12:00:00.123456+02:00\"", micros_in_utc),
         same_string("ts", "2024-05-01 12:00:00"),
         case("ts", "1714564800.25", s("2024-05-01 12:00:00.25")),
         case("ts", "\"2016-12-31T23:59:60Z\"", Dead("leap second")),
-        case(
-            "ts",
-            "\"2024-05-01T12:00:00.1234567Z\"",
-            Dead("finer than a microsecond"),
-        ),
-        case(
-            "tz",
-            "\"2024-05-01T01:30:00.654321-05:00\"",
-            s("2024-05-01 06:30:00.654321"),
-        ),
+        case("ts", "\"2024-05-01T12:00:00.1234567Z\"", too_fine),
+        case("tz", "\"2024-05-01T01:30:00.654321-05:00\"", tz_in_utc),
         case("tz", "\"2024-12-31T23:59:60+01:00\"", Dead("leap second")),
         // A column declared with fewer digits of a second would round.
-        case(
-            "ts0",
-            "\"2024-05-01T12:00:00.5Z\"",
-            by(
-                db,
-                Dead("digits of a second"),
-                Dead("digits of a second"),
-                s("2024-05-01 12:00:00.5"),
-            ),
-        ),
+        case("ts0", "\"2024-05-01T12:00:00.5Z\"", rounds),
         case("ts0", "\"2024-05-01T12:00:00Z\"", s("2024-05-01 12:00:00")),
         same_string("t", "2016-12-31T23:59:60Z"),
         same_text("j", r#"{"a": [1, 2.50, "x"], "b": null}"#),
@@ -291,92 +252,67 @@ fn json_cases(db: &Db) -> Vec<(&'static str, String, Outcome)> {
 
 /// The whole inbound matrix on one database; `extra` is added to its `databases:` entry
 /// (e.g. `dialect: generic`).
-pub fn matrix(db: Db, extra: &[&str]) {
+pub fn matrix(db: &Db, extra: &[&str]) {
     let world = World::new("fid-in");
-    let cols = columns(&db);
-    let defs: Vec<String> = cols
-        .iter()
-        .map(|(n, _, t)| format!("{} {t}", quote(&db, n)))
-        .collect();
-    let table = TempTable::create(
-        &db,
-        "fid_in",
-        &format!("id BIGINT PRIMARY KEY, {}", defs.join(", ")),
-    );
+    let cols = columns(db);
+    let def = |(n, _, t): &Column| format!("{} {t}", quote(db, n));
+    let defs: Vec<String> = cols.iter().map(def).collect();
+    let defs = format!("id BIGINT PRIMARY KEY, {}", defs.join(", "));
+    let table = TempTable::create(db, "fid_in", &defs);
     let topic = unique("fidelity");
     let queue = unique("fid_q");
     let mut rabbit = Rabbit::connect();
     rabbit.declare_queue(&queue);
-    let config = config(&world, &db, extra, &table.name, &topic, &queue);
+    let config = config(&world, db, extra, &table.name, &topic, &queue);
     prepare_session(world.broker.port, &world.client_id, &format!("{topic}/#"));
     let mut bridge = Bridge::start(&config);
 
     let mut cases = Vec::new();
     let mut messages = Vec::new();
-    for (i, (column, value, outcome)) in json_cases(&db).into_iter().enumerate() {
+    for (i, (column, value, outcome)) in json_cases(db).into_iter().enumerate() {
         let id = 1 + i as i64;
-        let key = if column == "ÜberTemp" {
-            "übertemp"
-        } else {
-            column
-        };
-        let payload = format!("{{\"id\": {id}, {}: {value}}}", json!(key));
-        messages.push((
-            format!("{topic}/json"),
-            payload.clone().into_bytes(),
-            vec![],
-        ));
+        // Every key in lower case: `übertemp` for the column `ÜberTemp`.
+        let key = json!(column.to_lowercase());
+        let payload = format!("{{\"id\": {id}, {key}: {value}}}");
+        messages.push((format!("{topic}/json"), payload.clone().into(), vec![]));
         cases.push(Case::new(id, column, payload, outcome));
     }
-    csv_cases(&db, &topic, &mut cases, &mut messages);
+    csv_cases(db, &topic, &mut cases, &mut messages);
     user_property_cases(&topic, &mut cases, &mut messages);
-    header_cases(&db, &rabbit, &queue, &mut cases);
+    header_cases(db, &rabbit, &queue, &mut cases);
     payload_cases(&topic, &mut cases, &mut messages);
     publish_v5(world.broker.port, messages);
 
     let count = format!("SELECT COUNT(*) FROM {}", table.name);
     // A row may carry several cases (one per column).
-    let total = cases
-        .iter()
-        .map(|c| c.id)
-        .collect::<std::collections::BTreeSet<_>>()
-        .len();
+    let ids: std::collections::BTreeSet<i64> = cases.iter().map(|c| c.id).collect();
+    let total = ids.len();
     wait_for(&mut bridge, "every case stored or dead-lettered", || {
         let rows = db.try_query(&count).map_err(|e| e.to_string())?;
         let stored: usize = rows[0][0].as_deref().unwrap_or("0").parse().unwrap_or(0);
         Ok(stored + dlq_list(&config).len() >= total)
     });
-    let mut stored = read_back(&db, &table.name, &cols);
+    let mut stored = read_back(db, &table.name, &cols);
     if let Db::Sqlite(_) = db {
-        compare_sqlite_floats_in_sql(&db, &table.name, &cases, &mut stored);
+        compare_sqlite_floats_in_sql(db, &table.name, &cases, &mut stored);
     }
     let dead = dead_letters(&config);
+    let label = db.label();
     let mut failures = Vec::new();
     let repeated = dead.get(&3003).map(|d| d.2["headers"]["n"].clone());
     if repeated != Some(json!(["1.5", "2"])) {
-        failures.push(format!(
-            "[{}] the dead letter of a repeated user property keeps every value: {repeated:?}",
-            db.label()
-        ));
+        let keeps = "the dead letter of a repeated user property keeps every value";
+        failures.push(format!("[{label}] {keeps}: {repeated:?}"));
     }
     for case in &cases {
         if let Err(e) = check(case, &cols, &stored, &dead) {
-            failures.push(format!(
-                "[{}] id {} ({}): {e}; sent {}",
-                db.label(),
-                case.id,
-                case.column,
-                shorten(&case.sent)
-            ));
+            let (id, column, sent) = (case.id, case.column, shorten(&case.sent));
+            failures.push(format!("[{label}] id {id} ({column}): {e}; sent {sent}"));
         }
     }
-    assert!(
-        dead.len() + stored.len() == total,
-        "[{}] {} rows + {} dead letters for {total} cases",
-        db.label(),
-        stored.len(),
-        dead.len()
-    );
+    let (rows, letters) = (stored.len(), dead.len());
+    let counts = format!("[{label}] {rows} rows + {letters} dead letters for {total} cases");
+    assert!(rows + letters == total, "{counts}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -386,35 +322,23 @@ fn shorten(s: &str) -> String {
 
 /// CSV fields: the same rules as JSON strings, one record per line, a bad record alone.
 fn csv_cases(db: &Db, topic: &str, cases: &mut Vec<Case>, messages: &mut Vec<Outgoing>) {
+    let decimal = "-12345678901234.5678901234";
+    let long_decimal = by(db, s(decimal), s(decimal), Dead("15 significant digits"));
     let lines: Vec<(i64, &'static str, &str, Outcome)> = vec![
         (1001, "i64", "12345678901234567.0", s("12345678901234567")),
         (1002, "i64", "12345678901234567.5", Dead("fractional part")),
         (1003, "bin", "AP8Q", s("00ff10")),
         (1004, "bin", "AP8Q*", Dead("not base64")),
-        (
-            1005,
-            "dec",
-            "-12345678901234.5678901234",
-            by(
-                db,
-                s("-12345678901234.5678901234"),
-                s("-12345678901234.5678901234"),
-                Dead("15 significant digits"),
-            ),
-        ),
+        (1005, "dec", decimal, long_decimal),
         (1006, "d", "2024-05-01T23:30:00-05:00", s("2024-05-01")),
         (1007, "ts", "2016-12-31T23:59:60Z", Dead("leap second")),
     ];
     for field in ["i64", "bin", "dec", "d", "ts"] {
         let mut payload = String::new();
         for (id, column, value, outcome) in lines.iter().filter(|l| l.1 == field) {
-            payload.push_str(&format!("{id},{value}\n"));
-            cases.push(Case::new(
-                *id,
-                column,
-                format!("{id},{value}"),
-                outcome.clone(),
-            ));
+            let line = format!("{id},{value}");
+            payload.push_str(&format!("{line}\n"));
+            cases.push(Case::new(*id, column, line, outcome.clone()));
         }
         messages.push((format!("{topic}/csv/{field}"), payload.into_bytes(), vec![]));
     }
@@ -423,92 +347,46 @@ fn csv_cases(db: &Db, topic: &str, cases: &mut Vec<Case>, messages: &mut Vec<Out
 /// MQTT 5 user properties: a repeated name maps its first value, and a dead letter keeps
 /// every value.
 fn user_property_cases(topic: &str, cases: &mut Vec<Case>, messages: &mut Vec<Outgoing>) {
-    let props = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    };
-    for (id, properties, outcome) in [
-        // Mapped as header.T: no property has that exact name; `t` matches ignoring case.
-        (3001, props(&[("t", "first"), ("t", "second")]), s("first")),
-        // No 3002: MQTT strings cannot carry U+0000 (MQTT 5 §1.5.4), brokers drop the client.
-        (
-            3003,
-            props(&[("t", "x"), ("n", "1.5"), ("n", "2")]),
-            Dead("fractional part"),
-        ),
-    ] {
+    let mut add = |id: i64, column, properties: &[(&str, &str)], outcome| {
         let payload = format!("{{\"id\": {id}}}");
-        messages.push((
-            format!("{topic}/props"),
-            payload.clone().into_bytes(),
-            properties,
-        ));
-        cases.push(Case::new(
-            id,
-            if id == 3003 { "i64" } else { "t" },
-            payload,
-            outcome,
-        ));
-    }
+        let pair = |(k, v): &(&str, &str)| (k.to_string(), v.to_string());
+        let properties = properties.iter().map(pair).collect();
+        let message = (format!("{topic}/props"), payload.clone().into(), properties);
+        messages.push(message);
+        cases.push(Case::new(id, column, payload, outcome));
+    };
+    // Mapped as header.T: no property has that exact name; `t` matches ignoring case.
+    add(3001, "t", &[("t", "first"), ("t", "second")], s("first"));
+    // No 3002: MQTT strings cannot carry U+0000 (MQTT 5 §1.5.4), brokers drop the client.
+    let repeated = [("t", "x"), ("n", "1.5"), ("n", "2")];
+    add(3003, "i64", &repeated, Dead("fractional part"));
 }
 
 /// Whole payloads on a JSON route that maps only `payload` and a topic level: anything but
 /// a JSON object is refused; a byte-order mark is skipped for decoding, and `payload` is
 /// the payload's own bytes.
 fn payload_cases(topic: &str, cases: &mut Vec<Case>, messages: &mut Vec<Outgoing>) {
+    let mut raw = |id: i64, payload: &str, outcome| {
+        messages.push((format!("{topic}/raw/{id}"), payload.into(), vec![]));
+        cases.push(Case::new(id, "t", payload, outcome));
+    };
+    raw(4001, "this is not json at all", Dead("invalid JSON"));
+    let array = Dead("a JSON array, not a JSON object");
+    raw(4002, "[{\"id\": 1}]", array);
+    raw(4003, "42", Dead("a JSON number, not a JSON object"));
     let bom = "\u{feff}{\"x\": 1}";
-    for (id, payload, column, outcome) in [
-        (4001, "this is not json at all", "t", Dead("invalid JSON")),
-        (
-            4002,
-            "[{\"id\": 1}]",
-            "t",
-            Dead("a JSON array, not a JSON object"),
-        ),
-        (4003, "42", "t", Dead("a JSON number, not a JSON object")),
-        (4004, bom, "t", s(bom)),
-        (4005, bom, "bin", s(&hex(bom.as_bytes()))),
-    ] {
-        if column == "t" {
-            messages.push((
-                format!("{topic}/raw/{id}"),
-                payload.as_bytes().to_vec(),
-                vec![],
-            ));
-        }
-        let id = if column == "bin" { id - 1 } else { id };
-        cases.push(Case::new(id, column, payload.to_string(), outcome));
-    }
+    raw(4004, bom, s(bom));
+    // The same message read back from its `bin` column.
+    cases.push(Case::new(4004, "bin", bom, s(&hex(bom.as_bytes()))));
 }
 
 /// AMQP headers through `header.x`: signed decimals, integers, text with NUL.
 fn header_cases(db: &Db, rabbit: &Rabbit, queue: &str, cases: &mut Vec<Case>) {
     let nul = by(db, Dead("NUL character"), s("\u{0}nul"), s("\u{0}nul"));
     let dec = |scale, value| Header::Decimal { scale, value };
-    let sends: Vec<(i64, &'static str, Header, Outcome)> = vec![
-        (2001, "dec", dec(6, -1), s("-0.000001")),
-        (2002, "i64", dec(0, -5), s("-5")),
-        (2003, "dec", dec(2, i32::MIN), s("-21474836.48")),
-        (
-            2004,
-            "i64",
-            Header::Int(i64::MIN),
-            s("-9223372036854775808"),
-        ),
-        (2005, "i64", dec(1, 15), Dead("fractional part")),
-        (2006, "t", Header::Str("\u{0}nul".into()), nul),
-        (
-            2007,
-            "f64",
-            Header::Float(-0.0),
-            by(db, s("-0"), s("0"), s("0")),
-        ),
-        // No NaN: RabbitMQ closes the connection on a NaN header. The unit tests of
-        // src/broker/amqp_source.rs show it would arrive as "NaN", which a float refuses.
-    ];
-    for (id, column, header, outcome) in sends {
+    let min = Header::Int(i64::MIN);
+    let minus_zero = by(db, s("-0"), s("0"), s("0"));
+    let mut send = |id: i64, column: &'static str, header: Header, outcome: Outcome| {
         let payload = format!("{{\"id\": {id}}}");
         let name = match column {
             "dec" => "hdec",
@@ -518,22 +396,26 @@ fn header_cases(db: &Db, rabbit: &Rabbit, queue: &str, cases: &mut Vec<Case>) {
         };
         rabbit.publish("", queue, payload.as_bytes(), &[(name, header)]);
         cases.push(Case::new(id, column, payload, outcome));
-    }
+    };
+    send(2001, "dec", dec(6, -1), s("-0.000001"));
+    send(2002, "i64", dec(0, -5), s("-5"));
+    send(2003, "dec", dec(2, i32::MIN), s("-21474836.48"));
+    send(2004, "i64", min, s("-9223372036854775808"));
+    send(2005, "i64", dec(1, 15), Dead("fractional part"));
+    send(2006, "t", Header::Str("\u{0}nul".into()), nul);
+    send(2007, "f64", Header::Float(-0.0), minus_zero);
+    // No NaN: RabbitMQ closes the connection on a NaN header. The unit tests of
+    // src/broker/amqp_source.rs show it would arrive as "NaN", which a float refuses.
 }
 
 type Outgoing = (String, Vec<u8>, Vec<(String, String)>);
 
 /// Every row, by id: column name → the value as read back.
-fn read_back(db: &Db, table: &str, cols: &[(&'static str, Family, &'static str)]) -> Rows {
+fn read_back(db: &Db, table: &str, cols: &[Column]) -> Rows {
     let exprs: Vec<String> = cols.iter().map(|(n, f, _)| read_expr(db, n, *f)).collect();
-    let sql = format!(
-        "SELECT CAST(id AS CHAR(20)), {} FROM {table}",
-        exprs.join(", ")
-    );
-    let sql = match db {
-        Db::Postgres => sql.replace("CAST(id AS CHAR(20))", "id::text"),
-        _ => sql,
-    };
+    let cast = "CAST(id AS CHAR(20))";
+    let id = by(db, "id::text", cast, cast);
+    let sql = format!("SELECT {id}, {} FROM {table}", exprs.join(", "));
     let floats = match db {
         Db::Sqlite(_) => BTreeMap::new(),
         _ => read_floats(db, table, "f64"),
@@ -542,11 +424,8 @@ fn read_back(db: &Db, table: &str, cols: &[(&'static str, Family, &'static str)]
         .into_iter()
         .map(|row| {
             let id: i64 = row[0].as_deref().unwrap_or("").trim().parse().expect("id");
-            let mut values: BTreeMap<&'static str, Option<String>> = cols
-                .iter()
-                .zip(&row[1..])
-                .map(|((n, _, _), v)| (*n, v.clone()))
-                .collect();
+            let names = cols.iter().map(|c| c.0);
+            let mut values: BTreeMap<_, _> = names.zip(row[1..].iter().cloned()).collect();
             if let Some(f) = floats.get(&id) {
                 values.insert("f64", f.map(|f| format!("{f:?}")));
             }
@@ -563,10 +442,8 @@ fn compare_sqlite_floats_in_sql(db: &Db, table: &str, cases: &[Case], stored: &m
         let (Stored(want), Some(row)) = (&case.outcome, stored.get_mut(&case.id)) else {
             continue;
         };
-        let sql = format!(
-            "SELECT COUNT(*) FROM {table} WHERE id = {} AND f64 = {want}",
-            case.id
-        );
+        let id = case.id;
+        let sql = format!("SELECT COUNT(*) FROM {table} WHERE id = {id} AND f64 = {want}");
         if crate::common::scalar(db, &sql) == 1 {
             row.insert("f64", Some(want.clone()));
         }
@@ -596,25 +473,20 @@ fn read_floats(db: &Db, table: &str, column: &str) -> BTreeMap<i64, Option<f64>>
     out
 }
 
-/// Dead letters by the row id their payload carries: the reason and kind.
-fn dead_letters(config: &std::path::Path) -> BTreeMap<i64, (String, String, Json)> {
+/// Dead letters by the row id their payload carries: the reason, kind and headers.
+type Letters = BTreeMap<i64, (String, String, Json)>;
+
+/// Dead letters by the row id their payload carries.
+fn dead_letters(config: &std::path::Path) -> Letters {
     dlq_list(config)
         .into_iter()
         .map(|d| {
-            let payload = d["payload"].as_str().unwrap_or("").to_string();
-            let raw_id = d["source"]
-                .as_str()
-                .and_then(|s| s.split_once("/raw/"))
-                .and_then(|(_, id)| id.parse().ok());
-            let id = raw_id
-                .or_else(|| serde_json::from_str::<Json>(&payload).ok()?["id"].as_i64())
-                .or_else(|| {
-                    payload
-                        .split(',')
-                        .next()
-                        .and_then(|f| f.trim().parse().ok())
-                })
-                .unwrap_or_else(|| panic!("a dead letter without an id: {d}"));
+            let payload = d["payload"].as_str().unwrap_or("");
+            let raw_id = || d["source"].as_str()?.split_once("/raw/")?.1.parse().ok();
+            let json_id = || serde_json::from_str::<Json>(payload).ok()?["id"].as_i64();
+            let csv_id = || payload.split(',').next()?.trim().parse().ok();
+            let id = raw_id().or_else(json_id).or_else(csv_id);
+            let id = id.unwrap_or_else(|| panic!("a dead letter without an id: {d}"));
             let error = d["error"].as_str().unwrap_or("").to_string();
             let kind = d["error_kind"].as_str().unwrap_or("").to_string();
             (id, (error, kind, d["headers"].clone()))
@@ -622,17 +494,8 @@ fn dead_letters(config: &std::path::Path) -> BTreeMap<i64, (String, String, Json
         .collect()
 }
 
-fn check(
-    case: &Case,
-    cols: &[(&'static str, Family, &'static str)],
-    stored: &Rows,
-    dead: &BTreeMap<i64, (String, String, Json)>,
-) -> Result<(), String> {
-    let family = cols
-        .iter()
-        .find(|c| c.0 == case.column)
-        .map(|c| c.1)
-        .expect("column");
+fn check(case: &Case, cols: &[Column], stored: &Rows, dead: &Letters) -> Result<(), String> {
+    let family = cols.iter().find(|c| c.0 == case.column).expect("column").1;
     match (&case.outcome, stored.get(&case.id), dead.get(&case.id)) {
         (Dead(why), None, Some((error, kind, _)))
             if error.contains(why) && (kind == "convert" || kind == "decode") =>
@@ -740,52 +603,35 @@ fn config(
     database.insert("connection_string".into(), db.connection_string().into());
     // Upserts, so every value also goes through each dialect's conflict statement
     // (`MERGE` in standard SQL).
-    let route = |name: &str, source: &str| {
-        Route::named(name)
-            .set("broker", source)
-            .set("database", "d")
-            .set("table", table)
-            .set("on_conflict", "update")
-            .set("key", json!(["id"]))
-    };
     let mqtt = |name: &str, level: &str| {
-        route(name, "m")
-            .set("topic", format!("{topic}/{level}"))
-            .set("qos", 1)
+        let route = Route::inbound(name, &format!("{topic}/{level}"), table).broker("m");
+        route.on_conflict("update", &["id"])
     };
     let csv_route = |field: &str| {
         mqtt(&format!("csv_{field}"), &format!("csv/{field}"))
-            .set("format", "csv")
+            .format("csv")
             .set("csv", json!({ "fields": ["id", "v"] }))
             .columns(&[("id", "payload.id"), (field, "payload.v")])
     };
     let routes = [
-        mqtt("json", "json").set("format", "json"),
+        mqtt("json", "json"),
         csv_route("i64"),
         csv_route("bin"),
         csv_route("dec"),
         csv_route("d"),
         csv_route("ts"),
-        mqtt("props", "props").set("format", "json").columns(&[
-            ("id", "payload.id"),
-            ("t", "header.T"),
-            ("i64", "header.n"),
-        ]),
-        mqtt("raw", "raw/{id}").set("format", "json").columns(&[
-            ("id", "topic.id"),
-            ("t", "payload"),
-            ("bin", "payload"),
-        ]),
-        route("headers", "r")
+        mqtt("props", "props").columns(&pairs("id=payload.id t=header.T i64=header.n")),
+        mqtt("raw", "raw/{id}").columns(&pairs("id=topic.id t=payload bin=payload")),
+        Route::named("headers")
+            .broker("r")
             .set("queue", queue)
-            .set("format", "json")
-            .columns(&[
-                ("id", "payload.id"),
-                ("dec", "header.hdec"),
-                ("i64", "header.hint"),
-                ("t", "header.htext"),
-                ("f64", "header.hfloat"),
-            ]),
+            .set("database", "d")
+            .set("table", table)
+            .format("json")
+            .on_conflict("update", &["id"])
+            .columns(&pairs(
+                "id=payload.id dec=header.hdec i64=header.hint t=header.htext f64=header.hfloat",
+            )),
     ];
     let (url, client) = world.mqtt(json!({ "mqtt_version": 5 }));
     let config = world
@@ -802,10 +648,10 @@ fn config(
 /// The bridge's persistent session, subscribed to `filter`, so that the broker keeps what
 /// is published before the bridge subscribes.
 fn prepare_session(port: u16, client_id: &str, filter: &str) {
+    use rumqttc::v5::mqttbytes::QoS;
     with_mqtt5(port, client_id, false, 1, |client| {
-        client
-            .try_subscribe(filter, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
-            .expect("queue the subscribe");
+        let queued = client.try_subscribe(filter, QoS::AtLeastOnce);
+        queued.expect("queue the subscribe");
     });
 }
 
@@ -828,23 +674,22 @@ fn publish_v5(port: u16, messages: Vec<Outgoing>) {
 
 #[test]
 fn inbound_matrix_postgres() {
-    matrix(Db::Postgres, &[]);
+    matrix(&Db::Postgres, &[]);
 }
 
 #[test]
 fn inbound_matrix_mariadb() {
-    matrix(Db::MariaDb, &[]);
+    matrix(&Db::MariaDb, &[]);
 }
 
 #[test]
 fn inbound_matrix_sqlite() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    matrix(Db::Sqlite(dir.path().join("fidelity.db")), &[]);
+    matrix(&temp_sqlite(), &[]);
 }
 
 /// PostgreSQL spoken to in standard SQL only, as a database mqdb does not know: plain
 /// multi-row `INSERT`s, types from the driver's catalog alone.
 #[test]
 fn inbound_matrix_postgres_in_standard_sql() {
-    matrix(Db::Postgres, &["dialect: generic"]);
+    matrix(&Db::Postgres, &["dialect: generic"]);
 }
