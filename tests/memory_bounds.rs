@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{
-    Bridge, Db, LIVENESS, Rabbit, Route, TempTable, World, amqp_route, dlq_list, http, mqdb_at,
-    terminate_ok, unique, wait_for, wait_until,
+    Bridge, Db, LIVENESS, Rabbit, Route, TempTable, World, amqp_route, dlq_list, http, lock_holder,
+    mqdb_at, terminate_ok, unique, wait_for, wait_until,
 };
 use serde_json::{Value as Json, json};
 
@@ -199,25 +199,6 @@ fn sizes_that_cannot_work_are_configuration_errors() {
     }
 }
 
-/// Holds an exclusive lock on `table` until released: the bridge's inserts wait on it.
-struct Locked {
-    conn: odbc_api::Connection<'static>,
-}
-
-impl Locked {
-    fn new(db: &Db, table: &str) -> Locked {
-        let conn = db.connect();
-        conn.set_autocommit(false).unwrap();
-        let lock = format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE");
-        common::odbc_exec(&conn, &lock).unwrap();
-        Locked { conn }
-    }
-
-    fn release(self) {
-        self.conn.commit().unwrap();
-    }
-}
-
 /// Given a byte budget of 1 MiB and a database that does not answer, when 20 messages of
 /// 200 KiB arrive, the bridge holds only the five that fit the budget (not its 10,000
 /// message window); once the database answers, all 20 are rows.
@@ -247,7 +228,9 @@ fn the_byte_budget_bounds_what_is_held(amqp: bool) {
         w.publish(&topic, payloads);
         table = t;
     }
-    let lock = Locked::new(&db, &table.name);
+    // The bridge's inserts wait on this lock until it is released.
+    let lock = format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", table.name);
+    let lock = lock_holder(&db, &lock);
     let mut bridge = Bridge::start(&config);
     wait_until("the bridge to hold what fits", LIVENESS, || {
         w.metric("mqdb_in_flight", name) >= 5.0
@@ -256,7 +239,7 @@ fn the_byte_budget_bounds_what_is_held(amqp: bool) {
     std::thread::sleep(Duration::from_secs(2));
     let held = w.metric("mqdb_in_flight", name);
     assert_eq!(held, 5.0, "5 × 200 KiB fit 1 MiB; held {held}");
-    lock.release();
+    lock.commit().expect("release the lock");
     wait_for(&mut bridge, "all 20 rows", || Ok(table.count() == 20));
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
     terminate_ok(&mut bridge);
