@@ -95,17 +95,12 @@ pub fn unique(prefix: &str) -> String {
     format!("{p}_{}_{n}_{clock}", std::process::id())
 }
 
-fn base36(mut v: u128) -> String {
-    let mut out = Vec::new();
-    loop {
-        out.push(b"0123456789abcdefghijklmnopqrstuvwxyz"[(v % 36) as usize]);
-        v /= 36;
-        if v == 0 {
-            break;
-        }
+fn base36(v: u128) -> String {
+    let digit = char::from_digit((v % 36) as u32, 36).expect("a base-36 digit");
+    match v / 36 {
+        0 => digit.to_string(),
+        rest => format!("{}{digit}", base36(rest)),
     }
-    out.reverse();
-    String::from_utf8(out).expect("ascii")
 }
 
 /// A temp dir whose name starts with `mqdb-<label>-`, removed on drop.
@@ -122,10 +117,7 @@ pub fn temp_dir(label: &str) -> tempfile::TempDir {
 /// assertion.
 pub fn wait_until<F: FnMut() -> bool>(what: &str, timeout: Duration, mut f: F) {
     let start = Instant::now();
-    loop {
-        if f() {
-            return;
-        }
+    while !f() {
         if start.elapsed() >= timeout {
             panic!("timed out after {timeout:?} waiting for: {what}");
         }
@@ -164,14 +156,12 @@ pub(crate) fn wait_child(
     timeout: Duration,
 ) -> Option<std::process::ExitStatus> {
     let start = Instant::now();
+    let id = child.id();
     loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) => {}
-            Err(e) => panic!("waiting for child {}: {e}", child.id()),
-        }
-        if start.elapsed() >= timeout {
-            return None;
+        let status = child.try_wait();
+        let status = status.unwrap_or_else(|e| panic!("waiting for child {id}: {e}"));
+        if status.is_some() || start.elapsed() >= timeout {
+            return status;
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -241,10 +241,8 @@ impl Rabbit {
         payload: &[u8],
         headers: &[(&str, Header)],
     ) {
-        self.publish_all(
-            exchange,
-            vec![(routing_key.to_owned(), payload.to_vec(), headers.to_vec())],
-        );
+        let message = (routing_key.to_owned(), payload.to_vec(), headers.to_vec());
+        self.publish_all(exchange, vec![message]);
     }
 
     /// Publishes `messages` (routing key, payload, headers) in order, persistent, all
