@@ -274,9 +274,8 @@ fn a_long_csv_message_is_written_in_batches_as_it_is_read() {
     w.publish(&topic, vec![csv.into_bytes()]);
     let mut bridge = Bridge::start(&config);
     wait_for(&mut bridge, "4998 rows", || Ok(table.count() == 4998));
-    wait_until("two dead letters", LIVENESS, || {
-        dlq_list(&config).len() == 2
-    });
+    let two = || dlq_list(&config).len() == 2;
+    wait_until("two dead letters", LIVENESS, two);
     let line = |l: &Json| l["headers"]["line"].as_i64().unwrap();
     let mut lines: Vec<i64> = dlq_list(&config).iter().map(line).collect();
     lines.sort();

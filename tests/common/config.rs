@@ -219,17 +219,14 @@ impl Route {
 
 /// Settings written as `key: value` lines, as a map (each value parsed as YAML).
 pub fn settings(lines: &[&str]) -> Map<String, Json> {
-    lines
-        .iter()
-        .map(|line| {
-            let (key, value) = line
-                .split_once(':')
-                .unwrap_or_else(|| panic!("{line:?} is not `key: value`"));
-            let value: Json = serde_saphyr::from_str(value.trim())
-                .unwrap_or_else(|e| panic!("{line:?}: the value is not YAML: {e}"));
-            (key.trim().to_owned(), value)
-        })
-        .collect()
+    let setting = |line: &&str| {
+        let pair = line.split_once(':');
+        let (key, value) = pair.unwrap_or_else(|| panic!("{line:?} is not `key: value`"));
+        let value: Result<Json, _> = serde_saphyr::from_str(value.trim());
+        let value = value.unwrap_or_else(|e| panic!("{line:?}: the value is not YAML: {e}"));
+        (key.trim().to_owned(), value)
+    };
+    lines.iter().map(setting).collect()
 }
 
 fn merge(target: &mut Json, extra: Json) {

@@ -95,21 +95,15 @@ pub fn with_defaults(text: &str, values: &[(&str, &str)]) -> Result<String, Stri
             rest = tail;
             continue;
         }
-        let Some(body) = after.strip_prefix('{') else {
-            out.push('$');
-            rest = after;
-            continue;
-        };
-        let name: String = body
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
+        // Anything but `${NAME}` is copied as it is.
+        let body = after.strip_prefix('{').unwrap_or("");
+        let is_name = |c: &char| c.is_ascii_alphanumeric() || *c == '_';
+        let name: String = body.chars().take_while(is_name).collect();
         match body[name.len()..].strip_prefix('}') {
             Some(tail) if !name.is_empty() => {
                 let Some((_, value)) = values.iter().find(|(n, _)| *n == name) else {
-                    return Err(format!(
-                        "${{{name}}} has no value in the test: add one for it"
-                    ));
+                    let missing = format!("${{{name}}} has no value in the test: add one for it");
+                    return Err(missing);
                 };
                 out.push_str(&format!("${{{name}:-{value}}}"));
                 rest = tail;
