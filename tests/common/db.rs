@@ -131,15 +131,14 @@ impl Db {
     /// The same database reached at `127.0.0.1:port` (e.g. through a [`super::TcpProxy`]).
     /// Panics for SQLite, which has no server.
     pub fn connection_string_via(&self, port: u16) -> String {
-        match self {
-            Db::Postgres => format!(
-                "Driver={{PostgreSQL Unicode}};Server=127.0.0.1;Port={port};Database=test;Uid=root;"
-            ),
-            Db::MariaDb => format!(
-                "Driver={{MariaDB Unicode}};Server=127.0.0.1;Port={port};Database=test;Uid=root;Pwd=;"
-            ),
+        let (driver, password) = match self {
+            Db::Postgres => ("PostgreSQL Unicode", ""),
+            Db::MariaDb => ("MariaDB Unicode", "Pwd=;"),
             Db::Sqlite(_) => panic!("SQLite has no server port to proxy"),
-        }
+        };
+        format!(
+            "Driver={{{driver}}};Server=127.0.0.1;Port={port};Database=test;Uid=root;{password}"
+        )
     }
 
     /// A new connection (autocommit on).
@@ -169,7 +168,6 @@ impl Db {
         odbc_query(&conn, sql)
     }
 
-    /// `SELECT COUNT(*) FROM table`.
     pub fn count(&self, table: &str) -> i64 {
         super::scalar(self, &format!("SELECT COUNT(*) FROM {table}"))
     }
@@ -183,8 +181,7 @@ pub struct TempTable {
 }
 
 impl TempTable {
-    /// Creates `CREATE TABLE <unique(prefix)> (<columns>)`, e.g.
-    /// `db.temp_table("readings", "id INTEGER PRIMARY KEY, v VARCHAR(50)")`.
+    /// Runs `CREATE TABLE <unique(prefix)> (<columns>)`.
     pub fn create(db: &Db, prefix: &str, columns: &str) -> TempTable {
         let name = super::unique(prefix);
         // MariaDB: a transactional engine and full UTF-8, whatever the server's defaults.

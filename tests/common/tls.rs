@@ -67,10 +67,7 @@ pub fn make_pki(dir: &Path) {
 
 /// A temp dir with [`make_pki`]'s set and an unrelated CA `other_ca`.
 pub fn pki_with_other_ca() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix("mqdb-pki-")
-        .tempdir()
-        .expect("temp dir for certificates");
+    let dir = super::temp_dir("pki");
     make_pki(dir.path());
     make_ca(dir.path(), "other_ca");
     dir
