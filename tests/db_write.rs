@@ -110,13 +110,10 @@ fn rejected_rows_are_found_exactly(db: &Db, speak: Speak) {
     let before = writer.statements();
     let clean: Vec<Row> = (2000..2500).map(|i| ints(i, 1)).collect();
     write_clean(&mut writer, &clean, db.label());
-    let label = db.label();
+    let (label, broken) = (db.label(), want.len());
     assert_eq!(writer.statements() - before, 1, "[{label}] a clean batch");
-    assert!(
-        before <= 1 + 2 * want.len() * 10,
-        "[{label}] {before} statements to isolate {} rows of 1000",
-        want.len()
-    );
+    let isolating = format!("[{label}] {before} statements to isolate {broken} rows of 1000");
+    assert!(before <= 1 + 2 * broken * 10, "{isolating}");
 }
 
 const NASTY_TEXTS: [Option<&str>; 11] = [

@@ -100,8 +100,7 @@ fn accept_loop(listener: TcpListener, target: SocketAddr, shared: Arc<Shared>) {
         let Ok(client) = incoming else { continue };
         shared.accepted.fetch_add(1, Ordering::SeqCst);
         if shared.down.load(Ordering::SeqCst) {
-            drop(client);
-            continue;
+            continue; // refused: `client` is dropped, so closed
         }
         let s = shared.clone();
         let _ = std::thread::Builder::new()

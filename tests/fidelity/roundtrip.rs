@@ -30,9 +30,8 @@ impl Case {
     /// The value of `column` of table `t` as the database prints it: its own text cast,
     /// and hex for binary (so -0, trailing zeros and bytes all count).
     fn printed(&self, t: &str, column: &str, ty: &str) -> String {
-        let binary = ["bytea", "blob", "binary"]
-            .iter()
-            .any(|b| ty.to_ascii_lowercase().contains(b));
+        let ty = ty.to_ascii_lowercase();
+        let binary = ["bytea", "blob", "binary"].iter().any(|b| ty.contains(b));
         match (&self.db, binary) {
             (Db::Postgres, true) => format!("encode({t}.{column}, 'hex')"),
             (Db::Postgres, false) => format!("CAST({t}.{column} AS TEXT)"),
