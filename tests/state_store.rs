@@ -148,8 +148,7 @@ fn no_dead_letter_is_lost_to_a_full_disk(db: &Db) {
         // table that holds row 0, and the dead-letter mirror on the same broker
         let table = TempTable::create(db, "full_in", "id INTEGER PRIMARY KEY, v VARCHAR(50)");
         db.exec(&format!("INSERT INTO {} VALUES (0, 'zero')", table.name));
-        let topic = unique("full_in");
-        let mirror_topic = unique("full_mirror");
+        let (topic, mirror_topic) = (unique("full_in"), unique("full_mirror"));
         let mirror_to =
             json!({ "broker": "b", "topic": format!("{mirror_topic}/{{route}}"), "qos": 1 });
         let config = world

@@ -182,12 +182,10 @@ fn kill(mut child: Child) {
 }
 
 fn qos(q: u8) -> QoS {
-    match q {
-        0 => QoS::AtMostOnce,
-        1 => QoS::AtLeastOnce,
-        2 => QoS::ExactlyOnce,
-        other => panic!("invalid MQTT QoS {other}"),
-    }
+    let levels = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
+    *levels
+        .get(usize::from(q))
+        .unwrap_or_else(|| panic!("invalid MQTT QoS {q}"))
 }
 
 fn options(client_id: &str, port: u16, clean_session: bool) -> MqttOptions {
