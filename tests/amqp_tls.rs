@@ -8,8 +8,8 @@ mod common;
 use std::path::PathBuf;
 
 use common::{
-    Bridge, Config, Db, RabbitNode, TempTable, Workdir, amqp_route, check_route, dlq_list,
-    id_payloads, pki_with_other_ca, terminate_ok, unique, wait_consuming, wait_for_count,
+    Bridge, Config, Db, LIVENESS, RabbitNode, TempTable, Workdir, amqp_route, check_route,
+    dlq_list, id_payloads, pki_with_other_ca, terminate_ok, unique, wait_consuming, wait_for_count,
     wait_until,
 };
 use serde_json::{Value as Json, json};
@@ -132,10 +132,8 @@ fn amqps_check_fails_without_client_certificate_or_with_a_wrong_ca() {
     let named = fail.contains("client certificate");
     assert!(named, "no client certificate named:\n{show}");
     // And the node refused the handshake because the certificate was missing
-    let what = "the node logs certificate_required";
-    wait_until(what, common::LIVENESS, || {
-        s.node.log().contains("certificate_required")
-    });
+    let refused = || s.node.log().contains("certificate_required");
+    wait_until("the node logs certificate_required", LIVENESS, refused);
 
     // When `check` runs with a CA that did not sign the server's certificate, then it fails
     // for the route naming the broker and the certificate it could not verify

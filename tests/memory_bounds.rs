@@ -137,9 +137,8 @@ fn an_mqtt_5_subscriber_announces_its_limit_and_dead_letters_what_still_arrives(
     let route = Route::inbound("toolarge5", &topic, &table.name);
     let config = w.config(&db, limit, Json::Null, route);
     let mut bridge = Bridge::start(&config);
-    wait_until("the route to be up", LIVENESS, || {
-        w.metric("mqdb_up", "toolarge5") == 1.0
-    });
+    let up = || w.metric("mqdb_up", "toolarge5") == 1.0;
+    wait_until("the route to be up", LIVENESS, up);
     let slightly = note(1, &"y".repeat(70 * 1024));
     let far = note(1, &"y".repeat(1024 * 1024));
     w.publish(&topic, vec![far, slightly.clone(), note(3, "small")]);
@@ -287,9 +286,8 @@ fn a_long_csv_message_is_written_in_batches_as_it_is_read() {
     terminate_ok(&mut bridge);
     // Acknowledged: the broker does not deliver it again.
     let mut bridge = Bridge::start(&config);
-    wait_until("the route to be up again", LIVENESS, || {
-        w.metric("mqdb_up", "parts") == 1.0
-    });
+    let up = || w.metric("mqdb_up", "parts") == 1.0;
+    wait_until("the route to be up again", LIVENESS, up);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(w.metric("mqdb_messages_received_total", "parts"), 0.0);
     assert_eq!(dlq_list(&config).len(), 2);

@@ -185,20 +185,19 @@ impl Rabbit {
             ..QueueDeclareOptions::default()
         };
         let channel = &self.channel;
-        self.rt
-            .block_on(async {
-                let table = FieldTable::default;
-                channel
-                    .queue_declare(queue.into(), options, table())
-                    .await?;
-                let Some((exchange, key)) = bind else {
-                    return Ok(());
-                };
-                let bind_options = QueueBindOptions::default();
-                let (q, x, k) = (queue.into(), exchange.into(), key.into());
-                channel.queue_bind(q, x, k, bind_options, table()).await
-            })
-            .unwrap_or_else(|e| panic!("declare queue {queue} (bound: {bind:?}): {e}"));
+        let declared = self.rt.block_on(async {
+            let table = FieldTable::default;
+            channel
+                .queue_declare(queue.into(), options, table())
+                .await?;
+            let Some((exchange, key)) = bind else {
+                return Ok(());
+            };
+            let bind_options = QueueBindOptions::default();
+            let (q, x, k) = (queue.into(), exchange.into(), key.into());
+            channel.queue_bind(q, x, k, bind_options, table()).await
+        });
+        declared.unwrap_or_else(|e| panic!("declare queue {queue} (bound: {bind:?}): {e}"));
         self.queues.push(queue.to_owned());
     }
 
