@@ -170,12 +170,9 @@ pub(crate) fn wait_child(
 /// Peak resident set (kB) and CPU seconds so far of a running process, from /proc.
 pub fn process_stats(pid: u32) -> (u64, f64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let hwm = status.lines().find_map(|l| l.strip_prefix("VmHWM:"));
+    let hwm = hwm.and_then(|v| v.split_whitespace().next()?.parse().ok());
+    let rss = hwm.unwrap_or(0);
     // utime and stime: fields 14 and 15 of /proc/PID/stat, counted after the `(comm)`.
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat
@@ -192,9 +189,7 @@ pub fn process_stats(pid: u32) -> (u64, f64) {
 
 /// How many cores this machine has, for benchmark reports.
 pub fn cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The CPU model, for benchmark reports.
