@@ -432,14 +432,11 @@ fn without_columns_or_names_fields_map_in_catalog_order(db: &Db) {
     case.run_clean(&payloads, want);
 }
 
-#[test]
-fn without_columns_or_names_fields_map_in_catalog_order_postgres() {
-    without_columns_or_names_fields_map_in_catalog_order(&Db::Postgres);
-}
-
-#[test]
-fn without_columns_or_names_fields_map_in_catalog_order_sqlite() {
-    without_columns_or_names_fields_map_in_catalog_order(&temp_sqlite());
+common::cases! {
+    without_columns_or_names_fields_map_in_catalog_order_postgres:
+        without_columns_or_names_fields_map_in_catalog_order(&Db::Postgres);
+    without_columns_or_names_fields_map_in_catalog_order_sqlite:
+        without_columns_or_names_fields_map_in_catalog_order(&temp_sqlite());
 }
 
 fn quoted_delimiters_quotes_and_newlines(db: &Db) {
@@ -475,19 +472,13 @@ fn quoted_delimiters_quotes_and_newlines(db: &Db) {
     terminate_ok(&mut bridge);
 }
 
-#[test]
-fn quoted_delimiters_quotes_and_newlines_postgres() {
-    quoted_delimiters_quotes_and_newlines(&Db::Postgres);
-}
-
-#[test]
-fn quoted_delimiters_quotes_and_newlines_mariadb() {
-    quoted_delimiters_quotes_and_newlines(&Db::MariaDb);
-}
-
-#[test]
-fn quoted_delimiters_quotes_and_newlines_sqlite() {
-    quoted_delimiters_quotes_and_newlines(&temp_sqlite());
+common::cases! {
+    quoted_delimiters_quotes_and_newlines_postgres:
+        quoted_delimiters_quotes_and_newlines(&Db::Postgres);
+    quoted_delimiters_quotes_and_newlines_mariadb:
+        quoted_delimiters_quotes_and_newlines(&Db::MariaDb);
+    quoted_delimiters_quotes_and_newlines_sqlite:
+        quoted_delimiters_quotes_and_newlines(&temp_sqlite());
 }
 
 #[test]
@@ -667,14 +658,11 @@ fn bad_lines_are_dead_letters_and_the_message_is_acked_once(db: &Db) {
     assert_each_message_acked_once(&case.world, 2);
 }
 
-#[test]
-fn bad_lines_are_dead_letters_and_the_message_is_acked_once_postgres() {
-    bad_lines_are_dead_letters_and_the_message_is_acked_once(&Db::Postgres);
-}
-
-#[test]
-fn bad_lines_are_dead_letters_and_the_message_is_acked_once_sqlite() {
-    bad_lines_are_dead_letters_and_the_message_is_acked_once(&temp_sqlite());
+common::cases! {
+    bad_lines_are_dead_letters_and_the_message_is_acked_once_postgres:
+        bad_lines_are_dead_letters_and_the_message_is_acked_once(&Db::Postgres);
+    bad_lines_are_dead_letters_and_the_message_is_acked_once_sqlite:
+        bad_lines_are_dead_letters_and_the_message_is_acked_once(&temp_sqlite());
 }
 
 #[test]
@@ -809,14 +797,11 @@ fn injection_shaped_fields_are_stored_verbatim(db: &Db) {
     case.run_clean(&[lf(&lines)], want.collect());
 }
 
-#[test]
-fn injection_shaped_fields_are_stored_verbatim_postgres() {
-    injection_shaped_fields_are_stored_verbatim(&Db::Postgres);
-}
-
-#[test]
-fn injection_shaped_fields_are_stored_verbatim_mariadb() {
-    injection_shaped_fields_are_stored_verbatim(&Db::MariaDb);
+common::cases! {
+    injection_shaped_fields_are_stored_verbatim_postgres:
+        injection_shaped_fields_are_stored_verbatim(&Db::Postgres);
+    injection_shaped_fields_are_stored_verbatim_mariadb:
+        injection_shaped_fields_are_stored_verbatim(&Db::MariaDb);
 }
 
 /// Writes `text` to `dir/name` and runs `mqdb -c FILE check`: the file and the run.

@@ -90,7 +90,6 @@ fn plain_log(bridge: &Bridge) -> String {
     out
 }
 
-/// `{"seq":N}` on `topic` for each `seq`.
 fn seq_messages(topic: impl Fn(i64) -> String, seqs: Range<i64>) -> Messages {
     seqs.map(|seq| (topic(seq), format!(r#"{{"seq":{seq}}}"#).into_bytes()))
         .collect()
@@ -136,14 +135,9 @@ fn back_pressure_delivers_everything(max_in_flight: usize) {
     assert!(!lost, "the bridge lost its connection; log:\n{log}");
 }
 
-#[test]
-fn back_pressure_max_in_flight_20_delivers_every_message() {
-    back_pressure_delivers_everything(20);
-}
-
-#[test]
-fn back_pressure_max_in_flight_1_delivers_every_message() {
-    back_pressure_delivers_everything(1);
+common::cases! {
+    back_pressure_max_in_flight_20_delivers_every_message: back_pressure_delivers_everything(20);
+    back_pressure_max_in_flight_1_delivers_every_message: back_pressure_delivers_everything(1);
 }
 
 /// Messages of the QoS test: the route (index) they match, the QoS they are published at,
