@@ -96,26 +96,14 @@ fn unknown_route_key_names_line_and_suggests_table() {
     route_error(route, "tabel:", &["tabel", "`table`"]);
 }
 
-#[test]
-fn bad_qos_value_names_line() {
-    route_error(r1(&["qos: 7"]), "qos: 7", &["qos", "7"]);
-}
-
-#[test]
-fn route_with_undefined_broker_names_line_and_broker() {
-    let needles = ["nosuchbroker", "brokers"];
-    route_error(r1(&["broker: nosuchbroker"]), "nosuchbroker", &needles);
-}
-
-#[test]
-fn route_with_undefined_database_names_line_and_database() {
-    let needles = ["nosuchdb", "databases"];
-    route_error(r1(&["database: nosuchdb"]), "nosuchdb", &needles);
-}
-
-#[test]
-fn malformed_topic_filter_names_line() {
-    route_error(r1(&["topic: 'a/#/b'"]), "a/#/b", &["r1", "#"]);
+common::cases! {
+    bad_qos_value_names_line: route_error(r1(&["qos: 7"]), "qos: 7", &["qos", "7"]);
+    route_with_undefined_broker_names_line_and_broker:
+        route_error(r1(&["broker: nosuchbroker"]), "nosuchbroker", &["nosuchbroker", "brokers"]);
+    route_with_undefined_database_names_line_and_database:
+        route_error(r1(&["database: nosuchdb"]), "nosuchdb", &["nosuchdb", "databases"]);
+    malformed_topic_filter_names_line:
+        route_error(r1(&["topic: 'a/#/b'"]), "a/#/b", &["r1", "#"]);
 }
 
 #[test]
@@ -161,7 +149,6 @@ fn missing_config_file_is_a_usage_error_naming_the_file() {
     }
 }
 
-/// Unique environment variable names, one per prefix.
 fn env_vars<const N: usize>(prefixes: [&str; N]) -> [String; N] {
     prefixes.map(|v| unique(v).to_ascii_uppercase())
 }

@@ -75,7 +75,6 @@ fn kinds(letters: &[Json]) -> String {
     got.into_iter().map(kind).collect::<Vec<_>>().join(", ")
 }
 
-/// The primary keys of every row of `table`.
 fn row_ids(table: &TempTable) -> Vec<i64> {
     let sql = format!("SELECT id FROM {} ORDER BY id", table.name);
     let rows = table.db.query(&sql);
@@ -83,7 +82,6 @@ fn row_ids(table: &TempTable) -> Vec<i64> {
     rows.iter().map(|r| id(r).expect("an integer id")).collect()
 }
 
-/// `SUM(v)` over the rows of `table` that match `filter`.
 fn sum_v(table: &TempTable, filter: &str) -> i64 {
     let sql = format!("SELECT SUM(v) FROM {} WHERE {filter}", table.name);
     scalar(&table.db, &sql)
@@ -194,7 +192,6 @@ fn mqtt_copies(watcher: Subscriber) -> impl FnMut() -> Messages {
     move || watcher.messages().into_iter().map(copy).collect()
 }
 
-/// The MQTT mirror's address of a dead letter.
 fn mqtt_address(l: &Json) -> String {
     format!("mqdb/dead/{}/{}", text(l, "route"), text(l, "error_kind"))
 }

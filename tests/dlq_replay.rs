@@ -104,7 +104,6 @@ fn dlq(config: &Path, args: &str) -> Ran {
     mqdb_bounded(&all, config.parent().expect("config dir"), LIVENESS)
 }
 
-/// Like [`dlq`], asserting the exit code.
 fn dlq_expect(config: &Path, args: &str, code: i32) -> Ran {
     let ran = dlq(config, args);
     assert_eq!(ran.code, Some(code), "mqdb dlq {args}:\n{ran}");
@@ -133,7 +132,6 @@ fn by_id(letters: Vec<Json>) -> Letters {
     letters.into_iter().map(|l| (id(&l), l)).collect()
 }
 
-/// Every dead letter by id (`dlq list --json`).
 fn letters(config: &Path) -> Letters {
     by_id(dlq_list(config))
 }
@@ -188,7 +186,6 @@ fn sorted(mut v: Vec<i64>) -> Vec<i64> {
     v
 }
 
-/// A JSON string field holding an RFC 3339 time.
 fn json_instant(letter: &Json, field: &str) -> DateTime<Utc> {
     let text = letter[field].as_str();
     let text = text.unwrap_or_else(|| panic!("{field} is not text: {letter:#}"));

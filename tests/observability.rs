@@ -19,7 +19,6 @@ use common::{
 };
 use serde_json::{Value as Json, json};
 
-/// A free `127.0.0.1:PORT` for `http.listen`.
 fn free_addr() -> String {
     format!("127.0.0.1:{}", free_port())
 }
@@ -185,7 +184,6 @@ impl Scrape {
     }
 }
 
-/// A sample value of `line`.
 fn number(text: &str, line: &str) -> f64 {
     let value = text.parse();
     value.unwrap_or_else(|e| panic!("{line:?}: {text:?} is not a number: {e}"))
@@ -256,7 +254,6 @@ fn wait_health(
     last.expect("at least one answer")
 }
 
-/// Waits until `/health` is 200.
 fn wait_healthy(bridge: &mut Bridge, addr: &str) -> Json {
     wait_health(bridge, addr, "200", |status, _| status == 200).1
 }

@@ -377,7 +377,7 @@ fn payload_cases(topic: &str, cases: &mut Vec<Case>, messages: &mut Vec<Outgoing
     let bom = "\u{feff}{\"x\": 1}";
     raw(4004, bom, s(bom));
     // The same message read back from its `bin` column.
-    cases.push(Case::new(4004, "bin", bom, s(&hex(bom.as_bytes()))));
+    cases.push(Case::new(4004, "bin", bom, s(&crate::hex(bom.as_bytes()))));
 }
 
 /// AMQP headers through `header.x`: signed decimals, integers, text with NUL.
@@ -534,7 +534,7 @@ fn check(case: &Case, cols: &[Column], stored: &Rows, dead: &Letters) -> Result<
 /// Whether the read-back text `got` is the value `want`, as the column's family compares.
 fn same(family: Family, want: &str, got: &str) -> bool {
     match family {
-        Family::Text => got.eq_ignore_ascii_case(&hex(want.as_bytes())),
+        Family::Text => got.eq_ignore_ascii_case(&crate::hex(want.as_bytes())),
         Family::Binary => got.eq_ignore_ascii_case(want),
         Family::Float => match (want.parse::<f64>(), got.trim().parse::<f64>()) {
             (Ok(w), Ok(g)) => w.to_bits() == g.to_bits(),
@@ -558,10 +558,6 @@ fn same(family: Family, want: &str, got: &str) -> bool {
         }
         Family::Int | Family::Date | Family::Uuid => want == got.trim(),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A decimal's sign, significant digits and the power of ten of its last digit:
@@ -672,19 +668,10 @@ fn publish_v5(port: u16, messages: Vec<Outgoing>) {
     });
 }
 
-#[test]
-fn inbound_matrix_postgres() {
-    matrix(&Db::Postgres, &[]);
-}
-
-#[test]
-fn inbound_matrix_mariadb() {
-    matrix(&Db::MariaDb, &[]);
-}
-
-#[test]
-fn inbound_matrix_sqlite() {
-    matrix(&temp_sqlite(), &[]);
+crate::common::cases! {
+    inbound_matrix_postgres: matrix(&Db::Postgres, &[]);
+    inbound_matrix_mariadb: matrix(&Db::MariaDb, &[]);
+    inbound_matrix_sqlite: matrix(&temp_sqlite(), &[]);
 }
 
 /// PostgreSQL spoken to in standard SQL only, as a database mqdb does not know: plain

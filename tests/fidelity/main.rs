@@ -28,3 +28,7 @@ fn trim_fraction(text: &str) -> String {
         None => text.to_string(),
     }
 }
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

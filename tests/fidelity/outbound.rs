@@ -357,7 +357,7 @@ fn same(c: &Col, format: &str, got: Option<Json>, want: Option<&str>) -> Result<
             }
             _ => false,
         },
-        Cmp::Hex => hex(&base64_decode(&text)) == want.to_ascii_uppercase(),
+        Cmp::Hex => crate::hex(&base64_decode(&text)).eq_ignore_ascii_case(want),
         Cmp::Json => {
             let published = match got {
                 Json::String(s) if format == "csv" => {
@@ -402,10 +402,6 @@ fn stamp(text: &str) -> Option<NaiveDateTime> {
     ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
         .iter()
         .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 /// Publishes every row (`values`, SQL value lists) of a new table with `columns` as JSON;
@@ -550,27 +546,10 @@ fn too_large_values_are_dead_letters(db: &Db) {
     assert_eq!(published, [(1, 4097), (3, 4097)]);
 }
 
-#[test]
-fn postgres_too_large_values_are_dead_letters() {
-    too_large_values_are_dead_letters(&Db::Postgres);
-}
-
-#[test]
-fn sqlite_too_large_values_are_dead_letters() {
-    too_large_values_are_dead_letters(&temp_sqlite());
-}
-
-#[test]
-fn postgres_values_arrive_exactly() {
-    values_arrive_exactly(&Db::Postgres);
-}
-
-#[test]
-fn mariadb_values_arrive_exactly() {
-    values_arrive_exactly(&Db::MariaDb);
-}
-
-#[test]
-fn sqlite_values_arrive_exactly() {
-    values_arrive_exactly(&temp_sqlite());
+crate::common::cases! {
+    postgres_too_large_values_are_dead_letters: too_large_values_are_dead_letters(&Db::Postgres);
+    sqlite_too_large_values_are_dead_letters: too_large_values_are_dead_letters(&temp_sqlite());
+    postgres_values_arrive_exactly: values_arrive_exactly(&Db::Postgres);
+    mariadb_values_arrive_exactly: values_arrive_exactly(&Db::MariaDb);
+    sqlite_values_arrive_exactly: values_arrive_exactly(&temp_sqlite());
 }
