@@ -12,8 +12,9 @@
 mod common;
 
 use common::{
-    Bridge, Db, Header, LIVENESS, Mosquitto, Publisher, Rabbit, Ran, Subscriber, TempTable,
-    dlq_list_in, make_pki, mqdb_command, readme, temp_dir, terminate_ok, unique, wait_for,
+    Bridge, Db, Header, LIVENESS, Mosquitto, NULL, Publisher, Rabbit, Ran, Subscriber, TempTable,
+    dlq_list_in, make_pki, mqdb_command, readme, temp_dir, terminate_ok, text_rows, unique,
+    wait_for,
 };
 use serde_json::Value as Json;
 use std::collections::BTreeSet;
@@ -189,18 +190,13 @@ fn every_example_is_checked() {
     assert_eq!(stems, covered, "an example or a test without the other");
 }
 
-/// mqtt-json-postgres: MQTT JSON → PostgreSQL, on the shared Mosquitto.
-#[test]
-fn the_postgres_example_passes_check() {
-    let routes = ["inbound temperatures"];
-    example_passes_check(&Db::Postgres, "mqtt-json-postgres", &[], &routes);
-}
-
-/// postgres-mqtt-alarms: PostgreSQL → MQTT with `track: id` and `after_publish`.
-#[test]
-fn the_alarms_example_passes_check() {
-    let routes = ["outbound alarms"];
-    example_passes_check(&Db::Postgres, "postgres-mqtt-alarms", &[], &routes);
+common::cases! {
+    // mqtt-json-postgres: MQTT JSON → PostgreSQL, on the shared Mosquitto.
+    the_postgres_example_passes_check:
+        example_passes_check(&Db::Postgres, "mqtt-json-postgres", &[], &["inbound temperatures"]);
+    // postgres-mqtt-alarms: PostgreSQL → MQTT with `track: id` and `after_publish`.
+    the_alarms_example_passes_check:
+        example_passes_check(&Db::Postgres, "postgres-mqtt-alarms", &[], &["outbound alarms"]);
 }
 
 /// amqp-csv-mariadb: passes `check` against the local RabbitMQ and MariaDB once its table
@@ -239,20 +235,16 @@ fn the_amqp_csv_example_passes_check_and_runs() {
     wait_for(&mut bridge, "the example's two rows", || {
         Ok(Db::MariaDb.query(&query).len() == 2)
     });
-    let row = |qty: &str, at: &str, note: Option<&str>| {
-        let row = [
-            Some(qty),
-            Some(at),
-            note,
-            Some("north"),
-            Some("movements.north"),
-        ];
-        row.map(|v| v.map(str::to_string)).to_vec()
-    };
-    let rows = [
-        row("12", "06:00:00", Some("inbound; pallet 7")),
-        row("-3", "06:01:30", None),
-    ];
+    let rows = text_rows(&[
+        [
+            "12",
+            "06:00:00",
+            "inbound; pallet 7",
+            "north",
+            "movements.north",
+        ],
+        ["-3", "06:01:30", NULL, "north", "movements.north"],
+    ]);
     assert_eq!(Db::MariaDb.query(&query), rows);
     terminate_ok(&mut bridge);
     let delete = format!("DELETE FROM mqdb_example_movements WHERE sku = '{sku}'");

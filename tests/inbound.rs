@@ -43,7 +43,6 @@ fn seq_route(name: &str, topic: &str, table: &str, on_conflict: &[&str]) -> Rout
         .lines(on_conflict)
 }
 
-/// `{"seq":N}` for each N of `seqs`, on `topic` with its `{part}` level set to `part`.
 fn seq_messages(topic: &str, part: &str, seqs: std::ops::Range<i64>) -> Messages {
     let topic = topic.replace("{part}", part);
     let message = |seq| (topic.clone(), format!(r#"{{"seq":{seq}}}"#).into_bytes());
@@ -311,19 +310,13 @@ fn on_conflict_update_keeps_the_last_message(db: &Db) {
     terminate_ok(&mut bridge);
 }
 
-#[test]
-fn on_conflict_update_keeps_the_last_message_postgres() {
-    on_conflict_update_keeps_the_last_message(&Db::Postgres);
-}
-
-#[test]
-fn on_conflict_update_keeps_the_last_message_mariadb() {
-    on_conflict_update_keeps_the_last_message(&Db::MariaDb);
-}
-
-#[test]
-fn on_conflict_update_keeps_the_last_message_sqlite() {
-    on_conflict_update_keeps_the_last_message(&temp_sqlite());
+common::cases! {
+    on_conflict_update_keeps_the_last_message_postgres:
+        on_conflict_update_keeps_the_last_message(&Db::Postgres);
+    on_conflict_update_keeps_the_last_message_mariadb:
+        on_conflict_update_keeps_the_last_message(&Db::MariaDb);
+    on_conflict_update_keeps_the_last_message_sqlite:
+        on_conflict_update_keeps_the_last_message(&temp_sqlite());
 }
 
 /// Invalid UTF-8 (and base64 "//57fQ==").
@@ -464,16 +457,11 @@ fn dead_letters_beside_committed_rows(db: Db, states: [&str; 4]) {
     terminate_ok(&mut bridge);
 }
 
-#[test]
-fn dead_letters_beside_committed_rows_postgres() {
-    let states = ["23502", "23514", "23505", "22003"];
-    dead_letters_beside_committed_rows(Db::Postgres, states);
-}
-
-#[test]
-fn dead_letters_beside_committed_rows_mariadb() {
-    let states = ["23000", "23000", "23000", "22003"];
-    dead_letters_beside_committed_rows(Db::MariaDb, states);
+common::cases! {
+    dead_letters_beside_committed_rows_postgres:
+        dead_letters_beside_committed_rows(Db::Postgres, ["23502", "23514", "23505", "22003"]);
+    dead_letters_beside_committed_rows_mariadb:
+        dead_letters_beside_committed_rows(Db::MariaDb, ["23000", "23000", "23000", "22003"]);
 }
 
 #[test]
@@ -578,14 +566,9 @@ fn database_outage_loses_nothing(db: Db, port: u16) {
     eprintln!("rows before the database came back: {during}");
 }
 
-#[test]
-fn database_outage_loses_nothing_postgres() {
-    database_outage_loses_nothing(Db::Postgres, 5432);
-}
-
-#[test]
-fn database_outage_loses_nothing_mariadb() {
-    database_outage_loses_nothing(Db::MariaDb, 3306);
+common::cases! {
+    database_outage_loses_nothing_postgres: database_outage_loses_nothing(Db::Postgres, 5432);
+    database_outage_loses_nothing_mariadb: database_outage_loses_nothing(Db::MariaDb, 3306);
 }
 
 #[test]
@@ -706,9 +689,9 @@ fn sigterm_mid_batch_exits_zero_and_a_restart_completes_without_duplicates() {
     let locker = lock_holder(&db, &format!("LOCK TABLE {t} IN SHARE MODE"));
     let n = 2000;
     let data = format!("{root}/data");
-    let message = |seq| (data.clone(), format!(r#"{{"seq":{seq}}}"#).into_bytes());
-    let messages: Messages = (1..=n).map(message).collect();
-    world.publisher().publish_all_confirmed(messages, 1);
+    world
+        .publisher()
+        .publish_all_confirmed(seq_messages(&data, "", 1..n + 1), 1);
     wait_lock_waiter(&mut bridge, &t);
     let data_sql = format!("SELECT COUNT(*) FROM {t} WHERE seq > 0");
     assert_eq!(scalar(&db, &data_sql), 0, "nothing committed past the lock");
