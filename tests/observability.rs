@@ -202,11 +202,6 @@ fn scrape(addr: &str) -> Scrape {
     metrics(http::get(addr, "/metrics"))
 }
 
-/// `GET /metrics` parsed, `None` while nothing listens.
-fn try_scrape(addr: &str) -> Option<Scrape> {
-    http::try_get(addr, "/metrics").map(metrics)
-}
-
 fn metrics((status, body): (u16, String)) -> Scrape {
     assert_eq!(status, 200, "GET /metrics: {body}");
     Scrape::parse(body)
@@ -233,10 +228,6 @@ fn health(addr: &str) -> (u16, Json) {
     health_doc(http::get(addr, "/health"))
 }
 
-fn try_health(addr: &str) -> Option<(u16, Json)> {
-    http::try_get(addr, "/health").map(health_doc)
-}
-
 /// Waits until `/health` answers and `check(status, doc)` holds; returns the last answer.
 fn wait_health(
     bridge: &mut Bridge,
@@ -246,7 +237,7 @@ fn wait_health(
 ) -> (u16, Json) {
     let mut last = None;
     wait_for(bridge, &format!("/health: {what}"), || {
-        last = try_health(addr);
+        last = http::try_get(addr, "/health").map(health_doc);
         Ok(last
             .as_ref()
             .is_some_and(|(status, doc)| check(*status, doc)))
@@ -278,7 +269,7 @@ fn wait_scrape(
 ) -> Scrape {
     let mut last = None;
     wait_for(bridge, &format!("/metrics: {what}"), || {
-        last = try_scrape(addr);
+        last = http::try_get(addr, "/metrics").map(metrics);
         match &last {
             Some(s) => check(s).map_err(|e| format!("{e}\n{}", s.text)),
             None => Ok(false),
