@@ -9,8 +9,9 @@ use std::ops::Range;
 use std::path::PathBuf;
 
 use common::{
-    Bridge, Config, Db, LIVENESS, Mosquitto, Route, TempTable, World, check_route, dlq_list,
-    mqdb_at, pki_with_other_ca, publish_retained, settings, terminate_ok, unique, with_mqtt5,
+    Bridge, Config, Db, LIVENESS, Mosquitto, NULL, Route, TempTable, World, check_route, dlq_list,
+    mqdb_at, pairs, pki_with_other_ca, publish_retained, settings, terminate_ok, text_rows, unique,
+    with_mqtt5,
 };
 use serde_json::Value as Json;
 
@@ -165,11 +166,7 @@ fn qos_0_1_2_routes_with_wildcards_and_captures() {
     let routes: Vec<Route> = (0..3)
         .map(|n| {
             let (filter, a, b) = specs[n];
-            let sources = [
-                ("seq", "payload.seq"),
-                ("qos", "meta.qos"),
-                ("topic", "meta.topic"),
-            ];
+            let sources = pairs("seq=payload.seq qos=meta.qos topic=meta.topic");
             let batch = "batch: { max_rows: 50, max_delay: 50ms }";
             let topic = format!("{root}/{filter}");
             let route = Route::inbound(&format!("r{n}"), &topic, &tables[n].name).set("qos", n);
@@ -290,9 +287,7 @@ fn resubscribes_when_the_broker_lost_the_session() {
     assert_eq!(after, 500);
     assert_eq!(int(&t, "COUNT(*)", "part = 'before'"), 200);
     let probes = format!("SELECT part FROM {t} WHERE seq < 0 ORDER BY seq DESC");
-    let probes = rows(&probes);
-    let s = |v: &str| vec![Some(v.to_string())];
-    assert_eq!(probes, [s("probe1"), s("probe2")]);
+    assert_eq!(rows(&probes), text_rows(&[["probe1"], ["probe2"]]));
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
     terminate_ok(&mut bridge);
 
@@ -381,7 +376,7 @@ fn large_payloads_land_intact() {
         }
     }
     let small = rows(&format!("SELECT v FROM {t} WHERE seq = 6"));
-    assert_eq!(small, vec![vec![Some("small".to_string())]]);
+    assert_eq!(small, text_rows(&[["small"]]));
     assert_eq!(dlq_list(&config), Vec::<Json>::new());
     terminate_ok(&mut bridge);
 }
@@ -480,12 +475,7 @@ fn mqtt5_user_properties_map_to_columns_and_the_session_outlives_the_bridge() {
     let properties = [("site", "north"), ("line", "7")];
     publish_with_properties(port, &topic, r#"{"id": 1}"#, &properties);
     publish_with_properties(port, &topic, r#"{"id": 2}"#, &[]);
-    let sources = [
-        ("id", "payload.id"),
-        ("site", "header.site"),
-        ("line", "header.LINE"),
-        ("qos", "meta.qos"),
-    ];
+    let sources = pairs("id=payload.id site=header.site line=header.LINE qos=meta.qos");
     let route = Route::inbound("m5", &topic, &table.name).columns(&sources);
     let config = config(&world, &["mqtt_version: 5"], &[route]);
     let mut bridge = Bridge::start(&config);
@@ -504,12 +494,11 @@ fn mqtt5_user_properties_map_to_columns_and_the_session_outlives_the_bridge() {
         "SELECT id, site, line, qos FROM {} ORDER BY id",
         table.name
     ));
-    let s = |v: &str| Some(v.to_string());
-    let want = [
-        vec![s("1"), s("north"), s("7"), s("1")],
-        vec![s("2"), None, None, s("1")],
-        vec![s("3"), s("south"), None, s("1")],
-    ];
+    let want = text_rows(&[
+        ["1", "north", "7", "1"],
+        ["2", NULL, NULL, "1"],
+        ["3", "south", NULL, "1"],
+    ]);
     assert_rows("rows with user properties", &got, &want);
     assert!(dlq_list(&config).is_empty(), "no dead letters expected");
 }
