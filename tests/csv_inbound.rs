@@ -545,40 +545,35 @@ fn null_markers(db: &Db, csv: &[&str], payload: Vec<u8>, want: &[[&str; 4]]) {
     case.run_clean(&[payload], text_rows(want));
 }
 
-#[test]
-fn empty_fields_are_null_by_default() {
+common::cases! {
     // Empty fields are NULL (not the column default), text and integer; a quoted empty
     // field is the empty string, as outbound CSV writes it
-    let payload = lf(&["1,,x,", r#"2,"",,8"#]);
-    let want = [["1", NULL, "x", NULL], ["2", "", NULL, "8"]];
-    null_markers(&Db::Postgres, &[], payload, &want);
-}
-
-#[test]
-fn empty_fields_are_empty_strings_with_null_tilde() {
+    empty_fields_are_null_by_default: null_markers(
+        &Db::Postgres,
+        &[],
+        lf(&["1,,x,", r#"2,"",,8"#]),
+        &[["1", NULL, "x", NULL], ["2", "", NULL, "8"]],
+    );
     // `null: ~`: nothing is NULL, empty fields are empty strings
-    let payload = lf(&["1,,x,5", r#"2,"",,6"#]);
-    let want = [["1", "", "x", "5"], ["2", "", "", "6"]];
-    null_markers(&temp_sqlite(), &["null: ~"], payload, &want);
-}
-
-#[test]
-fn a_custom_null_marker_is_null_and_empty_fields_are_text() {
+    empty_fields_are_empty_strings_with_null_tilde: null_markers(
+        &temp_sqlite(),
+        &["null: ~"],
+        lf(&["1,,x,5", r#"2,"",,6"#]),
+        &[["1", "", "x", "5"], ["2", "", "", "6"]],
+    );
     // `null: "\N"`: exactly `\N`, unquoted, is NULL; a quoted `\N`, empty fields and other
     // text are not
-    let payload = lf(&[
-        r"1,\N,x,\N",
-        r#"2,,"\N",8"#,
-        r#"3,"",N,9"#,
-        r"4,\\N,\N\N,10",
-    ]);
-    let want = [
-        ["1", NULL, "x", NULL],
-        ["2", "", r"\N", "8"],
-        ["3", "", "N", "9"],
-        ["4", r"\\N", r"\N\N", "10"],
-    ];
-    null_markers(&Db::MariaDb, &[r#"null: "\\N""#], payload, &want);
+    a_custom_null_marker_is_null_and_empty_fields_are_text: null_markers(
+        &Db::MariaDb,
+        &[r#"null: "\\N""#],
+        lf(&[r"1,\N,x,\N", r#"2,,"\N",8"#, r#"3,"",N,9"#, r"4,\\N,\N\N,10"]),
+        &[
+            ["1", NULL, "x", NULL],
+            ["2", "", r"\N", "8"],
+            ["3", "", "N", "9"],
+            ["4", r"\\N", r"\N\N", "10"],
+        ],
+    );
 }
 
 /// Runs `payload` through a route by index with `csv` options into (id, a, b) and asserts
@@ -590,36 +585,35 @@ fn delimited(db: &Db, csv: &[&str], payload: Vec<u8>, want: &[[&str; 3]]) {
     case.run_clean(&[payload], text_rows(want));
 }
 
-#[test]
-fn tab_delimiter() {
+common::cases! {
     // Commas and semicolons are data; a quoted tab is data
-    let payload = lf(&["1\ta,b\t\"in\ttab\"", "2\t;\tplain"]);
-    let want = [["1", "a,b", "in\ttab"], ["2", ";", "plain"]];
-    delimited(&Db::Postgres, &[r#"delimiter: "\t""#], payload, &want);
-}
-
-#[test]
-fn semicolon_delimiter() {
+    tab_delimiter: delimited(
+        &Db::Postgres,
+        &[r#"delimiter: "\t""#],
+        lf(&["1\ta,b\t\"in\ttab\"", "2\t;\tplain"]),
+        &[["1", "a,b", "in\ttab"], ["2", ";", "plain"]],
+    );
     // Commas are data (decimal commas stay text); a quoted semicolon is data
-    let payload = lf(&["1;3,5;\"a;b\"", "2;x,y;z"]);
-    let want = [["1", "3,5", "a;b"], ["2", "x,y", "z"]];
-    delimited(&Db::MariaDb, &[r#"delimiter: ";""#], payload, &want);
-}
-
-#[test]
-fn custom_quote_character() {
+    semicolon_delimiter: delimited(
+        &Db::MariaDb,
+        &[r#"delimiter: ";""#],
+        lf(&["1;3,5;\"a;b\"", "2;x,y;z"]),
+        &[["1", "3,5", "a;b"], ["2", "x,y", "z"]],
+    );
     // `'` quotes (doubled inside); `"` is plain data
-    let payload = lf(&["1,'a,b','it''s'", r#"2,"x",'say "hi", ok'"#]);
-    let want = [["1", "a,b", "it's"], ["2", "\"x\"", "say \"hi\", ok"]];
-    delimited(&temp_sqlite(), &[r#"quote: "'""#], payload, &want);
-}
-
-#[test]
-fn escape_character() {
+    custom_quote_character: delimited(
+        &temp_sqlite(),
+        &[r#"quote: "'""#],
+        lf(&["1,'a,b','it''s'", r#"2,"x",'say "hi", ok'"#]),
+        &[["1", "a,b", "it's"], ["2", "\"x\"", "say \"hi\", ok"]],
+    );
     // `\"` inside quotes is a quote
-    let payload = lf(&[r#"1,"say \"hi\", ok",plain"#, r#"2,"\"",x"#]);
-    let want = [["1", "say \"hi\", ok", "plain"], ["2", "\"", "x"]];
-    delimited(&Db::Postgres, &[r#"escape: "\\""#], payload, &want);
+    escape_character: delimited(
+        &Db::Postgres,
+        &[r#"escape: "\\""#],
+        lf(&[r#"1,"say \"hi\", ok",plain"#, r#"2,"\"",x"#]),
+        &[["1", "say \"hi\", ok", "plain"], ["2", "\"", "x"]],
+    );
 }
 
 fn bad_lines_are_dead_letters_and_the_message_is_acked_once(db: &Db) {
