@@ -15,7 +15,7 @@ use common::{
     pairs, parse_bool, parse_ts, publish_retained, temp_sqlite, text_rows, ts, unique,
     wait_dead_letters, wait_for, wait_lock_waiter,
 };
-use common::{scalar, terminate_ok, try_scalar, wait_for_count};
+use common::{scalar, seq_messages, terminate_ok, try_scalar, wait_for_count};
 use serde_json::Value as Json;
 
 type Messages = Vec<(String, Vec<u8>)>;
@@ -41,12 +41,6 @@ fn seq_route(name: &str, topic: &str, table: &str, on_conflict: &[&str]) -> Rout
         .columns(&pairs("seq=payload.seq part=topic.part"))
         .lines(&["batch: { max_rows: 50, max_delay: 50ms }"])
         .lines(on_conflict)
-}
-
-fn seq_messages(topic: &str, part: &str, seqs: std::ops::Range<i64>) -> Messages {
-    let topic = topic.replace("{part}", part);
-    let message = |seq| (topic.clone(), format!(r#"{{"seq":{seq}}}"#).into_bytes());
-    seqs.map(message).collect()
 }
 
 /// Asserts that table `t` holds `n` distinct seqs, `second` of them from the `second` part,
@@ -488,7 +482,8 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
     let config = base.inbound(route).write();
     world.persistent_session(&topic.replace("{part}", "+"));
     let publisher = world.publisher();
-    publisher.publish_all_confirmed(seq_messages(&topic, "first", 0..20), 1);
+    let part = |part: &str| topic.replace("{part}", part);
+    publisher.publish_all_confirmed(seq_messages(|_| part("first"), 0..20), 1);
     let mut bridge = Bridge::start(&config);
 
     // When the connection is cut while the server is committing the batch with row 7
@@ -501,7 +496,7 @@ fn a_commit_lost_to_an_outage_is_not_written_twice() {
     });
     let committed = scalar(&db, &format!("SELECT COUNT(*) FROM {t} WHERE seq = 7"));
     proxy.set_down(false);
-    publisher.publish_all_confirmed(seq_messages(&topic, "second", 20..40), 1);
+    publisher.publish_all_confirmed(seq_messages(|_| part("second"), 20..40), 1);
 
     // Then every message is one row and nothing was dead-lettered: the bridge asked the
     // server whether the lost commit happened instead of writing the batch again
@@ -538,14 +533,15 @@ fn database_outage_loses_nothing(db: Db, port: u16) {
     let config = base.inbound(route).write();
     world.persistent_session(&topic.replace("{part}", "+"));
     let publisher = world.publisher();
-    publisher.publish_all_confirmed(seq_messages(&topic, "first", 0..600), 1);
+    let part = |part: &str| topic.replace("{part}", part);
+    publisher.publish_all_confirmed(seq_messages(|_| part("first"), 0..600), 1);
     let mut bridge = Bridge::start(&config);
     let count_sql = format!("SELECT COUNT(*) FROM {t}");
     wait_at_least(&mut bridge, &db, "the first rows", &count_sql, 100);
 
     // When the database becomes unreachable while more messages arrive
     proxy.set_down(true);
-    publisher.publish_all_confirmed(seq_messages(&topic, "second", 600..1200), 1);
+    publisher.publish_all_confirmed(seq_messages(|_| part("second"), 600..1200), 1);
     std::thread::sleep(Duration::from_secs(4));
     let letters = dlq_list(&config);
     assert!(
@@ -591,7 +587,8 @@ fn broker_connection_cut_loses_nothing() {
     // and unacknowledged
     let locker = lock_holder(&db, &format!("LOCK TABLE {t} IN SHARE MODE"));
     let publisher = world.publisher();
-    publisher.publish_all_confirmed(seq_messages(&topic, "first", 0..1000), 1);
+    let part = |part: &str| topic.replace("{part}", part);
+    publisher.publish_all_confirmed(seq_messages(|_| part("first"), 0..1000), 1);
     let mut bridge = Bridge::start(&config);
     wait_lock_waiter(&mut bridge, &t);
 
@@ -600,7 +597,7 @@ fn broker_connection_cut_loses_nothing() {
     proxy.set_down(true);
     locker.rollback().expect("release the lock");
     drop(locker);
-    publisher.publish_all_confirmed(seq_messages(&topic, "second", 1000..2000), 1);
+    publisher.publish_all_confirmed(seq_messages(|_| part("second"), 1000..2000), 1);
     let count_sql = format!("SELECT COUNT(*) FROM {t}");
     wait_at_least(&mut bridge, &db, "the held rows to commit", &count_sql, 1);
     std::thread::sleep(Duration::from_secs(2));
@@ -691,7 +688,7 @@ fn sigterm_mid_batch_exits_zero_and_a_restart_completes_without_duplicates() {
     let data = format!("{root}/data");
     world
         .publisher()
-        .publish_all_confirmed(seq_messages(&data, "", 1..n + 1), 1);
+        .publish_all_confirmed(seq_messages(|_| data.clone(), 1..n + 1), 1);
     wait_lock_waiter(&mut bridge, &t);
     let data_sql = format!("SELECT COUNT(*) FROM {t} WHERE seq > 0");
     assert_eq!(scalar(&db, &data_sql), 0, "nothing committed past the lock");

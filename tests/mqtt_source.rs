@@ -10,12 +10,10 @@ use std::path::PathBuf;
 
 use common::{
     Bridge, Config, Db, LIVENESS, Mosquitto, NULL, Route, TempTable, World, check_route, dlq_list,
-    mqdb_at, pairs, pki_with_other_ca, publish_retained, settings, terminate_ok, text_rows, unique,
-    with_mqtt5,
+    mqdb_at, pairs, pki_with_other_ca, publish_retained, seq_messages, settings, terminate_ok,
+    text_rows, unique, with_mqtt5,
 };
 use serde_json::Value as Json;
-
-type Messages = Vec<(String, Vec<u8>)>;
 
 /// Writes `file` in the world's dir: broker `b` at `url` with the world's client id and
 /// `extra` settings, database `d` (PostgreSQL) and `routes`.
@@ -89,11 +87,6 @@ fn plain_log(bridge: &Bridge) -> String {
         }
     }
     out
-}
-
-fn seq_messages(topic: impl Fn(i64) -> String, seqs: Range<i64>) -> Messages {
-    seqs.map(|seq| (topic(seq), format!(r#"{{"seq":{seq}}}"#).into_bytes()))
-        .collect()
 }
 
 /// 1500 messages queued by the broker before the bridge starts (mosquitto pushes up to 1000

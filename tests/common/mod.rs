@@ -48,7 +48,9 @@ pub use inbound::{
     NULL, base64_decode, lock_holder, pairs, parse_bool, text_rows, wait_lock_waiter,
 };
 #[allow(unused_imports)]
-pub use mqtt::{Mosquitto, Publisher, Received, Subscriber, publish_retained, with_mqtt5};
+pub use mqtt::{
+    Mosquitto, Publisher, Received, Subscriber, publish_retained, seq_messages, with_mqtt5,
+};
 #[allow(unused_imports)]
 pub use mqtt5::{Received5, Subscriber5};
 #[allow(unused_imports)]

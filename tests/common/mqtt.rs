@@ -3,6 +3,7 @@
 use rumqttc::{Client, Connection, Event, MqttOptions, Outgoing, Packet, QoS};
 use std::collections::HashSet;
 use std::net::TcpStream;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -630,4 +631,10 @@ pub fn publish_retained(port: u16, topic: &str, qos: u8, payload: &str) {
     let publisher = Publisher::connect(port);
     publisher.send(topic, qos, true, payload.as_bytes().to_vec());
     publisher.wait_confirmed();
+}
+
+/// `{"seq":N}` for each N of `seqs`, each on the topic `topic(N)`.
+pub fn seq_messages(topic: impl Fn(i64) -> String, seqs: Range<i64>) -> Vec<(String, Vec<u8>)> {
+    seqs.map(|seq| (topic(seq), format!(r#"{{"seq":{seq}}}"#).into_bytes()))
+        .collect()
 }
