@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use serde_saphyr::Spanned;
 use tokio::sync::mpsc;
 
 use crate::broker::amqp::AmqpSettings;
@@ -10,8 +11,7 @@ use crate::broker::amqp_publish::AmqpPublisher;
 use crate::broker::mqtt::MqttSettings;
 use crate::broker::mqtt_publish::MqttPublisher;
 use crate::broker::publisher::Publisher;
-use crate::config::BrokerKind;
-use crate::config::Config;
+use crate::config::{Broker, BrokerKind, Config};
 use crate::db::DbSpec;
 use crate::db::poll::Poller;
 use crate::destination::Destination;
@@ -23,41 +23,32 @@ use crate::state::State;
 pub use crate::error::AppError;
 
 pub fn db_specs(config: &Config) -> Result<BTreeMap<String, DbSpec>, AppError> {
-    config
-        .databases
-        .iter()
-        .map(|(name, db)| {
-            Ok((
-                name.clone(),
-                DbSpec::from_config(name, &db.value).map_err(AppError::Usage)?,
-            ))
-        })
-        .collect()
+    resolve(&config.databases, |_| true, DbSpec::from_config)
 }
 
 pub(super) fn broker_settings(config: &Config) -> Result<BTreeMap<String, MqttSettings>, AppError> {
-    config
-        .brokers
-        .iter()
-        .filter(|(_, b)| b.value.kind() == Some(BrokerKind::Mqtt))
-        .map(|(name, b)| {
-            Ok((
-                name.clone(),
-                MqttSettings::from_config(name, &b.value).map_err(AppError::Usage)?,
-            ))
-        })
-        .collect()
+    let mqtt = |b: &Broker| b.kind() == Some(BrokerKind::Mqtt);
+    resolve(&config.brokers, mqtt, MqttSettings::from_config)
 }
 
 pub(super) fn amqp_settings(config: &Config) -> Result<BTreeMap<String, AmqpSettings>, AppError> {
-    config
-        .brokers
+    let amqp = |b: &Broker| b.kind() == Some(BrokerKind::Amqp);
+    resolve(&config.brokers, amqp, AmqpSettings::from_config)
+}
+
+/// Each named block that `keep` selects, resolved into an adapter's own settings.
+fn resolve<B, T>(
+    blocks: &BTreeMap<String, Spanned<B>>,
+    keep: impl Fn(&B) -> bool,
+    resolve: impl Fn(&str, &B) -> Result<T, String>,
+) -> Result<BTreeMap<String, T>, AppError> {
+    blocks
         .iter()
-        .filter(|(_, b)| b.value.kind() == Some(BrokerKind::Amqp))
-        .map(|(name, b)| {
+        .filter(|(_, block)| keep(&block.value))
+        .map(|(name, block)| {
             Ok((
                 name.clone(),
-                AmqpSettings::from_config(name, &b.value).map_err(AppError::Usage)?,
+                resolve(name, &block.value).map_err(AppError::Usage)?,
             ))
         })
         .collect()
