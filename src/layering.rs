@@ -14,7 +14,7 @@ const LAYERS: &[(&str, bool, &[&str])] = &[
         "values",
         false,
         &[
-            "error", "backoff", "heap", "metrics", "convert", "cell", "message", "dlq",
+            "error", "backoff", "heap", "metrics", "convert", "cell", "message", "dlq", "net",
         ],
     ),
     ("codecs", false, &["codec", "mapping", "topic", "template"]),

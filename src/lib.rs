@@ -19,6 +19,10 @@
 //!    - [`cell`]: one value read by an outbound query, and its one text in every payload.
 //!    - [`message`]: a received message (MQTT or AMQP) and its acknowledgement handle.
 //!    - [`dlq`]: dead letters and how operators see them.
+//!    - [`net`]: how a broker connection leaves the machine: which HTTP proxy it takes
+//!      (the broker's `proxy:` or the environment's `HTTPS_PROXY`…), the CONNECT tunnel,
+//!      the TLS client settings (trust, client certificate, server name, ALPN), and the
+//!      credentials a URL may carry.
 //! 2. Codecs and mapping, on the values:
 //!    - [`codec`]: payloads: JSON, and delimited text read record by record; rows → messages.
 //!    - [`mapping`]: column sources (`topic.x`, `payload.a.b`, `payload.2`, `header.x`,
@@ -38,7 +42,8 @@
 //!    - [`broker`]: sources (`mqtt` over `mqtt_link` for 3.1.1 and 5, `amqp_source`) that
 //!      acknowledge in receive order (`sequence`); confirming publishers (`publisher` over
 //!      `mqtt_publish` and `amqp_publish`, sharing the types in `publish`); each connects
-//!      with its resolved settings (`mqtt_settings`, `amqp`).
+//!      with its resolved settings (`mqtt_settings`, `amqp`), reached as `reach` says
+//!      (TLS files, proxy).
 //!    - [`state`]: the sqlx state store (`migrations/`): opening and writing (`store`),
 //!      dead letters and replay claims (`dead_letters`), positions (`positions`).
 //! 5. Routes, composing the adapters:
@@ -113,6 +118,7 @@ pub mod mapping;
 pub mod message;
 pub mod metrics;
 pub mod mirror;
+pub mod net;
 pub mod outbound;
 pub mod replay;
 pub mod routes;

@@ -197,20 +197,23 @@ async fn check_exchange(settings: &AmqpSettings, exchange: &str) -> Result<(), S
 /// Connects with a separate, clean session so a running instance's session is untouched.
 async fn probe_mqtt(settings: &MqttSettings) -> Result<(), String> {
     let options = settings.options(&format!("{}-check", settings.client_id), true);
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
-    let outcome = tokio::time::timeout(Duration::from_secs(10), async {
+    let (client, mut eventloop) = settings.client(options, 10);
+    // rumqttc bounds each attempt by connect_timeout; this bounds a broker that accepts
+    // the connection and then never answers the CONNECT.
+    let bound = settings.connect_timeout + Duration::from_secs(5);
+    let outcome = tokio::time::timeout(bound, async {
         loop {
             match eventloop.poll().await {
                 Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => return Ok(()),
                 Ok(_) => {}
-                Err(e) => return Err(format!("cannot connect to {}: {e}", settings.endpoint())),
+                Err(e) => return Err(settings.explain(&e.to_string())),
             }
         }
     })
     .await
     .unwrap_or_else(|_| {
         Err(format!(
-            "no answer from {} within 10 s",
+            "no CONNACK from {} within {bound:?}",
             settings.endpoint()
         ))
     });

@@ -46,6 +46,13 @@ pub async fn run_until(
     let dbs = db_specs(&config)?;
     let brokers = broker_settings(&config)?;
     let amqp = amqp_settings(&config)?;
+    let paths = brokers
+        .iter()
+        .map(|(name, s)| (name, s.endpoint(), &s.proxy))
+        .chain(amqp.iter().map(|(name, s)| (name, s.endpoint(), &s.proxy)));
+    for (name, endpoint, proxy) in paths {
+        info!(broker = %name, %endpoint, %proxy, "broker connection path");
+    }
     let state = State::open(config.state.as_str())
         .await
         .map_err(|e| AppError::Runtime(e.to_string()))?;

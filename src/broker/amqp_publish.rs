@@ -13,14 +13,14 @@ use super::publish::{Answer, Delivery, Envelope, Pending};
 
 /// Publishes to one AMQP broker over one confirming channel, reconnecting on demand.
 pub struct AmqpPublisher {
-    settings: AmqpSettings,
+    settings: Box<AmqpSettings>,
     channel: Arc<Mutex<Option<(Connection, Channel)>>>,
 }
 
 impl AmqpPublisher {
     pub fn new(settings: AmqpSettings) -> Self {
         AmqpPublisher {
-            settings,
+            settings: Box::new(settings),
             channel: Arc::new(Mutex::new(None)),
         }
     }

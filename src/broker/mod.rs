@@ -17,4 +17,5 @@ pub mod mqtt_publish_link;
 pub mod mqtt_settings;
 pub mod publish;
 pub mod publisher;
+pub mod reach;
 pub mod sequence;

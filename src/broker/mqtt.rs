@@ -235,7 +235,7 @@ async fn read(
                     return;
                 }
                 let delay = backoff.next_delay();
-                warn!(broker = %settings.name, endpoint = %settings.endpoint(), error = %e, retry_in = ?delay, "broker connection lost");
+                warn!(broker = %settings.name, endpoint = %settings.endpoint(), error = %settings.explain(&e), retry_in = ?delay, "broker connection lost");
                 for s in &subscriptions {
                     s.metrics.set_broker_up(false);
                     RouteMetrics::add(&s.metrics.retries, 1);

@@ -63,7 +63,7 @@ pub fn connect(settings: &MqttSettings, capacity: usize) -> (LinkClient, Link) {
     match settings.version {
         MqttVersion::V311 => {
             let options = settings.options(&settings.client_id, settings.clean_session);
-            let (client, eventloop) = rumqttc::AsyncClient::new(options, capacity);
+            let (client, eventloop) = settings.client(options, capacity);
             (LinkClient::V4(client), Link::V4(Box::new(eventloop)))
         }
         MqttVersion::V5 => {

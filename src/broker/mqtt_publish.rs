@@ -169,7 +169,7 @@ async fn run(
             let _ = done.send(Err(format!("broker connection lost: {failure}")));
         }
         let delay = backoff.next_delay();
-        warn!(broker = %settings.name, endpoint = %settings.endpoint(), error = %failure, unconfirmed = lost, retry_in = ?delay, "publisher connection lost");
+        warn!(broker = %settings.name, endpoint = %settings.endpoint(), error = %settings.explain(&failure), unconfirmed = lost, retry_in = ?delay, "publisher connection lost");
         tokio::time::sleep(delay).await;
     }
 }

@@ -36,7 +36,7 @@ pub fn open(settings: &MqttSettings, client_id: &str, window: usize) -> (Client,
         MqttVersion::V311 => {
             let mut options = settings.options(client_id, true);
             options.set_inflight(inflight);
-            let (client, eventloop) = rumqttc::AsyncClient::new(options, window.max(1));
+            let (client, eventloop) = settings.client(options, window.max(1));
             (Client::V4(client), EventLoop::V4(Box::new(eventloop)))
         }
         MqttVersion::V5 => {

@@ -1,11 +1,14 @@
 //! Resolved settings of one MQTT broker, built from its configuration block, and the
 //! rumqttc options they give: what the MQTT source and publisher connect with.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{MqttOptions, QoS, Transport};
+use rumqttc::{MqttOptions, QoS, TlsConfiguration, Transport};
 
+use super::reach;
 use crate::config::{self, Broker, Qos};
+use crate::net::{self, ProxyChoice};
 
 pub use crate::config::MqttVersion;
 
@@ -18,13 +21,36 @@ const MAX_PACKET: usize = config::size::MQTT_MAX_PACKET as usize;
 /// for: a topic is at most 64 KiB.
 const PACKET_OVERHEAD: u64 = 80 << 10;
 
+/// How the MQTT connection is carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carrier {
+    Tcp,
+    Tls,
+    /// MQTT over WebSockets.
+    Ws,
+    Wss,
+}
+
+impl Carrier {
+    fn is_tls(self) -> bool {
+        matches!(self, Carrier::Tls | Carrier::Wss)
+    }
+}
+
 /// Resolved settings of one MQTT broker.
 #[derive(Clone)]
 pub struct MqttSettings {
     pub name: String,
     host: String,
     port: u16,
-    tls: Option<rumqttc::TlsConfiguration>,
+    pub carrier: Carrier,
+    /// `ws[s]://host:port/path` for WebSockets.
+    ws_url: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// The name the broker's certificate is checked against.
+    tls_name: String,
+    pub proxy: ProxyChoice,
+    pub connect_timeout: Duration,
     pub client_id: String,
     credentials: Option<(String, String)>,
     keep_alive: Duration,
@@ -37,30 +63,38 @@ pub struct MqttSettings {
 
 impl MqttSettings {
     pub fn from_config(name: &str, broker: &Broker) -> Result<Self, String> {
-        let parts = config::url::credentials(broker.url.value.as_str());
+        let parts = net::url::credentials(broker.url.value.as_str());
         let url = parts.bare.as_str();
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| format!("broker {name}: `{url}` is not a URL"))?;
-        let secure = match scheme {
-            "mqtt" => false,
-            "mqtts" => true,
+        let (carrier, default_port) = match scheme {
+            "mqtt" => (Carrier::Tcp, 1883),
+            "mqtts" => (Carrier::Tls, 8883),
+            "ws" => (Carrier::Ws, 80),
+            "wss" => (Carrier::Wss, 443),
             other => return Err(format!("broker {name}: unsupported scheme {other}://")),
         };
-        let authority = rest.split('/').next().unwrap_or(rest);
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (
-                h.to_string(),
-                p.parse::<u16>()
-                    .map_err(|_| format!("broker {name}: bad port in `{url}`"))?,
-            ),
-            None => (authority.to_string(), if secure { 8883 } else { 1883 }),
+        let (authority, path) = match rest.find('/') {
+            Some(at) => (&rest[..at], &rest[at..]),
+            None => (rest, ""),
         };
-        let tls = if secure {
-            Some(tls_configuration(name, broker)?)
+        let (host, port) = host_port(authority, default_port)
+            .ok_or_else(|| format!("broker {name}: bad port in `{url}`"))?;
+        let path = if path.is_empty() || path == "/" {
+            "/mqtt"
+        } else {
+            path
+        };
+        let ws_url = format!("{scheme}://{authority}{path}");
+        let tls_settings = reach::tls_settings(name, broker)?;
+        let tls_name = tls_settings.name_for(&host).to_string();
+        let tls = if carrier.is_tls() {
+            Some(tls_settings.client_config(&format!("broker {name}"))?)
         } else {
             None
         };
+        let proxy = reach::proxy_choice(name, broker, carrier.is_tls(), &host)?;
         let password = config::password(
             &format!("broker {name}"),
             &broker.password,
@@ -90,12 +124,14 @@ impl MqttSettings {
         };
         Ok(MqttSettings {
             name: name.to_string(),
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string(),
+            host,
             port,
+            carrier,
+            ws_url,
             tls,
+            tls_name,
+            proxy,
+            connect_timeout: broker.connect_timeout,
             client_id: broker
                 .client_id
                 .as_ref()
@@ -111,9 +147,23 @@ impl MqttSettings {
         })
     }
 
+    /// A 3.1.1 client and its event loop on `options` (from [`Self::options`]), with the
+    /// connect timeout, which 3.1.1 keeps on the event loop.
+    pub fn client(
+        &self,
+        options: MqttOptions,
+        capacity: usize,
+    ) -> (rumqttc::AsyncClient, rumqttc::EventLoop) {
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, capacity);
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_connection_timeout(self.timeout_secs());
+        eventloop.set_network_options(network);
+        (client, eventloop)
+    }
+
     /// rumqttc options; `client_id` may differ from the configured one (for `check`).
     pub fn options(&self, client_id: &str, clean_session: bool) -> MqttOptions {
-        let mut options = MqttOptions::new(client_id, &self.host, self.port);
+        let mut options = MqttOptions::new(client_id, self.broker_addr(), self.port);
         options
             .set_keep_alive(self.keep_alive)
             .set_clean_session(clean_session)
@@ -123,8 +173,9 @@ impl MqttSettings {
         if let Some((user, password)) = &self.credentials {
             options.set_credentials(user, password);
         }
-        if let Some(tls) = &self.tls {
-            options.set_transport(Transport::Tls(tls.clone()));
+        options.set_transport(self.transport());
+        if let Some(proxy) = self.rumqttc_proxy() {
+            options.set_proxy(proxy);
         }
         options
     }
@@ -132,13 +183,15 @@ impl MqttSettings {
     /// MQTT 5 options for the subscriber: a persistent session must be given an expiry, and
     /// the receive maximum asks the broker to respect the in-flight limit.
     pub fn options_v5(&self) -> rumqttc::v5::MqttOptions {
-        let mut options = rumqttc::v5::MqttOptions::new(&self.client_id, &self.host, self.port);
+        let mut options =
+            rumqttc::v5::MqttOptions::new(&self.client_id, self.broker_addr(), self.port);
         options
             .set_keep_alive(self.keep_alive)
             .set_clean_start(self.clean_session)
             .set_manual_acks(true)
             .set_max_packet_size(Some(self.max_packet_v5()))
             .set_receive_maximum(Some(u16::try_from(self.max_in_flight).unwrap_or(u16::MAX)))
+            .set_connection_timeout(self.timeout_secs())
             .set_request_channel_capacity(1024);
         if !self.clean_session {
             options.set_session_expiry_interval(Some(u32::MAX));
@@ -146,10 +199,50 @@ impl MqttSettings {
         if let Some((user, password)) = &self.credentials {
             options.set_credentials(user, password);
         }
-        if let Some(tls) = &self.tls {
-            options.set_transport(Transport::Tls(tls.clone()));
+        options.set_transport(self.transport());
+        if let Some(proxy) = self.rumqttc_proxy() {
+            options.set_proxy(proxy);
         }
         options
+    }
+
+    /// For WebSockets rumqttc takes the whole URL where it otherwise takes the host.
+    fn broker_addr(&self) -> &str {
+        match self.carrier {
+            Carrier::Ws | Carrier::Wss => &self.ws_url,
+            Carrier::Tcp | Carrier::Tls => &self.host,
+        }
+    }
+
+    fn transport(&self) -> Transport {
+        let tls = || TlsConfiguration::Rustls(self.tls.clone().expect("TLS settings"));
+        match self.carrier {
+            Carrier::Tcp => Transport::Tcp,
+            Carrier::Tls => Transport::Tls(tls()),
+            Carrier::Ws => Transport::Ws,
+            Carrier::Wss => Transport::Wss(tls()),
+        }
+    }
+
+    fn rumqttc_proxy(&self) -> Option<rumqttc::Proxy> {
+        let proxy = self.proxy.proxy.as_ref()?;
+        Some(rumqttc::Proxy {
+            ty: rumqttc::ProxyType::Http,
+            auth: match &proxy.user {
+                Some(user) => rumqttc::ProxyAuth::Basic {
+                    username: user.clone(),
+                    password: proxy.password.clone().unwrap_or_default(),
+                },
+                None => rumqttc::ProxyAuth::None,
+            },
+            addr: proxy.host.clone(),
+            port: proxy.port,
+        })
+    }
+
+    /// rumqttc counts whole seconds; a connect attempt gets at least one.
+    fn timeout_secs(&self) -> u64 {
+        self.connect_timeout.as_secs_f64().ceil().max(1.0) as u64
     }
 
     /// The Maximum Packet Size an MQTT 5 subscriber announces: the broker discards larger
@@ -158,41 +251,133 @@ impl MqttSettings {
         (self.max_message_bytes + PACKET_OVERHEAD).min(MAX_PACKET as u64) as u32
     }
 
+    /// Where mqdb connects, for log lines: `host:port`, or the URL for WebSockets.
     pub fn endpoint(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        match self.carrier {
+            Carrier::Ws | Carrier::Wss => self.ws_url.clone(),
+            Carrier::Tcp | Carrier::Tls => format!("{}:{}", self.host, self.port),
+        }
+    }
+
+    /// rumqttc's error text (3.1.1 and 5 word them alike) as a sentence naming the hop that
+    /// failed: name resolution, the proxy, TLS, the WebSocket upgrade or the broker's answer.
+    pub fn explain(&self, error: &str) -> String {
+        let via = match &self.proxy.proxy {
+            Some(p) => format!("proxy {p}"),
+            None => self.endpoint(),
+        };
+        let tls_name = || self.tls_name.clone();
+        if let Some(rest) = error.strip_prefix("Proxy Connect: ") {
+            let proxy = self
+                .proxy
+                .proxy
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            let target = format!("{}:{}", self.host, self.port);
+            if let Some(code) = rest
+                .split("not equal 200: ")
+                .nth(1)
+                .and_then(|c| c.trim_end_matches('.').trim().parse::<u16>().ok())
+            {
+                return format!(
+                    "proxy {proxy} answered {code} {}{} (CONNECT {target})",
+                    reason(code),
+                    net::tunnel::hint(code)
+                );
+            }
+            if rest.starts_with("Socket connect: ") {
+                return format!("cannot reach proxy {proxy}: {}", io_text(rest));
+            }
+            return format!("proxy {proxy} failed the CONNECT to {target}: {rest}");
+        }
+        if let Some(rest) = error.strip_prefix("TLS: ") {
+            return format!("TLS handshake with {} failed: {rest}", tls_name());
+        }
+        if error.starts_with("Websocket response validation") {
+            return format!(
+                "WebSocket upgrade at {} succeeded without the mqtt subprotocol: the path may \
+                 not be the broker's MQTT endpoint",
+                self.ws_url
+            );
+        }
+        if let Some(rest) = error.strip_prefix("Websocket: ") {
+            if rest.contains("certificate") || rest.contains("TLS") || rest.contains("tls") {
+                return format!("TLS handshake with {} failed: {rest}", tls_name());
+            }
+            return format!("WebSocket upgrade at {} failed: {rest}", self.ws_url);
+        }
+        if let Some(rest) = error.strip_prefix("I/O: ") {
+            if rest.contains("lookup") || rest.contains("resolve") {
+                return format!("cannot resolve the name of {via}: {rest}");
+            }
+            if self.tls.is_some() && (rest.contains("certificate") || rest.contains("alert")) {
+                return format!("TLS handshake with {} failed: {rest}", tls_name());
+            }
+            return format!("cannot connect to {via}: {rest}");
+        }
+        if error.starts_with("Connection refused, return code") {
+            return format!("the broker refused the MQTT connection (CONNACK): {error}");
+        }
+        if error == "Network timeout" || error == "Timeout" {
+            return format!(
+                "connecting to {} did not complete within {:?} (connect_timeout{})",
+                self.endpoint(),
+                self.connect_timeout,
+                match &self.proxy.proxy {
+                    Some(p) => format!(", through proxy {p}"),
+                    None => String::new(),
+                }
+            );
+        }
+        error.to_string()
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 }
 
-fn tls_configuration(name: &str, broker: &Broker) -> Result<rumqttc::TlsConfiguration, String> {
-    let tls = broker.tls.as_ref();
-    let read = |what: &str, path: &config::EnvString| {
-        std::fs::read(path.as_str()).map_err(|e| {
-            format!(
-                "broker {name}: cannot read tls.{what} {}: {e}",
-                path.as_str()
-            )
-        })
-    };
-    let client_auth = match (
-        tls.and_then(|t| t.cert_file.as_ref()),
-        tls.and_then(|t| t.key_file.as_ref()),
-    ) {
-        (Some(cert), Some(key)) => Some((read("cert_file", cert)?, read("key_file", key)?)),
-        (None, None) => None,
-        _ => {
-            return Err(format!(
-                "broker {name}: tls needs both cert_file and key_file"
-            ));
-        }
-    };
-    match tls.and_then(|t| t.ca_file.as_ref()) {
-        Some(ca) => Ok(rumqttc::TlsConfiguration::Simple {
-            ca: read("ca_file", ca)?,
-            alpn: None,
-            client_auth,
-        }),
-        None if client_auth.is_none() => Ok(rumqttc::TlsConfiguration::default()),
-        None => Err(format!("broker {name}: tls.cert_file needs tls.ca_file")),
+/// The usual reason phrase of an HTTP status a proxy answers with.
+fn reason(code: u16) -> &'static str {
+    match code {
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        407 => "Proxy Authentication Required",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "",
+    }
+}
+
+/// `Socket connect: <io error>.` without rumqttc's wrapping.
+fn io_text(text: &str) -> &str {
+    text.trim_start_matches("Socket connect: ")
+        .trim_end_matches('.')
+}
+
+/// `host[:port]` or `[v6]:port` → the host without brackets and the port.
+pub fn host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
+    if let Some(inner) = authority.strip_prefix('[') {
+        let (host, after) = inner.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => default_port,
+            None => return None,
+        };
+        return Some((host.to_string(), port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, p)) => Some((host.to_string(), p.parse().ok()?)),
+        None => Some((authority.to_string(), default_port)),
     }
 }
 

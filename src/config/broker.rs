@@ -13,8 +13,23 @@ use super::values::OneOrMany;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Broker {
-    /// `mqtt://host:port` or `mqtts://host:port`.
+    /// `mqtt://`, `mqtts://`, `ws://`, `wss://` (MQTT over WebSockets, path `/mqtt` by
+    /// default), `amqp://` or `amqps://`, then `host:port`.
     pub url: Spanned<EnvString>,
+    /// HTTP CONNECT proxy: `http://[user[:password]@]host:port`, or `none`. Without it, the
+    /// environment's `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY`/`NO_PROXY` decide.
+    #[serde(default)]
+    pub proxy: Option<Spanned<Secret>>,
+    /// File holding the proxy user's password; trailing newlines are removed.
+    #[serde(default)]
+    pub proxy_password_file: Option<EnvString>,
+    /// How long one connection attempt (TCP, proxy, TLS, WebSocket, MQTT/AMQP handshake) may
+    /// take before it counts as failed.
+    #[serde(
+        default = "default_connect_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub connect_timeout: Duration,
     /// MQTT client id; keep it stable so the broker keeps the session between restarts.
     /// Defaults to `mqdb-<broker name>`.
     #[serde(default)]
@@ -28,7 +43,7 @@ pub struct Broker {
     /// File holding the password; trailing newlines are removed.
     #[serde(default)]
     pub password_file: Option<EnvString>,
-    /// TLS settings for `mqtts://`.
+    /// TLS settings for `mqtts://`, `wss://` and `amqps://`.
     #[serde(default)]
     pub tls: Option<Tls>,
     /// MQTT keep-alive interval.
@@ -94,11 +109,15 @@ pub enum BrokerKind {
 impl Broker {
     pub fn kind(&self) -> Option<BrokerKind> {
         match self.url.value.split_once("://").map(|(scheme, _)| scheme) {
-            Some("mqtt" | "mqtts") => Some(BrokerKind::Mqtt),
+            Some("mqtt" | "mqtts" | "ws" | "wss") => Some(BrokerKind::Mqtt),
             Some("amqp" | "amqps") => Some(BrokerKind::Amqp),
             _ => None,
         }
     }
+}
+
+pub fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 pub fn default_keep_alive() -> Duration {
@@ -129,4 +148,11 @@ pub struct Tls {
     /// PEM private key of the client certificate.
     #[serde(default)]
     pub key_file: Option<EnvString>,
+    /// The name the broker's certificate must carry, and the name sent in SNI, when it is not
+    /// the host in the URL (an IP address, a tunnel, a port forward).
+    #[serde(default)]
+    pub server_name: Option<EnvString>,
+    /// ALPN protocols offered in the handshake, e.g. `[mqtt]` for cloud brokers on port 443.
+    #[serde(default)]
+    pub alpn: Vec<EnvString>,
 }

@@ -11,7 +11,6 @@ mod outbound;
 #[cfg(test)]
 mod reference;
 pub mod size;
-pub mod url;
 mod validate;
 mod values;
 

@@ -23,12 +23,12 @@ pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
             return Err(err(
                 &broker.value.url.referenced,
                 format!(
-                    "broker {name}: url `{}` must start with mqtt://, mqtts://, amqp:// or amqps://",
-                    super::url::redacted(url)
+                    "broker {name}: url `{}` must start with mqtt://, mqtts://, ws://, wss://, amqp:// or amqps://",
+                    crate::net::url::redacted(url)
                 ),
             ));
         }
-        if let Some(plain @ ("mqtt" | "amqp")) = url.split_once("://").map(|(s, _)| s)
+        if let Some(plain @ ("mqtt" | "amqp" | "ws")) = url.split_once("://").map(|(s, _)| s)
             && broker.value.tls.is_some()
         {
             return Err(err(
@@ -36,6 +36,31 @@ pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
                 format!(
                     "broker {name}: a tls block needs a TLS url: write {plain}s:// instead of \
                      {plain}:// (with {plain}:// the connection, credentials included, is plain text)"
+                ),
+            ));
+        }
+        if let Some(proxy) = &broker.value.proxy {
+            let value = proxy.value.expose();
+            let problem = match crate::net::HttpProxy::parse(value) {
+                _ if value.trim().eq_ignore_ascii_case("none") => None,
+                Err(e) => Some(e),
+                Ok(p) if p.password.is_some() && broker.value.proxy_password_file.is_some() => {
+                    Some(
+                        "the proxy URL has a password and proxy_password_file is set: keep one"
+                            .into(),
+                    )
+                }
+                Ok(_) => None,
+            };
+            if let Some(problem) = problem {
+                return Err(err(&proxy.referenced, format!("broker {name}: {problem}")));
+            }
+        } else if broker.value.proxy_password_file.is_some() {
+            return Err(err(
+                &broker.referenced,
+                format!(
+                    "broker {name}: proxy_password_file needs proxy: http://user@host:port \
+                     (a proxy from the environment carries its own credentials)"
                 ),
             ));
         }
