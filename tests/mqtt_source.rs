@@ -10,8 +10,8 @@ use std::path::PathBuf;
 
 use common::{
     Bridge, Config, Db, LIVENESS, Mosquitto, NULL, Route, TempTable, World, check_route, dlq_list,
-    mqdb_at, pairs, pki_with_other_ca, publish_retained, seq_messages, settings, terminate_ok,
-    text_rows, unique, with_mqtt5,
+    make_ca, make_leaf, mqdb_at, pairs, pki_with_other_ca, publish_retained, seq_messages,
+    settings, terminate_ok, text_rows, unique, with_mqtt5,
 };
 use serde_json::Value as Json;
 
@@ -434,6 +434,104 @@ fn tls_with_client_certificates_run_and_check() {
         let named = fail.contains("broker b") && fail.contains("certificate");
         assert!(named, "not naming broker b and the certificate:\n{show}");
     }
+}
+
+#[test]
+fn tls_server_name_verifies_another_name_than_the_dialled_one_and_alpn_is_offered() {
+    // Given a CA, a broker certificate that names only broker.internal (no IP, no
+    // localhost), a client certificate, and a private mosquitto with a TLS listener
+    let dir = common::temp_dir("pki-named");
+    let p = dir.path();
+    make_ca(p, "ca");
+    let named = "subjectAltName = DNS:broker.internal\nextendedKeyUsage = serverAuth";
+    make_leaf(p, "ca", "server", "broker.internal", named, 1001);
+    make_leaf(
+        p,
+        "ca",
+        "client",
+        "mqdb-client",
+        "extendedKeyUsage = clientAuth",
+        1002,
+    );
+    let file = |name: &str| p.join(name).display().to_string();
+    let (broker, tls_port) = Mosquitto::start_tls(p);
+    let world = World::with_broker("mqtt-source", broker);
+    let columns = "seq INTEGER NOT NULL, part VARCHAR(20) NOT NULL";
+    let table = TempTable::create(&Db::Postgres, "named", columns);
+    let t = table.name.clone();
+    let root = unique("named");
+    let routes = [part_route("named", &root, &t)];
+    let config = |file_name: &str, port: u16, extra: &str| {
+        let tls = format!(
+            "tls: {{ ca_file: \"{}\", cert_file: \"{}\", key_file: \"{}\"{extra} }}",
+            file("ca.pem"),
+            file("client.pem"),
+            file("client.key")
+        );
+        let url = format!("mqtts://127.0.0.1:{port}");
+        config_at(
+            &world,
+            file_name,
+            &url,
+            &[&tls, "connect_timeout: 5s"],
+            &routes,
+        )
+    };
+
+    // When mqdb dials the IP address without tls.server_name, then `check` fails at the TLS
+    // hop, because the certificate does not name 127.0.0.1
+    let unnamed = config("unnamed.yaml", tls_port, "");
+    let [fail, _, show] = check_route(&unnamed, 1, "named", "FAIL");
+    let at_tls = fail.contains("tls handshake") && fail.contains("certificate");
+    assert!(
+        at_tls,
+        "not naming the TLS handshake and the certificate:\n{show}"
+    );
+
+    // And with tls.server_name: broker.internal, `check` passes and messages become rows
+    let good = config("named.yaml", tls_port, ", server_name: broker.internal");
+    check_route(&good, 0, "named", "ok");
+    let mut bridge = Bridge::start(&good);
+    bridge.wait_for_log("broker connected", LIVENESS);
+    let publisher = world.publisher();
+    publisher.publish_all_confirmed(seq_messages(|_| format!("{root}/live"), 0..50), 1);
+    wait_for_count(&mut bridge, &format!("SELECT COUNT(*) FROM {t}"), 50);
+    terminate_ok(&mut bridge);
+
+    // And a TLS server that logs what the client offers sees ALPN `mqtt` from
+    // tls.alpn: [mqtt] (openssl s_server speaks no MQTT, so `check` fails after the
+    // handshake, at the broker's answer)
+    let alpn_port = common::free_port();
+    let out = p.join("s_server.out");
+    let mut server = std::process::Command::new("openssl")
+        .args(["s_server", "-accept", &format!("127.0.0.1:{alpn_port}")])
+        .args(["-cert", &file("server.pem"), "-key", &file("server.key")])
+        .args(["-alpn", "mqtt"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::fs::File::create(&out).expect("create the s_server output"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn openssl s_server");
+    common::wait_until("openssl s_server to listen", LIVENESS, || {
+        std::net::TcpStream::connect(("127.0.0.1", alpn_port)).is_ok()
+    });
+    let alpn = config(
+        "alpn.yaml",
+        alpn_port,
+        ", server_name: broker.internal, alpn: [mqtt]",
+    );
+    let [fail, _, show] = check_route(&alpn, 1, "named", "FAIL");
+    let _ = server.kill();
+    let _ = server.wait();
+    let offered = std::fs::read_to_string(&out).unwrap_or_default();
+    assert!(
+        offered.contains("ALPN protocols advertised by the client: mqtt"),
+        "s_server did not see ALPN mqtt:\n{offered}\n{show}"
+    );
+    assert!(
+        !fail.contains("tls handshake"),
+        "the handshake itself failed:\n{show}"
+    );
 }
 
 fn publish_with_properties(port: u16, topic: &str, payload: &str, properties: &[(&str, &str)]) {
