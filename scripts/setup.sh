@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks (unixODBC and the PostgreSQL, MariaDB and SQLite
-# ODBC drivers) and starts any local service that has stopped. Safe to run repeatedly.
-#   scripts/setup.sh            packages + services (development and CI)
-#   scripts/setup.sh --packages packages only (Docker image build)
+# ODBC drivers; for the tests also Squid and openssl) and starts any local service that has
+# stopped. Safe to run repeatedly.
+#   scripts/setup.sh            packages + test packages + services (development and CI)
+#   scripts/setup.sh --packages packages only (Docker image build: no test packages)
 # For Debian and its derivatives (apt, dpkg). Privileged steps run through sudo unless the
 # script runs as root (as in CI and the image build, where sudo may not be installed).
 set -euo pipefail
@@ -15,6 +16,10 @@ as_root() {
 odbcinst_ini="${ODBCSYSINI:-/etc}/odbcinst.ini"
 
 packages=(unixodbc unixodbc-dev odbc-postgresql odbc-mariadb libsqliteodbc)
+# Only the tests use these: each firewall test starts a private squid (tests/common/squid.rs),
+# and the TLS tests make their certificates and squid's password file with openssl.
+test_packages=(squid openssl)
+[ "${1:-}" = "--packages" ] || packages+=("${test_packages[@]}")
 
 missing=()
 for p in "${packages[@]}"; do
@@ -25,6 +30,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive \
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Installing squid starts the system service on port 3128 where an init system runs; the
+  # tests never use it, so a squid this script installed does not keep running.
+  if [[ " ${missing[*]} " == *" squid "* ]]; then
+    if [ -d /run/systemd/system ]; then
+      as_root systemctl disable --now squid >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/squid ]; then
+      as_root /etc/init.d/squid stop >/dev/null 2>&1 || true
+    fi
+  fi
 fi
 
 # The Debian packages register their drivers, but older images do not: make sure the

@@ -12,12 +12,28 @@ pub fn mqdb_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_mqdb"))
 }
 
-/// A `Command` for the binary with a clean environment for logging and config selection:
-/// `RUST_LOG` and `MQDB_CONFIG` are removed, so tests see the binary's own defaults unless
-/// they set them explicitly on the returned command.
+/// The proxy variables mqdb follows (curl's convention, either case).
+pub const PROXY_VARIABLES: [&str; 8] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+/// A `Command` for the binary with a clean environment for logging, config selection and
+/// proxies: `RUST_LOG`, `MQDB_CONFIG` and the [`PROXY_VARIABLES`] are removed, so tests see
+/// the binary's own defaults (and no developer's proxy) unless they set them explicitly on
+/// the returned command.
 pub fn mqdb_command() -> Command {
     let mut cmd = Command::new(mqdb_bin());
     cmd.env_remove("RUST_LOG").env_remove("MQDB_CONFIG");
+    for name in PROXY_VARIABLES {
+        cmd.env_remove(name);
+    }
     cmd
 }
 

@@ -23,12 +23,15 @@ mod rabbit;
 mod rabbit_node;
 mod ran;
 pub mod readme;
+mod squid;
 mod tls;
 mod world;
+mod ws_client;
+mod ws_gateway;
 
 // Each test binary uses a subset of these re-exports.
 #[allow(unused_imports)]
-pub use bridge::{Bridge, mqdb_bin, mqdb_command, run_mqdb};
+pub use bridge::{Bridge, PROXY_VARIABLES, mqdb_bin, mqdb_command, run_mqdb};
 #[allow(unused_imports)]
 pub(crate) use cases::cases;
 #[allow(unused_imports)]
@@ -61,13 +64,19 @@ pub use rabbit::{
     wait_consuming, wait_queue, wait_queue_drained,
 };
 #[allow(unused_imports)]
-pub use rabbit_node::RabbitNode;
+pub use rabbit_node::{RabbitNode, WEB_MQTT_PATH};
 #[allow(unused_imports)]
 pub use ran::{Ran, check_route, line_of, mqdb_at, mqdb_bounded, mqdb_env, run_check};
+#[allow(unused_imports)]
+pub use squid::{Access, Squid, base64};
 #[allow(unused_imports)]
 pub use tls::{make_ca, make_leaf, make_pki, openssl, pki_with_other_ca};
 #[allow(unused_imports)]
 pub use world::{StateStore, Workdir, World};
+#[allow(unused_imports)]
+pub use ws_client::WsBroker;
+#[allow(unused_imports)]
+pub use ws_gateway::{WS_PATH, WsGateway};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -190,7 +190,14 @@ fn qos(q: u8) -> QoS {
 }
 
 fn options(client_id: &str, port: u16, clean_session: bool) -> MqttOptions {
-    let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
+    tuned(
+        MqttOptions::new(client_id, "127.0.0.1", port),
+        clean_session,
+    )
+}
+
+/// The settings every test client uses, on options that say where the broker is.
+pub(crate) fn tuned(mut o: MqttOptions, clean_session: bool) -> MqttOptions {
     o.set_clean_session(clean_session)
         .set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(256 << 20, 256 << 20)
@@ -331,7 +338,14 @@ struct Conn {
 impl Conn {
     /// Connects and waits (up to 20 s) for the CONNACK.
     fn open(port: u16, client_id: &str, clean_session: bool) -> Conn {
-        let (client, connection) = Client::new(options(client_id, port, clean_session), 1000);
+        Conn::open_with(options(client_id, port, clean_session))
+    }
+
+    /// Like [`Conn::open`] with the broker and transport `options` name.
+    fn open_with(options: MqttOptions) -> Conn {
+        let client_id = options.client_id();
+        let (client_id, where_) = (client_id.as_str(), options.broker_address().0);
+        let (client, connection) = Client::new(options.clone(), 1000);
         let Connection { mut eventloop, .. } = connection;
         let shared = Shared::new(State::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -367,7 +381,7 @@ impl Conn {
             shared,
             stop,
         };
-        conn.wait(&format!("CONNACK from 127.0.0.1:{port}"), |st| {
+        conn.wait(&format!("CONNACK from {where_}"), |st| {
             (!st.connacks.is_empty()).then_some(())
         });
         conn
@@ -412,9 +426,14 @@ pub struct Publisher {
 impl Publisher {
     /// Connects to `127.0.0.1:port` and waits (up to 20 s) for the CONNACK.
     pub fn connect(port: u16) -> Publisher {
-        let client_id = unique("pub");
+        Publisher::connect_with(options(&unique("pub"), port, true))
+    }
+
+    /// Connects as `options` say (e.g. over WebSockets) and waits for the CONNACK.
+    pub fn connect_with(options: MqttOptions) -> Publisher {
+        let client_id = options.client_id();
         Publisher {
-            conn: Conn::open(port, &client_id, true),
+            conn: Conn::open_with(options),
             client_id,
             queued_qos12: AtomicU64::new(0),
             queued_qos0: AtomicU64::new(0),
@@ -537,7 +556,13 @@ impl Subscriber {
         clean_session: bool,
         filters: &[(&str, u8)],
     ) -> Subscriber {
-        let conn = Conn::open(port, client_id, clean_session);
+        Subscriber::connect_options(options(client_id, port, clean_session), filters)
+    }
+
+    /// Connects as `options` say (e.g. over WebSockets), then subscribes to each filter.
+    pub fn connect_options(options: MqttOptions, filters: &[(&str, u8)]) -> Subscriber {
+        let client_id = options.client_id();
+        let conn = Conn::open_with(options);
         for (filter, q) in filters {
             let subscribed = conn.client.subscribe(*filter, qos(*q));
             subscribed.unwrap_or_else(|e| panic!("subscribe {filter}: {e}"));
@@ -546,7 +571,7 @@ impl Subscriber {
         conn.wait("SUBACKs", |st| (st.subacks >= want).then_some(()));
         let session_present = conn.shared.read(|st| st.connacks[0]);
         Subscriber {
-            client_id: client_id.to_owned(),
+            client_id,
             session_present,
             conn,
         }

@@ -1,5 +1,5 @@
-//! A private RabbitMQ node for TLS tests, so the shared broker (127.0.0.1:5672, no TLS
-//! listener) is never reconfigured or restarted.
+//! A private RabbitMQ node for TLS and WebSocket tests, so the shared broker (127.0.0.1:5672,
+//! no TLS listener, no plugins) is never reconfigured or restarted.
 //!
 //! It runs `rabbitmq-server` in the foreground in its own process group, with everything in a
 //! temp dir (node name, mnesia and log dirs, config, an empty plugins file, an empty
@@ -22,25 +22,75 @@ const RABBITMQCTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
 /// Liveness deadline for the node to accept connections (it usually takes about 10 s).
 const START_DEADLINE: Duration = Duration::from_secs(120);
 
-/// A private RabbitMQ node with a plain and a TLS (client certificate required) listener.
+/// A private RabbitMQ node with a plain AMQP listener and either an AMQP TLS listener
+/// ([`RabbitNode::start_tls`]) or MQTT over WebSockets ([`RabbitNode::start_web_mqtt`]).
 pub struct RabbitNode {
     pub node: String,
     pub amqp_port: u16,
-    /// The client must present a certificate.
+    /// The client must present a certificate (`start_tls` only, else 0).
     pub tls_port: u16,
+    /// MQTT 3.1.1 over `ws://` on [`WEB_MQTT_PATH`] (`start_web_mqtt` only, else 0).
+    pub ws_port: u16,
+    /// MQTT 3.1.1 over `wss://` (`start_web_mqtt` only, else 0); no client certificate.
+    pub wss_port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+}
+
+/// Where the node's web MQTT listeners serve MQTT.
+pub const WEB_MQTT_PATH: &str = "/ws";
+
+/// The listeners a node opens besides plain AMQP.
+#[derive(Clone, Copy)]
+enum Flavor {
+    AmqpTls,
+    WebMqtt,
+}
+
+/// The PEM files a node's TLS listener serves and trusts.
+struct Pem<'a> {
+    ca: &'a Path,
+    cert: &'a Path,
+    key: &'a Path,
 }
 
 impl RabbitNode {
     /// Starts a node whose TLS listener uses the PEM files `server_cert` / `server_key` and
     /// trusts client certificates signed by `ca`. Retries with other ports if one was taken.
     pub fn start_tls(ca: &Path, server_cert: &Path, server_key: &Path) -> RabbitNode {
+        let pem = Pem {
+            ca,
+            cert: server_cert,
+            key: server_key,
+        };
+        RabbitNode::start(Flavor::AmqpTls, &pem)
+    }
+
+    /// Starts a node with the `rabbitmq_web_mqtt` plugin: MQTT over `ws://` and over `wss://`
+    /// (serving `server.pem` / `server.key` of `pki`, see `make_pki`), no MQTT TCP listener,
+    /// user guest/guest allowed from loopback. RabbitMQ 3.10 speaks MQTT 3.1.1 only.
+    pub fn start_web_mqtt(pki: &Path) -> RabbitNode {
+        let (ca, cert, key) = (
+            pki.join("ca.pem"),
+            pki.join("server.pem"),
+            pki.join("server.key"),
+        );
+        let pem = Pem {
+            ca: &ca,
+            cert: &cert,
+            key: &key,
+        };
+        RabbitNode::start(Flavor::WebMqtt, &pem)
+    }
+
+    fn start(flavor: Flavor, pem: &Pem<'_>) -> RabbitNode {
         let dir = temp_dir("rabbit-node");
         let mut node = RabbitNode {
             node: String::new(),
             amqp_port: 0,
             tls_port: 0,
+            ws_port: 0,
+            wss_port: 0,
             dir,
             child: None,
         };
@@ -48,16 +98,29 @@ impl RabbitNode {
         for attempt in 0..3 {
             node.node = format!("{}@localhost", unique("mqdbtls").replace('_', "-"));
             node.amqp_port = free_port();
-            node.tls_port = free_port();
+            match flavor {
+                Flavor::AmqpTls => node.tls_port = free_port(),
+                Flavor::WebMqtt => (node.ws_port, node.wss_port) = (free_port(), free_port()),
+            }
             let dist_port = free_port();
             let base = node.dir.path().join(format!("attempt{attempt}"));
-            match node.spawn(&base, dist_port, ca, server_cert, server_key) {
+            match node.spawn(&base, dist_port, flavor, pem) {
                 Ok(()) => return node,
                 // Most likely a free port was taken in between; try others.
                 Err(log) => last = log,
             }
         }
         panic!("the private RabbitMQ node did not start after 3 attempts; last output:\n{last}");
+    }
+
+    /// `ws://127.0.0.1:PORT/ws`.
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}{WEB_MQTT_PATH}", self.ws_port)
+    }
+
+    /// `wss://HOST:PORT/ws`.
+    pub fn wss_url(&self, host: &str) -> String {
+        format!("wss://{host}:{}{WEB_MQTT_PATH}", self.wss_port)
     }
 
     pub fn amqp_url(&self) -> String {
@@ -116,15 +179,58 @@ impl RabbitNode {
         }
     }
 
-    /// Writes the node's files under `base`, starts it and waits until both listeners accept.
+    /// The `rabbitmq.conf` and `enabled_plugins` text for `flavor`.
+    fn config_text(&self, flavor: Flavor, pem: &Pem<'_>) -> (String, &'static str) {
+        let (ca, cert, key) = (pem.ca.display(), pem.cert.display(), pem.key.display());
+        let amqp = self.amqp_port;
+        let common = format!("listeners.tcp.default = 127.0.0.1:{amqp}\nloopback_users = none\n");
+        match flavor {
+            Flavor::AmqpTls => {
+                let tls = self.tls_port;
+                let text = format!(
+                    "{common}listeners.ssl.default = 127.0.0.1:{tls}\n\
+                     ssl_options.cacertfile = {ca}\n\
+                     ssl_options.certfile = {cert}\n\
+                     ssl_options.keyfile = {key}\n\
+                     ssl_options.verify = verify_peer\n\
+                     ssl_options.fail_if_no_peer_cert = true\n"
+                );
+                (text, "[].\n")
+            }
+            Flavor::WebMqtt => {
+                let (ws, wss) = (self.ws_port, self.wss_port);
+                // No MQTT TCP listener: the shared broker owns 1883.
+                let text = format!(
+                    "{common}mqtt.listeners.tcp = none\n\
+                     mqtt.listeners.ssl = none\n\
+                     web_mqtt.ws_path = {WEB_MQTT_PATH}\n\
+                     web_mqtt.tcp.ip = 127.0.0.1\n\
+                     web_mqtt.tcp.port = {ws}\n\
+                     web_mqtt.ssl.ip = 127.0.0.1\n\
+                     web_mqtt.ssl.port = {wss}\n\
+                     web_mqtt.ssl.cacertfile = {ca}\n\
+                     web_mqtt.ssl.certfile = {cert}\n\
+                     web_mqtt.ssl.keyfile = {key}\n"
+                );
+                (text, "[rabbitmq_web_mqtt].\n")
+            }
+        }
+    }
+
+    /// The ports that must accept before the node counts as started.
+    fn ports(&self) -> Vec<u16> {
+        let all = [self.amqp_port, self.tls_port, self.ws_port, self.wss_port];
+        all.into_iter().filter(|p| *p != 0).collect()
+    }
+
+    /// Writes the node's files under `base`, starts it and waits until its listeners accept.
     /// `Err(output)` if it exited first.
     fn spawn(
         &mut self,
         base: &Path,
         dist_port: u16,
-        ca: &Path,
-        server_cert: &Path,
-        server_key: &Path,
+        flavor: Flavor,
+        pem: &Pem<'_>,
     ) -> Result<(), String> {
         let dir = self.dir.path();
         let home = dir.join("home");
@@ -135,21 +241,10 @@ impl RabbitNode {
             std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()))
         };
         let config = base.join("rabbitmq.conf");
-        let (amqp, tls) = (self.amqp_port, self.tls_port);
-        let (ca, cert, key) = (ca.display(), server_cert.display(), server_key.display());
-        let text = format!(
-            "listeners.tcp.default = 127.0.0.1:{amqp}\n\
-             listeners.ssl.default = 127.0.0.1:{tls}\n\
-             ssl_options.cacertfile = {ca}\n\
-             ssl_options.certfile = {cert}\n\
-             ssl_options.keyfile = {key}\n\
-             ssl_options.verify = verify_peer\n\
-             ssl_options.fail_if_no_peer_cert = true\n\
-             loopback_users = none\n"
-        );
+        let (text, plugins_text) = self.config_text(flavor, pem);
         write(&config, &text);
         let (plugins, env_file) = (dir.join("enabled_plugins"), dir.join("rabbitmq-env.conf"));
-        write(&plugins, "[].\n");
+        write(&plugins, plugins_text);
         write(&env_file, "");
         let out_path = dir.join("server.out");
         let out = std::fs::OpenOptions::new()
@@ -185,13 +280,10 @@ impl RabbitNode {
                 kill_group(&mut child);
                 return Err(format!("exited with {status}:\n{}", self.log()));
             }
-            let (node, amqp, tls) = (&self.node, self.amqp_port, self.tls_port);
-            if accepts(amqp) && accepts(tls) {
+            let (node, ports) = (&self.node, self.ports());
+            if ports.iter().all(|p| accepts(*p)) {
                 let after = started.elapsed();
-                eprintln!(
-                    "private RabbitMQ node {node} accepts on {amqp} (AMQP) and {tls} (TLS) \
-                     after {after:?}"
-                );
+                eprintln!("private RabbitMQ node {node} accepts on {ports:?} after {after:?}");
                 self.child = Some(child);
                 return Ok(());
             }
@@ -199,7 +291,7 @@ impl RabbitNode {
                 kill_group(&mut child);
                 let log = self.log();
                 panic!(
-                    "the private RabbitMQ node {node} did not accept on ports {amqp} and {tls} \
+                    "the private RabbitMQ node {node} did not accept on ports {ports:?} \
                      within {START_DEADLINE:?}:\n{log}"
                 );
             }
