@@ -114,15 +114,19 @@ pub struct MqttCounter {
 
 impl MqttCounter {
     pub fn start(port: u16, filter: &str) -> MqttCounter {
+        MqttCounter::start_with(MqttOptions::new(unique("count"), "127.0.0.1", port), filter)
+    }
+
+    /// A counter connected with `options` (another transport, a proxy).
+    pub fn start_with(mut options: MqttOptions, filter: &str) -> MqttCounter {
         let tally = Tally::default();
         let stop = Arc::new(AtomicBool::new(false));
         let (t, s, filter) = (tally.clone(), stop.clone(), filter.to_string());
+        options
+            .set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(1 << 20, 1 << 20);
         std::thread::spawn(move || {
             runtime().block_on(async move {
-                let mut options = MqttOptions::new(unique("count"), "127.0.0.1", port);
-                options
-                    .set_keep_alive(Duration::from_secs(30))
-                    .set_max_packet_size(1 << 20, 1 << 20);
                 let (client, mut eventloop) = AsyncClient::new(options, 100);
                 client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
                 while !s.load(Ordering::Relaxed) {
@@ -158,8 +162,17 @@ impl Drop for MqttCounter {
 /// Publishes `n` messages at QoS 1 with at most `window` unacknowledged, as fast as the
 /// broker confirms them; returns once every PUBACK is in.
 pub fn mqtt_publish(port: u16, messages: impl Iterator<Item = (String, Vec<u8>)>, window: usize) {
+    let options = MqttOptions::new(unique("barepub"), "127.0.0.1", port);
+    mqtt_publish_with(options, messages, window);
+}
+
+/// [`mqtt_publish`] connected with `options` (another transport).
+pub fn mqtt_publish_with(
+    mut options: MqttOptions,
+    messages: impl Iterator<Item = (String, Vec<u8>)>,
+    window: usize,
+) {
     runtime().block_on(async {
-        let mut options = MqttOptions::new(unique("barepub"), "127.0.0.1", port);
         options
             .set_inflight(window as u16)
             .set_max_packet_size(1 << 28, 1 << 28);

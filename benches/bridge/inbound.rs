@@ -8,6 +8,7 @@ use crate::common::{Db, Mosquitto, Rabbit, TempTable, unique};
 use crate::load;
 use crate::report::Usage;
 use crate::running::Running;
+use crate::wss::WssPath;
 
 /// Unconfirmed publishes the AMQP publisher keeps in flight.
 const AMQP_WINDOW: usize = 1000;
@@ -18,6 +19,8 @@ pub const PREFETCH: u16 = 2000;
 pub enum Feed<'a> {
     Mqtt(&'a Mosquitto),
     Amqp,
+    /// MQTT over wss through an HTTP proxy.
+    Wss(&'a WssPath),
 }
 
 impl Feed<'_> {
@@ -25,6 +28,7 @@ impl Feed<'_> {
         match self {
             Feed::Mqtt(_) => "MQTT",
             Feed::Amqp => "AMQP",
+            Feed::Wss(_) => "MQTT over wss through the proxy",
         }
     }
 }
@@ -39,6 +43,16 @@ pub fn bare_mqtt(broker: &Mosquitto, n: usize) -> f64 {
     let messages = load::mqtt_messages(&prefix, n);
     let start = Instant::now();
     clients::mqtt_publish(broker.port, messages.into_iter(), MQTT_WINDOW);
+    counter.span(n).rate(n, Some(start))
+}
+
+/// The same bare subscriber over wss through the proxy, fed over ws.
+pub fn bare_wss(path: &WssPath, n: usize) -> f64 {
+    let prefix = unique("bare");
+    let counter = MqttCounter::start_with(path.subscriber_options(), &format!("{prefix}/#"));
+    let messages = load::mqtt_messages(&prefix, n);
+    let start = Instant::now();
+    clients::mqtt_publish_with(path.publisher_options(), messages.into_iter(), MQTT_WINDOW);
     counter.span(n).rate(n, Some(start))
 }
 
@@ -72,6 +86,14 @@ pub fn mqdb(feed: &Feed<'_>, db: &Db, n: usize) -> (f64, Usage) {
                 (true, prefix),
             )
         }
+        Feed::Wss(path) => {
+            let prefix = unique("in");
+            (
+                path.broker_block(),
+                format!("topic: {prefix}/{{site}}/{{device}}\n    qos: 1\n"),
+                (true, prefix),
+            )
+        }
         Feed::Amqp => {
             let queue = unique("bench_in");
             rabbit.adopt_queue(&queue);
@@ -100,6 +122,13 @@ pub fn mqdb(feed: &Feed<'_>, db: &Db, n: usize) -> (f64, Usage) {
                     load::mqtt_messages(&address, n).into_iter(),
                     MQTT_WINDOW,
                 )
+            })
+        }
+        Feed::Wss(path) => {
+            let options = path.publisher_options();
+            std::thread::spawn(move || {
+                let messages = load::mqtt_messages(&address, n).into_iter();
+                clients::mqtt_publish_with(options, messages, MQTT_WINDOW)
             })
         }
         Feed::Amqp => std::thread::spawn(move || {

@@ -25,7 +25,7 @@
 //! batches), `MQDB_BENCH_OUTAGE` (seconds, default 30), `MQDB_BENCH_SETTLE` (seconds after a memory
 //! load before its RSS is read again, default 60), `MQDB_BENCH_ONLY` (a comma list of
 //! sections: broker, ceilings, inbound (or one of mqtt-postgres, mqtt-mariadb,
-//! amqp-postgres), outbound, pipeline, replay, outage, memory).
+//! amqp-postgres, mqtt-wss-postgres), outbound, pipeline, replay, outage, memory).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -41,6 +41,7 @@ mod pipeline;
 mod replay;
 mod report;
 mod running;
+mod wss;
 
 use std::time::Duration;
 
@@ -114,11 +115,16 @@ fn main() {
             ceilings::multi_row_values(&sqlite, n),
         );
     }
-    let feeds = [
+    // A private broker and proxy, started only when their path is measured.
+    let wss_path = (wanted("inbound") || wanted("mqtt-wss-postgres")).then(wss::WssPath::start);
+    let mut feeds = vec![
         ("mqtt-postgres", Feed::Mqtt(&broker), Db::Postgres),
         ("mqtt-mariadb", Feed::Mqtt(&broker), Db::MariaDb),
         ("amqp-postgres", Feed::Amqp, Db::Postgres),
     ];
+    if let Some(path) = &wss_path {
+        feeds.push(("mqtt-wss-postgres", Feed::Wss(path), Db::Postgres));
+    }
     let feeds: Vec<_> = feeds
         .into_iter()
         .filter(|(name, ..)| wanted("inbound") || wanted(name))
@@ -132,6 +138,9 @@ fn main() {
                     inbound::bare_mqtt(b, n)
                 }),
                 Feed::Amqp => ("bare AMQP consumer", &move || inbound::bare_amqp(n)),
+                Feed::Wss(path) => ("bare MQTT QoS 1 subscriber over wss through the proxy", &move || {
+                    inbound::bare_wss(path, n)
+                }),
             };
             let (ceiling, (rate, usage), busy) =
                 brackets.around(kind, bare, || inbound::mqdb(&feed, &db, n));
@@ -147,6 +156,9 @@ fn main() {
                 Some(INBOUND_TARGET),
             );
         }
+    }
+    if let Some(path) = &wss_path {
+        println!("  proxy: {} tunnels to the wss broker logged", path.tunnels());
     }
     if wanted("outbound") {
         println!("outbound, between two runs of its bare ceiling:");
