@@ -6,7 +6,8 @@
 //! dir (config, password file, pid file, logs), under its own service name (`-n`), which
 //! also names its shared memory segments, so parallel instances never meet. It caches
 //! nothing. Squid refuses to run as root: as root the test starts it as the `proxy` user
-//! (Debian's squid package creates it, else `nobody`) and hands the temp dir over to it.
+//! (Debian's squid package creates it, else `nobody`) and hands the temp dir over to it; any
+//! other user runs it as themselves (`cache_effective_user` only matters to a root squid).
 //! Dropping it stops it (SIGTERM to the group; SIGKILL after 10 s).
 
 use std::io::{BufRead, BufReader, Read, Write};

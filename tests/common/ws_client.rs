@@ -44,23 +44,27 @@ impl WsBroker {
         if let Some((user, password)) = &self.credentials {
             o.set_credentials(user, password);
         }
-        let transport = match &self.ca {
-            _ if self.url.starts_with("ws://") => Transport::Ws,
-            Some(ca) => {
-                // rumqttc builds its rustls config on the process-wide provider.
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                let ca = std::fs::read(ca).unwrap_or_else(|e| panic!("read {ca:?}: {e}"));
-                let (alpn, client_auth) = (None, None);
-                Transport::Wss(TlsConfiguration::Simple {
-                    ca,
-                    alpn,
-                    client_auth,
-                })
-            }
-            None => panic!("a wss:// test broker needs its CA: {}", self.url),
+        let transport = match self.url.starts_with("ws://") {
+            true => Transport::Ws,
+            false => Transport::Wss(self.tls()),
         };
         o.set_transport(transport);
         o
+    }
+
+    /// Trust in the test CA, for `wss://`.
+    fn tls(&self) -> TlsConfiguration {
+        let ca = self.ca.as_ref();
+        let ca = ca.unwrap_or_else(|| panic!("a wss:// test broker needs its CA: {}", self.url));
+        let ca = std::fs::read(ca).unwrap_or_else(|e| panic!("read {}: {e}", ca.display()));
+        // rumqttc builds its rustls config on the process-wide provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (alpn, client_auth) = (None, None);
+        TlsConfiguration::Simple {
+            ca,
+            alpn,
+            client_auth,
+        }
     }
 
     /// A clean-session publisher with a unique client id.
