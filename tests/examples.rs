@@ -12,9 +12,9 @@
 mod common;
 
 use common::{
-    Bridge, Db, Header, LIVENESS, Mosquitto, NULL, Publisher, Rabbit, Ran, Subscriber, TempTable,
-    dlq_list_in, make_pki, mqdb_command, readme, temp_dir, terminate_ok, text_rows, unique,
-    wait_for,
+    Bridge, Db, Header, LIVENESS, Mosquitto, NULL, Publisher, Rabbit, RabbitNode, Ran, Squid,
+    Subscriber, TempTable, dlq_list_in, make_pki, mqdb_command, readme, temp_dir, terminate_ok,
+    text_rows, unique, wait_for,
 };
 use serde_json::Value as Json;
 use std::collections::BTreeSet;
@@ -31,6 +31,7 @@ const COVERED: &[&str] = &[
     "outbox-after-publish",
     "tls-broker",
     "sqlite-edge-gateway",
+    "behind-proxy",
 ];
 
 fn examples_dir() -> PathBuf {
@@ -350,6 +351,43 @@ fn the_tls_example_passes_check() {
     ];
     let routes = ["inbound secure_readings"];
     example_passes_check(&Db::Postgres, "tls-broker", &env, &routes);
+}
+
+/// behind-proxy: passes `check` with MQTT over wss and AMQP over TLS, both through a
+/// private Squid that requires a password (read from a file) and allows CONNECT only to the
+/// two broker ports; the proxy's access log shows both tunnels.
+#[test]
+fn the_behind_proxy_example_passes_check_through_the_proxy() {
+    let pki = temp_dir("example-pki");
+    make_pki(pki.path());
+    let node = RabbitNode::start_web_mqtt(pki.path());
+    let squid = Squid::start("mqdb", "proxy-secret", &[node.wss_port, node.tls_port]);
+    let password_file = pki.path().join("proxy_password");
+    std::fs::write(&password_file, "proxy-secret\n").expect("write the proxy password");
+    let (wss, amqps) = (node.wss_url("localhost"), node.amqps_url("localhost"));
+    let (proxy, ca) = (squid.url_without_password(), pki.path().join("ca.pem"));
+    let (password_file, ca) = (
+        password_file.display().to_string(),
+        ca.display().to_string(),
+    );
+    let env = [
+        ("MQTT_WSS_URL", wss.as_str()),
+        ("AMQPS_URL", amqps.as_str()),
+        ("PROXY_URL", proxy.as_str()),
+        ("PROXY_PASSWORD_FILE", password_file.as_str()),
+        ("BROKER_CA", ca.as_str()),
+        ("TLS_SERVER_NAME", "localhost"),
+    ];
+    let routes = [
+        "inbound cloud_readings",
+        "inbound lab_results",
+        "outbound alarms",
+    ];
+    example_passes_check(&Db::Postgres, "behind-proxy", &env, &routes);
+    for port in [node.wss_port, node.tls_port] {
+        let target = format!("localhost:{port}");
+        squid.wait_connect(&target, "TCP_TUNNEL/200", LIVENESS);
+    }
 }
 
 /// sqlite-edge-gateway: passes `check` with its defaults (the SQLite file in the working

@@ -134,6 +134,8 @@ impl MqttCounter {
                         Ok(Ok(Event::Incoming(Packet::Publish(_)))) => t.arrived(1),
                         Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => t.set_ready(),
                         Ok(Ok(_)) | Err(_) => {}
+                        // The broker may go first when the run is over.
+                        Ok(Err(_)) if s.load(Ordering::Relaxed) => break,
                         Ok(Err(e)) => panic!("counting subscriber: {e}"),
                     }
                 }

@@ -138,9 +138,10 @@ fn main() {
                     inbound::bare_mqtt(b, n)
                 }),
                 Feed::Amqp => ("bare AMQP consumer", &move || inbound::bare_amqp(n)),
-                Feed::Wss(path) => ("bare MQTT QoS 1 subscriber over wss through the proxy", &move || {
-                    inbound::bare_wss(path, n)
-                }),
+                Feed::Wss(path) => (
+                    "bare MQTT QoS 1 subscriber over wss through the proxy",
+                    &move || inbound::bare_wss(path, n),
+                ),
             };
             let (ceiling, (rate, usage), busy) =
                 brackets.around(kind, bare, || inbound::mqdb(&feed, &db, n));
@@ -158,7 +159,10 @@ fn main() {
         }
     }
     if let Some(path) = &wss_path {
-        println!("  proxy: {} tunnels to the wss broker logged", path.tunnels());
+        println!(
+            "  proxy: {} tunnels to the wss broker logged",
+            path.tunnels()
+        );
     }
     if wanted("outbound") {
         println!("outbound, between two runs of its bare ceiling:");

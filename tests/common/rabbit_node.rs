@@ -67,7 +67,8 @@ impl RabbitNode {
     }
 
     /// Starts a node with the `rabbitmq_web_mqtt` plugin: MQTT over `ws://` and over `wss://`
-    /// (serving `server.pem` / `server.key` of `pki`, see `make_pki`), no MQTT TCP listener,
+    /// (serving `server.pem` / `server.key` of `pki`, see `make_pki`), AMQP over TLS without
+    /// client certificates on `tls_port`, no MQTT TCP listener,
     /// user guest/guest allowed from loopback. RabbitMQ 3.10 speaks MQTT 3.1.1 only.
     pub fn start_web_mqtt(pki: &Path) -> RabbitNode {
         let (ca, cert, key) = (
@@ -100,7 +101,10 @@ impl RabbitNode {
             node.amqp_port = free_port();
             match flavor {
                 Flavor::AmqpTls => node.tls_port = free_port(),
-                Flavor::WebMqtt => (node.ws_port, node.wss_port) = (free_port(), free_port()),
+                Flavor::WebMqtt => {
+                    (node.ws_port, node.wss_port) = (free_port(), free_port());
+                    node.tls_port = free_port();
+                }
             }
             let dist_port = free_port();
             let base = node.dir.path().join(format!("attempt{attempt}"));
@@ -198,11 +202,20 @@ impl RabbitNode {
                 (text, "[].\n")
             }
             Flavor::WebMqtt => {
-                let (ws, wss) = (self.ws_port, self.wss_port);
-                // No MQTT TCP listener: the shared broker owns 1883.
+                let (ws, wss, tls) = (self.ws_port, self.wss_port, self.tls_port);
+                // No MQTT TCP listener: the shared broker owns 1883. The MQTT prefetch (10 by
+                // default) caps the messages a subscriber holds unacknowledged, as Mosquitto's
+                // max_inflight_messages does; mqdb acknowledges after the commit and needs more.
                 let text = format!(
                     "{common}mqtt.listeners.tcp = none\n\
                      mqtt.listeners.ssl = none\n\
+                     mqtt.prefetch = 2000\n\
+                     listeners.ssl.default = 127.0.0.1:{tls}\n\
+                     ssl_options.cacertfile = {ca}\n\
+                     ssl_options.certfile = {cert}\n\
+                     ssl_options.keyfile = {key}\n\
+                     ssl_options.verify = verify_none\n\
+                     ssl_options.fail_if_no_peer_cert = false\n\
                      web_mqtt.ws_path = {WEB_MQTT_PATH}\n\
                      web_mqtt.tcp.ip = 127.0.0.1\n\
                      web_mqtt.tcp.port = {ws}\n\
