@@ -916,3 +916,73 @@ fn check_names_the_websocket_upgrade_for_a_wrong_path() {
         "the upgrade never reached the gateway:\n{show}"
     );
 }
+
+/// `check` on one route whose broker `b` is at `url` with `extra` broker settings: the
+/// lower-cased FAIL line and the whole output.
+fn check_fails(world: &World, file: &str, url: &str, extra: Json, amqp: bool) -> (String, String) {
+    let table = unique("fw_unreached");
+    let (_, mut settings) = world.mqtt(extra);
+    let route = if amqp {
+        if let Some(s) = settings.as_object_mut() {
+            s.remove("client_id");
+        }
+        amqp_route("fw", &unique("fw_q"), &table).set("broker", "b")
+    } else {
+        Route::inbound("fw", &unique("fw_chk"), &table)
+    };
+    let config = Config::at(world.path(file))
+        .state(&world.store.url())
+        .broker("b", url, settings)
+        .database("d", &Db::Postgres.connection_string())
+        .inbound(route)
+        .write();
+    let [fail, _, show] = check_route(&config, 1, "fw", "FAIL");
+    (fail, show)
+}
+
+#[test]
+fn check_names_name_resolution_and_a_broker_or_proxy_that_never_answers() {
+    let world = World::new("fw-chk-silent");
+    let short = json!({ "connect_timeout": "2s" });
+
+    // A broker name that does not resolve, and a proxy name that does not resolve
+    let (fail, show) = check_fails(
+        &world,
+        "dns.yaml",
+        "mqtt://mqdb-nowhere.invalid:1883",
+        short.clone(),
+        false,
+    );
+    assert!(
+        fail.contains("cannot resolve") && fail.contains("mqdb-nowhere.invalid"),
+        "{show}"
+    );
+    let via = json!({ "connect_timeout": "2s", "proxy": "http://u:p@mqdb-no-proxy.invalid:3128" });
+    let (fail, show) = check_fails(&world, "dns-proxy.yaml", &world.broker.url(), via, false);
+    let named = fail.contains("resolve") && fail.contains("proxy") && !fail.contains(":p@");
+    assert!(named, "not naming the proxy's name resolution:\n{show}");
+
+    // A listener that accepts connections (the kernel completes them) but never answers:
+    // the MQTT CONNACK, the AMQP handshake and a proxy's answer to CONNECT all time out,
+    // each named with its host
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a silent listener");
+    let at = silent.local_addr().expect("its address");
+    let (fail, show) = check_fails(
+        &world,
+        "mqtt.yaml",
+        &format!("mqtt://{at}"),
+        short.clone(),
+        false,
+    );
+    let timed_out = fail.contains("did not complete within 2s") && fail.contains(&at.to_string());
+    assert!(timed_out, "not a timeout naming {at}:\n{show}");
+    let amqp = format!("amqp://guest:guest@{at}/%2f");
+    let (fail, show) = check_fails(&world, "amqp.yaml", &amqp, short, true);
+    let timed_out = fail.contains("did not complete within 2s") && fail.contains(&at.to_string());
+    assert!(timed_out, "not a timeout naming {at}:\n{show}");
+    let via = json!({ "connect_timeout": "2s", "proxy": format!("http://{at}") });
+    let (fail, show) = check_fails(&world, "proxy.yaml", &amqp, via, true);
+    let at_proxy = fail.contains("did not complete within 2s") && fail.contains("proxy");
+    assert!(at_proxy, "not a timeout at the proxy:\n{show}");
+    drop(silent);
+}

@@ -287,7 +287,11 @@ impl MqttSettings {
                 );
             }
             if rest.starts_with("Socket connect: ") {
-                return format!("cannot reach proxy {proxy}: {}", io_text(rest));
+                let text = io_text(rest);
+                if text.contains("lookup") {
+                    return format!("cannot resolve the name of proxy {proxy}: {text}");
+                }
+                return format!("cannot reach proxy {proxy}: {text}");
             }
             return format!("proxy {proxy} failed the CONNECT to {target}: {rest}");
         }
@@ -397,6 +401,64 @@ mod tests {
         let yaml = format!("brokers:\n  b:\n{broker}");
         let config = crate::config::parse(std::path::Path::new("c.yaml"), &yaml).expect("parses");
         MqttSettings::from_config("b", &config.brokers["b"].value)
+    }
+
+    #[test]
+    fn connection_errors_name_the_hop_that_failed() {
+        let via_proxy = settings(
+            "    url: wss://broker.example:443/mqtt\n    proxy: http://u:secret@proxy.corp:3128\n    connect_timeout: 3s\n",
+        )
+        .expect("settings");
+        let cases = [
+            (
+                "Proxy Connect: Proxy connect: The HTTP code is not equal 200: 407.",
+                "proxy http://u@proxy.corp:3128 answered 407 Proxy Authentication Required",
+            ),
+            (
+                "Proxy Connect: Proxy connect: The HTTP code is not equal 200: 403.",
+                "answered 403 Forbidden; the proxy's rules do not allow CONNECT",
+            ),
+            (
+                "Proxy Connect: Socket connect: Connection refused (os error 111).",
+                "cannot reach proxy http://u@proxy.corp:3128: Connection refused",
+            ),
+            (
+                "Proxy Connect: Socket connect: failed to lookup address information: x.",
+                "cannot resolve the name of proxy http://u@proxy.corp:3128",
+            ),
+            (
+                "Websocket: HTTP error: 404 Not Found",
+                "WebSocket upgrade at wss://broker.example:443/mqtt failed: HTTP error: 404",
+            ),
+            (
+                "TLS: I/O: invalid peer certificate: NotValidForName",
+                "TLS handshake with broker.example failed",
+            ),
+            (
+                "Connection refused, return code: `NotAuthorized`",
+                "the broker refused the MQTT connection (CONNACK)",
+            ),
+            (
+                "Network timeout",
+                "did not complete within 3s (connect_timeout, through proxy http://u@proxy.corp:3128)",
+            ),
+        ];
+        for (error, expected) in cases {
+            let said = via_proxy.explain(error);
+            assert!(said.contains(expected), "{error:?} became {said:?}");
+            assert!(!said.contains("secret"), "{said}");
+        }
+        let direct = settings("    url: mqtt://no.such.host:1883\n").expect("settings");
+        let said = direct.explain("I/O: failed to lookup address information: Name unknown");
+        assert!(
+            said.starts_with("cannot resolve the name of no.such.host:1883"),
+            "{said}"
+        );
+        assert_eq!(
+            direct.explain("Mqtt state: Io error"),
+            "Mqtt state: Io error",
+            "an error of a connection that was up stays as rumqttc says it"
+        );
     }
 
     #[test]
