@@ -42,7 +42,8 @@ pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
         if let Some(proxy) = &broker.value.proxy {
             let value = proxy.value.expose();
             let problem = match crate::net::HttpProxy::parse(value) {
-                _ if value.trim().eq_ignore_ascii_case("none") => None,
+                // Empty (`${PROXY_URL:-}` unset) means direct, as `none` does.
+                _ if value.trim().is_empty() || value.trim().eq_ignore_ascii_case("none") => None,
                 Err(e) => Some(e),
                 Ok(p) if p.password.is_some() && broker.value.proxy_password_file.is_some() => {
                     Some(
@@ -179,6 +180,36 @@ mod tests {
         }
         let secure = "brokers:\n  b:\n    url: mqtts://h:8883\n    tls: { ca_file: ca.pem }\ndatabases:\n  d:\n    connection_string: x\n";
         assert!(check(path, &parse(path, secure).unwrap()).is_ok());
+    }
+
+    #[test]
+    fn proxy_settings_are_checked_where_they_are_written() {
+        let path = Path::new("c.yaml");
+        let error = |broker: &str| {
+            let text = format!(
+                "brokers:\n  b:\n    url: wss://h/mqtt\n{broker}databases:\n  d:\n    connection_string: x\n"
+            );
+            check(path, &parse(path, &text).unwrap())
+                .err()
+                .map(|e| e.to_string())
+        };
+        let socks = error("    proxy: socks5://u:secret@p:1080\n").expect("refused");
+        assert!(
+            socks.starts_with("c.yaml:4:") && socks.contains("socks5"),
+            "{socks}"
+        );
+        assert!(!socks.contains("secret"), "{socks}");
+        let both = error("    proxy: http://u:pw@p:3128\n    proxy_password_file: f\n");
+        assert!(both.is_some_and(|e| e.contains("keep one")));
+        let alone = error("    proxy_password_file: f\n").expect("refused");
+        assert!(alone.contains("proxy_password_file needs proxy"), "{alone}");
+        for fine in [
+            "    proxy: none\n",
+            "    proxy: ''\n",
+            "    proxy: http://u@p:3128\n",
+        ] {
+            assert_eq!(error(fine), None, "{fine}");
+        }
     }
 
     #[test]
