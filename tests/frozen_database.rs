@@ -9,8 +9,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    Bridge, Db, Route, TcpProxy, TempTable, World, dlq_list, mqdb_bounded, pairs, path_str, scalar,
-    seq_messages, terminate_ok, try_scalar, unique, wait_for, wait_for_count,
+    Bridge, Db, Route, TcpProxy, TempTable, World, dlq_list, lock_holder, mqdb_bounded, pairs,
+    path_str, pg_lock_waiters, scalar, seq_messages, terminate_ok, try_scalar, unique, wait_for,
+    wait_for_count,
 };
 use serde_json::{Value as Json, json};
 
@@ -117,23 +118,29 @@ impl Frozen {
     }
 }
 
-fn frozen_mid_stream_resumes(db: Db, port: u16) {
-    // Given a bridge writing a stream of numbered messages through a relay, with a 3 s
-    // query timeout
+fn frozen_mid_statement_resumes(db: Db, port: u16) {
+    // Given a bridge writing numbered messages through a relay with a 3 s query timeout,
+    // whose batch with seq 150 waits on a row lock the test holds
     let f = Frozen::new(
         db,
         port,
         json!({ "query_timeout": "3s", "connect_timeout": "2s" }),
     );
-    f.publish("first", 0..2000);
+    let t = f.table.name.clone();
+    let holder = lock_holder(&f.db, &format!("INSERT INTO {t} VALUES (150, 'x')"));
+    f.publish("first", 0..300);
     let mut bridge = Bridge::start(&f.config);
-    f.wait_rows(&mut bridge, 100);
+    let waiters = lock_waiters(&f.db, &t);
+    wait_for(&mut bridge, "a batch waiting on the held row", || {
+        Ok(try_scalar(&f.db, &waiters).unwrap_or(0) >= 1)
+    });
 
-    // When the relay freezes while more messages arrive (and, most likely, in the middle
-    // of a batch)
+    // When the relay freezes, and then the server finishes that statement: its answer
+    // never reaches mqdb
     f.proxy.freeze(true);
     let frozen_at = Instant::now();
-    f.publish("second", 2000..2500);
+    drop(holder);
+    f.publish("second", 300..600);
 
     // Then the log says, naming the database, that it did not answer in time
     let line = f.wait_timeout_line(&mut bridge, Duration::from_secs(3) + SLACK);
@@ -149,14 +156,25 @@ fn frozen_mid_stream_resumes(db: Db, port: u16) {
 
     // And once the path answers again, every message is one row, none dead-lettered
     f.proxy.freeze(false);
-    wait_for_count(&mut bridge, &f.db, &f.count_sql(), 2500);
-    f.assert_every_seq_once(2500);
+    wait_for_count(&mut bridge, &f.db, &f.count_sql(), 600);
+    f.assert_every_seq_once(600);
     terminate_ok(&mut bridge);
 }
 
+/// How many sessions wait on a row lock in a statement that names `table`.
+fn lock_waiters(db: &Db, table: &str) -> String {
+    match db {
+        Db::MariaDb => format!(
+            "SELECT COUNT(*) FROM information_schema.INNODB_TRX \
+             WHERE trx_state = 'LOCK WAIT' AND trx_query LIKE '%{table}%'"
+        ),
+        _ => pg_lock_waiters(table),
+    }
+}
+
 common::cases! {
-    frozen_mid_stream_resumes_postgres: frozen_mid_stream_resumes(Db::Postgres, 5432);
-    frozen_mid_stream_resumes_mariadb: frozen_mid_stream_resumes(Db::MariaDb, 3306);
+    frozen_mid_statement_resumes_postgres: frozen_mid_statement_resumes(Db::Postgres, 5432);
+    frozen_mid_statement_resumes_mariadb: frozen_mid_statement_resumes(Db::MariaDb, 3306);
 }
 
 fn frozen_during_connect_resumes(db: Db, port: u16) {

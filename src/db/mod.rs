@@ -187,7 +187,7 @@ impl DbSpec {
         let started = Instant::now();
         let port = timeouts::port(&self.connection_string);
         let endpoint = self.endpoint();
-        let connected = watchdog::Watch::around(port, self.query_timeout, || {
+        let connected = watchdog::Watch::around(&endpoint, port, self.query_timeout, || {
             env.connect_with_connection_string(&self.connection_string, options)
         });
         match connected {

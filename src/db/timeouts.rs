@@ -159,6 +159,25 @@ mod tests {
     }
 
     #[test]
+    fn what_the_drivers_say_on_a_silent_path_is_an_outage() {
+        use crate::error::{Class, classify};
+        // MariaDB past READ_TIMEOUT; psqlODBC on a socket shut down under it, and past its
+        // login timeout.
+        let said = [
+            (Some("08S01"), "Lost connection to server during query"),
+            (Some("HY000"), "The connection has been lost"),
+            (
+                Some("08001"),
+                "connection to server at \"h\", port 1 failed: timeout expired",
+            ),
+            (Some("HYT01"), "Connection timeout expired"),
+        ];
+        for (state, message) in said {
+            assert_eq!(classify(state, message, false), Class::Outage, "{message}");
+        }
+    }
+
+    #[test]
     fn a_timeout_is_an_outage() {
         let e = no_answer("h:1", S, "", &DbError::new("Lost connection"));
         assert_eq!(e.class(), crate::error::Class::Outage);

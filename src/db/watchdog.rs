@@ -31,15 +31,24 @@ struct Inner {
 
 impl Watch {
     /// Connects with `connect` and watches the TCP sockets to `port` (any port when `None`)
-    /// that appeared meanwhile. Connects are serialised so that sockets of two connections
-    /// opened at once are not mixed up.
+    /// that appeared meanwhile. Connects to one `endpoint` are serialised so that sockets
+    /// of two connections opened at once are not mixed up; connects elsewhere are not held
+    /// up by a silent one.
     pub fn around<T, E>(
+        endpoint: &str,
         port: Option<u16>,
         limit: Duration,
         connect: impl FnOnce() -> Result<T, E>,
     ) -> Result<(T, Watch), E> {
-        static CONNECTING: Mutex<()> = Mutex::new(());
-        let guard = CONNECTING.lock().unwrap_or_else(|e| e.into_inner());
+        static CONNECTING: OnceLock<Mutex<HashMap<String, Arc<Mutex<()>>>>> = OnceLock::new();
+        let lock = CONNECTING
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(endpoint.to_string())
+            .or_default()
+            .clone();
+        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
         let before = sockets();
         let connected = connect()?;
         let after = sockets();
@@ -215,7 +224,7 @@ mod tests {
     fn silent_peer(limit: Duration) -> (TcpListener, TcpStream, Watch) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let (stream, watch) = Watch::around(Some(port), limit, || {
+        let (stream, watch) = Watch::around("peer", Some(port), limit, || {
             TcpStream::connect(("127.0.0.1", port))
         })
         .unwrap();
