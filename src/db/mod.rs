@@ -187,9 +187,12 @@ impl DbSpec {
         let started = Instant::now();
         let port = timeouts::port(&self.connection_string);
         let endpoint = self.endpoint();
-        let connected = watchdog::Watch::around(&endpoint, port, self.query_timeout, || {
-            env.connect_with_connection_string(&self.connection_string, options)
-        });
+        let connect = || env.connect_with_connection_string(&self.connection_string, options);
+        let connected = if timeouts::is_local(&self.connection_string) {
+            connect().map(|conn| (conn, watchdog::Watch::none()))
+        } else {
+            watchdog::Watch::around(&endpoint, port, self.query_timeout, connect)
+        };
         match connected {
             Ok((conn, watch)) => Ok(DbConn {
                 conn,

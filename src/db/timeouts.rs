@@ -56,6 +56,16 @@ pub fn with_driver_options(connection_string: &str, connect: Duration, query: Du
     cs
 }
 
+/// A database without a network (SQLite): no sockets to watch, and none of another
+/// connection's to take for its own.
+pub fn is_local(connection_string: &str) -> bool {
+    super::attributes(connection_string)
+        .iter()
+        .any(|(k, _, v)| {
+            k.trim().eq_ignore_ascii_case("Driver") && v.to_ascii_lowercase().contains("sqlite")
+        })
+}
+
 /// `host:port` of the server, or the DSN it is reached by.
 pub fn endpoint(connection_string: &str) -> String {
     let attrs = super::attributes(connection_string);
@@ -156,6 +166,8 @@ mod tests {
         assert_eq!(endpoint(cs), "db.example:3306");
         assert_eq!(endpoint("Driver=x;Host=h;Port=7;"), "h:7");
         assert_eq!(endpoint("DSN=prod;"), "DSN prod");
+        assert!(is_local("Driver=SQLite3;Database=/x;"));
+        assert!(!is_local(cs));
     }
 
     #[test]

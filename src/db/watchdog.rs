@@ -70,6 +70,18 @@ impl Watch {
         Ok((connected, Watch { inner }))
     }
 
+    /// A watch on nothing, for a connection without sockets.
+    pub fn none() -> Watch {
+        Watch {
+            inner: Arc::new(Inner {
+                sockets: Vec::new(),
+                limit: Duration::MAX,
+                fired: AtomicBool::new(false),
+                busy_since: Mutex::new(None),
+            }),
+        }
+    }
+
     /// Runs `wait` (waiting for work, not for the database) unwatched.
     pub fn idle<T>(&self, wait: impl FnOnce() -> T) -> T {
         *self.inner.busy() = None;
