@@ -59,6 +59,7 @@ fn target(
         spec = spec.with_dialect(Dialect::Generic);
     }
     let (conn, plan) = worker::connect(&spec, &sink).expect("connect and resolve");
+    let conn = conn.into_connection();
     Target { conn, plan, table }
 }
 

@@ -1,7 +1,10 @@
 //! `databases:` entries: an ODBC connection and the SQL dialect mqdb writes.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
+use super::duration;
 use super::env::{EnvString, Secret};
 
 #[derive(Debug, Deserialize)]
@@ -25,6 +28,27 @@ pub struct Database {
     /// The SQL the database speaks: `auto` (from the name the driver reports), or forced.
     #[serde(default)]
     pub dialect: DialectChoice,
+    /// How long a connect may go unanswered before it counts as an outage (and is retried).
+    #[serde(
+        default = "default_connect_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub connect_timeout: Duration,
+    /// How long a statement may wait for an answer from the database before the connection
+    /// counts as lost: the batch is retried on a new connection.
+    #[serde(
+        default = "default_query_timeout",
+        deserialize_with = "duration::deserialize"
+    )]
+    pub query_timeout: Duration,
+}
+
+pub fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+pub fn default_query_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 
 /// Which SQL mqdb writes for a database.

@@ -12,10 +12,13 @@ pub mod poll;
 pub mod postgres;
 pub mod probe;
 pub mod shape;
+pub mod timeouts;
+pub mod watchdog;
 pub mod worker;
 pub mod write;
 
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use odbc_api::{Connection, ConnectionOptions, Environment};
 
@@ -41,6 +44,46 @@ pub struct DbSpec {
     connection_string: String,
     /// A dialect the configuration forces; `None` asks the driver.
     dialect: Option<Dialect>,
+    pub connect_timeout: Duration,
+    pub query_timeout: Duration,
+}
+
+/// An open connection and the watch on its sockets ([`watchdog`]).
+pub struct DbConn {
+    conn: Connection<'static>,
+    watch: watchdog::Watch,
+    /// Where the database is, for messages.
+    endpoint: String,
+    query_timeout: Duration,
+}
+
+impl std::ops::Deref for DbConn {
+    type Target = Connection<'static>;
+    fn deref(&self) -> &Connection<'static> {
+        &self.conn
+    }
+}
+
+impl DbConn {
+    /// The connection alone, unwatched (for a local database, which has no sockets).
+    pub fn into_connection(self) -> Connection<'static> {
+        self.conn
+    }
+
+    /// Runs `wait` (for work, not for the database) without the query timeout.
+    pub fn idle<T>(&self, wait: impl FnOnce() -> T) -> T {
+        self.watch.idle(wait)
+    }
+
+    /// `error` as the timeout it is when the watchdog cut the connection for want of an
+    /// answer.
+    pub fn explain(&self, error: DbError) -> DbError {
+        if self.watch.fired() {
+            timeouts::no_answer(&self.endpoint, self.query_timeout, "", &error)
+        } else {
+            error
+        }
+    }
 }
 
 impl std::fmt::Debug for DbSpec {
@@ -56,8 +99,14 @@ impl DbSpec {
     pub fn from_connection_string(name: &str, connection_string: &str) -> Self {
         DbSpec {
             name: name.to_string(),
-            connection_string: connection_string.to_string(),
+            connection_string: timeouts::with_driver_options(
+                connection_string,
+                config::default_connect_timeout(),
+                config::default_query_timeout(),
+            ),
             dialect: None,
+            connect_timeout: config::default_connect_timeout(),
+            query_timeout: config::default_query_timeout(),
         }
     }
 
@@ -97,11 +146,13 @@ impl DbSpec {
         {
             cs.push_str(";BoolsAsChar=0");
         }
-        cs.push(';');
+        cs = timeouts::with_driver_options(&cs, db.connect_timeout, db.query_timeout);
         Ok(DbSpec {
             name: name.to_string(),
             connection_string: cs,
             dialect: Dialect::from_choice(db.dialect),
+            connect_timeout: db.connect_timeout,
+            query_timeout: db.query_timeout,
         })
     }
 
@@ -120,10 +171,51 @@ impl DbSpec {
         spec
     }
 
-    pub fn connect(&self) -> Result<Connection<'static>, DbError> {
+    /// Where the database is (`host:port`, or the DSN), for messages.
+    pub fn endpoint(&self) -> String {
+        timeouts::endpoint(&self.connection_string)
+    }
+
+    /// Connects within `connect_timeout`, and watches the connection's sockets so that a
+    /// statement left without an answer for `query_timeout` fails.
+    pub fn connect(&self) -> Result<DbConn, DbError> {
         let env = environment()?;
-        env.connect_with_connection_string(&self.connection_string, ConnectionOptions::default())
-            .map_err(|e| redacted(DbError::from_odbc(&e), &self.connection_string))
+        let options = ConnectionOptions {
+            login_timeout_sec: Some(self.connect_timeout.as_secs().max(1) as u32),
+            packet_size: None,
+        };
+        let started = Instant::now();
+        let port = timeouts::port(&self.connection_string);
+        let endpoint = self.endpoint();
+        let connect = || env.connect_with_connection_string(&self.connection_string, options);
+        let connected = if timeouts::is_local(&self.connection_string) {
+            connect().map(|conn| (conn, watchdog::Watch::none()))
+        } else {
+            watchdog::Watch::around(&endpoint, port, self.query_timeout, connect)
+        };
+        match connected {
+            Ok((conn, watch)) => Ok(DbConn {
+                conn,
+                watch,
+                endpoint,
+                query_timeout: self.query_timeout,
+            }),
+            Err(e) => {
+                let e = redacted(DbError::from_odbc(&e), &self.connection_string);
+                Err(
+                    if timeouts::timed_out(&e, started.elapsed(), self.connect_timeout) {
+                        timeouts::no_answer(
+                            &endpoint,
+                            self.connect_timeout,
+                            " while connecting",
+                            &e,
+                        )
+                    } else {
+                        e
+                    },
+                )
+            }
+        }
     }
 }
 
@@ -158,7 +250,7 @@ fn redacted(mut error: DbError, connection_string: &str) -> DbError {
 /// The `key=value` attributes of a connection string: each key, its value as written, and
 /// its value (without braces, a doubled `}` single), by the ODBC grammar where a braced
 /// value may hold `;`.
-fn attributes(connection_string: &str) -> Vec<(&str, &str, String)> {
+pub(crate) fn attributes(connection_string: &str) -> Vec<(&str, &str, String)> {
     let mut out = Vec::new();
     let mut rest = connection_string;
     while let Some((key, after)) = rest.split_once('=') {
@@ -208,6 +300,8 @@ mod tests {
             password: Some(Secret("p;w}d".into())),
             password_file: None,
             dialect: Default::default(),
+            connect_timeout: config::default_connect_timeout(),
+            query_timeout: config::default_query_timeout(),
         };
         let spec = DbSpec::from_config("d", &db).unwrap();
         assert_eq!(

@@ -78,13 +78,18 @@ impl Poller {
 }
 
 fn serve(spec: DbSpec, poll: PollSpec, mut requests: mpsc::Receiver<Request>) {
-    let mut conn: Option<(Connection<'static>, Dialect)> = None;
+    let mut conn: Option<(super::DbConn, Dialect)> = None;
     // Column buffer lengths learnt from long values, by column index.
     let mut widths: HashMap<usize, usize> = HashMap::new();
     // Described once per connection: some drivers answer SQLDescribeCol only by running
     // the query.
     let mut shape: Option<Shape> = None;
-    while let Some(request) = requests.blocking_recv() {
+    loop {
+        let next = match &conn {
+            Some((c, _)) => c.idle(|| requests.blocking_recv()),
+            None => requests.blocking_recv(),
+        };
+        let Some(request) = next else { break };
         if conn.is_none() {
             shape = None;
             match super::worker::open_session(&spec) {
@@ -106,14 +111,16 @@ fn serve(spec: DbSpec, poll: PollSpec, mut requests: mpsc::Receiver<Request>) {
                     dialect: *dialect,
                     poll: &poll,
                 };
-                let result = session.run_poll(&position, &mut widths, &mut shape);
+                let result = session
+                    .run_poll(&position, &mut widths, &mut shape)
+                    .map_err(|e| c.explain(e));
                 let _ = c.commit();
                 let outage = is_outage(&result);
                 let _ = reply.send(result);
                 outage
             }
             Request::AfterPublish { values, reply } => {
-                let result = run_after_publish(c, &poll, &values);
+                let result = run_after_publish(c, &poll, &values).map_err(|e| c.explain(e));
                 let outage = is_outage(&result);
                 let _ = reply.send(result);
                 outage

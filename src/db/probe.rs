@@ -12,14 +12,14 @@ use super::worker::{self, SinkTarget};
 pub fn check_table(spec: &DbSpec, target: &SinkTarget) -> Result<TablePlan, String> {
     let conn = worker::open(spec).map_err(|e| format!("cannot connect: {e}"))?;
     let dialect = spec.dialect(&conn);
-    let plan = worker::resolve(&conn, dialect, target).map_err(|e| e.to_string())?;
+    let plan = worker::resolve(&conn, dialect, target).map_err(|e| conn.explain(e).to_string())?;
     check_conflict_key(&conn, dialect, target, &plan)?;
     let all: Vec<usize> = (0..plan.columns.len()).collect();
     let sql = plan.insert_sql(&all, 1);
     conn.prepare(&sql).map_err(|e| {
         format!(
             "the insert statement does not prepare: {}",
-            crate::error::DbError::from_odbc(&e)
+            conn.explain(crate::error::DbError::from_odbc(&e))
         )
     })?;
     let _ = conn.rollback();
@@ -70,7 +70,7 @@ pub fn check_query(
     start: &[String],
 ) -> Result<(), String> {
     let conn = worker::open(spec).map_err(|e| format!("cannot connect: {e}"))?;
-    let described = describe(&conn, poll).map_err(|e| format!("the query: {e}"))?;
+    let described = describe(&conn, poll).map_err(|e| format!("the query: {}", conn.explain(e)))?;
     check_position(&described, start).map_err(|e| format!("start: {e}"))?;
     let names = described.names;
     for column in template_columns {

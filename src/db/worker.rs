@@ -8,12 +8,12 @@ use odbc_api::Connection;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use super::DbSpec;
 use super::catalog::{self, CatalogColumn};
 use super::dialect::Dialect;
 use super::insert::TablePlan;
 use super::postgres::Arrays;
 use super::write::{Unsettled, Writer, query_text, value_bytes};
+use super::{DbConn, DbSpec};
 use crate::backoff::Backoff;
 use crate::config::OnConflict;
 use crate::convert::SqlKind;
@@ -120,7 +120,8 @@ fn run(
         };
         let dialect = spec.dialect(&conn);
         if let Err(e) = setup_session(&conn, dialect) {
-            warn!(route = %target.route, error = %e, "session set-up failed; reconnecting");
+            let e = conn.explain(e);
+            warn!(route = %target.route, database = %spec.name, error = %e, "session set-up failed; reconnecting");
             down(&metrics);
             if !backoff.sleep(&stop) {
                 abandon(pending.take());
@@ -138,7 +139,8 @@ fn run(
                     }
                 }
                 Err(e) if e.class() == Class::Outage => {
-                    warn!(route = %target.route, error = %e, "catalog read failed; retrying");
+                    let e = conn.explain(e);
+                    warn!(route = %target.route, database = %spec.name, error = %e, "catalog read failed; retrying");
                     down(&metrics);
                     if !backoff.sleep(&stop) {
                         return;
@@ -156,7 +158,8 @@ fn run(
             info!(route = %target.route, database = %spec.name, "database reconnected");
         }
         if let Some(lost) = unsettled.take() {
-            match settled(&conn, lost.txid) {
+            let status = settled(&conn, lost.txid);
+            match &status {
                 Ok(Some(true)) => {
                     info!(route = %target.route, txid = lost.txid, "the batch committed before the outage; not writing it again");
                     if let Some(request) = pending.take() {
@@ -173,6 +176,10 @@ fn run(
                 // Still open on the server (it has not yet seen the old connection die), or
                 // the question itself met an outage: ask again after a pause.
                 Ok(None) | Err(_) => {
+                    if let Err(e) = &status {
+                        let e = conn.explain(e.clone());
+                        warn!(route = %target.route, database = %spec.name, error = %e, "cannot learn whether the lost commit happened; retrying");
+                    }
                     unsettled = Some(lost);
                     down(&metrics);
                     drop(conn);
@@ -202,7 +209,8 @@ fn run(
             }
             Served::Outage(e, lost) => {
                 unsettled = lost;
-                warn!(route = %target.route, error = %e, "database outage; the batch will be retried");
+                let e = conn.explain(e);
+                warn!(route = %target.route, database = %spec.name, error = %e, "database outage; the batch will be retried");
                 down(&metrics);
                 let _ = conn.rollback();
                 drop(conn);
@@ -234,7 +242,7 @@ fn abandon(request: Option<InsertRequest>) {
 }
 
 /// Opens a connection with autocommit off, so each batch is one transaction.
-pub fn open(spec: &DbSpec) -> Result<Connection<'static>, DbError> {
+pub fn open(spec: &DbSpec) -> Result<DbConn, DbError> {
     let conn = spec.connect()?;
     conn.set_autocommit(false)
         .map_err(|e| DbError::from_odbc(&e))?;
@@ -374,7 +382,7 @@ enum Served {
 }
 
 fn serve(
-    conn: &Connection<'static>,
+    conn: &DbConn,
     plan: &TablePlan,
     requests: &mut mpsc::Receiver<InsertRequest>,
     pending: &mut Option<InsertRequest>,
@@ -385,7 +393,7 @@ fn serve(
     loop {
         let request = match pending.take() {
             Some(r) => r,
-            None => match requests.blocking_recv() {
+            None => match conn.idle(|| requests.blocking_recv()) {
                 Some(r) => r,
                 None => return Served::Closed,
             },
@@ -422,19 +430,16 @@ fn serve(
 }
 
 /// Connects, sets the session up and resolves the route's table, as a sink does once.
-pub fn connect(
-    spec: &DbSpec,
-    target: &SinkTarget,
-) -> Result<(Connection<'static>, TablePlan), DbError> {
+pub fn connect(spec: &DbSpec, target: &SinkTarget) -> Result<(DbConn, TablePlan), DbError> {
     let (conn, dialect) = open_session(spec)?;
-    let plan = resolve(&conn, dialect, target)?;
+    let plan = resolve(&conn, dialect, target).map_err(|e| conn.explain(e))?;
     Ok((conn, plan))
 }
 
 /// Opens a connection and sets its session up for the database it turns out to be.
-pub fn open_session(spec: &DbSpec) -> Result<(Connection<'static>, Dialect), DbError> {
+pub fn open_session(spec: &DbSpec) -> Result<(DbConn, Dialect), DbError> {
     let conn = open(spec)?;
     let dialect = spec.dialect(&conn);
-    setup_session(&conn, dialect)?;
+    setup_session(&conn, dialect).map_err(|e| conn.explain(e))?;
     Ok((conn, dialect))
 }

@@ -18,7 +18,9 @@ pub async fn count(connection_string: &str, sql: &'static str) -> Result<i64, St
 }
 
 pub fn connect(connection_string: &str) -> Result<Connection<'static>, DbError> {
-    db::DbSpec::from_connection_string("demo", connection_string).connect()
+    db::DbSpec::from_connection_string("demo", connection_string)
+        .connect()
+        .map(db::DbConn::into_connection)
 }
 
 /// Every row of `sql` as text.

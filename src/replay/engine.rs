@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 
-use odbc_api::Connection;
 use tokio::runtime::Handle;
 
 use crate::broker::publisher::Publisher;
@@ -38,7 +37,7 @@ pub(super) enum Engine {
     /// Every letter fails with this.
     Broken(Failure),
     Inbound {
-        conn: Connection<'static>,
+        conn: crate::db::DbConn,
         table: TablePlan,
         mapper: Mapper,
     },
@@ -46,7 +45,7 @@ pub(super) enum Engine {
         plan: Box<OutboundPlan>,
         publisher: Result<Publisher, String>,
         spec: DbSpec,
-        db: Option<Connection<'static>>,
+        db: Option<crate::db::DbConn>,
     },
     /// The route's database was unreachable when first needed.
     Unreachable(String),

@@ -2,8 +2,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use odbc_api::Connection;
-
 use crate::db::insert::TablePlan;
 use crate::db::write::Writer;
 use crate::dlq::DeadLetter;
@@ -15,7 +13,7 @@ use super::outcome::{Outage, Outcome, failure, outage};
 /// Inbound letters in batches of the route's `max_rows`, each one transaction; the next
 /// batch is mapped on another thread while this one is written.
 pub(super) fn replay_inbound(
-    conn: &Connection<'static>,
+    conn: &crate::db::DbConn,
     table: &TablePlan,
     mapper: &Mapper,
     letters: &[DeadLetter],

@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 
-use odbc_api::Connection;
 use serde_json::Value as Json;
 use tokio::runtime::Handle;
 
@@ -54,7 +53,7 @@ pub(super) struct Outbound<'a> {
 pub(super) fn replay_outbound(
     rt: &Handle,
     target: &Outbound<'_>,
-    db: &mut Option<Connection<'static>>,
+    db: &mut Option<crate::db::DbConn>,
     letters: &[DeadLetter],
     dry_run: bool,
 ) -> Result<Vec<Outcome>, Outage> {
@@ -151,7 +150,7 @@ fn envelope(letter: &DeadLetter, format: Format) -> Envelope {
 
 fn after_publish(
     target: &Outbound<'_>,
-    db: &mut Option<Connection<'static>>,
+    db: &mut Option<crate::db::DbConn>,
     letter: &DeadLetter,
     dry_run: bool,
 ) -> Result<Result<(), Failure>, Outage> {

@@ -12,6 +12,11 @@ use std::sync::{Arc, Mutex};
 /// [`TcpProxy::set_down`]`(true)` closes every live connection in both directions at once
 /// and then accepts-and-drops new ones until set back up: to the client this looks like a
 /// server that went away, without touching the shared service itself.
+///
+/// [`TcpProxy::freeze`]`(true)` instead stops forwarding bytes in both directions and closes
+/// nothing: live connections stay open and silent, and new ones are accepted and connected
+/// but hear nothing. To the client this is a path whose packets are dropped. Held bytes
+/// flow again once unfrozen.
 pub struct TcpProxy {
     pub port: u16,
     pub target: SocketAddr,
@@ -21,6 +26,7 @@ pub struct TcpProxy {
 #[derive(Default)]
 struct Shared {
     down: AtomicBool,
+    frozen: AtomicBool,
     stopped: AtomicBool,
     next_id: AtomicU64,
     accepted: AtomicU64,
@@ -66,6 +72,12 @@ impl TcpProxy {
         if down {
             self.shared.cut_all();
         }
+    }
+
+    /// `true`: forward nothing, in either direction, on any connection, old or new, and
+    /// close nothing. `false`: forward again, the held bytes first.
+    pub fn freeze(&self, frozen: bool) {
+        self.shared.frozen.store(frozen, Ordering::SeqCst);
     }
 
     pub fn live_connections(&self) -> usize {
@@ -135,23 +147,27 @@ fn connect_and_forward(client: TcpStream, target: SocketAddr, shared: Arc<Shared
     let _ = std::thread::Builder::new()
         .name("proxy-up".into())
         .spawn(move || {
-            pump(client2, server2);
+            pump(client2, server2, &s2);
             finish(&s2, &r2, id);
         });
-    pump(server, client);
+    pump(server, client, &shared);
     finish(&shared, &remaining, id);
 }
 
 /// Copies `from` -> `to` until EOF (then half-closes `to`) or an error (then closes both).
-fn pump(mut from: TcpStream, mut to: TcpStream) {
+/// While frozen it neither reads nor writes, and a chunk read just before is held.
+fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared) {
     let mut buf = [0u8; 64 * 1024];
     loop {
+        thaw(shared);
         match from.read(&mut buf) {
             Ok(0) => {
+                thaw(shared);
                 let _ = to.shutdown(Shutdown::Write);
                 return;
             }
             Ok(n) => {
+                thaw(shared);
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }
@@ -161,6 +177,13 @@ fn pump(mut from: TcpStream, mut to: TcpStream) {
         }
     }
     cut(&from, &to);
+}
+
+/// Waits while the proxy is frozen (and not being dropped).
+fn thaw(shared: &Shared) {
+    while shared.frozen.load(Ordering::SeqCst) && !shared.stopped.load(Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Closes both streams in both directions.
