@@ -26,7 +26,7 @@ pub struct Broker {
     /// How long one connection attempt (TCP, proxy, TLS, WebSocket, MQTT/AMQP handshake) may
     /// take before it counts as failed.
     #[serde(
-        default = "default_connect_timeout",
+        default = "super::database::default_connect_timeout",
         deserialize_with = "duration::deserialize"
     )]
     pub connect_timeout: Duration,
@@ -114,10 +114,6 @@ impl Broker {
             _ => None,
         }
     }
-}
-
-pub fn default_connect_timeout() -> Duration {
-    Duration::from_secs(10)
 }
 
 pub fn default_keep_alive() -> Duration {

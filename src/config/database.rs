@@ -43,6 +43,7 @@ pub struct Database {
     pub query_timeout: Duration,
 }
 
+/// One connection attempt, for databases and brokers alike.
 pub fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
 }
