@@ -219,11 +219,18 @@ pub async fn run_until(
         );
         route_tasks.abort_all();
     }
+    // After an abort the acknowledgements still owed are those of committed batches, sent
+    // at once; waiting longer would only wait for batches that will never finish.
+    let grace = if drained.is_err() {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(5)
+    };
     for source in sources {
-        source.shutdown(Duration::from_secs(5)).await;
+        source.shutdown(grace).await;
     }
     for source in amqp_sources {
-        source.shutdown(Duration::from_secs(5)).await;
+        source.shutdown(grace).await;
     }
     if let Some(server) = http_server {
         let _ = server.await;
