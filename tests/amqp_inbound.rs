@@ -449,6 +449,43 @@ fn sigkill_mid_stream_then_restart_stores_every_message_once_postgres() {
 }
 
 #[test]
+fn a_broker_path_that_goes_silent_is_noticed_by_the_heartbeat_and_loses_nothing() {
+    // Given a bridge that reaches RabbitMQ through a relay with a 2 s heartbeat, and 500
+    // messages stored
+    let db = Db::Postgres;
+    let relay = TcpProxy::start(Rabbit::addr());
+    let extra = [
+        "batch: { max_rows: 50, max_delay: 50ms }",
+        "on_conflict: ignore",
+        "key: [id]",
+    ];
+    let url = format!("{}?heartbeat=2", Rabbit::url_via(relay.port));
+    let (world, queue, table, config) = id_case("hbeat", &url, &db.connection_string(), &extra);
+    let t = &table.name;
+    world.rabbit.publish_to_queue(&queue, id_payloads(1..=500));
+    let mut bridge = Bridge::start(&config);
+    let count_sql = format!("SELECT COUNT(*) FROM {t}");
+    wait_for_count(&mut bridge, &db, &count_sql, 500);
+
+    // When the path goes silent (nothing forwarded, nothing closed) and 500 more arrive
+    relay.freeze(true);
+    world
+        .rabbit
+        .publish_to_queue(&queue, id_payloads(501..=1000));
+
+    // Then the missing heartbeats end the connection, and mqdb keeps retrying
+    bridge.wait_for_log("broker connection lost", LIVENESS);
+    assert!(bridge.is_running(), "mqdb died:\n{}", bridge.log());
+
+    // And once the path answers again, every message is exactly one row
+    relay.freeze(false);
+    wait_for_count(&mut bridge, &db, &count_sql, 1000);
+    wait_queue_drained(&mut bridge, &queue);
+    assert_each_id_once(&db, t, 1000, &config);
+    terminate_ok(&mut bridge);
+}
+
+#[test]
 fn broker_connection_cut_loses_and_duplicates_nothing_postgres() {
     // Given a bridge that reaches RabbitMQ through a proxy, 1000 messages in its durable
     // queue, and a test transaction that locks the table, so received messages stay

@@ -15,7 +15,7 @@ use common::{
     pairs, parse_bool, parse_ts, publish_retained, temp_sqlite, text_rows, ts, unique,
     wait_dead_letters, wait_for, wait_lock_waiter,
 };
-use common::{scalar, seq_messages, terminate_ok, try_scalar, wait_for_count};
+use common::{LIVENESS, scalar, seq_messages, terminate_ok, try_scalar, wait_for_count};
 use serde_json::Value as Json;
 
 type Messages = Vec<(String, Vec<u8>)>;
@@ -610,6 +610,48 @@ fn broker_connection_cut_loses_nothing() {
     assert!(proxy.accepted() >= 2, "the bridge never reconnected");
     terminate_ok(&mut bridge);
     eprintln!("rows before the broker came back: {during}");
+}
+
+#[test]
+fn a_broker_path_that_goes_silent_is_noticed_by_the_keep_alive_and_loses_nothing() {
+    // Given a bridge that reaches its broker through a relay, with a 2 s keep-alive and
+    // connect timeout, and 1000 messages stored
+    let db = Db::Postgres;
+    let world = World::new("inbound");
+    let relay = TcpProxy::start(world.broker.addr());
+    let table = TempTable::create(&db, "bfreeze", SEQ_COLUMNS);
+    let t = table.name.clone();
+    let topic = format!("{}/{{part}}", unique("bfreeze"));
+    let (_, settings) =
+        world.mqtt(serde_json::json!({ "keep_alive": "2s", "connect_timeout": "2s" }));
+    let config = world
+        .config(&db)
+        .broker("b", &format!("mqtt://127.0.0.1:{}", relay.port), settings)
+        .inbound(seq_route("bfreeze", &topic, &t, &IGNORE_DUPLICATES))
+        .write();
+    world.persistent_session(&topic.replace("{part}", "+"));
+    let publisher = world.publisher();
+    let part = |part: &str| topic.replace("{part}", part);
+    publisher.publish_all_confirmed(seq_messages(|_| part("first"), 0..1000), 1);
+    let mut bridge = Bridge::start(&config);
+    let count_sql = format!("SELECT COUNT(*) FROM {t}");
+    wait_for_count(&mut bridge, &db, &count_sql, 1000);
+
+    // When the path goes silent (nothing forwarded, nothing closed) and 1000 more messages
+    // are published
+    relay.freeze(true);
+    publisher.publish_all_confirmed(seq_messages(|_| part("second"), 1000..2000), 1);
+
+    // Then the keep-alive notices, and reconnecting through the silent path times out
+    bridge.wait_for_log("broker connection lost", LIVENESS);
+    bridge.wait_for_log("did not complete within 2s (connect_timeout)", LIVENESS);
+    assert!(bridge.is_running(), "mqdb died:\n{}", bridge.log());
+
+    // And once the path answers again, every message is exactly one row
+    relay.freeze(false);
+    wait_for_count(&mut bridge, &db, &count_sql, 2000);
+    assert_every_seq_once(&db, &t, &config, 2000, 1000);
+    terminate_ok(&mut bridge);
 }
 
 #[test]
