@@ -1,11 +1,12 @@
 //! Dead letters: storing, listing, purging, and the claims `dlq replay` takes on them.
 
 use sqlx::Row;
+use sqlx::postgres::PgConnection;
 use sqlx::sqlite::SqliteConnection;
 
 use crate::dlq::{DeadLetter, NewDeadLetter};
 
-use super::store::{State, StateError};
+use super::store::{PG_INSERT_LOCK, State, StateError, in_write, on_pool, sql};
 
 /// Which dead letters a command works on; every set field must match.
 #[derive(Debug, Default, Clone)]
@@ -46,32 +47,47 @@ impl DeadLetterFilter {
     }
 }
 
-/// The WHERE clause for a [`DeadLetterFilter`] bound as ?1..?7 by [`bind_filter`].
-const FILTER: &str = "(?1 IS NULL OR route = ?1)
-    AND (?2 IS NULL OR id IN (SELECT value FROM json_each(?2)))
+/// The WHERE clause for a [`DeadLetterFilter`] bound as ?1..?7 by [`bind_filter!`].
+fn filter_sql(pg: bool) -> String {
+    format!(
+        "(?1 IS NULL OR route = ?1)
+    AND (?2 IS NULL OR id IN ({}))
     AND (?3 IS NULL OR first_failed_at >= ?3)
     AND (?4 IS NULL OR first_failed_at < ?4)
     AND (?5 IS NULL OR error_kind = ?5)
     AND id > coalesce(?6, 0)
-    AND (?7 IS NULL OR id <= ?7)";
+    AND (?7 IS NULL OR id <= ?7)",
+        ids_in(pg, "?2")
+    )
+}
+
+/// The ids of the JSON array bound as `param`.
+fn ids_in(pg: bool, param: &str) -> String {
+    if pg {
+        format!("SELECT json_array_elements_text({param}::json)::bigint")
+    } else {
+        format!("SELECT value FROM json_each({param})")
+    }
+}
 
 const COLUMNS: &str = "id, route, direction, source, payload, headers, error_kind, error, sqlstate, attempts, first_failed_at, last_failed_at";
 
 /// How long a claim holds after its replay stopped answering.
 const CLAIM_TTL: chrono::Duration = chrono::Duration::minutes(10);
 
-fn bind_filter<'q>(
-    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    filter: &'q DeadLetterFilter,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    query
-        .bind(&filter.route)
-        .bind(filter.ids_json())
-        .bind(&filter.since)
-        .bind(&filter.before)
-        .bind(&filter.error_kind)
-        .bind(filter.after)
-        .bind(filter.through)
+/// Binds a [`DeadLetterFilter`] as ?1..?7 of [`filter_sql`] (a macro: one query type a
+/// backend).
+macro_rules! bind_filter {
+    ($query:expr, $filter:expr) => {
+        $query
+            .bind(&$filter.route)
+            .bind($filter.ids_json())
+            .bind(&$filter.since)
+            .bind(&$filter.before)
+            .bind(&$filter.error_kind)
+            .bind($filter.after)
+            .bind($filter.through)
+    };
 }
 
 /// Claims older than this have been abandoned.
@@ -89,14 +105,14 @@ impl State {
             return Ok(Vec::new());
         }
         let now = crate::dlq::now_rfc3339();
-        self.write(async |tx| {
+        in_write!(self, |tx, _pg| {
+            tx.order_inserts().await?;
             let mut ids = Vec::with_capacity(letters.len());
             for l in letters {
-                ids.push(insert_dead_letter(tx, l, &now).await?);
+                ids.push(tx.insert_dead_letter(l, &now).await?);
             }
             Ok(ids)
         })
-        .await
     }
 
     pub async fn list_dead_letters(
@@ -112,45 +128,54 @@ impl State {
         filter: &DeadLetterFilter,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StateError> {
-        let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE {FILTER} ORDER BY id LIMIT ?8");
-        let rows = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(dead_letter).collect())
+        on_pool!(self, |pool, pg| {
+            let text = format!(
+                "SELECT {COLUMNS} FROM dead_letters WHERE {} ORDER BY id LIMIT ?8",
+                filter_sql(pg)
+            );
+            let rows = bind_filter!(sqlx::query(sql(pg, &text)), filter)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(pool)
+                .await?;
+            Ok(rows.iter().map(dead_letter).collect())
+        })
     }
 
     pub async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, StateError> {
-        let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE id = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(dead_letter))
+        let text = format!("SELECT {COLUMNS} FROM dead_letters WHERE id = ?");
+        on_pool!(self, |pool, pg| {
+            let row = sqlx::query(sql(pg, &text))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+            Ok(row.as_ref().map(dead_letter))
+        })
     }
 
     pub async fn count_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64, StateError> {
-        let sql = format!("SELECT COUNT(*) FROM dead_letters WHERE {FILTER}");
-        let row = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.get::<i64, _>(0).max(0) as u64)
+        on_pool!(self, |pool, pg| {
+            let text = format!("SELECT COUNT(*) FROM dead_letters WHERE {}", filter_sql(pg));
+            let row = bind_filter!(sqlx::query(sql(pg, &text)), filter)
+                .fetch_one(pool)
+                .await?;
+            Ok(row.get::<i64, _>(0).max(0) as u64)
+        })
     }
 
     /// Deletes the matching dead letters that no live replay holds; returns how many.
     pub async fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64, StateError> {
-        let sql = format!(
-            "DELETE FROM dead_letters WHERE {FILTER} AND (claimed_by IS NULL OR claimed_at < ?8)"
-        );
         let stale = stale_claims();
-        self.write(async |tx| {
-            let done = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
-                .bind(stale)
+        in_write!(self, |tx, pg| {
+            let text = format!(
+                "DELETE FROM dead_letters WHERE {} AND (claimed_by IS NULL OR claimed_at < ?8)",
+                filter_sql(pg)
+            );
+            let done = bind_filter!(sqlx::query(sql(pg, &text)), filter)
+                .bind(&stale)
                 .execute(tx)
                 .await?;
             Ok(done.rows_affected())
         })
-        .await
     }
 
     /// Claims up to `limit` matching dead letters, oldest first, for `owner`; entries that
@@ -165,26 +190,31 @@ impl State {
     }
 
     /// [`State::claim_dead_letters`], also counting the entries it skipped because another
-    /// live replay holds them.
+    /// live replay holds them. On PostgreSQL, entries another replay is claiming at this
+    /// moment are skipped (SKIP LOCKED) rather than waited for, and not yet counted as held.
     pub async fn claim_batch(
         &self,
         filter: &DeadLetterFilter,
         owner: &str,
         limit: usize,
     ) -> Result<Claimed, StateError> {
-        let claim = format!(
-            "UPDATE dead_letters SET claimed_by = ?8, claimed_at = ?9
-             WHERE id IN (SELECT id FROM dead_letters WHERE {FILTER}
-                          AND (claimed_by IS NULL OR claimed_at < ?10) ORDER BY id LIMIT ?11)
-             RETURNING {COLUMNS}"
-        );
-        let held = format!(
-            "SELECT COUNT(*) FROM dead_letters WHERE {FILTER} AND id <= ?8
-             AND claimed_by IS NOT NULL AND claimed_by <> ?9 AND claimed_at >= ?10"
-        );
         let stale = stale_claims();
-        self.write(async |tx| {
-            let rows = bind_filter(sqlx::query(sqlx::AssertSqlSafe(claim)), filter)
+        in_write!(self, |tx, pg| {
+            // SQLite's write lock (BEGIN IMMEDIATE) already keeps claims apart.
+            let lock = if pg { " FOR UPDATE SKIP LOCKED" } else { "" };
+            let claim = format!(
+                "UPDATE dead_letters SET claimed_by = ?8, claimed_at = ?9
+             WHERE id IN (SELECT id FROM dead_letters WHERE {}
+                          AND (claimed_by IS NULL OR claimed_at < ?10) ORDER BY id LIMIT ?11{lock})
+             RETURNING {COLUMNS}",
+                filter_sql(pg)
+            );
+            let held = format!(
+                "SELECT COUNT(*) FROM dead_letters WHERE {} AND id <= ?8
+             AND claimed_by IS NOT NULL AND claimed_by <> ?9 AND claimed_at >= ?10",
+                filter_sql(pg)
+            );
+            let rows = bind_filter!(sqlx::query(sql(pg, &claim)), filter)
                 .bind(owner)
                 .bind(crate::dlq::now_rfc3339())
                 .bind(&stale)
@@ -196,7 +226,7 @@ impl State {
             // The stretch ends at the last entry claimed; the empty claim that ends a replay
             // covers what lies beyond.
             let upper = letters.last().map_or(i64::MAX, |last| last.id);
-            let held = bind_filter(sqlx::query(sqlx::AssertSqlSafe(held)), filter)
+            let held = bind_filter!(sqlx::query(sql(pg, &held)), filter)
                 .bind(upper)
                 .bind(owner)
                 .bind(&stale)
@@ -206,7 +236,6 @@ impl State {
                 .max(0) as u64;
             Ok(Claimed { letters, held })
         })
-        .await
     }
 
     /// How many dead letters match, and the highest id among them.
@@ -214,14 +243,19 @@ impl State {
         &self,
         filter: &DeadLetterFilter,
     ) -> Result<(u64, Option<i64>), StateError> {
-        let sql = format!("SELECT COUNT(*), MAX(id) FROM dead_letters WHERE {FILTER}");
-        let row = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok((
-            row.get::<i64, _>(0).max(0) as u64,
-            row.get::<Option<i64>, _>(1),
-        ))
+        on_pool!(self, |pool, pg| {
+            let text = format!(
+                "SELECT COUNT(*), MAX(id) FROM dead_letters WHERE {}",
+                filter_sql(pg)
+            );
+            let row = bind_filter!(sqlx::query(sql(pg, &text)), filter)
+                .fetch_one(pool)
+                .await?;
+            Ok((
+                row.get::<i64, _>(0).max(0) as u64,
+                row.get::<Option<i64>, _>(1),
+            ))
+        })
     }
 
     /// The distinct values of `column` (`route` or `error_kind`) among stored dead letters.
@@ -233,8 +267,10 @@ impl State {
             DeadLetterField::Route => "SELECT DISTINCT route FROM dead_letters ORDER BY 1",
             DeadLetterField::ErrorKind => "SELECT DISTINCT error_kind FROM dead_letters ORDER BY 1",
         };
-        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+        on_pool!(self, |pool, _pg| {
+            let rows = sqlx::query(sql).fetch_all(pool).await?;
+            Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+        })
     }
 
     /// Removes dead letters that were delivered by `owner`'s replay.
@@ -242,17 +278,18 @@ impl State {
         if ids.is_empty() {
             return Ok(());
         }
-        self.write(async |tx| {
-            sqlx::query(
-                "DELETE FROM dead_letters WHERE claimed_by = ? AND id IN (SELECT value FROM json_each(?))",
-            )
-            .bind(owner)
-            .bind(serde_json::to_string(ids).unwrap_or_default())
-            .execute(tx)
-            .await?;
+        in_write!(self, |tx, pg| {
+            let text = format!(
+                "DELETE FROM dead_letters WHERE claimed_by = ?1 AND id IN ({})",
+                ids_in(pg, "?2")
+            );
+            sqlx::query(sql(pg, &text))
+                .bind(owner)
+                .bind(serde_json::to_string(ids).unwrap_or_default())
+                .execute(tx)
+                .await?;
             Ok(())
         })
-        .await
     }
 
     /// Records another failed attempt on a claimed dead letter and releases it.
@@ -262,13 +299,14 @@ impl State {
         failures: &[(i64, Failure)],
     ) -> Result<(), StateError> {
         let now = crate::dlq::now_rfc3339();
-        self.write(async |tx| {
+        in_write!(self, |tx, pg| {
             for (id, f) in failures {
-                sqlx::query(
+                sqlx::query(sql(
+                    pg,
                     "UPDATE dead_letters SET attempts = attempts + 1, last_failed_at = ?, error_kind = ?,
                      error = ?, sqlstate = ?, claimed_by = NULL, claimed_at = NULL
                      WHERE id = ? AND claimed_by = ?",
-                )
+                ))
                 .bind(&now)
                 .bind(&f.kind)
                 .bind(&f.error)
@@ -280,21 +318,20 @@ impl State {
             }
             Ok(())
         })
-        .await
     }
 
     /// Gives back every claim `owner` still holds, untouched.
     pub async fn release_claims(&self, owner: &str) -> Result<(), StateError> {
-        self.write(async |tx| {
-            sqlx::query(
+        in_write!(self, |tx, pg| {
+            sqlx::query(sql(
+                pg,
                 "UPDATE dead_letters SET claimed_by = NULL, claimed_at = NULL WHERE claimed_by = ?",
-            )
+            ))
             .bind(owner)
             .execute(tx)
             .await?;
             Ok(())
         })
-        .await
     }
 
     /// Dead letters stored after `id`, oldest first.
@@ -303,13 +340,15 @@ impl State {
         id: i64,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StateError> {
-        let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE id > ? ORDER BY id LIMIT ?");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(dead_letter).collect())
+        let text = format!("SELECT {COLUMNS} FROM dead_letters WHERE id > ? ORDER BY id LIMIT ?");
+        on_pool!(self, |pool, pg| {
+            let rows = sqlx::query(sql(pg, &text))
+                .bind(id)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(pool)
+                .await?;
+            Ok(rows.iter().map(dead_letter).collect())
+        })
     }
 }
 
@@ -321,31 +360,70 @@ pub struct Failure {
     pub sqlstate: Option<String>,
 }
 
-pub(super) async fn insert_dead_letter(
-    tx: &mut SqliteConnection,
-    l: &NewDeadLetter,
-    now: &str,
-) -> Result<i64, sqlx::Error> {
-    let row = sqlx::query(
-        "INSERT INTO dead_letters (route, direction, source, payload, headers, error_kind, error, sqlstate, attempts, first_failed_at, last_failed_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING id",
-    )
-    .bind(&l.route)
-    .bind(l.direction.as_str())
-    .bind(&l.source)
-    .bind(&l.payload)
-    .bind(l.headers.to_string())
-    .bind(&l.error_kind)
-    .bind(&l.error)
-    .bind(&l.sqlstate)
-    .bind(now)
-    .bind(now)
-    .fetch_one(tx)
-    .await?;
-    Ok(row.get::<i64, _>(0))
+/// Storing dead letters on a connection of either backend.
+pub(super) trait Inserts {
+    /// Call once in a transaction before its first [`Inserts::insert_dead_letter`].
+    async fn order_inserts(&mut self) -> Result<(), sqlx::Error>;
+    async fn insert_dead_letter(
+        &mut self,
+        l: &NewDeadLetter,
+        now: &str,
+    ) -> Result<i64, sqlx::Error>;
 }
 
-fn dead_letter(row: &sqlx::sqlite::SqliteRow) -> DeadLetter {
+macro_rules! inserts {
+    ($conn:ty, $pg:expr) => {
+        impl Inserts for $conn {
+            async fn order_inserts(&mut self) -> Result<(), sqlx::Error> {
+                // SQLite's writes are serial already.
+                if $pg {
+                    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                        .bind(PG_INSERT_LOCK)
+                        .execute(&mut *self)
+                        .await?;
+                }
+                Ok(())
+            }
+
+            async fn insert_dead_letter(
+                &mut self,
+                l: &NewDeadLetter,
+                now: &str,
+            ) -> Result<i64, sqlx::Error> {
+                let row = sqlx::query(sql(
+                    $pg,
+                    "INSERT INTO dead_letters (route, direction, source, payload, headers, error_kind, error, sqlstate, attempts, first_failed_at, last_failed_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING id",
+                ))
+                .bind(&l.route)
+                .bind(l.direction.as_str())
+                .bind(&l.source)
+                .bind(&l.payload)
+                .bind(l.headers.to_string())
+                .bind(&l.error_kind)
+                .bind(&l.error)
+                .bind(&l.sqlstate)
+                .bind(now)
+                .bind(now)
+                .fetch_one(self)
+                .await?;
+                Ok(row.get::<i64, _>(0))
+            }
+        }
+    };
+}
+
+inserts!(SqliteConnection, false);
+inserts!(PgConnection, true);
+
+fn dead_letter<R: Row>(row: &R) -> DeadLetter
+where
+    &'static str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     let headers: String = row.get("headers");
     DeadLetter {
         id: row.get("id"),
@@ -516,10 +594,13 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
-        sqlx::query("UPDATE dead_letters SET claimed_at = '2000-01-01T00:00:00.000Z'")
-            .execute(&state.pool)
-            .await
-            .unwrap();
+        on_pool!(state, |pool, _pg| {
+            sqlx::query("UPDATE dead_letters SET claimed_at = '2000-01-01T00:00:00.000Z'")
+                .execute(pool)
+                .await
+                .map(drop)
+        })
+        .unwrap();
         assert_eq!(
             ids(&state.claim_dead_letters(&all, "live", 5).await.unwrap()),
             stored
