@@ -466,6 +466,60 @@ mod tests {
         (dir, state)
     }
 
+    /// A store of each kind: SQLite, and a private database on the local PostgreSQL.
+    async fn stores() -> Vec<(Box<dyn std::any::Any>, State)> {
+        let (dir, sqlite) = store().await;
+        let db = PgDb::create().await;
+        let pg = State::open(&db.url()).await.unwrap();
+        vec![(Box::new(dir), sqlite), (Box::new(db), pg)]
+    }
+
+    const PG_ADMIN: &str = "postgres://root@127.0.0.1:5432/test";
+
+    /// A database of its own on the local PostgreSQL, dropped with this.
+    struct PgDb(String);
+
+    impl PgDb {
+        async fn create() -> PgDb {
+            use sqlx::Connection;
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("mqdb_state_unit_{}_{n}", std::process::id());
+            let mut admin = sqlx::PgConnection::connect(PG_ADMIN).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            PgDb(name)
+        }
+
+        fn url(&self) -> String {
+            format!("postgres://root@127.0.0.1:5432/{}", self.0)
+        }
+    }
+
+    impl Drop for PgDb {
+        fn drop(&mut self) {
+            use sqlx::Connection;
+            // Drop runs inside the test's runtime: the cleanup gets a runtime of its own.
+            let drop_sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0);
+            let cleanup = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    let mut admin = sqlx::PgConnection::connect(PG_ADMIN).await?;
+                    sqlx::query(sqlx::AssertSqlSafe(drop_sql))
+                        .execute(&mut admin)
+                        .await
+                        .map(drop)
+                })
+            });
+            let _ = cleanup.join();
+        }
+    }
+
     /// Stores a convert and a rejected letter of route a, and a convert of route b.
     async fn three_letters(state: &State) -> Vec<i64> {
         state
@@ -501,192 +555,241 @@ mod tests {
 
     #[tokio::test]
     async fn a_claim_counts_what_another_replay_holds_and_a_selection_stays_fixed() {
-        let (_dir, state) = store().await;
-        let stored = three_letters(&state).await;
-        let all = DeadLetterFilter::default();
-        let (count, through) = state.selection(&all).await.unwrap();
-        assert_eq!((count, through), (3, Some(stored[2])));
-        state.claim_dead_letters(&all, "one", 1).await.unwrap();
-        // Stored after the selection was taken: outside it.
-        three_letters(&state).await;
-        let selected = DeadLetterFilter {
-            through,
-            ..Default::default()
-        };
-        let claimed = state.claim_batch(&selected, "two", 10).await.unwrap();
-        assert_eq!(ids(&claimed.letters), stored[1..].to_vec());
-        assert_eq!(claimed.held, 1, "the entry `one` holds was skipped");
-        let after = DeadLetterFilter {
-            after: Some(stored[2]),
-            ..selected
-        };
-        let rest = state.claim_batch(&after, "two", 10).await.unwrap();
-        assert!(rest.letters.is_empty());
-        assert_eq!(rest.held, 0, "a held entry is counted once");
+        for (_guard, state) in stores().await {
+            let stored = three_letters(&state).await;
+            let all = DeadLetterFilter::default();
+            let (count, through) = state.selection(&all).await.unwrap();
+            assert_eq!((count, through), (3, Some(stored[2])));
+            state.claim_dead_letters(&all, "one", 1).await.unwrap();
+            // Stored after the selection was taken: outside it.
+            three_letters(&state).await;
+            let selected = DeadLetterFilter {
+                through,
+                ..Default::default()
+            };
+            let claimed = state.claim_batch(&selected, "two", 10).await.unwrap();
+            assert_eq!(ids(&claimed.letters), stored[1..].to_vec());
+            assert_eq!(claimed.held, 1, "the entry `one` holds was skipped");
+            let after = DeadLetterFilter {
+                after: Some(stored[2]),
+                ..selected
+            };
+            let rest = state.claim_batch(&after, "two", 10).await.unwrap();
+            assert!(rest.letters.is_empty());
+            assert_eq!(rest.held, 0, "a held entry is counted once");
+        }
     }
 
     #[tokio::test]
     async fn claims_keep_replays_apart() {
-        let (_dir, state) = store().await;
-        let stored = three_letters(&state).await;
-        let all = DeadLetterFilter::default();
-        let first = state.claim_dead_letters(&all, "one", 2).await.unwrap();
-        assert_eq!(ids(&first), stored[..2].to_vec());
-        let second = state.claim_dead_letters(&all, "two", 10).await.unwrap();
-        assert_eq!(
-            ids(&second),
-            vec![stored[2]],
-            "claimed entries are not handed out twice"
-        );
+        for (_guard, state) in stores().await {
+            let stored = three_letters(&state).await;
+            let all = DeadLetterFilter::default();
+            let first = state.claim_dead_letters(&all, "one", 2).await.unwrap();
+            assert_eq!(ids(&first), stored[..2].to_vec());
+            let second = state.claim_dead_letters(&all, "two", 10).await.unwrap();
+            assert_eq!(
+                ids(&second),
+                vec![stored[2]],
+                "claimed entries are not handed out twice"
+            );
 
-        // Only the owner resolves; a failure counts an attempt and frees the entry.
-        state
-            .resolve_dead_letters("two", &[stored[0]])
-            .await
-            .unwrap();
-        state
-            .resolve_dead_letters("one", &[stored[0]])
-            .await
-            .unwrap();
-        let failure = Failure {
-            kind: "rejected".into(),
-            error: "again".into(),
-            sqlstate: Some("23502".into()),
+            // Only the owner resolves; a failure counts an attempt and frees the entry.
+            state
+                .resolve_dead_letters("two", &[stored[0]])
+                .await
+                .unwrap();
+            state
+                .resolve_dead_letters("one", &[stored[0]])
+                .await
+                .unwrap();
+            let failure = Failure {
+                kind: "rejected".into(),
+                error: "again".into(),
+                sqlstate: Some("23502".into()),
+            };
+            state
+                .fail_dead_letters("one", &[(stored[1], failure.clone())])
+                .await
+                .unwrap();
+            let again = state.dead_letter(stored[1]).await.unwrap().unwrap();
+            assert_eq!((again.attempts, again.error.as_str()), (2, "again"));
+            assert_eq!(again.sqlstate.as_deref(), Some("23502"));
+            assert!(state.dead_letter(stored[0]).await.unwrap().is_none());
+
+            // A purge leaves what a live replay holds; released entries go.
+            let purged = state.purge_dead_letters(&all).await.unwrap();
+            assert_eq!(purged, 1);
+            assert!(state.dead_letter(stored[2]).await.unwrap().is_some());
+            state.release_claims("two").await.unwrap();
+            assert_eq!(state.purge_dead_letters(&all).await.unwrap(), 1);
+            assert_eq!(state.count_dead_letters(&all).await.unwrap(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_claims_hand_each_letter_out_once() {
+        for (_guard, state) in stores().await {
+            let letters: Vec<_> = (0..60).map(|_| letter("a", "decode")).collect();
+            let mut stored = state.store_dead_letters(&letters).await.unwrap();
+            let claimer = |owner: &'static str| {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    loop {
+                        let all = DeadLetterFilter::default();
+                        let batch = state.claim_dead_letters(&all, owner, 3).await.unwrap();
+                        if batch.is_empty() {
+                            return got;
+                        }
+                        got.extend(ids(&batch));
+                    }
+                })
+            };
+            let tasks = [claimer("one"), claimer("two"), claimer("three")];
+            let mut claimed = Vec::new();
+            for task in tasks {
+                claimed.extend(task.await.unwrap());
+            }
+            claimed.sort();
+            stored.sort();
+            assert_eq!(claimed, stored, "every letter claimed exactly once");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_postgres_store_is_named_without_its_password() {
+        let url = "postgres://mqdb:s3cret@127.0.0.1:1/state";
+        let Err(e) = State::open(url).await else {
+            panic!("nothing listens on port 1");
         };
-        state
-            .fail_dead_letters("one", &[(stored[1], failure.clone())])
-            .await
-            .unwrap();
-        let again = state.dead_letter(stored[1]).await.unwrap().unwrap();
-        assert_eq!((again.attempts, again.error.as_str()), (2, "again"));
-        assert_eq!(again.sqlstate.as_deref(), Some("23502"));
-        assert!(state.dead_letter(stored[0]).await.unwrap().is_none());
-
-        // A purge leaves what a live replay holds; released entries go.
-        let purged = state.purge_dead_letters(&all).await.unwrap();
-        assert_eq!(purged, 1);
-        assert!(state.dead_letter(stored[2]).await.unwrap().is_some());
-        state.release_claims("two").await.unwrap();
-        assert_eq!(state.purge_dead_letters(&all).await.unwrap(), 1);
-        assert_eq!(state.count_dead_letters(&all).await.unwrap(), 0);
+        let text = e.to_string();
+        assert!(
+            text.contains("postgres://mqdb:***@127.0.0.1:1/state"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
     }
 
     #[tokio::test]
     async fn abandoned_claims_expire() {
-        let (_dir, state) = store().await;
-        let stored = state
-            .store_dead_letters(&[letter("a", "decode")])
-            .await
+        for (_guard, state) in stores().await {
+            let stored = state
+                .store_dead_letters(&[letter("a", "decode")])
+                .await
+                .unwrap();
+            let all = DeadLetterFilter::default();
+            assert_eq!(
+                state
+                    .claim_dead_letters(&all, "dead", 5)
+                    .await
+                    .unwrap()
+                    .len(),
+                1
+            );
+            assert!(
+                state
+                    .claim_dead_letters(&all, "live", 5)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            on_pool!(state, |pool, _pg| {
+                sqlx::query("UPDATE dead_letters SET claimed_at = '2000-01-01T00:00:00.000Z'")
+                    .execute(pool)
+                    .await
+                    .map(drop)
+            })
             .unwrap();
-        let all = DeadLetterFilter::default();
-        assert_eq!(
-            state
-                .claim_dead_letters(&all, "dead", 5)
-                .await
-                .unwrap()
-                .len(),
-            1
-        );
-        assert!(
-            state
-                .claim_dead_letters(&all, "live", 5)
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        on_pool!(state, |pool, _pg| {
-            sqlx::query("UPDATE dead_letters SET claimed_at = '2000-01-01T00:00:00.000Z'")
-                .execute(pool)
-                .await
-                .map(drop)
-        })
-        .unwrap();
-        assert_eq!(
-            ids(&state.claim_dead_letters(&all, "live", 5).await.unwrap()),
-            stored
-        );
+            assert_eq!(
+                ids(&state.claim_dead_letters(&all, "live", 5).await.unwrap()),
+                stored
+            );
+        }
     }
 
     #[tokio::test]
     async fn filters_combine() {
-        let (_dir, state) = store().await;
-        let stored = three_letters(&state).await;
-        let count = |f: DeadLetterFilter| {
-            let state = state.clone();
-            async move { state.count_dead_letters(&f).await.unwrap() }
-        };
-        let kind = |k: &str| Some(k.to_string());
-        assert_eq!(
-            count(DeadLetterFilter {
-                route: kind("a"),
-                ..Default::default()
-            })
-            .await,
-            2
-        );
-        assert_eq!(
-            count(DeadLetterFilter {
-                route: kind("a"),
-                error_kind: kind("convert"),
-                ..Default::default()
-            })
-            .await,
-            1
-        );
-        assert_eq!(
-            count(DeadLetterFilter {
-                ids: vec![stored[0], stored[2]],
-                ..Default::default()
-            })
-            .await,
-            2
-        );
-        assert_eq!(
-            count(DeadLetterFilter {
-                after: Some(stored[0]),
-                ..Default::default()
-            })
-            .await,
-            2
-        );
-        assert_eq!(
-            count(DeadLetterFilter {
-                since: Some("2999-01-01T00:00:00.000Z".into()),
-                ..Default::default()
-            })
-            .await,
-            0
-        );
-        assert_eq!(
-            count(DeadLetterFilter {
-                before: Some("2999-01-01T00:00:00.000Z".into()),
-                ..Default::default()
-            })
-            .await,
-            3
-        );
-        let page = state
-            .page_dead_letters(&DeadLetterFilter::default(), 2)
-            .await
-            .unwrap();
-        assert_eq!(ids(&page), stored[..2].to_vec());
+        for (_guard, state) in stores().await {
+            let stored = three_letters(&state).await;
+            let count = |f: DeadLetterFilter| {
+                let state = state.clone();
+                async move { state.count_dead_letters(&f).await.unwrap() }
+            };
+            let kind = |k: &str| Some(k.to_string());
+            assert_eq!(
+                count(DeadLetterFilter {
+                    route: kind("a"),
+                    ..Default::default()
+                })
+                .await,
+                2
+            );
+            assert_eq!(
+                count(DeadLetterFilter {
+                    route: kind("a"),
+                    error_kind: kind("convert"),
+                    ..Default::default()
+                })
+                .await,
+                1
+            );
+            assert_eq!(
+                count(DeadLetterFilter {
+                    ids: vec![stored[0], stored[2]],
+                    ..Default::default()
+                })
+                .await,
+                2
+            );
+            assert_eq!(
+                count(DeadLetterFilter {
+                    after: Some(stored[0]),
+                    ..Default::default()
+                })
+                .await,
+                2
+            );
+            assert_eq!(
+                count(DeadLetterFilter {
+                    since: Some("2999-01-01T00:00:00.000Z".into()),
+                    ..Default::default()
+                })
+                .await,
+                0
+            );
+            assert_eq!(
+                count(DeadLetterFilter {
+                    before: Some("2999-01-01T00:00:00.000Z".into()),
+                    ..Default::default()
+                })
+                .await,
+                3
+            );
+            let page = state
+                .page_dead_letters(&DeadLetterFilter::default(), 2)
+                .await
+                .unwrap();
+            assert_eq!(ids(&page), stored[..2].to_vec());
+        }
     }
 
     #[tokio::test]
     async fn the_mirror_starts_at_the_newest_entry() {
-        let (_dir, state) = store().await;
-        let old = state
-            .store_dead_letters(&[letter("a", "decode")])
-            .await
-            .unwrap();
-        assert_eq!(state.mirror_position("m").await.unwrap(), old[0]);
-        let new = state
-            .store_dead_letters(&[letter("a", "decode")])
-            .await
-            .unwrap();
-        let after = state.dead_letters_after(old[0], 10).await.unwrap();
-        assert_eq!(ids(&after), new);
-        state.set_mirror_position("m", new[0]).await.unwrap();
-        assert_eq!(state.mirror_position("m").await.unwrap(), new[0]);
+        for (_guard, state) in stores().await {
+            let old = state
+                .store_dead_letters(&[letter("a", "decode")])
+                .await
+                .unwrap();
+            assert_eq!(state.mirror_position("m").await.unwrap(), old[0]);
+            let new = state
+                .store_dead_letters(&[letter("a", "decode")])
+                .await
+                .unwrap();
+            let after = state.dead_letters_after(old[0], 10).await.unwrap();
+            assert_eq!(ids(&after), new);
+            state.set_mirror_position("m", new[0]).await.unwrap();
+            assert_eq!(state.mirror_position("m").await.unwrap(), new[0]);
+        }
     }
 }
