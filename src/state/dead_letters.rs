@@ -658,6 +658,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn processes_starting_at_once_on_a_new_postgres_store_all_open_it() {
+        let db = PgDb::create().await;
+        let url = db.url();
+        let opens = (0..4).map(|_| tokio::spawn(State::open_owned(url.clone())));
+        for open in opens {
+            let state = open.await.unwrap().unwrap();
+            state
+                .store_dead_letters(&[letter("a", "decode")])
+                .await
+                .unwrap();
+            state.close().await;
+        }
+    }
+
+    impl State {
+        async fn open_owned(url: String) -> Result<State, StateError> {
+            State::open(&url).await
+        }
+    }
+
+    #[tokio::test]
     async fn an_unreachable_postgres_store_is_named_without_its_password() {
         let url = "postgres://mqdb:s3cret@127.0.0.1:1/state";
         let Err(e) = State::open(url).await else {
