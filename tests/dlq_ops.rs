@@ -16,8 +16,8 @@ use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    Bridge, Config, Db, LIVENESS, Mosquitto, Rabbit, Ran, Route, Subscriber, TcpProxy, TempTable,
-    Workdir, World, dlq_list, letter_id as id_of, lock_holder, mqdb_at, mqdb_command,
+    Bridge, Config, Db, LIVENESS, Mosquitto, Rabbit, Ran, Route, StateStore, Subscriber, TcpProxy,
+    TempTable, Workdir, World, dlq_list, letter_id as id_of, lock_holder, mqdb_at, mqdb_command,
     pg_lock_waiters, scalar, terminate_ok, try_scalar, unique, wait_dead_letters, wait_for,
     wait_for_count,
 };
@@ -362,7 +362,7 @@ fn mirror_outage_never_blocks_the_data_path_and_catches_up_in_order() {
     let last_id = Some(last_id.expect("2 letters"));
     let position = "SELECT MAX(last_id) FROM mirror_position";
     wait_for(&mut m.bridge, "the mirror position", || {
-        Ok(try_scalar(&state, position) == last_id)
+        Ok(state.try_scalar(position) == last_id)
     });
 
     // When the mirror's broker is unreachable while good and bad messages keep flowing, in
@@ -412,7 +412,15 @@ struct Replayable {
 
 impl Replayable {
     fn new(n: i64) -> Replayable {
-        let world = World::new("dlq-ops");
+        Replayable::on(n, None)
+    }
+
+    /// [`Replayable::new`] with the state kept in `store` (default: the world's SQLite file).
+    fn on(n: i64, store: Option<StateStore>) -> Replayable {
+        let mut world = World::new("dlq-ops");
+        if let Some(store) = store {
+            world = world.on_store(store);
+        }
         let columns = "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, \
                        CONSTRAINT v_negative CHECK (v < 0)";
         let table = TempTable::create(&Db::Postgres, "replay", columns);
@@ -801,9 +809,16 @@ fn replay_beside_a_running_bridge_replays_each_entry_once_and_loses_none() {
 
 #[test]
 fn two_concurrent_replays_replay_each_entry_exactly_once() {
-    // Given 3000 dead letters whose table accepts them now
+    let dir = common::temp_dir("dlq-ops-stores");
+    for store in StateStore::each_in(dir.path()) {
+        two_concurrent_replays_on(store);
+    }
+}
+
+fn two_concurrent_replays_on(store: StateStore) {
+    // Given 3000 dead letters whose table accepts them now, in `store`
     let n: i64 = 3000;
-    let q = Replayable::new(n);
+    let q = Replayable::on(n, Some(store));
 
     // When two replays of all of them start at once, and both are held in the middle of a
     // batch (a row held in every batch of 500, whichever batches each replay claims: a

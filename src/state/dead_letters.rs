@@ -1,11 +1,12 @@
 //! Dead letters: storing, listing, purging, and the claims `dlq replay` takes on them.
 
 use sqlx::Row;
+use sqlx::postgres::PgConnection;
 use sqlx::sqlite::SqliteConnection;
 
 use crate::dlq::{DeadLetter, NewDeadLetter};
 
-use super::store::{State, StateError};
+use super::store::{PG_INSERT_LOCK, State, StateError, in_write, on_pool, sql};
 
 /// Which dead letters a command works on; every set field must match.
 #[derive(Debug, Default, Clone)]
@@ -46,32 +47,47 @@ impl DeadLetterFilter {
     }
 }
 
-/// The WHERE clause for a [`DeadLetterFilter`] bound as ?1..?7 by [`bind_filter`].
-const FILTER: &str = "(?1 IS NULL OR route = ?1)
-    AND (?2 IS NULL OR id IN (SELECT value FROM json_each(?2)))
+/// The WHERE clause for a [`DeadLetterFilter`] bound as ?1..?7 by [`bind_filter!`].
+fn filter_sql(pg: bool) -> String {
+    format!(
+        "(?1 IS NULL OR route = ?1)
+    AND (?2 IS NULL OR id IN ({}))
     AND (?3 IS NULL OR first_failed_at >= ?3)
     AND (?4 IS NULL OR first_failed_at < ?4)
     AND (?5 IS NULL OR error_kind = ?5)
     AND id > coalesce(?6, 0)
-    AND (?7 IS NULL OR id <= ?7)";
+    AND (?7 IS NULL OR id <= ?7)",
+        ids_in(pg, "?2")
+    )
+}
+
+/// The ids of the JSON array bound as `param`.
+fn ids_in(pg: bool, param: &str) -> String {
+    if pg {
+        format!("SELECT json_array_elements_text({param}::json)::bigint")
+    } else {
+        format!("SELECT value FROM json_each({param})")
+    }
+}
 
 const COLUMNS: &str = "id, route, direction, source, payload, headers, error_kind, error, sqlstate, attempts, first_failed_at, last_failed_at";
 
 /// How long a claim holds after its replay stopped answering.
 const CLAIM_TTL: chrono::Duration = chrono::Duration::minutes(10);
 
-fn bind_filter<'q>(
-    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    filter: &'q DeadLetterFilter,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    query
-        .bind(&filter.route)
-        .bind(filter.ids_json())
-        .bind(&filter.since)
-        .bind(&filter.before)
-        .bind(&filter.error_kind)
-        .bind(filter.after)
-        .bind(filter.through)
+/// Binds a [`DeadLetterFilter`] as ?1..?7 of [`filter_sql`] (a macro: one query type a
+/// backend).
+macro_rules! bind_filter {
+    ($query:expr, $filter:expr) => {
+        $query
+            .bind(&$filter.route)
+            .bind($filter.ids_json())
+            .bind(&$filter.since)
+            .bind(&$filter.before)
+            .bind(&$filter.error_kind)
+            .bind($filter.after)
+            .bind($filter.through)
+    };
 }
 
 /// Claims older than this have been abandoned.
@@ -89,14 +105,14 @@ impl State {
             return Ok(Vec::new());
         }
         let now = crate::dlq::now_rfc3339();
-        self.write(async |tx| {
+        in_write!(self, |tx, _pg| {
+            tx.order_inserts().await?;
             let mut ids = Vec::with_capacity(letters.len());
             for l in letters {
-                ids.push(insert_dead_letter(tx, l, &now).await?);
+                ids.push(tx.insert_dead_letter(l, &now).await?);
             }
             Ok(ids)
         })
-        .await
     }
 
     pub async fn list_dead_letters(
@@ -112,45 +128,54 @@ impl State {
         filter: &DeadLetterFilter,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StateError> {
-        let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE {FILTER} ORDER BY id LIMIT ?8");
-        let rows = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(dead_letter).collect())
+        on_pool!(self, |pool, pg| {
+            let text = format!(
+                "SELECT {COLUMNS} FROM dead_letters WHERE {} ORDER BY id LIMIT ?8",
+                filter_sql(pg)
+            );
+            let rows = bind_filter!(sqlx::query(sql(pg, &text)), filter)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(pool)
+                .await?;
+            Ok(rows.iter().map(dead_letter).collect())
+        })
     }
 
     pub async fn dead_letter(&self, id: i64) -> Result<Option<DeadLetter>, StateError> {
-        let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE id = ?");
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(dead_letter))
+        let text = format!("SELECT {COLUMNS} FROM dead_letters WHERE id = ?");
+        on_pool!(self, |pool, pg| {
+            let row = sqlx::query(sql(pg, &text))
+                .bind(id)
+                .fetch_optional(pool)
+                .await?;
+            Ok(row.as_ref().map(dead_letter))
+        })
     }
 
     pub async fn count_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64, StateError> {
-        let sql = format!("SELECT COUNT(*) FROM dead_letters WHERE {FILTER}");
-        let row = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(row.get::<i64, _>(0).max(0) as u64)
+        on_pool!(self, |pool, pg| {
+            let text = format!("SELECT COUNT(*) FROM dead_letters WHERE {}", filter_sql(pg));
+            let row = bind_filter!(sqlx::query(sql(pg, &text)), filter)
+                .fetch_one(pool)
+                .await?;
+            Ok(row.get::<i64, _>(0).max(0) as u64)
+        })
     }
 
     /// Deletes the matching dead letters that no live replay holds; returns how many.
     pub async fn purge_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64, StateError> {
-        let sql = format!(
-            "DELETE FROM dead_letters WHERE {FILTER} AND (claimed_by IS NULL OR claimed_at < ?8)"
-        );
         let stale = stale_claims();
-        self.write(async |tx| {
-            let done = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
-                .bind(stale)
+        in_write!(self, |tx, pg| {
+            let text = format!(
+                "DELETE FROM dead_letters WHERE {} AND (claimed_by IS NULL OR claimed_at < ?8)",
+                filter_sql(pg)
+            );
+            let done = bind_filter!(sqlx::query(sql(pg, &text)), filter)
+                .bind(&stale)
                 .execute(tx)
                 .await?;
             Ok(done.rows_affected())
         })
-        .await
     }
 
     /// Claims up to `limit` matching dead letters, oldest first, for `owner`; entries that
@@ -165,26 +190,31 @@ impl State {
     }
 
     /// [`State::claim_dead_letters`], also counting the entries it skipped because another
-    /// live replay holds them.
+    /// live replay holds them. On PostgreSQL, entries another replay is claiming at this
+    /// moment are skipped (SKIP LOCKED) rather than waited for, and not yet counted as held.
     pub async fn claim_batch(
         &self,
         filter: &DeadLetterFilter,
         owner: &str,
         limit: usize,
     ) -> Result<Claimed, StateError> {
-        let claim = format!(
-            "UPDATE dead_letters SET claimed_by = ?8, claimed_at = ?9
-             WHERE id IN (SELECT id FROM dead_letters WHERE {FILTER}
-                          AND (claimed_by IS NULL OR claimed_at < ?10) ORDER BY id LIMIT ?11)
-             RETURNING {COLUMNS}"
-        );
-        let held = format!(
-            "SELECT COUNT(*) FROM dead_letters WHERE {FILTER} AND id <= ?8
-             AND claimed_by IS NOT NULL AND claimed_by <> ?9 AND claimed_at >= ?10"
-        );
         let stale = stale_claims();
-        self.write(async |tx| {
-            let rows = bind_filter(sqlx::query(sqlx::AssertSqlSafe(claim)), filter)
+        in_write!(self, |tx, pg| {
+            // SQLite's write lock (BEGIN IMMEDIATE) already keeps claims apart.
+            let lock = if pg { " FOR UPDATE SKIP LOCKED" } else { "" };
+            let claim = format!(
+                "UPDATE dead_letters SET claimed_by = ?8, claimed_at = ?9
+             WHERE id IN (SELECT id FROM dead_letters WHERE {}
+                          AND (claimed_by IS NULL OR claimed_at < ?10) ORDER BY id LIMIT ?11{lock})
+             RETURNING {COLUMNS}",
+                filter_sql(pg)
+            );
+            let held = format!(
+                "SELECT COUNT(*) FROM dead_letters WHERE {} AND id <= ?8
+             AND claimed_by IS NOT NULL AND claimed_by <> ?9 AND claimed_at >= ?10",
+                filter_sql(pg)
+            );
+            let rows = bind_filter!(sqlx::query(sql(pg, &claim)), filter)
                 .bind(owner)
                 .bind(crate::dlq::now_rfc3339())
                 .bind(&stale)
@@ -196,7 +226,7 @@ impl State {
             // The stretch ends at the last entry claimed; the empty claim that ends a replay
             // covers what lies beyond.
             let upper = letters.last().map_or(i64::MAX, |last| last.id);
-            let held = bind_filter(sqlx::query(sqlx::AssertSqlSafe(held)), filter)
+            let held = bind_filter!(sqlx::query(sql(pg, &held)), filter)
                 .bind(upper)
                 .bind(owner)
                 .bind(&stale)
@@ -206,7 +236,6 @@ impl State {
                 .max(0) as u64;
             Ok(Claimed { letters, held })
         })
-        .await
     }
 
     /// How many dead letters match, and the highest id among them.
@@ -214,14 +243,19 @@ impl State {
         &self,
         filter: &DeadLetterFilter,
     ) -> Result<(u64, Option<i64>), StateError> {
-        let sql = format!("SELECT COUNT(*), MAX(id) FROM dead_letters WHERE {FILTER}");
-        let row = bind_filter(sqlx::query(sqlx::AssertSqlSafe(sql)), filter)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok((
-            row.get::<i64, _>(0).max(0) as u64,
-            row.get::<Option<i64>, _>(1),
-        ))
+        on_pool!(self, |pool, pg| {
+            let text = format!(
+                "SELECT COUNT(*), MAX(id) FROM dead_letters WHERE {}",
+                filter_sql(pg)
+            );
+            let row = bind_filter!(sqlx::query(sql(pg, &text)), filter)
+                .fetch_one(pool)
+                .await?;
+            Ok((
+                row.get::<i64, _>(0).max(0) as u64,
+                row.get::<Option<i64>, _>(1),
+            ))
+        })
     }
 
     /// The distinct values of `column` (`route` or `error_kind`) among stored dead letters.
@@ -233,8 +267,10 @@ impl State {
             DeadLetterField::Route => "SELECT DISTINCT route FROM dead_letters ORDER BY 1",
             DeadLetterField::ErrorKind => "SELECT DISTINCT error_kind FROM dead_letters ORDER BY 1",
         };
-        let rows = sqlx::query(sql).fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+        on_pool!(self, |pool, _pg| {
+            let rows = sqlx::query(sql).fetch_all(pool).await?;
+            Ok(rows.iter().map(|r| r.get::<String, _>(0)).collect())
+        })
     }
 
     /// Removes dead letters that were delivered by `owner`'s replay.
@@ -242,17 +278,18 @@ impl State {
         if ids.is_empty() {
             return Ok(());
         }
-        self.write(async |tx| {
-            sqlx::query(
-                "DELETE FROM dead_letters WHERE claimed_by = ? AND id IN (SELECT value FROM json_each(?))",
-            )
-            .bind(owner)
-            .bind(serde_json::to_string(ids).unwrap_or_default())
-            .execute(tx)
-            .await?;
+        in_write!(self, |tx, pg| {
+            let text = format!(
+                "DELETE FROM dead_letters WHERE claimed_by = ?1 AND id IN ({})",
+                ids_in(pg, "?2")
+            );
+            sqlx::query(sql(pg, &text))
+                .bind(owner)
+                .bind(serde_json::to_string(ids).unwrap_or_default())
+                .execute(tx)
+                .await?;
             Ok(())
         })
-        .await
     }
 
     /// Records another failed attempt on a claimed dead letter and releases it.
@@ -262,13 +299,14 @@ impl State {
         failures: &[(i64, Failure)],
     ) -> Result<(), StateError> {
         let now = crate::dlq::now_rfc3339();
-        self.write(async |tx| {
+        in_write!(self, |tx, pg| {
             for (id, f) in failures {
-                sqlx::query(
+                sqlx::query(sql(
+                    pg,
                     "UPDATE dead_letters SET attempts = attempts + 1, last_failed_at = ?, error_kind = ?,
                      error = ?, sqlstate = ?, claimed_by = NULL, claimed_at = NULL
                      WHERE id = ? AND claimed_by = ?",
-                )
+                ))
                 .bind(&now)
                 .bind(&f.kind)
                 .bind(&f.error)
@@ -280,21 +318,20 @@ impl State {
             }
             Ok(())
         })
-        .await
     }
 
     /// Gives back every claim `owner` still holds, untouched.
     pub async fn release_claims(&self, owner: &str) -> Result<(), StateError> {
-        self.write(async |tx| {
-            sqlx::query(
+        in_write!(self, |tx, pg| {
+            sqlx::query(sql(
+                pg,
                 "UPDATE dead_letters SET claimed_by = NULL, claimed_at = NULL WHERE claimed_by = ?",
-            )
+            ))
             .bind(owner)
             .execute(tx)
             .await?;
             Ok(())
         })
-        .await
     }
 
     /// Dead letters stored after `id`, oldest first.
@@ -303,13 +340,15 @@ impl State {
         id: i64,
         limit: usize,
     ) -> Result<Vec<DeadLetter>, StateError> {
-        let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE id > ? ORDER BY id LIMIT ?");
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(id)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(dead_letter).collect())
+        let text = format!("SELECT {COLUMNS} FROM dead_letters WHERE id > ? ORDER BY id LIMIT ?");
+        on_pool!(self, |pool, pg| {
+            let rows = sqlx::query(sql(pg, &text))
+                .bind(id)
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(pool)
+                .await?;
+            Ok(rows.iter().map(dead_letter).collect())
+        })
     }
 }
 
@@ -321,31 +360,70 @@ pub struct Failure {
     pub sqlstate: Option<String>,
 }
 
-pub(super) async fn insert_dead_letter(
-    tx: &mut SqliteConnection,
-    l: &NewDeadLetter,
-    now: &str,
-) -> Result<i64, sqlx::Error> {
-    let row = sqlx::query(
-        "INSERT INTO dead_letters (route, direction, source, payload, headers, error_kind, error, sqlstate, attempts, first_failed_at, last_failed_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING id",
-    )
-    .bind(&l.route)
-    .bind(l.direction.as_str())
-    .bind(&l.source)
-    .bind(&l.payload)
-    .bind(l.headers.to_string())
-    .bind(&l.error_kind)
-    .bind(&l.error)
-    .bind(&l.sqlstate)
-    .bind(now)
-    .bind(now)
-    .fetch_one(tx)
-    .await?;
-    Ok(row.get::<i64, _>(0))
+/// Storing dead letters on a connection of either backend.
+pub(super) trait Inserts {
+    /// Call once in a transaction before its first [`Inserts::insert_dead_letter`].
+    async fn order_inserts(&mut self) -> Result<(), sqlx::Error>;
+    async fn insert_dead_letter(
+        &mut self,
+        l: &NewDeadLetter,
+        now: &str,
+    ) -> Result<i64, sqlx::Error>;
 }
 
-fn dead_letter(row: &sqlx::sqlite::SqliteRow) -> DeadLetter {
+macro_rules! inserts {
+    ($conn:ty, $pg:expr) => {
+        impl Inserts for $conn {
+            async fn order_inserts(&mut self) -> Result<(), sqlx::Error> {
+                // SQLite's writes are serial already.
+                if $pg {
+                    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                        .bind(PG_INSERT_LOCK)
+                        .execute(&mut *self)
+                        .await?;
+                }
+                Ok(())
+            }
+
+            async fn insert_dead_letter(
+                &mut self,
+                l: &NewDeadLetter,
+                now: &str,
+            ) -> Result<i64, sqlx::Error> {
+                let row = sqlx::query(sql(
+                    $pg,
+                    "INSERT INTO dead_letters (route, direction, source, payload, headers, error_kind, error, sqlstate, attempts, first_failed_at, last_failed_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING id",
+                ))
+                .bind(&l.route)
+                .bind(l.direction.as_str())
+                .bind(&l.source)
+                .bind(&l.payload)
+                .bind(l.headers.to_string())
+                .bind(&l.error_kind)
+                .bind(&l.error)
+                .bind(&l.sqlstate)
+                .bind(now)
+                .bind(now)
+                .fetch_one(self)
+                .await?;
+                Ok(row.get::<i64, _>(0))
+            }
+        }
+    };
+}
+
+inserts!(SqliteConnection, false);
+inserts!(PgConnection, true);
+
+fn dead_letter<R: Row>(row: &R) -> DeadLetter
+where
+    &'static str: sqlx::ColumnIndex<R>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Vec<u8>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     let headers: String = row.get("headers");
     DeadLetter {
         id: row.get("id"),
@@ -388,6 +466,60 @@ mod tests {
         (dir, state)
     }
 
+    /// A store of each kind: SQLite, and a private database on the local PostgreSQL.
+    async fn stores() -> Vec<(Box<dyn std::any::Any>, State)> {
+        let (dir, sqlite) = store().await;
+        let db = PgDb::create().await;
+        let pg = State::open(&db.url()).await.unwrap();
+        vec![(Box::new(dir), sqlite), (Box::new(db), pg)]
+    }
+
+    const PG_ADMIN: &str = "postgres://root@127.0.0.1:5432/test";
+
+    /// A database of its own on the local PostgreSQL, dropped with this.
+    struct PgDb(String);
+
+    impl PgDb {
+        async fn create() -> PgDb {
+            use sqlx::Connection;
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!("mqdb_state_unit_{}_{n}", std::process::id());
+            let mut admin = sqlx::PgConnection::connect(PG_ADMIN).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            PgDb(name)
+        }
+
+        fn url(&self) -> String {
+            format!("postgres://root@127.0.0.1:5432/{}", self.0)
+        }
+    }
+
+    impl Drop for PgDb {
+        fn drop(&mut self) {
+            use sqlx::Connection;
+            // Drop runs inside the test's runtime: the cleanup gets a runtime of its own.
+            let drop_sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0);
+            let cleanup = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    let mut admin = sqlx::PgConnection::connect(PG_ADMIN).await?;
+                    sqlx::query(sqlx::AssertSqlSafe(drop_sql))
+                        .execute(&mut admin)
+                        .await
+                        .map(drop)
+                })
+            });
+            let _ = cleanup.join();
+        }
+    }
+
     /// Stores a convert and a rejected letter of route a, and a convert of route b.
     async fn three_letters(state: &State) -> Vec<i64> {
         state
@@ -423,189 +555,262 @@ mod tests {
 
     #[tokio::test]
     async fn a_claim_counts_what_another_replay_holds_and_a_selection_stays_fixed() {
-        let (_dir, state) = store().await;
-        let stored = three_letters(&state).await;
-        let all = DeadLetterFilter::default();
-        let (count, through) = state.selection(&all).await.unwrap();
-        assert_eq!((count, through), (3, Some(stored[2])));
-        state.claim_dead_letters(&all, "one", 1).await.unwrap();
-        // Stored after the selection was taken: outside it.
-        three_letters(&state).await;
-        let selected = DeadLetterFilter {
-            through,
-            ..Default::default()
-        };
-        let claimed = state.claim_batch(&selected, "two", 10).await.unwrap();
-        assert_eq!(ids(&claimed.letters), stored[1..].to_vec());
-        assert_eq!(claimed.held, 1, "the entry `one` holds was skipped");
-        let after = DeadLetterFilter {
-            after: Some(stored[2]),
-            ..selected
-        };
-        let rest = state.claim_batch(&after, "two", 10).await.unwrap();
-        assert!(rest.letters.is_empty());
-        assert_eq!(rest.held, 0, "a held entry is counted once");
+        for (_guard, state) in stores().await {
+            let stored = three_letters(&state).await;
+            let all = DeadLetterFilter::default();
+            let (count, through) = state.selection(&all).await.unwrap();
+            assert_eq!((count, through), (3, Some(stored[2])));
+            state.claim_dead_letters(&all, "one", 1).await.unwrap();
+            // Stored after the selection was taken: outside it.
+            three_letters(&state).await;
+            let selected = DeadLetterFilter {
+                through,
+                ..Default::default()
+            };
+            let claimed = state.claim_batch(&selected, "two", 10).await.unwrap();
+            assert_eq!(ids(&claimed.letters), stored[1..].to_vec());
+            assert_eq!(claimed.held, 1, "the entry `one` holds was skipped");
+            let after = DeadLetterFilter {
+                after: Some(stored[2]),
+                ..selected
+            };
+            let rest = state.claim_batch(&after, "two", 10).await.unwrap();
+            assert!(rest.letters.is_empty());
+            assert_eq!(rest.held, 0, "a held entry is counted once");
+        }
     }
 
     #[tokio::test]
     async fn claims_keep_replays_apart() {
-        let (_dir, state) = store().await;
-        let stored = three_letters(&state).await;
-        let all = DeadLetterFilter::default();
-        let first = state.claim_dead_letters(&all, "one", 2).await.unwrap();
-        assert_eq!(ids(&first), stored[..2].to_vec());
-        let second = state.claim_dead_letters(&all, "two", 10).await.unwrap();
-        assert_eq!(
-            ids(&second),
-            vec![stored[2]],
-            "claimed entries are not handed out twice"
-        );
+        for (_guard, state) in stores().await {
+            let stored = three_letters(&state).await;
+            let all = DeadLetterFilter::default();
+            let first = state.claim_dead_letters(&all, "one", 2).await.unwrap();
+            assert_eq!(ids(&first), stored[..2].to_vec());
+            let second = state.claim_dead_letters(&all, "two", 10).await.unwrap();
+            assert_eq!(
+                ids(&second),
+                vec![stored[2]],
+                "claimed entries are not handed out twice"
+            );
 
-        // Only the owner resolves; a failure counts an attempt and frees the entry.
-        state
-            .resolve_dead_letters("two", &[stored[0]])
-            .await
-            .unwrap();
-        state
-            .resolve_dead_letters("one", &[stored[0]])
-            .await
-            .unwrap();
-        let failure = Failure {
-            kind: "rejected".into(),
-            error: "again".into(),
-            sqlstate: Some("23502".into()),
+            // Only the owner resolves; a failure counts an attempt and frees the entry.
+            state
+                .resolve_dead_letters("two", &[stored[0]])
+                .await
+                .unwrap();
+            state
+                .resolve_dead_letters("one", &[stored[0]])
+                .await
+                .unwrap();
+            let failure = Failure {
+                kind: "rejected".into(),
+                error: "again".into(),
+                sqlstate: Some("23502".into()),
+            };
+            state
+                .fail_dead_letters("one", &[(stored[1], failure.clone())])
+                .await
+                .unwrap();
+            let again = state.dead_letter(stored[1]).await.unwrap().unwrap();
+            assert_eq!((again.attempts, again.error.as_str()), (2, "again"));
+            assert_eq!(again.sqlstate.as_deref(), Some("23502"));
+            assert!(state.dead_letter(stored[0]).await.unwrap().is_none());
+
+            // A purge leaves what a live replay holds; released entries go.
+            let purged = state.purge_dead_letters(&all).await.unwrap();
+            assert_eq!(purged, 1);
+            assert!(state.dead_letter(stored[2]).await.unwrap().is_some());
+            state.release_claims("two").await.unwrap();
+            assert_eq!(state.purge_dead_letters(&all).await.unwrap(), 1);
+            assert_eq!(state.count_dead_letters(&all).await.unwrap(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_claims_hand_each_letter_out_once() {
+        for (_guard, state) in stores().await {
+            let letters: Vec<_> = (0..60).map(|_| letter("a", "decode")).collect();
+            let mut stored = state.store_dead_letters(&letters).await.unwrap();
+            let claimer = |owner: &'static str| {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let mut got = Vec::new();
+                    loop {
+                        let all = DeadLetterFilter::default();
+                        let batch = state.claim_dead_letters(&all, owner, 3).await.unwrap();
+                        if batch.is_empty() {
+                            return got;
+                        }
+                        got.extend(ids(&batch));
+                    }
+                })
+            };
+            let tasks = [claimer("one"), claimer("two"), claimer("three")];
+            let mut claimed = Vec::new();
+            for task in tasks {
+                claimed.extend(task.await.unwrap());
+            }
+            claimed.sort();
+            stored.sort();
+            assert_eq!(claimed, stored, "every letter claimed exactly once");
+        }
+    }
+
+    #[tokio::test]
+    async fn processes_starting_at_once_on_a_new_postgres_store_all_open_it() {
+        let db = PgDb::create().await;
+        let url = db.url();
+        let opens = (0..4).map(|_| tokio::spawn(State::open_owned(url.clone())));
+        for open in opens {
+            let state = open.await.unwrap().unwrap();
+            state
+                .store_dead_letters(&[letter("a", "decode")])
+                .await
+                .unwrap();
+            state.close().await;
+        }
+    }
+
+    impl State {
+        async fn open_owned(url: String) -> Result<State, StateError> {
+            State::open(&url).await
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_postgres_store_is_named_without_its_password() {
+        let url = "postgres://mqdb:s3cret@127.0.0.1:1/state";
+        let Err(e) = State::open(url).await else {
+            panic!("nothing listens on port 1");
         };
-        state
-            .fail_dead_letters("one", &[(stored[1], failure.clone())])
-            .await
-            .unwrap();
-        let again = state.dead_letter(stored[1]).await.unwrap().unwrap();
-        assert_eq!((again.attempts, again.error.as_str()), (2, "again"));
-        assert_eq!(again.sqlstate.as_deref(), Some("23502"));
-        assert!(state.dead_letter(stored[0]).await.unwrap().is_none());
-
-        // A purge leaves what a live replay holds; released entries go.
-        let purged = state.purge_dead_letters(&all).await.unwrap();
-        assert_eq!(purged, 1);
-        assert!(state.dead_letter(stored[2]).await.unwrap().is_some());
-        state.release_claims("two").await.unwrap();
-        assert_eq!(state.purge_dead_letters(&all).await.unwrap(), 1);
-        assert_eq!(state.count_dead_letters(&all).await.unwrap(), 0);
+        let text = e.to_string();
+        assert!(
+            text.contains("postgres://mqdb:***@127.0.0.1:1/state"),
+            "{text}"
+        );
+        assert!(!text.contains("s3cret"), "{text}");
     }
 
     #[tokio::test]
     async fn abandoned_claims_expire() {
-        let (_dir, state) = store().await;
-        let stored = state
-            .store_dead_letters(&[letter("a", "decode")])
-            .await
-            .unwrap();
-        let all = DeadLetterFilter::default();
-        assert_eq!(
-            state
-                .claim_dead_letters(&all, "dead", 5)
+        for (_guard, state) in stores().await {
+            let stored = state
+                .store_dead_letters(&[letter("a", "decode")])
                 .await
-                .unwrap()
-                .len(),
-            1
-        );
-        assert!(
-            state
-                .claim_dead_letters(&all, "live", 5)
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        sqlx::query("UPDATE dead_letters SET claimed_at = '2000-01-01T00:00:00.000Z'")
-            .execute(&state.pool)
-            .await
+                .unwrap();
+            let all = DeadLetterFilter::default();
+            assert_eq!(
+                state
+                    .claim_dead_letters(&all, "dead", 5)
+                    .await
+                    .unwrap()
+                    .len(),
+                1
+            );
+            assert!(
+                state
+                    .claim_dead_letters(&all, "live", 5)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            on_pool!(state, |pool, _pg| {
+                sqlx::query("UPDATE dead_letters SET claimed_at = '2000-01-01T00:00:00.000Z'")
+                    .execute(pool)
+                    .await
+                    .map(drop)
+            })
             .unwrap();
-        assert_eq!(
-            ids(&state.claim_dead_letters(&all, "live", 5).await.unwrap()),
-            stored
-        );
+            assert_eq!(
+                ids(&state.claim_dead_letters(&all, "live", 5).await.unwrap()),
+                stored
+            );
+        }
     }
 
     #[tokio::test]
     async fn filters_combine() {
-        let (_dir, state) = store().await;
-        let stored = three_letters(&state).await;
-        let count = |f: DeadLetterFilter| {
-            let state = state.clone();
-            async move { state.count_dead_letters(&f).await.unwrap() }
-        };
-        let kind = |k: &str| Some(k.to_string());
-        assert_eq!(
-            count(DeadLetterFilter {
-                route: kind("a"),
-                ..Default::default()
-            })
-            .await,
-            2
-        );
-        assert_eq!(
-            count(DeadLetterFilter {
-                route: kind("a"),
-                error_kind: kind("convert"),
-                ..Default::default()
-            })
-            .await,
-            1
-        );
-        assert_eq!(
-            count(DeadLetterFilter {
-                ids: vec![stored[0], stored[2]],
-                ..Default::default()
-            })
-            .await,
-            2
-        );
-        assert_eq!(
-            count(DeadLetterFilter {
-                after: Some(stored[0]),
-                ..Default::default()
-            })
-            .await,
-            2
-        );
-        assert_eq!(
-            count(DeadLetterFilter {
-                since: Some("2999-01-01T00:00:00.000Z".into()),
-                ..Default::default()
-            })
-            .await,
-            0
-        );
-        assert_eq!(
-            count(DeadLetterFilter {
-                before: Some("2999-01-01T00:00:00.000Z".into()),
-                ..Default::default()
-            })
-            .await,
-            3
-        );
-        let page = state
-            .page_dead_letters(&DeadLetterFilter::default(), 2)
-            .await
-            .unwrap();
-        assert_eq!(ids(&page), stored[..2].to_vec());
+        for (_guard, state) in stores().await {
+            let stored = three_letters(&state).await;
+            let count = |f: DeadLetterFilter| {
+                let state = state.clone();
+                async move { state.count_dead_letters(&f).await.unwrap() }
+            };
+            let kind = |k: &str| Some(k.to_string());
+            assert_eq!(
+                count(DeadLetterFilter {
+                    route: kind("a"),
+                    ..Default::default()
+                })
+                .await,
+                2
+            );
+            assert_eq!(
+                count(DeadLetterFilter {
+                    route: kind("a"),
+                    error_kind: kind("convert"),
+                    ..Default::default()
+                })
+                .await,
+                1
+            );
+            assert_eq!(
+                count(DeadLetterFilter {
+                    ids: vec![stored[0], stored[2]],
+                    ..Default::default()
+                })
+                .await,
+                2
+            );
+            assert_eq!(
+                count(DeadLetterFilter {
+                    after: Some(stored[0]),
+                    ..Default::default()
+                })
+                .await,
+                2
+            );
+            assert_eq!(
+                count(DeadLetterFilter {
+                    since: Some("2999-01-01T00:00:00.000Z".into()),
+                    ..Default::default()
+                })
+                .await,
+                0
+            );
+            assert_eq!(
+                count(DeadLetterFilter {
+                    before: Some("2999-01-01T00:00:00.000Z".into()),
+                    ..Default::default()
+                })
+                .await,
+                3
+            );
+            let page = state
+                .page_dead_letters(&DeadLetterFilter::default(), 2)
+                .await
+                .unwrap();
+            assert_eq!(ids(&page), stored[..2].to_vec());
+        }
     }
 
     #[tokio::test]
     async fn the_mirror_starts_at_the_newest_entry() {
-        let (_dir, state) = store().await;
-        let old = state
-            .store_dead_letters(&[letter("a", "decode")])
-            .await
-            .unwrap();
-        assert_eq!(state.mirror_position("m").await.unwrap(), old[0]);
-        let new = state
-            .store_dead_letters(&[letter("a", "decode")])
-            .await
-            .unwrap();
-        let after = state.dead_letters_after(old[0], 10).await.unwrap();
-        assert_eq!(ids(&after), new);
-        state.set_mirror_position("m", new[0]).await.unwrap();
-        assert_eq!(state.mirror_position("m").await.unwrap(), new[0]);
+        for (_guard, state) in stores().await {
+            let old = state
+                .store_dead_letters(&[letter("a", "decode")])
+                .await
+                .unwrap();
+            assert_eq!(state.mirror_position("m").await.unwrap(), old[0]);
+            let new = state
+                .store_dead_letters(&[letter("a", "decode")])
+                .await
+                .unwrap();
+            let after = state.dead_letters_after(old[0], 10).await.unwrap();
+            assert_eq!(ids(&after), new);
+            state.set_mirror_position("m", new[0]).await.unwrap();
+            assert_eq!(state.mirror_position("m").await.unwrap(), new[0]);
+        }
     }
 }

@@ -54,7 +54,8 @@ mod tests {
 
     use super::small_disk::SmallDisk;
     use crate::dlq::{Direction, NewDeadLetter};
-    use crate::state::dead_letters::insert_dead_letter;
+    use crate::state::dead_letters::Inserts;
+    use crate::state::store::in_write;
     use crate::state::{DeadLetterFilter, State};
 
     fn big_letter(n: usize) -> NewDeadLetter {
@@ -77,10 +78,13 @@ mod tests {
         let url = format!("sqlite://{}", dir.path().join("s.db").display());
         let state = State::open(&url).await.unwrap();
         let letters = [big_letter(0)];
-        let abandoned = state.write(async |tx| {
-            insert_dead_letter(tx, &letters[0], "2000-01-01T00:00:00.000Z").await?;
-            std::future::pending::<Result<(), sqlx::Error>>().await
-        });
+        let abandoned = async {
+            in_write!(state, |tx, _pg| {
+                tx.insert_dead_letter(&letters[0], "2000-01-01T00:00:00.000Z")
+                    .await?;
+                std::future::pending::<Result<(), sqlx::Error>>().await
+            })
+        };
         let cancel = tokio::time::timeout(Duration::from_millis(50), abandoned).await;
         assert!(cancel.is_err(), "the write never finishes by itself");
 

@@ -1,6 +1,6 @@
-//! The bridge's own state store (sqlx, SQLite by default): dead letters (with the claims
-//! `dlq replay` takes on them), outbound positions, and how far the dead-letter mirror has
-//! got. The schema lives in `migrations/`.
+//! The bridge's own state store (sqlx, SQLite by default, or PostgreSQL): dead letters
+//! (with the claims `dlq replay` takes on them), outbound positions, and how far the
+//! dead-letter mirror has got. Each backend's schema lives in `migrations/<backend>/`.
 
 mod dead_letters;
 #[cfg(test)]

@@ -1,16 +1,24 @@
-//! The store itself: opening (with its migrations), and the write transaction every
-//! change goes through.
+//! The store itself: opening (with its migrations) on SQLite or PostgreSQL, and the write
+//! transaction every change goes through. Queries are written once, in SQLite's dialect,
+//! and run on either backend through [`on_pool!`] and [`in_write!`].
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{Connection, Sqlite, SqlitePool};
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// The advisory lock a PostgreSQL transaction takes before it stores dead letters: ids
+/// then become visible in the order they were handed out, as on SQLite, which the mirror
+/// and `dlq replay` (reading on from the last id they saw) rely on.
+pub(super) const PG_INSERT_LOCK: i64 = 0x006d_7164_6264_6c71; // "mqdbdlq"
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -20,23 +28,106 @@ pub enum StateError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("state store: {0}")]
     Query(#[from] sqlx::Error),
-    #[error("state store `{0}`: only sqlite:// URLs are supported")]
+    #[error("state store `{0}`: only sqlite://, postgres:// and postgresql:// URLs are supported")]
     Unsupported(String),
 }
 
 #[derive(Clone)]
 pub struct State {
-    pub(super) pool: SqlitePool,
+    pub(super) pool: Pool,
 }
 
-/// Which dead letters a command works on; every set field must match.
-impl State {
-    /// Opens (creating if needed) and migrates the store. Writes are synchronous to disk:
-    /// a dead letter must be durable before its message is acknowledged.
-    pub async fn open(url: &str) -> Result<State, StateError> {
-        if !url.starts_with("sqlite:") {
-            return Err(StateError::Unsupported(url.to_string()));
+#[derive(Clone)]
+pub(super) enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the store's pool, once typed for each backend;
+/// `$pg` tells the body which one it runs on (for [`sql`]).
+macro_rules! on_pool {
+    ($state:expr, |$pool:ident, $pg:ident| $body:expr) => {
+        match &$state.pool {
+            $crate::state::store::Pool::Sqlite($pool) => {
+                #[allow(unused_variables)]
+                let $pg = false;
+                $body
+            }
+            $crate::state::store::Pool::Postgres($pool) => {
+                #[allow(unused_variables)]
+                let $pg = true;
+                $body
+            }
         }
+    };
+}
+
+/// Runs `$body` in one write transaction (`$tx`) on the store's backend; see
+/// [`write_sqlite`] and [`write_pg`].
+macro_rules! in_write {
+    ($state:expr, |$tx:ident, $pg:ident| $body:expr) => {
+        match &$state.pool {
+            $crate::state::store::Pool::Sqlite(pool) => {
+                #[allow(unused_variables)]
+                let $pg = false;
+                $crate::state::store::write_sqlite(pool, async |$tx| $body).await
+            }
+            $crate::state::store::Pool::Postgres(pool) => {
+                #[allow(unused_variables)]
+                let $pg = true;
+                $crate::state::store::write_pg(pool, async |$tx| $body).await
+            }
+        }
+    };
+}
+
+pub(super) use {in_write, on_pool};
+
+/// `text`, written for SQLite, in the dialect of the backend: PostgreSQL numbers its
+/// parameters `$1`, `$2`… where SQLite takes `?1` or a bare `?`.
+pub(super) fn sql(pg: bool, text: &str) -> sqlx::AssertSqlSafe<String> {
+    if !pg {
+        return sqlx::AssertSqlSafe(text.to_string());
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    let mut next = 0;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '?' {
+            out.push(c);
+            continue;
+        }
+        out.push('$');
+        if chars.peek().is_some_and(char::is_ascii_digit) {
+            while let Some(d) = chars.next_if(char::is_ascii_digit) {
+                out.push(d);
+            }
+        } else {
+            next += 1;
+            out.push_str(&next.to_string());
+        }
+    }
+    sqlx::AssertSqlSafe(out)
+}
+
+impl State {
+    /// Opens and migrates the store: a SQLite file (created if needed) or a PostgreSQL
+    /// database (which must exist).
+    pub async fn open(url: &str) -> Result<State, StateError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Self::open_postgres(url).await;
+        }
+        if !url.starts_with("sqlite:") {
+            return Err(StateError::Unsupported(redacted(url)));
+        }
+        Self::open_sqlite(url).await.map(|pool| State {
+            pool: Pool::Sqlite(pool),
+        })
+    }
+
+    /// Writes are synchronous to disk: a dead letter must be durable before its message
+    /// is acknowledged.
+    async fn open_sqlite(url: &str) -> Result<SqlitePool, StateError> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|source| StateError::Open {
                 url: url.to_string(),
@@ -76,7 +167,7 @@ impl State {
         // file at this moment; SQLite gives no migration lock, so wait and look again.
         let mut attempt = 0;
         loop {
-            match MIGRATOR.run(&pool).await {
+            match SQLITE_MIGRATOR.run(&pool).await {
                 Ok(()) => break,
                 Err(_) if attempt < 20 => {
                     attempt += 1;
@@ -85,32 +176,79 @@ impl State {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(State { pool })
+        Ok(pool)
     }
 
-    /// Runs `work` in one write transaction. SQLite may or may not roll a transaction
-    /// back when a statement or the COMMIT fails (SQLITE_FULL, SQLITE_IOERR), and sqlx's
-    /// count of open transactions can then disagree with it: a pooled connection reused
-    /// in that state turns later transactions into savepoints of one that never commits
-    /// and holds the write lock. So a connection that failed (or was abandoned) inside a
-    /// transaction is closed, never returned to the pool.
-    pub(super) async fn write<T>(
-        &self,
-        work: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, sqlx::Error>,
-    ) -> Result<T, StateError> {
-        let mut conn = Discarded::unless_kept(self.pool.acquire().await?);
-        // IMMEDIATE takes the write lock up front, under the busy timeout, instead of
-        // failing when a read transaction tries to become a write one.
-        let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-        let value = work(&mut tx).await?;
-        tx.commit().await?;
-        conn.keep();
-        Ok(value)
+    /// Several processes may start on one database at once: sqlx holds an advisory lock
+    /// while it migrates PostgreSQL. The database itself must exist.
+    async fn open_postgres(url: &str) -> Result<State, StateError> {
+        let open = |source| StateError::Open {
+            url: redacted(url),
+            source,
+        };
+        let options = PgConnectOptions::from_str(url).map_err(open)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(open)?;
+        POSTGRES_MIGRATOR.run(&pool).await?;
+        Ok(State {
+            pool: Pool::Postgres(pool),
+        })
     }
 
     pub async fn close(&self) {
-        self.pool.close().await;
+        on_pool!(self, |pool, _pg| pool.close().await)
     }
+}
+
+/// `url` with its password, if any, replaced by `***`: it goes into errors and logs.
+fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Runs `work` in one PostgreSQL transaction; a failed one is rolled back as it drops.
+pub(super) async fn write_pg<T>(
+    pool: &PgPool,
+    work: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+) -> Result<T, StateError> {
+    let mut tx = pool.begin().await?;
+    let value = work(&mut tx).await?;
+    tx.commit().await?;
+    Ok(value)
+}
+
+/// Runs `work` in one write transaction. SQLite may or may not roll a transaction
+/// back when a statement or the COMMIT fails (SQLITE_FULL, SQLITE_IOERR), and sqlx's
+/// count of open transactions can then disagree with it: a pooled connection reused
+/// in that state turns later transactions into savepoints of one that never commits
+/// and holds the write lock. So a connection that failed (or was abandoned) inside a
+/// transaction is closed, never returned to the pool.
+pub(super) async fn write_sqlite<T>(
+    pool: &SqlitePool,
+    work: impl AsyncFnOnce(&mut SqliteConnection) -> Result<T, sqlx::Error>,
+) -> Result<T, StateError> {
+    let mut conn = Discarded::unless_kept(pool.acquire().await?);
+    // IMMEDIATE takes the write lock up front, under the busy timeout, instead of
+    // failing when a read transaction tries to become a write one.
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let value = work(&mut tx).await?;
+    tx.commit().await?;
+    conn.keep();
+    Ok(value)
 }
 
 /// Creates the store's file readable and writable by its owner only, if it does not exist:

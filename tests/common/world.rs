@@ -9,13 +9,17 @@
 //! ```
 //!
 //! Tests that look at the state store take a [`StateStore`] rather than a SQLite path, so
-//! that they run against each kind [`StateStore::each_in`] lists. Only SQLite exists today.
+//! that they run against each kind [`StateStore::each_in`] lists: a SQLite file, and a
+//! private database on the local PostgreSQL.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::{Value as Json, json};
 
-use super::{Config, Db, Mosquitto, Publisher, Subscriber, temp_dir, unique};
+use super::{
+    Config, Db, Mosquitto, Publisher, Subscriber, odbc_connect, odbc_query, temp_dir, unique,
+};
 
 /// A temp dir (config, state store, logs, SQLite targets) for a bridge whose brokers the
 /// test brings itself (RabbitMQ, or several Mosquittos).
@@ -134,6 +138,31 @@ impl World {
 pub enum StateStore {
     /// A SQLite file the bridge creates on first use.
     Sqlite(PathBuf),
+    /// A database of its own on the local PostgreSQL (user root, trust auth), dropped with
+    /// the last clone.
+    Postgres(Arc<PrivateDatabase>),
+}
+
+/// A database created for one test on the local PostgreSQL, dropped with this value.
+#[derive(Debug)]
+pub struct PrivateDatabase {
+    pub name: String,
+}
+
+impl PrivateDatabase {
+    pub fn create(prefix: &str) -> PrivateDatabase {
+        let name = unique(prefix);
+        Db::Postgres.exec(&format!("CREATE DATABASE {name}"));
+        PrivateDatabase { name }
+    }
+}
+
+impl Drop for PrivateDatabase {
+    fn drop(&mut self) {
+        // FORCE: a bridge a failed test left running may still be connected.
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let _ = Db::Postgres.try_exec(&sql);
+    }
 }
 
 impl StateStore {
@@ -142,22 +171,56 @@ impl StateStore {
         StateStore::Sqlite(dir.join("state.db"))
     }
 
-    /// One store of every kind, each private to `dir`, for tests that run against each.
+    /// A private database on the local PostgreSQL.
+    pub fn postgres() -> StateStore {
+        StateStore::Postgres(Arc::new(PrivateDatabase::create("mqdb_state")))
+    }
+
+    /// One store of every kind, each private to `dir` or to the test, for tests that run
+    /// against each.
     pub fn each_in(dir: &Path) -> Vec<StateStore> {
-        vec![StateStore::sqlite_in(dir)]
+        vec![StateStore::sqlite_in(dir), StateStore::postgres()]
+    }
+
+    /// Whether the store is a file in the test's own directory.
+    pub fn is_file(&self) -> bool {
+        matches!(self, StateStore::Sqlite(_))
     }
 
     /// The `state:` setting that selects this store.
     pub fn url(&self) -> String {
         match self {
             StateStore::Sqlite(path) => format!("sqlite://{}", path.display()),
+            StateStore::Postgres(db) => format!("postgres://root@127.0.0.1:5432/{}", db.name),
         }
     }
 
     /// The store read through ODBC, as another process sees it.
-    pub fn reader(&self) -> Db {
-        match self {
-            StateStore::Sqlite(path) => Db::Sqlite(path.clone()),
-        }
+    pub fn reader(&self) -> StateReader {
+        let connection_string = match self {
+            StateStore::Sqlite(path) => Db::Sqlite(path.clone()).connection_string(),
+            StateStore::Postgres(db) => Db::Postgres
+                .connection_string()
+                .replace("Database=test;", &format!("Database={};", db.name)),
+        };
+        StateReader { connection_string }
+    }
+}
+
+/// A state store read through ODBC: like [`Db`], on the store's own database.
+pub struct StateReader {
+    connection_string: String,
+}
+
+impl StateReader {
+    pub fn try_query(&self, sql: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+        let conn = odbc_connect(&self.connection_string)?;
+        odbc_query(&conn, sql)
+    }
+
+    /// The single integer `sql` returns, if it does.
+    pub fn try_scalar(&self, sql: &str) -> Option<i64> {
+        let rows = self.try_query(sql).ok()?;
+        rows.first()?.first()?.as_deref()?.trim().parse().ok()
     }
 }
