@@ -16,9 +16,9 @@ use std::time::Duration;
 
 use common::{
     Access, Bridge, Config, Db, LIVENESS, Mosquitto, Rabbit, RabbitNode, Route, Squid, StateStore,
-    TempTable, WS_PATH, World, WsBroker, WsGateway, amqp_route, base64, cases, check_route,
-    dlq_list, id_payloads, letter_id, make_pki, scalar, seq_messages, temp_dir, terminate_ok,
-    unique, wait_dead_letters, wait_for, wait_for_count, with_mqtt5,
+    TempTable, WS_PATH, World, WsBroker, WsGateway, amqp_route, cases, check_route, dlq_list,
+    id_payloads, letter_id, make_pki, scalar, seq_messages, temp_dir, terminate_ok, unique,
+    wait_dead_letters, wait_for, wait_for_count, with_mqtt5,
 };
 use serde_json::{Value as Json, json};
 
@@ -55,7 +55,7 @@ fn upgrade_status(port: u16, path: &str, protocol: Option<&str>) -> u16 {
     let protocol = protocol.map_or(String::new(), |p| {
         format!("Sec-WebSocket-Protocol: {p}\r\n")
     });
-    let key = base64(b"0123456789abcdef");
+    let key = mqdb::dlq::base64(b"0123456789abcdef");
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: {key}\r\n\

@@ -86,11 +86,7 @@ impl AmqpSettings {
 
     /// host:port, never the credentials.
     pub fn endpoint(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        net::url::authority(&self.host, self.port)
     }
 
     pub async fn connect(&self) -> Result<Connection, String> {

@@ -79,7 +79,7 @@ impl MqttSettings {
             Some(at) => (&rest[..at], &rest[at..]),
             None => (rest, ""),
         };
-        let (host, port) = host_port(authority, default_port)
+        let (host, port) = net::url::host_port(authority, default_port)
             .ok_or_else(|| format!("broker {name}: bad port in `{url}`"))?;
         let path = if path.is_empty() || path == "/" {
             "/mqtt"
@@ -255,7 +255,7 @@ impl MqttSettings {
     pub fn endpoint(&self) -> String {
         match self.carrier {
             Carrier::Ws | Carrier::Wss => self.ws_url.clone(),
-            Carrier::Tcp | Carrier::Tls => format!("{}:{}", self.host, self.port),
+            Carrier::Tcp | Carrier::Tls => net::url::authority(&self.host, self.port),
         }
     }
 
@@ -274,7 +274,7 @@ impl MqttSettings {
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_default();
-            let target = format!("{}:{}", self.host, self.port);
+            let target = net::url::authority(&self.host, self.port);
             if let Some(code) = rest
                 .split("not equal 200: ")
                 .nth(1)
@@ -366,23 +366,6 @@ fn reason(code: u16) -> &'static str {
 fn io_text(text: &str) -> &str {
     text.trim_start_matches("Socket connect: ")
         .trim_end_matches('.')
-}
-
-/// `host[:port]` or `[v6]:port` → the host without brackets and the port.
-pub fn host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
-    if let Some(inner) = authority.strip_prefix('[') {
-        let (host, after) = inner.split_once(']')?;
-        let port = match after.strip_prefix(':') {
-            Some(p) => p.parse().ok()?,
-            None if after.is_empty() => default_port,
-            None => return None,
-        };
-        return Some((host.to_string(), port));
-    }
-    match authority.rsplit_once(':') {
-        Some((host, p)) => Some((host.to_string(), p.parse().ok()?)),
-        None => Some((authority.to_string(), default_port)),
-    }
 }
 
 pub fn qos(q: Qos) -> QoS {

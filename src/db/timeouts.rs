@@ -20,8 +20,9 @@ use crate::error::DbError;
 pub fn with_driver_options(connection_string: &str, connect: Duration, query: Duration) -> String {
     let mut cs = connection_string.trim().trim_end_matches(';').to_string();
     let lower = cs.to_ascii_lowercase();
+    let attributes = super::attributes(connection_string);
     let has = |key: &str| {
-        super::attributes(connection_string)
+        attributes
             .iter()
             .any(|(k, _, _)| k.trim().eq_ignore_ascii_case(key))
     };

@@ -53,23 +53,11 @@ impl HttpProxy {
         if authority.is_empty() || authority.contains('/') {
             return Err(format!("proxy `{}` is not http://host:port", shown()));
         }
-        let bad_port = || format!("proxy `{}`: bad port", shown());
-        let (host, port) = match authority.strip_prefix('[') {
-            Some(inner) => {
-                let (h, after) = inner.split_once(']').ok_or_else(bad_port)?;
-                match after.strip_prefix(':') {
-                    Some(p) => (h, p.parse().map_err(|_| bad_port())?),
-                    None if after.is_empty() => (h, 1080),
-                    None => return Err(bad_port()),
-                }
-            }
-            None => match authority.rsplit_once(':') {
-                Some((h, p)) => (h, p.parse().map_err(|_| bad_port())?),
-                None => (authority, 1080),
-            },
-        };
+        let (host, port) = super::url::host_port(authority, 1080)
+            .filter(|(host, _)| !host.is_empty())
+            .ok_or_else(|| format!("proxy `{}`: bad port", shown()))?;
         Ok(HttpProxy {
-            host: host.to_string(),
+            host,
             port,
             user: parts.user.filter(|u| !u.is_empty()),
             password: parts.password,
@@ -77,11 +65,7 @@ impl HttpProxy {
     }
 
     pub fn endpoint(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        super::url::authority(&self.host, self.port)
     }
 }
 

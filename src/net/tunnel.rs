@@ -16,11 +16,7 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     host: &str,
     port: u16,
 ) -> Result<(), String> {
-    let target = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
+    let target = super::url::authority(host, port);
     let mut request = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
     if let Some(user) = &proxy.user {
         let pair = format!("{user}:{}", proxy.password.as_deref().unwrap_or(""));

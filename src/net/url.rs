@@ -1,5 +1,5 @@
-//! Broker URLs: the credentials they may carry (`scheme://user:password@host:port/…`), and
-//! how to show a URL without its password.
+//! Broker URLs: the credentials they may carry (`scheme://user:password@host:port/…`), how
+//! to show a URL without its password, and the `host:port` part both ways.
 
 /// A URL's user and password (percent-decoded), and the URL without them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +71,32 @@ fn percent_decoded(text: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `host[:port]` or `[v6]:port` → the host without brackets and the port.
+pub fn host_port(authority: &str, default_port: u16) -> Option<(String, u16)> {
+    if let Some(inner) = authority.strip_prefix('[') {
+        let (host, after) = inner.split_once(']')?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().ok()?,
+            None if after.is_empty() => default_port,
+            None => return None,
+        };
+        return Some((host.to_string(), port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, p)) => Some((host.to_string(), p.parse().ok()?)),
+        None => Some((authority.to_string(), default_port)),
+    }
+}
+
+/// `host:port`, with an IPv6 address in brackets.
+pub fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
 }
 
 #[cfg(test)]

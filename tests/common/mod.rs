@@ -68,7 +68,7 @@ pub use rabbit_node::{RabbitNode, WEB_MQTT_PATH};
 #[allow(unused_imports)]
 pub use ran::{Ran, check_route, line_of, mqdb_at, mqdb_bounded, mqdb_env, run_check};
 #[allow(unused_imports)]
-pub use squid::{Access, Squid, base64};
+pub use squid::{Access, Squid};
 #[allow(unused_imports)]
 pub use tls::{make_ca, make_leaf, make_pki, openssl, pki_with_other_ca};
 #[allow(unused_imports)]

@@ -140,7 +140,7 @@ impl Squid {
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
             .expect("read timeout");
-        let auth = base64(format!("{user}:{password}").as_bytes());
+        let auth = mqdb::dlq::base64(format!("{user}:{password}").as_bytes());
         let request = format!(
             "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\
              Proxy-Authorization: Basic {auth}\r\n\r\n"
@@ -342,26 +342,4 @@ fn parse_access(line: &str) -> Option<Access> {
         target: field(6)?,
         user: field(7)?,
     })
-}
-
-/// Standard base64 with padding, for the Proxy-Authorization header.
-pub fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
