@@ -56,6 +56,13 @@ pub enum Command {
         #[arg(long, default_value = "mqdb-demo")]
         dir: PathBuf,
     },
+    /// What the state store says: instances seen, who holds each outbound route and the
+    /// dead-letter mirror, outbound positions, dead letters per route and kind.
+    Status {
+        /// One JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect the dead-letter queue.
     Dlq {
         #[command(subcommand)]

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
+use crate::app::open_state;
 use crate::app::{self, AppError};
 use crate::cli::Selection;
 use crate::config::Config;
@@ -331,15 +332,9 @@ fn instant(text: &str) -> Result<String, AppError> {
     Ok(at.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
-async fn open_state(config: &Config) -> Result<State, AppError> {
-    State::open(config.state.as_str())
-        .await
-        .map_err(|e| AppError::Runtime(e.to_string()))
-}
-
 /// Writes to stdout; a reader that went away (`mqdb dlq list --json | head -1`) ends the
 /// command quietly, as it does for other command-line tools, instead of a panic.
-fn emit(text: &str) {
+pub fn emit(text: &str) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {

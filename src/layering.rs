@@ -30,13 +30,22 @@ const LAYERS: &[(&str, bool, &[&str])] = &[
             "outbound",
             "replay",
             "mirror",
+            "lease",
             "dedup",
         ],
     ),
     (
         "application",
         false,
-        &["app", "cli", "dlq_commands", "http", "demo", "logging"],
+        &[
+            "app",
+            "cli",
+            "dlq_commands",
+            "status",
+            "http",
+            "demo",
+            "logging",
+        ],
     ),
 ];
 

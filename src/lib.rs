@@ -45,7 +45,8 @@
 //!      with its resolved settings (`mqtt_settings`, `amqp`), reached as `reach` says
 //!      (TLS files, proxy).
 //!    - [`state`]: the sqlx state store (`migrations/`): opening and writing (`store`),
-//!      dead letters and replay claims (`dead_letters`), positions (`positions`).
+//!      dead letters and replay claims (`dead_letters`), positions (`positions`), leases
+//!      and the instances seen (`leases`).
 //! 5. Routes, composing the adapters:
 //!    - [`routes`]: configuration routes resolved into filters, sink targets and mappers.
 //!    - [`inbound`]: the inbound route loop: batching, dead letters, acknowledgements.
@@ -58,11 +59,13 @@
 //!      the routes it re-sends through (`engine`, `inbound`, `outbound`), each letter's
 //!      outcome (`outcome`) and the summary (`report`).
 //!    - [`mirror`]: new dead letters copied to a broker (`dead_letter.publish`).
+//!    - [`lease`]: holding an outbound route's or the mirror's lease while it runs, so that
+//!      one instance among those sharing the state store does the work.
 //! 6. Application:
 //!    - [`app`]: the commands `run` (`mod.rs`, building each route in `wiring.rs`) and
 //!      `check` (`check.rs`).
 //!    - [`cli`]: the command line (clap); [`logging`]: text or JSON log lines.
-//!    - [`dlq_commands`]: `dlq list`, `show`, `replay`, `purge`.
+//!    - [`dlq_commands`]: `dlq list`, `show`, `replay`, `purge`; [`status`]: `mqdb status`.
 //!    - [`http`]: `/health`, `/metrics` and the periodic log summary.
 //!    - [`demo`]: `mqdb demo`, a guided run on an embedded broker (`embedded_broker.rs`)
 //!      and SQLite (`sqlite.rs`, `files.rs`).
@@ -113,6 +116,7 @@ pub mod error;
 pub mod heap;
 pub mod http;
 pub mod inbound;
+pub mod lease;
 pub mod logging;
 pub mod mapping;
 pub mod message;
@@ -123,6 +127,7 @@ pub mod outbound;
 pub mod replay;
 pub mod routes;
 pub mod state;
+pub mod status;
 pub mod template;
 pub mod topic;
 

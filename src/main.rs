@@ -28,6 +28,7 @@ fn main() -> ExitCode {
             Command::Demo { .. } => unreachable!("handled above"),
             Command::Run => app::run(config).await,
             Command::Health => mqdb::http::probe(&config).await,
+            Command::Status { json } => mqdb::status::status(config, json).await,
             Command::Check => app::check(config).await,
             Command::Dlq { command } => match command {
                 DlqCommand::List {

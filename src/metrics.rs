@@ -36,6 +36,10 @@ impl Kind {
 pub struct Metrics {
     routes: Mutex<Vec<Arc<RouteMetrics>>>,
     epoch: Instant,
+    /// The `instance:` name this process runs as; empty until `run` sets it.
+    instance: Mutex<String>,
+    /// Each lease this process keeps: its epoch while held, 0 while standing by.
+    leases: Mutex<std::collections::BTreeMap<String, Arc<AtomicI64>>>,
 }
 
 impl Metrics {
@@ -43,7 +47,35 @@ impl Metrics {
         Arc::new(Metrics {
             routes: Mutex::new(Vec::new()),
             epoch: Instant::now(),
+            instance: Mutex::new(String::new()),
+            leases: Mutex::new(Default::default()),
         })
+    }
+
+    pub fn set_instance(&self, name: &str) {
+        *self.instance.lock().expect("metrics lock") = name.to_string();
+    }
+
+    fn instance(&self) -> String {
+        self.instance.lock().expect("metrics lock").clone()
+    }
+
+    /// The gauge of lease `name`: the epoch while this process holds it, else 0.
+    pub fn lease(&self, name: &str) -> Arc<AtomicI64> {
+        self.leases
+            .lock()
+            .expect("metrics lock")
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn lease_epochs(&self) -> Vec<(String, i64)> {
+        let leases = self.leases.lock().expect("metrics lock");
+        leases
+            .iter()
+            .map(|(name, epoch)| (name.clone(), epoch.load(Ordering::Relaxed)))
+            .collect()
     }
 
     pub fn route(&self, name: &str, kind: Kind, broker: &str, database: &str) -> Arc<RouteMetrics> {
@@ -62,6 +94,7 @@ impl Metrics {
             batch: Histogram::default(),
             broker_up: AtomicBool::new(false),
             database_up: AtomicBool::new(false),
+            standby: AtomicBool::new(false),
             behind_since_ms: AtomicU64::new(0),
         });
         self.routes
@@ -165,6 +198,36 @@ impl Metrics {
         for r in &routes {
             r.batch.render(&mut out, "mqdb_batch_seconds", &r.labels());
         }
+        let instance = escape_label(&self.instance());
+        let _ = writeln!(
+            out,
+            "# HELP mqdb_instance_info The instance this process runs as.\n# TYPE mqdb_instance_info gauge\nmqdb_instance_info{{instance=\"{instance}\",version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        let leases = self.lease_epochs();
+        let _ = writeln!(
+            out,
+            "# HELP mqdb_lease_held Whether this instance holds the lease (an outbound route's or the dead-letter mirror's) or stands by.\n# TYPE mqdb_lease_held gauge"
+        );
+        for (name, epoch) in &leases {
+            let _ = writeln!(
+                out,
+                "mqdb_lease_held{{lease=\"{}\",instance=\"{instance}\"}} {}",
+                escape_label(name),
+                u8::from(*epoch > 0)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mqdb_lease_epoch The fencing epoch of a lease this instance holds; 0 while standing by.\n# TYPE mqdb_lease_epoch gauge"
+        );
+        for (name, epoch) in &leases {
+            let _ = writeln!(
+                out,
+                "mqdb_lease_epoch{{lease=\"{}\",instance=\"{instance}\"}} {epoch}",
+                escape_label(name)
+            );
+        }
         out
     }
 
@@ -176,6 +239,14 @@ impl Metrics {
         let mut healthy = true;
         for r in self.routes() {
             let (b, d) = (r.broker_up(), r.database_up());
+            if r.standby() {
+                // Another instance does this route's work; its connections are not in use.
+                routes.insert(
+                    r.name.clone(),
+                    json!({"direction": r.kind.as_str(), "standby": true}),
+                );
+                continue;
+            }
             healthy &= b && d;
             routes.insert(
                 r.name.clone(),
@@ -191,9 +262,15 @@ impl Metrics {
             }
         }
         let status = if healthy { "ok" } else { "degraded" };
+        // Standing by is healthy: the lease says who works, not whether this one can.
+        let leases: Map<String, Json> = self
+            .lease_epochs()
+            .into_iter()
+            .map(|(name, epoch)| (name, Json::from(if epoch > 0 { "held" } else { "standby" })))
+            .collect();
         (
             healthy,
-            json!({"status": status, "brokers": brokers, "databases": databases, "routes": routes}),
+            json!({"status": status, "instance": self.instance(), "brokers": brokers, "databases": databases, "routes": routes, "leases": leases}),
         )
     }
 
@@ -214,7 +291,7 @@ impl Metrics {
             }
             t.dead_letters += get(&r.dead_letters);
             t.retries += get(&r.retries);
-            if !(r.broker_up() && r.database_up()) {
+            if !(r.standby() || r.broker_up() && r.database_up()) {
                 t.down.push(r.name.clone());
             }
         }
@@ -271,6 +348,8 @@ pub struct RouteMetrics {
     pub batch: Histogram,
     broker_up: AtomicBool,
     database_up: AtomicBool,
+    /// An outbound route another instance holds: it neither polls nor publishes here.
+    standby: AtomicBool,
     /// Milliseconds after `epoch` (plus one, so 0 means caught up) since which the route
     /// has been behind its query.
     behind_since_ms: AtomicU64,
@@ -315,6 +394,14 @@ impl RouteMetrics {
 
     pub fn set_database_up(&self, up: bool) {
         self.database_up.store(up, Ordering::Relaxed);
+    }
+
+    pub fn set_standby(&self, standby: bool) {
+        self.standby.store(standby, Ordering::Relaxed);
+    }
+
+    pub fn standby(&self) -> bool {
+        self.standby.load(Ordering::Relaxed)
     }
 
     pub fn broker_up(&self) -> bool {

@@ -3,7 +3,8 @@
 //!
 //! The mirror reads the state store, not the data path: routes store dead letters as
 //! always, and the mirror follows with its own stored position, advanced only past what
-//! the broker confirmed. A mirror outage delays the mirror and nothing else.
+//! the broker confirmed. A mirror outage delays the mirror and nothing else. One instance
+//! among those sharing the state store mirrors at a time: the holder of the `mirror` lease.
 
 use std::time::Duration;
 
@@ -15,7 +16,8 @@ use crate::broker::publish::{Delivery, Envelope};
 use crate::broker::publisher::Publisher;
 use crate::destination::Target;
 use crate::dlq::DeadLetter;
-use crate::state::State;
+use crate::lease::{Lease, LeaseSpec};
+use crate::state::{Fence, State, StateError};
 
 /// The mirror's row in the state store.
 const POSITION: &str = "dead_letter.publish";
@@ -38,7 +40,11 @@ pub struct Mirror {
     pub publisher: Publisher,
     pub target: Target,
     pub broker: String,
+    pub lease: LeaseSpec,
 }
+
+/// The name of the mirror's lease.
+pub const LEASE: &str = "mirror";
 
 /// Fixes where the mirror starts (the newest dead letter now) before any route runs, so
 /// that none stored from then on is missed.
@@ -50,23 +56,66 @@ pub async fn start_position(state: &State) -> Result<i64, String> {
 }
 
 impl Mirror {
-    /// Follows the dead-letter store until `stop`.
+    /// Follows the dead-letter store until `stop`, while it holds the mirror's lease.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let Mirror {
+            state,
+            publisher,
+            target,
+            broker,
+            lease,
+        } = self;
+        let mut lease = Lease::keep(lease);
+        let worker = Worker {
+            state,
+            publisher,
+            target,
+            broker,
+        };
+        while let Some(fence) = lease.acquired(&mut stop).await {
+            if worker.hold(&lease, &fence, &mut stop).await {
+                break;
+            }
+            info!(broker = %worker.broker, "dead-letter mirror standing by: another instance holds it");
+        }
+        lease.release().await;
+    }
+}
+
+/// The mirror without its lease.
+struct Worker {
+    state: State,
+    publisher: Publisher,
+    target: Target,
+    broker: String,
+}
+
+impl Worker {
+    /// Mirrors while `fence` is held; true on shutdown.
+    async fn hold(&self, lease: &Lease, fence: &Fence, stop: &mut watch::Receiver<bool>) -> bool {
         let mut backoff = Backoff::new();
-        info!(broker = %self.broker, "mirroring dead letters");
-        // The mirror is the only writer of its position: read it once, then keep it here.
+        info!(broker = %self.broker, epoch = fence.epoch, "mirroring dead letters");
+        // The holder is the only writer of the position: read it at each takeover, then
+        // keep it here.
         let mut last = None;
         loop {
             if *stop.borrow() {
-                return;
+                return true;
             }
-            let pause = match self.round(&mut last).await {
+            if !lease.still(fence) {
+                return false;
+            }
+            let pause = match self.round(&mut last, lease, fence).await {
                 Ok(0) => Duration::from_millis(500),
                 Ok(_) => {
                     backoff.reset();
                     Duration::ZERO
                 }
-                Err(e) => {
+                Err(RoundFailed::LeaseLost) => {
+                    lease.lost();
+                    return false;
+                }
+                Err(RoundFailed::Retry(e)) => {
                     let delay = backoff.next_delay();
                     warn!(broker = %self.broker, error = %e, retry_in = ?delay, "dead-letter mirror cannot publish; retrying");
                     delay
@@ -75,14 +124,19 @@ impl Mirror {
             if !pause.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
-                    _ = stop.changed() => return,
+                    _ = stop.changed() => return true,
                 }
             }
         }
     }
 
     /// Publishes what is new since the stored position; returns how many went out.
-    async fn round(&self, position: &mut Option<i64>) -> Result<usize, String> {
+    async fn round(
+        &self,
+        position: &mut Option<i64>,
+        lease: &Lease,
+        fence: &Fence,
+    ) -> Result<usize, RoundFailed> {
         let last = match *position {
             Some(p) => p,
             None => *position.insert(start_position(&self.state).await?),
@@ -97,6 +151,9 @@ impl Mirror {
         }
         let mut pending = Vec::with_capacity(letters.len());
         for letter in &letters {
+            if !lease.still(fence) {
+                break;
+            }
             let address = match self.target.address(|name| field(letter, name)) {
                 Ok(address) => address,
                 Err(reason) => {
@@ -143,12 +200,31 @@ impl Mirror {
             }
         }
         if confirmed > last {
-            self.state
-                .set_mirror_position(POSITION, confirmed)
+            match self
+                .state
+                .set_mirror_position(POSITION, confirmed, Some(fence))
                 .await
-                .map_err(|e| e.to_string())?;
-            *position = Some(confirmed);
+            {
+                Ok(()) => *position = Some(confirmed),
+                Err(StateError::Fenced(_)) => return Err(RoundFailed::LeaseLost),
+                Err(e) => return Err(RoundFailed::Retry(e.to_string())),
+            }
         }
-        result.map(|()| letters.len())
+        if !lease.still(fence) {
+            return Err(RoundFailed::LeaseLost);
+        }
+        result.map(|()| letters.len()).map_err(RoundFailed::Retry)
+    }
+}
+
+/// Why a round stopped short.
+enum RoundFailed {
+    LeaseLost,
+    Retry(String),
+}
+
+impl From<String> for RoundFailed {
+    fn from(message: String) -> RoundFailed {
+        RoundFailed::Retry(message)
     }
 }

@@ -19,12 +19,12 @@ use crate::db::worker;
 use crate::inbound::InboundRoute;
 use crate::metrics::{Kind, Metrics, RouteMetrics};
 use crate::routes::{InboundPlan, Intake, inbound_plans, outbound_plans};
-use crate::state::State;
+use crate::state::{Holder, State};
 
 pub use crate::error::AppError;
 
 pub use check::check;
-use wiring::{amqp_settings, broker_settings, mirror, outbound_route};
+use wiring::{Leases, amqp_settings, broker_settings, mirror, outbound_route};
 pub use wiring::{db_specs, replay_publishers};
 
 /// How long shutdown waits for in-flight batches before releasing them.
@@ -53,14 +53,21 @@ pub async fn run_until(
     for (name, endpoint, proxy) in paths {
         info!(broker = %name, %endpoint, %proxy, "broker connection path");
     }
-    let state = State::open(config.state.as_str())
-        .await
-        .map_err(|e| AppError::Runtime(e.to_string()))?;
+    let state = open_state(&config).await?;
     if plans.is_empty() && outbound.is_empty() {
         warn!("no routes configured; nothing to do");
     }
+    let holder = Holder::this_process(&config.instance_name());
+    metrics.set_instance(&holder.instance);
+    info!(instance = %holder.instance, "instance");
+    let leases = Leases {
+        state: state.clone(),
+        holder: holder.clone(),
+        ttl: config.lease,
+        metrics: metrics.clone(),
+    };
 
-    let mirror = mirror(&config, &state, &brokers, &amqp)?;
+    let mirror = mirror(&config, &leases, &brokers, &amqp)?;
     if mirror.is_some() {
         crate::mirror::start_position(&state)
             .await
@@ -69,6 +76,12 @@ pub async fn run_until(
 
     let stop_flag = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let heartbeat = tokio::spawn(crate::lease::heartbeat(
+        state.clone(),
+        holder,
+        config.lease / 3,
+        stop_rx.clone(),
+    ));
     let mut signals = Box::pin(stop);
     let mut http_server = None;
     if let Some(http) = &config.http {
@@ -177,15 +190,7 @@ pub async fn run_until(
         .collect();
     let (misconfigured_tx, mut misconfigured) = mpsc::unbounded_channel();
     for plan in outbound {
-        let route = outbound_route(
-            plan,
-            &dbs,
-            &brokers,
-            &amqp,
-            &state,
-            &metrics,
-            &misconfigured_tx,
-        )?;
+        let route = outbound_route(plan, &dbs, &brokers, &amqp, &leases, &misconfigured_tx)?;
         route_tasks.spawn(route.run(stop_rx.clone()));
     }
     if let Some(mirror) = mirror {
@@ -235,12 +240,29 @@ pub async fn run_until(
     if let Some(server) = http_server {
         let _ = server.await;
     }
+    let _ = heartbeat.await;
     state.close().await;
     info!("stopped");
     match fatal {
         Some(problem) => Err(AppError::Usage(problem)),
         None => Ok(()),
     }
+}
+
+/// The configured state store, with `state_password_file` applied.
+pub async fn open_state(config: &Config) -> Result<State, AppError> {
+    let password = match &config.state_password_file {
+        Some(file) => Some(crate::config::read_secret_file(file.as_str()).map_err(|e| {
+            AppError::Runtime(format!(
+                "cannot read state_password_file {}: {e}",
+                file.as_str()
+            ))
+        })?),
+        None => None,
+    };
+    State::open_with(config.state.value.as_str(), password.as_deref())
+        .await
+        .map_err(|e| AppError::Runtime(e.to_string()))
 }
 
 async fn shutdown_signal() {

@@ -2,6 +2,7 @@
 //! broker settings, publishers, outbound routes and the dead-letter mirror.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_saphyr::Spanned;
 use tokio::sync::mpsc;
@@ -15,10 +16,11 @@ use crate::config::{Broker, BrokerKind, Config};
 use crate::db::DbSpec;
 use crate::db::poll::Poller;
 use crate::destination::Destination;
+use crate::lease::LeaseSpec;
 use crate::metrics::{Kind, Metrics};
 use crate::outbound::OutboundRoute;
 use crate::routes::OutboundPlan;
-use crate::state::State;
+use crate::state::{Holder, State};
 
 pub use crate::error::AppError;
 
@@ -28,7 +30,42 @@ pub fn db_specs(config: &Config) -> Result<BTreeMap<String, DbSpec>, AppError> {
 
 pub(super) fn broker_settings(config: &Config) -> Result<BTreeMap<String, MqttSettings>, AppError> {
     let mqtt = |b: &Broker| b.kind() == Some(BrokerKind::Mqtt);
-    resolve(&config.brokers, mqtt, MqttSettings::from_config)
+    let mut settings = resolve(&config.brokers, mqtt, MqttSettings::from_config)?;
+    if let Some(suffix) = client_id_suffix(config) {
+        for s in settings.values_mut() {
+            s.client_id = format!("{}-{suffix}", s.client_id);
+        }
+    }
+    Ok(settings)
+}
+
+/// What MQTT client ids end with when several instances may share the configuration (a
+/// PostgreSQL state store, or an `instance:` set): the instance name, so that each keeps
+/// its own sessions instead of taking over another's.
+pub(super) fn client_id_suffix(config: &Config) -> Option<String> {
+    let state = config.state.value.as_str();
+    let shared = state.starts_with("postgres://") || state.starts_with("postgresql://");
+    (shared || config.instance.is_some()).then(|| config.instance_name())
+}
+
+/// What every lease of this process shares.
+pub(super) struct Leases {
+    pub state: State,
+    pub holder: Holder,
+    pub ttl: std::time::Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Leases {
+    pub fn spec(&self, name: String) -> LeaseSpec {
+        LeaseSpec {
+            state: self.state.clone(),
+            name,
+            holder: self.holder.clone(),
+            ttl: self.ttl,
+            metrics: self.metrics.clone(),
+        }
+    }
 }
 
 pub(super) fn amqp_settings(config: &Config) -> Result<BTreeMap<String, AmqpSettings>, AppError> {
@@ -62,22 +99,24 @@ pub(super) fn outbound_route(
     dbs: &BTreeMap<String, DbSpec>,
     brokers: &BTreeMap<String, MqttSettings>,
     amqp: &BTreeMap<String, AmqpSettings>,
-    state: &State,
-    metrics: &Metrics,
+    leases: &Leases,
     misconfigured: &mpsc::UnboundedSender<String>,
 ) -> Result<OutboundRoute, AppError> {
     let poller = Poller::start(dbs[&plan.database].clone(), plan.poll.clone())
         .map_err(|e| AppError::Runtime(e.to_string()))?;
     let publisher = publisher(&plan.destination, &plan.name, brokers, amqp)?;
     let broker = plan.destination.broker;
-    let metrics = metrics.route(&plan.name, Kind::Outbound, &broker, &plan.database);
+    let metrics = leases
+        .metrics
+        .route(&plan.name, Kind::Outbound, &broker, &plan.database);
     Ok(OutboundRoute {
+        lease: Some(leases.spec(format!("outbound:{}", plan.name))),
         metrics,
         name: plan.name,
         broker,
         poller,
         publisher,
-        state: state.clone(),
+        state: leases.state.clone(),
         destination: plan.destination.target,
         format: plan.format,
         csv: plan.csv,
@@ -132,7 +171,7 @@ pub fn replay_publishers(config: &Config) -> Result<crate::replay::MakePublisher
 /// The dead-letter mirror, when `dead_letter.publish` is configured.
 pub(super) fn mirror(
     config: &Config,
-    state: &State,
+    leases: &Leases,
     brokers: &BTreeMap<String, MqttSettings>,
     amqp: &BTreeMap<String, AmqpSettings>,
 ) -> Result<Option<crate::mirror::Mirror>, AppError> {
@@ -141,7 +180,8 @@ pub(super) fn mirror(
     };
     let to = Destination::resolve(&m.value, true).map_err(AppError::Usage)?;
     Ok(Some(crate::mirror::Mirror {
-        state: state.clone(),
+        lease: leases.spec(crate::mirror::LEASE.into()),
+        state: leases.state.clone(),
         publisher: publisher(&to, "dead-letters", brokers, amqp)?,
         target: to.target,
         broker: to.broker,

@@ -20,7 +20,18 @@ use super::outbound::{Destination, Outbound};
 pub struct Config {
     /// sqlx URL of the state store holding dead letters and positions.
     #[serde(default = "default_state")]
-    pub state: EnvString,
+    pub state: Spanned<EnvString>,
+    /// The password of a PostgreSQL state store, read from this file.
+    #[serde(default)]
+    pub state_password_file: Option<EnvString>,
+    /// This process's name among the instances sharing the state store (default: the
+    /// host name).
+    #[serde(default)]
+    pub instance: Option<Spanned<EnvString>>,
+    /// How long an instance holds an outbound route or the dead-letter mirror without
+    /// renewing it before another instance may take it over.
+    #[serde(default = "default_lease", deserialize_with = "duration::deserialize")]
+    pub lease: Duration,
     /// Named broker connections that routes refer to.
     #[serde(default)]
     pub brokers: BTreeMap<String, Spanned<Broker>>,
@@ -78,6 +89,34 @@ pub struct DeadLetterSettings {
     pub publish: Option<Spanned<Destination>>,
 }
 
-pub fn default_state() -> EnvString {
-    EnvString("sqlite://mqdb-state.db".into())
+pub fn default_state() -> Spanned<EnvString> {
+    Spanned::new(
+        EnvString("sqlite://mqdb-state.db".into()),
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
+}
+
+pub fn default_lease() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Config {
+    /// The `instance:` name, or else the host name.
+    pub fn instance_name(&self) -> String {
+        match &self.instance {
+            Some(name) => name.value.as_str().to_string(),
+            None => host_name(),
+        }
+    }
+}
+
+/// The host name, or `mqdb` when the system gives none.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "mqdb".into())
 }

@@ -1,6 +1,8 @@
 //! The outbound route loop: poll the query from the stored position, publish each row,
 //! and advance the position only past rows the broker confirmed (or that became dead
 //! letters), in order. `after_publish` runs for those rows before the position moves.
+//! Only the holder of the route's lease polls and publishes; every position it stores is
+//! fenced by the lease.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +20,9 @@ use crate::db::poll::{Polled, Poller};
 use crate::dedup;
 use crate::destination::Target;
 use crate::dlq::{Direction, NewDeadLetter};
+use crate::lease::{Lease, LeaseSpec};
 use crate::metrics::RouteMetrics;
-use crate::state::State;
+use crate::state::{Fence, State, StateError};
 
 mod row;
 
@@ -43,20 +46,21 @@ pub struct OutboundRoute {
     pub metrics: Arc<RouteMetrics>,
     /// Where the route says that its configuration cannot work, and stops.
     pub misconfigured: tokio::sync::mpsc::UnboundedSender<String>,
+    /// The route's lease among the instances sharing the state store.
+    pub lease: Option<LeaseSpec>,
 }
 
-/// Why a poll failed; a misconfigured route stops instead of retrying.
-struct Failed {
-    message: String,
-    misconfigured: bool,
+/// Why a poll failed: a misconfigured route stops, one that lost its lease stands by, any
+/// other failure is retried.
+enum Failed {
+    Retry(String),
+    Misconfigured(String),
+    LeaseLost,
 }
 
 impl From<String> for Failed {
     fn from(message: String) -> Failed {
-        Failed {
-            message,
-            misconfigured: false,
-        }
+        Failed::Retry(message)
     }
 }
 
@@ -79,19 +83,43 @@ enum Attempt {
 }
 
 impl OutboundRoute {
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let Some(spec) = self.lease.take() else {
+            return;
+        };
+        let mut lease = Lease::keep(spec);
+        self.metrics.set_standby(true);
+        while let Some(fence) = lease.acquired(&mut stop).await {
+            self.metrics.set_standby(false);
+            let stopped = self.hold(&lease, &fence, &mut stop).await;
+            self.metrics.set_standby(true);
+            if stopped {
+                break;
+            }
+            info!(route = %self.name, "outbound route standing by: another instance holds it");
+        }
+        lease.release().await;
+    }
+
+    /// Works the route while `fence` is this process's; true when it stopped for good
+    /// (shutdown or a configuration that cannot work).
+    async fn hold(&self, lease: &Lease, fence: &Fence, stop: &mut watch::Receiver<bool>) -> bool {
+        // Read again at every takeover: the previous holder may have moved it.
         let mut position = loop {
             match self.state.position(&self.name).await {
                 Ok(p) => break p.unwrap_or_else(|| self.start.clone()),
                 Err(e) => {
                     warn!(route = %self.name, error = %e, "cannot read the stored position; retrying");
-                    if sleep_or_stop(Duration::from_secs(1), &mut stop).await {
-                        return;
+                    if sleep_or_stop(Duration::from_secs(1), stop).await {
+                        return true;
+                    }
+                    if !lease.still(fence) {
+                        return false;
                     }
                 }
             }
         };
-        info!(route = %self.name, position = ?position, "outbound route started");
+        info!(route = %self.name, position = ?position, epoch = fence.epoch, "outbound route started");
         if let Err(e) = self.publisher.connect().await {
             warn!(route = %self.name, broker = %self.broker, error = %e, "publisher cannot connect yet; retrying with the first rows");
         }
@@ -99,7 +127,10 @@ impl OutboundRoute {
         let mut ahead = None;
         loop {
             if *stop.borrow() {
-                return;
+                return true;
+            }
+            if !lease.still(fence) {
+                return false;
             }
             // An idle AMQP publisher only reconnects when asked; without this, health would
             // show its broker down until the next row.
@@ -109,29 +140,30 @@ impl OutboundRoute {
                 RouteMetrics::add(&self.metrics.retries, 1);
                 debug!(route = %self.name, broker = %self.broker, error = %e, "publisher not connected");
             }
-            let result = self.cycle(&mut position, &mut ahead).await;
+            let result = self.cycle(&mut position, &mut ahead, lease, fence).await;
             self.metrics.set_broker_up(self.publisher.is_connected());
             let pause = match result {
                 Ok(more) => {
                     backoff.reset();
                     if more { Duration::ZERO } else { self.interval }
                 }
-                Err(Failed {
-                    message,
-                    misconfigured: true,
-                }) => {
+                Err(Failed::Misconfigured(message)) => {
                     let _ = self.misconfigured.send(message);
-                    return;
+                    return true;
                 }
-                Err(Failed { message: e, .. }) => {
+                Err(Failed::LeaseLost) => {
+                    lease.lost();
+                    return false;
+                }
+                Err(Failed::Retry(e)) => {
                     RouteMetrics::add(&self.metrics.retries, 1);
                     let pause = backoff.next_delay();
                     warn!(route = %self.name, error = %e, retry_in = ?pause, "outbound poll or publish failed; retrying from the stored position");
                     pause
                 }
             };
-            if sleep_or_stop(pause, &mut stop).await {
-                return;
+            if sleep_or_stop(pause, stop).await {
+                return true;
             }
         }
     }
@@ -145,6 +177,8 @@ impl OutboundRoute {
         &self,
         position: &mut Vec<String>,
         ahead: &mut Option<ReadAhead>,
+        lease: &Lease,
+        fence: &Fence,
     ) -> Result<bool, Failed> {
         let started = std::time::Instant::now();
         let polled = match ahead.take() {
@@ -156,10 +190,7 @@ impl OutboundRoute {
                     } else {
                         "the stored position"
                     };
-                    return Failed {
-                        message: format!("route {}: {whence}: {e}", self.name),
-                        misconfigured: true,
-                    };
+                    return Failed::Misconfigured(format!("route {}: {whence}: {e}", self.name));
                 }
                 self.metrics.set_database_up(false);
                 format!("query failed: {e}").into()
@@ -182,7 +213,14 @@ impl OutboundRoute {
         let read_at = started.elapsed();
         let mut attempts: Vec<(Attempt, Option<Address>, Vec<u8>)> = Vec::with_capacity(rows.len());
         let mut publish_failure = None;
+        let mut lease_lost = false;
         for row in rows {
+            // A holder paused past its lease stops here: what it has sent is confirmed and
+            // its position write is refused, so the next holder starts where this one was.
+            if !lease.still(fence) {
+                lease_lost = true;
+                break;
+            }
             let payload = payload(self.format, &self.csv, &polled.columns, row);
             let address = match unpublishable(row) {
                 Some(reason) => Err((Some("value"), reason)),
@@ -250,7 +288,7 @@ impl OutboundRoute {
         };
         // Without this the broker idles while the next rows are read. after_publish may
         // change what the query returns, so such a route reads only after it has run.
-        let next = (more && !self.after_publish && publish_failure.is_none())
+        let next = (more && !self.after_publish && publish_failure.is_none() && !lease_lost)
             .then(|| next_position(&polled.track, &rows[rows.len() - 1], position));
         let read_ahead = async {
             match next {
@@ -343,10 +381,18 @@ impl OutboundRoute {
         let new_position: Option<Vec<String>> =
             (tracked && done > 0).then(|| next_position(&polled.track, &rows[done - 1], position));
         if new_position.is_some() || !letters.is_empty() {
-            self.state
-                .advance(&self.name, new_position.as_deref(), &letters)
+            match self
+                .state
+                .advance(&self.name, Some(fence), new_position.as_deref(), &letters)
                 .await
-                .map_err(|e| format!("cannot store the position: {e}"))?;
+            {
+                Ok(()) => {}
+                Err(StateError::Fenced(_)) => {
+                    warn!(route = %self.name, rows = done, "lease taken over while publishing; the position stays for the new holder");
+                    return Err(Failed::LeaseLost);
+                }
+                Err(e) => return Err(format!("cannot store the position: {e}").into()),
+            }
         }
         RouteMetrics::add(&self.metrics.published, published);
         RouteMetrics::add(&self.metrics.dead_letters, letters.len());
@@ -365,6 +411,9 @@ impl OutboundRoute {
         );
         if let Some(p) = new_position {
             *position = p;
+        }
+        if lease_lost {
+            return Err(Failed::LeaseLost);
         }
         match publish_failure.or(confirm_failure) {
             Some(e) => Err(format!("broker {}: {e}", self.broker).into()),

@@ -152,6 +152,22 @@ impl State {
         })
     }
 
+    /// How many dead letters each route has of each kind, by route then kind.
+    pub async fn dead_letter_counts(&self) -> Result<Vec<(String, String, i64)>, StateError> {
+        on_pool!(self, |pool, _pg| {
+            let rows = sqlx::query(
+                "SELECT route, error_kind, COUNT(*) FROM dead_letters
+                 GROUP BY route, error_kind ORDER BY route, error_kind",
+            )
+            .fetch_all(pool)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| (r.get(0), r.get(1), r.get(2)))
+                .collect())
+        })
+    }
+
     pub async fn count_dead_letters(&self, filter: &DeadLetterFilter) -> Result<u64, StateError> {
         on_pool!(self, |pool, pg| {
             let text = format!("SELECT COUNT(*) FROM dead_letters WHERE {}", filter_sql(pg));
@@ -445,6 +461,7 @@ where
 mod tests {
     use super::*;
     use crate::dlq::Direction;
+    use crate::state::test_stores::{PgDb, store, stores};
 
     fn letter(route: &str, kind: &str) -> NewDeadLetter {
         NewDeadLetter {
@@ -456,67 +473,6 @@ mod tests {
             error_kind: kind.into(),
             error: "e".into(),
             sqlstate: None,
-        }
-    }
-
-    async fn store() -> (tempfile::TempDir, State) {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("s.db").display());
-        let state = State::open(&url).await.unwrap();
-        (dir, state)
-    }
-
-    /// A store of each kind: SQLite, and a private database on the local PostgreSQL.
-    async fn stores() -> Vec<(Box<dyn std::any::Any>, State)> {
-        let (dir, sqlite) = store().await;
-        let db = PgDb::create().await;
-        let pg = State::open(&db.url()).await.unwrap();
-        vec![(Box::new(dir), sqlite), (Box::new(db), pg)]
-    }
-
-    const PG_ADMIN: &str = "postgres://root@127.0.0.1:5432/test";
-
-    /// A database of its own on the local PostgreSQL, dropped with this.
-    struct PgDb(String);
-
-    impl PgDb {
-        async fn create() -> PgDb {
-            use sqlx::Connection;
-            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let name = format!("mqdb_state_unit_{}_{n}", std::process::id());
-            let mut admin = sqlx::PgConnection::connect(PG_ADMIN).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                .execute(&mut admin)
-                .await
-                .unwrap();
-            PgDb(name)
-        }
-
-        fn url(&self) -> String {
-            format!("postgres://root@127.0.0.1:5432/{}", self.0)
-        }
-    }
-
-    impl Drop for PgDb {
-        fn drop(&mut self) {
-            use sqlx::Connection;
-            // Drop runs inside the test's runtime: the cleanup gets a runtime of its own.
-            let drop_sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0);
-            let cleanup = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                runtime.block_on(async {
-                    let mut admin = sqlx::PgConnection::connect(PG_ADMIN).await?;
-                    sqlx::query(sqlx::AssertSqlSafe(drop_sql))
-                        .execute(&mut admin)
-                        .await
-                        .map(drop)
-                })
-            });
-            let _ = cleanup.join();
         }
     }
 
@@ -809,7 +765,7 @@ mod tests {
                 .unwrap();
             let after = state.dead_letters_after(old[0], 10).await.unwrap();
             assert_eq!(ids(&after), new);
-            state.set_mirror_position("m", new[0]).await.unwrap();
+            state.set_mirror_position("m", new[0], None).await.unwrap();
             assert_eq!(state.mirror_position("m").await.unwrap(), new[0]);
         }
     }

@@ -5,7 +5,26 @@ use sqlx::Row;
 use crate::dlq::NewDeadLetter;
 
 use super::dead_letters::Inserts;
+use super::leases::{Fence, fence_check};
 use super::store::{State, StateError, in_write, on_pool, sql};
+
+/// Inside a write transaction: fails it with [`StateError::Fenced`] unless `fence` (when
+/// there is one) is still the lease's current holder and epoch.
+macro_rules! fenced {
+    ($tx:ident, $pg:ident, $fence:expr) => {
+        if let Some(fence) = $fence {
+            let held = sqlx::query(fence_check($pg))
+                .bind(&fence.lease)
+                .bind(&fence.holder)
+                .bind(fence.epoch)
+                .fetch_optional(&mut *$tx)
+                .await?;
+            if held.is_none() {
+                return Ok(Err(StateError::Fenced(fence.lease.clone())));
+            }
+        }
+    };
+}
 
 impl State {
     /// The mirror's last published id; on first use, the newest id now (it mirrors new
@@ -40,18 +59,24 @@ impl State {
         })
     }
 
-    pub async fn set_mirror_position(&self, name: &str, id: i64) -> Result<(), StateError> {
+    pub async fn set_mirror_position(
+        &self,
+        name: &str,
+        id: i64,
+        fence: Option<&Fence>,
+    ) -> Result<(), StateError> {
         in_write!(self, |tx, pg| {
+            fenced!(tx, pg, fence);
             sqlx::query(sql(
                 pg,
                 "UPDATE mirror_position SET last_id = ? WHERE name = ?",
             ))
             .bind(id)
             .bind(name)
-            .execute(tx)
+            .execute(&mut *tx)
             .await?;
-            Ok(())
-        })
+            Ok(Ok(()))
+        })?
     }
 
     /// The stored position of an outbound route.
@@ -65,16 +90,36 @@ impl State {
         })
     }
 
+    /// Every outbound route's stored position and when it last moved (RFC 3339), by route.
+    pub async fn positions(&self) -> Result<Vec<(String, Vec<String>, String)>, StateError> {
+        on_pool!(self, |pool, _pg| {
+            let rows =
+                sqlx::query("SELECT route, position, updated_at FROM positions ORDER BY route")
+                    .fetch_all(pool)
+                    .await?;
+            Ok(rows
+                .into_iter()
+                .map(|r| {
+                    let position = serde_json::from_str(&r.get::<String, _>(1)).unwrap_or_default();
+                    (r.get(0), position, r.get(2))
+                })
+                .collect())
+        })
+    }
+
     /// Stores a route's position together with the dead letters met on the way, in one
-    /// transaction, so that neither can be lost without the other.
+    /// transaction, so that neither can be lost without the other; under `fence`, only
+    /// while that lease is still held.
     pub async fn advance(
         &self,
         route: &str,
+        fence: Option<&Fence>,
         position: Option<&[String]>,
         letters: &[NewDeadLetter],
     ) -> Result<(), StateError> {
         let now = crate::dlq::now_rfc3339();
         in_write!(self, |tx, pg| {
+            fenced!(tx, pg, fence);
             if !letters.is_empty() {
                 tx.order_inserts().await?;
             }
@@ -93,7 +138,7 @@ impl State {
                 .execute(&mut *tx)
                 .await?;
             }
-            Ok(())
-        })
+            Ok(Ok(()))
+        })?
     }
 }

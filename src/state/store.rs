@@ -30,6 +30,9 @@ pub enum StateError {
     Query(#[from] sqlx::Error),
     #[error("state store `{0}`: only sqlite://, postgres:// and postgresql:// URLs are supported")]
     Unsupported(String),
+    /// A write under a lease that another process has taken since: the writer steps down.
+    #[error("lease `{0}` has been taken over by another instance")]
+    Fenced(String),
 }
 
 #[derive(Clone)]
@@ -114,8 +117,13 @@ impl State {
     /// Opens and migrates the store: a SQLite file (created if needed) or a PostgreSQL
     /// database (which must exist).
     pub async fn open(url: &str) -> Result<State, StateError> {
+        Self::open_with(url, None).await
+    }
+
+    /// [`State::open`], with the password of a PostgreSQL store given apart from its URL.
+    pub async fn open_with(url: &str, password: Option<&str>) -> Result<State, StateError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Self::open_postgres(url).await;
+            return Self::open_postgres(url, password).await;
         }
         if !url.starts_with("sqlite:") {
             return Err(StateError::Unsupported(redacted(url)));
@@ -181,12 +189,15 @@ impl State {
 
     /// Several processes may start on one database at once: sqlx holds an advisory lock
     /// while it migrates PostgreSQL. The database itself must exist.
-    async fn open_postgres(url: &str) -> Result<State, StateError> {
+    async fn open_postgres(url: &str, password: Option<&str>) -> Result<State, StateError> {
         let open = |source| StateError::Open {
             url: redacted(url),
             source,
         };
-        let options = PgConnectOptions::from_str(url).map_err(open)?;
+        let mut options = PgConnectOptions::from_str(url).map_err(open)?;
+        if let Some(password) = password {
+            options = options.password(password);
+        }
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))

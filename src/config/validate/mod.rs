@@ -10,12 +10,15 @@ use super::{Config, ConfigError};
 mod inbound;
 mod names;
 mod outbound;
+mod shared;
 
 use inbound::check_inbound;
 use outbound::{check_mirror, check_outbound};
+use shared::check_shared;
 
 pub fn check(path: &Path, config: &Config) -> Result<(), ConfigError> {
     let err = |at: &serde_saphyr::Location, msg: String| ConfigError::at(path, at, msg);
+    check_shared(path, config)?;
 
     for (name, broker) in &config.brokers {
         let url = broker.value.url.value.as_str();
@@ -147,6 +150,44 @@ mod tests {
         let path = Path::new("c.yaml");
         let config = parse(path, &text).unwrap();
         check(path, &config).unwrap_err()
+    }
+
+    #[test]
+    fn shared_store_settings_are_checked_where_they_are_written() {
+        let path = Path::new("c.yaml");
+        let error = |root: &str| {
+            let text = format!("{root}{BASE}");
+            check(path, &parse(path, &text).unwrap())
+                .err()
+                .map(|e| e.to_string())
+        };
+        let bad_name = error("instance: 'a b'\n").expect("refused");
+        assert!(
+            bad_name.starts_with("c.yaml:1:") && bad_name.contains("bridge-1"),
+            "{bad_name}"
+        );
+        let file_for_sqlite =
+            error("state: sqlite://s.db\nstate_password_file: pw\n").expect("refused");
+        assert!(
+            file_for_sqlite.starts_with("c.yaml:1:"),
+            "{file_for_sqlite}"
+        );
+        let both =
+            error("state: postgres://u:pw@h/db\nstate_password_file: pw\n").expect("refused");
+        assert!(
+            both.contains("keep one") && !both.contains(":pw@"),
+            "{both}"
+        );
+        let scheme = error("state: mysql://h/db\n").expect("refused");
+        assert!(scheme.contains("postgres://user@host"), "{scheme}");
+        let short = error("lease: 500ms\n").expect("refused");
+        assert!(short.contains("lease: must be at least 1s"), "{short}");
+        assert_eq!(
+            error(
+                "instance: bridge-1.eu_west\nlease: 3s\nstate: postgres://u@h/db\nstate_password_file: pw\n"
+            ),
+            None
+        );
     }
 
     #[test]

@@ -1,0 +1,202 @@
+//! Holding a lease while a route runs: a task takes the lease, renews it every third of
+//! its length, and tells the route whether it holds it. The route publishes only while it
+//! does, and every position it stores is fenced by the lease's epoch, so a holder that
+//! was paused past its lease (a frozen VM, SIGSTOP) can neither move the position nor go
+//! on as if nothing happened once it notices.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, watch};
+use tracing::{error, info, warn};
+
+use crate::metrics::Metrics;
+use crate::state::{Fence, Holder, State};
+
+/// A lease this process holds, and until when it may act on it by its own clock.
+#[derive(Clone, Debug)]
+struct Held {
+    fence: Fence,
+    until: Instant,
+}
+
+/// A route's side of its lease.
+pub struct Lease {
+    held: watch::Receiver<Option<Held>>,
+    lost: Arc<Notify>,
+    release: watch::Sender<bool>,
+    keeper: tokio::task::JoinHandle<()>,
+}
+
+/// What keeps a lease: the store, who holds it, for how long.
+pub struct LeaseSpec {
+    pub state: State,
+    pub name: String,
+    pub holder: Holder,
+    pub ttl: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Lease {
+    /// Starts keeping the lease; it is released by [`Lease::release`].
+    pub fn keep(spec: LeaseSpec) -> Lease {
+        let (held_tx, held) = watch::channel(None);
+        let lost = Arc::new(Notify::new());
+        let (release, release_rx) = watch::channel(false);
+        let keeper = tokio::spawn(keeper(spec, held_tx, lost.clone(), release_rx));
+        Lease {
+            held,
+            lost,
+            release,
+            keeper,
+        }
+    }
+
+    /// Waits until this process holds the lease; `None` if `stop` came first.
+    pub async fn acquired(&mut self, stop: &mut watch::Receiver<bool>) -> Option<Fence> {
+        loop {
+            if *stop.borrow() {
+                return None;
+            }
+            if let Some(fence) = self.current() {
+                return Some(fence);
+            }
+            tokio::select! {
+                changed = self.held.changed() => if changed.is_err() { return None },
+                _ = stop.changed() => {}
+                // A lease held but past its local deadline is renewed by the keeper; look again.
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    }
+
+    /// The fence while the lease is held and its time by this process's clock has not run
+    /// out (a renewal that cannot reach the store does not extend it).
+    pub fn current(&self) -> Option<Fence> {
+        let held = self.held.borrow();
+        held.as_ref()
+            .filter(|h| Instant::now() < h.until)
+            .map(|h| h.fence.clone())
+    }
+
+    /// True while `fence` is still this process's current one.
+    pub fn still(&self, fence: &Fence) -> bool {
+        self.current().as_ref() == Some(fence)
+    }
+
+    /// A write under the lease was refused: another process holds it now.
+    pub fn lost(&self) {
+        self.lost.notify_one();
+    }
+
+    /// Gives the lease up (at once, for the next holder) and ends its keeper.
+    pub async fn release(self) {
+        let _ = self.release.send(true);
+        let _ = self.keeper.await;
+    }
+}
+
+/// Renews while held, otherwise tries to take the lease often enough that a takeover
+/// follows its expiry closely.
+async fn keeper(
+    spec: LeaseSpec,
+    held_tx: watch::Sender<Option<Held>>,
+    lost: Arc<Notify>,
+    mut release: watch::Receiver<bool>,
+) {
+    let LeaseSpec {
+        state,
+        name,
+        holder,
+        ttl,
+        metrics,
+    } = spec;
+    let renew_every = ttl / 3;
+    let retry_every = (ttl / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    // A renewal started at `sent` extends the lease from a moment no earlier than `sent`
+    // on the store's clock; a tenth is kept back for clocks that run at different rates.
+    let margin = ttl / 10;
+    let gauge = metrics.lease(&name);
+    let mut held: Option<Held> = None;
+    loop {
+        let sent = Instant::now();
+        let next = match state.take_lease(&name, &holder, ttl).await {
+            Ok(Some(epoch)) => {
+                let fence = Fence {
+                    lease: name.clone(),
+                    holder: holder.id.clone(),
+                    epoch,
+                };
+                match &held {
+                    Some(h) if h.fence.epoch != epoch => {
+                        error!(lease = %name, instance = %holder.instance, "another process running as this instance took the lease meanwhile; instance names must be unique");
+                    }
+                    None => info!(lease = %name, instance = %holder.instance, epoch, "lease taken"),
+                    Some(_) => {}
+                }
+                held = Some(Held {
+                    fence,
+                    until: sent + ttl.saturating_sub(margin),
+                });
+                renew_every
+            }
+            Ok(None) => {
+                if held.take().is_some() {
+                    warn!(lease = %name, instance = %holder.instance, "lease taken over by another instance; stepping down");
+                }
+                retry_every
+            }
+            Err(e) => {
+                if held.as_ref().is_some_and(|h| Instant::now() >= h.until) {
+                    held = None;
+                    warn!(lease = %name, error = %e, "lease expired while the state store was unreachable; stepping down");
+                } else {
+                    warn!(lease = %name, error = %e, "cannot renew the lease; retrying");
+                }
+                retry_every
+            }
+        };
+        gauge.store(
+            held.as_ref().map_or(0, |h| h.fence.epoch),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        held_tx.send_replace(held.clone());
+        tokio::select! {
+            _ = tokio::time::sleep(next) => {}
+            _ = lost.notified() => {
+                if held.take().is_some() {
+                    warn!(lease = %name, instance = %holder.instance, "a write under the lease was refused; stepping down");
+                }
+                held_tx.send_replace(None);
+            }
+            _ = release.changed() => break,
+        }
+    }
+    held_tx.send_replace(None);
+    gauge.store(0, std::sync::atomic::Ordering::Relaxed);
+    if let Some(h) = held
+        && let Err(e) = state.release_lease(&h.fence).await
+    {
+        warn!(lease = %name, error = %e, "cannot release the lease; it expires by itself");
+    }
+}
+
+/// Keeps this process's row in the instances table fresh until `stop`, then marks it
+/// stopped.
+pub async fn heartbeat(
+    state: State,
+    holder: Holder,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        if let Err(e) = state.instance_seen(&holder, false).await {
+            warn!(error = %e, "cannot record this instance in the state store");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => break,
+        }
+    }
+    let _ = state.instance_seen(&holder, true).await;
+}
