@@ -37,7 +37,7 @@ pub fn run(db: &Db, n: usize) -> (f64, Usage) {
         let config = mqdb::config::load(&config).expect("config");
         let plan = mqdb::routes::inbound_plans(&config).unwrap().remove(0);
         let specs = mqdb::app::db_specs(&config).unwrap();
-        let state = State::open(config.state.as_str()).await.unwrap();
+        let state = State::open(config.state.value.as_str()).await.unwrap();
         let metrics = Metrics::new().route("bench", Kind::Inbound, "src", "db");
         let stop = Arc::new(AtomicBool::new(false));
         let sink = worker::start(
