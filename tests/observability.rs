@@ -221,7 +221,15 @@ fn all_up(broker: &str, routes: &[(&str, &str)]) -> Json {
     let routes: serde_json::Map<String, Json> =
         routes.iter().map(|(r, d)| (r.to_string(), up(d))).collect();
     let (brokers, databases) = (json!({ broker: true }), json!({ "d": true }));
-    json!({ "status": "ok", "brokers": brokers, "databases": databases, "routes": routes })
+    // A lone instance holds every outbound route's lease; it runs under the host's name.
+    let leases: serde_json::Map<String, Json> = routes
+        .iter()
+        .filter(|(_, r)| r["direction"] == "outbound")
+        .map(|(name, _)| (format!("outbound:{name}"), json!("held")))
+        .collect();
+    let instance = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    json!({ "status": "ok", "instance": instance.trim(), "brokers": brokers,
+            "databases": databases, "routes": routes, "leases": leases })
 }
 
 fn health(addr: &str) -> (u16, Json) {

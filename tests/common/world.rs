@@ -119,8 +119,21 @@ impl World {
     /// subscribed to `filter` at QoS 1, then disconnects: from now on the broker queues every
     /// matching message for the bridge, also before it first starts.
     pub fn persistent_session(&self, filter: &str) {
-        Subscriber::connect_with(self.broker.port, &self.client_id, false, &[(filter, 1)])
-            .disconnect();
+        let id = self.session_id();
+        Subscriber::connect_with(self.broker.port, &id, false, &[(filter, 1)]).disconnect();
+    }
+
+    /// The client id the bridge's MQTT source connects with: on a PostgreSQL store, which
+    /// several instances may share, the instance name (here the host name) is appended.
+    pub fn session_id(&self) -> String {
+        match &self.store {
+            StateStore::Sqlite(_) => self.client_id.clone(),
+            StateStore::Postgres(_) => {
+                let host =
+                    std::fs::read_to_string("/proc/sys/kernel/hostname").expect("the host name");
+                format!("{}-{}", self.client_id, host.trim())
+            }
+        }
     }
 
     pub fn publisher(&self) -> Publisher {

@@ -1,0 +1,372 @@
+//! Several `mqdb run` processes on one state store (each kind: a SQLite file shared by
+//! processes on this host, and PostgreSQL): one instance at a time holds an outbound route
+//! and the dead-letter mirror; a survivor takes over from a holder that was killed, that
+//! stopped, or that was paused past its lease (and is then fenced); `mqdb status` shows it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{
+    Bridge, Db, Ran, Route, StateStore, Subscriber, TempTable, World, mqdb_env, unique, wait_for,
+};
+use serde_json::{Value as Json, json};
+
+/// Short, so that takeovers after a crash happen within a few seconds.
+const LEASE: &str = "2s";
+const MAX_ROWS: usize = 100;
+
+/// How often each id arrived.
+type Counts = BTreeMap<i64, usize>;
+
+/// One outbound route (PostgreSQL → MQTT) configured once for several instances; the
+/// instance name comes from `MQDB_INSTANCE`.
+struct Cluster {
+    world: World,
+    table: TempTable,
+    topic: String,
+    config: PathBuf,
+}
+
+impl Cluster {
+    fn new(store: StateStore, extra: impl FnOnce(common::Config, &str) -> common::Config) -> Self {
+        let world = World::new("instances").on_store(store);
+        let table = TempTable::create(&Db::Postgres, "out_inst", "id INTEGER PRIMARY KEY, v TEXT");
+        let topic = unique("inst");
+        let query = format!("SELECT id, v FROM {} WHERE id > ? ORDER BY id", table.name);
+        let route = Route::outbound("r", &query)
+            .interval("200ms")
+            .track("id", 0)
+            .broker("b")
+            .topic(&format!("{topic}/{{v}}"))
+            .qos(1)
+            .set("max_rows", MAX_ROWS);
+        let config = world
+            .config(&Db::Postgres)
+            .set("instance", "${MQDB_INSTANCE:-cli}")
+            .set("lease", LEASE)
+            .outbound(route);
+        let config = extra(config, &topic).write();
+        Cluster {
+            world,
+            table,
+            topic,
+            config,
+        }
+    }
+
+    /// An instance with a config file (and so a log) of its own.
+    fn start(&self, instance: &str) -> Bridge {
+        let own = self.config.with_file_name(format!("mqdb-{instance}.yaml"));
+        std::fs::copy(&self.config, &own).expect("copy the config");
+        Bridge::start_with_env(&own, &[("MQDB_INSTANCE", instance)])
+    }
+
+    fn subscribe(&self) -> Subscriber {
+        self.world.subscribe(&format!("{}/+", self.topic))
+    }
+
+    /// Rows `from..=to`, published to `TOPIC/ok`.
+    fn insert(&self, from: i64, to: i64) {
+        Db::Postgres.exec(&format!(
+            "INSERT INTO {} (id, v) SELECT g, 'ok' FROM generate_series({from}, {to}) g",
+            self.table.name
+        ));
+    }
+
+    fn status(&self) -> Json {
+        let ran = self.mqdb(&["status", "--json"]);
+        assert_eq!(ran.code, Some(0), "{ran}");
+        serde_json::from_str(&ran.stdout).unwrap_or_else(|e| panic!("{e}: {ran}"))
+    }
+
+    fn mqdb(&self, args: &[&str]) -> Ran {
+        mqdb_env(&self.config, args, &[])
+    }
+
+    /// The lease's row in `mqdb status`, `null` before anyone took it.
+    fn lease(&self, name: &str) -> Json {
+        let status = self.status();
+        let leases = status["leases"].as_array().cloned().unwrap_or_default();
+        leases
+            .into_iter()
+            .find(|l| l["lease"] == name)
+            .unwrap_or(Json::Null)
+    }
+
+    /// Waits until `name` is held (unexpired) by one of `instances`; returns its row.
+    fn held_by_one_of(&self, name: &str, instances: &[&str], watch: &mut Bridge) -> Json {
+        let mut row = Json::Null;
+        wait_for(
+            watch,
+            &format!("lease {name} held by one of {instances:?}"),
+            || {
+                row = self.lease(name);
+                let holder = row["instance"].as_str().unwrap_or_default();
+                Ok(row["held"] == true && instances.contains(&holder))
+            },
+        );
+        row
+    }
+}
+
+fn ids(sub: &Subscriber) -> Counts {
+    let mut counts = Counts::new();
+    for m in sub.messages() {
+        let row: Json = serde_json::from_slice(&m.payload).expect("a JSON row");
+        *counts
+            .entry(row["id"].as_i64().expect("an id"))
+            .or_default() += 1;
+    }
+    counts
+}
+
+fn wait_ids(watch: &mut Bridge, sub: &Subscriber, to: i64) -> Counts {
+    wait_for(watch, &format!("every id up to {to}"), || {
+        let counts = ids(sub);
+        Ok((1..=to).all(|i| counts.contains_key(&i)))
+    });
+    ids(sub)
+}
+
+fn more_than_once(counts: &Counts, range: std::ops::RangeInclusive<i64>) -> Vec<i64> {
+    range
+        .filter(|i| counts.get(i).is_some_and(|&n| n > 1))
+        .collect()
+}
+
+fn position(status: &Json, route: &str) -> Json {
+    let positions = status["positions"].as_array().cloned().unwrap_or_default();
+    positions
+        .into_iter()
+        .find(|p| p["route"] == route)
+        .map(|p| p["position"].clone())
+        .unwrap_or(Json::Null)
+}
+
+fn each_store(test: impl Fn(StateStore)) {
+    let dir = common::temp_dir("instances-stores");
+    for store in StateStore::each_in(dir.path()) {
+        test(store);
+    }
+}
+
+#[test]
+fn one_holder_publishes_and_survivors_take_over_after_sigkill_and_sigterm() {
+    each_store(|store| {
+        let cluster = Cluster::new(store, |c, _| c);
+        let sub = cluster.subscribe();
+        let names = ["i1", "i2", "i3"];
+        let mut bridges: BTreeMap<&str, Bridge> =
+            names.iter().map(|n| (*n, cluster.start(n))).collect();
+        cluster.insert(1, 300);
+        let watch = bridges.get_mut("i1").unwrap();
+        let counts = wait_ids(watch, &sub, 300);
+        // Nobody crashed yet: three instances, each row published once.
+        assert_eq!(more_than_once(&counts, 1..=300), Vec::<i64>::new());
+        let first = cluster.held_by_one_of("outbound:r", &names, watch);
+        wait_for(watch, "three instances running", || {
+            let status = cluster.status();
+            let running = status["instances"].as_array().unwrap().iter();
+            Ok(running.filter(|i| i["state"] == "running").count() == 3)
+        });
+        let holder = first["instance"].as_str().unwrap().to_string();
+        for name in names.iter().filter(|n| **n != holder) {
+            let log = bridges[name].log();
+            assert!(!log.contains("lease taken"), "{name}:\n{log}");
+        }
+
+        // The holder dies without a word: a survivor takes over once the lease expires.
+        bridges.get_mut(holder.as_str()).unwrap().kill();
+        let killed_at = Instant::now();
+        cluster.insert(301, 600);
+        let survivors: Vec<&str> = names.iter().copied().filter(|n| *n != holder).collect();
+        let watch = bridges.get_mut(survivors[0]).unwrap();
+        let counts = wait_ids(watch, &sub, 600);
+        eprintln!(
+            "rows published again {:?} after the SIGKILL",
+            killed_at.elapsed()
+        );
+        let second = cluster.held_by_one_of("outbound:r", &survivors, watch);
+        assert!(
+            second["epoch"].as_i64() > first["epoch"].as_i64(),
+            "{first} then {second}"
+        );
+        // Only what the holder had published but not yet stored can come again.
+        let again = more_than_once(&counts, 1..=600);
+        assert!(
+            again.len() <= MAX_ROWS,
+            "{} published twice: {again:?}",
+            again.len()
+        );
+
+        // The next holder is stopped: it hands the lease over on its way out, and the last
+        // instance publishes on from the stored position without a duplicate.
+        let holder = second["instance"].as_str().unwrap().to_string();
+        let status = bridges.get_mut(holder.as_str()).unwrap().terminate();
+        assert!(status.success(), "{status:?}");
+        let last: Vec<&str> = survivors.into_iter().filter(|n| *n != holder).collect();
+        cluster.insert(601, 900);
+        let watch = bridges.get_mut(last[0]).unwrap();
+        let counts = wait_ids(watch, &sub, 900);
+        assert_eq!(more_than_once(&counts, 601..=900), Vec::<i64>::new());
+        let third = cluster.held_by_one_of("outbound:r", &last, watch);
+        assert!(third["epoch"].as_i64() > second["epoch"].as_i64());
+        wait_for(watch, "the position at 900", || {
+            Ok(position(&cluster.status(), "r") == json!(["900"]))
+        });
+        let status = cluster.status();
+        let stopped = status["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["state"] == "stopped")
+            .count();
+        assert_eq!(stopped, 1, "{status}");
+    });
+}
+
+#[test]
+fn a_stopped_holder_hands_its_lease_over_at_once() {
+    each_store(|store| {
+        // A lease far longer than the wait below: only a release lets the other go on.
+        let cluster = Cluster::new(store, |c, _| c.set("lease", "1h"));
+        let sub = cluster.subscribe();
+        let mut a = cluster.start("a");
+        cluster.insert(1, 50);
+        wait_ids(&mut a, &sub, 50);
+        cluster.held_by_one_of("outbound:r", &["a"], &mut a);
+        let mut b = cluster.start("b");
+        b.wait_for_log("instance", Duration::from_secs(30));
+        assert!(a.terminate().success());
+        cluster.insert(51, 100);
+        let counts = wait_ids(&mut b, &sub, 100);
+        assert_eq!(more_than_once(&counts, 1..=100), Vec::<i64>::new());
+        cluster.held_by_one_of("outbound:r", &["b"], &mut b);
+    });
+}
+
+#[test]
+fn a_holder_paused_past_its_lease_is_fenced_and_stands_by() {
+    each_store(|store| {
+        let cluster = Cluster::new(store, |c, _| c);
+        let sub = cluster.subscribe();
+        let mut a = cluster.start("a");
+        cluster.insert(1, 100);
+        wait_ids(&mut a, &sub, 100);
+        cluster.held_by_one_of("outbound:r", &["a"], &mut a);
+        let mut b = cluster.start("b");
+
+        // A frozen VM, a long GC pause: the process stops without losing its connections.
+        let pid = a.pid().unwrap();
+        common::send_signal(pid, "STOP");
+        cluster.insert(101, 200);
+        let counts = wait_ids(&mut b, &sub, 200);
+        cluster.held_by_one_of("outbound:r", &["b"], &mut b);
+        common::send_signal(pid, "CONT");
+
+        // Back, it notices that its lease ran out and publishes nothing more.
+        a.wait_for_log("standing by", Duration::from_secs(30));
+        cluster.insert(201, 300);
+        let counts_after = wait_ids(&mut b, &sub, 300);
+        assert_eq!(more_than_once(&counts_after, 201..=300), Vec::<i64>::new());
+        assert_eq!(
+            more_than_once(&counts, 1..=200).len(),
+            more_than_once(&counts_after, 1..=200).len(),
+            "rows of before the pause published again after it"
+        );
+        wait_for(&mut b, "the position at 300", || {
+            Ok(position(&cluster.status(), "r") == json!(["300"]))
+        });
+        let lease = cluster.lease("outbound:r");
+        assert_eq!(lease["instance"], "b", "{lease}");
+        assert!(a.is_running(), "{}", a.log());
+    });
+}
+
+#[test]
+fn one_instance_mirrors_each_dead_letter_and_status_counts_them() {
+    each_store(|store| {
+        let mirror_topic = unique("inst_dead");
+        let cluster = Cluster::new(store, |c, _| {
+            c.set(
+                "dead_letter",
+                json!({"publish": {"broker": "b", "topic": format!("{mirror_topic}/{{route}}"), "qos": 1}}),
+            )
+        });
+        let copies = cluster.world.subscribe(&format!("{mirror_topic}/#"));
+        let sub = cluster.subscribe();
+        let mut a = cluster.start("a");
+        let mut b = cluster.start("b");
+        cluster.held_by_one_of("mirror", &["a", "b"], &mut a);
+        // `v` becomes a topic level: `+` cannot be one, so those rows are dead letters.
+        Db::Postgres.exec(&format!(
+            "INSERT INTO {} (id, v) SELECT g, CASE WHEN g % 10 = 0 THEN 'bad+' ELSE 'ok' END \
+             FROM generate_series(1, 200) g",
+            cluster.table.name
+        ));
+        wait_for(&mut b, "20 dead-letter copies", || Ok(copies.count() >= 20));
+        wait_for(&mut a, "180 rows", || Ok(ids(&sub).len() >= 180));
+        std::thread::sleep(Duration::from_secs(1));
+        let mut seen = BTreeMap::<i64, usize>::new();
+        for m in copies.messages() {
+            let letter: Json = serde_json::from_slice(&m.payload).unwrap();
+            *seen.entry(letter["id"].as_i64().unwrap()).or_default() += 1;
+        }
+        assert_eq!(seen.len(), 20, "{seen:?}");
+        assert!(
+            seen.values().all(|&n| n == 1),
+            "copies mirrored twice: {seen:?}"
+        );
+
+        let status = cluster.status();
+        assert_eq!(status["dead_letters"]["total"], 20, "{status}");
+        assert_eq!(
+            status["dead_letters"]["by_route"],
+            json!([{"route": "r", "error_kind": "topic", "count": 20}])
+        );
+        let text = cluster.mqdb(&["status"]);
+        assert_eq!(text.code, Some(0), "{text}");
+        for needle in [
+            "instances (2):",
+            "outbound:r",
+            "mirror",
+            "dead letters (20):",
+            "topic",
+        ] {
+            assert!(text.stdout.contains(needle), "{needle} missing: {text}");
+        }
+        let _ = (a.terminate(), b.terminate());
+    });
+}
+
+#[test]
+fn metrics_and_health_show_the_instance_and_its_leases() {
+    let store = StateStore::sqlite_in(Path::new(&common::temp_dir("inst-http").keep()));
+    let port = common::free_port();
+    let cluster = Cluster::new(store, |c, _| {
+        c.set("http", json!({"listen": format!("127.0.0.1:{port}")}))
+    });
+    let mut a = cluster.start("metrics-a");
+    cluster.held_by_one_of("outbound:r", &["metrics-a"], &mut a);
+    let addr = format!("127.0.0.1:{port}");
+    let (_, metrics) = common::http::get(&addr, "/metrics");
+    assert!(
+        metrics.contains("mqdb_instance_info{instance=\"metrics-a\""),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mqdb_lease_held{lease=\"outbound:r\",instance=\"metrics-a\"} 1"),
+        "{metrics}"
+    );
+    let mut health = Json::Null;
+    wait_for(&mut a, "/health 200", || {
+        let (code, body) = common::http::get(&addr, "/health");
+        health = serde_json::from_str(&body).unwrap();
+        Ok(code == 200)
+    });
+    assert_eq!(health["instance"], "metrics-a", "{health}");
+    assert_eq!(health["leases"]["outbound:r"], "held", "{health}");
+}
