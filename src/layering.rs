@@ -31,6 +31,7 @@ const LAYERS: &[(&str, bool, &[&str])] = &[
             "replay",
             "mirror",
             "lease",
+            "slots",
             "dedup",
         ],
     ),

@@ -59,6 +59,8 @@
 //!      the routes it re-sends through (`engine`, `inbound`, `outbound`), each letter's
 //!      outcome (`outcome`) and the summary (`report`).
 //!    - [`mirror`]: new dead letters copied to a broker (`dead_letter.publish`).
+//!    - [`slots`]: shared MQTT subscriptions over numbered client ids held through leases,
+//!      and the adoption of a slot whose instance is gone.
 //!    - [`lease`]: holding an outbound route's or the mirror's lease while it runs, so that
 //!      one instance among those sharing the state store does the work.
 //! 6. Application:
@@ -126,6 +128,7 @@ pub mod net;
 pub mod outbound;
 pub mod replay;
 pub mod routes;
+pub mod slots;
 pub mod state;
 pub mod status;
 pub mod template;

@@ -17,6 +17,8 @@ pub enum Intake {
     Mqtt {
         filter: Filter,
         qos: Qos,
+        /// The shared subscription group, if any.
+        share: Option<String>,
     },
     Amqp {
         queue: String,
@@ -30,6 +32,11 @@ impl Intake {
     /// The topic filter or the queue, for logs and `check`.
     pub fn describe(&self) -> String {
         match self {
+            Intake::Mqtt {
+                filter,
+                share: Some(group),
+                ..
+            } => format!("$share/{group}/{}", filter.mqtt_filter()),
             Intake::Mqtt { filter, .. } => filter.mqtt_filter(),
             Intake::Amqp { queue, .. } => format!("queue {queue}"),
         }
@@ -73,6 +80,7 @@ pub fn inbound_plans(config: &Config) -> Result<Vec<InboundPlan>, String> {
                 (Some(topic), _) => Intake::Mqtt {
                     filter: Filter::parse(&topic.value)?,
                     qos: r.qos,
+                    share: r.share.as_ref().map(|s| s.value.as_str().to_string()),
                 },
                 (None, Some(queue)) => Intake::Amqp {
                     queue: queue.value.to_string(),

@@ -370,3 +370,181 @@ fn metrics_and_health_show_the_instance_and_its_leases() {
     assert_eq!(health["instance"], "metrics-a", "{health}");
     assert_eq!(health["leases"]["outbound:r"], "held", "{health}");
 }
+
+/// One inbound route with a shared subscription on the world's Mosquitto, run by several
+/// instances on a PostgreSQL state store: `seq` from the payload, `device` from the topic.
+struct SharedIntake {
+    world: World,
+    table: TempTable,
+    prefix: String,
+    config: PathBuf,
+}
+
+impl SharedIntake {
+    fn new() -> SharedIntake {
+        let world = World::new("shared").on_store(StateStore::postgres());
+        let columns = "seq INTEGER PRIMARY KEY, device TEXT, topic TEXT";
+        let table = TempTable::create(&Db::Postgres, "shared_in", columns);
+        let prefix = unique("shared");
+        let route = Route::inbound("s", &format!("{prefix}/{{device}}/data"), &table.name)
+            .set("share", "mqdb")
+            .set("on_conflict", "ignore")
+            .set("key", json!(["seq"]))
+            .columns(&[
+                ("seq", "payload.seq"),
+                ("device", "topic.device"),
+                ("topic", "meta.topic"),
+            ]);
+        let config = world
+            .config(&Db::Postgres)
+            .set("instance", "${MQDB_INSTANCE:-cli}")
+            .set("lease", LEASE)
+            .set("http", json!({"listen": "127.0.0.1:${MQDB_HTTP_PORT:-0}"}))
+            .inbound(route)
+            .write();
+        SharedIntake {
+            world,
+            table,
+            prefix,
+            config,
+        }
+    }
+
+    /// An instance with its own config file, log and HTTP port; and that port.
+    fn start(&self, instance: &str) -> (Bridge, String) {
+        let own = self.config.with_file_name(format!("mqdb-{instance}.yaml"));
+        std::fs::copy(&self.config, &own).expect("copy the config");
+        let port = common::free_port().to_string();
+        let env = [
+            ("MQDB_INSTANCE", instance),
+            ("MQDB_HTTP_PORT", port.as_str()),
+        ];
+        (
+            Bridge::start_with_env(&own, &env),
+            format!("127.0.0.1:{port}"),
+        )
+    }
+
+    fn messages(&self, seqs: std::ops::Range<i64>) -> Vec<(String, Vec<u8>)> {
+        common::seq_messages(|s| format!("{}/dev{}/data", self.prefix, s % 7), seqs)
+    }
+
+    fn rows(&self) -> i64 {
+        self.table.count()
+    }
+
+    fn status(&self) -> Json {
+        let ran = mqdb_env(&self.config, &["status", "--json"], &[]);
+        assert_eq!(ran.code, Some(0), "{ran}");
+        serde_json::from_str(&ran.stdout).unwrap()
+    }
+}
+
+/// How many messages the instance at `addr` took from the broker, from its /metrics.
+fn received(addr: &str) -> u64 {
+    let (_, metrics) = common::http::get(addr, "/metrics");
+    metrics
+        .lines()
+        .find(|l| l.starts_with("mqdb_messages_received_total{route=\"s\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_ready(bridge: &mut Bridge, addr: &str) {
+    wait_for(bridge, "/health 200", || {
+        Ok(common::http::try_get(addr, "/health").is_some_and(|(code, _)| code == 200))
+    });
+}
+
+#[test]
+fn instances_sharing_a_subscription_split_the_messages_and_keep_topic_captures() {
+    let s = SharedIntake::new();
+    let (mut a, a_addr) = s.start("a");
+    let (mut b, b_addr) = s.start("b");
+    wait_ready(&mut a, &a_addr);
+    wait_ready(&mut b, &b_addr);
+    s.world
+        .publisher()
+        .publish_all_confirmed(s.messages(1..2001), 1);
+    wait_for(&mut a, "2000 rows", || Ok(s.rows() >= 2000));
+    assert_eq!(s.rows(), 2000);
+    let (from_a, from_b) = (received(&a_addr), received(&b_addr));
+    eprintln!("instance a took {from_a} messages, b {from_b}");
+    assert_eq!(from_a + from_b, 2000, "each message went to one instance");
+    assert!(from_a > 0 && from_b > 0, "both worked: {from_a} / {from_b}");
+    // Captures and meta.topic come from the real topic, not `$share/…`.
+    let wrong = Db::Postgres.query(&format!(
+        "SELECT seq FROM {} WHERE device <> 'dev' || (seq % 7) OR topic <> '{}/' || device || '/data'",
+        s.table.name, s.prefix
+    ));
+    assert!(
+        wrong.is_empty(),
+        "rows with the wrong topic values: {wrong:?}"
+    );
+    let slots: Vec<String> = [&a, &b]
+        .iter()
+        .map(|bridge| {
+            let log = bridge.log();
+            let at = log
+                .find("holding a shared-subscription slot")
+                .expect("a slot");
+            log[at..].lines().next().unwrap().to_string()
+        })
+        .collect();
+    assert_ne!(slots[0], slots[1]);
+}
+
+#[test]
+fn a_shared_member_killed_and_never_restarted_loses_nothing() {
+    let s = SharedIntake::new();
+    let mut members: Vec<(Bridge, String)> = ["a", "b", "c"].iter().map(|n| s.start(n)).collect();
+    for (bridge, addr) in &mut members {
+        wait_ready(bridge, addr);
+    }
+    let total = 3000;
+    let publisher = s.world.publisher();
+    let first = s.messages(1..1001);
+    publisher.publish_all_confirmed(first, 1);
+    wait_for(&mut members[0].0, "the first rows", || Ok(s.rows() >= 500));
+
+    // One member dies for good while messages keep coming: the broker keeps handing it
+    // its share, in its persistent session.
+    let (mut dead, _) = members.remove(1);
+    dead.kill();
+    let killed_at = Instant::now();
+    publisher.publish_all_confirmed(s.messages(1001..total + 1), 1);
+
+    let watch = &mut members[0].0;
+    wait_for(watch, &format!("{total} rows"), || Ok(s.rows() >= total));
+    eprintln!("every row stored {:?} after the kill", killed_at.elapsed());
+    assert_eq!(s.rows(), total);
+    let missing = Db::Postgres.query(&format!(
+        "SELECT g FROM generate_series(1, {total}) g WHERE g NOT IN (SELECT seq FROM {})",
+        s.table.name
+    ));
+    assert!(missing.is_empty(), "missing: {missing:?}");
+    let logs: Vec<PathBuf> = members.iter().map(|(b, _)| b.log_path.clone()).collect();
+    let adopted = || {
+        logs.iter()
+            .map(|p| std::fs::read_to_string(p).unwrap_or_default())
+            .find(|log| log.contains("adopted session drained and ended"))
+    };
+    wait_for(
+        &mut members[0].0,
+        "a survivor to adopt the dead member's session",
+        || Ok(adopted().is_some()),
+    );
+    let log = adopted().unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("adopted session drained"))
+        .unwrap();
+    eprintln!("{line}");
+    assert_eq!(s.status()["dead_letters"]["total"], 0);
+
+    // Messages published now go to the survivors only: the adopted session was ended.
+    publisher.publish_all_confirmed(s.messages(total + 1..total + 301), 1);
+    let watch = &mut members[0].0;
+    wait_for(watch, "300 more rows", || Ok(s.rows() >= total + 300));
+}

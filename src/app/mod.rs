@@ -19,6 +19,7 @@ use crate::db::worker;
 use crate::inbound::InboundRoute;
 use crate::metrics::{Kind, Metrics, RouteMetrics};
 use crate::routes::{InboundPlan, Intake, inbound_plans, outbound_plans};
+use crate::slots::{SharedSource, SlotSpec};
 use crate::state::{Holder, State};
 
 pub use crate::error::AppError;
@@ -78,7 +79,7 @@ pub async fn run_until(
     let (stop_tx, stop_rx) = watch::channel(false);
     let heartbeat = tokio::spawn(crate::lease::heartbeat(
         state.clone(),
-        holder,
+        holder.clone(),
         config.lease / 3,
         stop_rx.clone(),
     ));
@@ -138,7 +139,7 @@ pub async fn run_until(
     let mut route_tasks = tokio::task::JoinSet::new();
     for (plan, sink, route_metrics) in ready {
         let rx = match &plan.intake {
-            Intake::Mqtt { filter, qos } => {
+            Intake::Mqtt { filter, qos, share } => {
                 let (tx, rx) = mpsc::channel(brokers[&plan.broker].max_in_flight);
                 subscriptions
                     .entry(plan.broker.clone())
@@ -146,6 +147,7 @@ pub async fn run_until(
                     .push(Subscription {
                         filter: filter.clone(),
                         qos: *qos,
+                        share: share.clone(),
                         route: tx,
                         metrics: route_metrics.clone(),
                     });
@@ -184,9 +186,22 @@ pub async fn run_until(
         info!(route = %plan.name, source = %plan.intake.describe(), table = %plan.target.table, "route ready");
         route_tasks.spawn(route.run(rx, stop_rx.clone()));
     }
-    let sources: Vec<MqttSource> = subscriptions
+    let slots = SlotSpec {
+        state: state.clone(),
+        holder: holder.clone(),
+        ttl: config.lease,
+        metrics: metrics.clone(),
+    };
+    let sources: Vec<Source> = subscriptions
         .into_iter()
-        .map(|(broker, subs)| MqttSource::start(brokers[&broker].clone(), subs))
+        .map(|(broker, subs)| {
+            let settings = brokers[&broker].clone();
+            if subs.iter().any(|s| s.share.is_some()) {
+                Source::Shared(SharedSource::start(settings, subs, slots.clone()))
+            } else {
+                Source::Own(MqttSource::start(settings, subs))
+            }
+        })
         .collect();
     let (misconfigured_tx, mut misconfigured) = mpsc::unbounded_channel();
     for plan in outbound {
@@ -246,6 +261,29 @@ pub async fn run_until(
     match fatal {
         Some(problem) => Err(AppError::Usage(problem)),
         None => Ok(()),
+    }
+}
+
+/// A broker's MQTT source: its own session, or a slot among instances sharing
+/// subscriptions.
+enum Source {
+    Own(MqttSource),
+    Shared(SharedSource),
+}
+
+impl Source {
+    fn close_intake(&self) {
+        match self {
+            Source::Own(s) => s.close_intake(),
+            Source::Shared(s) => s.close_intake(),
+        }
+    }
+
+    async fn shutdown(self, grace: Duration) {
+        match self {
+            Source::Own(s) => s.shutdown(grace).await,
+            Source::Shared(s) => s.shutdown(grace).await,
+        }
     }
 }
 

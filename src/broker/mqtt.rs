@@ -23,11 +23,25 @@ use crate::metrics::RouteMetrics;
 use crate::topic::Filter;
 
 /// A route's subscription on this broker.
+#[derive(Clone)]
 pub struct Subscription {
     pub filter: Filter,
     pub qos: Qos,
+    /// The shared subscription group: the filter is subscribed as `$share/GROUP/filter`,
+    /// and matched against each message's real topic.
+    pub share: Option<String>,
     pub route: mpsc::Sender<Message>,
     pub metrics: Arc<RouteMetrics>,
+}
+
+impl Subscription {
+    /// The filter as subscribed.
+    fn subscribed_filter(&self) -> String {
+        match &self.share {
+            Some(group) => format!("$share/{group}/{}", self.filter.mqtt_filter()),
+            None => self.filter.mqtt_filter(),
+        }
+    }
 }
 
 /// A running MQTT source.
@@ -36,6 +50,47 @@ pub struct MqttSource {
     intake: watch::Sender<bool>,
     reader: JoinHandle<()>,
     sequencer: JoinHandle<()>,
+    activity: Arc<Activity>,
+    filters: Vec<String>,
+}
+
+/// Whether a source subscribes its routes' filters, or only takes over a session that
+/// has them (to drain what the broker kept for another instance).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Subscribes when the broker did not keep the session.
+    Subscribe,
+    /// Subscribes at every connection: a slot's session may have been drained and
+    /// unsubscribed by another instance while it was free.
+    Shared,
+    Drain,
+}
+
+/// What a draining source has seen, for [`MqttSource::drain`].
+#[derive(Default)]
+struct Activity {
+    /// 0 before the first CONNACK, then 1 if the broker kept the session, else 2.
+    session: std::sync::atomic::AtomicU8,
+    /// Milliseconds after `epoch` of the latest message, plus one; 0 before any.
+    last_message: AtomicU64,
+    unsubscribed: std::sync::atomic::AtomicBool,
+    /// Messages received, over every connection.
+    messages: AtomicU64,
+    epoch: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl Activity {
+    fn now(&self) -> u64 {
+        let epoch = self.epoch.get_or_init(std::time::Instant::now);
+        epoch.elapsed().as_millis() as u64 + 1
+    }
+
+    /// How long since the latest message (or since the first look, before any).
+    fn quiet_for(&self) -> Duration {
+        let now = self.now();
+        let last = self.last_message.load(Ordering::Relaxed).max(1);
+        Duration::from_millis(now.saturating_sub(last))
+    }
 }
 
 /// What the sequencer must know of each received message.
@@ -50,6 +105,32 @@ struct Registration {
 
 impl MqttSource {
     pub fn start(settings: MqttSettings, subscriptions: Vec<Subscription>) -> MqttSource {
+        Self::start_in(settings, subscriptions, Mode::Subscribe)
+    }
+
+    /// A source whose subscriptions are shared with other instances, on the session of a
+    /// slot (`settings.client_id`).
+    pub fn start_shared(settings: MqttSettings, subscriptions: Vec<Subscription>) -> MqttSource {
+        Self::start_in(settings, subscriptions, Mode::Shared)
+    }
+
+    /// Takes over the persistent session `settings.client_id` (another instance's, which
+    /// holds `subscriptions`) without subscribing anything, to [`MqttSource::drain`] it.
+    pub fn adopt(settings: MqttSettings, subscriptions: Vec<Subscription>) -> MqttSource {
+        Self::start_in(settings, subscriptions, Mode::Drain)
+    }
+
+    fn start_in(
+        settings: MqttSettings,
+        subscriptions: Vec<Subscription>,
+        mode: Mode,
+    ) -> MqttSource {
+        let filters = subscriptions
+            .iter()
+            .map(Subscription::subscribed_filter)
+            .collect();
+        let activity = Arc::new(Activity::default());
+        activity.now();
         let (client, eventloop) = mqtt_link::connect(&settings, 1024);
         let (intake, intake_rx) = watch::channel(true);
         let generation = Arc::new(AtomicU64::new(0));
@@ -72,6 +153,8 @@ impl MqttSource {
                 generation,
                 register: register_tx,
                 done: done_tx,
+                mode,
+                activity: activity.clone(),
             },
         ));
         MqttSource {
@@ -79,6 +162,54 @@ impl MqttSource {
             intake,
             reader,
             sequencer,
+            activity,
+            filters,
+        }
+    }
+
+    /// For an adopted session: waits until the broker has handed over what it kept (no
+    /// message for `idle`), unsubscribes the session's filters so that the broker routes
+    /// nothing more to it, and waits for what was already on its way. `Err` if the
+    /// broker could not be reached within `patience`.
+    pub async fn drain(&self, idle: Duration, patience: Duration) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        while self.activity.session.load(Ordering::Relaxed) == 0 {
+            if started.elapsed() > patience {
+                return Err("the broker did not accept the session's client id in time".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if self.activity.session.load(Ordering::Relaxed) == 2 {
+            // The broker kept nothing for this client id.
+            return Ok(());
+        }
+        self.quiet(idle).await;
+        for filter in &self.filters {
+            self.client.unsubscribe(filter.clone()).await?;
+        }
+        let asked = std::time::Instant::now();
+        while !self.activity.unsubscribed.load(Ordering::Relaxed) {
+            if asked.elapsed() > patience {
+                return Err("the broker did not confirm the unsubscription".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.quiet(idle).await;
+        Ok(())
+    }
+
+    /// How many messages this source has received.
+    pub fn received(&self) -> u64 {
+        self.activity.messages.load(Ordering::Relaxed)
+    }
+
+    async fn quiet(&self, idle: Duration) {
+        loop {
+            let quiet = self.activity.quiet_for();
+            if quiet >= idle {
+                return;
+            }
+            tokio::time::sleep(idle - quiet).await;
         }
     }
 
@@ -108,6 +239,8 @@ struct Handoff {
     generation: Arc<AtomicU64>,
     register: mpsc::Sender<Registration>,
     done: mpsc::Sender<Vec<u64>>,
+    mode: Mode,
+    activity: Arc<Activity>,
 }
 
 async fn read(
@@ -122,13 +255,17 @@ async fn read(
         generation: shared_generation,
         register,
         done,
+        mode,
+        activity,
     } = handoff;
+    // An adopted session is another instance's: its routes' health is not this one's.
+    let owned = mode != Mode::Drain;
     let broker: Arc<str> = Arc::from(settings.name.as_str());
     let permits = Arc::new(Semaphore::new(settings.max_in_flight));
     let budget = ByteBudget::new(settings.max_in_flight_bytes);
     let filters: Vec<(String, u8)> = subscriptions
         .iter()
-        .map(|s| (s.filter.mqtt_filter(), s.qos.level()))
+        .map(|s| (s.subscribed_filter(), s.qos.level()))
         .collect();
     let mut seq: u64 = 0;
     let mut generation: u64 = 0;
@@ -139,8 +276,13 @@ async fn read(
                 generation += 1;
                 shared_generation.store(generation, Ordering::SeqCst);
                 backoff.reset();
-                info!(broker = %settings.name, endpoint = %settings.endpoint(), session_present, "broker connected");
-                if session_present {
+                info!(broker = %settings.name, endpoint = %settings.endpoint(), client_id = %settings.client_id, session_present, "broker connected");
+                activity
+                    .session
+                    .store(if session_present { 1 } else { 2 }, Ordering::Relaxed);
+                if !owned {
+                    // Draining subscribes nothing: a new subscription would only bring more.
+                } else if session_present && mode == Mode::Subscribe {
                     // The session kept the subscriptions: no SUBACK will come.
                     for s in &subscriptions {
                         s.metrics.set_broker_up(true);
@@ -163,6 +305,10 @@ async fn read(
                     return;
                 };
                 seq += 1;
+                activity
+                    .last_message
+                    .store(activity.now(), Ordering::Relaxed);
+                activity.messages.fetch_add(1, Ordering::Relaxed);
                 let mut received = *publish;
                 let matching: Vec<&Subscription> = subscriptions
                     .iter()
@@ -229,6 +375,7 @@ async fn read(
                     s.metrics.set_broker_up(true);
                 }
             }
+            Ok(Incoming::Unsubscribed) => activity.unsubscribed.store(true, Ordering::Relaxed),
             Ok(Incoming::Other) => {}
             Err(e) => {
                 if !*intake.borrow() && register.is_closed() {
@@ -236,7 +383,7 @@ async fn read(
                 }
                 let delay = backoff.next_delay();
                 warn!(broker = %settings.name, endpoint = %settings.endpoint(), error = %settings.explain(&e), retry_in = ?delay, "broker connection lost");
-                for s in &subscriptions {
+                for s in subscriptions.iter().filter(|_| owned) {
                     s.metrics.set_broker_up(false);
                     RouteMetrics::add(&s.metrics.retries, 1);
                 }
@@ -244,6 +391,26 @@ async fn read(
             }
         }
     }
+}
+
+/// Ends the persistent session of `settings.client_id` at the broker: connects with a clean
+/// session and leaves. For a drained session that nobody will resume.
+pub async fn end_session(settings: &MqttSettings) -> Result<(), String> {
+    let mut clean = settings.clone();
+    clean.clean_session = true;
+    let (client, mut link) = mqtt_link::connect(&clean, 16);
+    let work = async {
+        loop {
+            match link.poll().await? {
+                Incoming::Connected { .. } => client.disconnect().await,
+                Incoming::Disconnecting => return Ok(()),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(settings.connect_timeout * 2, work)
+        .await
+        .map_err(|_| "no answer from the broker".to_string())?
 }
 
 /// Sends acknowledgements in receive order (MQTT 3.1.1 §4.6): a message's ack waits until

@@ -48,6 +48,8 @@ pub enum Incoming {
     SubscribeRefused,
     /// The broker granted a subscription.
     Subscribed,
+    /// The broker confirmed an unsubscription: it routes nothing more for those filters.
+    Unsubscribed,
     Disconnecting,
     Other,
 }
@@ -106,6 +108,7 @@ impl Link {
                     Ok(Incoming::SubscribeRefused)
                 }
                 rumqttc::Event::Incoming(Packet::SubAck(_)) => Ok(Incoming::Subscribed),
+                rumqttc::Event::Incoming(Packet::UnsubAck(_)) => Ok(Incoming::Unsubscribed),
                 rumqttc::Event::Outgoing(Outgoing::Disconnect) => Ok(Incoming::Disconnecting),
                 _ => Ok(Incoming::Other),
             },
@@ -146,6 +149,9 @@ impl Link {
                     Ok(Incoming::SubscribeRefused)
                 }
                 rumqttc::v5::Event::Incoming(v5b::Packet::SubAck(_)) => Ok(Incoming::Subscribed),
+                rumqttc::v5::Event::Incoming(v5b::Packet::UnsubAck(_)) => {
+                    Ok(Incoming::Unsubscribed)
+                }
                 rumqttc::v5::Event::Outgoing(Outgoing::Disconnect) => Ok(Incoming::Disconnecting),
                 _ => Ok(Incoming::Other),
             },
@@ -186,6 +192,13 @@ impl LinkClient {
                 )
                 .await
                 .map_err(|e| e.to_string()),
+        }
+    }
+
+    pub async fn unsubscribe(&self, filter: String) -> Result<(), String> {
+        match self {
+            LinkClient::V4(c) => c.unsubscribe(filter).await.map_err(|e| e.to_string()),
+            LinkClient::V5(c) => c.unsubscribe(filter).await.map_err(|e| e.to_string()),
         }
     }
 

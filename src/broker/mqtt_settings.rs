@@ -52,6 +52,8 @@ pub struct MqttSettings {
     pub proxy: ProxyChoice,
     pub connect_timeout: Duration,
     pub client_id: String,
+    /// The configured client id, before any instance or slot suffix.
+    pub configured_client_id: String,
     credentials: Option<(String, String)>,
     keep_alive: Duration,
     pub clean_session: bool,
@@ -122,6 +124,11 @@ impl MqttSettings {
             }
             _ => None,
         };
+        let configured_client_id = broker
+            .client_id
+            .as_ref()
+            .map(|c| c.0.clone())
+            .unwrap_or_else(|| format!("mqdb-{name}"));
         Ok(MqttSettings {
             name: name.to_string(),
             host,
@@ -132,11 +139,8 @@ impl MqttSettings {
             tls_name,
             proxy,
             connect_timeout: broker.connect_timeout,
-            client_id: broker
-                .client_id
-                .as_ref()
-                .map(|c| c.0.clone())
-                .unwrap_or_else(|| format!("mqdb-{name}")),
+            client_id: configured_client_id.clone(),
+            configured_client_id,
             credentials,
             keep_alive: broker.keep_alive,
             clean_session: broker.clean_session,

@@ -24,6 +24,10 @@ pub struct Inbound {
     /// MQTT subscription QoS (0, 1 or 2).
     #[serde(default = "default_qos")]
     pub qos: Qos,
+    /// MQTT shared subscription group: the instances sharing the state store split the
+    /// topic's messages between them (`$share/GROUP/topic`).
+    #[serde(default)]
+    pub share: Option<Spanned<EnvString>>,
     /// AMQP queue to consume; declared durable when it does not exist.
     #[serde(default)]
     pub queue: Option<Spanned<EnvString>>,

@@ -135,6 +135,17 @@ fn intake(path: &Path, r: &Inbound, amqp: bool) -> Result<Option<Filter>, Config
                 format!("route {name}: `{key}:` is for AMQP brokers; MQTT routes use topic"),
             ));
         }
+        if let Some(share) = &r.share {
+            let group = share.value.as_str();
+            if group.is_empty() || group.contains(['/', '+', '#']) {
+                return Err(err(
+                    &share.referenced,
+                    format!(
+                        "route {name}: share: `{group}` must be a non-empty group name without                          `/`, `+` or `#`, e.g. share: mqdb"
+                    ),
+                ));
+            }
+        }
         let Some(topic) = &r.topic else {
             return Err(err(
                 &r.name.referenced,
@@ -149,6 +160,15 @@ fn intake(path: &Path, r: &Inbound, amqp: bool) -> Result<Option<Filter>, Config
         return Err(err(
             &topic.referenced,
             format!("route {name}: `topic:` is for MQTT brokers; AMQP routes use queue"),
+        ));
+    }
+    if let Some(share) = &r.share {
+        return Err(err(
+            &share.referenced,
+            format!(
+                "route {name}: `share:` is for MQTT brokers; the instances consuming one AMQP \
+                 queue already share its messages"
+            ),
         ));
     }
     match &r.queue {
