@@ -382,6 +382,11 @@ struct SharedIntake {
 
 impl SharedIntake {
     fn new() -> SharedIntake {
+        SharedIntake::with(|c| c)
+    }
+
+    /// [`SharedIntake::new`] with more in its configuration.
+    fn with(extra: impl FnOnce(common::Config) -> common::Config) -> SharedIntake {
         let world = World::new("shared").on_store(StateStore::postgres());
         let columns = "seq INTEGER PRIMARY KEY, device TEXT, topic TEXT";
         let table = TempTable::create(&Db::Postgres, "shared_in", columns);
@@ -400,8 +405,8 @@ impl SharedIntake {
             .set("instance", "${MQDB_INSTANCE:-cli}")
             .set("lease", LEASE)
             .set("http", json!({"listen": "127.0.0.1:${MQDB_HTTP_PORT:-0}"}))
-            .inbound(route)
-            .write();
+            .inbound(route);
+        let config = extra(config).write();
         SharedIntake {
             world,
             table,
@@ -547,4 +552,96 @@ fn a_shared_member_killed_and_never_restarted_loses_nothing() {
     publisher.publish_all_confirmed(s.messages(total + 1..total + 301), 1);
     let watch = &mut members[0].0;
     wait_for(watch, "300 more rows", || Ok(s.rows() >= total + 300));
+}
+
+/// How many rows the instance at `addr` wrote for `route`, from its /metrics.
+fn written(addr: &str, route: &str) -> u64 {
+    let Some((_, metrics)) = common::http::try_get(addr, "/metrics") else {
+        return 0;
+    };
+    let series = format!("mqdb_rows_written_total{{route=\"{route}\"");
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn missing_seqs(table: &str, total: i64) -> Vec<Vec<Option<String>>> {
+    Db::Postgres.query(&format!(
+        "SELECT g FROM generate_series(1, {total}) g WHERE g NOT IN (SELECT seq FROM {table})"
+    ))
+}
+
+#[test]
+fn three_instances_share_mqtt_and_amqp_intake_through_a_kill_a_restart_and_a_stop() {
+    let queue = unique("inst_q");
+    let amqp_table = TempTable::create(&Db::Postgres, "shared_amqp", "seq INTEGER PRIMARY KEY");
+    let amqp_route = Route::named("q")
+        .set("broker", "r")
+        .set("queue", queue.as_str())
+        .set("database", "d")
+        .set("table", amqp_table.name.as_str())
+        .set("format", "json")
+        .set("on_conflict", "ignore")
+        .set("key", json!(["seq"]))
+        .columns(&[("seq", "payload.seq")]);
+    let s = SharedIntake::with(|c| {
+        c.broker("r", common::Rabbit::URL, Json::Null)
+            .inbound(amqp_route)
+    });
+    let mut rabbit = common::Rabbit::connect();
+    rabbit.declare_durable_queue(&queue);
+
+    let mut members: BTreeMap<&str, (Bridge, String)> = ["a", "b", "c"]
+        .into_iter()
+        .map(|n| (n, s.start(n)))
+        .collect();
+    for (bridge, addr) in members.values_mut() {
+        wait_ready(bridge, addr);
+    }
+    let per_protocol: i64 = 15_000;
+    let chunk: i64 = 500;
+    let publisher = s.world.publisher();
+    for i in 0..per_protocol / chunk {
+        let seqs = i * chunk + 1..(i + 1) * chunk + 1;
+        publisher.publish_all_confirmed(s.messages(seqs.clone()), 1);
+        let payloads = seqs
+            .map(|n| format!(r#"{{"seq":{n}}}"#).into_bytes())
+            .collect();
+        rabbit.publish_to_queue(&queue, payloads);
+        match i {
+            8 => members.get_mut("b").unwrap().0.kill(),
+            18 => {
+                let restarted = s.start("b");
+                members.insert("b", restarted);
+            }
+            24 => assert!(members.get_mut("c").unwrap().0.terminate().success()),
+            _ => {}
+        }
+    }
+    let watch = &mut members.get_mut("a").unwrap().0;
+    wait_for(watch, "every message a row", || {
+        Ok(s.rows() >= per_protocol && amqp_table.count() >= per_protocol)
+    });
+    assert_eq!(
+        missing_seqs(&s.table.name, per_protocol),
+        Vec::<Vec<Option<String>>>::new()
+    );
+    assert_eq!(
+        missing_seqs(&amqp_table.name, per_protocol),
+        Vec::<Vec<Option<String>>>::new()
+    );
+    assert_eq!((s.rows(), amqp_table.count()), (per_protocol, per_protocol));
+    assert_eq!(s.status()["dead_letters"]["total"], 0);
+    for name in ["a", "b"] {
+        let addr = &members[name].1;
+        eprintln!(
+            "instance {name} (b since its restart) wrote {} MQTT rows and {} AMQP rows",
+            written(addr, "s"),
+            written(addr, "q")
+        );
+    }
+    assert!(written(&members["a"].1, "s") > 0 && written(&members["a"].1, "q") > 0);
 }
