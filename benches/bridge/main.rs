@@ -16,7 +16,9 @@
 //!    to the same ceiling but without a target: its own state store bounds it;
 //! 7. mqdb's memory through a database outage;
 //! 8. mqdb's memory per byte: large JSON and CSV messages against the bytes it may hold in
-//!    flight, and how much it gives back after the load.
+//!    flight, and how much it gives back after the load;
+//! 9. scale-out: one shared MQTT subscription run by one, two and three instances on a
+//!    PostgreSQL state store, and an outbound route's failover time after a SIGKILL.
 //!
 //! Each mqdb run is measured between two runs of the ceiling it is compared with (the
 //! machine and the services drift within a run), and reports how busy the machine was.
@@ -25,7 +27,7 @@
 //! batches), `MQDB_BENCH_OUTAGE` (seconds, default 30), `MQDB_BENCH_SETTLE` (seconds after a memory
 //! load before its RSS is read again, default 60), `MQDB_BENCH_ONLY` (a comma list of
 //! sections: broker, ceilings, inbound (or one of mqtt-postgres, mqtt-mariadb,
-//! amqp-postgres, mqtt-wss-postgres), outbound, pipeline, replay, outage, memory).
+//! amqp-postgres, mqtt-wss-postgres), outbound, pipeline, replay, outage, memory, scale-out).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -41,6 +43,7 @@ mod pipeline;
 mod replay;
 mod report;
 mod running;
+mod scale;
 mod wss;
 
 use std::time::Duration;
@@ -255,6 +258,28 @@ fn main() {
             o.during_kb as f64 / 1024.0,
             o.after_kb as f64 / 1024.0,
             o.retries,
+        ));
+    }
+    if wanted("scale-out") {
+        println!("scale-out (MQTT → PostgreSQL, share:, a PostgreSQL state store):");
+        let mut brackets = Brackets::default();
+        for k in 1..=3 {
+            let bare = || inbound::bare_mqtt(&broker, n);
+            let (ceiling, rate, busy) =
+                brackets.around("bare MQTT QoS 1 subscriber", &bare, || {
+                    scale::shared(&broker, n, k)
+                });
+            report.note(format!(
+                "shared subscription, {k} instance(s): {rate:.0} msg/s, {:.2} of the bare subscriber ({:.0}/s; machine {:.0}% busy)",
+                rate / ceiling.rate,
+                ceiling.rate,
+                busy * 100.0
+            ));
+        }
+        let took = scale::takeover(&broker);
+        report.note(format!(
+            "outbound failover after SIGKILL of the holder (lease 10 s, interval 1 s): the next row published {:.1} s later",
+            took.as_secs_f64()
         ));
     }
     if wanted("memory") {
