@@ -34,6 +34,13 @@ pub fn message_id(route: &str, track: &[Option<String>], payload: &[u8]) -> Stri
     uuid_v8(&hash.finalize())
 }
 
+/// The route and position a row's message carries besides its key: the position is the
+/// row's track values as a JSON array (`null` for a NULL), as `mqdb status` shows it.
+pub fn origin(route: &str, track: &[Option<String>]) -> (String, String) {
+    let position = serde_json::to_string(track).unwrap_or_else(|_| "[]".into());
+    (route.to_string(), position)
+}
+
 /// Length-prefixed, so that no two different field lists hash the same bytes.
 fn field(hash: &mut Sha256, bytes: &[u8]) {
     hash.update((bytes.len() as u64).to_be_bytes());

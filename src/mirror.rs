@@ -168,6 +168,7 @@ impl Worker {
                 // The dead letter's id in this state store, as `dlq show --id` takes it.
                 message_id: letter.id.to_string(),
                 content_type: "application/json",
+                origin: None,
             };
             pending.push((
                 letter.id,

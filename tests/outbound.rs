@@ -1435,6 +1435,14 @@ fn keys_by_id(route: &str, messages: &[AmqpMessage]) -> BTreeMap<i64, String> {
         let id = row_id(&m.payload);
         let want = key_of(route, &[&id.to_string()], &m.payload);
         assert_eq!(m.message_id.as_deref(), Some(want.as_str()), "{m:?}");
+        // The route and position, for consumers that drop a takeover's duplicates.
+        assert_eq!(
+            m.headers.get("route").map(String::as_str),
+            Some(route),
+            "{m:?}"
+        );
+        let position = format!("[\"{id}\"]");
+        assert_eq!(m.headers.get("position"), Some(&position), "{m:?}");
         keys.insert(id, want);
     }
     keys
@@ -1573,6 +1581,13 @@ fn mqtt5_messages_carry_content_type_payload_format_and_key() {
         let id = row_id(&m.payload).to_string();
         let want = key_of(route, &[&id], &m.payload);
         assert_eq!(m.user_property("message_id"), Some(want.as_str()), "{m:?}");
+        assert_eq!(m.user_property("route"), Some(route), "{m:?}");
+        let position = format!("[\"{id}\"]");
+        assert_eq!(
+            m.user_property("position"),
+            Some(position.as_str()),
+            "{m:?}"
+        );
     }
 }
 

@@ -68,7 +68,19 @@ impl AmqpPublisher {
             payload,
             message_id,
             content_type,
+            origin,
         } = message;
+        let mut properties = BasicProperties::default();
+        if let Some((route, position)) = origin {
+            let mut headers = lapin::types::FieldTable::default();
+            for (key, value) in [("route", route), ("position", position)] {
+                headers.insert(
+                    key.into(),
+                    lapin::types::AMQPValue::LongString(value.into()),
+                );
+            }
+            properties = properties.with_headers(headers);
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -81,7 +93,7 @@ impl AmqpPublisher {
                     ..BasicPublishOptions::default()
                 },
                 &payload,
-                BasicProperties::default()
+                properties
                     .with_delivery_mode(2)
                     // Also pairs a returned message with its publish: rows of one poll have
                     // different ids, or are the same row with the same address and fate.

@@ -146,10 +146,15 @@ fn refused_by_broker(packet: &str, reason: &dyn std::fmt::Debug) -> Delivery {
 fn properties(message: &Envelope) -> PublishProperties {
     // 1 promises UTF-8, which the broker and subscribers may check: only when it holds.
     let utf8 = std::str::from_utf8(&message.payload).is_ok();
+    let mut user_properties = vec![(MESSAGE_ID_PROPERTY.to_string(), message.message_id.clone())];
+    if let Some((route, position)) = &message.origin {
+        user_properties.push(("route".into(), route.clone()));
+        user_properties.push(("position".into(), position.clone()));
+    }
     PublishProperties {
         payload_format_indicator: Some(u8::from(utf8)),
         content_type: Some(message.content_type.to_string()),
-        user_properties: vec![(MESSAGE_ID_PROPERTY.to_string(), message.message_id.clone())],
+        user_properties,
         ..PublishProperties::default()
     }
 }

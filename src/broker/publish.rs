@@ -35,6 +35,10 @@ pub struct Envelope {
     pub message_id: String,
     /// AMQP `content_type`, MQTT 5 Content Type.
     pub content_type: &'static str,
+    /// The outbound route and the row's position (its track values as a JSON array), for
+    /// consumers that drop what a takeover published twice: MQTT 5 user properties and
+    /// AMQP headers `route` and `position`. `None` for dead-letter copies.
+    pub origin: Option<(String, String)>,
 }
 
 /// The MQTT 5 user property that carries [`Envelope::message_id`].

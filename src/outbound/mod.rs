@@ -429,10 +429,12 @@ impl OutboundRoute {
 
     /// A row's message, with the key it has whenever and by whomever it is published.
     fn envelope(&self, polled: &Polled, row: &[Cell], payload: &[u8]) -> Envelope {
+        let track = track_values(polled, row);
         Envelope {
             payload: payload.to_vec(),
-            message_id: dedup::message_id(&self.name, &track_values(polled, row), payload),
+            message_id: dedup::message_id(&self.name, &track, payload),
             content_type: dedup::content_type(self.format),
+            origin: Some(dedup::origin(&self.name, &track)),
         }
     }
 

@@ -145,6 +145,7 @@ fn envelope(letter: &DeadLetter, format: Format) -> Envelope {
         payload: letter.payload.clone(),
         message_id: crate::dedup::message_id(&letter.route, &track, &letter.payload),
         content_type,
+        origin: Some(crate::dedup::origin(&letter.route, &track)),
     }
 }
 

@@ -357,6 +357,8 @@ pub struct AmqpMessage {
     pub content_type: Option<String>,
     /// Seconds since the epoch.
     pub timestamp: Option<u64>,
+    /// The headers whose values are strings.
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 impl From<&lapin::message::Delivery> for AmqpMessage {
@@ -370,6 +372,21 @@ impl From<&lapin::message::Delivery> for AmqpMessage {
             message_id: p.message_id().as_ref().map(|m| m.as_str().to_owned()),
             content_type: p.content_type().as_ref().map(|c| c.as_str().to_owned()),
             timestamp: *p.timestamp(),
+            headers: p
+                .headers()
+                .as_ref()
+                .map(|h| {
+                    h.inner()
+                        .iter()
+                        .filter_map(|(k, v)| match v {
+                            lapin::types::AMQPValue::LongString(s) => {
+                                Some((k.to_string(), s.to_string()))
+                            }
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 }
