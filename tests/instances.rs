@@ -645,3 +645,52 @@ fn three_instances_share_mqtt_and_amqp_intake_through_a_kill_a_restart_and_a_sto
     }
     assert!(written(&members["a"].1, "s") > 0 && written(&members["a"].1, "q") > 0);
 }
+
+#[test]
+fn two_instances_ride_out_a_state_store_outage_longer_than_the_lease() {
+    // The PostgreSQL state store, reached through a relay that can cut it off.
+    let store = StateStore::postgres();
+    let relay = common::TcpProxy::start("127.0.0.1:5432".parse().unwrap());
+    let url = store
+        .url()
+        .replace(":5432/", &format!(":{}/", relay.addr().port()));
+    let cluster = Cluster::new(store, |c, _| c.state(&url));
+    let sub = cluster.subscribe();
+    let mut a = cluster.start("a");
+    let mut b = cluster.start("b");
+    cluster.insert(1, 100);
+    wait_ids(&mut a, &sub, 100);
+
+    // Far longer than the lease: whoever held the route cannot renew it, nor store a
+    // position, and must stop publishing rather than run on unfenced.
+    relay.set_down(true);
+    cluster.insert(101, 200);
+    std::thread::sleep(Duration::from_secs(20));
+    let during = ids(&sub);
+    relay.set_down(false);
+
+    let counts = wait_ids(&mut b, &sub, 200);
+    assert!(a.is_running() && b.is_running(), "{}\n{}", a.log(), b.log());
+    let again = more_than_once(&counts, 1..=200);
+    assert!(
+        again.len() <= MAX_ROWS,
+        "{} published twice: {again:?}",
+        again.len()
+    );
+    // Rows of the outage were published by at most one poll before the lease ran out.
+    let early = (101..=200).filter(|i| during.contains_key(i)).count();
+    assert!(
+        early <= MAX_ROWS,
+        "{early} rows published while the store was away"
+    );
+    wait_for(&mut a, "the position at 200", || {
+        Ok(position(&cluster.status(), "r") == json!(["200"]))
+    });
+    let lease = cluster.lease("outbound:r");
+    assert!(lease["held"] == true, "{lease}");
+    let logs = format!("{}{}", a.log(), b.log());
+    assert!(
+        logs.contains("stepping down"),
+        "no holder stepped down:\n{logs}"
+    );
+}
