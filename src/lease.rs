@@ -118,9 +118,15 @@ async fn keeper(
     let margin = ttl / 10;
     let gauge = metrics.lease(&name);
     let mut held: Option<Held> = None;
+    // One warning per state-store outage, not one per attempt.
+    let mut failing = false;
     loop {
         let sent = Instant::now();
-        let next = match state.take_lease(&name, &holder, ttl).await {
+        let taken = state.take_lease(&name, &holder, ttl).await;
+        if taken.is_ok() && std::mem::take(&mut failing) {
+            info!(lease = %name, "the state store answers again");
+        }
+        let next = match taken {
             Ok(Some(epoch)) => {
                 let fence = Fence {
                     lease: name.clone(),
@@ -150,8 +156,8 @@ async fn keeper(
                 if held.as_ref().is_some_and(|h| Instant::now() >= h.until) {
                     held = None;
                     warn!(lease = %name, error = %e, "lease expired while the state store was unreachable; stepping down");
-                } else {
-                    warn!(lease = %name, error = %e, "cannot renew the lease; retrying");
+                } else if !std::mem::replace(&mut failing, true) {
+                    warn!(lease = %name, error = %e, "cannot reach the state store for the lease; retrying");
                 }
                 retry_every
             }
@@ -189,9 +195,14 @@ pub async fn heartbeat(
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut failing = false;
     loop {
-        if let Err(e) = state.instance_seen(&holder, false).await {
-            warn!(error = %e, "cannot record this instance in the state store");
+        match state.instance_seen(&holder, false).await {
+            Ok(()) => failing = false,
+            Err(e) if !std::mem::replace(&mut failing, true) => {
+                warn!(error = %e, "cannot record this instance in the state store");
+            }
+            Err(_) => {}
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
