@@ -7,6 +7,19 @@ use chrono::{DateTime, Utc};
 use serde_json::{Map, Value as Json, json};
 use tokio::sync::mpsc;
 
+/// The instance this process runs as (`instance:`, else the host name), for
+/// `meta.instance`: one name for the whole process, set once when `run` starts.
+static INSTANCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+pub fn set_instance(name: &str) {
+    let _ = INSTANCE.set(name.to_string());
+}
+
+/// This process's instance name; empty outside `run`.
+pub fn instance() -> &'static str {
+    INSTANCE.get().map_or("", String::as_str)
+}
+
 /// One received message and the handle that acknowledges it.
 #[derive(Debug)]
 pub struct Message {

@@ -60,6 +60,7 @@ pub async fn run_until(
     }
     let holder = Holder::this_process(&config.instance_name());
     metrics.set_instance(&holder.instance);
+    crate::message::set_instance(&holder.instance);
     info!(instance = %holder.instance, "instance");
     let leases = Leases {
         state: state.clone(),

@@ -49,10 +49,12 @@ pub enum Meta {
     Exchange,
     Redelivered,
     Queue,
+    /// The instance that wrote the row.
+    Instance,
 }
 
 impl Meta {
-    const ALL: [(&'static str, Meta); 9] = [
+    const ALL: [(&'static str, Meta); 10] = [
         ("received_at", Meta::ReceivedAt),
         ("broker", Meta::Broker),
         ("topic", Meta::Topic),
@@ -62,6 +64,7 @@ impl Meta {
         ("exchange", Meta::Exchange),
         ("redelivered", Meta::Redelivered),
         ("queue", Meta::Queue),
+        ("instance", Meta::Instance),
     ];
 
     fn name(self) -> &'static str {
@@ -74,7 +77,7 @@ impl Meta {
     /// `Some(true)` for AMQP-only, `Some(false)` for MQTT-only, `None` for both.
     fn amqp_only(self) -> Option<bool> {
         match self {
-            Meta::ReceivedAt | Meta::Broker => None,
+            Meta::ReceivedAt | Meta::Broker | Meta::Instance => None,
             Meta::Topic | Meta::Qos | Meta::Retain => Some(false),
             Meta::RoutingKey | Meta::Exchange | Meta::Redelivered | Meta::Queue => Some(true),
         }
@@ -231,6 +234,7 @@ pub(super) fn message_input<'a>(
         Source::Meta(meta) => match (meta, &message.origin) {
             (Meta::ReceivedAt, _) => Some(Input::Timestamp(message.received_at)),
             (Meta::Broker, _) => Some(Input::Text(&message.broker)),
+            (Meta::Instance, _) => Some(Input::Text(crate::message::instance())),
             (Meta::Topic | Meta::RoutingKey, _) => Some(Input::Text(&message.topic)),
             (Meta::Qos, Origin::Mqtt { qos, .. }) => Some(Input::Int(i64::from(*qos))),
             (Meta::Retain, Origin::Mqtt { retain, .. }) => Some(Input::Bool(*retain)),
