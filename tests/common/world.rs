@@ -219,6 +219,15 @@ impl StateStore {
         }
     }
 
+    /// The `state:` setting that reaches this PostgreSQL store through `127.0.0.1:port`
+    /// (e.g. a [`super::TcpProxy`] in front of the server).
+    pub fn url_via(&self, port: u16) -> String {
+        match self {
+            StateStore::Sqlite(path) => panic!("{} is a file, not reached by port", path.display()),
+            StateStore::Postgres(db) => format!("postgres://root@127.0.0.1:{port}/{}", db.name),
+        }
+    }
+
     /// Loses everything stored, as a new host (or a lost file) would: the next bridge starts
     /// on an empty store. The bridge must be stopped.
     pub fn wipe(&self) {
