@@ -46,7 +46,7 @@ fn routes(world: &World, db: &Db, routes: &[(&str, &str)], shape: Shape) -> (Pat
 /// queues what is published before the bridge first starts.
 fn sessions(world: &World, filters: &[String]) {
     let filters: Vec<(&str, u8)> = filters.iter().map(|f| (f.as_str(), 1)).collect();
-    let (port, client) = (world.broker.port, &world.client_id);
+    let (port, client) = (world.broker.port, &world.session_id());
     Subscriber::connect_with(port, client, false, &filters).disconnect();
 }
 
@@ -244,9 +244,18 @@ fn pg_utc(column: &str) -> String {
 
 #[test]
 fn rejected_rows_fail_again_then_land_with_their_metadata_once_the_table_is_fixed_postgres() {
+    World::on_each_store(
+        "dlq-replay",
+        rejected_rows_fail_again_then_land_with_their_metadata_once_the_table_is_fixed_postgres_on,
+    );
+}
+
+fn rejected_rows_fail_again_then_land_with_their_metadata_once_the_table_is_fixed_postgres_on(
+    world: World,
+) {
     // Given a NOT NULL column without a default, a route mapping the payload, a topic level,
     // the topic and the receive time, and a second route into a table with a CHECK
-    let (db, world) = (Db::Postgres, World::new("dlq-replay"));
+    let db = Db::Postgres;
     let columns = "id INTEGER PRIMARY KEY, v INTEGER NOT NULL, site TEXT, topic TEXT, \
                    received TIMESTAMPTZ";
     let readings = TempTable::create(&db, "rr_read", columns);
@@ -381,8 +390,15 @@ fn rejected_rows_replayed_with_on_conflict_ignore_never_duplicate_mariadb() {
 
 #[test]
 fn a_conversion_that_is_still_wrong_counts_every_attempt_and_id_selects_exactly() {
+    World::on_each_store(
+        "dlq-replay",
+        a_conversion_that_is_still_wrong_counts_every_attempt_and_id_selects_exactly_on,
+    );
+}
+
+fn a_conversion_that_is_still_wrong_counts_every_attempt_and_id_selects_exactly_on(world: World) {
     // Given two values that do not convert to INTEGER and a payload that is not JSON
-    let (db, world) = (Db::Postgres, World::new("dlq-replay"));
+    let db = Db::Postgres;
     let table = TempTable::create(&db, "conv", "id INTEGER PRIMARY KEY, n INTEGER");
     let t = table.name.as_str();
     let shape = |r: Route| r.columns(&[("id", "payload.id"), ("n", "payload.n")]);
@@ -443,9 +459,16 @@ fn a_conversion_that_is_still_wrong_counts_every_attempt_and_id_selects_exactly(
 
 #[test]
 fn dry_run_changes_nothing_and_reports_database_rejections() {
+    World::on_each_store(
+        "dlq-replay",
+        dry_run_changes_nothing_and_reports_database_rejections_on,
+    );
+}
+
+fn dry_run_changes_nothing_and_reports_database_rejections_on(world: World) {
     // Given three dead letters: a CHECK violation, a value that does not convert, and a
     // duplicate key
-    let (db, world) = (Db::Postgres, World::new("dlq-replay"));
+    let db = Db::Postgres;
     let columns = "id INTEGER PRIMARY KEY, v INTEGER CHECK (v > 0)";
     let table = TempTable::create(&db, "dry", columns);
     let t = table.name.as_str();
@@ -727,8 +750,15 @@ fn unroutable_outbound_dead_letters_fail_again_until_a_queue_is_bound_then_arriv
 
 #[test]
 fn list_filters_by_route_kind_and_time_and_show_prints_one_entry() {
+    World::on_each_store(
+        "dlq-replay",
+        list_filters_by_route_kind_and_time_and_show_prints_one_entry_on,
+    );
+}
+
+fn list_filters_by_route_kind_and_time_and_show_prints_one_entry_on(world: World) {
     // Given two routes and dead letters of several kinds, made in two rounds
-    let (db, world) = (Db::Postgres, World::new("dlq-replay"));
+    let db = Db::Postgres;
     let columns = "id INTEGER PRIMARY KEY, v INTEGER CHECK (v > 0)";
     let ta = TempTable::create(&db, "lst_a", columns);
     let tb = TempTable::create(&db, "lst_b", columns);
@@ -823,8 +853,14 @@ fn list_filters_by_route_kind_and_time_and_show_prints_one_entry() {
 
 #[test]
 fn purge_selects_by_id_route_and_time_and_needs_yes_without_a_terminal() {
+    World::on_each_store(
+        "dlq-replay",
+        purge_selects_by_id_route_and_time_and_needs_yes_without_a_terminal_on,
+    );
+}
+
+fn purge_selects_by_id_route_and_time_and_needs_yes_without_a_terminal_on(world: World) {
     // Given dead letters on two routes, the bridge still running beside the CLI
-    let world = World::new("dlq-replay");
     let db = Db::Sqlite(world.path("target.db"));
     let ta = TempTable::create(&db, "pg_a", "id INTEGER PRIMARY KEY, v TEXT");
     let tb = TempTable::create(&db, "pg_b", "id INTEGER PRIMARY KEY, v TEXT");
@@ -1026,9 +1062,16 @@ fn assert_stopped_by_outage(config: &Path, args: &str, n: usize, before: &Letter
 
 #[test]
 fn a_database_outage_stops_the_replay_and_counts_no_attempt() {
+    World::on_each_store(
+        "dlq-replay",
+        a_database_outage_stops_the_replay_and_counts_no_attempt_on,
+    );
+}
+
+fn a_database_outage_stops_the_replay_and_counts_no_attempt_on(world: World) {
     // Given duplicate-key dead letters of a route whose database is reached through a proxy,
     // and the conflicting rows deleted afterwards (so every entry could go in now)
-    let (db, world) = (Db::Postgres, World::new("dlq-replay"));
+    let db = Db::Postgres;
     let proxy = common::TcpProxy::start(([127, 0, 0, 1], 5432).into());
     let table = TempTable::create(&db, "outage", "id INTEGER PRIMARY KEY, v INTEGER");
     let t = &table.name;

@@ -116,14 +116,21 @@ impl Run {
     }
 
     fn start(cs: &str, routes: &[Route], filter: &str) -> Run {
-        let world = World::new("outbound");
+        Run::start_in(World::new("outbound"), cs, routes, filter)
+    }
+
+    fn start_in(world: World, cs: &str, routes: &[Route], filter: &str) -> Run {
         let config = config(&world, cs, routes);
         let sub = world.subscribe(filter);
         Run::new(world, config, sub)
     }
 
     fn pg(route: Route, filter: &str) -> Run {
-        Run::start(&Db::Postgres.connection_string(), &[route], filter)
+        Run::pg_in(World::new("outbound"), route, filter)
+    }
+
+    fn pg_in(world: World, route: Route, filter: &str) -> Run {
+        Run::start_in(world, &Db::Postgres.connection_string(), &[route], filter)
     }
 
     fn wait(&mut self, n: usize) {
@@ -205,7 +212,17 @@ struct AmqpRun {
 
 impl AmqpRun {
     fn start(rabbit: Rabbit, queue: &str, url: &str, cs: &str, routes: &[Route]) -> AmqpRun {
-        let world = World::new("outbound");
+        AmqpRun::start_in(World::new("outbound"), rabbit, queue, url, cs, routes)
+    }
+
+    fn start_in(
+        world: World,
+        rabbit: Rabbit,
+        queue: &str,
+        url: &str,
+        cs: &str,
+        routes: &[Route],
+    ) -> AmqpRun {
         let config = config_on(&world, ("rabbit", url, Json::Null), cs, routes);
         AmqpRun {
             bridge: Bridge::start(&config),
@@ -218,8 +235,12 @@ impl AmqpRun {
     }
 
     fn pg(rabbit: Rabbit, queue: &str, route: Route) -> AmqpRun {
+        AmqpRun::pg_in(World::new("outbound"), rabbit, queue, route)
+    }
+
+    fn pg_in(world: World, rabbit: Rabbit, queue: &str, route: Route) -> AmqpRun {
         let cs = Db::Postgres.connection_string();
-        AmqpRun::start(rabbit, queue, Rabbit::URL, &cs, &[route])
+        AmqpRun::start_in(world, rabbit, queue, Rabbit::URL, &cs, &[route])
     }
 
     fn until(&mut self, mut done: impl FnMut(&[AmqpMessage], &Path) -> bool) {
@@ -788,14 +809,22 @@ fn a_topic_template_with_a_leading_slash_publishes() {
 
 #[test]
 fn outbound_mqtt_publishes_use_the_route_client_id() {
+    World::on_each_store(
+        "outbound",
+        outbound_mqtt_publishes_use_the_route_client_id_on,
+    );
+}
+
+fn outbound_mqtt_publishes_use_the_route_client_id_on(world: World) {
     let table = rows_table("cid", 1);
     let (route, topic) = to_new_topic("cid", "id, v", &table.name);
-    let mut run = Run::pg(route, &topic);
+    let mut run = Run::pg_in(world, route, &topic);
     run.wait(1);
     terminate_ok(&mut run.bridge);
-    // The broker saw the publisher connect as "<client_id>-<route>"
+    // The broker saw the publisher connect as "<client_id>-<route>" (on a shared store, the
+    // client id names the instance too)
     let log = run.world.broker.log();
-    let name = format!(" as {}-cid ", run.world.client_id);
+    let name = format!(" as {}-cid ", run.world.session_id());
     assert!(log.contains(&name), "mosquitto log:\n{log}");
 }
 
@@ -821,8 +850,7 @@ struct MqttStream {
 }
 
 impl MqttStream {
-    fn new(name: &str) -> MqttStream {
-        let world = World::new("outbound");
+    fn new(world: World, name: &str) -> MqttStream {
         let table = rows_table(name, 0);
         let (route, topic) = to_new_topic(name, "id, v", &table.name);
         let route = route.set("max_rows", STREAM_MAX_ROWS).qos(1);
@@ -867,9 +895,9 @@ impl MqttStream {
 
 /// Runs 2000 rows through a bridge that is stopped (SIGKILL or SIGTERM) after the first
 /// messages arrive and then started again; returns how often each id arrived.
-fn restart_mid_stream(graceful: bool) -> Counts {
+fn restart_mid_stream(world: World, graceful: bool) -> Counts {
     // A subscriber that stays connected throughout
-    let stream = MqttStream::new("restart");
+    let stream = MqttStream::new(world, "restart");
     let sub = stream.world.subscribe(&stream.topic);
     let mut bridge = stream.start_mid_stream(&sub);
     if graceful {
@@ -894,23 +922,28 @@ fn restart_mid_stream(graceful: bool) -> Counts {
 
 #[test]
 fn sigkill_mid_stream_then_restart_skips_nothing() {
-    let counts = restart_mid_stream(false);
-    // At most one poll's worth was published again (a crash between confirm and store)
-    let dups = duplicates(&counts);
-    let more = format!("{dups} duplicates after SIGKILL, more than one poll ({STREAM_MAX_ROWS})");
-    assert!(dups <= STREAM_MAX_ROWS, "{more}");
+    World::on_each_store("outbound", |world| {
+        let counts = restart_mid_stream(world, false);
+        // At most one poll's worth was published again (a crash between confirm and store)
+        let dups = duplicates(&counts);
+        let more =
+            format!("{dups} duplicates after SIGKILL, more than one poll ({STREAM_MAX_ROWS})");
+        assert!(dups <= STREAM_MAX_ROWS, "{more}");
+    });
 }
 
 #[test]
 fn sigterm_mid_stream_then_restart_publishes_each_row_once() {
-    let counts = restart_mid_stream(true);
-    // SIGTERM is not a crash: every id of 1..=2000 (and no other) arrived once
-    assert_eq!(counts, once_each(1..=2000), "ids published more than once");
+    World::on_each_store("outbound", |world| {
+        let counts = restart_mid_stream(world, true);
+        // SIGTERM is not a crash: every id of 1..=2000 (and no other) arrived once
+        assert_eq!(counts, once_each(1..=2000), "ids published more than once");
+    });
 }
 
 #[test]
 fn mosquitto_stopped_mid_stream_loses_nothing() {
-    let mut stream = MqttStream::new("mqstop");
+    let mut stream = MqttStream::new(World::new("outbound"), "mqstop");
     let sub = stream.durable_subscriber();
     let mut bridge = stream.start_mid_stream(&sub);
 
@@ -976,7 +1009,7 @@ fn a_connection_lost_while_confirms_are_awaited_loses_nothing() {
 
 #[test]
 fn sigterm_while_the_broker_is_down_exits_and_a_restart_loses_nothing() {
-    let mut stream = MqttStream::new("termdown");
+    let mut stream = MqttStream::new(World::new("outbound"), "termdown");
     let sub = stream.durable_subscriber();
     let mut bridge = stream.start_mid_stream(&sub);
 
@@ -1046,9 +1079,9 @@ fn database_outage_mid_stream_loses_nothing() {
     eprintln!("duplicates after the database cut: {}", duplicates(&counts));
 }
 
-fn rows_sharing_a_timestamp_survive_a_restart(db: Db, columns: &str) {
+fn rows_sharing_a_timestamp_survive_a_restart(world: World, db: &Db, columns: &str) {
     // Rows with the same microsecond timestamp, tracked by (updated_at, id), three per poll
-    let table = TempTable::create(&db, "out_ts", columns);
+    let table = TempTable::create(db, "out_ts", columns);
     let t = &table.name;
     let insert = |from: i64, to: i64| {
         for i in from..=to {
@@ -1060,7 +1093,7 @@ fn rows_sharing_a_timestamp_survive_a_restart(db: Db, columns: &str) {
     let topic = unique("ts");
     let route = to_topic("ts", &after_stamp("id, updated_at, v", t), &topic);
     let route = by_stamp(route).set("max_rows", 3);
-    let mut run = Run::start(&db.connection_string(), &[route], &topic);
+    let mut run = Run::start_in(world, &db.connection_string(), &[route], &topic);
 
     // The bridge is stopped after its first poll, ten more rows come, and it starts again
     run.wait(3);
@@ -1082,13 +1115,15 @@ fn rows_sharing_a_timestamp_survive_a_restart(db: Db, columns: &str) {
 #[test]
 fn rows_sharing_a_timestamp_survive_a_restart_postgres() {
     let columns = "id INTEGER PRIMARY KEY, updated_at TIMESTAMP NOT NULL, v TEXT";
-    rows_sharing_a_timestamp_survive_a_restart(Db::Postgres, columns);
+    World::on_each_store("outbound", |world| {
+        rows_sharing_a_timestamp_survive_a_restart(world, &Db::Postgres, columns);
+    });
 }
 
 #[test]
 fn rows_sharing_a_timestamp_survive_a_restart_mariadb() {
     let columns = "id INT PRIMARY KEY, updated_at DATETIME(6) NOT NULL, v TEXT";
-    rows_sharing_a_timestamp_survive_a_restart(Db::MariaDb, columns);
+    rows_sharing_a_timestamp_survive_a_restart(World::new("outbound"), &Db::MariaDb, columns);
 }
 
 #[test]
@@ -1148,6 +1183,10 @@ fn topic_values_add_levels_lets_a_slash_in_a_value_add_levels() {
 
 #[test]
 fn unroutable_amqp_rows_become_dead_letters_and_the_position_moves_on() {
+    World::on_each_store("outbound", unroutable_amqp_rows_on);
+}
+
+fn unroutable_amqp_rows_on(world: World) {
     // Only routing key `r.good` has a queue; rows with keys `r.good`, `r.bad` and `r.other`
     let db = Db::Postgres;
     let mut rabbit = Rabbit::connect();
@@ -1157,7 +1196,7 @@ fn unroutable_amqp_rows_become_dead_letters_and_the_position_moves_on() {
     let table = filled(&db, "out_unr", columns, values);
     let query = after_id("id, kind", &table.name);
     let route = to_exchange("unroutable", &query, &exchange, "r.{kind}");
-    let mut run = AmqpRun::pg(rabbit, &queue, route);
+    let mut run = AmqpRun::pg_in(world, rabbit, &queue, route);
     run.until(|got, config| got.len() >= 3 && dlq_list(config).len() >= 2);
     db.exec(&format!("INSERT INTO {} VALUES (6, 'good')", table.name));
     run.until(|got, _| got.len() >= 4);
@@ -1450,9 +1489,12 @@ fn keys_by_id(route: &str, messages: &[AmqpMessage]) -> BTreeMap<i64, String> {
 
 #[test]
 fn amqp_messages_carry_a_key_stable_across_instances_their_content_type_and_a_timestamp() {
+    World::on_each_store("outbound", amqp_messages_carry_a_stable_key_on);
+}
+
+fn amqp_messages_carry_a_stable_key_on(world: World) {
     // A queue for JSON rows and one for CSV rows, and two routes publishing the same rows
     let db = Db::Postgres;
-    let world = World::new("outbound");
     let mut rabbit = Rabbit::connect();
     let (exchange, json_q) = exchange_with_queue(&mut rabbit, "mqdb_out_key", "json");
     let csv_q = unique("mqdb_out_key_csv");
@@ -1496,9 +1538,7 @@ fn amqp_messages_carry_a_key_stable_across_instances_their_content_type_and_a_ti
 
     // When the state store is lost, so both routes publish from `start` again as a new
     // instance would, and a new row comes
-    for file in ["state.db", "state.db-wal", "state.db-shm"] {
-        let _ = std::fs::remove_file(world.path(file));
-    }
+    world.store.wipe();
     db.exec(&format!("INSERT INTO {t} VALUES (4, 'row 4')"));
     let (json_again, csv_again) = run(&mut rabbit, 4);
 

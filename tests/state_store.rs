@@ -1,10 +1,12 @@
-//! The state store on a disk that fills up, with each kind of store and each database.
+//! The state store out of reach while messages and rows arrive, with each kind of store and
+//! each database.
 //!
-//! The store lives on a 2 MiB tmpfs of its own; a filler file takes the rest of its space
-//! while messages and rows arrive, and is removed again. Whatever could not be stored
-//! meanwhile must be stored once space is free: no dead letter acknowledged and lost, no
-//! position believed stored when it is not, and `dlq` commands from another process must
-//! work beside the running bridge afterwards.
+//! A SQLite store lives on a 2 MiB tmpfs of its own, and a filler file takes the rest of its
+//! space; a PostgreSQL store is reached through a proxy, and the proxy cuts every connection
+//! and refuses new ones. Whatever could not be stored meanwhile must be stored once the
+//! store is back: no dead letter acknowledged and lost, no position believed stored when it
+//! is not, and `dlq` commands from another process must work beside the running bridge
+//! afterwards.
 
 mod common;
 
@@ -14,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{
-    Bridge, Db, Publisher, Route, StateStore, Subscriber, TempTable, World, dlq_list, letter_id,
-    mqdb_at, temp_sqlite, unique, wait_for,
+    Bridge, Config, Db, Publisher, Route, StateStore, Subscriber, TcpProxy, TempTable, World,
+    dlq_list, letter_id, mqdb_at, temp_sqlite, unique, wait_for,
 };
 use serde_json::{Value as Json, json};
 
@@ -63,21 +65,74 @@ impl Drop for SmallDisk {
     }
 }
 
-/// Runs `test` once for each kind of state store kept in a file, the store on a small disk
-/// of its own. A server-side store (PostgreSQL) is not on that disk: its outages are the
-/// server's, not this disk's.
-fn on_each_store(test: impl Fn(&SmallDisk, World)) {
+/// What takes a state store out of reach, and gives it back.
+trait Outage {
+    /// From now on nothing can be stored.
+    fn begin(&self);
+    fn end(&self);
+    /// The `state:` setting of `store` that this outage reaches.
+    fn state_url(&self, store: &StateStore) -> String;
+}
+
+/// A file store: its disk is full.
+impl Outage for SmallDisk {
+    fn begin(&self) {
+        self.fill();
+    }
+
+    fn end(&self) {
+        self.free();
+    }
+
+    fn state_url(&self, store: &StateStore) -> String {
+        store.url()
+    }
+}
+
+/// A server store: the network to it is cut, every open connection closed and new ones
+/// refused.
+struct Cut {
+    proxy: TcpProxy,
+}
+
+impl Outage for Cut {
+    fn begin(&self) {
+        self.proxy.set_down(true);
+    }
+
+    fn end(&self) {
+        self.proxy.set_down(false);
+    }
+
+    fn state_url(&self, store: &StateStore) -> String {
+        store.url_via(self.proxy.port)
+    }
+}
+
+/// Runs `test` once for each kind of state store: a file store on a small disk of its own
+/// that fills up, a server store behind a proxy that cuts it off.
+fn on_each_store(test: impl Fn(&dyn Outage, World)) {
     for kind in 0..StateStore::each_in(Path::new("")).len() {
         let disk = SmallDisk::mount();
         let store = StateStore::each_in(disk.dir.path()).swap_remove(kind);
-        if store.is_file() {
-            test(&disk, World::new("state-store").on_store(store));
+        eprintln!("state store: {}", store.url());
+        let world = World::new("state-store").on_store(store);
+        if world.store.is_file() {
+            test(&disk, world);
+        } else {
+            let proxy = TcpProxy::start(([127, 0, 0, 1], 5432).into());
+            test(&Cut { proxy }, world);
         }
     }
 }
 
-/// Failed writes to wait for while the disk is full: a single one can be followed by a
-/// success that only looked like one.
+/// `world`'s config with database `db` and the state store as `outage` reaches it.
+fn config(world: &World, outage: &dyn Outage, db: &Db) -> Config {
+    world.config(db).state(&outage.state_url(&world.store))
+}
+
+/// Failed writes to wait for while the store is out of reach: a single one can be followed
+/// by a success that only looked like one.
 const FAILURES: usize = 5;
 const STORE_FAILED: &str = "cannot store dead letters";
 const POSITION_FAILED: &str = "cannot store the position";
@@ -146,17 +201,16 @@ fn wait_for_exactly(bridge: &mut Bridge, config: &Path, want: Range<u64>) {
     });
 }
 
-fn no_dead_letter_is_lost_to_a_full_disk(db: &Db) {
-    on_each_store(|disk, world| {
-        // Given a bridge whose state store is on a small disk, an inbound route into a
-        // table that holds row 0, and the dead-letter mirror on the same broker
+fn no_dead_letter_is_lost_while_the_store_is_out_of_reach(db: &Db) {
+    on_each_store(|outage, world| {
+        // Given a bridge whose state store can be taken out of reach, an inbound route into
+        // a table that holds row 0, and the dead-letter mirror on the same broker
         let table = TempTable::create(db, "full_in", "id INTEGER PRIMARY KEY, v VARCHAR(50)");
         db.exec(&format!("INSERT INTO {} VALUES (0, 'zero')", table.name));
         let (topic, mirror_topic) = (unique("full_in"), unique("full_mirror"));
         let mirror_to =
             json!({ "broker": "b", "topic": format!("{mirror_topic}/{{route}}"), "qos": 1 });
-        let config = world
-            .config(db)
+        let config = config(&world, outage, db)
             .inbound(
                 Route::inbound("full_in", &topic, &table.name)
                     .columns(&[("id", "payload.id"), ("v", "payload.v")])
@@ -171,22 +225,24 @@ fn no_dead_letter_is_lost_to_a_full_disk(db: &Db) {
         publish_bad(&publisher, &topic, 0..10);
         wait_for_exactly(&mut bridge, &config, 0..10);
 
-        // When the disk fills while more bad messages arrive, and is freed again
-        disk.fill();
+        // When the store is out of reach while more bad messages arrive, and is back again
+        outage.begin();
         publish_bad(&publisher, &topic, 10..70);
         wait_for_failures(&mut bridge, STORE_FAILED, 0);
-        disk.free();
+        outage.end();
 
         // Then every one of them is stored, once, without a restart
         wait_for_exactly(&mut bridge, &config, 0..70);
 
-        // When the disk fills again, and the bridge is killed while it cannot store
+        // When the store goes out of reach again while bad messages are being stored, and
+        // the bridge is killed while it cannot store
         let failures = log_count(&bridge, STORE_FAILED);
-        disk.fill();
-        publish_bad(&publisher, &topic, 70..130);
+        publish_bad(&publisher, &topic, 70..100);
+        outage.begin();
+        publish_bad(&publisher, &topic, 100..130);
         wait_for_failures(&mut bridge, STORE_FAILED, failures);
         bridge.kill();
-        disk.free();
+        outage.end();
 
         // Then the broker still held what was not stored: after a restart, all are there (a
         // letter stored just before the kill may come twice: at-least-once)
@@ -270,9 +326,9 @@ fn wait_for_caught_up(bridge: &mut Bridge, world: &World, subscriber: &Subscribe
     });
 }
 
-fn the_outbound_position_waits_for_a_full_disk(db: &Db) {
-    on_each_store(|disk, world| {
-        // Given an outbound route whose state store is on a small disk
+fn the_outbound_position_waits_for_the_store(db: &Db) {
+    on_each_store(|outage, world| {
+        // Given an outbound route whose state store can be taken out of reach
         let table = TempTable::create(db, "full_out", "id INTEGER PRIMARY KEY, v VARCHAR(50)");
         let topic = unique("full_out");
         let query = format!("SELECT id, v FROM {} WHERE id > ? ORDER BY id", table.name);
@@ -283,15 +339,17 @@ fn the_outbound_position_waits_for_a_full_disk(db: &Db) {
             .topic(&format!("{topic}/{{v}}"))
             .qos(1)
             .format("json");
-        let config = world.config(db).outbound(route).write();
+        let config = config(&world, outage, db).outbound(route).write();
         let subscriber = world.subscribe(&format!("{topic}/#"));
         let mut bridge = Bridge::start(&config);
         insert_rows(db, &table.name, 1..=10);
         wait_for_caught_up(&mut bridge, &world, &subscriber, 10);
 
-        // When the disk fills while rows (good ones and dead letters) keep coming
-        disk.fill();
-        for first in (11..=200).step_by(10) {
+        // When the store goes out of reach while rows (good ones and dead letters) are being
+        // published, and more keep coming
+        insert_rows(db, &table.name, 11..=20);
+        outage.begin();
+        for first in (21..=200).step_by(10) {
             insert_rows(db, &table.name, first..=first + 9);
             if log_count(&bridge, POSITION_FAILED) > 0 {
                 break;
@@ -300,9 +358,9 @@ fn the_outbound_position_waits_for_a_full_disk(db: &Db) {
         wait_for_failures(&mut bridge, POSITION_FAILED, 0);
         let last: u64 = table.count().try_into().expect("a row count");
 
-        // Then once space is free, every row is out or dead-lettered and the stored
+        // Then once the store is back, every row is out or dead-lettered and the stored
         // position is the last row
-        disk.free();
+        outage.end();
         wait_for_caught_up(&mut bridge, &world, &subscriber, last);
 
         // And after a restart nothing is skipped: new rows follow from the stored position
@@ -315,16 +373,16 @@ fn the_outbound_position_waits_for_a_full_disk(db: &Db) {
 }
 
 common::cases! {
-    no_dead_letter_is_lost_to_a_full_disk_postgres:
-        no_dead_letter_is_lost_to_a_full_disk(&Db::Postgres);
-    no_dead_letter_is_lost_to_a_full_disk_mariadb:
-        no_dead_letter_is_lost_to_a_full_disk(&Db::MariaDb);
-    no_dead_letter_is_lost_to_a_full_disk_sqlite:
-        no_dead_letter_is_lost_to_a_full_disk(&temp_sqlite());
-    the_outbound_position_waits_for_a_full_disk_postgres:
-        the_outbound_position_waits_for_a_full_disk(&Db::Postgres);
-    the_outbound_position_waits_for_a_full_disk_mariadb:
-        the_outbound_position_waits_for_a_full_disk(&Db::MariaDb);
-    the_outbound_position_waits_for_a_full_disk_sqlite:
-        the_outbound_position_waits_for_a_full_disk(&temp_sqlite());
+    no_dead_letter_is_lost_while_the_store_is_out_of_reach_postgres:
+        no_dead_letter_is_lost_while_the_store_is_out_of_reach(&Db::Postgres);
+    no_dead_letter_is_lost_while_the_store_is_out_of_reach_mariadb:
+        no_dead_letter_is_lost_while_the_store_is_out_of_reach(&Db::MariaDb);
+    no_dead_letter_is_lost_while_the_store_is_out_of_reach_sqlite:
+        no_dead_letter_is_lost_while_the_store_is_out_of_reach(&temp_sqlite());
+    the_outbound_position_waits_for_the_store_postgres:
+        the_outbound_position_waits_for_the_store(&Db::Postgres);
+    the_outbound_position_waits_for_the_store_mariadb:
+        the_outbound_position_waits_for_the_store(&Db::MariaDb);
+    the_outbound_position_waits_for_the_store_sqlite:
+        the_outbound_position_waits_for_the_store(&temp_sqlite());
 }

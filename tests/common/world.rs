@@ -76,6 +76,17 @@ impl World {
         }
     }
 
+    /// Runs `test` once for each kind of state store ([`StateStore::each_in`]), each time in
+    /// a new world (temp dir, broker, client id) whose store is private to it.
+    pub fn on_each_store(label: &str, mut test: impl FnMut(World)) {
+        let dir = temp_dir(label);
+        for store in StateStore::each_in(dir.path()) {
+            // Captured, and shown with a failure: which run failed.
+            eprintln!("state store: {}", store.url());
+            test(World::new(label).on_store(store));
+        }
+    }
+
     /// This world with its state kept in `store` instead of the temp dir's SQLite file.
     pub fn on_store(mut self, store: StateStore) -> World {
         self.store = store;
@@ -205,6 +216,33 @@ impl StateStore {
         match self {
             StateStore::Sqlite(path) => format!("sqlite://{}", path.display()),
             StateStore::Postgres(db) => format!("postgres://root@127.0.0.1:5432/{}", db.name),
+        }
+    }
+
+    /// The `state:` setting that reaches this PostgreSQL store through `127.0.0.1:port`
+    /// (e.g. a [`super::TcpProxy`] in front of the server).
+    pub fn url_via(&self, port: u16) -> String {
+        match self {
+            StateStore::Sqlite(path) => panic!("{} is a file, not reached by port", path.display()),
+            StateStore::Postgres(db) => format!("postgres://root@127.0.0.1:{port}/{}", db.name),
+        }
+    }
+
+    /// Loses everything stored, as a new host (or a lost file) would: the next bridge starts
+    /// on an empty store. The bridge must be stopped.
+    pub fn wipe(&self) {
+        match self {
+            StateStore::Sqlite(path) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let mut file = path.clone().into_os_string();
+                    file.push(suffix);
+                    let _ = std::fs::remove_file(file);
+                }
+            }
+            StateStore::Postgres(db) => {
+                Db::Postgres.exec(&format!("DROP DATABASE {} WITH (FORCE)", db.name));
+                Db::Postgres.exec(&format!("CREATE DATABASE {}", db.name));
+            }
         }
     }
 
