@@ -654,11 +654,21 @@ fn two_instances_ride_out_a_state_store_outage_longer_than_the_lease() {
 
     // Far longer than the lease: whoever held the route cannot renew it, nor store a
     // position, and must stop publishing rather than run on unfenced.
+    let peak = |x: &Bridge| common::process_stats(x.pid().unwrap()).0;
+    let before = [peak(&a), peak(&b)];
     relay.set_down(true);
     cluster.insert(101, 200);
     std::thread::sleep(Duration::from_secs(20));
     let during = ids(&sub);
+    let after = [peak(&a), peak(&b)];
     relay.set_down(false);
+    eprintln!("peak RSS (kB) before the outage {before:?}, at its end {after:?}");
+    for (before, after) in before.into_iter().zip(after) {
+        assert!(
+            after <= before + 20 * 1024,
+            "RSS grew from {before} kB to {after} kB"
+        );
+    }
 
     let counts = wait_ids(&mut b, &sub, 200);
     assert!(a.is_running() && b.is_running(), "{}\n{}", a.log(), b.log());
