@@ -63,11 +63,53 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Outbound routes' stored positions: list them, or set or reset one.
+    Position {
+        #[command(subcommand)]
+        command: PositionCommand,
+    },
     /// Inspect the dead-letter queue.
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PositionCommand {
+    /// Each outbound route's stored position, when it last moved, and who holds the route.
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store a route's position: one value per `track` column, in order. The route
+    /// publishes the rows after it.
+    Set {
+        route: String,
+        #[arg(required = true, num_args = 1..)]
+        values: Vec<String>,
+        #[command(flatten)]
+        change: PositionChange,
+    },
+    /// Store a route's `start` as its position: it publishes its rows again from there.
+    Reset {
+        route: String,
+        #[command(flatten)]
+        change: PositionChange,
+    },
+}
+
+/// How a position change goes ahead.
+#[derive(Debug, clap::Args)]
+pub struct PositionChange {
+    /// Also while a running instance holds the route: it is made to step down and read the
+    /// new position when it takes the route again.
+    #[arg(long)]
+    pub force: bool,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 /// Which dead letters a command takes.

@@ -170,11 +170,7 @@ pub async fn purge(
                 "{count} dead letters match; add --yes to purge them without a terminal to confirm on"
             )));
         }
-        print!("purge {count} dead letters for good? [y/N] ");
-        let _ = std::io::stdout().flush();
-        let mut answer = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut answer);
-        if !matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        if !confirmed(&format!("purge {count} dead letters for good?")) {
             println!("nothing purged");
             return Ok(());
         }
@@ -330,6 +326,15 @@ fn instant(text: &str) -> Result<String, AppError> {
         }
     };
     Ok(at.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+/// Asks `question` on the terminal; true for a yes.
+pub fn confirmed(question: &str) -> bool {
+    print!("{question} [y/N] ");
+    let _ = std::io::stdout().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
 }
 
 /// Writes to stdout; a reader that went away (`mqdb dlq list --json | head -1`) ends the

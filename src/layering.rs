@@ -43,6 +43,7 @@ const LAYERS: &[(&str, bool, &[&str])] = &[
             "cli",
             "dlq_commands",
             "status",
+            "position_commands",
             "http",
             "demo",
             "logging",

@@ -135,7 +135,7 @@ async fn keeper(
                 };
                 match &held {
                     Some(h) if h.fence.epoch != epoch => {
-                        error!(lease = %name, instance = %holder.instance, "another process running as this instance took the lease meanwhile; instance names must be unique");
+                        error!(lease = %name, instance = %holder.instance, from = h.fence.epoch, to = epoch, "the lease changed hands since this instance last renewed it; if this repeats, two processes run under this instance name, and instance names must be unique");
                     }
                     None => info!(lease = %name, instance = %holder.instance, epoch, "lease taken"),
                     Some(_) => {}

@@ -67,7 +67,8 @@
 //!    - [`app`]: the commands `run` (`mod.rs`, building each route in `wiring.rs`) and
 //!      `check` (`check.rs`).
 //!    - [`cli`]: the command line (clap); [`logging`]: text or JSON log lines.
-//!    - [`dlq_commands`]: `dlq list`, `show`, `replay`, `purge`; [`status`]: `mqdb status`.
+//!    - [`dlq_commands`]: `dlq list`, `show`, `replay`, `purge`; [`status`]: `mqdb status`;
+//!      [`position_commands`]: `position list`, `set`, `reset`.
 //!    - [`http`]: `/health`, `/metrics` and the periodic log summary.
 //!    - [`demo`]: `mqdb demo`, a guided run on an embedded broker (`embedded_broker.rs`)
 //!      and SQLite (`sqlite.rs`, `files.rs`).
@@ -126,6 +127,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod net;
 pub mod outbound;
+pub mod position_commands;
 pub mod replay;
 pub mod routes;
 pub mod slots;

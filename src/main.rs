@@ -29,6 +29,7 @@ fn main() -> ExitCode {
             Command::Run => app::run(config).await,
             Command::Health => mqdb::http::probe(&config).await,
             Command::Status { json } => mqdb::status::status(config, json).await,
+            Command::Position { command } => mqdb::position_commands::run(config, command).await,
             Command::Check => app::check(config).await,
             Command::Dlq { command } => match command {
                 DlqCommand::List {

@@ -695,3 +695,75 @@ fn two_instances_ride_out_a_state_store_outage_longer_than_the_lease() {
         "no holder stepped down:\n{logs}"
     );
 }
+
+#[test]
+fn positions_are_listed_set_and_reset_and_a_running_holder_gives_way_only_to_force() {
+    each_store(|store| {
+        let cluster = Cluster::new(store, |c, _| c);
+        let sub = cluster.subscribe();
+        let mut a = cluster.start("a");
+        cluster.insert(1, 10);
+        wait_ids(&mut a, &sub, 10);
+        wait_for(&mut a, "the position at 10", || {
+            Ok(position(&cluster.status(), "r") == json!(["10"]))
+        });
+        let listed = cluster.mqdb(&["position", "list", "--json"]);
+        assert_eq!(listed.code, Some(0), "{listed}");
+        let row: Json = serde_json::from_str(listed.stdout.lines().next().unwrap()).unwrap();
+        assert_eq!(
+            (
+                &row["route"],
+                &row["position"],
+                &row["start"],
+                &row["held_by"]
+            ),
+            (&json!("r"), &json!(["10"]), &json!(["0"]), &json!("a")),
+            "{listed}"
+        );
+
+        // Refused while a running instance holds the route, or without a way to confirm.
+        let held = cluster.mqdb(&["position", "set", "r", "3", "--yes"]);
+        assert_eq!(held.code, Some(2), "{held}");
+        assert!(held.stderr.contains("held by running instance a"), "{held}");
+        let unconfirmed = cluster.mqdb(&["position", "reset", "r"]);
+        assert_eq!(unconfirmed.code, Some(2), "{unconfirmed}");
+        assert!(unconfirmed.stderr.contains("--yes"), "{unconfirmed}");
+        let arity = cluster.mqdb(&["position", "set", "r", "3", "4", "--yes"]);
+        assert!(
+            arity.code == Some(2) && arity.stderr.contains("tracks 1 column"),
+            "{arity}"
+        );
+        let unknown = cluster.mqdb(&["position", "reset", "nope", "--yes"]);
+        assert!(
+            unknown.code == Some(2) && unknown.stderr.contains("routes are: r"),
+            "{unknown}"
+        );
+        assert_eq!(
+            ids(&sub).values().sum::<usize>(),
+            10,
+            "nothing published again yet"
+        );
+
+        // Forced: the running holder steps down, reads the new position and republishes.
+        let forced = cluster.mqdb(&["position", "set", "r", "3", "--yes", "--force"]);
+        assert_eq!(forced.code, Some(0), "{forced}");
+        wait_for(&mut a, "rows 4..=10 published again", || {
+            let counts = ids(&sub);
+            Ok((4..=10).all(|i| counts[&i] == 2))
+        });
+        let counts = ids(&sub);
+        assert!((1..=3).all(|i| counts[&i] == 1), "{counts:?}");
+
+        // Stopped, a reset takes the route back to its start.
+        assert!(a.terminate().success());
+        let reset = cluster.mqdb(&["position", "reset", "r", "--yes"]);
+        assert_eq!(reset.code, Some(0), "{reset}");
+        assert_eq!(position(&cluster.status(), "r"), json!(["0"]));
+        let mut a = cluster.start("a");
+        wait_for(&mut a, "every row published once more", || {
+            let counts = ids(&sub);
+            Ok((1..=3).all(|i| counts[&i] == 2) && (4..=10).all(|i| counts[&i] == 3))
+        });
+        assert!(a.terminate().success());
+    });
+}

@@ -46,7 +46,8 @@ pub struct OutboundRoute {
     pub metrics: Arc<RouteMetrics>,
     /// Where the route says that its configuration cannot work, and stops.
     pub misconfigured: tokio::sync::mpsc::UnboundedSender<String>,
-    /// The route's lease among the instances sharing the state store.
+    /// The route's lease among the instances sharing the state store (an `Option` only so
+    /// that `run` can move it out).
     pub lease: Option<LeaseSpec>,
 }
 
@@ -84,9 +85,10 @@ enum Attempt {
 
 impl OutboundRoute {
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
-        let Some(spec) = self.lease.take() else {
-            return;
-        };
+        let spec = self
+            .lease
+            .take()
+            .expect("every outbound route is built with its lease");
         let mut lease = Lease::keep(spec);
         self.metrics.set_standby(true);
         while let Some(fence) = lease.acquired(&mut stop).await {

@@ -5,8 +5,12 @@ use sqlx::Row;
 use crate::dlq::NewDeadLetter;
 
 use super::dead_letters::Inserts;
-use super::leases::{Fence, fence_check};
+use super::leases::{Fence, fence_check, now_ms};
 use super::store::{State, StateError, in_write, on_pool, sql};
+
+/// Stores (route, position as JSON text, updated_at).
+const UPSERT_POSITION: &str = "INSERT INTO positions (route, position, updated_at) VALUES (?, ?, ?)
+     ON CONFLICT (route) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at";
 
 /// Inside a write transaction: fails it with [`StateError::Fenced`] unless `fence` (when
 /// there is one) is still the lease's current holder and epoch.
@@ -107,6 +111,56 @@ impl State {
         })
     }
 
+    /// Sets a route's position by hand. While a running instance holds the route (its lease
+    /// has not expired) this is refused with the holder's name, unless `force`: then the
+    /// lease's epoch moves on, so the holder's next position write is refused and it reads
+    /// this position when it takes the route again.
+    pub async fn set_position(
+        &self,
+        route: &str,
+        position: &[String],
+        force: bool,
+    ) -> Result<Result<(), String>, StateError> {
+        let lease = format!("outbound:{route}");
+        let now = crate::dlq::now_rfc3339();
+        in_write!(self, |tx, pg| {
+            let lock = if pg { " FOR UPDATE" } else { "" };
+            let text = format!(
+                "SELECT instance, expires_at > {} FROM leases WHERE name = ?{lock}",
+                now_ms(pg)
+            );
+            let holder = sqlx::query(sql(pg, &text))
+                .bind(&lease)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| (r.get::<String, _>(0), r.get::<bool, _>(1)));
+            if let Some((instance, true)) = &holder
+                && !force
+            {
+                return Ok(Err(instance.clone()));
+            }
+            if holder.is_some() {
+                let text = format!(
+                    "UPDATE leases SET epoch = epoch + 1, holder = 'mqdb position',
+                         instance = 'mqdb position', since = {now}, expires_at = {now}
+                     WHERE name = ?",
+                    now = now_ms(pg)
+                );
+                sqlx::query(sql(pg, &text))
+                    .bind(&lease)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query(sql(pg, UPSERT_POSITION))
+                .bind(route)
+                .bind(serde_json::to_string(position).unwrap_or_else(|_| "[]".into()))
+                .bind(&now)
+                .execute(&mut *tx)
+                .await?;
+            Ok(Ok(()))
+        })
+    }
+
     /// Stores a route's position together with the dead letters met on the way, in one
     /// transaction, so that neither can be lost without the other; under `fence`, only
     /// while that lease is still held.
@@ -127,16 +181,12 @@ impl State {
                 tx.insert_dead_letter(l, &now).await?;
             }
             if let Some(position) = position {
-                sqlx::query(sql(
-                    pg,
-                    "INSERT INTO positions (route, position, updated_at) VALUES (?, ?, ?)
-                     ON CONFLICT (route) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at",
-                ))
-                .bind(route)
-                .bind(serde_json::to_string(position).unwrap_or_else(|_| "[]".into()))
-                .bind(&now)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(sql(pg, UPSERT_POSITION))
+                    .bind(route)
+                    .bind(serde_json::to_string(position).unwrap_or_else(|_| "[]".into()))
+                    .bind(&now)
+                    .execute(&mut *tx)
+                    .await?;
             }
             Ok(Ok(()))
         })?
