@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what a fresh machine lacks (unixODBC and the PostgreSQL, MariaDB and SQLite
-# ODBC drivers; for the tests also Squid and openssl) and starts any local service that has
-# stopped. Safe to run repeatedly.
+# ODBC drivers; for the tests also Squid, openssl and the Python STOMP client stomp.py),
+# starts any local service that has stopped and enables RabbitMQ's STOMP plugin. Safe to run
+# repeatedly.
 #   scripts/setup.sh            packages + test packages + services (development and CI)
 #   scripts/setup.sh --packages packages only (Docker image build: no test packages)
 # For Debian and its derivatives (apt, dpkg). Privileged steps run through sudo unless the
@@ -17,8 +18,9 @@ odbcinst_ini="${ODBCSYSINI:-/etc}/odbcinst.ini"
 
 packages=(unixodbc unixodbc-dev odbc-postgresql odbc-mariadb libsqliteodbc)
 # Only the tests use these: each firewall test starts a private squid (tests/common/squid.rs),
-# and the TLS tests make their certificates and squid's password file with openssl.
-test_packages=(squid openssl)
+# and the TLS tests make their certificates and squid's password file with openssl; the STOMP
+# test publishes with stomp.py, installed with pip below.
+test_packages=(squid openssl python3 python3-pip)
 [ "${1:-}" = "--packages" ] || packages+=("${test_packages[@]}")
 
 missing=()
@@ -89,6 +91,22 @@ if ! port_open 5672; then
   echo "setup: starting RabbitMQ"
   as_root rabbitmq-server -detached
   wait_port 5672 RabbitMQ
+fi
+# The STOMP test publishes through the shared node's STOMP listener (61613). Enabling a
+# plugin on a running node starts it at once and is recorded in enabled_plugins, so it
+# survives restarts.
+if ! port_open 61613; then
+  echo "setup: enabling RabbitMQ STOMP"
+  as_root rabbitmq-plugins enable rabbitmq_stomp >/dev/null
+  wait_port 61613 "RabbitMQ STOMP"
+fi
+stomp_py=8.2.0
+if [ "$(python3 -c 'import stomp; print(stomp.__version__)' 2>/dev/null)" != "$stomp_py" ]; then
+  echo "setup: installing stomp.py $stomp_py"
+  # Into the Python the tests run (not root's); Debian marks its system Python as
+  # externally managed, and this one test-only package does not need a virtualenv.
+  PIP_BREAK_SYSTEM_PACKAGES=1 PIP_ROOT_USER_ACTION=ignore \
+    python3 -m pip install --quiet "stomp.py==$stomp_py"
 fi
 if ! port_open 1883; then
   echo "setup: starting Mosquitto"

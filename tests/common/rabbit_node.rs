@@ -1,5 +1,5 @@
 //! A private RabbitMQ node for TLS and WebSocket tests, so the shared broker (127.0.0.1:5672,
-//! no TLS listener, no plugins) is never reconfigured or restarted.
+//! no TLS listener, no plugin but STOMP) is never reconfigured or restarted.
 //!
 //! It runs `rabbitmq-server` in the foreground in its own process group, with everything in a
 //! temp dir (node name, mnesia and log dirs, config, an empty plugins file, an empty
