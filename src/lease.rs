@@ -23,6 +23,8 @@ struct Held {
 /// A route's side of its lease.
 pub struct Lease {
     held: watch::Receiver<Option<Held>>,
+    /// To forget the lease at once when a write under it was refused.
+    forget: watch::Sender<Option<Held>>,
     lost: Arc<Notify>,
     release: watch::Sender<bool>,
     keeper: tokio::task::JoinHandle<()>,
@@ -43,9 +45,11 @@ impl Lease {
         let (held_tx, held) = watch::channel(None);
         let lost = Arc::new(Notify::new());
         let (release, release_rx) = watch::channel(false);
+        let forget = held_tx.clone();
         let keeper = tokio::spawn(keeper(spec, held_tx, lost.clone(), release_rx));
         Lease {
             held,
+            forget,
             lost,
             release,
             keeper,
@@ -84,8 +88,11 @@ impl Lease {
         self.current().as_ref() == Some(fence)
     }
 
-    /// A write under the lease was refused: another process holds it now.
+    /// A write under the lease was refused: another process holds it now. Forgotten at
+    /// once, so that [`Lease::acquired`] cannot hand out the refused fence again before the
+    /// keeper has looked.
     pub fn lost(&self) {
+        self.forget.send_replace(None);
         self.lost.notify_one();
     }
 
@@ -210,4 +217,54 @@ pub async fn heartbeat(
         }
     }
     let _ = state.instance_seen(&holder, true).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::test_stores::stores;
+
+    fn spec(state: &State, instance: &str) -> LeaseSpec {
+        LeaseSpec {
+            state: state.clone(),
+            name: "outbound:r".into(),
+            holder: Holder::this_process(instance),
+            ttl: Duration::from_secs(30),
+            metrics: Metrics::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_fence_is_never_handed_out_again() {
+        for (_keep, state) in stores().await {
+            let (_stop_tx, mut stop) = watch::channel(false);
+            let mut a = Lease::keep(spec(&state, "a"));
+            let first = a.acquired(&mut stop).await.unwrap();
+            // Another instance takes the lease over (as after an expiry).
+            let b = Holder::this_process("b");
+            state.release_lease(&first).await.unwrap();
+            let epoch = state
+                .take_lease("outbound:r", &b, Duration::from_secs(30))
+                .await;
+            assert_eq!(epoch.unwrap(), Some(first.epoch + 1));
+            a.lost();
+            assert_eq!(a.current(), None, "the refused fence is forgotten at once");
+            assert!(!a.still(&first));
+            a.release().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_released_lease_goes_to_the_next_keeper() {
+        for (_keep, state) in stores().await {
+            let (_stop_tx, mut stop) = watch::channel(false);
+            let mut a = Lease::keep(spec(&state, "a"));
+            let held = a.acquired(&mut stop).await.unwrap();
+            let mut b = Lease::keep(spec(&state, "b"));
+            a.release().await;
+            let taken = b.acquired(&mut stop).await.unwrap();
+            assert_eq!(taken.epoch, held.epoch + 1);
+            b.release().await;
+        }
+    }
 }

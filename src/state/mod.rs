@@ -10,7 +10,7 @@ mod leases;
 mod positions;
 mod store;
 #[cfg(test)]
-mod test_stores;
+pub(crate) mod test_stores;
 
 pub use dead_letters::{Claimed, DeadLetterField, DeadLetterFilter, Failure};
 pub use leases::{Fence, Holder, InstanceRow, LeaseRow};
