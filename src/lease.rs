@@ -30,6 +30,29 @@ pub struct Lease {
     keeper: tokio::task::JoinHandle<()>,
 }
 
+/// What every lease of this process shares: the store, this process, the lease length
+/// and where the lease gauges go.
+#[derive(Clone)]
+pub struct Leases {
+    pub state: State,
+    pub holder: Holder,
+    pub ttl: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Leases {
+    /// The lease `name`, for [`Lease::keep`].
+    pub fn spec(&self, name: &str) -> LeaseSpec {
+        LeaseSpec {
+            state: self.state.clone(),
+            name: name.to_string(),
+            holder: self.holder.clone(),
+            ttl: self.ttl,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
 /// What keeps a lease: the store, who holds it, for how long.
 pub struct LeaseSpec {
     pub state: State,

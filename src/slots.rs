@@ -17,33 +17,10 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::broker::mqtt::{self, MqttSettings, MqttSource, Subscription};
-use crate::lease::{Lease, LeaseSpec};
-use crate::metrics::Metrics;
-use crate::state::{Holder, State};
+use crate::lease::{Lease, Leases};
 
 /// How long a drained session must stay quiet before it counts as empty.
 const QUIET: Duration = Duration::from_secs(1);
-
-/// What a broker's slots share with the leases of this instance.
-#[derive(Clone)]
-pub struct SlotSpec {
-    pub state: State,
-    pub holder: Holder,
-    pub ttl: Duration,
-    pub metrics: std::sync::Arc<Metrics>,
-}
-
-impl SlotSpec {
-    fn lease(&self, name: &str) -> LeaseSpec {
-        LeaseSpec {
-            state: self.state.clone(),
-            name: name.to_string(),
-            holder: self.holder.clone(),
-            ttl: self.ttl,
-            metrics: self.metrics.clone(),
-        }
-    }
-}
 
 /// The running source of one broker's shared subscriptions.
 pub struct SharedSource {
@@ -60,9 +37,9 @@ enum Phase {
 }
 
 impl SharedSource {
-    pub fn start(settings: MqttSettings, subscriptions: Vec<Subscription>, spec: SlotSpec) -> Self {
+    pub fn start(settings: MqttSettings, subscriptions: Vec<Subscription>, leases: Leases) -> Self {
         let (phase, phase_rx) = watch::channel(Phase::Running);
-        let task = tokio::spawn(run(settings, subscriptions, spec, phase_rx));
+        let task = tokio::spawn(run(settings, subscriptions, leases, phase_rx));
         SharedSource { phase, task }
     }
 
@@ -91,20 +68,20 @@ fn slot_lease(broker: &str, n: u32) -> String {
 async fn run(
     settings: MqttSettings,
     subscriptions: Vec<Subscription>,
-    spec: SlotSpec,
+    leases: Leases,
     mut phase: watch::Receiver<Phase>,
 ) {
     let broker = settings.name.clone();
     let mut adoption: Option<JoinHandle<()>> = None;
     loop {
-        let Some((n, lease)) = claim(&spec, &broker, &mut phase).await else {
+        let Some((n, lease)) = claim(&leases, &broker, &mut phase).await else {
             return;
         };
         let mut own = settings.clone();
         own.client_id = format!("{}-slot{n}", settings.configured_client_id);
         info!(broker = %broker, slot = n, client_id = %own.client_id, "holding a shared-subscription slot");
         let source = MqttSource::start_shared(own, subscriptions.clone());
-        let mut scan = tokio::time::interval(spec.ttl / 2);
+        let mut scan = tokio::time::interval(leases.ttl / 2);
         let lost = loop {
             tokio::select! {
                 _ = phase.changed() => {
@@ -128,12 +105,12 @@ async fn run(
                     }
                     let idle = adoption.as_ref().is_none_or(JoinHandle::is_finished);
                     if idle && *phase.borrow() == Phase::Running
-                        && let Some(orphan) = orphan(&spec, &broker).await
+                        && let Some(orphan) = orphan(&leases, &broker).await
                     {
                         adoption = Some(tokio::spawn(adopt(
                             settings.clone(),
                             subscriptions.clone(),
-                            spec.clone(),
+                            leases.clone(),
                             orphan,
                             phase.clone(),
                         )));
@@ -153,7 +130,7 @@ async fn run(
 
 /// Takes the lowest-numbered free slot; `None` on shutdown.
 async fn claim(
-    spec: &SlotSpec,
+    leases: &Leases,
     broker: &str,
     phase: &mut watch::Receiver<Phase>,
 ) -> Option<(u32, Lease)> {
@@ -163,9 +140,13 @@ async fn claim(
                 return None;
             }
             let name = slot_lease(broker, n);
-            match spec.state.take_lease(&name, &spec.holder, spec.ttl).await {
+            match leases
+                .state
+                .take_lease(&name, &leases.holder, leases.ttl)
+                .await
+            {
                 Ok(Some(_)) => {
-                    let mut lease = Lease::keep(spec.lease(&name));
+                    let mut lease = Lease::keep(leases.spec(&name));
                     let (_keep, mut never) = watch::channel(false);
                     lease.acquired(&mut never).await;
                     return Some((n, lease));
@@ -178,17 +159,17 @@ async fn claim(
             }
         }
         tokio::select! {
-            _ = tokio::time::sleep(spec.ttl / 4) => {}
+            _ = tokio::time::sleep(leases.ttl / 4) => {}
             _ = phase.changed() => {}
         }
     }
 }
 
 /// A slot of `broker` whose holder is gone, now taken by this instance for adoption.
-async fn orphan(spec: &SlotSpec, broker: &str) -> Option<(u32, Lease)> {
-    let (leases, now) = spec.state.leases().await.ok()?;
+async fn orphan(leases: &Leases, broker: &str) -> Option<(u32, Lease)> {
+    let (rows, now) = leases.state.leases().await.ok()?;
     let prefix = format!("slot:{broker}:");
-    for lease in leases {
+    for lease in rows {
         let Some(n) = lease
             .name
             .strip_prefix(&prefix)
@@ -196,15 +177,15 @@ async fn orphan(spec: &SlotSpec, broker: &str) -> Option<(u32, Lease)> {
         else {
             continue;
         };
-        if lease.expires_at > now || lease.holder == spec.holder.id {
+        if lease.expires_at > now || lease.holder == leases.holder.id {
             continue;
         }
-        if let Ok(Some(_)) = spec
+        if let Ok(Some(_)) = leases
             .state
-            .take_lease(&lease.name, &spec.holder, spec.ttl)
+            .take_lease(&lease.name, &leases.holder, leases.ttl)
             .await
         {
-            let mut held = Lease::keep(spec.lease(&lease.name));
+            let mut held = Lease::keep(leases.spec(&lease.name));
             let (_keep, mut never) = watch::channel(false);
             held.acquired(&mut never).await;
             return Some((n, held));
@@ -218,7 +199,7 @@ async fn orphan(spec: &SlotSpec, broker: &str) -> Option<(u32, Lease)> {
 async fn adopt(
     settings: MqttSettings,
     subscriptions: Vec<Subscription>,
-    spec: SlotSpec,
+    leases: Leases,
     (n, lease): (u32, Lease),
     mut phase: watch::Receiver<Phase>,
 ) {
@@ -226,7 +207,7 @@ async fn adopt(
     theirs.client_id = format!("{}-slot{n}", settings.configured_client_id);
     theirs.clean_session = false;
     let broker = settings.name.clone();
-    info!(broker = %broker, slot = n, client_id = %theirs.client_id, instance = %spec.holder.instance, "adopting the session of a slot whose instance is gone");
+    info!(broker = %broker, slot = n, client_id = %theirs.client_id, instance = %leases.holder.instance, "adopting the session of a slot whose instance is gone");
     let source = MqttSource::adopt(theirs.clone(), subscriptions);
     let patience = settings.connect_timeout * 3;
     let drained = tokio::select! {

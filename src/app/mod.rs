@@ -17,15 +17,16 @@ use crate::broker::mqtt::{MqttSource, Subscription};
 use crate::config::Config;
 use crate::db::worker;
 use crate::inbound::InboundRoute;
+use crate::lease::Leases;
 use crate::metrics::{Kind, Metrics, RouteMetrics};
 use crate::routes::{InboundPlan, Intake, inbound_plans, outbound_plans};
-use crate::slots::{SharedSource, SlotSpec};
+use crate::slots::SharedSource;
 use crate::state::{Holder, State};
 
 pub use crate::error::AppError;
 
 pub use check::check;
-use wiring::{Leases, amqp_settings, broker_settings, mirror, outbound_route};
+use wiring::{amqp_settings, broker_settings, mirror, outbound_route};
 pub use wiring::{db_specs, replay_publishers};
 
 /// How long shutdown waits for in-flight batches before releasing them.
@@ -187,18 +188,12 @@ pub async fn run_until(
         info!(route = %plan.name, source = %plan.intake.describe(), table = %plan.target.table, "route ready");
         route_tasks.spawn(route.run(rx, stop_rx.clone()));
     }
-    let slots = SlotSpec {
-        state: state.clone(),
-        holder: holder.clone(),
-        ttl: config.lease,
-        metrics: metrics.clone(),
-    };
     let sources: Vec<Source> = subscriptions
         .into_iter()
         .map(|(broker, subs)| {
             let settings = brokers[&broker].clone();
             if subs.iter().any(|s| s.share.is_some()) {
-                Source::Shared(SharedSource::start(settings, subs, slots.clone()))
+                Source::Shared(SharedSource::start(settings, subs, leases.clone()))
             } else {
                 Source::Own(MqttSource::start(settings, subs))
             }

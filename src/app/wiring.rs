@@ -2,7 +2,6 @@
 //! broker settings, publishers, outbound routes and the dead-letter mirror.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use serde_saphyr::Spanned;
 use tokio::sync::mpsc;
@@ -16,11 +15,10 @@ use crate::config::{Broker, BrokerKind, Config};
 use crate::db::DbSpec;
 use crate::db::poll::Poller;
 use crate::destination::Destination;
-use crate::lease::LeaseSpec;
-use crate::metrics::{Kind, Metrics};
+use crate::lease::Leases;
+use crate::metrics::Kind;
 use crate::outbound::OutboundRoute;
 use crate::routes::OutboundPlan;
-use crate::state::{Holder, State};
 
 pub use crate::error::AppError;
 
@@ -46,26 +44,6 @@ pub(super) fn client_id_suffix(config: &Config) -> Option<String> {
     let state = config.state.value.as_str();
     let shared = state.starts_with("postgres://") || state.starts_with("postgresql://");
     (shared || config.instance.is_some()).then(|| config.instance_name())
-}
-
-/// What every lease of this process shares.
-pub(super) struct Leases {
-    pub state: State,
-    pub holder: Holder,
-    pub ttl: std::time::Duration,
-    pub metrics: Arc<Metrics>,
-}
-
-impl Leases {
-    pub fn spec(&self, name: String) -> LeaseSpec {
-        LeaseSpec {
-            state: self.state.clone(),
-            name,
-            holder: self.holder.clone(),
-            ttl: self.ttl,
-            metrics: self.metrics.clone(),
-        }
-    }
 }
 
 pub(super) fn amqp_settings(config: &Config) -> Result<BTreeMap<String, AmqpSettings>, AppError> {
@@ -110,7 +88,7 @@ pub(super) fn outbound_route(
         .metrics
         .route(&plan.name, Kind::Outbound, &broker, &plan.database);
     Ok(OutboundRoute {
-        lease: Some(leases.spec(format!("outbound:{}", plan.name))),
+        lease: Some(leases.spec(&format!("outbound:{}", plan.name))),
         metrics,
         name: plan.name,
         broker,
@@ -180,7 +158,7 @@ pub(super) fn mirror(
     };
     let to = Destination::resolve(&m.value, true).map_err(AppError::Usage)?;
     Ok(Some(crate::mirror::Mirror {
-        lease: leases.spec(crate::mirror::LEASE.into()),
+        lease: leases.spec(crate::mirror::LEASE),
         state: leases.state.clone(),
         publisher: publisher(&to, "dead-letters", brokers, amqp)?,
         target: to.target,
