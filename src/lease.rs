@@ -108,7 +108,10 @@ impl Lease {
 
     /// True while `fence` is still this process's current one.
     pub fn still(&self, fence: &Fence) -> bool {
-        self.current().as_ref() == Some(fence)
+        // Called before every published row: compared in place, nothing cloned.
+        let held = self.held.borrow();
+        held.as_ref()
+            .is_some_and(|h| Instant::now() < h.until && h.fence == *fence)
     }
 
     /// A write under the lease was refused: another process holds it now. Forgotten at

@@ -41,9 +41,7 @@ pub(super) fn broker_settings(config: &Config) -> Result<BTreeMap<String, MqttSe
 /// PostgreSQL state store, or an `instance:` set): the instance name, so that each keeps
 /// its own sessions instead of taking over another's.
 pub(super) fn client_id_suffix(config: &Config) -> Option<String> {
-    let state = config.state.value.as_str();
-    let shared = state.starts_with("postgres://") || state.starts_with("postgresql://");
-    (shared || config.instance.is_some()).then(|| config.instance_name())
+    (config.state_on_postgres() || config.instance.is_some()).then(|| config.instance_name())
 }
 
 pub(super) fn amqp_settings(config: &Config) -> Result<BTreeMap<String, AmqpSettings>, AppError> {

@@ -102,6 +102,12 @@ pub fn default_lease() -> Duration {
 }
 
 impl Config {
+    /// Whether the state store is PostgreSQL, which several hosts' instances may share.
+    pub fn state_on_postgres(&self) -> bool {
+        let url = self.state.value.as_str();
+        url.starts_with("postgres://") || url.starts_with("postgresql://")
+    }
+
     /// The `instance:` name, or else the host name.
     pub fn instance_name(&self) -> String {
         match &self.instance {

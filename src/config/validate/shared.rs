@@ -12,7 +12,7 @@ const MAX_INSTANCE: usize = 64;
 
 pub fn check_shared(path: &Path, config: &Config) -> Result<(), ConfigError> {
     let state = config.state.value.as_str();
-    let postgres = state.starts_with("postgres://") || state.starts_with("postgresql://");
+    let postgres = config.state_on_postgres();
     if !postgres && !state.starts_with("sqlite:") {
         return Err(ConfigError::at(
             path,
