@@ -104,6 +104,14 @@ impl Metrics {
         route
     }
 
+    /// Drops a route that a reload stopped from what is reported.
+    pub fn retire(&self, route: &Arc<RouteMetrics>) {
+        self.routes
+            .lock()
+            .expect("metrics lock")
+            .retain(|r| !Arc::ptr_eq(r, route));
+    }
+
     pub fn routes(&self) -> Vec<Arc<RouteMetrics>> {
         self.routes.lock().expect("metrics lock").clone()
     }

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-use crate::broker::mqtt::{self, MqttSettings, MqttSource, Subscription};
+use crate::broker::mqtt::{self, MqttSettings, MqttSource, RouteTable};
 use crate::lease::{Lease, Leases};
 
 /// How long a drained session must stay quiet before it counts as empty.
@@ -37,9 +37,9 @@ enum Phase {
 }
 
 impl SharedSource {
-    pub fn start(settings: MqttSettings, subscriptions: Vec<Subscription>, leases: Leases) -> Self {
+    pub fn start(settings: MqttSettings, routes: RouteTable, leases: Leases) -> Self {
         let (phase, phase_rx) = watch::channel(Phase::Running);
-        let task = tokio::spawn(run(settings, subscriptions, leases, phase_rx));
+        let task = tokio::spawn(run(settings, routes, leases, phase_rx));
         SharedSource { phase, task }
     }
 
@@ -67,7 +67,7 @@ fn slot_lease(broker: &str, n: u32) -> String {
 /// shutdown.
 async fn run(
     settings: MqttSettings,
-    subscriptions: Vec<Subscription>,
+    routes: RouteTable,
     leases: Leases,
     mut phase: watch::Receiver<Phase>,
 ) {
@@ -80,7 +80,7 @@ async fn run(
         let mut own = settings.clone();
         own.client_id = format!("{}-slot{n}", settings.configured_client_id);
         info!(broker = %broker, slot = n, client_id = %own.client_id, "holding a shared-subscription slot");
-        let source = MqttSource::start_shared(own, subscriptions.clone());
+        let source = MqttSource::start_shared(own, routes.clone());
         let mut scan = tokio::time::interval(leases.ttl / 2);
         let lost = loop {
             tokio::select! {
@@ -109,7 +109,7 @@ async fn run(
                     {
                         adoption = Some(tokio::spawn(adopt(
                             settings.clone(),
-                            subscriptions.clone(),
+                            routes.clone(),
                             leases.clone(),
                             orphan,
                             phase.clone(),
@@ -198,7 +198,7 @@ async fn orphan(leases: &Leases, broker: &str) -> Option<(u32, Lease)> {
 /// frees the slot.
 async fn adopt(
     settings: MqttSettings,
-    subscriptions: Vec<Subscription>,
+    routes: RouteTable,
     leases: Leases,
     (n, lease): (u32, Lease),
     mut phase: watch::Receiver<Phase>,
@@ -208,7 +208,7 @@ async fn adopt(
     theirs.clean_session = false;
     let broker = settings.name.clone();
     info!(broker = %broker, slot = n, client_id = %theirs.client_id, instance = %leases.holder.instance, "adopting the session of a slot whose instance is gone");
-    let source = MqttSource::adopt(theirs.clone(), subscriptions);
+    let source = MqttSource::adopt(theirs.clone(), routes);
     let patience = settings.connect_timeout * 3;
     let drained = tokio::select! {
         r = source.drain(QUIET, patience) => r,

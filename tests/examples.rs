@@ -500,6 +500,12 @@ fn the_systemd_unit_matches_the_readme_and_verifies() {
     // The binary where the README and the Dockerfile install it, running `run`.
     let exec: Vec<&str> = one("ExecStart").split_whitespace().collect();
     assert_eq!(exec, ["/usr/local/bin/mqdb", "run"], "{UNIT}: ExecStart");
+    // `systemctl reload` is the SIGHUP that `run` reloads its configuration on.
+    assert_eq!(
+        one("ExecReload"),
+        "/bin/kill -HUP $MAINPID",
+        "{UNIT}: ExecReload"
+    );
     let dockerfile = read(&root.join("Dockerfile"));
     let docker_installs = dockerfile.contains(" /usr/local/bin/mqdb\n");
     assert!(docker_installs, "Dockerfile installs elsewhere");

@@ -1,53 +1,39 @@
 //! The commands: `run`, `check` and `dlq …`, over a loaded configuration.
 
+mod bridge;
 mod check;
+mod layout;
 mod wiring;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use crate::broker::amqp_source::{AmqpSource, QueueSpec};
-use crate::broker::budget::ByteBudget;
-use crate::broker::mqtt::{MqttSource, Subscription};
 use crate::config::Config;
-use crate::db::worker;
-use crate::inbound::InboundRoute;
 use crate::lease::Leases;
-use crate::metrics::{Kind, Metrics, RouteMetrics};
-use crate::routes::{InboundPlan, Intake, inbound_plans, outbound_plans};
-use crate::slots::SharedSource;
+use crate::metrics::Metrics;
 use crate::state::{Holder, State};
 
 pub use crate::error::AppError;
 
+use bridge::{Bridge, Context};
 pub use check::check;
-use wiring::{amqp_settings, broker_settings, mirror, outbound_route};
 pub use wiring::{db_specs, replay_publishers};
 
-/// How long shutdown waits for in-flight batches before releasing them.
-const DRAIN_GRACE: Duration = Duration::from_secs(20);
-
-/// `mqdb run`: every route until SIGINT/SIGTERM.
+/// `mqdb run`: every route until SIGINT/SIGTERM; SIGHUP reloads the configuration file.
 pub async fn run(config: Config) -> Result<(), AppError> {
     run_until(config, shutdown_signal(), Metrics::new()).await
 }
 
 /// Every route until `stop` resolves, then drains; the routes report to `metrics`.
 pub async fn run_until(
-    config: Config,
+    mut config: Config,
     stop: impl std::future::Future<Output = ()>,
     metrics: Arc<Metrics>,
 ) -> Result<(), AppError> {
-    let plans = inbound_plans(&config).map_err(AppError::Usage)?;
-    let outbound = outbound_plans(&config).map_err(AppError::Usage)?;
-    let dbs = db_specs(&config)?;
-    let brokers = broker_settings(&config)?;
-    let amqp = amqp_settings(&config)?;
+    let brokers = wiring::broker_settings(&config)?;
+    let amqp = wiring::amqp_settings(&config)?;
     let paths = brokers
         .iter()
         .map(|(name, s)| (name, s.endpoint(), &s.proxy))
@@ -56,9 +42,6 @@ pub async fn run_until(
         info!(broker = %name, %endpoint, %proxy, "broker connection path");
     }
     let state = open_state(&config).await?;
-    if plans.is_empty() && outbound.is_empty() {
-        warn!("no routes configured; nothing to do");
-    }
     let holder = Holder::this_process(&config.instance_name());
     metrics.set_instance(&holder.instance);
     crate::message::set_instance(&holder.instance);
@@ -70,14 +53,6 @@ pub async fn run_until(
         metrics: metrics.clone(),
     };
 
-    let mirror = mirror(&config, &leases, &brokers, &amqp)?;
-    if mirror.is_some() {
-        crate::mirror::start_position(&state)
-            .await
-            .map_err(AppError::Runtime)?;
-    }
-
-    let stop_flag = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
     let heartbeat = tokio::spawn(crate::lease::heartbeat(
         state.clone(),
@@ -103,151 +78,39 @@ pub async fn run_until(
         ));
     }
 
-    // Every sink first: subscribing before the tables are reachable would only pile
-    // messages up in memory.
-    let mut starting = tokio::task::JoinSet::new();
-    for plan in plans {
-        let spec = dbs[&plan.database].clone();
-        let stop = stop_flag.clone();
-        let route_metrics = metrics.route(&plan.name, Kind::Inbound, &plan.broker, &plan.database);
-        starting.spawn(async move {
-            let sink = worker::start(spec, plan.target.clone(), stop, route_metrics.clone()).await;
-            (plan, sink, route_metrics)
-        });
-    }
-    let mut ready: Vec<(InboundPlan, worker::Sink, Arc<RouteMetrics>)> = Vec::new();
-    loop {
-        tokio::select! {
-            next = starting.join_next() => match next {
-                None => break,
-                Some(Ok((plan, Ok(sink), m))) => ready.push((plan, sink, m)),
-                Some(Ok((plan, Err(e), _))) => {
-                    stop_flag.store(true, Ordering::Relaxed);
-                    return Err(AppError::Runtime(format!("route {}: {e}", plan.name)));
-                }
-                Some(Err(e)) => return Err(AppError::Runtime(format!("route start-up failed: {e}"))),
-            },
-            _ = &mut signals => {
-                info!("stopping before all databases were reached");
-                stop_flag.store(true, Ordering::Relaxed);
-                return Ok(());
-            }
-        }
-    }
-
-    let mut subscriptions: BTreeMap<String, Vec<Subscription>> = BTreeMap::new();
-    let mut amqp_sources = Vec::new();
-    let mut budgets: BTreeMap<String, ByteBudget> = BTreeMap::new();
-    let mut route_tasks = tokio::task::JoinSet::new();
-    for (plan, sink, route_metrics) in ready {
-        let rx = match &plan.intake {
-            Intake::Mqtt { filter, qos, share } => {
-                let (tx, rx) = mpsc::channel(brokers[&plan.broker].max_in_flight);
-                subscriptions
-                    .entry(plan.broker.clone())
-                    .or_default()
-                    .push(Subscription {
-                        filter: filter.clone(),
-                        qos: *qos,
-                        share: share.clone(),
-                        route: tx,
-                        metrics: route_metrics.clone(),
-                    });
-                rx
-            }
-            Intake::Amqp {
-                queue,
-                bind,
-                prefetch,
-            } => {
-                // The prefetch bounds what the broker hands out, so this never fills.
-                let (tx, rx) = mpsc::channel(usize::from(*prefetch).max(1));
-                let spec = QueueSpec {
-                    route: plan.name.clone(),
-                    queue: queue.clone(),
-                    bind: bind.clone(),
-                    prefetch: *prefetch,
-                    metrics: route_metrics.clone(),
-                };
-                let budget = budgets
-                    .entry(plan.broker.clone())
-                    .or_insert_with(|| {
-                        ByteBudget::new(config.brokers[&plan.broker].value.max_in_flight_bytes)
-                    })
-                    .clone();
-                amqp_sources.push(AmqpSource::start(
-                    amqp[&plan.broker].clone(),
-                    spec,
-                    tx,
-                    budget,
-                ));
-                rx
-            }
-        };
-        let route = InboundRoute::new(&plan, sink, state.clone(), route_metrics);
-        info!(route = %plan.name, source = %plan.intake.describe(), table = %plan.target.table, "route ready");
-        route_tasks.spawn(route.run(rx, stop_rx.clone()));
-    }
-    let sources: Vec<Source> = subscriptions
-        .into_iter()
-        .map(|(broker, subs)| {
-            let settings = brokers[&broker].clone();
-            if subs.iter().any(|s| s.share.is_some()) {
-                Source::Shared(SharedSource::start(settings, subs, leases.clone()))
-            } else {
-                Source::Own(MqttSource::start(settings, subs))
-            }
-        })
-        .collect();
     let (misconfigured_tx, mut misconfigured) = mpsc::unbounded_channel();
-    for plan in outbound {
-        let route = outbound_route(plan, &dbs, &brokers, &amqp, &leases, &misconfigured_tx)?;
-        route_tasks.spawn(route.run(stop_rx.clone()));
-    }
-    if let Some(mirror) = mirror {
-        route_tasks.spawn(mirror.run(stop_rx.clone()));
-    }
-
+    let context = Context {
+        leases,
+        misconfigured: misconfigured_tx,
+    };
+    let Some(mut bridge) = Bridge::start(&config, context, &mut signals).await? else {
+        return Ok(());
+    };
+    let mut hangups = hangups();
     // A route whose configuration cannot work stops the bridge: retrying would hide it.
-    let fatal = tokio::select! {
-        _ = &mut signals => None,
-        Some(problem) = misconfigured.recv() => {
-            error!(error = %problem, "configuration error; stopping");
-            Some(problem)
+    let fatal = loop {
+        tokio::select! {
+            _ = &mut signals => break None,
+            Some(problem) = misconfigured.recv() => {
+                error!(error = %problem, "configuration error; stopping");
+                break Some(problem);
+            }
+            Some(()) = hangups.recv() => {
+                if let Some(next) = reread(&config) {
+                    match bridge.reload(&next, &mut signals).await {
+                        Ok(()) => {
+                            info!("configuration reloaded");
+                            config = next;
+                        }
+                        Err(e) => error!(error = %e, "reload failed; the routes not yet changed keep running"),
+                    }
+                }
+            }
         }
     };
     info!("shutting down: intake stopped, finishing in-flight batches");
-    for source in &sources {
-        source.close_intake();
-    }
-    for source in &amqp_sources {
-        source.close_intake();
-    }
     let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(DRAIN_GRACE, async {
-        while route_tasks.join_next().await.is_some() {}
-    })
-    .await;
-    stop_flag.store(true, Ordering::Relaxed);
-    if drained.is_err() {
-        warn!(
-            "in-flight batches did not finish in time; they stay unacknowledged and will be redelivered"
-        );
-        route_tasks.abort_all();
-    }
-    // After an abort the acknowledgements still owed are those of committed batches, sent
-    // at once; waiting longer would only wait for batches that will never finish.
-    let grace = if drained.is_err() {
-        Duration::from_secs(1)
-    } else {
-        Duration::from_secs(5)
-    };
-    for source in sources {
-        source.shutdown(grace).await;
-    }
-    for source in amqp_sources {
-        source.shutdown(grace).await;
-    }
+    bridge.shutdown().await;
     if let Some(server) = http_server {
         let _ = server.await;
     }
@@ -260,27 +123,38 @@ pub async fn run_until(
     }
 }
 
-/// A broker's MQTT source: its own session, or a slot among instances sharing
-/// subscriptions.
-enum Source {
-    Own(MqttSource),
-    Shared(SharedSource),
+/// The configuration file read again for a reload; `None`, with every problem logged,
+/// when it cannot be used.
+fn reread(running: &Config) -> Option<Config> {
+    let Some(file) = &running.file else {
+        warn!("SIGHUP ignored: this configuration was not read from a file");
+        return None;
+    };
+    info!(file = %file.display(), "SIGHUP: reading the configuration again");
+    match crate::config::load(file) {
+        Ok(next) => Some(next),
+        Err(e) => {
+            error!(problem = %e, "the configuration was not reloaded; the running one stays");
+            None
+        }
+    }
 }
 
-impl Source {
-    fn close_intake(&self) {
-        match self {
-            Source::Own(s) => s.close_intake(),
-            Source::Shared(s) => s.close_intake(),
+/// One item per SIGHUP.
+fn hangups() -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel(1);
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    // A reload already waiting covers this one too.
+                    let _ = tx.try_send(());
+                }
+            });
         }
+        Err(e) => warn!(error = %e, "cannot listen for SIGHUP; reloads are off"),
     }
-
-    async fn shutdown(self, grace: Duration) {
-        match self {
-            Source::Own(s) => s.shutdown(grace).await,
-            Source::Shared(s) => s.shutdown(grace).await,
-        }
-    }
+    rx
 }
 
 /// The configured state store, with `state_password_file` applied.

@@ -44,14 +44,42 @@ impl Subscription {
     }
 }
 
+/// The routes a source hands messages to. A reload replaces them while the source runs:
+/// the source then subscribes the new filters and unsubscribes the ones no route has
+/// any more, and drops its senders to the routes that left, so they drain and end.
+pub type RouteTable = watch::Receiver<Arc<Vec<Subscription>>>;
+
+/// A table of `subscriptions`, and the sender that replaces them.
+pub fn route_table(
+    subscriptions: Vec<Subscription>,
+) -> (watch::Sender<Arc<Vec<Subscription>>>, RouteTable) {
+    watch::channel(Arc::new(subscriptions))
+}
+
+/// Each distinct filter as subscribed, with its QoS.
+pub fn subscribed_filters(subscriptions: &[Subscription]) -> Vec<(String, u8)> {
+    let mut filters: Vec<(String, u8)> = Vec::new();
+    for s in subscriptions {
+        let filter = s.subscribed_filter();
+        if !filters
+            .iter()
+            .any(|(f, q)| *f == filter && *q == s.qos.level())
+        {
+            filters.push((filter, s.qos.level()));
+        }
+    }
+    filters
+}
+
 /// A running MQTT source.
 pub struct MqttSource {
     client: LinkClient,
     intake: watch::Sender<bool>,
     reader: JoinHandle<()>,
     sequencer: JoinHandle<()>,
+    follower: Option<JoinHandle<()>>,
     activity: Arc<Activity>,
-    filters: Vec<String>,
+    routes: RouteTable,
 }
 
 /// Whether a source subscribes its routes' filters, or only takes over a session that
@@ -104,31 +132,24 @@ struct Registration {
 }
 
 impl MqttSource {
-    pub fn start(settings: MqttSettings, subscriptions: Vec<Subscription>) -> MqttSource {
-        Self::start_in(settings, subscriptions, Mode::Subscribe)
+    pub fn start(settings: MqttSettings, routes: RouteTable) -> MqttSource {
+        Self::start_in(settings, routes, Mode::Subscribe)
     }
 
     /// A source whose subscriptions are shared with other instances, on the session of a
     /// slot (`settings.client_id`).
-    pub fn start_shared(settings: MqttSettings, subscriptions: Vec<Subscription>) -> MqttSource {
-        Self::start_in(settings, subscriptions, Mode::Shared)
+    pub fn start_shared(settings: MqttSettings, routes: RouteTable) -> MqttSource {
+        Self::start_in(settings, routes, Mode::Shared)
     }
 
     /// Takes over the persistent session `settings.client_id` (another instance's, which
-    /// holds `subscriptions`) without subscribing anything, to [`MqttSource::drain`] it.
-    pub fn adopt(settings: MqttSettings, subscriptions: Vec<Subscription>) -> MqttSource {
-        Self::start_in(settings, subscriptions, Mode::Drain)
+    /// holds the filters of `routes`) without subscribing anything, to
+    /// [`MqttSource::drain`] it.
+    pub fn adopt(settings: MqttSettings, routes: RouteTable) -> MqttSource {
+        Self::start_in(settings, routes, Mode::Drain)
     }
 
-    fn start_in(
-        settings: MqttSettings,
-        subscriptions: Vec<Subscription>,
-        mode: Mode,
-    ) -> MqttSource {
-        let filters = subscriptions
-            .iter()
-            .map(Subscription::subscribed_filter)
-            .collect();
+    fn start_in(settings: MqttSettings, routes: RouteTable, mode: Mode) -> MqttSource {
         let activity = Arc::new(Activity::default());
         activity.now();
         let (client, eventloop) = mqtt_link::connect(&settings, 1024);
@@ -143,11 +164,13 @@ impl MqttSource {
             intake_rx.clone(),
             generation.clone(),
         ));
+        let follower = (mode != Mode::Drain)
+            .then(|| tokio::spawn(follow(client.clone(), routes.clone(), intake_rx.clone())));
         let reader = tokio::spawn(read(
             settings,
             client.clone(),
             eventloop,
-            subscriptions,
+            routes.clone(),
             Handoff {
                 intake: intake_rx,
                 generation,
@@ -162,8 +185,9 @@ impl MqttSource {
             intake,
             reader,
             sequencer,
+            follower,
             activity,
-            filters,
+            routes,
         }
     }
 
@@ -184,8 +208,9 @@ impl MqttSource {
             return Ok(());
         }
         self.quiet(idle).await;
-        for filter in &self.filters {
-            self.client.unsubscribe(filter.clone()).await?;
+        let filters = subscribed_filters(&self.routes.borrow());
+        for (filter, _) in filters {
+            self.client.unsubscribe(filter).await?;
         }
         let asked = std::time::Instant::now();
         while !self.activity.unsubscribed.load(Ordering::Relaxed) {
@@ -196,6 +221,20 @@ impl MqttSource {
         }
         self.quiet(idle).await;
         Ok(())
+    }
+
+    /// Unsubscribes `filters`, which an earlier source on this session subscribed and no
+    /// route has any more; sent once the broker is reached.
+    pub fn forget(&self, filters: Vec<String>) {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            for filter in filters {
+                info!(filter = %filter, "unsubscribing a filter no route has any more");
+                if let Err(e) = client.unsubscribe(filter).await {
+                    warn!(error = %e, "unsubscribe request failed");
+                }
+            }
+        });
     }
 
     /// How many messages this source has received.
@@ -223,6 +262,9 @@ impl MqttSource {
     /// disconnects cleanly.
     pub async fn shutdown(self, grace: Duration) {
         self.close_intake();
+        if let Some(follower) = self.follower {
+            follower.abort();
+        }
         if tokio::time::timeout(grace, self.sequencer).await.is_err() {
             warn!("acknowledgements still pending at shutdown; the broker will redeliver them");
         }
@@ -247,7 +289,7 @@ async fn read(
     settings: MqttSettings,
     client: LinkClient,
     mut link: Link,
-    subscriptions: Vec<Subscription>,
+    routes: RouteTable,
     handoff: Handoff,
 ) {
     let Handoff {
@@ -263,10 +305,6 @@ async fn read(
     let broker: Arc<str> = Arc::from(settings.name.as_str());
     let permits = Arc::new(Semaphore::new(settings.max_in_flight));
     let budget = ByteBudget::new(settings.max_in_flight_bytes);
-    let filters: Vec<(String, u8)> = subscriptions
-        .iter()
-        .map(|s| (s.subscribed_filter(), s.qos.level()))
-        .collect();
     let mut seq: u64 = 0;
     let mut generation: u64 = 0;
     let mut backoff = Backoff::new();
@@ -280,11 +318,13 @@ async fn read(
                 activity
                     .session
                     .store(if session_present { 1 } else { 2 }, Ordering::Relaxed);
+                let subscriptions = routes.borrow().clone();
+                let filters = subscribed_filters(&subscriptions);
                 if !owned {
                     // Draining subscribes nothing: a new subscription would only bring more.
                 } else if session_present && mode == Mode::Subscribe {
                     // The session kept the subscriptions: no SUBACK will come.
-                    for s in &subscriptions {
+                    for s in subscriptions.iter() {
                         s.metrics.set_broker_up(true);
                     }
                 } else if !filters.is_empty() {
@@ -310,6 +350,8 @@ async fn read(
                     .store(activity.now(), Ordering::Relaxed);
                 activity.messages.fetch_add(1, Ordering::Relaxed);
                 let mut received = *publish;
+                // The table as it is now; a route a reload removed ends once this is dropped.
+                let subscriptions = routes.borrow().clone();
                 let matching: Vec<&Subscription> = subscriptions
                     .iter()
                     .filter(|s| s.filter.matches(&received.topic))
@@ -371,7 +413,7 @@ async fn read(
             }
             // One SUBSCRIBE carries every filter, so one SUBACK answers for all routes.
             Ok(Incoming::Subscribed) => {
-                for s in &subscriptions {
+                for s in routes.borrow().iter() {
                     s.metrics.set_broker_up(true);
                 }
             }
@@ -383,13 +425,48 @@ async fn read(
                 }
                 let delay = backoff.next_delay();
                 warn!(broker = %settings.name, endpoint = %settings.endpoint(), error = %settings.explain(&e), retry_in = ?delay, "broker connection lost");
-                for s in subscriptions.iter().filter(|_| owned) {
+                for s in routes.borrow().iter().filter(|_| owned) {
                     s.metrics.set_broker_up(false);
                     RouteMetrics::add(&s.metrics.retries, 1);
                 }
                 tokio::time::sleep(delay).await;
             }
         }
+    }
+}
+
+/// Subscribes the filters a reload added and unsubscribes those no route has any more.
+/// Requests made while the broker is unreachable are sent on reconnection; a session the
+/// broker did not keep is subscribed afresh from the table anyway.
+async fn follow(client: LinkClient, mut routes: RouteTable, mut intake: watch::Receiver<bool>) {
+    let mut subscribed = subscribed_filters(&routes.borrow_and_update());
+    loop {
+        tokio::select! {
+            changed = routes.changed() => if changed.is_err() { return },
+            changed = intake.changed() => if changed.is_err() || !*intake.borrow() { return },
+        }
+        let now = subscribed_filters(&routes.borrow_and_update());
+        let added: Vec<(String, u8)> = now
+            .iter()
+            .filter(|f| !subscribed.contains(f))
+            .cloned()
+            .collect();
+        for (filter, _) in subscribed
+            .iter()
+            .filter(|f| !now.iter().any(|n| n.0 == f.0))
+        {
+            info!(filter = %filter, "unsubscribing a filter no route has any more");
+            if let Err(e) = client.unsubscribe(filter.clone()).await {
+                warn!(error = %e, "unsubscribe request failed");
+            }
+        }
+        if !added.is_empty() {
+            info!(filters = ?added, "subscribing the filters of new routes");
+            if let Err(e) = client.subscribe(added).await {
+                warn!(error = %e, "subscribe request failed");
+            }
+        }
+        subscribed = now;
     }
 }
 

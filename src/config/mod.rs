@@ -82,13 +82,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Parses configuration text; `path` only names the file in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    serde_saphyr::from_str::<Config>(text).map_err(|e| {
+    let mut config = serde_saphyr::from_str::<Config>(text).map_err(|e| {
         let message = explain(&e.without_snippet().to_string());
         match e.location() {
             Some(location) => ConfigError::at(path, &location, message),
             None => ConfigError::whole_file(path, message),
         }
-    })
+    })?;
+    config.file = Some(path.to_path_buf());
+    config.text = text.to_string();
+    Ok(config)
 }
 
 /// Turns serde's "unknown field `x`, expected one of …" into a message that names the

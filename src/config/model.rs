@@ -57,6 +57,12 @@ pub struct Config {
         deserialize_with = "duration::deserialize"
     )]
     pub log_summary: Duration,
+    /// The file this was read from, which SIGHUP reads again.
+    #[serde(skip)]
+    pub file: Option<std::path::PathBuf>,
+    /// The file's text, which a reload compares block by block.
+    #[serde(skip)]
+    pub text: String,
 }
 
 #[derive(Debug, Deserialize)]
