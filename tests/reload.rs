@@ -166,6 +166,7 @@ fn reloads_under_load_restart_only_what_changed_and_lose_nothing() {
     let chunk: i64 = 500;
     let mut reloads = 0;
     let publisher = s.world.publisher();
+    let mut expect: Vec<(&TempTable, &str)> = Vec::new();
     for i in 0..total / chunk {
         let seqs = i * chunk + 1..(i + 1) * chunk + 1;
         for topic in ["m", "k", "n"] {
@@ -176,16 +177,29 @@ fn reloads_under_load_restart_only_what_changed_and_lose_nothing() {
             publisher.publish_all_confirmed(messages, 1);
         }
         rabbit.publish_to_queue(&s.queue, seqs.clone().map(payload).collect());
+        // Messages sent after a reload reach the routes it started.
+        for (table, tag) in std::mem::take(&mut expect) {
+            wait_for(&mut bridge, &format!("a row tagged {tag}"), || {
+                Ok(common::try_scalar(
+                    &Db::Postgres,
+                    &format!("SELECT COUNT(*) FROM {} WHERE tag = '{tag}'", table.name),
+                )
+                .unwrap_or(0)
+                    > 0)
+            });
+        }
         match i {
             2 => {
                 // `m` changes; `q` and `k` do not.
                 s.write(2, "payload.v1");
                 reload(&bridge, &mut reloads);
+                expect = vec![(&s.mqtt_table, "v2")];
             }
             4 => {
                 // `m` and `q` change, `n` is new.
                 s.write(3, "payload.v3");
                 reload(&bridge, &mut reloads);
+                expect = vec![(&s.mqtt_table, "v3"), (&s.amqp_table, "v3")];
             }
             6 => {
                 // Not valid: the running configuration stays.
@@ -196,6 +210,7 @@ fn reloads_under_load_restart_only_what_changed_and_lose_nothing() {
                 // `m` and `q` change again, `n` goes.
                 s.write(4, "payload.v4");
                 reload(&bridge, &mut reloads);
+                expect = vec![(&s.mqtt_table, "v4"), (&s.amqp_table, "v4")];
             }
             10 => {
                 // Only the MQTT broker's block changes.
@@ -303,5 +318,57 @@ fn an_outbound_route_changed_by_a_reload_resumes_from_its_position_on_its_new_to
         .matches("route stopping for the reload")
         .count();
     assert_eq!(stops, 1, "{}", bridge.log());
+    common::terminate_ok(&mut bridge);
+}
+
+#[test]
+fn a_reloaded_route_that_cannot_start_leaves_the_running_one_in_place() {
+    let world = World::new("reload_bad");
+    let table = TempTable::create(&Db::Postgres, "reload_b", "seq INTEGER PRIMARY KEY");
+    let prefix = unique("reload_b");
+    let config = world.path("mqdb.yaml");
+    let write = |table: &str| {
+        world
+            .config(&Db::Postgres)
+            .inbound(
+                Route::inbound("r", &format!("{prefix}/#"), table)
+                    .qos(1)
+                    .columns(&[("seq", "payload.seq")]),
+            )
+            .write_to(&config);
+    };
+    write(&table.name);
+    let mut bridge = Bridge::start(&config);
+    // A SIGHUP before the routes are up is a reload and not the end.
+    bridge.wait_for_log("instance", Duration::from_secs(30));
+    let mut reloads = 0;
+    reload(&bridge, &mut reloads);
+    bridge.wait_for_log("route ready", Duration::from_secs(30));
+    let publisher = world.publisher();
+    let send = |seqs: std::ops::Range<i64>| {
+        publisher.publish_all_confirmed(common::seq_messages(|_| format!("{prefix}/x"), seqs), 1)
+    };
+    send(1..101);
+    common::wait_for_count(
+        &mut bridge,
+        &Db::Postgres,
+        &format!("SELECT COUNT(*) FROM {}", table.name),
+        100,
+    );
+    write("no_such_table_here");
+    reload(&bridge, &mut reloads);
+    let log = bridge.log();
+    assert!(
+        log.contains("the reloaded route cannot start") && log.contains("no_such_table_here"),
+        "{log}"
+    );
+    send(101..201);
+    common::wait_for_count(
+        &mut bridge,
+        &Db::Postgres,
+        &format!("SELECT COUNT(*) FROM {}", table.name),
+        200,
+    );
+    assert!(!bridge.log().contains("route stopping"), "{}", bridge.log());
     common::terminate_ok(&mut bridge);
 }

@@ -32,6 +32,8 @@ pub async fn run_until(
     stop: impl std::future::Future<Output = ()>,
     metrics: Arc<Metrics>,
 ) -> Result<(), AppError> {
+    // First: until it is handled, a SIGHUP would end the process.
+    let mut hangups = hangups();
     let brokers = wiring::broker_settings(&config)?;
     let amqp = wiring::amqp_settings(&config)?;
     let paths = brokers
@@ -86,7 +88,6 @@ pub async fn run_until(
     let Some(mut bridge) = Bridge::start(&config, context, &mut signals).await? else {
         return Ok(());
     };
-    let mut hangups = hangups();
     // A route whose configuration cannot work stops the bridge: retrying would hide it.
     let fatal = loop {
         tokio::select! {
