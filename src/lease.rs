@@ -5,13 +5,14 @@
 //! on as if nothing happened once it notices.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 use tracing::{error, info, warn};
 
 use crate::metrics::Metrics;
-use crate::state::{Fence, Holder, State};
+use crate::state::{Fence, Holder, State, WorkDone};
 
 /// A lease this process holds, and until when it may act on it by its own clock.
 #[derive(Clone, Debug)]
@@ -226,12 +227,22 @@ pub async fn heartbeat(
     state: State,
     holder: Holder,
     every: Duration,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut failing = false;
+    let mut work = WorkSeen::default();
     loop {
-        match state.instance_seen(&holder, false).await {
-            Ok(()) => failing = false,
+        let (done, totals) = work.since_last(&metrics);
+        let beat = async {
+            state.instance_seen(&holder, false).await?;
+            state.record_work(&holder.instance, &done).await
+        };
+        match beat.await {
+            Ok(()) => {
+                failing = false;
+                work.recorded(totals);
+            }
             Err(e) if !std::mem::replace(&mut failing, true) => {
                 warn!(error = %e, "cannot record this instance in the state store");
             }
@@ -242,7 +253,46 @@ pub async fn heartbeat(
             _ = stop.changed() => break,
         }
     }
+    let (done, _) = work.since_last(&metrics);
+    let _ = state.record_work(&holder.instance, &done).await;
     let _ = state.instance_seen(&holder, true).await;
+}
+
+/// What each running route had moved at the last heartbeat that reached the store, by
+/// its metrics (a route a reload restarted has new ones, counting from zero).
+#[derive(Default)]
+struct WorkSeen(std::collections::HashMap<usize, u64>);
+
+/// What each route moved since the last heartbeat, and the totals that will then be
+/// recorded.
+type Tally = (Vec<WorkDone>, std::collections::HashMap<usize, u64>);
+
+impl WorkSeen {
+    /// What each route moved (stored, published or dead-lettered) since then.
+    fn since_last(&self, metrics: &Metrics) -> Tally {
+        let mut done = Vec::new();
+        let mut totals = std::collections::HashMap::new();
+        for r in metrics.routes() {
+            let total = r.written.load(Ordering::Relaxed)
+                + r.published.load(Ordering::Relaxed)
+                + r.dead_letters.load(Ordering::Relaxed);
+            let key = Arc::as_ptr(&r) as usize;
+            let moved = total.saturating_sub(self.0.get(&key).copied().unwrap_or(0));
+            if moved > 0 {
+                done.push(WorkDone {
+                    route: r.name.clone(),
+                    direction: r.kind.as_str(),
+                    moved,
+                });
+            }
+            totals.insert(key, total);
+        }
+        (done, totals)
+    }
+
+    fn recorded(&mut self, totals: std::collections::HashMap<usize, u64>) {
+        self.0 = totals;
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Kind::Inbound => "inbound",
             Kind::Outbound => "outbound",

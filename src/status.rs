@@ -1,6 +1,6 @@
 //! `mqdb status`: what the state store knows about the bridge, whichever instance asks:
-//! the instances seen recently, who holds each lease, each outbound route's position and
-//! the dead letters per route and kind.
+//! the instances seen recently, who holds each lease, when each route last did work, each
+//! outbound route's position and the dead letters per route and kind.
 
 use std::time::Duration;
 
@@ -9,14 +9,25 @@ use serde_json::{Value as Json, json};
 
 use crate::app::{AppError, open_state};
 use crate::config::Config;
-use crate::state::{InstanceRow, LeaseRow, State};
+use crate::state::{InstanceRow, LeaseRow, State, WorkRow};
 
 /// Instances not seen for this long are left out.
 const RECENT: Duration = Duration::from_secs(24 * 3600);
 
 pub async fn status(config: Config, as_json: bool) -> Result<(), AppError> {
     let state = open_state(&config).await?;
-    let report = gather(&state, config.lease).await;
+    let configured: Vec<(String, &'static str)> = config
+        .inbound
+        .iter()
+        .map(|r| (r.value.name.value.to_string(), "inbound"))
+        .chain(
+            config
+                .outbound
+                .iter()
+                .map(|r| (r.value.name.value.to_string(), "outbound")),
+        )
+        .collect();
+    let report = gather(&state, config.lease, &configured).await;
     state.close().await;
     let report = report.map_err(|e| AppError::Runtime(e.to_string()))?;
     let text = if as_json {
@@ -29,8 +40,13 @@ pub async fn status(config: Config, as_json: bool) -> Result<(), AppError> {
 }
 
 /// The status document (`--json`), read from the store.
-pub async fn gather(state: &State, lease: Duration) -> Result<Json, crate::state::StateError> {
+pub async fn gather(
+    state: &State,
+    lease: Duration,
+    configured: &[(String, &'static str)],
+) -> Result<Json, crate::state::StateError> {
     let instances = state.instances(RECENT).await?;
+    let work = state.route_work().await?;
     let (leases, now) = state.leases().await?;
     let positions = state.positions().await?;
     let counts = state.dead_letter_counts().await?;
@@ -57,9 +73,46 @@ pub async fn gather(state: &State, lease: Duration) -> Result<Json, crate::state
         "now": time(now),
         "instances": instances,
         "leases": leases,
+        "routes": routes_json(configured, &work, now),
         "positions": positions,
         "dead_letters": {"total": total, "by_route": dead_letters},
     }))
+}
+
+/// Each route, configured or seen at work, with when it last did work and on which
+/// instance, and what it moved on each.
+fn routes_json(configured: &[(String, &'static str)], work: &[WorkRow], now: i64) -> Vec<Json> {
+    let mut names: Vec<(String, String)> = configured
+        .iter()
+        .map(|(r, d)| (r.clone(), d.to_string()))
+        .chain(work.iter().map(|w| (w.route.clone(), w.direction.clone())))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|(route, direction)| {
+            let rows: Vec<&WorkRow> = work
+                .iter()
+                .filter(|w| w.route == route && w.direction == direction)
+                .collect();
+            let latest = rows.iter().max_by_key(|w| w.work_at);
+            let by_instance: Vec<Json> = rows
+                .iter()
+                .map(|w| json!({"instance": w.instance, "moved": w.moved, "last_work_at": time(w.work_at)}))
+                .collect();
+            json!({
+                "route": route,
+                "direction": direction,
+                "configured": configured.iter().any(|(r, d)| *r == route && *d == direction),
+                "last_work_at": latest.map(|w| time(w.work_at)),
+                "last_work_ago_seconds": latest.map(|w| seconds(now - w.work_at)),
+                "last_work_instance": latest.map(|w| w.instance.clone()),
+                "moved": rows.iter().map(|w| w.moved).sum::<i64>(),
+                "by_instance": by_instance,
+            })
+        })
+        .collect()
 }
 
 fn instance_json(i: &InstanceRow, now: i64, live_within: i64) -> Json {
@@ -136,6 +189,29 @@ fn render(report: &Json) -> String {
             s(&l["instance"]),
             s(&l["epoch"]),
             s(&l["since"]),
+        ));
+    }
+    let routes = list("routes");
+    out.push_str(&format!("routes ({}):\n", routes.len()));
+    for r in &routes {
+        let last = match r["last_work_at"].as_str() {
+            Some(at) => format!(
+                "last work {at} ({}s ago, on {})",
+                s(&r["last_work_ago_seconds"]),
+                s(&r["last_work_instance"])
+            ),
+            None => "no work recorded".to_string(),
+        };
+        let removed = if r["configured"].as_bool() == Some(true) {
+            ""
+        } else {
+            "  (not in this configuration)"
+        };
+        out.push_str(&format!(
+            "  {:<32} {:<8} moved {:<10} {last}{removed}\n",
+            s(&r["route"]),
+            s(&r["direction"]),
+            s(&r["moved"]),
         ));
     }
     let positions = list("positions");

@@ -321,6 +321,18 @@ fn one_instance_mirrors_each_dead_letter_and_status_counts_them() {
             "copies mirrored twice: {seen:?}"
         );
 
+        // The route's work: 180 rows published and 20 dead letters, by one holder.
+        let mut route = Json::Null;
+        wait_for(&mut a, "status counts the route's work", || {
+            route = cluster.status()["routes"][0].clone();
+            Ok(route["moved"] == 200)
+        });
+        assert_eq!(
+            (&route["route"], &route["direction"], &route["configured"]),
+            (&json!("r"), &json!("outbound"), &json!(true)),
+            "{route}"
+        );
+        assert_eq!(route["by_instance"].as_array().unwrap().len(), 1, "{route}");
         let status = cluster.status();
         assert_eq!(status["dead_letters"]["total"], 20, "{status}");
         assert_eq!(
@@ -331,6 +343,9 @@ fn one_instance_mirrors_each_dead_letter_and_status_counts_them() {
         assert_eq!(text.code, Some(0), "{text}");
         for needle in [
             "instances (2):",
+            "routes (1):",
+            "moved 200",
+            "last work",
             "outbound:r",
             "mirror",
             "dead letters (20):",
@@ -499,6 +514,31 @@ fn instances_sharing_a_subscription_split_the_messages_and_keep_topic_captures()
         })
         .collect();
     assert_ne!(slots[0], slots[1]);
+    // Status says what each instance stored for the route, and when it last did.
+    let mut route = Json::Null;
+    wait_for(&mut a, "status counts the route's work", || {
+        route = s.status()["routes"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["route"] == "s").cloned())
+            .unwrap_or(Json::Null);
+        Ok(route["moved"] == 2000)
+    });
+    assert_eq!(route["direction"], "inbound", "{route}");
+    let moved: BTreeMap<String, u64> = route["by_instance"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            let name = i["instance"].as_str().unwrap().to_string();
+            (name, i["moved"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        moved,
+        BTreeMap::from([("a".to_string(), from_a), ("b".to_string(), from_b)]),
+        "{route}"
+    );
+    assert!(route["last_work_at"].is_string(), "{route}");
 }
 
 #[test]

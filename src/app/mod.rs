@@ -60,6 +60,7 @@ pub async fn run_until(
         state.clone(),
         holder.clone(),
         config.lease / 3,
+        metrics.clone(),
         stop_rx.clone(),
     ));
     let mut signals = Box::pin(stop);

@@ -11,7 +11,9 @@ mod positions;
 mod store;
 #[cfg(test)]
 pub(crate) mod test_stores;
+mod work;
 
 pub use dead_letters::{Claimed, DeadLetterField, DeadLetterFilter, Failure};
 pub use leases::{Fence, Holder, InstanceRow, LeaseRow};
 pub use store::{State, StateError};
+pub use work::{WorkDone, WorkRow};
