@@ -6,7 +6,10 @@ use std::path::Path;
 
 use serde_saphyr::{Location, Spanned};
 
-use super::super::{BrokerKind, Config, ConfigError, Destination, EnvString, Outbound};
+use super::super::{
+    BrokerKind, Config, ConfigError, Database, Destination, DialectChoice, EnvString, Outbound,
+    Visibility,
+};
 use super::names::{exists, references};
 use crate::template::Template;
 
@@ -81,6 +84,31 @@ pub(super) fn check_outbound(
             format!("route {name}: after_publish and delay need `track:`"),
         ));
     }
+    if let Some(v) = r.visibility.as_ref()
+        && v.value == Visibility::Snapshot
+    {
+        if track_len == 0 {
+            return Err(err(
+                &v.referenced,
+                format!(
+                    "route {name}: visibility: snapshot holds the position back; it needs `track:`"
+                ),
+            ));
+        }
+        let database = r.database.value.as_str();
+        if let Some(other) = config
+            .databases
+            .get(database)
+            .and_then(|d| not_postgres(&d.value))
+        {
+            return Err(err(
+                &v.referenced,
+                format!(
+                    "route {name}: visibility: snapshot needs PostgreSQL, and database {database} is {other}; remove it (or use delay:)"
+                ),
+            ));
+        }
+    }
     if r.csv.delimiter == r.csv.quote {
         return Err(err(
             &route.referenced,
@@ -88,6 +116,29 @@ pub(super) fn check_outbound(
         ));
     }
     Ok(())
+}
+
+/// The database family a database is known, before connecting, to be when it is not
+/// PostgreSQL: from a forced `dialect:`, or the driver its connection string names. A DSN
+/// or an unknown driver is found out when the route connects.
+fn not_postgres(d: &Database) -> Option<&'static str> {
+    let named = |family: &'static str| -> Option<&'static str> {
+        let text = d.connection_string.as_ref()?.expose().to_ascii_lowercase();
+        let driver = text.split(';').find_map(|part| {
+            let (key, value) = part.split_once('=')?;
+            (key.trim() == "driver").then(|| value.to_string())
+        })?;
+        driver.contains(family).then_some(family)
+    };
+    match d.dialect {
+        DialectChoice::Postgres => None,
+        DialectChoice::Mysql => Some("MySQL/MariaDB"),
+        DialectChoice::Sqlite => Some("SQLite"),
+        DialectChoice::Generic => Some("a generic ODBC database"),
+        DialectChoice::Auto => named("mariadb")
+            .or_else(|| named("mysql"))
+            .or_else(|| named("sqlite")),
+    }
 }
 
 /// `dead_letter.publish`: a destination whose templates name only what a dead letter has.
