@@ -87,6 +87,7 @@ pub enum Visibility {
     /// Every row the query returns: a row committed after a later one was published may be
     /// skipped (see `delay`).
     #[default]
+    #[serde(alias = "none")]
     Default,
     /// PostgreSQL: publish only rows below a limit that no running transaction can still
     /// add to, so no row committed out of order is skipped.
