@@ -6,7 +6,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Bridge, Db, Route, Subscriber, TempTable, World, terminate_ok, unique, wait_for};
+use common::{
+    Bridge, Db, Route, Subscriber, TempTable, World, line_of, mqdb_at, terminate_ok, unique,
+    wait_for,
+};
 use odbc_api::Connection;
 use serde_json::Value as Json;
 
@@ -184,4 +187,34 @@ fn snapshot_visibility_publishes_every_row_committed_out_of_order() {
         "the workload never committed out of order: this test could not fail"
     );
     terminate_ok(&mut bridge);
+}
+
+#[test]
+fn snapshot_visibility_on_a_database_found_not_to_be_postgres_fails_check_and_stops_run() {
+    // Given a MariaDB table reached through its driver's file name, which names no
+    // database family, so only connecting tells
+    let table = TempTable::create(&Db::MariaDb, "vis_other", "id INTEGER PRIMARY KEY");
+    let world = World::new("visibility_other");
+    let cs = "Driver=libmaodbc.so;Server=127.0.0.1;Port=3306;Database=test;Uid=root;Pwd=;";
+    let query = format!("SELECT id FROM {} WHERE id > ? ORDER BY id", table.name);
+    let route = Route::outbound("other", &query)
+        .track("id", 0)
+        .interval("50ms");
+    let route = route.set("visibility", "snapshot").broker("b").topic("t");
+    let config = world.config_cs(cs).outbound(route).write();
+
+    // Then `check` fails the route, naming the setting
+    let checked = mqdb_at(&config, &["check"]);
+    checked.code(1);
+    checked.fails("outbound other", &["visibility: snapshot needs PostgreSQL"]);
+
+    // And `run` stops with a configuration error naming its line
+    let line = line_of(&std::fs::read_to_string(&config).unwrap(), "visibility:");
+    let dir = config.parent().expect("the config's directory");
+    let args = ["-c", common::path_str(&config), "run"];
+    let ran = common::mqdb_bounded(&args, dir, common::LIVENESS);
+    ran.code(2);
+    ran.stderr_has(&[&format!(
+        "visibility: snapshot (line {line}) needs PostgreSQL"
+    )]);
 }
