@@ -25,9 +25,15 @@
 //! has ended, T is over, so a snapshot taken after that (S_j) sees T's rows if it
 //! committed. Nothing below B.limit can appear after the position passed it.
 //!
+//! A transaction's rows are visible to new snapshots before it releases the lock on its
+//! virtual id (PostgreSQL ends it in the proc array first, then releases its locks; `CREATE
+//! INDEX CONCURRENTLY` waits for writers the same way).
+//!
 //! It does not hold when a session caches sequence values (`CACHE` > 1), when the
-//! application takes values before its transaction begins (and inserts them later), or
-//! when values come from more than one clock.
+//! application takes values before its transaction begins (and inserts them later), when
+//! values come from more than one clock, or for two-phase commit: a prepared transaction
+//! gives up its virtual id before it commits (`max_prepared_transactions` is 0 by
+//! default).
 //!
 //! # Cost
 //!
