@@ -218,3 +218,63 @@ fn snapshot_visibility_on_a_database_found_not_to_be_postgres_fails_check_and_st
         "visibility: snapshot (line {line}) needs PostgreSQL"
     )]);
 }
+
+/// `mqdb_outbound_visibility_wait_seconds` of route `route` in a `/metrics` text.
+fn visibility_wait(metrics: &str, route: &str) -> Option<f64> {
+    let series = format!("mqdb_outbound_visibility_wait_seconds{{route=\"{route}\"");
+    let line = metrics.lines().find(|l| l.starts_with(&series))?;
+    line.rsplit(' ').next()?.parse().ok()
+}
+
+#[test]
+fn a_session_idle_in_a_transaction_holds_the_route_back_and_is_named() {
+    // Given a session idle in a transaction on the route's database, and then a row
+    let columns = "id BIGSERIAL PRIMARY KEY, round INTEGER NOT NULL, writer INTEGER NOT NULL";
+    let table = TempTable::create(&Db::Postgres, "vis_idle", columns);
+    let world = World::new("visibility_idle");
+    let topic = unique("visibility_idle");
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let route = route("idle", &table.name, &topic).set("visibility", "snapshot");
+    let config = world.config(&Db::Postgres).outbound(route);
+    let config = config
+        .set("http", serde_json::json!({ "listen": addr }))
+        .write();
+    let sub = world.subscribe(&topic);
+    let idle = Db::Postgres.connect();
+    idle.set_autocommit(false).expect("autocommit off");
+    let pid = common::odbc_query(&idle, "SELECT pg_backend_pid()").unwrap()[0][0]
+        .clone()
+        .expect("a pid");
+    let insert = format!("INSERT INTO {} (round, writer) VALUES (0, 0)", table.name);
+    Db::Postgres.exec(&insert);
+    let mut bridge = Bridge::start(&config);
+
+    // When the route has waited for it for a while
+    let scrape = || common::http::try_get(&addr, "/metrics").map(|(_, body)| body);
+    wait_for(&mut bridge, "a wait of over 10 s on the gauge", || {
+        Ok(scrape().and_then(|m| visibility_wait(&m, "idle")) > Some(10.0))
+    });
+    bridge.wait_for_log("idle_in_transaction_session_timeout", common::LIVENESS);
+
+    // Then the row is still held back, and the log names the idle session
+    assert_eq!(
+        sub.count(),
+        0,
+        "published while a transaction that may add a row ran"
+    );
+    let log = bridge.log();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("idle_in_transaction_session_timeout"))
+        .expect("the warning");
+    assert!(warning.contains(&pid), "pid {pid} not named: {warning}");
+
+    // And once the session ends its transaction the row goes out, and the wait is over
+    idle.rollback().expect("rollback");
+    let messages = sub.wait_for(1, common::LIVENESS);
+    assert_eq!(published(&sub, &topic), [1], "{messages:?}");
+    wait_for(&mut bridge, "the gauge back at 0", || {
+        Ok(scrape().and_then(|m| visibility_wait(&m, "idle")) == Some(0.0))
+    });
+    terminate_ok(&mut bridge);
+}
