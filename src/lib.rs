@@ -38,6 +38,7 @@
 //!    - [`db`]: ODBC: the sink thread (`worker`, `write`, `insert`, `bulk`, `postgres`),
 //!      the poller (`poll`) over the query's described shape and position binding
 //!      (`describe`), how each result column is read (`shape`) and its buffers (`fetch`),
+//!      the PostgreSQL transactions running around a poll (`running`),
 //!      the catalog, dialects, and the `check` probe.
 //!    - [`broker`]: sources (`mqtt` over `mqtt_link` for 3.1.1 and 5, `amqp_source`) that
 //!      acknowledge in receive order (`sequence`); confirming publishers (`publisher` over
@@ -53,7 +54,8 @@
 //!    - [`destination`]: where an outbound route's rows and the dead-letter mirror's copies
 //!      go (a broker, a topic or an exchange and routing key, qos, retain).
 //!    - [`outbound`]: the outbound route loop: poll, publish, confirm, store the position,
-//!      with what each row becomes in `outbound/row.rs`; [`dedup`]: each published
+//!      with what each row becomes in `outbound/row.rs` and how far `visibility: snapshot`
+//!      lets it publish in `outbound/barrier.rs`; [`dedup`]: each published
 //!      message's deduplication key and content type.
 //!    - [`replay`]: dead letters through their routes again: the claim loop (`mod.rs`),
 //!      the routes it re-sends through (`engine`, `inbound`, `outbound`), each letter's

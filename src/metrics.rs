@@ -96,6 +96,7 @@ impl Metrics {
             database_up: AtomicBool::new(false),
             standby: AtomicBool::new(false),
             behind_since_ms: AtomicU64::new(0),
+            visibility_wait_ms: AtomicU64::new(0),
         });
         self.routes
             .lock()
@@ -183,6 +184,18 @@ impl Metrics {
                 "mqdb_outbound_lag_seconds{{{}}} {:.3}",
                 r.labels(),
                 r.lag().as_secs_f64()
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP mqdb_outbound_visibility_wait_seconds visibility: snapshot: how long the route has waited for transactions that were running when it read rows it holds back; 0 when it waits for none.\n# TYPE mqdb_outbound_visibility_wait_seconds gauge"
+        );
+        for r in routes.iter().filter(|r| r.kind == Kind::Outbound) {
+            let _ = writeln!(
+                out,
+                "mqdb_outbound_visibility_wait_seconds{{{}}} {:.3}",
+                r.labels(),
+                r.visibility_wait().as_secs_f64()
             );
         }
         let _ = writeln!(
@@ -361,6 +374,9 @@ pub struct RouteMetrics {
     /// Milliseconds after `epoch` (plus one, so 0 means caught up) since which the route
     /// has been behind its query.
     behind_since_ms: AtomicU64,
+    /// `visibility: snapshot`: how long the route has waited for the transactions that
+    /// were running when it read the rows it holds back.
+    visibility_wait_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for RouteMetrics {
@@ -418,6 +434,15 @@ impl RouteMetrics {
 
     pub fn database_up(&self) -> bool {
         self.database_up.load(Ordering::Relaxed)
+    }
+
+    pub fn set_visibility_wait(&self, waited: Duration) {
+        self.visibility_wait_ms
+            .store(waited.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn visibility_wait(&self) -> Duration {
+        Duration::from_millis(self.visibility_wait_ms.load(Ordering::Relaxed))
     }
 
     /// The route has rows it has not yet published; the lag counts from the first time.

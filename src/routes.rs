@@ -205,6 +205,8 @@ pub struct OutboundPlan {
     pub destination: Destination,
     pub format: Format,
     pub csv: CsvOptions,
+    /// The line of `visibility: snapshot`, when the route holds its position back.
+    pub snapshot_line: Option<u64>,
 }
 
 /// Resolves every outbound route. The configuration was validated, so parsing succeeds.
@@ -228,6 +230,7 @@ pub fn outbound_plans(config: &Config) -> Result<Vec<OutboundPlan>, String> {
                         .unwrap_or_default(),
                     max_rows: r.max_rows,
                     after_publish: r.after_publish.as_ref().map(|a| a.value.to_string()),
+                    snapshot: r.snapshot(),
                 },
                 start: r
                     .start
@@ -239,6 +242,11 @@ pub fn outbound_plans(config: &Config) -> Result<Vec<OutboundPlan>, String> {
                 destination,
                 format: r.format,
                 csv: r.csv.clone(),
+                snapshot_line: r
+                    .visibility
+                    .as_ref()
+                    .filter(|_| r.snapshot())
+                    .map(|v| v.referenced.line()),
             })
         })
         .collect()

@@ -13,8 +13,8 @@ mod common;
 
 use common::{
     Bridge, Db, Header, LIVENESS, Mosquitto, NULL, Publisher, Rabbit, RabbitNode, Ran, Squid,
-    Subscriber, TempTable, dlq_list_in, make_pki, mqdb_command, readme, temp_dir, terminate_ok,
-    text_rows, unique, wait_for,
+    Subscriber, TempTable, dlq_list_in, make_pki, mqdb_command, odbc_exec, readme, temp_dir,
+    terminate_ok, text_rows, unique, wait_for,
 };
 use serde_json::Value as Json;
 use std::collections::BTreeSet;
@@ -32,6 +32,7 @@ const COVERED: &[&str] = &[
     "tls-broker",
     "sqlite-edge-gateway",
     "behind-proxy",
+    "postgres-no-skip",
 ];
 
 fn examples_dir() -> PathBuf {
@@ -250,6 +251,59 @@ fn the_amqp_csv_example_passes_check_and_runs() {
     terminate_ok(&mut bridge);
     let delete = format!("DELETE FROM mqdb_example_movements WHERE sku = '{sku}'");
     Db::MariaDb.exec(&delete);
+}
+
+/// postgres-no-skip: passes `check`; run, a row whose transaction took its id first but
+/// committed after a higher id is published, and before that higher id.
+#[test]
+fn the_no_skip_example_publishes_a_row_committed_after_a_higher_id() {
+    let stem = "postgres-no-skip";
+    let dir = example_passes_check(&Db::Postgres, stem, &[], &["outbound orders"]);
+    // A private table and broker, so no other bridge polls or publishes these rows.
+    let t = unique("mqdb_example_orders");
+    let _table = TempTable {
+        db: Db::Postgres,
+        name: t.clone(),
+    };
+    let renames = [("mqdb_example_orders", t.as_str())];
+    create_tables(&Db::Postgres, stem, &renames);
+    let config = private_copy(stem, dir.path(), &renames);
+    let broker = Mosquitto::start();
+    let sub = Subscriber::connect(broker.port, "orders/#", 1);
+    let mut bridge = Bridge::start_with_env(&config, &[("MQTT_URL", &broker.url())]);
+    bridge.wait_for_log("outbound route started", LIVENESS);
+
+    // Given ada's order taking id 1 in a transaction that stays open, and bob's order
+    // committing id 2 meanwhile, for a few of the route's polls
+    let insert = |customer: &str, total: &str| {
+        format!("INSERT INTO {t} (customer, total) VALUES ('{customer}', {total})")
+    };
+    let open = Db::Postgres.connect();
+    open.set_autocommit(false).expect("autocommit off");
+    odbc_exec(&open, &insert("ada", "12.50")).unwrap();
+    Db::Postgres.exec(&insert("bob", "3.00"));
+    std::thread::sleep(std::time::Duration::from_secs(1));
+
+    // When ada's transaction commits
+    open.commit().expect("commit");
+
+    // Then both orders are published, ada's first
+    let messages = sub.wait_for(2, LIVENESS);
+    terminate_ok(&mut bridge);
+    let got: Vec<(String, i64, String)> = messages
+        .iter()
+        .map(|m| {
+            let body = json(&m.payload);
+            let id = body["id"].as_i64().expect("id");
+            (m.topic.clone(), id, body["total"].to_string())
+        })
+        .collect();
+    let want = [("orders/ada", 1, "12.50"), ("orders/bob", 2, "3.00")];
+    let want: Vec<(String, i64, String)> = want
+        .iter()
+        .map(|(topic, id, total)| (topic.to_string(), *id, total.to_string()))
+        .collect();
+    assert_eq!(got, want);
 }
 
 /// outbox-after-publish: passes `check` with its exchange present and fails it without;

@@ -102,6 +102,7 @@ pub(super) fn outbound_route(
         max_rows: plan.poll.max_rows,
         after_publish: plan.poll.after_publish.is_some(),
         misconfigured: misconfigured.clone(),
+        snapshot_line: plan.snapshot_line,
     })
 }
 

@@ -66,6 +66,32 @@ pub struct Outbound {
     pub csv: CsvOptions,
     /// Statement run after each confirmed publish; `?` is the row's track value.
     pub after_publish: Option<Spanned<EnvString>>,
+    /// Which committed rows a poll may publish: `snapshot` (PostgreSQL) holds the position
+    /// back until no transaction that could still add a row behind it is running.
+    pub visibility: Option<Spanned<Visibility>>,
+}
+
+impl Outbound {
+    /// Whether the route holds its position back behind transactions still running.
+    pub fn snapshot(&self) -> bool {
+        self.visibility
+            .as_ref()
+            .is_some_and(|v| v.value == Visibility::Snapshot)
+    }
+}
+
+/// Which committed rows an outbound poll may publish.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Visibility {
+    /// Every row the query returns: a row committed after a later one was published may be
+    /// skipped (see `delay`).
+    #[default]
+    #[serde(alias = "none")]
+    Default,
+    /// PostgreSQL: publish only rows below a limit that no running transaction can still
+    /// add to, so no row committed out of order is skipped.
+    Snapshot,
 }
 
 impl<'de> Deserialize<'de> for Outbound {
@@ -92,6 +118,7 @@ impl<'de> Deserialize<'de> for Outbound {
             format: b.format,
             csv: b.csv,
             after_publish: b.after_publish,
+            visibility: b.visibility,
         })
     }
 }
@@ -135,6 +162,8 @@ struct Block {
     csv: CsvOptions,
     #[serde(default)]
     after_publish: Option<Spanned<EnvString>>,
+    #[serde(default)]
+    visibility: Option<Spanned<Visibility>>,
 }
 
 pub fn default_interval() -> Duration {

@@ -17,6 +17,8 @@ pub struct PollSpec {
     pub track: Vec<String>,
     pub max_rows: usize,
     pub after_publish: Option<String>,
+    /// `visibility: snapshot`: each poll also reports the transactions running around it.
+    pub snapshot: bool,
 }
 
 pub(super) fn odbc<'a>(conn: &'a Connection<'_>) -> impl Fn(odbc_api::Error) -> DbError + 'a {

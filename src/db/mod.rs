@@ -11,6 +11,7 @@ pub mod keys;
 pub mod poll;
 pub mod postgres;
 pub mod probe;
+mod running;
 pub mod shape;
 pub mod timeouts;
 pub mod watchdog;

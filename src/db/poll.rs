@@ -12,6 +12,8 @@ use super::DbSpec;
 use super::describe::{Described, PollSpec, bind_position, describe, misfit, odbc};
 use super::dialect::Dialect;
 use super::fetch::{buffer_desc, cell, desc_bytes, grow_cut_columns, named};
+pub use super::running::Transaction;
+use super::running::running;
 use super::shape::{Column, Read, mysql_tinyint_types, postgres_types, read_of};
 pub use crate::cell::{Cell, rfc3339};
 use crate::convert::SqlKind;
@@ -25,6 +27,18 @@ pub struct Polled {
     pub rows: Vec<Vec<Cell>>,
     /// Indexes of the track columns in `columns`.
     pub track: Vec<usize>,
+    /// With `visibility: snapshot` on PostgreSQL: the transactions running before and
+    /// after the query. `None` elsewhere.
+    pub running: Option<Running>,
+}
+
+/// The other transactions running in the database around one poll's query.
+#[derive(Debug, Clone, Default)]
+pub struct Running {
+    /// Read before the query took its snapshot (and in an earlier transaction).
+    pub before: Vec<Transaction>,
+    /// Read after the query took its snapshot.
+    pub after: Vec<Transaction>,
 }
 
 enum Request {
@@ -112,7 +126,7 @@ fn serve(spec: DbSpec, poll: PollSpec, mut requests: mpsc::Receiver<Request>) {
                     poll: &poll,
                 };
                 let result = session
-                    .run_poll(&position, &mut widths, &mut shape)
+                    .run_poll_seen(&position, &mut widths, &mut shape)
                     .map_err(|e| c.explain(e));
                 let _ = c.commit();
                 let outage = is_outage(&result);
@@ -154,6 +168,24 @@ struct Session<'a> {
 }
 
 impl Session<'_> {
+    /// [`Session::run_poll`], between two readings of the running transactions when the
+    /// route asks for them on PostgreSQL.
+    fn run_poll_seen(
+        &self,
+        position: &[String],
+        widths: &mut HashMap<usize, usize>,
+        shape: &mut Option<Shape>,
+    ) -> Result<Polled, DbError> {
+        if !(self.poll.snapshot && self.dialect == Dialect::Postgres) {
+            return self.run_poll(position, widths, shape);
+        }
+        let before = running(self.conn)?;
+        let mut polled = self.run_poll(position, widths, shape)?;
+        let after = running(self.conn)?;
+        polled.running = Some(Running { before, after });
+        Ok(polled)
+    }
+
     fn run_poll(
         &self,
         position: &[String],
@@ -279,6 +311,7 @@ impl Session<'_> {
             kinds: described.kinds.clone(),
             rows,
             track: described.track.clone(),
+            running: None,
         }))
     }
 }

@@ -70,6 +70,20 @@ pub fn check_query(
     start: &[String],
 ) -> Result<(), String> {
     let conn = worker::open(spec).map_err(|e| format!("cannot connect: {e}"))?;
+    if poll.snapshot {
+        if spec.dialect(&conn) != Dialect::Postgres {
+            return Err(
+                "visibility: snapshot needs PostgreSQL, and this database is not; remove it (or use delay:)"
+                    .into(),
+            );
+        }
+        super::running::running(&conn).map_err(|e| {
+            format!(
+                "visibility: snapshot cannot read the running transactions: {}",
+                conn.explain(e)
+            )
+        })?;
+    }
     let described = describe(&conn, poll).map_err(|e| format!("the query: {}", conn.explain(e)))?;
     check_position(&described, start).map_err(|e| format!("start: {e}"))?;
     let names = described.names;

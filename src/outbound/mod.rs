@@ -24,8 +24,10 @@ use crate::lease::{Lease, LeaseSpec};
 use crate::metrics::RouteMetrics;
 use crate::state::{Fence, State, StateError};
 
+pub mod barrier;
 mod row;
 
+use barrier::Gate;
 use row::{column_text, next_position, older_than, payload, track_values, unpublishable};
 
 pub struct OutboundRoute {
@@ -49,6 +51,9 @@ pub struct OutboundRoute {
     /// The route's lease among the instances sharing the state store (an `Option` only so
     /// that `run` can move it out).
     pub lease: Option<LeaseSpec>,
+    /// The line of `visibility: snapshot`, when the route holds its position back behind
+    /// running transactions ([`barrier`]).
+    pub snapshot_line: Option<u64>,
 }
 
 /// Why a poll failed: a misconfigured route stops, one that lost its lease stands by, any
@@ -127,6 +132,8 @@ impl OutboundRoute {
         }
         let mut backoff = Backoff::new();
         let mut ahead = None;
+        // Empty at every start: the first poll only sets a barrier.
+        let mut gate = self.snapshot_line.map(|_| Gate::default());
         loop {
             if *stop.borrow() {
                 return true;
@@ -142,7 +149,9 @@ impl OutboundRoute {
                 RouteMetrics::add(&self.metrics.retries, 1);
                 debug!(route = %self.name, broker = %self.broker, error = %e, "publisher not connected");
             }
-            let result = self.cycle(&mut position, &mut ahead, lease, fence).await;
+            let result = self
+                .cycle(&mut position, &mut ahead, gate.as_mut(), lease, fence)
+                .await;
             self.metrics.set_broker_up(self.publisher.is_connected());
             let pause = match result {
                 Ok(more) => {
@@ -179,6 +188,7 @@ impl OutboundRoute {
         &self,
         position: &mut Vec<String>,
         ahead: &mut Option<ReadAhead>,
+        gate: Option<&mut Gate>,
         lease: &Lease,
         fence: &Fence,
     ) -> Result<bool, Failed> {
@@ -204,9 +214,17 @@ impl OutboundRoute {
         if let (Some(delay), Some(&first)) = (self.delay, polled.track.first()) {
             rows = &rows[..older_than(rows, first, delay)];
         }
+        let read = rows.len();
+        if let Some(gate) = gate {
+            rows = &rows[..self.admitted(gate, &polled, rows)?];
+        }
         let more = tracked && rows.len() >= self.max_rows;
         if rows.is_empty() {
-            self.metrics.caught_up();
+            if read == 0 {
+                self.metrics.caught_up();
+            } else {
+                self.metrics.behind();
+            }
             return Ok(false);
         }
         self.metrics.behind();
@@ -427,6 +445,43 @@ impl OutboundRoute {
                 Ok(more)
             }
         }
+    }
+
+    /// How many leading `rows` no transaction still running can add a row behind.
+    fn admitted(
+        &self,
+        gate: &mut Gate,
+        polled: &Polled,
+        rows: &[Vec<Cell>],
+    ) -> Result<usize, Failed> {
+        let Some(running) = &polled.running else {
+            return Err(Failed::Misconfigured(format!(
+                "route {}: visibility: snapshot (line {}) needs PostgreSQL, and the route's database is not; remove it (or use delay:)",
+                self.name,
+                self.snapshot_line.unwrap_or_default()
+            )));
+        };
+        let now = std::time::Instant::now();
+        let admitted = gate.admit(rows, &polled.track, running, now);
+        let waiting = gate.waiting(running);
+        self.metrics.set_visibility_wait(
+            waiting
+                .as_ref()
+                .map_or(Duration::ZERO, |w| now.saturating_duration_since(w.since)),
+        );
+        if let Some(w) = waiting
+            && gate.warn(w.since, now)
+        {
+            warn!(
+                route = %self.name,
+                waited = ?now.saturating_duration_since(w.since),
+                pids = ?w.pids,
+                "visibility: snapshot: rows wait for transactions that were running when they were read; \
+                 a session idle in a transaction holds the route back until it ends \
+                 (see idle_in_transaction_session_timeout)"
+            );
+        }
+        Ok(admitted)
     }
 
     /// A row's message, with the key it has whenever and by whomever it is published.

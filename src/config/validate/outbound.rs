@@ -6,7 +6,10 @@ use std::path::Path;
 
 use serde_saphyr::{Location, Spanned};
 
-use super::super::{BrokerKind, Config, ConfigError, Destination, EnvString, Outbound};
+use super::super::{
+    BrokerKind, Config, ConfigError, Database, Destination, DialectChoice, EnvString, Outbound,
+    Visibility,
+};
 use super::names::{exists, references};
 use crate::template::Template;
 
@@ -81,6 +84,31 @@ pub(super) fn check_outbound(
             format!("route {name}: after_publish and delay need `track:`"),
         ));
     }
+    if let Some(v) = r.visibility.as_ref()
+        && v.value == Visibility::Snapshot
+    {
+        if track_len == 0 {
+            return Err(err(
+                &v.referenced,
+                format!(
+                    "route {name}: visibility: snapshot holds the position back; it needs `track:`"
+                ),
+            ));
+        }
+        let database = r.database.value.as_str();
+        if let Some(other) = config
+            .databases
+            .get(database)
+            .and_then(|d| not_postgres(&d.value))
+        {
+            return Err(err(
+                &v.referenced,
+                format!(
+                    "route {name}: visibility: snapshot needs PostgreSQL, and database {database} is {other}; remove it (or use delay:)"
+                ),
+            ));
+        }
+    }
     if r.csv.delimiter == r.csv.quote {
         return Err(err(
             &route.referenced,
@@ -88,6 +116,29 @@ pub(super) fn check_outbound(
         ));
     }
     Ok(())
+}
+
+/// The database family a database is known, before connecting, to be when it is not
+/// PostgreSQL: from a forced `dialect:`, or the driver its connection string names. A DSN
+/// or an unknown driver is found out when the route connects.
+fn not_postgres(d: &Database) -> Option<&'static str> {
+    let named = |family: &'static str| -> Option<&'static str> {
+        let text = d.connection_string.as_ref()?.expose().to_ascii_lowercase();
+        let driver = text.split(';').find_map(|part| {
+            let (key, value) = part.split_once('=')?;
+            (key.trim() == "driver").then(|| value.to_string())
+        })?;
+        driver.contains(family).then_some(family)
+    };
+    match d.dialect {
+        DialectChoice::Postgres => None,
+        DialectChoice::Mysql => Some("MySQL/MariaDB"),
+        DialectChoice::Sqlite => Some("SQLite"),
+        DialectChoice::Generic => Some("a generic ODBC database"),
+        DialectChoice::Auto => named("mariadb")
+            .or_else(|| named("mysql"))
+            .or_else(|| named("sqlite")),
+    }
 }
 
 /// `dead_letter.publish`: a destination whose templates name only what a dead letter has.
@@ -180,4 +231,73 @@ fn check_destination(
         }
     }
     Ok(amqp)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::super::parse;
+    use super::super::check;
+
+    /// The problem `check` finds with one outbound route on a database reached with
+    /// `database`, or `None`.
+    fn problem(database: &str, route: &str) -> Option<String> {
+        let text = format!(
+            "brokers:\n  b:\n    url: mqtt://127.0.0.1:1883\ndatabases:\n  d: {database}\noutbound:\n  - name: o\n    database: d\n    broker: b\n    topic: t\n{route}"
+        );
+        let path = Path::new("c.yaml");
+        check(path, &parse(path, &text).expect("parses"))
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    const TRACKED: &str =
+        "    query: SELECT id FROM t WHERE id > ? ORDER BY id\n    track: id\n    start: 0\n";
+    const PG: &str = "{ connection_string: \"Driver={PostgreSQL Unicode};Server=h\" }";
+
+    #[test]
+    fn snapshot_visibility_is_taken_on_postgres_and_refused_elsewhere_at_its_line() {
+        let snapshot = format!("{TRACKED}    visibility: snapshot\n");
+        assert_eq!(problem(PG, &snapshot), None);
+        assert_eq!(
+            problem("{ dsn: plant }", &snapshot),
+            None,
+            "found out at run time"
+        );
+        assert_eq!(
+            problem("{ dsn: plant, dialect: postgres }", &snapshot),
+            None
+        );
+        for database in [
+            "{ connection_string: \"Driver={MariaDB Unicode};Server=h\" }",
+            "{ connection_string: \"DRIVER={SQLite3};Database=x.db\" }",
+            "{ dsn: plant, dialect: mysql }",
+            "{ dsn: plant, dialect: generic }",
+        ] {
+            let e = problem(database, &snapshot).expect("refused");
+            assert!(e.starts_with("c.yaml:14:"), "{database}: {e}");
+            assert!(e.contains("needs PostgreSQL"), "{e}");
+        }
+        for other in ["default", "none"] {
+            let route = format!("{TRACKED}    visibility: {other}\n");
+            let database = "{ connection_string: \"Driver={MariaDB Unicode}\" }";
+            assert_eq!(problem(database, &route), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn snapshot_visibility_needs_track_and_a_known_value() {
+        let untracked = "    query: SELECT id FROM t\n    visibility: snapshot\n";
+        let e = problem(PG, untracked).expect("refused");
+        assert!(
+            e.starts_with("c.yaml:12:") && e.contains("needs `track:`"),
+            "{e}"
+        );
+        let text = format!(
+            "databases:\n  d: {PG}\noutbound:\n  - name: o\n    database: d\n    broker: b\n    topic: t\n    query: SELECT 1\n    visibility: serializable\n"
+        );
+        let e = parse(Path::new("c.yaml"), &text).unwrap_err().to_string();
+        assert!(e.starts_with("c.yaml:9:") && e.contains("snapshot"), "{e}");
+    }
 }
