@@ -186,6 +186,8 @@ impl Bridge {
     ) -> Result<(), AppError> {
         let next = Resolved::of(config)?;
         let new = &next.layout;
+        // Units earlier reloads stopped that have finished.
+        while self.retiring.try_join_next().is_some() {}
         // Inbound: the new and changed routes' sinks first, while the old ones run on.
         let starting: Vec<InboundPlan> = next
             .inbound
