@@ -185,15 +185,17 @@ impl InboundPlan {
                 mapped(&|_, name| Source::PayloadPath(vec![name.to_string()])),
                 format,
             ),
-            (None, PayloadFormat::Csv(csv), None) if csv.header || csv.fields.is_some() => Mapper::new(
-                mapped(&|_, name| {
-                    Source::Field(Field::Name {
-                        name: name.to_string(),
-                        required: false,
-                    })
-                }),
-                format,
-            ),
+            (None, PayloadFormat::Csv(csv), None) if csv.header || csv.fields.is_some() => {
+                Mapper::new(
+                    mapped(&|_, name| {
+                        Source::Field(Field::Name {
+                            name: name.to_string(),
+                            required: false,
+                        })
+                    }),
+                    format,
+                )
+            }
             (None, PayloadFormat::Csv(_), None) => {
                 Mapper::new(mapped(&|i, _| Source::Field(Field::Index(i))), format)
                     .with_max_fields(table.columns.len())

@@ -187,8 +187,12 @@ impl Source {
                     .map(|(n, _)| *n)
                     .collect();
                 Err(format!(
-                    "`{text}` is not a source; use {}payload, payload.{}, {}header.NAME, or meta.{}",
-                    if ctx.rows { "item, item.KEY.PATH, meta.index, " } else { "" },
+                    "`{text}` is not a source; use {}payload.{}, {}header.NAME, or meta.{}",
+                    if ctx.rows {
+                        "item, item.KEY.PATH, meta.index, "
+                    } else {
+                        "payload, "
+                    },
                     if ctx.csv.is_some() {
                         "N or payload.NAME"
                     } else {

@@ -64,7 +64,10 @@ fn map_letters(mapper: &Mapper, letters: &[DeadLetter]) -> Mapped {
             mapper.reads_csv_header(),
         );
         // An element of `rows:` is mapped alone, with its index and the message around it.
-        let element = letter.headers.get("index").and_then(serde_json::Value::as_u64);
+        let element = letter
+            .headers
+            .get("index")
+            .and_then(serde_json::Value::as_u64);
         if let Some(index) = element.filter(|_| mapper.explodes()) {
             let context = letter.headers.get("message");
             match mapper.map_element(&message, index as usize, context) {
