@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde_json::Value as Json;
 
 use crate::codec::csv::{self as delimited, CsvFormat, Line, Record};
-use crate::codec::json::{self, same_name};
+use crate::codec::json::{self, kind_of, lookup, same_name};
 use crate::convert::{Input, SqlKind, Value, convert, decimal_fits_digits, fraction_digits};
 pub use crate::error::MapError;
 use crate::message::Message;
@@ -235,7 +235,8 @@ impl Mapper {
         match (&self.format, std::mem::take(progress)) {
             (_, Progress::Done) => *progress = Progress::Done,
             (PayloadFormat::Json, Progress::Start) if self.rows.is_some() => {
-                match self.explode(message) {
+                let path = self.rows.as_deref().unwrap_or_default();
+                match explode::explode(&message.payload, path) {
                     Ok(exploded) => {
                         *progress = Progress::Elements(Arc::new(exploded), 0);
                         self.map_part(message, progress, max_rows, emit);
@@ -406,6 +407,59 @@ impl Mapper {
                 };
                 self.convert_column(column, input)
                     .map_err(|e| MapError::Convert(format!("line {n}: {e}")))
+            })
+            .collect()
+    }
+}
+
+/// `rows:`: the row of one element of an exploded message.
+impl Mapper {
+    fn element_row(
+        &self,
+        message: &Message,
+        exploded: &Exploded,
+        index: usize,
+    ) -> Result<Row, MapError> {
+        self.item_row(message, &exploded.context, &exploded.items[index], index)
+    }
+
+    /// The row of an element's dead letter: the letter's payload is the element, `index`
+    /// and `context` (the message around the array, when it was kept) come from its headers.
+    pub fn map_element(
+        &self,
+        message: &Message,
+        index: usize,
+        context: Option<&Json>,
+    ) -> Result<Row, MapError> {
+        let item = json::decode(&message.payload)?;
+        self.item_row(message, context.unwrap_or(&Json::Null), &item, index)
+    }
+
+    fn item_row(
+        &self,
+        message: &Message,
+        context: &Json,
+        item: &Json,
+        index: usize,
+    ) -> Result<Row, MapError> {
+        if self.objects_only && !item.is_object() {
+            return Err(MapError::Decode(format!(
+                "element {index}: {}, not a JSON object (without `columns`, an element's keys \
+                 name the columns)",
+                kind_of(item)
+            )));
+        }
+        self.columns
+            .iter()
+            .map(|column| {
+                let input = match &column.source {
+                    Source::Item(path) => lookup(item, path).map(Input::Json),
+                    Source::Index => Some(Input::Int(index as i64)),
+                    Source::PayloadPath(path) => lookup(context, path).map(Input::Json),
+                    other => message_input(other, message, &message.payload),
+                };
+                self.convert_column(column, input)
+                    .map_err(|e| MapError::Convert(format!("element {index}: {e}")))
             })
             .collect()
     }
