@@ -16,14 +16,13 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::backoff::Backoff;
-use crate::codec::csv::Line;
 use crate::db::insert::{Strategy, presence};
 use crate::db::postgres::Arrays;
 use crate::db::worker::{InsertOutcome, InsertRequest, Sink};
 use crate::db::write::goes_alone;
 use crate::dlq::{Direction, NewDeadLetter};
 use crate::error::DbError;
-use crate::mapping::{MapError, Mapper, Progress, Row};
+use crate::mapping::{MapError, Mapper, Part, Progress, Row};
 use crate::message::{AckHandle, Message};
 use crate::metrics::RouteMetrics;
 use crate::routes::InboundPlan;
@@ -41,7 +40,8 @@ pub struct InboundRoute {
 }
 
 /// Messages of one batch, in receive order, with their rows and mapping failures. A long
-/// CSV message spreads over several batches; the last one acknowledges it.
+/// CSV message, or a long array of `rows:`, spreads over several batches; the last one
+/// acknowledges it.
 #[derive(Default)]
 struct Batch {
     messages: Vec<Arc<Message>>,
@@ -50,10 +50,10 @@ struct Batch {
     /// Their payload bytes.
     finished_bytes: usize,
     rows: Vec<Row>,
-    /// For each row: its message (an index into `messages`) and its line in it.
-    origins: Vec<(usize, Option<Line>)>,
-    /// Messages, or lines of them, that could not become rows.
-    failures: Vec<(usize, Option<Line>, MapError)>,
+    /// For each row: its message (an index into `messages`) and its part of it.
+    origins: Vec<(usize, Option<Part>)>,
+    /// Messages, or parts of them, that could not become rows.
+    failures: Vec<(usize, Option<Part>, MapError)>,
     /// PostgreSQL array parameters for `rows`, built as the rows come, while every row binds
     /// the same columns: the database thread then only sends them. `None` once a row
     /// differs; the database thread groups the rows itself.
@@ -62,7 +62,7 @@ struct Batch {
 }
 
 impl Batch {
-    /// A message of many lines weighs as many rows (or failed lines).
+    /// A message of many parts weighs as many rows (or failed parts).
     fn len(&self) -> usize {
         self.messages
             .len()
@@ -245,7 +245,7 @@ impl InboundRoute {
             .max(1);
         let message = &part.message;
         self.mapper
-            .map_part(message, &mut part.progress, room, &mut |line, mapped| match mapped {
+            .map_part(message, &mut part.progress, room, &mut |at, mapped| match mapped {
                 Ok(row) => {
                     batch.arrays = match batch.arrays.take() {
                         // The database thread writes such a row alone, from its own memory.
@@ -267,11 +267,11 @@ impl InboundRoute {
                         a.push(&row);
                     }
                     batch.rows.push(row);
-                    batch.origins.push((index, line));
+                    batch.origins.push((index, at));
                 }
                 Err(e) => {
                     debug!(route = %self.name, source = %message.source(), error = e.message(), "message cannot become a row");
-                    batch.failures.push((index, line, e));
+                    batch.failures.push((index, at, e));
                 }
             });
         batch.messages.push(part.message.clone());
@@ -311,24 +311,24 @@ impl InboundRoute {
     /// Stores the dead letters of a committed batch, then acknowledges all its messages.
     async fn finish(&self, batch: Batch, rejected: Vec<(usize, DbError)>) {
         let mut letters = Vec::with_capacity(batch.failures.len() + rejected.len());
-        for (index, line, e) in &batch.failures {
+        for (index, part, e) in &batch.failures {
             letters.push(self.dead_letter(
                 &batch.messages[*index],
-                *line,
+                part.as_ref(),
                 e.kind(),
                 e.message().to_string(),
                 None,
             ));
         }
         for (row, e) in rejected {
-            let (index, line) = batch.origins[row];
-            let error = match line {
-                Some(l) => format!("line {}: {}", l.number, e.message),
+            let (index, part) = &batch.origins[row];
+            let error = match part {
+                Some(p) => format!("{}: {}", p.label(), e.message),
                 None => e.message.clone(),
             };
             letters.push(self.dead_letter(
-                &batch.messages[index],
-                line,
+                &batch.messages[*index],
+                part.as_ref(),
                 "rejected",
                 error,
                 e.sqlstate.clone(),
@@ -350,18 +350,26 @@ impl InboundRoute {
     }
 
     /// A dead letter keeps the message's metadata; for a CSV record, its payload is the
-    /// record's line alone.
+    /// record's line alone; for an element of `rows:`, the element's JSON, with its index
+    /// and, where columns read it, the message around the array.
     fn dead_letter(
         &self,
         message: &Message,
-        line: Option<Line>,
+        part: Option<&Part>,
         kind: &str,
         error: String,
         sqlstate: Option<String>,
     ) -> NewDeadLetter {
         let mut headers = message.metadata();
-        let payload = match line {
-            Some(l) => {
+        let payload = match part {
+            Some(Part::Element(e)) => {
+                headers["index"] = json!(e.index);
+                if self.mapper.reads_message() {
+                    headers["message"] = e.context().clone();
+                }
+                e.text()
+            }
+            Some(Part::Line(l)) => {
                 headers["line"] = json!(l.number);
                 if let Some((start, end)) = l.header {
                     headers["csv_header"] =

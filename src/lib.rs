@@ -26,7 +26,8 @@
 //! 2. Codecs and mapping, on the values:
 //!    - [`codec`]: payloads: JSON, and delimited text read record by record; rows → messages.
 //!    - [`mapping`]: column sources (`topic.x`, `payload.a.b`, `payload.2`, `header.x`,
-//!      `meta.x`) → rows, one per JSON message or CSV record.
+//!      `meta.x`, `item.x`) → rows, one per JSON message, CSV record, or element of the
+//!      array a route's `rows:` explodes (`mapping/explode.rs`).
 //!    - [`topic`]: MQTT topic filters with `{name}` captures.
 //!    - [`template`]: outbound topic, exchange and routing-key templates.
 //! 3. [`config`]: the YAML model as plain data, one file per block (`values`, `broker`,
@@ -80,8 +81,9 @@
 //! 1. source: `broker/mqtt.rs` (over `broker/mqtt_link.rs`) or `broker/amqp_source.rs`
 //!    receive it into a [`message::Message`], holding its bytes against `broker/budget.rs`;
 //! 2. decode: `codec/json.rs` or `codec/csv.rs`;
-//! 3. map: `mapping/mod.rs` builds the row from the sources of `mapping/source.rs`, and
-//!    `convert.rs` converts each value to its column;
+//! 3. map: `mapping/mod.rs` builds the row from the sources of `mapping/source.rs` (one
+//!    per element with `rows:`, `mapping/explode.rs`), and `convert.rs` converts each
+//!    value to its column;
 //! 4. batch: `inbound.rs` gathers rows and dead-letters what did not map
 //!    (`state/dead_letters.rs`);
 //! 5. write: `db/worker.rs` runs the transaction, `db/write.rs` with the statement of

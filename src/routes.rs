@@ -8,7 +8,9 @@ use crate::db::describe::PollSpec;
 use crate::db::insert::TablePlan;
 use crate::db::worker::SinkTarget;
 use crate::destination::Destination;
-use crate::mapping::{Field, MappedColumn, Mapper, PayloadFormat, Source, SourceContext};
+use crate::mapping::{
+    Field, MappedColumn, Mapper, PayloadFormat, Source, SourceContext, rows_path,
+};
 use crate::topic::Filter;
 
 /// Where an inbound route's messages come from.
@@ -54,6 +56,8 @@ pub struct InboundPlan {
     /// Sources in the order of `target.columns`; `None` maps by name or position.
     pub sources: Option<Vec<Source>>,
     pub format: PayloadFormat,
+    /// The payload path of the array whose elements are the rows (`rows:`).
+    pub rows: Option<Vec<String>>,
     pub max_delay: Duration,
     /// The broker's `max_message_bytes`: a larger payload is a dead letter.
     pub max_message_bytes: usize,
@@ -96,6 +100,7 @@ pub fn inbound_plans(config: &Config) -> Result<Vec<InboundPlan>, String> {
                 },
                 (None, None) => return Err("route without topic or queue".into()),
             };
+            let rows = r.rows.as_ref().map(|p| rows_path(&p.value)).transpose()?;
             let ctx = SourceContext {
                 amqp: matches!(intake, Intake::Amqp { .. }),
                 filter: match &intake {
@@ -106,6 +111,7 @@ pub fn inbound_plans(config: &Config) -> Result<Vec<InboundPlan>, String> {
                     PayloadFormat::Csv(c) => Some(c),
                     PayloadFormat::Json => None,
                 },
+                rows: rows.is_some(),
             };
             let (columns, sources) = match &r.columns {
                 Some(map) => {
@@ -134,6 +140,7 @@ pub fn inbound_plans(config: &Config) -> Result<Vec<InboundPlan>, String> {
                 },
                 sources,
                 format,
+                rows,
                 max_delay: r.batch.max_delay,
                 max_message_bytes: config
                     .brokers
@@ -162,22 +169,34 @@ impl InboundPlan {
                 .collect()
         };
         let format = self.format.clone();
-        let mapper = match (&self.sources, &self.format) {
-            (Some(sources), _) => Mapper::new(mapped(&|i, _| sources[i].clone()), format),
-            (None, PayloadFormat::Json) => Mapper::new(
+        let mapper = match (&self.sources, &self.format, &self.rows) {
+            (Some(sources), _, None) => Mapper::new(mapped(&|i, _| sources[i].clone()), format),
+            (Some(sources), _, Some(rows)) => {
+                Mapper::new(mapped(&|i, _| sources[i].clone()), format)
+                    .exploding(rows.clone(), false)
+            }
+            // An element's keys name the columns, as a whole message's do without `rows:`.
+            (None, _, Some(rows)) => Mapper::new(
+                mapped(&|_, name| Source::Item(vec![name.to_string()])),
+                format,
+            )
+            .exploding(rows.clone(), true),
+            (None, PayloadFormat::Json, None) => Mapper::new(
                 mapped(&|_, name| Source::PayloadPath(vec![name.to_string()])),
                 format,
             ),
-            (None, PayloadFormat::Csv(csv)) if csv.header || csv.fields.is_some() => Mapper::new(
-                mapped(&|_, name| {
-                    Source::Field(Field::Name {
-                        name: name.to_string(),
-                        required: false,
-                    })
-                }),
-                format,
-            ),
-            (None, PayloadFormat::Csv(_)) => {
+            (None, PayloadFormat::Csv(csv), None) if csv.header || csv.fields.is_some() => {
+                Mapper::new(
+                    mapped(&|_, name| {
+                        Source::Field(Field::Name {
+                            name: name.to_string(),
+                            required: false,
+                        })
+                    }),
+                    format,
+                )
+            }
+            (None, PayloadFormat::Csv(_), None) => {
                 Mapper::new(mapped(&|i, _| Source::Field(Field::Index(i))), format)
                     .with_max_fields(table.columns.len())
             }

@@ -33,6 +33,7 @@ const COVERED: &[&str] = &[
     "sqlite-edge-gateway",
     "behind-proxy",
     "postgres-no-skip",
+    "batched-readings",
 ];
 
 fn examples_dir() -> PathBuf {
@@ -511,6 +512,54 @@ fn the_edge_gateway_example_passes_check_and_forwards() {
     ];
     assert_eq!(got, want);
     assert_eq!(dlq_list_in(&config, dir.path()), Vec::<Json>::new());
+}
+
+/// batched-readings: passes `check` with its defaults once its table exists; run on a
+/// private Mosquitto, each reading of a batch is a row beside its message's site and its
+/// topic's device, and a reading that does not convert is its own dead letter.
+#[test]
+fn the_batched_readings_example_passes_check_and_runs() {
+    let stem = "batched-readings";
+    let dir = example_passes_check(&Db::Postgres, stem, &[], &["inbound batched"]);
+
+    let broker = Mosquitto::start();
+    let config = private_copy(stem, dir.path(), &[]);
+    let filters = [("gw/+/batch", 1)];
+    Subscriber::connect_with(broker.port, "mqdb-example-gateways", false, &filters).disconnect();
+    let device = unique("dev");
+    let batch = r#"{"site": "p1", "readings": [{"ts": 1714557600, "v": 21.5},
+        {"ts": "2024-05-01T12:00:01+02:00", "v": 21.75}, {"ts": 1714557602, "v": "warm"}]}"#;
+    let message = (format!("gw/{device}/batch"), batch.as_bytes().to_vec());
+    Publisher::connect(broker.port).publish_all_confirmed(vec![message], 1);
+    let url = broker.url();
+    let mut bridge = Bridge::start_with_env(&config, &[("MQTT_URL", url.as_str())]);
+    let table = "mqdb_example_batched_readings";
+    let count = format!("SELECT COUNT(*) FROM {table} WHERE device = '{device}'");
+    let mut letters = Vec::new();
+    wait_for(&mut bridge, "two rows and a dead letter", || {
+        letters = dlq_list_in(&config, dir.path());
+        Ok(common::try_scalar(&Db::Postgres, &count) == Some(2) && letters.len() == 1)
+    });
+    terminate_ok(&mut bridge);
+
+    let query = format!(
+        "SELECT site, seq, to_char(measured_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS'), \
+         value FROM {table} WHERE device = '{device}' ORDER BY seq"
+    );
+    let want = text_rows(&[
+        ["p1", "0", "2024-05-01 10:00:00", "21.50"],
+        ["p1", "1", "2024-05-01 10:00:01", "21.75"],
+    ]);
+    assert_eq!(Db::Postgres.query(&query), want);
+    let letter = &letters[0];
+    assert_eq!(letter["error_kind"], "convert", "{letter:#}");
+    assert_eq!(letter["headers"]["index"], 2, "{letter:#}");
+    assert_eq!(letter["headers"]["message"]["site"], "p1", "{letter:#}");
+    assert_eq!(
+        json(letter["payload"].as_str().unwrap_or("").as_bytes())["v"],
+        "warm"
+    );
+    Db::Postgres.exec(&format!("DELETE FROM {table} WHERE device = '{device}'"));
 }
 
 const UNIT: &str = "deploy/systemd/mqdb.service";

@@ -54,7 +54,8 @@ impl Decoded {
     }
 }
 
-fn lookup_mut<'a>(value: &'a mut Json, path: &[String]) -> Option<&'a mut Json> {
+/// Like [`lookup`], for taking the value out.
+pub fn lookup_mut<'a>(value: &'a mut Json, path: &[String]) -> Option<&'a mut Json> {
     let Some((first, rest)) = path.split_first() else {
         return Some(value);
     };
@@ -105,7 +106,8 @@ pub fn decode_members(payload: &[u8], wanted: &[String]) -> Result<Decoded, MapE
     Ok(Decoded(members))
 }
 
-fn kind_of(json: &Json) -> &'static str {
+/// How an error names a JSON value's type: `a JSON array`, `null`.
+pub fn kind_of(json: &Json) -> &'static str {
     match json {
         Json::Null => "null",
         Json::Bool(_) => "a JSON boolean",

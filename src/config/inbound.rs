@@ -47,6 +47,10 @@ pub struct Inbound {
     /// How delimited payloads are read (`format: csv`).
     #[serde(default)]
     pub csv: Option<Spanned<CsvInput>>,
+    /// JSON path of an array (`payload.readings`, or `payload` for an array payload): each
+    /// element becomes one row, addressed by `item.x` and `meta.index` in `columns`.
+    #[serde(default)]
+    pub rows: Option<Spanned<EnvString>>,
     /// `column: source` pairs; without it, top-level JSON keys map to same-named columns.
     #[serde(default)]
     pub columns: Option<BTreeMap<String, Spanned<EnvString>>>,

@@ -1,18 +1,23 @@
 //! Column mappings: `column: source` expressions (`topic.site`, `payload.a.b.0`,
 //! `payload.2`, `header.x`, `meta.received_at`, …) turned into typed rows for one table.
-//! A JSON message is one row; a delimited (CSV) message is one row per record.
+//! A JSON message is one row, or one row per element of an array (`rows:`); a delimited
+//! (CSV) message is one row per record.
+
+use std::sync::Arc;
 
 use serde_json::Value as Json;
 
 use crate::codec::csv::{self as delimited, CsvFormat, Line, Record};
-use crate::codec::json::{self, same_name};
+use crate::codec::json::{self, kind_of, lookup, same_name};
 use crate::convert::{Input, SqlKind, Value, convert, decimal_fits_digits, fraction_digits};
 pub use crate::error::MapError;
 use crate::message::Message;
 
+mod explode;
 mod source;
 
-pub use source::{Field, Meta, Source, SourceContext};
+pub use explode::{Element, Exploded};
+pub use source::{Field, Meta, Source, SourceContext, rows_path};
 use source::{message_input, position};
 
 /// One mapped column of the target table.
@@ -32,7 +37,27 @@ pub enum Progress {
     #[default]
     Start,
     Csv(CsvProgress),
+    /// A message exploded by `rows:`, and the index of its next element.
+    Elements(Arc<Exploded>, usize),
     Done,
+}
+
+/// The part of a message a row (or a failure) comes from, where the message has many: a CSV
+/// record's line, or an element of the array `rows:` explodes.
+#[derive(Debug, Clone)]
+pub enum Part {
+    Line(Line),
+    Element(Element),
+}
+
+impl Part {
+    /// How an error names the part: `line 3`, `element 2`.
+    pub fn label(&self) -> String {
+        match self {
+            Part::Line(l) => format!("line {}", l.number),
+            Part::Element(e) => format!("element {}", e.index),
+        }
+    }
 }
 
 impl Progress {
@@ -77,6 +102,10 @@ pub struct Mapper {
     nul_refused: Option<&'static str>,
     /// The significant digits a decimal may have beyond 64-bit integers, where limited.
     decimal_digits: Option<usize>,
+    /// The payload path of the array whose elements are the rows (`rows:`).
+    rows: Option<Vec<String>>,
+    /// Elements must be objects: their keys name the columns (`rows:` without `columns`).
+    objects_only: bool,
 }
 
 const NULL: Json = Json::Null;
@@ -119,7 +148,30 @@ impl Mapper {
             max_fields: None,
             nul_refused: None,
             decimal_digits: None,
+            rows: None,
+            objects_only: false,
         }
+    }
+
+    /// One row per element of the array at `path` in the payload (empty: the payload is the
+    /// array). `objects_only` when the elements' keys name the columns.
+    pub fn exploding(mut self, path: Vec<String>, objects_only: bool) -> Self {
+        self.rows = Some(path);
+        self.objects_only = objects_only;
+        self
+    }
+
+    /// Whether the route explodes an array (`rows:`).
+    pub fn explodes(&self) -> bool {
+        self.rows.is_some()
+    }
+
+    /// Whether a column reads the message around the exploded array (`payload.x`): an
+    /// element's dead letter then keeps that message, to map it again.
+    pub fn reads_message(&self) -> bool {
+        self.columns
+            .iter()
+            .any(|c| matches!(c.source, Source::PayloadPath(_)))
     }
 
     /// For databases that keep decimals only to `digits` significant digits (SQLite):
@@ -151,8 +203,9 @@ impl Mapper {
         matches!(&self.format, PayloadFormat::Csv(c) if c.header)
     }
 
-    /// Every row a message carries, with the line it came from (CSV), or why it has none.
-    pub fn map(&self, message: &Message) -> Vec<(Option<Line>, Result<Row, MapError>)> {
+    /// Every row a message carries, with the part it came from (a CSV line, an element), or
+    /// why it has none.
+    pub fn map(&self, message: &Message) -> Vec<(Option<Part>, Result<Row, MapError>)> {
         let mut out = Vec::new();
         self.map_into(message, &mut |line, row| out.push((line, row)));
         out
@@ -162,24 +215,52 @@ impl Mapper {
     pub fn map_into(
         &self,
         message: &Message,
-        emit: &mut dyn FnMut(Option<Line>, Result<Row, MapError>),
+        emit: &mut dyn FnMut(Option<Part>, Result<Row, MapError>),
     ) {
         let mut progress = Progress::default();
         self.map_part(message, &mut progress, usize::MAX, emit);
     }
 
     /// Like [`Mapper::map_into`], for at most `max_rows` rows (and failures) from where
-    /// `progress` stands: a long CSV message is mapped and written a part at a time.
+    /// `progress` stands: a long CSV message, or a long array, is mapped and written a part
+    /// at a time.
     /// `progress` says when the message is done.
     pub fn map_part(
         &self,
         message: &Message,
         progress: &mut Progress,
         max_rows: usize,
-        emit: &mut dyn FnMut(Option<Line>, Result<Row, MapError>),
+        emit: &mut dyn FnMut(Option<Part>, Result<Row, MapError>),
     ) {
         match (&self.format, std::mem::take(progress)) {
             (_, Progress::Done) => *progress = Progress::Done,
+            (PayloadFormat::Json, Progress::Start) if self.rows.is_some() => {
+                let path = self.rows.as_deref().unwrap_or_default();
+                match explode::explode(&message.payload, path) {
+                    Ok(exploded) => {
+                        *progress = Progress::Elements(Arc::new(exploded), 0);
+                        self.map_part(message, progress, max_rows, emit);
+                    }
+                    Err(e) => {
+                        emit(None, Err(e));
+                        *progress = Progress::Done;
+                    }
+                }
+            }
+            (_, Progress::Elements(exploded, mut next)) => {
+                let end = exploded.len().min(next.saturating_add(max_rows.max(1)));
+                while next < end {
+                    let row = self.element_row(message, &exploded, next);
+                    emit(Some(Part::Element(Element::new(&exploded, next))), row);
+                    next += 1;
+                }
+                // Done as soon as the last element is out, so that its batch acknowledges.
+                if next < exploded.len() {
+                    *progress = Progress::Elements(exploded, next);
+                } else {
+                    *progress = Progress::Done;
+                }
+            }
             (PayloadFormat::Json, _) => {
                 emit(None, self.map_json(message));
                 *progress = Progress::Done;
@@ -204,7 +285,7 @@ impl Mapper {
                     };
                     let expected = *csv.expected.get_or_insert(record.fields.len());
                     let row = self.csv_row(message, format, &record, &csv.at, Some(expected));
-                    emit(Some(record.line), row);
+                    emit(Some(Part::Line(record.line)), row);
                 }
                 *progress = Progress::Csv(csv);
             }
@@ -326,6 +407,59 @@ impl Mapper {
                 };
                 self.convert_column(column, input)
                     .map_err(|e| MapError::Convert(format!("line {n}: {e}")))
+            })
+            .collect()
+    }
+}
+
+/// `rows:`: the row of one element of an exploded message.
+impl Mapper {
+    fn element_row(
+        &self,
+        message: &Message,
+        exploded: &Exploded,
+        index: usize,
+    ) -> Result<Row, MapError> {
+        self.item_row(message, &exploded.context, &exploded.items[index], index)
+    }
+
+    /// The row of an element's dead letter: the letter's payload is the element, `index`
+    /// and `context` (the message around the array, when it was kept) come from its headers.
+    pub fn map_element(
+        &self,
+        message: &Message,
+        index: usize,
+        context: Option<&Json>,
+    ) -> Result<Row, MapError> {
+        let item = json::decode(&message.payload)?;
+        self.item_row(message, context.unwrap_or(&Json::Null), &item, index)
+    }
+
+    fn item_row(
+        &self,
+        message: &Message,
+        context: &Json,
+        item: &Json,
+        index: usize,
+    ) -> Result<Row, MapError> {
+        if self.objects_only && !item.is_object() {
+            return Err(MapError::Decode(format!(
+                "element {index}: {}, not a JSON object (without `columns`, an element's keys \
+                 name the columns)",
+                kind_of(item)
+            )));
+        }
+        self.columns
+            .iter()
+            .map(|column| {
+                let input = match &column.source {
+                    Source::Item(path) => lookup(item, path).map(Input::Json),
+                    Source::Index => Some(Input::Int(index as i64)),
+                    Source::PayloadPath(path) => lookup(context, path).map(Input::Json),
+                    other => message_input(other, message, &message.payload),
+                };
+                self.convert_column(column, input)
+                    .map_err(|e| MapError::Convert(format!("element {index}: {e}")))
             })
             .collect()
     }
@@ -659,7 +793,7 @@ mod tests {
             rows[2].1,
             Err(MapError::Decode("line 4: 1 fields, expected 2".into()))
         );
-        assert_eq!(rows[2].0.unwrap().number, 4);
+        assert!(matches!(&rows[2].0, Some(Part::Line(l)) if l.number == 4));
         assert_eq!(rows[3].1.as_ref().unwrap()[0], Some(Value::Null));
 
         let missing = mapper.map(&message("t", b"id,amount\n1,5\n"));

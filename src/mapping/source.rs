@@ -1,6 +1,6 @@
-//! Column source expressions: what `topic.site`, `payload.a.b.0`, `payload.2`, `header.x`
-//! and `meta.received_at` mean, checked against the route, and the input each reads from
-//! a message.
+//! Column source expressions: what `topic.site`, `payload.a.b.0`, `payload.2`, `header.x`,
+//! `meta.received_at`, and on routes with `rows:` `item.x` and `meta.index`, mean, checked
+//! against the route, and the input each reads from a message.
 
 use serde_json::Value as Json;
 
@@ -24,6 +24,10 @@ pub enum Source {
     /// An AMQP header or MQTT 5 user property.
     Header(String),
     Meta(Meta),
+    /// A path into the array element a row comes from (`rows:`); empty for the whole element.
+    Item(Vec<String>),
+    /// The element's 0-based index in its array (`meta.index`, with `rows:`).
+    Index,
 }
 
 /// A CSV field: by position, or by a name from `fields:` or the message's header.
@@ -92,6 +96,27 @@ pub struct SourceContext<'a> {
     pub filter: Option<&'a Filter>,
     /// The CSV format; `None` for JSON.
     pub csv: Option<&'a CsvFormat>,
+    /// The route explodes an array (`rows:`), so `item.*` and `meta.index` have a meaning.
+    pub rows: bool,
+}
+
+/// The path of a route's `rows:` inside the payload: `payload` alone is the payload itself.
+pub fn rows_path(text: &str) -> Result<Vec<String>, String> {
+    let text = text.trim();
+    if text == "payload" {
+        return Ok(Vec::new());
+    }
+    let Some(path) = text.strip_prefix("payload.") else {
+        return Err(format!(
+            "rows: `{text}` must be a JSON path into the payload: payload.KEY.PATH, or payload \
+             when the payload is the array"
+        ));
+    };
+    let segments: Vec<String> = path.split('.').map(str::to_string).collect();
+    if segments.iter().any(String::is_empty) {
+        return Err(format!("rows: `{text}` has an empty path segment"));
+    }
+    Ok(segments)
 }
 
 impl Source {
@@ -99,7 +124,17 @@ impl Source {
     pub fn parse(text: &str, ctx: &SourceContext) -> Result<Source, String> {
         let text = text.trim();
         if text == "payload" {
+            if ctx.rows {
+                return Err(
+                    "`payload` would repeat the whole message in every row of `rows:`; use \
+                     `item` for the element's JSON text, or payload.KEY for a part of the message"
+                        .into(),
+                );
+            }
             return Ok(Source::Payload);
+        }
+        if text == "item" || text.starts_with("item.") || text == "meta.index" {
+            return item_source(text, ctx);
         }
         if let Some(path) = text.strip_prefix("payload.") {
             return match ctx.csv {
@@ -152,7 +187,12 @@ impl Source {
                     .map(|(n, _)| *n)
                     .collect();
                 Err(format!(
-                    "`{text}` is not a source; use payload, payload.{}, {}header.NAME, or meta.{}",
+                    "`{text}` is not a source; use {}payload.{}, {}header.NAME, or meta.{}",
+                    if ctx.rows {
+                        "item, item.KEY.PATH, meta.index, "
+                    } else {
+                        "payload, "
+                    },
                     if ctx.csv.is_some() {
                         "N or payload.NAME"
                     } else {
@@ -179,8 +219,32 @@ impl Source {
             Source::TopicLevel(i) => format!("topic.{i}"),
             Source::Header(name) => format!("header.{name}"),
             Source::Meta(m) => format!("meta.{}", m.name()),
+            Source::Item(path) if path.is_empty() => "item".into(),
+            Source::Item(path) => format!("item.{}", path.join(".")),
+            Source::Index => "meta.index".into(),
         }
     }
+}
+
+/// `item`, `item.a.b` and `meta.index`: they address the element of `rows:`.
+fn item_source(text: &str, ctx: &SourceContext) -> Result<Source, String> {
+    if !ctx.rows {
+        return Err(format!(
+            "`{text}` addresses an element of an array the route explodes: set `rows:` on the \
+             route (rows: payload.LIST, one row per element), or read the message with payload.KEY"
+        ));
+    }
+    if text == "meta.index" {
+        return Ok(Source::Index);
+    }
+    let segments: Vec<String> = match text.strip_prefix("item.") {
+        Some(path) => path.split('.').map(str::to_string).collect(),
+        None => Vec::new(),
+    };
+    if segments.iter().any(String::is_empty) {
+        return Err(format!("`{text}` has an empty path segment"));
+    }
+    Ok(Source::Item(segments))
 }
 
 fn csv_field(text: &str, name: &str, csv: &CsvFormat) -> Result<Field, String> {
@@ -228,7 +292,7 @@ pub(super) fn message_input<'a>(
 ) -> Option<Input<'a>> {
     match source {
         Source::Payload => Some(Input::Bytes(payload)),
-        Source::PayloadPath(_) | Source::Field(_) => None,
+        Source::PayloadPath(_) | Source::Field(_) | Source::Item(_) | Source::Index => None,
         Source::TopicLevel(i) => message.topic.split('/').nth(*i).map(Input::Text),
         Source::Header(name) => header(message, name).map(Input::Json),
         Source::Meta(meta) => match (meta, &message.origin) {

@@ -63,6 +63,21 @@ fn map_letters(mapper: &Mapper, letters: &[DeadLetter]) -> Mapped {
             &letter.headers,
             mapper.reads_csv_header(),
         );
+        // An element of `rows:` is mapped alone, with its index and the message around it.
+        let element = letter
+            .headers
+            .get("index")
+            .and_then(serde_json::Value::as_u64);
+        if let Some(index) = element.filter(|_| mapper.explodes()) {
+            let context = letter.headers.get("message");
+            match mapper.map_element(&message, index as usize, context) {
+                Ok(row) => out.single.push((letter.id, row)),
+                Err(e) => out
+                    .settled
+                    .push((letter.id, Err(failure(e.kind(), e.message(), None)))),
+            }
+            continue;
+        }
         let mapped = mapper.map(&message);
         if let Some((_, Err(e))) = mapped.iter().find(|(_, r)| r.is_err()) {
             out.settled

@@ -11,7 +11,7 @@ use super::super::{
 };
 use super::names::references;
 use crate::codec::csv::CsvFormat;
-use crate::mapping::{Field, Source, SourceContext};
+use crate::mapping::{Field, Source, SourceContext, rows_path};
 use crate::topic::Filter;
 
 /// One inbound route; `names` gathers the route names seen so far.
@@ -28,10 +28,20 @@ pub(super) fn check_inbound(
     let amqp = config.brokers[r.broker.value.as_str()].value.kind() == Some(BrokerKind::Amqp);
     let filter = intake(path, r, amqp)?;
     let csv = csv_format(path, route)?;
+    if let Some(rows) = &r.rows {
+        if csv.is_some() {
+            return Err(err(
+                &rows.referenced,
+                format!("route {name}: `rows:` explodes a JSON array; it needs format: json"),
+            ));
+        }
+        rows_path(&rows.value).map_err(|e| err(&rows.referenced, format!("route {name}: {e}")))?;
+    }
     let ctx = SourceContext {
         amqp,
         filter: filter.as_ref(),
         csv: csv.as_ref(),
+        rows: r.rows.is_some(),
     };
     if r.table.value.trim().is_empty() || r.table.value.split('.').count() > 2 {
         return Err(err(

@@ -207,6 +207,52 @@ mod tests {
     }
 
     #[test]
+    fn rows_and_the_sources_of_its_elements_are_checked() {
+        let route = "  - name: r\n    broker: b\n    topic: a\n    database: d\n    table: t\n";
+        let refused = |extra: &str, line: u64, words: &[&str]| {
+            let e = problem(&format!("{route}{extra}"));
+            assert_eq!(e.line, Some(line), "{e}");
+            assert!(e.to_string().starts_with(&format!("c.yaml:{line}:")), "{e}");
+            for w in words {
+                assert!(e.message.contains(w), "{w} not in {e}");
+            }
+        };
+        // Element sources without `rows:` say how to get one.
+        refused(
+            "    columns:\n      v: item.v\n",
+            14,
+            &["item.v", "set `rows:`"],
+        );
+        refused(
+            "    columns:\n      i: meta.index\n",
+            14,
+            &["meta.index", "set `rows:`"],
+        );
+        refused("    rows: readings\n", 13, &["payload.KEY.PATH"]);
+        refused("    rows: payload..x\n", 13, &["empty path segment"]);
+        refused(
+            "    format: csv\n    rows: payload.x\n",
+            14,
+            &["needs format: json"],
+        );
+        refused(
+            "    rows: payload.list\n    columns:\n      whole: payload\n",
+            15,
+            &["use `item`"],
+        );
+        refused(
+            "    rows: payload.list\n    columns:\n      v: item..v\n",
+            15,
+            &["empty path segment"],
+        );
+        let text = format!(
+            "{BASE}inbound:\n{route}    rows: payload.list\n    columns:\n      v: item.a.b\n      i: meta.index\n      e: item\n      s: payload.site\n"
+        );
+        let path = Path::new("c.yaml");
+        check(path, &parse(path, &text).unwrap()).unwrap();
+    }
+
+    #[test]
     fn a_tls_block_on_a_plain_url_is_refused() {
         let path = Path::new("c.yaml");
         for (url, plain) in [("mqtt://h:1883", "mqtt"), ("amqp://h:5672/%2f", "amqp")] {
