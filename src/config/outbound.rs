@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::duration;
-use super::env::EnvString;
+use super::env::{EnvString, Secret};
 use super::values::{CsvOptions, Format, OneOrMany, Qos, default_qos};
 
 /// Where messages go: a broker, an MQTT topic or an AMQP exchange and routing key (each a
@@ -66,6 +66,24 @@ pub struct Outbound {
     pub csv: CsvOptions,
     /// Statement run after each confirmed publish; `?` is the row's track value.
     pub after_publish: Option<Spanned<EnvString>>,
+    /// PostgreSQL: poll as soon as a notification arrives on a channel.
+    pub wake: Option<Spanned<Wake>>,
+}
+
+/// `wake:` — LISTEN on a PostgreSQL channel and poll on every notification, besides every
+/// `interval`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wake {
+    /// The channel to LISTEN on (letters, digits and `_`, at most 63 bytes).
+    pub listen: Spanned<EnvString>,
+    /// PostgreSQL URL of the LISTEN connection; by default derived from the route's
+    /// database connection string.
+    #[serde(default)]
+    pub url: Option<Spanned<Secret>>,
+    /// File holding the password of the LISTEN connection; trailing newlines are removed.
+    #[serde(default)]
+    pub password_file: Option<EnvString>,
 }
 
 impl<'de> Deserialize<'de> for Outbound {
@@ -92,6 +110,7 @@ impl<'de> Deserialize<'de> for Outbound {
             format: b.format,
             csv: b.csv,
             after_publish: b.after_publish,
+            wake: b.wake,
         })
     }
 }
@@ -135,6 +154,8 @@ struct Block {
     csv: CsvOptions,
     #[serde(default)]
     after_publish: Option<Spanned<EnvString>>,
+    #[serde(default)]
+    wake: Option<Spanned<Wake>>,
 }
 
 pub fn default_interval() -> Duration {

@@ -8,6 +8,7 @@ pub mod dialect;
 pub mod fetch;
 pub mod insert;
 pub mod keys;
+pub mod pg_url;
 pub mod poll;
 pub mod postgres;
 pub mod probe;
@@ -171,6 +172,11 @@ impl DbSpec {
         spec
     }
 
+    /// A PostgreSQL URL reaching the same database as the same user, for sqlx.
+    pub fn postgres_url(&self) -> Result<String, String> {
+        pg_url::from_odbc(&self.connection_string)
+    }
+
     /// Where the database is (`host:port`, or the DSN), for messages.
     pub fn endpoint(&self) -> String {
         timeouts::endpoint(&self.connection_string)
@@ -217,6 +223,20 @@ impl DbSpec {
             }
         }
     }
+}
+
+/// The dialect of a configured database as far as the configuration tells without
+/// connecting: the forced one, else the family of the `Driver` named; `None` when only the
+/// driver can tell (a DSN, an unknown driver).
+pub fn known_dialect(db: &Database) -> Option<Dialect> {
+    Dialect::from_choice(db.dialect).or_else(|| {
+        let cs = db.connection_string.as_ref()?;
+        attributes(cs.expose())
+            .into_iter()
+            .find(|(k, _, _)| k.trim().eq_ignore_ascii_case("Driver"))
+            .map(|(_, _, driver)| Dialect::from_dbms_name(&driver))
+            .filter(|d| *d != Dialect::Generic)
+    })
 }
 
 /// A connection-string attribute value, in braces (with a `}` doubled) only when the ODBC

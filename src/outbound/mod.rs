@@ -2,7 +2,8 @@
 //! and advance the position only past rows the broker confirmed (or that became dead
 //! letters), in order. `after_publish` runs for those rows before the position moves.
 //! Only the holder of the route's lease polls and publishes; every position it stores is
-//! fenced by the lease.
+//! fenced by the lease. With `wake`, a PostgreSQL notification starts the next poll early
+//! ([`wake`]); only the lease holder listens.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +26,10 @@ use crate::metrics::RouteMetrics;
 use crate::state::{Fence, State, StateError};
 
 mod row;
+pub mod wake;
 
 use row::{column_text, next_position, older_than, payload, track_values, unpublishable};
+use wake::{WakeSpec, Waker};
 
 pub struct OutboundRoute {
     pub name: String,
@@ -49,6 +52,8 @@ pub struct OutboundRoute {
     /// The route's lease among the instances sharing the state store (an `Option` only so
     /// that `run` can move it out).
     pub lease: Option<LeaseSpec>,
+    /// The PostgreSQL channel whose notifications start a poll at once.
+    pub wake: Option<WakeSpec>,
 }
 
 /// Why a poll failed: a misconfigured route stops, one that lost its lease stands by, any
@@ -125,6 +130,10 @@ impl OutboundRoute {
         if let Err(e) = self.publisher.connect().await {
             warn!(route = %self.name, broker = %self.broker, error = %e, "publisher cannot connect yet; retrying with the first rows");
         }
+        let waker = self
+            .wake
+            .clone()
+            .map(|spec| Waker::start(spec, self.name.clone()));
         let mut backoff = Backoff::new();
         let mut ahead = None;
         loop {
@@ -145,9 +154,18 @@ impl OutboundRoute {
             let result = self.cycle(&mut position, &mut ahead, lease, fence).await;
             self.metrics.set_broker_up(self.publisher.is_connected());
             let pause = match result {
-                Ok(more) => {
+                Ok(true) => {
                     backoff.reset();
-                    if more { Duration::ZERO } else { self.interval }
+                    Duration::ZERO
+                }
+                Ok(false) => {
+                    backoff.reset();
+                    match wait_or_wake(self.interval, waker.as_ref(), stop).await {
+                        Waited::Stopped => return true,
+                        Waited::Woken => RouteMetrics::add(&self.metrics.wakes, 1),
+                        Waited::Elapsed => {}
+                    }
+                    Duration::ZERO
                 }
                 Err(Failed::Misconfigured(message)) => {
                     let _ = self.misconfigured.send(message);
@@ -475,6 +493,31 @@ impl OutboundRoute {
 struct ReadAhead {
     from: Vec<String>,
     polled: Polled,
+}
+
+/// How a wait for the next poll ended.
+enum Waited {
+    Elapsed,
+    Woken,
+    Stopped,
+}
+
+/// Waits out `interval`, or less when `waker` is notified first.
+async fn wait_or_wake(
+    interval: Duration,
+    waker: Option<&Waker>,
+    stop: &mut watch::Receiver<bool>,
+) -> Waited {
+    let Some(waker) = waker else {
+        return match sleep_or_stop(interval, stop).await {
+            true => Waited::Stopped,
+            false => Waited::Elapsed,
+        };
+    };
+    tokio::select! {
+        stopped = sleep_or_stop(interval, stop) => if stopped { Waited::Stopped } else { Waited::Elapsed },
+        _ = waker.notified() => if *stop.borrow() { Waited::Stopped } else { Waited::Woken },
+    }
 }
 
 /// Sleeps; true if shutdown came first.
