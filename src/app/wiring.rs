@@ -129,7 +129,7 @@ fn wake_spec(route: &str, wake: &WakePlan, db: &DbSpec) -> Result<WakeSpec, AppE
             )
             .map_err(AppError::Usage)?
             .unwrap_or_default();
-            crate::db::pg_url::with_password(&url, &password).map_err(problem)?
+            crate::connection_string::with_password(&url, &password).map_err(problem)?
         }
         None => url,
     };

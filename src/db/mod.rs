@@ -8,7 +8,6 @@ pub mod dialect;
 pub mod fetch;
 pub mod insert;
 pub mod keys;
-pub mod pg_url;
 pub mod poll;
 pub mod postgres;
 pub mod probe;
@@ -26,6 +25,8 @@ use odbc_api::{Connection, ConnectionOptions, Environment};
 use crate::config::{self, Database};
 use crate::error::DbError;
 use dialect::Dialect;
+
+pub(crate) use crate::connection_string::attributes;
 
 /// The process-wide ODBC environment.
 pub fn environment() -> Result<&'static Environment, DbError> {
@@ -174,7 +175,7 @@ impl DbSpec {
 
     /// A PostgreSQL URL reaching the same database as the same user, for sqlx.
     pub fn postgres_url(&self) -> Result<String, String> {
-        pg_url::from_odbc(&self.connection_string)
+        crate::connection_string::postgres_url(&self.connection_string)
     }
 
     /// Where the database is (`host:port`, or the DSN), for messages.
@@ -225,20 +226,6 @@ impl DbSpec {
     }
 }
 
-/// The dialect of a configured database as far as the configuration tells without
-/// connecting: the forced one, else the family of the `Driver` named; `None` when only the
-/// driver can tell (a DSN, an unknown driver).
-pub fn known_dialect(db: &Database) -> Option<Dialect> {
-    Dialect::from_choice(db.dialect).or_else(|| {
-        let cs = db.connection_string.as_ref()?;
-        attributes(cs.expose())
-            .into_iter()
-            .find(|(k, _, _)| k.trim().eq_ignore_ascii_case("Driver"))
-            .map(|(_, _, driver)| Dialect::from_dbms_name(&driver))
-            .filter(|d| *d != Dialect::Generic)
-    })
-}
-
 /// A connection-string attribute value, in braces (with a `}` doubled) only when the ODBC
 /// grammar needs them: some drivers (psqlODBC for `UID`) keep braces as part of the value.
 fn braced(value: &str) -> String {
@@ -265,45 +252,6 @@ fn redacted(mut error: DbError, connection_string: &str) -> DbError {
             .replace(connection_string, "<connection string>");
     }
     error
-}
-
-/// The `key=value` attributes of a connection string: each key, its value as written, and
-/// its value (without braces, a doubled `}` single), by the ODBC grammar where a braced
-/// value may hold `;`.
-pub(crate) fn attributes(connection_string: &str) -> Vec<(&str, &str, String)> {
-    let mut out = Vec::new();
-    let mut rest = connection_string;
-    while let Some((key, after)) = rest.split_once('=') {
-        let (raw, value, next) = match after.strip_prefix('{') {
-            Some(body) => {
-                let mut end = None;
-                let mut i = 0;
-                let bytes = body.as_bytes();
-                while i < bytes.len() {
-                    if bytes[i] == b'}' {
-                        if bytes.get(i + 1) == Some(&b'}') {
-                            i += 2;
-                            continue;
-                        }
-                        end = Some(i);
-                        break;
-                    }
-                    i += 1;
-                }
-                let end = end.unwrap_or(body.len());
-                let raw = &after[..(end + 2).min(after.len())];
-                let next = after[raw.len()..].trim_start_matches(';');
-                (raw, body[..end].replace("}}", "}"), next)
-            }
-            None => {
-                let (raw, next) = after.split_once(';').unwrap_or((after, ""));
-                (raw, raw.to_string(), next)
-            }
-        };
-        out.push((key.trim_start_matches(';'), raw, value));
-        rest = next;
-    }
-    out
 }
 
 #[cfg(test)]

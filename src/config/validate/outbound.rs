@@ -6,9 +6,11 @@ use std::path::Path;
 
 use serde_saphyr::{Location, Spanned};
 
-use super::super::{BrokerKind, Config, ConfigError, Destination, EnvString, Outbound, Wake};
+use super::super::{
+    BrokerKind, Config, ConfigError, Destination, DialectChoice, EnvString, Outbound, Wake,
+};
 use super::names::{exists, references};
-use crate::db::dialect::Dialect;
+use crate::connection_string::{has_password, postgres_url, with_password};
 use crate::template::Template;
 
 pub(super) fn check_outbound(
@@ -113,8 +115,8 @@ fn check_wake(
     }
     let db_name = r.database.value.as_str();
     let db = &config.databases[db_name].value;
-    match (crate::db::known_dialect(db), &w.url) {
-        (Some(Dialect::Postgres), _) | (None, Some(_)) => {}
+    match (db.known_dialect(), &w.url) {
+        (Some(DialectChoice::Postgres), _) | (None, Some(_)) => {}
         (Some(other), _) => {
             return Err(err(
                 &wake.referenced,
@@ -145,10 +147,10 @@ fn check_wake(
                 ));
             }
             if w.password_file.is_some() {
-                let problem = if crate::db::pg_url::has_password(text) {
+                let problem = if has_password(text) {
                     Some("wake.url has a password and password_file is set: keep one".to_string())
                 } else {
-                    crate::db::pg_url::with_password(text, "x").err()
+                    with_password(text, "x").err()
                 };
                 if let Some(problem) = problem {
                     return Err(err(&url.referenced, format!("route {name}: {problem}")));
@@ -157,7 +159,7 @@ fn check_wake(
         }
         None => {
             let derived = match &db.connection_string {
-                Some(cs) => crate::db::pg_url::from_odbc(cs.expose()).map(drop),
+                Some(cs) => postgres_url(cs.expose()).map(drop),
                 None => Err("a DSN names no host for the LISTEN connection: set wake.url".into()),
             };
             if let Err(why) = derived {
@@ -188,12 +190,12 @@ fn channel_problem(channel: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn dialect_name(d: Dialect) -> &'static str {
+fn dialect_name(d: DialectChoice) -> &'static str {
     match d {
-        Dialect::Postgres => "PostgreSQL",
-        Dialect::MySql => "MySQL/MariaDB",
-        Dialect::Sqlite => "SQLite",
-        Dialect::Generic => "not PostgreSQL",
+        DialectChoice::Postgres => "PostgreSQL",
+        DialectChoice::Mysql => "MySQL/MariaDB",
+        DialectChoice::Sqlite => "SQLite",
+        DialectChoice::Generic | DialectChoice::Auto => "not PostgreSQL",
     }
 }
 

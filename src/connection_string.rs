@@ -1,10 +1,11 @@
-//! A PostgreSQL URL (for sqlx) from an ODBC connection string, and the password put into
-//! a URL: an outbound route's `wake` LISTENs over sqlx, not ODBC, on the same database.
+//! ODBC connection strings: their `key=value` attributes, and the PostgreSQL URL (for
+//! sqlx) that reaches the same database as the same user, since an outbound route's `wake`
+//! LISTENs over sqlx, not ODBC.
 
 /// `postgres://user:password@host:port/database` from the connection string's attributes
 /// (keys matched without regard to case); user, password and database percent-encoded.
-pub fn from_odbc(connection_string: &str) -> Result<String, String> {
-    let attrs = super::attributes(connection_string);
+pub fn postgres_url(connection_string: &str) -> Result<String, String> {
+    let attrs = attributes(connection_string);
     let value = |keys: &[&str]| {
         attrs
             .iter()
@@ -69,6 +70,45 @@ pub fn has_password(url: &str) -> bool {
         .is_some_and(|(userinfo, _)| userinfo.contains(':'))
 }
 
+/// The `key=value` attributes of a connection string: each key, its value as written, and
+/// its value (without braces, a doubled `}` single), by the ODBC grammar where a braced
+/// value may hold `;`.
+pub fn attributes(connection_string: &str) -> Vec<(&str, &str, String)> {
+    let mut out = Vec::new();
+    let mut rest = connection_string;
+    while let Some((key, after)) = rest.split_once('=') {
+        let (raw, value, next) = match after.strip_prefix('{') {
+            Some(body) => {
+                let mut end = None;
+                let mut i = 0;
+                let bytes = body.as_bytes();
+                while i < bytes.len() {
+                    if bytes[i] == b'}' {
+                        if bytes.get(i + 1) == Some(&b'}') {
+                            i += 2;
+                            continue;
+                        }
+                        end = Some(i);
+                        break;
+                    }
+                    i += 1;
+                }
+                let end = end.unwrap_or(body.len());
+                let raw = &after[..(end + 2).min(after.len())];
+                let next = after[raw.len()..].trim_start_matches(';');
+                (raw, body[..end].replace("}}", "}"), next)
+            }
+            None => {
+                let (raw, next) = after.split_once(';').unwrap_or((after, ""));
+                (raw, raw.to_string(), next)
+            }
+        };
+        out.push((key.trim_start_matches(';'), raw, value));
+        rest = next;
+    }
+    out
+}
+
 /// Percent-encodes everything but RFC 3986's unreserved characters.
 fn encoded(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -88,18 +128,18 @@ mod tests {
 
     #[test]
     fn every_part_is_taken_from_its_odbc_key_whatever_its_case() {
-        let url = from_odbc(
+        let url = postgres_url(
             "Driver={PostgreSQL Unicode};SERVER=db.local;port=5433;DataBase=plant;uid=mqdb;pwd=s3cret;BoolsAsChar=0",
         )
         .unwrap();
         assert_eq!(url, "postgres://mqdb:s3cret@db.local:5433/plant");
-        let url = from_odbc("Host=h;Username=u;Password=p;Dbname=d").unwrap();
+        let url = postgres_url("Host=h;Username=u;Password=p;Dbname=d").unwrap();
         assert_eq!(url, "postgres://u:p@h/d");
     }
 
     #[test]
     fn odd_characters_are_percent_encoded() {
-        let url = from_odbc(
+        let url = postgres_url(
             "Driver={PostgreSQL Unicode};Server=h;Database=my db;UID=us@r;PWD={p;w}}d@:/?#%é}",
         )
         .unwrap();
@@ -112,7 +152,8 @@ mod tests {
     #[test]
     fn the_url_is_what_sqlx_reads_back() {
         use sqlx::postgres::PgConnectOptions;
-        let url = from_odbc("Server=h;Port=6000;Database=d b;UID=u:x;PWD={a;b}}c%d e@}").unwrap();
+        let url =
+            postgres_url("Server=h;Port=6000;Database=d b;UID=u:x;PWD={a;b}}c%d e@}").unwrap();
         let options: PgConnectOptions = url.parse().unwrap();
         assert_eq!(options.get_host(), "h");
         assert_eq!(options.get_port(), 6000);
@@ -122,10 +163,14 @@ mod tests {
 
     #[test]
     fn without_user_password_or_port_those_parts_are_left_out() {
-        assert_eq!(from_odbc("Server=::1").unwrap(), "postgres://[::1]");
-        assert_eq!(from_odbc("Server=h;PWD=p").unwrap(), "postgres://h");
-        assert!(from_odbc("DSN=plant").unwrap_err().contains("wake.url"));
-        assert!(from_odbc("Server=h;Port=x").unwrap_err().contains("Port"));
+        assert_eq!(postgres_url("Server=::1").unwrap(), "postgres://[::1]");
+        assert_eq!(postgres_url("Server=h;PWD=p").unwrap(), "postgres://h");
+        assert!(postgres_url("DSN=plant").unwrap_err().contains("wake.url"));
+        assert!(
+            postgres_url("Server=h;Port=x")
+                .unwrap_err()
+                .contains("Port")
+        );
     }
 
     #[test]
