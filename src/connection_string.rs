@@ -3,7 +3,8 @@
 //! LISTENs over sqlx, not ODBC.
 
 /// `postgres://user:password@host:port/database` from the connection string's attributes
-/// (keys matched without regard to case); user, password and database percent-encoded.
+/// (keys matched without regard to case); user, password and database percent-encoded, and
+/// psqlODBC's `SSLmode` as `?sslmode=`.
 pub fn postgres_url(connection_string: &str) -> Result<String, String> {
     let attrs = attributes(connection_string);
     let value = |keys: &[&str]| {
@@ -38,6 +39,11 @@ pub fn postgres_url(connection_string: &str) -> Result<String, String> {
     if let Some(database) = value(&["Database", "Dbname"]) {
         url.push('/');
         url.push_str(&encoded(&database));
+    }
+    // psqlODBC's SSLmode takes libpq's values, as does sqlx.
+    if let Some(mode) = value(&["SSLmode"]) {
+        url.push_str("?sslmode=");
+        url.push_str(&encoded(&mode.to_ascii_lowercase()));
     }
     Ok(url)
 }
@@ -133,8 +139,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(url, "postgres://mqdb:s3cret@db.local:5433/plant");
-        let url = postgres_url("Host=h;Username=u;Password=p;Dbname=d").unwrap();
-        assert_eq!(url, "postgres://u:p@h/d");
+        let url = postgres_url("Host=h;Username=u;Password=p;Dbname=d;sslmode=Require").unwrap();
+        assert_eq!(url, "postgres://u:p@h/d?sslmode=require");
     }
 
     #[test]
