@@ -522,11 +522,54 @@ async fn wait_or_wake(
 
 /// Sleeps; true if shutdown came first.
 async fn sleep_or_stop(pause: Duration, stop: &mut watch::Receiver<bool>) -> bool {
-    if pause.is_zero() {
+    // `changed` only sees a stop it has not seen yet.
+    if pause.is_zero() || *stop.borrow() {
         return *stop.borrow();
     }
     tokio::select! {
         _ = tokio::time::sleep(pause) => *stop.borrow(),
         changed = stop.changed() => changed.is_err() || *stop.borrow(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn notifications_during_a_poll_cause_one_more_poll_not_one_each() {
+        let (waker, notify) = Waker::by_hand();
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let hour = Duration::from_secs(3600);
+        // Three notifications while the route was busy polling
+        for _ in 0..3 {
+            notify.notify_one();
+        }
+        // The next wait ends at once, and the one after waits out its interval
+        assert!(matches!(
+            wait_or_wake(hour, Some(&waker), &mut stop).await,
+            Waited::Woken
+        ));
+        let short = Duration::from_millis(50);
+        assert!(matches!(
+            wait_or_wake(short, Some(&waker), &mut stop).await,
+            Waited::Elapsed
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_stop_ends_the_wait_whether_or_not_a_waker_is_there() {
+        let (waker, _notify) = Waker::by_hand();
+        let (stop_tx, mut stop) = watch::channel(false);
+        stop_tx.send(true).unwrap();
+        let hour = Duration::from_secs(3600);
+        assert!(matches!(
+            wait_or_wake(hour, Some(&waker), &mut stop).await,
+            Waited::Stopped
+        ));
+        assert!(matches!(
+            wait_or_wake(hour, None, &mut stop).await,
+            Waited::Stopped
+        ));
     }
 }

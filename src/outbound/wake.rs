@@ -44,6 +44,20 @@ impl Waker {
         Waker { notify, task }
     }
 
+    /// A waker with no connection, woken by hand through the `Notify` returned.
+    #[cfg(test)]
+    pub fn by_hand() -> (Waker, Arc<Notify>) {
+        let notify = Arc::new(Notify::new());
+        let task = tokio::spawn(std::future::pending());
+        (
+            Waker {
+                notify: notify.clone(),
+                task,
+            },
+            notify,
+        )
+    }
+
     /// Returns once a notification (or a reconnect) arrived since the last return.
     pub async fn notified(&self) {
         self.notify.notified().await;
