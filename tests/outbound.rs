@@ -1710,7 +1710,12 @@ fn wake_publishes_an_inserted_row_at_once_and_survives_a_lost_listener() {
     let route = to_topic("woken", &after_id("id, v", t), &topic)
         .interval("1h")
         .set("wake", json!({ "listen": channel }));
-    let mut run = Run::pg(route, &topic);
+    let world = World::new("outbound");
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let with_http = world.config_cs(&Db::Postgres.connection_string());
+    let config = write(with_http.set("http", json!({ "listen": addr })), &[route]);
+    let sub = world.subscribe(&topic);
+    let mut run = Run::new(world, config, sub);
     run.bridge.wait_for_log("wake listener connected", LIVENESS);
 
     // When a row is inserted, it is published: the hour is not over, so the notification
@@ -1734,6 +1739,17 @@ fn wake_publishes_an_inserted_row_at_once_and_survives_a_lost_listener() {
     assert_eq!(run.ids(), [1, 2]);
     let log = run.bridge.log();
     assert_eq!(log.matches("wake listener lost").count(), 1, "{log}");
+
+    // And the woken polls are counted: at least one per inserted row
+    let (status, metrics) = common::http::get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    let series = "mqdb_outbound_wakes_total{route=\"woken\",direction=\"outbound\"} ";
+    let wakes: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series}in:\n{metrics}"));
+    assert!(wakes >= 2.0, "{wakes} woken polls");
     run.finish();
 }
 
