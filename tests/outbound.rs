@@ -1768,3 +1768,25 @@ fn wake_on_a_mariadb_route_is_refused_by_check_with_its_line() {
         .code(2)
         .stderr_has(&[&located, "PostgreSQL", "MariaDB", "remove wake"]);
 }
+
+#[test]
+fn check_listens_once_for_each_route_with_wake() {
+    // A route whose wake reaches the database, and one whose wake.url names a closed port
+    let world = World::new("outbound");
+    let table = TempTable::create(&Db::Postgres, "out_chk_wake", "id INTEGER PRIMARY KEY");
+    let query = after_id("id", &table.name);
+    let closed = format!("postgres://root@127.0.0.1:{}/test", common::free_port());
+    let routes = [
+        to_topic("listens", &query, &unique("chk")).set("wake", json!({ "listen": "chk_wake" })),
+        to_topic("deaf", &query, &unique("chk"))
+            .set("wake", json!({ "listen": "chk_wake", "url": closed })),
+    ];
+
+    // check passes the first and fails the second, saying that it cannot LISTEN and why
+    let ran = check(&config(&world, &Db::Postgres.connection_string(), &routes));
+    ran.code(1).route_is("outbound listens", "ok", &[]);
+    ran.fails(
+        "outbound deaf",
+        &["wake: cannot LISTEN on chk_wake", "refused"],
+    );
+}

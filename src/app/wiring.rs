@@ -114,7 +114,7 @@ pub(super) fn outbound_route(
 
 /// The LISTEN connection of a route's `wake`: its own URL, else one derived from the
 /// database's connection string; `password_file` sets the password in either.
-fn wake_spec(route: &str, wake: &WakePlan, db: &DbSpec) -> Result<WakeSpec, AppError> {
+pub(super) fn wake_spec(route: &str, wake: &WakePlan, db: &DbSpec) -> Result<WakeSpec, AppError> {
     let problem = |e: String| AppError::Usage(format!("route {route}: wake: {e}"));
     let url = match &wake.url {
         Some(url) => url.expose().to_string(),

@@ -106,6 +106,11 @@ async fn listen(spec: WakeSpec, route: String, notify: Arc<Notify>) {
     }
 }
 
+/// Connects and LISTENs once, for `check`.
+pub async fn probe(spec: &WakeSpec) -> Result<(), String> {
+    connect(spec).await.map(drop)
+}
+
 /// How long one connect may take before it counts as failed.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -123,7 +128,20 @@ async fn connect(spec: &WakeSpec) -> Result<PgListener, String> {
             .map_err(|e| e.to_string())?;
         Ok(listener)
     };
-    tokio::time::timeout(CONNECT_TIMEOUT, attempt)
-        .await
-        .map_err(|_| format!("no answer within {CONNECT_TIMEOUT:?}"))?
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(Ok(listener)) => Ok(listener),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(why_no_answer(spec).await),
+    }
+}
+
+/// sqlx's pool retries a refused connection until its deadline and then says only that it
+/// timed out; one plain connect tells what is wrong.
+async fn why_no_answer(spec: &WakeSpec) -> String {
+    use sqlx::Connection;
+    let once = sqlx::postgres::PgConnection::connect(&spec.url);
+    match tokio::time::timeout(CONNECT_TIMEOUT, once).await {
+        Ok(Err(e)) => e.to_string(),
+        Ok(Ok(_)) | Err(_) => format!("no answer within {CONNECT_TIMEOUT:?}"),
+    }
 }
