@@ -19,6 +19,8 @@
 //!    - [`cell`]: one value read by an outbound query, and its one text in every payload.
 //!    - [`message`]: a received message (MQTT or AMQP) and its acknowledgement handle.
 //!    - [`dlq`]: dead letters and how operators see them.
+//!    - [`connection_string`]: ODBC connection-string attributes, and the PostgreSQL URL
+//!      an outbound route's `wake` derives from one.
 //!    - [`net`]: how a broker connection leaves the machine: which HTTP proxy it takes
 //!      (the broker's `proxy:` or the environment's `HTTPS_PROXY`…), the CONNECT tunnel,
 //!      the TLS client settings (trust, client certificate, server name, ALPN), and the
@@ -55,8 +57,9 @@
 //!    - [`destination`]: where an outbound route's rows and the dead-letter mirror's copies
 //!      go (a broker, a topic or an exchange and routing key, qos, retain).
 //!    - [`outbound`]: the outbound route loop: poll, publish, confirm, store the position,
-//!      with what each row becomes in `outbound/row.rs` and how far `visibility: snapshot`
-//!      lets it publish in `outbound/barrier.rs`; [`dedup`]: each published
+//!      with what each row becomes in `outbound/row.rs`, how far `visibility: snapshot`
+//!      lets it publish in `outbound/barrier.rs` and the PostgreSQL LISTEN that wakes it
+//!      in `outbound/wake.rs`; [`dedup`]: each published
 //!      message's deduplication key and content type.
 //!    - [`replay`]: dead letters through their routes again: the claim loop (`mod.rs`),
 //!      the routes it re-sends through (`engine`, `inbound`, `outbound`), each letter's
@@ -112,6 +115,7 @@ pub mod cell;
 pub mod cli;
 pub mod codec;
 pub mod config;
+pub mod connection_string;
 pub mod convert;
 pub mod db;
 pub mod dedup;

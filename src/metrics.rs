@@ -90,6 +90,7 @@ impl Metrics {
             published: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            wakes: AtomicU64::new(0),
             in_flight: AtomicI64::new(0),
             batch: Histogram::default(),
             broker_up: AtomicBool::new(false),
@@ -122,7 +123,7 @@ impl Metrics {
         let routes = self.routes();
         let mut out = String::with_capacity(4096);
         type Counter = fn(&RouteMetrics) -> &AtomicU64;
-        let counters: [(&str, &str, Option<Kind>, Counter); 6] = [
+        let counters: [(&str, &str, Option<Kind>, Counter); 7] = [
             (
                 "mqdb_messages_received_total",
                 "Messages taken from the broker (inbound).",
@@ -146,6 +147,12 @@ impl Metrics {
                 "Messages the broker confirmed (outbound).",
                 Some(Kind::Outbound),
                 |r| &r.published,
+            ),
+            (
+                "mqdb_outbound_wakes_total",
+                "Polls a PostgreSQL notification started before the interval was over (outbound `wake`).",
+                Some(Kind::Outbound),
+                |r| &r.wakes,
             ),
             (
                 "mqdb_dead_letters_total",
@@ -365,6 +372,8 @@ pub struct RouteMetrics {
     pub published: AtomicU64,
     pub dead_letters: AtomicU64,
     pub retries: AtomicU64,
+    /// Polls a PostgreSQL notification started before the interval was over (outbound).
+    pub wakes: AtomicU64,
     in_flight: AtomicI64,
     pub batch: Histogram,
     broker_up: AtomicBool,

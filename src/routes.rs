@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::config::{Config, CsvOptions, Format, Qos};
+use crate::config::{Config, CsvOptions, Format, Qos, Secret};
 use crate::db::describe::PollSpec;
 use crate::db::insert::TablePlan;
 use crate::db::worker::SinkTarget;
@@ -226,6 +226,16 @@ pub struct OutboundPlan {
     pub csv: CsvOptions,
     /// The line of `visibility: snapshot`, when the route holds its position back.
     pub snapshot_line: Option<u64>,
+    pub wake: Option<WakePlan>,
+}
+
+/// An outbound route's `wake`, as configured.
+#[derive(Debug, Clone)]
+pub struct WakePlan {
+    pub channel: String,
+    /// The LISTEN connection's URL; `None` derives it from the database.
+    pub url: Option<Secret>,
+    pub password_file: Option<String>,
 }
 
 /// Resolves every outbound route. The configuration was validated, so parsing succeeds.
@@ -266,6 +276,11 @@ pub fn outbound_plans(config: &Config) -> Result<Vec<OutboundPlan>, String> {
                     .as_ref()
                     .filter(|_| r.snapshot())
                     .map(|v| v.referenced.line()),
+                wake: r.wake.as_ref().map(|w| WakePlan {
+                    channel: w.value.listen.value.to_string(),
+                    url: w.value.url.as_ref().map(|u| u.value.clone()),
+                    password_file: w.value.password_file.as_ref().map(|f| f.to_string()),
+                }),
             })
         })
         .collect()

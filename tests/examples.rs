@@ -27,6 +27,7 @@ use tempfile::TempDir;
 const COVERED: &[&str] = &[
     "mqtt-json-postgres",
     "postgres-mqtt-alarms",
+    "postgres-on-change",
     "amqp-csv-mariadb",
     "outbox-after-publish",
     "tls-broker",
@@ -49,8 +50,9 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-/// Runs the statements of `examples/STEM.sql` (`--` comments removed, split on `;`) on `db`,
-/// with each (from, to) of `renames` applied to their text.
+/// Runs the statements of `examples/STEM.sql` (`--` comments removed, split on `;` outside
+/// `$$` quotes, which hold function bodies) on `db`, with each (from, to) of `renames`
+/// applied to their text.
 fn create_tables(db: &Db, stem: &str, renames: &[(&str, &str)]) {
     let text = read(&examples_dir().join(format!("{stem}.sql")));
     let mut code = String::new();
@@ -58,12 +60,28 @@ fn create_tables(db: &Db, stem: &str, renames: &[(&str, &str)]) {
         code += line.split("--").next().unwrap_or("");
         code += "\n";
     }
-    let statements = code.split(';').map(str::trim).filter(|s| !s.is_empty());
-    let statements: Vec<&str> = statements.collect();
+    let statements = statements(&code);
     assert!(!statements.is_empty(), "{stem}.sql has no statement");
     for sql in statements {
         db.exec(&renamed(sql.to_owned(), renames));
     }
+}
+
+/// `code` split on each `;` that no `$$ … $$` encloses, trimmed, empty ones left out.
+fn statements(code: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut start, mut quoted) = (0, false);
+    for (i, _) in code.match_indices(['$', ';']) {
+        if code[i..].starts_with("$$") && !code[..i].ends_with('$') {
+            quoted = !quoted;
+        } else if !quoted && code[i..].starts_with(';') {
+            out.push(code[start..i].trim());
+            start = i + 1;
+        }
+    }
+    out.push(code[start..].trim());
+    out.retain(|s| !s.is_empty());
+    out
 }
 
 fn renamed(text: String, renames: &[(&str, &str)]) -> String {
@@ -200,6 +218,59 @@ common::cases! {
     // postgres-mqtt-alarms: PostgreSQL → MQTT with `track: id` and `after_publish`.
     the_alarms_example_passes_check:
         example_passes_check(&Db::Postgres, "postgres-mqtt-alarms", &[], &["outbound alarms"]);
+}
+
+#[test]
+fn sql_files_split_on_semicolons_outside_dollar_quotes() {
+    let code = "CREATE TABLE t (a int);\nCREATE FUNCTION f() AS $$ BEGIN x; y; END $$;\n;";
+    assert_eq!(
+        statements(code),
+        [
+            "CREATE TABLE t (a int)",
+            "CREATE FUNCTION f() AS $$ BEGIN x; y; END $$"
+        ]
+    );
+}
+
+/// postgres-on-change: passes `check`, and run, an order is published as soon as it is
+/// inserted: the trigger's notification wakes the route long before its one-minute interval.
+#[test]
+fn the_on_change_example_passes_check_and_publishes_on_insert() {
+    let stem = "postgres-on-change";
+    let dir = example_passes_check(&Db::Postgres, stem, &[], &["outbound orders"]);
+
+    // A private table, channel and topic, so no other bridge polls or listens on them.
+    let t = unique("mqdb_example_new_orders");
+    let _table = TempTable {
+        db: Db::Postgres,
+        name: t.clone(),
+    };
+    let topic = unique("orders");
+    let topic_line = format!("topic: {topic}/{{customer}}");
+    let renames = [
+        ("mqdb_example_new_orders", t.as_str()),
+        ("topic: orders/{customer}", topic_line.as_str()),
+    ];
+    create_tables(&Db::Postgres, stem, &renames);
+    let config = private_copy(stem, dir.path(), &renames);
+    let subscriber = Subscriber::connect(1883, &format!("{topic}/#"), 1);
+    let mut bridge = Bridge::start(&config);
+    bridge.wait_for_log("wake listener connected", LIVENESS);
+    // The first poll at start and the one after connecting have run on an empty table.
+    bridge.wait_for_log("outbound route started", LIVENESS);
+
+    Db::Postgres.exec(&format!(
+        "INSERT INTO {t} (customer, total) VALUES ('acme', 12.50)"
+    ));
+    let got = subscriber.wait_for(1, LIVENESS);
+    terminate_ok(&mut bridge);
+
+    assert_eq!(got[0].topic, format!("{topic}/acme"));
+    let body = json(&got[0].payload);
+    assert_eq!(body["customer"], "acme", "{body}");
+    assert_eq!(body["total"].as_f64(), Some(12.5), "{body}");
+    let unsent = format!("SELECT COUNT(*) FROM {t} WHERE sent_at IS NULL");
+    assert_eq!(common::try_scalar(&Db::Postgres, &unsent), Some(0));
 }
 
 /// amqp-csv-mariadb: passes `check` against the local RabbitMQ and MariaDB once its table

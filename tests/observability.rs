@@ -454,6 +454,8 @@ fn metrics_and_health_report_exactly_what_the_routes_did() {
         ("mqdb_retries_total", 0),
         ("mqdb_in_flight", 0),
         ("mqdb_outbound_lag_seconds", 0),
+        // No `wake`: every poll was the timer's.
+        ("mqdb_outbound_wakes_total", 0),
     ];
     assert_series(&s, "alerts", "outbound", &want);
     // Every round with rows counts once.

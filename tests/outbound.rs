@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use common::{
     AmqpMessage, Bridge, Config, Db, LIVENESS, Rabbit, Ran, Received, Route, Subscriber,
-    Subscriber5, TcpProxy, TempTable, World, dlq_list, mqdb_at, temp_sqlite, terminate_ok,
+    Subscriber5, TcpProxy, TempTable, World, dlq_list, line_of, mqdb_at, temp_sqlite, terminate_ok,
     text_rows, try_scalar, unique, wait_for,
 };
 use serde_json::{Map, Value as Json, json};
@@ -1668,4 +1668,125 @@ fn an_mqtt5_broker_refusing_a_publish_makes_a_dead_letter_at_qos_1_and_2() {
     }
     let want = ["acl1", "acl2"].map(|r| json!({ "id": 2, "route": r, "error_kind": "nacked" }));
     assert_eq!(picked(&letters, &["route", "error_kind"]), want);
+}
+
+/// A trigger on `table` that notifies `channel` after every INSERT statement, and the
+/// function it calls (dropped with the guard; the trigger goes with the table).
+struct NotifyOnInsert {
+    function: String,
+}
+
+impl NotifyOnInsert {
+    fn create(table: &str, channel: &str) -> NotifyOnInsert {
+        let function = format!("{table}_notify");
+        Db::Postgres.exec(&format!(
+            "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS \
+             'BEGIN PERFORM pg_notify(TG_ARGV[0], ''''); RETURN NULL; END'"
+        ));
+        Db::Postgres.exec(&format!(
+            "CREATE TRIGGER {table}_inserted AFTER INSERT ON {table} \
+             FOR EACH STATEMENT EXECUTE FUNCTION {function}('{channel}')"
+        ));
+        NotifyOnInsert { function }
+    }
+}
+
+impl Drop for NotifyOnInsert {
+    fn drop(&mut self) {
+        let drop = format!("DROP FUNCTION IF EXISTS {} CASCADE", self.function);
+        let _ = Db::Postgres.try_exec(&drop);
+    }
+}
+
+#[test]
+fn wake_publishes_an_inserted_row_at_once_and_survives_a_lost_listener() {
+    // A table whose inserts notify a channel, and a route polling it only every hour but
+    // woken by that channel
+    let table = TempTable::create(&Db::Postgres, "out_wake", "id INTEGER PRIMARY KEY, v TEXT");
+    let t = &table.name;
+    let channel = unique("wake");
+    let _trigger = NotifyOnInsert::create(t, &channel);
+    let topic = unique("wake");
+    let route = to_topic("woken", &after_id("id, v", t), &topic)
+        .interval("1h")
+        .set("wake", json!({ "listen": channel }));
+    let world = World::new("outbound");
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let with_http = world.config_cs(&Db::Postgres.connection_string());
+    let config = write(with_http.set("http", json!({ "listen": addr })), &[route]);
+    let sub = world.subscribe(&topic);
+    let mut run = Run::new(world, config, sub);
+    run.bridge.wait_for_log("wake listener connected", LIVENESS);
+
+    // When a row is inserted, it is published: the hour is not over, so the notification
+    // did it
+    Db::Postgres.exec(&format!("INSERT INTO {t} VALUES (1, 'a')"));
+    run.wait(1);
+    assert_eq!(run.ids(), [1]);
+
+    // When the listening connection is terminated from SQL, mqdb says it polls on its timer,
+    // reconnects, and a row inserted afterwards is woken again
+    let listening = format!(
+        "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE query = 'LISTEN \"{channel}\"'"
+    );
+    assert_eq!(try_scalar(&Db::Postgres, &listening), Some(1));
+    run.bridge.wait_for_log("wake listener lost", LIVENESS);
+    run.bridge
+        .wait_for_log("wake listener connected again", LIVENESS);
+    Db::Postgres.exec(&format!("INSERT INTO {t} VALUES (2, 'b')"));
+    run.wait(2);
+    assert_eq!(run.ids(), [1, 2]);
+    let log = run.bridge.log();
+    assert_eq!(log.matches("wake listener lost").count(), 1, "{log}");
+
+    // And the woken polls are counted: at least one per inserted row
+    let (status, metrics) = common::http::get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    let series = "mqdb_outbound_wakes_total{route=\"woken\",direction=\"outbound\"} ";
+    let wakes: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series}in:\n{metrics}"));
+    assert!(wakes >= 2.0, "{wakes} woken polls");
+    run.finish();
+}
+
+#[test]
+fn wake_on_a_mariadb_route_is_refused_by_check_with_its_line() {
+    // A route with wake on a MariaDB database
+    let world = World::new("outbound");
+    let route = to_topic("maria_wake", &after_id("id", "t"), "x")
+        .set("wake", json!({ "listen": "rows_changed" }));
+    let path = config(&world, &Db::MariaDb.connection_string(), &[route]);
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let located = format!("{}:{}:", path.display(), line_of(&yaml, "rows_changed"));
+
+    // check refuses it (exit 2), naming the file and line, and why
+    check(&path)
+        .code(2)
+        .stderr_has(&[&located, "PostgreSQL", "MariaDB", "remove wake"]);
+}
+
+#[test]
+fn check_listens_once_for_each_route_with_wake() {
+    // A route whose wake reaches the database, and one whose wake.url names a closed port
+    let world = World::new("outbound");
+    let table = TempTable::create(&Db::Postgres, "out_chk_wake", "id INTEGER PRIMARY KEY");
+    let query = after_id("id", &table.name);
+    let closed = format!("postgres://root@127.0.0.1:{}/test", common::free_port());
+    let routes = [
+        to_topic("listens", &query, &unique("chk")).set("wake", json!({ "listen": "chk_wake" })),
+        to_topic("deaf", &query, &unique("chk"))
+            .set("wake", json!({ "listen": "chk_wake", "url": closed })),
+    ];
+
+    // check passes the first and fails the second, saying that it cannot LISTEN and why
+    let ran = check(&config(&world, &Db::Postgres.connection_string(), &routes));
+    ran.code(1).route_is("outbound listens", "ok", &[]);
+    ran.fails(
+        "outbound deaf",
+        &["wake: cannot LISTEN on chk_wake", "refused"],
+    );
 }

@@ -18,7 +18,9 @@
 //! 8. mqdb's memory per byte: large JSON and CSV messages against the bytes it may hold in
 //!    flight, and how much it gives back after the load;
 //! 9. scale-out: one shared MQTT subscription run by one, two and three instances on a
-//!    PostgreSQL state store, and an outbound route's failover time after a SIGKILL.
+//!    PostgreSQL state store, and an outbound route's failover time after a SIGKILL;
+//! 10. outbound latency from an INSERT's commit to the subscriber, polling every 5 s with
+//!     and without `wake` (PostgreSQL LISTEN/NOTIFY).
 //!
 //! Each mqdb run is measured between two runs of the ceiling it is compared with (the
 //! machine and the services drift within a run), and reports how busy the machine was.
@@ -27,7 +29,8 @@
 //! batches), `MQDB_BENCH_OUTAGE` (seconds, default 30), `MQDB_BENCH_SETTLE` (seconds after a memory
 //! load before its RSS is read again, default 60), `MQDB_BENCH_ONLY` (a comma list of
 //! sections: broker, ceilings, inbound (or one of mqtt-postgres, mqtt-mariadb,
-//! amqp-postgres, mqtt-wss-postgres), outbound, pipeline, replay, outage, memory, scale-out).
+//! amqp-postgres, mqtt-wss-postgres), outbound, pipeline, replay, outage, memory, scale-out,
+//! wake).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -44,6 +47,7 @@ mod replay;
 mod report;
 mod running;
 mod scale;
+mod wake;
 mod wss;
 
 use std::time::Duration;
@@ -281,6 +285,23 @@ fn main() {
             "outbound failover after SIGKILL of the holder (lease 10 s, interval 1 s): the next row published {:.1} s later",
             took.as_secs_f64()
         ));
+    }
+    if wanted("wake") {
+        println!(
+            "outbound latency, INSERT commit → subscriber, {} inserts 10–100 ms apart per route:",
+            wake::ROWS
+        );
+        for l in wake::run(&broker) {
+            let max = *l.sorted.last().expect("rows");
+            let path = format!("mqdb PostgreSQL → MQTT, {}", l.label);
+            report.latency(
+                &path,
+                l.sorted.len(),
+                l.quantile(0.5),
+                l.quantile(0.99),
+                max,
+            );
+        }
     }
     if wanted("memory") {
         println!("memory per byte (MQTT → PostgreSQL unless named, a fresh mqdb per case):");

@@ -172,6 +172,8 @@ pub struct Report {
     pub notes: Vec<String>,
     /// Memory per byte: each case, and how long after its load the RSS was read again.
     pub memory: Vec<(MemoryCase, Duration)>,
+    /// Latencies: the path, how many rows, and p50, p99 and the maximum.
+    pub latency: Vec<(String, usize, [Duration; 3])>,
 }
 
 impl Report {
@@ -224,6 +226,18 @@ impl Report {
             settle.as_secs()
         );
         self.memory.push((case, settle));
+    }
+
+    pub fn latency(
+        &mut self,
+        path: &str,
+        rows: usize,
+        p50: Duration,
+        p99: Duration,
+        max: Duration,
+    ) {
+        println!("  {path}: p50 {p50:.1?}, p99 {p99:.1?}, max {max:.1?} over {rows} rows");
+        self.latency.push((path.to_string(), rows, [p50, p99, max]));
     }
 
     pub fn note(&mut self, note: String) {
@@ -290,6 +304,20 @@ impl Report {
                     c.settled_kb as f64 / 1024.0,
                     settle.as_secs(),
                     if c.met() { "met" } else { "not met" }
+                );
+            }
+        }
+        if !self.latency.is_empty() {
+            println!();
+            println!("| latency, INSERT commit → subscriber | rows | p50 | p99 | max |");
+            println!("|---|---:|---:|---:|---:|");
+            let ms = |d: &Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
+            for (path, rows, [p50, p99, max]) in &self.latency {
+                println!(
+                    "| {path} | {rows} | {} | {} | {} |",
+                    ms(p50),
+                    ms(p99),
+                    ms(max)
                 );
             }
         }

@@ -86,7 +86,10 @@ pub async fn check(config: Config) -> Result<(), AppError> {
                 .and_then(|r| r);
                 match db {
                     Err(e) => Some(format!("database {}: {e}", plan.database)),
-                    Ok(()) => exchange_problem(&plan.destination, &amqp).await,
+                    Ok(()) => match wake_problem(plan, &dbs).await {
+                        Some(p) => Some(p),
+                        None => exchange_problem(&plan.destination, &amqp).await,
+                    },
                 }
             }
         };
@@ -146,6 +149,22 @@ fn check_verdict(failed_routes: usize, routes: usize, others: &[String]) -> Opti
 }
 
 /// How the queue stands, as a note for the `check` line; `run` declares a missing one.
+/// Why the route's `wake` cannot LISTEN, if it has one and cannot.
+async fn wake_problem(
+    plan: &crate::routes::OutboundPlan,
+    dbs: &std::collections::BTreeMap<String, crate::db::DbSpec>,
+) -> Option<String> {
+    let wake = plan.wake.as_ref()?;
+    let spec = match super::wiring::wake_spec(&plan.name, wake, &dbs[&plan.database]) {
+        Ok(spec) => spec,
+        Err(e) => return Some(e.to_string()),
+    };
+    crate::outbound::wake::probe(&spec)
+        .await
+        .err()
+        .map(|e| format!("wake: cannot LISTEN on {}: {e}", wake.channel))
+}
+
 async fn check_queue(settings: &AmqpSettings, queue: &str) -> Result<String, String> {
     let conn = settings.connect().await?;
     let depth = crate::broker::amqp_source::queue_depth(&conn, queue).await;

@@ -18,7 +18,8 @@ use crate::destination::Destination;
 use crate::lease::Leases;
 use crate::metrics::Kind;
 use crate::outbound::OutboundRoute;
-use crate::routes::OutboundPlan;
+use crate::outbound::wake::WakeSpec;
+use crate::routes::{OutboundPlan, WakePlan};
 
 pub use crate::error::AppError;
 
@@ -78,6 +79,11 @@ pub(super) fn outbound_route(
     leases: &Leases,
     misconfigured: &mpsc::UnboundedSender<String>,
 ) -> Result<OutboundRoute, AppError> {
+    let wake = plan
+        .wake
+        .as_ref()
+        .map(|w| wake_spec(&plan.name, w, &dbs[&plan.database]))
+        .transpose()?;
     let poller = Poller::start(dbs[&plan.database].clone(), plan.poll.clone())
         .map_err(|e| AppError::Runtime(e.to_string()))?;
     let publisher = publisher(&plan.destination, &plan.name, brokers, amqp)?;
@@ -103,6 +109,34 @@ pub(super) fn outbound_route(
         after_publish: plan.poll.after_publish.is_some(),
         misconfigured: misconfigured.clone(),
         snapshot_line: plan.snapshot_line,
+        wake,
+    })
+}
+
+/// The LISTEN connection of a route's `wake`: its own URL, else one derived from the
+/// database's connection string; `password_file` sets the password in either.
+pub(super) fn wake_spec(route: &str, wake: &WakePlan, db: &DbSpec) -> Result<WakeSpec, AppError> {
+    let problem = |e: String| AppError::Usage(format!("route {route}: wake: {e}"));
+    let url = match &wake.url {
+        Some(url) => url.expose().to_string(),
+        None => db.postgres_url().map_err(problem)?,
+    };
+    let url = match &wake.password_file {
+        Some(file) => {
+            let password = crate::config::password(
+                &format!("route {route}: wake"),
+                &None,
+                &Some(crate::config::EnvString(file.clone())),
+            )
+            .map_err(AppError::Usage)?
+            .unwrap_or_default();
+            crate::connection_string::with_password(&url, &password).map_err(problem)?
+        }
+        None => url,
+    };
+    Ok(WakeSpec {
+        channel: wake.channel.clone(),
+        url,
     })
 }
 

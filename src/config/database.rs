@@ -52,6 +52,25 @@ pub fn default_query_timeout() -> Duration {
     Duration::from_secs(60)
 }
 
+impl Database {
+    /// The dialect as far as the configuration tells without connecting: the forced one,
+    /// else the family of the `Driver` named; `None` when only the driver can tell (a DSN,
+    /// a driver of no known family).
+    pub fn known_dialect(&self) -> Option<DialectChoice> {
+        match self.dialect {
+            DialectChoice::Auto => {
+                let cs = self.connection_string.as_ref()?;
+                crate::connection_string::attributes(cs.expose())
+                    .into_iter()
+                    .find(|(k, _, _)| k.trim().eq_ignore_ascii_case("Driver"))
+                    .map(|(_, _, driver)| DialectChoice::from_name(&driver))
+                    .filter(|d| *d != DialectChoice::Generic)
+            }
+            forced => Some(forced),
+        }
+    }
+}
+
 /// Which SQL mqdb writes for a database.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -64,4 +83,20 @@ pub enum DialectChoice {
     Sqlite,
     /// Standard SQL only: no bulk statement, `MERGE` for upserts.
     Generic,
+}
+
+impl DialectChoice {
+    /// The family a DBMS or driver name belongs to; `Generic` for any other.
+    pub fn from_name(name: &str) -> DialectChoice {
+        let n = name.to_ascii_lowercase();
+        if n.contains("postgres") {
+            DialectChoice::Postgres
+        } else if n.contains("mysql") || n.contains("mariadb") {
+            DialectChoice::Mysql
+        } else if n.contains("sqlite") {
+            DialectChoice::Sqlite
+        } else {
+            DialectChoice::Generic
+        }
+    }
 }

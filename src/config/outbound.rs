@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::duration;
-use super::env::EnvString;
+use super::env::{EnvString, Secret};
 use super::values::{CsvOptions, Format, OneOrMany, Qos, default_qos};
 
 /// Where messages go: a broker, an MQTT topic or an AMQP exchange and routing key (each a
@@ -69,6 +69,8 @@ pub struct Outbound {
     /// Which committed rows a poll may publish: `snapshot` (PostgreSQL) holds the position
     /// back until no transaction that could still add a row behind it is running.
     pub visibility: Option<Spanned<Visibility>>,
+    /// PostgreSQL: poll as soon as a notification arrives on a channel.
+    pub wake: Option<Spanned<Wake>>,
 }
 
 impl Outbound {
@@ -92,6 +94,22 @@ pub enum Visibility {
     /// PostgreSQL: publish only rows below a limit that no running transaction can still
     /// add to, so no row committed out of order is skipped.
     Snapshot,
+}
+
+/// `wake:` — LISTEN on a PostgreSQL channel and poll on every notification, besides every
+/// `interval`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wake {
+    /// The channel to LISTEN on (letters, digits and `_`, at most 63 bytes).
+    pub listen: Spanned<EnvString>,
+    /// PostgreSQL URL of the LISTEN connection; by default derived from the route's
+    /// database connection string.
+    #[serde(default)]
+    pub url: Option<Spanned<Secret>>,
+    /// File holding the password of the LISTEN connection; trailing newlines are removed.
+    #[serde(default)]
+    pub password_file: Option<EnvString>,
 }
 
 impl<'de> Deserialize<'de> for Outbound {
@@ -119,6 +137,7 @@ impl<'de> Deserialize<'de> for Outbound {
             csv: b.csv,
             after_publish: b.after_publish,
             visibility: b.visibility,
+            wake: b.wake,
         })
     }
 }
@@ -164,6 +183,7 @@ struct Block {
     after_publish: Option<Spanned<EnvString>>,
     #[serde(default)]
     visibility: Option<Spanned<Visibility>>,
+    wake: Option<Spanned<Wake>>,
 }
 
 pub fn default_interval() -> Duration {

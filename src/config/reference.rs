@@ -114,6 +114,7 @@ fn the_probe_finds_nested_blocks() {
     assert!(has("brokers.NAME.tls", "ca_file"), "{keys:?}");
     assert!(has("dead_letter.publish", "routing_key"), "{keys:?}");
     assert!(has("http", "listen"), "{keys:?}");
+    assert!(has("outbound[].wake", "password_file"), "{keys:?}");
     assert!(keys.len() > 60, "only {} keys found", keys.len());
 }
 

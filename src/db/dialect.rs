@@ -15,16 +15,7 @@ pub enum Dialect {
 
 impl Dialect {
     pub fn from_dbms_name(name: &str) -> Dialect {
-        let n = name.to_ascii_lowercase();
-        if n.contains("postgres") {
-            Dialect::Postgres
-        } else if n.contains("mysql") || n.contains("mariadb") {
-            Dialect::MySql
-        } else if n.contains("sqlite") {
-            Dialect::Sqlite
-        } else {
-            Dialect::Generic
-        }
+        Dialect::from_choice(DialectChoice::from_name(name)).unwrap_or(Dialect::Generic)
     }
 
     /// The dialect a configuration forces; `None` for `auto`.

@@ -27,6 +27,8 @@ use crate::config::{self, Database};
 use crate::error::DbError;
 use dialect::Dialect;
 
+pub(crate) use crate::connection_string::attributes;
+
 /// The process-wide ODBC environment.
 pub fn environment() -> Result<&'static Environment, DbError> {
     static ENV: OnceLock<Environment> = OnceLock::new();
@@ -172,6 +174,11 @@ impl DbSpec {
         spec
     }
 
+    /// A PostgreSQL URL reaching the same database as the same user, for sqlx.
+    pub fn postgres_url(&self) -> Result<String, String> {
+        crate::connection_string::postgres_url(&self.connection_string)
+    }
+
     /// Where the database is (`host:port`, or the DSN), for messages.
     pub fn endpoint(&self) -> String {
         timeouts::endpoint(&self.connection_string)
@@ -246,45 +253,6 @@ fn redacted(mut error: DbError, connection_string: &str) -> DbError {
             .replace(connection_string, "<connection string>");
     }
     error
-}
-
-/// The `key=value` attributes of a connection string: each key, its value as written, and
-/// its value (without braces, a doubled `}` single), by the ODBC grammar where a braced
-/// value may hold `;`.
-pub(crate) fn attributes(connection_string: &str) -> Vec<(&str, &str, String)> {
-    let mut out = Vec::new();
-    let mut rest = connection_string;
-    while let Some((key, after)) = rest.split_once('=') {
-        let (raw, value, next) = match after.strip_prefix('{') {
-            Some(body) => {
-                let mut end = None;
-                let mut i = 0;
-                let bytes = body.as_bytes();
-                while i < bytes.len() {
-                    if bytes[i] == b'}' {
-                        if bytes.get(i + 1) == Some(&b'}') {
-                            i += 2;
-                            continue;
-                        }
-                        end = Some(i);
-                        break;
-                    }
-                    i += 1;
-                }
-                let end = end.unwrap_or(body.len());
-                let raw = &after[..(end + 2).min(after.len())];
-                let next = after[raw.len()..].trim_start_matches(';');
-                (raw, body[..end].replace("}}", "}"), next)
-            }
-            None => {
-                let (raw, next) = after.split_once(';').unwrap_or((after, ""));
-                (raw, raw.to_string(), next)
-            }
-        };
-        out.push((key.trim_start_matches(';'), raw, value));
-        rest = next;
-    }
-    out
 }
 
 #[cfg(test)]

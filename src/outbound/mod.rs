@@ -2,7 +2,8 @@
 //! and advance the position only past rows the broker confirmed (or that became dead
 //! letters), in order. `after_publish` runs for those rows before the position moves.
 //! Only the holder of the route's lease polls and publishes; every position it stores is
-//! fenced by the lease.
+//! fenced by the lease. With `wake`, a PostgreSQL notification starts the next poll early
+//! ([`wake`]); only the lease holder listens.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +27,11 @@ use crate::state::{Fence, State, StateError};
 
 pub mod barrier;
 mod row;
+pub mod wake;
 
 use barrier::Gate;
 use row::{column_text, next_position, older_than, payload, track_values, unpublishable};
+use wake::{WakeSpec, Waker};
 
 pub struct OutboundRoute {
     pub name: String,
@@ -54,6 +57,8 @@ pub struct OutboundRoute {
     /// The line of `visibility: snapshot`, when the route holds its position back behind
     /// running transactions ([`barrier`]).
     pub snapshot_line: Option<u64>,
+    /// The PostgreSQL channel whose notifications start a poll at once.
+    pub wake: Option<WakeSpec>,
 }
 
 /// Why a poll failed: a misconfigured route stops, one that lost its lease stands by, any
@@ -130,6 +135,10 @@ impl OutboundRoute {
         if let Err(e) = self.publisher.connect().await {
             warn!(route = %self.name, broker = %self.broker, error = %e, "publisher cannot connect yet; retrying with the first rows");
         }
+        let waker = self
+            .wake
+            .clone()
+            .map(|spec| Waker::start(spec, self.name.clone()));
         let mut backoff = Backoff::new();
         let mut ahead = None;
         // Empty at every start: the first poll only sets a barrier.
@@ -154,9 +163,18 @@ impl OutboundRoute {
                 .await;
             self.metrics.set_broker_up(self.publisher.is_connected());
             let pause = match result {
-                Ok(more) => {
+                Ok(true) => {
                     backoff.reset();
-                    if more { Duration::ZERO } else { self.interval }
+                    Duration::ZERO
+                }
+                Ok(false) => {
+                    backoff.reset();
+                    match wait_or_wake(self.interval, waker.as_ref(), stop).await {
+                        Waited::Stopped => return true,
+                        Waited::Woken => RouteMetrics::add(&self.metrics.wakes, 1),
+                        Waited::Elapsed => {}
+                    }
+                    Duration::ZERO
                 }
                 Err(Failed::Misconfigured(message)) => {
                     let _ = self.misconfigured.send(message);
@@ -532,13 +550,81 @@ struct ReadAhead {
     polled: Polled,
 }
 
+/// How a wait for the next poll ended.
+enum Waited {
+    Elapsed,
+    Woken,
+    Stopped,
+}
+
+/// Waits out `interval`, or less when `waker` is notified first.
+async fn wait_or_wake(
+    interval: Duration,
+    waker: Option<&Waker>,
+    stop: &mut watch::Receiver<bool>,
+) -> Waited {
+    let Some(waker) = waker else {
+        return match sleep_or_stop(interval, stop).await {
+            true => Waited::Stopped,
+            false => Waited::Elapsed,
+        };
+    };
+    tokio::select! {
+        stopped = sleep_or_stop(interval, stop) => if stopped { Waited::Stopped } else { Waited::Elapsed },
+        _ = waker.notified() => if *stop.borrow() { Waited::Stopped } else { Waited::Woken },
+    }
+}
+
 /// Sleeps; true if shutdown came first.
 async fn sleep_or_stop(pause: Duration, stop: &mut watch::Receiver<bool>) -> bool {
-    if pause.is_zero() {
+    // `changed` only sees a stop it has not seen yet.
+    if pause.is_zero() || *stop.borrow() {
         return *stop.borrow();
     }
     tokio::select! {
         _ = tokio::time::sleep(pause) => *stop.borrow(),
         changed = stop.changed() => changed.is_err() || *stop.borrow(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn notifications_during_a_poll_cause_one_more_poll_not_one_each() {
+        let (waker, notify) = Waker::by_hand();
+        let (_stop_tx, mut stop) = watch::channel(false);
+        let hour = Duration::from_secs(3600);
+        // Three notifications while the route was busy polling
+        for _ in 0..3 {
+            notify.notify_one();
+        }
+        // The next wait ends at once, and the one after waits out its interval
+        assert!(matches!(
+            wait_or_wake(hour, Some(&waker), &mut stop).await,
+            Waited::Woken
+        ));
+        let short = Duration::from_millis(50);
+        assert!(matches!(
+            wait_or_wake(short, Some(&waker), &mut stop).await,
+            Waited::Elapsed
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_stop_ends_the_wait_whether_or_not_a_waker_is_there() {
+        let (waker, _notify) = Waker::by_hand();
+        let (stop_tx, mut stop) = watch::channel(false);
+        stop_tx.send(true).unwrap();
+        let hour = Duration::from_secs(3600);
+        assert!(matches!(
+            wait_or_wake(hour, Some(&waker), &mut stop).await,
+            Waited::Stopped
+        ));
+        assert!(matches!(
+            wait_or_wake(hour, None, &mut stop).await,
+            Waited::Stopped
+        ));
     }
 }

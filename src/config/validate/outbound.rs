@@ -8,9 +8,10 @@ use serde_saphyr::{Location, Spanned};
 
 use super::super::{
     BrokerKind, Config, ConfigError, Database, Destination, DialectChoice, EnvString, Outbound,
-    Visibility,
+    Visibility, Wake,
 };
 use super::names::{exists, references};
+use crate::connection_string::{has_password, postgres_url, with_password};
 use crate::template::Template;
 
 pub(super) fn check_outbound(
@@ -115,6 +116,9 @@ pub(super) fn check_outbound(
             format!("route {name}: csv delimiter and quote must differ"),
         ));
     }
+    if let Some(wake) = &r.wake {
+        check_wake(path, config, r, wake)?;
+    }
     Ok(())
 }
 
@@ -122,22 +126,112 @@ pub(super) fn check_outbound(
 /// PostgreSQL: from a forced `dialect:`, or the driver its connection string names. A DSN
 /// or an unknown driver is found out when the route connects.
 fn not_postgres(d: &Database) -> Option<&'static str> {
-    let named = |family: &'static str| -> Option<&'static str> {
-        let text = d.connection_string.as_ref()?.expose().to_ascii_lowercase();
-        let driver = text.split(';').find_map(|part| {
-            let (key, value) = part.split_once('=')?;
-            (key.trim() == "driver").then(|| value.to_string())
-        })?;
-        driver.contains(family).then_some(family)
-    };
-    match d.dialect {
-        DialectChoice::Postgres => None,
-        DialectChoice::Mysql => Some("MySQL/MariaDB"),
-        DialectChoice::Sqlite => Some("SQLite"),
-        DialectChoice::Generic => Some("a generic ODBC database"),
-        DialectChoice::Auto => named("mariadb")
-            .or_else(|| named("mysql"))
-            .or_else(|| named("sqlite")),
+    d.known_dialect()
+        .filter(|k| *k != DialectChoice::Postgres)
+        .map(dialect_name)
+}
+
+/// `wake`: a channel PostgreSQL accepts, on a database known to be PostgreSQL, and a URL
+/// for the LISTEN connection (given, or derived from the connection string).
+fn check_wake(
+    path: &Path,
+    config: &Config,
+    r: &Outbound,
+    wake: &Spanned<Wake>,
+) -> Result<(), ConfigError> {
+    let err = |at: &Location, msg: String| ConfigError::at(path, at, msg);
+    let name = &r.name.value;
+    let w = &wake.value;
+    if let Err(why) = channel_problem(&w.listen.value) {
+        return Err(err(
+            &w.listen.referenced,
+            format!("route {name}: wake.listen `{}` {why}", w.listen.value),
+        ));
+    }
+    let db_name = r.database.value.as_str();
+    let db = &config.databases[db_name].value;
+    match (db.known_dialect(), &w.url) {
+        (Some(DialectChoice::Postgres), _) | (None, Some(_)) => {}
+        (Some(other), _) => {
+            return Err(err(
+                &wake.referenced,
+                format!(
+                    "route {name}: wake listens for PostgreSQL notifications, but database {db_name} is {}; \
+                     remove wake (the route still polls every interval)",
+                    dialect_name(other)
+                ),
+            ));
+        }
+        (None, None) => {
+            return Err(err(
+                &wake.referenced,
+                format!(
+                    "route {name}: wake needs PostgreSQL, and the configuration does not tell that \
+                     database {db_name} is: set `dialect: postgres` on it, or wake.url"
+                ),
+            ));
+        }
+    }
+    match &w.url {
+        Some(url) => {
+            let text = url.value.expose();
+            if !(text.starts_with("postgres://") || text.starts_with("postgresql://")) {
+                return Err(err(
+                    &url.referenced,
+                    format!("route {name}: wake.url must start with postgres:// or postgresql://"),
+                ));
+            }
+            if w.password_file.is_some() {
+                let problem = if has_password(text) {
+                    Some("wake.url has a password and password_file is set: keep one".to_string())
+                } else {
+                    with_password(text, "x").err()
+                };
+                if let Some(problem) = problem {
+                    return Err(err(&url.referenced, format!("route {name}: {problem}")));
+                }
+            }
+        }
+        None => {
+            let derived = match &db.connection_string {
+                Some(cs) => postgres_url(cs.expose()).map(drop),
+                None => Err("a DSN names no host for the LISTEN connection: set wake.url".into()),
+            };
+            if let Err(why) = derived {
+                return Err(err(&wake.referenced, format!("route {name}: wake: {why}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why `channel` is not a plain PostgreSQL identifier, if it is not.
+fn channel_problem(channel: &str) -> Result<(), &'static str> {
+    if channel.is_empty() {
+        return Err("is empty");
+    }
+    if channel.len() > 63 {
+        return Err("is longer than 63 bytes, PostgreSQL's limit for a name");
+    }
+    if !channel
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err("may hold only letters, digits and `_`");
+    }
+    if channel.as_bytes()[0].is_ascii_digit() {
+        return Err("must not start with a digit");
+    }
+    Ok(())
+}
+
+fn dialect_name(d: DialectChoice) -> &'static str {
+    match d {
+        DialectChoice::Postgres => "PostgreSQL",
+        DialectChoice::Mysql => "MySQL/MariaDB",
+        DialectChoice::Sqlite => "SQLite",
+        DialectChoice::Generic => "a generic ODBC database",
+        DialectChoice::Auto => "not PostgreSQL",
     }
 }
 
@@ -252,6 +346,19 @@ mod tests {
             .map(|e| e.to_string())
     }
 
+    /// The error for an outbound route with `wake` on a database, or `None` if accepted.
+    fn wake_error(database: &str, wake: &str) -> Option<String> {
+        let text = format!(
+            "brokers:\n  b:\n    url: mqtt://127.0.0.1:1883\ndatabases:\n  d:\n{database}\
+             outbound:\n  - name: r\n    broker: b\n    topic: t\n    database: d\n    query: SELECT 1\n\
+             {wake}"
+        );
+        let path = Path::new("c.yaml");
+        check(path, &parse(path, &text).expect("parses"))
+            .err()
+            .map(|e| e.to_string())
+    }
+
     const TRACKED: &str =
         "    query: SELECT id FROM t WHERE id > ? ORDER BY id\n    track: id\n    start: 0\n";
     const PG: &str = "{ connection_string: \"Driver={PostgreSQL Unicode};Server=h\" }";
@@ -299,5 +406,85 @@ mod tests {
         );
         let e = parse(Path::new("c.yaml"), &text).unwrap_err().to_string();
         assert!(e.starts_with("c.yaml:9:") && e.contains("snapshot"), "{e}");
+    }
+
+    const WAKE_PG: &str =
+        "    connection_string: Driver={PostgreSQL Unicode};Server=h;Database=d;UID=u;PWD=p\n";
+
+    #[test]
+    fn wake_on_postgres_is_accepted_and_elsewhere_refused_with_its_line() {
+        assert_eq!(wake_error(WAKE_PG, "    wake: { listen: rows_changed }\n"), None);
+        let maria = "    connection_string: Driver={MariaDB Unicode};Server=h;Database=d;UID=u\n";
+        let e = wake_error(maria, "    wake: { listen: rows_changed }\n").expect("refused");
+        assert!(e.starts_with("c.yaml:13:"), "{e}");
+        assert!(
+            e.contains("MySQL/MariaDB") && e.contains("remove wake"),
+            "{e}"
+        );
+        let forced = "    connection_string: Driver={X};Server=h\n    dialect: sqlite\n";
+        let e = wake_error(forced, "    wake: { listen: c }\n").expect("refused");
+        assert!(e.contains("SQLite"), "{e}");
+    }
+
+    #[test]
+    fn a_database_of_unknown_kind_needs_a_dialect_or_a_url() {
+        let dsn = "    dsn: plant\n";
+        let e = wake_error(dsn, "    wake: { listen: c }\n").expect("refused");
+        assert!(e.contains("dialect: postgres"), "{e}");
+        let e = wake_error(
+            "    dsn: plant\n    dialect: postgres\n",
+            "    wake: { listen: c }\n",
+        )
+        .expect("refused");
+        assert!(e.contains("wake.url"), "{e}");
+        assert_eq!(
+            wake_error(dsn, "    wake: { listen: c, url: 'postgres://u@h/d' }\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn channels_are_plain_identifiers() {
+        let long = "c".repeat(64);
+        for (channel, why) in [
+            ("'a-b'", "letters, digits"),
+            ("'a\"b'", "letters, digits"),
+            ("''", "empty"),
+            ("9lives", "digit"),
+            (long.as_str(), "63 bytes"),
+        ] {
+            let e = wake_error(WAKE_PG, &format!("    wake: {{ listen: {channel} }}\n")).expect(channel);
+            assert!(e.starts_with("c.yaml:13:") && e.contains(why), "{e}");
+        }
+        let longest = "c".repeat(63);
+        assert_eq!(
+            wake_error(WAKE_PG, &format!("    wake: {{ listen: _{} }}\n", &longest[1..])),
+            None
+        );
+    }
+
+    #[test]
+    fn the_url_and_its_password_file_are_checked() {
+        let e = wake_error(WAKE_PG, "    wake: { listen: c, url: 'mysql://h/d' }\n").expect("refused");
+        assert!(e.contains("postgres://"), "{e}");
+        let e = wake_error(
+            WAKE_PG,
+            "    wake: { listen: c, url: 'postgres://u:pw@h/d', password_file: pw }\n",
+        )
+        .expect("refused");
+        assert!(e.contains("keep one") && !e.contains(":pw@"), "{e}");
+        assert_eq!(
+            wake_error(
+                WAKE_PG,
+                "    wake: { listen: c, url: 'postgres://u@h/d', password_file: pw }\n"
+            ),
+            None
+        );
+        let e = wake_error(
+            "    connection_string: Driver={PostgreSQL Unicode};Database=d\n",
+            "    wake: { listen: c }\n",
+        )
+        .expect("refused");
+        assert!(e.contains("Server or Host"), "{e}");
     }
 }
