@@ -372,3 +372,69 @@ fn a_reloaded_route_that_cannot_start_leaves_the_running_one_in_place() {
     assert!(!bridge.log().contains("route stopping"), "{}", bridge.log());
     common::terminate_ok(&mut bridge);
 }
+
+#[test]
+fn a_shared_subscription_route_changed_by_a_reload_loses_nothing() {
+    let world = World::new("reload_share");
+    let table = TempTable::create(
+        &Db::Postgres,
+        "reload_s",
+        "seq INTEGER PRIMARY KEY, tag TEXT",
+    );
+    let prefix = unique("reload_s");
+    let config = world.path("mqdb.yaml");
+    let write = |tag: &str| {
+        world
+            .config(&Db::Postgres)
+            .inbound(
+                Route::inbound("s", &format!("{prefix}/+/data"), &table.name)
+                    .set("share", "mqdb")
+                    .qos(1)
+                    .set("on_conflict", "ignore")
+                    .set("key", json!(["seq"]))
+                    .columns(&[("seq", "payload.seq"), ("tag", tag)]),
+            )
+            .write_to(&config);
+    };
+    write("payload.v1");
+    let mut bridge = Bridge::start(&config);
+    bridge.wait_for_log(
+        "holding a shared-subscription slot",
+        Duration::from_secs(30),
+    );
+    let probe = world.publisher();
+    wait_for(&mut bridge, "the shared route subscribed", || {
+        probe.publish(&format!("{prefix}/x/data"), 1, payload(0));
+        probe.wait_confirmed();
+        Ok(table.count() > 0)
+    });
+    let publisher = world.publisher();
+    let total: i64 = 3_000;
+    let mut reloads = 0;
+    for i in 0..6 {
+        let seqs = i * 500 + 1..(i + 1) * 500 + 1;
+        publisher.publish_all_confirmed(
+            seqs.map(|n| (format!("{prefix}/d{}/data", n % 3), payload(n)))
+                .collect(),
+            1,
+        );
+        if i == 2 {
+            write("payload.v2");
+            reload(&bridge, &mut reloads);
+        }
+    }
+    wait_for(&mut bridge, "every message a row", || {
+        Ok(table.count() > total)
+    });
+    assert_eq!(missing(&table.name, total), Vec::<i64>::new());
+    let tags = tags(&table.name);
+    let names: Vec<&str> = tags.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(names, ["v1", "v2"], "{tags:?}");
+    assert_eq!(
+        bridge.log().matches("broker connected").count(),
+        1,
+        "{}",
+        bridge.log()
+    );
+    common::terminate_ok(&mut bridge);
+}
