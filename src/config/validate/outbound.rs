@@ -413,7 +413,10 @@ mod tests {
 
     #[test]
     fn wake_on_postgres_is_accepted_and_elsewhere_refused_with_its_line() {
-        assert_eq!(wake_error(WAKE_PG, "    wake: { listen: rows_changed }\n"), None);
+        assert_eq!(
+            wake_error(WAKE_PG, "    wake: { listen: rows_changed }\n"),
+            None
+        );
         let maria = "    connection_string: Driver={MariaDB Unicode};Server=h;Database=d;UID=u\n";
         let e = wake_error(maria, "    wake: { listen: rows_changed }\n").expect("refused");
         assert!(e.starts_with("c.yaml:13:"), "{e}");
@@ -453,19 +456,24 @@ mod tests {
             ("9lives", "digit"),
             (long.as_str(), "63 bytes"),
         ] {
-            let e = wake_error(WAKE_PG, &format!("    wake: {{ listen: {channel} }}\n")).expect(channel);
+            let e = wake_error(WAKE_PG, &format!("    wake: {{ listen: {channel} }}\n"))
+                .expect(channel);
             assert!(e.starts_with("c.yaml:13:") && e.contains(why), "{e}");
         }
         let longest = "c".repeat(63);
         assert_eq!(
-            wake_error(WAKE_PG, &format!("    wake: {{ listen: _{} }}\n", &longest[1..])),
+            wake_error(
+                WAKE_PG,
+                &format!("    wake: {{ listen: _{} }}\n", &longest[1..])
+            ),
             None
         );
     }
 
     #[test]
     fn the_url_and_its_password_file_are_checked() {
-        let e = wake_error(WAKE_PG, "    wake: { listen: c, url: 'mysql://h/d' }\n").expect("refused");
+        let e =
+            wake_error(WAKE_PG, "    wake: { listen: c, url: 'mysql://h/d' }\n").expect("refused");
         assert!(e.contains("postgres://"), "{e}");
         let e = wake_error(
             WAKE_PG,
