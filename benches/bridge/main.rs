@@ -20,7 +20,12 @@
 //! 9. scale-out: one shared MQTT subscription run by one, two and three instances on a
 //!    PostgreSQL state store, and an outbound route's failover time after a SIGKILL;
 //! 10. outbound latency from an INSERT's commit to the subscriber, polling every 5 s with
-//!     and without `wake` (PostgreSQL LISTEN/NOTIFY).
+//!     and without `wake` (PostgreSQL LISTEN/NOTIFY);
+//! 11. latency with the default settings: MQTT → PostgreSQL from the publish call to the
+//!     row's insert at 1,000 and 20,000 msg/s (p99 targets 5 ms and 20 ms), and
+//!     PostgreSQL → MQTT with the default interval.
+//!
+//! Every mqdb path also reports its own user + system CPU time per message moved (µs).
 //!
 //! Each mqdb run is measured between two runs of the ceiling it is compared with (the
 //! machine and the services drift within a run), and reports how busy the machine was.
@@ -30,7 +35,7 @@
 //! load before its RSS is read again, default 60), `MQDB_BENCH_ONLY` (a comma list of
 //! sections: broker, ceilings, inbound (or one of mqtt-postgres, mqtt-mariadb,
 //! amqp-postgres, mqtt-wss-postgres), outbound, pipeline, replay, outage, memory, scale-out,
-//! wake).
+//! wake, latency).
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -38,6 +43,7 @@ mod common;
 mod ceilings;
 mod clients;
 mod inbound;
+mod latency;
 mod load;
 mod memory;
 mod outage;
@@ -60,6 +66,8 @@ use report::{Report, Run};
 const INBOUND_TARGET: f64 = 0.9;
 const DATABASE_TARGET: f64 = 0.7;
 const OUTBOUND_TARGET: f64 = 0.9;
+/// Paced inbound publish rates (msg/s) and the p99 latency each aims for, in ms.
+const INBOUND_LATENCY_TARGETS: [(usize, u64); 2] = [(1_000, 5), (20_000, 20)];
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -293,15 +301,54 @@ fn main() {
         );
         for l in wake::run(&broker) {
             let max = *l.sorted.last().expect("rows");
-            let path = format!("mqdb PostgreSQL → MQTT, {}", l.label);
+            let path = format!(
+                "INSERT commit → subscriber, mqdb PostgreSQL → MQTT, {}",
+                l.label
+            );
             report.latency(
                 &path,
                 l.sorted.len(),
                 l.quantile(0.5),
                 l.quantile(0.99),
                 max,
+                None,
             );
         }
+    }
+    if wanted("latency") {
+        println!("latency with the default settings (MQTT → PostgreSQL, paced QoS 1 publisher):");
+        for (rate, target_ms) in INBOUND_LATENCY_TARGETS {
+            let run = latency::inbound(&broker, rate, n);
+            println!(
+                "  asked {rate}/s, achieved {:.0}/s over {} messages",
+                run.achieved,
+                run.latencies.sorted.len()
+            );
+            let l = &run.latencies;
+            report.latency(
+                &format!(
+                    "publish → row inserted, mqdb MQTT → PostgreSQL, default batch, {}/s asked, {:.0}/s achieved",
+                    run.rate, run.achieved
+                ),
+                l.sorted.len(),
+                l.quantile(0.5),
+                l.quantile(0.99),
+                *l.sorted.last().expect("rows"),
+                Some(Duration::from_millis(target_ms)),
+            );
+        }
+        let l = latency::outbound(&broker);
+        report.latency(
+            &format!(
+                "INSERT commit → subscriber, mqdb PostgreSQL → MQTT, {} (1 s), inserts 20–200 ms apart",
+                l.label
+            ),
+            l.sorted.len(),
+            l.quantile(0.5),
+            l.quantile(0.99),
+            *l.sorted.last().expect("rows"),
+            None,
+        );
     }
     if wanted("memory") {
         println!("memory per byte (MQTT → PostgreSQL unless named, a fresh mqdb per case):");

@@ -21,6 +21,11 @@ struct Load {
     rows: i64,
     max_message: &'static str,
     max_in_flight: u64,
+    /// Publishes the harness keeps unacknowledged.
+    window: usize,
+    /// The payload bytes mqdb may hold at once when this is lower than the load or
+    /// `max_in_flight` (a bound in messages).
+    held_bound: Option<u64>,
 }
 
 const MIB: u64 = 1 << 20;
@@ -50,6 +55,35 @@ fn csv_label(message: &[u8], lines: &str) -> String {
     )
 }
 
+/// Mosquitto's `max_inflight_messages` in the harness: the most unacknowledged messages it
+/// delivers to mqdb, below mqdb's default `max_in_flight` (10000).
+const BROKER_IN_FLIGHT: u64 = 1000;
+/// mqdb's defaults.
+const DEFAULT_MAX_IN_FLIGHT: u64 = 10_000;
+const DEFAULT_MAX_IN_FLIGHT_BYTES: u64 = 64 * MIB;
+
+/// Many JSON messages of `bytes` each with the default limits: twice as many as fill the
+/// in-flight bound, whichever of the message count (mqdb's or the broker's) and the bytes
+/// binds first.
+fn at_bound(label: &str, bytes: usize) -> Load {
+    let held = DEFAULT_MAX_IN_FLIGHT
+        .min(BROKER_IN_FLIGHT)
+        .min(DEFAULT_MAX_IN_FLIGHT_BYTES / bytes as u64)
+        .max(1);
+    let count = (held * 2) as usize;
+    Load {
+        label: format!("{count} × {label} JSON messages, {held} in flight"),
+        db: Db::Postgres,
+        csv: false,
+        messages: (1..=count).map(|i| json_message(i, bytes)).collect(),
+        rows: count as i64,
+        max_message: "16MiB",
+        max_in_flight: DEFAULT_MAX_IN_FLIGHT_BYTES,
+        window: held as usize,
+        held_bound: Some(held * bytes as u64),
+    }
+}
+
 fn loads() -> Vec<Load> {
     let csv_15 = csv_message(1_000_000);
     let csv_79 = csv_message(4_500_000);
@@ -62,6 +96,8 @@ fn loads() -> Vec<Load> {
             rows: 1,
             max_message: "64MiB",
             max_in_flight: 128 * MIB,
+            window: 8,
+            held_bound: None,
         },
         // The same message to MariaDB: what a driver copies of a bound value shows in the
         // difference.
@@ -73,6 +109,8 @@ fn loads() -> Vec<Load> {
             rows: 1,
             max_message: "64MiB",
             max_in_flight: 128 * MIB,
+            window: 8,
+            held_bound: None,
         },
         Load {
             label: "eight 64 MiB JSON messages".into(),
@@ -82,6 +120,8 @@ fn loads() -> Vec<Load> {
             rows: 8,
             max_message: "64MiB",
             max_in_flight: 128 * MIB,
+            window: 8,
+            held_bound: None,
         },
         Load {
             label: csv_label(&csv_15, "1,000,000"),
@@ -91,6 +131,8 @@ fn loads() -> Vec<Load> {
             rows: 1_000_000,
             max_message: "64MiB",
             max_in_flight: 64 * MIB,
+            window: 8,
+            held_bound: None,
         },
         Load {
             label: csv_label(&csv_79, "4,500,000"),
@@ -100,7 +142,12 @@ fn loads() -> Vec<Load> {
             rows: 4_500_000,
             max_message: "128MiB",
             max_in_flight: 128 * MIB,
+            window: 8,
+            held_bound: None,
         },
+        at_bound("1 KB", 1000),
+        at_bound("64 KB", 64_000),
+        at_bound("1 MB", 1_000_000),
     ]
 }
 
@@ -142,9 +189,10 @@ fn one(broker: &Mosquitto, load: Load, settle: Duration) -> Case {
     std::thread::sleep(Duration::from_secs(1));
     let idle_kb = read_proc(pid).expect("mqdb alive").0;
     let loaded: u64 = load.messages.iter().map(|m| m.len() as u64).sum();
-    let in_flight_bytes = loaded.min(load.max_in_flight);
-    // A few large messages unconfirmed at a time.
-    let window = ((load.max_in_flight / MIB) as usize).clamp(1, 8);
+    let in_flight_bytes = loaded
+        .min(load.max_in_flight)
+        .min(load.held_bound.unwrap_or(u64::MAX));
+    let window = load.window;
     clients::mqtt_publish(
         broker.port,
         load.messages.into_iter().map(|m| (topic.clone(), m)),

@@ -16,8 +16,9 @@ pub struct Usage {
 }
 
 impl Usage {
-    pub fn cpu_per_100k(&self, n: usize) -> f64 {
-        self.cpu_s * 100_000.0 / n.max(1) as f64
+    /// User + system CPU time per message moved, in µs.
+    pub fn cpu_us_per_message(&self, n: usize) -> f64 {
+        self.cpu_s * 1e6 / n.max(1) as f64
     }
 
     /// The highest RSS sampled between `from` and `to` seconds.
@@ -172,8 +173,8 @@ pub struct Report {
     pub notes: Vec<String>,
     /// Memory per byte: each case, and how long after its load the RSS was read again.
     pub memory: Vec<(MemoryCase, Duration)>,
-    /// Latencies: the path, how many rows, and p50, p99 and the maximum.
-    pub latency: Vec<(String, usize, [Duration; 3])>,
+    /// Latencies: the path, how many rows, p50, p99 and the maximum, and the p99 aimed for.
+    pub latency: Vec<(String, usize, [Duration; 3], Option<Duration>)>,
 }
 
 impl Report {
@@ -199,10 +200,10 @@ impl Report {
         target: Option<f64>,
     ) {
         println!(
-            "  {path}: {:.0}/s, peak RSS {:.1} MB, {:.2} CPU s per 100k",
+            "  {path}: {:.0}/s, peak RSS {:.1} MB, {:.1} µs CPU per message",
             run.rate,
             run.usage.peak_rss_kb as f64 / 1024.0,
-            run.usage.cpu_per_100k(run.n)
+            run.usage.cpu_us_per_message(run.n)
         );
         self.lines.push(Line {
             path: path.to_string(),
@@ -235,9 +236,11 @@ impl Report {
         p50: Duration,
         p99: Duration,
         max: Duration,
+        p99_target: Option<Duration>,
     ) {
         println!("  {path}: p50 {p50:.1?}, p99 {p99:.1?}, max {max:.1?} over {rows} rows");
-        self.latency.push((path.to_string(), rows, [p50, p99, max]));
+        self.latency
+            .push((path.to_string(), rows, [p50, p99, max], p99_target));
     }
 
     pub fn note(&mut self, note: String) {
@@ -249,7 +252,7 @@ impl Report {
     pub fn print(&self) {
         println!();
         println!(
-            "| path | rate /s | against | ratio | target | mqdb peak RSS | mqdb CPU s per 100k | machine busy |"
+            "| path | rate /s | against | ratio | target | mqdb peak RSS | mqdb CPU µs per message | machine busy |"
         );
         println!("|---|---:|---|---:|---:|---:|---:|---:|");
         for l in &self.lines {
@@ -269,11 +272,11 @@ impl Report {
             let (rss, cpu) = match &l.usage {
                 // In-process runs have no RSS of their own.
                 Some((u, n)) if u.peak_rss_kb == 0 => {
-                    ("—".into(), format!("{:.2}", u.cpu_per_100k(*n)))
+                    ("—".into(), format!("{:.1}", u.cpu_us_per_message(*n)))
                 }
                 Some((u, n)) => (
                     format!("{:.1} MB", u.peak_rss_kb as f64 / 1024.0),
-                    format!("{:.2}", u.cpu_per_100k(*n)),
+                    format!("{:.1}", u.cpu_us_per_message(*n)),
                 ),
                 None => (String::new(), String::new()),
             };
@@ -309,12 +312,18 @@ impl Report {
         }
         if !self.latency.is_empty() {
             println!();
-            println!("| latency, INSERT commit → subscriber | rows | p50 | p99 | max |");
-            println!("|---|---:|---:|---:|---:|");
+            println!("| latency | rows | p50 | p99 | max | target |");
+            println!("|---|---:|---:|---:|---:|---|");
             let ms = |d: &Duration| format!("{:.1} ms", d.as_secs_f64() * 1000.0);
-            for (path, rows, [p50, p99, max]) in &self.latency {
+            for (path, rows, [p50, p99, max], target) in &self.latency {
+                let target = target
+                    .map(|t| {
+                        let verdict = if *p99 <= t { "met" } else { "not met" };
+                        format!("p99 ≤ {} ({verdict})", ms(&t))
+                    })
+                    .unwrap_or_default();
                 println!(
-                    "| {path} | {rows} | {} | {} | {} |",
+                    "| {path} | {rows} | {} | {} | {} | {target} |",
                     ms(p50),
                     ms(p99),
                     ms(max)

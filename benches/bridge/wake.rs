@@ -124,10 +124,10 @@ pub fn run(broker: &Mosquitto) -> [Latencies; 2] {
 }
 
 /// Small deterministic pseudo-random numbers for the spacing of inserts.
-struct XorShift(u64);
+pub struct XorShift(pub u64);
 
 impl XorShift {
-    fn next(&mut self) -> u64 {
+    pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
@@ -136,13 +136,13 @@ impl XorShift {
 }
 
 /// A QoS 1 subscriber noting when each message arrived, by topic and the payload's `id`.
-struct Arrivals {
+pub struct Arrivals {
     seen: Arc<Mutex<HashMap<String, HashMap<i64, Instant>>>>,
     stop: Arc<AtomicBool>,
 }
 
 impl Arrivals {
-    fn start(port: u16, filter: &str) -> Arrivals {
+    pub fn start(port: u16, filter: &str) -> Arrivals {
         let seen = Arc::new(Mutex::new(HashMap::<String, HashMap<i64, Instant>>::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let ready = Arc::new(AtomicBool::new(false));
@@ -195,7 +195,7 @@ impl Arrivals {
     }
 
     /// The arrival times on `topic` once `n` rows arrived there.
-    fn wait(&self, topic: &str, n: usize, timeout: Duration) -> HashMap<i64, Instant> {
+    pub fn wait(&self, topic: &str, n: usize, timeout: Duration) -> HashMap<i64, Instant> {
         let deadline = Instant::now() + timeout;
         loop {
             let got = self
