@@ -8,14 +8,13 @@
 //! slightly understates the commit time; `pg_xact_commit_timestamp` would be exact but needs
 //! `track_commit_timestamp`, a server setting. Publisher and server share one clock.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 
 use crate::common::{Db, Mosquitto, TempTable, unique};
 use crate::running::Running;
-use crate::wake::{Arrivals, Latencies, XorShift};
+use crate::wake::{Arrivals, Latencies, XorShift, insert_and_time};
 
 /// How long each paced rate runs, unless `MQDB_BENCH_MESSAGES` is smaller.
 const SECONDS_PER_RATE: usize = 10;
@@ -149,23 +148,15 @@ pub fn outbound(broker: &Mosquitto) -> Latencies {
         table = table.name,
     ));
     let mut random = XorShift(0x2545_f491_4f6c_dd1d);
-    let mut committed = HashMap::with_capacity(OUTBOUND_ROWS);
-    for id in 1..=OUTBOUND_ROWS as i64 {
-        std::thread::sleep(Duration::from_millis(20 + random.next() % 181));
-        db.exec(&format!("INSERT INTO {} VALUES ({id}, 'r')", table.name));
-        committed.insert(id, Instant::now());
-    }
-    let arrived = arrivals.wait(&topic, OUTBOUND_ROWS, Duration::from_secs(60));
-    let mut sorted: Vec<Duration> = committed
-        .iter()
-        .map(|(id, at)| {
-            let got = arrived
-                .get(id)
-                .unwrap_or_else(|| panic!("row {id} not received"));
-            got.saturating_duration_since(*at)
-        })
-        .collect();
-    sorted.sort();
+    let sorted = insert_and_time(
+        &db,
+        &table.name,
+        &arrivals,
+        &topic,
+        OUTBOUND_ROWS,
+        (20, 200),
+        &mut random,
+    );
     assert_eq!(running.dead_letters(), 0, "unexpected dead letters");
     running.stop();
     Latencies {

@@ -31,6 +31,41 @@ impl Latencies {
     }
 }
 
+/// Inserts `rows` single rows into `table`, spaced `spacing` ms apart at random (min,
+/// max), and returns, sorted, the time from each INSERT's return (autocommit: its commit)
+/// to `topic`'s subscriber receiving the row.
+pub fn insert_and_time(
+    db: &Db,
+    table: &str,
+    arrivals: &Arrivals,
+    topic: &str,
+    rows: usize,
+    spacing: (u64, u64),
+    random: &mut XorShift,
+) -> Vec<Duration> {
+    let mut committed = HashMap::with_capacity(rows);
+    for id in 1..=rows as i64 {
+        let (low, high) = spacing;
+        std::thread::sleep(Duration::from_millis(
+            low + random.next() % (high - low + 1),
+        ));
+        db.exec(&format!("INSERT INTO {table} VALUES ({id}, 'r')"));
+        committed.insert(id, Instant::now());
+    }
+    let arrived = arrivals.wait(topic, rows, Duration::from_secs(60));
+    let mut sorted: Vec<Duration> = committed
+        .iter()
+        .map(|(id, at)| {
+            let got = arrived
+                .get(id)
+                .unwrap_or_else(|| panic!("row {id} not received"));
+            got.saturating_duration_since(*at)
+        })
+        .collect();
+    sorted.sort();
+    sorted
+}
+
 /// Runs the two routes (the woken one named `bench`, whose counters [`Running`] reads) and returns their latencies: with `wake` first, then without.
 pub fn run(broker: &Mosquitto) -> [Latencies; 2] {
     let db = Db::Postgres;
@@ -92,23 +127,7 @@ pub fn run(broker: &Mosquitto) -> [Latencies; 2] {
         ("timed", &timed.name, "without wake, interval 5 s"),
     ] {
         let topic = format!("{prefix}/{name}");
-        let mut committed = HashMap::with_capacity(ROWS);
-        for id in 1..=ROWS as i64 {
-            std::thread::sleep(Duration::from_millis(10 + random.next() % 91));
-            db.exec(&format!("INSERT INTO {table} VALUES ({id}, 'r')"));
-            committed.insert(id, Instant::now());
-        }
-        let arrived = arrivals.wait(&topic, ROWS, Duration::from_secs(60));
-        let mut sorted: Vec<Duration> = committed
-            .iter()
-            .map(|(id, at)| {
-                let got = arrived
-                    .get(id)
-                    .unwrap_or_else(|| panic!("row {id} not received"));
-                got.saturating_duration_since(*at)
-            })
-            .collect();
-        sorted.sort();
+        let sorted = insert_and_time(&db, table, &arrivals, &topic, ROWS, (10, 100), &mut random);
         result.push(Latencies {
             label: label.to_string(),
             sorted,
