@@ -101,7 +101,7 @@ impl Gate {
         let admitted = match &self.cleared {
             Some(limit) => rows
                 .iter()
-                .take_while(|row| compare(&values(row), limit) != Ordering::Greater)
+                .take_while(|row| compare_at(row, track, limit) != Ordering::Greater)
                 .count(),
             None => 0,
         };
@@ -150,10 +150,13 @@ impl Gate {
 }
 
 /// Track tuples in the order the query returns them: column by column.
-fn compare(a: &[Cell], b: &[Cell]) -> Ordering {
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| compare_cell(x, y))
+/// `row`'s track values (at `track`) against `limit`, without copying them: this runs for
+/// every row of every poll.
+fn compare_at(row: &[Cell], track: &[usize], limit: &[Cell]) -> Ordering {
+    track
+        .iter()
+        .zip(limit)
+        .map(|(&c, y)| compare_cell(&row[c], y))
         .find(|o| o.is_ne())
         .unwrap_or(Ordering::Equal)
 }
