@@ -143,9 +143,24 @@ fn log_count(bridge: &Bridge, needle: &str) -> usize {
 
 /// Waits until the log holds `needle` [`FAILURES`] times more than `before`.
 fn wait_for_failures(bridge: &mut Bridge, needle: &str, before: usize) {
+    wait_for_failures_while(bridge, needle, before, || {});
+}
+
+/// [`wait_for_failures`], calling `meanwhile` about once a second while it waits.
+fn wait_for_failures_while(
+    bridge: &mut Bridge,
+    needle: &str,
+    before: usize,
+    mut meanwhile: impl FnMut(),
+) {
     let what = format!("{FAILURES} more {needle:?} in the log");
     let log = bridge.log_path.clone();
+    let mut checks = 0;
     wait_for(bridge, &what, || {
+        if checks % 10 == 0 {
+            meanwhile();
+        }
+        checks += 1;
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         Ok(text.matches(needle).count() >= before + FAILURES)
     });
@@ -339,23 +354,27 @@ fn the_outbound_position_waits_for_the_store(db: &Db) {
             .topic(&format!("{topic}/{{v}}"))
             .qos(1)
             .format("json");
-        let config = config(&world, outage, db).outbound(route).write();
+        // A lease that outlasts the outage: a holder that stepped down would stop trying to
+        // store, and the failures this test waits for would never come.
+        let config = config(&world, outage, db)
+            .set("lease", "1h")
+            .outbound(route)
+            .write();
         let subscriber = world.subscribe(&format!("{topic}/#"));
         let mut bridge = Bridge::start(&config);
         insert_rows(db, &table.name, 1..=10);
         wait_for_caught_up(&mut bridge, &world, &subscriber, 10);
 
         // When the store goes out of reach while rows (good ones and dead letters) are being
-        // published, and more keep coming
+        // published, and more keep coming: a full disk can still take a write now and then,
+        // and a route with nothing left to store would stop failing.
         insert_rows(db, &table.name, 11..=20);
         outage.begin();
-        for first in (21..=200).step_by(10) {
-            insert_rows(db, &table.name, first..=first + 9);
-            if log_count(&bridge, POSITION_FAILED) > 0 {
-                break;
-            }
-        }
-        wait_for_failures(&mut bridge, POSITION_FAILED, 0);
+        let mut next = 21;
+        wait_for_failures_while(&mut bridge, POSITION_FAILED, 0, || {
+            insert_rows(db, &table.name, next..=next + 9);
+            next += 10;
+        });
         let last: u64 = table.count().try_into().expect("a row count");
 
         // Then once the store is back, every row is out or dead-lettered and the stored
