@@ -20,6 +20,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::state::{DeadLetterFilter, State, StateError};
 
@@ -29,7 +31,8 @@ use outcome::{Outage, Outcome};
 use report::Progress;
 pub use report::Summary;
 
-/// Entries claimed and replayed together; the next batch is claimed while one is replayed.
+/// Entries claimed together, then mapped and written in the route's own batches; the next
+/// claim is made while one is replayed.
 const BATCH: usize = 500;
 
 /// Runs the replay on the current (blocking) thread; async work goes through `rt`.
@@ -61,12 +64,7 @@ pub fn replay(
     };
     let progress = Progress::new(summary.total);
     let mut engines: HashMap<String, Engine> = HashMap::new();
-    let mut settler = Settler {
-        rt,
-        state: state.clone(),
-        owner: owner.clone(),
-        pending: None,
-    };
+    let mut settler = Settler::start(rt, state.clone(), owner.clone());
     let mut failure = None;
     let claim = |filter: DeadLetterFilter| {
         let (state, owner) = (state.clone(), owner.clone());
@@ -181,25 +179,44 @@ pub fn replay(
     Ok(summary)
 }
 
-/// Settles committed batches in the state store, one at a time and in order, each while
-/// the next batch is replayed.
+/// Committed batches the settler may fall behind by before the replay waits for it.
+const SETTLE_BEHIND: usize = 8;
+/// The most letters settled in one state-store transaction.
+const SETTLE_MAX: usize = 5_000;
+
+/// Settles committed batches in the state store in the background and in order. Batches
+/// that queued up meanwhile are settled together, in one transaction: a store that
+/// commits slowly (a synchronous disk) settles more at a time instead of holding up the
+/// replay.
 struct Settler<'a> {
     rt: &'a Handle,
-    state: State,
-    owner: String,
-    pending: Option<tokio::task::JoinHandle<Result<(), StateError>>>,
+    queue: Option<mpsc::Sender<Vec<Outcome>>>,
+    task: Option<JoinHandle<Result<(), StateError>>>,
 }
 
-impl Settler<'_> {
-    fn settle(&mut self, outcomes: Vec<Outcome>) -> Result<(), String> {
-        self.wait()?;
-        let (state, owner) = (self.state.clone(), self.owner.clone());
-        self.pending = Some(self.rt.spawn(settle(state, owner, outcomes)));
-        Ok(())
+impl<'a> Settler<'a> {
+    fn start(rt: &'a Handle, state: State, owner: String) -> Settler<'a> {
+        let (queue, batches) = mpsc::channel(SETTLE_BEHIND);
+        Settler {
+            rt,
+            queue: Some(queue),
+            task: Some(rt.spawn(settle_queued(state, owner, batches))),
+        }
     }
 
-    fn wait(&mut self) -> Result<(), String> {
-        match self.pending.take() {
+    fn settle(&mut self, outcomes: Vec<Outcome>) -> Result<(), String> {
+        let queue = self.queue.as_ref().expect("settle after finish");
+        match self.rt.block_on(queue.send(outcomes)) {
+            Ok(()) => Ok(()),
+            // The settler stopped on an error; it says which.
+            Err(_) => self.finish(),
+        }
+    }
+
+    /// Waits until everything handed over is settled.
+    fn finish(&mut self) -> Result<(), String> {
+        self.queue = None;
+        match self.task.take() {
             Some(task) => self
                 .rt
                 .block_on(task)
@@ -208,22 +225,29 @@ impl Settler<'_> {
             None => Ok(()),
         }
     }
-
-    fn finish(mut self) -> Result<(), String> {
-        self.wait()
-    }
 }
 
-/// Deletes what was delivered and records what failed (which releases it).
-async fn settle(state: State, owner: String, outcomes: Vec<Outcome>) -> Result<(), StateError> {
-    let mut ok = Vec::new();
-    let mut failed = Vec::new();
-    for (id, r) in outcomes {
-        match r {
-            Ok(()) => ok.push(id),
-            Err(f) => failed.push((id, f)),
+/// Deletes what was delivered and records what failed (which releases it), batch after
+/// batch, until the queue closes or the store fails.
+async fn settle_queued(
+    state: State,
+    owner: String,
+    mut batches: mpsc::Receiver<Vec<Outcome>>,
+) -> Result<(), StateError> {
+    while let Some(first) = batches.recv().await {
+        let mut queued = first;
+        while queued.len() < SETTLE_MAX {
+            let Ok(more) = batches.try_recv() else { break };
+            queued.extend(more);
         }
+        let (mut delivered, mut failed) = (Vec::new(), Vec::new());
+        for (id, r) in queued {
+            match r {
+                Ok(()) => delivered.push(id),
+                Err(f) => failed.push((id, f)),
+            }
+        }
+        state.settle_claims(&owner, &delivered, &failed).await?;
     }
-    state.resolve_dead_letters(&owner, &ok).await?;
-    state.fail_dead_letters(&owner, &failed).await
+    Ok(())
 }

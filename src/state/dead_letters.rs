@@ -289,34 +289,32 @@ impl State {
         })
     }
 
-    /// Removes dead letters that were delivered by `owner`'s replay.
-    pub async fn resolve_dead_letters(&self, owner: &str, ids: &[i64]) -> Result<(), StateError> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        in_write!(self, |tx, pg| {
-            let text = format!(
-                "DELETE FROM dead_letters WHERE claimed_by = ?1 AND id IN ({})",
-                ids_in(pg, "?2")
-            );
-            sqlx::query(sql(pg, &text))
-                .bind(owner)
-                .bind(serde_json::to_string(ids).unwrap_or_default())
-                .execute(tx)
-                .await?;
-            Ok(())
-        })
-    }
-
-    /// Records another failed attempt on a claimed dead letter and releases it.
-    pub async fn fail_dead_letters(
+    /// Settles what `owner`'s replay did with its claimed letters, in one transaction:
+    /// the `delivered` ones are removed; each of the `failed` ones counts another attempt,
+    /// keeps its new error and is released.
+    pub async fn settle_claims(
         &self,
         owner: &str,
-        failures: &[(i64, Failure)],
+        delivered: &[i64],
+        failed: &[(i64, Failure)],
     ) -> Result<(), StateError> {
+        if delivered.is_empty() && failed.is_empty() {
+            return Ok(());
+        }
         let now = crate::dlq::now_rfc3339();
         in_write!(self, |tx, pg| {
-            for (id, f) in failures {
+            if !delivered.is_empty() {
+                let text = format!(
+                    "DELETE FROM dead_letters WHERE claimed_by = ?1 AND id IN ({})",
+                    ids_in(pg, "?2")
+                );
+                sqlx::query(sql(pg, &text))
+                    .bind(owner)
+                    .bind(serde_json::to_string(delivered).unwrap_or_default())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for (id, f) in failed {
                 sqlx::query(sql(
                     pg,
                     "UPDATE dead_letters SET attempts = attempts + 1, last_failed_at = ?, error_kind = ?,
@@ -551,21 +549,24 @@ mod tests {
             );
 
             // Only the owner resolves; a failure counts an attempt and frees the entry.
-            state
-                .resolve_dead_letters("two", &[stored[0]])
-                .await
-                .unwrap();
-            state
-                .resolve_dead_letters("one", &[stored[0]])
-                .await
-                .unwrap();
             let failure = Failure {
                 kind: "rejected".into(),
                 error: "again".into(),
                 sqlstate: Some("23502".into()),
             };
+            let failed = [(stored[1], failure)];
             state
-                .fail_dead_letters("one", &[(stored[1], failure.clone())])
+                .settle_claims("two", &[stored[0]], &failed)
+                .await
+                .unwrap();
+            let untouched = state.dead_letter(stored[1]).await.unwrap().unwrap();
+            assert_eq!(
+                untouched.attempts, 1,
+                "another replay's failure is not counted"
+            );
+            assert!(state.dead_letter(stored[0]).await.unwrap().is_some());
+            state
+                .settle_claims("one", &[stored[0]], &failed)
                 .await
                 .unwrap();
             let again = state.dead_letter(stored[1]).await.unwrap().unwrap();
