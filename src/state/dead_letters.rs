@@ -230,6 +230,15 @@ impl State {
              AND claimed_by IS NOT NULL AND claimed_by <> ?9 AND claimed_at >= ?10",
                 filter_sql(pg)
             );
+            if pg {
+                // The filter's optional terms hide how much of the table it keeps, and a
+                // table filled in one go may not be analyzed yet: the planner then sorts
+                // everything after `after` for each claim. Walking the key in order stops
+                // at the limit.
+                sqlx::raw_sql("SET LOCAL enable_sort = off; SET LOCAL enable_bitmapscan = off")
+                    .execute(&mut *tx)
+                    .await?;
+            }
             let rows = bind_filter!(sqlx::query(sql(pg, &claim)), filter)
                 .bind(owner)
                 .bind(crate::dlq::now_rfc3339())
