@@ -102,15 +102,15 @@ pub fn column_mapping(from_topic: bool) -> String {
 }
 
 /// Writes `dir/bench.yaml`: an MQTT inbound route `bench` on topics `root/site/device` into
-/// `table`, with its state store in `dir`, for runs that never connect to the broker (the
-/// route fed from memory, dead-letter replay). Returns the file and the state store's URL.
+/// `table`, with the state store at `state` (a `state:` URL), for runs that never connect
+/// to the broker (the route fed from memory, dead-letter replay). Returns the file.
 pub fn offline_route(
     dir: &std::path::Path,
     db: &Db,
     table: &str,
     root: &str,
-) -> (std::path::PathBuf, String) {
-    let state = format!("sqlite://{}", dir.join("state.db").display());
+    state: &str,
+) -> std::path::PathBuf {
     let config = dir.join("bench.yaml");
     let broker = format!(
         "{{ url: \"mqtt://127.0.0.1:1883\", client_id: \"{}\" }}",
@@ -119,7 +119,7 @@ pub fn offline_route(
     let source = format!("topic: {root}/{{site}}/{{device}}\n");
     let yaml = inbound_config(&broker, &source, &db.connection_string(), table, true);
     std::fs::write(&config, format!("state: {state}\n{yaml}")).unwrap();
-    (config, state)
+    config
 }
 
 /// The harness's inbound route `bench`: broker `src` (`broker` is its YAML mapping), the

@@ -12,8 +12,8 @@
 //!    PUBACKs;
 //! 5. the database path with the broker not limiting: the inbound route loop fed from
 //!    memory, per driver, against that driver's raw insert ceiling;
-//! 6. the dead-letter replay rate per driver (database path alone, no broker), as a ratio
-//!    to the same ceiling but without a target: its own state store bounds it;
+//! 6. the dead-letter replay rate per driver (database path alone, no broker), from a
+//!    SQLite and from a PostgreSQL state store, as a ratio to the same ceiling;
 //! 7. mqdb's memory through a database outage;
 //! 8. mqdb's memory per byte: large JSON and CSV messages against the bytes it may hold in
 //!    flight, and how much it gives back after the load;
@@ -66,6 +66,7 @@ use report::{Report, Run};
 const INBOUND_TARGET: f64 = 0.9;
 const DATABASE_TARGET: f64 = 0.7;
 const OUTBOUND_TARGET: f64 = 0.9;
+const REPLAY_TARGET: f64 = 0.5;
 /// Paced inbound publish rates (msg/s) and the p99 latency each aims for, in ms.
 const INBOUND_LATENCY_TARGETS: [(usize, u64); 2] = [(1_000, 5), (20_000, 20)];
 
@@ -220,7 +221,7 @@ fn main() {
         ),
     ];
     type DbRun = fn(&Db, usize) -> (f64, report::Usage);
-    let paths: [(&str, &str, &str, DbRun, Option<f64>); 2] = [
+    let paths: [(&str, &str, &str, DbRun, Option<f64>); 3] = [
         (
             "pipeline",
             "inbound database path (the route fed from memory, no broker):",
@@ -230,10 +231,17 @@ fn main() {
         ),
         (
             "replay",
-            "dead-letter replay (database path, no broker):",
-            "mqdb dlq replay → {}",
+            "dead-letter replay (database path, no broker), SQLite state store:",
+            "mqdb dlq replay → {}, SQLite state store",
             replay::replay,
-            None,
+            Some(REPLAY_TARGET),
+        ),
+        (
+            "replay",
+            "dead-letter replay (database path, no broker), PostgreSQL state store:",
+            "mqdb dlq replay → {}, PostgreSQL state store",
+            replay::replay_postgres_store,
+            Some(REPLAY_TARGET),
         ),
     ];
     for (section, heading, path, run, target) in paths {

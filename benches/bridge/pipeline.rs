@@ -14,7 +14,7 @@ use mqdb::metrics::{Kind, Metrics};
 use mqdb::state::State;
 use tokio::sync::{mpsc, watch};
 
-use crate::common::{Db, TempTable};
+use crate::common::{Db, StateStore, TempTable};
 use crate::load;
 use crate::report::Usage;
 
@@ -26,7 +26,8 @@ const IN_FLIGHT: usize = 10_000;
 pub fn run(db: &Db, n: usize) -> (f64, Usage) {
     let table = TempTable::create(db, "bench_pipe", load::columns(db));
     let dir = tempfile::tempdir().unwrap();
-    let (config, _) = load::offline_route(dir.path(), db, &table.name, "pipe");
+    let state = StateStore::sqlite_in(dir.path()).url();
+    let config = load::offline_route(dir.path(), db, &table.name, "pipe", &state);
     let messages = load::mqtt_messages("pipe", n);
     let before = cpu_seconds();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -8,15 +8,27 @@ use mqdb::dlq::{Direction, NewDeadLetter};
 use mqdb::state::State;
 use serde_json::json;
 
-use crate::common::{Db, TempTable, mqdb_command};
+use crate::common::{Db, StateStore, TempTable, mqdb_command};
 use crate::load;
 use crate::report::{Sampler, Usage};
 
-/// Replays `n` dead letters into `db`: the rate, and the replay process's figures.
+/// Replays `n` dead letters from a SQLite state store into `db`: the rate, and the
+/// replay process's figures.
 pub fn replay(db: &Db, n: usize) -> (f64, Usage) {
-    let table = TempTable::create(db, "bench_replay", load::columns(db));
     let dir = tempfile::tempdir().unwrap();
-    let (config, state) = load::offline_route(dir.path(), db, &table.name, "replay");
+    replay_from(db, n, dir.path(), &StateStore::sqlite_in(dir.path()))
+}
+
+/// [`replay`] from a PostgreSQL state store (a database of its own on the local server).
+pub fn replay_postgres_store(db: &Db, n: usize) -> (f64, Usage) {
+    let dir = tempfile::tempdir().unwrap();
+    replay_from(db, n, dir.path(), &StateStore::postgres())
+}
+
+fn replay_from(db: &Db, n: usize, dir: &std::path::Path, store: &StateStore) -> (f64, Usage) {
+    let table = TempTable::create(db, "bench_replay", load::columns(db));
+    let state = store.url();
+    let config = load::offline_route(dir, db, &table.name, "replay", &state);
     fill(&state, n);
 
     let start = Instant::now();
