@@ -99,7 +99,8 @@ impl Tally {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+/// A runtime on the calling thread, for the harness's own clients.
+pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 
+use crate::clients;
 use crate::common::{Db, Mosquitto, TempTable, unique};
 use crate::running::Running;
 use crate::wake::{Arrivals, Latencies, XorShift, insert_and_time};
@@ -86,11 +87,7 @@ pub fn inbound(broker: &Mosquitto, rate: usize, cap: usize) -> Inbound {
 /// of it, publishing at once when behind); the rate achieved.
 fn paced_publish(port: u16, topic: &str, rate: usize, n: usize) -> f64 {
     let options = MqttOptions::new(unique("paced"), "127.0.0.1", port);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    runtime.block_on(async move {
+    clients::runtime().block_on(async move {
         let (client, mut eventloop) = AsyncClient::new(options, 1000);
         let driver = tokio::spawn(async move {
             let mut acked = 0usize;

@@ -8,6 +8,7 @@ use mqdb::dlq::{Direction, NewDeadLetter};
 use mqdb::state::State;
 use serde_json::json;
 
+use crate::clients;
 use crate::common::{Db, StateStore, TempTable, mqdb_command};
 use crate::load;
 use crate::report::{Sampler, Usage};
@@ -71,35 +72,31 @@ fn replay_from(db: &Db, n: usize, dir: &std::path::Path, store: &StateStore) -> 
 
 /// Stores `n` dead letters of the `bench` route, as mqdb records a rejected message.
 fn fill(url: &str, n: usize) {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(async {
-            let state = State::open(url).await.unwrap();
-            for start in (0..n).step_by(10_000) {
-                let letters: Vec<NewDeadLetter> = (start..(start + 10_000).min(n))
-                    .map(|i| {
-                        let r = load::reading(i);
-                        NewDeadLetter {
-                            route: "bench".into(),
-                            direction: Direction::Inbound,
-                            source: format!("replay/{}/{}", r.site, r.device),
-                            payload: load::json(&r),
-                            headers: json!({
-                                "broker": "src",
-                                "qos": 1,
-                                "retain": false,
-                                "received_at": "2024-05-01T10:00:00+00:00",
-                            }),
-                            error_kind: "rejected".into(),
-                            error: "the table did not exist yet".into(),
-                            sqlstate: Some("42P01".into()),
-                        }
-                    })
-                    .collect();
-                state.store_dead_letters(&letters).await.unwrap();
-            }
-            state.close().await;
-        });
+    clients::runtime().block_on(async {
+        let state = State::open(url).await.unwrap();
+        for start in (0..n).step_by(10_000) {
+            let letters: Vec<NewDeadLetter> = (start..(start + 10_000).min(n))
+                .map(|i| {
+                    let r = load::reading(i);
+                    NewDeadLetter {
+                        route: "bench".into(),
+                        direction: Direction::Inbound,
+                        source: format!("replay/{}/{}", r.site, r.device),
+                        payload: load::json(&r),
+                        headers: json!({
+                            "broker": "src",
+                            "qos": 1,
+                            "retain": false,
+                            "received_at": "2024-05-01T10:00:00+00:00",
+                        }),
+                        error_kind: "rejected".into(),
+                        error: "the table did not exist yet".into(),
+                        sqlstate: Some("42P01".into()),
+                    }
+                })
+                .collect();
+            state.store_dead_letters(&letters).await.unwrap();
+        }
+        state.close().await;
+    });
 }

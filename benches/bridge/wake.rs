@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
+use crate::clients;
 use crate::common::{Db, Mosquitto, TempTable, unique};
 use crate::running::Running;
 
@@ -174,11 +175,7 @@ impl Arrivals {
         let mut options = MqttOptions::new(unique("arrivals"), "127.0.0.1", port);
         options.set_keep_alive(Duration::from_secs(30));
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            runtime.block_on(async move {
+            clients::runtime().block_on(async move {
                 let (client, mut eventloop) = AsyncClient::new(options, 100);
                 client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
                 while !st.load(Ordering::Relaxed) {

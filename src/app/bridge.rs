@@ -603,12 +603,10 @@ impl InboundUnit {
             amqp.close_intake();
             let _ = self.stop.send(true);
         }
-        let mut task = self.task;
-        if tokio::time::timeout(DRAIN_GRACE, &mut task).await.is_err() {
+        if !drain(self.task).await {
             warn!(
                 "a route stopped by a reload did not finish its batches in time; they will be redelivered"
             );
-            task.abort();
         }
         self.sink_stop.store(true, Ordering::Relaxed);
         if let Some(amqp) = self.amqp {
@@ -620,11 +618,18 @@ impl InboundUnit {
 impl TaskUnit {
     async fn stop(self) {
         let _ = self.stop.send(true);
-        let mut task = self.task;
-        if tokio::time::timeout(DRAIN_GRACE, &mut task).await.is_err() {
-            task.abort();
-        }
+        drain(self.task).await;
     }
+}
+
+/// Waits up to [`DRAIN_GRACE`] for `task` to end, then aborts it; false when it had to be
+/// aborted.
+async fn drain(mut task: JoinHandle<()>) -> bool {
+    if tokio::time::timeout(DRAIN_GRACE, &mut task).await.is_ok() {
+        return true;
+    }
+    task.abort();
+    false
 }
 
 /// Tells sinks still connecting to give up, when start-up is abandoned.
